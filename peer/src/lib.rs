@@ -1,0 +1,1 @@
+//! P2C2R peer (filled in by the peer issue).

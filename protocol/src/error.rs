@@ -1,0 +1,130 @@
+//! Error codes carried by `error` messages and by failed task results.
+
+use serde::{Deserialize, Serialize};
+
+/// A machine-readable error code. Serialized in `snake_case`; unknown codes from a newer
+/// peer or coordinator decode as [`ErrorCode::Other`] instead of failing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame is not valid JSON, or not a JSON object.
+    BadJson,
+    /// The frame has no `msg_type`, or one this side does not know.
+    UnknownMsgType,
+    /// A required field is missing or a field has the wrong type.
+    InvalidMessage,
+    /// The message is not allowed for this connection's role (peer or gamer).
+    WrongRole,
+    /// The connection must register before sending this message.
+    NotRegistered,
+    /// The connection already registered with another id or role.
+    AlreadyRegistered,
+    /// Another connection registered with this id; this one is being closed.
+    Replaced,
+    /// The gamer already has a pending task with this `task_id`.
+    DuplicateTask,
+    /// The gamer's queue is full; the task was not accepted.
+    QueueFull,
+    /// The gamer has too many sessions with pending tasks.
+    SessionLimit,
+    /// A `task_result` for a task that is not currently assigned to this peer
+    /// (never assigned, already answered, or superseded by a later attempt).
+    UnknownTask,
+    /// The task was dispatched the maximum number of times without an answer.
+    MaxAttemptsExceeded,
+    /// The frame exceeds the configured size limit.
+    FrameTooLarge,
+    /// The coordinator is shutting down.
+    ShuttingDown,
+    /// The peer does not run this task type.
+    UnknownTaskType,
+    /// The task payload is malformed or holds values out of range (NaN, negative `dt`, ...).
+    InvalidPayload,
+    /// The task asks for more than the peer's limits allow (bodies, steps, grid size).
+    LimitExceeded,
+    /// The peer does not hold this session; the gamer must send a full snapshot.
+    UnknownSession,
+    /// A tick arrived out of order for its session; the gamer must send a full snapshot.
+    OutOfOrder,
+    /// The peer failed while running the task.
+    Internal,
+    /// A code this build does not know.
+    #[serde(other)]
+    Other,
+}
+
+impl ErrorCode {
+    /// The wire spelling of the code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadJson => "bad_json",
+            ErrorCode::UnknownMsgType => "unknown_msg_type",
+            ErrorCode::InvalidMessage => "invalid_message",
+            ErrorCode::WrongRole => "wrong_role",
+            ErrorCode::NotRegistered => "not_registered",
+            ErrorCode::AlreadyRegistered => "already_registered",
+            ErrorCode::Replaced => "replaced",
+            ErrorCode::DuplicateTask => "duplicate_task",
+            ErrorCode::QueueFull => "queue_full",
+            ErrorCode::SessionLimit => "session_limit",
+            ErrorCode::UnknownTask => "unknown_task",
+            ErrorCode::MaxAttemptsExceeded => "max_attempts_exceeded",
+            ErrorCode::FrameTooLarge => "frame_too_large",
+            ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::UnknownTaskType => "unknown_task_type",
+            ErrorCode::InvalidPayload => "invalid_payload",
+            ErrorCode::LimitExceeded => "limit_exceeded",
+            ErrorCode::UnknownSession => "unknown_session",
+            ErrorCode::OutOfOrder => "out_of_order",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Other => "other",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_spelling_matches_as_str() {
+        for code in [
+            ErrorCode::BadJson,
+            ErrorCode::UnknownMsgType,
+            ErrorCode::InvalidMessage,
+            ErrorCode::WrongRole,
+            ErrorCode::NotRegistered,
+            ErrorCode::AlreadyRegistered,
+            ErrorCode::Replaced,
+            ErrorCode::DuplicateTask,
+            ErrorCode::QueueFull,
+            ErrorCode::SessionLimit,
+            ErrorCode::UnknownTask,
+            ErrorCode::MaxAttemptsExceeded,
+            ErrorCode::FrameTooLarge,
+            ErrorCode::ShuttingDown,
+            ErrorCode::UnknownTaskType,
+            ErrorCode::InvalidPayload,
+            ErrorCode::LimitExceeded,
+            ErrorCode::UnknownSession,
+            ErrorCode::OutOfOrder,
+            ErrorCode::Internal,
+            ErrorCode::Other,
+        ] {
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+            assert_eq!(serde_json::from_str::<ErrorCode>(&json).unwrap(), code);
+        }
+    }
+
+    #[test]
+    fn unknown_code_decodes_as_other() {
+        assert_eq!(serde_json::from_str::<ErrorCode>("\"from_the_future\"").unwrap(), ErrorCode::Other);
+    }
+}

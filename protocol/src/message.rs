@@ -1,0 +1,256 @@
+//! The protocol's messages, one struct per `msg_type`, gathered in [`Message`].
+//!
+//! Field names follow the seed documents verbatim. Optional fields are P2C2R extensions
+//! and are left out of the JSON when unset, so seed clients see the shapes they expect.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ErrorCode, RawPayload, null_payload};
+
+/// One protocol frame. Encode and decode with [`crate::codec`].
+#[derive(Debug, Serialize)]
+#[serde(tag = "msg_type", rename_all = "snake_case")]
+pub enum Message {
+    /// Peer → coordinator: join as a worker.
+    RegisterPeer(RegisterPeer),
+    /// Gamer → coordinator: join as a game client.
+    RegisterGamer(RegisterGamer),
+    /// Coordinator → peer or gamer: the registration succeeded.
+    RegistrationAck(RegistrationAck),
+    /// Peer or gamer → coordinator: I am alive.
+    Heartbeat(Heartbeat),
+    /// Gamer → coordinator: run this task.
+    TaskRequest(TaskRequest),
+    /// Coordinator → peer: run this task.
+    TaskAssignment(TaskAssignment),
+    /// Peer → coordinator (the answer to an assignment) and coordinator → gamer (the
+    /// answer to a request).
+    TaskResult(TaskResult),
+    /// Either direction: something about an earlier message went wrong.
+    Error(ErrorMessage),
+    /// Anyone → coordinator: report your counters.
+    Stats(StatsRequest),
+    /// Coordinator → asker: the counters.
+    StatsReport(StatsReport),
+}
+
+impl Message {
+    /// The `msg_type` this message is tagged with.
+    pub fn msg_type(&self) -> &'static str {
+        match self {
+            Message::RegisterPeer(_) => "register_peer",
+            Message::RegisterGamer(_) => "register_gamer",
+            Message::RegistrationAck(_) => "registration_ack",
+            Message::Heartbeat(_) => "heartbeat",
+            Message::TaskRequest(_) => "task_request",
+            Message::TaskAssignment(_) => "task_assignment",
+            Message::TaskResult(_) => "task_result",
+            Message::Error(_) => "error",
+            Message::Stats(_) => "stats",
+            Message::StatsReport(_) => "stats_report",
+        }
+    }
+
+    /// Builds an `error` message.
+    pub fn error(code: ErrorCode, message: impl Into<String>, refers_to: Option<String>) -> Self {
+        Message::Error(ErrorMessage { code, message: message.into(), refers_to })
+    }
+}
+
+/// What a peer offers. Every field is optional on the wire; the seed's clients send only
+/// `cpu_cores` and `ram_gb`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// Logical CPU cores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_cores: Option<u32>,
+    /// Memory in GB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ram_gb: Option<f64>,
+    /// Whether a GPU is present, or its name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<Gpu>,
+    /// Task types the peer runs. Absent or empty: the peer accepts any type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_types: Option<Vec<String>>,
+    /// How many tasks the peer runs at once. Absent: `cpu_cores`, or 1 without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_tasks: Option<u32>,
+}
+
+/// A GPU as declared by a peer: `false`/`true` (the seed's form) or a device name.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Gpu {
+    /// Present or not.
+    Flag(bool),
+    /// Present, with this name.
+    Name(String),
+}
+
+/// `register_peer`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RegisterPeer {
+    /// The peer's id, unique among connected peers.
+    pub peer_id: String,
+    /// What the peer offers.
+    #[serde(default)]
+    pub capabilities: Capabilities,
+}
+
+/// `register_gamer`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RegisterGamer {
+    /// The gamer's id, unique among connected gamers.
+    pub gamer_id: String,
+}
+
+/// `registration_ack`: carries the id that registered and `status: "registered"`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RegistrationAck {
+    /// Set when a peer registered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_id: Option<String>,
+    /// Set when a gamer registered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gamer_id: Option<String>,
+    /// Always `"registered"`.
+    pub status: String,
+    /// How often the coordinator pings; a client may heartbeat at this rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_interval_ms: Option<u64>,
+    /// The largest frame the coordinator accepts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_frame_bytes: Option<usize>,
+}
+
+/// `heartbeat`. Any inbound frame proves liveness; this one exists for clients that have
+/// nothing else to say.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// The sending peer, if a peer sends it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_id: Option<String>,
+    /// The sending gamer, if a gamer sends it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gamer_id: Option<String>,
+}
+
+/// `task_request`: a gamer asks for a task to be run.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TaskRequest {
+    /// The gamer's id for the task, unique among its pending tasks.
+    pub task_id: String,
+    /// What to run, e.g. `physics_step` (see [`crate::task_types`]).
+    pub task_type: String,
+    /// The task's input. The seed's test gamer calls this field `data`; both are accepted.
+    #[serde(alias = "data", default = "null_payload")]
+    pub task_data: RawPayload,
+    /// Tasks with the same session id run on one peer, in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// Per-attempt deadline in milliseconds; the coordinator's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
+}
+
+/// `task_assignment`: the coordinator hands a task to a peer.
+///
+/// `task_data` holds the task as the gamer requested it ([`TaskSpec`]), as the seed
+/// coordinator did, so the seed's `peer_node.py` finds `task_type` inside it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TaskAssignment {
+    /// The assignment's id, issued by the coordinator and unique per attempt. The peer
+    /// answers with this id in its `task_result`.
+    pub task_id: String,
+    /// 1 for the first dispatch, then one more for each re-dispatch.
+    #[serde(default = "one")]
+    pub attempt: u32,
+    /// How long the coordinator waits for the answer before re-dispatching.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
+    /// The task itself.
+    pub task_data: TaskSpec,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// The task inside a [`TaskAssignment`].
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TaskSpec {
+    /// The gamer's own task id.
+    pub task_id: String,
+    /// What to run.
+    pub task_type: String,
+    /// The session the task belongs to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// The task's input, byte for byte as the gamer sent it.
+    #[serde(default = "null_payload")]
+    pub task_data: RawPayload,
+}
+
+/// `task_result`. From a peer, `task_id` is the assignment's id; towards a gamer, it is
+/// the gamer's own task id.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TaskResult {
+    /// Which task this answers.
+    pub task_id: String,
+    /// The answer. P2C2R results are objects with `"status": "success"` or
+    /// `"status": "error"` (see [`crate::TaskError`]).
+    #[serde(default = "null_payload")]
+    pub result: RawPayload,
+    /// The attempt that produced it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    /// Towards a gamer: the peer that ran the task (absent when the coordinator gave up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_id: Option<String>,
+}
+
+/// `error`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ErrorMessage {
+    /// What went wrong, machine-readable.
+    pub code: ErrorCode,
+    /// What went wrong, for a person.
+    pub message: String,
+    /// The task id, `msg_type` or id the error is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refers_to: Option<String>,
+}
+
+/// `stats`: asks the coordinator for its counters. Any connection may ask.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatsRequest {}
+
+/// `stats_report`: the coordinator's counters.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatsReport {
+    /// Peers connected now.
+    pub peers: u64,
+    /// Gamers connected now.
+    pub gamers: u64,
+    /// Tasks waiting in queues now.
+    pub queued_now: u64,
+    /// Tasks assigned to peers and not yet answered, now.
+    pub in_flight_now: u64,
+    /// Tasks accepted from gamers since start.
+    pub tasks_queued: u64,
+    /// Dispatches to peers since start (first attempts and re-dispatches).
+    pub tasks_assigned: u64,
+    /// Results delivered to gamers since start.
+    pub tasks_completed: u64,
+    /// Dispatches that were repeated after a deadline or a lost peer.
+    pub tasks_redispatched: u64,
+    /// Tasks given up after the maximum number of attempts.
+    pub tasks_failed: u64,
+    /// Tasks dropped because their gamer left.
+    pub tasks_dropped: u64,
+    /// Peers evicted for silence.
+    pub peers_evicted: u64,
+    /// `error` messages sent.
+    pub errors_sent: u64,
+}

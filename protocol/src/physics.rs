@@ -1,0 +1,342 @@
+//! The `physics_step` task: one fixed tick of a physics session held by a peer.
+//!
+//! The gamer sends what changed since the previous tick; the peer applies it to the
+//! session's world, steps it `steps` times by `dt`, and answers with the state of every
+//! body that moved. A request with `snapshot: true` replaces the whole world and is
+//! accepted by any peer at any time: it is how a session starts and how it moves to a new
+//! peer after its old one died.
+//!
+//! Vectors are `[x, y, z]`, rotations are unit quaternions `[x, y, z, w]`, units are SI.
+
+use serde::{Deserialize, Serialize};
+
+/// A body's id, chosen by the gamer, unique within its session.
+pub type BodyId = u64;
+
+/// Three floats: a position, a velocity, a force, ...
+pub type Vec3 = [f32; 3];
+
+/// A unit quaternion `[x, y, z, w]`.
+pub type Quat = [f32; 4];
+
+/// The identity rotation.
+pub const IDENTITY: Quat = [0.0, 0.0, 0.0, 1.0];
+
+/// A `physics_step` request's payload (`task_data`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PhysicsStepRequest {
+    /// The tick number. Without `snapshot`, it must be one more than the session's last.
+    pub tick: u64,
+    /// Replace the session's world with `add` (and start the session if the peer lacks it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub snapshot: bool,
+    /// Gravity; the session keeps the last value sent, `[0, -9.81, 0]` at first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gravity: Option<Vec3>,
+    /// Seconds per step.
+    pub dt: f32,
+    /// Steps to take this tick.
+    #[serde(default = "one_step")]
+    pub steps: u32,
+    /// Bodies to create.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add: Vec<BodyDesc>,
+    /// Bodies to delete.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<BodyId>,
+    /// Bodies to teleport.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub set_pose: Vec<SetPose>,
+    /// Velocities to overwrite.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub set_velocity: Vec<SetVelocity>,
+    /// Forces applied during this tick's steps (cleared afterwards).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forces: Vec<ApplyForce>,
+    /// Impulses applied once, before this tick's first step.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub impulses: Vec<ApplyImpulse>,
+    /// Poses that kinematic bodies move to over this tick.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kinematic_targets: Vec<KinematicTarget>,
+}
+
+fn one_step() -> u32 {
+    1
+}
+
+/// How a body moves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BodyType {
+    /// Moved by forces and contacts.
+    #[default]
+    Dynamic,
+    /// Moved only by kinematic targets; pushes dynamic bodies.
+    Kinematic,
+    /// Never moves.
+    Fixed,
+}
+
+/// A collision shape.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Shape {
+    /// A box with these half extents.
+    Box {
+        /// Half the size along x, y and z.
+        half_extents: Vec3,
+    },
+    /// A ball.
+    Sphere {
+        /// Its radius.
+        radius: f32,
+    },
+    /// A capsule along the y axis.
+    Capsule {
+        /// Half the length of the cylinder part.
+        half_height: f32,
+        /// Its radius.
+        radius: f32,
+    },
+}
+
+/// A body to create.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BodyDesc {
+    /// The body's id.
+    pub id: BodyId,
+    /// Its collision shape.
+    pub shape: Shape,
+    /// How it moves.
+    #[serde(default)]
+    pub body_type: BodyType,
+    /// Where it starts.
+    #[serde(default)]
+    pub position: Vec3,
+    /// How it starts rotated.
+    #[serde(default = "identity")]
+    pub rotation: Quat,
+    /// Initial linear velocity.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub linvel: Vec3,
+    /// Initial angular velocity.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub angvel: Vec3,
+    /// Total mass in kg; overrides `density`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mass: Option<f32>,
+    /// Density in kg/m³ (1000 when neither mass nor density is given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub density: Option<f32>,
+    /// Friction coefficient.
+    #[serde(default = "default_friction")]
+    pub friction: f32,
+    /// Restitution (bounciness).
+    #[serde(default)]
+    pub restitution: f32,
+    /// Linear damping.
+    #[serde(default, skip_serializing_if = "is_zero_f32")]
+    pub linear_damping: f32,
+    /// Angular damping.
+    #[serde(default, skip_serializing_if = "is_zero_f32")]
+    pub angular_damping: f32,
+    /// Continuous collision detection, for fast small bodies such as projectiles.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ccd: bool,
+    /// Whether the body starts asleep.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sleeping: bool,
+}
+
+impl BodyDesc {
+    /// A dynamic body of this shape at this position, with default material.
+    pub fn new(id: BodyId, shape: Shape, position: Vec3) -> Self {
+        BodyDesc {
+            id,
+            shape,
+            body_type: BodyType::Dynamic,
+            position,
+            rotation: IDENTITY,
+            linvel: [0.0; 3],
+            angvel: [0.0; 3],
+            mass: None,
+            density: None,
+            friction: default_friction(),
+            restitution: 0.0,
+            linear_damping: 0.0,
+            angular_damping: 0.0,
+            ccd: false,
+            sleeping: false,
+        }
+    }
+
+    /// The same body with another body type.
+    pub fn with_body_type(mut self, body_type: BodyType) -> Self {
+        self.body_type = body_type;
+        self
+    }
+}
+
+fn identity() -> Quat {
+    IDENTITY
+}
+
+fn default_friction() -> f32 {
+    0.5
+}
+
+fn is_zero(v: &Vec3) -> bool {
+    *v == [0.0; 3]
+}
+
+fn is_zero_f32(v: &f32) -> bool {
+    *v == 0.0
+}
+
+/// Teleports a body.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SetPose {
+    /// The body.
+    pub id: BodyId,
+    /// New position.
+    pub position: Vec3,
+    /// New rotation.
+    #[serde(default = "identity")]
+    pub rotation: Quat,
+}
+
+/// Overwrites a body's velocities.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SetVelocity {
+    /// The body.
+    pub id: BodyId,
+    /// New linear velocity.
+    #[serde(default)]
+    pub linvel: Vec3,
+    /// New angular velocity.
+    #[serde(default)]
+    pub angvel: Vec3,
+}
+
+/// A force (N) and torque (N·m) applied during this tick.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApplyForce {
+    /// The body.
+    pub id: BodyId,
+    /// Force at the centre of mass.
+    #[serde(default)]
+    pub force: Vec3,
+    /// Torque.
+    #[serde(default)]
+    pub torque: Vec3,
+}
+
+/// An impulse (N·s) and angular impulse applied once.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApplyImpulse {
+    /// The body.
+    pub id: BodyId,
+    /// Linear impulse at the centre of mass.
+    #[serde(default)]
+    pub impulse: Vec3,
+    /// Angular impulse.
+    #[serde(default)]
+    pub torque_impulse: Vec3,
+}
+
+/// Where a kinematic body should be at the end of this tick.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KinematicTarget {
+    /// The body.
+    pub id: BodyId,
+    /// Target position.
+    pub position: Vec3,
+    /// Target rotation.
+    #[serde(default = "identity")]
+    pub rotation: Quat,
+}
+
+/// A successful `physics_step` result.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PhysicsStepResult {
+    /// Always [`crate::TaskStatus::Success`].
+    pub status: crate::TaskStatus,
+    /// The tick this answers.
+    pub tick: u64,
+    /// Every body that moved this tick, or that fell asleep (once, with `sleeping: true`).
+    /// After a snapshot, every non-fixed body.
+    pub bodies: Vec<BodyState>,
+}
+
+impl Default for crate::TaskStatus {
+    fn default() -> Self {
+        crate::TaskStatus::Success
+    }
+}
+
+/// One body's state after a tick.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BodyState {
+    /// The body.
+    pub id: BodyId,
+    /// Position of the body's origin.
+    pub position: Vec3,
+    /// Rotation.
+    pub rotation: Quat,
+    /// Linear velocity.
+    pub linvel: Vec3,
+    /// Angular velocity.
+    pub angvel: Vec3,
+    /// Whether the body is asleep.
+    pub sleeping: bool,
+}
+
+/// The seed's `physics` task payload: simulate this many falling bodies.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SeedPhysicsRequest {
+    /// How many bodies.
+    #[serde(default)]
+    pub num_objects: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_request_fills_defaults() {
+        let r: PhysicsStepRequest =
+            serde_json::from_str(r#"{"tick":1,"dt":0.016,"add":[{"id":1,"shape":{"kind":"sphere","radius":0.5}}]}"#)
+                .unwrap();
+        assert_eq!(r.steps, 1);
+        assert!(!r.snapshot);
+        assert_eq!(r.add[0].body_type, BodyType::Dynamic);
+        assert_eq!(r.add[0].rotation, IDENTITY);
+        assert_eq!(r.add[0].friction, 0.5);
+    }
+
+    #[test]
+    fn request_round_trips() {
+        let r = PhysicsStepRequest {
+            tick: 9,
+            snapshot: true,
+            gravity: Some([0.0, -9.81, 0.0]),
+            dt: 1.0 / 60.0,
+            steps: 2,
+            add: vec![
+                BodyDesc::new(1, Shape::Box { half_extents: [0.5; 3] }, [0.0, 1.0, 0.0]),
+                BodyDesc::new(2, Shape::Capsule { half_height: 0.5, radius: 0.25 }, [1.0, 1.0, 0.0])
+                    .with_body_type(BodyType::Kinematic),
+            ],
+            remove: vec![3],
+            set_pose: vec![SetPose { id: 1, position: [1.0, 2.0, 3.0], rotation: IDENTITY }],
+            set_velocity: vec![SetVelocity { id: 1, linvel: [1.0; 3], angvel: [0.0; 3] }],
+            forces: vec![ApplyForce { id: 1, force: [0.0, 10.0, 0.0], torque: [0.0; 3] }],
+            impulses: vec![ApplyImpulse { id: 1, impulse: [0.0, 1.0, 0.0], torque_impulse: [0.0; 3] }],
+            kinematic_targets: vec![KinematicTarget { id: 2, position: [2.0, 1.0, 0.0], rotation: IDENTITY }],
+        };
+        let json = serde_json::to_string(&r).unwrap();
+        assert_eq!(serde_json::from_str::<PhysicsStepRequest>(&json).unwrap(), r);
+    }
+}
