@@ -1,1 +1,109 @@
-fn main() {}
+//! `cargo run -p coordinator`: parses flags, sets up logging, runs the coordinator until
+//! Ctrl-C or SIGTERM.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+
+/// The P2C2R coordinator: routes physics and AI tasks from gamers to peers.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "P2C2R_LISTEN", default_value = "0.0.0.0:8765")]
+    listen: SocketAddr,
+    /// Milliseconds between pings to each connection.
+    #[arg(long, default_value_t = 1000)]
+    heartbeat_interval_ms: u64,
+    /// Milliseconds of silence after which a connection is evicted.
+    #[arg(long, default_value_t = 3000)]
+    heartbeat_timeout_ms: u64,
+    /// Per-attempt task deadline when a request carries no deadline_ms.
+    #[arg(long, default_value_t = p2c2r_protocol::limits::DEFAULT_TASK_DEADLINE_MS)]
+    task_deadline_ms: u64,
+    /// Dispatches per task before the gamer is told it failed.
+    #[arg(long, default_value_t = 3)]
+    max_attempts: u32,
+    /// Largest accepted frame in bytes.
+    #[arg(long, default_value_t = p2c2r_protocol::limits::DEFAULT_MAX_FRAME_BYTES)]
+    max_frame_bytes: usize,
+    /// Milliseconds allowed for the WebSocket handshake.
+    #[arg(long, default_value_t = 5000)]
+    handshake_timeout_ms: u64,
+    /// Milliseconds allowed between connecting and registering.
+    #[arg(long, default_value_t = 10_000)]
+    register_timeout_ms: u64,
+    /// Frames buffered towards one client before it is disconnected as too slow.
+    #[arg(long, default_value_t = 1024)]
+    send_queue_frames: usize,
+    /// Connections served at once.
+    #[arg(long, default_value_t = 4096)]
+    max_connections: usize,
+    /// Tasks one gamer may have queued or in flight.
+    #[arg(long, default_value_t = 10_000)]
+    max_pending_per_gamer: usize,
+    /// Sessions one gamer may keep.
+    #[arg(long, default_value_t = 64)]
+    max_sessions_per_gamer: usize,
+    /// Milliseconds shutdown waits for connections to close.
+    #[arg(long, default_value_t = 5000)]
+    shutdown_grace_ms: u64,
+}
+
+impl Args {
+    fn config(&self) -> coordinator::Config {
+        coordinator::Config {
+            heartbeat_interval: Duration::from_millis(self.heartbeat_interval_ms.max(1)),
+            heartbeat_timeout: Duration::from_millis(self.heartbeat_timeout_ms),
+            default_task_deadline: Duration::from_millis(self.task_deadline_ms.max(1)),
+            max_attempts: self.max_attempts.max(1),
+            max_frame_bytes: self.max_frame_bytes,
+            handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
+            register_timeout: Duration::from_millis(self.register_timeout_ms),
+            send_queue_frames: self.send_queue_frames.max(1),
+            max_connections: self.max_connections.max(1),
+            max_pending_per_gamer: self.max_pending_per_gamer,
+            max_sessions_per_gamer: self.max_sessions_per_gamer,
+            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let listener =
+        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    coordinator::run(listener, args.config(), shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Completes on Ctrl-C or, on Unix, SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

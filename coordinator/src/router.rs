@@ -1,0 +1,519 @@
+//! What each message does: registration, task routing, results, errors, stats.
+//!
+//! The router owns the shared state behind one std `Mutex` that is never held across an
+//! `.await`. It never writes to a socket: it pushes frames into each connection's bounded
+//! outbound queue with `try_send`, and disconnects a client whose queue is full rather than
+//! buffering for it without limit.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use p2c2r_protocol::{
+    ErrorCode, Message, RawPayload, RegisterGamer, RegisterPeer, RegistrationAck, StatsReport, TaskAssignment,
+    TaskError, TaskRequest, TaskResult, TaskSpec, codec, limits, to_payload,
+};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::Config;
+use crate::scheduler::{
+    CompleteError, Completion, Dispatch, Expired, PeerSpec, Scheduler, SchedulerConfig, Submission, SubmitError,
+};
+
+/// A connection's number, unique for the coordinator's lifetime.
+pub type ConnId = u64;
+
+/// A frame on its way to a connection's writer.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A protocol message, already encoded.
+    Text(String),
+    /// A WebSocket ping.
+    Ping,
+    /// Close the connection with this code and reason.
+    Close(u16, String),
+}
+
+/// WebSocket close code for a frame over the size limit.
+pub const CLOSE_TOO_BIG: u16 = 1009;
+/// WebSocket close code for a policy violation (replaced, never registered, ...).
+pub const CLOSE_POLICY: u16 = 1008;
+/// WebSocket close code for a server going away.
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+
+/// How the router reaches a connection.
+#[derive(Clone, Debug)]
+pub struct ConnHandle {
+    /// The bounded outbound queue.
+    pub tx: mpsc::Sender<Outbound>,
+    /// Cancelled to drop the connection at once (slow reader, replaced, evicted).
+    pub kill: CancellationToken,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Role {
+    Unregistered,
+    Peer(String),
+    Gamer(String),
+}
+
+struct Conn {
+    handle: ConnHandle,
+    role: Role,
+}
+
+/// Why a connection ended, for the logs and counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Departure {
+    /// The client closed it or the socket failed.
+    Closed,
+    /// It was silent past the heartbeat timeout.
+    Evicted,
+}
+
+struct State {
+    sched: Scheduler<RawPayload>,
+    conns: HashMap<ConnId, Conn>,
+    peers: HashMap<String, ConnId>,
+    gamers: HashMap<String, ConnId>,
+    next_conn: ConnId,
+    peers_evicted: u64,
+    errors_sent: u64,
+}
+
+/// The coordinator's shared state and message handling.
+pub struct Router {
+    state: Mutex<State>,
+    config: Config,
+    /// Woken whenever a dispatch may have set an earlier deadline.
+    pub deadlines_changed: Notify,
+}
+
+impl Router {
+    /// A router with no connections.
+    pub fn new(config: Config) -> Self {
+        let sched = Scheduler::new(SchedulerConfig {
+            max_attempts: config.max_attempts.max(1),
+            max_pending_per_gamer: config.max_pending_per_gamer,
+            max_sessions_per_gamer: config.max_sessions_per_gamer,
+            ..SchedulerConfig::default()
+        });
+        Router {
+            state: Mutex::new(State {
+                sched,
+                conns: HashMap::new(),
+                peers: HashMap::new(),
+                gamers: HashMap::new(),
+                next_conn: 1,
+                peers_evicted: 0,
+                errors_sent: 0,
+            }),
+            config,
+            deadlines_changed: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock would be a bug; keep serving rather than cascade.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records a new connection.
+    pub fn connect(&self, handle: ConnHandle) -> ConnId {
+        let mut state = self.lock();
+        let id = state.next_conn;
+        state.next_conn += 1;
+        state.conns.insert(id, Conn { handle, role: Role::Unregistered });
+        id
+    }
+
+    /// Whether the connection has registered as a peer or gamer.
+    pub fn is_registered(&self, conn: ConnId) -> bool {
+        self.lock().conns.get(&conn).is_some_and(|c| c.role != Role::Unregistered)
+    }
+
+    /// Forgets a connection: a peer's tasks are re-queued, a gamer's dropped.
+    pub fn disconnect(&self, conn: ConnId, why: Departure) {
+        let mut state = self.lock();
+        let Some(entry) = state.conns.remove(&conn) else { return };
+        match entry.role {
+            Role::Unregistered => {}
+            Role::Peer(peer_id) => {
+                if why == Departure::Evicted {
+                    state.peers_evicted += 1;
+                }
+                // A replaced registration already moved on; only the current one counts.
+                if state.peers.get(&peer_id) == Some(&conn) {
+                    state.peers.remove(&peer_id);
+                    let requeued = state.sched.remove_peer(&peer_id);
+                    info!(peer_id, requeued, ?why, "peer left");
+                    state.dispatch(Instant::now());
+                    self.deadlines_changed.notify_one();
+                }
+            }
+            Role::Gamer(gamer_id) => {
+                if state.gamers.get(&gamer_id) == Some(&conn) {
+                    state.gamers.remove(&gamer_id);
+                    let dropped = state.sched.remove_gamer(&gamer_id);
+                    info!(gamer_id, dropped, ?why, "gamer left");
+                }
+            }
+        }
+    }
+
+    /// Handles one text frame from a connection.
+    pub fn handle_frame(&self, conn: ConnId, frame: &str) {
+        let mut state = self.lock();
+        let message = match codec::decode(frame) {
+            Ok(message) => message,
+            Err(e) => {
+                debug!(conn, error = %e, "bad frame");
+                state.send_error(conn, e.code(), e.to_string(), e.refers_to());
+                return;
+            }
+        };
+        let role = match state.conns.get(&conn) {
+            Some(c) => c.role.clone(),
+            None => return,
+        };
+        match message {
+            Message::RegisterPeer(m) => self.register_peer(&mut state, conn, &role, m),
+            Message::RegisterGamer(m) => self.register_gamer(&mut state, conn, &role, m),
+            Message::Heartbeat(_) => {}
+            Message::TaskRequest(m) => match role {
+                Role::Gamer(gamer_id) => self.submit(&mut state, conn, &gamer_id, m),
+                Role::Peer(_) => state.send_error(
+                    conn,
+                    ErrorCode::WrongRole,
+                    "peers cannot submit tasks",
+                    Some(m.task_id),
+                ),
+                Role::Unregistered => state.send_error(
+                    conn,
+                    ErrorCode::NotRegistered,
+                    "register_gamer before sending task_request",
+                    Some(m.task_id),
+                ),
+            },
+            Message::TaskResult(m) => match role {
+                Role::Peer(peer_id) => self.complete(&mut state, conn, &peer_id, m),
+                Role::Gamer(_) => state.send_error(
+                    conn,
+                    ErrorCode::WrongRole,
+                    "gamers cannot send task results",
+                    Some(m.task_id),
+                ),
+                Role::Unregistered => state.send_error(
+                    conn,
+                    ErrorCode::NotRegistered,
+                    "register_peer before sending task_result",
+                    Some(m.task_id),
+                ),
+            },
+            Message::Stats(_) => {
+                let report = state.stats();
+                state.send(conn, &Message::StatsReport(report));
+            }
+            Message::Error(e) => debug!(conn, code = %e.code, message = e.message, "client reported an error"),
+            other @ (Message::RegistrationAck(_) | Message::TaskAssignment(_) | Message::StatsReport(_)) => {
+                let msg_type = other.msg_type();
+                state.send_error(
+                    conn,
+                    ErrorCode::WrongRole,
+                    format!("{msg_type} is sent by the coordinator, not to it"),
+                    Some(msg_type.to_owned()),
+                )
+            }
+        }
+    }
+
+    fn register_peer(&self, state: &mut State, conn: ConnId, role: &Role, m: RegisterPeer) {
+        if let Err(reason) = check_id("peer_id", &m.peer_id) {
+            return state.send_error(conn, ErrorCode::InvalidMessage, reason, Some("register_peer".into()));
+        }
+        match role {
+            Role::Peer(id) if *id == m.peer_id => {}
+            Role::Unregistered => {}
+            _ => {
+                return state.send_error(
+                    conn,
+                    ErrorCode::AlreadyRegistered,
+                    "this connection is already registered; open a new one",
+                    Some("register_peer".into()),
+                );
+            }
+        }
+        if let Some(old) = state.peers.insert(m.peer_id.clone(), conn).filter(|old| *old != conn) {
+            info!(peer_id = m.peer_id, "peer re-registered; replacing its old connection");
+            state.replace(old, "another connection registered this peer_id");
+        }
+        let caps = &m.capabilities;
+        let capacity = caps.max_concurrent_tasks.or(caps.cpu_cores).unwrap_or(1).max(1);
+        let task_types =
+            caps.task_types.as_ref().filter(|t| !t.is_empty()).map(|t| t.iter().cloned().collect::<HashSet<_>>());
+        info!(peer_id = m.peer_id, capacity, task_types = ?caps.task_types, "peer registered");
+        // add_peer re-queues the work of a same-id registration it replaces.
+        state.sched.add_peer(m.peer_id.clone(), PeerSpec { task_types, capacity });
+        if let Some(c) = state.conns.get_mut(&conn) {
+            c.role = Role::Peer(m.peer_id.clone());
+        }
+        let ack = self.ack(Some(m.peer_id), None);
+        state.send(conn, &ack);
+        state.dispatch(Instant::now());
+        self.deadlines_changed.notify_one();
+    }
+
+    fn register_gamer(&self, state: &mut State, conn: ConnId, role: &Role, m: RegisterGamer) {
+        if let Err(reason) = check_id("gamer_id", &m.gamer_id) {
+            return state.send_error(conn, ErrorCode::InvalidMessage, reason, Some("register_gamer".into()));
+        }
+        match role {
+            Role::Gamer(id) if *id == m.gamer_id => {}
+            Role::Unregistered => {}
+            _ => {
+                return state.send_error(
+                    conn,
+                    ErrorCode::AlreadyRegistered,
+                    "this connection is already registered; open a new one",
+                    Some("register_gamer".into()),
+                );
+            }
+        }
+        if let Some(old) = state.gamers.insert(m.gamer_id.clone(), conn).filter(|old| *old != conn) {
+            info!(gamer_id = m.gamer_id, "gamer re-registered; its pending tasks now answer here");
+            state.replace(old, "another connection registered this gamer_id");
+        }
+        state.sched.add_gamer(m.gamer_id.clone());
+        if let Some(c) = state.conns.get_mut(&conn) {
+            c.role = Role::Gamer(m.gamer_id.clone());
+        }
+        info!(gamer_id = m.gamer_id, "gamer registered");
+        let ack = self.ack(None, Some(m.gamer_id));
+        state.send(conn, &ack);
+    }
+
+    fn ack(&self, peer_id: Option<String>, gamer_id: Option<String>) -> Message {
+        Message::RegistrationAck(RegistrationAck {
+            peer_id,
+            gamer_id,
+            status: "registered".into(),
+            heartbeat_interval_ms: Some(self.config.heartbeat_interval.as_millis() as u64),
+            max_frame_bytes: Some(self.config.max_frame_bytes),
+        })
+    }
+
+    fn submit(&self, state: &mut State, conn: ConnId, gamer_id: &str, m: TaskRequest) {
+        let checks = check_id("task_id", &m.task_id)
+            .and_then(|_| check_id("task_type", &m.task_type))
+            .and_then(|_| m.session_id.as_deref().map_or(Ok(()), |s| check_id("session_id", s)))
+            .and_then(|_| match m.deadline_ms {
+                Some(0) => Err("deadline_ms must be positive".to_owned()),
+                Some(ms) if ms > limits::MAX_TASK_DEADLINE_MS => {
+                    Err(format!("deadline_ms must be at most {}", limits::MAX_TASK_DEADLINE_MS))
+                }
+                _ => Ok(()),
+            });
+        if let Err(reason) = checks {
+            return state.send_error(conn, ErrorCode::InvalidMessage, reason, Some(m.task_id));
+        }
+        let deadline = m.deadline_ms.map_or(self.config.default_task_deadline, Duration::from_millis);
+        let task_id = m.task_id.clone();
+        let submission = Submission {
+            task_id: m.task_id,
+            task_type: m.task_type,
+            session_id: m.session_id,
+            deadline,
+            payload: m.task_data,
+        };
+        match state.sched.submit(gamer_id, submission) {
+            Ok(_) => {
+                debug!(gamer_id, task_id, "task queued");
+                if !state.dispatch(Instant::now()).is_empty() {
+                    self.deadlines_changed.notify_one();
+                }
+            }
+            Err(e) => {
+                let code = match e {
+                    SubmitError::DuplicateTask(_) => ErrorCode::DuplicateTask,
+                    SubmitError::QueueFull(_) => ErrorCode::QueueFull,
+                    SubmitError::SessionLimit(_) => ErrorCode::SessionLimit,
+                    SubmitError::UnknownGamer => ErrorCode::NotRegistered,
+                };
+                state.send_error(conn, code, e.to_string(), Some(task_id));
+            }
+        }
+    }
+
+    fn complete(&self, state: &mut State, conn: ConnId, peer_id: &str, m: TaskResult) {
+        match state.sched.complete(peer_id, &m.task_id) {
+            Ok(Completion::Deliver { gamer, task_id, attempt }) => {
+                debug!(peer_id, gamer_id = gamer, task_id, attempt, "result delivered");
+                let forward = Message::TaskResult(TaskResult {
+                    task_id,
+                    result: m.result,
+                    attempt: Some(attempt),
+                    peer_id: Some(peer_id.to_owned()),
+                });
+                if let Some(&gamer_conn) = state.gamers.get(&gamer) {
+                    state.send(gamer_conn, &forward);
+                }
+            }
+            Ok(Completion::Orphaned) => debug!(peer_id, assignment = m.task_id, "result for a departed gamer dropped"),
+            Err(e) => {
+                debug!(peer_id, error = %e, "result refused");
+                let refers_to = Some(m.task_id);
+                match e {
+                    CompleteError::Malformed(_) | CompleteError::NotAssigned(_) => {
+                        state.send_error(conn, ErrorCode::UnknownTask, e.to_string(), refers_to)
+                    }
+                }
+            }
+        }
+        if !state.dispatch(Instant::now()).is_empty() {
+            self.deadlines_changed.notify_one();
+        }
+    }
+
+    /// When the next task deadline passes.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.lock().sched.next_deadline()
+    }
+
+    /// Re-dispatches or fails every task whose deadline passed by `now`.
+    pub fn expire_due(&self, now: Instant) {
+        let mut state = self.lock();
+        for outcome in state.sched.expire(now) {
+            match outcome {
+                Expired::Requeued { task_id, peer, attempt } => {
+                    warn!(task_id, peer_id = peer, attempt, "task deadline passed; re-dispatching");
+                }
+                Expired::Failed { gamer, task_id, attempts } => {
+                    warn!(gamer_id = gamer, task_id, attempts, "task failed after max attempts");
+                    let error = TaskError::new(
+                        ErrorCode::MaxAttemptsExceeded,
+                        format!("no peer answered task {task_id:?} in {attempts} attempts"),
+                    );
+                    let result = to_payload(&error).expect("TaskError serializes");
+                    let message = Message::TaskResult(TaskResult {
+                        task_id,
+                        result,
+                        attempt: Some(attempts),
+                        peer_id: None,
+                    });
+                    if let Some(&gamer_conn) = state.gamers.get(&gamer) {
+                        state.send(gamer_conn, &message);
+                    }
+                }
+            }
+        }
+        state.dispatch(now);
+    }
+
+    /// The counters, as a `stats_report` carries them.
+    pub fn stats(&self) -> StatsReport {
+        self.lock().stats()
+    }
+
+    /// Sends a `shutting_down` error to every connection.
+    pub fn announce_shutdown(&self) {
+        let mut state = self.lock();
+        let conns: Vec<ConnId> = state.conns.keys().copied().collect();
+        for conn in conns {
+            state.send_error(conn, ErrorCode::ShuttingDown, "the coordinator is shutting down", None);
+        }
+    }
+
+    /// Queues an error for a connection (used by the connection layer).
+    pub fn send_error(&self, conn: ConnId, code: ErrorCode, message: impl Into<String>) {
+        self.lock().send_error(conn, code, message, None);
+    }
+}
+
+impl State {
+    fn send(&mut self, conn: ConnId, message: &Message) {
+        let Some(entry) = self.conns.get(&conn) else { return };
+        match entry.handle.tx.try_send(Outbound::Text(codec::encode(message))) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                warn!(conn, "client is not reading fast enough; disconnecting it");
+                entry.handle.kill.cancel();
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    fn send_error(&mut self, conn: ConnId, code: ErrorCode, message: impl Into<String>, refers_to: Option<String>) {
+        self.errors_sent += 1;
+        self.send(conn, &Message::error(code, message, refers_to));
+    }
+
+    /// Tells a connection it was replaced and drops it.
+    fn replace(&mut self, old: ConnId, reason: &str) {
+        self.send_error(old, ErrorCode::Replaced, reason, None);
+        if let Some(entry) = self.conns.get_mut(&old) {
+            let _ = entry.handle.tx.try_send(Outbound::Close(CLOSE_POLICY, "replaced".into()));
+            entry.handle.kill.cancel();
+            // Its later departure must not undo the new registration.
+            entry.role = Role::Unregistered;
+        }
+    }
+
+    fn dispatch(&mut self, now: Instant) -> Vec<Dispatch> {
+        let dispatches = self.sched.dispatch(now);
+        for d in &dispatches {
+            let Some(task) = self.sched.task(d.key) else { continue };
+            let message = Message::TaskAssignment(TaskAssignment {
+                task_id: d.assignment_id.clone(),
+                attempt: d.attempt,
+                deadline_ms: Some(task.deadline.as_millis() as u64),
+                task_data: TaskSpec {
+                    task_id: task.task_id.clone(),
+                    task_type: task.task_type.clone(),
+                    session_id: task.session_id.clone(),
+                    task_data: task.payload.clone(),
+                },
+            });
+            debug!(
+                peer_id = d.peer,
+                gamer_id = task.gamer,
+                task_id = task.task_id,
+                attempt = d.attempt,
+                "task assigned"
+            );
+            if let Some(&peer_conn) = self.peers.get(&d.peer) {
+                self.send(peer_conn, &message);
+            }
+        }
+        dispatches
+    }
+
+    fn stats(&self) -> StatsReport {
+        let c = self.sched.counters();
+        StatsReport {
+            peers: self.peers.len() as u64,
+            gamers: self.gamers.len() as u64,
+            queued_now: self.sched.queued_len() as u64,
+            in_flight_now: self.sched.in_flight_len() as u64,
+            tasks_queued: c.queued,
+            tasks_assigned: c.assigned,
+            tasks_completed: c.completed,
+            tasks_redispatched: c.redispatched,
+            tasks_failed: c.failed,
+            tasks_dropped: c.dropped,
+            peers_evicted: self.peers_evicted,
+            errors_sent: self.errors_sent,
+        }
+    }
+}
+
+fn check_id(field: &str, value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        Err(format!("{field} must not be empty"))
+    } else if value.len() > limits::MAX_ID_BYTES {
+        Err(format!("{field} is longer than {} bytes", limits::MAX_ID_BYTES))
+    } else {
+        Ok(())
+    }
+}
