@@ -22,13 +22,17 @@ use crate::Config;
 use crate::router::{CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TOO_BIG, ConnHandle, Departure, Outbound, Router};
 use p2c2r_protocol::ErrorCode;
 
+const WRITE_BUFFER_BYTES: usize = 128 * 1024;
+
 /// The WebSocket settings that enforce the frame limit.
 pub fn ws_config(config: &Config) -> WebSocketConfig {
     WebSocketConfig::default()
         .max_message_size(Some(config.max_frame_bytes))
         .max_frame_size(Some(config.max_frame_bytes))
-        // Never buffer more than a few frames' worth towards a client that does not read.
-        .max_write_buffer_size(config.max_frame_bytes.saturating_mul(2))
+        // Room for one largest frame on top of the normal write buffer, and no more, for a
+        // client that does not read (tungstenite requires it to exceed write_buffer_size).
+        .max_write_buffer_size(config.max_frame_bytes.saturating_add(WRITE_BUFFER_BYTES * 2))
+        .write_buffer_size(WRITE_BUFFER_BYTES)
 }
 
 /// Serves one accepted TCP connection until it closes, is evicted, or `shutdown` fires.
@@ -78,6 +82,8 @@ pub async fn serve(router: Arc<Router>, config: Arc<Config>, stream: TcpStream, 
                 sent = sink.send(frame) => sent,
             };
             if sent.is_err() || closing {
+                // Tell the reader loop too: a polite close ends the connection.
+                writer_kill.cancel();
                 break;
             }
         }

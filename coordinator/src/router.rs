@@ -453,8 +453,10 @@ impl State {
     fn replace(&mut self, old: ConnId, reason: &str) {
         self.send_error(old, ErrorCode::Replaced, reason, None);
         if let Some(entry) = self.conns.get_mut(&old) {
-            let _ = entry.handle.tx.try_send(Outbound::Close(CLOSE_POLICY, "replaced".into()));
-            entry.handle.kill.cancel();
+            // The writer sends the error, then the close frame, then ends the connection.
+            if entry.handle.tx.try_send(Outbound::Close(CLOSE_POLICY, "replaced".into())).is_err() {
+                entry.handle.kill.cancel();
+            }
             // Its later departure must not undo the new registration.
             entry.role = Role::Unregistered;
         }

@@ -1,0 +1,170 @@
+//! A minimal protocol client for end-to-end tests: raw frames in, decoded messages out,
+//! every wait bounded by a generous timeout.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use p2c2r_protocol::{
+    Capabilities, Message, RegisterGamer, RegisterPeer, TaskAssignment, TaskRequest, TaskResult, codec, raw_payload,
+};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+
+/// Long enough for a loaded CI machine; tests only wait this long when they fail.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+pub struct Client {
+    pub ws: Ws,
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Client {
+        let (ws, _) = tokio::time::timeout(WAIT, connect_async(url)).await.expect("connect timed out").expect("connect");
+        Client { ws }
+    }
+
+    pub async fn peer(url: &str, peer_id: &str, max_concurrent_tasks: u32) -> Client {
+        let caps = Capabilities { max_concurrent_tasks: Some(max_concurrent_tasks), ..Default::default() };
+        Self::peer_with(url, peer_id, caps).await
+    }
+
+    pub async fn peer_with(url: &str, peer_id: &str, capabilities: Capabilities) -> Client {
+        let mut c = Client::connect(url).await;
+        c.send(&Message::RegisterPeer(RegisterPeer { peer_id: peer_id.into(), capabilities })).await;
+        let ack = c.recv().await;
+        assert!(matches!(ack, Message::RegistrationAck(_)), "{ack:?}");
+        c
+    }
+
+    pub async fn gamer(url: &str, gamer_id: &str) -> Client {
+        let mut c = Client::connect(url).await;
+        c.send(&Message::RegisterGamer(RegisterGamer { gamer_id: gamer_id.into() })).await;
+        let ack = c.recv().await;
+        assert!(matches!(ack, Message::RegistrationAck(_)), "{ack:?}");
+        c
+    }
+
+    pub async fn send(&mut self, message: &Message) {
+        self.send_text(&codec::encode(message)).await;
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws.send(WsMessage::text(text.to_owned())).await.expect("send");
+    }
+
+    /// Submits a task with a JSON payload.
+    pub async fn submit(&mut self, task_id: &str, task_type: &str, payload: &str, session_id: Option<&str>) {
+        self.submit_with_deadline(task_id, task_type, payload, session_id, None).await
+    }
+
+    pub async fn submit_with_deadline(
+        &mut self,
+        task_id: &str,
+        task_type: &str,
+        payload: &str,
+        session_id: Option<&str>,
+        deadline_ms: Option<u64>,
+    ) {
+        self.send(&Message::TaskRequest(TaskRequest {
+            task_id: task_id.into(),
+            task_type: task_type.into(),
+            task_data: raw_payload(payload.to_owned()).unwrap(),
+            session_id: session_id.map(str::to_owned),
+            deadline_ms,
+        }))
+        .await;
+    }
+
+    /// The next text frame, raw.
+    pub async fn recv_text(&mut self) -> String {
+        loop {
+            let frame = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for a frame")
+                .expect("connection ended")
+                .expect("connection error");
+            match frame {
+                WsMessage::Text(t) => return t.as_str().to_owned(),
+                WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+    }
+
+    pub async fn recv(&mut self) -> Message {
+        let text = self.recv_text().await;
+        codec::decode(&text).unwrap_or_else(|e| panic!("undecodable frame {text}: {e}"))
+    }
+
+    pub async fn recv_assignment(&mut self) -> TaskAssignment {
+        match self.recv().await {
+            Message::TaskAssignment(a) => a,
+            other => panic!("expected task_assignment, got {other:?}"),
+        }
+    }
+
+    pub async fn recv_result(&mut self) -> TaskResult {
+        match self.recv().await {
+            Message::TaskResult(r) => r,
+            other => panic!("expected task_result, got {other:?}"),
+        }
+    }
+
+    pub async fn recv_error(&mut self) -> p2c2r_protocol::ErrorMessage {
+        match self.recv().await {
+            Message::Error(e) => e,
+            other => panic!("expected error, got {other:?}"),
+        }
+    }
+
+    /// Answers an assignment with a JSON result.
+    pub async fn answer(&mut self, assignment: &TaskAssignment, result: &str) {
+        self.send(&Message::TaskResult(TaskResult {
+            task_id: assignment.task_id.clone(),
+            result: raw_payload(result.to_owned()).unwrap(),
+            attempt: Some(assignment.attempt),
+            peer_id: None,
+        }))
+        .await;
+    }
+
+    /// Waits until the server closes the connection; returns the close code if one came.
+    pub async fn expect_closed(&mut self) -> Option<u16> {
+        loop {
+            let frame = tokio::time::timeout(WAIT, self.ws.next()).await.expect("connection was not closed");
+            match frame {
+                None | Some(Err(_)) => return None,
+                Some(Ok(WsMessage::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// Asks for stats on this connection (frames before the report are skipped).
+    pub async fn stats(&mut self) -> p2c2r_protocol::StatsReport {
+        self.send(&Message::Stats(Default::default())).await;
+        loop {
+            if let Message::StatsReport(r) = self.recv().await {
+                return r;
+            }
+        }
+    }
+}
+
+/// Polls `condition` every few milliseconds until it holds or `WAIT` passes.
+pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !condition() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+pub fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap()
+}

@@ -1,0 +1,343 @@
+//! End-to-end flows through an in-process coordinator on a loopback port.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Client, WAIT, eventually, json};
+use coordinator::{Config, spawn};
+use p2c2r_protocol::{ErrorCode, Message, TaskStatus, task::result_status};
+
+async fn start(config: Config) -> coordinator::CoordinatorHandle {
+    spawn("127.0.0.1:0", config).await.expect("bind loopback")
+}
+
+#[tokio::test]
+async fn seed_message_flow_byte_for_byte() {
+    let coord = start(Config::default()).await;
+    let url = coord.url();
+
+    // The exact frames the seed's test_peer.py and test_gamer.py send (Python's json.dumps).
+    let mut peer = Client::connect(&url).await;
+    peer.send_text(r#"{"msg_type": "register_peer", "peer_id": "test_peer_1", "capabilities": {"cpu_cores": 4, "ram_gb": 8}}"#)
+        .await;
+    assert_eq!(
+        peer.recv_text().await,
+        r#"{"msg_type":"registration_ack","peer_id":"test_peer_1","status":"registered","heartbeat_interval_ms":1000,"max_frame_bytes":16777216}"#
+    );
+    let mut gamer = Client::connect(&url).await;
+    gamer.send_text(r#"{"msg_type": "register_gamer", "gamer_id": "test_gamer_1"}"#).await;
+    gamer.send_text(r#"{"msg_type": "task_request", "task_id": "5d1c7c1e-aaaa", "task_type": "physics", "data": {"objects": []}}"#)
+        .await;
+    assert_eq!(
+        gamer.recv_text().await,
+        r#"{"msg_type":"registration_ack","gamer_id":"test_gamer_1","status":"registered","heartbeat_interval_ms":1000,"max_frame_bytes":16777216}"#
+    );
+
+    let assignment = peer.recv_text().await;
+    let a = json(&assignment);
+    assert_eq!(a["msg_type"], "task_assignment");
+    assert_eq!(a["attempt"], 1);
+    assert_eq!(a["task_data"]["task_type"], "physics", "peer_node.py reads task_type here");
+    assert_eq!(a["task_data"]["task_id"], "5d1c7c1e-aaaa");
+    assert!(assignment.contains(r#""task_data":{"objects": []}"#), "payload bytes forwarded as sent: {assignment}");
+    let assignment_id = a["task_id"].as_str().unwrap();
+
+    peer.send_text(&format!(
+        r#"{{"msg_type": "task_result", "task_id": "{assignment_id}", "result": {{"status": "success", "data": "processed"}}}}"#
+    ))
+    .await;
+    assert_eq!(
+        gamer.recv_text().await,
+        r#"{"msg_type":"task_result","task_id":"5d1c7c1e-aaaa","result":{"status": "success", "data": "processed"},"attempt":1,"peer_id":"test_peer_1"}"#
+    );
+    // Seed peers heartbeat; nothing comes back for it.
+    peer.send_text(r#"{"msg_type": "heartbeat", "peer_id": "test_peer_1"}"#).await;
+    let stats = gamer.stats().await;
+    assert_eq!((stats.peers, stats.gamers, stats.tasks_completed), (1, 1, 1));
+    coord.shutdown().await;
+}
+
+#[tokio::test]
+async fn result_goes_only_to_the_submitting_gamer() {
+    let coord = start(Config::default()).await;
+    let url = coord.url();
+    let mut peer = Client::peer(&url, "p", 4).await;
+    let mut alice = Client::gamer(&url, "alice").await;
+    let mut bob = Client::gamer(&url, "bob").await;
+    // Same task id from two gamers: two different tasks.
+    alice.submit("t1", "physics", r#"{"who":"alice"}"#, None).await;
+    bob.submit("t1", "physics", r#"{"who":"bob"}"#, None).await;
+    for _ in 0..2 {
+        let a = peer.recv_assignment().await;
+        let who = json(a.task_data.task_data.get())["who"].as_str().unwrap().to_owned();
+        peer.answer(&a, &format!(r#"{{"status":"success","for":"{who}"}}"#)).await;
+    }
+    let r = alice.recv_result().await;
+    assert_eq!(json(r.result.get())["for"], "alice");
+    let r = bob.recv_result().await;
+    assert_eq!(json(r.result.get())["for"], "bob");
+    coord.shutdown().await;
+}
+
+#[tokio::test]
+async fn peer_crash_mid_task_requeues_it_at_once() {
+    // A long deadline proves the re-dispatch came from the closed connection, not a timer.
+    let coord = start(Config { default_task_deadline: Duration::from_secs(60), ..Config::default() }).await;
+    let url = coord.url();
+    let mut doomed = Client::peer(&url, "doomed", 1).await;
+    let mut gamer = Client::gamer(&url, "g").await;
+    gamer.submit("t", "physics", "{}", None).await;
+    let first = doomed.recv_assignment().await;
+    assert_eq!(first.attempt, 1);
+    let mut survivor = Client::peer(&url, "survivor", 1).await;
+    drop(doomed); // the socket closes without a goodbye
+    let second = survivor.recv_assignment().await;
+    assert_eq!(second.attempt, 2);
+    assert_eq!(second.task_data.task_id, "t");
+    survivor.answer(&second, r#"{"status":"success"}"#).await;
+    let result = gamer.recv_result().await;
+    assert_eq!((result.task_id.as_str(), result.peer_id.as_deref()), ("t", Some("survivor")));
+    coord.shutdown().await;
+}
+
+#[tokio::test]
+async fn straggler_is_superseded_and_its_late_answer_dropped() {
+    let coord = start(Config::default()).await;
+    let url = coord.url();
+    let mut slow = Client::peer(&url, "slow", 1).await;
+    let mut gamer = Client::gamer(&url, "g").await;
+    gamer.submit_with_deadline("t", "physics", "{}", None, Some(150)).await;
+    let first = slow.recv_assignment().await;
+    let mut fast = Client::peer(&url, "fast", 1).await;
+    // After the deadline the task goes to the other peer.
+    let second = fast.recv_assignment().await;
+    assert_eq!(second.attempt, 2);
+    // The straggler answers late: refused, and the gamer hears nothing of it.
+    slow.answer(&first, r#"{"status":"success","from":"slow"}"#).await;
+    let refused = slow.recv_error().await;
+    assert_eq!(refused.code, ErrorCode::UnknownTask);
+    assert_eq!(refused.refers_to.as_deref(), Some(first.task_id.as_str()));
+    fast.answer(&second, r#"{"status":"success","from":"fast"}"#).await;
+    // A duplicate answer from the right peer is refused too.
+    fast.answer(&second, r#"{"status":"success","from":"fast-again"}"#).await;
+    assert_eq!(fast.recv_error().await.code, ErrorCode::UnknownTask);
+    let result = gamer.recv_result().await;
+    assert_eq!(json(result.result.get())["from"], "fast");
+    // Nothing else is on its way: the next frame is the answer to a later marker task.
+    gamer.submit("marker", "physics", "{}", None).await;
+    let marker = fast.recv_assignment().await;
+    fast.answer(&marker, r#"{"status":"success"}"#).await;
+    assert_eq!(gamer.recv_result().await.task_id, "marker");
+    coord.shutdown().await;
+}
+
+#[tokio::test]
+async fn task_fails_with_an_error_after_max_attempts() {
+    let coord = start(Config { max_attempts: 2, ..Config::default() }).await;
+    let url = coord.url();
+    let mut mute = Client::peer(&url, "mute", 1).await;
+    let mut gamer = Client::gamer(&url, "g").await;
+    gamer.submit_with_deadline("t", "physics", "{}", None, Some(50)).await;
+    assert_eq!(mute.recv_assignment().await.attempt, 1);
+    assert_eq!(mute.recv_assignment().await.attempt, 2);
+    let result = gamer.recv_result().await;
+    assert_eq!(result.task_id, "t");
+    assert_eq!(result.peer_id, None);
+    assert_eq!(result_status(result.result.get()), Some(TaskStatus::Error));
+    assert_eq!(json(result.result.get())["code"], "max_attempts_exceeded");
+    let stats = gamer.stats().await;
+    assert_eq!(stats.tasks_failed, 1);
+    coord.shutdown().await;
+}
+
+#[tokio::test]
+async fn silent_peer_is_evicted_and_its_task_moves() {
+    let config = Config {
+        heartbeat_interval: Duration::from_millis(50),
+        heartbeat_timeout: Duration::from_millis(300),
+        default_task_deadline: Duration::from_secs(60),
+        ..Config::default()
+    };
+    let coord = start(config).await;
+    let url = coord.url();
+    let mut silent = Client::peer(&url, "silent", 1).await;
+    let mut gamer = Client::gamer(&url, "g").await;
+    gamer.submit("t", "physics", "{}", None).await;
+    // The gamer keeps reading (and so answering pings) while it waits.
+    let result = tokio::spawn(async move { gamer.recv_result().await });
+    let _ = silent.recv_assignment().await;
+    // From here on `silent` is never polled: it neither reads nor answers pings.
+    let mut healthy = Client::peer(&url, "healthy", 1).await;
+    let moved = tokio::spawn(async move {
+        let moved = healthy.recv_assignment().await;
+        healthy.answer(&moved, r#"{"status":"success"}"#).await;
+        (healthy, moved)
+    });
+    let (_healthy, moved) = moved.await.unwrap();
+    assert_eq!(moved.attempt, 2);
+    assert_eq!(coord.stats().peers_evicted, 1);
+    assert_eq!(result.await.unwrap().peer_id.as_deref(), Some("healthy"));
+    drop(silent);
+    coord.shutdown().await;
+}
+
+#[tokio::test]
+async fn responsive_idle_peer_is_not_evicted() {
+    let config = Config {
+        heartbeat_interval: Duration::from_millis(20),
+        heartbeat_timeout: Duration::from_millis(100),
+        ..Config::default()
+    };
+    let coord = start(config).await;
+    let url = coord.url();
+    let mut idle = Client::peer(&url, "idle", 1).await;
+    // Reading lets the client library answer pings; wait through 20 of them (four times
+    // the eviction timeout) without sending anything else.
+    let mut pings = 0;
+    while pings < 20 {
+        let frame = tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut idle.ws)).await.unwrap();
+        if let Some(Ok(tokio_tungstenite::tungstenite::Message::Ping(_))) = frame {
+            pings += 1;
+        } else {
+            panic!("unexpected {frame:?}");
+        }
+    }
+    let stats = coord.stats();
+    assert_eq!((stats.peers, stats.peers_evicted), (1, 0));
+    coord.shutdown().await;
+}
+
+#[tokio::test]
+async fn session_tasks_stay_on_one_peer_in_order_then_move_when_it_dies() {
+    let coord = start(Config::default()).await;
+    let url = coord.url();
+    let mut a = Client::peer(&url, "a", 8).await;
+    let mut b = Client::peer(&url, "b", 8).await;
+    let mut gamer = Client::gamer(&url, "g").await;
+    for tick in 0..6 {
+        gamer.submit(&format!("tick{tick}"), "physics_step", &format!(r#"{{"tick":{tick}}}"#), Some("world")).await;
+    }
+    // Whichever peer got tick0 gets all six, in order.
+    let (holder, other) = tokio::select! {
+        first = a.recv_assignment() => (("a", first), "b"),
+        first = b.recv_assignment() => (("b", first), "a"),
+    };
+    let (holder_name, first) = holder;
+    let (mut holder, mut other_peer) = if holder_name == "a" { (a, b) } else { (b, a) };
+    assert_eq!(first.task_data.task_id, "tick0");
+    let mut got = vec![first];
+    for _ in 1..6 {
+        got.push(holder.recv_assignment().await);
+    }
+    let ids: Vec<&str> = got.iter().map(|a| a.task_data.task_id.as_str()).collect();
+    assert_eq!(ids, ["tick0", "tick1", "tick2", "tick3", "tick4", "tick5"]);
+    for a in &got[..3] {
+        holder.answer(a, r#"{"status":"success"}"#).await;
+    }
+    for _ in 0..3 {
+        gamer.recv_result().await;
+    }
+    // The holder dies with ticks 3..5 in flight: they move to the other peer, in order.
+    drop(holder);
+    let moved: Vec<String> = {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            v.push(other_peer.recv_assignment().await.task_data.task_id);
+        }
+        v
+    };
+    assert_eq!(moved, ["tick3", "tick4", "tick5"], "{other} took over");
+    coord.shutdown().await;
+}
+
+#[tokio::test]
+async fn leaving_gamer_has_its_queue_dropped_and_late_results_discarded() {
+    let coord = start(Config::default()).await;
+    let url = coord.url();
+    let mut peer = Client::peer(&url, "p", 1).await;
+    let mut gamer = Client::gamer(&url, "g").await;
+    gamer.submit("running", "physics", "{}", None).await;
+    gamer.submit("waiting", "physics", "{}", None).await;
+    let running = peer.recv_assignment().await;
+    eventually("both tasks accepted", || coord.stats().tasks_queued == 2).await;
+    drop(gamer);
+    eventually("gamer gone", || coord.stats().gamers == 0).await;
+    assert_eq!(coord.stats().tasks_dropped, 2);
+    // The peer's answer is accepted silently (no error), and the slot frees up.
+    peer.answer(&running, r#"{"status":"success"}"#).await;
+    let mut other = Client::gamer(&url, "other").await;
+    other.submit("next", "physics", "{}", None).await;
+    let next = peer.recv_assignment().await;
+    assert_eq!(next.task_data.task_id, "next", "the dropped task was never dispatched");
+    coord.shutdown().await;
+}
+
+#[tokio::test]
+async fn reconnecting_gamer_replaces_its_old_connection_and_keeps_its_tasks() {
+    let coord = start(Config::default()).await;
+    let url = coord.url();
+    let mut peer = Client::peer(&url, "p", 1).await;
+    let mut old = Client::gamer(&url, "g").await;
+    old.submit("t", "physics", "{}", None).await;
+    let a = peer.recv_assignment().await;
+    let mut new = Client::gamer(&url, "g").await;
+    assert_eq!(old.recv_error().await.code, ErrorCode::Replaced);
+    old.expect_closed().await;
+    peer.answer(&a, r#"{"status":"success"}"#).await;
+    assert_eq!(new.recv_result().await.task_id, "t");
+    coord.shutdown().await;
+}
+
+#[tokio::test]
+async fn duplicate_peer_id_replaces_the_stale_connection() {
+    let coord = start(Config::default()).await;
+    let url = coord.url();
+    let mut stale = Client::peer(&url, "p", 1).await;
+    let mut gamer = Client::gamer(&url, "g").await;
+    gamer.submit("t", "physics", "{}", None).await;
+    let _ = stale.recv_assignment().await;
+    let mut fresh = Client::peer(&url, "p", 1).await;
+    assert_eq!(stale.recv_error().await.code, ErrorCode::Replaced);
+    stale.expect_closed().await;
+    // The stale connection's work is re-dispatched to the fresh one.
+    let again = fresh.recv_assignment().await;
+    assert_eq!(again.attempt, 2);
+    fresh.answer(&again, r#"{"status":"success"}"#).await;
+    gamer.recv_result().await;
+    assert_eq!(coord.stats().peers, 1);
+    coord.shutdown().await;
+}
+
+#[tokio::test]
+async fn peers_only_get_task_types_they_declared() {
+    let coord = start(Config::default()).await;
+    let url = coord.url();
+    let caps = p2c2r_protocol::Capabilities {
+        task_types: Some(vec!["ai_navigate".into()]),
+        max_concurrent_tasks: Some(4),
+        ..Default::default()
+    };
+    let mut ai_peer = Client::peer_with(&url, "ai", caps).await;
+    let mut gamer = Client::gamer(&url, "g").await;
+    gamer.submit("phys", "physics_step", "{}", Some("s")).await;
+    gamer.submit("nav", "ai_navigate", "{}", None).await;
+    assert_eq!(ai_peer.recv_assignment().await.task_data.task_id, "nav");
+    let mut any_peer = Client::peer(&url, "any", 1).await;
+    assert_eq!(any_peer.recv_assignment().await.task_data.task_id, "phys");
+    coord.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_tells_clients_and_closes_them() {
+    let coord = start(Config::default()).await;
+    let url = coord.url();
+    let mut gamer = Client::gamer(&url, "g").await;
+    let shutdown = tokio::spawn(coord.shutdown());
+    match gamer.recv().await {
+        Message::Error(e) => assert_eq!(e.code, ErrorCode::ShuttingDown),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(gamer.expect_closed().await, Some(1001));
+    tokio::time::timeout(WAIT, shutdown).await.expect("shutdown finished").unwrap();
+}
