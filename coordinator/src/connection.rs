@@ -72,10 +72,9 @@ pub async fn serve(router: Arc<Router>, config: Arc<Config>, stream: TcpStream, 
             let (frame, closing) = match next {
                 Outbound::Text(text) => (WsMessage::text(text), false),
                 Outbound::Ping => (WsMessage::Ping(Default::default()), false),
-                Outbound::Close(code, reason) => (
-                    WsMessage::Close(Some(CloseFrame { code: CloseCode::from(code), reason: reason.into() })),
-                    true,
-                ),
+                Outbound::Close(code, reason) => {
+                    (WsMessage::Close(Some(CloseFrame { code: CloseCode::from(code), reason: reason.into() })), true)
+                }
             };
             let sent = tokio::select! {
                 _ = writer_kill.cancelled() => break,

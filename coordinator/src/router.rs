@@ -184,12 +184,9 @@ impl Router {
             Message::Heartbeat(_) => {}
             Message::TaskRequest(m) => match role {
                 Role::Gamer(gamer_id) => self.submit(&mut state, conn, &gamer_id, m),
-                Role::Peer(_) => state.send_error(
-                    conn,
-                    ErrorCode::WrongRole,
-                    "peers cannot submit tasks",
-                    Some(m.task_id),
-                ),
+                Role::Peer(_) => {
+                    state.send_error(conn, ErrorCode::WrongRole, "peers cannot submit tasks", Some(m.task_id))
+                }
                 Role::Unregistered => state.send_error(
                     conn,
                     ErrorCode::NotRegistered,
@@ -199,12 +196,9 @@ impl Router {
             },
             Message::TaskResult(m) => match role {
                 Role::Peer(peer_id) => self.complete(&mut state, conn, &peer_id, m),
-                Role::Gamer(_) => state.send_error(
-                    conn,
-                    ErrorCode::WrongRole,
-                    "gamers cannot send task results",
-                    Some(m.task_id),
-                ),
+                Role::Gamer(_) => {
+                    state.send_error(conn, ErrorCode::WrongRole, "gamers cannot send task results", Some(m.task_id))
+                }
                 Role::Unregistered => state.send_error(
                     conn,
                     ErrorCode::NotRegistered,
@@ -396,12 +390,8 @@ impl Router {
                         format!("no peer answered task {task_id:?} in {attempts} attempts"),
                     );
                     let result = to_payload(&error).expect("TaskError serializes");
-                    let message = Message::TaskResult(TaskResult {
-                        task_id,
-                        result,
-                        attempt: Some(attempts),
-                        peer_id: None,
-                    });
+                    let message =
+                        Message::TaskResult(TaskResult { task_id, result, attempt: Some(attempts), peer_id: None });
                     if let Some(&gamer_conn) = state.gamers.get(&gamer) {
                         state.send(gamer_conn, &message);
                     }

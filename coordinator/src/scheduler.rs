@@ -37,12 +37,7 @@ pub struct SchedulerConfig {
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
-        SchedulerConfig {
-            max_attempts: 3,
-            max_pending_per_gamer: 10_000,
-            max_sessions_per_gamer: 64,
-            scan_depth: 256,
-        }
+        SchedulerConfig { max_attempts: 3, max_pending_per_gamer: 10_000, max_sessions_per_gamer: 64, scan_depth: 256 }
     }
 }
 
@@ -193,10 +188,18 @@ pub struct Task<P> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum TaskState {
     Queued,
-    Assigned { peer: PeerId, attempt: u32, due: Instant },
+    Assigned {
+        peer: PeerId,
+        attempt: u32,
+        due: Instant,
+    },
     /// Assigned, but its gamer left: the slot stays taken until the peer answers or the
     /// deadline passes, then the task vanishes.
-    Orphaned { peer: PeerId, attempt: u32, due: Instant },
+    Orphaned {
+        peer: PeerId,
+        attempt: u32,
+        due: Instant,
+    },
 }
 
 #[derive(Debug)]
@@ -308,12 +311,8 @@ impl<P> Scheduler<P> {
         let mut orphans = Vec::new();
         for (key, task) in &self.tasks {
             match &task.state {
-                TaskState::Assigned { peer, attempt, due } if peer == id => {
-                    requeue.push((*key, *attempt, *due))
-                }
-                TaskState::Orphaned { peer, attempt, due } if peer == id => {
-                    orphans.push((*key, *attempt, *due))
-                }
+                TaskState::Assigned { peer, attempt, due } if peer == id => requeue.push((*key, *attempt, *due)),
+                TaskState::Orphaned { peer, attempt, due } if peer == id => orphans.push((*key, *attempt, *due)),
                 _ => {}
             }
         }
@@ -575,10 +574,8 @@ impl<P> Scheduler<P> {
     fn forget(&mut self, task: &Task<P>) {
         let Some(gamer) = self.gamers.get_mut(&task.gamer) else { return };
         gamer.tasks.remove(&task.task_id);
-        if let Some(session_id) = &task.session_id {
-            if let Some(session) = gamer.sessions.get_mut(session_id) {
-                session.pending = session.pending.saturating_sub(1);
-            }
+        if let Some(session) = task.session_id.as_ref().and_then(|id| gamer.sessions.get_mut(id)) {
+            session.pending = session.pending.saturating_sub(1);
         }
     }
 
@@ -618,10 +615,7 @@ impl<P> Scheduler<P> {
                         // A straggling session peer loses the session if another peer can
                         // take it: the next attempt goes elsewhere and the gamer resyncs.
                         if let Some(session_id) = &task.session_id {
-                            let session = self
-                                .gamers
-                                .get_mut(&task.gamer)
-                                .and_then(|g| g.sessions.get_mut(session_id));
+                            let session = self.gamers.get_mut(&task.gamer).and_then(|g| g.sessions.get_mut(session_id));
                             if let Some(session) = session {
                                 session.peer = None;
                             }

@@ -48,7 +48,11 @@ async fn malformed_frames_get_errors_and_the_connection_stays_usable() {
     expect_error(&mut c, r#"{"msg_type": "register_gamer", "gamer_id": ""}"#, ErrorCode::InvalidMessage).await;
     let long_id = format!(r#"{{"msg_type": "register_gamer", "gamer_id": "{}"}}"#, "x".repeat(1000));
     expect_error(&mut c, &long_id, ErrorCode::InvalidMessage).await;
-    let deep = format!(r#"{{"msg_type":"register_peer","peer_id":"p","capabilities":{}1{}}}"#, "[".repeat(50_000), "]".repeat(50_000));
+    let deep = format!(
+        r#"{{"msg_type":"register_peer","peer_id":"p","capabilities":{}1{}}}"#,
+        "[".repeat(50_000),
+        "]".repeat(50_000)
+    );
     expect_error(&mut c, &deep, ErrorCode::InvalidMessage).await;
     let deep_array = format!("{}{}", "[".repeat(200_000), "]".repeat(200_000));
     expect_error(&mut c, &deep_array, ErrorCode::BadJson).await;
@@ -145,7 +149,8 @@ async fn default_frame_limit_fits_a_ten_thousand_body_snapshot() {
         steps: 1,
         add: (0..10_000u64)
             .map(|i| {
-                let mut b = BodyDesc::new(i, Shape::Box { half_extents: [0.5, 0.5, 0.5] }, [i as f32 * 1.1, 12.345, -0.5]);
+                let mut b =
+                    BodyDesc::new(i, Shape::Box { half_extents: [0.5, 0.5, 0.5] }, [i as f32 * 1.1, 12.345, -0.5]);
                 b.rotation = [0.1, 0.2, 0.3, 0.927];
                 b.linvel = [1.5, -2.5, 0.25];
                 b.mass = Some(2.0);

@@ -19,8 +19,10 @@ async fn seed_message_flow_byte_for_byte() {
 
     // The exact frames the seed's test_peer.py and test_gamer.py send (Python's json.dumps).
     let mut peer = Client::connect(&url).await;
-    peer.send_text(r#"{"msg_type": "register_peer", "peer_id": "test_peer_1", "capabilities": {"cpu_cores": 4, "ram_gb": 8}}"#)
-        .await;
+    peer.send_text(
+        r#"{"msg_type": "register_peer", "peer_id": "test_peer_1", "capabilities": {"cpu_cores": 4, "ram_gb": 8}}"#,
+    )
+    .await;
     assert_eq!(
         peer.recv_text().await,
         r#"{"msg_type":"registration_ack","peer_id":"test_peer_1","status":"registered","heartbeat_interval_ms":1000,"max_frame_bytes":16777216}"#

@@ -37,10 +37,7 @@ async fn run_peer(url: String, id: String, behaviour: Behaviour) {
             _ => continue, // errors for late answers, etc.
         };
         seen += 1;
-        let echo = format!(
-            r#"{{"status":"success","gamer_task":"{}","by":"{id}"}}"#,
-            assignment.task_data.task_id
-        );
+        let echo = format!(r#"{{"status":"success","gamer_task":"{}","by":"{id}"}}"#, assignment.task_data.task_id);
         match behaviour {
             Behaviour::Honest => peer.answer(&assignment, &echo).await,
             Behaviour::CrashAfter(n) if seen >= n => return, // drops the socket mid-task

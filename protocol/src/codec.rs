@@ -57,17 +57,12 @@ struct Header<'a> {
 
 /// Decodes one text frame.
 pub fn decode(frame: &str) -> Result<Message, CodecError> {
-    let header: Header<'_> =
-        serde_json::from_str(frame).map_err(|e| CodecError::BadJson(e.to_string()))?;
+    let header: Header<'_> = serde_json::from_str(frame).map_err(|e| CodecError::BadJson(e.to_string()))?;
     let Some(msg_type) = header.msg_type else {
         return Err(CodecError::UnknownMsgType(String::new()));
     };
-    fn body<'a, T: Deserialize<'a>>(
-        frame: &'a str,
-        msg_type: &'static str,
-    ) -> Result<T, CodecError> {
-        serde_json::from_str(frame)
-            .map_err(|e| CodecError::InvalidMessage { msg_type, reason: e.to_string() })
+    fn body<'a, T: Deserialize<'a>>(frame: &'a str, msg_type: &'static str) -> Result<T, CodecError> {
+        serde_json::from_str(frame).map_err(|e| CodecError::InvalidMessage { msg_type, reason: e.to_string() })
     }
     Ok(match msg_type.as_ref() {
         "register_peer" => Message::RegisterPeer(body(frame, "register_peer")?),

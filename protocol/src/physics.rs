@@ -269,12 +269,6 @@ pub struct PhysicsStepResult {
     pub bodies: Vec<BodyState>,
 }
 
-impl Default for crate::TaskStatus {
-    fn default() -> Self {
-        crate::TaskStatus::Success
-    }
-}
-
 /// One body's state after a tick.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BodyState {

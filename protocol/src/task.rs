@@ -19,10 +19,11 @@ pub mod task_types {
 }
 
 /// The `status` field every P2C2R task result carries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskStatus {
     /// The task ran; the rest of the result is its output.
+    #[default]
     Success,
     /// The task did not run; see [`TaskError`].
     Error,

@@ -24,7 +24,8 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(url: &str) -> Client {
-        let (ws, _) = tokio::time::timeout(WAIT, connect_async(url)).await.expect("connect timed out").expect("connect");
+        let (ws, _) =
+            tokio::time::timeout(WAIT, connect_async(url)).await.expect("connect timed out").expect("connect");
         Client { ws }
     }
 
