@@ -1,1 +1,99 @@
-//! Bevy plugin for P2C2R (filled in by the plugin issue).
+//! Offload a Bevy game's physics and NPC navigation to P2C2R peers.
+//!
+//! Add [`P2c2rPlugin`], mark rigid bodies with [`OffloadedBody`] and NPCs with
+//! [`OffloadedAgent`], and insert a [`NavigationGrid`]. Every fixed tick the plugin sends
+//! one `physics_step` request with everything that changed and one `ai_navigate` request
+//! with every agent to a P2C2R coordinator, which routes them to peers. Results are
+//! written to [`PhysicsState`] / [`AgentState`], and `Transform`s are interpolated
+//! between the last two ticks so motion stays smooth at any frame rate.
+//!
+//! When no peer answers in time, or the coordinator is unreachable, the plugin steps the
+//! same world in-process with the `peer` library ([`FallbackPolicy::Local`], the
+//! default) and hands back to peers, with a snapshot, when one answers again: the game
+//! never freezes. [`P2c2rStats`], Bevy messages ([`PhysicsStepped`], [`ModeChanged`],
+//! [`TaskFailed`], [`ConnectionChanged`], ...) and Bevy diagnostics
+//! ([`stats::diagnostics`]) say what is happening.
+//!
+//! The network side is [`client::GamerClient`], an async client usable without Bevy.
+//! In the plugin it runs on its own thread with its own tokio runtime; Bevy systems only
+//! exchange buffers with it through bounded channels and never block.
+//!
+//! # Quick start
+//!
+//! ```no_run
+//! use bevy::prelude::*;
+//! use bevy_p2c2r::prelude::*;
+//!
+//! fn main() {
+//!     App::new()
+//!         .add_plugins(MinimalPlugins)
+//!         .add_plugins(
+//!             P2c2rPlugin::new("ws://127.0.0.1:8765")
+//!                 .gamer_id("player-1")
+//!                 .tick_rate(60.0),
+//!         )
+//!         .insert_resource(NavigationGrid::new(1.0, Vec2::new(-8.0, -8.0), vec!["................"; 16]))
+//!         .add_systems(Startup, setup)
+//!         .add_systems(FixedUpdate, report.after(P2c2rSystems::Apply))
+//!         .run();
+//! }
+//!
+//! fn setup(mut commands: Commands) {
+//!     // A fixed ground and a falling ball.
+//!     commands.spawn((
+//!         OffloadedBody::fixed(BodyShape::cuboid(Vec3::new(16.0, 1.0, 16.0))),
+//!         Transform::from_xyz(0.0, -0.5, 0.0),
+//!     ));
+//!     commands.spawn((
+//!         OffloadedBody::dynamic(BodyShape::ball(0.5)).with_restitution(0.3),
+//!         Transform::from_xyz(0.0, 5.0, 0.0),
+//!     ));
+//!     // An NPC walking to the far corner.
+//!     commands.spawn((OffloadedAgent::new(Vec3::new(6.0, 0.0, 6.0), 3.0), Transform::from_xyz(-6.0, 0.0, -6.0)));
+//! }
+//!
+//! fn report(stats: Res<P2c2rStats>, balls: Query<&Transform, With<OffloadedBody>>) {
+//!     if stats.ticks % 60 == 0 {
+//!         println!("{} rtt p50 {:?} ms, {} bodies", stats.mode, stats.rtt_ms_p50(), balls.iter().count());
+//!     }
+//! }
+//! ```
+//!
+//! Without a coordinator, [`P2c2rPlugin::local_only`] runs the same game fully
+//! in-process.
+
+pub mod client;
+pub mod components;
+mod link;
+mod local;
+pub mod messages;
+mod plugin;
+pub mod stats;
+mod tasks;
+mod transport;
+
+pub use components::{
+    AgentState, BodyShape, ExternalForce, ExternalImpulse, KinematicTarget, NavigationGrid, OffloadedAgent,
+    OffloadedBody, PhysicsState, PoseInterpolation,
+};
+pub use link::OffloadMode;
+pub use messages::{
+    AiStepped, ConnectionChanged, ConnectionState, ModeChanged, PhysicsCommand, PhysicsStepped, ResultSource,
+    TaskFailed, TaskKind, TaskResultReceived,
+};
+pub use p2c2r_protocol;
+pub use p2c2r_protocol::ai::AgentStatus;
+pub use p2c2r_protocol::physics::BodyType;
+pub use plugin::{DEFAULT_COORDINATOR_URL, FallbackPolicy, P2c2rPlugin, P2c2rSystems};
+pub use stats::P2c2rStats;
+pub use transport::{P2c2rClient, QueueError};
+
+/// Everything a game needs: `use bevy_p2c2r::prelude::*;`.
+pub mod prelude {
+    pub use crate::{
+        AgentState, AgentStatus, BodyShape, BodyType, ConnectionChanged, ConnectionState, ExternalForce,
+        ExternalImpulse, FallbackPolicy, KinematicTarget, ModeChanged, NavigationGrid, OffloadMode, OffloadedAgent,
+        OffloadedBody, P2c2rClient, P2c2rPlugin, P2c2rStats, P2c2rSystems, PhysicsCommand, PhysicsState,
+        PhysicsStepped, TaskFailed,
+    };
+}

@@ -464,6 +464,7 @@ impl State {
                     task_id: task.task_id.clone(),
                     task_type: task.task_type.clone(),
                     session_id: task.session_id.clone(),
+                    gamer_id: Some(task.gamer.clone()),
                     task_data: task.payload.clone(),
                 },
             });

@@ -1,1 +1,283 @@
-//! P2C2R peer (filled in by the peer issue).
+//! The P2C2R peer: a worker that runs gamers' physics and game-AI tasks.
+//!
+//! A peer connects to a coordinator over WebSocket, registers with the capabilities it
+//! detects (cores, memory, GPU, task types, how many tasks it runs at once), heartbeats
+//! every second, and answers `task_assignment`s with `task_result`s. It reconnects with
+//! jittered, capped backoff whenever the coordinator goes away, and never exits on a
+//! network error.
+//!
+//! | task type | what the peer does |
+//! | --- | --- |
+//! | `physics_step` | one tick of a session's rapier3d world ([`physics::PhysicsWorld`]) |
+//! | `ai_navigate` | A* paths and steering on a session's grid ([`ai::Navigator`]) |
+//! | `physics` | the seed's task: N falling balls for one step, summarised ([`seed`]) |
+//! | `ai` | the seed's task: a built-in navigation scene, summarised ([`seed`]) |
+//!
+//! The library has three layers, usable separately:
+//!
+//! - [`physics::PhysicsWorld`] and [`ai::Navigator`]: deterministic, synchronous, no
+//!   tokio. The Bevy plugin uses them to step locally when no peer answers.
+//! - [`run_task`]: pure dispatch of one task against a [`SessionStore`], no I/O.
+//! - [`run`] / [`spawn`]: the process (connection, registration, heartbeats, pool,
+//!   reconnection). `cargo run -p peer` is a thin binary over [`run`].
+//!
+//! # Quick start
+//!
+//! Start a peer inside your own tokio runtime, and stop it:
+//!
+//! ```no_run
+//! # async fn demo() {
+//! let config = peer::PeerConfig { coordinator_url: "ws://127.0.0.1:8765".into(), ..Default::default() };
+//! let handle = peer::spawn(config).await;
+//! println!("peer {} started", handle.peer_id());
+//! handle.shutdown().await;
+//! # }
+//! ```
+//!
+//! Or step a physics session directly, no network involved:
+//!
+//! ```
+//! use p2c2r_protocol::physics::{BodyDesc, BodyType, PhysicsStepRequest, Shape};
+//! use peer::physics::PhysicsWorld;
+//!
+//! let ground = BodyDesc::new(0, Shape::Box { half_extents: [10.0, 0.5, 10.0] }, [0.0, -0.5, 0.0])
+//!     .with_body_type(BodyType::Fixed);
+//! let crate_ = BodyDesc::new(1, Shape::Box { half_extents: [0.5; 3] }, [0.0, 3.0, 0.0]);
+//! let mut world = PhysicsWorld::new();
+//! let mut request = PhysicsStepRequest { tick: 0, snapshot: true, dt: 1.0 / 60.0, steps: 1, add: vec![ground, crate_], ..Default::default() };
+//! world.step(&request).unwrap();
+//! for tick in 1..180 {
+//!     request = PhysicsStepRequest { tick, dt: 1.0 / 60.0, steps: 1, ..Default::default() };
+//!     world.step(&request).unwrap();
+//! }
+//! ```
+
+pub mod ai;
+pub mod backoff;
+pub mod capabilities;
+mod connection;
+pub mod physics;
+mod pool;
+pub mod seed;
+pub mod session;
+pub mod tasks;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use session::{Clock, ManualClock, Session, SessionStore, SystemClock};
+pub use tasks::{run_task, run_task_payload};
+
+/// The coordinator a peer connects to when none is configured.
+pub const DEFAULT_COORDINATOR_URL: &str = "ws://localhost:8765";
+
+/// How a peer runs. [`Default`] gives the documented defaults.
+#[derive(Clone, Debug)]
+pub struct PeerConfig {
+    /// The coordinator's WebSocket URL (default `ws://localhost:8765`).
+    pub coordinator_url: String,
+    /// The id to register with; a random `peer-<uuid>` when `None`.
+    pub peer_id: Option<String>,
+    /// Tasks run at once; the detected number of cores when `None`.
+    pub max_concurrent_tasks: Option<u32>,
+    /// A session unused this long is dropped (default 60 s).
+    pub session_idle_timeout: Duration,
+    /// How often a heartbeat is sent (default 1 s).
+    pub heartbeat_interval: Duration,
+    /// First reconnection delay (default 100 ms); it doubles per failed attempt.
+    pub reconnect_backoff_min: Duration,
+    /// Longest reconnection delay (default 5 s).
+    pub reconnect_backoff_max: Duration,
+    /// Limit for connecting and registering (default 5 s).
+    pub connect_timeout: Duration,
+    /// How long a graceful shutdown waits for running tasks (default 2 s).
+    pub shutdown_grace: Duration,
+    /// Largest frame accepted from the coordinator (default 32 MiB: an assignment wraps a
+    /// gamer frame of up to the protocol's 16 MiB default).
+    pub max_frame_bytes: usize,
+    /// Most tasks accepted and not yet answered; beyond it tasks are answered with
+    /// `queue_full` (default: 64 per concurrent task).
+    pub max_pending_tasks: Option<usize>,
+    /// Task types to declare (default: all four this peer runs).
+    pub task_types: Vec<String>,
+}
+
+impl Default for PeerConfig {
+    fn default() -> Self {
+        PeerConfig {
+            coordinator_url: DEFAULT_COORDINATOR_URL.to_owned(),
+            peer_id: None,
+            max_concurrent_tasks: None,
+            session_idle_timeout: Duration::from_secs(60),
+            heartbeat_interval: Duration::from_secs(1),
+            reconnect_backoff_min: Duration::from_millis(100),
+            reconnect_backoff_max: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(2),
+            max_frame_bytes: 2 * p2c2r_protocol::limits::DEFAULT_MAX_FRAME_BYTES,
+            max_pending_tasks: None,
+            task_types: capabilities::all_task_types(),
+        }
+    }
+}
+
+/// Why [`run`] could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// The coordinator URL is not a `ws://` or `wss://` URL.
+    #[error("invalid coordinator URL {url:?}: {reason}")]
+    InvalidUrl {
+        /// The URL given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The peer id is empty or too long.
+    #[error("invalid peer id: {0}")]
+    InvalidPeerId(String),
+}
+
+/// A `Result` with [`PeerError`].
+pub type Result<T, E = PeerError> = std::result::Result<T, E>;
+
+/// The connection state of a running peer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// Registered with the coordinator right now.
+    pub connected: bool,
+    /// Successful registrations so far (reconnections included).
+    pub registrations: u64,
+}
+
+/// Runs a peer until `shutdown` completes; then lets running tasks finish (up to
+/// [`PeerConfig::shutdown_grace`]) and closes the connection properly.
+///
+/// Network errors never end it: it reconnects with backoff. It returns an error only for
+/// a configuration it cannot start with.
+pub async fn run(config: PeerConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let (peer, _status) = prepare(config)?;
+    let cancel = CancellationToken::new();
+    let serve = connection::run(peer, cancel.clone());
+    tokio::pin!(serve);
+    tokio::select! {
+        () = &mut serve => return Ok(()),
+        () = shutdown => cancel.cancel(),
+    }
+    serve.await;
+    Ok(())
+}
+
+/// Starts a peer on the current tokio runtime and returns its handle.
+///
+/// # Panics
+///
+/// If the configuration is invalid (see [`PeerError`]); use [`try_spawn`] to get the error.
+pub async fn spawn(config: PeerConfig) -> PeerHandle {
+    match try_spawn(config).await {
+        Ok(handle) => handle,
+        Err(e) => panic!("cannot start the peer: {e}"),
+    }
+}
+
+/// [`spawn`], returning configuration errors instead of panicking.
+pub async fn try_spawn(config: PeerConfig) -> Result<PeerHandle> {
+    let (peer, status) = prepare(config)?;
+    let peer_id = peer.peer_id.clone();
+    let sessions = peer.store.clone();
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(connection::run(peer, cancel.clone()));
+    Ok(PeerHandle { peer_id, cancel, task, status, sessions })
+}
+
+fn prepare(config: PeerConfig) -> Result<(connection::Peer, Arc<watch::Sender<PeerStatus>>)> {
+    check_url(&config.coordinator_url)?;
+    let peer_id = match &config.peer_id {
+        Some(id) if id.is_empty() || id.len() > p2c2r_protocol::limits::MAX_ID_BYTES => {
+            return Err(PeerError::InvalidPeerId(format!(
+                "must be 1 to {} bytes, got {}",
+                p2c2r_protocol::limits::MAX_ID_BYTES,
+                id.len()
+            )));
+        }
+        Some(id) => id.clone(),
+        None => format!("peer-{}", uuid::Uuid::new_v4()),
+    };
+    let machine = capabilities::detect();
+    let max_concurrent = config.max_concurrent_tasks.unwrap_or(machine.cpu_cores).max(1);
+    let capabilities = capabilities::capabilities(&machine, max_concurrent, &config.task_types);
+    tracing::info!(%peer_id, ?capabilities, "peer starting");
+    let store = Arc::new(SessionStore::new(config.session_idle_timeout));
+    let max_pending = config.max_pending_tasks.unwrap_or(64 * max_concurrent as usize).max(1);
+    let pool = pool::Pool::new(max_concurrent as usize, max_pending, store.clone());
+    let status = Arc::new(watch::Sender::new(PeerStatus::default()));
+    let peer = connection::Peer { config, peer_id, capabilities, store, pool, status: status.clone() };
+    Ok((peer, status))
+}
+
+fn check_url(url: &str) -> Result<()> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let invalid = |reason: String| PeerError::InvalidUrl { url: url.to_owned(), reason };
+    if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+        return Err(invalid("must start with ws:// or wss://".into()));
+    }
+    url.into_client_request().map(drop).map_err(|e| invalid(e.to_string()))
+}
+
+/// A peer started with [`spawn`]. Dropping the handle leaves the peer running.
+#[derive(Debug)]
+pub struct PeerHandle {
+    peer_id: String,
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+    status: Arc<watch::Sender<PeerStatus>>,
+    sessions: Arc<SessionStore>,
+}
+
+impl PeerHandle {
+    /// The id the peer registers with.
+    pub fn peer_id(&self) -> &str {
+        &self.peer_id
+    }
+
+    /// Whether the peer is registered with the coordinator right now.
+    pub fn is_connected(&self) -> bool {
+        self.status.borrow().connected
+    }
+
+    /// The connection state, to watch for changes (e.g. wait for a reconnection).
+    pub fn status(&self) -> watch::Receiver<PeerStatus> {
+        self.status.subscribe()
+    }
+
+    /// Waits until the peer's status satisfies `f` (checked at once, then on every change).
+    pub async fn wait_for(&self, f: impl FnMut(&PeerStatus) -> bool) -> PeerStatus {
+        let mut rx = self.status.subscribe();
+        // The sender lives in `self`, so the channel cannot close while we wait.
+        *rx.wait_for(f).await.expect("the status sender outlives the handle")
+    }
+
+    /// The sessions the peer holds (to inspect them; the peer manages them).
+    pub fn sessions(&self) -> &Arc<SessionStore> {
+        &self.sessions
+    }
+
+    /// Graceful stop: running tasks finish and are answered (up to the grace period), the
+    /// connection is closed properly, then this returns.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        let _ = self.task.await;
+        self.status.send_modify(|s| s.connected = false);
+    }
+
+    /// Simulates a crash: the connection is dropped at once without a WebSocket close
+    /// handshake, and the peer stops. Results of running tasks are lost.
+    pub fn kill(&self) {
+        self.task.abort();
+        self.status.send_modify(|s| s.connected = false);
+    }
+}

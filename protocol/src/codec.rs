@@ -169,6 +169,7 @@ mod tests {
                 task_id: "t".into(),
                 task_type: "ai".into(),
                 session_id: None,
+                gamer_id: None,
                 task_data: payload("{}"),
             },
         }));
@@ -223,6 +224,7 @@ mod tests {
                 task_id: "t".into(),
                 task_type: "physics".into(),
                 session_id: None,
+                gamer_id: None,
                 task_data: payload(r#"{"num_objects":50}"#),
             },
         }));

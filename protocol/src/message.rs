@@ -187,9 +187,27 @@ pub struct TaskSpec {
     /// The session the task belongs to, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
+    /// The gamer that submitted the task. Session ids are chosen by gamers, so a peer
+    /// keys its sessions by gamer and session together ([`TaskSpec::session_key`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gamer_id: Option<String>,
     /// The task's input, byte for byte as the gamer sent it.
     #[serde(default = "null_payload")]
     pub task_data: RawPayload,
+}
+
+impl TaskSpec {
+    /// The key a peer stores this task's session under: the session id, scoped by the
+    /// gamer when the coordinator names it, so two gamers' `"main"` sessions never share a
+    /// world. `None` when the task has no session.
+    pub fn session_key(&self) -> Option<String> {
+        let session = self.session_id.as_deref()?;
+        Some(match self.gamer_id.as_deref() {
+            // Length-prefixed, so no choice of ids can make two pairs collide.
+            Some(gamer) => format!("{}:{gamer}/{session}", gamer.len()),
+            None => session.to_owned(),
+        })
+    }
 }
 
 /// `task_result`. From a peer, `task_id` is the assignment's id; towards a gamer, it is

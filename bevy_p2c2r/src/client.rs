@@ -1,0 +1,753 @@
+//! The async gamer client: one WebSocket connection to a coordinator, usable without Bevy.
+//!
+//! [`GamerClient`] connects, registers with `register_gamer`, sends `task_request`s and
+//! hands back every `task_result` (and `error`) it receives. A background task owns the
+//! socket; it sends heartbeats, measures each task's round-trip time and, when the
+//! connection drops, reconnects with capped, jittered exponential backoff.
+//!
+//! Two ways to get results:
+//!
+//! - [`GamerClient::submit`] sends a task and awaits its [`TaskOutcome`];
+//! - [`GamerClient::send`] sends without waiting; the outcome arrives on the
+//!   [`ClientEvents`] stream, together with connection changes.
+//!
+//! ```no_run
+//! use bevy_p2c2r::client::{ClientConfig, GamerClient};
+//! use p2c2r_protocol::{TaskRequest, to_payload};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let (client, _events) = GamerClient::connect(ClientConfig::new("ws://127.0.0.1:8765", "gamer-1")).await?;
+//! let outcome = client
+//!     .submit(TaskRequest {
+//!         task_id: "t1".into(),
+//!         task_type: "physics".into(),
+//!         task_data: to_payload(&serde_json::json!({"num_objects": 10}))?,
+//!         session_id: None,
+//!         deadline_ms: Some(2_000),
+//!     })
+//!     .await?;
+//! println!("{} answered in {:?}", outcome.peer_id.as_deref().unwrap_or("?"), outcome.rtt);
+//! client.close().await;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use p2c2r_protocol::{
+    ErrorMessage, Heartbeat, Message, RawPayload, RegisterGamer, TaskError, TaskRequest, TaskStatus, codec, limits,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_tungstenite::tungstenite;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+/// A `Result` whose error is a [`ClientError`].
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+/// What can go wrong talking to the coordinator.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    /// The TCP connection or the WebSocket handshake failed.
+    #[error("cannot connect to {url}: {reason}")]
+    Connect {
+        /// The coordinator's URL.
+        url: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The coordinator did not acknowledge the registration.
+    #[error("registration failed: {0}")]
+    Registration(String),
+    /// There is no connection right now (the client is reconnecting or closed).
+    #[error("not connected to the coordinator")]
+    NotConnected,
+    /// The connection dropped before the task's result arrived; the coordinator drops
+    /// the tasks of a gamer that disconnects.
+    #[error("connection lost before the result arrived")]
+    Disconnected,
+    /// The outgoing queue is full; the task was not sent.
+    #[error("outgoing queue full")]
+    QueueFull,
+    /// The coordinator refused the request with an `error` message.
+    #[error("coordinator refused the task: {}: {}", .0.code, .0.message)]
+    Rejected(ErrorMessage),
+    /// The client was closed.
+    #[error("client closed")]
+    Closed,
+}
+
+/// How a [`GamerClient`] connects and behaves.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// The coordinator's WebSocket URL, e.g. `ws://127.0.0.1:8765`.
+    pub url: String,
+    /// The id to register with; unique among connected gamers.
+    pub gamer_id: String,
+    /// Time allowed for TCP connect plus WebSocket handshake.
+    pub connect_timeout: Duration,
+    /// Time allowed between `register_gamer` and `registration_ack`.
+    pub register_timeout: Duration,
+    /// Reconnect after the connection drops (and keep retrying a failed first connect
+    /// when started with [`GamerClient::start`]).
+    pub reconnect: bool,
+    /// First reconnect delay; doubles after each failure.
+    pub backoff_initial: Duration,
+    /// Largest reconnect delay. Each delay is jittered to 50–100 % of its value.
+    pub backoff_max: Duration,
+    /// How often to send an application heartbeat. The coordinator's
+    /// `heartbeat_interval_ms` from the registration ack wins when it is shorter.
+    pub heartbeat_interval: Duration,
+    /// Largest incoming frame accepted.
+    pub max_frame_bytes: usize,
+    /// Capacity of the outgoing queue and of the event stream.
+    pub queue_capacity: usize,
+}
+
+impl ClientConfig {
+    /// A configuration with default timeouts for this URL and gamer id.
+    pub fn new(url: impl Into<String>, gamer_id: impl Into<String>) -> Self {
+        ClientConfig {
+            url: url.into(),
+            gamer_id: gamer_id.into(),
+            connect_timeout: Duration::from_secs(5),
+            register_timeout: Duration::from_secs(5),
+            reconnect: true,
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+            heartbeat_interval: Duration::from_secs(1),
+            max_frame_bytes: limits::DEFAULT_MAX_FRAME_BYTES,
+            queue_capacity: 4096,
+        }
+    }
+}
+
+/// A task's answer as the coordinator delivered it.
+#[derive(Debug)]
+pub struct TaskOutcome {
+    /// The gamer's task id.
+    pub task_id: String,
+    /// The peer that ran it; `None` when the coordinator gave up on the task.
+    pub peer_id: Option<String>,
+    /// The attempt that produced the answer.
+    pub attempt: Option<u32>,
+    /// Time from writing the request to reading the result, when this client sent it.
+    pub rtt: Option<Duration>,
+    /// The result itself.
+    pub reply: TaskReply,
+}
+
+/// A result's payload: success (raw JSON, parse it with [`TaskOutcome::parse`]) or a
+/// [`TaskError`].
+#[derive(Debug)]
+pub enum TaskReply {
+    /// `"status": "success"` (or a seed result without `status`): the JSON as received.
+    Success(RawPayload),
+    /// `"status": "error"`.
+    Failed(TaskError),
+}
+
+impl TaskOutcome {
+    /// Parses a successful result into `T`. A failed result returns its [`TaskError`].
+    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> std::result::Result<T, TaskError> {
+        match &self.reply {
+            TaskReply::Success(raw) => serde_json::from_str(raw.get())
+                .map_err(|e| TaskError::new(p2c2r_protocol::ErrorCode::InvalidPayload, format!("bad result: {e}"))),
+            TaskReply::Failed(err) => Err(err.clone()),
+        }
+    }
+
+    /// The error, when the task failed.
+    pub fn error(&self) -> Option<&TaskError> {
+        match &self.reply {
+            TaskReply::Failed(e) => Some(e),
+            TaskReply::Success(_) => None,
+        }
+    }
+
+    fn from_result(r: p2c2r_protocol::TaskResult, rtt: Option<Duration>) -> Self {
+        let reply = match p2c2r_protocol::task::result_status(r.result.get()) {
+            Some(TaskStatus::Error) => match serde_json::from_str::<TaskError>(r.result.get()) {
+                Ok(e) => TaskReply::Failed(e),
+                Err(e) => TaskReply::Failed(TaskError::new(
+                    p2c2r_protocol::ErrorCode::Other,
+                    format!("unreadable error result: {e}"),
+                )),
+            },
+            _ => TaskReply::Success(r.result),
+        };
+        TaskOutcome { task_id: r.task_id, peer_id: r.peer_id, attempt: r.attempt, rtt, reply }
+    }
+}
+
+/// Something the connection reports: results, errors and connection changes.
+#[derive(Debug)]
+pub enum ClientEvent {
+    /// Registered (again) with the coordinator.
+    Connected {
+        /// The id the coordinator acknowledged.
+        gamer_id: String,
+    },
+    /// The connection dropped or a connection attempt failed. Tasks sent and not yet
+    /// answered are lost; the client reconnects when configured to.
+    Disconnected {
+        /// Why.
+        reason: String,
+    },
+    /// A task result for a task sent with [`GamerClient::send`].
+    Result(TaskOutcome),
+    /// An `error` message from the coordinator not claimed by a [`GamerClient::submit`].
+    Error(ErrorMessage),
+    /// A task sent with [`GamerClient::send`] could not be delivered (no connection).
+    Undelivered {
+        /// The task's id.
+        task_id: String,
+        /// Why.
+        error: ClientError,
+    },
+}
+
+/// Byte and frame counters of one client, shared with whoever holds
+/// [`GamerClient::stats`].
+#[derive(Debug, Default)]
+pub struct ClientStats {
+    bytes_sent: AtomicU64,
+    bytes_received: AtomicU64,
+    frames_sent: AtomicU64,
+    frames_received: AtomicU64,
+    connects: AtomicU64,
+    connected: AtomicBool,
+}
+
+impl ClientStats {
+    /// Payload bytes written to the socket (text frames).
+    pub fn bytes_sent(&self) -> u64 {
+        self.bytes_sent.load(Ordering::Relaxed)
+    }
+    /// Payload bytes read from the socket (text frames).
+    pub fn bytes_received(&self) -> u64 {
+        self.bytes_received.load(Ordering::Relaxed)
+    }
+    /// Frames written.
+    pub fn frames_sent(&self) -> u64 {
+        self.frames_sent.load(Ordering::Relaxed)
+    }
+    /// Frames read.
+    pub fn frames_received(&self) -> u64 {
+        self.frames_received.load(Ordering::Relaxed)
+    }
+    /// Successful registrations so far (1 + reconnects).
+    pub fn connects(&self) -> u64 {
+        self.connects.load(Ordering::Relaxed)
+    }
+    /// Whether the client is registered right now.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+}
+
+enum Command {
+    Send { request: TaskRequest, reply: Option<oneshot::Sender<Result<TaskOutcome>>> },
+    Close { done: oneshot::Sender<()> },
+}
+
+/// A handle to the connection. Cheap to clone; the connection closes when
+/// [`GamerClient::close`] is called or every handle and the [`ClientEvents`] are dropped.
+#[derive(Clone)]
+pub struct GamerClient {
+    commands: mpsc::Sender<Command>,
+    stats: Arc<ClientStats>,
+    connected: watch::Receiver<bool>,
+    gamer_id: Arc<str>,
+}
+
+impl std::fmt::Debug for GamerClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GamerClient").field("gamer_id", &self.gamer_id).finish_non_exhaustive()
+    }
+}
+
+/// The stream of [`ClientEvent`]s of one client. Read it, or drop it: the stream is
+/// bounded ([`ClientConfig::queue_capacity`]), and a full stream holds the connection's
+/// reads back.
+#[derive(Debug)]
+pub struct ClientEvents {
+    rx: mpsc::Receiver<ClientEvent>,
+}
+
+impl ClientEvents {
+    /// The next event; `None` once the client is closed.
+    pub async fn recv(&mut self) -> Option<ClientEvent> {
+        self.rx.recv().await
+    }
+
+    /// The next event, blocking the thread; for use outside async code only.
+    pub fn blocking_recv(&mut self) -> Option<ClientEvent> {
+        self.rx.blocking_recv()
+    }
+
+    /// The next event if one is ready.
+    pub fn try_recv(&mut self) -> Option<ClientEvent> {
+        self.rx.try_recv().ok()
+    }
+}
+
+impl GamerClient {
+    /// Starts the client in the background and returns at once; it connects (and keeps
+    /// reconnecting, when `config.reconnect`) on its own, reporting
+    /// [`ClientEvent::Connected`] / [`ClientEvent::Disconnected`] on the event stream.
+    /// Must be called within a tokio runtime.
+    pub fn start(config: ClientConfig) -> (GamerClient, ClientEvents) {
+        let (client, events, _first) = Self::spawn(config, true);
+        (client, events)
+    }
+
+    /// Connects and registers, returning once the coordinator acknowledged, or the error
+    /// of that first attempt. Later drops are handled by reconnecting (when
+    /// `config.reconnect`).
+    pub async fn connect(config: ClientConfig) -> Result<(GamerClient, ClientEvents)> {
+        let (client, events, first) = Self::spawn(config, false);
+        match first.await {
+            Ok(Ok(())) => Ok((client, events)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ClientError::Closed),
+        }
+    }
+
+    fn spawn(config: ClientConfig, retry_first: bool) -> (GamerClient, ClientEvents, oneshot::Receiver<Result<()>>) {
+        let (cmd_tx, cmd_rx) = mpsc::channel(config.queue_capacity.max(1));
+        let (ev_tx, ev_rx) = mpsc::channel(config.queue_capacity.max(1));
+        let (conn_tx, conn_rx) = watch::channel(false);
+        let (first_tx, first_rx) = oneshot::channel();
+        let stats = Arc::new(ClientStats::default());
+        let gamer_id: Arc<str> = config.gamer_id.clone().into();
+        let driver = Driver {
+            config,
+            commands: cmd_rx,
+            events: ev_tx,
+            connected: conn_tx,
+            stats: stats.clone(),
+            first: Some(first_tx),
+            retry_first,
+        };
+        tokio::spawn(driver.run());
+        (GamerClient { commands: cmd_tx, stats, connected: conn_rx, gamer_id }, ClientEvents { rx: ev_rx }, first_rx)
+    }
+
+    /// The gamer id this client registers with.
+    pub fn gamer_id(&self) -> &str {
+        &self.gamer_id
+    }
+
+    /// Whether the client is registered with the coordinator right now.
+    pub fn is_connected(&self) -> bool {
+        *self.connected.borrow()
+    }
+
+    /// Waits until the client is registered, up to `timeout`. Returns whether it is.
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        let mut rx = self.connected.clone();
+        tokio::time::timeout(timeout, rx.wait_for(|c| *c)).await.is_ok_and(|r| r.is_ok())
+    }
+
+    /// The client's byte and frame counters.
+    pub fn stats(&self) -> &Arc<ClientStats> {
+        &self.stats
+    }
+
+    /// Sends a task without waiting. Its outcome arrives as [`ClientEvent::Result`] (or
+    /// [`ClientEvent::Undelivered`], or [`ClientEvent::Error`] when the coordinator
+    /// refuses it). Never blocks: a full queue returns [`ClientError::QueueFull`].
+    pub fn send(&self, request: TaskRequest) -> Result<()> {
+        self.commands.try_send(Command::Send { request, reply: None }).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => ClientError::QueueFull,
+            mpsc::error::TrySendError::Closed(_) => ClientError::Closed,
+        })
+    }
+
+    /// Like [`GamerClient::send`], but waits for room in the queue instead of failing.
+    /// Blocks the thread: for use outside async code only.
+    pub fn blocking_send(&self, request: TaskRequest) -> Result<()> {
+        self.commands.blocking_send(Command::Send { request, reply: None }).map_err(|_| ClientError::Closed)
+    }
+
+    /// Sends a task and waits for its outcome. A task-level failure (such as
+    /// `max_attempts_exceeded`) is an `Ok` outcome holding [`TaskReply::Failed`]; an
+    /// `error` message about the task is [`ClientError::Rejected`].
+    pub async fn submit(&self, request: TaskRequest) -> Result<TaskOutcome> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Send { request, reply: Some(tx) }).await.map_err(|_| ClientError::Closed)?;
+        rx.await.map_err(|_| ClientError::Closed)?
+    }
+
+    /// Closes the connection and stops reconnecting. Pending [`GamerClient::submit`]s
+    /// fail with [`ClientError::Closed`].
+    pub async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Close { done: tx }).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// The capped, jittered exponential backoff used between reconnect attempts.
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    /// Starts at `initial`, doubles up to `max`.
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        let initial = initial.max(Duration::from_millis(1));
+        Backoff { initial, max: max.max(initial), current: initial }
+    }
+
+    /// The next delay: the current step jittered to 50–100 % of it; then the step doubles.
+    pub fn next_delay(&mut self) -> Duration {
+        let step = self.current;
+        self.current = (self.current * 2).min(self.max);
+        step.mul_f64(0.5 + 0.5 * fastrand::f64())
+    }
+
+    /// Back to the initial delay (after a successful connection).
+    pub fn reset(&mut self) {
+        self.current = self.initial;
+    }
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+struct Driver {
+    config: ClientConfig,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<ClientEvent>,
+    connected: watch::Sender<bool>,
+    stats: Arc<ClientStats>,
+    first: Option<oneshot::Sender<Result<()>>>,
+    retry_first: bool,
+}
+
+enum SessionEnd {
+    Lost(String),
+    Closed(Option<oneshot::Sender<()>>),
+}
+
+impl Driver {
+    async fn run(mut self) {
+        let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
+        let mut reported_down = false;
+        loop {
+            match self.connect().await {
+                Ok((socket, heartbeat)) => {
+                    backoff.reset();
+                    self.stats.connects.fetch_add(1, Ordering::Relaxed);
+                    self.set_connected(true);
+                    if let Some(first) = self.first.take() {
+                        let _ = first.send(Ok(()));
+                    }
+                    let gamer_id = self.config.gamer_id.clone();
+                    if !self.emit(ClientEvent::Connected { gamer_id }).await {
+                        return;
+                    }
+                    let end = self.session(socket, heartbeat).await;
+                    self.set_connected(false);
+                    match end {
+                        SessionEnd::Closed(done) => {
+                            if let Some(done) = done {
+                                let _ = done.send(());
+                            }
+                            return;
+                        }
+                        SessionEnd::Lost(reason) => {
+                            tracing::debug!(%reason, "p2c2r connection lost");
+                            reported_down = true;
+                            if !self.emit(ClientEvent::Disconnected { reason }).await {
+                                return;
+                            }
+                            if !self.config.reconnect {
+                                self.drain_closed().await;
+                                return;
+                            }
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "p2c2r connect failed");
+                    if let Some(first) = self.first.take() {
+                        if !self.retry_first {
+                            let _ = first.send(Err(error));
+                            return;
+                        }
+                        self.first = Some(first);
+                    }
+                    if !reported_down {
+                        reported_down = true;
+                        if !self.emit(ClientEvent::Disconnected { reason: error.to_string() }).await {
+                            return;
+                        }
+                    }
+                    if !self.config.reconnect && !self.retry_first {
+                        return;
+                    }
+                }
+            }
+            // Wait before the next attempt, still answering commands.
+            let sleep = tokio::time::sleep(backoff.next_delay());
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    _ = &mut sleep => break,
+                    cmd = self.commands.recv() => match cmd {
+                        None => return,
+                        Some(Command::Close { done }) => { let _ = done.send(()); return; }
+                        Some(Command::Send { request, reply }) => {
+                            self.undelivered(request.task_id, reply, ClientError::NotConnected).await;
+                        }
+                    },
+                }
+            }
+        }
+    }
+
+    async fn drain_closed(&mut self) {
+        while let Some(cmd) = self.commands.recv().await {
+            match cmd {
+                Command::Close { done } => {
+                    let _ = done.send(());
+                    return;
+                }
+                Command::Send { request, reply } => {
+                    self.undelivered(request.task_id, reply, ClientError::NotConnected).await;
+                }
+            }
+        }
+    }
+
+    fn set_connected(&self, up: bool) {
+        self.stats.connected.store(up, Ordering::Relaxed);
+        let _ = self.connected.send(up);
+    }
+
+    async fn emit(&self, event: ClientEvent) -> bool {
+        self.events.send(event).await.is_ok() || !self.commands.is_closed()
+    }
+
+    async fn undelivered(
+        &self,
+        task_id: String,
+        reply: Option<oneshot::Sender<Result<TaskOutcome>>>,
+        error: ClientError,
+    ) {
+        match reply {
+            Some(reply) => {
+                let _ = reply.send(Err(error));
+            }
+            None => {
+                let _ = self.events.send(ClientEvent::Undelivered { task_id, error }).await;
+            }
+        }
+    }
+
+    /// Connects and registers; returns the socket and the heartbeat period to use.
+    async fn connect(&mut self) -> Result<(Socket, Duration)> {
+        let url = self.config.url.clone();
+        let ws_config = WebSocketConfig::default()
+            .max_message_size(Some(self.config.max_frame_bytes))
+            .max_frame_size(Some(self.config.max_frame_bytes));
+        let connecting = tokio_tungstenite::connect_async_with_config(url.as_str(), Some(ws_config), true);
+        let (mut socket, _) = match tokio::time::timeout(self.config.connect_timeout, connecting).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(ClientError::Connect { url, reason: e.to_string() }),
+            Err(_) => return Err(ClientError::Connect { url, reason: "timed out".into() }),
+        };
+        let register = codec::encode(&Message::RegisterGamer(RegisterGamer { gamer_id: self.config.gamer_id.clone() }));
+        self.count_sent(register.len());
+        socket
+            .send(tungstenite::Message::Text(register.into()))
+            .await
+            .map_err(|e| ClientError::Connect { url: url.clone(), reason: e.to_string() })?;
+        let deadline = tokio::time::Instant::now() + self.config.register_timeout;
+        loop {
+            let frame = match tokio::time::timeout_at(deadline, socket.next()).await {
+                Err(_) => return Err(ClientError::Registration("no registration_ack in time".into())),
+                Ok(None) => return Err(ClientError::Registration("connection closed".into())),
+                Ok(Some(Err(e))) => return Err(ClientError::Registration(e.to_string())),
+                Ok(Some(Ok(frame))) => frame,
+            };
+            let tungstenite::Message::Text(text) = frame else { continue };
+            self.count_received(text.len());
+            match codec::decode(text.as_str()) {
+                Ok(Message::RegistrationAck(ack)) => {
+                    let mut heartbeat = self.config.heartbeat_interval;
+                    if let Some(ms) = ack.heartbeat_interval_ms.filter(|ms| *ms > 0) {
+                        heartbeat = heartbeat.min(Duration::from_millis(ms));
+                    }
+                    return Ok((socket, heartbeat.max(Duration::from_millis(10))));
+                }
+                Ok(Message::Error(e)) => {
+                    return Err(ClientError::Registration(format!("{}: {}", e.code, e.message)));
+                }
+                Ok(_) | Err(_) => continue,
+            }
+        }
+    }
+
+    fn count_sent(&self, bytes: usize) {
+        self.stats.bytes_sent.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn count_received(&self, bytes: usize) {
+        self.stats.bytes_received.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.stats.frames_received.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Runs one registered connection until it drops or the client closes.
+    async fn session(&mut self, socket: Socket, heartbeat: Duration) -> SessionEnd {
+        let (mut sink, mut stream) = socket.split();
+        let mut sent_at: HashMap<String, Instant> = HashMap::new();
+        let mut waiters: HashMap<String, oneshot::Sender<Result<TaskOutcome>>> = HashMap::new();
+        let mut ticker = tokio::time::interval(heartbeat);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        let heartbeat_frame = codec::encode(&Message::Heartbeat(Heartbeat {
+            peer_id: None,
+            gamer_id: Some(self.config.gamer_id.clone()),
+        }));
+        let end = loop {
+            tokio::select! {
+                cmd = self.commands.recv() => match cmd {
+                    None => {
+                        let _ = sink.close().await;
+                        break SessionEnd::Closed(None);
+                    }
+                    Some(Command::Close { done }) => {
+                        let _ = sink.close().await;
+                        break SessionEnd::Closed(Some(done));
+                    }
+                    Some(Command::Send { request, reply }) => {
+                        let task_id = request.task_id.clone();
+                        let frame = codec::encode(&Message::TaskRequest(request));
+                        self.count_sent(frame.len());
+                        if let Err(e) = sink.send(tungstenite::Message::Text(frame.into())).await {
+                            self.undelivered(task_id, reply, ClientError::Disconnected).await;
+                            break SessionEnd::Lost(e.to_string());
+                        }
+                        if sent_at.len() > 100_000 {
+                            let cutoff = Instant::now() - Duration::from_secs(60);
+                            sent_at.retain(|_, t| *t > cutoff);
+                        }
+                        sent_at.insert(task_id.clone(), Instant::now());
+                        if let Some(reply) = reply {
+                            waiters.insert(task_id, reply);
+                        }
+                    }
+                },
+                frame = stream.next() => match frame {
+                    None => break SessionEnd::Lost("connection closed by the coordinator".into()),
+                    Some(Err(e)) => break SessionEnd::Lost(e.to_string()),
+                    Some(Ok(tungstenite::Message::Text(text))) => {
+                        self.count_received(text.len());
+                        match codec::decode(text.as_str()) {
+                            Ok(Message::TaskResult(result)) => {
+                                let rtt = sent_at.remove(&result.task_id).map(|t| t.elapsed());
+                                let outcome = TaskOutcome::from_result(result, rtt);
+                                if let Some(waiter) = waiters.remove(&outcome.task_id) {
+                                    let _ = waiter.send(Ok(outcome));
+                                } else if self.events.send(ClientEvent::Result(outcome)).await.is_err()
+                                    && self.commands.is_closed()
+                                {
+                                    break SessionEnd::Closed(None);
+                                }
+                            }
+                            Ok(Message::Error(error)) => {
+                                let waiter = error.refers_to.as_ref().and_then(|id| waiters.remove(id));
+                                if let Some(id) = &error.refers_to {
+                                    sent_at.remove(id);
+                                }
+                                match waiter {
+                                    Some(w) => { let _ = w.send(Err(ClientError::Rejected(error))); }
+                                    None => { let _ = self.events.send(ClientEvent::Error(error)).await; }
+                                }
+                            }
+                            Ok(other) => tracing::trace!(msg_type = other.msg_type(), "ignored frame"),
+                            Err(e) => tracing::debug!(error = %e, "undecodable frame from coordinator"),
+                        }
+                    }
+                    Some(Ok(tungstenite::Message::Close(_))) => {
+                        break SessionEnd::Lost("coordinator closed the connection".into());
+                    }
+                    Some(Ok(_)) => {}
+                },
+                _ = ticker.tick() => {
+                    self.count_sent(heartbeat_frame.len());
+                    if let Err(e) = sink.send(tungstenite::Message::Text(heartbeat_frame.clone().into())).await {
+                        break SessionEnd::Lost(e.to_string());
+                    }
+                }
+            }
+        };
+        for (_, waiter) in waiters.drain() {
+            let error = match end {
+                SessionEnd::Closed(_) => ClientError::Closed,
+                SessionEnd::Lost(_) => ClientError::Disconnected,
+            };
+            let _ = waiter.send(Err(error));
+        }
+        end
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_capped_and_jittered() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(800));
+        let delays: Vec<_> = (0..8).map(|_| b.next_delay()).collect();
+        for (i, d) in delays.iter().enumerate() {
+            let step = Duration::from_millis(100 * (1 << i.min(3)));
+            assert!(*d >= step / 2 && *d <= step, "delay {i} = {d:?}, step {step:?}");
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn outcome_classifies_success_and_error() {
+        let ok = TaskOutcome::from_result(
+            p2c2r_protocol::TaskResult {
+                task_id: "t".into(),
+                result: p2c2r_protocol::raw_payload(r#"{"status":"success","tick":3,"bodies":[]}"#.into()).unwrap(),
+                attempt: Some(1),
+                peer_id: Some("p".into()),
+            },
+            None,
+        );
+        let parsed: p2c2r_protocol::physics::PhysicsStepResult = ok.parse().unwrap();
+        assert_eq!(parsed.tick, 3);
+        let err = TaskOutcome::from_result(
+            p2c2r_protocol::TaskResult {
+                task_id: "t".into(),
+                result: p2c2r_protocol::raw_payload(
+                    r#"{"status":"error","code":"unknown_session","message":"x","resync":true,"tick":4}"#.into(),
+                )
+                .unwrap(),
+                attempt: None,
+                peer_id: None,
+            },
+            None,
+        );
+        let e = err.error().unwrap();
+        assert!(e.resync);
+        assert_eq!(e.tick, Some(4));
+        assert_eq!(e.code, p2c2r_protocol::ErrorCode::UnknownSession);
+    }
+}

@@ -1,0 +1,643 @@
+//! The offload state machine: who steps the world this tick (peers or the local
+//! fallback), when to send a snapshot, which results to apply. Pure logic on plain data,
+//! unit-tested without sockets or Bevy.
+//!
+//! The rule that keeps the worlds in sync: a world only ever receives a contiguous stream
+//! of requests that starts with a snapshot of the authoritative state. The peer's world
+//! gets a snapshot whenever it starts, resyncs or takes over from the fallback; the local
+//! world gets one when the fallback starts after peers stopped answering. While handing
+//! back, the peer and the local world get the *same* requests, so (rapier being
+//! deterministic) they compute the same states and the hand-over is seamless.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// Who is stepping the game's physics and AI right now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum OffloadMode {
+    /// Peers step the world; results come over the network.
+    #[default]
+    Offloaded,
+    /// No peer answers (or no coordinator): the plugin steps the world in-process with
+    /// the `peer` library (or, with fallback disabled, waits).
+    Fallback,
+    /// A peer is back: it has been sent a snapshot and gets the same requests as the
+    /// local world, until its first answer arrives.
+    HandingBack,
+}
+
+impl OffloadMode {
+    /// `"offloaded"`, `"fallback"` or `"handing_back"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OffloadMode::Offloaded => "offloaded",
+            OffloadMode::Fallback => "fallback",
+            OffloadMode::HandingBack => "handing_back",
+        }
+    }
+}
+
+impl std::fmt::Display for OffloadMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What to do at one tick.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct TickPlan {
+    /// Send this tick's physics request to the peer.
+    pub to_peer: bool,
+    /// Step this tick's physics request locally.
+    pub to_local: bool,
+    /// Make the request a full snapshot.
+    pub snapshot: bool,
+    /// Send an AI request to the peer.
+    pub ai_to_peer: bool,
+    /// Include the grid in the AI request.
+    pub ai_grid: bool,
+    /// Run the AI locally.
+    pub ai_local: bool,
+    /// Send a probe (an empty snapshot) to see whether a peer answers.
+    pub probe: bool,
+}
+
+/// Why the mode changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Transition {
+    /// Entered fallback.
+    Fallback(String),
+    /// Started handing back to a peer.
+    HandingBack,
+    /// A peer serves the session again.
+    Offloaded,
+}
+
+/// What to do with a physics result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Apply it.
+    Apply,
+    /// Already applied a later or equal tick (late, duplicate or out of order).
+    Stale,
+    /// From a peer world that has since been abandoned.
+    OldEpoch,
+}
+
+#[derive(Debug)]
+pub(crate) struct Link {
+    pub mode: OffloadMode,
+    /// Step locally when peers do not answer.
+    pub fallback_enabled: bool,
+    /// A coordinator is configured at all.
+    pub remote: bool,
+    /// How long the oldest request may wait before the fallback takes over.
+    pub timeout: Duration,
+    /// How often to probe for peers while in fallback.
+    pub probe_interval: Duration,
+    /// Tick of the snapshot that started the peer's current world.
+    pub peer_epoch: Option<u64>,
+    pub peer_needs_snapshot: bool,
+    /// The local world mirrors the authoritative state (got a snapshot and every request
+    /// since).
+    pub local_synced: bool,
+    /// Physics ticks sent to the peer and not answered, with when they were sent.
+    pub in_flight: BTreeMap<u64, Instant>,
+    /// AI ticks sent to the peer and not answered.
+    pub ai_in_flight: BTreeMap<u64, Instant>,
+    pub ai_needs_grid: bool,
+    /// Latest physics tick applied (from any source).
+    pub last_applied: Option<u64>,
+    /// Latest AI tick applied.
+    pub last_ai_applied: Option<u64>,
+    /// The outstanding probe's task id.
+    pub probe: Option<String>,
+    pub last_probe: Option<Instant>,
+    probe_answered: bool,
+    probes_sent: u64,
+    /// Hand-backs that failed soon after (peer too slow for the timeout); each doubles
+    /// the probe interval, up to 8×, so a slow peer does not make the game flap.
+    flaps: u32,
+    /// When the peers last took over.
+    offloaded_since: Option<Instant>,
+}
+
+/// How long peers must serve before a hand-back counts as successful.
+const STABLE_AFTER: Duration = Duration::from_secs(5);
+
+impl Link {
+    pub fn new(remote: bool, fallback_enabled: bool, timeout: Duration, probe_interval: Duration) -> Self {
+        Link {
+            mode: if remote { OffloadMode::Offloaded } else { OffloadMode::Fallback },
+            fallback_enabled,
+            remote,
+            timeout,
+            probe_interval,
+            peer_epoch: None,
+            peer_needs_snapshot: true,
+            local_synced: false,
+            in_flight: BTreeMap::new(),
+            ai_in_flight: BTreeMap::new(),
+            ai_needs_grid: true,
+            last_applied: None,
+            last_ai_applied: None,
+            probe: None,
+            last_probe: None,
+            probe_answered: false,
+            probes_sent: 0,
+            flaps: 0,
+            offloaded_since: None,
+        }
+    }
+
+    /// Requests sent to peers and not answered.
+    pub fn tasks_in_flight(&self) -> usize {
+        self.in_flight.len() + self.ai_in_flight.len() + usize::from(self.probe.is_some())
+    }
+
+    /// `probe_soon`: probe as soon as connected (the link dropped) instead of after an
+    /// interval (a peer stopped answering).
+    fn enter_fallback(&mut self, now: Instant, reason: String, probe_soon: bool) -> Transition {
+        let recent_handback = self.offloaded_since.is_some_and(|t| now.duration_since(t) < STABLE_AFTER);
+        if !probe_soon && (self.mode == OffloadMode::HandingBack || recent_handback) {
+            self.flaps = (self.flaps + 1).min(3);
+        }
+        self.offloaded_since = None;
+        if self.mode == OffloadMode::Offloaded {
+            // The local world has not been fed: it starts from a snapshot.
+            self.local_synced = false;
+        }
+        self.mode = OffloadMode::Fallback;
+        self.peer_epoch = None;
+        self.peer_needs_snapshot = true;
+        self.in_flight.clear();
+        self.ai_in_flight.clear();
+        self.ai_needs_grid = true;
+        self.probe = None;
+        self.probe_answered = false;
+        self.last_probe = if probe_soon { None } else { Some(now) };
+        Transition::Fallback(reason)
+    }
+
+    /// Decides what this tick does. `connected`: the transport is registered now.
+    pub fn plan(&mut self, now: Instant, connected: bool) -> (TickPlan, Option<Transition>) {
+        let mut transition = None;
+        if self.mode == OffloadMode::Offloaded
+            && self.offloaded_since.is_some_and(|t| now.duration_since(t) >= STABLE_AFTER)
+        {
+            self.flaps = 0;
+        }
+        if self.mode != OffloadMode::Fallback {
+            let oldest = self.in_flight.values().chain(self.ai_in_flight.values()).min().copied();
+            if !connected {
+                transition = Some(self.enter_fallback(now, "not connected to the coordinator".into(), true));
+            } else if let Some(sent) = oldest.filter(|t| now.duration_since(*t) > self.timeout) {
+                let waited = now.duration_since(sent);
+                transition = Some(self.enter_fallback(now, format!("no result for {} ms", waited.as_millis()), false));
+            }
+        } else if !connected {
+            self.probe = None;
+            self.probe_answered = false;
+        }
+
+        let mut plan = TickPlan::default();
+        if self.mode == OffloadMode::Fallback && self.probe_answered && connected {
+            self.probe_answered = false;
+            if self.fallback_enabled {
+                self.mode = OffloadMode::HandingBack;
+                // Same snapshot to both worlds, then the same deltas.
+                self.local_synced = false;
+                transition = Some(Transition::HandingBack);
+            } else {
+                self.mode = OffloadMode::Offloaded;
+                self.offloaded_since = Some(now);
+                transition = Some(Transition::Offloaded);
+            }
+            self.peer_needs_snapshot = true;
+            self.ai_needs_grid = true;
+        }
+
+        match self.mode {
+            OffloadMode::Offloaded => {
+                plan.to_peer = true;
+                plan.ai_to_peer = true;
+            }
+            OffloadMode::HandingBack => {
+                plan.to_peer = true;
+                plan.to_local = true;
+                plan.ai_to_peer = true;
+                plan.ai_local = true;
+            }
+            OffloadMode::Fallback => {
+                plan.to_local = self.fallback_enabled;
+                plan.ai_local = self.fallback_enabled;
+                let due = self.last_probe.is_none_or(|t| now.duration_since(t) >= self.current_probe_interval());
+                if self.remote && connected && self.probe.is_none() && due {
+                    plan.probe = true;
+                    self.probes_sent += 1;
+                    self.last_probe = Some(now);
+                }
+            }
+        }
+        plan.snapshot = (plan.to_peer && self.peer_needs_snapshot) || (plan.to_local && !self.local_synced);
+        plan.ai_grid = plan.ai_to_peer && self.ai_needs_grid;
+        (plan, transition)
+    }
+
+    /// The probe interval after backing off for failed hand-backs.
+    pub fn current_probe_interval(&self) -> Duration {
+        self.probe_interval * (1 << self.flaps)
+    }
+
+    /// Records what was sent for `tick` (call after [`Link::plan`], with the plan's
+    /// flags minus anything that could not be sent).
+    pub fn sent(&mut self, tick: u64, now: Instant, plan: &TickPlan, sent_ai: bool) {
+        if plan.to_peer {
+            if plan.snapshot {
+                self.peer_epoch = Some(tick);
+                self.in_flight.clear();
+            }
+            self.peer_needs_snapshot = false;
+            self.in_flight.insert(tick, now);
+        }
+        if plan.to_local {
+            self.local_synced = true;
+        }
+        if sent_ai {
+            if plan.ai_grid {
+                self.ai_in_flight.clear();
+            }
+            self.ai_needs_grid = false;
+            self.ai_in_flight.insert(tick, now);
+        }
+    }
+
+    /// The id the next probe should carry.
+    pub fn probe_sent(&mut self, task_id: String) {
+        self.probe = Some(task_id);
+    }
+
+    /// A probe answered successfully.
+    pub fn probe_succeeded(&mut self, task_id: &str) -> bool {
+        if self.probe.as_deref() == Some(task_id) {
+            self.probe = None;
+            self.probe_answered = self.mode == OffloadMode::Fallback;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// A probe failed.
+    pub fn probe_failed(&mut self, task_id: &str) {
+        if self.probe.as_deref() == Some(task_id) {
+            self.probe = None;
+        }
+    }
+
+    /// A successful physics result from a peer for `tick`.
+    pub fn peer_physics(&mut self, tick: u64, now: Instant) -> (Verdict, Option<Transition>) {
+        match self.peer_epoch {
+            Some(epoch) if tick >= epoch && self.mode != OffloadMode::Fallback => {}
+            _ => return (Verdict::OldEpoch, None),
+        }
+        self.in_flight.retain(|t, _| *t > tick);
+        let mut transition = None;
+        if self.mode == OffloadMode::HandingBack {
+            self.mode = OffloadMode::Offloaded;
+            self.offloaded_since = Some(now);
+            // The local world stops being fed: it is stale from now on.
+            self.local_synced = false;
+            transition = Some(Transition::Offloaded);
+        }
+        (self.verdict(tick), transition)
+    }
+
+    /// A physics result computed locally for `tick`.
+    pub fn local_physics(&mut self, tick: u64) -> Verdict {
+        self.verdict(tick)
+    }
+
+    fn verdict(&mut self, tick: u64) -> Verdict {
+        if self.last_applied.is_some_and(|last| tick <= last) {
+            Verdict::Stale
+        } else {
+            self.last_applied = Some(tick);
+            Verdict::Apply
+        }
+    }
+
+    /// A physics task failed. `resync`: the peer lacks the session or got a tick out of
+    /// order. Returns a transition when the failure sends the game to fallback.
+    pub fn peer_physics_failed(
+        &mut self,
+        tick: Option<u64>,
+        resync: bool,
+        now: Instant,
+        why: &str,
+    ) -> Option<Transition> {
+        if self.mode == OffloadMode::Fallback {
+            return None;
+        }
+        let current = match (self.peer_epoch, tick) {
+            (Some(epoch), Some(t)) => t >= epoch,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if !current {
+            return None;
+        }
+        if resync && self.mode == OffloadMode::Offloaded {
+            self.peer_needs_snapshot = true;
+            self.peer_epoch = None;
+            self.in_flight.clear();
+            None
+        } else if self.fallback_enabled || self.mode == OffloadMode::HandingBack {
+            Some(self.enter_fallback(now, why.to_owned(), false))
+        } else {
+            self.peer_needs_snapshot = true;
+            self.peer_epoch = None;
+            self.in_flight.clear();
+            None
+        }
+    }
+
+    /// A successful AI result from a peer.
+    pub fn peer_ai(&mut self, tick: u64) -> Verdict {
+        if self.mode == OffloadMode::Fallback {
+            return Verdict::OldEpoch;
+        }
+        self.ai_in_flight.retain(|t, _| *t > tick);
+        self.ai_verdict(tick)
+    }
+
+    /// An AI result computed locally.
+    pub fn local_ai(&mut self, tick: u64) -> Verdict {
+        self.ai_verdict(tick)
+    }
+
+    fn ai_verdict(&mut self, tick: u64) -> Verdict {
+        if self.last_ai_applied.is_some_and(|last| tick <= last) {
+            Verdict::Stale
+        } else {
+            self.last_ai_applied = Some(tick);
+            Verdict::Apply
+        }
+    }
+
+    /// An AI task failed.
+    pub fn peer_ai_failed(&mut self, tick: Option<u64>, resync: bool, now: Instant, why: &str) -> Option<Transition> {
+        if self.mode == OffloadMode::Fallback {
+            return None;
+        }
+        if let Some(t) = tick {
+            if !self.ai_in_flight.contains_key(&t) {
+                return None;
+            }
+            self.ai_in_flight.remove(&t);
+        }
+        if resync {
+            self.ai_needs_grid = true;
+            None
+        } else if self.fallback_enabled {
+            Some(self.enter_fallback(now, why.to_owned(), false))
+        } else {
+            self.ai_needs_grid = true;
+            None
+        }
+    }
+
+    /// A request could not be handed to the transport (queue full, not connected).
+    pub fn send_failed(&mut self, now: Instant, why: &str) -> Option<Transition> {
+        if self.mode == OffloadMode::Fallback {
+            return None;
+        }
+        if self.fallback_enabled || self.mode == OffloadMode::HandingBack {
+            Some(self.enter_fallback(now, why.to_owned(), false))
+        } else {
+            self.peer_needs_snapshot = true;
+            self.peer_epoch = None;
+            self.in_flight.clear();
+            None
+        }
+    }
+
+    /// The connection dropped.
+    pub fn disconnected(&mut self, now: Instant) -> Option<Transition> {
+        self.probe = None;
+        self.probe_answered = false;
+        if self.mode == OffloadMode::Fallback {
+            None
+        } else {
+            Some(self.enter_fallback(now, "connection to the coordinator lost".into(), true))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link() -> Link {
+        Link::new(true, true, Duration::from_millis(100), Duration::from_millis(200))
+    }
+
+    #[test]
+    fn starts_with_a_snapshot_then_deltas() {
+        let mut l = link();
+        let t0 = Instant::now();
+        let (p, tr) = l.plan(t0, true);
+        assert!(tr.is_none());
+        assert!(p.to_peer && p.snapshot && !p.to_local && p.ai_grid);
+        l.sent(1, t0, &p, true);
+        let (p, _) = l.plan(t0, true);
+        assert!(p.to_peer && !p.snapshot && !p.ai_grid);
+        l.sent(2, t0, &p, true);
+        assert_eq!(l.peer_physics(1, t0), (Verdict::Apply, None));
+        assert_eq!(l.peer_physics(1, t0).0, Verdict::Stale, "duplicate");
+        assert_eq!(l.peer_physics(2, t0).0, Verdict::Apply);
+        assert!(l.in_flight.is_empty());
+    }
+
+    #[test]
+    fn out_of_order_results_are_dropped_by_tick() {
+        let mut l = link();
+        let t0 = Instant::now();
+        for tick in 1..=3 {
+            let (p, _) = l.plan(t0, true);
+            l.sent(tick, t0, &p, false);
+        }
+        assert_eq!(l.peer_physics(3, t0).0, Verdict::Apply);
+        assert_eq!(l.peer_physics(2, t0).0, Verdict::Stale);
+        assert!(l.in_flight.is_empty(), "tick 3 answers for the lost ticks before it");
+    }
+
+    #[test]
+    fn timeout_enters_fallback_with_a_local_snapshot() {
+        let mut l = link();
+        let t0 = Instant::now();
+        let (p, _) = l.plan(t0, true);
+        l.sent(1, t0, &p, false);
+        let (p, tr) = l.plan(t0 + Duration::from_millis(150), true);
+        assert!(matches!(tr, Some(Transition::Fallback(_))));
+        assert_eq!(l.mode, OffloadMode::Fallback);
+        assert!(p.to_local && p.snapshot && !p.to_peer && !p.probe, "probe waits an interval");
+        l.sent(2, t0, &p, false);
+        let (p, _) = l.plan(t0 + Duration::from_millis(160), true);
+        assert!(p.to_local && !p.snapshot);
+        // A late peer result from the abandoned world is ignored.
+        assert_eq!(l.peer_physics(1, t0).0, Verdict::OldEpoch);
+    }
+
+    #[test]
+    fn probe_then_hand_back_with_the_same_snapshot_to_both_worlds() {
+        let mut l = link();
+        let t0 = Instant::now();
+        l.disconnected(t0);
+        let (p, _) = l.plan(t0, false);
+        assert!(!p.probe && p.to_local && p.snapshot, "no probe while disconnected");
+        l.sent(1, t0, &p, false);
+        assert_eq!(l.local_physics(1), Verdict::Apply);
+        let later = t0 + Duration::from_millis(5);
+        let (p, _) = l.plan(later, true);
+        assert!(p.probe && p.to_local && !p.to_peer, "probe as soon as connected again");
+        l.probe_sent("probe-1".into());
+        l.sent(2, later, &p, false);
+        assert_eq!(l.local_physics(2), Verdict::Apply);
+        // No second probe while one is outstanding.
+        let (p, _) = l.plan(later + Duration::from_secs(1), true);
+        assert!(!p.probe);
+        l.sent(3, later, &p, false);
+        assert_eq!(l.local_physics(3), Verdict::Apply);
+        assert!(l.probe_succeeded("probe-1"));
+        let (p, tr) = l.plan(later, true);
+        assert_eq!(tr, Some(Transition::HandingBack));
+        assert!(p.to_peer && p.to_local && p.snapshot && p.ai_grid);
+        l.sent(4, later, &p, true);
+        assert_eq!(l.local_physics(4), Verdict::Apply);
+        let (p, _) = l.plan(later, true);
+        assert!(p.to_peer && p.to_local && !p.snapshot);
+        l.sent(5, later, &p, true);
+        assert_eq!(l.local_physics(5), Verdict::Apply);
+        // The peer's answer for tick 4 hands back; the state was already shown locally.
+        assert_eq!(l.peer_physics(4, t0), (Verdict::Stale, Some(Transition::Offloaded)));
+        assert_eq!(l.mode, OffloadMode::Offloaded);
+        assert!(!l.local_synced);
+        let (p, _) = l.plan(later, true);
+        assert!(p.to_peer && !p.to_local && !p.snapshot);
+        l.sent(6, later, &p, true);
+        assert_eq!(l.peer_physics(5, t0).0, Verdict::Stale);
+        assert_eq!(l.peer_physics(6, t0).0, Verdict::Apply);
+    }
+
+    #[test]
+    fn resync_error_sends_a_new_snapshot() {
+        let mut l = link();
+        let t0 = Instant::now();
+        for tick in 1..=3 {
+            let (p, _) = l.plan(t0, true);
+            l.sent(tick, t0, &p, false);
+        }
+        assert!(l.peer_physics_failed(Some(2), true, t0, "unknown_session").is_none());
+        let (p, _) = l.plan(t0, true);
+        assert!(p.to_peer && p.snapshot);
+        l.sent(4, t0, &p, false);
+        // Errors for ticks of the old world are ignored.
+        assert!(l.peer_physics_failed(Some(3), true, t0, "unknown_session").is_none());
+        let (p, _) = l.plan(t0, true);
+        assert!(!p.snapshot);
+        assert_eq!(l.peer_physics(3, t0).0, Verdict::OldEpoch);
+        assert_eq!(l.peer_physics(4, t0).0, Verdict::Apply);
+    }
+
+    #[test]
+    fn gave_up_error_enters_fallback() {
+        let mut l = link();
+        let t0 = Instant::now();
+        let (p, _) = l.plan(t0, true);
+        l.sent(1, t0, &p, false);
+        let tr = l.peer_physics_failed(Some(1), false, t0, "max_attempts_exceeded");
+        assert!(matches!(tr, Some(Transition::Fallback(_))));
+    }
+
+    #[test]
+    fn without_fallback_the_world_waits_and_probes() {
+        let mut l = Link::new(true, false, Duration::from_millis(100), Duration::from_millis(100));
+        let t0 = Instant::now();
+        let (p, _) = l.plan(t0, false);
+        assert_eq!(l.mode, OffloadMode::Fallback);
+        assert!(!p.to_local && !p.to_peer && !p.probe);
+        let (p, _) = l.plan(t0 + Duration::from_millis(150), true);
+        assert!(p.probe && !p.to_local);
+        l.probe_sent("p".into());
+        assert!(l.probe_succeeded("p"));
+        let (p, tr) = l.plan(t0 + Duration::from_millis(150), true);
+        assert_eq!(tr, Some(Transition::Offloaded));
+        assert!(p.to_peer && p.snapshot && !p.to_local);
+    }
+
+    #[test]
+    fn local_only_never_probes() {
+        let mut l = Link::new(false, true, Duration::from_millis(100), Duration::from_millis(1));
+        let t0 = Instant::now();
+        let (p, _) = l.plan(t0, false);
+        assert!(p.to_local && p.snapshot && !p.probe);
+        l.sent(1, t0, &p, false);
+        let (p, _) = l.plan(t0 + Duration::from_secs(1), false);
+        assert!(p.to_local && !p.snapshot && !p.probe);
+    }
+
+    #[test]
+    fn failed_hand_backs_back_off_the_probe() {
+        let mut l = link();
+        let mut now = Instant::now();
+        l.disconnected(now);
+        for round in 0..5 {
+            // Probe, hand back, get one answer, then time out again.
+            let (p, _) = l.plan(now, true);
+            assert!(p.probe, "round {round}");
+            l.probe_sent(format!("p{round}"));
+            assert!(l.probe_succeeded(&format!("p{round}")));
+            let (p, _) = l.plan(now, true);
+            l.sent(1, now, &p, false);
+            assert_eq!(l.peer_physics(1, now).1, Some(Transition::Offloaded));
+            let (p, _) = l.plan(now, true);
+            l.sent(2, now, &p, false);
+            now += Duration::from_millis(150);
+            let (_, tr) = l.plan(now, true);
+            assert!(matches!(tr, Some(Transition::Fallback(_))));
+            let expected = Duration::from_millis(200) * (1 << (round + 1).min(3));
+            assert_eq!(l.current_probe_interval(), expected, "round {round}");
+            let (p, _) = l.plan(now + expected - Duration::from_millis(1), true);
+            assert!(!p.probe);
+            now += expected;
+        }
+        // A peer that serves for a while resets the back-off.
+        let (p, _) = l.plan(now, true);
+        assert!(p.probe);
+        l.probe_sent("ok".into());
+        l.probe_succeeded("ok");
+        let (p, _) = l.plan(now, true);
+        l.sent(100, now, &p, false);
+        l.peer_physics(100, now);
+        let later = now + Duration::from_secs(6);
+        let (p, _) = l.plan(later, true);
+        l.sent(101, later, &p, false);
+        assert_eq!(l.current_probe_interval(), Duration::from_millis(200));
+    }
+
+    #[test]
+    fn ai_timeouts_also_trigger_fallback() {
+        let mut l = link();
+        let t0 = Instant::now();
+        let (p, _) = l.plan(t0, true);
+        l.sent(1, t0, &TickPlan { to_peer: false, ..p }, true);
+        let (_, tr) = l.plan(t0 + Duration::from_millis(101), true);
+        assert!(matches!(tr, Some(Transition::Fallback(_))));
+        assert_eq!(l.peer_ai(1), Verdict::OldEpoch);
+        let (p, _) = l.plan(t0 + Duration::from_millis(102), true);
+        assert!(p.ai_local && !p.ai_to_peer);
+        assert_eq!(l.local_ai(3), Verdict::Apply);
+        assert_eq!(l.local_ai(3), Verdict::Stale);
+    }
+}

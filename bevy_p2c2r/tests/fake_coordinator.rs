@@ -1,0 +1,154 @@
+//! The plugin against a scripted coordinator that misbehaves on purpose: it answers out
+//! of order, twice, late, not at all, and asks for resyncs. The plugin must keep the
+//! bodies' states moving forward by tick and resync with a snapshot when told to.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bevy::prelude::*;
+use bevy_p2c2r::prelude::*;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use p2c2r_protocol::physics::PhysicsStepRequest;
+use p2c2r_protocol::{
+    ErrorCode, Message, RegistrationAck, TaskError, TaskRequest, TaskResult, codec, raw_payload, task_types,
+};
+use tokio_tungstenite::tungstenite;
+
+/// What the fake coordinator saw, for the test to check.
+#[derive(Default)]
+struct Seen {
+    /// (tick, snapshot) of every physics request.
+    physics: Vec<(u64, bool)>,
+}
+
+/// How the fake answers the physics request of a given tick.
+fn script(tick: u64) -> &'static str {
+    match tick % 12 {
+        3 => "hold",  // answered together with the next one, after it (out of order)
+        5 => "twice", // answered twice (duplicate)
+        8 => "drop",  // never answered (lost)
+        _ if tick == 40 => "resync",
+        _ => "answer",
+    }
+}
+
+async fn serve(listener: tokio::net::TcpListener, seen: Arc<Mutex<Seen>>) {
+    let Ok((tcp, _)) = listener.accept().await else { return };
+    let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+    let mut world = peer::physics::PhysicsWorld::new();
+    let mut held: Option<tungstenite::Message> = None;
+    let mut resynced = false;
+    let frame = |m: Message| tungstenite::Message::Text(codec::encode(&m).into());
+    while let Some(Ok(msg)) = ws.next().await {
+        let tungstenite::Message::Text(text) = msg else { continue };
+        let request: TaskRequest = match codec::decode(text.as_str()) {
+            Ok(Message::RegisterGamer(r)) => {
+                let ack = RegistrationAck {
+                    peer_id: None,
+                    gamer_id: Some(r.gamer_id),
+                    status: "registered".into(),
+                    heartbeat_interval_ms: None,
+                    max_frame_bytes: None,
+                };
+                ws.send(frame(Message::RegistrationAck(ack))).await.unwrap();
+                continue;
+            }
+            Ok(Message::TaskRequest(r)) => r,
+            _ => continue,
+        };
+        let result = |task_id: &str, json: String| {
+            Message::TaskResult(TaskResult {
+                task_id: task_id.to_owned(),
+                result: raw_payload(json).unwrap(),
+                attempt: Some(1),
+                peer_id: Some("fake-peer".into()),
+            })
+        };
+        if request.task_type != task_types::PHYSICS_STEP {
+            continue;
+        }
+        let step: PhysicsStepRequest = serde_json::from_str(request.task_data.get()).unwrap();
+        seen.lock().unwrap().physics.push((step.tick, step.snapshot));
+        let mode = if request.task_id.contains(":probe:") { "answer" } else { script(step.tick) };
+        if mode == "resync" && !resynced {
+            resynced = true;
+            // Pretend the session moved to a peer that lacks it.
+            world = peer::physics::PhysicsWorld::new();
+            let error = TaskError::new(ErrorCode::UnknownSession, "no such session").with_resync().with_tick(step.tick);
+            ws.send(frame(result(&request.task_id, serde_json::to_string(&error).unwrap()))).await.unwrap();
+            continue;
+        }
+        let answer = match world.step(&step) {
+            Ok(r) => serde_json::to_string(&r).unwrap(),
+            Err(e) => serde_json::to_string(&e).unwrap(),
+        };
+        let reply = frame(result(&request.task_id, answer));
+        match mode {
+            "hold" => held = Some(reply),
+            "twice" => {
+                ws.send(reply.clone()).await.unwrap();
+                ws.send(reply).await.unwrap();
+            }
+            "drop" => {}
+            _ => {
+                ws.send(reply).await.unwrap();
+                if let Some(h) = held.take() {
+                    ws.send(h).await.unwrap();
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn late_duplicate_lost_and_out_of_order_results_are_handled_by_tick() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let url = format!("ws://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    rt.spawn(serve(listener, seen.clone()));
+
+    // Long fallback timeout: this test is about the offloaded path.
+    let mut app = app_with(
+        P2c2rPlugin::new(url).gamer_id("fake").gravity(Vec3::ZERO).fallback_timeout(Duration::from_secs(10)),
+        tick_duration(),
+    );
+    let body = app
+        .world_mut()
+        .spawn((
+            OffloadedBody::dynamic(BodyShape::ball(0.5)).with_linvel(Vec3::new(0.0, -3.0, 0.0)),
+            Transform::default(),
+        ))
+        .id();
+    let mut last_tick = 0;
+    let mut last_y = f32::INFINITY;
+    run_until(
+        &mut app,
+        Duration::from_secs(60),
+        Duration::from_millis(2),
+        |app| {
+            if let Some(state) = app.world().get::<PhysicsState>(body) {
+                assert!(state.tick >= last_tick, "state went back from tick {last_tick} to {}", state.tick);
+                last_tick = state.tick;
+            }
+            let y = y(app, body);
+            assert!(y <= last_y + 1e-4, "moved up: {last_y} -> {y}");
+            last_y = y;
+        },
+        |app| stats(app).physics_results_from_peers >= 80 && stats(app).ticks >= 60,
+        "80 results from the fake peer",
+    );
+    let s = stats(&app);
+    assert!(s.stale_results >= 3, "duplicates and late results were dropped: {s:?}");
+    let seen = seen.lock().unwrap();
+    let resync_snapshot = seen.physics.iter().find(|(tick, snapshot)| *tick > 40 && *snapshot);
+    assert!(resync_snapshot.is_some(), "a snapshot followed the resync error: {:?}", seen.physics);
+    let ticks: Vec<u64> = seen.physics.iter().map(|(t, _)| *t).collect();
+    assert!(ticks.windows(2).all(|w| w[1] >= w[0]), "one request per tick, in order: {ticks:?}");
+    // The body kept moving at 3 m/s: y ≈ -3 · t at the last applied tick.
+    let state = *app.world().get::<PhysicsState>(body).unwrap();
+    assert!((state.linvel.y + 3.0).abs() < 1e-3, "{state:?}");
+}

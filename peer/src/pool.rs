@@ -1,0 +1,250 @@
+//! Where tasks run: off the I/O task, at most `max_concurrent_tasks` at once, and the
+//! tasks of one session strictly one after another in arrival order.
+//!
+//! Each session with work has one queue and one tokio task draining it; tasks without a
+//! session get a tokio task each. Before running, every task waits for a permit of a
+//! fair semaphore sized to `max_concurrent_tasks`, then runs on tokio's blocking pool, so
+//! a long physics step never delays heartbeats or reading. The number of tasks waiting is
+//! bounded: beyond it, a task is answered at once with a `queue_full` error.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use p2c2r_protocol::{ErrorCode, Message, TaskAssignment, TaskError, TaskResult, codec, to_payload};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::task::TaskTracker;
+
+use crate::session::SessionStore;
+use crate::tasks::run_task_payload;
+
+/// One assignment and where its encoded `task_result` frame goes.
+pub(crate) struct Job {
+    pub assignment: TaskAssignment,
+    pub reply: mpsc::Sender<String>,
+}
+
+pub(crate) struct Pool {
+    permits: Arc<Semaphore>,
+    queues: Arc<Mutex<HashMap<String, VecDeque<Job>>>>,
+    pending: Arc<AtomicUsize>,
+    max_pending: usize,
+    /// Tasks running now, and the most ever running at once.
+    running: Arc<(AtomicUsize, AtomicUsize)>,
+    store: Arc<SessionStore>,
+    tracker: TaskTracker,
+}
+
+impl Pool {
+    pub fn new(max_concurrent: usize, max_pending: usize, store: Arc<SessionStore>) -> Self {
+        Pool {
+            permits: Arc::new(Semaphore::new(max_concurrent.max(1))),
+            queues: Arc::default(),
+            pending: Arc::default(),
+            max_pending,
+            running: Arc::default(),
+            store,
+            tracker: TaskTracker::new(),
+        }
+    }
+
+    /// Tasks accepted and not yet answered.
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Acquire)
+    }
+
+    /// The most tasks that ever ran at once.
+    #[cfg(test)]
+    pub fn peak_running(&self) -> usize {
+        self.running.1.load(Ordering::Acquire)
+    }
+
+    /// Waits until every task accepted so far has been answered.
+    pub async fn wait_idle(&self) {
+        self.tracker.close();
+        self.tracker.wait().await;
+        self.tracker.reopen();
+    }
+
+    /// Queues a task without waiting. A task over the bound is refused with the frame
+    /// that answers it.
+    pub fn submit(&self, job: Job) -> Result<(), String> {
+        if self.pending.fetch_add(1, Ordering::AcqRel) >= self.max_pending {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            let error = TaskError::new(ErrorCode::QueueFull, "the peer has too many tasks waiting; try again later");
+            let frame = result_frame(&job.assignment, to_payload(&error).expect("task errors always serialize"));
+            tracing::warn!(task_id = %job.assignment.task_id, "too many tasks waiting; rejected one");
+            return Err(frame);
+        }
+        let session = job.assignment.task_data.session_key();
+        if let Some(session) = &session {
+            let mut queues = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(queue) = queues.get_mut(session) {
+                queue.push_back(job);
+                return Ok(());
+            }
+            queues.insert(session.clone(), VecDeque::new());
+        }
+        self.spawn_chain(session, job);
+        Ok(())
+    }
+
+    /// Runs `first`, then (for a session) every task queued behind it, in order.
+    fn spawn_chain(&self, session: Option<String>, first: Job) {
+        let permits = self.permits.clone();
+        let queues = self.queues.clone();
+        let pending = self.pending.clone();
+        let store = self.store.clone();
+        let running = self.running.clone();
+        self.tracker.spawn(async move {
+            let mut job = first;
+            loop {
+                let Job { assignment, reply } = job;
+                if reply.is_closed() {
+                    // Its connection is gone and the coordinator re-dispatches it.
+                    tracing::debug!(task_id = %assignment.task_id, "dropping a task of a closed connection");
+                } else if let Ok(permit) = permits.clone().acquire_owned().await {
+                    let store = store.clone();
+                    let running = running.clone();
+                    let run = tokio::task::spawn_blocking(move || {
+                        let now = running.0.fetch_add(1, Ordering::AcqRel) + 1;
+                        running.1.fetch_max(now, Ordering::AcqRel);
+                        let result = run_task_payload(&store, &assignment.task_data);
+                        running.0.fetch_sub(1, Ordering::AcqRel);
+                        result_frame(&assignment, result)
+                    });
+                    let frame = run.await;
+                    drop(permit);
+                    match frame {
+                        // A closed connection drops its results: the coordinator re-sends the task.
+                        Ok(frame) => drop(reply.send(frame).await),
+                        Err(e) => tracing::error!("a task failed to complete: {e}"),
+                    }
+                }
+                pending.fetch_sub(1, Ordering::AcqRel);
+                match next_job(&queues, session.as_deref()) {
+                    Some(next) => job = next,
+                    None => return,
+                }
+            }
+        });
+    }
+}
+
+fn next_job(queues: &Mutex<HashMap<String, VecDeque<Job>>>, session: Option<&str>) -> Option<Job> {
+    let session = session?;
+    let mut queues = queues.lock().unwrap_or_else(PoisonError::into_inner);
+    let next = queues.get_mut(session).and_then(VecDeque::pop_front);
+    if next.is_none() {
+        queues.remove(session);
+    }
+    next
+}
+
+/// The `task_result` frame answering an assignment.
+pub(crate) fn result_frame(assignment: &TaskAssignment, result: p2c2r_protocol::RawPayload) -> String {
+    codec::encode(&Message::TaskResult(TaskResult {
+        task_id: assignment.task_id.clone(),
+        result,
+        attempt: Some(assignment.attempt),
+        peer_id: None,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use p2c2r_protocol::{TaskSpec, raw_payload};
+
+    use super::*;
+
+    fn assignment(id: u32, task_type: &str, session: Option<&str>, data: &str) -> TaskAssignment {
+        TaskAssignment {
+            task_id: format!("{id}:1"),
+            attempt: 1,
+            deadline_ms: None,
+            task_data: TaskSpec {
+                task_id: format!("g{id}"),
+                task_type: task_type.into(),
+                session_id: session.map(str::to_owned),
+                gamer_id: None,
+                task_data: raw_payload(data.to_owned()).unwrap(),
+            },
+        }
+    }
+
+    fn result_of(frame: &str) -> (String, String) {
+        let Ok(Message::TaskResult(r)) = codec::decode(frame) else { panic!("{frame}") };
+        (r.task_id, r.result.get().to_owned())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrency_is_capped_and_the_queue_is_bounded() {
+        let store = Arc::new(SessionStore::new(Duration::from_secs(60)));
+        let pool = Pool::new(2, 8, store);
+        let (tx, mut rx) = mpsc::channel(64);
+        for i in 0..8 {
+            let job = Job { assignment: assignment(i, "physics", None, r#"{"num_objects":3000}"#), reply: tx.clone() };
+            assert!(pool.submit(job).is_ok());
+        }
+        let refused = pool.submit(Job { assignment: assignment(99, "physics", None, "{}"), reply: tx.clone() });
+        let (task_id, result) = result_of(&refused.unwrap_err());
+        assert_eq!(task_id, "99:1");
+        assert!(result.contains("queue_full"), "{result}");
+        for _ in 0..8 {
+            let frame = tokio::time::timeout(Duration::from_secs(60), rx.recv()).await.unwrap().unwrap();
+            assert!(result_of(&frame).1.contains("physics_processed"));
+        }
+        assert!((1..=2).contains(&pool.peak_running()), "peak {}", pool.peak_running());
+        pool.wait_idle().await;
+        assert_eq!(pool.pending(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_runs_in_arrival_order_while_others_run_beside_it() {
+        let store = Arc::new(SessionStore::new(Duration::from_secs(60)));
+        let pool = Pool::new(4, 1000, store);
+        let (tx, mut rx) = mpsc::channel(1000);
+        let snapshot =
+            r#"{"tick":0,"snapshot":true,"dt":0.016,"add":[{"id":1,"shape":{"kind":"sphere","radius":0.5}}]}"#;
+        let mut n = 0;
+        for session in ["a", "b", "c"] {
+            pool.submit(Job { assignment: assignment(n, "physics_step", Some(session), snapshot), reply: tx.clone() })
+                .unwrap();
+            n += 1;
+        }
+        for t in 1..=100u64 {
+            for session in ["a", "b", "c"] {
+                let data = format!(r#"{{"tick":{t},"dt":0.016}}"#);
+                pool.submit(Job { assignment: assignment(n, "physics_step", Some(session), &data), reply: tx.clone() })
+                    .unwrap();
+                n += 1;
+            }
+        }
+        let mut last_tick = std::collections::HashMap::new();
+        for _ in 0..n {
+            let frame = tokio::time::timeout(Duration::from_secs(60), rx.recv()).await.unwrap().unwrap();
+            let (task_id, result) = result_of(&frame);
+            let id: u32 = task_id.trim_end_matches(":1").parse().unwrap();
+            let session = ["a", "b", "c"][id as usize % 3];
+            let r: p2c2r_protocol::physics::PhysicsStepResult =
+                serde_json::from_str(&result).unwrap_or_else(|e| panic!("{e}: {result}"));
+            let previous = last_tick.insert(session, r.tick);
+            assert_eq!(previous.map_or(0, |p| p + 1), r.tick, "session {session} answered out of order");
+        }
+        assert_eq!(last_tick.values().copied().collect::<Vec<_>>(), vec![100; 3]);
+    }
+
+    #[tokio::test]
+    async fn tasks_of_a_closed_connection_are_skipped() {
+        let store = Arc::new(SessionStore::new(Duration::from_secs(60)));
+        let pool = Pool::new(1, 100, store.clone());
+        let (tx, rx) = mpsc::channel(10);
+        drop(rx);
+        let snapshot = r#"{"tick":0,"snapshot":true,"dt":0.016}"#;
+        pool.submit(Job { assignment: assignment(1, "physics_step", Some("s"), snapshot), reply: tx }).unwrap();
+        pool.wait_idle().await;
+        assert!(store.is_empty(), "the task never ran");
+    }
+}

@@ -1,0 +1,242 @@
+//! Running one task: parse its payload, route it by `task_type`, produce the result JSON.
+//!
+//! Pure dispatch with no I/O; the connection layer decides where and when this runs.
+//! Every failure becomes a [`TaskError`] result: input never panics the peer, and a panic
+//! inside a task (a bug) is caught, answered with `internal`, and costs only that session.
+
+use std::hash::{Hash, Hasher};
+use std::marker::PhantomData;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use p2c2r_protocol::ai::{AiNavigateRequest, AiNavigateResult};
+use p2c2r_protocol::physics::PhysicsStepRequest;
+use p2c2r_protocol::{ErrorCode, RawPayload, TaskError, TaskSpec, TaskStatus, limits, task_types, to_payload};
+use serde::Deserialize;
+use serde::de::{DeserializeOwned, IgnoredAny, SeqAccess, Visitor};
+
+use crate::ai::{DEFAULT_MAX_EXPANSIONS, Navigator};
+use crate::physics::PhysicsWorld;
+use crate::seed;
+use crate::session::{CachedResult, SessionStore};
+
+/// Runs one task and returns its result as JSON text: a success object, or a
+/// [`TaskError`] object (`"status": "error"`).
+///
+/// ```
+/// use p2c2r_protocol::{TaskSpec, raw_payload};
+/// use peer::{SessionStore, run_task};
+/// use std::time::Duration;
+///
+/// let sessions = SessionStore::new(Duration::from_secs(60));
+/// let spec = TaskSpec {
+///     task_id: "t1".into(),
+///     task_type: "physics_step".into(),
+///     session_id: Some("s1".into()),
+///     gamer_id: None,
+///     task_data: raw_payload(r#"{"tick":0,"snapshot":true,"dt":0.016,"add":[{"id":1,"shape":{"kind":"sphere","radius":0.5},"position":[0,5,0]}]}"#.into()).unwrap(),
+/// };
+/// let result = run_task(&sessions, &spec);
+/// assert!(result.starts_with(r#"{"status":"success","tick":0,"bodies":[{"id":1,"#), "{result}");
+/// ```
+pub fn run_task(sessions: &SessionStore, spec: &TaskSpec) -> String {
+    run_task_payload(sessions, spec).get().to_owned()
+}
+
+/// [`run_task`], returning the result ready to put in a `task_result` (no copy, no
+/// re-parse).
+pub fn run_task_payload(sessions: &SessionStore, spec: &TaskSpec) -> RawPayload {
+    let outcome = catch_unwind(AssertUnwindSafe(|| dispatch(sessions, spec))).unwrap_or_else(|_| {
+        tracing::error!(task_type = %spec.task_type, session_id = ?spec.session_id, "task panicked");
+        let mut error = TaskError::new(ErrorCode::Internal, "the peer failed while running the task");
+        if let Some(session_key) = spec.session_key() {
+            sessions.remove(&session_key);
+            error = error.with_resync();
+        }
+        Err(error)
+    });
+    outcome.unwrap_or_else(|error| to_payload(&error).expect("task errors always serialize"))
+}
+
+fn dispatch(sessions: &SessionStore, spec: &TaskSpec) -> Result<RawPayload, TaskError> {
+    let payload = spec.task_data.get();
+    match spec.task_type.as_str() {
+        task_types::PHYSICS_STEP => physics_step(sessions, &session_key(spec, task_types::PHYSICS_STEP)?, payload),
+        task_types::AI_NAVIGATE => ai_navigate(sessions, &session_key(spec, task_types::AI_NAVIGATE)?, payload),
+        task_types::SEED_PHYSICS => seed::physics(payload),
+        task_types::SEED_AI => seed::ai(payload),
+        other => Err(TaskError::new(
+            ErrorCode::UnknownTaskType,
+            format!("this peer runs {:?}, not {:?}", task_types::ALL, truncate(other, 64)),
+        )),
+    }
+}
+
+fn physics_step(sessions: &SessionStore, session_id: &str, payload: &str) -> Result<RawPayload, TaskError> {
+    if payload.len() > 2 * limits::MAX_BODIES_PER_SESSION {
+        probe::<PhysicsProbe>(payload)?;
+    }
+    let request: PhysicsStepRequest = parse(payload)?;
+    let request_hash = hash(payload);
+    sessions
+        .with_session(session_id, request.snapshot, |session| {
+            if let Some(cached) = &session.last_physics
+                && cached.tick == request.tick
+                && cached.request_hash == request_hash
+                && cached.request_len == payload.len()
+            {
+                return Ok(cached.result.clone());
+            }
+            let world = session.physics.get_or_insert_with(PhysicsWorld::new);
+            let result = world.step(&request)?;
+            let result = to_payload(&result).expect("physics results always serialize");
+            session.last_physics = Some(CachedResult {
+                tick: request.tick,
+                request_hash,
+                request_len: payload.len(),
+                result: result.clone(),
+            });
+            Ok(result)
+        })
+        .unwrap_or_else(|| Err(unknown_session(request.tick)))
+}
+
+fn ai_navigate(sessions: &SessionStore, session_id: &str, payload: &str) -> Result<RawPayload, TaskError> {
+    if payload.len() > 2 * limits::MAX_AGENTS_PER_REQUEST {
+        probe::<AiProbe>(payload)?;
+    }
+    let request: AiNavigateRequest = parse(payload)?;
+    let tick = request.tick;
+    if request.agents.len() > limits::MAX_AGENTS_PER_REQUEST {
+        return Err(TaskError::new(
+            ErrorCode::LimitExceeded,
+            format!(
+                "{} agents; at most {} are allowed per request",
+                request.agents.len(),
+                limits::MAX_AGENTS_PER_REQUEST
+            ),
+        )
+        .with_tick(tick));
+    }
+    // Build the navigator before touching the session, so a bad grid changes nothing.
+    let navigator = request.grid.as_ref().map(Navigator::new).transpose().map_err(|e| e.with_tick(tick))?;
+    sessions
+        .with_session(session_id, navigator.is_some(), |session| {
+            if let Some(navigator) = navigator {
+                session.navigator = Some(navigator);
+            }
+            let Some(navigator) = &session.navigator else { return Err(unknown_session(tick)) };
+            let agents =
+                navigator.navigate_limited(&request.agents, DEFAULT_MAX_EXPANSIONS).map_err(|e| e.with_tick(tick))?;
+            Ok(to_payload(&AiNavigateResult { status: TaskStatus::Success, tick, agents })
+                .expect("ai results always serialize"))
+        })
+        .unwrap_or_else(|| Err(unknown_session(tick)))
+}
+
+/// Checks the task's session id and returns the key its session is stored under.
+fn session_key(spec: &TaskSpec, task_type: &str) -> Result<String, TaskError> {
+    match spec.session_id.as_deref() {
+        None | Some("") => Err(TaskError::new(
+            ErrorCode::InvalidPayload,
+            format!("{task_type} needs a session_id: the peer keeps the session's state between ticks"),
+        )),
+        Some(id) if id.len() > limits::MAX_ID_BYTES => Err(TaskError::new(
+            ErrorCode::InvalidPayload,
+            format!("session_id is {} bytes; at most {} are allowed", id.len(), limits::MAX_ID_BYTES),
+        )),
+        Some(_) => Ok(spec.session_key().expect("the session id is present")),
+    }
+}
+
+fn unknown_session(tick: u64) -> TaskError {
+    TaskError::new(ErrorCode::UnknownSession, "this peer does not hold the session; send a full snapshot")
+        .with_resync()
+        .with_tick(tick)
+}
+
+/// Parses a payload; serde_json's recursion limit turns absurd nesting into an error.
+pub(crate) fn parse<T: DeserializeOwned>(payload: &str) -> Result<T, TaskError> {
+    serde_json::from_str(payload)
+        .map_err(|e| TaskError::new(ErrorCode::InvalidPayload, format!("malformed task_data: {e}")))
+}
+
+fn hash(payload: &str) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    payload.hash(&mut h);
+    h.finish()
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+const LIMIT_MARKER: &str = "p2c2r-limit:";
+
+/// Counts a list without building it, failing once it is longer than `MAX`.
+struct CountedSeq<const MAX: usize>;
+
+impl<'de, const MAX: usize> Deserialize<'de> for CountedSeq<MAX> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Count<const MAX: usize>(PhantomData<()>);
+        impl<'de, const MAX: usize> Visitor<'de> for Count<MAX> {
+            type Value = CountedSeq<MAX>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut n = 0usize;
+                while seq.next_element::<IgnoredAny>()?.is_some() {
+                    n += 1;
+                    if n > MAX {
+                        return Err(serde::de::Error::custom(format!(
+                            "{LIMIT_MARKER}a list holds more than {MAX} entries, the most allowed"
+                        )));
+                    }
+                }
+                Ok(CountedSeq)
+            }
+        }
+        d.deserialize_seq(Count::<MAX>(PhantomData))
+    }
+}
+
+type BodyList = Option<CountedSeq<{ limits::MAX_BODIES_PER_SESSION }>>;
+
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct PhysicsProbe {
+    add: BodyList,
+    remove: BodyList,
+    set_pose: BodyList,
+    set_velocity: BodyList,
+    forces: BodyList,
+    impulses: BodyList,
+    kinematic_targets: BodyList,
+}
+
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct AiProbe {
+    agents: Option<CountedSeq<{ limits::MAX_AGENTS_PER_REQUEST }>>,
+    grid: Option<GridProbe>,
+}
+
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct GridProbe {
+    rows: Option<CountedSeq<{ limits::MAX_GRID_CELLS }>>,
+}
+
+/// Rejects oversized lists before the full parse allocates them. Any other problem is
+/// left for the full parse, which reports it precisely.
+fn probe<T: DeserializeOwned>(payload: &str) -> Result<(), TaskError> {
+    match serde_json::from_str::<T>(payload) {
+        Err(e) if e.to_string().starts_with(LIMIT_MARKER) => {
+            Err(TaskError::new(ErrorCode::LimitExceeded, e.to_string().trim_start_matches(LIMIT_MARKER).to_owned()))
+        }
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,268 @@
+//! End to end: the real coordinator, real peers and a test gamer over loopback sockets.
+//!
+//! - a ball falls as physics says and a stack settles, through the coordinator;
+//! - the peer holding a session is killed mid-run: the gamer gets one resync error,
+//!   sends a snapshot, and receives every later tick;
+//! - two peers fed the same ticks return identical bytes;
+//! - peers reconnect when the coordinator restarts on the same address.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use p2c2r_protocol::physics::{BodyDesc, BodyState, BodyType, PhysicsStepRequest, PhysicsStepResult, Shape};
+use p2c2r_protocol::{ErrorCode, Message, RegisterGamer, TaskError, TaskRequest, TaskResult, codec, to_payload};
+use peer::{PeerConfig, PeerHandle};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+const WAIT: Duration = Duration::from_secs(30);
+const DT: f32 = 1.0 / 60.0;
+
+async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, f).await.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// A game client speaking the protocol directly.
+struct Gamer {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    next_id: u64,
+}
+
+impl Gamer {
+    async fn connect(url: &str, gamer_id: &str) -> Gamer {
+        let (mut ws, _) = within("connecting", tokio_tungstenite::connect_async(url)).await.unwrap();
+        let hello = Message::RegisterGamer(RegisterGamer { gamer_id: gamer_id.into() });
+        ws.send(WsMessage::text(codec::encode(&hello))).await.unwrap();
+        let mut gamer = Gamer { ws, next_id: 0 };
+        match gamer.next().await {
+            Message::RegistrationAck(_) => gamer,
+            other => panic!("expected registration_ack, got {}", other.msg_type()),
+        }
+    }
+
+    async fn next(&mut self) -> Message {
+        loop {
+            match within("a frame", self.ws.next()).await.expect("the coordinator closed").unwrap() {
+                WsMessage::Text(t) => return codec::decode(t.as_str()).unwrap(),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Sends a task and waits for its result.
+    async fn run(&mut self, task_type: &str, session: Option<&str>, data: p2c2r_protocol::RawPayload) -> TaskResult {
+        self.next_id += 1;
+        let task_id = format!("task-{}", self.next_id);
+        let request = Message::TaskRequest(TaskRequest {
+            task_id: task_id.clone(),
+            task_type: task_type.into(),
+            task_data: data,
+            session_id: session.map(str::to_owned),
+            deadline_ms: None,
+        });
+        self.ws.send(WsMessage::text(codec::encode(&request))).await.unwrap();
+        loop {
+            match self.next().await {
+                Message::TaskResult(r) if r.task_id == task_id => return r,
+                Message::TaskResult(r) => panic!("a result for {} that is not pending", r.task_id),
+                Message::Error(e) => panic!("coordinator error: {} {}", e.code, e.message),
+                _ => {}
+            }
+        }
+    }
+
+    async fn physics(
+        &mut self,
+        session: &str,
+        request: &PhysicsStepRequest,
+    ) -> Result<(PhysicsStepResult, TaskResult), TaskError> {
+        let r = self.run("physics_step", Some(session), to_payload(request).unwrap()).await;
+        match serde_json::from_str::<PhysicsStepResult>(r.result.get()) {
+            Ok(result) => Ok((result, r)),
+            Err(_) => Err(serde_json::from_str::<TaskError>(r.result.get())
+                .unwrap_or_else(|e| panic!("neither a result nor an error: {e}: {}", r.result.get()))),
+        }
+    }
+}
+
+async fn start_peer(url: &str, id: &str) -> PeerHandle {
+    let peer = peer::spawn(PeerConfig {
+        coordinator_url: url.to_owned(),
+        peer_id: Some(id.into()),
+        max_concurrent_tasks: Some(2),
+        reconnect_backoff_min: Duration::from_millis(20),
+        reconnect_backoff_max: Duration::from_millis(200),
+        ..Default::default()
+    })
+    .await;
+    within("the peer to register", peer.wait_for(|s| s.connected)).await;
+    peer
+}
+
+fn ground() -> BodyDesc {
+    BodyDesc::new(0, Shape::Box { half_extents: [20.0, 0.5, 20.0] }, [0.0, -0.5, 0.0]).with_body_type(BodyType::Fixed)
+}
+
+const BALL: u64 = 100;
+const BALL_Y0: f32 = 20.0;
+
+/// A ball high up, away from a stack of five boxes.
+fn scene() -> Vec<BodyDesc> {
+    let mut bodies = vec![ground(), BodyDesc::new(BALL, Shape::Sphere { radius: 0.5 }, [8.0, BALL_Y0, 0.0])];
+    for i in 0..5u64 {
+        bodies.push(BodyDesc::new(i + 1, Shape::Box { half_extents: [0.5; 3] }, [0.0, 0.5 + i as f32, 0.0]));
+    }
+    bodies
+}
+
+fn tick(t: u64) -> PhysicsStepRequest {
+    PhysicsStepRequest { tick: t, dt: DT, steps: 1, ..Default::default() }
+}
+
+/// A snapshot rebuilding the scene from the latest states the gamer holds.
+fn resync_snapshot(t: u64, latest: &BTreeMap<u64, BodyState>) -> PhysicsStepRequest {
+    let mut add = vec![ground()];
+    for desc in scene().into_iter().skip(1) {
+        let s = latest[&desc.id];
+        add.push(BodyDesc {
+            position: s.position,
+            rotation: s.rotation,
+            linvel: s.linvel,
+            angvel: s.angvel,
+            sleeping: s.sleeping,
+            ..desc
+        });
+    }
+    PhysicsStepRequest { tick: t, snapshot: true, dt: DT, steps: 1, add, ..Default::default() }
+}
+
+fn check_settled(latest: &BTreeMap<u64, BodyState>) {
+    for i in 0..5u64 {
+        let b = latest[&(i + 1)];
+        assert!((b.position[1] - (0.5 + i as f32)).abs() < 0.05, "box {i} at {:?}", b.position);
+        assert!(b.position[0].abs() < 0.05 && b.position[2].abs() < 0.05, "box {i} slid: {:?}", b.position);
+    }
+    let ball = latest[&BALL];
+    assert!((ball.position[1] - 0.5).abs() < 0.05, "the ball rests on the ground: {:?}", ball.position);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_sessions_peer_costs_one_resync() {
+    let coord = coordinator::spawn("127.0.0.1:0", coordinator::Config::default()).await.unwrap();
+    let url = coord.url();
+    let peers = [start_peer(&url, "peer-a").await, start_peer(&url, "peer-b").await];
+    let mut gamer = Gamer::connect(&url, "gamer-1").await;
+
+    let mut latest = BTreeMap::new();
+    let (first, _) = gamer.physics("s", &PhysicsStepRequest { add: scene(), snapshot: true, ..tick(0) }).await.unwrap();
+    latest.extend(first.bodies.iter().map(|b| (b.id, *b)));
+    for t in 1..=60u64 {
+        let (r, _) = gamer.physics("s", &tick(t)).await.unwrap();
+        assert_eq!(r.tick, t);
+        latest.extend(r.bodies.iter().map(|b| (b.id, *b)));
+        // Free fall until it nears the ground: y = y0 − ½g(t·dt)², within the integrator's lead.
+        let time = (t + 1) as f32 * DT; // the snapshot tick stepped once too
+        let expected = BALL_Y0 - 0.5 * 9.81 * time * time;
+        let y = latest[&BALL].position[1];
+        assert!((y - expected).abs() <= 9.81 * DT * time / 2.0 + 1e-3, "tick {t}: ball at {y}, expected {expected}");
+    }
+
+    // Kill the peer that holds the session.
+    // Peers key sessions by gamer and session id together.
+    let key = &format!("{}:{}/{}", "gamer-1".len(), "gamer-1", "s");
+    let holder = peers.iter().position(|p| p.sessions().contains(key)).expect("one peer holds the session");
+    let survivor = 1 - holder;
+    assert!(!peers[survivor].sessions().contains(key));
+    peers[holder].kill();
+
+    let mut resyncs = 0;
+    let mut t = 61u64;
+    while t <= 360 {
+        match gamer.physics("s", &tick(t)).await {
+            Ok((r, raw)) => {
+                assert_eq!(r.tick, t);
+                assert_eq!(raw.peer_id.as_deref(), Some(peers[survivor].peer_id()));
+                latest.extend(r.bodies.iter().map(|b| (b.id, *b)));
+                t += 1;
+            }
+            Err(e) => {
+                assert!(e.resync, "only resync errors are expected: {e:?}");
+                assert!(matches!(e.code, ErrorCode::UnknownSession | ErrorCode::OutOfOrder), "{e:?}");
+                resyncs += 1;
+                assert_eq!(resyncs, 1, "one resync is enough");
+                let (r, _) = gamer.physics("s", &resync_snapshot(t, &latest)).await.unwrap();
+                assert_eq!(r.tick, t);
+                latest.extend(r.bodies.iter().map(|b| (b.id, *b)));
+                t += 1;
+            }
+        }
+    }
+    assert_eq!(resyncs, 1, "losing the session's peer must cost exactly one resync");
+    assert!(peers[survivor].sessions().contains(key));
+    check_settled(&latest);
+
+    for p in peers {
+        p.shutdown().await;
+    }
+    coord.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_peers_fed_the_same_ticks_return_identical_bytes() {
+    let coord = coordinator::spawn("127.0.0.1:0", coordinator::Config::default()).await.unwrap();
+    let url = coord.url();
+    let mut gamer = Gamer::connect(&url, "gamer-det").await;
+    let requests: Vec<PhysicsStepRequest> =
+        std::iter::once(PhysicsStepRequest { add: scene(), snapshot: true, ..tick(0) })
+            .chain((1..=240).map(tick))
+            .collect();
+
+    // Only one peer is connected at a time, so each session surely runs on its own peer.
+    let mut outputs = Vec::new();
+    for (peer_id, session) in [("det-a", "run-a"), ("det-b", "run-b")] {
+        let peer = start_peer(&url, peer_id).await;
+        let mut bytes = Vec::new();
+        for request in &requests {
+            let r = gamer.run("physics_step", Some(session), to_payload(request).unwrap()).await;
+            assert_eq!(r.peer_id.as_deref(), Some(peer_id));
+            assert!(r.result.get().starts_with(r#"{"status":"success""#), "{}", r.result.get());
+            bytes.push(r.result.get().to_owned());
+        }
+        outputs.push(bytes);
+        peer.shutdown().await;
+    }
+    assert_eq!(outputs[0].len(), requests.len());
+    for (t, (a, b)) in outputs[0].iter().zip(&outputs[1]).enumerate() {
+        assert_eq!(a, b, "tick {t} differs between the two peers");
+    }
+    coord.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_reconnect_after_the_coordinator_restarts() {
+    let coord = coordinator::spawn("127.0.0.1:0", coordinator::Config::default()).await.unwrap();
+    let addr = coord.local_addr();
+    let url = coord.url();
+    let peer = start_peer(&url, "peer-restart").await;
+    {
+        let mut gamer = Gamer::connect(&url, "gamer-before").await;
+        let r = gamer.run("physics", None, to_payload(&serde_json::json!({"num_objects": 10})).unwrap()).await;
+        assert!(r.result.get().contains("physics_processed"));
+    }
+
+    coord.shutdown().await;
+    within("the peer to notice", peer.wait_for(|s| !s.connected)).await;
+
+    // The coordinator comes back on the same address; the peer finds it on its own.
+    let coord = coordinator::spawn(addr, coordinator::Config::default()).await.unwrap();
+    within("the peer to register again", peer.wait_for(|s| s.connected && s.registrations >= 2)).await;
+    let mut gamer = Gamer::connect(&coord.url(), "gamer-after").await;
+    let r = gamer.run("physics", None, to_payload(&serde_json::json!({"num_objects": 10})).unwrap()).await;
+    assert_eq!(r.peer_id.as_deref(), Some("peer-restart"));
+    assert!(r.result.get().contains("physics_processed"));
+
+    peer.shutdown().await;
+    coord.shutdown().await;
+}
