@@ -1,6 +1,8 @@
-//! The P2C2R demo game (filled in by the demo issue).
+//! `cargo run -p demo_game [-- --help]`: the P2C2R demo game. See the crate docs of the
+//! `demo_game` library and `demo_game/README.md`.
 
-fn main() {
-    eprintln!("demo_game: not built yet; see the open issue for the demo game");
-    std::process::exit(2);
+use clap::Parser;
+
+fn main() -> anyhow::Result<()> {
+    demo_game::run(demo_game::cli::Args::parse())
 }
