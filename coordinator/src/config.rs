@@ -31,6 +31,9 @@ pub struct Config {
     pub max_pending_per_gamer: usize,
     /// Sessions one gamer may keep.
     pub max_sessions_per_gamer: usize,
+    /// A task still waiting for a peer this long after it was submitted is answered with
+    /// a `queue_timeout` error. `None`: tasks wait for a capable peer forever.
+    pub max_queue_wait: Option<Duration>,
     /// How long shutdown waits for connections to close.
     pub shutdown_grace: Duration,
 }
@@ -49,6 +52,7 @@ impl Default for Config {
             max_connections: 4096,
             max_pending_per_gamer: 10_000,
             max_sessions_per_gamer: 64,
+            max_queue_wait: Some(Duration::from_secs(30)),
             shutdown_grace: Duration::from_secs(5),
         }
     }

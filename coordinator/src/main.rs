@@ -47,6 +47,10 @@ struct Args {
     /// Sessions one gamer may keep.
     #[arg(long, default_value_t = 64)]
     max_sessions_per_gamer: usize,
+    /// Milliseconds a task may wait for a capable peer before the gamer gets a
+    /// queue_timeout error; 0 waits forever.
+    #[arg(long, default_value_t = 30_000)]
+    max_queue_wait_ms: u64,
     /// Milliseconds shutdown waits for connections to close.
     #[arg(long, default_value_t = 5000)]
     shutdown_grace_ms: u64,
@@ -66,6 +70,7 @@ impl Args {
             max_connections: self.max_connections.max(1),
             max_pending_per_gamer: self.max_pending_per_gamer,
             max_sessions_per_gamer: self.max_sessions_per_gamer,
+            max_queue_wait: (self.max_queue_wait_ms > 0).then(|| Duration::from_millis(self.max_queue_wait_ms)),
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
         }
     }

@@ -19,7 +19,8 @@ use tracing::{debug, info, warn};
 
 use crate::Config;
 use crate::scheduler::{
-    CompleteError, Completion, Dispatch, Expired, PeerSpec, Scheduler, SchedulerConfig, Submission, SubmitError,
+    CompleteError, Completion, Dispatch, Expired, FailReason, PeerSpec, Scheduler, SchedulerConfig, Submission,
+    SubmitError,
 };
 
 /// A connection's number, unique for the coordinator's lifetime.
@@ -98,6 +99,7 @@ impl Router {
             max_attempts: config.max_attempts.max(1),
             max_pending_per_gamer: config.max_pending_per_gamer,
             max_sessions_per_gamer: config.max_sessions_per_gamer,
+            max_queue_wait: config.max_queue_wait,
             ..SchedulerConfig::default()
         });
         Router {
@@ -321,12 +323,12 @@ impl Router {
             deadline,
             payload: m.task_data,
         };
-        match state.sched.submit(gamer_id, submission) {
+        match state.sched.submit(gamer_id, submission, Instant::now()) {
             Ok(_) => {
                 debug!(gamer_id, task_id, "task queued");
-                if !state.dispatch(Instant::now()).is_empty() {
-                    self.deadlines_changed.notify_one();
-                }
+                state.dispatch(Instant::now());
+                // Either an attempt deadline or the task's queue wait limit is new.
+                self.deadlines_changed.notify_one();
             }
             Err(e) => {
                 let code = match e {
@@ -383,12 +385,21 @@ impl Router {
                 Expired::Requeued { task_id, peer, attempt } => {
                     warn!(task_id, peer_id = peer, attempt, "task deadline passed; re-dispatching");
                 }
-                Expired::Failed { gamer, task_id, attempts } => {
-                    warn!(gamer_id = gamer, task_id, attempts, "task failed after max attempts");
-                    let error = TaskError::new(
-                        ErrorCode::MaxAttemptsExceeded,
-                        format!("no peer answered task {task_id:?} in {attempts} attempts"),
-                    );
+                Expired::Failed { gamer, task_id, attempts, reason } => {
+                    warn!(gamer_id = gamer, task_id, attempts, ?reason, "task given up");
+                    let error = match reason {
+                        FailReason::MaxAttempts => TaskError::new(
+                            ErrorCode::MaxAttemptsExceeded,
+                            format!("no peer answered task {task_id:?} in {attempts} attempts"),
+                        ),
+                        FailReason::QueueTimeout => TaskError::new(
+                            ErrorCode::QueueTimeout,
+                            format!(
+                                "no peer that runs this task type could take task {task_id:?} within {} ms",
+                                self.config.max_queue_wait.map_or(0, |w| w.as_millis())
+                            ),
+                        ),
+                    };
                     let result = to_payload(&error).expect("TaskError serializes");
                     let message =
                         Message::TaskResult(TaskResult { task_id, result, attempt: Some(attempts), peer_id: None });

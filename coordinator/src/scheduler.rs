@@ -33,11 +33,20 @@ pub struct SchedulerConfig {
     pub max_sessions_per_gamer: usize,
     /// How many queued tasks of one gamer are looked at when searching for one to place.
     pub scan_depth: usize,
+    /// A task still waiting in a queue this long after it was submitted fails with
+    /// [`FailReason::QueueTimeout`]. `None`: tasks wait for a peer forever.
+    pub max_queue_wait: Option<Duration>,
 }
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
-        SchedulerConfig { max_attempts: 3, max_pending_per_gamer: 10_000, max_sessions_per_gamer: 64, scan_depth: 256 }
+        SchedulerConfig {
+            max_attempts: 3,
+            max_pending_per_gamer: 10_000,
+            max_sessions_per_gamer: 64,
+            scan_depth: 256,
+            max_queue_wait: None,
+        }
     }
 }
 
@@ -134,7 +143,7 @@ pub enum Expired {
         /// The attempt that timed out.
         attempt: u32,
     },
-    /// The task used all its attempts; tell the gamer.
+    /// The task is given up; tell the gamer.
     Failed {
         /// The gamer.
         gamer: GamerId,
@@ -142,7 +151,18 @@ pub enum Expired {
         task_id: String,
         /// Attempts made.
         attempts: u32,
+        /// Why.
+        reason: FailReason,
     },
+}
+
+/// Why a task was given up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailReason {
+    /// Every attempt missed its deadline.
+    MaxAttempts,
+    /// No peer could take it within the queue wait limit.
+    QueueTimeout,
 }
 
 /// The scheduler's counters since it started.
@@ -183,6 +203,8 @@ pub struct Task<P> {
     attempts: u32,
     tried: Vec<PeerId>,
     state: TaskState,
+    /// When the task stops waiting for a peer, if there is a queue wait limit.
+    give_up_at: Option<Instant>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -243,6 +265,8 @@ pub struct Scheduler<P> {
     ring: VecDeque<GamerId>,
     tasks: HashMap<TaskKey, Task<P>>,
     deadlines: BTreeSet<(Instant, TaskKey, u32)>,
+    /// Queue wait limits of the tasks waiting in queues.
+    queue_limits: BTreeSet<(Instant, TaskKey)>,
     next_key: TaskKey,
     next_join: u64,
     counters: Counters,
@@ -258,6 +282,7 @@ impl<P> Scheduler<P> {
             ring: VecDeque::new(),
             tasks: HashMap::new(),
             deadlines: BTreeSet::new(),
+            queue_limits: BTreeSet::new(),
             next_key: 1,
             next_join: 0,
             counters: Counters::default(),
@@ -354,6 +379,9 @@ impl<P> Scheduler<P> {
             dropped += 1;
             match std::mem::replace(&mut task.state, TaskState::Queued) {
                 TaskState::Queued => {
+                    if let Some(at) = task.give_up_at {
+                        self.queue_limits.remove(&(at, key));
+                    }
                     self.tasks.remove(&key);
                 }
                 TaskState::Assigned { peer, attempt, due } | TaskState::Orphaned { peer, attempt, due } => {
@@ -366,7 +394,7 @@ impl<P> Scheduler<P> {
     }
 
     /// Accepts a task into its gamer's queue. Call [`Scheduler::dispatch`] afterwards.
-    pub fn submit(&mut self, gamer_id: &str, submission: Submission<P>) -> Result<TaskKey, SubmitError> {
+    pub fn submit(&mut self, gamer_id: &str, submission: Submission<P>, now: Instant) -> Result<TaskKey, SubmitError> {
         let limits = (self.config.max_pending_per_gamer, self.config.max_sessions_per_gamer);
         let key = self.next_key;
         let gamer = self.gamers.get_mut(gamer_id).ok_or(SubmitError::UnknownGamer)?;
@@ -402,6 +430,10 @@ impl<P> Scheduler<P> {
         gamer.tasks.insert(submission.task_id.clone(), key);
         // Keys grow with submission, so pushing at the back keeps the queue sorted.
         gamer.queue.push_back(key);
+        let give_up_at = self.config.max_queue_wait.map(|wait| now + wait);
+        if let Some(at) = give_up_at {
+            self.queue_limits.insert((at, key));
+        }
         self.tasks.insert(
             key,
             Task {
@@ -414,6 +446,7 @@ impl<P> Scheduler<P> {
                 attempts: 0,
                 tried: Vec::new(),
                 state: TaskState::Queued,
+                give_up_at,
             },
         );
         self.counters.queued += 1;
@@ -514,6 +547,9 @@ impl<P> Scheduler<P> {
         self.counters.assigned += 1;
         let attempt = task.attempts;
         let due = now + task.deadline;
+        if let Some(at) = task.give_up_at {
+            self.queue_limits.remove(&(at, key));
+        }
         task.state = TaskState::Assigned { peer: peer_id.clone(), attempt, due };
         if let Some(session_id) = &task.session_id {
             let gamer = self.gamers.get_mut(&task.gamer).expect("tasks belong to known gamers");
@@ -538,6 +574,10 @@ impl<P> Scheduler<P> {
             }
         }
         task.state = TaskState::Queued;
+        // Back in a queue: its wait limit applies again (at once if it has passed).
+        if let Some(at) = task.give_up_at {
+            self.queue_limits.insert((at, key));
+        }
         let gamer = self.gamers.get_mut(&task.gamer).expect("tasks belong to known gamers");
         let position = gamer.queue.binary_search(&key).unwrap_or_else(|p| p);
         gamer.queue.insert(position, key);
@@ -581,7 +621,9 @@ impl<P> Scheduler<P> {
 
     /// When the next deadline passes, if any task is in flight.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.deadlines.first().map(|(due, _, _)| *due)
+        let attempt = self.deadlines.first().map(|(due, _, _)| *due);
+        let queue = self.queue_limits.first().map(|(at, _)| *at);
+        attempt.into_iter().chain(queue).min()
     }
 
     /// Handles every deadline that has passed by `now`: re-queues or fails the tasks.
@@ -610,7 +652,12 @@ impl<P> Scheduler<P> {
                         let task = self.tasks.remove(&key).expect("looked up above");
                         self.forget(&task);
                         self.counters.failed += 1;
-                        out.push(Expired::Failed { gamer: task.gamer, task_id: task.task_id, attempts: attempt });
+                        out.push(Expired::Failed {
+                            gamer: task.gamer,
+                            task_id: task.task_id,
+                            attempts: attempt,
+                            reason: FailReason::MaxAttempts,
+                        });
                     } else {
                         // A straggling session peer loses the session if another peer can
                         // take it: the next attempt goes elsewhere and the gamer resyncs.
@@ -626,6 +673,27 @@ impl<P> Scheduler<P> {
                 }
                 TaskState::Queued => {}
             }
+        }
+        while let Some(&(at, key)) = self.queue_limits.first() {
+            if at > now {
+                break;
+            }
+            self.queue_limits.pop_first();
+            if self.tasks.get(&key).is_none_or(|t| t.state != TaskState::Queued) {
+                continue;
+            }
+            let task = self.tasks.remove(&key).expect("looked up above");
+            if let Some(gamer) = self.gamers.get_mut(&task.gamer) {
+                gamer.queue.retain(|k| *k != key);
+            }
+            self.forget(&task);
+            self.counters.failed += 1;
+            out.push(Expired::Failed {
+                gamer: task.gamer,
+                task_id: task.task_id,
+                attempts: task.attempts,
+                reason: FailReason::QueueTimeout,
+            });
         }
         out
     }
@@ -686,7 +754,7 @@ mod tests {
         let mut s = sched();
         let now = Instant::now();
         s.add_gamer("g".into());
-        s.submit("g", task("t1")).unwrap();
+        s.submit("g", task("t1"), Instant::now()).unwrap();
         assert!(s.dispatch(now).is_empty());
         assert_eq!(s.queued_len(), 1);
         s.add_peer("p".into(), any_peer(1));
@@ -706,7 +774,7 @@ mod tests {
         s.add_gamer("g".into());
         s.add_peer("p".into(), any_peer(2));
         for i in 0..5 {
-            s.submit("g", task(&format!("t{i}"))).unwrap();
+            s.submit("g", task(&format!("t{i}")), Instant::now()).unwrap();
         }
         let d = s.dispatch(now);
         assert_eq!(task_ids(&s, &d), ["t0", "t1"]);
@@ -724,7 +792,7 @@ mod tests {
         s.add_peer("big".into(), any_peer(4));
         s.add_peer("small".into(), any_peer(1));
         for i in 0..5 {
-            s.submit("g", task(&format!("t{i}"))).unwrap();
+            s.submit("g", task(&format!("t{i}")), Instant::now()).unwrap();
         }
         let d = s.dispatch(now);
         let peers: Vec<&str> = d.iter().map(|d| d.peer.as_str()).collect();
@@ -740,8 +808,8 @@ mod tests {
         let now = Instant::now();
         s.add_gamer("g".into());
         s.add_peer("ai-only".into(), typed_peer(4, &["ai_navigate"]));
-        s.submit("g", task("phys")).unwrap();
-        s.submit("g", Submission { task_type: "ai_navigate".into(), ..task("nav") }).unwrap();
+        s.submit("g", task("phys"), Instant::now()).unwrap();
+        s.submit("g", Submission { task_type: "ai_navigate".into(), ..task("nav") }, Instant::now()).unwrap();
         let d = s.dispatch(now);
         assert_eq!(task_ids(&s, &d), ["nav"]);
         assert_eq!(s.queued_len(), 1, "the physics task waits for a capable peer");
@@ -755,7 +823,7 @@ mod tests {
         let mut s = sched();
         s.add_gamer("g".into());
         s.add_peer("p".into(), typed_peer(1, &[]));
-        s.submit("g", task("t")).unwrap();
+        s.submit("g", task("t"), Instant::now()).unwrap();
         assert_eq!(s.dispatch(Instant::now()).len(), 1);
     }
 
@@ -767,10 +835,10 @@ mod tests {
         s.add_gamer("quiet".into());
         s.add_peer("p".into(), any_peer(1));
         for i in 0..100 {
-            s.submit("flood", task(&format!("f{i}"))).unwrap();
+            s.submit("flood", task(&format!("f{i}")), Instant::now()).unwrap();
         }
-        s.submit("quiet", task("q0")).unwrap();
-        s.submit("quiet", task("q1")).unwrap();
+        s.submit("quiet", task("q0"), Instant::now()).unwrap();
+        s.submit("quiet", task("q1"), Instant::now()).unwrap();
         let mut order = Vec::new();
         for _ in 0..6 {
             let d = s.dispatch(now);
@@ -788,7 +856,7 @@ mod tests {
         let now = Instant::now();
         s.add_gamer("g".into());
         for i in 0..10 {
-            s.submit("g", task(&format!("t{i}"))).unwrap();
+            s.submit("g", task(&format!("t{i}")), Instant::now()).unwrap();
         }
         s.add_peer("p".into(), any_peer(10));
         let ids = dispatch_ids(&mut s, now);
@@ -803,12 +871,12 @@ mod tests {
         s.add_gamer("g".into());
         s.add_peer("a".into(), any_peer(1));
         s.add_peer("b".into(), any_peer(8));
-        s.submit("g", session_task("tick1", "world")).unwrap();
+        s.submit("g", session_task("tick1", "world"), Instant::now()).unwrap();
         let first = s.dispatch(now);
         let holder = first[0].peer.clone();
         assert_eq!(s.session_peer("g", "world"), Some(holder.as_str()));
         for i in 2..6 {
-            s.submit("g", session_task(&format!("tick{i}"), "world")).unwrap();
+            s.submit("g", session_task(&format!("tick{i}"), "world"), Instant::now()).unwrap();
         }
         let more = s.dispatch(now);
         assert!(more.iter().all(|d| d.peer == holder), "{more:?}");
@@ -829,11 +897,11 @@ mod tests {
         let now = Instant::now();
         s.add_gamer("g".into());
         s.add_peer("a".into(), any_peer(1));
-        s.submit("g", session_task("s1", "world")).unwrap();
+        s.submit("g", session_task("s1", "world"), Instant::now()).unwrap();
         let d = s.dispatch(now);
         assert_eq!(d[0].peer, "a");
-        s.submit("g", session_task("s2", "world")).unwrap();
-        s.submit("g", task("free")).unwrap();
+        s.submit("g", session_task("s2", "world"), Instant::now()).unwrap();
+        s.submit("g", task("free"), Instant::now()).unwrap();
         s.add_peer("b".into(), any_peer(1));
         // s2 must wait for "a"; "free" goes to "b".
         assert_eq!(dispatch_ids(&mut s, now), ["free"]);
@@ -850,11 +918,11 @@ mod tests {
         s.add_gamer("g".into());
         s.add_peer("a".into(), any_peer(8));
         for i in 0..3 {
-            s.submit("g", session_task(&format!("tick{i}"), "world")).unwrap();
+            s.submit("g", session_task(&format!("tick{i}"), "world"), Instant::now()).unwrap();
         }
-        s.submit("g", session_task("tick3", "world")).unwrap();
+        s.submit("g", session_task("tick3", "world"), Instant::now()).unwrap();
         assert_eq!(s.dispatch(now).len(), 4);
-        s.submit("g", session_task("tick4", "world")).unwrap();
+        s.submit("g", session_task("tick4", "world"), Instant::now()).unwrap();
         assert_eq!(s.dispatch(now).len(), 1);
         assert_eq!(s.remove_peer("a"), 5);
         assert_eq!(s.session_peer("g", "world"), None);
@@ -873,9 +941,9 @@ mod tests {
         let now = Instant::now();
         s.add_gamer("g".into());
         s.add_peer("a".into(), any_peer(1));
-        s.submit("g", task("early")).unwrap();
+        s.submit("g", task("early"), Instant::now()).unwrap();
         s.dispatch(now);
-        s.submit("g", task("late")).unwrap();
+        s.submit("g", task("late"), Instant::now()).unwrap();
         s.remove_peer("a");
         s.add_peer("b".into(), any_peer(1));
         assert_eq!(dispatch_ids(&mut s, now), ["early"]);
@@ -887,7 +955,7 @@ mod tests {
         let t0 = Instant::now();
         s.add_gamer("g".into());
         s.add_peer("slow".into(), any_peer(1));
-        s.submit("g", task("t")).unwrap();
+        s.submit("g", task("t"), Instant::now()).unwrap();
         let first = s.dispatch(t0);
         assert_eq!(first[0].peer, "slow");
         s.add_peer("fast".into(), any_peer(1));
@@ -905,11 +973,14 @@ mod tests {
         let third = s.dispatch(t2);
         assert_eq!(third[0].attempt, 3);
         let t3 = t2 + Duration::from_secs(2);
-        assert_eq!(s.expire(t3), [Expired::Failed { gamer: "g".into(), task_id: "t".into(), attempts: 3 }]);
+        assert_eq!(
+            s.expire(t3),
+            [Expired::Failed { gamer: "g".into(), task_id: "t".into(), attempts: 3, reason: FailReason::MaxAttempts }]
+        );
         assert_eq!(s.in_flight_len(), 0);
         assert_eq!(s.counters().failed, 1);
         // The id is free again.
-        s.submit("g", task("t")).unwrap();
+        s.submit("g", task("t"), Instant::now()).unwrap();
     }
 
     #[test]
@@ -918,7 +989,7 @@ mod tests {
         let t0 = Instant::now();
         s.add_gamer("g".into());
         s.add_peer("only".into(), any_peer(1));
-        s.submit("g", task("t")).unwrap();
+        s.submit("g", task("t"), Instant::now()).unwrap();
         let first = s.dispatch(t0);
         let t1 = t0 + Duration::from_secs(3);
         s.expire(t1);
@@ -935,7 +1006,7 @@ mod tests {
         let t0 = Instant::now();
         s.add_gamer("g".into());
         s.add_peer("a".into(), any_peer(4));
-        s.submit("g", session_task("tick1", "w")).unwrap();
+        s.submit("g", session_task("tick1", "w"), Instant::now()).unwrap();
         s.dispatch(t0);
         s.add_peer("b".into(), any_peer(4));
         let t1 = t0 + Duration::from_secs(2);
@@ -951,7 +1022,7 @@ mod tests {
         s.add_gamer("g".into());
         s.add_peer("a".into(), any_peer(1));
         s.add_peer("b".into(), any_peer(1));
-        s.submit("g", task("t")).unwrap();
+        s.submit("g", task("t"), Instant::now()).unwrap();
         let d = s.dispatch(Instant::now());
         let other = if d[0].peer == "a" { "b" } else { "a" };
         assert!(matches!(s.complete(other, &d[0].assignment_id), Err(CompleteError::NotAssigned(_))));
@@ -966,8 +1037,8 @@ mod tests {
         let now = Instant::now();
         s.add_gamer("g".into());
         s.add_peer("p".into(), any_peer(1));
-        s.submit("g", task("running")).unwrap();
-        s.submit("g", task("waiting")).unwrap();
+        s.submit("g", task("running"), Instant::now()).unwrap();
+        s.submit("g", task("waiting"), Instant::now()).unwrap();
         let d = s.dispatch(now);
         assert_eq!(s.remove_gamer("g"), 2);
         assert_eq!(s.queued_len(), 0);
@@ -983,7 +1054,7 @@ mod tests {
         let now = Instant::now();
         s.add_gamer("g".into());
         s.add_peer("p".into(), any_peer(1));
-        s.submit("g", task("t")).unwrap();
+        s.submit("g", task("t"), Instant::now()).unwrap();
         s.dispatch(now);
         s.remove_gamer("g");
         assert!(s.expire(now + Duration::from_secs(5)).is_empty());
@@ -994,10 +1065,10 @@ mod tests {
     fn reconnecting_gamer_keeps_its_tasks() {
         let mut s = sched();
         s.add_gamer("g".into());
-        s.submit("g", task("t")).unwrap();
+        s.submit("g", task("t"), Instant::now()).unwrap();
         s.add_gamer("g".into());
         assert_eq!(s.queued_len(), 1);
-        assert_eq!(s.submit("g", task("t")), Err(SubmitError::DuplicateTask("t".into())));
+        assert_eq!(s.submit("g", task("t"), Instant::now()), Err(SubmitError::DuplicateTask("t".into())));
     }
 
     #[test]
@@ -1007,12 +1078,12 @@ mod tests {
             max_sessions_per_gamer: 1,
             ..SchedulerConfig::default()
         });
-        assert_eq!(s.submit("nobody", task("t")), Err(SubmitError::UnknownGamer));
+        assert_eq!(s.submit("nobody", task("t"), Instant::now()), Err(SubmitError::UnknownGamer));
         s.add_gamer("g".into());
-        s.submit("g", session_task("a", "s1")).unwrap();
-        assert_eq!(s.submit("g", session_task("b", "s2")), Err(SubmitError::SessionLimit(1)));
-        s.submit("g", task("b")).unwrap();
-        assert_eq!(s.submit("g", task("c")), Err(SubmitError::QueueFull(2)));
+        s.submit("g", session_task("a", "s1"), Instant::now()).unwrap();
+        assert_eq!(s.submit("g", session_task("b", "s2"), Instant::now()), Err(SubmitError::SessionLimit(1)));
+        s.submit("g", task("b"), Instant::now()).unwrap();
+        assert_eq!(s.submit("g", task("c"), Instant::now()), Err(SubmitError::QueueFull(2)));
     }
 
     #[test]
@@ -1022,10 +1093,10 @@ mod tests {
         let now = Instant::now();
         s.add_gamer("g".into());
         s.add_peer("p".into(), any_peer(1));
-        s.submit("g", session_task("a", "s1")).unwrap();
+        s.submit("g", session_task("a", "s1"), Instant::now()).unwrap();
         let d = s.dispatch(now);
         s.complete("p", &d[0].assignment_id).unwrap();
-        s.submit("g", session_task("b", "s2")).unwrap();
+        s.submit("g", session_task("b", "s2"), Instant::now()).unwrap();
         assert_eq!(s.session_peer("g", "s1"), None);
     }
 
@@ -1035,7 +1106,7 @@ mod tests {
         let now = Instant::now();
         s.add_gamer("g".into());
         s.add_peer("p".into(), any_peer(1));
-        s.submit("g", task("t")).unwrap();
+        s.submit("g", task("t"), Instant::now()).unwrap();
         let d = s.dispatch(now);
         s.add_peer("p".into(), any_peer(1));
         assert!(s.complete("p", &d[0].assignment_id).is_err());
@@ -1053,7 +1124,7 @@ mod tests {
         for g in 0..7 {
             s.add_gamer(format!("g{g}"));
             for t in 0..50 {
-                s.submit(&format!("g{g}"), task(&format!("t{t}"))).unwrap();
+                s.submit(&format!("g{g}"), task(&format!("t{t}")), Instant::now()).unwrap();
             }
         }
         let mut delivered = HashSet::new();
@@ -1067,5 +1138,42 @@ mod tests {
         }
         assert_eq!(delivered.len(), 350);
         assert_eq!(s.queued_len() + s.in_flight_len(), 0);
+    }
+
+    #[test]
+    fn queued_task_gives_up_after_the_queue_wait_limit() {
+        let mut s: Scheduler<()> = Scheduler::new(SchedulerConfig {
+            max_queue_wait: Some(Duration::from_secs(5)),
+            ..SchedulerConfig::default()
+        });
+        let t0 = Instant::now();
+        s.add_gamer("g".into());
+        s.submit("g", task("lonely"), t0).unwrap();
+        s.submit("g", task("served"), t0 + Duration::from_secs(1)).unwrap();
+        assert_eq!(s.next_deadline(), Some(t0 + Duration::from_secs(5)));
+        assert!(s.expire(t0 + Duration::from_millis(4999)).is_empty());
+        let expired = s.expire(t0 + Duration::from_secs(5));
+        assert_eq!(
+            expired,
+            [Expired::Failed {
+                gamer: "g".into(),
+                task_id: "lonely".into(),
+                attempts: 0,
+                reason: FailReason::QueueTimeout
+            }]
+        );
+        // A dispatched task is governed by its attempt deadline instead.
+        s.add_peer("p".into(), any_peer(1));
+        let d = s.dispatch(t0 + Duration::from_secs(5));
+        assert_eq!(task_ids(&s, &d), ["served"]);
+        assert!(s.expire(t0 + Duration::from_secs(6)).is_empty());
+        // Its peer dies after its wait limit: re-queued, it gives up at once.
+        s.remove_peer("p");
+        let expired = s.expire(t0 + Duration::from_secs(6));
+        assert!(matches!(&expired[..], [Expired::Failed { reason: FailReason::QueueTimeout, attempts: 1, .. }]));
+        assert_eq!(s.queued_len(), 0);
+        assert_eq!(s.counters().failed, 2);
+        // The ids are free again.
+        s.submit("g", task("lonely"), t0).unwrap();
     }
 }

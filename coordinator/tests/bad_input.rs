@@ -227,6 +227,18 @@ async fn slow_reader_is_disconnected_instead_of_buffered() {
 }
 
 #[tokio::test]
+async fn task_nobody_can_run_is_answered_with_queue_timeout() {
+    let coord = start(Config { max_queue_wait: Some(Duration::from_millis(100)), ..Config::default() }).await;
+    let mut gamer = Client::gamer(&coord.url(), "g").await;
+    gamer.submit("orphan", "quantum", "{}", None).await;
+    let result = gamer.recv_result().await;
+    assert_eq!(result.task_id, "orphan");
+    assert_eq!(common::json(result.result.get())["code"], "queue_timeout");
+    assert_eq!(coord.stats().queued_now, 0);
+    coord.shutdown().await;
+}
+
+#[tokio::test]
 async fn unknown_task_type_waits_in_the_queue_until_a_capable_peer_arrives() {
     let coord = start(Config::default()).await;
     let url = coord.url();

@@ -22,6 +22,7 @@ fn help_lists_every_setting() {
         "--max-connections",
         "--max-pending-per-gamer",
         "--max-sessions-per-gamer",
+        "--max-queue-wait-ms",
         "--shutdown-grace-ms",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");

@@ -32,6 +32,8 @@ pub enum ErrorCode {
     UnknownTask,
     /// The task was dispatched the maximum number of times without an answer.
     MaxAttemptsExceeded,
+    /// No peer that runs the task's type could take it within the queue wait limit.
+    QueueTimeout,
     /// The frame exceeds the configured size limit.
     FrameTooLarge,
     /// The coordinator is shutting down.
@@ -69,6 +71,7 @@ impl ErrorCode {
             ErrorCode::SessionLimit => "session_limit",
             ErrorCode::UnknownTask => "unknown_task",
             ErrorCode::MaxAttemptsExceeded => "max_attempts_exceeded",
+            ErrorCode::QueueTimeout => "queue_timeout",
             ErrorCode::FrameTooLarge => "frame_too_large",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::UnknownTaskType => "unknown_task_type",
@@ -107,6 +110,7 @@ mod tests {
             ErrorCode::SessionLimit,
             ErrorCode::UnknownTask,
             ErrorCode::MaxAttemptsExceeded,
+            ErrorCode::QueueTimeout,
             ErrorCode::FrameTooLarge,
             ErrorCode::ShuttingDown,
             ErrorCode::UnknownTaskType,
