@@ -1,0 +1,104 @@
+//! Command-line flags.
+
+use clap::Parser;
+
+/// P2C2R demo: a 3D arena whose physics and NPC AI run on peers.
+///
+/// With no flags it starts a coordinator and one peer inside this process and opens a
+/// window. Point it at a running deployment with --coordinator.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "demo_game", version, about, long_about)]
+pub struct Args {
+    /// Join this coordinator (ws://HOST:PORT) instead of starting one in-process.
+    #[arg(long, value_name = "URL", env = "P2C2R_COORDINATOR")]
+    pub coordinator: Option<String>,
+
+    /// Peers to start in-process at launch (with --coordinator they join that deployment).
+    /// Default: 1 without --coordinator, 0 with it.
+    #[arg(long, value_name = "N")]
+    pub peers: Option<u32>,
+
+    /// Level file: a path, or a path relative to the assets folder.
+    #[arg(long, value_name = "PATH", default_value = crate::level::DEFAULT_LEVEL)]
+    pub level: String,
+
+    /// Run the game systems without a window; needs --frames. Prints one JSON line at exit.
+    #[arg(long, requires = "frames")]
+    pub headless: bool,
+
+    /// Exit after this many frames (with --headless, or with --screenshot).
+    #[arg(long, value_name = "N")]
+    pub frames: Option<u64>,
+
+    /// Save a screenshot (PNG) of the window after --frames frames, then exit.
+    #[arg(long, value_name = "PATH", requires = "frames", conflicts_with = "headless")]
+    pub screenshot: Option<std::path::PathBuf>,
+
+    /// Fire a ball at the towers every half second on its own (always on with --headless).
+    #[arg(long)]
+    pub autofire: bool,
+
+    /// Fixed physics / AI tick rate in Hz.
+    #[arg(long, value_name = "HZ", default_value_t = 60.0)]
+    pub tick_hz: f64,
+
+    /// Gamer id this client registers with (default: a random one).
+    #[arg(long, value_name = "ID")]
+    pub gamer_id: Option<String>,
+
+    /// Window width and height in pixels.
+    #[arg(long, value_name = "WxH", default_value = "1280x720", value_parser = parse_size)]
+    pub window_size: (u32, u32),
+}
+
+impl Args {
+    /// How many peers to start in-process at launch.
+    pub fn initial_peers(&self) -> u32 {
+        self.peers.unwrap_or(if self.coordinator.is_some() { 0 } else { 1 })
+    }
+}
+
+fn parse_size(s: &str) -> Result<(u32, u32), String> {
+    let (w, h) = s.split_once(['x', 'X']).ok_or("expected WIDTHxHEIGHT, e.g. 1280x720")?;
+    let w: u32 = w.trim().parse().map_err(|e| format!("width: {e}"))?;
+    let h: u32 = h.trim().parse().map_err(|e| format!("height: {e}"))?;
+    if w == 0 || h == 0 {
+        return Err("width and height must be > 0".into());
+    }
+    Ok((w, h))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn flags_parse() {
+        Args::command().debug_assert();
+        let a = Args::try_parse_from(["demo_game"]).unwrap();
+        assert_eq!(a.initial_peers(), 1);
+        assert!(!a.headless);
+        let a = Args::try_parse_from(["demo_game", "--coordinator", "ws://h:1"]).unwrap();
+        assert_eq!(a.initial_peers(), 0);
+        let a = Args::try_parse_from(["demo_game", "--headless", "--frames", "10", "--peers", "3"]).unwrap();
+        assert_eq!((a.frames, a.initial_peers()), (Some(10), 3));
+        let a = Args::try_parse_from(["demo_game", "--window-size", "800x600"]).unwrap();
+        assert_eq!(a.window_size, (800, 600));
+    }
+
+    #[test]
+    fn headless_and_screenshot_need_frames() {
+        assert!(Args::try_parse_from(["demo_game", "--headless"]).is_err());
+        assert!(Args::try_parse_from(["demo_game", "--screenshot", "a.png"]).is_err());
+        assert!(Args::try_parse_from(["demo_game", "--headless", "--frames", "1", "--screenshot", "a.png"]).is_err());
+    }
+
+    #[test]
+    fn every_flag_is_documented() {
+        let cmd = Args::command();
+        for arg in cmd.get_arguments() {
+            assert!(arg.get_help().is_some(), "--{} has no help", arg.get_id());
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! The demo's game systems, headless (`MinimalPlugins`), against an in-process coordinator
+//! and peer over loopback: peers move the bodies and the NPCs walk.
+
+use std::time::{Duration, Instant};
+
+use bevy::input::ButtonInput;
+use bevy::input::keyboard::KeyCode;
+use clap::Parser;
+use demo_game::HudState;
+use demo_game::cli::Args;
+use demo_game::cluster::Cluster;
+use demo_game::keys;
+use demo_game::level::{DEFAULT_LEVEL, Level, assets_dir};
+use demo_game::report::{self, Report};
+
+fn headless_app(peers: u32) -> bevy::app::App {
+    // No --frames: the test decides when to stop. Autofire is on in headless apps.
+    let args = Args::try_parse_from(["demo_game", "--autofire"]).unwrap();
+    let level = Level::load(&assets_dir().join(DEFAULT_LEVEL)).unwrap();
+    let cluster = Cluster::start(None, peers).unwrap();
+    let mut app = demo_game::build_app(&args, level, cluster, false);
+    app.finish();
+    app.cleanup();
+    app
+}
+
+/// Runs frames at ~60 Hz until `done` holds or `limit` passes; returns the last report.
+fn run_until(app: &mut bevy::app::App, limit: Duration, done: impl Fn(&Report) -> bool) -> Report {
+    let start = Instant::now();
+    loop {
+        app.update();
+        let report = report::collect(app.world_mut());
+        if done(&report) || start.elapsed() > limit {
+            return report;
+        }
+        std::thread::sleep(Duration::from_millis(15));
+    }
+}
+
+#[test]
+fn peer_results_move_bodies_and_npcs_walk() {
+    let mut app = headless_app(1);
+    let r = run_until(&mut app, Duration::from_secs(90), |r| {
+        r.physics_results_from_peers >= 120
+            && r.ai_results_from_peers >= 30
+            && r.bodies_moved >= 5
+            && r.agent_distance_m >= 10.0
+    });
+    eprintln!("{}", serde_json::to_string(&r).unwrap());
+    assert!(r.bodies >= 300, "a few hundred bodies: {r:?}");
+    assert_eq!(r.agents, 10, "{r:?}");
+    assert!(r.physics_results_from_peers >= 120, "physics came from peers: {r:?}");
+    assert!(r.ai_results_from_peers >= 30, "AI came from peers: {r:?}");
+    assert!(r.balls_fired > 0 && r.bodies_moved >= 5, "peer results moved bodies: {r:?}");
+    assert!(r.agent_distance_m >= 10.0, "NPCs walked: {r:?}");
+    assert_eq!(r.mode, "offloaded", "{r:?}");
+    // Peers stepped the world, not the local fallback (a tick or two may fall back while
+    // the plugin connects).
+    assert!(r.fallback_ticks * 10 <= r.physics_results_from_peers, "{r:?}");
+}
+
+fn press(app: &mut bevy::app::App, key: KeyCode) {
+    app.world_mut().resource_mut::<ButtonInput<KeyCode>>().press(key);
+    app.update();
+    let mut input = app.world_mut().resource_mut::<ButtonInput<KeyCode>>();
+    input.release(key);
+    input.clear();
+}
+
+fn serving_peer(app: &bevy::app::App) -> Option<String> {
+    app.world().resource::<HudState>().0.serving_peer.clone()
+}
+
+#[test]
+fn kill_key_falls_back_and_add_key_hands_back_to_a_new_peer() {
+    let mut app = headless_app(1);
+    app.init_resource::<ButtonInput<KeyCode>>();
+    let r = run_until(&mut app, Duration::from_secs(60), |r| r.physics_results_from_peers >= 30);
+    assert!(r.physics_results_from_peers >= 30, "{r:?}");
+    // Let the HUD (refreshed every 0.25 s) learn which peer serves the session.
+    run_until(&mut app, Duration::from_secs(1), |_| false);
+    let serving = serving_peer(&app).expect("the HUD knows the serving peer");
+    assert_eq!(app.world().resource::<Cluster>().peers(), [serving]);
+
+    press(&mut app, keys::KILL_PEER);
+    let before = r.fallback_ticks;
+    let r = run_until(&mut app, Duration::from_secs(60), |r| r.fallback_ticks >= before + 30);
+    assert!(r.fallback_ticks >= before + 30, "the game went on in fallback: {r:?}");
+    assert!(app.world().resource::<Cluster>().peers().is_empty(), "the serving peer was killed");
+
+    press(&mut app, keys::ADD_PEER);
+    let from_peers = r.physics_results_from_peers;
+    let r = run_until(&mut app, Duration::from_secs(60), |r| {
+        r.physics_results_from_peers >= from_peers + 30 && r.mode == "offloaded"
+    });
+    assert!(r.physics_results_from_peers >= from_peers + 30, "a new peer took over: {r:?}");
+    assert_eq!(r.mode, "offloaded", "{r:?}");
+    assert_eq!(app.world().resource::<Cluster>().peers().len(), 1);
+}
+
+#[test]
+fn kill_key_with_two_peers_moves_the_session_to_the_survivor() {
+    let mut app = headless_app(2);
+    app.init_resource::<ButtonInput<KeyCode>>();
+    run_until(&mut app, Duration::from_secs(60), |r| r.physics_results_from_peers >= 30);
+    run_until(&mut app, Duration::from_secs(1), |_| false);
+    let serving = serving_peer(&app).expect("the HUD knows the serving peer");
+
+    press(&mut app, keys::KILL_PEER);
+    let from_peers = report::collect(app.world_mut()).physics_results_from_peers;
+    let r = run_until(&mut app, Duration::from_secs(60), |r| {
+        r.physics_results_from_peers >= from_peers + 60 && r.mode == "offloaded"
+    });
+    assert!(r.physics_results_from_peers >= from_peers + 60, "the survivor serves: {r:?}");
+    let peers = app.world().resource::<Cluster>().peers().to_vec();
+    assert_eq!(peers.len(), 1);
+    assert_ne!(peers[0], serving, "the serving peer was the one killed");
+    run_until(&mut app, Duration::from_secs(1), |_| false);
+    assert_eq!(serving_peer(&app).as_deref(), Some(peers[0].as_str()));
+}
