@@ -53,6 +53,14 @@ pub struct ConnHandle {
     pub kill: CancellationToken,
 }
 
+/// The outcome of binding a registration to a connection.
+enum Binding {
+    /// The id is now this connection's.
+    New,
+    /// This connection had already registered with this id and role.
+    Again,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Role {
     Unregistered,
@@ -225,25 +233,43 @@ impl Router {
         }
     }
 
+    /// Binds a registering id to `conn`, replacing an older connection that holds it.
+    /// Returns `None` when the registration is refused (an error has been sent), and
+    /// whether this connection had already registered exactly so.
+    fn bind(&self, state: &mut State, conn: ConnId, role: &Role, wanted: Role) -> Option<Binding> {
+        let (field, msg_type, id) = match &wanted {
+            Role::Peer(id) => ("peer_id", "register_peer", id),
+            Role::Gamer(id) => ("gamer_id", "register_gamer", id),
+            Role::Unregistered => return None,
+        };
+        if let Err(reason) = check_id(field, id) {
+            state.send_error(conn, ErrorCode::InvalidMessage, reason, Some(msg_type.into()));
+            return None;
+        }
+        if *role == wanted {
+            return Some(Binding::Again);
+        }
+        if *role != Role::Unregistered {
+            let reason = "this connection is already registered; open a new one";
+            state.send_error(conn, ErrorCode::AlreadyRegistered, reason, Some(msg_type.into()));
+            return None;
+        }
+        let ids = if matches!(wanted, Role::Peer(_)) { &mut state.peers } else { &mut state.gamers };
+        if let Some(old) = ids.insert(id.clone(), conn) {
+            info!(conn, id, msg_type, "id registered again; replacing its old connection");
+            state.replace(old, &format!("another connection registered this {field}"));
+        }
+        if let Some(c) = state.conns.get_mut(&conn) {
+            c.role = wanted;
+        }
+        Some(Binding::New)
+    }
+
     fn register_peer(&self, state: &mut State, conn: ConnId, role: &Role, m: RegisterPeer) {
-        if let Err(reason) = check_id("peer_id", &m.peer_id) {
-            return state.send_error(conn, ErrorCode::InvalidMessage, reason, Some("register_peer".into()));
-        }
-        match role {
-            Role::Peer(id) if *id == m.peer_id => {}
-            Role::Unregistered => {}
-            _ => {
-                return state.send_error(
-                    conn,
-                    ErrorCode::AlreadyRegistered,
-                    "this connection is already registered; open a new one",
-                    Some("register_peer".into()),
-                );
-            }
-        }
-        if let Some(old) = state.peers.insert(m.peer_id.clone(), conn).filter(|old| *old != conn) {
-            info!(peer_id = m.peer_id, "peer re-registered; replacing its old connection");
-            state.replace(old, "another connection registered this peer_id");
+        match self.bind(state, conn, role, Role::Peer(m.peer_id.clone())) {
+            None => return,
+            Some(Binding::Again) => return state.send(conn, &self.ack(Some(m.peer_id), None)),
+            Some(Binding::New) => {}
         }
         let caps = &m.capabilities;
         let capacity = caps.max_concurrent_tasks.or(caps.cpu_cores).unwrap_or(1).max(1);
@@ -252,42 +278,19 @@ impl Router {
         info!(peer_id = m.peer_id, capacity, task_types = ?caps.task_types, "peer registered");
         // add_peer re-queues the work of a same-id registration it replaces.
         state.sched.add_peer(m.peer_id.clone(), PeerSpec { task_types, capacity });
-        if let Some(c) = state.conns.get_mut(&conn) {
-            c.role = Role::Peer(m.peer_id.clone());
-        }
-        let ack = self.ack(Some(m.peer_id), None);
-        state.send(conn, &ack);
+        state.send(conn, &self.ack(Some(m.peer_id), None));
         state.dispatch(Instant::now());
         self.deadlines_changed.notify_one();
     }
 
     fn register_gamer(&self, state: &mut State, conn: ConnId, role: &Role, m: RegisterGamer) {
-        if let Err(reason) = check_id("gamer_id", &m.gamer_id) {
-            return state.send_error(conn, ErrorCode::InvalidMessage, reason, Some("register_gamer".into()));
+        if self.bind(state, conn, role, Role::Gamer(m.gamer_id.clone())).is_none() {
+            return;
         }
-        match role {
-            Role::Gamer(id) if *id == m.gamer_id => {}
-            Role::Unregistered => {}
-            _ => {
-                return state.send_error(
-                    conn,
-                    ErrorCode::AlreadyRegistered,
-                    "this connection is already registered; open a new one",
-                    Some("register_gamer".into()),
-                );
-            }
-        }
-        if let Some(old) = state.gamers.insert(m.gamer_id.clone(), conn).filter(|old| *old != conn) {
-            info!(gamer_id = m.gamer_id, "gamer re-registered; its pending tasks now answer here");
-            state.replace(old, "another connection registered this gamer_id");
-        }
+        // A known gamer (reconnecting) keeps its pending tasks; their results come here.
         state.sched.add_gamer(m.gamer_id.clone());
-        if let Some(c) = state.conns.get_mut(&conn) {
-            c.role = Role::Gamer(m.gamer_id.clone());
-        }
         info!(gamer_id = m.gamer_id, "gamer registered");
-        let ack = self.ack(None, Some(m.gamer_id));
-        state.send(conn, &ack);
+        state.send(conn, &self.ack(None, Some(m.gamer_id)));
     }
 
     fn ack(&self, peer_id: Option<String>, gamer_id: Option<String>) -> Message {

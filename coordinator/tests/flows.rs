@@ -292,6 +292,23 @@ async fn reconnecting_gamer_replaces_its_old_connection_and_keeps_its_tasks() {
 }
 
 #[tokio::test]
+async fn registering_again_on_the_same_connection_is_only_acknowledged() {
+    let coord = start(Config::default()).await;
+    let url = coord.url();
+    let mut peer = Client::peer(&url, "p", 1).await;
+    let mut gamer = Client::gamer(&url, "g").await;
+    gamer.submit("t", "physics", "{}", None).await;
+    let a = peer.recv_assignment().await;
+    peer.send_text(r#"{"msg_type":"register_peer","peer_id":"p"}"#).await;
+    assert!(matches!(peer.recv().await, Message::RegistrationAck(_)));
+    // The task in flight was not re-dispatched: the original attempt still answers.
+    peer.answer(&a, r#"{"status":"success"}"#).await;
+    assert_eq!(gamer.recv_result().await.attempt, Some(1));
+    assert_eq!(coord.stats().tasks_redispatched, 0);
+    coord.shutdown().await;
+}
+
+#[tokio::test]
 async fn duplicate_peer_id_replaces_the_stale_connection() {
     let coord = start(Config::default()).await;
     let url = coord.url();
