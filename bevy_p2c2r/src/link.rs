@@ -319,12 +319,7 @@ impl Link {
     }
 
     fn verdict(&mut self, tick: u64) -> Verdict {
-        if self.last_applied.is_some_and(|last| tick <= last) {
-            Verdict::Stale
-        } else {
-            self.last_applied = Some(tick);
-            Verdict::Apply
-        }
+        newer_than(&mut self.last_applied, tick)
     }
 
     /// A physics task failed. `resync`: the peer lacks the session or got a tick out of
@@ -377,12 +372,7 @@ impl Link {
     }
 
     fn ai_verdict(&mut self, tick: u64) -> Verdict {
-        if self.last_ai_applied.is_some_and(|last| tick <= last) {
-            Verdict::Stale
-        } else {
-            self.last_ai_applied = Some(tick);
-            Verdict::Apply
-        }
+        newer_than(&mut self.last_ai_applied, tick)
     }
 
     /// An AI task failed.
@@ -431,6 +421,17 @@ impl Link {
         } else {
             Some(self.enter_fallback(now, "connection to the coordinator lost".into(), true))
         }
+    }
+}
+
+/// Results apply in tick order and never go back: a tick not newer than the last applied
+/// one is stale; a newer one becomes the last applied.
+fn newer_than(last_applied: &mut Option<u64>, tick: u64) -> Verdict {
+    if last_applied.is_some_and(|last| tick <= last) {
+        Verdict::Stale
+    } else {
+        *last_applied = Some(tick);
+        Verdict::Apply
     }
 }
 
