@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use p2c2r_protocol::{
     ErrorCode, Message, RawPayload, RegisterGamer, RegisterPeer, RegistrationAck, StatsReport, TaskAssignment,
-    TaskError, TaskRequest, TaskResult, TaskSpec, codec, limits, to_payload,
+    TaskError, TaskRequest, TaskResult, TaskSpec, codec, limits, null_payload, to_payload,
 };
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -175,8 +175,10 @@ impl Router {
 
     /// Handles one text frame from a connection.
     pub fn handle_frame(&self, conn: ConnId, frame: &str) {
+        // Parse before taking the lock: a large frame must not stall everyone else.
+        let decoded = codec::decode(frame);
         let mut state = self.lock();
-        let message = match codec::decode(frame) {
+        let message = match decoded {
             Ok(message) => message,
             Err(e) => {
                 debug!(conn, error = %e, "bad frame");
@@ -437,8 +439,12 @@ impl Router {
 
 impl State {
     fn send(&mut self, conn: ConnId, message: &Message) {
+        self.send_frame(conn, codec::encode(message));
+    }
+
+    fn send_frame(&mut self, conn: ConnId, frame: String) {
         let Some(entry) = self.conns.get(&conn) else { return };
-        match entry.handle.tx.try_send(Outbound::Text(codec::encode(message))) {
+        match entry.handle.tx.try_send(Outbound::Text(frame)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 warn!(conn, "client is not reading fast enough; disconnecting it");
@@ -469,7 +475,16 @@ impl State {
     fn dispatch(&mut self, now: Instant) -> Vec<Dispatch> {
         let dispatches = self.sched.dispatch(now);
         for d in &dispatches {
-            let Some(task) = self.sched.task(d.key) else { continue };
+            let Some(task) = self.sched.task_mut(d.key) else { continue };
+            debug!(
+                peer_id = d.peer,
+                gamer_id = task.gamer,
+                task_id = task.task_id,
+                attempt = d.attempt,
+                "task assigned"
+            );
+            // Lend the payload to the frame instead of copying it (snapshots run to MBs);
+            // it goes back to the task for a possible re-dispatch.
             let message = Message::TaskAssignment(TaskAssignment {
                 task_id: d.assignment_id.clone(),
                 attempt: d.attempt,
@@ -479,18 +494,15 @@ impl State {
                     task_type: task.task_type.clone(),
                     session_id: task.session_id.clone(),
                     gamer_id: Some(task.gamer.clone()),
-                    task_data: task.payload.clone(),
+                    task_data: std::mem::replace(&mut task.payload, null_payload()),
                 },
             });
-            debug!(
-                peer_id = d.peer,
-                gamer_id = task.gamer,
-                task_id = task.task_id,
-                attempt = d.attempt,
-                "task assigned"
-            );
+            let frame = codec::encode(&message);
+            if let (Message::TaskAssignment(sent), Some(task)) = (message, self.sched.task_mut(d.key)) {
+                task.payload = sent.task_data.task_data;
+            }
             if let Some(&peer_conn) = self.peers.get(&d.peer) {
-                self.send(peer_conn, &message);
+                self.send_frame(peer_conn, frame);
             }
         }
         dispatches

@@ -319,6 +319,11 @@ impl<P> Scheduler<P> {
         self.tasks.get(&key)
     }
 
+    /// A task's data, mutably (to lend its payload to an assignment frame).
+    pub fn task_mut(&mut self, key: TaskKey) -> Option<&mut Task<P>> {
+        self.tasks.get_mut(&key)
+    }
+
     /// Adds a peer. A peer already known under this id is replaced (its work re-queued).
     pub fn add_peer(&mut self, id: PeerId, mut spec: PeerSpec) {
         self.remove_peer(&id);

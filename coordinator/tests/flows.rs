@@ -89,7 +89,7 @@ async fn peer_crash_mid_task_requeues_it_at_once() {
     let url = coord.url();
     let mut doomed = Client::peer(&url, "doomed", 1).await;
     let mut gamer = Client::gamer(&url, "g").await;
-    gamer.submit("t", "physics", "{}", None).await;
+    gamer.submit("t", "physics", r#"{"keep": ["these", "bytes"]}"#, None).await;
     let first = doomed.recv_assignment().await;
     assert_eq!(first.attempt, 1);
     let mut survivor = Client::peer(&url, "survivor", 1).await;
@@ -97,6 +97,7 @@ async fn peer_crash_mid_task_requeues_it_at_once() {
     let second = survivor.recv_assignment().await;
     assert_eq!(second.attempt, 2);
     assert_eq!(second.task_data.task_id, "t");
+    assert_eq!(second.task_data.task_data.get(), r#"{"keep": ["these", "bytes"]}"#, "the payload survives re-dispatch");
     survivor.answer(&second, r#"{"status":"success"}"#).await;
     let result = gamer.recv_result().await;
     assert_eq!((result.task_id.as_str(), result.peer_id.as_deref()), ("t", Some("survivor")));
