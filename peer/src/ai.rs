@@ -28,6 +28,10 @@ pub const SEPARATION_MARGIN: f32 = 0.3;
 /// How strongly separation counts against seeking (1 = a full-overlap neighbour pushes
 /// as hard as the agent's top speed).
 pub const SEPARATION_WEIGHT: f32 = 1.0;
+/// The most neighbours (the nearest in range) that push one agent apart.
+pub const MAX_SEPARATION_NEIGHBOURS: usize = 16;
+/// The most other agents examined per agent when looking for neighbours.
+pub const MAX_SEPARATION_CANDIDATES: usize = 128;
 /// Largest accepted agent radius, in metres.
 pub const MAX_AGENT_RADIUS: f32 = 100.0;
 /// Largest accepted agent speed, m/s.
@@ -399,37 +403,82 @@ impl Neighbours {
     }
 
     /// The sum of pushes away from overlapping neighbours, each in `[0, 1]`.
+    ///
+    /// Bounded per agent so a crowd costs O(n·k), not O(n²) (the buckets are sized by the
+    /// largest radius, so any number of agents can share one): at most
+    /// [`MAX_SEPARATION_CANDIDATES`] agents are examined, own bucket first (outwards from
+    /// this agent's place in it, so both earlier and later agents are seen), then the
+    /// eight around it in a fixed order; of those in range, the
+    /// [`MAX_SEPARATION_NEIGHBOURS`] nearest push (ties broken by index). Deterministic.
     fn separation(&self, agents: &[AgentQuery], i: usize) -> [f32; 2] {
         let me = &agents[i];
         let (kx, kz) = Self::key(self.bucket, me.position);
-        let mut push = [0.0f32; 2];
-        for dz in -1..=1 {
-            for dx in -1..=1 {
-                let Some(list) = self.buckets.get(&(kx + dx, kz + dz)) else { continue };
-                for &j in list {
-                    if j == i {
-                        continue;
-                    }
-                    let other = &agents[j];
-                    let range = me.radius + other.radius + SEPARATION_MARGIN;
-                    let (ox, oz) = (me.position[0] - other.position[0], me.position[2] - other.position[2]);
-                    let d = (ox * ox + oz * oz).sqrt();
-                    if d >= range {
-                        continue;
-                    }
-                    let strength = (range - d) / range;
-                    let dir = if d > 1.0e-6 {
-                        [ox / d, oz / d]
-                    } else if (me.id, i) < (other.id, j) {
-                        // Same spot: split them along x, deterministically.
-                        [-1.0, 0.0]
-                    } else {
-                        [1.0, 0.0]
-                    };
-                    push[0] += dir[0] * strength;
-                    push[1] += dir[1] * strength;
+        let mut examined = 0usize;
+        // (distance, index, range) of the candidates in range.
+        let mut near: Vec<(f32, usize, f32)> = Vec::new();
+        // Examines agent `j`; returns whether more candidates may be examined.
+        let mut consider = |j: usize| {
+            if j != i {
+                examined += 1;
+                let other = &agents[j];
+                let range = me.radius + other.radius + SEPARATION_MARGIN;
+                let d = planar_distance(me.position, other.position);
+                if d < range {
+                    near.push((d, j, range));
                 }
             }
+            examined < MAX_SEPARATION_CANDIDATES
+        };
+        'scan: {
+            if let Some(own) = self.buckets.get(&(kx, kz)) {
+                // Lists hold indices in increasing order.
+                let at = own.binary_search(&i).unwrap_or_else(|p| p);
+                let mut step = 1;
+                while step <= at || at + step < own.len() {
+                    if let Some(lower) = at.checked_sub(step)
+                        && !consider(own[lower])
+                    {
+                        break 'scan;
+                    }
+                    if let Some(&higher) = own.get(at + step)
+                        && !consider(higher)
+                    {
+                        break 'scan;
+                    }
+                    step += 1;
+                }
+            }
+            for dz in -1..=1 {
+                for dx in -1..=1 {
+                    if (dx, dz) == (0, 0) {
+                        continue;
+                    }
+                    let Some(list) = self.buckets.get(&(kx + dx, kz + dz)) else { continue };
+                    for &j in list {
+                        if !consider(j) {
+                            break 'scan;
+                        }
+                    }
+                }
+            }
+        }
+        near.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        near.truncate(MAX_SEPARATION_NEIGHBOURS);
+        let mut push = [0.0f32; 2];
+        for &(d, j, range) in &near {
+            let other = &agents[j];
+            let (ox, oz) = (me.position[0] - other.position[0], me.position[2] - other.position[2]);
+            let strength = (range - d) / range;
+            let dir = if d > 1.0e-6 {
+                [ox / d, oz / d]
+            } else if (me.id, i) < (other.id, j) {
+                // Same spot: split them along x, deterministically.
+                [-1.0, 0.0]
+            } else {
+                [1.0, 0.0]
+            };
+            push[0] += dir[0] * strength;
+            push[1] += dir[1] * strength;
         }
         push
     }
@@ -543,6 +592,37 @@ mod tests {
         // Far apart: no push.
         let far = nav.navigate(&[agent(1, [0.5, 0.5], [0.5, 0.5]), agent(2, [5.5, 1.5], [5.5, 1.5])]);
         assert!(far.iter().all(|x| x.desired_velocity == [0.0; 3]));
+    }
+
+    #[test]
+    fn a_crowd_on_one_spot_is_bounded_and_still_pushed_apart() {
+        let nav = Navigator::new(&grid(&["......", "......"])).unwrap();
+        let n = limits::MAX_AGENTS_PER_REQUEST as u64;
+        // Every agent on the same spot, and a second crowd in a tight cluster.
+        let mut agents: Vec<AgentQuery> = (0..n / 2).map(|id| agent(id, [1.0, 1.0], [1.0, 1.0])).collect();
+        agents.extend((0..n / 2).map(|k| {
+            let p = [4.0 + (k % 100) as f32 * 0.001, 1.0 + (k / 100) as f32 * 0.001];
+            agent(n + k, p, p)
+        }));
+        let started = std::time::Instant::now();
+        let r = nav.navigate(&agents);
+        let again = nav.navigate(&agents);
+        // Not asserted (speed is measured by benchmarks); printed for a look.
+        println!("{} agents steered twice in {:?}", agents.len(), started.elapsed());
+        assert_eq!(r, again, "steering is deterministic");
+        let first = n as usize / 2;
+        // On one spot, the first agent is pushed one way and the last the other.
+        assert!(r[0].desired_velocity[0] < 0.0, "{:?}", r[0]);
+        assert!(r[first - 1].desired_velocity[0] > 0.0, "{:?}", r[first - 1]);
+        // In the cluster, the corners are pushed outwards.
+        let corner = |k: usize| r[first + k].desired_velocity;
+        let (low, high) = (corner(0), corner(first - 1));
+        assert!(low[0] < 0.0 && low[2] < 0.0, "{low:?}");
+        assert!(high[0] > 0.0 && high[2] > 0.0, "{high:?}");
+        for x in &r {
+            let v = x.desired_velocity;
+            assert!((v[0] * v[0] + v[2] * v[2]).sqrt() <= 2.0 + 1e-3, "{x:?}");
+        }
     }
 
     #[test]

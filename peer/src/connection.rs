@@ -194,7 +194,7 @@ fn handle_frame(peer: &Peer, text: &str, results: &mpsc::Sender<String>) -> Opti
                 session_id = ?assignment.task_data.session_id,
                 "task assigned"
             );
-            peer.pool.submit(Job { assignment, reply: results.clone() }).err()
+            peer.pool.submit(Job::new(assignment, results.clone())).err()
         }
         Ok(Message::Error(e)) => {
             tracing::debug!(code = %e.code, refers_to = ?e.refers_to, "coordinator error: {}", e.message);

@@ -70,7 +70,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use session::{Clock, ManualClock, Session, SessionStore, SystemClock};
+pub use session::{Clock, DEFAULT_MAX_SESSIONS, ManualClock, Session, SessionStore, StoreFull, SystemClock};
 pub use tasks::{run_task, run_task_payload};
 
 /// The coordinator a peer connects to when none is configured.
@@ -87,6 +87,10 @@ pub struct PeerConfig {
     pub max_concurrent_tasks: Option<u32>,
     /// A session unused this long is dropped (default 60 s).
     pub session_idle_timeout: Duration,
+    /// Most sessions held at once (default [`DEFAULT_MAX_SESSIONS`]). Creating one more
+    /// evicts the least recently used idle session; when all are in use the task is
+    /// answered with `limit_exceeded` and resync.
+    pub max_sessions: usize,
     /// How often a heartbeat is sent (default 1 s).
     pub heartbeat_interval: Duration,
     /// First reconnection delay (default 100 ms); it doubles per failed attempt.
@@ -114,6 +118,7 @@ impl Default for PeerConfig {
             peer_id: None,
             max_concurrent_tasks: None,
             session_idle_timeout: Duration::from_secs(60),
+            max_sessions: DEFAULT_MAX_SESSIONS,
             heartbeat_interval: Duration::from_secs(1),
             reconnect_backoff_min: Duration::from_millis(100),
             reconnect_backoff_max: Duration::from_secs(5),
@@ -211,7 +216,7 @@ fn prepare(config: PeerConfig) -> Result<(connection::Peer, Arc<watch::Sender<Pe
     let max_concurrent = config.max_concurrent_tasks.unwrap_or(machine.cpu_cores).max(1);
     let capabilities = capabilities::capabilities(&machine, max_concurrent, &config.task_types);
     tracing::info!(%peer_id, ?capabilities, "peer starting");
-    let store = Arc::new(SessionStore::new(config.session_idle_timeout));
+    let store = Arc::new(SessionStore::new(config.session_idle_timeout).with_max_sessions(config.max_sessions));
     let max_pending = config.max_pending_tasks.unwrap_or(64 * max_concurrent as usize).max(1);
     let pool = pool::Pool::new(max_concurrent as usize, max_pending, store.clone());
     let status = Arc::new(watch::Sender::new(PeerStatus::default()));

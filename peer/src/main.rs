@@ -21,6 +21,11 @@ struct Args {
     /// Seconds after which an unused session is dropped.
     #[arg(long, env = "P2C2R_SESSION_IDLE_TIMEOUT", default_value_t = 60.0, value_parser = seconds)]
     session_idle_timeout: f64,
+    /// Most sessions held at once. Session ids come from gamers, so this bounds the worlds
+    /// and grids kept in memory: creating one more drops the least recently used idle
+    /// session, and when every session is busy the task is refused (`limit_exceeded`).
+    #[arg(long, env = "P2C2R_MAX_SESSIONS", default_value_t = peer::DEFAULT_MAX_SESSIONS)]
+    max_sessions: usize,
     /// Seconds between heartbeats.
     #[arg(long, default_value_t = 1.0, value_parser = seconds)]
     heartbeat_interval: f64,
@@ -57,6 +62,7 @@ async fn main() -> anyhow::Result<()> {
         peer_id: args.peer_id,
         max_concurrent_tasks: args.max_concurrent_tasks,
         session_idle_timeout: Duration::from_secs_f64(args.session_idle_timeout),
+        max_sessions: args.max_sessions.max(1),
         heartbeat_interval: Duration::from_secs_f64(args.heartbeat_interval),
         reconnect_backoff_max: Duration::from_secs_f64(args.max_reconnect_delay),
         task_types: args.task_types.unwrap_or(defaults.task_types.clone()),

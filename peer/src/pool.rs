@@ -10,6 +10,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use p2c2r_protocol::{ErrorCode, Message, TaskAssignment, TaskError, TaskResult, codec, to_payload};
 use tokio::sync::{Semaphore, mpsc};
@@ -22,6 +23,21 @@ use crate::tasks::run_task_payload;
 pub(crate) struct Job {
     pub assignment: TaskAssignment,
     pub reply: mpsc::Sender<String>,
+    /// When the assignment arrived; its `deadline_ms` counts from here.
+    pub received: Instant,
+}
+
+impl Job {
+    /// A job received now.
+    pub fn new(assignment: TaskAssignment, reply: mpsc::Sender<String>) -> Self {
+        Job { assignment, reply, received: Instant::now() }
+    }
+
+    /// Whether the assignment's deadline has passed: the coordinator has given up on this
+    /// attempt (and re-dispatched the task), so it would refuse the answer.
+    fn expired(&self) -> bool {
+        self.assignment.deadline_ms.is_some_and(|ms| self.received.elapsed() >= Duration::from_millis(ms))
+    }
 }
 
 pub(crate) struct Pool {
@@ -99,26 +115,35 @@ impl Pool {
         self.tracker.spawn(async move {
             let mut job = first;
             loop {
-                let Job { assignment, reply } = job;
-                if reply.is_closed() {
+                if job.reply.is_closed() {
                     // Its connection is gone and the coordinator re-dispatches it.
-                    tracing::debug!(task_id = %assignment.task_id, "dropping a task of a closed connection");
+                    tracing::debug!(task_id = %job.assignment.task_id, "dropping a task of a closed connection");
+                } else if job.expired() {
+                    // Its deadline passed while it waited behind its session's earlier tasks.
+                    skip_stale(&job);
                 } else if let Ok(permit) = permits.clone().acquire_owned().await {
-                    let store = store.clone();
-                    let running = running.clone();
-                    let run = tokio::task::spawn_blocking(move || {
-                        let now = running.0.fetch_add(1, Ordering::AcqRel) + 1;
-                        running.1.fetch_max(now, Ordering::AcqRel);
-                        let result = run_task_payload(&store, &assignment.task_data);
-                        running.0.fetch_sub(1, Ordering::AcqRel);
-                        result_frame(&assignment, result)
-                    });
-                    let frame = run.await;
-                    drop(permit);
-                    match frame {
-                        // A closed connection drops its results: the coordinator re-sends the task.
-                        Ok(frame) => drop(reply.send(frame).await),
-                        Err(e) => tracing::error!("a task failed to complete: {e}"),
+                    if job.expired() {
+                        // Its deadline passed while it waited for a permit.
+                        drop(permit);
+                        skip_stale(&job);
+                    } else {
+                        let Job { assignment, reply, .. } = job;
+                        let store = store.clone();
+                        let running = running.clone();
+                        let run = tokio::task::spawn_blocking(move || {
+                            let now = running.0.fetch_add(1, Ordering::AcqRel) + 1;
+                            running.1.fetch_max(now, Ordering::AcqRel);
+                            let result = run_task_payload(&store, &assignment.task_data);
+                            running.0.fetch_sub(1, Ordering::AcqRel);
+                            result_frame(&assignment, result)
+                        });
+                        let frame = run.await;
+                        drop(permit);
+                        match frame {
+                            // A closed connection drops its results: the coordinator re-sends the task.
+                            Ok(frame) => drop(reply.send(frame).await),
+                            Err(e) => tracing::error!("a task failed to complete: {e}"),
+                        }
                     }
                 }
                 pending.fetch_sub(1, Ordering::AcqRel);
@@ -129,6 +154,23 @@ impl Pool {
             }
         });
     }
+}
+
+/// Logs a job skipped because its deadline passed while it waited (behind its session's
+/// earlier tasks or for a permit).
+///
+/// Nothing is answered: the coordinator already superseded this attempt and refuses late
+/// answers, so running it would only burn a worker. Skipping a `physics_step` leaves a gap
+/// in its session's ticks; that is safe because the world is not touched, so the session's
+/// next tick arrives out of order and is answered `out_of_order` with resync, exactly as if
+/// the tick had been lost, and the gamer re-sends a snapshot.
+fn skip_stale(job: &Job) {
+    tracing::debug!(
+        task_id = %job.assignment.task_id,
+        waited_ms = job.received.elapsed().as_millis() as u64,
+        deadline_ms = ?job.assignment.deadline_ms,
+        "skipping a task whose deadline passed while it waited"
+    );
 }
 
 fn next_job(queues: &Mutex<HashMap<String, VecDeque<Job>>>, session: Option<&str>) -> Option<Job> {
@@ -185,10 +227,10 @@ mod tests {
         let pool = Pool::new(2, 8, store);
         let (tx, mut rx) = mpsc::channel(64);
         for i in 0..8 {
-            let job = Job { assignment: assignment(i, "physics", None, r#"{"num_objects":3000}"#), reply: tx.clone() };
+            let job = Job::new(assignment(i, "physics", None, r#"{"num_objects":3000}"#), tx.clone());
             assert!(pool.submit(job).is_ok());
         }
-        let refused = pool.submit(Job { assignment: assignment(99, "physics", None, "{}"), reply: tx.clone() });
+        let refused = pool.submit(Job::new(assignment(99, "physics", None, "{}"), tx.clone()));
         let (task_id, result) = result_of(&refused.unwrap_err());
         assert_eq!(task_id, "99:1");
         assert!(result.contains("queue_full"), "{result}");
@@ -210,15 +252,13 @@ mod tests {
             r#"{"tick":0,"snapshot":true,"dt":0.016,"add":[{"id":1,"shape":{"kind":"sphere","radius":0.5}}]}"#;
         let mut n = 0;
         for session in ["a", "b", "c"] {
-            pool.submit(Job { assignment: assignment(n, "physics_step", Some(session), snapshot), reply: tx.clone() })
-                .unwrap();
+            pool.submit(Job::new(assignment(n, "physics_step", Some(session), snapshot), tx.clone())).unwrap();
             n += 1;
         }
         for t in 1..=100u64 {
             for session in ["a", "b", "c"] {
                 let data = format!(r#"{{"tick":{t},"dt":0.016}}"#);
-                pool.submit(Job { assignment: assignment(n, "physics_step", Some(session), &data), reply: tx.clone() })
-                    .unwrap();
+                pool.submit(Job::new(assignment(n, "physics_step", Some(session), &data), tx.clone())).unwrap();
                 n += 1;
             }
         }
@@ -243,8 +283,57 @@ mod tests {
         let (tx, rx) = mpsc::channel(10);
         drop(rx);
         let snapshot = r#"{"tick":0,"snapshot":true,"dt":0.016}"#;
-        pool.submit(Job { assignment: assignment(1, "physics_step", Some("s"), snapshot), reply: tx }).unwrap();
+        pool.submit(Job::new(assignment(1, "physics_step", Some("s"), snapshot), tx)).unwrap();
         pool.wait_idle().await;
         assert!(store.is_empty(), "the task never ran");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_task_whose_deadline_passed_while_queued_is_not_run() {
+        let store = Arc::new(SessionStore::new(Duration::from_secs(60)));
+        let pool = Pool::new(1, 100, store.clone());
+        let (tx, mut rx) = mpsc::channel(10);
+        // A slow task of session "s"...
+        pool.submit(Job::new(assignment(1, "physics", Some("s"), r#"{"num_objects":3000}"#), tx.clone())).unwrap();
+        // ...and one queued behind it in the same session, whose deadline passes while it waits.
+        let mut stale = assignment(2, "physics_step", Some("s"), r#"{"tick":0,"snapshot":true,"dt":0.016}"#);
+        stale.deadline_ms = Some(1);
+        pool.submit(Job::new(stale, tx.clone())).unwrap();
+        // A task with a generous deadline still runs.
+        let mut fresh = assignment(3, "physics_step", Some("t"), r#"{"tick":0,"snapshot":true,"dt":0.016}"#);
+        fresh.deadline_ms = Some(60_000);
+        pool.submit(Job::new(fresh, tx.clone())).unwrap();
+        drop(tx);
+        pool.wait_idle().await;
+        let mut answered = Vec::new();
+        while let Some(frame) = rx.recv().await {
+            answered.push(result_of(&frame).0);
+        }
+        answered.sort();
+        assert_eq!(answered, vec!["1:1", "3:1"], "the stale task was answered");
+        assert_eq!(store.session_ids(), vec!["t"], "the stale task ran");
+        assert_eq!(pool.pending(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_task_whose_deadline_passed_while_waiting_for_a_permit_is_not_run() {
+        let store = Arc::new(SessionStore::new(Duration::from_secs(60)));
+        let pool = Pool::new(1, 100, store.clone());
+        let (tx, mut rx) = mpsc::channel(10);
+        // Every permit is taken, as by long-running tasks of other sessions.
+        let held = pool.permits.clone().acquire_owned().await.unwrap();
+        let mut stale = assignment(1, "physics_step", Some("s"), r#"{"tick":0,"snapshot":true,"dt":0.016}"#);
+        stale.deadline_ms = Some(1);
+        let submitted = Instant::now();
+        pool.submit(Job::new(stale, tx.clone())).unwrap();
+        while submitted.elapsed() < Duration::from_millis(2) {
+            tokio::task::yield_now().await;
+        }
+        drop(held);
+        drop(tx);
+        pool.wait_idle().await;
+        assert!(rx.recv().await.is_none(), "the stale task was answered");
+        assert!(store.is_empty(), "the stale task ran");
+        assert_eq!(pool.pending(), 0);
     }
 }

@@ -94,12 +94,27 @@ struct Slot {
 pub struct SessionStore {
     sessions: Mutex<HashMap<String, Arc<Slot>>>,
     idle_timeout: Duration,
+    max_sessions: usize,
     clock: Arc<dyn Clock>,
+}
+
+/// How many sessions a [`SessionStore`] holds at most unless told otherwise.
+pub const DEFAULT_MAX_SESSIONS: usize = 256;
+
+/// Why [`SessionStore::try_with_session`] could not create a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreFull {
+    /// The store's limit.
+    pub max_sessions: usize,
 }
 
 impl std::fmt::Debug for SessionStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SessionStore").field("sessions", &self.len()).field("idle_timeout", &self.idle_timeout).finish()
+        f.debug_struct("SessionStore")
+            .field("sessions", &self.len())
+            .field("idle_timeout", &self.idle_timeout)
+            .field("max_sessions", &self.max_sessions)
+            .finish()
     }
 }
 
@@ -111,7 +126,20 @@ impl SessionStore {
 
     /// A store reading time from `clock`.
     pub fn with_clock(idle_timeout: Duration, clock: Arc<dyn Clock>) -> Self {
-        SessionStore { sessions: Mutex::new(HashMap::new()), idle_timeout, clock }
+        SessionStore { sessions: Mutex::new(HashMap::new()), idle_timeout, max_sessions: DEFAULT_MAX_SESSIONS, clock }
+    }
+
+    /// Sets how many sessions the store holds at most (at least 1; default
+    /// [`DEFAULT_MAX_SESSIONS`]). Session ids come from gamers, so without a limit anyone
+    /// could make the peer hold any number of worlds.
+    pub fn with_max_sessions(mut self, max_sessions: usize) -> Self {
+        self.max_sessions = max_sessions.max(1);
+        self
+    }
+
+    /// How many sessions the store holds at most.
+    pub fn max_sessions(&self) -> usize {
+        self.max_sessions
     }
 
     /// How long a session may stay unused.
@@ -159,8 +187,25 @@ impl SessionStore {
     /// Runs `f` on a session, holding that session's lock.
     ///
     /// An idle-expired session counts as absent. An absent session is created when
-    /// `create` is set; otherwise `f` is not run and `None` is returned.
+    /// `create` is set; otherwise `f` is not run and `None` is returned. When the store is
+    /// full and no session can be evicted to make room, `f` is not run and `None` is
+    /// returned too; [`try_with_session`](Self::try_with_session) tells the two apart.
     pub fn with_session<R>(&self, session_id: &str, create: bool, f: impl FnOnce(&mut Session) -> R) -> Option<R> {
+        self.try_with_session(session_id, create, f).ok().flatten()
+    }
+
+    /// [`with_session`](Self::with_session), saying when a session could not be created
+    /// because the store is full.
+    ///
+    /// Creating a session in a full store first drops the idle-expired sessions, then the
+    /// least recently used session that no task is using right now. If every session is in
+    /// use, nothing is evicted and [`StoreFull`] is returned.
+    pub fn try_with_session<R>(
+        &self,
+        session_id: &str,
+        create: bool,
+        f: impl FnOnce(&mut Session) -> R,
+    ) -> Result<Option<R>, StoreFull> {
         let slot = {
             let now = self.clock.now();
             let mut sessions = lock(&self.sessions);
@@ -170,18 +215,49 @@ impl SessionStore {
             match sessions.get(session_id) {
                 Some(slot) => slot.clone(),
                 None if create => {
+                    self.make_room(&mut sessions, now)?;
                     let slot = Arc::new(Slot { session: Mutex::new(Session::default()), last_used: Mutex::new(now) });
                     sessions.insert(session_id.to_owned(), slot.clone());
                     slot
                 }
-                None => return None,
+                None => return Ok(None),
             }
         };
         let mut session = lock(&slot.session);
         *lock(&slot.last_used) = self.clock.now();
         let r = f(&mut session);
         *lock(&slot.last_used) = self.clock.now();
-        Some(r)
+        Ok(Some(r))
+    }
+
+    /// Frees one place in a full map: expired sessions first, then the least recently used
+    /// idle one.
+    fn make_room(&self, sessions: &mut HashMap<String, Arc<Slot>>, now: Instant) -> Result<(), StoreFull> {
+        if sessions.len() < self.max_sessions {
+            return Ok(());
+        }
+        sessions.retain(|_, slot| !self.expired(slot, now));
+        if sessions.len() < self.max_sessions {
+            return Ok(());
+        }
+        // A slot is in use while a task holds a clone of its `Arc`; clones are only made
+        // under the map lock we hold, so a count of 1 means no task can be using it. (A
+        // task that just finished may still be counted: then the slot merely looks busy.)
+        // Ties on `last_used` are broken by id so the choice is deterministic.
+        let victim = sessions
+            .iter()
+            .filter(|(_, slot)| Arc::strong_count(slot) == 1)
+            .map(|(id, slot)| (*lock(&slot.last_used), id))
+            .min()
+            .map(|(_, id)| id.clone());
+        match victim {
+            Some(id) => {
+                tracing::debug!(session_id = %id, "session store full; evicting the least recently used session");
+                sessions.remove(&id);
+                Ok(())
+            }
+            None => Err(StoreFull { max_sessions: self.max_sessions }),
+        }
     }
 
     fn expired(&self, slot: &Slot, now: Instant) -> bool {
@@ -216,6 +292,64 @@ mod tests {
         clock.advance(Duration::from_secs(31));
         assert!(store.with_session("b", false, |_| ()).is_none(), "an expired session counts as absent");
         assert!(store.is_empty());
+    }
+
+    #[test]
+    fn a_full_store_evicts_the_least_recently_used_idle_session() {
+        let clock = ManualClock::new();
+        let store = SessionStore::with_clock(Duration::from_secs(60), Arc::new(clock.clone())).with_max_sessions(3);
+        for id in ["a", "b", "c"] {
+            store.with_session(id, true, |_| ()).unwrap();
+            clock.advance(Duration::from_secs(1));
+        }
+        // "a" is used again, so "b" is now the least recently used.
+        store.with_session("a", false, |_| ()).unwrap();
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(store.try_with_session("d", true, |_| 4), Ok(Some(4)));
+        assert_eq!(store.session_ids(), vec!["a", "c", "d"]);
+        // Looking up an existing session never evicts anything.
+        store.with_session("c", false, |_| ()).unwrap();
+        assert_eq!(store.len(), 3);
+        // An expired session is dropped before any live one.
+        clock.advance(Duration::from_secs(30));
+        store.with_session("a", false, |_| ()).unwrap();
+        store.with_session("d", false, |_| ()).unwrap();
+        clock.advance(Duration::from_secs(40));
+        // "c" has been idle 70 s, "a" and "d" 40 s.
+        store.with_session("e", true, |_| ()).unwrap();
+        assert_eq!(store.session_ids(), vec!["a", "d", "e"]);
+    }
+
+    #[test]
+    fn a_full_store_never_evicts_a_session_in_use() {
+        let clock = ManualClock::new();
+        let store = SessionStore::with_clock(Duration::from_secs(60), Arc::new(clock.clone())).with_max_sessions(2);
+        store.with_session("a", true, |_| ()).unwrap();
+        clock.advance(Duration::from_secs(1));
+        store.with_session("b", true, |_| ()).unwrap();
+        clock.advance(Duration::from_secs(1));
+        // While "a" (the least recently used) is in use, creating "c" evicts "b".
+        store
+            .with_session("a", false, |_| {
+                assert_eq!(store.try_with_session("c", true, |_| ()), Ok(Some(())));
+            })
+            .unwrap();
+        assert_eq!(store.session_ids(), vec!["a", "c"]);
+        // With every session in use, nothing can be evicted: the store is full.
+        store
+            .with_session("a", false, |_| {
+                store
+                    .with_session("c", false, |_| {
+                        assert_eq!(store.try_with_session("d", true, |_| ()), Err(StoreFull { max_sessions: 2 }));
+                        assert_eq!(store.with_session("d", true, |_| ()), None);
+                    })
+                    .unwrap();
+            })
+            .unwrap();
+        assert_eq!(store.session_ids(), vec!["a", "c"]);
+        // Once they are idle again, the least recently used one makes room.
+        store.with_session("d", true, |_| ()).unwrap();
+        assert_eq!(store.len(), 2);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use serde::de::{DeserializeOwned, IgnoredAny, SeqAccess, Visitor};
 use crate::ai::{DEFAULT_MAX_EXPANSIONS, Navigator};
 use crate::physics::PhysicsWorld;
 use crate::seed;
-use crate::session::{CachedResult, SessionStore};
+use crate::session::{CachedResult, SessionStore, StoreFull};
 
 /// Runs one task and returns its result as JSON text: a success object, or a
 /// [`TaskError`] object (`"status": "error"`).
@@ -78,7 +78,7 @@ fn physics_step(sessions: &SessionStore, session_id: &str, payload: &str) -> Res
     let request: PhysicsStepRequest = parse(payload)?;
     let request_hash = hash(payload);
     sessions
-        .with_session(session_id, request.snapshot, |session| {
+        .try_with_session(session_id, request.snapshot, |session| {
             if let Some(cached) = &session.last_physics
                 && cached.tick == request.tick
                 && cached.request_hash == request_hash
@@ -97,6 +97,7 @@ fn physics_step(sessions: &SessionStore, session_id: &str, payload: &str) -> Res
             });
             Ok(result)
         })
+        .map_err(|full| store_full(full, request.tick))?
         .unwrap_or_else(|| Err(unknown_session(request.tick)))
 }
 
@@ -120,7 +121,7 @@ fn ai_navigate(sessions: &SessionStore, session_id: &str, payload: &str) -> Resu
     // Build the navigator before touching the session, so a bad grid changes nothing.
     let navigator = request.grid.as_ref().map(Navigator::new).transpose().map_err(|e| e.with_tick(tick))?;
     sessions
-        .with_session(session_id, navigator.is_some(), |session| {
+        .try_with_session(session_id, navigator.is_some(), |session| {
             if let Some(navigator) = navigator {
                 session.navigator = Some(navigator);
             }
@@ -130,6 +131,7 @@ fn ai_navigate(sessions: &SessionStore, session_id: &str, payload: &str) -> Resu
             Ok(to_payload(&AiNavigateResult { status: TaskStatus::Success, tick, agents })
                 .expect("ai results always serialize"))
         })
+        .map_err(|full| store_full(full, tick))?
         .unwrap_or_else(|| Err(unknown_session(tick)))
 }
 
@@ -152,6 +154,15 @@ fn unknown_session(tick: u64) -> TaskError {
     TaskError::new(ErrorCode::UnknownSession, "this peer does not hold the session; send a full snapshot")
         .with_resync()
         .with_tick(tick)
+}
+
+fn store_full(full: StoreFull, tick: u64) -> TaskError {
+    TaskError::new(
+        ErrorCode::LimitExceeded,
+        format!("this peer already holds {} sessions, all in use; try another peer", full.max_sessions),
+    )
+    .with_resync()
+    .with_tick(tick)
 }
 
 /// Parses a payload; serde_json's recursion limit turns absurd nesting into an error.
@@ -238,5 +249,44 @@ fn probe<T: DeserializeOwned>(payload: &str) -> Result<(), TaskError> {
             Err(TaskError::new(ErrorCode::LimitExceeded, e.to_string().trim_start_matches(LIMIT_MARKER).to_owned()))
         }
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use p2c2r_protocol::raw_payload;
+
+    use super::*;
+
+    fn step(session: &str, data: &str) -> TaskSpec {
+        TaskSpec {
+            task_id: "t".into(),
+            task_type: task_types::PHYSICS_STEP.into(),
+            session_id: Some(session.into()),
+            gamer_id: None,
+            task_data: raw_payload(data.into()).unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_new_session_in_a_full_busy_store_is_refused_with_limit_exceeded() {
+        let store = SessionStore::new(Duration::from_secs(60)).with_max_sessions(1);
+        let snapshot = r#"{"tick":7,"snapshot":true,"dt":0.016}"#;
+        assert!(run_task(&store, &step("a", snapshot)).contains("success"));
+        // While "a" is in use, "b" cannot take its place.
+        store
+            .with_session("a", false, |_| {
+                let answer = run_task(&store, &step("b", snapshot));
+                let error: TaskError = serde_json::from_str(&answer).unwrap();
+                assert_eq!(error.code, ErrorCode::LimitExceeded, "{answer}");
+                assert!(error.resync);
+                assert_eq!(error.tick, Some(7));
+            })
+            .unwrap();
+        // Once "a" is idle, it is evicted to make room.
+        assert!(run_task(&store, &step("b", snapshot)).contains("success"));
+        assert_eq!(store.session_ids(), vec!["b"]);
     }
 }
