@@ -393,33 +393,12 @@ impl GamerClient {
     }
 }
 
-/// The capped, jittered exponential backoff used between reconnect attempts.
-#[derive(Clone, Debug)]
-pub struct Backoff {
-    initial: Duration,
-    max: Duration,
-    current: Duration,
-}
+/// The capped, jittered exponential backoff used between reconnect attempts: the
+/// peer's (saturating, so any `initial`/`max`, even `Duration::MAX`, is safe).
+pub use peer::backoff::Backoff;
 
-impl Backoff {
-    /// Starts at `initial`, doubles up to `max`.
-    pub fn new(initial: Duration, max: Duration) -> Self {
-        let initial = initial.max(Duration::from_millis(1));
-        Backoff { initial, max: max.max(initial), current: initial }
-    }
-
-    /// The next delay: the current step jittered to 50–100 % of it; then the step doubles.
-    pub fn next_delay(&mut self) -> Duration {
-        let step = self.current;
-        self.current = (self.current * 2).min(self.max);
-        step.mul_f64(0.5 + 0.5 * fastrand::f64())
-    }
-
-    /// Back to the initial delay (after a successful connection).
-    pub fn reset(&mut self) {
-        self.current = self.initial;
-    }
-}
+/// The shortest reconnect delay, so that a zero `backoff_initial` does not spin.
+const MIN_BACKOFF: Duration = Duration::from_millis(1);
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -440,7 +419,7 @@ enum SessionEnd {
 
 impl Driver {
     async fn run(mut self) {
-        let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
+        let mut backoff = Backoff::new(self.config.backoff_initial.max(MIN_BACKOFF), self.config.backoff_max);
         let mut reported_down = false;
         loop {
             match self.connect().await {
@@ -718,6 +697,20 @@ mod tests {
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn backoff_saturates_instead_of_overflowing() {
+        let mut b = Backoff::with_seed(Duration::from_millis(100), Duration::MAX, 1);
+        let mut last = Duration::ZERO;
+        for _ in 0..200 {
+            last = b.next_delay();
+        }
+        assert!(last >= Duration::from_secs(1_000_000), "keeps growing: {last:?}");
+        let mut b = Backoff::with_seed(Duration::MAX, Duration::MAX, 2);
+        for _ in 0..10 {
+            assert!(b.next_delay() >= Duration::MAX / 2);
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ use bevy::math::{Quat, Vec2, Vec3};
 use bevy::prelude::{Component, Resource, Transform};
 use p2c2r_protocol::ai::{AgentStatus, NavGrid};
 use p2c2r_protocol::physics::{self as wire, BodyId, BodyType};
+use peer::physics::{MAX_COORDINATE, MAX_SPEED};
 
 /// A collision shape, in the body's local frame.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -173,10 +174,10 @@ impl OffloadedBody {
             id,
             shape: self.shape.to_wire(),
             body_type: self.body_type,
-            position: state.position.to_array(),
-            rotation: state.rotation.to_array(),
-            linvel: state.linvel.to_array(),
-            angvel: state.angvel.to_array(),
+            position: valid_position(state.position),
+            rotation: valid_rotation(state.rotation),
+            linvel: valid_velocity(state.linvel),
+            angvel: valid_velocity(state.angvel),
             mass: self.mass,
             density: self.density,
             friction: self.friction,
@@ -212,12 +213,50 @@ pub struct PhysicsState {
 impl PhysicsState {
     pub(crate) fn apply(&mut self, s: &wire::BodyState, tick: u64) {
         self.tick = tick;
-        self.position = Vec3::from_array(s.position);
-        self.rotation = Quat::from_array(s.rotation).normalize();
-        self.linvel = Vec3::from_array(s.linvel);
-        self.angvel = Vec3::from_array(s.angvel);
+        // Results are checked on arrival (`check_body_state`); this keeps the ECS state
+        // finite even so (a zero quaternion would normalise to NaN).
+        self.position = Vec3::from_array(valid_position(Vec3::from_array(s.position)));
+        self.rotation = Quat::from_array(valid_rotation(Quat::from_array(s.rotation)));
+        self.linvel = Vec3::from_array(valid_velocity(Vec3::from_array(s.linvel)));
+        self.angvel = Vec3::from_array(valid_velocity(Vec3::from_array(s.angvel)));
         self.sleeping = s.sleeping;
     }
+}
+
+/// Clamps each coordinate into `±max` (what the peer's validator accepts); NaN becomes 0.
+fn clamp_vec(v: Vec3, max: f32) -> [f32; 3] {
+    v.to_array().map(|x| if x.is_nan() { 0.0 } else { x.clamp(-max, max) })
+}
+
+/// A position the peer's validator accepts: within ±[`MAX_COORDINATE`], finite.
+pub(crate) fn valid_position(v: Vec3) -> [f32; 3] {
+    clamp_vec(v, MAX_COORDINATE)
+}
+
+/// A linear or angular velocity the peer's validator accepts: within ±[`MAX_SPEED`].
+pub(crate) fn valid_velocity(v: Vec3) -> [f32; 3] {
+    clamp_vec(v, MAX_SPEED)
+}
+
+/// A unit rotation: `q` normalised, or the identity when it cannot be (zero, NaN, inf).
+pub(crate) fn valid_rotation(q: Quat) -> [f32; 4] {
+    let len = q.length();
+    if q.is_finite() && len.is_finite() && len > 1.0e-6 { (q / len).to_array() } else { Quat::IDENTITY.to_array() }
+}
+
+/// Checks one body state of a physics result: every number finite and the rotation
+/// close to unit length (the same tolerance as the peer's validator). A peer that
+/// answers otherwise is broken; its result must not reach the ECS state.
+pub(crate) fn check_body_state(s: &wire::BodyState) -> Result<(), String> {
+    let finite = s.position.iter().chain(&s.rotation).chain(&s.linvel).chain(&s.angvel).all(|x| x.is_finite());
+    if !finite {
+        return Err(format!("body {} has a non-finite value", s.id));
+    }
+    let norm = Quat::from_array(s.rotation).length();
+    if !(0.9..=1.1).contains(&norm) {
+        return Err(format!("body {} has a rotation of norm {norm}, not a unit quaternion", s.id));
+    }
+    Ok(())
 }
 
 /// A force and torque applied to a dynamic body on every tick while present (and
@@ -387,6 +426,64 @@ mod tests {
         assert!(!g.is_walkable(Vec3::new(0.5, 0.0, 0.5)));
         assert!(!g.is_walkable(Vec3::new(-3.0, 0.0, 0.0)));
         assert_eq!(g.cell_center(1, 1), Vec3::new(-0.5, 0.0, -0.5));
+    }
+
+    #[test]
+    fn body_desc_is_always_valid_for_the_peer() {
+        use p2c2r_protocol::physics::PhysicsStepRequest;
+        let body = OffloadedBody::dynamic(BodyShape::ball(0.25));
+        let states = [
+            (Vec3::new(0.0, -5.0e6, 2.0e6), Quat::from_xyzw(0.0, 0.0, 0.0, 0.0), Vec3::new(0.0, -3.0e5, 0.0)),
+            (Vec3::new(f32::NAN, f32::INFINITY, 1.0), Quat::from_xyzw(f32::NAN, 0.0, 0.0, 1.0), Vec3::NAN),
+            (Vec3::ONE, Quat::from_xyzw(0.0, 0.0, 0.0, 5.0), Vec3::splat(f32::NEG_INFINITY)),
+        ];
+        let add: Vec<_> = states
+            .iter()
+            .enumerate()
+            .map(|(i, &(position, rotation, linvel))| {
+                let s =
+                    PhysicsState { id: i as u64, tick: 9, position, rotation, linvel, angvel: linvel, sleeping: false };
+                body.desc(i as u64, &s)
+            })
+            .collect();
+        assert_eq!(add[0].position, [0.0, -MAX_COORDINATE, MAX_COORDINATE]);
+        assert_eq!(add[0].rotation, [0.0, 0.0, 0.0, 1.0], "a zero quaternion becomes the identity");
+        assert_eq!(add[2].rotation, [0.0, 0.0, 0.0, 1.0], "renormalised");
+        let request =
+            PhysicsStepRequest { tick: 10, snapshot: true, dt: 1.0 / 60.0, steps: 1, add, ..Default::default() };
+        let result = peer::physics::PhysicsWorld::new().step(&request);
+        assert!(result.is_ok(), "the snapshot is accepted: {result:?}");
+    }
+
+    #[test]
+    fn broken_body_states_are_detected() {
+        let good = wire::BodyState {
+            id: 1,
+            position: [0.0, 1.0, 0.0],
+            rotation: [0.0, 0.0, 0.0, 1.0],
+            linvel: [0.0; 3],
+            angvel: [0.0; 3],
+            sleeping: false,
+        };
+        assert!(check_body_state(&good).is_ok());
+        assert!(check_body_state(&wire::BodyState { position: [0.0, -2.0e6, 0.0], ..good }).is_ok(), "clamped later");
+        assert!(check_body_state(&wire::BodyState { rotation: [0.0; 4], ..good }).is_err());
+        assert!(check_body_state(&wire::BodyState { rotation: [0.0, 0.0, 0.0, 2.0], ..good }).is_err());
+        assert!(check_body_state(&wire::BodyState { linvel: [f32::NAN, 0.0, 0.0], ..good }).is_err());
+        assert!(check_body_state(&wire::BodyState { position: [f32::INFINITY, 0.0, 0.0], ..good }).is_err());
+        // Applying a broken state (it never should be) still leaves the ECS state finite.
+        let mut ps = PhysicsState {
+            id: 1,
+            tick: 0,
+            position: Vec3::ZERO,
+            rotation: Quat::IDENTITY,
+            linvel: Vec3::ZERO,
+            angvel: Vec3::ZERO,
+            sleeping: false,
+        };
+        ps.apply(&wire::BodyState { rotation: [0.0; 4], linvel: [f32::NAN, 0.0, 0.0], ..good }, 1);
+        assert_eq!(ps.rotation, Quat::IDENTITY);
+        assert!(ps.linvel.is_finite());
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! `peer` library.
 
 use p2c2r_protocol::TaskError;
+#[cfg(test)]
+use p2c2r_protocol::ai::AgentStatus;
 use p2c2r_protocol::ai::{AgentQuery, AgentResult, NavGrid};
 use p2c2r_protocol::physics::{PhysicsStepRequest, PhysicsStepResult};
 use peer::ai::Navigator;
@@ -12,7 +14,6 @@ use peer::physics::PhysicsWorld;
 pub(crate) struct LocalSim {
     world: Option<PhysicsWorld>,
     navigator: Option<Navigator>,
-    grid: Option<NavGrid>,
 }
 
 impl LocalSim {
@@ -35,12 +36,45 @@ impl LocalSim {
         self.world = None;
     }
 
-    /// Answers agent queries on `grid`, rebuilding the navigator when the grid changed.
+    /// Forgets the navigator; the next [`LocalSim::navigate`] builds one for its grid.
+    /// The plugin calls this whenever the `NavigationGrid` resource changes (it is not
+    /// compared on every tick).
+    pub fn grid_changed(&mut self) {
+        self.navigator = None;
+    }
+
+    /// Answers agent queries on `grid`, building the navigator when there is none (at
+    /// first, and after [`LocalSim::grid_changed`]).
     pub fn navigate(&mut self, grid: &NavGrid, agents: &[AgentQuery]) -> Result<Vec<AgentResult>, TaskError> {
-        if self.grid.as_ref() != Some(grid) || self.navigator.is_none() {
+        if self.navigator.is_none() {
             self.navigator = Some(Navigator::new(grid)?);
-            self.grid = Some(grid.clone());
         }
         Ok(self.navigator.as_mut().expect("navigator was just built").navigate(agents))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grid(rows: &[&str]) -> NavGrid {
+        NavGrid { cell_size: 1.0, origin: [0.0, 0.0], rows: rows.iter().map(|r| r.to_string()).collect() }
+    }
+
+    fn query() -> AgentQuery {
+        AgentQuery { id: 1, position: [0.5, 0.0, 0.5], goal: [2.5, 0.0, 0.5], speed: 1.0, radius: 0.3 }
+    }
+
+    #[test]
+    fn navigator_is_kept_until_the_grid_changes() {
+        let mut sim = LocalSim::default();
+        let open = grid(&["...", "..."]);
+        let walled = grid(&[".#.", ".#."]);
+        let reachable = |r: &[AgentResult]| r[0].status == AgentStatus::Moving;
+        assert!(reachable(&sim.navigate(&open, &[query()]).unwrap()));
+        // Without a change notice the navigator is reused as is (no per-tick comparison).
+        assert!(reachable(&sim.navigate(&walled, &[query()]).unwrap()));
+        sim.grid_changed();
+        assert!(!reachable(&sim.navigate(&walled, &[query()]).unwrap()));
     }
 }

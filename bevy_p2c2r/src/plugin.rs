@@ -22,7 +22,7 @@ use crate::local::LocalSim;
 use crate::messages::*;
 use crate::stats::{P2c2rStats, diagnostics};
 use crate::tasks::{Tag, ai_id, classify, physics_id, probe_id};
-use crate::transport::{Incoming, P2c2rClient, Parsed};
+use crate::transport::{Incoming, P2c2rClient, Parsed, parse_physics};
 
 /// What to do when no peer answers in time.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -491,7 +491,7 @@ fn on_outcome(
     }
     let source = ResultSource::Peer(outcome.peer_id.clone().unwrap_or_default());
     match tag {
-        Tag::Physics(_) => match parsed.and_then(Parsed::physics).unwrap_or_else(|| outcome.parse()) {
+        Tag::Physics(_) => match parsed.and_then(Parsed::physics).unwrap_or_else(|| parse_physics(&outcome)) {
             Ok(result) => {
                 let (verdict, tr) = state.link.peer_physics(result.tick, now);
                 note_transition(stats, &mut events.mode, &state.link, tr);
@@ -506,7 +506,14 @@ fn on_outcome(
                     stats.stale_results += 1;
                 }
             }
-            Err(e) => fail(state, stats, events, &outcome.task_id, e.code, e.message, None, false, now),
+            Err(e) => {
+                // A broken result (non-finite numbers, a rotation that is not a unit
+                // quaternion) asks for a resync; it is counted in `rejected_results`.
+                if e.resync {
+                    stats.rejected_results += 1;
+                }
+                fail(state, stats, events, &outcome.task_id, e.code, e.message, e.tick, e.resync, now)
+            }
         },
         Tag::Ai(_) => match parsed.and_then(Parsed::ai).unwrap_or_else(|| outcome.parse()) {
             Ok(result) => {
@@ -841,8 +848,8 @@ fn dispatch(
         {
             targets.push(WireKinematicTarget {
                 id: ps.id,
-                position: t.position.to_array(),
-                rotation: t.rotation.normalize().to_array(),
+                position: valid_position(t.position),
+                rotation: valid_rotation(t.rotation),
             });
         }
     }
@@ -864,6 +871,8 @@ fn dispatch(
             }
             PhysicsCommand::SetVelocity { entity, linvel, angvel } => {
                 if let Some(&id) = state.entity_body.get(&entity) {
+                    let (linvel, angvel) =
+                        (Vec3::from_array(valid_velocity(linvel)), Vec3::from_array(valid_velocity(angvel)));
                     set_velocity.push(SetVelocity { id, linvel: linvel.to_array(), angvel: angvel.to_array() });
                     if let Ok((_, _, mut ps, ..)) = bodies.get_mut(entity) {
                         ps.linvel = linvel;
@@ -873,7 +882,8 @@ fn dispatch(
             }
             PhysicsCommand::Teleport { entity, position, rotation } => {
                 if let Some(&id) = state.entity_body.get(&entity) {
-                    let rotation = rotation.normalize();
+                    let position = Vec3::from_array(valid_position(position));
+                    let rotation = Quat::from_array(valid_rotation(rotation));
                     set_pose.push(SetPose { id, position: position.to_array(), rotation: rotation.to_array() });
                     if let Ok((_, _, mut ps, _, _, _, interp, _)) = bodies.get_mut(entity) {
                         ps.position = position;
@@ -902,19 +912,24 @@ fn dispatch(
         match body.body_type {
             // Dynamic agents walk at the desired velocity and stay upright: their angular
             // velocity is zeroed each tick (the protocol has no rotation lock).
-            BodyType::Dynamic if moving || was_moving => {
-                set_velocity.push(SetVelocity { id: ps.id, linvel: [v.x, ps.linvel.y, v.z], angvel: [0.0; 3] })
-            }
+            BodyType::Dynamic if moving || was_moving => set_velocity.push(SetVelocity {
+                id: ps.id,
+                linvel: valid_velocity(Vec3::new(v.x, ps.linvel.y, v.z)),
+                angvel: [0.0; 3],
+            }),
             // Kinematic agents are advanced by the plugin (like agents without a body)
             // and the peer moves the body to where the agent is.
             BodyType::Kinematic if st.tick > 0 => targets.push(WireKinematicTarget {
                 id: ps.id,
-                position: st.position.to_array(),
-                rotation: ps.rotation.to_array(),
+                position: valid_position(st.position),
+                rotation: valid_rotation(ps.rotation),
             }),
             _ => {}
         }
     }
+    // A kinematic agent with a changed `KinematicTarget` has two targets now; the peer
+    // rejects a tick that lists a body twice. The last one wins: the agent's.
+    dedup_targets(&mut targets);
 
     // Decide who steps this tick.
     let connected = p.client.is_connected();
@@ -1029,6 +1044,7 @@ fn dispatch(
         && grid.is_changed()
     {
         state.grid_dirty = true;
+        p.fallback.0.grid_changed();
     }
     if state.grid_dirty {
         state.link.ai_needs_grid = true;
@@ -1138,6 +1154,14 @@ fn dispatch(
     d.add_measurement(&diagnostics::FALLBACK, || f64::from(u8::from(stats.in_fallback())));
 }
 
+/// Keeps only the last kinematic target of each body (in their order of appearance).
+fn dedup_targets(targets: &mut Vec<WireKinematicTarget>) {
+    let mut seen = std::collections::HashSet::with_capacity(targets.len());
+    let mut kept: Vec<WireKinematicTarget> = targets.drain(..).rev().filter(|t| seen.insert(t.id)).collect();
+    kept.reverse();
+    *targets = kept;
+}
+
 fn query(st: &AgentState, a: &OffloadedAgent, position: Vec3) -> AgentQuery {
     AgentQuery { id: st.id, position: position.to_array(), goal: a.goal.to_array(), speed: a.speed, radius: a.radius }
 }
@@ -1164,5 +1188,44 @@ mod tests {
         assert_eq!(playout_count(3), 2);
         assert_eq!(playout_count(8), 2);
         assert_eq!(playout_count(20), 16);
+    }
+
+    #[test]
+    fn a_body_gets_one_kinematic_target_and_the_last_wins() {
+        let target =
+            |id: BodyId, x: f32| WireKinematicTarget { id, position: [x, 0.0, 0.0], rotation: [0.0, 0.0, 0.0, 1.0] };
+        // Order as built by `dispatch`: changed `KinematicTarget`s first, then agents.
+        let mut targets = vec![target(3, 1.0), target(1, 1.0), target(2, 1.0), target(3, 2.0), target(1, 2.0)];
+        dedup_targets(&mut targets);
+        let kept: Vec<(BodyId, f32)> = targets.iter().map(|t| (t.id, t.position[0])).collect();
+        assert_eq!(kept, [(2, 1.0), (3, 2.0), (1, 2.0)]);
+        // And the peer accepts a request with them.
+        let add = [1, 2, 3]
+            .map(|id| {
+                OffloadedBody::kinematic(BodyShape::ball(0.5)).desc(
+                    id,
+                    &PhysicsState {
+                        id,
+                        tick: 0,
+                        position: Vec3::ZERO,
+                        rotation: Quat::IDENTITY,
+                        linvel: Vec3::ZERO,
+                        angvel: Vec3::ZERO,
+                        sleeping: false,
+                    },
+                )
+            })
+            .to_vec();
+        let request = PhysicsStepRequest {
+            tick: 1,
+            snapshot: true,
+            dt: 1.0 / 60.0,
+            steps: 1,
+            add,
+            kinematic_targets: targets,
+            ..Default::default()
+        };
+        let result = peer::physics::PhysicsWorld::new().step(&request);
+        assert!(result.is_ok(), "{result:?}");
     }
 }

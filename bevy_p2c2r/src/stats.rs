@@ -62,6 +62,9 @@ pub struct P2c2rStats {
     pub stale_results: u64,
     /// Task failures (error results, `error` messages, undeliverable requests).
     pub task_failures: u64,
+    /// Physics results from peers rejected as broken (non-finite numbers, a rotation
+    /// that is not a unit quaternion); each is also a task failure and asks for a resync.
+    pub rejected_results: u64,
     /// Full snapshots sent to peers.
     pub snapshots_sent: u64,
     /// Times the plugin entered fallback.
@@ -111,6 +114,7 @@ impl Default for P2c2rStats {
             ai_results_local: 0,
             stale_results: 0,
             task_failures: 0,
+            rejected_results: 0,
             snapshots_sent: 0,
             fallbacks_entered: 0,
             handbacks: 0,
@@ -147,6 +151,7 @@ impl std::fmt::Debug for P2c2rStats {
             .field("ai_results_local", &self.ai_results_local)
             .field("stale_results", &self.stale_results)
             .field("task_failures", &self.task_failures)
+            .field("rejected_results", &self.rejected_results)
             .field("snapshots_sent", &self.snapshots_sent)
             .field("fallbacks_entered", &self.fallbacks_entered)
             .field("handbacks", &self.handbacks)

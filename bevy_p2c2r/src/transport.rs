@@ -13,11 +13,12 @@ use bevy::prelude::Resource;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use p2c2r_protocol::{RawPayload, TaskRequest};
 
-use p2c2r_protocol::TaskError;
 use p2c2r_protocol::ai::AiNavigateResult;
 use p2c2r_protocol::physics::PhysicsStepResult;
+use p2c2r_protocol::{ErrorCode, TaskError};
 
-use crate::client::{ClientConfig, ClientEvent, ClientStats, GamerClient, TaskReply};
+use crate::client::{ClientConfig, ClientEvent, ClientStats, GamerClient, TaskOutcome, TaskReply};
+use crate::components::check_body_state;
 use crate::messages::ConnectionState;
 use crate::tasks::{Tag, classify, custom_id};
 
@@ -49,11 +50,28 @@ impl Parsed {
             return None;
         }
         match classify(session, &outcome.task_id) {
-            Tag::Physics(_) => Some(Parsed::Physics(outcome.parse())),
+            Tag::Physics(_) => Some(Parsed::Physics(parse_physics(outcome))),
             Tag::Ai(_) => Some(Parsed::Ai(outcome.parse())),
             _ => None,
         }
     }
+}
+
+/// Parses a physics result and checks every body state in it (finite numbers, unit
+/// rotations: [`check_body_state`]). A result that does not parse (NaN travels as
+/// `null`) or fails the check is an `invalid_payload` error that asks for a resync:
+/// the peer's world is broken, and applying it would poison every later snapshot.
+pub(crate) fn parse_physics(outcome: &TaskOutcome) -> Result<PhysicsStepResult, TaskError> {
+    let result: PhysicsStepResult =
+        outcome.parse().map_err(|e| if outcome.error().is_some() { e } else { e.with_resync() })?;
+    for body in &result.bodies {
+        if let Err(why) = check_body_state(body) {
+            return Err(TaskError::new(ErrorCode::InvalidPayload, format!("bad physics result: {why}"))
+                .with_tick(result.tick)
+                .with_resync());
+        }
+    }
+    Ok(result)
 }
 
 /// One event from the transport thread, with its result already parsed when it is a
@@ -313,5 +331,37 @@ impl P2c2rClient {
     /// Whether there is a transport at all.
     pub(crate) fn has_transport(&self) -> bool {
         self.transport.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(json: &str) -> TaskOutcome {
+        TaskOutcome {
+            task_id: "s:physics:3".into(),
+            peer_id: Some("p".into()),
+            attempt: Some(1),
+            rtt: None,
+            reply: TaskReply::Success(p2c2r_protocol::raw_payload(json.to_owned()).unwrap()),
+        }
+    }
+
+    fn body(rotation: &str, linvel: &str) -> String {
+        format!(
+            r#"{{"status":"success","tick":3,"bodies":[{{"id":1,"position":[0,-3e6,0],"rotation":{rotation},"linvel":{linvel},"angvel":[0,0,0],"sleeping":false}}]}}"#
+        )
+    }
+
+    #[test]
+    fn broken_physics_results_are_rejected_with_a_resync() {
+        let ok = parse_physics(&outcome(&body("[0,0,0,1]", "[0,-2e5,0]"))).expect("far off but finite: accepted");
+        assert_eq!(ok.bodies.len(), 1);
+        for (rotation, linvel) in [("[0,0,0,0]", "[0,0,0]"), ("[0,0,0,3]", "[0,0,0]"), ("[0,0,0,1]", "[0,null,0]")] {
+            let e = parse_physics(&outcome(&body(rotation, linvel))).expect_err(rotation);
+            assert_eq!(e.code, ErrorCode::InvalidPayload);
+            assert!(e.resync, "{e:?}");
+        }
     }
 }

@@ -180,3 +180,41 @@ fn diagnostics_are_published() {
     assert_eq!(store.get_measurement(&diagnostics::FALLBACK).unwrap().value, 1.0);
     assert_eq!(store.get_measurement(&diagnostics::TICKS_OFFLOADED).unwrap().value, 0.0);
 }
+
+/// Moves the kinematic NPC's `KinematicTarget` every tick, so that it changes in the same
+/// tick as the agent step sends its own target.
+fn nudge_targets(mut q: Query<&mut KinematicTarget>, mut x: Local<f32>) {
+    *x += 0.01;
+    for mut t in &mut q {
+        t.position = Vec3::new(*x, 0.4, 0.0);
+    }
+}
+
+#[test]
+fn a_kinematic_agent_with_a_kinematic_target_sends_one_target_per_tick() {
+    let mut app = app_with(P2c2rPlugin::local_only(), tick_duration());
+    app.add_systems(FixedUpdate, nudge_targets);
+    spawn_ground(&mut app);
+    app.insert_resource(NavigationGrid::new(
+        1.0,
+        Vec2::new(-10.0, -10.0),
+        vec!["....................".to_string(); 20],
+    ));
+    let glider = app
+        .world_mut()
+        .spawn((
+            OffloadedBody::kinematic(BodyShape::ball(0.4)),
+            OffloadedAgent::new(Vec3::new(6.0, 0.4, -6.0), 3.0),
+            KinematicTarget::at(Vec3::new(0.0, 0.4, 0.0)),
+            Transform::from_xyz(0.0, 0.4, -6.0),
+        ))
+        .id();
+    for _ in 0..240 {
+        app.update();
+    }
+    let s = stats(&app);
+    assert_eq!(s.task_failures, 0, "no tick was rejected for listing the body twice: {s:?}");
+    // The agent's target wins: it walks to its goal.
+    let g = app.world().get::<PhysicsState>(glider).unwrap().position;
+    assert!(g.xz().distance(Vec2::new(6.0, -6.0)) < 0.6, "the kinematic NPC reached its goal: {g}");
+}

@@ -20,6 +20,11 @@ pub const AUTOFIRE_PERIOD: f32 = 0.5;
 /// An NPC within this distance (XZ) of its target has arrived and picks the next one.
 pub const ARRIVE_DISTANCE: f32 = 0.9;
 
+/// A moving body below this height has fallen out of the arena and is despawned.
+pub const KILL_Y: f32 = -20.0;
+/// A moving body farther than this (XZ) outside the level's static geometry is despawned.
+pub const KILL_MARGIN: f32 = 60.0;
+
 /// What a drawn thing is; the renderer picks its look from this.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -104,7 +109,7 @@ impl Plugin for GamePlugin {
             .init_resource::<DemoCounters>()
             .add_message::<FireBall>()
             .add_systems(Startup, spawn_level)
-            .add_systems(Update, (count_frames, autofire, fire_balls, npc_walk).chain())
+            .add_systems(Update, (count_frames, autofire, fire_balls, npc_walk, despawn_lost_bodies).chain())
             .add_systems(FixedUpdate, offload::keep_npcs_upright);
     }
 }
@@ -246,9 +251,85 @@ fn npc_walk(level: Res<Level>, mut npcs: Query<(&Transform, &mut Npc, offload::A
     }
 }
 
+/// The XZ rectangle `(min, max)` outside which a moving body is lost: the level's
+/// static geometry grown by [`KILL_MARGIN`].
+pub fn arena_bounds(level: &Level) -> (Vec2, Vec2) {
+    let (mut min, mut max) = (Vec2::ZERO, Vec2::ZERO);
+    for s in &level.r#static {
+        let (lo, hi) = s.footprint();
+        (min, max) = (min.min(lo), max.max(hi));
+    }
+    (min - Vec2::splat(KILL_MARGIN), max + Vec2::splat(KILL_MARGIN))
+}
+
+/// Whether a moving body at `p` has left the arena for good: below [`KILL_Y`], outside
+/// `bounds` on x–z, or not a finite position at all.
+pub fn is_lost(p: Vec3, (min, max): (Vec2, Vec2)) -> bool {
+    let xz = p.xz();
+    !p.is_finite() || p.y < KILL_Y || xz.cmplt(min).any() || xz.cmpgt(max).any()
+}
+
+/// Despawns balls, stack bodies and NPCs that fell out of the arena (a ball shot over a
+/// wall falls forever otherwise, and its ever-growing position and speed end up in every
+/// snapshot). Static geometry never moves and is never despawned.
+fn despawn_lost_bodies(mut commands: Commands, level: Res<Level>, bodies: Query<(Entity, &Transform, &Drawn)>) {
+    let bounds = arena_bounds(&level);
+    for (entity, transform, drawn) in &bodies {
+        if !matches!(drawn.role, Role::Static(_)) && is_lost(transform.translation, bounds) {
+            commands.entity(entity).despawn();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::level::{StaticKind, assets_dir};
+
+    #[test]
+    fn bodies_out_of_the_arena_are_lost() {
+        let level = Level::load(&assets_dir().join(crate::level::DEFAULT_LEVEL)).expect("the shipped level loads");
+        let bounds = arena_bounds(&level);
+        assert!(!is_lost(Vec3::new(0.0, 1.0, 0.0), bounds));
+        assert!(!is_lost(Vec3::new(0.0, KILL_Y + 1.0, 0.0), bounds));
+        assert!(is_lost(Vec3::new(0.0, KILL_Y - 1.0, 0.0), bounds));
+        assert!(is_lost(Vec3::new(bounds.1.x + 1.0, 1.0, 0.0), bounds));
+        assert!(is_lost(Vec3::new(0.0, 1.0, bounds.0.y - 1.0), bounds));
+        assert!(is_lost(Vec3::new(f32::NAN, 1.0, 0.0), bounds));
+        // Every stack body and NPC of the shipped level starts inside.
+        for stack in &level.stacks {
+            for (p, _) in stack.bodies() {
+                assert!(!is_lost(p, bounds), "{p}");
+            }
+        }
+    }
+
+    #[test]
+    fn fallen_bodies_are_despawned_and_static_ones_kept() {
+        let level = Level::load(&assets_dir().join(crate::level::DEFAULT_LEVEL)).expect("the shipped level loads");
+        let mut app = App::new();
+        app.insert_resource(level).add_systems(Update, despawn_lost_bodies);
+        let shape = BodyShape::Sphere(BALL_RADIUS);
+        let ball = |y: f32| (Drawn { role: Role::Ball, shape, color: [1.0; 3] }, Transform::from_xyz(0.0, y, 0.0));
+        let fallen = app.world_mut().spawn(ball(-25.0)).id();
+        let flying = app.world_mut().spawn(ball(12.0)).id();
+        let far = app
+            .world_mut()
+            .spawn((Drawn { role: Role::Npc, shape, color: [1.0; 3] }, Transform::from_xyz(1.0e4, 1.0, 0.0)))
+            .id();
+        let deep_ground = app
+            .world_mut()
+            .spawn((
+                Drawn { role: Role::Static(StaticKind::Ground), shape, color: [1.0; 3] },
+                Transform::from_xyz(0.0, -100.0, 0.0),
+            ))
+            .id();
+        app.update();
+        assert!(app.world().get_entity(fallen).is_err(), "a ball below the kill plane is despawned");
+        assert!(app.world().get_entity(far).is_err(), "a body far outside the level is despawned");
+        assert!(app.world().get_entity(flying).is_ok(), "a ball in flight is kept");
+        assert!(app.world().get_entity(deep_ground).is_ok(), "static geometry is kept");
+    }
 
     #[test]
     fn aimed_shots_pass_through_the_target() {
