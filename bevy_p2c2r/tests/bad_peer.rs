@@ -102,23 +102,15 @@ async fn serve(listener: tokio::net::TcpListener, seen: Arc<Mutex<Seen>>) {
 
 #[test]
 fn broken_peer_results_are_rejected_and_snapshots_stay_valid() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-    let url = format!("ws://{}", listener.local_addr().unwrap());
     let seen = Arc::new(Mutex::new(Seen::default()));
-    rt.spawn(serve(listener, seen.clone()));
+    let script = seen.clone();
+    let (_rt, url) = scripted_server(move |listener| serve(listener, script));
 
     let mut app = app_with(
         P2c2rPlugin::new(url).gamer_id("bad").gravity(Vec3::ZERO).fallback_timeout(Duration::from_secs(10)),
         tick_duration(),
     );
-    let body = app
-        .world_mut()
-        .spawn((
-            OffloadedBody::dynamic(BodyShape::ball(0.5)).with_linvel(Vec3::new(0.0, -3.0, 0.0)),
-            Transform::default(),
-        ))
-        .id();
+    let body = spawn_sinking_ball(&mut app);
     let snapshots_after = |seen: &Seen, tick: u64| seen.physics.iter().filter(|(t, s)| *t > tick && *s).count();
     run_until(
         &mut app,

@@ -77,13 +77,7 @@ struct Probe {
 
 impl Probe {
     fn new(app: &mut App) -> Self {
-        let body = app
-            .world_mut()
-            .spawn((
-                OffloadedBody::dynamic(BodyShape::ball(0.5)).with_linvel(Vec3::new(0.0, -3.0, 0.0)),
-                Transform::from_xyz(0.0, 0.0, 0.0),
-            ))
-            .id();
+        let body = spawn_sinking_ball(app);
         Probe {
             body,
             last_y: 0.0,
@@ -463,13 +457,7 @@ fn with_fallback_disabled_bodies_wait_for_a_peer() {
         P2c2rPlugin::new(&cluster.url).gamer_id("patient").gravity(Vec3::ZERO).fallback(FallbackPolicy::Disabled),
         tick_duration(),
     );
-    let body = app
-        .world_mut()
-        .spawn((
-            OffloadedBody::dynamic(BodyShape::ball(0.5)).with_linvel(Vec3::new(0.0, -3.0, 0.0)),
-            Transform::default(),
-        ))
-        .id();
+    let body = spawn_sinking_ball(&mut app);
     run_until(
         &mut app,
         TIMEOUT,

@@ -105,24 +105,16 @@ async fn serve(listener: tokio::net::TcpListener, seen: Arc<Mutex<Seen>>) {
 
 #[test]
 fn late_duplicate_lost_and_out_of_order_results_are_handled_by_tick() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-    let url = format!("ws://{}", listener.local_addr().unwrap());
     let seen = Arc::new(Mutex::new(Seen::default()));
-    rt.spawn(serve(listener, seen.clone()));
+    let script = seen.clone();
+    let (_rt, url) = scripted_server(move |listener| serve(listener, script));
 
     // Long fallback timeout: this test is about the offloaded path.
     let mut app = app_with(
         P2c2rPlugin::new(url).gamer_id("fake").gravity(Vec3::ZERO).fallback_timeout(Duration::from_secs(10)),
         tick_duration(),
     );
-    let body = app
-        .world_mut()
-        .spawn((
-            OffloadedBody::dynamic(BodyShape::ball(0.5)).with_linvel(Vec3::new(0.0, -3.0, 0.0)),
-            Transform::default(),
-        ))
-        .id();
+    let body = spawn_sinking_ball(&mut app);
     let mut last_tick = 0;
     let mut last_y = f32::INFINITY;
     run_until(

@@ -106,3 +106,28 @@ pub fn spawn_ground(app: &mut App) -> Entity {
         ))
         .id()
 }
+
+/// A ball at the origin moving down at 3 m/s (tests run with zero gravity, so its height
+/// tells which tick it has reached).
+pub fn spawn_sinking_ball(app: &mut App) -> Entity {
+    app.world_mut()
+        .spawn((
+            OffloadedBody::dynamic(BodyShape::ball(0.5)).with_linvel(Vec3::new(0.0, -3.0, 0.0)),
+            Transform::default(),
+        ))
+        .id()
+}
+
+/// Binds a loopback port for a scripted server and returns its runtime (keep it alive for
+/// the test) and URL; `serve` gets the listener.
+pub fn scripted_server<F, Fut>(serve: F) -> (tokio::runtime::Runtime, String)
+where
+    F: FnOnce(tokio::net::TcpListener) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let url = format!("ws://{}", listener.local_addr().unwrap());
+    rt.spawn(serve(listener));
+    (rt, url)
+}
