@@ -12,11 +12,10 @@ use std::time::Duration;
 use bevy::prelude::*;
 use bevy_p2c2r::prelude::*;
 use common::*;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use p2c2r_protocol::physics::PhysicsStepRequest;
-use p2c2r_protocol::{Message, RegistrationAck, TaskRequest, TaskResult, codec, raw_payload, task_types};
+use p2c2r_protocol::{Message, TaskResult, raw_payload, task_types};
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite;
 
 /// What the fake peer saw.
 #[derive(Default)]
@@ -39,24 +38,7 @@ async fn serve(listener: tokio::net::TcpListener, seen: Arc<Mutex<Seen>>) {
     let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
     let mut world = peer::physics::PhysicsWorld::new();
     let (mut zero_sent, mut nan_sent) = (false, false);
-    let frame = |m: Message| tungstenite::Message::Text(codec::encode(&m).into());
-    while let Some(Ok(msg)) = ws.next().await {
-        let tungstenite::Message::Text(text) = msg else { continue };
-        let request: TaskRequest = match codec::decode(text.as_str()) {
-            Ok(Message::RegisterGamer(r)) => {
-                let ack = RegistrationAck {
-                    peer_id: None,
-                    gamer_id: Some(r.gamer_id),
-                    status: "registered".into(),
-                    heartbeat_interval_ms: None,
-                    max_frame_bytes: None,
-                };
-                ws.send(frame(Message::RegistrationAck(ack))).await.unwrap();
-                continue;
-            }
-            Ok(Message::TaskRequest(r)) => r,
-            _ => continue,
-        };
+    while let Some(request) = next_task_request(&mut ws).await {
         if request.task_type != task_types::PHYSICS_STEP {
             continue;
         }
@@ -96,7 +78,7 @@ async fn serve(listener: tokio::net::TcpListener, seen: Arc<Mutex<Seen>>) {
             attempt: Some(1),
             peer_id: Some("bad-peer".into()),
         });
-        ws.send(frame(reply)).await.unwrap();
+        ws.send(frame(&reply)).await.unwrap();
     }
 }
 

@@ -10,11 +10,9 @@ use std::time::Duration;
 use bevy::prelude::*;
 use bevy_p2c2r::prelude::*;
 use common::*;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use p2c2r_protocol::physics::PhysicsStepRequest;
-use p2c2r_protocol::{
-    ErrorCode, Message, RegistrationAck, TaskError, TaskRequest, TaskResult, codec, raw_payload, task_types,
-};
+use p2c2r_protocol::{ErrorCode, Message, TaskError, TaskResult, raw_payload, task_types};
 use tokio_tungstenite::tungstenite;
 
 /// What the fake coordinator saw, for the test to check.
@@ -41,24 +39,7 @@ async fn serve(listener: tokio::net::TcpListener, seen: Arc<Mutex<Seen>>) {
     let mut world = peer::physics::PhysicsWorld::new();
     let mut held: Option<tungstenite::Message> = None;
     let mut resynced = false;
-    let frame = |m: Message| tungstenite::Message::Text(codec::encode(&m).into());
-    while let Some(Ok(msg)) = ws.next().await {
-        let tungstenite::Message::Text(text) = msg else { continue };
-        let request: TaskRequest = match codec::decode(text.as_str()) {
-            Ok(Message::RegisterGamer(r)) => {
-                let ack = RegistrationAck {
-                    peer_id: None,
-                    gamer_id: Some(r.gamer_id),
-                    status: "registered".into(),
-                    heartbeat_interval_ms: None,
-                    max_frame_bytes: None,
-                };
-                ws.send(frame(Message::RegistrationAck(ack))).await.unwrap();
-                continue;
-            }
-            Ok(Message::TaskRequest(r)) => r,
-            _ => continue,
-        };
+    while let Some(request) = next_task_request(&mut ws).await {
         let result = |task_id: &str, json: String| {
             Message::TaskResult(TaskResult {
                 task_id: task_id.to_owned(),
@@ -78,14 +59,14 @@ async fn serve(listener: tokio::net::TcpListener, seen: Arc<Mutex<Seen>>) {
             // Pretend the session moved to a peer that lacks it.
             world = peer::physics::PhysicsWorld::new();
             let error = TaskError::new(ErrorCode::UnknownSession, "no such session").with_resync().with_tick(step.tick);
-            ws.send(frame(result(&request.task_id, serde_json::to_string(&error).unwrap()))).await.unwrap();
+            ws.send(frame(&result(&request.task_id, serde_json::to_string(&error).unwrap()))).await.unwrap();
             continue;
         }
         let answer = match world.step(&step) {
             Ok(r) => serde_json::to_string(&r).unwrap(),
             Err(e) => serde_json::to_string(&e).unwrap(),
         };
-        let reply = frame(result(&request.task_id, answer));
+        let reply = frame(&result(&request.task_id, answer));
         match mode {
             "hold" => held = Some(reply),
             "twice" => {

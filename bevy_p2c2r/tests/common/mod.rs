@@ -131,3 +131,36 @@ where
     rt.spawn(serve(listener));
     (rt, url)
 }
+
+/// A scripted server's connection to the plugin.
+pub type ServerWs = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// Encodes a protocol message as a WebSocket text frame.
+pub fn frame(message: &p2c2r_protocol::Message) -> tokio_tungstenite::tungstenite::Message {
+    tokio_tungstenite::tungstenite::Message::Text(p2c2r_protocol::codec::encode(message).into())
+}
+
+/// The next `task_request` the plugin sends to a scripted server, acknowledging its
+/// registration on the way and skipping everything else; `None` when the connection ends.
+pub async fn next_task_request(ws: &mut ServerWs) -> Option<p2c2r_protocol::TaskRequest> {
+    use futures_util::{SinkExt, StreamExt};
+    use p2c2r_protocol::{Message, RegistrationAck, codec};
+    while let Some(Ok(msg)) = ws.next().await {
+        let tokio_tungstenite::tungstenite::Message::Text(text) = msg else { continue };
+        match codec::decode(text.as_str()) {
+            Ok(Message::RegisterGamer(r)) => {
+                let ack = RegistrationAck {
+                    peer_id: None,
+                    gamer_id: Some(r.gamer_id),
+                    status: "registered".into(),
+                    heartbeat_interval_ms: None,
+                    max_frame_bytes: None,
+                };
+                ws.send(frame(&Message::RegistrationAck(ack))).await.ok()?;
+            }
+            Ok(Message::TaskRequest(r)) => return Some(r),
+            _ => {}
+        }
+    }
+    None
+}
