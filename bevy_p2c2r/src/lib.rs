@@ -78,8 +78,8 @@ pub use components::{
 };
 pub use link::OffloadMode;
 pub use messages::{
-    AiStepped, ConnectionChanged, ConnectionState, ModeChanged, PhysicsCommand, PhysicsStepped, ResultSource,
-    TaskFailed, TaskKind, TaskResultReceived,
+    AiStepped, BodyLeftWorld, ConnectionChanged, ConnectionState, ModeChanged, PhysicsCommand, PhysicsStepped,
+    ResultSource, TaskFailed, TaskKind, TaskResultReceived,
 };
 pub use p2c2r_protocol;
 pub use p2c2r_protocol::ai::AgentStatus;
@@ -91,7 +91,7 @@ pub use transport::{P2c2rClient, QueueError};
 /// Everything a game needs: `use bevy_p2c2r::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        AgentState, AgentStatus, BodyShape, BodyType, ConnectionChanged, ConnectionState, ExternalForce,
+        AgentState, AgentStatus, BodyLeftWorld, BodyShape, BodyType, ConnectionChanged, ConnectionState, ExternalForce,
         ExternalImpulse, FallbackPolicy, KinematicTarget, ModeChanged, NavigationGrid, OffloadMode, OffloadedAgent,
         OffloadedBody, P2c2rClient, P2c2rPlugin, P2c2rStats, P2c2rSystems, PhysicsCommand, PhysicsState,
         PhysicsStepped, TaskFailed,

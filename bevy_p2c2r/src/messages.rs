@@ -36,6 +36,21 @@ pub struct PhysicsStepped {
     pub rtt: Option<std::time::Duration>,
 }
 
+/// A world (a peer's or the local fallback) removed a body because it left the world's
+/// bounds: a position past the protocol's largest coordinate, a speed past its largest
+/// speed, or a non-finite value. The plugin has stopped simulating it and taken
+/// [`crate::OffloadedBody`] off the entity; despawn it, or add `OffloadedBody` again at a
+/// valid place.
+#[derive(Message, Clone, Debug, PartialEq, Eq)]
+pub struct BodyLeftWorld {
+    /// The entity that was the body.
+    pub entity: Entity,
+    /// Its body id in the session.
+    pub id: p2c2r_protocol::physics::BodyId,
+    /// The tick whose result removed it.
+    pub tick: u64,
+}
+
 /// An AI tick's result was applied to the agents.
 #[derive(Message, Clone, Debug, PartialEq)]
 pub struct AiStepped {

@@ -230,6 +230,8 @@ struct OffloadState {
     entity_agent: HashMap<Entity, AgentId>,
     removed_bodies: Vec<Entity>,
     removed_agents: Vec<Entity>,
+    /// Bodies a world removed because they left its bounds, to report.
+    left_world: Vec<(Entity, BodyId, u64)>,
     physics_results: Vec<(PhysicsStepResult, ResultSource, Option<Duration>)>,
     ai_results: Vec<(AiNavigateResult, ResultSource)>,
     probes: u64,
@@ -292,6 +294,7 @@ impl Plugin for P2c2rPlugin {
                 entity_agent: HashMap::new(),
                 removed_bodies: Vec::new(),
                 removed_agents: Vec::new(),
+                left_world: Vec::new(),
                 physics_results: Vec::new(),
                 ai_results: Vec::new(),
                 probes: 0,
@@ -308,6 +311,7 @@ impl Plugin for P2c2rPlugin {
             .add_message::<ModeChanged>()
             .add_message::<TaskResultReceived>()
             .add_message::<PhysicsCommand>()
+            .add_message::<BodyLeftWorld>()
             .add_observer(on_body_removed)
             .add_observer(on_agent_removed)
             .configure_sets(FixedPreUpdate, (P2c2rSystems::Receive, P2c2rSystems::Apply).chain())
@@ -319,7 +323,9 @@ impl Plugin for P2c2rPlugin {
             .add_systems(FixedPreUpdate, receive.in_set(P2c2rSystems::Receive))
             .add_systems(
                 FixedPreUpdate,
-                (shift_interpolation, apply_physics, apply_ai).chain().in_set(P2c2rSystems::Apply),
+                (shift_interpolation, apply_physics, report_bodies_left_world, apply_ai)
+                    .chain()
+                    .in_set(P2c2rSystems::Apply),
             )
             .add_systems(
                 FixedPostUpdate,
@@ -578,11 +584,20 @@ fn take_physics_results(
     let queue = &mut state.physics_results;
     queue.sort_by_key(|(r, _, _)| r.tick);
     let n = count.unwrap_or(queue.len()).min(queue.len());
+    let taken: Vec<_> = queue.drain(..n).collect();
     let mut updates = Vec::new();
-    for (result, source, rtt) in queue.drain(..n) {
+    for (result, source, rtt) in taken {
         for s in &result.bodies {
             if let Some(&entity) = state.body_entity.get(&s.id) {
                 updates.push((entity, *s, result.tick));
+            }
+        }
+        // The world dropped these (they left its bounds): stop simulating them, so no
+        // later request names them and no snapshot carries them.
+        for id in &result.removed {
+            if let Some(entity) = state.body_entity.remove(id) {
+                state.entity_body.remove(&entity);
+                state.left_world.push((entity, *id, result.tick));
             }
         }
         if source.is_peer() {
@@ -595,6 +610,21 @@ fn take_physics_results(
         stepped.write(PhysicsStepped { tick: result.tick, source, bodies: result.bodies.len(), rtt });
     }
     updates
+}
+
+/// Reports the bodies a world removed because they left its bounds, and takes
+/// [`OffloadedBody`] off them: the game decides whether to despawn or re-add them.
+fn report_bodies_left_world(
+    mut state: ResMut<OffloadState>,
+    mut left: MessageWriter<BodyLeftWorld>,
+    mut commands: Commands,
+) {
+    for (entity, id, tick) in std::mem::take(&mut state.left_world) {
+        left.write(BodyLeftWorld { entity, id, tick });
+        if let Ok(mut e) = commands.get_entity(entity) {
+            e.try_remove::<(OffloadedBody, PhysicsState, PoseInterpolation)>();
+        }
+    }
 }
 
 fn write_state(ps: &mut PhysicsState, interp: Option<Mut<PoseInterpolation>>, s: &BodyState, tick: u64) {

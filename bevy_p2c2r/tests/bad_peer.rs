@@ -49,8 +49,12 @@ async fn serve(listener: tokio::net::TcpListener, seen: Arc<Mutex<Seen>>) {
                 let mut v = serde_json::to_value(&r).unwrap();
                 if !probe && step.tick >= FAR_OFF_FROM {
                     for b in v["bodies"].as_array_mut().unwrap() {
+                        // Beyond every limit, but heading back inwards: the clamped
+                        // snapshot keeps the body inside the world, where the real world
+                        // must accept it (one heading outwards would leave the world and
+                        // be removed, which `local.rs` tests).
                         b["position"] = json!([3.0e6, -2.0e6, 0.0]);
-                        b["linvel"] = json!([0.0, -5.0e5, 0.0]);
+                        b["linvel"] = json!([0.0, 5.0e5, 0.0]);
                         b["angvel"] = json!([2.0e5, 0.0, 0.0]);
                     }
                     let first = v["bodies"].as_array_mut().unwrap().first_mut();

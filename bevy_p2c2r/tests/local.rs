@@ -218,3 +218,40 @@ fn a_kinematic_agent_with_a_kinematic_target_sends_one_target_per_tick() {
     let g = app.world().get::<PhysicsState>(glider).unwrap().position;
     assert!(g.xz().distance(Vec2::new(6.0, -6.0)) < 0.6, "the kinematic NPC reached its goal: {g}");
 }
+
+#[test]
+fn a_body_that_leaves_the_world_is_reported_and_no_longer_simulated() {
+    let mut app = app_with(P2c2rPlugin::local_only().gravity(Vec3::ZERO), tick_duration());
+    // 5 m from the world's edge (±1,000,000 m), flying outwards at 300 m/s.
+    let runaway = app
+        .world_mut()
+        .spawn((
+            OffloadedBody::dynamic(BodyShape::ball(0.5)).with_linvel(Vec3::new(300.0, 0.0, 0.0)),
+            Transform::from_xyz(999_995.0, 0.0, 0.0),
+        ))
+        .id();
+    let stayer = app
+        .world_mut()
+        .spawn((
+            OffloadedBody::dynamic(BodyShape::ball(0.5)).with_linvel(Vec3::new(1.0, 0.0, 0.0)),
+            Transform::from_xyz(0.0, 0.0, 0.0),
+        ))
+        .id();
+    let mut left = Vec::new();
+    for _ in 0..30 {
+        app.update();
+        let messages = app.world().resource::<Messages<BodyLeftWorld>>();
+        left.extend(messages.iter_current_update_messages().cloned());
+    }
+    assert_eq!(left.len(), 1, "reported once: {left:?}");
+    assert_eq!(left[0].entity, runaway);
+    assert!(app.world().get::<OffloadedBody>(runaway).is_none(), "the plugin stopped simulating it");
+    assert!(app.world().get::<PhysicsState>(runaway).is_none());
+    // The rest of the world goes on.
+    let before = app.world().get::<PhysicsState>(stayer).unwrap().position.x;
+    for _ in 0..10 {
+        app.update();
+    }
+    assert!(app.world().get::<PhysicsState>(stayer).unwrap().position.x > before);
+    assert_eq!(stats(&app).mode, OffloadMode::Fallback);
+}

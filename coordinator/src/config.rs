@@ -36,6 +36,33 @@ pub struct Config {
     pub max_queue_wait: Option<Duration>,
     /// How long shutdown waits for connections to close.
     pub shutdown_grace: Duration,
+    /// Bytes buffered towards one connection (payloads plus a fixed overhead per frame);
+    /// a client that falls further behind is disconnected. One frame larger than this
+    /// still fits an empty queue.
+    pub send_queue_bytes: usize,
+    /// A write to a client that makes no progress this long disconnects it.
+    pub write_stall_timeout: Duration,
+    /// A WebSocket message whose first fragment arrived this long ago and which is still
+    /// unfinished closes its connection (pongs and heartbeats do not extend it).
+    pub message_assembly_timeout: Duration,
+    /// Connections one IP address may hold at once.
+    pub max_connections_per_address: usize,
+    /// Connections that have not registered yet, at once (squatters cannot hold the
+    /// registered clients' slots).
+    pub max_unregistered_connections: usize,
+    /// Of `max_connections`, slots that only peers may take: gamers can register only
+    /// while more than this many slots are free.
+    pub reserved_peer_slots: usize,
+    /// Payload bytes one gamer may have pending (queued or in flight).
+    pub max_pending_bytes_per_gamer: usize,
+    /// Payload bytes all gamers together may have pending.
+    pub max_pending_bytes: usize,
+    /// A peer's declared `max_concurrent_tasks` is capped at this.
+    pub max_peer_capacity: u32,
+    /// Tasks a newly registered peer is given at once before it has shown it can do
+    /// more; each completion raises it by one (up to what it declared), each missed
+    /// deadline halves it (never below this).
+    pub initial_peer_capacity: u32,
 }
 
 impl Default for Config {
@@ -54,6 +81,16 @@ impl Default for Config {
             max_sessions_per_gamer: 64,
             max_queue_wait: Some(Duration::from_secs(30)),
             shutdown_grace: Duration::from_secs(5),
+            send_queue_bytes: 2 * limits::DEFAULT_MAX_FRAME_BYTES,
+            write_stall_timeout: Duration::from_secs(10),
+            message_assembly_timeout: Duration::from_secs(20),
+            max_connections_per_address: 64,
+            max_unregistered_connections: 512,
+            reserved_peer_slots: 256,
+            max_pending_bytes_per_gamer: 64 * 1024 * 1024,
+            max_pending_bytes: 1024 * 1024 * 1024,
+            max_peer_capacity: 64,
+            initial_peer_capacity: 4,
         }
     }
 }

@@ -4,40 +4,116 @@
 //! connection's bounded outbound queue into the socket, so a slow client never blocks
 //! anyone else. Liveness is local to the connection: it pings every heartbeat interval
 //! and any inbound frame (message, heartbeat, pong) counts as a sign of life.
+//!
+//! Limits enforced here, each bounding what one hostile client can cost:
+//!
+//! - **Frame size** (`max_frame_bytes`): tungstenite refuses a larger frame or message;
+//!   the client gets `frame_too_large` and close 1009.
+//! - **Handshake and registration time** (`handshake_timeout`, `register_timeout`).
+//! - **Liveness** (`heartbeat_timeout`): a connection silent that long is evicted, but only
+//!   after whatever it has already sent is read. The reader loop prefers reading to its
+//!   timers (`biased` select), and before evicting it drains every frame that is readable
+//!   without waiting, so a stall of the coordinator's own runtime does not evict clients
+//!   whose heartbeats sit unread in their sockets.
+//! - **Write stalls** (`write_stall_timeout`): a write that moves no bytes into the socket
+//!   for that long (the client has stopped reading and the kernel buffers are full)
+//!   disconnects the client. Memory towards one client is bounded by the outbound queue
+//!   (`send_queue_bytes`, see [`crate::outbound`]) plus the frame being written:
+//!   tungstenite's write buffer is capped by [`ws_config`] at one largest frame plus
+//!   2 × [`WRITE_BUFFER_BYTES`].
+//! - **Message assembly time** (`message_assembly_timeout`): a data message whose first
+//!   frame arrived that long ago and which is still unfinished (fragments dribbled in,
+//!   or a large frame's payload sent slowly, with pongs keeping the connection "alive")
+//!   closes the connection with `frame_too_large` and close 1008, freeing the up to
+//!   `max_frame_bytes` tungstenite was holding for it. See [`crate::observe`].
+//! - **Memory for unfinished messages, all connections together**
+//!   ([`inbound_budget_bytes`]): a frame header that would take the bytes pinned by
+//!   unfinished inbound messages past the cap fails the read before tungstenite reserves
+//!   anything; that client gets `frame_too_large` and close 1013 (try again later).
+//! - **Registration** is reported to the connection's admission [`Ticket`], so that it
+//!   stops counting against `max_unregistered_connections` (see [`crate::admission`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until, timeout};
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::debug;
 
 use crate::Config;
-use crate::router::{CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TOO_BIG, ConnHandle, Departure, Outbound, Router};
+use crate::admission::Ticket;
+use crate::observe::{InboundBudget, ObservedStream, StreamWatch};
+use crate::outbound::{self, Outbound, OutboundRx, OutboundTx};
+use crate::router::{CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TOO_BIG, ConnHandle, ConnId, Departure, Router};
+use crate::{info_limited, warn_limited};
 use p2c2r_protocol::ErrorCode;
 
-const WRITE_BUFFER_BYTES: usize = 128 * 1024;
+/// tungstenite's write buffer target: frames are written once this much is buffered, or
+/// at every flush (the writer flushes after each frame).
+pub const WRITE_BUFFER_BYTES: usize = 128 * 1024;
 
-/// The WebSocket settings that enforce the frame limit.
+/// tungstenite's read buffer: allocated (and zero-filled on the first read) for every
+/// connection, idle or not, and the most read from the socket in one call. tungstenite's
+/// default of 128 KiB made it most of an idle connection's cost; a large frame still gets
+/// a buffer of its own size, read in pieces of this size.
+pub const READ_BUFFER_BYTES: usize = 16 * 1024;
+
+/// How many largest frames all connections' unfinished inbound messages may pin at once.
+pub const INBOUND_BUDGET_FRAMES: usize = 64;
+
+/// WebSocket close code for "try again later" (a server-wide limit, not this client's
+/// fault).
+pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
+
+/// The bytes all connections' unfinished inbound messages may pin together:
+/// [`INBOUND_BUDGET_FRAMES`] × `max_frame_bytes` (1 GiB by default). Without it, every
+/// admitted connection could pin a largest frame's worth at once.
+pub fn inbound_budget_bytes(config: &Config) -> usize {
+    config.max_frame_bytes.saturating_mul(INBOUND_BUDGET_FRAMES)
+}
+
+/// Frames handled, at most, when draining what is readable before an eviction.
+const DRAIN_MAX_FRAMES: usize = 4096;
+
+type Ws = WebSocketStream<ObservedStream<TcpStream>>;
+type Sink = SplitSink<Ws, WsMessage>;
+type Frames = SplitStream<Ws>;
+
+/// The WebSocket settings that enforce the frame limit and bound the buffers.
 pub fn ws_config(config: &Config) -> WebSocketConfig {
     WebSocketConfig::default()
         .max_message_size(Some(config.max_frame_bytes))
         .max_frame_size(Some(config.max_frame_bytes))
-        // Room for one largest frame on top of the normal write buffer, and no more, for a
-        // client that does not read (tungstenite requires it to exceed write_buffer_size).
+        // Room for one largest frame (plus its envelope) on top of the normal write
+        // buffer, and no more, for a client that does not read (tungstenite requires it
+        // to exceed write_buffer_size). The writer sends one frame at a time and flushes
+        // it, so this never refuses a frame it is asked to send.
         .max_write_buffer_size(config.max_frame_bytes.saturating_add(WRITE_BUFFER_BYTES * 2))
         .write_buffer_size(WRITE_BUFFER_BYTES)
+        .read_buffer_size(READ_BUFFER_BYTES)
 }
 
 /// Serves one accepted TCP connection until it closes, is evicted, or `shutdown` fires.
-pub async fn serve(router: Arc<Router>, config: Arc<Config>, stream: TcpStream, shutdown: CancellationToken) {
+/// `ticket` is its place in the admission counts, released when this returns; `inbound`
+/// is the coordinator's budget for unfinished inbound messages.
+pub async fn serve(
+    router: Arc<Router>,
+    config: Arc<Config>,
+    stream: TcpStream,
+    mut ticket: Ticket,
+    inbound: Arc<InboundBudget>,
+    shutdown: CancellationToken,
+) {
     let _ = stream.set_nodelay(true);
+    let stream = ObservedStream::with_budget(stream, inbound);
+    let watch = stream.watch();
     let ws = match timeout(
         config.handshake_timeout,
         tokio_tungstenite::accept_async_with_config(stream, Some(ws_config(&config))),
@@ -54,98 +130,84 @@ pub async fn serve(router: Arc<Router>, config: Arc<Config>, stream: TcpStream, 
             return;
         }
     };
-    let (mut sink, mut frames) = ws.split();
-    let (tx, mut rx) = mpsc::channel::<Outbound>(config.send_queue_frames.max(1));
+    let (sink, mut frames) = ws.split();
+    let (tx, rx) = outbound::channel(config.send_queue_frames, config.send_queue_bytes);
     let kill = CancellationToken::new();
     let conn = router.connect(ConnHandle { tx: tx.clone(), kill: kill.clone() });
     debug!(conn, "connection open");
 
-    let writer_kill = kill.clone();
-    let writer = tokio::spawn(async move {
-        loop {
-            let next = tokio::select! {
-                biased;
-                _ = writer_kill.cancelled() => None,
-                next = rx.recv() => next,
-            };
-            let Some(next) = next else { break };
-            let (frame, closing) = match next {
-                Outbound::Text(text) => (WsMessage::text(text), false),
-                Outbound::Ping => (WsMessage::Ping(Default::default()), false),
-                Outbound::Close(code, reason) => {
-                    (WsMessage::Close(Some(CloseFrame { code: CloseCode::from(code), reason: reason.into() })), true)
-                }
-            };
-            let sent = tokio::select! {
-                _ = writer_kill.cancelled() => break,
-                sent = sink.send(frame) => sent,
-            };
-            if sent.is_err() || closing {
-                // Tell the reader loop too: a polite close ends the connection.
-                writer_kill.cancel();
-                break;
-            }
-        }
-        // Best effort: flush and close politely, but never wait long for a stuck client.
-        let _ = timeout(Duration::from_millis(500), sink.close()).await;
-    });
+    let writer = tokio::spawn(write_loop(conn, sink, rx, kill.clone(), watch.clone(), config.write_stall_timeout));
 
     let start = Instant::now();
-    let mut last_seen = start;
+    let mut reader = Reader {
+        router: &router,
+        config: &config,
+        conn,
+        tx: &tx,
+        ticket: &mut ticket,
+        watch: &watch,
+        last_seen: start,
+    };
     let mut pings = interval_at(start + config.heartbeat_interval, config.heartbeat_interval);
     pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let register_by = start + config.register_timeout;
-    let mut registered = false;
 
     let departure = loop {
+        // Biased: what the client has sent is read before any timer is judged, so the
+        // timers never act on stale knowledge. tokio's cooperative budget still makes the
+        // frames branch yield now and then under a flood, so the others get their turn.
         tokio::select! {
+            biased;
             _ = shutdown.cancelled() => {
-                let _ = tx.try_send(Outbound::Close(CLOSE_GOING_AWAY, "coordinator shutting down".into()));
+                let _ = tx.send_exempt(Outbound::Close(CLOSE_GOING_AWAY, "coordinator shutting down".into()));
                 break Departure::Closed;
             }
             _ = kill.cancelled() => break Departure::Closed,
+            frame = frames.next() => {
+                if let Some(departure) = reader.frame(frame) {
+                    break departure;
+                }
+                if let Some(departure) = reader.check_assembly() {
+                    break departure;
+                }
+                // Also here: under a flood of frames the timer branches below may not get
+                // a turn, and a busy squatter must not outstay the registration timeout.
+                if Instant::now() >= register_by
+                    && let Some(departure) = reader.check_registration()
+                {
+                    break departure;
+                }
+            }
             _ = pings.tick() => {
-                if last_seen.elapsed() > config.heartbeat_timeout {
-                    info!(conn, silent_ms = last_seen.elapsed().as_millis() as u64, "connection silent; evicting");
-                    let _ = tx.try_send(Outbound::Close(CLOSE_POLICY, "heartbeat timeout".into()));
+                if reader.silent_for() > config.heartbeat_timeout {
+                    // Read what has already arrived before judging: after a stall of this
+                    // runtime the proof of life may be sitting in the socket.
+                    if let Some(departure) = reader.drain(&mut frames) {
+                        break departure;
+                    }
+                }
+                if reader.silent_for() > config.heartbeat_timeout {
+                    info_limited!(
+                        "connection: silent; evicting",
+                        conn,
+                        silent_ms = reader.silent_for().as_millis() as u64,
+                        "connection silent; evicting"
+                    );
+                    let _ = tx.send_exempt(Outbound::Close(CLOSE_POLICY, "heartbeat timeout".into()));
                     break Departure::Evicted;
+                }
+                if let Some(departure) = reader.check_assembly() {
+                    break departure;
                 }
                 if tx.try_send(Outbound::Ping).is_err() {
                     // The queue is full of unsent frames: the client has stopped reading.
-                    info!(conn, "outbound queue full; disconnecting");
+                    info_limited!("connection: outbound queue full", conn, "outbound queue full; disconnecting");
                     break Departure::Closed;
                 }
             }
-            _ = sleep_until(register_by), if !registered => {
-                if router.is_registered(conn) {
-                    registered = true;
-                } else {
-                    router.send_error(conn, ErrorCode::NotRegistered, "no registration within the time allowed");
-                    let _ = tx.try_send(Outbound::Close(CLOSE_POLICY, "registration timeout".into()));
-                    break Departure::Closed;
-                }
-            }
-            frame = frames.next() => {
-                last_seen = Instant::now();
-                match frame {
-                    Some(Ok(WsMessage::Text(text))) => router.handle_frame(conn, text.as_str()),
-                    Some(Ok(WsMessage::Binary(_))) => router.send_error(
-                        conn,
-                        ErrorCode::BadJson,
-                        "binary frames are not supported; send JSON text frames",
-                    ),
-                    Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {}
-                    Some(Ok(WsMessage::Close(_))) | None => break Departure::Closed,
-                    Some(Err(tungstenite::Error::Capacity(e))) => {
-                        info!(conn, error = %e, "frame over the size limit; closing");
-                        router.send_error(conn, ErrorCode::FrameTooLarge, e.to_string());
-                        let _ = tx.try_send(Outbound::Close(CLOSE_TOO_BIG, "frame too large".into()));
-                        break Departure::Closed;
-                    }
-                    Some(Err(e)) => {
-                        debug!(conn, error = %e, "connection error");
-                        break Departure::Closed;
-                    }
+            _ = sleep_until(register_by), if reader.ticket.is_unregistered() => {
+                if let Some(departure) = reader.check_registration() {
+                    break departure;
                 }
             }
         }
@@ -157,4 +219,248 @@ pub async fn serve(router: Arc<Router>, config: Arc<Config>, stream: TcpStream, 
         kill.cancel();
     }
     debug!(conn, ?departure, "connection closed");
+}
+
+/// The reader loop's state, and what it does with each frame.
+struct Reader<'a> {
+    router: &'a Router,
+    config: &'a Config,
+    conn: ConnId,
+    tx: &'a OutboundTx,
+    ticket: &'a mut Ticket,
+    watch: &'a StreamWatch,
+    last_seen: Instant,
+}
+
+impl Reader<'_> {
+    fn silent_for(&self) -> Duration {
+        self.last_seen.elapsed()
+    }
+
+    /// Handles one item from the frame stream; `Some` when the connection must end.
+    fn frame(&mut self, frame: Option<Result<WsMessage, tungstenite::Error>>) -> Option<Departure> {
+        self.last_seen = Instant::now();
+        let conn = self.conn;
+        match frame {
+            Some(Ok(WsMessage::Text(text))) => {
+                self.router.handle_frame(conn, text.as_str());
+                self.observe_registration();
+            }
+            Some(Ok(WsMessage::Binary(_))) => self.router.send_error(
+                conn,
+                ErrorCode::BadJson,
+                "binary frames are not supported; send JSON text frames",
+            ),
+            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {}
+            Some(Ok(WsMessage::Close(_))) | None => return Some(Departure::Closed),
+            Some(Err(tungstenite::Error::Capacity(e))) => {
+                info_limited!("connection: frame too large", conn, error = %e, "frame over the size limit; closing");
+                self.router.send_error(conn, ErrorCode::FrameTooLarge, e.to_string());
+                let _ = self.tx.send_exempt(Outbound::Close(CLOSE_TOO_BIG, "frame too large".into()));
+                return Some(Departure::Closed);
+            }
+            Some(Err(_)) if self.watch.over_budget() => {
+                warn_limited!(
+                    "connection: inbound budget spent",
+                    conn,
+                    "memory for unfinished incoming messages is exhausted; closing"
+                );
+                self.router.send_error(
+                    conn,
+                    ErrorCode::FrameTooLarge,
+                    "the coordinator has no memory left for incoming messages now; retry later",
+                );
+                let _ = self.tx.send_exempt(Outbound::Close(CLOSE_TRY_AGAIN_LATER, "busy".into()));
+                return Some(Departure::Closed);
+            }
+            Some(Err(e)) => {
+                debug!(conn, error = %e, "connection error");
+                return Some(Departure::Closed);
+            }
+        }
+        None
+    }
+
+    /// Handles every frame that is readable without waiting (at most
+    /// [`DRAIN_MAX_FRAMES`]); `Some` when one of them ends the connection.
+    fn drain(&mut self, frames: &mut Frames) -> Option<Departure> {
+        for _ in 0..DRAIN_MAX_FRAMES {
+            match frames.next().now_or_never() {
+                Some(frame) => {
+                    if let Some(departure) = self.frame(frame) {
+                        return Some(departure);
+                    }
+                }
+                None => break,
+            }
+        }
+        None
+    }
+
+    /// Once the connection registers, tells its admission ticket (until then, one cheap
+    /// look at the router per text frame). Returns whether it is registered.
+    fn observe_registration(&mut self) -> bool {
+        if !self.ticket.is_unregistered() {
+            return true;
+        }
+        if self.router.is_registered(self.conn) {
+            self.ticket.registered();
+            return true;
+        }
+        false
+    }
+
+    /// At the registration deadline: closes the connection unless it has registered.
+    fn check_registration(&mut self) -> Option<Departure> {
+        if self.observe_registration() {
+            return None;
+        }
+        info_limited!("connection: registration timeout", conn = self.conn, "no registration in time; closing");
+        self.router.send_error(self.conn, ErrorCode::NotRegistered, "no registration within the time allowed");
+        let _ = self.tx.send_exempt(Outbound::Close(CLOSE_POLICY, "registration timeout".into()));
+        Some(Departure::Closed)
+    }
+
+    /// Closes the connection when its current message has been unfinished too long.
+    fn check_assembly(&mut self) -> Option<Departure> {
+        let limit = self.config.message_assembly_timeout;
+        let unfinished = self.watch.message_unfinished_for(std::time::Instant::now())?;
+        if unfinished <= limit {
+            return None;
+        }
+        let conn = self.conn;
+        info_limited!(
+            "connection: message assembly timeout",
+            conn,
+            unfinished_ms = unfinished.as_millis() as u64,
+            "message unfinished past the assembly timeout; closing"
+        );
+        self.router.send_error(
+            conn,
+            ErrorCode::FrameTooLarge,
+            format!(
+                "message not completed within {} ms of its first frame (too large for this link, or stalled); \
+                 closing the connection",
+                limit.as_millis()
+            ),
+        );
+        let _ = self.tx.send_exempt(Outbound::Close(CLOSE_POLICY, "message assembly timeout".into()));
+        Some(Departure::Closed)
+    }
+}
+
+/// How a write ended when it did not succeed.
+enum WriteFailed {
+    /// The connection was killed meanwhile.
+    Killed,
+    /// No byte moved for the stall timeout.
+    Stalled,
+    /// The socket or tungstenite refused it.
+    Error(tungstenite::Error),
+}
+
+/// Drains the outbound queue into the socket, one frame at a time, each flushed.
+async fn write_loop(
+    conn: ConnId,
+    mut sink: Sink,
+    mut rx: OutboundRx,
+    kill: CancellationToken,
+    watch: Arc<StreamWatch>,
+    stall: Duration,
+) {
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = kill.cancelled() => None,
+            next = rx.recv() => next,
+        };
+        let Some(next) = next else { break };
+        let (frame, closing) = match &next {
+            Outbound::Message(_) | Outbound::Assignment(_) => match next.encode() {
+                Some(text) => (WsMessage::text(text), false),
+                None => continue,
+            },
+            Outbound::Ping => (WsMessage::Ping(Default::default()), false),
+            Outbound::Close(code, reason) => (
+                WsMessage::Close(Some(CloseFrame { code: CloseCode::from(*code), reason: reason.clone().into() })),
+                true,
+            ),
+        };
+        drop(next);
+        match send_watched(&mut sink, frame, &watch, stall, &kill).await {
+            Ok(()) if !closing => continue,
+            Ok(()) => {}
+            Err(WriteFailed::Killed) => break,
+            Err(WriteFailed::Stalled) => {
+                info_limited!(
+                    "connection: write stalled",
+                    conn,
+                    stall_ms = stall.as_millis() as u64,
+                    "client accepted no bytes within the write stall timeout; disconnecting"
+                );
+            }
+            Err(WriteFailed::Error(e)) => {
+                if matches!(e, tungstenite::Error::WriteBufferFull(_)) {
+                    warn_limited!("connection: write buffer full", conn, "write buffer full; disconnecting");
+                } else {
+                    debug!(conn, error = %e, "write failed");
+                }
+            }
+        }
+        // A polite close, a stall or an error ends the connection; tell the reader loop.
+        kill.cancel();
+        break;
+    }
+    // Best effort: flush and close politely, but never wait long for a stuck client.
+    let _ = timeout(Duration::from_millis(500), sink.close()).await;
+}
+
+/// Sends and flushes one frame, failing when no byte reaches the socket for `stall`.
+async fn send_watched(
+    sink: &mut Sink,
+    frame: WsMessage,
+    watch: &StreamWatch,
+    stall: Duration,
+    kill: &CancellationToken,
+) -> Result<(), WriteFailed> {
+    let started = std::time::Instant::now();
+    let send = sink.send(frame);
+    tokio::pin!(send);
+    loop {
+        let progress = watch.last_write().max(started);
+        tokio::select! {
+            biased;
+            _ = kill.cancelled() => return Err(WriteFailed::Killed),
+            sent = &mut send => return sent.map_err(WriteFailed::Error),
+            _ = sleep_until(Instant::from_std(progress + stall)) => {
+                if watch.last_write().max(started) + stall <= std::time::Instant::now() {
+                    return Err(WriteFailed::Stalled);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What one client that does not read can make us hold: the outbound queue
+    /// (`send_queue_bytes`) plus tungstenite's write buffer, which must take one largest
+    /// frame with its envelope (or the writer would fail honest sends) and no more.
+    #[test]
+    fn the_write_buffer_takes_one_largest_frame_and_no_more() {
+        for max_frame_bytes in [64 * 1024, p2c2r_protocol::limits::DEFAULT_MAX_FRAME_BYTES] {
+            let config = Config { max_frame_bytes, ..Config::default() };
+            let ws = ws_config(&config);
+            // An envelope of ids and field names around a largest payload, plus the
+            // frame header, fits beside a full normal write buffer.
+            let envelope = 4 * p2c2r_protocol::limits::MAX_ID_BYTES + 1024;
+            assert!(ws.max_write_buffer_size >= ws.write_buffer_size + max_frame_bytes + envelope);
+            assert!(ws.max_write_buffer_size <= max_frame_bytes + 2 * WRITE_BUFFER_BYTES);
+            assert_eq!(ws.read_buffer_size, READ_BUFFER_BYTES);
+            assert_eq!(ws.max_message_size, Some(max_frame_bytes));
+        }
+        assert!(inbound_budget_bytes(&Config::default()) >= 64 * Config::default().max_frame_bytes);
+    }
 }

@@ -14,11 +14,23 @@
 //! ```
 //!
 //! Module map: [`scheduler`] decides where tasks go (pure, no I/O); [`router`] applies
-//! each message to the shared state; [`connection`] owns one socket; this file accepts
-//! connections and runs the deadline timer.
+//! each message to the shared state; [`connection`] owns one socket ([`observe`] watches
+//! its bytes, [`outbound`] bounds what waits for it); [`admission`] decides who may
+//! connect; [`log_limit`] keeps repeated warnings from flooding the log; this file
+//! accepts connections and runs the deadline timer.
+//!
+//! The accept loop admits a connection only if all of these hold, and otherwise drops it
+//! before the WebSocket handshake (the client sees its TCP connection closed): its address
+//! holds fewer than `max_connections_per_address` connections (IPv6: per /64), fewer than
+//! `max_unregistered_connections` connections have not registered yet, and fewer than
+//! `max_connections` are open.
 
+pub mod admission;
 pub mod config;
 pub mod connection;
+pub mod log_limit;
+pub mod observe;
+pub mod outbound;
 pub mod router;
 pub mod scheduler;
 
@@ -34,7 +46,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+pub use admission::AdmissionCounts;
+use admission::{Admission, Refusal};
 pub use config::Config;
+use observe::InboundBudget;
 pub use p2c2r_protocol::StatsReport;
 pub use router::Router;
 
@@ -61,8 +76,10 @@ pub async fn spawn(addr: impl ToSocketAddrs, config: Config) -> std::io::Result<
     let cancel = CancellationToken::new();
     let server = Server::new(config);
     let router = server.router.clone();
+    let admission = server.admission.clone();
+    let inbound = server.inbound.clone();
     let task = tokio::spawn(server.serve(listener, cancel.clone()));
-    Ok(CoordinatorHandle { local_addr, cancel, task, router })
+    Ok(CoordinatorHandle { local_addr, cancel, task, router, admission, inbound })
 }
 
 /// A coordinator running in the background; see [`spawn`].
@@ -72,6 +89,8 @@ pub struct CoordinatorHandle {
     cancel: CancellationToken,
     task: JoinHandle<std::io::Result<()>>,
     router: Arc<Router>,
+    admission: Arc<Admission>,
+    inbound: Arc<InboundBudget>,
 }
 
 impl CoordinatorHandle {
@@ -88,6 +107,17 @@ impl CoordinatorHandle {
     /// The counters a `stats` request would report.
     pub fn stats(&self) -> StatsReport {
         self.router.stats()
+    }
+
+    /// The connections open now, and how many of them have not registered yet.
+    pub fn admission(&self) -> AdmissionCounts {
+        self.admission.counts()
+    }
+
+    /// Bytes that unfinished inbound messages (spread over several reads) pin now, all
+    /// connections together; see [`observe`].
+    pub fn inbound_bytes(&self) -> u64 {
+        self.inbound.used()
     }
 
     /// Stops accepting, closes every connection and waits for them (bounded by
@@ -111,11 +141,18 @@ impl std::fmt::Debug for Router {
 struct Server {
     config: Arc<Config>,
     router: Arc<Router>,
+    admission: Arc<Admission>,
+    inbound: Arc<InboundBudget>,
 }
 
 impl Server {
     fn new(config: Config) -> Self {
-        Server { router: Arc::new(Router::new(config.clone())), config: Arc::new(config) }
+        Server {
+            router: Arc::new(Router::new(config.clone())),
+            admission: Admission::new(config.max_connections_per_address, config.max_unregistered_connections),
+            inbound: InboundBudget::new(connection::inbound_budget_bytes(&config)),
+            config: Arc::new(config),
+        }
     }
 
     async fn serve(self, listener: TcpListener, cancel: CancellationToken) -> std::io::Result<()> {
@@ -123,6 +160,7 @@ impl Server {
         let tracker = TaskTracker::new();
         let slots = Arc::new(Semaphore::new(self.config.max_connections.max(1)));
         tracker.spawn(deadline_timer(self.router.clone(), cancel.clone()));
+        tracker.spawn(log_summaries(cancel.clone()));
         loop {
             let accepted = tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -132,20 +170,36 @@ impl Server {
                 Ok(pair) => pair,
                 Err(e) => {
                     // Out of file descriptors and the like: back off briefly, keep serving.
-                    warn!(error = %e, "accept failed");
+                    warn_limited!("accept: failed", error = %e, "accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
             };
+            // Refused connections are dropped before the handshake: cheap for us, and
+            // nothing to gain for a flood.
+            let ticket = match self.admission.admit(addr.ip()) {
+                Ok(ticket) => ticket,
+                Err(Refusal::PerAddress) => {
+                    let limit = self.config.max_connections_per_address;
+                    warn_limited!("accept: per-address limit", %addr, limit, "per-address connection limit reached; refusing");
+                    continue;
+                }
+                Err(Refusal::Unregistered) => {
+                    let limit = self.config.max_unregistered_connections;
+                    warn_limited!("accept: unregistered limit", %addr, limit, "too many unregistered connections; refusing");
+                    continue;
+                }
+            };
             let Ok(permit) = slots.clone().try_acquire_owned() else {
-                warn!(%addr, limit = self.config.max_connections, "connection limit reached; refusing");
-                drop(stream);
+                let limit = self.config.max_connections;
+                warn_limited!("accept: connection limit", %addr, limit, "connection limit reached; refusing");
                 continue;
             };
             debug!(%addr, "accepted");
             let (router, config, cancel) = (self.router.clone(), self.config.clone(), cancel.clone());
+            let inbound = self.inbound.clone();
             tracker.spawn(async move {
-                connection::serve(router, config, stream, cancel).await;
+                connection::serve(router, config, stream, ticket, inbound, cancel).await;
                 drop(permit);
             });
         }
@@ -157,6 +211,20 @@ impl Server {
         }
         info!("coordinator stopped");
         Ok(())
+    }
+}
+
+/// Logs, once per window, the summaries of repeated warnings the log limiter suppressed
+/// (so a burst that stops is still reported).
+async fn log_summaries(cancel: CancellationToken) {
+    let limiter = log_limit::global();
+    let mut ticks = tokio::time::interval(limiter.window());
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = ticks.tick() => limiter.flush(),
+        }
     }
 }
 
@@ -174,7 +242,13 @@ async fn deadline_timer(router: Arc<Router>, cancel: CancellationToken) {
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = router.deadlines_changed.notified() => continue,
-            _ = sleep => router.expire_due(Instant::now()),
+            _ = sleep => {
+                // A batch at a time: when more are due, let others run, then come back
+                // (the next deadline is already past, so the sleep ends at once).
+                if router.expire_due(Instant::now()) {
+                    tokio::task::yield_now().await;
+                }
+            }
         }
     }
 }

@@ -54,6 +54,44 @@ struct Args {
     /// Milliseconds shutdown waits for connections to close.
     #[arg(long, default_value_t = 5000)]
     shutdown_grace_ms: u64,
+    /// Bytes buffered towards one client before it is disconnected as too slow.
+    #[arg(long, default_value_t = defaults().send_queue_bytes)]
+    send_queue_bytes: usize,
+    /// Milliseconds a write to a client may make no progress before it is disconnected.
+    #[arg(long, default_value_t = ms(defaults().write_stall_timeout))]
+    write_stall_timeout_ms: u64,
+    /// Milliseconds allowed to finish a fragmented WebSocket message once it has begun.
+    #[arg(long, default_value_t = ms(defaults().message_assembly_timeout))]
+    message_assembly_timeout_ms: u64,
+    /// Connections one IP address may hold at once.
+    #[arg(long, default_value_t = defaults().max_connections_per_address)]
+    max_connections_per_address: usize,
+    /// Connections that have not registered yet, at once.
+    #[arg(long, default_value_t = defaults().max_unregistered_connections)]
+    max_unregistered_connections: usize,
+    /// Connection slots kept for peers: gamers register only while more are free.
+    #[arg(long, default_value_t = defaults().reserved_peer_slots)]
+    reserved_peer_slots: usize,
+    /// Payload bytes one gamer may have queued or in flight.
+    #[arg(long, default_value_t = defaults().max_pending_bytes_per_gamer)]
+    max_pending_bytes_per_gamer: usize,
+    /// Payload bytes all gamers together may have queued or in flight.
+    #[arg(long, default_value_t = defaults().max_pending_bytes)]
+    max_pending_bytes: usize,
+    /// Cap on the max_concurrent_tasks a peer declares.
+    #[arg(long, default_value_t = defaults().max_peer_capacity)]
+    max_peer_capacity: u32,
+    /// Tasks a new peer gets at once until it has shown it can do more.
+    #[arg(long, default_value_t = defaults().initial_peer_capacity)]
+    initial_peer_capacity: u32,
+}
+
+fn defaults() -> coordinator::Config {
+    coordinator::Config::default()
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
 }
 
 impl Args {
@@ -72,6 +110,16 @@ impl Args {
             max_sessions_per_gamer: self.max_sessions_per_gamer,
             max_queue_wait: (self.max_queue_wait_ms > 0).then(|| Duration::from_millis(self.max_queue_wait_ms)),
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+            send_queue_bytes: self.send_queue_bytes.max(1),
+            write_stall_timeout: Duration::from_millis(self.write_stall_timeout_ms.max(1)),
+            message_assembly_timeout: Duration::from_millis(self.message_assembly_timeout_ms.max(1)),
+            max_connections_per_address: self.max_connections_per_address.max(1),
+            max_unregistered_connections: self.max_unregistered_connections.max(1),
+            reserved_peer_slots: self.reserved_peer_slots,
+            max_pending_bytes_per_gamer: self.max_pending_bytes_per_gamer.max(1),
+            max_pending_bytes: self.max_pending_bytes.max(1),
+            max_peer_capacity: self.max_peer_capacity.max(1),
+            initial_peer_capacity: self.initial_peer_capacity.max(1),
         }
     }
 }

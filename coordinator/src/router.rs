@@ -10,32 +10,23 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use p2c2r_protocol::{
-    ErrorCode, Message, RawPayload, RegisterGamer, RegisterPeer, RegistrationAck, StatsReport, TaskAssignment,
-    TaskError, TaskRequest, TaskResult, TaskSpec, codec, limits, null_payload, to_payload,
+    ErrorCode, Message, RegisterGamer, RegisterPeer, RegistrationAck, StatsReport, TaskError, TaskRequest, TaskResult,
+    codec, limits, to_payload,
 };
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::debug;
 
 use crate::Config;
+pub use crate::outbound::Outbound;
+use crate::outbound::{AssignmentFrame, OutboundTx, SendError, SharedPayload};
 use crate::scheduler::{
-    CompleteError, Completion, Dispatch, Expired, FailReason, PeerSpec, Scheduler, SchedulerConfig, Submission,
-    SubmitError,
+    CompleteError, Completion, Dispatch, Expired, FailReason, Failure, PeerSpec, Scheduler, SchedulerConfig,
+    Submission, SubmitError,
 };
 
 /// A connection's number, unique for the coordinator's lifetime.
 pub type ConnId = u64;
-
-/// A frame on its way to a connection's writer.
-#[derive(Debug)]
-pub enum Outbound {
-    /// A protocol message, already encoded.
-    Text(String),
-    /// A WebSocket ping.
-    Ping,
-    /// Close the connection with this code and reason.
-    Close(u16, String),
-}
 
 /// WebSocket close code for a frame over the size limit.
 pub const CLOSE_TOO_BIG: u16 = 1009;
@@ -48,7 +39,7 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 #[derive(Clone, Debug)]
 pub struct ConnHandle {
     /// The bounded outbound queue.
-    pub tx: mpsc::Sender<Outbound>,
+    pub tx: OutboundTx,
     /// Cancelled to drop the connection at once (slow reader, replaced, evicted).
     pub kill: CancellationToken,
 }
@@ -83,7 +74,7 @@ pub enum Departure {
 }
 
 struct State {
-    sched: Scheduler<RawPayload>,
+    sched: Scheduler<SharedPayload>,
     conns: HashMap<ConnId, Conn>,
     peers: HashMap<String, ConnId>,
     gamers: HashMap<String, ConnId>,
@@ -108,6 +99,12 @@ impl Router {
             max_pending_per_gamer: config.max_pending_per_gamer,
             max_sessions_per_gamer: config.max_sessions_per_gamer,
             max_queue_wait: config.max_queue_wait,
+            max_pending_bytes_per_gamer: config.max_pending_bytes_per_gamer,
+            max_pending_bytes: config.max_pending_bytes,
+            // Never more assignments in flight than a peer's outbound queue holds (half of
+            // it, leaving room for pings and errors), whatever the peer declares.
+            max_peer_capacity: config.max_peer_capacity.min((config.send_queue_frames / 2).max(1) as u32).max(1),
+            initial_peer_capacity: config.initial_peer_capacity,
             ..SchedulerConfig::default()
         });
         Router {
@@ -158,7 +155,7 @@ impl Router {
                 if state.peers.get(&peer_id) == Some(&conn) {
                     state.peers.remove(&peer_id);
                     let requeued = state.sched.remove_peer(&peer_id);
-                    info!(peer_id, requeued, ?why, "peer left");
+                    crate::info_limited!("router: peer left", peer_id, requeued, ?why, "peer left");
                     state.dispatch(Instant::now());
                     self.deadlines_changed.notify_one();
                 }
@@ -167,7 +164,7 @@ impl Router {
                 if state.gamers.get(&gamer_id) == Some(&conn) {
                     state.gamers.remove(&gamer_id);
                     let dropped = state.sched.remove_gamer(&gamer_id);
-                    info!(gamer_id, dropped, ?why, "gamer left");
+                    crate::info_limited!("router: gamer left", gamer_id, dropped, ?why, "gamer left");
                 }
             }
         }
@@ -220,7 +217,7 @@ impl Router {
             },
             Message::Stats(_) => {
                 let report = state.stats();
-                state.send(conn, &Message::StatsReport(report));
+                state.send(conn, Message::StatsReport(report));
             }
             Message::Error(e) => debug!(conn, code = %e.code, message = e.message, "client reported an error"),
             other @ (Message::RegistrationAck(_) | Message::TaskAssignment(_) | Message::StatsReport(_)) => {
@@ -258,7 +255,13 @@ impl Router {
         }
         let ids = if matches!(wanted, Role::Peer(_)) { &mut state.peers } else { &mut state.gamers };
         if let Some(old) = ids.insert(id.clone(), conn) {
-            info!(conn, id, msg_type, "id registered again; replacing its old connection");
+            crate::info_limited!(
+                "router: id replaced",
+                conn,
+                id,
+                msg_type,
+                "id registered again; replacing its old connection"
+            );
             state.replace(old, &format!("another connection registered this {field}"));
         }
         if let Some(c) = state.conns.get_mut(&conn) {
@@ -270,29 +273,40 @@ impl Router {
     fn register_peer(&self, state: &mut State, conn: ConnId, role: &Role, m: RegisterPeer) {
         match self.bind(state, conn, role, Role::Peer(m.peer_id.clone())) {
             None => return,
-            Some(Binding::Again) => return state.send(conn, &self.ack(Some(m.peer_id), None)),
+            Some(Binding::Again) => return state.send(conn, self.ack(Some(m.peer_id), None)),
             Some(Binding::New) => {}
         }
         let caps = &m.capabilities;
         let capacity = caps.max_concurrent_tasks.or(caps.cpu_cores).unwrap_or(1).max(1);
         let task_types =
             caps.task_types.as_ref().filter(|t| !t.is_empty()).map(|t| t.iter().cloned().collect::<HashSet<_>>());
-        info!(peer_id = m.peer_id, capacity, task_types = ?caps.task_types, "peer registered");
+        crate::info_limited!("router: peer registered", peer_id = m.peer_id, capacity, task_types = ?caps.task_types, "peer registered");
         // add_peer re-queues the work of a same-id registration it replaces.
         state.sched.add_peer(m.peer_id.clone(), PeerSpec { task_types, capacity });
-        state.send(conn, &self.ack(Some(m.peer_id), None));
+        state.send(conn, self.ack(Some(m.peer_id), None));
         state.dispatch(Instant::now());
         self.deadlines_changed.notify_one();
     }
 
     fn register_gamer(&self, state: &mut State, conn: ConnId, role: &Role, m: RegisterGamer) {
+        // Gamers never take the slots kept for peers (a re-registration of a live id
+        // replaces a slot rather than taking one).
+        let gamer_slots = self.config.max_connections.saturating_sub(self.config.reserved_peer_slots).max(1);
+        if *role == Role::Unregistered && !state.gamers.contains_key(&m.gamer_id) && state.gamers.len() >= gamer_slots {
+            let reason = format!("the coordinator serves its most gamers ({gamer_slots}); try again later");
+            state.send_error(conn, ErrorCode::LimitExceeded, reason, Some("register_gamer".into()));
+            if let Some(entry) = state.conns.get(&conn) {
+                let _ = entry.handle.tx.send_exempt(Outbound::Close(CLOSE_POLICY, "gamer slots full".into()));
+            }
+            return;
+        }
         if self.bind(state, conn, role, Role::Gamer(m.gamer_id.clone())).is_none() {
             return;
         }
         // A known gamer (reconnecting) keeps its pending tasks; their results come here.
         state.sched.add_gamer(m.gamer_id.clone());
-        info!(gamer_id = m.gamer_id, "gamer registered");
-        state.send(conn, &self.ack(None, Some(m.gamer_id)));
+        crate::info_limited!("router: gamer registered", gamer_id = m.gamer_id, "gamer registered");
+        state.send(conn, self.ack(None, Some(m.gamer_id)));
     }
 
     fn ack(&self, peer_id: Option<String>, gamer_id: Option<String>) -> Message {
@@ -326,7 +340,8 @@ impl Router {
             task_type: m.task_type,
             session_id: m.session_id,
             deadline,
-            payload: m.task_data,
+            bytes: m.task_data.get().len(),
+            payload: SharedPayload::from(m.task_data),
         };
         match state.sched.submit(gamer_id, submission, Instant::now()) {
             Ok(_) => {
@@ -338,7 +353,10 @@ impl Router {
             Err(e) => {
                 let code = match e {
                     SubmitError::DuplicateTask(_) => ErrorCode::DuplicateTask,
-                    SubmitError::QueueFull(_) => ErrorCode::QueueFull,
+                    SubmitError::QueueFull(_)
+                    | SubmitError::TaskTypeLimit(_)
+                    | SubmitError::GamerBytes(_)
+                    | SubmitError::TotalBytes(_) => ErrorCode::QueueFull,
                     SubmitError::SessionLimit(_) => ErrorCode::SessionLimit,
                     SubmitError::UnknownGamer => ErrorCode::NotRegistered,
                 };
@@ -358,7 +376,7 @@ impl Router {
                     peer_id: Some(peer_id.to_owned()),
                 });
                 if let Some(&gamer_conn) = state.gamers.get(&gamer) {
-                    state.send(gamer_conn, &forward);
+                    state.send(gamer_conn, forward);
                 }
             }
             Ok(Completion::Orphaned) => debug!(peer_id, assignment = m.task_id, "result for a departed gamer dropped"),
@@ -382,39 +400,38 @@ impl Router {
         self.lock().sched.next_deadline()
     }
 
-    /// Re-dispatches or fails every task whose deadline passed by `now`.
-    pub fn expire_due(&self, now: Instant) {
+    /// Re-dispatches or fails the tasks whose deadline passed by `now`, at most
+    /// [`EXPIRE_BATCH`] of them, so the state lock is released between batches however
+    /// many expire at once. Returns whether more remain (call again at once).
+    pub fn expire_due(&self, now: Instant) -> bool {
         let mut state = self.lock();
-        for outcome in state.sched.expire(now) {
+        let mut requeued = 0usize;
+        let mut failures = Vec::new();
+        for outcome in state.sched.expire_some(now, EXPIRE_BATCH) {
             match outcome {
                 Expired::Requeued { task_id, peer, attempt } => {
-                    warn!(task_id, peer_id = peer, attempt, "task deadline passed; re-dispatching");
+                    requeued += 1;
+                    debug!(task_id, peer_id = peer, attempt, "task deadline passed; re-dispatching");
                 }
-                Expired::Failed { gamer, task_id, attempts, reason } => {
-                    warn!(gamer_id = gamer, task_id, attempts, ?reason, "task given up");
-                    let error = match reason {
-                        FailReason::MaxAttempts => TaskError::new(
-                            ErrorCode::MaxAttemptsExceeded,
-                            format!("no peer answered task {task_id:?} in {attempts} attempts"),
-                        ),
-                        FailReason::QueueTimeout => TaskError::new(
-                            ErrorCode::QueueTimeout,
-                            format!(
-                                "no peer that runs this task type could take task {task_id:?} within {} ms",
-                                self.config.max_queue_wait.map_or(0, |w| w.as_millis())
-                            ),
-                        ),
-                    };
-                    let result = to_payload(&error).expect("TaskError serializes");
-                    let message =
-                        Message::TaskResult(TaskResult { task_id, result, attempt: Some(attempts), peer_id: None });
-                    if let Some(&gamer_conn) = state.gamers.get(&gamer) {
-                        state.send(gamer_conn, &message);
-                    }
-                }
+                Expired::Failed(failure) => failures.push(failure),
             }
         }
+        // One line per batch, not per task: a long queue expiring must not flood the log.
+        if requeued > 0 || !failures.is_empty() {
+            crate::info_limited!(
+                "router: deadlines passed",
+                requeued,
+                failed = failures.len(),
+                "task deadlines passed"
+            );
+        }
+        let answers = state.answers_for(failures);
         state.dispatch(now);
+        let more = state.sched.next_deadline().is_some_and(|at| at <= now);
+        drop(state);
+        // The answers are built and queued outside the lock.
+        send_answers(answers);
+        more
     }
 
     /// The counters, as a `stats_report` carries them.
@@ -438,25 +455,32 @@ impl Router {
 }
 
 impl State {
-    fn send(&mut self, conn: ConnId, message: &Message) {
-        self.send_frame(conn, codec::encode(message));
+    fn send(&mut self, conn: ConnId, message: Message) {
+        self.send_frame(conn, Outbound::message(message));
     }
 
-    fn send_frame(&mut self, conn: ConnId, frame: String) {
+    fn send_frame(&mut self, conn: ConnId, frame: Outbound) {
         let Some(entry) = self.conns.get(&conn) else { return };
-        match entry.handle.tx.try_send(Outbound::Text(frame)) {
+        match entry.handle.tx.try_send(frame) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                warn!(conn, "client is not reading fast enough; disconnecting it");
-                entry.handle.kill.cancel();
+            Err(SendError::Full) => {
+                // Once per connection: later frames to it find it already cancelled.
+                if !entry.handle.kill.is_cancelled() {
+                    crate::warn_limited!(
+                        "router: slow reader",
+                        conn,
+                        "client is not reading fast enough; disconnecting it"
+                    );
+                    entry.handle.kill.cancel();
+                }
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(SendError::Closed) => {}
         }
     }
 
     fn send_error(&mut self, conn: ConnId, code: ErrorCode, message: impl Into<String>, refers_to: Option<String>) {
         self.errors_sent += 1;
-        self.send(conn, &Message::error(code, message, refers_to));
+        self.send(conn, Message::error(code, message, refers_to));
     }
 
     /// Tells a connection it was replaced and drops it.
@@ -464,7 +488,7 @@ impl State {
         self.send_error(old, ErrorCode::Replaced, reason, None);
         if let Some(entry) = self.conns.get_mut(&old) {
             // The writer sends the error, then the close frame, then ends the connection.
-            if entry.handle.tx.try_send(Outbound::Close(CLOSE_POLICY, "replaced".into())).is_err() {
+            if entry.handle.tx.send_exempt(Outbound::Close(CLOSE_POLICY, "replaced".into())).is_err() {
                 entry.handle.kill.cancel();
             }
             // Its later departure must not undo the new registration.
@@ -475,7 +499,7 @@ impl State {
     fn dispatch(&mut self, now: Instant) -> Vec<Dispatch> {
         let dispatches = self.sched.dispatch(now);
         for d in &dispatches {
-            let Some(task) = self.sched.task_mut(d.key) else { continue };
+            let Some(task) = self.sched.task(d.key) else { continue };
             debug!(
                 peer_id = d.peer,
                 gamer_id = task.gamer,
@@ -483,29 +507,41 @@ impl State {
                 attempt = d.attempt,
                 "task assigned"
             );
-            // Lend the payload to the frame instead of copying it (snapshots run to MBs);
-            // it goes back to the task for a possible re-dispatch.
-            let message = Message::TaskAssignment(TaskAssignment {
-                task_id: d.assignment_id.clone(),
+            // The payload is shared, not copied, and the writer encodes the frame
+            // outside this lock; the queue keeps a session's assignments in order.
+            let frame = Outbound::Assignment(Box::new(AssignmentFrame {
+                assignment_id: d.assignment_id.clone(),
                 attempt: d.attempt,
-                deadline_ms: Some(task.deadline.as_millis() as u64),
-                task_data: TaskSpec {
-                    task_id: task.task_id.clone(),
-                    task_type: task.task_type.clone(),
-                    session_id: task.session_id.clone(),
-                    gamer_id: Some(task.gamer.clone()),
-                    task_data: std::mem::replace(&mut task.payload, null_payload()),
-                },
-            });
-            let frame = codec::encode(&message);
-            if let (Message::TaskAssignment(sent), Some(task)) = (message, self.sched.task_mut(d.key)) {
-                task.payload = sent.task_data.task_data;
-            }
+                deadline_ms: task.deadline.as_millis() as u64,
+                task_id: task.task_id.clone(),
+                task_type: task.task_type.clone(),
+                session_id: task.session_id.clone(),
+                gamer_id: task.gamer.clone(),
+                payload: task.payload.clone(),
+            }));
             if let Some(&peer_conn) = self.peers.get(&d.peer) {
                 self.send_frame(peer_conn, frame);
             }
         }
+        let failures = self.sched.take_failures();
+        self.answer_failures(failures);
         dispatches
+    }
+
+    /// Tells each gamer about its tasks that were given up (see [`send_answers`]).
+    fn answer_failures(&mut self, failures: Vec<Failure>) {
+        send_answers(self.answers_for(failures));
+    }
+
+    /// Pairs each failure with its gamer's outbound queue (a gamer that left gets none).
+    fn answers_for(&self, failures: Vec<Failure>) -> Vec<(OutboundTx, Failure)> {
+        failures
+            .into_iter()
+            .filter_map(|f| {
+                let tx = self.gamers.get(&f.gamer).and_then(|c| self.conns.get(c)).map(|c| c.handle.tx.clone())?;
+                Some((tx, f))
+            })
+            .collect()
     }
 
     fn stats(&self) -> StatsReport {
@@ -520,10 +556,42 @@ impl State {
             tasks_completed: c.completed,
             tasks_redispatched: c.redispatched,
             tasks_failed: c.failed,
+            tasks_poisoned: c.poisoned,
+            pending_bytes_now: self.sched.pending_bytes() as u64,
             tasks_dropped: c.dropped,
             peers_evicted: self.peers_evicted,
             errors_sent: self.errors_sent,
         }
+    }
+}
+
+/// Passed deadlines handled per lock hold (see [`Router::expire_due`]).
+pub const EXPIRE_BATCH: usize = 1024;
+
+/// Sends each gamer the `task_result` error for a task that was given up, exempt from the
+/// outbound bounds (these answers are bounded by the gamer's pending tasks). Needs no lock.
+fn send_answers(answers: Vec<(OutboundTx, Failure)>) {
+    for (tx, Failure { gamer, task_id, attempts, reason }) in answers {
+        debug!(gamer_id = gamer, task_id, attempts, ?reason, "task given up");
+        let error = match reason {
+            FailReason::MaxAttempts => TaskError::new(
+                ErrorCode::MaxAttemptsExceeded,
+                format!("no peer answered task {task_id:?} in {attempts} attempts"),
+            ),
+            FailReason::QueueTimeout => TaskError::new(
+                ErrorCode::QueueTimeout,
+                format!("no peer that runs this task type could take task {task_id:?} within the queue wait limit"),
+            ),
+            FailReason::Poison => TaskError::new(
+                ErrorCode::PoisonTask,
+                format!(
+                    "task {task_id:?} was quarantined: the peer running it disconnected on each of {attempts} attempts"
+                ),
+            ),
+        };
+        let result = to_payload(&error).expect("TaskError serializes");
+        let message = Message::TaskResult(TaskResult { task_id, result, attempt: Some(attempts), peer_id: None });
+        let _ = tx.send_exempt(Outbound::message(message));
     }
 }
 

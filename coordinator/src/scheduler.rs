@@ -1,18 +1,32 @@
 //! Which task runs where: the coordinator's routing decisions as a pure data structure.
 //!
 //! No sockets, no clocks of its own: the caller passes `now` and turns the returned
-//! [`Dispatch`]es and [`Expired`] outcomes into frames. Everything here is unit-tested.
+//! [`Dispatch`]es and [`Failure`]s into frames. Everything here is unit-tested.
 //!
 //! Rules (see ARCHITECTURE.md for why):
-//! - Each gamer has a FIFO queue, kept in submission order. Gamers are served round-robin,
-//!   one placement at a time, so one gamer flooding tasks cannot starve another.
+//! - Each gamer's queued tasks sit in lanes: one per session, and one per task type for
+//!   tasks without a session. Each lane is in submission order and only its head can be
+//!   placed, so a session's later task never overtakes an earlier one. Across lanes a
+//!   gamer's oldest placeable task goes first.
+//! - Gamers are served round-robin, one placement at a time, so one gamer flooding tasks
+//!   cannot starve another. A gamer none of whose lane heads can be placed is parked, and
+//!   woken only by an event that can change that (a peer with room for its lanes, a new
+//!   task of its own): dispatch costs what it places, not gamers × queue depth.
 //! - A task goes to a live peer that runs its type and has a free slot, least loaded first
 //!   (in-flight / capacity), preferring peers that have not already tried it.
-//! - Tasks with a session id go to the session's peer while it lives, in submission order;
-//!   a session's later task never overtakes an earlier one.
+//! - A peer's capacity is what it has shown: it starts at `initial_peer_capacity`, grows
+//!   by one per completed task up to what it declared (itself capped), and halves when an
+//!   attempt on it misses its deadline (never below where it started).
+//! - Tasks with a session id go to the session's peer while it lives, in submission order.
 //! - A task re-queued (its peer died, or its deadline passed) goes back to its place in
 //!   submission order, ahead of everything submitted after it.
-//! - Every dispatch is an attempt; after `max_attempts` the task fails.
+//! - Every dispatch is an attempt, whatever ended the previous one. After `max_attempts`
+//!   the task fails: with [`FailReason::Poison`] when its last peer disconnected while
+//!   holding it (it is quarantined, never dispatched again), with
+//!   [`FailReason::MaxAttempts`] when its last attempt missed its deadline.
+//! - A task still queued when its queue wait limit passes fails, also when the limit is
+//!   found passed at dispatch time.
+//! - Pending payload bytes are bounded per gamer and in total.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -31,11 +45,20 @@ pub struct SchedulerConfig {
     pub max_pending_per_gamer: usize,
     /// Most sessions a gamer may keep; idle ones are forgotten first.
     pub max_sessions_per_gamer: usize,
-    /// How many queued tasks of one gamer are looked at when searching for one to place.
-    pub scan_depth: usize,
+    /// Most distinct task types a gamer may have queued without a session (each is a
+    /// lane that dispatch looks at).
+    pub max_task_types_per_gamer: usize,
     /// A task still waiting in a queue this long after it was submitted fails with
     /// [`FailReason::QueueTimeout`]. `None`: tasks wait for a peer forever.
     pub max_queue_wait: Option<Duration>,
+    /// Payload bytes one gamer may have pending.
+    pub max_pending_bytes_per_gamer: usize,
+    /// Payload bytes all gamers together may have pending.
+    pub max_pending_bytes: usize,
+    /// A peer's declared capacity is capped at this.
+    pub max_peer_capacity: u32,
+    /// A new peer's capacity until it has shown more (see the module docs).
+    pub initial_peer_capacity: u32,
 }
 
 impl Default for SchedulerConfig {
@@ -44,8 +67,12 @@ impl Default for SchedulerConfig {
             max_attempts: 3,
             max_pending_per_gamer: 10_000,
             max_sessions_per_gamer: 64,
-            scan_depth: 256,
+            max_task_types_per_gamer: 16,
             max_queue_wait: None,
+            max_pending_bytes_per_gamer: 64 * 1024 * 1024,
+            max_pending_bytes: 1024 * 1024 * 1024,
+            max_peer_capacity: 64,
+            initial_peer_capacity: 4,
         }
     }
 }
@@ -72,6 +99,8 @@ pub struct Submission<P> {
     pub deadline: Duration,
     /// The opaque input.
     pub payload: P,
+    /// The payload's size, counted against the byte budgets.
+    pub bytes: usize,
 }
 
 /// Why a submission was refused.
@@ -89,6 +118,15 @@ pub enum SubmitError {
     /// The gamer's sessions reached the limit and none is idle.
     #[error("too many active sessions (limit {0})")]
     SessionLimit(usize),
+    /// The gamer's queued task types without a session reached the limit.
+    #[error("too many different task types waiting (limit {0})")]
+    TaskTypeLimit(usize),
+    /// The gamer's pending payload bytes would pass the limit.
+    #[error("the payloads of your pending tasks would exceed {0} bytes")]
+    GamerBytes(usize),
+    /// All gamers' pending payload bytes would pass the limit.
+    #[error("the coordinator holds its most task bytes ({0}); try again later")]
+    TotalBytes(usize),
 }
 
 /// Why a peer's answer was refused.
@@ -144,16 +182,20 @@ pub enum Expired {
         attempt: u32,
     },
     /// The task is given up; tell the gamer.
-    Failed {
-        /// The gamer.
-        gamer: GamerId,
-        /// The gamer's task id.
-        task_id: String,
-        /// Attempts made.
-        attempts: u32,
-        /// Why.
-        reason: FailReason,
-    },
+    Failed(Failure),
+}
+
+/// A task given up: its gamer must be told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The gamer.
+    pub gamer: GamerId,
+    /// The gamer's task id.
+    pub task_id: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Why.
+    pub reason: FailReason,
 }
 
 /// Why a task was given up.
@@ -163,6 +205,8 @@ pub enum FailReason {
     MaxAttempts,
     /// No peer could take it within the queue wait limit.
     QueueTimeout,
+    /// Its peers kept disconnecting while they held it: quarantined as poison.
+    Poison,
 }
 
 /// The scheduler's counters since it started.
@@ -176,8 +220,10 @@ pub struct Counters {
     pub completed: u64,
     /// Dispatches that were repeats.
     pub redispatched: u64,
-    /// Tasks given up.
+    /// Tasks given up (any reason).
     pub failed: u64,
+    /// Of those, tasks quarantined as poison.
+    pub poisoned: u64,
     /// Tasks dropped because their gamer left.
     pub dropped: u64,
 }
@@ -200,6 +246,7 @@ pub struct Task<P> {
     pub deadline: Duration,
     /// The opaque input.
     pub payload: P,
+    bytes: usize,
     attempts: u32,
     tried: Vec<PeerId>,
     state: TaskState,
@@ -226,33 +273,63 @@ enum TaskState {
 
 #[derive(Debug)]
 struct Peer {
-    spec: PeerSpec,
+    task_types: Option<HashSet<String>>,
+    /// What it declared, capped.
+    declared: u32,
+    /// What it has shown it can take (see the module docs).
+    window: u32,
     in_flight: u32,
     joined: u64,
+    /// Tasks assigned to it (orphans included), so leaving costs its own work only.
+    assigned: HashSet<TaskKey>,
+    /// Sessions pinned to it.
+    sessions: HashSet<(GamerId, String)>,
 }
 
 impl Peer {
     fn runs(&self, task_type: &str) -> bool {
-        self.spec.task_types.as_ref().is_none_or(|t| t.is_empty() || t.contains(task_type))
+        self.task_types.as_ref().is_none_or(|t| t.is_empty() || t.contains(task_type))
+    }
+
+    fn capacity(&self) -> u32 {
+        self.window.min(self.declared)
     }
 
     fn has_room(&self) -> bool {
-        self.in_flight < self.spec.capacity
+        self.in_flight < self.capacity()
     }
 }
 
 #[derive(Debug, Default)]
 struct Gamer {
-    queue: VecDeque<TaskKey>,
     tasks: HashMap<String, TaskKey>,
     sessions: HashMap<String, Session>,
+    /// Queued tasks without a session, one lane per task type.
+    free: HashMap<String, BTreeSet<TaskKey>>,
+    queued: usize,
+    bytes: usize,
+    /// In the round-robin ring now.
+    in_ring: bool,
+    /// Nothing of it could be placed; waits for a wake-up.
+    parked: bool,
 }
 
 #[derive(Debug, Default)]
 struct Session {
     peer: Option<PeerId>,
+    /// Queued tasks of the session, in submission order.
+    lane: BTreeSet<TaskKey>,
     pending: u32,
     last_used: u64,
+}
+
+/// Who to wake when something changes, filled when gamers are parked.
+#[derive(Debug, Default)]
+struct Wakers {
+    /// Gamers waiting for room on a peer their session is pinned to.
+    by_peer: HashMap<PeerId, HashSet<GamerId>>,
+    /// Gamers waiting for room on any peer that runs a task type.
+    by_type: HashMap<String, HashSet<GamerId>>,
 }
 
 /// The scheduler. `P` is the task payload, opaque to it.
@@ -261,15 +338,21 @@ pub struct Scheduler<P> {
     config: SchedulerConfig,
     peers: HashMap<PeerId, Peer>,
     gamers: HashMap<GamerId, Gamer>,
-    /// Gamers in round-robin order; the front is served first.
+    /// Gamers with queued tasks that are not parked, in round-robin order.
     ring: VecDeque<GamerId>,
+    wakers: Wakers,
     tasks: HashMap<TaskKey, Task<P>>,
     deadlines: BTreeSet<(Instant, TaskKey, u32)>,
     /// Queue wait limits of the tasks waiting in queues.
     queue_limits: BTreeSet<(Instant, TaskKey)>,
+    failures: Vec<Failure>,
+    queued: usize,
+    bytes: usize,
     next_key: TaskKey,
     next_join: u64,
     counters: Counters,
+    /// Gamers looked at by dispatch, ever (what dispatch costs).
+    examined: u64,
 }
 
 impl<P> Scheduler<P> {
@@ -280,12 +363,17 @@ impl<P> Scheduler<P> {
             peers: HashMap::new(),
             gamers: HashMap::new(),
             ring: VecDeque::new(),
+            wakers: Wakers::default(),
             tasks: HashMap::new(),
             deadlines: BTreeSet::new(),
             queue_limits: BTreeSet::new(),
+            failures: Vec::new(),
+            queued: 0,
+            bytes: 0,
             next_key: 1,
             next_join: 0,
             counters: Counters::default(),
+            examined: 0,
         }
     }
 
@@ -296,7 +384,12 @@ impl<P> Scheduler<P> {
 
     /// Tasks waiting in queues.
     pub fn queued_len(&self) -> usize {
-        self.gamers.values().map(|g| g.queue.len()).sum()
+        self.queued
+    }
+
+    /// Payload bytes of every task held (queued, in flight or orphaned).
+    pub fn pending_bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Tasks assigned and not yet answered (including orphaned ones).
@@ -309,9 +402,26 @@ impl<P> Scheduler<P> {
         self.peers.get(peer).map(|p| p.in_flight)
     }
 
+    /// How many tasks `peer` may hold at once now (what it has shown, capped by what it
+    /// declared).
+    pub fn peer_capacity(&self, peer: &str) -> Option<u32> {
+        self.peers.get(peer).map(Peer::capacity)
+    }
+
     /// The peer holding a gamer's session, if any.
     pub fn session_peer(&self, gamer: &str, session: &str) -> Option<&str> {
         self.gamers.get(gamer)?.sessions.get(session)?.peer.as_deref()
+    }
+
+    /// How many times dispatch has looked at a gamer's lanes since start: what dispatch
+    /// has cost, to compare with the placements it made.
+    pub fn gamers_examined(&self) -> u64 {
+        self.examined
+    }
+
+    /// Gamers parked now (nothing of theirs could be placed).
+    pub fn parked_len(&self) -> usize {
+        self.gamers.values().filter(|g| g.parked).count()
     }
 
     /// A task's data, for building its assignment.
@@ -319,65 +429,95 @@ impl<P> Scheduler<P> {
         self.tasks.get(&key)
     }
 
-    /// A task's data, mutably (to lend its payload to an assignment frame).
-    pub fn task_mut(&mut self, key: TaskKey) -> Option<&mut Task<P>> {
-        self.tasks.get_mut(&key)
+    /// Tasks given up since the last call, for their gamers to be told. Filled by
+    /// [`Scheduler::dispatch`], [`Scheduler::remove_peer`] and [`Scheduler::expire`]
+    /// (which also returns its own).
+    pub fn take_failures(&mut self) -> Vec<Failure> {
+        std::mem::take(&mut self.failures)
     }
 
     /// Adds a peer. A peer already known under this id is replaced (its work re-queued).
-    pub fn add_peer(&mut self, id: PeerId, mut spec: PeerSpec) {
+    pub fn add_peer(&mut self, id: PeerId, spec: PeerSpec) {
         self.remove_peer(&id);
-        spec.capacity = spec.capacity.max(1);
+        let declared = spec.capacity.clamp(1, self.config.max_peer_capacity.max(1));
         self.next_join += 1;
-        self.peers.insert(id, Peer { spec, in_flight: 0, joined: self.next_join });
+        let peer = Peer {
+            task_types: spec.task_types,
+            declared,
+            window: self.config.initial_peer_capacity.max(1),
+            in_flight: 0,
+            joined: self.next_join,
+            assigned: HashSet::new(),
+            sessions: HashSet::new(),
+        };
+        self.peers.insert(id.clone(), peer);
+        self.wake_for_room(&id);
     }
 
-    /// Removes a peer and re-queues its tasks. Returns how many were re-queued.
+    /// Removes a peer and re-queues its tasks; a task that has used its attempts fails
+    /// as poison. Returns how many were re-queued or failed.
     pub fn remove_peer(&mut self, id: &str) -> usize {
-        if self.peers.remove(id).is_none() {
-            return 0;
-        }
-        let mut requeue = Vec::new();
-        let mut orphans = Vec::new();
-        for (key, task) in &self.tasks {
-            match &task.state {
-                TaskState::Assigned { peer, attempt, due } if peer == id => requeue.push((*key, *attempt, *due)),
-                TaskState::Orphaned { peer, attempt, due } if peer == id => orphans.push((*key, *attempt, *due)),
-                _ => {}
+        let Some(peer) = self.peers.remove(id) else { return 0 };
+        for (gamer_id, session_id) in &peer.sessions {
+            if let Some(session) = self.gamers.get_mut(gamer_id).and_then(|g| g.sessions.get_mut(session_id))
+                && session.peer.as_deref() == Some(id)
+            {
+                session.peer = None;
             }
         }
-        for (key, attempt, due) in orphans {
-            self.deadlines.remove(&(due, key, attempt));
-            self.tasks.remove(&key);
-        }
-        for gamer in self.gamers.values_mut() {
-            for session in gamer.sessions.values_mut() {
-                if session.peer.as_deref() == Some(id) {
-                    session.peer = None;
+        let mut keys: Vec<TaskKey> = peer.assigned.into_iter().collect();
+        // Re-queue in submission order, so failures and logs come out in a stable order.
+        keys.sort_unstable();
+        let mut count = 0;
+        for key in keys {
+            let Some(task) = self.tasks.get_mut(&key) else { continue };
+            match task.state.clone() {
+                TaskState::Orphaned { attempt, due, .. } => {
+                    self.deadlines.remove(&(due, key, attempt));
+                    self.remove_task(key);
                 }
+                TaskState::Assigned { attempt, due, .. } => {
+                    count += 1;
+                    self.deadlines.remove(&(due, key, attempt));
+                    if !task.tried.iter().any(|p| p == id) {
+                        task.tried.push(id.to_owned());
+                    }
+                    task.state = TaskState::Queued;
+                    if task.attempts >= self.config.max_attempts {
+                        self.fail(key, FailReason::Poison);
+                    } else {
+                        self.enqueue(key);
+                    }
+                }
+                TaskState::Queued => {}
             }
         }
-        let count = requeue.len();
-        for (key, attempt, due) in requeue {
-            self.deadlines.remove(&(due, key, attempt));
-            self.requeue(key);
+        if let Some(gamers) = self.wakers.by_peer.remove(id) {
+            for gamer in gamers {
+                self.unpark(&gamer);
+            }
         }
         count
     }
 
     /// Adds a gamer (no-op if it is known: a reconnecting gamer keeps its tasks).
     pub fn add_gamer(&mut self, id: GamerId) {
-        if !self.gamers.contains_key(&id) {
-            self.gamers.insert(id.clone(), Gamer::default());
-            self.ring.push_back(id);
-        }
+        self.gamers.entry(id).or_default();
     }
 
     /// Removes a gamer: its queued tasks are dropped, its in-flight ones are orphaned.
     /// Returns how many tasks were dropped or orphaned.
     pub fn remove_gamer(&mut self, id: &str) -> usize {
         let Some(gamer) = self.gamers.remove(id) else { return 0 };
-        self.ring.retain(|g| g != id);
+        if gamer.in_ring {
+            self.ring.retain(|g| g != id);
+        }
+        for (session_id, session) in &gamer.sessions {
+            if let Some(peer) = session.peer.as_ref().and_then(|p| self.peers.get_mut(p)) {
+                peer.sessions.remove(&(id.to_owned(), session_id.clone()));
+            }
+        }
+        self.queued -= gamer.queued;
         let mut dropped = 0;
         for key in gamer.tasks.into_values() {
             let Some(task) = self.tasks.get_mut(&key) else { continue };
@@ -387,7 +527,7 @@ impl<P> Scheduler<P> {
                     if let Some(at) = task.give_up_at {
                         self.queue_limits.remove(&(at, key));
                     }
-                    self.tasks.remove(&key);
+                    self.remove_task(key);
                 }
                 TaskState::Assigned { peer, attempt, due } | TaskState::Orphaned { peer, attempt, due } => {
                     task.state = TaskState::Orphaned { peer, attempt, due };
@@ -400,45 +540,58 @@ impl<P> Scheduler<P> {
 
     /// Accepts a task into its gamer's queue. Call [`Scheduler::dispatch`] afterwards.
     pub fn submit(&mut self, gamer_id: &str, submission: Submission<P>, now: Instant) -> Result<TaskKey, SubmitError> {
-        let limits = (self.config.max_pending_per_gamer, self.config.max_sessions_per_gamer);
+        let config = &self.config;
         let key = self.next_key;
         let gamer = self.gamers.get_mut(gamer_id).ok_or(SubmitError::UnknownGamer)?;
         if gamer.tasks.contains_key(&submission.task_id) {
             return Err(SubmitError::DuplicateTask(submission.task_id));
         }
-        if gamer.tasks.len() >= limits.0 {
-            return Err(SubmitError::QueueFull(limits.0));
+        if gamer.tasks.len() >= config.max_pending_per_gamer {
+            return Err(SubmitError::QueueFull(config.max_pending_per_gamer));
         }
-        if let Some(session_id) = &submission.session_id {
-            if !gamer.sessions.contains_key(session_id) {
-                if gamer.sessions.len() >= limits.1 {
-                    let idle = gamer
-                        .sessions
-                        .iter()
-                        .filter(|(_, s)| s.pending == 0)
-                        .min_by_key(|(_, s)| s.last_used)
-                        .map(|(id, _)| id.clone());
-                    match idle {
-                        Some(idle) => {
-                            gamer.sessions.remove(&idle);
+        if gamer.bytes.saturating_add(submission.bytes) > config.max_pending_bytes_per_gamer {
+            return Err(SubmitError::GamerBytes(config.max_pending_bytes_per_gamer));
+        }
+        if self.bytes.saturating_add(submission.bytes) > config.max_pending_bytes {
+            return Err(SubmitError::TotalBytes(config.max_pending_bytes));
+        }
+        match &submission.session_id {
+            Some(session_id) => {
+                if !gamer.sessions.contains_key(session_id) {
+                    if gamer.sessions.len() >= config.max_sessions_per_gamer {
+                        let idle = gamer
+                            .sessions
+                            .iter()
+                            .filter(|(_, s)| s.pending == 0)
+                            .min_by_key(|(_, s)| s.last_used)
+                            .map(|(id, _)| id.clone());
+                        let Some(idle) = idle else {
+                            return Err(SubmitError::SessionLimit(config.max_sessions_per_gamer));
+                        };
+                        let forgotten = gamer.sessions.remove(&idle).expect("found above");
+                        if let Some(peer) = forgotten.peer.and_then(|p| self.peers.get_mut(&p)) {
+                            peer.sessions.remove(&(gamer_id.to_owned(), idle));
                         }
-                        None => return Err(SubmitError::SessionLimit(limits.1)),
                     }
+                    gamer.sessions.insert(session_id.clone(), Session::default());
                 }
-                gamer.sessions.insert(session_id.clone(), Session::default());
+                let session = gamer.sessions.get_mut(session_id).expect("inserted above");
+                session.pending += 1;
+                session.last_used = key;
             }
-            let session = gamer.sessions.get_mut(session_id).expect("inserted above");
-            session.pending += 1;
-            session.last_used = key;
+            None => {
+                if !gamer.free.contains_key(&submission.task_type)
+                    && gamer.free.len() >= config.max_task_types_per_gamer
+                {
+                    return Err(SubmitError::TaskTypeLimit(config.max_task_types_per_gamer));
+                }
+            }
         }
         self.next_key += 1;
         gamer.tasks.insert(submission.task_id.clone(), key);
-        // Keys grow with submission, so pushing at the back keeps the queue sorted.
-        gamer.queue.push_back(key);
+        gamer.bytes += submission.bytes;
+        self.bytes += submission.bytes;
         let give_up_at = self.config.max_queue_wait.map(|wait| now + wait);
-        if let Some(at) = give_up_at {
-            self.queue_limits.insert((at, key));
-        }
         self.tasks.insert(
             key,
             Task {
@@ -448,6 +601,7 @@ impl<P> Scheduler<P> {
                 session_id: submission.session_id,
                 deadline: submission.deadline,
                 payload: submission.payload,
+                bytes: submission.bytes,
                 attempts: 0,
                 tried: Vec::new(),
                 state: TaskState::Queued,
@@ -455,92 +609,97 @@ impl<P> Scheduler<P> {
             },
         );
         self.counters.queued += 1;
+        self.enqueue(key);
         Ok(key)
     }
 
     /// Places as many queued tasks as free capacity allows, round-robin across gamers.
+    /// Tasks found past their queue wait limit fail instead (see
+    /// [`Scheduler::take_failures`]).
     pub fn dispatch(&mut self, now: Instant) -> Vec<Dispatch> {
         let mut out = Vec::new();
-        'rounds: loop {
-            if !self.peers.values().any(Peer::has_room) {
-                break;
-            }
-            for position in 0..self.ring.len() {
-                let gamer_id = &self.ring[position];
-                if let Some((index, peer)) = self.find_placement(gamer_id) {
-                    let gamer_id = gamer_id.clone();
-                    let gamer = self.gamers.get_mut(&gamer_id).expect("ring lists known gamers");
-                    let key = gamer.queue.remove(index).expect("index came from the queue");
+        // Task types no peer with room runs: nothing placed in this call can change that.
+        let mut full_types: HashSet<String> = HashSet::new();
+        while self.peers.values().any(Peer::has_room) {
+            let Some(gamer_id) = self.ring.pop_front() else { break };
+            let Some(gamer) = self.gamers.get_mut(&gamer_id) else { continue };
+            gamer.in_ring = false;
+            self.examined += 1;
+            match self.find_placement(&gamer_id, &mut full_types) {
+                Some((key, _)) if self.tasks[&key].give_up_at.is_some_and(|at| at <= now) => {
+                    self.take_from_lane(key);
+                    self.fail(key, FailReason::QueueTimeout);
+                }
+                Some((key, peer)) => {
+                    self.take_from_lane(key);
                     out.push(self.assign(key, peer, now));
-                    // The next gamer in the ring goes first next time.
-                    self.ring.rotate_left(position + 1);
-                    continue 'rounds;
+                }
+                None => {
+                    self.park(&gamer_id);
+                    continue;
                 }
             }
-            break;
+            self.activate(&gamer_id);
         }
         out
     }
 
-    /// The first task of this gamer's queue that can run now, and where.
-    fn find_placement(&self, gamer_id: &str) -> Option<(usize, PeerId)> {
+    /// This gamer's oldest queued task that can be placed now, and where.
+    fn find_placement(&self, gamer_id: &str, full_types: &mut HashSet<String>) -> Option<(TaskKey, PeerId)> {
         let gamer = self.gamers.get(gamer_id)?;
-        let mut blocked_sessions: Vec<&str> = Vec::new();
-        let mut blocked_types: Vec<&str> = Vec::new();
-        for (index, key) in gamer.queue.iter().enumerate().take(self.config.scan_depth) {
-            let task = &self.tasks[key];
-            match &task.session_id {
-                Some(session_id) => {
-                    if blocked_sessions.contains(&session_id.as_str()) {
-                        continue;
-                    }
-                    let held_by = gamer.sessions.get(session_id).and_then(|s| s.peer.as_ref());
-                    let target = match held_by {
-                        Some(peer_id) => self
-                            .peers
-                            .get(peer_id)
-                            .filter(|p| p.has_room() && p.runs(&task.task_type))
-                            .map(|_| peer_id.clone()),
-                        None => self.best_peer(&task.task_type, &task.tried),
-                    };
-                    match target {
-                        Some(peer) => return Some((index, peer)),
-                        // Later ticks of this session must wait behind this one.
-                        None => blocked_sessions.push(session_id),
-                    }
-                }
-                None => {
-                    if blocked_types.contains(&task.task_type.as_str()) {
-                        continue;
-                    }
-                    match self.best_peer(&task.task_type, &task.tried) {
-                        Some(peer) => return Some((index, peer)),
-                        None => blocked_types.push(&task.task_type),
-                    }
-                }
+        let mut best: Option<(TaskKey, PeerId)> = None;
+        let mut consider = |key: TaskKey, target: Option<PeerId>| {
+            if let Some(peer) = target
+                && best.as_ref().is_none_or(|(k, _)| key < *k)
+            {
+                best = Some((key, peer));
             }
+        };
+        for session in gamer.sessions.values() {
+            let Some(&key) = session.lane.first() else { continue };
+            let task = &self.tasks[&key];
+            let target = match &session.peer {
+                Some(peer_id) => {
+                    self.peers.get(peer_id).filter(|p| p.has_room() && p.runs(&task.task_type)).map(|_| peer_id.clone())
+                }
+                None => self.best_peer(&task.task_type, &task.tried, full_types),
+            };
+            consider(key, target);
         }
-        None
+        for (task_type, lane) in &gamer.free {
+            let Some(&key) = lane.first() else { continue };
+            let target = self.best_peer(task_type, &self.tasks[&key].tried, full_types);
+            consider(key, target);
+        }
+        best
     }
 
     /// The least-loaded peer with room that runs `task_type`, preferring untried ones.
-    fn best_peer(&self, task_type: &str, tried: &[PeerId]) -> Option<PeerId> {
-        self.peers
+    fn best_peer(&self, task_type: &str, tried: &[PeerId], full_types: &mut HashSet<String>) -> Option<PeerId> {
+        if full_types.contains(task_type) {
+            return None;
+        }
+        let best = self
+            .peers
             .iter()
             .filter(|(_, p)| p.has_room() && p.runs(task_type))
             .min_by(|(a_id, a), (b_id, b)| {
                 let a_tried = tried.contains(a_id);
                 let b_tried = tried.contains(b_id);
                 // Compare load ratios without floats: a.in/a.cap vs b.in/b.cap.
-                let a_load = u64::from(a.in_flight) * u64::from(b.spec.capacity);
-                let b_load = u64::from(b.in_flight) * u64::from(a.spec.capacity);
+                let a_load = u64::from(a.in_flight) * u64::from(b.capacity());
+                let b_load = u64::from(b.in_flight) * u64::from(a.capacity());
                 a_tried
                     .cmp(&b_tried)
                     .then(a_load.cmp(&b_load))
                     .then(a.in_flight.cmp(&b.in_flight))
                     .then(a.joined.cmp(&b.joined))
             })
-            .map(|(id, _)| id.clone())
+            .map(|(id, _)| id.clone());
+        if best.is_none() {
+            full_types.insert(task_type.to_owned());
+        }
+        best
     }
 
     fn assign(&mut self, key: TaskKey, peer_id: PeerId, now: Instant) -> Dispatch {
@@ -552,40 +711,167 @@ impl<P> Scheduler<P> {
         self.counters.assigned += 1;
         let attempt = task.attempts;
         let due = now + task.deadline;
-        if let Some(at) = task.give_up_at {
-            self.queue_limits.remove(&(at, key));
-        }
         task.state = TaskState::Assigned { peer: peer_id.clone(), attempt, due };
-        if let Some(session_id) = &task.session_id {
-            let gamer = self.gamers.get_mut(&task.gamer).expect("tasks belong to known gamers");
-            if let Some(session) = gamer.sessions.get_mut(session_id) {
-                session.peer = Some(peer_id.clone());
+        let (gamer_id, session_id) = (task.gamer.clone(), task.session_id.clone());
+        let peer = self.peers.get_mut(&peer_id).expect("placement picked a live peer");
+        peer.in_flight += 1;
+        peer.assigned.insert(key);
+        if let Some(session_id) = session_id {
+            let session = self.gamers.get_mut(&gamer_id).and_then(|g| g.sessions.get_mut(&session_id));
+            if let Some(session) = session
+                && session.peer.as_ref() != Some(&peer_id)
+            {
+                if let Some(old) = session.peer.replace(peer_id.clone())
+                    && let Some(old) = self.peers.get_mut(&old)
+                {
+                    old.sessions.remove(&(gamer_id.clone(), session_id.clone()));
+                }
+                let peer = self.peers.get_mut(&peer_id).expect("placement picked a live peer");
+                peer.sessions.insert((gamer_id, session_id));
             }
         }
-        self.peers.get_mut(&peer_id).expect("placement picked a live peer").in_flight += 1;
         self.deadlines.insert((due, key, attempt));
         Dispatch { key, assignment_id: assignment_id(key, attempt), peer: peer_id, attempt }
     }
 
-    /// Puts a task back in its gamer's queue, in submission order.
-    fn requeue(&mut self, key: TaskKey) {
-        let task = self.tasks.get_mut(&key).expect("requeued tasks exist");
-        if let TaskState::Assigned { peer, .. } = &task.state {
-            if let Some(p) = self.peers.get_mut(peer) {
-                p.in_flight -= 1;
-            }
-            if !task.tried.contains(peer) {
-                task.tried.push(peer.clone());
-            }
-        }
-        task.state = TaskState::Queued;
-        // Back in a queue: its wait limit applies again (at once if it has passed).
+    /// Puts a queued task into its lane (in submission order) and its gamer in the ring.
+    fn enqueue(&mut self, key: TaskKey) {
+        let task = self.tasks.get(&key).expect("enqueued tasks exist");
         if let Some(at) = task.give_up_at {
+            // Back in a queue: its wait limit applies again (at once if it has passed).
             self.queue_limits.insert((at, key));
         }
-        let gamer = self.gamers.get_mut(&task.gamer).expect("tasks belong to known gamers");
-        let position = gamer.queue.binary_search(&key).unwrap_or_else(|p| p);
-        gamer.queue.insert(position, key);
+        let gamer_id = task.gamer.clone();
+        let gamer = self.gamers.get_mut(&gamer_id).expect("tasks belong to known gamers");
+        match &task.session_id {
+            Some(session_id) => {
+                gamer.sessions.entry(session_id.clone()).or_default().lane.insert(key);
+            }
+            None => {
+                gamer.free.entry(task.task_type.clone()).or_default().insert(key);
+            }
+        }
+        gamer.queued += 1;
+        self.queued += 1;
+        self.unpark(&gamer_id);
+    }
+
+    /// Takes a queued task out of its lane (it is being placed or given up).
+    fn take_from_lane(&mut self, key: TaskKey) {
+        let task = self.tasks.get(&key).expect("queued tasks exist");
+        if let Some(at) = task.give_up_at {
+            self.queue_limits.remove(&(at, key));
+        }
+        let Some(gamer) = self.gamers.get_mut(&task.gamer) else { return };
+        let removed = match &task.session_id {
+            Some(session_id) => gamer.sessions.get_mut(session_id).is_some_and(|s| s.lane.remove(&key)),
+            None => match gamer.free.get_mut(&task.task_type) {
+                Some(lane) => {
+                    let removed = lane.remove(&key);
+                    if lane.is_empty() {
+                        gamer.free.remove(&task.task_type);
+                    }
+                    removed
+                }
+                None => false,
+            },
+        };
+        if removed {
+            gamer.queued -= 1;
+            self.queued -= 1;
+        }
+    }
+
+    /// Puts a gamer with queued tasks in the ring, unless it is parked or already there.
+    fn activate(&mut self, gamer_id: &str) {
+        if let Some(gamer) = self.gamers.get_mut(gamer_id)
+            && gamer.queued > 0
+            && !gamer.in_ring
+            && !gamer.parked
+        {
+            gamer.in_ring = true;
+            self.ring.push_back(gamer_id.to_owned());
+        }
+    }
+
+    /// Takes a gamer out of rotation until one of its lanes may be placeable.
+    fn park(&mut self, gamer_id: &str) {
+        let Some(gamer) = self.gamers.get_mut(gamer_id) else { return };
+        gamer.parked = true;
+        for session in gamer.sessions.values() {
+            let Some(key) = session.lane.first() else { continue };
+            match &session.peer {
+                Some(peer) => self.wakers.by_peer.entry(peer.clone()).or_default().insert(gamer_id.to_owned()),
+                None => self
+                    .wakers
+                    .by_type
+                    .entry(self.tasks[key].task_type.clone())
+                    .or_default()
+                    .insert(gamer_id.to_owned()),
+            };
+        }
+        for task_type in gamer.free.keys() {
+            self.wakers.by_type.entry(task_type.clone()).or_default().insert(gamer_id.to_owned());
+        }
+    }
+
+    fn unpark(&mut self, gamer_id: &str) {
+        if let Some(gamer) = self.gamers.get_mut(gamer_id) {
+            gamer.parked = false;
+        }
+        self.activate(gamer_id);
+    }
+
+    /// A peer has room now: wake the gamers that wait for it or for a type it runs.
+    fn wake_for_room(&mut self, peer_id: &str) {
+        let Some(peer) = self.peers.get(peer_id) else { return };
+        let mut woken: Vec<GamerId> = self.wakers.by_peer.remove(peer_id).into_iter().flatten().collect();
+        match &peer.task_types {
+            Some(types) if !types.is_empty() => {
+                for t in types {
+                    woken.extend(self.wakers.by_type.remove(t).into_iter().flatten());
+                }
+            }
+            _ => woken.extend(std::mem::take(&mut self.wakers.by_type).into_values().flatten()),
+        }
+        for gamer in woken {
+            self.unpark(&gamer);
+        }
+    }
+
+    /// Frees a peer's slot held by `key`.
+    fn release(&mut self, peer_id: &str, key: TaskKey) {
+        if let Some(p) = self.peers.get_mut(peer_id) {
+            p.in_flight -= 1;
+            p.assigned.remove(&key);
+            self.wake_for_room(peer_id);
+        }
+    }
+
+    /// Removes a task from the scheduler's books (its payload bytes with it).
+    fn remove_task(&mut self, key: TaskKey) -> Option<Task<P>> {
+        let task = self.tasks.remove(&key)?;
+        self.bytes -= task.bytes;
+        if let Some(gamer) = self.gamers.get_mut(&task.gamer)
+            && gamer.tasks.get(&task.task_id) == Some(&key)
+        {
+            gamer.tasks.remove(&task.task_id);
+            gamer.bytes -= task.bytes;
+            if let Some(session) = task.session_id.as_ref().and_then(|id| gamer.sessions.get_mut(id)) {
+                session.pending = session.pending.saturating_sub(1);
+            }
+        }
+        Some(task)
+    }
+
+    /// Gives a task up (it is in no lane and holds no slot) and records the failure.
+    fn fail(&mut self, key: TaskKey, reason: FailReason) {
+        let Some(task) = self.remove_task(key) else { return };
+        self.counters.failed += 1;
+        if reason == FailReason::Poison {
+            self.counters.poisoned += 1;
+        }
+        self.failures.push(Failure { gamer: task.gamer, task_id: task.task_id, attempts: task.attempts, reason });
     }
 
     /// Accepts a peer's answer to `assignment_id`, freeing its slot.
@@ -604,24 +890,16 @@ impl<P> Scheduler<P> {
         }
         self.deadlines.remove(&(due, key, attempt));
         if let Some(p) = self.peers.get_mut(peer_id) {
-            p.in_flight -= 1;
+            // It has shown it can take one more.
+            p.window = p.window.saturating_add(1).min(p.declared);
         }
-        let task = self.tasks.remove(&key).expect("looked up above");
+        self.release(peer_id, key);
+        let task = self.remove_task(key).expect("looked up above");
         if orphaned {
             return Ok(Completion::Orphaned);
         }
-        self.forget(&task);
         self.counters.completed += 1;
         Ok(Completion::Deliver { gamer: task.gamer, task_id: task.task_id, attempt })
-    }
-
-    /// Removes a finished task from its gamer's books.
-    fn forget(&mut self, task: &Task<P>) {
-        let Some(gamer) = self.gamers.get_mut(&task.gamer) else { return };
-        gamer.tasks.remove(&task.task_id);
-        if let Some(session) = task.session_id.as_ref().and_then(|id| gamer.sessions.get_mut(id)) {
-            session.pending = session.pending.saturating_sub(1);
-        }
     }
 
     /// When the next deadline passes, if any task is in flight.
@@ -632,74 +910,78 @@ impl<P> Scheduler<P> {
     }
 
     /// Handles every deadline that has passed by `now`: re-queues or fails the tasks.
-    /// Call [`Scheduler::dispatch`] afterwards.
+    /// Returns them together with every other failure not yet taken. Call
+    /// [`Scheduler::dispatch`] afterwards.
     pub fn expire(&mut self, now: Instant) -> Vec<Expired> {
+        self.expire_some(now, usize::MAX)
+    }
+
+    /// [`Scheduler::expire`], handling at most `max` passed deadlines (attempt deadlines
+    /// and queue wait limits together), so that a caller holding a lock can release it
+    /// between batches. More remain when [`Scheduler::next_deadline`] is still `<= now`.
+    pub fn expire_some(&mut self, now: Instant, max: usize) -> Vec<Expired> {
         let mut out = Vec::new();
+        let mut budget = max;
         while let Some(&(due, key, attempt)) = self.deadlines.first() {
-            if due > now {
+            if due > now || budget == 0 {
                 break;
             }
+            budget -= 1;
             self.deadlines.pop_first();
-            let Some(task) = self.tasks.get(&key) else { continue };
-            match &task.state {
+            let Some(task) = self.tasks.get_mut(&key) else { continue };
+            match task.state.clone() {
                 TaskState::Orphaned { peer, .. } => {
-                    if let Some(p) = self.peers.get_mut(peer) {
-                        p.in_flight -= 1;
-                    }
-                    self.tasks.remove(&key);
+                    self.release(&peer, key);
+                    self.remove_task(key);
                 }
                 TaskState::Assigned { peer, .. } => {
-                    let peer = peer.clone();
-                    if task.attempts >= self.config.max_attempts {
-                        if let Some(p) = self.peers.get_mut(&peer) {
-                            p.in_flight -= 1;
-                        }
-                        let task = self.tasks.remove(&key).expect("looked up above");
-                        self.forget(&task);
-                        self.counters.failed += 1;
-                        out.push(Expired::Failed {
-                            gamer: task.gamer,
-                            task_id: task.task_id,
-                            attempts: attempt,
-                            reason: FailReason::MaxAttempts,
-                        });
-                    } else {
-                        // A straggling session peer loses the session if another peer can
-                        // take it: the next attempt goes elsewhere and the gamer resyncs.
-                        if let Some(session_id) = &task.session_id {
-                            let session = self.gamers.get_mut(&task.gamer).and_then(|g| g.sessions.get_mut(session_id));
-                            if let Some(session) = session {
-                                session.peer = None;
-                            }
-                        }
-                        out.push(Expired::Requeued { task_id: task.task_id.clone(), peer, attempt });
-                        self.requeue(key);
+                    if !task.tried.contains(&peer) {
+                        task.tried.push(peer.clone());
                     }
+                    task.state = TaskState::Queued;
+                    let (gamer_id, session_id) = (task.gamer.clone(), task.session_id.clone());
+                    let exhausted = task.attempts >= self.config.max_attempts;
+                    if let Some(p) = self.peers.get_mut(&peer) {
+                        // It missed a deadline: fewer tasks at once, but never fewer than a
+                        // new peer gets (an honest peer that is briefly slow keeps its
+                        // sessions' ticks pipelined; demoting liars is reputation's job).
+                        let floor = self.config.initial_peer_capacity.clamp(1, p.declared);
+                        p.window = (p.window / 2).max(floor);
+                    }
+                    self.release(&peer, key);
+                    if exhausted {
+                        self.fail(key, FailReason::MaxAttempts);
+                        continue;
+                    }
+                    // A straggling session peer loses the session if another peer can
+                    // take it: the next attempt goes elsewhere and the gamer resyncs.
+                    if let Some(session_id) = session_id
+                        && let Some(session) =
+                            self.gamers.get_mut(&gamer_id).and_then(|g| g.sessions.get_mut(&session_id))
+                        && session.peer.take().is_some()
+                        && let Some(p) = self.peers.get_mut(&peer)
+                    {
+                        p.sessions.remove(&(gamer_id.clone(), session_id));
+                    }
+                    out.push(Expired::Requeued { task_id: self.tasks[&key].task_id.clone(), peer, attempt });
+                    self.enqueue(key);
                 }
                 TaskState::Queued => {}
             }
         }
         while let Some(&(at, key)) = self.queue_limits.first() {
-            if at > now {
+            if at > now || budget == 0 {
                 break;
             }
+            budget -= 1;
             self.queue_limits.pop_first();
             if self.tasks.get(&key).is_none_or(|t| t.state != TaskState::Queued) {
                 continue;
             }
-            let task = self.tasks.remove(&key).expect("looked up above");
-            if let Some(gamer) = self.gamers.get_mut(&task.gamer) {
-                gamer.queue.retain(|k| *k != key);
-            }
-            self.forget(&task);
-            self.counters.failed += 1;
-            out.push(Expired::Failed {
-                gamer: task.gamer,
-                task_id: task.task_id,
-                attempts: task.attempts,
-                reason: FailReason::QueueTimeout,
-            });
+            self.take_from_lane(key);
+            self.fail(key, FailReason::QueueTimeout);
         }
+        out.extend(self.take_failures().into_iter().map(Expired::Failed));
         out
     }
 }
@@ -719,8 +1001,14 @@ fn parse_assignment_id(id: &str) -> Option<(TaskKey, u32)> {
 mod tests {
     use super::*;
 
+    /// Capacity learning off (peers get what they declare at once), except in the tests
+    /// of learning itself.
+    fn test_config() -> SchedulerConfig {
+        SchedulerConfig { initial_peer_capacity: 1000, max_peer_capacity: 1000, ..SchedulerConfig::default() }
+    }
+
     fn sched() -> Scheduler<()> {
-        Scheduler::new(SchedulerConfig::default())
+        Scheduler::new(test_config())
     }
 
     fn any_peer(capacity: u32) -> PeerSpec {
@@ -738,6 +1026,7 @@ mod tests {
             session_id: None,
             deadline: Duration::from_secs(2),
             payload: (),
+            bytes: 0,
         }
     }
 
@@ -980,7 +1269,12 @@ mod tests {
         let t3 = t2 + Duration::from_secs(2);
         assert_eq!(
             s.expire(t3),
-            [Expired::Failed { gamer: "g".into(), task_id: "t".into(), attempts: 3, reason: FailReason::MaxAttempts }]
+            [Expired::Failed(Failure {
+                gamer: "g".into(),
+                task_id: "t".into(),
+                attempts: 3,
+                reason: FailReason::MaxAttempts
+            })]
         );
         assert_eq!(s.in_flight_len(), 0);
         assert_eq!(s.counters().failed, 1);
@@ -1078,11 +1372,8 @@ mod tests {
 
     #[test]
     fn limits_are_enforced() {
-        let mut s: Scheduler<()> = Scheduler::new(SchedulerConfig {
-            max_pending_per_gamer: 2,
-            max_sessions_per_gamer: 1,
-            ..SchedulerConfig::default()
-        });
+        let mut s: Scheduler<()> =
+            Scheduler::new(SchedulerConfig { max_pending_per_gamer: 2, max_sessions_per_gamer: 1, ..test_config() });
         assert_eq!(s.submit("nobody", task("t"), Instant::now()), Err(SubmitError::UnknownGamer));
         s.add_gamer("g".into());
         s.submit("g", session_task("a", "s1"), Instant::now()).unwrap();
@@ -1093,8 +1384,7 @@ mod tests {
 
     #[test]
     fn idle_sessions_make_room_for_new_ones() {
-        let mut s: Scheduler<()> =
-            Scheduler::new(SchedulerConfig { max_sessions_per_gamer: 1, ..SchedulerConfig::default() });
+        let mut s: Scheduler<()> = Scheduler::new(SchedulerConfig { max_sessions_per_gamer: 1, ..test_config() });
         let now = Instant::now();
         s.add_gamer("g".into());
         s.add_peer("p".into(), any_peer(1));
@@ -1147,10 +1437,8 @@ mod tests {
 
     #[test]
     fn queued_task_gives_up_after_the_queue_wait_limit() {
-        let mut s: Scheduler<()> = Scheduler::new(SchedulerConfig {
-            max_queue_wait: Some(Duration::from_secs(5)),
-            ..SchedulerConfig::default()
-        });
+        let mut s: Scheduler<()> =
+            Scheduler::new(SchedulerConfig { max_queue_wait: Some(Duration::from_secs(5)), ..test_config() });
         let t0 = Instant::now();
         s.add_gamer("g".into());
         s.submit("g", task("lonely"), t0).unwrap();
@@ -1160,12 +1448,12 @@ mod tests {
         let expired = s.expire(t0 + Duration::from_secs(5));
         assert_eq!(
             expired,
-            [Expired::Failed {
+            [Expired::Failed(Failure {
                 gamer: "g".into(),
                 task_id: "lonely".into(),
                 attempts: 0,
                 reason: FailReason::QueueTimeout
-            }]
+            })]
         );
         // A dispatched task is governed by its attempt deadline instead.
         s.add_peer("p".into(), any_peer(1));
@@ -1175,10 +1463,218 @@ mod tests {
         // Its peer dies after its wait limit: re-queued, it gives up at once.
         s.remove_peer("p");
         let expired = s.expire(t0 + Duration::from_secs(6));
-        assert!(matches!(&expired[..], [Expired::Failed { reason: FailReason::QueueTimeout, attempts: 1, .. }]));
+        assert!(matches!(
+            &expired[..],
+            [Expired::Failed(Failure { reason: FailReason::QueueTimeout, attempts: 1, .. })]
+        ));
         assert_eq!(s.queued_len(), 0);
         assert_eq!(s.counters().failed, 2);
         // The ids are free again.
         s.submit("g", task("lonely"), t0).unwrap();
+    }
+    #[test]
+    fn a_task_whose_peers_keep_dying_is_quarantined_as_poison() {
+        let mut s = sched();
+        let now = Instant::now();
+        s.add_gamer("g".into());
+        s.submit("g", task("killer"), now).unwrap();
+        for crash in 1..=3 {
+            s.add_peer(format!("p{crash}"), any_peer(1));
+            let d = s.dispatch(now);
+            assert_eq!(d.len(), 1, "attempt {crash} is dispatched");
+            assert_eq!(d[0].attempt, crash);
+            s.remove_peer(&format!("p{crash}"));
+        }
+        let failures = s.take_failures();
+        assert_eq!(
+            failures,
+            [Failure { gamer: "g".into(), task_id: "killer".into(), attempts: 3, reason: FailReason::Poison }]
+        );
+        s.add_peer("fresh".into(), any_peer(1));
+        assert!(s.dispatch(now).is_empty(), "a quarantined task is never dispatched again");
+        assert_eq!((s.counters().failed, s.counters().poisoned), (1, 1));
+        assert_eq!(s.queued_len() + s.in_flight_len(), 0);
+    }
+
+    #[test]
+    fn a_crash_after_a_timeout_still_counts_towards_the_attempts() {
+        let mut s = sched();
+        let t0 = Instant::now();
+        s.add_gamer("g".into());
+        s.submit("g", task("t"), t0).unwrap();
+        s.add_peer("a".into(), any_peer(1));
+        s.dispatch(t0);
+        let t1 = t0 + Duration::from_secs(2);
+        s.expire(t1);
+        assert_eq!(s.dispatch(t1)[0].attempt, 2);
+        s.remove_peer("a");
+        s.add_peer("b".into(), any_peer(1));
+        assert_eq!(s.dispatch(t1)[0].attempt, 3);
+        s.remove_peer("b");
+        assert_eq!(s.take_failures()[0].reason, FailReason::Poison);
+    }
+
+    #[test]
+    fn the_queue_wait_limit_applies_at_dispatch_time() {
+        let mut s: Scheduler<()> =
+            Scheduler::new(SchedulerConfig { max_queue_wait: Some(Duration::from_secs(5)), ..test_config() });
+        let t0 = Instant::now();
+        s.add_gamer("g".into());
+        s.submit("g", task("stale"), t0).unwrap();
+        s.submit("g", task("fresh"), t0 + Duration::from_secs(3)).unwrap();
+        // The timer has not run yet when a peer arrives after the limit.
+        s.add_peer("p".into(), any_peer(4));
+        let d = s.dispatch(t0 + Duration::from_secs(6));
+        assert_eq!(task_ids(&s, &d), ["fresh"]);
+        let failures = s.take_failures();
+        assert_eq!(failures.len(), 1);
+        assert_eq!((failures[0].task_id.as_str(), failures[0].reason), ("stale", FailReason::QueueTimeout));
+    }
+
+    #[test]
+    fn declared_capacity_is_capped_and_real_capacity_is_learned() {
+        let mut s: Scheduler<()> = Scheduler::new(SchedulerConfig {
+            initial_peer_capacity: 2,
+            max_peer_capacity: 8,
+            ..SchedulerConfig::default()
+        });
+        let t0 = Instant::now();
+        s.add_gamer("g".into());
+        s.add_peer("boaster".into(), any_peer(4096));
+        for i in 0..20 {
+            s.submit("g", task(&format!("t{i}")), t0).unwrap();
+        }
+        let mut in_flight = s.dispatch(t0);
+        assert_eq!(in_flight.len(), 2, "a new peer gets the initial capacity, not what it declared");
+        // Each completion shows one more slot.
+        let done = in_flight.remove(0);
+        s.complete("boaster", &done.assignment_id).unwrap();
+        assert_eq!(s.peer_capacity("boaster"), Some(3));
+        let more = s.dispatch(t0);
+        assert_eq!(more.len(), 2);
+        in_flight.extend(more);
+        for _ in 0..10 {
+            let d = in_flight.remove(0);
+            s.complete("boaster", &d.assignment_id).unwrap();
+            in_flight.extend(s.dispatch(t0));
+            assert!(s.peer_load("boaster").unwrap() <= 8);
+        }
+        assert_eq!(s.peer_capacity("boaster"), Some(8), "never past the cap on what it declared");
+        // A missed deadline halves it, down to where it started at the least.
+        let later = t0 + Duration::from_secs(60);
+        s.expire(later);
+        assert_eq!(s.peer_capacity("boaster"), Some(2), "8 in flight missed: 8 → 4 → 2 → 2 ...");
+    }
+
+    #[test]
+    fn pending_bytes_are_bounded_per_gamer_and_in_total() {
+        let mut s: Scheduler<()> = Scheduler::new(SchedulerConfig {
+            max_pending_bytes_per_gamer: 1_000,
+            max_pending_bytes: 1_500,
+            ..test_config()
+        });
+        let now = Instant::now();
+        let sized = |id: &str, bytes: usize| Submission { bytes, ..task(id) };
+        s.add_gamer("a".into());
+        s.add_gamer("b".into());
+        s.submit("a", sized("a1", 600), now).unwrap();
+        assert_eq!(s.submit("a", sized("a2", 600), now), Err(SubmitError::GamerBytes(1_000)));
+        s.submit("b", sized("b1", 800), now).unwrap();
+        assert_eq!(s.submit("b", sized("b2", 200), now), Err(SubmitError::TotalBytes(1_500)));
+        assert_eq!(s.pending_bytes(), 1_400);
+        // Answered tasks give their bytes back.
+        s.add_peer("p".into(), any_peer(4));
+        for d in s.dispatch(now) {
+            s.complete("p", &d.assignment_id).unwrap();
+        }
+        assert_eq!(s.pending_bytes(), 0);
+        s.submit("a", sized("a2", 1_000), now).unwrap();
+        // A departed gamer's queued bytes are released at once.
+        s.remove_gamer("a");
+        assert_eq!(s.pending_bytes(), 0);
+    }
+
+    #[test]
+    fn task_types_without_a_session_are_bounded_per_gamer() {
+        let mut s: Scheduler<()> = Scheduler::new(SchedulerConfig { max_task_types_per_gamer: 2, ..test_config() });
+        let now = Instant::now();
+        s.add_gamer("g".into());
+        let typed = |id: &str, t: &str| Submission { task_type: t.into(), ..task(id) };
+        s.submit("g", typed("1", "a"), now).unwrap();
+        s.submit("g", typed("2", "b"), now).unwrap();
+        s.submit("g", typed("3", "a"), now).unwrap();
+        assert_eq!(s.submit("g", typed("4", "c"), now), Err(SubmitError::TaskTypeLimit(2)));
+    }
+
+    #[test]
+    fn dispatch_cost_follows_placements_not_waiting_gamers() {
+        let mut s = sched();
+        let now = Instant::now();
+        s.add_peer("p".into(), typed_peer(1, &["physics"]));
+        // 200 gamers with 256 tasks no peer runs, across sessions and types.
+        for g in 0..200 {
+            let gamer = format!("attacker{g}");
+            s.add_gamer(gamer.clone());
+            for t in 0..256 {
+                let submission = Submission {
+                    task_type: format!("nobody-runs-{}", t % 8),
+                    session_id: (t % 2 == 0).then(|| format!("s{}", t % 16)),
+                    ..task(&format!("t{t}"))
+                };
+                s.submit(&gamer, submission, now).unwrap();
+            }
+        }
+        s.dispatch(now);
+        assert_eq!(s.parked_len(), 200);
+        let before = s.gamers_examined();
+        // An honest gamer's 1,000 ticks, each dispatched and answered.
+        s.add_gamer("honest".into());
+        for i in 0..1_000 {
+            s.submit("honest", task(&format!("h{i}")), now).unwrap();
+            let d = s.dispatch(now);
+            assert_eq!(d.len(), 1);
+            s.complete("p", &d[0].assignment_id).unwrap();
+            assert!(s.dispatch(now).is_empty());
+        }
+        let examined = s.gamers_examined() - before;
+        assert!(examined <= 2_000, "dispatch looked at {examined} gamers for 1,000 placements");
+        // A peer that runs their tasks wakes them.
+        s.add_peer("any".into(), any_peer(1000));
+        assert_eq!(s.dispatch(now).len(), 1000);
+    }
+
+    #[test]
+    fn a_parked_session_wakes_when_its_peer_has_room() {
+        let mut s = sched();
+        let now = Instant::now();
+        s.add_gamer("g".into());
+        s.add_peer("a".into(), any_peer(1));
+        s.submit("g", session_task("tick0", "w"), now).unwrap();
+        let first = s.dispatch(now);
+        s.submit("g", session_task("tick1", "w"), now).unwrap();
+        assert!(s.dispatch(now).is_empty(), "tick1 waits for the session's peer");
+        s.complete("a", &first[0].assignment_id).unwrap();
+        assert_eq!(dispatch_ids(&mut s, now), ["tick1"]);
+    }
+
+    #[test]
+    fn ten_thousand_queued_tasks_expire_together() {
+        let mut s: Scheduler<()> =
+            Scheduler::new(SchedulerConfig { max_queue_wait: Some(Duration::from_secs(1)), ..test_config() });
+        let t0 = Instant::now();
+        s.add_gamer("g".into());
+        for i in 0..10_000 {
+            s.submit("g", session_task(&format!("t{i}"), &format!("s{}", i % 50)), t0).unwrap();
+        }
+        let now = t0 + Duration::from_secs(1);
+        let mut expired = 0;
+        while s.next_deadline().is_some_and(|at| at <= now) {
+            let batch = s.expire_some(now, 1_000);
+            assert!(batch.len() <= 1_000);
+            expired += batch.len();
+        }
+        assert_eq!(expired, 10_000);
+        assert_eq!(s.queued_len(), 0);
+        assert_eq!(s.counters().failed, 10_000);
     }
 }

@@ -24,6 +24,16 @@ fn help_lists_every_setting() {
         "--max-sessions-per-gamer",
         "--max-queue-wait-ms",
         "--shutdown-grace-ms",
+        "--send-queue-bytes",
+        "--write-stall-timeout-ms",
+        "--message-assembly-timeout-ms",
+        "--max-connections-per-address",
+        "--max-unregistered-connections",
+        "--reserved-peer-slots",
+        "--max-pending-bytes-per-gamer",
+        "--max-pending-bytes",
+        "--max-peer-capacity",
+        "--initial-peer-capacity",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
     }

@@ -213,7 +213,8 @@ async fn responsive_idle_peer_is_not_evicted() {
 
 #[tokio::test]
 async fn session_tasks_stay_on_one_peer_in_order_then_move_when_it_dies() {
-    let coord = start(Config::default()).await;
+    // Both peers may hold all six ticks at once from the start (no capacity to learn).
+    let coord = start(Config { initial_peer_capacity: 8, ..Config::default() }).await;
     let url = coord.url();
     let mut a = Client::peer(&url, "a", 8).await;
     let mut b = Client::peer(&url, "b", 8).await;

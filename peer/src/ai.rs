@@ -150,12 +150,30 @@ impl Navigator {
         agents: &[AgentQuery],
         max_expansions: usize,
     ) -> Result<Vec<AgentResult>, TaskError> {
+        self.navigate_within(agents, max_expansions, usize::MAX)
+    }
+
+    /// [`navigate_limited`](Self::navigate_limited), also giving up with `limit_exceeded`
+    /// before building answers that would hold more than `max_waypoints` waypoints in all.
+    ///
+    /// Work and memory are bounded by the budgets, whatever the grid and agents: each
+    /// distinct (start, goal) pair is searched once (its path's turning points are cached
+    /// for the batch, so at most `max_expansions` cells are kept), and an agent's
+    /// waypoints are copied from the cache only while the batch's total stays within
+    /// `max_waypoints`. Separation looks at a bounded number of neighbours per agent.
+    pub fn navigate_within(
+        &self,
+        agents: &[AgentQuery],
+        max_expansions: usize,
+        max_waypoints: usize,
+    ) -> Result<Vec<AgentResult>, TaskError> {
         let budget = Cell::new(max_expansions);
+        let waypoints_left = Cell::new(max_waypoints);
         let mut cache: HashMap<(usize, usize), Rc<Vec<usize>>> = HashMap::new();
         // Per agent: its status and, when moving, its waypoints.
         let mut plans: Vec<(AgentStatus, Vec<Vec3>)> = Vec::with_capacity(agents.len());
         for agent in agents {
-            plans.push(self.plan(agent, &budget, &mut cache)?);
+            plans.push(self.plan(agent, &budget, &waypoints_left, &mut cache)?);
         }
 
         let neighbours = Neighbours::new(agents, &plans);
@@ -184,6 +202,7 @@ impl Navigator {
         &self,
         agent: &AgentQuery,
         budget: &Cell<usize>,
+        waypoints_left: &Cell<usize>,
         cache: &mut HashMap<(usize, usize), Rc<Vec<usize>>>,
     ) -> Result<(AgentStatus, Vec<Vec3>), TaskError> {
         if !valid_query(agent) {
@@ -205,8 +224,8 @@ impl Navigator {
         if self.component[goal] == BLOCKED || self.component[goal] != self.component[start] {
             return Ok((AgentStatus::Unreachable, Vec::new()));
         }
-        let path = match cache.get(&(start, goal)) {
-            Some(path) => path.clone(),
+        let turns = match cache.get(&(start, goal)) {
+            Some(turns) => turns.clone(),
             None => {
                 let Some(path) = self.astar(start, goal, budget) else {
                     return Err(TaskError::new(
@@ -214,12 +233,27 @@ impl Navigator {
                         "path search budget exhausted for this request; send fewer agents per request",
                     ));
                 };
-                let path = Rc::new(path);
-                cache.insert((start, goal), path.clone());
-                path
+                let turns = Rc::new(self.turning_points(&path));
+                cache.insert((start, goal), turns.clone());
+                turns
             }
         };
-        Ok((AgentStatus::Moving, self.waypoints(&path, agent)))
+        // The turning points, then the exact goal.
+        let count = turns.len() + 1;
+        match waypoints_left.get().checked_sub(count) {
+            Some(left) => waypoints_left.set(left),
+            None => {
+                return Err(TaskError::new(
+                    ErrorCode::LimitExceeded,
+                    "the answer would hold more waypoints than allowed per request; send fewer agents per request",
+                ));
+            }
+        }
+        let y = agent.position[1];
+        let mut waypoints: Vec<Vec3> = Vec::with_capacity(count);
+        waypoints.extend(turns.iter().map(|&cell| self.cell_center(self.cell(cell), y)));
+        waypoints.push(agent.goal);
+        Ok((AgentStatus::Moving, waypoints))
     }
 
     fn index(&self, (col, row): (usize, usize)) -> usize {
@@ -290,19 +324,17 @@ impl Navigator {
         found.map(|(path, _cost)| path)
     }
 
-    /// The path's turning points as cell centres, the exact goal last.
-    fn waypoints(&self, path: &[usize], agent: &AgentQuery) -> Vec<Vec3> {
+    /// The cells where the path turns, in order.
+    fn turning_points(&self, path: &[usize]) -> Vec<usize> {
         let mut out = Vec::new();
-        let y = agent.position[1];
         for i in 1..path.len().saturating_sub(1) {
             let (a, b, c) = (self.cell(path[i - 1]), self.cell(path[i]), self.cell(path[i + 1]));
             let d1 = (b.0 as isize - a.0 as isize, b.1 as isize - a.1 as isize);
             let d2 = (c.0 as isize - b.0 as isize, c.1 as isize - b.1 as isize);
             if d1 != d2 {
-                out.push(self.cell_center(b, y));
+                out.push(path[i]);
             }
         }
-        out.push(agent.goal);
         out
     }
 }

@@ -34,6 +34,8 @@ pub(crate) struct Peer {
     pub store: Arc<SessionStore>,
     pub pool: Pool,
     pub status: Arc<watch::Sender<PeerStatus>>,
+    /// The worker processes, with [`crate::Isolation::Workers`]; dropping them kills them.
+    pub workers: Option<Arc<crate::worker::Workers>>,
 }
 
 /// Connects, serves and reconnects until `cancel` fires.
@@ -47,14 +49,14 @@ pub(crate) async fn run(peer: Peer, cancel: CancellationToken) {
                 () = cancel.cancelled() => break,
             };
             match attempt {
-                Ok(ws) => {
+                Ok((ws, max_frame_bytes)) => {
                     backoff.reset();
                     tracing::info!(peer_id = %peer.peer_id, url = %peer.config.coordinator_url, "registered");
                     peer.status.send_modify(|s| {
                         s.connected = true;
                         s.registrations += 1;
                     });
-                    let reason = serve(&peer, ws, &cancel).await;
+                    let reason = serve(&peer, ws, max_frame_bytes, &cancel).await;
                     peer.status.send_modify(|s| s.connected = false);
                     if cancel.is_cancelled() {
                         break;
@@ -106,7 +108,9 @@ pub(crate) enum ConnectError {
     Closed,
 }
 
-async fn connect_and_register(peer: &Peer) -> Result<Ws, ConnectError> {
+/// Connects and registers; returns the socket and the largest frame the coordinator
+/// accepts (its `registration_ack`'s `max_frame_bytes`, the protocol default without one).
+async fn connect_and_register(peer: &Peer) -> Result<(Ws, usize), ConnectError> {
     let limit = peer.config.connect_timeout;
     tokio::time::timeout(limit, async {
         let ws_config = WebSocketConfig::default()
@@ -125,7 +129,10 @@ async fn connect_and_register(peer: &Peer) -> Result<Ws, ConnectError> {
                 None => return Err(ConnectError::Closed),
                 Some(Err(e)) => return Err(e.into()),
                 Some(Ok(tungstenite::Message::Text(text))) => match codec::decode(text.as_str()) {
-                    Ok(Message::RegistrationAck(_)) => return Ok(ws),
+                    Ok(Message::RegistrationAck(ack)) => {
+                        let max = ack.max_frame_bytes.unwrap_or(p2c2r_protocol::limits::DEFAULT_MAX_FRAME_BYTES);
+                        return Ok((ws, max));
+                    }
                     Ok(Message::Error(e)) => return Err(ConnectError::Refused(format!("{}: {}", e.code, e.message))),
                     Ok(other) => tracing::debug!(msg_type = other.msg_type(), "ignored before registration"),
                     Err(e) => tracing::debug!("undecodable frame before registration: {e}"),
@@ -140,7 +147,10 @@ async fn connect_and_register(peer: &Peer) -> Result<Ws, ConnectError> {
 }
 
 /// Serves one registered connection until it fails or `cancel` fires; returns why it ended.
-async fn serve(peer: &Peer, mut ws: Ws, cancel: &CancellationToken) -> String {
+///
+/// Results whose frame would exceed `max_frame_bytes` are answered with `limit_exceeded`
+/// instead (see [`crate::pool`]).
+async fn serve(peer: &Peer, mut ws: Ws, max_frame_bytes: usize, cancel: &CancellationToken) -> String {
     let (results_tx, mut results_rx) = mpsc::channel::<String>(RESULT_BUFFER);
     let period = peer.config.heartbeat_interval.max(Duration::from_millis(10));
     let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
@@ -168,7 +178,7 @@ async fn serve(peer: &Peer, mut ws: Ws, cancel: &CancellationToken) -> String {
                 None => return "the coordinator closed the connection".into(),
                 Some(Err(e)) => return format!("read failed: {e}"),
                 Some(Ok(tungstenite::Message::Text(text))) => {
-                    if let Some(frame) = handle_frame(peer, text.as_str(), &results_tx)
+                    if let Some(frame) = handle_frame(peer, text.as_str(), &results_tx, max_frame_bytes)
                         && let Err(e) = ws.send(tungstenite::Message::text(frame)).await
                     {
                         return format!("write failed: {e}");
@@ -184,7 +194,7 @@ async fn serve(peer: &Peer, mut ws: Ws, cancel: &CancellationToken) -> String {
 }
 
 /// Handles one text frame; returns a frame to send at once (a rejection), if any.
-fn handle_frame(peer: &Peer, text: &str, results: &mpsc::Sender<String>) -> Option<String> {
+fn handle_frame(peer: &Peer, text: &str, results: &mpsc::Sender<String>, max_frame_bytes: usize) -> Option<String> {
     match codec::decode(text) {
         Ok(Message::TaskAssignment(assignment)) => {
             tracing::debug!(
@@ -194,7 +204,7 @@ fn handle_frame(peer: &Peer, text: &str, results: &mpsc::Sender<String>) -> Opti
                 session_id = ?assignment.task_data.session_id,
                 "task assigned"
             );
-            peer.pool.submit(Job::new(assignment, results.clone())).err()
+            peer.pool.submit(Job::new(assignment, results.clone()).with_max_frame_bytes(max_frame_bytes)).err()
         }
         Ok(Message::Error(e)) => {
             tracing::debug!(code = %e.code, refers_to = ?e.refers_to, "coordinator error: {}", e.message);

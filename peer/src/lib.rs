@@ -19,7 +19,18 @@
 //!   tokio. The Bevy plugin uses them to step locally when no peer answers.
 //! - [`run_task`]: pure dispatch of one task against a [`SessionStore`], no I/O.
 //! - [`run`] / [`spawn`]: the process (connection, registration, heartbeats, pool,
-//!   reconnection). `cargo run -p peer` is a thin binary over [`run`].
+//!   reconnection). `cargo run -p peer` is a thin binary over [`run`]. Tasks run in
+//!   process ([`Isolation::InProcess`], the library default) or in worker processes with
+//!   a memory cap ([`Isolation::Workers`], the binary's default; see [`worker`]), so that
+//!   a task exhausting memory or CPU costs one worker, not the peer.
+//!
+//! Every task arriving at a peer is treated as hostile until checked: besides the
+//! protocol's limits, each task runs within work budgets ([`Budgets`]: bodies × steps,
+//! overlapping body pairs, A* expansions, waypoints) checked before the work runs, each
+//! session within memory budgets (per peer and per gamer, with eviction that makes a
+//! gamer flooding the peer with sessions pay for it, see [`session`]), and no result
+//! larger than the coordinator's frame limit is ever sent (it is answered
+//! `limit_exceeded` instead).
 //!
 //! # Quick start
 //!
@@ -54,6 +65,7 @@
 
 pub mod ai;
 pub mod backoff;
+pub mod budget;
 pub mod capabilities;
 mod connection;
 pub mod physics;
@@ -61,6 +73,7 @@ mod pool;
 pub mod seed;
 pub mod session;
 pub mod tasks;
+pub mod worker;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -70,8 +83,13 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use session::{Clock, DEFAULT_MAX_SESSIONS, ManualClock, Session, SessionStore, StoreFull, SystemClock};
+pub use budget::Budgets;
+pub use session::{
+    Clock, DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_MEMORY_BYTES, ManualClock, OverBudget, Session, SessionStore,
+    StoreFull, SystemClock,
+};
 pub use tasks::{run_task, run_task_payload};
+pub use worker::{DEFAULT_WORKER_MEMORY_BYTES, Isolation};
 
 /// The coordinator a peer connects to when none is configured.
 pub const DEFAULT_COORDINATOR_URL: &str = "ws://localhost:8765";
@@ -109,6 +127,22 @@ pub struct PeerConfig {
     pub max_pending_tasks: Option<usize>,
     /// Task types to declare (default: all four this peer runs).
     pub task_types: Vec<String>,
+    /// Where tasks run (default [`Isolation::InProcess`]; the `peer` binary defaults to
+    /// [`Isolation::Workers`] with its own executable). See [`worker`].
+    pub isolation: Isolation,
+    /// How much work one task may ask for (default [`Budgets::default`]).
+    pub budgets: Budgets,
+    /// Estimated memory all sessions may hold together (default
+    /// [`DEFAULT_SESSION_MEMORY_BYTES`], 512 MiB). With workers, each worker's sessions
+    /// get this budget but at most half the worker's memory cap (the caps bound the
+    /// peer's memory to workers × cap), and `max_sessions` is divided among the workers.
+    pub session_memory_bytes: u64,
+    /// Estimated memory one gamer's sessions may hold (default a quarter of
+    /// `session_memory_bytes`).
+    pub gamer_session_memory_bytes: Option<u64>,
+    /// With workers: how long past its deadline a running task may go on before its
+    /// worker is killed (default 200 ms).
+    pub cancel_grace: Duration,
 }
 
 impl Default for PeerConfig {
@@ -127,6 +161,11 @@ impl Default for PeerConfig {
             max_frame_bytes: 2 * p2c2r_protocol::limits::DEFAULT_MAX_FRAME_BYTES,
             max_pending_tasks: None,
             task_types: capabilities::all_task_types(),
+            isolation: Isolation::InProcess,
+            budgets: Budgets::default(),
+            session_memory_bytes: DEFAULT_SESSION_MEMORY_BYTES,
+            gamer_session_memory_bytes: None,
+            cancel_grace: Duration::from_millis(200),
         }
     }
 }
@@ -145,6 +184,9 @@ pub enum PeerError {
     /// The peer id is empty or too long.
     #[error("invalid peer id: {0}")]
     InvalidPeerId(String),
+    /// The worker processes ([`Isolation::Workers`]) could not be started.
+    #[error("cannot start worker processes: {0}")]
+    Workers(String),
 }
 
 /// A `Result` with [`PeerError`].
@@ -194,9 +236,11 @@ pub async fn try_spawn(config: PeerConfig) -> Result<PeerHandle> {
     let (peer, status) = prepare(config)?;
     let peer_id = peer.peer_id.clone();
     let sessions = peer.store.clone();
+    let workers = peer.workers.clone();
+    let running = peer.pool.running();
     let cancel = CancellationToken::new();
     let task = tokio::spawn(connection::run(peer, cancel.clone()));
-    Ok(PeerHandle { peer_id, cancel, task, status, sessions })
+    Ok(PeerHandle { peer_id, cancel, task, status, sessions, workers, running })
 }
 
 fn prepare(config: PeerConfig) -> Result<(connection::Peer, Arc<watch::Sender<PeerStatus>>)> {
@@ -216,11 +260,39 @@ fn prepare(config: PeerConfig) -> Result<(connection::Peer, Arc<watch::Sender<Pe
     let max_concurrent = config.max_concurrent_tasks.unwrap_or(machine.cpu_cores).max(1);
     let capabilities = capabilities::capabilities(&machine, max_concurrent, &config.task_types);
     tracing::info!(%peer_id, ?capabilities, "peer starting");
-    let store = Arc::new(SessionStore::new(config.session_idle_timeout).with_max_sessions(config.max_sessions));
+    let gamer_memory = config.gamer_session_memory_bytes.unwrap_or(config.session_memory_bytes / 4);
+    let store = Arc::new(
+        SessionStore::new(config.session_idle_timeout)
+            .with_max_sessions(config.max_sessions)
+            .with_memory_budget(config.session_memory_bytes, gamer_memory)
+            .with_budgets(config.budgets),
+    );
     let max_pending = config.max_pending_tasks.unwrap_or(64 * max_concurrent as usize).max(1);
-    let pool = pool::Pool::new(max_concurrent as usize, max_pending, store.clone());
+    let (pool, workers) = match &config.isolation {
+        Isolation::InProcess => (pool::Pool::new(max_concurrent as usize, max_pending, store.clone()), None),
+        Isolation::Workers { exe, memory_limit_bytes, env } => {
+            let n = max_concurrent as usize;
+            // Each worker's memory is capped, which bounds the peer's to `n` caps; its
+            // sessions get the peer's budgets, but at most half its cap.
+            let cap = if *memory_limit_bytes == 0 { u64::MAX } else { memory_limit_bytes / 2 };
+            let memory_budget = config.session_memory_bytes.min(cap);
+            let settings = worker::WorkerSettings {
+                memory_limit_bytes: *memory_limit_bytes,
+                idle_timeout_ms: config.session_idle_timeout.as_millis().min(u128::from(u64::MAX)) as u64,
+                max_sessions: config.max_sessions.div_ceil(n).max(1),
+                memory_budget,
+                gamer_memory_budget: gamer_memory.min(memory_budget),
+                budgets: config.budgets,
+            };
+            let workers = Arc::new(worker::Workers::new(exe.clone(), env.clone(), n, &settings, config.cancel_grace));
+            workers.start_all().map_err(|e| PeerError::Workers(format!("cannot start {}: {e}", exe.display())))?;
+            tracing::info!(workers = n, exe = %exe.display(), memory_limit_bytes, "running tasks in worker processes");
+            let executor = pool::Executor::Workers(workers.clone());
+            (pool::Pool::with_executor(n, max_pending, executor), Some(workers))
+        }
+    };
     let status = Arc::new(watch::Sender::new(PeerStatus::default()));
-    let peer = connection::Peer { config, peer_id, capabilities, store, pool, status: status.clone() };
+    let peer = connection::Peer { config, peer_id, capabilities, store, pool, status: status.clone(), workers };
     Ok((peer, status))
 }
 
@@ -241,6 +313,8 @@ pub struct PeerHandle {
     task: JoinHandle<()>,
     status: Arc<watch::Sender<PeerStatus>>,
     sessions: Arc<SessionStore>,
+    workers: Option<Arc<worker::Workers>>,
+    running: Arc<(std::sync::atomic::AtomicUsize, std::sync::atomic::AtomicUsize)>,
 }
 
 impl PeerHandle {
@@ -266,9 +340,39 @@ impl PeerHandle {
         *rx.wait_for(f).await.expect("the status sender outlives the handle")
     }
 
-    /// The sessions the peer holds (to inspect them; the peer manages them).
+    /// The sessions the peer holds in process (to inspect them; the peer manages them).
+    ///
+    /// With [`Isolation::Workers`] the sessions live in the workers and this store stays
+    /// empty: use [`session_keys`](Self::session_keys).
     pub fn sessions(&self) -> &Arc<SessionStore> {
         &self.sessions
+    }
+
+    /// The keys of the sessions the peer holds, sorted (see
+    /// [`TaskSpec::session_key`](p2c2r_protocol::TaskSpec::session_key)). With workers:
+    /// the sessions routed to a live worker (a worker may already have dropped an idle
+    /// one; a session is listed until its worker is lost or it has been idle for the
+    /// session timeout).
+    pub fn session_keys(&self) -> Vec<String> {
+        match &self.workers {
+            Some(workers) => workers.session_keys(),
+            None => self.sessions.session_ids(),
+        }
+    }
+
+    /// How many tasks are running now (with workers: in a worker's hands).
+    pub fn running_tasks(&self) -> usize {
+        match &self.workers {
+            Some(workers) => workers.busy(),
+            None => self.running.0.load(std::sync::atomic::Ordering::Acquire),
+        }
+    }
+
+    /// With [`Isolation::Workers`]: how many worker processes died (a task exhausted its
+    /// memory, it crashed) or were killed (a task was cancelled) so far. Always 0 in
+    /// process.
+    pub fn workers_lost(&self) -> u64 {
+        self.workers.as_ref().map_or(0, |w| w.lost())
     }
 
     /// Graceful stop: running tasks finish and are answered (up to the grace period), the

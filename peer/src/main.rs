@@ -1,5 +1,9 @@
 //! `cargo run -p peer`: a P2C2R worker. Parses flags, sets up logging, runs
 //! [`peer::run`] until Ctrl-C or SIGTERM.
+//!
+//! Tasks run in worker processes started from this same executable (unless
+//! `--in-process`); a worker is this binary started with an internal first argument
+//! ([`peer::worker::WORKER_ARG`]), checked before anything else and not listed in `--help`.
 
 use std::time::Duration;
 
@@ -35,10 +39,45 @@ struct Args {
     /// Task types to declare, comma-separated [default: physics_step,ai_navigate,physics,ai].
     #[arg(long, value_delimiter = ',')]
     task_types: Option<Vec<String>>,
+    /// Run tasks inside this process instead of in worker processes. A task that
+    /// exhausts memory then takes the whole peer down.
+    #[arg(long, env = "P2C2R_IN_PROCESS")]
+    in_process: bool,
+    /// Address-space cap of each worker process, in MiB (0: none). A task that needs more
+    /// costs its worker (restarted at once) and is answered limit_exceeded.
+    #[arg(long, env = "P2C2R_WORKER_MEMORY_MB", default_value_t = peer::DEFAULT_WORKER_MEMORY_BYTES / MIB)]
+    worker_memory_mb: u64,
+    /// With workers: milliseconds a running task may go on past its deadline before its
+    /// worker is killed (the coordinator has re-dispatched it by then).
+    #[arg(long, default_value_t = 200)]
+    cancel_grace_ms: u64,
+    /// Estimated memory all sessions may hold together, in MiB. Beyond it, idle sessions
+    /// of the gamer that created sessions fastest recently are evicted.
+    #[arg(long, env = "P2C2R_SESSION_MEMORY_MB", default_value_t = peer::DEFAULT_SESSION_MEMORY_BYTES / MIB)]
+    session_memory_mb: u64,
+    /// Estimated memory one gamer's sessions may hold, in MiB [default: a quarter of
+    /// --session-memory-mb].
+    #[arg(long, env = "P2C2R_GAMER_SESSION_MEMORY_MB")]
+    gamer_session_memory_mb: Option<u64>,
+    /// Most bodies × steps one physics_step may simulate.
+    #[arg(long, default_value_t = peer::budget::DEFAULT_MAX_BODY_STEPS)]
+    max_body_steps: u64,
+    /// Most overlapping body pairs a physics world may hold (checked before and after
+    /// stepping).
+    #[arg(long, default_value_t = peer::budget::DEFAULT_MAX_CONTACT_PAIRS)]
+    max_contact_pairs: u64,
+    /// Most A* node expansions per ai_navigate request.
+    #[arg(long, default_value_t = peer::budget::DEFAULT_MAX_PATH_EXPANSIONS)]
+    max_path_expansions: usize,
+    /// Most waypoints in one ai_navigate answer, all agents together.
+    #[arg(long, default_value_t = peer::budget::DEFAULT_MAX_WAYPOINTS)]
+    max_waypoints: usize,
     /// Log filter (tracing's EnvFilter syntax); RUST_LOG also works.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
 }
+
+const MIB: u64 = 1024 * 1024;
 
 fn seconds(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
@@ -47,8 +86,24 @@ fn seconds(s: &str) -> Result<f64, String> {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<std::process::ExitCode> {
+    if peer::worker::is_worker_invocation() {
+        // A worker: logs go to stderr (the peer's), stdout carries frames.
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            )
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .init();
+        return Ok(peer::worker::run_worker());
+    }
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve())?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn serve() -> anyhow::Result<()> {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log)?)
@@ -66,6 +121,22 @@ async fn main() -> anyhow::Result<()> {
         heartbeat_interval: Duration::from_secs_f64(args.heartbeat_interval),
         reconnect_backoff_max: Duration::from_secs_f64(args.max_reconnect_delay),
         task_types: args.task_types.unwrap_or(defaults.task_types.clone()),
+        isolation: if args.in_process {
+            peer::Isolation::InProcess
+        } else {
+            let exe = std::env::current_exe()
+                .map_err(|e| anyhow::anyhow!("cannot find this executable to start workers ({e}); use --in-process"))?;
+            peer::Isolation::workers(exe, args.worker_memory_mb.saturating_mul(MIB))
+        },
+        budgets: peer::Budgets {
+            max_body_steps: args.max_body_steps,
+            max_contact_pairs: args.max_contact_pairs,
+            max_path_expansions: args.max_path_expansions,
+            max_waypoints: args.max_waypoints,
+        },
+        cancel_grace: Duration::from_millis(args.cancel_grace_ms),
+        session_memory_bytes: args.session_memory_mb.saturating_mul(MIB),
+        gamer_session_memory_bytes: args.gamer_session_memory_mb.map(|mb| mb.saturating_mul(MIB)),
         ..defaults
     };
     peer::run(config, shutdown_signal()).await?;

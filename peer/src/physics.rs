@@ -18,8 +18,18 @@
 //!    rotation, exactly the target after the last step).
 //! 6. Forces are cleared; states of non-fixed bodies that are awake, or that fell asleep
 //!    since they were last reported, are returned.
+//! 7. A body that left the world's bounds (a coordinate past [`MAX_COORDINATE`], a
+//!    velocity component past [`MAX_SPEED`], or any non-finite value) is removed from the
+//!    world and listed in the result's `removed` (sorted, once), not in `bodies`. So every
+//!    state a peer reports passes its own validation, and a snapshot of the reported states
+//!    is always accepted: such a body can never wedge a session.
 //!
 //! A request that fails validation leaves the world exactly as it was.
+//!
+//! [`PhysicsWorld::step_limited`] (what peers run) also enforces a [`Budgets`]: before
+//! anything runs, the bodies × steps of the request and an estimate of the overlapping
+//! body pairs of the world it would make ([`estimate_overlapping_pairs`]); after stepping,
+//! rapier's own contact pairs. [`PhysicsWorld::step`] checks no budget.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -30,6 +40,8 @@ use p2c2r_protocol::physics::{
 use p2c2r_protocol::{ErrorCode, TaskError, TaskStatus, limits};
 use rapier3d::math::{Pose, Rotation, Vector};
 use rapier3d::prelude::{ColliderBuilder, RigidBodyBuilder, RigidBodyHandle};
+
+use crate::budget::Budgets;
 
 /// Gravity of a new session, m/s².
 pub const DEFAULT_GRAVITY: Vec3 = [0.0, -9.81, 0.0];
@@ -66,6 +78,7 @@ pub struct StepTimings {
 struct Entry {
     handle: RigidBodyHandle,
     body_type: BodyType,
+    shape: Shape,
     /// The last state reported for this body said `sleeping: true`.
     reported_asleep: bool,
 }
@@ -127,7 +140,8 @@ impl PhysicsWorld {
         self.world.gravity.to_array()
     }
 
-    /// Validates and applies a request (snapshot or delta) and steps.
+    /// Validates and applies a request (snapshot or delta) and steps, with no work budget
+    /// (see [`step_limited`](Self::step_limited)).
     ///
     /// Errors are [`TaskError`]s ready to send: `unknown_session` (no snapshot yet) and
     /// `out_of_order` (the tick is not the next one) carry `resync: true`;
@@ -137,19 +151,55 @@ impl PhysicsWorld {
         self.step_timed(request).map(|(result, _)| result)
     }
 
+    /// [`step`](Self::step) within a work budget, as peers run it.
+    ///
+    /// Before anything runs: a request whose world would hold more than
+    /// `budgets.max_body_steps / max(steps, 1)` bodies, or whose bodies' bounding boxes
+    /// would overlap in more than `budgets.max_contact_pairs` pairs (at least one body of
+    /// the pair dynamic), is refused with `limit_exceeded` and the world is untouched.
+    /// After each step: once rapier holds more than `max_contact_pairs` contact pairs
+    /// (bodies piled up during the steps), the remaining steps are skipped, the world is
+    /// dropped and the request answered `limit_exceeded` with `resync: true`.
+    pub fn step_limited(
+        &mut self,
+        request: &PhysicsStepRequest,
+        budgets: &Budgets,
+    ) -> Result<PhysicsStepResult, TaskError> {
+        self.run(request, budgets).map(|(result, _)| result)
+    }
+
     /// [`step`](Self::step), also reporting how long each phase took.
     pub fn step_timed(&mut self, request: &PhysicsStepRequest) -> Result<(PhysicsStepResult, StepTimings), TaskError> {
+        self.run(request, &Budgets::unlimited())
+    }
+
+    fn run(
+        &mut self,
+        request: &PhysicsStepRequest,
+        budgets: &Budgets,
+    ) -> Result<(PhysicsStepResult, StepTimings), TaskError> {
         let tick = request.tick;
         let t0 = Instant::now();
         let plan = self.validate(request).map_err(|e| e.with_tick(tick))?;
+        self.check_budget(request, &plan, budgets).map_err(|e| e.with_tick(tick))?;
         self.apply(request, &plan);
         let t1 = Instant::now();
-        self.simulate(request, &plan);
+        let overflow = self.simulate(request, &plan, budgets.max_contact_pairs);
         let t2 = Instant::now();
-        let bodies = self.extract();
+        if let Some(pairs) = overflow {
+            // The world piled up during the steps: forget it, the gamer resends it.
+            *self = PhysicsWorld::new();
+            return Err(limit(format!(
+                "the world grew to {pairs} contact pairs; at most {} are allowed; the session was dropped, send a smaller snapshot",
+                budgets.max_contact_pairs
+            ))
+            .with_resync()
+            .with_tick(tick));
+        }
+        let extracted = self.extract();
         let t3 = Instant::now();
-        let bodies = match bodies {
-            Ok(bodies) => bodies,
+        let (bodies, removed) = match extracted {
+            Ok(out) => out,
             Err(e) => {
                 // The world is no longer trustworthy: forget it, the gamer resends it.
                 *self = PhysicsWorld::new();
@@ -158,7 +208,71 @@ impl PhysicsWorld {
         };
         self.last_tick = Some(tick);
         let timings = StepTimings { apply: t1 - t0, step: t2 - t1, extract: t3 - t2 };
-        Ok((PhysicsStepResult { status: TaskStatus::Success, tick, bodies }, timings))
+        Ok((PhysicsStepResult { status: TaskStatus::Success, tick, bodies, removed }, timings))
+    }
+
+    /// How many bodies the world would hold after `request`'s changes, without checking
+    /// the request (a malformed one is refused later by [`step`](Self::step)): used to
+    /// charge a session's memory before the work runs.
+    pub fn projected_body_count(&self, request: &PhysicsStepRequest) -> usize {
+        if request.snapshot {
+            request.add.len()
+        } else {
+            let removed = request.remove.iter().filter(|id| self.bodies.contains_key(id)).count();
+            (self.bodies.len() - removed.min(self.bodies.len())).saturating_add(request.add.len())
+        }
+    }
+
+    /// Refuses a validated request whose work would exceed the budget. Mutates nothing.
+    fn check_budget(&self, r: &PhysicsStepRequest, plan: &Plan, budgets: &Budgets) -> Result<(), TaskError> {
+        let body_steps = (plan.bodies_after as u64).saturating_mul(u64::from(r.steps.max(1)));
+        if body_steps > budgets.max_body_steps {
+            return Err(limit(format!(
+                "{} bodies × {} steps is {body_steps} body-steps; at most {} are allowed per task",
+                plan.bodies_after,
+                r.steps.max(1),
+                budgets.max_body_steps
+            )));
+        }
+        // Only a request that places bodies (a snapshot, new bodies, teleports) can bring
+        // many together before the first step; otherwise the count of rapier's contact
+        // pairs after each step bounds the growth, and plain ticks skip this O(n) pass.
+        if budgets.max_contact_pairs == u64::MAX || (r.add.is_empty() && r.set_pose.is_empty()) {
+            return Ok(());
+        }
+        // The bounding boxes of the world the request makes: kept bodies (at their new
+        // pose when `set_pose` moves them) and added ones.
+        let poses: HashMap<BodyId, (Vec3, Quat)> =
+            r.set_pose.iter().map(|p| (p.id, (p.position, p.rotation))).collect();
+        let removed: HashSet<BodyId> = r.remove.iter().copied().collect();
+        let mut boxes = Vec::with_capacity(plan.bodies_after);
+        if !r.snapshot {
+            for (id, entry) in &self.bodies {
+                if removed.contains(id) {
+                    continue;
+                }
+                let (position, rotation) = poses.get(id).copied().unwrap_or_else(|| {
+                    let rb = &self.world.bodies[entry.handle];
+                    (rb.translation().to_array(), rb.rotation().to_array())
+                });
+                boxes.push(BoundingBox::of(entry.shape, position, rotation, entry.body_type == BodyType::Dynamic));
+            }
+        }
+        for desc in &r.add {
+            let (position, rotation) = poses.get(&desc.id).copied().unwrap_or((desc.position, desc.rotation));
+            boxes.push(BoundingBox::of(desc.shape, position, rotation, desc.body_type == BodyType::Dynamic));
+        }
+        match estimate_overlapping_pairs(&boxes, budgets.max_contact_pairs) {
+            PairEstimate::Within(_) => Ok(()),
+            PairEstimate::Over => Err(limit(format!(
+                "the bodies' bounding boxes overlap in more than {} pairs, the most allowed per world; spread the bodies out or send fewer",
+                budgets.max_contact_pairs
+            ))),
+            PairEstimate::TooDense => Err(limit(format!(
+                "the bodies are packed too densely to check against the budget of {} overlapping pairs; send fewer bodies",
+                budgets.max_contact_pairs
+            ))),
+        }
     }
 
     /// Checks everything about a request against the current world, mutating nothing.
@@ -282,7 +396,12 @@ impl PhysicsWorld {
             targets.push(unit_quat("kinematic_targets.rotation", k.rotation)?);
         }
         let add_rotations = r.add.iter().map(|d| unit_quat("add.rotation", d.rotation)).collect::<Result<_, _>>()?;
-        Ok(Plan { add_rotations, pose_rotations: rotations, target_rotations: targets })
+        Ok(Plan {
+            add_rotations,
+            pose_rotations: rotations,
+            target_rotations: targets,
+            bodies_after: kept + added.len(),
+        })
     }
 
     /// Applies a validated request's changes (everything before the steps).
@@ -300,7 +419,10 @@ impl PhysicsWorld {
         }
         for (desc, rotation) in r.add.iter().zip(&plan.add_rotations) {
             let handle = self.insert(desc, *rotation);
-            self.bodies.insert(desc.id, Entry { handle, body_type: desc.body_type, reported_asleep: false });
+            self.bodies.insert(
+                desc.id,
+                Entry { handle, body_type: desc.body_type, shape: desc.shape, reported_asleep: false },
+            );
         }
         for (p, rotation) in r.set_pose.iter().zip(&plan.pose_rotations) {
             let rb = &mut self.world.bodies[self.bodies[&p.id].handle];
@@ -356,8 +478,10 @@ impl PhysicsWorld {
         handle
     }
 
-    /// Runs the request's steps, moving kinematic bodies towards their targets.
-    fn simulate(&mut self, r: &PhysicsStepRequest, plan: &Plan) {
+    /// Runs the request's steps, moving kinematic bodies towards their targets. After each
+    /// step, counts rapier's contact pairs (unless `max_pairs` is `u64::MAX`) and stops
+    /// early, returning the count, once there are more than `max_pairs`.
+    fn simulate(&mut self, r: &PhysicsStepRequest, plan: &Plan, max_pairs: u64) -> Option<u64> {
         let starts: Vec<(RigidBodyHandle, Pose)> = r
             .kinematic_targets
             .iter()
@@ -377,7 +501,7 @@ impl PhysicsWorld {
             for ((handle, _), target) in starts.iter().zip(&targets) {
                 self.world.bodies[*handle].set_position(*target, true);
             }
-            return;
+            return None;
         }
         self.world.integration_parameters.dt = r.dt;
         for k in 1..=r.steps {
@@ -386,6 +510,12 @@ impl PhysicsWorld {
                 self.world.bodies[*handle].set_next_kinematic_position(pose);
             }
             self.world.step();
+            if max_pairs != u64::MAX {
+                let pairs = self.world.contact_pairs().count() as u64;
+                if pairs > max_pairs {
+                    return Some(pairs);
+                }
+            }
         }
         for f in &r.forces {
             if let Some(entry) = self.bodies.get(&f.id) {
@@ -394,10 +524,12 @@ impl PhysicsWorld {
                 rb.reset_torques(false);
             }
         }
+        None
     }
 
-    /// The states to report, sorted by body id.
-    fn extract(&mut self) -> Result<Vec<BodyState>, TaskError> {
+    /// The states to report, sorted by body id, and the bodies removed because they left
+    /// the world's bounds (sorted too).
+    fn extract(&mut self) -> Result<(Vec<BodyState>, Vec<BodyId>), TaskError> {
         let diverged = || {
             TaskError::new(
                 ErrorCode::Internal,
@@ -409,6 +541,7 @@ impl PhysicsWorld {
             return Err(diverged());
         }
         let mut states = Vec::new();
+        let mut removed = Vec::new();
         for (&id, entry) in self.bodies.iter_mut() {
             if entry.body_type == BodyType::Fixed {
                 continue;
@@ -418,7 +551,6 @@ impl PhysicsWorld {
             if sleeping && entry.reported_asleep {
                 continue;
             }
-            entry.reported_asleep = sleeping;
             let state = BodyState {
                 id,
                 position: rb.translation().to_array(),
@@ -427,20 +559,161 @@ impl PhysicsWorld {
                 angvel: rb.angvel().to_array(),
                 sleeping,
             };
-            let finite = state
-                .position
-                .iter()
-                .chain(&state.rotation)
-                .chain(&state.linvel)
-                .chain(&state.angvel)
-                .all(|v| v.is_finite());
-            if !finite {
-                return Err(diverged());
+            if !within_bounds(&state) {
+                removed.push(id);
+                continue;
             }
+            entry.reported_asleep = sleeping;
             states.push(state);
         }
-        Ok(states)
+        for id in &removed {
+            if let Some(entry) = self.bodies.remove(id) {
+                self.world.remove_body(entry.handle);
+            }
+        }
+        Ok((states, removed))
     }
+}
+
+/// Whether a state would pass a snapshot's validation: finite, every coordinate within
+/// ±[`MAX_COORDINATE`], every velocity component within ±[`MAX_SPEED`], a unit rotation.
+fn within_bounds(s: &BodyState) -> bool {
+    let finite = s.position.iter().chain(&s.rotation).chain(&s.linvel).chain(&s.angvel).all(|v| v.is_finite());
+    finite
+        && s.position.iter().all(|x| x.abs() <= MAX_COORDINATE)
+        && s.linvel.iter().chain(&s.angvel).all(|v| v.abs() <= MAX_SPEED)
+        && unit_quat("rotation", s.rotation).is_ok()
+}
+
+/// An axis-aligned bounding box of one body, for [`estimate_overlapping_pairs`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BoundingBox {
+    /// The smallest corner.
+    pub min: Vec3,
+    /// The largest corner.
+    pub max: Vec3,
+    /// Whether the body is dynamic (rapier makes no contact pairs between two bodies that
+    /// are both fixed or kinematic).
+    pub dynamic: bool,
+}
+
+/// Added on every side of a bounding box: rapier pairs bodies a little before they touch.
+const PAIR_MARGIN: f32 = 0.01;
+
+/// The most pairs [`estimate_overlapping_pairs`] compares before giving up (about
+/// 30 ms): beyond it, a world is refused as too dense to check.
+pub const MAX_PAIR_COMPARISONS: u64 = 32_000_000;
+
+impl BoundingBox {
+    /// The box around `shape` at this pose (`rotation` is a unit quaternion `[x, y, z, w]`),
+    /// widened by a small margin.
+    pub fn of(shape: Shape, position: Vec3, rotation: Quat, dynamic: bool) -> Self {
+        let [x, y, z, w] = rotation;
+        // The rotation matrix's absolute values: a box's extent along each world axis.
+        let m = [
+            [1.0 - 2.0 * (y * y + z * z), 2.0 * (x * y - z * w), 2.0 * (x * z + y * w)],
+            [2.0 * (x * y + z * w), 1.0 - 2.0 * (x * x + z * z), 2.0 * (y * z - x * w)],
+            [2.0 * (x * z - y * w), 2.0 * (y * z + x * w), 1.0 - 2.0 * (x * x + y * y)],
+        ];
+        let half: Vec3 = match shape {
+            Shape::Sphere { radius } => [radius; 3],
+            Shape::Box { half_extents: h } => {
+                std::array::from_fn(|i| m[i][0].abs() * h[0] + m[i][1].abs() * h[1] + m[i][2].abs() * h[2])
+            }
+            Shape::Capsule { half_height, radius } => std::array::from_fn(|i| m[i][1].abs() * half_height + radius),
+        };
+        BoundingBox {
+            min: std::array::from_fn(|i| position[i] - half[i] - PAIR_MARGIN),
+            max: std::array::from_fn(|i| position[i] + half[i] + PAIR_MARGIN),
+            dynamic,
+        }
+    }
+
+    fn overlaps(&self, other: &BoundingBox) -> bool {
+        (0..3).all(|i| self.min[i] <= other.max[i] && other.min[i] <= self.max[i])
+    }
+}
+
+/// The outcome of [`estimate_overlapping_pairs`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PairEstimate {
+    /// At most this many pairs overlap (exact when the sweep ran; otherwise the bound
+    /// from the overlaps along the best axis alone, when that is already within budget).
+    Within(u64),
+    /// More than the budget overlap.
+    Over,
+    /// Checking would take more than [`MAX_PAIR_COMPARISONS`] comparisons.
+    TooDense,
+}
+
+/// Counts the pairs of overlapping boxes (at least one of them dynamic), stopping as soon
+/// as there are more than `max`.
+///
+/// Sort and sweep along the axis where the fewest pairs of boxes overlap: those 1-D
+/// overlaps are counted exactly for each axis in O(n log n) first; when the best axis has
+/// no more than `max`, that bound is the answer. Otherwise the sweep compares exactly the
+/// pairs overlapping along that axis and stops after `max + 1` real overlaps, so the
+/// 1,000-spheres-at-one-point attack costs about `max` comparisons, not n². A layout
+/// where every axis has more than [`MAX_PAIR_COMPARISONS`] 1-D overlaps but few real
+/// ones is refused as [`PairEstimate::TooDense`]: honest scenes are far from it (a flat
+/// 100 × 100 grid of boxes on a ground needs about half a million comparisons).
+pub fn estimate_overlapping_pairs(boxes: &[BoundingBox], max: u64) -> PairEstimate {
+    let n = boxes.len();
+    let all_pairs = (n as u64) * (n as u64).saturating_sub(1) / 2;
+    if all_pairs <= max {
+        // Even if every box touched every other one.
+        return PairEstimate::Within(all_pairs);
+    }
+    let mut best: Option<(u64, usize)> = None;
+    for axis in 0..3 {
+        let overlaps = axis_overlaps(boxes, axis);
+        if best.is_none_or(|(b, _)| overlaps < b) {
+            best = Some((overlaps, axis));
+        }
+    }
+    let (bound, axis) = best.expect("three axes");
+    if bound <= max {
+        return PairEstimate::Within(bound);
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_unstable_by(|&a, &b| boxes[a].min[axis].total_cmp(&boxes[b].min[axis]));
+    let (mut pairs, mut comparisons) = (0u64, 0u64);
+    for (k, &i) in order.iter().enumerate() {
+        let a = &boxes[i];
+        for &j in &order[k + 1..] {
+            let b = &boxes[j];
+            if b.min[axis] > a.max[axis] {
+                break;
+            }
+            comparisons += 1;
+            if comparisons > MAX_PAIR_COMPARISONS {
+                return PairEstimate::TooDense;
+            }
+            if (a.dynamic || b.dynamic) && a.overlaps(b) {
+                pairs += 1;
+                if pairs > max {
+                    return PairEstimate::Over;
+                }
+            }
+        }
+    }
+    PairEstimate::Within(pairs)
+}
+
+/// The number of pairs of boxes whose extents along `axis` overlap, in O(n log n).
+fn axis_overlaps(boxes: &[BoundingBox], axis: usize) -> u64 {
+    let n = boxes.len() as u64;
+    let mut mins: Vec<f32> = boxes.iter().map(|b| b.min[axis]).collect();
+    mins.sort_unstable_by(f32::total_cmp);
+    // Pairs that do not overlap: for each box, the boxes starting after it ends.
+    let disjoint: u64 = boxes
+        .iter()
+        .map(|b| {
+            let starts_after = mins.len() - mins.partition_point(|&m| m <= b.max[axis]);
+            starts_after as u64
+        })
+        .sum();
+    n * (n - 1) / 2 - disjoint
 }
 
 /// What validation computed that applying needs.
@@ -448,6 +721,8 @@ struct Plan {
     add_rotations: Vec<Rotation>,
     pose_rotations: Vec<Rotation>,
     target_rotations: Vec<Rotation>,
+    /// How many bodies the world holds once the request's changes are applied.
+    bodies_after: usize,
 }
 
 fn vec3(v: Vec3) -> Vector {

@@ -6,6 +6,16 @@
 //! fair semaphore sized to `max_concurrent_tasks`, then runs on tokio's blocking pool, so
 //! a long physics step never delays heartbeats or reading. The number of tasks waiting is
 //! bounded: beyond it, a task is answered at once with a `queue_full` error.
+//!
+//! With [`Isolation::Workers`](crate::Isolation) tasks run in worker processes instead
+//! ([`crate::worker`]): the workers themselves bound concurrency, a session's tasks go to
+//! the worker holding its world, and a task is cancelled (its worker killed) past its
+//! deadline or when its connection closes.
+//!
+//! Every result is checked against the coordinator's frame limit before it is sent: an
+//! answer whose `task_result` frame would be larger is replaced by a `limit_exceeded`
+//! error (with the tick and resync for session tasks), so an oversized answer never
+//! costs the connection.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,6 +28,15 @@ use tokio_util::task::TaskTracker;
 
 use crate::session::SessionStore;
 use crate::tasks::run_task_payload;
+use crate::worker::{Outcome, Workers, lost_task_error};
+
+/// Where tasks run.
+pub(crate) enum Executor {
+    /// On tokio's blocking pool, against this store.
+    InProcess(Arc<SessionStore>),
+    /// In worker processes.
+    Workers(Arc<Workers>),
+}
 
 /// One assignment and where its encoded `task_result` frame goes.
 pub(crate) struct Job {
@@ -25,12 +44,25 @@ pub(crate) struct Job {
     pub reply: mpsc::Sender<String>,
     /// When the assignment arrived; its `deadline_ms` counts from here.
     pub received: Instant,
+    /// The largest `task_result` frame the coordinator accepts.
+    pub max_frame_bytes: usize,
 }
 
 impl Job {
-    /// A job received now.
+    /// A job received now, with no limit on its result's size.
     pub fn new(assignment: TaskAssignment, reply: mpsc::Sender<String>) -> Self {
-        Job { assignment, reply, received: Instant::now() }
+        Job { assignment, reply, received: Instant::now(), max_frame_bytes: usize::MAX }
+    }
+
+    /// Sets the largest result frame the coordinator accepts.
+    pub fn with_max_frame_bytes(mut self, max: usize) -> Self {
+        self.max_frame_bytes = max;
+        self
+    }
+
+    /// When the coordinator stops waiting for this attempt.
+    fn deadline(&self) -> Option<Instant> {
+        self.assignment.deadline_ms.map(|ms| self.received + Duration::from_millis(ms))
     }
 
     /// Whether the assignment's deadline has passed: the coordinator has given up on this
@@ -47,21 +79,31 @@ pub(crate) struct Pool {
     max_pending: usize,
     /// Tasks running now, and the most ever running at once.
     running: Arc<(AtomicUsize, AtomicUsize)>,
-    store: Arc<SessionStore>,
+    executor: Arc<Executor>,
     tracker: TaskTracker,
 }
 
 impl Pool {
     pub fn new(max_concurrent: usize, max_pending: usize, store: Arc<SessionStore>) -> Self {
+        Self::with_executor(max_concurrent, max_pending, Executor::InProcess(store))
+    }
+
+    pub fn with_executor(max_concurrent: usize, max_pending: usize, executor: Executor) -> Self {
         Pool {
             permits: Arc::new(Semaphore::new(max_concurrent.max(1))),
             queues: Arc::default(),
             pending: Arc::default(),
             max_pending,
             running: Arc::default(),
-            store,
+            executor: Arc::new(executor),
             tracker: TaskTracker::new(),
         }
+    }
+
+    /// Tasks running now (with workers: handed to a worker, or waiting for the one
+    /// holding their session), and the most ever running at once.
+    pub fn running(&self) -> Arc<(AtomicUsize, AtomicUsize)> {
+        self.running.clone()
     }
 
     /// Tasks accepted and not yet answered.
@@ -110,7 +152,7 @@ impl Pool {
         let permits = self.permits.clone();
         let queues = self.queues.clone();
         let pending = self.pending.clone();
-        let store = self.store.clone();
+        let executor = self.executor.clone();
         let running = self.running.clone();
         self.tracker.spawn(async move {
             let mut job = first;
@@ -121,29 +163,10 @@ impl Pool {
                 } else if job.expired() {
                     // Its deadline passed while it waited behind its session's earlier tasks.
                     skip_stale(&job);
-                } else if let Ok(permit) = permits.clone().acquire_owned().await {
-                    if job.expired() {
-                        // Its deadline passed while it waited for a permit.
-                        drop(permit);
-                        skip_stale(&job);
-                    } else {
-                        let Job { assignment, reply, .. } = job;
-                        let store = store.clone();
-                        let running = running.clone();
-                        let run = tokio::task::spawn_blocking(move || {
-                            let now = running.0.fetch_add(1, Ordering::AcqRel) + 1;
-                            running.1.fetch_max(now, Ordering::AcqRel);
-                            let result = run_task_payload(&store, &assignment.task_data);
-                            running.0.fetch_sub(1, Ordering::AcqRel);
-                            result_frame(&assignment, result)
-                        });
-                        let frame = run.await;
-                        drop(permit);
-                        match frame {
-                            // A closed connection drops its results: the coordinator re-sends the task.
-                            Ok(frame) => drop(reply.send(frame).await),
-                            Err(e) => tracing::error!("a task failed to complete: {e}"),
-                        }
+                } else {
+                    match &*executor {
+                        Executor::InProcess(store) => run_in_process(job, store, &permits, &running).await,
+                        Executor::Workers(workers) => run_in_worker(job, workers, &running).await,
                     }
                 }
                 pending.fetch_sub(1, Ordering::AcqRel);
@@ -154,6 +177,86 @@ impl Pool {
             }
         });
     }
+}
+
+/// Runs a job on tokio's blocking pool once a permit is free, and answers it.
+async fn run_in_process(
+    job: Job,
+    store: &Arc<SessionStore>,
+    permits: &Arc<Semaphore>,
+    running: &Arc<(AtomicUsize, AtomicUsize)>,
+) {
+    let Ok(permit) = permits.clone().acquire_owned().await else { return };
+    if job.expired() {
+        // Its deadline passed while it waited for a permit.
+        drop(permit);
+        skip_stale(&job);
+        return;
+    }
+    let Job { assignment, reply, max_frame_bytes, .. } = job;
+    let store = store.clone();
+    let running = running.clone();
+    let run = tokio::task::spawn_blocking(move || {
+        let now = running.0.fetch_add(1, Ordering::AcqRel) + 1;
+        running.1.fetch_max(now, Ordering::AcqRel);
+        let result = run_task_payload(&store, &assignment.task_data);
+        running.0.fetch_sub(1, Ordering::AcqRel);
+        checked_result_frame(&assignment, result, max_frame_bytes)
+    });
+    let frame = run.await;
+    drop(permit);
+    match frame {
+        // A closed connection drops its results: the coordinator re-sends the task.
+        Ok(frame) => drop(reply.send(frame).await),
+        Err(e) => tracing::error!("a task failed to complete: {e}"),
+    }
+}
+
+/// Runs a job in a worker process, and answers it unless it was cancelled.
+async fn run_in_worker(job: Job, workers: &Workers, running: &Arc<(AtomicUsize, AtomicUsize)>) {
+    let deadline = job.deadline();
+    let now = running.0.fetch_add(1, Ordering::AcqRel) + 1;
+    running.1.fetch_max(now, Ordering::AcqRel);
+    let outcome = workers.execute(&job.assignment.task_data, deadline, job.reply.closed()).await;
+    running.0.fetch_sub(1, Ordering::AcqRel);
+    match outcome {
+        Outcome::Answer(result) => {
+            let frame = checked_result_frame(&job.assignment, result, job.max_frame_bytes);
+            drop(job.reply.send(frame).await);
+        }
+        Outcome::Cancelled => skip_stale(&job),
+    }
+}
+
+/// The `task_result` frame answering an assignment, or, when that frame would exceed
+/// the coordinator's limit, a `limit_exceeded` error in its place (the coordinator would
+/// drop the whole connection for an oversized frame).
+pub(crate) fn checked_result_frame(
+    assignment: &TaskAssignment,
+    result: p2c2r_protocol::RawPayload,
+    max_frame_bytes: usize,
+) -> String {
+    let frame = result_frame(assignment, result);
+    if frame.len() <= max_frame_bytes {
+        return frame;
+    }
+    tracing::warn!(
+        task_id = %assignment.task_id,
+        bytes = frame.len(),
+        max_frame_bytes,
+        "a result is larger than the coordinator accepts; answering limit_exceeded instead"
+    );
+    let spec = &assignment.task_data;
+    let message = format!(
+        "the result is {} bytes, more than the {max_frame_bytes} bytes the coordinator accepts in a frame; send a smaller request",
+        frame.len()
+    );
+    let error = if spec.session_id.is_some() {
+        lost_task_error(spec, ErrorCode::LimitExceeded, message)
+    } else {
+        to_payload(&TaskError::new(ErrorCode::LimitExceeded, message)).expect("task errors always serialize")
+    };
+    result_frame(assignment, error)
 }
 
 /// Logs a job skipped because its deadline passed while it waited (behind its session's
@@ -219,6 +322,27 @@ mod tests {
     fn result_of(frame: &str) -> (String, String) {
         let Ok(Message::TaskResult(r)) = codec::decode(frame) else { panic!("{frame}") };
         (r.task_id, r.result.get().to_owned())
+    }
+
+    #[test]
+    fn a_result_over_the_frame_limit_is_replaced_by_limit_exceeded() {
+        let store = SessionStore::new(Duration::from_secs(60));
+        let mut spec = assignment(1, "physics_step", Some("s"), "{}").task_data;
+        let bodies: Vec<String> = (0..200)
+            .map(|i| format!(r#"{{"id":{i},"shape":{{"kind":"sphere","radius":0.5}},"position":[{},0,0]}}"#, 3 * i))
+            .collect();
+        let data = format!(r#"{{"tick":9,"snapshot":true,"dt":0.016,"add":[{}]}}"#, bodies.join(","));
+        spec.task_data = raw_payload(data).unwrap();
+        let a = TaskAssignment { task_id: "1:1".into(), attempt: 1, deadline_ms: None, task_data: spec };
+        let result = run_task_payload(&store, &a.task_data);
+        let full = checked_result_frame(&a, result.clone(), usize::MAX);
+        assert!(result_of(&full).1.starts_with(r#"{"status":"success""#));
+        let limited = checked_result_frame(&a, result, full.len() - 1);
+        assert!(limited.len() < full.len());
+        let (task_id, answer) = result_of(&limited);
+        assert_eq!(task_id, "1:1");
+        let e: TaskError = serde_json::from_str(&answer).unwrap();
+        assert_eq!((e.code, e.resync, e.tick), (ErrorCode::LimitExceeded, true, Some(9)), "{answer}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,6 +11,7 @@ use p2c2r_protocol::{ErrorCode, RawPayload, TaskError, TaskStatus, limits, to_pa
 use serde::{Deserialize, Serialize};
 
 use crate::ai::Navigator;
+use crate::budget::Budgets;
 use crate::physics::PhysicsWorld;
 use crate::tasks::parse;
 
@@ -61,6 +62,12 @@ pub struct SeedAiResult {
 
 /// Runs a seed `physics` task.
 pub fn physics(payload: &str) -> Result<RawPayload, TaskError> {
+    physics_within(payload, &Budgets::unlimited())
+}
+
+/// [`physics`] within a work budget, as peers run it (see
+/// [`PhysicsWorld::step_limited`]).
+pub fn physics_within(payload: &str, budgets: &Budgets) -> Result<RawPayload, TaskError> {
     let request: SeedPhysicsRequest =
         if payload.trim() == "null" { SeedPhysicsRequest::default() } else { parse(payload)? };
     let n = request.num_objects;
@@ -83,7 +90,7 @@ pub fn physics(payload: &str) -> Result<RawPayload, TaskError> {
         add.push(BodyDesc::new(i + 1, Shape::Sphere { radius: 0.5 }, position));
     }
     let request = PhysicsStepRequest { tick: 0, snapshot: true, dt: SEED_DT, steps: 1, add, ..Default::default() };
-    let result = PhysicsWorld::new().step(&request)?;
+    let result = PhysicsWorld::new().step_limited(&request, budgets)?;
     let count = result.bodies.len().max(1) as f32;
     let heights = result.bodies.iter().map(|b| b.position[1]);
     let summary = SeedPhysicsResult {

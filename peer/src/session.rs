@@ -1,16 +1,26 @@
 //! The sessions a peer holds: one physics world and one navigation grid per session id,
 //! dropped after a configurable idle time.
 //!
+//! The store is bounded twice: by a number of sessions and by their estimated memory
+//! ([`Session::estimated_bytes`]), for the whole store and per gamer. When a new or
+//! growing session does not fit, idle sessions are evicted *fairly*: those of the gamer
+//! that created sessions fastest recently go first (its least recently used one first),
+//! so a gamer flooding the peer with new sessions evicts its own, never an honest
+//! gamer's while the flooder still holds any. When nothing can be evicted the task is
+//! refused (`limit_exceeded` with resync).
+//!
 //! Time comes from a [`Clock`] so tests can move it by hand ([`ManualClock`]) instead of
 //! sleeping.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use p2c2r_protocol::RawPayload;
 
 use crate::ai::Navigator;
+use crate::budget::Budgets;
 use crate::physics::PhysicsWorld;
 
 /// Where a [`SessionStore`] reads the time.
@@ -72,6 +82,48 @@ pub struct Session {
     pub(crate) last_physics: Option<CachedResult>,
 }
 
+/// Estimated bytes of one rapier body with its collider, as a session holds it.
+///
+/// Measured once with rapier3d 0.36 (`cargo run --release -p peer --example
+/// session_bytes`): worlds of 10,000 boxes falling onto a ground (one contact pair per
+/// body), each stepped 60 times, grew the process's resident memory by about 7.5 KB per
+/// body (the body, its collider, broad-phase and island entries, the contact pair and its
+/// manifold, our id map); rounded up.
+pub const BYTES_PER_BODY: u64 = 8 * 1024;
+/// Estimated bytes of one navigation-grid cell (its connected-component label).
+pub const BYTES_PER_GRID_CELL: u64 = 4;
+/// Estimated bytes of an empty session (an empty rapier world and the store's entry).
+pub const SESSION_BASE_BYTES: u64 = 16 * 1024;
+/// Default memory budget of a [`SessionStore`], all sessions together: 512 MiB.
+pub const DEFAULT_SESSION_MEMORY_BYTES: u64 = 512 * 1024 * 1024;
+/// Half-life of the creation rate by which gamers are ranked for eviction.
+pub const CREATION_RATE_HALF_LIFE: Duration = Duration::from_secs(30);
+
+impl Session {
+    /// The memory this session is estimated to hold: [`SESSION_BASE_BYTES`], plus
+    /// [`BYTES_PER_BODY`] per physics body, [`BYTES_PER_GRID_CELL`] per grid cell, and the
+    /// cached last answer.
+    pub fn estimated_bytes(&self) -> u64 {
+        Self::estimate(self.physics.as_ref().map_or(0, PhysicsWorld::body_count), self.grid_cells())
+            + self.last_physics.as_ref().map_or(0, |c| c.result.get().len() as u64)
+    }
+
+    /// The estimate for a session with `bodies` physics bodies and `grid_cells` cells.
+    pub fn estimate(bodies: usize, grid_cells: usize) -> u64 {
+        SESSION_BASE_BYTES
+            .saturating_add((bodies as u64).saturating_mul(BYTES_PER_BODY))
+            .saturating_add((grid_cells as u64).saturating_mul(BYTES_PER_GRID_CELL))
+    }
+
+    /// Cells of the navigation grid held (0 without one).
+    pub fn grid_cells(&self) -> usize {
+        self.navigator.as_ref().map_or(0, |n| {
+            let (w, h) = n.size();
+            w * h
+        })
+    }
+}
+
 /// A result kept for duplicate deliveries.
 #[derive(Debug)]
 pub(crate) struct CachedResult {
@@ -84,6 +136,31 @@ pub(crate) struct CachedResult {
 struct Slot {
     session: Mutex<Session>,
     last_used: Mutex<Instant>,
+    /// The gamer that owns the session ("" when the task named none).
+    gamer: Arc<str>,
+    /// The session's estimated memory, as last charged.
+    bytes: AtomicU64,
+}
+
+impl Slot {
+    fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Acquire)
+    }
+}
+
+/// How fast a gamer created sessions recently: a count that halves every
+/// [`CREATION_RATE_HALF_LIFE`].
+#[derive(Clone, Copy, Debug)]
+struct Rate {
+    score: f64,
+    at: Instant,
+}
+
+impl Rate {
+    fn at(self, now: Instant) -> f64 {
+        let age = now.saturating_duration_since(self.at).as_secs_f64();
+        self.score * 0.5f64.powf(age / CREATION_RATE_HALF_LIFE.as_secs_f64())
+    }
 }
 
 /// The sessions of one peer, shared by its worker threads.
@@ -93,8 +170,13 @@ struct Slot {
 /// queues each session's tasks in arrival order before they reach the store.
 pub struct SessionStore {
     sessions: Mutex<HashMap<String, Arc<Slot>>>,
+    /// Per gamer, how fast it created sessions recently. Locked only under `sessions`.
+    creations: Mutex<HashMap<Arc<str>, Rate>>,
     idle_timeout: Duration,
     max_sessions: usize,
+    memory_budget: u64,
+    gamer_memory_budget: u64,
+    budgets: Budgets,
     clock: Arc<dyn Clock>,
 }
 
@@ -108,12 +190,25 @@ pub struct StoreFull {
     pub max_sessions: usize,
 }
 
+/// Why [`SessionStore::charge`] refused to let a session grow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OverBudget {
+    /// The bytes the session asked for.
+    pub requested: u64,
+    /// The budget it would exceed.
+    pub budget: u64,
+    /// Whether that is the per-gamer budget (else the whole store's).
+    pub per_gamer: bool,
+}
+
 impl std::fmt::Debug for SessionStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SessionStore")
             .field("sessions", &self.len())
             .field("idle_timeout", &self.idle_timeout)
             .field("max_sessions", &self.max_sessions)
+            .field("memory_budget", &self.memory_budget)
+            .field("gamer_memory_budget", &self.gamer_memory_budget)
             .finish()
     }
 }
@@ -126,7 +221,16 @@ impl SessionStore {
 
     /// A store reading time from `clock`.
     pub fn with_clock(idle_timeout: Duration, clock: Arc<dyn Clock>) -> Self {
-        SessionStore { sessions: Mutex::new(HashMap::new()), idle_timeout, max_sessions: DEFAULT_MAX_SESSIONS, clock }
+        SessionStore {
+            sessions: Mutex::new(HashMap::new()),
+            creations: Mutex::new(HashMap::new()),
+            idle_timeout,
+            max_sessions: DEFAULT_MAX_SESSIONS,
+            memory_budget: DEFAULT_SESSION_MEMORY_BYTES,
+            gamer_memory_budget: DEFAULT_SESSION_MEMORY_BYTES / 4,
+            budgets: Budgets::default(),
+            clock,
+        }
     }
 
     /// Sets how many sessions the store holds at most (at least 1; default
@@ -137,9 +241,38 @@ impl SessionStore {
         self
     }
 
+    /// Sets the estimated memory all sessions may hold together, and one gamer's sessions
+    /// (default [`DEFAULT_SESSION_MEMORY_BYTES`] and a quarter of it).
+    pub fn with_memory_budget(mut self, total_bytes: u64, per_gamer_bytes: u64) -> Self {
+        self.memory_budget = total_bytes;
+        self.gamer_memory_budget = per_gamer_bytes.min(total_bytes);
+        self
+    }
+
+    /// Sets the work budgets tasks run within ([`crate::run_task`] reads them here).
+    pub fn with_budgets(mut self, budgets: Budgets) -> Self {
+        self.budgets = budgets;
+        self
+    }
+
+    /// The work budgets tasks run within.
+    pub fn budgets(&self) -> &Budgets {
+        &self.budgets
+    }
+
     /// How many sessions the store holds at most.
     pub fn max_sessions(&self) -> usize {
         self.max_sessions
+    }
+
+    /// The memory budgets: all sessions together, one gamer's sessions.
+    pub fn memory_budget(&self) -> (u64, u64) {
+        (self.memory_budget, self.gamer_memory_budget)
+    }
+
+    /// The estimated memory the sessions hold, as last charged.
+    pub fn estimated_bytes(&self) -> u64 {
+        lock(&self.sessions).values().map(|s| s.bytes()).sum()
     }
 
     /// How long a session may stay unused.
@@ -181,6 +314,9 @@ impl SessionStore {
         let mut sessions = lock(&self.sessions);
         let before = sessions.len();
         sessions.retain(|_, slot| !self.expired(slot, now));
+        // Forget the rates of gamers that hold nothing and stopped creating.
+        lock(&self.creations)
+            .retain(|gamer, rate| rate.at(now) > 0.01 || sessions.values().any(|slot| slot.gamer == *gamer));
         before - sessions.len()
     }
 
@@ -195,13 +331,26 @@ impl SessionStore {
     }
 
     /// [`with_session`](Self::with_session), saying when a session could not be created
-    /// because the store is full.
-    ///
-    /// Creating a session in a full store first drops the idle-expired sessions, then the
-    /// least recently used session that no task is using right now. If every session is in
-    /// use, nothing is evicted and [`StoreFull`] is returned.
+    /// because the store is full. The session belongs to no gamer (see
+    /// [`try_with_gamer_session`](Self::try_with_gamer_session)).
     pub fn try_with_session<R>(
         &self,
+        session_id: &str,
+        create: bool,
+        f: impl FnOnce(&mut Session) -> R,
+    ) -> Result<Option<R>, StoreFull> {
+        self.try_with_gamer_session(None, session_id, create, f)
+    }
+
+    /// [`try_with_session`](Self::try_with_session) for a session owned by `gamer`.
+    ///
+    /// Creating a session in a full store first drops the idle-expired sessions, then one
+    /// idle session of the gamer that created sessions fastest recently (its least
+    /// recently used); if that gamer's sessions are all in use, nothing is evicted and
+    /// [`StoreFull`] is returned.
+    pub fn try_with_gamer_session<R>(
+        &self,
+        gamer: Option<&str>,
         session_id: &str,
         create: bool,
         f: impl FnOnce(&mut Session) -> R,
@@ -215,8 +364,15 @@ impl SessionStore {
             match sessions.get(session_id) {
                 Some(slot) => slot.clone(),
                 None if create => {
+                    let gamer: Arc<str> = Arc::from(gamer.unwrap_or(""));
+                    self.count_creation(&gamer, now);
                     self.make_room(&mut sessions, now)?;
-                    let slot = Arc::new(Slot { session: Mutex::new(Session::default()), last_used: Mutex::new(now) });
+                    let slot = Arc::new(Slot {
+                        session: Mutex::new(Session::default()),
+                        last_used: Mutex::new(now),
+                        gamer,
+                        bytes: AtomicU64::new(SESSION_BASE_BYTES),
+                    });
                     sessions.insert(session_id.to_owned(), slot.clone());
                     slot
                 }
@@ -226,12 +382,62 @@ impl SessionStore {
         let mut session = lock(&slot.session);
         *lock(&slot.last_used) = self.clock.now();
         let r = f(&mut session);
+        slot.bytes.store(session.estimated_bytes(), Ordering::Release);
         *lock(&slot.last_used) = self.clock.now();
         Ok(Some(r))
     }
 
-    /// Frees one place in a full map: expired sessions first, then the least recently used
-    /// idle one.
+    /// Lets a session grow to `bytes` (its estimated memory once the task has run),
+    /// evicting idle sessions to make room: first the same gamer's least recently used
+    /// ones while its sessions exceed the per-gamer budget, then those of the gamer that
+    /// created sessions fastest recently while the store exceeds its budget. Call it from
+    /// inside [`with_session`](Self::with_session) before the work that makes the session
+    /// grow: the session itself is in use and never evicted. Shrinking always succeeds.
+    ///
+    /// An unknown session id is charged nothing.
+    pub fn charge(&self, session_id: &str, bytes: u64) -> Result<(), OverBudget> {
+        let now = self.clock.now();
+        let mut sessions = lock(&self.sessions);
+        let Some(slot) = sessions.get(session_id).cloned() else { return Ok(()) };
+        if bytes <= slot.bytes() {
+            slot.bytes.store(bytes, Ordering::Release);
+            return Ok(());
+        }
+        let over = |per_gamer: bool, budget: u64| OverBudget { requested: bytes, budget, per_gamer };
+        loop {
+            let gamer_total: u64 = sessions
+                .iter()
+                .filter(|(id, s)| s.gamer == slot.gamer && *id != session_id)
+                .map(|(_, s)| s.bytes())
+                .sum();
+            if gamer_total.saturating_add(bytes) <= self.gamer_memory_budget {
+                break;
+            }
+            let victim = Self::lru_idle(&sessions, Some(&slot.gamer)).ok_or(over(true, self.gamer_memory_budget))?;
+            tracing::debug!(session_id = %victim, "a gamer's sessions exceed its memory budget; evicting its least recently used");
+            sessions.remove(&victim);
+        }
+        loop {
+            let total: u64 = sessions.iter().filter(|(id, _)| *id != session_id).map(|(_, s)| s.bytes()).sum();
+            if total.saturating_add(bytes) <= self.memory_budget {
+                break;
+            }
+            let victim = self.fair_victim(&sessions, now).ok_or(over(false, self.memory_budget))?;
+            tracing::debug!(session_id = %victim, "session memory budget exceeded; evicting a session of the fastest creator");
+            sessions.remove(&victim);
+        }
+        slot.bytes.store(bytes, Ordering::Release);
+        Ok(())
+    }
+
+    /// Records that `gamer` created a session now.
+    fn count_creation(&self, gamer: &Arc<str>, now: Instant) {
+        let mut creations = lock(&self.creations);
+        let rate = creations.entry(gamer.clone()).or_insert(Rate { score: 0.0, at: now });
+        *rate = Rate { score: rate.at(now) + 1.0, at: now };
+    }
+
+    /// Frees one place in a full map: expired sessions first, then a fair victim.
     fn make_room(&self, sessions: &mut HashMap<String, Arc<Slot>>, now: Instant) -> Result<(), StoreFull> {
         if sessions.len() < self.max_sessions {
             return Ok(());
@@ -240,24 +446,46 @@ impl SessionStore {
         if sessions.len() < self.max_sessions {
             return Ok(());
         }
-        // A slot is in use while a task holds a clone of its `Arc`; clones are only made
-        // under the map lock we hold, so a count of 1 means no task can be using it. (A
-        // task that just finished may still be counted: then the slot merely looks busy.)
-        // Ties on `last_used` are broken by id so the choice is deterministic.
-        let victim = sessions
-            .iter()
-            .filter(|(_, slot)| Arc::strong_count(slot) == 1)
-            .map(|(id, slot)| (*lock(&slot.last_used), id))
-            .min()
-            .map(|(_, id)| id.clone());
-        match victim {
+        match self.fair_victim(sessions, now) {
             Some(id) => {
-                tracing::debug!(session_id = %id, "session store full; evicting the least recently used session");
+                tracing::debug!(session_id = %id, "session store full; evicting a session of the fastest creator");
                 sessions.remove(&id);
                 Ok(())
             }
             None => Err(StoreFull { max_sessions: self.max_sessions }),
         }
+    }
+
+    /// The session to evict: the least recently used idle session of the gamer, among
+    /// those holding sessions, that created sessions fastest recently (ties: the one
+    /// holding more memory, then by name). `None` when that gamer's sessions are all in
+    /// use: an honest gamer's session is never evicted while the flooder holds any (even
+    /// when the flooder is the one asking for room).
+    fn fair_victim(&self, sessions: &HashMap<String, Arc<Slot>>, now: Instant) -> Option<String> {
+        let creations = lock(&self.creations);
+        let mut held: HashMap<&Arc<str>, u64> = HashMap::new();
+        for slot in sessions.values() {
+            *held.entry(&slot.gamer).or_default() += slot.bytes();
+        }
+        let rate = |g: &Arc<str>| creations.get(g).map_or(0.0, |r| r.at(now));
+        let (gamer, _) = held.into_iter().max_by(|(a, abytes), (b, bbytes)| {
+            rate(a).total_cmp(&rate(b)).then(abytes.cmp(bbytes)).then_with(|| b.cmp(a))
+        })?;
+        Self::lru_idle(sessions, Some(gamer))
+    }
+
+    /// The least recently used idle session (of `gamer`, when given).
+    fn lru_idle(sessions: &HashMap<String, Arc<Slot>>, gamer: Option<&Arc<str>>) -> Option<String> {
+        // A slot is in use while a task holds a clone of its `Arc`; clones are only made
+        // under the map lock we hold, so a count of 1 means no task can be using it. (A
+        // task that just finished may still be counted: then the slot merely looks busy.)
+        // Ties on `last_used` are broken by id so the choice is deterministic.
+        sessions
+            .iter()
+            .filter(|(_, slot)| Arc::strong_count(slot) == 1 && gamer.is_none_or(|g| slot.gamer == *g))
+            .map(|(id, slot)| (*lock(&slot.last_used), id))
+            .min()
+            .map(|(_, id)| id.clone())
     }
 
     fn expired(&self, slot: &Slot, now: Instant) -> bool {
@@ -350,6 +578,53 @@ mod tests {
         // Once they are idle again, the least recently used one makes room.
         store.with_session("d", true, |_| ()).unwrap();
         assert_eq!(store.len(), 2);
+    }
+
+    #[test]
+    fn the_fastest_creator_pays_for_room_and_never_an_honest_gamer() {
+        let clock = ManualClock::new();
+        let store = SessionStore::with_clock(Duration::from_secs(60), Arc::new(clock.clone())).with_max_sessions(3);
+        let create = |gamer: &str, id: &str| store.try_with_gamer_session(Some(gamer), id, true, |_| ());
+        create("honest", "h").unwrap();
+        for i in 0..5 {
+            clock.advance(Duration::from_secs(1));
+            create("flood", &format!("f{i}")).unwrap();
+        }
+        // The flooder's newest two remain; the honest gamer's older, less recently used
+        // session was never the victim.
+        assert_eq!(store.session_ids(), vec!["f3", "f4", "h"]);
+        // While the flooder's sessions are all in use, nobody else's is evicted for it.
+        store
+            .with_session("f3", false, |_| {
+                store
+                    .with_session("f4", false, |_| {
+                        assert_eq!(create("honest", "h2"), Err(StoreFull { max_sessions: 3 }));
+                        assert_eq!(create("flood", "f5"), Err(StoreFull { max_sessions: 3 }));
+                    })
+                    .unwrap();
+            })
+            .unwrap();
+        assert_eq!(store.session_ids(), vec!["f3", "f4", "h"]);
+        // Once idle again, the flooder pays.
+        create("honest", "h2").unwrap();
+        assert_eq!(store.session_ids(), vec!["f4", "h", "h2"]);
+    }
+
+    #[test]
+    fn growth_past_a_gamers_budget_is_refused_and_shrinking_always_fits() {
+        let store = SessionStore::new(Duration::from_secs(60)).with_memory_budget(1 << 20, 300 << 10);
+        store.try_with_gamer_session(Some("a"), "a1", true, |_| ()).unwrap();
+        store
+            .try_with_gamer_session(Some("b"), "b1", true, |_| {
+                assert_eq!(store.charge("b1", 200 << 10), Ok(()));
+                assert_eq!(
+                    store.charge("b1", 400 << 10),
+                    Err(OverBudget { requested: 400 << 10, budget: 300 << 10, per_gamer: true })
+                );
+                assert_eq!(store.charge("b1", 1), Ok(()));
+            })
+            .unwrap();
+        assert_eq!(store.session_ids(), vec!["a1", "b1"]);
     }
 
     #[test]

@@ -14,10 +14,10 @@ use p2c2r_protocol::{ErrorCode, RawPayload, TaskError, TaskSpec, TaskStatus, lim
 use serde::Deserialize;
 use serde::de::{DeserializeOwned, IgnoredAny, SeqAccess, Visitor};
 
-use crate::ai::{DEFAULT_MAX_EXPANSIONS, Navigator};
+use crate::ai::Navigator;
 use crate::physics::PhysicsWorld;
 use crate::seed;
-use crate::session::{CachedResult, SessionStore, StoreFull};
+use crate::session::{CachedResult, OverBudget, Session, SessionStore, StoreFull};
 
 /// Runs one task and returns its result as JSON text: a success object, or a
 /// [`TaskError`] object (`"status": "error"`).
@@ -60,9 +60,13 @@ pub fn run_task_payload(sessions: &SessionStore, spec: &TaskSpec) -> RawPayload 
 fn dispatch(sessions: &SessionStore, spec: &TaskSpec) -> Result<RawPayload, TaskError> {
     let payload = spec.task_data.get();
     match spec.task_type.as_str() {
-        task_types::PHYSICS_STEP => physics_step(sessions, &session_key(spec, task_types::PHYSICS_STEP)?, payload),
-        task_types::AI_NAVIGATE => ai_navigate(sessions, &session_key(spec, task_types::AI_NAVIGATE)?, payload),
-        task_types::SEED_PHYSICS => seed::physics(payload),
+        task_types::PHYSICS_STEP => {
+            physics_step(sessions, spec.gamer_id.as_deref(), &session_key(spec, task_types::PHYSICS_STEP)?, payload)
+        }
+        task_types::AI_NAVIGATE => {
+            ai_navigate(sessions, spec.gamer_id.as_deref(), &session_key(spec, task_types::AI_NAVIGATE)?, payload)
+        }
+        task_types::SEED_PHYSICS => seed::physics_within(payload, sessions.budgets()),
         task_types::SEED_AI => seed::ai(payload),
         other => Err(TaskError::new(
             ErrorCode::UnknownTaskType,
@@ -71,14 +75,21 @@ fn dispatch(sessions: &SessionStore, spec: &TaskSpec) -> Result<RawPayload, Task
     }
 }
 
-fn physics_step(sessions: &SessionStore, session_id: &str, payload: &str) -> Result<RawPayload, TaskError> {
+fn physics_step(
+    sessions: &SessionStore,
+    gamer: Option<&str>,
+    session_id: &str,
+    payload: &str,
+) -> Result<RawPayload, TaskError> {
     if payload.len() > 2 * limits::MAX_BODIES_PER_SESSION {
         probe::<PhysicsProbe>(payload)?;
     }
     let request: PhysicsStepRequest = parse(payload)?;
     let request_hash = hash(payload);
+    let budgets = *sessions.budgets();
+    let tick = request.tick;
     sessions
-        .try_with_session(session_id, request.snapshot, |session| {
+        .try_with_gamer_session(gamer, session_id, request.snapshot, |session| {
             if let Some(cached) = &session.last_physics
                 && cached.tick == request.tick
                 && cached.request_hash == request_hash
@@ -86,8 +97,13 @@ fn physics_step(sessions: &SessionStore, session_id: &str, payload: &str) -> Res
             {
                 return Ok(cached.result.clone());
             }
+            // Charge the session's memory for the world the request makes before building it.
+            let bodies = session.physics.as_ref().map_or(request.add.len(), |w| w.projected_body_count(&request));
+            sessions
+                .charge(session_id, Session::estimate(bodies, session.grid_cells()))
+                .map_err(|e| over_budget(e, tick))?;
             let world = session.physics.get_or_insert_with(PhysicsWorld::new);
-            let result = world.step(&request)?;
+            let result = world.step_limited(&request, &budgets)?;
             let result = to_payload(&result).expect("physics results always serialize");
             session.last_physics = Some(CachedResult {
                 tick: request.tick,
@@ -97,11 +113,16 @@ fn physics_step(sessions: &SessionStore, session_id: &str, payload: &str) -> Res
             });
             Ok(result)
         })
-        .map_err(|full| store_full(full, request.tick))?
-        .unwrap_or_else(|| Err(unknown_session(request.tick)))
+        .map_err(|full| store_full(full, tick))?
+        .unwrap_or_else(|| Err(unknown_session(tick)))
 }
 
-fn ai_navigate(sessions: &SessionStore, session_id: &str, payload: &str) -> Result<RawPayload, TaskError> {
+fn ai_navigate(
+    sessions: &SessionStore,
+    gamer: Option<&str>,
+    session_id: &str,
+    payload: &str,
+) -> Result<RawPayload, TaskError> {
     if payload.len() > 2 * limits::MAX_AGENTS_PER_REQUEST {
         probe::<AiProbe>(payload)?;
     }
@@ -118,21 +139,40 @@ fn ai_navigate(sessions: &SessionStore, session_id: &str, payload: &str) -> Resu
         )
         .with_tick(tick));
     }
+    let budgets = *sessions.budgets();
     // Build the navigator before touching the session, so a bad grid changes nothing.
     let navigator = request.grid.as_ref().map(Navigator::new).transpose().map_err(|e| e.with_tick(tick))?;
     sessions
-        .try_with_session(session_id, navigator.is_some(), |session| {
+        .try_with_gamer_session(gamer, session_id, navigator.is_some(), |session| {
             if let Some(navigator) = navigator {
+                let (w, h) = navigator.size();
+                let bodies = session.physics.as_ref().map_or(0, PhysicsWorld::body_count);
+                sessions.charge(session_id, Session::estimate(bodies, w * h)).map_err(|e| over_budget(e, tick))?;
                 session.navigator = Some(navigator);
             }
             let Some(navigator) = &session.navigator else { return Err(unknown_session(tick)) };
-            let agents =
-                navigator.navigate_limited(&request.agents, DEFAULT_MAX_EXPANSIONS).map_err(|e| e.with_tick(tick))?;
+            let agents = navigator
+                .navigate_within(&request.agents, budgets.max_path_expansions, budgets.max_waypoints)
+                .map_err(|e| e.with_tick(tick))?;
             Ok(to_payload(&AiNavigateResult { status: TaskStatus::Success, tick, agents })
                 .expect("ai results always serialize"))
         })
         .map_err(|full| store_full(full, tick))?
         .unwrap_or_else(|| Err(unknown_session(tick)))
+}
+
+fn over_budget(e: OverBudget, tick: u64) -> TaskError {
+    let whose = if e.per_gamer { "this gamer's sessions on this peer" } else { "this peer's sessions" };
+    TaskError::new(
+        ErrorCode::LimitExceeded,
+        format!(
+            "the session would need about {} KiB, over the memory budget of {} KiB for {whose}, and nothing idle can be evicted; try another peer or a smaller world",
+            e.requested / 1024,
+            e.budget / 1024
+        ),
+    )
+    .with_resync()
+    .with_tick(tick)
 }
 
 /// Checks the task's session id and returns the key its session is stored under.

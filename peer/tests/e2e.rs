@@ -9,83 +9,15 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use p2c2r_protocol::physics::{BodyDesc, BodyState, BodyType, PhysicsStepRequest, PhysicsStepResult, Shape};
-use p2c2r_protocol::{ErrorCode, Message, RegisterGamer, TaskError, TaskRequest, TaskResult, codec, to_payload};
+use p2c2r_protocol::physics::{BodyDesc, BodyState, BodyType, PhysicsStepRequest, Shape};
+use p2c2r_protocol::{ErrorCode, to_payload};
 use peer::{PeerConfig, PeerHandle};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-const WAIT: Duration = Duration::from_secs(30);
+mod common;
+
+use common::{Gamer, within};
+
 const DT: f32 = 1.0 / 60.0;
-
-async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(WAIT, f).await.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
-
-/// A game client speaking the protocol directly.
-struct Gamer {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    next_id: u64,
-}
-
-impl Gamer {
-    async fn connect(url: &str, gamer_id: &str) -> Gamer {
-        let (mut ws, _) = within("connecting", tokio_tungstenite::connect_async(url)).await.unwrap();
-        let hello = Message::RegisterGamer(RegisterGamer { gamer_id: gamer_id.into() });
-        ws.send(WsMessage::text(codec::encode(&hello))).await.unwrap();
-        let mut gamer = Gamer { ws, next_id: 0 };
-        match gamer.next().await {
-            Message::RegistrationAck(_) => gamer,
-            other => panic!("expected registration_ack, got {}", other.msg_type()),
-        }
-    }
-
-    async fn next(&mut self) -> Message {
-        loop {
-            match within("a frame", self.ws.next()).await.expect("the coordinator closed").unwrap() {
-                WsMessage::Text(t) => return codec::decode(t.as_str()).unwrap(),
-                _ => continue,
-            }
-        }
-    }
-
-    /// Sends a task and waits for its result.
-    async fn run(&mut self, task_type: &str, session: Option<&str>, data: p2c2r_protocol::RawPayload) -> TaskResult {
-        self.next_id += 1;
-        let task_id = format!("task-{}", self.next_id);
-        let request = Message::TaskRequest(TaskRequest {
-            task_id: task_id.clone(),
-            task_type: task_type.into(),
-            task_data: data,
-            session_id: session.map(str::to_owned),
-            deadline_ms: None,
-        });
-        self.ws.send(WsMessage::text(codec::encode(&request))).await.unwrap();
-        loop {
-            match self.next().await {
-                Message::TaskResult(r) if r.task_id == task_id => return r,
-                Message::TaskResult(r) => panic!("a result for {} that is not pending", r.task_id),
-                Message::Error(e) => panic!("coordinator error: {} {}", e.code, e.message),
-                _ => {}
-            }
-        }
-    }
-
-    async fn physics(
-        &mut self,
-        session: &str,
-        request: &PhysicsStepRequest,
-    ) -> Result<(PhysicsStepResult, TaskResult), TaskError> {
-        let r = self.run("physics_step", Some(session), to_payload(request).unwrap()).await;
-        match serde_json::from_str::<PhysicsStepResult>(r.result.get()) {
-            Ok(result) => Ok((result, r)),
-            Err(_) => Err(serde_json::from_str::<TaskError>(r.result.get())
-                .unwrap_or_else(|e| panic!("neither a result nor an error: {e}: {}", r.result.get()))),
-        }
-    }
-}
 
 async fn start_peer(url: &str, id: &str) -> PeerHandle {
     let peer = peer::spawn(PeerConfig {

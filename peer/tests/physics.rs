@@ -6,7 +6,8 @@ use p2c2r_protocol::physics::{
     Shape,
 };
 use p2c2r_protocol::{ErrorCode, limits};
-use peer::physics::PhysicsWorld;
+use peer::Budgets;
+use peer::physics::{BoundingBox, MAX_COORDINATE, MAX_SPEED, PairEstimate, PhysicsWorld, estimate_overlapping_pairs};
 
 const DT: f32 = 1.0 / 60.0;
 
@@ -395,4 +396,179 @@ fn sleeping_bodies_are_reported_once_then_left_out() {
     let r = world.step(&r).unwrap();
     assert_eq!(r.bodies.len(), 1);
     assert!(!r.bodies[0].sleeping);
+}
+
+#[test]
+fn a_body_leaving_the_world_is_removed_reported_once_and_the_rest_resyncs() {
+    let mut world = PhysicsWorld::new();
+    // Launched at MAX_SPEED away from the origin, 10 km from the edge of the world.
+    // Rapier caps linear speeds (400 m/s by default), so it covers `cap × dt × steps`
+    // per tick, and crosses MAX_COORDINATE after `10 km / that` ticks.
+    let start = MAX_COORDINATE - 10_000.0;
+    let rocket = BodyDesc {
+        linvel: [MAX_SPEED, 0.0, 0.0],
+        ..BodyDesc::new(1, Shape::Sphere { radius: 0.5 }, [start, 0.0, 0.0])
+    };
+    let stay = BodyDesc::new(2, Shape::Sphere { radius: 0.5 }, [0.0, 0.0, 10.0]);
+    let (dt, steps) = (DT, 16);
+    let first = PhysicsStepRequest {
+        tick: 0,
+        snapshot: true,
+        dt,
+        steps,
+        gravity: Some([0.0; 3]),
+        add: vec![rocket, stay],
+        ..Default::default()
+    };
+    let cap = rapier3d::prelude::IntegrationParameters::default().max_linear_velocity().min(MAX_SPEED);
+    let per_tick = cap * dt * steps as f32;
+    // After tick t the rocket is at start + (t + 1) × per_tick.
+    let expected_tick = ((MAX_COORDINATE - start) / per_tick).floor() as u64;
+    let mut removed_at = None;
+    let mut latest = std::collections::BTreeMap::new();
+    for t in 0..=expected_tick + 2 {
+        let request =
+            if t == 0 { first.clone() } else { PhysicsStepRequest { tick: t, dt, steps, ..Default::default() } };
+        let r = world.step(&request).unwrap();
+        for b in &r.bodies {
+            assert!(b.position.iter().all(|x| x.abs() <= MAX_COORDINATE), "an out-of-bounds state was reported: {b:?}");
+            latest.insert(b.id, *b);
+        }
+        if !r.removed.is_empty() {
+            assert_eq!(r.removed, vec![1], "tick {t}");
+            assert!(removed_at.is_none(), "reported twice: at {removed_at:?} and {t}");
+            assert!(r.bodies.iter().all(|b| b.id != 1));
+            removed_at = Some(t);
+        }
+    }
+    let removed_at = removed_at.expect("the rocket was removed");
+    assert!(
+        (expected_tick - 1..=expected_tick + 1).contains(&removed_at),
+        "removed at tick {removed_at}, expected ~{expected_tick}"
+    );
+    assert_eq!(world.body_count(), 1);
+    // A snapshot of the remaining bodies' latest states is accepted.
+    latest.remove(&1);
+    let s = latest[&2];
+    let again = PhysicsStepRequest {
+        tick: expected_tick + 3,
+        snapshot: true,
+        dt,
+        steps: 1,
+        add: vec![BodyDesc {
+            rotation: s.rotation,
+            linvel: s.linvel,
+            angvel: s.angvel,
+            ..BodyDesc::new(2, Shape::Sphere { radius: 0.5 }, s.position)
+        }],
+        ..Default::default()
+    };
+    assert!(world.step(&again).is_ok());
+}
+
+fn pile(n: u64) -> PhysicsStepRequest {
+    snapshot(0, (0..n).map(|id| BodyDesc::new(id, Shape::Sphere { radius: 0.5 }, [0.0; 3])).collect())
+}
+
+#[test]
+fn a_thousand_spheres_at_one_point_are_refused_before_stepping() {
+    let mut world = PhysicsWorld::new();
+    world.step_limited(&snapshot(0, vec![ground(), cube(1, [0.0, 3.0, 0.0])]), &Budgets::default()).unwrap();
+    let e = world.step_limited(&pile(1000), &Budgets::default()).unwrap_err();
+    assert_eq!(e.code, ErrorCode::LimitExceeded, "{e:?}");
+    assert_eq!(e.tick, Some(0));
+    assert!(!e.resync, "the world is untouched");
+    // The old world carries on.
+    assert_eq!(world.body_count(), 2);
+    assert_eq!(world.step_limited(&tick(1), &Budgets::default()).unwrap().tick, 1);
+}
+
+#[test]
+fn body_steps_over_the_budget_are_refused_and_within_it_pass() {
+    let budgets = Budgets { max_body_steps: 100, ..Budgets::default() };
+    let spread = |n: u64| (0..n).map(|id| cube(id, [id as f32 * 3.0, 5.0, 0.0])).collect::<Vec<_>>();
+    let mut world = PhysicsWorld::new();
+    let ok = PhysicsStepRequest { steps: 10, ..snapshot(0, spread(10)) };
+    world.step_limited(&ok, &budgets).unwrap();
+    let over = PhysicsStepRequest { tick: 1, steps: 11, ..tick(1) };
+    let e = world.step_limited(&over, &budgets).unwrap_err();
+    assert_eq!((e.code, e.tick, e.resync), (ErrorCode::LimitExceeded, Some(1), false), "{e:?}");
+    assert_eq!(world.last_tick(), Some(0), "the world is untouched");
+    // 10,000 bodies with a few steps pass the default budget.
+    let big = PhysicsStepRequest { steps: 4, ..snapshot(0, spread(10_000)) };
+    assert!(PhysicsWorld::new().step_limited(&big, &Budgets::default()).is_ok());
+}
+
+#[test]
+fn a_world_piling_up_past_the_pair_budget_is_dropped_with_resync() {
+    // Two spheres 5 cm apart rushing together: no overlap before the step, a contact
+    // pair after it.
+    let budgets = Budgets { max_contact_pairs: 0, ..Budgets::default() };
+    let a = BodyDesc { linvel: [1.0, 0.0, 0.0], ..BodyDesc::new(1, Shape::Sphere { radius: 0.5 }, [0.0, 0.0, 0.0]) };
+    let b = BodyDesc { linvel: [-1.0, 0.0, 0.0], ..BodyDesc::new(2, Shape::Sphere { radius: 0.5 }, [1.05, 0.0, 0.0]) };
+    let request = PhysicsStepRequest { dt: 0.1, steps: 3, gravity: Some([0.0; 3]), ..snapshot(0, vec![a, b]) };
+    let mut world = PhysicsWorld::new();
+    let e = world.step_limited(&request, &budgets).unwrap_err();
+    assert_eq!((e.code, e.tick, e.resync), (ErrorCode::LimitExceeded, Some(0), true), "{e:?}");
+    let e = world.step_limited(&tick(1), &budgets).unwrap_err();
+    assert_eq!(e.code, ErrorCode::UnknownSession, "the world was dropped: {e:?}");
+    // With a budget, the same request passes.
+    assert!(PhysicsWorld::new().step_limited(&request, &Budgets::default()).is_ok());
+}
+
+#[test]
+fn the_pair_estimate_matches_brute_force_and_stops_early() {
+    // A jittered lattice of boxes and spheres, some touching, some rotated.
+    let mut boxes = Vec::new();
+    let mut seed = 7u32;
+    let mut next = || {
+        seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        (seed >> 8) as f32 / (1u32 << 24) as f32
+    };
+    for i in 0..600 {
+        let position = [next() * 20.0, next() * 5.0, next() * 20.0];
+        let shape = if i % 2 == 0 {
+            Shape::Sphere { radius: 0.3 + next() }
+        } else {
+            Shape::Box { half_extents: [0.2 + next(), 0.2 + next(), 0.2 + next()] }
+        };
+        let (x, y, z, w) = (next() - 0.5, next() - 0.5, next() - 0.5, next() - 0.5);
+        let n = (x * x + y * y + z * z + w * w).sqrt();
+        boxes.push(BoundingBox::of(shape, position, [x / n, y / n, z / n, w / n], i % 5 != 0));
+    }
+    let overlap = |a: &BoundingBox, b: &BoundingBox| (0..3).all(|i| a.min[i] <= b.max[i] && b.min[i] <= a.max[i]);
+    let mut brute = 0u64;
+    for i in 0..boxes.len() {
+        for j in i + 1..boxes.len() {
+            if (boxes[i].dynamic || boxes[j].dynamic) && overlap(&boxes[i], &boxes[j]) {
+                brute += 1;
+            }
+        }
+    }
+    assert!(brute > 100, "the scene has overlaps: {brute}");
+    // Within the budget, the answer is an upper bound (exact once it sweeps).
+    match estimate_overlapping_pairs(&boxes, brute) {
+        PairEstimate::Within(n) => assert!(n >= brute, "{n} < {brute}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(estimate_overlapping_pairs(&boxes, brute - 1), PairEstimate::Over);
+    // A ground under everything is compared with every box, and counted with each it touches.
+    let mut grounded = boxes.clone();
+    grounded.push(BoundingBox::of(
+        Shape::Box { half_extents: [100.0, 0.5, 100.0] },
+        [0.0, -0.4, 0.0],
+        [0.0, 0.0, 0.0, 1.0],
+        false,
+    ));
+    let touching = boxes.iter().filter(|b| b.dynamic && b.min[1] <= 0.11).count() as u64;
+    assert_eq!(estimate_overlapping_pairs(&grounded, brute + touching - 1), PairEstimate::Over);
+    assert!(matches!(estimate_overlapping_pairs(&grounded, brute + touching), PairEstimate::Within(_)));
+    // Piled at one point: stops once over the budget.
+    let pile = vec![BoundingBox::of(Shape::Sphere { radius: 0.5 }, [0.0; 3], [0.0, 0.0, 0.0, 1.0], true); 1000];
+    assert_eq!(estimate_overlapping_pairs(&pile, 50_000), PairEstimate::Over);
+    assert_eq!(estimate_overlapping_pairs(&pile, 1_000_000), PairEstimate::Within(499_500));
+    // A rotated box's bounding box holds its corners.
+    let q = [0.0, (0.5f32).sqrt(), 0.0, (0.5f32).sqrt()]; // 90° about y
+    let b = BoundingBox::of(Shape::Box { half_extents: [2.0, 1.0, 0.5] }, [0.0; 3], q, true);
+    assert!((b.max[0] - 0.51).abs() < 1e-4 && (b.max[2] - 2.01).abs() < 1e-4, "{b:?}");
 }

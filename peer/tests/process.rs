@@ -4,78 +4,15 @@
 
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use p2c2r_protocol::{Message, RegistrationAck, TaskAssignment, TaskResult, TaskSpec, codec, raw_payload, task_types};
+use futures_util::StreamExt;
+use p2c2r_protocol::{Message, TaskAssignment, TaskSpec, codec, raw_payload, task_types};
 use peer::{PeerConfig, PeerHandle};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_tungstenite::WebSocketStream;
+use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 
-const WAIT: Duration = Duration::from_secs(30);
+mod common;
 
-async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(WAIT, f).await.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
-
-/// One connection of the scripted coordinator.
-struct Conn(WebSocketStream<TcpStream>);
-
-impl Conn {
-    async fn accept(listener: &TcpListener) -> Conn {
-        let (tcp, _) = within("a connection", listener.accept()).await.unwrap();
-        Conn(tokio_tungstenite::accept_async(tcp).await.unwrap())
-    }
-
-    /// The next protocol message, skipping control frames; `None` once the peer is gone.
-    async fn next(&mut self) -> Option<Message> {
-        loop {
-            match within("a frame", self.0.next()).await? {
-                Ok(WsMessage::Text(t)) => return Some(codec::decode(t.as_str()).unwrap()),
-                Ok(WsMessage::Close(_)) | Err(_) => return None,
-                Ok(_) => {}
-            }
-        }
-    }
-
-    /// The next message that is not a heartbeat.
-    async fn next_non_heartbeat(&mut self) -> Message {
-        loop {
-            match self.next().await.expect("the peer is connected") {
-                Message::Heartbeat(_) => {}
-                other => return other,
-            }
-        }
-    }
-
-    async fn result(&mut self) -> TaskResult {
-        match self.next_non_heartbeat().await {
-            Message::TaskResult(r) => r,
-            other => panic!("expected a task_result, got {}", other.msg_type()),
-        }
-    }
-
-    async fn send(&mut self, m: &Message) {
-        self.0.send(WsMessage::text(codec::encode(m))).await.unwrap();
-    }
-
-    async fn send_raw(&mut self, frame: WsMessage) {
-        self.0.send(frame).await.unwrap();
-    }
-
-    /// Reads the registration and acknowledges it.
-    async fn register(&mut self) -> p2c2r_protocol::RegisterPeer {
-        let Some(Message::RegisterPeer(r)) = self.next().await else { panic!("expected register_peer") };
-        self.send(&Message::RegistrationAck(RegistrationAck {
-            peer_id: Some(r.peer_id.clone()),
-            gamer_id: None,
-            status: "registered".into(),
-            heartbeat_interval_ms: Some(1000),
-            max_frame_bytes: None,
-        }))
-        .await;
-        r
-    }
-}
+use common::{Conn, listener, within};
 
 fn assignment(id: &str, attempt: u32, task_type: &str, session: Option<&str>, data: &str) -> Message {
     Message::TaskAssignment(TaskAssignment {
@@ -103,10 +40,6 @@ async fn start(listener: &TcpListener, tweak: impl FnOnce(&mut PeerConfig)) -> (
     let peer = peer::spawn(config).await;
     let conn = Conn::accept(listener).await;
     (peer, conn)
-}
-
-async fn listener() -> TcpListener {
-    TcpListener::bind("127.0.0.1:0").await.unwrap()
 }
 
 const SNAPSHOT: &str = r#"{"tick":0,"snapshot":true,"dt":0.016666668,"add":[{"id":1,"shape":{"kind":"sphere","radius":0.5},"position":[0,10,0]}]}"#;

@@ -285,3 +285,109 @@ fn too_many_agents_or_cells_exceed_limits() {
     let huge_grid = format!(r#"{{"tick":1,"grid":{{"cell_size":1,"rows":[{}]}}}}"#, vec![r#""""#; 1_100_000].join(","));
     assert_eq!(error(&run_task(&s, &spec("ai_navigate", Some("a"), &huge_grid))).code, ErrorCode::LimitExceeded);
 }
+
+fn gamer_spec(gamer: &str, task_type: &str, session: &str, json: &str) -> TaskSpec {
+    TaskSpec { gamer_id: Some(gamer.into()), ..spec(task_type, Some(session), json) }
+}
+
+#[test]
+fn a_gamer_flooding_the_peer_with_sessions_evicts_only_its_own() {
+    let clock = ManualClock::new();
+    let s = SessionStore::with_clock(Duration::from_secs(60), Arc::new(clock.clone()));
+    // Gamer A: one physics session and one AI session, used every tick.
+    let a_physics = gamer_spec("A", "physics_step", "world", SNAPSHOT);
+    let a_ai = gamer_spec("A", "ai_navigate", "npcs", GRID_REQUEST);
+    physics(&run_task(&s, &a_physics));
+    let _: AiNavigateResult = serde_json::from_str(&run_task(&s, &a_ai)).unwrap();
+    let keys = [a_physics.session_key().unwrap(), a_ai.session_key().unwrap()];
+    // Gamer B creates 300 sessions, more than the store holds (256).
+    let mut a_tick = 1;
+    for i in 0..300 {
+        clock.advance(Duration::from_millis(10));
+        let r = run_task(&s, &gamer_spec("B", "physics_step", &format!("flood-{i}"), SNAPSHOT));
+        physics(&r);
+        for key in &keys {
+            assert!(s.contains(key), "A's session {key} was evicted by B's query {i}");
+        }
+        if i % 10 == 0 {
+            // A keeps playing, more slowly than B creates sessions.
+            clock.advance(Duration::from_millis(10));
+            physics(&run_task(&s, &gamer_spec("A", "physics_step", "world", &tick(a_tick))));
+            a_tick += 1;
+        }
+    }
+    assert_eq!(s.len(), s.max_sessions());
+}
+
+#[test]
+fn session_memory_budgets_evict_the_flooder_and_refuse_what_cannot_fit() {
+    // 8 MiB for everyone, 6 MiB per gamer: a 200-body session is about 1.7 MB.
+    let s = store().with_memory_budget(8 << 20, 6 << 20);
+    let bodies = |n: usize| {
+        let add: Vec<String> = (0..n)
+            .map(|i| format!(r#"{{"id":{i},"shape":{{"kind":"sphere","radius":0.5}},"position":[{},0,0]}}"#, 3 * i))
+            .collect();
+        format!(r#"{{"tick":0,"snapshot":true,"dt":0.016,"gravity":[0,0,0],"add":[{}]}}"#, add.join(","))
+    };
+    let key = |gamer: &str, session: &str| gamer_spec(gamer, "physics_step", session, "{}").session_key().unwrap();
+    let held = |gamer: &str| s.session_ids().iter().filter(|k| k.starts_with(&format!("1:{gamer}/"))).count();
+    physics(&run_task(&s, &gamer_spec("A", "physics_step", "a", &bodies(300))));
+    // B's sessions beyond its own budget evict B's oldest, never A's.
+    for i in 0..6 {
+        physics(&run_task(&s, &gamer_spec("B", "physics_step", &format!("b{i}"), &bodies(200))));
+        assert!(s.contains(&key("A", "a")), "B's session {i} evicted A's");
+        assert!(held("B") <= 3, "B holds {}", held("B"));
+    }
+    assert_eq!(held("B"), 3);
+    // C's one session does not fit the peer's budget: the fastest creator (B) pays.
+    physics(&run_task(&s, &gamer_spec("C", "physics_step", "c", &bodies(200))));
+    assert!(s.contains(&key("A", "a")) && s.contains(&key("C", "c")));
+    assert_eq!(held("B"), 2);
+    assert!(s.estimated_bytes() <= 8 << 20, "{}", s.estimated_bytes());
+    // One session larger than a gamer's budget is refused.
+    let e = error(&run_task(&s, &gamer_spec("D", "physics_step", "huge", &bodies(800))));
+    assert_eq!((e.code, e.resync, e.tick), (ErrorCode::LimitExceeded, true, Some(0)), "{e:?}");
+    assert!(s.contains(&key("A", "a")) && s.contains(&key("C", "c")));
+}
+
+#[test]
+fn ai_answers_are_bounded_in_waypoints() {
+    use peer::Budgets;
+    // A serpentine corridor: the path turns at every bend, and 2,000 agents share it.
+    let mut rows = Vec::new();
+    for r in 0..41 {
+        let row: String = (0..41)
+            .map(|c| match r % 4 {
+                1 => {
+                    if c == 40 {
+                        '.'
+                    } else {
+                        '#'
+                    }
+                }
+                3 => {
+                    if c == 0 {
+                        '.'
+                    } else {
+                        '#'
+                    }
+                }
+                _ => '.',
+            })
+            .collect();
+        rows.push(format!("{row:?}"));
+    }
+    let agent = r#"{"id":1,"position":[0.5,0,0.5],"goal":[0.5,0,40.5],"speed":1}"#;
+    let request = format!(
+        r#"{{"tick":3,"grid":{{"cell_size":1,"rows":[{}]}},"agents":[{}]}}"#,
+        rows.join(","),
+        vec![agent; 2000].join(",")
+    );
+    let limited = store().with_budgets(Budgets { max_waypoints: 10_000, ..Budgets::default() });
+    let e = error(&run_task(&limited, &spec("ai_navigate", Some("maze"), &request)));
+    assert_eq!((e.code, e.tick), (ErrorCode::LimitExceeded, Some(3)), "{e:?}");
+    // The default budget lets it through.
+    let r: AiNavigateResult =
+        serde_json::from_str(&run_task(&store(), &spec("ai_navigate", Some("maze"), &request))).unwrap();
+    assert!(r.agents[0].waypoints.len() > 10, "{}", r.agents[0].waypoints.len());
+}

@@ -86,6 +86,11 @@ pub fn encode(message: &Message) -> String {
     serde_json::to_string(message).expect("protocol messages always serialize")
 }
 
+/// Encodes a borrowed `task_assignment` (same bytes as the owned message).
+pub fn encode_assignment(assignment: &crate::TaskAssignmentRef<'_>) -> String {
+    serde_json::to_string(assignment).expect("protocol messages always serialize")
+}
+
 fn truncate(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
         Some((i, _)) => format!("{}…", &s[..i]),
@@ -97,6 +102,38 @@ fn truncate(s: &str, max: usize) -> String {
 mod tests {
     use super::*;
     use crate::*;
+
+    #[test]
+    fn borrowed_assignment_encodes_like_the_owned_one() {
+        let payload = raw_payload(r#"{"tick":3,"add":[1,2]}"#.into()).unwrap();
+        for (session, gamer, deadline) in [(Some("s"), Some("g"), Some(50)), (None, None, None)] {
+            let owned = Message::TaskAssignment(TaskAssignment {
+                task_id: "7.2".into(),
+                attempt: 2,
+                deadline_ms: deadline,
+                task_data: TaskSpec {
+                    task_id: "t".into(),
+                    task_type: "physics_step".into(),
+                    session_id: session.map(str::to_owned),
+                    gamer_id: gamer.map(str::to_owned),
+                    task_data: payload.clone(),
+                },
+            });
+            let borrowed = TaskAssignmentRef {
+                task_id: "7.2",
+                attempt: 2,
+                deadline_ms: deadline,
+                task_data: TaskSpecRef {
+                    task_id: "t",
+                    task_type: "physics_step",
+                    session_id: session,
+                    gamer_id: gamer,
+                    task_data: &payload,
+                },
+            };
+            assert_eq!(encode_assignment(&borrowed), encode(&owned));
+        }
+    }
 
     fn round_trip(message: Message) -> Message {
         let frame = encode(&message);

@@ -50,6 +50,9 @@ pub enum ErrorCode {
     OutOfOrder,
     /// The peer failed while running the task.
     Internal,
+    /// Every peer that held the task disconnected while running it, `max_attempts` times:
+    /// the task is quarantined as poison and not dispatched again.
+    PoisonTask,
     /// A code this build does not know.
     #[serde(other)]
     Other,
@@ -80,6 +83,7 @@ impl ErrorCode {
             ErrorCode::UnknownSession => "unknown_session",
             ErrorCode::OutOfOrder => "out_of_order",
             ErrorCode::Internal => "internal",
+            ErrorCode::PoisonTask => "poison_task",
             ErrorCode::Other => "other",
         }
     }
@@ -119,6 +123,7 @@ mod tests {
             ErrorCode::UnknownSession,
             ErrorCode::OutOfOrder,
             ErrorCode::Internal,
+            ErrorCode::PoisonTask,
             ErrorCode::Other,
         ] {
             let json = serde_json::to_string(&code).unwrap();

@@ -177,6 +177,41 @@ fn one() -> u32 {
     1
 }
 
+/// A `task_assignment` that borrows its fields and payload: the coordinator encodes
+/// assignments from tasks it keeps for re-dispatch, without copying multi-megabyte
+/// payloads into an owned [`TaskAssignment`] first. Encodes to the same bytes as
+/// [`Message::TaskAssignment`] with the same contents.
+#[derive(Debug, Serialize)]
+#[serde(tag = "msg_type", rename = "task_assignment")]
+pub struct TaskAssignmentRef<'a> {
+    /// See [`TaskAssignment::task_id`].
+    pub task_id: &'a str,
+    /// See [`TaskAssignment::attempt`].
+    pub attempt: u32,
+    /// See [`TaskAssignment::deadline_ms`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
+    /// See [`TaskAssignment::task_data`].
+    pub task_data: TaskSpecRef<'a>,
+}
+
+/// The borrowed [`TaskSpec`] inside a [`TaskAssignmentRef`].
+#[derive(Debug, Serialize)]
+pub struct TaskSpecRef<'a> {
+    /// See [`TaskSpec::task_id`].
+    pub task_id: &'a str,
+    /// See [`TaskSpec::task_type`].
+    pub task_type: &'a str,
+    /// See [`TaskSpec::session_id`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<&'a str>,
+    /// See [`TaskSpec::gamer_id`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gamer_id: Option<&'a str>,
+    /// See [`TaskSpec::task_data`].
+    pub task_data: &'a serde_json::value::RawValue,
+}
+
 /// The task inside a [`TaskAssignment`].
 #[derive(Debug, Serialize, Deserialize)]
 pub struct TaskSpec {
@@ -263,8 +298,15 @@ pub struct StatsReport {
     pub tasks_completed: u64,
     /// Dispatches that were repeated after a deadline or a lost peer.
     pub tasks_redispatched: u64,
-    /// Tasks given up after the maximum number of attempts.
+    /// Tasks given up (attempts used up, queue wait passed, or quarantined as poison).
     pub tasks_failed: u64,
+    /// Of those, tasks quarantined as poison: their peers kept disconnecting while
+    /// running them.
+    #[serde(default)]
+    pub tasks_poisoned: u64,
+    /// Payload bytes of the tasks held now (queued, in flight or orphaned).
+    #[serde(default)]
+    pub pending_bytes_now: u64,
     /// Tasks dropped because their gamer left.
     pub tasks_dropped: u64,
     /// Peers evicted for silence.

@@ -267,6 +267,11 @@ pub struct PhysicsStepResult {
     /// Every body that moved this tick, or that fell asleep (once, with `sleeping: true`).
     /// After a snapshot, every non-fixed body.
     pub bodies: Vec<BodyState>,
+    /// Bodies the peer removed from the world this tick because they left its bounds
+    /// (a position past the largest coordinate or a speed past the largest speed): the
+    /// session stays resyncable, and the gamer should forget them too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<BodyId>,
 }
 
 /// One body's state after a tick.

@@ -1,0 +1,225 @@
+//! Attacks on the coordinator's scheduling, as an attacker would run them: poison tasks
+//! that kill every peer they reach, a peer that declares thousands of slots, floods of
+//! unrunnable and expiring tasks, and payload bytes. Each asserts behaviour (answered
+//! with an error within N attempts, no eviction of the honest client, memory held below
+//! its budget); `cargo bench -p coordinator --bench attacks` prints the honest client's
+//! latency under each attack beside its baseline.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Client, eventually};
+use coordinator::{Config, spawn};
+use p2c2r_protocol::{Capabilities, ErrorCode, TaskError, TaskStatus, task::result_status};
+
+async fn start(config: Config) -> coordinator::CoordinatorHandle {
+    spawn("127.0.0.1:0", config).await.expect("bind loopback")
+}
+
+fn error_of(result: &p2c2r_protocol::TaskResult) -> TaskError {
+    serde_json::from_str(result.result.get()).expect("an error result")
+}
+
+/// A task whose execution kills its peer is retried at most `max_attempts` times, then
+/// answered `poison_task`; the peers that come back never see it again.
+#[tokio::test]
+async fn a_task_that_kills_every_peer_is_quarantined_as_poison() {
+    let coord = start(Config::default()).await;
+    let url = coord.url();
+    let mut gamer = Client::gamer(&url, "attacker").await;
+    gamer.submit("killer", "physics_step", r#"{"tick":0,"snapshot":true,"dt":0.016}"#, Some("s")).await;
+    for crash in 1..=3u32 {
+        // Each peer "dies" on receiving it: it drops the connection without answering.
+        let mut victim = Client::peer(&url, &format!("victim-{crash}"), 4).await;
+        let assignment = victim.recv_assignment().await;
+        assert_eq!(assignment.attempt, crash, "every dispatch is an attempt, re-queues after a crash included");
+        drop(victim);
+    }
+    let answer = gamer.recv_result().await;
+    assert_eq!(answer.task_id, "killer");
+    assert_eq!(result_status(answer.result.get()), Some(TaskStatus::Error));
+    let error = error_of(&answer);
+    assert_eq!(error.code, ErrorCode::PoisonTask, "{error:?}");
+    // A fresh peer gets nothing: the task is quarantined.
+    let mut survivor = Client::peer(&url, "survivor", 4).await;
+    gamer.submit("honest", "physics_step", r#"{"tick":0,"snapshot":true,"dt":0.016}"#, Some("other")).await;
+    let next = survivor.recv_assignment().await;
+    assert_eq!(next.task_data.task_id, "honest", "the poison task came back");
+    let stats = coord.stats();
+    assert_eq!((stats.tasks_poisoned, stats.tasks_assigned), (1, 4));
+    coord.shutdown().await;
+}
+
+/// A peer that declares 4,096 slots joining a backlog of 3,000 tasks is given what it has
+/// shown it can take, not what it declared: it is never flooded past its outbound queue,
+/// never dropped as a slow reader, and the backlog drains with no re-dispatch.
+#[tokio::test]
+async fn a_peer_declaring_thousands_of_slots_is_not_flooded_into_a_livelock() {
+    let config = Config { send_queue_frames: 64, ..Config::default() };
+    let coord = start(config).await;
+    let url = coord.url();
+    let mut gamer = Client::gamer(&url, "backlog").await;
+    for i in 0..3_000 {
+        gamer.submit(&format!("t{i}"), "physics", "{}", None).await;
+    }
+    eventually("the backlog is queued", || coord.stats().queued_now == 3_000).await;
+    let caps = Capabilities { max_concurrent_tasks: Some(4_096), ..Default::default() };
+    let mut boaster = Client::peer_with(&url, "boaster", caps).await;
+    let answering = tokio::spawn(async move {
+        for _ in 0..3_000 {
+            let a = boaster.recv_assignment().await;
+            boaster.answer(&a, r#"{"status":"success"}"#).await;
+        }
+        boaster
+    });
+    for _ in 0..3_000 {
+        let r = gamer.recv_result().await;
+        assert_eq!(result_status(r.result.get()), Some(TaskStatus::Success), "{}", r.result.get());
+    }
+    let _boaster = answering.await.unwrap();
+    let stats = coord.stats();
+    assert_eq!((stats.tasks_completed, stats.tasks_redispatched, stats.peers), (3_000, 0, 1));
+    coord.shutdown().await;
+}
+
+/// Hundreds of gamers with tasks no peer runs do not slow an honest gamer down (they are
+/// parked, not rescanned on every dispatch) and still get their queue_timeout answers.
+#[tokio::test]
+async fn unrunnable_floods_leave_an_honest_gamer_served() {
+    let config = Config { max_queue_wait: Some(Duration::from_secs(2)), ..Config::default() };
+    let coord = start(config).await;
+    let url = coord.url();
+    let mut peer = Client::peer_with(
+        &url,
+        "physics-peer",
+        Capabilities { max_concurrent_tasks: Some(4), task_types: Some(vec!["physics".into()]), ..Default::default() },
+    )
+    .await;
+    let mut attackers = Vec::new();
+    for g in 0..50 {
+        let mut a = Client::gamer(&url, &format!("attacker-{g}")).await;
+        for t in 0..64 {
+            a.submit(&format!("t{t}"), "nobody-runs-this", "{}", Some(&format!("s{}", t % 8))).await;
+        }
+        attackers.push(a);
+    }
+    let mut honest = Client::gamer(&url, "honest").await;
+    for i in 0..200 {
+        honest.submit(&format!("h{i}"), "physics", "{}", None).await;
+        let a = peer.recv_assignment().await;
+        peer.answer(&a, r#"{"status":"success"}"#).await;
+        let r = honest.recv_result().await;
+        assert_eq!(r.task_id, format!("h{i}"));
+    }
+    // Every attacker task is answered with queue_timeout, none is lost.
+    for a in &mut attackers {
+        for _ in 0..64 {
+            let r = a.recv_result().await;
+            assert_eq!(error_of(&r).code, ErrorCode::QueueTimeout);
+        }
+    }
+    coord.shutdown().await;
+}
+
+/// A gamer whose 10,000 queued tasks time out at once gets all 10,000 answers: the
+/// coordinator's own answers are exempt from the slow-reader rule.
+#[tokio::test]
+async fn ten_thousand_timeouts_at_once_do_not_disconnect_their_gamer() {
+    let config = Config { max_queue_wait: Some(Duration::from_secs(1)), send_queue_frames: 256, ..Config::default() };
+    let coord = start(config).await;
+    let url = coord.url();
+    let mut gamer = Client::gamer(&url, "patient").await;
+    for i in 0..10_000 {
+        gamer.submit(&format!("t{i}"), "nobody-runs-this", "{}", None).await;
+    }
+    let mut answered = 0;
+    while answered < 10_000 {
+        let r = gamer.recv_result().await;
+        assert_eq!(error_of(&r).code, ErrorCode::QueueTimeout);
+        answered += 1;
+    }
+    let stats = gamer.stats().await;
+    assert_eq!((stats.gamers, stats.tasks_failed, stats.queued_now), (1, 10_000, 0));
+    coord.shutdown().await;
+}
+
+/// Payload bytes are bounded per gamer and in total; refused tasks get `queue_full`
+/// with the reason, and answered tasks give their bytes back.
+#[tokio::test]
+async fn queued_payload_bytes_are_bounded() {
+    let config = Config {
+        max_pending_bytes_per_gamer: 4 * 1024 * 1024,
+        max_pending_bytes: 6 * 1024 * 1024,
+        ..Config::default()
+    };
+    let coord = start(config).await;
+    let url = coord.url();
+    let megabyte = format!("\"{}\"", "x".repeat(1024 * 1024 - 2));
+    let mut greedy = Client::gamer(&url, "greedy").await;
+    let mut refused = 0;
+    for i in 0..40 {
+        greedy.submit(&format!("t{i}"), "nobody-runs-this", &megabyte, None).await;
+    }
+    // 4 fit the gamer's budget; the other 36 are refused.
+    for _ in 0..36 {
+        let e = greedy.recv_error().await;
+        assert_eq!(e.code, ErrorCode::QueueFull);
+        assert!(e.message.contains("bytes"), "{}", e.message);
+        refused += 1;
+    }
+    assert_eq!(refused, 36);
+    let stats = greedy.stats().await;
+    assert_eq!(stats.queued_now, 4);
+    assert!(stats.pending_bytes_now <= 4 * 1024 * 1024, "{}", stats.pending_bytes_now);
+    // The global budget: a second gamer fits 2 MiB more, then is refused.
+    let mut second = Client::gamer(&url, "second").await;
+    for i in 0..3 {
+        second.submit(&format!("t{i}"), "nobody-runs-this", &megabyte, None).await;
+    }
+    let e = second.recv_error().await;
+    assert_eq!((e.code, e.refers_to.as_deref()), (ErrorCode::QueueFull, Some("t2")));
+    assert!(coord.stats().pending_bytes_now <= 6 * 1024 * 1024);
+    // Leaving releases the bytes at once.
+    drop(greedy);
+    eventually("the departed gamer's bytes are released", || coord.stats().pending_bytes_now <= 2 * 1024 * 1024).await;
+    coord.shutdown().await;
+}
+
+/// A result forwarded to a gamer who stopped reading is not buffered without limit: the
+/// gamer is disconnected once its outbound bytes pass the budget (or its writes stall),
+/// and the peer is not.
+#[tokio::test]
+async fn a_gamer_that_stops_reading_is_cut_off_by_bytes() {
+    let config = Config { send_queue_bytes: 2 * 1024 * 1024, ..Config::default() };
+    let coord = start(config).await;
+    let url = coord.url();
+    let mut peer = Client::peer(&url, "p", 64).await;
+    let mut sink = Client::gamer(&url, "sink").await;
+    // The gamer keeps submitting but never reads; each answer is 512 KiB. Its own sends
+    // may block once the coordinator stops reading it: that ends its loop.
+    let submitting = tokio::spawn(async move {
+        for i in 0..400 {
+            let task_id = format!("t{i}");
+            let submit = sink.submit(&task_id, "physics", "{}", None);
+            if tokio::time::timeout(Duration::from_secs(2), submit).await.is_err() {
+                break;
+            }
+        }
+        sink
+    });
+    let big = format!("{{\"status\":\"success\",\"blob\":\"{}\"}}", "y".repeat(512 * 1024));
+    let mut answered = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while coord.stats().gamers > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the non-reading gamer was never disconnected");
+        if let Ok(a) = tokio::time::timeout(Duration::from_millis(100), peer.recv_assignment()).await {
+            peer.answer(&a, &big).await;
+            answered += 1;
+        }
+    }
+    assert!(answered < 400, "a gamer that never reads was buffered for {answered} results of 512 KiB");
+    assert_eq!(coord.stats().peers, 1, "the peer is unaffected");
+    submitting.abort();
+    coord.shutdown().await;
+}

@@ -1,0 +1,584 @@
+//! Worker processes: where a peer runs untrusted tasks when [`Isolation::Workers`] is set.
+//!
+//! The peer process (the *supervisor*) keeps the connection, the queues and the
+//! heartbeats; the tasks themselves run in `max_concurrent_tasks` child processes, one
+//! task at a time each. A task that exhausts memory or CPU costs one worker, not the
+//! peer: the worker caps its own address space (`RLIMIT_AS`) before doing anything else,
+//! so an allocation past the cap aborts it; the supervisor notices the closed pipe,
+//! answers the task with `limit_exceeded` and `resync: true`, forgets the sessions that
+//! lived in that worker (their next tick is answered `unknown_session` with resync), and
+//! starts a new worker for the next task. Every other session keeps being served.
+//!
+//! Sessions are sticky: each session's tasks go to the worker that holds its world
+//! (sessionless tasks go to any free worker; a new session to the worker holding the
+//! fewest). A task still running [`PeerConfig::cancel_grace`](crate::PeerConfig) after
+//! its assignment's deadline, or when the connection to the coordinator is lost, is
+//! cancelled by killing its worker (the coordinator has re-dispatched it and would refuse
+//! the answer); that worker's sessions are lost too and resync on their next tick.
+//!
+//! # The worker protocol (internal)
+//!
+//! The worker is the peer executable started with the single argument [`WORKER_ARG`] and
+//! its settings as JSON in the environment variable [`SETTINGS_ENV`]. It is not a user
+//! interface: `peer --help` does not list it. It reads frames from stdin and writes one
+//! frame to stdout per frame read, in order. A frame is a little-endian `u32` length
+//! followed by that many bytes, at most [`MAX_WORKER_FRAME`]. Requests are a
+//! [`TaskSpec`] as JSON; answers are the task's result JSON (what goes in `task_result`'s
+//! `result`). The worker exits when stdin closes (so workers die with their peer even
+//! when it is killed), and on a malformed frame. Its stderr is the peer's stderr.
+//!
+//! With `P2C2R_TEST_TASKS=1` in a worker's environment (see [`Isolation::Workers`]'s
+//! `env`), two task types exist for tests only: [`TEST_ALLOC_TASK`] allocates until the
+//! worker runs out of memory, and [`TEST_SLEEP_TASK`] (`{"ms": N}`) sleeps.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use p2c2r_protocol::{ErrorCode, RawPayload, TaskError, TaskSpec, raw_payload, to_payload};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+use crate::budget::Budgets;
+use crate::session::SessionStore;
+
+/// The argument that starts the peer executable as a worker (internal).
+pub const WORKER_ARG: &str = "--p2c2r-internal-worker";
+/// The environment variable carrying a worker's settings as JSON (internal).
+pub const SETTINGS_ENV: &str = "P2C2R_WORKER_SETTINGS";
+/// Set to `1` in a worker's environment to enable the test-only task types.
+pub const TEST_TASKS_ENV: &str = "P2C2R_TEST_TASKS";
+/// Test-only task type: allocates memory until the worker aborts.
+pub const TEST_ALLOC_TASK: &str = "p2c2r_test_alloc";
+/// Test-only task type: `{"ms": N}` sleeps N milliseconds, then succeeds.
+pub const TEST_SLEEP_TASK: &str = "p2c2r_test_sleep";
+/// Largest frame between a peer and its workers: twice the largest assignment a peer
+/// accepts by default. A longer length prefix is garbage and ends the exchange.
+pub const MAX_WORKER_FRAME: usize = 64 * 1024 * 1024;
+/// Default address-space cap of a worker: 1 GiB.
+pub const DEFAULT_WORKER_MEMORY_BYTES: u64 = 1024 * 1024 * 1024;
+
+/// Where a peer runs its tasks.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Isolation {
+    /// On tokio's blocking pool inside the peer process (the library default: tests and
+    /// embedded peers). A step cannot be interrupted: the work budgets
+    /// ([`Budgets`]) bound how long it runs, and a task that exhausts memory takes the
+    /// whole process down.
+    #[default]
+    InProcess,
+    /// In `max_concurrent_tasks` worker processes started from `exe` (the peer binary
+    /// defaults to this with its own executable). See the [module docs](self).
+    Workers {
+        /// The executable to start with [`WORKER_ARG`]: the `peer` binary, or any binary
+        /// whose `main` calls [`run_worker`] when [`is_worker_invocation`] says so.
+        exe: PathBuf,
+        /// Each worker's address-space limit (`RLIMIT_AS`), in bytes; 0 for none.
+        memory_limit_bytes: u64,
+        /// Extra environment variables for the workers (e.g. [`TEST_TASKS_ENV`]).
+        env: Vec<(OsString, OsString)>,
+    },
+}
+
+impl Isolation {
+    /// Workers started from `exe`, each capped at `memory_limit_bytes`.
+    pub fn workers(exe: impl Into<PathBuf>, memory_limit_bytes: u64) -> Self {
+        Isolation::Workers { exe: exe.into(), memory_limit_bytes, env: Vec::new() }
+    }
+}
+
+/// What a worker needs to know, passed as JSON in [`SETTINGS_ENV`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct WorkerSettings {
+    pub memory_limit_bytes: u64,
+    pub idle_timeout_ms: u64,
+    pub max_sessions: usize,
+    pub memory_budget: u64,
+    pub gamer_memory_budget: u64,
+    pub budgets: Budgets,
+}
+
+/// Whether this process was started as a worker (its first argument is [`WORKER_ARG`]).
+/// A binary's `main` checks this first and calls [`run_worker`] when it is set.
+pub fn is_worker_invocation() -> bool {
+    std::env::args_os().nth(1).is_some_and(|a| a == WORKER_ARG)
+}
+
+/// Runs this process as a worker until stdin closes; returns the exit code.
+///
+/// Applies the memory cap first, then serves frames synchronously on this thread (no
+/// tokio runtime, no other threads).
+pub fn run_worker() -> std::process::ExitCode {
+    let settings: WorkerSettings = match std::env::var(SETTINGS_ENV)
+        .map_err(|e| e.to_string())
+        .and_then(|json| serde_json::from_str(&json).map_err(|e| e.to_string()))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("peer worker: cannot read {SETTINGS_ENV}: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    limit_memory(settings.memory_limit_bytes);
+    let test_tasks = std::env::var(TEST_TASKS_ENV).is_ok_and(|v| v == "1");
+    let store = SessionStore::new(Duration::from_millis(settings.idle_timeout_ms))
+        .with_max_sessions(settings.max_sessions)
+        .with_memory_budget(settings.memory_budget, settings.gamer_memory_budget)
+        .with_budgets(settings.budgets);
+    let mut input = std::io::BufReader::new(std::io::stdin().lock());
+    let mut output = std::io::BufWriter::new(std::io::stdout().lock());
+    loop {
+        let frame = match read_frame_sync(&mut input) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("worker: bad frame from the peer: {e}");
+                return std::process::ExitCode::from(3);
+            }
+        };
+        store.evict_idle();
+        let result = match serde_json::from_slice::<TaskSpec>(&frame) {
+            Ok(spec) if test_tasks && spec.task_type.starts_with("p2c2r_test_") => test_task(&spec),
+            Ok(spec) => crate::run_task_payload(&store, &spec),
+            Err(e) => to_payload(&TaskError::new(ErrorCode::Internal, format!("the worker got a malformed task: {e}")))
+                .expect("task errors always serialize"),
+        };
+        let bytes = result.get().as_bytes();
+        let written = output
+            .write_all(&(bytes.len() as u32).to_le_bytes())
+            .and_then(|()| output.write_all(bytes))
+            .and_then(|()| output.flush());
+        if written.is_err() {
+            // The peer is gone.
+            return std::process::ExitCode::SUCCESS;
+        }
+    }
+}
+
+#[cfg(unix)]
+fn limit_memory(bytes: u64) {
+    use nix::sys::resource::{Resource, setrlimit};
+    if bytes == 0 {
+        return;
+    }
+    if let Err(e) = setrlimit(Resource::RLIMIT_AS, bytes, bytes) {
+        tracing::warn!("worker: cannot cap its address space at {bytes} bytes: {e}");
+    }
+}
+
+#[cfg(not(unix))]
+fn limit_memory(bytes: u64) {
+    if bytes != 0 {
+        tracing::warn!("worker: memory caps are only applied on Unix");
+    }
+}
+
+fn test_task(spec: &TaskSpec) -> RawPayload {
+    match spec.task_type.as_str() {
+        TEST_ALLOC_TASK => {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                // Touch every page, so the memory is really used even without a cap.
+                hoard.push(vec![1u8; 16 * 1024 * 1024]);
+                std::hint::black_box(&hoard);
+            }
+        }
+        TEST_SLEEP_TASK => {
+            #[derive(Deserialize)]
+            struct Sleep {
+                ms: u64,
+            }
+            let ms = serde_json::from_str::<Sleep>(spec.task_data.get()).map_or(0, |s| s.ms);
+            std::thread::sleep(Duration::from_millis(ms));
+            raw_payload(r#"{"status":"success","data":"slept"}"#.to_owned()).expect("valid JSON")
+        }
+        other => to_payload(&TaskError::new(ErrorCode::UnknownTaskType, format!("no test task {other:?}")))
+            .expect("task errors always serialize"),
+    }
+}
+
+/// Reads one frame; `None` on a clean end of input.
+fn read_frame_sync(input: &mut impl Read) -> std::io::Result<Option<Vec<u8>>> {
+    let mut len = [0u8; 4];
+    match input.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_WORKER_FRAME {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("a frame of {len} bytes")));
+    }
+    let mut frame = vec![0u8; len];
+    input.read_exact(&mut frame)?;
+    Ok(Some(frame))
+}
+
+/// How a task given to a worker ended.
+pub(crate) enum Outcome {
+    /// Answer with this result.
+    Answer(RawPayload),
+    /// Cancelled (deadline passed or the connection was lost): nothing to answer.
+    Cancelled,
+}
+
+struct Proc {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+struct Route {
+    worker: usize,
+    last_used: Instant,
+}
+
+/// The supervisor's side: the workers, and which session lives in which.
+pub(crate) struct Workers {
+    exe: PathBuf,
+    env: Vec<(OsString, OsString)>,
+    settings: String,
+    slots: Vec<tokio::sync::Mutex<Option<Proc>>>,
+    routes: Mutex<HashMap<String, Route>>,
+    idle_timeout: Duration,
+    max_routes: usize,
+    grace: Duration,
+    next: AtomicUsize,
+    /// Workers that died or were killed so far.
+    lost: AtomicU64,
+    /// Tasks handed to a worker and not finished.
+    busy: AtomicUsize,
+}
+
+impl std::fmt::Debug for Workers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workers").field("exe", &self.exe).field("workers", &self.slots.len()).finish()
+    }
+}
+
+/// The tick a request carries, read without building the rest of it.
+fn request_tick(spec: &TaskSpec) -> Option<u64> {
+    #[derive(Deserialize)]
+    struct TickOnly {
+        tick: Option<u64>,
+    }
+    serde_json::from_str::<TickOnly>(spec.task_data.get()).ok().and_then(|t| t.tick)
+}
+
+/// The error answering a task that failed with its worker (or with the result limit).
+pub(crate) fn lost_task_error(spec: &TaskSpec, code: ErrorCode, message: String) -> RawPayload {
+    let mut error = TaskError::new(code, message).with_resync();
+    if let Some(tick) = request_tick(spec) {
+        error = error.with_tick(tick);
+    }
+    to_payload(&error).expect("task errors always serialize")
+}
+
+impl Workers {
+    pub fn new(
+        exe: PathBuf,
+        env: Vec<(OsString, OsString)>,
+        count: usize,
+        settings: &WorkerSettings,
+        grace: Duration,
+    ) -> Self {
+        Workers {
+            exe,
+            env,
+            settings: serde_json::to_string(settings).expect("settings serialize"),
+            slots: (0..count.max(1)).map(|_| tokio::sync::Mutex::new(None)).collect(),
+            routes: Mutex::default(),
+            idle_timeout: Duration::from_millis(settings.idle_timeout_ms),
+            max_routes: 4 * settings.max_sessions.max(1) * count.max(1),
+            grace,
+            next: AtomicUsize::new(0),
+            lost: AtomicU64::new(0),
+            busy: AtomicUsize::new(0),
+        }
+    }
+
+    /// Starts every worker now (they are started lazily too, after one is lost).
+    pub fn start_all(&self) -> std::io::Result<()> {
+        for slot in &self.slots {
+            let mut slot = slot.try_lock().expect("no task runs before the peer starts");
+            if slot.is_none() {
+                *slot = Some(self.start()?);
+            }
+        }
+        Ok(())
+    }
+
+    /// How many tasks are in a worker's hands right now.
+    pub fn busy(&self) -> usize {
+        self.busy.load(Ordering::Acquire)
+    }
+
+    /// How many workers died or were killed so far.
+    pub fn lost(&self) -> u64 {
+        self.lost.load(Ordering::Acquire)
+    }
+
+    /// The session keys routed to a worker, sorted.
+    pub fn session_keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.routes().keys().cloned().collect();
+        keys.sort();
+        keys
+    }
+
+    fn routes(&self) -> std::sync::MutexGuard<'_, HashMap<String, Route>> {
+        self.routes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The worker for a session: where it lives, or the one holding the fewest sessions.
+    fn route(&self, session: &str) -> usize {
+        let mut routes = self.routes();
+        if let Some(route) = routes.get(session) {
+            return route.worker;
+        }
+        let mut load = vec![0usize; self.slots.len()];
+        for route in routes.values() {
+            load[route.worker] += 1;
+        }
+        let worker = (0..load.len()).min_by_key(|&w| (load[w], w)).expect("at least one worker");
+        if routes.len() >= self.max_routes {
+            let now = Instant::now();
+            routes.retain(|_, r| now.saturating_duration_since(r.last_used) <= self.idle_timeout);
+            if routes.len() >= self.max_routes
+                && let Some(oldest) = routes.iter().min_by_key(|(_, r)| r.last_used).map(|(k, _)| k.clone())
+            {
+                routes.remove(&oldest);
+            }
+        }
+        routes.insert(session.to_owned(), Route { worker, last_used: Instant::now() });
+        worker
+    }
+
+    /// Forgets every session of a worker that died or was killed.
+    fn forget(&self, worker: usize) {
+        self.lost.fetch_add(1, Ordering::AcqRel);
+        let mut routes = self.routes();
+        let before = routes.len();
+        routes.retain(|_, r| r.worker != worker);
+        tracing::warn!(worker, sessions = before - routes.len(), "worker lost with its sessions");
+    }
+
+    /// Runs one task in a worker.
+    ///
+    /// `deadline` is the assignment's (none: no limit); the task is cancelled (its worker
+    /// killed) once it is `grace` past, or when `cancelled` completes.
+    pub async fn execute(
+        &self,
+        spec: &TaskSpec,
+        deadline: Option<Instant>,
+        cancelled: impl Future<Output = ()>,
+    ) -> Outcome {
+        let session = spec.session_key();
+        let (worker, mut slot) = match &session {
+            Some(key) => {
+                let worker = self.route(key);
+                (worker, self.slots[worker].lock().await)
+            }
+            None => self.any_free().await,
+        };
+        tokio::pin!(cancelled);
+        if deadline.is_some_and(|d| Instant::now() >= d) || (&mut cancelled).now_or_never().is_some() {
+            // Its deadline passed, or its connection closed, while it waited for its worker:
+            // the coordinator re-dispatches it. The worker was not running it: keep it.
+            return Outcome::Cancelled;
+        }
+        if let Some(key) = &session {
+            // The worker may have been lost (and the route forgotten) while we waited.
+            self.routes().entry(key.clone()).or_insert(Route { worker, last_used: Instant::now() }).last_used =
+                Instant::now();
+        }
+        if let Some(proc) = slot.as_mut()
+            && !matches!(proc.child.try_wait(), Ok(None))
+        {
+            tracing::warn!(worker, "worker exited while idle; restarting it");
+            *slot = None;
+            self.forget(worker);
+            if let Some(key) = &session {
+                self.routes().insert(key.clone(), Route { worker, last_used: Instant::now() });
+            }
+        }
+        if slot.is_none() {
+            match self.start() {
+                Ok(proc) => *slot = Some(proc),
+                Err(e) => {
+                    tracing::error!(exe = %self.exe.display(), "cannot start a worker: {e}");
+                    return Outcome::Answer(lost_task_error(
+                        spec,
+                        ErrorCode::Internal,
+                        "the peer could not start a worker process".into(),
+                    ));
+                }
+            }
+        }
+        let proc = slot.as_mut().expect("a worker was just started");
+        let request = serde_json::to_vec(spec).expect("task specs serialize");
+        if request.len() > MAX_WORKER_FRAME {
+            return Outcome::Answer(lost_task_error(
+                spec,
+                ErrorCode::LimitExceeded,
+                format!("the task is {} bytes; a worker takes at most {MAX_WORKER_FRAME}", request.len()),
+            ));
+        }
+        let exchange = async {
+            proc.stdin.write_all(&(request.len() as u32).to_le_bytes()).await?;
+            proc.stdin.write_all(&request).await?;
+            proc.stdin.flush().await?;
+            let len = proc.stdout.read_u32_le().await? as usize;
+            if len > MAX_WORKER_FRAME {
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("a frame of {len} bytes")));
+            }
+            let mut answer = vec![0u8; len];
+            proc.stdout.read_exact(&mut answer).await?;
+            Ok(answer)
+        };
+        let limit = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until((d + self.grace).into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        let outcome = tokio::select! {
+            r = exchange => Ok(r),
+            () = limit => Err("its deadline passed"),
+            () = &mut cancelled => Err("the connection to the coordinator was lost"),
+        };
+        self.busy.fetch_sub(1, Ordering::AcqRel);
+        match outcome {
+            Ok(Ok(answer)) => match String::from_utf8(answer)
+                .map_err(|e| e.to_string())
+                .and_then(|text| raw_payload(text).map_err(|e| e.to_string()))
+            {
+                Ok(result) => Outcome::Answer(result),
+                Err(e) => {
+                    tracing::error!(worker, "worker answered garbage ({e}); restarting it");
+                    self.kill(worker, &mut slot).await;
+                    Outcome::Answer(lost_task_error(spec, ErrorCode::Internal, "the peer's worker failed".into()))
+                }
+            },
+            Ok(Err(e)) => {
+                let status = self.kill(worker, &mut slot).await;
+                tracing::warn!(
+                    worker,
+                    task_type = %spec.task_type,
+                    session_id = ?spec.session_id,
+                    ?status,
+                    "worker died while running a task ({e}); restarting it"
+                );
+                Outcome::Answer(lost_task_error(
+                    spec,
+                    ErrorCode::LimitExceeded,
+                    "the task exhausted the worker's memory or CPU and was stopped; the worker's sessions were lost, send a full snapshot"
+                        .into(),
+                ))
+            }
+            Err(why) => {
+                tracing::warn!(worker, task_type = %spec.task_type, "cancelling a running task: {why}; restarting its worker");
+                self.kill(worker, &mut slot).await;
+                Outcome::Cancelled
+            }
+        }
+    }
+
+    /// Any worker that is free now, else the next one in turn once it is.
+    async fn any_free(&self) -> (usize, tokio::sync::MutexGuard<'_, Option<Proc>>) {
+        let n = self.slots.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        for k in 0..n {
+            let w = (start + k) % n;
+            if let Ok(guard) = self.slots[w].try_lock() {
+                return (w, guard);
+            }
+        }
+        let w = start % n;
+        (w, self.slots[w].lock().await)
+    }
+
+    fn start(&self) -> std::io::Result<Proc> {
+        let mut command = Command::new(&self.exe);
+        command
+            .arg(WORKER_ARG)
+            .env(SETTINGS_ENV, &self.settings)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        // Its own process group: a Ctrl-C meant for the peer does not kill the worker in
+        // the middle of a task the graceful shutdown waits for.
+        #[cfg(unix)]
+        command.process_group(0);
+        let mut child = command.spawn()?;
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = BufReader::new(child.stdout.take().expect("piped"));
+        tracing::debug!(pid = ?child.id(), "worker started");
+        Ok(Proc { child, stdin, stdout })
+    }
+
+    /// Kills a worker, reaps it, forgets its sessions and starts a new one in its place
+    /// (when that fails, the next task tries again); returns how the old one ended.
+    async fn kill(&self, worker: usize, slot: &mut Option<Proc>) -> Option<std::process::ExitStatus> {
+        let mut status = None;
+        if let Some(mut proc) = slot.take() {
+            let _ = proc.child.start_kill();
+            status = proc.child.wait().await.ok();
+        }
+        self.forget(worker);
+        match self.start() {
+            Ok(proc) => *slot = Some(proc),
+            Err(e) => tracing::error!(worker, exe = %self.exe.display(), "cannot restart a worker: {e}"),
+        }
+        status
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn framed(parts: &[&[u8]]) -> Vec<u8> {
+        parts.concat()
+    }
+
+    #[test]
+    fn frames_are_length_prefixed_and_bounded() {
+        let body = br#"{"task_id":"t","task_type":"ai"}"#;
+        let len = (body.len() as u32).to_le_bytes();
+        let mut input = std::io::Cursor::new(framed(&[&len, body, &len, body]));
+        assert_eq!(read_frame_sync(&mut input).unwrap().as_deref(), Some(&body[..]));
+        assert_eq!(read_frame_sync(&mut input).unwrap().as_deref(), Some(&body[..]));
+        assert_eq!(read_frame_sync(&mut input).unwrap(), None, "a clean end of input");
+        // A length past the bound is garbage: refused before allocating it.
+        let huge = ((MAX_WORKER_FRAME + 1) as u32).to_le_bytes();
+        let e = read_frame_sync(&mut std::io::Cursor::new(huge.to_vec())).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+        // A frame cut short is an error, not a frame.
+        let cut = framed(&[&len, &body[..5]]);
+        assert!(read_frame_sync(&mut std::io::Cursor::new(cut)).is_err());
+    }
+
+    #[test]
+    fn a_lost_task_is_answered_with_its_tick_and_resync() {
+        let spec = TaskSpec {
+            task_id: "t".into(),
+            task_type: "physics_step".into(),
+            session_id: Some("s".into()),
+            gamer_id: None,
+            task_data: raw_payload(r#"{"tick":41,"dt":0.016,"add":[]}"#.into()).unwrap(),
+        };
+        let e: TaskError =
+            serde_json::from_str(lost_task_error(&spec, ErrorCode::LimitExceeded, "gone".into()).get()).unwrap();
+        assert_eq!((e.code, e.resync, e.tick), (ErrorCode::LimitExceeded, true, Some(41)));
+    }
+}
