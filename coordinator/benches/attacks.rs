@@ -5,7 +5,8 @@
 //!
 //! Run: `cargo bench -p coordinator --bench attacks` (release). Prints one line per
 //! scenario: p50, p99 and max in µs, the p99 as a multiple of the baseline's, and the
-//! coordinator process's resident memory when the scenario ends.
+//! resident memory of this whole process (coordinator and clients; it only grows across
+//! scenarios, as the allocator keeps what earlier ones freed) when the scenario ends.
 
 use std::time::{Duration, Instant};
 

@@ -63,6 +63,10 @@ pub struct Config {
     /// more; each completion raises it by one (up to what it declared), each missed
     /// deadline halves it (never below this).
     pub initial_peer_capacity: u32,
+    /// Most tasks of one session in flight at its peer at once: they run one after
+    /// another there and take one slot together; the ticks behind the running one are
+    /// pipelined to hide the round trip.
+    pub max_session_pipeline: u32,
 }
 
 impl Default for Config {
@@ -91,6 +95,7 @@ impl Default for Config {
             max_pending_bytes: 1024 * 1024 * 1024,
             max_peer_capacity: 64,
             initial_peer_capacity: 4,
+            max_session_pipeline: 16,
         }
     }
 }

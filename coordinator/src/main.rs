@@ -84,6 +84,9 @@ struct Args {
     /// Tasks a new peer gets at once until it has shown it can do more.
     #[arg(long, default_value_t = defaults().initial_peer_capacity)]
     initial_peer_capacity: u32,
+    /// Tasks of one session in flight at its peer at once (pipelined behind the running one).
+    #[arg(long, default_value_t = defaults().max_session_pipeline)]
+    max_session_pipeline: u32,
 }
 
 fn defaults() -> coordinator::Config {
@@ -120,6 +123,7 @@ impl Args {
             max_pending_bytes: self.max_pending_bytes.max(1),
             max_peer_capacity: self.max_peer_capacity.max(1),
             initial_peer_capacity: self.initial_peer_capacity.max(1),
+            max_session_pipeline: self.max_session_pipeline.max(1),
         }
     }
 }

@@ -101,10 +101,12 @@ impl Router {
             max_queue_wait: config.max_queue_wait,
             max_pending_bytes_per_gamer: config.max_pending_bytes_per_gamer,
             max_pending_bytes: config.max_pending_bytes,
+            max_peer_capacity: config.max_peer_capacity.max(1),
+            initial_peer_capacity: config.initial_peer_capacity,
+            max_session_pipeline: config.max_session_pipeline.max(1),
             // Never more assignments in flight than a peer's outbound queue holds (half of
             // it, leaving room for pings and errors), whatever the peer declares.
-            max_peer_capacity: config.max_peer_capacity.min((config.send_queue_frames / 2).max(1) as u32).max(1),
-            initial_peer_capacity: config.initial_peer_capacity,
+            max_tasks_per_peer: (config.send_queue_frames / 2).clamp(1, u32::MAX as usize) as u32,
             ..SchedulerConfig::default()
         });
         Router {

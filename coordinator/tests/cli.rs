@@ -34,6 +34,7 @@ fn help_lists_every_setting() {
         "--max-pending-bytes",
         "--max-peer-capacity",
         "--initial-peer-capacity",
+        "--max-session-pipeline",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
     }

@@ -30,7 +30,9 @@
 //! session within memory budgets (per peer and per gamer, with eviction that makes a
 //! gamer flooding the peer with sessions pay for it, see [`session`]), and no result
 //! larger than the coordinator's frame limit is ever sent (it is answered
-//! `limit_exceeded` instead).
+//! `limit_exceeded` instead). With workers, a gamer whose tasks keep killing workers is
+//! refused on this peer for a while ([`containment`]), and sessionless tasks keep away
+//! from the workers holding sessions ([`worker`]).
 //!
 //! # Quick start
 //!
@@ -68,6 +70,7 @@ pub mod backoff;
 pub mod budget;
 pub mod capabilities;
 mod connection;
+pub mod containment;
 pub mod physics;
 mod pool;
 pub mod seed;
@@ -143,6 +146,18 @@ pub struct PeerConfig {
     /// With workers: how long past its deadline a running task may go on before its
     /// worker is killed (default 200 ms).
     pub cancel_grace: Duration,
+    /// With workers: how many workers one gamer's tasks may kill (exhausting memory or
+    /// CPU, crashing, or cancelled past their deadline) within
+    /// [`worker_death_window`](Self::worker_death_window) before its further tasks on
+    /// this peer are answered `limit_exceeded` without running, for the rest of the window
+    /// (default [`containment::DEFAULT_MAX_WORKER_DEATHS_PER_GAMER`], 3; 0 never refuses).
+    /// Tasks without a [`gamer_id`](p2c2r_protocol::TaskSpec::gamer_id) share one
+    /// anonymous account. In process there are no worker deaths, so this has no effect.
+    /// See [`containment`].
+    pub max_worker_deaths_per_gamer: u32,
+    /// The sliding window of [`max_worker_deaths_per_gamer`](Self::max_worker_deaths_per_gamer)
+    /// (default [`containment::DEFAULT_WORKER_DEATH_WINDOW`], 60 s).
+    pub worker_death_window: Duration,
 }
 
 impl Default for PeerConfig {
@@ -166,6 +181,8 @@ impl Default for PeerConfig {
             session_memory_bytes: DEFAULT_SESSION_MEMORY_BYTES,
             gamer_session_memory_bytes: None,
             cancel_grace: Duration::from_millis(200),
+            max_worker_deaths_per_gamer: containment::DEFAULT_MAX_WORKER_DEATHS_PER_GAMER,
+            worker_death_window: containment::DEFAULT_WORKER_DEATH_WINDOW,
         }
     }
 }
@@ -284,7 +301,9 @@ fn prepare(config: PeerConfig) -> Result<(connection::Peer, Arc<watch::Sender<Pe
                 gamer_memory_budget: gamer_memory.min(memory_budget),
                 budgets: config.budgets,
             };
-            let workers = Arc::new(worker::Workers::new(exe.clone(), env.clone(), n, &settings, config.cancel_grace));
+            let deaths = containment::DeathCounter::new(config.max_worker_deaths_per_gamer, config.worker_death_window);
+            let workers =
+                Arc::new(worker::Workers::new(exe.clone(), env.clone(), n, &settings, config.cancel_grace, deaths));
             workers.start_all().map_err(|e| PeerError::Workers(format!("cannot start {}: {e}", exe.display())))?;
             tracing::info!(workers = n, exe = %exe.display(), memory_limit_bytes, "running tasks in worker processes");
             let executor = pool::Executor::Workers(workers.clone());

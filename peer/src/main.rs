@@ -51,6 +51,15 @@ struct Args {
     /// worker is killed (the coordinator has re-dispatched it by then).
     #[arg(long, default_value_t = 200)]
     cancel_grace_ms: u64,
+    /// With workers: how many workers one gamer's tasks may kill (out of memory or CPU,
+    /// crash, cancelled past the deadline) within --worker-death-window-secs before its
+    /// further tasks are refused (limit_exceeded, not run) for the rest of the window
+    /// (0: never refuse).
+    #[arg(long, env = "P2C2R_MAX_WORKER_DEATHS_PER_GAMER", default_value_t = peer::containment::DEFAULT_MAX_WORKER_DEATHS_PER_GAMER)]
+    max_worker_deaths_per_gamer: u32,
+    /// The sliding window of --max-worker-deaths-per-gamer, in seconds.
+    #[arg(long, env = "P2C2R_WORKER_DEATH_WINDOW_SECS", default_value_t = peer::containment::DEFAULT_WORKER_DEATH_WINDOW.as_secs_f64(), value_parser = seconds)]
+    worker_death_window_secs: f64,
     /// Estimated memory all sessions may hold together, in MiB. Beyond it, idle sessions
     /// of the gamer that created sessions fastest recently are evicted.
     #[arg(long, env = "P2C2R_SESSION_MEMORY_MB", default_value_t = peer::DEFAULT_SESSION_MEMORY_BYTES / MIB)]
@@ -135,6 +144,8 @@ async fn serve() -> anyhow::Result<()> {
             max_waypoints: args.max_waypoints,
         },
         cancel_grace: Duration::from_millis(args.cancel_grace_ms),
+        max_worker_deaths_per_gamer: args.max_worker_deaths_per_gamer,
+        worker_death_window: Duration::from_secs_f64(args.worker_death_window_secs),
         session_memory_bytes: args.session_memory_mb.saturating_mul(MIB),
         gamer_session_memory_bytes: args.gamer_session_memory_mb.map(|mb| mb.saturating_mul(MIB)),
         ..defaults

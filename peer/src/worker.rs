@@ -9,12 +9,25 @@
 //! lived in that worker (their next tick is answered `unknown_session` with resync), and
 //! starts a new worker for the next task. Every other session keeps being served.
 //!
-//! Sessions are sticky: each session's tasks go to the worker that holds its world
-//! (sessionless tasks go to any free worker; a new session to the worker holding the
-//! fewest). A task still running [`PeerConfig::cancel_grace`](crate::PeerConfig) after
-//! its assignment's deadline, or when the connection to the coordinator is lost, is
-//! cancelled by killing its worker (the coordinator has re-dispatched it and would refuse
-//! the answer); that worker's sessions are lost too and resync on their next tick.
+//! Sessions are sticky: each session's tasks go to the worker that holds its world, and a
+//! new session goes to the worker holding the fewest. Sessionless tasks (the ones most
+//! likely to be hostile and cheapest to place) keep away from sessions: while some worker
+//! holds no session they run only in such workers (waiting for one when all are busy), so
+//! a sessionless task that kills its worker costs no gamer its world; when every worker
+//! holds sessions they go to the free worker holding the fewest. A task still running
+//! [`PeerConfig::cancel_grace`](crate::PeerConfig) after its assignment's deadline, or
+//! when the connection to the coordinator is lost, is cancelled by killing its worker
+//! (the coordinator has re-dispatched it and would refuse the answer); that worker's
+//! sessions are lost too and resync on their next tick.
+//!
+//! Worker deaths are charged to the gamer whose task caused them (exhausted memory or
+//! CPU, crashed the worker, or was cancelled past its deadline; not a lost connection).
+//! A gamer whose tasks killed
+//! [`PeerConfig::max_worker_deaths_per_gamer`](crate::PeerConfig) workers within
+//! [`PeerConfig::worker_death_window`](crate::PeerConfig) has its further tasks answered
+//! `limit_exceeded` at once, without running them, until the window passes (see
+//! [`crate::containment`]): an attacker costs the peer a few restarts per window, not one
+//! per task.
 //!
 //! # The worker protocol (internal)
 //!
@@ -47,6 +60,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use crate::budget::Budgets;
+use crate::containment::DeathCounter;
 use crate::session::SessionStore;
 
 /// The argument that starts the peer executable as a worker (internal).
@@ -255,12 +269,28 @@ pub(crate) struct Workers {
     lost: AtomicU64,
     /// Tasks handed to a worker and not finished.
     busy: AtomicUsize,
+    /// The workers each gamer's tasks killed recently.
+    deaths: Mutex<DeathCounter>,
 }
 
 impl std::fmt::Debug for Workers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Workers").field("exe", &self.exe).field("workers", &self.slots.len()).finish()
     }
+}
+
+/// The workers a sessionless task may run in, most preferred first, given how many
+/// sessions each holds: only those holding none when there are any, else all of them,
+/// fewest sessions first. Equals are rotated by `start`, spreading tasks among them.
+fn sessionless_candidates(load: &[usize], start: usize) -> Vec<usize> {
+    let n = load.len();
+    let mut candidates: Vec<usize> = (0..n).map(|k| (start + k) % n).collect();
+    if load.contains(&0) {
+        candidates.retain(|&w| load[w] == 0);
+    }
+    // Stable: equal loads keep their rotated order.
+    candidates.sort_by_key(|&w| load[w]);
+    candidates
 }
 
 /// The tick a request carries, read without building the rest of it.
@@ -288,6 +318,7 @@ impl Workers {
         count: usize,
         settings: &WorkerSettings,
         grace: Duration,
+        deaths: DeathCounter,
     ) -> Self {
         Workers {
             exe,
@@ -301,6 +332,7 @@ impl Workers {
             next: AtomicUsize::new(0),
             lost: AtomicU64::new(0),
             busy: AtomicUsize::new(0),
+            deaths: Mutex::new(deaths),
         }
     }
 
@@ -336,16 +368,22 @@ impl Workers {
         self.routes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// How many sessions each worker holds.
+    fn load(&self, routes: &HashMap<String, Route>) -> Vec<usize> {
+        let mut load = vec![0usize; self.slots.len()];
+        for route in routes.values() {
+            load[route.worker] += 1;
+        }
+        load
+    }
+
     /// The worker for a session: where it lives, or the one holding the fewest sessions.
     fn route(&self, session: &str) -> usize {
         let mut routes = self.routes();
         if let Some(route) = routes.get(session) {
             return route.worker;
         }
-        let mut load = vec![0usize; self.slots.len()];
-        for route in routes.values() {
-            load[route.worker] += 1;
-        }
+        let load = self.load(&routes);
         let worker = (0..load.len()).min_by_key(|&w| (load[w], w)).expect("at least one worker");
         if routes.len() >= self.max_routes {
             let now = Instant::now();
@@ -379,19 +417,26 @@ impl Workers {
         deadline: Option<Instant>,
         cancelled: impl Future<Output = ()>,
     ) -> Outcome {
+        if let Some(refused) = self.refused(spec) {
+            return Outcome::Answer(refused);
+        }
         let session = spec.session_key();
         let (worker, mut slot) = match &session {
             Some(key) => {
                 let worker = self.route(key);
                 (worker, self.slots[worker].lock().await)
             }
-            None => self.any_free().await,
+            None => self.sessionless_worker().await,
         };
         tokio::pin!(cancelled);
         if deadline.is_some_and(|d| Instant::now() >= d) || (&mut cancelled).now_or_never().is_some() {
             // Its deadline passed, or its connection closed, while it waited for its worker:
             // the coordinator re-dispatches it. The worker was not running it: keep it.
             return Outcome::Cancelled;
+        }
+        // Its gamer's earlier tasks may have used up its allowance while it waited.
+        if let Some(refused) = self.refused(spec) {
+            return Outcome::Answer(refused);
         }
         if let Some(key) = &session {
             // The worker may have been lost (and the route forgotten) while we waited.
@@ -451,8 +496,9 @@ impl Workers {
         self.busy.fetch_add(1, Ordering::AcqRel);
         let outcome = tokio::select! {
             r = exchange => Ok(r),
-            () = limit => Err("its deadline passed"),
-            () = &mut cancelled => Err("the connection to the coordinator was lost"),
+            // Running past its deadline is the task's fault; a lost connection is nobody's.
+            () = limit => Err(("its deadline passed", true)),
+            () = &mut cancelled => Err(("the connection to the coordinator was lost", false)),
         };
         self.busy.fetch_sub(1, Ordering::AcqRel);
         match outcome {
@@ -464,11 +510,13 @@ impl Workers {
                 Err(e) => {
                     tracing::error!(worker, "worker answered garbage ({e}); restarting it");
                     self.kill(worker, &mut slot).await;
+                    self.charge(spec);
                     Outcome::Answer(lost_task_error(spec, ErrorCode::Internal, "the peer's worker failed".into()))
                 }
             },
             Ok(Err(e)) => {
                 let status = self.kill(worker, &mut slot).await;
+                self.charge(spec);
                 tracing::warn!(
                     worker,
                     task_type = %spec.task_type,
@@ -483,26 +531,64 @@ impl Workers {
                         .into(),
                 ))
             }
-            Err(why) => {
+            Err((why, fault)) => {
                 tracing::warn!(worker, task_type = %spec.task_type, "cancelling a running task: {why}; restarting its worker");
                 self.kill(worker, &mut slot).await;
+                if fault {
+                    self.charge(spec);
+                }
                 Outcome::Cancelled
             }
         }
     }
 
-    /// Any worker that is free now, else the next one in turn once it is.
-    async fn any_free(&self) -> (usize, tokio::sync::MutexGuard<'_, Option<Proc>>) {
-        let n = self.slots.len();
+    /// The `limit_exceeded` answer to a task whose gamer's tasks killed too many workers
+    /// recently (with resync and tick for session tasks), or `None` to run it.
+    fn refused(&self, spec: &TaskSpec) -> Option<RawPayload> {
+        let gamer = spec.gamer_id.as_deref();
+        let refusal = self.deaths.lock().unwrap_or_else(PoisonError::into_inner).refusal(gamer, Instant::now())?;
+        tracing::debug!(gamer_id = ?gamer, task_type = %spec.task_type, "refusing a task: its gamer's tasks keep killing workers");
+        let message = refusal.message();
+        Some(if spec.session_id.is_some() {
+            lost_task_error(spec, ErrorCode::LimitExceeded, message)
+        } else {
+            to_payload(&TaskError::new(ErrorCode::LimitExceeded, message)).expect("task errors always serialize")
+        })
+    }
+
+    /// Charges the death of the worker that ran `spec` to its gamer.
+    fn charge(&self, spec: &TaskSpec) {
+        let gamer = spec.gamer_id.as_deref();
+        let mut deaths = self.deaths.lock().unwrap_or_else(PoisonError::into_inner);
+        deaths.record(gamer, Instant::now());
+        if let Some(refusal) = deaths.refusal(gamer, Instant::now()) {
+            tracing::warn!(
+                gamer_id = ?gamer,
+                deaths = refusal.deaths,
+                refused_for_s = refusal.remaining.as_secs(),
+                "a gamer's tasks keep killing workers; refusing its tasks on this peer for the rest of the window"
+            );
+        }
+    }
+
+    /// The worker for a sessionless task (see the [module docs](self)): a free one among
+    /// [`sessionless_candidates`], else the first of those holding the fewest sessions to
+    /// become free.
+    async fn sessionless_worker(&self) -> (usize, tokio::sync::MutexGuard<'_, Option<Proc>>) {
+        let load = self.load(&self.routes());
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        for k in 0..n {
-            let w = (start + k) % n;
+        let candidates = sessionless_candidates(&load, start);
+        for &w in &candidates {
             if let Ok(guard) = self.slots[w].try_lock() {
                 return (w, guard);
             }
         }
-        let w = start % n;
-        (w, self.slots[w].lock().await)
+        let fewest = load[candidates[0]];
+        let waits = candidates
+            .into_iter()
+            .filter(|&w| load[w] == fewest)
+            .map(|w| Box::pin(async move { (w, self.slots[w].lock().await) }));
+        futures_util::future::select_all(waits).await.0
     }
 
     fn start(&self) -> std::io::Result<Proc> {
@@ -566,6 +652,69 @@ mod tests {
         // A frame cut short is an error, not a frame.
         let cut = framed(&[&len, &body[..5]]);
         assert!(read_frame_sync(&mut std::io::Cursor::new(cut)).is_err());
+    }
+
+    /// Workers that are never started (placement only looks at routes and locks).
+    fn unstarted(count: usize) -> Workers {
+        let settings = WorkerSettings {
+            memory_limit_bytes: 0,
+            idle_timeout_ms: 60_000,
+            max_sessions: 100,
+            memory_budget: u64::MAX,
+            gamer_memory_budget: u64::MAX,
+            budgets: Budgets::default(),
+        };
+        let deaths = DeathCounter::new(3, Duration::from_secs(60));
+        Workers::new("/nonexistent".into(), Vec::new(), count, &settings, Duration::ZERO, deaths)
+    }
+
+    #[test]
+    fn sessionless_tasks_prefer_workers_without_sessions_then_the_fewest() {
+        assert_eq!(sessionless_candidates(&[1, 0], 0), vec![1]);
+        assert_eq!(sessionless_candidates(&[1, 0, 2, 0], 0), vec![1, 3]);
+        assert_eq!(sessionless_candidates(&[1, 0, 2, 0], 2), vec![3, 1], "equals are rotated");
+        assert_eq!(sessionless_candidates(&[0, 0], 1), vec![1, 0]);
+        assert_eq!(sessionless_candidates(&[2, 1, 3], 0), vec![1, 0, 2]);
+        assert_eq!(sessionless_candidates(&[2, 1, 1], 2), vec![2, 1, 0]);
+    }
+
+    #[test]
+    fn a_new_session_goes_to_the_worker_holding_the_fewest() {
+        let workers = unstarted(3);
+        assert_eq!(workers.route("a"), 0);
+        assert_eq!(workers.route("b"), 1);
+        assert_eq!(workers.route("c"), 2);
+        assert_eq!(workers.route("a"), 0, "sticky");
+        workers.forget(1);
+        assert_eq!(workers.route("d"), 1, "the worker that lost its sessions is the emptiest");
+        assert_eq!(workers.route("e"), 0);
+    }
+
+    #[tokio::test]
+    async fn a_sessionless_task_keeps_away_from_the_session_holding_worker() {
+        let workers = unstarted(2);
+        assert_eq!(workers.route("honest"), 0);
+        for _ in 0..4 {
+            let (w, guard) = workers.sessionless_worker().await;
+            assert_eq!(w, 1, "never the honest session's worker while worker 1 holds none");
+            drop(guard);
+        }
+        // Worker 1 busy: the next sessionless task waits for it rather than taking worker 0,
+        // even though worker 0 is free...
+        let (_, busy) = workers.sessionless_worker().await;
+        let waiting = workers.sessionless_worker();
+        tokio::pin!(waiting);
+        assert!((&mut waiting).now_or_never().is_none(), "took the honest session's worker");
+        // ...and runs there once it is free.
+        drop(busy);
+        assert_eq!(waiting.await.0, 1);
+        // With a session on every worker, the free one holding the fewest is taken.
+        assert_eq!(workers.route("other"), 1);
+        assert_eq!(workers.route("third"), 0);
+        let (w, _guard) = workers.sessionless_worker().await;
+        assert_eq!(w, 1);
+        let (w, _guard2) = workers.sessionless_worker().await;
+        assert_eq!(w, 0, "worker 1 is busy; worker 0 is free");
     }
 
     #[test]

@@ -6,6 +6,9 @@
 //!   and an honest gamer's session on the same peer keeps getting every tick;
 //! - a task that exhausts a worker's memory costs that worker only: it is answered
 //!   `limit_exceeded`, the peer stays registered and keeps serving;
+//! - a gamer whose tasks keep exhausting workers is refused after three deaths, while an
+//!   honest session on the same peer never loses its worker (sessionless tasks keep away
+//!   from it);
 //! - a task still running past its deadline is cancelled (its worker killed and
 //!   restarted) and the next task runs;
 //! - a result too large for the coordinator's frame limit is answered `limit_exceeded`
@@ -164,6 +167,61 @@ async fn a_task_exhausting_its_workers_memory_costs_one_worker_not_the_peer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gamer_killing_workers_is_refused_after_three_and_the_honest_session_never_resyncs() {
+    let coord = coordinator::spawn("127.0.0.1:0", coordinator::Config::default()).await.unwrap();
+    let url = coord.url();
+    // Default containment: 3 worker deaths per gamer within 60 s.
+    let peer = std::sync::Arc::new(worker_peer(&url, "peer-contain", 2, 256).await);
+    let mut honest = Gamer::connect(&url, "honest").await;
+    let mut attacker = Gamer::connect(&url, "attacker").await;
+    honest.physics("s", &honest_snapshot(0)).await.unwrap();
+
+    // The attacker sends killer tasks one after another while the honest gamer ticks.
+    let watcher = peer.clone();
+    let attack = tokio::spawn(async move {
+        let mut answers = Vec::new();
+        for _ in 0..8 {
+            let r = attacker.run(TEST_ALLOC_TASK, None, to_payload(&serde_json::json!({})).unwrap()).await;
+            answers.push((error_of(r.result.get()), r.peer_id, watcher.workers_lost()));
+        }
+        // Refused for every task type, not only the killer one.
+        let r = attacker.run("physics", None, to_payload(&serde_json::json!({"num_objects": 10})).unwrap()).await;
+        answers.push((error_of(r.result.get()), r.peer_id, watcher.workers_lost()));
+        answers
+    });
+    let mut resyncs = 0;
+    let mut t = 1;
+    while !attack.is_finished() || t <= 20 {
+        resyncs += usize::from(honest_tick(&mut honest, "s", t).await);
+        t += 1;
+    }
+    let answers = within("the attacker's answers", attack).await.unwrap();
+    for (i, (e, peer_id, lost)) in answers.iter().enumerate() {
+        assert_eq!(e.code, ErrorCode::LimitExceeded, "task {i}: {e:?}");
+        assert_eq!(peer_id.as_deref(), Some("peer-contain"), "task {i}: answered by the peer itself");
+        if i < 3 {
+            assert!(e.message.contains("memory"), "task {i}: {}", e.message);
+            assert_eq!(*lost, i as u64 + 1, "task {i}: exactly the worker running it died");
+        } else {
+            assert!(e.message.contains("exhausted 3") && e.message.contains("refused"), "task {i}: {}", e.message);
+            assert_eq!(*lost, 3, "task {i}: refused without running: no more workers lost");
+        }
+    }
+    assert_eq!(peer.workers_lost(), 3);
+    // The killer tasks never ran in the worker holding the honest session.
+    assert_eq!(resyncs, 0, "the honest session resynced {resyncs} times over {t} ticks");
+    // Other gamers are still served, sessionless tasks included.
+    let mut other = Gamer::connect(&url, "other").await;
+    let r = other.run("physics", None, to_payload(&serde_json::json!({"num_objects": 10})).unwrap()).await;
+    assert!(r.result.get().contains("physics_processed"), "{}", r.result.get());
+    assert!(peer.is_connected());
+    assert_eq!(peer.status().borrow().registrations, 1);
+    let peer = std::sync::Arc::into_inner(peer).expect("the attacker's task ended");
+    peer.shutdown().await;
+    coord.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_running_past_its_deadline_is_cancelled_and_the_next_task_runs() {
     let coord = coordinator::spawn("127.0.0.1:0", coordinator::Config::default()).await.unwrap();
     let url = coord.url();
@@ -179,7 +237,10 @@ async fn a_task_running_past_its_deadline_is_cancelled_and_the_next_task_runs() 
     assert_ne!(r.peer_id.as_deref(), Some("peer-slow"), "the peer never answers a cancelled task: {e:?}");
     assert!(peer.workers_lost() >= 1, "the worker running it was killed");
 
-    let r = gamer.run("physics", None, to_payload(&serde_json::json!({"num_objects": 10})).unwrap()).await;
+    // Every cancelled attempt is charged to the gamer (its tasks may be refused now);
+    // another gamer's task runs.
+    let mut other = Gamer::connect(&url, "other").await;
+    let r = other.run("physics", None, to_payload(&serde_json::json!({"num_objects": 10})).unwrap()).await;
     assert!(r.result.get().contains("physics_processed"), "{}", r.result.get());
     assert_eq!(r.peer_id.as_deref(), Some("peer-slow"));
     assert!(peer.is_connected());
