@@ -107,6 +107,7 @@ impl Router {
             // Never more assignments in flight than a peer's outbound queue holds (half of
             // it, leaving room for pings and errors), whatever the peer declares.
             max_tasks_per_peer: (config.send_queue_frames / 2).clamp(1, u32::MAX as usize) as u32,
+            max_bytes_per_peer: (config.send_queue_bytes / 2).max(1),
             ..SchedulerConfig::default()
         });
         Router {
@@ -521,8 +522,12 @@ impl State {
                 gamer_id: task.gamer.clone(),
                 payload: task.payload.clone(),
             }));
-            if let Some(&peer_conn) = self.peers.get(&d.peer) {
-                self.send_frame(peer_conn, frame);
+            // Exempt from the queue's bounds: the scheduler keeps what is in flight at a
+            // peer within half of them, in tasks and in bytes, so assignments can never
+            // make an honest peer look like a slow reader (the write-stall timeout still
+            // catches one that stops reading).
+            if let Some(conn) = self.peers.get(&d.peer).and_then(|c| self.conns.get(c)) {
+                let _ = conn.handle.tx.send_exempt(frame);
             }
         }
         let failures = self.sched.take_failures();

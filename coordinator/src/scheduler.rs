@@ -70,6 +70,10 @@ pub struct SchedulerConfig {
     /// Most tasks in flight at one peer, all sessions together (the router sets it to
     /// what the peer's outbound queue holds, so a peer is never flooded off).
     pub max_tasks_per_peer: u32,
+    /// Most payload bytes in flight at one peer (one task larger than this still goes to
+    /// an idle peer). The router sets it to half the peer's outbound queue bytes, so
+    /// assignments alone never fill that queue.
+    pub max_bytes_per_peer: usize,
 }
 
 impl Default for SchedulerConfig {
@@ -86,6 +90,7 @@ impl Default for SchedulerConfig {
             initial_peer_capacity: 4,
             max_session_pipeline: 16,
             max_tasks_per_peer: 512,
+            max_bytes_per_peer: 16 * 1024 * 1024,
         }
     }
 }
@@ -300,6 +305,10 @@ struct Peer {
     slots_used: u32,
     /// Most tasks in flight at once (see [`SchedulerConfig::max_tasks_per_peer`]).
     max_tasks: u32,
+    /// Payload bytes in flight, and the most allowed (see
+    /// [`SchedulerConfig::max_bytes_per_peer`]).
+    bytes_in_flight: usize,
+    max_bytes: usize,
     joined: u64,
     /// Tasks assigned to it (orphans included), so leaving costs its own work only.
     assigned: HashSet<TaskKey>,
@@ -322,6 +331,11 @@ impl Peer {
         self.in_flight < self.max_tasks && self.slots_used < self.capacity()
     }
 
+    /// Whether it has tasks of this session in flight.
+    fn is_running(&self, gamer: &str, session: &str) -> bool {
+        self.running.get(gamer).and_then(|s| s.get(session)).is_some_and(|n| *n > 0)
+    }
+
     /// Whether it can take one more task of a session it may already be running.
     fn has_room_for_session(&self, gamer: &str, session: &str, pipeline: u32) -> bool {
         match self.running.get(gamer).and_then(|s| s.get(session)) {
@@ -330,9 +344,15 @@ impl Peer {
         }
     }
 
+    /// Whether `bytes` more payload fit what is in flight (an idle peer takes any task).
+    fn fits(&self, bytes: usize) -> bool {
+        self.bytes_in_flight == 0 || self.bytes_in_flight.saturating_add(bytes) <= self.max_bytes
+    }
+
     /// Counts a task in flight.
-    fn hold(&mut self, session: Option<(&str, &str)>) {
+    fn hold(&mut self, session: Option<(&str, &str)>, bytes: usize) {
         self.in_flight += 1;
+        self.bytes_in_flight += bytes;
         match session {
             Some((gamer, session)) => {
                 let n = self.running.entry(gamer.to_owned()).or_default().entry(session.to_owned()).or_default();
@@ -346,8 +366,9 @@ impl Peer {
     }
 
     /// Stops counting a task in flight.
-    fn unhold(&mut self, session: Option<(&str, &str)>) {
+    fn unhold(&mut self, session: Option<(&str, &str)>, bytes: usize) {
         self.in_flight = self.in_flight.saturating_sub(1);
+        self.bytes_in_flight = self.bytes_in_flight.saturating_sub(bytes);
         match session {
             Some((gamer, session)) => {
                 let Some(sessions) = self.running.get_mut(gamer) else { return };
@@ -381,6 +402,9 @@ struct Gamer {
     /// When it was parked (a sequence number): gamers are woken in the order they were
     /// parked, so waking keeps the round-robin fair.
     parked_at: u64,
+    /// The waker sets it is in (so leaving or waking takes it out of all of them, and the
+    /// sets never outgrow the gamers and lanes there are).
+    parked_under: Vec<WakeKey>,
 }
 
 #[derive(Debug, Default)]
@@ -390,6 +414,13 @@ struct Session {
     lane: BTreeSet<TaskKey>,
     pending: u32,
     last_used: u64,
+}
+
+/// A waker set's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum WakeKey {
+    Peer(PeerId),
+    Type(String),
 }
 
 /// Who to wake when something changes, filled when gamers are parked.
@@ -490,6 +521,11 @@ impl<P> Scheduler<P> {
         self.examined
     }
 
+    /// Entries in the waker sets (what parking costs in memory).
+    pub fn waker_entries(&self) -> usize {
+        self.wakers.by_peer.values().chain(self.wakers.by_type.values()).map(HashSet::len).sum()
+    }
+
     /// Gamers parked now (nothing of theirs could be placed).
     pub fn parked_len(&self) -> usize {
         self.gamers.values().filter(|g| g.parked).count()
@@ -520,6 +556,8 @@ impl<P> Scheduler<P> {
             running: HashMap::new(),
             slots_used: 0,
             max_tasks: self.config.max_tasks_per_peer.max(1),
+            bytes_in_flight: 0,
+            max_bytes: self.config.max_bytes_per_peer.max(1),
             joined: self.next_join,
             assigned: HashSet::new(),
             sessions: HashSet::new(),
@@ -580,10 +618,11 @@ impl<P> Scheduler<P> {
     /// Removes a gamer: its queued tasks are dropped, its in-flight ones are orphaned.
     /// Returns how many tasks were dropped or orphaned.
     pub fn remove_gamer(&mut self, id: &str) -> usize {
-        let Some(gamer) = self.gamers.remove(id) else { return 0 };
+        let Some(mut gamer) = self.gamers.remove(id) else { return 0 };
         if gamer.in_ring {
             self.ring.retain(|g| g != id);
         }
+        self.forget_wakers(id, std::mem::take(&mut gamer.parked_under));
         for (session_id, session) in &gamer.sessions {
             if let Some(peer) = session.peer.as_ref().and_then(|p| self.peers.get_mut(p)) {
                 peer.sessions.remove(&(id.to_owned(), session_id.clone()));
@@ -733,33 +772,45 @@ impl<P> Scheduler<P> {
         for (session_id, session) in &gamer.sessions {
             let Some(&key) = session.lane.first() else { continue };
             let task = &self.tasks[&key];
-            let target = match &session.peer {
-                Some(peer_id) => self
-                    .peers
-                    .get(peer_id)
-                    .filter(|p| p.has_room_for_session(gamer_id, session_id, pipeline) && p.runs(&task.task_type))
-                    .map(|_| peer_id.clone()),
-                None => self.best_peer(&task.task_type, &task.tried, full_types),
+            let pinned = session.peer.as_ref().and_then(|id| self.peers.get(id).map(|p| (id, p)));
+            let target = match pinned {
+                // The session's peer does not run this tick's type and runs nothing of the
+                // session now: the session may move (assign re-pins it).
+                Some((_, p)) if !p.runs(&task.task_type) && !p.is_running(gamer_id, session_id) => {
+                    self.best_peer(&task.task_type, &task.tried, task.bytes, full_types)
+                }
+                Some((peer_id, p)) => (p.has_room_for_session(gamer_id, session_id, pipeline)
+                    && p.runs(&task.task_type)
+                    && p.fits(task.bytes))
+                .then(|| peer_id.clone()),
+                None => self.best_peer(&task.task_type, &task.tried, task.bytes, full_types),
             };
             consider(key, target);
         }
         for (task_type, lane) in &gamer.free {
             let Some(&key) = lane.first() else { continue };
-            let target = self.best_peer(task_type, &self.tasks[&key].tried, full_types);
+            let task = &self.tasks[&key];
+            let target = self.best_peer(task_type, &task.tried, task.bytes, full_types);
             consider(key, target);
         }
         best
     }
 
     /// The least-loaded peer with room that runs `task_type`, preferring untried ones.
-    fn best_peer(&self, task_type: &str, tried: &[PeerId], full_types: &mut HashSet<String>) -> Option<PeerId> {
+    fn best_peer(
+        &self,
+        task_type: &str,
+        tried: &[PeerId],
+        bytes: usize,
+        full_types: &mut HashSet<String>,
+    ) -> Option<PeerId> {
         if full_types.contains(task_type) {
             return None;
         }
         let best = self
             .peers
             .iter()
-            .filter(|(_, p)| p.has_room() && p.runs(task_type))
+            .filter(|(_, p)| p.has_room() && p.runs(task_type) && p.fits(bytes))
             .min_by(|(a_id, a), (b_id, b)| {
                 let a_tried = tried.contains(a_id);
                 let b_tried = tried.contains(b_id);
@@ -773,7 +824,9 @@ impl<P> Scheduler<P> {
                     .then(a.joined.cmp(&b.joined))
             })
             .map(|(id, _)| id.clone());
-        if best.is_none() {
+        // Remembered only when no peer has a slot for the type at all: a smaller task of
+        // it may still fit where this one's bytes did not.
+        if best.is_none() && !self.peers.values().any(|p| p.has_room() && p.runs(task_type)) {
             full_types.insert(task_type.to_owned());
         }
         best
@@ -789,9 +842,9 @@ impl<P> Scheduler<P> {
         let attempt = task.attempts;
         let due = now + task.deadline;
         task.state = TaskState::Assigned { peer: peer_id.clone(), attempt, due };
-        let (gamer_id, session_id) = (task.gamer.clone(), task.session_id.clone());
+        let (gamer_id, session_id, bytes) = (task.gamer.clone(), task.session_id.clone(), task.bytes);
         let peer = self.peers.get_mut(&peer_id).expect("placement picked a live peer");
-        peer.hold(session_id.as_deref().map(|s| (gamer_id.as_str(), s)));
+        peer.hold(session_id.as_deref().map(|s| (gamer_id.as_str(), s)), bytes);
         peer.assigned.insert(key);
         if let Some(session_id) = session_id {
             let session = self.gamers.get_mut(&gamer_id).and_then(|g| g.sessions.get_mut(&session_id));
@@ -877,27 +930,50 @@ impl<P> Scheduler<P> {
         gamer.parked = true;
         self.next_park += 1;
         gamer.parked_at = self.next_park;
+        let mut keys = Vec::new();
         for session in gamer.sessions.values() {
             let Some(key) = session.lane.first() else { continue };
-            match &session.peer {
-                Some(peer) => self.wakers.by_peer.entry(peer.clone()).or_default().insert(gamer_id.to_owned()),
-                None => self
-                    .wakers
-                    .by_type
-                    .entry(self.tasks[key].task_type.clone())
-                    .or_default()
-                    .insert(gamer_id.to_owned()),
-            };
+            keys.push(match &session.peer {
+                Some(peer) => WakeKey::Peer(peer.clone()),
+                None => WakeKey::Type(self.tasks[key].task_type.clone()),
+            });
         }
-        for task_type in gamer.free.keys() {
-            self.wakers.by_type.entry(task_type.clone()).or_default().insert(gamer_id.to_owned());
+        keys.extend(gamer.free.keys().map(|t| WakeKey::Type(t.clone())));
+        keys.dedup();
+        for key in &keys {
+            let set = match key {
+                WakeKey::Peer(p) => self.wakers.by_peer.entry(p.clone()).or_default(),
+                WakeKey::Type(t) => self.wakers.by_type.entry(t.clone()).or_default(),
+            };
+            set.insert(gamer_id.to_owned());
+        }
+        gamer.parked_under = keys;
+    }
+
+    /// Takes a gamer out of every waker set it is in.
+    fn forget_wakers(&mut self, gamer_id: &str, keys: Vec<WakeKey>) {
+        for key in keys {
+            let (sets, name) = match &key {
+                WakeKey::Peer(p) => (&mut self.wakers.by_peer, p),
+                WakeKey::Type(t) => (&mut self.wakers.by_type, t),
+            };
+            if let Some(set) = sets.get_mut(name) {
+                set.remove(gamer_id);
+                if set.is_empty() {
+                    sets.remove(name);
+                }
+            }
         }
     }
 
     fn unpark(&mut self, gamer_id: &str) {
-        if let Some(gamer) = self.gamers.get_mut(gamer_id) {
-            gamer.parked = false;
+        let Some(gamer) = self.gamers.get_mut(gamer_id) else { return };
+        if !gamer.parked {
+            return self.activate(gamer_id);
         }
+        gamer.parked = false;
+        let keys = std::mem::take(&mut gamer.parked_under);
+        self.forget_wakers(gamer_id, keys);
         self.activate(gamer_id);
     }
 
@@ -929,7 +1005,7 @@ impl<P> Scheduler<P> {
     fn release(&mut self, peer_id: &str, key: TaskKey) {
         let Some(task) = self.tasks.get(&key) else { return };
         if let Some(p) = self.peers.get_mut(peer_id) {
-            p.unhold(task.session_id.as_deref().map(|s| (task.gamer.as_str(), s)));
+            p.unhold(task.session_id.as_deref().map(|s| (task.gamer.as_str(), s)), task.bytes);
             p.assigned.remove(&key);
             self.wake_for_room(peer_id);
         }
@@ -1009,7 +1085,7 @@ impl<P> Scheduler<P> {
     pub fn expire_some(&mut self, now: Instant, max: usize) -> Vec<Expired> {
         let mut out = Vec::new();
         let mut budget = max;
-        while let Some(&(due, key, attempt)) = self.deadlines.first() {
+        while let Some(&(due, key, _)) = self.deadlines.first() {
             if due > now || budget == 0 {
                 break;
             }
@@ -1022,12 +1098,7 @@ impl<P> Scheduler<P> {
                     self.remove_task(key);
                 }
                 TaskState::Assigned { peer, .. } => {
-                    if !task.tried.contains(&peer) {
-                        task.tried.push(peer.clone());
-                    }
-                    task.state = TaskState::Queued;
                     let (gamer_id, session_id) = (task.gamer.clone(), task.session_id.clone());
-                    let exhausted = task.attempts >= self.config.max_attempts;
                     if let Some(p) = self.peers.get_mut(&peer) {
                         // It missed a deadline: fewer tasks at once, but never fewer than a
                         // new peer gets (an honest peer that is briefly slow keeps its
@@ -1035,23 +1106,58 @@ impl<P> Scheduler<P> {
                         let floor = self.config.initial_peer_capacity.clamp(1, p.declared);
                         p.window = (p.window / 2).max(floor);
                     }
-                    self.release(&peer, key);
-                    if exhausted {
-                        self.fail(key, FailReason::MaxAttempts);
-                        continue;
+                    // The session's later ticks on this peer wait behind the late one there:
+                    // take them back too, so the session moves whole and in order, and no
+                    // later tick of it is answered before this one.
+                    let mut keys = vec![key];
+                    if let (Some(session_id), Some(p)) = (&session_id, self.peers.get(&peer)) {
+                        let mut later: Vec<TaskKey> = p
+                            .assigned
+                            .iter()
+                            .copied()
+                            .filter(|k| {
+                                *k != key
+                                    && self.tasks.get(k).is_some_and(|t| {
+                                        t.gamer == gamer_id
+                                            && t.session_id.as_ref() == Some(session_id)
+                                            && matches!(t.state, TaskState::Assigned { .. })
+                                    })
+                            })
+                            .collect();
+                        later.sort_unstable();
+                        keys.extend(later);
                     }
-                    // A straggling session peer loses the session if another peer can
-                    // take it: the next attempt goes elsewhere and the gamer resyncs.
-                    if let Some(session_id) = session_id
+                    // A straggling session peer loses the session (only if it holds it): the
+                    // next attempt goes to another peer when one can take it, and the gamer
+                    // resyncs.
+                    if let Some(session_id) = &session_id
                         && let Some(session) =
-                            self.gamers.get_mut(&gamer_id).and_then(|g| g.sessions.get_mut(&session_id))
-                        && session.peer.take().is_some()
-                        && let Some(p) = self.peers.get_mut(&peer)
+                            self.gamers.get_mut(&gamer_id).and_then(|g| g.sessions.get_mut(session_id))
+                        && session.peer.as_deref() == Some(peer.as_str())
                     {
-                        p.sessions.remove(&(gamer_id.clone(), session_id));
+                        session.peer = None;
+                        if let Some(p) = self.peers.get_mut(&peer) {
+                            p.sessions.remove(&(gamer_id.clone(), session_id.clone()));
+                        }
                     }
-                    out.push(Expired::Requeued { task_id: self.tasks[&key].task_id.clone(), peer, attempt });
-                    self.enqueue(key);
+                    for k in keys {
+                        let Some(t) = self.tasks.get_mut(&k) else { continue };
+                        let TaskState::Assigned { attempt: a, due: d, .. } = t.state.clone() else { continue };
+                        self.deadlines.remove(&(d, k, a));
+                        if !t.tried.contains(&peer) {
+                            t.tried.push(peer.clone());
+                        }
+                        t.state = TaskState::Queued;
+                        let exhausted = t.attempts >= self.config.max_attempts;
+                        let task_id = t.task_id.clone();
+                        self.release(&peer, k);
+                        if exhausted {
+                            self.fail(k, FailReason::MaxAttempts);
+                        } else {
+                            out.push(Expired::Requeued { task_id, peer: peer.clone(), attempt: a });
+                            self.enqueue(k);
+                        }
+                    }
                 }
                 TaskState::Queued => {}
             }
@@ -1065,8 +1171,11 @@ impl<P> Scheduler<P> {
             if self.tasks.get(&key).is_none_or(|t| t.state != TaskState::Queued) {
                 continue;
             }
+            let gamer_id = self.tasks[&key].gamer.clone();
             self.take_from_lane(key);
             self.fail(key, FailReason::QueueTimeout);
+            // Its lane has a new head, which may go somewhere the old one could not.
+            self.unpark(&gamer_id);
         }
         out.extend(self.take_failures().into_iter().map(Expired::Failed));
         out
@@ -1782,5 +1891,101 @@ mod tests {
         assert_eq!(expired, 10_000);
         assert_eq!(s.queued_len(), 0);
         assert_eq!(s.counters().failed, 10_000);
+    }
+    #[test]
+    fn a_late_session_tick_takes_its_pipelined_successors_along_in_order() {
+        let mut s = sched();
+        let t0 = Instant::now();
+        s.add_gamer("g".into());
+        s.add_peer("slow".into(), any_peer(4));
+        for i in 0..3 {
+            s.submit("g", session_task(&format!("t{i}"), "w"), t0).unwrap();
+        }
+        let first = s.dispatch(t0);
+        assert_eq!(first.len(), 3, "pipelined on the slow peer");
+        s.add_peer("fast".into(), any_peer(4));
+        // t0's deadline passes (the others are due at the same time here, but only one
+        // deadline is handled: the batch limit of 1).
+        let expired = s.expire_some(t0 + Duration::from_secs(2), 1);
+        assert_eq!(expired.len(), 3, "{expired:?}");
+        // Nothing of the session is left on the slow peer: its late answers are refused.
+        assert_eq!(s.peer_load("slow"), Some(0));
+        assert!(s.complete("slow", &first[1].assignment_id).is_err());
+        let moved = s.dispatch(t0 + Duration::from_secs(2));
+        assert_eq!(task_ids(&s, &moved), ["t0", "t1", "t2"]);
+        assert!(moved.iter().all(|d| d.peer == "fast"));
+        assert_eq!(s.session_peer("g", "w"), Some("fast"));
+    }
+
+    #[test]
+    fn bytes_in_flight_at_a_peer_are_bounded_but_an_idle_peer_takes_any_task() {
+        let mut s: Scheduler<()> = Scheduler::new(SchedulerConfig { max_bytes_per_peer: 1_000, ..test_config() });
+        let now = Instant::now();
+        s.add_gamer("g".into());
+        s.add_peer("p".into(), any_peer(8));
+        let sized = |id: &str, bytes: usize| Submission { bytes, ..task(id) };
+        s.submit("g", sized("huge", 5_000), now).unwrap();
+        s.submit("g", sized("small", 10), now).unwrap();
+        let d = s.dispatch(now);
+        assert_eq!(task_ids(&s, &d), ["huge"], "the small one waits: the peer holds its most bytes");
+        s.complete("p", &d[0].assignment_id).unwrap();
+        assert_eq!(dispatch_ids(&mut s, now), ["small"]);
+    }
+
+    #[test]
+    fn departed_and_woken_gamers_leave_no_waker_entries_behind() {
+        let mut s = sched();
+        let now = Instant::now();
+        s.add_peer("p".into(), typed_peer(1, &["physics"]));
+        for g in 0..100 {
+            let gamer = format!("g{g}");
+            s.add_gamer(gamer.clone());
+            let t = Submission { task_type: format!("made-up-{g}"), ..task("t") };
+            s.submit(&gamer, t, now).unwrap();
+            s.dispatch(now);
+        }
+        assert_eq!(s.parked_len(), 100);
+        assert!(s.waker_entries() >= 100);
+        for g in 0..100 {
+            s.remove_gamer(&format!("g{g}"));
+        }
+        assert_eq!(s.waker_entries(), 0);
+    }
+
+    #[test]
+    fn a_session_pinned_to_a_peer_that_cannot_run_its_next_tick_moves() {
+        let mut s = sched();
+        let now = Instant::now();
+        s.add_gamer("g".into());
+        s.add_peer("phys".into(), typed_peer(2, &["physics"]));
+        s.add_peer("ai".into(), typed_peer(2, &["ai"]));
+        s.submit("g", session_task("p0", "w"), now).unwrap();
+        let d = s.dispatch(now);
+        assert_eq!(d[0].peer, "phys");
+        s.complete("phys", &d[0].assignment_id).unwrap();
+        s.submit("g", Submission { task_type: "ai".into(), ..session_task("a1", "w") }, now).unwrap();
+        let d = s.dispatch(now);
+        assert_eq!((task_ids(&s, &d), d[0].peer.as_str()), (vec!["a1".to_owned()], "ai"));
+        assert_eq!(s.session_peer("g", "w"), Some("ai"));
+    }
+
+    #[test]
+    fn a_timed_out_session_head_wakes_its_gamer_for_the_next_tick() {
+        let mut s: Scheduler<()> =
+            Scheduler::new(SchedulerConfig { max_queue_wait: Some(Duration::from_secs(1)), ..test_config() });
+        let t0 = Instant::now();
+        s.add_gamer("g".into());
+        s.add_peer("ai".into(), typed_peer(1, &["ai"]));
+        s.submit("g", Submission { task_type: "nobody".into(), ..session_task("stuck", "w") }, t0).unwrap();
+        s.submit(
+            "g",
+            Submission { task_type: "ai".into(), ..session_task("next", "w") },
+            t0 + Duration::from_millis(500),
+        )
+        .unwrap();
+        assert!(s.dispatch(t0).is_empty());
+        assert_eq!(s.parked_len(), 1);
+        s.expire(t0 + Duration::from_secs(1));
+        assert_eq!(dispatch_ids(&mut s, t0 + Duration::from_secs(1)), ["next"]);
     }
 }

@@ -223,3 +223,33 @@ async fn a_gamer_that_stops_reading_is_cut_off_by_bytes() {
     submitting.abort();
     coord.shutdown().await;
 }
+
+/// Gamers never take the connection slots kept for peers: past `max_connections -
+/// reserved_peer_slots` gamers, `register_gamer` is refused with `limit_exceeded` and the
+/// connection closed, while a peer still registers and serves.
+#[tokio::test]
+async fn gamers_cannot_take_the_slots_kept_for_peers() {
+    let config = Config { max_connections: 6, reserved_peer_slots: 2, ..Config::default() };
+    let coord = start(config).await;
+    let url = coord.url();
+    let mut gamers = Vec::new();
+    for g in 0..4 {
+        gamers.push(Client::gamer(&url, &format!("g{g}")).await);
+    }
+    let mut fifth = Client::connect(&url).await;
+    fifth.send_text(r#"{"msg_type":"register_gamer","gamer_id":"g4"}"#).await;
+    let refused = fifth.recv_error().await;
+    assert_eq!(refused.code, ErrorCode::LimitExceeded, "{refused:?}");
+    assert_eq!(fifth.expect_closed().await, Some(1008));
+    // A peer still gets in, and serves the gamers already there.
+    let mut peer = Client::peer(&url, "p", 2).await;
+    gamers[0].submit("t", "physics", "{}", None).await;
+    let a = peer.recv_assignment().await;
+    peer.answer(&a, r#"{"status":"success"}"#).await;
+    assert_eq!(gamers[0].recv_result().await.task_id, "t");
+    // A gamer that leaves frees its slot for another.
+    drop(gamers.pop());
+    eventually("the departed gamer's slot is free", || coord.stats().gamers == 3).await;
+    Client::gamer(&url, "g5").await;
+    coord.shutdown().await;
+}
