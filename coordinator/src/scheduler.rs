@@ -10,8 +10,9 @@
 //!   gamer's oldest placeable task goes first.
 //! - Gamers are served round-robin, one placement at a time, so one gamer flooding tasks
 //!   cannot starve another. A gamer none of whose lane heads can be placed is parked, and
-//!   woken only by an event that can change that (a peer with room for its lanes, a new
-//!   task of its own): dispatch costs what it places, not gamers × queue depth.
+//!   woken only by an event that can change that: a new task of its own, or room on a
+//!   peer that can serve its lanes, which wakes the longest-parked gamers one at a time
+//!   while the room lasts. Dispatch costs what it places, not gamers × queue depth.
 //! - A task goes to a live peer that runs its type and has a free slot, least loaded first
 //!   (in-flight / capacity), preferring peers that have not already tried it.
 //! - A peer's capacity is what it has shown, in slots: it starts at
@@ -331,6 +332,12 @@ impl Peer {
         self.in_flight < self.max_tasks && self.slots_used < self.capacity()
     }
 
+    /// Whether it could take any task now (one needing a slot, or one more tick of a
+    /// session it runs).
+    fn can_take_something(&self) -> bool {
+        self.has_room() || (self.in_flight < self.max_tasks && !self.running.is_empty())
+    }
+
     /// Whether it has tasks of this session in flight.
     fn is_running(&self, gamer: &str, session: &str) -> bool {
         self.running.get(gamer).and_then(|s| s.get(session)).is_some_and(|n| *n > 0)
@@ -426,10 +433,10 @@ enum WakeKey {
 /// Who to wake when something changes, filled when gamers are parked.
 #[derive(Debug, Default)]
 struct Wakers {
-    /// Gamers waiting for room on a peer their session is pinned to.
-    by_peer: HashMap<PeerId, HashSet<GamerId>>,
-    /// Gamers waiting for room on any peer that runs a task type.
-    by_type: HashMap<String, HashSet<GamerId>>,
+    /// Gamers waiting for room on a peer their session is pinned to, in parking order.
+    by_peer: HashMap<PeerId, BTreeSet<(u64, GamerId)>>,
+    /// Gamers waiting for room on any peer that runs a task type, in parking order.
+    by_type: HashMap<String, BTreeSet<(u64, GamerId)>>,
 }
 
 /// The scheduler. `P` is the task payload, opaque to it.
@@ -441,6 +448,11 @@ pub struct Scheduler<P> {
     /// Gamers with queued tasks that are not parked, in round-robin order.
     ring: VecDeque<GamerId>,
     wakers: Wakers,
+    /// Peers that gained room since they were last found full or without waiting gamers:
+    /// dispatch wakes their longest-parked gamers one at a time, only as long as they
+    /// still have room, so a freed slot costs the gamers it takes to fill it, not every
+    /// gamer waiting.
+    roomy: BTreeSet<PeerId>,
     tasks: HashMap<TaskKey, Task<P>>,
     deadlines: BTreeSet<(Instant, TaskKey, u32)>,
     /// Queue wait limits of the tasks waiting in queues.
@@ -465,6 +477,7 @@ impl<P> Scheduler<P> {
             gamers: HashMap::new(),
             ring: VecDeque::new(),
             wakers: Wakers::default(),
+            roomy: BTreeSet::new(),
             tasks: HashMap::new(),
             deadlines: BTreeSet::new(),
             queue_limits: BTreeSet::new(),
@@ -523,7 +536,7 @@ impl<P> Scheduler<P> {
 
     /// Entries in the waker sets (what parking costs in memory).
     pub fn waker_entries(&self) -> usize {
-        self.wakers.by_peer.values().chain(self.wakers.by_type.values()).map(HashSet::len).sum()
+        self.wakers.by_peer.values().chain(self.wakers.by_type.values()).map(BTreeSet::len).sum()
     }
 
     /// Gamers parked now (nothing of theirs could be placed).
@@ -604,8 +617,12 @@ impl<P> Scheduler<P> {
                 TaskState::Queued => {}
             }
         }
+        // Its pinned sessions are free to go anywhere now: wake all who waited for it.
+        self.roomy.remove(id);
         if let Some(gamers) = self.wakers.by_peer.remove(id) {
-            self.unpark_in_order(gamers.into_iter().collect());
+            for (_, gamer) in gamers {
+                self.unpark(&gamer);
+            }
         }
         count
     }
@@ -622,7 +639,7 @@ impl<P> Scheduler<P> {
         if gamer.in_ring {
             self.ring.retain(|g| g != id);
         }
-        self.forget_wakers(id, std::mem::take(&mut gamer.parked_under));
+        self.forget_wakers(id, gamer.parked_at, std::mem::take(&mut gamer.parked_under));
         for (session_id, session) in &gamer.sessions {
             if let Some(peer) = session.peer.as_ref().and_then(|p| self.peers.get_mut(p)) {
                 peer.sessions.remove(&(id.to_owned(), session_id.clone()));
@@ -731,10 +748,18 @@ impl<P> Scheduler<P> {
         let mut out = Vec::new();
         // Task types no peer with room runs: nothing placed in this call can change that.
         let mut full_types: HashSet<String> = HashSet::new();
+        let parked_before = self.next_park;
         // While some peer could take something: a task needing a slot, or one more tick of
         // a session it runs.
-        while self.peers.values().any(|p| p.has_room() || (p.in_flight < p.max_tasks && !p.running.is_empty())) {
-            let Some(gamer_id) = self.ring.pop_front() else { break };
+        while self.peers.values().any(Peer::can_take_something) {
+            let Some(gamer_id) = self.ring.pop_front() else {
+                // The ring is empty: wake the next parked gamer a peer with room could
+                // serve, if any is left.
+                if self.wake_one(parked_before) {
+                    continue;
+                }
+                break;
+            };
             let Some(gamer) = self.gamers.get_mut(&gamer_id) else { continue };
             gamer.in_ring = false;
             self.examined += 1;
@@ -945,20 +970,21 @@ impl<P> Scheduler<P> {
                 WakeKey::Peer(p) => self.wakers.by_peer.entry(p.clone()).or_default(),
                 WakeKey::Type(t) => self.wakers.by_type.entry(t.clone()).or_default(),
             };
-            set.insert(gamer_id.to_owned());
+            set.insert((gamer.parked_at, gamer_id.to_owned()));
         }
         gamer.parked_under = keys;
     }
 
     /// Takes a gamer out of every waker set it is in.
-    fn forget_wakers(&mut self, gamer_id: &str, keys: Vec<WakeKey>) {
+    fn forget_wakers(&mut self, gamer_id: &str, parked_at: u64, keys: Vec<WakeKey>) {
+        let entry = (parked_at, gamer_id.to_owned());
         for key in keys {
             let (sets, name) = match &key {
                 WakeKey::Peer(p) => (&mut self.wakers.by_peer, p),
                 WakeKey::Type(t) => (&mut self.wakers.by_type, t),
             };
             if let Some(set) = sets.get_mut(name) {
-                set.remove(gamer_id);
+                set.remove(&entry);
                 if set.is_empty() {
                     sets.remove(name);
                 }
@@ -973,32 +999,52 @@ impl<P> Scheduler<P> {
         }
         gamer.parked = false;
         let keys = std::mem::take(&mut gamer.parked_under);
-        self.forget_wakers(gamer_id, keys);
+        let parked_at = gamer.parked_at;
+        self.forget_wakers(gamer_id, parked_at, keys);
         self.activate(gamer_id);
     }
 
-    /// A peer has room now: wake the gamers that wait for it or for a type it runs.
+    /// A peer has room now: dispatch will wake, one at a time, the gamers that wait for it
+    /// or for a type it runs (see [`Scheduler::wake_one`]).
     fn wake_for_room(&mut self, peer_id: &str) {
-        let Some(peer) = self.peers.get(peer_id) else { return };
-        let mut woken: Vec<GamerId> = self.wakers.by_peer.remove(peer_id).into_iter().flatten().collect();
-        match &peer.task_types {
-            Some(types) if !types.is_empty() => {
-                for t in types {
-                    woken.extend(self.wakers.by_type.remove(t).into_iter().flatten());
-                }
-            }
-            _ => woken.extend(std::mem::take(&mut self.wakers.by_type).into_values().flatten()),
+        if self.peers.contains_key(peer_id) {
+            self.roomy.insert(peer_id.to_owned());
         }
-        self.unpark_in_order(woken);
     }
 
-    /// Unparks gamers in the order they were parked (the sets they come from are unordered).
-    fn unpark_in_order(&mut self, mut gamers: Vec<GamerId>) {
-        gamers.sort_by_key(|g| self.gamers.get(g).map_or(u64::MAX, |g| g.parked_at));
-        gamers.dedup();
-        for gamer in gamers {
-            self.unpark(&gamer);
+    /// Wakes the longest-parked gamer that a peer with room could serve and that was
+    /// parked before this dispatch began (`parked_before`); forgets peers that have no
+    /// room or nobody left to wake. Returns whether it woke someone.
+    fn wake_one(&mut self, parked_before: u64) -> bool {
+        while let Some(peer_id) = self.roomy.first().cloned() {
+            let Some(peer) = self.peers.get(&peer_id) else {
+                self.roomy.remove(&peer_id);
+                continue;
+            };
+            if !peer.can_take_something() {
+                self.roomy.remove(&peer_id);
+                continue;
+            }
+            let type_sets: Vec<&BTreeSet<(u64, GamerId)>> = match &peer.task_types {
+                Some(types) if !types.is_empty() => types.iter().filter_map(|t| self.wakers.by_type.get(t)).collect(),
+                _ => self.wakers.by_type.values().collect(),
+            };
+            let oldest =
+                self.wakers.by_peer.get(&peer_id).into_iter().chain(type_sets).filter_map(BTreeSet::first).min();
+            match oldest {
+                Some((at, gamer)) if *at <= parked_before => {
+                    let gamer = gamer.clone();
+                    self.unpark(&gamer);
+                    return true;
+                }
+                // Everyone left for it was parked during this dispatch: they could not
+                // use its room.
+                _ => {
+                    self.roomy.remove(&peer_id);
+                }
+            }
         }
+        false
     }
 
     /// Frees what `key` held on its peer (the task is still in `tasks`).
@@ -1987,5 +2033,32 @@ mod tests {
         assert_eq!(s.parked_len(), 1);
         s.expire(t0 + Duration::from_secs(1));
         assert_eq!(dispatch_ids(&mut s, t0 + Duration::from_secs(1)), ["next"]);
+    }
+    #[test]
+    fn a_freed_slot_wakes_the_longest_waiting_gamer_not_every_waiting_one() {
+        let mut s = sched();
+        let now = Instant::now();
+        s.add_peer("physics".into(), typed_peer(1, &["physics"]));
+        // A peer with room for another type keeps dispatch looking, so the physics gamers park.
+        s.add_peer("ai".into(), typed_peer(100, &["ai"]));
+        for g in 0..100 {
+            s.add_gamer(format!("g{g}"));
+            s.submit(&format!("g{g}"), task("t"), now).unwrap();
+        }
+        let mut d = s.dispatch(now);
+        assert_eq!(d.len(), 1);
+        assert_eq!(s.parked_len(), 99);
+        let mut order = vec![s.task(d[0].key).unwrap().gamer.clone()];
+        let before = s.gamers_examined();
+        for _ in 0..99 {
+            s.complete("physics", &d[0].assignment_id).unwrap();
+            d = s.dispatch(now);
+            assert_eq!(d.len(), 1);
+            order.push(s.task(d[0].key).unwrap().gamer.clone());
+        }
+        let examined = s.gamers_examined() - before;
+        assert!(examined <= 2 * 99, "{examined} gamers looked at for 99 placements");
+        let expected: Vec<String> = (0..100).map(|g| format!("g{g}")).collect();
+        assert_eq!(order, expected, "woken in the order they waited");
     }
 }
