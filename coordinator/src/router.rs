@@ -515,7 +515,7 @@ impl State {
             let frame = Outbound::Assignment(Box::new(AssignmentFrame {
                 assignment_id: d.assignment_id.clone(),
                 attempt: d.attempt,
-                deadline_ms: task.deadline.as_millis() as u64,
+                deadline_ms: d.deadline.as_millis() as u64,
                 task_id: task.task_id.clone(),
                 task_type: task.task_type.clone(),
                 session_id: task.session_id.clone(),

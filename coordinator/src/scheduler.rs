@@ -170,6 +170,9 @@ pub struct Dispatch {
     pub assignment_id: String,
     /// 1-based attempt number.
     pub attempt: u32,
+    /// How long the peer has for it from now: the task's deadline, counted from when the
+    /// session's earlier ticks on that peer are due when it is pipelined behind them.
+    pub deadline: Duration,
 }
 
 /// A task's answer accepted from its peer.
@@ -299,9 +302,9 @@ struct Peer {
     window: u32,
     /// Tasks in flight, pipelined ones included.
     in_flight: u32,
-    /// Tasks in flight per session (gamer, then session): each session with any holds one
-    /// slot.
-    running: HashMap<GamerId, HashMap<String, u32>>,
+    /// Tasks in flight per session (gamer, then session), and the latest deadline among
+    /// them: each session with any holds one slot.
+    running: HashMap<GamerId, HashMap<String, Running>>,
     /// Slots held: sessions with tasks in flight, plus sessionless tasks in flight.
     slots_used: u32,
     /// Most tasks in flight at once (see [`SchedulerConfig::max_tasks_per_peer`]).
@@ -315,6 +318,16 @@ struct Peer {
     assigned: HashSet<TaskKey>,
     /// Sessions pinned to it.
     sessions: HashSet<(GamerId, String)>,
+}
+
+/// A session's tasks in flight at one peer.
+#[derive(Debug, Clone, Copy)]
+struct Running {
+    tasks: u32,
+    /// The latest deadline among them: the next tick runs after them on the peer, so its
+    /// own deadline starts there (a deep pipeline on a busy peer must not expire its tail
+    /// while the head is still running in time).
+    last_due: Instant,
 }
 
 impl Peer {
@@ -340,13 +353,18 @@ impl Peer {
 
     /// Whether it has tasks of this session in flight.
     fn is_running(&self, gamer: &str, session: &str) -> bool {
-        self.running.get(gamer).and_then(|s| s.get(session)).is_some_and(|n| *n > 0)
+        self.running.get(gamer).and_then(|s| s.get(session)).is_some_and(|r| r.tasks > 0)
+    }
+
+    /// When this session's last task in flight here is due, if it has any.
+    fn session_due(&self, gamer: &str, session: &str) -> Option<Instant> {
+        self.running.get(gamer).and_then(|s| s.get(session)).map(|r| r.last_due)
     }
 
     /// Whether it can take one more task of a session it may already be running.
     fn has_room_for_session(&self, gamer: &str, session: &str, pipeline: u32) -> bool {
         match self.running.get(gamer).and_then(|s| s.get(session)) {
-            Some(&n) if n > 0 => self.in_flight < self.max_tasks && n < pipeline,
+            Some(r) if r.tasks > 0 => self.in_flight < self.max_tasks && r.tasks < pipeline,
             _ => self.has_room(),
         }
     }
@@ -357,16 +375,22 @@ impl Peer {
     }
 
     /// Counts a task in flight.
-    fn hold(&mut self, session: Option<(&str, &str)>, bytes: usize) {
+    fn hold(&mut self, session: Option<(&str, &str)>, bytes: usize, due: Instant) {
         self.in_flight += 1;
         self.bytes_in_flight += bytes;
         match session {
             Some((gamer, session)) => {
-                let n = self.running.entry(gamer.to_owned()).or_default().entry(session.to_owned()).or_default();
-                if *n == 0 {
+                let r = self
+                    .running
+                    .entry(gamer.to_owned())
+                    .or_default()
+                    .entry(session.to_owned())
+                    .or_insert(Running { tasks: 0, last_due: due });
+                if r.tasks == 0 {
                     self.slots_used += 1;
                 }
-                *n += 1;
+                r.tasks += 1;
+                r.last_due = r.last_due.max(due);
             }
             None => self.slots_used += 1,
         }
@@ -379,9 +403,9 @@ impl Peer {
         match session {
             Some((gamer, session)) => {
                 let Some(sessions) = self.running.get_mut(gamer) else { return };
-                let Some(n) = sessions.get_mut(session) else { return };
-                *n -= 1;
-                if *n == 0 {
+                let Some(r) = sessions.get_mut(session) else { return };
+                r.tasks -= 1;
+                if r.tasks == 0 {
                     sessions.remove(session);
                     if sessions.is_empty() {
                         self.running.remove(gamer);
@@ -865,11 +889,15 @@ impl<P> Scheduler<P> {
         }
         self.counters.assigned += 1;
         let attempt = task.attempts;
-        let due = now + task.deadline;
-        task.state = TaskState::Assigned { peer: peer_id.clone(), attempt, due };
         let (gamer_id, session_id, bytes) = (task.gamer.clone(), task.session_id.clone(), task.bytes);
         let peer = self.peers.get_mut(&peer_id).expect("placement picked a live peer");
-        peer.hold(session_id.as_deref().map(|s| (gamer_id.as_str(), s)), bytes);
+        // A pipelined tick runs after the session's ticks already there: its deadline
+        // counts from theirs. If the head stalls, its own deadline catches it and takes
+        // the rest along (see `expire_some`).
+        let start = session_id.as_deref().and_then(|s| peer.session_due(&gamer_id, s)).map_or(now, |d| d.max(now));
+        let due = start + task.deadline;
+        task.state = TaskState::Assigned { peer: peer_id.clone(), attempt, due };
+        peer.hold(session_id.as_deref().map(|s| (gamer_id.as_str(), s)), bytes, due);
         peer.assigned.insert(key);
         if let Some(session_id) = session_id {
             let session = self.gamers.get_mut(&gamer_id).and_then(|g| g.sessions.get_mut(&session_id));
@@ -886,7 +914,7 @@ impl<P> Scheduler<P> {
             }
         }
         self.deadlines.insert((due, key, attempt));
-        Dispatch { key, assignment_id: assignment_id(key, attempt), peer: peer_id, attempt }
+        Dispatch { key, assignment_id: assignment_id(key, attempt), peer: peer_id, attempt, deadline: due - now }
     }
 
     /// Puts a queued task into its lane (in submission order) and its gamer in the ring.
@@ -2060,5 +2088,26 @@ mod tests {
         assert!(examined <= 2 * 99, "{examined} gamers looked at for 99 placements");
         let expected: Vec<String> = (0..100).map(|g| format!("g{g}")).collect();
         assert_eq!(order, expected, "woken in the order they waited");
+    }
+    #[test]
+    fn pipelined_ticks_get_deadlines_that_follow_the_ticks_ahead_of_them() {
+        let mut s = sched();
+        let t0 = Instant::now();
+        s.add_gamer("g".into());
+        s.add_peer("p".into(), any_peer(2));
+        for i in 0..3 {
+            s.submit("g", session_task(&format!("t{i}"), "w"), t0).unwrap();
+        }
+        let d = s.dispatch(t0);
+        let deadlines: Vec<u64> = d.iter().map(|d| d.deadline.as_secs()).collect();
+        assert_eq!(deadlines, [2, 4, 6], "each runs after the one before it on the peer");
+        // The head answers in time; the tail's deadlines are untouched by the busy queue.
+        s.complete("p", &d[0].assignment_id).unwrap();
+        assert!(s.expire(t0 + Duration::from_millis(3_999)).is_empty());
+        // A tick sent after the pipeline drained starts its own deadline from now.
+        s.complete("p", &d[1].assignment_id).unwrap();
+        s.complete("p", &d[2].assignment_id).unwrap();
+        s.submit("g", session_task("t3", "w"), t0).unwrap();
+        assert_eq!(s.dispatch(t0 + Duration::from_secs(1))[0].deadline, Duration::from_secs(2));
     }
 }

@@ -42,6 +42,11 @@ pub struct Args {
     #[arg(long, value_name = "HZ", default_value_t = 60.0)]
     pub tick_hz: f64,
 
+    /// Milliseconds the oldest unanswered tick may wait before the local fallback steps
+    /// the world (default: the plugin's, 100).
+    #[arg(long, value_name = "MS")]
+    pub fallback_timeout_ms: Option<u64>,
+
     /// Gamer id this client registers with (default: a random one).
     #[arg(long, value_name = "ID")]
     pub gamer_id: Option<String>,

@@ -21,6 +21,9 @@ pub fn add_plugin(app: &mut App, url: &str, args: &Args, level: &Level) {
     if let Some(id) = &args.gamer_id {
         plugin = plugin.gamer_id(id.clone());
     }
+    if let Some(ms) = args.fallback_timeout_ms {
+        plugin = plugin.fallback_timeout(std::time::Duration::from_millis(ms));
+    }
     app.add_plugins(plugin);
     app.insert_resource(NavigationGrid(level.nav_grid.to_protocol()));
 }
