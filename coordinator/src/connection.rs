@@ -259,6 +259,19 @@ impl Reader<'_> {
                 let _ = self.tx.send_exempt(Outbound::Close(CLOSE_TOO_BIG, "frame too large".into()));
                 return Some(Departure::Closed);
             }
+            Some(Err(_)) if self.watch.unregistered_too_large() => {
+                info_limited!("connection: large message before registering", conn, "closing");
+                self.router.send_error(
+                    conn,
+                    ErrorCode::FrameTooLarge,
+                    format!(
+                        "register first: before registering a message may be at most {} bytes",
+                        crate::observe::UNREGISTERED_MESSAGE_BYTES
+                    ),
+                );
+                let _ = self.tx.send_exempt(Outbound::Close(CLOSE_TOO_BIG, "register first".into()));
+                return Some(Departure::Closed);
+            }
             Some(Err(_)) if self.watch.over_budget() => {
                 warn_limited!(
                     "connection: inbound budget spent",
@@ -305,6 +318,7 @@ impl Reader<'_> {
         }
         if self.router.is_registered(self.conn) {
             self.ticket.registered();
+            self.watch.mark_registered();
             return true;
         }
         false

@@ -268,7 +268,19 @@ pub struct StreamWatch {
     last_write: AtomicU64,
     /// Set when a read was failed because the [`InboundBudget`] was spent.
     over_budget: AtomicBool,
+    /// Set once the connection has registered; before, one unfinished message may pin at
+    /// most [`UNREGISTERED_MESSAGE_BYTES`] of the budget.
+    registered: AtomicBool,
+    /// Set when a read was failed because an unregistered client announced a larger one.
+    unregistered_too_large: AtomicBool,
 }
+
+/// The largest unfinished message a connection that has not registered may announce
+/// (a registration is a few hundred bytes; this leaves room for a malformed one to get its
+/// precise error): without it, 64 unregistered sockets from one address could each
+/// announce a 16 MiB frame and pin the whole [`InboundBudget`]. With it, one address
+/// pins at most 64 MiB before registering.
+pub const UNREGISTERED_MESSAGE_BYTES: u64 = 1024 * 1024;
 
 impl StreamWatch {
     fn new() -> Self {
@@ -277,7 +289,20 @@ impl StreamWatch {
             message_since: AtomicU64::new(0),
             last_write: AtomicU64::new(0),
             over_budget: AtomicBool::new(false),
+            registered: AtomicBool::new(false),
+            unregistered_too_large: AtomicBool::new(false),
         }
+    }
+
+    /// The connection has registered: its messages may use the budget in full.
+    pub fn mark_registered(&self) {
+        self.registered.store(true, Ordering::Release);
+    }
+
+    /// Whether the connection's reads were failed because, before registering, it
+    /// announced a message larger than [`UNREGISTERED_MESSAGE_BYTES`].
+    pub fn unregistered_too_large(&self) -> bool {
+        self.unregistered_too_large.load(Ordering::Acquire)
     }
 
     fn nanos(&self, at: Instant) -> u64 {
@@ -358,6 +383,10 @@ impl<S> ObservedStream<S> {
     fn settle_budget(&mut self) -> bool {
         let Some(budget) = &self.budget else { return true };
         let wanted = self.observer.message_bytes();
+        if wanted > UNREGISTERED_MESSAGE_BYTES && !self.watch.registered.load(Ordering::Acquire) {
+            self.watch.unregistered_too_large.store(true, Ordering::Release);
+            return false;
+        }
         if wanted > self.charged {
             if !budget.try_charge(wanted - self.charged) {
                 return false;
@@ -394,7 +423,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for ObservedStream<S> {
                 if !this.settle_budget() {
                     // Fail the read: tungstenite never sees the header, so never reserves
                     // the memory. The reader loop closes the connection.
-                    this.watch.over_budget.store(true, Ordering::Release);
+                    if !this.watch.unregistered_too_large() {
+                        this.watch.over_budget.store(true, Ordering::Release);
+                    }
                     return Poll::Ready(Err(io::Error::other("memory for incoming messages is exhausted")));
                 }
             }

@@ -614,3 +614,39 @@ async fn measure_idle_connection_memory() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Before registering, a client may not announce a message larger than a registration
+/// needs: 64 unregistered sockets from one address could otherwise pin the whole inbound
+/// budget with 16 MiB announcements and starve every honest client's large messages.
+#[tokio::test]
+async fn an_unregistered_client_cannot_pin_a_large_message() {
+    let coord = start(Config::default()).await;
+    let announce = client_frame(true, 1, &vec![b' '; 2 * 1024 * 1024]);
+    let s = raw_ws(&coord, &announce[..24]).await;
+    let (mut rd, _wr) = s.into_split();
+    let mut error = None;
+    let close_code = loop {
+        let (opcode, payload) = tokio::time::timeout(WAIT, read_server_frame(&mut rd))
+            .await
+            .expect("the coordinator kept the frame")
+            .expect("a close frame before the end of the stream");
+        match opcode {
+            1 => error = Some(codec::decode(std::str::from_utf8(&payload).unwrap()).unwrap()),
+            8 => break u16::from_be_bytes([payload[0], payload[1]]),
+            _ => {}
+        }
+    };
+    assert_eq!(close_code, 1009);
+    assert!(
+        matches!(error, Some(Message::Error(ref e)) if e.code == ErrorCode::FrameTooLarge && e.message.contains("register first")),
+        "{error:?}"
+    );
+    assert_eq!(coord.inbound_bytes(), 0, "nothing stays charged");
+    // Registered clients keep working, large messages included.
+    let mut peer = Client::peer(&coord.url(), "peer", 1).await;
+    let mut gamer = Client::gamer(&coord.url(), "gamer").await;
+    round_trip(&mut peer, &mut gamer, "t1").await;
+    gamer.submit("big", "physics", &format!("\"{}\"", "x".repeat(200_000)), None).await;
+    assert_eq!(peer.recv_assignment().await.task_data.task_id, "big");
+    coord.shutdown().await;
+}

@@ -214,7 +214,7 @@ async fn run_in_process(
 
 /// Runs a job in a worker process, and answers it unless it was cancelled.
 async fn run_in_worker(job: Job, workers: &Workers, running: &Arc<(AtomicUsize, AtomicUsize)>) {
-    let deadline = job.deadline();
+    let deadline = job.deadline().zip(job.assignment.deadline_ms.map(Duration::from_millis));
     let now = running.0.fetch_add(1, Ordering::AcqRel) + 1;
     running.1.fetch_max(now, Ordering::AcqRel);
     let outcome = workers.execute(&job.assignment.task_data, deadline, job.reply.closed()).await;

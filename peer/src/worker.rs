@@ -371,7 +371,9 @@ impl Workers {
     /// How many sessions each worker holds.
     fn load(&self, routes: &HashMap<String, Route>) -> Vec<usize> {
         let mut load = vec![0usize; self.slots.len()];
-        for route in routes.values() {
+        let now = Instant::now();
+        // Sessions idle past the timeout have been dropped by their worker: not counted.
+        for route in routes.values().filter(|r| now.saturating_duration_since(r.last_used) <= self.idle_timeout) {
             load[route.worker] += 1;
         }
         load
@@ -398,6 +400,22 @@ impl Workers {
         worker
     }
 
+    /// Drops a session's route when the worker's answer says it does not hold the session
+    /// (an error asking for a resync: unknown session, no room, a world dropped), so
+    /// made-up session ids never count as sessions a worker holds.
+    fn keep_route_only_if_held(&self, key: &str, worker: usize, result: &RawPayload) {
+        if p2c2r_protocol::task::result_status(result.get()) != Some(p2c2r_protocol::TaskStatus::Error) {
+            return;
+        }
+        let resync = serde_json::from_str::<TaskError>(result.get()).is_ok_and(|e| e.resync);
+        if resync {
+            let mut routes = self.routes();
+            if routes.get(key).is_some_and(|r| r.worker == worker) {
+                routes.remove(key);
+            }
+        }
+    }
+
     /// Forgets every session of a worker that died or was killed.
     fn forget(&self, worker: usize) {
         self.lost.fetch_add(1, Ordering::AcqRel);
@@ -409,12 +427,13 @@ impl Workers {
 
     /// Runs one task in a worker.
     ///
-    /// `deadline` is the assignment's (none: no limit); the task is cancelled (its worker
+    /// `deadline` is the assignment's, with the allowance it was given (none: no limit);
+    /// the task is cancelled (its worker
     /// killed) once it is `grace` past, or when `cancelled` completes.
     pub async fn execute(
         &self,
         spec: &TaskSpec,
-        deadline: Option<Instant>,
+        deadline: Option<(Instant, Duration)>,
         cancelled: impl Future<Output = ()>,
     ) -> Outcome {
         if let Some(refused) = self.refused(spec) {
@@ -429,7 +448,11 @@ impl Workers {
             None => self.sessionless_worker().await,
         };
         tokio::pin!(cancelled);
-        if deadline.is_some_and(|d| Instant::now() >= d) || (&mut cancelled).now_or_never().is_some() {
+        // Too late to run: past its deadline, or with under a quarter of its allowance left
+        // after waiting for its worker (it would be killed, and its gamer charged, for time
+        // it spent queued). The coordinator re-dispatches it at its deadline.
+        let too_late = deadline.is_some_and(|(d, allowance)| Instant::now() + allowance / 4 >= d);
+        if too_late || (&mut cancelled).now_or_never().is_some() {
             // Its deadline passed, or its connection closed, while it waited for its worker:
             // the coordinator re-dispatches it. The worker was not running it: keep it.
             return Outcome::Cancelled;
@@ -489,15 +512,18 @@ impl Workers {
         };
         let limit = async {
             match deadline {
-                Some(d) => tokio::time::sleep_until((d + self.grace).into()).await,
+                Some((d, _)) => tokio::time::sleep_until((d + self.grace).into()).await,
                 None => std::future::pending().await,
             }
         };
         self.busy.fetch_add(1, Ordering::AcqRel);
+        let started = Instant::now();
         let outcome = tokio::select! {
             r = exchange => Ok(r),
             // Running past its deadline is the task's fault; a lost connection is nobody's.
-            () = limit => Err(("its deadline passed", true)),
+            // Charged only when the task itself ran for its whole allowance: time it spent
+            // queued behind others is not its fault.
+            () = limit => Err(("its deadline passed", deadline.is_some_and(|(_, allowance)| started.elapsed() >= allowance))),
             () = &mut cancelled => Err(("the connection to the coordinator was lost", false)),
         };
         self.busy.fetch_sub(1, Ordering::AcqRel);
@@ -506,7 +532,12 @@ impl Workers {
                 .map_err(|e| e.to_string())
                 .and_then(|text| raw_payload(text).map_err(|e| e.to_string()))
             {
-                Ok(result) => Outcome::Answer(result),
+                Ok(result) => {
+                    if let Some(key) = &session {
+                        self.keep_route_only_if_held(key, worker, &result);
+                    }
+                    Outcome::Answer(result)
+                }
                 Err(e) => {
                     tracing::error!(worker, "worker answered garbage ({e}); restarting it");
                     self.kill(worker, &mut slot).await;
