@@ -291,6 +291,23 @@ async fn raw_ws(coord: &CoordinatorHandle, first: &[u8]) -> TcpStream {
 }
 
 /// Reads one (unmasked) server frame: opcode and payload; `None` at the end of the stream.
+/// Reads server frames until the close frame: the last `error` message before it (if
+/// any) and the close code.
+async fn error_then_close(rd: &mut (impl AsyncRead + Unpin)) -> (Option<Message>, u16) {
+    let mut error = None;
+    loop {
+        let (opcode, payload) = tokio::time::timeout(WAIT, read_server_frame(rd))
+            .await
+            .expect("the coordinator neither answered nor closed")
+            .expect("a close frame before the end of the stream");
+        match opcode {
+            1 => error = Some(codec::decode(std::str::from_utf8(&payload).unwrap()).unwrap()),
+            8 => return (error, u16::from_be_bytes([payload[0], payload[1]])),
+            _ => {}
+        }
+    }
+}
+
 async fn read_server_frame(s: &mut (impl AsyncRead + Unpin)) -> Option<(u8, Vec<u8>)> {
     let mut head = [0u8; 2];
     s.read_exact(&mut head).await.ok()?;
@@ -337,18 +354,7 @@ async fn a_message_left_unfinished_is_closed_after_the_assembly_timeout_despite_
             }
         }
     });
-    let mut error = None;
-    let close_code = loop {
-        let (opcode, payload) = tokio::time::timeout(WAIT, read_server_frame(&mut rd))
-            .await
-            .expect("the coordinator kept the unfinished message")
-            .expect("a close frame before the end of the stream");
-        match opcode {
-            1 => error = Some(codec::decode(std::str::from_utf8(&payload).unwrap()).unwrap()),
-            8 => break u16::from_be_bytes([payload[0], payload[1]]),
-            _ => {}
-        }
-    };
+    let (error, close_code) = error_then_close(&mut rd).await;
     dribbler.abort();
     assert_eq!(close_code, 1008);
     match error {
@@ -411,18 +417,7 @@ async fn unfinished_messages_together_cannot_pin_more_than_the_inbound_budget() 
     // One more is refused before tungstenite reserves anything.
     let s = raw_ws(&coord, &announce[..24]).await;
     let (mut rd, _wr) = s.into_split();
-    let mut error = None;
-    let close_code = loop {
-        let (opcode, payload) = tokio::time::timeout(WAIT, read_server_frame(&mut rd))
-            .await
-            .expect("the coordinator kept the frame")
-            .expect("a close frame before the end of the stream");
-        match opcode {
-            1 => error = Some(codec::decode(std::str::from_utf8(&payload).unwrap()).unwrap()),
-            8 => break u16::from_be_bytes([payload[0], payload[1]]),
-            _ => {}
-        }
-    };
+    let (error, close_code) = error_then_close(&mut rd).await;
     assert_eq!(close_code, 1013);
     assert!(matches!(error, Some(Message::Error(ref e)) if e.code == ErrorCode::FrameTooLarge), "{error:?}");
     assert_eq!(coord.inbound_bytes(), full);
@@ -624,18 +619,7 @@ async fn an_unregistered_client_cannot_pin_a_large_message() {
     let announce = client_frame(true, 1, &vec![b' '; 2 * 1024 * 1024]);
     let s = raw_ws(&coord, &announce[..24]).await;
     let (mut rd, _wr) = s.into_split();
-    let mut error = None;
-    let close_code = loop {
-        let (opcode, payload) = tokio::time::timeout(WAIT, read_server_frame(&mut rd))
-            .await
-            .expect("the coordinator kept the frame")
-            .expect("a close frame before the end of the stream");
-        match opcode {
-            1 => error = Some(codec::decode(std::str::from_utf8(&payload).unwrap()).unwrap()),
-            8 => break u16::from_be_bytes([payload[0], payload[1]]),
-            _ => {}
-        }
-    };
+    let (error, close_code) = error_then_close(&mut rd).await;
     assert_eq!(close_code, 1009);
     assert!(
         matches!(error, Some(Message::Error(ref e)) if e.code == ErrorCode::FrameTooLarge && e.message.contains("register first")),
