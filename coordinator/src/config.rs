@@ -67,6 +67,9 @@ pub struct Config {
     /// another there and take one slot together; the ticks behind the running one are
     /// pipelined to hide the round trip.
     pub max_session_pipeline: u32,
+    /// How often a one-line summary of the fleet (peers, gamers, tasks per second, p99
+    /// latency) is logged at `info`. `None`: never.
+    pub summary_interval: Option<Duration>,
 }
 
 impl Default for Config {
@@ -96,6 +99,7 @@ impl Default for Config {
             max_peer_capacity: 64,
             initial_peer_capacity: 4,
             max_session_pipeline: 16,
+            summary_interval: Some(Duration::from_secs(10)),
         }
     }
 }

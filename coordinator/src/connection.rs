@@ -33,6 +33,7 @@
 //! - **Registration** is reported to the connection's admission [`Ticket`], so that it
 //!   stops counting against `max_unregistered_connections` (see [`crate::admission`]).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,12 +48,13 @@ use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::Config;
 use crate::admission::Ticket;
-use crate::observe::{InboundBudget, ObservedStream, StreamWatch};
+use crate::observe::{ObservedStream, StreamWatch};
 use crate::outbound::{self, Outbound, OutboundRx, OutboundTx};
-use crate::router::{CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TOO_BIG, ConnHandle, ConnId, Departure, Router};
+use crate::router::{CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TOO_BIG, ConnHandle, ConnId, ConnInfo, Departure, Router};
+use crate::{Config, Shared};
 use crate::{info_limited, warn_limited};
+use p2c2r_ops::http::Rewind;
 use p2c2r_protocol::ErrorCode;
 
 /// tungstenite's write buffer target: frames are written once this much is buffered, or
@@ -82,7 +84,7 @@ pub fn inbound_budget_bytes(config: &Config) -> usize {
 /// Frames handled, at most, when draining what is readable before an eviction.
 const DRAIN_MAX_FRAMES: usize = 4096;
 
-type Ws = WebSocketStream<ObservedStream<TcpStream>>;
+type Ws = WebSocketStream<ObservedStream<Rewind<TcpStream>>>;
 type Sink = SplitSink<Ws, WsMessage>;
 type Frames = SplitStream<Ws>;
 
@@ -100,23 +102,22 @@ pub fn ws_config(config: &Config) -> WebSocketConfig {
         .read_buffer_size(READ_BUFFER_BYTES)
 }
 
-/// Serves one accepted TCP connection until it closes, is evicted, or `shutdown` fires.
-/// `ticket` is its place in the admission counts, released when this returns; `inbound`
-/// is the coordinator's budget for unfinished inbound messages.
+/// Serves one accepted TCP connection (its upgrade request already read by
+/// [`crate::http`] and replayed by `stream`) until it closes, is evicted, or `shutdown`
+/// fires. `ticket` is its place in the admission counts, released when this returns.
 pub async fn serve(
-    router: Arc<Router>,
-    config: Arc<Config>,
-    stream: TcpStream,
+    shared: Arc<Shared>,
+    stream: Rewind<TcpStream>,
+    addr: SocketAddr,
     mut ticket: Ticket,
-    inbound: Arc<InboundBudget>,
     shutdown: CancellationToken,
 ) {
-    let _ = stream.set_nodelay(true);
-    let stream = ObservedStream::with_budget(stream, inbound);
+    let (router, config) = (&shared.router, &shared.config);
+    let stream = ObservedStream::with_budget(stream, shared.inbound.clone()).counting(shared.bytes.clone());
     let watch = stream.watch();
     let ws = match timeout(
         config.handshake_timeout,
-        tokio_tungstenite::accept_async_with_config(stream, Some(ws_config(&config))),
+        tokio_tungstenite::accept_async_with_config(stream, Some(ws_config(config))),
     )
     .await
     {
@@ -133,21 +134,14 @@ pub async fn serve(
     let (sink, mut frames) = ws.split();
     let (tx, rx) = outbound::channel(config.send_queue_frames, config.send_queue_bytes);
     let kill = CancellationToken::new();
-    let conn = router.connect(ConnHandle { tx: tx.clone(), kill: kill.clone() });
+    let conn = router
+        .connect(ConnHandle { tx: tx.clone(), kill: kill.clone() }, Some(ConnInfo { addr, watch: watch.clone() }));
     debug!(conn, "connection open");
 
     let writer = tokio::spawn(write_loop(conn, sink, rx, kill.clone(), watch.clone(), config.write_stall_timeout));
 
     let start = Instant::now();
-    let mut reader = Reader {
-        router: &router,
-        config: &config,
-        conn,
-        tx: &tx,
-        ticket: &mut ticket,
-        watch: &watch,
-        last_seen: start,
-    };
+    let mut reader = Reader { router, config, conn, tx: &tx, ticket: &mut ticket, watch: &watch, last_seen: start };
     let mut pings = interval_at(start + config.heartbeat_interval, config.heartbeat_interval);
     pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let register_by = start + config.register_timeout;
@@ -251,7 +245,12 @@ impl Reader<'_> {
                 ErrorCode::BadJson,
                 "binary frames are not supported; send JSON text frames",
             ),
-            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {}
+            Some(Ok(WsMessage::Pong(payload))) => {
+                if let Some(rtt) = self.watch.pong(&payload, std::time::Instant::now()) {
+                    self.router.round_trip(conn, rtt);
+                }
+            }
+            Some(Ok(WsMessage::Ping(_) | WsMessage::Frame(_))) => {}
             Some(Ok(WsMessage::Close(_))) | None => return Some(Departure::Closed),
             Some(Err(tungstenite::Error::Capacity(e))) => {
                 info_limited!("connection: frame too large", conn, error = %e, "frame over the size limit; closing");
@@ -394,7 +393,8 @@ async fn write_loop(
                 Some(text) => (WsMessage::text(text), false),
                 None => continue,
             },
-            Outbound::Ping => (WsMessage::Ping(Default::default()), false),
+            // The ping carries when it was sent; the pong brings it back (round trip).
+            Outbound::Ping => (WsMessage::Ping(watch.ping_payload(std::time::Instant::now()).to_vec().into()), false),
             Outbound::Close(code, reason) => (
                 WsMessage::Close(Some(CloseFrame { code: CloseCode::from(*code), reason: reason.clone().into() })),
                 true,

@@ -14,10 +14,12 @@
 //! ```
 //!
 //! Module map: [`scheduler`] decides where tasks go (pure, no I/O); [`router`] applies
-//! each message to the shared state; [`connection`] owns one socket ([`observe`] watches
-//! its bytes, [`outbound`] bounds what waits for it); [`admission`] decides who may
-//! connect; [`log_limit`] keeps repeated warnings from flooding the log; this file
-//! accepts connections and runs the deadline timer.
+//! each message to the shared state; [`http`] reads each connection's request head and
+//! answers plain HTTP (the dashboard, its event stream, `/metrics`); [`connection`] owns
+//! one WebSocket ([`observe`] watches its bytes, [`outbound`] bounds what waits for it);
+//! [`admission`] decides who may connect; [`metrics`] and [`fleet`] are the operator's
+//! view; [`log_limit`] keeps repeated warnings from flooding the log; this file accepts
+//! connections and runs the deadline timer and the fleet sampler.
 //!
 //! The accept loop admits a connection only if all of these hold, and otherwise drops it
 //! before the WebSocket handshake (the client sees its TCP connection closed): its address
@@ -28,7 +30,10 @@
 pub mod admission;
 pub mod config;
 pub mod connection;
+pub mod fleet;
+pub mod http;
 pub mod log_limit;
+pub mod metrics;
 pub mod observe;
 pub mod outbound;
 pub mod router;
@@ -39,8 +44,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use prometheus_client::registry::Registry;
 use tokio::net::{TcpListener, ToSocketAddrs};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -49,7 +55,8 @@ use tracing::{debug, info, warn};
 pub use admission::AdmissionCounts;
 use admission::{Admission, Refusal};
 pub use config::Config;
-use observe::InboundBudget;
+use fleet::Published;
+use observe::{ByteTotals, InboundBudget};
 pub use p2c2r_protocol::StatsReport;
 pub use router::Router;
 
@@ -75,11 +82,9 @@ pub async fn spawn(addr: impl ToSocketAddrs, config: Config) -> std::io::Result<
     let local_addr = listener.local_addr()?;
     let cancel = CancellationToken::new();
     let server = Server::new(config);
-    let router = server.router.clone();
-    let admission = server.admission.clone();
-    let inbound = server.inbound.clone();
+    let shared = server.shared.clone();
     let task = tokio::spawn(server.serve(listener, cancel.clone()));
-    Ok(CoordinatorHandle { local_addr, cancel, task, router, admission, inbound })
+    Ok(CoordinatorHandle { local_addr, cancel, task, shared })
 }
 
 /// A coordinator running in the background; see [`spawn`].
@@ -88,9 +93,7 @@ pub struct CoordinatorHandle {
     local_addr: SocketAddr,
     cancel: CancellationToken,
     task: JoinHandle<std::io::Result<()>>,
-    router: Arc<Router>,
-    admission: Arc<Admission>,
-    inbound: Arc<InboundBudget>,
+    shared: Arc<Shared>,
 }
 
 impl CoordinatorHandle {
@@ -104,20 +107,31 @@ impl CoordinatorHandle {
         format!("ws://{}", self.local_addr)
     }
 
+    /// The URL of the dashboard (and, with `metrics` appended, of the Prometheus
+    /// endpoint), e.g. `http://127.0.0.1:8765/`.
+    pub fn http_url(&self) -> String {
+        format!("http://{}/", self.local_addr)
+    }
+
     /// The counters a `stats` request would report.
     pub fn stats(&self) -> StatsReport {
-        self.router.stats()
+        self.shared.router.stats()
     }
 
     /// The connections open now, and how many of them have not registered yet.
     pub fn admission(&self) -> AdmissionCounts {
-        self.admission.counts()
+        self.shared.admission.counts()
     }
 
     /// Bytes that unfinished inbound messages (spread over several reads) pin now, all
     /// connections together; see [`observe`].
     pub fn inbound_bytes(&self) -> u64 {
-        self.inbound.used()
+        self.shared.inbound.used()
+    }
+
+    /// What `GET /metrics` would answer now.
+    pub fn metrics_text(&self) -> String {
+        p2c2r_ops::scrape::encode(&self.shared.registry)
     }
 
     /// Stops accepting, closes every connection and waits for them (bounded by
@@ -138,29 +152,69 @@ impl std::fmt::Debug for Router {
     }
 }
 
+/// Everything the coordinator's tasks share, in one place.
+#[derive(Debug)]
+pub struct Shared {
+    /// The settings.
+    pub config: Arc<Config>,
+    /// The state and message handling.
+    pub router: Arc<Router>,
+    /// Who may connect.
+    pub admission: Arc<Admission>,
+    /// Memory for unfinished inbound messages.
+    pub inbound: Arc<InboundBudget>,
+    /// Bytes moved through every WebSocket.
+    pub bytes: Arc<ByteTotals>,
+    /// What `GET /metrics` encodes.
+    pub registry: Registry,
+    /// The latest fleet snapshot, for the dashboard.
+    pub feed: watch::Receiver<Published>,
+    /// Places for dashboards' event streams.
+    pub event_streams: Arc<Semaphore>,
+}
+
 struct Server {
-    config: Arc<Config>,
-    router: Arc<Router>,
-    admission: Arc<Admission>,
-    inbound: Arc<InboundBudget>,
+    shared: Arc<Shared>,
+    feed: watch::Sender<Published>,
 }
 
 impl Server {
     fn new(config: Config) -> Self {
-        Server {
-            router: Arc::new(Router::new(config.clone())),
-            admission: Admission::new(config.max_connections_per_address, config.max_unregistered_connections),
+        let router = Arc::new(Router::new(config.clone()));
+        let admission = Admission::new(config.max_connections_per_address, config.max_unregistered_connections);
+        let bytes = Arc::new(ByteTotals::default());
+        let (feed, feed_rx) = watch::channel(Published::default());
+        let shared = Shared {
+            registry: metrics::registry(router.clone(), admission.clone(), bytes.clone()),
             inbound: InboundBudget::new(connection::inbound_budget_bytes(&config)),
             config: Arc::new(config),
-        }
+            router,
+            admission,
+            bytes,
+            feed: feed_rx,
+            event_streams: Arc::new(Semaphore::new(http::MAX_EVENT_STREAMS)),
+        };
+        Server { shared: Arc::new(shared), feed }
     }
 
     async fn serve(self, listener: TcpListener, cancel: CancellationToken) -> std::io::Result<()> {
-        info!(addr = %listener.local_addr()?, "coordinator listening");
+        let local = listener.local_addr()?;
+        info!(addr = %local, "coordinator listening");
+        info!("dashboard at http://{local}/, Prometheus metrics at http://{local}/metrics");
+        let Server { shared, feed } = self;
+        let config = shared.config.clone();
         let tracker = TaskTracker::new();
-        let slots = Arc::new(Semaphore::new(self.config.max_connections.max(1)));
-        tracker.spawn(deadline_timer(self.router.clone(), cancel.clone()));
+        let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
+        let metrics = shared.router.metrics().clone();
+        tracker.spawn(deadline_timer(shared.router.clone(), cancel.clone()));
         tracker.spawn(log_summaries(cancel.clone()));
+        tracker.spawn(fleet::run(
+            shared.router.clone(),
+            shared.bytes.clone(),
+            config.summary_interval,
+            feed,
+            cancel.clone(),
+        ));
         loop {
             let accepted = tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -177,36 +231,38 @@ impl Server {
             };
             // Refused connections are dropped before the handshake: cheap for us, and
             // nothing to gain for a flood.
-            let ticket = match self.admission.admit(addr.ip()) {
+            let ticket = match shared.admission.admit(addr.ip()) {
                 Ok(ticket) => ticket,
                 Err(Refusal::PerAddress) => {
-                    let limit = self.config.max_connections_per_address;
+                    metrics.refused("per_address");
+                    let limit = config.max_connections_per_address;
                     warn_limited!("accept: per-address limit", %addr, limit, "per-address connection limit reached; refusing");
                     continue;
                 }
                 Err(Refusal::Unregistered) => {
-                    let limit = self.config.max_unregistered_connections;
+                    metrics.refused("unregistered");
+                    let limit = config.max_unregistered_connections;
                     warn_limited!("accept: unregistered limit", %addr, limit, "too many unregistered connections; refusing");
                     continue;
                 }
             };
             let Ok(permit) = slots.clone().try_acquire_owned() else {
-                let limit = self.config.max_connections;
+                metrics.refused("connections");
+                let limit = config.max_connections;
                 warn_limited!("accept: connection limit", %addr, limit, "connection limit reached; refusing");
                 continue;
             };
             debug!(%addr, "accepted");
-            let (router, config, cancel) = (self.router.clone(), self.config.clone(), cancel.clone());
-            let inbound = self.inbound.clone();
+            let (shared, cancel) = (shared.clone(), cancel.clone());
             tracker.spawn(async move {
-                connection::serve(router, config, stream, ticket, inbound, cancel).await;
+                http::serve(shared, stream, addr, ticket, cancel).await;
                 drop(permit);
             });
         }
         drop(listener);
-        self.router.announce_shutdown();
+        shared.router.announce_shutdown();
         tracker.close();
-        if tokio::time::timeout(self.config.shutdown_grace, tracker.wait()).await.is_err() {
+        if tokio::time::timeout(config.shutdown_grace, tracker.wait()).await.is_err() {
             warn!("some connections did not close within the grace period");
         }
         info!("coordinator stopped");

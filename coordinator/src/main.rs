@@ -87,6 +87,9 @@ struct Args {
     /// Tasks of one session in flight at its peer at once (pipelined behind the running one).
     #[arg(long, default_value_t = defaults().max_session_pipeline)]
     max_session_pipeline: u32,
+    /// Milliseconds between one-line fleet summaries in the log; 0 turns them off.
+    #[arg(long, default_value_t = defaults().summary_interval.map_or(0, ms))]
+    summary_interval_ms: u64,
 }
 
 fn defaults() -> coordinator::Config {
@@ -124,6 +127,7 @@ impl Args {
             max_peer_capacity: self.max_peer_capacity.max(1),
             initial_peer_capacity: self.initial_peer_capacity.max(1),
             max_session_pipeline: self.max_session_pipeline.max(1),
+            summary_interval: (self.summary_interval_ms > 0).then(|| Duration::from_millis(self.summary_interval_ms)),
         }
     }
 }

@@ -273,6 +273,34 @@ pub struct StreamWatch {
     registered: AtomicBool,
     /// Set when a read was failed because an unregistered client announced a larger one.
     unregistered_too_large: AtomicBool,
+    /// Bytes read from and written to the socket (framing and handshake included).
+    bytes_read: AtomicU64,
+    bytes_written: AtomicU64,
+    /// The payload of the last ping sent (nanoseconds after `base` when it was queued
+    /// for writing); 0: none outstanding.
+    ping_sent: AtomicU64,
+    /// The last measured ping round trip in microseconds, plus one; 0: none yet.
+    round_trip_us: AtomicU64,
+}
+
+/// Bytes moved through every connection's socket since start, both directions
+/// (WebSocket framing and handshakes included).
+#[derive(Debug, Default)]
+pub struct ByteTotals {
+    read: AtomicU64,
+    written: AtomicU64,
+}
+
+impl ByteTotals {
+    /// Bytes received from clients.
+    pub fn read(&self) -> u64 {
+        self.read.load(Ordering::Relaxed)
+    }
+
+    /// Bytes sent to clients.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
 }
 
 /// The largest unfinished message a connection that has not registered may announce
@@ -291,6 +319,49 @@ impl StreamWatch {
             over_budget: AtomicBool::new(false),
             registered: AtomicBool::new(false),
             unregistered_too_large: AtomicBool::new(false),
+            bytes_read: AtomicU64::new(0),
+            bytes_written: AtomicU64::new(0),
+            ping_sent: AtomicU64::new(0),
+            round_trip_us: AtomicU64::new(0),
+        }
+    }
+
+    /// Bytes read from this connection's socket so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read.load(Ordering::Relaxed)
+    }
+
+    /// Bytes written to this connection's socket so far.
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes_written.load(Ordering::Relaxed)
+    }
+
+    /// The payload for a ping about to be written: when it was sent. A pong carrying it
+    /// back measures the round trip ([`StreamWatch::pong`]).
+    pub fn ping_payload(&self, now: Instant) -> [u8; 8] {
+        let sent = self.nanos(now).max(1);
+        self.ping_sent.store(sent, Ordering::Release);
+        sent.to_be_bytes()
+    }
+
+    /// A pong arrived: when it answers the last ping, returns (and remembers) the round
+    /// trip. Pongs that answer nothing, or an older ping, are ignored.
+    pub fn pong(&self, payload: &[u8], now: Instant) -> Option<Duration> {
+        let sent = u64::from_be_bytes(payload.try_into().ok()?);
+        if sent == 0 || self.ping_sent.compare_exchange(sent, 0, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            return None;
+        }
+        let rtt = now.saturating_duration_since(self.at(sent));
+        let us = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX - 1);
+        self.round_trip_us.store(us.saturating_add(1), Ordering::Release);
+        Some(rtt)
+    }
+
+    /// The last measured ping round trip, if any.
+    pub fn round_trip(&self) -> Option<Duration> {
+        match self.round_trip_us.load(Ordering::Acquire) {
+            0 => None,
+            us => Some(Duration::from_micros(us - 1)),
         }
     }
 
@@ -357,6 +428,8 @@ pub struct ObservedStream<S> {
     budget: Option<Arc<InboundBudget>>,
     /// Bytes this stream has charged to `budget`.
     charged: u64,
+    /// Where the bytes it moves are added up for the whole coordinator.
+    totals: Option<Arc<ByteTotals>>,
 }
 
 impl<S> ObservedStream<S> {
@@ -368,6 +441,7 @@ impl<S> ObservedStream<S> {
             watch: Arc::new(StreamWatch::new()),
             budget: None,
             charged: 0,
+            totals: None,
         }
     }
 
@@ -376,6 +450,24 @@ impl<S> ObservedStream<S> {
         let mut stream = Self::new(inner);
         stream.budget = Some(budget);
         stream
+    }
+
+    /// Also adds the bytes it moves to `totals`.
+    pub fn counting(mut self, totals: Arc<ByteTotals>) -> Self {
+        self.totals = Some(totals);
+        self
+    }
+
+    fn count(&self, read: bool, n: usize) {
+        let n = n as u64;
+        let (mine, all) = match (read, &self.totals) {
+            (true, totals) => (&self.watch.bytes_read, totals.as_ref().map(|t| &t.read)),
+            (false, totals) => (&self.watch.bytes_written, totals.as_ref().map(|t| &t.written)),
+        };
+        mine.fetch_add(n, Ordering::Relaxed);
+        if let Some(all) = all {
+            all.fetch_add(n, Ordering::Relaxed);
+        }
     }
 
     /// Brings the charge to the unfinished message's bytes; false when the budget
@@ -416,6 +508,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for ObservedStream<S> {
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = polled {
             let fresh = &buf.filled()[before..];
+            this.count(true, fresh.len());
             if !fresh.is_empty() {
                 let started_before = this.observer.messages_started();
                 this.observer.feed(fresh);
@@ -449,6 +542,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ObservedStream<S> {
             && n > 0
         {
             self.watch.wrote(Instant::now());
+            self.count(false, n);
         }
         polled
     }
@@ -463,6 +557,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ObservedStream<S> {
             && n > 0
         {
             self.watch.wrote(Instant::now());
+            self.count(false, n);
         }
         polled
     }
@@ -483,6 +578,20 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ObservedStream<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pong_measures_the_round_trip_of_the_ping_it_answers_once() {
+        let watch = StreamWatch::new();
+        let t0 = Instant::now();
+        assert_eq!(watch.pong(&1u64.to_be_bytes(), t0), None, "answers no ping");
+        let payload = watch.ping_payload(t0);
+        assert_eq!(watch.pong(b"short", t0), None);
+        let rtt = watch.pong(&payload, t0 + Duration::from_millis(30)).expect("answers the ping");
+        assert!(rtt >= Duration::from_millis(30) && rtt < Duration::from_millis(31), "{rtt:?}");
+        assert_eq!(watch.round_trip(), Some(rtt));
+        assert_eq!(watch.pong(&payload, t0 + Duration::from_secs(5)), None, "a replayed pong counts once");
+        assert_eq!(watch.round_trip(), Some(rtt));
+    }
 
     /// A masked client frame.
     fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {

@@ -6,7 +6,8 @@
 //! buffering for it without limit.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use p2c2r_protocol::{
@@ -18,6 +19,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::Config;
+use crate::fleet::{ConnSample, FleetState, LatencyWindow};
+use crate::metrics::Metrics;
+use crate::observe::StreamWatch;
 pub use crate::outbound::Outbound;
 use crate::outbound::{AssignmentFrame, OutboundTx, SendError, SharedPayload};
 use crate::scheduler::{
@@ -59,9 +63,21 @@ enum Role {
     Gamer(String),
 }
 
+/// Who is at the other end of a connection, for the operator's view.
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub addr: SocketAddr,
+    /// What its socket has seen (bytes moved, ping round trip).
+    pub watch: Arc<StreamWatch>,
+}
+
 struct Conn {
     handle: ConnHandle,
     role: Role,
+    info: Option<ConnInfo>,
+    /// When it registered its current role (or connected).
+    since: Instant,
 }
 
 /// Why a connection ended, for the logs and counters.
@@ -80,13 +96,19 @@ struct State {
     gamers: HashMap<String, ConnId>,
     next_conn: ConnId,
     peers_evicted: u64,
+    gamers_evicted: u64,
     errors_sent: u64,
+    metrics: Arc<Metrics>,
+    /// End-to-end latencies since the operator's view last took them.
+    latencies: LatencyWindow,
 }
 
 /// The coordinator's shared state and message handling.
 pub struct Router {
     state: Mutex<State>,
     config: Config,
+    /// Shared with the state (which records under the lock); read without it.
+    metrics: Arc<Metrics>,
     /// Woken whenever a dispatch may have set an earlier deadline.
     pub deadlines_changed: Notify,
 }
@@ -94,6 +116,7 @@ pub struct Router {
 impl Router {
     /// A router with no connections.
     pub fn new(config: Config) -> Self {
+        let metrics = Arc::new(Metrics::default());
         let sched = Scheduler::new(SchedulerConfig {
             max_attempts: config.max_attempts.max(1),
             max_pending_per_gamer: config.max_pending_per_gamer,
@@ -118,9 +141,13 @@ impl Router {
                 gamers: HashMap::new(),
                 next_conn: 1,
                 peers_evicted: 0,
+                gamers_evicted: 0,
                 errors_sent: 0,
+                metrics: metrics.clone(),
+                latencies: LatencyWindow::default(),
             }),
             config,
+            metrics,
             deadlines_changed: Notify::new(),
         }
     }
@@ -130,13 +157,75 @@ impl Router {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Records a new connection.
-    pub fn connect(&self, handle: ConnHandle) -> ConnId {
+    /// Records a new connection; `info` says who it is, for the operator's view.
+    pub fn connect(&self, handle: ConnHandle, info: Option<ConnInfo>) -> ConnId {
         let mut state = self.lock();
         let id = state.next_conn;
         state.next_conn += 1;
-        state.conns.insert(id, Conn { handle, role: Role::Unregistered });
+        state.conns.insert(id, Conn { handle, role: Role::Unregistered, info, since: Instant::now() });
         id
+    }
+
+    /// The instruments that record events as they happen (see [`crate::metrics`]).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// A connection answered a ping after `rtt`: recorded under its role.
+    pub fn round_trip(&self, conn: ConnId, rtt: Duration) {
+        let state = self.lock();
+        match state.conns.get(&conn).map(|c| &c.role) {
+            Some(Role::Peer(_)) => state.metrics.peer_round_trip.observe(rtt.as_secs_f64()),
+            Some(Role::Gamer(_)) => state.metrics.gamer_round_trip.observe(rtt.as_secs_f64()),
+            _ => {}
+        }
+    }
+
+    /// The end-to-end latencies recorded since the last call (a bounded sample).
+    pub fn take_latencies(&self) -> LatencyWindow {
+        std::mem::take(&mut self.lock().latencies)
+    }
+
+    /// Sessions known now, all gamers together.
+    pub fn sessions(&self) -> usize {
+        self.lock().sched.sessions_len()
+    }
+
+    /// Registered connections evicted for silence since start: (peers, gamers).
+    pub fn evictions(&self) -> (u64, u64) {
+        let state = self.lock();
+        (state.peers_evicted, state.gamers_evicted)
+    }
+
+    /// Everything the operator's view shows, read in one lock hold (see [`crate::fleet`]).
+    pub fn fleet(&self) -> FleetState {
+        let state = self.lock();
+        let now = Instant::now();
+        let sample = |id: &String, conn: &ConnId| {
+            let c = state.conns.get(conn)?;
+            Some(ConnSample {
+                id: id.clone(),
+                addr: c.info.as_ref().map(|i| i.addr),
+                connected_for: now.saturating_duration_since(c.since),
+                bytes_read: c.info.as_ref().map_or(0, |i| i.watch.bytes_read()),
+                bytes_written: c.info.as_ref().map_or(0, |i| i.watch.bytes_written()),
+                round_trip: c.info.as_ref().and_then(|i| i.watch.round_trip()),
+            })
+        };
+        FleetState {
+            stats: state.stats(),
+            sessions: state.sched.sessions_len(),
+            peers: state
+                .peers
+                .iter()
+                .filter_map(|(id, conn)| Some((sample(id, conn)?, state.sched.peer_view(id)?)))
+                .collect(),
+            gamers: state
+                .gamers
+                .iter()
+                .filter_map(|(id, conn)| Some((sample(id, conn)?, state.sched.gamer_view(id)?)))
+                .collect(),
+        }
     }
 
     /// Whether the connection has registered as a peer or gamer.
@@ -164,6 +253,9 @@ impl Router {
                 }
             }
             Role::Gamer(gamer_id) => {
+                if why == Departure::Evicted {
+                    state.gamers_evicted += 1;
+                }
                 if state.gamers.get(&gamer_id) == Some(&conn) {
                     state.gamers.remove(&gamer_id);
                     let dropped = state.sched.remove_gamer(&gamer_id);
@@ -269,6 +361,7 @@ impl Router {
         }
         if let Some(c) = state.conns.get_mut(&conn) {
             c.role = wanted;
+            c.since = Instant::now();
         }
         Some(Binding::New)
     }
@@ -370,8 +463,13 @@ impl Router {
 
     fn complete(&self, state: &mut State, conn: ConnId, peer_id: &str, m: TaskResult) {
         match state.sched.complete(peer_id, &m.task_id) {
-            Ok(Completion::Deliver { gamer, task_id, attempt }) => {
+            Ok(Completion::Deliver { gamer, task_id, attempt, submitted_at, assigned_at }) => {
                 debug!(peer_id, gamer_id = gamer, task_id, attempt, "result delivered");
+                let now = Instant::now();
+                state.metrics.peer_task_duration.observe(now.saturating_duration_since(assigned_at).as_secs_f64());
+                let latency = now.saturating_duration_since(submitted_at);
+                state.metrics.task_latency.observe(latency.as_secs_f64());
+                state.latencies.record(latency);
                 let forward = Message::TaskResult(TaskResult {
                     task_id,
                     result: m.result,
@@ -483,6 +581,7 @@ impl State {
 
     fn send_error(&mut self, conn: ConnId, code: ErrorCode, message: impl Into<String>, refers_to: Option<String>) {
         self.errors_sent += 1;
+        self.metrics.error_sent(code.as_str());
         self.send(conn, Message::error(code, message, refers_to));
     }
 

@@ -186,6 +186,10 @@ pub enum Completion {
         task_id: String,
         /// The attempt that answered.
         attempt: u32,
+        /// When the gamer submitted it (for end-to-end latency).
+        submitted_at: Instant,
+        /// When the answering attempt was sent to the peer (for the peer's round trip).
+        assigned_at: Instant,
     },
     /// The gamer has left; drop the result.
     Orphaned,
@@ -250,6 +254,34 @@ pub struct Counters {
     pub dropped: u64,
 }
 
+/// A peer as the operator sees it ([`Scheduler::peer_view`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerView {
+    /// The task types it runs, sorted (`None`: every type).
+    pub task_types: Option<Vec<String>>,
+    /// What it declared, capped.
+    pub declared_capacity: u32,
+    /// What it may hold now (learned, see the module docs).
+    pub capacity: u32,
+    /// Tasks in flight at it.
+    pub in_flight: u32,
+    /// Sessions pinned to it.
+    pub sessions: usize,
+    /// Answers accepted from it since it registered.
+    pub completed: u64,
+}
+
+/// A gamer as the operator sees it ([`Scheduler::gamer_view`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GamerView {
+    /// Its sessions.
+    pub sessions: usize,
+    /// Its tasks queued or in flight.
+    pub pending: usize,
+    /// Results delivered to it since it registered.
+    pub completed: u64,
+}
+
 /// A task's internal key, unique for the scheduler's lifetime.
 pub type TaskKey = u64;
 
@@ -274,6 +306,10 @@ pub struct Task<P> {
     state: TaskState,
     /// When the task stops waiting for a peer, if there is a queue wait limit.
     give_up_at: Option<Instant>,
+    /// When it was submitted.
+    submitted_at: Instant,
+    /// When its latest attempt was assigned.
+    assigned_at: Instant,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -318,6 +354,8 @@ struct Peer {
     assigned: HashSet<TaskKey>,
     /// Sessions pinned to it.
     sessions: HashSet<(GamerId, String)>,
+    /// Answers accepted from it.
+    completed: u64,
 }
 
 /// A session's tasks in flight at one peer.
@@ -436,6 +474,8 @@ struct Gamer {
     /// The waker sets it is in (so leaving or waking takes it out of all of them, and the
     /// sets never outgrow the gamers and lanes there are).
     parked_under: Vec<WakeKey>,
+    /// Results delivered to it.
+    completed: u64,
 }
 
 #[derive(Debug, Default)]
@@ -552,6 +592,34 @@ impl<P> Scheduler<P> {
         self.gamers.get(gamer)?.sessions.get(session)?.peer.as_deref()
     }
 
+    /// Sessions known now, all gamers together.
+    pub fn sessions_len(&self) -> usize {
+        self.gamers.values().map(|g| g.sessions.len()).sum()
+    }
+
+    /// What the operator's view shows of a peer.
+    pub fn peer_view(&self, peer: &str) -> Option<PeerView> {
+        let p = self.peers.get(peer)?;
+        let mut task_types: Option<Vec<String>> = p.task_types.as_ref().map(|t| t.iter().cloned().collect());
+        if let Some(t) = &mut task_types {
+            t.sort();
+        }
+        Some(PeerView {
+            task_types,
+            declared_capacity: p.declared,
+            capacity: p.capacity(),
+            in_flight: p.in_flight,
+            sessions: p.sessions.len(),
+            completed: p.completed,
+        })
+    }
+
+    /// What the operator's view shows of a gamer.
+    pub fn gamer_view(&self, gamer: &str) -> Option<GamerView> {
+        let g = self.gamers.get(gamer)?;
+        Some(GamerView { sessions: g.sessions.len(), pending: g.tasks.len(), completed: g.completed })
+    }
+
     /// How many times dispatch has looked at a gamer's lanes since start: what dispatch
     /// has cost, to compare with the placements it made.
     pub fn gamers_examined(&self) -> u64 {
@@ -598,6 +666,7 @@ impl<P> Scheduler<P> {
             joined: self.next_join,
             assigned: HashSet::new(),
             sessions: HashSet::new(),
+            completed: 0,
         };
         self.peers.insert(id.clone(), peer);
         self.wake_for_room(&id);
@@ -758,6 +827,8 @@ impl<P> Scheduler<P> {
                 tried: Vec::new(),
                 state: TaskState::Queued,
                 give_up_at,
+                submitted_at: now,
+                assigned_at: now,
             },
         );
         self.counters.queued += 1;
@@ -897,6 +968,7 @@ impl<P> Scheduler<P> {
         let start = session_id.as_deref().and_then(|s| peer.session_due(&gamer_id, s)).map_or(now, |d| d.max(now));
         let due = start + task.deadline;
         task.state = TaskState::Assigned { peer: peer_id.clone(), attempt, due };
+        task.assigned_at = now;
         peer.hold(session_id.as_deref().map(|s| (gamer_id.as_str(), s)), bytes, due);
         peer.assigned.insert(key);
         if let Some(session_id) = session_id {
@@ -1129,6 +1201,7 @@ impl<P> Scheduler<P> {
         if let Some(p) = self.peers.get_mut(peer_id) {
             // It has shown it can take one more.
             p.window = p.window.saturating_add(1).min(p.declared);
+            p.completed += 1;
         }
         self.release(peer_id, key);
         let task = self.remove_task(key).expect("looked up above");
@@ -1136,7 +1209,16 @@ impl<P> Scheduler<P> {
             return Ok(Completion::Orphaned);
         }
         self.counters.completed += 1;
-        Ok(Completion::Deliver { gamer: task.gamer, task_id: task.task_id, attempt })
+        if let Some(g) = self.gamers.get_mut(&task.gamer) {
+            g.completed += 1;
+        }
+        Ok(Completion::Deliver {
+            gamer: task.gamer,
+            task_id: task.task_id,
+            attempt,
+            submitted_at: task.submitted_at,
+            assigned_at: task.assigned_at,
+        })
     }
 
     /// When the next deadline passes, if any task is in flight.
@@ -1349,7 +1431,10 @@ mod tests {
         assert_eq!(task_ids(&s, &d), ["t0", "t1"]);
         assert!(s.dispatch(now).is_empty());
         let done = s.complete("p", &d[0].assignment_id).unwrap();
-        assert_eq!(done, Completion::Deliver { gamer: "g".into(), task_id: "t0".into(), attempt: 1 });
+        assert!(
+            matches!(&done, Completion::Deliver { gamer, task_id, attempt: 1, .. } if gamer == "g" && task_id == "t0"),
+            "{done:?}"
+        );
         assert_eq!(dispatch_ids(&mut s, now), ["t2"]);
     }
 

@@ -35,6 +35,7 @@ fn help_lists_every_setting() {
         "--max-peer-capacity",
         "--initial-peer-capacity",
         "--max-session-pipeline",
+        "--summary-interval-ms",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
     }

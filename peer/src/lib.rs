@@ -34,6 +34,10 @@
 //! refused on this peer for a while ([`containment`]), and sessionless tasks keep away
 //! from the workers holding sessions ([`worker`]).
 //!
+//! With [`PeerConfig::metrics_listen`] (`peer --metrics-listen HOST:PORT`) the peer also
+//! serves Prometheus metrics at `GET /metrics` on that address: tasks by type and
+//! outcome, their run times, sessions held, tasks queued (see [`metrics`]).
+//!
 //! # Quick start
 //!
 //! Start a peer inside your own tokio runtime, and stop it:
@@ -71,6 +75,7 @@ pub mod budget;
 pub mod capabilities;
 mod connection;
 pub mod containment;
+pub mod metrics;
 pub mod physics;
 mod pool;
 pub mod seed;
@@ -79,9 +84,12 @@ pub mod tasks;
 pub mod worker;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -158,6 +166,11 @@ pub struct PeerConfig {
     /// The sliding window of [`max_worker_deaths_per_gamer`](Self::max_worker_deaths_per_gamer)
     /// (default [`containment::DEFAULT_WORKER_DEATH_WINDOW`], 60 s).
     pub worker_death_window: Duration,
+    /// Where to serve Prometheus metrics (`GET /metrics`, see [`metrics`]); not served
+    /// when `None` (the default). The address is bound when the peer starts, failing the
+    /// start when it cannot be ([`PeerError::MetricsListen`]); port 0 picks a free port
+    /// ([`PeerHandle::metrics_addr`] tells which). Served until the peer has stopped.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for PeerConfig {
@@ -183,6 +196,7 @@ impl Default for PeerConfig {
             cancel_grace: Duration::from_millis(200),
             max_worker_deaths_per_gamer: containment::DEFAULT_MAX_WORKER_DEATHS_PER_GAMER,
             worker_death_window: containment::DEFAULT_WORKER_DEATH_WINDOW,
+            metrics_listen: None,
         }
     }
 }
@@ -204,6 +218,14 @@ pub enum PeerError {
     /// The worker processes ([`Isolation::Workers`]) could not be started.
     #[error("cannot start worker processes: {0}")]
     Workers(String),
+    /// The metrics address ([`PeerConfig::metrics_listen`]) could not be bound.
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    MetricsListen {
+        /// The address given.
+        addr: SocketAddr,
+        /// Why it could not be bound.
+        source: std::io::Error,
+    },
 }
 
 /// A `Result` with [`PeerError`].
@@ -224,9 +246,9 @@ pub struct PeerStatus {
 /// Network errors never end it: it reconnects with backoff. It returns an error only for
 /// a configuration it cannot start with.
 pub async fn run(config: PeerConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
-    let (peer, _status) = prepare(config)?;
+    let Prepared { peer, registry, metrics_listener, .. } = prepare(config)?;
     let cancel = CancellationToken::new();
-    let serve = connection::run(peer, cancel.clone());
+    let serve = serve(peer, cancel.clone(), registry, metrics_listener);
     tokio::pin!(serve);
     tokio::select! {
         () = &mut serve => return Ok(()),
@@ -250,17 +272,59 @@ pub async fn spawn(config: PeerConfig) -> PeerHandle {
 
 /// [`spawn`], returning configuration errors instead of panicking.
 pub async fn try_spawn(config: PeerConfig) -> Result<PeerHandle> {
-    let (peer, status) = prepare(config)?;
+    let Prepared { peer, status, registry, metrics_listener } = prepare(config)?;
     let peer_id = peer.peer_id.clone();
     let sessions = peer.store.clone();
     let workers = peer.workers.clone();
     let running = peer.pool.running();
+    let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     let cancel = CancellationToken::new();
-    let task = tokio::spawn(connection::run(peer, cancel.clone()));
-    Ok(PeerHandle { peer_id, cancel, task, status, sessions, workers, running })
+    let task = tokio::spawn(serve(peer, cancel.clone(), registry.clone(), metrics_listener));
+    Ok(PeerHandle { peer_id, cancel, task, status, sessions, workers, running, registry, metrics_addr })
 }
 
-fn prepare(config: PeerConfig) -> Result<(connection::Peer, Arc<watch::Sender<PeerStatus>>)> {
+/// Serves the peer until `cancel` fires and its connection is closed, and `GET /metrics`
+/// on `metrics_listener` (when given) until then.
+async fn serve(
+    peer: connection::Peer,
+    cancel: CancellationToken,
+    registry: Arc<Registry>,
+    metrics_listener: Option<TcpListener>,
+) {
+    let stop_metrics = CancellationToken::new();
+    // Dropping this future (a killed peer) stops the scrapes in progress too.
+    let _stop_when_dropped = stop_metrics.clone().drop_guard();
+    let scrapes = async {
+        if let Some(listener) = metrics_listener {
+            p2c2r_ops::scrape::serve(listener, registry, stop_metrics.clone()).await;
+        }
+    };
+    let peer = async {
+        connection::run(peer, cancel).await;
+        stop_metrics.cancel();
+    };
+    tokio::join!(peer, scrapes);
+}
+
+/// A peer ready to run.
+struct Prepared {
+    peer: connection::Peer,
+    status: Arc<watch::Sender<PeerStatus>>,
+    /// What `GET /metrics` encodes.
+    registry: Arc<Registry>,
+    /// [`PeerConfig::metrics_listen`], bound.
+    metrics_listener: Option<TcpListener>,
+}
+
+/// Binds [`PeerConfig::metrics_listen`]. Needs a tokio runtime.
+fn bind_metrics(addr: SocketAddr) -> Result<TcpListener> {
+    let error = |source| PeerError::MetricsListen { addr, source };
+    let listener = std::net::TcpListener::bind(addr).map_err(error)?;
+    listener.set_nonblocking(true).map_err(error)?;
+    TcpListener::from_std(listener).map_err(error)
+}
+
+fn prepare(config: PeerConfig) -> Result<Prepared> {
     check_url(&config.coordinator_url)?;
     let peer_id = match &config.peer_id {
         Some(id) if id.is_empty() || id.len() > p2c2r_protocol::limits::MAX_ID_BYTES => {
@@ -273,6 +337,8 @@ fn prepare(config: PeerConfig) -> Result<(connection::Peer, Arc<watch::Sender<Pe
         Some(id) => id.clone(),
         None => format!("peer-{}", uuid::Uuid::new_v4()),
     };
+    // Bound before any worker process starts, so a busy port costs nothing.
+    let metrics_listener = config.metrics_listen.map(bind_metrics).transpose()?;
     let machine = capabilities::detect();
     let max_concurrent = config.max_concurrent_tasks.unwrap_or(machine.cpu_cores).max(1);
     let capabilities = capabilities::capabilities(&machine, max_concurrent, &config.task_types);
@@ -310,9 +376,19 @@ fn prepare(config: PeerConfig) -> Result<(connection::Peer, Arc<watch::Sender<Pe
             (pool::Pool::with_executor(n, max_pending, executor), Some(workers))
         }
     };
+    let instruments = Arc::new(metrics::Metrics::default());
+    let pool = pool.with_metrics(instruments.clone());
     let status = Arc::new(watch::Sender::new(PeerStatus::default()));
+    let state = metrics::State {
+        pending: pool.pending_count(),
+        running: pool.running(),
+        store: store.clone(),
+        workers: workers.clone(),
+        status: status.clone(),
+    };
+    let registry = Arc::new(metrics::registry(&instruments, state));
     let peer = connection::Peer { config, peer_id, capabilities, store, pool, status: status.clone(), workers };
-    Ok((peer, status))
+    Ok(Prepared { peer, status, registry, metrics_listener })
 }
 
 fn check_url(url: &str) -> Result<()> {
@@ -334,6 +410,8 @@ pub struct PeerHandle {
     sessions: Arc<SessionStore>,
     workers: Option<Arc<worker::Workers>>,
     running: Arc<(std::sync::atomic::AtomicUsize, std::sync::atomic::AtomicUsize)>,
+    registry: Arc<Registry>,
+    metrics_addr: Option<SocketAddr>,
 }
 
 impl PeerHandle {
@@ -392,6 +470,24 @@ impl PeerHandle {
     /// process.
     pub fn workers_lost(&self) -> u64 {
         self.workers.as_ref().map_or(0, |w| w.lost())
+    }
+
+    /// The address `GET /metrics` is served on ([`PeerConfig::metrics_listen`], with the
+    /// port chosen when it was 0), or `None` when it is not served.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The peer's metrics (see [`metrics`]), to encode or serve them elsewhere (e.g. with
+    /// `p2c2r_ops::scrape::serve`); kept up to date whether or not
+    /// [`PeerConfig::metrics_listen`] is set.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.clone()
+    }
+
+    /// What `GET /metrics` answers now, in the Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        p2c2r_ops::scrape::encode(&self.registry)
     }
 
     /// Graceful stop: running tasks finish and are answered (up to the grace period), the

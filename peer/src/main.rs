@@ -5,6 +5,7 @@
 //! `--in-process`); a worker is this binary started with an internal first argument
 //! ([`peer::worker::WORKER_ARG`]), checked before anything else and not listed in `--help`.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
@@ -81,6 +82,10 @@ struct Args {
     /// Most waypoints in one ai_navigate answer, all agents together.
     #[arg(long, default_value_t = peer::budget::DEFAULT_MAX_WAYPOINTS)]
     max_waypoints: usize,
+    /// Serve Prometheus metrics (GET /metrics) on this address, HOST:PORT (e.g.
+    /// 127.0.0.1:9464) [default: not served].
+    #[arg(long, env = "P2C2R_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// Log filter (tracing's EnvFilter syntax); RUST_LOG also works.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
@@ -148,10 +153,13 @@ async fn serve() -> anyhow::Result<()> {
         worker_death_window: Duration::from_secs_f64(args.worker_death_window_secs),
         session_memory_bytes: args.session_memory_mb.saturating_mul(MIB),
         gamer_session_memory_bytes: args.gamer_session_memory_mb.map(|mb| mb.saturating_mul(MIB)),
+        metrics_listen: args.metrics_listen,
         ..defaults
     };
-    peer::run(config, shutdown_signal()).await?;
-    Ok(())
+    match peer::run(config, shutdown_signal()).await {
+        Err(e @ peer::PeerError::MetricsListen { .. }) => Err(anyhow::anyhow!("--metrics-listen: {e}")),
+        result => Ok(result?),
+    }
 }
 
 /// Completes on Ctrl-C, or SIGTERM on Unix.

@@ -26,6 +26,7 @@ use p2c2r_protocol::{ErrorCode, Message, TaskAssignment, TaskError, TaskResult, 
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::task::TaskTracker;
 
+use crate::metrics::{Metrics, TaskOutcome};
 use crate::session::SessionStore;
 use crate::tasks::run_task_payload;
 use crate::worker::{Outcome, Workers, lost_task_error};
@@ -81,6 +82,8 @@ pub(crate) struct Pool {
     running: Arc<(AtomicUsize, AtomicUsize)>,
     executor: Arc<Executor>,
     tracker: TaskTracker,
+    /// Where tasks are counted as they end.
+    metrics: Arc<Metrics>,
 }
 
 impl Pool {
@@ -97,7 +100,19 @@ impl Pool {
             running: Arc::default(),
             executor: Arc::new(executor),
             tracker: TaskTracker::new(),
+            metrics: Arc::default(),
         }
+    }
+
+    /// Counts tasks in `metrics` (default: instruments of its own, never read).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The count of tasks accepted and not yet answered, to read it elsewhere.
+    pub fn pending_count(&self) -> Arc<AtomicUsize> {
+        self.pending.clone()
     }
 
     /// Tasks running now (with workers: handed to a worker, or waiting for the one
@@ -132,6 +147,7 @@ impl Pool {
             let error = TaskError::new(ErrorCode::QueueFull, "the peer has too many tasks waiting; try again later");
             let frame = result_frame(&job.assignment, to_payload(&error).expect("task errors always serialize"));
             tracing::warn!(task_id = %job.assignment.task_id, "too many tasks waiting; rejected one");
+            self.metrics.task_ended(&job.assignment.task_data.task_type, TaskOutcome::QueueFull);
             return Err(frame);
         }
         let session = job.assignment.task_data.session_key();
@@ -154,19 +170,21 @@ impl Pool {
         let pending = self.pending.clone();
         let executor = self.executor.clone();
         let running = self.running.clone();
+        let metrics = self.metrics.clone();
         self.tracker.spawn(async move {
             let mut job = first;
             loop {
                 if job.reply.is_closed() {
                     // Its connection is gone and the coordinator re-dispatches it.
                     tracing::debug!(task_id = %job.assignment.task_id, "dropping a task of a closed connection");
+                    metrics.task_ended(&job.assignment.task_data.task_type, TaskOutcome::Dropped);
                 } else if job.expired() {
                     // Its deadline passed while it waited behind its session's earlier tasks.
-                    skip_stale(&job);
+                    skip_stale(&job, &metrics);
                 } else {
                     match &*executor {
-                        Executor::InProcess(store) => run_in_process(job, store, &permits, &running).await,
-                        Executor::Workers(workers) => run_in_worker(job, workers, &running).await,
+                        Executor::InProcess(store) => run_in_process(job, store, &permits, &running, &metrics).await,
+                        Executor::Workers(workers) => run_in_worker(job, workers, &running, &metrics).await,
                     }
                 }
                 pending.fetch_sub(1, Ordering::AcqRel);
@@ -185,12 +203,17 @@ async fn run_in_process(
     store: &Arc<SessionStore>,
     permits: &Arc<Semaphore>,
     running: &Arc<(AtomicUsize, AtomicUsize)>,
+    metrics: &Metrics,
 ) {
-    let Ok(permit) = permits.clone().acquire_owned().await else { return };
+    let task_type = crate::metrics::task_type_label(&job.assignment.task_data.task_type);
+    let Ok(permit) = permits.clone().acquire_owned().await else {
+        metrics.task_ended(task_type, TaskOutcome::Dropped);
+        return;
+    };
     if job.expired() {
         // Its deadline passed while it waited for a permit.
         drop(permit);
-        skip_stale(&job);
+        skip_stale(&job, metrics);
         return;
     }
     let Job { assignment, reply, max_frame_bytes, .. } = job;
@@ -199,46 +222,63 @@ async fn run_in_process(
     let run = tokio::task::spawn_blocking(move || {
         let now = running.0.fetch_add(1, Ordering::AcqRel) + 1;
         running.1.fetch_max(now, Ordering::AcqRel);
+        let started = Instant::now();
         let result = run_task_payload(&store, &assignment.task_data);
+        let ran_for = started.elapsed();
         running.0.fetch_sub(1, Ordering::AcqRel);
-        checked_result_frame(&assignment, result, max_frame_bytes)
+        (checked_result_frame(&assignment, result, max_frame_bytes), ran_for)
     });
-    let frame = run.await;
+    let answer = run.await;
     drop(permit);
-    match frame {
-        // A closed connection drops its results: the coordinator re-sends the task.
-        Ok(frame) => drop(reply.send(frame).await),
-        Err(e) => tracing::error!("a task failed to complete: {e}"),
+    match answer {
+        Ok(((frame, outcome), ran_for)) => {
+            // Counted before the answer leaves, so whoever got the answer sees it counted.
+            metrics.task_ran(task_type, ran_for);
+            metrics.task_ended(task_type, outcome);
+            // A closed connection drops its results: the coordinator re-sends the task.
+            drop(reply.send(frame).await);
+        }
+        Err(e) => {
+            metrics.task_ended(task_type, TaskOutcome::Dropped);
+            tracing::error!("a task failed to complete: {e}");
+        }
     }
 }
 
 /// Runs a job in a worker process, and answers it unless it was cancelled.
-async fn run_in_worker(job: Job, workers: &Workers, running: &Arc<(AtomicUsize, AtomicUsize)>) {
+async fn run_in_worker(job: Job, workers: &Workers, running: &Arc<(AtomicUsize, AtomicUsize)>, metrics: &Metrics) {
     let deadline = job.deadline().zip(job.assignment.deadline_ms.map(Duration::from_millis));
     let now = running.0.fetch_add(1, Ordering::AcqRel) + 1;
     running.1.fetch_max(now, Ordering::AcqRel);
-    let outcome = workers.execute(&job.assignment.task_data, deadline, job.reply.closed()).await;
+    let (outcome, ran_for) = workers.execute(&job.assignment.task_data, deadline, job.reply.closed()).await;
     running.0.fetch_sub(1, Ordering::AcqRel);
+    let task_type = &job.assignment.task_data.task_type;
+    if let Some(ran_for) = ran_for {
+        metrics.task_ran(task_type, ran_for);
+    }
     match outcome {
         Outcome::Answer(result) => {
-            let frame = checked_result_frame(&job.assignment, result, job.max_frame_bytes);
+            let (frame, outcome) = checked_result_frame(&job.assignment, result, job.max_frame_bytes);
+            metrics.task_ended(task_type, outcome);
             drop(job.reply.send(frame).await);
         }
-        Outcome::Cancelled => skip_stale(&job),
+        Outcome::Cancelled => skip_stale(&job, metrics),
     }
 }
 
 /// The `task_result` frame answering an assignment, or, when that frame would exceed
 /// the coordinator's limit, a `limit_exceeded` error in its place (the coordinator would
-/// drop the whole connection for an oversized frame).
+/// drop the whole connection for an oversized frame); and the outcome that frame
+/// answers with.
 pub(crate) fn checked_result_frame(
     assignment: &TaskAssignment,
     result: p2c2r_protocol::RawPayload,
     max_frame_bytes: usize,
-) -> String {
+) -> (String, TaskOutcome) {
+    let outcome = TaskOutcome::of_result(result.get());
     let frame = result_frame(assignment, result);
     if frame.len() <= max_frame_bytes {
-        return frame;
+        return (frame, outcome);
     }
     tracing::warn!(
         task_id = %assignment.task_id,
@@ -256,18 +296,20 @@ pub(crate) fn checked_result_frame(
     } else {
         to_payload(&TaskError::new(ErrorCode::LimitExceeded, message)).expect("task errors always serialize")
     };
-    result_frame(assignment, error)
+    (result_frame(assignment, error), TaskOutcome::Refused)
 }
 
 /// Logs a job skipped because its deadline passed while it waited (behind its session's
-/// earlier tasks or for a permit).
+/// earlier tasks or for a permit), and counts it [`TaskOutcome::Dropped`] (as it counts a
+/// task cancelled in its worker).
 ///
 /// Nothing is answered: the coordinator already superseded this attempt and refuses late
 /// answers, so running it would only burn a worker. Skipping a `physics_step` leaves a gap
 /// in its session's ticks; that is safe because the world is not touched, so the session's
 /// next tick arrives out of order and is answered `out_of_order` with resync, exactly as if
 /// the tick had been lost, and the gamer re-sends a snapshot.
-fn skip_stale(job: &Job) {
+fn skip_stale(job: &Job, metrics: &Metrics) {
+    metrics.task_ended(&job.assignment.task_data.task_type, TaskOutcome::Dropped);
     tracing::debug!(
         task_id = %job.assignment.task_id,
         waited_ms = job.received.elapsed().as_millis() as u64,
@@ -335,9 +377,11 @@ mod tests {
         spec.task_data = raw_payload(data).unwrap();
         let a = TaskAssignment { task_id: "1:1".into(), attempt: 1, deadline_ms: None, task_data: spec };
         let result = run_task_payload(&store, &a.task_data);
-        let full = checked_result_frame(&a, result.clone(), usize::MAX);
+        let (full, outcome) = checked_result_frame(&a, result.clone(), usize::MAX);
+        assert_eq!(outcome, TaskOutcome::Ok);
         assert!(result_of(&full).1.starts_with(r#"{"status":"success""#));
-        let limited = checked_result_frame(&a, result, full.len() - 1);
+        let (limited, outcome) = checked_result_frame(&a, result, full.len() - 1);
+        assert_eq!(outcome, TaskOutcome::Refused);
         assert!(limited.len() < full.len());
         let (task_id, answer) = result_of(&limited);
         assert_eq!(task_id, "1:1");

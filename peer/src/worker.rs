@@ -357,6 +357,12 @@ impl Workers {
         self.lost.load(Ordering::Acquire)
     }
 
+    /// How many sessions are routed to a worker (as [`session_keys`](Self::session_keys)
+    /// lists them).
+    pub fn sessions(&self) -> usize {
+        self.routes().len()
+    }
+
     /// The session keys routed to a worker, sorted.
     pub fn session_keys(&self) -> Vec<String> {
         let mut keys: Vec<String> = self.routes().keys().cloned().collect();
@@ -427,7 +433,8 @@ impl Workers {
         tracing::warn!(worker, sessions = before - routes.len(), "worker lost with its sessions");
     }
 
-    /// Runs one task in a worker.
+    /// Runs one task in a worker; returns how it ended, and for how long it ran when it
+    /// was handed to a worker (until the answer, or the worker's death or kill).
     ///
     /// `deadline` is the assignment's, with the allowance it was given (none: no limit);
     /// the task is cancelled (its worker
@@ -437,6 +444,19 @@ impl Workers {
         spec: &TaskSpec,
         deadline: Option<(Instant, Duration)>,
         cancelled: impl Future<Output = ()>,
+    ) -> (Outcome, Option<Duration>) {
+        let mut ran_for = None;
+        let outcome = self.execute_timed(spec, deadline, cancelled, &mut ran_for).await;
+        (outcome, ran_for)
+    }
+
+    /// [`execute`](Self::execute), setting `ran_for` once the worker has run the task.
+    async fn execute_timed(
+        &self,
+        spec: &TaskSpec,
+        deadline: Option<(Instant, Duration)>,
+        cancelled: impl Future<Output = ()>,
+        ran_for: &mut Option<Duration>,
     ) -> Outcome {
         if let Some(refused) = self.refused(spec) {
             return Outcome::Answer(refused);
@@ -529,6 +549,7 @@ impl Workers {
             () = &mut cancelled => Err(("the connection to the coordinator was lost", false)),
         };
         self.busy.fetch_sub(1, Ordering::AcqRel);
+        *ran_for = Some(started.elapsed());
         match outcome {
             Ok(Ok(answer)) => match String::from_utf8(answer)
                 .map_err(|e| e.to_string())

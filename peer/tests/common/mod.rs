@@ -164,3 +164,31 @@ impl Conn {
 pub async fn listener() -> TcpListener {
     TcpListener::bind("127.0.0.1:0").await.unwrap()
 }
+
+/// `GET path` over a plain TCP connection; returns the whole response (head and body).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    within("an HTTP response", async {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+    })
+    .await
+}
+
+/// Scrapes `http://addr/metrics` and returns its samples: `name{labels}` → value.
+pub async fn scrape(addr: std::net::SocketAddr) -> std::collections::BTreeMap<String, f64> {
+    let response = http_get(addr, "/metrics").await;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no head: {response}"));
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    body.lines()
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(|line| {
+            let (name, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("not a sample: {line:?}"));
+            (name.to_owned(), value.parse().unwrap_or_else(|e| panic!("{e}: {line:?}")))
+        })
+        .collect()
+}

@@ -1,0 +1,172 @@
+//! The coordinator's port speaks plain HTTP as well as WebSocket. Every accepted
+//! connection's request head is read here, within `max_head_bytes` (16 KiB) and the
+//! handshake timeout; a WebSocket upgrade (any path, as before) goes on to
+//! [`crate::connection`] with the head replayed, and anything else is answered here and
+//! closed:
+//!
+//! | path | what |
+//! |---|---|
+//! | `/` | the live dashboard (self-contained HTML, CSS and JavaScript) |
+//! | `/events` | server-sent events: a [`crate::fleet::Snapshot`] a second, the first with the charts' history |
+//! | `/api/fleet` | the latest snapshot as JSON, with history |
+//! | `/metrics` | Prometheus text format (see [`crate::metrics`]) |
+//!
+//! Bad requests get a status, never a hang: 400 for a malformed head, 431 for one too
+//! large, 408 for one too slow, 404 for an unknown path, 405 for a method other than
+//! `GET` or `HEAD`, 503 when [`MAX_EVENT_STREAMS`] dashboards are already watching. A
+//! client that does not read its response is dropped after `write_stall_timeout`.
+//! Plain HTTP connections count against the same admission limits as any other.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use p2c2r_ops::http::{self as ops_http, HeadLimits, Request, Response, Rewind};
+use p2c2r_ops::scrape;
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::Shared;
+use crate::admission::Ticket;
+use crate::fleet::Published;
+
+/// The dashboard page, served at `/`.
+pub const DASHBOARD_HTML: &str = include_str!("../assets/dashboard.html");
+
+/// Largest request head read (a browser's is under 2 KiB; a WebSocket upgrade's under 1).
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+/// Dashboards (event streams) served at once; more are answered 503.
+pub const MAX_EVENT_STREAMS: usize = 32;
+
+/// The dashboard's script and styles are inline and it talks only to its own origin.
+const DASHBOARD_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                             connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'";
+
+/// Serves one accepted connection: reads its request head, then hands a WebSocket
+/// upgrade to [`crate::connection::serve`] or answers a plain HTTP request.
+pub async fn serve(
+    shared: Arc<Shared>,
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    ticket: Ticket,
+    cancel: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let limits = HeadLimits { max_bytes: MAX_HEAD_BYTES, timeout: shared.config.handshake_timeout };
+    let head = tokio::select! {
+        _ = cancel.cancelled() => return,
+        head = ops_http::read_head(&mut stream, limits) => head,
+    };
+    let (request, read) = match head {
+        Ok(pair) => pair,
+        Err(e) => {
+            debug!(%addr, error = %e, "bad request head");
+            if let Some(status) = e.status() {
+                let _ = ops_http::respond(
+                    &mut stream,
+                    &Response::text(status, e.to_string()),
+                    false,
+                    shared.config.write_stall_timeout,
+                )
+                .await;
+            }
+            return;
+        }
+    };
+    if request.is_websocket_upgrade() {
+        let stream = Rewind::new(read, stream);
+        crate::connection::serve(shared, stream, addr, ticket, cancel).await;
+        return;
+    }
+    debug!(%addr, method = request.method, path = request.path, "http request");
+    let head_only = request.method == "HEAD";
+    match route(&shared, &request) {
+        Route::Respond(response) => {
+            let _ = ops_http::respond(&mut stream, &response, head_only, shared.config.write_stall_timeout).await;
+        }
+        Route::Events(permit) if head_only => {
+            let head = ops_http::streaming_head(200, "text/event-stream");
+            let _ = ops_http::write_all_within(&mut stream, &head, shared.config.write_stall_timeout).await;
+            drop(permit);
+        }
+        Route::Events(permit) => {
+            stream_events(&shared, &mut stream, shared.feed.clone(), cancel).await;
+            drop(permit);
+        }
+    }
+    drop(ticket);
+}
+
+/// What a plain HTTP request gets.
+enum Route {
+    Respond(Response),
+    /// The event stream, holding one of the [`MAX_EVENT_STREAMS`] places.
+    Events(OwnedSemaphorePermit),
+}
+
+fn route(shared: &Shared, request: &Request) -> Route {
+    if request.method != "GET" && request.method != "HEAD" {
+        return Route::Respond(Response::status(405).with_header("Allow", "GET, HEAD"));
+    }
+    Route::Respond(match request.path.as_str() {
+        "/" | "/index.html" => Response::new(200, "text/html; charset=utf-8", DASHBOARD_HTML)
+            .with_header("Content-Security-Policy", DASHBOARD_CSP),
+        "/metrics" => Response::new(200, scrape::CONTENT_TYPE, scrape::encode(&shared.registry)),
+        "/api/fleet" => {
+            let latest = shared.feed.borrow().with_history.clone();
+            if latest.is_empty() {
+                Response::text(503, "no sample yet; try again in a second").with_header("Retry-After", "1")
+            } else {
+                Response::new(200, "application/json", latest.as_bytes().to_vec())
+            }
+        }
+        "/events" => match shared.event_streams.clone().try_acquire_owned() {
+            Ok(permit) => return Route::Events(permit),
+            Err(_) => Response::text(503, format!("{MAX_EVENT_STREAMS} dashboards are open already; try again later"))
+                .with_header("Retry-After", "10"),
+        },
+        _ => {
+            Response::text(404, "not found: the dashboard is at /, metrics at /metrics, WebSocket clients connect at /")
+        }
+    })
+}
+
+/// Streams the fleet snapshots as server-sent events until the client leaves, stops
+/// reading, or the coordinator shuts down.
+async fn stream_events(
+    shared: &Shared,
+    stream: &mut TcpStream,
+    mut feed: watch::Receiver<Published>,
+    cancel: CancellationToken,
+) {
+    let stall = shared.config.write_stall_timeout;
+    let mut head = ops_http::streaming_head(200, "text/event-stream");
+    // Reconnect after 2 s if the stream breaks (EventSource's default is 3).
+    head.extend_from_slice(b"retry: 2000\n\n");
+    if ops_http::write_all_within(stream, &head, stall).await.is_err() {
+        return;
+    }
+    let mut first = true;
+    loop {
+        let event = {
+            let latest = feed.borrow_and_update();
+            if first { latest.with_history.clone() } else { latest.event.clone() }
+        };
+        if !event.is_empty() {
+            first = false;
+            let mut frame = Vec::with_capacity(event.len() + 32);
+            frame.extend_from_slice(b"event: snapshot\ndata: ");
+            frame.extend_from_slice(event.as_bytes());
+            frame.extend_from_slice(b"\n\n");
+            if ops_http::write_all_within(stream, &frame, stall).await.is_err() {
+                return;
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            changed = feed.changed() => if changed.is_err() { return },
+        }
+    }
+}

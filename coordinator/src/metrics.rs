@@ -1,0 +1,243 @@
+//! What `GET /metrics` reports, in the Prometheus text format (through
+//! `prometheus-client`).
+//!
+//! Two kinds of metric, so that every number has one source:
+//! - **Instruments** ([`Metrics`]) record events as they happen: latency and round-trip
+//!   histograms, errors sent by code, connections refused at accept.
+//! - **State** is read at scrape time from where it already lives ([`StateCollector`]):
+//!   the router's counters and gauges (the same ones a `stats_report` carries), the
+//!   admission counts, the byte totals. Nothing is counted twice.
+//!
+//! Every name has the `p2c2r_` prefix, counters end in `_total`, durations are in seconds
+//! and sizes in bytes. README.md lists them all.
+
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::admission::Admission;
+use crate::observe::ByteTotals;
+use crate::router::Router;
+
+/// The metric name prefix.
+pub const PREFIX: &str = "p2c2r";
+
+/// An `error` message's code, as a label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    /// The error code (`queue_full`, `frame_too_large`, ...).
+    pub code: String,
+}
+
+/// Why a connection was refused at accept, as a label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// `per_address`, `unregistered` or `connections`.
+    pub reason: &'static str,
+}
+
+/// The instruments that record events as they happen; see the module docs.
+#[derive(Debug)]
+pub struct Metrics {
+    /// From a task's submission to its result being queued for the gamer, in seconds.
+    pub task_latency: Histogram,
+    /// From an assignment being sent to the peer to its result arriving, in seconds.
+    pub peer_task_duration: Histogram,
+    /// Ping round trips to peers, in seconds.
+    pub peer_round_trip: Histogram,
+    /// Ping round trips to gamers, in seconds.
+    pub gamer_round_trip: Histogram,
+    /// `error` messages sent, by code.
+    pub errors_sent: Family<CodeLabel, Counter>,
+    /// Connections refused before the handshake, by reason.
+    pub connections_refused: Family<ReasonLabel, Counter>,
+}
+
+/// Histogram buckets from 0.5 ms to about 16 s, doubling: the range of a tick's round
+/// trip on a LAN up to a task that used every attempt.
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.0005, 2.0, 16)
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            task_latency: Histogram::new(latency_buckets()),
+            peer_task_duration: Histogram::new(latency_buckets()),
+            peer_round_trip: Histogram::new(latency_buckets()),
+            gamer_round_trip: Histogram::new(latency_buckets()),
+            errors_sent: Family::default(),
+            connections_refused: Family::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts one `error` message sent.
+    pub fn error_sent(&self, code: &str) {
+        self.errors_sent.get_or_create(&CodeLabel { code: code.to_owned() }).inc();
+    }
+
+    /// Counts one connection refused at accept.
+    pub fn refused(&self, reason: &'static str) {
+        self.connections_refused.get_or_create(&ReasonLabel { reason }).inc();
+    }
+}
+
+/// The registry `GET /metrics` encodes: the router's instruments and its state.
+pub fn registry(router: Arc<Router>, admission: Arc<Admission>, bytes: Arc<ByteTotals>) -> Registry {
+    let mut registry = Registry::with_prefix(PREFIX);
+    let m = router.metrics().clone();
+    registry.register_with_unit(
+        "task_latency",
+        "Time from a task's submission to its result being sent to the gamer",
+        Unit::Seconds,
+        m.task_latency.clone(),
+    );
+    registry.register_with_unit(
+        "peer_task_duration",
+        "Time from an assignment being sent to a peer to its result arriving",
+        Unit::Seconds,
+        m.peer_task_duration.clone(),
+    );
+    registry.register_with_unit(
+        "peer_round_trip",
+        "WebSocket ping round trips to peers",
+        Unit::Seconds,
+        m.peer_round_trip.clone(),
+    );
+    registry.register_with_unit(
+        "gamer_round_trip",
+        "WebSocket ping round trips to gamers",
+        Unit::Seconds,
+        m.gamer_round_trip.clone(),
+    );
+    registry.register("errors_sent", "Error messages sent to clients, by code", m.errors_sent.clone());
+    registry.register(
+        "connections_refused",
+        "Connections refused before the WebSocket handshake, by reason",
+        m.connections_refused.clone(),
+    );
+    registry.register_collector(Box::new(StateCollector { router, admission, bytes }));
+    registry
+}
+
+/// Reads the state-held metrics at scrape time; see the module docs.
+#[derive(Debug)]
+pub struct StateCollector {
+    router: Arc<Router>,
+    admission: Arc<Admission>,
+    bytes: Arc<ByteTotals>,
+}
+
+/// A label set of one `outcome`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+/// A label set of one `role`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RoleLabel {
+    role: &'static str,
+}
+
+fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, unit: Option<&Unit>, value: u64) -> std::fmt::Result {
+    let g = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+    g.encode(encoder.encode_descriptor(name, help, unit, g.metric_type())?)
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    value: u64,
+) -> std::fmt::Result {
+    let c = ConstCounter::new(value);
+    c.encode(encoder.encode_descriptor(name, help, unit, c.metric_type())?)
+}
+
+fn labelled_counter<L: EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    values: &[(L, u64)],
+) -> std::fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, prometheus_client::metrics::MetricType::Counter)?;
+    for (labels, value) in values {
+        ConstCounter::new(*value).encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for StateCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = self.router.stats();
+        let sessions = self.router.sessions();
+        let conns = self.admission.counts();
+        let bytes = Some(&Unit::Bytes);
+        gauge(&mut e, "peers_connected", "Peers registered now", None, s.peers)?;
+        gauge(&mut e, "gamers_connected", "Gamers registered now", None, s.gamers)?;
+        gauge(&mut e, "connections_open", "Connections open now, registered or not", None, conns.connections as u64)?;
+        gauge(
+            &mut e,
+            "connections_unregistered",
+            "Connections open now that have not registered",
+            None,
+            conns.unregistered as u64,
+        )?;
+        gauge(&mut e, "sessions", "Sessions known now, all gamers together", None, sessions as u64)?;
+        gauge(&mut e, "queue_depth", "Tasks waiting for a peer now", None, s.queued_now)?;
+        gauge(&mut e, "tasks_in_flight", "Tasks assigned to peers and not yet answered now", None, s.in_flight_now)?;
+        gauge(&mut e, "pending_payload", "Payload bytes of the tasks held now", bytes, s.pending_bytes_now)?;
+        counter(&mut e, "tasks_submitted", "Tasks accepted from gamers", None, s.tasks_queued)?;
+        counter(
+            &mut e,
+            "task_assignments",
+            "Assignments sent to peers, first attempts and repeats",
+            None,
+            s.tasks_assigned,
+        )?;
+        counter(
+            &mut e,
+            "task_redispatches",
+            "Assignments repeated after a missed deadline or a lost peer",
+            None,
+            s.tasks_redispatched,
+        )?;
+        labelled_counter(
+            &mut e,
+            "tasks",
+            "Tasks ended, by outcome: completed (result delivered), failed (given up), dropped (gamer left)",
+            &[
+                (OutcomeLabel { outcome: "completed" }, s.tasks_completed),
+                (OutcomeLabel { outcome: "failed" }, s.tasks_failed),
+                (OutcomeLabel { outcome: "dropped" }, s.tasks_dropped),
+            ],
+        )?;
+        counter(
+            &mut e,
+            "tasks_poisoned",
+            "Of the failed tasks, those quarantined as poison (their peers kept disconnecting)",
+            None,
+            s.tasks_poisoned,
+        )?;
+        let (peers_evicted, gamers_evicted) = self.router.evictions();
+        labelled_counter(
+            &mut e,
+            "evictions",
+            "Registered connections evicted for silence, by role",
+            &[(RoleLabel { role: "peer" }, peers_evicted), (RoleLabel { role: "gamer" }, gamers_evicted)],
+        )?;
+        counter(&mut e, "received", "Bytes received on WebSocket connections", bytes, self.bytes.read())?;
+        counter(&mut e, "sent", "Bytes sent on WebSocket connections", bytes, self.bytes.written())?;
+        Ok(())
+    }
+}
