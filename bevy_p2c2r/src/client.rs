@@ -5,6 +5,13 @@
 //! socket; it sends heartbeats, measures each task's round-trip time and, when the
 //! connection drops, reconnects with capped, jittered exponential backoff.
 //!
+//! It connects through [`p2c2r_net::connect`]: `ws://` or `wss://` (rustls, trusting the
+//! public roots or [`ClientConfig::ca_file`]), presenting [`ClientConfig::token`] as a
+//! bearer token. Every `registration_ack` carries a `resume_secret`; the client keeps the
+//! latest (in memory) and presents it when it registers again after a reconnection, so
+//! the coordinator gives it back its id, its sessions and the results that arrived while
+//! it was away, even before it has noticed that the old connection is dead.
+//!
 //! Two ways to get results:
 //!
 //! - [`GamerClient::submit`] sends a task and awaits its [`TaskOutcome`];
@@ -33,6 +40,7 @@
 //! ```
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -45,13 +53,16 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+pub use p2c2r_net::Credential;
+
 /// A `Result` whose error is a [`ClientError`].
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
 /// What can go wrong talking to the coordinator.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
-    /// The TCP connection or the WebSocket handshake failed.
+    /// The TCP connection, the TLS handshake or the WebSocket handshake failed, or the
+    /// client's own settings (URL, token file, CA file) are unusable.
     #[error("cannot connect to {url}: {reason}")]
     Connect {
         /// The coordinator's URL.
@@ -59,14 +70,31 @@ pub enum ClientError {
         /// What failed.
         reason: String,
     },
+    /// The coordinator answered the WebSocket upgrade with an HTTP error: 401 or 403 when
+    /// it does not accept the client's credential ([`ClientConfig::token`]).
+    #[error("the coordinator at {url} refused the connection: HTTP {status}{}", if body.is_empty() { String::new() } else { format!(": {body}") })]
+    Refused {
+        /// The coordinator's URL.
+        url: String,
+        /// The HTTP status code.
+        status: u16,
+        /// The response body's text, e.g. `token expired`.
+        body: String,
+    },
     /// The coordinator did not acknowledge the registration.
     #[error("registration failed: {0}")]
     Registration(String),
+    /// The coordinator answered the registration with an `error`, e.g. `id_in_use`
+    /// (another connection holds the gamer id and this client could not prove it is the
+    /// same client) or `unauthorized` (the credential does not allow this gamer id).
+    #[error("registration refused: {}: {}", .0.code, .0.message)]
+    RegistrationRefused(ErrorMessage),
     /// There is no connection right now (the client is reconnecting or closed).
     #[error("not connected to the coordinator")]
     NotConnected,
-    /// The connection dropped before the task's result arrived; the coordinator drops
-    /// the tasks of a gamer that disconnects.
+    /// The connection dropped before the task's result arrived. The coordinator keeps a
+    /// disconnected gamer's tasks for a grace period: when the client resumes in time,
+    /// their results arrive as [`ClientEvent::Result`]s.
     #[error("connection lost before the result arrived")]
     Disconnected,
     /// The outgoing queue is full; the task was not sent.
@@ -83,10 +111,16 @@ pub enum ClientError {
 /// How a [`GamerClient`] connects and behaves.
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
-    /// The coordinator's WebSocket URL, e.g. `ws://127.0.0.1:8765`.
+    /// The coordinator's WebSocket URL, e.g. `ws://127.0.0.1:8765`, or `wss://` for TLS.
     pub url: String,
     /// The id to register with; unique among connected gamers.
     pub gamer_id: String,
+    /// The credential presented to the coordinator (`Authorization: Bearer <token>`);
+    /// none by default. A [`Credential::File`] is read again on every reconnection.
+    pub token: Option<Credential>,
+    /// For a `wss://` coordinator: trust the certificates of this PEM file instead of the
+    /// public web PKI roots (default: `None`).
+    pub ca_file: Option<PathBuf>,
     /// Time allowed for TCP connect plus WebSocket handshake.
     pub connect_timeout: Duration,
     /// Time allowed between `register_gamer` and `registration_ack`.
@@ -113,6 +147,8 @@ impl ClientConfig {
         ClientConfig {
             url: url.into(),
             gamer_id: gamer_id.into(),
+            token: None,
+            ca_file: None,
             connect_timeout: Duration::from_secs(5),
             register_timeout: Duration::from_secs(5),
             reconnect: true,
@@ -191,8 +227,10 @@ pub enum ClientEvent {
         /// The id the coordinator acknowledged.
         gamer_id: String,
     },
-    /// The connection dropped or a connection attempt failed. Tasks sent and not yet
-    /// answered are lost; the client reconnects when configured to.
+    /// The connection dropped or a connection attempt failed. The client reconnects when
+    /// configured to, and resumes its registration: results of tasks sent before the drop
+    /// may still arrive (as [`ClientEvent::Result`]) if it is back within the
+    /// coordinator's grace period; otherwise they are lost.
     Disconnected {
         /// Why.
         reason: String,
@@ -332,6 +370,8 @@ impl GamerClient {
             stats: stats.clone(),
             first: Some(first_tx),
             retry_first,
+            resume_secret: None,
+            last_refusal: None,
         };
         tokio::spawn(driver.run());
         (GamerClient { commands: cmd_tx, stats, connected: conn_rx, gamer_id }, ClientEvents { rx: ev_rx }, first_rx)
@@ -400,7 +440,34 @@ pub use peer::backoff::Backoff;
 /// The shortest reconnect delay, so that a zero `backoff_initial` does not spin.
 const MIN_BACKOFF: Duration = Duration::from_millis(1);
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Socket = p2c2r_net::WsStream;
+
+/// The shortest pause after the coordinator refused this client's credential or gamer id
+/// (unless [`ClientConfig::backoff_max`] is shorter).
+const MIN_REFUSED_DELAY: Duration = Duration::from_secs(1);
+
+impl ClientError {
+    /// Whether the coordinator refused this client's credential or gamer id, as opposed to
+    /// a network failure: waiting a few milliseconds will not fix it.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            ClientError::Refused { status, .. } => matches!(status, 401 | 403),
+            ClientError::RegistrationRefused(e) => {
+                matches!(e.code, p2c2r_protocol::ErrorCode::IdInUse | p2c2r_protocol::ErrorCode::Unauthorized)
+            }
+            _ => false,
+        }
+    }
+
+    fn connect(url: &str, e: p2c2r_net::ConnectError) -> Self {
+        match e {
+            p2c2r_net::ConnectError::Refused { status, body } => {
+                ClientError::Refused { url: url.to_owned(), status, body }
+            }
+            other => ClientError::Connect { url: url.to_owned(), reason: other.to_string() },
+        }
+    }
+}
 
 struct Driver {
     config: ClientConfig,
@@ -410,6 +477,10 @@ struct Driver {
     stats: Arc<ClientStats>,
     first: Option<oneshot::Sender<Result<()>>>,
     retry_first: bool,
+    /// The latest `registration_ack`'s `resume_secret`, presented by the next registration.
+    resume_secret: Option<String>,
+    /// The refusal last logged at `warn`, so that a retried refusal is not logged again.
+    last_refusal: Option<String>,
 }
 
 enum SessionEnd {
@@ -422,9 +493,11 @@ impl Driver {
         let mut backoff = Backoff::new(self.config.backoff_initial.max(MIN_BACKOFF), self.config.backoff_max);
         let mut reported_down = false;
         loop {
+            let mut refused = false;
             match self.connect().await {
                 Ok((socket, heartbeat)) => {
                     backoff.reset();
+                    self.last_refusal = None;
                     self.stats.connects.fetch_add(1, Ordering::Relaxed);
                     self.set_connected(true);
                     if let Some(first) = self.first.take() {
@@ -457,7 +530,8 @@ impl Driver {
                     }
                 }
                 Err(error) => {
-                    tracing::debug!(%error, "p2c2r connect failed");
+                    refused = error.is_refusal();
+                    self.log_failure(&error);
                     if let Some(first) = self.first.take() {
                         if !self.retry_first {
                             let _ = first.send(Err(error));
@@ -477,7 +551,11 @@ impl Driver {
                 }
             }
             // Wait before the next attempt, still answering commands.
-            let sleep = tokio::time::sleep(backoff.next_delay());
+            let mut delay = backoff.next_delay();
+            if refused {
+                delay = delay.max(MIN_REFUSED_DELAY.min(self.config.backoff_max));
+            }
+            let sleep = tokio::time::sleep(delay);
             tokio::pin!(sleep);
             loop {
                 tokio::select! {
@@ -492,6 +570,35 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Logs a failed attempt: a refusal at `warn` (once until it changes or the client
+    /// registers), anything else at `debug`.
+    fn log_failure(&mut self, error: &ClientError) {
+        if !error.is_refusal() {
+            tracing::debug!(%error, "p2c2r connect failed");
+            return;
+        }
+        let text = error.to_string();
+        if self.last_refusal.as_deref() == Some(text.as_str()) {
+            tracing::debug!(%error, "p2c2r: still refused; retrying with backoff");
+            return;
+        }
+        let gamer_id = &self.config.gamer_id;
+        match error {
+            ClientError::RegistrationRefused(e) if e.code == p2c2r_protocol::ErrorCode::IdInUse => tracing::warn!(
+                %gamer_id,
+                "p2c2r: the gamer id is in use by another connection, and this client could not prove it is the \
+                 same client ({}); retrying later",
+                e.message
+            ),
+            _ => tracing::warn!(
+                %gamer_id,
+                "p2c2r: {error}; check the plugin's token / token_file (a token file is read again on every \
+                 attempt); retrying with backoff"
+            ),
+        }
+        self.last_refusal = Some(text);
     }
 
     async fn drain_closed(&mut self) {
@@ -536,16 +643,21 @@ impl Driver {
     /// Connects and registers; returns the socket and the heartbeat period to use.
     async fn connect(&mut self) -> Result<(Socket, Duration)> {
         let url = self.config.url.clone();
-        let ws_config = WebSocketConfig::default()
-            .max_message_size(Some(self.config.max_frame_bytes))
-            .max_frame_size(Some(self.config.max_frame_bytes));
-        let connecting = tokio_tungstenite::connect_async_with_config(url.as_str(), Some(ws_config), true);
-        let (mut socket, _) = match tokio::time::timeout(self.config.connect_timeout, connecting).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(ClientError::Connect { url, reason: e.to_string() }),
-            Err(_) => return Err(ClientError::Connect { url, reason: "timed out".into() }),
+        let options = p2c2r_net::ConnectOptions {
+            token: self.config.token.clone(),
+            ca_file: self.config.ca_file.clone(),
+            ws_config: Some(
+                WebSocketConfig::default()
+                    .max_message_size(Some(self.config.max_frame_bytes))
+                    .max_frame_size(Some(self.config.max_frame_bytes)),
+            ),
+            timeout: self.config.connect_timeout,
         };
-        let register = codec::encode(&Message::RegisterGamer(RegisterGamer { gamer_id: self.config.gamer_id.clone() }));
+        let mut socket = p2c2r_net::connect(&url, &options).await.map_err(|e| ClientError::connect(&url, e))?;
+        let register = codec::encode(&Message::RegisterGamer(RegisterGamer {
+            gamer_id: self.config.gamer_id.clone(),
+            resume_secret: self.resume_secret.clone(),
+        }));
         self.count_sent(register.len());
         socket
             .send(tungstenite::Message::Text(register.into()))
@@ -563,15 +675,14 @@ impl Driver {
             self.count_received(text.len());
             match codec::decode(text.as_str()) {
                 Ok(Message::RegistrationAck(ack)) => {
+                    self.resume_secret = ack.resume_secret;
                     let mut heartbeat = self.config.heartbeat_interval;
                     if let Some(ms) = ack.heartbeat_interval_ms.filter(|ms| *ms > 0) {
                         heartbeat = heartbeat.min(Duration::from_millis(ms));
                     }
                     return Ok((socket, heartbeat.max(Duration::from_millis(10))));
                 }
-                Ok(Message::Error(e)) => {
-                    return Err(ClientError::Registration(format!("{}: {}", e.code, e.message)));
-                }
+                Ok(Message::Error(e)) => return Err(ClientError::RegistrationRefused(e)),
                 Ok(_) | Err(_) => continue,
             }
         }
@@ -646,6 +757,12 @@ impl Driver {
                                 }
                             }
                             Ok(Message::Error(error)) => {
+                                if error.code == p2c2r_protocol::ErrorCode::Replaced {
+                                    tracing::warn!(
+                                        gamer_id = %self.config.gamer_id,
+                                        "p2c2r: another connection took this gamer id over: {}", error.message
+                                    );
+                                }
                                 let waiter = error.refers_to.as_ref().and_then(|id| waiters.remove(id));
                                 if let Some(id) = &error.refers_to {
                                     sent_at.remove(id);

@@ -2,6 +2,7 @@
 //! into requests, apply results and interpolate.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bevy::app::{FixedPostUpdate, FixedPreUpdate, RunFixedMainLoop, RunFixedMainLoopSystems};
@@ -15,7 +16,7 @@ use p2c2r_protocol::physics::{
 };
 use p2c2r_protocol::{ErrorCode, TaskError, TaskRequest, task_types, to_payload};
 
-use crate::client::{ClientConfig, ClientEvent, TaskOutcome, TaskReply};
+use crate::client::{ClientConfig, ClientEvent, Credential, TaskOutcome, TaskReply};
 use crate::components::*;
 use crate::link::{Link, OffloadMode, Transition, Verdict};
 use crate::local::LocalSim;
@@ -88,6 +89,8 @@ pub struct P2c2rPlugin {
     substeps: u32,
     interpolation: bool,
     backoff: (Duration, Duration),
+    token: Option<Credential>,
+    ca_file: Option<PathBuf>,
 }
 
 /// The coordinator URL [`P2c2rPlugin::default`] connects to.
@@ -108,6 +111,8 @@ impl Default for P2c2rPlugin {
             substeps: 1,
             interpolation: true,
             backoff: (Duration::from_millis(100), Duration::from_secs(5)),
+            token: None,
+            ca_file: None,
         }
     }
 }
@@ -124,7 +129,8 @@ impl P2c2rPlugin {
         P2c2rPlugin { coordinator_url: None, ..Self::default() }
     }
 
-    /// Sets the coordinator's WebSocket URL.
+    /// Sets the coordinator's WebSocket URL: `ws://HOST:PORT`, or `wss://HOST:PORT` for
+    /// TLS (see [`ca_file`](Self::ca_file)).
     pub fn coordinator(mut self, url: impl Into<String>) -> Self {
         self.coordinator_url = Some(url.into());
         self
@@ -204,6 +210,33 @@ impl P2c2rPlugin {
         self.backoff = (initial, max);
         self
     }
+
+    /// Presents this bearer token to the coordinator (`Authorization: Bearer <token>` in
+    /// the WebSocket upgrade; for gamers, usually a JWT). Replaces a
+    /// [`token_file`](Self::token_file). Default: no token.
+    ///
+    /// A coordinator that refuses it answers the upgrade with HTTP 401/403: the plugin
+    /// logs that at `warn`, reports it in [`ConnectionChanged`], steps locally (with
+    /// [`FallbackPolicy::Local`]) and keeps retrying with backoff.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(Credential::Token(token.into()));
+        self
+    }
+
+    /// Presents the bearer token held in this file (surrounding whitespace ignored),
+    /// read again on every reconnection, so that a renewed token is picked up without a
+    /// restart. Replaces a [`token`](Self::token). Default: no token.
+    pub fn token_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.token = Some(Credential::File(path.into()));
+        self
+    }
+
+    /// For a `wss://` coordinator: trusts the certificates of this PEM file (a private CA,
+    /// or the coordinator's self-signed certificate) instead of the public web PKI roots.
+    pub fn ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ca_file = Some(path.into());
+        self
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -255,6 +288,8 @@ impl Plugin for P2c2rPlugin {
                 let mut config = ClientConfig::new(url.clone(), gamer_id.clone());
                 config.backoff_initial = self.backoff.0;
                 config.backoff_max = self.backoff.1;
+                config.token = self.token.clone();
+                config.ca_file = self.ca_file.clone();
                 P2c2rClient::connect(config, session.clone(), Some(deadline_ms))
             }
             None => P2c2rClient::offline(gamer_id.clone(), session.clone()),

@@ -125,3 +125,131 @@ fn late_duplicate_lost_and_out_of_order_results_are_handled_by_tick() {
     let state = *app.world().get::<PhysicsState>(body).unwrap();
     assert!((state.linvel.y + 3.0).abs() < 1e-3, "{state:?}");
 }
+
+/// Steps physics honestly. With `drop_after`, the first connection hands out the
+/// `resume_secret` `fake-secret-1` and is dropped after that many physics answers; later
+/// connections hand out `fake-secret-2`. Ticks in `rate_limited` (not probes) are
+/// refused with `rate_limited`. Every registration is kept in `registrations`.
+async fn serve_honestly(
+    listener: tokio::net::TcpListener,
+    drop_after: Option<usize>,
+    rate_limited: std::ops::Range<u64>,
+    registrations: Arc<Mutex<Vec<p2c2r_protocol::RegisterGamer>>>,
+) {
+    for connection in 0.. {
+        let Ok((tcp, _)) = listener.accept().await else { return };
+        let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        let mut world = peer::physics::PhysicsWorld::new();
+        let secret = if connection == 0 { "fake-secret-1" } else { "fake-secret-2" };
+        let mut answered = 0;
+        let mut seen = Vec::new();
+        while let Some(request) = next_task_request_acking(&mut ws, Some(secret), &mut seen).await {
+            registrations.lock().unwrap().append(&mut seen);
+            if request.task_type != task_types::PHYSICS_STEP {
+                continue;
+            }
+            let step: PhysicsStepRequest = serde_json::from_str(request.task_data.get()).unwrap();
+            if !request.task_id.contains(":probe:") && rate_limited.contains(&step.tick) {
+                let refusal = Message::error(ErrorCode::RateLimited, "over 30 tasks/s", Some(request.task_id.clone()));
+                ws.send(frame(&refusal)).await.unwrap();
+                continue;
+            }
+            let answer = match world.step(&step) {
+                Ok(r) => serde_json::to_string(&r).unwrap(),
+                Err(e) => serde_json::to_string(&e).unwrap(),
+            };
+            let result = Message::TaskResult(TaskResult {
+                task_id: request.task_id,
+                result: raw_payload(answer).unwrap(),
+                attempt: Some(1),
+                peer_id: Some("fake-peer".into()),
+            });
+            ws.send(frame(&result)).await.unwrap();
+            answered += 1;
+            if connection == 0 && drop_after.is_some_and(|n| answered >= n) {
+                break;
+            }
+        }
+    }
+}
+
+/// Asserts the ball never goes back in time or up.
+fn monotonic(body: Entity) -> impl FnMut(&mut App) {
+    let mut last_tick = 0;
+    let mut last_y = f32::INFINITY;
+    move |app| {
+        if let Some(state) = app.world().get::<PhysicsState>(body) {
+            assert!(state.tick >= last_tick, "state went back from tick {last_tick} to {}", state.tick);
+            last_tick = state.tick;
+        }
+        let y = y(app, body);
+        assert!(y <= last_y + 1e-4, "moved up: {last_y} -> {y}");
+        last_y = y;
+    }
+}
+
+#[test]
+fn the_plugin_presents_its_resume_secret_when_it_registers_again() {
+    let registrations = Arc::new(Mutex::new(Vec::new()));
+    let seen = registrations.clone();
+    let (_rt, url) = scripted_server(move |listener| serve_honestly(listener, Some(20), 0..0, seen));
+    let mut app = app_with(
+        P2c2rPlugin::new(url)
+            .gamer_id("resumer")
+            .gravity(Vec3::ZERO)
+            .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200)),
+        tick_duration(),
+    );
+    let body = spawn_sinking_ball(&mut app);
+    run_until(
+        &mut app,
+        Duration::from_secs(60),
+        Duration::from_millis(2),
+        monotonic(body),
+        |app| {
+            let s = stats(app);
+            registrations.lock().unwrap().len() >= 2 && s.physics_results_from_peers >= 40 && !s.in_fallback()
+        },
+        "40 results over two connections",
+    );
+    let registrations = registrations.lock().unwrap();
+    assert_eq!(registrations[0].gamer_id, "resumer");
+    assert_eq!(registrations[0].resume_secret, None, "nothing to present the first time");
+    assert_eq!(registrations[1].gamer_id, "resumer");
+    assert_eq!(registrations[1].resume_secret.as_deref(), Some("fake-secret-1"), "the first ack's secret");
+    assert!(stats(&app).connection.is_connected());
+}
+
+/// Collects the codes of every `TaskFailed`.
+#[derive(Resource, Default)]
+struct Failures(Vec<ErrorCode>);
+
+fn collect_failures(mut failed: MessageReader<TaskFailed>, mut failures: ResMut<Failures>) {
+    failures.0.extend(failed.read().map(|f| f.code));
+}
+
+#[test]
+fn a_rate_limited_tick_is_stepped_locally_and_peers_take_over_again() {
+    let (_rt, url) =
+        scripted_server(move |listener| serve_honestly(listener, None, 30..36, Arc::new(Mutex::new(Vec::new()))));
+    let mut app = app_with(P2c2rPlugin::new(url).gamer_id("limited").gravity(Vec3::ZERO), tick_duration());
+    app.init_resource::<Failures>().add_systems(FixedUpdate, collect_failures);
+    let body = spawn_sinking_ball(&mut app);
+    run_until(
+        &mut app,
+        Duration::from_secs(60),
+        Duration::from_millis(2),
+        monotonic(body),
+        |app| {
+            let s = stats(app);
+            s.handbacks >= 1 && !s.in_fallback() && s.physics_results_from_peers >= 60
+        },
+        "peers stepping the world again after the refusals",
+    );
+    let failures = &app.world().resource::<Failures>().0;
+    assert!(failures.contains(&ErrorCode::RateLimited), "{failures:?}");
+    let s = stats(&app);
+    assert!(s.fallbacks_entered >= 1 && s.physics_results_local >= 1, "the refused ticks ran locally: {s:?}");
+    let state = *app.world().get::<PhysicsState>(body).unwrap();
+    assert!((state.linvel.y + 3.0).abs() < 1e-3, "{state:?}");
+}

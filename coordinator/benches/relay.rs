@@ -32,7 +32,11 @@ async fn send(ws: &mut Ws, m: &Message) {
 async fn echo_peer(url: String, result: String) {
     let (mut ws, _) = connect_async(&url).await.unwrap();
     let caps = p2c2r_protocol::Capabilities { max_concurrent_tasks: Some(256), ..Default::default() };
-    send(&mut ws, &Message::RegisterPeer(RegisterPeer { peer_id: "echo".into(), capabilities: caps })).await;
+    send(
+        &mut ws,
+        &Message::RegisterPeer(RegisterPeer { peer_id: "echo".into(), capabilities: caps, resume_secret: None }),
+    )
+    .await;
     recv(&mut ws).await;
     loop {
         if let Message::TaskAssignment(a) = recv(&mut ws).await {
@@ -58,11 +62,13 @@ fn request(i: usize, payload: &str) -> Message {
 }
 
 async fn scenario(name: &str, request_payload: &str, result_payload: &str, rounds: usize) {
-    let coord = coordinator::spawn("127.0.0.1:0", coordinator::Config::default()).await.unwrap();
+    // Pipelined throughput passes the default per-gamer rate limit by design.
+    let config = coordinator::Config { max_tasks_per_second: None, ..coordinator::Config::default() };
+    let coord = coordinator::spawn("127.0.0.1:0", config).await.unwrap();
     let url = coord.url();
     let peer = tokio::spawn(echo_peer(url.clone(), result_payload.to_owned()));
     let (mut gamer, _) = connect_async(&url).await.unwrap();
-    send(&mut gamer, &Message::RegisterGamer(RegisterGamer { gamer_id: "bench".into() })).await;
+    send(&mut gamer, &Message::RegisterGamer(RegisterGamer { gamer_id: "bench".into(), resume_secret: None })).await;
     recv(&mut gamer).await;
     while coord.stats().peers == 0 {
         tokio::time::sleep(Duration::from_millis(1)).await;

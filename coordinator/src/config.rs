@@ -1,8 +1,11 @@
 //! The coordinator's settings, with safe defaults.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use p2c2r_protocol::limits;
+
+pub use crate::tls::TlsFiles;
 
 /// Everything the coordinator can be told. `Config::default()` is what
 /// `cargo run -p coordinator` uses; every field has a matching command-line flag.
@@ -70,6 +73,30 @@ pub struct Config {
     /// How often a one-line summary of the fleet (peers, gamers, tasks per second, p99
     /// latency) is logged at `info`. `None`: never.
     pub summary_interval: Option<Duration>,
+    /// Credentials (see [`crate::auth`]): tokens are required when set. `None`: open mode,
+    /// allowed only on a loopback address unless [`insecure`](Self::insecure).
+    pub auth_file: Option<PathBuf>,
+    /// Allows open mode on a non-loopback address (logged loudly at start).
+    pub insecure: bool,
+    /// Serve `wss://` (and `https://`) with this certificate and key.
+    pub tls: Option<TlsFiles>,
+    /// How long an id stays reserved after its connection closes: only a registration
+    /// presenting its resume secret (or the same credential) may take it, and a gamer's
+    /// tasks keep running and their results are kept for it meanwhile. Zero: the id is
+    /// free, and a gamer's tasks dropped, as soon as the connection closes.
+    pub resume_grace: Duration,
+    /// Tasks one gamer may submit per second (bursts of two seconds' worth); `None`:
+    /// unlimited.
+    pub max_tasks_per_second: Option<u32>,
+    /// Task payload bytes one gamer may submit per second (bursts of two seconds' worth);
+    /// `None`: unlimited.
+    pub max_task_bytes_per_second: Option<usize>,
+    /// New sessions one gamer may open per second (bursts up to
+    /// `max_sessions_per_gamer`); `None`: unlimited.
+    pub max_new_sessions_per_second: Option<u32>,
+    /// Connection attempts one address (IPv6: /64) may make per second (bursts of four
+    /// seconds' worth); beyond it, `429 Too Many Requests`. `None`: unlimited.
+    pub max_connection_attempts_per_second: Option<u32>,
 }
 
 impl Default for Config {
@@ -100,6 +127,29 @@ impl Default for Config {
             initial_peer_capacity: 4,
             max_session_pipeline: 16,
             summary_interval: Some(Duration::from_secs(10)),
+            auth_file: None,
+            insecure: false,
+            tls: None,
+            resume_grace: Duration::from_secs(10),
+            max_tasks_per_second: Some(5_000),
+            max_task_bytes_per_second: Some(64 * 1024 * 1024),
+            max_new_sessions_per_second: Some(10),
+            max_connection_attempts_per_second: Some(64),
         }
+    }
+}
+
+impl Config {
+    /// Whether listening on `addr` is allowed: open mode (no credentials) only on a
+    /// loopback address, unless `insecure` says otherwise (as Redis's protected mode).
+    pub fn check_exposure(&self, addr: std::net::SocketAddr) -> Result<(), String> {
+        if addr.ip().is_loopback() || self.auth_file.is_some() || self.insecure {
+            return Ok(());
+        }
+        Err(format!(
+            "refusing to listen on {addr} without credentials: anyone who reaches it could act as any \
+             gamer or peer. Give --auth-file (see README \"Deploying on the internet\"), listen on \
+             127.0.0.1, or pass --insecure to accept the risk"
+        ))
     }
 }

@@ -39,7 +39,6 @@ use std::time::Duration;
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -49,9 +48,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::admission::Ticket;
+use crate::auth::Credential;
 use crate::observe::{ObservedStream, StreamWatch};
 use crate::outbound::{self, Outbound, OutboundRx, OutboundTx};
 use crate::router::{CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TOO_BIG, ConnHandle, ConnId, ConnInfo, Departure, Router};
+use crate::tls::Transport;
 use crate::{Config, Shared};
 use crate::{info_limited, warn_limited};
 use p2c2r_ops::http::Rewind;
@@ -84,7 +85,7 @@ pub fn inbound_budget_bytes(config: &Config) -> usize {
 /// Frames handled, at most, when draining what is readable before an eviction.
 const DRAIN_MAX_FRAMES: usize = 4096;
 
-type Ws = WebSocketStream<ObservedStream<Rewind<TcpStream>>>;
+type Ws = WebSocketStream<ObservedStream<Rewind<Transport>>>;
 type Sink = SplitSink<Ws, WsMessage>;
 type Frames = SplitStream<Ws>;
 
@@ -107,8 +108,9 @@ pub fn ws_config(config: &Config) -> WebSocketConfig {
 /// fires. `ticket` is its place in the admission counts, released when this returns.
 pub async fn serve(
     shared: Arc<Shared>,
-    stream: Rewind<TcpStream>,
+    stream: Rewind<Transport>,
     addr: SocketAddr,
+    credential: Option<Credential>,
     mut ticket: Ticket,
     shutdown: CancellationToken,
 ) {
@@ -134,8 +136,10 @@ pub async fn serve(
     let (sink, mut frames) = ws.split();
     let (tx, rx) = outbound::channel(config.send_queue_frames, config.send_queue_bytes);
     let kill = CancellationToken::new();
-    let conn = router
-        .connect(ConnHandle { tx: tx.clone(), kill: kill.clone() }, Some(ConnInfo { addr, watch: watch.clone() }));
+    let conn = router.connect(
+        ConnHandle { tx: tx.clone(), kill: kill.clone() },
+        Some(ConnInfo { addr, watch: watch.clone(), credential }),
+    );
     debug!(conn, "connection open");
 
     let writer = tokio::spawn(write_loop(conn, sink, rx, kill.clone(), watch.clone(), config.write_stall_timeout));

@@ -11,6 +11,13 @@
 //! | `/api/fleet` | the latest snapshot as JSON, with history |
 //! | `/metrics` | Prometheus text format (see [`crate::metrics`]) |
 //!
+//! With TLS configured every connection is a TLS one first (its handshake counts against
+//! the handshake timeout). With credentials configured ([`crate::auth`]), the request's
+//! bearer token is checked here, before any upgrade: a missing, expired, forged or revoked
+//! one is answered `401`, and the plain HTTP pages need the operator role (`403` for
+//! others); the verified credential travels with the WebSocket to the router, which binds
+//! what the connection may register as.
+//!
 //! Bad requests get a status, never a hang: 400 for a malformed head, 431 for one too
 //! large, 408 for one too slow, 404 for an unknown path, 405 for a method other than
 //! `GET` or `HEAD`, 503 when [`MAX_EVENT_STREAMS`] dashboards are already watching. A
@@ -29,7 +36,9 @@ use tracing::debug;
 
 use crate::Shared;
 use crate::admission::Ticket;
+use crate::auth::{self, Credential, Role};
 use crate::fleet::Published;
+use crate::tls::Transport;
 
 /// The dashboard page, served at `/`.
 pub const DASHBOARD_HTML: &str = include_str!("../assets/dashboard.html");
@@ -48,13 +57,33 @@ const DASHBOARD_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; sty
 /// upgrade to [`crate::connection::serve`] or answers a plain HTTP request.
 pub async fn serve(
     shared: Arc<Shared>,
-    mut stream: TcpStream,
+    stream: TcpStream,
     addr: SocketAddr,
     ticket: Ticket,
     cancel: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
-    let limits = HeadLimits { max_bytes: MAX_HEAD_BYTES, timeout: shared.config.handshake_timeout };
+    let started = tokio::time::Instant::now();
+    let mut stream = match &shared.tls {
+        None => Transport::Plain(stream),
+        Some(acceptor) => {
+            let accept = tokio::time::timeout(shared.config.handshake_timeout, acceptor.accept(stream));
+            match tokio::select! { _ = cancel.cancelled() => return, a = accept => a } {
+                Ok(Ok(tls)) => Transport::Tls(Box::new(tls)),
+                Ok(Err(e)) => {
+                    debug!(%addr, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    debug!(%addr, "TLS handshake timed out");
+                    return;
+                }
+            }
+        }
+    };
+    // The whole handshake (TLS and head) shares one timeout.
+    let left = shared.config.handshake_timeout.saturating_sub(started.elapsed());
+    let limits = HeadLimits { max_bytes: MAX_HEAD_BYTES, timeout: left };
     let head = tokio::select! {
         _ = cancel.cancelled() => return,
         head = ops_http::read_head(&mut stream, limits) => head,
@@ -75,14 +104,27 @@ pub async fn serve(
             return;
         }
     };
+    let credential = match shared.auth.verify(auth::bearer(&request)) {
+        Ok(credential) => credential,
+        Err(e) => {
+            crate::info_limited!("http: credential refused", %addr, reason = %e, "credential refused");
+            let response = Response::text(401, e.to_string()).with_header("WWW-Authenticate", "Bearer realm=\"p2c2r\"");
+            let _ = ops_http::respond(&mut stream, &response, false, shared.config.write_stall_timeout).await;
+            return;
+        }
+    };
     if request.is_websocket_upgrade() {
         let stream = Rewind::new(read, stream);
-        crate::connection::serve(shared, stream, addr, ticket, cancel).await;
+        crate::connection::serve(shared, stream, addr, credential, ticket, cancel).await;
         return;
     }
     debug!(%addr, method = request.method, path = request.path, "http request");
     let head_only = request.method == "HEAD";
-    match route(&shared, &request) {
+    let route = match &credential {
+        Some(c) if c.identity.role != Role::Operator => Route::Respond(forbidden(c)),
+        _ => route(&shared, &request),
+    };
+    match route {
         Route::Respond(response) => {
             let _ = ops_http::respond(&mut stream, &response, head_only, shared.config.write_stall_timeout).await;
         }
@@ -97,6 +139,17 @@ pub async fn serve(
         }
     }
     drop(ticket);
+}
+
+/// The answer to a credential that is not an operator's asking for an operator's page.
+fn forbidden(credential: &Credential) -> Response {
+    Response::text(
+        403,
+        format!(
+            "the dashboard and metrics need the operator role; this credential is a {}'s",
+            credential.identity.role
+        ),
+    )
 }
 
 /// What a plain HTTP request gets.
@@ -137,7 +190,7 @@ fn route(shared: &Shared, request: &Request) -> Route {
 /// reading, or the coordinator shuts down.
 async fn stream_events(
     shared: &Shared,
-    stream: &mut TcpStream,
+    stream: &mut Transport,
     mut feed: watch::Receiver<Published>,
     cancel: CancellationToken,
 ) {

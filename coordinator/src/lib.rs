@@ -28,16 +28,20 @@
 //! `max_connections` are open.
 
 pub mod admission;
+pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod fleet;
 pub mod http;
+pub mod ids;
 pub mod log_limit;
 pub mod metrics;
 pub mod observe;
 pub mod outbound;
+pub mod ratelimit;
 pub mod router;
 pub mod scheduler;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -54,7 +58,8 @@ use tracing::{debug, info, warn};
 
 pub use admission::AdmissionCounts;
 use admission::{Admission, Refusal};
-pub use config::Config;
+use auth::Auth;
+pub use config::{Config, TlsFiles};
 use fleet::Published;
 use observe::{ByteTotals, InboundBudget};
 pub use p2c2r_protocol::StatsReport;
@@ -62,9 +67,11 @@ pub use router::Router;
 
 /// Runs the coordinator on `listener` until `shutdown` completes, then closes every
 /// connection (telling each why) and waits up to `config.shutdown_grace` for them.
+/// Fails at once when the configuration cannot serve: an unreadable auth file or
+/// certificate, or open mode on a non-loopback address without `insecure`.
 pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
     let cancel = CancellationToken::new();
-    let server = Server::new(config);
+    let server = Server::new(config, listener.local_addr()?)?;
     let serve = server.serve(listener, cancel.clone());
     tokio::pin!(serve);
     tokio::select! {
@@ -81,7 +88,7 @@ pub async fn spawn(addr: impl ToSocketAddrs, config: Config) -> std::io::Result<
     let listener = TcpListener::bind(addr).await?;
     let local_addr = listener.local_addr()?;
     let cancel = CancellationToken::new();
-    let server = Server::new(config);
+    let server = Server::new(config, local_addr)?;
     let shared = server.shared.clone();
     let task = tokio::spawn(server.serve(listener, cancel.clone()));
     Ok(CoordinatorHandle { local_addr, cancel, task, shared })
@@ -102,15 +109,25 @@ impl CoordinatorHandle {
         self.local_addr
     }
 
-    /// The URL clients connect to, e.g. `ws://127.0.0.1:8765`.
+    /// The URL clients connect to, e.g. `ws://127.0.0.1:8765` (`wss://` with TLS).
     pub fn url(&self) -> String {
-        format!("ws://{}", self.local_addr)
+        let scheme = if self.shared.tls.is_some() { "wss" } else { "ws" };
+        format!("{scheme}://{}", self.local_addr)
     }
 
     /// The URL of the dashboard (and, with `metrics` appended, of the Prometheus
-    /// endpoint), e.g. `http://127.0.0.1:8765/`.
+    /// endpoint), e.g. `http://127.0.0.1:8765/` (`https://` with TLS).
     pub fn http_url(&self) -> String {
-        format!("http://{}/", self.local_addr)
+        let scheme = if self.shared.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}/", self.local_addr)
+    }
+
+    /// Reads the auth file again now (as SIGHUP does), closing live connections whose
+    /// credential it no longer accepts.
+    pub fn reload_credentials(&self) -> Result<(), String> {
+        self.shared.auth.reload()?;
+        self.shared.router.revalidate(&self.shared.auth.current());
+        Ok(())
     }
 
     /// The counters a `stats` request would report.
@@ -153,7 +170,6 @@ impl std::fmt::Debug for Router {
 }
 
 /// Everything the coordinator's tasks share, in one place.
-#[derive(Debug)]
 pub struct Shared {
     /// The settings.
     pub config: Arc<Config>,
@@ -171,6 +187,18 @@ pub struct Shared {
     pub feed: watch::Receiver<Published>,
     /// Places for dashboards' event streams.
     pub event_streams: Arc<Semaphore>,
+    /// The credentials in force.
+    pub auth: Arc<Auth>,
+    /// TLS, when configured.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Connection attempts per address.
+    pub attempts: ratelimit::AttemptLimiter,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").field("config", &self.config).field("tls", &self.tls.is_some()).finish_non_exhaustive()
+    }
 }
 
 struct Server {
@@ -179,7 +207,17 @@ struct Server {
 }
 
 impl Server {
-    fn new(config: Config) -> Self {
+    fn new(config: Config, local: SocketAddr) -> std::io::Result<Self> {
+        let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+        config.check_exposure(local).map_err(invalid)?;
+        let auth = match &config.auth_file {
+            Some(path) => Auth::from_file(path).map_err(invalid)?,
+            None => Auth::open(),
+        };
+        let tls = config.tls.as_ref().map(tls::acceptor).transpose().map_err(|e| invalid(e.to_string()))?;
+        let attempts = ratelimit::AttemptLimiter::new(
+            config.max_connection_attempts_per_second.map(|n| ratelimit::Rate::per_second(f64::from(n), 4.0)),
+        );
         let router = Arc::new(Router::new(config.clone()));
         let admission = Admission::new(config.max_connections_per_address, config.max_unregistered_connections);
         let bytes = Arc::new(ByteTotals::default());
@@ -193,14 +231,31 @@ impl Server {
             bytes,
             feed: feed_rx,
             event_streams: Arc::new(Semaphore::new(http::MAX_EVENT_STREAMS)),
+            auth: Arc::new(auth),
+            tls,
+            attempts,
         };
-        Server { shared: Arc::new(shared), feed }
+        Ok(Server { shared: Arc::new(shared), feed })
     }
 
     async fn serve(self, listener: TcpListener, cancel: CancellationToken) -> std::io::Result<()> {
         let local = listener.local_addr()?;
+        let (ws, web) = if self.shared.tls.is_some() { ("wss", "https") } else { ("ws", "http") };
         info!(addr = %local, "coordinator listening");
-        info!("dashboard at http://{local}/, Prometheus metrics at http://{local}/metrics");
+        info!("clients connect to {ws}://{local}; dashboard at {web}://{local}/, metrics at {web}://{local}/metrics");
+        if self.shared.auth.enabled() {
+            info!("credentials required (auth file loaded; SIGHUP or editing the file reloads it)");
+        } else if !local.ip().is_loopback() {
+            for line in [
+                "INSECURE: open mode on a non-loopback address (--insecure): no credentials are checked,",
+                "INSECURE: anyone who reaches this port can register as any free id, submit tasks and read stats.",
+                "INSECURE: give --auth-file to require credentials (README: Deploying on the internet).",
+            ] {
+                warn!("{line}");
+            }
+        } else {
+            info!("open mode on loopback: no credentials required");
+        }
         let Server { shared, feed } = self;
         let config = shared.config.clone();
         let tracker = TaskTracker::new();
@@ -208,6 +263,7 @@ impl Server {
         let metrics = shared.router.metrics().clone();
         tracker.spawn(deadline_timer(shared.router.clone(), cancel.clone()));
         tracker.spawn(log_summaries(cancel.clone()));
+        tracker.spawn(housekeeping(shared.clone(), cancel.clone()));
         tracker.spawn(fleet::run(
             shared.router.clone(),
             shared.bytes.clone(),
@@ -229,6 +285,13 @@ impl Server {
                     continue;
                 }
             };
+            if !shared.attempts.allow(addr.ip(), std::time::Instant::now()) {
+                metrics.refused("rate_limited");
+                warn_limited!("accept: attempt rate", %addr, "connection attempts over the per-address rate; refusing");
+                // One non-blocking write, never a wait: a flood gets what fits.
+                let _ = stream.try_write(b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                continue;
+            }
             // Refused connections are dropped before the handshake: cheap for us, and
             // nothing to gain for a flood.
             let ticket = match shared.admission.admit(addr.ip()) {
@@ -267,6 +330,42 @@ impl Server {
         }
         info!("coordinator stopped");
         Ok(())
+    }
+}
+
+/// Once a second: reloads the auth file if it changed (and on SIGHUP at once), closing
+/// connections whose credential it no longer accepts; frees the ids and drops the tasks
+/// of clients whose resume grace has passed.
+async fn housekeeping(shared: Arc<Shared>, cancel: CancellationToken) {
+    let mut ticks = tokio::time::interval(std::time::Duration::from_secs(1));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        #[cfg(unix)]
+        let hup = async {
+            match hangup.as_mut() {
+                Some(s) => s.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hup = std::future::pending::<Option<()>>();
+        let forced = tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = ticks.tick() => false,
+            _ = hup => true,
+        };
+        let reloaded = if forced { shared.auth.reload().map(|()| true) } else { shared.auth.reload_if_changed() };
+        match reloaded {
+            Ok(true) => {
+                info!("auth file reloaded");
+                shared.router.revalidate(&shared.auth.current());
+            }
+            Ok(false) => {}
+            Err(e) => warn!(error = %e, "auth file not reloaded; the previous credentials stay in force"),
+        }
+        shared.router.sweep(std::time::Instant::now());
     }
 }
 

@@ -2,6 +2,7 @@
 //! Ctrl-C or SIGTERM.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -11,8 +12,9 @@ use clap::Parser;
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// Address to listen on.
-    #[arg(long, env = "P2C2R_LISTEN", default_value = "0.0.0.0:8765")]
+    /// Address to listen on. Without --auth-file only a loopback address is allowed
+    /// (unless --insecure).
+    #[arg(long, env = "P2C2R_LISTEN", default_value = "127.0.0.1:8765")]
     listen: SocketAddr,
     /// Milliseconds between pings to each connection.
     #[arg(long, default_value_t = 1000)]
@@ -90,6 +92,48 @@ struct Args {
     /// Milliseconds between one-line fleet summaries in the log; 0 turns them off.
     #[arg(long, default_value_t = defaults().summary_interval.map_or(0, ms))]
     summary_interval_ms: u64,
+    /// Credentials file (JWT keys, enrolled tokens, revocations): tokens are required when
+    /// given. Reloaded on SIGHUP and when it changes.
+    #[arg(long, env = "P2C2R_AUTH_FILE")]
+    auth_file: Option<PathBuf>,
+    /// Allow open mode (no credentials) on a non-loopback address. Anyone who reaches the
+    /// port can then register any free id and submit tasks.
+    #[arg(long)]
+    insecure: bool,
+    /// TLS certificate chain (PEM): serve wss:// and https:// (needs --tls-key).
+    #[arg(long, env = "P2C2R_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) of --tls-cert.
+    #[arg(long, env = "P2C2R_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Milliseconds an id stays reserved after its connection closes (a gamer's results
+    /// are kept for it meanwhile); 0 frees it at once.
+    #[arg(long, default_value_t = ms(defaults().resume_grace))]
+    resume_grace_ms: u64,
+    /// Tasks one gamer may submit per second; 0: unlimited.
+    #[arg(long, default_value_t = defaults().max_tasks_per_second.unwrap_or(0))]
+    max_tasks_per_second: u32,
+    /// Task payload bytes one gamer may submit per second; 0: unlimited.
+    #[arg(long, default_value_t = defaults().max_task_bytes_per_second.unwrap_or(0))]
+    max_task_bytes_per_second: usize,
+    /// New sessions one gamer may open per second; 0: unlimited.
+    #[arg(long, default_value_t = defaults().max_new_sessions_per_second.unwrap_or(0))]
+    max_new_sessions_per_second: u32,
+    /// Connection attempts one address may make per second; 0: unlimited.
+    #[arg(long, default_value_t = defaults().max_connection_attempts_per_second.unwrap_or(0))]
+    max_connection_attempts_per_second: u32,
+    /// Print a JWT for ROLE:ID (gamer, peer or operator) signed with the auth file's first
+    /// jwt-hs256 key, then exit: what a game backend does with its own JWT library.
+    #[arg(long, value_name = "ROLE:ID", requires = "auth_file")]
+    mint_token: Option<String>,
+    /// Seconds the minted token is valid.
+    #[arg(long, default_value_t = 3600)]
+    mint_ttl_secs: u64,
+}
+
+/// `0` as "none".
+fn nonzero<T: PartialEq + Default>(value: T) -> Option<T> {
+    (value != T::default()).then_some(value)
 }
 
 fn defaults() -> coordinator::Config {
@@ -128,6 +172,17 @@ impl Args {
             initial_peer_capacity: self.initial_peer_capacity.max(1),
             max_session_pipeline: self.max_session_pipeline.max(1),
             summary_interval: (self.summary_interval_ms > 0).then(|| Duration::from_millis(self.summary_interval_ms)),
+            auth_file: self.auth_file.clone(),
+            insecure: self.insecure,
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(coordinator::TlsFiles { cert: cert.clone(), key: key.clone() }),
+                _ => None,
+            },
+            resume_grace: Duration::from_millis(self.resume_grace_ms),
+            max_tasks_per_second: nonzero(self.max_tasks_per_second),
+            max_task_bytes_per_second: nonzero(self.max_task_bytes_per_second),
+            max_new_sessions_per_second: nonzero(self.max_new_sessions_per_second),
+            max_connection_attempts_per_second: nonzero(self.max_connection_attempts_per_second),
         }
     }
 }
@@ -143,10 +198,35 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
+    if let Some(who) = &args.mint_token {
+        return mint(&args, who);
+    }
+    let config = args.config();
+    config.check_exposure(args.listen).map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    coordinator::run(listener, args.config(), shutdown_signal()).await?;
+    coordinator::run(listener, config, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// `--mint-token ROLE:ID`: prints a signed token.
+fn mint(args: &Args, who: &str) -> anyhow::Result<()> {
+    use coordinator::auth::{Auth, Role};
+    let (role, id) = who.split_once(':').context("--mint-token takes ROLE:ID, e.g. gamer:alice")?;
+    let role = match role {
+        "gamer" => Role::Gamer,
+        "peer" => Role::Peer,
+        "operator" => Role::Operator,
+        other => anyhow::bail!("unknown role {other:?}: gamer, peer or operator"),
+    };
+    let path = args.auth_file.as_deref().context("--mint-token needs --auth-file")?;
+    let auth = Auth::from_file(path).map_err(anyhow::Error::msg)?;
+    let token = auth
+        .current()
+        .mint(role, id, Duration::from_secs(args.mint_ttl_secs), coordinator::auth::unix_now())
+        .map_err(anyhow::Error::msg)?;
+    println!("{token}");
     Ok(())
 }
 

@@ -19,11 +19,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::Config;
+use crate::auth::{Credential, Credentials, Role as CredentialRole};
 use crate::fleet::{ConnSample, FleetState, LatencyWindow};
+use crate::ids::{Claim, IdBook, Kind};
 use crate::metrics::Metrics;
 use crate::observe::StreamWatch;
 pub use crate::outbound::Outbound;
 use crate::outbound::{AssignmentFrame, OutboundTx, SendError, SharedPayload};
+use crate::ratelimit::{Rate, TokenBucket};
 use crate::scheduler::{
     CompleteError, Completion, Dispatch, Expired, FailReason, Failure, PeerSpec, Scheduler, SchedulerConfig,
     Submission, SubmitError,
@@ -50,8 +53,12 @@ pub struct ConnHandle {
 
 /// The outcome of binding a registration to a connection.
 enum Binding {
-    /// The id is now this connection's.
-    New,
+    /// The id is now this connection's: a new registration, or the same client taking
+    /// its id back (`resumed`).
+    New {
+        /// The id was held or reserved and the registration proved it owns it.
+        resumed: bool,
+    },
     /// This connection had already registered with this id and role.
     Again,
 }
@@ -70,6 +77,8 @@ pub struct ConnInfo {
     pub addr: SocketAddr,
     /// What its socket has seen (bytes moved, ping round trip).
     pub watch: Arc<StreamWatch>,
+    /// The credential it presented, verified (`None` in open mode).
+    pub credential: Option<Credential>,
 }
 
 struct Conn {
@@ -101,6 +110,31 @@ struct State {
     metrics: Arc<Metrics>,
     /// End-to-end latencies since the operator's view last took them.
     latencies: LatencyWindow,
+    /// Who owns which id: resume secrets, reservations, aliases.
+    ids: IdBook,
+    /// Gamers whose connection closed within the resume grace: the results and answers
+    /// that arrived for them meanwhile.
+    detached: HashMap<String, Detached>,
+    /// Each registered (or detached) gamer's rate limits.
+    limits: HashMap<String, GamerLimits>,
+    /// Bytes kept at most for one detached gamer (its pending-bytes budget).
+    resume_budget: usize,
+}
+
+/// What waits for a gamer that may resume.
+#[derive(Default)]
+struct Detached {
+    frames: Vec<Outbound>,
+    bytes: usize,
+    /// Frames that did not fit `max_pending_bytes_per_gamer` and were dropped.
+    dropped: u64,
+}
+
+/// A gamer's rate limits (see [`crate::ratelimit`]).
+struct GamerLimits {
+    tasks: Option<TokenBucket>,
+    bytes: Option<TokenBucket>,
+    sessions: Option<TokenBucket>,
 }
 
 /// The coordinator's shared state and message handling.
@@ -145,6 +179,10 @@ impl Router {
                 errors_sent: 0,
                 metrics: metrics.clone(),
                 latencies: LatencyWindow::default(),
+                ids: IdBook::new(config.resume_grace),
+                detached: HashMap::new(),
+                limits: HashMap::new(),
+                resume_budget: config.max_pending_bytes_per_gamer,
             }),
             config,
             metrics,
@@ -179,6 +217,63 @@ impl Router {
             Some(Role::Gamer(_)) => state.metrics.gamer_round_trip.observe(rtt.as_secs_f64()),
             _ => {}
         }
+    }
+
+    /// After the credentials changed: closes every connection whose credential they no
+    /// longer accept (its id is freed at once: the credential that could resume it is
+    /// gone). Returns how many were closed.
+    pub fn revalidate(&self, credentials: &Credentials) -> usize {
+        let mut state = self.lock();
+        let refused: Vec<ConnId> = state
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                c.info.as_ref().and_then(|i| i.credential.as_ref()).is_some_and(|cr| !credentials.still_valid(cr))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for &conn in &refused {
+            state.send_error(conn, ErrorCode::Unauthorized, "credential revoked", None);
+            let Some(c) = state.conns.get(&conn) else { continue };
+            if c.handle.tx.send_exempt(Outbound::Close(CLOSE_POLICY, "credential revoked".into())).is_err() {
+                c.handle.kill.cancel();
+            }
+            match c.role.clone() {
+                Role::Peer(id) => state.ids.forget(Kind::Peer, &id),
+                Role::Gamer(id) => state.ids.forget(Kind::Gamer, &id),
+                Role::Unregistered => {}
+            }
+        }
+        if !refused.is_empty() {
+            crate::info_limited!(
+                "router: credentials revoked",
+                closed = refused.len(),
+                "closed connections whose credential was revoked"
+            );
+        }
+        refused.len()
+    }
+
+    /// Frees the ids whose resume grace passed by `now`; a gamer's tasks and kept results
+    /// are dropped with it.
+    pub fn sweep(&self, now: Instant) {
+        let mut state = self.lock();
+        for (kind, id) in state.ids.sweep(now) {
+            if kind == Kind::Gamer && !state.gamers.contains_key(&id) {
+                let dropped = state.forget_gamer(&id);
+                crate::info_limited!(
+                    "router: gamer gone",
+                    gamer_id = id,
+                    dropped,
+                    "gamer did not resume in time; its tasks are dropped"
+                );
+            }
+        }
+    }
+
+    /// Ids held or reserved now.
+    pub fn ids_known(&self) -> usize {
+        self.lock().ids.len()
     }
 
     /// The end-to-end latencies recorded since the last call (a bounded sample).
@@ -246,6 +341,7 @@ impl Router {
                 // A replaced registration already moved on; only the current one counts.
                 if state.peers.get(&peer_id) == Some(&conn) {
                     state.peers.remove(&peer_id);
+                    state.ids.release(Kind::Peer, &peer_id, Instant::now());
                     let requeued = state.sched.remove_peer(&peer_id);
                     crate::info_limited!("router: peer left", peer_id, requeued, ?why, "peer left");
                     state.dispatch(Instant::now());
@@ -258,8 +354,14 @@ impl Router {
                 }
                 if state.gamers.get(&gamer_id) == Some(&conn) {
                     state.gamers.remove(&gamer_id);
-                    let dropped = state.sched.remove_gamer(&gamer_id);
-                    crate::info_limited!("router: gamer left", gamer_id, dropped, ?why, "gamer left");
+                    if state.ids.release(Kind::Gamer, &gamer_id, Instant::now()) {
+                        // Its tasks keep running; their results wait for it to resume.
+                        state.detached.insert(gamer_id.clone(), Detached::default());
+                        crate::info_limited!("router: gamer detached", gamer_id, ?why, "gamer left; may resume");
+                    } else {
+                        let dropped = state.forget_gamer(&gamer_id);
+                        crate::info_limited!("router: gamer left", gamer_id, dropped, ?why, "gamer left");
+                    }
                 }
             }
         }
@@ -311,6 +413,16 @@ impl Router {
                 ),
             },
             Message::Stats(_) => {
+                if self.config.auth_file.is_some()
+                    && state.credential(conn).map(|c| c.identity.role) != Some(CredentialRole::Operator)
+                {
+                    return state.send_error(
+                        conn,
+                        ErrorCode::Unauthorized,
+                        "stats need an operator credential",
+                        Some("stats".into()),
+                    );
+                }
                 let report = state.stats();
                 state.send(conn, Message::StatsReport(report));
             }
@@ -327,19 +439,45 @@ impl Router {
         }
     }
 
-    /// Binds a registering id to `conn`, replacing an older connection that holds it.
-    /// Returns `None` when the registration is refused (an error has been sent), and
-    /// whether this connection had already registered exactly so.
-    fn bind(&self, state: &mut State, conn: ConnId, role: &Role, wanted: Role) -> Option<Binding> {
-        let (field, msg_type, id) = match &wanted {
-            Role::Peer(id) => ("peer_id", "register_peer", id),
-            Role::Gamer(id) => ("gamer_id", "register_gamer", id),
+    /// Binds a registering id to `conn`. The id must be the connection's credential's
+    /// (with credentials); one held by a live connection, or reserved after one closed, is
+    /// taken over only by a registration that proves it is the same client (see
+    /// [`crate::ids`]). Returns `None` when the registration is refused (an error has been
+    /// sent), and whether this connection had already registered exactly so.
+    fn bind(
+        &self,
+        state: &mut State,
+        conn: ConnId,
+        role: &Role,
+        wanted: Role,
+        secret: Option<&str>,
+    ) -> Option<Binding> {
+        let (field, msg_type, id, kind, needed) = match &wanted {
+            Role::Peer(id) => ("peer_id", "register_peer", id, Kind::Peer, CredentialRole::Peer),
+            Role::Gamer(id) => ("gamer_id", "register_gamer", id, Kind::Gamer, CredentialRole::Gamer),
             Role::Unregistered => return None,
         };
         if let Err(reason) = check_id(field, id) {
             state.send_error(conn, ErrorCode::InvalidMessage, reason, Some(msg_type.into()));
             return None;
         }
+        let same_credential = if self.config.auth_file.is_some() {
+            let refusal = match state.credential(conn).map(|c| &c.identity) {
+                Some(identity) if identity.role == needed && identity.id == *id => None,
+                Some(identity) => Some(format!(
+                    "this connection's credential is for {} {:?}; it cannot register as {needed} {id:?}",
+                    identity.role, identity.id
+                )),
+                None => Some("credentials required".to_owned()),
+            };
+            if let Some(reason) = refusal {
+                state.send_error(conn, ErrorCode::Unauthorized, reason, Some(msg_type.into()));
+                return None;
+            }
+            true
+        } else {
+            false
+        };
         if *role == wanted {
             return Some(Binding::Again);
         }
@@ -348,29 +486,52 @@ impl Router {
             state.send_error(conn, ErrorCode::AlreadyRegistered, reason, Some(msg_type.into()));
             return None;
         }
-        let ids = if matches!(wanted, Role::Peer(_)) { &mut state.peers } else { &mut state.gamers };
+        let live = if kind == Kind::Peer { state.peers.get(id) } else { state.gamers.get(id) }.copied();
+        let resumed = match state.ids.claim(kind, id, live.is_some(), secret, same_credential, Instant::now()) {
+            Claim::Refused => {
+                crate::info_limited!("router: id in use", conn, id, msg_type, "registration of an id in use refused");
+                let reason = format!(
+                    "{field} {id:?} is in use: taking it over needs the resume_secret of its last registration"
+                );
+                state.send_error(conn, ErrorCode::IdInUse, reason, Some(msg_type.into()));
+                return None;
+            }
+            Claim::Proven => true,
+            Claim::Free => {
+                // An expired reservation not swept yet: what it held goes now, not to
+                // whoever registers the id next.
+                if kind == Kind::Gamer && state.detached.contains_key(id) {
+                    state.forget_gamer(id);
+                }
+                false
+            }
+        };
+        let ids = if kind == Kind::Peer { &mut state.peers } else { &mut state.gamers };
         if let Some(old) = ids.insert(id.clone(), conn) {
             crate::info_limited!(
-                "router: id replaced",
+                "router: id resumed",
                 conn,
                 id,
                 msg_type,
-                "id registered again; replacing its old connection"
+                "id taken back by its owner; closing its old connection"
             );
-            state.replace(old, &format!("another connection registered this {field}"));
+            state.replace(old, &format!("this {field} registered again from another connection"));
         }
         if let Some(c) = state.conns.get_mut(&conn) {
             c.role = wanted;
             c.since = Instant::now();
         }
-        Some(Binding::New)
+        Some(Binding::New { resumed })
     }
 
     fn register_peer(&self, state: &mut State, conn: ConnId, role: &Role, m: RegisterPeer) {
-        match self.bind(state, conn, role, Role::Peer(m.peer_id.clone())) {
+        match self.bind(state, conn, role, Role::Peer(m.peer_id.clone()), m.resume_secret.as_deref()) {
             None => return,
-            Some(Binding::Again) => return state.send(conn, self.ack(Some(m.peer_id), None)),
-            Some(Binding::New) => {}
+            Some(Binding::Again) => {
+                let secret = state.ids.bind(Kind::Peer, &m.peer_id);
+                return state.send(conn, self.ack(Some(m.peer_id), None, secret));
+            }
+            Some(Binding::New { .. }) => {}
         }
         let caps = &m.capabilities;
         let capacity = caps.max_concurrent_tasks.or(caps.cpu_cores).unwrap_or(1).max(1);
@@ -379,7 +540,8 @@ impl Router {
         crate::info_limited!("router: peer registered", peer_id = m.peer_id, capacity, task_types = ?caps.task_types, "peer registered");
         // add_peer re-queues the work of a same-id registration it replaces.
         state.sched.add_peer(m.peer_id.clone(), PeerSpec { task_types, capacity });
-        state.send(conn, self.ack(Some(m.peer_id), None));
+        let secret = state.ids.bind(Kind::Peer, &m.peer_id);
+        state.send(conn, self.ack(Some(m.peer_id), None, secret));
         state.dispatch(Instant::now());
         self.deadlines_changed.notify_one();
     }
@@ -396,22 +558,56 @@ impl Router {
             }
             return;
         }
-        if self.bind(state, conn, role, Role::Gamer(m.gamer_id.clone())).is_none() {
-            return;
-        }
-        // A known gamer (reconnecting) keeps its pending tasks; their results come here.
+        let resumed = match self.bind(state, conn, role, Role::Gamer(m.gamer_id.clone()), m.resume_secret.as_deref()) {
+            None => return,
+            Some(Binding::Again) => true,
+            Some(Binding::New { resumed }) => resumed,
+        };
+        // A gamer taking its id back keeps its pending tasks and sessions; their results
+        // come here, after the ones that arrived while it was away.
         state.sched.add_gamer(m.gamer_id.clone());
-        crate::info_limited!("router: gamer registered", gamer_id = m.gamer_id, "gamer registered");
-        state.send(conn, self.ack(None, Some(m.gamer_id)));
+        if !resumed || !state.limits.contains_key(&m.gamer_id) {
+            let limits = self.gamer_limits(Instant::now());
+            state.limits.insert(m.gamer_id.clone(), limits);
+        }
+        crate::info_limited!("router: gamer registered", gamer_id = m.gamer_id, resumed, "gamer registered");
+        let secret = state.ids.bind(Kind::Gamer, &m.gamer_id);
+        state.send(conn, self.ack(None, Some(m.gamer_id.clone()), secret));
+        if let Some(waiting) = state.detached.remove(&m.gamer_id) {
+            if waiting.dropped > 0 {
+                crate::warn_limited!(
+                    "router: resume lost results",
+                    gamer_id = m.gamer_id,
+                    dropped = waiting.dropped,
+                    "results that arrived while the gamer was away did not fit its byte budget"
+                );
+            }
+            for frame in waiting.frames {
+                let _ = state.conns.get(&conn).map(|c| c.handle.tx.send_exempt(frame));
+            }
+        }
     }
 
-    fn ack(&self, peer_id: Option<String>, gamer_id: Option<String>) -> Message {
+    fn gamer_limits(&self, now: Instant) -> GamerLimits {
+        let c = &self.config;
+        GamerLimits {
+            tasks: c.max_tasks_per_second.map(|n| TokenBucket::new(Rate::per_second(f64::from(n), 2.0), now)),
+            bytes: c.max_task_bytes_per_second.map(|n| TokenBucket::new(Rate::per_second(n as f64, 2.0), now)),
+            sessions: c.max_new_sessions_per_second.map(|n| {
+                let rate = Rate { per_second: f64::from(n), burst: (c.max_sessions_per_gamer.max(1)) as f64 };
+                TokenBucket::new(rate, now)
+            }),
+        }
+    }
+
+    fn ack(&self, peer_id: Option<String>, gamer_id: Option<String>, resume_secret: String) -> Message {
         Message::RegistrationAck(RegistrationAck {
             peer_id,
             gamer_id,
             status: "registered".into(),
             heartbeat_interval_ms: Some(self.config.heartbeat_interval.as_millis() as u64),
             max_frame_bytes: Some(self.config.max_frame_bytes),
+            resume_secret: Some(resume_secret),
         })
     }
 
@@ -428,6 +624,9 @@ impl Router {
             });
         if let Err(reason) = checks {
             return state.send_error(conn, ErrorCode::InvalidMessage, reason, Some(m.task_id));
+        }
+        if let Some(reason) = state.over_rate(gamer_id, &m, Instant::now()) {
+            return state.send_error(conn, ErrorCode::RateLimited, reason, Some(m.task_id));
         }
         let deadline = m.deadline_ms.map_or(self.config.default_task_deadline, Duration::from_millis);
         let task_id = m.task_id.clone();
@@ -478,6 +677,8 @@ impl Router {
                 });
                 if let Some(&gamer_conn) = state.gamers.get(&gamer) {
                     state.send(gamer_conn, forward);
+                } else {
+                    state.keep_for_resume(&gamer, Outbound::message(forward));
                 }
             }
             Ok(Completion::Orphaned) => debug!(peer_id, assignment = m.task_id, "result for a departed gamer dropped"),
@@ -618,7 +819,9 @@ impl State {
                 task_id: task.task_id.clone(),
                 task_type: task.task_type.clone(),
                 session_id: task.session_id.clone(),
-                gamer_id: task.gamer.clone(),
+                // Peers see an opaque alias: a gamer id would let a peer's owner learn
+                // whom it serves.
+                gamer_id: self.ids.alias(&task.gamer),
                 payload: task.payload.clone(),
             }));
             // Exempt from the queue's bounds: the scheduler keeps what is in flight at a
@@ -639,15 +842,71 @@ impl State {
         send_answers(self.answers_for(failures));
     }
 
-    /// Pairs each failure with its gamer's outbound queue (a gamer that left gets none).
-    fn answers_for(&self, failures: Vec<Failure>) -> Vec<(OutboundTx, Failure)> {
-        failures
-            .into_iter()
-            .filter_map(|f| {
-                let tx = self.gamers.get(&f.gamer).and_then(|c| self.conns.get(c)).map(|c| c.handle.tx.clone())?;
-                Some((tx, f))
-            })
-            .collect()
+    /// Pairs each failure with its gamer's outbound queue; a gamer that may resume gets
+    /// its answers kept, one that left gets none.
+    fn answers_for(&mut self, failures: Vec<Failure>) -> Vec<(OutboundTx, Failure)> {
+        let mut live = Vec::new();
+        for f in failures {
+            match self.gamers.get(&f.gamer).and_then(|c| self.conns.get(c)) {
+                Some(c) => live.push((c.handle.tx.clone(), f)),
+                None if self.detached.contains_key(&f.gamer) => {
+                    let gamer = f.gamer.clone();
+                    self.keep_for_resume(&gamer, Outbound::message(failure_message(f)));
+                }
+                None => {}
+            }
+        }
+        live
+    }
+
+    /// Keeps a frame for a gamer that may resume, within its pending-bytes budget.
+    fn keep_for_resume(&mut self, gamer: &str, frame: Outbound) {
+        let budget = self.resume_budget;
+        let Some(waiting) = self.detached.get_mut(gamer) else { return };
+        let bytes = frame.weight();
+        if waiting.bytes.saturating_add(bytes) > budget {
+            waiting.dropped += 1;
+            return;
+        }
+        waiting.bytes += bytes;
+        waiting.frames.push(frame);
+    }
+
+    /// Drops everything of a gamer that left for good: its tasks (returned: how many),
+    /// sessions, kept results and limits.
+    fn forget_gamer(&mut self, gamer: &str) -> usize {
+        self.detached.remove(gamer);
+        self.limits.remove(gamer);
+        self.ids.forget(Kind::Gamer, gamer);
+        self.sched.remove_gamer(gamer)
+    }
+
+    /// The verified credential of a connection, if it presented one.
+    fn credential(&self, conn: ConnId) -> Option<&Credential> {
+        self.conns.get(&conn)?.info.as_ref()?.credential.as_ref()
+    }
+
+    /// Why a task request is over its gamer's rate limits, if it is.
+    fn over_rate(&mut self, gamer: &str, m: &TaskRequest, now: Instant) -> Option<String> {
+        let new_session = m.session_id.as_deref().is_some_and(|s| !self.sched.has_session(gamer, s));
+        let limits = self.limits.get_mut(gamer)?;
+        if let Some(b) = &mut limits.tasks
+            && !b.try_take(1.0, now)
+        {
+            return Some("over this gamer's tasks per second; slow down".into());
+        }
+        if let Some(b) = &mut limits.bytes
+            && !b.try_take(m.task_data.get().len() as f64, now)
+        {
+            return Some("over this gamer's task bytes per second; slow down".into());
+        }
+        if new_session
+            && let Some(b) = &mut limits.sessions
+            && !b.try_take(1.0, now)
+        {
+            return Some("over this gamer's new sessions per second; reuse a session or slow down".into());
+        }
+        None
     }
 
     fn stats(&self) -> StatsReport {
@@ -677,8 +936,15 @@ pub const EXPIRE_BATCH: usize = 1024;
 /// Sends each gamer the `task_result` error for a task that was given up, exempt from the
 /// outbound bounds (these answers are bounded by the gamer's pending tasks). Needs no lock.
 fn send_answers(answers: Vec<(OutboundTx, Failure)>) {
-    for (tx, Failure { gamer, task_id, attempts, reason }) in answers {
-        debug!(gamer_id = gamer, task_id, attempts, ?reason, "task given up");
+    for (tx, failure) in answers {
+        let _ = tx.send_exempt(Outbound::message(failure_message(failure)));
+    }
+}
+
+/// The `task_result` error that tells a gamer its task was given up.
+fn failure_message(Failure { gamer, task_id, attempts, reason }: Failure) -> Message {
+    debug!(gamer_id = gamer, task_id, attempts, ?reason, "task given up");
+    {
         let error = match reason {
             FailReason::MaxAttempts => TaskError::new(
                 ErrorCode::MaxAttemptsExceeded,
@@ -696,8 +962,7 @@ fn send_answers(answers: Vec<(OutboundTx, Failure)>) {
             ),
         };
         let result = to_payload(&error).expect("TaskError serializes");
-        let message = Message::TaskResult(TaskResult { task_id, result, attempt: Some(attempts), peer_id: None });
-        let _ = tx.send_exempt(Outbound::message(message));
+        Message::TaskResult(TaskResult { task_id, result, attempt: Some(attempts), peer_id: None })
     }
 }
 

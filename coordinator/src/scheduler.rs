@@ -587,6 +587,11 @@ impl<P> Scheduler<P> {
         self.peers.get(peer).map(Peer::capacity)
     }
 
+    /// Whether a gamer has this session (queued, running or idle).
+    pub fn has_session(&self, gamer: &str, session: &str) -> bool {
+        self.gamers.get(gamer).is_some_and(|g| g.sessions.contains_key(session))
+    }
+
     /// The peer holding a gamer's session, if any.
     pub fn session_peer(&self, gamer: &str, session: &str) -> Option<&str> {
         self.gamers.get(gamer)?.sessions.get(session)?.peer.as_deref()

@@ -195,7 +195,9 @@ async fn client_that_never_registers_is_closed() {
 
 #[tokio::test]
 async fn slow_reader_is_disconnected_instead_of_buffered() {
-    let coord = start(Config { send_queue_frames: 16, ..Config::default() }).await;
+    // No resume grace: the sloth's remaining tasks go with it, so the check below is not
+    // queued behind them.
+    let coord = start(Config { send_queue_frames: 16, resume_grace: Duration::ZERO, ..Config::default() }).await;
     let url = coord.url();
     // Capacity below the queue length: a burst of assignments must not look like a slow peer.
     let mut peer = Client::peer(&url, "p", 8).await;

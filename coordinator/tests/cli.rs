@@ -36,6 +36,18 @@ fn help_lists_every_setting() {
         "--initial-peer-capacity",
         "--max-session-pipeline",
         "--summary-interval-ms",
+        "--auth-file",
+        "P2C2R_AUTH_FILE",
+        "--insecure",
+        "--tls-cert",
+        "--tls-key",
+        "--resume-grace-ms",
+        "--max-tasks-per-second",
+        "--max-task-bytes-per-second",
+        "--max-new-sessions-per-second",
+        "--max-connection-attempts-per-second",
+        "--mint-token",
+        "--mint-ttl-secs",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
     }
@@ -70,4 +82,66 @@ fn unusable_listen_address_is_a_clear_error() {
     let out = Command::new(env!("CARGO_BIN_EXE_coordinator")).args(["--listen", "not-an-address"]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--listen"));
+}
+
+#[test]
+fn the_default_listen_address_is_loopback() {
+    let out = Command::new(env!("CARGO_BIN_EXE_coordinator")).arg("--help").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("[default: 127.0.0.1:8765]"));
+}
+
+#[test]
+fn open_mode_off_loopback_needs_insecure() {
+    let out = Command::new(env!("CARGO_BIN_EXE_coordinator")).args(["--listen", "0.0.0.0:0"]).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("without credentials") && stderr.contains("--insecure"), "{stderr}");
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_coordinator"))
+        .args(["--listen", "0.0.0.0:0", "--insecure"])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = BufReader::new(child.stderr.take().unwrap());
+    let mut warned = 0;
+    let mut line = String::new();
+    while log.read_line(&mut line).unwrap() > 0 {
+        warned += usize::from(line.contains("WARN") && line.contains("INSECURE"));
+        if warned == 3 {
+            break;
+        }
+        line.clear();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(warned, 3, "loudly logged");
+}
+
+#[test]
+fn a_minted_token_is_a_jwt_the_coordinator_accepts() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-mint-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let auth = dir.join("auth");
+    std::fs::write(&auth, "jwt-hs256 cli-test-key-0123456789abcdef0123456789\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_coordinator"))
+        .arg("--auth-file")
+        .arg(&auth)
+        .args(["--mint-token", "gamer:alice", "--mint-ttl-secs", "60"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).unwrap();
+    let creds = coordinator::auth::Credentials::parse(&std::fs::read_to_string(&auth).unwrap()).unwrap();
+    let credential = creds.verify(token.trim(), coordinator::auth::unix_now()).unwrap();
+    assert_eq!(credential.identity.id, "alice");
+    assert_eq!(credential.identity.role, coordinator::auth::Role::Gamer);
+    let bad = Command::new(env!("CARGO_BIN_EXE_coordinator"))
+        .arg("--auth-file")
+        .arg(&auth)
+        .args(["--mint-token", "wizard:alice"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("unknown role"));
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -12,6 +12,17 @@ async fn start(config: Config) -> coordinator::CoordinatorHandle {
     spawn("127.0.0.1:0", config).await.expect("bind loopback")
 }
 
+/// The seed's fields byte for byte, then the resume secret (64 hex digits), which a seed
+/// client ignores.
+fn assert_ack(text: &str, seed_fields: &str) {
+    let secret = text
+        .strip_prefix(seed_fields)
+        .and_then(|rest| rest.strip_prefix(r#","resume_secret":""#))
+        .and_then(|rest| rest.strip_suffix(r#""}"#))
+        .unwrap_or_else(|| panic!("unexpected ack {text}"));
+    assert!(secret.len() == 64 && secret.chars().all(|c| c.is_ascii_hexdigit()), "{secret}");
+}
+
 #[tokio::test]
 async fn seed_message_flow_byte_for_byte() {
     let coord = start(Config::default()).await;
@@ -23,17 +34,17 @@ async fn seed_message_flow_byte_for_byte() {
         r#"{"msg_type": "register_peer", "peer_id": "test_peer_1", "capabilities": {"cpu_cores": 4, "ram_gb": 8}}"#,
     )
     .await;
-    assert_eq!(
-        peer.recv_text().await,
-        r#"{"msg_type":"registration_ack","peer_id":"test_peer_1","status":"registered","heartbeat_interval_ms":1000,"max_frame_bytes":16777216}"#
+    assert_ack(
+        &peer.recv_text().await,
+        r#"{"msg_type":"registration_ack","peer_id":"test_peer_1","status":"registered","heartbeat_interval_ms":1000,"max_frame_bytes":16777216"#,
     );
     let mut gamer = Client::connect(&url).await;
     gamer.send_text(r#"{"msg_type": "register_gamer", "gamer_id": "test_gamer_1"}"#).await;
     gamer.send_text(r#"{"msg_type": "task_request", "task_id": "5d1c7c1e-aaaa", "task_type": "physics", "data": {"objects": []}}"#)
         .await;
-    assert_eq!(
-        gamer.recv_text().await,
-        r#"{"msg_type":"registration_ack","gamer_id":"test_gamer_1","status":"registered","heartbeat_interval_ms":1000,"max_frame_bytes":16777216}"#
+    assert_ack(
+        &gamer.recv_text().await,
+        r#"{"msg_type":"registration_ack","gamer_id":"test_gamer_1","status":"registered","heartbeat_interval_ms":1000,"max_frame_bytes":16777216"#,
     );
 
     let assignment = peer.recv_text().await;
@@ -257,7 +268,8 @@ async fn session_tasks_stay_on_one_peer_in_order_then_move_when_it_dies() {
 
 #[tokio::test]
 async fn leaving_gamer_has_its_queue_dropped_and_late_results_discarded() {
-    let coord = start(Config::default()).await;
+    // No resume grace: the queue goes as the connection closes.
+    let coord = start(Config { resume_grace: Duration::ZERO, ..Config::default() }).await;
     let url = coord.url();
     let mut peer = Client::peer(&url, "p", 1).await;
     let mut gamer = Client::gamer(&url, "g").await;
@@ -285,7 +297,8 @@ async fn reconnecting_gamer_replaces_its_old_connection_and_keeps_its_tasks() {
     let mut old = Client::gamer(&url, "g").await;
     old.submit("t", "physics", "{}", None).await;
     let a = peer.recv_assignment().await;
-    let mut new = Client::gamer(&url, "g").await;
+    // Proving it is the same client (the secret of its registration) takes the id back.
+    let mut new = Client::gamer_resuming(&url, "g", old.secret.clone()).await;
     assert_eq!(old.recv_error().await.code, ErrorCode::Replaced);
     old.expect_closed().await;
     peer.answer(&a, r#"{"status":"success"}"#).await;
@@ -318,7 +331,8 @@ async fn duplicate_peer_id_replaces_the_stale_connection() {
     let mut gamer = Client::gamer(&url, "g").await;
     gamer.submit("t", "physics", "{}", None).await;
     let _ = stale.recv_assignment().await;
-    let mut fresh = Client::peer(&url, "p", 1).await;
+    let caps = p2c2r_protocol::Capabilities { max_concurrent_tasks: Some(1), ..Default::default() };
+    let mut fresh = Client::peer_resuming(&url, "p", caps, stale.secret.clone()).await;
     assert_eq!(stale.recv_error().await.code, ErrorCode::Replaced);
     stale.expect_closed().await;
     // The stale connection's work is re-dispatched to the fresh one.

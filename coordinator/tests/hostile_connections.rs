@@ -43,7 +43,7 @@ async fn ws_from(from: &str, coord: &CoordinatorHandle) -> Result<Client, String
         .await
         .expect("handshake timed out")
     {
-        Ok((ws, _)) => Ok(Client { ws }),
+        Ok((ws, _)) => Ok(Client { ws, secret: None }),
         Err(e) => Err(e.to_string()),
     }
 }
@@ -58,11 +58,12 @@ fn register_peer(peer_id: &str, max_concurrent_tasks: u32) -> Message {
     Message::RegisterPeer(RegisterPeer {
         peer_id: peer_id.into(),
         capabilities: Capabilities { max_concurrent_tasks: Some(max_concurrent_tasks), ..Default::default() },
+        resume_secret: None,
     })
 }
 
 fn register_gamer(gamer_id: &str) -> Message {
-    Message::RegisterGamer(RegisterGamer { gamer_id: gamer_id.into() })
+    Message::RegisterGamer(RegisterGamer { gamer_id: gamer_id.into(), resume_secret: None })
 }
 
 /// A full task round trip between this peer and gamer.
@@ -93,7 +94,7 @@ async fn a_peer_that_stops_reading_is_disconnected_by_the_write_stall_timeout() 
     // The peer's socket takes almost nothing into its kernel buffer.
     let stream = tcp_from("127.0.0.1", coord.local_addr(), Some(4096)).await;
     let (ws, _) = client_async_with_config(coord.url(), MaybeTlsStream::Plain(stream), None).await.unwrap();
-    let mut deaf = Client { ws };
+    let mut deaf = Client { ws, secret: None };
     register(&mut deaf, register_peer("deaf-peer", 64)).await;
     let mut gamer = Client::gamer(&coord.url(), "gamer").await;
     // 12 × 4 MiB of assignments: far more than loopback's kernel buffers hold.
@@ -439,6 +440,8 @@ async fn three_hundred_silent_sockets_from_one_address_cannot_lock_out_a_gamer_a
     let coord = start(Config {
         max_connections: 64,
         max_connections_per_address: per_address,
+        // This test is about holding slots, not about the attempt rate (tests/identity.rs).
+        max_connection_attempts_per_second: None,
         // The squatters keep their slots for the whole test unless refused.
         handshake_timeout: Duration::from_secs(120),
         register_timeout: Duration::from_secs(120),

@@ -9,9 +9,45 @@ use clap::Parser;
 #[derive(Clone, Debug, Parser)]
 #[command(name = "demo_game", version, about, long_about)]
 pub struct Args {
-    /// Join this coordinator (ws://HOST:PORT) instead of starting one in-process.
+    /// Join this coordinator (ws://HOST:PORT, or wss://HOST:PORT for TLS) instead of
+    /// starting one in-process.
     #[arg(long, value_name = "URL", env = "P2C2R_COORDINATOR")]
     pub coordinator: Option<String>,
+
+    /// Bearer token the game (the plugin) presents to the coordinator: a gamer credential.
+    /// Visible to other local users on the command line: prefer --token-file or the
+    /// environment.
+    #[arg(long, value_name = "TOKEN", env = "P2C2R_TOKEN", hide_env_values = true, conflicts_with = "token_file")]
+    pub token: Option<String>,
+
+    /// Bearer token the in-process peers (--peers) present: a peer credential, bound to
+    /// --peer-id.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "P2C2R_PEER_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "peer_token_file"
+    )]
+    pub peer_token: Option<String>,
+
+    /// File holding the in-process peers' bearer token.
+    #[arg(long, value_name = "PATH", env = "P2C2R_PEER_TOKEN_FILE")]
+    pub peer_token_file: Option<std::path::PathBuf>,
+
+    /// The id the in-process peer registers with (its credential's id); at most one peer.
+    #[arg(long, value_name = "ID")]
+    pub peer_id: Option<String>,
+
+    /// File holding the bearer token (surrounding whitespace ignored), read again on every
+    /// reconnection.
+    #[arg(long, value_name = "PATH", env = "P2C2R_TOKEN_FILE")]
+    pub token_file: Option<std::path::PathBuf>,
+
+    /// For a wss:// coordinator: trust the certificates in this PEM file instead of the
+    /// public web PKI roots.
+    #[arg(long, value_name = "PATH", env = "P2C2R_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
 
     /// Peers to start in-process at launch (with --coordinator they join that deployment).
     /// Default: 1 without --coordinator, 0 with it.
@@ -61,6 +97,43 @@ impl Args {
     pub fn initial_peers(&self) -> u32 {
         self.peers.unwrap_or(if self.coordinator.is_some() { 0 } else { 1 })
     }
+
+    /// The credential of `--peer-token` or `--peer-token-file`, if any.
+    pub fn peer_credential(&self) -> Option<peer::Credential> {
+        match (&self.peer_token, &self.peer_token_file) {
+            (Some(token), _) => Some(peer::Credential::Token(token.clone())),
+            (None, Some(path)) => Some(peer::Credential::File(path.clone())),
+            (None, None) => None,
+        }
+    }
+
+    /// The credential of `--token` or `--token-file`, if any.
+    pub fn credential(&self) -> Option<peer::Credential> {
+        match (&self.token, &self.token_file) {
+            (Some(token), _) => Some(peer::Credential::Token(token.clone())),
+            (None, Some(path)) => Some(peer::Credential::File(path.clone())),
+            (None, None) => None,
+        }
+    }
+
+    /// How the in-process peers reach the coordinator: `--peer-token` /
+    /// `--peer-token-file` as `--peer-id`, and `--ca-file`.
+    pub fn peer_access(&self) -> crate::cluster::PeerAccess {
+        crate::cluster::PeerAccess {
+            token: self.peer_credential(),
+            ca_file: self.ca_file.clone(),
+            peer_id: self.peer_id.clone(),
+        }
+    }
+
+    /// Why these flags cannot work together, if they cannot.
+    pub fn check(&self) -> Result<(), String> {
+        let lent = self.initial_peers();
+        if self.peer_id.is_some() && lent > 1 {
+            return Err(format!("--peer-id names one peer; --peers {lent} would register it {lent} times"));
+        }
+        Ok(())
+    }
 }
 
 fn parse_size(s: &str) -> Result<(u32, u32), String> {
@@ -90,6 +163,16 @@ mod tests {
         assert_eq!((a.frames, a.initial_peers()), (Some(10), 3));
         let a = Args::try_parse_from(["demo_game", "--window-size", "800x600"]).unwrap();
         assert_eq!(a.window_size, (800, 600));
+    }
+
+    #[test]
+    fn credential_flags() {
+        let a = Args::try_parse_from(["demo_game", "--token", "t0k", "--ca-file", "ca.pem"]).unwrap();
+        assert_eq!(a.credential(), Some(peer::Credential::Token("t0k".into())));
+        assert_eq!(a.peer_access().ca_file.as_deref(), Some(std::path::Path::new("ca.pem")));
+        let a = Args::try_parse_from(["demo_game", "--token-file", "/run/token"]).unwrap();
+        assert_eq!(a.credential(), Some(peer::Credential::File("/run/token".into())));
+        assert!(Args::try_parse_from(["demo_game", "--token", "a", "--token-file", "b"]).is_err());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! enqueue a command and return at once, and [`Cluster::poll`] drains what happened since
 //! the last call. Nothing here blocks a Bevy system.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -36,6 +37,20 @@ pub enum ClusterEvent {
     Failed(String),
 }
 
+/// How the in-process peers reach the coordinator: the credential they present and the
+/// CA file they trust for `wss://` (see [`peer::PeerConfig::token`] and
+/// [`peer::PeerConfig::ca_file`]). [`Default`]: neither.
+#[derive(Clone, Debug, Default)]
+pub struct PeerAccess {
+    /// The bearer token (inline or in a file).
+    pub token: Option<peer::Credential>,
+    /// The PEM file of certificates to trust instead of the public roots.
+    pub ca_file: Option<PathBuf>,
+    /// The id to register with: a peer credential is bound to one id. `None`: a random
+    /// `peer-<uuid>`.
+    pub peer_id: Option<String>,
+}
+
 /// The in-process coordinator and peers. A Bevy resource; dropping it shuts them down.
 #[derive(Resource)]
 pub struct Cluster {
@@ -57,6 +72,12 @@ impl Cluster {
     /// and `peers` peers have registered. With `coordinator: Some(url)` no coordinator is
     /// started and the peers join `url`.
     pub fn start(coordinator: Option<String>, peers: u32) -> anyhow::Result<Cluster> {
+        Self::start_with(coordinator, peers, PeerAccess::default())
+    }
+
+    /// [`Cluster::start`], with peers presenting `access` (a token, a CA file) to the
+    /// coordinator.
+    pub fn start_with(coordinator: Option<String>, peers: u32, access: PeerAccess) -> anyhow::Result<Cluster> {
         let (ready_tx, ready_rx) = crossbeam_channel::bounded::<anyhow::Result<(String, Vec<String>)>>(1);
         let (event_tx, events) = crossbeam_channel::bounded::<ClusterEvent>(256);
         let (command_tx, command_rx) = tokio::sync::mpsc::channel::<Command>(COMMAND_QUEUE);
@@ -77,7 +98,15 @@ impl Cluster {
                     return;
                 }
             };
-            runtime.block_on(cluster_main(coordinator, peers, ready_tx, event_tx, command_rx, registered_in_thread));
+            runtime.block_on(cluster_main(
+                coordinator,
+                peers,
+                access,
+                ready_tx,
+                event_tx,
+                command_rx,
+                registered_in_thread,
+            ));
             runtime.shutdown_timeout(Duration::from_millis(500));
             let _ = done_tx.send(());
         })?;
@@ -177,8 +206,14 @@ const REGISTER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Starts a peer and waits (up to [`REGISTER_TIMEOUT`]) until it has registered with the
 /// coordinator. A peer that has not registered by then is kept (it keeps reconnecting with
 /// backoff) and returned with `false`.
-async fn start_peer(url: &str) -> anyhow::Result<(peer::PeerHandle, bool)> {
-    let config = peer::PeerConfig { coordinator_url: url.to_owned(), ..Default::default() };
+async fn start_peer(url: &str, access: &PeerAccess) -> anyhow::Result<(peer::PeerHandle, bool)> {
+    let config = peer::PeerConfig {
+        coordinator_url: url.to_owned(),
+        token: access.token.clone(),
+        ca_file: access.ca_file.clone(),
+        peer_id: access.peer_id.clone(),
+        ..Default::default()
+    };
     let handle = peer::try_spawn(config).await?;
     let registered = tokio::time::timeout(REGISTER_TIMEOUT, handle.wait_for(|s| s.connected)).await.is_ok();
     Ok((handle, registered))
@@ -194,6 +229,7 @@ fn not_registered(handle: &peer::PeerHandle, url: &str) -> ClusterEvent {
 async fn cluster_main(
     coordinator_url: Option<String>,
     initial_peers: u32,
+    access: PeerAccess,
     ready: Sender<anyhow::Result<(String, Vec<String>)>>,
     events: Sender<ClusterEvent>,
     mut commands: tokio::sync::mpsc::Receiver<Command>,
@@ -216,7 +252,7 @@ async fn cluster_main(
     };
     let mut peers: Vec<peer::PeerHandle> = Vec::new();
     for _ in 0..initial_peers {
-        match start_peer(&url).await {
+        match start_peer(&url, &access).await {
             Ok((p, registered)) => {
                 if !registered {
                     let _ = events.try_send(not_registered(&p, &url));
@@ -247,7 +283,7 @@ async fn cluster_main(
             }
         };
         let event = match command {
-            Command::AddPeer => match start_peer(&url).await {
+            Command::AddPeer => match start_peer(&url, &access).await {
                 Ok((p, registered)) => {
                     if !registered {
                         let _ = events.try_send(not_registered(&p, &url));

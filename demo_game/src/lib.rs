@@ -66,9 +66,10 @@ const NOTICE_SECS: f32 = 5.0;
 /// Runs the demo as the command line asks: starts the in-process cluster, builds the app
 /// (windowed, or headless with `--headless`) and runs it to the end.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    args.check().map_err(anyhow::Error::msg)?;
     let level_path = level::resolve_level_path(&args.level);
     let level = Level::load(&level_path)?;
-    let cluster = Cluster::start(args.coordinator.clone(), args.initial_peers())
+    let cluster = Cluster::start_with(args.coordinator.clone(), args.initial_peers(), args.peer_access())
         .context("starting the in-process coordinator and peers")?;
     let mut app = build_app(&args, level, cluster, !args.headless);
     if args.headless {

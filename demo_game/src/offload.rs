@@ -15,7 +15,8 @@ use crate::hud::Mode;
 use crate::level::{BodyShape, Level};
 
 /// Adds the plugin, pointed at `url` and ticking at `--tick-hz` with the level's gravity,
-/// and the level's navigation grid.
+/// presenting `--token` / `--token-file` and trusting `--ca-file`, and the level's
+/// navigation grid.
 pub fn add_plugin(app: &mut App, url: &str, args: &Args, level: &Level) {
     let mut plugin = P2c2rPlugin::new(url).tick_rate(args.tick_hz).gravity(Vec3::from(level.gravity));
     if let Some(id) = &args.gamer_id {
@@ -23,6 +24,14 @@ pub fn add_plugin(app: &mut App, url: &str, args: &Args, level: &Level) {
     }
     if let Some(ms) = args.fallback_timeout_ms {
         plugin = plugin.fallback_timeout(std::time::Duration::from_millis(ms));
+    }
+    if let Some(token) = &args.token {
+        plugin = plugin.token(token.clone());
+    } else if let Some(path) = &args.token_file {
+        plugin = plugin.token_file(path.clone());
+    }
+    if let Some(path) = &args.ca_file {
+        plugin = plugin.ca_file(path.clone());
     }
     app.add_plugins(plugin);
     app.insert_resource(NavigationGrid(level.nav_grid.to_protocol()));

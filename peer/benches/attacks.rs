@@ -71,7 +71,7 @@ async fn send(ws: &mut Ws, m: &Message) -> bool {
 
 async fn gamer(url: &str, id: &str) -> Ws {
     let (mut ws, _) = connect_async(url).await.expect("connect to the coordinator");
-    send(&mut ws, &Message::RegisterGamer(RegisterGamer { gamer_id: id.into() })).await;
+    send(&mut ws, &Message::RegisterGamer(RegisterGamer { gamer_id: id.into(), resume_secret: None })).await;
     match recv(&mut ws).await {
         Some(Message::RegistrationAck(_)) => ws,
         other => panic!("gamer {id}: expected registration_ack, got {:?}", other.map(|m| m.msg_type())),

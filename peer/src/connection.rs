@@ -8,12 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use p2c2r_protocol::{Capabilities, Heartbeat, Message, RegisterPeer, codec};
-use tokio::net::TcpStream;
+use p2c2r_protocol::{Capabilities, ErrorCode, Heartbeat, Message, RegisterPeer, codec};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::{self, protocol::WebSocketConfig};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
@@ -21,7 +19,7 @@ use crate::pool::{Job, Pool};
 use crate::session::SessionStore;
 use crate::{PeerConfig, PeerStatus};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+type Ws = p2c2r_net::WsStream;
 
 /// Results waiting to be written, per connection.
 const RESULT_BUFFER: usize = 256;
@@ -39,18 +37,25 @@ pub(crate) struct Peer {
 }
 
 /// Connects, serves and reconnects until `cancel` fires.
+///
+/// The `resume_secret` of the latest `registration_ack` is kept (in memory only) and
+/// presented by the next registration, so that after a reconnection this peer takes its
+/// id back even while the coordinator still holds the old connection.
 pub(crate) async fn run(peer: Peer, cancel: CancellationToken) {
     let mut backoff = Backoff::new(peer.config.reconnect_backoff_min, peer.config.reconnect_backoff_max);
     let sweep = sweep_idle_sessions(&peer.store);
+    let mut resume_secret: Option<String> = None;
     let connections = async {
         while !cancel.is_cancelled() {
             let attempt = tokio::select! {
-                r = connect_and_register(&peer) => r,
+                r = connect_and_register(&peer, resume_secret.as_deref()) => r,
                 () = cancel.cancelled() => break,
             };
+            let mut refused = false;
             match attempt {
-                Ok((ws, max_frame_bytes)) => {
+                Ok(Registered { ws, max_frame_bytes, resume_secret: secret }) => {
                     backoff.reset();
+                    resume_secret = secret;
                     tracing::info!(peer_id = %peer.peer_id, url = %peer.config.coordinator_url, "registered");
                     peer.status.send_modify(|s| {
                         s.connected = true;
@@ -64,10 +69,15 @@ pub(crate) async fn run(peer: Peer, cancel: CancellationToken) {
                     tracing::warn!(peer_id = %peer.peer_id, "disconnected from the coordinator: {reason}");
                 }
                 Err(e) => {
-                    tracing::warn!(peer_id = %peer.peer_id, url = %peer.config.coordinator_url, "cannot register: {e}")
+                    refused = e.is_refusal();
+                    log_failure(&peer, &e);
                 }
             }
-            let delay = backoff.next_delay();
+            let mut delay = backoff.next_delay();
+            if refused {
+                // Refused credentials and ids in use are not fixed in milliseconds.
+                delay = delay.max(MIN_REFUSED_DELAY.min(peer.config.reconnect_backoff_max));
+            }
             tracing::debug!(?delay, "reconnecting after a pause");
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
@@ -78,6 +88,36 @@ pub(crate) async fn run(peer: Peer, cancel: CancellationToken) {
     tokio::select! {
         () = connections => {}
         () = sweep => {}
+    }
+}
+
+/// The shortest pause after the coordinator refused this peer's credential or id
+/// (unless `reconnect_backoff_max` is shorter).
+const MIN_REFUSED_DELAY: Duration = Duration::from_secs(1);
+
+/// Logs a failed connection attempt; refusals say what to fix.
+fn log_failure(peer: &Peer, e: &ConnectError) {
+    let (peer_id, url) = (&peer.peer_id, &peer.config.coordinator_url);
+    match e {
+        ConnectError::Connect(net) if net.is_auth_refusal() => tracing::warn!(
+            %peer_id, %url, status = net.status(),
+            "the coordinator refused this peer's credential ({net}); check --token / --token-file (a token file \
+             is read again on every attempt); retrying with backoff"
+        ),
+        ConnectError::Connect(net) if net.is_config_problem() => {
+            tracing::warn!(%peer_id, %url, "cannot connect: {net}; retrying with backoff")
+        }
+        ConnectError::Refused { code: ErrorCode::IdInUse, message } => tracing::warn!(
+            %peer_id, %url,
+            "the peer id is in use by another connection, and this peer could not prove it is the same client (no \
+             resume secret, or a stale one): {message}; retrying later"
+        ),
+        ConnectError::Refused { code: ErrorCode::Unauthorized, message } => tracing::warn!(
+            %peer_id, %url,
+            "the coordinator does not allow this registration with this credential ({message}); check the token and \
+             --peer-id; retrying with backoff"
+        ),
+        _ => tracing::warn!(%peer_id, %url, "cannot register: {e}"),
     }
 }
 
@@ -99,29 +139,62 @@ async fn sweep_idle_sessions(store: &SessionStore) {
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ConnectError {
     #[error("{0}")]
+    Connect(#[from] p2c2r_net::ConnectError),
+    #[error("{0}")]
     WebSocket(#[from] tungstenite::Error),
     #[error("no answer within {0:?}")]
     Timeout(Duration),
-    #[error("the coordinator refused the registration: {0}")]
-    Refused(String),
+    #[error("the coordinator refused the registration: {code}: {message}")]
+    Refused { code: ErrorCode, message: String },
     #[error("the connection closed during registration")]
     Closed,
 }
 
-/// Connects and registers; returns the socket and the largest frame the coordinator
-/// accepts (its `registration_ack`'s `max_frame_bytes`, the protocol default without one).
-async fn connect_and_register(peer: &Peer) -> Result<(Ws, usize), ConnectError> {
+impl ConnectError {
+    /// Whether the coordinator refused this peer's credential or id (as opposed to a
+    /// network failure).
+    fn is_refusal(&self) -> bool {
+        match self {
+            ConnectError::Connect(e) => e.is_auth_refusal(),
+            ConnectError::Refused { code, .. } => matches!(code, ErrorCode::IdInUse | ErrorCode::Unauthorized),
+            _ => false,
+        }
+    }
+}
+
+/// A registered connection.
+struct Registered {
+    ws: Ws,
+    /// The largest frame the coordinator accepts (its `registration_ack`'s
+    /// `max_frame_bytes`, the protocol default without one).
+    max_frame_bytes: usize,
+    /// The ack's `resume_secret`, to present at the next registration.
+    resume_secret: Option<String>,
+}
+
+/// The connection options of this peer's configuration.
+fn connect_options(config: &PeerConfig) -> p2c2r_net::ConnectOptions {
+    p2c2r_net::ConnectOptions {
+        token: config.token.clone(),
+        ca_file: config.ca_file.clone(),
+        ws_config: Some(
+            WebSocketConfig::default()
+                .max_message_size(Some(config.max_frame_bytes))
+                .max_frame_size(Some(config.max_frame_bytes)),
+        ),
+        timeout: config.connect_timeout,
+    }
+}
+
+/// Connects and registers, presenting `resume_secret` when there is one.
+async fn connect_and_register(peer: &Peer, resume_secret: Option<&str>) -> Result<Registered, ConnectError> {
     let limit = peer.config.connect_timeout;
     tokio::time::timeout(limit, async {
-        let ws_config = WebSocketConfig::default()
-            .max_message_size(Some(peer.config.max_frame_bytes))
-            .max_frame_size(Some(peer.config.max_frame_bytes));
-        let (mut ws, _) =
-            tokio_tungstenite::connect_async_with_config(peer.config.coordinator_url.as_str(), Some(ws_config), true)
-                .await?;
+        let mut ws = p2c2r_net::connect(&peer.config.coordinator_url, &connect_options(&peer.config)).await?;
         let register = Message::RegisterPeer(RegisterPeer {
             peer_id: peer.peer_id.clone(),
             capabilities: peer.capabilities.clone(),
+            resume_secret: resume_secret.map(str::to_owned),
         });
         ws.send(tungstenite::Message::text(codec::encode(&register))).await?;
         loop {
@@ -130,10 +203,11 @@ async fn connect_and_register(peer: &Peer) -> Result<(Ws, usize), ConnectError> 
                 Some(Err(e)) => return Err(e.into()),
                 Some(Ok(tungstenite::Message::Text(text))) => match codec::decode(text.as_str()) {
                     Ok(Message::RegistrationAck(ack)) => {
-                        let max = ack.max_frame_bytes.unwrap_or(p2c2r_protocol::limits::DEFAULT_MAX_FRAME_BYTES);
-                        return Ok((ws, max));
+                        let max_frame_bytes =
+                            ack.max_frame_bytes.unwrap_or(p2c2r_protocol::limits::DEFAULT_MAX_FRAME_BYTES);
+                        return Ok(Registered { ws, max_frame_bytes, resume_secret: ack.resume_secret });
                     }
-                    Ok(Message::Error(e)) => return Err(ConnectError::Refused(format!("{}: {}", e.code, e.message))),
+                    Ok(Message::Error(e)) => return Err(ConnectError::Refused { code: e.code, message: e.message }),
                     Ok(other) => tracing::debug!(msg_type = other.msg_type(), "ignored before registration"),
                     Err(e) => tracing::debug!("undecodable frame before registration: {e}"),
                 },
@@ -205,6 +279,10 @@ fn handle_frame(peer: &Peer, text: &str, results: &mpsc::Sender<String>, max_fra
                 "task assigned"
             );
             peer.pool.submit(Job::new(assignment, results.clone()).with_max_frame_bytes(max_frame_bytes)).err()
+        }
+        Ok(Message::Error(e)) if e.code == ErrorCode::Replaced => {
+            tracing::warn!(peer_id = %peer.peer_id, "another connection took this peer id over: {}", e.message);
+            None
         }
         Ok(Message::Error(e)) => {
             tracing::debug!(code = %e.code, refers_to = ?e.refers_to, "coordinator error: {}", e.message);

@@ -6,6 +6,14 @@
 //! jittered, capped backoff whenever the coordinator goes away, and never exits on a
 //! network error.
 //!
+//! It connects through [`p2c2r_net::connect`]: `ws://` or `wss://` (rustls; the public
+//! roots, or [`PeerConfig::ca_file`]), presenting [`PeerConfig::token`] as a bearer
+//! token. A refused credential is logged as such and retried with backoff like any other
+//! failure (a token file is read again on every attempt). Each `registration_ack`'s
+//! `resume_secret` is kept in memory and presented by the next registration, so a
+//! reconnecting peer takes its id back from a connection the coordinator has not yet
+//! noticed is dead; a registration answered `id_in_use` is retried later.
+//!
 //! | task type | what the peer does |
 //! | --- | --- |
 //! | `physics_step` | one tick of a session's rapier3d world ([`physics::PhysicsWorld`]) |
@@ -85,6 +93,7 @@ pub mod worker;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -95,6 +104,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use budget::Budgets;
+pub use p2c2r_net::Credential;
 pub use session::{
     Clock, DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_MEMORY_BYTES, ManualClock, OverBudget, Session, SessionStore,
     StoreFull, SystemClock,
@@ -108,8 +118,15 @@ pub const DEFAULT_COORDINATOR_URL: &str = "ws://localhost:8765";
 /// How a peer runs. [`Default`] gives the documented defaults.
 #[derive(Clone, Debug)]
 pub struct PeerConfig {
-    /// The coordinator's WebSocket URL (default `ws://localhost:8765`).
+    /// The coordinator's WebSocket URL (default `ws://localhost:8765`); `wss://` for TLS.
     pub coordinator_url: String,
+    /// The credential presented to the coordinator (`Authorization: Bearer <token>` in
+    /// the upgrade request); none by default. A [`Credential::File`] is read again on
+    /// every reconnection, so a fixed or renewed token is picked up without a restart.
+    pub token: Option<Credential>,
+    /// For a `wss://` coordinator: trust the certificates of this PEM file instead of the
+    /// public web PKI roots (default: `None`, the public roots).
+    pub ca_file: Option<PathBuf>,
     /// The id to register with; a random `peer-<uuid>` when `None`.
     pub peer_id: Option<String>,
     /// Tasks run at once; the detected number of cores when `None`.
@@ -177,6 +194,8 @@ impl Default for PeerConfig {
     fn default() -> Self {
         PeerConfig {
             coordinator_url: DEFAULT_COORDINATOR_URL.to_owned(),
+            token: None,
+            ca_file: None,
             peer_id: None,
             max_concurrent_tasks: None,
             session_idle_timeout: Duration::from_secs(60),

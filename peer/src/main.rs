@@ -6,6 +6,7 @@
 //! ([`peer::worker::WORKER_ARG`]), checked before anything else and not listed in `--help`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -14,9 +15,21 @@ use clap::Parser;
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// Coordinator WebSocket URL.
+    /// Coordinator WebSocket URL (ws://HOST:PORT, or wss://HOST:PORT for TLS).
     #[arg(long, env = "P2C2R_COORDINATOR", default_value = peer::DEFAULT_COORDINATOR_URL)]
     coordinator: String,
+    /// Bearer token to present to the coordinator. Visible to other local users on the
+    /// command line: prefer --token-file or the environment.
+    #[arg(long, env = "P2C2R_TOKEN", hide_env_values = true, conflicts_with = "token_file")]
+    token: Option<String>,
+    /// File holding the bearer token (surrounding whitespace ignored); read again on every
+    /// reconnection, so a renewed token is picked up without a restart.
+    #[arg(long, env = "P2C2R_TOKEN_FILE", value_name = "PATH")]
+    token_file: Option<PathBuf>,
+    /// For a wss:// coordinator: trust the certificates in this PEM file instead of the
+    /// public web PKI roots.
+    #[arg(long, env = "P2C2R_CA_FILE", value_name = "PATH")]
+    ca_file: Option<PathBuf>,
     /// Peer id to register with [default: a random peer-<uuid>].
     #[arg(long, env = "P2C2R_PEER_ID")]
     peer_id: Option<String>,
@@ -128,6 +141,8 @@ async fn serve() -> anyhow::Result<()> {
     let defaults = peer::PeerConfig::default();
     let config = peer::PeerConfig {
         coordinator_url: args.coordinator,
+        token: args.token.map(peer::Credential::Token).or(args.token_file.map(peer::Credential::File)),
+        ca_file: args.ca_file,
         peer_id: args.peer_id,
         max_concurrent_tasks: args.max_concurrent_tasks,
         session_idle_timeout: Duration::from_secs_f64(args.session_idle_timeout),

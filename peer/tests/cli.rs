@@ -1,5 +1,6 @@
 //! The binary's command line: `--help` documents the metrics endpoint, which is served
-//! from `P2C2R_METRICS_LISTEN` too, and a busy metrics address is a clear error.
+//! from `P2C2R_METRICS_LISTEN` too, and a busy metrics address is a clear error; the
+//! credential flags are documented and exclusive.
 
 mod common;
 
@@ -16,6 +17,25 @@ fn help_lists_the_metrics_endpoint() {
     for flag in ["--coordinator", "--in-process", "--metrics-listen", "P2C2R_METRICS_LISTEN"] {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
     }
+}
+
+#[test]
+fn credential_flags_are_documented_and_token_excludes_token_file() {
+    let out = Command::new(env!("CARGO_BIN_EXE_peer")).arg("--help").env("P2C2R_TOKEN", "s3cr3t").output().unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    for flag in ["--token", "P2C2R_TOKEN", "--token-file", "P2C2R_TOKEN_FILE", "--ca-file", "P2C2R_CA_FILE"] {
+        assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
+    }
+    assert!(!help.contains("s3cr3t"), "--help shows the token from the environment:\n{help}");
+    let both = Command::new(env!("CARGO_BIN_EXE_peer"))
+        .args(["--token", "a", "--token-file", "/nonexistent", "--in-process"])
+        .env_remove("P2C2R_TOKEN")
+        .env_remove("P2C2R_TOKEN_FILE")
+        .output()
+        .unwrap();
+    assert!(!both.status.success());
+    let stderr = String::from_utf8_lossy(&both.stderr);
+    assert!(stderr.contains("--token-file") && stderr.contains("cannot be used with"), "{stderr}");
 }
 
 #[tokio::test]

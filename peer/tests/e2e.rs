@@ -102,9 +102,15 @@ async fn killing_the_sessions_peer_costs_one_resync() {
     }
 
     // Kill the peer that holds the session.
-    // Peers key sessions by gamer and session id together.
-    let key = &format!("{}:{}/{}", "gamer-1".len(), "gamer-1", "s");
-    let holder = peers.iter().position(|p| p.sessions().contains(key)).expect("one peer holds the session");
+    // Peers key sessions by gamer and session id together; the coordinator names the
+    // gamer to peers by an opaque alias, not by its id.
+    let holder = peers
+        .iter()
+        .position(|p| p.session_keys().iter().any(|k| k.ends_with("/s")))
+        .expect("one peer holds the session");
+    let keys = peers[holder].session_keys();
+    assert!(keys.iter().all(|k| !k.contains("gamer-1")), "peers never see the gamer's id: {keys:?}");
+    let key = &keys[0];
     let survivor = 1 - holder;
     assert!(!peers[survivor].sessions().contains(key));
     peers[holder].kill();

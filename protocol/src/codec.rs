@@ -157,6 +157,7 @@ mod tests {
                 task_types: Some(vec!["physics_step".into()]),
                 max_concurrent_tasks: Some(4),
             },
+            resume_secret: Some("abc".into()),
         }));
         let Message::RegisterPeer(p) = m else { panic!() };
         assert_eq!(p.capabilities.max_concurrent_tasks, Some(4));
@@ -164,7 +165,7 @@ mod tests {
 
     #[test]
     fn register_gamer_round_trips() {
-        round_trip(Message::RegisterGamer(RegisterGamer { gamer_id: "g".into() }));
+        round_trip(Message::RegisterGamer(RegisterGamer { gamer_id: "g".into(), resume_secret: None }));
     }
 
     #[test]
@@ -175,6 +176,7 @@ mod tests {
             status: "registered".into(),
             heartbeat_interval_ms: Some(1000),
             max_frame_bytes: Some(10),
+            resume_secret: Some("s3cret".into()),
         }));
     }
 

@@ -53,6 +53,15 @@ pub enum ErrorCode {
     /// Every peer that held the task disconnected while running it, `max_attempts` times:
     /// the task is quarantined as poison and not dispatched again.
     PoisonTask,
+    /// The connection's credential does not allow this (no credential, wrong role, an id
+    /// other than the credential's, or a credential revoked since).
+    Unauthorized,
+    /// The id is registered by a live connection (or one that may still resume), and this
+    /// registration did not prove it is the same client.
+    IdInUse,
+    /// Over a rate limit (tasks or bytes per second, new sessions, connection attempts);
+    /// the request was not accepted. Slow down and retry.
+    RateLimited,
     /// A code this build does not know.
     #[serde(other)]
     Other,
@@ -84,6 +93,9 @@ impl ErrorCode {
             ErrorCode::OutOfOrder => "out_of_order",
             ErrorCode::Internal => "internal",
             ErrorCode::PoisonTask => "poison_task",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::IdInUse => "id_in_use",
+            ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Other => "other",
         }
     }
@@ -124,6 +136,9 @@ mod tests {
             ErrorCode::OutOfOrder,
             ErrorCode::Internal,
             ErrorCode::PoisonTask,
+            ErrorCode::Unauthorized,
+            ErrorCode::IdInUse,
+            ErrorCode::RateLimited,
             ErrorCode::Other,
         ] {
             let json = serde_json::to_string(&code).unwrap();

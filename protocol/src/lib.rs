@@ -11,7 +11,7 @@
 //! ```
 //! use p2c2r_protocol::{codec, Message, RegisterGamer};
 //!
-//! let frame = codec::encode(&Message::RegisterGamer(RegisterGamer { gamer_id: "g1".into() }));
+//! let frame = codec::encode(&Message::RegisterGamer(RegisterGamer { gamer_id: "g1".into(), resume_secret: None }));
 //! assert_eq!(frame, r#"{"msg_type":"register_gamer","gamer_id":"g1"}"#);
 //! assert!(matches!(codec::decode(&frame), Ok(Message::RegisterGamer(_))));
 //! ```

@@ -96,6 +96,11 @@ pub struct RegisterPeer {
     /// What the peer offers.
     #[serde(default)]
     pub capabilities: Capabilities,
+    /// The `resume_secret` of an earlier registration of this id: proves this is the
+    /// same client, so it may take the id over from a connection that is still open
+    /// (see PROTOCOL.md, "Identity").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_secret: Option<String>,
 }
 
 /// `register_gamer`.
@@ -103,6 +108,10 @@ pub struct RegisterPeer {
 pub struct RegisterGamer {
     /// The gamer's id, unique among connected gamers.
     pub gamer_id: String,
+    /// The `resume_secret` of an earlier registration of this id: proves this is the
+    /// same client, so it may take the id, its sessions and its pending results back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_secret: Option<String>,
 }
 
 /// `registration_ack`: carries the id that registered and `status: "registered"`.
@@ -122,6 +131,10 @@ pub struct RegistrationAck {
     /// The largest frame the coordinator accepts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_frame_bytes: Option<usize>,
+    /// A secret that proves, in a later `register_*` of the same id, that it comes
+    /// from this client. Keep it private; it changes with every registration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_secret: Option<String>,
 }
 
 /// `heartbeat`. Any inbound frame proves liveness; this one exists for clients that have

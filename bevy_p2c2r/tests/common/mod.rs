@@ -143,6 +143,16 @@ pub fn frame(message: &p2c2r_protocol::Message) -> tokio_tungstenite::tungstenit
 /// The next `task_request` the plugin sends to a scripted server, acknowledging its
 /// registration on the way and skipping everything else; `None` when the connection ends.
 pub async fn next_task_request(ws: &mut ServerWs) -> Option<p2c2r_protocol::TaskRequest> {
+    next_task_request_acking(ws, None, &mut Vec::new()).await
+}
+
+/// [`next_task_request`], acknowledging registrations with this `resume_secret` and
+/// keeping them in `registrations`.
+pub async fn next_task_request_acking(
+    ws: &mut ServerWs,
+    resume_secret: Option<&str>,
+    registrations: &mut Vec<p2c2r_protocol::RegisterGamer>,
+) -> Option<p2c2r_protocol::TaskRequest> {
     use futures_util::{SinkExt, StreamExt};
     use p2c2r_protocol::{Message, RegistrationAck, codec};
     while let Some(Ok(msg)) = ws.next().await {
@@ -151,11 +161,13 @@ pub async fn next_task_request(ws: &mut ServerWs) -> Option<p2c2r_protocol::Task
             Ok(Message::RegisterGamer(r)) => {
                 let ack = RegistrationAck {
                     peer_id: None,
-                    gamer_id: Some(r.gamer_id),
+                    gamer_id: Some(r.gamer_id.clone()),
                     status: "registered".into(),
                     heartbeat_interval_ms: None,
                     max_frame_bytes: None,
+                    resume_secret: resume_secret.map(str::to_owned),
                 };
+                registrations.push(r);
                 ws.send(frame(&Message::RegistrationAck(ack))).await.ok()?;
             }
             Ok(Message::TaskRequest(r)) => return Some(r),

@@ -20,13 +20,15 @@ pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 pub struct Client {
     pub ws: Ws,
+    /// The resume secret of this client's last registration.
+    pub secret: Option<String>,
 }
 
 impl Client {
     pub async fn connect(url: &str) -> Client {
         let (ws, _) =
             tokio::time::timeout(WAIT, connect_async(url)).await.expect("connect timed out").expect("connect");
-        Client { ws }
+        Client { ws, secret: None }
     }
 
     pub async fn peer(url: &str, peer_id: &str, max_concurrent_tasks: u32) -> Client {
@@ -35,19 +37,36 @@ impl Client {
     }
 
     pub async fn peer_with(url: &str, peer_id: &str, capabilities: Capabilities) -> Client {
+        Self::peer_resuming(url, peer_id, capabilities, None).await
+    }
+
+    /// Registers a peer presenting `secret` (the resume secret of an earlier registration).
+    pub async fn peer_resuming(url: &str, peer_id: &str, capabilities: Capabilities, secret: Option<String>) -> Client {
         let mut c = Client::connect(url).await;
-        c.send(&Message::RegisterPeer(RegisterPeer { peer_id: peer_id.into(), capabilities })).await;
-        let ack = c.recv().await;
-        assert!(matches!(ack, Message::RegistrationAck(_)), "{ack:?}");
+        c.send(&Message::RegisterPeer(RegisterPeer { peer_id: peer_id.into(), capabilities, resume_secret: secret }))
+            .await;
+        c.expect_ack().await;
         c
     }
 
     pub async fn gamer(url: &str, gamer_id: &str) -> Client {
+        Self::gamer_resuming(url, gamer_id, None).await
+    }
+
+    /// Registers a gamer presenting `secret` (the resume secret of an earlier registration).
+    pub async fn gamer_resuming(url: &str, gamer_id: &str, secret: Option<String>) -> Client {
         let mut c = Client::connect(url).await;
-        c.send(&Message::RegisterGamer(RegisterGamer { gamer_id: gamer_id.into() })).await;
-        let ack = c.recv().await;
-        assert!(matches!(ack, Message::RegistrationAck(_)), "{ack:?}");
+        c.send(&Message::RegisterGamer(RegisterGamer { gamer_id: gamer_id.into(), resume_secret: secret })).await;
+        c.expect_ack().await;
         c
+    }
+
+    /// Reads the registration_ack and keeps its resume secret.
+    pub async fn expect_ack(&mut self) {
+        match self.recv().await {
+            Message::RegistrationAck(ack) => self.secret = ack.resume_secret,
+            other => panic!("expected registration_ack, got {other:?}"),
+        }
     }
 
     pub async fn send(&mut self, message: &Message) {

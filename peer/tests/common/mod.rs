@@ -30,7 +30,7 @@ pub struct Gamer {
 impl Gamer {
     pub async fn connect(url: &str, gamer_id: &str) -> Gamer {
         let (mut ws, _) = within("connecting", tokio_tungstenite::connect_async(url)).await.unwrap();
-        let hello = Message::RegisterGamer(RegisterGamer { gamer_id: gamer_id.into() });
+        let hello = Message::RegisterGamer(RegisterGamer { gamer_id: gamer_id.into(), resume_secret: None });
         ws.send(WsMessage::text(codec::encode(&hello))).await.unwrap();
         let mut gamer = Gamer { ws, next_id: 0 };
         match gamer.next().await {
@@ -147,6 +147,11 @@ impl Conn {
 
     /// Reads the registration and acknowledges it.
     pub async fn register(&mut self) -> p2c2r_protocol::RegisterPeer {
+        self.register_handing_out(None).await
+    }
+
+    /// Reads the registration and acknowledges it with this `resume_secret`.
+    pub async fn register_handing_out(&mut self, resume_secret: Option<&str>) -> p2c2r_protocol::RegisterPeer {
         let Some(Message::RegisterPeer(r)) = self.next().await else { panic!("expected register_peer") };
         self.send(&Message::RegistrationAck(RegistrationAck {
             peer_id: Some(r.peer_id.clone()),
@@ -154,6 +159,7 @@ impl Conn {
             status: "registered".into(),
             heartbeat_interval_ms: Some(1000),
             max_frame_bytes: None,
+            resume_secret: resume_secret.map(str::to_owned),
         }))
         .await;
         r

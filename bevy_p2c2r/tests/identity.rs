@@ -1,0 +1,230 @@
+//! The gamer client's identity against a scripted coordinator: it presents the latest
+//! `resume_secret` when it registers again and takes pending results back, backs off
+//! when its id is in use, and surfaces a refused token while it keeps retrying.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bevy_p2c2r::client::{ClientConfig, ClientError, ClientEvent, ClientEvents, Credential, GamerClient};
+use futures_util::{SinkExt, StreamExt};
+use p2c2r_protocol::{ErrorCode, Message, RegisterGamer, RegistrationAck, TaskRequest, TaskResult, codec};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::{self, http};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+type ServerWs = WebSocketStream<TcpStream>;
+
+async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, f).await.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+async fn accept(listener: &TcpListener) -> ServerWs {
+    let (tcp, _) = within("a connection", listener.accept()).await.unwrap();
+    tokio_tungstenite::accept_async(tcp).await.unwrap()
+}
+
+async fn send(ws: &mut ServerWs, m: &Message) {
+    ws.send(tungstenite::Message::text(codec::encode(m))).await.unwrap();
+}
+
+/// The next protocol message that is not a heartbeat.
+async fn next(ws: &mut ServerWs) -> Message {
+    loop {
+        if let tungstenite::Message::Text(t) =
+            within("a frame", ws.next()).await.expect("the client is connected").unwrap()
+        {
+            match codec::decode(t.as_str()).unwrap() {
+                Message::Heartbeat(_) => {}
+                other => return other,
+            }
+        }
+    }
+}
+
+async fn register(ws: &mut ServerWs) -> RegisterGamer {
+    match next(ws).await {
+        Message::RegisterGamer(r) => r,
+        other => panic!("expected register_gamer, got {}", other.msg_type()),
+    }
+}
+
+async fn ack(ws: &mut ServerWs, gamer_id: &str, secret: &str) {
+    let ack = RegistrationAck {
+        peer_id: None,
+        gamer_id: Some(gamer_id.into()),
+        status: "registered".into(),
+        heartbeat_interval_ms: None,
+        max_frame_bytes: None,
+        resume_secret: Some(secret.into()),
+    };
+    send(ws, &Message::RegistrationAck(ack)).await;
+}
+
+async fn event(events: &mut ClientEvents) -> ClientEvent {
+    within("a client event", events.recv()).await.expect("the event stream is open")
+}
+
+fn config(url: String) -> ClientConfig {
+    let mut config = ClientConfig::new(url, "gamer-identity");
+    config.backoff_initial = Duration::from_millis(20);
+    config.backoff_max = Duration::from_millis(300);
+    config
+}
+
+fn task(id: &str) -> TaskRequest {
+    TaskRequest {
+        task_id: id.into(),
+        task_type: "physics".into(),
+        task_data: p2c2r_protocol::raw_payload(r#"{"num_objects":1}"#.into()).unwrap(),
+        session_id: None,
+        deadline_ms: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_latest_resume_secret_is_presented_and_pending_results_come_back() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}", listener.local_addr().unwrap());
+    let (client, mut events) = GamerClient::start(config(url));
+
+    let mut ws = accept(&listener).await;
+    let first = register(&mut ws).await;
+    assert_eq!((first.gamer_id.as_str(), first.resume_secret.as_deref()), ("gamer-identity", None));
+    ack(&mut ws, "gamer-identity", "secret-1").await;
+    assert!(matches!(event(&mut events).await, ClientEvent::Connected { .. }));
+    // A task goes out, and the connection drops before its result.
+    client.send(task("t1")).unwrap();
+    let Message::TaskRequest(sent) = next(&mut ws).await else { panic!("expected the task") };
+    assert_eq!(sent.task_id, "t1");
+    drop(ws);
+    assert!(matches!(event(&mut events).await, ClientEvent::Disconnected { .. }));
+
+    // The client comes back with the secret; the coordinator hands the result over.
+    let mut ws = accept(&listener).await;
+    let second = register(&mut ws).await;
+    assert_eq!(second.resume_secret.as_deref(), Some("secret-1"));
+    ack(&mut ws, "gamer-identity", "secret-2").await;
+    assert!(matches!(event(&mut events).await, ClientEvent::Connected { .. }));
+    let result = TaskResult {
+        task_id: "t1".into(),
+        result: p2c2r_protocol::raw_payload(r#"{"status":"success"}"#.into()).unwrap(),
+        attempt: Some(1),
+        peer_id: Some("p".into()),
+    };
+    send(&mut ws, &Message::TaskResult(result)).await;
+    match event(&mut events).await {
+        ClientEvent::Result(outcome) => assert_eq!(outcome.task_id, "t1"),
+        other => panic!("expected the pending result, got {other:?}"),
+    }
+    drop(ws);
+    assert!(matches!(event(&mut events).await, ClientEvent::Disconnected { .. }));
+
+    // Each registration presents the secret of the latest ack.
+    let mut ws = accept(&listener).await;
+    assert_eq!(register(&mut ws).await.resume_secret.as_deref(), Some("secret-2"));
+    ack(&mut ws, "gamer-identity", "secret-3").await;
+    assert!(client.wait_connected(WAIT).await);
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_in_use_is_reported_and_retried_after_a_pause() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}", listener.local_addr().unwrap());
+    // connect() reports the refusal of the first attempt as such.
+    let connecting = tokio::spawn(GamerClient::connect(config(url.clone())));
+    let mut ws = accept(&listener).await;
+    register(&mut ws).await;
+    send(&mut ws, &Message::error(ErrorCode::IdInUse, "gamer-identity is registered", None)).await;
+    match within("connect's answer", connecting).await.unwrap() {
+        Err(e @ ClientError::RegistrationRefused(_)) => assert!(e.is_refusal(), "{e}"),
+        other => panic!("expected a refused registration, got {other:?}"),
+    }
+    drop(ws);
+
+    // start() keeps trying, at a pace a refusal deserves.
+    let (client, mut events) = GamerClient::start(config(url));
+    let mut ws = accept(&listener).await;
+    register(&mut ws).await;
+    send(&mut ws, &Message::error(ErrorCode::IdInUse, "gamer-identity is registered", None)).await;
+    let refused_at = Instant::now();
+    match event(&mut events).await {
+        ClientEvent::Disconnected { reason } => assert!(reason.contains("id_in_use"), "{reason}"),
+        other => panic!("expected a disconnection, got {other:?}"),
+    }
+    drop(ws);
+    let mut ws = accept(&listener).await;
+    let waited = refused_at.elapsed();
+    assert!(waited >= Duration::from_millis(290), "retried after only {waited:?}");
+    register(&mut ws).await;
+    ack(&mut ws, "gamer-identity", "s").await;
+    assert!(client.wait_connected(WAIT).await);
+    client.close().await;
+}
+
+/// The `Authorization` headers of the upgrade requests a listener saw.
+type Seen = Arc<Mutex<Vec<Option<String>>>>;
+
+/// Accepts one connection; refuses its upgrade with 401 `token expired` unless it
+/// carries `Bearer good`.
+#[allow(clippy::result_large_err)] // tungstenite's callback signature
+async fn accept_checking_token(listener: &TcpListener, seen: &Seen) -> Option<ServerWs> {
+    let (tcp, _) = within("a connection", listener.accept()).await.unwrap();
+    let seen = seen.clone();
+    let callback = move |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
+        let auth = request.headers().get(http::header::AUTHORIZATION).map(|v| v.to_str().unwrap().to_owned());
+        let good = auth.as_deref() == Some("Bearer good");
+        seen.lock().unwrap().push(auth);
+        if good {
+            Ok(response)
+        } else {
+            Err(http::Response::builder().status(401).body(Some("token expired".into())).unwrap())
+        }
+    };
+    tokio_tungstenite::accept_hdr_async(tcp, callback).await.ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_is_surfaced_and_a_fixed_token_file_is_picked_up() {
+    let dir = std::env::temp_dir().join(format!("p2c2r-gamer-identity-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("gamer.jwt");
+    std::fs::write(&token_file, "stale\n").unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}", listener.local_addr().unwrap());
+    let seen: Seen = Default::default();
+    let accept_checking_token = |listener| accept_checking_token(listener, &seen);
+    let mut config = config(url);
+    config.token = Some(Credential::File(token_file.clone()));
+    let connecting = tokio::spawn(GamerClient::connect(config.clone()));
+    assert!(accept_checking_token(&listener).await.is_none());
+    match within("connect's answer", connecting).await.unwrap() {
+        Err(ClientError::Refused { status: 401, body, .. }) => assert_eq!(body, "token expired"),
+        other => panic!("expected HTTP 401, got {other:?}"),
+    }
+
+    let (client, mut events) = GamerClient::start(config);
+    assert!(accept_checking_token(&listener).await.is_none());
+    match event(&mut events).await {
+        ClientEvent::Disconnected { reason } => assert!(reason.contains("401"), "{reason}"),
+        other => panic!("expected a disconnection, got {other:?}"),
+    }
+    assert!(accept_checking_token(&listener).await.is_none(), "still refused, still retrying");
+    std::fs::write(&token_file, "good\n").unwrap();
+    let mut ws = loop {
+        if let Some(ws) = accept_checking_token(&listener).await {
+            break ws;
+        }
+    };
+    register(&mut ws).await;
+    ack(&mut ws, "gamer-identity", "s").await;
+    assert!(client.wait_connected(WAIT).await);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.last().unwrap().as_deref(), Some("Bearer good"), "{seen:?}");
+    assert!(seen[..seen.len() - 1].iter().all(|h| h.as_deref() == Some("Bearer stale")), "{seen:?}");
+    client.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

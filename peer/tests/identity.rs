@@ -1,0 +1,120 @@
+//! Identity against a scripted coordinator: the peer presents the latest
+//! `resume_secret` when it registers again, backs off when its id is in use, and keeps
+//! retrying a refused token, picking up a fixed token file.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Conn, listener, within};
+use p2c2r_protocol::{ErrorCode, Message};
+use peer::{Credential, PeerConfig, PeerHandle};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http;
+
+async fn start(url: String, tweak: impl FnOnce(&mut PeerConfig)) -> PeerHandle {
+    let mut config = PeerConfig {
+        coordinator_url: url,
+        peer_id: Some("peer-identity".into()),
+        max_concurrent_tasks: Some(1),
+        reconnect_backoff_min: Duration::from_millis(20),
+        reconnect_backoff_max: Duration::from_millis(300),
+        ..Default::default()
+    };
+    tweak(&mut config);
+    peer::spawn(config).await
+}
+
+#[tokio::test]
+async fn the_latest_resume_secret_is_presented_after_every_reconnect() {
+    let listener = listener().await;
+    let url = format!("ws://{}", listener.local_addr().unwrap());
+    let peer = start(url, |_| {}).await;
+
+    let mut conn = Conn::accept(&listener).await;
+    let first = conn.register_handing_out(Some("secret-1")).await;
+    assert_eq!(first.resume_secret, None, "nothing to present the first time");
+    within("registered", peer.wait_for(|s| s.registrations == 1)).await;
+    drop(conn);
+
+    let mut conn = Conn::accept(&listener).await;
+    let second = conn.register_handing_out(Some("secret-2")).await;
+    assert_eq!(second.resume_secret.as_deref(), Some("secret-1"));
+    within("registered again", peer.wait_for(|s| s.registrations == 2)).await;
+    drop(conn);
+
+    // The id is still held (say, an impostor got it): id_in_use, then a pause.
+    let mut conn = Conn::accept(&listener).await;
+    let Some(Message::RegisterPeer(third)) = conn.next().await else { panic!("expected register_peer") };
+    assert_eq!(third.resume_secret.as_deref(), Some("secret-2"), "the latest secret, not the first");
+    conn.send(&Message::error(ErrorCode::IdInUse, "peer-identity is registered", Some("peer-identity".into()))).await;
+    let refused_at = Instant::now();
+    drop(conn);
+
+    let mut conn = Conn::accept(&listener).await;
+    let waited = refused_at.elapsed();
+    // Refusals wait at least a second, or the whole backoff cap when it is shorter.
+    assert!(waited >= Duration::from_millis(290), "retried after only {waited:?}");
+    let fourth = conn.register_handing_out(Some("secret-4")).await;
+    assert_eq!(fourth.resume_secret.as_deref(), Some("secret-2"), "a refusal does not lose the secret");
+    within("registered a third time", peer.wait_for(|s| s.registrations == 3 && s.connected)).await;
+    peer.kill();
+}
+
+/// The `Authorization` headers of the upgrade requests this listener saw.
+type Seen = Arc<Mutex<Vec<Option<String>>>>;
+
+/// Accepts one connection; refuses its upgrade with 401 `token expired` unless it
+/// carries `Bearer good`.
+#[allow(clippy::result_large_err)] // tungstenite's callback signature
+async fn accept_checking_token(listener: &TcpListener, seen: &Seen) -> Option<Conn> {
+    let (tcp, _) = within("a connection", listener.accept()).await.unwrap();
+    let seen = seen.clone();
+    let callback = move |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
+        let auth = request.headers().get(http::header::AUTHORIZATION).map(|v| v.to_str().unwrap().to_owned());
+        let good = auth.as_deref() == Some("Bearer good");
+        seen.lock().unwrap().push(auth);
+        if good {
+            Ok(response)
+        } else {
+            Err(http::Response::builder().status(401).body(Some("token expired".into())).unwrap())
+        }
+    };
+    tokio_tungstenite::accept_hdr_async(tcp, callback).await.ok().map(Conn)
+}
+
+#[tokio::test]
+async fn a_refused_token_is_retried_and_a_fixed_token_file_is_picked_up() {
+    let dir = std::env::temp_dir().join(format!("p2c2r-peer-identity-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file: PathBuf = dir.join("token");
+    std::fs::write(&token_file, "stale\n").unwrap();
+
+    let listener = listener().await;
+    let url = format!("ws://{}", listener.local_addr().unwrap());
+    let file = token_file.clone();
+    let peer = start(url, move |c| c.token = Some(Credential::File(file))).await;
+    let seen: Seen = Default::default();
+    for _ in 0..2 {
+        assert!(accept_checking_token(&listener, &seen).await.is_none(), "the stale token is refused");
+    }
+    assert!(!peer.is_connected());
+    std::fs::write(&token_file, "good\n").unwrap();
+    let mut conn = loop {
+        // An attempt may already be under way with the stale token.
+        if let Some(conn) = accept_checking_token(&listener, &seen).await {
+            break conn;
+        }
+    };
+    conn.register().await;
+    within("registered with the fixed token", peer.wait_for(|s| s.connected)).await;
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.len() >= 3, "{seen:?}");
+    assert!(seen[..seen.len() - 1].iter().all(|h| h.as_deref() == Some("Bearer stale")), "{seen:?}");
+    assert_eq!(seen.last().unwrap().as_deref(), Some("Bearer good"));
+    peer.kill();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,108 @@
+//! End to end over `wss://` with credentials: the real coordinator serving TLS with a
+//! certificate made at test time and an auth file; a peer presenting its token from a
+//! file (refused while the file holds a wrong one, registered once it is fixed, without
+//! a restart) runs a gamer's task.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::within;
+use futures_util::{SinkExt, StreamExt};
+use p2c2r_protocol::{Message, RegisterGamer, TaskRequest, codec, to_payload};
+use peer::{Credential, PeerConfig};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+const PEER_SECRET: &str = "peer-secret-0123456789";
+const GAMER_SECRET: &str = "gamer-secret-0123456789";
+
+/// A temp dir with `cert.pem` and `key.pem` (a self-signed certificate for 127.0.0.1 and
+/// localhost) and `auth` (one peer and one gamer token).
+fn secrets() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("p2c2r-peer-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), signing_key.serialize_pem()).unwrap();
+    let auth = format!("# test credentials\ntoken peer peer-tls {PEER_SECRET}\ntoken gamer gamer-tls {GAMER_SECRET}\n");
+    std::fs::write(dir.join("auth"), auth).unwrap();
+    dir
+}
+
+fn config(dir: &Path) -> coordinator::Config {
+    coordinator::Config {
+        tls: Some(coordinator::TlsFiles { cert: dir.join("cert.pem"), key: dir.join("key.pem") }),
+        auth_file: Some(dir.join("auth")),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_with_a_token_file_serves_a_gamer_over_wss() {
+    let dir = secrets();
+    let coordinator = coordinator::spawn("127.0.0.1:0", config(&dir)).await.unwrap();
+    let url = coordinator.url();
+    assert!(url.starts_with("wss://"), "{url}");
+
+    let token_file = dir.join("peer.token");
+    std::fs::write(&token_file, "peer-secret-but-not-this-one\n").unwrap();
+    let peer = peer::spawn(PeerConfig {
+        coordinator_url: url.clone(),
+        peer_id: Some("peer-tls".into()),
+        token: Some(Credential::File(token_file.clone())),
+        ca_file: Some(dir.join("cert.pem")),
+        max_concurrent_tasks: Some(1),
+        reconnect_backoff_min: Duration::from_millis(20),
+        reconnect_backoff_max: Duration::from_millis(200),
+        ..Default::default()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(peer.status().borrow().registrations, 0, "a wrong token is refused");
+    // Fixed on disk: the peer picks it up at its next attempt.
+    std::fs::write(&token_file, format!("{PEER_SECRET}\n")).unwrap();
+    within("the peer to register", peer.wait_for(|s| s.connected)).await;
+
+    // A gamer, also over wss:// with its token, gets a task run by that peer.
+    let options = p2c2r_net::ConnectOptions {
+        token: Some(Credential::Token(GAMER_SECRET.into())),
+        ca_file: Some(dir.join("cert.pem")),
+        ..Default::default()
+    };
+    let mut ws = within("the gamer to connect", p2c2r_net::connect(&url, &options)).await.unwrap();
+    let send = |m: Message| WsMessage::text(codec::encode(&m));
+    ws.send(send(Message::RegisterGamer(RegisterGamer { gamer_id: "gamer-tls".into(), resume_secret: None })))
+        .await
+        .unwrap();
+    ws.send(send(Message::TaskRequest(TaskRequest {
+        task_id: "t1".into(),
+        task_type: "physics".into(),
+        task_data: to_payload(&serde_json::json!({"num_objects": 3})).unwrap(),
+        session_id: None,
+        deadline_ms: Some(5_000),
+    })))
+    .await
+    .unwrap();
+    let result = loop {
+        let frame = within("the result", ws.next()).await.expect("open").unwrap();
+        let WsMessage::Text(text) = frame else { continue };
+        match codec::decode(text.as_str()).unwrap() {
+            Message::TaskResult(r) => break r,
+            Message::Error(e) => panic!("coordinator error: {} {}", e.code, e.message),
+            _ => {}
+        }
+    };
+    assert_eq!(result.task_id, "t1");
+    assert_eq!(result.peer_id.as_deref(), Some("peer-tls"));
+
+    // Without a token, nothing gets in.
+    let anonymous = p2c2r_net::ConnectOptions { token: None, ..options.clone() };
+    let refused = p2c2r_net::connect(&url, &anonymous).await.unwrap_err();
+    assert!(refused.is_auth_refusal(), "{refused:?}");
+
+    peer.shutdown().await;
+    coordinator.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
