@@ -143,7 +143,7 @@ impl P2c2rPlugin {
         self
     }
 
-    /// Sets the physics session id (default: the gamer id). The AI session is this id
+    /// Sets the physics session id (default: `s-<random>`, never the gamer id: peers see it). The AI session is this id
     /// with `:ai` appended.
     pub fn session_id(mut self, id: impl Into<String>) -> Self {
         self.session_id = Some(id.into());
@@ -281,7 +281,9 @@ struct Fallback(LocalSim);
 impl Plugin for P2c2rPlugin {
     fn build(&self, app: &mut App) {
         let gamer_id = self.gamer_id.clone().unwrap_or_else(|| format!("gamer-{:08x}", fastrand::u32(..)));
-        let session = self.session_id.clone().unwrap_or_else(|| gamer_id.clone());
+        // Not the gamer id: session and task ids reach peers, which must not learn whom
+        // they serve (they see an alias of the gamer id).
+        let session = self.session_id.clone().unwrap_or_else(|| format!("s-{:016x}", fastrand::u64(..)));
         let deadline_ms = self.task_deadline.as_millis().max(1) as u64;
         let client = match &self.coordinator_url {
             Some(url) => {

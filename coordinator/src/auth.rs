@@ -12,11 +12,17 @@
 //! The auth file, one entry per line (`#` starts a comment):
 //!
 //! ```text
-//! jwt-hs256 <secret of at least 32 bytes>     # verifies JWTs; several lines: key rotation
+//! jwt-hs256 <secret of at least 32 bytes>           # verifies gamer JWTs; several: rotation
+//! jwt-hs256 <another secret> gamer,operator         # a key may be trusted for more roles
 //! token peer rack-1 <secret of at least 16 bytes>
 //! token operator grafana <secret>
-//! revoke gamer alice                           # refuse this identity's tokens, JWTs included
+//! revoke gamer alice                                # refuse this identity's tokens, JWTs included
 //! ```
+//!
+//! A JWT key signs **gamer** tokens only unless its line names other roles: the key a game
+//! backend holds must not be able to mint a peer or an operator. Secrets contain no
+//! whitespace and no `#` (which starts a comment only at a line's start or after
+//! whitespace).
 //!
 //! [`Auth`] holds the parsed file and reloads it (SIGHUP, or when the file changes); a bad
 //! file keeps the previous one in force. Secrets are looked up by their SHA-256 digest, so
@@ -27,6 +33,17 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The line without its comment: `#` at the start or after whitespace.
+fn strip_comment(line: &str) -> &str {
+    let bytes = line.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'#' && (i == 0 || bytes[i - 1].is_ascii_whitespace()) {
+            return &line[..i];
+        }
+    }
+    line
+}
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -101,8 +118,10 @@ pub struct Credential {
 pub enum CredentialKind {
     /// A secret of the auth file; valid while the file lists it.
     Listed([u8; 32]),
-    /// A JWT; valid until it expires (checked at connect) unless its identity is revoked.
-    Jwt,
+    /// A JWT, signed by the key with this SHA-256 digest; checked for expiry at connect,
+    /// and valid on a live connection while that key stays trusted for its role and its
+    /// identity is not revoked.
+    Jwt([u8; 32]),
 }
 
 /// Why a credential was refused. Every variant is answered `401` with its text.
@@ -117,9 +136,13 @@ pub enum AuthError {
     /// The JWT's signature matches no key.
     #[error("token signature is not valid")]
     BadSignature,
-    /// Not a JWT this coordinator accepts, nor a listed secret.
+    /// Not a JWT this coordinator accepts, nor a listed secret (the reason is one of a
+    /// few fixed texts: nothing the client sent is echoed).
     #[error("token not recognised: {0}")]
-    Invalid(String),
+    Invalid(&'static str),
+    /// A well-signed JWT for a role its key is not trusted for.
+    #[error("this token's signing key may not grant the {0} role")]
+    RoleNotAllowed(Role),
     /// The credential's identity is revoked.
     #[error("credential revoked")]
     Revoked,
@@ -140,8 +163,18 @@ pub struct Claims {
 #[derive(Default)]
 pub struct Credentials {
     listed: HashMap<[u8; 32], Identity>,
-    jwt_keys: Vec<(DecodingKey, EncodingKey)>,
+    jwt_keys: Vec<JwtKey>,
     revoked: HashSet<(Role, String)>,
+}
+
+/// One `jwt-hs256` line.
+struct JwtKey {
+    decoding: DecodingKey,
+    encoding: EncodingKey,
+    /// The digest of the secret, to recognise the key across reloads.
+    digest: [u8; 32],
+    /// The roles its tokens may carry.
+    roles: Vec<Role>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -164,7 +197,7 @@ impl Credentials {
     pub fn parse(text: &str) -> Result<Credentials, String> {
         let mut c = Credentials::default();
         for (n, line) in text.lines().enumerate() {
-            let line = line.split_once('#').map_or(line, |(before, _)| before).trim();
+            let line = strip_comment(line).trim();
             if line.is_empty() {
                 continue;
             }
@@ -172,13 +205,17 @@ impl Credentials {
             let at = |reason: String| format!("line {}: {reason}", n + 1);
             let role = |text: &str| Role::parse(text).ok_or_else(|| at(format!("unknown role {text:?}")));
             match fields.as_slice() {
-                ["jwt-hs256", secret] => {
+                ["jwt-hs256", secret, rest @ ..] if rest.len() <= 1 => {
                     if secret.len() < MIN_JWT_KEY_BYTES {
                         return Err(at(format!("a jwt-hs256 key needs at least {MIN_JWT_KEY_BYTES} bytes")));
                     }
+                    let roles = match rest.first() {
+                        None => vec![Role::Gamer],
+                        Some(list) => list.split(',').map(role).collect::<Result<Vec<_>, _>>()?,
+                    };
                     let decoding = DecodingKey::from_secret(secret.as_bytes()).map_err(|e| at(e.to_string()))?;
                     let encoding = EncodingKey::from_secret(secret.as_bytes()).map_err(|e| at(e.to_string()))?;
-                    c.jwt_keys.push((decoding, encoding));
+                    c.jwt_keys.push(JwtKey { decoding, encoding, digest: digest(secret), roles });
                 }
                 ["token", r, id, secret] => {
                     let identity = Identity { role: role(r)?, id: (*id).to_owned() };
@@ -196,7 +233,9 @@ impl Credentials {
                     c.revoked.insert((role(r)?, (*id).to_owned()));
                 }
                 _ => {
-                    return Err(at("expected `jwt-hs256 SECRET`, `token ROLE ID SECRET` or `revoke ROLE ID`".into()));
+                    return Err(at(
+                        "expected `jwt-hs256 SECRET [ROLES]`, `token ROLE ID SECRET` or `revoke ROLE ID`".into()
+                    ));
                 }
             }
         }
@@ -208,9 +247,10 @@ impl Credentials {
         let credential = if let Some(identity) = self.listed.get(&digest(token)) {
             Credential { identity: identity.clone(), kind: CredentialKind::Listed(digest(token)) }
         } else if token.split('.').count() == 3 && !self.jwt_keys.is_empty() {
-            Credential { identity: self.verify_jwt(token, now_unix)?, kind: CredentialKind::Jwt }
+            let (identity, key) = self.verify_jwt(token, now_unix)?;
+            Credential { identity, kind: CredentialKind::Jwt(key) }
         } else {
-            return Err(AuthError::Invalid("neither a listed secret nor a JWT".into()));
+            return Err(AuthError::Invalid("neither a listed secret nor a JWT"));
         };
         if self.revoked.contains(&(credential.identity.role, credential.identity.id.clone())) {
             return Err(AuthError::Revoked);
@@ -218,29 +258,35 @@ impl Credentials {
         Ok(credential)
     }
 
-    fn verify_jwt(&self, token: &str, now_unix: u64) -> Result<Identity, AuthError> {
+    fn verify_jwt(&self, token: &str, now_unix: u64) -> Result<(Identity, [u8; 32]), AuthError> {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = JWT_LEEWAY_SECS;
         validation.set_required_spec_claims(&["exp", "sub"]);
         // `exp` is checked here against the given clock (testable), not jsonwebtoken's.
         validation.validate_exp = false;
         let mut last = AuthError::BadSignature;
-        for (key, _) in &self.jwt_keys {
-            match jsonwebtoken::decode::<Claims>(token, key, &validation) {
+        for key in &self.jwt_keys {
+            match jsonwebtoken::decode::<Claims>(token, &key.decoding, &validation) {
                 Ok(data) => {
                     let claims = data.claims;
                     if claims.exp.saturating_add(JWT_LEEWAY_SECS) < now_unix {
                         return Err(AuthError::Expired);
                     }
                     if claims.sub.is_empty() || claims.sub.len() > p2c2r_protocol::limits::MAX_ID_BYTES {
-                        return Err(AuthError::Invalid("sub must be a non-empty id".into()));
+                        return Err(AuthError::Invalid("sub must be a non-empty id"));
                     }
-                    return Ok(Identity { role: claims.role, id: claims.sub });
+                    if !key.roles.contains(&claims.role) {
+                        return Err(AuthError::RoleNotAllowed(claims.role));
+                    }
+                    return Ok((Identity { role: claims.role, id: claims.sub }, key.digest));
                 }
                 Err(e) => {
                     last = match e.kind() {
                         ErrorKind::InvalidSignature => AuthError::BadSignature,
-                        kind => AuthError::Invalid(format!("{kind:?}")),
+                        ErrorKind::MissingRequiredClaim(_) | ErrorKind::InvalidClaimFormat(_) | ErrorKind::Json(_) => {
+                            AuthError::Invalid("the claims must be sub, role (gamer, peer or operator) and exp")
+                        }
+                        _ => AuthError::Invalid("not a well-formed HS256 JWT"),
                     };
                     if !matches!(last, AuthError::BadSignature) {
                         // Well signed but malformed claims: no other key will do better.
@@ -262,16 +308,23 @@ impl Credentials {
         }
         match &credential.kind {
             CredentialKind::Listed(d) => self.listed.get(d) == Some(identity),
-            CredentialKind::Jwt => true,
+            CredentialKind::Jwt(key) => {
+                self.jwt_keys.iter().any(|k| k.digest == *key && k.roles.contains(&identity.role))
+            }
         }
     }
 
-    /// Signs a JWT for `role` and `id`, valid for `ttl`, with the file's first key: what a
+    /// Signs a JWT for `role` and `id`, valid for `ttl`, with the first key trusted for
+    /// that role: what a
     /// game backend does with its own JWT library (`coordinator --mint-token`).
     pub fn mint(&self, role: Role, id: &str, ttl: Duration, now_unix: u64) -> Result<String, String> {
-        let (_, key) = self.jwt_keys.first().ok_or("the auth file has no jwt-hs256 key")?;
+        let key = self
+            .jwt_keys
+            .iter()
+            .find(|k| k.roles.contains(&role))
+            .ok_or_else(|| format!("the auth file has no jwt-hs256 key trusted for the {role} role"))?;
         let claims = Claims { sub: id.to_owned(), role, exp: now_unix.saturating_add(ttl.as_secs()) };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, key).map_err(|e| e.to_string())
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key.encoding).map_err(|e| e.to_string())
     }
 }
 
@@ -285,24 +338,20 @@ pub fn unix_now() -> u64 {
 pub struct Auth {
     path: Option<PathBuf>,
     current: RwLock<Arc<Credentials>>,
-    /// The file's modification time and length when last loaded.
-    stamp: Mutex<Option<(SystemTime, u64)>>,
-}
-
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
+    /// The digest of the file's contents when last read (loaded or refused), so a change
+    /// is noticed whatever the file system's timestamps, and a bad file is reported once.
+    seen: Mutex<Option<[u8; 32]>>,
 }
 
 impl Auth {
     /// Open mode: no credentials.
     pub fn open() -> Auth {
-        Auth { path: None, current: RwLock::new(Arc::default()), stamp: Mutex::new(None) }
+        Auth { path: None, current: RwLock::new(Arc::default()), seen: Mutex::new(None) }
     }
 
     /// Credentials from `path`; fails when it cannot be read or parsed.
     pub fn from_file(path: &Path) -> Result<Auth, String> {
-        let auth = Auth { path: Some(path.to_owned()), current: RwLock::new(Arc::default()), stamp: Mutex::new(None) };
+        let auth = Auth { path: Some(path.to_owned()), current: RwLock::new(Arc::default()), seen: Mutex::new(None) };
         auth.reload()?;
         Ok(auth)
     }
@@ -330,23 +379,28 @@ impl Auth {
     /// Reads the file again; on an error the previous credentials stay in force.
     pub fn reload(&self) -> Result<(), String> {
         let Some(path) = &self.path else { return Ok(()) };
-        let before = stamp(path);
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let parsed = Credentials::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        self.load(path, &text)
+    }
+
+    fn load(&self, path: &Path, text: &str) -> Result<(), String> {
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(digest(text));
+        let parsed = Credentials::parse(text).map_err(|e| format!("{}: {e}", path.display()))?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(parsed);
-        *self.stamp.lock().unwrap_or_else(|p| p.into_inner()) = before;
         Ok(())
     }
 
-    /// Reloads when the file's modification time or length changed since the last load;
-    /// returns whether it did (`Err` when the new file is bad).
+    /// Reloads when the file's contents changed since they were last read; returns whether
+    /// it did (`Err` once for a new bad file, then nothing until it changes again).
     pub fn reload_if_changed(&self) -> Result<bool, String> {
         let Some(path) = &self.path else { return Ok(false) };
-        let now = stamp(path);
-        if now.is_none() || now == *self.stamp.lock().unwrap_or_else(|p| p.into_inner()) {
+        // A missing or unreadable file keeps the credentials in force (an editor's
+        // rename-over-save passes through this).
+        let Ok(text) = std::fs::read_to_string(path) else { return Ok(false) };
+        if Some(digest(&text)) == *self.seen.lock().unwrap_or_else(|p| p.into_inner()) {
             return Ok(false);
         }
-        self.reload().map(|()| true)
+        self.load(path, &text).map(|()| true)
     }
 }
 
@@ -383,7 +437,7 @@ mod tests {
         let jwt = c.mint(Role::Gamer, "alice", Duration::from_secs(60), now).unwrap();
         let gamer = c.verify(&jwt, now + 30).unwrap();
         assert_eq!(gamer.identity, Identity { role: Role::Gamer, id: "alice".into() });
-        assert_eq!(gamer.kind, CredentialKind::Jwt);
+        assert!(matches!(gamer.kind, CredentialKind::Jwt(_)));
     }
 
     #[test]
@@ -392,7 +446,7 @@ mod tests {
         let now = 1_800_000_000;
         let jwt = c.mint(Role::Gamer, "alice", Duration::from_secs(60), now).unwrap();
         assert_eq!(c.verify(&jwt, now + 60 + JWT_LEEWAY_SECS + 1), Err(AuthError::Expired));
-        let other = Credentials::parse(&format!("jwt-hs256 {}", "x".repeat(40))).unwrap();
+        let other = Credentials::parse(&format!("jwt-hs256 {} gamer,operator", "x".repeat(40))).unwrap();
         let forged = other.mint(Role::Operator, "alice", Duration::from_secs(60), now).unwrap();
         assert_eq!(c.verify(&forged, now), Err(AuthError::BadSignature));
         let mut tampered = jwt.clone();
@@ -401,6 +455,12 @@ mod tests {
         let revoked = c.mint(Role::Gamer, "mallory", Duration::from_secs(60), now).unwrap();
         assert_eq!(c.verify(&revoked, now), Err(AuthError::Revoked));
         assert!(matches!(c.verify("guess", now), Err(AuthError::Invalid(_))));
+        // The gamer key cannot mint a peer or an operator, even well signed.
+        let same_key_for_peers = Credentials::parse(&format!("jwt-hs256 {KEY} gamer,peer")).unwrap();
+        let peer_token = same_key_for_peers.mint(Role::Peer, "rack-1", Duration::from_secs(60), now).unwrap();
+        assert_eq!(c.verify(&peer_token, now), Err(AuthError::RoleNotAllowed(Role::Peer)));
+        assert_eq!(same_key_for_peers.verify(&peer_token, now).unwrap().identity.role, Role::Peer);
+        assert!(c.mint(Role::Operator, "x", Duration::from_secs(1), now).is_err(), "no key for operators");
         // An unsigned token ("alg": "none") is not accepted.
         let none = format!("eyJhbGciOiJub25lIn0.{}.", jwt.split('.').nth(1).unwrap());
         assert!(c.verify(&none, now).is_err());
@@ -417,6 +477,14 @@ mod tests {
         assert!(without.still_valid(&jwt));
         let revoking = Credentials::parse(&format!("jwt-hs256 {KEY}\nrevoke gamer bob")).unwrap();
         assert!(!revoking.still_valid(&jwt));
+        let rotated = Credentials::parse(&format!("jwt-hs256 {}", "n".repeat(40))).unwrap();
+        assert!(!rotated.still_valid(&jwt), "the key that signed it is gone");
+    }
+
+    #[test]
+    fn a_hash_inside_a_secret_is_not_a_comment() {
+        let c = Credentials::parse("token peer p abc#def0123456789xyz   # the comment\n# whole line").unwrap();
+        assert!(c.verify("abc#def0123456789xyz", 0).is_ok());
     }
 
     #[test]

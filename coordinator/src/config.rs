@@ -142,9 +142,22 @@ impl Default for Config {
 impl Config {
     /// Whether listening on `addr` is allowed: open mode (no credentials) only on a
     /// loopback address, unless `insecure` says otherwise (as Redis's protected mode).
+    /// With credentials, a non-loopback address also needs TLS: tokens and resume
+    /// secrets must not cross the network in clear text (terminate TLS in a proxy on
+    /// loopback, or pass `insecure`).
     pub fn check_exposure(&self, addr: std::net::SocketAddr) -> Result<(), String> {
-        if addr.ip().is_loopback() || self.auth_file.is_some() || self.insecure {
+        if addr.ip().is_loopback() || self.insecure {
             return Ok(());
+        }
+        if self.auth_file.is_some() {
+            if self.tls.is_some() {
+                return Ok(());
+            }
+            return Err(format!(
+                "refusing to listen on {addr} with credentials but without TLS: tokens and resume secrets would \
+                 cross the network in clear text. Give --tls-cert and --tls-key, terminate TLS in a proxy and \
+                 listen on 127.0.0.1, or pass --insecure to accept the risk"
+            ));
         }
         Err(format!(
             "refusing to listen on {addr} without credentials: anyone who reaches it could act as any \

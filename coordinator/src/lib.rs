@@ -146,6 +146,11 @@ impl CoordinatorHandle {
         self.shared.inbound.used()
     }
 
+    /// Bytes kept now for gamers that may resume (see `Config::resume_grace`).
+    pub fn kept_bytes(&self) -> usize {
+        self.shared.router.kept_bytes()
+    }
+
     /// What `GET /metrics` would answer now.
     pub fn metrics_text(&self) -> String {
         p2c2r_ops::scrape::encode(&self.shared.registry)
@@ -289,7 +294,10 @@ impl Server {
                 metrics.refused("rate_limited");
                 warn_limited!("accept: attempt rate", %addr, "connection attempts over the per-address rate; refusing");
                 // One non-blocking write, never a wait: a flood gets what fits.
-                let _ = stream.try_write(b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                // Under TLS a clear-text answer would be garbage to the client: it is only closed.
+                if shared.tls.is_none() {
+                    let _ = stream.try_write(b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                }
                 continue;
             }
             // Refused connections are dropped before the handshake: cheap for us, and

@@ -119,6 +119,11 @@ struct State {
     limits: HashMap<String, GamerLimits>,
     /// Bytes kept at most for one detached gamer (its pending-bytes budget).
     resume_budget: usize,
+    /// Bytes kept for all detached gamers together, and the most allowed (a quarter of
+    /// `max_pending_bytes`): gamers that leave one after another cannot make the results
+    /// of their tasks pile up.
+    kept_bytes: usize,
+    max_kept_bytes: usize,
 }
 
 /// What waits for a gamer that may resume.
@@ -126,8 +131,9 @@ struct State {
 struct Detached {
     frames: Vec<Outbound>,
     bytes: usize,
-    /// Frames that did not fit `max_pending_bytes_per_gamer` and were dropped.
-    dropped: u64,
+    /// Tasks whose result or answer did not fit the budgets and was dropped: on resume
+    /// each gets an error instead (never silence).
+    lost: Vec<String>,
 }
 
 /// A gamer's rate limits (see [`crate::ratelimit`]).
@@ -183,6 +189,8 @@ impl Router {
                 detached: HashMap::new(),
                 limits: HashMap::new(),
                 resume_budget: config.max_pending_bytes_per_gamer,
+                kept_bytes: 0,
+                max_kept_bytes: (config.max_pending_bytes / 4).max(1),
             }),
             config,
             metrics,
@@ -232,17 +240,48 @@ impl Router {
             })
             .map(|(id, _)| *id)
             .collect();
+        let now = Instant::now();
         for &conn in &refused {
             state.send_error(conn, ErrorCode::Unauthorized, "credential revoked", None);
-            let Some(c) = state.conns.get(&conn) else { continue };
+            let Some(c) = state.conns.get_mut(&conn) else { continue };
+            // It loses its role at once (no more tasks, results or registrations), not
+            // when its close frame gets through: it may be reading slowly on purpose.
+            let role = std::mem::replace(&mut c.role, Role::Unregistered);
+            let kill = c.handle.kill.clone();
             if c.handle.tx.send_exempt(Outbound::Close(CLOSE_POLICY, "credential revoked".into())).is_err() {
-                c.handle.kill.cancel();
+                kill.cancel();
+            } else {
+                // The error and the close get a moment to be written; then it goes anyway.
+                match tokio::runtime::Handle::try_current() {
+                    Ok(runtime) => {
+                        runtime.spawn(async move {
+                            tokio::time::sleep(REVOKED_FLUSH).await;
+                            kill.cancel();
+                        });
+                    }
+                    Err(_) => kill.cancel(),
+                }
             }
-            match c.role.clone() {
-                Role::Peer(id) => state.ids.forget(Kind::Peer, &id),
-                Role::Gamer(id) => state.ids.forget(Kind::Gamer, &id),
+            match role {
+                Role::Peer(id) => {
+                    if state.peers.get(&id) == Some(&conn) {
+                        state.peers.remove(&id);
+                        state.sched.remove_peer(&id);
+                    }
+                    state.ids.forget(Kind::Peer, &id);
+                }
+                Role::Gamer(id) => {
+                    if state.gamers.get(&id) == Some(&conn) {
+                        state.gamers.remove(&id);
+                        state.forget_gamer(&id);
+                    }
+                }
                 Role::Unregistered => {}
             }
+        }
+        if !refused.is_empty() {
+            state.dispatch(now);
+            self.deadlines_changed.notify_one();
         }
         if !refused.is_empty() {
             crate::info_limited!(
@@ -269,6 +308,11 @@ impl Router {
                 );
             }
         }
+    }
+
+    /// Bytes of results and answers kept now for gamers that may resume.
+    pub fn kept_bytes(&self) -> usize {
+        self.lock().kept_bytes
     }
 
     /// Ids held or reserved now.
@@ -550,7 +594,13 @@ impl Router {
         // Gamers never take the slots kept for peers (a re-registration of a live id
         // replaces a slot rather than taking one).
         let gamer_slots = self.config.max_connections.saturating_sub(self.config.reserved_peer_slots).max(1);
-        if *role == Role::Unregistered && !state.gamers.contains_key(&m.gamer_id) && state.gamers.len() >= gamer_slots {
+        // Gamers away within their resume grace still hold tasks: they count too.
+        let holding = state.gamers.len() + state.detached.len();
+        if *role == Role::Unregistered
+            && !state.gamers.contains_key(&m.gamer_id)
+            && !state.detached.contains_key(&m.gamer_id)
+            && holding >= gamer_slots
+        {
             let reason = format!("the coordinator serves its most gamers ({gamer_slots}); try again later");
             state.send_error(conn, ErrorCode::LimitExceeded, reason, Some("register_gamer".into()));
             if let Some(entry) = state.conns.get(&conn) {
@@ -573,16 +623,17 @@ impl Router {
         crate::info_limited!("router: gamer registered", gamer_id = m.gamer_id, resumed, "gamer registered");
         let secret = state.ids.bind(Kind::Gamer, &m.gamer_id);
         state.send(conn, self.ack(None, Some(m.gamer_id.clone()), secret));
-        if let Some(waiting) = state.detached.remove(&m.gamer_id) {
-            if waiting.dropped > 0 {
+        if let Some(waiting) = state.take_detached(&m.gamer_id) {
+            if !waiting.lost.is_empty() {
                 crate::warn_limited!(
                     "router: resume lost results",
                     gamer_id = m.gamer_id,
-                    dropped = waiting.dropped,
-                    "results that arrived while the gamer was away did not fit its byte budget"
+                    lost = waiting.lost.len(),
+                    "results that arrived while the gamer was away did not fit the byte budget"
                 );
             }
-            for frame in waiting.frames {
+            let lost = waiting.lost.into_iter().map(|task_id| Outbound::message(lost_result(task_id)));
+            for frame in waiting.frames.into_iter().chain(lost) {
                 let _ = state.conns.get(&conn).map(|c| c.handle.tx.send_exempt(frame));
             }
         }
@@ -678,7 +729,11 @@ impl Router {
                 if let Some(&gamer_conn) = state.gamers.get(&gamer) {
                     state.send(gamer_conn, forward);
                 } else {
-                    state.keep_for_resume(&gamer, Outbound::message(forward));
+                    let task_id = match &forward {
+                        Message::TaskResult(r) => r.task_id.clone(),
+                        _ => String::new(),
+                    };
+                    state.keep_for_resume(&gamer, &task_id, Outbound::message(forward));
                 }
             }
             Ok(Completion::Orphaned) => debug!(peer_id, assignment = m.task_id, "result for a departed gamer dropped"),
@@ -850,8 +905,8 @@ impl State {
             match self.gamers.get(&f.gamer).and_then(|c| self.conns.get(c)) {
                 Some(c) => live.push((c.handle.tx.clone(), f)),
                 None if self.detached.contains_key(&f.gamer) => {
-                    let gamer = f.gamer.clone();
-                    self.keep_for_resume(&gamer, Outbound::message(failure_message(f)));
+                    let (gamer, task_id) = (f.gamer.clone(), f.task_id.clone());
+                    self.keep_for_resume(&gamer, &task_id, Outbound::message(failure_message(f)));
                 }
                 None => {}
             }
@@ -859,23 +914,34 @@ impl State {
         live
     }
 
-    /// Keeps a frame for a gamer that may resume, within its pending-bytes budget.
-    fn keep_for_resume(&mut self, gamer: &str, frame: Outbound) {
-        let budget = self.resume_budget;
+    /// Removes what was kept for a detached gamer (to deliver or drop).
+    fn take_detached(&mut self, gamer: &str) -> Option<Detached> {
+        let waiting = self.detached.remove(gamer)?;
+        self.kept_bytes = self.kept_bytes.saturating_sub(waiting.bytes);
+        Some(waiting)
+    }
+
+    /// Keeps a frame for a gamer that may resume, within its pending-bytes budget and the
+    /// coordinator-wide one.
+    fn keep_for_resume(&mut self, gamer: &str, task_id: &str, frame: Outbound) {
+        // One gamer may hold at most an eighth of the shared pool: a few leavers with
+        // large results cannot take every other leaver's share.
+        let budget = self.resume_budget.min(self.max_kept_bytes / 8).max(1);
         let Some(waiting) = self.detached.get_mut(gamer) else { return };
         let bytes = frame.weight();
-        if waiting.bytes.saturating_add(bytes) > budget {
-            waiting.dropped += 1;
+        if waiting.bytes.saturating_add(bytes) > budget || self.kept_bytes.saturating_add(bytes) > self.max_kept_bytes {
+            waiting.lost.push(task_id.to_owned());
             return;
         }
         waiting.bytes += bytes;
+        self.kept_bytes += bytes;
         waiting.frames.push(frame);
     }
 
     /// Drops everything of a gamer that left for good: its tasks (returned: how many),
     /// sessions, kept results and limits.
     fn forget_gamer(&mut self, gamer: &str) -> usize {
-        self.detached.remove(gamer);
+        self.take_detached(gamer);
         self.limits.remove(gamer);
         self.ids.forget(Kind::Gamer, gamer);
         self.sched.remove_gamer(gamer)
@@ -930,6 +996,10 @@ impl State {
     }
 }
 
+/// How long a connection whose credential was revoked has to receive its error and close
+/// frame before it is dropped.
+pub const REVOKED_FLUSH: Duration = Duration::from_secs(1);
+
 /// Passed deadlines handled per lock hold (see [`Router::expire_due`]).
 pub const EXPIRE_BATCH: usize = 1024;
 
@@ -939,6 +1009,17 @@ fn send_answers(answers: Vec<(OutboundTx, Failure)>) {
     for (tx, failure) in answers {
         let _ = tx.send_exempt(Outbound::message(failure_message(failure)));
     }
+}
+
+/// The `task_result` error for a task whose result arrived while its gamer was away and
+/// could not be kept.
+fn lost_result(task_id: String) -> Message {
+    let error = TaskError::new(
+        ErrorCode::LimitExceeded,
+        format!("the result of task {task_id:?} arrived while you were away and did not fit the bytes kept for you"),
+    );
+    let result = to_payload(&error).expect("TaskError serializes");
+    Message::TaskResult(TaskResult { task_id, result, attempt: None, peer_id: None })
 }
 
 /// The `task_result` error that tells a gamer its task was given up.

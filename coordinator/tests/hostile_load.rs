@@ -231,7 +231,12 @@ async fn a_gamer_that_stops_reading_is_cut_off_by_bytes() {
 /// connection closed, while a peer still registers and serves.
 #[tokio::test]
 async fn gamers_cannot_take_the_slots_kept_for_peers() {
-    let config = Config { max_connections: 6, reserved_peer_slots: 2, ..Config::default() };
+    let config = Config {
+        max_connections: 6,
+        reserved_peer_slots: 2,
+        resume_grace: Duration::from_millis(300),
+        ..Config::default()
+    };
     let coord = start(config).await;
     let url = coord.url();
     let mut gamers = Vec::new();
@@ -249,9 +254,22 @@ async fn gamers_cannot_take_the_slots_kept_for_peers() {
     let a = peer.recv_assignment().await;
     peer.answer(&a, r#"{"status":"success"}"#).await;
     assert_eq!(gamers[0].recv_result().await.task_id, "t");
-    // A gamer that leaves frees its slot for another.
+    // A gamer that leaves keeps its slot while it may resume (it still holds tasks), then
+    // frees it for another.
     drop(gamers.pop());
-    eventually("the departed gamer's slot is free", || coord.stats().gamers == 3).await;
-    Client::gamer(&url, "g5").await;
+    eventually("the departed gamer is gone", || coord.stats().gamers == 3).await;
+    let mut early = Client::connect(&url).await;
+    early.send_text(r#"{"msg_type":"register_gamer","gamer_id":"g5"}"#).await;
+    assert_eq!(early.recv_error().await.code, ErrorCode::LimitExceeded, "its slot is held during the grace");
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    loop {
+        let mut late = Client::connect(&url).await;
+        late.send_text(r#"{"msg_type":"register_gamer","gamer_id":"g5"}"#).await;
+        if matches!(late.recv().await, p2c2r_protocol::Message::RegistrationAck(_)) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the slot never freed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     coord.shutdown().await;
 }

@@ -195,6 +195,7 @@ async fn a_gamer_that_reconnects_with_its_secret_gets_its_id_session_and_results
     let mut thief = Client::connect(&url).await;
     thief.send(&register_gamer("g", None)).await;
     assert_eq!(thief.recv_error().await.code, ErrorCode::IdInUse);
+    assert!(coord.kept_bytes() > 0);
     // The gamer comes back with its secret: both results arrive, in order.
     let mut back = Client::gamer_resuming(&url, "g", Some(secret.clone())).await;
     assert_ne!(back.secret.as_deref(), Some(secret.as_str()), "a fresh secret per registration");
@@ -204,6 +205,54 @@ async fn a_gamer_that_reconnects_with_its_secret_gets_its_id_session_and_results
     back.submit("t3", "physics_step", "{}", Some("s")).await;
     let a3 = peer.recv_assignment().await;
     assert_eq!(a3.task_data.task_id, "t3");
+    assert_eq!(coord.kept_bytes(), 0);
+    coord.shutdown().await;
+}
+
+#[tokio::test]
+async fn results_kept_for_departed_gamers_are_bounded_in_bytes() {
+    // 256 KiB of pending payload in all: a quarter of it (64 KiB) may be kept for gamers
+    // that left, and one gamer may hold an eighth of that (8 KiB).
+    let config = Config { max_pending_bytes: 256 * 1024, resume_grace: Duration::from_secs(30), ..Config::default() };
+    let coord = start(config).await;
+    let url = coord.url();
+    let mut peer = Client::peer(&url, "p", 4).await;
+    let result = format!(r#"{{"status":"success","blob":"{}"}}"#, "r".repeat(6 * 1024));
+    let mut secrets = Vec::new();
+    for g in 0..12u64 {
+        let mut gamer = Client::gamer(&url, &format!("leaver-{g}")).await;
+        gamer.submit("t", "physics", "{}", None).await;
+        let a = peer.recv_assignment().await;
+        secrets.push(gamer.secret.clone());
+        drop(gamer);
+        eventually("gone", || coord.stats().gamers == 0).await;
+        peer.answer(&a, &result).await;
+        eventually("answered", || coord.stats().tasks_completed == g + 1).await;
+    }
+    // Ten 6 KiB results fill the 64 KiB; the last two are not kept.
+    assert!(coord.kept_bytes() <= 64 * 1024, "{}", coord.kept_bytes());
+    let mut first = Client::gamer_resuming(&url, "leaver-0", secrets[0].clone()).await;
+    assert_eq!(json(first.recv_result().await.result.get())["status"], "success");
+    // What could not be kept is not lost in silence: the task is answered with an error.
+    let mut last = Client::gamer_resuming(&url, "leaver-11", secrets[11].clone()).await;
+    let r = last.recv_result().await;
+    assert_eq!(r.task_id, "t");
+    assert_eq!(json(r.result.get())["code"], "limit_exceeded");
+
+    // One gamer cannot hold more than its share: two results, the second over 8 KiB.
+    let mut greedy = Client::gamer(&url, "greedy").await;
+    greedy.submit("a", "physics", "{}", None).await;
+    greedy.submit("b", "physics", "{}", None).await;
+    let (a, b) = (peer.recv_assignment().await, peer.recv_assignment().await);
+    let secret = greedy.secret.clone();
+    drop(greedy);
+    eventually("gone", || coord.stats().gamers == 2).await;
+    peer.answer(&a, &result).await;
+    peer.answer(&b, &result).await;
+    eventually("answered", || coord.stats().tasks_completed == 14).await;
+    let mut back = Client::gamer_resuming(&url, "greedy", secret).await;
+    assert_eq!(json(back.recv_result().await.result.get())["status"], "success");
+    assert_eq!(json(back.recv_result().await.result.get())["code"], "limit_exceeded");
     coord.shutdown().await;
 }
 
@@ -240,12 +289,19 @@ async fn without_a_valid_token_nobody_gets_past_the_handshake() {
     };
     let (status, body) = connect_with(&url, Some(&expired)).await.err().expect("expired: refused");
     assert_eq!((status, body.trim()), (401, "token expired"));
-    let forged = coordinator::auth::Credentials::parse(&format!("jwt-hs256 {}", "k".repeat(40)))
+    let forged = coordinator::auth::Credentials::parse(&format!("jwt-hs256 {} operator", "k".repeat(40)))
         .unwrap()
         .mint(Role::Operator, "alice", Duration::from_secs(60), coordinator::auth::unix_now())
         .unwrap();
     let (status, body) = connect_with(&url, Some(&forged)).await.err().expect("forged: refused");
     assert_eq!((status, body.trim()), (401, "token signature is not valid"));
+    // The game backend's key signs gamer tokens only: a peer claim made with it is refused.
+    let as_peer = coordinator::auth::Credentials::parse(&format!("jwt-hs256 {JWT_KEY} peer"))
+        .unwrap()
+        .mint(Role::Peer, "rack-1", Duration::from_secs(60), coordinator::auth::unix_now())
+        .unwrap();
+    let (status, body) = connect_with(&url, Some(&as_peer)).await.err().expect("role not allowed: refused");
+    assert_eq!((status, body.trim()), (401, "this token's signing key may not grant the peer role"));
     let (status, _) = connect_with(&url, Some("a-guess-0123456789")).await.err().expect("unknown: refused");
     assert_eq!(status, 401);
     let revoked = gamer_jwt("mallory", Duration::from_secs(60));
@@ -479,9 +535,16 @@ async fn open_mode_is_refused_off_loopback_unless_insecure() {
     assert!(error.to_string().contains("without credentials"), "{error}");
     let insecure = coordinator::spawn("0.0.0.0:0", Config { insecure: true, ..Config::default() }).await.unwrap();
     insecure.shutdown().await;
+    // Credentials off loopback need TLS too: tokens must not cross the network in clear.
     let dir = temp_dir("exposed");
     let with_auth = Config { auth_file: Some(auth_file(&dir, "")), ..Config::default() };
-    coordinator::spawn("0.0.0.0:0", with_auth).await.unwrap().shutdown().await;
+    let error = coordinator::spawn("0.0.0.0:0", with_auth.clone()).await.expect_err("refused");
+    assert!(error.to_string().contains("without TLS"), "{error}");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
+    let tls = Some(coordinator::TlsFiles { cert: dir.join("cert.pem"), key: dir.join("key.pem") });
+    coordinator::spawn("0.0.0.0:0", Config { tls, ..with_auth }).await.unwrap().shutdown().await;
 }
 
 // ---- TLS ---------------------------------------------------------------------------------
