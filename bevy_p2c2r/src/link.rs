@@ -84,6 +84,72 @@ pub(crate) enum Verdict {
     OldEpoch,
 }
 
+/// How long the oldest unanswered request may wait before the fallback takes over.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum FallbackTimeout {
+    /// Always this long.
+    Fixed(Duration),
+    /// From the measured round trip, as TCP's retransmission timeout (RFC 6298): smoothed
+    /// round trip plus four times its variation, never below `min` nor above `max`; three
+    /// times `min` (at most `max`) until the first result arrives: nothing is known of the
+    /// path yet, and a first result 150 ms away must not look like a dead peer, while a
+    /// game with no peer at all should not wait long either. A slow but steady peer is kept; a
+    /// dead one is noticed within a few of its round trips.
+    Adaptive {
+        /// The floor (and the timeout before any result).
+        min: Duration,
+        /// The ceiling.
+        max: Duration,
+    },
+}
+
+impl FallbackTimeout {
+    /// The timeout given what `rtt` has measured.
+    pub fn current(&self, rtt: &RttEstimator) -> Duration {
+        match *self {
+            FallbackTimeout::Fixed(d) => d,
+            FallbackTimeout::Adaptive { min, max } => match rtt.smoothed() {
+                None => (min * 3).min(max.max(min)),
+                Some(srtt) => (srtt + rtt.variation() * 4).clamp(min, max.max(min)),
+            },
+        }
+    }
+}
+
+/// Smoothed round trip and its variation (RFC 6298), from request sent to result back.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RttEstimator {
+    srtt: Option<Duration>,
+    rttvar: Duration,
+}
+
+impl RttEstimator {
+    /// Adds one measured round trip.
+    pub fn sample(&mut self, rtt: Duration) {
+        match self.srtt {
+            None => {
+                self.srtt = Some(rtt);
+                self.rttvar = rtt / 2;
+            }
+            Some(srtt) => {
+                let deviation = srtt.abs_diff(rtt);
+                self.rttvar = self.rttvar * 3 / 4 + deviation / 4;
+                self.srtt = Some(srtt * 7 / 8 + rtt / 8);
+            }
+        }
+    }
+
+    /// The smoothed round trip, once measured.
+    pub fn smoothed(&self) -> Option<Duration> {
+        self.srtt
+    }
+
+    /// Its smoothed variation.
+    pub fn variation(&self) -> Duration {
+        self.rttvar
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Link {
     pub mode: OffloadMode,
@@ -92,7 +158,9 @@ pub(crate) struct Link {
     /// A coordinator is configured at all.
     pub remote: bool,
     /// How long the oldest request may wait before the fallback takes over.
-    pub timeout: Duration,
+    pub timeout: FallbackTimeout,
+    /// Round trips of the results from peers.
+    pub rtt: RttEstimator,
     /// How often to probe for peers while in fallback.
     pub probe_interval: Duration,
     /// Tick of the snapshot that started the peer's current world.
@@ -126,12 +194,13 @@ pub(crate) struct Link {
 const STABLE_AFTER: Duration = Duration::from_secs(5);
 
 impl Link {
-    pub fn new(remote: bool, fallback_enabled: bool, timeout: Duration, probe_interval: Duration) -> Self {
+    pub fn new(remote: bool, fallback_enabled: bool, timeout: FallbackTimeout, probe_interval: Duration) -> Self {
         Link {
             mode: if remote { OffloadMode::Offloaded } else { OffloadMode::Fallback },
             fallback_enabled,
             remote,
             timeout,
+            rtt: RttEstimator::default(),
             probe_interval,
             peer_epoch: None,
             peer_needs_snapshot: true,
@@ -148,6 +217,11 @@ impl Link {
             flaps: 0,
             offloaded_since: None,
         }
+    }
+
+    /// How long the oldest request may wait now (see [`FallbackTimeout`]).
+    pub fn current_timeout(&self) -> Duration {
+        self.timeout.current(&self.rtt)
     }
 
     /// Requests sent to peers and not answered.
@@ -191,7 +265,7 @@ impl Link {
             let oldest = self.in_flight.values().chain(self.ai_in_flight.values()).min().copied();
             if !connected {
                 transition = Some(self.enter_fallback(now, "not connected to the coordinator".into(), true));
-            } else if let Some(sent) = oldest.filter(|t| now.duration_since(*t) > self.timeout) {
+            } else if let Some(sent) = oldest.filter(|t| now.duration_since(*t) > self.current_timeout()) {
                 let waited = now.duration_since(sent);
                 transition = Some(self.enter_fallback(now, format!("no result for {} ms", waited.as_millis()), false));
             }
@@ -300,6 +374,9 @@ impl Link {
         match self.peer_epoch {
             Some(epoch) if tick >= epoch && self.mode != OffloadMode::Fallback => {}
             _ => return (Verdict::OldEpoch, None),
+        }
+        if let Some(sent) = self.in_flight.get(&tick) {
+            self.rtt.sample(now.saturating_duration_since(*sent));
         }
         self.in_flight.retain(|t, _| *t > tick);
         let mut transition = None;
@@ -439,8 +516,76 @@ fn newer_than(last_applied: &mut Option<u64>, tick: u64) -> Verdict {
 mod tests {
     use super::*;
 
+    const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    #[test]
+    fn the_adaptive_timeout_follows_the_round_trip_within_its_bounds() {
+        let policy = FallbackTimeout::Adaptive { min: MS(100), max: MS(1000) };
+        let mut rtt = RttEstimator::default();
+        assert_eq!(policy.current(&rtt), MS(300), "three times the floor before any sample");
+        // A LAN: 5 ms round trips keep the floor.
+        for _ in 0..50 {
+            rtt.sample(MS(5));
+        }
+        assert_eq!(policy.current(&rtt), MS(100));
+        // The internet: 150 ms steady -> a bit above 150 ms, not 100.
+        let mut wan = RttEstimator::default();
+        for _ in 0..200 {
+            wan.sample(MS(150));
+        }
+        let t = policy.current(&wan);
+        assert!(t >= MS(150) && t < MS(170), "{t:?}");
+        // 120 ms with +-15 ms of jitter -> above the slowest round trip seen.
+        let mut jittery = RttEstimator::default();
+        for i in 0..200u64 {
+            jittery.sample(MS(105 + (i * 37 % 31)));
+        }
+        let t = policy.current(&jittery);
+        assert!(t > MS(135) && t < MS(180), "{t:?}");
+        // Never above the ceiling, whatever is measured.
+        let mut awful = RttEstimator::default();
+        awful.sample(MS(5000));
+        assert_eq!(policy.current(&awful), MS(1000));
+        assert_eq!(FallbackTimeout::Fixed(MS(70)).current(&awful), MS(70));
+    }
+
+    #[test]
+    fn a_slow_steady_peer_is_kept_and_a_dead_one_noticed_within_a_few_round_trips() {
+        let t0 = Instant::now();
+        let mut l = Link::new(true, true, FallbackTimeout::Adaptive { min: MS(100), max: MS(1000) }, MS(500));
+        // Ticks every 16 ms, each answered 150 ms later: a fixed 100 ms would fall back.
+        let mut tick = 0u64;
+        let mut at = t0;
+        let mut answered = 0u64;
+        while at < t0 + Duration::from_secs(10) {
+            let (plan, transition) = l.plan(at, true);
+            assert!(transition.is_none(), "spurious fallback at tick {tick}: {transition:?}");
+            l.sent(tick, at, &plan, false);
+            while answered + 9 < tick {
+                let (_, transition) = l.peer_physics(answered, at);
+                assert!(transition.is_none());
+                answered += 1;
+            }
+            tick += 1;
+            at += MS(16);
+        }
+        // The peer dies: no answer any more. The fallback comes within a few round trips.
+        let died = at;
+        loop {
+            let (plan, transition) = l.plan(at, true);
+            if let Some(Transition::Fallback(_)) = transition {
+                break;
+            }
+            l.sent(tick, at, &plan, false);
+            tick += 1;
+            at += MS(16);
+            assert!(at - died < MS(600), "still waiting after {:?}", at - died);
+        }
+        assert!(at - died <= MS(200), "{:?}", at - died);
+    }
+
     fn link() -> Link {
-        Link::new(true, true, Duration::from_millis(100), Duration::from_millis(200))
+        Link::new(true, true, FallbackTimeout::Fixed(Duration::from_millis(100)), Duration::from_millis(200))
     }
 
     #[test]
@@ -563,7 +708,8 @@ mod tests {
 
     #[test]
     fn without_fallback_the_world_waits_and_probes() {
-        let mut l = Link::new(true, false, Duration::from_millis(100), Duration::from_millis(100));
+        let mut l =
+            Link::new(true, false, FallbackTimeout::Fixed(Duration::from_millis(100)), Duration::from_millis(100));
         let t0 = Instant::now();
         let (p, _) = l.plan(t0, false);
         assert_eq!(l.mode, OffloadMode::Fallback);
@@ -579,7 +725,8 @@ mod tests {
 
     #[test]
     fn local_only_never_probes() {
-        let mut l = Link::new(false, true, Duration::from_millis(100), Duration::from_millis(1));
+        let mut l =
+            Link::new(false, true, FallbackTimeout::Fixed(Duration::from_millis(100)), Duration::from_millis(1));
         let t0 = Instant::now();
         let (p, _) = l.plan(t0, false);
         assert!(p.to_local && p.snapshot && !p.probe);

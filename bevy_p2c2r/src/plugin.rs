@@ -18,7 +18,7 @@ use p2c2r_protocol::{ErrorCode, TaskError, TaskRequest, task_types, to_payload};
 
 use crate::client::{ClientConfig, ClientEvent, Credential, TaskOutcome, TaskReply};
 use crate::components::*;
-use crate::link::{Link, OffloadMode, Transition, Verdict};
+use crate::link::{FallbackTimeout, Link, OffloadMode, Transition, Verdict};
 use crate::local::LocalSim;
 use crate::messages::*;
 use crate::stats::{P2c2rStats, diagnostics};
@@ -84,6 +84,8 @@ pub struct P2c2rPlugin {
     task_deadline: Duration,
     fallback: FallbackPolicy,
     fallback_timeout: Duration,
+    max_fallback_timeout: Duration,
+    adaptive_fallback: bool,
     probe_interval: Duration,
     gravity: Vec3,
     substeps: u32,
@@ -106,6 +108,8 @@ impl Default for P2c2rPlugin {
             task_deadline: Duration::from_millis(500),
             fallback: FallbackPolicy::Local,
             fallback_timeout: Duration::from_millis(100),
+            max_fallback_timeout: Duration::from_secs(1),
+            adaptive_fallback: true,
             probe_interval: Duration::from_millis(500),
             gravity: Vec3::new(0.0, -9.81, 0.0),
             substeps: 1,
@@ -171,11 +175,30 @@ impl P2c2rPlugin {
         self
     }
 
-    /// Sets how long the oldest unanswered request may wait before the local fallback
-    /// takes over (default 100 ms). Shorter: faster takeover, more false alarms on a
-    /// slow network.
+    /// Sets the least time the oldest unanswered request may wait before the local
+    /// fallback takes over (default 100 ms). The timeout adapts to the measured round
+    /// trip above it (see [`P2c2rPlugin::adaptive_fallback`]). Shorter: faster takeover,
+    /// more false alarms.
     pub fn fallback_timeout(mut self, timeout: Duration) -> Self {
         self.fallback_timeout = timeout;
+        self
+    }
+
+    /// Sets the most the adaptive fallback timeout may grow to (default 1 s): a peer
+    /// slower than this is abandoned however steady it is.
+    pub fn max_fallback_timeout(mut self, timeout: Duration) -> Self {
+        self.max_fallback_timeout = timeout;
+        self
+    }
+
+    /// Turns the adaptive fallback timeout on (the default) or off. On, the timeout is
+    /// the smoothed round trip of peer results plus four times its variation (as TCP's
+    /// retransmission timeout), between [`fallback_timeout`](Self::fallback_timeout) and
+    /// [`max_fallback_timeout`](Self::max_fallback_timeout): a peer 150 ms away is not
+    /// abandoned, and a dead one is noticed within a few of its round trips. Off, it is
+    /// always `fallback_timeout`.
+    pub fn adaptive_fallback(mut self, on: bool) -> Self {
+        self.adaptive_fallback = on;
         self
     }
 
@@ -296,12 +319,13 @@ impl Plugin for P2c2rPlugin {
             }
             None => P2c2rClient::offline(gamer_id.clone(), session.clone()),
         };
-        let link = Link::new(
-            client.has_transport(),
-            self.fallback == FallbackPolicy::Local,
-            self.fallback_timeout,
-            self.probe_interval,
-        );
+        let timeout = if self.adaptive_fallback {
+            FallbackTimeout::Adaptive { min: self.fallback_timeout, max: self.max_fallback_timeout }
+        } else {
+            FallbackTimeout::Fixed(self.fallback_timeout)
+        };
+        let link =
+            Link::new(client.has_transport(), self.fallback == FallbackPolicy::Local, timeout, self.probe_interval);
         let mut stats = P2c2rStats::default();
         stats.mode = link.mode;
         stats.connection = client.connection().clone();
@@ -1204,6 +1228,7 @@ fn dispatch(
     stats.mode = state.link.mode;
     stats.ticks = tick;
     stats.tasks_in_flight = state.link.tasks_in_flight();
+    stats.fallback_timeout_ms = state.link.current_timeout().as_secs_f64() * 1000.0;
     stats.bodies = state.body_entity.len();
     stats.agents = state.agent_entity.len();
     stats.bytes_sent = p.client.bytes_sent();

@@ -73,6 +73,9 @@ pub struct P2c2rStats {
     pub handbacks: u64,
     /// Requests sent to peers and not answered.
     pub tasks_in_flight: usize,
+    /// How long the oldest unanswered request may wait now before the fallback takes over
+    /// (adapts to the round trip; see `P2c2rPlugin::adaptive_fallback`), in milliseconds.
+    pub fallback_timeout_ms: f64,
     /// Offloaded bodies now.
     pub bodies: usize,
     /// Offloaded agents now.
@@ -119,6 +122,7 @@ impl Default for P2c2rStats {
             fallbacks_entered: 0,
             handbacks: 0,
             tasks_in_flight: 0,
+            fallback_timeout_ms: 0.0,
             bodies: 0,
             agents: 0,
             bytes_sent: 0,

@@ -29,6 +29,9 @@ pub struct HudData {
     pub rtt_ms_p50: Option<f64>,
     /// Round trip of a tick's tasks, 99th percentile, ms.
     pub rtt_ms_p99: Option<f64>,
+    /// How long an unanswered tick may wait before the local fallback (adapts to the
+    /// round trip), ms.
+    pub fallback_timeout_ms: f64,
     /// Physics ticks completed per second (peers and fallback).
     pub ticks_per_s: f64,
     /// Dynamic rigid bodies.
@@ -72,7 +75,13 @@ pub fn hud_text(d: &HudData) -> String {
         _ => {}
     }
     let ms = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}"));
-    let _ = writeln!(s, "rtt ms: p50 {} / p99 {}", ms(d.rtt_ms_p50), ms(d.rtt_ms_p99));
+    let _ = writeln!(
+        s,
+        "rtt ms: p50 {} / p99 {}   fallback after {:.0} ms",
+        ms(d.rtt_ms_p50),
+        ms(d.rtt_ms_p99),
+        d.fallback_timeout_ms
+    );
     let _ = writeln!(s, "ticks/s: {:.0}", d.ticks_per_s);
     let _ = writeln!(s, "bodies: {}   agents: {}", d.bodies, d.agents);
     let _ = writeln!(s, "bytes/s: up {}  down {}", human_bytes(d.bytes_sent_per_s), human_bytes(d.bytes_recv_per_s));
@@ -112,6 +121,7 @@ mod tests {
             peers: 2,
             rtt_ms_p50: Some(0.8),
             rtt_ms_p99: Some(3.25),
+            fallback_timeout_ms: 160.0,
             ticks_per_s: 60.0,
             bodies: 344,
             agents: 10,
@@ -123,6 +133,7 @@ mod tests {
             "OFFLOADED to 2 peers",
             "p50 0.80",
             "p99 3.25",
+            "fallback after 160 ms",
             "ticks/s: 60",
             "bodies: 344",
             "agents: 10",

@@ -156,6 +156,7 @@ fn update_hud_state(world: &mut World, mut since: Local<f32>, mut notice_age: Lo
         serving_peer: stats.serving_peer.clone(),
         rtt_ms_p50: stats.rtt_ms_p50,
         rtt_ms_p99: stats.rtt_ms_p99,
+        fallback_timeout_ms: stats.fallback_timeout_ms,
         ticks_per_s: stats.ticks_per_s,
         bodies: report.bodies,
         agents: report.agents,

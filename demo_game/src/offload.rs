@@ -143,6 +143,8 @@ pub struct OffloadStats {
     pub rtt_ms_p50: Option<f64>,
     /// 99th percentile round trip, ms.
     pub rtt_ms_p99: Option<f64>,
+    /// The fallback timeout now (adapted to the round trip), ms.
+    pub fallback_timeout_ms: f64,
     /// Physics results from peers applied.
     pub physics_results_from_peers: u64,
     /// AI results from peers applied.
@@ -176,6 +178,7 @@ pub fn stats(world: &World) -> OffloadStats {
         serving_peer: s.serving_peer.clone(),
         rtt_ms_p50: s.rtt_ms_p50(),
         rtt_ms_p99: s.rtt_ms_p99(),
+        fallback_timeout_ms: s.fallback_timeout_ms,
         physics_results_from_peers: s.physics_results_from_peers,
         ai_results_from_peers: s.ai_results_from_peers,
         fallback_ticks: s.fallback_ticks,
