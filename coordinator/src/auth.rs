@@ -505,6 +505,7 @@ mod tests {
             path: "/".into(),
             query: query.map(str::to_owned),
             headers: headers.into_iter().map(|(n, v)| (n.to_owned(), v.to_owned())).collect(),
+            head_len: 0,
         };
         assert_eq!(bearer(&request(vec![("authorization", "Bearer abc")], None)), Some("abc"));
         assert_eq!(bearer(&request(vec![("authorization", "bearer  abc ")], None)), Some("abc"));

@@ -109,13 +109,17 @@ pub fn ws_config(config: &Config) -> WebSocketConfig {
 pub async fn serve(
     shared: Arc<Shared>,
     stream: Rewind<Transport>,
+    head_len: usize,
     addr: SocketAddr,
     credential: Option<Credential>,
     mut ticket: Ticket,
     shutdown: CancellationToken,
 ) {
     let (router, config) = (&shared.router, &shared.config);
-    let stream = ObservedStream::with_budget(stream, shared.inbound.clone()).counting(shared.bytes.clone());
+    // Frames start right after the head its parser measured (not where a `\r\n\r\n`
+    // happens to be: see `FrameObserver::after_head`).
+    let stream =
+        ObservedStream::with_budget(stream, shared.inbound.clone()).counting(shared.bytes.clone()).after_head(head_len);
     let watch = stream.watch();
     let ws = match timeout(
         config.handshake_timeout,

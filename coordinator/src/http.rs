@@ -51,7 +51,8 @@ pub const MAX_EVENT_STREAMS: usize = 32;
 
 /// The dashboard's script and styles are inline and it talks only to its own origin.
 const DASHBOARD_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
-                             connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'";
+                             connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; \
+                             frame-ancestors 'none'";
 
 /// Serves one accepted connection: reads its request head, then hands a WebSocket
 /// upgrade to [`crate::connection::serve`] or answers a plain HTTP request.
@@ -104,6 +105,15 @@ pub async fn serve(
             return;
         }
     };
+    if let Some(reason) = foreign_request(&shared, &request) {
+        crate::info_limited!("http: foreign request", %addr, reason, "request from another site refused");
+        let response = Response::text(403, reason);
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            _ = ops_http::respond(&mut stream, &response, false, shared.config.write_stall_timeout) => {}
+        }
+        return;
+    }
     let credential = match shared.auth.verify(auth::bearer(&request)) {
         Ok(credential) => credential,
         Err(e) => {
@@ -115,7 +125,7 @@ pub async fn serve(
     };
     if request.is_websocket_upgrade() {
         let stream = Rewind::new(read, stream);
-        crate::connection::serve(shared, stream, addr, credential, ticket, cancel).await;
+        crate::connection::serve(shared, stream, request.head_len, addr, credential, ticket, cancel).await;
         return;
     }
     debug!(%addr, method = request.method, path = request.path, "http request");
@@ -126,7 +136,11 @@ pub async fn serve(
     };
     match route {
         Route::Respond(response) => {
-            let _ = ops_http::respond(&mut stream, &response, head_only, shared.config.write_stall_timeout).await;
+            // A client that does not read must not hold shutdown up.
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = ops_http::respond(&mut stream, &response, head_only, shared.config.write_stall_timeout) => {}
+            }
         }
         Route::Events(permit) if head_only => {
             let head = ops_http::streaming_head(200, "text/event-stream");
@@ -134,11 +148,48 @@ pub async fn serve(
             drop(permit);
         }
         Route::Events(permit) => {
-            stream_events(&shared, &mut stream, shared.feed.clone(), cancel).await;
+            stream_events(&shared, &mut stream, credential.as_ref(), shared.feed.clone(), cancel).await;
             drop(permit);
         }
     }
     drop(ticket);
+}
+
+/// Why a request from another web site is refused, in open mode (no credentials), where
+/// nothing else stops a page the operator happens to visit: a WebSocket or page request
+/// whose `Origin` is not this host (a browser always sends it cross-site), or, on a
+/// loopback address, a `Host` that is not a loopback name (DNS rebinding: a site whose
+/// name resolves to 127.0.0.1). With credentials, a browser game on another origin is
+/// legitimate and tokens are the gate.
+fn foreign_request(shared: &Shared, request: &Request) -> Option<&'static str> {
+    if shared.auth.enabled() {
+        return None;
+    }
+    let host = request.header("host").unwrap_or_default().trim().to_ascii_lowercase();
+    if let Some(origin) = request.header("origin") {
+        let origin = origin.trim().to_ascii_lowercase();
+        let authority = origin.split_once("://").map_or(origin.as_str(), |(_, rest)| rest);
+        if origin == "null" || authority != host {
+            return Some("cross-origin requests are refused in open mode");
+        }
+    }
+    if shared.local_addr.ip().is_loopback() && !host.is_empty() && !is_loopback_host(&host) {
+        return Some("on a loopback address only loopback host names are served in open mode");
+    }
+    None
+}
+
+/// Whether `host` (a `Host` header: name or address, maybe with a port) names this machine.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').map_or(v6, |(addr, _)| addr),
+        None => host
+            .rsplit_once(':')
+            .map_or(host, |(name, port)| if port.chars().all(|c| c.is_ascii_digit()) { name } else { host }),
+    };
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The answer to a credential that is not an operator's asking for an operator's page.
@@ -191,6 +242,7 @@ fn route(shared: &Shared, request: &Request) -> Route {
 async fn stream_events(
     shared: &Shared,
     stream: &mut Transport,
+    credential: Option<&Credential>,
     mut feed: watch::Receiver<Published>,
     cancel: CancellationToken,
 ) {
@@ -207,13 +259,21 @@ async fn stream_events(
             let latest = feed.borrow_and_update();
             if first { latest.with_history.clone() } else { latest.event.clone() }
         };
+        // A revoked credential (or a removed key) ends the stream at the next event.
+        if credential.is_some_and(|c| !shared.auth.current().still_valid(c)) {
+            return;
+        }
         if !event.is_empty() {
             first = false;
             let mut frame = Vec::with_capacity(event.len() + 32);
             frame.extend_from_slice(b"event: snapshot\ndata: ");
             frame.extend_from_slice(event.as_bytes());
             frame.extend_from_slice(b"\n\n");
-            if ops_http::write_all_within(stream, &frame, stall).await.is_err() {
+            let written = tokio::select! {
+                _ = cancel.cancelled() => return,
+                written = ops_http::write_all_within(stream, &frame, stall) => written,
+            };
+            if written.is_err() {
                 return;
             }
         }

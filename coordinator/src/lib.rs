@@ -198,6 +198,8 @@ pub struct Shared {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// Connection attempts per address.
     pub attempts: ratelimit::AttemptLimiter,
+    /// The address the coordinator listens on.
+    pub local_addr: SocketAddr,
 }
 
 impl std::fmt::Debug for Shared {
@@ -239,6 +241,7 @@ impl Server {
             auth: Arc::new(auth),
             tls,
             attempts,
+            local_addr: local,
         };
         Ok(Server { shared: Arc::new(shared), feed })
     }

@@ -123,7 +123,8 @@ struct Args {
     #[arg(long, default_value_t = defaults().max_connection_attempts_per_second.unwrap_or(0))]
     max_connection_attempts_per_second: u32,
     /// Print a JWT for ROLE:ID (gamer, peer or operator) signed with the auth file's first
-    /// jwt-hs256 key, then exit: what a game backend does with its own JWT library.
+    /// jwt-hs256 key trusted for that role, then exit: what a game backend does with its
+    /// own JWT library.
     #[arg(long, value_name = "ROLE:ID", requires = "auth_file")]
     mint_token: Option<String>,
     /// Seconds the minted token is valid.

@@ -50,6 +50,9 @@ const MAX_HEADER: usize = 14;
 enum State {
     /// Inside the HTTP upgrade request; `matched` bytes of `\r\n\r\n` seen in a row.
     Http { matched: u8 },
+    /// Inside an HTTP upgrade request whose exact length is known (`remaining` bytes of
+    /// it still to pass).
+    Head { remaining: u64 },
     /// Collecting a frame header.
     Header,
     /// Skipping a frame's payload; `ends_message` when it is a data frame with FIN set.
@@ -93,6 +96,15 @@ impl FrameObserver {
         FrameObserver { state: State::Header, ..Self::new() }
     }
 
+    /// An observer that expects an HTTP request of exactly `head_len` bytes first (as its
+    /// parser measured it), then frames. Safer than looking for `\r\n\r\n`: HTTP parsers
+    /// also accept bare `\n` line ends and blank lines before the request line, and an
+    /// observer that misplaced the first frame would see no frame at all.
+    pub fn after_head(head_len: usize) -> Self {
+        let state = if head_len == 0 { State::Header } else { State::Head { remaining: head_len as u64 } };
+        FrameObserver { state, ..Self::new() }
+    }
+
     /// Whether a data message has begun (its first frame's header arrived) and its last
     /// frame (FIN set) has not been received completely.
     pub fn in_message(&self) -> bool {
@@ -130,6 +142,13 @@ impl FrameObserver {
                     }
                     bytes = &bytes[used..];
                     self.state = if matched == 4 { State::Header } else { State::Http { matched } };
+                    self.have = 0;
+                }
+                State::Head { remaining } => {
+                    let skip = remaining.min(bytes.len() as u64);
+                    bytes = &bytes[skip as usize..];
+                    self.state =
+                        if remaining == skip { State::Header } else { State::Head { remaining: remaining - skip } };
                     self.have = 0;
                 }
                 State::Header => {
@@ -443,6 +462,13 @@ impl<S> ObservedStream<S> {
             charged: 0,
             totals: None,
         }
+    }
+
+    /// Starts watching frames after exactly `head_len` bytes of HTTP request (see
+    /// [`FrameObserver::after_head`]).
+    pub fn after_head(mut self, head_len: usize) -> Self {
+        self.observer = FrameObserver::after_head(head_len);
+        self
     }
 
     /// Like [`new`](Self::new), charging unfinished messages to `budget`.

@@ -569,6 +569,19 @@ impl Router {
     }
 
     fn register_peer(&self, state: &mut State, conn: ConnId, role: &Role, m: RegisterPeer) {
+        // Capabilities are copied into the scheduler and the operator's view: bounded.
+        if let Some(types) = &m.capabilities.task_types {
+            let bad = types.len() > limits::MAX_TASK_TYPES_PER_PEER
+                || types.iter().any(|t| t.is_empty() || t.len() > limits::MAX_ID_BYTES);
+            if bad {
+                let reason = format!(
+                    "capabilities.task_types must hold at most {} non-empty names of at most {} bytes",
+                    limits::MAX_TASK_TYPES_PER_PEER,
+                    limits::MAX_ID_BYTES
+                );
+                return state.send_error(conn, ErrorCode::InvalidMessage, reason, Some("register_peer".into()));
+            }
+        }
         match self.bind(state, conn, role, Role::Peer(m.peer_id.clone()), m.resume_secret.as_deref()) {
             None => return,
             Some(Binding::Again) => {

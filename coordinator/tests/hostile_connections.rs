@@ -271,10 +271,16 @@ fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
 /// Opens a raw connection, completes the WebSocket handshake by hand, then writes `first`
 /// (tungstenite refuses bytes that arrive with the request, so they follow the response).
 async fn raw_ws(coord: &CoordinatorHandle, first: &[u8]) -> TcpStream {
+    raw_ws_styled(coord, "", "\r\n", first).await
+}
+
+/// [`raw_ws`] with the request's lines ended by `eol`, after `before` (e.g. blank lines,
+/// which HTTP parsers skip).
+async fn raw_ws_styled(coord: &CoordinatorHandle, before: &str, eol: &str, first: &[u8]) -> TcpStream {
     let mut s = TcpStream::connect(coord.local_addr()).await.unwrap();
     let request = format!(
-        "GET / HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        "{before}GET / HTTP/1.1{eol}Host: {}{eol}Upgrade: websocket{eol}Connection: Upgrade{eol}\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=={eol}Sec-WebSocket-Version: 13{eol}{eol}",
         coord.local_addr()
     )
     .into_bytes();
@@ -616,6 +622,47 @@ async fn measure_idle_connection_memory() {
 /// Before registering, a client may not announce a message larger than a registration
 /// needs: 64 unregistered sockets from one address could otherwise pin the whole inbound
 /// budget with 16 MiB announcements and starve every honest client's large messages.
+#[tokio::test]
+async fn a_peer_cannot_declare_an_unbounded_list_of_task_types() {
+    let coord = start(Config::default()).await;
+    let mut c = Client::connect(&coord.url()).await;
+    let task_types: Vec<String> =
+        (0..=p2c2r_protocol::limits::MAX_TASK_TYPES_PER_PEER).map(|i| format!("t{i}")).collect();
+    let capabilities = Capabilities { task_types: Some(task_types), ..Default::default() };
+    c.send(&Message::RegisterPeer(p2c2r_protocol::RegisterPeer {
+        peer_id: "greedy".into(),
+        capabilities,
+        resume_secret: None,
+    }))
+    .await;
+    let e = c.recv_error().await;
+    assert_eq!(e.code, ErrorCode::InvalidMessage);
+    assert!(e.message.contains("task_types"), "{}", e.message);
+    assert_eq!(coord.stats().peers, 0);
+    coord.shutdown().await;
+}
+
+#[tokio::test]
+async fn frames_are_watched_whatever_the_upgrade_requests_line_ends() {
+    // HTTP parsers accept bare LF line ends and blank lines before the request line; the
+    // frame watcher must start at the first frame all the same, or its limits (here: 1 MiB
+    // before registering) would not apply.
+    let coord = start(Config::default()).await;
+    let announce = client_frame(true, 1, &vec![b' '; 2 * 1024 * 1024]);
+    for (before, eol) in [("", "\n"), ("\r\n\r\n", "\r\n"), ("\n\n", "\n")] {
+        let s = raw_ws_styled(&coord, before, eol, &announce[..24]).await;
+        let (mut rd, _wr) = s.into_split();
+        let (error, close_code) = error_then_close(&mut rd).await;
+        assert_eq!(close_code, 1009, "{before:?} {eol:?}");
+        assert!(
+            matches!(error, Some(Message::Error(ref e)) if e.message.contains("register first")),
+            "{before:?} {eol:?}: {error:?}"
+        );
+    }
+    assert_eq!(coord.inbound_bytes(), 0);
+    coord.shutdown().await;
+}
+
 #[tokio::test]
 async fn an_unregistered_client_cannot_pin_a_large_message() {
     let coord = start(Config::default()).await;

@@ -28,7 +28,7 @@ async fn raw_http(addr: SocketAddr, request: &[u8]) -> String {
 }
 
 async fn get(addr: SocketAddr, path: &str) -> String {
-    raw_http(addr, format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes()).await
+    raw_http(addr, format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes()).await
 }
 
 fn status(response: &str) -> u16 {
@@ -253,6 +253,30 @@ async fn dashboards_beyond_the_limit_are_told_to_come_back() {
         assert!(tokio::time::Instant::now() < deadline, "the place never freed");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    coord.shutdown().await;
+}
+
+#[tokio::test]
+async fn other_web_sites_are_refused_in_open_mode() {
+    let coord = start(Config::default()).await;
+    let addr = coord.local_addr();
+    let port = addr.port();
+    // A page of another site (its script opening our WebSocket or reading the fleet).
+    let cross = format!("GET /api/fleet HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nOrigin: https://evil.example\r\n\r\n");
+    assert_eq!(status(&raw_http(addr, cross.as_bytes()).await), 403);
+    let upgrade = format!(
+        "GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nOrigin: https://evil.example\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    assert_eq!(status(&raw_http(addr, upgrade.as_bytes()).await), 403);
+    // DNS rebinding: another site's name resolving to 127.0.0.1.
+    let rebound = format!("GET /api/fleet HTTP/1.1\r\nHost: evil.example:{port}\r\n\r\n");
+    assert_eq!(status(&raw_http(addr, rebound.as_bytes()).await), 403);
+    // The dashboard's own requests, and native clients, are served.
+    let same = format!("GET /metrics HTTP/1.1\r\nHost: localhost:{port}\r\nOrigin: http://localhost:{port}\r\n\r\n");
+    assert_eq!(status(&raw_http(addr, same.as_bytes()).await), 200);
+    assert_eq!(status(&raw_http(addr, format!("GET / HTTP/1.1\r\nHost: [::1]:{port}\r\n\r\n").as_bytes()).await), 200);
+    Client::gamer(&coord.url(), "native").await;
     coord.shutdown().await;
 }
 

@@ -43,6 +43,9 @@ pub struct Request {
     pub query: Option<String>,
     /// Header names (lower-cased) and values (lossily decoded), in order.
     pub headers: Vec<(String, String)>,
+    /// Bytes of the head as the parser measured it, the blank line included (what follows
+    /// is the body, or a WebSocket's first frame).
+    pub head_len: usize,
 }
 
 impl Request {
@@ -115,6 +118,9 @@ async fn read_head_unbounded_in_time<S: AsyncRead + Unpin>(
 ) -> Result<(Request, Vec<u8>), HeadError> {
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
     let mut chunk = [0u8; 2048];
+    // Where the search for a blank line resumes: the head is parsed only once a blank line
+    // may have arrived, so a head sent a byte at a time costs linear time, not quadratic.
+    let mut scanned: usize = 0;
     loop {
         // Never read past the limit: a flood costs at most `max_bytes`.
         let room = (max_bytes + 1).saturating_sub(buf.len()).min(chunk.len());
@@ -126,6 +132,18 @@ async fn read_head_unbounded_in_time<S: AsyncRead + Unpin>(
             return Err(HeadError::Closed);
         }
         buf.extend_from_slice(&chunk[..n]);
+        // The first read is always parsed, so bytes that are not HTTP at all are refused at
+        // once.
+        let first_read = scanned == 0;
+        let from = scanned.saturating_sub(2);
+        scanned = buf.len();
+        let blank_line = buf[from..].windows(2).any(|w| w == b"\n\n") || buf[from..].windows(3).any(|w| w == b"\n\r\n");
+        if !blank_line && !first_read {
+            if buf.len() > max_bytes {
+                return Err(HeadError::TooLarge);
+            }
+            continue;
+        }
         if let Some(request) = parse(&buf, max_bytes)? {
             return Ok((request, buf));
         }
@@ -152,6 +170,7 @@ fn parse(buf: &[u8], max_bytes: usize) -> Result<Option<Request>, HeadError> {
                     .iter()
                     .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
                     .collect(),
+                head_len: len,
             }))
         }
         Ok(httparse::Status::Complete(_)) => Err(HeadError::TooLarge),
@@ -279,8 +298,13 @@ impl Response {
 
 /// Sent with every response: the endpoints serve their own content only, and never in a
 /// frame of someone else's page.
-const SECURITY_HEADERS: &[(&str, &str)] =
-    &[("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "DENY"), ("Cache-Control", "no-store")];
+const SECURITY_HEADERS: &[(&str, &str)] = &[
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    ("Cache-Control", "no-store"),
+    // A token may travel in the URL (`?token=`): never pass it on.
+    ("Referrer-Policy", "no-referrer"),
+];
 
 /// The status line and headers of a response whose body is streamed after it (no
 /// `Content-Length`; the connection's end ends the body), such as server-sent events.
@@ -395,6 +419,23 @@ mod tests {
         assert!(matches!(err, HeadError::Closed) && err.status().is_none());
     }
 
+    #[tokio::test]
+    async fn a_head_sent_a_byte_at_a_time_is_read() {
+        let head = format!("GET /x HTTP/1.1\r\nX-Pad: {}\r\n\r\n", "p".repeat(8000));
+        let (mut client, mut server) = tokio::io::duplex(16);
+        let writer = tokio::spawn(async move {
+            for b in head.into_bytes() {
+                client.write_all(&[b]).await.unwrap();
+            }
+            client
+        });
+        let limits = HeadLimits { max_bytes: 16 * 1024, timeout: Duration::from_secs(30) };
+        let (request, read) = read_head(&mut server, limits).await.unwrap();
+        assert_eq!(request.path, "/x");
+        assert_eq!(request.head_len, read.len());
+        drop(writer.await.unwrap());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_slow_head_times_out() {
         let (mut client, mut server) = tokio::io::duplex(1024);
@@ -409,6 +450,7 @@ mod tests {
         assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"));
         assert!(text.contains("Content-Length: 13\r\n"));
         assert!(text.contains("Connection: close\r\n"));
+        assert!(text.contains("Referrer-Policy: no-referrer\r\n"));
         assert!(text.ends_with("\r\n\r\nno such page\n"));
         let head = String::from_utf8(Response::status(200).to_bytes(true)).unwrap();
         assert!(head.ends_with("\r\n\r\n") && head.contains("Content-Length: 7\r\n"));

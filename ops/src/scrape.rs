@@ -70,7 +70,10 @@ pub async fn serve(listener: TcpListener, registry: Arc<Registry>, shutdown: Can
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
             let served = async {
-                let response = match http::read_head(&mut stream, HeadLimits::default()).await {
+                // A scraper sends its head at once: a short time limit keeps slow clients
+                // from holding the few places.
+                let limits = HeadLimits { timeout: Duration::from_secs(2), ..HeadLimits::default() };
+                let response = match http::read_head(&mut stream, limits).await {
                     Ok((request, _)) => (route(&request, &registry), request.method == "HEAD"),
                     Err(e) => match e.status() {
                         Some(status) => (Response::text(status, e.to_string()), false),
