@@ -97,6 +97,12 @@ pub struct Config {
     /// Connection attempts one address (IPv6: /64) may make per second (bursts of four
     /// seconds' worth); beyond it, `429 Too Many Requests`. `None`: unlimited.
     pub max_connection_attempts_per_second: Option<u32>,
+    /// A peer that misses this many task deadlines in a row (no answer in between) is
+    /// quarantined: closed, its tasks re-queued, its id refused for `quarantine_duration`.
+    /// 0: never.
+    pub quarantine_after_misses: u32,
+    /// How long a quarantined peer id is refused.
+    pub quarantine_duration: Duration,
 }
 
 impl Default for Config {
@@ -135,6 +141,8 @@ impl Default for Config {
             max_task_bytes_per_second: Some(64 * 1024 * 1024),
             max_new_sessions_per_second: Some(10),
             max_connection_attempts_per_second: Some(64),
+            quarantine_after_misses: 8,
+            quarantine_duration: Duration::from_secs(3600),
         }
     }
 }

@@ -122,6 +122,12 @@ struct Args {
     /// Connection attempts one address may make per second; 0: unlimited.
     #[arg(long, default_value_t = defaults().max_connection_attempts_per_second.unwrap_or(0))]
     max_connection_attempts_per_second: u32,
+    /// Task deadlines a peer may miss in a row before it is quarantined; 0: never.
+    #[arg(long, default_value_t = defaults().quarantine_after_misses)]
+    quarantine_after_misses: u32,
+    /// Milliseconds a quarantined peer id is refused.
+    #[arg(long, default_value_t = ms(defaults().quarantine_duration))]
+    quarantine_duration_ms: u64,
     /// Print a JWT for ROLE:ID (gamer, peer or operator) signed with the auth file's first
     /// jwt-hs256 key trusted for that role, then exit: what a game backend does with its
     /// own JWT library.
@@ -184,6 +190,8 @@ impl Args {
             max_task_bytes_per_second: nonzero(self.max_task_bytes_per_second),
             max_new_sessions_per_second: nonzero(self.max_new_sessions_per_second),
             max_connection_attempts_per_second: nonzero(self.max_connection_attempts_per_second),
+            quarantine_after_misses: self.quarantine_after_misses,
+            quarantine_duration: Duration::from_millis(self.quarantine_duration_ms),
         }
     }
 }

@@ -229,6 +229,13 @@ impl Collector for StateCollector {
             None,
             s.tasks_poisoned,
         )?;
+        counter(
+            &mut e,
+            "peers_quarantined",
+            "Peers quarantined for missing task deadlines in a row",
+            None,
+            s.peers_quarantined,
+        )?;
         let (peers_evicted, gamers_evicted) = self.router.evictions();
         labelled_counter(
             &mut e,

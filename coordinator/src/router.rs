@@ -117,6 +117,9 @@ struct State {
     detached: HashMap<String, Detached>,
     /// Each registered (or detached) gamer's rate limits.
     limits: HashMap<String, GamerLimits>,
+    /// Peer ids quarantined, and until when (see `Config::quarantine_after_misses`).
+    quarantine: HashMap<String, Instant>,
+    peers_quarantined: u64,
     /// Bytes kept at most for one detached gamer (its pending-bytes budget).
     resume_budget: usize,
     /// Bytes kept for all detached gamers together, and the most allowed (a quarter of
@@ -171,6 +174,7 @@ impl Router {
             // it, leaving room for pings and errors), whatever the peer declares.
             max_tasks_per_peer: (config.send_queue_frames / 2).clamp(1, u32::MAX as usize) as u32,
             max_bytes_per_peer: (config.send_queue_bytes / 2).max(1),
+            quarantine_after_misses: config.quarantine_after_misses,
             ..SchedulerConfig::default()
         });
         Router {
@@ -190,6 +194,8 @@ impl Router {
                 limits: HashMap::new(),
                 resume_budget: config.max_pending_bytes_per_gamer,
                 kept_bytes: 0,
+                quarantine: HashMap::new(),
+                peers_quarantined: 0,
                 max_kept_bytes: (config.max_pending_bytes / 4).max(1),
             }),
             config,
@@ -297,6 +303,7 @@ impl Router {
     /// are dropped with it.
     pub fn sweep(&self, now: Instant) {
         let mut state = self.lock();
+        state.quarantine.retain(|_, until| *until > now);
         for (kind, id) in state.ids.sweep(now) {
             if kind == Kind::Gamer && !state.gamers.contains_key(&id) {
                 let dropped = state.forget_gamer(&id);
@@ -569,6 +576,17 @@ impl Router {
     }
 
     fn register_peer(&self, state: &mut State, conn: ConnId, role: &Role, m: RegisterPeer) {
+        if let Some(until) = state.quarantine.get(&m.peer_id)
+            && *until > Instant::now()
+        {
+            let left = until.saturating_duration_since(Instant::now()).as_secs();
+            let reason = format!("peer {:?} is quarantined for missing deadlines ({left} s left)", m.peer_id);
+            state.send_error(conn, ErrorCode::Quarantined, reason, Some("register_peer".into()));
+            if let Some(entry) = state.conns.get(&conn) {
+                let _ = entry.handle.tx.send_exempt(Outbound::Close(CLOSE_POLICY, "quarantined".into()));
+            }
+            return;
+        }
         // Capabilities are copied into the scheduler and the operator's view: bounded.
         if let Some(types) = &m.capabilities.task_types {
             let bad = types.len() > limits::MAX_TASK_TYPES_PER_PEER
@@ -795,6 +813,9 @@ impl Router {
                 "task deadlines passed"
             );
         }
+        for peer_id in state.sched.take_quarantined() {
+            state.quarantine_peer(&peer_id, now + self.config.quarantine_duration);
+        }
         let answers = state.answers_for(failures);
         state.dispatch(now);
         let more = state.sched.next_deadline().is_some_and(|at| at <= now);
@@ -927,6 +948,27 @@ impl State {
         live
     }
 
+    /// Quarantines a peer that kept missing deadlines: closes it (its tasks are re-queued)
+    /// and refuses its id until `until`.
+    fn quarantine_peer(&mut self, peer_id: &str, until: Instant) {
+        crate::warn_limited!("router: peer quarantined", peer_id, "peer missed deadlines in a row; quarantined");
+        self.quarantine.insert(peer_id.to_owned(), until);
+        self.peers_quarantined += 1;
+        self.ids.forget(Kind::Peer, peer_id);
+        let Some(conn) = self.peers.remove(peer_id) else {
+            self.sched.remove_peer(peer_id);
+            return;
+        };
+        self.sched.remove_peer(peer_id);
+        self.send_error(conn, ErrorCode::Quarantined, "quarantined for missing task deadlines in a row", None);
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.role = Role::Unregistered;
+            if c.handle.tx.send_exempt(Outbound::Close(CLOSE_POLICY, "quarantined".into())).is_err() {
+                c.handle.kill.cancel();
+            }
+        }
+    }
+
     /// Removes what was kept for a detached gamer (to deliver or drop).
     fn take_detached(&mut self, gamer: &str) -> Option<Detached> {
         let waiting = self.detached.remove(gamer)?;
@@ -1003,6 +1045,7 @@ impl State {
             tasks_poisoned: c.poisoned,
             pending_bytes_now: self.sched.pending_bytes() as u64,
             tasks_dropped: c.dropped,
+            peers_quarantined: self.peers_quarantined,
             peers_evicted: self.peers_evicted,
             errors_sent: self.errors_sent,
         }

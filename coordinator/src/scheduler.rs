@@ -75,6 +75,9 @@ pub struct SchedulerConfig {
     /// an idle peer). The router sets it to half the peer's outbound queue bytes, so
     /// assignments alone never fill that queue.
     pub max_bytes_per_peer: usize,
+    /// Deadlines a peer may miss in a row (no completion between them) before it is
+    /// reported for quarantine ([`Scheduler::take_quarantined`]); 0: never.
+    pub quarantine_after_misses: u32,
 }
 
 impl Default for SchedulerConfig {
@@ -92,6 +95,7 @@ impl Default for SchedulerConfig {
             max_session_pipeline: 16,
             max_tasks_per_peer: 512,
             max_bytes_per_peer: 16 * 1024 * 1024,
+            quarantine_after_misses: 8,
         }
     }
 }
@@ -303,6 +307,8 @@ pub struct Task<P> {
     bytes: usize,
     attempts: u32,
     tried: Vec<PeerId>,
+    /// Peers whose attempt at it missed its deadline: never tried again.
+    timed_out_on: Vec<PeerId>,
     state: TaskState,
     /// When the task stops waiting for a peer, if there is a queue wait limit.
     give_up_at: Option<Instant>,
@@ -356,6 +362,8 @@ struct Peer {
     sessions: HashSet<(GamerId, String)>,
     /// Answers accepted from it.
     completed: u64,
+    /// Deadlines missed since its last accepted answer.
+    misses_in_a_row: u32,
 }
 
 /// A session's tasks in flight at one peer.
@@ -522,6 +530,8 @@ pub struct Scheduler<P> {
     /// Queue wait limits of the tasks waiting in queues.
     queue_limits: BTreeSet<(Instant, TaskKey)>,
     failures: Vec<Failure>,
+    /// Peers that reached `quarantine_after_misses`, to be taken by the router.
+    quarantined: Vec<PeerId>,
     queued: usize,
     bytes: usize,
     next_key: TaskKey,
@@ -546,6 +556,7 @@ impl<P> Scheduler<P> {
             deadlines: BTreeSet::new(),
             queue_limits: BTreeSet::new(),
             failures: Vec::new(),
+            quarantined: Vec::new(),
             queued: 0,
             bytes: 0,
             next_key: 1,
@@ -590,6 +601,12 @@ impl<P> Scheduler<P> {
     /// Whether a gamer has this session (queued, running or idle).
     pub fn has_session(&self, gamer: &str, session: &str) -> bool {
         self.gamers.get(gamer).is_some_and(|g| g.sessions.contains_key(session))
+    }
+
+    /// Peers that missed `quarantine_after_misses` deadlines in a row since the last call
+    /// (each reported once per streak): the router quarantines them.
+    pub fn take_quarantined(&mut self) -> Vec<PeerId> {
+        std::mem::take(&mut self.quarantined)
     }
 
     /// The peer holding a gamer's session, if any.
@@ -672,6 +689,7 @@ impl<P> Scheduler<P> {
             assigned: HashSet::new(),
             sessions: HashSet::new(),
             completed: 0,
+            misses_in_a_row: 0,
         };
         self.peers.insert(id.clone(), peer);
         self.wake_for_room(&id);
@@ -830,6 +848,7 @@ impl<P> Scheduler<P> {
                 bytes: submission.bytes,
                 attempts: 0,
                 tried: Vec::new(),
+                timed_out_on: Vec::new(),
                 state: TaskState::Queued,
                 give_up_at,
                 submitted_at: now,
@@ -902,30 +921,32 @@ impl<P> Scheduler<P> {
                 // The session's peer does not run this tick's type and runs nothing of the
                 // session now: the session may move (assign re-pins it).
                 Some((_, p)) if !p.runs(&task.task_type) && !p.is_running(gamer_id, session_id) => {
-                    self.best_peer(&task.task_type, &task.tried, task.bytes, full_types)
+                    self.best_peer(&task.task_type, &task.tried, &task.timed_out_on, task.bytes, full_types)
                 }
                 Some((peer_id, p)) => (p.has_room_for_session(gamer_id, session_id, pipeline)
                     && p.runs(&task.task_type)
                     && p.fits(task.bytes))
                 .then(|| peer_id.clone()),
-                None => self.best_peer(&task.task_type, &task.tried, task.bytes, full_types),
+                None => self.best_peer(&task.task_type, &task.tried, &task.timed_out_on, task.bytes, full_types),
             };
             consider(key, target);
         }
         for (task_type, lane) in &gamer.free {
             let Some(&key) = lane.first() else { continue };
             let task = &self.tasks[&key];
-            let target = self.best_peer(task_type, &task.tried, task.bytes, full_types);
+            let target = self.best_peer(task_type, &task.tried, &task.timed_out_on, task.bytes, full_types);
             consider(key, target);
         }
         best
     }
 
-    /// The least-loaded peer with room that runs `task_type`, preferring untried ones.
+    /// The least-loaded peer with room that runs `task_type`, preferring untried ones and
+    /// never one in `excluded` (it missed this task's deadline before).
     fn best_peer(
         &self,
         task_type: &str,
         tried: &[PeerId],
+        excluded: &[PeerId],
         bytes: usize,
         full_types: &mut HashSet<String>,
     ) -> Option<PeerId> {
@@ -935,7 +956,7 @@ impl<P> Scheduler<P> {
         let best = self
             .peers
             .iter()
-            .filter(|(_, p)| p.has_room() && p.runs(task_type) && p.fits(bytes))
+            .filter(|(id, p)| p.has_room() && p.runs(task_type) && p.fits(bytes) && !excluded.contains(id))
             .min_by(|(a_id, a), (b_id, b)| {
                 let a_tried = tried.contains(a_id);
                 let b_tried = tried.contains(b_id);
@@ -1207,6 +1228,7 @@ impl<P> Scheduler<P> {
             // It has shown it can take one more.
             p.window = p.window.saturating_add(1).min(p.declared);
             p.completed += 1;
+            p.misses_in_a_row = 0;
         }
         self.release(peer_id, key);
         let task = self.remove_task(key).expect("looked up above");
@@ -1266,6 +1288,11 @@ impl<P> Scheduler<P> {
                         // sessions' ticks pipelined; demoting liars is reputation's job).
                         let floor = self.config.initial_peer_capacity.clamp(1, p.declared);
                         p.window = (p.window / 2).max(floor);
+                        p.misses_in_a_row = p.misses_in_a_row.saturating_add(1);
+                        let limit = self.config.quarantine_after_misses;
+                        if limit > 0 && p.misses_in_a_row == limit {
+                            self.quarantined.push(peer.clone());
+                        }
                     }
                     // The session's later ticks on this peer wait behind the late one there:
                     // take them back too, so the session moves whole and in order, and no
@@ -1308,8 +1335,19 @@ impl<P> Scheduler<P> {
                         if !t.tried.contains(&peer) {
                             t.tried.push(peer.clone());
                         }
+                        // Never again on the peer that let it (or the tick ahead of it)
+                        // miss its deadline: a black hole must not get its retries.
+                        if !t.timed_out_on.contains(&peer) {
+                            t.timed_out_on.push(peer.clone());
+                        }
                         t.state = TaskState::Queued;
-                        let exhausted = t.attempts >= self.config.max_attempts;
+                        // No peer left that has not let it down: answer the gamer now (it
+                        // resyncs) rather than block its lane until the queue wait ends.
+                        let task_type = t.task_type.clone();
+                        let timed_out_on = t.timed_out_on.clone();
+                        let exhausted = t.attempts >= self.config.max_attempts
+                            || !self.peers.iter().any(|(id, p)| p.runs(&task_type) && !timed_out_on.contains(id));
+                        let Some(t) = self.tasks.get_mut(&k) else { continue };
                         let task_id = t.task_id.clone();
                         self.release(&peer, k);
                         if exhausted {
@@ -1641,10 +1679,11 @@ mod tests {
         assert_eq!(second[0].attempt, 2);
         // The straggler's late answer is refused; the task is still pending.
         assert!(matches!(s.complete("slow", &first[0].assignment_id), Err(CompleteError::NotAssigned(_))));
+        s.add_peer("third".into(), any_peer(1));
         let t2 = t1 + Duration::from_secs(2);
         s.expire(t2);
         let third = s.dispatch(t2);
-        assert_eq!(third[0].attempt, 3);
+        assert_eq!((third[0].peer.as_str(), third[0].attempt), ("third", 3));
         let t3 = t2 + Duration::from_secs(2);
         assert_eq!(
             s.expire(t3),
@@ -1662,20 +1701,70 @@ mod tests {
     }
 
     #[test]
-    fn same_peer_retry_still_rejects_the_superseded_attempt() {
+    fn a_task_never_goes_back_to_the_peer_that_missed_its_deadline() {
         let mut s = sched();
         let t0 = Instant::now();
         s.add_gamer("g".into());
         s.add_peer("only".into(), any_peer(1));
         s.submit("g", task("t"), Instant::now()).unwrap();
         let first = s.dispatch(t0);
+        s.add_peer("next".into(), any_peer(1));
+        s.submit("g", task("busy"), t0).unwrap();
+        let busy = s.dispatch(t0);
+        assert_eq!(busy[0].peer, "next");
         let t1 = t0 + Duration::from_secs(3);
+        s.complete("next", &busy[0].assignment_id).unwrap();
+        // "only" missed the deadline: the retry goes to "next", never back to "only".
         s.expire(t1);
         let second = s.dispatch(t1);
-        assert_eq!(second[0].peer, "only");
-        assert!(s.complete("only", &first[0].assignment_id).is_err());
-        assert!(s.complete("only", &second[0].assignment_id).is_ok());
-        assert!(s.complete("only", &second[0].assignment_id).is_err(), "answered once only");
+        assert_eq!((second[0].peer.as_str(), second[0].attempt), ("next", 2));
+        assert!(s.complete("only", &first[0].assignment_id).is_err(), "the late answer is refused");
+        assert!(s.complete("next", &second[0].assignment_id).is_ok());
+        assert!(s.complete("next", &second[0].assignment_id).is_err(), "answered once only");
+    }
+
+    #[test]
+    fn a_task_whose_every_peer_missed_it_is_answered_at_once() {
+        let mut s = sched();
+        let t0 = Instant::now();
+        s.add_gamer("g".into());
+        s.add_peer("only".into(), any_peer(1));
+        s.submit("g", task("t"), t0).unwrap();
+        s.submit("g", task("behind"), t0).unwrap();
+        s.dispatch(t0);
+        let t1 = t0 + Duration::from_secs(3);
+        // The only peer let it down: the gamer hears now (and resyncs), and the tasks
+        // behind it in its lane go on, to the same peer.
+        assert!(matches!(&s.expire(t1)[..], [Expired::Failed(Failure { task_id, .. })] if task_id == "t"));
+        assert_eq!(s.dispatch(t1)[0].peer, "only");
+    }
+
+    #[test]
+    fn a_peer_that_misses_deadlines_in_a_row_is_reported_once_for_quarantine() {
+        let mut s: Scheduler<()> = Scheduler::new(SchedulerConfig { quarantine_after_misses: 3, ..test_config() });
+        let t0 = Instant::now();
+        s.add_gamer("g".into());
+        s.add_peer("hole".into(), any_peer(8));
+        s.add_peer("honest".into(), any_peer(8));
+        let mut now = t0;
+        // The black hole answers nothing; the honest peer answers everything.
+        for round in 0..6 {
+            s.submit("g", task(&format!("t{round}")), now).unwrap();
+            for d in s.dispatch(now) {
+                if d.peer == "honest" {
+                    s.complete("honest", &d.assignment_id).unwrap();
+                }
+            }
+            now += Duration::from_secs(3);
+            s.expire(now);
+            for d in s.dispatch(now) {
+                assert_eq!(d.peer, "honest", "a retry never goes back to the black hole");
+                s.complete("honest", &d.assignment_id).unwrap();
+            }
+        }
+        assert_eq!(s.take_quarantined(), vec!["hole".to_owned()]);
+        assert!(s.take_quarantined().is_empty(), "reported once");
+        assert_eq!(s.counters().failed, 0, "every task succeeded");
     }
 
     #[test]
@@ -1883,13 +1972,14 @@ mod tests {
         s.submit("g", task("t"), t0).unwrap();
         s.add_peer("a".into(), any_peer(1));
         s.dispatch(t0);
+        s.add_peer("b".into(), any_peer(1));
         let t1 = t0 + Duration::from_secs(2);
         s.expire(t1);
         assert_eq!(s.dispatch(t1)[0].attempt, 2);
-        s.remove_peer("a");
-        s.add_peer("b".into(), any_peer(1));
-        assert_eq!(s.dispatch(t1)[0].attempt, 3);
         s.remove_peer("b");
+        s.add_peer("c".into(), any_peer(1));
+        assert_eq!(s.dispatch(t1)[0].attempt, 3);
+        s.remove_peer("c");
         assert_eq!(s.take_failures()[0].reason, FailReason::Poison);
     }
 

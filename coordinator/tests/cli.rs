@@ -46,6 +46,8 @@ fn help_lists_every_setting() {
         "--max-task-bytes-per-second",
         "--max-new-sessions-per-second",
         "--max-connection-attempts-per-second",
+        "--quarantine-after-misses",
+        "--quarantine-duration-ms",
         "--mint-token",
         "--mint-ttl-secs",
     ] {

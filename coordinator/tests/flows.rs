@@ -150,11 +150,22 @@ async fn straggler_is_superseded_and_its_late_answer_dropped() {
 async fn task_fails_with_an_error_after_max_attempts() {
     let coord = start(Config { max_attempts: 2, ..Config::default() }).await;
     let url = coord.url();
+    // Two peers that never answer: one attempt each (a task never goes back to a peer
+    // that missed its deadline), then the gamer is told.
     let mut mute = Client::peer(&url, "mute", 1).await;
+    let mut deaf = Client::peer(&url, "deaf", 1).await;
     let mut gamer = Client::gamer(&url, "g").await;
     gamer.submit_with_deadline("t", "physics", "{}", None, Some(50)).await;
-    assert_eq!(mute.recv_assignment().await.attempt, 1);
-    assert_eq!(mute.recv_assignment().await.attempt, 2);
+    let mut attempts = Vec::new();
+    for _ in 0..2 {
+        tokio::select! {
+            a = mute.recv_assignment() => attempts.push(("mute", a.attempt)),
+            a = deaf.recv_assignment() => attempts.push(("deaf", a.attempt)),
+        }
+    }
+    attempts.sort_by_key(|(_, attempt)| *attempt);
+    assert_eq!(attempts.iter().map(|(_, a)| *a).collect::<Vec<_>>(), [1, 2]);
+    assert_ne!(attempts[0].0, attempts[1].0, "the retry went to the other peer");
     let result = gamer.recv_result().await;
     assert_eq!(result.task_id, "t");
     assert_eq!(result.peer_id, None);
@@ -162,6 +173,20 @@ async fn task_fails_with_an_error_after_max_attempts() {
     assert_eq!(json(result.result.get())["code"], "max_attempts_exceeded");
     let stats = gamer.stats().await;
     assert_eq!(stats.tasks_failed, 1);
+    coord.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_task_whose_only_peer_missed_it_is_answered_at_once() {
+    let coord = start(Config::default()).await;
+    let url = coord.url();
+    let mut mute = Client::peer(&url, "mute", 1).await;
+    let mut gamer = Client::gamer(&url, "g").await;
+    gamer.submit_with_deadline("t", "physics", "{}", None, Some(50)).await;
+    assert_eq!(mute.recv_assignment().await.attempt, 1);
+    let result = gamer.recv_result().await;
+    assert_eq!(json(result.result.get())["code"], "max_attempts_exceeded");
+    assert_eq!(result.attempt, Some(1), "not sent back to the peer that let it down");
     coord.shutdown().await;
 }
 

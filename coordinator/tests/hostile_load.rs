@@ -273,3 +273,66 @@ async fn gamers_cannot_take_the_slots_kept_for_peers() {
     }
     coord.shutdown().await;
 }
+
+/// A black hole: a peer that registers with plenty of room, answers pings (so it looks
+/// alive) and never answers a task. Its retries never go back to it, and after a few
+/// missed deadlines in a row it is quarantined: every honest task succeeds.
+#[tokio::test]
+async fn a_black_hole_peer_is_quarantined_and_honest_success_stays_at_100_percent() {
+    use futures_util::StreamExt;
+    let config = Config { quarantine_after_misses: 3, ..Config::default() };
+    let coord = start(config).await;
+    let url = coord.url();
+    let caps = Capabilities { max_concurrent_tasks: Some(64), ..Default::default() };
+    let hole = Client::peer_with(&url, "hole", caps.clone()).await;
+    // Reading keeps it alive (pongs); it drops every assignment and reports what it hears.
+    let (heard_tx, mut heard) = tokio::sync::mpsc::unbounded_channel();
+    let hole_reader = tokio::spawn(async move {
+        let mut ws = hole.ws;
+        while let Some(Ok(frame)) = ws.next().await {
+            if let tokio_tungstenite::tungstenite::Message::Text(t) = frame
+                && t.as_str().contains("quarantined")
+            {
+                let _ = heard_tx.send(t.as_str().to_owned());
+            }
+        }
+    });
+    let mut honest = Client::peer_with(&url, "honest", caps.clone()).await;
+    let mut gamer = Client::gamer(&url, "g").await;
+    let mut successes = 0;
+    for i in 0..40 {
+        let task_id = format!("t{i}");
+        gamer.submit_with_deadline(&task_id, "physics", "{}", None, Some(200)).await;
+        // The honest peer answers whatever reaches it, until this task's result arrives.
+        loop {
+            tokio::select! {
+                a = honest.recv_assignment() => honest.answer(&a, r#"{"status":"success"}"#).await,
+                r = gamer.recv_result() => {
+                    assert_eq!(r.task_id, task_id);
+                    assert_eq!(result_status(r.result.get()), Some(TaskStatus::Success), "{}", r.result.get());
+                    successes += 1;
+                    break;
+                }
+            }
+        }
+    }
+    assert_eq!(successes, 40, "honest success stays at 100 %");
+    let stats = coord.stats();
+    assert_eq!(stats.peers_quarantined, 1);
+    assert_eq!(stats.tasks_failed, 0);
+    let told = tokio::time::timeout(common::WAIT, heard.recv()).await.expect("told").unwrap();
+    assert!(told.contains("\"code\":\"quarantined\""), "{told}");
+    hole_reader.abort();
+    // Its id is refused while the quarantine lasts.
+    let mut again = Client::connect(&url).await;
+    again
+        .send(&p2c2r_protocol::Message::RegisterPeer(p2c2r_protocol::RegisterPeer {
+            peer_id: "hole".into(),
+            capabilities: caps,
+            resume_secret: None,
+        }))
+        .await;
+    assert_eq!(again.recv_error().await.code, ErrorCode::Quarantined);
+    assert!(coord.metrics_text().contains("p2c2r_peers_quarantined_total 1"));
+    coord.shutdown().await;
+}

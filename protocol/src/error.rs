@@ -62,6 +62,9 @@ pub enum ErrorCode {
     /// Over a rate limit (tasks or bytes per second, new sessions, connection attempts);
     /// the request was not accepted. Slow down and retry.
     RateLimited,
+    /// The peer missed too many deadlines in a row and is quarantined: no work for its id
+    /// for a while (registrations refused).
+    Quarantined,
     /// A code this build does not know.
     #[serde(other)]
     Other,
@@ -96,6 +99,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::IdInUse => "id_in_use",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Quarantined => "quarantined",
             ErrorCode::Other => "other",
         }
     }
@@ -139,6 +143,7 @@ mod tests {
             ErrorCode::Unauthorized,
             ErrorCode::IdInUse,
             ErrorCode::RateLimited,
+            ErrorCode::Quarantined,
             ErrorCode::Other,
         ] {
             let json = serde_json::to_string(&code).unwrap();

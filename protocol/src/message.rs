@@ -322,6 +322,9 @@ pub struct StatsReport {
     pub pending_bytes_now: u64,
     /// Tasks dropped because their gamer left.
     pub tasks_dropped: u64,
+    /// Peers quarantined since start for missing deadlines in a row.
+    #[serde(default)]
+    pub peers_quarantined: u64,
     /// Peers evicted for silence.
     pub peers_evicted: u64,
     /// `error` messages sent.
