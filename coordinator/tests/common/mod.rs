@@ -100,12 +100,14 @@ impl Client {
         .await;
     }
 
-    /// The next text frame, raw.
+    /// The next text frame, raw. The wait is bounded in total, not per frame: pings keep
+    /// arriving, and must not keep a wrong expectation waiting for ever.
     pub async fn recv_text(&mut self) -> String {
+        let deadline = tokio::time::Instant::now() + 3 * WAIT;
         loop {
-            let frame = tokio::time::timeout(WAIT, self.ws.next())
+            let frame = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
-                .expect("timed out waiting for a frame")
+                .expect("timed out waiting for a text frame")
                 .expect("connection ended")
                 .expect("connection error");
             match frame {
@@ -155,8 +157,9 @@ impl Client {
 
     /// Waits until the server closes the connection; returns the close code if one came.
     pub async fn expect_closed(&mut self) -> Option<u16> {
+        let deadline = tokio::time::Instant::now() + 3 * WAIT;
         loop {
-            let frame = tokio::time::timeout(WAIT, self.ws.next()).await.expect("connection was not closed");
+            let frame = tokio::time::timeout_at(deadline, self.ws.next()).await.expect("connection was not closed");
             match frame {
                 None | Some(Err(_)) => return None,
                 Some(Ok(WsMessage::Close(frame))) => return frame.map(|f| u16::from(f.code)),
