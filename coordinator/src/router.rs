@@ -952,7 +952,7 @@ impl State {
     /// and refuses its id until `until`.
     fn quarantine_peer(&mut self, peer_id: &str, until: Instant) {
         crate::warn_limited!("router: peer quarantined", peer_id, "peer missed deadlines in a row; quarantined");
-        self.quarantine.insert(peer_id.to_owned(), until);
+        insert_bounded(&mut self.quarantine, peer_id, until, MAX_QUARANTINED);
         self.peers_quarantined += 1;
         self.ids.forget(Kind::Peer, peer_id);
         let Some(conn) = self.peers.remove(peer_id) else {
@@ -1052,6 +1052,23 @@ impl State {
     }
 }
 
+/// Peer ids remembered as quarantined at most (each costs about a hundred bytes): beyond,
+/// the one whose quarantine ends soonest is forgotten first. In open mode anyone can make
+/// up peer ids, so the table must not grow with them.
+pub const MAX_QUARANTINED: usize = 65_536;
+
+/// Inserts `key` until `until` into a table of at most `max` entries, forgetting the entry
+/// that ends soonest when it is full.
+fn insert_bounded(table: &mut HashMap<String, Instant>, key: &str, until: Instant, max: usize) {
+    if table.len() >= max.max(1)
+        && !table.contains_key(key)
+        && let Some(soonest) = table.iter().min_by_key(|(_, at)| **at).map(|(k, _)| k.clone())
+    {
+        table.remove(&soonest);
+    }
+    table.insert(key.to_owned(), until);
+}
+
 /// How long a connection whose credential was revoked has to receive its error and close
 /// frame before it is dropped.
 pub const REVOKED_FLUSH: Duration = Duration::from_secs(1);
@@ -1110,5 +1127,27 @@ fn check_id(field: &str, value: &str) -> Result<(), String> {
         Err(format!("{field} is longer than {} bytes", limits::MAX_ID_BYTES))
     } else {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_quarantine_table_is_bounded_and_forgets_the_soonest_first() {
+        let t0 = Instant::now();
+        let mut table = HashMap::new();
+        for i in 0..10u64 {
+            insert_bounded(&mut table, &format!("p{i}"), t0 + Duration::from_secs(100 + i), 4);
+        }
+        assert_eq!(table.len(), 4);
+        let mut kept: Vec<&String> = table.keys().collect();
+        kept.sort();
+        assert_eq!(kept, ["p6", "p7", "p8", "p9"], "the latest to end are kept");
+        // Renewing a present id does not evict anyone.
+        insert_bounded(&mut table, "p6", t0 + Duration::from_secs(500), 4);
+        assert_eq!(table.len(), 4);
+        assert!(table.contains_key("p7"));
     }
 }
