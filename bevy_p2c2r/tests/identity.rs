@@ -2,16 +2,15 @@
 //! `resume_secret` when it registers again and takes pending results back, backs off
 //! when its id is in use, and surfaces a refused token while it keeps retrying.
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bevy_p2c2r::client::{ClientConfig, ClientError, ClientEvent, ClientEvents, Credential, GamerClient};
 use futures_util::{SinkExt, StreamExt};
 use p2c2r_protocol::{ErrorCode, Message, RegisterGamer, RegistrationAck, TaskRequest, TaskResult, codec};
+use p2c2r_testkit::gate::{SeenTokens, accept_checking_bearer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tokio_tungstenite::tungstenite::{self, http};
+use tokio_tungstenite::tungstenite;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -165,26 +164,9 @@ async fn an_id_in_use_is_reported_and_retried_after_a_pause() {
     client.close().await;
 }
 
-/// The `Authorization` headers of the upgrade requests a listener saw.
-type Seen = Arc<Mutex<Vec<Option<String>>>>;
-
-/// Accepts one connection; refuses its upgrade with 401 `token expired` unless it
-/// carries `Bearer good`.
-#[allow(clippy::result_large_err)] // tungstenite's callback signature
-async fn accept_checking_token(listener: &TcpListener, seen: &Seen) -> Option<ServerWs> {
-    let (tcp, _) = within("a connection", listener.accept()).await.unwrap();
-    let seen = seen.clone();
-    let callback = move |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
-        let auth = request.headers().get(http::header::AUTHORIZATION).map(|v| v.to_str().unwrap().to_owned());
-        let good = auth.as_deref() == Some("Bearer good");
-        seen.lock().unwrap().push(auth);
-        if good {
-            Ok(response)
-        } else {
-            Err(http::Response::builder().status(401).body(Some("token expired".into())).unwrap())
-        }
-    };
-    tokio_tungstenite::accept_hdr_async(tcp, callback).await.ok()
+/// Accepts one connection, upgraded only with `Bearer good`.
+async fn accept_checking_token(listener: &TcpListener, seen: &SeenTokens) -> Option<ServerWs> {
+    accept_checking_bearer(listener, "good", seen).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,7 +177,7 @@ async fn a_refused_token_is_surfaced_and_a_fixed_token_file_is_picked_up() {
     std::fs::write(&token_file, "stale\n").unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("ws://{}", listener.local_addr().unwrap());
-    let seen: Seen = Default::default();
+    let seen: SeenTokens = Default::default();
     let accept_checking_token = |listener| accept_checking_token(listener, &seen);
     let mut config = config(url);
     config.token = Some(Credential::File(token_file.clone()));

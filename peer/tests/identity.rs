@@ -5,15 +5,13 @@
 mod common;
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Conn, listener, within};
 use p2c2r_protocol::{ErrorCode, Message};
+use p2c2r_testkit::gate::{SeenTokens, accept_checking_bearer};
 use peer::{Credential, PeerConfig, PeerHandle};
 use tokio::net::TcpListener;
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tokio_tungstenite::tungstenite::http;
 
 async fn start(url: String, tweak: impl FnOnce(&mut PeerConfig)) -> PeerHandle {
     let mut config = PeerConfig {
@@ -64,26 +62,9 @@ async fn the_latest_resume_secret_is_presented_after_every_reconnect() {
     peer.kill();
 }
 
-/// The `Authorization` headers of the upgrade requests this listener saw.
-type Seen = Arc<Mutex<Vec<Option<String>>>>;
-
-/// Accepts one connection; refuses its upgrade with 401 `token expired` unless it
-/// carries `Bearer good`.
-#[allow(clippy::result_large_err)] // tungstenite's callback signature
-async fn accept_checking_token(listener: &TcpListener, seen: &Seen) -> Option<Conn> {
-    let (tcp, _) = within("a connection", listener.accept()).await.unwrap();
-    let seen = seen.clone();
-    let callback = move |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
-        let auth = request.headers().get(http::header::AUTHORIZATION).map(|v| v.to_str().unwrap().to_owned());
-        let good = auth.as_deref() == Some("Bearer good");
-        seen.lock().unwrap().push(auth);
-        if good {
-            Ok(response)
-        } else {
-            Err(http::Response::builder().status(401).body(Some("token expired".into())).unwrap())
-        }
-    };
-    tokio_tungstenite::accept_hdr_async(tcp, callback).await.ok().map(Conn)
+/// Accepts one connection, upgraded only with `Bearer good`.
+async fn accept_checking_token(listener: &TcpListener, seen: &SeenTokens) -> Option<Conn> {
+    accept_checking_bearer(listener, "good", seen).await.map(Conn)
 }
 
 #[tokio::test]
@@ -97,7 +78,7 @@ async fn a_refused_token_is_retried_and_a_fixed_token_file_is_picked_up() {
     let url = format!("ws://{}", listener.local_addr().unwrap());
     let file = token_file.clone();
     let peer = start(url, move |c| c.token = Some(Credential::File(file))).await;
-    let seen: Seen = Default::default();
+    let seen: SeenTokens = Default::default();
     for _ in 0..2 {
         assert!(accept_checking_token(&listener, &seen).await.is_none(), "the stale token is refused");
     }
