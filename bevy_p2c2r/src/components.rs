@@ -9,7 +9,7 @@ use bevy::math::{Quat, Vec2, Vec3};
 use bevy::prelude::{Component, Resource, Transform};
 use p2c2r_protocol::ai::{AgentStatus, NavGrid};
 use p2c2r_protocol::physics::{self as wire, BodyId, BodyType};
-use peer::physics::{MAX_COORDINATE, MAX_SPEED};
+use p2c2r_sim::physics::{MAX_COORDINATE, MAX_SPEED};
 
 /// A collision shape, in the body's local frame.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -451,7 +451,7 @@ mod tests {
         assert_eq!(add[2].rotation, [0.0, 0.0, 0.0, 1.0], "renormalised");
         let request =
             PhysicsStepRequest { tick: 10, snapshot: true, dt: 1.0 / 60.0, steps: 1, add, ..Default::default() };
-        let result = peer::physics::PhysicsWorld::new().step(&request);
+        let result = p2c2r_sim::physics::PhysicsWorld::new().step(&request);
         assert!(result.is_ok(), "the snapshot is accepted: {result:?}");
     }
 

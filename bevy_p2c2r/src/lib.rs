@@ -62,7 +62,6 @@
 //! Without a coordinator, [`P2c2rPlugin::local_only`] runs the same game fully
 //! in-process.
 
-pub mod client;
 pub mod components;
 mod link;
 mod local;
@@ -81,6 +80,8 @@ pub use messages::{
     AiStepped, BodyLeftWorld, ConnectionChanged, ConnectionState, ModeChanged, PhysicsCommand, PhysicsStepped,
     ResultSource, TaskFailed, TaskKind, TaskResultReceived,
 };
+/// The Bevy-free gamer client the plugin runs on its transport thread.
+pub use p2c2r_client as client;
 pub use p2c2r_protocol;
 pub use p2c2r_protocol::ai::AgentStatus;
 pub use p2c2r_protocol::physics::BodyType;

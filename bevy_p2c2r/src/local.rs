@@ -1,13 +1,14 @@
 //! The local fallback: the same physics and AI the peers run, in-process, through the
-//! `peer` library.
+//! engine crate `p2c2r_sim`, with the same work budgets as a peer's defaults.
 
 use p2c2r_protocol::TaskError;
 #[cfg(test)]
 use p2c2r_protocol::ai::AgentStatus;
 use p2c2r_protocol::ai::{AgentQuery, AgentResult, NavGrid};
 use p2c2r_protocol::physics::{PhysicsStepRequest, PhysicsStepResult};
-use peer::ai::Navigator;
-use peer::physics::PhysicsWorld;
+use p2c2r_sim::Budgets;
+use p2c2r_sim::navigation::Navigator;
+use p2c2r_sim::physics::PhysicsWorld;
 
 /// A local mirror of the session's physics world and a navigator for its grid.
 #[derive(Default)]
@@ -23,7 +24,7 @@ impl LocalSim {
             self.world = Some(PhysicsWorld::new());
         }
         let world = self.world.as_mut().expect("world was just created");
-        let result = world.step(request);
+        let result = world.step_limited(request, &Budgets::default());
         if result.is_err() {
             // Whatever state it is in now, it is no longer a mirror.
             self.world = None;
@@ -49,7 +50,12 @@ impl LocalSim {
         if self.navigator.is_none() {
             self.navigator = Some(Navigator::new(grid)?);
         }
-        Ok(self.navigator.as_mut().expect("navigator was just built").navigate(agents))
+        let budgets = Budgets::default();
+        self.navigator.as_mut().expect("navigator was just built").navigate_within(
+            agents,
+            budgets.max_path_expansions,
+            budgets.max_waypoints,
+        )
     }
 }
 

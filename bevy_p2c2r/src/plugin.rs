@@ -1317,7 +1317,7 @@ mod tests {
             kinematic_targets: targets,
             ..Default::default()
         };
-        let result = peer::physics::PhysicsWorld::new().step(&request);
+        let result = p2c2r_sim::physics::PhysicsWorld::new().step(&request);
         assert!(result.is_ok(), "{result:?}");
     }
 }

@@ -2,7 +2,7 @@
 //! fell far off the level (position and speed beyond the validator's limits), a zero
 //! quaternion, and a NaN (sent as `null`). Broken results must be rejected with a
 //! resync, and every request the plugin sends afterwards, snapshots included, must still
-//! be accepted by `peer::physics::PhysicsWorld`.
+//! be accepted by `p2c2r_sim::physics::PhysicsWorld`.
 
 mod common;
 
@@ -36,7 +36,7 @@ const NAN_AT: u64 = 30;
 async fn serve(listener: tokio::net::TcpListener, seen: Arc<Mutex<Seen>>) {
     let Ok((tcp, _)) = listener.accept().await else { return };
     let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
-    let mut world = peer::physics::PhysicsWorld::new();
+    let mut world = p2c2r_sim::physics::PhysicsWorld::new();
     let (mut zero_sent, mut nan_sent) = (false, false);
     while let Some(request) = next_task_request(&mut ws).await {
         if request.task_type != task_types::PHYSICS_STEP {

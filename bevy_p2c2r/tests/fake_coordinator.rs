@@ -36,7 +36,7 @@ fn script(tick: u64) -> &'static str {
 async fn serve(listener: tokio::net::TcpListener, seen: Arc<Mutex<Seen>>) {
     let Ok((tcp, _)) = listener.accept().await else { return };
     let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
-    let mut world = peer::physics::PhysicsWorld::new();
+    let mut world = p2c2r_sim::physics::PhysicsWorld::new();
     let mut held: Option<tungstenite::Message> = None;
     let mut resynced = false;
     while let Some(request) = next_task_request(&mut ws).await {
@@ -57,7 +57,7 @@ async fn serve(listener: tokio::net::TcpListener, seen: Arc<Mutex<Seen>>) {
         if mode == "resync" && !resynced {
             resynced = true;
             // Pretend the session moved to a peer that lacks it.
-            world = peer::physics::PhysicsWorld::new();
+            world = p2c2r_sim::physics::PhysicsWorld::new();
             let error = TaskError::new(ErrorCode::UnknownSession, "no such session").with_resync().with_tick(step.tick);
             ws.send(frame(&result(&request.task_id, serde_json::to_string(&error).unwrap()))).await.unwrap();
             continue;
@@ -139,7 +139,7 @@ async fn serve_honestly(
     for connection in 0.. {
         let Ok((tcp, _)) = listener.accept().await else { return };
         let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
-        let mut world = peer::physics::PhysicsWorld::new();
+        let mut world = p2c2r_sim::physics::PhysicsWorld::new();
         let secret = if connection == 0 { "fake-secret-1" } else { "fake-secret-2" };
         let mut answered = 0;
         let mut seen = Vec::new();

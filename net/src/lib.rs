@@ -1,7 +1,8 @@
 //! How a P2C2R client reaches a coordinator.
 //!
-//! Peers (the `peer` crate) and gamers (the `bevy_p2c2r` plugin) both open one WebSocket
-//! to the coordinator with [`connect`]:
+//! Peers (the `peer` crate) and gamers (the `p2c2r_client` crate, which the Bevy plugin
+//! uses) both open one WebSocket to the coordinator with [`connect`], and wait between
+//! reconnection attempts with the same [`Backoff`]:
 //!
 //! - `ws://HOST:PORT` is plain TCP; `wss://HOST:PORT` is TLS (rustls with the `ring`
 //!   provider). The server's certificate is checked against the certificates of
@@ -29,6 +30,8 @@
 //! # }
 //! ```
 
+pub mod backoff;
+
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -41,6 +44,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode, header};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream, tungstenite};
 
+pub use backoff::Backoff;
 pub use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// The WebSocket [`connect`] returns.

@@ -451,7 +451,7 @@ fn scenario(
 fn expensive_tick_cost() {
     let request = expensive();
     let start = Instant::now();
-    let result = peer::physics::PhysicsWorld::new().step_limited(&request, &peer::Budgets::default());
+    let result = p2c2r_sim::physics::PhysicsWorld::new().step_limited(&request, &peer::Budgets::default());
     let elapsed = start.elapsed();
     match result {
         Ok(_) => println!(

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use p2c2r_protocol::physics::{ApplyImpulse, BodyDesc, BodyType, PhysicsStepRequest, Shape};
 use p2c2r_protocol::{Message, TaskAssignment, TaskResult, TaskSpec, codec, to_payload};
-use peer::physics::PhysicsWorld;
+use p2c2r_sim::physics::PhysicsWorld;
 use rapier3d::prelude::{ColliderBuilder, RigidBodyBuilder, RigidBodyHandle, Vector};
 
 const DT: f32 = 1.0 / 60.0;

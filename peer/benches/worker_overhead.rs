@@ -105,7 +105,7 @@ fn micros(d: Duration) -> u64 {
 }
 
 fn budget_checks() {
-    use peer::physics::PhysicsWorld;
+    use p2c2r_sim::physics::PhysicsWorld;
     let best = |f: &mut dyn FnMut()| {
         (0..20)
             .map(|_| {
@@ -128,10 +128,12 @@ fn budget_checks() {
         let boxes: Vec<_> = request
             .add
             .iter()
-            .map(|d| peer::physics::BoundingBox::of(d.shape, d.position, d.rotation, d.body_type == BodyType::Dynamic))
+            .map(|d| {
+                p2c2r_sim::physics::BoundingBox::of(d.shape, d.position, d.rotation, d.body_type == BodyType::Dynamic)
+            })
             .collect();
-        let mut pairs = peer::physics::PairEstimate::Within(0);
-        let check = best(&mut || pairs = peer::physics::estimate_overlapping_pairs(&boxes, 50_000));
+        let mut pairs = p2c2r_sim::physics::PairEstimate::Within(0);
+        let check = best(&mut || pairs = p2c2r_sim::physics::estimate_overlapping_pairs(&boxes, 50_000));
         println!("pair estimate of a {n}-box snapshot: {check} µs ({pairs:?})");
     }
 }
@@ -139,7 +141,7 @@ fn budget_checks() {
 /// The cost of the budget checks on every tick: the same ticks on two identical worlds,
 /// one stepped without budgets, one within the default budgets, interleaved.
 fn budget_overhead() {
-    use peer::physics::PhysicsWorld;
+    use p2c2r_sim::physics::PhysicsWorld;
     println!("\n{:>6} {:>14} {:>14} {:>10}", "bodies", "step mean", "limited mean", "overhead");
     for n in [1_000usize, 5_000, 10_000] {
         let (mut plain, mut limited) = (PhysicsWorld::new(), PhysicsWorld::new());

@@ -8,7 +8,7 @@
 //! the growth of the process's resident memory per world by the number of bodies.
 
 use p2c2r_protocol::physics::{BodyDesc, BodyType, PhysicsStepRequest, Shape};
-use peer::physics::PhysicsWorld;
+use p2c2r_sim::physics::PhysicsWorld;
 
 const BODIES: usize = 10_000;
 

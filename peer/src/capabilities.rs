@@ -13,11 +13,23 @@ pub struct MachineInfo {
     pub gpu: Option<String>,
 }
 
-/// Detects cores and memory through `sysinfo`, and an NVIDIA GPU through its driver's
-/// `/proc` entry on Linux. Never fails: unknown values fall back to 1 core and 0 GB.
+/// Detects cores and memory through `sysinfo` (the `detect` feature, on by default), and
+/// an NVIDIA GPU through its driver's `/proc` entry on Linux. Never fails: unknown values
+/// fall back to 1 core and 0 GB. Without `detect`, cores are what the standard library
+/// reports and memory is 0 GB (unknown).
 pub fn detect() -> MachineInfo {
     let available = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let (cores, ram_bytes) = match sysinfo::System::new() {
+    let (cores, ram_bytes) = cores_and_memory(available);
+    MachineInfo {
+        cpu_cores: u32::try_from(cores.max(1)).unwrap_or(u32::MAX),
+        ram_gb: (ram_bytes as f64 / 1e9 * 100.0).round() / 100.0,
+        gpu: detect_gpu(),
+    }
+}
+
+#[cfg(feature = "detect")]
+fn cores_and_memory(available: usize) -> (usize, u64) {
+    match sysinfo::System::new() {
         Ok(mut sys) => {
             sys.refresh_memory();
             sys.refresh_cpu_list(sysinfo::CpuRefreshKind::nothing());
@@ -32,12 +44,12 @@ pub fn detect() -> MachineInfo {
             (cores, ram)
         }
         Err(_) => (available, 0),
-    };
-    MachineInfo {
-        cpu_cores: u32::try_from(cores.max(1)).unwrap_or(u32::MAX),
-        ram_gb: (ram_bytes as f64 / 1e9 * 100.0).round() / 100.0,
-        gpu: detect_gpu(),
     }
+}
+
+#[cfg(not(feature = "detect"))]
+fn cores_and_memory(available: usize) -> (usize, u64) {
+    (available, 0)
 }
 
 fn detect_gpu() -> Option<String> {

@@ -14,10 +14,10 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::{self, protocol::WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
 use crate::pool::{Job, Pool};
 use crate::session::SessionStore;
 use crate::{PeerConfig, PeerStatus};
+use p2c2r_net::Backoff;
 
 type Ws = p2c2r_net::WsStream;
 

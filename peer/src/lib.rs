@@ -16,15 +16,15 @@
 //!
 //! | task type | what the peer does |
 //! | --- | --- |
-//! | `physics_step` | one tick of a session's rapier3d world ([`physics::PhysicsWorld`]) |
-//! | `ai_navigate` | A* paths and steering on a session's grid ([`ai::Navigator`]) |
+//! | `physics_step` | one tick of a session's rapier3d world ([`p2c2r_sim::physics::PhysicsWorld`]) |
+//! | `ai_navigate` | A* paths and steering on a session's grid ([`p2c2r_sim::navigation::Navigator`]) |
 //! | `physics` | the seed's task: N falling balls for one step, summarised ([`seed`]) |
 //! | `ai` | the seed's task: a built-in navigation scene, summarised ([`seed`]) |
 //!
-//! The library has three layers, usable separately:
+//! The simulation itself is the engine crate [`p2c2r_sim`] (deterministic, synchronous,
+//! no tokio), which the Bevy plugin also uses to step locally when no peer answers. On
+//! top of it, this library has two layers, usable separately:
 //!
-//! - [`physics::PhysicsWorld`] and [`ai::Navigator`]: deterministic, synchronous, no
-//!   tokio. The Bevy plugin uses them to step locally when no peer answers.
 //! - [`run_task`]: pure dispatch of one task against a [`SessionStore`], no I/O.
 //! - [`run`] / [`spawn`]: the process (connection, registration, heartbeats, pool,
 //!   reconnection). `cargo run -p peer` is a thin binary over [`run`]. Tasks run in
@@ -59,32 +59,19 @@
 //! # }
 //! ```
 //!
-//! Or step a physics session directly, no network involved:
+//! To step a physics session directly, with no network involved, use [`p2c2r_sim`].
 //!
-//! ```
-//! use p2c2r_protocol::physics::{BodyDesc, BodyType, PhysicsStepRequest, Shape};
-//! use peer::physics::PhysicsWorld;
+//! # Features
 //!
-//! let ground = BodyDesc::new(0, Shape::Box { half_extents: [10.0, 0.5, 10.0] }, [0.0, -0.5, 0.0])
-//!     .with_body_type(BodyType::Fixed);
-//! let crate_ = BodyDesc::new(1, Shape::Box { half_extents: [0.5; 3] }, [0.0, 3.0, 0.0]);
-//! let mut world = PhysicsWorld::new();
-//! let mut request = PhysicsStepRequest { tick: 0, snapshot: true, dt: 1.0 / 60.0, steps: 1, add: vec![ground, crate_], ..Default::default() };
-//! world.step(&request).unwrap();
-//! for tick in 1..180 {
-//!     request = PhysicsStepRequest { tick, dt: 1.0 / 60.0, steps: 1, ..Default::default() };
-//!     world.step(&request).unwrap();
-//! }
-//! ```
+//! `cli` (the `peer` binary: clap, tracing-subscriber) and `detect` (cores and memory
+//! through sysinfo) are on by default. A program embedding a peer as a library can turn
+//! both off (`default-features = false`).
 
-pub mod ai;
-pub mod backoff;
-pub mod budget;
 pub mod capabilities;
 mod connection;
 pub mod containment;
 pub mod metrics;
-pub mod physics;
+mod payload;
 mod pool;
 pub mod seed;
 pub mod session;
@@ -103,8 +90,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use budget::Budgets;
 pub use p2c2r_net::Credential;
+/// The work budgets a peer enforces on every task: the engine's ([`p2c2r_sim::budget`]).
+pub use p2c2r_sim::budget;
+pub use p2c2r_sim::budget::Budgets;
 pub use session::{
     Clock, DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_MEMORY_BYTES, ManualClock, OverBudget, Session, SessionStore,
     StoreFull, SystemClock,

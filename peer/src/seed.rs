@@ -10,10 +10,10 @@ use p2c2r_protocol::physics::{BodyDesc, BodyType, PhysicsStepRequest, SeedPhysic
 use p2c2r_protocol::{ErrorCode, RawPayload, TaskError, TaskStatus, limits, to_payload};
 use serde::{Deserialize, Serialize};
 
-use crate::ai::Navigator;
-use crate::budget::Budgets;
-use crate::physics::PhysicsWorld;
-use crate::tasks::parse;
+use crate::payload::parse;
+use p2c2r_sim::Budgets;
+use p2c2r_sim::navigation::Navigator;
+use p2c2r_sim::physics::PhysicsWorld;
 
 /// The seed `physics` task's time step: one 60 Hz tick.
 pub const SEED_DT: f32 = 1.0 / 60.0;

@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 
 use p2c2r_protocol::RawPayload;
 
-use crate::ai::Navigator;
-use crate::budget::Budgets;
-use crate::physics::PhysicsWorld;
+use p2c2r_sim::Budgets;
+use p2c2r_sim::navigation::Navigator;
+use p2c2r_sim::physics::PhysicsWorld;
 
 /// Where a [`SessionStore`] reads the time.
 pub trait Clock: Send + Sync + 'static {

@@ -59,9 +59,9 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-use crate::budget::Budgets;
 use crate::containment::DeathCounter;
 use crate::session::SessionStore;
+use p2c2r_sim::Budgets;
 
 /// The argument that starts the peer executable as a worker (internal).
 pub const WORKER_ARG: &str = "--p2c2r-internal-worker";

@@ -28,3 +28,28 @@ pub const MAX_ID_BYTES: usize = 256;
 /// Most task types a peer may declare in its capabilities (each an id of at most
 /// [`MAX_ID_BYTES`]).
 pub const MAX_TASK_TYPES_PER_PEER: usize = 32;
+
+// What a physics or navigation request may contain. A peer refuses a request outside
+// these bounds (`invalid_payload`), and the Bevy plugin clamps what it sends to them, so
+// they are part of the wire contract, not of one engine.
+
+/// Largest accepted `dt` of a `physics_step`, in seconds.
+pub const MAX_DT: f32 = 1.0;
+/// Largest accepted absolute coordinate of a position, in metres (bodies and agents).
+pub const MAX_COORDINATE: f32 = 1.0e6;
+/// Largest accepted absolute component of a body's velocity (m/s or rad/s).
+pub const MAX_SPEED: f32 = 1.0e5;
+/// Largest accepted absolute component of a force, torque or impulse.
+pub const MAX_FORCE: f32 = 1.0e12;
+/// Largest accepted absolute component of gravity, m/s².
+pub const MAX_GRAVITY: f32 = 1.0e4;
+/// Smallest and largest accepted half extent or radius of a body's shape, in metres.
+pub const SHAPE_EXTENT_RANGE: (f32, f32) = (1.0e-4, 1.0e4);
+/// Smallest and largest accepted mass (kg) or density (kg/m³).
+pub const MASS_RANGE: (f32, f32) = (1.0e-6, 1.0e9);
+/// Largest accepted friction coefficient, restitution or damping.
+pub const MAX_MATERIAL: f32 = 1.0e3;
+/// Largest accepted agent radius, in metres.
+pub const MAX_AGENT_RADIUS: f32 = 100.0;
+/// Largest accepted agent speed, m/s.
+pub const MAX_AGENT_SPEED: f32 = 1.0e4;

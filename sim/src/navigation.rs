@@ -32,12 +32,7 @@ pub const SEPARATION_WEIGHT: f32 = 1.0;
 pub const MAX_SEPARATION_NEIGHBOURS: usize = 16;
 /// The most other agents examined per agent when looking for neighbours.
 pub const MAX_SEPARATION_CANDIDATES: usize = 128;
-/// Largest accepted agent radius, in metres.
-pub const MAX_AGENT_RADIUS: f32 = 100.0;
-/// Largest accepted agent speed, m/s.
-pub const MAX_AGENT_SPEED: f32 = 1.0e4;
-/// Largest accepted absolute coordinate, in metres.
-pub const MAX_COORDINATE: f32 = 1.0e6;
+pub use p2c2r_protocol::limits::{MAX_AGENT_RADIUS, MAX_AGENT_SPEED, MAX_COORDINATE};
 /// Default bound on A* node expansions for one `ai_navigate` request (see
 /// [`Navigator::navigate_limited`]).
 pub const DEFAULT_MAX_EXPANSIONS: usize = 4_000_000;
@@ -50,7 +45,7 @@ const DIAGONAL_COST: u32 = 14;
 ///
 /// ```
 /// use p2c2r_protocol::ai::{AgentQuery, AgentStatus, NavGrid};
-/// use peer::ai::Navigator;
+/// use p2c2r_sim::navigation::Navigator;
 ///
 /// let grid = NavGrid { cell_size: 1.0, origin: [0.0, 0.0], rows: vec!["...".into(), ".#.".into(), "...".into()] };
 /// let nav = Navigator::new(&grid).unwrap();

@@ -19,7 +19,7 @@
 //!   [`ClientEvents`] stream, together with connection changes.
 //!
 //! ```no_run
-//! use bevy_p2c2r::client::{ClientConfig, GamerClient};
+//! use p2c2r_client::{ClientConfig, GamerClient};
 //! use p2c2r_protocol::{TaskRequest, to_payload};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -433,9 +433,9 @@ impl GamerClient {
     }
 }
 
-/// The capped, jittered exponential backoff used between reconnect attempts: the
-/// peer's (saturating, so any `initial`/`max`, even `Duration::MAX`, is safe).
-pub use peer::backoff::Backoff;
+/// The capped, jittered exponential backoff used between reconnect attempts, the same
+/// as the peer's (saturating, so any `initial`/`max`, even `Duration::MAX`, is safe).
+pub use p2c2r_net::Backoff;
 
 /// The shortest reconnect delay, so that a zero `backoff_initial` does not spin.
 const MIN_BACKOFF: Duration = Duration::from_millis(1);

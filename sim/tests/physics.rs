@@ -1,13 +1,15 @@
 //! Physics sessions against known motion, determinism by bytes, tick ordering and payload
-//! validation, through `peer::physics::PhysicsWorld`.
+//! validation, through `p2c2r_sim::physics::PhysicsWorld`.
 
 use p2c2r_protocol::physics::{
     ApplyForce, ApplyImpulse, BodyDesc, BodyState, BodyType, KinematicTarget, PhysicsStepRequest, SetPose, SetVelocity,
     Shape,
 };
 use p2c2r_protocol::{ErrorCode, limits};
-use peer::Budgets;
-use peer::physics::{BoundingBox, MAX_COORDINATE, MAX_SPEED, PairEstimate, PhysicsWorld, estimate_overlapping_pairs};
+use p2c2r_sim::Budgets;
+use p2c2r_sim::physics::{
+    BoundingBox, MAX_COORDINATE, MAX_SPEED, PairEstimate, PhysicsWorld, estimate_overlapping_pairs,
+};
 
 const DT: f32 = 1.0 / 60.0;
 

@@ -47,22 +47,9 @@ use crate::budget::Budgets;
 pub const DEFAULT_GRAVITY: Vec3 = [0.0, -9.81, 0.0];
 /// Density used when a body gives neither `mass` nor `density`, kg/m³.
 pub const DEFAULT_DENSITY: f32 = 1000.0;
-/// Largest accepted `dt`, in seconds.
-pub const MAX_DT: f32 = 1.0;
-/// Largest accepted absolute coordinate of a position, in metres.
-pub const MAX_COORDINATE: f32 = 1.0e6;
-/// Largest accepted absolute component of a velocity (m/s or rad/s).
-pub const MAX_SPEED: f32 = 1.0e5;
-/// Largest accepted absolute component of a force, torque or impulse.
-pub const MAX_FORCE: f32 = 1.0e12;
-/// Largest accepted absolute component of gravity, m/s².
-pub const MAX_GRAVITY: f32 = 1.0e4;
-/// Smallest and largest accepted half extent or radius, in metres.
-pub const SHAPE_EXTENT_RANGE: (f32, f32) = (1.0e-4, 1.0e4);
-/// Smallest and largest accepted mass (kg) or density (kg/m³).
-pub const MASS_RANGE: (f32, f32) = (1.0e-6, 1.0e9);
-/// Largest accepted friction coefficient, restitution or damping.
-pub const MAX_MATERIAL: f32 = 1.0e3;
+pub use p2c2r_protocol::limits::{
+    MASS_RANGE, MAX_COORDINATE, MAX_DT, MAX_FORCE, MAX_GRAVITY, MAX_MATERIAL, MAX_SPEED, SHAPE_EXTENT_RANGE,
+};
 
 /// How long each phase of one [`PhysicsWorld::step_timed`] call took.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -87,7 +74,7 @@ struct Entry {
 ///
 /// ```
 /// use p2c2r_protocol::physics::{BodyDesc, PhysicsStepRequest, Shape};
-/// use peer::physics::PhysicsWorld;
+/// use p2c2r_sim::physics::PhysicsWorld;
 ///
 /// let mut world = PhysicsWorld::new();
 /// let ball = BodyDesc::new(1, Shape::Sphere { radius: 0.5 }, [0.0, 10.0, 0.0]);

@@ -15,13 +15,14 @@ pub const DEFAULT_MAX_BODY_STEPS: u64 = 400_000;
 /// Default [`Budgets::max_contact_pairs`].
 pub const DEFAULT_MAX_CONTACT_PAIRS: u64 = 120_000;
 /// Default [`Budgets::max_path_expansions`].
-pub const DEFAULT_MAX_PATH_EXPANSIONS: usize = crate::ai::DEFAULT_MAX_EXPANSIONS;
+pub const DEFAULT_MAX_PATH_EXPANSIONS: usize = crate::navigation::DEFAULT_MAX_EXPANSIONS;
 /// Default [`Budgets::max_waypoints`]: about 8 MB of JSON at most.
 pub const DEFAULT_MAX_WAYPOINTS: usize = 200_000;
 
 /// How much work one task may ask for. [`Default`] gives the documented defaults;
-/// [`Budgets::unlimited`] turns every check off (the Bevy plugin's local fallback steps
-/// the gamer's own world and needs none).
+/// [`Budgets::unlimited`] turns every check off (for tools and benchmarks; peers and the
+/// Bevy plugin's local fallback both run with the defaults, so a request a peer would
+/// refuse is refused locally too).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Budgets {
     /// Most bodies × steps one `physics_step` may simulate (the bodies the world holds
