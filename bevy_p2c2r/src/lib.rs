@@ -8,15 +8,15 @@
 //! between the last two ticks so motion stays smooth at any frame rate.
 //!
 //! When no peer answers in time, or the coordinator is unreachable, the plugin steps the
-//! same world in-process with the `peer` library ([`FallbackPolicy::Local`], the
+//! same world in-process with the engine the peers run (`p2c2r_sim`) ([`FallbackPolicy::Local`], the
 //! default) and hands back to peers, with a snapshot, when one answers again: the game
 //! never freezes. [`P2c2rStats`], Bevy messages ([`PhysicsStepped`], [`ModeChanged`],
 //! [`TaskFailed`], [`ConnectionChanged`], ...) and Bevy diagnostics
 //! ([`stats::diagnostics`]) say what is happening.
 //!
-//! The network side is [`client::GamerClient`], an async client usable without Bevy.
-//! In the plugin it runs on its own thread with its own tokio runtime; Bevy systems only
-//! exchange buffers with it through bounded channels and never block.
+//! The network side is [`client::GamerClient`] (the `p2c2r_client` crate), an async
+//! client usable without Bevy. In the plugin it runs on its own thread with its own tokio
+//! runtime; Bevy systems use its bounded queues directly and never block.
 //!
 //! # Quick start
 //!
@@ -62,24 +62,31 @@
 //! Without a coordinator, [`P2c2rPlugin::local_only`] runs the same game fully
 //! in-process.
 
+mod apply;
+mod bridge;
+mod build;
 pub mod components;
-mod link;
+mod gather;
+mod ids;
+mod interpolate;
 mod local;
 pub mod messages;
+mod offload;
 mod plugin;
+mod receive;
+mod send;
 pub mod stats;
-mod tasks;
-mod transport;
 
+pub use bridge::{P2c2rClient, QueueError};
 pub use components::{
     AgentState, BodyShape, ExternalForce, ExternalImpulse, KinematicTarget, NavigationGrid, OffloadedAgent,
     OffloadedBody, PhysicsState, PoseInterpolation,
 };
-pub use link::OffloadMode;
 pub use messages::{
     AiStepped, BodyLeftWorld, ConnectionChanged, ConnectionState, ModeChanged, PhysicsCommand, PhysicsStepped,
     ResultSource, TaskFailed, TaskKind, TaskResultReceived,
 };
+pub use offload::OffloadMode;
 /// The Bevy-free gamer client the plugin runs on its transport thread.
 pub use p2c2r_client as client;
 pub use p2c2r_protocol;
@@ -87,7 +94,6 @@ pub use p2c2r_protocol::ai::AgentStatus;
 pub use p2c2r_protocol::physics::BodyType;
 pub use plugin::{DEFAULT_COORDINATOR_URL, FallbackPolicy, P2c2rPlugin, P2c2rSystems};
 pub use stats::P2c2rStats;
-pub use transport::{P2c2rClient, QueueError};
 
 /// Everything a game needs: `use bevy_p2c2r::prelude::*;`.
 pub mod prelude {

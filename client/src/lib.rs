@@ -39,6 +39,7 @@
 //! # }
 //! ```
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -139,6 +140,32 @@ pub struct ClientConfig {
     pub max_frame_bytes: usize,
     /// Capacity of the outgoing queue and of the event stream.
     pub queue_capacity: usize,
+    /// Decodes successful results on the client's own task, before they reach the event
+    /// stream (see [`Decoder`]); none by default.
+    pub decoder: Option<Decoder>,
+}
+
+/// Turns a successful [`TaskOutcome`] into a typed value ([`TaskOutcome::decoded`]) on the
+/// client's runtime, so that whoever reads the [`ClientEvents`] (a game's frame, in the
+/// Bevy plugin) does not spend its time parsing. It sees the outcome with its
+/// [`TaskOutcome::task_type`]; `None` leaves it undecoded.
+#[derive(Clone)]
+pub struct Decoder(Arc<DecodeFn>);
+
+/// What a [`Decoder`] runs.
+pub type DecodeFn = dyn Fn(&TaskOutcome) -> Option<Box<dyn Any + Send>> + Send + Sync;
+
+impl Decoder {
+    /// A decoder running `decode` on every successful outcome.
+    pub fn new(decode: impl Fn(&TaskOutcome) -> Option<Box<dyn Any + Send>> + Send + Sync + 'static) -> Self {
+        Decoder(Arc::new(decode))
+    }
+}
+
+impl std::fmt::Debug for Decoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Decoder")
+    }
 }
 
 impl ClientConfig {
@@ -157,6 +184,7 @@ impl ClientConfig {
             heartbeat_interval: Duration::from_secs(1),
             max_frame_bytes: limits::DEFAULT_MAX_FRAME_BYTES,
             queue_capacity: 4096,
+            decoder: None,
         }
     }
 }
@@ -166,6 +194,10 @@ impl ClientConfig {
 pub struct TaskOutcome {
     /// The gamer's task id.
     pub task_id: String,
+    /// The request's `task_type`, when this client sent it on this connection.
+    pub task_type: Option<String>,
+    /// What [`ClientConfig::decoder`] made of a successful result.
+    pub decoded: Option<Box<dyn Any + Send>>,
     /// The peer that ran it; `None` when the coordinator gave up on the task.
     pub peer_id: Option<String>,
     /// The attempt that produced the answer.
@@ -204,7 +236,11 @@ impl TaskOutcome {
         }
     }
 
-    fn from_result(r: p2c2r_protocol::TaskResult, rtt: Option<Duration>) -> Self {
+    fn from_result(r: p2c2r_protocol::TaskResult, sent: Option<Sent>, decoder: Option<&Decoder>) -> Self {
+        let (rtt, task_type) = match sent {
+            Some(sent) => (Some(sent.at.elapsed()), Some(sent.task_type)),
+            None => (None, None),
+        };
         let reply = match p2c2r_protocol::task::result_status(r.result.get()) {
             Some(TaskStatus::Error) => match serde_json::from_str::<TaskError>(r.result.get()) {
                 Ok(e) => TaskReply::Failed(e),
@@ -215,7 +251,38 @@ impl TaskOutcome {
             },
             _ => TaskReply::Success(r.result),
         };
-        TaskOutcome { task_id: r.task_id, peer_id: r.peer_id, attempt: r.attempt, rtt, reply }
+        let mut outcome = TaskOutcome {
+            task_id: r.task_id,
+            task_type,
+            decoded: None,
+            peer_id: r.peer_id,
+            attempt: r.attempt,
+            rtt,
+            reply,
+        };
+        if let (Some(decoder), TaskReply::Success(_)) = (decoder, &outcome.reply) {
+            outcome.decoded = (decoder.0)(&outcome);
+        }
+        outcome
+    }
+}
+
+/// What the connection remembers of a request it wrote: when, and its type.
+struct Sent {
+    at: Instant,
+    task_type: String,
+}
+
+impl TaskOutcome {
+    /// Takes the value [`ClientConfig::decoder`] produced, if it is a `T`.
+    pub fn take_decoded<T: 'static>(&mut self) -> Option<T> {
+        match self.decoded.take()?.downcast::<T>() {
+            Ok(value) => Some(*value),
+            Err(other) => {
+                self.decoded = Some(other);
+                None
+            }
+        }
     }
 }
 
@@ -701,7 +768,7 @@ impl Driver {
     /// Runs one registered connection until it drops or the client closes.
     async fn session(&mut self, socket: Socket, heartbeat: Duration) -> SessionEnd {
         let (mut sink, mut stream) = socket.split();
-        let mut sent_at: HashMap<String, Instant> = HashMap::new();
+        let mut sent_at: HashMap<String, Sent> = HashMap::new();
         let mut waiters: HashMap<String, oneshot::Sender<Result<TaskOutcome>>> = HashMap::new();
         let mut ticker = tokio::time::interval(heartbeat);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -723,6 +790,7 @@ impl Driver {
                     }
                     Some(Command::Send { request, reply }) => {
                         let task_id = request.task_id.clone();
+                        let task_type = request.task_type.clone();
                         let frame = codec::encode(&Message::TaskRequest(request));
                         self.count_sent(frame.len());
                         if let Err(e) = sink.send(tungstenite::Message::Text(frame.into())).await {
@@ -731,9 +799,9 @@ impl Driver {
                         }
                         if sent_at.len() > 100_000 {
                             let cutoff = Instant::now() - Duration::from_secs(60);
-                            sent_at.retain(|_, t| *t > cutoff);
+                            sent_at.retain(|_, sent| sent.at > cutoff);
                         }
-                        sent_at.insert(task_id.clone(), Instant::now());
+                        sent_at.insert(task_id.clone(), Sent { at: Instant::now(), task_type });
                         if let Some(reply) = reply {
                             waiters.insert(task_id, reply);
                         }
@@ -746,8 +814,8 @@ impl Driver {
                         self.count_received(text.len());
                         match codec::decode(text.as_str()) {
                             Ok(Message::TaskResult(result)) => {
-                                let rtt = sent_at.remove(&result.task_id).map(|t| t.elapsed());
-                                let outcome = TaskOutcome::from_result(result, rtt);
+                                let sent = sent_at.remove(&result.task_id);
+                                let outcome = TaskOutcome::from_result(result, sent, self.config.decoder.as_ref());
                                 if let Some(waiter) = waiters.remove(&outcome.task_id) {
                                     let _ = waiter.send(Ok(outcome));
                                 } else if self.events.send(ClientEvent::Result(outcome)).await.is_err()
@@ -840,6 +908,7 @@ mod tests {
                 peer_id: Some("p".into()),
             },
             None,
+            None,
         );
         let parsed: p2c2r_protocol::physics::PhysicsStepResult = ok.parse().unwrap();
         assert_eq!(parsed.tick, 3);
@@ -853,6 +922,7 @@ mod tests {
                 attempt: None,
                 peer_id: None,
             },
+            None,
             None,
         );
         let e = err.error().unwrap();

@@ -1,6 +1,13 @@
-//! The offload state machine: who steps the world this tick (peers or the local
-//! fallback), when to send a snapshot, which results to apply. Pure logic on plain data,
-//! unit-tested without sockets or Bevy.
+//! The offload controller: the state machine that decides who steps the world this tick
+//! (peers or the local fallback), when to send a snapshot, which results to apply, and
+//! why the mode changed. Pure logic on plain data, unit-tested without sockets or Bevy.
+//! (Not called a "link": in networking crates such as lightyear a link is the transport.)
+//!
+//! Every kind of offloaded task (physics, AI) is a [`Stream`] of ticks: what is in flight,
+//! the tick the peer's state started from (its epoch), whether the peer must be sent a
+//! fresh start (a physics snapshot, a navigation grid), the latest tick applied. The
+//! controller keeps one per [`StreamKind`]; a new kind of task is one more entry in
+//! [`StreamKind::ALL`] with its [`StreamKind::leads`] flag, not new code paths.
 //!
 //! The rule that keeps the worlds in sync: a world only ever receives a contiguous stream
 //! of requests that starts with a snapshot of the authoritative state. The peer's world
@@ -11,6 +18,8 @@
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+
+use crate::messages::ModeChanged;
 
 /// Who is stepping the game's physics and AI right now.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -150,39 +159,127 @@ impl RttEstimator {
     }
 }
 
+/// The kinds of offloaded task streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum StreamKind {
+    /// `physics_step`: a peer session holding the rapier world.
+    Physics,
+    /// `ai_navigate`: a peer session holding the navigation grid.
+    Ai,
+}
+
+impl StreamKind {
+    /// Every stream, in the order the controller keeps them.
+    pub const ALL: [StreamKind; 2] = [StreamKind::Physics, StreamKind::Ai];
+
+    fn index(self) -> usize {
+        match self {
+            StreamKind::Physics => 0,
+            StreamKind::Ai => 1,
+        }
+    }
+
+    /// Whether this stream's answers decide the hand-back to peers (and measure the round
+    /// trip that sizes the fallback timeout): the physics world is the state both sides
+    /// must agree on; the AI follows it.
+    pub fn leads(self) -> bool {
+        matches!(self, StreamKind::Physics)
+    }
+}
+
+/// One kind of task, tick by tick.
+#[derive(Debug, Default)]
+struct Stream {
+    /// Ticks sent to peers and not answered, with when they were sent.
+    in_flight: BTreeMap<u64, Instant>,
+    /// The tick of the request that started the peer's current state.
+    epoch: Option<u64>,
+    /// The next request must start the peer's state afresh (snapshot, grid).
+    needs_reset: bool,
+    /// The latest tick applied, from any source.
+    last_applied: Option<u64>,
+}
+
+impl Stream {
+    fn fresh() -> Self {
+        Stream { needs_reset: true, ..Default::default() }
+    }
+
+    /// Forgets the peer's state: the next request starts it afresh.
+    fn reset(&mut self) {
+        self.needs_reset = true;
+        self.epoch = None;
+        self.in_flight.clear();
+    }
+
+    fn sent(&mut self, tick: u64, now: Instant, reset: bool) {
+        if reset {
+            self.epoch = Some(tick);
+            self.in_flight.clear();
+        }
+        self.needs_reset = false;
+        self.in_flight.insert(tick, now);
+    }
+
+    /// A result for `tick` came: it answers for every earlier tick too. Returns when it
+    /// was sent.
+    fn answered(&mut self, tick: u64) -> Option<Instant> {
+        let sent = self.in_flight.get(&tick).copied();
+        self.in_flight.retain(|t, _| *t > tick);
+        sent
+    }
+
+    /// Whether an answer about `tick` concerns the peer's current state.
+    fn is_current(&self, tick: Option<u64>) -> bool {
+        match (self.epoch, tick) {
+            (Some(epoch), Some(t)) => t >= epoch,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
+    }
+
+    fn verdict(&mut self, tick: u64) -> Verdict {
+        newer_than(&mut self.last_applied, tick)
+    }
+}
+
+/// Counters the controller keeps of its own decisions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ControllerCounters {
+    /// Times the fallback took over.
+    pub fallbacks_entered: u64,
+    /// Times peers took over again.
+    pub handbacks: u64,
+}
+
+/// The offload controller. Its state is private: it changes only through the events it
+/// is told about (a tick planned and sent, a result, a failure, a disconnection), and it
+/// reports its own mode changes ([`OffloadController::take_mode_changes`]).
 #[derive(Debug)]
-pub(crate) struct Link {
-    pub mode: OffloadMode,
+pub(crate) struct OffloadController {
+    mode: OffloadMode,
+    /// The mode last reported in a [`ModeChanged`].
+    reported_mode: OffloadMode,
+    mode_changes: Vec<ModeChanged>,
+    counters: ControllerCounters,
     /// Step locally when peers do not answer.
-    pub fallback_enabled: bool,
+    fallback_enabled: bool,
     /// A coordinator is configured at all.
-    pub remote: bool,
+    remote: bool,
     /// How long the oldest request may wait before the fallback takes over.
-    pub timeout: FallbackTimeout,
-    /// Round trips of the results from peers.
-    pub rtt: RttEstimator,
+    timeout: FallbackTimeout,
+    /// Round trips of the leading stream's results from peers.
+    rtt: RttEstimator,
     /// How often to probe for peers while in fallback.
-    pub probe_interval: Duration,
-    /// Tick of the snapshot that started the peer's current world.
-    pub peer_epoch: Option<u64>,
-    pub peer_needs_snapshot: bool,
+    probe_interval: Duration,
+    streams: [Stream; StreamKind::ALL.len()],
     /// The local world mirrors the authoritative state (got a snapshot and every request
     /// since).
-    pub local_synced: bool,
-    /// Physics ticks sent to the peer and not answered, with when they were sent.
-    pub in_flight: BTreeMap<u64, Instant>,
-    /// AI ticks sent to the peer and not answered.
-    pub ai_in_flight: BTreeMap<u64, Instant>,
-    pub ai_needs_grid: bool,
-    /// Latest physics tick applied (from any source).
-    pub last_applied: Option<u64>,
-    /// Latest AI tick applied.
-    pub last_ai_applied: Option<u64>,
+    local_synced: bool,
     /// The outstanding probe's task id.
-    pub probe: Option<String>,
-    pub last_probe: Option<Instant>,
+    probe: Option<String>,
+    last_probe: Option<Instant>,
     probe_answered: bool,
-    probes_sent: u64,
     /// Hand-backs that failed soon after (peer too slow for the timeout); each doubles
     /// the probe interval, up to 8×, so a slow peer does not make the game flap.
     flaps: u32,
@@ -193,30 +290,46 @@ pub(crate) struct Link {
 /// How long peers must serve before a hand-back counts as successful.
 const STABLE_AFTER: Duration = Duration::from_secs(5);
 
-impl Link {
+impl OffloadController {
     pub fn new(remote: bool, fallback_enabled: bool, timeout: FallbackTimeout, probe_interval: Duration) -> Self {
-        Link {
-            mode: if remote { OffloadMode::Offloaded } else { OffloadMode::Fallback },
+        let mode = if remote { OffloadMode::Offloaded } else { OffloadMode::Fallback };
+        OffloadController {
+            mode,
+            reported_mode: mode,
+            mode_changes: Vec::new(),
+            counters: ControllerCounters::default(),
             fallback_enabled,
             remote,
             timeout,
             rtt: RttEstimator::default(),
             probe_interval,
-            peer_epoch: None,
-            peer_needs_snapshot: true,
+            streams: [Stream::fresh(), Stream::fresh()],
             local_synced: false,
-            in_flight: BTreeMap::new(),
-            ai_in_flight: BTreeMap::new(),
-            ai_needs_grid: true,
-            last_applied: None,
-            last_ai_applied: None,
             probe: None,
             last_probe: None,
             probe_answered: false,
-            probes_sent: 0,
             flaps: 0,
             offloaded_since: None,
         }
+    }
+
+    fn stream(&mut self, kind: StreamKind) -> &mut Stream {
+        &mut self.streams[kind.index()]
+    }
+
+    /// Who steps the world now.
+    pub fn mode(&self) -> OffloadMode {
+        self.mode
+    }
+
+    /// The mode changes since the last call, oldest first, each with its reason.
+    pub fn take_mode_changes(&mut self) -> Vec<ModeChanged> {
+        std::mem::take(&mut self.mode_changes)
+    }
+
+    /// Fallbacks entered and hand-backs completed so far.
+    pub fn counters(&self) -> ControllerCounters {
+        self.counters
     }
 
     /// How long the oldest request may wait now (see [`FallbackTimeout`]).
@@ -226,7 +339,45 @@ impl Link {
 
     /// Requests sent to peers and not answered.
     pub fn tasks_in_flight(&self) -> usize {
-        self.in_flight.len() + self.ai_in_flight.len() + usize::from(self.probe.is_some())
+        self.streams.iter().map(|s| s.in_flight.len()).sum::<usize>() + usize::from(self.probe.is_some())
+    }
+
+    /// Ticks of stream `kind` in flight.
+    #[cfg(test)]
+    fn in_flight(&self, kind: StreamKind) -> usize {
+        self.streams[kind.index()].in_flight.len()
+    }
+
+    /// Whether the local world mirrors the authoritative state.
+    #[cfg(test)]
+    fn local_synced(&self) -> bool {
+        self.local_synced
+    }
+
+    /// Records `transition` as a [`ModeChanged`] (when the mode did change) and counts it.
+    fn note(&mut self, transition: Option<Transition>) -> Option<Transition> {
+        let t = transition.as_ref()?;
+        let reason = match t {
+            Transition::Fallback(reason) => {
+                self.counters.fallbacks_entered += 1;
+                tracing::info!(%reason, "p2c2r: stepping locally (fallback)");
+                reason.clone()
+            }
+            Transition::HandingBack => {
+                tracing::info!("p2c2r: a peer answers again; handing back");
+                "a peer answered the probe".to_owned()
+            }
+            Transition::Offloaded => {
+                self.counters.handbacks += 1;
+                tracing::info!("p2c2r: peers step the world again");
+                "a peer serves the session".to_owned()
+            }
+        };
+        if self.reported_mode != self.mode {
+            self.mode_changes.push(ModeChanged { mode: self.mode, previous: self.reported_mode, reason });
+            self.reported_mode = self.mode;
+        }
+        transition
     }
 
     /// `probe_soon`: probe as soon as connected (the link dropped) instead of after an
@@ -242,11 +393,9 @@ impl Link {
             self.local_synced = false;
         }
         self.mode = OffloadMode::Fallback;
-        self.peer_epoch = None;
-        self.peer_needs_snapshot = true;
-        self.in_flight.clear();
-        self.ai_in_flight.clear();
-        self.ai_needs_grid = true;
+        for stream in &mut self.streams {
+            stream.reset();
+        }
         self.probe = None;
         self.probe_answered = false;
         self.last_probe = if probe_soon { None } else { Some(now) };
@@ -262,7 +411,7 @@ impl Link {
             self.flaps = 0;
         }
         if self.mode != OffloadMode::Fallback {
-            let oldest = self.in_flight.values().chain(self.ai_in_flight.values()).min().copied();
+            let oldest = self.streams.iter().flat_map(|s| s.in_flight.values()).min().copied();
             if !connected {
                 transition = Some(self.enter_fallback(now, "not connected to the coordinator".into(), true));
             } else if let Some(sent) = oldest.filter(|t| now.duration_since(*t) > self.current_timeout()) {
@@ -287,8 +436,9 @@ impl Link {
                 self.offloaded_since = Some(now);
                 transition = Some(Transition::Offloaded);
             }
-            self.peer_needs_snapshot = true;
-            self.ai_needs_grid = true;
+            for stream in &mut self.streams {
+                stream.needs_reset = true;
+            }
         }
 
         match self.mode {
@@ -308,13 +458,14 @@ impl Link {
                 let due = self.last_probe.is_none_or(|t| now.duration_since(t) >= self.current_probe_interval());
                 if self.remote && connected && self.probe.is_none() && due {
                     plan.probe = true;
-                    self.probes_sent += 1;
                     self.last_probe = Some(now);
                 }
             }
         }
-        plan.snapshot = (plan.to_peer && self.peer_needs_snapshot) || (plan.to_local && !self.local_synced);
-        plan.ai_grid = plan.ai_to_peer && self.ai_needs_grid;
+        let physics_reset = self.streams[StreamKind::Physics.index()].needs_reset;
+        plan.snapshot = (plan.to_peer && physics_reset) || (plan.to_local && !self.local_synced);
+        plan.ai_grid = plan.ai_to_peer && self.streams[StreamKind::Ai.index()].needs_reset;
+        let transition = self.note(transition);
         (plan, transition)
     }
 
@@ -323,26 +474,17 @@ impl Link {
         self.probe_interval * (1 << self.flaps)
     }
 
-    /// Records what was sent for `tick` (call after [`Link::plan`], with the plan's
-    /// flags minus anything that could not be sent).
+    /// Records what was sent for `tick` (call after [`OffloadController::plan`], with
+    /// the plan's flags minus anything that could not be sent).
     pub fn sent(&mut self, tick: u64, now: Instant, plan: &TickPlan, sent_ai: bool) {
         if plan.to_peer {
-            if plan.snapshot {
-                self.peer_epoch = Some(tick);
-                self.in_flight.clear();
-            }
-            self.peer_needs_snapshot = false;
-            self.in_flight.insert(tick, now);
+            self.stream(StreamKind::Physics).sent(tick, now, plan.snapshot);
         }
         if plan.to_local {
             self.local_synced = true;
         }
         if sent_ai {
-            if plan.ai_grid {
-                self.ai_in_flight.clear();
-            }
-            self.ai_needs_grid = false;
-            self.ai_in_flight.insert(tick, now);
+            self.stream(StreamKind::Ai).sent(tick, now, plan.ai_grid);
         }
     }
 
@@ -369,140 +511,98 @@ impl Link {
         }
     }
 
-    /// A successful physics result from a peer for `tick`.
-    pub fn peer_physics(&mut self, tick: u64, now: Instant) -> (Verdict, Option<Transition>) {
-        match self.peer_epoch {
-            Some(epoch) if tick >= epoch && self.mode != OffloadMode::Fallback => {}
-            _ => return (Verdict::OldEpoch, None),
+    /// A successful result from a peer for `tick` of stream `kind`.
+    pub fn peer_result(&mut self, kind: StreamKind, tick: u64, now: Instant) -> (Verdict, Option<Transition>) {
+        let stream = &mut self.streams[kind.index()];
+        if self.mode == OffloadMode::Fallback || !stream.is_current(Some(tick)) {
+            return (Verdict::OldEpoch, None);
         }
-        if let Some(sent) = self.in_flight.get(&tick) {
-            self.rtt.sample(now.saturating_duration_since(*sent));
-        }
-        self.in_flight.retain(|t, _| *t > tick);
+        let sent = stream.answered(tick);
+        let verdict = stream.verdict(tick);
         let mut transition = None;
-        if self.mode == OffloadMode::HandingBack {
-            self.mode = OffloadMode::Offloaded;
-            self.offloaded_since = Some(now);
-            // The local world stops being fed: it is stale from now on.
-            self.local_synced = false;
-            transition = Some(Transition::Offloaded);
+        if kind.leads() {
+            if let Some(sent) = sent {
+                self.rtt.sample(now.saturating_duration_since(sent));
+            }
+            if self.mode == OffloadMode::HandingBack {
+                self.mode = OffloadMode::Offloaded;
+                self.offloaded_since = Some(now);
+                // The local world stops being fed: it is stale from now on.
+                self.local_synced = false;
+                transition = Some(Transition::Offloaded);
+            }
         }
-        (self.verdict(tick), transition)
+        (verdict, self.note(transition))
     }
 
-    /// A physics result computed locally for `tick`.
-    pub fn local_physics(&mut self, tick: u64) -> Verdict {
-        self.verdict(tick)
+    /// A result for `tick` of stream `kind` computed locally.
+    pub fn local_result(&mut self, kind: StreamKind, tick: u64) -> Verdict {
+        self.stream(kind).verdict(tick)
     }
 
-    fn verdict(&mut self, tick: u64) -> Verdict {
-        newer_than(&mut self.last_applied, tick)
+    /// The local world failed a step: whatever state it is in, it no longer mirrors the
+    /// authoritative one, and gets a snapshot next.
+    pub fn local_failed(&mut self) {
+        self.local_synced = false;
     }
 
-    /// A physics task failed. `resync`: the peer lacks the session or got a tick out of
-    /// order. Returns a transition when the failure sends the game to fallback.
-    pub fn peer_physics_failed(
+    /// The navigation grid changed: the peer's AI session needs it again.
+    pub fn grid_changed(&mut self) {
+        self.stream(StreamKind::Ai).needs_reset = true;
+    }
+
+    /// A task of stream `kind` failed. `resync`: the peer lacks the session or got a tick
+    /// out of order. Returns a transition when the failure sends the game to fallback.
+    pub fn peer_failed(
         &mut self,
+        kind: StreamKind,
         tick: Option<u64>,
         resync: bool,
         now: Instant,
         why: &str,
     ) -> Option<Transition> {
-        if self.mode == OffloadMode::Fallback {
+        if self.mode == OffloadMode::Fallback || !self.streams[kind.index()].is_current(tick) {
             return None;
         }
-        let current = match (self.peer_epoch, tick) {
-            (Some(epoch), Some(t)) => t >= epoch,
-            (Some(_), None) => true,
-            (None, _) => false,
-        };
-        if !current {
-            return None;
-        }
-        if resync && self.mode == OffloadMode::Offloaded {
-            self.peer_needs_snapshot = true;
-            self.peer_epoch = None;
-            self.in_flight.clear();
+        let transition = if resync && self.mode == OffloadMode::Offloaded {
+            self.stream(kind).reset();
             None
         } else if self.fallback_enabled || self.mode == OffloadMode::HandingBack {
             Some(self.enter_fallback(now, why.to_owned(), false))
         } else {
-            self.peer_needs_snapshot = true;
-            self.peer_epoch = None;
-            self.in_flight.clear();
+            self.stream(kind).reset();
             None
-        }
-    }
-
-    /// A successful AI result from a peer.
-    pub fn peer_ai(&mut self, tick: u64) -> Verdict {
-        if self.mode == OffloadMode::Fallback {
-            return Verdict::OldEpoch;
-        }
-        self.ai_in_flight.retain(|t, _| *t > tick);
-        self.ai_verdict(tick)
-    }
-
-    /// An AI result computed locally.
-    pub fn local_ai(&mut self, tick: u64) -> Verdict {
-        self.ai_verdict(tick)
-    }
-
-    fn ai_verdict(&mut self, tick: u64) -> Verdict {
-        newer_than(&mut self.last_ai_applied, tick)
-    }
-
-    /// An AI task failed.
-    pub fn peer_ai_failed(&mut self, tick: Option<u64>, resync: bool, now: Instant, why: &str) -> Option<Transition> {
-        if self.mode == OffloadMode::Fallback {
-            return None;
-        }
-        if let Some(t) = tick {
-            if !self.ai_in_flight.contains_key(&t) {
-                return None;
-            }
-            self.ai_in_flight.remove(&t);
-        }
-        if resync {
-            self.ai_needs_grid = true;
-            None
-        } else if self.fallback_enabled {
-            Some(self.enter_fallback(now, why.to_owned(), false))
-        } else {
-            self.ai_needs_grid = true;
-            None
-        }
+        };
+        self.note(transition)
     }
 
     /// A request could not be handed to the transport (queue full, not connected).
-    pub fn send_failed(&mut self, now: Instant, why: &str) -> Option<Transition> {
+    pub fn send_failed(&mut self, kind: StreamKind, now: Instant, why: &str) -> Option<Transition> {
         if self.mode == OffloadMode::Fallback {
             return None;
         }
-        if self.fallback_enabled || self.mode == OffloadMode::HandingBack {
+        let transition = if self.fallback_enabled || self.mode == OffloadMode::HandingBack {
             Some(self.enter_fallback(now, why.to_owned(), false))
         } else {
-            self.peer_needs_snapshot = true;
-            self.peer_epoch = None;
-            self.in_flight.clear();
+            self.stream(kind).reset();
             None
-        }
+        };
+        self.note(transition)
     }
 
     /// The connection dropped.
     pub fn disconnected(&mut self, now: Instant) -> Option<Transition> {
         self.probe = None;
         self.probe_answered = false;
-        if self.mode == OffloadMode::Fallback {
+        let transition = if self.mode == OffloadMode::Fallback {
             None
         } else {
             Some(self.enter_fallback(now, "connection to the coordinator lost".into(), true))
-        }
+        };
+        self.note(transition)
     }
 }
 
-/// Results apply in tick order and never go back: a tick not newer than the last applied
-/// one is stale; a newer one becomes the last applied.
 fn newer_than(last_applied: &mut Option<u64>, tick: u64) -> Verdict {
     if last_applied.is_some_and(|last| tick <= last) {
         Verdict::Stale
@@ -552,7 +652,8 @@ mod tests {
     #[test]
     fn a_slow_steady_peer_is_kept_and_a_dead_one_noticed_within_a_few_round_trips() {
         let t0 = Instant::now();
-        let mut l = Link::new(true, true, FallbackTimeout::Adaptive { min: MS(100), max: MS(1000) }, MS(500));
+        let mut l =
+            OffloadController::new(true, true, FallbackTimeout::Adaptive { min: MS(100), max: MS(1000) }, MS(500));
         // Ticks every 16 ms, each answered 150 ms later: a fixed 100 ms would fall back.
         let mut tick = 0u64;
         let mut at = t0;
@@ -562,7 +663,7 @@ mod tests {
             assert!(transition.is_none(), "spurious fallback at tick {tick}: {transition:?}");
             l.sent(tick, at, &plan, false);
             while answered + 9 < tick {
-                let (_, transition) = l.peer_physics(answered, at);
+                let (_, transition) = l.peer_result(StreamKind::Physics, answered, at);
                 assert!(transition.is_none());
                 answered += 1;
             }
@@ -584,8 +685,13 @@ mod tests {
         assert!(at - died <= MS(200), "{:?}", at - died);
     }
 
-    fn link() -> Link {
-        Link::new(true, true, FallbackTimeout::Fixed(Duration::from_millis(100)), Duration::from_millis(200))
+    fn link() -> OffloadController {
+        OffloadController::new(
+            true,
+            true,
+            FallbackTimeout::Fixed(Duration::from_millis(100)),
+            Duration::from_millis(200),
+        )
     }
 
     #[test]
@@ -599,10 +705,10 @@ mod tests {
         let (p, _) = l.plan(t0, true);
         assert!(p.to_peer && !p.snapshot && !p.ai_grid);
         l.sent(2, t0, &p, true);
-        assert_eq!(l.peer_physics(1, t0), (Verdict::Apply, None));
-        assert_eq!(l.peer_physics(1, t0).0, Verdict::Stale, "duplicate");
-        assert_eq!(l.peer_physics(2, t0).0, Verdict::Apply);
-        assert!(l.in_flight.is_empty());
+        assert_eq!(l.peer_result(StreamKind::Physics, 1, t0), (Verdict::Apply, None));
+        assert_eq!(l.peer_result(StreamKind::Physics, 1, t0).0, Verdict::Stale, "duplicate");
+        assert_eq!(l.peer_result(StreamKind::Physics, 2, t0).0, Verdict::Apply);
+        assert!(l.in_flight(StreamKind::Physics) == 0);
     }
 
     #[test]
@@ -613,9 +719,9 @@ mod tests {
             let (p, _) = l.plan(t0, true);
             l.sent(tick, t0, &p, false);
         }
-        assert_eq!(l.peer_physics(3, t0).0, Verdict::Apply);
-        assert_eq!(l.peer_physics(2, t0).0, Verdict::Stale);
-        assert!(l.in_flight.is_empty(), "tick 3 answers for the lost ticks before it");
+        assert_eq!(l.peer_result(StreamKind::Physics, 3, t0).0, Verdict::Apply);
+        assert_eq!(l.peer_result(StreamKind::Physics, 2, t0).0, Verdict::Stale);
+        assert!(l.in_flight(StreamKind::Physics) == 0, "tick 3 answers for the lost ticks before it");
     }
 
     #[test]
@@ -626,13 +732,13 @@ mod tests {
         l.sent(1, t0, &p, false);
         let (p, tr) = l.plan(t0 + Duration::from_millis(150), true);
         assert!(matches!(tr, Some(Transition::Fallback(_))));
-        assert_eq!(l.mode, OffloadMode::Fallback);
+        assert_eq!(l.mode(), OffloadMode::Fallback);
         assert!(p.to_local && p.snapshot && !p.to_peer && !p.probe, "probe waits an interval");
         l.sent(2, t0, &p, false);
         let (p, _) = l.plan(t0 + Duration::from_millis(160), true);
         assert!(p.to_local && !p.snapshot);
         // A late peer result from the abandoned world is ignored.
-        assert_eq!(l.peer_physics(1, t0).0, Verdict::OldEpoch);
+        assert_eq!(l.peer_result(StreamKind::Physics, 1, t0).0, Verdict::OldEpoch);
     }
 
     #[test]
@@ -643,37 +749,37 @@ mod tests {
         let (p, _) = l.plan(t0, false);
         assert!(!p.probe && p.to_local && p.snapshot, "no probe while disconnected");
         l.sent(1, t0, &p, false);
-        assert_eq!(l.local_physics(1), Verdict::Apply);
+        assert_eq!(l.local_result(StreamKind::Physics, 1), Verdict::Apply);
         let later = t0 + Duration::from_millis(5);
         let (p, _) = l.plan(later, true);
         assert!(p.probe && p.to_local && !p.to_peer, "probe as soon as connected again");
         l.probe_sent("probe-1".into());
         l.sent(2, later, &p, false);
-        assert_eq!(l.local_physics(2), Verdict::Apply);
+        assert_eq!(l.local_result(StreamKind::Physics, 2), Verdict::Apply);
         // No second probe while one is outstanding.
         let (p, _) = l.plan(later + Duration::from_secs(1), true);
         assert!(!p.probe);
         l.sent(3, later, &p, false);
-        assert_eq!(l.local_physics(3), Verdict::Apply);
+        assert_eq!(l.local_result(StreamKind::Physics, 3), Verdict::Apply);
         assert!(l.probe_succeeded("probe-1"));
         let (p, tr) = l.plan(later, true);
         assert_eq!(tr, Some(Transition::HandingBack));
         assert!(p.to_peer && p.to_local && p.snapshot && p.ai_grid);
         l.sent(4, later, &p, true);
-        assert_eq!(l.local_physics(4), Verdict::Apply);
+        assert_eq!(l.local_result(StreamKind::Physics, 4), Verdict::Apply);
         let (p, _) = l.plan(later, true);
         assert!(p.to_peer && p.to_local && !p.snapshot);
         l.sent(5, later, &p, true);
-        assert_eq!(l.local_physics(5), Verdict::Apply);
+        assert_eq!(l.local_result(StreamKind::Physics, 5), Verdict::Apply);
         // The peer's answer for tick 4 hands back; the state was already shown locally.
-        assert_eq!(l.peer_physics(4, t0), (Verdict::Stale, Some(Transition::Offloaded)));
-        assert_eq!(l.mode, OffloadMode::Offloaded);
-        assert!(!l.local_synced);
+        assert_eq!(l.peer_result(StreamKind::Physics, 4, t0), (Verdict::Stale, Some(Transition::Offloaded)));
+        assert_eq!(l.mode(), OffloadMode::Offloaded);
+        assert!(!l.local_synced());
         let (p, _) = l.plan(later, true);
         assert!(p.to_peer && !p.to_local && !p.snapshot);
         l.sent(6, later, &p, true);
-        assert_eq!(l.peer_physics(5, t0).0, Verdict::Stale);
-        assert_eq!(l.peer_physics(6, t0).0, Verdict::Apply);
+        assert_eq!(l.peer_result(StreamKind::Physics, 5, t0).0, Verdict::Stale);
+        assert_eq!(l.peer_result(StreamKind::Physics, 6, t0).0, Verdict::Apply);
     }
 
     #[test]
@@ -684,16 +790,16 @@ mod tests {
             let (p, _) = l.plan(t0, true);
             l.sent(tick, t0, &p, false);
         }
-        assert!(l.peer_physics_failed(Some(2), true, t0, "unknown_session").is_none());
+        assert!(l.peer_failed(StreamKind::Physics, Some(2), true, t0, "unknown_session").is_none());
         let (p, _) = l.plan(t0, true);
         assert!(p.to_peer && p.snapshot);
         l.sent(4, t0, &p, false);
         // Errors for ticks of the old world are ignored.
-        assert!(l.peer_physics_failed(Some(3), true, t0, "unknown_session").is_none());
+        assert!(l.peer_failed(StreamKind::Physics, Some(3), true, t0, "unknown_session").is_none());
         let (p, _) = l.plan(t0, true);
         assert!(!p.snapshot);
-        assert_eq!(l.peer_physics(3, t0).0, Verdict::OldEpoch);
-        assert_eq!(l.peer_physics(4, t0).0, Verdict::Apply);
+        assert_eq!(l.peer_result(StreamKind::Physics, 3, t0).0, Verdict::OldEpoch);
+        assert_eq!(l.peer_result(StreamKind::Physics, 4, t0).0, Verdict::Apply);
     }
 
     #[test]
@@ -702,17 +808,21 @@ mod tests {
         let t0 = Instant::now();
         let (p, _) = l.plan(t0, true);
         l.sent(1, t0, &p, false);
-        let tr = l.peer_physics_failed(Some(1), false, t0, "max_attempts_exceeded");
+        let tr = l.peer_failed(StreamKind::Physics, Some(1), false, t0, "max_attempts_exceeded");
         assert!(matches!(tr, Some(Transition::Fallback(_))));
     }
 
     #[test]
     fn without_fallback_the_world_waits_and_probes() {
-        let mut l =
-            Link::new(true, false, FallbackTimeout::Fixed(Duration::from_millis(100)), Duration::from_millis(100));
+        let mut l = OffloadController::new(
+            true,
+            false,
+            FallbackTimeout::Fixed(Duration::from_millis(100)),
+            Duration::from_millis(100),
+        );
         let t0 = Instant::now();
         let (p, _) = l.plan(t0, false);
-        assert_eq!(l.mode, OffloadMode::Fallback);
+        assert_eq!(l.mode(), OffloadMode::Fallback);
         assert!(!p.to_local && !p.to_peer && !p.probe);
         let (p, _) = l.plan(t0 + Duration::from_millis(150), true);
         assert!(p.probe && !p.to_local);
@@ -725,8 +835,12 @@ mod tests {
 
     #[test]
     fn local_only_never_probes() {
-        let mut l =
-            Link::new(false, true, FallbackTimeout::Fixed(Duration::from_millis(100)), Duration::from_millis(1));
+        let mut l = OffloadController::new(
+            false,
+            true,
+            FallbackTimeout::Fixed(Duration::from_millis(100)),
+            Duration::from_millis(1),
+        );
         let t0 = Instant::now();
         let (p, _) = l.plan(t0, false);
         assert!(p.to_local && p.snapshot && !p.probe);
@@ -748,7 +862,7 @@ mod tests {
             assert!(l.probe_succeeded(&format!("p{round}")));
             let (p, _) = l.plan(now, true);
             l.sent(1, now, &p, false);
-            assert_eq!(l.peer_physics(1, now).1, Some(Transition::Offloaded));
+            assert_eq!(l.peer_result(StreamKind::Physics, 1, now).1, Some(Transition::Offloaded));
             let (p, _) = l.plan(now, true);
             l.sent(2, now, &p, false);
             now += Duration::from_millis(150);
@@ -767,7 +881,7 @@ mod tests {
         l.probe_succeeded("ok");
         let (p, _) = l.plan(now, true);
         l.sent(100, now, &p, false);
-        l.peer_physics(100, now);
+        l.peer_result(StreamKind::Physics, 100, now);
         let later = now + Duration::from_secs(6);
         let (p, _) = l.plan(later, true);
         l.sent(101, later, &p, false);
@@ -782,10 +896,28 @@ mod tests {
         l.sent(1, t0, &TickPlan { to_peer: false, ..p }, true);
         let (_, tr) = l.plan(t0 + Duration::from_millis(101), true);
         assert!(matches!(tr, Some(Transition::Fallback(_))));
-        assert_eq!(l.peer_ai(1), Verdict::OldEpoch);
+        assert_eq!(l.peer_result(StreamKind::Ai, 1, t0).0, Verdict::OldEpoch);
         let (p, _) = l.plan(t0 + Duration::from_millis(102), true);
         assert!(p.ai_local && !p.ai_to_peer);
-        assert_eq!(l.local_ai(3), Verdict::Apply);
-        assert_eq!(l.local_ai(3), Verdict::Stale);
+        assert_eq!(l.local_result(StreamKind::Ai, 3), Verdict::Apply);
+        assert_eq!(l.local_result(StreamKind::Ai, 3), Verdict::Stale);
+    }
+
+    #[test]
+    fn the_controller_reports_its_own_mode_changes_with_their_reasons() {
+        let mut l = link();
+        let t0 = Instant::now();
+        let (p, _) = l.plan(t0, true);
+        l.sent(1, t0, &p, false);
+        assert!(l.take_mode_changes().is_empty(), "offloaded from the start: no change");
+        l.plan(t0 + Duration::from_millis(150), true);
+        let changes = l.take_mode_changes();
+        assert_eq!(changes.len(), 1);
+        assert_eq!((changes[0].previous, changes[0].mode), (OffloadMode::Offloaded, OffloadMode::Fallback));
+        assert!(changes[0].reason.starts_with("no result for 150 ms"), "{}", changes[0].reason);
+        assert_eq!(l.counters().fallbacks_entered, 1);
+        // A disconnection while already in fallback changes nothing.
+        l.disconnected(t0);
+        assert!(l.take_mode_changes().is_empty());
     }
 }

@@ -1,0 +1,285 @@
+//! The Send stage's second half: the offload controller plans the tick, the requests are
+//! built from [`TickChanges`] ([`crate::build`]) and sent to peers, stepped locally, or
+//! both; then the plugin's outputs ([`P2c2rStats`], diagnostics) are published.
+
+use std::time::Instant;
+
+use bevy::diagnostic::Diagnostics;
+use bevy::ecs::system::SystemParam;
+use bevy::prelude::*;
+use p2c2r_protocol::ai::{AgentQuery, AiNavigateResult};
+use p2c2r_protocol::physics::BodyType;
+use p2c2r_protocol::{ErrorCode, RawPayload, task_types, to_payload};
+
+use crate::apply::{Results, take_physics_results, write_state};
+use crate::bridge::{P2c2rClient, QueueError, Sent};
+use crate::build::{self, TickChanges, WorldSettings};
+use crate::components::*;
+use crate::gather::BodyQuery;
+use crate::ids::EntityIds;
+use crate::local::LocalSim;
+use crate::messages::*;
+use crate::offload::{OffloadMode, StreamKind, Verdict};
+use crate::plugin::{Offload, Settings};
+use crate::receive::{publish_mode_changes, stream_of};
+use crate::stats::{P2c2rStats, diagnostics};
+
+/// The in-process fallback (plugin-internal).
+#[derive(Resource, Default)]
+pub(crate) struct Fallback(pub LocalSim);
+
+#[derive(SystemParam)]
+pub(crate) struct SendParams<'w, 's> {
+    client: ResMut<'w, P2c2rClient>,
+    offload: ResMut<'w, Offload>,
+    settings: Res<'w, Settings>,
+    ids: ResMut<'w, EntityIds>,
+    changes: ResMut<'w, TickChanges>,
+    results: ResMut<'w, Results>,
+    stats: ResMut<'w, P2c2rStats>,
+    fallback: ResMut<'w, Fallback>,
+    time: Res<'w, Time<Fixed>>,
+    grid: Option<Res<'w, NavigationGrid>>,
+    failed: MessageWriter<'w, TaskFailed>,
+    mode: MessageWriter<'w, ModeChanged>,
+    stepped: MessageWriter<'w, PhysicsStepped>,
+    warned_no_grid: Local<'s, bool>,
+}
+
+/// Plans this tick, builds its requests and sends them (or steps them locally).
+pub(crate) fn send_tick(
+    mut p: SendParams,
+    mut bodies: BodyQuery,
+    agents: Query<(&OffloadedAgent, &AgentState), Without<OffloadedBody>>,
+) {
+    let now = Instant::now();
+    p.offload.tick += 1;
+    let tick = p.offload.tick;
+    let dt = p.time.timestep().as_secs_f32();
+
+    // A changed navigation grid must reach the peer's AI session (with this tick's
+    // request) and the local navigator.
+    if let Some(grid) = &p.grid
+        && grid.is_changed()
+    {
+        p.offload.controller.grid_changed();
+        p.fallback.0.grid_changed();
+    }
+
+    // Decide who steps this tick.
+    let connected = p.client.is_connected();
+    let (plan, _) = p.offload.controller.plan(now, connected);
+
+    if plan.snapshot {
+        // A snapshot carries the newest states: apply every result still queued.
+        for (entity, s, t) in take_physics_results(&mut p.results, &mut p.ids, &mut p.stats, &mut p.stepped, None) {
+            if let Ok((_, _, mut ps, _, _, _, interp, _)) = bodies.get_mut(entity) {
+                write_state(&mut ps, interp, &s, t);
+            }
+        }
+    }
+
+    let changes = std::mem::take(&mut *p.changes);
+    let world = WorldSettings { gravity: p.settings.gravity.to_array(), substeps: p.settings.substeps };
+    let fresh: std::collections::HashSet<Entity> = changes.adds.iter().map(|(e, _)| *e).collect();
+    let ids = &*p.ids;
+    let request = build::physics_request(tick, dt, world, plan.snapshot, changes, || {
+        bodies
+            .iter()
+            .filter(|(entity, _, ps, ..)| !fresh.contains(entity) && ids.bodies.id(*entity) == Some(ps.id))
+            .map(|(_, body, ps, ..)| body.desc(ps.id, ps))
+            .collect()
+    });
+
+    if plan.to_peer {
+        p.stats.ticks_offloaded += 1;
+        if plan.snapshot {
+            p.stats.snapshots_sent += 1;
+        }
+        let sent = Sent { kind: TaskKind::Physics, tick: Some(tick) };
+        if let Some(payload) = encode(&request, "physics") {
+            send(&mut p, task_types::PHYSICS_STEP, payload, sent, tick, now);
+        }
+    }
+    if plan.probe {
+        let probe = build::probe_request(tick, request.dt);
+        if let Some(payload) = encode(&probe, "probe") {
+            let sent = Sent { kind: TaskKind::Probe, tick: None };
+            let (task_id, result) = p.client.send(task_types::PHYSICS_STEP, payload, sent);
+            match result {
+                Ok(()) => p.offload.controller.probe_sent(task_id),
+                Err(e) => report_unsent(&mut p, task_id, e, tick),
+            }
+        }
+    }
+    if plan.to_local {
+        p.stats.fallback_ticks += 1;
+        match p.fallback.0.step(&request) {
+            Ok(result) => {
+                if p.offload.controller.local_result(StreamKind::Physics, result.tick) == Verdict::Apply {
+                    p.results.physics.push((result, ResultSource::Local, None));
+                } else {
+                    p.stats.stale_results += 1;
+                }
+            }
+            Err(e) => {
+                p.stats.task_failures += 1;
+                p.offload.controller.local_failed();
+                tracing::warn!(error = %e, "p2c2r: local fallback step failed; resyncing");
+                p.failed.write(TaskFailed {
+                    task_id: String::new(),
+                    kind: TaskKind::Local,
+                    code: e.code,
+                    message: e.message,
+                    tick: Some(tick),
+                    resync: true,
+                });
+            }
+        }
+    } else if !plan.to_peer {
+        // Nobody steps this tick; keep the local mirror honest.
+        p.fallback.0.drop_world();
+    }
+    if p.offload.controller.mode() == OffloadMode::Offloaded && !plan.to_local {
+        p.fallback.0.drop_world();
+    }
+
+    // AI: one request with every agent.
+    let queries: Vec<AgentQuery> = agents
+        .iter()
+        .map(|(a, st)| query(st, a, st.position))
+        .chain(bodies.iter().filter_map(|(_, body, ps, .., agent)| {
+            let kinematic = body.body_type == BodyType::Kinematic;
+            agent.map(|(a, st)| query(st, a, if kinematic { st.position } else { ps.position }))
+        }))
+        .collect();
+    if p.grid.is_none() && !queries.is_empty() && !*p.warned_no_grid {
+        *p.warned_no_grid = true;
+        tracing::warn!("p2c2r: offloaded agents need a NavigationGrid resource; they stay still until one is inserted");
+    }
+    let mut sent_ai = false;
+    let mut sent_plan = plan;
+    if let Some(grid) = p.grid.as_ref().map(|g| g.0.clone())
+        && !queries.is_empty()
+    {
+        let ai = build::ai_request(tick, plan.ai_grid.then(|| grid.clone()), queries);
+        if plan.ai_to_peer
+            && let Some(payload) = encode(&ai, "AI")
+        {
+            sent_ai = send(
+                &mut p,
+                task_types::AI_NAVIGATE,
+                payload,
+                Sent { kind: TaskKind::Ai, tick: Some(tick) },
+                tick,
+                now,
+            );
+        }
+        if plan.ai_local {
+            match p.fallback.0.navigate(&grid, &ai.agents) {
+                Ok(agents) => {
+                    if p.offload.controller.local_result(StreamKind::Ai, tick) == Verdict::Apply {
+                        p.results
+                            .ai
+                            .push((AiNavigateResult { status: Default::default(), tick, agents }, ResultSource::Local));
+                    }
+                }
+                Err(e) => {
+                    p.stats.task_failures += 1;
+                    p.failed.write(TaskFailed {
+                        task_id: String::new(),
+                        kind: TaskKind::Local,
+                        code: e.code,
+                        message: e.message,
+                        tick: Some(tick),
+                        resync: false,
+                    });
+                }
+            }
+        }
+    } else {
+        sent_plan.ai_grid = false;
+    }
+    p.offload.controller.sent(tick, now, &sent_plan, sent_ai);
+
+    // Custom tasks that could not be handed over.
+    for (task_id, error) in p.client.take_unsent() {
+        report_unsent(&mut p, task_id, error, tick);
+    }
+    let SendParams { offload, stats, mode, .. } = &mut p;
+    publish_mode_changes(offload, stats, mode);
+}
+
+fn encode<T: serde::Serialize>(request: &T, what: &str) -> Option<RawPayload> {
+    match to_payload(request) {
+        Ok(payload) => Some(payload),
+        Err(e) => {
+            tracing::error!(error = %e, "p2c2r: cannot encode a {what} request");
+            None
+        }
+    }
+}
+
+/// Sends one of the tick's requests; a request that cannot be handed over is reported
+/// and tells the controller. Returns whether it was sent.
+fn send(p: &mut SendParams, task_type: &str, payload: RawPayload, sent: Sent, tick: u64, now: Instant) -> bool {
+    let (task_id, result) = p.client.send(task_type, payload, sent);
+    match result {
+        Ok(()) => true,
+        Err(error) => {
+            if let Some(stream) = stream_of(sent.kind) {
+                p.offload.controller.send_failed(stream, now, &error.to_string());
+            }
+            report_unsent(p, task_id, error, tick);
+            false
+        }
+    }
+}
+
+fn report_unsent(p: &mut SendParams, task_id: String, error: QueueError, tick: u64) {
+    p.stats.task_failures += 1;
+    p.failed.write(TaskFailed {
+        task_id,
+        kind: TaskKind::Other,
+        code: ErrorCode::Other,
+        message: error.to_string(),
+        tick: Some(tick),
+        resync: false,
+    });
+}
+
+fn query(st: &AgentState, a: &OffloadedAgent, position: Vec3) -> AgentQuery {
+    AgentQuery { id: st.id, position: position.to_array(), goal: a.goal.to_array(), speed: a.speed, radius: a.radius }
+}
+
+/// Publishes the plugin's outputs for this tick: [`P2c2rStats`] and Bevy diagnostics.
+pub(crate) fn publish_stats(
+    client: Res<P2c2rClient>,
+    offload: Res<Offload>,
+    ids: Res<EntityIds>,
+    mut stats: ResMut<P2c2rStats>,
+    mut diagnostics: Diagnostics,
+) {
+    let now = Instant::now();
+    let stats = &mut *stats;
+    stats.mode = offload.controller.mode();
+    stats.connection = client.connection().clone();
+    stats.ticks = offload.tick;
+    stats.tasks_in_flight = offload.controller.tasks_in_flight();
+    stats.fallback_timeout_ms = offload.controller.current_timeout().as_secs_f64() * 1000.0;
+    stats.bodies = ids.bodies.len();
+    stats.agents = ids.agents.len();
+    stats.bytes_sent = client.bytes_sent();
+    stats.bytes_received = client.bytes_received();
+    stats.update_rates(now);
+    let d = &mut diagnostics;
+    if let Some(rtt) = stats.rtt_ms_quantile(0.5) {
+        d.add_measurement(&diagnostics::RTT_MS, || rtt);
+    }
+    d.add_measurement(&diagnostics::TASKS_IN_FLIGHT, || stats.tasks_in_flight as f64);
+    d.add_measurement(&diagnostics::TICKS_OFFLOADED, || stats.ticks_offloaded as f64);
+    d.add_measurement(&diagnostics::TICKS_FALLBACK, || stats.fallback_ticks as f64);
+    d.add_measurement(&diagnostics::BYTES_SENT, || stats.bytes_sent as f64);
+    d.add_measurement(&diagnostics::BYTES_RECEIVED, || stats.bytes_received as f64);
+    d.add_measurement(&diagnostics::FALLBACK, || f64::from(u8::from(stats.in_fallback())));
+}
