@@ -8,7 +8,9 @@ use p2c2r_protocol::limits;
 pub use crate::tls::TlsFiles;
 
 /// Everything the coordinator can be told. `Config::default()` is what
-/// `cargo run -p coordinator` uses; every field has a matching command-line flag.
+/// `cargo run -p coordinator` uses; every field has a matching command-line flag, whose
+/// default is read from here (durations as `…-ms` flags, in milliseconds). A new field
+/// needs its flag: `tests/cli.rs` reads the fields from this struct's derived `Debug`.
 #[derive(Clone, Debug)]
 pub struct Config {
     /// How often each connection is pinged.

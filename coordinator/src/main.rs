@@ -17,44 +17,44 @@ struct Args {
     #[arg(long, env = "P2C2R_LISTEN", default_value = "127.0.0.1:8765")]
     listen: SocketAddr,
     /// Milliseconds between pings to each connection.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = ms(defaults().heartbeat_interval))]
     heartbeat_interval_ms: u64,
     /// Milliseconds of silence after which a connection is evicted.
-    #[arg(long, default_value_t = 3000)]
+    #[arg(long, default_value_t = ms(defaults().heartbeat_timeout))]
     heartbeat_timeout_ms: u64,
     /// Per-attempt task deadline when a request carries no deadline_ms.
-    #[arg(long, default_value_t = p2c2r_protocol::limits::DEFAULT_TASK_DEADLINE_MS)]
+    #[arg(long, default_value_t = ms(defaults().default_task_deadline))]
     task_deadline_ms: u64,
     /// Dispatches per task before the gamer is told it failed.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = defaults().max_attempts)]
     max_attempts: u32,
     /// Largest accepted frame in bytes.
-    #[arg(long, default_value_t = p2c2r_protocol::limits::DEFAULT_MAX_FRAME_BYTES)]
+    #[arg(long, default_value_t = defaults().max_frame_bytes)]
     max_frame_bytes: usize,
     /// Milliseconds allowed for the WebSocket handshake.
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = ms(defaults().handshake_timeout))]
     handshake_timeout_ms: u64,
     /// Milliseconds allowed between connecting and registering.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = ms(defaults().register_timeout))]
     register_timeout_ms: u64,
     /// Frames buffered towards one client before it is disconnected as too slow.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = defaults().send_queue_frames)]
     send_queue_frames: usize,
     /// Connections served at once.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = defaults().max_connections)]
     max_connections: usize,
     /// Tasks one gamer may have queued or in flight.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = defaults().max_pending_per_gamer)]
     max_pending_per_gamer: usize,
     /// Sessions one gamer may keep.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = defaults().max_sessions_per_gamer)]
     max_sessions_per_gamer: usize,
     /// Milliseconds a task may wait for a capable peer before the gamer gets a
     /// queue_timeout error; 0 waits forever.
-    #[arg(long, default_value_t = 30_000)]
+    #[arg(long, default_value_t = defaults().max_queue_wait.map_or(0, ms))]
     max_queue_wait_ms: u64,
     /// Milliseconds shutdown waits for connections to close.
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = ms(defaults().shutdown_grace))]
     shutdown_grace_ms: u64,
     /// Bytes buffered towards one client before it is disconnected as too slow.
     #[arg(long, default_value_t = defaults().send_queue_bytes)]
@@ -133,9 +133,10 @@ struct Args {
     /// own JWT library.
     #[arg(long, value_name = "ROLE:ID", requires = "auth_file")]
     mint_token: Option<String>,
-    /// Seconds the minted token is valid.
-    #[arg(long, default_value_t = 3600)]
-    mint_ttl_secs: u64,
+    /// Milliseconds the minted token is valid (whole seconds count: a JWT's expiry has
+    /// one-second resolution).
+    #[arg(long, default_value_t = ms(DEFAULT_MINT_TTL), value_parser = clap::value_parser!(u64).range(1000..))]
+    mint_ttl_ms: u64,
 }
 
 /// `0` as "none".
@@ -143,6 +144,12 @@ fn nonzero<T: PartialEq + Default>(value: T) -> Option<T> {
     (value != T::default()).then_some(value)
 }
 
+/// How long a token from `--mint-token` is valid unless `--mint-ttl-ms` says otherwise.
+const DEFAULT_MINT_TTL: Duration = Duration::from_secs(3600);
+
+/// The one source of every flag's default: a flag's `default_value_t` reads the matching
+/// field here (durations in milliseconds, `None` as 0), so `--help` shows what
+/// `Config::default()` holds. `tests/cli.rs` checks that every field has its flag.
 fn defaults() -> coordinator::Config {
     coordinator::Config::default()
 }
@@ -233,7 +240,7 @@ fn mint(args: &Args, who: &str) -> anyhow::Result<()> {
     let auth = Auth::from_file(path).map_err(anyhow::Error::msg)?;
     let token = auth
         .current()
-        .mint(role, id, Duration::from_secs(args.mint_ttl_secs), coordinator::auth::unix_now())
+        .mint(role, id, Duration::from_millis(args.mint_ttl_ms), coordinator::auth::unix_now())
         .map_err(anyhow::Error::msg)?;
     println!("{token}");
     Ok(())

@@ -1,4 +1,5 @@
-//! The binary's command line: `--help` documents every setting, and `P2C2R_LISTEN` works.
+//! The binary's command line: `--help` documents every setting (the list is read from
+//! `Config` itself), and `P2C2R_LISTEN` works.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -49,10 +50,41 @@ fn help_lists_every_setting() {
         "--quarantine-after-misses",
         "--quarantine-duration-ms",
         "--mint-token",
-        "--mint-ttl-secs",
+        "--mint-ttl-ms",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
     }
+}
+
+/// `Config` fields whose flags are not spelled like the field.
+const RENAMED: &[(&str, &[&str])] =
+    &[("default_task_deadline", &["--task-deadline-ms"]), ("tls", &["--tls-cert", "--tls-key"])];
+
+/// `Config` fields deliberately without a flag, each with why. None today: every setting
+/// can be given on the command line.
+const EXEMPT: &[(&str, &str)] = &[];
+
+/// Derived from `Config` (its `Debug` names every field), not from a list written here:
+/// a field added without a flag fails this, as does a flag whose default is not
+/// `Config::default()`'s or a duration not in milliseconds.
+#[test]
+fn every_config_field_has_a_flag_with_its_default() {
+    let out = Command::new(env!("CARGO_BIN_EXE_coordinator")).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    let config = format!("{:#?}", coordinator::Config::default());
+    let problems = p2c2r_testkit::settings::problems(&config, &help, RENAMED, EXEMPT);
+    assert!(problems.is_empty(), "{}\n\n{help}", problems.join("\n"));
+}
+
+#[test]
+fn a_minted_token_lives_whole_seconds_only() {
+    let out = Command::new(env!("CARGO_BIN_EXE_coordinator"))
+        .args(["--auth-file", "/nonexistent", "--mint-token", "gamer:a", "--mint-ttl-ms", "999"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--mint-ttl-ms"));
 }
 
 #[test]
@@ -129,7 +161,7 @@ fn a_minted_token_is_a_jwt_the_coordinator_accepts() {
     let out = Command::new(env!("CARGO_BIN_EXE_coordinator"))
         .arg("--auth-file")
         .arg(&auth)
-        .args(["--mint-token", "gamer:alice", "--mint-ttl-secs", "60"])
+        .args(["--mint-token", "gamer:alice", "--mint-ttl-ms", "60000"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -104,7 +104,10 @@ pub use worker::{DEFAULT_WORKER_MEMORY_BYTES, Isolation};
 /// The coordinator a peer connects to when none is configured.
 pub const DEFAULT_COORDINATOR_URL: &str = "ws://localhost:8765";
 
-/// How a peer runs. [`Default`] gives the documented defaults.
+/// How a peer runs. [`Default`] gives the documented defaults, which are also the `peer`
+/// binary's flag defaults (except where tasks run): every field has a flag (durations as
+/// `…-ms` flags, in milliseconds), which `tests/cli.rs` checks by reading the fields from
+/// this struct's derived `Debug`.
 #[derive(Clone, Debug)]
 pub struct PeerConfig {
     /// The coordinator's WebSocket URL (default `ws://localhost:8765`); `wss://` for TLS.

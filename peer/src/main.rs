@@ -16,7 +16,7 @@ use clap::Parser;
 #[command(version, about)]
 struct Args {
     /// Coordinator WebSocket URL (ws://HOST:PORT, or wss://HOST:PORT for TLS).
-    #[arg(long, env = "P2C2R_COORDINATOR", default_value = peer::DEFAULT_COORDINATOR_URL)]
+    #[arg(long, env = "P2C2R_COORDINATOR", default_value_t = defaults().coordinator_url)]
     coordinator: String,
     /// Bearer token to present to the coordinator. Visible to other local users on the
     /// command line: prefer --token-file or the environment.
@@ -36,23 +36,40 @@ struct Args {
     /// Tasks run at once [default: the number of cores].
     #[arg(long, env = "P2C2R_MAX_CONCURRENT_TASKS")]
     max_concurrent_tasks: Option<u32>,
-    /// Seconds after which an unused session is dropped.
-    #[arg(long, env = "P2C2R_SESSION_IDLE_TIMEOUT", default_value_t = 60.0, value_parser = seconds)]
-    session_idle_timeout: f64,
+    /// Milliseconds after which an unused session is dropped.
+    #[arg(long, env = "P2C2R_SESSION_IDLE_TIMEOUT_MS", default_value_t = ms(defaults().session_idle_timeout), value_parser = positive_ms())]
+    session_idle_timeout_ms: u64,
     /// Most sessions held at once. Session ids come from gamers, so this bounds the worlds
     /// and grids kept in memory: creating one more drops the least recently used idle
     /// session, and when every session is busy the task is refused (`limit_exceeded`).
-    #[arg(long, env = "P2C2R_MAX_SESSIONS", default_value_t = peer::DEFAULT_MAX_SESSIONS)]
+    #[arg(long, env = "P2C2R_MAX_SESSIONS", default_value_t = defaults().max_sessions)]
     max_sessions: usize,
-    /// Seconds between heartbeats.
-    #[arg(long, default_value_t = 1.0, value_parser = seconds)]
-    heartbeat_interval: f64,
-    /// Longest pause between reconnection attempts, in seconds.
-    #[arg(long, default_value_t = 5.0, value_parser = seconds)]
-    max_reconnect_delay: f64,
-    /// Task types to declare, comma-separated [default: physics_step,ai_navigate,physics,ai].
-    #[arg(long, value_delimiter = ',')]
-    task_types: Option<Vec<String>>,
+    /// Milliseconds between heartbeats.
+    #[arg(long, default_value_t = ms(defaults().heartbeat_interval), value_parser = positive_ms())]
+    heartbeat_interval_ms: u64,
+    /// Milliseconds before the first reconnection attempt; the pause doubles per failed
+    /// attempt, up to --max-reconnect-delay-ms.
+    #[arg(long, default_value_t = ms(defaults().reconnect_backoff_min), value_parser = positive_ms())]
+    min_reconnect_delay_ms: u64,
+    /// Longest pause between reconnection attempts, in milliseconds.
+    #[arg(long, default_value_t = ms(defaults().reconnect_backoff_max), value_parser = positive_ms())]
+    max_reconnect_delay_ms: u64,
+    /// Milliseconds allowed for connecting to the coordinator and registering.
+    #[arg(long, default_value_t = ms(defaults().connect_timeout), value_parser = positive_ms())]
+    connect_timeout_ms: u64,
+    /// Milliseconds a graceful shutdown waits for running tasks.
+    #[arg(long, default_value_t = ms(defaults().shutdown_grace))]
+    shutdown_grace_ms: u64,
+    /// Largest frame accepted from the coordinator, in bytes.
+    #[arg(long, default_value_t = defaults().max_frame_bytes)]
+    max_frame_bytes: usize,
+    /// Tasks accepted and not yet answered; beyond it tasks are answered queue_full
+    /// [default: 64 per concurrent task].
+    #[arg(long)]
+    max_pending_tasks: Option<usize>,
+    /// Task types to declare, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = DEFAULT_TASK_TYPES.as_str())]
+    task_types: Vec<String>,
     /// Run tasks inside this process instead of in worker processes. A task that
     /// exhausts memory then takes the whole peer down.
     #[arg(long, env = "P2C2R_IN_PROCESS")]
@@ -63,37 +80,37 @@ struct Args {
     worker_memory_mb: u64,
     /// With workers: milliseconds a running task may go on past its deadline before its
     /// worker is killed (the coordinator has re-dispatched it by then).
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = ms(defaults().cancel_grace))]
     cancel_grace_ms: u64,
     /// With workers: how many workers one gamer's tasks may kill (out of memory or CPU,
-    /// crash, cancelled past the deadline) within --worker-death-window-secs before its
+    /// crash, cancelled past the deadline) within --worker-death-window-ms before its
     /// further tasks are refused (limit_exceeded, not run) for the rest of the window
     /// (0: never refuse).
-    #[arg(long, env = "P2C2R_MAX_WORKER_DEATHS_PER_GAMER", default_value_t = peer::containment::DEFAULT_MAX_WORKER_DEATHS_PER_GAMER)]
+    #[arg(long, env = "P2C2R_MAX_WORKER_DEATHS_PER_GAMER", default_value_t = defaults().max_worker_deaths_per_gamer)]
     max_worker_deaths_per_gamer: u32,
-    /// The sliding window of --max-worker-deaths-per-gamer, in seconds.
-    #[arg(long, env = "P2C2R_WORKER_DEATH_WINDOW_SECS", default_value_t = peer::containment::DEFAULT_WORKER_DEATH_WINDOW.as_secs_f64(), value_parser = seconds)]
-    worker_death_window_secs: f64,
+    /// The sliding window of --max-worker-deaths-per-gamer, in milliseconds.
+    #[arg(long, env = "P2C2R_WORKER_DEATH_WINDOW_MS", default_value_t = ms(defaults().worker_death_window), value_parser = positive_ms())]
+    worker_death_window_ms: u64,
     /// Estimated memory all sessions may hold together, in MiB. Beyond it, idle sessions
     /// of the gamer that created sessions fastest recently are evicted.
-    #[arg(long, env = "P2C2R_SESSION_MEMORY_MB", default_value_t = peer::DEFAULT_SESSION_MEMORY_BYTES / MIB)]
+    #[arg(long, env = "P2C2R_SESSION_MEMORY_MB", default_value_t = defaults().session_memory_bytes / MIB)]
     session_memory_mb: u64,
     /// Estimated memory one gamer's sessions may hold, in MiB [default: a quarter of
     /// --session-memory-mb].
     #[arg(long, env = "P2C2R_GAMER_SESSION_MEMORY_MB")]
     gamer_session_memory_mb: Option<u64>,
     /// Most bodies × steps one physics_step may simulate.
-    #[arg(long, default_value_t = peer::budget::DEFAULT_MAX_BODY_STEPS)]
+    #[arg(long, default_value_t = defaults().budgets.max_body_steps)]
     max_body_steps: u64,
     /// Most overlapping body pairs a physics world may hold (checked before and after
     /// stepping).
-    #[arg(long, default_value_t = peer::budget::DEFAULT_MAX_CONTACT_PAIRS)]
+    #[arg(long, default_value_t = defaults().budgets.max_contact_pairs)]
     max_contact_pairs: u64,
     /// Most A* node expansions per ai_navigate request.
-    #[arg(long, default_value_t = peer::budget::DEFAULT_MAX_PATH_EXPANSIONS)]
+    #[arg(long, default_value_t = defaults().budgets.max_path_expansions)]
     max_path_expansions: usize,
     /// Most waypoints in one ai_navigate answer, all agents together.
-    #[arg(long, default_value_t = peer::budget::DEFAULT_MAX_WAYPOINTS)]
+    #[arg(long, default_value_t = defaults().budgets.max_waypoints)]
     max_waypoints: usize,
     /// Serve Prometheus metrics (GET /metrics) on this address, HOST:PORT (e.g.
     /// 127.0.0.1:9464) [default: not served].
@@ -106,12 +123,34 @@ struct Args {
 
 const MIB: u64 = 1024 * 1024;
 
-fn seconds(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 && v <= 1.0e6 => Ok(v),
-        _ => Err(format!("expected a positive number of seconds, got {s:?}")),
-    }
+/// The one source of every flag's default: a flag's `default_value_t` reads the matching
+/// field of `PeerConfig::default()` (durations in milliseconds, memory in MiB), so `--help`
+/// shows what the library's defaults are. The exception is where tasks run: the library
+/// defaults to in-process, the binary to worker processes (`--in-process` opts out).
+/// `tests/cli.rs` checks that every field has its flag.
+fn defaults() -> peer::PeerConfig {
+    peer::PeerConfig::default()
 }
+
+/// `PeerConfig::default().task_types` as the flag spells them, comma-separated.
+static DEFAULT_TASK_TYPES: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| defaults().task_types.join(","));
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis().try_into().unwrap_or(u64::MAX)
+}
+
+/// A duration in milliseconds that must not be zero (a zero heartbeat period or idle
+/// timeout makes no sense), and at most about 11.5 days.
+fn positive_ms() -> clap::builder::RangedU64ValueParser<u64> {
+    clap::value_parser!(u64).range(1..=1_000_000_000)
+}
+
+/// Environment variables of settings renamed when durations became milliseconds: one still
+/// set would be ignored silently, in seconds where milliseconds are now read.
+const RENAMED_ENV: [(&str, &str); 2] = [
+    ("P2C2R_SESSION_IDLE_TIMEOUT", "P2C2R_SESSION_IDLE_TIMEOUT_MS"),
+    ("P2C2R_WORKER_DEATH_WINDOW_SECS", "P2C2R_WORKER_DEATH_WINDOW_MS"),
+];
 
 fn main() -> anyhow::Result<std::process::ExitCode> {
     if peer::worker::is_worker_invocation() {
@@ -131,6 +170,9 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
 }
 
 async fn serve() -> anyhow::Result<()> {
+    if let Some((old, new)) = RENAMED_ENV.iter().find(|(old, _)| std::env::var_os(old).is_some()) {
+        anyhow::bail!("{old} is no longer read: set {new} instead, in milliseconds");
+    }
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log)?)
@@ -138,18 +180,24 @@ async fn serve() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
-    let defaults = peer::PeerConfig::default();
+    // Every field is set here (no `..Default::default()`): a new setting does not compile
+    // until the binary says where it comes from.
     let config = peer::PeerConfig {
         coordinator_url: args.coordinator,
         token: args.token.map(peer::Credential::Token).or(args.token_file.map(peer::Credential::File)),
         ca_file: args.ca_file,
         peer_id: args.peer_id,
         max_concurrent_tasks: args.max_concurrent_tasks,
-        session_idle_timeout: Duration::from_secs_f64(args.session_idle_timeout),
+        session_idle_timeout: Duration::from_millis(args.session_idle_timeout_ms),
         max_sessions: args.max_sessions.max(1),
-        heartbeat_interval: Duration::from_secs_f64(args.heartbeat_interval),
-        reconnect_backoff_max: Duration::from_secs_f64(args.max_reconnect_delay),
-        task_types: args.task_types.unwrap_or(defaults.task_types.clone()),
+        heartbeat_interval: Duration::from_millis(args.heartbeat_interval_ms),
+        reconnect_backoff_min: Duration::from_millis(args.min_reconnect_delay_ms),
+        reconnect_backoff_max: Duration::from_millis(args.max_reconnect_delay_ms),
+        connect_timeout: Duration::from_millis(args.connect_timeout_ms),
+        shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
+        max_frame_bytes: args.max_frame_bytes.max(1),
+        max_pending_tasks: args.max_pending_tasks,
+        task_types: args.task_types,
         isolation: if args.in_process {
             peer::Isolation::InProcess
         } else {
@@ -165,11 +213,10 @@ async fn serve() -> anyhow::Result<()> {
         },
         cancel_grace: Duration::from_millis(args.cancel_grace_ms),
         max_worker_deaths_per_gamer: args.max_worker_deaths_per_gamer,
-        worker_death_window: Duration::from_secs_f64(args.worker_death_window_secs),
+        worker_death_window: Duration::from_millis(args.worker_death_window_ms),
         session_memory_bytes: args.session_memory_mb.saturating_mul(MIB),
         gamer_session_memory_bytes: args.gamer_session_memory_mb.map(|mb| mb.saturating_mul(MIB)),
         metrics_listen: args.metrics_listen,
-        ..defaults
     };
     match peer::run(config, shutdown_signal()).await {
         Err(e @ peer::PeerError::MetricsListen { .. }) => Err(anyhow::anyhow!("--metrics-listen: {e}")),

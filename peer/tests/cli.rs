@@ -1,6 +1,7 @@
 //! The binary's command line: `--help` documents the metrics endpoint, which is served
 //! from `P2C2R_METRICS_LISTEN` too, and a busy metrics address is a clear error; the
-//! credential flags are documented and exclusive.
+//! credential flags are documented and exclusive; every `PeerConfig` field has a flag
+//! (the list is read from the struct itself), durations in milliseconds.
 
 mod common;
 
@@ -17,6 +18,68 @@ fn help_lists_the_metrics_endpoint() {
     for flag in ["--coordinator", "--in-process", "--metrics-listen", "P2C2R_METRICS_LISTEN"] {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
     }
+}
+
+/// `PeerConfig` fields whose flags are not spelled like the field.
+const RENAMED: &[(&str, &[&str])] = &[
+    ("coordinator_url", &["--coordinator"]),
+    ("token", &["--token", "--token-file"]),
+    ("reconnect_backoff_min", &["--min-reconnect-delay-ms"]),
+    ("reconnect_backoff_max", &["--max-reconnect-delay-ms"]),
+    ("isolation", &["--in-process", "--worker-memory-mb"]),
+    ("session_memory_bytes", &["--session-memory-mb"]),
+    ("gamer_session_memory_bytes", &["--gamer-session-memory-mb"]),
+];
+
+/// `PeerConfig` fields deliberately without a flag, each with why. None today: every
+/// setting can be given on the command line.
+const EXEMPT: &[(&str, &str)] = &[];
+
+/// Derived from `PeerConfig` (its `Debug` names every field, and those of its `budgets`),
+/// not from a list written here: a field added without a flag fails this, as does a flag
+/// whose default is not `PeerConfig::default()`'s or a duration not in milliseconds.
+#[test]
+fn every_config_field_has_a_flag_with_its_default() {
+    let out = Command::new(env!("CARGO_BIN_EXE_peer")).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    let config = format!("{:#?}", peer::PeerConfig::default());
+    let problems = p2c2r_testkit::settings::problems(&config, &help, RENAMED, EXEMPT);
+    assert!(problems.is_empty(), "{}\n\n{help}", problems.join("\n"));
+    // The renamed ones, whose defaults the check above cannot compare by name.
+    let defaults = peer::PeerConfig::default();
+    let mib = |bytes: u64| (bytes / (1024 * 1024)).to_string();
+    let ms = |d: std::time::Duration| d.as_millis().to_string();
+    let flags = p2c2r_testkit::settings::flags(&help);
+    let default_of = |long: &str| flags.iter().find(|f| f.long == long).and_then(|f| f.default.clone());
+    assert_eq!(default_of("--session-memory-mb"), Some(mib(defaults.session_memory_bytes)));
+    assert_eq!(default_of("--worker-memory-mb"), Some(mib(peer::DEFAULT_WORKER_MEMORY_BYTES)));
+    assert_eq!(default_of("--coordinator"), Some(defaults.coordinator_url));
+    assert_eq!(default_of("--min-reconnect-delay-ms"), Some(ms(defaults.reconnect_backoff_min)));
+    assert_eq!(default_of("--max-reconnect-delay-ms"), Some(ms(defaults.reconnect_backoff_max)));
+    assert_eq!(default_of("--task-types"), Some(defaults.task_types.join(",")));
+}
+
+#[test]
+fn durations_are_whole_milliseconds_and_the_old_spellings_are_refused() {
+    let peer = || {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_peer"));
+        command.env_remove("P2C2R_SESSION_IDLE_TIMEOUT").env_remove("P2C2R_WORKER_DEATH_WINDOW_SECS");
+        command
+    };
+    for args in [
+        ["--session-idle-timeout-ms", "0.5"],
+        ["--heartbeat-interval-ms", "0"],
+        ["--session-idle-timeout", "60"],
+        ["--worker-death-window-secs", "60"],
+    ] {
+        let out = peer().args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} accepted");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(args[0]), "{args:?}");
+    }
+    let out = peer().env("P2C2R_SESSION_IDLE_TIMEOUT", "60").output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("P2C2R_SESSION_IDLE_TIMEOUT_MS"));
 }
 
 #[test]
