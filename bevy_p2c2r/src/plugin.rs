@@ -52,8 +52,8 @@ pub enum FallbackPolicy {
 /// ```
 #[derive(SystemSet, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum P2c2rSystems {
-    /// `FixedPreUpdate`: moves everything the transport thread received into
-    /// [`P2c2rClient`], sorts results by tick, handles errors, resyncs and mode changes,
+    /// `FixedPreUpdate`: takes everything the network delivered from [`P2c2rClient`],
+    /// matches it with what was sent, handles errors, resyncs and mode changes,
     /// and writes [`ConnectionChanged`], [`TaskFailed`], [`ModeChanged`] and
     /// [`TaskResultReceived`] messages.
     Receive,
