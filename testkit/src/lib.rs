@@ -1,9 +1,17 @@
 //! Shared pieces for P2C2R's tests and benchmarks.
 //!
+//! - [`client`]: a raw protocol client, registered as a peer or a gamer, every wait
+//!   bounded.
+//! - [`server`]: a scripted coordinator (loopback listener, handshake, registration
+//!   acks, scripted replies) for testing the peer and the plugin.
+//! - [`wait`]: [`wait::within`] and [`wait::eventually`], bounded waits on events.
 //! - [`proxy`]: an in-process, latency-injecting TCP proxy (like Linux `netem`) to put
 //!   between a client and a server: one-way latency, jitter, bandwidth, stalls and
 //!   severed connections, without root or `tc`.
 //! - [`gate`]: a WebSocket server side that checks each upgrade's bearer token.
 
+pub mod client;
 pub mod gate;
 pub mod proxy;
+pub mod server;
+pub mod wait;
