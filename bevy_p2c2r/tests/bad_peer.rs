@@ -12,7 +12,6 @@ use std::time::Duration;
 use bevy::prelude::*;
 use bevy_p2c2r::prelude::*;
 use common::*;
-use futures_util::SinkExt;
 use p2c2r_protocol::physics::PhysicsStepRequest;
 use p2c2r_protocol::{Message, TaskResult, raw_payload, task_types};
 use serde_json::{Value, json};
@@ -34,11 +33,10 @@ const ZERO_QUAT_AT: u64 = 20;
 const NAN_AT: u64 = 30;
 
 async fn serve(listener: tokio::net::TcpListener, seen: Arc<Mutex<Seen>>) {
-    let Ok((tcp, _)) = listener.accept().await else { return };
-    let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+    let mut ws = Conn::accept(&listener).await;
     let mut world = p2c2r_sim::physics::PhysicsWorld::new();
     let (mut zero_sent, mut nan_sent) = (false, false);
-    while let Some(request) = next_task_request(&mut ws).await {
+    while let Some(request) = ws.next_task_request().await {
         if request.task_type != task_types::PHYSICS_STEP {
             continue;
         }
@@ -82,7 +80,7 @@ async fn serve(listener: tokio::net::TcpListener, seen: Arc<Mutex<Seen>>) {
             attempt: Some(1),
             peer_id: Some("bad-peer".into()),
         });
-        ws.send(frame(&reply)).await.unwrap();
+        ws.send(&reply).await;
     }
 }
 

@@ -10,7 +10,6 @@ use std::time::Duration;
 use bevy::prelude::*;
 use bevy_p2c2r::prelude::*;
 use common::*;
-use futures_util::SinkExt;
 use p2c2r_protocol::physics::PhysicsStepRequest;
 use p2c2r_protocol::{ErrorCode, Message, TaskError, TaskResult, raw_payload, task_types};
 use tokio_tungstenite::tungstenite;
@@ -34,12 +33,11 @@ fn script(tick: u64) -> &'static str {
 }
 
 async fn serve(listener: tokio::net::TcpListener, seen: Arc<Mutex<Seen>>) {
-    let Ok((tcp, _)) = listener.accept().await else { return };
-    let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+    let mut ws = Conn::accept(&listener).await;
     let mut world = p2c2r_sim::physics::PhysicsWorld::new();
     let mut held: Option<tungstenite::Message> = None;
     let mut resynced = false;
-    while let Some(request) = next_task_request(&mut ws).await {
+    while let Some(request) = ws.next_task_request().await {
         let result = |task_id: &str, json: String| {
             Message::TaskResult(TaskResult {
                 task_id: task_id.to_owned(),
@@ -59,7 +57,7 @@ async fn serve(listener: tokio::net::TcpListener, seen: Arc<Mutex<Seen>>) {
             // Pretend the session moved to a peer that lacks it.
             world = p2c2r_sim::physics::PhysicsWorld::new();
             let error = TaskError::new(ErrorCode::UnknownSession, "no such session").with_resync().with_tick(step.tick);
-            ws.send(frame(&result(&request.task_id, serde_json::to_string(&error).unwrap()))).await.unwrap();
+            ws.send(&result(&request.task_id, serde_json::to_string(&error).unwrap())).await;
             continue;
         }
         let answer = match world.step(&step) {
@@ -70,14 +68,14 @@ async fn serve(listener: tokio::net::TcpListener, seen: Arc<Mutex<Seen>>) {
         match mode {
             "hold" => held = Some(reply),
             "twice" => {
-                ws.send(reply.clone()).await.unwrap();
-                ws.send(reply).await.unwrap();
+                ws.send_raw(reply.clone()).await;
+                ws.send_raw(reply).await;
             }
             "drop" => {}
             _ => {
-                ws.send(reply).await.unwrap();
+                ws.send_raw(reply).await;
                 if let Some(h) = held.take() {
-                    ws.send(h).await.unwrap();
+                    ws.send_raw(h).await;
                 }
             }
         }
@@ -137,13 +135,12 @@ async fn serve_honestly(
     registrations: Arc<Mutex<Vec<p2c2r_protocol::RegisterGamer>>>,
 ) {
     for connection in 0.. {
-        let Ok((tcp, _)) = listener.accept().await else { return };
-        let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        let Some(mut ws) = Conn::accept_next(&listener).await else { return };
         let mut world = p2c2r_sim::physics::PhysicsWorld::new();
         let secret = if connection == 0 { "fake-secret-1" } else { "fake-secret-2" };
         let mut answered = 0;
         let mut seen = Vec::new();
-        while let Some(request) = next_task_request_acking(&mut ws, Some(secret), &mut seen).await {
+        while let Some(request) = ws.next_task_request_acking(Some(secret), &mut seen).await {
             registrations.lock().unwrap().append(&mut seen);
             if request.task_type != task_types::PHYSICS_STEP {
                 continue;
@@ -151,7 +148,7 @@ async fn serve_honestly(
             let step: PhysicsStepRequest = serde_json::from_str(request.task_data.get()).unwrap();
             if !request.task_id.contains(":probe:") && rate_limited.contains(&step.tick) {
                 let refusal = Message::error(ErrorCode::RateLimited, "over 30 tasks/s", Some(request.task_id.clone()));
-                ws.send(frame(&refusal)).await.unwrap();
+                ws.send(&refusal).await;
                 continue;
             }
             let answer = match world.step(&step) {
@@ -164,7 +161,7 @@ async fn serve_honestly(
                 attempt: Some(1),
                 peer_id: Some("fake-peer".into()),
             });
-            ws.send(frame(&result)).await.unwrap();
+            ws.send(&result).await;
             answered += 1;
             if connection == 0 && drop_after.is_some_and(|n| answered >= n) {
                 break;

@@ -5,61 +5,15 @@
 use std::time::{Duration, Instant};
 
 use bevy_p2c2r::client::{ClientConfig, ClientError, ClientEvent, ClientEvents, Credential, GamerClient};
-use futures_util::{SinkExt, StreamExt};
-use p2c2r_protocol::{ErrorCode, Message, RegisterGamer, RegistrationAck, TaskRequest, TaskResult, codec};
+use p2c2r_protocol::{ErrorCode, Message, TaskRequest, TaskResult};
 use p2c2r_testkit::gate::{SeenTokens, accept_checking_bearer};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite;
+use p2c2r_testkit::server::{self, Conn};
+use p2c2r_testkit::wait::{WAIT, within};
+use tokio::net::TcpListener;
 
-const WAIT: Duration = Duration::from_secs(20);
-
-type ServerWs = WebSocketStream<TcpStream>;
-
-async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(WAIT, f).await.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
-
-async fn accept(listener: &TcpListener) -> ServerWs {
-    let (tcp, _) = within("a connection", listener.accept()).await.unwrap();
-    tokio_tungstenite::accept_async(tcp).await.unwrap()
-}
-
-async fn send(ws: &mut ServerWs, m: &Message) {
-    ws.send(tungstenite::Message::text(codec::encode(m))).await.unwrap();
-}
-
-/// The next protocol message that is not a heartbeat.
-async fn next(ws: &mut ServerWs) -> Message {
-    loop {
-        if let tungstenite::Message::Text(t) =
-            within("a frame", ws.next()).await.expect("the client is connected").unwrap()
-        {
-            match codec::decode(t.as_str()).unwrap() {
-                Message::Heartbeat(_) => {}
-                other => return other,
-            }
-        }
-    }
-}
-
-async fn register(ws: &mut ServerWs) -> RegisterGamer {
-    match next(ws).await {
-        Message::RegisterGamer(r) => r,
-        other => panic!("expected register_gamer, got {}", other.msg_type()),
-    }
-}
-
-async fn ack(ws: &mut ServerWs, gamer_id: &str, secret: &str) {
-    let ack = RegistrationAck {
-        peer_id: None,
-        gamer_id: Some(gamer_id.into()),
-        status: "registered".into(),
-        heartbeat_interval_ms: None,
-        max_frame_bytes: None,
-        resume_secret: Some(secret.into()),
-    };
-    send(ws, &Message::RegistrationAck(ack)).await;
+/// Acknowledges a gamer's registration, handing out `secret`.
+async fn ack(ws: &mut Conn, gamer_id: &str, secret: &str) {
+    ws.send(&server::ack(None, Some(gamer_id), Some(secret))).await;
 }
 
 async fn event(events: &mut ClientEvents) -> ClientEvent {
@@ -85,25 +39,25 @@ fn task(id: &str) -> TaskRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_latest_resume_secret_is_presented_and_pending_results_come_back() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("ws://{}", listener.local_addr().unwrap());
+    let listener = server::listener().await;
+    let url = server::url(&listener);
     let (client, mut events) = GamerClient::start(config(url));
 
-    let mut ws = accept(&listener).await;
-    let first = register(&mut ws).await;
+    let mut ws = Conn::accept(&listener).await;
+    let first = ws.gamer_registration().await;
     assert_eq!((first.gamer_id.as_str(), first.resume_secret.as_deref()), ("gamer-identity", None));
     ack(&mut ws, "gamer-identity", "secret-1").await;
     assert!(matches!(event(&mut events).await, ClientEvent::Connected { .. }));
     // A task goes out, and the connection drops before its result.
     client.send(task("t1")).unwrap();
-    let Message::TaskRequest(sent) = next(&mut ws).await else { panic!("expected the task") };
+    let Message::TaskRequest(sent) = ws.next_non_heartbeat().await else { panic!("expected the task") };
     assert_eq!(sent.task_id, "t1");
     drop(ws);
     assert!(matches!(event(&mut events).await, ClientEvent::Disconnected { .. }));
 
     // The client comes back with the secret; the coordinator hands the result over.
-    let mut ws = accept(&listener).await;
-    let second = register(&mut ws).await;
+    let mut ws = Conn::accept(&listener).await;
+    let second = ws.gamer_registration().await;
     assert_eq!(second.resume_secret.as_deref(), Some("secret-1"));
     ack(&mut ws, "gamer-identity", "secret-2").await;
     assert!(matches!(event(&mut events).await, ClientEvent::Connected { .. }));
@@ -113,7 +67,7 @@ async fn the_latest_resume_secret_is_presented_and_pending_results_come_back() {
         attempt: Some(1),
         peer_id: Some("p".into()),
     };
-    send(&mut ws, &Message::TaskResult(result)).await;
+    ws.send(&Message::TaskResult(result)).await;
     match event(&mut events).await {
         ClientEvent::Result(outcome) => assert_eq!(outcome.task_id, "t1"),
         other => panic!("expected the pending result, got {other:?}"),
@@ -122,8 +76,8 @@ async fn the_latest_resume_secret_is_presented_and_pending_results_come_back() {
     assert!(matches!(event(&mut events).await, ClientEvent::Disconnected { .. }));
 
     // Each registration presents the secret of the latest ack.
-    let mut ws = accept(&listener).await;
-    assert_eq!(register(&mut ws).await.resume_secret.as_deref(), Some("secret-2"));
+    let mut ws = Conn::accept(&listener).await;
+    assert_eq!(ws.gamer_registration().await.resume_secret.as_deref(), Some("secret-2"));
     ack(&mut ws, "gamer-identity", "secret-3").await;
     assert!(client.wait_connected(WAIT).await);
     client.close().await;
@@ -131,13 +85,13 @@ async fn the_latest_resume_secret_is_presented_and_pending_results_come_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_id_in_use_is_reported_and_retried_after_a_pause() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("ws://{}", listener.local_addr().unwrap());
+    let listener = server::listener().await;
+    let url = server::url(&listener);
     // connect() reports the refusal of the first attempt as such.
     let connecting = tokio::spawn(GamerClient::connect(config(url.clone())));
-    let mut ws = accept(&listener).await;
-    register(&mut ws).await;
-    send(&mut ws, &Message::error(ErrorCode::IdInUse, "gamer-identity is registered", None)).await;
+    let mut ws = Conn::accept(&listener).await;
+    ws.gamer_registration().await;
+    ws.send(&Message::error(ErrorCode::IdInUse, "gamer-identity is registered", None)).await;
     match within("connect's answer", connecting).await.unwrap() {
         Err(e @ ClientError::RegistrationRefused(_)) => assert!(e.is_refusal(), "{e}"),
         other => panic!("expected a refused registration, got {other:?}"),
@@ -146,27 +100,27 @@ async fn an_id_in_use_is_reported_and_retried_after_a_pause() {
 
     // start() keeps trying, at a pace a refusal deserves.
     let (client, mut events) = GamerClient::start(config(url));
-    let mut ws = accept(&listener).await;
-    register(&mut ws).await;
-    send(&mut ws, &Message::error(ErrorCode::IdInUse, "gamer-identity is registered", None)).await;
+    let mut ws = Conn::accept(&listener).await;
+    ws.gamer_registration().await;
+    ws.send(&Message::error(ErrorCode::IdInUse, "gamer-identity is registered", None)).await;
     let refused_at = Instant::now();
     match event(&mut events).await {
         ClientEvent::Disconnected { reason } => assert!(reason.contains("id_in_use"), "{reason}"),
         other => panic!("expected a disconnection, got {other:?}"),
     }
     drop(ws);
-    let mut ws = accept(&listener).await;
+    let mut ws = Conn::accept(&listener).await;
     let waited = refused_at.elapsed();
     assert!(waited >= Duration::from_millis(290), "retried after only {waited:?}");
-    register(&mut ws).await;
+    ws.gamer_registration().await;
     ack(&mut ws, "gamer-identity", "s").await;
     assert!(client.wait_connected(WAIT).await);
     client.close().await;
 }
 
 /// Accepts one connection, upgraded only with `Bearer good`.
-async fn accept_checking_token(listener: &TcpListener, seen: &SeenTokens) -> Option<ServerWs> {
-    accept_checking_bearer(listener, "good", seen).await
+async fn accept_checking_token(listener: &TcpListener, seen: &SeenTokens) -> Option<Conn> {
+    accept_checking_bearer(listener, "good", seen).await.map(Conn)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,8 +129,8 @@ async fn a_refused_token_is_surfaced_and_a_fixed_token_file_is_picked_up() {
     std::fs::create_dir_all(&dir).unwrap();
     let token_file = dir.join("gamer.jwt");
     std::fs::write(&token_file, "stale\n").unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("ws://{}", listener.local_addr().unwrap());
+    let listener = server::listener().await;
+    let url = server::url(&listener);
     let seen: SeenTokens = Default::default();
     let accept_checking_token = |listener| accept_checking_token(listener, &seen);
     let mut config = config(url);
@@ -201,7 +155,7 @@ async fn a_refused_token_is_surfaced_and_a_fixed_token_file_is_picked_up() {
             break ws;
         }
     };
-    register(&mut ws).await;
+    ws.gamer_registration().await;
     ack(&mut ws, "gamer-identity", "s").await;
     assert!(client.wait_connected(WAIT).await);
     let seen = seen.lock().unwrap().clone();

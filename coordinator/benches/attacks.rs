@@ -10,71 +10,30 @@
 
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
-use p2c2r_protocol::{Capabilities, Message, RegisterGamer, RegisterPeer, TaskRequest, TaskResult, codec, raw_payload};
+use p2c2r_protocol::{Capabilities, Message, raw_payload};
+use p2c2r_testkit::client::{Client, capacity, result_for, task_request};
 use tokio::task::JoinHandle;
-use tokio_tungstenite::connect_async;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 const HONEST_ROUNDS: usize = 2_000;
 
-async fn recv(ws: &mut Ws) -> Option<Message> {
-    loop {
-        match ws.next().await? {
-            Ok(WsMessage::Text(t)) => return codec::decode(t.as_str()).ok(),
-            Ok(_) => continue,
-            Err(_) => return None,
-        }
-    }
-}
-
-async fn send(ws: &mut Ws, m: &Message) -> bool {
-    ws.send(WsMessage::text(codec::encode(m))).await.is_ok()
-}
-
-async fn peer(url: &str, id: &str, capacity: u32, types: Option<Vec<String>>) -> Ws {
-    let (mut ws, _) = connect_async(url).await.unwrap();
-    let capabilities = Capabilities { max_concurrent_tasks: Some(capacity), task_types: types, ..Default::default() };
-    send(&mut ws, &Message::RegisterPeer(RegisterPeer { peer_id: id.into(), capabilities, resume_secret: None })).await;
-    recv(&mut ws).await;
-    ws
-}
-
-async fn gamer(url: &str, id: &str) -> Ws {
-    let (mut ws, _) = connect_async(url).await.unwrap();
-    send(&mut ws, &Message::RegisterGamer(RegisterGamer { gamer_id: id.into(), resume_secret: None })).await;
-    recv(&mut ws).await;
-    ws
+async fn peer(url: &str, id: &str, slots: u32, types: Option<Vec<String>>) -> Client {
+    Client::peer_with(url, id, Capabilities { task_types: types, ..capacity(slots) }).await
 }
 
 fn request(task_id: String, task_type: &str, payload: &str, session: Option<String>) -> Message {
-    Message::TaskRequest(TaskRequest {
-        task_id,
-        task_type: task_type.into(),
-        task_data: raw_payload(payload.to_owned()).unwrap(),
-        session_id: session,
-        deadline_ms: None,
-    })
+    task_request(&task_id, task_type, raw_payload(payload.to_owned()).unwrap(), session, None)
 }
 
 /// Answers every assignment at once; a peer that "dies" (drops its connection) on an
 /// assignment whose payload contains `"kill"`, when `fragile`.
-async fn answer_forever(mut ws: Ws, fragile: bool) {
-    while let Some(m) = recv(&mut ws).await {
+async fn answer_forever(mut ws: Client, fragile: bool) {
+    while let Some(m) = ws.try_recv().await {
         if let Message::TaskAssignment(a) = m {
             if fragile && a.task_data.task_data.get().contains("kill") {
                 return;
             }
-            let answer = Message::TaskResult(TaskResult {
-                task_id: a.task_id,
-                result: raw_payload(r#"{"status":"success"}"#.into()).unwrap(),
-                attempt: Some(a.attempt),
-                peer_id: None,
-            });
-            if !send(&mut ws, &answer).await {
+            if !ws.try_send(&result_for(&a, r#"{"status":"success"}"#)).await {
                 return;
             }
         }
@@ -82,18 +41,18 @@ async fn answer_forever(mut ws: Ws, fragile: bool) {
 }
 
 /// Reads and drops everything (an attacker that keeps its own connection healthy).
-async fn drain(mut ws: Ws) {
-    while recv(&mut ws).await.is_some() {}
+async fn drain(mut ws: Client) {
+    while ws.try_recv().await.is_some() {}
 }
 
 async fn honest_round_trips(url: &str) -> Histogram<u64> {
-    let mut ws = gamer(url, "honest").await;
+    let mut ws = Client::gamer(url, "honest").await;
     let mut hist = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).unwrap();
     for i in 0..HONEST_ROUNDS + 100 {
         let start = Instant::now();
-        send(&mut ws, &request(format!("h{i}"), "physics_step", r#"{"tick":1}"#, Some("main".into()))).await;
+        ws.try_send(&request(format!("h{i}"), "physics_step", r#"{"tick":1}"#, Some("main".into()))).await;
         loop {
-            match recv(&mut ws).await {
+            match ws.try_recv().await {
                 Some(Message::TaskResult(_)) => break,
                 Some(_) => continue,
                 None => panic!("the honest gamer was disconnected"),
@@ -125,17 +84,17 @@ fn unrunnable_flood(url: String) -> Vec<JoinHandle<()>> {
     for g in 0..200 {
         let url = url.clone();
         handles.push(tokio::spawn(async move {
-            let mut ws = gamer(&url, &format!("flood-{g}")).await;
+            let mut ws = Client::gamer(&url, &format!("flood-{g}")).await;
             for t in 0..256 {
                 let session = (t % 2 == 0).then(|| format!("s{}", t % 32));
-                send(&mut ws, &request(format!("t{t}"), &format!("nobody-{}", t % 8), "{}", session)).await;
+                ws.try_send(&request(format!("t{t}"), &format!("nobody-{}", t % 8), "{}", session)).await;
             }
             if g == 0 {
                 let mut n = 0;
                 loop {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                     n += 1;
-                    send(&mut ws, &request(format!("spam{n}"), "nobody-0", "{}", None)).await;
+                    ws.try_send(&request(format!("spam{n}"), "nobody-0", "{}", None)).await;
                 }
             }
             drain(ws).await;
@@ -151,9 +110,9 @@ fn expiry_storm(url: String) -> Vec<JoinHandle<()>> {
         .map(|g| {
             let url = url.clone();
             tokio::spawn(async move {
-                let mut ws = gamer(&url, &format!("storm-{g}")).await;
+                let mut ws = Client::gamer(&url, &format!("storm-{g}")).await;
                 for t in 0..10_000 {
-                    send(&mut ws, &request(format!("t{t}"), "nobody", "{}", Some(format!("s{}", t % 64)))).await;
+                    ws.try_send(&request(format!("t{t}"), "nobody", "{}", Some(format!("s{}", t % 64)))).await;
                 }
                 drain(ws).await;
             })
@@ -175,9 +134,9 @@ fn poison(url: String) -> Vec<JoinHandle<()>> {
         }));
     }
     handles.push(tokio::spawn(async move {
-        let mut ws = gamer(&url, "poisoner").await;
+        let mut ws = Client::gamer(&url, "poisoner").await;
         for n in 0.. {
-            send(&mut ws, &request(format!("kill{n}"), "physics_step", r#"{"kill":true}"#, None)).await;
+            ws.try_send(&request(format!("kill{n}"), "physics_step", r#"{"kill":true}"#, None)).await;
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }));
@@ -187,9 +146,9 @@ fn poison(url: String) -> Vec<JoinHandle<()>> {
 /// A backlog of 3,000 tasks, then a peer that declares 4,096 slots.
 fn boaster(url: String) -> Vec<JoinHandle<()>> {
     vec![tokio::spawn(async move {
-        let mut ws = gamer(&url, "backlog").await;
+        let mut ws = Client::gamer(&url, "backlog").await;
         for t in 0..3_000 {
-            send(&mut ws, &request(format!("t{t}"), "physics_step", "{}", None)).await;
+            ws.try_send(&request(format!("t{t}"), "physics_step", "{}", None)).await;
         }
         let boaster = peer(&url, "boaster", 4_096, None).await;
         tokio::spawn(answer_forever(boaster, false));
@@ -201,14 +160,14 @@ fn boaster(url: String) -> Vec<JoinHandle<()>> {
 fn never_reads(url: String) -> Vec<JoinHandle<()>> {
     vec![tokio::spawn(async move {
         let mut deaf = peer(&url, "deaf", 64, None).await;
-        let mut flooder = gamer(&url, "flooder").await;
+        let mut flooder = Client::gamer(&url, "flooder").await;
         let blob = format!("\"{}\"", "z".repeat(256 * 1024));
         let mut n = 0;
         loop {
             n += 1;
-            send(&mut flooder, &request(format!("b{n}"), "bulk", &blob, None)).await;
+            flooder.try_send(&request(format!("b{n}"), "bulk", &blob, None)).await;
             let heartbeat = Message::Heartbeat(Default::default());
-            if !send(&mut deaf, &heartbeat).await {
+            if !deaf.try_send(&heartbeat).await {
                 deaf = peer(&url, &format!("deaf-{n}"), 64, None).await;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -6,59 +6,23 @@
 
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use p2c2r_protocol::physics::{BodyState, PhysicsStepResult};
-use p2c2r_protocol::{Message, RegisterGamer, RegisterPeer, TaskRequest, TaskResult, codec, raw_payload};
-use tokio_tungstenite::connect_async;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn recv(ws: &mut Ws) -> Message {
-    loop {
-        match ws.next().await.expect("open").expect("ok") {
-            WsMessage::Text(t) => return codec::decode(t.as_str()).expect("valid frame"),
-            _ => continue,
-        }
-    }
-}
-
-async fn send(ws: &mut Ws, m: &Message) {
-    ws.send(WsMessage::text(codec::encode(m))).await.expect("send");
-}
+use p2c2r_protocol::{Message, raw_payload};
+use p2c2r_testkit::client::{Client, result_for, task_request};
 
 /// A peer that answers every assignment with `result`.
 async fn echo_peer(url: String, result: String) {
-    let (mut ws, _) = connect_async(&url).await.unwrap();
-    let caps = p2c2r_protocol::Capabilities { max_concurrent_tasks: Some(256), ..Default::default() };
-    send(
-        &mut ws,
-        &Message::RegisterPeer(RegisterPeer { peer_id: "echo".into(), capabilities: caps, resume_secret: None }),
-    )
-    .await;
-    recv(&mut ws).await;
+    let mut ws = Client::peer(&url, "echo", 256).await;
     loop {
-        if let Message::TaskAssignment(a) = recv(&mut ws).await {
-            let answer = Message::TaskResult(TaskResult {
-                task_id: a.task_id,
-                result: raw_payload(result.clone()).unwrap(),
-                attempt: Some(a.attempt),
-                peer_id: None,
-            });
-            send(&mut ws, &answer).await;
+        if let Message::TaskAssignment(a) = ws.recv().await {
+            ws.send(&result_for(&a, &result)).await;
         }
     }
 }
 
 fn request(i: usize, payload: &str) -> Message {
-    Message::TaskRequest(TaskRequest {
-        task_id: format!("t{i}"),
-        task_type: "physics_step".into(),
-        task_data: raw_payload(payload.to_owned()).unwrap(),
-        session_id: Some("bench".into()),
-        deadline_ms: None,
-    })
+    task_request(&format!("t{i}"), "physics_step", raw_payload(payload.to_owned()).unwrap(), Some("bench".into()), None)
 }
 
 async fn scenario(name: &str, request_payload: &str, result_payload: &str, rounds: usize) {
@@ -67,17 +31,15 @@ async fn scenario(name: &str, request_payload: &str, result_payload: &str, round
     let coord = coordinator::spawn("127.0.0.1:0", config).await.unwrap();
     let url = coord.url();
     let peer = tokio::spawn(echo_peer(url.clone(), result_payload.to_owned()));
-    let (mut gamer, _) = connect_async(&url).await.unwrap();
-    send(&mut gamer, &Message::RegisterGamer(RegisterGamer { gamer_id: "bench".into(), resume_secret: None })).await;
-    recv(&mut gamer).await;
+    let mut gamer = Client::gamer(&url, "bench").await;
     while coord.stats().peers == 0 {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
     for i in 0..rounds + 200 {
         let start = Instant::now();
-        send(&mut gamer, &request(i, request_payload)).await;
-        let Message::TaskResult(_) = recv(&mut gamer).await else { panic!("expected a result") };
+        gamer.send(&request(i, request_payload)).await;
+        let Message::TaskResult(_) = gamer.recv().await else { panic!("expected a result") };
         if i >= 200 {
             hist.record(start.elapsed().as_micros().max(1) as u64).unwrap();
         }
@@ -89,10 +51,10 @@ async fn scenario(name: &str, request_payload: &str, result_payload: &str, round
     let mut received = 0;
     while received < total {
         while sent < total && sent - received < 64 {
-            send(&mut gamer, &request(1_000_000 + sent, request_payload)).await;
+            gamer.send(&request(1_000_000 + sent, request_payload)).await;
             sent += 1;
         }
-        if let Message::TaskResult(_) = recv(&mut gamer).await {
+        if let Message::TaskResult(_) = gamer.recv().await {
             received += 1;
         }
     }

@@ -12,7 +12,8 @@ use std::time::Duration;
 use common::{Client, WAIT, eventually};
 use coordinator::{Config, CoordinatorHandle, spawn};
 use futures_util::{SinkExt, StreamExt};
-use p2c2r_protocol::{Capabilities, ErrorCode, Heartbeat, Message, RegisterGamer, RegisterPeer, codec};
+use p2c2r_protocol::{Capabilities, ErrorCode, Heartbeat, Message, codec};
+use p2c2r_testkit::client::{capacity, register_gamer, register_peer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
@@ -43,27 +44,9 @@ async fn ws_from(from: &str, coord: &CoordinatorHandle) -> Result<Client, String
         .await
         .expect("handshake timed out")
     {
-        Ok((ws, _)) => Ok(Client { ws, secret: None }),
+        Ok((ws, _)) => Ok(Client::from_ws(ws)),
         Err(e) => Err(e.to_string()),
     }
-}
-
-async fn register(c: &mut Client, message: Message) {
-    c.send(&message).await;
-    let ack = c.recv().await;
-    assert!(matches!(ack, Message::RegistrationAck(_)), "{ack:?}");
-}
-
-fn register_peer(peer_id: &str, max_concurrent_tasks: u32) -> Message {
-    Message::RegisterPeer(RegisterPeer {
-        peer_id: peer_id.into(),
-        capabilities: Capabilities { max_concurrent_tasks: Some(max_concurrent_tasks), ..Default::default() },
-        resume_secret: None,
-    })
-}
-
-fn register_gamer(gamer_id: &str) -> Message {
-    Message::RegisterGamer(RegisterGamer { gamer_id: gamer_id.into(), resume_secret: None })
 }
 
 /// A full task round trip between this peer and gamer.
@@ -94,8 +77,8 @@ async fn a_peer_that_stops_reading_is_disconnected_by_the_write_stall_timeout() 
     // The peer's socket takes almost nothing into its kernel buffer.
     let stream = tcp_from("127.0.0.1", coord.local_addr(), Some(4096)).await;
     let (ws, _) = client_async_with_config(coord.url(), MaybeTlsStream::Plain(stream), None).await.unwrap();
-    let mut deaf = Client { ws, secret: None };
-    register(&mut deaf, register_peer("deaf-peer", 64)).await;
+    let mut deaf = Client::from_ws(ws);
+    deaf.register(&register_peer("deaf-peer", capacity(64), None)).await;
     let mut gamer = Client::gamer(&coord.url(), "gamer").await;
     // 12 × 4 MiB of assignments: far more than loopback's kernel buffers hold.
     let payload = format!(r#"{{"blob":"{}"}}"#, "x".repeat(4 << 20));
@@ -478,9 +461,9 @@ async fn three_hundred_silent_sockets_from_one_address_cannot_lock_out_a_gamer_a
     assert_eq!(coord.admission().connections, per_address);
     // An honest peer and gamer on other machines get in and work.
     let mut peer = ws_from("127.0.0.2", &coord).await.expect("the peer is admitted");
-    register(&mut peer, register_peer("honest-peer", 1)).await;
+    peer.register(&register_peer("honest-peer", capacity(1), None)).await;
     let mut gamer = ws_from("127.0.0.3", &coord).await.expect("the gamer is admitted");
-    register(&mut gamer, register_gamer("honest-gamer")).await;
+    gamer.register(&register_gamer("honest-gamer", None)).await;
     round_trip(&mut peer, &mut gamer, "t1").await;
     let counts = coord.admission();
     assert_eq!((counts.connections, counts.unregistered, counts.addresses), (per_address + 2, per_address, 3));
@@ -503,9 +486,9 @@ async fn unregistered_squatters_beyond_the_cap_are_refused_while_registered_clie
     })
     .await;
     let mut peer = ws_from("127.0.0.1", &coord).await.unwrap();
-    register(&mut peer, register_peer("registered-peer", 1)).await;
+    peer.register(&register_peer("registered-peer", capacity(1), None)).await;
     let mut gamer = ws_from("127.0.0.1", &coord).await.unwrap();
-    register(&mut gamer, register_gamer("registered-gamer")).await;
+    gamer.register(&register_gamer("registered-gamer", None)).await;
     let mut squatters = Vec::new();
     for _ in 0..cap {
         squatters.push(ws_from("127.0.0.1", &coord).await.expect("within the cap"));
@@ -517,10 +500,10 @@ async fn unregistered_squatters_beyond_the_cap_are_refused_while_registered_clie
     // The registered clients are unaffected.
     round_trip(&mut peer, &mut gamer, "t1").await;
     // A squatter that registers frees its unregistered slot for a newcomer.
-    register(&mut squatters[0], register_gamer("late-gamer")).await;
+    squatters[0].register(&register_gamer("late-gamer", None)).await;
     assert_eq!(coord.admission().unregistered, cap - 1);
     let mut newcomer = ws_from("127.0.0.1", &coord).await.expect("a slot was freed");
-    register(&mut newcomer, register_gamer("newcomer")).await;
+    newcomer.register(&register_gamer("newcomer", None)).await;
     // And a squatter that leaves frees its slot too.
     squatters.pop();
     eventually("the leaving squatter's slot is released", || coord.admission().unregistered == cap - 2).await;
@@ -629,12 +612,7 @@ async fn a_peer_cannot_declare_an_unbounded_list_of_task_types() {
     let task_types: Vec<String> =
         (0..=p2c2r_protocol::limits::MAX_TASK_TYPES_PER_PEER).map(|i| format!("t{i}")).collect();
     let capabilities = Capabilities { task_types: Some(task_types), ..Default::default() };
-    c.send(&Message::RegisterPeer(p2c2r_protocol::RegisterPeer {
-        peer_id: "greedy".into(),
-        capabilities,
-        resume_secret: None,
-    }))
-    .await;
+    c.send(&register_peer("greedy", capabilities, None)).await;
     let e = c.recv_error().await;
     assert_eq!(e.code, ErrorCode::InvalidMessage);
     assert!(e.message.contains("task_types"), "{}", e.message);

@@ -325,13 +325,7 @@ async fn a_black_hole_peer_is_quarantined_and_honest_success_stays_at_100_percen
     hole_reader.abort();
     // Its id is refused while the quarantine lasts.
     let mut again = Client::connect(&url).await;
-    again
-        .send(&p2c2r_protocol::Message::RegisterPeer(p2c2r_protocol::RegisterPeer {
-            peer_id: "hole".into(),
-            capabilities: caps,
-            resume_secret: None,
-        }))
-        .await;
+    again.send(&p2c2r_testkit::client::register_peer("hole", caps, None)).await;
     assert_eq!(again.recv_error().await.code, ErrorCode::Quarantined);
     assert!(coord.metrics_text().contains("p2c2r_peers_quarantined_total 1"));
     coord.shutdown().await;

@@ -12,7 +12,8 @@ use common::{Client, WAIT, eventually, json};
 use coordinator::auth::Role;
 use coordinator::{Config, CoordinatorHandle};
 use futures_util::StreamExt;
-use p2c2r_protocol::{Capabilities, ErrorCode, Message, RegisterGamer, RegisterPeer};
+use p2c2r_protocol::{Capabilities, ErrorCode, Message};
+use p2c2r_testkit::client::{capacity, register_gamer, register_peer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -58,22 +59,13 @@ async fn connect_with(url: &str, token: Option<&str>) -> Result<Client, (u16, St
         request.headers_mut().insert("Authorization", HeaderValue::from_str(&format!("Bearer {token}")).unwrap());
     }
     match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request)).await.expect("connect in time") {
-        Ok((ws, _)) => Ok(Client { ws, secret: None }),
+        Ok((ws, _)) => Ok(Client::from_ws(ws)),
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
             let body = response.body().as_ref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
             Err((response.status().as_u16(), body))
         }
         Err(e) => panic!("unexpected connect error {e}"),
     }
-}
-
-fn register_gamer(id: &str, secret: Option<String>) -> Message {
-    Message::RegisterGamer(RegisterGamer { gamer_id: id.into(), resume_secret: secret })
-}
-
-fn register_peer(id: &str, secret: Option<String>) -> Message {
-    let capabilities = Capabilities { max_concurrent_tasks: Some(4), ..Default::default() };
-    Message::RegisterPeer(RegisterPeer { peer_id: id.into(), capabilities, resume_secret: secret })
 }
 
 /// A full task round trip.
@@ -120,7 +112,7 @@ async fn a_stranger_cannot_take_a_live_peer_id_nor_forge_its_results() {
     let mut gamer = Client::gamer(&url, "g").await;
     for attempt in 0..20 {
         let mut impostor = Client::connect(&url).await;
-        impostor.send(&register_peer("p", None)).await;
+        impostor.send(&register_peer("p", capacity(4), None)).await;
         assert_eq!(impostor.recv_error().await.code, ErrorCode::IdInUse, "attempt {attempt}");
         // A result it makes up is refused: it holds no assignment and no role.
         impostor
@@ -322,7 +314,7 @@ async fn a_token_binds_the_role_and_id_a_connection_may_register() {
     // Not as someone else, not as a peer.
     alice.send(&register_gamer("bob", None)).await;
     assert_eq!(alice.recv_error().await.code, ErrorCode::Unauthorized);
-    alice.send(&register_peer("alice", None)).await;
+    alice.send(&register_peer("alice", capacity(4), None)).await;
     assert_eq!(alice.recv_error().await.code, ErrorCode::Unauthorized);
     alice.send(&register_gamer("alice", None)).await;
     alice.expect_ack().await;
@@ -332,9 +324,9 @@ async fn a_token_binds_the_role_and_id_a_connection_may_register() {
 
     // The enrolled peer registers with its own id only.
     let mut peer = connect_with(&url, Some(PEER_TOKEN)).await.unwrap();
-    peer.send(&register_peer("rack-2", None)).await;
+    peer.send(&register_peer("rack-2", capacity(4), None)).await;
     assert_eq!(peer.recv_error().await.code, ErrorCode::Unauthorized);
-    peer.send(&register_peer("rack-1", None)).await;
+    peer.send(&register_peer("rack-1", capacity(4), None)).await;
     peer.expect_ack().await;
     round_trip(&mut alice, &mut peer, "t1").await;
 
@@ -394,7 +386,7 @@ async fn revoking_a_credential_closes_its_connections_without_a_restart() {
     alice.send(&register_gamer("alice", None)).await;
     alice.expect_ack().await;
     let mut peer = connect_with(&url, Some(PEER_TOKEN)).await.unwrap();
-    peer.send(&register_peer("rack-1", None)).await;
+    peer.send(&register_peer("rack-1", capacity(4), None)).await;
     peer.expect_ack().await;
 
     // The operator edits the file: the coordinator notices by itself (no SIGHUP needed).
@@ -582,11 +574,11 @@ async fn wss_end_to_end_with_a_certificate_made_at_test_time() {
             let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(request, None, false, Some(connector))
                 .await
                 .expect("wss connect");
-            Client { ws, secret: None }
+            Client::from_ws(ws)
         }
     };
     let mut peer = connect(PEER_TOKEN.into()).await;
-    peer.send(&register_peer("rack-1", None)).await;
+    peer.send(&register_peer("rack-1", capacity(4), None)).await;
     peer.expect_ack().await;
     let mut gamer = connect(gamer_jwt("alice", Duration::from_secs(60))).await;
     gamer.send(&register_gamer("alice", None)).await;

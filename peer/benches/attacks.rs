@@ -28,15 +28,13 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use p2c2r_protocol::physics::{ApplyImpulse, BodyDesc, BodyType, PhysicsStepRequest, Shape};
-use p2c2r_protocol::{ErrorCode, Message, RawPayload, RegisterGamer, TaskRequest, codec, raw_payload, to_payload};
+use p2c2r_protocol::{ErrorCode, Message, RawPayload, codec, raw_payload, to_payload};
+use p2c2r_testkit::client::{Client, task_request};
 use peer::worker::{TEST_ALLOC_TASK, TEST_SLEEP_TASK, TEST_TASKS_ENV};
 use peer::{Isolation, PeerConfig};
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
-use tokio_tungstenite::connect_async;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 const DT: f32 = 1.0 / 60.0;
 const WARMUP_TICKS: usize = 50;
@@ -54,45 +52,6 @@ const SNAPSHOT_TRIES: usize = 3;
 /// times (with the ground, bodies × steps is exactly the default budget of 400,000).
 const EXPENSIVE_BOXES: usize = 7_999;
 const EXPENSIVE_STEPS: u32 = 50;
-
-async fn recv(ws: &mut Ws) -> Option<Message> {
-    loop {
-        match ws.next().await? {
-            Ok(WsMessage::Text(t)) => return codec::decode(t.as_str()).ok(),
-            Ok(_) => continue,
-            Err(_) => return None,
-        }
-    }
-}
-
-async fn send(ws: &mut Ws, m: &Message) -> bool {
-    ws.send(WsMessage::text(codec::encode(m))).await.is_ok()
-}
-
-async fn gamer(url: &str, id: &str) -> Ws {
-    let (mut ws, _) = connect_async(url).await.expect("connect to the coordinator");
-    send(&mut ws, &Message::RegisterGamer(RegisterGamer { gamer_id: id.into(), resume_secret: None })).await;
-    match recv(&mut ws).await {
-        Some(Message::RegistrationAck(_)) => ws,
-        other => panic!("gamer {id}: expected registration_ack, got {:?}", other.map(|m| m.msg_type())),
-    }
-}
-
-fn request(
-    task_id: String,
-    task_type: &str,
-    payload: RawPayload,
-    session: Option<String>,
-    deadline_ms: Option<u64>,
-) -> Message {
-    Message::TaskRequest(TaskRequest {
-        task_id,
-        task_type: task_type.into(),
-        task_data: payload,
-        session_id: session,
-        deadline_ms,
-    })
-}
 
 /// The honest scene: a ground and 100 boxes in a 10 × 10 grid, falling from 2 m.
 fn honest_snapshot(tick: u64) -> PhysicsStepRequest {
@@ -172,8 +131,7 @@ fn attacker(
     mut make: impl FnMut(u64) -> Message + Send + 'static,
 ) -> JoinHandle<()> {
     rt.spawn(async move {
-        let ws = gamer(&url, "attacker").await;
-        let (mut sink, mut stream) = ws.split();
+        let (mut sink, mut stream) = Client::gamer(&url, "attacker").await.ws.split();
         let reads = async {
             while let Some(Ok(frame)) = stream.next().await {
                 if let WsMessage::Text(t) = frame
@@ -204,7 +162,7 @@ fn attacker(
 fn start_attack(attack: Attack, rt: &Runtime, url: &str, counters: &Arc<AttackCounters>) -> Vec<JoinHandle<()>> {
     let (url, counters) = (url.to_owned(), counters.clone());
     let step = |n: u64, payload: &RawPayload, session: String, deadline_ms: Option<u64>| {
-        request(format!("a{n}"), "physics_step", payload.clone(), Some(session), deadline_ms)
+        task_request(&format!("a{n}"), "physics_step", payload.clone(), Some(session), deadline_ms)
     };
     match attack {
         Attack::None => Vec::new(),
@@ -229,7 +187,7 @@ fn start_attack(attack: Attack, rt: &Runtime, url: &str, counters: &Arc<AttackCo
         Attack::Alloc => {
             let payload = raw_payload("{}".into()).unwrap();
             vec![attacker(rt, url, Duration::from_millis(100), counters, move |n| {
-                request(format!("a{n}"), TEST_ALLOC_TASK, payload.clone(), None, None)
+                task_request(&format!("a{n}"), TEST_ALLOC_TASK, payload.clone(), None, None)
             })]
         }
     }
@@ -256,14 +214,14 @@ struct Status {
     resync: bool,
 }
 
-async fn round_trip(ws: &mut Ws, task_id: String, request_body: &PhysicsStepRequest) -> Answer {
-    let m = request(task_id.clone(), "physics_step", to_payload(request_body).unwrap(), Some("honest".into()), None);
-    if !send(ws, &m).await {
+async fn round_trip(ws: &mut Client, task_id: String, request_body: &PhysicsStepRequest) -> Answer {
+    let m = task_request(&task_id, "physics_step", to_payload(request_body).unwrap(), Some("honest".into()), None);
+    if !ws.try_send(&m).await {
         return Answer::Lost;
     }
     let wait = async {
         loop {
-            match recv(ws).await {
+            match ws.try_recv().await {
                 Some(Message::TaskResult(r)) if r.task_id == task_id => {
                     return match serde_json::from_str::<Status>(r.result.get()) {
                         Ok(s) if s.status == "success" => Answer::Ok,
@@ -294,7 +252,7 @@ struct HonestRun {
 }
 
 /// The honest gamer's ticks after its first snapshot (already answered).
-async fn honest_ticks(ws: &mut Ws) -> HonestRun {
+async fn honest_ticks(ws: &mut Client) -> HonestRun {
     let mut run = HonestRun {
         hist: Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).unwrap(),
         errored: 0,
@@ -401,7 +359,7 @@ fn scenario(
     let counters = Arc::new(AttackCounters::default());
     let honest_rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let run = honest_rt.block_on(async {
-        let mut ws = gamer(&url, "honest").await;
+        let mut ws = Client::gamer(&url, "honest").await;
         // The honest session exists (in a worker) before the attack starts.
         match round_trip(&mut ws, "h0".into(), &honest_snapshot(0)).await {
             Answer::Ok => {}

@@ -15,7 +15,7 @@ use peer::{PeerConfig, PeerHandle};
 
 mod common;
 
-use common::{Gamer, within};
+use common::{Client, within};
 
 const DT: f32 = 1.0 / 60.0;
 
@@ -85,7 +85,7 @@ async fn killing_the_sessions_peer_costs_one_resync() {
     let coord = coordinator::spawn("127.0.0.1:0", coordinator::Config::default()).await.unwrap();
     let url = coord.url();
     let peers = [start_peer(&url, "peer-a").await, start_peer(&url, "peer-b").await];
-    let mut gamer = Gamer::connect(&url, "gamer-1").await;
+    let mut gamer = Client::gamer(&url, "gamer-1").await;
 
     let mut latest = BTreeMap::new();
     let (first, _) = gamer.physics("s", &PhysicsStepRequest { add: scene(), snapshot: true, ..tick(0) }).await.unwrap();
@@ -151,7 +151,7 @@ async fn killing_the_sessions_peer_costs_one_resync() {
 async fn two_peers_fed_the_same_ticks_return_identical_bytes() {
     let coord = coordinator::spawn("127.0.0.1:0", coordinator::Config::default()).await.unwrap();
     let url = coord.url();
-    let mut gamer = Gamer::connect(&url, "gamer-det").await;
+    let mut gamer = Client::gamer(&url, "gamer-det").await;
     let requests: Vec<PhysicsStepRequest> =
         std::iter::once(PhysicsStepRequest { add: scene(), snapshot: true, ..tick(0) })
             .chain((1..=240).map(tick))
@@ -185,7 +185,7 @@ async fn peers_reconnect_after_the_coordinator_restarts() {
     let url = coord.url();
     let peer = start_peer(&url, "peer-restart").await;
     {
-        let mut gamer = Gamer::connect(&url, "gamer-before").await;
+        let mut gamer = Client::gamer(&url, "gamer-before").await;
         let r = gamer.run("physics", None, to_payload(&serde_json::json!({"num_objects": 10})).unwrap()).await;
         assert!(r.result.get().contains("physics_processed"));
     }
@@ -196,7 +196,7 @@ async fn peers_reconnect_after_the_coordinator_restarts() {
     // The coordinator comes back on the same address; the peer finds it on its own.
     let coord = coordinator::spawn(addr, coordinator::Config::default()).await.unwrap();
     within("the peer to register again", peer.wait_for(|s| s.connected && s.registrations >= 2)).await;
-    let mut gamer = Gamer::connect(&coord.url(), "gamer-after").await;
+    let mut gamer = Client::gamer(&coord.url(), "gamer-after").await;
     let r = gamer.run("physics", None, to_payload(&serde_json::json!({"num_objects": 10})).unwrap()).await;
     assert_eq!(r.peer_id.as_deref(), Some("peer-restart"));
     assert!(r.result.get().contains("physics_processed"));

@@ -22,7 +22,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Conn, Gamer, listener, within};
+use common::{Client, Conn, eventually, listener, within};
 use p2c2r_protocol::physics::{BodyDesc, BodyType, PhysicsStepRequest, Shape};
 use p2c2r_protocol::{ErrorCode, Message, TaskAssignment, TaskError, TaskSpec, raw_payload, task_types, to_payload};
 use peer::worker::{TEST_ALLOC_TASK, TEST_SLEEP_TASK, TEST_TASKS_ENV};
@@ -75,7 +75,7 @@ fn honest_snapshot(t: u64) -> PhysicsStepRequest {
 
 /// Runs one honest tick, re-sending a snapshot when asked to (a lost worker); returns
 /// whether a resync was needed.
-async fn honest_tick(gamer: &mut Gamer, session: &str, t: u64) -> bool {
+async fn honest_tick(gamer: &mut Client, session: &str, t: u64) -> bool {
     match gamer.physics(session, &tick(t)).await {
         Ok((r, _)) => {
             assert_eq!(r.tick, t);
@@ -99,8 +99,8 @@ async fn a_thousand_spheres_at_one_point_are_refused_and_the_honest_gamer_keeps_
     let coord = coordinator::spawn("127.0.0.1:0", coordinator::Config::default()).await.unwrap();
     let url = coord.url();
     let peer = worker_peer(&url, "peer-pile", 2, 1024).await;
-    let mut honest = Gamer::connect(&url, "honest").await;
-    let mut attacker = Gamer::connect(&url, "attacker").await;
+    let mut honest = Client::gamer(&url, "honest").await;
+    let mut attacker = Client::gamer(&url, "attacker").await;
 
     let (first, _) = honest.physics("s", &honest_snapshot(0)).await.unwrap();
     assert_eq!(first.tick, 0);
@@ -140,8 +140,8 @@ async fn a_task_exhausting_its_workers_memory_costs_one_worker_not_the_peer() {
     let coord = coordinator::spawn("127.0.0.1:0", coordinator::Config::default()).await.unwrap();
     let url = coord.url();
     let peer = worker_peer(&url, "peer-oom", 2, 256).await;
-    let mut honest = Gamer::connect(&url, "honest").await;
-    let mut attacker = Gamer::connect(&url, "attacker").await;
+    let mut honest = Client::gamer(&url, "honest").await;
+    let mut attacker = Client::gamer(&url, "attacker").await;
     honest.physics("s", &honest_snapshot(0)).await.unwrap();
 
     let mut resyncs = 0;
@@ -175,8 +175,8 @@ async fn a_gamer_killing_workers_is_refused_after_three_and_the_honest_session_n
     let url = coord.url();
     // Default containment: 3 worker deaths per gamer within 60 s.
     let peer = std::sync::Arc::new(worker_peer(&url, "peer-contain", 2, 256).await);
-    let mut honest = Gamer::connect(&url, "honest").await;
-    let mut attacker = Gamer::connect(&url, "attacker").await;
+    let mut honest = Client::gamer(&url, "honest").await;
+    let mut attacker = Client::gamer(&url, "attacker").await;
     honest.physics("s", &honest_snapshot(0)).await.unwrap();
 
     // The attacker sends killer tasks one after another while the honest gamer ticks.
@@ -214,7 +214,7 @@ async fn a_gamer_killing_workers_is_refused_after_three_and_the_honest_session_n
     // The killer tasks never ran in the worker holding the honest session.
     assert_eq!(resyncs, 0, "the honest session resynced {resyncs} times over {t} ticks");
     // Other gamers are still served, sessionless tasks included.
-    let mut other = Gamer::connect(&url, "other").await;
+    let mut other = Client::gamer(&url, "other").await;
     let r = other.run("physics", None, to_payload(&serde_json::json!({"num_objects": 10})).unwrap()).await;
     assert!(r.result.get().contains("physics_processed"), "{}", r.result.get());
     assert!(peer.is_connected());
@@ -231,7 +231,7 @@ async fn a_task_running_past_its_deadline_is_cancelled_and_the_next_task_runs() 
     // One worker: the next task can only run once the sleeping one is cancelled, since
     // the sleep lasts far longer than any wait in this test.
     let peer = worker_peer(&url, "peer-slow", 1, 1024).await;
-    let mut gamer = Gamer::connect(&url, "gamer").await;
+    let mut gamer = Client::gamer(&url, "gamer").await;
 
     let sleep = to_payload(&serde_json::json!({"ms": 600_000})).unwrap();
     let r = gamer.run_with_deadline(TEST_SLEEP_TASK, None, sleep, Some(300)).await;
@@ -248,7 +248,7 @@ async fn a_task_running_past_its_deadline_is_cancelled_and_the_next_task_runs() 
 
     // Every cancelled attempt is charged to the gamer (its tasks may be refused now);
     // another gamer's task runs.
-    let mut other = Gamer::connect(&url, "other").await;
+    let mut other = Client::gamer(&url, "other").await;
     let r = other.run("physics", None, to_payload(&serde_json::json!({"num_objects": 10})).unwrap()).await;
     assert!(r.result.get().contains("physics_processed"), "{}", r.result.get());
     assert_eq!(r.peer_id.as_deref(), Some("peer-slow"));
@@ -263,7 +263,7 @@ async fn a_result_too_large_for_the_coordinator_is_refused_and_the_peer_stays_co
     let coord = coordinator::spawn("127.0.0.1:0", config).await.unwrap();
     let url = coord.url();
     let peer = worker_peer(&url, "peer-big", 2, 1024).await;
-    let mut gamer = Gamer::connect(&url, "gamer").await;
+    let mut gamer = Client::gamer(&url, "gamer").await;
 
     // 1,000 spheres well apart: a ~70 KB request whose answer (every body's state) is
     // about twice as large, over the coordinator's 128 KiB frame limit.
@@ -309,16 +309,6 @@ fn assignment(id: &str, task_type: &str, data: &str) -> Message {
     })
 }
 
-/// Waits until `f` holds, checking every few milliseconds, failing after [`common::WAIT`].
-async fn until(what: &str, mut f: impl FnMut() -> bool) {
-    within(what, async {
-        while !f() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_the_coordinator_cancels_the_running_task() {
     let l = listener().await;
@@ -329,7 +319,7 @@ async fn losing_the_coordinator_cancels_the_running_task() {
     within("registered", peer.wait_for(|s| s.connected)).await;
     // No deadline: only the lost connection can stop it.
     conn.send(&assignment("sleep:1", TEST_SLEEP_TASK, r#"{"ms":600000}"#)).await;
-    until("the task to run", || peer.running_tasks() == 1).await;
+    eventually("the task to run", || peer.running_tasks() == 1).await;
     drop(conn);
 
     // The peer reconnects; its only worker must have been freed to run the next task.
@@ -391,8 +381,8 @@ async fn the_peer_binary_refuses_the_pile_and_its_workers_die_with_it() {
         .spawn()
         .unwrap();
     let pid = binary.id().unwrap();
-    let mut honest = Gamer::connect(&url, "honest").await;
-    let mut attacker = Gamer::connect(&url, "attacker").await;
+    let mut honest = Client::gamer(&url, "honest").await;
+    let mut attacker = Client::gamer(&url, "attacker").await;
     // Queued by the coordinator until the peer has registered.
     let (_, raw) = honest.physics("s", &honest_snapshot(0)).await.unwrap();
     assert_eq!(raw.peer_id.as_deref(), Some("bin-peer"));
@@ -416,7 +406,9 @@ async fn the_peer_binary_refuses_the_pile_and_its_workers_die_with_it() {
     }
     binary.start_kill().unwrap();
     binary.wait().await.unwrap();
-    until("the workers to exit", || workers.iter().all(|&w| proc_stat(w).is_none_or(|(_, state, _)| state == 'Z')))
-        .await;
+    eventually("the workers to exit", || {
+        workers.iter().all(|&w| proc_stat(w).is_none_or(|(_, state, _)| state == 'Z'))
+    })
+    .await;
     coord.shutdown().await;
 }

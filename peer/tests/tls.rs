@@ -8,11 +8,10 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::within;
-use futures_util::{SinkExt, StreamExt};
-use p2c2r_protocol::{Message, RegisterGamer, TaskRequest, codec, to_payload};
+use common::{Client, within};
+use p2c2r_protocol::Message;
+use p2c2r_testkit::client::register_gamer;
 use peer::{Credential, PeerConfig};
-use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 const PEER_SECRET: &str = "peer-secret-0123456789";
 const GAMER_SECRET: &str = "gamer-secret-0123456789";
@@ -71,24 +70,14 @@ async fn a_peer_with_a_token_file_serves_a_gamer_over_wss() {
         ca_file: Some(dir.join("cert.pem")),
         ..Default::default()
     };
-    let mut ws = within("the gamer to connect", p2c2r_net::connect(&url, &options)).await.unwrap();
-    let send = |m: Message| WsMessage::text(codec::encode(&m));
-    ws.send(send(Message::RegisterGamer(RegisterGamer { gamer_id: "gamer-tls".into(), resume_secret: None })))
-        .await
-        .unwrap();
-    ws.send(send(Message::TaskRequest(TaskRequest {
-        task_id: "t1".into(),
-        task_type: "physics".into(),
-        task_data: to_payload(&serde_json::json!({"num_objects": 3})).unwrap(),
-        session_id: None,
-        deadline_ms: Some(5_000),
-    })))
-    .await
-    .unwrap();
+    let ws = within("the gamer to connect", p2c2r_net::connect(&url, &options)).await.unwrap();
+    let mut gamer = Client::from_ws(ws);
+    gamer.register(&register_gamer("gamer-tls", None)).await;
+    gamer
+        .submit_with_deadline("t1", "physics", &serde_json::json!({"num_objects": 3}).to_string(), None, Some(5_000))
+        .await;
     let result = loop {
-        let frame = within("the result", ws.next()).await.expect("open").unwrap();
-        let WsMessage::Text(text) = frame else { continue };
-        match codec::decode(text.as_str()).unwrap() {
+        match gamer.recv().await {
             Message::TaskResult(r) => break r,
             Message::Error(e) => panic!("coordinator error: {} {}", e.code, e.message),
             _ => {}

@@ -1,5 +1,10 @@
 //! Shared pieces for P2C2R's tests and benchmarks.
 //!
+//! - [`client`]: a raw protocol client, registered as a peer or a gamer, every wait
+//!   bounded.
+//! - [`server`]: a scripted coordinator (loopback listener, handshake, registration
+//!   acks, scripted replies) for testing the peer and the plugin.
+//! - [`wait`]: [`wait::within`] and [`wait::eventually`], bounded waits on events.
 //! - [`proxy`]: an in-process, latency-injecting TCP proxy (like Linux `netem`) to put
 //!   between a client and a server: one-way latency, jitter, bandwidth, stalls and
 //!   severed connections, without root or `tc`.
@@ -7,6 +12,9 @@
 //! - [`settings`]: checks that a binary's `--help` has a flag for every field of its
 //!   settings struct, with the struct's default, durations in milliseconds.
 
+pub mod client;
 pub mod gate;
 pub mod proxy;
+pub mod server;
 pub mod settings;
+pub mod wait;

@@ -1,13 +1,15 @@
 //! Shared helpers for the plugin's integration tests: an in-process coordinator and
 //! peers on loopback port 0, and headless Bevy apps driven one fixed tick per update.
+//! Scripted coordinators come from the testkit (`p2c2r_testkit::server`).
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::time::{Duration, Instant};
 
 use bevy::prelude::*;
 use bevy::time::TimeUpdateStrategy;
 use bevy_p2c2r::prelude::*;
+pub use p2c2r_testkit::server::{Conn, frame, scripted_server};
 
 /// Fixed tick rate of the test apps.
 pub const HZ: f64 = 60.0;
@@ -116,63 +118,4 @@ pub fn spawn_sinking_ball(app: &mut App) -> Entity {
             Transform::default(),
         ))
         .id()
-}
-
-/// Binds a loopback port for a scripted server and returns its runtime (keep it alive for
-/// the test) and URL; `serve` gets the listener.
-pub fn scripted_server<F, Fut>(serve: F) -> (tokio::runtime::Runtime, String)
-where
-    F: FnOnce(tokio::net::TcpListener) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-    let url = format!("ws://{}", listener.local_addr().unwrap());
-    rt.spawn(serve(listener));
-    (rt, url)
-}
-
-/// A scripted server's connection to the plugin.
-pub type ServerWs = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
-
-/// Encodes a protocol message as a WebSocket text frame.
-pub fn frame(message: &p2c2r_protocol::Message) -> tokio_tungstenite::tungstenite::Message {
-    tokio_tungstenite::tungstenite::Message::Text(p2c2r_protocol::codec::encode(message).into())
-}
-
-/// The next `task_request` the plugin sends to a scripted server, acknowledging its
-/// registration on the way and skipping everything else; `None` when the connection ends.
-pub async fn next_task_request(ws: &mut ServerWs) -> Option<p2c2r_protocol::TaskRequest> {
-    next_task_request_acking(ws, None, &mut Vec::new()).await
-}
-
-/// [`next_task_request`], acknowledging registrations with this `resume_secret` and
-/// keeping them in `registrations`.
-pub async fn next_task_request_acking(
-    ws: &mut ServerWs,
-    resume_secret: Option<&str>,
-    registrations: &mut Vec<p2c2r_protocol::RegisterGamer>,
-) -> Option<p2c2r_protocol::TaskRequest> {
-    use futures_util::{SinkExt, StreamExt};
-    use p2c2r_protocol::{Message, RegistrationAck, codec};
-    while let Some(Ok(msg)) = ws.next().await {
-        let tokio_tungstenite::tungstenite::Message::Text(text) = msg else { continue };
-        match codec::decode(text.as_str()) {
-            Ok(Message::RegisterGamer(r)) => {
-                let ack = RegistrationAck {
-                    peer_id: None,
-                    gamer_id: Some(r.gamer_id.clone()),
-                    status: "registered".into(),
-                    heartbeat_interval_ms: None,
-                    max_frame_bytes: None,
-                    resume_secret: resume_secret.map(str::to_owned),
-                };
-                registrations.push(r);
-                ws.send(frame(&Message::RegistrationAck(ack))).await.ok()?;
-            }
-            Ok(Message::TaskRequest(r)) => return Some(r),
-            _ => {}
-        }
-    }
-    None
 }
