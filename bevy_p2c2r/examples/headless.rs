@@ -3,7 +3,7 @@
 //! wall on a small grid.
 //!
 //! ```text
-//! # Everything in one process (an in-process coordinator and peer):
+//! # Everything in one process (`P2c2rPlugin::embedded()`: an in-process coordinator and peer):
 //! cargo run -p bevy_p2c2r --example headless
 //! # Against a running deployment (`cargo run -p coordinator`, `cargo run -p peer`):
 //! cargo run -p bevy_p2c2r --example headless -- --coordinator ws://127.0.0.1:8765 --frames 600
@@ -53,29 +53,16 @@ struct Report {
 
 fn main() {
     let args = Args::parse();
-    // The embedded coordinator and peer (when no --coordinator is given) live on this runtime.
-    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    let mut embedded = None;
-    let url = match args.coordinator.clone() {
-        Some(url) => url,
-        None => {
-            let (coordinator, peer) = runtime.block_on(async {
-                let coordinator = coordinator::spawn("127.0.0.1:0", coordinator::Config::default())
-                    .await
-                    .expect("start the embedded coordinator");
-                let peer =
-                    peer::spawn(peer::PeerConfig { coordinator_url: coordinator.url(), ..Default::default() }).await;
-                (coordinator, peer)
-            });
-            let url = coordinator.url();
-            embedded = Some((coordinator, peer));
-            url
-        }
+    // Without --coordinator: an in-process coordinator and peer, shut down when the app
+    // is dropped.
+    let plugin = match args.coordinator.clone() {
+        Some(url) => P2c2rPlugin::new(url),
+        None => P2c2rPlugin::embedded(),
     };
 
     let mut app = App::new();
     app.add_plugins(MinimalPlugins.set(ScheduleRunnerPlugin::run_loop(Duration::from_secs_f64(1.0 / args.fps))))
-        .add_plugins(P2c2rPlugin::new(url).gamer_id(format!("headless-{}", std::process::id())).tick_rate(60.0))
+        .add_plugins(plugin.gamer_id(format!("headless-{}", std::process::id())).tick_rate(60.0))
         .insert_resource(NavigationGrid::new(
             1.0,
             Vec2::new(-10.0, -10.0),
@@ -86,13 +73,6 @@ fn main() {
         .add_systems(Startup, setup)
         .add_systems(Update, count_frames);
     app.run();
-
-    if let Some((coordinator, peer)) = embedded {
-        runtime.block_on(async {
-            peer.shutdown().await;
-            coordinator.shutdown().await;
-        });
-    }
 }
 
 #[derive(Resource)]

@@ -20,6 +20,11 @@
 //!
 //! # Quick start
 //!
+//! [`P2c2rPlugin::embedded()`] is the whole system in one line: it starts a coordinator
+//! and one peer inside the app (on their own thread and tokio runtime) and connects to
+//! them; the game can add and kill peers through the [`EmbeddedCluster`](embedded::EmbeddedCluster)
+//! resource. For a real deployment use [`P2c2rPlugin::new`] with the coordinator's URL.
+//!
 //! ```no_run
 //! use bevy::prelude::*;
 //! use bevy_p2c2r::prelude::*;
@@ -28,7 +33,7 @@
 //!     App::new()
 //!         .add_plugins(MinimalPlugins)
 //!         .add_plugins(
-//!             P2c2rPlugin::new("ws://127.0.0.1:8765")
+//!             P2c2rPlugin::embedded() // or P2c2rPlugin::new("ws://HOST:8765")
 //!                 .gamer_id("player-1")
 //!                 .tick_rate(60.0),
 //!         )
@@ -60,12 +65,21 @@
 //! ```
 //!
 //! Without a coordinator, [`P2c2rPlugin::local_only`] runs the same game fully
-//! in-process.
+//! in-process, with no network at all.
+//!
+//! # Features
+//!
+//! - `embedded` (default): [`P2c2rPlugin::embedded`] and the [`embedded`] module. It adds
+//!   the `coordinator` and `peer` libraries, without their command-line parts (no clap,
+//!   sysinfo or tracing-subscriber). Turn it off (`default-features = false`) to connect
+//!   to remote coordinators only.
 
 mod apply;
 mod bridge;
 mod build;
 pub mod components;
+#[cfg(feature = "embedded")]
+pub mod embedded;
 mod gather;
 mod ids;
 mod interpolate;
@@ -97,6 +111,8 @@ pub use stats::P2c2rStats;
 
 /// Everything a game needs: `use bevy_p2c2r::prelude::*;`.
 pub mod prelude {
+    #[cfg(feature = "embedded")]
+    pub use crate::embedded::{ClusterEvent, EmbeddedCluster};
     pub use crate::{
         AgentState, AgentStatus, BodyLeftWorld, BodyShape, BodyType, ConnectionChanged, ConnectionState, ExternalForce,
         ExternalImpulse, FallbackPolicy, KinematicTarget, ModeChanged, NavigationGrid, OffloadMode, OffloadedAgent,

@@ -97,6 +97,9 @@ pub struct P2c2rPlugin {
     backoff: (Duration, Duration),
     token: Option<Credential>,
     ca_file: Option<PathBuf>,
+    /// [`P2c2rPlugin::embedded`]: the in-process cluster to start in `build`.
+    #[cfg(feature = "embedded")]
+    pub(crate) embedded: Option<crate::embedded::EmbeddedOptions>,
 }
 
 /// The coordinator URL [`P2c2rPlugin::default`] connects to.
@@ -121,6 +124,8 @@ impl Default for P2c2rPlugin {
             backoff: (Duration::from_millis(100), Duration::from_secs(5)),
             token: None,
             ca_file: None,
+            #[cfg(feature = "embedded")]
+            embedded: None,
         }
     }
 }
@@ -135,6 +140,19 @@ impl P2c2rPlugin {
     /// offline play or tests.
     pub fn local_only() -> Self {
         P2c2rPlugin { coordinator_url: None, ..Self::default() }
+    }
+
+    /// The whole system in this process: `build` starts a coordinator (on `127.0.0.1`, a
+    /// free port) and one peer on their own thread and tokio runtime, connects to them,
+    /// and inserts them as the [`EmbeddedCluster`](crate::embedded::EmbeddedCluster)
+    /// resource (add and kill peers through it). More peers:
+    /// [`embedded_peers`](Self::embedded_peers); a [`coordinator`](Self::coordinator) set
+    /// afterwards is joined instead of starting one. If the cluster cannot start, the
+    /// plugin logs why and steps locally, as with no coordinator. Needs the `embedded`
+    /// feature (on by default).
+    #[cfg(feature = "embedded")]
+    pub fn embedded() -> Self {
+        P2c2rPlugin { coordinator_url: None, embedded: Some(Default::default()), ..Self::default() }
     }
 
     /// Sets the coordinator's WebSocket URL: `ws://HOST:PORT`, or `wss://HOST:PORT` for
@@ -284,12 +302,21 @@ pub(crate) struct Offload {
 
 impl Plugin for P2c2rPlugin {
     fn build(&self, app: &mut App) {
+        // `embedded()`: start the in-process cluster and connect to it (or, if it cannot
+        // start, to the coordinator set, if any).
+        #[cfg(feature = "embedded")]
+        let coordinator_url = match &self.embedded {
+            Some(options) => crate::embedded::start_in(app, options, self.coordinator_url.clone()),
+            None => self.coordinator_url.clone(),
+        };
+        #[cfg(not(feature = "embedded"))]
+        let coordinator_url = self.coordinator_url.clone();
         let gamer_id = self.gamer_id.clone().unwrap_or_else(|| format!("gamer-{:08x}", fastrand::u32(..)));
         // Not the gamer id: session and task ids reach peers, which must not learn whom
         // they serve (they see an alias of the gamer id).
         let session = self.session_id.clone().unwrap_or_else(|| format!("s-{:016x}", fastrand::u64(..)));
         let deadline_ms = self.task_deadline.as_millis().max(1) as u64;
-        let client = match &self.coordinator_url {
+        let client = match &coordinator_url {
             Some(url) => {
                 let mut config = ClientConfig::new(url.clone(), gamer_id.clone());
                 config.backoff_initial = self.backoff.0;

@@ -15,7 +15,7 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 
 #[test]
 fn bodies_follow_peer_physics() {
-    let cluster = Cluster::new();
+    let mut cluster = Cluster::new();
     let peer = cluster.peer();
     // Two frames per tick: the Transforms are interpolated between peer results.
     let mut app = app_with(P2c2rPlugin::new(&cluster.url).gamer_id("follow"), tick_duration() / 2);
@@ -161,7 +161,7 @@ impl Probe {
 
 #[test]
 fn killing_the_peer_falls_back_without_a_stall_and_hands_back() {
-    let cluster = Cluster::new();
+    let mut cluster = Cluster::new();
     let first = cluster.peer();
     let mut app = app_with(
         P2c2rPlugin::new(&cluster.url)
@@ -187,7 +187,7 @@ fn killing_the_peer_falls_back_without_a_stall_and_hands_back() {
     assert_eq!(before.serving_peer.as_deref(), Some(first.peer_id()));
 
     // Crash the peer: the game must go on locally.
-    first.kill();
+    cluster.kill(&first);
     probe.reset_stalls();
     let mut fallback_ticks_at_entry = None;
     run_until(
@@ -251,7 +251,7 @@ fn collect_custom(mut results: MessageReader<bevy_p2c2r::TaskResultReceived>, mu
 
 #[test]
 fn custom_tasks_can_be_submitted_through_the_client_resource() {
-    let cluster = Cluster::new();
+    let mut cluster = Cluster::new();
     let _peer = cluster.peer();
     let mut app = app_with(P2c2rPlugin::new(&cluster.url).gamer_id("custom"), tick_duration());
     app.init_resource::<Custom>().add_systems(Update, collect_custom);
@@ -273,7 +273,7 @@ fn custom_tasks_can_be_submitted_through_the_client_resource() {
 
 #[test]
 fn the_session_moves_to_another_peer_with_a_snapshot() {
-    let cluster = Cluster::new();
+    let mut cluster = Cluster::new();
     let a = cluster.peer();
     let b = cluster.peer();
     // A long fallback timeout: the coordinator's re-dispatch and the resync do the work.
@@ -296,7 +296,7 @@ fn the_session_moves_to_another_peer_with_a_snapshot() {
     let serving = stats(&app).serving_peer.unwrap();
     let (dead, alive) = if serving == a.peer_id() { (&a, &b) } else { (&b, &a) };
     let snapshots = stats(&app).snapshots_sent;
-    dead.kill();
+    cluster.kill(dead);
     run_until(
         &mut app,
         TIMEOUT,
@@ -356,7 +356,7 @@ fn an_unreachable_coordinator_still_runs_the_game() {
 
 #[test]
 fn agents_reach_goals_around_obstacles() {
-    let cluster = Cluster::new();
+    let mut cluster = Cluster::new();
     let _peer = cluster.peer();
     let mut app = app_with(P2c2rPlugin::new(&cluster.url).gamer_id("walkers"), tick_duration());
     // A wall across the middle with a gap on the right.
@@ -401,7 +401,7 @@ fn agents_reach_goals_around_obstacles() {
 
 #[test]
 fn bodies_can_be_pushed_shot_and_removed() {
-    let cluster = Cluster::new();
+    let mut cluster = Cluster::new();
     let _peer = cluster.peer();
     let mut app = app_with(P2c2rPlugin::new(&cluster.url).gamer_id("shooter").gravity(Vec3::ZERO), tick_duration());
     run_until(&mut app, TIMEOUT, PACE, |_| {}, |app| stats(app).mode == OffloadMode::Offloaded, "offloaded");
@@ -457,7 +457,7 @@ fn bodies_can_be_pushed_shot_and_removed() {
 
 #[test]
 fn a_restarted_coordinator_is_rejoined() {
-    let mut cluster = Cluster::new();
+    let mut cluster = TokioCluster::new();
     let addr = cluster.coordinator.as_ref().unwrap().local_addr();
     let _first = cluster.peer();
     let mut app = app_with(
@@ -508,7 +508,7 @@ fn a_restarted_coordinator_is_rejoined() {
 
 #[test]
 fn with_fallback_disabled_bodies_wait_for_a_peer() {
-    let cluster = Cluster::new();
+    let mut cluster = Cluster::new();
     let mut app = app_with(
         P2c2rPlugin::new(&cluster.url).gamer_id("patient").gravity(Vec3::ZERO).fallback(FallbackPolicy::Disabled),
         tick_duration(),

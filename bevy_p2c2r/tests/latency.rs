@@ -32,8 +32,8 @@ fn spawn_scene(app: &mut App) {
 
 /// Runs a game through a proxy with `conditions`, warms up, then plays [`TICKS`] ticks
 /// in real time; returns the app and its cluster (the peer still running).
-fn play_through(conditions: Conditions, gamer: &str) -> (App, Cluster, peer::PeerHandle, proxy::Proxy) {
-    let cluster = Cluster::new();
+fn play_through(conditions: Conditions, gamer: &str) -> (App, TokioCluster, peer::PeerHandle, proxy::Proxy) {
+    let cluster = TokioCluster::new();
     let peer = cluster.peer();
     let target = cluster.coordinator.as_ref().unwrap().local_addr();
     let proxy = cluster.rt.block_on(proxy::start(target, conditions)).expect("proxy starts");

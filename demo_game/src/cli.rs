@@ -1,5 +1,7 @@
 //! Command-line flags.
 
+use bevy_p2c2r::client::Credential;
+use bevy_p2c2r::embedded::PeerAccess;
 use clap::Parser;
 
 /// P2C2R demo: a 3D arena whose physics and NPC AI run on peers.
@@ -99,31 +101,27 @@ impl Args {
     }
 
     /// The credential of `--peer-token` or `--peer-token-file`, if any.
-    pub fn peer_credential(&self) -> Option<peer::Credential> {
+    pub fn peer_credential(&self) -> Option<Credential> {
         match (&self.peer_token, &self.peer_token_file) {
-            (Some(token), _) => Some(peer::Credential::Token(token.clone())),
-            (None, Some(path)) => Some(peer::Credential::File(path.clone())),
+            (Some(token), _) => Some(Credential::Token(token.clone())),
+            (None, Some(path)) => Some(Credential::File(path.clone())),
             (None, None) => None,
         }
     }
 
     /// The credential of `--token` or `--token-file`, if any.
-    pub fn credential(&self) -> Option<peer::Credential> {
+    pub fn credential(&self) -> Option<Credential> {
         match (&self.token, &self.token_file) {
-            (Some(token), _) => Some(peer::Credential::Token(token.clone())),
-            (None, Some(path)) => Some(peer::Credential::File(path.clone())),
+            (Some(token), _) => Some(Credential::Token(token.clone())),
+            (None, Some(path)) => Some(Credential::File(path.clone())),
             (None, None) => None,
         }
     }
 
     /// How the in-process peers reach the coordinator: `--peer-token` /
     /// `--peer-token-file` as `--peer-id`, and `--ca-file`.
-    pub fn peer_access(&self) -> crate::cluster::PeerAccess {
-        crate::cluster::PeerAccess {
-            token: self.peer_credential(),
-            ca_file: self.ca_file.clone(),
-            peer_id: self.peer_id.clone(),
-        }
+    pub fn peer_access(&self) -> PeerAccess {
+        PeerAccess { token: self.peer_credential(), ca_file: self.ca_file.clone(), peer_id: self.peer_id.clone() }
     }
 
     /// Why these flags cannot work together, if they cannot.
@@ -168,10 +166,10 @@ mod tests {
     #[test]
     fn credential_flags() {
         let a = Args::try_parse_from(["demo_game", "--token", "t0k", "--ca-file", "ca.pem"]).unwrap();
-        assert_eq!(a.credential(), Some(peer::Credential::Token("t0k".into())));
+        assert_eq!(a.credential(), Some(Credential::Token("t0k".into())));
         assert_eq!(a.peer_access().ca_file.as_deref(), Some(std::path::Path::new("ca.pem")));
         let a = Args::try_parse_from(["demo_game", "--token-file", "/run/token"]).unwrap();
-        assert_eq!(a.credential(), Some(peer::Credential::File("/run/token".into())));
+        assert_eq!(a.credential(), Some(Credential::File("/run/token".into())));
         assert!(Args::try_parse_from(["demo_game", "--token", "a", "--token-file", "b"]).is_err());
     }
 

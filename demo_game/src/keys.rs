@@ -5,7 +5,8 @@
 
 use bevy::prelude::*;
 
-use crate::cluster::Cluster;
+use bevy_p2c2r::embedded::EmbeddedCluster;
+
 use crate::game::DemoSettings;
 use crate::{HudState, Notice};
 
@@ -29,7 +30,7 @@ impl Plugin for KeysPlugin {
 
 fn peer_keys(
     keys: Res<ButtonInput<KeyCode>>,
-    cluster: Option<Res<Cluster>>,
+    cluster: Option<Res<EmbeddedCluster>>,
     hud: Res<HudState>,
     mut notice: ResMut<Notice>,
     mut exit: MessageWriter<AppExit>,

@@ -1,20 +1,20 @@
 //! The P2C2R demo game: a lit 3D arena whose physics and NPC AI run on peers.
 //!
-//! `cargo run -p demo_game` starts a coordinator and a peer in this process and opens a
-//! window; `--coordinator ws://HOST:PORT` joins a running deployment instead. The binary is
-//! a thin wrapper over [`run`]; tests build the same app headless with [`build_app`].
+//! `cargo run -p demo_game` starts a coordinator and a peer in this process (the plugin's
+//! `P2c2rPlugin::embedded()`) and opens a window; `--coordinator ws://HOST:PORT` joins a
+//! running deployment instead. The binary is a thin wrapper over [`run`]; tests build the
+//! same app headless with [`build_app`].
 //!
 //! Modules:
 //! - [`level`]: the level file (static geometry, stacks, NPCs, navigation grid);
 //! - [`game`]: spawning, firing balls, NPC targets: the same with or without a window;
-//! - [`offload`]: the one place that talks to the `bevy_p2c2r` plugin;
-//! - [`cluster`]: the in-process coordinator and peers on their own tokio runtime;
+//! - [`offload`]: the one place that sets up the `bevy_p2c2r` plugin (and with it the
+//!   in-process coordinator and peers, `bevy_p2c2r::embedded`);
 //! - [`render`]: meshes, lights, camera, HUD and screenshots (windowed only);
 //! - [`keys`]: the keys that add and kill peers;
 //! - [`hud`], [`report`]: the numbers the HUD shows and the JSON line `--frames` prints.
 
 pub mod cli;
-pub mod cluster;
 pub mod game;
 pub mod hud;
 pub mod keys;
@@ -26,13 +26,12 @@ pub mod screenshot_check;
 
 use std::time::Duration;
 
-use anyhow::Context as _;
 use bevy::app::ScheduleRunnerPlugin;
 use bevy::prelude::*;
 use bevy::window::{PresentMode, WindowResolution};
 
+use bevy_p2c2r::embedded::{ClusterEvent, EmbeddedCluster};
 use cli::Args;
-use cluster::{Cluster, ClusterEvent};
 use game::{DemoCounters, DemoSettings, GamePlugin};
 use hud::HudData;
 use level::Level;
@@ -63,15 +62,13 @@ const HUD_PERIOD: f32 = 0.25;
 /// How long a notice stays on the HUD.
 const NOTICE_SECS: f32 = 5.0;
 
-/// Runs the demo as the command line asks: starts the in-process cluster, builds the app
-/// (windowed, or headless with `--headless`) and runs it to the end.
+/// Runs the demo as the command line asks: builds the app (windowed, or headless with
+/// `--headless`; building it starts the in-process cluster) and runs it to the end.
 pub fn run(args: Args) -> anyhow::Result<()> {
     args.check().map_err(anyhow::Error::msg)?;
     let level_path = level::resolve_level_path(&args.level);
     let level = Level::load(&level_path)?;
-    let cluster = Cluster::start_with(args.coordinator.clone(), args.initial_peers(), args.peer_access())
-        .context("starting the in-process coordinator and peers")?;
-    let mut app = build_app(&args, level, cluster, !args.headless);
+    let mut app = build_app(&args, level, !args.headless);
     if args.headless {
         // Logs on stderr (DefaultPlugins has this already); stdout carries only the report.
         app.add_plugins(bevy::log::LogPlugin::default());
@@ -83,9 +80,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// Builds the game app. Windowed: `DefaultPlugins` and [`render::RenderPlugin`]. Headless:
-/// `MinimalPlugins` ticking at 60 Hz and the very same game systems. The app owns `cluster`
-/// and shuts it down when dropped.
-pub fn build_app(args: &Args, level: Level, cluster: Cluster, windowed: bool) -> App {
+/// `MinimalPlugins` ticking at 60 Hz and the very same game systems. Adding the plugin
+/// starts the in-process coordinator (without `--coordinator`) and `--peers` peers, the
+/// app's [`EmbeddedCluster`] resource, which shuts them down when the app is dropped.
+pub fn build_app(args: &Args, level: Level, windowed: bool) -> App {
     let mut app = App::new();
     if windowed {
         let (w, h) = args.window_size;
@@ -103,14 +101,13 @@ pub fn build_app(args: &Args, level: Level, cluster: Cluster, windowed: bool) ->
         app.add_plugins(MinimalPlugins.set(ScheduleRunnerPlugin::run_loop(Duration::from_secs_f64(1.0 / 60.0))));
         app.add_plugins(TransformPlugin);
     }
-    offload::add_plugin(&mut app, cluster.url(), args, &level);
+    offload::add_plugin(&mut app, args, &level);
     app.insert_resource(DemoSettings {
         autofire: args.autofire || args.headless,
         frames: args.frames,
         headless: !windowed,
     });
     app.insert_resource(level)
-        .insert_resource(cluster)
         .init_resource::<HudState>()
         .init_resource::<Notice>()
         .add_plugins((GamePlugin, keys::KeysPlugin))
@@ -118,8 +115,9 @@ pub fn build_app(args: &Args, level: Level, cluster: Cluster, windowed: bool) ->
     app
 }
 
-fn poll_cluster(mut cluster: ResMut<Cluster>, mut notice: ResMut<Notice>) {
-    for event in cluster.poll() {
+/// Shows what happened in the cluster (the plugin polls it in `First`).
+fn poll_cluster(mut events: MessageReader<ClusterEvent>, mut notice: ResMut<Notice>) {
+    for event in events.read().cloned() {
         match event {
             ClusterEvent::PeerStarted(id) => notice.set(format!("peer {id} started")),
             ClusterEvent::PeerKilled(id) => notice.set(format!("peer {id} killed")),
@@ -149,7 +147,8 @@ fn update_hud_state(world: &mut World, mut since: Local<f32>, mut notice_age: Lo
     *since = 0.0;
     let report = report::collect(world);
     let stats = offload::stats(world);
-    let cluster = world.resource::<Cluster>();
+    // No cluster if it could not start: the game then steps locally.
+    let cluster = world.get_resource::<EmbeddedCluster>();
     let data = HudData {
         mode: stats.mode,
         peers: stats.peers,
@@ -162,9 +161,9 @@ fn update_hud_state(world: &mut World, mut since: Local<f32>, mut notice_age: Lo
         agents: report.agents,
         bytes_sent_per_s: stats.bytes_sent_per_s,
         bytes_recv_per_s: stats.bytes_received_per_s,
-        local_peers: cluster.peers().len(),
-        coordinator: cluster.url().to_owned(),
-        embedded_coordinator: cluster.embedded_coordinator(),
+        local_peers: cluster.map_or(0, |c| c.peers().len()),
+        coordinator: cluster.map_or_else(|| "none (local simulation)".to_owned(), |c| c.url().to_owned()),
+        embedded_coordinator: cluster.is_some_and(EmbeddedCluster::embedded_coordinator),
         notice: world.resource::<Notice>().text.clone(),
     };
     world.resource_mut::<HudState>().0 = data;

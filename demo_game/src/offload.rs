@@ -6,19 +6,26 @@ use bevy::ecs::query::QueryData;
 use bevy::prelude::*;
 use bevy_p2c2r::{
     AgentState, BodyShape as WireShape, ExternalForce, NavigationGrid, OffloadMode, OffloadedAgent, OffloadedBody,
-    P2c2rPlugin, P2c2rStats, PhysicsState,
+    P2c2rPlugin, P2c2rStats, PhysicsState, embedded::EmbeddedCluster,
 };
 
 use crate::cli::Args;
-use crate::cluster::Cluster;
 use crate::hud::Mode;
 use crate::level::{BodyShape, Level};
 
-/// Adds the plugin, pointed at `url` and ticking at `--tick-hz` with the level's gravity,
-/// presenting `--token` / `--token-file` and trusting `--ca-file`, and the level's
-/// navigation grid.
-pub fn add_plugin(app: &mut App, url: &str, args: &Args, level: &Level) {
-    let mut plugin = P2c2rPlugin::new(url).tick_rate(args.tick_hz).gravity(Vec3::from(level.gravity));
+/// Adds the plugin with its embedded cluster (`--peers` in-process peers, presenting
+/// `--peer-token` / `--peer-token-file` as `--peer-id`), joining `--coordinator` or else
+/// starting one in-process; ticking at `--tick-hz` with the level's gravity, presenting
+/// `--token` / `--token-file` and trusting `--ca-file`; and the level's navigation grid.
+pub fn add_plugin(app: &mut App, args: &Args, level: &Level) {
+    let mut plugin = P2c2rPlugin::embedded()
+        .embedded_peers(args.initial_peers())
+        .embedded_peer_access(args.peer_access())
+        .tick_rate(args.tick_hz)
+        .gravity(Vec3::from(level.gravity));
+    if let Some(url) = &args.coordinator {
+        plugin = plugin.coordinator(url.clone());
+    }
     if let Some(id) = &args.gamer_id {
         plugin = plugin.gamer_id(id.clone());
     }
@@ -166,7 +173,7 @@ pub struct OffloadStats {
 /// Reads the plugin's statistics (all zero before the plugin runs).
 pub fn stats(world: &World) -> OffloadStats {
     let Some(s) = world.get_resource::<P2c2rStats>() else { return OffloadStats::default() };
-    let registered = world.get_resource::<Cluster>().and_then(Cluster::registered_peers);
+    let registered = world.get_resource::<EmbeddedCluster>().and_then(EmbeddedCluster::registered_peers);
     OffloadStats {
         mode: match s.mode {
             OffloadMode::Offloaded if s.physics_results_from_peers == 0 => Mode::Connecting,

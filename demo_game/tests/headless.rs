@@ -5,10 +5,10 @@ use std::time::{Duration, Instant};
 
 use bevy::input::ButtonInput;
 use bevy::input::keyboard::KeyCode;
+use bevy_p2c2r::embedded::EmbeddedCluster as Cluster;
 use clap::Parser;
 use demo_game::HudState;
 use demo_game::cli::Args;
-use demo_game::cluster::Cluster;
 use demo_game::keys;
 use demo_game::level::{DEFAULT_LEVEL, Level, assets_dir};
 use demo_game::report::{self, Report};
@@ -19,10 +19,10 @@ fn headless_app(peers: u32) -> bevy::app::App {
 
 fn headless_app_with(peers: u32, flags: &[&str]) -> bevy::app::App {
     // No --frames: the test decides when to stop. Autofire is on in headless apps.
-    let args = Args::try_parse_from(["demo_game", "--autofire"].iter().chain(flags)).unwrap();
+    let peers = peers.to_string();
+    let args = Args::try_parse_from(["demo_game", "--autofire", "--peers", &peers].iter().chain(flags)).unwrap();
     let level = Level::load(&assets_dir().join(DEFAULT_LEVEL)).unwrap();
-    let cluster = Cluster::start(None, peers).unwrap();
-    let mut app = demo_game::build_app(&args, level, cluster, false);
+    let mut app = demo_game::build_app(&args, level, false);
     app.finish();
     app.cleanup();
     app

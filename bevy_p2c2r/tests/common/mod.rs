@@ -1,6 +1,7 @@
 //! Shared helpers for the plugin's integration tests: an in-process coordinator and
-//! peers on loopback port 0, and headless Bevy apps driven one fixed tick per update.
-//! Scripted coordinators come from the testkit (`p2c2r_testkit::server`).
+//! peers on loopback port 0 (the plugin's own `EmbeddedCluster`, or one on a runtime the
+//! test holds), and headless Bevy apps driven one fixed tick per update. Scripted
+//! coordinators come from the testkit (`p2c2r_testkit::server`).
 
 #![allow(dead_code, unused_imports)]
 
@@ -8,27 +9,96 @@ use std::time::{Duration, Instant};
 
 use bevy::prelude::*;
 use bevy::time::TimeUpdateStrategy;
+use bevy_p2c2r::embedded::ClusterEvent;
 use bevy_p2c2r::prelude::*;
 pub use p2c2r_testkit::server::{Conn, frame, scripted_server};
 
 /// Fixed tick rate of the test apps.
 pub const HZ: f64 = 60.0;
 
-/// A tokio runtime holding a coordinator and its peers.
+/// How long a peer may take to start, register, or die.
+const PEER_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// An in-process coordinator on a free loopback port and the peers the test starts and
+/// kills: the [`EmbeddedCluster`] of `P2c2rPlugin::embedded()`, outside any app.
 pub struct Cluster {
+    pub embedded: EmbeddedCluster,
+    pub url: String,
+}
+
+/// A peer of a [`Cluster`].
+pub struct Peer {
+    id: String,
+}
+
+impl Peer {
+    pub fn peer_id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Cluster {
+    /// A coordinator on a free loopback port, no peer yet.
+    pub fn new() -> Self {
+        let embedded = EmbeddedCluster::start(None, 0).expect("the embedded cluster starts");
+        let url = embedded.url().to_owned();
+        Cluster { embedded, url }
+    }
+
+    /// Starts a peer and waits until it is registered.
+    pub fn peer(&mut self) -> Peer {
+        assert!(self.embedded.add_peer(), "the cluster takes the command");
+        let id = self.wait_for(|event| match event {
+            ClusterEvent::PeerStarted(id) => Some(id.clone()),
+            _ => None,
+        });
+        Peer { id }
+    }
+
+    /// Kills the peer abruptly (like a crash) and waits until it is gone.
+    pub fn kill(&mut self, peer: &Peer) {
+        assert!(self.embedded.kill_peer(Some(peer.peer_id())), "the cluster takes the command");
+        self.wait_for(|event| match event {
+            ClusterEvent::PeerKilled(id) if id == peer.peer_id() => Some(()),
+            _ => None,
+        });
+    }
+
+    /// Polls the cluster until `found` picks an event; panics on a failure or after
+    /// [`PEER_TIMEOUT`].
+    fn wait_for<T>(&mut self, mut found: impl FnMut(&ClusterEvent) -> Option<T>) -> T {
+        let start = Instant::now();
+        loop {
+            for event in self.embedded.poll() {
+                if let ClusterEvent::Failed(why) = &event {
+                    panic!("the embedded cluster failed: {why}");
+                }
+                if let Some(t) = found(&event) {
+                    return t;
+                }
+            }
+            assert!(start.elapsed() < PEER_TIMEOUT, "no answer from the embedded cluster in {PEER_TIMEOUT:?}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// A coordinator and peers on a tokio runtime the test holds: for tests that restart the
+/// coordinator or put a proxy in front of it.
+pub struct TokioCluster {
     pub rt: tokio::runtime::Runtime,
     pub coordinator: Option<coordinator::CoordinatorHandle>,
     pub url: String,
 }
 
-impl Cluster {
+impl TokioCluster {
     /// A coordinator on a free loopback port, no peer yet.
     pub fn new() -> Self {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let coordinator =
             rt.block_on(coordinator::spawn("127.0.0.1:0", coordinator::Config::default())).expect("coordinator starts");
         let url = coordinator.url();
-        Cluster { rt, coordinator: Some(coordinator), url }
+        TokioCluster { rt, coordinator: Some(coordinator), url }
     }
 
     /// Starts a peer and waits until it is registered.
@@ -44,7 +114,7 @@ impl Cluster {
     }
 }
 
-impl Drop for Cluster {
+impl Drop for TokioCluster {
     fn drop(&mut self) {
         if let Some(c) = self.coordinator.take() {
             self.rt.block_on(c.shutdown());
