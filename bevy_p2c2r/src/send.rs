@@ -123,17 +123,9 @@ pub(crate) fn send_tick(
                 }
             }
             Err(e) => {
-                p.stats.task_failures += 1;
                 p.offload.controller.local_failed();
                 tracing::warn!(error = %e, "p2c2r: local fallback step failed; resyncing");
-                p.failed.write(TaskFailed {
-                    task_id: String::new(),
-                    kind: TaskKind::Local,
-                    code: e.code,
-                    message: e.message,
-                    tick: Some(tick),
-                    resync: true,
-                });
+                report_local_failure(&mut p, e, tick, true);
             }
         }
     } else if !plan.to_peer {
@@ -184,17 +176,7 @@ pub(crate) fn send_tick(
                             .push((AiNavigateResult { status: Default::default(), tick, agents }, ResultSource::Local));
                     }
                 }
-                Err(e) => {
-                    p.stats.task_failures += 1;
-                    p.failed.write(TaskFailed {
-                        task_id: String::new(),
-                        kind: TaskKind::Local,
-                        code: e.code,
-                        message: e.message,
-                        tick: Some(tick),
-                        resync: false,
-                    });
-                }
+                Err(e) => report_local_failure(&mut p, e, tick, false),
             }
         }
     } else {
@@ -234,6 +216,19 @@ fn send(p: &mut SendParams, task_type: &str, payload: RawPayload, sent: Sent, ti
             false
         }
     }
+}
+
+/// A local step failed (`resync`: the local world is gone and restarts from a snapshot).
+fn report_local_failure(p: &mut SendParams, e: p2c2r_protocol::TaskError, tick: u64, resync: bool) {
+    p.stats.task_failures += 1;
+    p.failed.write(TaskFailed {
+        task_id: String::new(),
+        kind: TaskKind::Local,
+        code: e.code,
+        message: e.message,
+        tick: Some(tick),
+        resync,
+    });
 }
 
 fn report_unsent(p: &mut SendParams, task_id: String, error: QueueError, tick: u64) {
