@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Client, WAIT};
+use common::{Client, WAIT, gamer, request};
 use coordinator::{Config, spawn};
 use futures_util::StreamExt;
 use p2c2r_protocol::ErrorCode;
@@ -18,11 +18,12 @@ async fn start(config: Config) -> coordinator::CoordinatorHandle {
 /// A full task round trip, proving the coordinator still serves normal clients.
 async fn still_serving(url: &str, tag: &str) {
     let mut peer = Client::peer(url, &format!("check-peer-{tag}"), 1).await;
-    let mut gamer = Client::gamer(url, &format!("check-gamer-{tag}")).await;
-    gamer.submit("check", "check_type", "{}", None).await;
+    // An honest gamer: the real gamer client.
+    let mut gamer = gamer::connect(url, &format!("check-gamer-{tag}")).await;
+    gamer.send(request("check", "check_type", "{}", None, None));
     let a = peer.recv_assignment().await;
     peer.answer(&a, r#"{"status":"success"}"#).await;
-    assert_eq!(gamer.recv_result().await.task_id, "check");
+    assert_eq!(gamer.next_outcome().await.task_id, "check");
 }
 
 async fn expect_error(client: &mut Client, frame: &str, code: ErrorCode) -> p2c2r_protocol::ErrorMessage {
