@@ -167,7 +167,8 @@ async fn default_frame_limit_fits_a_ten_thousand_body_snapshot() {
     coord.shutdown().await;
 }
 
-#[tokio::test]
+// Paused clock: the handshake timeout is a tokio timer.
+#[tokio::test(start_paused = true)]
 async fn handshake_that_never_finishes_is_timed_out() {
     let coord = start(Config { handshake_timeout: Duration::from_millis(200), ..Config::default() }).await;
     let mut raw = tokio::net::TcpStream::connect(coord.local_addr()).await.unwrap();
@@ -185,7 +186,8 @@ async fn handshake_that_never_finishes_is_timed_out() {
     coord.shutdown().await;
 }
 
-#[tokio::test]
+// Paused clock: the registration timeout is a tokio timer.
+#[tokio::test(start_paused = true)]
 async fn client_that_never_registers_is_closed() {
     let coord = start(Config { register_timeout: Duration::from_millis(200), ..Config::default() }).await;
     let mut lurker = Client::connect(&coord.url()).await;

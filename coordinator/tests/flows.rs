@@ -195,7 +195,9 @@ async fn a_task_whose_only_peer_missed_it_is_answered_at_once() {
     coord.shutdown().await;
 }
 
-#[tokio::test]
+// Paused clock: the heartbeat timeout (tokio timers in the connection) passes at once;
+// the task deadline (a std clock in the scheduler) is never reached.
+#[tokio::test(start_paused = true)]
 async fn silent_peer_is_evicted_and_its_task_moves() {
     let config = Config {
         heartbeat_interval: Duration::from_millis(50),
@@ -226,7 +228,8 @@ async fn silent_peer_is_evicted_and_its_task_moves() {
     coord.shutdown().await;
 }
 
-#[tokio::test]
+// Paused clock: the pings and the heartbeat timeout are the connection's tokio timers.
+#[tokio::test(start_paused = true)]
 async fn responsive_idle_peer_is_not_evicted() {
     let config = Config {
         heartbeat_interval: Duration::from_millis(20),
