@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Client, WAIT};
+use common::{Client, WAIT, gamer, request};
 use coordinator::{Config, spawn};
 use futures_util::StreamExt;
 use p2c2r_protocol::ErrorCode;
@@ -18,11 +18,12 @@ async fn start(config: Config) -> coordinator::CoordinatorHandle {
 /// A full task round trip, proving the coordinator still serves normal clients.
 async fn still_serving(url: &str, tag: &str) {
     let mut peer = Client::peer(url, &format!("check-peer-{tag}"), 1).await;
-    let mut gamer = Client::gamer(url, &format!("check-gamer-{tag}")).await;
-    gamer.submit("check", "check_type", "{}", None).await;
+    // An honest gamer: the real gamer client.
+    let mut gamer = gamer::connect(url, &format!("check-gamer-{tag}")).await;
+    gamer.send(request("check", "check_type", "{}", None, None));
     let a = peer.recv_assignment().await;
     peer.answer(&a, r#"{"status":"success"}"#).await;
-    assert_eq!(gamer.recv_result().await.task_id, "check");
+    assert_eq!(gamer.next_outcome().await.task_id, "check");
 }
 
 async fn expect_error(client: &mut Client, frame: &str, code: ErrorCode) -> p2c2r_protocol::ErrorMessage {
@@ -166,7 +167,8 @@ async fn default_frame_limit_fits_a_ten_thousand_body_snapshot() {
     coord.shutdown().await;
 }
 
-#[tokio::test]
+// Paused clock: the handshake timeout is a tokio timer.
+#[tokio::test(start_paused = true)]
 async fn handshake_that_never_finishes_is_timed_out() {
     let coord = start(Config { handshake_timeout: Duration::from_millis(200), ..Config::default() }).await;
     let mut raw = tokio::net::TcpStream::connect(coord.local_addr()).await.unwrap();
@@ -184,7 +186,8 @@ async fn handshake_that_never_finishes_is_timed_out() {
     coord.shutdown().await;
 }
 
-#[tokio::test]
+// Paused clock: the registration timeout is a tokio timer.
+#[tokio::test(start_paused = true)]
 async fn client_that_never_registers_is_closed() {
     let coord = start(Config { register_timeout: Duration::from_millis(200), ..Config::default() }).await;
     let mut lurker = Client::connect(&coord.url()).await;

@@ -1,10 +1,15 @@
 //! End-to-end flows through an in-process coordinator on a loopback port.
+//!
+//! Peers are the testkit's raw protocol client (the tests script what they answer, and
+//! when). A gamer that only submits well-formed tasks and reads their results is the real
+//! gamer client (`p2c2r_testkit::gamer`); one whose test looks at exact frames, error
+//! codes, stats replies or its registration stays raw.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{Client, WAIT, eventually, json};
+use common::{Client, WAIT, eventually, gamer, json, request, success_json};
 use coordinator::{Config, spawn};
 use p2c2r_protocol::{ErrorCode, Message, TaskStatus, task::result_status};
 
@@ -76,20 +81,20 @@ async fn result_goes_only_to_the_submitting_gamer() {
     let coord = start(Config::default()).await;
     let url = coord.url();
     let mut peer = Client::peer(&url, "p", 4).await;
-    let mut alice = Client::gamer(&url, "alice").await;
-    let mut bob = Client::gamer(&url, "bob").await;
+    let mut alice = gamer::connect(&url, "alice").await;
+    let mut bob = gamer::connect(&url, "bob").await;
     // Same task id from two gamers: two different tasks.
-    alice.submit("t1", "physics", r#"{"who":"alice"}"#, None).await;
-    bob.submit("t1", "physics", r#"{"who":"bob"}"#, None).await;
+    alice.send(request("t1", "physics", r#"{"who":"alice"}"#, None, None));
+    bob.send(request("t1", "physics", r#"{"who":"bob"}"#, None, None));
     for _ in 0..2 {
         let a = peer.recv_assignment().await;
         let who = json(a.task_data.task_data.get())["who"].as_str().unwrap().to_owned();
         peer.answer(&a, &format!(r#"{{"status":"success","for":"{who}"}}"#)).await;
     }
-    let r = alice.recv_result().await;
-    assert_eq!(json(r.result.get())["for"], "alice");
-    let r = bob.recv_result().await;
-    assert_eq!(json(r.result.get())["for"], "bob");
+    let r = alice.next_outcome().await;
+    assert_eq!(json(success_json(&r))["for"], "alice");
+    let r = bob.next_outcome().await;
+    assert_eq!(json(success_json(&r))["for"], "bob");
     coord.shutdown().await;
 }
 
@@ -99,8 +104,8 @@ async fn peer_crash_mid_task_requeues_it_at_once() {
     let coord = start(Config { default_task_deadline: Duration::from_secs(60), ..Config::default() }).await;
     let url = coord.url();
     let mut doomed = Client::peer(&url, "doomed", 1).await;
-    let mut gamer = Client::gamer(&url, "g").await;
-    gamer.submit("t", "physics", r#"{"keep": ["these", "bytes"]}"#, None).await;
+    let mut gamer = gamer::connect(&url, "g").await;
+    gamer.send(request("t", "physics", r#"{"keep": ["these", "bytes"]}"#, None, None));
     let first = doomed.recv_assignment().await;
     assert_eq!(first.attempt, 1);
     let mut survivor = Client::peer(&url, "survivor", 1).await;
@@ -110,7 +115,7 @@ async fn peer_crash_mid_task_requeues_it_at_once() {
     assert_eq!(second.task_data.task_id, "t");
     assert_eq!(second.task_data.task_data.get(), r#"{"keep": ["these", "bytes"]}"#, "the payload survives re-dispatch");
     survivor.answer(&second, r#"{"status":"success"}"#).await;
-    let result = gamer.recv_result().await;
+    let result = gamer.next_outcome().await;
     assert_eq!((result.task_id.as_str(), result.peer_id.as_deref()), ("t", Some("survivor")));
     coord.shutdown().await;
 }
@@ -181,16 +186,18 @@ async fn a_task_whose_only_peer_missed_it_is_answered_at_once() {
     let coord = start(Config::default()).await;
     let url = coord.url();
     let mut mute = Client::peer(&url, "mute", 1).await;
-    let mut gamer = Client::gamer(&url, "g").await;
-    gamer.submit_with_deadline("t", "physics", "{}", None, Some(50)).await;
+    let mut gamer = gamer::connect(&url, "g").await;
+    gamer.send(request("t", "physics", "{}", None, Some(50)));
     assert_eq!(mute.recv_assignment().await.attempt, 1);
-    let result = gamer.recv_result().await;
-    assert_eq!(json(result.result.get())["code"], "max_attempts_exceeded");
+    let result = gamer.next_outcome().await;
+    assert_eq!(result.error().map(|e| e.code), Some(ErrorCode::MaxAttemptsExceeded), "{result:?}");
     assert_eq!(result.attempt, Some(1), "not sent back to the peer that let it down");
     coord.shutdown().await;
 }
 
-#[tokio::test]
+// Paused clock: the heartbeat timeout (tokio timers in the connection) passes at once;
+// the task deadline (a std clock in the scheduler) is never reached.
+#[tokio::test(start_paused = true)]
 async fn silent_peer_is_evicted_and_its_task_moves() {
     let config = Config {
         heartbeat_interval: Duration::from_millis(50),
@@ -201,10 +208,10 @@ async fn silent_peer_is_evicted_and_its_task_moves() {
     let coord = start(config).await;
     let url = coord.url();
     let mut silent = Client::peer(&url, "silent", 1).await;
-    let mut gamer = Client::gamer(&url, "g").await;
-    gamer.submit("t", "physics", "{}", None).await;
-    // The gamer keeps reading (and so answering pings) while it waits.
-    let result = tokio::spawn(async move { gamer.recv_result().await });
+    let mut gamer = gamer::connect(&url, "g").await;
+    gamer.send(request("t", "physics", "{}", None, None));
+    // The gamer client keeps reading (and so answering pings) and heartbeating.
+    let result = tokio::spawn(async move { gamer.next_outcome().await });
     let _ = silent.recv_assignment().await;
     // From here on `silent` is never polled: it neither reads nor answers pings.
     let mut healthy = Client::peer(&url, "healthy", 1).await;
@@ -221,7 +228,8 @@ async fn silent_peer_is_evicted_and_its_task_moves() {
     coord.shutdown().await;
 }
 
-#[tokio::test]
+// Paused clock: the pings and the heartbeat timeout are the connection's tokio timers.
+#[tokio::test(start_paused = true)]
 async fn responsive_idle_peer_is_not_evicted() {
     let config = Config {
         heartbeat_interval: Duration::from_millis(20),
@@ -254,9 +262,15 @@ async fn session_tasks_stay_on_one_peer_in_order_then_move_when_it_dies() {
     let url = coord.url();
     let mut a = Client::peer(&url, "a", 8).await;
     let mut b = Client::peer(&url, "b", 8).await;
-    let mut gamer = Client::gamer(&url, "g").await;
+    let mut gamer = gamer::connect(&url, "g").await;
     for tick in 0..6 {
-        gamer.submit(&format!("tick{tick}"), "physics_step", &format!(r#"{{"tick":{tick}}}"#), Some("world")).await;
+        gamer.send(request(
+            &format!("tick{tick}"),
+            "physics_step",
+            &format!(r#"{{"tick":{tick}}}"#),
+            Some("world"),
+            None,
+        ));
     }
     // Whichever peer got tick0 gets all six, in order.
     let (holder, other) = tokio::select! {
@@ -276,7 +290,7 @@ async fn session_tasks_stay_on_one_peer_in_order_then_move_when_it_dies() {
         holder.answer(a, r#"{"status":"success"}"#).await;
     }
     for _ in 0..3 {
-        gamer.recv_result().await;
+        gamer.next_outcome().await;
     }
     // The holder dies with ticks 3..5 in flight: they move to the other peer, in order.
     drop(holder);
@@ -297,9 +311,9 @@ async fn leaving_gamer_has_its_queue_dropped_and_late_results_discarded() {
     let coord = start(Config { resume_grace: Duration::ZERO, ..Config::default() }).await;
     let url = coord.url();
     let mut peer = Client::peer(&url, "p", 1).await;
-    let mut gamer = Client::gamer(&url, "g").await;
-    gamer.submit("running", "physics", "{}", None).await;
-    gamer.submit("waiting", "physics", "{}", None).await;
+    let gamer = gamer::connect(&url, "g").await;
+    gamer.send(request("running", "physics", "{}", None, None));
+    gamer.send(request("waiting", "physics", "{}", None, None));
     let running = peer.recv_assignment().await;
     eventually("both tasks accepted", || coord.stats().tasks_queued == 2).await;
     drop(gamer);
@@ -307,8 +321,8 @@ async fn leaving_gamer_has_its_queue_dropped_and_late_results_discarded() {
     assert_eq!(coord.stats().tasks_dropped, 2);
     // The peer's answer is accepted silently (no error), and the slot frees up.
     peer.answer(&running, r#"{"status":"success"}"#).await;
-    let mut other = Client::gamer(&url, "other").await;
-    other.submit("next", "physics", "{}", None).await;
+    let other = gamer::connect(&url, "other").await;
+    other.send(request("next", "physics", "{}", None, None));
     let next = peer.recv_assignment().await;
     assert_eq!(next.task_data.task_id, "next", "the dropped task was never dispatched");
     coord.shutdown().await;
@@ -336,14 +350,14 @@ async fn registering_again_on_the_same_connection_is_only_acknowledged() {
     let coord = start(Config::default()).await;
     let url = coord.url();
     let mut peer = Client::peer(&url, "p", 1).await;
-    let mut gamer = Client::gamer(&url, "g").await;
-    gamer.submit("t", "physics", "{}", None).await;
+    let mut gamer = gamer::connect(&url, "g").await;
+    gamer.send(request("t", "physics", "{}", None, None));
     let a = peer.recv_assignment().await;
     peer.send_text(r#"{"msg_type":"register_peer","peer_id":"p"}"#).await;
     assert!(matches!(peer.recv().await, Message::RegistrationAck(_)));
     // The task in flight was not re-dispatched: the original attempt still answers.
     peer.answer(&a, r#"{"status":"success"}"#).await;
-    assert_eq!(gamer.recv_result().await.attempt, Some(1));
+    assert_eq!(gamer.next_outcome().await.attempt, Some(1));
     assert_eq!(coord.stats().tasks_redispatched, 0);
     coord.shutdown().await;
 }
@@ -353,8 +367,8 @@ async fn duplicate_peer_id_replaces_the_stale_connection() {
     let coord = start(Config::default()).await;
     let url = coord.url();
     let mut stale = Client::peer(&url, "p", 1).await;
-    let mut gamer = Client::gamer(&url, "g").await;
-    gamer.submit("t", "physics", "{}", None).await;
+    let mut gamer = gamer::connect(&url, "g").await;
+    gamer.send(request("t", "physics", "{}", None, None));
     let _ = stale.recv_assignment().await;
     let caps = p2c2r_protocol::Capabilities { max_concurrent_tasks: Some(1), ..Default::default() };
     let mut fresh = Client::peer_resuming(&url, "p", caps, stale.secret.clone()).await;
@@ -364,7 +378,7 @@ async fn duplicate_peer_id_replaces_the_stale_connection() {
     let again = fresh.recv_assignment().await;
     assert_eq!(again.attempt, 2);
     fresh.answer(&again, r#"{"status":"success"}"#).await;
-    gamer.recv_result().await;
+    gamer.next_outcome().await;
     assert_eq!(coord.stats().peers, 1);
     coord.shutdown().await;
 }
@@ -379,9 +393,9 @@ async fn peers_only_get_task_types_they_declared() {
         ..Default::default()
     };
     let mut ai_peer = Client::peer_with(&url, "ai", caps).await;
-    let mut gamer = Client::gamer(&url, "g").await;
-    gamer.submit("phys", "physics_step", "{}", Some("s")).await;
-    gamer.submit("nav", "ai_navigate", "{}", None).await;
+    let gamer = gamer::connect(&url, "g").await;
+    gamer.send(request("phys", "physics_step", "{}", Some("s"), None));
+    gamer.send(request("nav", "ai_navigate", "{}", None, None));
     assert_eq!(ai_peer.recv_assignment().await.task_data.task_id, "nav");
     let mut any_peer = Client::peer(&url, "any", 1).await;
     assert_eq!(any_peer.recv_assignment().await.task_data.task_id, "phys");

@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Client, eventually};
+use common::{Client, eventually, gamer, request, success_json};
 use coordinator::{Config, spawn};
 use p2c2r_protocol::{Capabilities, ErrorCode, TaskError, TaskStatus, task::result_status};
 
@@ -104,12 +104,13 @@ async fn unrunnable_floods_leave_an_honest_gamer_served() {
         }
         attackers.push(a);
     }
-    let mut honest = Client::gamer(&url, "honest").await;
+    // The honest gamer is the real gamer client; the attackers are raw.
+    let mut honest = gamer::connect(&url, "honest").await;
     for i in 0..200 {
-        honest.submit(&format!("h{i}"), "physics", "{}", None).await;
+        honest.send(request(&format!("h{i}"), "physics", "{}", None, None));
         let a = peer.recv_assignment().await;
         peer.answer(&a, r#"{"status":"success"}"#).await;
-        let r = honest.recv_result().await;
+        let r = honest.next_outcome().await;
         assert_eq!(r.task_id, format!("h{i}"));
     }
     // Every attacker task is answered with queue_timeout, none is lost.
@@ -298,18 +299,19 @@ async fn a_black_hole_peer_is_quarantined_and_honest_success_stays_at_100_percen
         }
     });
     let mut honest = Client::peer_with(&url, "honest", caps.clone()).await;
-    let mut gamer = Client::gamer(&url, "g").await;
+    // The victim is the real gamer client.
+    let mut gamer = gamer::connect(&url, "g").await;
     let mut successes = 0;
     for i in 0..40 {
         let task_id = format!("t{i}");
-        gamer.submit_with_deadline(&task_id, "physics", "{}", None, Some(200)).await;
+        gamer.send(request(&task_id, "physics", "{}", None, Some(200)));
         // The honest peer answers whatever reaches it, until this task's result arrives.
         loop {
             tokio::select! {
                 a = honest.recv_assignment() => honest.answer(&a, r#"{"status":"success"}"#).await,
-                r = gamer.recv_result() => {
+                r = gamer.next_outcome() => {
                     assert_eq!(r.task_id, task_id);
-                    assert_eq!(result_status(r.result.get()), Some(TaskStatus::Success), "{}", r.result.get());
+                    assert_eq!(result_status(success_json(&r)), Some(TaskStatus::Success), "{r:?}");
                     successes += 1;
                     break;
                 }

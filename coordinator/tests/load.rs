@@ -1,12 +1,13 @@
 //! Many peers and gamers at once: every task is delivered exactly once, even when peers
-//! crash mid-task or answer after their deadline.
+//! crash mid-task or answer after their deadline. The gamers are the real gamer client;
+//! the peers are the testkit's raw client, scripted to crash or straggle.
 
 mod common;
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{Client, WAIT};
+use common::{Client, WAIT, gamer, request, success_json};
 use coordinator::{Config, spawn};
 use p2c2r_protocol::Message;
 
@@ -51,14 +52,14 @@ async fn run_peer(url: String, id: String, behaviour: Behaviour) {
 }
 
 async fn run_gamer(url: String, id: String, tasks: usize, deadline_ms: u64) -> usize {
-    let mut gamer = Client::gamer(&url, &id).await;
+    let mut gamer = gamer::connect(&url, &id).await;
     for i in 0..tasks {
-        gamer.submit_with_deadline(&format!("{id}-t{i}"), "physics", r#"{"n":1}"#, None, Some(deadline_ms)).await;
+        gamer.send(request(&format!("{id}-t{i}"), "physics", r#"{"n":1}"#, None, Some(deadline_ms)));
     }
     let mut delivered = HashSet::new();
     while delivered.len() < tasks {
-        let result = gamer.recv_result().await;
-        let body = common::json(result.result.get());
+        let result = gamer.next_outcome().await;
+        let body = common::json(success_json(&result));
         assert_eq!(body["status"], "success", "{body}");
         assert_eq!(body["gamer_task"], result.task_id.as_str(), "result matches its task");
         assert!(result.task_id.starts_with(&format!("{id}-")), "a result for another gamer: {}", result.task_id);

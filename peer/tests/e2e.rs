@@ -1,4 +1,5 @@
-//! End to end: the real coordinator, real peers and a test gamer over loopback sockets.
+//! End to end: the real coordinator, real peers and a gamer (the real gamer client) over
+//! loopback sockets.
 //!
 //! - a ball falls as physics says and a stack settles, through the coordinator;
 //! - the peer holding a session is killed mid-run: the gamer gets one resync error,
@@ -15,7 +16,7 @@ use peer::{PeerConfig, PeerHandle};
 
 mod common;
 
-use common::{Client, within};
+use common::{gamer, success_json, within};
 
 const DT: f32 = 1.0 / 60.0;
 
@@ -85,7 +86,7 @@ async fn killing_the_sessions_peer_costs_one_resync() {
     let coord = coordinator::spawn("127.0.0.1:0", coordinator::Config::default()).await.unwrap();
     let url = coord.url();
     let peers = [start_peer(&url, "peer-a").await, start_peer(&url, "peer-b").await];
-    let mut gamer = Client::gamer(&url, "gamer-1").await;
+    let mut gamer = gamer::connect(&url, "gamer-1").await;
 
     let mut latest = BTreeMap::new();
     let (first, _) = gamer.physics("s", &PhysicsStepRequest { add: scene(), snapshot: true, ..tick(0) }).await.unwrap();
@@ -151,7 +152,7 @@ async fn killing_the_sessions_peer_costs_one_resync() {
 async fn two_peers_fed_the_same_ticks_return_identical_bytes() {
     let coord = coordinator::spawn("127.0.0.1:0", coordinator::Config::default()).await.unwrap();
     let url = coord.url();
-    let mut gamer = Client::gamer(&url, "gamer-det").await;
+    let mut gamer = gamer::connect(&url, "gamer-det").await;
     let requests: Vec<PhysicsStepRequest> =
         std::iter::once(PhysicsStepRequest { add: scene(), snapshot: true, ..tick(0) })
             .chain((1..=240).map(tick))
@@ -165,8 +166,9 @@ async fn two_peers_fed_the_same_ticks_return_identical_bytes() {
         for request in &requests {
             let r = gamer.run("physics_step", Some(session), to_payload(request).unwrap()).await;
             assert_eq!(r.peer_id.as_deref(), Some(peer_id));
-            assert!(r.result.get().starts_with(r#"{"status":"success""#), "{}", r.result.get());
-            bytes.push(r.result.get().to_owned());
+            let json = success_json(&r);
+            assert!(json.starts_with(r#"{"status":"success""#), "{json}");
+            bytes.push(json.to_owned());
         }
         outputs.push(bytes);
         peer.shutdown().await;
@@ -185,9 +187,9 @@ async fn peers_reconnect_after_the_coordinator_restarts() {
     let url = coord.url();
     let peer = start_peer(&url, "peer-restart").await;
     {
-        let mut gamer = Client::gamer(&url, "gamer-before").await;
+        let mut gamer = gamer::connect(&url, "gamer-before").await;
         let r = gamer.run("physics", None, to_payload(&serde_json::json!({"num_objects": 10})).unwrap()).await;
-        assert!(r.result.get().contains("physics_processed"));
+        assert!(success_json(&r).contains("physics_processed"));
     }
 
     coord.shutdown().await;
@@ -196,10 +198,10 @@ async fn peers_reconnect_after_the_coordinator_restarts() {
     // The coordinator comes back on the same address; the peer finds it on its own.
     let coord = coordinator::spawn(addr, coordinator::Config::default()).await.unwrap();
     within("the peer to register again", peer.wait_for(|s| s.connected && s.registrations >= 2)).await;
-    let mut gamer = Client::gamer(&coord.url(), "gamer-after").await;
+    let mut gamer = gamer::connect(&coord.url(), "gamer-after").await;
     let r = gamer.run("physics", None, to_payload(&serde_json::json!({"num_objects": 10})).unwrap()).await;
     assert_eq!(r.peer_id.as_deref(), Some("peer-restart"));
-    assert!(r.result.get().contains("physics_processed"));
+    assert!(success_json(&r).contains("physics_processed"));
 
     peer.shutdown().await;
     coord.shutdown().await;

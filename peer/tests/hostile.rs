@@ -1,6 +1,7 @@
 //! End to end against hostile tasks (issue 8): the real coordinator in process, a peer
-//! running its tasks in worker processes of the real `peer` binary, and gamers speaking
-//! the JSON protocol over loopback sockets.
+//! running its tasks in worker processes of the real `peer` binary, and gamers over
+//! loopback sockets: honest ones through the real gamer client, attackers through the
+//! testkit's raw protocol client (their requests are hostile).
 //!
 //! - one `physics_step` snapshot of 1,000 spheres at the same point is refused at once,
 //!   and an honest gamer's session on the same peer keeps getting every tick;
@@ -22,7 +23,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Client, Conn, eventually, listener, within};
+use common::{Client, Conn, eventually, gamer, listener, success_json, within};
+use p2c2r_client::TaskOutcome;
 use p2c2r_protocol::physics::{BodyDesc, BodyType, PhysicsStepRequest, Shape};
 use p2c2r_protocol::{ErrorCode, Message, TaskAssignment, TaskError, TaskSpec, raw_payload, task_types, to_payload};
 use peer::worker::{TEST_ALLOC_TASK, TEST_SLEEP_TASK, TEST_TASKS_ENV};
@@ -75,7 +77,7 @@ fn honest_snapshot(t: u64) -> PhysicsStepRequest {
 
 /// Runs one honest tick, re-sending a snapshot when asked to (a lost worker); returns
 /// whether a resync was needed.
-async fn honest_tick(gamer: &mut Client, session: &str, t: u64) -> bool {
+async fn honest_tick(gamer: &mut gamer::Gamer, session: &str, t: u64) -> bool {
     match gamer.physics(session, &tick(t)).await {
         Ok((r, _)) => {
             assert_eq!(r.tick, t);
@@ -94,12 +96,17 @@ fn error_of(result: &str) -> TaskError {
     serde_json::from_str(result).unwrap_or_else(|e| panic!("not a task error: {e}: {result}"))
 }
 
+/// The task error an honest gamer's task was answered with.
+fn failure(outcome: &TaskOutcome) -> TaskError {
+    outcome.error().cloned().unwrap_or_else(|| panic!("not a task error: {outcome:?}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_spheres_at_one_point_are_refused_and_the_honest_gamer_keeps_every_tick() {
     let coord = coordinator::spawn("127.0.0.1:0", coordinator::Config::default()).await.unwrap();
     let url = coord.url();
     let peer = worker_peer(&url, "peer-pile", 2, 1024).await;
-    let mut honest = Client::gamer(&url, "honest").await;
+    let mut honest = gamer::connect(&url, "honest").await;
     let mut attacker = Client::gamer(&url, "attacker").await;
 
     let (first, _) = honest.physics("s", &honest_snapshot(0)).await.unwrap();
@@ -140,7 +147,7 @@ async fn a_task_exhausting_its_workers_memory_costs_one_worker_not_the_peer() {
     let coord = coordinator::spawn("127.0.0.1:0", coordinator::Config::default()).await.unwrap();
     let url = coord.url();
     let peer = worker_peer(&url, "peer-oom", 2, 256).await;
-    let mut honest = Client::gamer(&url, "honest").await;
+    let mut honest = gamer::connect(&url, "honest").await;
     let mut attacker = Client::gamer(&url, "attacker").await;
     honest.physics("s", &honest_snapshot(0)).await.unwrap();
 
@@ -175,7 +182,7 @@ async fn a_gamer_killing_workers_is_refused_after_three_and_the_honest_session_n
     let url = coord.url();
     // Default containment: 3 worker deaths per gamer within 60 s.
     let peer = std::sync::Arc::new(worker_peer(&url, "peer-contain", 2, 256).await);
-    let mut honest = Client::gamer(&url, "honest").await;
+    let mut honest = gamer::connect(&url, "honest").await;
     let mut attacker = Client::gamer(&url, "attacker").await;
     honest.physics("s", &honest_snapshot(0)).await.unwrap();
 
@@ -214,9 +221,9 @@ async fn a_gamer_killing_workers_is_refused_after_three_and_the_honest_session_n
     // The killer tasks never ran in the worker holding the honest session.
     assert_eq!(resyncs, 0, "the honest session resynced {resyncs} times over {t} ticks");
     // Other gamers are still served, sessionless tasks included.
-    let mut other = Client::gamer(&url, "other").await;
+    let mut other = gamer::connect(&url, "other").await;
     let r = other.run("physics", None, to_payload(&serde_json::json!({"num_objects": 10})).unwrap()).await;
-    assert!(r.result.get().contains("physics_processed"), "{}", r.result.get());
+    assert!(success_json(&r).contains("physics_processed"));
     assert!(peer.is_connected());
     assert_eq!(peer.status().borrow().registrations, 1);
     let peer = std::sync::Arc::into_inner(peer).expect("the attacker's task ended");
@@ -231,12 +238,12 @@ async fn a_task_running_past_its_deadline_is_cancelled_and_the_next_task_runs() 
     // One worker: the next task can only run once the sleeping one is cancelled, since
     // the sleep lasts far longer than any wait in this test.
     let peer = worker_peer(&url, "peer-slow", 1, 1024).await;
-    let mut gamer = Client::gamer(&url, "gamer").await;
+    let mut gamer = gamer::connect(&url, "gamer").await;
 
     let sleep = to_payload(&serde_json::json!({"ms": 600_000})).unwrap();
     let r = gamer.run_with_deadline(TEST_SLEEP_TASK, None, sleep, Some(300)).await;
     // Every attempt was cancelled on the peer, so the coordinator gave up on the task.
-    let e = error_of(r.result.get());
+    let e = failure(&r);
     assert_ne!(r.peer_id.as_deref(), Some("peer-slow"), "the peer never answers a cancelled task: {e:?}");
     // The coordinator answered at once (this peer let the task down, and no other runs
     // it); the peer kills the worker when the attempt's deadline plus the grace passes.
@@ -248,9 +255,9 @@ async fn a_task_running_past_its_deadline_is_cancelled_and_the_next_task_runs() 
 
     // Every cancelled attempt is charged to the gamer (its tasks may be refused now);
     // another gamer's task runs.
-    let mut other = Client::gamer(&url, "other").await;
+    let mut other = gamer::connect(&url, "other").await;
     let r = other.run("physics", None, to_payload(&serde_json::json!({"num_objects": 10})).unwrap()).await;
-    assert!(r.result.get().contains("physics_processed"), "{}", r.result.get());
+    assert!(success_json(&r).contains("physics_processed"));
     assert_eq!(r.peer_id.as_deref(), Some("peer-slow"));
     assert!(peer.is_connected());
     peer.shutdown().await;
@@ -263,7 +270,7 @@ async fn a_result_too_large_for_the_coordinator_is_refused_and_the_peer_stays_co
     let coord = coordinator::spawn("127.0.0.1:0", config).await.unwrap();
     let url = coord.url();
     let peer = worker_peer(&url, "peer-big", 2, 1024).await;
-    let mut gamer = Client::gamer(&url, "gamer").await;
+    let mut gamer = gamer::connect(&url, "gamer").await;
 
     // 1,000 spheres well apart: a ~70 KB request whose answer (every body's state) is
     // about twice as large, over the coordinator's 128 KiB frame limit.
@@ -277,7 +284,7 @@ async fn a_result_too_large_for_the_coordinator_is_refused_and_the_peer_stays_co
     let payload = p2c2r_protocol::raw_payload(json).unwrap();
     assert!(payload.get().len() < 120 * 1024, "the request itself fits: {}", payload.get().len());
     let r = gamer.run("physics_step", Some("big"), payload).await;
-    let e = error_of(r.result.get());
+    let e = failure(&r);
     assert_eq!(e.code, ErrorCode::LimitExceeded, "{e:?}");
     assert!(e.resync);
     assert_eq!(e.tick, Some(7));
@@ -381,7 +388,7 @@ async fn the_peer_binary_refuses_the_pile_and_its_workers_die_with_it() {
         .spawn()
         .unwrap();
     let pid = binary.id().unwrap();
-    let mut honest = Client::gamer(&url, "honest").await;
+    let mut honest = gamer::connect(&url, "honest").await;
     let mut attacker = Client::gamer(&url, "attacker").await;
     // Queued by the coordinator until the peer has registered.
     let (_, raw) = honest.physics("s", &honest_snapshot(0)).await.unwrap();

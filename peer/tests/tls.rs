@@ -1,16 +1,14 @@
 //! End to end over `wss://` with credentials: the real coordinator serving TLS with a
 //! certificate made at test time and an auth file; a peer presenting its token from a
 //! file (refused while the file holds a wrong one, registered once it is fixed, without
-//! a restart) runs a gamer's task.
+//! a restart) runs a task for a gamer (the real gamer client, with its token).
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Client, within};
-use p2c2r_protocol::Message;
-use p2c2r_testkit::client::register_gamer;
+use common::{gamer, within};
 use peer::{Credential, PeerConfig};
 
 const PEER_SECRET: &str = "peer-secret-0123456789";
@@ -65,29 +63,22 @@ async fn a_peer_with_a_token_file_serves_a_gamer_over_wss() {
     within("the peer to register", peer.wait_for(|s| s.connected)).await;
 
     // A gamer, also over wss:// with its token, gets a task run by that peer.
-    let options = p2c2r_net::ConnectOptions {
+    let gamer = gamer::connect_with(p2c2r_client::ClientConfig {
         token: Some(Credential::Token(GAMER_SECRET.into())),
         ca_file: Some(dir.join("cert.pem")),
-        ..Default::default()
-    };
-    let ws = within("the gamer to connect", p2c2r_net::connect(&url, &options)).await.unwrap();
-    let mut gamer = Client::from_ws(ws);
-    gamer.register(&register_gamer("gamer-tls", None)).await;
-    gamer
-        .submit_with_deadline("t1", "physics", &serde_json::json!({"num_objects": 3}).to_string(), None, Some(5_000))
-        .await;
-    let result = loop {
-        match gamer.recv().await {
-            Message::TaskResult(r) => break r,
-            Message::Error(e) => panic!("coordinator error: {} {}", e.code, e.message),
-            _ => {}
-        }
-    };
+        reconnect: false,
+        ..p2c2r_client::ClientConfig::new(&url, "gamer-tls")
+    })
+    .await;
+    let request =
+        gamer::request("t1", "physics", &serde_json::json!({"num_objects": 3}).to_string(), None, Some(5_000));
+    let result = gamer.submit(request).await;
     assert_eq!(result.task_id, "t1");
     assert_eq!(result.peer_id.as_deref(), Some("peer-tls"));
 
     // Without a token, nothing gets in.
-    let anonymous = p2c2r_net::ConnectOptions { token: None, ..options.clone() };
+    let anonymous =
+        p2c2r_net::ConnectOptions { token: None, ca_file: Some(dir.join("cert.pem")), ..Default::default() };
     let refused = p2c2r_net::connect(&url, &anonymous).await.unwrap_err();
     assert!(refused.is_auth_refusal(), "{refused:?}");
 

@@ -2,6 +2,8 @@
 //!
 //! - [`client`]: a raw protocol client, registered as a peer or a gamer, every wait
 //!   bounded.
+//! - [`gamer`]: an honest gamer, the real `p2c2r_client::GamerClient` with bounded
+//!   waits, for tests whose gamer only sends well-formed requests and reads results.
 //! - [`server`]: a scripted coordinator (loopback listener, handshake, registration
 //!   acks, scripted replies) for testing the peer and the plugin.
 //! - [`wait`]: [`wait::within`] and [`wait::eventually`], bounded waits on events.
@@ -13,6 +15,7 @@
 //!   settings struct, with the struct's default, durations in milliseconds.
 
 pub mod client;
+pub mod gamer;
 pub mod gate;
 pub mod proxy;
 pub mod server;

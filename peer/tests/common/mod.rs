@@ -1,11 +1,12 @@
-//! Helpers shared by the peer's end-to-end tests: the testkit's protocol client (as a
-//! gamer), scripted coordinator and bounded waits, and a metrics scraper.
+//! Helpers shared by the peer's end-to-end tests: the testkit's honest gamer (the real
+//! gamer client) and raw protocol client, scripted coordinator and bounded waits, and a metrics scraper.
 
 #![allow(dead_code, unused_imports)]
 
 use tokio::net::TcpStream;
 
 pub use p2c2r_testkit::client::Client;
+pub use p2c2r_testkit::gamer::{self, success_json};
 pub use p2c2r_testkit::server::{Conn, listener};
 pub use p2c2r_testkit::wait::{WAIT, eventually, within};
 
