@@ -68,7 +68,8 @@ pub(crate) struct Sent {
 
 /// Requests sent and not answered yet, by task id. Bounded: past [`SentTasks::CAPACITY`]
 /// entries the oldest half is forgotten (their answers, should they still come, are
-/// counted as stale), so tasks whose answers never come cannot grow it.
+/// counted as stale), so tasks whose answers never come cannot grow it. A forgotten
+/// custom task is handed back to be reported as failed: the game is never left waiting.
 #[derive(Debug, Default)]
 pub(crate) struct SentTasks {
     by_id: HashMap<String, (u64, Sent)>,
@@ -79,16 +80,24 @@ impl SentTasks {
     /// The most entries kept.
     pub const CAPACITY: usize = 16_384;
 
-    /// A fresh task id for `session`, recorded as `sent`.
-    fn record(&mut self, session: &str, sent: Sent) -> String {
+    /// A fresh task id for `session`, recorded as `sent`; with the ids of the custom
+    /// tasks forgotten to make room.
+    fn record(&mut self, session: &str, sent: Sent) -> (String, Vec<String>) {
         self.next += 1;
         let task_id = format!("{session}:{}", self.next);
+        let mut forgotten = Vec::new();
         if self.by_id.len() >= Self::CAPACITY {
             let keep_from = self.next.saturating_sub(Self::CAPACITY as u64 / 2);
-            self.by_id.retain(|_, (n, _)| *n >= keep_from);
+            self.by_id.retain(|id, (n, sent)| {
+                let keep = *n >= keep_from;
+                if !keep && sent.kind == TaskKind::Custom {
+                    forgotten.push(id.clone());
+                }
+                keep
+            });
         }
         self.by_id.insert(task_id.clone(), (self.next, sent));
-        task_id
+        (task_id, forgotten)
     }
 
     /// What `task_id` was, forgetting it (its answer has come).
@@ -176,6 +185,12 @@ pub enum QueueError {
     Stopped,
 }
 
+/// A custom task the game will get no answer for.
+pub(crate) struct Unanswered {
+    pub task_id: String,
+    pub why: String,
+}
+
 /// One event from the network, with its request as the plugin recorded it.
 pub(crate) struct Incoming {
     pub event: ClientEvent,
@@ -198,8 +213,9 @@ pub struct P2c2rClient {
     deadline_ms: Option<u64>,
     connection: ConnectionState,
     sent: SentTasks,
-    /// Custom tasks that could not be handed over, reported in the next Send stage.
-    unsent: Vec<(String, QueueError)>,
+    /// Custom tasks that could not be handed over or were forgotten unanswered, reported
+    /// in the next Send stage.
+    unanswered: Vec<Unanswered>,
 }
 
 impl std::fmt::Debug for P2c2rClient {
@@ -247,7 +263,7 @@ impl P2c2rClient {
             deadline_ms,
             connection,
             sent: SentTasks::default(),
-            unsent: Vec::new(),
+            unanswered: Vec::new(),
         }
     }
 
@@ -282,8 +298,10 @@ impl P2c2rClient {
     }
 
     /// Sends a task of your own at once. Returns its task id; the result arrives as a
-    /// [`crate::TaskResultReceived`] message, a failure (including one to send it) as
-    /// [`crate::TaskFailed`] with kind [`crate::TaskKind::Custom`].
+    /// [`crate::TaskResultReceived`] message, a failure as [`crate::TaskFailed`] with kind
+    /// [`crate::TaskKind::Custom`], in the next [`crate::P2c2rSystems::Send`] stage when it
+    /// could not even be handed to the network (no coordinator, queue full) or when no
+    /// answer came before 8,192 newer requests were sent.
     pub fn submit(
         &mut self,
         task_type: impl Into<String>,
@@ -293,7 +311,7 @@ impl P2c2rClient {
         let sent = Sent { kind: TaskKind::Custom, tick: None };
         let (task_id, result) = self.send_task(task_type.into(), task_data, session_id, sent);
         if let Err(e) = result {
-            self.unsent.push((task_id.clone(), e));
+            self.unanswered.push(Unanswered { task_id: task_id.clone(), why: e.to_string() });
         }
         task_id
     }
@@ -317,7 +335,11 @@ impl P2c2rClient {
         session_id: Option<String>,
         sent: Sent,
     ) -> (String, Result<(), QueueError>) {
-        let task_id = self.sent.record(&self.session_id, sent);
+        let (task_id, forgotten) = self.sent.record(&self.session_id, sent);
+        self.unanswered.extend(forgotten.into_iter().map(|task_id| Unanswered {
+            task_id,
+            why: format!("no answer before {} newer requests were sent; forgotten", SentTasks::CAPACITY / 2),
+        }));
         let Some(transport) = &self.transport else {
             self.sent.take(&task_id);
             return (task_id, Err(QueueError::Offline));
@@ -334,9 +356,10 @@ impl P2c2rClient {
         (task_id, result)
     }
 
-    /// Custom tasks that could not be handed over since the last call.
-    pub(crate) fn take_unsent(&mut self) -> Vec<(String, QueueError)> {
-        std::mem::take(&mut self.unsent)
+    /// Custom tasks that could not be handed over, or were forgotten unanswered, since
+    /// the last call.
+    pub(crate) fn take_unanswered(&mut self) -> Vec<Unanswered> {
+        std::mem::take(&mut self.unanswered)
     }
 
     /// Takes every event the network has delivered, each matched with what was sent;
@@ -425,16 +448,19 @@ mod tests {
     fn answers_are_matched_through_the_typed_map_and_it_stays_bounded() {
         let mut sent = SentTasks::default();
         let physics = Sent { kind: TaskKind::Physics, tick: Some(7) };
-        let id = sent.record("s-1", physics);
+        let (id, _) = sent.record("s-1", physics);
         assert_eq!(sent.get(&id), Some(physics));
         assert_eq!(sent.take(&id), Some(physics));
         assert_eq!(sent.take(&id), None, "an answer is matched once");
         assert_eq!(sent.take("s-1:p:7"), None, "ids are opaque: nothing is parsed back");
-        let first = sent.record("s-1", Sent { kind: TaskKind::Ai, tick: Some(1) });
+        let (first, _) = sent.record("s-1", Sent { kind: TaskKind::Ai, tick: Some(1) });
+        let (custom, _) = sent.record("s-1", Sent { kind: TaskKind::Custom, tick: None });
+        let mut forgotten = Vec::new();
         for tick in 0..(SentTasks::CAPACITY as u64 * 3) {
-            sent.record("s-1", Sent { kind: TaskKind::Physics, tick: Some(tick) });
+            forgotten.extend(sent.record("s-1", Sent { kind: TaskKind::Physics, tick: Some(tick) }).1);
             assert!(sent.len() <= SentTasks::CAPACITY);
         }
         assert_eq!(sent.get(&first), None, "the oldest are forgotten");
+        assert_eq!(forgotten, [custom], "a forgotten custom task is handed back, to be reported");
     }
 }

@@ -426,12 +426,27 @@ async fn cluster_main(
     }
 
     let mut refresh = tokio::time::interval(REFRESH);
+    // Peers started by `AddPeer` come back here once registered (or given up on), so the
+    // wait for a registration never holds up the other commands or shutdown.
+    let (started_tx, mut started_rx) = tokio::sync::mpsc::channel::<Result<peer::PeerHandle, String>>(COMMAND_QUEUE);
     loop {
         let command = tokio::select! {
             command = commands.recv() => match command {
                 Some(command) => command,
                 None => break,
             },
+            Some(started) = started_rx.recv() => {
+                let event = match started {
+                    Ok(p) => {
+                        let id = p.peer_id().to_string();
+                        peers.push(p);
+                        ClusterEvent::PeerStarted(id)
+                    }
+                    Err(why) => ClusterEvent::Failed(why),
+                };
+                let _ = events.try_send(event);
+                continue;
+            }
             _ = refresh.tick() => {
                 if let Some(c) = &coordinator {
                     registered.store(c.stats().peers, Ordering::Relaxed);
@@ -440,17 +455,26 @@ async fn cluster_main(
             }
         };
         let event = match command {
-            Command::AddPeer => match peer::try_spawn(peer_config(&url, &access)).await {
-                Ok(p) => {
-                    if !registered_by(&p, tokio::time::Instant::now() + REGISTER_TIMEOUT).await {
-                        let _ = events.try_send(not_registered(&p, &url));
+            Command::AddPeer => {
+                let (config, url, events, started) =
+                    (peer_config(&url, &access), url.clone(), events.clone(), started_tx.clone());
+                tokio::spawn(async move {
+                    let result = match peer::try_spawn(config).await {
+                        Ok(p) => {
+                            if !registered_by(&p, tokio::time::Instant::now() + REGISTER_TIMEOUT).await {
+                                let _ = events.try_send(not_registered(&p, &url));
+                            }
+                            Ok(p)
+                        }
+                        Err(e) => Err(format!("cannot start a peer: {e}")),
+                    };
+                    // The cluster is stopping: this peer is nobody's.
+                    if let Err(tokio::sync::mpsc::error::SendError(Ok(p))) = started.send(result).await {
+                        p.kill();
                     }
-                    let id = p.peer_id().to_string();
-                    peers.push(p);
-                    ClusterEvent::PeerStarted(id)
-                }
-                Err(e) => ClusterEvent::Failed(format!("cannot start a peer: {e}")),
-            },
+                });
+                continue;
+            }
             Command::KillPeer(id) => {
                 let index = match &id {
                     Some(id) => peers.iter().position(|p| p.peer_id() == id.as_str()),

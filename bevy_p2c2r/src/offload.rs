@@ -179,9 +179,11 @@ impl StreamKind {
         }
     }
 
-    /// Whether this stream's answers decide the hand-back to peers (and measure the round
-    /// trip that sizes the fallback timeout): the physics world is the state both sides
-    /// must agree on; the AI follows it.
+    /// Whether this stream leads: its answers decide the hand-back to peers and measure
+    /// the round trip that sizes the fallback timeout, and any failure of its current
+    /// state counts (a resync while handing back falls back). The physics world is the
+    /// state both sides must agree on. A following stream (AI) only counts failures of a
+    /// tick still in flight, and a resync of it just re-sends its fresh start (the grid).
     pub fn leads(self) -> bool {
         matches!(self, StreamKind::Physics)
     }
@@ -196,6 +198,9 @@ struct Stream {
     epoch: Option<u64>,
     /// The next request must start the peer's state afresh (snapshot, grid).
     needs_reset: bool,
+    /// The fresh start is only re-sent (a changed grid): the peer's state is still
+    /// current, so the epoch and what is in flight stay.
+    refresh_only: bool,
     /// The latest tick applied, from any source.
     last_applied: Option<u64>,
 }
@@ -208,14 +213,27 @@ impl Stream {
     /// Forgets the peer's state: the next request starts it afresh.
     fn reset(&mut self) {
         self.needs_reset = true;
+        self.refresh_only = false;
         self.epoch = None;
         self.in_flight.clear();
     }
 
+    /// The next request re-sends the fresh start (a changed grid), without invalidating
+    /// what the peer holds (a stream with no current state is reset instead).
+    fn refresh(&mut self) {
+        if !self.needs_reset {
+            self.refresh_only = self.epoch.is_some();
+        }
+        self.needs_reset = true;
+    }
+
     fn sent(&mut self, tick: u64, now: Instant, reset: bool) {
-        if reset {
+        if reset && !self.refresh_only {
             self.epoch = Some(tick);
             self.in_flight.clear();
+        }
+        if reset {
+            self.refresh_only = false;
         }
         self.needs_reset = false;
         self.in_flight.insert(tick, now);
@@ -437,7 +455,7 @@ impl OffloadController {
                 transition = Some(Transition::Offloaded);
             }
             for stream in &mut self.streams {
-                stream.needs_reset = true;
+                stream.reset();
             }
         }
 
@@ -548,7 +566,7 @@ impl OffloadController {
 
     /// The navigation grid changed: the peer's AI session needs it again.
     pub fn grid_changed(&mut self) {
-        self.stream(StreamKind::Ai).needs_reset = true;
+        self.stream(StreamKind::Ai).refresh();
     }
 
     /// A task of stream `kind` failed. `resync`: the peer lacks the session or got a tick
@@ -561,7 +579,27 @@ impl OffloadController {
         now: Instant,
         why: &str,
     ) -> Option<Transition> {
-        if self.mode == OffloadMode::Fallback || !self.streams[kind.index()].is_current(tick) {
+        if self.mode == OffloadMode::Fallback {
+            return None;
+        }
+        if !kind.leads() {
+            // A following stream: only a tick still in flight counts, and a resync just
+            // re-sends the fresh start.
+            let stream = self.stream(kind);
+            if let Some(t) = tick
+                && stream.in_flight.remove(&t).is_none()
+            {
+                return None;
+            }
+            let transition = if !resync && self.fallback_enabled {
+                Some(self.enter_fallback(now, why.to_owned(), false))
+            } else {
+                self.stream(kind).refresh();
+                None
+            };
+            return self.note(transition);
+        }
+        if !self.streams[kind.index()].is_current(tick) {
             return None;
         }
         let transition = if resync && self.mode == OffloadMode::Offloaded {
@@ -919,5 +957,52 @@ mod tests {
         // A disconnection while already in fallback changes nothing.
         l.disconnected(t0);
         assert!(l.take_mode_changes().is_empty());
+    }
+
+    #[test]
+    fn a_changed_grid_is_re_sent_without_dropping_the_ai_results_in_flight() {
+        let mut l = link();
+        let t0 = Instant::now();
+        for tick in 1..=3 {
+            let (p, _) = l.plan(t0, true);
+            assert_eq!(p.ai_grid, tick == 1, "tick {tick}");
+            l.sent(tick, t0, &p, true);
+        }
+        // The game edits the grid every tick (moving obstacles): each request carries it
+        // again, and the answers to the earlier ones still count.
+        for tick in 4..=6 {
+            l.grid_changed();
+            let (p, _) = l.plan(t0, true);
+            assert!(p.ai_grid, "tick {tick}");
+            l.sent(tick, t0, &p, true);
+        }
+        assert_eq!(l.peer_result(StreamKind::Ai, 2, t0).0, Verdict::Apply);
+        assert_eq!(l.peer_result(StreamKind::Ai, 5, t0).0, Verdict::Apply);
+        assert_eq!(l.in_flight(StreamKind::Ai), 1);
+    }
+
+    #[test]
+    fn the_ai_stream_follows_only_failures_of_ticks_in_flight_and_resyncs_by_resending_the_grid() {
+        let mut l = link();
+        let t0 = Instant::now();
+        for tick in 1..=3 {
+            let (p, _) = l.plan(t0, true);
+            l.sent(tick, t0, &p, true);
+        }
+        assert_eq!(l.peer_result(StreamKind::Ai, 2, t0).0, Verdict::Apply);
+        // A failure of a tick already answered for, or never sent, is ignored.
+        assert!(l.peer_failed(StreamKind::Ai, Some(1), false, t0, "late").is_none());
+        assert!(l.peer_failed(StreamKind::Ai, Some(99), false, t0, "made up").is_none());
+        assert_eq!(l.mode(), OffloadMode::Offloaded);
+        // A resync of a tick in flight re-sends the grid, keeping the results coming.
+        assert!(l.peer_failed(StreamKind::Ai, Some(3), true, t0, "unknown_session").is_none());
+        let (p, _) = l.plan(t0, true);
+        assert!(p.ai_grid && !p.snapshot);
+        l.sent(4, t0, &p, true);
+        assert_eq!(l.peer_result(StreamKind::Ai, 4, t0).0, Verdict::Apply);
+        // Any other failure of a tick in flight falls back.
+        let (p, _) = l.plan(t0, true);
+        l.sent(5, t0, &p, true);
+        assert!(matches!(l.peer_failed(StreamKind::Ai, Some(5), false, t0, "gave up"), Some(Transition::Fallback(_))));
     }
 }

@@ -75,6 +75,19 @@ pub(crate) fn receive(
     publish_mode_changes(r.offload, r.stats, &mut r.out.mode);
 }
 
+/// A result must be for the tick its request carried: a peer that answers another tick
+/// (say `u64::MAX`, which would make every later result look stale) is lying or broken.
+fn answers(sent: Option<Sent>, tick: u64) -> Result<(), TaskError> {
+    match sent.and_then(|s| s.tick) {
+        Some(expected) if expected != tick => Err(TaskError::new(
+            ErrorCode::InvalidPayload,
+            format!("a result for tick {tick} answers the request for tick {expected}"),
+        )
+        .with_tick(expected)),
+        _ => Ok(()),
+    }
+}
+
 struct Receiver<'a, 'w> {
     offload: &'a mut Offload,
     results: &'a mut Results,
@@ -137,7 +150,8 @@ impl Receiver<'_, '_> {
                 let parsed = match parsed {
                     Some(Parsed::Physics(r)) => r,
                     _ => parse_physics(&outcome),
-                };
+                }
+                .and_then(|r| answers(sent, r.tick).map(|()| r).map_err(TaskError::with_resync));
                 match parsed {
                     Ok(result) => {
                         let (verdict, _) =
@@ -168,7 +182,8 @@ impl Receiver<'_, '_> {
                 let parsed = match parsed {
                     Some(Parsed::Ai(r)) => r,
                     _ => outcome.parse(),
-                };
+                }
+                .and_then(|r| answers(sent, r.tick).map(|()| r));
                 match parsed {
                     Ok(result) => {
                         let (verdict, _) = self.offload.controller.peer_result(StreamKind::Ai, result.tick, self.now);
@@ -201,5 +216,19 @@ impl Receiver<'_, '_> {
             result: std::sync::Arc::new(result),
             rtt: outcome.rtt,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_result_must_answer_the_tick_its_request_carried() {
+        let physics = Some(Sent { kind: TaskKind::Physics, tick: Some(7) });
+        assert!(answers(physics, 7).is_ok());
+        let e = answers(physics, u64::MAX).expect_err("a lying peer's tick");
+        assert_eq!((e.code, e.tick), (ErrorCode::InvalidPayload, Some(7)));
+        assert!(answers(Some(Sent { kind: TaskKind::Custom, tick: None }), 3).is_ok(), "custom tasks carry no tick");
     }
 }

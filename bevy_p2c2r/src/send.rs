@@ -19,7 +19,7 @@ use crate::gather::BodyQuery;
 use crate::ids::EntityIds;
 use crate::local::LocalSim;
 use crate::messages::*;
-use crate::offload::{OffloadMode, StreamKind, Verdict};
+use crate::offload::{OffloadMode, StreamKind, TickPlan, Verdict};
 use crate::plugin::{Offload, Settings};
 use crate::receive::{publish_mode_changes, stream_of};
 use crate::stats::{P2c2rStats, diagnostics};
@@ -91,6 +91,8 @@ pub(crate) fn send_tick(
             .collect()
     });
 
+    let planned_mode = p.offload.controller.mode();
+    let mut sent_physics = false;
     if plan.to_peer {
         p.stats.ticks_offloaded += 1;
         if plan.snapshot {
@@ -98,7 +100,7 @@ pub(crate) fn send_tick(
         }
         let sent = Sent { kind: TaskKind::Physics, tick: Some(tick) };
         if let Some(payload) = encode(&request, "physics") {
-            send(&mut p, task_types::PHYSICS_STEP, payload, sent, tick, now);
+            sent_physics = send(&mut p, task_types::PHYSICS_STEP, payload, sent, tick, now);
         }
     }
     if plan.probe {
@@ -150,12 +152,16 @@ pub(crate) fn send_tick(
         tracing::warn!("p2c2r: offloaded agents need a NavigationGrid resource; they stay still until one is inserted");
     }
     let mut sent_ai = false;
-    let mut sent_plan = plan;
+    // Only what was handed over is in flight.
+    let mut sent_plan = TickPlan { to_peer: sent_physics, ..plan };
     if let Some(grid) = p.grid.as_ref().map(|g| g.0.clone())
         && !queries.is_empty()
     {
         let ai = build::ai_request(tick, plan.ai_grid.then(|| grid.clone()), queries);
+        // Not when this tick's physics could not be sent and the controller gave up on
+        // the peers.
         if plan.ai_to_peer
+            && p.offload.controller.mode() == planned_mode
             && let Some(payload) = encode(&ai, "AI")
         {
             sent_ai = send(
@@ -184,9 +190,17 @@ pub(crate) fn send_tick(
     }
     p.offload.controller.sent(tick, now, &sent_plan, sent_ai);
 
-    // Custom tasks that could not be handed over.
-    for (task_id, error) in p.client.take_unsent() {
-        report_unsent(&mut p, task_id, error, tick);
+    // Custom tasks that could not be handed over, or that will never be answered.
+    for unanswered in p.client.take_unanswered() {
+        p.stats.task_failures += 1;
+        p.failed.write(TaskFailed {
+            task_id: unanswered.task_id,
+            kind: TaskKind::Custom,
+            code: ErrorCode::Other,
+            message: unanswered.why,
+            tick: None,
+            resync: false,
+        });
     }
     let SendParams { offload, stats, mode, .. } = &mut p;
     publish_mode_changes(offload, stats, mode);

@@ -439,6 +439,7 @@ impl GamerClient {
             retry_first,
             resume_secret: None,
             last_refusal: None,
+            sent: HashMap::new(),
         };
         tokio::spawn(driver.run());
         (GamerClient { commands: cmd_tx, stats, connected: conn_rx, gamer_id }, ClientEvents { rx: ev_rx }, first_rx)
@@ -548,6 +549,9 @@ struct Driver {
     resume_secret: Option<String>,
     /// The refusal last logged at `warn`, so that a retried refusal is not logged again.
     last_refusal: Option<String>,
+    /// Requests written and not answered, across reconnections: a result delivered after
+    /// a resume still gets its type (and decoding) and round trip.
+    sent: HashMap<String, Sent>,
 }
 
 enum SessionEnd {
@@ -768,7 +772,6 @@ impl Driver {
     /// Runs one registered connection until it drops or the client closes.
     async fn session(&mut self, socket: Socket, heartbeat: Duration) -> SessionEnd {
         let (mut sink, mut stream) = socket.split();
-        let mut sent_at: HashMap<String, Sent> = HashMap::new();
         let mut waiters: HashMap<String, oneshot::Sender<Result<TaskOutcome>>> = HashMap::new();
         let mut ticker = tokio::time::interval(heartbeat);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -797,11 +800,11 @@ impl Driver {
                             self.undelivered(task_id, reply, ClientError::Disconnected).await;
                             break SessionEnd::Lost(e.to_string());
                         }
-                        if sent_at.len() > 100_000 {
+                        if self.sent.len() > 100_000 {
                             let cutoff = Instant::now() - Duration::from_secs(60);
-                            sent_at.retain(|_, sent| sent.at > cutoff);
+                            self.sent.retain(|_, sent| sent.at > cutoff);
                         }
-                        sent_at.insert(task_id.clone(), Sent { at: Instant::now(), task_type });
+                        self.sent.insert(task_id.clone(), Sent { at: Instant::now(), task_type });
                         if let Some(reply) = reply {
                             waiters.insert(task_id, reply);
                         }
@@ -814,7 +817,7 @@ impl Driver {
                         self.count_received(text.len());
                         match codec::decode(text.as_str()) {
                             Ok(Message::TaskResult(result)) => {
-                                let sent = sent_at.remove(&result.task_id);
+                                let sent = self.sent.remove(&result.task_id);
                                 let outcome = TaskOutcome::from_result(result, sent, self.config.decoder.as_ref());
                                 if let Some(waiter) = waiters.remove(&outcome.task_id) {
                                     let _ = waiter.send(Ok(outcome));
@@ -833,7 +836,7 @@ impl Driver {
                                 }
                                 let waiter = error.refers_to.as_ref().and_then(|id| waiters.remove(id));
                                 if let Some(id) = &error.refers_to {
-                                    sent_at.remove(id);
+                                    self.sent.remove(id);
                                 }
                                 match waiter {
                                     Some(w) => { let _ = w.send(Err(ClientError::Rejected(error))); }
