@@ -101,7 +101,8 @@ pub struct Config {
     pub max_connection_attempts_per_second: Option<u32>,
     /// A peer that misses this many task deadlines in a row (no answer in between) is
     /// quarantined: closed, its tasks re-queued, its id refused for `quarantine_duration`.
-    /// 0: never.
+    /// A miss counts once another peer has answered the same task in time, so tasks
+    /// nobody runs in time never get a peer quarantined. 0: never.
     pub quarantine_after_misses: u32,
     /// How long a quarantined peer id is refused.
     pub quarantine_duration: Duration,

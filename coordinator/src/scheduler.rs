@@ -76,7 +76,10 @@ pub struct SchedulerConfig {
     /// assignments alone never fill that queue.
     pub max_bytes_per_peer: usize,
     /// Deadlines a peer may miss in a row (no completion between them) before it is
-    /// reported for quarantine ([`Scheduler::take_quarantined`]); 0: never.
+    /// reported for quarantine ([`Scheduler::take_quarantined`]); 0: never. A miss counts
+    /// only once another peer has answered the same task in time: a task nobody runs in
+    /// time (a gamer asking for the impossible, on purpose or not) says nothing about the
+    /// peers it missed on, so a gamer cannot get honest peers quarantined.
     pub quarantine_after_misses: u32,
 }
 
@@ -307,8 +310,12 @@ pub struct Task<P> {
     bytes: usize,
     attempts: u32,
     tried: Vec<PeerId>,
-    /// Peers whose attempt at it missed its deadline: never tried again.
+    /// Peers whose attempt at it (or at a tick ahead of it) missed its deadline: never
+    /// tried again.
     timed_out_on: Vec<PeerId>,
+    /// Peers whose own attempt at it missed its deadline: each such miss counts towards
+    /// the peer's quarantine once another peer answers the task in time.
+    missed_on: Vec<PeerId>,
     state: TaskState,
     /// When the task stops waiting for a peer, if there is a queue wait limit.
     give_up_at: Option<Instant>,
@@ -849,6 +856,7 @@ impl<P> Scheduler<P> {
                 attempts: 0,
                 tried: Vec::new(),
                 timed_out_on: Vec::new(),
+                missed_on: Vec::new(),
                 state: TaskState::Queued,
                 give_up_at,
                 submitted_at: now,
@@ -1235,6 +1243,10 @@ impl<P> Scheduler<P> {
         if orphaned {
             return Ok(Completion::Orphaned);
         }
+        // Answered in time here: the peers that missed it before were at fault.
+        for missed in &task.missed_on {
+            self.count_miss(missed);
+        }
         self.counters.completed += 1;
         if let Some(g) = self.gamers.get_mut(&task.gamer) {
             g.completed += 1;
@@ -1246,6 +1258,17 @@ impl<P> Scheduler<P> {
             submitted_at: task.submitted_at,
             assigned_at: task.assigned_at,
         })
+    }
+
+    /// A confirmed miss of `peer_id` (another peer answered the task in time): one more
+    /// in its streak, reported for quarantine when the streak reaches the limit.
+    fn count_miss(&mut self, peer_id: &str) {
+        let Some(p) = self.peers.get_mut(peer_id) else { return };
+        p.misses_in_a_row = p.misses_in_a_row.saturating_add(1);
+        let limit = self.config.quarantine_after_misses;
+        if limit > 0 && p.misses_in_a_row == limit {
+            self.quarantined.push(peer_id.to_owned());
+        }
     }
 
     /// When the next deadline passes, if any task is in flight.
@@ -1288,11 +1311,9 @@ impl<P> Scheduler<P> {
                         // sessions' ticks pipelined; demoting liars is reputation's job).
                         let floor = self.config.initial_peer_capacity.clamp(1, p.declared);
                         p.window = (p.window / 2).max(floor);
-                        p.misses_in_a_row = p.misses_in_a_row.saturating_add(1);
-                        let limit = self.config.quarantine_after_misses;
-                        if limit > 0 && p.misses_in_a_row == limit {
-                            self.quarantined.push(peer.clone());
-                        }
+                    }
+                    if !task.missed_on.contains(&peer) {
+                        task.missed_on.push(peer.clone());
                     }
                     // The session's later ticks on this peer wait behind the late one there:
                     // take them back too, so the session moves whole and in order, and no
@@ -1765,6 +1786,31 @@ mod tests {
         assert_eq!(s.take_quarantined(), vec!["hole".to_owned()]);
         assert!(s.take_quarantined().is_empty(), "reported once");
         assert_eq!(s.counters().failed, 0, "every task succeeded");
+    }
+
+    #[test]
+    fn tasks_nobody_runs_in_time_never_get_a_peer_quarantined() {
+        let mut s: Scheduler<()> = Scheduler::new(SchedulerConfig { quarantine_after_misses: 3, ..test_config() });
+        let mut now = Instant::now();
+        s.add_gamer("attacker".into());
+        s.add_gamer("g".into());
+        s.add_peer("a".into(), any_peer(8));
+        s.add_peer("b".into(), any_peer(8));
+        // Expensive tasks with a deadline no peer meets: they miss on both peers, then fail.
+        for round in 0..10 {
+            s.submit("attacker", task(&format!("x{round}")), now).unwrap();
+            for _ in 0..2 {
+                s.dispatch(now);
+                now += Duration::from_secs(3);
+                s.expire(now);
+            }
+        }
+        assert!(s.take_quarantined().is_empty(), "the misses were the tasks' fault, not the peers'");
+        // The peers still serve an honest gamer.
+        s.submit("g", task("honest"), now).unwrap();
+        let d = s.dispatch(now);
+        assert_eq!(d.len(), 1);
+        assert!(s.complete(&d[0].peer, &d[0].assignment_id).is_ok());
     }
 
     #[test]

@@ -332,3 +332,48 @@ async fn a_black_hole_peer_is_quarantined_and_honest_success_stays_at_100_percen
     assert!(coord.metrics_text().contains("p2c2r_peers_quarantined_total 1"));
     coord.shutdown().await;
 }
+
+/// A gamer whose tasks no peer finishes by their deadline (an expensive task with a tight
+/// deadline, on purpose or not) fails its own tasks; the peers it missed on are not
+/// quarantined, since no other peer did better, and keep serving everyone else.
+#[tokio::test]
+async fn tasks_no_peer_runs_in_time_get_no_peer_quarantined() {
+    let coord = start(Config { quarantine_after_misses: 3, ..Config::default() }).await;
+    let url = coord.url();
+    let caps = Capabilities { max_concurrent_tasks: Some(64), ..Default::default() };
+    // Two peers that never finish the attacker's tasks in time and answer anything else.
+    let mut serving = Vec::new();
+    for id in ["a", "b"] {
+        let mut peer = Client::peer_with(&url, id, caps.clone()).await;
+        serving.push(tokio::spawn(async move {
+            loop {
+                let a = peer.recv_assignment().await;
+                if !a.task_data.task_data.get().contains("expensive") {
+                    peer.answer(&a, r#"{"status":"success"}"#).await;
+                }
+            }
+        }));
+    }
+    let mut attacker = gamer::connect(&url, "attacker").await;
+    for i in 0..9 {
+        attacker.send(request(&format!("x{i}"), "physics", r#"{"expensive":true}"#, None, Some(100)));
+    }
+    for _ in 0..9 {
+        let outcome = attacker.next_outcome().await;
+        let error = outcome.error().expect("a task no peer finishes in time fails");
+        assert_eq!(error.code, ErrorCode::MaxAttemptsExceeded, "{error:?}");
+    }
+    // Each peer missed at least 3 deadlines in a row, but nobody did better.
+    assert_eq!(coord.stats().peers_quarantined, 0);
+    let honest = gamer::connect(&url, "honest").await;
+    for i in 0..4 {
+        let outcome = honest.client.submit(request(&format!("h{i}"), "physics", "{}", None, Some(2_000))).await;
+        let outcome = outcome.expect("the honest gamer is served");
+        assert_eq!(result_status(success_json(&outcome)), Some(TaskStatus::Success));
+    }
+    assert_eq!(coord.stats().peers_quarantined, 0);
+    for task in serving {
+        task.abort();
+    }
+    coord.shutdown().await;
+}
