@@ -28,7 +28,7 @@ pub enum OffloadMode {
     #[default]
     Offloaded,
     /// No peer answers (or no coordinator): the plugin steps the world in-process with
-    /// the `peer` library (or, with fallback disabled, waits).
+    /// the engine the peers run, `p2c2r_sim` (or, with fallback disabled, waits).
     Fallback,
     /// A peer is back: it has been sent a snapshot and gets the same requests as the
     /// local world, until its first answer arrives.
