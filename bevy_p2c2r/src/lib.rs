@@ -112,11 +112,11 @@ pub use stats::P2c2rStats;
 /// Everything a game needs: `use bevy_p2c2r::prelude::*;`.
 pub mod prelude {
     #[cfg(feature = "embedded")]
-    pub use crate::embedded::{ClusterEvent, EmbeddedCluster};
+    pub use crate::embedded::{ClusterEvent, EmbeddedCluster, EmbeddedError, PeerAccess};
     pub use crate::{
-        AgentState, AgentStatus, BodyLeftWorld, BodyShape, BodyType, ConnectionChanged, ConnectionState, ExternalForce,
-        ExternalImpulse, FallbackPolicy, KinematicTarget, ModeChanged, NavigationGrid, OffloadMode, OffloadedAgent,
-        OffloadedBody, P2c2rClient, P2c2rPlugin, P2c2rStats, P2c2rSystems, PhysicsCommand, PhysicsState,
-        PhysicsStepped, TaskFailed,
+        AgentState, AgentStatus, AiStepped, BodyLeftWorld, BodyShape, BodyType, ConnectionChanged, ConnectionState,
+        ExternalForce, ExternalImpulse, FallbackPolicy, KinematicTarget, ModeChanged, NavigationGrid, OffloadMode,
+        OffloadedAgent, OffloadedBody, P2c2rClient, P2c2rPlugin, P2c2rStats, P2c2rSystems, PhysicsCommand,
+        PhysicsState, PhysicsStepped, PoseInterpolation, ResultSource, TaskFailed, TaskKind, TaskResultReceived,
     };
 }

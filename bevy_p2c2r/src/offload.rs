@@ -6,8 +6,10 @@
 //! Every kind of offloaded task (physics, AI) is a [`Stream`] of ticks: what is in flight,
 //! the tick the peer's state started from (its epoch), whether the peer must be sent a
 //! fresh start (a physics snapshot, a navigation grid), the latest tick applied. The
-//! controller keeps one per [`StreamKind`]; a new kind of task is one more entry in
-//! [`StreamKind::ALL`] with its [`StreamKind::leads`] flag, not new code paths.
+//! controller keeps one per [`StreamKind`], and plans each tick as one [`StreamPlan`]
+//! per kind; for the controller, a new kind of task is one more entry in
+//! [`StreamKind::ALL`] with its flags ([`StreamKind::leads`],
+//! [`StreamKind::keeps_local_state`]), not new code paths.
 //!
 //! The rule that keeps the worlds in sync: a world only ever receives a contiguous stream
 //! of requests that starts with a snapshot of the authoritative state. The peer's world
@@ -52,23 +54,37 @@ impl std::fmt::Display for OffloadMode {
     }
 }
 
-/// What to do at one tick.
+/// What one stream does at one tick.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct StreamPlan {
+    /// Send this tick's request to the peer.
+    pub to_peer: bool,
+    /// Compute it locally.
+    pub local: bool,
+    /// The request starts the state afresh: a physics snapshot (for the peer, the local
+    /// world, or both: they get the same request), the AI's grid.
+    pub reset: bool,
+}
+
+/// What to do at one tick: one [`StreamPlan`] per [`StreamKind`] (index it by kind).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct TickPlan {
-    /// Send this tick's physics request to the peer.
-    pub to_peer: bool,
-    /// Step this tick's physics request locally.
-    pub to_local: bool,
-    /// Make the request a full snapshot.
-    pub snapshot: bool,
-    /// Send an AI request to the peer.
-    pub ai_to_peer: bool,
-    /// Include the grid in the AI request.
-    pub ai_grid: bool,
-    /// Run the AI locally.
-    pub ai_local: bool,
+    streams: [StreamPlan; StreamKind::ALL.len()],
     /// Send a probe (an empty snapshot) to see whether a peer answers.
     pub probe: bool,
+}
+
+impl std::ops::Index<StreamKind> for TickPlan {
+    type Output = StreamPlan;
+    fn index(&self, kind: StreamKind) -> &StreamPlan {
+        &self.streams[kind.index()]
+    }
+}
+
+impl std::ops::IndexMut<StreamKind> for TickPlan {
+    fn index_mut(&mut self, kind: StreamKind) -> &mut StreamPlan {
+        &mut self.streams[kind.index()]
+    }
 }
 
 /// Why the mode changed.
@@ -177,6 +193,14 @@ impl StreamKind {
             StreamKind::Physics => 0,
             StreamKind::Ai => 1,
         }
+    }
+
+    /// Whether the local fallback keeps state for this stream between ticks (the physics
+    /// world, which must restart from a snapshot whenever it missed a request), as
+    /// opposed to computing each tick from the game's own state (the AI, from the grid
+    /// resource and the agents).
+    pub fn keeps_local_state(self) -> bool {
+        matches!(self, StreamKind::Physics)
     }
 
     /// Whether this stream leads: its answers decide the hand-back to peers and measure
@@ -459,30 +483,25 @@ impl OffloadController {
             }
         }
 
-        match self.mode {
-            OffloadMode::Offloaded => {
-                plan.to_peer = true;
-                plan.ai_to_peer = true;
-            }
-            OffloadMode::HandingBack => {
-                plan.to_peer = true;
-                plan.to_local = true;
-                plan.ai_to_peer = true;
-                plan.ai_local = true;
-            }
-            OffloadMode::Fallback => {
-                plan.to_local = self.fallback_enabled;
-                plan.ai_local = self.fallback_enabled;
-                let due = self.last_probe.is_none_or(|t| now.duration_since(t) >= self.current_probe_interval());
-                if self.remote && connected && self.probe.is_none() && due {
-                    plan.probe = true;
-                    self.last_probe = Some(now);
-                }
+        // Every stream follows the mode: peers, peers and the local fallback, or the
+        // local fallback alone.
+        let (to_peer, local) = match self.mode {
+            OffloadMode::Offloaded => (true, false),
+            OffloadMode::HandingBack => (true, true),
+            OffloadMode::Fallback => (false, self.fallback_enabled),
+        };
+        for kind in StreamKind::ALL {
+            let stream = &self.streams[kind.index()];
+            let local_reset = local && kind.keeps_local_state() && !self.local_synced;
+            plan[kind] = StreamPlan { to_peer, local, reset: (to_peer && stream.needs_reset) || local_reset };
+        }
+        if self.mode == OffloadMode::Fallback {
+            let due = self.last_probe.is_none_or(|t| now.duration_since(t) >= self.current_probe_interval());
+            if self.remote && connected && self.probe.is_none() && due {
+                plan.probe = true;
+                self.last_probe = Some(now);
             }
         }
-        let physics_reset = self.streams[StreamKind::Physics.index()].needs_reset;
-        plan.snapshot = (plan.to_peer && physics_reset) || (plan.to_local && !self.local_synced);
-        plan.ai_grid = plan.ai_to_peer && self.streams[StreamKind::Ai.index()].needs_reset;
         let transition = self.note(transition);
         (plan, transition)
     }
@@ -492,17 +511,17 @@ impl OffloadController {
         self.probe_interval * (1 << self.flaps)
     }
 
-    /// Records what was sent for `tick` (call after [`OffloadController::plan`], with
-    /// the plan's flags minus anything that could not be sent).
-    pub fn sent(&mut self, tick: u64, now: Instant, plan: &TickPlan, sent_ai: bool) {
-        if plan.to_peer {
-            self.stream(StreamKind::Physics).sent(tick, now, plan.snapshot);
-        }
-        if plan.to_local {
-            self.local_synced = true;
-        }
-        if sent_ai {
-            self.stream(StreamKind::Ai).sent(tick, now, plan.ai_grid);
+    /// Records what was done at `tick` (call after [`OffloadController::plan`], with
+    /// the plan's `to_peer` cleared for what could not be sent).
+    pub fn sent(&mut self, tick: u64, now: Instant, plan: &TickPlan) {
+        for kind in StreamKind::ALL {
+            let p = plan[kind];
+            if p.to_peer {
+                self.stream(kind).sent(tick, now, p.reset);
+            }
+            if p.local && kind.keeps_local_state() {
+                self.local_synced = true;
+            }
         }
     }
 
@@ -653,6 +672,14 @@ fn newer_than(last_applied: &mut Option<u64>, tick: u64) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use StreamKind::{Ai, Physics};
+
+    /// Records `p` as sent, the AI request only when `ai` (as `send.rs` does).
+    fn sent(l: &mut OffloadController, tick: u64, at: Instant, p: &TickPlan, ai: bool) {
+        let mut p = *p;
+        p[Ai].to_peer &= ai;
+        l.sent(tick, at, &p);
+    }
 
     const MS: fn(u64) -> Duration = Duration::from_millis;
 
@@ -699,7 +726,7 @@ mod tests {
         while at < t0 + Duration::from_secs(10) {
             let (plan, transition) = l.plan(at, true);
             assert!(transition.is_none(), "spurious fallback at tick {tick}: {transition:?}");
-            l.sent(tick, at, &plan, false);
+            sent(&mut l, tick, at, &plan, false);
             while answered + 9 < tick {
                 let (_, transition) = l.peer_result(StreamKind::Physics, answered, at);
                 assert!(transition.is_none());
@@ -715,7 +742,7 @@ mod tests {
             if let Some(Transition::Fallback(_)) = transition {
                 break;
             }
-            l.sent(tick, at, &plan, false);
+            sent(&mut l, tick, at, &plan, false);
             tick += 1;
             at += MS(16);
             assert!(at - died < MS(600), "still waiting after {:?}", at - died);
@@ -738,11 +765,11 @@ mod tests {
         let t0 = Instant::now();
         let (p, tr) = l.plan(t0, true);
         assert!(tr.is_none());
-        assert!(p.to_peer && p.snapshot && !p.to_local && p.ai_grid);
-        l.sent(1, t0, &p, true);
+        assert!(p[Physics].to_peer && p[Physics].reset && !p[Physics].local && p[Ai].reset);
+        sent(&mut l, 1, t0, &p, true);
         let (p, _) = l.plan(t0, true);
-        assert!(p.to_peer && !p.snapshot && !p.ai_grid);
-        l.sent(2, t0, &p, true);
+        assert!(p[Physics].to_peer && !p[Physics].reset && !p[Ai].reset);
+        sent(&mut l, 2, t0, &p, true);
         assert_eq!(l.peer_result(StreamKind::Physics, 1, t0), (Verdict::Apply, None));
         assert_eq!(l.peer_result(StreamKind::Physics, 1, t0).0, Verdict::Stale, "duplicate");
         assert_eq!(l.peer_result(StreamKind::Physics, 2, t0).0, Verdict::Apply);
@@ -755,7 +782,7 @@ mod tests {
         let t0 = Instant::now();
         for tick in 1..=3 {
             let (p, _) = l.plan(t0, true);
-            l.sent(tick, t0, &p, false);
+            sent(&mut l, tick, t0, &p, false);
         }
         assert_eq!(l.peer_result(StreamKind::Physics, 3, t0).0, Verdict::Apply);
         assert_eq!(l.peer_result(StreamKind::Physics, 2, t0).0, Verdict::Stale);
@@ -767,14 +794,14 @@ mod tests {
         let mut l = link();
         let t0 = Instant::now();
         let (p, _) = l.plan(t0, true);
-        l.sent(1, t0, &p, false);
+        sent(&mut l, 1, t0, &p, false);
         let (p, tr) = l.plan(t0 + Duration::from_millis(150), true);
         assert!(matches!(tr, Some(Transition::Fallback(_))));
         assert_eq!(l.mode(), OffloadMode::Fallback);
-        assert!(p.to_local && p.snapshot && !p.to_peer && !p.probe, "probe waits an interval");
-        l.sent(2, t0, &p, false);
+        assert!(p[Physics].local && p[Physics].reset && !p[Physics].to_peer && !p.probe, "probe waits an interval");
+        sent(&mut l, 2, t0, &p, false);
         let (p, _) = l.plan(t0 + Duration::from_millis(160), true);
-        assert!(p.to_local && !p.snapshot);
+        assert!(p[Physics].local && !p[Physics].reset);
         // A late peer result from the abandoned world is ignored.
         assert_eq!(l.peer_result(StreamKind::Physics, 1, t0).0, Verdict::OldEpoch);
     }
@@ -785,37 +812,37 @@ mod tests {
         let t0 = Instant::now();
         l.disconnected(t0);
         let (p, _) = l.plan(t0, false);
-        assert!(!p.probe && p.to_local && p.snapshot, "no probe while disconnected");
-        l.sent(1, t0, &p, false);
+        assert!(!p.probe && p[Physics].local && p[Physics].reset, "no probe while disconnected");
+        sent(&mut l, 1, t0, &p, false);
         assert_eq!(l.local_result(StreamKind::Physics, 1), Verdict::Apply);
         let later = t0 + Duration::from_millis(5);
         let (p, _) = l.plan(later, true);
-        assert!(p.probe && p.to_local && !p.to_peer, "probe as soon as connected again");
+        assert!(p.probe && p[Physics].local && !p[Physics].to_peer, "probe as soon as connected again");
         l.probe_sent("probe-1".into());
-        l.sent(2, later, &p, false);
+        sent(&mut l, 2, later, &p, false);
         assert_eq!(l.local_result(StreamKind::Physics, 2), Verdict::Apply);
         // No second probe while one is outstanding.
         let (p, _) = l.plan(later + Duration::from_secs(1), true);
         assert!(!p.probe);
-        l.sent(3, later, &p, false);
+        sent(&mut l, 3, later, &p, false);
         assert_eq!(l.local_result(StreamKind::Physics, 3), Verdict::Apply);
         assert!(l.probe_succeeded("probe-1"));
         let (p, tr) = l.plan(later, true);
         assert_eq!(tr, Some(Transition::HandingBack));
-        assert!(p.to_peer && p.to_local && p.snapshot && p.ai_grid);
-        l.sent(4, later, &p, true);
+        assert!(p[Physics].to_peer && p[Physics].local && p[Physics].reset && p[Ai].reset);
+        sent(&mut l, 4, later, &p, true);
         assert_eq!(l.local_result(StreamKind::Physics, 4), Verdict::Apply);
         let (p, _) = l.plan(later, true);
-        assert!(p.to_peer && p.to_local && !p.snapshot);
-        l.sent(5, later, &p, true);
+        assert!(p[Physics].to_peer && p[Physics].local && !p[Physics].reset);
+        sent(&mut l, 5, later, &p, true);
         assert_eq!(l.local_result(StreamKind::Physics, 5), Verdict::Apply);
         // The peer's answer for tick 4 hands back; the state was already shown locally.
         assert_eq!(l.peer_result(StreamKind::Physics, 4, t0), (Verdict::Stale, Some(Transition::Offloaded)));
         assert_eq!(l.mode(), OffloadMode::Offloaded);
         assert!(!l.local_synced());
         let (p, _) = l.plan(later, true);
-        assert!(p.to_peer && !p.to_local && !p.snapshot);
-        l.sent(6, later, &p, true);
+        assert!(p[Physics].to_peer && !p[Physics].local && !p[Physics].reset);
+        sent(&mut l, 6, later, &p, true);
         assert_eq!(l.peer_result(StreamKind::Physics, 5, t0).0, Verdict::Stale);
         assert_eq!(l.peer_result(StreamKind::Physics, 6, t0).0, Verdict::Apply);
     }
@@ -826,16 +853,16 @@ mod tests {
         let t0 = Instant::now();
         for tick in 1..=3 {
             let (p, _) = l.plan(t0, true);
-            l.sent(tick, t0, &p, false);
+            sent(&mut l, tick, t0, &p, false);
         }
         assert!(l.peer_failed(StreamKind::Physics, Some(2), true, t0, "unknown_session").is_none());
         let (p, _) = l.plan(t0, true);
-        assert!(p.to_peer && p.snapshot);
-        l.sent(4, t0, &p, false);
+        assert!(p[Physics].to_peer && p[Physics].reset);
+        sent(&mut l, 4, t0, &p, false);
         // Errors for ticks of the old world are ignored.
         assert!(l.peer_failed(StreamKind::Physics, Some(3), true, t0, "unknown_session").is_none());
         let (p, _) = l.plan(t0, true);
-        assert!(!p.snapshot);
+        assert!(!p[Physics].reset);
         assert_eq!(l.peer_result(StreamKind::Physics, 3, t0).0, Verdict::OldEpoch);
         assert_eq!(l.peer_result(StreamKind::Physics, 4, t0).0, Verdict::Apply);
     }
@@ -845,7 +872,7 @@ mod tests {
         let mut l = link();
         let t0 = Instant::now();
         let (p, _) = l.plan(t0, true);
-        l.sent(1, t0, &p, false);
+        sent(&mut l, 1, t0, &p, false);
         let tr = l.peer_failed(StreamKind::Physics, Some(1), false, t0, "max_attempts_exceeded");
         assert!(matches!(tr, Some(Transition::Fallback(_))));
     }
@@ -861,14 +888,14 @@ mod tests {
         let t0 = Instant::now();
         let (p, _) = l.plan(t0, false);
         assert_eq!(l.mode(), OffloadMode::Fallback);
-        assert!(!p.to_local && !p.to_peer && !p.probe);
+        assert!(!p[Physics].local && !p[Physics].to_peer && !p.probe);
         let (p, _) = l.plan(t0 + Duration::from_millis(150), true);
-        assert!(p.probe && !p.to_local);
+        assert!(p.probe && !p[Physics].local);
         l.probe_sent("p".into());
         assert!(l.probe_succeeded("p"));
         let (p, tr) = l.plan(t0 + Duration::from_millis(150), true);
         assert_eq!(tr, Some(Transition::Offloaded));
-        assert!(p.to_peer && p.snapshot && !p.to_local);
+        assert!(p[Physics].to_peer && p[Physics].reset && !p[Physics].local);
     }
 
     #[test]
@@ -881,10 +908,10 @@ mod tests {
         );
         let t0 = Instant::now();
         let (p, _) = l.plan(t0, false);
-        assert!(p.to_local && p.snapshot && !p.probe);
-        l.sent(1, t0, &p, false);
+        assert!(p[Physics].local && p[Physics].reset && !p.probe);
+        sent(&mut l, 1, t0, &p, false);
         let (p, _) = l.plan(t0 + Duration::from_secs(1), false);
-        assert!(p.to_local && !p.snapshot && !p.probe);
+        assert!(p[Physics].local && !p[Physics].reset && !p.probe);
     }
 
     #[test]
@@ -899,10 +926,10 @@ mod tests {
             l.probe_sent(format!("p{round}"));
             assert!(l.probe_succeeded(&format!("p{round}")));
             let (p, _) = l.plan(now, true);
-            l.sent(1, now, &p, false);
+            sent(&mut l, 1, now, &p, false);
             assert_eq!(l.peer_result(StreamKind::Physics, 1, now).1, Some(Transition::Offloaded));
             let (p, _) = l.plan(now, true);
-            l.sent(2, now, &p, false);
+            sent(&mut l, 2, now, &p, false);
             now += Duration::from_millis(150);
             let (_, tr) = l.plan(now, true);
             assert!(matches!(tr, Some(Transition::Fallback(_))));
@@ -918,11 +945,11 @@ mod tests {
         l.probe_sent("ok".into());
         l.probe_succeeded("ok");
         let (p, _) = l.plan(now, true);
-        l.sent(100, now, &p, false);
+        sent(&mut l, 100, now, &p, false);
         l.peer_result(StreamKind::Physics, 100, now);
         let later = now + Duration::from_secs(6);
         let (p, _) = l.plan(later, true);
-        l.sent(101, later, &p, false);
+        sent(&mut l, 101, later, &p, false);
         assert_eq!(l.current_probe_interval(), Duration::from_millis(200));
     }
 
@@ -931,12 +958,22 @@ mod tests {
         let mut l = link();
         let t0 = Instant::now();
         let (p, _) = l.plan(t0, true);
-        l.sent(1, t0, &TickPlan { to_peer: false, ..p }, true);
+        sent(
+            &mut l,
+            1,
+            t0,
+            &{
+                let mut p = p;
+                p[Physics].to_peer = false;
+                p
+            },
+            true,
+        );
         let (_, tr) = l.plan(t0 + Duration::from_millis(101), true);
         assert!(matches!(tr, Some(Transition::Fallback(_))));
         assert_eq!(l.peer_result(StreamKind::Ai, 1, t0).0, Verdict::OldEpoch);
         let (p, _) = l.plan(t0 + Duration::from_millis(102), true);
-        assert!(p.ai_local && !p.ai_to_peer);
+        assert!(p[Ai].local && !p[Ai].to_peer);
         assert_eq!(l.local_result(StreamKind::Ai, 3), Verdict::Apply);
         assert_eq!(l.local_result(StreamKind::Ai, 3), Verdict::Stale);
     }
@@ -946,7 +983,7 @@ mod tests {
         let mut l = link();
         let t0 = Instant::now();
         let (p, _) = l.plan(t0, true);
-        l.sent(1, t0, &p, false);
+        sent(&mut l, 1, t0, &p, false);
         assert!(l.take_mode_changes().is_empty(), "offloaded from the start: no change");
         l.plan(t0 + Duration::from_millis(150), true);
         let changes = l.take_mode_changes();
@@ -965,16 +1002,16 @@ mod tests {
         let t0 = Instant::now();
         for tick in 1..=3 {
             let (p, _) = l.plan(t0, true);
-            assert_eq!(p.ai_grid, tick == 1, "tick {tick}");
-            l.sent(tick, t0, &p, true);
+            assert_eq!(p[Ai].reset, tick == 1, "tick {tick}");
+            sent(&mut l, tick, t0, &p, true);
         }
         // The game edits the grid every tick (moving obstacles): each request carries it
         // again, and the answers to the earlier ones still count.
         for tick in 4..=6 {
             l.grid_changed();
             let (p, _) = l.plan(t0, true);
-            assert!(p.ai_grid, "tick {tick}");
-            l.sent(tick, t0, &p, true);
+            assert!(p[Ai].reset, "tick {tick}");
+            sent(&mut l, tick, t0, &p, true);
         }
         assert_eq!(l.peer_result(StreamKind::Ai, 2, t0).0, Verdict::Apply);
         assert_eq!(l.peer_result(StreamKind::Ai, 5, t0).0, Verdict::Apply);
@@ -987,7 +1024,7 @@ mod tests {
         let t0 = Instant::now();
         for tick in 1..=3 {
             let (p, _) = l.plan(t0, true);
-            l.sent(tick, t0, &p, true);
+            sent(&mut l, tick, t0, &p, true);
         }
         assert_eq!(l.peer_result(StreamKind::Ai, 2, t0).0, Verdict::Apply);
         // A failure of a tick already answered for, or never sent, is ignored.
@@ -997,12 +1034,12 @@ mod tests {
         // A resync of a tick in flight re-sends the grid, keeping the results coming.
         assert!(l.peer_failed(StreamKind::Ai, Some(3), true, t0, "unknown_session").is_none());
         let (p, _) = l.plan(t0, true);
-        assert!(p.ai_grid && !p.snapshot);
-        l.sent(4, t0, &p, true);
+        assert!(p[Ai].reset && !p[Physics].reset);
+        sent(&mut l, 4, t0, &p, true);
         assert_eq!(l.peer_result(StreamKind::Ai, 4, t0).0, Verdict::Apply);
         // Any other failure of a tick in flight falls back.
         let (p, _) = l.plan(t0, true);
-        l.sent(5, t0, &p, true);
+        sent(&mut l, 5, t0, &p, true);
         assert!(matches!(l.peer_failed(StreamKind::Ai, Some(5), false, t0, "gave up"), Some(Transition::Fallback(_))));
     }
 }

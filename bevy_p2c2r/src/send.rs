@@ -19,7 +19,7 @@ use crate::gather::BodyQuery;
 use crate::ids::EntityIds;
 use crate::local::LocalSim;
 use crate::messages::*;
-use crate::offload::{OffloadMode, StreamKind, TickPlan, Verdict};
+use crate::offload::{OffloadMode, StreamKind, Verdict};
 use crate::plugin::{Offload, Settings};
 use crate::receive::{publish_mode_changes, stream_of};
 use crate::stats::{P2c2rStats, diagnostics};
@@ -69,8 +69,9 @@ pub(crate) fn send_tick(
     // Decide who steps this tick.
     let connected = p.client.is_connected();
     let (plan, _) = p.offload.controller.plan(now, connected);
+    let (physics, ai_plan) = (plan[StreamKind::Physics], plan[StreamKind::Ai]);
 
-    if plan.snapshot {
+    if physics.reset {
         // A snapshot carries the newest states: apply every result still queued.
         for (entity, s, t) in take_physics_results(&mut p.results, &mut p.ids, &mut p.stats, &mut p.stepped, None) {
             if let Ok((_, _, mut ps, _, _, _, interp, _)) = bodies.get_mut(entity) {
@@ -83,7 +84,7 @@ pub(crate) fn send_tick(
     let world = WorldSettings { gravity: p.settings.gravity.to_array(), substeps: p.settings.substeps };
     let fresh: std::collections::HashSet<Entity> = changes.adds.iter().map(|(e, _)| *e).collect();
     let ids = &*p.ids;
-    let request = build::physics_request(tick, dt, world, plan.snapshot, changes, || {
+    let request = build::physics_request(tick, dt, world, physics.reset, changes, || {
         bodies
             .iter()
             .filter(|(entity, _, ps, ..)| !fresh.contains(entity) && ids.bodies.id(*entity) == Some(ps.id))
@@ -93,9 +94,9 @@ pub(crate) fn send_tick(
 
     let planned_mode = p.offload.controller.mode();
     let mut sent_physics = false;
-    if plan.to_peer {
+    if physics.to_peer {
         p.stats.ticks_offloaded += 1;
-        if plan.snapshot {
+        if physics.reset {
             p.stats.snapshots_sent += 1;
         }
         let sent = Sent { kind: TaskKind::Physics, tick: Some(tick) };
@@ -114,7 +115,7 @@ pub(crate) fn send_tick(
             }
         }
     }
-    if plan.to_local {
+    if physics.local {
         p.stats.fallback_ticks += 1;
         match p.fallback.0.step(&request) {
             Ok(result) => {
@@ -130,11 +131,11 @@ pub(crate) fn send_tick(
                 report_local_failure(&mut p, e, tick, true);
             }
         }
-    } else if !plan.to_peer {
+    } else if !physics.to_peer {
         // Nobody steps this tick; keep the local mirror honest.
         p.fallback.0.drop_world();
     }
-    if p.offload.controller.mode() == OffloadMode::Offloaded && !plan.to_local {
+    if p.offload.controller.mode() == OffloadMode::Offloaded && !physics.local {
         p.fallback.0.drop_world();
     }
 
@@ -152,15 +153,13 @@ pub(crate) fn send_tick(
         tracing::warn!("p2c2r: offloaded agents need a NavigationGrid resource; they stay still until one is inserted");
     }
     let mut sent_ai = false;
-    // Only what was handed over is in flight.
-    let mut sent_plan = TickPlan { to_peer: sent_physics, ..plan };
     if let Some(grid) = p.grid.as_ref().map(|g| g.0.clone())
         && !queries.is_empty()
     {
-        let ai = build::ai_request(tick, plan.ai_grid.then(|| grid.clone()), queries);
+        let ai = build::ai_request(tick, ai_plan.reset.then(|| grid.clone()), queries);
         // Not when this tick's physics could not be sent and the controller gave up on
         // the peers.
-        if plan.ai_to_peer
+        if ai_plan.to_peer
             && p.offload.controller.mode() == planned_mode
             && let Some(payload) = encode(&ai, "AI")
         {
@@ -173,7 +172,7 @@ pub(crate) fn send_tick(
                 now,
             );
         }
-        if plan.ai_local {
+        if ai_plan.local {
             match p.fallback.0.navigate(&grid, &ai.agents) {
                 Ok(agents) => {
                     if p.offload.controller.local_result(StreamKind::Ai, tick) == Verdict::Apply {
@@ -185,10 +184,12 @@ pub(crate) fn send_tick(
                 Err(e) => report_local_failure(&mut p, e, tick, false),
             }
         }
-    } else {
-        sent_plan.ai_grid = false;
     }
-    p.offload.controller.sent(tick, now, &sent_plan, sent_ai);
+    // Only what was handed over is in flight.
+    let mut done = plan;
+    done[StreamKind::Physics].to_peer = sent_physics;
+    done[StreamKind::Ai].to_peer = sent_ai;
+    p.offload.controller.sent(tick, now, &done);
 
     // Custom tasks that could not be handed over, or that will never be answered.
     for unanswered in p.client.take_unanswered() {

@@ -194,7 +194,8 @@ impl ClientConfig {
 pub struct TaskOutcome {
     /// The gamer's task id.
     pub task_id: String,
-    /// The request's `task_type`, when this client sent it on this connection.
+    /// The request's `task_type`, when this client sent it (on this connection or one
+    /// before it: what was sent is remembered across reconnections).
     pub task_type: Option<String>,
     /// What [`ClientConfig::decoder`] made of a successful result.
     pub decoded: Option<Box<dyn Any + Send>>,
