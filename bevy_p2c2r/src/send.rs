@@ -153,10 +153,13 @@ pub(crate) fn send_tick(
         tracing::warn!("p2c2r: offloaded agents need a NavigationGrid resource; they stay still until one is inserted");
     }
     let mut sent_ai = false;
-    if let Some(grid) = p.grid.as_ref().map(|g| g.0.clone())
+    // Held apart from `p` so that the grid is only borrowed (it is cloned only into a
+    // request that carries it).
+    let grid = p.grid.take();
+    if let Some(grid) = &grid
         && !queries.is_empty()
     {
-        let ai = build::ai_request(tick, ai_plan.reset.then(|| grid.clone()), queries);
+        let ai = build::ai_request(tick, ai_plan.reset.then(|| grid.0.clone()), queries);
         // Not when this tick's physics could not be sent and the controller gave up on
         // the peers.
         if ai_plan.to_peer
@@ -173,7 +176,7 @@ pub(crate) fn send_tick(
             );
         }
         if ai_plan.local {
-            match p.fallback.0.navigate(&grid, &ai.agents) {
+            match p.fallback.0.navigate(&grid.0, &ai.agents) {
                 Ok(agents) => {
                     if p.offload.controller.local_result(StreamKind::Ai, tick) == Verdict::Apply {
                         p.results
