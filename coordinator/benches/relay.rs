@@ -87,9 +87,14 @@ fn main() {
             sleeping: false,
         })
         .collect();
-    let big_result =
-        serde_json::to_string(&PhysicsStepResult { status: Default::default(), tick: 1, bodies, removed: Vec::new() })
-            .unwrap();
+    let big_result = serde_json::to_string(&PhysicsStepResult {
+        status: Default::default(),
+        tick: 1,
+        bodies,
+        removed: Vec::new(),
+        digest: None,
+    })
+    .unwrap();
     println!("relay round trip over loopback (gamer -> coordinator -> peer -> coordinator -> gamer)");
     println!(
         "{:<28} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>12}",

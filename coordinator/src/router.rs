@@ -600,6 +600,16 @@ impl Router {
                 return state.send_error(conn, ErrorCode::InvalidMessage, reason, Some("register_peer".into()));
             }
         }
+        if let Some(d) = &m.capabilities.determinism
+            && !d.is_within_limits()
+        {
+            let reason = format!(
+                "capabilities.determinism must hold non-empty strings of at most {} bytes and at most {} features",
+                limits::MAX_ID_BYTES,
+                limits::MAX_DETERMINISM_FEATURES
+            );
+            return state.send_error(conn, ErrorCode::InvalidMessage, reason, Some("register_peer".into()));
+        }
         match self.bind(state, conn, role, Role::Peer(m.peer_id.clone()), m.resume_secret.as_deref()) {
             None => return,
             Some(Binding::Again) => {

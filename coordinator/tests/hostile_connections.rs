@@ -621,6 +621,37 @@ async fn a_peer_cannot_declare_an_unbounded_list_of_task_types() {
 }
 
 #[tokio::test]
+async fn a_peer_cannot_declare_an_unbounded_determinism_setup() {
+    let coord = start(Config::default()).await;
+    let huge = p2c2r_protocol::Determinism {
+        engine: "rapier3d 0.36.1".into(),
+        features: (0..=p2c2r_protocol::limits::MAX_DETERMINISM_FEATURES).map(|i| format!("f{i}")).collect(),
+        sim: "x".repeat(p2c2r_protocol::limits::MAX_ID_BYTES + 1),
+        arch: "x86_64".into(),
+    };
+    let mut c = Client::connect(&coord.url()).await;
+    c.send(&register_peer("odd", Capabilities { determinism: Some(huge), ..Default::default() }, None)).await;
+    let e = c.recv_error().await;
+    assert_eq!(e.code, ErrorCode::InvalidMessage);
+    assert!(e.message.contains("determinism"), "{}", e.message);
+    assert_eq!(coord.stats().peers, 0);
+    // A real peer's setup is accepted.
+    let mut ok = Client::connect(&coord.url()).await;
+    let caps = Capabilities {
+        determinism: Some(p2c2r_protocol::Determinism {
+            engine: "rapier3d 0.36.1".into(),
+            features: vec!["enhanced-determinism".into()],
+            sim: "p2c2r_sim 0.1.0".into(),
+            arch: "x86_64".into(),
+        }),
+        ..Default::default()
+    };
+    ok.send(&register_peer("fine", caps, None)).await;
+    ok.expect_ack().await;
+    coord.shutdown().await;
+}
+
+#[tokio::test]
 async fn frames_are_watched_whatever_the_upgrade_requests_line_ends() {
     // HTTP parsers accept bare LF line ends and blank lines before the request line; the
     // frame watcher must start at the first frame all the same, or its limits (here: 1 MiB

@@ -75,6 +75,7 @@ pub fn capabilities(machine: &MachineInfo, max_concurrent_tasks: u32, task_types
         }),
         task_types: Some(task_types.to_vec()),
         max_concurrent_tasks: Some(max_concurrent_tasks),
+        determinism: Some(p2c2r_sim::determinism()),
     }
 }
 
@@ -95,5 +96,6 @@ mod tests {
         let caps = capabilities(&m, 3, &all_task_types());
         assert_eq!(caps.max_concurrent_tasks, Some(3));
         assert_eq!(caps.task_types.unwrap().len(), 4);
+        assert_eq!(caps.determinism, Some(p2c2r_sim::determinism()), "the setup results depend on is declared");
     }
 }

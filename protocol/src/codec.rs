@@ -156,6 +156,12 @@ mod tests {
                 gpu: Some(Gpu::Name("H200".into())),
                 task_types: Some(vec!["physics_step".into()]),
                 max_concurrent_tasks: Some(4),
+                determinism: Some(crate::Determinism {
+                    engine: "rapier3d 0.36.1".into(),
+                    features: vec!["enhanced-determinism".into()],
+                    sim: "p2c2r_sim 0.1.0".into(),
+                    arch: "x86_64".into(),
+                }),
             },
             resume_secret: Some("abc".into()),
         }));

@@ -25,6 +25,9 @@ pub const MAX_AGENTS_PER_REQUEST: usize = 10_000;
 /// Longest id (peer, gamer, task, session) accepted, in bytes.
 pub const MAX_ID_BYTES: usize = 256;
 
+/// Most engine features a peer's determinism setup may list.
+pub const MAX_DETERMINISM_FEATURES: usize = 16;
+
 /// Most task types a peer may declare in its capabilities (each an id of at most
 /// [`MAX_ID_BYTES`]).
 pub const MAX_TASK_TYPES_PER_PEER: usize = 32;

@@ -76,6 +76,41 @@ pub struct Capabilities {
     /// How many tasks the peer runs at once. Absent: `cpu_cores`, or 1 without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent_tasks: Option<u32>,
+    /// What the peer's physics results depend on, bit for bit: results (and their
+    /// digests) are comparable between peers that declare the same setup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub determinism: Option<Determinism>,
+}
+
+/// A peer's determinism setup. rapier3d with `enhanced-determinism` promises identical
+/// results across platforms only for the same engine version and features; the
+/// simulation code's own version and the CPU architecture are declared too, so that a
+/// difference is never assumed away.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Determinism {
+    /// The physics engine and its exact version, e.g. `rapier3d 0.36.1`.
+    pub engine: String,
+    /// The engine features that change results, e.g. `enhanced-determinism`.
+    #[serde(default)]
+    pub features: Vec<String>,
+    /// The simulation code and its version, e.g. `p2c2r_sim 0.1.0`.
+    pub sim: String,
+    /// The CPU architecture, e.g. `x86_64`.
+    pub arch: String,
+}
+
+impl Determinism {
+    /// Whether every field is within the protocol's limits: strings non-empty and at
+    /// most [`crate::limits::MAX_ID_BYTES`], at most
+    /// [`crate::limits::MAX_DETERMINISM_FEATURES`] features.
+    pub fn is_within_limits(&self) -> bool {
+        let ok = |s: &String| !s.is_empty() && s.len() <= crate::limits::MAX_ID_BYTES;
+        ok(&self.engine)
+            && ok(&self.sim)
+            && ok(&self.arch)
+            && self.features.len() <= crate::limits::MAX_DETERMINISM_FEATURES
+            && self.features.iter().all(ok)
+    }
 }
 
 /// A GPU as declared by a peer: `false`/`true` (the seed's form) or a device name.

@@ -272,6 +272,13 @@ pub struct PhysicsStepResult {
     /// session stays resyncable, and the gamer should forget them too.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub removed: Vec<BodyId>,
+    /// A digest of the session's whole state after this tick (every body, at full
+    /// precision, and the gravity): 16 lowercase hex digits of XXH3-64 (see
+    /// `p2c2r_sim::physics::PhysicsWorld::digest`). Two worlds with the same
+    /// determinism setup ([`crate::Determinism`]) fed the same requests give the same
+    /// digest, so results can be checked against each other without sending the state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 /// One body's state after a tick.

@@ -35,3 +35,37 @@ pub mod navigation;
 pub mod physics;
 
 pub use budget::Budgets;
+
+use p2c2r_protocol::Determinism;
+
+/// The physics engine's exact version (checked against `Cargo.lock` by a test, so that a
+/// bump cannot leave it behind).
+pub const ENGINE: &str = "rapier3d 0.36.1";
+
+/// This build's determinism setup, as peers declare it in their capabilities: worlds
+/// computed with equal setups are bit-identical (and so are their digests).
+pub fn determinism() -> Determinism {
+    Determinism {
+        engine: ENGINE.to_owned(),
+        features: vec!["enhanced-determinism".to_owned()],
+        sim: concat!("p2c2r_sim ", env!("CARGO_PKG_VERSION")).to_owned(),
+        arch: std::env::consts::ARCH.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_declared_engine_is_the_one_built() {
+        let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.lock")).unwrap();
+        let version = lock
+            .split("[[package]]")
+            .find_map(|p| {
+                p.contains("name = \"rapier3d\"\n").then(|| p.split("version = \"").nth(1)?.split('"').next())
+            })
+            .flatten()
+            .expect("rapier3d in Cargo.lock");
+        assert_eq!(super::ENGINE, format!("rapier3d {version}"), "update ENGINE after a rapier bump");
+        assert!(super::determinism().is_within_limits());
+    }
+}

@@ -177,9 +177,36 @@ fn two_independent_worlds_return_identical_bytes_for_600_ticks() {
         let ra = serde_json::to_string(&a.step(request).unwrap()).unwrap();
         let rb = serde_json::to_string(&b.step(request).unwrap()).unwrap();
         assert_eq!(ra, rb, "tick {} differs", request.tick);
+        assert!(ra.contains("\"digest\":\""), "every result carries its digest");
         moved += ra.len();
     }
     assert!(moved > 100_000, "the scene moved");
+}
+
+#[test]
+fn the_digest_covers_the_whole_world_and_any_difference_changes_it() {
+    let requests = falling_stack_requests();
+    let (mut a, mut b) = (PhysicsWorld::new(), PhysicsWorld::new());
+    let mut digests = std::collections::HashSet::new();
+    for request in &requests[..200] {
+        let (ra, rb) = (a.step(request).unwrap(), b.step(request).unwrap());
+        let digest = ra.digest.clone().expect("every result carries a digest");
+        assert_eq!(digest.len(), 16, "{digest}");
+        assert!(digest.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)), "{digest}");
+        assert_eq!(ra.digest, rb.digest, "tick {}", request.tick);
+        assert_eq!(Some(format!("{:016x}", a.digest())), ra.digest);
+        digests.insert(digest);
+    }
+    assert!(digests.len() > 150, "the digest follows the state: {} distinct", digests.len());
+    // The same next tick, except that one body of `b` gets a tiny velocity change.
+    let body = requests[0].add.iter().find(|d| d.body_type == BodyType::Dynamic).expect("a dynamic body").id;
+    let next = &requests[200];
+    let nudged = PhysicsStepRequest {
+        set_velocity: vec![SetVelocity { id: body, linvel: [0.0, 1.0e-3, 0.0], angvel: [0.0; 3] }],
+        ..next.clone()
+    };
+    let (ra, rb) = (a.step(next).unwrap(), b.step(&nudged).unwrap());
+    assert_ne!(ra.digest, rb.digest, "one body's difference changes the digest");
 }
 
 #[test]
