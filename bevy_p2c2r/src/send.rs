@@ -12,7 +12,7 @@ use p2c2r_protocol::physics::BodyType;
 use p2c2r_protocol::{ErrorCode, RawPayload, task_types, to_payload};
 
 use crate::apply::{Results, take_physics_results, write_state};
-use crate::bridge::{P2c2rClient, QueueError, Sent};
+use crate::bridge::{P2c2rClient, QueueError, Sent, Unanswered};
 use crate::build::{self, TickChanges, WorldSettings};
 use crate::components::*;
 use crate::gather::BodyQuery;
@@ -195,16 +195,16 @@ pub(crate) fn send_tick(
     p.offload.controller.sent(tick, now, &done);
 
     // Custom tasks that could not be handed over, or that will never be answered.
-    for unanswered in p.client.take_unanswered() {
-        p.stats.task_failures += 1;
-        p.failed.write(TaskFailed {
-            task_id: unanswered.task_id,
+    for Unanswered { task_id, why } in p.client.take_unanswered() {
+        let failed = TaskFailed {
+            task_id,
             kind: TaskKind::Custom,
             code: ErrorCode::Other,
-            message: unanswered.why,
+            message: why,
             tick: None,
             resync: false,
-        });
+        };
+        report(&mut p, failed);
     }
     let SendParams { offload, stats, mode, .. } = &mut p;
     publish_mode_changes(offload, stats, mode);
@@ -236,29 +236,32 @@ fn send(p: &mut SendParams, task_type: &str, payload: RawPayload, sent: Sent, ti
     }
 }
 
+/// Counts a failure and tells the game about it.
+fn report(p: &mut SendParams, failed: TaskFailed) {
+    p.stats.task_failures += 1;
+    p.failed.write(failed);
+}
+
 /// A local step failed (`resync`: the local world is gone and restarts from a snapshot).
 fn report_local_failure(p: &mut SendParams, e: p2c2r_protocol::TaskError, tick: u64, resync: bool) {
-    p.stats.task_failures += 1;
-    p.failed.write(TaskFailed {
+    let failed = TaskFailed {
         task_id: String::new(),
         kind: TaskKind::Local,
         code: e.code,
         message: e.message,
         tick: Some(tick),
         resync,
-    });
+    };
+    report(p, failed);
 }
 
+/// A request could not be handed to the network.
 fn report_unsent(p: &mut SendParams, task_id: String, error: QueueError, tick: u64) {
-    p.stats.task_failures += 1;
-    p.failed.write(TaskFailed {
-        task_id,
-        kind: TaskKind::Other,
-        code: ErrorCode::Other,
-        message: error.to_string(),
-        tick: Some(tick),
-        resync: false,
-    });
+    let message = error.to_string();
+    report(
+        p,
+        TaskFailed { task_id, kind: TaskKind::Other, code: ErrorCode::Other, message, tick: Some(tick), resync: false },
+    );
 }
 
 fn query(st: &AgentState, a: &OffloadedAgent, position: Vec3) -> AgentQuery {

@@ -272,6 +272,37 @@ impl TaskOutcome {
 struct Sent {
     at: Instant,
     task_type: String,
+    /// Its place in the order of writing, to forget the oldest first.
+    seq: u64,
+}
+
+/// Requests remembered at most ([`SentLog`]): past it, the older half is forgotten (their
+/// answers still arrive, without a round trip or decoding).
+const MAX_REMEMBERED: usize = 65_536;
+
+/// The requests a client wrote and has not seen answered, by task id; bounded.
+#[derive(Default)]
+struct SentLog {
+    by_id: HashMap<String, Sent>,
+    next_seq: u64,
+}
+
+impl SentLog {
+    /// Remembers a request just written; forgets the older half when full (amortised
+    /// constant time, whatever the answers do).
+    fn remember(&mut self, task_id: String, task_type: String) {
+        if self.by_id.len() >= MAX_REMEMBERED {
+            let keep_from = self.next_seq.saturating_sub(MAX_REMEMBERED as u64 / 2);
+            self.by_id.retain(|_, sent| sent.seq >= keep_from);
+        }
+        self.by_id.insert(task_id, Sent { at: Instant::now(), task_type, seq: self.next_seq });
+        self.next_seq += 1;
+    }
+
+    /// What was sent as `task_id`, forgetting it.
+    fn take(&mut self, task_id: &str) -> Option<Sent> {
+        self.by_id.remove(task_id)
+    }
 }
 
 impl TaskOutcome {
@@ -440,7 +471,7 @@ impl GamerClient {
             retry_first,
             resume_secret: None,
             last_refusal: None,
-            sent: HashMap::new(),
+            sent: SentLog::default(),
         };
         tokio::spawn(driver.run());
         (GamerClient { commands: cmd_tx, stats, connected: conn_rx, gamer_id }, ClientEvents { rx: ev_rx }, first_rx)
@@ -551,8 +582,9 @@ struct Driver {
     /// The refusal last logged at `warn`, so that a retried refusal is not logged again.
     last_refusal: Option<String>,
     /// Requests written and not answered, across reconnections: a result delivered after
-    /// a resume still gets its type (and decoding) and round trip.
-    sent: HashMap<String, Sent>,
+    /// a resume still gets its type (and decoding) and round trip. Bounded
+    /// ([`MAX_REMEMBERED`]).
+    sent: SentLog,
 }
 
 enum SessionEnd {
@@ -801,11 +833,7 @@ impl Driver {
                             self.undelivered(task_id, reply, ClientError::Disconnected).await;
                             break SessionEnd::Lost(e.to_string());
                         }
-                        if self.sent.len() > 100_000 {
-                            let cutoff = Instant::now() - Duration::from_secs(60);
-                            self.sent.retain(|_, sent| sent.at > cutoff);
-                        }
-                        self.sent.insert(task_id.clone(), Sent { at: Instant::now(), task_type });
+                        self.sent.remember(task_id.clone(), task_type);
                         if let Some(reply) = reply {
                             waiters.insert(task_id, reply);
                         }
@@ -818,7 +846,7 @@ impl Driver {
                         self.count_received(text.len());
                         match codec::decode(text.as_str()) {
                             Ok(Message::TaskResult(result)) => {
-                                let sent = self.sent.remove(&result.task_id);
+                                let sent = self.sent.take(&result.task_id);
                                 let outcome = TaskOutcome::from_result(result, sent, self.config.decoder.as_ref());
                                 if let Some(waiter) = waiters.remove(&outcome.task_id) {
                                     let _ = waiter.send(Ok(outcome));
@@ -837,7 +865,7 @@ impl Driver {
                                 }
                                 let waiter = error.refers_to.as_ref().and_then(|id| waiters.remove(id));
                                 if let Some(id) = &error.refers_to {
-                                    self.sent.remove(id);
+                                    self.sent.take(id);
                                 }
                                 match waiter {
                                     Some(w) => { let _ = w.send(Err(ClientError::Rejected(error))); }
@@ -900,6 +928,20 @@ mod tests {
         for _ in 0..10 {
             assert!(b.next_delay() >= Duration::MAX / 2);
         }
+    }
+
+    #[test]
+    fn what_was_sent_is_bounded_and_forgets_the_oldest() {
+        let mut log = SentLog::default();
+        log.remember("first".into(), "physics_step".into());
+        for i in 0..(MAX_REMEMBERED * 3) {
+            log.remember(format!("t{i}"), "ai_navigate".into());
+            assert!(log.by_id.len() <= MAX_REMEMBERED);
+        }
+        assert!(log.take("first").is_none(), "the oldest is forgotten");
+        let last = format!("t{}", MAX_REMEMBERED * 3 - 1);
+        assert_eq!(log.take(&last).map(|s| s.task_type), Some("ai_navigate".to_owned()));
+        assert!(log.take(&last).is_none(), "an answer is matched once");
     }
 
     #[test]

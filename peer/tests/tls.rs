@@ -17,12 +17,7 @@ const GAMER_SECRET: &str = "gamer-secret-0123456789";
 /// A temp dir with `cert.pem` and `key.pem` (a self-signed certificate for 127.0.0.1 and
 /// localhost) and `auth` (one peer and one gamer token).
 fn secrets() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("p2c2r-peer-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let rcgen::CertifiedKey { cert, signing_key } =
-        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
-    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), signing_key.serialize_pem()).unwrap();
+    let dir = p2c2r_testkit::tls::self_signed_dir("p2c2r-peer-tls");
     let auth = format!("# test credentials\ntoken peer peer-tls {PEER_SECRET}\ntoken gamer gamer-tls {GAMER_SECRET}\n");
     std::fs::write(dir.join("auth"), auth).unwrap();
     dir

@@ -11,6 +11,7 @@
 //!   between a client and a server: one-way latency, jitter, bandwidth, stalls and
 //!   severed connections, without root or `tc`.
 //! - [`gate`]: a WebSocket server side that checks each upgrade's bearer token.
+//! - [`tls`]: a self-signed certificate for the loopback names, in a temp dir.
 //! - [`settings`]: checks that a binary's `--help` has a flag for every field of its
 //!   settings struct, with the struct's default, durations in milliseconds.
 
@@ -20,4 +21,5 @@ pub mod gate;
 pub mod proxy;
 pub mod server;
 pub mod settings;
+pub mod tls;
 pub mod wait;
