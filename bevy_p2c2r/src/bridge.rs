@@ -11,6 +11,7 @@
 //! matched through it; task ids are opaque and never parsed back.
 
 use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -19,8 +20,9 @@ use p2c2r_client::{
     ClientConfig, ClientError, ClientEvent, ClientEvents, ClientStats, Decoder, GamerClient, TaskOutcome, TaskReply,
 };
 use p2c2r_protocol::ai::AiNavigateResult;
+use p2c2r_protocol::packed::ResultDecoder;
 use p2c2r_protocol::physics::PhysicsStepResult;
-use p2c2r_protocol::{ErrorCode, RawPayload, TaskError, TaskRequest, task_types};
+use p2c2r_protocol::{ErrorCode, Payload, TaskError, TaskRequest, task_types};
 
 use crate::components::check_body_state;
 use crate::messages::{ConnectionState, TaskKind};
@@ -31,9 +33,42 @@ pub(crate) enum Parsed {
     Ai(Result<AiNavigateResult, TaskError>),
 }
 
-fn decode(outcome: &TaskOutcome) -> Option<Box<dyn std::any::Any + Send>> {
+/// The decoders of packed physics results, one per session: each keeps the previous
+/// result's bodies, the baseline of the next delta. Used on the transport thread only
+/// (the mutex is never contended); at most [`PhysicsDecoders::MAX_SESSIONS`] sessions.
+#[derive(Default)]
+pub(crate) struct PhysicsDecoders {
+    by_session: HashMap<String, ResultDecoder>,
+}
+
+impl PhysicsDecoders {
+    /// Sessions decoded at most: the plugin has one physics session (probes use it too),
+    /// a new one after a session id change; a forgotten session's next result fails to
+    /// decode and is resynced.
+    pub const MAX_SESSIONS: usize = 8;
+
+    /// Decodes a packed result of `session`, against its previous result.
+    pub fn decode(&mut self, session: &str, bytes: &[u8]) -> Result<PhysicsStepResult, TaskError> {
+        if !self.by_session.contains_key(session) && self.by_session.len() >= Self::MAX_SESSIONS {
+            self.by_session.clear();
+        }
+        let decoder = self.by_session.entry(session.to_owned()).or_default();
+        decoder.decode(bytes).map_err(|e| {
+            TaskError::new(ErrorCode::InvalidPayload, format!("bad packed physics result: {e}")).with_resync()
+        })
+    }
+}
+
+fn decode(outcome: &TaskOutcome, physics: &Mutex<PhysicsDecoders>) -> Option<Box<dyn std::any::Any + Send>> {
     let parsed = match outcome.task_type.as_deref()? {
-        task_types::PHYSICS_STEP => Parsed::Physics(parse_physics(outcome)),
+        task_types::PHYSICS_STEP => Parsed::Physics(match packed_bytes(outcome) {
+            Some(bytes) => {
+                let session = outcome.session_id.as_deref().unwrap_or_default();
+                let decoded = physics.lock().unwrap_or_else(PoisonError::into_inner).decode(session, &bytes);
+                decoded.and_then(checked_physics)
+            }
+            None => parse_physics(outcome),
+        }),
         task_types::AI_NAVIGATE => Parsed::Ai(outcome.parse()),
         _ => return None,
     };
@@ -45,8 +80,28 @@ fn decode(outcome: &TaskOutcome) -> Option<Box<dyn std::any::Any + Send>> {
 /// `null`) or fails the check is an `invalid_payload` error that asks for a resync:
 /// the peer's world is broken, and applying it would poison every later snapshot.
 pub(crate) fn parse_physics(outcome: &TaskOutcome) -> Result<PhysicsStepResult, TaskError> {
+    if packed_bytes(outcome).is_some() {
+        // Decoding a delta needs the session's previous result, which the transport's
+        // decoder holds: this one reached the plugin undecoded (its request forgotten).
+        return Err(
+            TaskError::new(ErrorCode::InvalidPayload, "a packed physics result arrived undecoded").with_resync()
+        );
+    }
     let result: PhysicsStepResult =
         outcome.parse().map_err(|e| if outcome.error().is_some() { e } else { e.with_resync() })?;
+    checked_physics(result)
+}
+
+/// The bytes of a packed (binary) physics result, if it is one.
+fn packed_bytes(outcome: &TaskOutcome) -> Option<std::borrow::Cow<'_, [u8]>> {
+    match &outcome.reply {
+        TaskReply::Success(payload) => payload.binary_bytes(),
+        TaskReply::Failed(_) => None,
+    }
+}
+
+/// Checks every body state of a result ([`check_body_state`]).
+fn checked_physics(result: PhysicsStepResult) -> Result<PhysicsStepResult, TaskError> {
     for body in &result.bodies {
         if let Err(why) = check_body_state(body) {
             return Err(TaskError::new(ErrorCode::InvalidPayload, format!("bad physics result: {why}"))
@@ -129,7 +184,8 @@ struct Transport {
 impl Transport {
     fn spawn(mut config: ClientConfig) -> std::io::Result<Transport> {
         config.queue_capacity = CHANNEL_CAPACITY;
-        config.decoder = Some(Decoder::new(decode));
+        let physics = Mutex::new(PhysicsDecoders::default());
+        config.decoder = Some(Decoder::new(move |outcome| decode(outcome, &physics)));
         let (started_tx, started_rx) = std::sync::mpsc::sync_channel(1);
         let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new().name("p2c2r-transport".into()).spawn(move || {
@@ -302,12 +358,7 @@ impl P2c2rClient {
     /// [`crate::TaskKind::Custom`], in the next [`crate::P2c2rSystems::Send`] stage when it
     /// could not even be handed to the network (no coordinator, queue full) or when no
     /// answer came before 8,192 newer requests were sent.
-    pub fn submit(
-        &mut self,
-        task_type: impl Into<String>,
-        task_data: RawPayload,
-        session_id: Option<String>,
-    ) -> String {
+    pub fn submit(&mut self, task_type: impl Into<String>, task_data: Payload, session_id: Option<String>) -> String {
         let sent = Sent { kind: TaskKind::Custom, tick: None };
         let (task_id, result) = self.send_task(task_type.into(), task_data, session_id, sent);
         if let Err(e) = result {
@@ -318,12 +369,7 @@ impl P2c2rClient {
 
     /// Sends one of the plugin's own requests (`kind` physics, AI or probe) to the
     /// session it belongs to. Returns its task id and whether it was handed over.
-    pub(crate) fn send(
-        &mut self,
-        task_type: &str,
-        task_data: RawPayload,
-        sent: Sent,
-    ) -> (String, Result<(), QueueError>) {
+    pub(crate) fn send(&mut self, task_type: &str, task_data: Payload, sent: Sent) -> (String, Result<(), QueueError>) {
         let session = if sent.kind == TaskKind::Ai { self.ai_session_id.clone() } else { self.session_id.clone() };
         self.send_task(task_type.to_owned(), task_data, Some(session), sent)
     }
@@ -331,7 +377,7 @@ impl P2c2rClient {
     fn send_task(
         &mut self,
         task_type: String,
-        task_data: RawPayload,
+        task_data: Payload,
         session_id: Option<String>,
         sent: Sent,
     ) -> (String, Result<(), QueueError>) {
@@ -410,13 +456,14 @@ mod tests {
         let mut outcome = TaskOutcome {
             task_id: "s:3".into(),
             task_type: Some(task_types::PHYSICS_STEP.into()),
+            session_id: None,
             decoded: None,
             peer_id: Some("p".into()),
             attempt: Some(1),
             rtt: None,
             reply: TaskReply::Success(p2c2r_protocol::raw_payload(json.to_owned()).unwrap()),
         };
-        outcome.decoded = decode(&outcome);
+        outcome.decoded = decode(&outcome, &Mutex::default());
         outcome
     }
 

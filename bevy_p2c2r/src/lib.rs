@@ -106,7 +106,7 @@ pub use p2c2r_client as client;
 pub use p2c2r_protocol;
 pub use p2c2r_protocol::ai::AgentStatus;
 pub use p2c2r_protocol::physics::BodyType;
-pub use plugin::{DEFAULT_COORDINATOR_URL, FallbackPolicy, P2c2rPlugin, P2c2rSystems};
+pub use plugin::{DEFAULT_COORDINATOR_URL, Encoding, FallbackPolicy, P2c2rPlugin, P2c2rSystems};
 pub use stats::P2c2rStats;
 
 /// Everything a game needs: `use bevy_p2c2r::prelude::*;`.
@@ -115,8 +115,8 @@ pub mod prelude {
     pub use crate::embedded::{ClusterEvent, EmbeddedCluster, EmbeddedError, PeerAccess};
     pub use crate::{
         AgentState, AgentStatus, AiStepped, BodyLeftWorld, BodyShape, BodyType, ConnectionChanged, ConnectionState,
-        ExternalForce, ExternalImpulse, FallbackPolicy, KinematicTarget, ModeChanged, NavigationGrid, OffloadMode,
-        OffloadedAgent, OffloadedBody, P2c2rClient, P2c2rPlugin, P2c2rStats, P2c2rSystems, PhysicsCommand,
+        Encoding, ExternalForce, ExternalImpulse, FallbackPolicy, KinematicTarget, ModeChanged, NavigationGrid,
+        OffloadMode, OffloadedAgent, OffloadedBody, P2c2rClient, P2c2rPlugin, P2c2rStats, P2c2rSystems, PhysicsCommand,
         PhysicsState, PhysicsStepped, PoseInterpolation, ResultSource, TaskFailed, TaskKind, TaskResultReceived,
     };
 }

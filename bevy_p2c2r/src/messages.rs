@@ -3,7 +3,7 @@
 
 use bevy::math::{Quat, Vec3};
 use bevy::prelude::{Entity, Message};
-use p2c2r_protocol::{ErrorCode, RawPayload};
+use p2c2r_protocol::{ErrorCode, Payload};
 
 use crate::OffloadMode;
 
@@ -151,7 +151,7 @@ pub struct TaskResultReceived {
     /// The peer that ran it.
     pub peer_id: Option<String>,
     /// The result JSON (`"status"` says success or error).
-    pub result: std::sync::Arc<RawPayload>,
+    pub result: std::sync::Arc<Payload>,
     /// Round-trip time.
     pub rtt: Option<std::time::Duration>,
 }

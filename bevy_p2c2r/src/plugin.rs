@@ -28,6 +28,7 @@ use crate::offload::{FallbackTimeout, OffloadController};
 use crate::receive::receive;
 use crate::send::{self, Fallback};
 use crate::stats::{P2c2rStats, diagnostics};
+pub use p2c2r_protocol::Encoding;
 
 /// What to do when no peer answers in time.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -97,6 +98,7 @@ pub struct P2c2rPlugin {
     backoff: (Duration, Duration),
     token: Option<Credential>,
     ca_file: Option<PathBuf>,
+    wire: Encoding,
     /// [`P2c2rPlugin::embedded`]: the in-process cluster to start in `build`.
     #[cfg(feature = "embedded")]
     pub(crate) embedded: Option<crate::embedded::EmbeddedOptions>,
@@ -124,6 +126,7 @@ impl Default for P2c2rPlugin {
             backoff: (Duration::from_millis(100), Duration::from_secs(5)),
             token: None,
             ca_file: None,
+            wire: Encoding::Binary,
             #[cfg(feature = "embedded")]
             embedded: None,
         }
@@ -282,6 +285,15 @@ impl P2c2rPlugin {
         self.ca_file = Some(path.into());
         self
     }
+
+    /// How physics travels (default [`Encoding::Binary`]): binary frames and packed
+    /// `physics_step` payloads (quantized, delta-compressed: PROTOCOL.md "Binary
+    /// frames"), or [`Encoding::Json`], JSON text as the seed protocol has it. Against a
+    /// coordinator without binary frames, packed payloads still travel, base64-wrapped.
+    pub fn wire(mut self, wire: Encoding) -> Self {
+        self.wire = wire;
+        self
+    }
 }
 
 /// Settings the stages read (plugin-internal; one copy, from the builder).
@@ -290,6 +302,8 @@ pub(crate) struct Settings {
     pub gravity: Vec3,
     pub substeps: u32,
     pub interpolation: bool,
+    /// Packed `physics_step` payloads ([`Encoding::Binary`]) or JSON.
+    pub wire: Encoding,
 }
 
 /// The offload controller and the tick counter (plugin-internal).
@@ -323,6 +337,7 @@ impl Plugin for P2c2rPlugin {
                 config.backoff_max = self.backoff.1;
                 config.token = self.token.clone();
                 config.ca_file = self.ca_file.clone();
+                config.encoding = self.wire;
                 P2c2rClient::connect(config, session.clone(), Some(deadline_ms))
             }
             None => P2c2rClient::offline(gamer_id.clone(), session.clone()),
@@ -351,6 +366,7 @@ impl Plugin for P2c2rPlugin {
                 gravity: self.gravity,
                 substeps: self.substeps,
                 interpolation: self.interpolation,
+                wire: self.wire,
             })
             .insert_resource(Offload { controller, tick: 0 })
             .init_resource::<EntityIds>()

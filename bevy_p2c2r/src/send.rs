@@ -8,8 +8,8 @@ use bevy::diagnostic::Diagnostics;
 use bevy::ecs::system::SystemParam;
 use bevy::prelude::*;
 use p2c2r_protocol::ai::{AgentQuery, AiNavigateResult};
-use p2c2r_protocol::physics::BodyType;
-use p2c2r_protocol::{ErrorCode, RawPayload, task_types, to_payload};
+use p2c2r_protocol::physics::{BodyType, PhysicsStepRequest};
+use p2c2r_protocol::{Encoding, ErrorCode, Payload, packed, task_types, to_payload};
 
 use crate::apply::{Results, take_physics_results, write_state};
 use crate::bridge::{P2c2rClient, QueueError, Sent, Unanswered};
@@ -95,18 +95,19 @@ pub(crate) fn send_tick(
     let planned_mode = p.offload.controller.mode();
     let mut sent_physics = false;
     if physics.to_peer {
-        p.stats.ticks_offloaded += 1;
+        let bodies = p.ids.bodies.len();
+        p.stats.count_offloaded_tick(bodies);
         if physics.reset {
             p.stats.snapshots_sent += 1;
         }
         let sent = Sent { kind: TaskKind::Physics, tick: Some(tick) };
-        if let Some(payload) = encode(&request, "physics") {
+        if let Some(payload) = encode_physics(&request, p.settings.wire) {
             sent_physics = send(&mut p, task_types::PHYSICS_STEP, payload, sent, tick, now);
         }
     }
     if plan.probe {
         let probe = build::probe_request(tick, request.dt);
-        if let Some(payload) = encode(&probe, "probe") {
+        if let Some(payload) = encode_physics(&probe, p.settings.wire) {
             let sent = Sent { kind: TaskKind::Probe, tick: None };
             let (task_id, result) = p.client.send(task_types::PHYSICS_STEP, payload, sent);
             match result {
@@ -210,7 +211,19 @@ pub(crate) fn send_tick(
     publish_mode_changes(offload, stats, mode);
 }
 
-fn encode<T: serde::Serialize>(request: &T, what: &str) -> Option<RawPayload> {
+/// A `physics_step` payload: packed for the binary wire, JSON otherwise.
+fn encode_physics(request: &PhysicsStepRequest, wire: Encoding) -> Option<Payload> {
+    match wire {
+        Encoding::Binary => {
+            let mut bytes = Vec::new();
+            packed::encode_request(request, &mut bytes);
+            Some(Payload::binary(bytes))
+        }
+        Encoding::Json => encode(request, "physics"),
+    }
+}
+
+fn encode<T: serde::Serialize>(request: &T, what: &str) -> Option<Payload> {
     match to_payload(request) {
         Ok(payload) => Some(payload),
         Err(e) => {
@@ -222,7 +235,7 @@ fn encode<T: serde::Serialize>(request: &T, what: &str) -> Option<RawPayload> {
 
 /// Sends one of the tick's requests; a request that cannot be handed over is reported
 /// and tells the controller. Returns whether it was sent.
-fn send(p: &mut SendParams, task_type: &str, payload: RawPayload, sent: Sent, tick: u64, now: Instant) -> bool {
+fn send(p: &mut SendParams, task_type: &str, payload: Payload, sent: Sent, tick: u64, now: Instant) -> bool {
     let (task_id, result) = p.client.send(task_type, payload, sent);
     match result {
         Ok(()) => true,
@@ -298,4 +311,6 @@ pub(crate) fn publish_stats(
     d.add_measurement(&diagnostics::BYTES_SENT, || stats.bytes_sent as f64);
     d.add_measurement(&diagnostics::BYTES_RECEIVED, || stats.bytes_received as f64);
     d.add_measurement(&diagnostics::FALLBACK, || f64::from(u8::from(stats.in_fallback())));
+    d.add_measurement(&diagnostics::BYTES_SENT_PER_BODY_TICK, || stats.bytes_sent_per_body_tick);
+    d.add_measurement(&diagnostics::BYTES_RECEIVED_PER_BODY_TICK, || stats.bytes_received_per_body_tick);
 }

@@ -29,10 +29,25 @@ pub mod diagnostics {
     pub const BYTES_RECEIVED: DiagnosticPath = DiagnosticPath::const_new("p2c2r/bytes_received");
     /// 1 while in fallback (or handing back), 0 while offloaded.
     pub const FALLBACK: DiagnosticPath = DiagnosticPath::const_new("p2c2r/fallback");
+    /// Bytes sent per offloaded body per offloaded tick, over about a second
+    /// ([`P2c2rStats::bytes_sent_per_body_tick`](super::P2c2rStats::bytes_sent_per_body_tick)).
+    pub const BYTES_SENT_PER_BODY_TICK: DiagnosticPath = DiagnosticPath::const_new("p2c2r/bytes_sent_per_body_tick");
+    /// Bytes received per offloaded body per offloaded tick, over about a second.
+    pub const BYTES_RECEIVED_PER_BODY_TICK: DiagnosticPath =
+        DiagnosticPath::const_new("p2c2r/bytes_received_per_body_tick");
 
     /// Every path above.
-    pub const ALL: [DiagnosticPath; 7] =
-        [RTT_MS, TASKS_IN_FLIGHT, TICKS_OFFLOADED, TICKS_FALLBACK, BYTES_SENT, BYTES_RECEIVED, FALLBACK];
+    pub const ALL: [DiagnosticPath; 9] = [
+        RTT_MS,
+        TASKS_IN_FLIGHT,
+        TICKS_OFFLOADED,
+        TICKS_FALLBACK,
+        BYTES_SENT,
+        BYTES_RECEIVED,
+        FALLBACK,
+        BYTES_SENT_PER_BODY_TICK,
+        BYTES_RECEIVED_PER_BODY_TICK,
+    ];
 }
 
 /// What the plugin has done so far; updated every fixed tick. Read it as a resource.
@@ -90,6 +105,13 @@ pub struct P2c2rStats {
     pub bytes_received_per_sec: f64,
     /// Physics ticks applied per second (from any source), averaged over about a second.
     pub ticks_per_sec: f64,
+    /// Bytes sent per offloaded body per offloaded tick, over about a second: what the
+    /// game costs its uplink per body (every byte counted: physics, AI, heartbeats and
+    /// frame headers; 0 while nothing is offloaded).
+    pub bytes_sent_per_body_tick: f64,
+    /// Bytes received per offloaded body per offloaded tick, over about a second (the
+    /// downlink, counted like [`bytes_sent_per_body_tick`](Self::bytes_sent_per_body_tick)).
+    pub bytes_received_per_body_tick: f64,
     /// The peer that answered the latest physics result.
     pub serving_peer: Option<String>,
     /// Every peer that has answered a task.
@@ -98,8 +120,22 @@ pub struct P2c2rStats {
     pub last_applied_tick: Option<u64>,
     /// Round-trip times of peer results, in µs.
     pub rtt_us: Histogram<u64>,
-    rate_window: Option<(Instant, u64, u64, u64)>,
+    /// Where the current rate window started: when, bytes sent and received, ticks
+    /// applied and offloaded, and offloaded body-ticks.
+    rate_window: Option<RateWindow>,
+    /// Offloaded ticks × bodies, summed over the offloaded ticks.
+    body_ticks_offloaded: u64,
     applied: u64,
+}
+
+/// The counters at the start of a rate window ([`P2c2rStats::update_rates`]).
+#[derive(Clone, Copy, Debug)]
+struct RateWindow {
+    at: Instant,
+    sent: u64,
+    received: u64,
+    applied: u64,
+    body_ticks: u64,
 }
 
 impl Default for P2c2rStats {
@@ -130,11 +166,14 @@ impl Default for P2c2rStats {
             bytes_sent_per_sec: 0.0,
             bytes_received_per_sec: 0.0,
             ticks_per_sec: 0.0,
+            bytes_sent_per_body_tick: 0.0,
+            bytes_received_per_body_tick: 0.0,
             serving_peer: None,
             peers_seen: HashSet::new(),
             last_applied_tick: None,
             rtt_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"),
             rate_window: None,
+            body_ticks_offloaded: 0,
             applied: 0,
         }
     }
@@ -164,6 +203,8 @@ impl std::fmt::Debug for P2c2rStats {
             .field("agents", &self.agents)
             .field("bytes_sent", &self.bytes_sent)
             .field("bytes_received", &self.bytes_received)
+            .field("bytes_sent_per_body_tick", &self.bytes_sent_per_body_tick)
+            .field("bytes_received_per_body_tick", &self.bytes_received_per_body_tick)
             .field("serving_peer", &self.serving_peer)
             .field("peers_seen", &self.peers_seen)
             .field("last_applied_tick", &self.last_applied_tick)
@@ -209,20 +250,37 @@ impl P2c2rStats {
         self.applied += 1;
     }
 
+    /// Counts one tick sent to peers with `bodies` offloaded bodies.
+    pub(crate) fn count_offloaded_tick(&mut self, bodies: usize) {
+        self.ticks_offloaded += 1;
+        self.body_ticks_offloaded += bodies as u64;
+    }
+
     /// Updates the per-second rates; call once per tick.
     pub(crate) fn update_rates(&mut self, now: Instant) {
-        match self.rate_window {
-            None => self.rate_window = Some((now, self.bytes_sent, self.bytes_received, self.applied)),
-            Some((start, sent, received, applied)) => {
-                let dt = now.duration_since(start).as_secs_f64();
-                if dt >= 1.0 {
-                    self.bytes_sent_per_sec = (self.bytes_sent - sent) as f64 / dt;
-                    self.bytes_received_per_sec = (self.bytes_received - received) as f64 / dt;
-                    self.ticks_per_sec = (self.applied - applied) as f64 / dt;
-                    self.rate_window = Some((now, self.bytes_sent, self.bytes_received, self.applied));
-                }
-            }
+        let here = RateWindow {
+            at: now,
+            sent: self.bytes_sent,
+            received: self.bytes_received,
+            applied: self.applied,
+            body_ticks: self.body_ticks_offloaded,
+        };
+        let Some(start) = self.rate_window else {
+            self.rate_window = Some(here);
+            return;
+        };
+        let dt = now.duration_since(start.at).as_secs_f64();
+        if dt < 1.0 {
+            return;
         }
+        let (sent, received) = (self.bytes_sent - start.sent, self.bytes_received - start.received);
+        self.bytes_sent_per_sec = sent as f64 / dt;
+        self.bytes_received_per_sec = received as f64 / dt;
+        self.ticks_per_sec = (self.applied - start.applied) as f64 / dt;
+        let body_ticks = (self.body_ticks_offloaded - start.body_ticks) as f64;
+        (self.bytes_sent_per_body_tick, self.bytes_received_per_body_tick) =
+            if body_ticks > 0.0 { (sent as f64 / body_ticks, received as f64 / body_ticks) } else { (0.0, 0.0) };
+        self.rate_window = Some(here);
     }
 }
 
@@ -253,5 +311,23 @@ mod tests {
         assert_eq!(s.bytes_sent_per_sec, 0.0);
         s.update_rates(t0 + Duration::from_secs(2));
         assert_eq!(s.bytes_sent_per_sec, 500.0);
+    }
+
+    #[test]
+    fn bytes_per_body_tick_divide_by_offloaded_body_ticks() {
+        let mut s = P2c2rStats::default();
+        let t0 = Instant::now();
+        s.update_rates(t0);
+        for _ in 0..60 {
+            s.count_offloaded_tick(100);
+        }
+        (s.bytes_sent, s.bytes_received) = (6_000, 12_000);
+        s.update_rates(t0 + Duration::from_secs(1));
+        assert_eq!((s.bytes_sent_per_body_tick, s.bytes_received_per_body_tick), (1.0, 2.0));
+        // Nothing offloaded in the next window: no figure rather than a division by zero.
+        s.bytes_sent += 500;
+        s.update_rates(t0 + Duration::from_secs(2));
+        assert_eq!(s.bytes_sent_per_body_tick, 0.0);
+        assert_eq!(s.ticks_offloaded, 60);
     }
 }

@@ -40,7 +40,7 @@ async fn serve(listener: tokio::net::TcpListener, seen: Arc<Mutex<Seen>>) {
         if request.task_type != task_types::PHYSICS_STEP {
             continue;
         }
-        let step: PhysicsStepRequest = serde_json::from_str(request.task_data.get()).unwrap();
+        let step: PhysicsStepRequest = serde_json::from_str(request.task_data.json().unwrap()).unwrap();
         let probe = request.task_id.contains(":probe:");
         let answer = match world.step(&step) {
             Ok(r) => {
@@ -91,7 +91,13 @@ fn broken_peer_results_are_rejected_and_snapshots_stay_valid() {
     let (_rt, url) = scripted_server(move |listener| serve(listener, script));
 
     let mut app = app_with(
-        P2c2rPlugin::new(url).gamer_id("bad").gravity(Vec3::ZERO).fallback_timeout(Duration::from_secs(10)),
+        // JSON: this peer lies in ways only JSON can carry (NaN as null, off-range
+        // floats); packed results carry lattice integers, which the decoder bounds.
+        P2c2rPlugin::new(url)
+            .gamer_id("bad")
+            .wire(Encoding::Json)
+            .gravity(Vec3::ZERO)
+            .fallback_timeout(Duration::from_secs(10)),
         tick_duration(),
     );
     let body = spawn_sinking_ball(&mut app);

@@ -246,7 +246,7 @@ fn collect_modes(mut changes: MessageReader<ModeChanged>, mut modes: ResMut<Mode
 struct Custom(Vec<(String, String)>);
 
 fn collect_custom(mut results: MessageReader<bevy_p2c2r::TaskResultReceived>, mut seen: ResMut<Custom>) {
-    seen.0.extend(results.read().map(|r| (r.task_id.clone(), r.result.get().to_owned())));
+    seen.0.extend(results.read().map(|r| (r.task_id.clone(), r.result.json().unwrap().to_owned())));
 }
 
 #[test]

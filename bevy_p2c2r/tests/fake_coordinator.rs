@@ -10,8 +10,7 @@ use std::time::Duration;
 use bevy::prelude::*;
 use bevy_p2c2r::prelude::*;
 use common::*;
-use p2c2r_protocol::physics::PhysicsStepRequest;
-use p2c2r_protocol::{ErrorCode, Message, TaskError, TaskResult, raw_payload, task_types};
+use p2c2r_protocol::{ErrorCode, Message, TaskError, TaskResult, task_types};
 use tokio_tungstenite::tungstenite;
 
 /// What the fake coordinator saw, for the test to check.
@@ -37,11 +36,12 @@ async fn serve(listener: tokio::net::TcpListener, seen: Arc<Mutex<Seen>>) {
     let mut world = p2c2r_sim::physics::PhysicsWorld::new();
     let mut held: Option<tungstenite::Message> = None;
     let mut resynced = false;
+    let mut wire = PeerWire::default();
     while let Some(request) = ws.next_task_request().await {
-        let result = |task_id: &str, json: String| {
+        let result = |task_id: &str, result: p2c2r_protocol::Payload| {
             Message::TaskResult(TaskResult {
                 task_id: task_id.to_owned(),
-                result: raw_payload(json).unwrap(),
+                result,
                 attempt: Some(1),
                 peer_id: Some("fake-peer".into()),
             })
@@ -49,7 +49,7 @@ async fn serve(listener: tokio::net::TcpListener, seen: Arc<Mutex<Seen>>) {
         if request.task_type != task_types::PHYSICS_STEP {
             continue;
         }
-        let step: PhysicsStepRequest = serde_json::from_str(request.task_data.get()).unwrap();
+        let (step, packed) = PeerWire::read(&request);
         seen.lock().unwrap().physics.push((step.tick, step.snapshot));
         let mode = if request.task_id.contains(":probe:") { "answer" } else { script(step.tick) };
         if mode == "resync" && !resynced {
@@ -57,14 +57,11 @@ async fn serve(listener: tokio::net::TcpListener, seen: Arc<Mutex<Seen>>) {
             // Pretend the session moved to a peer that lacks it.
             world = p2c2r_sim::physics::PhysicsWorld::new();
             let error = TaskError::new(ErrorCode::UnknownSession, "no such session").with_resync().with_tick(step.tick);
-            ws.send(&result(&request.task_id, serde_json::to_string(&error).unwrap())).await;
+            ws.send(&result(&request.task_id, p2c2r_protocol::to_payload(&error).unwrap())).await;
             continue;
         }
-        let answer = match world.step(&step) {
-            Ok(r) => serde_json::to_string(&r).unwrap(),
-            Err(e) => serde_json::to_string(&e).unwrap(),
-        };
-        let reply = frame(&result(&request.task_id, answer));
+        let answer = wire.answer(&step, packed, world.step(&step));
+        let reply = ws.frame(&result(&request.task_id, answer));
         match mode {
             "hold" => held = Some(reply),
             "twice" => {
@@ -137,6 +134,7 @@ async fn serve_honestly(
     for connection in 0.. {
         let Some(mut ws) = Conn::accept_next(&listener).await else { return };
         let mut world = p2c2r_sim::physics::PhysicsWorld::new();
+        let mut wire = PeerWire::default();
         let secret = if connection == 0 { "fake-secret-1" } else { "fake-secret-2" };
         let mut answered = 0;
         let mut seen = Vec::new();
@@ -145,19 +143,16 @@ async fn serve_honestly(
             if request.task_type != task_types::PHYSICS_STEP {
                 continue;
             }
-            let step: PhysicsStepRequest = serde_json::from_str(request.task_data.get()).unwrap();
+            let (step, packed) = PeerWire::read(&request);
             if !request.task_id.contains(":probe:") && rate_limited.contains(&step.tick) {
                 let refusal = Message::error(ErrorCode::RateLimited, "over 30 tasks/s", Some(request.task_id.clone()));
                 ws.send(&refusal).await;
                 continue;
             }
-            let answer = match world.step(&step) {
-                Ok(r) => serde_json::to_string(&r).unwrap(),
-                Err(e) => serde_json::to_string(&e).unwrap(),
-            };
+            let answer = wire.answer(&step, packed, world.step(&step));
             let result = Message::TaskResult(TaskResult {
                 task_id: request.task_id,
-                result: raw_payload(answer).unwrap(),
+                result: answer,
                 attempt: Some(1),
                 peer_id: Some("fake-peer".into()),
             });

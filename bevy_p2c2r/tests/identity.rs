@@ -120,7 +120,7 @@ async fn an_id_in_use_is_reported_and_retried_after_a_pause() {
 
 /// Accepts one connection, upgraded only with `Bearer good`.
 async fn accept_checking_token(listener: &TcpListener, seen: &SeenTokens) -> Option<Conn> {
-    accept_checking_bearer(listener, "good", seen).await.map(Conn)
+    accept_checking_bearer(listener, "good", seen).await.map(|ws| Conn(ws, p2c2r_protocol::Encoding::Json))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -47,8 +47,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use p2c2r_protocol::binary::{self, Frame};
 use p2c2r_protocol::{
-    ErrorMessage, Heartbeat, Message, RawPayload, RegisterGamer, TaskError, TaskRequest, TaskStatus, codec, limits,
+    Encoding, ErrorMessage, Heartbeat, Message, Payload, RegisterGamer, TaskError, TaskRequest, TaskStatus, codec,
+    limits,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite;
@@ -143,6 +145,10 @@ pub struct ClientConfig {
     /// Decodes successful results on the client's own task, before they reach the event
     /// stream (see [`Decoder`]); none by default.
     pub decoder: Option<Decoder>,
+    /// The frames to ask for: [`Encoding::Binary`] (the default) offers binary frames,
+    /// which a coordinator that does not know them declines (the client then speaks
+    /// JSON, and binary payloads travel base64-wrapped); [`Encoding::Json`] offers none.
+    pub encoding: Encoding,
 }
 
 /// Turns a successful [`TaskOutcome`] into a typed value ([`TaskOutcome::decoded`]) on the
@@ -185,6 +191,7 @@ impl ClientConfig {
             max_frame_bytes: limits::DEFAULT_MAX_FRAME_BYTES,
             queue_capacity: 4096,
             decoder: None,
+            encoding: Encoding::Binary,
         }
     }
 }
@@ -197,6 +204,8 @@ pub struct TaskOutcome {
     /// The request's `task_type`, when this client sent it (on this connection or one
     /// before it: what was sent is remembered across reconnections).
     pub task_type: Option<String>,
+    /// The request's `session_id`, when this client sent it with one.
+    pub session_id: Option<String>,
     /// What [`ClientConfig::decoder`] made of a successful result.
     pub decoded: Option<Box<dyn Any + Send>>,
     /// The peer that ran it; `None` when the coordinator gave up on the task.
@@ -213,8 +222,9 @@ pub struct TaskOutcome {
 /// [`TaskError`].
 #[derive(Debug)]
 pub enum TaskReply {
-    /// `"status": "success"` (or a seed result without `status`): the JSON as received.
-    Success(RawPayload),
+    /// `"status": "success"` (or a seed result without `status`): the payload as received
+    /// (JSON text, or binary bytes for a binary request).
+    Success(Payload),
     /// `"status": "error"`.
     Failed(TaskError),
 }
@@ -223,8 +233,14 @@ impl TaskOutcome {
     /// Parses a successful result into `T`. A failed result returns its [`TaskError`].
     pub fn parse<T: serde::de::DeserializeOwned>(&self) -> std::result::Result<T, TaskError> {
         match &self.reply {
-            TaskReply::Success(raw) => serde_json::from_str(raw.get())
-                .map_err(|e| TaskError::new(p2c2r_protocol::ErrorCode::InvalidPayload, format!("bad result: {e}"))),
+            TaskReply::Success(payload) => match payload.json() {
+                Some(json) => serde_json::from_str(json)
+                    .map_err(|e| TaskError::new(p2c2r_protocol::ErrorCode::InvalidPayload, format!("bad result: {e}"))),
+                None => Err(TaskError::new(
+                    p2c2r_protocol::ErrorCode::InvalidPayload,
+                    "a binary result: read it with its task type's decoder, not as JSON",
+                )),
+            },
             TaskReply::Failed(err) => Err(err.clone()),
         }
     }
@@ -238,12 +254,14 @@ impl TaskOutcome {
     }
 
     fn from_result(r: p2c2r_protocol::TaskResult, sent: Option<Sent>, decoder: Option<&Decoder>) -> Self {
-        let (rtt, task_type) = match sent {
-            Some(sent) => (Some(sent.at.elapsed()), Some(sent.task_type)),
-            None => (None, None),
+        let (rtt, task_type, session_id) = match sent {
+            Some(sent) => (Some(sent.at.elapsed()), Some(sent.task_type), sent.session_id),
+            None => (None, None, None),
         };
-        let reply = match p2c2r_protocol::task::result_status(r.result.get()) {
-            Some(TaskStatus::Error) => match serde_json::from_str::<TaskError>(r.result.get()) {
+        // Failures are always JSON; a binary result is a success.
+        let status = r.result.json().and_then(p2c2r_protocol::task::result_status);
+        let reply = match (status, r.result.json()) {
+            (Some(TaskStatus::Error), Some(json)) => match serde_json::from_str::<TaskError>(json) {
                 Ok(e) => TaskReply::Failed(e),
                 Err(e) => TaskReply::Failed(TaskError::new(
                     p2c2r_protocol::ErrorCode::Other,
@@ -255,6 +273,7 @@ impl TaskOutcome {
         let mut outcome = TaskOutcome {
             task_id: r.task_id,
             task_type,
+            session_id,
             decoded: None,
             peer_id: r.peer_id,
             attempt: r.attempt,
@@ -272,6 +291,7 @@ impl TaskOutcome {
 struct Sent {
     at: Instant,
     task_type: String,
+    session_id: Option<String>,
     /// Its place in the order of writing, to forget the oldest first.
     seq: u64,
 }
@@ -290,12 +310,12 @@ struct SentLog {
 impl SentLog {
     /// Remembers a request just written; forgets the older half when full (amortised
     /// constant time, whatever the answers do).
-    fn remember(&mut self, task_id: String, task_type: String) {
+    fn remember(&mut self, task_id: String, task_type: String, session_id: Option<String>) {
         if self.by_id.len() >= MAX_REMEMBERED {
             let keep_from = self.next_seq.saturating_sub(MAX_REMEMBERED as u64 / 2);
             self.by_id.retain(|_, sent| sent.seq >= keep_from);
         }
-        self.by_id.insert(task_id, Sent { at: Instant::now(), task_type, seq: self.next_seq });
+        self.by_id.insert(task_id, Sent { at: Instant::now(), task_type, session_id, seq: self.next_seq });
         self.next_seq += 1;
     }
 
@@ -357,14 +377,19 @@ pub struct ClientStats {
     frames_received: AtomicU64,
     connects: AtomicU64,
     connected: AtomicBool,
+    binary: AtomicBool,
 }
 
 impl ClientStats {
-    /// Payload bytes written to the socket (text frames).
+    /// Whether the current (or last) connection negotiated binary frames.
+    pub fn binary(&self) -> bool {
+        self.binary.load(Ordering::Relaxed)
+    }
+    /// Payload bytes written to the socket (text and binary frames).
     pub fn bytes_sent(&self) -> u64 {
         self.bytes_sent.load(Ordering::Relaxed)
     }
-    /// Payload bytes read from the socket (text frames).
+    /// Payload bytes read from the socket (text and binary frames).
     pub fn bytes_received(&self) -> u64 {
         self.bytes_received.load(Ordering::Relaxed)
     }
@@ -472,6 +497,7 @@ impl GamerClient {
             resume_secret: None,
             last_refusal: None,
             sent: SentLog::default(),
+            encoding: Encoding::Json,
         };
         tokio::spawn(driver.run());
         (GamerClient { commands: cmd_tx, stats, connected: conn_rx, gamer_id }, ClientEvents { rx: ev_rx }, first_rx)
@@ -585,6 +611,8 @@ struct Driver {
     /// a resume still gets its type (and decoding) and round trip. Bounded
     /// ([`MAX_REMEMBERED`]).
     sent: SentLog,
+    /// What the current connection negotiated.
+    encoding: Encoding,
 }
 
 enum SessionEnd {
@@ -756,8 +784,12 @@ impl Driver {
                     .max_frame_size(Some(self.config.max_frame_bytes)),
             ),
             timeout: self.config.connect_timeout,
+            encoding: self.config.encoding,
         };
-        let mut socket = p2c2r_net::connect(&url, &options).await.map_err(|e| ClientError::connect(&url, e))?;
+        let (mut socket, encoding) =
+            p2c2r_net::connect_negotiated(&url, &options).await.map_err(|e| ClientError::connect(&url, e))?;
+        self.encoding = encoding;
+        self.stats.binary.store(encoding == Encoding::Binary, Ordering::Relaxed);
         let register = codec::encode(&Message::RegisterGamer(RegisterGamer {
             gamer_id: self.config.gamer_id.clone(),
             resume_secret: self.resume_secret.clone(),
@@ -827,13 +859,17 @@ impl Driver {
                     Some(Command::Send { request, reply }) => {
                         let task_id = request.task_id.clone();
                         let task_type = request.task_type.clone();
-                        let frame = codec::encode(&Message::TaskRequest(request));
+                        let session_id = request.session_id.clone();
+                        let frame = match binary::encode_for(&Message::TaskRequest(request), self.encoding) {
+                            Frame::Text(text) => tungstenite::Message::text(text),
+                            Frame::Binary(bytes) => tungstenite::Message::binary(bytes),
+                        };
                         self.count_sent(frame.len());
-                        if let Err(e) = sink.send(tungstenite::Message::Text(frame.into())).await {
+                        if let Err(e) = sink.send(frame).await {
                             self.undelivered(task_id, reply, ClientError::Disconnected).await;
                             break SessionEnd::Lost(e.to_string());
                         }
-                        self.sent.remember(task_id.clone(), task_type);
+                        self.sent.remember(task_id.clone(), task_type, session_id);
                         if let Some(reply) = reply {
                             waiters.insert(task_id, reply);
                         }
@@ -842,9 +878,14 @@ impl Driver {
                 frame = stream.next() => match frame {
                     None => break SessionEnd::Lost("connection closed by the coordinator".into()),
                     Some(Err(e)) => break SessionEnd::Lost(e.to_string()),
-                    Some(Ok(tungstenite::Message::Text(text))) => {
-                        self.count_received(text.len());
-                        match codec::decode(text.as_str()) {
+                    Some(Ok(frame @ (tungstenite::Message::Text(_) | tungstenite::Message::Binary(_)))) => {
+                        self.count_received(frame.len());
+                        let decoded = match frame {
+                            tungstenite::Message::Text(text) => codec::decode(text.as_str()).map_err(|e| e.to_string()),
+                            tungstenite::Message::Binary(bytes) => binary::decode(bytes).map_err(|e| e.to_string()),
+                            _ => unreachable!("matched above"),
+                        };
+                        match decoded {
                             Ok(Message::TaskResult(result)) => {
                                 let sent = self.sent.take(&result.task_id);
                                 let outcome = TaskOutcome::from_result(result, sent, self.config.decoder.as_ref());
@@ -933,9 +974,9 @@ mod tests {
     #[test]
     fn what_was_sent_is_bounded_and_forgets_the_oldest() {
         let mut log = SentLog::default();
-        log.remember("first".into(), "physics_step".into());
+        log.remember("first".into(), "physics_step".into(), None);
         for i in 0..(MAX_REMEMBERED * 3) {
-            log.remember(format!("t{i}"), "ai_navigate".into());
+            log.remember(format!("t{i}"), "ai_navigate".into(), None);
             assert!(log.by_id.len() <= MAX_REMEMBERED);
         }
         assert!(log.take("first").is_none(), "the oldest is forgotten");

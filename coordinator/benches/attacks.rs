@@ -30,7 +30,7 @@ fn request(task_id: String, task_type: &str, payload: &str, session: Option<Stri
 async fn answer_forever(mut ws: Client, fragile: bool) {
     while let Some(m) = ws.try_recv().await {
         if let Message::TaskAssignment(a) = m {
-            if fragile && a.task_data.task_data.get().contains("kill") {
+            if fragile && a.task_data.task_data.json().unwrap().contains("kill") {
                 return;
             }
             if !ws.try_send(&result_for(&a, r#"{"status":"success"}"#)).await {

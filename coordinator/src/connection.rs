@@ -50,13 +50,16 @@ use tracing::debug;
 use crate::admission::Ticket;
 use crate::auth::Credential;
 use crate::observe::{ObservedStream, StreamWatch};
-use crate::outbound::{self, Outbound, OutboundRx, OutboundTx};
+use crate::outbound::{self, Frame, Outbound, OutboundRx, OutboundTx};
 use crate::router::{CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TOO_BIG, ConnHandle, ConnId, ConnInfo, Departure, Router};
 use crate::tls::Transport;
 use crate::{Config, Shared};
 use crate::{info_limited, warn_limited};
 use p2c2r_ops::http::Rewind;
-use p2c2r_protocol::ErrorCode;
+use p2c2r_protocol::{Encoding, ErrorCode, binary};
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::http::header::SEC_WEBSOCKET_PROTOCOL;
 
 /// tungstenite's write buffer target: frames are written once this much is buffered, or
 /// at every flush (the writer flushes after each frame).
@@ -121,9 +124,20 @@ pub async fn serve(
     let stream =
         ObservedStream::with_budget(stream, shared.inbound.clone()).counting(shared.bytes.clone()).after_head(head_len);
     let watch = stream.watch();
+    // The client offers subprotocols; binary frames are used when it offers ours and we
+    // name it in the answer (RFC 6455 §4.2.2). Otherwise the connection is JSON only.
+    let mut encoding = Encoding::Json;
+    let negotiate = |request: &Request, mut response: Response| {
+        let offers = request.headers().get_all(SEC_WEBSOCKET_PROTOCOL).iter().filter_map(|v| v.to_str().ok());
+        encoding = Encoding::from_offer(offers);
+        if encoding == Encoding::Binary {
+            response.headers_mut().insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(binary::SUBPROTOCOL));
+        }
+        Ok(response)
+    };
     let ws = match timeout(
         config.handshake_timeout,
-        tokio_tungstenite::accept_async_with_config(stream, Some(ws_config(config))),
+        tokio_tungstenite::accept_hdr_async_with_config(stream, negotiate, Some(ws_config(config))),
     )
     .await
     {
@@ -144,12 +158,14 @@ pub async fn serve(
         ConnHandle { tx: tx.clone(), kill: kill.clone() },
         Some(ConnInfo { addr, watch: watch.clone(), credential }),
     );
-    debug!(conn, "connection open");
+    debug!(conn, encoding = encoding.as_str(), "connection open");
 
-    let writer = tokio::spawn(write_loop(conn, sink, rx, kill.clone(), watch.clone(), config.write_stall_timeout));
+    let writer =
+        tokio::spawn(write_loop(conn, sink, rx, encoding, kill.clone(), watch.clone(), config.write_stall_timeout));
 
     let start = Instant::now();
-    let mut reader = Reader { router, config, conn, tx: &tx, ticket: &mut ticket, watch: &watch, last_seen: start };
+    let mut reader =
+        Reader { router, config, conn, encoding, tx: &tx, ticket: &mut ticket, watch: &watch, last_seen: start };
     let mut pings = interval_at(start + config.heartbeat_interval, config.heartbeat_interval);
     pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let register_by = start + config.register_timeout;
@@ -228,6 +244,7 @@ struct Reader<'a> {
     router: &'a Router,
     config: &'a Config,
     conn: ConnId,
+    encoding: Encoding,
     tx: &'a OutboundTx,
     ticket: &'a mut Ticket,
     watch: &'a StreamWatch,
@@ -248,10 +265,17 @@ impl Reader<'_> {
                 self.router.handle_frame(conn, text.as_str());
                 self.observe_registration();
             }
+            Some(Ok(WsMessage::Binary(frame))) if self.encoding == Encoding::Binary => {
+                self.router.handle_binary_frame(conn, frame);
+                self.observe_registration();
+            }
             Some(Ok(WsMessage::Binary(_))) => self.router.send_error(
                 conn,
-                ErrorCode::BadJson,
-                "binary frames are not supported; send JSON text frames",
+                ErrorCode::BadFrame,
+                format!(
+                    "binary frames need the {} subprotocol, offered when connecting; this connection is JSON",
+                    binary::SUBPROTOCOL
+                ),
             ),
             Some(Ok(WsMessage::Pong(payload))) => {
                 if let Some(rtt) = self.watch.pong(&payload, std::time::Instant::now()) {
@@ -385,6 +409,7 @@ async fn write_loop(
     conn: ConnId,
     mut sink: Sink,
     mut rx: OutboundRx,
+    encoding: Encoding,
     kill: CancellationToken,
     watch: Arc<StreamWatch>,
     stall: Duration,
@@ -397,8 +422,9 @@ async fn write_loop(
         };
         let Some(next) = next else { break };
         let (frame, closing) = match &next {
-            Outbound::Message(_) | Outbound::Assignment(_) => match next.encode() {
-                Some(text) => (WsMessage::text(text), false),
+            Outbound::Message(_) | Outbound::Assignment(_) => match next.encode(encoding) {
+                Some(Frame::Text(text)) => (WsMessage::text(text), false),
+                Some(Frame::Binary(bytes)) => (WsMessage::binary(bytes), false),
                 None => continue,
             },
             // The ping carries when it was sent; the pong brings it back (round trip).

@@ -15,13 +15,14 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use p2c2r_protocol::{Message, TaskAssignmentRef, TaskSpecRef, codec};
-use serde_json::value::RawValue;
+pub use p2c2r_protocol::binary::Frame;
+use p2c2r_protocol::binary::{self, FrameHeader};
+use p2c2r_protocol::{Encoding, Message, Payload, TaskAssignmentRef, TaskSpecRef, codec};
 use tokio::sync::mpsc;
 
 /// The payload of a task, shared between the scheduler (for re-dispatch) and the frames
-/// that carry it.
-pub type SharedPayload = Arc<RawValue>;
+/// that carry it (a [`Payload`] clones by reference count).
+pub type SharedPayload = Payload;
 
 /// Bytes counted for a frame on top of its payload (ids, field names, framing).
 const FRAME_OVERHEAD_BYTES: usize = 512;
@@ -71,22 +72,42 @@ impl Outbound {
     pub fn weight(&self) -> usize {
         let payload = match self {
             Outbound::Message(m) => match m.as_ref() {
-                Message::TaskResult(r) => r.result.get().len(),
-                Message::TaskAssignment(a) => a.task_data.task_data.get().len(),
-                Message::TaskRequest(r) => r.task_data.get().len(),
+                Message::TaskResult(r) => r.result.len(),
+                Message::TaskAssignment(a) => a.task_data.task_data.len(),
+                Message::TaskRequest(r) => r.task_data.len(),
                 _ => 0,
             },
-            Outbound::Assignment(a) => a.payload.get().len(),
+            // A binary payload on a JSON connection grows by a third (base64); the
+            // weight is an estimate, the byte bound of the queue is what matters.
+            Outbound::Assignment(a) => a.payload.len(),
             Outbound::Ping | Outbound::Close(..) => 0,
         };
         payload + FRAME_OVERHEAD_BYTES
     }
 
-    /// The text of a data frame (`None` for pings and closes).
-    pub fn encode(&self) -> Option<String> {
-        match self {
-            Outbound::Message(m) => Some(codec::encode(m)),
-            Outbound::Assignment(a) => Some(codec::encode_assignment(&TaskAssignmentRef {
+    /// The data frame for a connection that speaks `encoding` (`None` for pings and
+    /// closes): a binary frame for a task message with a binary payload on a binary
+    /// connection, JSON text otherwise (a binary payload base64-wrapped, see
+    /// [`p2c2r_protocol::payload`]).
+    pub fn encode(&self, encoding: Encoding) -> Option<Frame> {
+        match (self, encoding) {
+            (Outbound::Message(m), _) => Some(binary::encode_for(m, encoding)),
+            (Outbound::Assignment(a), Encoding::Binary) if a.payload.is_binary() => {
+                let Payload::Binary(bytes) = &a.payload else { unreachable!("checked by the guard") };
+                Some(Frame::Binary(binary::encode_parts(
+                    &FrameHeader::TaskAssignment {
+                        assignment_id: &a.assignment_id,
+                        attempt: a.attempt,
+                        deadline_ms: Some(a.deadline_ms),
+                        task_id: &a.task_id,
+                        task_type: &a.task_type,
+                        session_id: a.session_id.as_deref(),
+                        gamer_id: Some(&a.gamer_id),
+                    },
+                    bytes,
+                )))
+            }
+            (Outbound::Assignment(a), _) => Some(Frame::Text(codec::encode_assignment(&TaskAssignmentRef {
                 task_id: &a.assignment_id,
                 attempt: a.attempt,
                 deadline_ms: Some(a.deadline_ms),
@@ -97,8 +118,8 @@ impl Outbound {
                     gamer_id: Some(&a.gamer_id),
                     task_data: &a.payload,
                 },
-            })),
-            Outbound::Ping | Outbound::Close(..) => None,
+            }))),
+            (Outbound::Ping | Outbound::Close(..), _) => None,
         }
     }
 }
@@ -267,22 +288,49 @@ mod tests {
 
     #[test]
     fn assignments_encode_like_the_owned_message() {
-        let payload: SharedPayload = Arc::from(raw_payload(r#"{"tick":1}"#.into()).unwrap());
-        let frame = Outbound::Assignment(Box::new(AssignmentFrame {
-            assignment_id: "4.1".into(),
-            attempt: 1,
-            deadline_ms: 250,
-            task_id: "t".into(),
-            task_type: "physics_step".into(),
-            session_id: Some("s".into()),
-            gamer_id: "g".into(),
-            payload,
-        }));
-        let text = frame.encode().unwrap();
-        assert_eq!(
-            text,
-            r#"{"msg_type":"task_assignment","task_id":"4.1","attempt":1,"deadline_ms":250,"task_data":{"task_id":"t","task_type":"physics_step","session_id":"s","gamer_id":"g","task_data":{"tick":1}}}"#
-        );
+        let assignment = |payload: SharedPayload| {
+            Outbound::Assignment(Box::new(AssignmentFrame {
+                assignment_id: "4.1".into(),
+                attempt: 1,
+                deadline_ms: 250,
+                task_id: "t".into(),
+                task_type: "physics_step".into(),
+                session_id: Some("s".into()),
+                gamer_id: "g".into(),
+                payload,
+            }))
+        };
+        let owned = |payload: SharedPayload| {
+            Message::TaskAssignment(p2c2r_protocol::TaskAssignment {
+                task_id: "4.1".into(),
+                attempt: 1,
+                deadline_ms: Some(250),
+                task_data: p2c2r_protocol::TaskSpec {
+                    task_id: "t".into(),
+                    task_type: "physics_step".into(),
+                    session_id: Some("s".into()),
+                    gamer_id: Some("g".into()),
+                    task_data: payload,
+                },
+            })
+        };
+        let json = raw_payload(r#"{"tick":1}"#.into()).unwrap();
+        let frame = assignment(json.clone());
+        let expected = r#"{"msg_type":"task_assignment","task_id":"4.1","attempt":1,"deadline_ms":250,"task_data":{"task_id":"t","task_type":"physics_step","session_id":"s","gamer_id":"g","task_data":{"tick":1}}}"#;
+        // A JSON payload is a text frame on either kind of connection.
+        for encoding in [Encoding::Json, Encoding::Binary] {
+            assert_eq!(frame.encode(encoding), Some(Frame::Text(expected.into())));
+        }
+        assert_eq!(codec::encode(&owned(json)), expected);
         assert!(frame.weight() >= 10);
+        // A binary payload: a binary frame on a binary connection, base64 in JSON
+        // otherwise; both as the owned message would encode.
+        let bin = Payload::binary(vec![0x50, 1, 2]);
+        let frame = assignment(bin.clone());
+        let Some(Frame::Binary(b)) = frame.encode(Encoding::Binary) else { panic!() };
+        assert_eq!(Some(b), binary::encode(&owned(bin.clone())));
+        let Some(Frame::Text(t)) = frame.encode(Encoding::Json) else { panic!() };
+        assert_eq!(t, codec::encode(&owned(bin)));
+        assert!(t.contains(r#""task_data":{"p2c2r_binary":"UAEC"}"#), "{t}");
     }
 }

@@ -421,13 +421,24 @@ impl Router {
     /// Handles one text frame from a connection.
     pub fn handle_frame(&self, conn: ConnId, frame: &str) {
         // Parse before taking the lock: a large frame must not stall everyone else.
-        let decoded = codec::decode(frame);
+        let decoded = codec::decode(frame).map_err(|e| (e.code(), e.to_string(), e.refers_to()));
+        self.handle_decoded(conn, decoded);
+    }
+
+    /// Handles one binary frame from a connection that negotiated binary frames. Its
+    /// payload stays a slice of the frame: it is forwarded, never copied or parsed.
+    pub fn handle_binary_frame(&self, conn: ConnId, frame: bytes::Bytes) {
+        let decoded = p2c2r_protocol::binary::decode(frame).map_err(|e| (e.code(), e.to_string(), None));
+        self.handle_decoded(conn, decoded);
+    }
+
+    fn handle_decoded(&self, conn: ConnId, decoded: Result<Message, (ErrorCode, String, Option<String>)>) {
         let mut state = self.lock();
         let message = match decoded {
             Ok(message) => message,
-            Err(e) => {
-                debug!(conn, error = %e, "bad frame");
-                state.send_error(conn, e.code(), e.to_string(), e.refers_to());
+            Err((code, message, refers_to)) => {
+                debug!(conn, error = %message, "bad frame");
+                state.send_error(conn, code, message, refers_to);
                 return;
             }
         };
@@ -727,8 +738,8 @@ impl Router {
             task_type: m.task_type,
             session_id: m.session_id,
             deadline,
-            bytes: m.task_data.get().len(),
-            payload: SharedPayload::from(m.task_data),
+            bytes: m.task_data.len(),
+            payload: m.task_data,
         };
         match state.sched.submit(gamer_id, submission, Instant::now()) {
             Ok(_) => {
@@ -1027,7 +1038,7 @@ impl State {
             return Some("over this gamer's tasks per second; slow down".into());
         }
         if let Some(b) = &mut limits.bytes
-            && !b.try_take(m.task_data.get().len() as f64, now)
+            && !b.try_take(m.task_data.len() as f64, now)
         {
             return Some("over this gamer's task bytes per second; slow down".into());
         }

@@ -57,11 +57,11 @@ async fn malformed_frames_get_errors_and_the_connection_stays_usable() {
     expect_error(&mut c, &deep, ErrorCode::InvalidMessage).await;
     let deep_array = format!("{}{}", "[".repeat(200_000), "]".repeat(200_000));
     expect_error(&mut c, &deep_array, ErrorCode::BadJson).await;
-    // Binary frames are not part of the protocol.
-    futures_util::SinkExt::send(&mut c.ws, tokio_tungstenite::tungstenite::Message::binary(vec![1u8, 2, 3]))
-        .await
-        .unwrap();
-    assert_eq!(c.recv_error().await.code, ErrorCode::BadJson);
+    // Binary frames need the binary subprotocol, offered when connecting.
+    c.send_binary(vec![1u8, 2, 3]).await;
+    let error = c.recv_error().await;
+    assert_eq!(error.code, ErrorCode::BadFrame);
+    assert!(error.message.contains("p2c2r.bin.v1"), "{}", error.message);
     // After all that, the same connection registers and works.
     c.send_text(r#"{"msg_type": "register_gamer", "gamer_id": "survivor"}"#).await;
     assert!(matches!(c.recv().await, p2c2r_protocol::Message::RegistrationAck(_)));
@@ -163,7 +163,7 @@ async fn default_frame_limit_fits_a_ten_thousand_body_snapshot() {
     let payload = serde_json::to_string(&snapshot).unwrap();
     gamer.submit("snap", "physics_step", &payload, Some("s")).await;
     let a = peer.recv_assignment().await;
-    assert_eq!(a.task_data.task_data.get(), payload);
+    assert_eq!(a.task_data.task_data.json().unwrap(), payload);
     coord.shutdown().await;
 }
 
@@ -240,7 +240,7 @@ async fn task_nobody_can_run_is_answered_with_queue_timeout() {
     gamer.submit("orphan", "quantum", "{}", None).await;
     let result = gamer.recv_result().await;
     assert_eq!(result.task_id, "orphan");
-    assert_eq!(common::json(result.result.get())["code"], "queue_timeout");
+    assert_eq!(common::json(result.result.json().unwrap())["code"], "queue_timeout");
     assert_eq!(coord.stats().queued_now, 0);
     coord.shutdown().await;
 }

@@ -88,7 +88,7 @@ async fn result_goes_only_to_the_submitting_gamer() {
     bob.send(request("t1", "physics", r#"{"who":"bob"}"#, None, None));
     for _ in 0..2 {
         let a = peer.recv_assignment().await;
-        let who = json(a.task_data.task_data.get())["who"].as_str().unwrap().to_owned();
+        let who = json(a.task_data.task_data.json().unwrap())["who"].as_str().unwrap().to_owned();
         peer.answer(&a, &format!(r#"{{"status":"success","for":"{who}"}}"#)).await;
     }
     let r = alice.next_outcome().await;
@@ -113,7 +113,11 @@ async fn peer_crash_mid_task_requeues_it_at_once() {
     let second = survivor.recv_assignment().await;
     assert_eq!(second.attempt, 2);
     assert_eq!(second.task_data.task_id, "t");
-    assert_eq!(second.task_data.task_data.get(), r#"{"keep": ["these", "bytes"]}"#, "the payload survives re-dispatch");
+    assert_eq!(
+        second.task_data.task_data.json().unwrap(),
+        r#"{"keep": ["these", "bytes"]}"#,
+        "the payload survives re-dispatch"
+    );
     survivor.answer(&second, r#"{"status":"success"}"#).await;
     let result = gamer.next_outcome().await;
     assert_eq!((result.task_id.as_str(), result.peer_id.as_deref()), ("t", Some("survivor")));
@@ -142,7 +146,7 @@ async fn straggler_is_superseded_and_its_late_answer_dropped() {
     fast.answer(&second, r#"{"status":"success","from":"fast-again"}"#).await;
     assert_eq!(fast.recv_error().await.code, ErrorCode::UnknownTask);
     let result = gamer.recv_result().await;
-    assert_eq!(json(result.result.get())["from"], "fast");
+    assert_eq!(json(result.result.json().unwrap())["from"], "fast");
     // Nothing else is on its way: the next frame is the answer to a later marker task.
     gamer.submit("marker", "physics", "{}", None).await;
     let marker = fast.recv_assignment().await;
@@ -174,8 +178,8 @@ async fn task_fails_with_an_error_after_max_attempts() {
     let result = gamer.recv_result().await;
     assert_eq!(result.task_id, "t");
     assert_eq!(result.peer_id, None);
-    assert_eq!(result_status(result.result.get()), Some(TaskStatus::Error));
-    assert_eq!(json(result.result.get())["code"], "max_attempts_exceeded");
+    assert_eq!(result_status(result.result.json().unwrap()), Some(TaskStatus::Error));
+    assert_eq!(json(result.result.json().unwrap())["code"], "max_attempts_exceeded");
     let stats = gamer.stats().await;
     assert_eq!(stats.tasks_failed, 1);
     coord.shutdown().await;

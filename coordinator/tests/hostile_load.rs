@@ -18,7 +18,7 @@ async fn start(config: Config) -> coordinator::CoordinatorHandle {
 }
 
 fn error_of(result: &p2c2r_protocol::TaskResult) -> TaskError {
-    serde_json::from_str(result.result.get()).expect("an error result")
+    serde_json::from_str(result.result.json().unwrap()).expect("an error result")
 }
 
 /// A task whose execution kills its peer is retried at most `max_attempts` times, then
@@ -38,7 +38,7 @@ async fn a_task_that_kills_every_peer_is_quarantined_as_poison() {
     }
     let answer = gamer.recv_result().await;
     assert_eq!(answer.task_id, "killer");
-    assert_eq!(result_status(answer.result.get()), Some(TaskStatus::Error));
+    assert_eq!(result_status(answer.result.json().unwrap()), Some(TaskStatus::Error));
     let error = error_of(&answer);
     assert_eq!(error.code, ErrorCode::PoisonTask, "{error:?}");
     // A fresh peer gets nothing: the task is quarantined.
@@ -75,7 +75,7 @@ async fn a_peer_declaring_thousands_of_slots_is_not_flooded_into_a_livelock() {
     });
     for _ in 0..3_000 {
         let r = gamer.recv_result().await;
-        assert_eq!(result_status(r.result.get()), Some(TaskStatus::Success), "{}", r.result.get());
+        assert_eq!(result_status(r.result.json().unwrap()), Some(TaskStatus::Success), "{}", r.result.json().unwrap());
     }
     let _boaster = answering.await.unwrap();
     let stats = coord.stats();
@@ -348,7 +348,7 @@ async fn tasks_no_peer_runs_in_time_get_no_peer_quarantined() {
         serving.push(tokio::spawn(async move {
             loop {
                 let a = peer.recv_assignment().await;
-                if !a.task_data.task_data.get().contains("expensive") {
+                if !a.task_data.task_data.json().unwrap().contains("expensive") {
                     peer.answer(&a, r#"{"status":"success"}"#).await;
                 }
             }

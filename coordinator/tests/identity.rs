@@ -126,7 +126,7 @@ async fn a_stranger_cannot_take_a_live_peer_id_nor_forge_its_results() {
         let a = peer.recv_assignment().await;
         peer.answer(&a, r#"{"status":"success","honest":true}"#).await;
         let r = gamer.recv_result().await;
-        assert_eq!(json(r.result.get())["honest"], true);
+        assert_eq!(json(r.result.json().unwrap())["honest"], true);
         assert_eq!(r.peer_id.as_deref(), Some("p"));
     }
     assert_eq!(coord.stats().peers, 1);
@@ -224,12 +224,12 @@ async fn results_kept_for_departed_gamers_are_bounded_in_bytes() {
     // Ten 6 KiB results fill the 64 KiB; the last two are not kept.
     assert!(coord.kept_bytes() <= 64 * 1024, "{}", coord.kept_bytes());
     let mut first = Client::gamer_resuming(&url, "leaver-0", secrets[0].clone()).await;
-    assert_eq!(json(first.recv_result().await.result.get())["status"], "success");
+    assert_eq!(json(first.recv_result().await.result.json().unwrap())["status"], "success");
     // What could not be kept is not lost in silence: the task is answered with an error.
     let mut last = Client::gamer_resuming(&url, "leaver-11", secrets[11].clone()).await;
     let r = last.recv_result().await;
     assert_eq!(r.task_id, "t");
-    assert_eq!(json(r.result.get())["code"], "limit_exceeded");
+    assert_eq!(json(r.result.json().unwrap())["code"], "limit_exceeded");
 
     // One gamer cannot hold more than its share: two results, the second over 8 KiB.
     let mut greedy = Client::gamer(&url, "greedy").await;
@@ -243,8 +243,8 @@ async fn results_kept_for_departed_gamers_are_bounded_in_bytes() {
     peer.answer(&b, &result).await;
     eventually("answered", || coord.stats().tasks_completed == 14).await;
     let mut back = Client::gamer_resuming(&url, "greedy", secret).await;
-    assert_eq!(json(back.recv_result().await.result.get())["status"], "success");
-    assert_eq!(json(back.recv_result().await.result.get())["code"], "limit_exceeded");
+    assert_eq!(json(back.recv_result().await.result.json().unwrap())["status"], "success");
+    assert_eq!(json(back.recv_result().await.result.json().unwrap())["code"], "limit_exceeded");
     coord.shutdown().await;
 }
 

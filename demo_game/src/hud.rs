@@ -42,6 +42,10 @@ pub struct HudData {
     pub bytes_sent_per_s: f64,
     /// Bytes per second received from the coordinator.
     pub bytes_recv_per_s: f64,
+    /// Bytes sent per offloaded body per offloaded tick.
+    pub bytes_sent_per_body_tick: f64,
+    /// Bytes received per offloaded body per offloaded tick.
+    pub bytes_recv_per_body_tick: f64,
     /// In-process peers.
     pub local_peers: usize,
     /// Coordinator URL.
@@ -84,7 +88,14 @@ pub fn hud_text(d: &HudData) -> String {
     );
     let _ = writeln!(s, "ticks/s: {:.0}", d.ticks_per_s);
     let _ = writeln!(s, "bodies: {}   agents: {}", d.bodies, d.agents);
-    let _ = writeln!(s, "bytes/s: up {}  down {}", human_bytes(d.bytes_sent_per_s), human_bytes(d.bytes_recv_per_s));
+    let _ = writeln!(
+        s,
+        "bytes/s: up {}  down {}   per body per tick: up {:.2}  down {:.2}",
+        human_bytes(d.bytes_sent_per_s),
+        human_bytes(d.bytes_recv_per_s),
+        d.bytes_sent_per_body_tick,
+        d.bytes_recv_per_body_tick
+    );
     let _ = writeln!(
         s,
         "coordinator: {} ({})  in-process peers: {}",
@@ -127,12 +138,15 @@ mod tests {
             agents: 10,
             bytes_sent_per_s: 1500.0,
             bytes_recv_per_s: 2_500_000.0,
+            bytes_sent_per_body_tick: 0.07,
+            bytes_recv_per_body_tick: 1.25,
             ..Default::default()
         });
         for needle in [
             "OFFLOADED to 2 peers",
             "p50 0.80",
             "p99 3.25",
+            "per body per tick: up 0.07  down 1.25",
             "fallback after 160 ms",
             "ticks/s: 60",
             "bodies: 344",

@@ -161,6 +161,8 @@ fn update_hud_state(world: &mut World, mut since: Local<f32>, mut notice_age: Lo
         agents: report.agents,
         bytes_sent_per_s: stats.bytes_sent_per_s,
         bytes_recv_per_s: stats.bytes_received_per_s,
+        bytes_sent_per_body_tick: stats.bytes_sent_per_body_tick,
+        bytes_recv_per_body_tick: stats.bytes_received_per_body_tick,
         local_peers: cluster.map_or(0, |c| c.peers().len()),
         coordinator: cluster.map_or_else(|| "none (local simulation)".to_owned(), |c| c.url().to_owned()),
         embedded_coordinator: cluster.is_some_and(EmbeddedCluster::embedded_coordinator),

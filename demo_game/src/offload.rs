@@ -168,6 +168,10 @@ pub struct OffloadStats {
     pub bytes_sent_per_s: f64,
     /// Bytes per second received.
     pub bytes_received_per_s: f64,
+    /// Bytes sent per offloaded body per offloaded tick.
+    pub bytes_sent_per_body_tick: f64,
+    /// Bytes received per offloaded body per offloaded tick.
+    pub bytes_received_per_body_tick: f64,
 }
 
 /// Reads the plugin's statistics (all zero before the plugin runs).
@@ -194,6 +198,8 @@ pub fn stats(world: &World) -> OffloadStats {
         bytes_received: s.bytes_received,
         bytes_sent_per_s: s.bytes_sent_per_sec,
         bytes_received_per_s: s.bytes_received_per_sec,
+        bytes_sent_per_body_tick: s.bytes_sent_per_body_tick,
+        bytes_received_per_body_tick: s.bytes_received_per_body_tick,
     }
 }
 

@@ -14,6 +14,10 @@
 //!   request as `Authorization: Bearer <token>`. Tokens are opaque to clients.
 //! - A coordinator that refuses the token answers the upgrade with an HTTP status
 //!   (401/403): that is [`ConnectError::Refused`], with the status and the body's text.
+//! - [`ConnectOptions::encoding`] `Binary` offers the binary-frame subprotocol
+//!   (`Sec-WebSocket-Protocol: p2c2r.bin.v1`); [`connect_negotiated`] says whether the
+//!   coordinator took it. A coordinator that does not know it answers without it, and the
+//!   connection is JSON, as it was before binary frames existed.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), p2c2r_net::ConnectError> {
@@ -45,6 +49,7 @@ use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode, header};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream, tungstenite};
 
 pub use backoff::Backoff;
+pub use p2c2r_protocol::Encoding;
 pub use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// The WebSocket [`connect`] returns.
@@ -124,11 +129,20 @@ pub struct ConnectOptions {
     pub ws_config: Option<WebSocketConfig>,
     /// Limit for the TCP connect, the TLS handshake and the WebSocket upgrade together.
     pub timeout: Duration,
+    /// The encoding to offer: `Binary` asks for binary frames (see the crate docs);
+    /// `Json` (the default) offers nothing.
+    pub encoding: Encoding,
 }
 
 impl Default for ConnectOptions {
     fn default() -> Self {
-        ConnectOptions { token: None, ca_file: None, ws_config: None, timeout: DEFAULT_CONNECT_TIMEOUT }
+        ConnectOptions {
+            token: None,
+            ca_file: None,
+            ws_config: None,
+            timeout: DEFAULT_CONNECT_TIMEOUT,
+            encoding: Encoding::Json,
+        }
     }
 }
 
@@ -176,6 +190,11 @@ pub enum ConnectError {
     /// The TCP connection or the WebSocket handshake failed.
     #[error("connection failed: {0}")]
     Io(String),
+    /// Binary frames were offered and the server answered without a subprotocol (a
+    /// coordinator from before binary frames); [`connect_negotiated`] then connects again
+    /// offering nothing, so callers only see this from a server that refuses that too.
+    #[error("the server accepted no subprotocol")]
+    NoSubprotocol,
     /// The coordinator answered the upgrade request with an HTTP error, e.g. 401 for a
     /// missing, expired or unknown token, 403 for a token it does not accept here.
     #[error("the coordinator refused the connection: HTTP {status}{}{}", reason_phrase(*status), body_suffix(body))]
@@ -235,6 +254,9 @@ impl ConnectError {
             }
             tungstenite::Error::Url(e) => ConnectError::InvalidUrl { url: url.to_owned(), reason: e.to_string() },
             tungstenite::Error::Tls(e) => ConnectError::Tls(e.to_string()),
+            tungstenite::Error::Protocol(tungstenite::error::ProtocolError::SecWebSocketSubProtocolError(
+                tungstenite::error::SubProtocolError::NoSubProtocol,
+            )) => ConnectError::NoSubprotocol,
             tungstenite::Error::Io(e) => match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
                 Some(tls) => ConnectError::Tls(tls.to_string()),
                 None => ConnectError::Io(e.to_string()),
@@ -250,8 +272,33 @@ impl ConnectError {
 /// The token file and the CA file are read on every call. Everything from the TCP
 /// connect to the end of the upgrade runs within `options.timeout`.
 pub async fn connect(url: &str, options: &ConnectOptions) -> Result<WsStream, ConnectError> {
+    connect_negotiated(url, options).await.map(|(ws, _)| ws)
+}
+
+/// [`connect`], also returning the encoding the coordinator agreed to: `Binary` only when
+/// [`ConnectOptions::encoding`] offered it and the coordinator's answer named
+/// [`p2c2r_protocol::binary::SUBPROTOCOL`].
+pub async fn connect_negotiated(url: &str, options: &ConnectOptions) -> Result<(WsStream, Encoding), ConnectError> {
+    match connect_offering(url, options, options.encoding).await {
+        // A coordinator from before binary frames answers without a subprotocol, which
+        // tungstenite treats as a failed handshake: connect again, JSON only.
+        Err(ConnectError::NoSubprotocol) => connect_offering(url, options, Encoding::Json).await,
+        other => other,
+    }
+}
+
+async fn connect_offering(
+    url: &str,
+    options: &ConnectOptions,
+    offer: Encoding,
+) -> Result<(WsStream, Encoding), ConnectError> {
     let invalid = |reason: String| ConnectError::InvalidUrl { url: url.to_owned(), reason };
     let mut request = url.into_client_request().map_err(|e| invalid(e.to_string()))?;
+    if offer == Encoding::Binary {
+        request
+            .headers_mut()
+            .insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p2c2r_protocol::binary::SUBPROTOCOL));
+    }
     let tls = match request.uri().scheme_str() {
         Some("wss") => true,
         Some("ws") => false,
@@ -269,7 +316,10 @@ pub async fn connect(url: &str, options: &ConnectOptions) -> Result<WsStream, Co
     let connecting =
         tokio_tungstenite::connect_async_tls_with_config(request, options.ws_config, true, Some(connector));
     match tokio::time::timeout(options.timeout, connecting).await {
-        Ok(Ok((ws, _response))) => Ok(ws),
+        Ok(Ok((ws, response))) => {
+            let answer = response.headers().get(header::SEC_WEBSOCKET_PROTOCOL).and_then(|v| v.to_str().ok());
+            Ok((ws, Encoding::from_answer(answer)))
+        }
         Ok(Err(e)) => Err(ConnectError::from_ws(url, e)),
         Err(_) => Err(ConnectError::Timeout(options.timeout)),
     }

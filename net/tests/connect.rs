@@ -225,3 +225,18 @@ async fn a_silent_server_times_out_and_a_closed_port_is_an_io_error() {
     let e = connect(&url.replace("wss", "ws"), &options).await.unwrap_err();
     assert!(matches!(e, ConnectError::Io(_)), "{e:?}");
 }
+
+#[tokio::test]
+async fn offering_binary_to_a_server_that_knows_nothing_of_it_falls_back_to_json() {
+    // This server answers without a subprotocol, as a coordinator from before binary
+    // frames does; tungstenite fails such a handshake, so the client connects again
+    // offering nothing.
+    let server = server(false).await;
+    let options = ConnectOptions { encoding: p2c2r_net::Encoding::Binary, ..Default::default() };
+    let (mut ws, encoding) =
+        tokio::time::timeout(WAIT, p2c2r_net::connect_negotiated(&server.url, &options)).await.unwrap().unwrap();
+    assert_eq!(encoding, p2c2r_net::Encoding::Json);
+    let hello = tokio::time::timeout(WAIT, ws.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(hello.to_text().unwrap(), "hello");
+    assert_eq!(server.seen.lock().unwrap().len(), 2, "one upgrade offering binary, one offering nothing");
+}

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use p2c2r_protocol::physics::{ApplyImpulse, BodyDesc, BodyType, PhysicsStepRequest, Shape};
-use p2c2r_protocol::{ErrorCode, Message, RawPayload, codec, raw_payload, to_payload};
+use p2c2r_protocol::{ErrorCode, Message, Payload, codec, raw_payload, to_payload};
 use p2c2r_testkit::client::{Client, task_request};
 use peer::worker::{TEST_ALLOC_TASK, TEST_SLEEP_TASK, TEST_TASKS_ENV};
 use peer::{Isolation, PeerConfig};
@@ -161,7 +161,7 @@ fn attacker(
 
 fn start_attack(attack: Attack, rt: &Runtime, url: &str, counters: &Arc<AttackCounters>) -> Vec<JoinHandle<()>> {
     let (url, counters) = (url.to_owned(), counters.clone());
-    let step = |n: u64, payload: &RawPayload, session: String, deadline_ms: Option<u64>| {
+    let step = |n: u64, payload: &Payload, session: String, deadline_ms: Option<u64>| {
         task_request(&format!("a{n}"), "physics_step", payload.clone(), Some(session), deadline_ms)
     };
     match attack {
@@ -223,7 +223,7 @@ async fn round_trip(ws: &mut Client, task_id: String, request_body: &PhysicsStep
         loop {
             match ws.try_recv().await {
                 Some(Message::TaskResult(r)) if r.task_id == task_id => {
-                    return match serde_json::from_str::<Status>(r.result.get()) {
+                    return match serde_json::from_str::<Status>(r.result.json().unwrap()) {
                         Ok(s) if s.status == "success" => Answer::Ok,
                         Ok(s) => Answer::Failed { resync: s.resync || s.code == Some(ErrorCode::UnknownSession) },
                         Err(_) => Answer::Failed { resync: false },

@@ -153,7 +153,7 @@ fn bench(n: usize, ticks: u64) {
 
         let t0 = Instant::now();
         let Ok(Message::TaskAssignment(assignment)) = codec::decode(black_box(&frame)) else { unreachable!() };
-        let request: PhysicsStepRequest = serde_json::from_str(assignment.task_data.task_data.get()).unwrap();
+        let request: PhysicsStepRequest = serde_json::from_str(assignment.task_data.task_data.json().unwrap()).unwrap();
         let decode = t0.elapsed();
 
         let (result, timings) = world.step_timed(&request).unwrap();

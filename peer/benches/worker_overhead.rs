@@ -79,7 +79,9 @@ impl Worker {
     }
 
     fn run(&mut self, spec: &TaskSpec) -> Vec<u8> {
-        let request = serde_json::to_vec(spec).unwrap();
+        // The worker protocol's JSON form: a `J`, then the task spec.
+        let mut request = vec![b'J'];
+        serde_json::to_writer(&mut request, spec).unwrap();
         let stdin = self.child.stdin.as_mut().unwrap();
         stdin.write_all(&(request.len() as u32).to_le_bytes()).unwrap();
         stdin.write_all(&request).unwrap();
@@ -89,6 +91,8 @@ impl Worker {
         stdout.read_exact(&mut len).unwrap();
         let mut answer = vec![0u8; u32::from_le_bytes(len) as usize];
         stdout.read_exact(&mut answer).unwrap();
+        assert_eq!(answer.first(), Some(&b'J'), "a JSON answer");
+        answer.remove(0);
         answer
     }
 }
@@ -177,7 +181,7 @@ fn main() {
         let first = spec(&session, &snapshot(n));
         let local = peer::run_task_payload(&store, &first);
         let remote = worker.run(&first);
-        assert_eq!(local.get().as_bytes(), remote.as_slice(), "the worker answers the same bytes");
+        assert_eq!(local.json().unwrap().as_bytes(), remote.as_slice(), "the worker answers the same bytes");
         let (mut inproc, mut remote_h) = (Histogram::<u64>::new(3).unwrap(), Histogram::<u64>::new(3).unwrap());
         for t in 1..=TICKS {
             let s = spec(&session, &PhysicsStepRequest { tick: t, dt: DT, steps: 1, ..Default::default() });
@@ -186,7 +190,7 @@ fn main() {
             let t1 = Instant::now();
             let b = worker.run(&s);
             let t2 = Instant::now();
-            assert_eq!(a.get().as_bytes(), b.as_slice());
+            assert_eq!(a.json().unwrap().as_bytes(), b.as_slice());
             inproc.record(micros(t1 - t0)).unwrap();
             remote_h.record(micros(t2 - t1)).unwrap();
         }

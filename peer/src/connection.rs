@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use p2c2r_protocol::{Capabilities, ErrorCode, Heartbeat, Message, RegisterPeer, codec};
+use p2c2r_protocol::binary::Frame;
+use p2c2r_protocol::{Capabilities, Encoding, ErrorCode, Heartbeat, Message, RegisterPeer, codec};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::{self, protocol::WebSocketConfig};
@@ -53,7 +54,7 @@ pub(crate) async fn run(peer: Peer, cancel: CancellationToken) {
             };
             let mut refused = false;
             match attempt {
-                Ok(Registered { ws, max_frame_bytes, resume_secret: secret }) => {
+                Ok(Registered { ws, encoding, max_frame_bytes, resume_secret: secret }) => {
                     backoff.reset();
                     resume_secret = secret;
                     tracing::info!(peer_id = %peer.peer_id, url = %peer.config.coordinator_url, "registered");
@@ -61,7 +62,7 @@ pub(crate) async fn run(peer: Peer, cancel: CancellationToken) {
                         s.connected = true;
                         s.registrations += 1;
                     });
-                    let reason = serve(&peer, ws, max_frame_bytes, &cancel).await;
+                    let reason = serve(&peer, ws, encoding, max_frame_bytes, &cancel).await;
                     peer.status.send_modify(|s| s.connected = false);
                     if cancel.is_cancelled() {
                         break;
@@ -165,6 +166,8 @@ impl ConnectError {
 /// A registered connection.
 struct Registered {
     ws: Ws,
+    /// What the coordinator agreed to when connecting.
+    encoding: Encoding,
     /// The largest frame the coordinator accepts (its `registration_ack`'s
     /// `max_frame_bytes`, the protocol default without one).
     max_frame_bytes: usize,
@@ -183,6 +186,7 @@ fn connect_options(config: &PeerConfig) -> p2c2r_net::ConnectOptions {
                 .max_frame_size(Some(config.max_frame_bytes)),
         ),
         timeout: config.connect_timeout,
+        encoding: config.wire,
     }
 }
 
@@ -190,7 +194,8 @@ fn connect_options(config: &PeerConfig) -> p2c2r_net::ConnectOptions {
 async fn connect_and_register(peer: &Peer, resume_secret: Option<&str>) -> Result<Registered, ConnectError> {
     let limit = peer.config.connect_timeout;
     tokio::time::timeout(limit, async {
-        let mut ws = p2c2r_net::connect(&peer.config.coordinator_url, &connect_options(&peer.config)).await?;
+        let (mut ws, encoding) =
+            p2c2r_net::connect_negotiated(&peer.config.coordinator_url, &connect_options(&peer.config)).await?;
         let register = Message::RegisterPeer(RegisterPeer {
             peer_id: peer.peer_id.clone(),
             capabilities: peer.capabilities.clone(),
@@ -205,7 +210,7 @@ async fn connect_and_register(peer: &Peer, resume_secret: Option<&str>) -> Resul
                     Ok(Message::RegistrationAck(ack)) => {
                         let max_frame_bytes =
                             ack.max_frame_bytes.unwrap_or(p2c2r_protocol::limits::DEFAULT_MAX_FRAME_BYTES);
-                        return Ok(Registered { ws, max_frame_bytes, resume_secret: ack.resume_secret });
+                        return Ok(Registered { ws, encoding, max_frame_bytes, resume_secret: ack.resume_secret });
                     }
                     Ok(Message::Error(e)) => return Err(ConnectError::Refused { code: e.code, message: e.message }),
                     Ok(other) => tracing::debug!(msg_type = other.msg_type(), "ignored before registration"),
@@ -224,8 +229,15 @@ async fn connect_and_register(peer: &Peer, resume_secret: Option<&str>) -> Resul
 ///
 /// Results whose frame would exceed `max_frame_bytes` are answered with `limit_exceeded`
 /// instead (see [`crate::pool`]).
-async fn serve(peer: &Peer, mut ws: Ws, max_frame_bytes: usize, cancel: &CancellationToken) -> String {
-    let (results_tx, mut results_rx) = mpsc::channel::<String>(RESULT_BUFFER);
+async fn serve(
+    peer: &Peer,
+    mut ws: Ws,
+    encoding: Encoding,
+    max_frame_bytes: usize,
+    cancel: &CancellationToken,
+) -> String {
+    let (results_tx, mut results_rx) = mpsc::channel::<Frame>(RESULT_BUFFER);
+    let handler = Handler { peer, results: &results_tx, encoding, max_frame_bytes };
     let period = peer.config.heartbeat_interval.max(Duration::from_millis(10));
     let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -239,7 +251,7 @@ async fn serve(peer: &Peer, mut ws: Ws, max_frame_bytes: usize, cancel: &Cancell
                 return "shutting down".into();
             }
             Some(frame) = results_rx.recv() => {
-                if let Err(e) = ws.send(tungstenite::Message::text(frame)).await {
+                if let Err(e) = ws.send(ws_message(frame)).await {
                     return format!("write failed: {e}");
                 }
             }
@@ -252,13 +264,22 @@ async fn serve(peer: &Peer, mut ws: Ws, max_frame_bytes: usize, cancel: &Cancell
                 None => return "the coordinator closed the connection".into(),
                 Some(Err(e)) => return format!("read failed: {e}"),
                 Some(Ok(tungstenite::Message::Text(text))) => {
-                    if let Some(frame) = handle_frame(peer, text.as_str(), &results_tx, max_frame_bytes)
-                        && let Err(e) = ws.send(tungstenite::Message::text(frame)).await
+                    if let Some(frame) = handler.message(codec::decode(text.as_str()).map_err(|e| e.to_string()))
+                        && let Err(e) = ws.send(ws_message(frame)).await
                     {
                         return format!("write failed: {e}");
                     }
                 }
-                Some(Ok(tungstenite::Message::Binary(_))) => tracing::debug!("ignored a binary frame"),
+                Some(Ok(tungstenite::Message::Binary(bytes))) if encoding == Encoding::Binary => {
+                    if let Some(frame) = handler.message(p2c2r_protocol::binary::decode(bytes).map_err(|e| e.to_string()))
+                        && let Err(e) = ws.send(ws_message(frame)).await
+                    {
+                        return format!("write failed: {e}");
+                    }
+                }
+                Some(Ok(tungstenite::Message::Binary(_))) => {
+                    tracing::debug!("ignored a binary frame on a JSON connection");
+                }
                 // Pings are answered by tungstenite; a close is answered too, and the
                 // stream then ends.
                 Some(Ok(_)) => {}
@@ -267,42 +288,64 @@ async fn serve(peer: &Peer, mut ws: Ws, max_frame_bytes: usize, cancel: &Cancell
     }
 }
 
-/// Handles one text frame; returns a frame to send at once (a rejection), if any.
-fn handle_frame(peer: &Peer, text: &str, results: &mpsc::Sender<String>, max_frame_bytes: usize) -> Option<String> {
-    match codec::decode(text) {
-        Ok(Message::TaskAssignment(assignment)) => {
-            tracing::debug!(
-                task_id = %assignment.task_id,
-                attempt = assignment.attempt,
-                task_type = %assignment.task_data.task_type,
-                session_id = ?assignment.task_data.session_id,
-                "task assigned"
-            );
-            peer.pool.submit(Job::new(assignment, results.clone()).with_max_frame_bytes(max_frame_bytes)).err()
-        }
-        Ok(Message::Error(e)) if e.code == ErrorCode::Replaced => {
-            tracing::warn!(peer_id = %peer.peer_id, "another connection took this peer id over: {}", e.message);
-            None
-        }
-        Ok(Message::Error(e)) => {
-            tracing::debug!(code = %e.code, refers_to = ?e.refers_to, "coordinator error: {}", e.message);
-            None
-        }
-        Ok(Message::RegistrationAck(_)) => None,
-        Ok(other) => {
-            tracing::debug!(msg_type = other.msg_type(), "ignored a message not meant for peers");
-            None
-        }
-        Err(e) => {
-            tracing::debug!("undecodable frame from the coordinator: {e}");
-            None
+/// The WebSocket message carrying `frame`.
+fn ws_message(frame: Frame) -> tungstenite::Message {
+    match frame {
+        Frame::Text(text) => tungstenite::Message::text(text),
+        Frame::Binary(bytes) => tungstenite::Message::binary(bytes),
+    }
+}
+
+/// What one connection's frames are handled with.
+struct Handler<'a> {
+    peer: &'a Peer,
+    results: &'a mpsc::Sender<Frame>,
+    encoding: Encoding,
+    max_frame_bytes: usize,
+}
+
+impl Handler<'_> {
+    /// Handles one decoded frame; returns a frame to send at once (a rejection), if any.
+    fn message(&self, decoded: Result<Message, String>) -> Option<Frame> {
+        let peer = self.peer;
+        match decoded {
+            Ok(Message::TaskAssignment(assignment)) => {
+                tracing::debug!(
+                    task_id = %assignment.task_id,
+                    attempt = assignment.attempt,
+                    task_type = %assignment.task_data.task_type,
+                    session_id = ?assignment.task_data.session_id,
+                    "task assigned"
+                );
+                let job = Job::new(assignment, self.results.clone())
+                    .with_encoding(self.encoding)
+                    .with_max_frame_bytes(self.max_frame_bytes);
+                peer.pool.submit(job).err()
+            }
+            Ok(Message::Error(e)) if e.code == ErrorCode::Replaced => {
+                tracing::warn!(peer_id = %peer.peer_id, "another connection took this peer id over: {}", e.message);
+                None
+            }
+            Ok(Message::Error(e)) => {
+                tracing::debug!(code = %e.code, refers_to = ?e.refers_to, "coordinator error: {}", e.message);
+                None
+            }
+            Ok(Message::RegistrationAck(_)) => None,
+            Ok(other) => {
+                tracing::debug!(msg_type = other.msg_type(), "ignored a message not meant for peers");
+                None
+            }
+            Err(e) => {
+                tracing::debug!("undecodable frame from the coordinator: {e}");
+                None
+            }
         }
     }
 }
 
 /// Graceful end: let running tasks finish (up to the grace period), send their results,
 /// then close the WebSocket properly.
-async fn drain_and_close(peer: &Peer, mut ws: Ws, mut results: mpsc::Receiver<String>) {
+async fn drain_and_close(peer: &Peer, mut ws: Ws, mut results: mpsc::Receiver<Frame>) {
     let deadline = tokio::time::sleep(peer.config.shutdown_grace);
     tokio::pin!(deadline);
     let idle = peer.pool.wait_idle();
@@ -311,7 +354,7 @@ async fn drain_and_close(peer: &Peer, mut ws: Ws, mut results: mpsc::Receiver<St
     while !finished {
         tokio::select! {
             Some(frame) = results.recv() => {
-                if ws.send(tungstenite::Message::text(frame)).await.is_err() {
+                if ws.send(ws_message(frame)).await.is_err() {
                     return;
                 }
             }
@@ -323,7 +366,7 @@ async fn drain_and_close(peer: &Peer, mut ws: Ws, mut results: mpsc::Receiver<St
         }
     }
     while let Ok(frame) = results.try_recv() {
-        if ws.send(tungstenite::Message::text(frame)).await.is_err() {
+        if ws.send(ws_message(frame)).await.is_err() {
             return;
         }
     }

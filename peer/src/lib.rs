@@ -91,6 +91,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use p2c2r_net::Credential;
+pub use p2c2r_protocol::Encoding;
 /// The work budgets a peer enforces on every task: the engine's ([`p2c2r_sim::budget`]).
 pub use p2c2r_sim::budget;
 pub use p2c2r_sim::budget::Budgets;
@@ -180,6 +181,11 @@ pub struct PeerConfig {
     /// start when it cannot be ([`PeerError::MetricsListen`]); port 0 picks a free port
     /// ([`PeerHandle::metrics_addr`] tells which). Served until the peer has stopped.
     pub metrics_listen: Option<SocketAddr>,
+    /// The frames to ask the coordinator for: [`Encoding::Binary`] (the default) offers
+    /// binary frames, which a coordinator that does not know them declines (the peer then
+    /// speaks JSON); [`Encoding::Json`] asks for JSON only. Results answer in the
+    /// encoding of their request's payload either way.
+    pub wire: Encoding,
 }
 
 impl Default for PeerConfig {
@@ -208,6 +214,7 @@ impl Default for PeerConfig {
             max_worker_deaths_per_gamer: containment::DEFAULT_MAX_WORKER_DEATHS_PER_GAMER,
             worker_death_window: containment::DEFAULT_WORKER_DEATH_WINDOW,
             metrics_listen: None,
+            wire: Encoding::Binary,
         }
     }
 }

@@ -116,12 +116,41 @@ struct Args {
     /// 127.0.0.1:9464) [default: not served].
     #[arg(long, env = "P2C2R_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// Frames to ask the coordinator for: binary (compact task frames, falling back to
+    /// JSON when the coordinator does not offer them) or json.
+    #[arg(long, env = "P2C2R_WIRE", value_enum, default_value_t = Wire::from(defaults().wire))]
+    wire: Wire,
     /// Log filter (tracing's EnvFilter syntax); RUST_LOG also works.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
 }
 
 const MIB: u64 = 1024 * 1024;
+
+/// `--wire`: [`peer::Encoding`] as a flag value.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Wire {
+    Json,
+    Binary,
+}
+
+impl From<peer::Encoding> for Wire {
+    fn from(encoding: peer::Encoding) -> Self {
+        match encoding {
+            peer::Encoding::Json => Wire::Json,
+            peer::Encoding::Binary => Wire::Binary,
+        }
+    }
+}
+
+impl From<Wire> for peer::Encoding {
+    fn from(wire: Wire) -> Self {
+        match wire {
+            Wire::Json => peer::Encoding::Json,
+            Wire::Binary => peer::Encoding::Binary,
+        }
+    }
+}
 
 /// The one source of every flag's default: a flag's `default_value_t` reads the matching
 /// field of `PeerConfig::default()` (durations in milliseconds, memory in MiB), so `--help`
@@ -217,6 +246,7 @@ async fn serve() -> anyhow::Result<()> {
         session_memory_bytes: args.session_memory_mb.saturating_mul(MIB),
         gamer_session_memory_bytes: args.gamer_session_memory_mb.map(|mb| mb.saturating_mul(MIB)),
         metrics_listen: args.metrics_listen,
+        wire: args.wire.into(),
     };
     match peer::run(config, shutdown_signal()).await {
         Err(e @ peer::PeerError::MetricsListen { .. }) => Err(anyhow::anyhow!("--metrics-listen: {e}")),

@@ -92,6 +92,12 @@ impl TaskOutcome {
         }
     }
 
+    /// The outcome of answering with `result`: a binary result is a success (failures
+    /// are always JSON).
+    pub fn of_payload(result: &p2c2r_protocol::Payload) -> TaskOutcome {
+        result.json().map_or(TaskOutcome::Ok, Self::of_result)
+    }
+
     /// The outcome of answering with `result` (a task's result JSON, as this crate
     /// serializes it: `status` first, then an error's `code`).
     pub fn of_result(result: &str) -> TaskOutcome {
@@ -263,10 +269,10 @@ mod tests {
         use p2c2r_protocol::{ErrorCode, TaskError, to_payload};
         let error = |code| to_payload(&TaskError::new(code, "x").with_resync().with_tick(3)).unwrap();
         assert_eq!(TaskOutcome::of_result(r#"{"status":"success","tick":1}"#), TaskOutcome::Ok);
-        assert_eq!(TaskOutcome::of_result(error(ErrorCode::LimitExceeded).get()), TaskOutcome::Refused);
-        assert_eq!(TaskOutcome::of_result(error(ErrorCode::QueueFull).get()), TaskOutcome::QueueFull);
-        assert_eq!(TaskOutcome::of_result(error(ErrorCode::UnknownSession).get()), TaskOutcome::Error);
-        assert_eq!(TaskOutcome::of_result(error(ErrorCode::InvalidPayload).get()), TaskOutcome::Error);
+        assert_eq!(TaskOutcome::of_result(error(ErrorCode::LimitExceeded).json().unwrap()), TaskOutcome::Refused);
+        assert_eq!(TaskOutcome::of_result(error(ErrorCode::QueueFull).json().unwrap()), TaskOutcome::QueueFull);
+        assert_eq!(TaskOutcome::of_result(error(ErrorCode::UnknownSession).json().unwrap()), TaskOutcome::Error);
+        assert_eq!(TaskOutcome::of_result(error(ErrorCode::InvalidPayload).json().unwrap()), TaskOutcome::Error);
         assert_eq!(TaskOutcome::of_result("garbage"), TaskOutcome::Error);
     }
 

@@ -22,7 +22,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use p2c2r_protocol::{ErrorCode, Message, TaskAssignment, TaskError, TaskResult, codec, to_payload};
+use p2c2r_protocol::binary::{self, Frame};
+use p2c2r_protocol::{Encoding, ErrorCode, Message, TaskAssignment, TaskError, TaskResult, to_payload};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::task::TaskTracker;
 
@@ -42,7 +43,9 @@ pub(crate) enum Executor {
 /// One assignment and where its encoded `task_result` frame goes.
 pub(crate) struct Job {
     pub assignment: TaskAssignment,
-    pub reply: mpsc::Sender<String>,
+    pub reply: mpsc::Sender<Frame>,
+    /// How the connection to the coordinator encodes frames.
+    pub encoding: Encoding,
     /// When the assignment arrived; its `deadline_ms` counts from here.
     pub received: Instant,
     /// The largest `task_result` frame the coordinator accepts.
@@ -51,8 +54,14 @@ pub(crate) struct Job {
 
 impl Job {
     /// A job received now, with no limit on its result's size.
-    pub fn new(assignment: TaskAssignment, reply: mpsc::Sender<String>) -> Self {
-        Job { assignment, reply, received: Instant::now(), max_frame_bytes: usize::MAX }
+    pub fn new(assignment: TaskAssignment, reply: mpsc::Sender<Frame>) -> Self {
+        Job { assignment, reply, encoding: Encoding::Json, received: Instant::now(), max_frame_bytes: usize::MAX }
+    }
+
+    /// Sets how the result frame is encoded.
+    pub fn with_encoding(mut self, encoding: Encoding) -> Self {
+        self.encoding = encoding;
+        self
     }
 
     /// Sets the largest result frame the coordinator accepts.
@@ -141,11 +150,12 @@ impl Pool {
 
     /// Queues a task without waiting. A task over the bound is refused with the frame
     /// that answers it.
-    pub fn submit(&self, job: Job) -> Result<(), String> {
+    pub fn submit(&self, job: Job) -> Result<(), Frame> {
         if self.pending.fetch_add(1, Ordering::AcqRel) >= self.max_pending {
             self.pending.fetch_sub(1, Ordering::AcqRel);
             let error = TaskError::new(ErrorCode::QueueFull, "the peer has too many tasks waiting; try again later");
-            let frame = result_frame(&job.assignment, to_payload(&error).expect("task errors always serialize"));
+            let frame =
+                result_frame(&job.assignment, to_payload(&error).expect("task errors always serialize"), job.encoding);
             tracing::warn!(task_id = %job.assignment.task_id, "too many tasks waiting; rejected one");
             self.metrics.task_ended(&job.assignment.task_data.task_type, TaskOutcome::QueueFull);
             return Err(frame);
@@ -216,7 +226,7 @@ async fn run_in_process(
         skip_stale(&job, metrics);
         return;
     }
-    let Job { assignment, reply, max_frame_bytes, .. } = job;
+    let Job { assignment, reply, max_frame_bytes, encoding, .. } = job;
     let store = store.clone();
     let running = running.clone();
     let run = tokio::task::spawn_blocking(move || {
@@ -226,7 +236,7 @@ async fn run_in_process(
         let result = run_task_payload(&store, &assignment.task_data);
         let ran_for = started.elapsed();
         running.0.fetch_sub(1, Ordering::AcqRel);
-        (checked_result_frame(&assignment, result, max_frame_bytes), ran_for)
+        (checked_result_frame(&assignment, result, max_frame_bytes, encoding), ran_for)
     });
     let answer = run.await;
     drop(permit);
@@ -258,7 +268,7 @@ async fn run_in_worker(job: Job, workers: &Workers, running: &Arc<(AtomicUsize, 
     }
     match outcome {
         Outcome::Answer(result) => {
-            let (frame, outcome) = checked_result_frame(&job.assignment, result, job.max_frame_bytes);
+            let (frame, outcome) = checked_result_frame(&job.assignment, result, job.max_frame_bytes, job.encoding);
             metrics.task_ended(task_type, outcome);
             drop(job.reply.send(frame).await);
         }
@@ -272,11 +282,12 @@ async fn run_in_worker(job: Job, workers: &Workers, running: &Arc<(AtomicUsize, 
 /// answers with.
 pub(crate) fn checked_result_frame(
     assignment: &TaskAssignment,
-    result: p2c2r_protocol::RawPayload,
+    result: p2c2r_protocol::Payload,
     max_frame_bytes: usize,
-) -> (String, TaskOutcome) {
-    let outcome = TaskOutcome::of_result(result.get());
-    let frame = result_frame(assignment, result);
+    encoding: Encoding,
+) -> (Frame, TaskOutcome) {
+    let outcome = TaskOutcome::of_payload(&result);
+    let frame = result_frame(assignment, result, encoding);
     if frame.len() <= max_frame_bytes {
         return (frame, outcome);
     }
@@ -296,7 +307,7 @@ pub(crate) fn checked_result_frame(
     } else {
         to_payload(&TaskError::new(ErrorCode::LimitExceeded, message)).expect("task errors always serialize")
     };
-    (result_frame(assignment, error), TaskOutcome::Refused)
+    (result_frame(assignment, error, encoding), TaskOutcome::Refused)
 }
 
 /// Logs a job skipped because its deadline passed while it waited (behind its session's
@@ -329,13 +340,14 @@ fn next_job(queues: &Mutex<HashMap<String, VecDeque<Job>>>, session: Option<&str
 }
 
 /// The `task_result` frame answering an assignment.
-pub(crate) fn result_frame(assignment: &TaskAssignment, result: p2c2r_protocol::RawPayload) -> String {
-    codec::encode(&Message::TaskResult(TaskResult {
+pub(crate) fn result_frame(assignment: &TaskAssignment, result: p2c2r_protocol::Payload, encoding: Encoding) -> Frame {
+    let message = Message::TaskResult(TaskResult {
         task_id: assignment.task_id.clone(),
         result,
         attempt: Some(assignment.attempt),
         peer_id: None,
-    }))
+    });
+    binary::encode_for(&message, encoding)
 }
 
 #[cfg(test)]
@@ -361,9 +373,10 @@ mod tests {
         }
     }
 
-    fn result_of(frame: &str) -> (String, String) {
-        let Ok(Message::TaskResult(r)) = codec::decode(frame) else { panic!("{frame}") };
-        (r.task_id, r.result.get().to_owned())
+    fn result_of(frame: &Frame) -> (String, String) {
+        let Frame::Text(frame) = frame else { panic!("a binary frame") };
+        let Ok(Message::TaskResult(r)) = p2c2r_protocol::codec::decode(frame) else { panic!("{frame}") };
+        (r.task_id, r.result.json().unwrap().to_owned())
     }
 
     #[test]
@@ -377,10 +390,10 @@ mod tests {
         spec.task_data = raw_payload(data).unwrap();
         let a = TaskAssignment { task_id: "1:1".into(), attempt: 1, deadline_ms: None, task_data: spec };
         let result = run_task_payload(&store, &a.task_data);
-        let (full, outcome) = checked_result_frame(&a, result.clone(), usize::MAX);
+        let (full, outcome) = checked_result_frame(&a, result.clone(), usize::MAX, Encoding::Json);
         assert_eq!(outcome, TaskOutcome::Ok);
         assert!(result_of(&full).1.starts_with(r#"{"status":"success""#));
-        let (limited, outcome) = checked_result_frame(&a, result, full.len() - 1);
+        let (limited, outcome) = checked_result_frame(&a, result, full.len() - 1, Encoding::Json);
         assert_eq!(outcome, TaskOutcome::Refused);
         assert!(limited.len() < full.len());
         let (task_id, answer) = result_of(&limited);

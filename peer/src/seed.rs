@@ -7,7 +7,7 @@
 
 use p2c2r_protocol::ai::{AgentQuery, AgentStatus, NavGrid};
 use p2c2r_protocol::physics::{BodyDesc, BodyType, PhysicsStepRequest, SeedPhysicsRequest, Shape};
-use p2c2r_protocol::{ErrorCode, RawPayload, TaskError, TaskStatus, limits, to_payload};
+use p2c2r_protocol::{ErrorCode, Payload, TaskError, TaskStatus, limits, to_payload};
 use serde::{Deserialize, Serialize};
 
 use crate::payload::parse;
@@ -61,13 +61,13 @@ pub struct SeedAiResult {
 }
 
 /// Runs a seed `physics` task.
-pub fn physics(payload: &str) -> Result<RawPayload, TaskError> {
+pub fn physics(payload: &str) -> Result<Payload, TaskError> {
     physics_within(payload, &Budgets::unlimited())
 }
 
 /// [`physics`] within a work budget, as peers run it (see
 /// [`PhysicsWorld::step_limited`]).
-pub fn physics_within(payload: &str, budgets: &Budgets) -> Result<RawPayload, TaskError> {
+pub fn physics_within(payload: &str, budgets: &Budgets) -> Result<Payload, TaskError> {
     let request: SeedPhysicsRequest =
         if payload.trim() == "null" { SeedPhysicsRequest::default() } else { parse(payload)? };
     let n = request.num_objects;
@@ -114,7 +114,7 @@ struct SeedAiRequest {
 }
 
 /// Runs a seed `ai` task.
-pub fn ai(payload: &str) -> Result<RawPayload, TaskError> {
+pub fn ai(payload: &str) -> Result<Payload, TaskError> {
     let request: SeedAiRequest = if payload.trim() == "null" { SeedAiRequest::default() } else { parse(payload)? };
     let model = request.model.unwrap_or_else(|| "default".into());
     if model.len() > limits::MAX_ID_BYTES {

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use p2c2r_protocol::RawPayload;
+use p2c2r_protocol::Payload;
 
 use p2c2r_sim::Budgets;
 use p2c2r_sim::navigation::Navigator;
@@ -80,6 +80,9 @@ pub struct Session {
     /// The last successful `physics_step` answer, replayed if the same request is
     /// delivered again (the coordinator delivers to peers at least once).
     pub(crate) last_physics: Option<CachedResult>,
+    /// The encoder of packed physics answers: it keeps the previous answer's bodies, the
+    /// baseline of the next delta.
+    pub(crate) physics_wire: p2c2r_protocol::packed::ResultEncoder,
 }
 
 /// Estimated bytes of one rapier body with its collider, as a session holds it.
@@ -102,10 +105,11 @@ pub const CREATION_RATE_HALF_LIFE: Duration = Duration::from_secs(30);
 impl Session {
     /// The memory this session is estimated to hold: [`SESSION_BASE_BYTES`], plus
     /// [`BYTES_PER_BODY`] per physics body, [`BYTES_PER_GRID_CELL`] per grid cell, and the
-    /// cached last answer.
+    /// cached last answer. (The packed answers' baseline, about 100 bytes per moving body,
+    /// is within the rounding of [`BYTES_PER_BODY`].)
     pub fn estimated_bytes(&self) -> u64 {
         Self::estimate(self.physics.as_ref().map_or(0, PhysicsWorld::body_count), self.grid_cells())
-            + self.last_physics.as_ref().map_or(0, |c| c.result.get().len() as u64)
+            + self.last_physics.as_ref().map_or(0, |c| c.result.len() as u64)
     }
 
     /// The estimate for a session with `bodies` physics bodies and `grid_cells` cells.
@@ -130,7 +134,7 @@ pub(crate) struct CachedResult {
     pub tick: u64,
     pub request_hash: u64,
     pub request_len: usize,
-    pub result: RawPayload,
+    pub result: Payload,
 }
 
 struct Slot {

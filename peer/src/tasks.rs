@@ -9,7 +9,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use p2c2r_protocol::ai::{AiNavigateRequest, AiNavigateResult};
 use p2c2r_protocol::physics::PhysicsStepRequest;
-use p2c2r_protocol::{ErrorCode, RawPayload, TaskError, TaskSpec, TaskStatus, limits, task_types, to_payload};
+use p2c2r_protocol::{ErrorCode, Payload, TaskError, TaskSpec, TaskStatus, limits, packed, task_types, to_payload};
 
 use crate::payload::{AiProbe, PhysicsProbe, parse, probe};
 use crate::seed;
@@ -37,12 +37,16 @@ use p2c2r_sim::physics::PhysicsWorld;
 /// assert!(result.starts_with(r#"{"status":"success","tick":0,"bodies":[{"id":1,"#), "{result}");
 /// ```
 pub fn run_task(sessions: &SessionStore, spec: &TaskSpec) -> String {
-    run_task_payload(sessions, spec).get().to_owned()
+    match run_task_payload(sessions, spec) {
+        Payload::Json(json) => json.get().to_owned(),
+        // Only a binary request gets a binary answer.
+        Payload::Binary(_) => unreachable!("run_task is for JSON payloads; use run_task_payload"),
+    }
 }
 
 /// [`run_task`], returning the result ready to put in a `task_result` (no copy, no
 /// re-parse).
-pub fn run_task_payload(sessions: &SessionStore, spec: &TaskSpec) -> RawPayload {
+pub fn run_task_payload(sessions: &SessionStore, spec: &TaskSpec) -> Payload {
     let outcome = catch_unwind(AssertUnwindSafe(|| dispatch(sessions, spec))).unwrap_or_else(|_| {
         tracing::error!(task_type = %spec.task_type, session_id = ?spec.session_id, "task panicked");
         let mut error = TaskError::new(ErrorCode::Internal, "the peer failed while running the task");
@@ -55,8 +59,21 @@ pub fn run_task_payload(sessions: &SessionStore, spec: &TaskSpec) -> RawPayload 
     outcome.unwrap_or_else(|error| to_payload(&error).expect("task errors always serialize"))
 }
 
-fn dispatch(sessions: &SessionStore, spec: &TaskSpec) -> Result<RawPayload, TaskError> {
-    let payload = spec.task_data.get();
+fn dispatch(sessions: &SessionStore, spec: &TaskSpec) -> Result<Payload, TaskError> {
+    // A binary payload, or one a JSON connection carried base64-wrapped.
+    if let Some(bytes) = spec.task_data.binary_bytes() {
+        return match spec.task_type.as_str() {
+            task_types::PHYSICS_STEP => {
+                let session = session_key(spec, task_types::PHYSICS_STEP)?;
+                physics_step_packed(sessions, spec.gamer_id.as_deref(), &session, &bytes)
+            }
+            other => Err(TaskError::new(
+                ErrorCode::InvalidPayload,
+                format!("{:?} takes a JSON payload; only physics_step has a binary one", truncate(other, 64)),
+            )),
+        };
+    }
+    let payload = spec.task_data.json().expect("a payload is JSON when it is not binary");
     match spec.task_type.as_str() {
         task_types::PHYSICS_STEP => {
             physics_step(sessions, spec.gamer_id.as_deref(), &session_key(spec, task_types::PHYSICS_STEP)?, payload)
@@ -78,35 +95,94 @@ fn physics_step(
     gamer: Option<&str>,
     session_id: &str,
     payload: &str,
-) -> Result<RawPayload, TaskError> {
+) -> Result<Payload, TaskError> {
     if payload.len() > 2 * limits::MAX_BODIES_PER_SESSION {
         probe::<PhysicsProbe>(payload)?;
     }
     let request: PhysicsStepRequest = parse(payload)?;
-    let request_hash = hash(payload);
+    step_session(sessions, gamer, session_id, &request, RequestKey::of(payload.as_bytes()), ResultWire::Json)
+}
+
+/// A `physics_step` whose payload is [`packed`]: the answer is packed too, a delta
+/// against the session's previous packed answer (a keyframe after a snapshot).
+fn physics_step_packed(
+    sessions: &SessionStore,
+    gamer: Option<&str>,
+    session_id: &str,
+    payload: &[u8],
+) -> Result<Payload, TaskError> {
+    let request = packed::decode_request(payload)
+        .map_err(|e| TaskError::new(ErrorCode::InvalidPayload, format!("malformed packed physics_step: {e}")))?;
+    step_session(sessions, gamer, session_id, &request, RequestKey::of(payload), ResultWire::Packed)
+}
+
+/// How a physics result is answered: as the request came.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ResultWire {
+    Json,
+    Packed,
+}
+
+/// What identifies a request's bytes, to answer a duplicate delivery from the cache.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct RequestKey {
+    hash: u64,
+    len: usize,
+}
+
+impl RequestKey {
+    fn of(bytes: &[u8]) -> Self {
+        let mut h = std::hash::DefaultHasher::new();
+        bytes.hash(&mut h);
+        RequestKey { hash: h.finish(), len: bytes.len() }
+    }
+}
+
+fn step_session(
+    sessions: &SessionStore,
+    gamer: Option<&str>,
+    session_id: &str,
+    request: &PhysicsStepRequest,
+    key: RequestKey,
+    wire: ResultWire,
+) -> Result<Payload, TaskError> {
     let budgets = *sessions.budgets();
     let tick = request.tick;
     sessions
         .try_with_gamer_session(gamer, session_id, request.snapshot, |session| {
             if let Some(cached) = &session.last_physics
                 && cached.tick == request.tick
-                && cached.request_hash == request_hash
-                && cached.request_len == payload.len()
+                && cached.request_hash == key.hash
+                && cached.request_len == key.len
             {
                 return Ok(cached.result.clone());
             }
             // Charge the session's memory for the world the request makes before building it.
-            let bodies = session.physics.as_ref().map_or(request.add.len(), |w| w.projected_body_count(&request));
+            let bodies = session.physics.as_ref().map_or(request.add.len(), |w| w.projected_body_count(request));
             sessions
                 .charge(session_id, Session::estimate(bodies, session.grid_cells()))
                 .map_err(|e| over_budget(e, tick))?;
             let world = session.physics.get_or_insert_with(PhysicsWorld::new);
-            let result = world.step_limited(&request, &budgets)?;
-            let result = to_payload(&result).expect("physics results always serialize");
+            let result = world.step_limited(request, &budgets)?;
+            let result = match wire {
+                ResultWire::Json => to_payload(&result).expect("physics results always serialize"),
+                ResultWire::Packed => {
+                    let mut bytes = Vec::new();
+                    let elapsed = request.dt * request.steps as f32;
+                    // The world's states are valid and sorted, so encoding cannot fail;
+                    // if it ever did, the gamer would get an error and resync, never a
+                    // frame it cannot decode.
+                    session.physics_wire.encode(&result, request.snapshot, elapsed, &mut bytes).map_err(|e| {
+                        session.physics_wire.reset();
+                        TaskError::new(ErrorCode::Internal, format!("cannot pack the result: {e}")).with_resync()
+                    })?;
+                    Payload::binary(bytes)
+                }
+            };
             session.last_physics = Some(CachedResult {
                 tick: request.tick,
-                request_hash,
-                request_len: payload.len(),
+                request_hash: key.hash,
+                request_len: key.len,
                 result: result.clone(),
             });
             Ok(result)
@@ -120,7 +196,7 @@ fn ai_navigate(
     gamer: Option<&str>,
     session_id: &str,
     payload: &str,
-) -> Result<RawPayload, TaskError> {
+) -> Result<Payload, TaskError> {
     if payload.len() > 2 * limits::MAX_AGENTS_PER_REQUEST {
         probe::<AiProbe>(payload)?;
     }
@@ -201,12 +277,6 @@ fn store_full(full: StoreFull, tick: u64) -> TaskError {
     )
     .with_resync()
     .with_tick(tick)
-}
-
-fn hash(payload: &str) -> u64 {
-    let mut h = std::hash::DefaultHasher::new();
-    payload.hash(&mut h);
-    h.finish()
 }
 
 fn truncate(s: &str, max: usize) -> &str {

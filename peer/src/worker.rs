@@ -35,9 +35,11 @@
 //! its settings as JSON in the environment variable [`SETTINGS_ENV`]. It is not a user
 //! interface: `peer --help` does not list it. It reads frames from stdin and writes one
 //! frame to stdout per frame read, in order. A frame is a little-endian `u32` length
-//! followed by that many bytes, at most [`MAX_WORKER_FRAME`]. Requests are a
-//! [`TaskSpec`] as JSON; answers are the task's result JSON (what goes in `task_result`'s
-//! `result`). The worker exits when stdin closes (so workers die with their peer even
+//! followed by that many bytes, at most [`MAX_WORKER_FRAME`]. Its first byte says how
+//! the rest is encoded ([`encode_task`], [`encode_answer`]): a request is `J` and a
+//! [`TaskSpec`] as JSON, or `B`, a `u32` length, that [`TaskSpec`] as JSON with a `null`
+//! payload, and the binary payload's bytes; an answer is `J` and the task's result JSON
+//! (what goes in `task_result`'s `result`) or `B` and a binary result's bytes. The worker exits when stdin closes (so workers die with their peer even
 //! when it is killed), and on a malformed frame. Its stderr is the peer's stderr.
 //!
 //! With `P2C2R_TEST_TASKS=1` in a worker's environment (see [`Isolation::Workers`]'s
@@ -54,7 +56,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
-use p2c2r_protocol::{ErrorCode, RawPayload, TaskError, TaskSpec, raw_payload, to_payload};
+use p2c2r_protocol::{ErrorCode, Payload, TaskError, TaskSpec, raw_payload, to_payload};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
@@ -158,16 +160,16 @@ pub fn run_worker() -> std::process::ExitCode {
             }
         };
         store.evict_idle();
-        let result = match serde_json::from_slice::<TaskSpec>(&frame) {
+        let result = match decode_task(&frame) {
             Ok(spec) if test_tasks && spec.task_type.starts_with("p2c2r_test_") => test_task(&spec),
             Ok(spec) => crate::run_task_payload(&store, &spec),
             Err(e) => to_payload(&TaskError::new(ErrorCode::Internal, format!("the worker got a malformed task: {e}")))
                 .expect("task errors always serialize"),
         };
-        let bytes = result.get().as_bytes();
+        let answer = encode_answer(&result);
         let written = output
-            .write_all(&(bytes.len() as u32).to_le_bytes())
-            .and_then(|()| output.write_all(bytes))
+            .write_all(&(answer.len() as u32).to_le_bytes())
+            .and_then(|()| output.write_all(&answer))
             .and_then(|()| output.flush());
         if written.is_err() {
             // The peer is gone.
@@ -194,7 +196,7 @@ fn limit_memory(bytes: u64) {
     }
 }
 
-fn test_task(spec: &TaskSpec) -> RawPayload {
+fn test_task(spec: &TaskSpec) -> Payload {
     match spec.task_type.as_str() {
         TEST_ALLOC_TASK => {
             let mut hoard: Vec<Vec<u8>> = Vec::new();
@@ -209,12 +211,84 @@ fn test_task(spec: &TaskSpec) -> RawPayload {
             struct Sleep {
                 ms: u64,
             }
-            let ms = serde_json::from_str::<Sleep>(spec.task_data.get()).map_or(0, |s| s.ms);
+            let ms =
+                spec.task_data.json().and_then(|json| serde_json::from_str::<Sleep>(json).ok()).map_or(0, |s| s.ms);
             std::thread::sleep(Duration::from_millis(ms));
             raw_payload(r#"{"status":"success","data":"slept"}"#.to_owned()).expect("valid JSON")
         }
         other => to_payload(&TaskError::new(ErrorCode::UnknownTaskType, format!("no test task {other:?}")))
             .expect("task errors always serialize"),
+    }
+}
+
+const JSON_TAG: u8 = b'J';
+const BINARY_TAG: u8 = b'B';
+
+/// A task as the supervisor writes it to a worker.
+fn encode_task(spec: &TaskSpec) -> Vec<u8> {
+    match &spec.task_data {
+        Payload::Json(_) => {
+            let mut frame = vec![JSON_TAG];
+            serde_json::to_writer(&mut frame, spec).expect("task specs serialize");
+            frame
+        }
+        Payload::Binary(bytes) => {
+            let header = TaskSpec {
+                task_id: spec.task_id.clone(),
+                task_type: spec.task_type.clone(),
+                session_id: spec.session_id.clone(),
+                gamer_id: spec.gamer_id.clone(),
+                task_data: p2c2r_protocol::null_payload(),
+            };
+            let header = serde_json::to_vec(&header).expect("task specs serialize");
+            let mut frame = Vec::with_capacity(5 + header.len() + bytes.len());
+            frame.push(BINARY_TAG);
+            frame.extend_from_slice(&(header.len() as u32).to_le_bytes());
+            frame.extend_from_slice(&header);
+            frame.extend_from_slice(bytes);
+            frame
+        }
+    }
+}
+
+/// A task as a worker reads it ([`encode_task`]).
+fn decode_task(frame: &[u8]) -> Result<TaskSpec, String> {
+    match frame.split_first() {
+        Some((&JSON_TAG, json)) => serde_json::from_slice(json).map_err(|e| e.to_string()),
+        Some((&BINARY_TAG, rest)) => {
+            let (len, rest) = rest.split_at_checked(4).ok_or("truncated header length")?;
+            let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
+            let (header, payload) = rest.split_at_checked(len).ok_or("truncated header")?;
+            let mut spec: TaskSpec = serde_json::from_slice(header).map_err(|e| e.to_string())?;
+            spec.task_data = Payload::binary(bytes::Bytes::copy_from_slice(payload));
+            Ok(spec)
+        }
+        _ => Err("unknown frame tag".into()),
+    }
+}
+
+/// A task's answer as a worker writes it.
+fn encode_answer(result: &Payload) -> Vec<u8> {
+    let body = match result {
+        Payload::Json(json) => json.get().as_bytes(),
+        Payload::Binary(bytes) => bytes.as_ref(),
+    };
+    let mut frame = Vec::with_capacity(1 + body.len());
+    frame.push(if result.is_binary() { BINARY_TAG } else { JSON_TAG });
+    frame.extend_from_slice(body);
+    frame
+}
+
+/// A worker's answer as the supervisor reads it ([`encode_answer`]).
+fn decode_answer(mut frame: Vec<u8>) -> Result<Payload, String> {
+    match frame.first() {
+        Some(&JSON_TAG) => {
+            frame.remove(0);
+            let text = String::from_utf8(frame).map_err(|e| e.to_string())?;
+            raw_payload(text).map_err(|e| e.to_string())
+        }
+        Some(&BINARY_TAG) => Ok(Payload::binary(bytes::Bytes::from(frame).slice(1..))),
+        _ => Err("unknown frame tag".into()),
     }
 }
 
@@ -238,7 +312,7 @@ fn read_frame_sync(input: &mut impl Read) -> std::io::Result<Option<Vec<u8>>> {
 /// How a task given to a worker ended.
 pub(crate) enum Outcome {
     /// Answer with this result.
-    Answer(RawPayload),
+    Answer(Payload),
     /// Cancelled (deadline passed or the connection was lost): nothing to answer.
     Cancelled,
 }
@@ -299,11 +373,14 @@ fn request_tick(spec: &TaskSpec) -> Option<u64> {
     struct TickOnly {
         tick: Option<u64>,
     }
-    serde_json::from_str::<TickOnly>(spec.task_data.get()).ok().and_then(|t| t.tick)
+    match spec.task_data.binary_bytes() {
+        Some(bytes) => p2c2r_protocol::packed::decode_request(&bytes).ok().map(|r| r.tick),
+        None => serde_json::from_str::<TickOnly>(spec.task_data.json()?).ok().and_then(|t| t.tick),
+    }
 }
 
 /// The error answering a task that failed with its worker (or with the result limit).
-pub(crate) fn lost_task_error(spec: &TaskSpec, code: ErrorCode, message: String) -> RawPayload {
+pub(crate) fn lost_task_error(spec: &TaskSpec, code: ErrorCode, message: String) -> Payload {
     let mut error = TaskError::new(code, message).with_resync();
     if let Some(tick) = request_tick(spec) {
         error = error.with_tick(tick);
@@ -409,13 +486,14 @@ impl Workers {
     /// Drops a session's route when the worker's answer says it does not hold the session
     /// (an error asking for a resync: unknown session, no room, a world dropped), so
     /// made-up session ids never count as sessions a worker holds.
-    fn keep_route_only_if_held(&self, key: &str, worker: usize, result: &RawPayload) {
+    fn keep_route_only_if_held(&self, key: &str, worker: usize, result: &Payload) {
         // The worker's answers are this crate's own serialization, status first: a prefix
         // check keeps a large success result from being lexed once more on every tick.
-        if !result.get().starts_with(r#"{"status":"error""#) {
+        let Some(json) = result.json() else { return };
+        if !json.starts_with(r#"{"status":"error""#) {
             return;
         }
-        let resync = serde_json::from_str::<TaskError>(result.get()).is_ok_and(|e| e.resync);
+        let resync = serde_json::from_str::<TaskError>(json).is_ok_and(|e| e.resync);
         if resync {
             let mut routes = self.routes();
             if routes.get(key).is_some_and(|r| r.worker == worker) {
@@ -512,7 +590,7 @@ impl Workers {
             }
         }
         let proc = slot.as_mut().expect("a worker was just started");
-        let request = serde_json::to_vec(spec).expect("task specs serialize");
+        let request = encode_task(spec);
         if request.len() > MAX_WORKER_FRAME {
             return Outcome::Answer(lost_task_error(
                 spec,
@@ -551,10 +629,7 @@ impl Workers {
         self.busy.fetch_sub(1, Ordering::AcqRel);
         *ran_for = Some(started.elapsed());
         match outcome {
-            Ok(Ok(answer)) => match String::from_utf8(answer)
-                .map_err(|e| e.to_string())
-                .and_then(|text| raw_payload(text).map_err(|e| e.to_string()))
-            {
+            Ok(Ok(answer)) => match decode_answer(answer) {
                 Ok(result) => {
                     if let Some(key) = &session {
                         self.keep_route_only_if_held(key, worker, &result);
@@ -598,7 +673,7 @@ impl Workers {
 
     /// The `limit_exceeded` answer to a task whose gamer's tasks killed too many workers
     /// recently (with resync and tick for session tasks), or `None` to run it.
-    fn refused(&self, spec: &TaskSpec) -> Option<RawPayload> {
+    fn refused(&self, spec: &TaskSpec) -> Option<Payload> {
         let gamer = spec.gamer_id.as_deref();
         let refusal = self.deaths.lock().unwrap_or_else(PoisonError::into_inner).refusal(gamer, Instant::now())?;
         tracing::debug!(gamer_id = ?gamer, task_type = %spec.task_type, "refusing a task: its gamer's tasks keep killing workers");
@@ -781,7 +856,8 @@ mod tests {
             task_data: raw_payload(r#"{"tick":41,"dt":0.016,"add":[]}"#.into()).unwrap(),
         };
         let e: TaskError =
-            serde_json::from_str(lost_task_error(&spec, ErrorCode::LimitExceeded, "gone".into()).get()).unwrap();
+            serde_json::from_str(lost_task_error(&spec, ErrorCode::LimitExceeded, "gone".into()).json().unwrap())
+                .unwrap();
         assert_eq!((e.code, e.resync, e.tick), (ErrorCode::LimitExceeded, true, Some(41)));
     }
 }

@@ -115,12 +115,12 @@ async fn a_thousand_spheres_at_one_point_are_refused_and_the_honest_gamer_keeps_
         (0..1000u64).map(|id| BodyDesc::new(id, Shape::Sphere { radius: 0.5 }, [0.0, 0.0, 0.0])).collect();
     let attack = PhysicsStepRequest { tick: 0, snapshot: true, dt: DT, steps: 1, add: pile, ..Default::default() };
     let payload = to_payload(&attack).unwrap();
-    assert!(payload.get().len() > 50_000, "the attack is a real 1,000-body snapshot");
+    assert!(payload.json().unwrap().len() > 50_000, "the attack is a real 1,000-body snapshot");
 
     for t in 1..=60u64 {
         if t % 10 == 1 {
             let r = attacker.run("physics_step", Some("pile"), payload.clone()).await;
-            let e = error_of(r.result.get());
+            let e = error_of(r.result.json().unwrap());
             assert_eq!(e.code, ErrorCode::LimitExceeded, "{e:?}");
             assert_eq!(e.tick, Some(0));
             assert_eq!(r.attempt, Some(1), "answered by the first attempt");
@@ -155,7 +155,7 @@ async fn a_task_exhausting_its_workers_memory_costs_one_worker_not_the_peer() {
     let mut t = 1;
     for round in 1..=2u64 {
         let r = attacker.run(TEST_ALLOC_TASK, None, to_payload(&serde_json::json!({})).unwrap()).await;
-        let e = error_of(r.result.get());
+        let e = error_of(r.result.json().unwrap());
         assert_eq!(e.code, ErrorCode::LimitExceeded, "{e:?}");
         assert!(e.resync);
         assert!(e.message.contains("memory"), "{}", e.message);
@@ -171,7 +171,7 @@ async fn a_task_exhausting_its_workers_memory_costs_one_worker_not_the_peer() {
     // The honest session resyncs only when its own worker was the one lost.
     assert!(resyncs <= 2, "{resyncs} resyncs");
     let r = attacker.run("physics", None, to_payload(&serde_json::json!({"num_objects": 10})).unwrap()).await;
-    assert!(r.result.get().contains("physics_processed"), "{}", r.result.get());
+    assert!(r.result.json().unwrap().contains("physics_processed"), "{}", r.result.json().unwrap());
     peer.shutdown().await;
     coord.shutdown().await;
 }
@@ -192,11 +192,11 @@ async fn a_gamer_killing_workers_is_refused_after_three_and_the_honest_session_n
         let mut answers = Vec::new();
         for _ in 0..8 {
             let r = attacker.run(TEST_ALLOC_TASK, None, to_payload(&serde_json::json!({})).unwrap()).await;
-            answers.push((error_of(r.result.get()), r.peer_id, watcher.workers_lost()));
+            answers.push((error_of(r.result.json().unwrap()), r.peer_id, watcher.workers_lost()));
         }
         // Refused for every task type, not only the killer one.
         let r = attacker.run("physics", None, to_payload(&serde_json::json!({"num_objects": 10})).unwrap()).await;
-        answers.push((error_of(r.result.get()), r.peer_id, watcher.workers_lost()));
+        answers.push((error_of(r.result.json().unwrap()), r.peer_id, watcher.workers_lost()));
         answers
     });
     let mut resyncs = 0;
@@ -282,7 +282,7 @@ async fn a_result_too_large_for_the_coordinator_is_refused_and_the_peer_stays_co
         .collect();
     let json = format!(r#"{{"tick":7,"snapshot":true,"dt":0.016666668,"add":[{}]}}"#, spread.join(","));
     let payload = p2c2r_protocol::raw_payload(json).unwrap();
-    assert!(payload.get().len() < 120 * 1024, "the request itself fits: {}", payload.get().len());
+    assert!(payload.json().unwrap().len() < 120 * 1024, "the request itself fits: {}", payload.json().unwrap().len());
     let r = gamer.run("physics_step", Some("big"), payload).await;
     let e = failure(&r);
     assert_eq!(e.code, ErrorCode::LimitExceeded, "{e:?}");
@@ -335,7 +335,7 @@ async fn losing_the_coordinator_cancels_the_running_task() {
     conn.send(&assignment("quick:1", "physics", r#"{"num_objects":5}"#)).await;
     let r = conn.result().await;
     assert_eq!(r.task_id, "quick:1", "the cancelled task is never answered");
-    assert!(r.result.get().contains("physics_processed"), "{}", r.result.get());
+    assert!(r.result.json().unwrap().contains("physics_processed"), "{}", r.result.json().unwrap());
     assert_eq!(peer.workers_lost(), 1);
     peer.shutdown().await;
 }
@@ -398,7 +398,7 @@ async fn the_peer_binary_refuses_the_pile_and_its_workers_die_with_it() {
         (0..1000u64).map(|id| BodyDesc::new(id, Shape::Sphere { radius: 0.5 }, [0.0, 0.0, 0.0])).collect();
     let attack = PhysicsStepRequest { tick: 0, snapshot: true, dt: DT, steps: 1, add: pile, ..Default::default() };
     let r = attacker.run("physics_step", Some("pile"), to_payload(&attack).unwrap()).await;
-    assert_eq!(error_of(r.result.get()).code, ErrorCode::LimitExceeded);
+    assert_eq!(error_of(r.result.json().unwrap()).code, ErrorCode::LimitExceeded);
     assert_eq!((r.attempt, r.peer_id.as_deref()), (Some(1), Some("bin-peer")));
     for t in 1..=20 {
         let (r, _) = honest.physics("s", &tick(t)).await.unwrap_or_else(|e| panic!("tick {t}: {e:?}"));

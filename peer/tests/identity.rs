@@ -64,7 +64,7 @@ async fn the_latest_resume_secret_is_presented_after_every_reconnect() {
 
 /// Accepts one connection, upgraded only with `Bearer good`.
 async fn accept_checking_token(listener: &TcpListener, seen: &SeenTokens) -> Option<Conn> {
-    accept_checking_bearer(listener, "good", seen).await.map(Conn)
+    accept_checking_bearer(listener, "good", seen).await.map(|ws| Conn(ws, p2c2r_protocol::Encoding::Json))
 }
 
 #[tokio::test]

@@ -58,7 +58,7 @@ async fn run(conn: &mut Conn, id: &str, task_type: &str, session: Option<&str>, 
     conn.send(&assignment(id, task_type, session, data)).await;
     let r = conn.result().await;
     assert_eq!(r.task_id, id);
-    r.result.get().to_owned()
+    r.result.json().unwrap().to_owned()
 }
 
 fn tasks(task_type: &str, outcome: &str) -> String {

@@ -89,7 +89,11 @@ async fn answers_with_the_assignment_id_and_attempt() {
     let r = conn.result().await;
     assert_eq!(r.task_id, "17:3", "the answer carries the coordinator's assignment id");
     assert_eq!(r.attempt, Some(3));
-    assert!(r.result.get().starts_with(r#"{"status":"success","tick":0,"bodies":[{"id":1"#), "{}", r.result.get());
+    assert!(
+        r.result.json().unwrap().starts_with(r#"{"status":"success","tick":0,"bodies":[{"id":1"#),
+        "{}",
+        r.result.json().unwrap()
+    );
     peer.shutdown().await;
 }
 
@@ -123,12 +127,16 @@ async fn bad_frames_and_bad_tasks_never_stop_the_peer() {
         conn.send(&assignment(&format!("{i}:1"), 1, task_type, *session, data)).await;
         let r = conn.result().await;
         assert_eq!(r.task_id, format!("{i}:1"));
-        assert!(r.result.get().contains(&format!(r#""code":"{code}""#)), "{code}: {}", r.result.get());
-        assert!(r.result.get().contains(r#""status":"error""#));
+        assert!(
+            r.result.json().unwrap().contains(&format!(r#""code":"{code}""#)),
+            "{code}: {}",
+            r.result.json().unwrap()
+        );
+        assert!(r.result.json().unwrap().contains(r#""status":"error""#));
     }
     // Still working.
     conn.send(&assignment("ok:1", 1, "physics", None, r#"{"num_objects":5}"#)).await;
-    assert!(conn.result().await.result.get().contains("physics_processed"));
+    assert!(conn.result().await.result.json().unwrap().contains("physics_processed"));
     assert!(peer.is_connected());
     peer.shutdown().await;
 }
@@ -160,7 +168,7 @@ async fn ticks_of_a_session_are_answered_in_order_under_a_pool() {
         let (s, t) = r.task_id.split_once('-').unwrap();
         let expected = next.get_mut(s).unwrap();
         assert_eq!(t.parse::<u64>().unwrap(), *expected, "session {s}");
-        assert!(r.result.get().contains(r#""status":"success""#), "{}", r.result.get());
+        assert!(r.result.json().unwrap().contains(r#""status":"success""#), "{}", r.result.json().unwrap());
         *expected += 1;
     }
     peer.shutdown().await;
@@ -211,7 +219,7 @@ async fn reconnects_and_registers_again_after_the_coordinator_restarts() {
     assert_eq!(status.registrations, 2);
     // And serves again; the sessions it held survive the reconnection.
     conn.send(&assignment("1:1", 1, "physics_step", Some("s"), SNAPSHOT)).await;
-    assert!(conn.result().await.result.get().contains("success"));
+    assert!(conn.result().await.result.json().unwrap().contains("success"));
     peer.shutdown().await;
 }
 

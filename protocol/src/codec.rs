@@ -142,7 +142,7 @@ mod tests {
         back
     }
 
-    fn payload(json: &str) -> RawPayload {
+    fn payload(json: &str) -> Payload {
         raw_payload(json.to_owned()).unwrap()
     }
 
@@ -201,7 +201,7 @@ mod tests {
             deadline_ms: Some(100),
         }));
         let Message::TaskRequest(r) = m else { panic!() };
-        assert_eq!(r.task_data.get(), r#"{"num_objects": 50, "x":[1.5e3 ,2]}"#);
+        assert_eq!(r.task_data.json().unwrap(), r#"{"num_objects": 50, "x":[1.5e3 ,2]}"#);
     }
 
     #[test]
@@ -256,7 +256,7 @@ mod tests {
             decode(frame).unwrap_or_else(|e| panic!("{frame}: {e}"));
         }
         let Ok(Message::TaskRequest(r)) = decode(frames[4]) else { panic!() };
-        assert_eq!(r.task_data.get(), r#"{"objects": []}"#);
+        assert_eq!(r.task_data.json().unwrap(), r#"{"objects": []}"#);
     }
 
     #[test]

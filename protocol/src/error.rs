@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 pub enum ErrorCode {
     /// The frame is not valid JSON, or not a JSON object.
     BadJson,
+    /// A binary frame that is malformed (truncated or bad header), of an unknown frame
+    /// version, or sent on a connection that did not negotiate binary frames.
+    BadFrame,
     /// The frame has no `msg_type`, or one this side does not know.
     UnknownMsgType,
     /// A required field is missing or a field has the wrong type.
@@ -75,6 +78,7 @@ impl ErrorCode {
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BadJson => "bad_json",
+            ErrorCode::BadFrame => "bad_frame",
             ErrorCode::UnknownMsgType => "unknown_msg_type",
             ErrorCode::InvalidMessage => "invalid_message",
             ErrorCode::WrongRole => "wrong_role",
@@ -119,6 +123,7 @@ mod tests {
     fn wire_spelling_matches_as_str() {
         for code in [
             ErrorCode::BadJson,
+            ErrorCode::BadFrame,
             ErrorCode::UnknownMsgType,
             ErrorCode::InvalidMessage,
             ErrorCode::WrongRole,

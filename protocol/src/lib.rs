@@ -1,9 +1,14 @@
 //! The P2C2R wire protocol, shared by the coordinator, peers and gamer clients.
 //!
-//! Every frame is one JSON object tagged by `msg_type` (see [`Message`]). The seed
+//! Every message is one JSON object tagged by `msg_type` (see [`Message`]). The seed
 //! messages keep their names and fields; everything P2C2R adds is optional or a new
-//! message type, so the seed's Python clients keep working. Task payloads travel as
-//! [`RawPayload`]: the coordinator forwards their bytes without parsing them.
+//! message type, so the seed's Python clients keep working. A connection that negotiates
+//! binary frames ([`binary`]) sends task messages with binary payloads as compact binary
+//! frames instead. Task payloads travel as [`Payload`]s (JSON text or binary bytes): the
+//! coordinator forwards them without parsing them.
+//!
+//! Physics states travel on a fixed-point lattice ([`quantize`]) and, packed, as compact
+//! binary deltas against the session's previous tick ([`packed`]).
 //!
 //! This crate does no I/O. `PROTOCOL.md` at the repository root documents every message
 //! with an example.
@@ -17,35 +22,35 @@
 //! ```
 
 pub mod ai;
+pub mod binary;
 pub mod codec;
 pub mod error;
 pub mod limits;
 pub mod message;
+pub mod packed;
+pub mod payload;
 pub mod physics;
+pub mod quantize;
 pub mod task;
 
+pub use binary::Encoding;
 pub use codec::{CodecError, decode, encode};
 pub use error::ErrorCode;
 pub use message::*;
+pub use payload::Payload;
 pub use task::{TaskError, TaskStatus, task_types};
 
-/// A task payload or result kept as the exact JSON text it arrived as.
-///
-/// The coordinator routes payloads without looking inside them; only the peer (which runs
-/// the task) and the gamer (which reads the result) parse them into typed values.
-pub type RawPayload = Box<serde_json::value::RawValue>;
-
-/// Wraps already-serialized JSON text as a [`RawPayload`], checking that it is valid JSON.
-pub fn raw_payload(json: String) -> Result<RawPayload, serde_json::Error> {
-    serde_json::value::RawValue::from_string(json)
+/// Wraps already-serialized JSON text as a [`Payload`], checking that it is valid JSON.
+pub fn raw_payload(json: String) -> Result<Payload, serde_json::Error> {
+    Payload::from_json_text(json)
 }
 
-/// Serializes a value as a [`RawPayload`].
-pub fn to_payload<T: serde::Serialize + ?Sized>(value: &T) -> Result<RawPayload, serde_json::Error> {
-    serde_json::value::to_raw_value(value)
+/// Serializes a value as a JSON [`Payload`].
+pub fn to_payload<T: serde::Serialize + ?Sized>(value: &T) -> Result<Payload, serde_json::Error> {
+    Payload::to_json(value)
 }
 
 /// The JSON `null` payload, used where a message carries no task data.
-pub fn null_payload() -> RawPayload {
-    serde_json::value::RawValue::from_string("null".to_owned()).expect("null is valid JSON")
+pub fn null_payload() -> Payload {
+    Payload::null()
 }

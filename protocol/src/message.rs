@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ErrorCode, RawPayload, null_payload};
+use crate::{ErrorCode, Payload, null_payload};
 
 /// One protocol frame. Encode and decode with [`crate::codec`].
 #[derive(Debug, Serialize)]
@@ -193,7 +193,7 @@ pub struct TaskRequest {
     pub task_type: String,
     /// The task's input. The seed's test gamer calls this field `data`; both are accepted.
     #[serde(alias = "data", default = "null_payload")]
-    pub task_data: RawPayload,
+    pub task_data: Payload,
     /// Tasks with the same session id run on one peer, in order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
@@ -257,7 +257,7 @@ pub struct TaskSpecRef<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gamer_id: Option<&'a str>,
     /// See [`TaskSpec::task_data`].
-    pub task_data: &'a serde_json::value::RawValue,
+    pub task_data: &'a Payload,
 }
 
 /// The task inside a [`TaskAssignment`].
@@ -276,7 +276,7 @@ pub struct TaskSpec {
     pub gamer_id: Option<String>,
     /// The task's input, byte for byte as the gamer sent it.
     #[serde(default = "null_payload")]
-    pub task_data: RawPayload,
+    pub task_data: Payload,
 }
 
 impl TaskSpec {
@@ -302,7 +302,7 @@ pub struct TaskResult {
     /// The answer. P2C2R results are objects with `"status": "success"` or
     /// `"status": "error"` (see [`crate::TaskError`]).
     #[serde(default = "null_payload")]
-    pub result: RawPayload,
+    pub result: Payload,
     /// The attempt that produced it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,

@@ -21,10 +21,11 @@
 use futures_util::{SinkExt, StreamExt};
 use p2c2r_protocol::physics::{PhysicsStepRequest, PhysicsStepResult};
 use p2c2r_protocol::{
-    Capabilities, ErrorMessage, Message, RawPayload, RegisterGamer, RegisterPeer, StatsReport, TaskAssignment,
-    TaskError, TaskRequest, TaskResult, codec, raw_payload, to_payload,
+    Capabilities, Encoding, ErrorMessage, Message, Payload, RegisterGamer, RegisterPeer, StatsReport, TaskAssignment,
+    TaskError, TaskRequest, TaskResult, binary, codec, raw_payload, to_payload,
 };
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
@@ -41,6 +42,9 @@ pub struct Client {
     pub secret: Option<String>,
     /// The last task number [`Client::run`] used.
     tasks: u64,
+    /// Binary once [`Client::connect_binary`] negotiated binary frames: messages with a
+    /// binary payload are then sent as binary frames.
+    pub encoding: Encoding,
 }
 
 impl Client {
@@ -52,7 +56,21 @@ impl Client {
 
     /// Wraps a connection opened some other way (a bound source address, a token, TLS).
     pub fn from_ws(ws: Ws) -> Client {
-        Client { ws, secret: None, tasks: 0 }
+        Client { ws, secret: None, tasks: 0, encoding: Encoding::Json }
+    }
+
+    /// Connects offering binary frames (`p2c2r.bin.v1`); panics unless the server takes
+    /// them.
+    pub async fn connect_binary(url: &str) -> Client {
+        let mut request = url.into_client_request().expect("a valid URL");
+        request.headers_mut().insert(
+            tokio_tungstenite::tungstenite::http::header::SEC_WEBSOCKET_PROTOCOL,
+            tokio_tungstenite::tungstenite::http::HeaderValue::from_static(binary::SUBPROTOCOL),
+        );
+        let (ws, response) = within("a WebSocket connection", connect_async(request)).await.expect("connect");
+        let answer = response.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok());
+        assert_eq!(Encoding::from_answer(answer), Encoding::Binary, "the server took binary frames");
+        Client { encoding: Encoding::Binary, ..Client::from_ws(ws) }
     }
 
     /// Connects and registers as peer `peer_id` running up to `max_concurrent_tasks`.
@@ -100,7 +118,13 @@ impl Client {
 
     /// Sends a message; panics if the connection is gone.
     pub async fn send(&mut self, message: &Message) {
-        self.send_text(&codec::encode(message)).await;
+        let frame = ws_frame(binary::encode_for(message, self.encoding));
+        within("a frame to be sent", self.ws.send(frame)).await.expect("send");
+    }
+
+    /// Sends a binary frame as is (for malformed input); panics if the connection is gone.
+    pub async fn send_binary(&mut self, bytes: Vec<u8>) {
+        within("a frame to be sent", self.ws.send(WsMessage::binary(bytes))).await.expect("send");
     }
 
     /// Sends a text frame as is (for malformed input); panics if the connection is gone.
@@ -132,15 +156,32 @@ impl Client {
         self.text_frame().await.as_str().to_owned()
     }
 
-    /// The next message (bounded, see [`recv_text`](Self::recv_text)).
+    /// The next message, from a text or a binary frame (bounded, see
+    /// [`recv_text`](Self::recv_text)).
     pub async fn recv(&mut self) -> Message {
-        let text = self.text_frame().await;
-        codec::decode(text.as_str()).unwrap_or_else(|e| panic!("undecodable frame {}: {e}", text.as_str()))
+        match self.data_frame().await {
+            WsMessage::Binary(bytes) => {
+                binary::decode(bytes).unwrap_or_else(|e| panic!("undecodable binary frame: {e}"))
+            }
+            WsMessage::Text(text) => {
+                codec::decode(text.as_str()).unwrap_or_else(|e| panic!("undecodable frame {}: {e}", text.as_str()))
+            }
+            _ => unreachable!("data frames only"),
+        }
     }
 
     /// The next text frame, skipping pings and pongs; panics on any other frame, at the
     /// end of the connection, or after `3 × WAIT` in all.
     async fn text_frame(&mut self) -> Utf8Bytes {
+        match self.data_frame().await {
+            WsMessage::Text(t) => t,
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+
+    /// The next text or binary frame, skipping pings and pongs (bounds as
+    /// [`text_frame`](Self::text_frame)).
+    async fn data_frame(&mut self) -> WsMessage {
         let deadline = tokio::time::Instant::now() + 3 * WAIT;
         loop {
             let frame = tokio::time::timeout_at(deadline, self.ws.next())
@@ -149,7 +190,7 @@ impl Client {
                 .expect("connection ended")
                 .expect("connection error");
             match frame {
-                WsMessage::Text(t) => return t,
+                WsMessage::Text(_) | WsMessage::Binary(_) => return frame,
                 WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
                 other => panic!("unexpected frame {other:?}"),
             }
@@ -210,7 +251,7 @@ impl Client {
 
     /// As a gamer: submits a task (numbered `task-1`, `task-2`, …) and waits for its
     /// result, skipping other messages; panics on an error or another task's result.
-    pub async fn run(&mut self, task_type: &str, session: Option<&str>, data: RawPayload) -> TaskResult {
+    pub async fn run(&mut self, task_type: &str, session: Option<&str>, data: Payload) -> TaskResult {
         self.run_with_deadline(task_type, session, data, None).await
     }
 
@@ -219,7 +260,7 @@ impl Client {
         &mut self,
         task_type: &str,
         session: Option<&str>,
-        data: RawPayload,
+        data: Payload,
         deadline_ms: Option<u64>,
     ) -> TaskResult {
         self.tasks += 1;
@@ -248,16 +289,16 @@ impl Client {
     ) -> Result<(PhysicsStepResult, TaskResult), TaskError> {
         let payload = to_payload(request).expect("a serialisable request");
         let r = self.run(p2c2r_protocol::task_types::PHYSICS_STEP, Some(session), payload).await;
-        match serde_json::from_str::<PhysicsStepResult>(r.result.get()) {
+        match serde_json::from_str::<PhysicsStepResult>(r.result.json().unwrap()) {
             Ok(result) => Ok((result, r)),
-            Err(_) => Err(serde_json::from_str::<TaskError>(r.result.get())
-                .unwrap_or_else(|e| panic!("neither a result nor an error: {e}: {}", r.result.get()))),
+            Err(_) => Err(serde_json::from_str::<TaskError>(r.result.json().unwrap())
+                .unwrap_or_else(|e| panic!("neither a result nor an error: {e}: {}", r.result.json().unwrap()))),
         }
     }
 
     /// Sends without panicking: `false` if the connection is gone. No bound.
     pub async fn try_send(&mut self, message: &Message) -> bool {
-        self.ws.send(WsMessage::text(codec::encode(message))).await.is_ok()
+        self.ws.send(ws_frame(binary::encode_for(message, self.encoding))).await.is_ok()
     }
 
     /// The next decodable message, with no bound on the wait: `None` once the connection
@@ -266,10 +307,19 @@ impl Client {
         loop {
             match self.ws.next().await? {
                 Ok(WsMessage::Text(t)) => return codec::decode(t.as_str()).ok(),
+                Ok(WsMessage::Binary(b)) => return binary::decode(b).ok(),
                 Ok(_) => continue,
                 Err(_) => return None,
             }
         }
+    }
+}
+
+/// The WebSocket message carrying an encoded frame.
+pub fn ws_frame(frame: binary::Frame) -> WsMessage {
+    match frame {
+        binary::Frame::Text(text) => WsMessage::text(text),
+        binary::Frame::Binary(bytes) => WsMessage::binary(bytes),
     }
 }
 
@@ -292,7 +342,7 @@ pub fn register_gamer(gamer_id: &str, resume_secret: Option<String>) -> Message 
 pub fn task_request(
     task_id: &str,
     task_type: &str,
-    task_data: RawPayload,
+    task_data: Payload,
     session_id: Option<String>,
     deadline_ms: Option<u64>,
 ) -> Message {

@@ -22,7 +22,7 @@
 
 use p2c2r_client::{ClientConfig, ClientEvent, ClientEvents, GamerClient, TaskOutcome, TaskReply};
 use p2c2r_protocol::physics::{PhysicsStepRequest, PhysicsStepResult};
-use p2c2r_protocol::{RawPayload, TaskError, TaskRequest, raw_payload, task_types, to_payload};
+use p2c2r_protocol::{Payload, TaskError, TaskRequest, raw_payload, task_types, to_payload};
 
 use crate::wait::{WAIT, within};
 
@@ -63,7 +63,7 @@ pub fn request(
 /// panics with the task error when it failed.
 pub fn success_json(outcome: &TaskOutcome) -> &str {
     match &outcome.reply {
-        TaskReply::Success(raw) => raw.get(),
+        TaskReply::Success(raw) => raw.json().unwrap(),
         TaskReply::Failed(e) => panic!("task {} failed: {e:?}", outcome.task_id),
     }
 }
@@ -90,7 +90,7 @@ impl Gamer {
     }
 
     /// Submits a task (numbered `task-1`, `task-2`, …) and waits for its outcome.
-    pub async fn run(&mut self, task_type: &str, session: Option<&str>, data: RawPayload) -> TaskOutcome {
+    pub async fn run(&mut self, task_type: &str, session: Option<&str>, data: Payload) -> TaskOutcome {
         self.run_with_deadline(task_type, session, data, None).await
     }
 
@@ -99,7 +99,7 @@ impl Gamer {
         &mut self,
         task_type: &str,
         session: Option<&str>,
-        data: RawPayload,
+        data: Payload,
         deadline_ms: Option<u64>,
     ) -> TaskOutcome {
         self.tasks += 1;

@@ -13,10 +13,15 @@
 use std::net::SocketAddr;
 
 use futures_util::{SinkExt, StreamExt};
-use p2c2r_protocol::{Message, RegisterGamer, RegisterPeer, RegistrationAck, TaskRequest, TaskResult, codec};
+use p2c2r_protocol::{
+    Encoding, Message, RegisterGamer, RegisterPeer, RegistrationAck, TaskRequest, TaskResult, binary, codec,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::http::header::SEC_WEBSOCKET_PROTOCOL;
 
 use crate::wait::within;
 
@@ -63,8 +68,9 @@ pub fn ack(peer_id: Option<&str>, gamer_id: Option<&str>, resume_secret: Option<
     })
 }
 
-/// One connection of a scripted coordinator.
-pub struct Conn(pub WebSocketStream<TcpStream>);
+/// One connection of a scripted coordinator. Like the real one, it takes binary frames
+/// when the client offers them ([`p2c2r_protocol::binary`]), and reads both kinds.
+pub struct Conn(pub WebSocketStream<TcpStream>, pub Encoding);
 
 impl Conn {
     /// Accepts one connection and its WebSocket handshake; panics after [`WAIT`](crate::wait::WAIT).
@@ -77,8 +83,19 @@ impl Conn {
     pub async fn accept_next(listener: &TcpListener) -> Option<Conn> {
         loop {
             let (tcp, _) = listener.accept().await.ok()?;
-            if let Ok(ws) = tokio_tungstenite::accept_async(tcp).await {
-                return Some(Conn(ws));
+            let mut encoding = Encoding::Json;
+            let negotiate = |request: &Request, mut response: Response| {
+                let offers = request.headers().get_all(SEC_WEBSOCKET_PROTOCOL).iter().filter_map(|v| v.to_str().ok());
+                encoding = Encoding::from_offer(offers);
+                if encoding == Encoding::Binary {
+                    response
+                        .headers_mut()
+                        .insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(binary::SUBPROTOCOL));
+                }
+                Ok(response)
+            };
+            if let Ok(ws) = tokio_tungstenite::accept_hdr_async(tcp, negotiate).await {
+                return Some(Conn(ws, encoding));
             }
         }
     }
@@ -92,6 +109,9 @@ impl Conn {
                     Ok(WsMessage::Text(t)) => {
                         let text = t.as_str();
                         return Some(codec::decode(text).unwrap_or_else(|e| panic!("undecodable frame {text}: {e}")));
+                    }
+                    Ok(WsMessage::Binary(b)) => {
+                        return Some(binary::decode(b).unwrap_or_else(|e| panic!("undecodable binary frame: {e}")));
                     }
                     Ok(WsMessage::Close(_)) | Err(_) => return None,
                     Ok(_) => {}
@@ -119,9 +139,18 @@ impl Conn {
         }
     }
 
-    /// Sends a message; panics if the client is gone.
+    /// Sends a message (a binary frame when it has a binary payload and the connection
+    /// takes them); panics if the client is gone.
     pub async fn send(&mut self, m: &Message) {
-        self.send_raw(frame(m)).await;
+        self.send_raw(self.frame(m)).await;
+    }
+
+    /// The frame `send` would send for `m`.
+    pub fn frame(&self, m: &Message) -> WsMessage {
+        match binary::encode_for(m, self.1) {
+            binary::Frame::Text(text) => WsMessage::text(text),
+            binary::Frame::Binary(bytes) => WsMessage::binary(bytes),
+        }
     }
 
     /// Sends a frame as is; panics if the client is gone.
@@ -131,7 +160,8 @@ impl Conn {
 
     /// Sends a message without panicking: `false` if the client is gone.
     pub async fn try_send(&mut self, m: &Message) -> bool {
-        within("a frame to be sent", self.0.send(frame(m))).await.is_ok()
+        let frame = self.frame(m);
+        within("a frame to be sent", self.0.send(frame)).await.is_ok()
     }
 
     /// Reads a peer's registration and acknowledges it.

@@ -189,3 +189,41 @@ pub fn spawn_sinking_ball(app: &mut App) -> Entity {
         ))
         .id()
 }
+
+/// A scripted peer's side of `physics_step` payloads, in either encoding: it reads a
+/// request as the plugin sent it (packed or JSON) and answers in kind (a packed answer is
+/// a delta against the previous packed answer, as a real peer's).
+#[derive(Default)]
+pub struct PeerWire {
+    encoder: p2c2r_protocol::packed::ResultEncoder,
+}
+
+impl PeerWire {
+    /// The request in a `task_request`, and whether it was packed.
+    pub fn read(request: &p2c2r_protocol::TaskRequest) -> (p2c2r_protocol::physics::PhysicsStepRequest, bool) {
+        match request.task_data.binary_bytes() {
+            Some(bytes) => (p2c2r_protocol::packed::decode_request(&bytes).expect("a packed request"), true),
+            None => (serde_json::from_str(request.task_data.json().unwrap()).expect("a JSON request"), false),
+        }
+    }
+
+    /// The answer to `step`: a packed success when the request was packed, JSON otherwise
+    /// (errors are always JSON).
+    pub fn answer(
+        &mut self,
+        step: &p2c2r_protocol::physics::PhysicsStepRequest,
+        packed: bool,
+        outcome: Result<p2c2r_protocol::physics::PhysicsStepResult, p2c2r_protocol::TaskError>,
+    ) -> p2c2r_protocol::Payload {
+        match outcome {
+            Ok(result) if packed => {
+                let mut bytes = Vec::new();
+                let elapsed = step.dt * step.steps as f32;
+                self.encoder.encode(&result, step.snapshot, elapsed, &mut bytes).expect("a packable result");
+                p2c2r_protocol::Payload::binary(bytes)
+            }
+            Ok(result) => p2c2r_protocol::to_payload(&result).unwrap(),
+            Err(e) => p2c2r_protocol::to_payload(&e).unwrap(),
+        }
+    }
+}
