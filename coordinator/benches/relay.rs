@@ -1,105 +1,445 @@
-//! Round trip through the coordinator: gamer → coordinator → peer → coordinator → gamer,
-//! over loopback, with a peer that answers at once. Prints latency percentiles for small
-//! frames and for a 1,000-body physics result, and pipelined throughput.
+//! What the coordinator adds to a task's round trip, JSON frames beside binary frames.
 //!
 //! Run: `cargo bench -p coordinator --bench relay`
+//!
+//! Two payload sizes, each as JSON (text frames) and binary (`p2c2r.bin.v1` frames with
+//! `Payload::Binary` payloads): small frames (a tick request and an empty result) and a
+//! 1,000-body physics result, built from one `PhysicsStepResult` of 1,000 moving bodies
+//! with the real encoders (`serde_json` for JSON, a packed delta from `ResultEncoder` for
+//! binary).
+//!
+//! Latency. The gamer and an echo peer (which answers every assignment with the result)
+//! are protocol clients of the testkit, on TCP_NODELAY sockets as the real clients use.
+//! Each round trip through the coordinator (gamer → coordinator → peer → coordinator →
+//! gamer) is interleaved, in blocks of 50, with a direct round trip between the same two
+//! kinds of clients (the gamer's frame to a server that decodes it and answers with the
+//! same result frame as the peer, no coordinator), so both see the same machine load.
+//! The coordinator puts two relays (hops) in the path, each adding one loopback leg and
+//! its own work; the latency it adds per hop is `(through the coordinator − direct) / 2`,
+//! on the percentiles of each. The three parts run on their own threads, as they would
+//! in their own processes: the coordinator on a one-worker runtime, the echo peer and the
+//! direct server on another, the gamer on the main thread.
+//!
+//! Throughput. 64 tasks in flight at a time (pipelined); besides tasks per second of wall
+//! time, the CPU time of the coordinator's thread (from `/proc/self/task/*/stat`: the
+//! process's CPU time would include the gamer's and the peer's) gives frames forwarded
+//! per second per core: each task is two forwarded frames (request → assignment, result
+//! → result).
 
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use p2c2r_protocol::physics::{BodyState, PhysicsStepResult};
-use p2c2r_protocol::{Message, raw_payload};
-use p2c2r_testkit::client::{Client, result_for, task_request};
+use p2c2r_protocol::binary::{self, Frame};
+use p2c2r_protocol::packed::{ResultEncoder, encode_request};
+use p2c2r_protocol::physics::{BodyState, PhysicsStepRequest, PhysicsStepResult};
+use p2c2r_protocol::{Encoding, Message, Payload, TaskResult, codec, raw_payload};
+use p2c2r_testkit::client::{Client, capacity, register_gamer, register_peer, task_request};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::http::header::SEC_WEBSOCKET_PROTOCOL;
 
-/// A peer that answers every assignment with `result`.
-async fn echo_peer(url: String, result: String) {
-    let mut ws = Client::peer(&url, "echo", 256).await;
-    loop {
-        if let Message::TaskAssignment(a) = ws.recv().await {
-            ws.send(&result_for(&a, &result)).await;
+const DT: f32 = 1.0 / 60.0;
+const BLOCK: usize = 50;
+const WARMUP: usize = 200;
+const IN_FLIGHT: usize = 64;
+/// The coordinator's threads are named so, to find their CPU time.
+const COORD_THREAD: &str = "relay-coord";
+
+/// One payload size in both encodings.
+struct Payloads {
+    name: &'static str,
+    json_request: Payload,
+    json_result: Payload,
+    binary_request: Payload,
+    binary_result: Payload,
+    latency_rounds: usize,
+    pipelined_tasks: usize,
+}
+
+impl Payloads {
+    fn get(&self, encoding: Encoding) -> (Payload, Payload) {
+        match encoding {
+            Encoding::Json => (self.json_request.clone(), self.json_result.clone()),
+            Encoding::Binary => (self.binary_request.clone(), self.binary_result.clone()),
         }
     }
 }
 
-fn request(i: usize, payload: &str) -> Message {
-    task_request(&format!("t{i}"), "physics_step", raw_payload(payload.to_owned()).unwrap(), Some("bench".into()), None)
+/// The tick request: `{"tick":1,"dt":…}`, or its packed form.
+fn tick_request(tick: u64) -> PhysicsStepRequest {
+    PhysicsStepRequest { tick, dt: DT, steps: 1, ..Default::default() }
 }
 
-async fn scenario(name: &str, request_payload: &str, result_payload: &str, rounds: usize) {
-    // Pipelined throughput passes the default per-gamer rate limit by design.
-    let config = coordinator::Config { max_tasks_per_second: None, ..coordinator::Config::default() };
-    let coord = coordinator::spawn("127.0.0.1:0", config).await.unwrap();
-    let url = coord.url();
-    let peer = tokio::spawn(echo_peer(url.clone(), result_payload.to_owned()));
-    let mut gamer = Client::gamer(&url, "bench").await;
-    while coord.stats().peers == 0 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-    for i in 0..rounds + 200 {
-        let start = Instant::now();
-        gamer.send(&request(i, request_payload)).await;
-        let Message::TaskResult(_) = gamer.recv().await else { panic!("expected a result") };
-        if i >= 200 {
-            hist.record(start.elapsed().as_micros().max(1) as u64).unwrap();
-        }
-    }
-    // Pipelined: 64 requests in flight at a time.
-    let total = rounds;
-    let start = Instant::now();
-    let mut sent = 0;
-    let mut received = 0;
-    while received < total {
-        while sent < total && sent - received < 64 {
-            gamer.send(&request(1_000_000 + sent, request_payload)).await;
-            sent += 1;
-        }
-        if let Message::TaskResult(_) = gamer.recv().await {
-            received += 1;
-        }
-    }
-    let per_sec = total as f64 / start.elapsed().as_secs_f64();
-    println!(
-        "{name:<28} {:>7} B {:>7} B {:>9} {:>9} {:>9} {:>9} {:>12.0}",
-        request_payload.len(),
-        result_payload.len(),
-        hist.value_at_quantile(0.5),
-        hist.value_at_quantile(0.99),
-        hist.max(),
-        format!("{:.0}", hist.mean()),
-        per_sec
-    );
-    peer.abort();
-    coord.shutdown().await;
+fn packed_request(request: &PhysicsStepRequest) -> Payload {
+    let mut out = Vec::new();
+    encode_request(request, &mut out);
+    Payload::binary(out)
 }
 
-fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let small_request = r#"{"tick":1,"dt":0.016666668,"steps":1}"#;
-    let small_result = r#"{"status":"success","tick":1,"bodies":[]}"#;
-    let bodies: Vec<BodyState> = (0..1000)
+/// 1,000 bodies flying in a box: each tick every body moves and turns by its
+/// velocities, and a tenth of them change velocity (collisions), so the packed delta
+/// carries residuals for them and small rounding residuals for the rest.
+fn moving_bodies(n: u64, ticks: u64) -> Vec<PhysicsStepResult> {
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut uniform = |scale: f32| (rng.f32() * 2.0 - 1.0) * scale;
+    let mut bodies: Vec<BodyState> = (0..n)
         .map(|i| BodyState {
-            id: i,
-            position: [i as f32 * 0.37, 1.234_567, -2.5],
-            rotation: [0.012_345, 0.690_2, -0.000_123, 0.723_6],
-            linvel: [0.5, -9.81, 0.001],
-            angvel: [0.0, 0.25, -0.125],
+            id: i + 1,
+            position: [uniform(20.0), uniform(20.0), uniform(20.0)],
+            rotation: normalize([uniform(1.0), uniform(1.0), uniform(1.0), uniform(1.0)]),
+            linvel: [uniform(3.0), uniform(3.0), uniform(3.0)],
+            angvel: [uniform(2.0), uniform(2.0), uniform(2.0)],
             sleeping: false,
         })
         .collect();
-    let big_result = serde_json::to_string(&PhysicsStepResult {
-        status: Default::default(),
-        tick: 1,
-        bodies,
-        removed: Vec::new(),
-        digest: None,
-    })
-    .unwrap();
-    println!("relay round trip over loopback (gamer -> coordinator -> peer -> coordinator -> gamer)");
+    let mut results = Vec::new();
+    for tick in 0..ticks {
+        for b in &mut bodies {
+            if tick > 0 && uniform(1.0) > 0.8 {
+                b.linvel = [uniform(3.0), uniform(3.0), uniform(3.0)];
+                b.angvel = [uniform(2.0), uniform(2.0), uniform(2.0)];
+            }
+            for k in 0..3 {
+                b.position[k] += b.linvel[k] * DT;
+            }
+            let [wx, wy, wz] = b.angvel.map(|w| w * DT / 2.0);
+            let [x, y, z, w] = b.rotation;
+            // q + (ω·dt/2, 0) ⊗ q
+            b.rotation = normalize([
+                x + wx * w + wy * z - wz * y,
+                y - wx * z + wy * w + wz * x,
+                z + wx * y - wy * x + wz * w,
+                w - wx * x - wy * y - wz * z,
+            ]);
+        }
+        results.push(PhysicsStepResult {
+            tick,
+            bodies: bodies.clone(),
+            digest: Some("0123456789abcdef".into()),
+            ..Default::default()
+        });
+    }
+    results
+}
+
+fn normalize(q: [f32; 4]) -> [f32; 4] {
+    let n = q.iter().map(|c| c * c).sum::<f32>().sqrt();
+    q.map(|c| c / n)
+}
+
+fn payloads() -> Vec<Payloads> {
+    let small_result = PhysicsStepResult { tick: 1, digest: Some("0123456789abcdef".into()), ..Default::default() };
+    let mut small_packed = Vec::new();
+    ResultEncoder::new().encode(&small_result, true, DT, &mut small_packed).unwrap();
+    let small = Payloads {
+        name: "small",
+        json_request: raw_payload(serde_json::to_string(&tick_request(1)).unwrap()).unwrap(),
+        json_result: raw_payload(serde_json::to_string(&small_result).unwrap()).unwrap(),
+        binary_request: packed_request(&tick_request(1)),
+        binary_result: Payload::binary(small_packed),
+        latency_rounds: 3_000,
+        pipelined_tasks: 20_000,
+    };
+    // The steady state: a delta against the previous tick.
+    let ticks = moving_bodies(1_000, 3);
+    let mut encoder = ResultEncoder::new();
+    let mut delta = Vec::new();
+    for (i, result) in ticks.iter().enumerate() {
+        delta.clear();
+        encoder.encode(result, i == 0, DT, &mut delta).unwrap();
+    }
+    let last = ticks.last().unwrap();
+    let big = Payloads {
+        name: "1,000-body result",
+        json_request: raw_payload(serde_json::to_string(&tick_request(2)).unwrap()).unwrap(),
+        json_result: raw_payload(serde_json::to_string(last).unwrap()).unwrap(),
+        binary_request: packed_request(&tick_request(2)),
+        binary_result: Payload::binary(delta),
+        latency_rounds: 1_000,
+        pipelined_tasks: 2_000,
+    };
+    vec![small, big]
+}
+
+/// A client socket with TCP_NODELAY (as `p2c2r_net` connects), offering binary frames
+/// when `encoding` is binary.
+async fn connect(url: &str, encoding: Encoding, offer: bool) -> Client {
+    let mut request = url.into_client_request().unwrap();
+    if offer && encoding == Encoding::Binary {
+        request.headers_mut().insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(binary::SUBPROTOCOL));
+    }
+    let (ws, response) = tokio_tungstenite::connect_async_with_config(request, None, true).await.unwrap();
+    if offer {
+        let answer = response.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok());
+        assert_eq!(Encoding::from_answer(answer), encoding, "the coordinator took the encoding");
+    }
+    let mut client = Client::from_ws(ws);
+    client.encoding = encoding;
+    client
+}
+
+/// A peer that answers every assignment with `result`.
+async fn echo_peer(mut ws: Client, result: Payload) {
+    while let Some(message) = ws.try_recv().await {
+        if let Message::TaskAssignment(a) = message {
+            let answer = TaskResult {
+                task_id: a.task_id,
+                result: result.clone(),
+                attempt: Some(a.attempt),
+                peer_id: None,
+            };
+            if !ws.try_send(&Message::TaskResult(answer)).await {
+                return;
+            }
+        }
+    }
+}
+
+/// A server answering each `task_request` straight away with `result`, in `encoding`:
+/// what a peer does, without the coordinator in between.
+async fn direct_server(listener: TcpListener, encoding: Encoding, result: Payload) {
+    use futures_util::{SinkExt, StreamExt};
+    let Ok((stream, _)) = listener.accept().await else { return };
+    stream.set_nodelay(true).unwrap();
+    let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+    while let Some(Ok(frame)) = ws.next().await {
+        let message = match frame {
+            WsMessage::Text(text) => codec::decode(text.as_str()).ok(),
+            WsMessage::Binary(bytes) => binary::decode(bytes).ok(),
+            _ => continue,
+        };
+        let Some(Message::TaskRequest(request)) = message else { continue };
+        let answer = Message::TaskResult(TaskResult {
+            task_id: request.task_id,
+            result: result.clone(),
+            attempt: Some(1),
+            peer_id: None,
+        });
+        let frame = match binary::encode_for(&answer, encoding) {
+            Frame::Text(text) => WsMessage::text(text),
+            Frame::Binary(bytes) => WsMessage::binary(bytes),
+        };
+        if ws.send(frame).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn request(i: usize, payload: &Payload) -> Message {
+    task_request(&format!("t{i}"), "physics_step", payload.clone(), Some("bench".into()), None)
+}
+
+async fn round_trip(gamer: &mut Client, i: usize, payload: &Payload) -> Duration {
+    let start = Instant::now();
+    gamer.send(&request(i, payload)).await;
+    let Message::TaskResult(_) = gamer.recv().await else { panic!("expected a result") };
+    start.elapsed()
+}
+
+/// CPU time (user + system) of this process's threads whose name starts with `prefix`,
+/// and of the whole process; Linux only (`None` elsewhere).
+fn cpu_time(prefix: &str) -> Option<(Duration, Duration)> {
+    const TICK: f64 = 0.01; // USER_HZ is 100 on Linux
+    let ticks = |stat: &str| -> Option<u64> {
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    };
+    let mut threads = 0;
+    for entry in std::fs::read_dir("/proc/self/task").ok()? {
+        let path = entry.ok()?.path();
+        let comm = std::fs::read_to_string(path.join("comm")).ok()?;
+        if comm.trim_end().starts_with(prefix) {
+            threads += ticks(&std::fs::read_to_string(path.join("stat")).ok()?)?;
+        }
+    }
+    let process = ticks(&std::fs::read_to_string("/proc/self/stat").ok()?)?;
+    Some((Duration::from_secs_f64(threads as f64 * TICK), Duration::from_secs_f64(process as f64 * TICK)))
+}
+
+struct Row {
+    direct: Histogram<u64>,
+    coordinator: Histogram<u64>,
+    tasks_per_sec: f64,
+    coord_cpu: Option<Duration>,
+    process_cpu: Option<Duration>,
+    tasks: usize,
+}
+
+fn micros_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).unwrap()
+}
+
+fn record(h: &mut Histogram<u64>, d: Duration) {
+    h.record((d.as_nanos() as u64 / 1_000).max(1)).unwrap();
+}
+
+fn scenario(
+    coord_rt: &tokio::runtime::Runtime,
+    peer_rt: &tokio::runtime::Runtime,
+    gamer_rt: &tokio::runtime::Runtime,
+    run: usize,
+    p: &Payloads,
+    encoding: Encoding,
+) -> Row {
+    // Pipelined throughput passes the default per-gamer rate limits by design.
+    let config = coordinator::Config {
+        max_tasks_per_second: None,
+        max_task_bytes_per_second: None,
+        summary_interval: None,
+        ..coordinator::Config::default()
+    };
+    let coord = coord_rt.block_on(coordinator::spawn("127.0.0.1:0", config)).unwrap();
+    let url = coord.url();
+    let (request_payload, result_payload) = p.get(encoding);
+
+    // Each part's sockets are driven by its own runtime.
+    let peer = peer_rt.spawn({
+        let (url, result) = (url.clone(), result_payload.clone());
+        async move {
+            let mut ws = connect(&url, encoding, true).await;
+            ws.register(&register_peer(&format!("echo-{run}"), capacity(256), None)).await;
+            echo_peer(ws, result).await
+        }
+    });
+    let listener = peer_rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+    let direct_url = format!("ws://{}", listener.local_addr().unwrap());
+    let server = peer_rt.spawn(direct_server(listener, encoding, result_payload.clone()));
+
+    let row = gamer_rt.block_on(async {
+        let mut gamer = connect(&url, encoding, true).await;
+        gamer.register(&register_gamer(&format!("bench-{run}"), None)).await;
+        let mut direct = connect(&direct_url, encoding, false).await;
+        while coord.stats().peers == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let (mut via, mut straight) = (micros_histogram(), micros_histogram());
+        let mut i = 0;
+        for _ in 0..WARMUP {
+            round_trip(&mut gamer, i, &request_payload).await;
+            round_trip(&mut direct, i, &request_payload).await;
+            i += 1;
+        }
+        while via.len() < p.latency_rounds as u64 {
+            for _ in 0..BLOCK {
+                record(&mut via, round_trip(&mut gamer, i, &request_payload).await);
+                i += 1;
+            }
+            for _ in 0..BLOCK {
+                record(&mut straight, round_trip(&mut direct, i, &request_payload).await);
+                i += 1;
+            }
+        }
+        // Pipelined through the coordinator.
+        let total = p.pipelined_tasks;
+        let cpu_before = cpu_time(COORD_THREAD);
+        let start = Instant::now();
+        let (mut sent, mut received) = (0, 0);
+        while received < total {
+            while sent < total && sent - received < IN_FLIGHT {
+                gamer.send(&request(1_000_000 + sent, &request_payload)).await;
+                sent += 1;
+            }
+            if let Message::TaskResult(_) = gamer.recv().await {
+                received += 1;
+            }
+        }
+        let elapsed = start.elapsed();
+        let cpu_after = cpu_time(COORD_THREAD);
+        let (coord_cpu, process_cpu) = match (cpu_before, cpu_after) {
+            (Some((c0, p0)), Some((c1, p1))) => (Some(c1.saturating_sub(c0)), Some(p1.saturating_sub(p0))),
+            _ => (None, None),
+        };
+        Row {
+            direct: straight,
+            coordinator: via,
+            tasks_per_sec: total as f64 / elapsed.as_secs_f64(),
+            coord_cpu,
+            process_cpu,
+            tasks: total,
+        }
+    });
+    peer.abort();
+    server.abort();
+    coord_rt.block_on(coord.shutdown());
+    row
+}
+
+fn main() {
+    let coord_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(COORD_THREAD)
+        .enable_all()
+        .build()
+        .unwrap();
+    let peer_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("relay-peer")
+        .enable_all()
+        .build()
+        .unwrap();
+    let gamer_rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+
+    println!("relay: what the coordinator adds, over loopback (coordinator, peer and gamer on their own threads)");
+    println!("latency in µs; per hop = (through the coordinator - direct) / 2, per percentile");
     println!(
-        "{:<28} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>12}",
-        "scenario", "request", "result", "p50 µs", "p99 µs", "max µs", "mean µs", "pipelined/s"
+        "{:<18} {:<6} {:>7} {:>7} | {:>6} {:>6} | {:>6} {:>6} | {:>7} {:>7} | {:>9} {:>9} {:>11} {:>9}",
+        "payload",
+        "frames",
+        "req B",
+        "res B",
+        "direct",
+        "p99",
+        "coord",
+        "p99",
+        "hop p50",
+        "hop p99",
+        "tasks/s",
+        "coord CPU",
+        "frames/s",
+        "proc CPU"
     );
-    rt.block_on(scenario("small frames", small_request, small_result, 5_000));
-    rt.block_on(scenario("1,000-body result", small_request, &big_result, 2_000));
+    println!(
+        "{:<18} {:<6} {:>7} {:>7} | {:>6} {:>6} | {:>6} {:>6} | {:>7} {:>7} | {:>9} {:>9} {:>11} {:>9}",
+        "", "", "", "", "p50", "", "p50", "", "", "", "pipelined", "µs/task", "per core", "µs/task"
+    );
+    let mut run = 0;
+    for p in payloads() {
+        for encoding in [Encoding::Json, Encoding::Binary] {
+            run += 1;
+            let (request, result) = p.get(encoding);
+            let row = scenario(&coord_rt, &peer_rt, &gamer_rt, run, &p, encoding);
+            let hop = |q: f64| {
+                (row.coordinator.value_at_quantile(q) as f64 - row.direct.value_at_quantile(q) as f64) / 2.0
+            };
+            let per_task = |cpu: Option<Duration>| {
+                cpu.map_or("n/a".to_owned(), |c| format!("{:.1}", c.as_secs_f64() * 1e6 / row.tasks as f64))
+            };
+            let per_core = row.coord_cpu.filter(|c| !c.is_zero()).map_or("n/a".to_owned(), |c| {
+                format!("{:.0}", 2.0 * row.tasks as f64 / c.as_secs_f64())
+            });
+            println!(
+                "{:<18} {:<6} {:>7} {:>7} | {:>6} {:>6} | {:>6} {:>6} | {:>7.1} {:>7.1} | {:>9.0} {:>9} {:>11} {:>9}",
+                p.name,
+                encoding.as_str(),
+                request.len(),
+                result.len(),
+                row.direct.value_at_quantile(0.5),
+                row.direct.value_at_quantile(0.99),
+                row.coordinator.value_at_quantile(0.5),
+                row.coordinator.value_at_quantile(0.99),
+                hop(0.5),
+                hop(0.99),
+                row.tasks_per_sec,
+                per_task(row.coord_cpu),
+                per_core,
+                per_task(row.process_cpu),
+            );
+        }
+    }
+    println!(
+        "goal: <= 10 µs per hop for small frames. frames/s per core = 2 forwarded frames per task / the coordinator \
+         thread's CPU time; proc CPU = the whole process (gamer + peer + coordinator) per task"
+    );
 }

@@ -58,8 +58,6 @@ use crate::{info_limited, warn_limited};
 use p2c2r_ops::http::Rewind;
 use p2c2r_protocol::{Encoding, ErrorCode, binary};
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::http::header::SEC_WEBSOCKET_PROTOCOL;
 
 /// tungstenite's write buffer target: frames are written once this much is buffered, or
 /// at every flush (the writer flushes after each frame).
@@ -127,12 +125,9 @@ pub async fn serve(
     // The client offers subprotocols; binary frames are used when it offers ours and we
     // name it in the answer (RFC 6455 §4.2.2). Otherwise the connection is JSON only.
     let mut encoding = Encoding::Json;
+    #[allow(clippy::result_large_err)] // tungstenite's callback signature
     let negotiate = |request: &Request, mut response: Response| {
-        let offers = request.headers().get_all(SEC_WEBSOCKET_PROTOCOL).iter().filter_map(|v| v.to_str().ok());
-        encoding = Encoding::from_offer(offers);
-        if encoding == Encoding::Binary {
-            response.headers_mut().insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(binary::SUBPROTOCOL));
-        }
+        encoding = p2c2r_net::accept_encoding(request, &mut response);
         Ok(response)
     };
     let ws = match timeout(

@@ -266,6 +266,24 @@ impl ConnectError {
     }
 }
 
+/// The server's side of the encoding negotiation, for a `tokio_tungstenite::accept_hdr_*`
+/// callback: reads the client's `Sec-WebSocket-Protocol` offer and, when it lists
+/// [`p2c2r_protocol::binary::SUBPROTOCOL`], accepts it in `response`. Returns the
+/// connection's encoding.
+pub fn accept_encoding(
+    request: &tungstenite::handshake::server::Request,
+    response: &mut tungstenite::handshake::server::Response,
+) -> Encoding {
+    let offers = request.headers().get_all(header::SEC_WEBSOCKET_PROTOCOL).iter().filter_map(|v| v.to_str().ok());
+    let encoding = Encoding::from_offer(offers);
+    if encoding == Encoding::Binary {
+        response
+            .headers_mut()
+            .insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p2c2r_protocol::binary::SUBPROTOCOL));
+    }
+    encoding
+}
+
 /// Opens a WebSocket to the coordinator at `url` (`ws://` or `wss://`), presenting
 /// `options.token` and, for `wss://`, trusting `options.ca_file` (or the public roots).
 ///

@@ -38,14 +38,7 @@ pub async fn accept_checking_bearer(
             // Takes binary frames when offered, as the coordinator does (this gate only
             // ever sends text frames, which every connection takes).
             let mut response = response;
-            let offers =
-                request.headers().get_all(http::header::SEC_WEBSOCKET_PROTOCOL).iter().filter_map(|v| v.to_str().ok());
-            if p2c2r_protocol::Encoding::from_offer(offers) == p2c2r_protocol::Encoding::Binary {
-                response.headers_mut().insert(
-                    http::header::SEC_WEBSOCKET_PROTOCOL,
-                    http::HeaderValue::from_static(p2c2r_protocol::binary::SUBPROTOCOL),
-                );
-            }
+            p2c2r_net::accept_encoding(request, &mut response);
             Ok(response)
         } else {
             Err(http::Response::builder().status(401).body(Some("token expired".into())).expect("a valid response"))

@@ -20,8 +20,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::http::header::SEC_WEBSOCKET_PROTOCOL;
 
 use crate::wait::within;
 
@@ -84,14 +82,9 @@ impl Conn {
         loop {
             let (tcp, _) = listener.accept().await.ok()?;
             let mut encoding = Encoding::Json;
+            #[allow(clippy::result_large_err)] // tungstenite's callback signature
             let negotiate = |request: &Request, mut response: Response| {
-                let offers = request.headers().get_all(SEC_WEBSOCKET_PROTOCOL).iter().filter_map(|v| v.to_str().ok());
-                encoding = Encoding::from_offer(offers);
-                if encoding == Encoding::Binary {
-                    response
-                        .headers_mut()
-                        .insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(binary::SUBPROTOCOL));
-                }
+                encoding = p2c2r_net::accept_encoding(request, &mut response);
                 Ok(response)
             };
             if let Ok(ws) = tokio_tungstenite::accept_hdr_async(tcp, negotiate).await {
