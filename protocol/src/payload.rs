@@ -87,8 +87,10 @@ impl Payload {
             Payload::Binary(bytes) => Some(Cow::Borrowed(bytes.as_ref())),
             Payload::Json(raw) => {
                 let text = raw.get();
-                // Cheap test first: only a wrapper object is parsed.
-                if !text.trim_start().starts_with('{') || !text.contains(BINARY_IN_JSON_KEY) {
+                // Constant-time test first (a JSON physics payload can be megabytes): only
+                // an object whose first key is the wrapper's is parsed.
+                let first_key = text.trim_start().strip_prefix('{')?.trim_start();
+                if !first_key.strip_prefix('"')?.starts_with(BINARY_IN_JSON_KEY) {
                     return None;
                 }
                 #[derive(Deserialize)]
@@ -153,6 +155,9 @@ mod tests {
         let back: Payload = serde_json::from_str(&json).unwrap();
         assert!(!back.is_binary());
         assert_eq!(back.binary_bytes().unwrap().as_ref(), &bytes[..]);
+        // Another JSON writer's spacing is fine too.
+        let spaced = Payload::from_json_text(r#" { "p2c2r_binary" : "AQI=" } "#.into()).unwrap();
+        assert_eq!(spaced.binary_bytes().unwrap().as_ref(), &[1, 2]);
     }
 
     #[test]
