@@ -419,3 +419,54 @@ async fn the_peer_binary_refuses_the_pile_and_its_workers_die_with_it() {
     .await;
     coord.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_packed_payloads_are_refused_and_the_honest_gamer_keeps_every_tick() {
+    use p2c2r_protocol::{Payload, packed};
+    let coord = coordinator::spawn("127.0.0.1:0", coordinator::Config::default()).await.unwrap();
+    let url = coord.url();
+    let peer = worker_peer(&url, "peer-packed", 2, 1024).await;
+    let mut honest = gamer::connect(&url, "honest").await;
+    let mut attacker = Client::connect_binary(&url).await;
+    attacker.register(&p2c2r_testkit::client::register_gamer("attacker", None)).await;
+
+    let mut valid = Vec::new();
+    packed::encode_request(&honest_snapshot(0), &mut valid);
+    let pile: Vec<BodyDesc> =
+        (0..1000u64).map(|id| BodyDesc::new(id, Shape::Sphere { radius: 0.5 }, [0.0, 0.0, 0.0])).collect();
+    let mut packed_pile = Vec::new();
+    packed::encode_request(
+        &PhysicsStepRequest { tick: 0, snapshot: true, dt: DT, steps: 1, add: pile, ..Default::default() },
+        &mut packed_pile,
+    );
+    let mut absurd = vec![packed::REQUEST_FORMAT, packed::VERSION, 0, 1, 0];
+    absurd.extend_from_slice(&(1.0f32 / 60.0).to_le_bytes());
+    absurd.extend_from_slice(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01]); // 2^56 bodies
+    let attacks: Vec<(&str, Vec<u8>, ErrorCode)> = vec![
+        ("truncated", valid[..valid.len() / 2].to_vec(), ErrorCode::InvalidPayload),
+        ("another version", [&[packed::REQUEST_FORMAT, 9][..], &valid[2..]].concat(), ErrorCode::InvalidPayload),
+        ("an absurd count", absurd, ErrorCode::InvalidPayload),
+        ("empty", Vec::new(), ErrorCode::InvalidPayload),
+        (
+            "noise",
+            (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect(),
+            ErrorCode::InvalidPayload,
+        ),
+        ("a packed 1,000-sphere pile", packed_pile, ErrorCode::LimitExceeded),
+    ];
+
+    let (first, _) = honest.physics("s", &honest_snapshot(0)).await.unwrap();
+    assert_eq!(first.tick, 0);
+    for (t, (what, bytes, code)) in (1..).zip(attacks) {
+        let r = attacker.run("physics_step", Some("attack"), Payload::binary(bytes)).await;
+        let e = error_of(r.result.json().unwrap_or_else(|| panic!("{what}: a binary answer to garbage")));
+        assert_eq!(e.code, code, "{what}: {e:?}");
+        assert!(!e.message.is_empty());
+        let (r, _) = honest.physics("s", &tick(t)).await.unwrap_or_else(|e| panic!("{what}: tick {t}: {e:?}"));
+        assert_eq!(r.tick, t);
+    }
+    assert_eq!(peer.workers_lost(), 0);
+    assert_eq!(peer.status().borrow().registrations, 1, "the peer never lost its connection");
+    peer.shutdown().await;
+    coord.shutdown().await;
+}
