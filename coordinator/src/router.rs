@@ -426,9 +426,14 @@ impl Router {
     }
 
     /// Handles one binary frame from a connection that negotiated binary frames. Its
-    /// payload stays a slice of the frame: it is forwarded, never copied or parsed.
+    /// payload is never parsed or re-encoded: it is copied once into a buffer of its own
+    /// size (as a slice of the connection's read buffer it would keep that whole buffer
+    /// alive while queued: a few bytes of task could hold megabytes), then shared by the
+    /// scheduler and every frame that carries it.
     pub fn handle_binary_frame(&self, conn: ConnId, frame: bytes::Bytes) {
-        let decoded = p2c2r_protocol::binary::decode(frame).map_err(|e| (e.code(), e.to_string(), None));
+        let decoded = p2c2r_protocol::binary::decode(frame)
+            .map(detach_payload)
+            .map_err(|e| (e.code(), e.to_string(), None));
         self.handle_decoded(conn, decoded);
     }
 
@@ -1107,6 +1112,26 @@ fn send_answers(answers: Vec<(OutboundTx, Failure)>) {
 
 /// The `task_result` error for a task whose result arrived while its gamer was away and
 /// could not be kept.
+/// The message with its task payload in a buffer of its own
+/// ([`p2c2r_protocol::Payload::detached`]).
+fn detach_payload(message: Message) -> Message {
+    match message {
+        Message::TaskRequest(mut r) => {
+            r.task_data = r.task_data.detached();
+            Message::TaskRequest(r)
+        }
+        Message::TaskResult(mut r) => {
+            r.result = r.result.detached();
+            Message::TaskResult(r)
+        }
+        Message::TaskAssignment(mut a) => {
+            a.task_data.task_data = a.task_data.task_data.detached();
+            Message::TaskAssignment(a)
+        }
+        other => other,
+    }
+}
+
 fn lost_result(task_id: String) -> Message {
     let error = TaskError::new(
         ErrorCode::LimitExceeded,

@@ -357,6 +357,10 @@ mod tests {
         let range = frame.as_ptr_range();
         assert!(range.contains(&payload.as_ptr()), "payload must point into the frame");
         assert_eq!(payload.as_ref(), &[0x50, 1, 2, 3]);
+        // Detached, it is a copy of its own (it no longer keeps the frame alive).
+        let Payload::Binary(own) = Payload::Binary(payload).detached() else { panic!() };
+        assert!(!range.contains(&own.as_ptr()));
+        assert_eq!(own.as_ref(), &[0x50, 1, 2, 3]);
     }
 
     #[test]

@@ -53,6 +53,17 @@ impl Payload {
         Payload::Binary(bytes.into())
     }
 
+    /// The same payload in a buffer of its own size. A binary payload decoded from a
+    /// frame is a slice of the buffer the frame was read into, which it keeps alive whole:
+    /// a receiver that holds payloads for long (the coordinator's queues) detaches them, so
+    /// a few bytes of payload can never hold a large read buffer.
+    pub fn detached(self) -> Self {
+        match self {
+            Payload::Binary(bytes) => Payload::Binary(Bytes::copy_from_slice(&bytes)),
+            json => json,
+        }
+    }
+
     /// The JSON text of a JSON payload (`None` for a binary one).
     pub fn json(&self) -> Option<&str> {
         match self {
