@@ -5,6 +5,9 @@
 //! message type, so the seed's Python clients keep working. Task payloads travel as
 //! [`RawPayload`]: the coordinator forwards their bytes without parsing them.
 //!
+//! Physics states travel on a fixed-point lattice ([`quantize`]) and, packed, as compact
+//! binary deltas against the session's previous tick ([`packed`]).
+//!
 //! This crate does no I/O. `PROTOCOL.md` at the repository root documents every message
 //! with an example.
 //!
@@ -21,7 +24,9 @@ pub mod codec;
 pub mod error;
 pub mod limits;
 pub mod message;
+pub mod packed;
 pub mod physics;
+pub mod quantize;
 pub mod task;
 
 pub use codec::{CodecError, decode, encode};

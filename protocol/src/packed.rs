@@ -1,0 +1,1667 @@
+//! The binary encoding of `physics_step` payloads: requests ([`encode_request`],
+//! [`decode_request`]) and successful results, as deltas against the session's previous
+//! result ([`ResultEncoder`], [`ResultDecoder`]).
+//!
+//! # Frames
+//!
+//! Every payload starts with a format byte (`0x50` `'P'` for a request, `0x51` `'Q'` for a
+//! result) and a version byte (1); a decoder refuses any other version with a clear
+//! error. Integers are LEB128 varints (the shortest form only), signed ones zigzag-coded;
+//! `f32`s are their 4 IEEE bytes, little-endian. Every decoder checks everything: a
+//! truncated frame, an unknown version, a count larger than the bytes left could hold or
+//! than [`MAX_BODIES_PER_SESSION`], reserved bits, unsorted or repeated ids, values off
+//! the lattice and trailing bytes are all errors ([`PackedError`]), never panics (see
+//! `protocol/tests/fuzz.rs`).
+//!
+//! # Requests
+//!
+//! Poses and velocities (bodies to add, `set_pose`, `set_velocity`, `kinematic_targets`)
+//! travel on the lattice of [`crate::quantize`]: a peer snaps them on arrival anyway, so
+//! quantizing them on the wire loses nothing the world would keep, and
+//! `decode_request(encode_request(r)) == snap_request(r)`
+//! ([`crate::quantize::snap_request`]). Forces, impulses, gravity, `dt`, shape sizes and
+//! materials are inputs that the peer never echoes back: they travel bit for bit (so a
+//! local world and a peer's world get the same numbers), with each component that is
+//! `+0.0` left out by a mask instead of being quantized. List order is kept (it is the
+//! order of application); ids are coded as the zigzag difference from the previous id of
+//! the list, small when the list is sorted.
+//!
+//! # Results
+//!
+//! Only successful results are packed (a `status: error` result stays JSON:
+//! [`crate::TaskError`]). A result is either a keyframe (after a snapshot or a resync:
+//! every body coded absolutely) or a delta against the previous result of the session:
+//! its header names that result's tick (`baseline_tick`), and each body that the previous
+//! result carried is coded as residuals against a prediction from it:
+//!
+//! - linear velocity: the previous one plus a per-frame `drift` (the median change of the
+//!   frame: gravity × the tick's duration when bodies fall), zero when the body is asleep;
+//! - angular velocity: the previous one, zero when asleep;
+//! - position: the previous one plus the new linear velocity × the tick's duration (`dt ×
+//!   steps`, carried in the header as an `f32`), computed in `f64` and rounded;
+//! - rotation: the previous one turned by the new angular velocity over the tick's
+//!   duration (`normalize((ω·t/2, 1) ⊗ q)` in `f64`, what rapier's integrator does),
+//!   quantized; a rotation whose dropped component changed is sent whole.
+//!
+//! Each body has a flags byte (asleep, which fields are non-zero); a field whose residual
+//! is zero costs nothing, so a body moving exactly as predicted costs its id gap and one
+//! byte. A body the previous result did not carry is coded absolutely. The baseline is
+//! bounded: encoder and decoder keep only the previous result's bodies (at most
+//! [`MAX_BODIES_PER_SESSION`]). A decoder refuses a delta whose baseline is not the last
+//! result it decoded (the gamer resyncs), and a failed decode leaves it unchanged.
+//!
+//! ```
+//! use p2c2r_protocol::packed::{ResultDecoder, ResultEncoder};
+//! use p2c2r_protocol::physics::{BodyState, PhysicsStepResult};
+//!
+//! let ball = |tick: u64| BodyState {
+//!     id: 7,
+//!     position: [0.0, 10.0 - tick as f32 * 0.25, 0.0],
+//!     rotation: [0.0, 0.0, 0.0, 1.0],
+//!     linvel: [0.0, -15.0, 0.0],
+//!     angvel: [0.0; 3],
+//!     sleeping: false,
+//! };
+//! let (mut encoder, mut decoder) = (ResultEncoder::new(), ResultDecoder::new());
+//! let mut frame = Vec::new();
+//! for tick in 0..3 {
+//!     let result = PhysicsStepResult { tick, bodies: vec![ball(tick)], ..Default::default() };
+//!     frame.clear();
+//!     encoder.encode(&result, tick == 0, 1.0 / 60.0, &mut frame).unwrap();
+//!     assert_eq!(decoder.decode(&frame).unwrap(), result);
+//! }
+//! // 10 bytes of header (format, version, flags, tick, baseline, duration, count), then
+//! // 2 for the ball: its id and a flags byte saying that it moved exactly as predicted.
+//! assert_eq!(frame.len(), 12);
+//! ```
+
+use crate::TaskStatus;
+use crate::limits::MAX_BODIES_PER_SESSION;
+use crate::physics::{
+    ApplyForce, ApplyImpulse, BodyDesc, BodyId, BodyType, KinematicTarget, PhysicsStepRequest, PhysicsStepResult,
+    SetPose, SetVelocity, Shape, Vec3,
+};
+use crate::quantize::{
+    MAX_POSITION, MAX_ROTATION_COMPONENT, MAX_VELOCITY, POSITION_SCALE, QuantizedRotation, QuantizedState,
+    ROTATION_SCALE, VELOCITY_SCALE, dequantize, dequantize_position, dequantize_velocity, quantize, quantize_position,
+    quantize_velocity,
+};
+
+/// The first byte of a packed `physics_step` request.
+pub const REQUEST_FORMAT: u8 = 0x50;
+/// The first byte of a packed successful `physics_step` result.
+pub const RESULT_FORMAT: u8 = 0x51;
+/// The version this build writes and reads (the second byte).
+pub const VERSION: u8 = 1;
+
+/// Why a packed payload was refused. The message is fit for an `invalid_payload` task
+/// error; [`needs_resync`](Self::needs_resync) says when the gamer must send a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PackedError {
+    /// The payload is empty.
+    #[error("the packed payload is empty")]
+    Empty,
+    /// The first byte names another format.
+    #[error("not a packed physics {expected}: the format byte is {found:#04x}, expected {expected_byte:#04x}")]
+    WrongFormat {
+        /// What was expected ("request" or "result").
+        expected: &'static str,
+        /// Its format byte.
+        expected_byte: u8,
+        /// The byte found.
+        found: u8,
+    },
+    /// The version byte is not [`VERSION`].
+    #[error("unknown packed format version {0}; this build reads version {VERSION}")]
+    UnknownVersion(u8),
+    /// The frame ends early.
+    #[error("truncated frame: it ends inside {0}")]
+    Truncated(&'static str),
+    /// A varint is longer than 10 bytes, overflows 64 bits or is not in its shortest form.
+    #[error("malformed varint in {0}")]
+    BadVarint(&'static str),
+    /// A count is larger than the protocol allows.
+    #[error("{what} holds {count} entries; at most {max} are allowed")]
+    TooMany {
+        /// The list.
+        what: &'static str,
+        /// The count found.
+        count: u64,
+        /// The largest allowed.
+        max: usize,
+    },
+    /// A count is larger than the bytes left in the frame could hold.
+    #[error("{what} claims {count} entries but only {left} bytes are left")]
+    CountPastEnd {
+        /// The list.
+        what: &'static str,
+        /// The count found.
+        count: u64,
+        /// Bytes left in the frame.
+        left: usize,
+    },
+    /// A list that must be sorted by id is not, or holds an id twice.
+    #[error("{what}: ids must be strictly ascending, got {id} after {previous}")]
+    Unsorted {
+        /// The list.
+        what: &'static str,
+        /// The id found.
+        id: BodyId,
+        /// The id before it.
+        previous: BodyId,
+    },
+    /// An id gap runs past the largest id.
+    #[error("{0}: an id past {max}", max = u64::MAX)]
+    IdOverflow(&'static str),
+    /// A value is outside the lattice's bounds.
+    #[error("{0} is out of range")]
+    OutOfRange(&'static str),
+    /// A rotation that quantization never produces.
+    #[error("{0}: a rotation off the lattice")]
+    BadRotation(&'static str),
+    /// Bits that this version leaves unused are set, or a tag is unknown.
+    #[error("{0}: unknown tag or reserved bits set")]
+    Reserved(&'static str),
+    /// A list is flagged present but empty.
+    #[error("{0} is flagged present but empty")]
+    EmptyList(&'static str),
+    /// Bytes follow the end of the frame.
+    #[error("{0} bytes after the end of the frame")]
+    TrailingBytes(usize),
+    /// A delta result against another tick than the last one decoded.
+    #[error("delta against tick {baseline} but the last decoded tick is {last}; resync")]
+    WrongBaseline {
+        /// The frame's baseline tick.
+        baseline: u64,
+        /// The last tick the decoder holds.
+        last: u64,
+    },
+    /// A delta result when the decoder holds no result yet.
+    #[error("delta against tick {0} but no result was decoded yet (a keyframe comes first); resync")]
+    NoBaseline(u64),
+    /// Only `status: success` results are packed.
+    #[error("only successful results are packed; errors stay JSON")]
+    NotSuccess,
+    /// A digest that is not 16 lowercase hex digits.
+    #[error("the digest must be 16 lowercase hex digits, got {0:?}")]
+    BadDigest(String),
+}
+
+impl PackedError {
+    /// The decoder's baseline is not the one the frame needs: the gamer should send a full
+    /// snapshot (whose result is a keyframe).
+    pub fn needs_resync(&self) -> bool {
+        matches!(self, PackedError::WrongBaseline { .. } | PackedError::NoBaseline(_))
+    }
+}
+
+type Result<T> = std::result::Result<T, PackedError>;
+
+// ---------------------------------------------------------------------------------------
+// Primitives.
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    (v >> 1) as i64 ^ -((v & 1) as i64)
+}
+
+fn put_signed(out: &mut Vec<u8>, v: i64) {
+    put_varint(out, zigzag(v));
+}
+
+fn varint_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+fn put_f32(out: &mut Vec<u8>, v: f32) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_i16(out: &mut Vec<u8>, v: i16) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+/// Writes the components of `v` whose bit is set in `mask`.
+fn put_signed_masked(out: &mut Vec<u8>, v: [i64; 3], mask: u8) {
+    for (i, k) in v.into_iter().enumerate() {
+        if mask & (1 << i) != 0 {
+            put_signed(out, k);
+        }
+    }
+}
+
+fn nonzero_mask(v: [i64; 3]) -> u8 {
+    u8::from(v[0] != 0) | u8::from(v[1] != 0) << 1 | u8::from(v[2] != 0) << 2
+}
+
+/// Bit `i` set when component `i` is not `+0.0` (a `-0.0` is sent: bits, not values).
+fn f32_mask(v: Vec3) -> u8 {
+    u8::from(v[0].to_bits() != 0) | u8::from(v[1].to_bits() != 0) << 1 | u8::from(v[2].to_bits() != 0) << 2
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Reader { bytes, pos: 0 }
+    }
+
+    fn left(&self) -> usize {
+        self.bytes.len() - self.pos
+    }
+
+    fn u8(&mut self, what: &'static str) -> Result<u8> {
+        let b = *self.bytes.get(self.pos).ok_or(PackedError::Truncated(what))?;
+        self.pos += 1;
+        Ok(b)
+    }
+
+    fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N]> {
+        let end = self.pos.checked_add(N).filter(|&end| end <= self.bytes.len()).ok_or(PackedError::Truncated(what))?;
+        let mut a = [0u8; N];
+        a.copy_from_slice(&self.bytes[self.pos..end]);
+        self.pos = end;
+        Ok(a)
+    }
+
+    fn f32(&mut self, what: &'static str) -> Result<f32> {
+        Ok(f32::from_le_bytes(self.array(what)?))
+    }
+
+    fn i16(&mut self, what: &'static str) -> Result<i16> {
+        Ok(i16::from_le_bytes(self.array(what)?))
+    }
+
+    fn varint(&mut self, what: &'static str) -> Result<u64> {
+        let mut v = 0u64;
+        for shift in (0..70).step_by(7) {
+            let b = self.u8(what)?;
+            let bits = u64::from(b & 0x7f);
+            if shift == 63 && bits > 1 {
+                return Err(PackedError::BadVarint(what));
+            }
+            v |= bits << shift;
+            if b & 0x80 == 0 {
+                // The shortest form only: one encoding per value.
+                if b == 0 && shift > 0 {
+                    return Err(PackedError::BadVarint(what));
+                }
+                return Ok(v);
+            }
+        }
+        Err(PackedError::BadVarint(what))
+    }
+
+    fn signed(&mut self, what: &'static str) -> Result<i64> {
+        Ok(unzigzag(self.varint(what)?))
+    }
+
+    /// A count of entries of at least `min_bytes` each: refused before anything is
+    /// allocated when the protocol or the bytes left cannot hold it.
+    fn count(&mut self, what: &'static str, min_bytes: usize) -> Result<usize> {
+        let count = self.varint(what)?;
+        if count > MAX_BODIES_PER_SESSION as u64 {
+            return Err(PackedError::TooMany { what, count, max: MAX_BODIES_PER_SESSION });
+        }
+        if count > (self.left() / min_bytes) as u64 {
+            return Err(PackedError::CountPastEnd { what, count, left: self.left() });
+        }
+        Ok(count as usize)
+    }
+
+    fn signed_masked(&mut self, what: &'static str, mask: u8) -> Result<[i64; 3]> {
+        let mut v = [0i64; 3];
+        for (i, k) in v.iter_mut().enumerate() {
+            if mask & (1 << i) != 0 {
+                *k = self.signed(what)?;
+            }
+        }
+        Ok(v)
+    }
+
+    fn f32_masked(&mut self, what: &'static str, mask: u8) -> Result<Vec3> {
+        let mut v = [0.0f32; 3];
+        for (i, x) in v.iter_mut().enumerate() {
+            if mask & (1 << i) != 0 {
+                *x = self.f32(what)?;
+            }
+        }
+        Ok(v)
+    }
+
+    fn finish(&self) -> Result<()> {
+        match self.left() {
+            0 => Ok(()),
+            n => Err(PackedError::TrailingBytes(n)),
+        }
+    }
+
+    fn header(&mut self, expected: &'static str, expected_byte: u8) -> Result<()> {
+        let found = self.u8("the format byte").map_err(|_| PackedError::Empty)?;
+        if found != expected_byte {
+            return Err(PackedError::WrongFormat { expected, expected_byte, found });
+        }
+        match self.u8("the version byte")? {
+            VERSION => Ok(()),
+            v => Err(PackedError::UnknownVersion(v)),
+        }
+    }
+}
+
+fn check_position(k: [i64; 3], what: &'static str) -> Result<[i64; 3]> {
+    if k.iter().all(|k| k.abs() <= MAX_POSITION) { Ok(k) } else { Err(PackedError::OutOfRange(what)) }
+}
+
+fn check_velocity(k: [i64; 3], what: &'static str) -> Result<[i64; 3]> {
+    if k.iter().all(|k| k.abs() <= MAX_VELOCITY) { Ok(k) } else { Err(PackedError::OutOfRange(what)) }
+}
+
+fn check_rotation(r: QuantizedRotation, what: &'static str) -> Result<QuantizedRotation> {
+    if r.is_canonical() { Ok(r) } else { Err(PackedError::BadRotation(what)) }
+}
+
+fn put_rotation_others(out: &mut Vec<u8>, r: QuantizedRotation) {
+    for k in r.others {
+        put_i16(out, k);
+    }
+}
+
+fn read_rotation_others(r: &mut Reader<'_>, largest: u8, what: &'static str) -> Result<QuantizedRotation> {
+    let others = [r.i16(what)?, r.i16(what)?, r.i16(what)?];
+    check_rotation(QuantizedRotation { largest, others }, what)
+}
+
+/// A list's ids as zigzag differences from the previous id (wrapping, so every `u64`
+/// round-trips and the list keeps its order).
+struct IdWriter(BodyId);
+
+impl IdWriter {
+    fn put(&mut self, out: &mut Vec<u8>, id: BodyId) {
+        put_signed(out, id.wrapping_sub(self.0) as i64);
+        self.0 = id;
+    }
+}
+
+struct IdReader(BodyId);
+
+impl IdReader {
+    fn read(&mut self, r: &mut Reader<'_>, what: &'static str) -> Result<BodyId> {
+        self.0 = self.0.wrapping_add(r.signed(what)? as u64);
+        Ok(self.0)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Requests.
+
+const REQ_SNAPSHOT: u8 = 1;
+const REQ_GRAVITY: u8 = 1 << 1;
+const REQ_STEPS: u8 = 1 << 2;
+
+const LIST_ADD: u8 = 1;
+const LIST_REMOVE: u8 = 1 << 1;
+const LIST_SET_POSE: u8 = 1 << 2;
+const LIST_SET_VELOCITY: u8 = 1 << 3;
+const LIST_FORCES: u8 = 1 << 4;
+const LIST_IMPULSES: u8 = 1 << 5;
+const LIST_TARGETS: u8 = 1 << 6;
+
+// A body to add: first flags byte.
+const ADD_SHAPE_MASK: u8 = 0b11;
+const ADD_TYPE_SHIFT: u8 = 2;
+const ADD_CCD: u8 = 1 << 4;
+const ADD_SLEEPING: u8 = 1 << 5;
+const ADD_MASS: u8 = 1 << 6;
+const ADD_DENSITY: u8 = 1 << 7;
+// Second flags byte: what differs from the defaults.
+const ADD_FRICTION: u8 = 1;
+const ADD_RESTITUTION: u8 = 1 << 1;
+const ADD_LINEAR_DAMPING: u8 = 1 << 2;
+const ADD_ANGULAR_DAMPING: u8 = 1 << 3;
+const ADD_ROTATION: u8 = 1 << 4;
+const ADD_LINVEL: u8 = 1 << 5;
+const ADD_ANGVEL: u8 = 1 << 6;
+
+// A pose (set_pose, kinematic_targets): bits 0-2 the non-zero position components, bit 3
+// a rotation other than the identity, bits 4-5 its dropped component.
+const POSE_ROTATION: u8 = 1 << 3;
+const POSE_INDEX_SHIFT: u8 = 4;
+
+const DEFAULT_FRICTION: f32 = 0.5;
+
+/// Appends the packed form of `request` to `out`. Poses and velocities are quantized (see
+/// the module documentation); everything else is kept bit for bit. A list longer than
+/// [`MAX_BODIES_PER_SESSION`] is written but refused by [`decode_request`] (and by peers).
+pub fn encode_request(request: &PhysicsStepRequest, out: &mut Vec<u8>) {
+    let r = request;
+    let mut flags = 0;
+    if r.snapshot {
+        flags |= REQ_SNAPSHOT;
+    }
+    if r.gravity.is_some() {
+        flags |= REQ_GRAVITY;
+    }
+    if r.steps != 1 {
+        flags |= REQ_STEPS;
+    }
+    let lists = [
+        (LIST_ADD, r.add.is_empty()),
+        (LIST_REMOVE, r.remove.is_empty()),
+        (LIST_SET_POSE, r.set_pose.is_empty()),
+        (LIST_SET_VELOCITY, r.set_velocity.is_empty()),
+        (LIST_FORCES, r.forces.is_empty()),
+        (LIST_IMPULSES, r.impulses.is_empty()),
+        (LIST_TARGETS, r.kinematic_targets.is_empty()),
+    ]
+    .iter()
+    .filter(|(_, empty)| !empty)
+    .fold(0, |mask, (bit, _)| mask | bit);
+    out.extend_from_slice(&[REQUEST_FORMAT, VERSION, flags, lists]);
+    put_varint(out, r.tick);
+    put_f32(out, r.dt);
+    if r.steps != 1 {
+        put_varint(out, u64::from(r.steps));
+    }
+    if let Some(g) = r.gravity {
+        g.iter().for_each(|&x| put_f32(out, x));
+    }
+    if !r.add.is_empty() {
+        put_varint(out, r.add.len() as u64);
+        let mut ids = IdWriter(0);
+        for d in &r.add {
+            ids.put(out, d.id);
+            put_body(out, d);
+        }
+    }
+    if !r.remove.is_empty() {
+        put_varint(out, r.remove.len() as u64);
+        let mut ids = IdWriter(0);
+        for &id in &r.remove {
+            ids.put(out, id);
+        }
+    }
+    if !r.set_pose.is_empty() {
+        put_varint(out, r.set_pose.len() as u64);
+        let mut ids = IdWriter(0);
+        for p in &r.set_pose {
+            ids.put(out, p.id);
+            put_pose(out, p.position, p.rotation);
+        }
+    }
+    if !r.set_velocity.is_empty() {
+        put_varint(out, r.set_velocity.len() as u64);
+        let mut ids = IdWriter(0);
+        for v in &r.set_velocity {
+            ids.put(out, v.id);
+            let (linvel, angvel) = (quantize_velocity(v.linvel), quantize_velocity(v.angvel));
+            let (lin_mask, ang_mask) = (nonzero_mask(linvel), nonzero_mask(angvel));
+            out.push(lin_mask | ang_mask << 3);
+            put_signed_masked(out, linvel, lin_mask);
+            put_signed_masked(out, angvel, ang_mask);
+        }
+    }
+    if !r.forces.is_empty() {
+        put_varint(out, r.forces.len() as u64);
+        let mut ids = IdWriter(0);
+        for f in &r.forces {
+            ids.put(out, f.id);
+            put_vector_pair(out, f.force, f.torque);
+        }
+    }
+    if !r.impulses.is_empty() {
+        put_varint(out, r.impulses.len() as u64);
+        let mut ids = IdWriter(0);
+        for i in &r.impulses {
+            ids.put(out, i.id);
+            put_vector_pair(out, i.impulse, i.torque_impulse);
+        }
+    }
+    if !r.kinematic_targets.is_empty() {
+        put_varint(out, r.kinematic_targets.len() as u64);
+        let mut ids = IdWriter(0);
+        for k in &r.kinematic_targets {
+            ids.put(out, k.id);
+            put_pose(out, k.position, k.rotation);
+        }
+    }
+}
+
+fn put_pose(out: &mut Vec<u8>, position: Vec3, rotation: [f32; 4]) {
+    let position = quantize_position(position);
+    let rotation = QuantizedRotation::from_quat(rotation);
+    let mask = nonzero_mask(position);
+    if rotation == QuantizedRotation::IDENTITY {
+        out.push(mask);
+        put_signed_masked(out, position, mask);
+    } else {
+        out.push(mask | POSE_ROTATION | rotation.largest << POSE_INDEX_SHIFT);
+        put_signed_masked(out, position, mask);
+        put_rotation_others(out, rotation);
+    }
+}
+
+fn read_pose(r: &mut Reader<'_>, what: &'static str) -> Result<(Vec3, [f32; 4])> {
+    let flags = r.u8(what)?;
+    if flags >> 6 != 0 {
+        return Err(PackedError::Reserved(what));
+    }
+    let position = check_position(r.signed_masked(what, flags & 0b111)?, what)?;
+    let rotation = if flags & POSE_ROTATION != 0 {
+        let rotation = read_rotation_others(r, (flags >> POSE_INDEX_SHIFT) & 0b11, what)?;
+        if rotation == QuantizedRotation::IDENTITY {
+            // The identity has its own (shorter) form: one encoding per request.
+            return Err(PackedError::Reserved(what));
+        }
+        rotation
+    } else {
+        if flags >> POSE_INDEX_SHIFT != 0 {
+            return Err(PackedError::Reserved(what));
+        }
+        QuantizedRotation::IDENTITY
+    };
+    Ok((dequantize_position(position), rotation.to_quat()))
+}
+
+/// Two vectors of inputs (force and torque, impulse and torque impulse): a mask of the
+/// components that are not `+0.0`, then those components' bits.
+fn put_vector_pair(out: &mut Vec<u8>, a: Vec3, b: Vec3) {
+    let (mask_a, mask_b) = (f32_mask(a), f32_mask(b));
+    out.push(mask_a | mask_b << 3);
+    for (v, mask) in [(a, mask_a), (b, mask_b)] {
+        for (i, x) in v.into_iter().enumerate() {
+            if mask & (1 << i) != 0 {
+                put_f32(out, x);
+            }
+        }
+    }
+}
+
+fn read_vector_pair(r: &mut Reader<'_>, what: &'static str) -> Result<(Vec3, Vec3)> {
+    let mask = r.u8(what)?;
+    if mask >> 6 != 0 {
+        return Err(PackedError::Reserved(what));
+    }
+    let a = r.f32_masked(what, mask & 0b111)?;
+    let b = r.f32_masked(what, mask >> 3)?;
+    // A masked-in +0.0 would be a second encoding of the same request.
+    if f32_mask(a) | f32_mask(b) << 3 != mask {
+        return Err(PackedError::Reserved(what));
+    }
+    Ok((a, b))
+}
+
+fn put_body(out: &mut Vec<u8>, d: &BodyDesc) {
+    let shape = match d.shape {
+        Shape::Box { .. } => 0,
+        Shape::Sphere { .. } => 1,
+        Shape::Capsule { .. } => 2,
+    };
+    let body_type = match d.body_type {
+        BodyType::Dynamic => 0,
+        BodyType::Kinematic => 1,
+        BodyType::Fixed => 2,
+    };
+    let mut a = shape | body_type << ADD_TYPE_SHIFT;
+    for (set, bit) in
+        [(d.ccd, ADD_CCD), (d.sleeping, ADD_SLEEPING), (d.mass.is_some(), ADD_MASS), (d.density.is_some(), ADD_DENSITY)]
+    {
+        if set {
+            a |= bit;
+        }
+    }
+    let position = quantize_position(d.position);
+    let rotation = QuantizedRotation::from_quat(d.rotation);
+    let (linvel, angvel) = (quantize_velocity(d.linvel), quantize_velocity(d.angvel));
+    let mut b = 0;
+    for (set, bit) in [
+        (d.friction.to_bits() != DEFAULT_FRICTION.to_bits(), ADD_FRICTION),
+        (d.restitution.to_bits() != 0, ADD_RESTITUTION),
+        (d.linear_damping.to_bits() != 0, ADD_LINEAR_DAMPING),
+        (d.angular_damping.to_bits() != 0, ADD_ANGULAR_DAMPING),
+        (rotation != QuantizedRotation::IDENTITY, ADD_ROTATION),
+        (linvel != [0; 3], ADD_LINVEL),
+        (angvel != [0; 3], ADD_ANGVEL),
+    ] {
+        if set {
+            b |= bit;
+        }
+    }
+    out.extend_from_slice(&[a, b]);
+    match d.shape {
+        Shape::Box { half_extents } => half_extents.iter().for_each(|&x| put_f32(out, x)),
+        Shape::Sphere { radius } => put_f32(out, radius),
+        Shape::Capsule { half_height, radius } => {
+            put_f32(out, half_height);
+            put_f32(out, radius);
+        }
+    }
+    position.iter().for_each(|&k| put_signed(out, k));
+    if b & ADD_ROTATION != 0 {
+        out.push(rotation.largest);
+        put_rotation_others(out, rotation);
+    }
+    if b & ADD_LINVEL != 0 {
+        linvel.iter().for_each(|&k| put_signed(out, k));
+    }
+    if b & ADD_ANGVEL != 0 {
+        angvel.iter().for_each(|&k| put_signed(out, k));
+    }
+    for x in [d.mass, d.density].into_iter().flatten() {
+        put_f32(out, x);
+    }
+    for (bit, x) in [
+        (ADD_FRICTION, d.friction),
+        (ADD_RESTITUTION, d.restitution),
+        (ADD_LINEAR_DAMPING, d.linear_damping),
+        (ADD_ANGULAR_DAMPING, d.angular_damping),
+    ] {
+        if b & bit != 0 {
+            put_f32(out, x);
+        }
+    }
+}
+
+fn read_body(r: &mut Reader<'_>, id: BodyId) -> Result<BodyDesc> {
+    const WHAT: &str = "add";
+    let a = r.u8(WHAT)?;
+    let b = r.u8(WHAT)?;
+    if b >> 7 != 0 {
+        return Err(PackedError::Reserved(WHAT));
+    }
+    let body_type = match (a >> ADD_TYPE_SHIFT) & 0b11 {
+        0 => BodyType::Dynamic,
+        1 => BodyType::Kinematic,
+        2 => BodyType::Fixed,
+        _ => return Err(PackedError::Reserved("add: body type")),
+    };
+    let shape = match a & ADD_SHAPE_MASK {
+        0 => Shape::Box { half_extents: [r.f32(WHAT)?, r.f32(WHAT)?, r.f32(WHAT)?] },
+        1 => Shape::Sphere { radius: r.f32(WHAT)? },
+        2 => Shape::Capsule { half_height: r.f32(WHAT)?, radius: r.f32(WHAT)? },
+        _ => return Err(PackedError::Reserved("add: shape")),
+    };
+    let position = check_position([r.signed(WHAT)?, r.signed(WHAT)?, r.signed(WHAT)?], "add: position")?;
+    let rotation = if b & ADD_ROTATION != 0 {
+        let largest = r.u8(WHAT)?;
+        if largest > 3 {
+            return Err(PackedError::BadRotation("add: rotation"));
+        }
+        let rotation = read_rotation_others(r, largest, "add: rotation")?;
+        if rotation == QuantizedRotation::IDENTITY {
+            return Err(PackedError::Reserved("add: rotation"));
+        }
+        rotation
+    } else {
+        QuantizedRotation::IDENTITY
+    };
+    let mut velocity = |bit: u8, what: &'static str| -> Result<[i64; 3]> {
+        if b & bit == 0 {
+            return Ok([0; 3]);
+        }
+        let v = check_velocity([r.signed(what)?, r.signed(what)?, r.signed(what)?], what)?;
+        if v == [0; 3] { Err(PackedError::Reserved(what)) } else { Ok(v) }
+    };
+    let linvel = velocity(ADD_LINVEL, "add: linvel")?;
+    let angvel = velocity(ADD_ANGVEL, "add: angvel")?;
+    let mass = if a & ADD_MASS != 0 { Some(r.f32(WHAT)?) } else { None };
+    let density = if a & ADD_DENSITY != 0 { Some(r.f32(WHAT)?) } else { None };
+    let mut material = |bit: u8, default: f32| -> Result<f32> {
+        if b & bit == 0 {
+            return Ok(default);
+        }
+        let x = r.f32(WHAT)?;
+        if x.to_bits() == default.to_bits() { Err(PackedError::Reserved("add: material")) } else { Ok(x) }
+    };
+    let friction = material(ADD_FRICTION, DEFAULT_FRICTION)?;
+    let restitution = material(ADD_RESTITUTION, 0.0)?;
+    let linear_damping = material(ADD_LINEAR_DAMPING, 0.0)?;
+    let angular_damping = material(ADD_ANGULAR_DAMPING, 0.0)?;
+    Ok(BodyDesc {
+        id,
+        shape,
+        body_type,
+        position: dequantize_position(position),
+        rotation: rotation.to_quat(),
+        linvel: dequantize_velocity(linvel),
+        angvel: dequantize_velocity(angvel),
+        mass,
+        density,
+        friction,
+        restitution,
+        linear_damping,
+        angular_damping,
+        ccd: a & ADD_CCD != 0,
+        sleeping: a & ADD_SLEEPING != 0,
+    })
+}
+
+/// Decodes a packed request. The result is what [`crate::quantize::snap_request`] makes of
+/// the request that was encoded.
+pub fn decode_request(bytes: &[u8]) -> std::result::Result<PhysicsStepRequest, PackedError> {
+    let mut r = Reader::new(bytes);
+    r.header("request", REQUEST_FORMAT)?;
+    let flags = r.u8("the request flags")?;
+    if flags >> 3 != 0 {
+        return Err(PackedError::Reserved("the request flags"));
+    }
+    let lists = r.u8("the request's list mask")?;
+    if lists >> 7 != 0 {
+        return Err(PackedError::Reserved("the request's list mask"));
+    }
+    let tick = r.varint("tick")?;
+    let dt = r.f32("dt")?;
+    let steps = if flags & REQ_STEPS != 0 {
+        let steps = u32::try_from(r.varint("steps")?).map_err(|_| PackedError::OutOfRange("steps"))?;
+        if steps == 1 {
+            return Err(PackedError::Reserved("steps"));
+        }
+        steps
+    } else {
+        1
+    };
+    let gravity =
+        if flags & REQ_GRAVITY != 0 { Some([r.f32("gravity")?, r.f32("gravity")?, r.f32("gravity")?]) } else { None };
+    let mut request =
+        PhysicsStepRequest { tick, snapshot: flags & REQ_SNAPSHOT != 0, gravity, dt, steps, ..Default::default() };
+    // Each list: a count (non-zero when flagged), then its entries.
+    let count = |r: &mut Reader<'_>, bit: u8, what: &'static str, min_bytes: usize| -> Result<usize> {
+        if lists & bit == 0 {
+            return Ok(0);
+        }
+        match r.count(what, min_bytes)? {
+            0 => Err(PackedError::EmptyList(what)),
+            n => Ok(n),
+        }
+    };
+    // The smallest body to add: an id, two flag bytes, a radius and three coordinates.
+    let n = count(&mut r, LIST_ADD, "add", 10)?;
+    request.add.reserve_exact(n);
+    let mut ids = IdReader(0);
+    for _ in 0..n {
+        let id = ids.read(&mut r, "add")?;
+        request.add.push(read_body(&mut r, id)?);
+    }
+    let n = count(&mut r, LIST_REMOVE, "remove", 1)?;
+    request.remove.reserve_exact(n);
+    let mut ids = IdReader(0);
+    for _ in 0..n {
+        request.remove.push(ids.read(&mut r, "remove")?);
+    }
+    let n = count(&mut r, LIST_SET_POSE, "set_pose", 2)?;
+    request.set_pose.reserve_exact(n);
+    let mut ids = IdReader(0);
+    for _ in 0..n {
+        let id = ids.read(&mut r, "set_pose")?;
+        let (position, rotation) = read_pose(&mut r, "set_pose")?;
+        request.set_pose.push(SetPose { id, position, rotation });
+    }
+    let n = count(&mut r, LIST_SET_VELOCITY, "set_velocity", 2)?;
+    request.set_velocity.reserve_exact(n);
+    let mut ids = IdReader(0);
+    for _ in 0..n {
+        const WHAT: &str = "set_velocity";
+        let id = ids.read(&mut r, WHAT)?;
+        let mask = r.u8(WHAT)?;
+        if mask >> 6 != 0 {
+            return Err(PackedError::Reserved(WHAT));
+        }
+        let linvel = check_velocity(r.signed_masked(WHAT, mask & 0b111)?, WHAT)?;
+        let angvel = check_velocity(r.signed_masked(WHAT, mask >> 3)?, WHAT)?;
+        if nonzero_mask(linvel) | nonzero_mask(angvel) << 3 != mask {
+            return Err(PackedError::Reserved(WHAT));
+        }
+        request.set_velocity.push(SetVelocity {
+            id,
+            linvel: dequantize_velocity(linvel),
+            angvel: dequantize_velocity(angvel),
+        });
+    }
+    let n = count(&mut r, LIST_FORCES, "forces", 2)?;
+    request.forces.reserve_exact(n);
+    let mut ids = IdReader(0);
+    for _ in 0..n {
+        let id = ids.read(&mut r, "forces")?;
+        let (force, torque) = read_vector_pair(&mut r, "forces")?;
+        request.forces.push(ApplyForce { id, force, torque });
+    }
+    let n = count(&mut r, LIST_IMPULSES, "impulses", 2)?;
+    request.impulses.reserve_exact(n);
+    let mut ids = IdReader(0);
+    for _ in 0..n {
+        let id = ids.read(&mut r, "impulses")?;
+        let (impulse, torque_impulse) = read_vector_pair(&mut r, "impulses")?;
+        request.impulses.push(ApplyImpulse { id, impulse, torque_impulse });
+    }
+    let n = count(&mut r, LIST_TARGETS, "kinematic_targets", 2)?;
+    request.kinematic_targets.reserve_exact(n);
+    let mut ids = IdReader(0);
+    for _ in 0..n {
+        let id = ids.read(&mut r, "kinematic_targets")?;
+        let (position, rotation) = read_pose(&mut r, "kinematic_targets")?;
+        request.kinematic_targets.push(KinematicTarget { id, position, rotation });
+    }
+    r.finish()?;
+    Ok(request)
+}
+
+// ---------------------------------------------------------------------------------------
+// Results.
+
+const RES_KEYFRAME: u8 = 1;
+const RES_DIGEST: u8 = 1 << 1;
+const RES_REMOVED: u8 = 1 << 2;
+const RES_DRIFT: u8 = 1 << 3;
+
+// A body's flags byte.
+const BODY_SLEEPING: u8 = 1;
+const BODY_POSITION: u8 = 1 << 1;
+const BODY_ROTATION: u8 = 1 << 2;
+const BODY_LINVEL: u8 = 1 << 3;
+const BODY_ANGVEL: u8 = 1 << 4;
+/// With `BODY_ROTATION`, for a delta-coded body: the rotation is sent whole (its dropped
+/// component differs from the prediction's), not as residuals.
+const BODY_ROTATION_WHOLE: u8 = 1 << 5;
+const BODY_INDEX_SHIFT: u8 = 6;
+
+/// Bodies as a baseline: sorted by id.
+type Baseline = Vec<(BodyId, QuantizedState)>;
+
+/// The largest displacement a prediction adds, in position units (far past any lattice
+/// position, so it never limits an honest prediction, and keeps the sums within `i64`).
+const MAX_PREDICTED_DISPLACEMENT: f64 = (1u64 << 40) as f64;
+
+/// Where the body's origin is predicted to be: the previous position plus the new
+/// velocity over the tick's duration.
+fn predict_position(base: [i64; 3], linvel: [i64; 3], elapsed: f64) -> [i64; 3] {
+    let scale = elapsed * (POSITION_SCALE / VELOCITY_SCALE);
+    std::array::from_fn(|i| {
+        // `as` maps NaN (a hostile duration) to 0; both sides compute the same bits.
+        let displacement =
+            (linvel[i] as f64 * scale).round().clamp(-MAX_PREDICTED_DISPLACEMENT, MAX_PREDICTED_DISPLACEMENT) as i64;
+        base[i] + displacement
+    })
+}
+
+/// The previous rotation turned by the new angular velocity over the tick's duration, the
+/// way rapier integrates it (`normalize((ω·t/2, 1) ⊗ q)`), in `f64` and quantized
+/// (nearest, not necessarily canonical: it is only a prediction).
+fn predict_rotation(base: QuantizedRotation, angvel: [i64; 3], elapsed: f64) -> QuantizedRotation {
+    if angvel == [0; 3] {
+        return base;
+    }
+    let mut q = [0.0f64; 4];
+    let mut sum_of_squares = 0i64;
+    let largest = usize::from(base.largest);
+    let mut slot = 0;
+    for (index, c) in q.iter_mut().enumerate() {
+        if index != largest {
+            let k = base.others[slot];
+            *c = f64::from(k) / ROTATION_SCALE;
+            sum_of_squares += i64::from(k) * i64::from(k);
+            slot += 1;
+        }
+    }
+    q[largest] = (1.0 - sum_of_squares as f64 / (ROTATION_SCALE * ROTATION_SCALE)).max(0.0).sqrt();
+    let half = elapsed * 0.5 / VELOCITY_SCALE;
+    let h = angvel.map(|k| k as f64 * half);
+    let [x, y, z, w] = q;
+    // (h, 1) ⊗ (v, w) = (w·h + v + h × v, w − h·v)
+    let turned = [
+        w * h[0] + x + (h[1] * z - h[2] * y),
+        w * h[1] + y + (h[2] * x - h[0] * z),
+        w * h[2] + z + (h[0] * y - h[1] * x),
+        w - (h[0] * x + h[1] * y + h[2] * z),
+    ];
+    let norm = turned.iter().map(|c| c * c).sum::<f64>().sqrt();
+    if !(norm.is_finite() && norm > 0.0) {
+        return base;
+    }
+    let mut largest = 0;
+    for i in 1..4 {
+        if turned[i].abs() > turned[largest].abs() {
+            largest = i;
+        }
+    }
+    let scale = if turned[largest] < 0.0 { -ROTATION_SCALE / norm } else { ROTATION_SCALE / norm };
+    let limit = f64::from(MAX_ROTATION_COMPONENT);
+    let mut others = [0i16; 3];
+    let mut slot = 0;
+    for (index, c) in turned.iter().enumerate() {
+        if index != largest {
+            others[slot] = (c * scale).round().clamp(-limit, limit) as i16;
+            slot += 1;
+        }
+    }
+    QuantizedRotation { largest: largest as u8, others }
+}
+
+fn sub3(a: [i64; 3], b: [i64; 3]) -> [i64; 3] {
+    [a[0] - b[0], a[1] - b[1], a[2] - b[2]]
+}
+
+fn add3(a: [i64; 3], b: [i64; 3], what: &'static str) -> Result<[i64; 3]> {
+    let mut v = [0i64; 3];
+    for i in 0..3 {
+        v[i] = a[i].checked_add(b[i]).ok_or(PackedError::OutOfRange(what))?;
+    }
+    Ok(v)
+}
+
+/// The velocity prediction: the previous velocity plus the frame's drift, zero asleep.
+fn predict_linvel(base: &QuantizedState, sleeping: bool, drift: [i64; 3]) -> [i64; 3] {
+    if sleeping { [0; 3] } else { std::array::from_fn(|i| base.linvel[i].saturating_add(drift[i])) }
+}
+
+fn predict_angvel(base: &QuantizedState, sleeping: bool) -> [i64; 3] {
+    if sleeping { [0; 3] } else { base.angvel }
+}
+
+/// Finds `id` in a sorted baseline, moving `cursor` forward (ids come in ascending order).
+fn find_in_baseline<'b>(baseline: &'b Baseline, cursor: &mut usize, id: BodyId) -> Option<&'b QuantizedState> {
+    while *cursor < baseline.len() && baseline[*cursor].0 < id {
+        *cursor += 1;
+    }
+    baseline.get(*cursor).filter(|(b, _)| *b == id).map(|(_, s)| s)
+}
+
+fn parse_digest(digest: &str) -> Result<u64> {
+    let valid = digest.len() == 16 && digest.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c));
+    if !valid {
+        return Err(PackedError::BadDigest(digest.to_owned()));
+    }
+    u64::from_str_radix(digest, 16).map_err(|_| PackedError::BadDigest(digest.to_owned()))
+}
+
+/// The sorted, strictly ascending check of a result's lists.
+fn check_ascending<I: IntoIterator<Item = BodyId>>(ids: I, what: &'static str) -> Result<()> {
+    let mut previous: Option<BodyId> = None;
+    for id in ids {
+        if let Some(previous) = previous.filter(|&p| id <= p) {
+            return Err(PackedError::Unsorted { what, id, previous });
+        }
+        previous = Some(id);
+    }
+    Ok(())
+}
+
+/// Ascending ids as gaps: the first id, then each id minus the previous one minus one.
+fn put_ascending_id(out: &mut Vec<u8>, previous: Option<BodyId>, id: BodyId) {
+    put_varint(out, previous.map_or(id, |p| id - p - 1));
+}
+
+fn read_ascending_id(r: &mut Reader<'_>, previous: Option<BodyId>, what: &'static str) -> Result<BodyId> {
+    let gap = r.varint(what)?;
+    match previous {
+        None => Ok(gap),
+        Some(p) => p.checked_add(gap).and_then(|id| id.checked_add(1)).ok_or(PackedError::IdOverflow(what)),
+    }
+}
+
+/// The peer's side of a session's results: packs each successful result as a delta
+/// against the previous one (one encoder per session; see the module documentation).
+#[derive(Clone, Debug, Default)]
+pub struct ResultEncoder {
+    last_tick: Option<u64>,
+    baseline: Baseline,
+    next: Baseline,
+    changes: Vec<i64>,
+}
+
+impl ResultEncoder {
+    /// An encoder with no baseline: its first result is a keyframe.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Forgets the baseline (the next result is a keyframe).
+    pub fn reset(&mut self) {
+        self.last_tick = None;
+        self.baseline.clear();
+    }
+
+    /// The tick of the last result encoded, if any.
+    pub fn last_tick(&self) -> Option<u64> {
+        self.last_tick
+    }
+
+    /// Appends the packed form of `result` to `out` and makes it the baseline of the next.
+    ///
+    /// `keyframe` codes every body absolutely (after a snapshot: the gamer's decoder may
+    /// hold nothing); without a previous result the frame is a keyframe anyway. `elapsed`
+    /// is the tick's duration, `dt × steps` of the request: it only feeds the position
+    /// prediction, so any value decodes correctly (a wrong one costs bytes).
+    ///
+    /// The states are quantized (a peer's states are on the lattice already, so nothing
+    /// is lost). Refused, with `out` and the encoder unchanged: an error result, bodies or
+    /// removed ids not strictly ascending, more than [`MAX_BODIES_PER_SESSION`] of
+    /// either, a digest that is not 16 lowercase hex digits.
+    pub fn encode(
+        &mut self,
+        result: &PhysicsStepResult,
+        keyframe: bool,
+        elapsed: f32,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        if result.status != TaskStatus::Success {
+            return Err(PackedError::NotSuccess);
+        }
+        for (what, len) in [("bodies", result.bodies.len()), ("removed", result.removed.len())] {
+            if len > MAX_BODIES_PER_SESSION {
+                return Err(PackedError::TooMany { what, count: len as u64, max: MAX_BODIES_PER_SESSION });
+            }
+        }
+        check_ascending(result.bodies.iter().map(|b| b.id), "bodies")?;
+        check_ascending(result.removed.iter().copied(), "removed")?;
+        let digest = result.digest.as_deref().map(parse_digest).transpose()?;
+
+        let keyframe = keyframe || self.last_tick.is_none();
+        let elapsed = if elapsed.is_finite() { elapsed } else { 0.0 };
+        self.next.clear();
+        self.next.extend(result.bodies.iter().map(|b| (b.id, quantize(b))));
+        let drift = if keyframe { [0; 3] } else { self.median_drift() };
+
+        let mut flags = 0;
+        for (set, bit) in [
+            (keyframe, RES_KEYFRAME),
+            (digest.is_some(), RES_DIGEST),
+            (!result.removed.is_empty(), RES_REMOVED),
+            (drift != [0; 3], RES_DRIFT),
+        ] {
+            if set {
+                flags |= bit;
+            }
+        }
+        out.extend_from_slice(&[RESULT_FORMAT, VERSION, flags]);
+        put_varint(out, result.tick);
+        if !keyframe {
+            let baseline_tick = self.last_tick.expect("a delta has a baseline");
+            put_varint(out, result.tick.wrapping_sub(baseline_tick));
+            put_f32(out, elapsed);
+            if drift != [0; 3] {
+                drift.iter().for_each(|&k| put_signed(out, k));
+            }
+        }
+        if let Some(digest) = digest {
+            out.extend_from_slice(&digest.to_le_bytes());
+        }
+        if !result.removed.is_empty() {
+            put_varint(out, result.removed.len() as u64);
+            let mut previous = None;
+            for &id in &result.removed {
+                put_ascending_id(out, previous, id);
+                previous = Some(id);
+            }
+        }
+        put_varint(out, self.next.len() as u64);
+        let mut previous = None;
+        let mut cursor = 0;
+        for (id, state) in &self.next {
+            put_ascending_id(out, previous, *id);
+            previous = Some(*id);
+            let base = if keyframe { None } else { find_in_baseline(&self.baseline, &mut cursor, *id) };
+            match base {
+                None => put_absolute(out, state),
+                Some(base) => put_delta(out, state, base, drift, f64::from(elapsed)),
+            }
+        }
+        std::mem::swap(&mut self.baseline, &mut self.next);
+        self.last_tick = Some(result.tick);
+        Ok(())
+    }
+
+    /// The per-axis median change of linear velocity of the awake bodies that the
+    /// baseline carries: gravity × the tick's duration while bodies fall, about zero
+    /// otherwise.
+    fn median_drift(&mut self) -> [i64; 3] {
+        let mut drift = [0; 3];
+        for (axis, d) in drift.iter_mut().enumerate() {
+            self.changes.clear();
+            let mut cursor = 0;
+            for (id, state) in &self.next {
+                if state.sleeping {
+                    continue;
+                }
+                if let Some(base) = find_in_baseline(&self.baseline, &mut cursor, *id) {
+                    self.changes.push(state.linvel[axis] - base.linvel[axis]);
+                }
+            }
+            if !self.changes.is_empty() {
+                let middle = self.changes.len() / 2;
+                // Within the range a decoder accepts (any drift decodes correctly).
+                *d = (*self.changes.select_nth_unstable(middle).1).clamp(-MAX_VELOCITY, MAX_VELOCITY);
+            }
+        }
+        drift
+    }
+}
+
+fn put_absolute(out: &mut Vec<u8>, s: &QuantizedState) {
+    let mut flags = u8::from(s.sleeping);
+    let rotation = s.rotation != QuantizedRotation::IDENTITY;
+    for (set, bit) in [
+        (s.position != [0; 3], BODY_POSITION),
+        (rotation, BODY_ROTATION),
+        (s.linvel != [0; 3], BODY_LINVEL),
+        (s.angvel != [0; 3], BODY_ANGVEL),
+    ] {
+        if set {
+            flags |= bit;
+        }
+    }
+    if rotation {
+        flags |= s.rotation.largest << BODY_INDEX_SHIFT;
+    }
+    out.push(flags);
+    for (bit, v) in [(BODY_LINVEL, s.linvel), (BODY_ANGVEL, s.angvel), (BODY_POSITION, s.position)] {
+        if flags & bit != 0 {
+            v.iter().for_each(|&k| put_signed(out, k));
+        }
+    }
+    if rotation {
+        put_rotation_others(out, s.rotation);
+    }
+}
+
+fn put_delta(out: &mut Vec<u8>, s: &QuantizedState, base: &QuantizedState, drift: [i64; 3], elapsed: f64) {
+    let linvel = sub3(s.linvel, predict_linvel(base, s.sleeping, drift));
+    let angvel = sub3(s.angvel, predict_angvel(base, s.sleeping));
+    let position = sub3(s.position, predict_position(base.position, s.linvel, elapsed));
+    let predicted = predict_rotation(base.rotation, s.angvel, elapsed);
+    let mut flags = u8::from(s.sleeping);
+    for (set, bit) in [
+        (position != [0; 3], BODY_POSITION),
+        (s.rotation != predicted, BODY_ROTATION),
+        (linvel != [0; 3], BODY_LINVEL),
+        (angvel != [0; 3], BODY_ANGVEL),
+    ] {
+        if set {
+            flags |= bit;
+        }
+    }
+    let residuals: [i64; 3] = std::array::from_fn(|i| i64::from(s.rotation.others[i]) - i64::from(predicted.others[i]));
+    // Residuals only when they are the shorter form (a fast spin can be cheaper whole).
+    let whole = s.rotation != predicted
+        && (s.rotation.largest != predicted.largest
+            || residuals.iter().map(|&k| varint_len(zigzag(k))).sum::<usize>() > 6);
+    if whole {
+        flags |= BODY_ROTATION_WHOLE | s.rotation.largest << BODY_INDEX_SHIFT;
+    }
+    out.push(flags);
+    for (bit, v) in [(BODY_LINVEL, linvel), (BODY_ANGVEL, angvel), (BODY_POSITION, position)] {
+        if flags & bit != 0 {
+            v.iter().for_each(|&k| put_signed(out, k));
+        }
+    }
+    if whole {
+        put_rotation_others(out, s.rotation);
+    } else if flags & BODY_ROTATION != 0 {
+        residuals.iter().for_each(|&k| put_signed(out, k));
+    }
+}
+
+/// The gamer's side of a session's results: unpacks each result against the previous one
+/// (one decoder per session). A failed decode leaves it unchanged.
+#[derive(Clone, Debug, Default)]
+pub struct ResultDecoder {
+    last_tick: Option<u64>,
+    baseline: Baseline,
+    next: Baseline,
+}
+
+/// Equal when they hold the same baseline (the scratch space is not compared).
+impl PartialEq for ResultDecoder {
+    fn eq(&self, other: &Self) -> bool {
+        self.last_tick == other.last_tick && self.baseline == other.baseline
+    }
+}
+
+impl ResultDecoder {
+    /// A decoder that holds nothing yet: it accepts only a keyframe.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Forgets the baseline (after sending a snapshot: its result is a keyframe).
+    pub fn reset(&mut self) {
+        self.last_tick = None;
+        self.baseline.clear();
+    }
+
+    /// The tick of the last result decoded, if any.
+    pub fn last_tick(&self) -> Option<u64> {
+        self.last_tick
+    }
+
+    /// The last result's bodies on the lattice, sorted by id.
+    pub fn baseline(&self) -> &[(BodyId, QuantizedState)] {
+        &self.baseline
+    }
+
+    /// Decodes a packed result and makes it the baseline of the next. Errors leave the
+    /// decoder unchanged; [`PackedError::needs_resync`] tells a delta that cannot be
+    /// decoded (another baseline) from a malformed frame.
+    pub fn decode(&mut self, bytes: &[u8]) -> Result<PhysicsStepResult> {
+        let mut r = Reader::new(bytes);
+        r.header("result", RESULT_FORMAT)?;
+        let flags = r.u8("the result flags")?;
+        if flags >> 4 != 0 {
+            return Err(PackedError::Reserved("the result flags"));
+        }
+        let keyframe = flags & RES_KEYFRAME != 0;
+        let tick = r.varint("tick")?;
+        let (mut elapsed, mut drift) = (0.0, [0; 3]);
+        if keyframe {
+            if flags & RES_DRIFT != 0 {
+                return Err(PackedError::Reserved("a keyframe's drift"));
+            }
+        } else {
+            let baseline = tick.wrapping_sub(r.varint("baseline_tick")?);
+            match self.last_tick {
+                None => return Err(PackedError::NoBaseline(baseline)),
+                Some(last) if last != baseline => return Err(PackedError::WrongBaseline { baseline, last }),
+                Some(_) => {}
+            }
+            elapsed = f64::from(r.f32("the tick's duration")?);
+            if flags & RES_DRIFT != 0 {
+                drift = check_velocity([r.signed("drift")?, r.signed("drift")?, r.signed("drift")?], "drift")?;
+                if drift == [0; 3] {
+                    return Err(PackedError::Reserved("drift"));
+                }
+            }
+        }
+        let digest = if flags & RES_DIGEST != 0 {
+            Some(format!("{:016x}", u64::from_le_bytes(r.array("digest")?)))
+        } else {
+            None
+        };
+        let mut removed = Vec::new();
+        if flags & RES_REMOVED != 0 {
+            let n = r.count("removed", 1)?;
+            if n == 0 {
+                return Err(PackedError::EmptyList("removed"));
+            }
+            removed.reserve_exact(n);
+            let mut previous = None;
+            for _ in 0..n {
+                let id = read_ascending_id(&mut r, previous, "removed")?;
+                removed.push(id);
+                previous = Some(id);
+            }
+        }
+        let n = r.count("bodies", 2)?;
+        let mut bodies = Vec::with_capacity(n);
+        self.next.clear();
+        self.next.reserve(n);
+        let mut previous = None;
+        let mut cursor = 0;
+        for _ in 0..n {
+            let id = read_ascending_id(&mut r, previous, "bodies")?;
+            previous = Some(id);
+            let base = if keyframe { None } else { find_in_baseline(&self.baseline, &mut cursor, id) };
+            let state = match base {
+                None => read_absolute(&mut r)?,
+                Some(base) => read_delta(&mut r, base, drift, elapsed)?,
+            };
+            self.next.push((id, state));
+            bodies.push(dequantize(id, &state));
+        }
+        r.finish()?;
+        std::mem::swap(&mut self.baseline, &mut self.next);
+        self.last_tick = Some(tick);
+        Ok(PhysicsStepResult { status: TaskStatus::Success, tick, bodies, removed, digest })
+    }
+}
+
+/// Three integers when `bit` of `flags` is set (never all zero: a zero vector has its own,
+/// shorter form), zeros otherwise.
+fn read_present_vector(r: &mut Reader<'_>, flags: u8, bit: u8, what: &'static str) -> Result<[i64; 3]> {
+    if flags & bit == 0 {
+        return Ok([0; 3]);
+    }
+    let v = [r.signed(what)?, r.signed(what)?, r.signed(what)?];
+    if v == [0; 3] { Err(PackedError::Reserved(what)) } else { Ok(v) }
+}
+
+fn read_absolute(r: &mut Reader<'_>) -> Result<QuantizedState> {
+    const WHAT: &str = "a body";
+    let flags = r.u8(WHAT)?;
+    if flags & BODY_ROTATION_WHOLE != 0 || (flags & BODY_ROTATION == 0 && flags >> BODY_INDEX_SHIFT != 0) {
+        return Err(PackedError::Reserved(WHAT));
+    }
+    let vector = |r: &mut Reader<'_>, bit: u8, what: &'static str| read_present_vector(r, flags, bit, what);
+    let linvel = check_velocity(vector(r, BODY_LINVEL, "a body's linvel")?, "a body's linvel")?;
+    let angvel = check_velocity(vector(r, BODY_ANGVEL, "a body's angvel")?, "a body's angvel")?;
+    let position = check_position(vector(r, BODY_POSITION, "a body's position")?, "a body's position")?;
+    let rotation = if flags & BODY_ROTATION != 0 {
+        let rotation = read_rotation_others(r, flags >> BODY_INDEX_SHIFT, "a body's rotation")?;
+        if rotation == QuantizedRotation::IDENTITY {
+            return Err(PackedError::Reserved("a body's rotation"));
+        }
+        rotation
+    } else {
+        QuantizedRotation::IDENTITY
+    };
+    Ok(QuantizedState { position, rotation, linvel, angvel, sleeping: flags & BODY_SLEEPING != 0 })
+}
+
+fn read_delta(r: &mut Reader<'_>, base: &QuantizedState, drift: [i64; 3], elapsed: f64) -> Result<QuantizedState> {
+    const WHAT: &str = "a body";
+    let flags = r.u8(WHAT)?;
+    let whole = flags & BODY_ROTATION_WHOLE != 0;
+    if (whole && flags & BODY_ROTATION == 0) || (!whole && flags >> BODY_INDEX_SHIFT != 0) {
+        return Err(PackedError::Reserved(WHAT));
+    }
+    let sleeping = flags & BODY_SLEEPING != 0;
+    let residual = |r: &mut Reader<'_>, bit: u8, what: &'static str| read_present_vector(r, flags, bit, what);
+    let linvel = residual(r, BODY_LINVEL, "a body's linvel")?;
+    let linvel =
+        check_velocity(add3(predict_linvel(base, sleeping, drift), linvel, "a body's linvel")?, "a body's linvel")?;
+    let angvel = residual(r, BODY_ANGVEL, "a body's angvel")?;
+    let angvel = check_velocity(add3(predict_angvel(base, sleeping), angvel, "a body's angvel")?, "a body's angvel")?;
+    let position = residual(r, BODY_POSITION, "a body's position")?;
+    let position = check_position(
+        add3(predict_position(base.position, linvel, elapsed), position, "a body's position")?,
+        "a body's position",
+    )?;
+    let predicted = predict_rotation(base.rotation, angvel, elapsed);
+    let rotation = if whole {
+        let rotation = read_rotation_others(r, flags >> BODY_INDEX_SHIFT, "a body's rotation")?;
+        if rotation == predicted {
+            return Err(PackedError::Reserved("a body's rotation"));
+        }
+        rotation
+    } else if flags & BODY_ROTATION != 0 {
+        let residuals = residual(r, BODY_ROTATION, "a body's rotation")?;
+        let mut others = [0i16; 3];
+        for i in 0..3 {
+            others[i] = i64::from(predicted.others[i])
+                .checked_add(residuals[i])
+                .and_then(|k| i16::try_from(k).ok())
+                .ok_or(PackedError::BadRotation("a body's rotation"))?;
+        }
+        check_rotation(QuantizedRotation { largest: predicted.largest, others }, "a body's rotation")?
+    } else {
+        check_rotation(predicted, "a body's predicted rotation")?
+    };
+    Ok(QuantizedState { position, rotation, linvel, angvel, sleeping })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::physics::BodyState;
+    use crate::quantize::{snap, snap_request};
+
+    fn sample_request() -> PhysicsStepRequest {
+        PhysicsStepRequest {
+            tick: 9,
+            snapshot: true,
+            gravity: Some([0.0, -9.81, 0.0]),
+            dt: 1.0 / 60.0,
+            steps: 2,
+            add: vec![
+                BodyDesc::new(1, Shape::Box { half_extents: [0.5; 3] }, [0.1, 1.0, -3.3]),
+                BodyDesc {
+                    rotation: [0.1, 0.2, 0.3, 0.927],
+                    linvel: [1.0, -2.0, 0.5],
+                    angvel: [0.0, 3.0, 0.0],
+                    mass: Some(2.5),
+                    friction: 0.9,
+                    restitution: 0.3,
+                    linear_damping: 0.1,
+                    angular_damping: 0.2,
+                    ccd: true,
+                    ..BodyDesc::new(u64::MAX, Shape::Capsule { half_height: 0.5, radius: 0.25 }, [1.0, 1.0, 0.0])
+                        .with_body_type(BodyType::Kinematic)
+                },
+                BodyDesc {
+                    density: Some(300.0),
+                    sleeping: true,
+                    ..BodyDesc::new(0, Shape::Sphere { radius: 0.3 }, [-1.0e6, 1.0e6, 0.0])
+                        .with_body_type(BodyType::Fixed)
+                },
+            ],
+            remove: vec![3, 2, u64::MAX - 1],
+            set_pose: vec![SetPose { id: 1, position: [1.0, 2.0, 3.0], rotation: [0.0, 0.6, 0.0, 0.8] }],
+            set_velocity: vec![SetVelocity { id: 1, linvel: [1.0, 0.0, 0.001], angvel: [0.0, 0.0, -7.5] }],
+            forces: vec![ApplyForce { id: 1, force: [0.0, 10.0, -0.0], torque: [0.0, 0.0, 1.0e-30] }],
+            impulses: vec![ApplyImpulse { id: 5, impulse: [0.0, 1.0, 0.0], torque_impulse: [0.0; 3] }],
+            kinematic_targets: vec![
+                KinematicTarget { id: u64::MAX, position: [2.0, 1.0, 0.0], rotation: [0.0, 0.0, 0.0, 1.0] },
+                KinematicTarget { id: 4, position: [0.0; 3], rotation: [0.0, 0.0, 0.0, -1.0] },
+            ],
+        }
+    }
+
+    fn bits(v: &PhysicsStepRequest) -> String {
+        // Compares -0.0 and +0.0 apart (PartialEq on floats does not).
+        format!("{v:?}")
+    }
+
+    #[test]
+    fn a_request_round_trips_snapped() {
+        let r = sample_request();
+        let mut bytes = Vec::new();
+        encode_request(&r, &mut bytes);
+        assert_eq!(&bytes[..2], &[REQUEST_FORMAT, VERSION]);
+        let decoded = decode_request(&bytes).unwrap();
+        assert_eq!(decoded, snap_request(&r));
+        assert_eq!(bits(&decoded), bits(&snap_request(&r)));
+        assert_eq!(decoded.forces[0].force[2].to_bits(), (-0.0f32).to_bits(), "inputs travel bit for bit");
+        // Encoding the decoded request gives the same bytes: one encoding per request.
+        let mut again = Vec::new();
+        encode_request(&decoded, &mut again);
+        assert_eq!(again, bytes);
+        // The smallest request.
+        let tick = PhysicsStepRequest { tick: 1, dt: 1.0 / 60.0, steps: 1, ..Default::default() };
+        bytes.clear();
+        encode_request(&tick, &mut bytes);
+        assert_eq!(bytes.len(), 9);
+        assert_eq!(decode_request(&bytes).unwrap(), tick);
+    }
+
+    /// Bodies falling and spinning, integrated the way rapier does (semi-implicit Euler).
+    fn falling(n: u64, tick: u64) -> PhysicsStepResult {
+        let dt = 1.0 / 60.0;
+        let (mut y, mut v) = (50.0f64, 0.0f64);
+        for _ in 0..tick {
+            v -= 9.81 * dt;
+            y += v * dt;
+        }
+        let angle = 0.6 * tick as f64 * dt;
+        PhysicsStepResult {
+            tick,
+            bodies: (0..n)
+                .map(|i| {
+                    snap(&BodyState {
+                        id: i * 3,
+                        position: [i as f32, y as f32, 0.5],
+                        rotation: [0.0, (angle / 2.0).sin() as f32, 0.0, (angle / 2.0).cos() as f32],
+                        linvel: [0.0, v as f32, 0.0],
+                        angvel: [0.0, 0.6, 0.0],
+                        sleeping: false,
+                    })
+                })
+                .collect(),
+            digest: Some(format!("{:016x}", tick * 0x0123_4567_89ab_cdef)),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn results_round_trip_as_keyframes_and_deltas() {
+        let (mut encoder, mut decoder) = (ResultEncoder::new(), ResultDecoder::new());
+        let mut sizes = Vec::new();
+        for tick in 0..30 {
+            let mut result = falling(100, tick);
+            if tick == 10 {
+                result.removed = vec![1, 7, u64::MAX];
+                result.bodies.retain(|b| b.id % 2 == 0);
+            }
+            let mut bytes = Vec::new();
+            encoder.encode(&result, tick == 0, 1.0 / 60.0, &mut bytes).unwrap();
+            assert_eq!(decoder.decode(&bytes).unwrap(), result, "tick {tick}");
+            assert_eq!(decoder.last_tick(), Some(tick));
+            sizes.push(bytes.len());
+        }
+        assert!(sizes[0] > 100 * 8, "a keyframe: {sizes:?}");
+        assert!(sizes[20] < 100 * 3, "predicted bodies cost a few bytes: {sizes:?}");
+    }
+
+    #[test]
+    fn a_delta_against_another_tick_is_refused_and_changes_nothing() {
+        let (mut encoder, mut decoder) = (ResultEncoder::new(), ResultDecoder::new());
+        let mut frames = Vec::new();
+        for tick in 0..3 {
+            let mut bytes = Vec::new();
+            encoder.encode(&falling(5, tick), tick == 0, 1.0 / 60.0, &mut bytes).unwrap();
+            frames.push(bytes);
+        }
+        let e = decoder.decode(&frames[1]).unwrap_err();
+        assert_eq!(e, PackedError::NoBaseline(0));
+        assert!(e.needs_resync());
+        decoder.decode(&frames[0]).unwrap();
+        let before = decoder.clone();
+        let e = decoder.decode(&frames[2]).unwrap_err();
+        assert_eq!(e.to_string(), "delta against tick 1 but the last decoded tick is 0; resync");
+        assert_eq!(decoder, before);
+        decoder.decode(&frames[1]).unwrap();
+        decoder.decode(&frames[2]).unwrap();
+    }
+
+    #[test]
+    fn malformed_frames_get_clear_errors() {
+        let mut request = Vec::new();
+        encode_request(&sample_request(), &mut request);
+        let mut result = Vec::new();
+        ResultEncoder::new().encode(&falling(10, 3), true, 1.0 / 60.0, &mut result).unwrap();
+        // Every truncation is an error, never a panic.
+        for end in 0..request.len() {
+            assert!(decode_request(&request[..end]).is_err(), "{end}");
+        }
+        for end in 0..result.len() {
+            let mut decoder = ResultDecoder::new();
+            assert!(decoder.decode(&result[..end]).is_err(), "{end}");
+            assert_eq!(decoder, ResultDecoder::new());
+        }
+        assert_eq!(decode_request(&[]).unwrap_err(), PackedError::Empty);
+        assert!(matches!(decode_request(&result).unwrap_err(), PackedError::WrongFormat { found: 0x51, .. }));
+        let mut v2 = request.clone();
+        v2[1] = 2;
+        assert_eq!(
+            decode_request(&v2).unwrap_err().to_string(),
+            "unknown packed format version 2; this build reads version 1"
+        );
+        let mut trailing = request.clone();
+        trailing.push(0);
+        assert_eq!(decode_request(&trailing).unwrap_err(), PackedError::TrailingBytes(1));
+        // An absurd count: refused before anything is allocated.
+        let mut absurd = vec![REQUEST_FORMAT, VERSION, 0, LIST_REMOVE, 1, 0, 0, 0, 0];
+        put_varint(&mut absurd, u64::MAX);
+        assert!(matches!(decode_request(&absurd).unwrap_err(), PackedError::TooMany { what: "remove", .. }));
+        let mut past_end = absurd[..9].to_vec();
+        put_varint(&mut past_end, 1000);
+        assert!(matches!(decode_request(&past_end).unwrap_err(), PackedError::CountPastEnd { count: 1000, .. }));
+        // A varint of eleven bytes, and an overlong one.
+        let mut long = absurd[..9].to_vec();
+        long.extend_from_slice(&[0xff; 11]);
+        assert_eq!(decode_request(&long).unwrap_err(), PackedError::BadVarint("remove"));
+        let overlong = [REQUEST_FORMAT, VERSION, 0, 0, 0x81, 0x00, 0, 0, 0, 0];
+        assert_eq!(decode_request(&overlong).unwrap_err(), PackedError::BadVarint("tick"));
+        // Too many bodies for a session.
+        let mut many = vec![RESULT_FORMAT, VERSION, RES_KEYFRAME, 0];
+        put_varint(&mut many, MAX_BODIES_PER_SESSION as u64 + 1);
+        assert!(matches!(ResultDecoder::new().decode(&many).unwrap_err(), PackedError::TooMany { what: "bodies", .. }));
+        for e in [PackedError::Truncated("x"), PackedError::BadRotation("y"), PackedError::NoBaseline(3)] {
+            assert!(!e.to_string().is_empty());
+        }
+    }
+
+    #[test]
+    fn the_encoder_refuses_what_it_cannot_represent() {
+        let mut encoder = ResultEncoder::new();
+        let mut out = vec![1, 2, 3];
+        let mut unsorted = falling(3, 0);
+        unsorted.bodies.swap(0, 1);
+        assert!(matches!(encoder.encode(&unsorted, true, 0.1, &mut out), Err(PackedError::Unsorted { .. })));
+        let bad_digest = PhysicsStepResult { digest: Some("XYZ".into()), ..falling(3, 0) };
+        assert!(matches!(encoder.encode(&bad_digest, true, 0.1, &mut out), Err(PackedError::BadDigest(_))));
+        let error = PhysicsStepResult { status: TaskStatus::Error, ..Default::default() };
+        assert_eq!(encoder.encode(&error, true, 0.1, &mut out), Err(PackedError::NotSuccess));
+        assert_eq!(out, [1, 2, 3]);
+        assert_eq!(encoder.last_tick(), None);
+    }
+
+    #[test]
+    fn ten_thousand_bodies_fit_the_frame_limit_with_room_to_spare() {
+        let add: Vec<BodyDesc> = (0..10_000u64)
+            .map(|i| {
+                let (x, z) = ((i % 100) as f32 * 1.5 - 75.0, (i / 100) as f32 * 1.5 - 75.0);
+                BodyDesc {
+                    rotation: [0.0, 0.38268343, 0.0, 0.9238795],
+                    ..BodyDesc::new(i, Shape::Box { half_extents: [0.5; 3] }, [x, 3.0 + (i % 7) as f32, z])
+                }
+            })
+            .collect();
+        let request =
+            PhysicsStepRequest { tick: 0, snapshot: true, dt: 1.0 / 60.0, steps: 1, add, ..Default::default() };
+        let mut bytes = Vec::new();
+        encode_request(&request, &mut bytes);
+        let json = serde_json::to_vec(&request).unwrap().len();
+        println!("10,000-body snapshot request: {} bytes packed, {json} bytes of JSON", bytes.len());
+        assert!(bytes.len() < 400_000, "{}", bytes.len());
+        assert_eq!(decode_request(&bytes).unwrap(), snap_request(&request));
+        let result = PhysicsStepResult {
+            tick: 0,
+            bodies: request
+                .add
+                .iter()
+                .map(|d| {
+                    snap(&BodyState {
+                        id: d.id,
+                        position: d.position,
+                        rotation: d.rotation,
+                        linvel: [0.0, -0.16, 0.0],
+                        angvel: [0.0; 3],
+                        sleeping: false,
+                    })
+                })
+                .collect(),
+            digest: Some("0123456789abcdef".into()),
+            ..Default::default()
+        };
+        bytes.clear();
+        ResultEncoder::new().encode(&result, true, 1.0 / 60.0, &mut bytes).unwrap();
+        let json = serde_json::to_vec(&result).unwrap().len();
+        println!("its keyframe result: {} bytes packed, {json} bytes of JSON", bytes.len());
+        assert!(bytes.len() < 250_000, "{}", bytes.len());
+        assert_eq!(ResultDecoder::new().decode(&bytes).unwrap(), result);
+    }
+
+    #[test]
+    fn varints_and_zigzag_cover_the_extremes() {
+        for v in [0, 1, 127, 128, 16_383, 16_384, u64::MAX / 2, u64::MAX] {
+            let mut out = Vec::new();
+            put_varint(&mut out, v);
+            assert_eq!(out.len(), varint_len(v), "{v}");
+            assert_eq!(Reader::new(&out).varint("v"), Ok(v));
+        }
+        for v in [0, -1, 1, i64::MIN, i64::MAX] {
+            assert_eq!(unzigzag(zigzag(v)), v);
+        }
+    }
+}
