@@ -373,11 +373,19 @@ impl<'a> Reader<'a> {
 }
 
 fn check_position(k: [i64; 3], what: &'static str) -> Result<[i64; 3]> {
-    if k.iter().all(|k| k.abs() <= MAX_POSITION) { Ok(k) } else { Err(PackedError::OutOfRange(what)) }
+    if k.iter().all(|k| k.unsigned_abs() <= MAX_POSITION.unsigned_abs()) {
+        Ok(k)
+    } else {
+        Err(PackedError::OutOfRange(what))
+    }
 }
 
 fn check_velocity(k: [i64; 3], what: &'static str) -> Result<[i64; 3]> {
-    if k.iter().all(|k| k.abs() <= MAX_VELOCITY) { Ok(k) } else { Err(PackedError::OutOfRange(what)) }
+    if k.iter().all(|k| k.unsigned_abs() <= MAX_VELOCITY.unsigned_abs()) {
+        Ok(k)
+    } else {
+        Err(PackedError::OutOfRange(what))
+    }
 }
 
 fn check_rotation(r: QuantizedRotation, what: &'static str) -> Result<QuantizedRotation> {
@@ -1848,6 +1856,62 @@ mod tests {
         println!("its keyframe result: {} bytes packed, {json} bytes of JSON", bytes.len());
         assert!(bytes.len() < 250_000, "{}", bytes.len());
         assert_eq!(ResultDecoder::new().decode(&bytes).unwrap(), result);
+    }
+
+    /// Random sessions: bodies appearing, leaving, falling asleep, spinning, teleported far
+    /// (whole rotations, large residuals), at the edges of the lattice. Every frame decodes
+    /// to the quantized result, whatever the encoder chose.
+    #[test]
+    fn random_sessions_round_trip() {
+        let mut rng = fastrand::Rng::with_seed(77);
+        let (mut encoder, mut decoder) = (ResultEncoder::new(), ResultDecoder::new());
+        let mut states: Vec<BodyState> = Vec::new();
+        for tick in 0..2_000u64 {
+            if tick % 400 == 0 || rng.u8(..50) == 0 {
+                states = (0..rng.u64(..60))
+                    .map(|i| BodyState {
+                        id: i * 2 + rng.u64(..2),
+                        position: [0.0; 3],
+                        rotation: [0.0, 0.0, 0.0, 1.0],
+                        linvel: [0.0; 3],
+                        angvel: [0.0; 3],
+                        sleeping: false,
+                    })
+                    .collect();
+            }
+            for s in &mut states {
+                let choice = rng.u8(..8);
+                let mut f = |scale: f32| (rng.f32() - 0.5) * scale;
+                match choice {
+                    0 => s.position = [f(2.0e6), f(2.0e6), f(1.0)],
+                    1 => s.rotation = [f(2.0), f(2.0), f(2.0), f(2.0)],
+                    2 => s.linvel = [f(3.0e5), f(1.0), 0.0],
+                    3 => s.angvel = [f(8.0), f(8.0), f(8.0)],
+                    4 => s.sleeping = !s.sleeping,
+                    _ => {
+                        for k in 0..3 {
+                            s.position[k] += s.linvel[k] / 60.0;
+                        }
+                    }
+                }
+            }
+            let bodies: Vec<BodyState> = states.iter().filter(|_| rng.u8(..4) != 0).copied().collect();
+            let result = PhysicsStepResult {
+                tick,
+                bodies,
+                removed: if rng.u8(..10) == 0 { vec![rng.u64(..), u64::MAX] } else { vec![] },
+                digest: rng.bool().then(|| format!("{:016x}", rng.u64(..))),
+                ..Default::default()
+            };
+            let mut bytes = Vec::new();
+            encoder
+                .encode(&result, rng.u8(..100) == 0, [1.0 / 60.0, 0.5, f32::NAN][rng.usize(..3)], &mut bytes)
+                .unwrap();
+            let decoded = decoder.decode(&bytes).unwrap_or_else(|e| panic!("tick {tick}: {e}"));
+            let snapped: Vec<BodyState> = result.bodies.iter().map(snap).collect();
+            assert_eq!(format!("{:?}", decoded.bodies), format!("{snapped:?}"), "tick {tick}");
+            assert_eq!((decoded.removed, decoded.digest), (result.removed, result.digest));
+        }
     }
 
     #[test]

@@ -204,7 +204,7 @@ impl QuantizedRotation {
     /// first one on ties). Exactly these rotations re-quantize to themselves; a decoder
     /// refuses the others.
     pub fn is_canonical(self) -> bool {
-        if self.largest > 3 || self.others.iter().any(|k| k.abs() > MAX_ROTATION_COMPONENT) {
+        if self.largest > 3 || self.others.iter().any(|k| k.unsigned_abs() > MAX_ROTATION_COMPONENT.unsigned_abs()) {
             return false;
         }
         // In units of 2⁻³⁰: the dropped component squared minus the largest other one
@@ -248,8 +248,8 @@ impl QuantizedState {
     /// Whether every value is one that [`quantize`] can return: in range, and a canonical
     /// rotation.
     pub fn is_canonical(&self) -> bool {
-        self.position.iter().all(|k| k.abs() <= MAX_POSITION)
-            && self.linvel.iter().chain(&self.angvel).all(|k| k.abs() <= MAX_VELOCITY)
+        self.position.iter().all(|k| k.unsigned_abs() <= MAX_POSITION.unsigned_abs())
+            && self.linvel.iter().chain(&self.angvel).all(|k| k.unsigned_abs() <= MAX_VELOCITY.unsigned_abs())
             && self.rotation.is_canonical()
     }
 }
