@@ -385,7 +385,7 @@ fn largest_index(q: Quat) -> usize {
 }
 
 /// The three indices other than `largest`, in order.
-fn other_indices(largest: usize) -> [usize; 3] {
+pub(crate) fn other_indices(largest: usize) -> [usize; 3] {
     match largest {
         0 => [1, 2, 3],
         1 => [0, 2, 3],

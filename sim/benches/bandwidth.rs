@@ -20,7 +20,7 @@
 //! Columns: bytes per body per frame of results, of requests and of both (the snapshot
 //! that starts the scene and its keyframe result included); bytes per reported body of the
 //! results; the same for JSON; the bodies asleep at the end; the mean time to pack and
-//! unpack a result.
+//! unpack a result, and to step the world (for scale).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -40,6 +40,7 @@ struct Tally {
     json_result_bytes: usize,
     json_request_bytes: usize,
     reported: usize,
+    step: Duration,
     encode: Duration,
     decode: Duration,
 }
@@ -78,7 +79,9 @@ impl Session {
         self.request_bytes.clear();
         encode_request(request, &mut self.request_bytes);
         let unpacked = decode_request(&self.request_bytes).expect("a request we packed decodes");
+        let stepping = Instant::now();
         let result = self.world.step(&unpacked).expect("the scene is valid");
+        tally.step += stepping.elapsed();
 
         self.result_bytes.clear();
         let start = Instant::now();
@@ -123,7 +126,7 @@ impl Session {
 
 fn print_header() {
     println!(
-        "{:<20} {:>5} {:>6} {:>9} | {:>8} {:>8} {:>8} {:>9} | {:>8} {:>8} {:>8} {:>9} | {:>6} {:>7} {:>7}",
+        "{:<20} {:>5} {:>6} {:>9} | {:>8} {:>8} {:>8} {:>9} | {:>8} {:>8} {:>8} {:>9} | {:>6} {:>7} {:>7} {:>8}",
         "scene",
         "ticks",
         "bodies",
@@ -138,7 +141,8 @@ fn print_header() {
         "B/changed",
         "asleep",
         "enc µs",
-        "dec µs"
+        "dec µs",
+        "step µs"
     );
 }
 
@@ -148,7 +152,7 @@ fn print_row(name: &str, bodies: usize, t: &Tally, asleep: Option<usize>) {
     let per_changed = |bytes: usize| if t.reported == 0 { 0.0 } else { bytes as f64 / t.reported as f64 };
     let micros = |d: Duration| d.as_secs_f64() * 1e6 / t.ticks as f64;
     println!(
-        "{:<20} {:>5} {:>6} {:>9.1} | {:>8.3} {:>8.3} {:>8.3} {:>9.2} | {:>8.1} {:>8.2} {:>8.1} {:>9.1} | {:>6} {:>7.1} {:>7.1}",
+        "{:<20} {:>5} {:>6} {:>9.1} | {:>8.3} {:>8.3} {:>8.3} {:>9.2} | {:>8.1} {:>8.2} {:>8.1} {:>9.1} | {:>6} {:>7.1} {:>7.1} {:>8.0}",
         name,
         t.ticks,
         bodies,
@@ -164,6 +168,7 @@ fn print_row(name: &str, bodies: usize, t: &Tally, asleep: Option<usize>) {
         asleep.map_or("".to_owned(), |n| n.to_string()),
         micros(t.encode),
         micros(t.decode),
+        micros(t.step),
     );
 }
 
@@ -174,6 +179,7 @@ fn add(a: &mut Tally, b: &Tally) {
     a.json_result_bytes += b.json_result_bytes;
     a.json_request_bytes += b.json_request_bytes;
     a.reported += b.reported;
+    a.step += b.step;
     a.encode += b.encode;
     a.decode += b.decode;
 }
