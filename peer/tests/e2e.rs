@@ -206,3 +206,59 @@ async fn peers_reconnect_after_the_coordinator_restarts() {
     peer.shutdown().await;
     coord.shutdown().await;
 }
+
+/// Packed physics: the same ticks through a peer on binary frames and a peer on JSON
+/// frames (the packed payloads then travel base64-wrapped) give byte-identical packed
+/// results, and those decode to exactly the JSON results a third peer returns for the
+/// same requests sent as JSON (snapped to the lattice, as packing does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packed_results_are_the_same_bytes_on_either_wire_and_decode_to_the_json_results() {
+    use p2c2r_protocol::packed::{ResultDecoder, encode_request};
+    use p2c2r_protocol::physics::PhysicsStepResult;
+    use p2c2r_protocol::{Encoding, Payload, quantize::snap_request};
+
+    let coord = coordinator::spawn("127.0.0.1:0", coordinator::Config::default()).await.unwrap();
+    let url = coord.url();
+    let mut gamer = gamer::connect(&url, "gamer-packed").await;
+    let requests: Vec<PhysicsStepRequest> =
+        std::iter::once(PhysicsStepRequest { add: scene(), snapshot: true, ..tick(0) })
+            .chain((1..=180).map(tick))
+            .collect();
+
+    let mut packed_runs: Vec<Vec<Vec<u8>>> = Vec::new();
+    for (peer_id, wire) in [("packed-bin", Encoding::Binary), ("packed-json", Encoding::Json)] {
+        let peer = peer::spawn(PeerConfig {
+            coordinator_url: url.clone(),
+            peer_id: Some(peer_id.into()),
+            wire,
+            ..Default::default()
+        })
+        .await;
+        within("the peer to register", peer.wait_for(|s| s.connected)).await;
+        let mut frames = Vec::new();
+        for request in &requests {
+            let mut bytes = Vec::new();
+            encode_request(request, &mut bytes);
+            let r = gamer.run("physics_step", Some(peer_id), Payload::binary(bytes)).await;
+            assert_eq!(r.peer_id.as_deref(), Some(peer_id));
+            let p2c2r_client::TaskReply::Success(payload) = &r.reply else { panic!("{:?}", r.reply) };
+            frames.push(payload.binary_bytes().expect("a packed answer").into_owned());
+        }
+        packed_runs.push(frames);
+        peer.shutdown().await;
+    }
+    assert_eq!(packed_runs[0], packed_runs[1], "the same bytes whichever frames carried them");
+
+    let peer = start_peer(&url, "json-run").await;
+    let mut decoder = ResultDecoder::new();
+    for (t, (request, packed)) in requests.iter().zip(&packed_runs[0]).enumerate() {
+        let r = gamer.run("physics_step", Some("json-run"), to_payload(&snap_request(request)).unwrap()).await;
+        let json: PhysicsStepResult = serde_json::from_str(success_json(&r)).unwrap();
+        let decoded = decoder.decode(packed).unwrap_or_else(|e| panic!("tick {t}: {e}"));
+        assert_eq!(decoded, json, "tick {t}: the packed result is the JSON result");
+    }
+    peer.shutdown().await;
+    let total: usize = packed_runs[0].iter().map(Vec::len).sum();
+    println!("{} packed ticks: {total} bytes", requests.len());
+    coord.shutdown().await;
+}

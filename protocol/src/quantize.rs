@@ -9,22 +9,35 @@
 //!
 //! | quantity | unit | largest magnitude | error of [`snap`] |
 //! |---|---|---|---|
-//! | position | 2⁻¹² m (0.24 mm) | [`MAX_POSITION`] = 1e6 m | ≤ 2⁻¹³ m (0 past 4,096 m: every `f32` there is on the lattice) |
-//! | linear velocity | 2⁻¹⁰ m/s | [`MAX_VELOCITY`] = 1e5 m/s | ≤ 2⁻¹¹ m/s (0 past 16,384 m/s) |
+//! | position | 2⁻¹⁴ m (61 µm) | [`MAX_POSITION`]: 1e6 m | ≤ 2⁻¹⁵ m (0 past 1,024 m, where every `f32` is on the lattice) |
+//! | linear velocity | 2⁻¹⁰ m/s | [`MAX_VELOCITY`]: 1e5 m/s | ≤ 2⁻¹¹ m/s (0 past 16,384 m/s) |
 //! | angular velocity | 2⁻¹⁰ rad/s | [`MAX_VELOCITY`] | ≤ 2⁻¹¹ rad/s |
 //! | rotation | 2⁻¹⁵ per component | the three smallest, ±1/√2 | ≤ [`MAX_ROTATION_ERROR`] rad |
 //!
-//! Why these units: a position unit of 2⁻¹² m is far below what a player sees and below
-//! rapier's contact tolerances (its allowed penetration is 5 mm), so snapping neither
-//! keeps resting bodies awake nor visibly moves them; a velocity unit of 2⁻¹⁰ m/s moves a
-//! body by 2⁻¹⁶ m per 60 Hz tick, under a quarter of a position unit, and is 1/50 of
-//! rapier's sleep threshold (0.05 m/s). 15-bit smallest-three rotations are
-//! 2⁻¹⁵ × 0.87 m ≈ 27 µm at the corner of a 1 m cube. Measured with the 900-cube scene
-//! of `sim/benches/bandwidth.rs`: the same cubes fall asleep with and without snapping.
+//! Why these units. Every unit is far below what a player sees and below rapier's contact
+//! tolerances (its allowed penetration is 5 mm); 15-bit smallest-three rotations move the
+//! corner of a 1 m cube by at most 2⁻¹⁵ × 0.87 m ≈ 27 µm. What decides is what snapping
+//! does to motion, and the bytes (measured with `sim/benches/bandwidth.rs`):
+//!
+//! - A snapped world moves by whole units: each tick a body moves by its displacement
+//!   rounded to a position unit, and its velocity changes by its acceleration × the
+//!   tick's duration rounded to a velocity unit. Positions in 2⁻¹⁴ m keep a body crawling
+//!   at 5 cm/s within 3% of its speed at 60 Hz (2⁻¹² m: 12%), and cost no more bytes (the
+//!   900-cube scene: 1.14 bytes per body per frame, against 1.16 with 2⁻¹² m; more cubes
+//!   asleep at the end, 803 against 754, rapier without snapping: 817).
+//! - Velocities in 2⁻¹⁰ m/s: finer units make the tiny velocity changes of resting, not
+//!   yet sleeping bodies visible, so they are reported far more often (2⁻¹² m/s: 1.41
+//!   bytes per body per frame). The price is the rounding of a constant acceleration: at
+//!   60 Hz, gravity's 9.81 m/s² × 1/60 s is 167.4 units, so a falling body gains 167 units
+//!   per tick and falls at 9.785 m/s² (0.25% slower), the same on every peer.
+//!
+//! Sleeping still works: a snapped body is still by rapier's test exactly when it would
+//! have been (see `p2c2r_sim::physics`).
 //!
 //! Every conversion is a deterministic function of its input: only IEEE 754 operations
 //! (`+ - × ÷ √`, rounding and casts), no transcendental functions, so every machine
-//! computes the same bits. Non-finite inputs never panic: NaN becomes 0 (the identity for
+//! computes the same bits. Values are rounded to the nearest unit, ties to even.
+//! Non-finite inputs never panic: NaN becomes 0 (the identity for
 //! a rotation), infinities and out-of-range values are clamped to the largest magnitude.
 //!
 //! The key property, tested over millions of random inputs: for every `q` that
@@ -34,8 +47,8 @@
 use crate::limits::{MAX_COORDINATE, MAX_SPEED};
 use crate::physics::{BodyDesc, BodyId, BodyState, PhysicsStepRequest, Quat, Vec3};
 
-/// Position units per metre: positions are integers of 2⁻¹² m.
-pub const POSITION_SCALE: f64 = 4096.0;
+/// Position units per metre: positions are integers of 2⁻¹⁴ m.
+pub const POSITION_SCALE: f64 = 16384.0;
 /// Velocity units per m/s (or rad/s): velocities are integers of 2⁻¹⁰ m/s.
 pub const VELOCITY_SCALE: f64 = 1024.0;
 /// Rotation units per unit of a quaternion component: 2⁻¹⁵.
@@ -80,25 +93,34 @@ impl QuantizedRotation {
     /// same integers (see [`is_canonical`](Self::is_canonical)).
     pub fn from_quat(q: Quat) -> Self {
         let wide = q.map(f64::from);
-        let norm = wide.iter().map(|c| c * c).sum::<f64>().sqrt();
-        if !(norm.is_finite() && norm > 0.0) {
+        let squared_norm = wide.iter().map(|c| c * c).sum::<f64>();
+        if !(squared_norm.is_finite() && squared_norm > 0.0) {
             return Self::IDENTITY;
         }
-        // Ranked on the input itself, not on the scaled values: scaling by 1/norm could
-        // round two near-equal components into a tie. The first candidate is the one a
-        // dequantized rotation re-quantizes with, so canonical rotations are fixed points.
-        let mut candidates = [0usize, 1, 2, 3];
-        candidates.sort_by(|&a, &b| q[b].abs().total_cmp(&q[a].abs()).then(a.cmp(&b)));
+        // A unit quaternion to within 2⁻²⁰ (any rotation read from a world or from the
+        // lattice) is scaled as it is: that moves a component by at most 0.011 of a unit,
+        // and spares a square root and a division per rotation.
+        let unit = ROTATION_SCALE
+            / if (squared_norm - 1.0).abs() <= 1.0 / (1 << 20) as f64 { 1.0 } else { squared_norm.sqrt() };
         let round = |largest: usize| {
-            let scale = if q[largest] < 0.0 { -ROTATION_SCALE / norm } else { ROTATION_SCALE / norm };
+            let scale = if q[largest] < 0.0 { -unit } else { unit };
             let limit = f64::from(MAX_ROTATION_COMPONENT);
             let mut others = [0i16; 3];
             for (slot, index) in other_indices(largest).into_iter().enumerate() {
-                others[slot] = (wide[index] * scale).round().clamp(-limit, limit) as i16;
+                others[slot] = round_to_i64((wide[index] * scale).clamp(-limit, limit)) as i16;
             }
             QuantizedRotation { largest: largest as u8, others }
         };
-        for &largest in &candidates {
+        // Ranked on the input itself, not on the scaled values: scaling by 1/norm could
+        // round two near-equal components into a tie. The first candidate is the one a
+        // dequantized rotation re-quantizes with, so canonical rotations are fixed points.
+        let first = round(largest_index(q));
+        if first.is_canonical() {
+            return first;
+        }
+        let mut candidates = [0usize, 1, 2, 3];
+        candidates.sort_by(|&a, &b| q[b].abs().total_cmp(&q[a].abs()).then(a.cmp(&b)));
+        for &largest in &candidates[1..] {
             let rotation = round(largest);
             if largest_index(rotation.to_quat()) == largest {
                 return rotation;
@@ -126,7 +148,7 @@ impl QuantizedRotation {
                 // by more than the differences compared here.
                 let d = rotation.to_unit_f64();
                 let dot: f64 = wide.iter().zip(&d).map(|(a, b)| a * b).sum::<f64>();
-                let distance = 1.0 - dot.abs() / norm;
+                let distance = 1.0 - dot.abs() / squared_norm.sqrt();
                 if best.is_none_or(|(b, _)| distance < b) {
                     best = Some((distance, rotation));
                 }
@@ -182,9 +204,22 @@ impl QuantizedRotation {
     /// first one on ties). Exactly these rotations re-quantize to themselves; a decoder
     /// refuses the others.
     pub fn is_canonical(self) -> bool {
-        self.largest <= 3
-            && self.others.iter().all(|k| k.abs() <= MAX_ROTATION_COMPONENT)
-            && largest_index(self.to_quat()) == usize::from(self.largest)
+        if self.largest > 3 || self.others.iter().any(|k| k.unsigned_abs() > MAX_ROTATION_COMPONENT.unsigned_abs()) {
+            return false;
+        }
+        // In units of 2⁻³⁰: the dropped component squared minus the largest other one
+        // squared. Far from zero, the comparison of the f32 values cannot go the other way
+        // (their rounding moves them by less than 2⁻²³ each); near zero, compare them.
+        let squares = self.others.map(|k| i64::from(k) * i64::from(k));
+        let margin = (1i64 << 30) - squares.iter().sum::<i64>() - squares.iter().max().expect("three");
+        const CLEAR: i64 = 1 << 12;
+        if margin > CLEAR {
+            true
+        } else if margin < -CLEAR {
+            false
+        } else {
+            largest_index(self.to_quat()) == usize::from(self.largest)
+        }
     }
 }
 
@@ -197,7 +232,7 @@ impl Default for QuantizedRotation {
 /// A body's state on the lattice (see the module documentation for the units).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct QuantizedState {
-    /// Position, in units of 2⁻¹² m.
+    /// Position, in units of 2⁻¹⁴ m.
     pub position: [i64; 3],
     /// Rotation, smallest-three.
     pub rotation: QuantizedRotation,
@@ -213,8 +248,8 @@ impl QuantizedState {
     /// Whether every value is one that [`quantize`] can return: in range, and a canonical
     /// rotation.
     pub fn is_canonical(&self) -> bool {
-        self.position.iter().all(|k| k.abs() <= MAX_POSITION)
-            && self.linvel.iter().chain(&self.angvel).all(|k| k.abs() <= MAX_VELOCITY)
+        self.position.iter().all(|k| k.unsigned_abs() <= MAX_POSITION.unsigned_abs())
+            && self.linvel.iter().chain(&self.angvel).all(|k| k.unsigned_abs() <= MAX_VELOCITY.unsigned_abs())
             && self.rotation.is_canonical()
     }
 }
@@ -248,16 +283,30 @@ pub fn snap(state: &BodyState) -> BodyState {
 }
 
 fn quantize_scaled(v: f32, scale: f64, max: i64) -> i64 {
-    // `as` maps NaN to 0; the clamp bounds the infinities.
-    (f64::from(v) * scale).round().clamp(-max as f64, max as f64) as i64
+    // The clamp bounds the infinities; NaN goes through it and becomes 0.
+    round_to_i64((f64::from(v) * scale).clamp(-max as f64, max as f64))
 }
 
-/// A position in units of 2⁻¹² m, each component clamped to ±[`MAX_POSITION`].
+/// `x` rounded to the nearest integer, ties to even, for `|x| < 2⁵¹` (callers clamp
+/// first); 0 for NaN. Adding 1.5 × 2⁵² leaves no fraction bits, so the IEEE addition
+/// itself rounds, and the integer is the difference of the bit patterns: two additions
+/// instead of `f64::round` (a library call on baseline x86-64, no SSE4.1) and a saturating
+/// cast, which dominated the codec's profile.
+#[inline]
+pub(crate) fn round_to_i64(x: f64) -> i64 {
+    const SHIFT: f64 = 6_755_399_441_055_744.0;
+    if x.is_nan() {
+        return 0;
+    }
+    (x + SHIFT).to_bits() as i64 - SHIFT.to_bits() as i64
+}
+
+/// A position in units of 2⁻¹⁴ m, each component clamped to ±[`MAX_POSITION`].
 pub fn quantize_position(v: Vec3) -> [i64; 3] {
     v.map(|x| quantize_scaled(x, POSITION_SCALE, MAX_POSITION))
 }
 
-/// The position these integers stand for (the nearest `f32`; exact within ±4,096 m, and
+/// The position these integers stand for (the nearest `f32`; exact within ±1,024 m, and
 /// exact everywhere for integers that [`quantize_position`] returned).
 pub fn dequantize_position(k: [i64; 3]) -> Vec3 {
     k.map(|k| (k as f64 / POSITION_SCALE) as f32)
@@ -336,7 +385,7 @@ fn largest_index(q: Quat) -> usize {
 }
 
 /// The three indices other than `largest`, in order.
-fn other_indices(largest: usize) -> [usize; 3] {
+pub(crate) fn other_indices(largest: usize) -> [usize; 3] {
     match largest {
         0 => [1, 2, 3],
         1 => [0, 2, 3],
@@ -447,6 +496,16 @@ mod tests {
                 canonical += 1;
                 assert_eq!(QuantizedRotation::from_quat(r.to_quat()), r);
             }
+            // The integer fast path agrees with comparing the dequantized values, near
+            // ties too (the three components of a near tie, moved about a few units).
+            let exact = |r: QuantizedRotation| largest_index(r.to_quat()) == usize::from(r.largest);
+            assert_eq!(r.is_canonical(), exact(r), "{r:?}");
+            let tie = rng.i16(16300..=18930);
+            let near = QuantizedRotation {
+                largest: rng.u8(..4),
+                others: std::array::from_fn(|_| (tie + rng.i16(-40..=40)) * if rng.bool() { 1 } else { -1 }),
+            };
+            assert_eq!(near.is_canonical(), exact(near), "{near:?}");
         }
         assert!(canonical > SAMPLES / 4, "{canonical}");
     }
@@ -467,8 +526,8 @@ mod tests {
             for (a, b) in p.iter().zip(&back) {
                 if a.abs() <= MAX_COORDINATE {
                     let error = (f64::from(*a) - f64::from(*b)).abs();
-                    assert!(error <= 1.0 / 8192.0, "{a} -> {b}");
-                    if a.abs() >= 4096.0 {
+                    assert!(error <= 1.0 / 32768.0, "{a} -> {b}");
+                    if a.abs() >= 1024.0 {
                         assert_eq!(error, 0.0, "{a}");
                     }
                 }
@@ -506,6 +565,16 @@ mod tests {
         assert_eq!(snap(&snapped), snapped);
         assert_eq!(snapped.id, 3);
         assert!(snapped.sleeping);
+    }
+
+    #[test]
+    fn rounding_matches_the_standard_library() {
+        let mut rng = fastrand::Rng::with_seed(3);
+        let specials = [0.5, -0.5, 1.5, -2.5, 0.49999999999999994, 1125899906842623.5, -0.0, 1e15 + 0.5, 2f64.powi(50)];
+        for x in specials.into_iter().chain((0..SAMPLES).map(|_| (rng.f64() - 0.5) * 10f64.powi(rng.i32(0..16)))) {
+            assert_eq!(round_to_i64(x), x.round_ties_even() as i64, "{x}");
+        }
+        assert_eq!(round_to_i64(f64::NAN), 0);
     }
 
     #[test]

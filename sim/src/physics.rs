@@ -16,8 +16,12 @@
 //! 5. `steps` steps of `dt`; kinematic bodies move to their `kinematic_targets` along the
 //!    way (linear interpolation of the position, normalized linear interpolation of the
 //!    rotation, exactly the target after the last step).
-//! 6. Forces are cleared; states of non-fixed bodies that are awake, or that fell asleep
-//!    since they were last reported, are returned.
+//! 6. Forces are cleared. Every non-fixed body's pose and velocities are snapped onto the
+//!    lattice of [`p2c2r_protocol::quantize`] in the world itself (without waking it), and
+//!    a body is reported when its state on the lattice differs from the last one reported
+//!    for it: a body that did not move by a lattice unit is left out, a body that fell
+//!    asleep is reported once (`sleeping: true`), a new body (so every body after a
+//!    snapshot) is reported.
 //! 7. A body that left the world's bounds (a coordinate past [`MAX_COORDINATE`], a
 //!    velocity component past [`MAX_SPEED`], or any non-finite value) is removed from the
 //!    world and listed in the result's `removed` (sorted, once), not in `bodies`. So every
@@ -25,6 +29,25 @@
 //!    is always accepted: such a body can never wedge a session.
 //!
 //! A request that fails validation leaves the world exactly as it was.
+//!
+//! # The world is the lattice
+//!
+//! Poses and velocities enter the world on the lattice too (bodies to add, `set_pose`,
+//! `set_velocity`, kinematic targets are snapped on arrival: what the packed encoding
+//! carries), and leave it on the lattice after every tick. So the states reported are
+//! exactly the world's: a gamer that applies every result holds the peer's world bit for
+//! bit, a snapshot built from that copy starts another world (on another peer, or the Bevy
+//! plugin's local fallback) exactly where this one is, and the packed results lose
+//! nothing. What a snapshot cannot carry is the solver's memory: contact impulses kept
+//! for warm-starting, sleep timers, the order in which bodies were created, and the
+//! contacts themselves (rapier gives a new collider contact constraints from its second
+//! step on). A world built from a snapshot therefore starts exactly where the old one was
+//! (same states, same digest) and continues bit for bit for bodies out of contact, while
+//! bodies in contact continue close to, not exactly as, the old world (see
+//! `sim/tests/physics.rs`). The positions, rotations and velocities of a kinematic body
+//! are derived by rapier from its poses at every step and cannot be set: its reported
+//! (and digested) velocities are the snapped ones, never fed back into the world, where
+//! the next step recomputes them anyway.
 //!
 //! [`PhysicsWorld::step_limited`] (what peers run) also enforces a [`Budgets`]: before
 //! anything runs, the bodies × steps of the request and an estimate of the overlapping
@@ -37,9 +60,12 @@ use std::time::{Duration, Instant};
 use p2c2r_protocol::physics::{
     BodyDesc, BodyId, BodyState, BodyType, PhysicsStepRequest, PhysicsStepResult, Quat, Shape, Vec3,
 };
+use p2c2r_protocol::quantize::{QuantizedState, dequantize, quantize, snap_position, snap_rotation, snap_velocity};
 use p2c2r_protocol::{ErrorCode, TaskError, TaskStatus, limits};
 use rapier3d::math::{Pose, Rotation, Vector};
-use rapier3d::prelude::{ColliderBuilder, RigidBodyBuilder, RigidBodyHandle};
+use rapier3d::prelude::{
+    ColliderBuilder, RigidBody, RigidBodyActivation, RigidBodyBuilder, RigidBodyHandle, RigidBodySet,
+};
 
 use crate::budget::Budgets;
 
@@ -66,8 +92,12 @@ struct Entry {
     handle: RigidBodyHandle,
     body_type: BodyType,
     shape: Shape,
-    /// The last state reported for this body said `sleeping: true`.
-    reported_asleep: bool,
+    /// The last state reported for this body, on the lattice (`None` until its first
+    /// report): a body is reported again only when its state differs.
+    last_reported: Option<QuantizedState>,
+    /// Seconds this awake dynamic body has been still by rapier's own sleep test (see
+    /// [`track_sleep`]).
+    still_for: f32,
 }
 
 /// One session's rapier3d world, keyed by the gamer's body ids.
@@ -128,10 +158,11 @@ impl PhysicsWorld {
     }
 
     /// A digest of the whole world: XXH3-64 over the gravity and, for every body in id
-    /// order, its id, type, position, rotation, velocities and sleep state, every number
-    /// at full precision (its IEEE 754 bits, little-endian). Worlds fed the same requests
-    /// with the same determinism setup ([`crate::determinism`]) have the same digest; any
-    /// difference in any body changes it. Every physics result carries it (hex).
+    /// order (fixed ones included), its id, type, and its [`state`](Self::state): position,
+    /// rotation, velocities and sleep state, every number at full precision (its IEEE 754
+    /// bits, little-endian). Worlds fed the same requests with the same determinism setup
+    /// ([`crate::determinism`]) have the same digest; any difference in any body changes
+    /// it. Every physics result carries it (hex).
     pub fn digest(&self) -> u64 {
         // One pass into a flat buffer, then one hash: small streaming writes cost more
         // than the copy.
@@ -143,16 +174,38 @@ impl PhysicsWorld {
             }
         };
         put(&mut bytes, &self.world.gravity.to_array());
-        for (id, entry) in &self.bodies {
-            let rb = &self.world.bodies[entry.handle];
+        for (&id, entry) in &self.bodies {
+            let state = self.read_state(id, entry);
             bytes.extend_from_slice(&id.to_le_bytes());
-            bytes.extend_from_slice(&[entry.body_type as u8, u8::from(rb.is_sleeping())]);
-            put(&mut bytes, &rb.translation().to_array());
-            put(&mut bytes, &rb.rotation().to_array());
-            put(&mut bytes, &rb.linvel().to_array());
-            put(&mut bytes, &rb.angvel().to_array());
+            bytes.extend_from_slice(&[entry.body_type as u8, u8::from(state.sleeping)]);
+            put(&mut bytes, &state.position);
+            put(&mut bytes, &state.rotation);
+            put(&mut bytes, &state.linvel);
+            put(&mut bytes, &state.angvel);
         }
         twox_hash::XxHash3_64::oneshot(&bytes)
+    }
+
+    /// A body's state as the world holds it (fixed bodies included), `None` for an
+    /// unknown id. Between ticks it is on the lattice, and it is exactly the state last
+    /// reported for the body. A kinematic body's velocities are the snapped ones: rapier
+    /// derives them from the body's poses at every step, and they cannot be set.
+    pub fn state(&self, id: BodyId) -> Option<BodyState> {
+        self.bodies.get(&id).map(|entry| self.read_state(id, entry))
+    }
+
+    fn read_state(&self, id: BodyId, entry: &Entry) -> BodyState {
+        let rb = &self.world.bodies[entry.handle];
+        let (linvel, angvel) = (rb.linvel().to_array(), rb.angvel().to_array());
+        let kinematic = entry.body_type == BodyType::Kinematic;
+        BodyState {
+            id,
+            position: rb.translation().to_array(),
+            rotation: rb.rotation().to_array(),
+            linvel: if kinematic { snap_velocity(linvel) } else { linvel },
+            angvel: if kinematic { snap_velocity(angvel) } else { angvel },
+            sleeping: rb.is_sleeping(),
+        }
     }
 
     /// Validates and applies a request (snapshot or delta) and steps, with no work budget
@@ -211,7 +264,7 @@ impl PhysicsWorld {
             .with_resync()
             .with_tick(tick));
         }
-        let extracted = self.extract();
+        let extracted = self.extract(request.steps, request.dt);
         let (bodies, removed) = match extracted {
             Ok(out) => out,
             Err(e) => {
@@ -382,7 +435,7 @@ impl PhysicsWorld {
         for p in &r.set_pose {
             body_type(p.id, "set_pose")?;
             check_vec("set_pose.position", p.position, MAX_COORDINATE)?;
-            rotations.push(unit_quat("set_pose.rotation", p.rotation)?);
+            rotations.push(lattice_rotation("set_pose.rotation", p.rotation)?);
         }
         for v in &r.set_velocity {
             body_type(v.id, "set_velocity")?;
@@ -409,9 +462,10 @@ impl PhysicsWorld {
                 return Err(invalid(format!("kinematic_targets: body {} listed twice", k.id)));
             }
             check_vec("kinematic_targets.position", k.position, MAX_COORDINATE)?;
-            targets.push(unit_quat("kinematic_targets.rotation", k.rotation)?);
+            targets.push(lattice_rotation("kinematic_targets.rotation", k.rotation)?);
         }
-        let add_rotations = r.add.iter().map(|d| unit_quat("add.rotation", d.rotation)).collect::<Result<_, _>>()?;
+        let add_rotations =
+            r.add.iter().map(|d| lattice_rotation("add.rotation", d.rotation)).collect::<Result<_, _>>()?;
         Ok(Plan {
             add_rotations,
             pose_rotations: rotations,
@@ -437,27 +491,35 @@ impl PhysicsWorld {
             let handle = self.insert(desc, *rotation);
             self.bodies.insert(
                 desc.id,
-                Entry { handle, body_type: desc.body_type, shape: desc.shape, reported_asleep: false },
+                Entry { handle, body_type: desc.body_type, shape: desc.shape, last_reported: None, still_for: 0.0 },
             );
         }
         for (p, rotation) in r.set_pose.iter().zip(&plan.pose_rotations) {
-            let rb = &mut self.world.bodies[self.bodies[&p.id].handle];
-            rb.set_position(Pose::from_parts(vec3(p.position), *rotation), true);
+            let entry = self.bodies.get_mut(&p.id).expect("validated");
+            let rb = &mut self.world.bodies[entry.handle];
+            rb.set_position(Pose::from_parts(vec3(snap_position(p.position)), *rotation), true);
+            reset_sleep(&mut self.world.bodies, entry);
         }
         for v in &r.set_velocity {
-            let rb = &mut self.world.bodies[self.bodies[&v.id].handle];
-            rb.set_linvel(vec3(v.linvel), true);
-            rb.set_angvel(vec3(v.angvel), true);
+            let entry = self.bodies.get_mut(&v.id).expect("validated");
+            let rb = &mut self.world.bodies[entry.handle];
+            rb.set_linvel(vec3(snap_velocity(v.linvel)), true);
+            rb.set_angvel(vec3(snap_velocity(v.angvel)), true);
+            reset_sleep(&mut self.world.bodies, entry);
         }
         for i in &r.impulses {
-            let rb = &mut self.world.bodies[self.bodies[&i.id].handle];
+            let entry = self.bodies.get_mut(&i.id).expect("validated");
+            let rb = &mut self.world.bodies[entry.handle];
             rb.apply_impulse(vec3(i.impulse), true);
             rb.apply_torque_impulse(vec3(i.torque_impulse), true);
+            reset_sleep(&mut self.world.bodies, entry);
         }
         for f in &r.forces {
-            let rb = &mut self.world.bodies[self.bodies[&f.id].handle];
+            let entry = self.bodies.get_mut(&f.id).expect("validated");
+            let rb = &mut self.world.bodies[entry.handle];
             rb.add_force(vec3(f.force), true);
             rb.add_torque(vec3(f.torque), true);
+            reset_sleep(&mut self.world.bodies, entry);
         }
     }
 
@@ -467,9 +529,9 @@ impl PhysicsWorld {
             BodyType::Kinematic => RigidBodyBuilder::kinematic_position_based(),
             BodyType::Fixed => RigidBodyBuilder::fixed(),
         }
-        .pose(Pose::from_parts(vec3(d.position), rotation))
-        .linvel(vec3(d.linvel))
-        .angvel(vec3(d.angvel))
+        .pose(Pose::from_parts(vec3(snap_position(d.position)), rotation))
+        .linvel(vec3(snap_velocity(d.linvel)))
+        .angvel(vec3(snap_velocity(d.angvel)))
         .linear_damping(d.linear_damping)
         .angular_damping(d.angular_damping)
         .ccd_enabled(d.ccd)
@@ -510,7 +572,7 @@ impl PhysicsWorld {
             .kinematic_targets
             .iter()
             .zip(&plan.target_rotations)
-            .map(|(k, rotation)| Pose::from_parts(vec3(k.position), *rotation))
+            .map(|(k, rotation)| Pose::from_parts(vec3(snap_position(k.position)), *rotation))
             .collect();
         if r.steps == 0 {
             // No time passes: kinematic bodies are simply placed at their targets.
@@ -543,9 +605,10 @@ impl PhysicsWorld {
         None
     }
 
-    /// The states to report, sorted by body id, and the bodies removed because they left
-    /// the world's bounds (sorted too).
-    fn extract(&mut self) -> Result<(Vec<BodyState>, Vec<BodyId>), TaskError> {
+    /// Snaps every non-fixed body onto the lattice and returns the states to report (those
+    /// that differ from the last reported), sorted by body id, and the bodies removed
+    /// because they left the world's bounds (sorted too).
+    fn extract(&mut self, steps: u32, dt: f32) -> Result<(Vec<BodyState>, Vec<BodyId>), TaskError> {
         let diverged = || {
             TaskError::new(
                 ErrorCode::Internal,
@@ -564,10 +627,12 @@ impl PhysicsWorld {
             }
             let rb = &self.world.bodies[entry.handle];
             let sleeping = rb.is_sleeping();
-            if sleeping && entry.reported_asleep {
+            if sleeping && entry.last_reported.is_some_and(|q| q.sleeping) {
+                // Asleep since its last report: nothing moved it (whatever moves a body
+                // wakes it), and it was snapped then.
                 continue;
             }
-            let state = BodyState {
+            let raw = BodyState {
                 id,
                 position: rb.translation().to_array(),
                 rotation: rb.rotation().to_array(),
@@ -575,12 +640,23 @@ impl PhysicsWorld {
                 angvel: rb.angvel().to_array(),
                 sleeping,
             };
-            if !within_bounds(&state) {
+            if !within_bounds(&raw) {
                 removed.push(id);
                 continue;
             }
-            entry.reported_asleep = sleeping;
-            states.push(state);
+            if entry.body_type == BodyType::Dynamic {
+                track_sleep(&mut self.world.bodies, entry, steps, dt);
+            }
+            let quantized = quantize(&raw);
+            let snapped = dequantize(id, &quantized);
+            if !same_bits(&raw, &snapped) {
+                // Taking the body mutably marks it modified; only when something changes.
+                write_state(&mut self.world.bodies[entry.handle], &snapped);
+            }
+            if entry.last_reported != Some(quantized) {
+                entry.last_reported = Some(quantized);
+                states.push(snapped);
+            }
         }
         for id in &removed {
             if let Some(entry) = self.bodies.remove(id) {
@@ -588,6 +664,94 @@ impl PhysicsWorld {
             }
         }
         Ok((states, removed))
+    }
+}
+
+/// Keeps rapier's sleeping working although the world is snapped after every tick.
+///
+/// Rapier treats a pose the user sets as a disturbance: at the next step it wakes the body
+/// and the bodies touching it *strongly*, resetting their sleep timers. Snapping sets the
+/// pose of nearly every awake body every tick, so without help a pile never falls asleep
+/// (measured with the 900 cubes of `sim/benches/bandwidth.rs`: 1 asleep after 150 ticks
+/// with snapping alone, 894 with this, 897 without snapping).
+///
+/// So this keeps the timer that rapier would have kept. After the tick's steps, rapier's
+/// timer says whether the body passed rapier's own sleep test (it measures the body's
+/// displacement) at every step: it is then at least `steps × dt`, since the reset only
+/// happens at the first step, where user changes are applied. While the body passes,
+/// `still_for` accumulates across ticks; once it reaches rapier's `time_until_sleep`, the
+/// body's `time_until_sleep` is lowered to the smallest positive number, so that rapier
+/// counts it eligible exactly when it passed its test at the last step, and rapier's
+/// island logic puts its island to sleep as it would have. Islands are put to sleep before
+/// their bodies are integrated, so they fall asleep on the lattice and no pose is written
+/// into them afterwards. A sleeping body is left alone (touching its activation would wake
+/// it); once awake again its `still_for` starts from zero and rapier's threshold comes
+/// back. What the gamer disturbs (`set_pose`, `set_velocity`, `impulses`, `forces`) starts
+/// from zero too, at once ([`reset_sleep`]).
+fn track_sleep(bodies: &mut RigidBodySet, entry: &mut Entry, steps: u32, dt: f32) {
+    let activation = bodies[entry.handle].activation();
+    if activation.sleeping {
+        entry.still_for = 0.0;
+        return;
+    }
+    if steps > 0 {
+        let passed_every_step = activation.time_since_can_sleep >= (steps as f32 - 0.5) * dt;
+        entry.still_for =
+            if passed_every_step { entry.still_for + steps as f32 * dt } else { activation.time_since_can_sleep };
+    }
+    let default = RigidBodyActivation::default_time_until_sleep();
+    let wanted = if entry.still_for >= default { f32::MIN_POSITIVE } else { default };
+    if activation.time_until_sleep != wanted {
+        bodies[entry.handle].activation_mut().time_until_sleep = wanted;
+    }
+}
+
+/// A body the gamer disturbed needs rapier's full time still before it may sleep again.
+fn reset_sleep(bodies: &mut RigidBodySet, entry: &mut Entry) {
+    entry.still_for = 0.0;
+    let default = RigidBodyActivation::default_time_until_sleep();
+    if bodies[entry.handle].activation().time_until_sleep != default {
+        bodies[entry.handle].activation_mut().time_until_sleep = default;
+    }
+}
+
+/// Whether two states hold the same bits (`-0.0` and `0.0` differ, unlike `==`).
+fn same_bits(a: &BodyState, b: &BodyState) -> bool {
+    let bits = |s: &BodyState| {
+        let mut all = [0u32; 13];
+        for (slot, v) in all.iter_mut().zip(s.position.iter().chain(&s.rotation).chain(&s.linvel).chain(&s.angvel)) {
+            *slot = v.to_bits();
+        }
+        all
+    };
+    bits(a) == bits(b)
+}
+
+/// Writes a snapped state into a body, bit for bit, without waking it. Rapier's setters
+/// compare values and skip an equal one, so where only the sign of a zero differs the
+/// body first steps aside. A kinematic body ignores the velocities (rapier derives them).
+fn write_state(rb: &mut RigidBody, s: &BodyState) {
+    let pose = Pose::from_parts(vec3(s.position), Rotation::from_array(s.rotation));
+    let current = rb.position();
+    let pose_bits = |p: &Pose| (p.translation.to_array().map(f32::to_bits), p.rotation.to_array().map(f32::to_bits));
+    if pose_bits(current) != pose_bits(&pose) {
+        if *current == pose {
+            rb.set_position(Pose::from_parts(pose.translation + Vector::ONE, pose.rotation), false);
+        }
+        rb.set_position(pose, false);
+    }
+    let (linvel, angvel) = (vec3(s.linvel), vec3(s.angvel));
+    if rb.linvel().to_array().map(f32::to_bits) != s.linvel.map(f32::to_bits) {
+        if rb.linvel() == linvel {
+            rb.set_linvel(linvel + Vector::ONE, false);
+        }
+        rb.set_linvel(linvel, false);
+    }
+    if rb.angvel().to_array().map(f32::to_bits) != s.angvel.map(f32::to_bits) {
+        if rb.angvel() == angvel {
+            rb.set_angvel(angvel + Vector::ONE, false);
+        }
+        rb.set_angvel(angvel, false);
     }
 }
 
@@ -776,6 +940,13 @@ fn check_scalar(what: &str, x: f32, (min, max): (f32, f32)) -> Result<(), TaskEr
     } else {
         Err(invalid(format!("{what} must be a number in [{min:e}, {max:e}], got {x}")))
     }
+}
+
+/// The lattice rotation of a quaternion that is close to unit length; rejects anything
+/// else.
+fn lattice_rotation(what: &str, q: Quat) -> Result<Rotation, TaskError> {
+    unit_quat(what, q)?;
+    Ok(Rotation::from_array(snap_rotation(q)))
 }
 
 /// Normalizes a rotation that is close to unit length; rejects anything else.

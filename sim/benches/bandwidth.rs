@@ -1,0 +1,278 @@
+//! Bytes on the wire per body per frame for `physics_step`, packed
+//! (`p2c2r_protocol::packed`) beside JSON (what the wire carries today). A printed table,
+//! not a timed test.
+//!
+//! Run: `cargo bench -p p2c2r_sim --bench bandwidth`.
+//!
+//! Scenes, 600 ticks at 60 Hz each, driven through `PhysicsWorld` exactly as a session
+//! is: every request is packed and unpacked before the world steps it, and every result is
+//! packed by a `ResultEncoder` and unpacked by a `ResultDecoder`; the gamer's copy built
+//! from the decoded results is checked against the world's own state after every tick, bit
+//! for bit (the bench panics otherwise).
+//!
+//! - `cubes`: 900 cubes dropped in a 30 × 30 grid onto a ground, settling, then pushed
+//!   around from tick 150 by a kinematic box driven by a target every tick (Glenn
+//!   Fiedler's snapshot compression demo; his best was 0.58 bytes per cube per frame).
+//!   Broken into phases: falling (ticks 0-59), settling (60-149), pushing (150-599).
+//! - `awake`: 1,000 cubes and balls in zero gravity with random velocities and spins,
+//!   never asleep, bumping into each other now and then.
+//!
+//! Columns: bytes per body per frame of results, of requests and of both (the snapshot
+//! that starts the scene and its keyframe result included); bytes per reported body of the
+//! results; the same for JSON; the bodies asleep at the end; the mean time to pack and
+//! unpack a result, and to step the world (for scale).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use p2c2r_protocol::packed::{ResultDecoder, ResultEncoder, decode_request, encode_request};
+use p2c2r_protocol::physics::{BodyDesc, BodyId, BodyState, BodyType, KinematicTarget, PhysicsStepRequest, Shape};
+use p2c2r_sim::physics::PhysicsWorld;
+
+const DT: f32 = 1.0 / 60.0;
+const TICKS: u64 = 600;
+
+#[derive(Clone, Copy, Default)]
+struct Tally {
+    ticks: u64,
+    result_bytes: usize,
+    request_bytes: usize,
+    json_result_bytes: usize,
+    json_request_bytes: usize,
+    reported: usize,
+    step: Duration,
+    encode: Duration,
+    decode: Duration,
+}
+
+/// One session: the peer's world and encoder, the gamer's decoder and copy of the state.
+struct Session {
+    world: PhysicsWorld,
+    encoder: ResultEncoder,
+    decoder: ResultDecoder,
+    gamer: BTreeMap<BodyId, BodyState>,
+    request_bytes: Vec<u8>,
+    result_bytes: Vec<u8>,
+}
+
+fn bits(s: &BodyState) -> [u32; 13] {
+    let mut all = [0; 13];
+    for (slot, v) in all.iter_mut().zip(s.position.iter().chain(&s.rotation).chain(&s.linvel).chain(&s.angvel)) {
+        *slot = v.to_bits();
+    }
+    all
+}
+
+impl Session {
+    fn new() -> Self {
+        Session {
+            world: PhysicsWorld::new(),
+            encoder: ResultEncoder::new(),
+            decoder: ResultDecoder::new(),
+            gamer: BTreeMap::new(),
+            request_bytes: Vec::new(),
+            result_bytes: Vec::new(),
+        }
+    }
+
+    fn tick(&mut self, request: &PhysicsStepRequest, tally: &mut Tally) {
+        self.request_bytes.clear();
+        encode_request(request, &mut self.request_bytes);
+        let unpacked = decode_request(&self.request_bytes).expect("a request we packed decodes");
+        let stepping = Instant::now();
+        let result = self.world.step(&unpacked).expect("the scene is valid");
+        tally.step += stepping.elapsed();
+
+        self.result_bytes.clear();
+        let start = Instant::now();
+        let elapsed = request.dt * request.steps as f32;
+        self.encoder.encode(&result, request.snapshot, elapsed, &mut self.result_bytes).expect("a result packs");
+        let encoded = Instant::now();
+        let decoded = self.decoder.decode(&self.result_bytes).expect("a result we packed decodes");
+        tally.encode += encoded - start;
+        tally.decode += encoded.elapsed();
+
+        assert_eq!(decoded.bodies.len(), result.bodies.len());
+        for (a, b) in decoded.bodies.iter().zip(&result.bodies) {
+            assert_eq!((a.id, bits(a), a.sleeping), (b.id, bits(b), b.sleeping), "tick {}", request.tick);
+        }
+        if request.snapshot {
+            self.gamer.clear();
+        }
+        for id in &decoded.removed {
+            self.gamer.remove(id);
+        }
+        for b in &decoded.bodies {
+            self.gamer.insert(b.id, *b);
+        }
+        // Fidelity: the gamer's copy is the world, bit for bit.
+        for (id, mine) in &self.gamer {
+            let world = self.world.state(*id).expect("the body exists");
+            assert_eq!((bits(mine), mine.sleeping), (bits(&world), world.sleeping), "body {id}, tick {}", request.tick);
+        }
+
+        tally.ticks += 1;
+        tally.request_bytes += self.request_bytes.len();
+        tally.result_bytes += self.result_bytes.len();
+        tally.json_request_bytes += serde_json::to_vec(request).expect("serializable").len();
+        tally.json_result_bytes += serde_json::to_vec(&result).expect("serializable").len();
+        tally.reported += result.bodies.len();
+    }
+
+    fn asleep(&self) -> usize {
+        self.gamer.values().filter(|b| b.sleeping).count()
+    }
+}
+
+fn print_header() {
+    println!(
+        "{:<20} {:>5} {:>6} {:>9} | {:>8} {:>8} {:>8} {:>9} | {:>8} {:>8} {:>8} {:>9} | {:>6} {:>7} {:>7} {:>8}",
+        "scene",
+        "ticks",
+        "bodies",
+        "reported",
+        "results",
+        "requests",
+        "total",
+        "B/changed",
+        "JSON res",
+        "JSON req",
+        "JSON tot",
+        "B/changed",
+        "asleep",
+        "enc µs",
+        "dec µs",
+        "step µs"
+    );
+}
+
+fn print_row(name: &str, bodies: usize, t: &Tally, asleep: Option<usize>) {
+    let frames = (t.ticks as usize * bodies) as f64;
+    let per = |bytes: usize| bytes as f64 / frames;
+    let per_changed = |bytes: usize| if t.reported == 0 { 0.0 } else { bytes as f64 / t.reported as f64 };
+    let micros = |d: Duration| d.as_secs_f64() * 1e6 / t.ticks as f64;
+    println!(
+        "{:<20} {:>5} {:>6} {:>9.1} | {:>8.3} {:>8.3} {:>8.3} {:>9.2} | {:>8.1} {:>8.2} {:>8.1} {:>9.1} | {:>6} {:>7.1} {:>7.1} {:>8.0}",
+        name,
+        t.ticks,
+        bodies,
+        t.reported as f64 / t.ticks as f64,
+        per(t.result_bytes),
+        per(t.request_bytes),
+        per(t.result_bytes + t.request_bytes),
+        per_changed(t.result_bytes),
+        per(t.json_result_bytes),
+        per(t.json_request_bytes),
+        per(t.json_result_bytes + t.json_request_bytes),
+        per_changed(t.json_result_bytes),
+        asleep.map_or("".to_owned(), |n| n.to_string()),
+        micros(t.encode),
+        micros(t.decode),
+        micros(t.step),
+    );
+}
+
+fn add(a: &mut Tally, b: &Tally) {
+    a.ticks += b.ticks;
+    a.result_bytes += b.result_bytes;
+    a.request_bytes += b.request_bytes;
+    a.json_result_bytes += b.json_result_bytes;
+    a.json_request_bytes += b.json_request_bytes;
+    a.reported += b.reported;
+    a.step += b.step;
+    a.encode += b.encode;
+    a.decode += b.decode;
+}
+
+/// 900 cubes dropped in a grid, settling, then pushed by a kinematic box.
+fn cubes() {
+    const PUSHER: BodyId = 10_000;
+    const PUSH_FROM: u64 = 150;
+    let mut rng = fastrand::Rng::with_seed(900);
+    let mut add_bodies = vec![
+        BodyDesc::new(0, Shape::Box { half_extents: [40.0, 0.5, 40.0] }, [0.0, -0.5, 0.0])
+            .with_body_type(BodyType::Fixed),
+    ];
+    for i in 0..900u64 {
+        let (row, col) = ((i / 30) as f32, (i % 30) as f32);
+        // Dropped from 1 to 3 m, each turned a little so they land on an edge and tumble.
+        let (angle, tilt) = (rng.f32() * 1.5, (rng.f32() - 0.5) * 0.3);
+        let (s, c) = ((angle / 2.0).sin(), (angle / 2.0).cos());
+        add_bodies.push(BodyDesc {
+            rotation: [tilt * c, s, tilt * s, c],
+            ..BodyDesc::new(
+                i + 1,
+                Shape::Box { half_extents: [0.5; 3] },
+                [col * 1.5 - 21.75, 1.5 + rng.f32() * 2.0, row * 1.5 - 21.75],
+            )
+        });
+    }
+    let pusher_at = |tick: u64| {
+        let t = tick.saturating_sub(PUSH_FROM) as f32 * DT;
+        // Through the grid at 4 m/s, weaving.
+        [-26.0 + 4.0 * t, 1.0, -6.0 + 4.0 * (t * 0.5).sin()]
+    };
+    add_bodies.push(
+        BodyDesc::new(PUSHER, Shape::Box { half_extents: [1.0; 3] }, pusher_at(0)).with_body_type(BodyType::Kinematic),
+    );
+    let dynamic = 900;
+
+    let mut session = Session::new();
+    let phases = [("cubes: falling", 0..60), ("cubes: settling", 60..PUSH_FROM), ("cubes: pushing", PUSH_FROM..TICKS)];
+    let mut tallies = [Tally::default(); 3];
+    for tick in 0..TICKS {
+        let mut request = PhysicsStepRequest { tick, dt: DT, steps: 1, ..Default::default() };
+        if tick == 0 {
+            request.snapshot = true;
+            request.add = add_bodies.clone();
+        } else if tick >= PUSH_FROM {
+            request.kinematic_targets =
+                vec![KinematicTarget { id: PUSHER, position: pusher_at(tick), rotation: [0.0, 0.0, 0.0, 1.0] }];
+        }
+        let phase = phases.iter().position(|(_, range)| range.contains(&tick)).expect("a phase");
+        session.tick(&request, &mut tallies[phase]);
+        if tick == PUSH_FROM - 1 {
+            println!("cubes asleep before the push: {}/{dynamic}", session.asleep());
+        }
+    }
+    let mut total = Tally::default();
+    for ((name, _), tally) in phases.iter().zip(&tallies) {
+        print_row(name, dynamic, tally, None);
+        add(&mut total, tally);
+    }
+    print_row("cubes: all", dynamic, &total, Some(session.asleep() - usize::from(session.gamer[&PUSHER].sleeping)));
+}
+
+/// 1,000 bodies in zero gravity, always awake.
+fn awake() {
+    let mut rng = fastrand::Rng::with_seed(1000);
+    let mut range = |half: f32| (rng.f32() * 2.0 - 1.0) * half;
+    let mut add_bodies = Vec::new();
+    for i in 0..1000u64 {
+        let (x, y, z) = ((i % 10) as f32, ((i / 10) % 10) as f32, (i / 100) as f32);
+        let shape = if i % 2 == 0 { Shape::Box { half_extents: [0.4; 3] } } else { Shape::Sphere { radius: 0.4 } };
+        add_bodies.push(BodyDesc {
+            linvel: [range(1.5), range(1.5), range(1.5)],
+            angvel: [range(2.0), range(2.0), range(2.0)],
+            ..BodyDesc::new(i, shape, [x * 3.0, y * 3.0, z * 3.0])
+        });
+    }
+    let mut session = Session::new();
+    let mut tally = Tally::default();
+    for tick in 0..TICKS {
+        let mut request = PhysicsStepRequest { tick, dt: DT, steps: 1, ..Default::default() };
+        if tick == 0 {
+            request.snapshot = true;
+            request.gravity = Some([0.0; 3]);
+            request.add = add_bodies.clone();
+        }
+        session.tick(&request, &mut tally);
+    }
+    print_row("awake: all", 1000, &tally, Some(session.asleep()));
+}
+
+fn main() {
+    print_header();
+    cubes();
+    awake();
+}
