@@ -42,15 +42,18 @@ pub(crate) struct PhysicsDecoders {
 }
 
 impl PhysicsDecoders {
-    /// Sessions decoded at most: the plugin has one physics session (probes use it too),
-    /// a new one after a session id change; a forgotten session's next result fails to
-    /// decode and is resynced.
+    /// Sessions decoded at most: the plugin has one physics session (probes use it too);
+    /// custom tasks may add others. When full, another session's decoder is forgotten
+    /// (its next result fails to decode and is resynced), never the one decoding.
     pub const MAX_SESSIONS: usize = 8;
 
     /// Decodes a packed result of `session`, against its previous result.
     pub fn decode(&mut self, session: &str, bytes: &[u8]) -> Result<PhysicsStepResult, TaskError> {
         if !self.by_session.contains_key(session) && self.by_session.len() >= Self::MAX_SESSIONS {
-            self.by_session.clear();
+            let other = self.by_session.keys().next().cloned();
+            if let Some(other) = other {
+                self.by_session.remove(&other);
+            }
         }
         let decoder = self.by_session.entry(session.to_owned()).or_default();
         decoder.decode(bytes).map_err(|e| {
@@ -341,6 +344,12 @@ impl P2c2rClient {
     /// Whether the client is registered with a coordinator.
     pub fn is_connected(&self) -> bool {
         self.connection.is_connected()
+    }
+
+    /// Whether the connection to the coordinator negotiated binary frames (then packed
+    /// payloads are sent; a coordinator without them gets JSON).
+    pub fn binary_frames(&self) -> bool {
+        self.transport.as_ref().is_some_and(|t| t.stats().binary())
     }
 
     /// Bytes sent to the coordinator so far.

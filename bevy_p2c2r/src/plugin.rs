@@ -287,9 +287,9 @@ impl P2c2rPlugin {
     }
 
     /// How physics travels (default [`Encoding::Binary`]): binary frames and packed
-    /// `physics_step` payloads (quantized, delta-compressed: PROTOCOL.md "Binary
-    /// frames"), or [`Encoding::Json`], JSON text as the seed protocol has it. Against a
-    /// coordinator without binary frames, packed payloads still travel, base64-wrapped.
+    /// `physics_step` payloads (quantized, delta-compressed: PROTOCOL.md "Encodings" and
+    /// "Packed `physics_step`"), or [`Encoding::Json`], JSON text as the seed protocol
+    /// has it. Against a coordinator without binary frames the plugin sends JSON.
     pub fn wire(mut self, wire: Encoding) -> Self {
         self.wire = wire;
         self

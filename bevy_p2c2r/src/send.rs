@@ -101,13 +101,13 @@ pub(crate) fn send_tick(
             p.stats.snapshots_sent += 1;
         }
         let sent = Sent { kind: TaskKind::Physics, tick: Some(tick) };
-        if let Some(payload) = encode_physics(&request, p.settings.wire) {
+        if let Some(payload) = encode_physics(&request, wire(&p)) {
             sent_physics = send(&mut p, task_types::PHYSICS_STEP, payload, sent, tick, now);
         }
     }
     if plan.probe {
         let probe = build::probe_request(tick, request.dt);
-        if let Some(payload) = encode_physics(&probe, p.settings.wire) {
+        if let Some(payload) = encode_physics(&probe, wire(&p)) {
             let sent = Sent { kind: TaskKind::Probe, tick: None };
             let (task_id, result) = p.client.send(task_types::PHYSICS_STEP, payload, sent);
             match result {
@@ -209,6 +209,13 @@ pub(crate) fn send_tick(
     }
     let SendParams { offload, stats, mode, .. } = &mut p;
     publish_mode_changes(offload, stats, mode);
+}
+
+/// How this tick's physics travels: packed when the settings ask for it and the
+/// coordinator took binary frames (a coordinator from before them, and the peers behind
+/// it, may not know packed payloads), JSON otherwise.
+fn wire(p: &SendParams) -> Encoding {
+    if p.settings.wire == Encoding::Binary && p.client.binary_frames() { Encoding::Binary } else { Encoding::Json }
 }
 
 /// A `physics_step` payload: packed for the binary wire, JSON otherwise.

@@ -20,10 +20,6 @@ use p2c2r_protocol::binary::{self, FrameHeader};
 use p2c2r_protocol::{Encoding, Message, Payload, TaskAssignmentRef, TaskSpecRef, codec};
 use tokio::sync::mpsc;
 
-/// The payload of a task, shared between the scheduler (for re-dispatch) and the frames
-/// that carry it (a [`Payload`] clones by reference count).
-pub type SharedPayload = Payload;
-
 /// Bytes counted for a frame on top of its payload (ids, field names, framing).
 const FRAME_OVERHEAD_BYTES: usize = 512;
 
@@ -58,7 +54,7 @@ pub struct AssignmentFrame {
     /// The gamer that submitted it.
     pub gamer_id: String,
     /// The task's input, as the gamer sent it.
-    pub payload: SharedPayload,
+    pub payload: Payload,
 }
 
 impl Outbound {
@@ -288,7 +284,7 @@ mod tests {
 
     #[test]
     fn assignments_encode_like_the_owned_message() {
-        let assignment = |payload: SharedPayload| {
+        let assignment = |payload: Payload| {
             Outbound::Assignment(Box::new(AssignmentFrame {
                 assignment_id: "4.1".into(),
                 attempt: 1,
@@ -300,7 +296,7 @@ mod tests {
                 payload,
             }))
         };
-        let owned = |payload: SharedPayload| {
+        let owned = |payload: Payload| {
             Message::TaskAssignment(p2c2r_protocol::TaskAssignment {
                 task_id: "4.1".into(),
                 attempt: 1,

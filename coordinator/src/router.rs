@@ -25,7 +25,7 @@ use crate::ids::{Claim, IdBook, Kind};
 use crate::metrics::Metrics;
 use crate::observe::StreamWatch;
 pub use crate::outbound::Outbound;
-use crate::outbound::{AssignmentFrame, OutboundTx, SendError, SharedPayload};
+use crate::outbound::{AssignmentFrame, OutboundTx, SendError};
 use crate::ratelimit::{Rate, TokenBucket};
 use crate::scheduler::{
     CompleteError, Completion, Dispatch, Expired, FailReason, Failure, PeerSpec, Scheduler, SchedulerConfig,
@@ -99,7 +99,9 @@ pub enum Departure {
 }
 
 struct State {
-    sched: Scheduler<SharedPayload>,
+    /// Tasks with their payloads, shared (by reference count) with the frames that
+    /// carry them.
+    sched: Scheduler<p2c2r_protocol::Payload>,
     conns: HashMap<ConnId, Conn>,
     peers: HashMap<String, ConnId>,
     gamers: HashMap<String, ConnId>,
@@ -431,9 +433,8 @@ impl Router {
     /// alive while queued: a few bytes of task could hold megabytes), then shared by the
     /// scheduler and every frame that carries it.
     pub fn handle_binary_frame(&self, conn: ConnId, frame: bytes::Bytes) {
-        let decoded = p2c2r_protocol::binary::decode(frame)
-            .map(detach_payload)
-            .map_err(|e| (e.code(), e.to_string(), None));
+        let decoded =
+            p2c2r_protocol::binary::decode(frame).map(detach_payload).map_err(|e| (e.code(), e.to_string(), None));
         self.handle_decoded(conn, decoded);
     }
 
@@ -733,6 +734,9 @@ impl Router {
         if let Err(reason) = checks {
             return state.send_error(conn, ErrorCode::InvalidMessage, reason, Some(m.task_id));
         }
+        if let Some(reason) = self.too_large_for_json(&m.task_data) {
+            return state.send_error(conn, ErrorCode::LimitExceeded, reason, Some(m.task_id));
+        }
         if let Some(reason) = state.over_rate(gamer_id, &m, Instant::now()) {
             return state.send_error(conn, ErrorCode::RateLimited, reason, Some(m.task_id));
         }
@@ -768,7 +772,27 @@ impl Router {
         }
     }
 
-    fn complete(&self, state: &mut State, conn: ConnId, peer_id: &str, m: TaskResult) {
+    /// Why a binary payload cannot travel to a JSON connection (base64 makes it a third
+    /// larger, and a frame over the limit would cost that connection), if it cannot.
+    fn too_large_for_json(&self, payload: &p2c2r_protocol::Payload) -> Option<String> {
+        let max = self.config.max_frame_bytes;
+        let wrapped = payload.json_len().saturating_add(FRAME_ENVELOPE_BYTES);
+        (payload.is_binary() && wrapped > max).then(|| {
+            format!(
+                "a binary payload of {} bytes takes {wrapped} bytes base64-wrapped for a JSON connection, more than the {max}-byte frame limit; at most {} bytes",
+                payload.len(),
+                max.saturating_sub(FRAME_ENVELOPE_BYTES) / 4 * 3
+            )
+        })
+    }
+
+    fn complete(&self, state: &mut State, conn: ConnId, peer_id: &str, mut m: TaskResult) {
+        if let Some(reason) = self.too_large_for_json(&m.result) {
+            // The gamer may speak JSON: answer with the error instead (its decoder did not
+            // see this result, so it resyncs).
+            let error = TaskError::new(ErrorCode::LimitExceeded, format!("the peer's result was refused: {reason}"));
+            m.result = to_payload(&error.with_resync()).expect("task errors always serialize");
+        }
         match state.sched.complete(peer_id, &m.task_id) {
             Ok(Completion::Deliver { gamer, task_id, attempt, submitted_at, assigned_at }) => {
                 debug!(peer_id, gamer_id = gamer, task_id, attempt, "result delivered");
@@ -1110,8 +1134,6 @@ fn send_answers(answers: Vec<(OutboundTx, Failure)>) {
     }
 }
 
-/// The `task_result` error for a task whose result arrived while its gamer was away and
-/// could not be kept.
 /// The message with its task payload in a buffer of its own
 /// ([`p2c2r_protocol::Payload::detached`]).
 fn detach_payload(message: Message) -> Message {
@@ -1131,6 +1153,12 @@ fn detach_payload(message: Message) -> Message {
         other => other,
     }
 }
+
+/// The `task_result` error for a task whose result arrived while its gamer was away and
+/// could not be kept.
+/// Bytes a task frame takes beyond its payload, at most (ids of at most 256 bytes each,
+/// field names, numbers).
+const FRAME_ENVELOPE_BYTES: usize = 2048;
 
 fn lost_result(task_id: String) -> Message {
     let error = TaskError::new(

@@ -45,6 +45,15 @@ async fn round_trip(url: &str, gamer_wire: Encoding, peer_wire: Encoding, payloa
     assert_eq!(bytes_of(&result.result), bytes_of(&answer), "{tag}: the gamer got the peer's answer");
 }
 
+fn result_of(assignment: &p2c2r_protocol::TaskAssignment, result: Payload) -> Message {
+    Message::TaskResult(TaskResult {
+        task_id: assignment.task_id.clone(),
+        result,
+        attempt: Some(assignment.attempt),
+        peer_id: None,
+    })
+}
+
 /// What a payload carries: the bytes of a binary one (wherever it travelled base64
 /// wrapped), the text of a JSON one.
 fn bytes_of(payload: &Payload) -> Vec<u8> {
@@ -143,5 +152,51 @@ async fn malformed_binary_frames_get_bad_frame_and_the_connection_stays_usable()
     let assignment = peer.recv_assignment().await;
     assert_eq!(bytes_of(&assignment.task_data.task_data), vec![1, 2, 3]);
     assert!(coord.stats().errors_sent >= 7);
+    coord.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_binary_payload_too_large_for_a_json_connection_once_base64_wrapped_is_refused() {
+    // A 64 KiB frame limit: 48 KiB of binary payload fit a binary frame, but not
+    // base64-wrapped (64 KiB plus the frame's envelope) on a JSON connection, which a
+    // frame over the limit would cost its connection.
+    let config = Config { max_frame_bytes: 64 * 1024, ..Config::default() };
+    let coord = spawn("127.0.0.1:0", config).await.unwrap();
+    let url = coord.url();
+    let mut json_peer = Client::connect(&url).await;
+    json_peer.register(&register_peer("json-peer", capacity(1), None)).await;
+    let mut gamer = Client::connect_binary(&url).await;
+    gamer.register(&register_gamer("g", None)).await;
+
+    let too_large = Payload::binary(vec![1u8; 48 * 1024]);
+    gamer.send(&task_request("big", "physics_step", too_large, Some("s".into()), None)).await;
+    let error = gamer.recv_error().await;
+    assert_eq!(error.code, ErrorCode::LimitExceeded, "{}", error.message);
+    assert!(error.message.contains("base64"), "{}", error.message);
+
+    // One that fits reaches the JSON peer, wrapped.
+    let fits = Payload::binary(vec![2u8; 40 * 1024]);
+    gamer.send(&task_request("ok", "physics_step", fits.clone(), Some("s".into()), None)).await;
+    let assignment = json_peer.recv_assignment().await;
+    assert_eq!(bytes_of(&assignment.task_data.task_data), bytes_of(&fits));
+    json_peer.send(&result_of(&assignment, Payload::binary(vec![3u8; 1024]))).await;
+    assert_eq!(bytes_of(&gamer.recv_result().await.result), vec![3u8; 1024]);
+    drop(json_peer);
+
+    // A binary peer's answer that fits a binary frame but not a JSON one is replaced by
+    // an error (with resync) rather than forwarded: the gamer might speak JSON.
+    let mut binary_peer = Client::connect_binary(&url).await;
+    binary_peer.register(&register_peer("binary-peer", capacity(1), None)).await;
+    gamer.send(&task_request("big-answer", "physics_step", fits, Some("t".into()), None)).await;
+    let assignment = binary_peer.recv_assignment().await;
+    binary_peer.send(&result_of(&assignment, Payload::binary(vec![4u8; 48 * 1024]))).await;
+    let result = gamer.recv_result().await;
+    let error: p2c2r_protocol::TaskError = serde_json::from_str(result.result.json().unwrap()).unwrap();
+    assert_eq!(error.code, ErrorCode::LimitExceeded);
+    assert!(error.resync);
+    // The gamer and the binary peer are still connected (the JSON peer, dropped above,
+    // may or may not be counted out yet).
+    let stats = coord.stats();
+    assert!(stats.gamers == 1 && stats.peers >= 1, "{stats:?}");
     coord.shutdown().await;
 }

@@ -191,8 +191,8 @@ pub enum ConnectError {
     #[error("connection failed: {0}")]
     Io(String),
     /// Binary frames were offered and the server answered without a subprotocol (a
-    /// coordinator from before binary frames); [`connect_negotiated`] then connects again
-    /// offering nothing, so callers only see this from a server that refuses that too.
+    /// coordinator from before binary frames). Internal: [`connect_negotiated`] then
+    /// connects again offering nothing, so callers never see it.
     #[error("the server accepted no subprotocol")]
     NoSubprotocol,
     /// The coordinator answered the upgrade request with an HTTP error, e.g. 401 for a
@@ -296,11 +296,14 @@ pub async fn connect(url: &str, options: &ConnectOptions) -> Result<WsStream, Co
 /// [`connect`], also returning the encoding the coordinator agreed to: `Binary` only when
 /// [`ConnectOptions::encoding`] offered it and the coordinator's answer named
 /// [`p2c2r_protocol::binary::SUBPROTOCOL`].
+///
+/// Both attempts together run within `options.timeout`.
 pub async fn connect_negotiated(url: &str, options: &ConnectOptions) -> Result<(WsStream, Encoding), ConnectError> {
-    match connect_offering(url, options, options.encoding).await {
+    let deadline = tokio::time::Instant::now() + options.timeout;
+    match connect_offering(url, options, options.encoding, deadline).await {
         // A coordinator from before binary frames answers without a subprotocol, which
         // tungstenite treats as a failed handshake: connect again, JSON only.
-        Err(ConnectError::NoSubprotocol) => connect_offering(url, options, Encoding::Json).await,
+        Err(ConnectError::NoSubprotocol) => connect_offering(url, options, Encoding::Json, deadline).await,
         other => other,
     }
 }
@@ -309,6 +312,7 @@ async fn connect_offering(
     url: &str,
     options: &ConnectOptions,
     offer: Encoding,
+    deadline: tokio::time::Instant,
 ) -> Result<(WsStream, Encoding), ConnectError> {
     let invalid = |reason: String| ConnectError::InvalidUrl { url: url.to_owned(), reason };
     let mut request = url.into_client_request().map_err(|e| invalid(e.to_string()))?;
@@ -333,7 +337,7 @@ async fn connect_offering(
         if tls { Connector::Rustls(Arc::new(tls_config(options.ca_file.as_deref())?)) } else { Connector::Plain };
     let connecting =
         tokio_tungstenite::connect_async_tls_with_config(request, options.ws_config, true, Some(connector));
-    match tokio::time::timeout(options.timeout, connecting).await {
+    match tokio::time::timeout_at(deadline, connecting).await {
         Ok(Ok((ws, response))) => {
             let answer = response.headers().get(header::SEC_WEBSOCKET_PROTOCOL).and_then(|v| v.to_str().ok());
             Ok((ws, Encoding::from_answer(answer)))

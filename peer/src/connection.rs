@@ -309,7 +309,10 @@ impl Handler<'_> {
     fn message(&self, decoded: Result<Message, String>) -> Option<Frame> {
         let peer = self.peer;
         match decoded {
-            Ok(Message::TaskAssignment(assignment)) => {
+            Ok(Message::TaskAssignment(mut assignment)) => {
+                // A binary payload is a slice of the read buffer; queued, it would keep
+                // that whole buffer alive (a few bytes of task could hold megabytes).
+                assignment.task_data.task_data = std::mem::take(&mut assignment.task_data.task_data).detached();
                 tracing::debug!(
                     task_id = %assignment.task_id,
                     attempt = assignment.attempt,

@@ -287,8 +287,11 @@ pub(crate) fn checked_result_frame(
     encoding: Encoding,
 ) -> (Frame, TaskOutcome) {
     let outcome = TaskOutcome::of_payload(&result);
+    // A binary result may go on to a JSON gamer, base64-wrapped (a third larger): it must
+    // fit the limit in that form too, or the coordinator refuses it.
+    let as_json = if result.is_binary() { result.json_len().saturating_add(2048) } else { 0 };
     let frame = result_frame(assignment, result, encoding);
-    if frame.len() <= max_frame_bytes {
+    if frame.len().max(as_json) <= max_frame_bytes {
         return (frame, outcome);
     }
     tracing::warn!(
@@ -300,7 +303,7 @@ pub(crate) fn checked_result_frame(
     let spec = &assignment.task_data;
     let message = format!(
         "the result is {} bytes, more than the {max_frame_bytes} bytes the coordinator accepts in a frame; send a smaller request",
-        frame.len()
+        frame.len().max(as_json)
     );
     let error = if spec.session_id.is_some() {
         lost_task_error(spec, ErrorCode::LimitExceeded, message)

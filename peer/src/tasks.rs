@@ -39,8 +39,9 @@ use p2c2r_sim::physics::PhysicsWorld;
 pub fn run_task(sessions: &SessionStore, spec: &TaskSpec) -> String {
     match run_task_payload(sessions, spec) {
         Payload::Json(json) => json.get().to_owned(),
-        // Only a binary request gets a binary answer.
-        Payload::Binary(_) => unreachable!("run_task is for JSON payloads; use run_task_payload"),
+        // A packed request (possibly base64-wrapped in JSON) gets a packed answer: as
+        // JSON text, that is its base64 wrapper.
+        binary => serde_json::to_string(&binary).expect("payloads always serialize"),
     }
 }
 

@@ -31,8 +31,9 @@
 //! Only successful results are packed (a `status: error` result stays JSON:
 //! [`crate::TaskError`]). A result is either a keyframe (after a snapshot or a resync:
 //! every body coded absolutely, ids as ascending gaps) or a delta against the previous
-//! result of the session. A delta's header names that result's tick (`baseline_tick`),
-//! the tick's duration (`dt × steps`, an `f32`) and a velocity `drift`; then comes one bit
+//! result of the session. A delta's header names that result's tick (`baseline_tick`), the
+//! identity of the keyframe its chain started from (4 bytes: a delta from another chain
+//! that happens to share the tick is refused), the tick's duration (`dt × steps`, an `f32`) and a velocity `drift`; then comes one bit
 //! per body of the previous result saying whether this one carries it again, and the ids
 //! of the bodies it adds. A carried body is coded as residuals against a prediction from
 //! its previous state, a new one absolutely. The predictions follow rapier's integrator
@@ -79,10 +80,10 @@
 //!     encoder.encode(&result, tick == 0, 1.0 / 60.0, &mut frame).unwrap();
 //!     assert_eq!(decoder.decode(&frame).unwrap(), result);
 //! }
-//! // 9 bytes of header (format, version, flags, tick, baseline, duration), 1 saying that
-//! // the previous frame's ball is carried on, 1 that no body is new, and a zero header:
-//! // the ball moved exactly as predicted.
-//! assert_eq!(frame.len(), 12);
+//! // 13 bytes of header (format, version, flags, tick, baseline, keyframe identity,
+//! // duration), 1 saying that the previous frame's ball is carried on, 1 that no body is
+//! // new, and a zero header: the ball moved exactly as predicted.
+//! assert_eq!(frame.len(), 16);
 //! ```
 
 use crate::TaskStatus;
@@ -186,6 +187,15 @@ pub enum PackedError {
         /// The last tick the decoder holds.
         last: u64,
     },
+    /// A delta result continuing another keyframe than the decoder's (a keyframe this
+    /// decoder never saw, e.g. a snapshot's answer that was lost, reusing a tick).
+    #[error("delta continuing keyframe {frame:08x} but the decoder holds keyframe {held:08x}; resync")]
+    WrongStream {
+        /// The stream the frame continues.
+        frame: u32,
+        /// The stream the decoder holds.
+        held: u32,
+    },
     /// A delta result when the decoder holds no result yet.
     #[error("delta against tick {0} but no result was decoded yet (a keyframe comes first); resync")]
     NoBaseline(u64),
@@ -201,7 +211,7 @@ impl PackedError {
     /// The decoder's baseline is not the one the frame needs: the gamer should send a full
     /// snapshot (whose result is a keyframe).
     pub fn needs_resync(&self) -> bool {
-        matches!(self, PackedError::WrongBaseline { .. } | PackedError::NoBaseline(_))
+        matches!(self, PackedError::WrongBaseline { .. } | PackedError::WrongStream { .. } | PackedError::NoBaseline(_))
     }
 }
 
@@ -1264,11 +1274,22 @@ fn read_body_state(
 /// How many bodies at most the frame's velocity drift is estimated from.
 const DRIFT_SAMPLE: usize = 128;
 
+/// The identity of a keyframe: FNV-1a (32 bits) of its bytes. Every delta carries the
+/// identity of the keyframe it continues, so a delta is never decoded against another
+/// lineage that happens to share its baseline's tick (a snapshot may reuse a tick; its
+/// lost keyframe must not go unnoticed). The same keyframe bytes give the same identity on
+/// every peer, so packed results stay byte-identical across peers.
+fn stream_id(keyframe: &[u8]) -> u32 {
+    keyframe.iter().fold(0x811c_9dc5u32, |h, &b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+}
+
 /// The peer's side of a session's results: packs each successful result as a delta
 /// against the previous one (one encoder per session; see the module documentation).
 #[derive(Clone, Debug, Default)]
 pub struct ResultEncoder {
     last_tick: Option<u64>,
+    /// The stream of the last keyframe ([`stream_id`]), carried by every delta after it.
+    stream: u32,
     baseline: Baseline,
     next: Baseline,
     /// For each body of `next`: its index in `baseline`, or `u32::MAX` for a new body.
@@ -1379,11 +1400,13 @@ impl ResultEncoder {
                 flags |= bit;
             }
         }
+        let start = out.len();
         out.extend_from_slice(&[RESULT_FORMAT, VERSION, flags]);
         put_varint(out, result.tick);
         if !keyframe {
             let baseline_tick = self.last_tick.expect("a delta has a baseline");
             put_varint(out, result.tick.wrapping_sub(baseline_tick));
+            out.extend_from_slice(&self.stream.to_le_bytes());
             put_f32(out, elapsed);
             if drift != [0; 3] {
                 drift.iter().for_each(|&k| put_signed(out, k));
@@ -1425,6 +1448,9 @@ impl ResultEncoder {
         } else {
             out.extend_from_slice(&self.records);
         }
+        if keyframe {
+            self.stream = stream_id(&out[start..]);
+        }
         std::mem::swap(&mut self.baseline, &mut self.next);
         self.last_tick = Some(result.tick);
         Ok(())
@@ -1459,6 +1485,8 @@ impl ResultEncoder {
 #[derive(Clone, Debug, Default)]
 pub struct ResultDecoder {
     last_tick: Option<u64>,
+    /// The stream of the last keyframe decoded ([`stream_id`]).
+    stream: u32,
     baseline: Baseline,
     next: Baseline,
     /// The bodies of the frame being decoded: id and index in `baseline` (`u32::MAX` for
@@ -1469,7 +1497,7 @@ pub struct ResultDecoder {
 /// Equal when they hold the same baseline (the scratch space is not compared).
 impl PartialEq for ResultDecoder {
     fn eq(&self, other: &Self) -> bool {
-        self.last_tick == other.last_tick && self.baseline == other.baseline
+        self.last_tick == other.last_tick && self.stream == other.stream && self.baseline == other.baseline
     }
 }
 
@@ -1518,6 +1546,10 @@ impl ResultDecoder {
                 None => return Err(PackedError::NoBaseline(baseline)),
                 Some(last) if last != baseline => return Err(PackedError::WrongBaseline { baseline, last }),
                 Some(_) => {}
+            }
+            let frame = u32::from_le_bytes(r.array("the keyframe stream")?);
+            if frame != self.stream {
+                return Err(PackedError::WrongStream { frame, held: self.stream });
             }
             elapsed = f64::from(r.f32("the tick's duration")?);
             if flags & RES_DRIFT != 0 {
@@ -1607,6 +1639,9 @@ impl ResultDecoder {
             bodies.push(dequantize(id, &state));
         }
         r.finish()?;
+        if keyframe {
+            self.stream = stream_id(bytes);
+        }
         std::mem::swap(&mut self.baseline, &mut self.next);
         self.last_tick = Some(tick);
         Ok(PhysicsStepResult { status: TaskStatus::Success, tick, bodies, removed, digest })

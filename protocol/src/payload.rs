@@ -9,8 +9,8 @@
 //! ([`crate::binary`]) to a connection that negotiated binary frames. To a JSON
 //! connection it travels as the JSON object `{"p2c2r_binary":"<base64>"}` in the same
 //! field, which [`Payload::binary_bytes`] turns back into the bytes: so a JSON peer can
-//! serve a binary gamer and the reverse, through one coordinator that never converts a
-//! payload itself beyond that base64 wrapping.
+//! serve a binary gamer and the reverse, through one coordinator that never parses a
+//! payload (the base64 wrapping is its one transformation).
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -82,6 +82,18 @@ impl Payload {
         match self {
             Payload::Json(raw) => raw.get().len(),
             Payload::Binary(bytes) => bytes.len(),
+        }
+    }
+
+    /// The payload's size in bytes on a JSON connection: a binary payload grows by a third
+    /// there (base64) and gains its wrapper. What decides whether a frame carrying it fits
+    /// the frame limit everywhere it may go.
+    pub fn json_len(&self) -> usize {
+        match self {
+            Payload::Json(raw) => raw.get().len(),
+            Payload::Binary(bytes) => {
+                r#"{"p2c2r_binary":""}"#.len() + base64::encoded_len(bytes.len(), true).unwrap_or(usize::MAX)
+            }
         }
     }
 
@@ -188,6 +200,9 @@ mod tests {
 
     #[test]
     fn sizes_and_equality() {
+        let binary = Payload::binary(vec![7u8; 1000]);
+        assert_eq!(binary.json_len(), serde_json::to_string(&binary).unwrap().len());
+        assert_eq!(Payload::null().json_len(), 4);
         assert_eq!(Payload::null().len(), 4);
         assert_eq!(Payload::binary(vec![1, 2, 3]).len(), 3);
         assert_eq!(Payload::to_json(&[1, 2]).unwrap(), Payload::from_json_text("[1,2]".into()).unwrap());
