@@ -1,7 +1,11 @@
 //! The one map between entities and the ids the wire uses, for bodies and agents.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
+// Bevy's maps (foldhash) rather than std's (SipHash): the Apply stage looks up every
+// reported body each tick (4,096 lookups a frame in the main-thread benchmark), and ids
+// are keys this side handed out (a peer cannot choose what the table holds).
+use bevy::platform::collections::HashMap;
 use bevy::prelude::{Entity, Resource};
 use p2c2r_protocol::ai::AgentId;
 use p2c2r_protocol::physics::BodyId;
@@ -17,7 +21,7 @@ pub(crate) struct IdMap<Id> {
 
 impl<Id: Copy + Eq + std::hash::Hash + From<u8> + std::ops::AddAssign> IdMap<Id> {
     fn new() -> Self {
-        IdMap { by_id: HashMap::new(), by_entity: HashMap::new(), next: Id::from(1) }
+        IdMap { by_id: HashMap::default(), by_entity: HashMap::default(), next: Id::from(1) }
     }
 
     /// Gives `entity` a fresh id (forgetting the one it had). Returns the new id and the

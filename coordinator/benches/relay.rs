@@ -1,6 +1,7 @@
 //! What the coordinator adds to a task's round trip, JSON frames beside binary frames.
 //!
-//! Run: `cargo bench -p coordinator --bench relay`
+//! Run: `cargo bench -p coordinator --bench relay` (an argument such as `small/binary` runs
+//! the scenarios whose label contains it).
 //!
 //! Two payload sizes, each as JSON (text frames) and binary (`p2c2r.bin.v1` frames with
 //! `Payload::Binary` payloads): small frames (a tick request and an empty result) and a
@@ -19,6 +20,10 @@
 //! on the percentiles of each. The three parts run on their own threads, as they would
 //! in their own processes: the coordinator on a one-worker runtime, the echo peer and the
 //! direct server on another, the gamer on the main thread.
+//!
+//! On a small VM the round trips depend on where the scheduler puts the three threads (a
+//! wake-up of an idle vCPU costs tens of µs): running it under `taskset -c 0` (all on one
+//! core) gives figures that vary much less from run to run.
 //!
 //! Throughput. 64 tasks in flight at a time (pipelined); besides tasks per second of wall
 //! time, the CPU time of the coordinator's thread (from `/proc/self/task/*/stat`: the
@@ -55,7 +60,8 @@ struct Payloads {
     binary_request: Payload,
     binary_result: Payload,
     latency_rounds: usize,
-    pipelined_tasks: usize,
+    /// Tasks pipelined: JSON, binary.
+    pipelined_tasks: (usize, usize),
 }
 
 impl Payloads {
@@ -139,8 +145,8 @@ fn payloads() -> Vec<Payloads> {
         json_result: raw_payload(serde_json::to_string(&small_result).unwrap()).unwrap(),
         binary_request: packed_request(&tick_request(1)),
         binary_result: Payload::binary(small_packed),
-        latency_rounds: 3_000,
-        pipelined_tasks: 20_000,
+        latency_rounds: 10_000,
+        pipelined_tasks: (20_000, 20_000),
     };
     // The steady state: a delta against the previous tick.
     let ticks = moving_bodies(1_000, 3);
@@ -157,8 +163,8 @@ fn payloads() -> Vec<Payloads> {
         json_result: raw_payload(serde_json::to_string(last).unwrap()).unwrap(),
         binary_request: packed_request(&tick_request(2)),
         binary_result: Payload::binary(delta),
-        latency_rounds: 1_000,
-        pipelined_tasks: 2_000,
+        latency_rounds: 2_000,
+        pipelined_tasks: (2_000, 20_000),
     };
     vec![small, big]
 }
@@ -184,12 +190,8 @@ async fn connect(url: &str, encoding: Encoding, offer: bool) -> Client {
 async fn echo_peer(mut ws: Client, result: Payload) {
     while let Some(message) = ws.try_recv().await {
         if let Message::TaskAssignment(a) = message {
-            let answer = TaskResult {
-                task_id: a.task_id,
-                result: result.clone(),
-                attempt: Some(a.attempt),
-                peer_id: None,
-            };
+            let answer =
+                TaskResult { task_id: a.task_id, result: result.clone(), attempt: Some(a.attempt), peer_id: None };
             if !ws.try_send(&Message::TaskResult(answer)).await {
                 return;
             }
@@ -238,32 +240,63 @@ async fn round_trip(gamer: &mut Client, i: usize, payload: &Payload) -> Duration
     start.elapsed()
 }
 
-/// CPU time (user + system) of this process's threads whose name starts with `prefix`,
-/// and of the whole process; Linux only (`None` elsewhere).
-fn cpu_time(prefix: &str) -> Option<(Duration, Duration)> {
+/// CPU time of some threads or of the whole process, split into user and system time.
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    user: Duration,
+    system: Duration,
+}
+
+impl Cpu {
+    fn total(self) -> Duration {
+        self.user + self.system
+    }
+
+    fn since(self, before: Cpu) -> Cpu {
+        Cpu { user: self.user.saturating_sub(before.user), system: self.system.saturating_sub(before.system) }
+    }
+}
+
+/// CPU time (user, system) of this process's threads whose name starts with `prefix`,
+/// and of the whole process; from `/proc` (Linux only: `None` elsewhere), in clock ticks
+/// of 10 ms (sampled by the kernel: sums over many frames are unbiased).
+fn cpu_time(prefix: &str) -> Option<(Cpu, Cpu)> {
     const TICK: f64 = 0.01; // USER_HZ is 100 on Linux
-    let ticks = |stat: &str| -> Option<u64> {
+    let read = |stat: &str| -> Option<Cpu> {
         let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        let ticks = |i: usize| -> Option<Duration> {
+            Some(Duration::from_secs_f64(fields.get(i)?.parse::<u64>().ok()? as f64 * TICK))
+        };
+        Some(Cpu { user: ticks(11)?, system: ticks(12)? })
     };
-    let mut threads = 0;
+    let mut threads = Cpu::default();
     for entry in std::fs::read_dir("/proc/self/task").ok()? {
         let path = entry.ok()?.path();
         let comm = std::fs::read_to_string(path.join("comm")).ok()?;
         if comm.trim_end().starts_with(prefix) {
-            threads += ticks(&std::fs::read_to_string(path.join("stat")).ok()?)?;
+            let t = read(&std::fs::read_to_string(path.join("stat")).ok()?)?;
+            threads.user += t.user;
+            threads.system += t.system;
         }
     }
-    let process = ticks(&std::fs::read_to_string("/proc/self/stat").ok()?)?;
-    Some((Duration::from_secs_f64(threads as f64 * TICK), Duration::from_secs_f64(process as f64 * TICK)))
+    let process = read(&std::fs::read_to_string("/proc/self/stat").ok()?)?;
+    Some((threads, process))
+}
+
+/// What happened to a resource between two readings of [`cpu_time`].
+fn cpu_between(before: Option<(Cpu, Cpu)>, after: Option<(Cpu, Cpu)>) -> Option<(Cpu, Cpu)> {
+    let ((c0, p0), (c1, p1)) = (before?, after?);
+    Some((c1.since(c0), p1.since(p0)))
 }
 
 struct Row {
     direct: Histogram<u64>,
     coordinator: Histogram<u64>,
+    /// The coordinator's CPU time over the sequential round trips.
+    sequential_cpu: Option<Cpu>,
     tasks_per_sec: f64,
-    coord_cpu: Option<Duration>,
-    process_cpu: Option<Duration>,
+    /// The coordinator's and the process's CPU time over the pipelined tasks.
+    pipelined_cpu: Option<(Cpu, Cpu)>,
     tasks: usize,
 }
 
@@ -321,6 +354,9 @@ fn scenario(
             round_trip(&mut direct, i, &request_payload).await;
             i += 1;
         }
+        // The coordinator only works in the blocks through it: its CPU time over the loop
+        // is the cost of those round trips (heartbeats aside).
+        let cpu_before = cpu_time(COORD_THREAD);
         while via.len() < p.latency_rounds as u64 {
             for _ in 0..BLOCK {
                 record(&mut via, round_trip(&mut gamer, i, &request_payload).await);
@@ -331,8 +367,12 @@ fn scenario(
                 i += 1;
             }
         }
+        let sequential_cpu = cpu_between(cpu_before, cpu_time(COORD_THREAD)).map(|(coord, _)| coord);
         // Pipelined through the coordinator.
-        let total = p.pipelined_tasks;
+        let total = match encoding {
+            Encoding::Json => p.pipelined_tasks.0,
+            Encoding::Binary => p.pipelined_tasks.1,
+        };
         let cpu_before = cpu_time(COORD_THREAD);
         let start = Instant::now();
         let (mut sent, mut received) = (0, 0);
@@ -346,17 +386,13 @@ fn scenario(
             }
         }
         let elapsed = start.elapsed();
-        let cpu_after = cpu_time(COORD_THREAD);
-        let (coord_cpu, process_cpu) = match (cpu_before, cpu_after) {
-            (Some((c0, p0)), Some((c1, p1))) => (Some(c1.saturating_sub(c0)), Some(p1.saturating_sub(p0))),
-            _ => (None, None),
-        };
+        let pipelined_cpu = cpu_between(cpu_before, cpu_time(COORD_THREAD));
         Row {
             direct: straight,
             coordinator: via,
+            sequential_cpu,
             tasks_per_sec: total as f64 / elapsed.as_secs_f64(),
-            coord_cpu,
-            process_cpu,
+            pipelined_cpu,
             tasks: total,
         }
     });
@@ -382,45 +418,37 @@ fn main() {
     let gamer_rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
 
     println!("relay: what the coordinator adds, over loopback (coordinator, peer and gamer on their own threads)");
-    println!("latency in µs; per hop = (through the coordinator - direct) / 2, per percentile");
+    println!();
+    println!("latency of one task's round trip, µs; per hop = (through the coordinator - direct) / 2, per percentile;");
+    println!("coordinator CPU = its thread's user + system time per forwarded frame over those round trips");
+    println!();
     println!(
-        "{:<18} {:<6} {:>7} {:>7} | {:>6} {:>6} | {:>6} {:>6} | {:>7} {:>7} | {:>9} {:>9} {:>11} {:>9}",
-        "payload",
-        "frames",
-        "req B",
-        "res B",
-        "direct",
-        "p99",
-        "coord",
-        "p99",
-        "hop p50",
-        "hop p99",
-        "tasks/s",
-        "coord CPU",
-        "frames/s",
-        "proc CPU"
+        "| payload | frames | request B | result B | direct p50 | p99 | via coordinator p50 | p99 | per hop p50 | p99 | coordinator CPU µs/frame (user + sys) |"
     );
-    println!(
-        "{:<18} {:<6} {:>7} {:>7} | {:>6} {:>6} | {:>6} {:>6} | {:>7} {:>7} | {:>9} {:>9} {:>11} {:>9}",
-        "", "", "", "", "p50", "", "p50", "", "", "", "pipelined", "µs/task", "per core", "µs/task"
-    );
+    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    // `cargo bench` passes `--bench`; any other argument picks scenarios whose label
+    // (`small/json`, `1,000-body result/binary`, ...) contains it.
+    let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let mut run = 0;
+    let mut throughput = Vec::new();
     for p in payloads() {
         for encoding in [Encoding::Json, Encoding::Binary] {
+            let label = format!("{}/{}", p.name, encoding.as_str());
+            if !only.is_empty() && !only.iter().any(|o| label.contains(o.as_str())) {
+                continue;
+            }
             run += 1;
             let (request, result) = p.get(encoding);
             let row = scenario(&coord_rt, &peer_rt, &gamer_rt, run, &p, encoding);
-            let hop = |q: f64| {
-                (row.coordinator.value_at_quantile(q) as f64 - row.direct.value_at_quantile(q) as f64) / 2.0
-            };
-            let per_task = |cpu: Option<Duration>| {
-                cpu.map_or("n/a".to_owned(), |c| format!("{:.1}", c.as_secs_f64() * 1e6 / row.tasks as f64))
-            };
-            let per_core = row.coord_cpu.filter(|c| !c.is_zero()).map_or("n/a".to_owned(), |c| {
-                format!("{:.0}", 2.0 * row.tasks as f64 / c.as_secs_f64())
+            let hop =
+                |q: f64| (row.coordinator.value_at_quantile(q) as f64 - row.direct.value_at_quantile(q) as f64) / 2.0;
+            let frames = 2.0 * row.coordinator.len() as f64;
+            let us = |d: Duration, per: f64| d.as_secs_f64() * 1e6 / per;
+            let sequential = row.sequential_cpu.map_or("n/a".to_owned(), |c| {
+                format!("{:.1} ({:.1} + {:.1})", us(c.total(), frames), us(c.user, frames), us(c.system, frames))
             });
             println!(
-                "{:<18} {:<6} {:>7} {:>7} | {:>6} {:>6} | {:>6} {:>6} | {:>7.1} {:>7.1} | {:>9.0} {:>9} {:>11} {:>9}",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {sequential} |",
                 p.name,
                 encoding.as_str(),
                 request.len(),
@@ -431,15 +459,42 @@ fn main() {
                 row.coordinator.value_at_quantile(0.99),
                 hop(0.5),
                 hop(0.99),
-                row.tasks_per_sec,
-                per_task(row.coord_cpu),
-                per_core,
-                per_task(row.process_cpu),
             );
+            let tasks = row.tasks as f64;
+            let (coord, process) = match row.pipelined_cpu {
+                Some((c, p)) if !c.total().is_zero() => (
+                    format!(
+                        "{:.1} ({:.1} + {:.1}) | {:.0}",
+                        us(c.total(), 2.0 * tasks),
+                        us(c.user, 2.0 * tasks),
+                        us(c.system, 2.0 * tasks),
+                        2.0 * tasks / c.total().as_secs_f64()
+                    ),
+                    format!("{:.1}", us(p.total(), tasks)),
+                ),
+                _ => ("n/a | n/a".to_owned(), "n/a".to_owned()),
+            };
+            throughput.push(format!(
+                "| {} | {} | {:.0} | {coord} | {process} |",
+                p.name,
+                encoding.as_str(),
+                row.tasks_per_sec
+            ));
         }
     }
+    println!();
+    println!("pipelined ({IN_FLIGHT} tasks in flight); each task is 2 forwarded frames (request, result)");
+    println!();
     println!(
-        "goal: <= 10 µs per hop for small frames. frames/s per core = 2 forwarded frames per task / the coordinator \
-         thread's CPU time; proc CPU = the whole process (gamer + peer + coordinator) per task"
+        "| payload | frames | tasks/s | coordinator CPU µs/frame (user + sys) | frames/s per coordinator core | process CPU µs/task |"
+    );
+    println!("| --- | --- | ---: | ---: | ---: | ---: |");
+    for line in throughput {
+        println!("{line}");
+    }
+    println!();
+    println!(
+        "goal: <= 10 µs per hop for small frames. frames/s per core = forwarded frames / the coordinator thread's CPU \
+         time; process CPU = gamer + peer + coordinator"
     );
 }
