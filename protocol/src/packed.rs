@@ -787,6 +787,29 @@ fn read_body(r: &mut Reader<'_>, id: BodyId) -> Result<BodyDesc> {
     })
 }
 
+/// One list of a packed request: its length (checked against the bytes left) and its ids.
+struct List {
+    n: usize,
+    ids: IdReader,
+    what: &'static str,
+}
+
+impl List {
+    /// Reads the list's entries: each an id, then what `entry` reads.
+    fn read<T>(
+        mut self,
+        r: &mut Reader<'_>,
+        mut entry: impl FnMut(&mut Reader<'_>, BodyId) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        let mut out = Vec::with_capacity(self.n);
+        for _ in 0..self.n {
+            let id = self.ids.read(r, self.what)?;
+            out.push(entry(r, id)?);
+        }
+        Ok(out)
+    }
+}
+
 /// Decodes a packed request. The result is what [`crate::quantize::snap_request`] makes of
 /// the request that was encoded.
 pub fn decode_request(bytes: &[u8]) -> std::result::Result<PhysicsStepRequest, PackedError> {
@@ -815,44 +838,30 @@ pub fn decode_request(bytes: &[u8]) -> std::result::Result<PhysicsStepRequest, P
         if flags & REQ_GRAVITY != 0 { Some([r.f32("gravity")?, r.f32("gravity")?, r.f32("gravity")?]) } else { None };
     let mut request =
         PhysicsStepRequest { tick, snapshot: flags & REQ_SNAPSHOT != 0, gravity, dt, steps, ..Default::default() };
-    // Each list: a count (non-zero when flagged), then its entries.
-    let count = |r: &mut Reader<'_>, bit: u8, what: &'static str, min_bytes: usize| -> Result<usize> {
+    // Each list: a count (non-zero when flagged), then its entries, each an id coded
+    // against the previous one and what follows it.
+    let list = |r: &mut Reader<'_>, bit: u8, what: &'static str, min_bytes: usize| -> Result<List> {
         if lists & bit == 0 {
-            return Ok(0);
+            return Ok(List { n: 0, ids: IdReader(0), what });
         }
         match r.count(what, min_bytes)? {
             0 => Err(PackedError::EmptyList(what)),
-            n => Ok(n),
+            n => Ok(List { n, ids: IdReader(0), what }),
         }
     };
     // The smallest body to add: an id, two flag bytes, a radius and three coordinates.
-    let n = count(&mut r, LIST_ADD, "add", 10)?;
-    request.add.reserve_exact(n);
-    let mut ids = IdReader(0);
-    for _ in 0..n {
-        let id = ids.read(&mut r, "add")?;
-        request.add.push(read_body(&mut r, id)?);
-    }
-    let n = count(&mut r, LIST_REMOVE, "remove", 1)?;
-    request.remove.reserve_exact(n);
-    let mut ids = IdReader(0);
-    for _ in 0..n {
-        request.remove.push(ids.read(&mut r, "remove")?);
-    }
-    let n = count(&mut r, LIST_SET_POSE, "set_pose", 2)?;
-    request.set_pose.reserve_exact(n);
-    let mut ids = IdReader(0);
-    for _ in 0..n {
-        let id = ids.read(&mut r, "set_pose")?;
-        let (position, rotation) = read_pose(&mut r, "set_pose")?;
-        request.set_pose.push(SetPose { id, position, rotation });
-    }
-    let n = count(&mut r, LIST_SET_VELOCITY, "set_velocity", 2)?;
-    request.set_velocity.reserve_exact(n);
-    let mut ids = IdReader(0);
-    for _ in 0..n {
+    let add = list(&mut r, LIST_ADD, "add", 10)?;
+    request.add = add.read(&mut r, read_body)?;
+    let remove = list(&mut r, LIST_REMOVE, "remove", 1)?;
+    request.remove = remove.read(&mut r, |_, id| Ok(id))?;
+    let set_pose = list(&mut r, LIST_SET_POSE, "set_pose", 2)?;
+    request.set_pose = set_pose.read(&mut r, |r, id| {
+        let (position, rotation) = read_pose(r, "set_pose")?;
+        Ok(SetPose { id, position, rotation })
+    })?;
+    let set_velocity = list(&mut r, LIST_SET_VELOCITY, "set_velocity", 2)?;
+    request.set_velocity = set_velocity.read(&mut r, |r, id| {
         const WHAT: &str = "set_velocity";
-        let id = ids.read(&mut r, WHAT)?;
         let mask = r.u8(WHAT)?;
         if mask >> 6 != 0 {
             return Err(PackedError::Reserved(WHAT));
@@ -862,36 +871,23 @@ pub fn decode_request(bytes: &[u8]) -> std::result::Result<PhysicsStepRequest, P
         if nonzero_mask(linvel) | nonzero_mask(angvel) << 3 != mask {
             return Err(PackedError::Reserved(WHAT));
         }
-        request.set_velocity.push(SetVelocity {
-            id,
-            linvel: dequantize_velocity(linvel),
-            angvel: dequantize_velocity(angvel),
-        });
-    }
-    let n = count(&mut r, LIST_FORCES, "forces", 2)?;
-    request.forces.reserve_exact(n);
-    let mut ids = IdReader(0);
-    for _ in 0..n {
-        let id = ids.read(&mut r, "forces")?;
-        let (force, torque) = read_vector_pair(&mut r, "forces")?;
-        request.forces.push(ApplyForce { id, force, torque });
-    }
-    let n = count(&mut r, LIST_IMPULSES, "impulses", 2)?;
-    request.impulses.reserve_exact(n);
-    let mut ids = IdReader(0);
-    for _ in 0..n {
-        let id = ids.read(&mut r, "impulses")?;
-        let (impulse, torque_impulse) = read_vector_pair(&mut r, "impulses")?;
-        request.impulses.push(ApplyImpulse { id, impulse, torque_impulse });
-    }
-    let n = count(&mut r, LIST_TARGETS, "kinematic_targets", 2)?;
-    request.kinematic_targets.reserve_exact(n);
-    let mut ids = IdReader(0);
-    for _ in 0..n {
-        let id = ids.read(&mut r, "kinematic_targets")?;
-        let (position, rotation) = read_pose(&mut r, "kinematic_targets")?;
-        request.kinematic_targets.push(KinematicTarget { id, position, rotation });
-    }
+        Ok(SetVelocity { id, linvel: dequantize_velocity(linvel), angvel: dequantize_velocity(angvel) })
+    })?;
+    let forces = list(&mut r, LIST_FORCES, "forces", 2)?;
+    request.forces = forces.read(&mut r, |r, id| {
+        let (force, torque) = read_vector_pair(r, "forces")?;
+        Ok(ApplyForce { id, force, torque })
+    })?;
+    let impulses = list(&mut r, LIST_IMPULSES, "impulses", 2)?;
+    request.impulses = impulses.read(&mut r, |r, id| {
+        let (impulse, torque_impulse) = read_vector_pair(r, "impulses")?;
+        Ok(ApplyImpulse { id, impulse, torque_impulse })
+    })?;
+    let targets = list(&mut r, LIST_TARGETS, "kinematic_targets", 2)?;
+    request.kinematic_targets = targets.read(&mut r, |r, id| {
+        let (position, rotation) = read_pose(r, "kinematic_targets")?;
+        Ok(KinematicTarget { id, position, rotation })
+    })?;
     r.finish()?;
     Ok(request)
 }
