@@ -106,6 +106,10 @@ pub struct Config {
     pub quarantine_after_misses: u32,
     /// How long a quarantined peer id is refused.
     pub quarantine_duration: Duration,
+    /// Where quarantines are kept across restarts (an embedded redb database, created on
+    /// first start; see `reputation.rs`). `None` (the default): in memory only, so a
+    /// quarantined peer is forgotten when the coordinator restarts. Set it in production.
+    pub reputation_db: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -146,6 +150,7 @@ impl Default for Config {
             max_connection_attempts_per_second: Some(64),
             quarantine_after_misses: 8,
             quarantine_duration: Duration::from_secs(3600),
+            reputation_db: None,
         }
     }
 }

@@ -39,6 +39,7 @@ pub mod metrics;
 pub mod observe;
 pub mod outbound;
 pub mod ratelimit;
+pub mod reputation;
 pub mod router;
 pub mod scheduler;
 pub mod tls;
@@ -226,6 +227,11 @@ impl Server {
             config.max_connection_attempts_per_second.map(|n| ratelimit::Rate::per_second(f64::from(n), 4.0)),
         );
         let router = Arc::new(Router::new(config.clone()));
+        if let Some(path) = &config.reputation_db {
+            let (db, quarantined) = reputation::ReputationDb::open(path).map_err(|e| invalid(e.to_string()))?;
+            info!(path = %path.display(), quarantined = quarantined.len(), "reputation database open");
+            router.restore_reputation(db, quarantined);
+        }
         let admission = Admission::new(config.max_connections_per_address, config.max_unregistered_connections);
         let bytes = Arc::new(ByteTotals::default());
         let (feed, feed_rx) = watch::channel(Published::default());
@@ -339,6 +345,9 @@ impl Server {
         if tokio::time::timeout(config.shutdown_grace, tracker.wait()).await.is_err() {
             warn!("some connections did not close within the grace period");
         }
+        // What it has to write reaches the disk, and the file is free for the next start.
+        // (Joining the writer blocks this task briefly: a few small transactions.)
+        shared.router.close_reputation();
         info!("coordinator stopped");
         Ok(())
     }

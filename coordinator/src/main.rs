@@ -128,6 +128,10 @@ struct Args {
     /// Milliseconds a quarantined peer id is refused.
     #[arg(long, default_value_t = ms(defaults().quarantine_duration))]
     quarantine_duration_ms: u64,
+    /// Keep quarantines in this embedded database file (created on first start), so a
+    /// quarantined peer stays refused across restarts [default: in memory only].
+    #[arg(long, env = "P2C2R_REPUTATION_DB", value_name = "PATH")]
+    reputation_db: Option<PathBuf>,
     /// Print a JWT for ROLE:ID (gamer, peer or operator) signed with the auth file's first
     /// jwt-hs256 key trusted for that role, then exit: what a game backend does with its
     /// own JWT library.
@@ -199,6 +203,7 @@ impl Args {
             max_connection_attempts_per_second: nonzero(self.max_connection_attempts_per_second),
             quarantine_after_misses: self.quarantine_after_misses,
             quarantine_duration: Duration::from_millis(self.quarantine_duration_ms),
+            reputation_db: self.reputation_db.clone(),
         }
     }
 }

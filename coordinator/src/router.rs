@@ -122,6 +122,8 @@ struct State {
     /// Peer ids quarantined, and until when (see `Config::quarantine_after_misses`).
     quarantine: HashMap<String, Instant>,
     peers_quarantined: u64,
+    /// Where quarantines outlive the process, when configured.
+    reputation: Option<crate::reputation::ReputationDb>,
     /// Bytes kept at most for one detached gamer (its pending-bytes budget).
     resume_budget: usize,
     /// Bytes kept for all detached gamers together, and the most allowed (a quarter of
@@ -198,6 +200,7 @@ impl Router {
                 kept_bytes: 0,
                 quarantine: HashMap::new(),
                 peers_quarantined: 0,
+                reputation: None,
                 max_kept_bytes: (config.max_pending_bytes / 4).max(1),
             }),
             config,
@@ -417,6 +420,30 @@ impl Router {
                     }
                 }
             }
+        }
+    }
+
+    /// Takes the reputation database and the quarantines it kept from before a restart
+    /// (read once at start, before any connection).
+    pub fn restore_reputation(
+        &self,
+        db: crate::reputation::ReputationDb,
+        quarantined: Vec<crate::reputation::Quarantined>,
+    ) {
+        let mut state = self.lock();
+        let now = Instant::now();
+        for q in quarantined {
+            insert_bounded(&mut state.quarantine, &q.peer_id, now + q.left, MAX_QUARANTINED);
+        }
+        state.reputation = Some(db);
+    }
+
+    /// Writes what the reputation database has queued and closes it (at shutdown);
+    /// quarantines from now on are kept in memory only.
+    pub fn close_reputation(&self) {
+        let db = self.lock().reputation.take();
+        if let Some(db) = db {
+            db.close();
         }
     }
 
@@ -1003,6 +1030,9 @@ impl State {
     fn quarantine_peer(&mut self, peer_id: &str, until: Instant) {
         crate::warn_limited!("router: peer quarantined", peer_id, "peer missed deadlines in a row; quarantined");
         insert_bounded(&mut self.quarantine, peer_id, until, MAX_QUARANTINED);
+        if let Some(db) = &self.reputation {
+            db.quarantined(peer_id, until.saturating_duration_since(Instant::now()));
+        }
         self.peers_quarantined += 1;
         self.ids.forget(Kind::Peer, peer_id);
         let Some(conn) = self.peers.remove(peer_id) else {

@@ -277,12 +277,15 @@ async fn gamers_cannot_take_the_slots_kept_for_peers() {
 
 /// A black hole: a peer that registers with plenty of room, answers pings (so it looks
 /// alive) and never answers a task. Its retries never go back to it, and after a few
-/// missed deadlines in a row it is quarantined: every honest task succeeds.
+/// missed deadlines in a row it is quarantined: every honest task succeeds; and it stays
+/// quarantined across a coordinator restart (the reputation database).
 #[tokio::test]
 async fn a_black_hole_peer_is_quarantined_and_honest_success_stays_at_100_percent() {
     use futures_util::StreamExt;
-    let config = Config { quarantine_after_misses: 3, ..Config::default() };
-    let coord = start(config).await;
+    let db = std::env::temp_dir().join(format!("p2c2r-black-hole-{}.redb", std::process::id()));
+    let _ = std::fs::remove_file(&db);
+    let config = Config { quarantine_after_misses: 3, reputation_db: Some(db.clone()), ..Config::default() };
+    let coord = start(config.clone()).await;
     let url = coord.url();
     let caps = Capabilities { max_concurrent_tasks: Some(64), ..Default::default() };
     let hole = Client::peer_with(&url, "hole", caps.clone()).await;
@@ -327,10 +330,21 @@ async fn a_black_hole_peer_is_quarantined_and_honest_success_stays_at_100_percen
     hole_reader.abort();
     // Its id is refused while the quarantine lasts.
     let mut again = Client::connect(&url).await;
-    again.send(&p2c2r_testkit::client::register_peer("hole", caps, None)).await;
+    again.send(&p2c2r_testkit::client::register_peer("hole", caps.clone(), None)).await;
     assert_eq!(again.recv_error().await.code, ErrorCode::Quarantined);
     assert!(coord.metrics_text().contains("p2c2r_peers_quarantined_total 1"));
     coord.shutdown().await;
+
+    // It cannot wait out a restart: the reputation database remembers it.
+    let coord = start(config).await;
+    let mut after_restart = Client::connect(&coord.url()).await;
+    after_restart.send(&p2c2r_testkit::client::register_peer("hole", caps.clone(), None)).await;
+    let refusal = after_restart.recv_error().await;
+    assert_eq!(refusal.code, ErrorCode::Quarantined, "{}", refusal.message);
+    // An honest peer registers as ever.
+    Client::peer_with(&coord.url(), "honest", caps).await;
+    coord.shutdown().await;
+    let _ = std::fs::remove_file(&db);
 }
 
 /// A gamer whose tasks no peer finishes by their deadline (an expensive task with a tight
