@@ -63,19 +63,20 @@ impl Outbound {
         Outbound::Message(Box::new(message))
     }
 
-    /// The bytes this frame is counted as while it waits: its payload plus a fixed
-    /// overhead. Computed without encoding it.
+    /// The bytes this frame is counted as while it waits: its payload (as JSON, the larger
+    /// form) plus a fixed overhead. Computed without encoding it.
     pub fn weight(&self) -> usize {
         let payload = match self {
+            // The payload's size as JSON: what a binary payload grows to (base64) on a
+            // JSON connection, never less than it takes on a binary one, so the queue's
+            // byte bound holds on either.
             Outbound::Message(m) => match m.as_ref() {
-                Message::TaskResult(r) => r.result.len(),
-                Message::TaskAssignment(a) => a.task_data.task_data.len(),
-                Message::TaskRequest(r) => r.task_data.len(),
+                Message::TaskResult(r) => r.result.json_len(),
+                Message::TaskAssignment(a) => a.task_data.task_data.json_len(),
+                Message::TaskRequest(r) => r.task_data.json_len(),
                 _ => 0,
             },
-            // A binary payload on a JSON connection grows by a third (base64); the
-            // weight is an estimate, the byte bound of the queue is what matters.
-            Outbound::Assignment(a) => a.payload.len(),
+            Outbound::Assignment(a) => a.payload.json_len(),
             Outbound::Ping | Outbound::Close(..) => 0,
         };
         payload + FRAME_OVERHEAD_BYTES

@@ -35,12 +35,14 @@
 //! its settings as JSON in the environment variable [`SETTINGS_ENV`]. It is not a user
 //! interface: `peer --help` does not list it. It reads frames from stdin and writes one
 //! frame to stdout per frame read, in order. A frame is a little-endian `u32` length
-//! followed by that many bytes, at most [`MAX_WORKER_FRAME`]. Its first byte says how
-//! the rest is encoded ([`encode_task`], [`encode_answer`]): a request is `J` and a
-//! [`TaskSpec`] as JSON, or `B`, a `u32` length, that [`TaskSpec`] as JSON with a `null`
-//! payload, and the binary payload's bytes; an answer is `J` and the task's result JSON
-//! (what goes in `task_result`'s `result`) or `B` and a binary result's bytes. The worker exits when stdin closes (so workers die with their peer even
-//! when it is killed), and on a malformed frame. Its stderr is the peer's stderr.
+//! followed by that many bytes, at most [`MAX_WORKER_FRAME`]. A tag byte says how it is
+//! encoded ([`encode_task`], [`encode_answer`]): a request starts with `J` and a
+//! [`TaskSpec`] as JSON, or with `B`, a `u32` length, that [`TaskSpec`] as JSON with a
+//! `null` payload, and the binary payload's bytes; an answer is the task's result JSON
+//! (what goes in `task_result`'s `result`) followed by `J`, or a binary result's bytes
+//! followed by `B` (last, so the supervisor keeps the bytes where they were read). The
+//! worker exits when stdin closes (so workers die with their peer even when it is
+//! killed), and on a malformed frame. Its stderr is the peer's stderr.
 //!
 //! With `P2C2R_TEST_TASKS=1` in a worker's environment (see [`Isolation::Workers`]'s
 //! `env`), two task types exist for tests only: [`TEST_ALLOC_TASK`] allocates until the
@@ -267,27 +269,27 @@ fn decode_task(frame: &[u8]) -> Result<TaskSpec, String> {
     }
 }
 
-/// A task's answer as a worker writes it.
+/// A task's answer as a worker writes it: the body, then its tag. (The tag goes last so
+/// that the supervisor takes the body as it was read, without moving it.)
 fn encode_answer(result: &Payload) -> Vec<u8> {
     let body = match result {
         Payload::Json(json) => json.get().as_bytes(),
         Payload::Binary(bytes) => bytes.as_ref(),
     };
-    let mut frame = Vec::with_capacity(1 + body.len());
-    frame.push(if result.is_binary() { BINARY_TAG } else { JSON_TAG });
+    let mut frame = Vec::with_capacity(body.len() + 1);
     frame.extend_from_slice(body);
+    frame.push(if result.is_binary() { BINARY_TAG } else { JSON_TAG });
     frame
 }
 
 /// A worker's answer as the supervisor reads it ([`encode_answer`]).
 fn decode_answer(mut frame: Vec<u8>) -> Result<Payload, String> {
-    match frame.first() {
-        Some(&JSON_TAG) => {
-            frame.remove(0);
+    match frame.pop() {
+        Some(JSON_TAG) => {
             let text = String::from_utf8(frame).map_err(|e| e.to_string())?;
             raw_payload(text).map_err(|e| e.to_string())
         }
-        Some(&BINARY_TAG) => Ok(Payload::binary(bytes::Bytes::from(frame).slice(1..))),
+        Some(BINARY_TAG) => Ok(Payload::binary(frame)),
         _ => Err("unknown frame tag".into()),
     }
 }
@@ -764,6 +766,18 @@ mod tests {
 
     fn framed(parts: &[&[u8]]) -> Vec<u8> {
         parts.concat()
+    }
+
+    #[test]
+    fn answers_of_either_kind_come_back_as_written() {
+        let json = raw_payload(r#"{"status":"success","tick":3}"#.into()).unwrap();
+        let binary = Payload::binary(vec![0x51, 1, 0, 0xff]);
+        for answer in [json, binary] {
+            assert_eq!(decode_answer(encode_answer(&answer)).unwrap(), answer);
+        }
+        assert!(decode_answer(Vec::new()).is_err());
+        assert!(decode_answer(b"{}X".to_vec()).is_err());
+        assert!(decode_answer(vec![0xff, b'J']).is_err(), "not UTF-8");
     }
 
     #[test]
