@@ -522,7 +522,10 @@ impl Router {
                 state.send(conn, Message::StatsReport(report));
             }
             Message::Error(e) => debug!(conn, code = %e.code, message = e.message, "client reported an error"),
-            other @ (Message::RegistrationAck(_) | Message::TaskAssignment(_) | Message::StatsReport(_)) => {
+            other @ (Message::RegistrationAck(_)
+            | Message::TaskAssignment(_)
+            | Message::StatsReport(_)
+            | Message::SessionStatus(_)) => {
                 let msg_type = other.msg_type();
                 state.send_error(
                     conn,
@@ -1128,6 +1131,7 @@ impl State {
             peers_quarantined: self.peers_quarantined,
             peers_evicted: self.peers_evicted,
             errors_sent: self.errors_sent,
+            ..StatsReport::default()
         }
     }
 }

@@ -75,6 +75,7 @@ pub fn decode(frame: &str) -> Result<Message, CodecError> {
         "error" => Message::Error(body(frame, "error")?),
         "stats" => Message::Stats(body(frame, "stats")?),
         "stats_report" => Message::StatsReport(body(frame, "stats_report")?),
+        "session_status" => Message::SessionStatus(body(frame, "session_status")?),
         other => return Err(CodecError::UnknownMsgType(truncate(other, 64))),
     })
 }
@@ -239,6 +240,19 @@ mod tests {
     fn stats_round_trip() {
         round_trip(Message::Stats(StatsRequest {}));
         round_trip(Message::StatsReport(StatsReport { peers: 3, tasks_completed: 9, ..Default::default() }));
+    }
+
+    #[test]
+    fn session_status_round_trip() {
+        round_trip(Message::SessionStatus(SessionStatus {
+            session_id: "physics".into(),
+            replicas_wanted: 2,
+            replicas_live: 1,
+            audited: false,
+            strict: true,
+            disagreements: 3,
+            corrections: 1,
+        }));
     }
 
     #[test]

@@ -32,6 +32,9 @@ pub enum Message {
     Stats(StatsRequest),
     /// Coordinator → asker: the counters.
     StatsReport(StatsReport),
+    /// Coordinator → gamer: how a session is replicated and verified, sent when that
+    /// changes.
+    SessionStatus(SessionStatus),
 }
 
 impl Message {
@@ -48,6 +51,7 @@ impl Message {
             Message::Error(_) => "error",
             Message::Stats(_) => "stats",
             Message::StatsReport(_) => "stats_report",
+            Message::SessionStatus(_) => "session_status",
         }
     }
 
@@ -364,4 +368,45 @@ pub struct StatsReport {
     pub peers_evicted: u64,
     /// `error` messages sent.
     pub errors_sent: u64,
+    /// Ticks of replicated or audited sessions whose answers were compared (two or more
+    /// replicas answered).
+    #[serde(default)]
+    pub ticks_compared: u64,
+    /// Of those, ticks on which replicas' answers differed.
+    #[serde(default)]
+    pub replica_disagreements: u64,
+    /// Peers proven to have returned a wrong result (outvoted by replicas with the same
+    /// determinism setup) and quarantined.
+    #[serde(default)]
+    pub peers_caught_lying: u64,
+    /// Full-state answers sent to gamers to correct a session a liar had served.
+    #[serde(default)]
+    pub sessions_corrected: u64,
+    /// Replicas started from a session's log (new replicas, replacements, tie-breakers).
+    #[serde(default)]
+    pub replicas_started: u64,
+}
+
+/// `session_status`: how one of the gamer's sessions is replicated (see PROTOCOL.md,
+/// "Replicated sessions"). Sent when it changes; informational.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SessionStatus {
+    /// The gamer's session.
+    pub session_id: String,
+    /// Replicas the coordinator wants for it (1: not replicated; 2 for an audited one).
+    pub replicas_wanted: u8,
+    /// Replicas in step with the session now (answering its ticks).
+    pub replicas_live: u8,
+    /// An audited session: a second replica's answers are compared but never delivered.
+    #[serde(default)]
+    pub audited: bool,
+    /// Only answers that two replicas agree on are delivered.
+    #[serde(default)]
+    pub strict: bool,
+    /// Ticks of this session on which replicas disagreed.
+    #[serde(default)]
+    pub disagreements: u64,
+    /// Full-state answers sent to correct this session.
+    #[serde(default)]
+    pub corrections: u64,
 }

@@ -10,12 +10,18 @@ pub mod task_types {
     pub const PHYSICS_STEP: &str = "physics_step";
     /// Path queries and steering for a batch of agents ([`crate::ai::AiNavigateRequest`]).
     pub const AI_NAVIGATE: &str = "ai_navigate";
+    /// A `physics_step` whose answer reports every body of the session (asleep or not)
+    /// and, packed, is a keyframe. The coordinator sends it, in place of a
+    /// `physics_step`, to every replica of a session whose gamer may hold a wrong state
+    /// (after a replica was proven to lie): the full answer corrects the gamer's copy.
+    /// Gamers never send it.
+    pub const PHYSICS_STEP_FULL: &str = "physics_step_full";
     /// The seed's physics task: `{"num_objects": N}`, answered with a summary.
     pub const SEED_PHYSICS: &str = "physics";
     /// The seed's AI task: `{"model": NAME}`, answered with a summary.
     pub const SEED_AI: &str = "ai";
     /// Every type a P2C2R peer runs.
-    pub const ALL: [&str; 4] = [PHYSICS_STEP, AI_NAVIGATE, SEED_PHYSICS, SEED_AI];
+    pub const ALL: [&str; 5] = [PHYSICS_STEP, PHYSICS_STEP_FULL, AI_NAVIGATE, SEED_PHYSICS, SEED_AI];
 }
 
 /// The `status` field every P2C2R task result carries.
