@@ -110,6 +110,29 @@ pub struct Config {
     /// first start; see `reputation.rs`). `None` (the default): in memory only, so a
     /// quarantined peer is forgotten when the coordinator restarts. Set it in production.
     pub reputation_db: Option<std::path::PathBuf>,
+    /// Replicas each physics session runs on (1..=5): every replica steps every tick,
+    /// the gamer gets the first answer, answers are compared, and the death of one
+    /// replica costs the session nothing (see `replication.rs`). 1: not replicated.
+    pub replicas: u8,
+    /// Fraction (0..=1) of unreplicated physics sessions that run on a second, hidden
+    /// replica whose answers are compared (an audit); sessions are drawn when they
+    /// start. Applies whenever a second compatible peer is connected.
+    pub audit_fraction: f64,
+    /// Deliver only answers two replicas agree on (every physics session gets at least
+    /// two replicas; a disagreement or a missing replica is answered `unverified` with
+    /// resync, so the gamer steps locally meanwhile).
+    pub strict_replication: bool,
+    /// Replicas of one session must run on peers connected from different addresses, so
+    /// one machine running many peers cannot outvote the others. Turn it off only where
+    /// all peers share an address (tests on loopback).
+    pub replicas_on_distinct_hosts: bool,
+    /// Ticks a replicated session's log keeps since its last snapshot (what a replica
+    /// started later replays). Past it, replicas are started only at a snapshot.
+    pub replica_log_ticks: usize,
+    /// Payload bytes a replicated session's log keeps, at most.
+    pub replica_log_bytes: usize,
+    /// Payload bytes all replicated sessions' logs keep together, at most.
+    pub max_replica_log_bytes: usize,
 }
 
 impl Default for Config {
@@ -151,6 +174,13 @@ impl Default for Config {
             quarantine_after_misses: 8,
             quarantine_duration: Duration::from_secs(3600),
             reputation_db: None,
+            replicas: 1,
+            audit_fraction: 0.1,
+            strict_replication: false,
+            replicas_on_distinct_hosts: true,
+            replica_log_ticks: 1800,
+            replica_log_bytes: 8 * 1024 * 1024,
+            max_replica_log_bytes: 256 * 1024 * 1024,
         }
     }
 }

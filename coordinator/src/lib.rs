@@ -39,6 +39,7 @@ pub mod metrics;
 pub mod observe;
 pub mod outbound;
 pub mod ratelimit;
+pub mod replication;
 pub mod reputation;
 pub mod router;
 pub mod scheduler;

@@ -132,6 +132,27 @@ struct Args {
     /// quarantined peer stays refused across restarts [default: in memory only].
     #[arg(long, env = "P2C2R_REPUTATION_DB", value_name = "PATH")]
     reputation_db: Option<PathBuf>,
+    /// Replicas each physics session runs on (1..=5); 1: not replicated.
+    #[arg(long, default_value_t = defaults().replicas, value_parser = clap::value_parser!(u8).range(1..=5))]
+    replicas: u8,
+    /// Fraction (0..=1) of unreplicated physics sessions audited by a hidden second replica.
+    #[arg(long, default_value_t = defaults().audit_fraction)]
+    audit_fraction: f64,
+    /// Deliver only answers two replicas agree on.
+    #[arg(long, default_value_t = defaults().strict_replication, action = clap::ArgAction::Set)]
+    strict_replication: bool,
+    /// Replicas of one session run on peers at different addresses.
+    #[arg(long, default_value_t = defaults().replicas_on_distinct_hosts, action = clap::ArgAction::Set)]
+    replicas_on_distinct_hosts: bool,
+    /// Ticks a replicated session's log keeps since its last snapshot.
+    #[arg(long, default_value_t = defaults().replica_log_ticks)]
+    replica_log_ticks: usize,
+    /// Payload bytes a replicated session's log keeps.
+    #[arg(long, default_value_t = defaults().replica_log_bytes)]
+    replica_log_bytes: usize,
+    /// Payload bytes all replicated sessions' logs keep together.
+    #[arg(long, default_value_t = defaults().max_replica_log_bytes)]
+    max_replica_log_bytes: usize,
     /// Print a JWT for ROLE:ID (gamer, peer or operator) signed with the auth file's first
     /// jwt-hs256 key trusted for that role, then exit: what a game backend does with its
     /// own JWT library.
@@ -204,6 +225,13 @@ impl Args {
             quarantine_after_misses: self.quarantine_after_misses,
             quarantine_duration: Duration::from_millis(self.quarantine_duration_ms),
             reputation_db: self.reputation_db.clone(),
+            replicas: self.replicas,
+            audit_fraction: self.audit_fraction.clamp(0.0, 1.0),
+            strict_replication: self.strict_replication,
+            replicas_on_distinct_hosts: self.replicas_on_distinct_hosts,
+            replica_log_ticks: self.replica_log_ticks,
+            replica_log_bytes: self.replica_log_bytes,
+            max_replica_log_bytes: self.max_replica_log_bytes,
         }
     }
 }

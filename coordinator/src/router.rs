@@ -27,6 +27,7 @@ use crate::observe::StreamWatch;
 pub use crate::outbound::Outbound;
 use crate::outbound::{AssignmentFrame, OutboundTx, SendError};
 use crate::ratelimit::{Rate, TokenBucket};
+use crate::replication::{self, CopyOutcome, Decision, Delivery, Group, Logged, ReplicationConfig};
 use crate::scheduler::{
     CompleteError, Completion, Dispatch, Expired, FailReason, Failure, PeerSpec, Scheduler, SchedulerConfig,
     Submission, SubmitError,
@@ -131,6 +132,34 @@ struct State {
     /// of their tasks pile up.
     kept_bytes: usize,
     max_kept_bytes: usize,
+    /// Replicated and audited physics sessions, by gamer and session.
+    groups: HashMap<String, HashMap<String, GroupEntry>>,
+    /// Peers proven to lie, to quarantine once the decision that found them is done.
+    liars: Vec<String>,
+    replication: ReplicationConfig,
+    /// Payload bytes all groups' logs hold, and the most allowed.
+    log_bytes: usize,
+    max_log_bytes: usize,
+    /// Drawn at start: which sessions are audited cannot be predicted from their ids.
+    audit_salt: u64,
+    replica_counters: ReplicaCounters,
+    /// Groups one gamer may have (its `max_sessions_per_gamer`).
+    max_groups_per_gamer: usize,
+}
+
+/// A replicated session and what its gamer was last told about it.
+struct GroupEntry {
+    group: Group,
+    told: Option<p2c2r_protocol::SessionStatus>,
+}
+
+#[derive(Default)]
+struct ReplicaCounters {
+    ticks_compared: u64,
+    disagreements: u64,
+    liars: u64,
+    corrections: u64,
+    started: u64,
 }
 
 /// What waits for a gamer that may resume.
@@ -179,8 +208,16 @@ impl Router {
             max_tasks_per_peer: (config.send_queue_frames / 2).clamp(1, u32::MAX as usize) as u32,
             max_bytes_per_peer: (config.send_queue_bytes / 2).max(1),
             quarantine_after_misses: config.quarantine_after_misses,
+            replicas_on_distinct_hosts: config.replicas_on_distinct_hosts,
             ..SchedulerConfig::default()
         });
+        let replication = ReplicationConfig {
+            replicas: config.replicas.clamp(1, replication::MAX_REPLICAS),
+            audit_fraction: config.audit_fraction.clamp(0.0, 1.0),
+            strict: config.strict_replication,
+            log_ticks: config.replica_log_ticks,
+            log_bytes: config.replica_log_bytes,
+        };
         Router {
             state: Mutex::new(State {
                 sched,
@@ -202,6 +239,14 @@ impl Router {
                 peers_quarantined: 0,
                 reputation: None,
                 max_kept_bytes: (config.max_pending_bytes / 4).max(1),
+                groups: HashMap::new(),
+                liars: Vec::new(),
+                replication,
+                log_bytes: 0,
+                max_log_bytes: config.max_replica_log_bytes,
+                audit_salt: fastrand::u64(..),
+                replica_counters: ReplicaCounters::default(),
+                max_groups_per_gamer: config.max_sessions_per_gamer.max(1),
             }),
             config,
             metrics,
@@ -277,6 +322,7 @@ impl Router {
                 Role::Peer(id) => {
                     if state.peers.get(&id) == Some(&conn) {
                         state.peers.remove(&id);
+                        state.retire_replicas_on(&id);
                         state.sched.remove_peer(&id);
                     }
                     state.ids.forget(Kind::Peer, &id);
@@ -398,6 +444,7 @@ impl Router {
                 if state.peers.get(&peer_id) == Some(&conn) {
                     state.peers.remove(&peer_id);
                     state.ids.release(Kind::Peer, &peer_id, Instant::now());
+                    state.retire_replicas_on(&peer_id);
                     let requeued = state.sched.remove_peer(&peer_id);
                     crate::info_limited!("router: peer left", peer_id, requeued, ?why, "peer left");
                     state.dispatch(Instant::now());
@@ -627,7 +674,7 @@ impl Router {
             && *until > Instant::now()
         {
             let left = until.saturating_duration_since(Instant::now()).as_secs();
-            let reason = format!("peer {:?} is quarantined for missing deadlines ({left} s left)", m.peer_id);
+            let reason = format!("peer {:?} is quarantined ({left} s left)", m.peer_id);
             state.send_error(conn, ErrorCode::Quarantined, reason, Some("register_peer".into()));
             if let Some(entry) = state.conns.get(&conn) {
                 let _ = entry.handle.tx.send_exempt(Outbound::Close(CLOSE_POLICY, "quarantined".into()));
@@ -670,8 +717,11 @@ impl Router {
         let task_types =
             caps.task_types.as_ref().filter(|t| !t.is_empty()).map(|t| t.iter().cloned().collect::<HashSet<_>>());
         crate::info_limited!("router: peer registered", peer_id = m.peer_id, capacity, task_types = ?caps.task_types, "peer registered");
+        let setup = caps.determinism.as_ref().map(PeerSpec::setup_of);
+        let host = state.conns.get(&conn).and_then(|c| c.info.as_ref()).map(|i| i.addr.ip());
         // add_peer re-queues the work of a same-id registration it replaces.
-        state.sched.add_peer(m.peer_id.clone(), PeerSpec { task_types, capacity });
+        state.retire_replicas_on(&m.peer_id);
+        state.sched.add_peer(m.peer_id.clone(), PeerSpec { task_types, capacity, setup, host });
         let secret = state.ids.bind(Kind::Peer, &m.peer_id);
         state.send(conn, self.ack(Some(m.peer_id), None, secret));
         state.dispatch(Instant::now());
@@ -772,6 +822,14 @@ impl Router {
         }
         let deadline = m.deadline_ms.map_or(self.config.default_task_deadline, Duration::from_millis);
         let task_id = m.task_id.clone();
+        if let Some(session) = m.session_id.as_deref()
+            && m.task_type == p2c2r_protocol::task_types::PHYSICS_STEP
+            && state.replicated(gamer_id, session)
+        {
+            let session = session.to_owned();
+            let result = state.submit_replicated(gamer_id, &session, m, deadline);
+            return self.submitted(state, conn, gamer_id, task_id, result);
+        }
         let submission = Submission {
             task_id: m.task_id,
             task_type: m.task_type,
@@ -779,8 +837,22 @@ impl Router {
             deadline,
             bytes: m.task_data.len(),
             payload: m.task_data,
+            siblings: Vec::new(),
         };
-        match state.sched.submit(gamer_id, submission, Instant::now()) {
+        let result = state.sched.submit(gamer_id, submission, Instant::now()).map(|_| ());
+        self.submitted(state, conn, gamer_id, task_id, result);
+    }
+
+    /// Dispatches after a submission, or tells the gamer why it was refused.
+    fn submitted(
+        &self,
+        state: &mut State,
+        conn: ConnId,
+        gamer_id: &str,
+        task_id: String,
+        result: Result<(), SubmitError>,
+    ) {
+        match result {
             Ok(_) => {
                 debug!(gamer_id, task_id, "task queued");
                 state.dispatch(Instant::now());
@@ -824,7 +896,23 @@ impl Router {
             m.result = to_payload(&error.with_resync()).expect("task errors always serialize");
         }
         match state.sched.complete(peer_id, &m.task_id) {
-            Ok(Completion::Deliver { gamer, task_id, attempt, submitted_at, assigned_at }) => {
+            Ok(Completion::Deliver { gamer, task_id, attempt, submitted_at, assigned_at, session_id })
+                if session_id.as_deref().is_some_and(|s| state.group_mut(&gamer, s).is_some()) =>
+            {
+                let now = Instant::now();
+                state.metrics.peer_task_duration.observe(now.saturating_duration_since(assigned_at).as_secs_f64());
+                let session = session_id.expect("checked above");
+                let kind = p2c2r_protocol::inspect::result_kind(&m.result);
+                let digest = (kind == p2c2r_protocol::inspect::ResultKind::Success)
+                    .then(|| replication::answer_digest(&m.result));
+                let outcome =
+                    CopyOutcome::Answer { peer: peer_id.to_owned(), payload: m.result, kind, digest, attempt };
+                state.copy_outcome(&gamer, &session, &task_id, outcome, Some(submitted_at));
+                if state.take_quarantined_liars(self.config.quarantine_duration) {
+                    self.deadlines_changed.notify_one();
+                }
+            }
+            Ok(Completion::Deliver { gamer, task_id, attempt, submitted_at, assigned_at, .. }) => {
                 debug!(peer_id, gamer_id = gamer, task_id, attempt, "result delivered");
                 let now = Instant::now();
                 state.metrics.peer_task_duration.observe(now.saturating_duration_since(assigned_at).as_secs_f64());
@@ -894,7 +982,7 @@ impl Router {
             );
         }
         for peer_id in state.sched.take_quarantined() {
-            state.quarantine_peer(&peer_id, now + self.config.quarantine_duration);
+            state.quarantine_peer(&peer_id, now + self.config.quarantine_duration, MISSED_DEADLINES);
         }
         let answers = state.answers_for(failures);
         state.dispatch(now);
@@ -985,9 +1073,11 @@ impl State {
                 assignment_id: d.assignment_id.clone(),
                 attempt: d.attempt,
                 deadline_ms: d.deadline.as_millis() as u64,
-                task_id: task.task_id.clone(),
+                // A replica's copy carries the gamer's own ids: every replica sees the
+                // same task, and replicas of one session never share a peer.
+                task_id: replication::split(&task.task_id).0.to_owned(),
                 task_type: task.task_type.clone(),
-                session_id: task.session_id.clone(),
+                session_id: task.session_id.as_deref().map(|s| replication::split(s).0.to_owned()),
                 // Peers see an opaque alias: a gamer id would let a peer's owner learn
                 // whom it serves.
                 gamer_id: self.ids.alias(&task.gamer),
@@ -1016,6 +1106,10 @@ impl State {
     fn answers_for(&mut self, failures: Vec<Failure>) -> Vec<(OutboundTx, Failure)> {
         let mut live = Vec::new();
         for f in failures {
+            if f.session_id.as_deref().is_some_and(|s| self.group_mut(&f.gamer, s).is_some()) {
+                self.replicated_failure(f);
+                continue;
+            }
             match self.gamers.get(&f.gamer).and_then(|c| self.conns.get(c)) {
                 Some(c) => live.push((c.handle.tx.clone(), f)),
                 None if self.detached.contains_key(&f.gamer) => {
@@ -1030,8 +1124,9 @@ impl State {
 
     /// Quarantines a peer that kept missing deadlines: closes it (its tasks are re-queued)
     /// and refuses its id until `until`.
-    fn quarantine_peer(&mut self, peer_id: &str, until: Instant) {
-        crate::warn_limited!("router: peer quarantined", peer_id, "peer missed deadlines in a row; quarantined");
+    fn quarantine_peer(&mut self, peer_id: &str, until: Instant, why: &str) {
+        crate::warn_limited!("router: peer quarantined", peer_id, why, "peer quarantined");
+        self.retire_replicas_on(peer_id);
         insert_bounded(&mut self.quarantine, peer_id, until, MAX_QUARANTINED);
         if let Some(db) = &self.reputation {
             db.quarantined(peer_id, until.saturating_duration_since(Instant::now()));
@@ -1043,7 +1138,7 @@ impl State {
             return;
         };
         self.sched.remove_peer(peer_id);
-        self.send_error(conn, ErrorCode::Quarantined, "quarantined for missing task deadlines in a row", None);
+        self.send_error(conn, ErrorCode::Quarantined, format!("quarantined: {why}"), None);
         if let Some(c) = self.conns.get_mut(&conn) {
             c.role = Role::Unregistered;
             if c.handle.tx.send_exempt(Outbound::Close(CLOSE_POLICY, "quarantined".into())).is_err() {
@@ -1080,6 +1175,10 @@ impl State {
     /// sessions, kept results and limits.
     fn forget_gamer(&mut self, gamer: &str) -> usize {
         self.take_detached(gamer);
+        if let Some(groups) = self.groups.remove(gamer) {
+            let freed: usize = groups.values().map(|e| e.group.log_bytes()).sum();
+            self.log_bytes = self.log_bytes.saturating_sub(freed);
+        }
         self.limits.remove(gamer);
         self.ids.forget(Kind::Gamer, gamer);
         self.sched.remove_gamer(gamer)
@@ -1131,10 +1230,19 @@ impl State {
             peers_quarantined: self.peers_quarantined,
             peers_evicted: self.peers_evicted,
             errors_sent: self.errors_sent,
-            ..StatsReport::default()
+            ticks_compared: self.replica_counters.ticks_compared,
+            replica_disagreements: self.replica_counters.disagreements,
+            peers_caught_lying: self.replica_counters.liars,
+            sessions_corrected: self.replica_counters.corrections,
+            replicas_started: self.replica_counters.started,
         }
     }
 }
+
+/// Why a peer that kept missing deadlines was quarantined.
+const MISSED_DEADLINES: &str = "missed task deadlines in a row";
+/// Why a peer outvoted by replicas was quarantined.
+const OUTVOTED: &str = "its result differed from what two or more replicas of the session agreed on";
 
 /// Peer ids remembered as quarantined at most (each costs about a hundred bytes): beyond,
 /// the one whose quarantine ends soonest is forgotten first. In open mode anyone can make
@@ -1204,7 +1312,7 @@ fn lost_result(task_id: String) -> Message {
 }
 
 /// The `task_result` error that tells a gamer its task was given up.
-fn failure_message(Failure { gamer, task_id, attempts, reason }: Failure) -> Message {
+fn failure_message(Failure { gamer, task_id, attempts, reason, .. }: Failure) -> Message {
     debug!(gamer_id = gamer, task_id, attempts, ?reason, "task given up");
     {
         let error = match reason {
@@ -1233,6 +1341,8 @@ fn check_id(field: &str, value: &str) -> Result<(), String> {
         Err(format!("{field} must not be empty"))
     } else if value.len() > limits::MAX_ID_BYTES {
         Err(format!("{field} is longer than {} bytes", limits::MAX_ID_BYTES))
+    } else if value.chars().any(char::is_control) {
+        Err(format!("{field} must not contain control characters"))
     } else {
         Ok(())
     }
@@ -1258,4 +1368,378 @@ mod tests {
         assert_eq!(table.len(), 4);
         assert!(table.contains_key("p7"));
     }
+}
+
+/// Replicated and audited sessions (see [`crate::replication`]): the router's side.
+impl State {
+    /// The group of a gamer's session (`session` may be a replica's scheduler session).
+    fn group_mut(&mut self, gamer: &str, session: &str) -> Option<&mut GroupEntry> {
+        self.groups.get_mut(gamer)?.get_mut(replication::split(session).0)
+    }
+
+    /// Whether a gamer's physics session is replicated or audited: decided when its first
+    /// physics tick arrives (a session already running on one peer stays so).
+    fn replicated(&mut self, gamer: &str, session: &str) -> bool {
+        if self.group_mut(gamer, session).is_some() {
+            return true;
+        }
+        let c = &self.replication;
+        let (wanted, audited) = if c.strict {
+            (c.replicas.max(2), false)
+        } else if c.replicas > 1 {
+            (c.replicas, false)
+        } else if replication::audited(gamer, session, c.audit_fraction, self.audit_salt)
+            && self.sched.replica_capacity(p2c2r_protocol::task_types::PHYSICS_STEP) >= 2
+        {
+            // Audited only where a second compatible peer is there to audit.
+            (2, true)
+        } else {
+            return false;
+        };
+        if self.sched.has_session(gamer, session) {
+            return false;
+        }
+        let strict = c.strict;
+        let max_groups = self.max_groups_per_gamer;
+        let groups = self.groups.entry(gamer.to_owned()).or_default();
+        if groups.len() >= max_groups {
+            // Groups whose sessions the scheduler forgot (idle, evicted) go first.
+            let sched = &self.sched;
+            let mut freed = 0;
+            groups.retain(|s, e| {
+                let alive =
+                    e.group.live().iter().any(|g| sched.has_session(gamer, &replication::replica_session(s, *g)));
+                if !alive {
+                    freed += e.group.log_bytes();
+                }
+                alive
+            });
+            self.log_bytes = self.log_bytes.saturating_sub(freed);
+            if groups.len() >= max_groups {
+                return false;
+            }
+        }
+        groups.insert(session.to_owned(), GroupEntry { group: Group::new(wanted, audited, strict), told: None });
+        true
+    }
+
+    /// Submits one copy of a physics tick per live replica, starting replicas first
+    /// where some are missing, and logs the tick.
+    fn submit_replicated(
+        &mut self,
+        gamer: &str,
+        session: &str,
+        m: TaskRequest,
+        deadline: Duration,
+    ) -> Result<(), SubmitError> {
+        let now = Instant::now();
+        let snapshot = p2c2r_protocol::inspect::is_snapshot_request(&m.task_data);
+        self.fill_replicas(gamer, session, snapshot, now);
+        let Some(entry) = self.group_mut(gamer, session) else { return Err(SubmitError::UnknownGamer) };
+        let full = !snapshot && entry.group.take_correction();
+        let task_type = if full { p2c2r_protocol::task_types::PHYSICS_STEP_FULL.to_owned() } else { m.task_type };
+        let live = entry.group.live().to_vec();
+        let mut submitted = 0;
+        let mut refused = Vec::new();
+        let mut first_error = None;
+        for &generation in &live {
+            let submission = Submission {
+                task_id: replication::replica_task(&m.task_id, generation),
+                task_type: task_type.clone(),
+                session_id: Some(replication::replica_session(session, generation)),
+                deadline,
+                bytes: m.task_data.len(),
+                payload: m.task_data.clone(),
+                siblings: siblings(session, &live, generation),
+            };
+            match self.sched.submit(gamer, submission, now) {
+                Ok(_) => submitted += 1,
+                Err(e) => {
+                    refused.push(generation);
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if submitted == 0 {
+            return Err(first_error.unwrap_or(SubmitError::UnknownGamer));
+        }
+        if full {
+            self.replica_counters.corrections += 1;
+            crate::info_limited!("router: session corrected", gamer_id = gamer, session, "full-state tick sent");
+        }
+        let logged = Logged { task_id: m.task_id, task_type, deadline, payload: m.task_data };
+        let config = self.replication.clone();
+        let entry = self.group_mut(gamer, session).expect("looked up above");
+        let change = entry.group.submitted(logged, snapshot, submitted, &config);
+        self.account_log(gamer, session, change);
+        for generation in refused {
+            self.retire_generation(gamer, session, generation);
+        }
+        self.tell_status(gamer, session);
+        Ok(())
+    }
+
+    /// Starts the replicas a group lacks: the first one at once, the others at a snapshot
+    /// (they start with it) or, between snapshots, one per tick replaying the log; only
+    /// as many as there are compatible peers for.
+    fn fill_replicas(&mut self, gamer: &str, session: &str, snapshot: bool, now: Instant) {
+        loop {
+            let capacity = self.sched.replica_capacity(p2c2r_protocol::task_types::PHYSICS_STEP);
+            let Some(entry) = self.group_mut(gamer, session) else { return };
+            if entry.group.live().is_empty() {
+                entry.group.start_generation();
+                continue;
+            }
+            if !entry.group.short() || capacity <= entry.group.live().len() {
+                return;
+            }
+            if snapshot {
+                entry.group.start_generation();
+                continue;
+            }
+            if !entry.group.has_log() {
+                return;
+            }
+            let generation = entry.group.start_generation();
+            self.replica_counters.started += 1;
+            self.replay_into(gamer, session, generation, now);
+            return;
+        }
+    }
+
+    /// Submits the group's log to a new generation (its copies go before any live tick's).
+    fn replay_into(&mut self, gamer: &str, session: &str, generation: u32, now: Instant) {
+        let Some(entry) = self.group_mut(gamer, session) else { return };
+        let log = entry.group.log();
+        let live = entry.group.live().to_vec();
+        crate::info_limited!(
+            "router: replica started",
+            gamer_id = gamer,
+            session,
+            generation,
+            ticks = log.len(),
+            "replica started from the session's log"
+        );
+        for logged in log {
+            let submission = Submission {
+                task_id: replication::replica_task(&logged.task_id, generation),
+                task_type: logged.task_type,
+                session_id: Some(replication::replica_session(session, generation)),
+                deadline: logged.deadline,
+                bytes: logged.payload.len(),
+                payload: logged.payload,
+                siblings: siblings(session, &live, generation),
+            };
+            if self.sched.submit(gamer, submission, now).is_err() {
+                // No room for the replay: give the replica up (a later tick tries again).
+                return self.retire_generation(gamer, session, generation);
+            }
+            if let Some(entry) = self.group_mut(gamer, session) {
+                entry.group.replaying(&logged.task_id, 1);
+            }
+        }
+    }
+
+    /// Counts a change of a group's log bytes; past the coordinator-wide bound, that
+    /// group's log is dropped.
+    fn account_log(&mut self, gamer: &str, session: &str, change: isize) {
+        self.log_bytes = self.log_bytes.saturating_add_signed(change);
+        if self.log_bytes > self.max_log_bytes
+            && let Some(entry) = self.group_mut(gamer, session)
+        {
+            let freed = entry.group.drop_log();
+            self.log_bytes = self.log_bytes.saturating_sub(freed);
+        }
+    }
+
+    /// Retires a replica: its copies are dropped (each counted as cancelled for its tick).
+    fn retire_generation(&mut self, gamer: &str, session: &str, generation: u32) {
+        let Some(entry) = self.group_mut(gamer, session) else { return };
+        if !entry.group.live().contains(&generation) {
+            return;
+        }
+        entry.group.retire(generation);
+        let dropped = self.sched.cancel_session(gamer, &replication::replica_session(session, generation));
+        for task_id in dropped {
+            self.copy_outcome(gamer, session, &task_id, CopyOutcome::Cancelled, None);
+        }
+        self.tell_status(gamer, session);
+    }
+
+    /// Retires every replica a peer holds (it is leaving or quarantined): the other
+    /// replicas go on, and the next tick starts a replacement.
+    fn retire_replicas_on(&mut self, peer: &str) {
+        for (gamer, scheduler_session) in self.sched.sessions_on(peer) {
+            let (session, generation) = replication::split(&scheduler_session);
+            let session = session.to_owned();
+            let live = self.group_mut(&gamer, &session).is_some_and(|e| e.group.live().contains(&generation));
+            if live {
+                self.retire_generation(&gamer, &session, generation);
+            }
+        }
+    }
+
+    /// A replicated copy given up by the scheduler.
+    fn replicated_failure(&mut self, failure: Failure) {
+        let session = failure.session_id.clone().unwrap_or_default();
+        let (gamer, task_id) = (failure.gamer.clone(), failure.task_id.clone());
+        let Some(entry) = self.group_mut(&gamer, &session) else { return };
+        let (base, generation) = replication::split(&task_id);
+        let decision = entry.group.outcome(base, generation, CopyOutcome::GivenUp);
+        let session = replication::split(&session).0.to_owned();
+        let base = base.to_owned();
+        self.apply_decision(&gamer, &session, &base, decision, None, Some(failure));
+    }
+
+    /// What became of one copy (`session` and `task_id` are scheduler ids).
+    fn copy_outcome(
+        &mut self,
+        gamer: &str,
+        session: &str,
+        task_id: &str,
+        outcome: CopyOutcome,
+        submitted_at: Option<Instant>,
+    ) {
+        let Some(entry) = self.group_mut(gamer, session) else { return };
+        let (base, generation) = replication::split(task_id);
+        let answered = matches!(outcome, CopyOutcome::Answer { .. });
+        let decision = entry.group.outcome(base, generation, outcome);
+        if answered && decision.deliver.is_none() {
+            // The scheduler counted the answer as delivered; only one copy per tick is.
+            self.sched.uncount_completion(gamer);
+        }
+        let session = replication::split(session).0.to_owned();
+        let base = base.to_owned();
+        self.apply_decision(gamer, &session, &base, decision, submitted_at, None);
+    }
+
+    fn apply_decision(
+        &mut self,
+        gamer: &str,
+        session: &str,
+        task_id: &str,
+        decision: Decision,
+        submitted_at: Option<Instant>,
+        failure: Option<Failure>,
+    ) {
+        if decision.compared {
+            self.replica_counters.ticks_compared += 1;
+        }
+        if decision.disagreement {
+            self.replica_counters.disagreements += 1;
+            crate::warn_limited!(
+                "router: replicas disagree",
+                gamer_id = gamer,
+                session,
+                task_id,
+                "replicas of a session answered a tick differently"
+            );
+        }
+        match decision.deliver {
+            Some(Delivery::Answer { payload, peer, attempt }) => {
+                if let Some(at) = submitted_at {
+                    let latency = Instant::now().saturating_duration_since(at);
+                    self.metrics.task_latency.observe(latency.as_secs_f64());
+                    self.latencies.record(latency);
+                }
+                let message = Message::TaskResult(TaskResult {
+                    task_id: task_id.to_owned(),
+                    result: payload,
+                    attempt: Some(attempt),
+                    peer_id: Some(peer),
+                });
+                self.deliver(gamer, task_id, Outbound::message(message));
+            }
+            Some(Delivery::Failure) => {
+                let message = match failure {
+                    Some(f) => failure_message(Failure { task_id: task_id.to_owned(), ..f }),
+                    None => replica_error(
+                        task_id,
+                        ErrorCode::UnknownSession,
+                        "every replica of the session was lost; send a snapshot",
+                    ),
+                };
+                self.deliver(gamer, task_id, Outbound::message(message));
+            }
+            Some(Delivery::Unverified) => {
+                let message = replica_error(
+                    task_id,
+                    ErrorCode::Unverified,
+                    "the session's replicas did not agree on this tick (strict replication); send a snapshot",
+                );
+                self.deliver(gamer, task_id, Outbound::message(message));
+            }
+            None => {}
+        }
+        self.liars.extend(decision.liars);
+        for generation in decision.retire {
+            self.retire_generation(gamer, session, generation);
+        }
+        if decision.tie_break
+            && let Some(generation) = self.group_mut(gamer, session).and_then(|e| e.group.start_tie_breaker())
+        {
+            self.replica_counters.started += 1;
+            self.replay_into(gamer, session, generation, Instant::now());
+        }
+        self.tell_status(gamer, session);
+    }
+
+    /// Sends a frame for a gamer's task: to its connection, or kept while it may resume.
+    fn deliver(&mut self, gamer: &str, task_id: &str, frame: Outbound) {
+        match self.gamers.get(gamer).copied() {
+            Some(conn) => self.send_frame(conn, frame),
+            None => self.keep_for_resume(gamer, task_id, frame),
+        }
+    }
+
+    /// Quarantines the peers found lying since the last call. Returns whether any was.
+    fn take_quarantined_liars(&mut self, duration: Duration) -> bool {
+        let liars = std::mem::take(&mut self.liars);
+        let any = !liars.is_empty();
+        for liar in liars {
+            if self.quarantine.contains_key(&liar) {
+                continue;
+            }
+            self.replica_counters.liars += 1;
+            self.quarantine_peer(&liar, Instant::now() + duration, OUTVOTED);
+        }
+        if any {
+            self.dispatch(Instant::now());
+        }
+        any
+    }
+
+    /// Tells the gamer how its session is replicated, when that changed.
+    fn tell_status(&mut self, gamer: &str, session: &str) {
+        let strict = self.replication.strict;
+        let Some(entry) = self.group_mut(gamer, session) else { return };
+        let status = p2c2r_protocol::SessionStatus {
+            session_id: session.to_owned(),
+            replicas_wanted: entry.group.wanted(),
+            replicas_live: entry.group.live().len().min(usize::from(u8::MAX)) as u8,
+            audited: entry.group.audited(),
+            strict,
+            disagreements: entry.group.disagreements(),
+            corrections: entry.group.corrections(),
+        };
+        if entry.told.as_ref() == Some(&status) {
+            return;
+        }
+        entry.told = Some(status.clone());
+        if let Some(conn) = self.gamers.get(gamer).copied() {
+            self.send(conn, Message::SessionStatus(status));
+        }
+    }
+}
+
+/// The scheduler sessions of a replica's siblings.
+fn siblings(session: &str, live: &[u32], generation: u32) -> Vec<String> {
+    live.iter().filter(|g| **g != generation).map(|g| replication::replica_session(session, *g)).collect()
+}
+
+/// A `task_result` error the coordinator answers a replicated tick with (resync).
+fn replica_error(task_id: &str, code: ErrorCode, message: &str) -> Message {
+    let error = TaskError::new(code, message).with_resync();
+    let result = to_payload(&error).expect("TaskError serializes");
+    Message::TaskResult(TaskResult { task_id: task_id.to_owned(), result, attempt: None, peer_id: None })
 }

@@ -81,6 +81,9 @@ pub struct SchedulerConfig {
     /// time (a gamer asking for the impossible, on purpose or not) says nothing about the
     /// peers it missed on, so a gamer cannot get honest peers quarantined.
     pub quarantine_after_misses: u32,
+    /// Replicas of one session never share a host (a peer's address): one machine
+    /// running many peers cannot outvote the others. Off for tests on loopback.
+    pub replicas_on_distinct_hosts: bool,
 }
 
 impl Default for SchedulerConfig {
@@ -99,6 +102,7 @@ impl Default for SchedulerConfig {
             max_tasks_per_peer: 512,
             max_bytes_per_peer: 16 * 1024 * 1024,
             quarantine_after_misses: 8,
+            replicas_on_distinct_hosts: true,
         }
     }
 }
@@ -110,6 +114,23 @@ pub struct PeerSpec {
     pub task_types: Option<HashSet<String>>,
     /// Tasks it runs at once (at least 1).
     pub capacity: u32,
+    /// Its determinism setup, as a fingerprint ([`PeerSpec::setup_of`]): replicas of a
+    /// session only go to peers with the same one (their answers are compared bit for
+    /// bit). `None`: it declared none, and never hosts a replica beside another.
+    pub setup: Option<u64>,
+    /// The host it connects from: replicas of a session go to different hosts when
+    /// [`SchedulerConfig::replicas_on_distinct_hosts`] is set.
+    pub host: Option<std::net::IpAddr>,
+}
+
+impl PeerSpec {
+    /// The fingerprint of a declared determinism setup (equal setups, equal prints).
+    pub fn setup_of(setup: &p2c2r_protocol::Determinism) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        serde_json::to_string(setup).unwrap_or_default().hash(&mut h);
+        h.finish()
+    }
 }
 
 /// A task as a gamer submitted it.
@@ -127,6 +148,11 @@ pub struct Submission<P> {
     pub payload: P,
     /// The payload's size, counted against the byte budgets.
     pub bytes: usize,
+    /// The other replicas of its session (their scheduler session ids): this session is
+    /// never placed on a peer one of them is pinned to, only beside peers of the same
+    /// determinism setup, and (see [`SchedulerConfig::replicas_on_distinct_hosts`]) on
+    /// another host. Empty for a session that is not replicated.
+    pub siblings: Vec<String>,
 }
 
 /// Why a submission was refused.
@@ -197,6 +223,8 @@ pub enum Completion {
         submitted_at: Instant,
         /// When the answering attempt was sent to the peer (for the peer's round trip).
         assigned_at: Instant,
+        /// The task's session, if any.
+        session_id: Option<String>,
     },
     /// The gamer has left; drop the result.
     Orphaned,
@@ -229,6 +257,8 @@ pub struct Failure {
     pub attempts: u32,
     /// Why.
     pub reason: FailReason,
+    /// The task's session, if any.
+    pub session_id: Option<String>,
 }
 
 /// Why a task was given up.
@@ -371,6 +401,9 @@ struct Peer {
     completed: u64,
     /// Deadlines missed since its last accepted answer.
     misses_in_a_row: u32,
+    /// See [`PeerSpec::setup`] and [`PeerSpec::host`].
+    setup: Option<u64>,
+    host: Option<std::net::IpAddr>,
 }
 
 /// A session's tasks in flight at one peer.
@@ -496,6 +529,8 @@ struct Gamer {
 #[derive(Debug, Default)]
 struct Session {
     peer: Option<PeerId>,
+    /// The other replicas of its session ([`Submission::siblings`]).
+    siblings: Vec<String>,
     /// Queued tasks of the session, in submission order.
     lane: BTreeSet<TaskKey>,
     pending: u32,
@@ -697,6 +732,8 @@ impl<P> Scheduler<P> {
             sessions: HashSet::new(),
             completed: 0,
             misses_in_a_row: 0,
+            setup: spec.setup,
+            host: spec.host,
         };
         self.peers.insert(id.clone(), peer);
         self.wake_for_room(&id);
@@ -829,6 +866,9 @@ impl<P> Scheduler<P> {
                 let session = gamer.sessions.get_mut(session_id).expect("inserted above");
                 session.pending += 1;
                 session.last_used = key;
+                if session.siblings != submission.siblings {
+                    session.siblings = submission.siblings;
+                }
             }
             None => {
                 if !gamer.free.contains_key(&submission.task_type)
@@ -925,37 +965,143 @@ impl<P> Scheduler<P> {
             let Some(&key) = session.lane.first() else { continue };
             let task = &self.tasks[&key];
             let pinned = session.peer.as_ref().and_then(|id| self.peers.get(id).map(|p| (id, p)));
+            let beside = self.pinned_siblings(gamer, &session.siblings);
+            let best = |full_types: &mut HashSet<String>| {
+                self.best_peer(&task.task_type, &task.tried, &task.timed_out_on, task.bytes, &beside, full_types)
+            };
             let target = match pinned {
                 // The session's peer does not run this tick's type and runs nothing of the
                 // session now: the session may move (assign re-pins it).
-                Some((_, p)) if !p.runs(&task.task_type) && !p.is_running(gamer_id, session_id) => {
-                    self.best_peer(&task.task_type, &task.tried, &task.timed_out_on, task.bytes, full_types)
-                }
+                Some((_, p)) if !p.runs(&task.task_type) && !p.is_running(gamer_id, session_id) => best(full_types),
                 Some((peer_id, p)) => (p.has_room_for_session(gamer_id, session_id, pipeline)
                     && p.runs(&task.task_type)
                     && p.fits(task.bytes))
                 .then(|| peer_id.clone()),
-                None => self.best_peer(&task.task_type, &task.tried, &task.timed_out_on, task.bytes, full_types),
+                None => best(full_types),
             };
             consider(key, target);
         }
         for (task_type, lane) in &gamer.free {
             let Some(&key) = lane.first() else { continue };
             let task = &self.tasks[&key];
-            let target = self.best_peer(task_type, &task.tried, &task.timed_out_on, task.bytes, full_types);
+            let target = self.best_peer(task_type, &task.tried, &task.timed_out_on, task.bytes, &[], full_types);
             consider(key, target);
         }
         best
     }
 
+    /// The peers the given sibling replica sessions are pinned to.
+    fn pinned_siblings<'a>(&'a self, gamer: &'a Gamer, siblings: &[String]) -> Vec<(&'a PeerId, &'a Peer)> {
+        siblings
+            .iter()
+            .filter_map(|s| gamer.sessions.get(s)?.peer.as_ref())
+            .filter_map(|id| self.peers.get_key_value(id))
+            .collect()
+    }
+
+    /// Whether `candidate` may host a replica beside the peers its siblings are pinned to:
+    /// not one of them, the same determinism setup (declared), another host when the
+    /// configuration asks for it.
+    fn may_host_beside(&self, candidate: (&PeerId, &Peer), beside: &[(&PeerId, &Peer)]) -> bool {
+        let (id, peer) = candidate;
+        beside.iter().all(|(other_id, other)| {
+            *other_id != id
+                && peer.setup.is_some()
+                && peer.setup == other.setup
+                && !(self.config.replicas_on_distinct_hosts && peer.host.is_some() && peer.host == other.host)
+        })
+    }
+
+    /// Whether some peer that runs `task_type` could host one more replica of a session
+    /// whose replicas are the sessions `siblings` (room aside).
+    pub fn can_host_replica(&self, gamer: &str, siblings: &[String], task_type: &str) -> bool {
+        let Some(g) = self.gamers.get(gamer) else { return false };
+        let beside = self.pinned_siblings(g, siblings);
+        self.peers.iter().any(|candidate| candidate.1.runs(task_type) && self.may_host_beside(candidate, &beside))
+    }
+
+    /// How many replicas of one session the connected peers that run `task_type` could
+    /// hold: the most peers sharing one declared determinism setup, counting one per host
+    /// when replicas must be on distinct hosts.
+    pub fn replica_capacity(&self, task_type: &str) -> usize {
+        let mut classes: HashMap<u64, HashSet<Option<std::net::IpAddr>>> = HashMap::new();
+        let mut peers: HashMap<u64, usize> = HashMap::new();
+        for p in self.peers.values().filter(|p| p.runs(task_type)) {
+            let Some(setup) = p.setup else { continue };
+            classes.entry(setup).or_default().insert(p.host);
+            *peers.entry(setup).or_default() += 1;
+        }
+        if self.config.replicas_on_distinct_hosts {
+            classes.values().map(HashSet::len).max().unwrap_or(0)
+        } else {
+            peers.values().copied().max().unwrap_or(0)
+        }
+    }
+
+    /// Takes back the count of a completion that was not delivered to the gamer (a
+    /// replica's answer after the first).
+    pub fn uncount_completion(&mut self, gamer: &str) {
+        self.counters.completed = self.counters.completed.saturating_sub(1);
+        if let Some(g) = self.gamers.get_mut(gamer) {
+            g.completed = g.completed.saturating_sub(1);
+        }
+    }
+
+    /// The sessions pinned to a peer now: (gamer, session).
+    pub fn sessions_on(&self, peer: &str) -> Vec<(GamerId, String)> {
+        self.peers.get(peer).map(|p| p.sessions.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    /// The peer a gamer's session is pinned to, if any.
+    pub fn pinned_peer(&self, gamer: &str, session: &str) -> Option<&PeerId> {
+        self.gamers.get(gamer)?.sessions.get(session)?.peer.as_ref()
+    }
+
+    /// Drops every task of a gamer's session, queued or in flight (a late answer to one
+    /// is refused as unknown), and the session itself. Returns the dropped tasks' ids.
+    /// No failure is reported for them: the caller (replication) accounts for them.
+    pub fn cancel_session(&mut self, gamer_id: &str, session_id: &str) -> Vec<String> {
+        let Some(gamer) = self.gamers.get(gamer_id) else { return Vec::new() };
+        let mut keys: Vec<TaskKey> = gamer
+            .tasks
+            .values()
+            .copied()
+            .filter(|k| self.tasks.get(k).is_some_and(|t| t.session_id.as_deref() == Some(session_id)))
+            .collect();
+        keys.sort_unstable();
+        let mut dropped = Vec::with_capacity(keys.len());
+        for key in keys {
+            let state = self.tasks[&key].state.clone();
+            match state {
+                TaskState::Queued => self.take_from_lane(key),
+                TaskState::Assigned { peer, attempt, due } | TaskState::Orphaned { peer, attempt, due } => {
+                    self.deadlines.remove(&(due, key, attempt));
+                    self.release(&peer, key);
+                }
+            }
+            if let Some(task) = self.remove_task(key) {
+                dropped.push(task.task_id);
+            }
+        }
+        if let Some(session) = self.gamers.get_mut(gamer_id).and_then(|g| g.sessions.remove(session_id))
+            && let Some(peer) = session.peer.and_then(|p| self.peers.get_mut(&p))
+        {
+            peer.sessions.remove(&(gamer_id.to_owned(), session_id.to_owned()));
+        }
+        self.counters.dropped += dropped.len() as u64;
+        dropped
+    }
+
     /// The least-loaded peer with room that runs `task_type`, preferring untried ones and
-    /// never one in `excluded` (it missed this task's deadline before).
+    /// never one in `excluded` (it missed this task's deadline before), nor one that may
+    /// not host a replica `beside` its session's other replicas' peers.
     fn best_peer(
         &self,
         task_type: &str,
         tried: &[PeerId],
         excluded: &[PeerId],
         bytes: usize,
+        beside: &[(&PeerId, &Peer)],
         full_types: &mut HashSet<String>,
     ) -> Option<PeerId> {
         if full_types.contains(task_type) {
@@ -965,6 +1111,7 @@ impl<P> Scheduler<P> {
             .peers
             .iter()
             .filter(|(id, p)| p.has_room() && p.runs(task_type) && p.fits(bytes) && !excluded.contains(id))
+            .filter(|candidate| beside.is_empty() || self.may_host_beside(*candidate, beside))
             .min_by(|(a_id, a), (b_id, b)| {
                 let a_tried = tried.contains(a_id);
                 let b_tried = tried.contains(b_id);
@@ -1214,7 +1361,13 @@ impl<P> Scheduler<P> {
         if reason == FailReason::Poison {
             self.counters.poisoned += 1;
         }
-        self.failures.push(Failure { gamer: task.gamer, task_id: task.task_id, attempts: task.attempts, reason });
+        self.failures.push(Failure {
+            gamer: task.gamer,
+            task_id: task.task_id,
+            attempts: task.attempts,
+            reason,
+            session_id: task.session_id,
+        });
     }
 
     /// Accepts a peer's answer to `assignment_id`, freeing its slot.
@@ -1257,6 +1410,7 @@ impl<P> Scheduler<P> {
             attempt,
             submitted_at: task.submitted_at,
             assigned_at: task.assigned_at,
+            session_id: task.session_id,
         })
     }
 
@@ -1433,11 +1587,16 @@ mod tests {
     }
 
     fn any_peer(capacity: u32) -> PeerSpec {
-        PeerSpec { task_types: None, capacity }
+        PeerSpec { task_types: None, capacity, setup: Some(1), host: None }
     }
 
     fn typed_peer(capacity: u32, types: &[&str]) -> PeerSpec {
-        PeerSpec { task_types: Some(types.iter().map(|t| t.to_string()).collect()), capacity }
+        PeerSpec {
+            task_types: Some(types.iter().map(|t| t.to_string()).collect()),
+            capacity,
+            setup: Some(1),
+            host: None,
+        }
     }
 
     fn task(id: &str) -> Submission<()> {
@@ -1448,6 +1607,7 @@ mod tests {
             deadline: Duration::from_secs(2),
             payload: (),
             bytes: 0,
+            siblings: Vec::new(),
         }
     }
 
@@ -1712,7 +1872,8 @@ mod tests {
                 gamer: "g".into(),
                 task_id: "t".into(),
                 attempts: 3,
-                reason: FailReason::MaxAttempts
+                reason: FailReason::MaxAttempts,
+                session_id: None,
             })]
         );
         assert_eq!(s.in_flight_len(), 0);
@@ -1966,7 +2127,8 @@ mod tests {
                 gamer: "g".into(),
                 task_id: "lonely".into(),
                 attempts: 0,
-                reason: FailReason::QueueTimeout
+                reason: FailReason::QueueTimeout,
+                session_id: None,
             })]
         );
         // A dispatched task is governed by its attempt deadline instead.
@@ -2002,7 +2164,13 @@ mod tests {
         let failures = s.take_failures();
         assert_eq!(
             failures,
-            [Failure { gamer: "g".into(), task_id: "killer".into(), attempts: 3, reason: FailReason::Poison }]
+            [Failure {
+                gamer: "g".into(),
+                task_id: "killer".into(),
+                attempts: 3,
+                reason: FailReason::Poison,
+                session_id: None
+            }]
         );
         s.add_peer("fresh".into(), any_peer(1));
         assert!(s.dispatch(now).is_empty(), "a quarantined task is never dispatched again");

@@ -68,6 +68,9 @@ pub enum ErrorCode {
     /// The peer missed too many deadlines in a row and is quarantined: no work for its id
     /// for a while (registrations refused).
     Quarantined,
+    /// Strict replication: the replicas of the session did not agree on this tick (or too
+    /// few answered), so no answer is delivered; the result asks for a resync.
+    Unverified,
     /// A code this build does not know.
     #[serde(other)]
     Other,
@@ -104,6 +107,7 @@ impl ErrorCode {
             ErrorCode::IdInUse => "id_in_use",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Quarantined => "quarantined",
+            ErrorCode::Unverified => "unverified",
             ErrorCode::Other => "other",
         }
     }
@@ -149,6 +153,7 @@ mod tests {
             ErrorCode::IdInUse,
             ErrorCode::RateLimited,
             ErrorCode::Quarantined,
+            ErrorCode::Unverified,
             ErrorCode::Other,
         ] {
             let json = serde_json::to_string(&code).unwrap();

@@ -25,6 +25,7 @@ pub mod ai;
 pub mod binary;
 pub mod codec;
 pub mod error;
+pub mod inspect;
 pub mod limits;
 pub mod message;
 pub mod packed;

@@ -1,0 +1,647 @@
+//! Replicated and audited sessions: what the router does with the copies of a tick.
+//!
+//! A replicated physics session runs on several peers at once (its *replicas*; see
+//! `Config::replicas`), and a sampled fraction of the others (`Config::audit_fraction`)
+//! runs on a second, hidden one. Every replica gets the same requests in the same
+//! order, so honest replicas with the same determinism setup answer with the same
+//! bytes. This module is the pure bookkeeping: which copies of a tick are out, which
+//! answer to deliver, whose answers disagree, who is outvoted, when a replica must be
+//! replaced and what it must replay. The router turns its decisions into scheduler
+//! calls and frames.
+//!
+//! - **Copies.** Replica `gen` of session `s` is the scheduler session
+//!   [`replica_session`]`(s, gen)` and the copy of task `t` is [`replica_task`]`(t, gen)`;
+//!   generation 0 is the plain ids, so an unreplicated session is untouched. Ids from the
+//!   network never hold control characters, so the separator cannot be forged.
+//! - **Delivery.** The gamer gets the first successful answer at once; in strict mode
+//!   only an answer two replicas agree on. An error is delivered only when no copy
+//!   succeeded (a dead replica's `resync` is not the session's).
+//! - **Votes.** Answers are compared by the SHA-256 of their bytes (which hold the
+//!   state digest, so the whole world is compared, not only what moved). An answer
+//!   outvoted by at least two replicas that agree is a lie: its peer is quarantined and
+//!   the gamer's copy is corrected (the next tick runs as `physics_step_full` on every
+//!   replica). A tie (one against one) is settled by a new replica replaying the
+//!   session's log.
+//! - **The log.** The session's requests since its last snapshot request, bounded in
+//!   ticks and bytes. A replica started later replays it (a snapshot alone would not
+//!   carry the engine's contact and sleep state, and its answers would drift from the
+//!   others'). Past the bounds the log is dropped until the next snapshot: replicas are
+//!   then started only at a snapshot.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use p2c2r_protocol::Payload;
+use p2c2r_protocol::inspect::ResultKind;
+use sha2::{Digest as _, Sha256};
+
+/// Most replicas a session may be configured with.
+pub const MAX_REPLICAS: u8 = 5;
+
+/// Separator between an id and its replica generation. Ids from the network never hold
+/// control characters (the router refuses them).
+const SEPARATOR: char = '\u{0}';
+
+/// The scheduler session of replica `generation` of `session`.
+pub fn replica_session(session: &str, generation: u32) -> String {
+    replica_id(session, generation)
+}
+
+/// The scheduler task id of replica `generation`'s copy of `task`.
+pub fn replica_task(task: &str, generation: u32) -> String {
+    replica_id(task, generation)
+}
+
+fn replica_id(id: &str, generation: u32) -> String {
+    if generation == 0 { id.to_owned() } else { format!("{id}{SEPARATOR}{generation}") }
+}
+
+/// Splits a scheduler id into the gamer's id and the replica generation.
+pub fn split(internal: &str) -> (&str, u32) {
+    match internal.rsplit_once(SEPARATOR) {
+        Some((id, generation)) => (id, generation.parse().unwrap_or(0)),
+        None => (internal, 0),
+    }
+}
+
+/// How sessions are replicated (from `Config`).
+#[derive(Clone, Debug)]
+pub struct ReplicationConfig {
+    /// Replicas per physics session (1: none).
+    pub replicas: u8,
+    /// Fraction of unreplicated sessions run on a second, hidden replica.
+    pub audit_fraction: f64,
+    /// Deliver only answers two replicas agree on (sessions get at least two).
+    pub strict: bool,
+    /// Most ticks a session's log keeps.
+    pub log_ticks: usize,
+    /// Most payload bytes a session's log keeps.
+    pub log_bytes: usize,
+}
+
+/// The SHA-256 of an answer's bytes (a binary payload's own bytes, whatever the
+/// connection it came on).
+pub type AnswerDigest = [u8; 32];
+
+/// The digest replicas' answers are compared by.
+pub fn answer_digest(payload: &Payload) -> AnswerDigest {
+    let mut hasher = Sha256::new();
+    match payload.binary_bytes() {
+        Some(bytes) => hasher.update(&bytes),
+        None => hasher.update(payload.json().unwrap_or_default().as_bytes()),
+    }
+    hasher.finalize().into()
+}
+
+/// What became of one copy.
+#[derive(Debug)]
+pub enum CopyOutcome {
+    /// The peer answered (its digest computed by the caller for successes).
+    Answer {
+        /// The peer that answered.
+        peer: String,
+        /// The answer.
+        payload: Payload,
+        /// Its status.
+        kind: ResultKind,
+        /// Its digest (successes only).
+        digest: Option<AnswerDigest>,
+        /// The attempt that answered.
+        attempt: u32,
+    },
+    /// The scheduler gave it up (the caller holds the failure to deliver if needed).
+    GivenUp,
+    /// The replica was retired and its copies dropped.
+    Cancelled,
+}
+
+/// What the router must do after a copy's outcome.
+#[derive(Debug, Default)]
+pub struct Decision {
+    /// Deliver this answer to the gamer now.
+    pub deliver: Option<Delivery>,
+    /// Peers proven to have answered wrongly: quarantine them.
+    pub liars: Vec<String>,
+    /// Generations to retire (cancel their copies) and replace.
+    pub retire: Vec<u32>,
+    /// Start a replica replaying the log to settle a tie.
+    pub tie_break: bool,
+    /// The replicas' answers to this tick differed (first time noticed).
+    pub disagreement: bool,
+    /// This tick now has two successful answers to compare (first time).
+    pub compared: bool,
+}
+
+/// An answer for the gamer.
+#[derive(Debug, Clone)]
+pub enum Delivery {
+    /// A peer's answer.
+    Answer {
+        /// The answer.
+        payload: Payload,
+        /// The peer it came from.
+        peer: String,
+        /// Its attempt.
+        attempt: u32,
+    },
+    /// No copy succeeded and the scheduler gave the last one up: deliver its failure.
+    Failure,
+    /// Strict mode: the replicas' answers did not agree; tell the gamer to resync.
+    Unverified,
+}
+
+/// One tick of a replicated session, while its copies are out or it is in the log.
+#[derive(Debug, Default)]
+struct Tick {
+    /// Copies neither answered, given up nor cancelled.
+    out: u32,
+    delivered: bool,
+    /// Distinct answers with the peers that gave each, and the first payload of each.
+    votes: Vec<Vote>,
+    /// The first error answer, delivered if no copy succeeds.
+    first_error: Option<(Payload, String, u32)>,
+    disputed: bool,
+    settled: bool,
+}
+
+#[derive(Debug)]
+struct Vote {
+    digest: AnswerDigest,
+    peers: Vec<String>,
+    payload: Payload,
+    attempt: u32,
+}
+
+/// A logged request.
+#[derive(Debug, Clone)]
+pub struct Logged {
+    /// The gamer's task id.
+    pub task_id: String,
+    /// Its type.
+    pub task_type: String,
+    /// Its deadline per attempt.
+    pub deadline: Duration,
+    /// Its payload (shared).
+    pub payload: Payload,
+}
+
+/// One session's replicas.
+#[derive(Debug)]
+pub struct Group {
+    wanted: u8,
+    audited: bool,
+    strict: bool,
+    /// Live generations, oldest first.
+    live: Vec<u32>,
+    /// A generation started to settle a tie, until it has voted.
+    tie_breaker: Option<u32>,
+    next_generation: u32,
+    ticks: HashMap<String, Tick>,
+    /// The requests since the last snapshot, oldest first (`None`: no usable log).
+    log: Option<VecDeque<Logged>>,
+    log_bytes: usize,
+    correction_due: bool,
+    disagreements: u64,
+    corrections: u64,
+}
+
+impl Group {
+    /// A group wanting `wanted` replicas; no replica is live yet.
+    pub fn new(wanted: u8, audited: bool, strict: bool) -> Self {
+        Group {
+            wanted: wanted.clamp(1, MAX_REPLICAS),
+            audited,
+            strict,
+            live: Vec::new(),
+            tie_breaker: None,
+            next_generation: 0,
+            ticks: HashMap::new(),
+            log: None,
+            log_bytes: 0,
+            correction_due: false,
+            disagreements: 0,
+            corrections: 0,
+        }
+    }
+
+    /// Replicas wanted.
+    pub fn wanted(&self) -> u8 {
+        self.wanted
+    }
+
+    /// Live generations.
+    pub fn live(&self) -> &[u32] {
+        &self.live
+    }
+
+    /// Whether it is an audited (not a replicated) session.
+    pub fn audited(&self) -> bool {
+        self.audited
+    }
+
+    /// Ticks on which replicas disagreed.
+    pub fn disagreements(&self) -> u64 {
+        self.disagreements
+    }
+
+    /// Corrections sent.
+    pub fn corrections(&self) -> u64 {
+        self.corrections
+    }
+
+    /// Payload bytes its log holds.
+    pub fn log_bytes(&self) -> usize {
+        self.log_bytes
+    }
+
+    /// Ticks tracked (out or logged).
+    pub fn ticks_tracked(&self) -> usize {
+        self.ticks.len()
+    }
+
+    /// Whether a replica could be started now by replaying the log.
+    pub fn has_log(&self) -> bool {
+        self.log.as_ref().is_some_and(|l| !l.is_empty())
+    }
+
+    /// Whether fewer replicas than wanted are live.
+    pub fn short(&self) -> bool {
+        self.live.len() < usize::from(self.wanted)
+    }
+
+    /// Starts a new generation and returns it (the caller submits its copies: the log
+    /// first when it joins between snapshots).
+    pub fn start_generation(&mut self) -> u32 {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        self.live.push(generation);
+        generation
+    }
+
+    /// Starts a generation to settle a tie; `None` when one is already at work or there
+    /// is no log to replay.
+    pub fn start_tie_breaker(&mut self) -> Option<u32> {
+        if self.tie_breaker.is_some() || !self.has_log() {
+            return None;
+        }
+        let generation = self.start_generation();
+        self.tie_breaker = Some(generation);
+        Some(generation)
+    }
+
+    /// Retires a generation: no more copies go to it.
+    pub fn retire(&mut self, generation: u32) {
+        self.live.retain(|g| *g != generation);
+        if self.tie_breaker == Some(generation) {
+            self.tie_breaker = None;
+        }
+    }
+
+    /// The requests a generation started now must replay, oldest first.
+    pub fn log(&self) -> Vec<Logged> {
+        self.log.as_ref().map(|l| l.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Whether the next physics tick must run as `physics_step_full` (a liar served the
+    /// gamer); taking it clears it and counts a correction.
+    pub fn take_correction(&mut self) -> bool {
+        let due = std::mem::take(&mut self.correction_due);
+        if due {
+            self.corrections += 1;
+        }
+        due
+    }
+
+    /// Records a tick submitted to `copies` live generations. A snapshot request starts
+    /// a new log; anything else is appended to the log there is (dropped past the
+    /// bounds). Returns the payload bytes the log gained (negative: freed).
+    pub fn submitted(&mut self, logged: Logged, snapshot: bool, copies: u32, config: &ReplicationConfig) -> isize {
+        let before = self.log_bytes as isize;
+        let tick = self.ticks.entry(logged.task_id.clone()).or_default();
+        tick.out += copies;
+        if snapshot {
+            self.drop_log();
+            self.log = Some(VecDeque::new());
+        }
+        if let Some(log) = &mut self.log {
+            if log.len() >= config.log_ticks || self.log_bytes.saturating_add(logged.payload.len()) > config.log_bytes {
+                self.drop_log();
+            } else {
+                self.log_bytes += logged.payload.len();
+                log.push_back(logged);
+            }
+        }
+        self.log_bytes as isize - before
+    }
+
+    /// Records that `copies` more copies of a logged tick went out (a replica replaying
+    /// it).
+    pub fn replaying(&mut self, task_id: &str, copies: u32) {
+        self.ticks.entry(task_id.to_owned()).or_default().out += copies;
+    }
+
+    /// Forgets the log (its ticks stay while copies are out). Returns the bytes freed.
+    pub fn drop_log(&mut self) -> usize {
+        let freed = std::mem::take(&mut self.log_bytes);
+        if let Some(log) = self.log.take() {
+            for logged in log {
+                if self.ticks.get(&logged.task_id).is_some_and(|t| t.out == 0) {
+                    self.ticks.remove(&logged.task_id);
+                }
+            }
+        }
+        freed
+    }
+
+    fn in_log(&self, task_id: &str) -> bool {
+        self.log.as_ref().is_some_and(|l| l.iter().any(|e| e.task_id == task_id))
+    }
+
+    /// Handles what became of generation `generation`'s copy of `task_id`.
+    pub fn outcome(&mut self, task_id: &str, generation: u32, outcome: CopyOutcome) -> Decision {
+        let mut decision = Decision::default();
+        let strict = self.strict;
+        let Some(tick) = self.ticks.get_mut(task_id) else { return decision };
+        tick.out = tick.out.saturating_sub(1);
+        match outcome {
+            CopyOutcome::Answer { peer, payload, kind: ResultKind::Success, digest: Some(digest), attempt } => {
+                match tick.votes.iter_mut().find(|v| v.digest == digest) {
+                    Some(vote) => {
+                        if !vote.peers.contains(&peer) {
+                            vote.peers.push(peer.clone());
+                        }
+                    }
+                    None => {
+                        tick.votes.push(Vote { digest, peers: vec![peer.clone()], payload: payload.clone(), attempt })
+                    }
+                }
+                decision.compared = tick.votes.iter().map(|v| v.peers.len()).sum::<usize>() == 2;
+                if !tick.delivered && !strict {
+                    tick.delivered = true;
+                    decision.deliver = Some(Delivery::Answer { payload, peer, attempt });
+                }
+            }
+            CopyOutcome::Answer { peer, payload, kind, attempt, .. } => {
+                if matches!(kind, ResultKind::Error { resync: true }) && self.live.contains(&generation) {
+                    // This replica's world is gone (its peer lost or never had it).
+                    decision.retire.push(generation);
+                }
+                if tick.first_error.is_none() {
+                    tick.first_error = Some((payload, peer, attempt));
+                }
+            }
+            CopyOutcome::GivenUp | CopyOutcome::Cancelled => {}
+        }
+        if tick.votes.len() > 1 && !tick.disputed {
+            tick.disputed = true;
+            decision.disagreement = true;
+            self.disagreements += 1;
+        }
+        // An answer is outvoted when two or more replicas agree on another.
+        if tick.disputed && !tick.settled {
+            let majorities: Vec<usize> = (0..tick.votes.len()).filter(|&i| tick.votes[i].peers.len() >= 2).collect();
+            if let [winner] = majorities[..] {
+                tick.settled = true;
+                for (i, vote) in tick.votes.iter().enumerate() {
+                    if i != winner {
+                        decision.liars.extend(vote.peers.iter().cloned());
+                    }
+                }
+                if self.tie_breaker.is_some() {
+                    self.tie_breaker = None;
+                }
+            } else if tick.out == 0 && majorities.is_empty() {
+                decision.tie_break = true;
+            }
+        }
+        let tick = self.ticks.get_mut(task_id).expect("looked up above");
+        if strict
+            && !tick.delivered
+            && let Some(agreed) = tick.votes.iter().find(|v| v.peers.len() >= 2)
+        {
+            tick.delivered = true;
+            decision.deliver = Some(Delivery::Answer {
+                payload: agreed.payload.clone(),
+                peer: agreed.peers[0].clone(),
+                attempt: agreed.attempt,
+            });
+        }
+        if !tick.delivered && tick.out == 0 {
+            tick.delivered = true;
+            decision.deliver = Some(if strict && !tick.votes.is_empty() {
+                Delivery::Unverified
+            } else if let Some((payload, peer, attempt)) = tick.first_error.clone() {
+                Delivery::Answer { payload, peer, attempt }
+            } else {
+                Delivery::Failure
+            });
+        }
+        if !decision.liars.is_empty() && !strict {
+            // The gamer may hold the liar's answers: its next tick is a full state.
+            self.correction_due = true;
+        }
+        if tick.out == 0 && !self.in_log(task_id) {
+            self.ticks.remove(task_id);
+        }
+        decision
+    }
+}
+
+/// Whether a new session is audited: a deterministic draw from its key, so the same
+/// session keeps its fate, and `fraction` of sessions are.
+pub fn audited(gamer: &str, session: &str, fraction: f64, salt: u64) -> bool {
+    if fraction <= 0.0 {
+        return false;
+    }
+    if fraction >= 1.0 {
+        return true;
+    }
+    let mut hasher = Sha256::new();
+    hasher.update(salt.to_le_bytes());
+    hasher.update(gamer.as_bytes());
+    hasher.update([0]);
+    hasher.update(session.as_bytes());
+    let digest: [u8; 32] = hasher.finalize().into();
+    let draw = u64::from_le_bytes(digest[..8].try_into().expect("8 bytes")) as f64 / u64::MAX as f64;
+    draw < fraction
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> ReplicationConfig {
+        ReplicationConfig { replicas: 2, audit_fraction: 0.0, strict: false, log_ticks: 100, log_bytes: 1 << 20 }
+    }
+
+    fn json(text: &str) -> Payload {
+        Payload::from_json_text(text.to_owned()).unwrap()
+    }
+
+    fn logged(task: &str) -> Logged {
+        Logged {
+            task_id: task.into(),
+            task_type: "physics_step".into(),
+            deadline: Duration::from_secs(1),
+            payload: json(r#"{"tick":1}"#),
+        }
+    }
+
+    fn answer(peer: &str, text: &str) -> CopyOutcome {
+        let payload = json(text);
+        let kind = p2c2r_protocol::inspect::result_kind(&payload);
+        let digest = (kind == ResultKind::Success).then(|| answer_digest(&payload));
+        CopyOutcome::Answer { peer: peer.into(), payload, kind, digest, attempt: 1 }
+    }
+
+    fn group(wanted: u8, strict: bool) -> Group {
+        let mut g = Group::new(wanted, false, strict);
+        for _ in 0..wanted {
+            g.start_generation();
+        }
+        g
+    }
+
+    const OK_A: &str = r#"{"status":"success","digest":"a"}"#;
+    const OK_B: &str = r#"{"status":"success","digest":"b"}"#;
+
+    #[test]
+    fn ids_carry_their_generation_and_generation_zero_is_the_plain_id() {
+        assert_eq!(replica_session("physics", 0), "physics");
+        assert_eq!(split(&replica_task("t7", 3)), ("t7", 3));
+        assert_eq!(split("t7"), ("t7", 0));
+    }
+
+    #[test]
+    fn the_first_success_is_delivered_at_once_and_agreement_settles_nothing() {
+        let mut g = group(2, false);
+        g.submitted(logged("t1"), true, 2, &config());
+        let d = g.outcome("t1", 0, answer("p1", OK_A));
+        assert!(matches!(d.deliver, Some(Delivery::Answer { ref peer, .. }) if peer == "p1"));
+        let d = g.outcome("t1", 1, answer("p2", OK_A));
+        assert!(d.deliver.is_none() && d.liars.is_empty() && !d.disagreement);
+    }
+
+    #[test]
+    fn a_dead_replicas_resync_is_not_delivered_when_another_succeeded() {
+        let mut g = group(2, false);
+        g.submitted(logged("t1"), false, 2, &config());
+        let d = g.outcome("t1", 1, answer("p2", r#"{"status":"error","resync":true}"#));
+        assert!(d.deliver.is_none());
+        assert_eq!(d.retire, [1]);
+        let d = g.outcome("t1", 0, answer("p1", OK_A));
+        assert!(matches!(d.deliver, Some(Delivery::Answer { .. })));
+    }
+
+    #[test]
+    fn an_error_is_delivered_when_no_copy_succeeded() {
+        let mut g = group(2, false);
+        g.submitted(logged("t1"), false, 2, &config());
+        assert!(g.outcome("t1", 0, CopyOutcome::GivenUp).deliver.is_none());
+        let d = g.outcome("t1", 1, answer("p2", r#"{"status":"error","code":"invalid_payload"}"#));
+        assert!(matches!(d.deliver, Some(Delivery::Answer { ref peer, .. }) if peer == "p2"));
+        let mut g = group(2, false);
+        g.submitted(logged("t2"), false, 2, &config());
+        g.outcome("t2", 0, CopyOutcome::Cancelled);
+        assert!(matches!(g.outcome("t2", 1, CopyOutcome::GivenUp).deliver, Some(Delivery::Failure)));
+    }
+
+    #[test]
+    fn one_against_two_is_a_liar_and_the_gamer_is_corrected() {
+        let mut g = group(3, false);
+        g.submitted(logged("t1"), true, 3, &config());
+        let d = g.outcome("t1", 0, answer("liar", OK_B));
+        assert!(d.deliver.is_some(), "the first answer goes at once (non-strict)");
+        let d = g.outcome("t1", 1, answer("p2", OK_A));
+        assert!(d.disagreement && d.liars.is_empty());
+        let d = g.outcome("t1", 2, answer("p3", OK_A));
+        assert_eq!(d.liars, ["liar"]);
+        assert_eq!(g.disagreements(), 1);
+        assert!(g.take_correction());
+        assert!(!g.take_correction(), "once");
+        assert_eq!(g.corrections(), 1);
+    }
+
+    #[test]
+    fn a_tie_is_settled_by_a_replica_replaying_the_log() {
+        let mut g = group(2, false);
+        let c = config();
+        g.submitted(logged("t1"), true, 2, &c);
+        g.submitted(logged("t2"), false, 2, &c);
+        g.outcome("t1", 0, answer("p1", OK_A));
+        g.outcome("t1", 1, answer("p2", OK_A));
+        g.outcome("t2", 0, answer("liar", OK_B));
+        let d = g.outcome("t2", 1, answer("p2", OK_A));
+        assert!(d.disagreement && d.tie_break && d.liars.is_empty());
+        let tb = g.start_tie_breaker().expect("a log to replay");
+        assert!(g.start_tie_breaker().is_none(), "one at a time");
+        let replay = g.log();
+        assert_eq!(replay.iter().map(|l| l.task_id.as_str()).collect::<Vec<_>>(), ["t1", "t2"]);
+        for l in &replay {
+            g.replaying(&l.task_id, 1);
+        }
+        assert!(g.outcome("t1", tb, answer("p3", OK_A)).liars.is_empty());
+        let d = g.outcome("t2", tb, answer("p3", OK_A));
+        assert!(d.deliver.is_none(), "delivered long ago");
+        assert_eq!(d.liars, ["liar"]);
+    }
+
+    #[test]
+    fn a_replica_outvoted_while_replaying_is_the_liar() {
+        let mut g = group(2, false);
+        g.submitted(logged("t1"), true, 2, &config());
+        g.outcome("t1", 0, answer("p1", OK_A));
+        g.outcome("t1", 1, answer("p2", OK_A));
+        let new = g.start_generation();
+        g.replaying("t1", 1);
+        let d = g.outcome("t1", new, answer("newcomer", OK_B));
+        assert_eq!(d.liars, ["newcomer"]);
+    }
+
+    #[test]
+    fn strict_mode_delivers_only_what_two_agree_on() {
+        let mut g = group(2, true);
+        g.submitted(logged("t1"), true, 2, &config());
+        assert!(g.outcome("t1", 0, answer("p1", OK_A)).deliver.is_none());
+        assert!(matches!(g.outcome("t1", 1, answer("p2", OK_A)).deliver, Some(Delivery::Answer { .. })));
+        g.submitted(logged("t2"), false, 2, &config());
+        assert!(g.outcome("t2", 0, answer("p1", OK_A)).deliver.is_none());
+        let d = g.outcome("t2", 1, answer("liar", OK_B));
+        assert!(matches!(d.deliver, Some(Delivery::Unverified)));
+        assert!(!g.take_correction(), "strict: the gamer never saw a lie");
+    }
+
+    #[test]
+    fn the_log_starts_at_a_snapshot_and_is_dropped_past_its_bounds() {
+        let mut g = group(2, false);
+        let c = ReplicationConfig { log_ticks: 3, ..config() };
+        g.submitted(logged("t0"), false, 2, &c);
+        assert!(!g.has_log(), "no snapshot yet");
+        g.submitted(logged("t1"), true, 2, &c);
+        g.submitted(logged("t2"), false, 2, &c);
+        g.submitted(logged("t3"), false, 2, &c);
+        assert_eq!(g.log().len(), 3);
+        assert!(g.log_bytes() > 0);
+        g.submitted(logged("t4"), false, 2, &c);
+        assert!(!g.has_log(), "past its bound");
+        assert_eq!(g.log_bytes(), 0);
+        g.submitted(logged("t5"), true, 2, &c);
+        assert_eq!(g.log().len(), 1);
+        // Ticks answered and out of the log are forgotten: the map stays bounded.
+        for t in ["t0", "t1", "t2", "t3", "t4"] {
+            g.outcome(t, 0, answer("p1", OK_A));
+            g.outcome(t, 1, answer("p2", OK_A));
+        }
+        assert_eq!(g.ticks_tracked(), 1, "only the logged t5");
+    }
+
+    #[test]
+    fn about_the_audit_fraction_of_sessions_is_audited() {
+        let n = 10_000;
+        let hits = (0..n).filter(|i| audited("g", &format!("s{i}"), 0.1, 7)).count();
+        assert!((800..1200).contains(&hits), "{hits}");
+        assert!(!audited("g", "s", 0.0, 7));
+        assert!(audited("g", "s", 1.0, 7));
+        assert_eq!(audited("g", "s1", 0.5, 7), audited("g", "s1", 0.5, 7));
+    }
+}

@@ -1,0 +1,282 @@
+//! Replicated and audited sessions against the real coordinator, with scripted peers (so
+//! each test chooses exactly who answers what, and when): the first answer goes to the
+//! gamer once, answers are compared, a peer outvoted by two replicas is quarantined and
+//! the gamer corrected, a tie is settled by a replica replaying the session's log, a dead
+//! replica costs the session nothing and is replaced from the log, strict mode delivers
+//! only what two replicas agree on. The same with real peers and real physics is in
+//! `peer/tests/replication.rs`.
+
+mod common;
+
+use common::Client;
+use coordinator::{Config, CoordinatorHandle, spawn};
+use p2c2r_protocol::{
+    Capabilities, Determinism, ErrorCode, Message, SessionStatus, TaskAssignment, TaskError, TaskResult, task_types,
+};
+
+fn replicated(replicas: u8) -> Config {
+    // Every peer of these tests is on loopback: one address.
+    Config { replicas, replicas_on_distinct_hosts: false, audit_fraction: 0.0, ..Config::default() }
+}
+
+async fn start(config: Config) -> CoordinatorHandle {
+    spawn("127.0.0.1:0", config).await.expect("bind loopback")
+}
+
+fn setup() -> Determinism {
+    Determinism {
+        engine: "rapier3d 0.0.0".into(),
+        features: vec!["enhanced-determinism".into()],
+        sim: "scripted".into(),
+        arch: "test".into(),
+    }
+}
+
+async fn peer(url: &str, id: &str) -> Client {
+    let caps = Capabilities { max_concurrent_tasks: Some(4), determinism: Some(setup()), ..Default::default() };
+    Client::peer_with(url, id, caps).await
+}
+
+fn tick(n: u64) -> String {
+    if n == 0 { r#"{"tick":0,"snapshot":true,"dt":0.016}"#.to_owned() } else { format!(r#"{{"tick":{n},"dt":0.016}}"#) }
+}
+
+/// What an honest replica answers tick `n` (the same bytes on every honest replica).
+fn honest(n: u64) -> String {
+    format!(r#"{{"status":"success","tick":{n},"digest":"{:016x}"}}"#, n * 7919)
+}
+
+fn lie(n: u64) -> String {
+    format!(r#"{{"status":"success","tick":{n},"digest":"{:016x}"}}"#, n * 7919 + 1)
+}
+
+async fn submit(gamer: &mut Client, n: u64) {
+    gamer.submit(&format!("t{n}"), task_types::PHYSICS_STEP, &tick(n), Some("world")).await;
+}
+
+/// The gamer's next task result, remembering the session statuses that came before it.
+async fn next_result(gamer: &mut Client, statuses: &mut Vec<SessionStatus>) -> TaskResult {
+    loop {
+        match gamer.recv().await {
+            Message::TaskResult(r) => return r,
+            Message::SessionStatus(s) => statuses.push(s),
+            other => panic!("expected a task_result, got {other:?}"),
+        }
+    }
+}
+
+/// The peer's next assignment, which must be tick `n` of the session.
+async fn assignment(peer: &mut Client, n: u64) -> TaskAssignment {
+    let a = peer.recv_assignment().await;
+    assert_eq!(a.task_data.task_id, format!("t{n}"), "replicas get the gamer's own ids");
+    assert_eq!(a.task_data.session_id.as_deref(), Some("world"));
+    a
+}
+
+/// A peer's next error, skipping the assignments before it.
+async fn next_error(peer: &mut Client) -> p2c2r_protocol::ErrorMessage {
+    loop {
+        match peer.recv().await {
+            Message::Error(e) => return e,
+            Message::TaskAssignment(_) => continue,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+}
+
+fn error_of(result: &TaskResult) -> TaskError {
+    serde_json::from_str(result.result.json().unwrap()).expect("an error result")
+}
+
+#[tokio::test]
+async fn every_replica_runs_every_tick_and_the_gamer_gets_the_first_answer_once() {
+    let coord = start(replicated(2)).await;
+    let url = coord.url();
+    let (mut a, mut b) = (peer(&url, "a").await, peer(&url, "b").await);
+    let mut gamer = Client::gamer(&url, "g").await;
+    let mut statuses = Vec::new();
+    for n in 0..5 {
+        submit(&mut gamer, n).await;
+        let (ta, tb) = (assignment(&mut a, n).await, assignment(&mut b, n).await);
+        assert_eq!(ta.task_data.task_type, task_types::PHYSICS_STEP);
+        // The first answer goes to the gamer at once.
+        let (first, second, first_id) = if n % 2 == 0 { (&mut a, &mut b, "a") } else { (&mut b, &mut a, "b") };
+        first.answer(if n % 2 == 0 { &ta } else { &tb }, &honest(n)).await;
+        let result = next_result(&mut gamer, &mut statuses).await;
+        assert_eq!(result.task_id, format!("t{n}"));
+        assert_eq!(result.peer_id.as_deref(), Some(first_id));
+        assert_eq!(result.result.json(), Some(honest(n).as_str()));
+        second.answer(if n % 2 == 0 { &tb } else { &ta }, &honest(n)).await;
+    }
+    // The second answers were compared, never delivered: the next thing the gamer gets
+    // is its stats.
+    let stats = gamer.stats().await;
+    assert_eq!(stats.ticks_compared, 5);
+    assert_eq!(stats.replica_disagreements, 0);
+    assert_eq!(stats.tasks_completed, 5, "one delivery per tick: {stats:?}");
+    assert_eq!(stats.tasks_assigned, 10);
+    let last = statuses.last().expect("the gamer is told how its session is replicated");
+    assert_eq!((last.session_id.as_str(), last.replicas_wanted, last.replicas_live), ("world", 2, 2));
+    coord.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_peer_outvoted_by_two_replicas_is_quarantined_and_the_gamer_corrected() {
+    let coord = start(replicated(3)).await;
+    let url = coord.url();
+    let (mut a, mut b, mut liar) = (peer(&url, "a").await, peer(&url, "b").await, peer(&url, "liar").await);
+    let mut gamer = Client::gamer(&url, "g").await;
+    let mut statuses = Vec::new();
+    for n in 0..3 {
+        submit(&mut gamer, n).await;
+        let (ta, tb, tl) = (assignment(&mut a, n).await, assignment(&mut b, n).await, assignment(&mut liar, n).await);
+        // The liar answers first, and lies on tick 2: the gamer gets the lie at once.
+        liar.answer(&tl, &if n == 2 { lie(n) } else { honest(n) }).await;
+        let result = next_result(&mut gamer, &mut statuses).await;
+        assert_eq!(result.peer_id.as_deref(), Some("liar"));
+        a.answer(&ta, &honest(n)).await;
+        b.answer(&tb, &honest(n)).await;
+    }
+    // Outvoted two to one: quarantined and closed.
+    let refusal = liar.recv_error().await;
+    assert_eq!(refusal.code, ErrorCode::Quarantined, "{refusal:?}");
+    assert!(liar.expect_closed().await.is_some());
+    // The next tick corrects the gamer: every replica runs it as a full-state step.
+    submit(&mut gamer, 3).await;
+    let (ta, tb) = (assignment(&mut a, 3).await, assignment(&mut b, 3).await);
+    assert_eq!(ta.task_data.task_type, task_types::PHYSICS_STEP_FULL);
+    assert_eq!(tb.task_data.task_type, task_types::PHYSICS_STEP_FULL);
+    a.answer(&ta, &honest(3)).await;
+    assert_eq!(next_result(&mut gamer, &mut statuses).await.peer_id.as_deref(), Some("a"));
+    b.answer(&tb, &honest(3)).await;
+    // And the ticks after it are ordinary ones again.
+    submit(&mut gamer, 4).await;
+    assert_eq!(assignment(&mut a, 4).await.task_data.task_type, task_types::PHYSICS_STEP);
+    let stats = gamer.stats().await;
+    assert_eq!((stats.replica_disagreements, stats.peers_caught_lying, stats.sessions_corrected), (1, 1, 1));
+    assert_eq!(stats.peers_quarantined, 1);
+    let last = statuses.last().unwrap();
+    assert_eq!((last.disagreements, last.corrections), (1, 1), "{statuses:?}");
+    // Its id stays refused.
+    let mut again = Client::connect(&url).await;
+    let caps = Capabilities { determinism: Some(setup()), ..Default::default() };
+    again.send(&p2c2r_testkit::client::register_peer("liar", caps, None)).await;
+    assert_eq!(again.recv_error().await.code, ErrorCode::Quarantined);
+    coord.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_tie_is_settled_by_a_third_peer_replaying_the_log_from_the_snapshot() {
+    let coord = start(replicated(2)).await;
+    let url = coord.url();
+    let (mut a, mut liar) = (peer(&url, "a").await, peer(&url, "liar").await);
+    let mut gamer = Client::gamer(&url, "g").await;
+    let mut statuses = Vec::new();
+    for n in 0..3 {
+        submit(&mut gamer, n).await;
+        let (ta, tl) = (assignment(&mut a, n).await, assignment(&mut liar, n).await);
+        a.answer(&ta, &honest(n)).await;
+        next_result(&mut gamer, &mut statuses).await;
+        liar.answer(&tl, &if n == 2 { lie(n) } else { honest(n) }).await;
+    }
+    // One against one: a third peer (idle until now) replays the log, snapshot first.
+    let mut judge = peer(&url, "judge").await;
+    let stats = gamer.stats().await;
+    assert_eq!(stats.replica_disagreements, 1);
+    submit(&mut gamer, 3).await;
+    // The judge joins as soon as it is there; it replays ticks 0..=2, then gets tick 3.
+    for n in 0..=3 {
+        let tj = assignment(&mut judge, n).await;
+        judge.answer(&tj, &honest(n)).await;
+    }
+    assert_eq!(next_error(&mut liar).await.code, ErrorCode::Quarantined);
+    let ta = assignment(&mut a, 3).await;
+    a.answer(&ta, &honest(3)).await;
+    next_result(&mut gamer, &mut statuses).await;
+    let stats = gamer.stats().await;
+    assert_eq!(stats.peers_caught_lying, 1, "{stats:?}");
+    assert!(stats.replicas_started >= 1);
+    coord.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_dead_replica_costs_the_session_nothing_and_is_replaced_from_the_log() {
+    let coord = start(replicated(2)).await;
+    let url = coord.url();
+    let (mut a, mut b) = (peer(&url, "a").await, peer(&url, "b").await);
+    let mut gamer = Client::gamer(&url, "g").await;
+    let mut statuses = Vec::new();
+    for n in 0..2 {
+        submit(&mut gamer, n).await;
+        let (ta, tb) = (assignment(&mut a, n).await, assignment(&mut b, n).await);
+        a.answer(&ta, &honest(n)).await;
+        b.answer(&tb, &honest(n)).await;
+        assert_eq!(next_result(&mut gamer, &mut statuses).await.result.json(), Some(honest(n).as_str()));
+    }
+    // Tick 2 is out at both when the serving replica dies: the other's answer is the
+    // session's, with no error, no resync.
+    submit(&mut gamer, 2).await;
+    let _lost = assignment(&mut a, 2).await;
+    let tb = assignment(&mut b, 2).await;
+    drop(a);
+    b.answer(&tb, &honest(2)).await;
+    let result = next_result(&mut gamer, &mut statuses).await;
+    assert_eq!((result.task_id.as_str(), result.peer_id.as_deref()), ("t2", Some("b")));
+    assert_eq!(result.result.json(), Some(honest(2).as_str()));
+    // A new peer becomes the second replica: it replays the log (from the snapshot),
+    // then runs the live ticks.
+    let mut c = peer(&url, "c").await;
+    common::eventually("the coordinator sees the new peer", || coord.stats().peers == 2).await;
+    submit(&mut gamer, 3).await;
+    for n in 0..=3 {
+        let tc = assignment(&mut c, n).await;
+        c.answer(&tc, &honest(n)).await;
+    }
+    let tb = assignment(&mut b, 3).await;
+    b.answer(&tb, &honest(3)).await;
+    assert_eq!(next_result(&mut gamer, &mut statuses).await.task_id, "t3");
+    let stats = gamer.stats().await;
+    assert_eq!((stats.replicas_started, stats.replica_disagreements, stats.peers_caught_lying), (1, 0, 0));
+    assert!(statuses.iter().any(|s| s.replicas_live == 1), "the gamer was told: {statuses:?}");
+    assert_eq!(statuses.last().unwrap().replicas_live, 2);
+    coord.shutdown().await;
+}
+
+#[tokio::test]
+async fn strict_mode_delivers_only_what_two_replicas_agree_on() {
+    let coord = start(Config { strict_replication: true, ..replicated(1) }).await;
+    let url = coord.url();
+    let (mut a, mut b) = (peer(&url, "a").await, peer(&url, "b").await);
+    let mut gamer = Client::gamer(&url, "g").await;
+    let mut statuses = Vec::new();
+    submit(&mut gamer, 0).await;
+    let (ta, tb) = (assignment(&mut a, 0).await, assignment(&mut b, 0).await);
+    a.answer(&ta, &honest(0)).await;
+    // Nothing yet: one answer is not an agreement. The gamer's next frame is the answer
+    // both gave, delivered when the second arrives.
+    b.answer(&tb, &honest(0)).await;
+    let result = next_result(&mut gamer, &mut statuses).await;
+    assert_eq!(result.result.json(), Some(honest(0).as_str()));
+    assert!(statuses.last().unwrap().strict);
+    // A disagreement is never delivered: the gamer is told to resync.
+    submit(&mut gamer, 1).await;
+    let (ta, tb) = (assignment(&mut a, 1).await, assignment(&mut b, 1).await);
+    a.answer(&ta, &honest(1)).await;
+    b.answer(&tb, &lie(1)).await;
+    let result = next_result(&mut gamer, &mut statuses).await;
+    let error = error_of(&result);
+    assert_eq!((error.code, error.resync), (ErrorCode::Unverified, true), "{error:?}");
+    coord.shutdown().await;
+}
+
+#[tokio::test]
+async fn ids_with_control_characters_are_refused() {
+    let coord = start(replicated(2)).await;
+    let mut gamer = Client::gamer(&coord.url(), "g").await;
+    gamer.submit("t\u{0}1", task_types::PHYSICS_STEP, &tick(0), Some("world")).await;
+    let error = gamer.recv_error().await;
+    assert_eq!(error.code, ErrorCode::InvalidMessage, "{error:?}");
+    gamer.submit("t1", task_types::PHYSICS_STEP, &tick(0), Some("world\u{0}1")).await;
+    assert_eq!(gamer.recv_error().await.code, ErrorCode::InvalidMessage);
+    coord.shutdown().await;
+}
