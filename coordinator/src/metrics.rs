@@ -232,9 +232,44 @@ impl Collector for StateCollector {
         counter(
             &mut e,
             "peers_quarantined",
-            "Peers quarantined for missing task deadlines in a row",
+            "Peers quarantined: for missing task deadlines in a row, or outvoted by replicas",
             None,
             s.peers_quarantined,
+        )?;
+        counter(
+            &mut e,
+            "ticks_compared",
+            "Ticks of replicated or audited sessions answered by two or more replicas",
+            None,
+            s.ticks_compared,
+        )?;
+        counter(
+            &mut e,
+            "replica_disagreements",
+            "Ticks on which a session's replicas answered differently",
+            None,
+            s.replica_disagreements,
+        )?;
+        counter(
+            &mut e,
+            "peers_caught_lying",
+            "Peers outvoted by two or more agreeing replicas, and quarantined",
+            None,
+            s.peers_caught_lying,
+        )?;
+        counter(
+            &mut e,
+            "sessions_corrected",
+            "Full-state ticks sent to correct a session a liar had served",
+            None,
+            s.sessions_corrected,
+        )?;
+        counter(
+            &mut e,
+            "replicas_started",
+            "Replicas started by replaying a session's log (replacements, tie-breakers)",
+            None,
+            s.replicas_started,
         )?;
         let (peers_evicted, gamers_evicted) = self.router.evictions();
         labelled_counter(

@@ -155,6 +155,7 @@ async fn a_peer_outvoted_by_two_replicas_is_quarantined_and_the_gamer_corrected(
     let stats = gamer.stats().await;
     assert_eq!((stats.replica_disagreements, stats.peers_caught_lying, stats.sessions_corrected), (1, 1, 1));
     assert_eq!(stats.peers_quarantined, 1);
+    assert!(coord.metrics_text().contains("p2c2r_peers_caught_lying_total 1"));
     let last = statuses.last().unwrap();
     assert_eq!((last.disagreements, last.corrections), (1, 1), "{statuses:?}");
     // Its id stays refused.
