@@ -151,6 +151,18 @@ impl EmbeddedCluster {
         peers: u32,
         access: PeerAccess,
     ) -> Result<EmbeddedCluster, EmbeddedError> {
+        Self::start_replicated(coordinator, peers, access, 1)
+    }
+
+    /// [`EmbeddedCluster::start_with`], the in-process coordinator (when one starts) running
+    /// each physics session on `replicas` peers (see `coordinator::Config::replicas`; the
+    /// embedded peers share one address, so replicas need not be on distinct hosts).
+    pub fn start_replicated(
+        coordinator: Option<String>,
+        peers: u32,
+        access: PeerAccess,
+        replicas: u8,
+    ) -> Result<EmbeddedCluster, EmbeddedError> {
         let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(String, Vec<String>), EmbeddedError>>(1);
         let (event_tx, events) = crossbeam_channel::bounded::<ClusterEvent>(EVENT_QUEUE);
         let (command_tx, command_rx) = tokio::sync::mpsc::channel::<Command>(COMMAND_QUEUE);
@@ -177,6 +189,7 @@ impl EmbeddedCluster {
                     coordinator,
                     peers,
                     access,
+                    replicas,
                     ready_tx,
                     event_tx,
                     command_rx,
@@ -283,11 +296,12 @@ impl Drop for EmbeddedCluster {
 pub(crate) struct EmbeddedOptions {
     peers: u32,
     access: PeerAccess,
+    replicas: u8,
 }
 
 impl Default for EmbeddedOptions {
     fn default() -> Self {
-        EmbeddedOptions { peers: 1, access: PeerAccess::default() }
+        EmbeddedOptions { peers: 1, access: PeerAccess::default(), replicas: 1 }
     }
 }
 
@@ -308,6 +322,16 @@ impl P2c2rPlugin {
         self.embedded.get_or_insert_with(EmbeddedOptions::default).access = access;
         self
     }
+
+    /// Sets how many embedded peers run each physics session at once (default 1, at most
+    /// 5): with 2 or more, the death of the serving peer costs the game nothing (another
+    /// replica's results continue the session) and lying peers are outvoted. Applies to
+    /// the in-process coordinator only. Turns the embedded cluster on, like
+    /// [`embedded_peers`](Self::embedded_peers).
+    pub fn embedded_replicas(mut self, replicas: u8) -> Self {
+        self.embedded.get_or_insert_with(EmbeddedOptions::default).replicas = replicas.clamp(1, 5);
+        self
+    }
 }
 
 /// Called by the plugin's `build` when the embedded cluster is on: starts it (joining
@@ -317,7 +341,8 @@ impl P2c2rPlugin {
 /// local simulation, as with no coordinator.
 pub(crate) fn start_in(app: &mut App, options: &EmbeddedOptions, coordinator: Option<String>) -> Option<String> {
     app.add_message::<ClusterEvent>().add_systems(First, forward_events.run_if(resource_exists::<EmbeddedCluster>));
-    match EmbeddedCluster::start_with(coordinator.clone(), options.peers, options.access.clone()) {
+    match EmbeddedCluster::start_replicated(coordinator.clone(), options.peers, options.access.clone(), options.replicas)
+    {
         Ok(cluster) => {
             tracing::info!(url = cluster.url(), peers = ?cluster.peers(), "p2c2r: embedded cluster started");
             let url = cluster.url().to_owned();
@@ -350,8 +375,14 @@ fn forward_events(mut cluster: ResMut<EmbeddedCluster>, mut out: MessageWriter<C
 }
 
 /// The embedded coordinator: defaults, but a short shutdown so quitting the game is quick.
-fn coordinator_config() -> coordinator::Config {
-    coordinator::Config { shutdown_grace: Duration::from_millis(500), ..Default::default() }
+fn coordinator_config(replicas: u8) -> coordinator::Config {
+    coordinator::Config {
+        shutdown_grace: Duration::from_millis(500),
+        replicas,
+        // Every embedded peer is in this process, on one address.
+        replicas_on_distinct_hosts: false,
+        ..Default::default()
+    }
 }
 
 fn peer_config(url: &str, access: &PeerAccess) -> peer::PeerConfig {
@@ -380,6 +411,7 @@ async fn cluster_main(
     coordinator_url: Option<String>,
     initial_peers: u32,
     access: PeerAccess,
+    replicas: u8,
     ready: Sender<Result<(String, Vec<String>), EmbeddedError>>,
     events: Sender<ClusterEvent>,
     mut commands: tokio::sync::mpsc::Receiver<Command>,
@@ -388,7 +420,7 @@ async fn cluster_main(
     let mut coordinator = None;
     let url = match coordinator_url {
         Some(url) => url,
-        None => match coordinator::spawn("127.0.0.1:0", coordinator_config()).await {
+        None => match coordinator::spawn("127.0.0.1:0", coordinator_config(replicas)).await {
             Ok(handle) => {
                 let url = handle.url();
                 coordinator = Some(handle);

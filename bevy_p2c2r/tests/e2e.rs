@@ -235,6 +235,62 @@ fn killing_the_peer_falls_back_without_a_stall_and_hands_back() {
     assert_eq!(tail, [OffloadMode::Fallback, OffloadMode::HandingBack, OffloadMode::Offloaded], "{modes:?}");
 }
 
+/// With two replicas, the death of the serving peer costs no frame: the other replica's
+/// results continue the session (no fallback tick, no tick skipped, no resync), and a
+/// third peer becomes a replica by replaying the session's log in the background.
+#[test]
+fn with_two_replicas_killing_the_serving_peer_costs_no_frame() {
+    let mut cluster = Cluster::replicated(2);
+    let (first, second) = (cluster.peer(), cluster.peer());
+    let mut app = app_with(
+        P2c2rPlugin::new(&cluster.url)
+            .gamer_id("replicated")
+            .gravity(Vec3::ZERO)
+            .fallback_timeout(Duration::from_millis(100)),
+        tick_duration(),
+    );
+    app.init_resource::<Modes>().add_systems(Update, collect_modes);
+    let mut probe = Probe::new(&mut app);
+    run_until(
+        &mut app,
+        TIMEOUT,
+        PACE,
+        |app| probe.observe(app),
+        |app| {
+            let s = stats(app);
+            s.mode == OffloadMode::Offloaded && s.physics_results_from_peers >= 60
+        },
+        "two replicas to serve",
+    );
+    let before = stats(&app);
+    let serving = before.serving_peer.clone().expect("a peer serves");
+    let (victim, survivor) = if serving == first.peer_id() { (&first, &second) } else { (&second, &first) };
+    let modes_before = app.world().resource::<Modes>().0.len();
+
+    cluster.kill(victim);
+    probe.reset_stalls();
+    probe.max_tick_gap = 0;
+    let third = cluster.peer();
+    run_until(
+        &mut app,
+        TIMEOUT,
+        PACE,
+        |app| probe.observe(app),
+        |app| stats(app).physics_results_from_peers >= before.physics_results_from_peers + 180,
+        "180 more results from the replicas",
+    );
+    let after = stats(&app);
+    eprintln!("before {before:?}\nafter {after:?}");
+    probe.assert_no_stall("through the serving replica's death");
+    assert_eq!(probe.max_tick_gap, 1, "a tick was skipped");
+    assert_eq!(after.fallback_ticks, before.fallback_ticks, "a tick was stepped locally: {after:?}");
+    assert_eq!(after.fallbacks_entered, before.fallbacks_entered);
+    assert_eq!(after.snapshots_sent, before.snapshots_sent, "a resync: {after:?}");
+    assert_eq!(app.world().resource::<Modes>().0.len(), modes_before, "the mode changed");
+    let now_serving = after.serving_peer.as_deref().expect("a peer serves");
+    assert!(now_serving == survivor.peer_id() || now_serving == third.peer_id(), "{now_serving}");
+}
+
 #[derive(Resource, Default)]
 struct Modes(Vec<OffloadMode>);
 

@@ -1191,7 +1191,10 @@ impl State {
 
     /// Why a task request is over its gamer's rate limits, if it is.
     fn over_rate(&mut self, gamer: &str, m: &TaskRequest, now: Instant) -> Option<String> {
-        let new_session = m.session_id.as_deref().is_some_and(|s| !self.sched.has_session(gamer, s));
+        // A replicated session stays known while its replicas change.
+        let new_session = m.session_id.as_deref().is_some_and(|s| {
+            !self.sched.has_session(gamer, s) && self.groups.get(gamer).is_none_or(|g| !g.contains_key(s))
+        });
         let limits = self.limits.get_mut(gamer)?;
         if let Some(b) = &mut limits.tasks
             && !b.try_take(1.0, now)

@@ -45,6 +45,14 @@ impl Cluster {
         Cluster { embedded, url }
     }
 
+    /// A coordinator running each physics session on `replicas` peers, no peer yet.
+    pub fn replicated(replicas: u8) -> Self {
+        let embedded = EmbeddedCluster::start_replicated(None, 0, Default::default(), replicas)
+            .expect("the embedded cluster starts");
+        let url = embedded.url().to_owned();
+        Cluster { embedded, url }
+    }
+
     /// Starts a peer and waits until it is registered.
     pub fn peer(&mut self) -> Peer {
         assert!(self.embedded.add_peer(), "the cluster takes the command");
