@@ -341,8 +341,12 @@ impl P2c2rPlugin {
 /// local simulation, as with no coordinator.
 pub(crate) fn start_in(app: &mut App, options: &EmbeddedOptions, coordinator: Option<String>) -> Option<String> {
     app.add_message::<ClusterEvent>().add_systems(First, forward_events.run_if(resource_exists::<EmbeddedCluster>));
-    match EmbeddedCluster::start_replicated(coordinator.clone(), options.peers, options.access.clone(), options.replicas)
-    {
+    match EmbeddedCluster::start_replicated(
+        coordinator.clone(),
+        options.peers,
+        options.access.clone(),
+        options.replicas,
+    ) {
         Ok(cluster) => {
             tracing::info!(url = cluster.url(), peers = ?cluster.peers(), "p2c2r: embedded cluster started");
             let url = cluster.url().to_owned();
