@@ -5,6 +5,8 @@
 //! ```text
 //! # Everything in one process (`P2c2rPlugin::embedded()`: an in-process coordinator and peer):
 //! cargo run -p bevy_p2c2r --example headless
+//! # Two replicas of the session; the serving peer killed at frame 150 (no fallback tick):
+//! cargo run -p bevy_p2c2r --example headless -- --replicas 2 --kill-serving-at 150
 //! # Against a running deployment (`cargo run -p coordinator`, `cargo run -p peer`):
 //! cargo run -p bevy_p2c2r --example headless -- --coordinator ws://127.0.0.1:8765 --frames 600
 //! ```
@@ -12,7 +14,7 @@
 //! With a coordinator but no peer, the bodies still fall: the plugin steps them locally.
 //! At exit it prints one JSON line: frames, physics_results_from_peers,
 //! ai_results_from_peers, fallback_ticks, bodies, lowest_body_y_start, lowest_body_y_end,
-//! rtt_ms_p50, rtt_ms_p99, and more.
+//! rtt_ms_p50, rtt_ms_p99, largest_tick_gap (1: no tick skipped), and more.
 
 use std::time::Duration;
 
@@ -37,6 +39,12 @@ struct Args {
     /// Number of falling bodies.
     #[arg(long, default_value_t = 36)]
     bodies: u32,
+    /// In-process only: peers each physics session runs on (as many peers start).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    replicas: u8,
+    /// In-process only: kill the peer serving the session at this frame.
+    #[arg(long)]
+    kill_serving_at: Option<u32>,
 }
 
 /// The dynamic bodies, to measure how far they fell.
@@ -49,6 +57,29 @@ struct Report {
     lowest_start: Option<f32>,
     frames: u32,
     max_frames: u32,
+    kill_at: Option<u32>,
+    last_tick: Option<u64>,
+    largest_tick_gap: u64,
+}
+
+/// Records the largest gap between consecutive applied physics ticks.
+fn track_ticks(mut report: ResMut<Report>, mut stepped: MessageReader<PhysicsStepped>) {
+    for tick in stepped.read().map(|m| m.tick) {
+        if let Some(last) = report.last_tick {
+            report.largest_tick_gap = report.largest_tick_gap.max(tick.saturating_sub(last));
+        }
+        report.last_tick = Some(tick);
+    }
+}
+
+/// At `--kill-serving-at`, kills the in-process peer that serves the session.
+fn kill_serving(report: Res<Report>, stats: Res<P2c2rStats>, cluster: Option<Res<EmbeddedCluster>>) {
+    if report.kill_at == Some(report.frames)
+        && let Some(cluster) = cluster
+    {
+        let killed = cluster.kill_peer(stats.serving_peer.as_deref());
+        eprintln!("frame {}: killing the serving peer {:?}: {killed}", report.frames, stats.serving_peer);
+    }
 }
 
 fn main() {
@@ -57,7 +88,7 @@ fn main() {
     // is dropped.
     let plugin = match args.coordinator.clone() {
         Some(url) => P2c2rPlugin::new(url),
-        None => P2c2rPlugin::embedded(),
+        None => P2c2rPlugin::embedded().embedded_peers(u32::from(args.replicas)).embedded_replicas(args.replicas),
     };
 
     let mut app = App::new();
@@ -68,10 +99,10 @@ fn main() {
             Vec2::new(-10.0, -10.0),
             (0..20).map(|row| if row == 10 { "##############......" } else { "...................." }),
         ))
-        .insert_resource(Report { max_frames: args.frames, ..default() })
+        .insert_resource(Report { max_frames: args.frames, kill_at: args.kill_serving_at, ..default() })
         .insert_resource(BodyCount(args.bodies))
         .add_systems(Startup, setup)
-        .add_systems(Update, count_frames);
+        .add_systems(Update, (track_ticks, kill_serving, count_frames).chain());
     app.run();
 }
 
@@ -126,6 +157,8 @@ fn count_frames(
         "bytes_received": stats.bytes_received,
         "distinct_peers": stats.distinct_peers(),
         "serving_peer": stats.serving_peer,
+        "largest_tick_gap": report.largest_tick_gap,
+        "fallbacks_entered": stats.fallbacks_entered,
     });
     println!("{json}");
     exit.write(AppExit::Success);
