@@ -168,7 +168,9 @@ struct Tick {
 struct Vote {
     digest: AnswerDigest,
     peers: Vec<String>,
-    payload: Payload,
+    /// The first answer with this digest, until the tick is delivered (then only the
+    /// digest is kept: a logged tick must not hold its answers' bytes).
+    payload: Option<Payload>,
     attempt: u32,
 }
 
@@ -372,7 +374,8 @@ impl Group {
                         }
                     }
                     None => {
-                        tick.votes.push(Vote { digest, peers: vec![peer.clone()], payload: payload.clone(), attempt })
+                        let kept = (!tick.delivered).then(|| payload.clone());
+                        tick.votes.push(Vote { digest, peers: vec![peer.clone()], payload: kept, attempt })
                     }
                 }
                 decision.compared = tick.votes.iter().map(|v| v.peers.len()).sum::<usize>() == 2;
@@ -417,14 +420,12 @@ impl Group {
         let tick = self.ticks.get_mut(task_id).expect("looked up above");
         if strict
             && !tick.delivered
-            && let Some(agreed) = tick.votes.iter().find(|v| v.peers.len() >= 2)
+            && let Some(agreed) = tick.votes.iter_mut().find(|v| v.peers.len() >= 2)
+            && let Some(payload) = agreed.payload.take()
         {
             tick.delivered = true;
-            decision.deliver = Some(Delivery::Answer {
-                payload: agreed.payload.clone(),
-                peer: agreed.peers[0].clone(),
-                attempt: agreed.attempt,
-            });
+            decision.deliver =
+                Some(Delivery::Answer { payload, peer: agreed.peers[0].clone(), attempt: agreed.attempt });
         }
         if !tick.delivered && tick.out == 0 {
             tick.delivered = true;
@@ -435,6 +436,12 @@ impl Group {
             } else {
                 Delivery::Failure
             });
+        }
+        if tick.delivered {
+            for vote in &mut tick.votes {
+                vote.payload = None;
+            }
+            tick.first_error = None;
         }
         if !decision.liars.is_empty() && !strict {
             // The gamer may hold the liar's answers: its next tick is a full state.

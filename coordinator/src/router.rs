@@ -1715,6 +1715,7 @@ impl State {
     /// Tells the gamer how its session is replicated, when that changed.
     fn tell_status(&mut self, gamer: &str, session: &str) {
         let strict = self.replication.strict;
+        let conn = self.gamers.get(gamer).copied();
         let Some(entry) = self.group_mut(gamer, session) else { return };
         let status = p2c2r_protocol::SessionStatus {
             session_id: session.to_owned(),
@@ -1728,8 +1729,10 @@ impl State {
         if entry.told.as_ref() == Some(&status) {
             return;
         }
-        entry.told = Some(status.clone());
-        if let Some(conn) = self.gamers.get(gamer).copied() {
+        // Only what was sent counts as told: a gamer away now hears of it at the next
+        // change after it resumes.
+        if let Some(conn) = conn {
+            entry.told = Some(status.clone());
             self.send(conn, Message::SessionStatus(status));
         }
     }

@@ -1088,7 +1088,6 @@ impl<P> Scheduler<P> {
         {
             peer.sessions.remove(&(gamer_id.to_owned(), session_id.to_owned()));
         }
-        self.counters.dropped += dropped.len() as u64;
         dropped
     }
 
@@ -1588,6 +1587,72 @@ mod tests {
 
     fn any_peer(capacity: u32) -> PeerSpec {
         PeerSpec { task_types: None, capacity, setup: Some(1), host: None }
+    }
+
+    fn peer_at(setup: Option<u64>, host: [u8; 4]) -> PeerSpec {
+        PeerSpec { task_types: None, capacity: 4, setup, host: Some(std::net::IpAddr::from(host)) }
+    }
+
+    fn replica_task(id: &str, session: &str, siblings: &[&str]) -> Submission<()> {
+        Submission { siblings: siblings.iter().map(|s| s.to_string()).collect(), ..session_task(id, session) }
+    }
+
+    #[test]
+    fn replicas_go_to_other_peers_with_the_same_setup_on_other_hosts() {
+        let mut s: Scheduler<()> = Scheduler::new(test_config());
+        let t0 = Instant::now();
+        s.add_gamer("g".into());
+        s.add_peer("first".into(), peer_at(Some(7), [10, 0, 0, 1]));
+        s.add_peer("same-host".into(), peer_at(Some(7), [10, 0, 0, 1]));
+        s.add_peer("other-setup".into(), peer_at(Some(8), [10, 0, 0, 2]));
+        s.add_peer("undeclared".into(), peer_at(None, [10, 0, 0, 3]));
+        assert_eq!(s.replica_capacity("physics"), 1, "one host per setup so far");
+        s.submit("g", replica_task("t0", "w", &["w\u{0}1"]), t0).unwrap();
+        let first = s.dispatch(t0);
+        assert_eq!(first.len(), 1);
+        let pinned = first[0].peer.clone();
+        // The sibling may go nowhere yet: every other peer shares a host or differs in setup.
+        s.submit("g", replica_task("t0\u{0}1", "w\u{0}1", &["w"]), t0).unwrap();
+        let blocked = s.dispatch(t0);
+        assert!(blocked.is_empty(), "placed beside {pinned}: {blocked:?}");
+        // A compatible peer on another host takes it.
+        s.add_peer("good".into(), peer_at(Some(7), [10, 0, 0, 9]));
+        assert_eq!(s.replica_capacity("physics"), 2);
+        let placed = s.dispatch(t0);
+        assert_eq!(placed.iter().map(|d| d.peer.as_str()).collect::<Vec<_>>(), ["good"]);
+        assert_eq!(s.pinned_peer("g", "w\u{0}1").map(String::as_str), Some("good"));
+        assert!(!s.can_host_replica("g", &["w".into(), "w\u{0}1".into()], "physics"), "no third host");
+        // Without the host rule, a second peer on the same host would do.
+        let mut s: Scheduler<()> =
+            Scheduler::new(SchedulerConfig { replicas_on_distinct_hosts: false, ..test_config() });
+        s.add_gamer("g".into());
+        s.add_peer("a".into(), peer_at(Some(7), [127, 0, 0, 1]));
+        s.add_peer("b".into(), peer_at(Some(7), [127, 0, 0, 1]));
+        assert_eq!(s.replica_capacity("physics"), 2);
+        s.submit("g", replica_task("t0", "w", &["w\u{0}1"]), t0).unwrap();
+        s.submit("g", replica_task("t0\u{0}1", "w\u{0}1", &["w"]), t0).unwrap();
+        let mut peers: Vec<String> = s.dispatch(t0).into_iter().map(|d| d.peer).collect();
+        peers.sort();
+        assert_eq!(peers, ["a", "b"], "never both on one peer");
+    }
+
+    #[test]
+    fn cancelling_a_session_drops_its_queued_and_running_tasks_and_frees_the_peer() {
+        let mut s: Scheduler<()> = Scheduler::new(test_config());
+        let t0 = Instant::now();
+        s.add_gamer("g".into());
+        s.add_peer("p".into(), any_peer(1));
+        s.submit("g", session_task("a", "w"), t0).unwrap();
+        s.submit("g", session_task("b", "w"), t0).unwrap();
+        s.submit("g", session_task("c", "other"), t0).unwrap();
+        assert_eq!(s.dispatch(t0).len(), 2, "two ticks of w pipelined on the one slot");
+        let mut dropped = s.cancel_session("g", "w");
+        dropped.sort();
+        assert_eq!(dropped, ["a", "b"]);
+        assert!(!s.has_session("g", "w"));
+        assert_eq!(s.peer_load("p"), Some(0));
+        assert_eq!(dispatch_ids(&mut s, t0), ["c"], "the slot is free for the other session");
+        assert!(matches!(s.complete("p", &assignment_id(0, 1)), Err(CompleteError::NotAssigned(_))));
     }
 
     fn typed_peer(capacity: u32, types: &[&str]) -> PeerSpec {

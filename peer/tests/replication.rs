@@ -3,15 +3,21 @@
 //!
 //! - with two replicas, killing either peer costs the gamer nothing (no error, no resync),
 //!   and a new peer becomes a replica by replaying the session's log;
+//! - a peer that runs the physics honestly but corrupts 1 % of its answers, among two
+//!   honest peers, is caught on its first lie, quarantined, and the gamer's copy of the
+//!   world is corrected to the honest state (every body, bit for bit) within a few ticks.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use p2c2r_protocol::physics::{BodyDesc, BodyType, PhysicsStepRequest, Shape};
-use peer::{PeerConfig, PeerHandle};
+use p2c2r_protocol::physics::{BodyDesc, BodyState, BodyType, PhysicsStepRequest, PhysicsStepResult, Shape};
+use p2c2r_protocol::{Capabilities, ErrorCode, Message, Payload};
+use p2c2r_sim::physics::PhysicsWorld;
+use peer::{PeerConfig, PeerHandle, SessionStore, run_task_payload};
 
 mod common;
 
-use common::{eventually, gamer, within};
+use common::{Client, eventually, gamer, within};
 
 const DT: f32 = 1.0 / 60.0;
 
@@ -92,5 +98,98 @@ async fn with_two_replicas_killing_a_peer_costs_the_gamer_nothing() {
     let [_, b] = peers;
     b.shutdown().await;
     newcomer.shutdown().await;
+    coord.shutdown().await;
+}
+
+/// Ticks on which the liar corrupts its answer: 1 % of them.
+fn lies_on(tick: u64) -> bool {
+    tick % 100 == 37
+}
+
+/// A peer that runs every task honestly (the real peer's task code) and then, on 1 % of
+/// ticks, moves one body of its answer by half a metre. It answers as fast as it can, so
+/// its lie is often the first answer the gamer gets.
+async fn liar(url: String) -> tokio::task::JoinHandle<(u32, Option<ErrorCode>)> {
+    let caps = Capabilities {
+        max_concurrent_tasks: Some(4),
+        determinism: Some(p2c2r_sim::determinism()),
+        task_types: Some(p2c2r_protocol::task_types::ALL.iter().map(|t| (*t).to_owned()).collect()),
+        ..Default::default()
+    };
+    let mut client = Client::peer_with(&url, "liar", caps).await;
+    tokio::spawn(async move {
+        let store = SessionStore::new(Duration::from_secs(60));
+        let mut lies = 0;
+        loop {
+            let Some(message) = client.try_recv().await else { return (lies, None) };
+            let assignment = match message {
+                Message::TaskAssignment(a) => a,
+                Message::Error(e) => return (lies, Some(e.code)),
+                _ => continue,
+            };
+            let mut answer = run_task_payload(&store, &assignment.task_data);
+            let mut result: PhysicsStepResult = serde_json::from_str(answer.json().unwrap()).unwrap();
+            if lies_on(result.tick) && !result.bodies.is_empty() {
+                result.bodies[0].position[0] += 0.5;
+                answer = Payload::to_json(&result).unwrap();
+                lies += 1;
+            }
+            let reply = p2c2r_protocol::TaskResult {
+                task_id: assignment.task_id.clone(),
+                result: answer,
+                attempt: Some(assignment.attempt),
+                peer_id: None,
+            };
+            if !client.try_send(&Message::TaskResult(reply)).await {
+                return (lies, None);
+            }
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_lying_on_one_percent_of_ticks_is_caught_and_the_gamer_corrected() {
+    let coord = coordinator::spawn("127.0.0.1:0", replicated(3)).await.unwrap();
+    let url = coord.url();
+    let honest = [start_peer(&url, "peer-a").await, start_peer(&url, "peer-b").await];
+    let liar = liar(url.clone()).await;
+    let mut gamer = gamer::connect(&url, "gamer-1").await;
+    // What the gamer should hold: the same requests stepped by an honest world here.
+    let mut reference = PhysicsWorld::new();
+    let mut truth: BTreeMap<u64, BodyState> = BTreeMap::new();
+    let mut held: BTreeMap<u64, BodyState> = BTreeMap::new();
+    let mut lie_delivered = false;
+    let mut corrected_at = None;
+    for t in 0..=240u64 {
+        let request = if t == 0 { PhysicsStepRequest { add: scene(), snapshot: true, ..tick(0) } } else { tick(t) };
+        let expected = reference.step(&request).unwrap();
+        truth.extend(expected.bodies.iter().map(|b| (b.id, *b)));
+        let (r, raw) = gamer.physics("s", &request).await.unwrap_or_else(|e| panic!("tick {t}: {e:?}"));
+        held.extend(r.bodies.iter().map(|b| (b.id, *b)));
+        if lies_on(t) && held != truth {
+            assert_eq!(raw.peer_id.as_deref(), Some("liar"));
+            lie_delivered = true;
+        }
+        if corrected_at.is_none() && r.bodies.len() == scene().len() && t > 37 {
+            corrected_at = Some(t);
+        }
+        if corrected_at.is_some() || !lie_delivered {
+            assert!(held == truth, "tick {t}: the gamer holds another world than the honest one");
+        }
+    }
+    let stats = coord.stats();
+    eprintln!("lie delivered first: {lie_delivered}; corrected at tick {corrected_at:?}; {stats:?}");
+    // Caught on its first lie (every tick is replicated), never again: it is gone.
+    assert_eq!((stats.replica_disagreements, stats.peers_caught_lying), (1, 1), "{stats:?}");
+    let (lies, farewell) = tokio::time::timeout(Duration::from_secs(30), liar).await.unwrap().unwrap();
+    assert_eq!(lies, 1, "quarantined after its first lie");
+    assert_eq!(farewell, Some(ErrorCode::Quarantined));
+    // The gamer was corrected within a few ticks of the lie, with every body's state.
+    let corrected_at = corrected_at.expect("a full-state tick reached the gamer");
+    assert!(corrected_at <= 37 + 5, "corrected at tick {corrected_at}");
+    assert_eq!(stats.sessions_corrected, 1);
+    for p in honest {
+        p.shutdown().await;
+    }
     coord.shutdown().await;
 }
