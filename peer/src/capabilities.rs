@@ -95,7 +95,7 @@ mod tests {
         assert!(m.ram_gb >= 0.0);
         let caps = capabilities(&m, 3, &all_task_types());
         assert_eq!(caps.max_concurrent_tasks, Some(3));
-        assert_eq!(caps.task_types.unwrap().len(), 4);
+        assert_eq!(caps.task_types.unwrap(), task_types::ALL.map(String::from).to_vec());
         assert_eq!(caps.determinism, Some(p2c2r_sim::determinism()), "the setup results depend on is declared");
     }
 }

@@ -17,6 +17,7 @@
 //! | task type | what the peer does |
 //! | --- | --- |
 //! | `physics_step` | one tick of a session's rapier3d world ([`p2c2r_sim::physics::PhysicsWorld`]) |
+//! | `physics_step_full` | the same tick, answered with every body of the world (packed: a keyframe); the coordinator sends it to correct a gamer's copy |
 //! | `ai_navigate` | A* paths and steering on a session's grid ([`p2c2r_sim::navigation::Navigator`]) |
 //! | `physics` | the seed's task: N falling balls for one step, summarised ([`seed`]) |
 //! | `ai` | the seed's task: a built-in navigation scene, summarised ([`seed`]) |

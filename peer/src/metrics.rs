@@ -21,7 +21,7 @@
 //! | `p2c2r_peer_registrations_total` | counter | | registrations with the coordinator (the first and every reconnection) |
 //! | `p2c2r_peer_workers_lost_total` | counter | | worker processes that died or were killed (always 0 in process) |
 //!
-//! Task types come from the network, so the `task_type` label is bounded: the four types
+//! Task types come from the network, so the `task_type` label is bounded: the five types
 //! this peer runs ([`task_types::ALL`]) keep their name, anything else is `other`.
 
 use std::sync::Arc;

@@ -64,20 +64,24 @@ fn dispatch(sessions: &SessionStore, spec: &TaskSpec) -> Result<Payload, TaskErr
     // A binary payload, or one a JSON connection carried base64-wrapped.
     if let Some(bytes) = spec.task_data.binary_bytes() {
         return match spec.task_type.as_str() {
-            task_types::PHYSICS_STEP => {
-                let session = session_key(spec, task_types::PHYSICS_STEP)?;
-                physics_step_packed(sessions, spec.gamer_id.as_deref(), &session, &bytes)
+            task_type @ (task_types::PHYSICS_STEP | task_types::PHYSICS_STEP_FULL) => {
+                let session = session_key(spec, task_type)?;
+                physics_step_packed(sessions, spec.gamer_id.as_deref(), &session, &bytes, Report::of(task_type))
             }
             other => Err(TaskError::new(
                 ErrorCode::InvalidPayload,
-                format!("{:?} takes a JSON payload; only physics_step has a binary one", truncate(other, 64)),
+                format!(
+                    "{:?} takes a JSON payload; only physics_step and physics_step_full have a binary one",
+                    truncate(other, 64)
+                ),
             )),
         };
     }
     let payload = spec.task_data.json().expect("a payload is JSON when it is not binary");
     match spec.task_type.as_str() {
-        task_types::PHYSICS_STEP => {
-            physics_step(sessions, spec.gamer_id.as_deref(), &session_key(spec, task_types::PHYSICS_STEP)?, payload)
+        task_type @ (task_types::PHYSICS_STEP | task_types::PHYSICS_STEP_FULL) => {
+            let session = session_key(spec, task_type)?;
+            physics_step(sessions, spec.gamer_id.as_deref(), &session, payload, Report::of(task_type))
         }
         task_types::AI_NAVIGATE => {
             ai_navigate(sessions, spec.gamer_id.as_deref(), &session_key(spec, task_types::AI_NAVIGATE)?, payload)
@@ -96,25 +100,55 @@ fn physics_step(
     gamer: Option<&str>,
     session_id: &str,
     payload: &str,
+    report: Report,
 ) -> Result<Payload, TaskError> {
     if payload.len() > 2 * limits::MAX_BODIES_PER_SESSION {
         probe::<PhysicsProbe>(payload)?;
     }
     let request: PhysicsStepRequest = parse(payload)?;
-    step_session(sessions, gamer, session_id, &request, RequestKey::of(payload.as_bytes()), ResultWire::Json)
+    let key = RequestKey::of(payload.as_bytes(), report);
+    step_session(sessions, gamer, session_id, &request, key, ResultWire::Json, report)
 }
 
 /// A `physics_step` whose payload is [`packed`]: the answer is packed too, a delta
-/// against the session's previous packed answer (a keyframe after a snapshot).
+/// against the session's previous packed answer (a keyframe after a snapshot, and for
+/// [`Report::Full`]).
 fn physics_step_packed(
     sessions: &SessionStore,
     gamer: Option<&str>,
     session_id: &str,
     payload: &[u8],
+    report: Report,
 ) -> Result<Payload, TaskError> {
-    let request = packed::decode_request(payload)
-        .map_err(|e| TaskError::new(ErrorCode::InvalidPayload, format!("malformed packed physics_step: {e}")))?;
-    step_session(sessions, gamer, session_id, &request, RequestKey::of(payload), ResultWire::Packed)
+    let request = packed::decode_request(payload).map_err(|e| {
+        TaskError::new(ErrorCode::InvalidPayload, format!("malformed packed {}: {e}", report.task_type()))
+    })?;
+    step_session(sessions, gamer, session_id, &request, RequestKey::of(payload, report), ResultWire::Packed, report)
+}
+
+/// Which bodies a physics answer lists: the two physics task types run the same step
+/// and differ only in their answer.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Report {
+    /// `physics_step`: the bodies whose state changed on the lattice (the world's own
+    /// report).
+    Changed,
+    /// `physics_step_full`: every body of the world ([`PhysicsWorld::states`]); packed,
+    /// a keyframe, so a gamer whose copy (or decoder baseline) went wrong is corrected.
+    Full,
+}
+
+impl Report {
+    fn of(task_type: &str) -> Self {
+        if task_type == task_types::PHYSICS_STEP_FULL { Report::Full } else { Report::Changed }
+    }
+
+    fn task_type(self) -> &'static str {
+        match self {
+            Report::Changed => task_types::PHYSICS_STEP,
+            Report::Full => task_types::PHYSICS_STEP_FULL,
+        }
+    }
 }
 
 /// How a physics result is answered: as the request came.
@@ -124,7 +158,9 @@ enum ResultWire {
     Packed,
 }
 
-/// What identifies a request's bytes, to answer a duplicate delivery from the cache.
+/// What identifies a request (its bytes and which answer it asks for), to answer a
+/// duplicate delivery from the cache: a `physics_step_full` is never answered with a
+/// `physics_step`'s cached answer to the same bytes, nor the reverse.
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct RequestKey {
     hash: u64,
@@ -132,8 +168,9 @@ struct RequestKey {
 }
 
 impl RequestKey {
-    fn of(bytes: &[u8]) -> Self {
+    fn of(bytes: &[u8], report: Report) -> Self {
         let mut h = std::hash::DefaultHasher::new();
+        report.hash(&mut h);
         bytes.hash(&mut h);
         RequestKey { hash: h.finish(), len: bytes.len() }
     }
@@ -146,6 +183,7 @@ fn step_session(
     request: &PhysicsStepRequest,
     key: RequestKey,
     wire: ResultWire,
+    report: Report,
 ) -> Result<Payload, TaskError> {
     let budgets = *sessions.budgets();
     let tick = request.tick;
@@ -164,16 +202,22 @@ fn step_session(
                 .charge(session_id, Session::estimate(bodies, session.grid_cells()))
                 .map_err(|e| over_budget(e, tick))?;
             let world = session.physics.get_or_insert_with(PhysicsWorld::new);
-            let result = world.step_limited(request, &budgets)?;
+            let mut result = world.step_limited(request, &budgets)?;
+            if report == Report::Full {
+                result.bodies = world.states();
+            }
             let result = match wire {
                 ResultWire::Json => to_payload(&result).expect("physics results always serialize"),
                 ResultWire::Packed => {
                     let mut bytes = Vec::new();
                     let elapsed = request.dt * request.steps as f32;
+                    // A full answer is a keyframe: the gamer's decoder may hold a wrong
+                    // baseline (a liar's), and the chain restarts from this answer.
+                    let keyframe = request.snapshot || report == Report::Full;
                     // The world's states are valid and sorted, so encoding cannot fail;
                     // if it ever did, the gamer would get an error and resync, never a
                     // frame it cannot decode.
-                    session.physics_wire.encode(&result, request.snapshot, elapsed, &mut bytes).map_err(|e| {
+                    session.physics_wire.encode(&result, keyframe, elapsed, &mut bytes).map_err(|e| {
                         session.physics_wire.reset();
                         TaskError::new(ErrorCode::Internal, format!("cannot pack the result: {e}")).with_resync()
                     })?;
@@ -291,6 +335,8 @@ fn truncate(s: &str, max: usize) -> &str {
 mod tests {
     use std::time::Duration;
 
+    use p2c2r_protocol::packed::ResultDecoder;
+    use p2c2r_protocol::physics::{BodyDesc, BodyState, BodyType, PhysicsStepResult, Shape};
     use p2c2r_protocol::raw_payload;
 
     use super::*;
@@ -303,6 +349,211 @@ mod tests {
             gamer_id: None,
             task_data: raw_payload(data.into()).unwrap(),
         }
+    }
+
+    const DT: f32 = 1.0 / 60.0;
+
+    /// A ground, a kinematic paddle, a sphere asleep in mid-air, one falling from high up,
+    /// and twelve cubes settling on the ground.
+    fn scene() -> PhysicsStepRequest {
+        let mut add = vec![
+            BodyDesc::new(0, Shape::Box { half_extents: [20.0, 0.5, 20.0] }, [0.0, -0.5, 0.0])
+                .with_body_type(BodyType::Fixed),
+            BodyDesc::new(40, Shape::Box { half_extents: [0.2, 0.5, 2.0] }, [-9.0, 0.5, 0.0])
+                .with_body_type(BodyType::Kinematic),
+            BodyDesc { sleeping: true, ..BodyDesc::new(50, Shape::Sphere { radius: 0.5 }, [8.0, 6.0, 8.0]) },
+            // Falling for seconds: awake throughout.
+            BodyDesc::new(60, Shape::Sphere { radius: 0.5 }, [-15.0, 80.0, -15.0]),
+        ];
+        for i in 0..12u64 {
+            let cube = BodyDesc::new(
+                i + 1,
+                Shape::Box { half_extents: [0.5; 3] },
+                [(i % 4) as f32 * 1.5, 0.6, (i / 4) as f32 * 1.5],
+            );
+            add.push(BodyDesc { rotation: [0.0, 0.2, 0.0, 0.98], ..cube });
+        }
+        PhysicsStepRequest { tick: 0, snapshot: true, dt: DT, steps: 1, add, ..Default::default() }
+    }
+
+    fn plain(tick: u64) -> PhysicsStepRequest {
+        PhysicsStepRequest { tick, dt: DT, steps: 1, ..Default::default() }
+    }
+
+    fn json_spec(task_type: &str, request: &PhysicsStepRequest) -> TaskSpec {
+        TaskSpec { task_type: task_type.into(), task_data: to_payload(request).unwrap(), ..step("s", "{}") }
+    }
+
+    fn packed_spec(task_type: &str, request: &PhysicsStepRequest) -> TaskSpec {
+        let mut bytes = Vec::new();
+        packed::encode_request(request, &mut bytes);
+        TaskSpec { task_type: task_type.into(), task_data: Payload::binary(bytes), ..step("s", "{}") }
+    }
+
+    fn result(answer: &Payload) -> PhysicsStepResult {
+        let json = answer.json().unwrap_or_else(|| panic!("not JSON: {answer:?}"));
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("not a physics result: {e}: {json}"))
+    }
+
+    fn bytes(answer: &Payload) -> Vec<u8> {
+        match answer {
+            Payload::Binary(bytes) => bytes.to_vec(),
+            other => panic!("not a packed answer: {other:?}"),
+        }
+    }
+
+    fn world_states(store: &SessionStore) -> Vec<BodyState> {
+        store.with_session("s", false, |s| s.physics.as_ref().expect("a world").states()).expect("the session")
+    }
+
+    /// Runs the scene's snapshot and plain ticks 1..`until` (packed or JSON), returning the
+    /// answers.
+    fn history(store: &SessionStore, until: u64, wire: ResultWire) -> Vec<Payload> {
+        let spec = |r: &PhysicsStepRequest| match wire {
+            ResultWire::Json => json_spec(task_types::PHYSICS_STEP, r),
+            ResultWire::Packed => packed_spec(task_types::PHYSICS_STEP, r),
+        };
+        std::iter::once(scene()).chain((1..until).map(plain)).map(|r| run_task_payload(store, &spec(&r))).collect()
+    }
+
+    #[test]
+    fn a_full_step_lists_every_body_and_steps_like_a_plain_one() {
+        let (full, plain_store) =
+            (SessionStore::new(Duration::from_secs(60)), SessionStore::new(Duration::from_secs(60)));
+        let k = 60;
+        history(&full, k, ResultWire::Json);
+        history(&plain_store, k, ResultWire::Json);
+        let answer = run_task_payload(&full, &json_spec(task_types::PHYSICS_STEP_FULL, &plain(k)));
+        let changed = result(&run_task_payload(&plain_store, &json_spec(task_types::PHYSICS_STEP, &plain(k))));
+        let r = result(&answer);
+        assert_eq!((r.status, r.tick), (TaskStatus::Success, k));
+        let mut ids: Vec<_> = scene().add.iter().map(|d| d.id).collect();
+        ids.sort_unstable();
+        assert_eq!(r.bodies.iter().map(|b| b.id).collect::<Vec<_>>(), ids, "every body, fixed ones too, by id");
+        assert_eq!(r.bodies, world_states(&full), "each as the world holds it");
+        assert!(r.bodies.iter().any(|b| b.sleeping) && r.bodies.iter().any(|b| !b.sleeping));
+        assert!(changed.bodies.len() < r.bodies.len(), "the plain answer leaves unchanged bodies out");
+        for b in &changed.bodies {
+            assert_eq!(r.bodies.iter().find(|f| f.id == b.id), Some(b));
+        }
+        assert_eq!((&r.removed, &r.digest), (&changed.removed, &changed.digest), "the same step");
+        // The session continues as if the tick had been a plain one.
+        for t in k + 1..k + 30 {
+            let a = run_task_payload(&full, &json_spec(task_types::PHYSICS_STEP, &plain(t)));
+            let b = run_task_payload(&plain_store, &json_spec(task_types::PHYSICS_STEP, &plain(t)));
+            assert_eq!(a.json(), b.json(), "tick {t}");
+        }
+        // A full snapshot lists the fixed bodies a plain one leaves out.
+        let r = result(&run_task_payload(&full, &json_spec(task_types::PHYSICS_STEP_FULL, &scene())));
+        assert_eq!(r.bodies.len(), scene().add.len());
+    }
+
+    #[test]
+    fn a_packed_full_step_is_a_keyframe_that_restarts_any_decoders_chain() {
+        let store = SessionStore::new(Duration::from_secs(60));
+        let k = 60;
+        let mut chain = ResultDecoder::new();
+        for answer in history(&store, k, ResultWire::Packed) {
+            chain.decode(&bytes(&answer)).unwrap();
+        }
+        let full = bytes(&run_task_payload(&store, &packed_spec(task_types::PHYSICS_STEP_FULL, &plain(k))));
+        let states = world_states(&store);
+        let next = bytes(&run_task_payload(&store, &packed_spec(task_types::PHYSICS_STEP, &plain(k + 1))));
+
+        // A decoder holding nothing: only a keyframe decodes.
+        let mut fresh = ResultDecoder::new();
+        let decoded = fresh.decode(&full).expect("a keyframe");
+        // A decoder holding the session's chain, and one holding another chain (a liar's).
+        let mut liar = ResultDecoder::new();
+        let other = SessionStore::new(Duration::from_secs(60));
+        let mut moved = scene();
+        moved.add[3].position[1] += 2.0;
+        for request in std::iter::once(moved).chain((1..=k).map(plain)) {
+            liar.decode(&bytes(&run_task_payload(&other, &packed_spec(task_types::PHYSICS_STEP, &request)))).unwrap();
+        }
+        assert_eq!(liar.last_tick(), Some(k));
+        assert!(liar.decode(&next).is_err(), "a delta is refused against another chain");
+        for decoder in [&mut chain, &mut liar] {
+            assert_eq!(decoder.decode(&full).unwrap(), decoded);
+            assert_eq!(*decoder, fresh, "the keyframe's bodies are the baseline");
+        }
+        assert_eq!(decoded.bodies.len(), scene().add.len(), "every body");
+        assert_eq!(decoded.bodies, states);
+        assert_eq!(fresh.baseline().len(), scene().add.len());
+        let after = fresh.decode(&next).expect("the following delta continues the keyframe");
+        assert_eq!(chain.decode(&next).unwrap(), after);
+        assert_eq!(liar.decode(&next).unwrap(), after);
+        assert_eq!(after.tick, k + 1);
+    }
+
+    #[test]
+    fn honest_peers_answer_a_full_step_with_the_same_bytes() {
+        for wire in [ResultWire::Json, ResultWire::Packed] {
+            let answers: Vec<Payload> = (0..2)
+                .map(|_| {
+                    let store = SessionStore::new(Duration::from_secs(60));
+                    history(&store, 45, wire);
+                    let spec = match wire {
+                        ResultWire::Json => json_spec(task_types::PHYSICS_STEP_FULL, &plain(45)),
+                        ResultWire::Packed => packed_spec(task_types::PHYSICS_STEP_FULL, &plain(45)),
+                    };
+                    let answer = run_task_payload(&store, &spec);
+                    // Redelivered: the same bytes, from the cache.
+                    assert_eq!(run_task_payload(&store, &spec), answer);
+                    answer
+                })
+                .collect();
+            assert_eq!(answers[0], answers[1]);
+            if wire == ResultWire::Packed {
+                let json_store = SessionStore::new(Duration::from_secs(60));
+                history(&json_store, 45, ResultWire::Json);
+                let full =
+                    result(&run_task_payload(&json_store, &json_spec(task_types::PHYSICS_STEP_FULL, &plain(45))));
+                let decoded = ResultDecoder::new().decode(&bytes(&answers[0])).unwrap();
+                assert_eq!(decoded, full, "packed and JSON answers hold the same states, bit for bit");
+            }
+        }
+    }
+
+    #[test]
+    fn a_full_step_is_never_answered_from_a_plain_steps_cache() {
+        for wire in [ResultWire::Json, ResultWire::Packed] {
+            let store = SessionStore::new(Duration::from_secs(60));
+            let answers = history(&store, 10, wire);
+            let (request, plain_answer) = (plain(9), answers.last().unwrap());
+            let spec = |task_type| match wire {
+                ResultWire::Json => json_spec(task_type, &request),
+                ResultWire::Packed => packed_spec(task_type, &request),
+            };
+            assert_eq!(run_task_payload(&store, &spec(task_types::PHYSICS_STEP)), *plain_answer, "redelivered");
+            let e: TaskError =
+                serde_json::from_str(run_task_payload(&store, &spec(task_types::PHYSICS_STEP_FULL)).json().unwrap())
+                    .unwrap();
+            assert_eq!((e.code, e.resync, e.tick), (ErrorCode::OutOfOrder, true, Some(9)), "the tick already ran");
+        }
+    }
+
+    #[test]
+    fn a_full_step_for_an_unknown_session_asks_for_resync() {
+        let store = SessionStore::new(Duration::from_secs(60));
+        for spec in
+            [json_spec(task_types::PHYSICS_STEP_FULL, &plain(7)), packed_spec(task_types::PHYSICS_STEP_FULL, &plain(7))]
+        {
+            let e: TaskError = serde_json::from_str(run_task_payload(&store, &spec).json().unwrap()).unwrap();
+            assert_eq!((e.code, e.resync, e.tick), (ErrorCode::UnknownSession, true, Some(7)));
+        }
+        assert!(store.session_ids().is_empty());
+        let e: TaskError = serde_json::from_str(
+            run_task_payload(
+                &store,
+                &TaskSpec { session_id: None, ..json_spec(task_types::PHYSICS_STEP_FULL, &scene()) },
+            )
+            .json()
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(e.code, ErrorCode::InvalidPayload);
+        assert!(e.message.contains("physics_step_full needs a session_id"), "{}", e.message);
     }
 
     #[test]

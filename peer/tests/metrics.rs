@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{Conn, http_get, listener, scrape, within};
-use p2c2r_protocol::{Message, TaskAssignment, TaskSpec, raw_payload};
+use p2c2r_protocol::{Message, TaskAssignment, TaskSpec, raw_payload, task_types};
 use peer::worker::TEST_TASKS_ENV;
 use peer::{Isolation, PeerConfig, PeerError, PeerHandle};
 
@@ -148,7 +148,10 @@ async fn tasks_are_counted_by_type_and_outcome_and_timed() {
     assert!(after[r#"p2c2r_peer_task_duration_seconds_sum{task_type="physics_step"}"#] > 0.0);
     assert_eq!(after["p2c2r_peer_sessions"], 1.0);
     assert_eq!(after["p2c2r_peer_tasks_running"], 0.0);
-    assert_eq!(peer.metrics_text().lines().filter(|l| l.starts_with("p2c2r_peer_tasks_total{")).count(), 25);
+    // Every series exists from the start: each task type this peer runs, and `other`, by
+    // each of the five outcomes.
+    let series = (task_types::ALL.len() + 1) * 5;
+    assert_eq!(peer.metrics_text().lines().filter(|l| l.starts_with("p2c2r_peer_tasks_total{")).count(), series);
 
     // Only /metrics is served.
     let missing = http_get(addr, "/nope").await;

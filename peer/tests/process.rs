@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use p2c2r_protocol::{Message, TaskAssignment, TaskSpec, codec, raw_payload, task_types};
-use peer::{PeerConfig, PeerHandle};
+use peer::{Isolation, PeerConfig, PeerHandle};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 
@@ -95,6 +95,96 @@ async fn answers_with_the_assignment_id_and_attempt() {
         r.result.json().unwrap()
     );
     peer.shutdown().await;
+}
+
+/// `physics_step_full` runs alike in process and in worker processes (the binary's
+/// default), JSON and packed: the same answer bytes, listing every body (the fixed ground
+/// and the sleeping cube too), a packed one a keyframe that a fresh decoder reads, and the
+/// next plain tick a delta against it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_step_is_answered_alike_in_process_and_in_workers() {
+    use p2c2r_protocol::packed::{ResultDecoder, encode_request};
+    use p2c2r_protocol::physics::{BodyDesc, BodyType, PhysicsStepRequest, PhysicsStepResult, Shape};
+    use p2c2r_protocol::{Payload, to_payload};
+
+    const DT: f32 = 1.0 / 60.0;
+    let snapshot = PhysicsStepRequest {
+        tick: 0,
+        snapshot: true,
+        dt: DT,
+        steps: 1,
+        add: vec![
+            BodyDesc::new(0, Shape::Box { half_extents: [10.0, 0.5, 10.0] }, [0.0, -0.5, 0.0])
+                .with_body_type(BodyType::Fixed),
+            BodyDesc::new(1, Shape::Sphere { radius: 0.5 }, [0.0, 10.0, 0.0]),
+            BodyDesc { sleeping: true, ..BodyDesc::new(2, Shape::Box { half_extents: [0.5; 3] }, [3.0, 5.0, 0.0]) },
+        ],
+        ..Default::default()
+    };
+    let plain = |tick| PhysicsStepRequest { tick, dt: DT, steps: 1, ..Default::default() };
+    let mut script: Vec<(&str, PhysicsStepRequest)> = vec![(task_types::PHYSICS_STEP, snapshot)];
+    script.extend((1..5).map(|t| (task_types::PHYSICS_STEP, plain(t))));
+    script.push((task_types::PHYSICS_STEP_FULL, plain(5)));
+    script.push((task_types::PHYSICS_STEP, plain(6)));
+    let workers = Isolation::Workers { exe: env!("CARGO_BIN_EXE_peer").into(), memory_limit_bytes: 0, env: vec![] };
+
+    let mut answers = Vec::new();
+    for isolation in [Isolation::InProcess, workers] {
+        let in_workers = matches!(isolation, Isolation::Workers { .. });
+        let l = listener().await;
+        let (peer, mut conn) = start(&l, |c| c.isolation = isolation).await;
+        conn.register().await;
+        let mut got = Vec::new();
+        for packed in [false, true] {
+            let session = if packed { "p" } else { "j" };
+            for (n, (task_type, request)) in script.iter().enumerate() {
+                let task_data = if packed {
+                    let mut bytes = Vec::new();
+                    encode_request(request, &mut bytes);
+                    Payload::binary(bytes)
+                } else {
+                    to_payload(request).unwrap()
+                };
+                let id = format!("{session}-{n}");
+                conn.send(&Message::TaskAssignment(TaskAssignment {
+                    task_id: id.clone(),
+                    attempt: 1,
+                    deadline_ms: Some(10_000),
+                    task_data: TaskSpec {
+                        task_id: id.clone(),
+                        task_type: (*task_type).into(),
+                        session_id: Some(session.into()),
+                        gamer_id: None,
+                        task_data,
+                    },
+                }))
+                .await;
+                let r = conn.result().await;
+                assert_eq!(r.task_id, id);
+                got.push(r.result);
+            }
+        }
+        assert_eq!(peer.workers_lost(), 0);
+        assert_eq!(peer.session_keys(), ["j", "p"]);
+        assert_eq!(peer.sessions().is_empty(), in_workers, "the sessions live where the tasks ran");
+        peer.shutdown().await;
+        answers.push(got);
+    }
+    assert_eq!(answers[0], answers[1], "the same bytes in process and in workers");
+
+    let answers = &answers[0];
+    let (json, packed) = answers.split_at(script.len());
+    let full: PhysicsStepResult = serde_json::from_str(json[5].json().unwrap()).unwrap();
+    assert_eq!(full.tick, 5);
+    assert_eq!(full.bodies.iter().map(|b| b.id).collect::<Vec<_>>(), [0, 1, 2], "every body");
+    assert!(full.bodies[2].sleeping);
+    let plain_before: PhysicsStepResult = serde_json::from_str(json[4].json().unwrap()).unwrap();
+    assert_eq!(plain_before.bodies.iter().map(|b| b.id).collect::<Vec<_>>(), [1], "a plain tick: what moved");
+    let mut fresh = ResultDecoder::new();
+    let bytes = |p: &Payload| p.binary_bytes().expect("a packed answer").into_owned();
+    assert_eq!(fresh.decode(&bytes(&packed[5])).expect("a keyframe"), full, "packed and JSON agree");
+    let next: PhysicsStepResult = serde_json::from_str(json[6].json().unwrap()).unwrap();
+    assert_eq!(fresh.decode(&bytes(&packed[6])).expect("a delta against the keyframe"), next);
 }
 
 #[tokio::test]

@@ -29,9 +29,10 @@
 //! # Results
 //!
 //! Only successful results are packed (a `status: error` result stays JSON:
-//! [`crate::TaskError`]). A result is either a keyframe (after a snapshot or a resync:
-//! every body coded absolutely, ids as ascending gaps) or a delta against the previous
-//! result of the session. A delta's header names that result's tick (`baseline_tick`), the
+//! [`crate::TaskError`]). A result is either a keyframe (after a snapshot or a resync, and
+//! answering a `physics_step_full`: every body coded absolutely, ids as ascending gaps;
+//! a decoder accepts one whatever it holds) or a delta against the previous result of the
+//! session. A delta's header names that result's tick (`baseline_tick`), the
 //! identity of the keyframe its chain started from (4 bytes: a delta from another chain
 //! that happens to share the tick is refused), the tick's duration (`dt × steps`, an `f32`) and a velocity `drift`; then comes one bit
 //! per body of the previous result saying whether this one carries it again, and the ids
@@ -1319,7 +1320,9 @@ impl ResultEncoder {
     /// Appends the packed form of `result` to `out` and makes it the baseline of the next.
     ///
     /// `keyframe` codes every body absolutely (after a snapshot: the gamer's decoder may
-    /// hold nothing); without a previous result the frame is a keyframe anyway. `elapsed`
+    /// hold nothing; answering a `physics_step_full`: it may hold a wrong baseline), and
+    /// the following deltas continue it; without a previous result the frame is a
+    /// keyframe anyway. `elapsed`
     /// is the tick's duration, `dt × steps` of the request: it only feeds the predictions,
     /// so any value decodes correctly (a wrong one costs bytes).
     ///
@@ -1787,6 +1790,52 @@ mod tests {
         assert_eq!(decoder, before);
         decoder.decode(&frames[1]).unwrap();
         decoder.decode(&frames[2]).unwrap();
+    }
+
+    /// What a `physics_step_full` answer does to a gamer: a keyframe in the middle of a
+    /// chain is accepted by a decoder holding that chain, by one holding another chain (a
+    /// liar's) and by a fresh one alike; each then holds exactly the keyframe's bodies,
+    /// takes the deltas that follow it, and refuses deltas continuing the old chain.
+    #[test]
+    fn a_keyframe_mid_chain_restarts_any_decoders_baseline() {
+        let elapsed = 1.0 / 60.0;
+        let encode = |encoder: &mut ResultEncoder, result: &PhysicsStepResult, keyframe: bool| {
+            let mut bytes = Vec::new();
+            encoder.encode(result, keyframe, elapsed, &mut bytes).unwrap();
+            bytes
+        };
+        let (mut encoder, mut liar) = (ResultEncoder::new(), ResultEncoder::new());
+        let (mut chain, mut wrong) = (ResultDecoder::new(), ResultDecoder::new());
+        for tick in 0..10 {
+            chain.decode(&encode(&mut encoder, &falling(5, tick), tick == 0)).unwrap();
+            let mut lie = falling(5, tick);
+            lie.bodies[2].position[0] += 1.0;
+            wrong.decode(&encode(&mut liar, &lie, tick == 0)).unwrap();
+        }
+        // The old chain, continued without the keyframe.
+        let mut old = encoder.clone();
+        encode(&mut old, &falling(5, 10), false);
+        let stale = encode(&mut old, &falling(5, 11), false);
+
+        // Every body, more than the chain carried.
+        let full = falling(8, 10);
+        let keyframe = encode(&mut encoder, &full, true);
+        let mut fresh = ResultDecoder::new();
+        assert_eq!(fresh.decode(&keyframe).unwrap(), full);
+        let baseline: Vec<(BodyId, QuantizedState)> = full.bodies.iter().map(|b| (b.id, quantize(b))).collect();
+        assert_eq!(fresh.baseline(), &baseline[..]);
+        for decoder in [&mut chain, &mut wrong] {
+            assert_eq!(decoder.decode(&keyframe).unwrap(), full);
+            assert_eq!(decoder.baseline(), &baseline[..], "the keyframe's bodies, nothing of the old chain");
+            assert_eq!(*decoder, fresh);
+        }
+        let next = encode(&mut encoder, &falling(8, 11), false);
+        for decoder in [&mut chain, &mut wrong, &mut fresh] {
+            let before = decoder.clone();
+            assert!(matches!(decoder.decode(&stale), Err(PackedError::WrongStream { .. })), "the old chain");
+            assert_eq!(*decoder, before);
+            assert_eq!(decoder.decode(&next).unwrap(), falling(8, 11));
+        }
     }
 
     #[test]

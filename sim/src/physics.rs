@@ -194,6 +194,16 @@ impl PhysicsWorld {
         self.bodies.get(&id).map(|entry| self.read_state(id, entry))
     }
 
+    /// Every body's [`state`](Self::state), sorted by id: asleep or awake, fixed ones
+    /// included, whether or not a step reported it. Reading changes nothing, so a step
+    /// followed by this reports every body and the world continues exactly as after the
+    /// step alone (what a peer answers a `physics_step_full` with: the step's result with
+    /// these as its `bodies`). Between ticks every state is on the lattice; a non-fixed
+    /// body's is the same bits a gamer that applied every result holds.
+    pub fn states(&self) -> Vec<BodyState> {
+        self.bodies.iter().map(|(&id, entry)| self.read_state(id, entry)).collect()
+    }
+
     fn read_state(&self, id: BodyId, entry: &Entry) -> BodyState {
         let rb = &self.world.bodies[entry.handle];
         let (linvel, angvel) = (rb.linvel().to_array(), rb.angvel().to_array());
@@ -989,4 +999,105 @@ fn check_body(d: &BodyDesc) -> Result<(), TaskError> {
         check_scalar(&format!("add: body {id}: {what}"), x, (0.0, MAX_MATERIAL))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use p2c2r_protocol::physics::{ApplyImpulse, KinematicTarget};
+
+    use super::*;
+
+    const DT: f32 = 1.0 / 60.0;
+
+    fn bits(s: &BodyState) -> (BodyId, Vec<u32>, bool) {
+        let numbers = s.position.iter().chain(&s.rotation).chain(&s.linvel).chain(&s.angvel);
+        (s.id, numbers.map(|v| v.to_bits()).collect(), s.sleeping)
+    }
+
+    /// A ground, a kinematic paddle sweeping along it, a pile of 40 cubes dropped onto it
+    /// (most fall asleep within the run), a sphere asleep in mid-air from the start and one
+    /// falling from high up (awake throughout); then
+    /// plain ticks, with a push and a paddle move now and then.
+    fn requests(ticks: u64) -> Vec<PhysicsStepRequest> {
+        let mut add = vec![
+            BodyDesc::new(0, Shape::Box { half_extents: [20.0, 0.5, 20.0] }, [0.0, -0.5, 0.0])
+                .with_body_type(BodyType::Fixed),
+            BodyDesc::new(100, Shape::Box { half_extents: [0.2, 0.5, 2.0] }, [-9.0, 0.5, 0.0])
+                .with_body_type(BodyType::Kinematic),
+            BodyDesc { sleeping: true, ..BodyDesc::new(99, Shape::Sphere { radius: 0.5 }, [8.0, 6.0, 8.0]) },
+            // Falling for seconds: awake throughout.
+            BodyDesc::new(98, Shape::Sphere { radius: 0.5 }, [15.0, 300.0, 15.0]),
+        ];
+        for i in 0..40u64 {
+            let (x, z) = ((i % 8) as f32 * 1.3 - 4.5, (i / 8) as f32 * 1.3 - 3.0);
+            let turn = [0.0, (i as f32 * 0.1).sin(), 0.0, (i as f32 * 0.1).cos()];
+            let cube = BodyDesc::new(i + 1, Shape::Box { half_extents: [0.5; 3] }, [x, 1.0 + (i % 3) as f32 * 0.7, z]);
+            add.push(BodyDesc { rotation: turn, ..cube });
+        }
+        let mut all = vec![PhysicsStepRequest { tick: 0, snapshot: true, dt: DT, steps: 1, add, ..Default::default() }];
+        for tick in 1..=ticks {
+            let mut r = PhysicsStepRequest { tick, dt: DT, steps: 1, ..Default::default() };
+            if tick % 50 == 25 {
+                r.impulses =
+                    vec![ApplyImpulse { id: 1 + tick % 40, impulse: [0.0, 2000.0, 0.0], torque_impulse: [0.0; 3] }];
+            }
+            if tick < 30 {
+                r.kinematic_targets = vec![KinematicTarget {
+                    id: 100,
+                    position: [-9.0 + tick as f32 * 0.01, 0.5, 0.0],
+                    rotation: [0.0, 0.0, 0.0, 1.0],
+                }];
+            }
+            all.push(r);
+        }
+        all
+    }
+
+    /// A full report after a normal step lists every body of the world (asleep or awake,
+    /// fixed, kinematic, reported this tick or not), each exactly as `state` reads it and as
+    /// a gamer that applied every result holds it, on the lattice; and reading it changes
+    /// nothing: a world that reported fully on tick `k` continues exactly as one that did not.
+    #[test]
+    fn a_full_report_lists_every_body_and_the_world_continues_as_if_it_had_not() {
+        let budgets = Budgets::default();
+        let (mut full, mut plain) = (PhysicsWorld::new(), PhysicsWorld::new());
+        let mut copy: BTreeMap<BodyId, BodyState> = BTreeMap::new();
+        let full_at = [1, 200, 230];
+        let requests = requests(240);
+        for request in &requests {
+            let result = full.step_limited(request, &budgets).unwrap();
+            let same = plain.step_limited(request, &budgets).unwrap();
+            assert_eq!(serde_json::to_string(&result).unwrap(), serde_json::to_string(&same).unwrap());
+            for id in &result.removed {
+                copy.remove(id);
+            }
+            copy.extend(result.bodies.iter().map(|b| (b.id, *b)));
+            if !full_at.contains(&request.tick) {
+                continue;
+            }
+            let states = full.states();
+            let ids: Vec<BodyId> = states.iter().map(|s| s.id).collect();
+            let mut expected: Vec<BodyId> = requests[0].add.iter().map(|d| d.id).collect();
+            expected.sort_unstable();
+            assert_eq!(ids, expected, "every body, sorted by id, tick {}", request.tick);
+            for s in &states {
+                assert_eq!(bits(s), bits(&full.state(s.id).unwrap()), "tick {}", request.tick);
+                assert_eq!(bits(s), bits(&dequantize(s.id, &quantize(s))), "on the lattice: {s:?}");
+                if s.id != 0 {
+                    assert_eq!(bits(s), bits(&copy[&s.id]), "the gamer's copy, tick {}", request.tick);
+                }
+            }
+            assert_eq!(states, full.states(), "reading twice gives the same");
+            if request.tick >= 200 {
+                let asleep = states.iter().filter(|s| s.sleeping).count();
+                assert!(asleep >= 10, "{asleep} bodies asleep at tick {}", request.tick);
+                assert!(states.iter().any(|s| !s.sleeping));
+                assert!(result.bodies.len() < states.len(), "the plain report leaves bodies out");
+                assert!(states.iter().any(|s| s.sleeping && !result.bodies.iter().any(|b| b.id == s.id)));
+            }
+            assert_eq!(full.digest(), plain.digest());
+        }
+        assert_eq!(full.digest(), plain.digest());
+        assert_eq!(full.states(), plain.states());
+    }
 }
