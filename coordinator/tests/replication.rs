@@ -281,3 +281,32 @@ async fn ids_with_control_characters_are_refused() {
     assert_eq!(gamer.recv_error().await.code, ErrorCode::InvalidMessage);
     coord.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_audited_session_runs_on_a_hidden_second_replica_and_a_lie_is_settled_by_a_third() {
+    let coord = start(Config { audit_fraction: 1.0, ..replicated(1) }).await;
+    let url = coord.url();
+    let (mut a, mut liar) = (peer(&url, "a").await, peer(&url, "liar").await);
+    let mut gamer = Client::gamer(&url, "g").await;
+    let mut statuses = Vec::new();
+    for n in 0..2 {
+        submit(&mut gamer, n).await;
+        let (ta, tl) = (assignment(&mut a, n).await, assignment(&mut liar, n).await);
+        a.answer(&ta, &honest(n)).await;
+        assert_eq!(next_result(&mut gamer, &mut statuses).await.result.json(), Some(honest(n).as_str()));
+        liar.answer(&tl, &if n == 1 { lie(n) } else { honest(n) }).await;
+    }
+    let status = statuses.last().unwrap();
+    assert!(status.audited && status.replicas_wanted == 2, "{statuses:?}");
+    // One against one: the third peer to connect replays the log and settles it.
+    let mut judge = peer(&url, "judge").await;
+    submit(&mut gamer, 2).await;
+    for n in 0..=2 {
+        let tj = assignment(&mut judge, n).await;
+        judge.answer(&tj, &honest(n)).await;
+    }
+    assert_eq!(next_error(&mut liar).await.code, ErrorCode::Quarantined);
+    let stats = gamer.stats().await;
+    assert_eq!((stats.replica_disagreements, stats.peers_caught_lying), (1, 1), "{stats:?}");
+    coord.shutdown().await;
+}
