@@ -106,9 +106,11 @@ pub struct Config {
     pub quarantine_after_misses: u32,
     /// How long a quarantined peer id is refused.
     pub quarantine_duration: Duration,
-    /// Where quarantines are kept across restarts (an embedded redb database, created on
-    /// first start; see `reputation.rs`). `None` (the default): in memory only, so a
-    /// quarantined peer is forgotten when the coordinator restarts. Set it in production.
+    /// Where quarantines and departed peers' standing (the capacity each has shown, its
+    /// streak of missed deadlines) are kept across restarts (an embedded redb database,
+    /// created on first start; see `reputation.rs`). `None` (the default): in memory only,
+    /// so a restart forgets them: a quarantined peer is let back in, a demoted one starts
+    /// afresh. Set it in production.
     pub reputation_db: Option<std::path::PathBuf>,
     /// Replicas each physics session runs on (1..=5): every replica steps every tick,
     /// the gamer gets the first answer, answers are compared, and the death of one

@@ -137,6 +137,12 @@ impl CoordinatorHandle {
         self.shared.router.stats()
     }
 
+    /// What the operator's view shows now: every peer (its learned capacity among the
+    /// rest) and gamer, read in one lock hold.
+    pub fn fleet(&self) -> fleet::FleetState {
+        self.shared.router.fleet()
+    }
+
     /// The connections open now, and how many of them have not registered yet.
     pub fn admission(&self) -> AdmissionCounts {
         self.shared.admission.counts()
@@ -229,9 +235,14 @@ impl Server {
         );
         let router = Arc::new(Router::new(config.clone()));
         if let Some(path) = &config.reputation_db {
-            let (db, quarantined) = reputation::ReputationDb::open(path).map_err(|e| invalid(e.to_string()))?;
-            info!(path = %path.display(), quarantined = quarantined.len(), "reputation database open");
-            router.restore_reputation(db, quarantined);
+            let (db, kept) = reputation::ReputationDb::open(path).map_err(|e| invalid(e.to_string()))?;
+            info!(
+                path = %path.display(),
+                quarantined = kept.quarantined.len(),
+                standings = kept.standings.len(),
+                "reputation database open"
+            );
+            router.restore_reputation(db, kept);
         }
         let admission = Admission::new(config.max_connections_per_address, config.max_unregistered_connections);
         let bytes = Arc::new(ByteTotals::default());

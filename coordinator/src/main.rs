@@ -128,8 +128,10 @@ struct Args {
     /// Milliseconds a quarantined peer id is refused.
     #[arg(long, default_value_t = ms(defaults().quarantine_duration))]
     quarantine_duration_ms: u64,
-    /// Keep quarantines in this embedded database file (created on first start), so a
-    /// quarantined peer stays refused across restarts [default: in memory only].
+    /// Keep quarantines and departed peers' standing (shown capacity, streak of missed
+    /// deadlines) in this embedded database file (created on first start), so a
+    /// quarantined peer stays refused and a demoted one stays demoted across restarts
+    /// [default: in memory only].
     #[arg(long, env = "P2C2R_REPUTATION_DB", value_name = "PATH")]
     reputation_db: Option<PathBuf>,
     /// Replicas each physics session runs on (1..=5); 1: not replicated.

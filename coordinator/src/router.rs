@@ -125,6 +125,8 @@ struct State {
     peers_quarantined: u64,
     /// Where quarantines outlive the process, when configured.
     reputation: Option<crate::reputation::ReputationDb>,
+    /// What departed peers had earned (see [`State::remember_standing`]).
+    standings: crate::reputation::Standings,
     /// Bytes kept at most for one detached gamer (its pending-bytes budget).
     resume_budget: usize,
     /// Bytes kept for all detached gamers together, and the most allowed (a quarter of
@@ -238,6 +240,7 @@ impl Router {
                 quarantine: HashMap::new(),
                 peers_quarantined: 0,
                 reputation: None,
+                standings: crate::reputation::Standings::new(MAX_QUARANTINED),
                 max_kept_bytes: (config.max_pending_bytes / 4).max(1),
                 groups: HashMap::new(),
                 liars: Vec::new(),
@@ -323,6 +326,7 @@ impl Router {
                     if state.peers.get(&id) == Some(&conn) {
                         state.peers.remove(&id);
                         state.retire_replicas_on(&id);
+                        state.remember_standing(&id);
                         state.sched.remove_peer(&id);
                     }
                     state.ids.forget(Kind::Peer, &id);
@@ -445,6 +449,7 @@ impl Router {
                     state.peers.remove(&peer_id);
                     state.ids.release(Kind::Peer, &peer_id, Instant::now());
                     state.retire_replicas_on(&peer_id);
+                    state.remember_standing(&peer_id);
                     let requeued = state.sched.remove_peer(&peer_id);
                     crate::info_limited!("router: peer left", peer_id, requeued, ?why, "peer left");
                     state.dispatch(Instant::now());
@@ -470,25 +475,33 @@ impl Router {
         }
     }
 
-    /// Takes the reputation database and the quarantines it kept from before a restart
-    /// (read once at start, before any connection).
-    pub fn restore_reputation(
-        &self,
-        db: crate::reputation::ReputationDb,
-        quarantined: Vec<crate::reputation::Quarantined>,
-    ) {
+    /// Takes the reputation database and what it kept from before a restart: quarantines,
+    /// and departed peers' standings (read once at start, before any connection).
+    pub fn restore_reputation(&self, db: crate::reputation::ReputationDb, kept: crate::reputation::Kept) {
         let mut state = self.lock();
         let now = Instant::now();
-        for q in quarantined {
+        for q in kept.quarantined {
             insert_bounded(&mut state.quarantine, &q.peer_id, now + q.left, MAX_QUARANTINED);
+        }
+        // The least recently written first, so the table forgets them in the same order.
+        for s in kept.standings {
+            state.standings.remember(&s.peer_id, s.standing, now.checked_sub(s.age).unwrap_or(now));
         }
         state.reputation = Some(db);
     }
 
-    /// Writes what the reputation database has queued and closes it (at shutdown);
-    /// quarantines from now on are kept in memory only.
+    /// Writes what the reputation database has queued and closes it (at shutdown), with
+    /// the standings of the peers still connected (they leave with the coordinator);
+    /// quarantines and standings from now on are kept in memory only.
     pub fn close_reputation(&self) {
-        let db = self.lock().reputation.take();
+        let db = {
+            let mut state = self.lock();
+            let live: Vec<String> = state.peers.keys().cloned().collect();
+            for peer_id in &live {
+                state.remember_standing(peer_id);
+            }
+            state.reputation.take()
+        };
         if let Some(db) = db {
             db.close();
         }
@@ -704,14 +717,16 @@ impl Router {
             );
             return state.send_error(conn, ErrorCode::InvalidMessage, reason, Some("register_peer".into()));
         }
-        match self.bind(state, conn, role, Role::Peer(m.peer_id.clone()), m.resume_secret.as_deref()) {
+        // Whether the registration proved it owns the id: a credential naming it, or the
+        // resume secret of its last registration (see the standing restored below).
+        let owner = match self.bind(state, conn, role, Role::Peer(m.peer_id.clone()), m.resume_secret.as_deref()) {
             None => return,
             Some(Binding::Again) => {
                 let secret = state.ids.bind(Kind::Peer, &m.peer_id);
                 return state.send(conn, self.ack(Some(m.peer_id), None, secret));
             }
-            Some(Binding::New { .. }) => {}
-        }
+            Some(Binding::New { resumed }) => resumed || self.config.auth_file.is_some(),
+        };
         let caps = &m.capabilities;
         let capacity = caps.max_concurrent_tasks.or(caps.cpu_cores).unwrap_or(1).max(1);
         let task_types =
@@ -721,7 +736,20 @@ impl Router {
         let host = state.conns.get(&conn).and_then(|c| c.info.as_ref()).map(|i| i.addr.ip());
         // add_peer re-queues the work of a same-id registration it replaces.
         state.retire_replicas_on(&m.peer_id);
+        state.remember_standing(&m.peer_id);
         state.sched.add_peer(m.peer_id.clone(), PeerSpec { task_types, capacity, setup, host });
+        // The id starts where it left off, not afresh (see State::remember_standing). What
+        // it lost (a streak of misses) sticks to the id whoever registers it; what it gained
+        // (a window grown past a new peer's) goes back only to a registration that proves it
+        // owns the id: in open mode anyone may take a free id, and must not inherit capacity
+        // it has not shown.
+        if let Some(mut standing) = state.standings.recall(&m.peer_id, Instant::now()) {
+            if !owner {
+                standing.window = standing.window.min(state.sched.fresh_standing().window);
+            }
+            debug!(peer_id = m.peer_id, ?standing, owner, "peer's standing restored");
+            state.sched.restore_standing(&m.peer_id, standing);
+        }
         let secret = state.ids.bind(Kind::Peer, &m.peer_id);
         state.send(conn, self.ack(Some(m.peer_id), None, secret));
         state.dispatch(Instant::now());
@@ -946,6 +974,15 @@ impl Router {
                 }
             }
         }
+        // This answer may have confirmed a miss that completes another peer's streak: that
+        // peer is quarantined now, not at the next passed deadline (there may be none).
+        let now = Instant::now();
+        for missed in state.sched.take_quarantined() {
+            // Unless this same answer already had it quarantined (outvoted by replicas).
+            if state.quarantine.get(&missed).is_none_or(|until| *until <= now) {
+                state.quarantine_peer(&missed, now + self.config.quarantine_duration, MISSED_DEADLINES);
+            }
+        }
         if !state.dispatch(Instant::now()).is_empty() {
             self.deadlines_changed.notify_one();
         }
@@ -1131,6 +1168,7 @@ impl State {
         if let Some(db) = &self.reputation {
             db.quarantined(peer_id, until.saturating_duration_since(Instant::now()));
         }
+        self.remember_standing(peer_id);
         self.peers_quarantined += 1;
         self.ids.forget(Kind::Peer, peer_id);
         let Some(conn) = self.peers.remove(peer_id) else {
@@ -1144,6 +1182,32 @@ impl State {
             if c.handle.tx.send_exempt(Outbound::Close(CLOSE_POLICY, "quarantined".into())).is_err() {
                 c.handle.kill.cancel();
             }
+        }
+    }
+
+    /// Remembers a peer's standing as it leaves (closed, evicted, replaced, quarantined,
+    /// its credential revoked; call it before the scheduler forgets the peer): the capacity
+    /// it has shown and its streak of missed deadlines, in memory (at most
+    /// [`MAX_QUARANTINED`] ids, the least recently updated forgotten first) and in the
+    /// reputation database. `register_peer` gives it back to the same id (the window grown
+    /// past a new peer's only to a registration proving it owns the id). Otherwise a peer
+    /// demoted for missing deadlines, or a few misses from quarantine, would only have to
+    /// reconnect (or wait for a restart) to start again with a clean streak: with its
+    /// standing kept, it gains nothing by leaving. A standing no different from a new
+    /// peer's is forgotten instead of kept.
+    fn remember_standing(&mut self, peer_id: &str) {
+        let Some(standing) = self.sched.standing(peer_id) else { return };
+        if standing == self.sched.fresh_standing() {
+            if self.standings.forget(peer_id)
+                && let Some(db) = &self.reputation
+            {
+                db.forget_standing(peer_id);
+            }
+            return;
+        }
+        self.standings.remember(peer_id, standing, Instant::now());
+        if let Some(db) = &self.reputation {
+            db.standing(peer_id, standing);
         }
     }
 
@@ -1351,28 +1415,8 @@ fn check_id(field: &str, value: &str) -> Result<(), String> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_quarantine_table_is_bounded_and_forgets_the_soonest_first() {
-        let t0 = Instant::now();
-        let mut table = HashMap::new();
-        for i in 0..10u64 {
-            insert_bounded(&mut table, &format!("p{i}"), t0 + Duration::from_secs(100 + i), 4);
-        }
-        assert_eq!(table.len(), 4);
-        let mut kept: Vec<&String> = table.keys().collect();
-        kept.sort();
-        assert_eq!(kept, ["p6", "p7", "p8", "p9"], "the latest to end are kept");
-        // Renewing a present id does not evict anyone.
-        insert_bounded(&mut table, "p6", t0 + Duration::from_secs(500), 4);
-        assert_eq!(table.len(), 4);
-        assert!(table.contains_key("p7"));
-    }
-}
-
+// The replication half of `State` follows (it was added below the tests); moving the
+// tests to the end is left to whoever next reorganizes this file.
 /// Replicated and audited sessions (see [`crate::replication`]): the router's side.
 impl State {
     /// The group of a gamer's session (`session` may be a replica's scheduler session).
@@ -1748,4 +1792,26 @@ fn replica_error(task_id: &str, code: ErrorCode, message: &str) -> Message {
     let error = TaskError::new(code, message).with_resync();
     let result = to_payload(&error).expect("TaskError serializes");
     Message::TaskResult(TaskResult { task_id: task_id.to_owned(), result, attempt: None, peer_id: None })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_quarantine_table_is_bounded_and_forgets_the_soonest_first() {
+        let t0 = Instant::now();
+        let mut table = HashMap::new();
+        for i in 0..10u64 {
+            insert_bounded(&mut table, &format!("p{i}"), t0 + Duration::from_secs(100 + i), 4);
+        }
+        assert_eq!(table.len(), 4);
+        let mut kept: Vec<&String> = table.keys().collect();
+        kept.sort();
+        assert_eq!(kept, ["p6", "p7", "p8", "p9"], "the latest to end are kept");
+        // Renewing a present id does not evict anyone.
+        insert_bounded(&mut table, "p6", t0 + Duration::from_secs(500), 4);
+        assert_eq!(table.len(), 4);
+        assert!(table.contains_key("p7"));
+    }
 }

@@ -319,6 +319,17 @@ pub struct GamerView {
     pub completed: u64,
 }
 
+/// What a peer has earned, good or bad, that outlives its connection
+/// ([`Scheduler::standing`], [`Scheduler::restore_standing`]): the router keeps it when the
+/// peer leaves and gives it back when the same id registers again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Standing {
+    /// What it has shown it can take (see the module docs).
+    pub window: u32,
+    /// Confirmed missed deadlines since its last accepted answer.
+    pub misses_in_a_row: u32,
+}
+
 /// A task's internal key, unique for the scheduler's lifetime.
 pub type TaskKey = u64;
 
@@ -737,6 +748,31 @@ impl<P> Scheduler<P> {
         };
         self.peers.insert(id.clone(), peer);
         self.wake_for_room(&id);
+    }
+
+    /// A live peer's standing: what it has shown it can take, and its streak of confirmed
+    /// misses.
+    pub fn standing(&self, peer: &str) -> Option<Standing> {
+        self.peers.get(peer).map(|p| Standing { window: p.window, misses_in_a_row: p.misses_in_a_row })
+    }
+
+    /// The standing a peer has when it registers with nothing remembered: a standing equal
+    /// to it need not be kept.
+    pub fn fresh_standing(&self) -> Standing {
+        Standing { window: self.config.initial_peer_capacity.max(1), misses_in_a_row: 0 }
+    }
+
+    /// Gives a peer just added ([`Scheduler::add_peer`]) the standing it had when it last
+    /// left. The window is held within what it declares now (at least 1). The streak goes
+    /// on from where it was: the next confirmed misses add to it, and reaching
+    /// `quarantine_after_misses` reports the peer once. A streak already at or past the
+    /// limit (a peer back from its quarantine, or a limit lowered since) is held just
+    /// below it: the peer's next confirmed miss before an accepted answer reports it again.
+    pub fn restore_standing(&mut self, peer: &str, standing: Standing) {
+        let limit = self.config.quarantine_after_misses;
+        let Some(p) = self.peers.get_mut(peer) else { return };
+        p.window = standing.window.clamp(1, p.declared);
+        p.misses_in_a_row = if limit > 0 { standing.misses_in_a_row.min(limit - 1) } else { standing.misses_in_a_row };
     }
 
     /// Removes a peer and re-queues its tasks; a task that has used its attempts fails
@@ -2012,6 +2048,58 @@ mod tests {
         assert_eq!(s.take_quarantined(), vec!["hole".to_owned()]);
         assert!(s.take_quarantined().is_empty(), "reported once");
         assert_eq!(s.counters().failed, 0, "every task succeeded");
+    }
+
+    #[test]
+    fn a_restored_standing_is_held_within_what_is_declared_and_its_streak_goes_on() {
+        let mut s: Scheduler<()> = Scheduler::new(SchedulerConfig {
+            quarantine_after_misses: 3,
+            initial_peer_capacity: 2,
+            max_peer_capacity: 8,
+            ..test_config()
+        });
+        s.add_peer("new".into(), any_peer(8));
+        assert_eq!(s.standing("new"), Some(s.fresh_standing()));
+        assert_eq!(s.fresh_standing(), Standing { window: 2, misses_in_a_row: 0 });
+        assert_eq!(s.standing("gone"), None);
+        // The window stays within 1..=declared.
+        s.add_peer("small".into(), any_peer(4));
+        s.restore_standing("small", Standing { window: 7, misses_in_a_row: 0 });
+        assert_eq!((s.standing("small").unwrap().window, s.peer_capacity("small")), (4, Some(4)));
+        s.restore_standing("small", Standing { window: 0, misses_in_a_row: 0 });
+        assert_eq!(s.peer_capacity("small"), Some(1));
+        // A streak at or past the limit is held just below it.
+        s.restore_standing("small", Standing { window: 1, misses_in_a_row: 9 });
+        assert_eq!(s.standing("small").unwrap().misses_in_a_row, 2);
+        s.remove_peer("small");
+        s.remove_peer("new");
+
+        // A peer that left two confirmed misses into its streak comes back: its next one
+        // reports it, once.
+        let t0 = Instant::now();
+        s.add_gamer("g".into());
+        s.add_peer("hole".into(), any_peer(8));
+        s.restore_standing("hole", Standing { window: 8, misses_in_a_row: 2 });
+        s.add_peer("honest".into(), any_peer(8));
+        let mut now = t0;
+        for round in 0..3 {
+            s.submit("g", task(&format!("t{round}")), now).unwrap();
+            // Both idle: the earlier joined (the hole) takes it.
+            let first = s.dispatch(now);
+            assert_eq!(first.len(), 1);
+            assert_eq!(first[0].peer, "hole");
+            now += Duration::from_secs(3);
+            s.expire(now);
+            for d in s.dispatch(now) {
+                assert_eq!(d.peer, "honest");
+                s.complete("honest", &d.assignment_id).unwrap();
+            }
+            if round == 0 {
+                assert_eq!(s.take_quarantined(), vec!["hole".to_owned()], "the remembered streak went on");
+                assert_eq!(s.standing("hole"), Some(Standing { window: 4, misses_in_a_row: 3 }));
+            }
+        }
+        assert!(s.take_quarantined().is_empty(), "reported once");
     }
 
     #[test]

@@ -347,6 +347,92 @@ async fn a_black_hole_peer_is_quarantined_and_honest_success_stays_at_100_percen
     let _ = std::fs::remove_file(&db);
 }
 
+/// The capacity the coordinator gives `peer_id` now, if it is connected.
+fn capacity_of(coord: &coordinator::CoordinatorHandle, peer_id: &str) -> Option<u32> {
+    coord.fleet().peers.into_iter().find(|(conn, _)| conn.id == peer_id).map(|(_, view)| view.capacity)
+}
+
+/// One confirmed miss of `flaky`, the only peer connected when the task arrives: it takes
+/// the task and drops it, and a peer that joins meanwhile answers the retry in time.
+async fn confirmed_miss(coord: &coordinator::CoordinatorHandle, gamer: &mut Client, flaky: &mut Client, n: u32) {
+    let task_id = format!("late-{n}");
+    let helper = format!("helper-{n}");
+    gamer.submit_with_deadline(&task_id, "physics", "{}", None, Some(500)).await;
+    assert_eq!(flaky.recv_assignment().await.task_data.task_id, task_id);
+    let mut honest = Client::peer(&coord.url(), &helper, 8).await;
+    assert_eq!(capacity_of(coord, &helper), Some(1), "a new peer starts at the initial capacity");
+    let retry = honest.recv_assignment().await;
+    assert_eq!((retry.task_data.task_id.as_str(), retry.attempt), (task_id.as_str(), 2));
+    honest.answer(&retry, r#"{"status":"success"}"#).await;
+    let result = gamer.recv_result().await;
+    assert_eq!(result.task_id, task_id);
+    assert_eq!(result_status(result.result.json().unwrap()), Some(TaskStatus::Success));
+    drop(honest);
+    eventually("the helper is gone", || capacity_of(coord, &helper).is_none()).await;
+}
+
+/// A peer's standing (the capacity it has shown, its streak of missed deadlines) outlives
+/// its connection and the coordinator: a peer that reconnects, or waits for a restart,
+/// starts where it left off, and its quarantine comes after the misses its streak still
+/// lacked, not after a fresh streak. (In open mode the capacity it had grown goes back
+/// only to a registration proving it owns the id: here its resume secret.)
+#[tokio::test]
+async fn a_demoted_peer_keeps_its_standing_across_reconnects_and_restarts() {
+    let db = std::env::temp_dir().join(format!("p2c2r-standing-{}.redb", std::process::id()));
+    let _ = std::fs::remove_file(&db);
+    let config = Config {
+        quarantine_after_misses: 3,
+        initial_peer_capacity: 1,
+        max_peer_capacity: 8,
+        // The flaky peer reads nothing while it sits on a task: it must not be evicted.
+        heartbeat_timeout: Duration::from_secs(120),
+        reputation_db: Some(db.clone()),
+        ..Config::default()
+    };
+    let coord = start(config.clone()).await;
+    let url = coord.url();
+    let mut gamer = Client::gamer(&url, "g").await;
+    let mut flaky = Client::peer(&url, "flaky", 8).await;
+    // It shows it can take 8 at once: seven answers, one at a time (1 → 8).
+    for i in 0..7 {
+        gamer.submit(&format!("t{i}"), "physics", "{}", None).await;
+        let a = flaky.recv_assignment().await;
+        flaky.answer(&a, r#"{"status":"success"}"#).await;
+        assert_eq!(gamer.recv_result().await.task_id, format!("t{i}"));
+    }
+    assert_eq!(capacity_of(&coord, "flaky"), Some(8));
+    // A confirmed miss: its window halves, its streak is 1.
+    confirmed_miss(&coord, &mut gamer, &mut flaky, 1).await;
+    assert_eq!(capacity_of(&coord, "flaky"), Some(4));
+    // It reconnects: the same standing, not a new peer's capacity of 1.
+    let secret = flaky.secret.clone();
+    drop(flaky);
+    eventually("flaky is gone", || capacity_of(&coord, "flaky").is_none()).await;
+    let mut flaky = Client::peer_resuming(&url, "flaky", p2c2r_testkit::client::capacity(8), secret).await;
+    assert_eq!(capacity_of(&coord, "flaky"), Some(4), "its standing came back with it");
+    // A second miss: streak 2, still short of the limit of 3.
+    confirmed_miss(&coord, &mut gamer, &mut flaky, 2).await;
+    assert_eq!(capacity_of(&coord, "flaky"), Some(2));
+    assert_eq!(coord.stats().peers_quarantined, 0);
+    // The coordinator restarts while it is connected.
+    coord.shutdown().await;
+    drop(flaky);
+
+    let coord = start(config).await;
+    let url = coord.url();
+    let mut gamer = Client::gamer(&url, "g").await;
+    // A restarted coordinator knows no resume secret: in open mode this could be anyone
+    // taking the id, so it gets no more than a new peer's capacity, and the streak.
+    let mut flaky = Client::peer(&url, "flaky", 8).await;
+    assert_eq!(capacity_of(&coord, "flaky"), Some(1));
+    // One more miss completes the streak it had before the restart: quarantined, once.
+    confirmed_miss(&coord, &mut gamer, &mut flaky, 3).await;
+    assert_eq!(coord.stats().peers_quarantined, 1);
+    assert_eq!(flaky.recv_error().await.code, ErrorCode::Quarantined);
+    coord.shutdown().await;
+    let _ = std::fs::remove_file(&db);
+}
+
 /// A gamer whose tasks no peer finishes by their deadline (an expensive task with a tight
 /// deadline, on purpose or not) fails its own tasks; the peers it missed on are not
 /// quarantined, since no other peer did better, and keep serving everyone else.

@@ -594,3 +594,39 @@ async fn wss_end_to_end_with_a_certificate_made_at_test_time() {
     drop(peer.ws.next());
     coord.shutdown().await;
 }
+
+/// With credentials, the capacity a peer has shown outlives a coordinator restart (the
+/// reputation database keeps its standing; the credential proves the id is its own).
+#[tokio::test]
+async fn a_peer_keeps_the_capacity_it_has_shown_across_a_restart() {
+    let dir = temp_dir("standing");
+    let config = Config {
+        auth_file: Some(auth_file(&dir, "")),
+        reputation_db: Some(dir.join("reputation.redb")),
+        initial_peer_capacity: 1,
+        max_peer_capacity: 8,
+        ..Config::default()
+    };
+    let capacity_of = |coord: &CoordinatorHandle| {
+        coord.fleet().peers.into_iter().find(|(conn, _)| conn.id == "rack-1").map(|(_, view)| view.capacity)
+    };
+    let coord = start(config.clone()).await;
+    let mut gamer = connect_with(&coord.url(), Some(&gamer_jwt("g", Duration::from_secs(600)))).await.unwrap();
+    gamer.register(&register_gamer("g", None)).await;
+    let mut peer = connect_with(&coord.url(), Some(PEER_TOKEN)).await.unwrap();
+    peer.register(&register_peer("rack-1", capacity(8), None)).await;
+    assert_eq!(capacity_of(&coord), Some(1));
+    for i in 0..3 {
+        round_trip(&mut gamer, &mut peer, &format!("t{i}")).await;
+    }
+    assert_eq!(capacity_of(&coord), Some(4), "three answers shown");
+    coord.shutdown().await;
+    drop((gamer, peer));
+
+    let coord = start(config).await;
+    let mut peer = connect_with(&coord.url(), Some(PEER_TOKEN)).await.unwrap();
+    peer.register(&register_peer("rack-1", capacity(8), None)).await;
+    assert_eq!(capacity_of(&coord), Some(4), "what it had shown outlived the coordinator");
+    coord.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
