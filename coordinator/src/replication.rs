@@ -100,6 +100,10 @@ pub enum CopyOutcome {
     Answer {
         /// The peer that answered.
         peer: String,
+        /// Who its vote counts as: its host (see `admission::address_key`) where replicas
+        /// must be on distinct hosts, so many peers on one machine are one vote; else the
+        /// peer.
+        voter: String,
         /// The answer.
         payload: Payload,
         /// Its status.
@@ -130,6 +134,9 @@ pub struct Decision {
     pub disagreement: bool,
     /// This tick now has two successful answers to compare (first time).
     pub compared: bool,
+    /// Replicas disagreed and nothing can settle it (no log to replay): every replica
+    /// was retired, so the session restarts from the gamer's next snapshot.
+    pub unsettled: bool,
 }
 
 /// An answer for the gamer.
@@ -162,12 +169,22 @@ struct Tick {
     first_error: Option<(Payload, String, u32)>,
     disputed: bool,
     settled: bool,
+    /// In the session's log (kept until the log moves on).
+    logged: bool,
+    /// Generations whose copy succeeded, and those whose copy failed (an error, or given
+    /// up): once every copy is in, a generation that failed while another succeeded has a
+    /// world a tick behind the others and is retired.
+    succeeded: Vec<u32>,
+    failed: Vec<u32>,
 }
 
 #[derive(Debug)]
 struct Vote {
     digest: AnswerDigest,
     peers: Vec<String>,
+    /// Distinct voters (hosts, or peers) that gave this answer: a majority is counted in
+    /// voters.
+    voters: Vec<String>,
     /// The first answer with this digest, until the tick is delivered (then only the
     /// digest is kept: a logged tick must not hold its answers' bytes).
     payload: Option<Payload>,
@@ -205,12 +222,32 @@ pub struct Group {
     correction_due: bool,
     disagreements: u64,
     corrections: u64,
+    /// Ticks submitted since the group started, and the first at which a replica may
+    /// again be started by replaying the log (doubling after each such start, back to
+    /// the minimum at a snapshot): a peer that fails every replay cannot make peers
+    /// replay the log every tick.
+    ticks_seen: u64,
+    next_replay_at: u64,
+    replay_backoff: u64,
+    /// The determinism setup its replicas must have (the largest class of connected
+    /// peers when it started); `None` where no peer declared one.
+    setup: Option<u64>,
 }
+
+/// Ticks a group waits after starting a replica by replay before it may start another,
+/// at first; doubled after each, up to [`MAX_REPLAY_BACKOFF`].
+pub const MIN_REPLAY_BACKOFF: u64 = 60;
+/// The longest wait between replays of one group's log, in ticks.
+pub const MAX_REPLAY_BACKOFF: u64 = 3600;
 
 impl Group {
     /// A group wanting `wanted` replicas; no replica is live yet.
-    pub fn new(wanted: u8, audited: bool, strict: bool) -> Self {
+    pub fn new(wanted: u8, audited: bool, strict: bool, setup: Option<u64>) -> Self {
         Group {
+            ticks_seen: 0,
+            next_replay_at: 0,
+            replay_backoff: MIN_REPLAY_BACKOFF,
+            setup,
             wanted: wanted.clamp(1, MAX_REPLICAS),
             audited,
             strict,
@@ -291,6 +328,28 @@ impl Group {
         Some(generation)
     }
 
+    /// Whether a replica may be started now by replaying the log (a log, and the replay
+    /// backoff passed); when so, the backoff is taken.
+    pub fn take_replay_slot(&mut self) -> bool {
+        if !self.has_log() || self.ticks_seen < self.next_replay_at {
+            return false;
+        }
+        self.next_replay_at = self.ticks_seen + self.replay_backoff;
+        self.replay_backoff = (self.replay_backoff * 2).min(MAX_REPLAY_BACKOFF);
+        true
+    }
+
+    /// The determinism setup its replicas must have.
+    pub fn setup(&self) -> Option<u64> {
+        self.setup
+    }
+
+    /// Whether a copy of this task is out or logged: a gamer may not reuse its id (a
+    /// second request under a tracked id would be compared with the first one's answers).
+    pub fn tracks(&self, task_id: &str) -> bool {
+        self.ticks.contains_key(task_id)
+    }
+
     /// Retires a generation: no more copies go to it.
     pub fn retire(&mut self, generation: u32) {
         self.live.retain(|g| *g != generation);
@@ -319,17 +378,22 @@ impl Group {
     /// bounds). Returns the payload bytes the log gained (negative: freed).
     pub fn submitted(&mut self, logged: Logged, snapshot: bool, copies: u32, config: &ReplicationConfig) -> isize {
         let before = self.log_bytes as isize;
-        let tick = self.ticks.entry(logged.task_id.clone()).or_default();
-        tick.out += copies;
+        self.ticks_seen += 1;
+        self.ticks.entry(logged.task_id.clone()).or_default().out += copies;
         if snapshot {
             self.drop_log();
             self.log = Some(VecDeque::new());
+            self.replay_backoff = MIN_REPLAY_BACKOFF;
+            self.next_replay_at = 0;
         }
         if let Some(log) = &mut self.log {
             if log.len() >= config.log_ticks || self.log_bytes.saturating_add(logged.payload.len()) > config.log_bytes {
                 self.drop_log();
             } else {
                 self.log_bytes += logged.payload.len();
+                if let Some(tick) = self.ticks.get_mut(&logged.task_id) {
+                    tick.logged = true;
+                }
                 log.push_back(logged);
             }
         }
@@ -347,16 +411,15 @@ impl Group {
         let freed = std::mem::take(&mut self.log_bytes);
         if let Some(log) = self.log.take() {
             for logged in log {
-                if self.ticks.get(&logged.task_id).is_some_and(|t| t.out == 0) {
-                    self.ticks.remove(&logged.task_id);
+                if let Some(tick) = self.ticks.get_mut(&logged.task_id) {
+                    tick.logged = false;
+                    if tick.out == 0 {
+                        self.ticks.remove(&logged.task_id);
+                    }
                 }
             }
         }
         freed
-    }
-
-    fn in_log(&self, task_id: &str) -> bool {
-        self.log.as_ref().is_some_and(|l| l.iter().any(|e| e.task_id == task_id))
     }
 
     /// Handles what became of generation `generation`'s copy of `task_id`.
@@ -366,16 +429,21 @@ impl Group {
         let Some(tick) = self.ticks.get_mut(task_id) else { return decision };
         tick.out = tick.out.saturating_sub(1);
         match outcome {
-            CopyOutcome::Answer { peer, payload, kind: ResultKind::Success, digest: Some(digest), attempt } => {
+            CopyOutcome::Answer { peer, voter, payload, kind: ResultKind::Success, digest: Some(digest), attempt } => {
+                tick.succeeded.push(generation);
                 match tick.votes.iter_mut().find(|v| v.digest == digest) {
                     Some(vote) => {
                         if !vote.peers.contains(&peer) {
                             vote.peers.push(peer.clone());
                         }
+                        if !vote.voters.contains(&voter) {
+                            vote.voters.push(voter);
+                        }
                     }
                     None => {
                         let kept = (!tick.delivered).then(|| payload.clone());
-                        tick.votes.push(Vote { digest, peers: vec![peer.clone()], payload: kept, attempt })
+                        let (peers, voters) = (vec![peer.clone()], vec![voter]);
+                        tick.votes.push(Vote { digest, peers, voters, payload: kept, attempt });
                     }
                 }
                 decision.compared = tick.votes.iter().map(|v| v.peers.len()).sum::<usize>() == 2;
@@ -384,25 +452,23 @@ impl Group {
                     decision.deliver = Some(Delivery::Answer { payload, peer, attempt });
                 }
             }
-            CopyOutcome::Answer { peer, payload, kind, attempt, .. } => {
-                if matches!(kind, ResultKind::Error { resync: true }) && self.live.contains(&generation) {
-                    // This replica's world is gone (its peer lost or never had it).
-                    decision.retire.push(generation);
-                }
+            CopyOutcome::Answer { peer, payload, attempt, .. } => {
+                tick.failed.push(generation);
                 if tick.first_error.is_none() {
                     tick.first_error = Some((payload, peer, attempt));
                 }
             }
-            CopyOutcome::GivenUp | CopyOutcome::Cancelled => {}
+            CopyOutcome::GivenUp => tick.failed.push(generation),
+            CopyOutcome::Cancelled => {}
         }
         if tick.votes.len() > 1 && !tick.disputed {
             tick.disputed = true;
             decision.disagreement = true;
             self.disagreements += 1;
         }
-        // An answer is outvoted when two or more replicas agree on another.
+        // An answer is outvoted when two or more voters (hosts) agree on another.
         if tick.disputed && !tick.settled {
-            let majorities: Vec<usize> = (0..tick.votes.len()).filter(|&i| tick.votes[i].peers.len() >= 2).collect();
+            let majorities: Vec<usize> = (0..tick.votes.len()).filter(|&i| tick.votes[i].voters.len() >= 2).collect();
             if let [winner] = majorities[..] {
                 tick.settled = true;
                 for (i, vote) in tick.votes.iter().enumerate() {
@@ -410,17 +476,15 @@ impl Group {
                         decision.liars.extend(vote.peers.iter().cloned());
                     }
                 }
-                if self.tie_breaker.is_some() {
-                    self.tie_breaker = None;
-                }
+                // The tie-breaker stays as a replica; another dispute may start another.
+                self.tie_breaker = None;
             } else if tick.out == 0 && majorities.is_empty() {
                 decision.tie_break = true;
             }
         }
-        let tick = self.ticks.get_mut(task_id).expect("looked up above");
         if strict
             && !tick.delivered
-            && let Some(agreed) = tick.votes.iter_mut().find(|v| v.peers.len() >= 2)
+            && let Some(agreed) = tick.votes.iter_mut().find(|v| v.voters.len() >= 2)
             && let Some(payload) = agreed.payload.take()
         {
             tick.delivered = true;
@@ -443,11 +507,31 @@ impl Group {
             }
             tick.first_error = None;
         }
+        if tick.out == 0 && !tick.succeeded.is_empty() {
+            // Every copy is in and some succeeded: a replica whose copy failed is a tick
+            // behind the others. (When every copy failed alike, the request was at fault
+            // and every world is where it was: nobody is retired.)
+            for generation in std::mem::take(&mut tick.failed) {
+                if self.live.contains(&generation) && !decision.retire.contains(&generation) {
+                    decision.retire.push(generation);
+                }
+            }
+        }
+        let forget = tick.out == 0 && !tick.logged;
+        if decision.tie_break && (self.tie_breaker.is_some() || !self.has_log()) {
+            decision.tie_break = false;
+            if self.tie_breaker.is_none() {
+                // Nothing can say who lied: trust neither. Every replica is retired, and
+                // the session restarts from the gamer's next snapshot.
+                decision.unsettled = true;
+                decision.retire = self.live.clone();
+            }
+        }
         if !decision.liars.is_empty() && !strict {
             // The gamer may hold the liar's answers: its next tick is a full state.
             self.correction_due = true;
         }
-        if tick.out == 0 && !self.in_log(task_id) {
+        if forget {
             self.ticks.remove(task_id);
         }
         decision
@@ -498,11 +582,21 @@ mod tests {
         let payload = json(text);
         let kind = p2c2r_protocol::inspect::result_kind(&payload);
         let digest = (kind == ResultKind::Success).then(|| answer_digest(&payload));
-        CopyOutcome::Answer { peer: peer.into(), payload, kind, digest, attempt: 1 }
+        CopyOutcome::Answer { peer: peer.into(), voter: peer.into(), payload, kind, digest, attempt: 1 }
+    }
+
+    /// An answer from `peer` on `host`.
+    fn answer_from(peer: &str, host: &str, text: &str) -> CopyOutcome {
+        match answer(peer, text) {
+            CopyOutcome::Answer { peer, payload, kind, digest, attempt, .. } => {
+                CopyOutcome::Answer { peer, voter: host.into(), payload, kind, digest, attempt }
+            }
+            other => other,
+        }
     }
 
     fn group(wanted: u8, strict: bool) -> Group {
-        let mut g = Group::new(wanted, false, strict);
+        let mut g = Group::new(wanted, false, strict, Some(1));
         for _ in 0..wanted {
             g.start_generation();
         }
@@ -534,10 +628,65 @@ mod tests {
         let mut g = group(2, false);
         g.submitted(logged("t1"), false, 2, &config());
         let d = g.outcome("t1", 1, answer("p2", r#"{"status":"error","resync":true}"#));
-        assert!(d.deliver.is_none());
-        assert_eq!(d.retire, [1]);
+        assert!(d.deliver.is_none() && d.retire.is_empty());
         let d = g.outcome("t1", 0, answer("p1", OK_A));
         assert!(matches!(d.deliver, Some(Delivery::Answer { .. })));
+        assert_eq!(d.retire, [1], "a tick behind the other: retired once every copy is in");
+    }
+
+    #[test]
+    fn when_every_replica_fails_alike_nobody_is_retired() {
+        let mut g = group(2, false);
+        g.submitted(logged("t1"), false, 2, &config());
+        let bad = r#"{"status":"error","code":"out_of_order","resync":true}"#;
+        assert!(g.outcome("t1", 0, answer("p1", bad)).retire.is_empty());
+        let d = g.outcome("t1", 1, answer("p2", bad));
+        assert!(d.retire.is_empty(), "the request was at fault, not the replicas");
+        assert!(matches!(d.deliver, Some(Delivery::Answer { ref peer, .. }) if peer == "p1"));
+    }
+
+    #[test]
+    fn peers_on_one_host_are_one_vote() {
+        let mut g = group(3, false);
+        g.submitted(logged("t1"), true, 3, &config());
+        g.outcome("t1", 0, answer_from("sybil-1", "10.0.0.66", OK_B));
+        g.outcome("t1", 1, answer_from("sybil-2", "10.0.0.66", OK_B));
+        let d = g.outcome("t1", 2, answer_from("honest", "10.0.0.1", OK_A));
+        assert!(d.liars.is_empty(), "two peers of one host outvoted an honest one: {d:?}");
+        assert!(d.disagreement && d.tie_break);
+    }
+
+    #[test]
+    fn a_tie_nothing_can_settle_retires_every_replica() {
+        let mut g = group(2, false);
+        let c = config();
+        g.submitted(logged("t1"), false, 2, &c);
+        assert!(!g.has_log(), "no snapshot: no log to replay");
+        g.outcome("t1", 0, answer("p1", OK_A));
+        let d = g.outcome("t1", 1, answer("p2", OK_B));
+        assert!(d.unsettled && !d.tie_break);
+        assert_eq!(d.retire, [0, 1]);
+        assert!(d.liars.is_empty());
+    }
+
+    #[test]
+    fn replays_back_off_until_the_next_snapshot() {
+        let mut g = group(2, false);
+        let c = ReplicationConfig { log_ticks: 1000, ..config() };
+        g.submitted(logged("t0"), true, 2, &c);
+        assert!(g.take_replay_slot());
+        assert!(!g.take_replay_slot(), "the next waits");
+        for i in 1..=MIN_REPLAY_BACKOFF {
+            g.submitted(logged(&format!("t{i}")), false, 2, &c);
+        }
+        assert!(g.take_replay_slot(), "after the backoff");
+        for i in 0..MIN_REPLAY_BACKOFF {
+            g.submitted(logged(&format!("u{i}")), false, 2, &c);
+        }
+        assert!(!g.take_replay_slot(), "the backoff doubled");
+        g.submitted(logged("s"), true, 2, &c);
+        assert!(g.take_replay_slot(), "a snapshot resets it");
+        assert!(g.tracks("s") && !g.tracks("never"));
     }
 
     #[test]

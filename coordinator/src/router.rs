@@ -249,7 +249,10 @@ impl Router {
                 max_log_bytes: config.max_replica_log_bytes,
                 audit_salt: fastrand::u64(..),
                 replica_counters: ReplicaCounters::default(),
-                max_groups_per_gamer: config.max_sessions_per_gamer.max(1),
+                // Each group takes a scheduler session per replica (and one while a
+                // replacement or tie-breaker starts).
+                max_groups_per_gamer: (config.max_sessions_per_gamer / (usize::from(config.replicas.max(2)) + 1))
+                    .max(1),
             }),
             config,
             metrics,
@@ -733,7 +736,8 @@ impl Router {
             caps.task_types.as_ref().filter(|t| !t.is_empty()).map(|t| t.iter().cloned().collect::<HashSet<_>>());
         crate::info_limited!("router: peer registered", peer_id = m.peer_id, capacity, task_types = ?caps.task_types, "peer registered");
         let setup = caps.determinism.as_ref().map(PeerSpec::setup_of);
-        let host = state.conns.get(&conn).and_then(|c| c.info.as_ref()).map(|i| i.addr.ip());
+        let host =
+            state.conns.get(&conn).and_then(|c| c.info.as_ref()).map(|i| crate::admission::address_key(i.addr.ip()));
         // add_peer re-queues the work of a same-id registration it replaces.
         state.retire_replicas_on(&m.peer_id);
         state.remember_standing(&m.peer_id);
@@ -850,6 +854,18 @@ impl Router {
         }
         let deadline = m.deadline_ms.map_or(self.config.default_task_deadline, Duration::from_millis);
         let task_id = m.task_id.clone();
+        if m.task_type == p2c2r_protocol::task_types::PHYSICS_STEP_FULL {
+            let reason = "physics_step_full is sent by the coordinator only (to correct a replicated session)";
+            return state.send_error(conn, ErrorCode::InvalidMessage, reason, Some(m.task_id));
+        }
+        if let Some(session) = m.session_id.as_deref()
+            && m.task_type != p2c2r_protocol::task_types::PHYSICS_STEP
+            && state.group_mut(gamer_id, session).is_some()
+        {
+            // It would reach one replica's world only, and set it apart from the others.
+            let reason = format!("session {session:?} is a replicated physics session: only physics_step tasks");
+            return state.send_error(conn, ErrorCode::InvalidMessage, reason, Some(m.task_id));
+        }
         if let Some(session) = m.session_id.as_deref()
             && m.task_type == p2c2r_protocol::task_types::PHYSICS_STEP
             && state.replicated(gamer_id, session)
@@ -866,6 +882,7 @@ impl Router {
             bytes: m.task_data.len(),
             payload: m.task_data,
             siblings: Vec::new(),
+            setup: None,
         };
         let result = state.sched.submit(gamer_id, submission, Instant::now()).map(|_| ());
         self.submitted(state, conn, gamer_id, task_id, result);
@@ -933,8 +950,18 @@ impl Router {
                 let kind = p2c2r_protocol::inspect::result_kind(&m.result);
                 let digest = (kind == p2c2r_protocol::inspect::ResultKind::Success)
                     .then(|| replication::answer_digest(&m.result));
+                // Where replicas must be on distinct hosts, a host is one vote however many
+                // peers it runs.
+                let voter = match self.config.replicas_on_distinct_hosts {
+                    true => state
+                        .conns
+                        .get(&conn)
+                        .and_then(|c| c.info.as_ref())
+                        .map_or_else(|| peer_id.to_owned(), |i| crate::admission::address_key(i.addr.ip()).to_string()),
+                    false => peer_id.to_owned(),
+                };
                 let outcome =
-                    CopyOutcome::Answer { peer: peer_id.to_owned(), payload: m.result, kind, digest, attempt };
+                    CopyOutcome::Answer { peer: peer_id.to_owned(), voter, payload: m.result, kind, digest, attempt };
                 state.copy_outcome(&gamer, &session, &task_id, outcome, Some(submitted_at));
                 if state.take_quarantined_liars(self.config.quarantine_duration) {
                     self.deadlines_changed.notify_one();
@@ -1021,6 +1048,7 @@ impl Router {
         for peer_id in state.sched.take_quarantined() {
             state.quarantine_peer(&peer_id, now + self.config.quarantine_duration, MISSED_DEADLINES);
         }
+        state.take_quarantined_liars(self.config.quarantine_duration);
         let answers = state.answers_for(failures);
         state.dispatch(now);
         let more = state.sched.next_deadline().is_some_and(|at| at <= now);
@@ -1430,22 +1458,24 @@ impl State {
         if self.group_mut(gamer, session).is_some() {
             return true;
         }
+        // A session already running on one peer stays so (and its ticks cost no draw).
+        if self.sched.has_session(gamer, session) {
+            return false;
+        }
+        let class = self.sched.largest_setup_class(p2c2r_protocol::task_types::PHYSICS_STEP);
         let c = &self.replication;
         let (wanted, audited) = if c.strict {
             (c.replicas.max(2), false)
         } else if c.replicas > 1 {
             (c.replicas, false)
         } else if replication::audited(gamer, session, c.audit_fraction, self.audit_salt)
-            && self.sched.replica_capacity(p2c2r_protocol::task_types::PHYSICS_STEP) >= 2
+            && class.is_some_and(|(_, capacity)| capacity >= 2)
         {
             // Audited only where a second compatible peer is there to audit.
             (2, true)
         } else {
             return false;
         };
-        if self.sched.has_session(gamer, session) {
-            return false;
-        }
         let strict = c.strict;
         let max_groups = self.max_groups_per_gamer;
         let groups = self.groups.entry(gamer.to_owned()).or_default();
@@ -1466,7 +1496,10 @@ impl State {
                 return false;
             }
         }
-        groups.insert(session.to_owned(), GroupEntry { group: Group::new(wanted, audited, strict), told: None });
+        // Its replicas all have the setup most connected peers share: a peer declaring a
+        // setup of its own is never one, so it cannot escape comparison.
+        let group = Group::new(wanted, audited, strict, class.map(|(setup, _)| setup));
+        groups.insert(session.to_owned(), GroupEntry { group, told: None });
         true
     }
 
@@ -1480,12 +1513,17 @@ impl State {
         deadline: Duration,
     ) -> Result<(), SubmitError> {
         let now = Instant::now();
+        if self.group_mut(gamer, session).is_some_and(|e| e.group.tracks(&m.task_id)) {
+            // Its answers are still compared with the first request's under this id.
+            return Err(SubmitError::DuplicateTask(m.task_id));
+        }
         let snapshot = p2c2r_protocol::inspect::is_snapshot_request(&m.task_data);
         self.fill_replicas(gamer, session, snapshot, now);
         let Some(entry) = self.group_mut(gamer, session) else { return Err(SubmitError::UnknownGamer) };
         let full = !snapshot && entry.group.take_correction();
         let task_type = if full { p2c2r_protocol::task_types::PHYSICS_STEP_FULL.to_owned() } else { m.task_type };
         let live = entry.group.live().to_vec();
+        let setup = entry.group.setup();
         let mut submitted = 0;
         let mut refused = Vec::new();
         let mut first_error = None;
@@ -1498,6 +1536,7 @@ impl State {
                 bytes: m.task_data.len(),
                 payload: m.task_data.clone(),
                 siblings: siblings(session, &live, generation),
+                setup,
             };
             match self.sched.submit(gamer, submission, now) {
                 Ok(_) => submitted += 1,
@@ -1518,7 +1557,7 @@ impl State {
         let config = self.replication.clone();
         let entry = self.group_mut(gamer, session).expect("looked up above");
         let change = entry.group.submitted(logged, snapshot, submitted, &config);
-        self.account_log(gamer, session, change);
+        self.account_log(change);
         for generation in refused {
             self.retire_generation(gamer, session, generation);
         }
@@ -1526,31 +1565,54 @@ impl State {
         Ok(())
     }
 
-    /// Starts the replicas a group lacks: the first one at once, the others at a snapshot
-    /// (they start with it) or, between snapshots, one per tick replaying the log; only
-    /// as many as there are compatible peers for.
+    /// Starts the replicas a group lacks: at a snapshot as many as there are compatible
+    /// peers for (they start with it); between snapshots one at a time, replaying the
+    /// log, with a backoff (see [`Group::take_replay_slot`]); with no replica left and no
+    /// log to replay, a bare one (its peer asks the gamer for a snapshot).
     fn fill_replicas(&mut self, gamer: &str, session: &str, snapshot: bool, now: Instant) {
         loop {
-            let capacity = self.sched.replica_capacity(p2c2r_protocol::task_types::PHYSICS_STEP);
             let Some(entry) = self.group_mut(gamer, session) else { return };
-            if entry.group.live().is_empty() {
-                entry.group.start_generation();
-                continue;
+            if !entry.group.short() {
+                return;
             }
-            if !entry.group.short() || capacity <= entry.group.live().len() {
+            let empty = entry.group.live().is_empty();
+            let setup = entry.group.setup();
+            let live = entry.group.live().len();
+            let capacity = match setup {
+                Some(setup) => self.sched.replica_capacity_of(p2c2r_protocol::task_types::PHYSICS_STEP, setup),
+                None => usize::from(empty),
+            };
+            let Some(entry) = self.group_mut(gamer, session) else { return };
+            if capacity <= live && !empty {
                 return;
             }
             if snapshot {
                 entry.group.start_generation();
+                self.relink(gamer, session);
                 continue;
             }
-            if !entry.group.has_log() {
+            if entry.group.take_replay_slot() {
+                let generation = entry.group.start_generation();
+                self.replica_counters.started += 1;
+                self.relink(gamer, session);
+                self.replay_into(gamer, session, generation, now);
                 return;
             }
-            let generation = entry.group.start_generation();
-            self.replica_counters.started += 1;
-            self.replay_into(gamer, session, generation, now);
+            if empty {
+                entry.group.start_generation();
+            }
             return;
+        }
+    }
+
+    /// Tells the scheduler each live replica's siblings, after the set changed (copies
+    /// already queued must avoid a new replica's peer too).
+    fn relink(&mut self, gamer: &str, session: &str) {
+        let Some(entry) = self.group_mut(gamer, session) else { return };
+        let live = entry.group.live().to_vec();
+        for &generation in &live {
+            let key = replication::replica_session(session, generation);
+            self.sched.set_siblings(gamer, &key, siblings(session, &live, generation));
         }
     }
 
@@ -1559,6 +1621,7 @@ impl State {
         let Some(entry) = self.group_mut(gamer, session) else { return };
         let log = entry.group.log();
         let live = entry.group.live().to_vec();
+        let setup = entry.group.setup();
         crate::info_limited!(
             "router: replica started",
             gamer_id = gamer,
@@ -1576,6 +1639,7 @@ impl State {
                 bytes: logged.payload.len(),
                 payload: logged.payload,
                 siblings: siblings(session, &live, generation),
+                setup,
             };
             if self.sched.submit(gamer, submission, now).is_err() {
                 // No room for the replay: give the replica up (a later tick tries again).
@@ -1587,14 +1651,22 @@ impl State {
         }
     }
 
-    /// Counts a change of a group's log bytes; past the coordinator-wide bound, that
-    /// group's log is dropped.
-    fn account_log(&mut self, gamer: &str, session: &str, change: isize) {
+    /// Counts a change of a group's log bytes. Past the coordinator-wide bound, the
+    /// largest log goes (whoever it belongs to), so one gamer's sessions cannot take every
+    /// other session's logs.
+    fn account_log(&mut self, change: isize) {
         self.log_bytes = self.log_bytes.saturating_add_signed(change);
-        if self.log_bytes > self.max_log_bytes
-            && let Some(entry) = self.group_mut(gamer, session)
-        {
+        while self.log_bytes > self.max_log_bytes {
+            let largest = self
+                .groups
+                .iter_mut()
+                .flat_map(|(_, sessions)| sessions.values_mut())
+                .max_by_key(|e| e.group.log_bytes());
+            let Some(entry) = largest else { return };
             let freed = entry.group.drop_log();
+            if freed == 0 {
+                return;
+            }
             self.log_bytes = self.log_bytes.saturating_sub(freed);
         }
     }
@@ -1606,6 +1678,7 @@ impl State {
             return;
         }
         entry.group.retire(generation);
+        self.relink(gamer, session);
         let dropped = self.sched.cancel_session(gamer, &replication::replica_session(session, generation));
         for task_id in dropped {
             self.copy_outcome(gamer, session, &task_id, CopyOutcome::Cancelled, None);
@@ -1722,13 +1795,44 @@ impl State {
         for generation in decision.retire {
             self.retire_generation(gamer, session, generation);
         }
-        if decision.tie_break
+        if decision.unsettled {
+            crate::warn_limited!(
+                "router: dispute unsettled",
+                gamer_id = gamer,
+                session,
+                "replicas disagree and no log can settle it; the session restarts at its next snapshot"
+            );
+        }
+        if decision.tie_break {
+            self.start_tie_breaker(gamer, session);
+        }
+        self.tell_status(gamer, session);
+    }
+
+    /// Starts a replica that replays the log to settle a tie, where a compatible peer
+    /// beside the others exists; otherwise nothing can say who lied, and every replica is
+    /// retired (the session restarts at the gamer's next snapshot).
+    fn start_tie_breaker(&mut self, gamer: &str, session: &str) {
+        let Some(entry) = self.group_mut(gamer, session) else { return };
+        let (setup, live) = (entry.group.setup(), entry.group.live().to_vec());
+        let capacity = setup.map_or(0, |s| self.sched.replica_capacity_of(p2c2r_protocol::task_types::PHYSICS_STEP, s));
+        if capacity > live.len()
             && let Some(generation) = self.group_mut(gamer, session).and_then(|e| e.group.start_tie_breaker())
         {
             self.replica_counters.started += 1;
+            self.relink(gamer, session);
             self.replay_into(gamer, session, generation, Instant::now());
+            return;
         }
-        self.tell_status(gamer, session);
+        crate::warn_limited!(
+            "router: dispute unsettled",
+            gamer_id = gamer,
+            session,
+            "replicas disagree and no third compatible peer can settle it; the session restarts at its next snapshot"
+        );
+        for generation in live {
+            self.retire_generation(gamer, session, generation);
+        }
     }
 
     /// Sends a frame for a gamer's task: to its connection, or kept while it may resume.
@@ -1743,8 +1847,9 @@ impl State {
     fn take_quarantined_liars(&mut self, duration: Duration) -> bool {
         let liars = std::mem::take(&mut self.liars);
         let any = !liars.is_empty();
+        let now = Instant::now();
         for liar in liars {
-            if self.quarantine.contains_key(&liar) {
+            if self.quarantine.get(&liar).is_some_and(|until| *until > now) {
                 continue;
             }
             self.replica_counters.liars += 1;

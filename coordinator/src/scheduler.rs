@@ -153,6 +153,9 @@ pub struct Submission<P> {
     /// determinism setup, and (see [`SchedulerConfig::replicas_on_distinct_hosts`]) on
     /// another host. Empty for a session that is not replicated.
     pub siblings: Vec<String>,
+    /// The determinism setup its session's peer must have (a replicated session's), so
+    /// that a peer declaring a setup nobody else has is never its first replica either.
+    pub setup: Option<u64>,
 }
 
 /// Why a submission was refused.
@@ -542,6 +545,8 @@ struct Session {
     peer: Option<PeerId>,
     /// The other replicas of its session ([`Submission::siblings`]).
     siblings: Vec<String>,
+    /// The setup its peer must have ([`Submission::setup`]).
+    setup: Option<u64>,
     /// Queued tasks of the session, in submission order.
     lane: BTreeSet<TaskKey>,
     pending: u32,
@@ -905,6 +910,7 @@ impl<P> Scheduler<P> {
                 if session.siblings != submission.siblings {
                     session.siblings = submission.siblings;
                 }
+                session.setup = submission.setup;
             }
             None => {
                 if !gamer.free.contains_key(&submission.task_type)
@@ -1002,8 +1008,9 @@ impl<P> Scheduler<P> {
             let task = &self.tasks[&key];
             let pinned = session.peer.as_ref().and_then(|id| self.peers.get(id).map(|p| (id, p)));
             let beside = self.pinned_siblings(gamer, &session.siblings);
+            let setup = session.setup;
             let best = |full_types: &mut HashSet<String>| {
-                self.best_peer(&task.task_type, &task.tried, &task.timed_out_on, task.bytes, &beside, full_types)
+                self.best_peer(&task.task_type, &task.tried, &task.timed_out_on, task.bytes, &beside, setup, full_types)
             };
             let target = match pinned {
                 // The session's peer does not run this tick's type and runs nothing of the
@@ -1020,7 +1027,7 @@ impl<P> Scheduler<P> {
         for (task_type, lane) in &gamer.free {
             let Some(&key) = lane.first() else { continue };
             let task = &self.tasks[&key];
-            let target = self.best_peer(task_type, &task.tried, &task.timed_out_on, task.bytes, &[], full_types);
+            let target = self.best_peer(task_type, &task.tried, &task.timed_out_on, task.bytes, &[], None, full_types);
             consider(key, target);
         }
         best
@@ -1054,6 +1061,32 @@ impl<P> Scheduler<P> {
         let Some(g) = self.gamers.get(gamer) else { return false };
         let beside = self.pinned_siblings(g, siblings);
         self.peers.iter().any(|candidate| candidate.1.runs(task_type) && self.may_host_beside(candidate, &beside))
+    }
+
+    /// How many replicas of one session the connected peers of determinism setup `setup`
+    /// that run `task_type` could hold (one per host when replicas must be on distinct
+    /// hosts).
+    pub fn replica_capacity_of(&self, task_type: &str, setup: u64) -> usize {
+        let peers = self.peers.values().filter(|p| p.setup == Some(setup) && p.runs(task_type));
+        if self.config.replicas_on_distinct_hosts {
+            peers.map(|p| p.host).collect::<HashSet<_>>().len()
+        } else {
+            peers.count()
+        }
+    }
+
+    /// The setup class that could hold the most replicas of one session, and how many.
+    pub fn largest_setup_class(&self, task_type: &str) -> Option<(u64, usize)> {
+        let setups: HashSet<u64> = self.peers.values().filter(|p| p.runs(task_type)).filter_map(|p| p.setup).collect();
+        setups.into_iter().map(|s| (s, self.replica_capacity_of(task_type, s))).max_by_key(|&(s, n)| (n, s))
+    }
+
+    /// Replaces the sibling list of a gamer's session (a replica started or retired: the
+    /// copies already queued must avoid the new one's peer too).
+    pub fn set_siblings(&mut self, gamer: &str, session: &str, siblings: Vec<String>) {
+        if let Some(s) = self.gamers.get_mut(gamer).and_then(|g| g.sessions.get_mut(session)) {
+            s.siblings = siblings;
+        }
     }
 
     /// How many replicas of one session the connected peers that run `task_type` could
@@ -1137,6 +1170,7 @@ impl<P> Scheduler<P> {
         excluded: &[PeerId],
         bytes: usize,
         beside: &[(&PeerId, &Peer)],
+        setup: Option<u64>,
         full_types: &mut HashSet<String>,
     ) -> Option<PeerId> {
         if full_types.contains(task_type) {
@@ -1147,6 +1181,7 @@ impl<P> Scheduler<P> {
             .iter()
             .filter(|(id, p)| p.has_room() && p.runs(task_type) && p.fits(bytes) && !excluded.contains(id))
             .filter(|candidate| beside.is_empty() || self.may_host_beside(*candidate, beside))
+            .filter(|(_, p)| setup.is_none() || p.setup == setup)
             .min_by(|(a_id, a), (b_id, b)| {
                 let a_tried = tried.contains(a_id);
                 let b_tried = tried.contains(b_id);
@@ -1709,6 +1744,7 @@ mod tests {
             payload: (),
             bytes: 0,
             siblings: Vec::new(),
+            setup: None,
         }
     }
 

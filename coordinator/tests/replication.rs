@@ -173,30 +173,68 @@ async fn a_tie_is_settled_by_a_third_peer_replaying_the_log_from_the_snapshot() 
     let (mut a, mut liar) = (peer(&url, "a").await, peer(&url, "liar").await);
     let mut gamer = Client::gamer(&url, "g").await;
     let mut statuses = Vec::new();
+    submit(&mut gamer, 0).await;
+    // Two replicas are wanted: the third peer stays idle until there is a tie to settle.
+    let mut judge = peer(&url, "judge").await;
     for n in 0..3 {
-        submit(&mut gamer, n).await;
+        if n > 0 {
+            submit(&mut gamer, n).await;
+        }
         let (ta, tl) = (assignment(&mut a, n).await, assignment(&mut liar, n).await);
         a.answer(&ta, &honest(n)).await;
         next_result(&mut gamer, &mut statuses).await;
         liar.answer(&tl, &if n == 2 { lie(n) } else { honest(n) }).await;
     }
-    // One against one: a third peer (idle until now) replays the log, snapshot first.
-    let mut judge = peer(&url, "judge").await;
-    let stats = gamer.stats().await;
-    assert_eq!(stats.replica_disagreements, 1);
-    submit(&mut gamer, 3).await;
-    // The judge joins as soon as it is there; it replays ticks 0..=2, then gets tick 3.
-    for n in 0..=3 {
+    // One against one: the judge replays the log, snapshot first, and settles it.
+    for n in 0..=2 {
         let tj = assignment(&mut judge, n).await;
         judge.answer(&tj, &honest(n)).await;
     }
     assert_eq!(next_error(&mut liar).await.code, ErrorCode::Quarantined);
-    let ta = assignment(&mut a, 3).await;
+    // The judge stays as the second replica, and the next tick corrects the gamer.
+    submit(&mut gamer, 3).await;
+    let (ta, tj) = (assignment(&mut a, 3).await, assignment(&mut judge, 3).await);
+    assert_eq!(ta.task_data.task_type, task_types::PHYSICS_STEP_FULL);
     a.answer(&ta, &honest(3)).await;
+    judge.answer(&tj, &honest(3)).await;
     next_result(&mut gamer, &mut statuses).await;
     let stats = gamer.stats().await;
-    assert_eq!(stats.peers_caught_lying, 1, "{stats:?}");
-    assert!(stats.replicas_started >= 1);
+    assert_eq!((stats.replica_disagreements, stats.peers_caught_lying, stats.replicas_started), (1, 1, 1));
+    coord.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_tie_nothing_can_settle_restarts_the_session_on_fresh_replicas() {
+    let coord = start(replicated(2)).await;
+    let url = coord.url();
+    let (mut a, mut b) = (peer(&url, "a").await, peer(&url, "b").await);
+    let mut gamer = Client::gamer(&url, "g").await;
+    let mut statuses = Vec::new();
+    for n in 0..2 {
+        submit(&mut gamer, n).await;
+        let (ta, tb) = (assignment(&mut a, n).await, assignment(&mut b, n).await);
+        a.answer(&ta, &honest(n)).await;
+        next_result(&mut gamer, &mut statuses).await;
+        b.answer(&tb, &if n == 1 { lie(n) } else { honest(n) }).await;
+    }
+    // No third peer: who lied cannot be told. Neither is trusted (both replicas are
+    // dropped: the gamer is told), nobody is quarantined.
+    loop {
+        match gamer.recv().await {
+            Message::SessionStatus(s) if s.replicas_live == 0 => break,
+            Message::SessionStatus(_) => continue,
+            other => panic!("expected the session's status, got {other:?}"),
+        }
+    }
+    let stats = gamer.stats().await;
+    assert_eq!((stats.replica_disagreements, stats.peers_caught_lying), (1, 0), "{stats:?}");
+    // The next tick starts a replica again, replaying the log from the snapshot.
+    submit(&mut gamer, 2).await;
+    let replayed = tokio::select! {
+        first = a.recv_assignment() => first,
+        first = b.recv_assignment() => first,
+    };
+    assert_eq!(replayed.task_data.task_id, "t0", "the log's snapshot first");
     coord.shutdown().await;
 }
 
@@ -289,8 +327,12 @@ async fn an_audited_session_runs_on_a_hidden_second_replica_and_a_lie_is_settled
     let (mut a, mut liar) = (peer(&url, "a").await, peer(&url, "liar").await);
     let mut gamer = Client::gamer(&url, "g").await;
     let mut statuses = Vec::new();
+    submit(&mut gamer, 0).await;
+    let mut judge = peer(&url, "judge").await;
     for n in 0..2 {
-        submit(&mut gamer, n).await;
+        if n > 0 {
+            submit(&mut gamer, n).await;
+        }
         let (ta, tl) = (assignment(&mut a, n).await, assignment(&mut liar, n).await);
         a.answer(&ta, &honest(n)).await;
         assert_eq!(next_result(&mut gamer, &mut statuses).await.result.json(), Some(honest(n).as_str()));
@@ -298,10 +340,8 @@ async fn an_audited_session_runs_on_a_hidden_second_replica_and_a_lie_is_settled
     }
     let status = statuses.last().unwrap();
     assert!(status.audited && status.replicas_wanted == 2, "{statuses:?}");
-    // One against one: the third peer to connect replays the log and settles it.
-    let mut judge = peer(&url, "judge").await;
-    submit(&mut gamer, 2).await;
-    for n in 0..=2 {
+    // One against one: the third peer replays the log and settles it.
+    for n in 0..=1 {
         let tj = assignment(&mut judge, n).await;
         judge.answer(&tj, &honest(n)).await;
     }
