@@ -187,9 +187,7 @@ impl EmbeddedCluster {
                 };
                 runtime.block_on(cluster_main(
                     coordinator,
-                    peers,
-                    access,
-                    replicas,
+                    EmbeddedOptions { peers, access, replicas },
                     ready_tx,
                     event_tx,
                     command_rx,
@@ -413,9 +411,7 @@ fn not_registered(handle: &peer::PeerHandle, url: &str) -> ClusterEvent {
 
 async fn cluster_main(
     coordinator_url: Option<String>,
-    initial_peers: u32,
-    access: PeerAccess,
-    replicas: u8,
+    EmbeddedOptions { peers: initial_peers, access, replicas }: EmbeddedOptions,
     ready: Sender<Result<(String, Vec<String>), EmbeddedError>>,
     events: Sender<ClusterEvent>,
     mut commands: tokio::sync::mpsc::Receiver<Command>,

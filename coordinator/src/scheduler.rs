@@ -553,6 +553,19 @@ struct Session {
     last_used: u64,
 }
 
+/// Where a replica of a session may go: beside the peers its siblings are pinned to (see
+/// [`Scheduler::may_host_beside`]), on a peer of the given setup.
+#[derive(Clone, Copy)]
+struct Replica<'a> {
+    beside: &'a [(&'a PeerId, &'a Peer)],
+    setup: Option<u64>,
+}
+
+impl Replica<'_> {
+    /// No constraint: a session that is not replicated.
+    const NONE: Replica<'static> = Replica { beside: &[], setup: None };
+}
+
 /// A waker set's key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum WakeKey {
@@ -1008,9 +1021,9 @@ impl<P> Scheduler<P> {
             let task = &self.tasks[&key];
             let pinned = session.peer.as_ref().and_then(|id| self.peers.get(id).map(|p| (id, p)));
             let beside = self.pinned_siblings(gamer, &session.siblings);
-            let setup = session.setup;
+            let replica = Replica { beside: &beside, setup: session.setup };
             let best = |full_types: &mut HashSet<String>| {
-                self.best_peer(&task.task_type, &task.tried, &task.timed_out_on, task.bytes, &beside, setup, full_types)
+                self.best_peer(&task.task_type, &task.tried, &task.timed_out_on, task.bytes, &replica, full_types)
             };
             let target = match pinned {
                 // The session's peer does not run this tick's type and runs nothing of the
@@ -1027,7 +1040,8 @@ impl<P> Scheduler<P> {
         for (task_type, lane) in &gamer.free {
             let Some(&key) = lane.first() else { continue };
             let task = &self.tasks[&key];
-            let target = self.best_peer(task_type, &task.tried, &task.timed_out_on, task.bytes, &[], None, full_types);
+            let target =
+                self.best_peer(task_type, &task.tried, &task.timed_out_on, task.bytes, &Replica::NONE, full_types);
             consider(key, target);
         }
         best
@@ -1169,10 +1183,10 @@ impl<P> Scheduler<P> {
         tried: &[PeerId],
         excluded: &[PeerId],
         bytes: usize,
-        beside: &[(&PeerId, &Peer)],
-        setup: Option<u64>,
+        replica: &Replica<'_>,
         full_types: &mut HashSet<String>,
     ) -> Option<PeerId> {
+        let Replica { beside, setup } = *replica;
         if full_types.contains(task_type) {
             return None;
         }
