@@ -437,6 +437,7 @@ impl P2c2rClient {
                 ClientEvent::Undelivered { task_id, .. } => self.sent.take(task_id),
                 // The coordinator refused the request: it will not be answered.
                 ClientEvent::Error(error) => error.refers_to.as_deref().and_then(|id| self.sent.take(id)),
+                ClientEvent::SessionStatus(_) => None,
             };
             incoming.push(Incoming { event, sent });
         }

@@ -379,14 +379,18 @@ impl OffloadController {
         self.timeout.current(&self.rtt)
     }
 
+    /// The round trip of the leading stream's peer results, as measured so far.
+    pub fn rtt(&self) -> &RttEstimator {
+        &self.rtt
+    }
+
     /// Requests sent to peers and not answered.
     pub fn tasks_in_flight(&self) -> usize {
         self.streams.iter().map(|s| s.in_flight.len()).sum::<usize>() + usize::from(self.probe.is_some())
     }
 
     /// Ticks of stream `kind` in flight.
-    #[cfg(test)]
-    fn in_flight(&self, kind: StreamKind) -> usize {
+    pub fn in_flight(&self, kind: StreamKind) -> usize {
         self.streams[kind.index()].in_flight.len()
     }
 

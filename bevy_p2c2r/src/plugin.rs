@@ -412,7 +412,7 @@ impl Plugin for P2c2rPlugin {
             .add_systems(RunFixedMainLoop, interpolate.in_set(P2c2rSystems::Interpolate));
         for path in diagnostics::ALL {
             let suffix = match path.as_str() {
-                "p2c2r/rtt_ms" => "ms",
+                "p2c2r/rtt_ms" | "p2c2r/round_trip_ms" | "p2c2r/round_trip_variation_ms" => "ms",
                 "p2c2r/bytes_sent" | "p2c2r/bytes_received" => "B",
                 _ => "",
             };

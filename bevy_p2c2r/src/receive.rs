@@ -70,6 +70,8 @@ pub(crate) fn receive(
             ClientEvent::Undelivered { task_id, error } => {
                 r.fail(&task_id, sent, TaskError::new(ErrorCode::Other, error.to_string()))
             }
+            // How the coordinator replicates a session: published in the stats.
+            ClientEvent::SessionStatus(status) => r.stats.record_session_status(status),
         }
     }
     publish_mode_changes(r.offload, r.stats, &mut r.out.mode);
@@ -158,6 +160,7 @@ impl Receiver<'_, '_> {
                             self.offload.controller.peer_result(StreamKind::Physics, result.tick, self.now);
                         if verdict == Verdict::Apply {
                             self.stats.serving_peer = outcome.peer_id.clone();
+                            self.results.playout.arrived(self.offload.tick, result.tick);
                             self.results.physics.push((result, source, outcome.rtt));
                         } else {
                             if verdict == Verdict::Stale {

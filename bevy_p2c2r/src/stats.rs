@@ -1,11 +1,12 @@
 //! Counters for HUDs, examples and tests ([`P2c2rStats`]) and the Bevy diagnostics the
 //! plugin publishes ([`diagnostics`]).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use bevy::prelude::Resource;
 use hdrhistogram::Histogram;
+use p2c2r_protocol::SessionStatus;
 
 use crate::OffloadMode;
 use crate::messages::ConnectionState;
@@ -35,9 +36,29 @@ pub mod diagnostics {
     /// Bytes received per offloaded body per offloaded tick, over about a second.
     pub const BYTES_RECEIVED_PER_BODY_TICK: DiagnosticPath =
         DiagnosticPath::const_new("p2c2r/bytes_received_per_body_tick");
+    /// Smoothed round trip of physics results from peers, ms (the fallback timeout's
+    /// measure, [`P2c2rStats::round_trip_ms`](super::P2c2rStats::round_trip_ms)); none
+    /// before the first.
+    pub const ROUND_TRIP_MS: DiagnosticPath = DiagnosticPath::const_new("p2c2r/round_trip_ms");
+    /// Its smoothed variation, ms.
+    pub const ROUND_TRIP_VARIATION_MS: DiagnosticPath = DiagnosticPath::const_new("p2c2r/round_trip_variation_ms");
+    /// The playout buffer's target depth, ticks
+    /// ([`P2c2rStats::playout_target_ticks`](super::P2c2rStats::playout_target_ticks)).
+    pub const PLAYOUT_TARGET_TICKS: DiagnosticPath = DiagnosticPath::const_new("p2c2r/playout_target_ticks");
+    /// The measured jitter of physics results from peers, ticks.
+    pub const PLAYOUT_JITTER_TICKS: DiagnosticPath = DiagnosticPath::const_new("p2c2r/playout_jitter_ticks");
+    /// Replicas the coordinator wants for the physics session; none before its first
+    /// `session_status`.
+    pub const REPLICAS_WANTED: DiagnosticPath = DiagnosticPath::const_new("p2c2r/replicas_wanted");
+    /// Replicas in step with the physics session.
+    pub const REPLICAS_LIVE: DiagnosticPath = DiagnosticPath::const_new("p2c2r/replicas_live");
+    /// Ticks of the physics session on which replicas disagreed.
+    pub const REPLICA_DISAGREEMENTS: DiagnosticPath = DiagnosticPath::const_new("p2c2r/replica_disagreements");
+    /// Corrections of the physics session (full states sent after a liar served it).
+    pub const REPLICA_CORRECTIONS: DiagnosticPath = DiagnosticPath::const_new("p2c2r/replica_corrections");
 
     /// Every path above.
-    pub const ALL: [DiagnosticPath; 9] = [
+    pub const ALL: [DiagnosticPath; 17] = [
         RTT_MS,
         TASKS_IN_FLIGHT,
         TICKS_OFFLOADED,
@@ -47,6 +68,14 @@ pub mod diagnostics {
         FALLBACK,
         BYTES_SENT_PER_BODY_TICK,
         BYTES_RECEIVED_PER_BODY_TICK,
+        ROUND_TRIP_MS,
+        ROUND_TRIP_VARIATION_MS,
+        PLAYOUT_TARGET_TICKS,
+        PLAYOUT_JITTER_TICKS,
+        REPLICAS_WANTED,
+        REPLICAS_LIVE,
+        REPLICA_DISAGREEMENTS,
+        REPLICA_CORRECTIONS,
     ];
 }
 
@@ -120,6 +149,49 @@ pub struct P2c2rStats {
     pub last_applied_tick: Option<u64>,
     /// Round-trip times of peer results, in µs.
     pub rtt_us: Histogram<u64>,
+    /// The smoothed round trip of physics results from peers (RFC 6298, from the tick's
+    /// send to its result's arrival, as the Bevy systems see them), in ms: what the
+    /// adaptive fallback timeout is made of; `None` before the first result.
+    pub round_trip_ms: Option<f64>,
+    /// Its smoothed variation (mean deviation), in ms: the round trip's jitter.
+    pub round_trip_variation_ms: f64,
+    /// The playout buffer's target depth now, in ticks: physics results from peers kept
+    /// in reserve to absorb their jitter, `ceil(3 × playout_jitter_ticks − 1/4)` within
+    /// 0..=6 (0 while not offloaded: local results come one per tick).
+    pub playout_target_ticks: usize,
+    /// The measured jitter of physics results from peers, in ticks: the mean deviation of
+    /// how many ticks after its own each result arrived.
+    pub playout_jitter_ticks: f64,
+    /// Physics results waiting in the playout buffer after this tick's were applied.
+    pub playout_queued: usize,
+    /// Ticks on which no result was applied on purpose, to deepen the playout buffer (one
+    /// at a time, at least 16 ticks apart).
+    pub playout_holds: u64,
+    /// Ticks on which a physics result was expected from peers and none was there to
+    /// apply (once results flowed): each is a tick on which offloaded bodies did not move.
+    pub playout_starved_ticks: u64,
+    /// Replicas the coordinator wants for the physics session, from its latest
+    /// `session_status`: 1 when not replicated, 2 or more when replicated (2 for an
+    /// audited session); 0 until the coordinator sent one (a coordinator that does not
+    /// replicate sends none). The fields up to
+    /// [`replica_corrections`](Self::replica_corrections) are that status, as received (a
+    /// disconnection does not clear them); [`session_status`](Self::session_status)
+    /// has every session's.
+    pub replicas_wanted: u8,
+    /// Replicas in step with the physics session now (answering its ticks).
+    pub replicas_live: u8,
+    /// The physics session is audited: a hidden second replica's answers are compared,
+    /// never delivered.
+    pub replication_audited: bool,
+    /// The physics session is strict: only answers two replicas agree on are delivered.
+    pub replication_strict: bool,
+    /// Ticks of the physics session on which its replicas disagreed.
+    pub replica_disagreements: u64,
+    /// Full-state answers the coordinator sent to correct the physics session.
+    pub replica_corrections: u64,
+    /// The latest `session_status` of each session reported, at most
+    /// [`P2c2rStats::MAX_SESSION_STATUSES`].
+    session_statuses: HashMap<String, SessionStatus>,
     /// Where the current rate window started: when, bytes sent and received, ticks
     /// applied and offloaded, and offloaded body-ticks.
     rate_window: Option<RateWindow>,
@@ -172,6 +244,20 @@ impl Default for P2c2rStats {
             peers_seen: HashSet::new(),
             last_applied_tick: None,
             rtt_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"),
+            round_trip_ms: None,
+            round_trip_variation_ms: 0.0,
+            playout_target_ticks: 0,
+            playout_jitter_ticks: 0.0,
+            playout_queued: 0,
+            playout_holds: 0,
+            playout_starved_ticks: 0,
+            replicas_wanted: 0,
+            replicas_live: 0,
+            replication_audited: false,
+            replication_strict: false,
+            replica_disagreements: 0,
+            replica_corrections: 0,
+            session_statuses: HashMap::new(),
             rate_window: None,
             body_ticks_offloaded: 0,
             applied: 0,
@@ -210,11 +296,63 @@ impl std::fmt::Debug for P2c2rStats {
             .field("last_applied_tick", &self.last_applied_tick)
             .field("rtt_ms_p50", &self.rtt_ms_p50())
             .field("rtt_ms_p99", &self.rtt_ms_p99())
+            .field("round_trip_ms", &self.round_trip_ms)
+            .field("round_trip_variation_ms", &self.round_trip_variation_ms)
+            .field("playout_target_ticks", &self.playout_target_ticks)
+            .field("playout_jitter_ticks", &self.playout_jitter_ticks)
+            .field("playout_queued", &self.playout_queued)
+            .field("playout_holds", &self.playout_holds)
+            .field("playout_starved_ticks", &self.playout_starved_ticks)
+            .field("replicas_wanted", &self.replicas_wanted)
+            .field("replicas_live", &self.replicas_live)
+            .field("replication_audited", &self.replication_audited)
+            .field("replication_strict", &self.replication_strict)
+            .field("replica_disagreements", &self.replica_disagreements)
+            .field("replica_corrections", &self.replica_corrections)
             .finish_non_exhaustive()
     }
 }
 
 impl P2c2rStats {
+    /// Sessions whose latest `session_status` is kept (the plugin's physics and AI
+    /// sessions, and custom tasks' sessions); when full, another session's is forgotten
+    /// for a new one, never the physics session's.
+    pub const MAX_SESSION_STATUSES: usize = 16;
+
+    /// The latest `session_status` the coordinator sent for `session_id` (the physics
+    /// session is [`session_id`](Self::session_id), the AI session that id with `:ai`).
+    pub fn session_status(&self, session_id: &str) -> Option<&SessionStatus> {
+        self.session_statuses.get(session_id)
+    }
+
+    /// Whether the coordinator runs the physics session on more than one replica
+    /// (replicated or audited), as of its latest `session_status`.
+    pub fn replicated(&self) -> bool {
+        self.replicas_wanted > 1 || self.replication_audited
+    }
+
+    /// Keeps a `session_status`: the latest for its session, and the physics session's
+    /// figures. Any session id and any numbers are taken as they are (the map is bounded).
+    pub(crate) fn record_session_status(&mut self, status: SessionStatus) {
+        if status.session_id == self.session_id {
+            self.replicas_wanted = status.replicas_wanted;
+            self.replicas_live = status.replicas_live;
+            self.replication_audited = status.audited;
+            self.replication_strict = status.strict;
+            self.replica_disagreements = status.disagreements;
+            self.replica_corrections = status.corrections;
+        }
+        if !self.session_statuses.contains_key(&status.session_id)
+            && self.session_statuses.len() >= Self::MAX_SESSION_STATUSES
+        {
+            let other = self.session_statuses.keys().find(|id| **id != self.session_id).cloned();
+            if let Some(other) = other {
+                self.session_statuses.remove(&other);
+            }
+        }
+        self.session_statuses.insert(status.session_id.clone(), status);
+    }
+
     /// Records a peer result's round-trip time.
     pub fn record_rtt(&mut self, rtt: Duration) {
         let us = (rtt.as_micros() as u64).clamp(1, 60_000_000);
@@ -311,6 +449,45 @@ mod tests {
         assert_eq!(s.bytes_sent_per_sec, 0.0);
         s.update_rates(t0 + Duration::from_secs(2));
         assert_eq!(s.bytes_sent_per_sec, 500.0);
+    }
+
+    fn status(session_id: &str, wanted: u8, live: u8) -> SessionStatus {
+        SessionStatus {
+            session_id: session_id.into(),
+            replicas_wanted: wanted,
+            replicas_live: live,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_physics_sessions_status_is_published_and_every_sessions_kept_bounded() {
+        let mut s = P2c2rStats { session_id: "s-1".into(), ..Default::default() };
+        assert!(!s.replicated() && s.replicas_wanted == 0, "nothing before the first status");
+        s.record_session_status(SessionStatus {
+            strict: true,
+            disagreements: 2,
+            corrections: 1,
+            ..status("s-1", 2, 2)
+        });
+        assert_eq!((s.replicas_wanted, s.replicas_live, s.replica_disagreements, s.replica_corrections), (2, 2, 2, 1));
+        assert!(s.replicated() && s.replication_strict && !s.replication_audited);
+        // Another session (the AI's, a custom one, or one the plugin never used) is kept
+        // apart; absurd numbers are taken as they come.
+        s.record_session_status(SessionStatus { disagreements: u64::MAX, ..status("s-1:ai", 0, 255) });
+        assert_eq!(s.replicas_live, 2);
+        assert_eq!(s.session_status("s-1:ai").map(|st| st.disagreements), Some(u64::MAX));
+        for i in 0..100 {
+            s.record_session_status(status(&format!("unknown-{i}"), u8::MAX, u8::MAX));
+            assert!(s.session_statuses.len() <= P2c2rStats::MAX_SESSION_STATUSES);
+        }
+        assert_eq!(s.session_status("s-1").map(|st| st.replicas_wanted), Some(2), "the physics session's stays");
+        assert_eq!(s.session_status("unknown-99").map(|st| st.replicas_live), Some(u8::MAX));
+        // Audited, then back to one replica.
+        s.record_session_status(SessionStatus { audited: true, ..status("s-1", 2, 1) });
+        assert!(s.replicated() && s.replication_audited && !s.replication_strict);
+        s.record_session_status(status("s-1", 1, 1));
+        assert!(!s.replicated());
     }
 
     #[test]

@@ -129,3 +129,80 @@ async fn reconnects_with_backoff_when_the_coordinator_returns() {
     client.close().await;
     second.shutdown().await;
 }
+
+/// Every `session_status` the coordinator sends becomes a [`ClientEvent::SessionStatus`],
+/// in order with the results around it: one sent before the registration's ack right
+/// after `Connected`, and one for a session this client never used, with absurd numbers,
+/// as it came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_status_frames_become_events_in_order() {
+    use p2c2r_protocol::{Message, SessionStatus, TaskResult};
+    use p2c2r_testkit::server::{self, Conn};
+
+    let early = SessionStatus {
+        session_id: "s1".into(),
+        replicas_wanted: 2,
+        replicas_live: 1,
+        audited: true,
+        ..Default::default()
+    };
+    let replicated = SessionStatus {
+        session_id: "s1".into(),
+        replicas_wanted: 3,
+        replicas_live: 2,
+        strict: true,
+        disagreements: 4,
+        corrections: 1,
+        ..Default::default()
+    };
+    let absurd = SessionStatus {
+        session_id: "never-used".into(),
+        replicas_wanted: 0,
+        replicas_live: u8::MAX,
+        disagreements: u64::MAX,
+        corrections: u64::MAX,
+        ..Default::default()
+    };
+    let listener = server::listener().await;
+    let url = server::url(&listener);
+    let script = {
+        let (early, replicated, absurd) = (early.clone(), replicated.clone(), absurd.clone());
+        tokio::spawn(async move {
+            let mut ws = Conn::accept(&listener).await;
+            let registration = ws.gamer_registration().await;
+            ws.send(&Message::SessionStatus(early)).await;
+            ws.send(&server::ack(None, Some(&registration.gamer_id), None)).await;
+            let request = ws.next_task_request().await.expect("a task request");
+            ws.send(&Message::SessionStatus(replicated)).await;
+            let result = p2c2r_protocol::raw_payload(r#"{"status":"success","tick":1,"bodies":[]}"#.into()).unwrap();
+            let answer = TaskResult { task_id: request.task_id, result, attempt: Some(1), peer_id: Some("p".into()) };
+            ws.send(&Message::TaskResult(answer)).await;
+            ws.send(&Message::SessionStatus(absurd)).await;
+            // Until the client closes.
+            while ws.next().await.is_some() {}
+        })
+    };
+
+    let (client, mut events) = GamerClient::connect(ClientConfig::new(url, "replicated")).await.unwrap();
+    assert!(matches!(next_event(&mut events).await, ClientEvent::Connected { .. }));
+    match next_event(&mut events).await {
+        ClientEvent::SessionStatus(status) => assert_eq!(status, early, "the status sent before the ack"),
+        other => panic!("unexpected {other:?}"),
+    }
+    client.send(physics_request("t1", "s1", 1, true)).unwrap();
+    match next_event(&mut events).await {
+        ClientEvent::SessionStatus(status) => assert_eq!(status, replicated),
+        other => panic!("unexpected {other:?}"),
+    }
+    match next_event(&mut events).await {
+        ClientEvent::Result(outcome) => assert_eq!(outcome.task_id, "t1"),
+        other => panic!("unexpected {other:?}"),
+    }
+    match next_event(&mut events).await {
+        ClientEvent::SessionStatus(status) => assert_eq!(status, absurd),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(client.is_connected(), "a status is never an error");
+    client.close().await;
+    tokio::time::timeout(WAIT, script).await.expect("the script ends").expect("the script ran");
+}

@@ -245,3 +245,102 @@ fn a_rate_limited_tick_is_stepped_locally_and_peers_take_over_again() {
     let state = *app.world().get::<PhysicsState>(body).unwrap();
     assert!((state.linvel.y + 3.0).abs() < 1e-3, "{state:?}");
 }
+
+/// Steps physics honestly and reports how the session is replicated: after 5 answers a
+/// `session_status` for a session the plugin never used and one for its own, both with
+/// absurd numbers; after 10, a strict replicated status with a disagreement and a
+/// correction.
+async fn serve_reporting_replication(listener: tokio::net::TcpListener) {
+    use p2c2r_protocol::SessionStatus;
+    let mut ws = Conn::accept(&listener).await;
+    let mut world = p2c2r_sim::physics::PhysicsWorld::new();
+    let mut wire = PeerWire::default();
+    let mut answered = 0u64;
+    while let Some(request) = ws.next_task_request().await {
+        if request.task_type != task_types::PHYSICS_STEP {
+            continue;
+        }
+        let session_id = request.session_id.clone().unwrap_or_default();
+        let statuses = match answered {
+            5 => vec![
+                SessionStatus {
+                    session_id: "never-used".into(),
+                    replicas_wanted: u8::MAX,
+                    replicas_live: u8::MAX,
+                    audited: true,
+                    strict: true,
+                    disagreements: u64::MAX,
+                    corrections: u64::MAX,
+                },
+                SessionStatus {
+                    session_id: session_id.clone(),
+                    replicas_wanted: 0,
+                    replicas_live: u8::MAX,
+                    disagreements: u64::MAX,
+                    ..Default::default()
+                },
+            ],
+            10 => vec![SessionStatus {
+                session_id,
+                replicas_wanted: 2,
+                replicas_live: 2,
+                strict: true,
+                disagreements: 1,
+                corrections: 1,
+                ..Default::default()
+            }],
+            _ => vec![],
+        };
+        for status in statuses {
+            ws.send(&Message::SessionStatus(status)).await;
+        }
+        let (step, packed) = PeerWire::read(&request);
+        let answer = wire.answer(&step, packed, world.step(&step));
+        let result = Message::TaskResult(TaskResult {
+            task_id: request.task_id,
+            result: answer,
+            attempt: Some(1),
+            peer_id: Some("fake-peer".into()),
+        });
+        ws.send(&result).await;
+        answered += 1;
+    }
+}
+
+#[test]
+fn session_statuses_reach_the_stats_and_diagnostics_and_odd_ones_harm_nothing() {
+    use bevy::diagnostic::DiagnosticsStore;
+    use bevy_p2c2r::stats::diagnostics;
+    let (_rt, url) = scripted_server(serve_reporting_replication);
+    let plugin = P2c2rPlugin::new(url)
+        .gamer_id("replicated")
+        .session_id("phys")
+        .gravity(Vec3::ZERO)
+        .fallback_timeout(Duration::from_secs(10));
+    let mut app = app_with(plugin, tick_duration());
+    let body = spawn_sinking_ball(&mut app);
+    run_until(
+        &mut app,
+        Duration::from_secs(60),
+        Duration::from_millis(2),
+        monotonic(body),
+        |app| {
+            let s = stats(app);
+            s.replica_corrections == 1 && s.physics_results_from_peers >= 20
+        },
+        "the replicated status and 20 results",
+    );
+    let s = stats(&app);
+    assert_eq!((s.replicas_wanted, s.replicas_live, s.replica_disagreements, s.replica_corrections), (2, 2, 1, 1));
+    assert!(s.replicated() && s.replication_strict && !s.replication_audited, "{s:?}");
+    assert_eq!(s.session_status("phys").map(|st| st.replicas_wanted), Some(2));
+    assert_eq!(s.session_status("never-used").map(|st| st.disagreements), Some(u64::MAX));
+    assert!(s.round_trip_ms.is_some(), "the smoothed round trip is published: {s:?}");
+    let store = app.world().resource::<DiagnosticsStore>();
+    let value = |path| store.get_measurement(&path).map(|m| m.value);
+    assert_eq!(value(diagnostics::REPLICAS_WANTED), Some(2.0));
+    assert_eq!(value(diagnostics::REPLICAS_LIVE), Some(2.0));
+    assert_eq!(value(diagnostics::REPLICA_CORRECTIONS), Some(1.0));
+    assert!(value(diagnostics::ROUND_TRIP_MS).is_some());
+    assert!(value(diagnostics::PLAYOUT_TARGET_TICKS).is_some());
+}

@@ -1,7 +1,8 @@
 //! The async gamer client: one WebSocket connection to a coordinator, usable without Bevy.
 //!
 //! [`GamerClient`] connects, registers with `register_gamer`, sends `task_request`s and
-//! hands back every `task_result` (and `error`) it receives. A background task owns the
+//! hands back every `task_result` (and `error`) it receives, and every `session_status`
+//! (how the coordinator replicates one of the gamer's sessions). A background task owns the
 //! socket; it sends heartbeats, measures each task's round-trip time and, when the
 //! connection drops, reconnects with capped, jittered exponential backoff.
 //!
@@ -49,8 +50,8 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use p2c2r_protocol::binary::{self, Frame};
 use p2c2r_protocol::{
-    Encoding, ErrorMessage, Heartbeat, Message, Payload, RegisterGamer, TaskError, TaskRequest, TaskStatus, codec,
-    limits,
+    Encoding, ErrorMessage, Heartbeat, Message, Payload, RegisterGamer, SessionStatus, TaskError, TaskRequest,
+    TaskStatus, codec, limits,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite;
@@ -365,7 +366,20 @@ pub enum ClientEvent {
         /// Why.
         error: ClientError,
     },
+    /// A `session_status` from the coordinator: how one of the gamer's sessions is
+    /// replicated now (replicas wanted and live, audited, strict, disagreements and
+    /// corrections so far). Sent when it changes; informational, it changes nothing in the
+    /// client. The values are the coordinator's, passed on as they came (a session this
+    /// client never used, or odd numbers, are not checked). One that arrives before the
+    /// `registration_ack` is delivered right after that connection's
+    /// [`ClientEvent::Connected`] (at most [`MAX_EARLY_STATUSES`] of them).
+    SessionStatus(SessionStatus),
 }
+
+/// `session_status` messages kept when they arrive before the `registration_ack` (a
+/// coordinator sends them after it, so this only bounds what a misbehaving one can make
+/// the client hold); past it they are dropped, with a debug log line.
+pub const MAX_EARLY_STATUSES: usize = 16;
 
 /// Byte and frame counters of one client, shared with whoever holds
 /// [`GamerClient::stats`].
@@ -627,7 +641,7 @@ impl Driver {
         loop {
             let mut refused = false;
             match self.connect().await {
-                Ok((socket, heartbeat)) => {
+                Ok((socket, heartbeat, early_statuses)) => {
                     backoff.reset();
                     self.last_refusal = None;
                     self.stats.connects.fetch_add(1, Ordering::Relaxed);
@@ -638,6 +652,11 @@ impl Driver {
                     let gamer_id = self.config.gamer_id.clone();
                     if !self.emit(ClientEvent::Connected { gamer_id }).await {
                         return;
+                    }
+                    for status in early_statuses {
+                        if !self.emit(ClientEvent::SessionStatus(status)).await {
+                            return;
+                        }
                     }
                     let end = self.session(socket, heartbeat).await;
                     self.set_connected(false);
@@ -772,8 +791,10 @@ impl Driver {
         }
     }
 
-    /// Connects and registers; returns the socket and the heartbeat period to use.
-    async fn connect(&mut self) -> Result<(Socket, Duration)> {
+    /// Connects and registers; returns the socket, the heartbeat period to use and the
+    /// `session_status` messages that came before the acknowledgement (at most
+    /// [`MAX_EARLY_STATUSES`]), to be reported once connected.
+    async fn connect(&mut self) -> Result<(Socket, Duration, Vec<SessionStatus>)> {
         let url = self.config.url.clone();
         let options = p2c2r_net::ConnectOptions {
             token: self.config.token.clone(),
@@ -800,6 +821,7 @@ impl Driver {
             .await
             .map_err(|e| ClientError::Connect { url: url.clone(), reason: e.to_string() })?;
         let deadline = tokio::time::Instant::now() + self.config.register_timeout;
+        let mut early = Vec::new();
         loop {
             let frame = match tokio::time::timeout_at(deadline, socket.next()).await {
                 Err(_) => return Err(ClientError::Registration("no registration_ack in time".into())),
@@ -816,9 +838,13 @@ impl Driver {
                     if let Some(ms) = ack.heartbeat_interval_ms.filter(|ms| *ms > 0) {
                         heartbeat = heartbeat.min(Duration::from_millis(ms));
                     }
-                    return Ok((socket, heartbeat.max(Duration::from_millis(10))));
+                    return Ok((socket, heartbeat.max(Duration::from_millis(10)), early));
                 }
                 Ok(Message::Error(e)) => return Err(ClientError::RegistrationRefused(e)),
+                Ok(Message::SessionStatus(status)) if early.len() < MAX_EARLY_STATUSES => early.push(status),
+                Ok(Message::SessionStatus(status)) => {
+                    tracing::debug!(session_id = %status.session_id, "session_status before registration: dropped")
+                }
                 Ok(_) | Err(_) => continue,
             }
         }
@@ -911,6 +937,13 @@ impl Driver {
                                 match waiter {
                                     Some(w) => { let _ = w.send(Err(ClientError::Rejected(error))); }
                                     None => { let _ = self.events.send(ClientEvent::Error(error)).await; }
+                                }
+                            }
+                            Ok(Message::SessionStatus(status)) => {
+                                if self.events.send(ClientEvent::SessionStatus(status)).await.is_err()
+                                    && self.commands.is_closed()
+                                {
+                                    break SessionEnd::Closed(None);
                                 }
                             }
                             Ok(other) => tracing::trace!(msg_type = other.msg_type(), "ignored frame"),

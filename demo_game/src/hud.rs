@@ -32,6 +32,14 @@ pub struct HudData {
     /// How long an unanswered tick may wait before the local fallback (adapts to the
     /// round trip), ms.
     pub fallback_timeout_ms: f64,
+    /// Smoothed round trip of physics ticks, ms (what the fallback timeout follows).
+    pub round_trip_ms: Option<f64>,
+    /// Its smoothed variation (jitter), ms.
+    pub round_trip_jitter_ms: f64,
+    /// Results the playout keeps in reserve against jitter, ticks.
+    pub playout_ticks: usize,
+    /// How the coordinator replicates the physics session.
+    pub replicas: Replicas,
     /// Physics ticks completed per second (peers and fallback).
     pub ticks_per_s: f64,
     /// Dynamic rigid bodies.
@@ -54,6 +62,46 @@ pub struct HudData {
     pub embedded_coordinator: bool,
     /// Last notice (peer added, killed, ...).
     pub notice: Option<String>,
+}
+
+/// How the coordinator replicates the physics session (its latest `session_status`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Replicas {
+    /// Replicas wanted (0: no status received, 1: not replicated).
+    pub wanted: u8,
+    /// Replicas in step now.
+    pub live: u8,
+    /// A hidden second replica audits the session.
+    pub audited: bool,
+    /// Only answers two replicas agree on are delivered.
+    pub strict: bool,
+    /// Ticks on which replicas disagreed.
+    pub disagreements: u64,
+    /// Corrections the coordinator sent.
+    pub corrections: u64,
+}
+
+impl Replicas {
+    /// `replicas 2/2 · strict · disagreements 0 · corrections 0`, `replicas 2/1 · audited
+    /// · ...`, or `not replicated` (with the counts when some were recorded earlier).
+    pub fn line(&self) -> String {
+        let counts = format!("disagreements {} · corrections {}", self.disagreements, self.corrections);
+        if self.wanted <= 1 && !self.audited {
+            return if self.disagreements == 0 && self.corrections == 0 {
+                "not replicated".to_owned()
+            } else {
+                format!("not replicated · {counts}")
+            };
+        }
+        let mut s = format!("replicas {}/{}", self.live, self.wanted);
+        if self.audited {
+            s.push_str(" · audited");
+        }
+        if self.strict {
+            s.push_str(" · strict");
+        }
+        format!("{s} · {counts}")
+    }
 }
 
 /// The key help line.
@@ -86,6 +134,15 @@ pub fn hud_text(d: &HudData) -> String {
         ms(d.rtt_ms_p99),
         d.fallback_timeout_ms
     );
+    let _ = writeln!(
+        s,
+        "round trip: {} ms ± {:.1}   playout buffer: {} tick{}",
+        d.round_trip_ms.map_or("-".to_owned(), |v| format!("{v:.1}")),
+        d.round_trip_jitter_ms,
+        d.playout_ticks,
+        if d.playout_ticks == 1 { "" } else { "s" }
+    );
+    let _ = writeln!(s, "session: {}", d.replicas.line());
     let _ = writeln!(s, "ticks/s: {:.0}", d.ticks_per_s);
     let _ = writeln!(s, "bodies: {}   agents: {}", d.bodies, d.agents);
     let _ = writeln!(
@@ -140,6 +197,10 @@ mod tests {
             bytes_recv_per_s: 2_500_000.0,
             bytes_sent_per_body_tick: 0.07,
             bytes_recv_per_body_tick: 1.25,
+            round_trip_ms: Some(62.04),
+            round_trip_jitter_ms: 4.8,
+            playout_ticks: 2,
+            replicas: Replicas { wanted: 2, live: 2, strict: true, ..Default::default() },
             ..Default::default()
         });
         for needle in [
@@ -154,11 +215,52 @@ mod tests {
             "1.5 kB",
             "2.5 MB",
             "K kill",
+            "round trip: 62.0 ms ± 4.8",
+            "playout buffer: 2 ticks",
+            "session: replicas 2/2 · strict · disagreements 0 · corrections 0",
         ] {
             assert!(text.contains(needle), "{needle:?} missing from\n{text}");
         }
         let text = hud_text(&HudData { mode: Mode::LocalFallback, ..Default::default() });
         assert!(text.contains("LOCAL FALLBACK"), "{text}");
         assert!(text.contains("p50 - / p99 -"), "{text}");
+        assert!(text.contains("round trip: - ms"), "{text}");
+        assert!(text.contains("session: not replicated"), "{text}");
+    }
+
+    #[test]
+    fn the_replica_line_says_how_the_session_is_replicated() {
+        let line = |r: Replicas| r.line();
+        assert_eq!(line(Replicas::default()), "not replicated");
+        assert_eq!(line(Replicas { wanted: 1, live: 1, ..Default::default() }), "not replicated");
+        assert_eq!(
+            line(Replicas {
+                wanted: 2,
+                live: 1,
+                audited: true,
+                disagreements: 3,
+                corrections: 1,
+                ..Default::default()
+            }),
+            "replicas 1/2 · audited · disagreements 3 · corrections 1"
+        );
+        assert_eq!(
+            line(Replicas { wanted: 3, live: 3, ..Default::default() }),
+            "replicas 3/3 · disagreements 0 · corrections 0"
+        );
+        assert_eq!(
+            line(Replicas { wanted: 1, live: 1, corrections: 2, ..Default::default() }),
+            "not replicated · disagreements 0 · corrections 2"
+        );
+        // Whatever the coordinator sends, the line is made.
+        let odd = Replicas {
+            wanted: 255,
+            live: 255,
+            audited: true,
+            strict: true,
+            disagreements: u64::MAX,
+            corrections: u64::MAX,
+        };
+        assert!(line(odd).starts_with("replicas 255/255 · audited · strict"), "{}", line(odd));
     }
 }

@@ -10,7 +10,7 @@ use bevy_p2c2r::{
 };
 
 use crate::cli::Args;
-use crate::hud::Mode;
+use crate::hud::{Mode, Replicas};
 use crate::level::{BodyShape, Level};
 
 /// Adds the plugin with its embedded cluster (`--peers` in-process peers, presenting
@@ -152,6 +152,14 @@ pub struct OffloadStats {
     pub rtt_ms_p99: Option<f64>,
     /// The fallback timeout now (adapted to the round trip), ms.
     pub fallback_timeout_ms: f64,
+    /// Smoothed round trip of physics ticks, ms.
+    pub round_trip_ms: Option<f64>,
+    /// Its smoothed variation, ms.
+    pub round_trip_variation_ms: f64,
+    /// The playout buffer's target depth, ticks.
+    pub playout_target_ticks: usize,
+    /// How the coordinator replicates the physics session.
+    pub replicas: Replicas,
     /// Physics results from peers applied.
     pub physics_results_from_peers: u64,
     /// AI results from peers applied.
@@ -190,6 +198,17 @@ pub fn stats(world: &World) -> OffloadStats {
         rtt_ms_p50: s.rtt_ms_p50(),
         rtt_ms_p99: s.rtt_ms_p99(),
         fallback_timeout_ms: s.fallback_timeout_ms,
+        round_trip_ms: s.round_trip_ms,
+        round_trip_variation_ms: s.round_trip_variation_ms,
+        playout_target_ticks: s.playout_target_ticks,
+        replicas: Replicas {
+            wanted: s.replicas_wanted,
+            live: s.replicas_live,
+            audited: s.replication_audited,
+            strict: s.replication_strict,
+            disagreements: s.replica_disagreements,
+            corrections: s.replica_corrections,
+        },
         physics_results_from_peers: s.physics_results_from_peers,
         ai_results_from_peers: s.ai_results_from_peers,
         fallback_ticks: s.fallback_ticks,

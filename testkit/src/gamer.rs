@@ -137,7 +137,7 @@ impl Gamer {
     }
 
     /// The next outcome on the event stream (tasks sent with [`send`](Self::send)),
-    /// skipping connection notices; panics on an error, an undelivered task, a lost
+    /// skipping connection notices and `session_status` reports; panics on an error, an undelivered task, a lost
     /// connection, or after `3 × WAIT`.
     pub async fn next_outcome(&mut self) -> TaskOutcome {
         let deadline = tokio::time::Instant::now() + 3 * WAIT;
@@ -148,7 +148,7 @@ impl Gamer {
                 .expect("the client ended");
             match event {
                 ClientEvent::Result(outcome) => return outcome,
-                ClientEvent::Connected { .. } => continue,
+                ClientEvent::Connected { .. } | ClientEvent::SessionStatus(_) => continue,
                 other => panic!("expected a task outcome, got {other:?}"),
             }
         }
