@@ -56,6 +56,11 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub peers: Option<u32>,
 
+    /// Peers the in-process coordinator runs each physics session on (1–5; start at least
+    /// as many with --peers). Ignored with --coordinator: the deployment decides.
+    #[arg(long, value_name = "R", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub replicas: u8,
+
     /// Level file: a path, or a path relative to the assets folder.
     #[arg(long, value_name = "PATH", default_value = crate::level::DEFAULT_LEVEL)]
     pub level: String,

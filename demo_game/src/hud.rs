@@ -82,25 +82,25 @@ pub struct Replicas {
 }
 
 impl Replicas {
-    /// `replicas 2/2 · strict · disagreements 0 · corrections 0`, `replicas 2/1 · audited
-    /// · ...`, or `not replicated` (with the counts when some were recorded earlier).
+    /// `replicas 2/2, strict, disagreements 0, corrections 0`, `replicas 2/1, audited
+    ///, ...`, or `not replicated` (with the counts when some were recorded earlier).
     pub fn line(&self) -> String {
-        let counts = format!("disagreements {} · corrections {}", self.disagreements, self.corrections);
+        let counts = format!("disagreements {}, corrections {}", self.disagreements, self.corrections);
         if self.wanted <= 1 && !self.audited {
             return if self.disagreements == 0 && self.corrections == 0 {
                 "not replicated".to_owned()
             } else {
-                format!("not replicated · {counts}")
+                format!("not replicated, {counts}")
             };
         }
         let mut s = format!("replicas {}/{}", self.live, self.wanted);
         if self.audited {
-            s.push_str(" · audited");
+            s.push_str(", audited");
         }
         if self.strict {
-            s.push_str(" · strict");
+            s.push_str(", strict");
         }
-        format!("{s} · {counts}")
+        format!("{s}, {counts}")
     }
 }
 
@@ -136,7 +136,7 @@ pub fn hud_text(d: &HudData) -> String {
     );
     let _ = writeln!(
         s,
-        "round trip: {} ms ± {:.1}   playout buffer: {} tick{}",
+        "round trip: {} ms +/- {:.1}   playout buffer: {} tick{}",
         d.round_trip_ms.map_or("-".to_owned(), |v| format!("{v:.1}")),
         d.round_trip_jitter_ms,
         d.playout_ticks,
@@ -215,9 +215,9 @@ mod tests {
             "1.5 kB",
             "2.5 MB",
             "K kill",
-            "round trip: 62.0 ms ± 4.8",
+            "round trip: 62.0 ms +/- 4.8",
             "playout buffer: 2 ticks",
-            "session: replicas 2/2 · strict · disagreements 0 · corrections 0",
+            "session: replicas 2/2, strict, disagreements 0, corrections 0",
         ] {
             assert!(text.contains(needle), "{needle:?} missing from\n{text}");
         }
@@ -242,15 +242,15 @@ mod tests {
                 corrections: 1,
                 ..Default::default()
             }),
-            "replicas 1/2 · audited · disagreements 3 · corrections 1"
+            "replicas 1/2, audited, disagreements 3, corrections 1"
         );
         assert_eq!(
             line(Replicas { wanted: 3, live: 3, ..Default::default() }),
-            "replicas 3/3 · disagreements 0 · corrections 0"
+            "replicas 3/3, disagreements 0, corrections 0"
         );
         assert_eq!(
             line(Replicas { wanted: 1, live: 1, corrections: 2, ..Default::default() }),
-            "not replicated · disagreements 0 · corrections 2"
+            "not replicated, disagreements 0, corrections 2"
         );
         // Whatever the coordinator sends, the line is made.
         let odd = Replicas {
@@ -261,6 +261,6 @@ mod tests {
             disagreements: u64::MAX,
             corrections: u64::MAX,
         };
-        assert!(line(odd).starts_with("replicas 255/255 · audited · strict"), "{}", line(odd));
+        assert!(line(odd).starts_with("replicas 255/255, audited, strict"), "{}", line(odd));
     }
 }

@@ -21,6 +21,7 @@ pub fn add_plugin(app: &mut App, args: &Args, level: &Level) {
     let mut plugin = P2c2rPlugin::embedded()
         .embedded_peers(args.initial_peers())
         .embedded_peer_access(args.peer_access())
+        .embedded_replicas(args.replicas)
         .tick_rate(args.tick_hz)
         .gravity(Vec3::from(level.gravity));
     if let Some(url) = &args.coordinator {
