@@ -344,6 +344,13 @@ impl Group {
         self.setup
     }
 
+    /// Sets the setup its replicas must have, if it has none yet.
+    pub fn settle_setup(&mut self, setup: Option<u64>) {
+        if self.setup.is_none() {
+            self.setup = setup;
+        }
+    }
+
     /// Whether a copy of this task is out or logged: a gamer may not reuse its id (a
     /// second request under a tracked id would be compared with the first one's answers).
     pub fn tracks(&self, task_id: &str) -> bool {

@@ -1576,8 +1576,16 @@ impl State {
                 return;
             }
             let empty = entry.group.live().is_empty();
-            let setup = entry.group.setup();
             let live = entry.group.live().len();
+            if entry.group.setup().is_none() {
+                // Its first tick came before any peer declaring a setup: take the largest
+                // class now there is one.
+                let class = self.sched.largest_setup_class(p2c2r_protocol::task_types::PHYSICS_STEP);
+                let Some(entry) = self.group_mut(gamer, session) else { return };
+                entry.group.settle_setup(class.map(|(setup, _)| setup));
+            }
+            let Some(entry) = self.group_mut(gamer, session) else { return };
+            let setup = entry.group.setup();
             let capacity = match setup {
                 Some(setup) => self.sched.replica_capacity_of(p2c2r_protocol::task_types::PHYSICS_STEP, setup),
                 None => usize::from(empty),

@@ -73,6 +73,21 @@ async fn assignment(peer: &mut Client, n: u64) -> TaskAssignment {
     a
 }
 
+/// Tick `n`, submitted: both replicas get it; `first` answers honestly and its answer
+/// reaches the gamer, then `second` answers, with a lie when `lies`.
+async fn answer_tick(
+    gamer: &mut Client,
+    (first, second): (&mut Client, &mut Client),
+    n: u64,
+    lies: bool,
+    statuses: &mut Vec<SessionStatus>,
+) {
+    let (t1, t2) = (assignment(first, n).await, assignment(second, n).await);
+    first.answer(&t1, &honest(n)).await;
+    assert_eq!(next_result(gamer, statuses).await.result.json(), Some(honest(n).as_str()));
+    second.answer(&t2, &if lies { lie(n) } else { honest(n) }).await;
+}
+
 /// A peer's next error, skipping the assignments before it.
 async fn next_error(peer: &mut Client) -> p2c2r_protocol::ErrorMessage {
     loop {
@@ -180,10 +195,7 @@ async fn a_tie_is_settled_by_a_third_peer_replaying_the_log_from_the_snapshot() 
         if n > 0 {
             submit(&mut gamer, n).await;
         }
-        let (ta, tl) = (assignment(&mut a, n).await, assignment(&mut liar, n).await);
-        a.answer(&ta, &honest(n)).await;
-        next_result(&mut gamer, &mut statuses).await;
-        liar.answer(&tl, &if n == 2 { lie(n) } else { honest(n) }).await;
+        answer_tick(&mut gamer, (&mut a, &mut liar), n, n == 2, &mut statuses).await;
     }
     // One against one: the judge replays the log, snapshot first, and settles it.
     for n in 0..=2 {
@@ -212,10 +224,7 @@ async fn a_tie_nothing_can_settle_restarts_the_session_on_fresh_replicas() {
     let mut statuses = Vec::new();
     for n in 0..2 {
         submit(&mut gamer, n).await;
-        let (ta, tb) = (assignment(&mut a, n).await, assignment(&mut b, n).await);
-        a.answer(&ta, &honest(n)).await;
-        next_result(&mut gamer, &mut statuses).await;
-        b.answer(&tb, &if n == 1 { lie(n) } else { honest(n) }).await;
+        answer_tick(&mut gamer, (&mut a, &mut b), n, n == 1, &mut statuses).await;
     }
     // No third peer: who lied cannot be told. Neither is trusted (both replicas are
     // dropped: the gamer is told), nobody is quarantined.
@@ -333,10 +342,7 @@ async fn an_audited_session_runs_on_a_hidden_second_replica_and_a_lie_is_settled
         if n > 0 {
             submit(&mut gamer, n).await;
         }
-        let (ta, tl) = (assignment(&mut a, n).await, assignment(&mut liar, n).await);
-        a.answer(&ta, &honest(n)).await;
-        assert_eq!(next_result(&mut gamer, &mut statuses).await.result.json(), Some(honest(n).as_str()));
-        liar.answer(&tl, &if n == 1 { lie(n) } else { honest(n) }).await;
+        answer_tick(&mut gamer, (&mut a, &mut liar), n, n == 1, &mut statuses).await;
     }
     let status = statuses.last().unwrap();
     assert!(status.audited && status.replicas_wanted == 2, "{statuses:?}");

@@ -8,31 +8,16 @@
 //! - peers reconnect when the coordinator restarts on the same address.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use p2c2r_protocol::physics::{BodyDesc, BodyState, BodyType, PhysicsStepRequest, Shape};
 use p2c2r_protocol::{ErrorCode, to_payload};
-use peer::{PeerConfig, PeerHandle};
+use peer::PeerConfig;
 
 mod common;
 
-use common::{gamer, success_json, within};
+use common::{gamer, start_peer, success_json, within};
 
 const DT: f32 = 1.0 / 60.0;
-
-async fn start_peer(url: &str, id: &str) -> PeerHandle {
-    let peer = peer::spawn(PeerConfig {
-        coordinator_url: url.to_owned(),
-        peer_id: Some(id.into()),
-        max_concurrent_tasks: Some(2),
-        reconnect_backoff_min: Duration::from_millis(20),
-        reconnect_backoff_max: Duration::from_millis(200),
-        ..Default::default()
-    })
-    .await;
-    within("the peer to register", peer.wait_for(|s| s.connected)).await;
-    peer
-}
 
 fn ground() -> BodyDesc {
     BodyDesc::new(0, Shape::Box { half_extents: [20.0, 0.5, 20.0] }, [0.0, -0.5, 0.0]).with_body_type(BodyType::Fixed)

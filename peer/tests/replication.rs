@@ -13,27 +13,13 @@ use std::time::Duration;
 use p2c2r_protocol::physics::{BodyDesc, BodyState, BodyType, PhysicsStepRequest, PhysicsStepResult, Shape};
 use p2c2r_protocol::{Capabilities, ErrorCode, Message, Payload};
 use p2c2r_sim::physics::PhysicsWorld;
-use peer::{PeerConfig, PeerHandle, SessionStore, run_task_payload};
+use peer::{PeerHandle, SessionStore, run_task_payload};
 
 mod common;
 
-use common::{Client, eventually, gamer, within};
+use common::{Client, eventually, gamer, start_peer};
 
 const DT: f32 = 1.0 / 60.0;
-
-async fn start_peer(url: &str, id: &str) -> PeerHandle {
-    let peer = peer::spawn(PeerConfig {
-        coordinator_url: url.to_owned(),
-        peer_id: Some(id.into()),
-        max_concurrent_tasks: Some(2),
-        reconnect_backoff_min: Duration::from_millis(20),
-        reconnect_backoff_max: Duration::from_millis(200),
-        ..Default::default()
-    })
-    .await;
-    within("the peer to register", peer.wait_for(|s| s.connected)).await;
-    peer
-}
 
 fn replicated(replicas: u8) -> coordinator::Config {
     coordinator::Config {

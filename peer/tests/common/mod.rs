@@ -10,6 +10,22 @@ pub use p2c2r_testkit::gamer::{self, success_json};
 pub use p2c2r_testkit::server::{Conn, listener};
 pub use p2c2r_testkit::wait::{WAIT, eventually, within};
 
+/// Starts an in-process peer of `url` named `id` (two tasks at once, quick reconnects)
+/// and waits until it is registered.
+pub async fn start_peer(url: &str, id: &str) -> peer::PeerHandle {
+    let peer = peer::spawn(peer::PeerConfig {
+        coordinator_url: url.to_owned(),
+        peer_id: Some(id.into()),
+        max_concurrent_tasks: Some(2),
+        reconnect_backoff_min: std::time::Duration::from_millis(20),
+        reconnect_backoff_max: std::time::Duration::from_millis(200),
+        ..Default::default()
+    })
+    .await;
+    within("the peer to register", peer.wait_for(|s| s.connected)).await;
+    peer
+}
+
 /// `GET path` over a plain TCP connection; returns the whole response (head and body).
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
