@@ -525,9 +525,11 @@ impl Group {
             }
         }
         let forget = tick.out == 0 && !tick.logged;
+        // A tie-breaker that answered this tick and still left no majority settled nothing.
+        let broke_nothing = self.tie_breaker.is_some_and(|tb| tick.succeeded.contains(&tb));
         if decision.tie_break && (self.tie_breaker.is_some() || !self.has_log()) {
             decision.tie_break = false;
-            if self.tie_breaker.is_none() {
+            if self.tie_breaker.is_none() || broke_nothing {
                 // Nothing can say who lied: trust neither. Every replica is retired, and
                 // the session restarts from the gamer's next snapshot.
                 decision.unsettled = true;
@@ -674,6 +676,19 @@ mod tests {
         assert!(d.unsettled && !d.tie_break);
         assert_eq!(d.retire, [0, 1]);
         assert!(d.liars.is_empty());
+    }
+
+    #[test]
+    fn three_different_answers_settle_nothing() {
+        let mut g = group(2, false);
+        g.submitted(logged("t1"), true, 2, &config());
+        g.outcome("t1", 0, answer("p1", OK_A));
+        assert!(g.outcome("t1", 1, answer("p2", OK_B)).tie_break);
+        let tb = g.start_tie_breaker().unwrap();
+        g.replaying("t1", 1);
+        let d = g.outcome("t1", tb, answer("p3", r#"{"status":"success","digest":"c"}"#));
+        assert!(d.unsettled && d.liars.is_empty(), "{d:?}");
+        assert_eq!(d.retire.len(), 3, "every replica, the tie-breaker too");
     }
 
     #[test]

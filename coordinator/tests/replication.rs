@@ -356,3 +356,36 @@ async fn an_audited_session_runs_on_a_hidden_second_replica_and_a_lie_is_settled
     assert_eq!((stats.replica_disagreements, stats.peers_caught_lying), (1, 1), "{stats:?}");
     coord.shutdown().await;
 }
+
+/// An attack on the comparison itself: a gamer reusing a task id its replicas already
+/// answered (with another request under it) would make an honest answer look outvoted.
+/// The id is refused while the coordinator holds answers under it; nobody is quarantined.
+#[tokio::test]
+async fn a_gamer_cannot_reuse_a_task_id_to_get_honest_peers_quarantined() {
+    let coord = start(replicated(2)).await;
+    let url = coord.url();
+    let (mut a, mut b) = (peer(&url, "a").await, peer(&url, "b").await);
+    let mut gamer = Client::gamer(&url, "g").await;
+    let mut statuses = Vec::new();
+    submit(&mut gamer, 0).await;
+    answer_tick(&mut gamer, (&mut a, &mut b), 0, false, &mut statuses).await;
+    // The same id again, with another request: refused.
+    gamer.submit("t0", task_types::PHYSICS_STEP, &tick(1), Some("world")).await;
+    let refusal = loop {
+        match gamer.recv().await {
+            Message::Error(e) => break e,
+            Message::SessionStatus(_) => continue,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    };
+    assert_eq!(refusal.code, ErrorCode::DuplicateTask, "{refusal:?}");
+    // A coordinator-only task type is refused too.
+    gamer.submit("t9", task_types::PHYSICS_STEP_FULL, &tick(1), Some("world")).await;
+    assert_eq!(gamer.recv_error().await.code, ErrorCode::InvalidMessage);
+    // And so is another task type on the replicated session.
+    gamer.submit("t10", task_types::AI_NAVIGATE, "{}", Some("world")).await;
+    assert_eq!(gamer.recv_error().await.code, ErrorCode::InvalidMessage);
+    let stats = gamer.stats().await;
+    assert_eq!((stats.peers_quarantined, stats.replica_disagreements), (0, 0), "{stats:?}");
+    coord.shutdown().await;
+}
