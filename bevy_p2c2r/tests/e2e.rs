@@ -236,8 +236,9 @@ fn killing_the_peer_falls_back_without_a_stall_and_hands_back() {
 }
 
 /// With two replicas, the death of the serving peer costs no frame: the other replica's
-/// results continue the session (no fallback tick, no tick skipped, no resync), and a
-/// third peer becomes a replica by replaying the session's log in the background.
+/// results continue the session (no fallback tick, no tick skipped, no resync), while a
+/// third peer joins (as a replacement replaying the session's log: asserted with the
+/// coordinator's counters in `peer/tests/replication.rs`).
 #[test]
 fn with_two_replicas_killing_the_serving_peer_costs_no_frame() {
     let mut cluster = Cluster::replicated(2);

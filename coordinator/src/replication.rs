@@ -531,9 +531,11 @@ impl Group {
             decision.tie_break = false;
             if self.tie_breaker.is_none() || broke_nothing {
                 // Nothing can say who lied: trust neither. Every replica is retired, and
-                // the session restarts from the gamer's next snapshot.
+                // the session restarts on fresh replicas; the gamer may hold the lie, so
+                // their first tick is a full state.
                 decision.unsettled = true;
                 decision.retire = self.live.clone();
+                self.correction_due = !strict;
             }
         }
         if !decision.liars.is_empty() && !strict {
@@ -676,6 +678,7 @@ mod tests {
         assert!(d.unsettled && !d.tie_break);
         assert_eq!(d.retire, [0, 1]);
         assert!(d.liars.is_empty());
+        assert!(g.take_correction(), "the gamer may hold the lie: the next tick is a full state");
     }
 
     #[test]

@@ -1187,8 +1187,9 @@ impl State {
         live
     }
 
-    /// Quarantines a peer that kept missing deadlines: closes it (its tasks are re-queued)
-    /// and refuses its id until `until`.
+    /// Quarantines a peer (it kept missing deadlines, or was outvoted by replicas: `why`):
+    /// closes it (its tasks are re-queued, its replicas retired) and refuses its id until
+    /// `until`.
     fn quarantine_peer(&mut self, peer_id: &str, until: Instant, why: &str) {
         crate::warn_limited!("router: peer quarantined", peer_id, why, "peer quarantined");
         self.retire_replicas_on(peer_id);
@@ -1443,8 +1444,6 @@ fn check_id(field: &str, value: &str) -> Result<(), String> {
     }
 }
 
-// The replication half of `State` follows (it was added below the tests); moving the
-// tests to the end is left to whoever next reorganizes this file.
 /// Replicated and audited sessions (see [`crate::replication`]): the router's side.
 impl State {
     /// The group of a gamer's session (`session` may be a replica's scheduler session).
@@ -1462,7 +1461,7 @@ impl State {
         if self.sched.has_session(gamer, session) {
             return false;
         }
-        let class = self.sched.largest_setup_class(p2c2r_protocol::task_types::PHYSICS_STEP);
+        let class = self.sched.largest_setup_class(REPLICA_TASK_TYPE);
         let c = &self.replication;
         let (wanted, audited) = if c.strict {
             (c.replicas.max(2), false)
@@ -1580,14 +1579,14 @@ impl State {
             if entry.group.setup().is_none() {
                 // Its first tick came before any peer declaring a setup: take the largest
                 // class now there is one.
-                let class = self.sched.largest_setup_class(p2c2r_protocol::task_types::PHYSICS_STEP);
+                let class = self.sched.largest_setup_class(REPLICA_TASK_TYPE);
                 let Some(entry) = self.group_mut(gamer, session) else { return };
                 entry.group.settle_setup(class.map(|(setup, _)| setup));
             }
             let Some(entry) = self.group_mut(gamer, session) else { return };
             let setup = entry.group.setup();
             let capacity = match setup {
-                Some(setup) => self.sched.replica_capacity_of(p2c2r_protocol::task_types::PHYSICS_STEP, setup),
+                Some(setup) => self.sched.replica_capacity_of(REPLICA_TASK_TYPE, setup),
                 None => usize::from(empty),
             };
             let Some(entry) = self.group_mut(gamer, session) else { return };
@@ -1823,7 +1822,7 @@ impl State {
     fn start_tie_breaker(&mut self, gamer: &str, session: &str) {
         let Some(entry) = self.group_mut(gamer, session) else { return };
         let (setup, live) = (entry.group.setup(), entry.group.live().to_vec());
-        let capacity = setup.map_or(0, |s| self.sched.replica_capacity_of(p2c2r_protocol::task_types::PHYSICS_STEP, s));
+        let capacity = setup.map_or(0, |s| self.sched.replica_capacity_of(REPLICA_TASK_TYPE, s));
         if capacity > live.len()
             && let Some(generation) = self.group_mut(gamer, session).and_then(|e| e.group.start_tie_breaker())
         {
@@ -1894,6 +1893,11 @@ impl State {
         }
     }
 }
+
+/// What a peer must run to hold a replica: the correction step as well (P2C2R peers run
+/// both; a peer restricted to `physics_step` alone would lose its replica at the first
+/// correction).
+const REPLICA_TASK_TYPE: &str = p2c2r_protocol::task_types::PHYSICS_STEP_FULL;
 
 /// The scheduler sessions of a replica's siblings.
 fn siblings(session: &str, live: &[u32], generation: u32) -> Vec<String> {

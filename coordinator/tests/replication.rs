@@ -123,10 +123,9 @@ async fn every_replica_runs_every_tick_and_the_gamer_gets_the_first_answer_once(
         assert_eq!(result.result.json(), Some(honest(n).as_str()));
         second.answer(if n % 2 == 0 { &tb } else { &ta }, &honest(n)).await;
     }
-    // The second answers were compared, never delivered: the next thing the gamer gets
-    // is its stats.
+    // The second answers were compared, never delivered.
+    common::eventually("every tick compared", || coord.stats().ticks_compared == 5).await;
     let stats = gamer.stats().await;
-    assert_eq!(stats.ticks_compared, 5);
     assert_eq!(stats.replica_disagreements, 0);
     assert_eq!(stats.tasks_completed, 5, "one delivery per tick: {stats:?}");
     assert_eq!(stats.tasks_assigned, 10);
@@ -189,6 +188,7 @@ async fn a_tie_is_settled_by_a_third_peer_replaying_the_log_from_the_snapshot() 
     let mut gamer = Client::gamer(&url, "g").await;
     let mut statuses = Vec::new();
     submit(&mut gamer, 0).await;
+    common::eventually("tick 0 at both replicas", || coord.stats().in_flight_now == 2).await;
     // Two replicas are wanted: the third peer stays idle until there is a tie to settle.
     let mut judge = peer(&url, "judge").await;
     for n in 0..3 {
@@ -337,6 +337,7 @@ async fn an_audited_session_runs_on_a_hidden_second_replica_and_a_lie_is_settled
     let mut gamer = Client::gamer(&url, "g").await;
     let mut statuses = Vec::new();
     submit(&mut gamer, 0).await;
+    common::eventually("tick 0 at both replicas", || coord.stats().in_flight_now == 2).await;
     let mut judge = peer(&url, "judge").await;
     for n in 0..2 {
         if n > 0 {

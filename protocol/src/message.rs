@@ -361,7 +361,8 @@ pub struct StatsReport {
     pub pending_bytes_now: u64,
     /// Tasks dropped because their gamer left.
     pub tasks_dropped: u64,
-    /// Peers quarantined since start for missing deadlines in a row.
+    /// Peers quarantined since start: for missing deadlines in a row, or outvoted by the
+    /// replicas of a session.
     #[serde(default)]
     pub peers_quarantined: u64,
     /// Peers evicted for silence.

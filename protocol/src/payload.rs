@@ -9,7 +9,7 @@
 //! ([`crate::binary`]) to a connection that negotiated binary frames. To a JSON
 //! connection it travels as the JSON object `{"p2c2r_binary":"<base64>"}` in the same
 //! field, which [`Payload::binary_bytes`] turns back into the bytes: so a JSON peer can
-//! serve a binary gamer and the reverse, through one coordinator that never parses a
+//! serve a binary gamer and the reverse, through one coordinator that never re-encodes a
 //! payload (the base64 wrapping is its one transformation).
 
 use std::borrow::Cow;
