@@ -1873,8 +1873,10 @@ impl State {
         let strict = self.replication.strict;
         let conn = self.gamers.get(gamer).copied();
         let Some(entry) = self.group_mut(gamer, session) else { return };
+        // Built for every tick and copy: the session id (an allocation) is added only
+        // when it is sent.
         let status = p2c2r_protocol::SessionStatus {
-            session_id: session.to_owned(),
+            session_id: String::new(),
             replicas_wanted: entry.group.wanted(),
             replicas_live: entry.group.live().len().min(usize::from(u8::MAX)) as u8,
             audited: entry.group.audited(),
@@ -1889,6 +1891,7 @@ impl State {
         // change after it resumes.
         if let Some(conn) = conn {
             entry.told = Some(status.clone());
+            let status = p2c2r_protocol::SessionStatus { session_id: session.to_owned(), ..status };
             self.send(conn, Message::SessionStatus(status));
         }
     }

@@ -88,6 +88,44 @@ async fn answer_tick(
     second.answer(&t2, &if lies { lie(n) } else { honest(n) }).await;
 }
 
+/// A session on two replicas, `a` and `liar`, with a third peer (`judge`) connected and
+/// idle, after the judge settled a tie.
+struct Tie {
+    coord: CoordinatorHandle,
+    gamer: Client,
+    a: Client,
+    judge: Client,
+    statuses: Vec<SessionStatus>,
+}
+
+/// Plays ticks `0..ticks` on `a` and `liar` (the liar lying on the last, after `a`'s
+/// answer reached the gamer), then lets the judge replay the log and checks the liar is
+/// quarantined.
+async fn tie_settled_by_a_judge(config: Config, ticks: u64) -> Tie {
+    let coord = start(config).await;
+    let url = coord.url();
+    let (mut a, mut liar) = (peer(&url, "a").await, peer(&url, "liar").await);
+    let mut gamer = Client::gamer(&url, "g").await;
+    let mut statuses = Vec::new();
+    submit(&mut gamer, 0).await;
+    common::eventually("tick 0 at both replicas", || coord.stats().in_flight_now == 2).await;
+    // Two replicas are wanted: the third peer stays idle until there is a tie to settle.
+    let mut judge = peer(&url, "judge").await;
+    for n in 0..ticks {
+        if n > 0 {
+            submit(&mut gamer, n).await;
+        }
+        answer_tick(&mut gamer, (&mut a, &mut liar), n, n == ticks - 1, &mut statuses).await;
+    }
+    // One against one: the judge replays the log, snapshot first, and settles it.
+    for n in 0..ticks {
+        let tj = assignment(&mut judge, n).await;
+        judge.answer(&tj, &honest(n)).await;
+    }
+    assert_eq!(next_error(&mut liar).await.code, ErrorCode::Quarantined);
+    Tie { coord, gamer, a, judge, statuses }
+}
+
 /// A peer's next error, skipping the assignments before it.
 async fn next_error(peer: &mut Client) -> p2c2r_protocol::ErrorMessage {
     loop {
@@ -182,27 +220,7 @@ async fn a_peer_outvoted_by_two_replicas_is_quarantined_and_the_gamer_corrected(
 
 #[tokio::test]
 async fn a_tie_is_settled_by_a_third_peer_replaying_the_log_from_the_snapshot() {
-    let coord = start(replicated(2)).await;
-    let url = coord.url();
-    let (mut a, mut liar) = (peer(&url, "a").await, peer(&url, "liar").await);
-    let mut gamer = Client::gamer(&url, "g").await;
-    let mut statuses = Vec::new();
-    submit(&mut gamer, 0).await;
-    common::eventually("tick 0 at both replicas", || coord.stats().in_flight_now == 2).await;
-    // Two replicas are wanted: the third peer stays idle until there is a tie to settle.
-    let mut judge = peer(&url, "judge").await;
-    for n in 0..3 {
-        if n > 0 {
-            submit(&mut gamer, n).await;
-        }
-        answer_tick(&mut gamer, (&mut a, &mut liar), n, n == 2, &mut statuses).await;
-    }
-    // One against one: the judge replays the log, snapshot first, and settles it.
-    for n in 0..=2 {
-        let tj = assignment(&mut judge, n).await;
-        judge.answer(&tj, &honest(n)).await;
-    }
-    assert_eq!(next_error(&mut liar).await.code, ErrorCode::Quarantined);
+    let Tie { coord, mut gamer, mut a, mut judge, mut statuses } = tie_settled_by_a_judge(replicated(2), 3).await;
     // The judge stays as the second replica, and the next tick corrects the gamer.
     submit(&mut gamer, 3).await;
     let (ta, tj) = (assignment(&mut a, 3).await, assignment(&mut judge, 3).await);
@@ -331,28 +349,10 @@ async fn ids_with_control_characters_are_refused() {
 
 #[tokio::test]
 async fn an_audited_session_runs_on_a_hidden_second_replica_and_a_lie_is_settled_by_a_third() {
-    let coord = start(Config { audit_fraction: 1.0, ..replicated(1) }).await;
-    let url = coord.url();
-    let (mut a, mut liar) = (peer(&url, "a").await, peer(&url, "liar").await);
-    let mut gamer = Client::gamer(&url, "g").await;
-    let mut statuses = Vec::new();
-    submit(&mut gamer, 0).await;
-    common::eventually("tick 0 at both replicas", || coord.stats().in_flight_now == 2).await;
-    let mut judge = peer(&url, "judge").await;
-    for n in 0..2 {
-        if n > 0 {
-            submit(&mut gamer, n).await;
-        }
-        answer_tick(&mut gamer, (&mut a, &mut liar), n, n == 1, &mut statuses).await;
-    }
+    let Tie { coord, mut gamer, statuses, .. } =
+        tie_settled_by_a_judge(Config { audit_fraction: 1.0, ..replicated(1) }, 2).await;
     let status = statuses.last().unwrap();
     assert!(status.audited && status.replicas_wanted == 2, "{statuses:?}");
-    // One against one: the third peer replays the log and settles it.
-    for n in 0..=1 {
-        let tj = assignment(&mut judge, n).await;
-        judge.answer(&tj, &honest(n)).await;
-    }
-    assert_eq!(next_error(&mut liar).await.code, ErrorCode::Quarantined);
     let stats = gamer.stats().await;
     assert_eq!((stats.replica_disagreements, stats.peers_caught_lying), (1, 1), "{stats:?}");
     coord.shutdown().await;
