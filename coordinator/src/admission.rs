@@ -59,6 +59,29 @@ pub struct Admission {
     counts: Mutex<Counts>,
 }
 
+/// The network an address belongs to: its IPv4 `/v4` or IPv6 `/v6` prefix (an
+/// IPv4-mapped IPv6 address counts as IPv4), the rest zeroed.
+pub fn network_of(ip: IpAddr, v4: u8, v6: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(a) => IpAddr::V4(mask_v4(a, v4)),
+        IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            Some(a) => IpAddr::V4(mask_v4(a, v4)),
+            None => {
+                let bits = u128::from(a);
+                let keep = u32::from(v6.min(128));
+                let mask = if keep == 0 { 0 } else { u128::MAX << (128 - keep) };
+                IpAddr::V6(Ipv6Addr::from(bits & mask))
+            }
+        },
+    }
+}
+
+fn mask_v4(a: std::net::Ipv4Addr, prefix: u8) -> std::net::Ipv4Addr {
+    let keep = u32::from(prefix.min(32));
+    let mask = if keep == 0 { 0 } else { u32::MAX << (32 - keep) };
+    std::net::Ipv4Addr::from(u32::from(a) & mask)
+}
+
 /// The key an address is counted under: IPv4 as is, IPv6 by its /64 prefix.
 pub fn address_key(ip: IpAddr) -> IpAddr {
     match ip {

@@ -99,11 +99,31 @@ pub struct Config {
     /// Connection attempts one address (IPv6: /64) may make per second (bursts of four
     /// seconds' worth); beyond it, `429 Too Many Requests`. `None`: unlimited.
     pub max_connection_attempts_per_second: Option<u32>,
-    /// A peer that misses this many task deadlines in a row (no answer in between) is
-    /// quarantined: closed, its tasks re-queued, its id refused for `quarantine_duration`.
-    /// A miss counts once another peer has answered the same task in time, so tasks
-    /// nobody runs in time never get a peer quarantined. 0: never.
+    /// A peer that misses this many task deadlines in a row (no successful answer in
+    /// between) is quarantined: closed, its tasks re-queued, its id refused for
+    /// `quarantine_duration`. A miss counts only once an established peer (see
+    /// `established_after_answers`) has answered the same task successfully in time, on a
+    /// deadline no shorter than such work has shown it needs on the missing peer; so
+    /// tasks nobody runs in time, errors and a gamer's own fresh peers never get a peer
+    /// quarantined. 0: never.
     pub quarantine_after_misses: u32,
+    /// The misses that quarantine a peer must be on work of gamers from at least this
+    /// many different networks (see `host_prefix_v4`): one gamer alone cannot get a peer
+    /// quarantined. 1: any gamer's.
+    pub quarantine_min_gamers: u32,
+    /// Successful answers a peer must have given (its standing keeps the count across
+    /// reconnects and, with `reputation_db`, restarts) before its answers confirm another
+    /// peer's miss, and before a retried task prefers it to an unproven peer.
+    pub established_after_answers: u64,
+    /// A session whose peer answers this many ticks in a row with a resync error moves to
+    /// another peer when one can take it; 0: never.
+    pub max_resyncs_in_a_row: u32,
+    /// Addresses in one IPv4 network of this prefix length count as one network (one
+    /// origin, for `quarantine_min_gamers`). 32: every address on its own (tests on
+    /// loopback, where 127.0.0.2–9 stand for other machines).
+    pub host_prefix_v4: u8,
+    /// The same for IPv6 (48: a site).
+    pub host_prefix_v6: u8,
     /// How long a quarantined peer id is refused.
     pub quarantine_duration: Duration,
     /// Where quarantines and departed peers' standing (the capacity each has shown, its
@@ -174,6 +194,11 @@ impl Default for Config {
             max_new_sessions_per_second: Some(10),
             max_connection_attempts_per_second: Some(64),
             quarantine_after_misses: 8,
+            quarantine_min_gamers: 2,
+            established_after_answers: 16,
+            max_resyncs_in_a_row: 3,
+            host_prefix_v4: 24,
+            host_prefix_v6: 48,
             quarantine_duration: Duration::from_secs(3600),
             reputation_db: None,
             replicas: 1,

@@ -72,25 +72,74 @@ pub use router::Router;
 /// Fails at once when the configuration cannot serve: an unreadable auth file or
 /// certificate, or open mode on a non-loopback address without `insecure`.
 pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
-    let cancel = CancellationToken::new();
-    let server = Server::new(config, listener.local_addr()?)?;
-    let serve = server.serve(listener, cancel.clone());
-    tokio::pin!(serve);
-    tokio::select! {
-        result = &mut serve => return result,
-        _ = shutdown => {}
+    prepare(config)?.run(listener, shutdown).await
+}
+
+/// Opens what the coordinator needs before it may listen: the auth file, the TLS
+/// certificate and the reputation database. The binary calls it before binding its port,
+/// so that a coordinator that cannot start (a corrupt database, a missing certificate)
+/// never accepts a connection.
+pub fn prepare(config: Config) -> std::io::Result<Prepared> {
+    let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+    let auth = match &config.auth_file {
+        Some(path) => Auth::from_file(path).map_err(invalid)?,
+        None => Auth::open(),
+    };
+    let tls = config.tls.as_ref().map(tls::acceptor).transpose().map_err(|e| invalid(e.to_string()))?;
+    let reputation = match &config.reputation_db {
+        Some(path) => {
+            let (db, kept) = reputation::ReputationDb::open(path).map_err(|e| invalid(e.to_string()))?;
+            info!(
+                path = %path.display(),
+                quarantined = kept.quarantined.len(),
+                standings = kept.standings.len(),
+                "reputation database open"
+            );
+            Some((db, kept))
+        }
+        None => None,
+    };
+    Ok(Prepared { config, auth, tls, reputation })
+}
+
+/// A coordinator ready to listen ([`prepare`]).
+pub struct Prepared {
+    config: Config,
+    auth: Auth,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    reputation: Option<(reputation::ReputationDb, reputation::Kept)>,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared").field("config", &self.config).finish_non_exhaustive()
     }
-    info!("shutting down");
-    cancel.cancel();
-    serve.await
+}
+
+impl Prepared {
+    /// Runs the coordinator on `listener`; see [`run`].
+    pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+        let cancel = CancellationToken::new();
+        let server = Server::new(self, listener.local_addr()?)?;
+        let serve = server.serve(listener, cancel.clone());
+        tokio::pin!(serve);
+        tokio::select! {
+            result = &mut serve => return result,
+            _ = shutdown => {}
+        }
+        info!("shutting down");
+        cancel.cancel();
+        serve.await
+    }
 }
 
 /// Binds `addr` and runs the coordinator in the background on the current tokio runtime.
 pub async fn spawn(addr: impl ToSocketAddrs, config: Config) -> std::io::Result<CoordinatorHandle> {
+    let prepared = prepare(config)?;
     let listener = TcpListener::bind(addr).await?;
     let local_addr = listener.local_addr()?;
     let cancel = CancellationToken::new();
-    let server = Server::new(config, local_addr)?;
+    let server = Server::new(prepared, local_addr)?;
     let shared = server.shared.clone();
     let task = tokio::spawn(server.serve(listener, cancel.clone()));
     Ok(CoordinatorHandle { local_addr, cancel, task, shared })
@@ -222,26 +271,15 @@ struct Server {
 }
 
 impl Server {
-    fn new(config: Config, local: SocketAddr) -> std::io::Result<Self> {
+    fn new(prepared: Prepared, local: SocketAddr) -> std::io::Result<Self> {
+        let Prepared { config, auth, tls, reputation } = prepared;
         let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
         config.check_exposure(local).map_err(invalid)?;
-        let auth = match &config.auth_file {
-            Some(path) => Auth::from_file(path).map_err(invalid)?,
-            None => Auth::open(),
-        };
-        let tls = config.tls.as_ref().map(tls::acceptor).transpose().map_err(|e| invalid(e.to_string()))?;
         let attempts = ratelimit::AttemptLimiter::new(
             config.max_connection_attempts_per_second.map(|n| ratelimit::Rate::per_second(f64::from(n), 4.0)),
         );
         let router = Arc::new(Router::new(config.clone()));
-        if let Some(path) = &config.reputation_db {
-            let (db, kept) = reputation::ReputationDb::open(path).map_err(|e| invalid(e.to_string()))?;
-            info!(
-                path = %path.display(),
-                quarantined = kept.quarantined.len(),
-                standings = kept.standings.len(),
-                "reputation database open"
-            );
+        if let Some((db, kept)) = reputation {
             router.restore_reputation(db, kept);
         }
         let admission = Admission::new(config.max_connections_per_address, config.max_unregistered_connections);

@@ -125,6 +125,23 @@ struct Args {
     /// Task deadlines a peer may miss in a row before it is quarantined; 0: never.
     #[arg(long, default_value_t = defaults().quarantine_after_misses)]
     quarantine_after_misses: u32,
+    /// Quarantine for missed deadlines needs misses on work of gamers from this many
+    /// different networks.
+    #[arg(long, default_value_t = defaults().quarantine_min_gamers)]
+    quarantine_min_gamers: u32,
+    /// Successful answers a peer must have given before its answers confirm another
+    /// peer's miss.
+    #[arg(long, default_value_t = defaults().established_after_answers)]
+    established_after_answers: u64,
+    /// Resync errors in a row from a session's peer before the session moves; 0: never.
+    #[arg(long, default_value_t = defaults().max_resyncs_in_a_row)]
+    max_resyncs_in_a_row: u32,
+    /// IPv4 prefix length of one network (for counting gamers' networks).
+    #[arg(long, default_value_t = defaults().host_prefix_v4, value_parser = clap::value_parser!(u8).range(0..=32))]
+    host_prefix_v4: u8,
+    /// IPv6 prefix length of one network.
+    #[arg(long, default_value_t = defaults().host_prefix_v6, value_parser = clap::value_parser!(u8).range(0..=128))]
+    host_prefix_v6: u8,
     /// Milliseconds a quarantined peer id is refused.
     #[arg(long, default_value_t = ms(defaults().quarantine_duration))]
     quarantine_duration_ms: u64,
@@ -225,6 +242,11 @@ impl Args {
             max_new_sessions_per_second: nonzero(self.max_new_sessions_per_second),
             max_connection_attempts_per_second: nonzero(self.max_connection_attempts_per_second),
             quarantine_after_misses: self.quarantine_after_misses,
+            quarantine_min_gamers: self.quarantine_min_gamers,
+            established_after_answers: self.established_after_answers,
+            max_resyncs_in_a_row: self.max_resyncs_in_a_row,
+            host_prefix_v4: self.host_prefix_v4,
+            host_prefix_v6: self.host_prefix_v6,
             quarantine_duration: Duration::from_millis(self.quarantine_duration_ms),
             reputation_db: self.reputation_db.clone(),
             replicas: self.replicas,
@@ -254,10 +276,12 @@ async fn main() -> anyhow::Result<()> {
     }
     let config = args.config();
     config.check_exposure(args.listen).map_err(anyhow::Error::msg)?;
+    // Everything that can refuse to start is opened before the port is bound.
+    let prepared = coordinator::prepare(config)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    coordinator::run(listener, config, shutdown_signal()).await?;
+    prepared.run(listener, shutdown_signal()).await?;
     Ok(())
 }
 

@@ -29,9 +29,13 @@ pub use crate::scheduler::Standing;
 /// it must mean the same after a restart).
 const QUARANTINE: TableDefinition<&str, u64> = TableDefinition::new("quarantine");
 
-/// Peer id → its standing when it last left: window, misses in a row, and when it was
-/// written (milliseconds since the Unix epoch).
-const STANDING: TableDefinition<&str, (u32, u32, u64)> = TableDefinition::new("standing");
+/// Peer id → its standing when it last left: window, misses in a row, successful answers
+/// ever, and when it was written (milliseconds since the Unix epoch).
+const STANDING: TableDefinition<&str, (u32, u32, u64, u64)> = TableDefinition::new("standing.v2");
+
+/// The standing table before it counted successful answers: dropped when the database is
+/// opened (what it held is a day old at most, and worth less than a format kept for it).
+const STANDING_V1: TableDefinition<&str, (u32, u32, u64)> = TableDefinition::new("standing");
 
 /// Peer ids kept at most, in each table: the router's in-memory bound.
 pub const MAX_RECORDS: usize = crate::router::MAX_QUARANTINED;
@@ -46,15 +50,41 @@ pub const MAX_STANDING_AGE: Duration = Duration::from_secs(24 * 60 * 60);
 /// Writes waiting for the disk at most.
 const QUEUE: usize = 1024;
 
-/// Why the reputation database could not be opened.
+/// Why the reputation database could not be opened. The coordinator refuses to start on
+/// any of these rather than start afresh: starting afresh would silently lift every
+/// quarantine the file holds.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot open the reputation database {path}: {source}")]
-pub struct ReputationError {
-    /// The file.
-    pub path: PathBuf,
-    /// What redb reported.
-    #[source]
-    pub source: redb::Error,
+pub enum ReputationError {
+    /// redb could not open or read it (permissions, a lock held by another process, I/O).
+    #[error("cannot open the reputation database {path}: {source}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// What redb reported.
+        #[source]
+        source: redb::Error,
+    },
+    /// Its pages fail redb's checksums and could not be repaired.
+    #[error(
+        "the reputation database {path} is corrupt ({detail}); restore it from a backup, or move it away to start \
+         with no reputation (every quarantine in it would be lost)"
+    )]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What redb found.
+        detail: String,
+    },
+    /// The file exists and is empty: a truncated copy or a failed restore, not a database
+    /// that was never written (redb writes its header when it creates one).
+    #[error(
+        "the reputation database {path} exists but is empty (0 bytes): a truncated copy? Restore it, or remove it \
+         to start with no reputation"
+    )]
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
 }
 
 /// A quarantine read back at start: the peer id and how long it still lasts.
@@ -107,9 +137,21 @@ pub struct ReputationDb {
 impl ReputationDb {
     /// Opens (or creates) the database at `path` and returns it with what it kept: the
     /// quarantines still in force and the standings not too old (the rest is dropped).
+    /// The whole file is checked against redb's checksums first (it is small: at most
+    /// [`MAX_RECORDS`] ids a table): a file damaged outside redb is refused as
+    /// [`ReputationError::Corrupt`] instead of being trusted (where a plain open may panic
+    /// inside redb); so is an existing empty file ([`ReputationError::Empty`]).
     pub fn open(path: &Path) -> Result<(ReputationDb, Kept), ReputationError> {
-        let fail = |source: redb::Error| ReputationError { path: path.to_owned(), source };
-        let db = Database::create(path).map_err(|e| fail(e.into()))?;
+        let path_buf = || path.to_owned();
+        let fail = |source: redb::Error| match source {
+            redb::Error::Corrupted(detail) => ReputationError::Corrupt { path: path_buf(), detail },
+            source => ReputationError::Open { path: path_buf(), source },
+        };
+        if std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == 0) {
+            return Err(ReputationError::Empty { path: path_buf() });
+        }
+        let db = Database::builder().set_check_integrity_on_open(true).create(path).map_err(|e| fail(e.into()))?;
+        drop_v1_standings(&db).map_err(fail)?;
         let now = now_ms();
         let quarantined = prune(&db, now, MAX_RECORDS).map_err(fail)?;
         let standings = prune_standings(&db, now, MAX_RECORDS).map_err(fail)?;
@@ -262,8 +304,8 @@ fn prune_standings(db: &Database, now: u64, max: usize) -> Result<Vec<KeptStandi
         let mut all = Vec::new();
         for row in table.iter()? {
             let (peer, value) = row?;
-            let (window, misses_in_a_row, at) = value.value();
-            all.push((peer.value().to_owned(), Standing { window, misses_in_a_row }, at));
+            let (window, misses_in_a_row, verified, at) = value.value();
+            all.push((peer.value().to_owned(), Standing { window, misses_in_a_row, verified }, at));
         }
         // Newest first: what is cut past the bound is the least recently written.
         all.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
@@ -284,6 +326,17 @@ fn prune_standings(db: &Database, now: u64, max: usize) -> Result<Vec<KeptStandi
             age: Duration::from_millis(now.saturating_sub(at)),
         })
         .collect())
+}
+
+/// Deletes the standing table of the format before [`STANDING`], if the file has one.
+fn drop_v1_standings(db: &Database) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    let existed = txn.delete_table(STANDING_V1)?;
+    txn.commit()?;
+    if existed {
+        tracing::info!("reputation database: standings of the previous format dropped");
+    }
+    Ok(())
 }
 
 fn write_loop(db: &Database, rx: &Receiver<Write>) {
@@ -310,7 +363,7 @@ fn write(db: &Database, batch: &[Write], max: usize) -> Result<(), redb::Error> 
                     }
                 }
                 Write::Standing { peer_id, standing: s, at_ms } => {
-                    standing.insert(peer_id.as_str(), (s.window, s.misses_in_a_row, *at_ms))?;
+                    standing.insert(peer_id.as_str(), (s.window, s.misses_in_a_row, s.verified, *at_ms))?;
                 }
                 Write::Forget { peer_id } => {
                     standing.remove(peer_id.as_str())?;
@@ -379,7 +432,49 @@ mod tests {
     }
 
     fn standing(window: u32, misses_in_a_row: u32) -> Standing {
-        Standing { window, misses_in_a_row }
+        Standing { window, misses_in_a_row, verified: u64::from(window) * 10 }
+    }
+
+    #[test]
+    fn an_empty_file_is_refused_not_taken_for_a_new_database() {
+        let path = temp("empty");
+        std::fs::write(&path, b"").unwrap();
+        let error = ReputationDb::open(&path).unwrap_err();
+        assert!(matches!(error, ReputationError::Empty { .. }), "{error}");
+        assert!(error.to_string().contains("exists but is empty"), "{error}");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "the file is left as it was");
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn a_garbled_file_is_reported_corrupt_and_never_panics() {
+        let path = temp("garbled");
+        let (db, _) = ReputationDb::open(&path).unwrap();
+        for i in 0..200 {
+            db.quarantined(&format!("liar-{i}"), Duration::from_secs(3600));
+            db.standing(&format!("slow-{i}"), standing(3, 2));
+        }
+        db.close();
+        let clean = std::fs::read(&path).unwrap();
+        // Garble one region at a time past the header: every open is an error or a
+        // clean read, never a panic; and at least the pages holding data are caught.
+        let mut corrupt = 0;
+        let step = (clean.len() / 24).max(1);
+        for at in (4096..clean.len()).step_by(step) {
+            let mut bytes = clean.clone();
+            for b in &mut bytes[at..(at + 64).min(clean.len())] {
+                *b ^= 0x5a;
+            }
+            std::fs::write(&path, &bytes).unwrap();
+            let opened = std::panic::catch_unwind(|| ReputationDb::open(&path).map(|(db, kept)| (db.close(), kept)));
+            match opened.expect("opening a garbled file must not panic") {
+                Err(ReputationError::Corrupt { .. }) => corrupt += 1,
+                Err(other) => panic!("a garbled file must be reported corrupt, not: {other}"),
+                Ok(_) => {}
+            }
+        }
+        assert!(corrupt > 0, "no garbled region was caught");
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use p2c2r_protocol::{
     ErrorCode, Message, RegisterGamer, RegisterPeer, RegistrationAck, StatsReport, TaskError, TaskRequest, TaskResult,
-    codec, limits, to_payload,
+    codec, inspect::ResultKind, limits, to_payload,
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -29,7 +29,7 @@ use crate::outbound::{AssignmentFrame, OutboundTx, SendError};
 use crate::ratelimit::{Rate, TokenBucket};
 use crate::replication::{self, CopyOutcome, Decision, Delivery, Group, Logged, ReplicationConfig};
 use crate::scheduler::{
-    CompleteError, Completion, Dispatch, Expired, FailReason, Failure, PeerSpec, Scheduler, SchedulerConfig,
+    Answer, CompleteError, Completion, Dispatch, Expired, FailReason, Failure, PeerSpec, Scheduler, SchedulerConfig,
     Submission, SubmitError,
 };
 
@@ -211,6 +211,9 @@ impl Router {
             max_bytes_per_peer: (config.send_queue_bytes / 2).max(1),
             quarantine_after_misses: config.quarantine_after_misses,
             replicas_on_distinct_hosts: config.replicas_on_distinct_hosts,
+            quarantine_min_gamers: config.quarantine_min_gamers,
+            established_after_answers: config.established_after_answers,
+            max_resyncs_in_a_row: config.max_resyncs_in_a_row,
             ..SchedulerConfig::default()
         });
         let replication = ReplicationConfig {
@@ -529,6 +532,11 @@ impl Router {
     }
 
     fn handle_decoded(&self, conn: ConnId, decoded: Result<Message, (ErrorCode, String, Option<String>)>) {
+        // A result's status is read before the lock (it may mean parsing a large payload).
+        let kind = match &decoded {
+            Ok(Message::TaskResult(m)) => Some(p2c2r_protocol::inspect::result_kind(&m.result)),
+            _ => None,
+        };
         let mut state = self.lock();
         let message = match decoded {
             Ok(message) => message,
@@ -559,7 +567,11 @@ impl Router {
                 ),
             },
             Message::TaskResult(m) => match role {
-                Role::Peer(peer_id) => self.complete(&mut state, conn, &peer_id, m),
+                Role::Peer(peer_id) => {
+                    let kind =
+                        kind.unwrap_or(p2c2r_protocol::inspect::ResultKind::Error { resync: false, internal: false });
+                    self.complete(&mut state, conn, &peer_id, m, kind)
+                }
                 Role::Gamer(_) => {
                     state.send_error(conn, ErrorCode::WrongRole, "gamers cannot send task results", Some(m.task_id))
                 }
@@ -786,6 +798,11 @@ impl Router {
         // A gamer taking its id back keeps its pending tasks and sessions; their results
         // come here, after the ones that arrived while it was away.
         state.sched.add_gamer(m.gamer_id.clone());
+        if let Some(info) = state.conns.get(&conn).and_then(|c| c.info.as_ref()) {
+            let network =
+                crate::admission::network_of(info.addr.ip(), self.config.host_prefix_v4, self.config.host_prefix_v6);
+            state.sched.set_gamer_origin(&m.gamer_id, network.to_string());
+        }
         if !resumed || !state.limits.contains_key(&m.gamer_id) {
             let limits = self.gamer_limits(Instant::now());
             state.limits.insert(m.gamer_id.clone(), limits);
@@ -933,21 +950,25 @@ impl Router {
         })
     }
 
-    fn complete(&self, state: &mut State, conn: ConnId, peer_id: &str, mut m: TaskResult) {
+    fn complete(&self, state: &mut State, conn: ConnId, peer_id: &str, mut m: TaskResult, mut kind: ResultKind) {
         if let Some(reason) = self.too_large_for_json(&m.result) {
             // The gamer may speak JSON: answer with the error instead (its decoder did not
             // see this result, so it resyncs).
             let error = TaskError::new(ErrorCode::LimitExceeded, format!("the peer's result was refused: {reason}"));
             m.result = to_payload(&error.with_resync()).expect("task errors always serialize");
+            kind = ResultKind::Error { resync: true, internal: false };
         }
-        match state.sched.complete(peer_id, &m.task_id) {
+        let answer = match kind {
+            ResultKind::Success => Answer::Success,
+            ResultKind::Error { resync, internal } => Answer::Error { internal, resync },
+        };
+        match state.sched.complete(peer_id, &m.task_id, answer, Instant::now()) {
             Ok(Completion::Deliver { gamer, task_id, attempt, submitted_at, assigned_at, session_id })
                 if session_id.as_deref().is_some_and(|s| state.group_mut(&gamer, s).is_some()) =>
             {
                 let now = Instant::now();
                 state.metrics.peer_task_duration.observe(now.saturating_duration_since(assigned_at).as_secs_f64());
                 let session = session_id.expect("checked above");
-                let kind = p2c2r_protocol::inspect::result_kind(&m.result);
                 let digest = (kind == p2c2r_protocol::inspect::ResultKind::Success)
                     .then(|| replication::answer_digest(&m.result));
                 // Where replicas must be on distinct hosts, a host is one vote however many
@@ -991,6 +1012,9 @@ impl Router {
                 }
             }
             Ok(Completion::Orphaned) => debug!(peer_id, assignment = m.task_id, "result for a departed gamer dropped"),
+            Ok(Completion::Retried) => {
+                debug!(peer_id, assignment = m.task_id, "internal error; the task gets one try on another peer")
+            }
             Err(e) => {
                 debug!(peer_id, error = %e, "result refused");
                 let refers_to = Some(m.task_id);

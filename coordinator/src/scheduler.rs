@@ -84,6 +84,18 @@ pub struct SchedulerConfig {
     /// Replicas of one session never share a host (a peer's address): one machine
     /// running many peers cannot outvote the others. Off for tests on loopback.
     pub replicas_on_distinct_hosts: bool,
+    /// Confirmed misses in a streak must come from work of this many different gamer
+    /// origins ([`Scheduler::set_gamer_origin`]: the network prefix a gamer connects from)
+    /// before the peer is reported: one gamer alone, however many ids it registers from
+    /// one network, cannot get a peer quarantined. 1: any gamer's work counts.
+    pub quarantine_min_gamers: u32,
+    /// Accepted successful answers a peer must have given (ever: its standing keeps the
+    /// count) before its answers confirm another peer's miss, and before a retry prefers
+    /// it to an unproven peer. A gamer's own fresh volunteer peer cannot confirm anything.
+    pub established_after_answers: u64,
+    /// A session whose peer answers this many ticks in a row with a resync error moves to
+    /// another peer when one can take it (the peer is avoided for the session); 0: never.
+    pub max_resyncs_in_a_row: u32,
 }
 
 impl Default for SchedulerConfig {
@@ -103,6 +115,9 @@ impl Default for SchedulerConfig {
             max_bytes_per_peer: 16 * 1024 * 1024,
             quarantine_after_misses: 8,
             replicas_on_distinct_hosts: true,
+            quarantine_min_gamers: 2,
+            established_after_answers: 16,
+            max_resyncs_in_a_row: 3,
         }
     }
 }
@@ -211,6 +226,25 @@ pub struct Dispatch {
     pub deadline: Duration,
 }
 
+/// What a peer's answer says about the work, as far as the peer's standing goes (the
+/// router reads it from the result's status before calling [`Scheduler::complete`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// The work was done: the peer's window grows, its streak of misses ends, and the
+    /// misses of the peers that let this task down before may be confirmed.
+    Success,
+    /// The peer did not do the work. Errors are not completions: no window growth, no
+    /// confirmation of anyone's miss, the peer's streak goes on.
+    Error {
+        /// The peer failed on its own side (`internal`), not on the gamer's input: a
+        /// sessionless task gets one more try on another peer, and a success there counts
+        /// against this peer like a confirmed miss.
+        internal: bool,
+        /// The peer lost (or never had) the session's world.
+        resync: bool,
+    },
+}
+
 /// A task's answer accepted from its peer.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Completion {
@@ -231,6 +265,9 @@ pub enum Completion {
     },
     /// The gamer has left; drop the result.
     Orphaned,
+    /// The peer's internal error is not passed on: the task went back to the queue for
+    /// one try on another peer (call [`Scheduler::dispatch`]).
+    Retried,
 }
 
 /// What a passed deadline led to.
@@ -331,6 +368,9 @@ pub struct Standing {
     pub window: u32,
     /// Confirmed missed deadlines since its last accepted answer.
     pub misses_in_a_row: u32,
+    /// Successful answers it has given, ever (see
+    /// [`SchedulerConfig::established_after_answers`]).
+    pub verified: u64,
 }
 
 /// A task's internal key, unique for the scheduler's lifetime.
@@ -358,8 +398,11 @@ pub struct Task<P> {
     /// tried again.
     timed_out_on: Vec<PeerId>,
     /// Peers whose own attempt at it missed its deadline: each such miss counts towards
-    /// the peer's quarantine once another peer answers the task in time.
+    /// the peer's quarantine once an established peer answers the task in time.
     missed_on: Vec<PeerId>,
+    /// Peers whose internal error on it was retried elsewhere: a success elsewhere
+    /// counts against them.
+    erred_on: Vec<PeerId>,
     state: TaskState,
     /// When the task stops waiting for a peer, if there is a queue wait limit.
     give_up_at: Option<Instant>,
@@ -411,10 +454,22 @@ struct Peer {
     assigned: HashSet<TaskKey>,
     /// Sessions pinned to it.
     sessions: HashSet<(GamerId, String)>,
-    /// Answers accepted from it.
+    /// Answers accepted from it, errors included.
     completed: u64,
-    /// Deadlines missed since its last accepted answer.
+    /// Successful answers, ever (restored with its standing).
+    verified: u64,
+    /// Confirmed misses since its last successful answer.
     misses_in_a_row: u32,
+    /// The gamer origins whose work those misses were on (at most
+    /// `quarantine_min_gamers` kept: enough to decide).
+    miss_origins: Vec<String>,
+    /// Whether this streak was reported for quarantine already.
+    reported: bool,
+    /// How long work of each task type has shown it needs here: the slowest recent
+    /// successful run, decaying by an eighth per faster one (at most
+    /// [`MAX_SHOWN_TYPES`] types). A miss on a deadline shorter than this is never held
+    /// against the peer: the gamer asked for less time than such work takes here.
+    shown: HashMap<String, Duration>,
     /// See [`PeerSpec::setup`] and [`PeerSpec::host`].
     setup: Option<u64>,
     host: Option<std::net::IpAddr>,
@@ -496,6 +551,15 @@ impl Peer {
         }
     }
 
+    /// Notes how long a successful run of `task_type` took here (see [`Peer::shown`]).
+    fn record_shown(&mut self, task_type: &str, took: Duration) {
+        if let Some(shown) = self.shown.get_mut(task_type) {
+            *shown = took.max(*shown - *shown / 8);
+        } else if self.shown.len() < MAX_SHOWN_TYPES {
+            self.shown.insert(task_type.to_owned(), took);
+        }
+    }
+
     /// Stops counting a task in flight.
     fn unhold(&mut self, session: Option<(&str, &str)>, bytes: usize) {
         self.in_flight = self.in_flight.saturating_sub(1);
@@ -538,6 +602,9 @@ struct Gamer {
     parked_under: Vec<WakeKey>,
     /// Results delivered to it.
     completed: u64,
+    /// Where it connects from (a network prefix), for
+    /// [`SchedulerConfig::quarantine_min_gamers`]; its id when unknown.
+    origin: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -551,7 +618,20 @@ struct Session {
     lane: BTreeSet<TaskKey>,
     pending: u32,
     last_used: u64,
+    /// Resync errors in a row from its peer (see
+    /// [`SchedulerConfig::max_resyncs_in_a_row`]).
+    resyncs_in_a_row: u32,
+    /// Peers it moved away from after resyncs in a row: tried last (at most
+    /// [`MAX_AVOIDED`], the oldest forgotten first).
+    avoid: Vec<PeerId>,
 }
+
+/// The origin a restored streak's misses count as (see [`Scheduler::restore_standing`]).
+const REMEMBERED_ORIGIN: &str = "(remembered)";
+/// Task types whose shown duration a peer keeps.
+const MAX_SHOWN_TYPES: usize = 32;
+/// Peers a session remembers avoiding.
+const MAX_AVOIDED: usize = 4;
 
 /// Where a replica of a session may go: beside the peers its siblings are pinned to (see
 /// [`Scheduler::may_host_beside`]), on a peer of the given setup.
@@ -760,7 +840,11 @@ impl<P> Scheduler<P> {
             assigned: HashSet::new(),
             sessions: HashSet::new(),
             completed: 0,
+            verified: 0,
             misses_in_a_row: 0,
+            miss_origins: Vec::new(),
+            reported: false,
+            shown: HashMap::new(),
             setup: spec.setup,
             host: spec.host,
         };
@@ -771,13 +855,17 @@ impl<P> Scheduler<P> {
     /// A live peer's standing: what it has shown it can take, and its streak of confirmed
     /// misses.
     pub fn standing(&self, peer: &str) -> Option<Standing> {
-        self.peers.get(peer).map(|p| Standing { window: p.window, misses_in_a_row: p.misses_in_a_row })
+        self.peers.get(peer).map(|p| Standing {
+            window: p.window,
+            misses_in_a_row: p.misses_in_a_row,
+            verified: p.verified,
+        })
     }
 
     /// The standing a peer has when it registers with nothing remembered: a standing equal
     /// to it need not be kept.
     pub fn fresh_standing(&self) -> Standing {
-        Standing { window: self.config.initial_peer_capacity.max(1), misses_in_a_row: 0 }
+        Standing { window: self.config.initial_peer_capacity.max(1), misses_in_a_row: 0, verified: 0 }
     }
 
     /// Gives a peer just added ([`Scheduler::add_peer`]) the standing it had when it last
@@ -786,11 +874,28 @@ impl<P> Scheduler<P> {
     /// `quarantine_after_misses` reports the peer once. A streak already at or past the
     /// limit (a peer back from its quarantine, or a limit lowered since) is held just
     /// below it: the peer's next confirmed miss before an accepted answer reports it again.
+    /// The gamers behind the remembered misses are not remembered: they count as one
+    /// origin of their own ([`SchedulerConfig::quarantine_min_gamers`]).
     pub fn restore_standing(&mut self, peer: &str, standing: Standing) {
         let limit = self.config.quarantine_after_misses;
         let Some(p) = self.peers.get_mut(peer) else { return };
         p.window = standing.window.clamp(1, p.declared);
         p.misses_in_a_row = if limit > 0 { standing.misses_in_a_row.min(limit - 1) } else { standing.misses_in_a_row };
+        p.miss_origins.clear();
+        if p.misses_in_a_row > 0 {
+            p.miss_origins.push(REMEMBERED_ORIGIN.to_owned());
+        }
+        p.reported = false;
+        p.verified = standing.verified;
+    }
+
+    /// Records where a gamer connects from (a network prefix): confirmed misses on work
+    /// of one origin only never get a peer quarantined (see
+    /// [`SchedulerConfig::quarantine_min_gamers`]).
+    pub fn set_gamer_origin(&mut self, gamer: &str, origin: String) {
+        if let Some(g) = self.gamers.get_mut(gamer) {
+            g.origin = Some(origin);
+        }
     }
 
     /// Removes a peer and re-queues its tasks; a task that has used its attempts fails
@@ -952,6 +1057,7 @@ impl<P> Scheduler<P> {
                 tried: Vec::new(),
                 timed_out_on: Vec::new(),
                 missed_on: Vec::new(),
+                erred_on: Vec::new(),
                 state: TaskState::Queued,
                 give_up_at,
                 submitted_at: now,
@@ -1022,8 +1128,14 @@ impl<P> Scheduler<P> {
             let pinned = session.peer.as_ref().and_then(|id| self.peers.get(id).map(|p| (id, p)));
             let beside = self.pinned_siblings(gamer, &session.siblings);
             let replica = Replica { beside: &beside, setup: session.setup };
+            // Peers the session moved away from are tried last, as if they had tried it.
+            let tried: std::borrow::Cow<'_, [PeerId]> = if session.avoid.is_empty() {
+                std::borrow::Cow::Borrowed(&task.tried)
+            } else {
+                std::borrow::Cow::Owned(task.tried.iter().chain(&session.avoid).cloned().collect())
+            };
             let best = |full_types: &mut HashSet<String>| {
-                self.best_peer(&task.task_type, &task.tried, &task.timed_out_on, task.bytes, &replica, full_types)
+                self.best_peer(&task.task_type, &tried, &task.timed_out_on, task.bytes, &replica, full_types)
             };
             let target = match pinned {
                 // The session's peer does not run this tick's type and runs nothing of the
@@ -1174,9 +1286,11 @@ impl<P> Scheduler<P> {
         dropped
     }
 
-    /// The least-loaded peer with room that runs `task_type`, preferring untried ones and
-    /// never one in `excluded` (it missed this task's deadline before), nor one that may
-    /// not host a replica `beside` its session's other replicas' peers.
+    /// The least-loaded peer with room that runs `task_type`, preferring untried ones (and,
+    /// for a task that was tried before, established ones: a retry must not land on the
+    /// next of a row of fresh black holes) and never one in `excluded` (it missed this
+    /// task's deadline before), nor one that may not host a replica `beside` its session's
+    /// other replicas' peers.
     fn best_peer(
         &self,
         task_type: &str,
@@ -1199,11 +1313,13 @@ impl<P> Scheduler<P> {
             .min_by(|(a_id, a), (b_id, b)| {
                 let a_tried = tried.contains(a_id);
                 let b_tried = tried.contains(b_id);
+                let unproven = |p: &Peer| !tried.is_empty() && p.verified < self.config.established_after_answers;
                 // Compare load ratios without floats: a.in/a.cap vs b.in/b.cap.
                 let a_load = u64::from(a.in_flight) * u64::from(b.capacity());
                 let b_load = u64::from(b.in_flight) * u64::from(a.capacity());
                 a_tried
                     .cmp(&b_tried)
+                    .then(unproven(a).cmp(&unproven(b)))
                     .then(a_load.cmp(&b_load))
                     .then(a.in_flight.cmp(&b.in_flight))
                     .then(a.joined.cmp(&b.joined))
@@ -1454,8 +1570,17 @@ impl<P> Scheduler<P> {
         });
     }
 
-    /// Accepts a peer's answer to `assignment_id`, freeing its slot.
-    pub fn complete(&mut self, peer_id: &str, assignment_id: &str) -> Result<Completion, CompleteError> {
+    /// Accepts a peer's answer to `assignment_id` given at `now`, freeing its slot. What
+    /// the answer does to the peer's standing depends on `answer` (see [`Answer`]); an
+    /// internal error on a sessionless task is not delivered but tried once on another
+    /// peer ([`Completion::Retried`]).
+    pub fn complete(
+        &mut self,
+        peer_id: &str,
+        assignment_id: &str,
+        answer: Answer,
+        now: Instant,
+    ) -> Result<Completion, CompleteError> {
         let (key, attempt) =
             parse_assignment_id(assignment_id).ok_or_else(|| CompleteError::Malformed(assignment_id.to_owned()))?;
         let not_assigned = || CompleteError::NotAssigned(assignment_id.to_owned());
@@ -1469,20 +1594,54 @@ impl<P> Scheduler<P> {
             return Err(not_assigned());
         }
         self.deadlines.remove(&(due, key, attempt));
+        let took = now.saturating_duration_since(task.assigned_at);
+        let task_type = task.task_type.clone();
+        let session = task.session_id.clone().map(|s| (task.gamer.clone(), s));
+        let established = self.config.established_after_answers;
+        // Whether this peer's success may confirm others' misses: it had earned its
+        // standing before this answer, and is not in a streak of misses itself.
+        let mut confirms = false;
         if let Some(p) = self.peers.get_mut(peer_id) {
-            // It has shown it can take one more.
-            p.window = p.window.saturating_add(1).min(p.declared);
             p.completed += 1;
-            p.misses_in_a_row = 0;
+            if answer == Answer::Success {
+                confirms = p.verified >= established && p.misses_in_a_row == 0;
+                // It has shown it can take one more, and how long such work takes here.
+                p.window = p.window.saturating_add(1).min(p.declared);
+                p.verified += 1;
+                p.misses_in_a_row = 0;
+                p.miss_origins.clear();
+                p.reported = false;
+                p.record_shown(&task_type, took);
+            }
+        }
+        if let Some((gamer, session)) = &session {
+            self.count_resync(gamer, session, peer_id, answer);
+        }
+        if let Answer::Error { internal: true, .. } = answer
+            && !orphaned
+            && self.retry_elsewhere(key, peer_id)
+        {
+            return Ok(Completion::Retried);
         }
         self.release(peer_id, key);
         let task = self.remove_task(key).expect("looked up above");
         if orphaned {
             return Ok(Completion::Orphaned);
         }
-        // Answered in time here: the peers that missed it before were at fault.
-        for missed in &task.missed_on {
-            self.count_miss(missed);
+        if confirms {
+            // Answered in time here by a peer in good standing: the peers that missed it
+            // before, on a deadline such work fits there, were at fault; so were the
+            // peers whose internal error on it another peer did not reproduce.
+            let origin = self.gamers.get(&task.gamer).and_then(|g| g.origin.clone()).unwrap_or(task.gamer.clone());
+            for missed in &task.missed_on {
+                let needs = self.peers.get(missed).and_then(|p| p.shown.get(&task.task_type).copied());
+                if needs.is_none_or(|needs| task.deadline >= needs) {
+                    self.count_miss(missed, &origin);
+                }
+            }
+            for erred in &task.erred_on {
+                self.count_miss(erred, &origin);
+            }
         }
         self.counters.completed += 1;
         if let Some(g) = self.gamers.get_mut(&task.gamer) {
@@ -1498,13 +1657,72 @@ impl<P> Scheduler<P> {
         })
     }
 
-    /// A confirmed miss of `peer_id` (another peer answered the task in time): one more
-    /// in its streak, reported for quarantine when the streak reaches the limit.
-    fn count_miss(&mut self, peer_id: &str) {
+    /// Puts a sessionless task whose peer failed on its own side back in the queue for
+    /// one try on another peer that runs it, if there is one and the task has attempts
+    /// left. Returns whether it did.
+    fn retry_elsewhere(&mut self, key: TaskKey, peer_id: &str) -> bool {
+        let Some(task) = self.tasks.get(&key) else { return false };
+        let other = self.peers.iter().any(|(id, p)| {
+            id != peer_id && p.runs(&task.task_type) && !task.timed_out_on.contains(id) && !task.erred_on.contains(id)
+        });
+        if task.session_id.is_some() || !task.erred_on.is_empty() || task.attempts >= self.config.max_attempts || !other
+        {
+            return false;
+        }
+        self.release(peer_id, key);
+        let task = self.tasks.get_mut(&key).expect("looked up above");
+        task.erred_on.push(peer_id.to_owned());
+        task.timed_out_on.push(peer_id.to_owned());
+        if !task.tried.iter().any(|p| p == peer_id) {
+            task.tried.push(peer_id.to_owned());
+        }
+        task.state = TaskState::Queued;
+        self.enqueue(key);
+        true
+    }
+
+    /// Counts a session's resync errors in a row from its peer; at
+    /// `max_resyncs_in_a_row` the session leaves the peer (it is avoided for the session
+    /// from then on) so that its snapshot goes elsewhere.
+    fn count_resync(&mut self, gamer: &str, session: &str, peer_id: &str, answer: Answer) {
+        let limit = self.config.max_resyncs_in_a_row;
+        let Some(s) = self.gamers.get_mut(gamer).and_then(|g| g.sessions.get_mut(session)) else { return };
+        if s.peer.as_deref() != Some(peer_id) {
+            return;
+        }
+        match answer {
+            Answer::Error { resync: true, .. } => s.resyncs_in_a_row += 1,
+            _ => s.resyncs_in_a_row = 0,
+        }
+        if limit == 0 || s.resyncs_in_a_row < limit {
+            return;
+        }
+        s.resyncs_in_a_row = 0;
+        s.peer = None;
+        s.avoid.retain(|p| p != peer_id);
+        if s.avoid.len() >= MAX_AVOIDED {
+            s.avoid.remove(0);
+        }
+        s.avoid.push(peer_id.to_owned());
+        if let Some(p) = self.peers.get_mut(peer_id) {
+            p.sessions.remove(&(gamer.to_owned(), session.to_owned()));
+        }
+    }
+
+    /// A confirmed miss of `peer_id` on work of a gamer from `origin`: one more in its
+    /// streak, reported for quarantine (once a streak) when the streak reaches the limit
+    /// with misses on work of enough different origins.
+    fn count_miss(&mut self, peer_id: &str, origin: &str) {
+        let config = &self.config;
         let Some(p) = self.peers.get_mut(peer_id) else { return };
         p.misses_in_a_row = p.misses_in_a_row.saturating_add(1);
-        let limit = self.config.quarantine_after_misses;
-        if limit > 0 && p.misses_in_a_row == limit {
+        let enough = config.quarantine_min_gamers.max(1) as usize;
+        if p.miss_origins.len() < enough && !p.miss_origins.iter().any(|o| o == origin) {
+            p.miss_origins.push(origin.to_owned());
+        }
+        let limit = config.quarantine_after_misses;
+        if limit > 0 && p.misses_in_a_row >= limit && p.miss_origins.len() >= enough && !p.reported {
+            p.reported = true;
             self.quarantined.push(peer_id.to_owned());
         }
     }
@@ -1662,7 +1880,18 @@ mod tests {
             initial_peer_capacity: 1000,
             max_peer_capacity: 1000,
             max_tasks_per_peer: 100_000,
+            // Any gamer's work and any peer's answer count, except in the tests of those
+            // rules.
+            quarantine_min_gamers: 1,
+            established_after_answers: 0,
             ..SchedulerConfig::default()
+        }
+    }
+
+    impl<P> Scheduler<P> {
+        /// A successful answer, given now.
+        fn succeed(&mut self, peer: &str, assignment: &str) -> Result<Completion, CompleteError> {
+            self.complete(peer, assignment, Answer::Success, Instant::now())
         }
     }
 
@@ -1737,7 +1966,7 @@ mod tests {
         assert!(!s.has_session("g", "w"));
         assert_eq!(s.peer_load("p"), Some(0));
         assert_eq!(dispatch_ids(&mut s, t0), ["c"], "the slot is free for the other session");
-        assert!(matches!(s.complete("p", &assignment_id(0, 1)), Err(CompleteError::NotAssigned(_))));
+        assert!(matches!(s.succeed("p", &assignment_id(0, 1)), Err(CompleteError::NotAssigned(_))));
     }
 
     fn typed_peer(capacity: u32, types: &[&str]) -> PeerSpec {
@@ -1805,7 +2034,7 @@ mod tests {
         let d = s.dispatch(now);
         assert_eq!(task_ids(&s, &d), ["t0", "t1"]);
         assert!(s.dispatch(now).is_empty());
-        let done = s.complete("p", &d[0].assignment_id).unwrap();
+        let done = s.succeed("p", &d[0].assignment_id).unwrap();
         assert!(
             matches!(&done, Completion::Deliver { gamer, task_id, attempt: 1, .. } if gamer == "g" && task_id == "t0"),
             "{done:?}"
@@ -1874,7 +2103,7 @@ mod tests {
             assert_eq!(d.len(), 1);
             let t = s.task(d[0].key).unwrap();
             order.push(format!("{}:{}", t.gamer, t.task_id));
-            s.complete("p", &d[0].assignment_id).unwrap();
+            s.succeed("p", &d[0].assignment_id).unwrap();
         }
         assert_eq!(order, ["flood:f0", "quiet:q0", "flood:f1", "quiet:q1", "flood:f2", "flood:f3"]);
     }
@@ -1948,7 +2177,7 @@ mod tests {
         s.add_peer("b".into(), any_peer(1));
         // s2 must wait for "a"; "free" goes to "b".
         assert_eq!(dispatch_ids(&mut s, now), ["free"]);
-        s.complete("a", &d[0].assignment_id).unwrap();
+        s.succeed("a", &d[0].assignment_id).unwrap();
         let next = s.dispatch(now);
         assert_eq!(task_ids(&s, &next), ["s2"]);
         assert_eq!(next[0].peer, "a");
@@ -2010,7 +2239,7 @@ mod tests {
         assert_eq!(second[0].peer, "fast", "an untried peer is preferred");
         assert_eq!(second[0].attempt, 2);
         // The straggler's late answer is refused; the task is still pending.
-        assert!(matches!(s.complete("slow", &first[0].assignment_id), Err(CompleteError::NotAssigned(_))));
+        assert!(matches!(s.succeed("slow", &first[0].assignment_id), Err(CompleteError::NotAssigned(_))));
         s.add_peer("third".into(), any_peer(1));
         let t2 = t1 + Duration::from_secs(2);
         s.expire(t2);
@@ -2046,14 +2275,14 @@ mod tests {
         let busy = s.dispatch(t0);
         assert_eq!(busy[0].peer, "next");
         let t1 = t0 + Duration::from_secs(3);
-        s.complete("next", &busy[0].assignment_id).unwrap();
+        s.succeed("next", &busy[0].assignment_id).unwrap();
         // "only" missed the deadline: the retry goes to "next", never back to "only".
         s.expire(t1);
         let second = s.dispatch(t1);
         assert_eq!((second[0].peer.as_str(), second[0].attempt), ("next", 2));
-        assert!(s.complete("only", &first[0].assignment_id).is_err(), "the late answer is refused");
-        assert!(s.complete("next", &second[0].assignment_id).is_ok());
-        assert!(s.complete("next", &second[0].assignment_id).is_err(), "answered once only");
+        assert!(s.succeed("only", &first[0].assignment_id).is_err(), "the late answer is refused");
+        assert!(s.succeed("next", &second[0].assignment_id).is_ok());
+        assert!(s.succeed("next", &second[0].assignment_id).is_err(), "answered once only");
     }
 
     #[test]
@@ -2085,14 +2314,14 @@ mod tests {
             s.submit("g", task(&format!("t{round}")), now).unwrap();
             for d in s.dispatch(now) {
                 if d.peer == "honest" {
-                    s.complete("honest", &d.assignment_id).unwrap();
+                    s.succeed("honest", &d.assignment_id).unwrap();
                 }
             }
             now += Duration::from_secs(3);
             s.expire(now);
             for d in s.dispatch(now) {
                 assert_eq!(d.peer, "honest", "a retry never goes back to the black hole");
-                s.complete("honest", &d.assignment_id).unwrap();
+                s.succeed("honest", &d.assignment_id).unwrap();
             }
         }
         assert_eq!(s.take_quarantined(), vec!["hole".to_owned()]);
@@ -2110,16 +2339,16 @@ mod tests {
         });
         s.add_peer("new".into(), any_peer(8));
         assert_eq!(s.standing("new"), Some(s.fresh_standing()));
-        assert_eq!(s.fresh_standing(), Standing { window: 2, misses_in_a_row: 0 });
+        assert_eq!(s.fresh_standing(), Standing { window: 2, misses_in_a_row: 0, verified: 0 });
         assert_eq!(s.standing("gone"), None);
         // The window stays within 1..=declared.
         s.add_peer("small".into(), any_peer(4));
-        s.restore_standing("small", Standing { window: 7, misses_in_a_row: 0 });
+        s.restore_standing("small", Standing { window: 7, misses_in_a_row: 0, verified: 0 });
         assert_eq!((s.standing("small").unwrap().window, s.peer_capacity("small")), (4, Some(4)));
-        s.restore_standing("small", Standing { window: 0, misses_in_a_row: 0 });
+        s.restore_standing("small", Standing { window: 0, misses_in_a_row: 0, verified: 0 });
         assert_eq!(s.peer_capacity("small"), Some(1));
         // A streak at or past the limit is held just below it.
-        s.restore_standing("small", Standing { window: 1, misses_in_a_row: 9 });
+        s.restore_standing("small", Standing { window: 1, misses_in_a_row: 9, verified: 0 });
         assert_eq!(s.standing("small").unwrap().misses_in_a_row, 2);
         s.remove_peer("small");
         s.remove_peer("new");
@@ -2129,7 +2358,7 @@ mod tests {
         let t0 = Instant::now();
         s.add_gamer("g".into());
         s.add_peer("hole".into(), any_peer(8));
-        s.restore_standing("hole", Standing { window: 8, misses_in_a_row: 2 });
+        s.restore_standing("hole", Standing { window: 8, misses_in_a_row: 2, verified: 0 });
         s.add_peer("honest".into(), any_peer(8));
         let mut now = t0;
         for round in 0..3 {
@@ -2142,14 +2371,163 @@ mod tests {
             s.expire(now);
             for d in s.dispatch(now) {
                 assert_eq!(d.peer, "honest");
-                s.complete("honest", &d.assignment_id).unwrap();
+                s.succeed("honest", &d.assignment_id).unwrap();
             }
             if round == 0 {
                 assert_eq!(s.take_quarantined(), vec!["hole".to_owned()], "the remembered streak went on");
-                assert_eq!(s.standing("hole"), Some(Standing { window: 4, misses_in_a_row: 3 }));
+                assert_eq!(s.standing("hole"), Some(Standing { window: 4, misses_in_a_row: 3, verified: 0 }));
             }
         }
         assert!(s.take_quarantined().is_empty(), "reported once");
+    }
+
+    /// One task of `gamer` that `first` takes and lets pass its deadline, then `second`
+    /// answers with `answer`; returns the time after it.
+    fn missed_then_answered(
+        s: &mut Scheduler<()>,
+        gamer: &str,
+        id: &str,
+        (first, second): (&str, &str),
+        answer: Answer,
+        now: Instant,
+    ) -> Instant {
+        s.submit(gamer, task(id), now).unwrap();
+        let d = s.dispatch(now);
+        assert_eq!(d[0].peer, first);
+        let now = now + Duration::from_secs(3);
+        s.expire(now);
+        let d = s.dispatch(now);
+        assert_eq!(d[0].peer, second);
+        s.complete(second, &d[0].assignment_id, answer, now).unwrap();
+        now
+    }
+
+    #[test]
+    fn only_successes_from_established_peers_on_work_of_several_origins_confirm_misses() {
+        let mut s: Scheduler<()> = Scheduler::new(SchedulerConfig {
+            quarantine_after_misses: 2,
+            quarantine_min_gamers: 2,
+            established_after_answers: 2,
+            ..test_config()
+        });
+        for (g, origin) in [("a", "net-a"), ("a2", "net-a"), ("b", "net-b")] {
+            s.add_gamer(g.into());
+            s.set_gamer_origin(g, origin.into());
+        }
+        s.add_peer("hole".into(), any_peer(8));
+        s.add_peer("next".into(), any_peer(8));
+        let mut now = Instant::now();
+        // Errors confirm nothing, and a peer with fewer than 2 successes confirms nothing.
+        let error = Answer::Error { internal: false, resync: true };
+        now = missed_then_answered(&mut s, "a", "e1", ("hole", "next"), error, now);
+        now = missed_then_answered(&mut s, "a", "s1", ("hole", "next"), Answer::Success, now);
+        now = missed_then_answered(&mut s, "a", "s2", ("hole", "next"), Answer::Success, now);
+        assert_eq!(s.standing("hole").unwrap().misses_in_a_row, 0, "nothing confirmed yet");
+        assert_eq!(s.standing("next").unwrap().verified, 2, "errors are not verified work");
+        // Established now: its successes confirm; two misses, but on one network's work.
+        now = missed_then_answered(&mut s, "a", "s3", ("hole", "next"), Answer::Success, now);
+        now = missed_then_answered(&mut s, "a2", "s4", ("hole", "next"), Answer::Success, now);
+        assert_eq!(s.standing("hole").unwrap().misses_in_a_row, 2);
+        assert!(s.take_quarantined().is_empty(), "one network's gamers are not enough");
+        // A miss on another network's work completes it.
+        missed_then_answered(&mut s, "b", "s5", ("hole", "next"), Answer::Success, now);
+        assert_eq!(s.take_quarantined(), vec!["hole".to_owned()]);
+    }
+
+    #[test]
+    fn a_miss_on_a_deadline_shorter_than_such_work_has_shown_it_needs_is_not_held_against_it() {
+        let mut s: Scheduler<()> = Scheduler::new(SchedulerConfig { quarantine_after_misses: 1, ..test_config() });
+        s.add_gamer("g".into());
+        s.add_peer("slow".into(), any_peer(8));
+        let t0 = Instant::now();
+        // Such work has taken it 2 s (its deadline was 5 s).
+        s.submit("g", task("big"), t0).unwrap();
+        let d = s.dispatch(t0);
+        s.complete("slow", &d[0].assignment_id, Answer::Success, t0 + Duration::from_secs(2)).unwrap();
+        s.add_peer("fast".into(), any_peer(8));
+        // A task of the same type with a 1 s deadline: it misses, another peer makes it.
+        let mut short = task("short");
+        short.deadline = Duration::from_secs(1);
+        let now = t0 + Duration::from_secs(10);
+        s.submit("g", short, now).unwrap();
+        assert_eq!(s.dispatch(now)[0].peer, "slow");
+        let now = now + Duration::from_secs(2);
+        s.expire(now);
+        let d = s.dispatch(now);
+        assert_eq!(d[0].peer, "fast");
+        s.complete("fast", &d[0].assignment_id, Answer::Success, now).unwrap();
+        assert!(s.take_quarantined().is_empty());
+        assert_eq!(s.standing("slow").unwrap().misses_in_a_row, 0);
+    }
+
+    #[test]
+    fn an_internal_error_is_retried_once_elsewhere_and_a_success_there_counts_against_it() {
+        let mut s: Scheduler<()> = Scheduler::new(SchedulerConfig { quarantine_after_misses: 1, ..test_config() });
+        s.add_gamer("g".into());
+        s.add_peer("broken".into(), any_peer(8));
+        s.add_peer("ok".into(), any_peer(8));
+        let now = Instant::now();
+        let internal = Answer::Error { internal: true, resync: true };
+        s.submit("g", task("t"), now).unwrap();
+        let d = s.dispatch(now);
+        assert_eq!(d[0].peer, "broken");
+        assert_eq!(s.complete("broken", &d[0].assignment_id, internal, now), Ok(Completion::Retried));
+        assert_eq!(s.standing("broken").unwrap().window, 1000, "errors grow no window");
+        let d = s.dispatch(now);
+        assert_eq!(d[0].peer, "ok");
+        assert!(matches!(s.succeed("ok", &d[0].assignment_id), Ok(Completion::Deliver { .. })));
+        assert_eq!(s.take_quarantined(), vec!["broken".to_owned()]);
+        // Once only: a second internal error is the gamer's answer.
+        s.submit("g", task("u"), now).unwrap();
+        let d = s.dispatch(now);
+        assert_eq!(s.complete(&d[0].peer.clone(), &d[0].assignment_id, internal, now), Ok(Completion::Retried));
+        let d = s.dispatch(now);
+        assert!(matches!(
+            s.complete(&d[0].peer.clone(), &d[0].assignment_id, internal, now),
+            Ok(Completion::Deliver { .. })
+        ));
+    }
+
+    #[test]
+    fn a_session_moves_after_resyncs_in_a_row_and_avoids_the_peer() {
+        let mut s: Scheduler<()> = Scheduler::new(SchedulerConfig { max_resyncs_in_a_row: 2, ..test_config() });
+        s.add_gamer("g".into());
+        s.add_peer("amnesiac".into(), any_peer(8));
+        s.add_peer("other".into(), any_peer(8));
+        let now = Instant::now();
+        let resync = Answer::Error { internal: false, resync: true };
+        for tick in 0..2 {
+            s.submit("g", session_task(&format!("t{tick}"), "w"), now).unwrap();
+            let d = s.dispatch(now);
+            assert_eq!(d[0].peer, "amnesiac");
+            s.complete("amnesiac", &d[0].assignment_id, resync, now).unwrap();
+        }
+        assert_eq!(s.session_peer("g", "w"), None, "the session left its peer");
+        s.submit("g", session_task("t2", "w"), now).unwrap();
+        assert_eq!(s.dispatch(now)[0].peer, "other");
+    }
+
+    #[test]
+    fn a_retry_prefers_an_established_peer_to_a_fresh_one() {
+        let mut s: Scheduler<()> = Scheduler::new(SchedulerConfig { established_after_answers: 1, ..test_config() });
+        s.add_gamer("g".into());
+        s.add_peer("proven".into(), any_peer(8));
+        let now = Instant::now();
+        s.submit("g", task("warm"), now).unwrap();
+        let d = s.dispatch(now);
+        s.succeed("proven", &d[0].assignment_id).unwrap();
+        // It is busier than the fresh peers that join now.
+        let mut hold = task("hold");
+        hold.deadline = Duration::from_secs(60);
+        s.submit("g", hold, now).unwrap();
+        assert_eq!(s.dispatch(now)[0].peer, "proven");
+        s.add_peer("hole".into(), any_peer(8));
+        s.add_peer("fresh".into(), any_peer(8));
+        s.submit("g", task("t"), now).unwrap();
+        assert_eq!(s.dispatch(now)[0].peer, "hole", "a new task goes to the least loaded, fresh or not");
+        let now = now + Duration::from_secs(3);
+        s.expire(now);
+        assert_eq!(s.dispatch(now)[0].peer, "proven", "its retry goes to the established peer, busier as it is");
     }
 
     #[test]
@@ -2174,7 +2552,7 @@ mod tests {
         s.submit("g", task("honest"), now).unwrap();
         let d = s.dispatch(now);
         assert_eq!(d.len(), 1);
-        assert!(s.complete(&d[0].peer, &d[0].assignment_id).is_ok());
+        assert!(s.succeed(&d[0].peer, &d[0].assignment_id).is_ok());
     }
 
     #[test]
@@ -2202,10 +2580,10 @@ mod tests {
         s.submit("g", task("t"), Instant::now()).unwrap();
         let d = s.dispatch(Instant::now());
         let other = if d[0].peer == "a" { "b" } else { "a" };
-        assert!(matches!(s.complete(other, &d[0].assignment_id), Err(CompleteError::NotAssigned(_))));
-        assert!(matches!(s.complete(&d[0].peer, "garbage"), Err(CompleteError::Malformed(_))));
-        assert!(matches!(s.complete(&d[0].peer, "99.1"), Err(CompleteError::NotAssigned(_))));
-        assert!(s.complete(&d[0].peer, &d[0].assignment_id).is_ok());
+        assert!(matches!(s.succeed(other, &d[0].assignment_id), Err(CompleteError::NotAssigned(_))));
+        assert!(matches!(s.succeed(&d[0].peer, "garbage"), Err(CompleteError::Malformed(_))));
+        assert!(matches!(s.succeed(&d[0].peer, "99.1"), Err(CompleteError::NotAssigned(_))));
+        assert!(s.succeed(&d[0].peer, &d[0].assignment_id).is_ok());
     }
 
     #[test]
@@ -2220,7 +2598,7 @@ mod tests {
         assert_eq!(s.remove_gamer("g"), 2);
         assert_eq!(s.queued_len(), 0);
         assert_eq!(s.in_flight_len(), 1, "the peer is still busy with it");
-        assert_eq!(s.complete("p", &d[0].assignment_id), Ok(Completion::Orphaned));
+        assert_eq!(s.succeed("p", &d[0].assignment_id), Ok(Completion::Orphaned));
         assert_eq!(s.in_flight_len(), 0);
         assert_eq!(s.counters().dropped, 2);
     }
@@ -2268,7 +2646,7 @@ mod tests {
         s.add_peer("p".into(), any_peer(1));
         s.submit("g", session_task("a", "s1"), Instant::now()).unwrap();
         let d = s.dispatch(now);
-        s.complete("p", &d[0].assignment_id).unwrap();
+        s.succeed("p", &d[0].assignment_id).unwrap();
         s.submit("g", session_task("b", "s2"), Instant::now()).unwrap();
         assert_eq!(s.session_peer("g", "s1"), None);
     }
@@ -2282,7 +2660,7 @@ mod tests {
         s.submit("g", task("t"), Instant::now()).unwrap();
         let d = s.dispatch(now);
         s.add_peer("p".into(), any_peer(1));
-        assert!(s.complete("p", &d[0].assignment_id).is_err());
+        assert!(s.succeed("p", &d[0].assignment_id).is_err());
         let again = s.dispatch(now);
         assert_eq!(again[0].attempt, 2);
     }
@@ -2303,9 +2681,9 @@ mod tests {
         let mut delivered = HashSet::new();
         let mut pending: Vec<Dispatch> = s.dispatch(now);
         while let Some(d) = pending.pop() {
-            match s.complete(&d.peer, &d.assignment_id).unwrap() {
+            match s.succeed(&d.peer, &d.assignment_id).unwrap() {
                 Completion::Deliver { gamer, task_id, .. } => assert!(delivered.insert((gamer, task_id))),
-                Completion::Orphaned => panic!(),
+                other => panic!("{other:?}"),
             }
             pending.extend(s.dispatch(now));
         }
@@ -2434,14 +2812,14 @@ mod tests {
         assert_eq!(in_flight.len(), 2, "a new peer gets the initial capacity, not what it declared");
         // Each completion shows one more slot.
         let done = in_flight.remove(0);
-        s.complete("boaster", &done.assignment_id).unwrap();
+        s.succeed("boaster", &done.assignment_id).unwrap();
         assert_eq!(s.peer_capacity("boaster"), Some(3));
         let more = s.dispatch(t0);
         assert_eq!(more.len(), 2);
         in_flight.extend(more);
         for _ in 0..10 {
             let d = in_flight.remove(0);
-            s.complete("boaster", &d.assignment_id).unwrap();
+            s.succeed("boaster", &d.assignment_id).unwrap();
             in_flight.extend(s.dispatch(t0));
             assert!(s.peer_load("boaster").unwrap() <= 8);
         }
@@ -2471,7 +2849,7 @@ mod tests {
         // Answered tasks give their bytes back.
         s.add_peer("p".into(), any_peer(4));
         for d in s.dispatch(now) {
-            s.complete("p", &d.assignment_id).unwrap();
+            s.succeed("p", &d.assignment_id).unwrap();
         }
         assert_eq!(s.pending_bytes(), 0);
         s.submit("a", sized("a2", 1_000), now).unwrap();
@@ -2519,7 +2897,7 @@ mod tests {
             s.submit("honest", task(&format!("h{i}")), now).unwrap();
             let d = s.dispatch(now);
             assert_eq!(d.len(), 1);
-            s.complete("p", &d[0].assignment_id).unwrap();
+            s.succeed("p", &d[0].assignment_id).unwrap();
             assert!(s.dispatch(now).is_empty());
         }
         let examined = s.gamers_examined() - before;
@@ -2539,7 +2917,7 @@ mod tests {
         let first = s.dispatch(now);
         s.submit("g", session_task("tick1", "w"), now).unwrap();
         assert!(s.dispatch(now).is_empty(), "tick1 waits for the session's peer");
-        s.complete("a", &first[0].assignment_id).unwrap();
+        s.succeed("a", &first[0].assignment_id).unwrap();
         assert_eq!(dispatch_ids(&mut s, now), ["tick1"]);
     }
 
@@ -2581,7 +2959,7 @@ mod tests {
         assert_eq!(expired.len(), 3, "{expired:?}");
         // Nothing of the session is left on the slow peer: its late answers are refused.
         assert_eq!(s.peer_load("slow"), Some(0));
-        assert!(s.complete("slow", &first[1].assignment_id).is_err());
+        assert!(s.succeed("slow", &first[1].assignment_id).is_err());
         let moved = s.dispatch(t0 + Duration::from_secs(2));
         assert_eq!(task_ids(&s, &moved), ["t0", "t1", "t2"]);
         assert!(moved.iter().all(|d| d.peer == "fast"));
@@ -2599,7 +2977,7 @@ mod tests {
         s.submit("g", sized("small", 10), now).unwrap();
         let d = s.dispatch(now);
         assert_eq!(task_ids(&s, &d), ["huge"], "the small one waits: the peer holds its most bytes");
-        s.complete("p", &d[0].assignment_id).unwrap();
+        s.succeed("p", &d[0].assignment_id).unwrap();
         assert_eq!(dispatch_ids(&mut s, now), ["small"]);
     }
 
@@ -2633,7 +3011,7 @@ mod tests {
         s.submit("g", session_task("p0", "w"), now).unwrap();
         let d = s.dispatch(now);
         assert_eq!(d[0].peer, "phys");
-        s.complete("phys", &d[0].assignment_id).unwrap();
+        s.succeed("phys", &d[0].assignment_id).unwrap();
         s.submit("g", Submission { task_type: "ai".into(), ..session_task("a1", "w") }, now).unwrap();
         let d = s.dispatch(now);
         assert_eq!((task_ids(&s, &d), d[0].peer.as_str()), (vec!["a1".to_owned()], "ai"));
@@ -2676,7 +3054,7 @@ mod tests {
         let mut order = vec![s.task(d[0].key).unwrap().gamer.clone()];
         let before = s.gamers_examined();
         for _ in 0..99 {
-            s.complete("physics", &d[0].assignment_id).unwrap();
+            s.succeed("physics", &d[0].assignment_id).unwrap();
             d = s.dispatch(now);
             assert_eq!(d.len(), 1);
             order.push(s.task(d[0].key).unwrap().gamer.clone());
@@ -2699,11 +3077,11 @@ mod tests {
         let deadlines: Vec<u64> = d.iter().map(|d| d.deadline.as_secs()).collect();
         assert_eq!(deadlines, [2, 4, 6], "each runs after the one before it on the peer");
         // The head answers in time; the tail's deadlines are untouched by the busy queue.
-        s.complete("p", &d[0].assignment_id).unwrap();
+        s.succeed("p", &d[0].assignment_id).unwrap();
         assert!(s.expire(t0 + Duration::from_millis(3_999)).is_empty());
         // A tick sent after the pipeline drained starts its own deadline from now.
-        s.complete("p", &d[1].assignment_id).unwrap();
-        s.complete("p", &d[2].assignment_id).unwrap();
+        s.succeed("p", &d[1].assignment_id).unwrap();
+        s.succeed("p", &d[2].assignment_id).unwrap();
         s.submit("g", session_task("t3", "w"), t0).unwrap();
         assert_eq!(s.dispatch(t0 + Duration::from_secs(1))[0].deadline, Duration::from_secs(2));
     }

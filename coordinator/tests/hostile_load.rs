@@ -277,18 +277,27 @@ async fn gamers_cannot_take_the_slots_kept_for_peers() {
 
 /// A black hole: a peer that registers with plenty of room, answers pings (so it looks
 /// alive) and never answers a task. Its retries never go back to it, and after a few
-/// missed deadlines in a row it is quarantined: every honest task succeeds; and it stays
-/// quarantined across a coordinator restart (the reputation database).
+/// missed deadlines in a row, confirmed by an established peer on the work of gamers from
+/// two networks, it is quarantined: every honest task succeeds; and it stays quarantined
+/// across a coordinator restart (the reputation database).
 #[tokio::test]
 async fn a_black_hole_peer_is_quarantined_and_honest_success_stays_at_100_percent() {
     use futures_util::StreamExt;
     let db = std::env::temp_dir().join(format!("p2c2r-black-hole-{}.redb", std::process::id()));
     let _ = std::fs::remove_file(&db);
-    let config = Config { quarantine_after_misses: 3, reputation_db: Some(db.clone()), ..Config::default() };
+    let config = Config {
+        quarantine_after_misses: 3,
+        // The honest peer's first answers establish it (its later ones confirm misses).
+        established_after_answers: 4,
+        // 127.0.0.1 and 127.0.0.3 stand for two networks.
+        host_prefix_v4: 32,
+        reputation_db: Some(db.clone()),
+        ..Config::default()
+    };
     let coord = start(config.clone()).await;
     let url = coord.url();
     let caps = Capabilities { max_concurrent_tasks: Some(64), ..Default::default() };
-    let hole = Client::peer_with(&url, "hole", caps.clone()).await;
+    let hole = Client::peer_from(&url, "127.0.0.2", "hole", caps.clone()).await;
     // Reading keeps it alive (pongs); it drops every assignment and reports what it hears.
     let (heard_tx, mut heard) = tokio::sync::mpsc::unbounded_channel();
     let hole_reader = tokio::spawn(async move {
@@ -302,19 +311,30 @@ async fn a_black_hole_peer_is_quarantined_and_honest_success_stays_at_100_percen
         }
     });
     let mut honest = Client::peer_with(&url, "honest", caps.clone()).await;
-    // The victim is the real gamer client.
+    // The victims: the real gamer client, and a gamer on another network.
     let mut gamer = gamer::connect(&url, "g").await;
+    let mut elsewhere = Client::gamer_from(&url, "127.0.0.3", "g2").await;
     let mut successes = 0;
     for i in 0..40 {
         let task_id = format!("t{i}");
-        gamer.send(request(&task_id, "physics", "{}", None, Some(200)));
+        if i % 2 == 0 {
+            gamer.send(request(&task_id, "physics", "{}", None, Some(200)));
+        } else {
+            elsewhere.submit_with_deadline(&task_id, "physics", "{}", None, Some(200)).await;
+        }
         // The honest peer answers whatever reaches it, until this task's result arrives.
         loop {
             tokio::select! {
                 a = honest.recv_assignment() => honest.answer(&a, r#"{"status":"success"}"#).await,
-                r = gamer.next_outcome() => {
+                r = gamer.next_outcome(), if i % 2 == 0 => {
                     assert_eq!(r.task_id, task_id);
                     assert_eq!(result_status(success_json(&r)), Some(TaskStatus::Success), "{r:?}");
+                    successes += 1;
+                    break;
+                }
+                r = elsewhere.recv_result(), if i % 2 == 1 => {
+                    assert_eq!(r.task_id, task_id);
+                    assert_eq!(result_status(r.result.json().unwrap()), Some(TaskStatus::Success), "{r:?}");
                     successes += 1;
                     break;
                 }
@@ -382,6 +402,10 @@ async fn a_demoted_peer_keeps_its_standing_across_reconnects_and_restarts() {
     let _ = std::fs::remove_file(&db);
     let config = Config {
         quarantine_after_misses: 3,
+        // What is tested here is memory, not what confirms a miss (`trust.rs`): any
+        // peer's answer confirms, and one gamer's work counts.
+        established_after_answers: 0,
+        quarantine_min_gamers: 1,
         initial_peer_capacity: 1,
         max_peer_capacity: 8,
         // The flaky peer reads nothing while it sits on a task: it must not be evicted.

@@ -31,6 +31,8 @@ pub enum ResultKind {
     Error {
         /// The gamer must send a snapshot before the next tick.
         resync: bool,
+        /// The code is `internal`: the peer failed on its own side, not on the request.
+        internal: bool,
     },
 }
 
@@ -42,14 +44,18 @@ pub fn result_kind(payload: &Payload) -> ResultKind {
         status: Option<std::borrow::Cow<'a, str>>,
         #[serde(default)]
         resync: bool,
+        #[serde(default, borrow)]
+        code: Option<std::borrow::Cow<'a, str>>,
     }
     if payload.is_binary() || payload.binary_bytes().is_some() {
         return ResultKind::Success;
     }
     match payload.json().and_then(|text| serde_json::from_str::<Status<'_>>(text).ok()) {
         Some(Status { status: Some(s), .. }) if s == "success" => ResultKind::Success,
-        Some(Status { resync, .. }) => ResultKind::Error { resync },
-        None => ResultKind::Error { resync: false },
+        Some(Status { resync, code, .. }) => {
+            ResultKind::Error { resync, internal: code.is_some_and(|c| c == crate::ErrorCode::Internal.as_str()) }
+        }
+        None => ResultKind::Error { resync: false, internal: false },
     }
 }
 
@@ -83,10 +89,13 @@ mod tests {
         assert_eq!(result_kind(&Payload::binary(vec![1, 2, 3])), ResultKind::Success);
         assert_eq!(
             result_kind(&json(r#"{"status":"error","code":"unknown_session","resync":true}"#)),
-            ResultKind::Error { resync: true }
+            ResultKind::Error { resync: true, internal: false }
         );
-        assert_eq!(result_kind(&json(r#"{"status":"error","code":"internal"}"#)), ResultKind::Error { resync: false });
-        assert_eq!(result_kind(&json(r#"{"bodies":[]}"#)), ResultKind::Error { resync: false });
-        assert_eq!(result_kind(&json("null")), ResultKind::Error { resync: false });
+        assert_eq!(
+            result_kind(&json(r#"{"status":"error","code":"internal","resync":true}"#)),
+            ResultKind::Error { resync: true, internal: true }
+        );
+        assert_eq!(result_kind(&json(r#"{"bodies":[]}"#)), ResultKind::Error { resync: false, internal: false });
+        assert_eq!(result_kind(&json("null")), ResultKind::Error { resync: false, internal: false });
     }
 }

@@ -54,6 +54,43 @@ impl Client {
         Client::from_ws(ws)
     }
 
+    /// Connects to `url` (a `ws://` loopback URL) from the source address `from` (e.g.
+    /// `127.0.0.2`), without registering: attack tests send the attacker's traffic from
+    /// other loopback addresses than the honest clients' (per-address limits are part of
+    /// the design). Panics if that takes over [`WAIT`].
+    pub async fn connect_from(url: &str, from: &str) -> Client {
+        let request = url.into_client_request().expect("a valid URL");
+        let host = request.uri().host().expect("a host").trim_matches(['[', ']']).to_owned();
+        let port = request.uri().port_u16().expect("a port");
+        let addr: std::net::SocketAddr = (host.parse::<std::net::IpAddr>().expect("an IP address"), port).into();
+        let from: std::net::IpAddr = from.parse().expect("a source IP address");
+        let socket = if from.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() };
+        let socket = socket.expect("a socket");
+        socket.bind((from, 0).into()).expect("bind the source address");
+        let stream = within("a TCP connection", socket.connect(addr)).await.expect("connect");
+        let (ws, _) =
+            within("a WebSocket handshake", tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream)))
+                .await
+                .expect("handshake");
+        Client::from_ws(ws)
+    }
+
+    /// Connects from `from` (see [`connect_from`](Self::connect_from)) and registers as
+    /// peer `peer_id`.
+    pub async fn peer_from(url: &str, from: &str, peer_id: &str, capabilities: Capabilities) -> Client {
+        let mut c = Client::connect_from(url, from).await;
+        c.register(&register_peer(peer_id, capabilities, None)).await;
+        c
+    }
+
+    /// Connects from `from` (see [`connect_from`](Self::connect_from)) and registers as
+    /// gamer `gamer_id`.
+    pub async fn gamer_from(url: &str, from: &str, gamer_id: &str) -> Client {
+        let mut c = Client::connect_from(url, from).await;
+        c.register(&register_gamer(gamer_id, None)).await;
+        c
+    }
+
     /// Wraps a connection opened some other way (a bound source address, a token, TLS).
     pub fn from_ws(ws: Ws) -> Client {
         Client { ws, secret: None, tasks: 0, encoding: Encoding::Json }

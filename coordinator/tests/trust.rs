@@ -1,0 +1,230 @@
+//! Attacks that turn the coordinator's defences against honest peers (issue: "Trust that
+//! cannot be turned against the honest"), run end to end against the real coordinator
+//! with scripted peers: the attacker's traffic comes from 127.0.0.2, the honest clients'
+//! from 127.0.0.1 (and 127.0.0.3 for a second honest network), with
+//! `host_prefix_v4: 32` so that loopback addresses stand for different networks.
+//!
+//! Each test also runs the attack where the defence is switched off, so it shows the
+//! attack would work and that the defence is what stops it.
+
+mod common;
+
+use common::{Client, eventually};
+use coordinator::{Config, spawn};
+use p2c2r_protocol::{Capabilities, TaskStatus, task::result_status};
+
+const SUCCESS: &str = r#"{"status":"success"}"#;
+const UNKNOWN_SESSION: &str =
+    r#"{"status":"error","code":"unknown_session","message":"no such session","resync":true}"#;
+const INTERNAL: &str = r#"{"status":"error","code":"internal","message":"it broke","resync":true}"#;
+
+async fn start(config: Config) -> coordinator::CoordinatorHandle {
+    spawn("127.0.0.1:0", config).await.expect("bind loopback")
+}
+
+fn caps(slots: u32) -> Capabilities {
+    Capabilities { max_concurrent_tasks: Some(slots), ..Default::default() }
+}
+
+/// What a scripted peer does with each assignment.
+#[derive(Clone, Copy)]
+enum Script {
+    /// Answers `{}` tasks at once; swallows the attacker's (`{"attack":…}`) ones, as an
+    /// honest peer too slow for the attacker's deliberately heavy ticks would.
+    Honest,
+    /// Answers everything at once with success (the attacker's own volunteer peer).
+    YesMan,
+    /// Answers everything at once with an `internal` error and resync.
+    Broken,
+    /// Answers everything at once with `unknown_session` and resync.
+    Amnesiac,
+}
+
+/// Runs `peer` by `script` until the test ends; returns its task.
+fn serve(mut peer: Client, script: Script) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(message) = peer.try_recv().await {
+            let p2c2r_protocol::Message::TaskAssignment(a) = message else { continue };
+            let attack = a.task_data.task_data.json().is_some_and(|t| t.contains("attack"));
+            let answer = match script {
+                Script::Honest if attack => continue,
+                Script::Honest | Script::YesMan => SUCCESS,
+                Script::Broken => INTERNAL,
+                Script::Amnesiac => UNKNOWN_SESSION,
+            };
+            if !peer.try_send(&p2c2r_testkit::client::result_for(&a, answer)).await {
+                return;
+            }
+        }
+    })
+}
+
+/// Runs `count` sessionless tasks of `gamer` at once and waits for them all; returns how
+/// many succeeded.
+async fn run_batch(gamer: &mut Client, prefix: &str, count: usize, deadline_ms: u64) -> usize {
+    for i in 0..count {
+        gamer.submit_with_deadline(&format!("{prefix}{i}"), "physics", "{}", None, Some(deadline_ms)).await;
+    }
+    let mut ok = 0;
+    for _ in 0..count {
+        let r = gamer.recv_result().await;
+        if result_status(r.result.json().unwrap()) == Some(TaskStatus::Success) {
+            ok += 1;
+        }
+    }
+    ok
+}
+
+fn connected(coord: &coordinator::CoordinatorHandle, peer_id: &str) -> bool {
+    coord.fleet().peers.iter().any(|(conn, _)| conn.id == peer_id)
+}
+
+fn capacity_of(coord: &coordinator::CoordinatorHandle, peer_id: &str) -> Option<u32> {
+    coord.fleet().peers.into_iter().find(|(conn, _)| conn.id == peer_id).map(|(_, view)| view.capacity)
+}
+
+/// Attack 1 of the issue: a gamer sends physics ticks too heavy for their deadline; the
+/// honest peers miss them, and the gamer's own volunteer peer (established by answering
+/// the gamer's own cheap tasks first) answers the last attempt at once, "confirming" every
+/// miss. Returns how many of the two honest peers were quarantined.
+async fn heavy_ticks_confirmed_by_a_volunteer(quarantine_min_gamers: u32) -> u64 {
+    let coord =
+        start(Config { established_after_answers: 4, quarantine_min_gamers, host_prefix_v4: 32, ..Config::default() })
+            .await;
+    let url = coord.url();
+    let honest_x = serve(Client::peer_with(&url, "x", caps(8)).await, Script::Honest);
+    let honest_y = serve(Client::peer_with(&url, "y", caps(8)).await, Script::Honest);
+    let volunteer = serve(Client::peer_from(&url, "127.0.0.2", "volunteer", caps(8)).await, Script::YesMan);
+    // Everybody gets established on ordinary work (the attacker's own, too).
+    let mut honest = Client::gamer(&url, "honest").await;
+    let mut attacker = Client::gamer_from(&url, "127.0.0.2", "attacker").await;
+    for round in 0..4 {
+        assert_eq!(run_batch(&mut honest, &format!("warm{round}-"), 12, 2_000).await, 12);
+        assert_eq!(run_batch(&mut attacker, &format!("own{round}-"), 12, 2_000).await, 12);
+    }
+    // Twelve heavy ticks, each on a session of its own: x and y let each one pass its
+    // deadline, and the volunteer answers the third attempt at once.
+    for i in 0..12 {
+        let session = format!("heavy-{i}");
+        attacker
+            .submit_with_deadline(&format!("h{i}"), "physics_step", r#"{"attack":1}"#, Some(&session), Some(60))
+            .await;
+        let r = attacker.recv_result().await;
+        assert_eq!(r.task_id, format!("h{i}"));
+    }
+    let quarantined = coord.stats().peers_quarantined;
+    if quarantined == 0 {
+        // The honest peers still serve the honest gamer.
+        assert_eq!(run_batch(&mut honest, "after-", 12, 2_000).await, 12);
+        assert!(connected(&coord, "x") && connected(&coord, "y"));
+    }
+    for task in [honest_x, honest_y, volunteer] {
+        task.abort();
+    }
+    coord.shutdown().await;
+    quarantined
+}
+
+#[tokio::test]
+async fn a_gamer_alone_cannot_get_honest_peers_quarantined() {
+    // With one gamer's work enough to quarantine, the attack works: both honest peers go.
+    assert_eq!(heavy_ticks_confirmed_by_a_volunteer(1).await, 2, "the attack is real");
+    // By default misses on one network's work are never enough.
+    assert_eq!(heavy_ticks_confirmed_by_a_volunteer(Config::default().quarantine_min_gamers).await, 0);
+}
+
+/// The same gamer without a volunteer of its own: the heavy tick's retry reaches the other
+/// honest peer, which does not hold the session and answers `unknown_session` at once.
+/// That error confirms nothing, even where one gamer's work would be enough.
+#[tokio::test]
+async fn an_error_from_the_next_peer_confirms_no_miss() {
+    let coord = start(Config {
+        established_after_answers: 0,
+        quarantine_min_gamers: 1,
+        host_prefix_v4: 32,
+        ..Config::default()
+    })
+    .await;
+    let url = coord.url();
+    let honest_x = serve(Client::peer_with(&url, "x", caps(8)).await, Script::Honest);
+    let amnesiac = serve(Client::peer_with(&url, "y", caps(8)).await, Script::Amnesiac);
+    let mut attacker = Client::gamer_from(&url, "127.0.0.2", "attacker").await;
+    let mut errors = 0;
+    for i in 0..12 {
+        let session = format!("heavy-{i}");
+        attacker
+            .submit_with_deadline(&format!("h{i}"), "physics_step", r#"{"attack":1}"#, Some(&session), Some(60))
+            .await;
+        let r = attacker.recv_result().await;
+        if result_status(r.result.json().unwrap()) != Some(TaskStatus::Success) {
+            errors += 1;
+        }
+    }
+    assert_eq!(errors, 12, "nobody did the heavy ticks");
+    assert_eq!(coord.stats().peers_quarantined, 0);
+    assert!(connected(&coord, "x"));
+    honest_x.abort();
+    amnesiac.abort();
+    coord.shutdown().await;
+}
+
+/// Attack 5: a peer that declares 64 slots and answers every task at once with an
+/// `internal` error. Each such task gets one more try on another peer, so honest gamers
+/// keep a 100 % success rate; its errors grow no window; and a success elsewhere counts
+/// against it, so it is quarantined once established peers have done the work of gamers
+/// from two networks that it failed.
+#[tokio::test]
+async fn a_peer_failing_every_task_at_once_is_retried_around_and_quarantined() {
+    let coord = start(Config { established_after_answers: 4, host_prefix_v4: 32, ..Config::default() }).await;
+    let url = coord.url();
+    let broken = serve(Client::peer_from(&url, "127.0.0.2", "broken", caps(64)).await, Script::Broken);
+    let honest_peer = serve(Client::peer_with(&url, "honest", caps(8)).await, Script::Honest);
+    let initial = capacity_of(&coord, "broken").expect("connected");
+    let mut here = Client::gamer(&url, "g1").await;
+    let mut elsewhere = Client::gamer_from(&url, "127.0.0.3", "g3").await;
+    let mut ok = 0;
+    for round in 0..6 {
+        ok += run_batch(&mut here, &format!("a{round}-"), 8, 2_000).await;
+        if round == 0 {
+            assert_eq!(capacity_of(&coord, "broken"), Some(initial), "errors grow no window");
+        }
+        ok += run_batch(&mut elsewhere, &format!("b{round}-"), 8, 2_000).await;
+    }
+    assert_eq!(ok, 96, "every honest task succeeds");
+    eventually("the broken peer is quarantined", || !connected(&coord, "broken")).await;
+    assert_eq!(coord.stats().peers_quarantined, 1);
+    assert!(connected(&coord, "honest"));
+    broken.abort();
+    honest_peer.abort();
+    coord.shutdown().await;
+}
+
+/// A physics session whose peer answers every tick with a resync error leaves it after
+/// `max_resyncs_in_a_row` (3) and goes to another peer, instead of resyncing to it for ever.
+#[tokio::test]
+async fn a_session_leaves_a_peer_that_answers_resync_in_a_row() {
+    let coord = start(Config::default()).await;
+    let url = coord.url();
+    let amnesiac = serve(Client::peer_from(&url, "127.0.0.2", "amnesiac", caps(8)).await, Script::Amnesiac);
+    let mut gamer = Client::gamer(&url, "g").await;
+    // The session starts on the only peer there is.
+    gamer.submit("t0", "physics_step", r#"{"tick":0}"#, Some("world")).await;
+    assert_eq!(gamer.recv_result().await.task_id, "t0");
+    let mut honest = Client::peer(&url, "honest", 8).await;
+    // Two more resyncs from its peer: the session stays (it may have been the gamer's
+    // fault); the third in a row moves it.
+    for tick in 1..3 {
+        gamer.submit(&format!("t{tick}"), "physics_step", &format!(r#"{{"tick":{tick}}}"#), Some("world")).await;
+        let r = gamer.recv_result().await;
+        assert_eq!(result_status(r.result.json().unwrap()), Some(TaskStatus::Error));
+    }
+    gamer.submit("t3", "physics_step", r#"{"tick":3,"snapshot":true}"#, Some("world")).await;
+    let a = honest.recv_assignment().await;
+    assert_eq!(a.task_data.task_id, "t3", "the session moved to the other peer");
+    honest.answer(&a, SUCCESS).await;
+    let r = gamer.recv_result().await;
+    assert_eq!(result_status(r.result.json().unwrap()), Some(TaskStatus::Success));
+    assert_eq!(coord.stats().peers_quarantined, 0, "resyncs alone quarantine nobody");
+    amnesiac.abort();
+    coord.shutdown().await;
+}
