@@ -278,7 +278,8 @@ impl Reader<'_> {
                 }
             }
             Some(Ok(WsMessage::Ping(_) | WsMessage::Frame(_))) => {}
-            Some(Ok(WsMessage::Close(_))) | None => return Some(Departure::Closed),
+            Some(Ok(WsMessage::Close(_))) => return Some(Departure::Farewell),
+            None => return Some(Departure::Closed),
             Some(Err(tungstenite::Error::Capacity(e))) => {
                 info_limited!("connection: frame too large", conn, error = %e, "frame over the size limit; closing");
                 self.router.send_error(conn, ErrorCode::FrameTooLarge, e.to_string());

@@ -93,7 +93,11 @@ struct Conn {
 /// Why a connection ended, for the logs and counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Departure {
-    /// The client closed it or the socket failed.
+    /// The client closed it with a close frame: a clean goodbye. With nothing pending its
+    /// id is released at once instead of reserved for the resume grace (a client run
+    /// again under a fixed id gets it back).
+    Farewell,
+    /// The socket failed or ended without a goodbye, or the coordinator closed it.
     Closed,
     /// It was silent past the heartbeat timeout.
     Evicted,
@@ -453,7 +457,11 @@ impl Router {
                 // A replaced registration already moved on; only the current one counts.
                 if state.peers.get(&peer_id) == Some(&conn) {
                     state.peers.remove(&peer_id);
-                    state.ids.release(Kind::Peer, &peer_id, Instant::now());
+                    if why == Departure::Farewell && state.sched.peer_load(&peer_id) == Some(0) {
+                        state.ids.forget(Kind::Peer, &peer_id);
+                    } else {
+                        state.ids.release(Kind::Peer, &peer_id, Instant::now());
+                    }
                     state.retire_replicas_on(&peer_id);
                     state.remember_standing(&peer_id);
                     let requeued = state.sched.remove_peer(&peer_id);
@@ -468,7 +476,13 @@ impl Router {
                 }
                 if state.gamers.get(&gamer_id) == Some(&conn) {
                     state.gamers.remove(&gamer_id);
-                    if state.ids.release(Kind::Gamer, &gamer_id, Instant::now()) {
+                    let idle = state.sched.gamer_view(&gamer_id).is_none_or(|g| g.pending == 0);
+                    if why == Departure::Farewell && idle {
+                        // A clean goodbye with nothing pending: the id is free at once.
+                        state.ids.forget(Kind::Gamer, &gamer_id);
+                        let dropped = state.forget_gamer(&gamer_id);
+                        crate::info_limited!("router: gamer left", gamer_id, dropped, ?why, "gamer left");
+                    } else if state.ids.release(Kind::Gamer, &gamer_id, Instant::now()) {
                         // Its tasks keep running; their results wait for it to resume.
                         state.detached.insert(gamer_id.clone(), Detached::default());
                         crate::info_limited!("router: gamer detached", gamer_id, ?why, "gamer left; may resume");

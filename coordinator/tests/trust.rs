@@ -228,3 +228,30 @@ async fn a_session_leaves_a_peer_that_answers_resync_in_a_row() {
     amnesiac.abort();
     coord.shutdown().await;
 }
+
+/// A gamer that says goodbye (a close frame) with nothing pending releases its id at
+/// once: the seed's test gamer, which registers a fixed id, can be run again and again. A
+/// connection that just drops keeps its id reserved for the resume grace (it may be a
+/// network failure, and the gamer will resume).
+#[tokio::test]
+async fn a_clean_goodbye_releases_the_id_and_a_dropped_connection_keeps_it() {
+    let coord = start(Config::default()).await;
+    let url = coord.url();
+    let peer = serve(Client::peer_with(&url, "p", caps(4)).await, Script::Honest);
+    for run in 0..3 {
+        let mut gamer = Client::gamer(&url, "fixed").await;
+        gamer.submit(&format!("t{run}"), "physics", "{}", None).await;
+        assert_eq!(gamer.recv_result().await.task_id, format!("t{run}"));
+        gamer.ws.close(None).await.unwrap();
+        eventually("the goodbye is handled", || coord.fleet().gamers.is_empty()).await;
+    }
+    // Dropped without a goodbye: reserved.
+    let gamer = Client::gamer(&url, "fixed").await;
+    drop(gamer);
+    eventually("the drop is noticed", || coord.fleet().gamers.is_empty()).await;
+    let mut other = Client::connect(&url).await;
+    other.send(&p2c2r_testkit::client::register_gamer("fixed", None)).await;
+    assert_eq!(other.recv_error().await.code, p2c2r_protocol::ErrorCode::IdInUse);
+    peer.abort();
+    coord.shutdown().await;
+}

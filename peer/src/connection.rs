@@ -39,13 +39,16 @@ pub(crate) struct Peer {
 
 /// Connects, serves and reconnects until `cancel` fires.
 ///
-/// The `resume_secret` of the latest `registration_ack` is kept (in memory only) and
-/// presented by the next registration, so that after a reconnection this peer takes its
-/// id back even while the coordinator still holds the old connection.
+/// The `resume_secret` of the latest `registration_ack` is kept (in memory, and in the
+/// state file when one is configured: [`crate::state`]) and presented by the next
+/// registration, so that after a reconnection, or a restart, this peer takes its id back
+/// even while the coordinator still holds (or reserves) it for the old connection.
 pub(crate) async fn run(peer: Peer, cancel: CancellationToken) {
     let mut backoff = Backoff::new(peer.config.reconnect_backoff_min, peer.config.reconnect_backoff_max);
     let sweep = sweep_idle_sessions(&peer.store);
-    let mut resume_secret: Option<String> = None;
+    let state_file = peer.config.state_file.clone();
+    let mut resume_secret: Option<String> =
+        state_file.as_deref().and_then(|path| crate::state::load(path, &peer.peer_id));
     let connections = async {
         while !cancel.is_cancelled() {
             let attempt = tokio::select! {
@@ -56,6 +59,12 @@ pub(crate) async fn run(peer: Peer, cancel: CancellationToken) {
             match attempt {
                 Ok(Registered { ws, encoding, max_frame_bytes, resume_secret: secret }) => {
                     backoff.reset();
+                    if let (Some(path), Some(secret)) = (&state_file, &secret)
+                        && resume_secret.as_ref() != Some(secret)
+                        && let Err(e) = crate::state::save(path, &peer.peer_id, secret)
+                    {
+                        tracing::warn!(path = %path.display(), "cannot keep the resume secret in the state file: {e}");
+                    }
                     resume_secret = secret;
                     tracing::info!(peer_id = %peer.peer_id, url = %peer.config.coordinator_url, "registered");
                     peer.status.send_modify(|s| {

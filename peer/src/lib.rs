@@ -76,6 +76,7 @@ mod payload;
 mod pool;
 pub mod seed;
 pub mod session;
+pub mod state;
 pub mod tasks;
 pub mod worker;
 
@@ -123,6 +124,11 @@ pub struct PeerConfig {
     pub ca_file: Option<PathBuf>,
     /// The id to register with; a random `peer-<uuid>` when `None`.
     pub peer_id: Option<String>,
+    /// Where the resume secret of the latest registration is kept across restarts
+    /// (see [`state`]), so a peer restarted under its own id takes it back at once;
+    /// `None` (the default): in memory only. The `peer` binary gives one whenever
+    /// `--peer-id` is set ([`state::default_path`]).
+    pub state_file: Option<PathBuf>,
     /// Tasks run at once; the detected number of cores when `None`.
     pub max_concurrent_tasks: Option<u32>,
     /// A session unused this long is dropped (default 60 s).
@@ -196,6 +202,7 @@ impl Default for PeerConfig {
             token: None,
             ca_file: None,
             peer_id: None,
+            state_file: None,
             max_concurrent_tasks: None,
             session_idle_timeout: Duration::from_secs(60),
             max_sessions: DEFAULT_MAX_SESSIONS,

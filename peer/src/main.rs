@@ -33,6 +33,11 @@ struct Args {
     /// Peer id to register with [default: a random peer-<uuid>].
     #[arg(long, env = "P2C2R_PEER_ID")]
     peer_id: Option<String>,
+    /// File keeping the resume secret across restarts (mode 0600), so a peer restarted
+    /// under its own id takes it back at once [default with --peer-id:
+    /// $XDG_STATE_HOME/p2c2r/peer-<id>.json, else ~/.local/state/…; without: none].
+    #[arg(long, env = "P2C2R_STATE_FILE", value_name = "PATH")]
+    state_file: Option<PathBuf>,
     /// Tasks run at once [default: the number of cores].
     #[arg(long, env = "P2C2R_MAX_CONCURRENT_TASKS")]
     max_concurrent_tasks: Option<u32>,
@@ -215,6 +220,7 @@ async fn serve() -> anyhow::Result<()> {
         coordinator_url: args.coordinator,
         token: args.token.map(peer::Credential::Token).or(args.token_file.map(peer::Credential::File)),
         ca_file: args.ca_file,
+        state_file: args.state_file.or_else(|| args.peer_id.as_deref().and_then(peer::state::default_path)),
         peer_id: args.peer_id,
         max_concurrent_tasks: args.max_concurrent_tasks,
         session_idle_timeout: Duration::from_millis(args.session_idle_timeout_ms),

@@ -99,3 +99,34 @@ async fn a_refused_token_is_retried_and_a_fixed_token_file_is_picked_up() {
     peer.kill();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A peer killed and started again under its own id (a reboot, a service manager
+/// restarting it) takes the id back at once: its resume secret outlived the process in
+/// its state file. Without one, the coordinator reserves the id for the dead process and
+/// refuses the new one (`id_in_use`) until the resume grace passes.
+#[tokio::test]
+async fn a_peer_restarted_with_its_state_file_takes_its_id_back_at_once() {
+    let coord = coordinator::spawn("127.0.0.1:0", coordinator::Config::default()).await.unwrap();
+    let dir = std::env::temp_dir().join(format!("p2c2r-peer-restart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let state = dir.join("peer.json");
+    let refusals = |coord: &coordinator::CoordinatorHandle| {
+        coord.metrics_text().lines().filter(|l| l.contains("id_in_use") && !l.starts_with('#')).count()
+    };
+    let with_state = |c: &mut PeerConfig| c.state_file = Some(state.clone());
+    let first = start(coord.url(), with_state).await;
+    within("registered", first.wait_for(|s| s.connected)).await;
+    first.kill();
+    let again = start(coord.url(), with_state).await;
+    within("registered again", again.wait_for(|s| s.connected)).await;
+    assert_eq!(refusals(&coord), 0, "the restarted peer was refused its own id");
+    again.kill();
+
+    // The same without a state file: refused while the id is reserved for the dead one.
+    let amnesiac = start(coord.url(), |_| {}).await;
+    common::eventually("the id is refused", || refusals(&coord) > 0).await;
+    assert!(!amnesiac.is_connected());
+    amnesiac.kill();
+    coord.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
