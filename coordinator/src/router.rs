@@ -959,7 +959,7 @@ impl Router {
             format!(
                 "a binary payload of {} bytes takes {wrapped} bytes base64-wrapped for a JSON connection, more than the {max}-byte frame limit; at most {} bytes",
                 payload.len(),
-                max.saturating_sub(FRAME_ENVELOPE_BYTES) / 4 * 3
+                max_binary_for_json(max)
             )
         })
     }
@@ -1435,6 +1435,13 @@ fn detach_payload(message: Message) -> Message {
 /// Bytes a task frame takes beyond its payload, at most (ids of at most 256 bytes each,
 /// field names, numbers).
 const FRAME_ENVELOPE_BYTES: usize = 2048;
+
+/// The largest binary payload that fits a JSON frame of `max` bytes base64-wrapped
+/// (`{"p2c2r_binary":"…"}`, see [`p2c2r_protocol::Payload::json_len`]) with the envelope.
+fn max_binary_for_json(max: usize) -> usize {
+    let wrapper = r#"{"p2c2r_binary":""}"#.len();
+    max.saturating_sub(FRAME_ENVELOPE_BYTES + wrapper) / 4 * 3
+}
 
 fn lost_result(task_id: String) -> Message {
     let error = TaskError::new(
@@ -1955,6 +1962,17 @@ fn replica_error(task_id: &str, code: ErrorCode, message: &str) -> Message {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_largest_binary_payload_named_for_json_connections_fits_and_one_more_byte_does_not() {
+        use p2c2r_protocol::Payload;
+        for max in [4096, 65_536, 16 * 1024 * 1024 + 7] {
+            let at_most = max_binary_for_json(max);
+            let fits = |n: usize| Payload::binary(vec![0u8; n]).json_len() + FRAME_ENVELOPE_BYTES <= max;
+            assert!(fits(at_most), "{max}: {at_most} must fit");
+            assert!(!fits(at_most + 3), "{max}: the next base64 group must not");
+        }
+    }
 
     #[test]
     fn the_quarantine_table_is_bounded_and_forgets_the_soonest_first() {

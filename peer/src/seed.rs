@@ -71,10 +71,12 @@ pub fn physics_within(payload: &str, budgets: &Budgets) -> Result<Payload, TaskE
     let request: SeedPhysicsRequest =
         if payload.trim() == "null" { SeedPhysicsRequest::default() } else { parse(payload)? };
     let n = request.num_objects;
-    if n as usize > limits::MAX_BODIES_PER_SESSION {
+    // The ground is a body of the world too: the balls get the rest of a session's bodies.
+    let max_objects = limits::MAX_BODIES_PER_SESSION - 1;
+    if n as usize > max_objects {
         return Err(TaskError::new(
             ErrorCode::LimitExceeded,
-            format!("num_objects is {n}; at most {} are allowed", limits::MAX_BODIES_PER_SESSION),
+            format!("num_objects is {n}; at most {max_objects} are allowed (the ground is one more body)"),
         ));
     }
     let side = (n as f32).sqrt().ceil().max(1.0) as u64;
@@ -162,4 +164,19 @@ pub fn ai(payload: &str) -> Result<Payload, TaskError> {
             .into(),
     };
     Ok(to_payload(&summary).expect("summaries always serialize"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_most_objects_run_and_one_more_is_refused_clearly() {
+        let most = limits::MAX_BODIES_PER_SESSION - 1;
+        let answer = physics(&format!(r#"{{"num_objects":{most}}}"#)).expect("the documented maximum runs");
+        assert!(answer.json().unwrap().contains(&format!(r#""num_objects":{most}"#)));
+        let error = physics(&format!(r#"{{"num_objects":{}}}"#, most + 1)).unwrap_err();
+        assert_eq!(error.code, ErrorCode::LimitExceeded);
+        assert!(error.message.contains(&format!("at most {most}")), "{}", error.message);
+    }
 }
