@@ -208,6 +208,11 @@ impl CoordinatorHandle {
         self.shared.router.kept_bytes()
     }
 
+    /// Ids the coordinator knows now, held or reserved (see [`ids`]).
+    pub fn ids_known(&self) -> usize {
+        self.shared.router.ids_known()
+    }
+
     /// What `GET /metrics` would answer now.
     pub fn metrics_text(&self) -> String {
         p2c2r_ops::scrape::encode(&self.shared.registry)

@@ -57,6 +57,9 @@ pub struct Metrics {
     pub errors_sent: Family<CodeLabel, Counter>,
     /// Connections refused before the handshake, by reason.
     pub connections_refused: Family<ReasonLabel, Counter>,
+    /// Physics sessions that should have been replicated or audited but run on one peer,
+    /// because their gamer already had its most replicated sessions.
+    pub sessions_unreplicated: Counter,
 }
 
 /// Histogram buckets from 0.5 ms to about 16 s, doubling: the range of a tick's round
@@ -74,6 +77,7 @@ impl Default for Metrics {
             gamer_round_trip: Histogram::new(latency_buckets()),
             errors_sent: Family::default(),
             connections_refused: Family::default(),
+            sessions_unreplicated: Counter::default(),
         }
     }
 }
@@ -123,6 +127,11 @@ pub fn registry(router: Arc<Router>, admission: Arc<Admission>, bytes: Arc<ByteT
         "connections_refused",
         "Connections refused before the WebSocket handshake, by reason",
         m.connections_refused.clone(),
+    );
+    registry.register(
+        "sessions_unreplicated",
+        "Physics sessions run on one peer although replication or an audit was due: their gamer had its most replicated sessions",
+        m.sessions_unreplicated.clone(),
     );
     registry.register_collector(Box::new(StateCollector { router, admission, bytes }));
     registry

@@ -346,6 +346,8 @@ impl Router {
                         state.gamers.remove(&id);
                         state.forget_gamer(&id);
                     }
+                    // Its record too: nothing could resume it, and no sweep would find it.
+                    state.ids.forget(Kind::Gamer, &id);
                 }
                 Role::Unregistered => {}
             }
@@ -1537,6 +1539,14 @@ impl State {
             });
             self.log_bytes = self.log_bytes.saturating_sub(freed);
             if groups.len() >= max_groups {
+                // Said, not silent: the operator sees it in the metrics and the log.
+                self.metrics.sessions_unreplicated.inc();
+                crate::warn_limited!(
+                    "router: session not replicated",
+                    gamer_id = gamer,
+                    max_groups,
+                    "the gamer has its most replicated sessions; this physics session runs on one peer"
+                );
                 return false;
             }
         }

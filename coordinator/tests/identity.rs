@@ -399,6 +399,7 @@ async fn revoking_a_credential_closes_its_connections_without_a_restart() {
     assert_eq!(e.code, ErrorCode::Unauthorized);
     alice.expect_closed().await;
     assert_eq!(connect_with(&url, Some(&token)).await.err().unwrap().0, 401);
+    assert_eq!(coord.ids_known(), 1, "the revoked gamer's id record went with it (the peer's stays)");
     // The peer, whose line stayed, is untouched.
     peer.send(&Message::Heartbeat(Default::default())).await;
     assert_eq!(coord.stats().peers, 1);

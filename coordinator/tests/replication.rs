@@ -390,3 +390,28 @@ async fn a_gamer_cannot_reuse_a_task_id_to_get_honest_peers_quarantined() {
     assert_eq!((stats.peers_quarantined, stats.replica_disagreements), (0, 0), "{stats:?}");
     coord.shutdown().await;
 }
+
+/// A gamer past its share of replicated sessions gets its next physics session on one peer
+/// (its budgets bound what replication costs): said in the metrics and the log, not silent.
+#[tokio::test]
+async fn a_session_past_the_gamers_share_runs_unreplicated_and_the_operator_is_told() {
+    // 6 sessions per gamer, 3 per replicated session (2 replicas and a spare): 2 groups.
+    let coord = start(Config { max_sessions_per_gamer: 6, ..replicated(2) }).await;
+    let url = coord.url();
+    let (mut a, mut b) = (peer(&url, "a").await, peer(&url, "b").await);
+    let mut gamer = Client::gamer(&url, "g").await;
+    let mut statuses = Vec::new();
+    for (n, session) in ["s1", "s2", "s3"].into_iter().enumerate() {
+        gamer.submit(&format!("t{n}"), task_types::PHYSICS_STEP, &tick(0), Some(session)).await;
+        let copies = if n < 2 { 2 } else { 1 };
+        for _ in 0..copies {
+            tokio::select! {
+                x = a.recv_assignment() => a.answer(&x, &honest(0)).await,
+                x = b.recv_assignment() => b.answer(&x, &honest(0)).await,
+            }
+        }
+        assert_eq!(next_result(&mut gamer, &mut statuses).await.task_id, format!("t{n}"));
+    }
+    assert!(coord.metrics_text().contains("p2c2r_sessions_unreplicated_total 1"), "{}", coord.metrics_text());
+    coord.shutdown().await;
+}
