@@ -156,6 +156,42 @@ fn boaster(url: String) -> Vec<JoinHandle<()>> {
     })]
 }
 
+/// A gamer relaying 15 MiB JSON payloads through a peer that answers each with 15 MiB of
+/// JSON, one at a time, for ever.
+fn large_relay(url: String) -> Vec<JoinHandle<()>> {
+    vec![tokio::spawn(async move {
+        let mut relay_peer = peer(&url, "relay-peer", 4, Some(vec!["bulk".into()])).await;
+        let mut relay = Client::gamer(&url, "relay").await;
+        let blob = format!(r#"{{"status":"success","blob":"{}"}}"#, "r".repeat(15 * 1024 * 1024));
+        let mut n = 0;
+        loop {
+            n += 1;
+            if !relay.try_send(&request(format!("r{n}"), "bulk", &blob, None)).await {
+                return;
+            }
+            loop {
+                match relay_peer.try_recv().await {
+                    Some(Message::TaskAssignment(a)) => {
+                        if !relay_peer.try_send(&result_for(&a, &blob)).await {
+                            return;
+                        }
+                        break;
+                    }
+                    Some(_) => continue,
+                    None => return,
+                }
+            }
+            loop {
+                match relay.try_recv().await {
+                    Some(Message::TaskResult(_)) => break,
+                    Some(_) => continue,
+                    None => return,
+                }
+            }
+        }
+    })]
+}
+
 /// A peer that heartbeats but never reads, and a gamer that floods it with 256 KiB tasks.
 fn never_reads(url: String) -> Vec<JoinHandle<()>> {
     vec![tokio::spawn(async move {
@@ -229,5 +265,8 @@ fn main() {
     scenario("30 gamers x 10,000 expiring", storm, expiry_storm, Duration::from_secs(2), b);
     scenario("poison task every 50 ms", base.clone(), poison, Duration::from_secs(1), b);
     scenario("3,000 backlog + 4,096-slot peer", base.clone(), boaster, Duration::from_millis(500), b);
-    scenario("peer that never reads", base, never_reads, Duration::from_secs(1), b);
+    scenario("peer that never reads", base.clone(), never_reads, Duration::from_secs(1), b);
+    let inline = coordinator::Config { off_runtime_frame_bytes: usize::MAX, ..base.clone() };
+    scenario("15 MiB JSON relay, parsed inline", inline, large_relay, Duration::from_secs(1), b);
+    scenario("15 MiB JSON relay, off the runtime", base, large_relay, Duration::from_secs(1), b);
 }

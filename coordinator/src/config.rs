@@ -124,6 +124,16 @@ pub struct Config {
     pub host_prefix_v4: u8,
     /// The same for IPv6 (48: a site).
     pub host_prefix_v6: u8,
+    /// The determinism setups (as `Determinism::label` writes them: `engine [features]
+    /// sim arch`, what a peer logs at start) whose peers may serve replicated and audited
+    /// sessions: the builds the operator ships. A peer declaring another setup still
+    /// serves unreplicated work, but is never a replica. Empty (the default): any setup;
+    /// the one the most established peers share is used.
+    pub accepted_setups: Vec<String>,
+    /// Frames of at least this many bytes are decoded on the blocking pool instead of the
+    /// runtime threads that serve every connection (parsing megabytes of JSON inline would
+    /// hold up everyone else); smaller ones inline, where the hop costs more than the parse.
+    pub off_runtime_frame_bytes: usize,
     /// How long a quarantined peer id is refused.
     pub quarantine_duration: Duration,
     /// Where quarantines and departed peers' standing (the capacity each has shown, its
@@ -199,6 +209,8 @@ impl Default for Config {
             max_resyncs_in_a_row: 3,
             host_prefix_v4: 24,
             host_prefix_v6: 48,
+            accepted_setups: Vec::new(),
+            off_runtime_frame_bytes: 64 * 1024,
             quarantine_duration: Duration::from_secs(3600),
             reputation_db: None,
             replicas: 1,

@@ -177,7 +177,7 @@ pub async fn serve(
             }
             _ = kill.cancelled() => break Departure::Closed,
             frame = frames.next() => {
-                if let Some(departure) = reader.frame(frame) {
+                if let Some(departure) = reader.frame(frame).await {
                     break departure;
                 }
                 if let Some(departure) = reader.check_assembly() {
@@ -195,7 +195,7 @@ pub async fn serve(
                 if reader.silent_for() > config.heartbeat_timeout {
                     // Read what has already arrived before judging: after a stall of this
                     // runtime the proof of life may be sitting in the socket.
-                    if let Some(departure) = reader.drain(&mut frames) {
+                    if let Some(departure) = reader.drain(&mut frames).await {
                         break departure;
                     }
                 }
@@ -252,10 +252,26 @@ impl Reader<'_> {
     }
 
     /// Handles one item from the frame stream; `Some` when the connection must end.
-    fn frame(&mut self, frame: Option<Result<WsMessage, tungstenite::Error>>) -> Option<Departure> {
+    async fn frame(&mut self, frame: Option<Result<WsMessage, tungstenite::Error>>) -> Option<Departure> {
         self.last_seen = Instant::now();
         let conn = self.conn;
         match frame {
+            Some(Ok(WsMessage::Text(text))) if text.len() >= self.config.off_runtime_frame_bytes => {
+                // A large frame is parsed on the blocking pool, never on the threads that
+                // serve every other connection (`Config::off_runtime_frame_bytes`); this
+                // connection alone waits for it.
+                self.router.metrics().large_frames.inc();
+                let decoded = tokio::task::spawn_blocking(move || crate::router::decode_text(text.as_str())).await;
+                self.decoded(decoded);
+            }
+            Some(Ok(WsMessage::Binary(frame)))
+                if self.encoding == Encoding::Binary && frame.len() >= self.config.off_runtime_frame_bytes =>
+            {
+                // Its payload is copied into a buffer of its own: off the runtime too.
+                self.router.metrics().large_frames.inc();
+                let decoded = tokio::task::spawn_blocking(move || crate::router::decode_binary(frame)).await;
+                self.decoded(decoded);
+            }
             Some(Ok(WsMessage::Text(text))) => {
                 self.router.handle_frame(conn, text.as_str());
                 self.observe_registration();
@@ -323,11 +339,11 @@ impl Reader<'_> {
 
     /// Handles every frame that is readable without waiting (at most
     /// [`DRAIN_MAX_FRAMES`]); `Some` when one of them ends the connection.
-    fn drain(&mut self, frames: &mut Frames) -> Option<Departure> {
+    async fn drain(&mut self, frames: &mut Frames) -> Option<Departure> {
         for _ in 0..DRAIN_MAX_FRAMES {
             match frames.next().now_or_never() {
                 Some(frame) => {
-                    if let Some(departure) = self.frame(frame) {
+                    if let Some(departure) = self.frame(frame).await {
                         return Some(departure);
                     }
                 }
@@ -335,6 +351,15 @@ impl Reader<'_> {
             }
         }
         None
+    }
+
+    /// Handles a frame decoded on the blocking pool.
+    fn decoded(&mut self, decoded: Result<crate::router::Decoded, tokio::task::JoinError>) {
+        match decoded {
+            Ok(decoded) => self.router.handle_decoded(self.conn, decoded),
+            Err(e) => self.router.send_error(self.conn, ErrorCode::Internal, format!("frame not decoded: {e}")),
+        }
+        self.observe_registration();
     }
 
     /// Once the connection registers, tells its admission ticket (until then, one cheap

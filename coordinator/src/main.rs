@@ -142,6 +142,14 @@ struct Args {
     /// IPv6 prefix length of one network.
     #[arg(long, default_value_t = defaults().host_prefix_v6, value_parser = clap::value_parser!(u8).range(0..=128))]
     host_prefix_v6: u8,
+    /// A determinism setup whose peers may serve replicated sessions, as peers log it
+    /// ("engine [features] sim arch"); repeat for several [default: any].
+    #[arg(long = "accepted-setup", env = "P2C2R_ACCEPTED_SETUPS", value_delimiter = ';', value_name = "SETUP")]
+    accepted_setups: Vec<String>,
+    /// Frames of at least this many bytes are decoded off the threads serving every
+    /// connection.
+    #[arg(long, default_value_t = defaults().off_runtime_frame_bytes)]
+    off_runtime_frame_bytes: usize,
     /// Milliseconds a quarantined peer id is refused.
     #[arg(long, default_value_t = ms(defaults().quarantine_duration))]
     quarantine_duration_ms: u64,
@@ -247,6 +255,8 @@ impl Args {
             max_resyncs_in_a_row: self.max_resyncs_in_a_row,
             host_prefix_v4: self.host_prefix_v4,
             host_prefix_v6: self.host_prefix_v6,
+            accepted_setups: self.accepted_setups.clone(),
+            off_runtime_frame_bytes: self.off_runtime_frame_bytes,
             quarantine_duration: Duration::from_millis(self.quarantine_duration_ms),
             reputation_db: self.reputation_db.clone(),
             replicas: self.replicas,

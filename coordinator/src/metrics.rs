@@ -57,6 +57,8 @@ pub struct Metrics {
     pub errors_sent: Family<CodeLabel, Counter>,
     /// Connections refused before the handshake, by reason.
     pub connections_refused: Family<ReasonLabel, Counter>,
+    /// Frames large enough to be decoded off the runtime's threads.
+    pub large_frames: Counter,
     /// Physics sessions that should have been replicated or audited but run on one peer,
     /// because their gamer already had its most replicated sessions.
     pub sessions_unreplicated: Counter,
@@ -78,6 +80,7 @@ impl Default for Metrics {
             errors_sent: Family::default(),
             connections_refused: Family::default(),
             sessions_unreplicated: Counter::default(),
+            large_frames: Counter::default(),
         }
     }
 }
@@ -132,6 +135,11 @@ pub fn registry(router: Arc<Router>, admission: Arc<Admission>, bytes: Arc<ByteT
         "sessions_unreplicated",
         "Physics sessions run on one peer although replication or an audit was due: their gamer had its most replicated sessions",
         m.sessions_unreplicated.clone(),
+    );
+    registry.register(
+        "large_frames",
+        "Frames of --off-runtime-frame-bytes or more, decoded on the blocking pool instead of the threads serving every connection",
+        m.large_frames.clone(),
     );
     registry.register_collector(Box::new(StateCollector { router, admission, bytes }));
     registry

@@ -93,9 +93,9 @@ struct Conn {
 /// Why a connection ended, for the logs and counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Departure {
-    /// The client closed it with a close frame: a clean goodbye. With nothing pending its
-    /// id is released at once instead of reserved for the resume grace (a client run
-    /// again under a fixed id gets it back).
+    /// The client closed it with a close frame: a clean goodbye. A gamer with nothing
+    /// pending releases its id at once instead of reserving it for the resume grace (a
+    /// gamer run again under a fixed id gets it back).
     Farewell,
     /// The socket failed or ended without a goodbye, or the coordinator closed it.
     Closed,
@@ -459,11 +459,11 @@ impl Router {
                 // A replaced registration already moved on; only the current one counts.
                 if state.peers.get(&peer_id) == Some(&conn) {
                     state.peers.remove(&peer_id);
-                    if why == Departure::Farewell && state.sched.peer_load(&peer_id) == Some(0) {
-                        state.ids.forget(Kind::Peer, &peer_id);
-                    } else {
-                        state.ids.release(Kind::Peer, &peer_id, Instant::now());
-                    }
+                    // Even after a goodbye a peer's id stays reserved for the grace: the
+                    // standing it earned goes back only to a registration proving the id is
+                    // its own, and a restarting peer proves it with the secret its state file
+                    // kept (so it is never refused its own id).
+                    state.ids.release(Kind::Peer, &peer_id, Instant::now());
                     state.retire_replicas_on(&peer_id);
                     state.remember_standing(&peer_id);
                     let requeued = state.sched.remove_peer(&peer_id);
@@ -532,8 +532,7 @@ impl Router {
     /// Handles one text frame from a connection.
     pub fn handle_frame(&self, conn: ConnId, frame: &str) {
         // Parse before taking the lock: a large frame must not stall everyone else.
-        let decoded = codec::decode(frame).map_err(|e| (e.code(), e.to_string(), e.refers_to()));
-        self.handle_decoded(conn, decoded);
+        self.handle_decoded(conn, decode_text(frame));
     }
 
     /// Handles one binary frame from a connection that negotiated binary frames. Its
@@ -542,17 +541,12 @@ impl Router {
     /// alive while queued: a few bytes of task could hold megabytes), then shared by the
     /// scheduler and every frame that carries it.
     pub fn handle_binary_frame(&self, conn: ConnId, frame: bytes::Bytes) {
-        let decoded =
-            p2c2r_protocol::binary::decode(frame).map(detach_payload).map_err(|e| (e.code(), e.to_string(), None));
-        self.handle_decoded(conn, decoded);
+        self.handle_decoded(conn, decode_binary(frame));
     }
 
-    fn handle_decoded(&self, conn: ConnId, decoded: Result<Message, (ErrorCode, String, Option<String>)>) {
-        // A result's status is read before the lock (it may mean parsing a large payload).
-        let kind = match &decoded {
-            Ok(Message::TaskResult(m)) => Some(p2c2r_protocol::inspect::result_kind(&m.result)),
-            _ => None,
-        };
+    /// Handles a frame decoded by [`decode_text`] (or a binary frame's decoding).
+    pub fn handle_decoded(&self, conn: ConnId, decoded: Decoded) {
+        let Decoded { message: decoded, kind } = decoded;
         let mut state = self.lock();
         let message = match decoded {
             Ok(message) => message,
@@ -763,7 +757,20 @@ impl Router {
         let task_types =
             caps.task_types.as_ref().filter(|t| !t.is_empty()).map(|t| t.iter().cloned().collect::<HashSet<_>>());
         crate::info_limited!("router: peer registered", peer_id = m.peer_id, capacity, task_types = ?caps.task_types, "peer registered");
-        let setup = caps.determinism.as_ref().map(PeerSpec::setup_of);
+        // A setup the operator does not vouch for is never compared, so never a replica.
+        let accepted = |d: &&p2c2r_protocol::Determinism| {
+            let ok = self.config.accepted_setups.is_empty() || self.config.accepted_setups.contains(&d.label());
+            if !ok {
+                crate::info_limited!(
+                    "router: setup not accepted",
+                    peer_id = m.peer_id,
+                    setup = d.label(),
+                    "peer's determinism setup is not an accepted one: it serves no replicated session"
+                );
+            }
+            ok
+        };
+        let setup = caps.determinism.as_ref().filter(accepted).map(PeerSpec::setup_of);
         let host =
             state.conns.get(&conn).and_then(|c| c.info.as_ref()).map(|i| crate::admission::address_key(i.addr.ip()));
         // add_peer re-queues the work of a same-id registration it replaces.
@@ -772,12 +779,14 @@ impl Router {
         state.sched.add_peer(m.peer_id.clone(), PeerSpec { task_types, capacity, setup, host });
         // The id starts where it left off, not afresh (see State::remember_standing). What
         // it lost (a streak of misses) sticks to the id whoever registers it; what it gained
-        // (a window grown past a new peer's) goes back only to a registration that proves it
-        // owns the id: in open mode anyone may take a free id, and must not inherit capacity
-        // it has not shown.
+        // (a window grown past a new peer's, and the successful answers that make it
+        // established) goes back only to a registration that proves it owns the id: in open
+        // mode anyone may take a free id, and must not inherit capacity or trust it has not
+        // earned.
         if let Some(mut standing) = state.standings.recall(&m.peer_id, Instant::now()) {
             if !owner {
                 standing.window = standing.window.min(state.sched.fresh_standing().window);
+                standing.verified = 0;
             }
             debug!(peer_id = m.peer_id, ?standing, owner, "peer's standing restored");
             state.sched.restore_standing(&m.peer_id, standing);
@@ -1437,6 +1446,38 @@ fn detach_payload(message: Message) -> Message {
 /// Bytes a task frame takes beyond its payload, at most (ids of at most 256 bytes each,
 /// field names, numbers).
 const FRAME_ENVELOPE_BYTES: usize = 2048;
+
+/// A frame decoded without the router's state: the message (or why it is refused), and
+/// for a task result its status, read here because it may mean parsing a large payload.
+#[derive(Debug)]
+pub struct Decoded {
+    message: Result<Message, (ErrorCode, String, Option<String>)>,
+    kind: Option<ResultKind>,
+}
+
+impl From<Result<Message, (ErrorCode, String, Option<String>)>> for Decoded {
+    fn from(message: Result<Message, (ErrorCode, String, Option<String>)>) -> Self {
+        let kind = match &message {
+            Ok(Message::TaskResult(m)) => Some(p2c2r_protocol::inspect::result_kind(&m.result)),
+            _ => None,
+        };
+        Decoded { message, kind }
+    }
+}
+
+/// Decodes a text frame (JSON) with no lock held: pure CPU, so the connection can run it
+/// off the runtime's threads when the frame is large.
+pub fn decode_text(frame: &str) -> Decoded {
+    Decoded::from(codec::decode(frame).map_err(|e| (e.code(), e.to_string(), e.refers_to())))
+}
+
+/// Decodes a binary frame with no lock held, its payload copied into a buffer of its own
+/// (see [`Router::handle_binary_frame`]).
+pub fn decode_binary(frame: bytes::Bytes) -> Decoded {
+    Decoded::from(
+        p2c2r_protocol::binary::decode(frame).map(detach_payload).map_err(|e| (e.code(), e.to_string(), None)),
+    )
+}
 
 /// The largest binary payload that fits a JSON frame of `max` bytes base64-wrapped
 /// (`{"p2c2r_binary":"…"}`, see [`p2c2r_protocol::Payload::json_len`]) with the envelope.

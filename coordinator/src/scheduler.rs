@@ -34,6 +34,7 @@
 //! - Pending payload bytes are bounded per gamer and in total.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::hash::BuildHasher;
 use std::time::{Duration, Instant};
 
 /// A peer's id as it registered.
@@ -691,6 +692,9 @@ pub struct Scheduler<P> {
     counters: Counters,
     /// Gamers looked at by dispatch, ever (what dispatch costs).
     examined: u64,
+    /// The secret key of the setup classes' tie-break (see
+    /// [`Scheduler::largest_setup_class`]).
+    tie_break: std::hash::RandomState,
 }
 
 impl<P> Scheduler<P> {
@@ -715,6 +719,7 @@ impl<P> Scheduler<P> {
             next_park: 0,
             counters: Counters::default(),
             examined: 0,
+            tie_break: std::hash::RandomState::new(),
         }
     }
 
@@ -1201,10 +1206,32 @@ impl<P> Scheduler<P> {
         }
     }
 
-    /// The setup class that could hold the most replicas of one session, and how many.
+    /// The setup class a replicated session's replicas come from, and how many replicas of
+    /// one session it could hold: the class with the most *established* peers (see
+    /// [`SchedulerConfig::established_after_answers`]; one per host where replicas must be
+    /// on distinct hosts), then the most peers, then a tie-break keyed by a secret drawn
+    /// when the scheduler starts. So fresh peers declaring a setup of their own never
+    /// outnumber established ones, and no setup string can be chosen to win ties.
     pub fn largest_setup_class(&self, task_type: &str) -> Option<(u64, usize)> {
         let setups: HashSet<u64> = self.peers.values().filter(|p| p.runs(task_type)).filter_map(|p| p.setup).collect();
-        setups.into_iter().map(|s| (s, self.replica_capacity_of(task_type, s))).max_by_key(|&(s, n)| (n, s))
+        setups
+            .into_iter()
+            .map(|s| (s, self.established_in(task_type, s), self.replica_capacity_of(task_type, s)))
+            .max_by_key(|&(s, established, n)| (established, n, self.tie_break.hash_one(s)))
+            .map(|(s, _, n)| (s, n))
+    }
+
+    /// How many established peers of setup `setup` run `task_type` (one per host where
+    /// replicas must be on distinct hosts).
+    fn established_in(&self, task_type: &str, setup: u64) -> usize {
+        let established = self.config.established_after_answers;
+        let peers =
+            self.peers.values().filter(|p| p.setup == Some(setup) && p.runs(task_type) && p.verified >= established);
+        if self.config.replicas_on_distinct_hosts {
+            peers.map(|p| p.host).collect::<HashSet<_>>().len()
+        } else {
+            peers.count()
+        }
     }
 
     /// Replaces the sibling list of a gamer's session (a replica started or retired: the

@@ -57,8 +57,11 @@ fn help_lists_every_setting() {
 }
 
 /// `Config` fields whose flags are not spelled like the field.
-const RENAMED: &[(&str, &[&str])] =
-    &[("default_task_deadline", &["--task-deadline-ms"]), ("tls", &["--tls-cert", "--tls-key"])];
+const RENAMED: &[(&str, &[&str])] = &[
+    ("default_task_deadline", &["--task-deadline-ms"]),
+    ("tls", &["--tls-cert", "--tls-key"]),
+    ("accepted_setups", &["--accepted-setup"]),
+];
 
 /// `Config` fields deliberately without a flag, each with why. None today: every setting
 /// can be given on the command line.

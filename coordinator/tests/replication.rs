@@ -415,3 +415,61 @@ async fn a_session_past_the_gamers_share_runs_unreplicated_and_the_operator_is_t
     assert!(coord.metrics_text().contains("p2c2r_sessions_unreplicated_total 1"), "{}", coord.metrics_text());
     coord.shutdown().await;
 }
+
+/// Three fresh peers declaring a made-up setup (from other addresses) do not capture
+/// replicated sessions from two established honest peers: the class with the most
+/// established peers serves them, whatever the setup strings say.
+#[tokio::test]
+async fn fresh_peers_of_a_made_up_setup_do_not_capture_replicated_sessions() {
+    let coord = start(Config { established_after_answers: 2, host_prefix_v4: 32, ..replicated(2) }).await;
+    let url = coord.url();
+    let (mut a, mut b) = (peer(&url, "a").await, peer(&url, "b").await);
+    // The honest peers earn their standing on ordinary work.
+    let mut gamer = Client::gamer(&url, "g").await;
+    for i in 0..6 {
+        gamer.submit(&format!("w{i}"), "physics", "{}", None).await;
+        tokio::select! {
+            x = a.recv_assignment() => a.answer(&x, r#"{"status":"success"}"#).await,
+            x = b.recv_assignment() => b.answer(&x, r#"{"status":"success"}"#).await,
+        }
+        gamer.recv_result().await;
+    }
+    let made_up = Determinism { arch: "x86_64-v9".into(), ..setup() };
+    let mut liars = Vec::new();
+    for (i, from) in ["127.0.0.2", "127.0.0.3", "127.0.0.4"].into_iter().enumerate() {
+        let caps =
+            Capabilities { max_concurrent_tasks: Some(4), determinism: Some(made_up.clone()), ..Default::default() };
+        liars.push(Client::peer_from(&url, from, &format!("liar{i}"), caps).await);
+    }
+    submit(&mut gamer, 0).await;
+    let (ta, tb) = (assignment(&mut a, 0).await, assignment(&mut b, 0).await);
+    a.answer(&ta, &honest(0)).await;
+    b.answer(&tb, &honest(0)).await;
+    let mut statuses = Vec::new();
+    assert_eq!(next_result(&mut gamer, &mut statuses).await.result.json(), Some(honest(0).as_str()));
+    // Both replicas are the honest peers (each got the tick above), with the liars still
+    // connected.
+    assert!(statuses.iter().any(|s| s.replicas_live == 2), "{statuses:?}");
+    assert_eq!(coord.stats().peers, 5);
+    drop(liars);
+    coord.shutdown().await;
+}
+
+/// With `accepted_setups`, a peer declaring any other setup is never a replica.
+#[tokio::test]
+async fn a_setup_the_operator_does_not_accept_serves_no_replicated_session() {
+    let coord = start(Config { accepted_setups: vec!["something else".into()], ..replicated(2) }).await;
+    let url = coord.url();
+    let (mut a, mut b) = (peer(&url, "a").await, peer(&url, "b").await);
+    let mut gamer = Client::gamer(&url, "g").await;
+    let mut statuses = Vec::new();
+    submit(&mut gamer, 0).await;
+    // One copy, on one peer: nobody to compare it with.
+    tokio::select! {
+        x = a.recv_assignment() => a.answer(&x, &honest(0)).await,
+        x = b.recv_assignment() => b.answer(&x, &honest(0)).await,
+    }
+    assert_eq!(next_result(&mut gamer, &mut statuses).await.task_id, "t0");
+    assert!(statuses.iter().all(|s| s.replicas_live <= 1), "{statuses:?}");
+    coord.shutdown().await;
+}

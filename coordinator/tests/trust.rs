@@ -38,6 +38,8 @@ enum Script {
     Broken,
     /// Answers everything at once with `unknown_session` and resync.
     Amnesiac,
+    /// Reads everything (so it stays connected) and answers nothing.
+    BlackHole,
 }
 
 /// Runs `peer` by `script` until the test ends; returns its task.
@@ -48,6 +50,7 @@ fn serve(mut peer: Client, script: Script) -> tokio::task::JoinHandle<()> {
             let attack = a.task_data.task_data.json().is_some_and(|t| t.contains("attack"));
             let answer = match script {
                 Script::Honest if attack => continue,
+                Script::BlackHole => continue,
                 Script::Honest | Script::YesMan => SUCCESS,
                 Script::Broken => INTERNAL,
                 Script::Amnesiac => UNKNOWN_SESSION,
@@ -253,5 +256,76 @@ async fn a_clean_goodbye_releases_the_id_and_a_dropped_connection_keeps_it() {
     other.send(&p2c2r_testkit::client::register_gamer("fixed", None)).await;
     assert_eq!(other.recv_error().await.code, p2c2r_protocol::ErrorCode::IdInUse);
     peer.abort();
+    coord.shutdown().await;
+}
+
+/// Large frames (a gamer relaying megabytes of JSON through a peer) are decoded on the
+/// blocking pool, not on the threads that serve everyone else, and still delivered; an
+/// honest gamer elsewhere is served meanwhile. (What this does to the honest gamer's
+/// latency is a figure for a benchmark, not an assertion here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_frames_are_decoded_off_the_runtime_and_delivered() {
+    let coord = start(Config::default()).await;
+    let url = coord.url();
+    let peer = serve(Client::peer_with(&url, "p", caps(8)).await, Script::YesMan);
+    let mut relay = Client::gamer_from(&url, "127.0.0.2", "relay").await;
+    let big = format!(r#"{{"blob":"{}"}}"#, "x".repeat(2 * 1024 * 1024));
+    for i in 0..4 {
+        relay.submit(&format!("big{i}"), "physics", &big, None).await;
+    }
+    let mut honest = Client::gamer(&url, "honest").await;
+    assert_eq!(run_batch(&mut honest, "h", 20, 5_000).await, 20);
+    for _ in 0..4 {
+        let r = relay.recv_result().await;
+        assert_eq!(result_status(r.result.json().unwrap()), Some(TaskStatus::Success));
+    }
+    let metrics = coord.metrics_text();
+    let large: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("p2c2r_large_frames_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the counter is exported");
+    assert!(large >= 4.0, "{large}");
+    peer.abort();
+    coord.shutdown().await;
+}
+
+/// Three sybil black holes on three addresses, declaring 64 slots each and taking every
+/// new task first: a task one of them swallows is retried on the established honest peer,
+/// not on the next black hole, so no honest task runs out of attempts. (The honest peer
+/// earned its standing before, under its id; it comes back proving the id is its own.)
+#[tokio::test]
+async fn sybil_black_holes_cannot_use_up_a_tasks_attempts() {
+    let coord = start(Config { established_after_answers: 2, host_prefix_v4: 32, ..Config::default() }).await;
+    let url = coord.url();
+    let mut gamer = Client::gamer(&url, "g").await;
+    let mut honest = Client::peer(&url, "honest", 8).await;
+    for i in 0..2 {
+        gamer.submit(&format!("w{i}"), "physics", "{}", None).await;
+        let a = honest.recv_assignment().await;
+        honest.answer(&a, SUCCESS).await;
+        gamer.recv_result().await;
+    }
+    let secret = honest.secret.clone();
+    honest.ws.close(None).await.unwrap();
+    eventually("the honest peer left", || !connected(&coord, "honest")).await;
+    let mut holes = Vec::new();
+    for (i, from) in ["127.0.0.2", "127.0.0.3", "127.0.0.4"].into_iter().enumerate() {
+        holes.push(serve(Client::peer_from(&url, from, &format!("hole{i}"), caps(64)).await, Script::BlackHole));
+    }
+    let honest = Client::peer_resuming(&url, "honest", p2c2r_testkit::client::capacity(8), secret).await;
+    let honest = serve(honest, Script::Honest);
+    let mut ok = 0;
+    for i in 0..10 {
+        gamer.submit_with_deadline(&format!("t{i}"), "physics", "{}", None, Some(100)).await;
+        let r = gamer.recv_result().await;
+        if result_status(r.result.json().unwrap()) == Some(TaskStatus::Success) {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 10, "every task succeeded within its attempts");
+    for task in holes.into_iter().chain([honest]) {
+        task.abort();
+    }
     coord.shutdown().await;
 }

@@ -369,6 +369,10 @@ fn prepare(config: PeerConfig) -> Result<Prepared> {
     let max_concurrent = config.max_concurrent_tasks.unwrap_or(machine.cpu_cores).max(1);
     let capabilities = capabilities::capabilities(&machine, max_concurrent, &config.task_types);
     tracing::info!(%peer_id, ?capabilities, "peer starting");
+    if let Some(setup) = &capabilities.determinism {
+        // What an operator lists in the coordinator's --accepted-setup.
+        tracing::info!(setup = %setup.label(), "determinism setup");
+    }
     let gamer_memory = config.gamer_session_memory_bytes.unwrap_or(config.session_memory_bytes / 4);
     let store = Arc::new(
         SessionStore::new(config.session_idle_timeout)

@@ -115,6 +115,13 @@ impl Determinism {
             && self.features.len() <= crate::limits::MAX_DETERMINISM_FEATURES
             && self.features.iter().all(ok)
     }
+
+    /// The setup as one line, `engine [features] sim arch` (e.g. `rapier3d 0.36.1
+    /// [enhanced-determinism] p2c2r_sim 0.1.0 x86_64`): how an operator names the setups
+    /// it accepts, and how peers log theirs.
+    pub fn label(&self) -> String {
+        format!("{} [{}] {} {}", self.engine, self.features.join(","), self.sim, self.arch)
+    }
 }
 
 /// A GPU as declared by a peer: `false`/`true` (the seed's form) or a device name.
