@@ -578,8 +578,8 @@ impl Router {
             },
             Message::TaskResult(m) => match role {
                 Role::Peer(peer_id) => {
-                    let kind =
-                        kind.unwrap_or(p2c2r_protocol::inspect::ResultKind::Error { resync: false, internal: false });
+                    let kind = kind
+                        .unwrap_or(p2c2r_protocol::inspect::ResultKind::Error { resync: false, over_budget: false });
                     self.complete(&mut state, conn, &peer_id, m, kind)
                 }
                 Role::Gamer(_) => {
@@ -981,11 +981,12 @@ impl Router {
             // see this result, so it resyncs).
             let error = TaskError::new(ErrorCode::LimitExceeded, format!("the peer's result was refused: {reason}"));
             m.result = to_payload(&error.with_resync()).expect("task errors always serialize");
-            kind = ResultKind::Error { resync: true, internal: false };
+            kind = ResultKind::Error { resync: true, over_budget: true };
         }
         let answer = match kind {
             ResultKind::Success => Answer::Success,
-            ResultKind::Error { resync, internal } => Answer::Error { internal, resync },
+            // A request over the work budgets is refused alike everywhere: not retried.
+            ResultKind::Error { resync, over_budget } => Answer::Error { retry_elsewhere: !over_budget, resync },
         };
         match state.sched.complete(peer_id, &m.task_id, answer, Instant::now()) {
             Ok(Completion::Deliver { gamer, task_id, attempt, submitted_at, assigned_at, session_id })
@@ -1038,7 +1039,7 @@ impl Router {
             }
             Ok(Completion::Orphaned) => debug!(peer_id, assignment = m.task_id, "result for a departed gamer dropped"),
             Ok(Completion::Retried) => {
-                debug!(peer_id, assignment = m.task_id, "internal error; the task gets one try on another peer")
+                debug!(peer_id, assignment = m.task_id, "error answer; the task gets one try on another peer")
             }
             Err(e) => {
                 debug!(peer_id, error = %e, "result refused");

@@ -237,10 +237,11 @@ pub enum Answer {
     /// The peer did not do the work. Errors are not completions: no window growth, no
     /// confirmation of anyone's miss, the peer's streak goes on.
     Error {
-        /// The peer failed on its own side (`internal`), not on the gamer's input: a
-        /// sessionless task gets one more try on another peer, and a success there counts
-        /// against this peer like a confirmed miss.
-        internal: bool,
+        /// Worth one try on another peer (every error but the gamer's request exceeding
+        /// the work budgets, which any peer would refuse alike): a sessionless task gets
+        /// one more try elsewhere, and a success there counts against this peer like a
+        /// confirmed miss (an error another peer does not reproduce).
+        retry_elsewhere: bool,
         /// The peer lost (or never had) the session's world.
         resync: bool,
     },
@@ -266,8 +267,8 @@ pub enum Completion {
     },
     /// The gamer has left; drop the result.
     Orphaned,
-    /// The peer's internal error is not passed on: the task went back to the queue for
-    /// one try on another peer (call [`Scheduler::dispatch`]).
+    /// The peer's error is not passed on: the task went back to the queue for one try on
+    /// another peer (call [`Scheduler::dispatch`]).
     Retried,
 }
 
@@ -398,10 +399,11 @@ pub struct Task<P> {
     /// Peers whose attempt at it (or at a tick ahead of it) missed its deadline: never
     /// tried again.
     timed_out_on: Vec<PeerId>,
-    /// Peers whose own attempt at it missed its deadline: each such miss counts towards
-    /// the peer's quarantine once an established peer answers the task in time.
+    /// Peers whose own attempt at it missed its deadline, on a deadline such work fits
+    /// there: each such miss counts towards the peer's quarantine once an established peer
+    /// answers the task in time.
     missed_on: Vec<PeerId>,
-    /// Peers whose internal error on it was retried elsewhere: a success elsewhere
+    /// Peers whose error on it was retried elsewhere: a success elsewhere
     /// counts against them.
     erred_on: Vec<PeerId>,
     state: TaskState,
@@ -620,15 +622,20 @@ struct Session {
     pending: u32,
     last_used: u64,
     /// Resync errors in a row from its peer (see
-    /// [`SchedulerConfig::max_resyncs_in_a_row`]).
+    /// [`SchedulerConfig::max_resyncs_in_a_row`]), counted once per lost world: answers to
+    /// tasks submitted before `resync_barrier` (in flight when the last one was counted)
+    /// are not counted again. Reset when the session moves.
     resyncs_in_a_row: u32,
+    resync_barrier: TaskKey,
+    /// Peers that missed a tick of it (on a deadline such work fits there), not yet
+    /// confirmed (at most [`MAX_AVOIDED`]): the session's next success from an established
+    /// peer confirms them.
+    unconfirmed: Vec<PeerId>,
     /// Peers it moved away from after resyncs in a row: tried last (at most
     /// [`MAX_AVOIDED`], the oldest forgotten first).
     avoid: Vec<PeerId>,
 }
 
-/// The origin a restored streak's misses count as (see [`Scheduler::restore_standing`]).
-const REMEMBERED_ORIGIN: &str = "(remembered)";
 /// Task types whose shown duration a peer keeps.
 const MAX_SHOWN_TYPES: usize = 32;
 /// Peers a session remembers avoiding.
@@ -879,17 +886,16 @@ impl<P> Scheduler<P> {
     /// `quarantine_after_misses` reports the peer once. A streak already at or past the
     /// limit (a peer back from its quarantine, or a limit lowered since) is held just
     /// below it: the peer's next confirmed miss before an accepted answer reports it again.
-    /// The gamers behind the remembered misses are not remembered: they count as one
-    /// origin of their own ([`SchedulerConfig::quarantine_min_gamers`]).
+    /// The gamers behind the remembered misses are not remembered: the misses that
+    /// complete the streak must come from `quarantine_min_gamers` origins themselves.
     pub fn restore_standing(&mut self, peer: &str, standing: Standing) {
         let limit = self.config.quarantine_after_misses;
         let Some(p) = self.peers.get_mut(peer) else { return };
         p.window = standing.window.clamp(1, p.declared);
         p.misses_in_a_row = if limit > 0 { standing.misses_in_a_row.min(limit - 1) } else { standing.misses_in_a_row };
+        // The gamers behind the remembered misses are not remembered: the misses that
+        // complete the streak must come from enough origins on their own.
         p.miss_origins.clear();
-        if p.misses_in_a_row > 0 {
-            p.miss_origins.push(REMEMBERED_ORIGIN.to_owned());
-        }
         p.reported = false;
         p.verified = standing.verified;
     }
@@ -1384,6 +1390,7 @@ impl<P> Scheduler<P> {
             if let Some(session) = session
                 && session.peer.as_ref() != Some(&peer_id)
             {
+                session.resyncs_in_a_row = 0;
                 if let Some(old) = session.peer.replace(peer_id.clone())
                     && let Some(old) = self.peers.get_mut(&old)
                 {
@@ -1599,8 +1606,8 @@ impl<P> Scheduler<P> {
 
     /// Accepts a peer's answer to `assignment_id` given at `now`, freeing its slot. What
     /// the answer does to the peer's standing depends on `answer` (see [`Answer`]); an
-    /// internal error on a sessionless task is not delivered but tried once on another
-    /// peer ([`Completion::Retried`]).
+    /// error on a sessionless task (see [`Answer::Error`]) is not delivered but tried once
+    /// on another peer ([`Completion::Retried`]).
     pub fn complete(
         &mut self,
         peer_id: &str,
@@ -1621,7 +1628,11 @@ impl<P> Scheduler<P> {
             return Err(not_assigned());
         }
         self.deadlines.remove(&(due, key, attempt));
-        let took = now.saturating_duration_since(task.assigned_at);
+        // From when the attempt's own time started (a pipelined tick waits behind the
+        // ticks ahead of it first), and never more than its deadline: a peer cannot inflate
+        // what such work "needs" on it by answering late or behind a deep pipeline.
+        let started = due.checked_sub(task.deadline).unwrap_or(task.assigned_at).max(task.assigned_at);
+        let took = now.saturating_duration_since(started).min(task.deadline);
         let task_type = task.task_type.clone();
         let session = task.session_id.clone().map(|s| (task.gamer.clone(), s));
         let established = self.config.established_after_answers;
@@ -1642,11 +1653,11 @@ impl<P> Scheduler<P> {
             }
         }
         if let Some((gamer, session)) = &session {
-            self.count_resync(gamer, session, peer_id, answer);
+            self.count_resync(gamer, session, key, peer_id, answer);
         }
-        if let Answer::Error { internal: true, .. } = answer
+        if let Answer::Error { retry_elsewhere: true, .. } = answer
             && !orphaned
-            && self.retry_elsewhere(key, peer_id)
+            && self.retry_elsewhere(key, peer_id, now)
         {
             return Ok(Completion::Retried);
         }
@@ -1658,16 +1669,27 @@ impl<P> Scheduler<P> {
         if confirms {
             // Answered in time here by a peer in good standing: the peers that missed it
             // before, on a deadline such work fits there, were at fault; so were the
-            // peers whose internal error on it another peer did not reproduce.
+            // peers whose error on it another peer did not reproduce.
             let origin = self.gamers.get(&task.gamer).and_then(|g| g.origin.clone()).unwrap_or(task.gamer.clone());
             for missed in &task.missed_on {
-                let needs = self.peers.get(missed).and_then(|p| p.shown.get(&task.task_type).copied());
-                if needs.is_none_or(|needs| task.deadline >= needs) {
-                    self.count_miss(missed, &origin);
-                }
+                self.count_miss(missed, &origin);
             }
             for erred in &task.erred_on {
                 self.count_miss(erred, &origin);
+            }
+            // A session's missed tick is retried on a peer that does not hold its world (it
+            // answers with a resync, which confirms nothing): the session's next success
+            // confirms it instead.
+            let missed = task
+                .session_id
+                .as_ref()
+                .and_then(|s| self.gamers.get_mut(&task.gamer)?.sessions.get_mut(s))
+                .map(|s| std::mem::take(&mut s.unconfirmed))
+                .unwrap_or_default();
+            for missed in missed {
+                if missed != peer_id {
+                    self.count_miss(&missed, &origin);
+                }
             }
         }
         self.counters.completed += 1;
@@ -1684,11 +1706,15 @@ impl<P> Scheduler<P> {
         })
     }
 
-    /// Puts a sessionless task whose peer failed on its own side back in the queue for
-    /// one try on another peer that runs it, if there is one and the task has attempts
-    /// left. Returns whether it did.
-    fn retry_elsewhere(&mut self, key: TaskKey, peer_id: &str) -> bool {
+    /// Puts a sessionless task its peer answered with an error back in the queue for one
+    /// try on another peer that runs it, if there is one, the task has attempts left and
+    /// its queue wait limit has not passed. Returns whether it did.
+    fn retry_elsewhere(&mut self, key: TaskKey, peer_id: &str, now: Instant) -> bool {
         let Some(task) = self.tasks.get(&key) else { return false };
+        // Past its queue wait limit it would only fail as a timeout: the error is the answer.
+        if task.give_up_at.is_some_and(|at| at <= now) {
+            return false;
+        }
         let other = self.peers.iter().any(|(id, p)| {
             id != peer_id && p.runs(&task.task_type) && !task.timed_out_on.contains(id) && !task.erred_on.contains(id)
         });
@@ -1711,14 +1737,20 @@ impl<P> Scheduler<P> {
     /// Counts a session's resync errors in a row from its peer; at
     /// `max_resyncs_in_a_row` the session leaves the peer (it is avoided for the session
     /// from then on) so that its snapshot goes elsewhere.
-    fn count_resync(&mut self, gamer: &str, session: &str, peer_id: &str, answer: Answer) {
+    fn count_resync(&mut self, gamer: &str, session: &str, key: TaskKey, peer_id: &str, answer: Answer) {
         let limit = self.config.max_resyncs_in_a_row;
         let Some(s) = self.gamers.get_mut(gamer).and_then(|g| g.sessions.get_mut(session)) else { return };
         if s.peer.as_deref() != Some(peer_id) {
             return;
         }
         match answer {
-            Answer::Error { resync: true, .. } => s.resyncs_in_a_row += 1,
+            // The ticks already in flight when a resync was counted answer resync too:
+            // one lost world counts once.
+            Answer::Error { resync: true, .. } if key >= s.resync_barrier => {
+                s.resyncs_in_a_row += 1;
+                s.resync_barrier = self.next_key;
+            }
+            Answer::Error { resync: true, .. } => {}
             _ => s.resyncs_in_a_row = 0,
         }
         if limit == 0 || s.resyncs_in_a_row < limit {
@@ -1795,8 +1827,28 @@ impl<P> Scheduler<P> {
                         let floor = self.config.initial_peer_capacity.clamp(1, p.declared);
                         p.window = (p.window / 2).max(floor);
                     }
-                    if !task.missed_on.contains(&peer) {
+                    // A miss on a deadline shorter than such work has shown it needs there is
+                    // the gamer's doing: never held against the peer. What such work "needs"
+                    // then fades with each miss, so a peer that stops answering cannot live
+                    // off one slow success.
+                    let deadline = task.deadline;
+                    let shown = self.peers.get_mut(&peer).and_then(|p| p.shown.get_mut(&task.task_type));
+                    let held_against = shown.as_ref().is_none_or(|needs| deadline >= **needs);
+                    if let Some(shown) = shown {
+                        *shown /= 2;
+                    }
+                    if held_against && !task.missed_on.contains(&peer) {
                         task.missed_on.push(peer.clone());
+                    }
+                    if held_against
+                        && let Some(session) =
+                            session_id.as_ref().and_then(|s| self.gamers.get_mut(&gamer_id)?.sessions.get_mut(s))
+                        && !session.unconfirmed.contains(&peer)
+                    {
+                        if session.unconfirmed.len() >= MAX_AVOIDED {
+                            session.unconfirmed.remove(0);
+                        }
+                        session.unconfirmed.push(peer.clone());
                     }
                     // The session's later ticks on this peer wait behind the late one there:
                     // take them back too, so the session moves whole and in order, and no
@@ -2445,7 +2497,7 @@ mod tests {
         s.add_peer("next".into(), any_peer(8));
         let mut now = Instant::now();
         // Errors confirm nothing, and a peer with fewer than 2 successes confirms nothing.
-        let error = Answer::Error { internal: false, resync: true };
+        let error = Answer::Error { retry_elsewhere: false, resync: true };
         now = missed_then_answered(&mut s, "a", "e1", ("hole", "next"), error, now);
         now = missed_then_answered(&mut s, "a", "s1", ("hole", "next"), Answer::Success, now);
         now = missed_then_answered(&mut s, "a", "s2", ("hole", "next"), Answer::Success, now);
@@ -2494,7 +2546,7 @@ mod tests {
         s.add_peer("broken".into(), any_peer(8));
         s.add_peer("ok".into(), any_peer(8));
         let now = Instant::now();
-        let internal = Answer::Error { internal: true, resync: true };
+        let internal = Answer::Error { retry_elsewhere: true, resync: true };
         s.submit("g", task("t"), now).unwrap();
         let d = s.dispatch(now);
         assert_eq!(d[0].peer, "broken");
@@ -2522,7 +2574,7 @@ mod tests {
         s.add_peer("amnesiac".into(), any_peer(8));
         s.add_peer("other".into(), any_peer(8));
         let now = Instant::now();
-        let resync = Answer::Error { internal: false, resync: true };
+        let resync = Answer::Error { retry_elsewhere: false, resync: true };
         for tick in 0..2 {
             s.submit("g", session_task(&format!("t{tick}"), "w"), now).unwrap();
             let d = s.dispatch(now);

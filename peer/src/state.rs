@@ -53,15 +53,21 @@ pub fn load(path: &Path, peer_id: &str) -> Option<String> {
 /// Keeps `secret` as `peer_id`'s resume secret in `path` (creating its folder).
 pub fn save(path: &Path, peer_id: &str, secret: &str) -> std::io::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(dir)?;
     }
     let text = serde_json::to_string(&State { peer_id: peer_id.to_owned(), resume_secret: secret.to_owned() })
         .map_err(std::io::Error::other)?;
+    // A fresh, unguessable name created exclusively: nothing planted there beforehand (a
+    // symlink, a file readable by others) is followed or reused.
     let mut temp = path.as_os_str().to_owned();
-    temp.push(format!(".{}.tmp", std::process::id()));
+    temp.push(format!(".{}.tmp", uuid::Uuid::new_v4().simple()));
     let temp = PathBuf::from(temp);
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let written = options.open(&temp).and_then(|mut file| {

@@ -64,8 +64,9 @@ async fn with_two_replicas_killing_a_peer_costs_the_gamer_nothing() {
         assert_eq!(r.tick, t);
     }
     assert!(peers.iter().all(holds), "both peers run the session");
+    // The slower replica's answers to the last ticks may still be on their way.
+    common::eventually("the slower replica's answers are compared", || coord.stats().ticks_compared >= 60).await;
     let stats = coord.stats();
-    assert!(stats.ticks_compared >= 60, "{stats:?}");
     assert_eq!(stats.replica_disagreements, 0, "honest peers agree bit for bit: {stats:?}");
 
     peers[0].kill();

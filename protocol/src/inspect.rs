@@ -31,8 +31,9 @@ pub enum ResultKind {
     Error {
         /// The gamer must send a snapshot before the next tick.
         resync: bool,
-        /// The code is `internal`: the peer failed on its own side, not on the request.
-        internal: bool,
+        /// The code is `limit_exceeded`: the request asks for more work than the peer's
+        /// budgets allow (any peer with the same budgets refuses it alike).
+        over_budget: bool,
     },
 }
 
@@ -52,10 +53,11 @@ pub fn result_kind(payload: &Payload) -> ResultKind {
     }
     match payload.json().and_then(|text| serde_json::from_str::<Status<'_>>(text).ok()) {
         Some(Status { status: Some(s), .. }) if s == "success" => ResultKind::Success,
-        Some(Status { resync, code, .. }) => {
-            ResultKind::Error { resync, internal: code.is_some_and(|c| c == crate::ErrorCode::Internal.as_str()) }
-        }
-        None => ResultKind::Error { resync: false, internal: false },
+        Some(Status { resync, code, .. }) => ResultKind::Error {
+            resync,
+            over_budget: code.is_some_and(|c| c == crate::ErrorCode::LimitExceeded.as_str()),
+        },
+        None => ResultKind::Error { resync: false, over_budget: false },
     }
 }
 
@@ -89,13 +91,13 @@ mod tests {
         assert_eq!(result_kind(&Payload::binary(vec![1, 2, 3])), ResultKind::Success);
         assert_eq!(
             result_kind(&json(r#"{"status":"error","code":"unknown_session","resync":true}"#)),
-            ResultKind::Error { resync: true, internal: false }
+            ResultKind::Error { resync: true, over_budget: false }
         );
         assert_eq!(
-            result_kind(&json(r#"{"status":"error","code":"internal","resync":true}"#)),
-            ResultKind::Error { resync: true, internal: true }
+            result_kind(&json(r#"{"status":"error","code":"limit_exceeded","resync":true}"#)),
+            ResultKind::Error { resync: true, over_budget: true }
         );
-        assert_eq!(result_kind(&json(r#"{"bodies":[]}"#)), ResultKind::Error { resync: false, internal: false });
-        assert_eq!(result_kind(&json("null")), ResultKind::Error { resync: false, internal: false });
+        assert_eq!(result_kind(&json(r#"{"bodies":[]}"#)), ResultKind::Error { resync: false, over_budget: false });
+        assert_eq!(result_kind(&json("null")), ResultKind::Error { resync: false, over_budget: false });
     }
 }

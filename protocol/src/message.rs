@@ -116,11 +116,12 @@ impl Determinism {
             && self.features.iter().all(ok)
     }
 
-    /// The setup as one line, `engine [features] sim arch` (e.g. `rapier3d 0.36.1
-    /// [enhanced-determinism] p2c2r_sim 0.1.0 x86_64`): how an operator names the setups
-    /// it accepts, and how peers log theirs.
+    /// The setup as one line, each field quoted and escaped (so two different setups
+    /// never share a label), e.g. `"rapier3d 0.36.1" ["enhanced-determinism"] "p2c2r_sim
+    /// 0.1.0" "x86_64"`: how an operator names the setups it accepts, and how peers log
+    /// theirs.
     pub fn label(&self) -> String {
-        format!("{} [{}] {} {}", self.engine, self.features.join(","), self.sim, self.arch)
+        format!("{:?} {:?} {:?} {:?}", self.engine, self.features, self.sim, self.arch)
     }
 }
 
@@ -417,4 +418,23 @@ pub struct SessionStatus {
     /// Full-state answers sent to correct this session.
     #[serde(default)]
     pub corrections: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn different_setups_never_share_a_label() {
+        let setup = |sim: &str, arch: &str| Determinism {
+            engine: "rapier3d 0.36.1".into(),
+            features: vec!["enhanced-determinism".into()],
+            sim: sim.into(),
+            arch: arch.into(),
+        };
+        let honest = setup("p2c2r_sim 0.1.0", "x86_64");
+        assert_eq!(honest.label(), r#""rapier3d 0.36.1" ["enhanced-determinism"] "p2c2r_sim 0.1.0" "x86_64""#);
+        assert_ne!(honest.label(), setup("p2c2r_sim", "0.1.0 x86_64").label());
+        assert_ne!(honest.label(), setup("p2c2r_sim 0.1.0\" \"x86_64", "").label());
+    }
 }
