@@ -30,7 +30,7 @@ use std::sync::Arc;
 use p2c2r_ops::http::{self as ops_http, HeadLimits, Request, Response, Rewind};
 use p2c2r_ops::scrape;
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -48,6 +48,65 @@ pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 
 /// Dashboards (event streams) served at once; more are answered 503.
 pub const MAX_EVENT_STREAMS: usize = 32;
+
+/// Dashboards served at once to one address (IPv6: one /64): one address cannot take
+/// every place, even with streams it never reads.
+pub const MAX_EVENT_STREAMS_PER_ADDRESS: usize = 4;
+
+/// The places for dashboards' event streams: [`MAX_EVENT_STREAMS`] in all,
+/// [`MAX_EVENT_STREAMS_PER_ADDRESS`] per address.
+#[derive(Debug)]
+pub struct EventStreams {
+    total: Arc<Semaphore>,
+    by_address: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+}
+
+/// One event stream's place, given back when dropped.
+#[derive(Debug)]
+pub struct EventStreamPlace {
+    _permit: OwnedSemaphorePermit,
+    address: std::net::IpAddr,
+    by_address: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+}
+
+impl Default for EventStreams {
+    fn default() -> Self {
+        EventStreams { total: Arc::new(Semaphore::new(MAX_EVENT_STREAMS)), by_address: Arc::default() }
+    }
+}
+
+impl EventStreams {
+    /// A place for a stream to `address`, or why there is none.
+    pub fn try_take(&self, address: std::net::IpAddr) -> Result<EventStreamPlace, String> {
+        let address = crate::admission::address_key(address);
+        let mut by_address = self.by_address.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let held = by_address.get(&address).copied().unwrap_or(0);
+        if held >= MAX_EVENT_STREAMS_PER_ADDRESS {
+            return Err(format!(
+                "{MAX_EVENT_STREAMS_PER_ADDRESS} dashboards are open from this address already; close one first"
+            ));
+        }
+        let permit = self
+            .total
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| format!("{MAX_EVENT_STREAMS} dashboards are open already; try again later"))?;
+        by_address.insert(address, held + 1);
+        Ok(EventStreamPlace { _permit: permit, address, by_address: self.by_address.clone() })
+    }
+}
+
+impl Drop for EventStreamPlace {
+    fn drop(&mut self) {
+        let mut by_address = self.by_address.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = by_address.get_mut(&self.address) {
+            *n -= 1;
+            if *n == 0 {
+                by_address.remove(&self.address);
+            }
+        }
+    }
+}
 
 /// The dashboard's script and styles are inline and it talks only to its own origin.
 const DASHBOARD_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
@@ -132,7 +191,7 @@ pub async fn serve(
     let head_only = request.method == "HEAD";
     let route = match &credential {
         Some(c) if c.identity.role != Role::Operator => Route::Respond(forbidden(c)),
-        _ => route(&shared, &request),
+        _ => route(&shared, &request, addr),
     };
     match route {
         Route::Respond(response) => {
@@ -206,11 +265,11 @@ fn forbidden(credential: &Credential) -> Response {
 /// What a plain HTTP request gets.
 enum Route {
     Respond(Response),
-    /// The event stream, holding one of the [`MAX_EVENT_STREAMS`] places.
-    Events(OwnedSemaphorePermit),
+    /// The event stream, holding its place.
+    Events(EventStreamPlace),
 }
 
-fn route(shared: &Shared, request: &Request) -> Route {
+fn route(shared: &Shared, request: &Request, addr: SocketAddr) -> Route {
     if request.method != "GET" && request.method != "HEAD" {
         return Route::Respond(Response::status(405).with_header("Allow", "GET, HEAD"));
     }
@@ -226,10 +285,9 @@ fn route(shared: &Shared, request: &Request) -> Route {
                 Response::new(200, "application/json", latest.as_bytes().to_vec())
             }
         }
-        "/events" => match shared.event_streams.clone().try_acquire_owned() {
-            Ok(permit) => return Route::Events(permit),
-            Err(_) => Response::text(503, format!("{MAX_EVENT_STREAMS} dashboards are open already; try again later"))
-                .with_header("Retry-After", "10"),
+        "/events" => match shared.event_streams.try_take(addr.ip()) {
+            Ok(place) => return Route::Events(place),
+            Err(why) => Response::text(503, why).with_header("Retry-After", "10"),
         },
         _ => {
             Response::text(404, "not found: the dashboard is at /, metrics at /metrics, WebSocket clients connect at /")

@@ -253,7 +253,7 @@ pub struct Shared {
     /// The latest fleet snapshot, for the dashboard.
     pub feed: watch::Receiver<Published>,
     /// Places for dashboards' event streams.
-    pub event_streams: Arc<Semaphore>,
+    pub event_streams: http::EventStreams,
     /// The credentials in force.
     pub auth: Arc<Auth>,
     /// TLS, when configured.
@@ -298,7 +298,7 @@ impl Server {
             admission,
             bytes,
             feed: feed_rx,
-            event_streams: Arc::new(Semaphore::new(http::MAX_EVENT_STREAMS)),
+            event_streams: http::EventStreams::default(),
             auth: Arc::new(auth),
             tls,
             attempts,

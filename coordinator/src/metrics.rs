@@ -295,6 +295,21 @@ impl Collector for StateCollector {
             "Registered connections evicted for silence, by role",
             &[(RoleLabel { role: "peer" }, peers_evicted), (RoleLabel { role: "gamer" }, gamers_evicted)],
         )?;
+        let (absent, absent_evicted) = self.router.absent_gamers();
+        gauge(
+            &mut e,
+            "gamers_absent",
+            "Gamers away within their resume grace holding a slot (work pending)",
+            None,
+            absent as u64,
+        )?;
+        counter(
+            &mut e,
+            "absent_gamers_evicted",
+            "Absent gamers whose slot went to a newcomer (the address holding the most absent slots first)",
+            None,
+            absent_evicted,
+        )?;
         counter(&mut e, "received", "Bytes received on WebSocket connections", bytes, self.bytes.read())?;
         counter(&mut e, "sent", "Bytes sent on WebSocket connections", bytes, self.bytes.written())?;
         Ok(())

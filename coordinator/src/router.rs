@@ -113,6 +113,8 @@ struct State {
     next_conn: ConnId,
     peers_evicted: u64,
     gamers_evicted: u64,
+    /// Absent gamers whose slot went to a newcomer ([`State::evict_absent_squatter`]).
+    absent_evicted: u64,
     errors_sent: u64,
     metrics: Arc<Metrics>,
     /// End-to-end latencies since the operator's view last took them.
@@ -171,6 +173,10 @@ struct ReplicaCounters {
 /// What waits for a gamer that may resume.
 #[derive(Default)]
 struct Detached {
+    /// The address (IPv6: /64) it left from: the address its slot is charged to.
+    address: Option<std::net::IpAddr>,
+    /// When it left.
+    since: Option<Instant>,
     frames: Vec<Outbound>,
     bytes: usize,
     /// Tasks whose result or answer did not fit the budgets and was dropped: on resume
@@ -241,6 +247,7 @@ impl Router {
                 latencies: LatencyWindow::default(),
                 ids: IdBook::new(config.resume_grace),
                 detached: HashMap::new(),
+                absent_evicted: 0,
                 limits: HashMap::new(),
                 resume_budget: config.max_pending_bytes_per_gamer,
                 kept_bytes: 0,
@@ -410,6 +417,13 @@ impl Router {
         (state.peers_evicted, state.gamers_evicted)
     }
 
+    /// Absent gamers now holding a slot (work pending), and absent gamers whose slot went
+    /// to a newcomer since start.
+    pub fn absent_gamers(&self) -> (usize, u64) {
+        let state = self.lock();
+        (state.detached.len(), state.absent_evicted)
+    }
+
     /// Everything the operator's view shows, read in one lock hold (see [`crate::fleet`]).
     pub fn fleet(&self) -> FleetState {
         let state = self.lock();
@@ -450,6 +464,7 @@ impl Router {
     pub fn disconnect(&self, conn: ConnId, why: Departure) {
         let mut state = self.lock();
         let Some(entry) = state.conns.remove(&conn) else { return };
+        let address = entry.info.as_ref().map(|i| crate::admission::address_key(i.addr.ip()));
         match entry.role {
             Role::Unregistered => {}
             Role::Peer(peer_id) => {
@@ -485,9 +500,15 @@ impl Router {
                         let dropped = state.forget_gamer(&gamer_id);
                         crate::info_limited!("router: gamer left", gamer_id, dropped, ?why, "gamer left");
                     } else if state.ids.release(Kind::Gamer, &gamer_id, Instant::now()) {
-                        // Its tasks keep running; their results wait for it to resume.
-                        state.detached.insert(gamer_id.clone(), Detached::default());
-                        crate::info_limited!("router: gamer detached", gamer_id, ?why, "gamer left; may resume");
+                        // Its id is reserved for it either way. With work pending, its tasks
+                        // keep running, their results wait for it, and it holds its gamer
+                        // slot (charged to the address it left from); with nothing pending
+                        // it holds no slot: it may resume, but keeps nobody out meanwhile.
+                        if !idle {
+                            let since = Some(Instant::now());
+                            state.detached.insert(gamer_id.clone(), Detached { address, since, ..Detached::default() });
+                        }
+                        crate::info_limited!("router: gamer detached", gamer_id, ?why, idle, "gamer left; may resume");
                     } else {
                         let dropped = state.forget_gamer(&gamer_id);
                         crate::info_limited!("router: gamer left", gamer_id, dropped, ?why, "gamer left");
@@ -801,13 +822,14 @@ impl Router {
         // Gamers never take the slots kept for peers (a re-registration of a live id
         // replaces a slot rather than taking one).
         let gamer_slots = self.config.max_connections.saturating_sub(self.config.reserved_peer_slots).max(1);
-        // Gamers away within their resume grace still hold tasks: they count too.
+        // Gamers away within their resume grace with work pending still hold slots.
         let holding = state.gamers.len() + state.detached.len();
-        if *role == Role::Unregistered
+        let newcomer = *role == Role::Unregistered
             && !state.gamers.contains_key(&m.gamer_id)
-            && !state.detached.contains_key(&m.gamer_id)
-            && holding >= gamer_slots
-        {
+            && !state.detached.contains_key(&m.gamer_id);
+        if newcomer && holding >= gamer_slots && state.evict_absent_squatter() {
+            // A place was freed: the newcomer is served, not refused.
+        } else if newcomer && holding >= gamer_slots {
             let reason = format!("the coordinator serves its most gamers ({gamer_slots}); try again later");
             state.send_error(conn, ErrorCode::LimitExceeded, reason, Some("register_gamer".into()));
             if let Some(entry) = state.conns.get(&conn) {
@@ -1288,6 +1310,40 @@ impl State {
         if let Some(db) = &self.reputation {
             db.standing(peer_id, standing);
         }
+    }
+
+    /// With every gamer slot taken, frees one held by an absent gamer: the one that left
+    /// longest ago from the address holding the most absent slots (absent gamers are
+    /// charged to the address they left from), when that address holds two or more, so
+    /// one address resuming absent ids cannot hold every slot against newcomers, while an
+    /// address's one absent gamer keeps its slot for its grace. Its pending tasks are
+    /// dropped and its id freed, as when its resume grace passes. Returns whether one was
+    /// freed.
+    fn evict_absent_squatter(&mut self) -> bool {
+        let mut by_address: HashMap<Option<std::net::IpAddr>, usize> = HashMap::new();
+        for d in self.detached.values() {
+            *by_address.entry(d.address).or_default() += 1;
+        }
+        let Some((&address, _)) = by_address.iter().filter(|&(_, n)| *n >= 2).max_by_key(|&(a, n)| (*n, *a)) else {
+            return false;
+        };
+        let victim = self
+            .detached
+            .iter()
+            .filter(|(_, d)| d.address == address)
+            .min_by_key(|(id, d)| (d.since, (*id).clone()))
+            .map(|(id, _)| id.clone());
+        let Some(victim) = victim else { return false };
+        let dropped = self.forget_gamer(&victim);
+        self.absent_evicted += 1;
+        crate::warn_limited!(
+            "router: absent gamer evicted",
+            gamer_id = victim,
+            ?address,
+            dropped,
+            "gamer slots full: the absent gamer whose address holds the most absent slots made room"
+        );
+        true
     }
 
     /// Removes what was kept for a detached gamer (to deliver or drop).

@@ -255,9 +255,12 @@ async fn gamers_cannot_take_the_slots_kept_for_peers() {
     let a = peer.recv_assignment().await;
     peer.answer(&a, r#"{"status":"success"}"#).await;
     assert_eq!(gamers[0].recv_result().await.task_id, "t");
-    // A gamer that leaves keeps its slot while it may resume (it still holds tasks), then
-    // frees it for another.
-    drop(gamers.pop());
+    // A gamer that leaves with work pending keeps its slot while it may resume (the only
+    // absent gamer of its address), then frees it for another.
+    let mut leaving = gamers.pop().unwrap();
+    leaving.submit("pending", "physics", "{}", None).await;
+    peer.recv_assignment().await;
+    drop(leaving);
     eventually("the departed gamer is gone", || coord.stats().gamers == 3).await;
     let mut early = Client::connect(&url).await;
     early.send_text(r#"{"msg_type":"register_gamer","gamer_id":"g5"}"#).await;

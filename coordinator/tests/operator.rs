@@ -223,29 +223,50 @@ impl EventReader {
     }
 }
 
+/// A raw connection from the loopback address `from` that asked for the event stream.
+async fn events_stream_from(from: &str, addr: SocketAddr) -> EventReader {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let mut stream = tokio::time::timeout(WAIT, socket.connect(addr)).await.unwrap().unwrap();
+    stream.write_all(b"GET /events HTTP/1.1\r\n\r\n").await.unwrap();
+    EventReader { stream, buf: Vec::new() }
+}
+
+/// An event stream from `from`, served (200).
+async fn events_from(from: &str, addr: SocketAddr) -> EventReader {
+    let mut events = events_stream_from(from, addr).await;
+    let head = events.until(b"\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{from}: {head}");
+    events
+}
+
 #[tokio::test]
 async fn dashboards_beyond_the_limit_are_told_to_come_back() {
     let coord = start(Config::default()).await;
     let addr = coord.local_addr();
+    // One address gets its share and no more (a stream it never reads included).
+    let per_address = coordinator::http::MAX_EVENT_STREAMS_PER_ADDRESS;
     let mut open = Vec::new();
-    for _ in 0..coordinator::http::MAX_EVENT_STREAMS {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        stream.write_all(b"GET /events HTTP/1.1\r\n\r\n").await.unwrap();
-        let mut events = EventReader { stream, buf: Vec::new() };
-        assert!(events.until(b"\r\n\r\n").await.starts_with("HTTP/1.1 200 "));
-        open.push(events);
+    for _ in 0..per_address {
+        open.push(events_from("127.0.0.9", addr).await);
+    }
+    let mut one_more = events_stream_from("127.0.0.9", addr).await;
+    let answer = one_more.until(b"\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    // Other addresses share the rest, up to the limit.
+    let addresses = (coordinator::http::MAX_EVENT_STREAMS - per_address).div_ceil(per_address);
+    for i in 0..coordinator::http::MAX_EVENT_STREAMS - per_address {
+        open.push(events_from(&format!("127.0.0.{}", 1 + i % addresses), addr).await);
     }
     let refused = get(addr, "/events").await;
     assert_eq!(status(&refused), 503, "{refused}");
     assert!(refused.contains("Retry-After: "));
     // The page and the metrics are still served, and a place frees when one leaves.
     assert_eq!(status(&get(addr, "/metrics").await), 200);
-    drop(open.pop());
+    drop(open.remove(0));
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        stream.write_all(b"GET /events HTTP/1.1\r\n\r\n").await.unwrap();
-        let mut events = EventReader { stream, buf: Vec::new() };
+        let mut events = events_stream_from("127.0.0.9", addr).await;
         // The freed place is noticed when the next snapshot fails to reach the closed socket.
         if events.until(b"\r\n\r\n").await.starts_with("HTTP/1.1 200 ") {
             break;

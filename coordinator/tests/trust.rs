@@ -329,3 +329,39 @@ async fn sybil_black_holes_cannot_use_up_a_tasks_attempts() {
     }
     coord.shutdown().await;
 }
+
+/// One address fills every gamer slot with ids it registers, gives each a task nobody runs
+/// (so each holds its slot while absent), and drops them all. A newcomer from elsewhere is
+/// served, not refused: the absent gamer that left longest ago, from the address holding
+/// the most absent slots, makes room. Gamers absent with nothing pending hold no slot.
+#[tokio::test]
+async fn absent_squatters_make_room_for_newcomers() {
+    // 12 gamer slots (16 connections, 4 kept for peers).
+    let config = Config { max_connections: 16, reserved_peer_slots: 4, ..Config::default() };
+    let coord = start(config).await;
+    let url = coord.url();
+    // Idle leavers first: they hold nothing once gone.
+    for i in 0..12 {
+        let gamer = Client::gamer_from(&url, "127.0.0.2", &format!("idle{i}")).await;
+        drop(gamer);
+    }
+    eventually("the idle leavers are gone", || coord.fleet().gamers.is_empty()).await;
+    // Squatters with work pending fill every slot, then drop.
+    for i in 0..12 {
+        let mut gamer = Client::gamer_from(&url, "127.0.0.2", &format!("squat{i}")).await;
+        gamer.submit("stuck", "nobody-runs-this", "{}", None).await;
+        gamer.stats().await;
+        drop(gamer);
+    }
+    eventually("the squatters are absent", || coord.fleet().gamers.is_empty()).await;
+    assert!(coord.metrics_text().contains("p2c2r_gamers_absent 12"), "{}", coord.metrics_text());
+    // Newcomers elsewhere get in, each taking an absent squatter's slot.
+    let mut newcomers = Vec::new();
+    for i in 0..3 {
+        newcomers.push(Client::gamer(&url, &format!("newcomer{i}")).await);
+    }
+    assert!(coord.metrics_text().contains("p2c2r_absent_gamers_evicted_total 3"), "{}", coord.metrics_text());
+    // The oldest squatter's id is free now (its reservation went with its slot).
+    Client::gamer_from(&url, "127.0.0.2", "squat0").await;
+    coord.shutdown().await;
+}
