@@ -112,6 +112,10 @@ pub enum CopyOutcome {
         digest: Option<AnswerDigest>,
         /// The attempt that answered.
         attempt: u32,
+        /// Whether the peer is established (see `Config::established_after_answers`): only
+        /// established voters outvote anyone, so peers fresh from registering cannot buy a
+        /// majority.
+        established: bool,
     },
     /// The scheduler gave it up (the caller holds the failure to deliver if needed).
     GivenUp,
@@ -185,6 +189,8 @@ struct Vote {
     /// Distinct voters (hosts, or peers) that gave this answer: a majority is counted in
     /// voters.
     voters: Vec<String>,
+    /// Of those, the established ones: a vote's weight.
+    established: Vec<String>,
     /// The first answer with this digest, until the tick is delivered (then only the
     /// digest is kept: a logged tick must not hold its answers' bytes).
     payload: Option<Payload>,
@@ -436,12 +442,23 @@ impl Group {
         let Some(tick) = self.ticks.get_mut(task_id) else { return decision };
         tick.out = tick.out.saturating_sub(1);
         match outcome {
-            CopyOutcome::Answer { peer, voter, payload, kind: ResultKind::Success, digest: Some(digest), attempt } => {
+            CopyOutcome::Answer {
+                peer,
+                voter,
+                payload,
+                kind: ResultKind::Success,
+                digest: Some(digest),
+                attempt,
+                established,
+            } => {
                 tick.succeeded.push(generation);
                 match tick.votes.iter_mut().find(|v| v.digest == digest) {
                     Some(vote) => {
                         if !vote.peers.contains(&peer) {
                             vote.peers.push(peer.clone());
+                        }
+                        if established && !vote.established.contains(&voter) {
+                            vote.established.push(voter.clone());
                         }
                         if !vote.voters.contains(&voter) {
                             vote.voters.push(voter);
@@ -449,8 +466,9 @@ impl Group {
                     }
                     None => {
                         let kept = (!tick.delivered).then(|| payload.clone());
+                        let established = if established { vec![voter.clone()] } else { Vec::new() };
                         let (peers, voters) = (vec![peer.clone()], vec![voter]);
-                        tick.votes.push(Vote { digest, peers, voters, payload: kept, attempt });
+                        tick.votes.push(Vote { digest, peers, voters, established, payload: kept, attempt });
                     }
                 }
                 decision.compared = tick.votes.iter().map(|v| v.peers.len()).sum::<usize>() == 2;
@@ -473,9 +491,15 @@ impl Group {
             decision.disagreement = true;
             self.disagreements += 1;
         }
-        // An answer is outvoted when two or more voters (hosts) agree on another.
+        // An answer is outvoted when two or more voters (hosts) agree on another, and that
+        // other has more established voters than any other answer: fresh peers colluding
+        // never outvote an established one (the dispute goes to a tie-breaker instead).
         if tick.disputed && !tick.settled {
-            let majorities: Vec<usize> = (0..tick.votes.len()).filter(|&i| tick.votes[i].voters.len() >= 2).collect();
+            let weight = |i: usize| tick.votes[i].established.len();
+            let majorities: Vec<usize> = (0..tick.votes.len())
+                .filter(|&i| tick.votes[i].voters.len() >= 2)
+                .filter(|&i| weight(i) > 0 && (0..tick.votes.len()).all(|j| j == i || weight(j) < weight(i)))
+                .collect();
             if let [winner] = majorities[..] {
                 tick.settled = true;
                 for (i, vote) in tick.votes.iter().enumerate() {
@@ -593,14 +617,22 @@ mod tests {
         let payload = json(text);
         let kind = p2c2r_protocol::inspect::result_kind(&payload);
         let digest = (kind == ResultKind::Success).then(|| answer_digest(&payload));
-        CopyOutcome::Answer { peer: peer.into(), voter: peer.into(), payload, kind, digest, attempt: 1 }
+        CopyOutcome::Answer {
+            peer: peer.into(),
+            voter: peer.into(),
+            payload,
+            kind,
+            digest,
+            attempt: 1,
+            established: true,
+        }
     }
 
     /// An answer from `peer` on `host`.
     fn answer_from(peer: &str, host: &str, text: &str) -> CopyOutcome {
         match answer(peer, text) {
-            CopyOutcome::Answer { peer, payload, kind, digest, attempt, .. } => {
-                CopyOutcome::Answer { peer, voter: host.into(), payload, kind, digest, attempt }
+            CopyOutcome::Answer { peer, payload, kind, digest, attempt, established, .. } => {
+                CopyOutcome::Answer { peer, voter: host.into(), payload, kind, digest, attempt, established }
             }
             other => other,
         }

@@ -1029,8 +1029,15 @@ impl Router {
                         .map_or_else(|| peer_id.to_owned(), |i| crate::admission::address_key(i.addr.ip()).to_string()),
                     false => peer_id.to_owned(),
                 };
-                let outcome =
-                    CopyOutcome::Answer { peer: peer_id.to_owned(), voter, payload: m.result, kind, digest, attempt };
+                let outcome = CopyOutcome::Answer {
+                    peer: peer_id.to_owned(),
+                    voter,
+                    payload: m.result,
+                    kind,
+                    digest,
+                    attempt,
+                    established: state.sched.is_established(peer_id),
+                };
                 state.copy_outcome(&gamer, &session, &task_id, outcome, Some(submitted_at));
                 if state.take_quarantined_liars(self.config.quarantine_duration) {
                     self.deadlines_changed.notify_one();

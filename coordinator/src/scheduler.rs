@@ -874,6 +874,12 @@ impl<P> Scheduler<P> {
         })
     }
 
+    /// Whether a live peer is established: it has given
+    /// [`SchedulerConfig::established_after_answers`] successful answers.
+    pub fn is_established(&self, peer: &str) -> bool {
+        self.peers.get(peer).is_some_and(|p| p.verified >= self.config.established_after_answers)
+    }
+
     /// The standing a peer has when it registers with nothing remembered: a standing equal
     /// to it need not be kept.
     pub fn fresh_standing(&self) -> Standing {

@@ -15,8 +15,15 @@ use p2c2r_protocol::{
 };
 
 fn replicated(replicas: u8) -> Config {
-    // Every peer of these tests is on loopback: one address.
-    Config { replicas, replicas_on_distinct_hosts: false, audit_fraction: 0.0, ..Config::default() }
+    // Every peer of these tests is on loopback: one address. Every peer's vote counts from
+    // its first answer (what votes weigh is tested on its own, below).
+    Config {
+        replicas,
+        replicas_on_distinct_hosts: false,
+        audit_fraction: 0.0,
+        established_after_answers: 0,
+        ..Config::default()
+    }
 }
 
 async fn start(config: Config) -> CoordinatorHandle {
@@ -472,4 +479,46 @@ async fn a_setup_the_operator_does_not_accept_serves_no_replicated_session() {
     assert_eq!(next_result(&mut gamer, &mut statuses).await.task_id, "t0");
     assert!(statuses.iter().all(|s| s.replicas_live <= 1), "{statuses:?}");
     coord.shutdown().await;
+}
+
+/// Two fresh peers (on other addresses) that answer one replicated tick with the same lie
+/// against an established honest replica: with votes weighed by standing they outvote
+/// nobody (the dispute cannot be settled without a third compatible peer, so every replica
+/// is retired and nobody is quarantined); counting heads alone, the honest peer would be
+/// quarantined. Returns how many peers were quarantined.
+async fn fresh_colluders_against_an_established_replica(established_after_answers: u64) -> u64 {
+    let coord = start(Config { established_after_answers, host_prefix_v4: 32, ..replicated(3) }).await;
+    let url = coord.url();
+    let mut honest_peer = peer(&url, "honest").await;
+    let mut gamer = Client::gamer(&url, "g").await;
+    for i in 0..4 {
+        gamer.submit(&format!("w{i}"), "physics", "{}", None).await;
+        let a = honest_peer.recv_assignment().await;
+        honest_peer.answer(&a, r#"{"status":"success"}"#).await;
+        gamer.recv_result().await;
+    }
+    let caps = Capabilities { max_concurrent_tasks: Some(4), determinism: Some(setup()), ..Default::default() };
+    let mut l1 = Client::peer_from(&url, "127.0.0.2", "liar1", caps.clone()).await;
+    let mut l2 = Client::peer_from(&url, "127.0.0.3", "liar2", caps).await;
+    submit(&mut gamer, 0).await;
+    let (h, x, y) = (assignment(&mut honest_peer, 0).await, assignment(&mut l1, 0).await, assignment(&mut l2, 0).await);
+    honest_peer.answer(&h, &honest(0)).await;
+    let mut statuses = Vec::new();
+    assert_eq!(next_result(&mut gamer, &mut statuses).await.result.json(), Some(honest(0).as_str()));
+    l1.answer(&x, &lie(0)).await;
+    l2.answer(&y, &lie(0)).await;
+    // A connection's frames are handled in order: once each liar's next request is
+    // answered, its lie was handled, and the dispute decided with it.
+    l1.stats().await;
+    l2.stats().await;
+    assert_eq!(coord.stats().replica_disagreements, 1);
+    let quarantined = coord.stats().peers_quarantined;
+    coord.shutdown().await;
+    quarantined
+}
+
+#[tokio::test]
+async fn two_fresh_colluders_cannot_outvote_an_established_replica() {
+    assert_eq!(fresh_colluders_against_an_established_replica(0).await, 1, "counting heads, the honest peer goes");
+    assert_eq!(fresh_colluders_against_an_established_replica(4).await, 0);
 }

@@ -26,6 +26,9 @@ fn replicated(replicas: u8) -> coordinator::Config {
         replicas,
         replicas_on_distinct_hosts: false,
         audit_fraction: 0.0,
+        // Votes count from a peer's first answer (coordinator/tests/replication.rs tests
+        // what votes weigh).
+        established_after_answers: 0,
         ..coordinator::Config::default()
     }
 }
