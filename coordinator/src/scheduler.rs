@@ -1676,7 +1676,8 @@ impl<P> Scheduler<P> {
             // Answered in time here by a peer in good standing: the peers that missed it
             // before, on a deadline such work fits there, were at fault; so were the
             // peers whose error on it another peer did not reproduce.
-            let origin = self.gamers.get(&task.gamer).and_then(|g| g.origin.clone()).unwrap_or(task.gamer.clone());
+            let origin =
+                self.gamers.get(&task.gamer).and_then(|g| g.origin.clone()).unwrap_or_else(|| task.gamer.clone());
             for missed in &task.missed_on {
                 self.count_miss(missed, &origin);
             }

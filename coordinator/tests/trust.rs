@@ -78,6 +78,24 @@ async fn run_batch(gamer: &mut Client, prefix: &str, count: usize, deadline_ms: 
     ok
 }
 
+/// `count` physics ticks too heavy for their 60 ms deadline, each on a session of its
+/// own, one after another; returns how many succeeded.
+async fn heavy_ticks(attacker: &mut Client, count: usize) -> usize {
+    let mut ok = 0;
+    for i in 0..count {
+        let session = format!("heavy-{i}");
+        attacker
+            .submit_with_deadline(&format!("h{i}"), "physics_step", r#"{"attack":1}"#, Some(&session), Some(60))
+            .await;
+        let r = attacker.recv_result().await;
+        assert_eq!(r.task_id, format!("h{i}"));
+        if result_status(r.result.json().unwrap()) == Some(TaskStatus::Success) {
+            ok += 1;
+        }
+    }
+    ok
+}
+
 fn connected(coord: &coordinator::CoordinatorHandle, peer_id: &str) -> bool {
     coord.fleet().peers.iter().any(|(conn, _)| conn.id == peer_id)
 }
@@ -105,16 +123,9 @@ async fn heavy_ticks_confirmed_by_a_volunteer(quarantine_min_gamers: u32) -> u64
         assert_eq!(run_batch(&mut honest, &format!("warm{round}-"), 12, 2_000).await, 12);
         assert_eq!(run_batch(&mut attacker, &format!("own{round}-"), 12, 2_000).await, 12);
     }
-    // Twelve heavy ticks, each on a session of its own: x and y let each one pass its
-    // deadline, and the volunteer answers the third attempt at once.
-    for i in 0..12 {
-        let session = format!("heavy-{i}");
-        attacker
-            .submit_with_deadline(&format!("h{i}"), "physics_step", r#"{"attack":1}"#, Some(&session), Some(60))
-            .await;
-        let r = attacker.recv_result().await;
-        assert_eq!(r.task_id, format!("h{i}"));
-    }
+    // Twelve heavy ticks: x and y let each one pass its deadline, and the volunteer
+    // answers the third attempt at once.
+    heavy_ticks(&mut attacker, 12).await;
     let quarantined = coord.stats().peers_quarantined;
     if quarantined == 0 {
         // The honest peers still serve the honest gamer.
@@ -152,18 +163,7 @@ async fn an_error_from_the_next_peer_confirms_no_miss() {
     let honest_x = serve(Client::peer_with(&url, "x", caps(8)).await, Script::Honest);
     let amnesiac = serve(Client::peer_with(&url, "y", caps(8)).await, Script::Amnesiac);
     let mut attacker = Client::gamer_from(&url, "127.0.0.2", "attacker").await;
-    let mut errors = 0;
-    for i in 0..12 {
-        let session = format!("heavy-{i}");
-        attacker
-            .submit_with_deadline(&format!("h{i}"), "physics_step", r#"{"attack":1}"#, Some(&session), Some(60))
-            .await;
-        let r = attacker.recv_result().await;
-        if result_status(r.result.json().unwrap()) != Some(TaskStatus::Success) {
-            errors += 1;
-        }
-    }
-    assert_eq!(errors, 12, "nobody did the heavy ticks");
+    assert_eq!(heavy_ticks(&mut attacker, 12).await, 0, "nobody did the heavy ticks");
     assert_eq!(coord.stats().peers_quarantined, 0);
     assert!(connected(&coord, "x"));
     honest_x.abort();
