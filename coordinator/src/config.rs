@@ -52,6 +52,9 @@ pub struct Config {
     pub message_assembly_timeout: Duration,
     /// Connections one IP address may hold at once.
     pub max_connections_per_address: usize,
+    /// Connections all addresses of one network (`host_prefix_v4`, `host_prefix_v6`) may
+    /// hold at once.
+    pub max_connections_per_network: usize,
     /// Connections that have not registered yet, at once (squatters cannot hold the
     /// registered clients' slots).
     pub max_unregistered_connections: usize,
@@ -165,6 +168,16 @@ pub struct Config {
     pub replica_log_bytes: usize,
     /// Payload bytes all replicated sessions' logs keep together, at most.
     pub max_replica_log_bytes: usize,
+    /// A peer in disputes nothing could settle with established peers of this many
+    /// different networks (see `host_prefix_v4`), and more of them than networks it agreed
+    /// with, is quarantined (see `disputes.rs`); 0: never. Two peers whose dispute was not
+    /// settled are never replicas of one session again for `quarantine_duration`.
+    pub dispute_partners_to_quarantine: usize,
+    /// With credentials on (`auth_file`), a peer no audit can check (it declares no
+    /// determinism setup, or one no peer on another network shares) serves no sessions
+    /// unless this is set; sessionless tasks it still runs. Without credentials (open
+    /// mode, loopback only) every peer serves sessions.
+    pub allow_unauditable_peers: bool,
 }
 
 impl Default for Config {
@@ -187,6 +200,7 @@ impl Default for Config {
             write_stall_timeout: Duration::from_secs(10),
             message_assembly_timeout: Duration::from_secs(20),
             max_connections_per_address: 64,
+            max_connections_per_network: 256,
             max_unregistered_connections: 512,
             reserved_peer_slots: 256,
             max_pending_bytes_per_gamer: 64 * 1024 * 1024,
@@ -215,6 +229,8 @@ impl Default for Config {
             reputation_db: None,
             replicas: 1,
             audit_fraction: 0.1,
+            dispute_partners_to_quarantine: 3,
+            allow_unauditable_peers: false,
             strict_replication: false,
             replicas_on_distinct_hosts: true,
             replica_log_ticks: 1800,

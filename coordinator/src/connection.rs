@@ -159,6 +159,7 @@ pub async fn serve(
         tokio::spawn(write_loop(conn, sink, rx, encoding, kill.clone(), watch.clone(), config.write_stall_timeout));
 
     let start = Instant::now();
+    let evicted = ticket.evicted();
     let mut reader =
         Reader { router, config, conn, encoding, tx: &tx, ticket: &mut ticket, watch: &watch, last_seen: start };
     let mut pings = interval_at(start + config.heartbeat_interval, config.heartbeat_interval);
@@ -176,6 +177,15 @@ pub async fn serve(
                 break Departure::Closed;
             }
             _ = kill.cancelled() => break Departure::Closed,
+            _ = evicted.cancelled() => {
+                info_limited!(
+                    "connection: unregistered, evicted",
+                    conn,
+                    "unregistered connection closed to make room for a newcomer (its address held the most)"
+                );
+                let _ = tx.send_exempt(Outbound::Close(CLOSE_POLICY, "unregistered connections of this address are over their share".into()));
+                break Departure::Closed;
+            }
             frame = frames.next() => {
                 if let Some(departure) = reader.frame(frame).await {
                     break departure;

@@ -53,6 +53,15 @@ pub const MAX_EVENT_STREAMS: usize = 32;
 /// every place, even with streams it never reads.
 pub const MAX_EVENT_STREAMS_PER_ADDRESS: usize = 4;
 
+/// An event stream's socket send buffer (the kernel doubles it): small, so that a client
+/// that stops reading fills it, and its own receive buffer, within a few events, instead
+/// of the default's hundreds of kilobytes.
+pub const EVENT_STREAM_SEND_BUFFER: usize = 8 * 1024;
+
+/// A write to an event stream that makes no progress this long ends the stream (its place
+/// goes to the next dashboard; a browser's EventSource reconnects by itself).
+pub const EVENT_STREAM_STALL: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The places for dashboards' event streams: [`MAX_EVENT_STREAMS`] in all,
 /// [`MAX_EVENT_STREAMS_PER_ADDRESS`] per address.
 #[derive(Debug)]
@@ -304,7 +313,12 @@ async fn stream_events(
     mut feed: watch::Receiver<Published>,
     cancel: CancellationToken,
 ) {
-    let stall = shared.config.write_stall_timeout;
+    // A stream that is not read is dropped soon: a small send buffer fills within a few
+    // events, and a short stall then ends it.
+    let stall = EVENT_STREAM_STALL.min(shared.config.write_stall_timeout);
+    if let Err(e) = socket2::SockRef::from(stream.tcp()).set_send_buffer_size(EVENT_STREAM_SEND_BUFFER) {
+        debug!(error = %e, "event stream: send buffer not set");
+    }
     let mut head = ops_http::streaming_head(200, "text/event-stream");
     // Reconnect after 2 s if the stream breaks (EventSource's default is 3).
     head.extend_from_slice(b"retry: 2000\n\n");

@@ -31,6 +31,7 @@ pub mod admission;
 pub mod auth;
 pub mod config;
 pub mod connection;
+pub mod disputes;
 pub mod fleet;
 pub mod http;
 pub mod ids;
@@ -287,7 +288,13 @@ impl Server {
         if let Some((db, kept)) = reputation {
             router.restore_reputation(db, kept);
         }
-        let admission = Admission::new(config.max_connections_per_address, config.max_unregistered_connections);
+        let admission = Admission::new(admission::Limits {
+            per_address: config.max_connections_per_address,
+            per_network: config.max_connections_per_network,
+            unregistered: config.max_unregistered_connections,
+            prefix_v4: config.host_prefix_v4,
+            prefix_v6: config.host_prefix_v6,
+        });
         let bytes = Arc::new(ByteTotals::default());
         let (feed, feed_rx) = watch::channel(Published::default());
         let shared = Shared {
@@ -372,6 +379,12 @@ impl Server {
                     metrics.refused("per_address");
                     let limit = config.max_connections_per_address;
                     warn_limited!("accept: per-address limit", %addr, limit, "per-address connection limit reached; refusing");
+                    continue;
+                }
+                Err(Refusal::PerNetwork) => {
+                    metrics.refused("per_network");
+                    let limit = config.max_connections_per_network;
+                    warn_limited!("accept: per-network limit", %addr, limit, "per-network connection limit reached; refusing");
                     continue;
                 }
                 Err(Refusal::Unregistered) => {

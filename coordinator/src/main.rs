@@ -68,6 +68,9 @@ struct Args {
     /// Connections one IP address may hold at once.
     #[arg(long, default_value_t = defaults().max_connections_per_address)]
     max_connections_per_address: usize,
+    /// Connections all addresses of one network (--host-prefix-v4/-v6) may hold at once.
+    #[arg(long, default_value_t = defaults().max_connections_per_network)]
+    max_connections_per_network: usize,
     /// Connections that have not registered yet, at once.
     #[arg(long, default_value_t = defaults().max_unregistered_connections)]
     max_unregistered_connections: usize,
@@ -180,6 +183,13 @@ struct Args {
     /// Payload bytes all replicated sessions' logs keep together.
     #[arg(long, default_value_t = defaults().max_replica_log_bytes)]
     max_replica_log_bytes: usize,
+    /// Established partner networks in unsettled disputes that quarantine a peer (when
+    /// more than the networks it agreed with); 0: never.
+    #[arg(long, default_value_t = defaults().dispute_partners_to_quarantine)]
+    dispute_partners_to_quarantine: usize,
+    /// With credentials on, let peers no audit can check serve sessions.
+    #[arg(long)]
+    allow_unauditable_peers: bool,
     /// Print a JWT for ROLE:ID (gamer, peer or operator) signed with the auth file's first
     /// jwt-hs256 key trusted for that role, then exit: what a game backend does with its
     /// own JWT library.
@@ -230,6 +240,7 @@ impl Args {
             write_stall_timeout: Duration::from_millis(self.write_stall_timeout_ms.max(1)),
             message_assembly_timeout: Duration::from_millis(self.message_assembly_timeout_ms.max(1)),
             max_connections_per_address: self.max_connections_per_address.max(1),
+            max_connections_per_network: self.max_connections_per_network.max(1),
             max_unregistered_connections: self.max_unregistered_connections.max(1),
             reserved_peer_slots: self.reserved_peer_slots,
             max_pending_bytes_per_gamer: self.max_pending_bytes_per_gamer.max(1),
@@ -266,6 +277,8 @@ impl Args {
             replica_log_ticks: self.replica_log_ticks,
             replica_log_bytes: self.replica_log_bytes,
             max_replica_log_bytes: self.max_replica_log_bytes,
+            dispute_partners_to_quarantine: self.dispute_partners_to_quarantine,
+            allow_unauditable_peers: self.allow_unauditable_peers,
         }
     }
 }

@@ -165,6 +165,25 @@ struct RoleLabel {
     role: &'static str,
 }
 
+/// A label set of one `kind`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+fn labelled_gauge<L: EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    values: &[(L, f64)],
+) -> std::fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, prometheus_client::metrics::MetricType::Gauge)?;
+    for (labels, value) in values {
+        ConstGauge::new(*value).encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
 fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, unit: Option<&Unit>, value: u64) -> std::fmt::Result {
     let g = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
     g.encode(encoder.encode_descriptor(name, help, unit, g.metric_type())?)
@@ -209,6 +228,14 @@ impl Collector for StateCollector {
             "Connections open now that have not registered",
             None,
             conns.unregistered as u64,
+        )?;
+        counter(
+            &mut e,
+            "unregistered_evicted",
+            "Unregistered connections closed at the unregistered cap to make room for a newcomer (the oldest of \
+             the address holding the most)",
+            None,
+            self.admission.evicted(),
         )?;
         gauge(&mut e, "sessions", "Sessions known now, all gamers together", None, sessions as u64)?;
         gauge(&mut e, "queue_depth", "Tasks waiting for a peer now", None, s.queued_now)?;
@@ -287,6 +314,35 @@ impl Collector for StateCollector {
             "Replicas started by replaying a session's log (replacements, tie-breakers)",
             None,
             s.replicas_started,
+        )?;
+        counter(
+            &mut e,
+            "disputes_unsettled",
+            "Disputes between replicas nothing could settle (their peers kept apart since)",
+            None,
+            s.disputes_unsettled,
+        )?;
+        counter(
+            &mut e,
+            "peers_quarantined_for_disputes",
+            "Peers quarantined for unsettled disputes with established peers of several networks",
+            None,
+            s.peers_quarantined_for_disputes,
+        )?;
+        counter(
+            &mut e,
+            "sessions_unreplicated_started",
+            "Unreplicated physics sessions started (the sessions audits are drawn from)",
+            None,
+            s.sessions_unreplicated_started,
+        )?;
+        counter(&mut e, "sessions_audited", "Unreplicated physics sessions audited", None, s.sessions_audited)?;
+        let (configured, achieved) = self.router.audit_fractions();
+        labelled_gauge(
+            &mut e,
+            "audit_fraction",
+            "Fraction of unreplicated physics sessions audited: configured, and achieved since start",
+            &[(KindLabel { kind: "configured" }, configured), (KindLabel { kind: "achieved" }, achieved)],
         )?;
         let (peers_evicted, gamers_evicted) = self.router.evictions();
         labelled_counter(

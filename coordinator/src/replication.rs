@@ -18,10 +18,17 @@
 //!   succeeded (a dead replica's `resync` is not the session's).
 //! - **Votes.** Answers are compared by the SHA-256 of their bytes (which hold the
 //!   state digest, so the whole world is compared, not only what moved). An answer
-//!   outvoted by at least two replicas that agree is a lie: its peer is quarantined and
-//!   the gamer's copy is corrected (the next tick runs as `physics_step_full` on every
-//!   replica). A tie (one against one) is settled by a new replica replaying the
-//!   session's log.
+//!   outvoted by at least two replicas that agree, with more established voters, and
+//!   confirmed by a replica that re-ran the tick (a new one replaying the session's log)
+//!   is a lie: its peer is quarantined and the gamer's copy is corrected (the next tick
+//!   runs as `physics_step_full` on every replica). A tie (one against one) is settled
+//!   the same way, by a new replica replaying the log.
+//! - **Disputes that end.** When nothing can settle a dispute (no re-run possible, or
+//!   the re-run agreed with neither side), nobody is quarantined for it: every replica
+//!   is retired, the disputing peers are kept apart from then on (see
+//!   [`crate::disputes`]), and the session *holds delivery*: only answers two replicas
+//!   agree on reach the gamer (others are answered `unverified`, with resync) until a
+//!   tick is agreed again.
 //! - **The log.** The session's requests since its last snapshot request, bounded in
 //!   ticks and bytes. A replica started later replays it (a snapshot alone would not
 //!   carry the engine's contact and sleep state, and its answers would drift from the
@@ -31,6 +38,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
+use crate::disputes::Party;
 use p2c2r_protocol::Payload;
 use p2c2r_protocol::inspect::ResultKind;
 use sha2::{Digest as _, Sha256};
@@ -141,6 +149,15 @@ pub struct Decision {
     /// Replicas disagreed and nothing can settle it (no log to replay): every replica
     /// was retired, so the session restarts from the gamer's next snapshot.
     pub unsettled: bool,
+    /// A majority formed that no re-run has confirmed: start a replica replaying the log
+    /// (a tie-breaker); where none can start, the dispute is unsettled
+    /// ([`Group::unsettle`]).
+    pub confirm: bool,
+    /// The parties of each answer, where the tick is disputed and the router may need to
+    /// record it as unsettled (`unsettled`, `tie_break`, `confirm`).
+    pub disputants: Vec<Vec<Party>>,
+    /// Replicas agreed on a tick (noted once per set of replicas): their parties.
+    pub agreed: Vec<Party>,
 }
 
 /// An answer for the gamer.
@@ -185,12 +202,15 @@ struct Tick {
 #[derive(Debug)]
 struct Vote {
     digest: AnswerDigest,
-    peers: Vec<String>,
+    /// The peers that gave this answer.
+    parties: Vec<Party>,
     /// Distinct voters (hosts, or peers) that gave this answer: a majority is counted in
     /// voters.
     voters: Vec<String>,
     /// Of those, the established ones: a vote's weight.
     established: Vec<String>,
+    /// The generations that gave it.
+    generations: Vec<u32>,
     /// The first answer with this digest, until the tick is delivered (then only the
     /// digest is kept: a logged tick must not hold its answers' bytes).
     payload: Option<Payload>,
@@ -220,6 +240,9 @@ pub struct Group {
     live: Vec<u32>,
     /// A generation started to settle a tie, until it has voted.
     tie_breaker: Option<u32>,
+    /// Live generations started to re-run a disputed tick (tie-breakers, past and
+    /// present): a verdict needs one of them on the winning side.
+    judges: Vec<u32>,
     next_generation: u32,
     ticks: HashMap<String, Tick>,
     /// The requests since the last snapshot, oldest first (`None`: no usable log).
@@ -238,6 +261,14 @@ pub struct Group {
     /// The determinism setup its replicas must have (the largest class of connected
     /// peers when it started); `None` where no peer declared one.
     setup: Option<u64>,
+    /// A dispute went unsettled: only answers two replicas agree on are delivered until
+    /// a tick is agreed again.
+    held: bool,
+    /// Ticks disputed and not yet settled: while any is, only answers two replicas agree
+    /// on are delivered (a liar waiting for its verdict serves the gamer nothing).
+    open_disputes: usize,
+    /// Agreement was noted for the current set of replicas.
+    agreement_noted: bool,
 }
 
 /// Ticks a group waits after starting a replica by replay before it may start another,
@@ -259,6 +290,7 @@ impl Group {
             strict,
             live: Vec::new(),
             tie_breaker: None,
+            judges: Vec::new(),
             next_generation: 0,
             ticks: HashMap::new(),
             log: None,
@@ -266,7 +298,25 @@ impl Group {
             correction_due: false,
             disagreements: 0,
             corrections: 0,
+            held: false,
+            open_disputes: 0,
+            agreement_noted: false,
         }
+    }
+
+    /// Whether delivery is held: a dispute is open, or went unsettled and replicas have
+    /// not agreed since (see [`Group::unsettle`]).
+    pub fn held(&self) -> bool {
+        self.held || self.open_disputes > 0
+    }
+
+    /// Gives up on settling a dispute: delivery is held until replicas agree again, the
+    /// gamer's next tick is a full state (it may hold the lie), and every live replica
+    /// must be retired (returned).
+    pub fn unsettle(&mut self) -> Vec<u32> {
+        self.held = true;
+        self.correction_due = !self.strict;
+        self.live.clone()
     }
 
     /// Replicas wanted.
@@ -320,6 +370,7 @@ impl Group {
         let generation = self.next_generation;
         self.next_generation += 1;
         self.live.push(generation);
+        self.agreement_noted = false;
         generation
     }
 
@@ -331,6 +382,7 @@ impl Group {
         }
         let generation = self.start_generation();
         self.tie_breaker = Some(generation);
+        self.judges.push(generation);
         Some(generation)
     }
 
@@ -366,6 +418,8 @@ impl Group {
     /// Retires a generation: no more copies go to it.
     pub fn retire(&mut self, generation: u32) {
         self.live.retain(|g| *g != generation);
+        self.judges.retain(|g| *g != generation);
+        self.agreement_noted = false;
         if self.tie_breaker == Some(generation) {
             self.tie_breaker = None;
         }
@@ -427,6 +481,11 @@ impl Group {
                 if let Some(tick) = self.ticks.get_mut(&logged.task_id) {
                     tick.logged = false;
                     if tick.out == 0 {
+                        if tick.disputed && !tick.settled {
+                            // Its re-run can no longer come: the dispute closes unsettled
+                            // (the hold ends with it; nothing was concluded).
+                            self.open_disputes = self.open_disputes.saturating_sub(1);
+                        }
                         self.ticks.remove(&logged.task_id);
                     }
                 }
@@ -438,7 +497,9 @@ impl Group {
     /// Handles what became of generation `generation`'s copy of `task_id`.
     pub fn outcome(&mut self, task_id: &str, generation: u32, outcome: CopyOutcome) -> Decision {
         let mut decision = Decision::default();
-        let strict = self.strict;
+        // Held delivery (an unsettled dispute) is strict delivery until replicas agree.
+        let strict = self.strict || self.held();
+        let has_log = self.has_log();
         let Some(tick) = self.ticks.get_mut(task_id) else { return decision };
         tick.out = tick.out.saturating_sub(1);
         match outcome {
@@ -452,10 +513,11 @@ impl Group {
                 established,
             } => {
                 tick.succeeded.push(generation);
+                let party = Party { peer: peer.clone(), voter: voter.clone(), established };
                 match tick.votes.iter_mut().find(|v| v.digest == digest) {
                     Some(vote) => {
-                        if !vote.peers.contains(&peer) {
-                            vote.peers.push(peer.clone());
+                        if !vote.parties.iter().any(|p| p.peer == peer) {
+                            vote.parties.push(party);
                         }
                         if established && !vote.established.contains(&voter) {
                             vote.established.push(voter.clone());
@@ -463,15 +525,23 @@ impl Group {
                         if !vote.voters.contains(&voter) {
                             vote.voters.push(voter);
                         }
+                        vote.generations.push(generation);
                     }
                     None => {
                         let kept = (!tick.delivered).then(|| payload.clone());
                         let established = if established { vec![voter.clone()] } else { Vec::new() };
-                        let (peers, voters) = (vec![peer.clone()], vec![voter]);
-                        tick.votes.push(Vote { digest, peers, voters, established, payload: kept, attempt });
+                        tick.votes.push(Vote {
+                            digest,
+                            parties: vec![party],
+                            voters: vec![voter],
+                            established,
+                            generations: vec![generation],
+                            payload: kept,
+                            attempt,
+                        });
                     }
                 }
-                decision.compared = tick.votes.iter().map(|v| v.peers.len()).sum::<usize>() == 2;
+                decision.compared = tick.votes.iter().map(|v| v.parties.len()).sum::<usize>() == 2;
                 if !tick.delivered && !strict {
                     tick.delivered = true;
                     decision.deliver = Some(Delivery::Answer { payload, peer, attempt });
@@ -486,32 +556,69 @@ impl Group {
             CopyOutcome::GivenUp => tick.failed.push(generation),
             CopyOutcome::Cancelled => {}
         }
+        let was_open = tick.disputed && !tick.settled;
         if tick.votes.len() > 1 && !tick.disputed {
             tick.disputed = true;
             decision.disagreement = true;
             self.disagreements += 1;
+            // The gamer may hold a lie (the first answer went at once): its next tick is a
+            // full state, whatever the verdict.
+            self.correction_due |= !self.strict;
         }
-        // An answer is outvoted when two or more voters (hosts) agree on another, and that
-        // other has more established voters than any other answer: fresh peers colluding
-        // never outvote an established one (the dispute goes to a tie-breaker instead).
+        let mut unsettled = false;
         if tick.disputed && !tick.settled {
+            // An answer is outvoted when two or more voters (hosts) agree on another, and
+            // that other has more established voters than any other answer: fresh peers
+            // colluding never outvote an established one.
             let weight = |i: usize| tick.votes[i].established.len();
             let majorities: Vec<usize> = (0..tick.votes.len())
                 .filter(|&i| tick.votes[i].voters.len() >= 2)
                 .filter(|&i| weight(i) > 0 && (0..tick.votes.len()).all(|j| j == i || weight(j) < weight(i)))
                 .collect();
-            if let [winner] = majorities[..] {
-                tick.settled = true;
-                for (i, vote) in tick.votes.iter().enumerate() {
-                    if i != winner {
-                        decision.liars.extend(vote.peers.iter().cloned());
+            // Replicas started after a dispute (replaying the log) that answered this tick:
+            // the re-run a verdict needs.
+            let judges = &self.judges;
+            let re_run = tick.succeeded.iter().any(|g| judges.contains(g));
+            match majorities[..] {
+                [winner] if tick.votes[winner].generations.iter().any(|g| judges.contains(g)) => {
+                    tick.settled = true;
+                    for (i, vote) in tick.votes.iter().enumerate() {
+                        if i != winner {
+                            decision.liars.extend(vote.parties.iter().map(|p| p.peer.clone()));
+                        }
                     }
+                    // The tie-breaker stays as a replica; another dispute may start another.
+                    self.tie_breaker = None;
                 }
-                // The tie-breaker stays as a replica; another dispute may start another.
-                self.tie_breaker = None;
-            } else if tick.out == 0 && majorities.is_empty() {
-                decision.tie_break = true;
+                // The re-run did not confirm a majority: nobody can be called a liar.
+                _ if re_run && tick.out == 0 => unsettled = true,
+                [_] if re_run => unsettled = true,
+                // Before a verdict, the tick is re-run on another replica; without a
+                // majority, the re-run is the tie-break.
+                [_] if tick.out == 0 => decision.confirm = true,
+                [] if tick.out == 0 => decision.tie_break = true,
+                _ => {}
             }
+            if (decision.confirm || decision.tie_break) && (self.tie_breaker.is_some() || !has_log) {
+                // A tie-breaker at work that has not answered this tick will (its copies of
+                // ticks since it started are out); with no log, none can be started.
+                decision.confirm = false;
+                decision.tie_break = false;
+                if self.tie_breaker.is_none() {
+                    unsettled = true;
+                }
+            }
+        }
+        if unsettled {
+            // Nothing can say who lied: trust neither. Every replica is retired, the
+            // session restarts on fresh replicas (the disputing peers kept apart), and
+            // delivery is held until replicas agree again.
+            tick.settled = true;
+            decision.unsettled = true;
+            self.tie_breaker = None;
+        }
+        if decision.unsettled || decision.confirm || decision.tie_break {
+            decision.disputants = tick.votes.iter().map(|v| v.parties.clone()).collect();
         }
         if strict
             && !tick.delivered
@@ -520,7 +627,7 @@ impl Group {
         {
             tick.delivered = true;
             decision.deliver =
-                Some(Delivery::Answer { payload, peer: agreed.peers[0].clone(), attempt: agreed.attempt });
+                Some(Delivery::Answer { payload, peer: agreed.parties[0].peer.clone(), attempt: agreed.attempt });
         }
         if !tick.delivered && tick.out == 0 {
             tick.delivered = true;
@@ -538,6 +645,15 @@ impl Group {
             }
             tick.first_error = None;
         }
+        let agreed = tick.out == 0 && tick.votes.len() == 1 && tick.votes[0].voters.len() >= 2;
+        if agreed && !self.agreement_noted {
+            self.agreement_noted = true;
+            decision.agreed = tick.votes[0].parties.clone();
+        }
+        if agreed && !unsettled {
+            // Replicas agree again: delivery is no longer held.
+            self.held = false;
+        }
         if tick.out == 0 && !tick.succeeded.is_empty() {
             // Every copy is in and some succeeded: a replica whose copy failed is a tick
             // behind the others. (When every copy failed alike, the request was at fault
@@ -549,22 +665,14 @@ impl Group {
             }
         }
         let forget = tick.out == 0 && !tick.logged;
-        // A tie-breaker that answered this tick and still left no majority settled nothing.
-        let broke_nothing = self.tie_breaker.is_some_and(|tb| tick.succeeded.contains(&tb));
-        if decision.tie_break && (self.tie_breaker.is_some() || !self.has_log()) {
-            decision.tie_break = false;
-            if self.tie_breaker.is_none() || broke_nothing {
-                // Nothing can say who lied: trust neither. Every replica is retired, and
-                // the session restarts on fresh replicas; the gamer may hold the lie, so
-                // their first tick is a full state.
-                decision.unsettled = true;
-                decision.retire = self.live.clone();
-                self.correction_due = !strict;
-            }
+        let open = tick.disputed && !tick.settled && !forget;
+        if unsettled {
+            decision.retire = self.unsettle();
         }
-        if !decision.liars.is_empty() && !strict {
-            // The gamer may hold the liar's answers: its next tick is a full state.
-            self.correction_due = true;
+        match (was_open, open) {
+            (false, true) => self.open_disputes += 1,
+            (true, false) => self.open_disputes = self.open_disputes.saturating_sub(1),
+            _ => {}
         }
         if forget {
             self.ticks.remove(task_id);
@@ -760,7 +868,7 @@ mod tests {
     }
 
     #[test]
-    fn one_against_two_is_a_liar_and_the_gamer_is_corrected() {
+    fn one_against_two_is_a_liar_once_a_re_run_confirms_it_and_the_gamer_is_corrected() {
         let mut g = group(3, false);
         g.submitted(logged("t1"), true, 3, &config());
         let d = g.outcome("t1", 0, answer("liar", OK_B));
@@ -768,11 +876,86 @@ mod tests {
         let d = g.outcome("t1", 1, answer("p2", OK_A));
         assert!(d.disagreement && d.liars.is_empty());
         let d = g.outcome("t1", 2, answer("p3", OK_A));
+        assert!(d.liars.is_empty() && d.confirm, "no verdict before a re-run: {d:?}");
+        assert_eq!(d.disputants.len(), 2);
+        let tb = g.start_tie_breaker().expect("a log to replay");
+        g.replaying("t1", 1);
+        let d = g.outcome("t1", tb, answer("p4", OK_A));
         assert_eq!(d.liars, ["liar"]);
         assert_eq!(g.disagreements(), 1);
         assert!(g.take_correction());
         assert!(!g.take_correction(), "once");
         assert_eq!(g.corrections(), 1);
+    }
+
+    #[test]
+    fn a_re_run_that_sides_with_the_minority_quarantines_nobody_and_holds_delivery() {
+        // Two colluders agree on a lie against one honest replica; the re-run is honest.
+        let mut g = group(3, false);
+        g.submitted(logged("t1"), true, 3, &config());
+        g.outcome("t1", 0, answer("colluder-1", OK_B));
+        g.outcome("t1", 1, answer("colluder-2", OK_B));
+        assert!(g.outcome("t1", 2, answer("honest", OK_A)).confirm);
+        let tb = g.start_tie_breaker().unwrap();
+        g.replaying("t1", 1);
+        let d = g.outcome("t1", tb, answer("re-run", OK_A));
+        assert!(d.unsettled && d.liars.is_empty(), "{d:?}");
+        assert_eq!(d.retire.len(), 4, "every replica retired");
+        assert_eq!(d.disputants.len(), 2);
+        assert!(g.held() && g.take_correction());
+        // Held: a lone answer is not delivered; at the end of the tick it is unverified.
+        for generation in d.retire {
+            g.retire(generation);
+        }
+        let (a, b) = (g.start_generation(), g.start_generation());
+        g.submitted(logged("t2"), true, 2, &config());
+        assert!(g.outcome("t2", a, answer("honest", OK_A)).deliver.is_none(), "held");
+        let d = g.outcome("t2", b, answer("other", OK_A));
+        assert!(matches!(d.deliver, Some(Delivery::Answer { .. })), "two agree: delivered");
+        assert!(!g.held(), "agreement ends the hold");
+        assert_eq!(d.agreed.len(), 2, "the agreement is noted for the disputes record");
+        g.submitted(logged("t3"), false, 2, &config());
+        g.outcome("t3", a, answer("honest", OK_A));
+        assert!(g.outcome("t3", b, answer("other", OK_A)).agreed.is_empty(), "noted once per set of replicas");
+    }
+
+    #[test]
+    fn while_a_dispute_waits_for_its_re_run_only_agreed_answers_are_delivered() {
+        let mut g = group(3, false);
+        let c = config();
+        g.submitted(logged("t1"), true, 3, &c);
+        g.outcome("t1", 0, answer("liar", OK_B));
+        g.outcome("t1", 1, answer("p2", OK_A));
+        assert!(g.outcome("t1", 2, answer("p3", OK_A)).confirm);
+        assert!(g.held(), "open dispute");
+        g.submitted(logged("t2"), false, 3, &c);
+        assert!(g.outcome("t2", 0, answer("liar", OK_B)).deliver.is_none(), "the liar's first answer waits");
+        assert!(g.outcome("t2", 1, answer("p2", OK_A)).deliver.is_none());
+        let d = g.outcome("t2", 2, answer("p3", OK_A));
+        assert!(matches!(d.deliver, Some(Delivery::Answer { ref peer, .. }) if peer == "p2"), "{d:?}");
+        let tb = g.start_tie_breaker().unwrap();
+        g.replaying("t1", 1);
+        g.replaying("t2", 1);
+        assert_eq!(g.outcome("t1", tb, answer("p4", OK_A)).liars, ["liar"]);
+        assert!(g.held(), "t1 settled; t2 (the liar lied again) waits for its own re-run");
+        assert_eq!(g.outcome("t2", tb, answer("p4", OK_A)).liars, ["liar"]);
+        assert!(!g.held(), "every dispute settled");
+    }
+
+    #[test]
+    fn a_held_session_with_one_replica_answers_unverified() {
+        let mut g = group(2, false);
+        g.submitted(logged("t1"), false, 2, &config());
+        g.outcome("t1", 0, answer("p1", OK_A));
+        let d = g.outcome("t1", 1, answer("p2", OK_B));
+        assert!(d.unsettled && g.held());
+        for generation in d.retire {
+            g.retire(generation);
+        }
+        let only = g.start_generation();
+        g.submitted(logged("t2"), true, 1, &config());
+        let d = g.outcome("t2", only, answer("p1", OK_A));
+        assert!(matches!(d.deliver, Some(Delivery::Unverified)), "{d:?}");
     }
 
     #[test]
@@ -800,7 +983,7 @@ mod tests {
     }
 
     #[test]
-    fn a_replica_outvoted_while_replaying_is_the_liar() {
+    fn a_replica_outvoted_while_replaying_is_re_run_before_it_is_called_a_liar() {
         let mut g = group(2, false);
         g.submitted(logged("t1"), true, 2, &config());
         g.outcome("t1", 0, answer("p1", OK_A));
@@ -808,7 +991,10 @@ mod tests {
         let new = g.start_generation();
         g.replaying("t1", 1);
         let d = g.outcome("t1", new, answer("newcomer", OK_B));
-        assert_eq!(d.liars, ["newcomer"]);
+        assert!(d.confirm && d.liars.is_empty());
+        let tb = g.start_tie_breaker().unwrap();
+        g.replaying("t1", 1);
+        assert_eq!(g.outcome("t1", tb, answer("p4", OK_A)).liars, ["newcomer"]);
     }
 
     #[test]

@@ -20,6 +20,7 @@ use tracing::debug;
 
 use crate::Config;
 use crate::auth::{Credential, Credentials, Role as CredentialRole};
+use crate::disputes::Party;
 use crate::fleet::{ConnSample, FleetState, LatencyWindow};
 use crate::ids::{Claim, IdBook, Kind};
 use crate::metrics::Metrics;
@@ -143,7 +144,9 @@ struct State {
     /// Replicated and audited physics sessions, by gamer and session.
     groups: HashMap<String, HashMap<String, GroupEntry>>,
     /// Peers proven to lie, to quarantine once the decision that found them is done.
-    liars: Vec<String>,
+    /// Peers to quarantine once the current frame is handled, with why: outvoted, or in
+    /// unsettled disputes with several partners.
+    liars: Vec<(String, &'static str)>,
     replication: ReplicationConfig,
     /// Payload bytes all groups' logs hold, and the most allowed.
     log_bytes: usize,
@@ -168,6 +171,11 @@ struct ReplicaCounters {
     liars: u64,
     corrections: u64,
     started: u64,
+    unsettled: u64,
+    dispute_quarantines: u64,
+    /// Unreplicated physics sessions started, and of those the audited ones.
+    unreplicated_started: u64,
+    audited: u64,
 }
 
 /// What waits for a gamer that may resume.
@@ -224,6 +232,14 @@ impl Router {
             quarantine_min_gamers: config.quarantine_min_gamers,
             established_after_answers: config.established_after_answers,
             max_resyncs_in_a_row: config.max_resyncs_in_a_row,
+            disputes: crate::disputes::DisputeConfig {
+                partners_to_quarantine: config.dispute_partners_to_quarantine,
+                memory: config.quarantine_duration,
+                ..Default::default()
+            },
+            // With credentials on (an internet deployment), a peer no audit can check
+            // serves no session unless the operator allows it.
+            sessions_need_auditable_peers: config.auth_file.is_some() && !config.allow_unauditable_peers,
             ..SchedulerConfig::default()
         });
         let replication = ReplicationConfig {
@@ -378,6 +394,7 @@ impl Router {
     pub fn sweep(&self, now: Instant) {
         let mut state = self.lock();
         state.quarantine.retain(|_, until| *until > now);
+        state.sched.disputes_mut().sweep(now);
         for (kind, id) in state.ids.sweep(now) {
             if kind == Kind::Gamer && !state.gamers.contains_key(&id) {
                 let dropped = state.forget_gamer(&id);
@@ -415,6 +432,15 @@ impl Router {
     pub fn evictions(&self) -> (u64, u64) {
         let state = self.lock();
         (state.peers_evicted, state.gamers_evicted)
+    }
+
+    /// The audit fraction configured, and the one achieved since start (audited over
+    /// unreplicated physics sessions started; 0 before any started).
+    pub fn audit_fractions(&self) -> (f64, f64) {
+        let state = self.lock();
+        let c = &state.replica_counters;
+        let achieved = if c.unreplicated_started == 0 { 0.0 } else { c.audited as f64 / c.unreplicated_started as f64 };
+        (state.replication.audit_fraction, achieved)
     }
 
     /// Absent gamers now holding a slot (work pending), and absent gamers whose slot went
@@ -792,12 +818,24 @@ impl Router {
             ok
         };
         let setup = caps.determinism.as_ref().filter(accepted).map(PeerSpec::setup_of);
-        let host =
-            state.conns.get(&conn).and_then(|c| c.info.as_ref()).map(|i| crate::admission::address_key(i.addr.ip()));
+        // A host is a network (IPv4 /24, IPv6 /48 by default): one network's peers are one
+        // vote and never two replicas of one session.
+        let host = state.conns.get(&conn).and_then(|c| c.info.as_ref()).map(|i| self.network_of(i.addr.ip()));
         // add_peer re-queues the work of a same-id registration it replaces.
         state.retire_replicas_on(&m.peer_id);
         state.remember_standing(&m.peer_id);
         state.sched.add_peer(m.peer_id.clone(), PeerSpec { task_types, capacity, setup, host });
+        if self.config.auth_file.is_some()
+            && !self.config.allow_unauditable_peers
+            && !state.sched.is_auditable(&m.peer_id)
+        {
+            crate::info_limited!(
+                "router: peer not auditable",
+                peer_id = m.peer_id,
+                "no peer of another network shares its determinism setup (or it declares none): it serves no \
+                 session until one does (--allow-unauditable-peers lets it); sessionless tasks it runs"
+            );
+        }
         // The id starts where it left off, not afresh (see State::remember_standing). What
         // it lost (a streak of misses) sticks to the id whoever registers it; what it gained
         // (a window grown past a new peer's, and the successful answers that make it
@@ -846,8 +884,7 @@ impl Router {
         // come here, after the ones that arrived while it was away.
         state.sched.add_gamer(m.gamer_id.clone());
         if let Some(info) = state.conns.get(&conn).and_then(|c| c.info.as_ref()) {
-            let network =
-                crate::admission::network_of(info.addr.ip(), self.config.host_prefix_v4, self.config.host_prefix_v6);
+            let network = self.network_of(info.addr.ip());
             state.sched.set_gamer_origin(&m.gamer_id, network.to_string());
         }
         if !resumed || !state.limits.contains_key(&m.gamer_id) {
@@ -871,6 +908,12 @@ impl Router {
                 let _ = state.conns.get(&conn).map(|c| c.handle.tx.send_exempt(frame));
             }
         }
+    }
+
+    /// The network an address belongs to (`host_prefix_v4`, `host_prefix_v6`): one origin
+    /// for quarantine, one host for replicas and their votes.
+    fn network_of(&self, ip: std::net::IpAddr) -> std::net::IpAddr {
+        crate::admission::network_of(ip, self.config.host_prefix_v4, self.config.host_prefix_v6)
     }
 
     fn gamer_limits(&self, now: Instant) -> GamerLimits {
@@ -1026,7 +1069,7 @@ impl Router {
                         .conns
                         .get(&conn)
                         .and_then(|c| c.info.as_ref())
-                        .map_or_else(|| peer_id.to_owned(), |i| crate::admission::address_key(i.addr.ip()).to_string()),
+                        .map_or_else(|| peer_id.to_owned(), |i| self.network_of(i.addr.ip()).to_string()),
                     false => peer_id.to_owned(),
                 };
                 let outcome = CopyOutcome::Answer {
@@ -1444,6 +1487,10 @@ impl State {
             peers_caught_lying: self.replica_counters.liars,
             sessions_corrected: self.replica_counters.corrections,
             replicas_started: self.replica_counters.started,
+            disputes_unsettled: self.replica_counters.unsettled,
+            peers_quarantined_for_disputes: self.replica_counters.dispute_quarantines,
+            sessions_unreplicated_started: self.replica_counters.unreplicated_started,
+            sessions_audited: self.replica_counters.audited,
         }
     }
 }
@@ -1452,6 +1499,9 @@ impl State {
 const MISSED_DEADLINES: &str = "missed task deadlines in a row";
 /// Why a peer outvoted by replicas was quarantined.
 const OUTVOTED: &str = "its result differed from what two or more replicas of the session agreed on";
+/// Why a peer in unsettled disputes with several partners is quarantined.
+const DISPUTED: &str = "its results differed from those of established peers of several networks, in disputes \
+                        nothing could settle";
 
 /// Peer ids remembered as quarantined at most (each costs about a hundred bytes): beyond,
 /// the one whose quarantine ends soonest is forgotten first. In open mode anyone can make
@@ -1619,13 +1669,17 @@ impl State {
             (c.replicas.max(2), false)
         } else if c.replicas > 1 {
             (c.replicas, false)
-        } else if replication::audited(gamer, session, c.audit_fraction, self.audit_salt)
-            && class.is_some_and(|(_, capacity)| capacity >= 2)
-        {
-            // Audited only where a second compatible peer is there to audit.
-            (2, true)
         } else {
-            return false;
+            self.replica_counters.unreplicated_started += 1;
+            // Audited only where a second compatible peer is there to audit (the achieved
+            // fraction is reported beside the configured one).
+            if replication::audited(gamer, session, c.audit_fraction, self.audit_salt)
+                && class.is_some_and(|(_, capacity)| capacity >= 2)
+            {
+                (2, true)
+            } else {
+                return false;
+            }
         };
         let strict = c.strict;
         let max_groups = self.max_groups_per_gamer;
@@ -1657,6 +1711,9 @@ impl State {
         }
         // Its replicas all have the setup most connected peers share: a peer declaring a
         // setup of its own is never one, so it cannot escape comparison.
+        if audited {
+            self.replica_counters.audited += 1;
+        }
         let group = Group::new(wanted, audited, strict, class.map(|(setup, _)| setup));
         groups.insert(session.to_owned(), GroupEntry { group, told: None });
         true
@@ -1958,28 +2015,27 @@ impl State {
             }
             None => {}
         }
-        self.liars.extend(decision.liars);
+        self.liars.extend(decision.liars.into_iter().map(|peer| (peer, OUTVOTED)));
+        if !decision.agreed.is_empty() {
+            self.sched.disputes_mut().agreed(&decision.agreed, Instant::now());
+        }
         for generation in decision.retire {
             self.retire_generation(gamer, session, generation);
         }
         if decision.unsettled {
-            crate::warn_limited!(
-                "router: dispute unsettled",
-                gamer_id = gamer,
-                session,
-                "replicas disagree and no log can settle it; the session restarts at its next snapshot"
-            );
+            self.record_unsettled(gamer, session, &decision.disputants);
         }
-        if decision.tie_break {
-            self.start_tie_breaker(gamer, session);
+        if decision.tie_break || decision.confirm {
+            self.start_tie_breaker(gamer, session, &decision.disputants);
         }
         self.tell_status(gamer, session);
     }
 
-    /// Starts a replica that replays the log to settle a tie, where a compatible peer
-    /// beside the others exists; otherwise nothing can say who lied, and every replica is
-    /// retired (the session restarts at the gamer's next snapshot).
-    fn start_tie_breaker(&mut self, gamer: &str, session: &str) {
+    /// Starts a replica that replays the log to settle a tie or confirm a majority, where
+    /// a compatible peer beside the others exists; otherwise nothing can say who lied: the
+    /// dispute is unsettled, and every replica is retired (the session restarts at the
+    /// gamer's next snapshot, its delivery held).
+    fn start_tie_breaker(&mut self, gamer: &str, session: &str, disputants: &[Vec<Party>]) {
         let Some(entry) = self.group_mut(gamer, session) else { return };
         let (setup, live) = (entry.group.setup(), entry.group.live().to_vec());
         let capacity = setup.map_or(0, |s| self.sched.replica_capacity_of(REPLICA_TASK_TYPE, s));
@@ -1991,15 +2047,29 @@ impl State {
             self.replay_into(gamer, session, generation, Instant::now());
             return;
         }
+        let Some(entry) = self.group_mut(gamer, session) else { return };
+        let retire = entry.group.unsettle();
+        self.record_unsettled(gamer, session, disputants);
+        for generation in retire {
+            self.retire_generation(gamer, session, generation);
+        }
+    }
+
+    /// Records a dispute nothing settled: its peers are kept apart from now on, and a
+    /// peer in such disputes with several partners is quarantined (see
+    /// [`crate::disputes`]).
+    fn record_unsettled(&mut self, gamer: &str, session: &str, disputants: &[Vec<Party>]) {
+        self.replica_counters.unsettled += 1;
         crate::warn_limited!(
             "router: dispute unsettled",
             gamer_id = gamer,
             session,
-            "replicas disagree and no third compatible peer can settle it; the session restarts at its next snapshot"
+            "replicas disagree and nothing can settle it: the disputing peers are kept apart, the session restarts \
+             at its next snapshot and only answers two replicas agree on are delivered until they agree again"
         );
-        for generation in live {
-            self.retire_generation(gamer, session, generation);
-        }
+        let quarantine = self.sched.disputes_mut().unsettled(disputants, Instant::now());
+        self.replica_counters.dispute_quarantines += quarantine.len() as u64;
+        self.liars.extend(quarantine.into_iter().map(|peer| (peer, DISPUTED)));
     }
 
     /// Sends a frame for a gamer's task: to its connection, or kept while it may resume.
@@ -2015,12 +2085,14 @@ impl State {
         let liars = std::mem::take(&mut self.liars);
         let any = !liars.is_empty();
         let now = Instant::now();
-        for liar in liars {
+        for (liar, why) in liars {
             if self.quarantine.get(&liar).is_some_and(|until| *until > now) {
                 continue;
             }
-            self.replica_counters.liars += 1;
-            self.quarantine_peer(&liar, Instant::now() + duration, OUTVOTED);
+            if why == OUTVOTED {
+                self.replica_counters.liars += 1;
+            }
+            self.quarantine_peer(&liar, Instant::now() + duration, why);
         }
         if any {
             self.dispatch(Instant::now());

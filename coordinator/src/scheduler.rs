@@ -37,6 +37,8 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
 use std::time::{Duration, Instant};
 
+use crate::disputes::{DisputeConfig, Disputes};
+
 /// A peer's id as it registered.
 pub type PeerId = String;
 /// A gamer's id as it registered.
@@ -97,6 +99,12 @@ pub struct SchedulerConfig {
     /// A session whose peer answers this many ticks in a row with a resync error moves to
     /// another peer when one can take it (the peer is avoided for the session); 0: never.
     pub max_resyncs_in_a_row: u32,
+    /// How unsettled disputes keep peers apart and count against them (see
+    /// [`crate::disputes`]).
+    pub disputes: DisputeConfig,
+    /// Sessions go only to peers an audit could check: their determinism setup declared
+    /// and shared by a peer of another host. Sessionless tasks go anywhere.
+    pub sessions_need_auditable_peers: bool,
 }
 
 impl Default for SchedulerConfig {
@@ -119,6 +127,8 @@ impl Default for SchedulerConfig {
             quarantine_min_gamers: 2,
             established_after_answers: 16,
             max_resyncs_in_a_row: 3,
+            disputes: DisputeConfig::default(),
+            sessions_need_auditable_peers: false,
         }
     }
 }
@@ -647,11 +657,17 @@ const MAX_AVOIDED: usize = 4;
 struct Replica<'a> {
     beside: &'a [(&'a PeerId, &'a Peer)],
     setup: Option<u64>,
+    /// Only a peer an audit could check may take it (a session, where
+    /// [`SchedulerConfig::sessions_need_auditable_peers`] is set).
+    auditable: bool,
+    /// For a replica (a session with a setup): a key of its gamer and session that orders
+    /// the candidate peers unpredictably (see [`Scheduler::best_peer`]).
+    draw: Option<u64>,
 }
 
 impl Replica<'_> {
-    /// No constraint: a session that is not replicated.
-    const NONE: Replica<'static> = Replica { beside: &[], setup: None };
+    /// No constraint: a task without a session.
+    const NONE: Replica<'static> = Replica { beside: &[], setup: None, auditable: false, draw: None };
 }
 
 /// A waker set's key.
@@ -674,6 +690,8 @@ struct Wakers {
 #[derive(Debug)]
 pub struct Scheduler<P> {
     config: SchedulerConfig,
+    /// Unsettled disputes: peers kept apart when replicas are placed.
+    disputes: Disputes,
     peers: HashMap<PeerId, Peer>,
     gamers: HashMap<GamerId, Gamer>,
     /// Gamers with queued tasks that are not parked, in round-robin order.
@@ -708,6 +726,7 @@ impl<P> Scheduler<P> {
     /// An empty scheduler.
     pub fn new(config: SchedulerConfig) -> Self {
         Scheduler {
+            disputes: Disputes::new(config.disputes.clone()),
             config,
             peers: HashMap::new(),
             gamers: HashMap::new(),
@@ -1144,7 +1163,14 @@ impl<P> Scheduler<P> {
             let task = &self.tasks[&key];
             let pinned = session.peer.as_ref().and_then(|id| self.peers.get(id).map(|p| (id, p)));
             let beside = self.pinned_siblings(gamer, &session.siblings);
-            let replica = Replica { beside: &beside, setup: session.setup };
+            let auditable = self.config.sessions_need_auditable_peers;
+            // Replicas of one session share the draw: their scheduler sessions differ only
+            // by the generation suffix.
+            let draw = session.setup.map(|_| {
+                let base = session_id.split('\u{0}').next().unwrap_or(session_id);
+                self.tie_break.hash_one((gamer_id, base))
+            });
+            let replica = Replica { beside: &beside, setup: session.setup, auditable, draw };
             // Peers the session moved away from are tried last, as if they had tried it.
             let tried: std::borrow::Cow<'_, [PeerId]> = if session.avoid.is_empty() {
                 std::borrow::Cow::Borrowed(&task.tried)
@@ -1195,7 +1221,18 @@ impl<P> Scheduler<P> {
                 && peer.setup.is_some()
                 && peer.setup == other.setup
                 && !(self.config.replicas_on_distinct_hosts && peer.host.is_some() && peer.host == other.host)
+                && !self.disputes.apart(id, other_id)
         })
+    }
+
+    /// Unsettled disputes (see [`crate::disputes`]).
+    pub fn disputes(&self) -> &Disputes {
+        &self.disputes
+    }
+
+    /// Unsettled disputes, to record them.
+    pub fn disputes_mut(&mut self) -> &mut Disputes {
+        &mut self.disputes
     }
 
     /// Whether some peer that runs `task_type` could host one more replica of a session
@@ -1209,10 +1246,30 @@ impl<P> Scheduler<P> {
     /// How many replicas of one session the connected peers of determinism setup `setup`
     /// that run `task_type` could hold (one per host when replicas must be on distinct
     /// hosts).
+    ///
+    /// Peers kept apart by an unsettled dispute never share a session, so where any are,
+    /// the count is of a set of peers pairwise not kept apart, found greedily (oldest
+    /// ids first, so it is stable): a liar kept apart from the one honest peer leaves
+    /// room for one replica, not two whose second could never be placed.
     pub fn replica_capacity_of(&self, task_type: &str, setup: u64) -> usize {
-        let peers = self.peers.values().filter(|p| p.setup == Some(setup) && p.runs(task_type));
+        let peers = self.peers.iter().filter(|(_, p)| p.setup == Some(setup) && p.runs(task_type));
+        if self.disputes.any_apart() {
+            let mut candidates: Vec<(&PeerId, &Peer)> = peers.collect();
+            candidates.sort_by(|a, b| a.0.cmp(b.0));
+            let mut chosen: Vec<(&PeerId, &Peer)> = Vec::new();
+            for (id, peer) in candidates {
+                let clash = chosen.iter().any(|(other_id, other)| {
+                    (self.config.replicas_on_distinct_hosts && peer.host == other.host)
+                        || self.disputes.apart(id, other_id)
+                });
+                if !clash {
+                    chosen.push((id, peer));
+                }
+            }
+            return chosen.len();
+        }
         if self.config.replicas_on_distinct_hosts {
-            peers.map(|p| p.host).collect::<HashSet<_>>().len()
+            peers.map(|(_, p)| p.host).collect::<HashSet<_>>().len()
         } else {
             peers.count()
         }
@@ -1244,6 +1301,29 @@ impl<P> Scheduler<P> {
         } else {
             peers.count()
         }
+    }
+
+    /// The determinism setups an audit can check: declared by peers of two or more hosts
+    /// (two or more peers where replicas need not be on distinct hosts).
+    fn auditable_setups(&self) -> HashSet<u64> {
+        let mut hosts: HashMap<u64, HashSet<Option<std::net::IpAddr>>> = HashMap::new();
+        let mut peers: HashMap<u64, usize> = HashMap::new();
+        for p in self.peers.values() {
+            let Some(setup) = p.setup else { continue };
+            hosts.entry(setup).or_default().insert(p.host);
+            *peers.entry(setup).or_default() += 1;
+        }
+        if self.config.replicas_on_distinct_hosts {
+            hosts.into_iter().filter(|(_, h)| h.len() >= 2).map(|(s, _)| s).collect()
+        } else {
+            peers.into_iter().filter(|(_, n)| *n >= 2).map(|(s, _)| s).collect()
+        }
+    }
+
+    /// Whether a live peer could be audited: its setup is declared and shared by a peer of
+    /// another host.
+    pub fn is_auditable(&self, peer: &str) -> bool {
+        self.peers.get(peer).and_then(|p| p.setup).is_some_and(|s| self.auditable_setups().contains(&s))
     }
 
     /// Replaces the sibling list of a gamer's session (a replica started or retired: the
@@ -1339,20 +1419,32 @@ impl<P> Scheduler<P> {
         replica: &Replica<'_>,
         full_types: &mut HashSet<String>,
     ) -> Option<PeerId> {
-        let Replica { beside, setup } = *replica;
+        let Replica { beside, setup, auditable, draw } = *replica;
         if full_types.contains(task_type) {
             return None;
         }
+        let auditable_setups = auditable.then(|| self.auditable_setups());
         let best = self
             .peers
             .iter()
             .filter(|(id, p)| p.has_room() && p.runs(task_type) && p.fits(bytes) && !excluded.contains(id))
             .filter(|candidate| beside.is_empty() || self.may_host_beside(*candidate, beside))
             .filter(|(_, p)| setup.is_none() || p.setup == setup)
+            .filter(|(_, p)| auditable_setups.as_ref().is_none_or(|a| p.setup.is_some_and(|s| a.contains(&s))))
             .min_by(|(a_id, a), (b_id, b)| {
                 let a_tried = tried.contains(a_id);
                 let b_tried = tried.contains(b_id);
-                let unproven = |p: &Peer| !tried.is_empty() && p.verified < self.config.established_after_answers;
+                let unproven = |p: &Peer| {
+                    (!tried.is_empty() || draw.is_some()) && p.verified < self.config.established_after_answers
+                };
+                if let Some(draw) = draw {
+                    // A replica goes to an established peer first, then to the peer a keyed
+                    // draw of the session picks, not to the least loaded: an attacker's
+                    // idle peers cannot steer themselves into a session's replicas; they
+                    // get about their share of them.
+                    let rank = |id: &PeerId| self.tie_break.hash_one((draw, id));
+                    return a_tried.cmp(&b_tried).then(unproven(a).cmp(&unproven(b))).then(rank(a_id).cmp(&rank(b_id)));
+                }
                 // Compare load ratios without floats: a.in/a.cap vs b.in/b.cap.
                 let a_load = u64::from(a.in_flight) * u64::from(b.capacity());
                 let b_load = u64::from(b.in_flight) * u64::from(a.capacity());
@@ -1995,6 +2087,93 @@ mod tests {
 
     fn replica_task(id: &str, session: &str, siblings: &[&str]) -> Submission<()> {
         Submission { siblings: siblings.iter().map(|s| s.to_string()).collect(), ..session_task(id, session) }
+    }
+
+    #[test]
+    fn peers_kept_apart_by_an_unsettled_dispute_are_never_replicas_of_one_session() {
+        use crate::disputes::Party;
+        let party = |p: &str, n: &str| Party { peer: p.into(), voter: n.into(), established: true };
+        let mut s: Scheduler<()> = Scheduler::new(test_config());
+        let t0 = Instant::now();
+        s.add_gamer("g".into());
+        s.add_peer("honest".into(), peer_at(Some(7), [10, 0, 1, 1]));
+        s.add_peer("liar".into(), peer_at(Some(7), [10, 0, 2, 1]));
+        assert_eq!(s.replica_capacity_of("physics", 7), 2);
+        s.disputes_mut().unsettled(&[vec![party("honest", "n1")], vec![party("liar", "n2")]], t0);
+        assert_eq!(s.replica_capacity_of("physics", 7), 1, "room for one replica, not two");
+        s.submit("g", replica_task("t0", "w", &["w\u{0}1"]), t0).unwrap();
+        assert_eq!(s.dispatch(t0).len(), 1);
+        s.submit("g", replica_task("t0\u{0}1", "w\u{0}1", &["w"]), t0).unwrap();
+        assert!(s.dispatch(t0).is_empty(), "never beside the peer it disputed");
+        s.add_peer("third".into(), peer_at(Some(7), [10, 0, 3, 1]));
+        assert_eq!(s.replica_capacity_of("physics", 7), 2);
+        let placed = s.dispatch(t0);
+        assert_eq!(placed.iter().map(|d| d.peer.as_str()).collect::<Vec<_>>(), ["third"]);
+    }
+
+    #[test]
+    fn sessions_need_a_peer_an_audit_could_check_where_configured() {
+        let config = SchedulerConfig { sessions_need_auditable_peers: true, ..test_config() };
+        let mut s: Scheduler<()> = Scheduler::new(config);
+        let t0 = Instant::now();
+        s.add_gamer("g".into());
+        s.add_peer("lone".into(), peer_at(Some(9), [10, 0, 1, 1]));
+        s.add_peer("undeclared".into(), peer_at(None, [10, 0, 2, 1]));
+        assert!(!s.is_auditable("lone") && !s.is_auditable("undeclared"));
+        s.submit("g", session_task("t0", "w"), t0).unwrap();
+        assert!(s.dispatch(t0).is_empty(), "no peer an audit could check");
+        s.submit("g", task("free"), t0).unwrap();
+        assert_eq!(s.dispatch(t0).len(), 1, "sessionless work runs anywhere");
+        // A second host with the same setup makes both auditable.
+        s.add_peer("twin".into(), peer_at(Some(9), [10, 0, 3, 1]));
+        assert!(s.is_auditable("lone") && s.is_auditable("twin"));
+        let placed = s.dispatch(t0);
+        assert_eq!(placed.len(), 1);
+        assert_ne!(placed[0].peer, "undeclared");
+    }
+
+    #[test]
+    fn idle_colluders_cannot_steer_themselves_into_a_sessions_replicas() {
+        // Colluders join first and stay idle: least-loaded placement (ties to the earliest)
+        // would give them every replica; the keyed draw gives them about their share.
+        let mut s: Scheduler<()> = Scheduler::new(test_config());
+        let t0 = Instant::now();
+        let colluders = ["c0", "c1", "c2"];
+        for (i, id) in colluders.iter().enumerate() {
+            s.add_peer((*id).into(), peer_at(Some(7), [10, 9, i as u8, 1]));
+        }
+        for i in 0..7u8 {
+            s.add_peer(format!("h{i}"), peer_at(Some(7), [10, 1, i, 1]));
+        }
+        let (mut captured, mut colluder_replicas) = (0, 0);
+        let groups = 300;
+        for g in 0..groups {
+            let gamer = format!("g{g}");
+            s.add_gamer(gamer.clone());
+            let sessions = ["w", "w\u{0}1", "w\u{0}2"];
+            for (r, session) in sessions.iter().enumerate() {
+                let siblings: Vec<&str> = sessions.iter().filter(|x| *x != session).copied().collect();
+                s.submit(
+                    &gamer,
+                    Submission { setup: Some(7), ..replica_task(&format!("t{r}"), session, &siblings) },
+                    t0,
+                )
+                .unwrap();
+            }
+            let placed = s.dispatch(t0);
+            assert_eq!(placed.len(), 3, "group {g}");
+            let on_colluders = placed.iter().filter(|d| colluders.contains(&d.peer.as_str())).count();
+            colluder_replicas += on_colluders;
+            captured += usize::from(on_colluders == 3);
+            for d in placed {
+                s.succeed(&d.peer, &d.assignment_id).unwrap();
+            }
+        }
+        // Their share of peers is 3 in 10; all three replicas of a group on them, by chance,
+        // 1 in 120 (C(3,3)/C(10,3)).
+        let share = colluder_replicas as f64 / (3 * groups) as f64;
+        assert!((0.15..0.45).contains(&share), "colluders' share of replicas {share}");
+        assert!(captured <= groups / 20, "{captured} of {groups} groups entirely on colluders");
     }
 
     #[test]

@@ -270,7 +270,12 @@ async fn a_gamer_that_does_not_come_back_in_time_loses_its_id_and_tasks() {
 #[tokio::test]
 async fn without_a_valid_token_nobody_gets_past_the_handshake() {
     let dir = temp_dir("tokens");
-    let coord = start(Config { auth_file: Some(auth_file(&dir, "revoke gamer mallory\n")), ..Config::default() }).await;
+    let coord = start(Config {
+        auth_file: Some(auth_file(&dir, "revoke gamer mallory\n")),
+        allow_unauditable_peers: true,
+        ..Config::default()
+    })
+    .await;
     let url = coord.url();
     let (status, body) = connect_with(&url, None).await.err().expect("no token: refused");
     assert_eq!(status, 401);
@@ -306,7 +311,9 @@ async fn without_a_valid_token_nobody_gets_past_the_handshake() {
 #[tokio::test]
 async fn a_token_binds_the_role_and_id_a_connection_may_register() {
     let dir = temp_dir("binding");
-    let coord = start(Config { auth_file: Some(auth_file(&dir, "")), ..Config::default() }).await;
+    let coord =
+        start(Config { auth_file: Some(auth_file(&dir, "")), allow_unauditable_peers: true, ..Config::default() })
+            .await;
     let url = coord.url();
     let alice_token = gamer_jwt("alice", Duration::from_secs(600));
 
@@ -361,7 +368,9 @@ async fn http_get(coord: &CoordinatorHandle, path_and_query: &str, token: Option
 #[tokio::test]
 async fn metrics_and_the_dashboard_need_the_operator_role() {
     let dir = temp_dir("operator");
-    let coord = start(Config { auth_file: Some(auth_file(&dir, "")), ..Config::default() }).await;
+    let coord =
+        start(Config { auth_file: Some(auth_file(&dir, "")), allow_unauditable_peers: true, ..Config::default() })
+            .await;
     assert_eq!(http_get(&coord, "/metrics", None).await.0, 401);
     assert_eq!(http_get(&coord, "/metrics", Some(&gamer_jwt("alice", Duration::from_secs(60)))).await.0, 403);
     assert_eq!(http_get(&coord, "/metrics", Some(PEER_TOKEN)).await.0, 403);
@@ -379,7 +388,8 @@ async fn metrics_and_the_dashboard_need_the_operator_role() {
 async fn revoking_a_credential_closes_its_connections_without_a_restart() {
     let dir = temp_dir("revoke");
     let path = auth_file(&dir, "");
-    let coord = start(Config { auth_file: Some(path.clone()), ..Config::default() }).await;
+    let coord =
+        start(Config { auth_file: Some(path.clone()), allow_unauditable_peers: true, ..Config::default() }).await;
     let url = coord.url();
     let token = gamer_jwt("alice", Duration::from_secs(600));
     let mut alice = connect_with(&url, Some(&token)).await.unwrap();
@@ -530,7 +540,7 @@ async fn open_mode_is_refused_off_loopback_unless_insecure() {
     insecure.shutdown().await;
     // Credentials off loopback need TLS too: tokens must not cross the network in clear.
     let dir = temp_dir("exposed");
-    let with_auth = Config { auth_file: Some(auth_file(&dir, "")), ..Config::default() };
+    let with_auth = Config { auth_file: Some(auth_file(&dir, "")), allow_unauditable_peers: true, ..Config::default() };
     let error = coordinator::spawn("0.0.0.0:0", with_auth.clone()).await.expect_err("refused");
     assert!(error.to_string().contains("without TLS"), "{error}");
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
@@ -552,6 +562,7 @@ async fn wss_end_to_end_with_a_certificate_made_at_test_time() {
     let config = Config {
         tls: Some(coordinator::TlsFiles { cert: cert_path, key: key_path }),
         auth_file: Some(auth_file(&dir, "")),
+        allow_unauditable_peers: true,
         ..Config::default()
     };
     let coord = start(config).await;
@@ -603,6 +614,7 @@ async fn a_peer_keeps_the_capacity_it_has_shown_across_a_restart() {
     let dir = temp_dir("standing");
     let config = Config {
         auth_file: Some(auth_file(&dir, "")),
+        allow_unauditable_peers: true,
         reputation_db: Some(dir.join("reputation.redb")),
         initial_peer_capacity: 1,
         max_peer_capacity: 8,

@@ -338,3 +338,46 @@ async fn bad_http_gets_a_status_and_never_disturbs_websocket_clients() {
     drop(lazy);
     coord.shutdown().await;
 }
+
+/// A dashboard that stops reading loses its place within seconds (a small send buffer
+/// fills, and a short stall ends the stream), so an address's share of streams held by
+/// unread ones comes back to it, and streams elsewhere are unaffected.
+#[tokio::test]
+async fn streams_that_are_not_read_are_dropped() {
+    let coord = start(Config::default()).await;
+    let addr = coord.local_addr();
+    // Forty peers make each snapshot several kilobytes, so buffers fill within seconds.
+    let mut peers = Vec::new();
+    for i in 0..40 {
+        peers.push(Client::peer(&coord.url(), &format!("peer-with-a-long-enough-name-{i:03}"), 4).await);
+    }
+    common::eventually("the peers in the snapshot", || coord.fleet().peers.len() == 40).await;
+    // A reading dashboard elsewhere.
+    let mut reader = events_from("127.0.0.1", addr).await;
+    // Its whole share of streams from 127.0.0.8, none of them read, with small receive
+    // buffers (as an attacker would choose, to be cheap).
+    let per_address = coordinator::http::MAX_EVENT_STREAMS_PER_ADDRESS;
+    let mut unread = Vec::new();
+    for _ in 0..per_address {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.bind("127.0.0.8:0".parse().unwrap()).unwrap();
+        let mut stream = tokio::time::timeout(WAIT, socket.connect(addr)).await.unwrap().unwrap();
+        stream.write_all(b"GET /events HTTP/1.1\r\n\r\n").await.unwrap();
+        unread.push(stream);
+    }
+    // Each is dropped once its buffers fill and a write stalls: the address gets a place
+    // again, though it never closed one.
+    let deadline = tokio::time::Instant::now() + 3 * WAIT;
+    loop {
+        let mut events = events_stream_from("127.0.0.8", addr).await;
+        if events.until(b"\r\n\r\n").await.starts_with("HTTP/1.1 200 ") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "unread streams kept their places");
+        // The reading dashboard keeps getting its events meanwhile.
+        reader.until(b"\n\n").await;
+    }
+    drop(unread);
+    coord.shutdown().await;
+}

@@ -186,9 +186,14 @@ async fn a_peer_outvoted_by_two_replicas_is_quarantined_and_the_gamer_corrected(
     let (mut a, mut b, mut liar) = (peer(&url, "a").await, peer(&url, "b").await, peer(&url, "liar").await);
     let mut gamer = Client::gamer(&url, "g").await;
     let mut statuses = Vec::new();
+    let mut judge = None;
     for n in 0..3 {
         submit(&mut gamer, n).await;
         let (ta, tb, tl) = (assignment(&mut a, n).await, assignment(&mut b, n).await, assignment(&mut liar, n).await);
+        // A fourth peer, idle until a verdict needs a re-run.
+        if judge.is_none() {
+            judge = Some(peer(&url, "judge").await);
+        }
         // The liar answers first, and lies on tick 2: the gamer gets the lie at once.
         liar.answer(&tl, &if n == 2 { lie(n) } else { honest(n) }).await;
         let result = next_result(&mut gamer, &mut statuses).await;
@@ -196,18 +201,27 @@ async fn a_peer_outvoted_by_two_replicas_is_quarantined_and_the_gamer_corrected(
         a.answer(&ta, &honest(n)).await;
         b.answer(&tb, &honest(n)).await;
     }
-    // Outvoted two to one: quarantined and closed.
+    // Outvoted two to one: before the verdict, the judge re-runs the session from its log.
+    let mut judge = judge.unwrap();
+    for n in 0..3 {
+        let tj = assignment(&mut judge, n).await;
+        judge.answer(&tj, &honest(n)).await;
+    }
+    // Confirmed: quarantined and closed.
     let refusal = liar.recv_error().await;
     assert_eq!(refusal.code, ErrorCode::Quarantined, "{refusal:?}");
     assert!(liar.expect_closed().await.is_some());
-    // The next tick corrects the gamer: every replica runs it as a full-state step.
+    // The next tick corrects the gamer: every replica (the judge stays one) runs it as a
+    // full-state step.
     submit(&mut gamer, 3).await;
-    let (ta, tb) = (assignment(&mut a, 3).await, assignment(&mut b, 3).await);
-    assert_eq!(ta.task_data.task_type, task_types::PHYSICS_STEP_FULL);
-    assert_eq!(tb.task_data.task_type, task_types::PHYSICS_STEP_FULL);
+    let (ta, tb, tj) = (assignment(&mut a, 3).await, assignment(&mut b, 3).await, assignment(&mut judge, 3).await);
+    for t in [&ta, &tb, &tj] {
+        assert_eq!(t.task_data.task_type, task_types::PHYSICS_STEP_FULL);
+    }
     a.answer(&ta, &honest(3)).await;
     assert_eq!(next_result(&mut gamer, &mut statuses).await.peer_id.as_deref(), Some("a"));
     b.answer(&tb, &honest(3)).await;
+    judge.answer(&tj, &honest(3)).await;
     // And the ticks after it are ordinary ones again.
     submit(&mut gamer, 4).await;
     assert_eq!(assignment(&mut a, 4).await.task_data.task_type, task_types::PHYSICS_STEP);
@@ -481,11 +495,10 @@ async fn a_setup_the_operator_does_not_accept_serves_no_replicated_session() {
     coord.shutdown().await;
 }
 
-/// Two fresh peers (on other addresses) that answer one replicated tick with the same lie
-/// against an established honest replica: with votes weighed by standing they outvote
-/// nobody (the dispute cannot be settled without a third compatible peer, so every replica
-/// is retired and nobody is quarantined); counting heads alone, the honest peer would be
-/// quarantined. Returns how many peers were quarantined.
+/// Attack 2 of the trust issue: two fresh colluding peers (other addresses) answer a tick
+/// identically wrong against an established honest replica, and a third fresh colluder is
+/// the peer the re-run lands on. With votes weighed by standing they outvote nobody; counting
+/// heads, the honest peer would be quarantined. Returns how many peers were quarantined.
 async fn fresh_colluders_against_an_established_replica(established_after_answers: u64) -> u64 {
     let coord = start(Config { established_after_answers, host_prefix_v4: 32, ..replicated(3) }).await;
     let url = coord.url();
@@ -499,18 +512,21 @@ async fn fresh_colluders_against_an_established_replica(established_after_answer
     }
     let caps = Capabilities { max_concurrent_tasks: Some(4), determinism: Some(setup()), ..Default::default() };
     let mut l1 = Client::peer_from(&url, "127.0.0.2", "liar1", caps.clone()).await;
-    let mut l2 = Client::peer_from(&url, "127.0.0.3", "liar2", caps).await;
+    let mut l2 = Client::peer_from(&url, "127.0.0.3", "liar2", caps.clone()).await;
     submit(&mut gamer, 0).await;
     let (h, x, y) = (assignment(&mut honest_peer, 0).await, assignment(&mut l1, 0).await, assignment(&mut l2, 0).await);
+    let mut l3 = Client::peer_from(&url, "127.0.0.4", "liar3", caps).await;
     honest_peer.answer(&h, &honest(0)).await;
     let mut statuses = Vec::new();
     assert_eq!(next_result(&mut gamer, &mut statuses).await.result.json(), Some(honest(0).as_str()));
     l1.answer(&x, &lie(0)).await;
     l2.answer(&y, &lie(0)).await;
-    // A connection's frames are handled in order: once each liar's next request is
-    // answered, its lie was handled, and the dispute decided with it.
-    l1.stats().await;
-    l2.stats().await;
+    // The re-run (a confirmation, or a tie-break) lands on the third colluder.
+    let z = assignment(&mut l3, 0).await;
+    l3.answer(&z, &lie(0)).await;
+    // A connection's frames are handled in order: once its next request is answered, the
+    // re-run's answer was handled, and the dispute decided with it.
+    l3.stats().await;
     assert_eq!(coord.stats().replica_disagreements, 1);
     let quarantined = coord.stats().peers_quarantined;
     coord.shutdown().await;
@@ -518,7 +534,153 @@ async fn fresh_colluders_against_an_established_replica(established_after_answer
 }
 
 #[tokio::test]
-async fn two_fresh_colluders_cannot_outvote_an_established_replica() {
+async fn fresh_colluders_cannot_outvote_an_established_replica() {
     assert_eq!(fresh_colluders_against_an_established_replica(0).await, 1, "counting heads, the honest peer goes");
     assert_eq!(fresh_colluders_against_an_established_replica(4).await, 0);
+}
+
+/// Attack 2 again, with established colluders: two peers that answer honestly long enough
+/// to be established, then agree on a lie against an honest replica. The verdict waits for
+/// a re-run on a fourth peer; when it sides with the honest one, nobody is quarantined, the
+/// four are kept apart pairwise across the dispute, and the session's delivery is held.
+/// Without the re-run (no fourth peer: `confirm` is `false`), the dispute is unsettled too:
+/// a majority alone quarantines no one. Returns (quarantined, unsettled disputes).
+async fn established_colluders_against_an_honest_replica(fourth_peer: bool) -> (u64, u64) {
+    let coord = start(Config { established_after_answers: 0, host_prefix_v4: 32, ..replicated(3) }).await;
+    let url = coord.url();
+    let caps = Capabilities { max_concurrent_tasks: Some(4), determinism: Some(setup()), ..Default::default() };
+    let mut honest_peer = peer(&url, "honest").await;
+    let mut l1 = Client::peer_from(&url, "127.0.0.2", "liar1", caps.clone()).await;
+    let mut l2 = Client::peer_from(&url, "127.0.0.3", "liar2", caps.clone()).await;
+    let mut gamer = Client::gamer(&url, "g").await;
+    let mut statuses = Vec::new();
+    submit(&mut gamer, 0).await;
+    let (h, x, y) = (assignment(&mut honest_peer, 0).await, assignment(&mut l1, 0).await, assignment(&mut l2, 0).await);
+    let judge = if fourth_peer { Some(Client::peer_from(&url, "127.0.0.4", "judge", caps).await) } else { None };
+    l1.answer(&x, &lie(0)).await;
+    // The first answer reaches the gamer at once (non-strict): here the lie.
+    assert_eq!(next_result(&mut gamer, &mut statuses).await.result.json(), Some(lie(0).as_str()));
+    l2.answer(&y, &lie(0)).await;
+    honest_peer.answer(&h, &honest(0)).await;
+    if let Some(mut judge) = judge {
+        let z = assignment(&mut judge, 0).await;
+        judge.answer(&z, &honest(0)).await;
+        judge.stats().await;
+    } else {
+        honest_peer.stats().await;
+    }
+    let stats = coord.stats();
+    assert_eq!(stats.replica_disagreements, 1);
+    // Held: the next tick's answers reach the gamer only where two replicas agree, and the
+    // colluders never again share a session with the peers they disputed.
+    common::eventually("every replica retired", || coord.stats().in_flight_now == 0).await;
+    let result = (stats.peers_quarantined, stats.disputes_unsettled);
+    coord.shutdown().await;
+    result
+}
+
+#[tokio::test]
+async fn established_colluders_outvote_nobody_without_a_re_run_that_confirms_them() {
+    assert_eq!(established_colluders_against_an_honest_replica(true).await, (0, 1));
+    assert_eq!(established_colluders_against_an_honest_replica(false).await, (0, 1));
+}
+
+/// Attack 3 of the trust issue: `--replicas 2`, one honest peer, one liar that answers
+/// first, no third peer. The dispute cannot be settled: the two are kept apart from then
+/// on, the session runs on one replica with its delivery held (`unverified`: the gamer
+/// steps locally), so the liar's answers never reach the gamer again; when a second honest
+/// peer joins, the session runs on two agreeing replicas and delivery resumes.
+#[tokio::test]
+async fn one_liar_with_no_third_peer_is_kept_apart_and_its_answers_held() {
+    let coord = start(replicated(2)).await;
+    let url = coord.url();
+    let (mut honest_peer, mut liar) = (peer(&url, "honest").await, peer(&url, "liar").await);
+    let mut gamer = Client::gamer(&url, "g").await;
+    let mut statuses = Vec::new();
+    submit(&mut gamer, 0).await;
+    let (h, l) = (assignment(&mut honest_peer, 0).await, assignment(&mut liar, 0).await);
+    liar.answer(&l, &lie(0)).await;
+    assert_eq!(next_result(&mut gamer, &mut statuses).await.peer_id.as_deref(), Some("liar"));
+    honest_peer.answer(&h, &honest(0)).await;
+    common::eventually("the dispute unsettled", || coord.stats().disputes_unsettled == 1).await;
+    // The gamer resyncs (a snapshot); it runs on one of the two only, and is unverified.
+    let mut wrong = 0;
+    for n in 1..=4 {
+        gamer.submit(&format!("t{n}"), task_types::PHYSICS_STEP, &tick(0), Some("world")).await;
+        let (tx, who) = tokio::select! {
+            a = honest_peer.recv_assignment() => (a, 0),
+            a = liar.recv_assignment() => (a, 1),
+        };
+        let answer = if who == 1 { lie(n) } else { honest(n) };
+        if who == 0 {
+            honest_peer.answer(&tx, &answer).await
+        } else {
+            liar.answer(&tx, &answer).await
+        }
+        let result = next_result(&mut gamer, &mut statuses).await;
+        if result.result.json() == Some(lie(n).as_str()) {
+            wrong += 1;
+        }
+        assert_eq!(error_of(&result).code, ErrorCode::Unverified, "held: {result:?}");
+    }
+    assert_eq!(wrong, 0, "no lie reaches the gamer after the dispute");
+    assert_eq!(coord.stats().peers_quarantined, 0, "nobody can be called a liar");
+    // A second honest peer: two agreeing replicas, and delivery resumes.
+    let mut other = peer(&url, "other").await;
+    gamer.submit("t9", task_types::PHYSICS_STEP, &tick(0), Some("world")).await;
+    let mut answered = 0;
+    while answered < 2 {
+        let (tx, who) = tokio::select! {
+            a = honest_peer.recv_assignment() => (a, 0),
+            a = liar.recv_assignment() => (a, 1),
+            a = other.recv_assignment() => (a, 2),
+        };
+        assert_ne!(who, 1, "the liar is kept apart from the honest peer");
+        if tx.task_data.task_id != "t9" {
+            continue;
+        }
+        if who == 0 {
+            honest_peer.answer(&tx, &honest(9)).await
+        } else {
+            other.answer(&tx, &honest(9)).await
+        }
+        answered += 1;
+    }
+    let result = next_result(&mut gamer, &mut statuses).await;
+    assert_eq!(result.result.json(), Some(honest(9).as_str()), "two agree: delivered");
+    coord.shutdown().await;
+}
+
+/// A liar in disputes nothing can settle (no log to replay: `replica_log_ticks` 0) with
+/// established peers of three networks, one after another, is quarantined; the honest
+/// peers, each in one dispute, are not.
+#[tokio::test]
+async fn a_liar_in_unsettled_disputes_with_three_networks_is_quarantined() {
+    let config = Config { replicas_on_distinct_hosts: true, host_prefix_v4: 32, replica_log_ticks: 0, ..replicated(2) };
+    let coord = start(config).await;
+    let url = coord.url();
+    let caps = Capabilities { max_concurrent_tasks: Some(4), determinism: Some(setup()), ..Default::default() };
+    let mut liar = Client::peer_from(&url, "127.0.0.2", "liar", caps.clone()).await;
+    let mut gamer = Client::gamer(&url, "g").await;
+    let mut statuses = Vec::new();
+    for (i, address) in ["127.0.0.1", "127.0.0.3", "127.0.0.4"].into_iter().enumerate() {
+        let mut honest_peer = Client::peer_from(&url, address, &format!("honest{i}"), caps.clone()).await;
+        let session = format!("world{i}");
+        let task = format!("s{i}");
+        gamer.submit(&task, task_types::PHYSICS_STEP, &tick(0), Some(&session)).await;
+        let (h, l) = (honest_peer.recv_assignment().await, liar.recv_assignment().await);
+        honest_peer.answer(&h, &honest(0)).await;
+        liar.answer(&l, &lie(0)).await;
+        let result = next_result(&mut gamer, &mut statuses).await;
+        assert_eq!(result.task_id, task);
+        common::eventually("the dispute unsettled", || coord.stats().disputes_unsettled == i as u64 + 1).await;
+        drop(honest_peer);
+        let id = format!("honest{i}");
+        common::eventually("the honest peer gone", || coord.fleet().peers.iter().all(|(c, _)| c.id != id)).await;
+    }
+    assert_eq!(liar.recv_error().await.code, ErrorCode::Quarantined);
+    let stats = coord.stats();
+    assert_eq!((stats.peers_quarantined, stats.peers_quarantined_for_disputes), (1, 1));
+    assert!(coord.metrics_text().contains("p2c2r_peers_quarantined_for_disputes_total 1"));
+    coord.shutdown().await;
 }

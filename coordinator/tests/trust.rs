@@ -365,3 +365,49 @@ async fn absent_squatters_make_room_for_newcomers() {
     Client::gamer_from(&url, "127.0.0.2", "squat0").await;
     coord.shutdown().await;
 }
+
+/// Eight addresses hold every unregistered place (two each, never registering). Honest
+/// newcomers from elsewhere (eight gamers and a peer) still get in: each closes the oldest
+/// unregistered connection of an address holding the most. Where no address holds more
+/// than its share, the cap still refuses (the control).
+#[tokio::test]
+async fn unregistered_squatters_make_room_for_newcomers() {
+    let config = Config { max_unregistered_connections: 16, ..Config::default() };
+    let coord = start(config).await;
+    let url = coord.url();
+    let mut squatters = Vec::new();
+    for address in 2..=9 {
+        for _ in 0..2 {
+            squatters.push(Client::connect_from(&url, &format!("127.0.0.{address}")).await);
+        }
+    }
+    eventually("every unregistered place held", || coord.admission().unregistered == 16).await;
+    // Each newcomer takes a squatter's place; the attacker refills it at once, and the next
+    // newcomer takes another.
+    for i in 0..8 {
+        Client::gamer(&url, &format!("honest{i}")).await;
+        squatters.push(Client::connect_from(&url, "127.0.0.2").await);
+        eventually("the place refilled", || coord.admission().unregistered == 16).await;
+    }
+    let mut peer = Client::peer_with(&url, "newcomer-peer", caps(4)).await;
+    peer.stats().await;
+    let metrics = coord.metrics_text();
+    assert!(metrics.contains("p2c2r_unregistered_evicted_total 9"), "{metrics}");
+    assert_eq!(coord.admission().unregistered, 15, "the peer's place is its own now");
+    drop(squatters);
+    coord.shutdown().await;
+
+    // The control: one unregistered connection per address, the cap reached: nobody holds
+    // more than a newcomer would, so the newcomer is refused (the cap is still a cap).
+    let coord = start(Config { max_unregistered_connections: 8, ..Config::default() }).await;
+    let url = coord.url();
+    let mut held = Vec::new();
+    for address in 2..=9 {
+        held.push(Client::connect_from(&url, &format!("127.0.0.{address}")).await);
+    }
+    eventually("every unregistered place held", || coord.admission().unregistered == 8).await;
+    let refused = tokio_tungstenite::connect_async(url.as_str()).await;
+    assert!(refused.is_err(), "refused before the handshake");
+    assert!(coord.metrics_text().contains("p2c2r_unregistered_evicted_total 0"));
+    coord.shutdown().await;
+}

@@ -144,6 +144,9 @@ async fn a_peer_lying_on_one_percent_of_ticks_is_caught_and_the_gamer_corrected(
     let honest = [start_peer(&url, "peer-a").await, start_peer(&url, "peer-b").await];
     let liar = liar(url.clone()).await;
     let mut gamer = gamer::connect(&url, "gamer-1").await;
+    // A fourth peer, connected after the session's replicas are placed: the verdict on a
+    // lie waits for a re-run, and this is where it runs (replaying the session's log).
+    let mut judge = None;
     // What the gamer should hold: the same requests stepped by an honest world here.
     let mut reference = PhysicsWorld::new();
     let mut truth: BTreeMap<u64, BodyState> = BTreeMap::new();
@@ -155,6 +158,9 @@ async fn a_peer_lying_on_one_percent_of_ticks_is_caught_and_the_gamer_corrected(
         let expected = reference.step(&request).unwrap();
         truth.extend(expected.bodies.iter().map(|b| (b.id, *b)));
         let (r, raw) = gamer.physics("s", &request).await.unwrap_or_else(|e| panic!("tick {t}: {e:?}"));
+        if judge.is_none() {
+            judge = Some(start_peer(&url, "peer-c").await);
+        }
         // Only full-state answers list the fixed ground: compare the moving bodies.
         held.extend(r.bodies.iter().filter(|b| b.id != 0).map(|b| (b.id, *b)));
         if lies_on(t) && held != truth {
@@ -179,7 +185,7 @@ async fn a_peer_lying_on_one_percent_of_ticks_is_caught_and_the_gamer_corrected(
     let corrected_at = corrected_at.expect("a full-state tick reached the gamer");
     assert!(corrected_at <= 37 + 5, "corrected at tick {corrected_at}");
     assert_eq!(stats.sessions_corrected, 1);
-    for p in honest {
+    for p in honest.into_iter().chain(judge) {
         p.shutdown().await;
     }
     coord.shutdown().await;

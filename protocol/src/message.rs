@@ -394,6 +394,20 @@ pub struct StatsReport {
     /// Replicas started from a session's log (new replicas, replacements, tie-breakers).
     #[serde(default)]
     pub replicas_started: u64,
+    /// Disputes between replicas that nothing could settle (their peers are kept apart
+    /// since, and the session's delivery held until replicas agree again).
+    #[serde(default)]
+    pub disputes_unsettled: u64,
+    /// Peers quarantined for unsettled disputes with established peers of several
+    /// networks.
+    #[serde(default)]
+    pub peers_quarantined_for_disputes: u64,
+    /// Unreplicated physics sessions started (the sessions an audit may be drawn for).
+    #[serde(default)]
+    pub sessions_unreplicated_started: u64,
+    /// Of those, sessions audited (drawn, and a second compatible peer was there).
+    #[serde(default)]
+    pub sessions_audited: u64,
 }
 
 /// `session_status`: how one of the gamer's sessions is replicated (see PROTOCOL.md,
