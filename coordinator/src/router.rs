@@ -1041,17 +1041,20 @@ impl Router {
     }
 
     fn complete(&self, state: &mut State, conn: ConnId, peer_id: &str, mut m: TaskResult, mut kind: ResultKind) {
-        if let Some(reason) = self.too_large_for_json(&m.result) {
+        let refused_here = self.too_large_for_json(&m.result).map(|reason| {
             // The gamer may speak JSON: answer with the error instead (its decoder did not
             // see this result, so it resyncs).
             let error = TaskError::new(ErrorCode::LimitExceeded, format!("the peer's result was refused: {reason}"));
             m.result = to_payload(&error.with_resync()).expect("task errors always serialize");
             kind = ResultKind::Error { resync: true, over_budget: true };
-        }
+        });
         let answer = match kind {
             ResultKind::Success => Answer::Success,
-            // A request over the work budgets is refused alike everywhere: not retried.
-            ResultKind::Error { resync, over_budget } => Answer::Error { retry_elsewhere: !over_budget, resync },
+            // Any error a peer gives is worth one try elsewhere, `limit_exceeded` included:
+            // a request truly over the work budgets costs one more refusal, and a peer
+            // answering everything `limit_exceeded` is found out by the success elsewhere.
+            // A result the coordinator refused itself would only be refused again.
+            ResultKind::Error { resync, .. } => Answer::Error { retry_elsewhere: refused_here.is_none(), resync },
         };
         match state.sched.complete(peer_id, &m.task_id, answer, Instant::now()) {
             Ok(Completion::Deliver { gamer, task_id, attempt, submitted_at, assigned_at, session_id })

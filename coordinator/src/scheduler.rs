@@ -247,10 +247,10 @@ pub enum Answer {
     /// The peer did not do the work. Errors are not completions: no window growth, no
     /// confirmation of anyone's miss, the peer's streak goes on.
     Error {
-        /// Worth one try on another peer (every error but the gamer's request exceeding
-        /// the work budgets, which any peer would refuse alike): a sessionless task gets
-        /// one more try elsewhere, and a success there counts against this peer like a
-        /// confirmed miss (an error another peer does not reproduce).
+        /// Worth one try on another peer (every error a peer gives; not the coordinator's
+        /// own refusal of a result): a sessionless task gets one more try elsewhere, and a
+        /// success there counts against this peer like a confirmed miss (an error another
+        /// peer does not reproduce).
         retry_elsewhere: bool,
         /// The peer lost (or never had) the session's world.
         resync: bool,

@@ -17,6 +17,7 @@ const SUCCESS: &str = r#"{"status":"success"}"#;
 const UNKNOWN_SESSION: &str =
     r#"{"status":"error","code":"unknown_session","message":"no such session","resync":true}"#;
 const INTERNAL: &str = r#"{"status":"error","code":"internal","message":"it broke","resync":true}"#;
+const OVER_BUDGET: &str = r#"{"status":"error","code":"limit_exceeded","message":"too much work"}"#;
 
 async fn start(config: Config) -> coordinator::CoordinatorHandle {
     spawn("127.0.0.1:0", config).await.expect("bind loopback")
@@ -36,6 +37,9 @@ enum Script {
     YesMan,
     /// Answers everything at once with an `internal` error and resync.
     Broken,
+    /// Answers everything at once with `limit_exceeded` (as if every request were over
+    /// the work budgets).
+    Refuser,
     /// Answers everything at once with `unknown_session` and resync.
     Amnesiac,
     /// Reads everything (so it stays connected) and answers nothing.
@@ -53,6 +57,7 @@ fn serve(mut peer: Client, script: Script) -> tokio::task::JoinHandle<()> {
                 Script::BlackHole => continue,
                 Script::Honest | Script::YesMan => SUCCESS,
                 Script::Broken => INTERNAL,
+                Script::Refuser => OVER_BUDGET,
                 Script::Amnesiac => UNKNOWN_SESSION,
             };
             if !peer.try_send(&p2c2r_testkit::client::result_for(&a, answer)).await {
@@ -178,9 +183,20 @@ async fn an_error_from_the_next_peer_confirms_no_miss() {
 /// from two networks that it failed.
 #[tokio::test]
 async fn a_peer_failing_every_task_at_once_is_retried_around_and_quarantined() {
+    failing_peer_retried_around_and_quarantined(Script::Broken).await;
+}
+
+/// The same with a peer answering every task `limit_exceeded` (the error honest peers give
+/// a request over the work budgets): it is retried elsewhere too, and found out.
+#[tokio::test]
+async fn a_peer_refusing_every_task_as_over_budget_is_retried_around_and_quarantined() {
+    failing_peer_retried_around_and_quarantined(Script::Refuser).await;
+}
+
+async fn failing_peer_retried_around_and_quarantined(script: Script) {
     let coord = start(Config { established_after_answers: 4, host_prefix_v4: 32, ..Config::default() }).await;
     let url = coord.url();
-    let broken = serve(Client::peer_from(&url, "127.0.0.2", "broken", caps(64)).await, Script::Broken);
+    let broken = serve(Client::peer_from(&url, "127.0.0.2", "broken", caps(64)).await, script);
     let honest_peer = serve(Client::peer_with(&url, "honest", caps(8)).await, Script::Honest);
     let initial = capacity_of(&coord, "broken").expect("connected");
     let mut here = Client::gamer(&url, "g1").await;
