@@ -137,6 +137,11 @@ pub struct Config {
     /// runtime threads that serve every connection (parsing megabytes of JSON inline would
     /// hold up everyone else); smaller ones inline, where the hop costs more than the parse.
     pub off_runtime_frame_bytes: usize,
+    /// Peers that ask for it (on a binary connection) get large frames in chunks between
+    /// the other frames, and may send theirs so (`p2c2r_protocol::chunk`): a large payload
+    /// holds up the other sessions' ticks on that peer by a chunk, not by itself. Off: whole
+    /// frames, as before.
+    pub chunked_frames: bool,
     /// How long a quarantined peer id is refused.
     pub quarantine_duration: Duration,
     /// Where quarantines and departed peers' standing (the capacity each has shown, its
@@ -230,6 +235,7 @@ impl Default for Config {
             replicas: 1,
             audit_fraction: 0.1,
             dispute_partners_to_quarantine: 3,
+            chunked_frames: true,
             allow_unauditable_peers: false,
             strict_replication: false,
             replicas_on_distinct_hosts: true,

@@ -49,14 +49,16 @@ use tracing::debug;
 
 use crate::admission::Ticket;
 use crate::auth::Credential;
-use crate::observe::{ObservedStream, StreamWatch};
+use crate::observe::{InboundBudget, ObservedStream, StreamWatch};
 use crate::outbound::{self, Frame, Outbound, OutboundRx, OutboundTx};
 use crate::router::{CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TOO_BIG, ConnHandle, ConnId, ConnInfo, Departure, Router};
 use crate::tls::Transport;
 use crate::{Config, Shared};
 use crate::{info_limited, warn_limited};
 use p2c2r_ops::http::Rewind;
+use p2c2r_protocol::chunk::{self, Interleave, Next, Reassembler};
 use p2c2r_protocol::{Encoding, ErrorCode, binary};
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 
 /// tungstenite's write buffer target: frames are written once this much is buffered, or
@@ -149,19 +151,39 @@ pub async fn serve(
     let (sink, mut frames) = ws.split();
     let (tx, rx) = outbound::channel(config.send_queue_frames, config.send_queue_bytes);
     let kill = CancellationToken::new();
+    // Chunked frames are possible only on a binary connection, and on only once a peer asks.
+    let chunked = (encoding == Encoding::Binary).then(|| Arc::new(AtomicBool::new(false)));
     let conn = router.connect(
-        ConnHandle { tx: tx.clone(), kill: kill.clone() },
+        ConnHandle { tx: tx.clone(), kill: kill.clone(), chunked: chunked.clone() },
         Some(ConnInfo { addr, watch: watch.clone(), credential }),
     );
     debug!(conn, encoding = encoding.as_str(), "connection open");
 
-    let writer =
-        tokio::spawn(write_loop(conn, sink, rx, encoding, kill.clone(), watch.clone(), config.write_stall_timeout));
+    let writer = tokio::spawn(write_loop(
+        conn,
+        sink,
+        rx,
+        encoding,
+        kill.clone(),
+        watch.clone(),
+        config.write_stall_timeout,
+        chunked.clone(),
+        router.metrics().clone(),
+    ));
 
     let start = Instant::now();
     let evicted = ticket.evicted();
-    let mut reader =
-        Reader { router, config, conn, encoding, tx: &tx, ticket: &mut ticket, watch: &watch, last_seen: start };
+    let mut reader = Reader {
+        router,
+        config,
+        conn,
+        encoding,
+        tx: &tx,
+        ticket: &mut ticket,
+        watch: &watch,
+        last_seen: start,
+        chunks: Chunks { on: chunked, reassembler: None, charged: 0, budget: shared.inbound.clone() },
+    };
     let mut pings = interval_at(start + config.heartbeat_interval, config.heartbeat_interval);
     pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let register_by = start + config.register_timeout;
@@ -254,6 +276,55 @@ struct Reader<'a> {
     ticket: &'a mut Ticket,
     watch: &'a StreamWatch,
     last_seen: Instant,
+    chunks: Chunks,
+}
+
+/// Chunked frames from a peer being put back together ([`chunk::Reassembler`]), their
+/// bytes charged to the inbound budget like an unfinished WebSocket message's.
+struct Chunks {
+    /// Set when the peer took chunked frames (binary connections only).
+    on: Option<Arc<AtomicBool>>,
+    reassembler: Option<Reassembler>,
+    charged: u64,
+    budget: Arc<InboundBudget>,
+}
+
+impl Chunks {
+    fn enabled(&self) -> bool {
+        self.on.as_ref().is_some_and(|on| on.load(Ordering::Acquire))
+    }
+
+    /// Takes one chunk; the frame it completes, if any.
+    fn push(&mut self, chunk: &[u8], max_frame_bytes: usize) -> Result<Option<Frame>, ChunkRefusal> {
+        if !self.budget.try_charge(chunk.len() as u64) {
+            return Err(ChunkRefusal::OverBudget);
+        }
+        self.charged += chunk.len() as u64;
+        let reassembler = self.reassembler.get_or_insert_with(|| Reassembler::new(max_frame_bytes));
+        let pushed = reassembler.push(chunk, std::time::Instant::now());
+        // What the reassembler no longer holds (a finished or refused frame) is given back.
+        let held = reassembler.buffered() as u64;
+        self.budget.release(self.charged - held);
+        self.charged = held;
+        pushed.map_err(ChunkRefusal::Chunk)
+    }
+
+    /// How long the oldest unfinished chunked frame has been coming.
+    fn unfinished_for(&self, now: std::time::Instant) -> Option<Duration> {
+        self.reassembler.as_ref()?.oldest().map(|since| now.saturating_duration_since(since))
+    }
+}
+
+impl Drop for Chunks {
+    fn drop(&mut self) {
+        self.budget.release(self.charged);
+    }
+}
+
+/// Why a chunk ended its connection.
+enum ChunkRefusal {
+    OverBudget,
+    Chunk(chunk::ChunkError),
 }
 
 impl Reader<'_> {
@@ -266,6 +337,9 @@ impl Reader<'_> {
         self.last_seen = Instant::now();
         let conn = self.conn;
         match frame {
+            Some(Ok(WsMessage::Binary(frame))) if self.encoding == Encoding::Binary && chunk::is_chunk(&frame) => {
+                return self.chunk(&frame).await;
+            }
             Some(Ok(WsMessage::Text(text))) if text.len() >= self.config.off_runtime_frame_bytes => {
                 // A large frame is parsed on the blocking pool, never on the threads that
                 // serve every other connection (`Config::off_runtime_frame_bytes`); this
@@ -347,6 +421,59 @@ impl Reader<'_> {
         None
     }
 
+    /// Handles one chunk of a chunked frame, and the frame once it is whole; `Some` when
+    /// the connection must end.
+    async fn chunk(&mut self, chunk: &[u8]) -> Option<Departure> {
+        let conn = self.conn;
+        if !self.chunks.enabled() {
+            self.router.send_error(
+                conn,
+                ErrorCode::BadFrame,
+                "chunked frames need chunked_frames in a peer's registration on a binary connection",
+            );
+            return None;
+        }
+        let frame = match self.chunks.push(chunk, self.config.max_frame_bytes) {
+            Ok(Some(frame)) => {
+                self.router.metrics().chunked_frames_received.inc();
+                frame
+            }
+            Ok(None) => return None,
+            Err(ChunkRefusal::OverBudget) => {
+                warn_limited!("connection: inbound budget spent", conn, "no memory left for chunked frames; closing");
+                self.router.send_error(
+                    conn,
+                    ErrorCode::FrameTooLarge,
+                    "the coordinator has no memory left for incoming messages now; retry later",
+                );
+                let _ = self.tx.send_exempt(Outbound::Close(CLOSE_TRY_AGAIN_LATER, "busy".into()));
+                return Some(Departure::Closed);
+            }
+            Err(ChunkRefusal::Chunk(e)) => {
+                info_limited!("connection: bad chunk", conn, error = %e, "closing");
+                let code = match e {
+                    chunk::ChunkError::TooLarge(_) => ErrorCode::FrameTooLarge,
+                    _ => ErrorCode::BadFrame,
+                };
+                self.router.send_error(conn, code, e.to_string());
+                let _ = self.tx.send_exempt(Outbound::Close(CLOSE_POLICY, "bad chunk".into()));
+                return Some(Departure::Closed);
+            }
+        };
+        // The whole frame, handled as if it had come in one piece (never a chunk itself:
+        // chunks nested in chunks would recurse as deep as the frame is long).
+        let whole = match frame {
+            Frame::Text(text) => WsMessage::text(text),
+            Frame::Binary(bytes) if chunk::is_chunk(&bytes) => {
+                self.router.send_error(conn, ErrorCode::BadFrame, "a chunked frame holds a chunk");
+                let _ = self.tx.send_exempt(Outbound::Close(CLOSE_POLICY, "bad chunk".into()));
+                return Some(Departure::Closed);
+            }
+            Frame::Binary(bytes) => WsMessage::binary(bytes),
+        };
+        Box::pin(self.frame(Some(Ok(whole)))).await
+    }
+
     /// Handles every frame that is readable without waiting (at most
     /// [`DRAIN_MAX_FRAMES`]); `Some` when one of them ends the connection.
     async fn drain(&mut self, frames: &mut Frames) -> Option<Departure> {
@@ -400,7 +527,11 @@ impl Reader<'_> {
     /// Closes the connection when its current message has been unfinished too long.
     fn check_assembly(&mut self) -> Option<Departure> {
         let limit = self.config.message_assembly_timeout;
-        let unfinished = self.watch.message_unfinished_for(std::time::Instant::now())?;
+        let now = std::time::Instant::now();
+        let unfinished = match (self.watch.message_unfinished_for(now), self.chunks.unfinished_for(now)) {
+            (Some(a), Some(b)) => a.max(b),
+            (a, b) => a.or(b)?,
+        };
         if unfinished <= limit {
             return None;
         }
@@ -435,7 +566,11 @@ enum WriteFailed {
     Error(tungstenite::Error),
 }
 
-/// Drains the outbound queue into the socket, one frame at a time, each flushed.
+/// Drains the outbound queue into the socket, one frame at a time, each flushed. Where
+/// the peer took chunked frames (`chunked`), a frame longer than a chunk goes in chunks,
+/// one between whatever else is queued ([`Interleave`]): a large payload holds up the
+/// other sessions' ticks by one chunk, not by the whole frame.
+#[allow(clippy::too_many_arguments)]
 async fn write_loop(
     conn: ConnId,
     mut sink: Sink,
@@ -444,47 +579,95 @@ async fn write_loop(
     kill: CancellationToken,
     watch: Arc<StreamWatch>,
     stall: Duration,
+    chunked: Option<Arc<AtomicBool>>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) {
+    let mut kept: Interleave<(String, String)> = Interleave::default();
+    let chunking = || chunked.as_ref().is_some_and(|c| c.load(Ordering::Acquire));
     loop {
-        let next = tokio::select! {
-            biased;
-            _ = kill.cancelled() => None,
-            next = rx.recv() => next,
+        let next = if kept.is_empty() {
+            tokio::select! {
+                biased;
+                _ = kill.cancelled() => None,
+                next = rx.recv_weighed() => next,
+            }
+        } else {
+            match rx.try_recv_weighed() {
+                Ok(next) => Some(next),
+                // Nothing else waits (or every sender is gone): the next chunk goes.
+                Err(_) => {
+                    let (next, released) = kept.next_to_write().expect("not empty");
+                    rx.release(released);
+                    let frame = match next {
+                        Next::Chunk(chunk) => WsMessage::binary(chunk),
+                        Next::Frame(frame) => ws_message(frame),
+                    };
+                    match send_watched(&mut sink, frame, &watch, stall, &kill).await {
+                        Ok(()) => continue,
+                        Err(failed) => {
+                            report_failure(conn, failed, stall);
+                            kill.cancel();
+                            break;
+                        }
+                    }
+                }
+            }
         };
-        let Some(next) = next else { break };
+        let Some((next, weight)) = next else { break };
         let (frame, closing) = match &next {
             Outbound::Message(_) | Outbound::Assignment(_) => match next.encode(encoding) {
-                Some(Frame::Text(text)) => (WsMessage::text(text), false),
-                Some(Frame::Binary(bytes)) => (WsMessage::binary(bytes), false),
+                Some(frame) if chunking() => {
+                    // Kept frames stay counted against the queue's bounds until written.
+                    rx.hold(weight);
+                    let large = chunk::should_chunk(&frame);
+                    match kept.offer(lane_of(&next), frame, weight) {
+                        Some(frame) => {
+                            rx.release(weight);
+                            (ws_message(frame), false)
+                        }
+                        None => {
+                            if large {
+                                metrics.chunked_frames_sent.inc();
+                            }
+                            continue;
+                        }
+                    }
+                }
+                Some(frame) => (ws_message(frame), false),
                 None => continue,
             },
             // The ping carries when it was sent; the pong brings it back (round trip).
             Outbound::Ping => (WsMessage::Ping(watch.ping_payload(std::time::Instant::now()).to_vec().into()), false),
-            Outbound::Close(code, reason) => (
-                WsMessage::Close(Some(CloseFrame { code: CloseCode::from(*code), reason: reason.clone().into() })),
-                true,
-            ),
+            Outbound::Close(code, reason) => {
+                // What was queued before the close goes first.
+                let mut failed = None;
+                while let Some((next, released)) = kept.next_to_write() {
+                    rx.release(released);
+                    let frame = match next {
+                        Next::Chunk(chunk) => WsMessage::binary(chunk),
+                        Next::Frame(frame) => ws_message(frame),
+                    };
+                    if let Err(e) = send_watched(&mut sink, frame, &watch, stall, &kill).await {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+                if let Some(failed) = failed {
+                    report_failure(conn, failed, stall);
+                    kill.cancel();
+                    break;
+                }
+                (
+                    WsMessage::Close(Some(CloseFrame { code: CloseCode::from(*code), reason: reason.clone().into() })),
+                    true,
+                )
+            }
         };
         drop(next);
         match send_watched(&mut sink, frame, &watch, stall, &kill).await {
             Ok(()) if !closing => continue,
             Ok(()) => {}
-            Err(WriteFailed::Killed) => break,
-            Err(WriteFailed::Stalled) => {
-                info_limited!(
-                    "connection: write stalled",
-                    conn,
-                    stall_ms = stall.as_millis() as u64,
-                    "client accepted no bytes within the write stall timeout; disconnecting"
-                );
-            }
-            Err(WriteFailed::Error(e)) => {
-                if matches!(e, tungstenite::Error::WriteBufferFull(_)) {
-                    warn_limited!("connection: write buffer full", conn, "write buffer full; disconnecting");
-                } else {
-                    debug!(conn, error = %e, "write failed");
-                }
-            }
+            Err(failed) => report_failure(conn, failed, stall),
         }
         // A polite close, a stall or an error ends the connection; tell the reader loop.
         kill.cancel();
@@ -492,6 +675,52 @@ async fn write_loop(
     }
     // Best effort: flush and close politely, but never wait long for a stuck client.
     let _ = timeout(Duration::from_millis(500), sink.close()).await;
+}
+
+/// The WebSocket message carrying an encoded frame.
+fn ws_message(frame: Frame) -> WsMessage {
+    match frame {
+        Frame::Text(text) => WsMessage::text(text),
+        Frame::Binary(bytes) => WsMessage::binary(bytes),
+    }
+}
+
+/// The session an outbound frame belongs to, as the order of its frames must be kept
+/// (a session's ticks run in the order they arrive).
+fn lane_of(frame: &Outbound) -> Option<(String, String)> {
+    match frame {
+        Outbound::Assignment(a) => a.session_id.as_ref().map(|s| (a.gamer_id.clone(), s.clone())),
+        Outbound::Message(m) => match m.as_ref() {
+            p2c2r_protocol::Message::TaskAssignment(a) => {
+                let spec = &a.task_data;
+                spec.session_id.as_ref().map(|s| (spec.gamer_id.clone().unwrap_or_default(), s.clone()))
+            }
+            _ => None,
+        },
+        Outbound::Ping | Outbound::Close(..) => None,
+    }
+}
+
+/// Logs why a write ended the connection.
+fn report_failure(conn: ConnId, failed: WriteFailed, stall: Duration) {
+    match failed {
+        WriteFailed::Killed => {}
+        WriteFailed::Stalled => {
+            info_limited!(
+                "connection: write stalled",
+                conn,
+                stall_ms = stall.as_millis() as u64,
+                "client accepted no bytes within the write stall timeout; disconnecting"
+            );
+        }
+        WriteFailed::Error(e) => {
+            if matches!(e, tungstenite::Error::WriteBufferFull(_)) {
+                warn_limited!("connection: write buffer full", conn, "write buffer full; disconnecting");
+            } else {
+                debug!(conn, error = %e, "write failed");
+            }
+        }
+    }
 }
 
 /// Sends and flushes one frame, failing when no byte reaches the socket for `stall`.

@@ -132,6 +132,9 @@ pub async fn serve(
     cancel: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
+    // Unsent bytes wait in the connection's own queue, where a tick can go before a large
+    // frame's next chunk, not in a kernel buffer of megabytes (best effort).
+    let _ = p2c2r_net::socket::limit_unsent(&stream, p2c2r_net::socket::UNSENT_BYTES);
     let started = tokio::time::Instant::now();
     let mut stream = match &shared.tls {
         None => Transport::Plain(stream),

@@ -187,6 +187,10 @@ struct Args {
     /// more than the networks it agreed with); 0: never.
     #[arg(long, default_value_t = defaults().dispute_partners_to_quarantine)]
     dispute_partners_to_quarantine: usize,
+    /// Send large frames to peers that ask for it in chunks between the other frames, and
+    /// take theirs so.
+    #[arg(long, default_value_t = defaults().chunked_frames, action = clap::ArgAction::Set)]
+    chunked_frames: bool,
     /// With credentials on, let peers no audit can check serve sessions.
     #[arg(long)]
     allow_unauditable_peers: bool,
@@ -279,6 +283,7 @@ impl Args {
             max_replica_log_bytes: self.max_replica_log_bytes,
             dispute_partners_to_quarantine: self.dispute_partners_to_quarantine,
             allow_unauditable_peers: self.allow_unauditable_peers,
+            chunked_frames: self.chunked_frames,
         }
     }
 }

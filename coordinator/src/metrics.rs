@@ -59,6 +59,10 @@ pub struct Metrics {
     pub connections_refused: Family<ReasonLabel, Counter>,
     /// Frames large enough to be decoded off the runtime's threads.
     pub large_frames: Counter,
+    /// Frames sent to peers in chunks, and received from them so.
+    pub chunked_frames_sent: Counter,
+    /// See `chunked_frames_sent`.
+    pub chunked_frames_received: Counter,
     /// Physics sessions that should have been replicated or audited but run on one peer,
     /// because their gamer already had its most replicated sessions.
     pub sessions_unreplicated: Counter,
@@ -81,6 +85,8 @@ impl Default for Metrics {
             connections_refused: Family::default(),
             sessions_unreplicated: Counter::default(),
             large_frames: Counter::default(),
+            chunked_frames_sent: Counter::default(),
+            chunked_frames_received: Counter::default(),
         }
     }
 }
@@ -140,6 +146,16 @@ pub fn registry(router: Arc<Router>, admission: Arc<Admission>, bytes: Arc<ByteT
         "large_frames",
         "Frames of --off-runtime-frame-bytes or more, decoded on the blocking pool instead of the threads serving every connection",
         m.large_frames.clone(),
+    );
+    registry.register(
+        "chunked_frames_sent",
+        "Frames sent to peers in chunks, interleaved with the other frames on the connection",
+        m.chunked_frames_sent.clone(),
+    );
+    registry.register(
+        "chunked_frames_received",
+        "Frames received from peers in chunks and put back together",
+        m.chunked_frames_received.clone(),
     );
     registry.register_collector(Box::new(StateCollector { router, admission, bytes }));
     registry

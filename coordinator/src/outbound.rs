@@ -217,10 +217,38 @@ impl OutboundTx {
 impl OutboundRx {
     /// The next frame, once one is queued; `None` when every sender is gone.
     pub async fn recv(&mut self) -> Option<Outbound> {
+        self.recv_weighed().await.map(|(frame, _)| frame)
+    }
+
+    /// The next frame and the bytes it was counted as, once one is queued; `None` when
+    /// every sender is gone.
+    pub async fn recv_weighed(&mut self) -> Option<(Outbound, usize)> {
         let (frame, weight) = self.rx.recv().await?;
+        self.taken(weight);
+        Some((frame, weight))
+    }
+
+    /// The next frame and its weight if one is queued now.
+    pub fn try_recv_weighed(&mut self) -> Result<(Outbound, usize), mpsc::error::TryRecvError> {
+        let (frame, weight) = self.rx.try_recv()?;
+        self.taken(weight);
+        Ok((frame, weight))
+    }
+
+    /// Counts `bytes` of a frame the writer keeps (a chunked frame being written) against
+    /// the queue's byte bound again, until [`OutboundRx::release`].
+    pub fn hold(&self, bytes: usize) {
+        self.budget.bytes.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    /// Gives back bytes [`OutboundRx::hold`] counted.
+    pub fn release(&self, bytes: usize) {
+        self.budget.bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    fn taken(&self, weight: usize) {
         self.budget.frames.fetch_sub(1, Ordering::AcqRel);
         self.budget.bytes.fetch_sub(weight, Ordering::AcqRel);
-        Some(frame)
     }
 }
 

@@ -51,6 +51,9 @@ pub struct ConnHandle {
     pub tx: OutboundTx,
     /// Cancelled to drop the connection at once (slow reader, replaced, evicted).
     pub kill: CancellationToken,
+    /// On a binary connection: set when a peer registers asking for chunked frames
+    /// ([`p2c2r_protocol::chunk`]); its writer and reader then chunk and reassemble.
+    pub chunked: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// The outcome of binding a registration to a connection.
@@ -795,7 +798,8 @@ impl Router {
             None => return,
             Some(Binding::Again) => {
                 let secret = state.ids.bind(Kind::Peer, &m.peer_id);
-                return state.send(conn, self.ack(Some(m.peer_id), None, secret));
+                let chunked = state.take_chunks(conn, m.capabilities.chunked_frames && self.config.chunked_frames);
+                return state.send(conn, self.ack(Some(m.peer_id), None, secret, chunked));
             }
             Some(Binding::New { resumed }) => resumed || self.config.auth_file.is_some(),
         };
@@ -851,7 +855,8 @@ impl Router {
             state.sched.restore_standing(&m.peer_id, standing);
         }
         let secret = state.ids.bind(Kind::Peer, &m.peer_id);
-        state.send(conn, self.ack(Some(m.peer_id), None, secret));
+        let chunked = state.take_chunks(conn, m.capabilities.chunked_frames && self.config.chunked_frames);
+        state.send(conn, self.ack(Some(m.peer_id), None, secret, chunked));
         state.dispatch(Instant::now());
         self.deadlines_changed.notify_one();
     }
@@ -893,7 +898,7 @@ impl Router {
         }
         crate::info_limited!("router: gamer registered", gamer_id = m.gamer_id, resumed, "gamer registered");
         let secret = state.ids.bind(Kind::Gamer, &m.gamer_id);
-        state.send(conn, self.ack(None, Some(m.gamer_id.clone()), secret));
+        state.send(conn, self.ack(None, Some(m.gamer_id.clone()), secret, false));
         if let Some(waiting) = state.take_detached(&m.gamer_id) {
             if !waiting.lost.is_empty() {
                 crate::warn_limited!(
@@ -928,7 +933,7 @@ impl Router {
         }
     }
 
-    fn ack(&self, peer_id: Option<String>, gamer_id: Option<String>, resume_secret: String) -> Message {
+    fn ack(&self, peer_id: Option<String>, gamer_id: Option<String>, resume_secret: String, chunked: bool) -> Message {
         Message::RegistrationAck(RegistrationAck {
             peer_id,
             gamer_id,
@@ -936,6 +941,7 @@ impl Router {
             heartbeat_interval_ms: Some(self.config.heartbeat_interval.as_millis() as u64),
             max_frame_bytes: Some(self.config.max_frame_bytes),
             resume_secret: Some(resume_secret),
+            chunked_frames: chunked,
         })
     }
 
@@ -1204,6 +1210,19 @@ impl Router {
 }
 
 impl State {
+    /// Turns chunked frames on for a peer's connection that asked for them, where the
+    /// connection is binary; returns whether they are on.
+    fn take_chunks(&mut self, conn: ConnId, asked: bool) -> bool {
+        let switch = self.conns.get(&conn).and_then(|c| c.handle.chunked.as_ref());
+        match switch {
+            Some(switch) if asked => {
+                switch.store(true, std::sync::atomic::Ordering::Release);
+                true
+            }
+            _ => false,
+        }
+    }
+
     fn send(&mut self, conn: ConnId, message: Message) {
         self.send_frame(conn, Outbound::message(message));
     }

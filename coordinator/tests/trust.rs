@@ -427,3 +427,125 @@ async fn unregistered_squatters_make_room_for_newcomers() {
     assert!(coord.metrics_text().contains("p2c2r_unregistered_evicted_total 0"));
     coord.shutdown().await;
 }
+
+/// What the peer in [`a_tick_behind_a_large_payload`] saw.
+struct BehindBulk {
+    /// Chunks of the large assignment that came before the other session's tick.
+    chunks_before_tick: usize,
+    /// Chunks it came in (0: whole).
+    chunks: usize,
+    /// The tick came before the whole large assignment had.
+    tick_first: bool,
+}
+
+/// Attack 9's second half: one gamer relays a 4 MiB payload through the peer that also
+/// serves another gamer's session; that gamer's tick is queued right after it. The peer
+/// reads nothing until both are queued, so the coordinator's writer is held mid-frame, as
+/// on a slow link. With chunked frames the tick comes after the few chunks the socket took,
+/// long before the large frame's last; the large result goes back in chunks too, and both
+/// gamers get their results whole. Without (the control), the tick waits for the whole
+/// frame.
+async fn a_tick_behind_a_large_payload(chunked: bool) -> BehindBulk {
+    use p2c2r_protocol::chunk::{Chunker, Reassembler, is_chunk};
+    use p2c2r_protocol::{Payload, binary, binary::Frame, codec};
+    use tokio_tungstenite::tungstenite::Message as Ws;
+
+    let coord = start(Config::default()).await;
+    let url = coord.url();
+    let mut peer = Client::connect_binary(&url).await;
+    let capabilities = Capabilities { max_concurrent_tasks: Some(8), chunked_frames: chunked, ..Default::default() };
+    peer.register(&p2c2r_testkit::client::register_peer("bulk-peer", capabilities, None)).await;
+    let mut relay = Client::connect_binary(&url).await;
+    relay.register(&p2c2r_testkit::client::register_gamer("relay", None)).await;
+    let mut player = Client::gamer(&url, "player").await;
+    let big = vec![0x50; 4 << 20];
+    let request = p2c2r_testkit::client::task_request(
+        "big",
+        "relay",
+        Payload::binary(big.clone()),
+        Some("bulk".into()),
+        Some(30_000),
+    );
+    relay.send(&request).await;
+    relay.stats().await;
+    player.submit_with_deadline("tick", "physics_step", "{}", Some("world"), Some(30_000)).await;
+    player.stats().await;
+    // Both are queued at the peer now: read what arrives, in order.
+    let (mut reassembler, mut chunks, mut chunks_before_tick) = (Reassembler::new(16 << 20), 0, None);
+    let (mut big_assignment, mut tick_assignment, mut tick_first) = (None, None, false);
+    while big_assignment.is_none() || tick_assignment.is_none() {
+        let frame = tokio::time::timeout(common::WAIT, futures_util::StreamExt::next(&mut peer.ws))
+            .await
+            .expect("a frame in time")
+            .expect("connected")
+            .expect("a frame");
+        let message = match frame {
+            Ws::Binary(bytes) if is_chunk(&bytes) => {
+                chunks += 1;
+                match reassembler.push(&bytes, std::time::Instant::now()).expect("a well-formed chunk") {
+                    Some(Frame::Binary(whole)) => binary::decode(whole.into()).expect("an assignment"),
+                    Some(Frame::Text(text)) => codec::decode(&text).expect("an assignment"),
+                    None => continue,
+                }
+            }
+            Ws::Binary(bytes) => binary::decode(bytes).expect("an assignment"),
+            Ws::Text(text) => codec::decode(text.as_str()).expect("a message"),
+            _ => continue,
+        };
+        let p2c2r_protocol::Message::TaskAssignment(a) = message else { continue };
+        if a.task_data.task_id == "tick" {
+            tick_first = big_assignment.is_none();
+            chunks_before_tick = Some(chunks);
+            tick_assignment = Some(a);
+        } else {
+            assert_eq!(a.task_data.task_data.binary_bytes().map(|b| b.len()), Some(big.len()), "whole");
+            big_assignment = Some(a);
+        }
+    }
+    // The answers: the large one in chunks where the coordinator takes them.
+    let (big_assignment, tick_assignment) = (big_assignment.unwrap(), tick_assignment.unwrap());
+    let result = p2c2r_protocol::Message::TaskResult(p2c2r_protocol::TaskResult {
+        task_id: big_assignment.task_id.clone(),
+        result: Payload::binary(big.clone()),
+        attempt: Some(big_assignment.attempt),
+        peer_id: None,
+    });
+    let frame = binary::encode(&result).expect("a binary frame");
+    if chunked {
+        let mut chunker = Chunker::new(Frame::Binary(frame), 7);
+        while let Some(chunk) = chunker.next_chunk() {
+            peer.send_binary(chunk).await;
+        }
+    } else {
+        peer.send_binary(frame).await;
+    }
+    peer.answer(&tick_assignment, SUCCESS).await;
+    let back = relay.recv_result().await;
+    assert_eq!(back.result.binary_bytes().map(|b| b.len()), Some(big.len()), "the large result whole");
+    assert_eq!(player.recv_result().await.task_id, "tick");
+    if chunked {
+        let metrics = coord.metrics_text();
+        assert!(metrics.contains("p2c2r_chunked_frames_sent_total 1"), "{metrics}");
+        assert!(metrics.contains("p2c2r_chunked_frames_received_total 1"), "{metrics}");
+    }
+    coord.shutdown().await;
+    BehindBulk { chunks_before_tick: chunks_before_tick.expect("the tick came"), chunks, tick_first }
+}
+
+#[tokio::test]
+async fn a_large_payload_does_not_hold_up_another_sessions_tick_on_its_peer() {
+    let chunked = a_tick_behind_a_large_payload(true).await;
+    eprintln!("the tick came after {} of {} chunks", chunked.chunks_before_tick, chunked.chunks);
+    assert!(chunked.tick_first);
+    assert_eq!(chunked.chunks, (4 << 20) / p2c2r_protocol::chunk::CHUNK_BYTES + 1);
+    assert!(
+        chunked.chunks_before_tick < chunked.chunks / 4,
+        "the tick came after {} of {} chunks",
+        chunked.chunks_before_tick,
+        chunked.chunks
+    );
+    // The control: whole frames, the tick after all 4 MiB.
+    let whole = a_tick_behind_a_large_payload(false).await;
+    assert_eq!(whole.chunks, 0);
+    assert!(!whole.tick_first, "whole frames: the tick only after all 4 MiB");
+}

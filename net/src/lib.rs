@@ -35,6 +35,7 @@
 //! ```
 
 pub mod backoff;
+pub mod socket;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -340,6 +341,15 @@ async fn connect_offering(
     match tokio::time::timeout_at(deadline, connecting).await {
         Ok(Ok((ws, response))) => {
             let answer = response.headers().get(header::SEC_WEBSOCKET_PROTOCOL).and_then(|v| v.to_str().ok());
+            let tcp = match ws.get_ref() {
+                MaybeTlsStream::Plain(tcp) => Some(tcp),
+                MaybeTlsStream::Rustls(tls) => Some(tls.get_ref().0),
+                _ => None,
+            };
+            // Best effort: without it frames still go, only less promptly behind bulk.
+            if let Some(tcp) = tcp {
+                let _ = socket::limit_unsent(tcp, socket::UNSENT_BYTES);
+            }
             Ok((ws, Encoding::from_answer(answer)))
         }
         Ok(Err(e)) => Err(ConnectError::from_ws(url, e)),

@@ -76,6 +76,9 @@ pub fn capabilities(machine: &MachineInfo, max_concurrent_tasks: u32, task_types
         task_types: Some(task_types.to_vec()),
         max_concurrent_tasks: Some(max_concurrent_tasks),
         determinism: Some(p2c2r_sim::determinism()),
+        // Taken only on a binary connection; the coordinator says in its ack whether it
+        // takes the peer's chunks too.
+        chunked_frames: true,
     }
 }
 

@@ -15,10 +15,11 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::{self, protocol::WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 
-use crate::pool::{Job, Pool};
+use crate::pool::{Job, Pool, Reply};
 use crate::session::SessionStore;
 use crate::{PeerConfig, PeerStatus};
 use p2c2r_net::Backoff;
+use p2c2r_protocol::chunk::{self, Interleave, Next, Reassembler};
 
 type Ws = p2c2r_net::WsStream;
 
@@ -57,7 +58,7 @@ pub(crate) async fn run(peer: Peer, cancel: CancellationToken) {
             };
             let mut refused = false;
             match attempt {
-                Ok(Registered { ws, encoding, max_frame_bytes, resume_secret: secret }) => {
+                Ok(Registered { ws, encoding, max_frame_bytes, resume_secret: secret, chunked }) => {
                     backoff.reset();
                     if let (Some(path), Some(secret)) = (&state_file, &secret)
                         && resume_secret.as_ref() != Some(secret)
@@ -71,7 +72,7 @@ pub(crate) async fn run(peer: Peer, cancel: CancellationToken) {
                         s.connected = true;
                         s.registrations += 1;
                     });
-                    let reason = serve(&peer, ws, encoding, max_frame_bytes, &cancel).await;
+                    let reason = serve(&peer, ws, encoding, max_frame_bytes, chunked, &cancel).await;
                     peer.status.send_modify(|s| s.connected = false);
                     if cancel.is_cancelled() {
                         break;
@@ -182,6 +183,8 @@ struct Registered {
     max_frame_bytes: usize,
     /// The ack's `resume_secret`, to present at the next registration.
     resume_secret: Option<String>,
+    /// The coordinator takes this peer's large frames in chunks.
+    chunked: bool,
 }
 
 /// The connection options of this peer's configuration.
@@ -219,7 +222,14 @@ async fn connect_and_register(peer: &Peer, resume_secret: Option<&str>) -> Resul
                     Ok(Message::RegistrationAck(ack)) => {
                         let max_frame_bytes =
                             ack.max_frame_bytes.unwrap_or(p2c2r_protocol::limits::DEFAULT_MAX_FRAME_BYTES);
-                        return Ok(Registered { ws, encoding, max_frame_bytes, resume_secret: ack.resume_secret });
+                        let chunked = ack.chunked_frames && encoding == Encoding::Binary;
+                        return Ok(Registered {
+                            ws,
+                            encoding,
+                            max_frame_bytes,
+                            resume_secret: ack.resume_secret,
+                            chunked,
+                        });
                     }
                     Ok(Message::Error(e)) => return Err(ConnectError::Refused { code: e.code, message: e.message }),
                     Ok(other) => tracing::debug!(msg_type = other.msg_type(), "ignored before registration"),
@@ -237,16 +247,22 @@ async fn connect_and_register(peer: &Peer, resume_secret: Option<&str>) -> Resul
 /// Serves one registered connection until it fails or `cancel` fires; returns why it ended.
 ///
 /// Results whose frame would exceed `max_frame_bytes` are answered with `limit_exceeded`
-/// instead (see [`crate::pool`]).
+/// instead (see [`crate::pool`]). Where the coordinator takes chunked frames
+/// (`chunked`, from its `registration_ack`), a large result goes in chunks between the
+/// other frames, so it holds up the other sessions' results by one chunk, not by itself.
 async fn serve(
     peer: &Peer,
     mut ws: Ws,
     encoding: Encoding,
     max_frame_bytes: usize,
+    chunked: bool,
     cancel: &CancellationToken,
 ) -> String {
-    let (results_tx, mut results_rx) = mpsc::channel::<Frame>(RESULT_BUFFER);
+    let (results_tx, mut results_rx) = mpsc::channel::<Reply>(RESULT_BUFFER);
     let handler = Handler { peer, results: &results_tx, encoding, max_frame_bytes };
+    let mut out = Outgoing { kept: Interleave::default(), chunked };
+    // The coordinator chunks its large frames only on a binary connection that asked.
+    let mut chunks = Reassembler::new(max_frame_bytes);
     let period = peer.config.heartbeat_interval.max(Duration::from_millis(10));
     let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -256,11 +272,11 @@ async fn serve(
         tokio::select! {
             biased;
             () = cancel.cancelled() => {
-                drain_and_close(peer, ws, results_rx).await;
+                drain_and_close(peer, ws, results_rx, out).await;
                 return "shutting down".into();
             }
-            Some(frame) = results_rx.recv() => {
-                if let Err(e) = ws.send(ws_message(frame)).await {
+            Some(reply) = results_rx.recv() => {
+                if let Err(e) = out.send(&mut ws, reply).await {
                     return format!("write failed: {e}");
                 }
             }
@@ -269,31 +285,92 @@ async fn serve(
                     return format!("heartbeat failed: {e}");
                 }
             }
-            frame = ws.next() => match frame {
-                None => return "the coordinator closed the connection".into(),
-                Some(Err(e)) => return format!("read failed: {e}"),
-                Some(Ok(tungstenite::Message::Text(text))) => {
-                    if let Some(frame) = handler.message(codec::decode(text.as_str()).map_err(|e| e.to_string()))
-                        && let Err(e) = ws.send(ws_message(frame)).await
-                    {
-                        return format!("write failed: {e}");
+            frame = ws.next() => {
+                let decoded = match frame {
+                    None => return "the coordinator closed the connection".into(),
+                    Some(Err(e)) => return format!("read failed: {e}"),
+                    Some(Ok(tungstenite::Message::Text(text))) => {
+                        Some(codec::decode(text.as_str()).map_err(|e| e.to_string()))
                     }
-                }
-                Some(Ok(tungstenite::Message::Binary(bytes))) if encoding == Encoding::Binary => {
-                    if let Some(frame) = handler.message(p2c2r_protocol::binary::decode(bytes).map_err(|e| e.to_string()))
-                        && let Err(e) = ws.send(ws_message(frame)).await
+                    Some(Ok(tungstenite::Message::Binary(bytes)))
+                        if encoding == Encoding::Binary && chunk::is_chunk(&bytes) =>
                     {
-                        return format!("write failed: {e}");
+                        match chunks.push(&bytes, std::time::Instant::now()) {
+                            Ok(None) => None,
+                            Ok(Some(Frame::Text(text))) => Some(codec::decode(&text).map_err(|e| e.to_string())),
+                            Ok(Some(Frame::Binary(whole))) if !chunk::is_chunk(&whole) => {
+                                Some(p2c2r_protocol::binary::decode(whole.into()).map_err(|e| e.to_string()))
+                            }
+                            Ok(Some(Frame::Binary(_))) => return "a chunked frame from the coordinator holds a chunk".into(),
+                            Err(e) => return format!("bad chunk from the coordinator: {e}"),
+                        }
                     }
+                    Some(Ok(tungstenite::Message::Binary(bytes))) if encoding == Encoding::Binary => {
+                        Some(p2c2r_protocol::binary::decode(bytes).map_err(|e| e.to_string()))
+                    }
+                    Some(Ok(tungstenite::Message::Binary(_))) => {
+                        tracing::debug!("ignored a binary frame on a JSON connection");
+                        None
+                    }
+                    // Pings are answered by tungstenite; a close is answered too, and the
+                    // stream then ends.
+                    Some(Ok(_)) => None,
+                };
+                if let Some(reply) = decoded.and_then(|d| handler.message(d))
+                    && let Err(e) = out.send(&mut ws, reply).await
+                {
+                    return format!("write failed: {e}");
                 }
-                Some(Ok(tungstenite::Message::Binary(_))) => {
-                    tracing::debug!("ignored a binary frame on a JSON connection");
+                // Reads never starve writes: a frame read, a kept chunk written (when the
+                // coordinator streams chunks, this branch is always ready).
+                if let Err(e) = out.write_next(&mut ws).await {
+                    return format!("write failed: {e}");
                 }
-                // Pings are answered by tungstenite; a close is answered too, and the
-                // stream then ends.
-                Some(Ok(_)) => {}
-            },
+            }
+            // Last: the next chunk of a large result, when nothing else is ready.
+            () = std::future::ready(()), if !out.is_empty() => {
+                if let Err(e) = out.write_next(&mut ws).await {
+                    return format!("write failed: {e}");
+                }
+            }
         }
+    }
+}
+
+/// What this peer sends: at once, or (large results, and a session's results behind
+/// one) in chunks between the rest.
+struct Outgoing {
+    kept: Interleave<(String, String)>,
+    chunked: bool,
+}
+
+impl Outgoing {
+    /// Sends a reply now, or keeps it to go in chunks.
+    async fn send(&mut self, ws: &mut Ws, reply: Reply) -> Result<(), tungstenite::Error> {
+        let frame = if self.chunked {
+            match self.kept.offer(reply.lane, reply.frame, 0) {
+                Some(frame) => frame,
+                None => return Ok(()),
+            }
+        } else {
+            reply.frame
+        };
+        ws.send(ws_message(frame)).await
+    }
+
+    /// Sends the next chunk (or the next frame that waited behind one); `false` when
+    /// nothing is kept.
+    async fn write_next(&mut self, ws: &mut Ws) -> Result<bool, tungstenite::Error> {
+        let Some((next, _)) = self.kept.next_to_write() else { return Ok(false) };
+        let message = match next {
+            Next::Chunk(chunk) => tungstenite::Message::binary(chunk),
+            Next::Frame(frame) => ws_message(frame),
+        };
+        ws.send(message).await.map(|()| true)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.kept.is_empty()
     }
 }
 
@@ -308,14 +385,14 @@ fn ws_message(frame: Frame) -> tungstenite::Message {
 /// What one connection's frames are handled with.
 struct Handler<'a> {
     peer: &'a Peer,
-    results: &'a mpsc::Sender<Frame>,
+    results: &'a mpsc::Sender<Reply>,
     encoding: Encoding,
     max_frame_bytes: usize,
 }
 
 impl Handler<'_> {
-    /// Handles one decoded frame; returns a frame to send at once (a rejection), if any.
-    fn message(&self, decoded: Result<Message, String>) -> Option<Frame> {
+    /// Handles one decoded frame; returns a reply to send at once (a rejection), if any.
+    fn message(&self, decoded: Result<Message, String>) -> Option<Reply> {
         let peer = self.peer;
         match decoded {
             Ok(Message::TaskAssignment(mut assignment)) => {
@@ -329,10 +406,11 @@ impl Handler<'_> {
                     session_id = ?assignment.task_data.session_id,
                     "task assigned"
                 );
+                let lane = Reply::to(&assignment, Frame::Binary(Vec::new())).lane;
                 let job = Job::new(assignment, self.results.clone())
                     .with_encoding(self.encoding)
                     .with_max_frame_bytes(self.max_frame_bytes);
-                peer.pool.submit(job).err()
+                peer.pool.submit(job).err().map(|frame| Reply { frame, lane })
             }
             Ok(Message::Error(e)) if e.code == ErrorCode::Replaced => {
                 tracing::warn!(peer_id = %peer.peer_id, "another connection took this peer id over: {}", e.message);
@@ -357,7 +435,7 @@ impl Handler<'_> {
 
 /// Graceful end: let running tasks finish (up to the grace period), send their results,
 /// then close the WebSocket properly.
-async fn drain_and_close(peer: &Peer, mut ws: Ws, mut results: mpsc::Receiver<Frame>) {
+async fn drain_and_close(peer: &Peer, mut ws: Ws, mut results: mpsc::Receiver<Reply>, mut out: Outgoing) {
     let deadline = tokio::time::sleep(peer.config.shutdown_grace);
     tokio::pin!(deadline);
     let idle = peer.pool.wait_idle();
@@ -365,8 +443,9 @@ async fn drain_and_close(peer: &Peer, mut ws: Ws, mut results: mpsc::Receiver<Fr
     let mut finished = false;
     while !finished {
         tokio::select! {
-            Some(frame) = results.recv() => {
-                if ws.send(ws_message(frame)).await.is_err() {
+            biased;
+            Some(reply) = results.recv() => {
+                if out.send(&mut ws, reply).await.is_err() {
                     return;
                 }
             }
@@ -375,13 +454,19 @@ async fn drain_and_close(peer: &Peer, mut ws: Ws, mut results: mpsc::Receiver<Fr
                 tracing::warn!(pending = peer.pool.pending(), "shutdown grace period over; abandoning running tasks");
                 finished = true;
             }
+            () = std::future::ready(()), if !out.is_empty() => {
+                if out.write_next(&mut ws).await.is_err() {
+                    return;
+                }
+            }
         }
     }
-    while let Ok(frame) = results.try_recv() {
-        if ws.send(ws_message(frame)).await.is_err() {
+    while let Ok(reply) = results.try_recv() {
+        if out.send(&mut ws, reply).await.is_err() {
             return;
         }
     }
+    while let Ok(true) = out.write_next(&mut ws).await {}
     let _ = ws.close(None).await;
     // Wait briefly for the coordinator's close reply so the handshake completes.
     let _ = tokio::time::timeout(Duration::from_millis(500), async { while ws.next().await.is_some() {} }).await;

@@ -40,10 +40,28 @@ pub(crate) enum Executor {
     Workers(Arc<Workers>),
 }
 
+/// An encoded `task_result` frame on its way to the coordinator, with the session it
+/// answers (gamer alias, session): a session's results keep their order when large frames
+/// go in chunks (see [`p2c2r_protocol::chunk`]).
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pub frame: Frame,
+    pub lane: Option<(String, String)>,
+}
+
+impl Reply {
+    /// The reply to `assignment` carrying `frame`.
+    pub fn to(assignment: &TaskAssignment, frame: Frame) -> Self {
+        let spec = &assignment.task_data;
+        let lane = spec.session_id.as_ref().map(|s| (spec.gamer_id.clone().unwrap_or_default(), s.clone()));
+        Reply { frame, lane }
+    }
+}
+
 /// One assignment and where its encoded `task_result` frame goes.
 pub(crate) struct Job {
     pub assignment: TaskAssignment,
-    pub reply: mpsc::Sender<Frame>,
+    pub reply: mpsc::Sender<Reply>,
     /// How the connection to the coordinator encodes frames.
     pub encoding: Encoding,
     /// When the assignment arrived; its `deadline_ms` counts from here.
@@ -54,7 +72,7 @@ pub(crate) struct Job {
 
 impl Job {
     /// A job received now, with no limit on its result's size.
-    pub fn new(assignment: TaskAssignment, reply: mpsc::Sender<Frame>) -> Self {
+    pub fn new(assignment: TaskAssignment, reply: mpsc::Sender<Reply>) -> Self {
         Job { assignment, reply, encoding: Encoding::Json, received: Instant::now(), max_frame_bytes: usize::MAX }
     }
 
@@ -236,7 +254,8 @@ async fn run_in_process(
         let result = run_task_payload(&store, &assignment.task_data);
         let ran_for = started.elapsed();
         running.0.fetch_sub(1, Ordering::AcqRel);
-        (checked_result_frame(&assignment, result, max_frame_bytes, encoding), ran_for)
+        let (frame, outcome) = checked_result_frame(&assignment, result, max_frame_bytes, encoding);
+        ((Reply::to(&assignment, frame), outcome), ran_for)
     });
     let answer = run.await;
     drop(permit);
@@ -270,7 +289,7 @@ async fn run_in_worker(job: Job, workers: &Workers, running: &Arc<(AtomicUsize, 
         Outcome::Answer(result) => {
             let (frame, outcome) = checked_result_frame(&job.assignment, result, job.max_frame_bytes, job.encoding);
             metrics.task_ended(task_type, outcome);
-            drop(job.reply.send(frame).await);
+            drop(job.reply.send(Reply::to(&job.assignment, frame)).await);
         }
         Outcome::Cancelled => skip_stale(&job, metrics),
     }
@@ -419,7 +438,7 @@ mod tests {
         assert_eq!(task_id, "99:1");
         assert!(result.contains("queue_full"), "{result}");
         for _ in 0..8 {
-            let frame = tokio::time::timeout(Duration::from_secs(60), rx.recv()).await.unwrap().unwrap();
+            let frame = tokio::time::timeout(Duration::from_secs(60), rx.recv()).await.unwrap().unwrap().frame;
             assert!(result_of(&frame).1.contains("physics_processed"));
         }
         assert!((1..=2).contains(&pool.peak_running()), "peak {}", pool.peak_running());
@@ -448,10 +467,11 @@ mod tests {
         }
         let mut last_tick = std::collections::HashMap::new();
         for _ in 0..n {
-            let frame = tokio::time::timeout(Duration::from_secs(60), rx.recv()).await.unwrap().unwrap();
-            let (task_id, result) = result_of(&frame);
+            let reply = tokio::time::timeout(Duration::from_secs(60), rx.recv()).await.unwrap().unwrap();
+            let (task_id, result) = result_of(&reply.frame);
             let id: u32 = task_id.trim_end_matches(":1").parse().unwrap();
             let session = ["a", "b", "c"][id as usize % 3];
+            assert_eq!(reply.lane.as_ref().map(|(_, s)| s.as_str()), Some(session), "a reply names its session");
             let r: p2c2r_protocol::physics::PhysicsStepResult =
                 serde_json::from_str(&result).unwrap_or_else(|e| panic!("{e}: {result}"));
             let previous = last_tick.insert(session, r.tick);
@@ -490,8 +510,8 @@ mod tests {
         drop(tx);
         pool.wait_idle().await;
         let mut answered = Vec::new();
-        while let Some(frame) = rx.recv().await {
-            answered.push(result_of(&frame).0);
+        while let Some(reply) = rx.recv().await {
+            answered.push(result_of(&reply.frame).0);
         }
         answered.sort();
         assert_eq!(answered, vec!["1:1", "3:1"], "the stale task was answered");

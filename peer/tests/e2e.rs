@@ -247,3 +247,33 @@ async fn packed_results_are_the_same_bytes_on_either_wire_and_decode_to_the_json
     println!("{} packed ticks: {total} bytes", requests.len());
     coord.shutdown().await;
 }
+
+/// A world too large for one chunk (1,500 bodies: the snapshot and every answer are well
+/// over 64 KiB) travels in chunks both ways, coordinator to peer and back, and comes back
+/// byte for byte as a local world steps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_world_larger_than_a_chunk_travels_in_chunks_and_comes_back_byte_for_byte() {
+    let coord = coordinator::spawn("127.0.0.1:0", coordinator::Config::default()).await.unwrap();
+    let url = coord.url();
+    let peer = start_peer(&url, "chunky").await;
+    let mut gamer = gamer::connect(&url, "gamer-big").await;
+    let mut add = vec![ground()];
+    for i in 0..1500u64 {
+        let position = [(i % 40) as f32 - 20.0, 2.0 + (i / 40) as f32, 0.0];
+        add.push(BodyDesc::new(1000 + i, Shape::Sphere { radius: 0.25 }, position));
+    }
+    let mut reference = p2c2r_sim::physics::PhysicsWorld::new();
+    for t in 0..20 {
+        let request = if t == 0 { PhysicsStepRequest { add: add.clone(), snapshot: true, ..tick(0) } } else { tick(t) };
+        let expected = serde_json::to_string(&reference.step(&request).unwrap()).unwrap();
+        let r = gamer.run("physics_step", Some("big"), to_payload(&request).unwrap()).await;
+        assert!(expected.len() > p2c2r_protocol::chunk::CHUNK_BYTES, "tick {t}: {} bytes", expected.len());
+        assert_eq!(success_json(&r), expected, "tick {t}");
+    }
+    let metrics = coord.metrics_text();
+    let count = |name: &str| metrics.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok());
+    assert!(count("p2c2r_chunked_frames_sent_total ").is_some_and(|n| n >= 1), "{metrics}");
+    assert!(count("p2c2r_chunked_frames_received_total ").is_some_and(|n| n >= 20), "{metrics}");
+    peer.shutdown().await;
+    coord.shutdown().await;
+}

@@ -163,6 +163,7 @@ mod tests {
                     sim: "p2c2r_sim 0.1.0".into(),
                     arch: "x86_64".into(),
                 }),
+                chunked_frames: true,
             },
             resume_secret: Some("abc".into()),
         }));
@@ -184,6 +185,7 @@ mod tests {
             heartbeat_interval_ms: Some(1000),
             max_frame_bytes: Some(10),
             resume_secret: Some("s3cret".into()),
+            chunked_frames: true,
         }));
     }
 

@@ -23,6 +23,7 @@
 
 pub mod ai;
 pub mod binary;
+pub mod chunk;
 pub mod codec;
 pub mod error;
 pub mod inspect;

@@ -84,6 +84,9 @@ pub struct Capabilities {
     /// digests) are comparable between peers that declare the same setup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub determinism: Option<Determinism>,
+    /// The peer takes large frames in chunks ([`crate::chunk`]), on a binary connection.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub chunked_frames: bool,
 }
 
 /// A peer's determinism setup. rapier3d with `enhanced-determinism` promises identical
@@ -182,6 +185,10 @@ pub struct RegistrationAck {
     /// from this client. Keep it private; it changes with every registration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume_secret: Option<String>,
+    /// The coordinator takes large frames in chunks on this connection, and sends its own
+    /// large frames so ([`crate::chunk`]): a peer asked for it, on a binary connection.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub chunked_frames: bool,
 }
 
 /// `heartbeat`. Any inbound frame proves liveness; this one exists for clients that have

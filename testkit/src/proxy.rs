@@ -76,6 +76,12 @@ const CHUNK_BYTES: usize = 64 * 1024;
 /// reading from the sender.
 const QUEUE_BYTES: usize = 8 * 1024 * 1024;
 
+/// The proxy's sockets' receive buffers when [`Conditions::queue_bytes`] is set (the
+/// kernel doubles it). Not smaller: loopback's segments are 64 KiB, and a window of less
+/// than two of them is reopened only by delayed acknowledgements (40 ms), which would make
+/// the path crawl.
+const PATH_RECV_BUFFER: usize = 128 * 1024;
+
 /// The conditions of the simulated path, applied to each direction independently.
 ///
 /// The [`Default`] is a perfect path: no delay, no bandwidth limit.
@@ -88,13 +94,24 @@ pub struct Conditions {
     pub jitter: Duration,
     /// Link capacity in bytes per second, per direction; `None` (or `Some(0)`) is unlimited.
     pub bandwidth_bytes_per_s: Option<u64>,
+    /// Bytes the proxy queues in each direction before it pushes back (the bottleneck's
+    /// queue), at least one read of 64 KiB; its sockets' receive buffers are then held at
+    /// 256 KiB (autotuning would grow them to megabytes), which the path holds too. `None`:
+    /// 8 MiB, and the kernel's buffers as they grow. Read when a connection opens.
+    pub queue_bytes: Option<usize>,
 }
 
 impl Conditions {
     /// A path with this round-trip time and round-trip jitter: one-way latency `rtt / 2`
     /// and one-way jitter `jitter / 2`, no bandwidth limit.
     pub fn round_trip(rtt: Duration, jitter: Duration) -> Self {
-        Self { latency: rtt / 2, jitter: jitter / 2, bandwidth_bytes_per_s: None }
+        Self { latency: rtt / 2, jitter: jitter / 2, bandwidth_bytes_per_s: None, queue_bytes: None }
+    }
+
+    /// These conditions with a queue of `bytes` in each direction (a router's buffer: what
+    /// a sender can get ahead of the link by).
+    pub fn with_queue(self, bytes: usize) -> Self {
+        Self { queue_bytes: Some(bytes), ..self }
     }
 
     /// These conditions with a bandwidth limit of `bytes_per_s` in each direction.
@@ -288,6 +305,13 @@ async fn run_connection(mut client: TcpStream, shared: Arc<Shared>, token: Cance
     };
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
+    if shared.conditions().queue_bytes.is_some() {
+        // The kernel's receive buffers are a second queue ahead of the proxy's, grown to
+        // megabytes by autotuning: hold them at a fixed, modest size.
+        for socket in [&client, &server] {
+            let _ = socket2::SockRef::from(socket).set_recv_buffer_size(PATH_RECV_BUFFER);
+        }
+    }
     let _open = OpenConnection::new(&shared.connections);
     {
         let (client_read, client_write) = client.split();
@@ -318,7 +342,8 @@ where
     W: AsyncWrite + Unpin,
 {
     let (queue, queued) = mpsc::unbounded_channel();
-    let budget = Arc::new(Semaphore::new(QUEUE_BYTES));
+    // At least one read's worth, or a full read could never be queued.
+    let budget = Arc::new(Semaphore::new(shared.conditions().queue_bytes.unwrap_or(QUEUE_BYTES).max(CHUNK_BYTES)));
     tokio::join!(receive(from, queue, budget, shared, token), deliver(queued, to, shared, token));
 }
 

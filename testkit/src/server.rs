@@ -63,6 +63,7 @@ pub fn ack(peer_id: Option<&str>, gamer_id: Option<&str>, resume_secret: Option<
         heartbeat_interval_ms: peer_id.map(|_| 1000),
         max_frame_bytes: None,
         resume_secret: resume_secret.map(str::to_owned),
+        chunked_frames: false,
     })
 }
 
