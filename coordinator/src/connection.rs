@@ -405,13 +405,7 @@ impl Reader<'_> {
                     conn,
                     "memory for unfinished incoming messages is exhausted; closing"
                 );
-                self.router.send_error(
-                    conn,
-                    ErrorCode::FrameTooLarge,
-                    "the coordinator has no memory left for incoming messages now; retry later",
-                );
-                let _ = self.tx.send_exempt(Outbound::Close(CLOSE_TRY_AGAIN_LATER, "busy".into()));
-                return Some(Departure::Closed);
+                return self.refuse_over_budget();
             }
             Some(Err(e)) => {
                 debug!(conn, error = %e, "connection error");
@@ -419,6 +413,18 @@ impl Reader<'_> {
             }
         }
         None
+    }
+
+    /// Tells the client the coordinator's memory for unfinished messages is spent (try
+    /// again later), and ends the connection.
+    fn refuse_over_budget(&self) -> Option<Departure> {
+        self.router.send_error(
+            self.conn,
+            ErrorCode::FrameTooLarge,
+            "the coordinator has no memory left for incoming messages now; retry later",
+        );
+        let _ = self.tx.send_exempt(Outbound::Close(CLOSE_TRY_AGAIN_LATER, "busy".into()));
+        Some(Departure::Closed)
     }
 
     /// Handles one chunk of a chunked frame, and the frame once it is whole; `Some` when
@@ -441,13 +447,7 @@ impl Reader<'_> {
             Ok(None) => return None,
             Err(ChunkRefusal::OverBudget) => {
                 warn_limited!("connection: inbound budget spent", conn, "no memory left for chunked frames; closing");
-                self.router.send_error(
-                    conn,
-                    ErrorCode::FrameTooLarge,
-                    "the coordinator has no memory left for incoming messages now; retry later",
-                );
-                let _ = self.tx.send_exempt(Outbound::Close(CLOSE_TRY_AGAIN_LATER, "busy".into()));
-                return Some(Departure::Closed);
+                return self.refuse_over_budget();
             }
             Err(ChunkRefusal::Chunk(e)) => {
                 info_limited!("connection: bad chunk", conn, error = %e, "closing");

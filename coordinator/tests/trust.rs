@@ -549,3 +549,51 @@ async fn a_large_payload_does_not_hold_up_another_sessions_tick_on_its_peer() {
     assert_eq!(whole.chunks, 0);
     assert!(!whole.tick_first, "whole frames: the tick only after all 4 MiB");
 }
+
+/// Hostile chunks from a peer get clear errors within bounds: a chunk where none were
+/// agreed is refused and the connection stays; chunked frames past the frame limit (one,
+/// or several unfinished together) and a chunk inside a chunked frame close it.
+#[tokio::test]
+async fn hostile_chunks_get_clear_errors_within_bounds() {
+    use p2c2r_protocol::ErrorCode;
+    use p2c2r_protocol::binary::Frame;
+    use p2c2r_protocol::chunk::{CHUNK_VERSION, Chunker};
+    let chunk = |stream: u32, last: bool, data: &[u8]| {
+        let mut c = vec![CHUNK_VERSION, u8::from(last)];
+        c.extend_from_slice(&stream.to_le_bytes());
+        c.extend_from_slice(data);
+        c
+    };
+    let coord = start(Config { max_frame_bytes: 64 * 1024, ..Config::default() }).await;
+    let url = coord.url();
+    let registered = |id: &'static str, chunked: bool| {
+        let url = url.clone();
+        async move {
+            let mut peer = Client::connect_binary(&url).await;
+            let capabilities = Capabilities { chunked_frames: chunked, ..caps(4) };
+            peer.register(&p2c2r_testkit::client::register_peer(id, capabilities, None)).await;
+            peer
+        }
+    };
+    // Not agreed: refused, the connection stays.
+    let mut plain = registered("plain", false).await;
+    plain.send_binary(chunk(1, true, b"{}")).await;
+    assert_eq!(plain.recv_error().await.code, ErrorCode::BadFrame);
+    plain.stats().await;
+    drop(plain);
+    // Past the frame limit, over two unfinished streams: refused and closed.
+    let mut greedy = registered("greedy", true).await;
+    greedy.send_binary(chunk(1, false, &[b' '; 40 * 1024])).await;
+    greedy.send_binary(chunk(2, false, &[b' '; 40 * 1024])).await;
+    assert_eq!(greedy.recv_error().await.code, ErrorCode::FrameTooLarge);
+    assert!(greedy.expect_closed().await.is_some());
+    // A chunk inside a chunked frame: refused and closed.
+    let mut nested = registered("nested", true).await;
+    let mut outer = Chunker::new(Frame::Binary(chunk(9, true, b"{}")), 3);
+    while let Some(c) = outer.next_chunk() {
+        nested.send_binary(c).await;
+    }
+    assert_eq!(nested.recv_error().await.code, ErrorCode::BadFrame);
+    assert!(nested.expect_closed().await.is_some());
+    coord.shutdown().await;
+}

@@ -108,8 +108,8 @@ pub enum ChunkError {
     /// Shorter than a header, or not a chunk.
     #[error("malformed chunk (shorter than its {CHUNK_HEADER_BYTES}-byte header, or not a chunk)")]
     Malformed,
-    /// The stream's frame would pass the frame limit.
-    #[error("a chunked frame would exceed {0} bytes")]
+    /// The stream's frame, or the unfinished frames together, would pass the frame limit.
+    #[error("chunked frames would exceed {0} bytes (one frame, or every unfinished one together)")]
     TooLarge(usize),
     /// Too many unfinished streams.
     #[error("more than {MAX_OPEN_STREAMS} chunked frames unfinished at once")]
@@ -162,14 +162,17 @@ impl Reassembler {
                 self.open.len() - 1
             }
         };
-        let partial = &mut self.open[at];
-        if partial.text != text {
+        if self.open[at].text != text {
             return Err(ChunkError::KindChanged);
         }
-        if partial.bytes.len() + data.len() > self.max_frame_bytes {
+        // Every unfinished frame together within one frame's limit: a sender opening many
+        // streams holds no more than one large frame would.
+        let held: usize = self.open.iter().map(|p| p.bytes.len()).sum();
+        if held + data.len() > self.max_frame_bytes {
             self.open.swap_remove(at);
             return Err(ChunkError::TooLarge(self.max_frame_bytes));
         }
+        let partial = &mut self.open[at];
         partial.bytes.extend_from_slice(data);
         if !last {
             return Ok(None);
@@ -339,6 +342,13 @@ mod tests {
             assert_eq!(r.push(&first(stream, 0, b"x"), now), Ok(None));
         }
         assert_eq!(r.push(&first(99, 0, b"x"), now), Err(ChunkError::TooManyStreams));
+        let mut r = Reassembler::new(100);
+        assert_eq!(r.push(&first(1, 0, &[0; 60]), now), Ok(None));
+        assert_eq!(r.push(&first(2, 0, &[0; 60]), now), Err(ChunkError::TooLarge(100)), "all streams together");
+        let mut r = Reassembler::new(100);
+        for stream in 0..MAX_OPEN_STREAMS as u32 {
+            assert_eq!(r.push(&first(stream, 0, b"x"), now), Ok(None));
+        }
         assert_eq!(r.oldest(), Some(now));
         assert_eq!(r.push(&first(0, TEXT | LAST, b"x"), now), Err(ChunkError::KindChanged));
         let mut r = Reassembler::new(100);
