@@ -10,8 +10,9 @@
 //!   cannot keep re-pairing with the same honest peer and deliver its answer each time
 //!   the session restarts.
 //! - **Quarantine by partners.** Each peer's unsettled disputes are counted by partner
-//!   *network* (a voter: see `admission::network_of`), and only partners that were
-//!   established (`Config::established_after_answers`) when they disputed. A peer in
+//!   *network* (a voter: see `admission::network_of`), and only partners whose vote had
+//!   weight when they disputed (established, `Config::established_after_answers`, and
+//!   verified: seen agreeing with another network, [`Disputes::has_agreed`]). A peer in
 //!   unsettled disputes with [`DisputeConfig::partners_to_quarantine`] or more
 //!   networks, and with more such networks than networks it agreed with on compared
 //!   ticks, is reported for quarantine. A liar that lies on every tick agrees with
@@ -33,7 +34,8 @@ pub struct Party {
     /// Who its vote counts as: its network where replicas must be on distinct hosts, else
     /// the peer.
     pub voter: String,
-    /// Whether it was established when it answered.
+    /// Whether its vote had weight when it answered: established, and its work verified
+    /// (see `replication::CopyOutcome::Answer::established`).
     pub established: bool,
 }
 
@@ -154,6 +156,12 @@ impl Disputes {
                 !partners.is_empty()
             });
         }
+    }
+
+    /// Whether a peer agreed with another network's peer on a compared tick within the
+    /// memory: its answers were verified by replication (a vote's weight needs it).
+    pub fn has_agreed(&self, peer: &str) -> bool {
+        self.agreed.get(peer).is_some_and(|partners| !partners.is_empty())
     }
 
     /// Established partner networks a peer is in unsettled disputes with.

@@ -120,8 +120,11 @@ pub enum CopyOutcome {
         digest: Option<AnswerDigest>,
         /// The attempt that answered.
         attempt: u32,
-        /// Whether the peer is established (see `Config::established_after_answers`): only
-        /// established voters outvote anyone, so peers fresh from registering cannot buy a
+        /// Whether the peer's vote has weight: established (see
+        /// `Config::established_after_answers`) and its work verified (it agreed with
+        /// another network's peer on a compared tick lately, see
+        /// [`crate::disputes::Disputes::has_agreed`]). Only such voters outvote anyone, so
+        /// peers fresh from registering, or whose successes nobody checked, cannot buy a
         /// majority.
         established: bool,
     },

@@ -1088,7 +1088,10 @@ impl Router {
                     kind,
                     digest,
                     attempt,
-                    established: state.sched.is_established(peer_id),
+                    // Weight needs verified work, not only claimed: established (its
+                    // successes) and seen agreeing with another network's peer on a
+                    // compared tick within the dispute memory.
+                    established: state.sched.is_established(peer_id) && state.sched.disputes().has_agreed(peer_id),
                 };
                 state.copy_outcome(&gamer, &session, &task_id, outcome, Some(submitted_at));
                 if state.take_quarantined_liars(self.config.quarantine_duration) {

@@ -495,10 +495,12 @@ async fn a_setup_the_operator_does_not_accept_serves_no_replicated_session() {
     coord.shutdown().await;
 }
 
-/// Attack 2 of the trust issue: two fresh colluding peers (other addresses) answer a tick
-/// identically wrong against an established honest replica, and a third fresh colluder is
-/// the peer the re-run lands on. With votes weighed by standing they outvote nobody; counting
-/// heads, the honest peer would be quarantined. Returns how many peers were quarantined.
+/// Attack 2 of the trust issue: two fresh colluding peers (other addresses) agree with an
+/// established honest replica on one tick, then answer the next identically wrong, and a
+/// third fresh colluder is the peer the re-run lands on. With votes weighed by standing
+/// (established, and verified by agreeing with another network) they outvote nobody;
+/// counting heads (`established_after_answers` 0), the honest peer would be quarantined.
+/// Returns how many peers were quarantined.
 async fn fresh_colluders_against_an_established_replica(established_after_answers: u64) -> u64 {
     let coord = start(Config { established_after_answers, host_prefix_v4: 32, ..replicated(3) }).await;
     let url = coord.url();
@@ -513,17 +515,27 @@ async fn fresh_colluders_against_an_established_replica(established_after_answer
     let caps = Capabilities { max_concurrent_tasks: Some(4), determinism: Some(setup()), ..Default::default() };
     let mut l1 = Client::peer_from(&url, "127.0.0.2", "liar1", caps.clone()).await;
     let mut l2 = Client::peer_from(&url, "127.0.0.3", "liar2", caps.clone()).await;
+    let mut statuses = Vec::new();
+    // Tick 0 agreed by all three (each one's work verified), tick 1 the lie.
     submit(&mut gamer, 0).await;
     let (h, x, y) = (assignment(&mut honest_peer, 0).await, assignment(&mut l1, 0).await, assignment(&mut l2, 0).await);
+    for (p, a) in [(&mut honest_peer, h), (&mut l1, x), (&mut l2, y)] {
+        p.answer(&a, &honest(0)).await;
+    }
+    next_result(&mut gamer, &mut statuses).await;
+    submit(&mut gamer, 1).await;
+    let (h, x, y) = (assignment(&mut honest_peer, 1).await, assignment(&mut l1, 1).await, assignment(&mut l2, 1).await);
     let mut l3 = Client::peer_from(&url, "127.0.0.4", "liar3", caps).await;
-    honest_peer.answer(&h, &honest(0)).await;
-    let mut statuses = Vec::new();
-    assert_eq!(next_result(&mut gamer, &mut statuses).await.result.json(), Some(honest(0).as_str()));
-    l1.answer(&x, &lie(0)).await;
-    l2.answer(&y, &lie(0)).await;
-    // The re-run (a confirmation, or a tie-break) lands on the third colluder.
+    honest_peer.answer(&h, &honest(1)).await;
+    assert_eq!(next_result(&mut gamer, &mut statuses).await.result.json(), Some(honest(1).as_str()));
+    l1.answer(&x, &lie(1)).await;
+    l2.answer(&y, &lie(1)).await;
+    // The re-run (a confirmation, or a tie-break) lands on the third colluder, replaying
+    // the log: it agrees on tick 0 and lies on tick 1.
     let z = assignment(&mut l3, 0).await;
-    l3.answer(&z, &lie(0)).await;
+    l3.answer(&z, &honest(0)).await;
+    let z = assignment(&mut l3, 1).await;
+    l3.answer(&z, &lie(1)).await;
     // A connection's frames are handled in order: once its next request is answered, the
     // re-run's answer was handled, and the dispute decided with it.
     l3.stats().await;
@@ -644,21 +656,46 @@ async fn one_liar_with_no_third_peer_is_kept_apart_and_its_answers_held() {
 }
 
 /// A liar in disputes nothing can settle (no log to replay: `replica_log_ticks` 0) with
-/// established peers of three networks, one after another, is quarantined; the honest
-/// peers, each in one dispute, are not.
+/// verified peers of three networks, one after another, is quarantined; the honest peers,
+/// each in one dispute, are not. (A partner counts only once its work was verified: each
+/// honest peer first agrees with a witness on a replicated tick, before the liar is there.)
 #[tokio::test]
 async fn a_liar_in_unsettled_disputes_with_three_networks_is_quarantined() {
     let config = Config { replicas_on_distinct_hosts: true, host_prefix_v4: 32, replica_log_ticks: 0, ..replicated(2) };
     let coord = start(config).await;
     let url = coord.url();
     let caps = Capabilities { max_concurrent_tasks: Some(4), determinism: Some(setup()), ..Default::default() };
-    let mut liar = Client::peer_from(&url, "127.0.0.2", "liar", caps.clone()).await;
     let mut gamer = Client::gamer(&url, "g").await;
     let mut statuses = Vec::new();
-    for (i, address) in ["127.0.0.1", "127.0.0.3", "127.0.0.4"].into_iter().enumerate() {
-        let mut honest_peer = Client::peer_from(&url, address, &format!("honest{i}"), caps.clone()).await;
-        let session = format!("world{i}");
-        let task = format!("s{i}");
+    let gone = |id: String| {
+        let coord = &coord;
+        async move { common::eventually("the peer gone", || coord.fleet().peers.iter().all(|(c, _)| c.id != id)).await }
+    };
+    // Each honest peer's work verified: one replicated tick beside a witness.
+    let honest_peers = [("127.0.0.1", "honest0"), ("127.0.0.3", "honest1"), ("127.0.0.4", "honest2")];
+    let mut witness = Client::peer_from(&url, "127.0.0.5", "witness", caps.clone()).await;
+    let mut secrets = Vec::new();
+    for (i, (address, id)) in honest_peers.into_iter().enumerate() {
+        let mut honest_peer = Client::peer_from(&url, address, id, caps.clone()).await;
+        gamer.submit(&format!("w{i}"), task_types::PHYSICS_STEP, &tick(0), Some(&format!("warm{i}"))).await;
+        let (h, w) = (honest_peer.recv_assignment().await, witness.recv_assignment().await);
+        honest_peer.answer(&h, &honest(0)).await;
+        witness.answer(&w, &honest(0)).await;
+        next_result(&mut gamer, &mut statuses).await;
+        honest_peer.stats().await;
+        witness.stats().await;
+        secrets.push(honest_peer.secret.clone());
+        drop(honest_peer);
+        gone(id.to_owned()).await;
+    }
+    drop(witness);
+    gone("witness".to_owned()).await;
+    // The liar disputes each of them in turn.
+    let mut liar = Client::peer_from(&url, "127.0.0.2", "liar", caps.clone()).await;
+    for (i, ((address, id), secret)) in honest_peers.into_iter().zip(secrets).enumerate() {
+        let mut honest_peer = Client::connect_from(&url, address).await;
+        honest_peer.register(&p2c2r_testkit::client::register_peer(id, caps.clone(), secret)).await;
+        let (session, task) = (format!("world{i}"), format!("s{i}"));
         gamer.submit(&task, task_types::PHYSICS_STEP, &tick(0), Some(&session)).await;
         let (h, l) = (honest_peer.recv_assignment().await, liar.recv_assignment().await);
         honest_peer.answer(&h, &honest(0)).await;
@@ -667,8 +704,7 @@ async fn a_liar_in_unsettled_disputes_with_three_networks_is_quarantined() {
         assert_eq!(result.task_id, task);
         common::eventually("the dispute unsettled", || coord.stats().disputes_unsettled == i as u64 + 1).await;
         drop(honest_peer);
-        let id = format!("honest{i}");
-        common::eventually("the honest peer gone", || coord.fleet().peers.iter().all(|(c, _)| c.id != id)).await;
+        gone(id.to_owned()).await;
     }
     assert_eq!(liar.recv_error().await.code, ErrorCode::Quarantined);
     let stats = coord.stats();
