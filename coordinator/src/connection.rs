@@ -199,7 +199,11 @@ pub async fn serve(
                 break Departure::Closed;
             }
             _ = kill.cancelled() => break Departure::Closed,
-            _ = evicted.cancelled() => {
+            _ = evicted.cancelled(), if reader.ticket.is_unregistered() => {
+                // Registered just as it was picked: not a squatter any more, it stays.
+                if reader.observe_registration() {
+                    continue;
+                }
                 info_limited!(
                     "connection: unregistered, evicted",
                     conn,

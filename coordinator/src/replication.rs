@@ -18,7 +18,7 @@
 //!   succeeded (a dead replica's `resync` is not the session's).
 //! - **Votes.** Answers are compared by the SHA-256 of their bytes (which hold the
 //!   state digest, so the whole world is compared, not only what moved). An answer
-//!   outvoted by at least two replicas that agree, with more established voters, and
+//!   outvoted by at least two replicas that agree, with more weighted voters, and
 //!   confirmed by a replica that re-ran the tick (a new one replaying the session's log)
 //!   is a lie: its peer is quarantined and the gamer's copy is corrected (the next tick
 //!   runs as `physics_step_full` on every replica). A tie (one against one) is settled
@@ -570,8 +570,9 @@ impl Group {
         }
         let mut unsettled = false;
         if tick.disputed && !tick.settled {
-            // An answer is outvoted when two or more voters (hosts) agree on another, and
-            // that other has more established voters than any other answer: fresh peers
+            // An answer is outvoted when two or more voters (networks) agree on another,
+            // and that other has more weighted voters (established and verified, see
+            // `CopyOutcome::Answer::established`) than any other answer: fresh peers
             // colluding never outvote an established one.
             let weight = |i: usize| tick.votes[i].established.len();
             let majorities: Vec<usize> = (0..tick.votes.len())
