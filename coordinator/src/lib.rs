@@ -45,6 +45,7 @@ pub mod reputation;
 pub mod router;
 pub mod scheduler;
 pub mod tls;
+mod writer;
 
 use std::future::Future;
 use std::net::SocketAddr;
