@@ -83,7 +83,9 @@ pub(crate) async fn write_loop(
         let Some((next, weight)) = next else { break };
         let (frame, closing) = match &next {
             Outbound::Message(_) | Outbound::Assignment(_) => match next.encode(encoding) {
-                Some(frame) if chunking() => {
+                // A small frame with nothing kept goes at once: no lane to look up (this is
+                // every frame of a connection carrying no bulk).
+                Some(frame) if chunking() && (!kept.is_empty() || chunk::should_chunk(&frame)) => {
                     // Kept frames stay counted against the queue's bounds until written.
                     rx.hold(weight);
                     let large = chunk::should_chunk(&frame);

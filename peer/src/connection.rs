@@ -406,7 +406,7 @@ impl Handler<'_> {
                     session_id = ?assignment.task_data.session_id,
                     "task assigned"
                 );
-                let lane = Reply::to(&assignment, Frame::Binary(Vec::new())).lane;
+                let lane = Reply::lane_of(&assignment);
                 let job = Job::new(assignment, self.results.clone())
                     .with_encoding(self.encoding)
                     .with_max_frame_bytes(self.max_frame_bytes);

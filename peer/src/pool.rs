@@ -52,9 +52,13 @@ pub(crate) struct Reply {
 impl Reply {
     /// The reply to `assignment` carrying `frame`.
     pub fn to(assignment: &TaskAssignment, frame: Frame) -> Self {
+        Reply { frame, lane: Self::lane_of(assignment) }
+    }
+
+    /// The session an assignment's replies belong to (gamer alias, session).
+    pub fn lane_of(assignment: &TaskAssignment) -> Option<(String, String)> {
         let spec = &assignment.task_data;
-        let lane = spec.session_id.as_ref().map(|s| (spec.gamer_id.clone().unwrap_or_default(), s.clone()));
-        Reply { frame, lane }
+        spec.session_id.as_ref().map(|s| (spec.gamer_id.clone().unwrap_or_default(), s.clone()))
     }
 }
 
