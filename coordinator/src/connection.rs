@@ -52,10 +52,12 @@ use crate::observe::{InboundBudget, ObservedStream, StreamWatch};
 use crate::outbound::{self, Frame, Outbound, OutboundTx};
 use crate::router::{CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TOO_BIG, ConnHandle, ConnId, ConnInfo, Departure, Router};
 use crate::tls::Transport;
+use crate::writer::ChunkFlowTx;
 use crate::{Config, Shared};
 use crate::{info_limited, warn_limited};
 use p2c2r_ops::http::Rewind;
 use p2c2r_protocol::chunk::{self, Reassembler};
+use p2c2r_protocol::pacing;
 use p2c2r_protocol::{Encoding, ErrorCode, binary};
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
@@ -152,6 +154,7 @@ pub async fn serve(
     let kill = CancellationToken::new();
     // Chunked frames are possible only on a binary connection, and on only once a peer asks.
     let chunked = (encoding == Encoding::Binary).then(|| Arc::new(AtomicBool::new(false)));
+    let (flow, chunking) = chunked.clone().map(crate::writer::chunk_flow).unzip();
     let conn = router.connect(
         ConnHandle { tx: tx.clone(), kill: kill.clone(), chunked: chunked.clone() },
         Some(ConnInfo { addr, watch: watch.clone(), credential }),
@@ -166,7 +169,7 @@ pub async fn serve(
         kill.clone(),
         watch.clone(),
         config.write_stall_timeout,
-        chunked.clone(),
+        chunking,
         router.metrics().clone(),
     ));
 
@@ -181,7 +184,7 @@ pub async fn serve(
         ticket: &mut ticket,
         watch: &watch,
         last_seen: start,
-        chunks: Chunks { on: chunked, reassembler: None, charged: 0, budget: shared.inbound.clone() },
+        chunks: Chunks { on: chunked, flow, reassembler: None, charged: 0, budget: shared.inbound.clone() },
     };
     let mut pings = interval_at(start + config.heartbeat_interval, config.heartbeat_interval);
     pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -287,6 +290,8 @@ struct Reader<'a> {
 struct Chunks {
     /// Set when the peer took chunked frames (binary connections only).
     on: Option<Arc<AtomicBool>>,
+    /// Chunks taken and acknowledgements received, for the writer (binary connections only).
+    flow: Option<ChunkFlowTx>,
     reassembler: Option<Reassembler>,
     charged: u64,
     budget: Arc<InboundBudget>,
@@ -309,6 +314,11 @@ impl Chunks {
         let held = reassembler.buffered() as u64;
         self.budget.release(self.charged - held);
         self.charged = held;
+        if pushed.is_ok()
+            && let Some(flow) = &self.flow
+        {
+            flow.took(chunk.len());
+        }
         pushed.map_err(ChunkRefusal::Chunk)
     }
 
@@ -342,6 +352,9 @@ impl Reader<'_> {
         match frame {
             Some(Ok(WsMessage::Binary(frame))) if self.encoding == Encoding::Binary && chunk::is_chunk(&frame) => {
                 return self.chunk(&frame).await;
+            }
+            Some(Ok(WsMessage::Binary(frame))) if self.encoding == Encoding::Binary && pacing::is_ack(&frame) => {
+                return self.chunk_ack(&frame);
             }
             Some(Ok(WsMessage::Text(text))) if text.len() >= self.config.off_runtime_frame_bytes => {
                 // A large frame is parsed on the blocking pool, never on the threads that
@@ -428,6 +441,33 @@ impl Reader<'_> {
         );
         let _ = self.tx.send_exempt(Outbound::Close(CLOSE_TRY_AGAIN_LATER, "busy".into()));
         Some(Departure::Closed)
+    }
+
+    /// Takes the peer's acknowledgement of the chunks sent to it (see
+    /// [`p2c2r_protocol::pacing`]); `Some` when the connection must end.
+    fn chunk_ack(&mut self, frame: &[u8]) -> Option<Departure> {
+        let conn = self.conn;
+        let flow = self.chunks.flow.as_ref().filter(|_| self.chunks.enabled());
+        let Some(flow) = flow else {
+            self.router.send_error(
+                conn,
+                ErrorCode::BadFrame,
+                "chunk acknowledgements need chunked_frames in a peer's registration on a binary connection",
+            );
+            return None;
+        };
+        match pacing::parse_ack(frame) {
+            Ok(ack) => {
+                flow.peer_acked(ack);
+                None
+            }
+            Err(e) => {
+                info_limited!("connection: bad chunk acknowledgement", conn, error = %e, "closing");
+                self.router.send_error(conn, ErrorCode::BadFrame, e.to_string());
+                let _ = self.tx.send_exempt(Outbound::Close(CLOSE_POLICY, "bad chunk acknowledgement".into()));
+                Some(Departure::Closed)
+            }
+        }
     }
 
     /// Handles one chunk of a chunked frame, and the frame once it is whole; `Some` when

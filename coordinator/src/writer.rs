@@ -1,7 +1,9 @@
 //! A connection's writer task: drains its bounded outbound queue into the socket, one
 //! frame at a time, each write watched for stalls; on a peer's connection that took
 //! chunked frames, large frames go in chunks between the others
-//! ([`p2c2r_protocol::chunk::Interleave`]). The reader side is [`crate::connection`].
+//! ([`p2c2r_protocol::chunk::Interleave`]), no faster than the peer's acknowledgements let
+//! them ([`p2c2r_protocol::pacing::Pacer`]), and the chunks the reader took are
+//! acknowledged. The reader side is [`crate::connection`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,6 +12,8 @@ use std::time::Duration;
 use futures_util::SinkExt;
 use p2c2r_protocol::Encoding;
 use p2c2r_protocol::chunk::{self, Interleave, Next};
+use p2c2r_protocol::pacing::{self, Ack, Pacer};
+use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -33,10 +37,92 @@ enum WriteFailed {
     Error(tungstenite::Error),
 }
 
+/// What a connection's reader tells its writer about chunks: the chunk bytes it took
+/// (which the writer acknowledges) and the peer's acknowledgements of the writer's chunks.
+/// Watched values: cumulative counts, so nothing is lost when several arrive at once.
+pub(crate) struct ChunkFlowTx {
+    /// Chunk bytes the reader took so far, and when it took the last.
+    received: watch::Sender<Ack>,
+    /// The peer's latest acknowledgement.
+    acked: watch::Sender<Ack>,
+    /// The clock acknowledgements are timed on.
+    origin: std::time::Instant,
+}
+
+impl ChunkFlowTx {
+    /// The reader took a chunk of `bytes`.
+    pub fn took(&self, bytes: usize) {
+        let taken_at_us = pacing::micros_since(self.origin, std::time::Instant::now());
+        self.received.send_modify(|ack| *ack = Ack { received: ack.received + bytes as u64, taken_at_us });
+    }
+
+    /// The peer acknowledged our chunks.
+    pub fn peer_acked(&self, ack: Ack) {
+        self.acked.send_if_modified(|acked| {
+            let newer = ack.received > acked.received;
+            if newer {
+                *acked = ack;
+            }
+            newer
+        });
+    }
+}
+
+/// The writer's side of [`ChunkFlowTx`], with whether chunks are on yet (the peer asks
+/// when it registers).
+pub(crate) struct Chunking {
+    /// Set once the peer took chunked frames.
+    pub on: Arc<AtomicBool>,
+    received: watch::Receiver<Ack>,
+    acked: watch::Receiver<Ack>,
+    acknowledged: u64,
+}
+
+/// A connection's chunk flow: the reader's half and the writer's.
+pub(crate) fn chunk_flow(on: Arc<AtomicBool>) -> (ChunkFlowTx, Chunking) {
+    let (received_tx, received) = watch::channel(Ack::default());
+    let (acked_tx, acked) = watch::channel(Ack::default());
+    let origin = std::time::Instant::now();
+    (ChunkFlowTx { received: received_tx, acked: acked_tx, origin }, Chunking { on, received, acked, acknowledged: 0 })
+}
+
+impl Chunking {
+    /// An acknowledgement owed for chunks the reader took since the last one.
+    fn owed_ack(&mut self) -> Option<Ack> {
+        let ack = *self.received.borrow_and_update();
+        (ack.received > self.acknowledged).then(|| {
+            self.acknowledged = ack.received;
+            ack
+        })
+    }
+
+    /// Resolves when the reader took a chunk or the peer acknowledged ours; never once
+    /// the reader is gone (the connection is ending; the kill token follows).
+    async fn changed(&mut self) {
+        let changed = tokio::select! {
+            changed = self.received.changed() => changed,
+            changed = self.acked.changed() => changed,
+        };
+        if changed.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Resolves when `chunking` has news; never without chunks.
+async fn chunk_news(chunking: &mut Option<Chunking>) {
+    match chunking {
+        Some(chunking) => chunking.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Drains the outbound queue into the socket, one frame at a time, each flushed. Where
-/// the peer took chunked frames (`chunked`), a frame longer than a chunk goes in chunks,
+/// the peer took chunked frames (`chunking`), a frame longer than a chunk goes in chunks,
 /// one between whatever else is queued ([`Interleave`]): a large payload holds up the
-/// other sessions' ticks by one chunk, not by the whole frame.
+/// other sessions' ticks by one chunk, not by the whole frame. Chunks go no faster than
+/// the peer acknowledges them ([`Pacer`]), so they do not fill the queues along the path
+/// either; acknowledgements of the peer's chunks go before anything else.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn write_loop(
     conn: ConnId,
@@ -46,16 +132,31 @@ pub(crate) async fn write_loop(
     kill: CancellationToken,
     watch: Arc<StreamWatch>,
     stall: Duration,
-    chunked: Option<Arc<AtomicBool>>,
+    mut chunking: Option<Chunking>,
     metrics: Arc<crate::metrics::Metrics>,
 ) {
     let mut kept: Interleave<(String, String)> = Interleave::default();
-    let chunking = || chunked.as_ref().is_some_and(|c| c.load(Ordering::Acquire));
+    let mut pacer = Pacer::default();
     loop {
-        let next = if kept.is_empty() {
+        let now = std::time::Instant::now();
+        if let Some(chunking) = chunking.as_mut() {
+            if let Some(ack) = chunking.owed_ack() {
+                let ack = WsMessage::binary(pacing::ack_frame(ack));
+                if let Err(failed) = send_watched(&mut sink, ack, &watch, stall, &kill).await {
+                    report_failure(conn, failed, stall);
+                    kill.cancel();
+                    break;
+                }
+                continue;
+            }
+            pacer.acked(*chunking.acked.borrow_and_update(), now);
+        }
+        let chunks_on = chunking.as_ref().is_some_and(|c| c.on.load(Ordering::Acquire));
+        let next = if kept.is_empty() || !pacer.may_send() {
             tokio::select! {
                 biased;
                 _ = kill.cancelled() => None,
+                () = chunk_news(&mut chunking) => continue,
                 next = rx.recv_weighed() => next,
             }
         } else {
@@ -66,7 +167,10 @@ pub(crate) async fn write_loop(
                     let (next, released) = kept.next_to_write().expect("not empty");
                     rx.release(released);
                     let frame = match next {
-                        Next::Chunk(chunk) => WsMessage::binary(chunk),
+                        Next::Chunk(chunk) => {
+                            pacer.sent(chunk.len(), now);
+                            WsMessage::binary(chunk)
+                        }
                         Next::Frame(frame) => ws_message(frame),
                     };
                     match send_watched(&mut sink, frame, &watch, stall, &kill).await {
@@ -85,7 +189,7 @@ pub(crate) async fn write_loop(
             Outbound::Message(_) | Outbound::Assignment(_) => match next.encode(encoding) {
                 // A small frame with nothing kept goes at once: no lane to look up (this is
                 // every frame of a connection carrying no bulk).
-                Some(frame) if chunking() && (!kept.is_empty() || chunk::should_chunk(&frame)) => {
+                Some(frame) if chunks_on && (!kept.is_empty() || chunk::should_chunk(&frame)) => {
                     // Kept frames stay counted against the queue's bounds until written.
                     rx.hold(weight);
                     let large = chunk::should_chunk(&frame);

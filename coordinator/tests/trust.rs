@@ -472,6 +472,7 @@ async fn a_tick_behind_a_large_payload(chunked: bool) -> BehindBulk {
     player.stats().await;
     // Both are queued at the peer now: read what arrives, in order.
     let (mut reassembler, mut chunks, mut chunks_before_tick) = (Reassembler::new(16 << 20), 0, None);
+    let mut taken = 0u64;
     let (mut big_assignment, mut tick_assignment, mut tick_first) = (None, None, false);
     while big_assignment.is_none() || tick_assignment.is_none() {
         let frame = tokio::time::timeout(common::WAIT, futures_util::StreamExt::next(&mut peer.ws))
@@ -482,6 +483,10 @@ async fn a_tick_behind_a_large_payload(chunked: bool) -> BehindBulk {
         let message = match frame {
             Ws::Binary(bytes) if is_chunk(&bytes) => {
                 chunks += 1;
+                // Acknowledged as a peer does: the coordinator paces its chunks by these.
+                taken += bytes.len() as u64;
+                let ack = p2c2r_protocol::pacing::Ack { received: taken, taken_at_us: 0 };
+                peer.send_binary(p2c2r_protocol::pacing::ack_frame(ack)).await;
                 match reassembler.push(&bytes, std::time::Instant::now()).expect("a well-formed chunk") {
                     Some(Frame::Binary(whole)) => binary::decode(whole.into()).expect("an assignment"),
                     Some(Frame::Text(text)) => codec::decode(&text).expect("an assignment"),
@@ -550,6 +555,82 @@ async fn a_large_payload_does_not_hold_up_another_sessions_tick_on_its_peer() {
     assert!(!whole.tick_first, "whole frames: the tick only after all 4 MiB");
 }
 
+/// The coordinator sends a peer no more chunk bytes than its window ahead of the peer's
+/// acknowledgements (PROTOCOL.md, "Chunked frames"): bulk never fills the path's queues,
+/// while small frames still pass. The peer here acknowledges nothing at first: the chunks
+/// stop at the initial window, a tick submitted after them still arrives, and one
+/// acknowledgement lets the rest of the frame come.
+#[tokio::test]
+async fn chunks_wait_for_acknowledgements_and_small_frames_do_not() {
+    use p2c2r_protocol::chunk::{Reassembler, is_chunk};
+    use p2c2r_protocol::pacing::{Ack, INITIAL_WINDOW, ack_frame};
+    use p2c2r_protocol::{Payload, binary, binary::Frame};
+    use tokio_tungstenite::tungstenite::Message as Ws;
+
+    let coord = start(Config::default()).await;
+    let url = coord.url();
+    let mut peer = Client::connect_binary(&url).await;
+    let capabilities = Capabilities { max_concurrent_tasks: Some(8), chunked_frames: true, ..Default::default() };
+    peer.register(&p2c2r_testkit::client::register_peer("slow-acker", capabilities, None)).await;
+    let mut relay = Client::connect_binary(&url).await;
+    relay.register(&p2c2r_testkit::client::register_gamer("relay", None)).await;
+    let big = vec![0x50; 1 << 20];
+    let request =
+        p2c2r_testkit::client::task_request("big", "relay", Payload::binary(big.clone()), Some("bulk".into()), None);
+    relay.send(&request).await;
+    async fn next_frame(peer: &mut Client) -> Ws {
+        tokio::time::timeout(common::WAIT, futures_util::StreamExt::next(&mut peer.ws))
+            .await
+            .expect("a frame in time")
+            .expect("connected")
+            .expect("a frame")
+    }
+    // The initial window's worth of chunks, and not one more before the tick.
+    let (mut reassembler, mut taken, mut chunks) = (Reassembler::new(4 << 20), 0u64, 0);
+    while taken < INITIAL_WINDOW {
+        if let Ws::Binary(bytes) = next_frame(&mut peer).await
+            && is_chunk(&bytes)
+        {
+            assert!(reassembler.push(&bytes, std::time::Instant::now()).expect("a chunk").is_none());
+            taken += bytes.len() as u64;
+            chunks += 1;
+        }
+    }
+    assert_eq!(taken, INITIAL_WINDOW, "{chunks} chunks fill the window exactly");
+    let mut player = Client::gamer(&url, "player").await;
+    player.submit("tick", "physics_step", "{}", Some("world")).await;
+    let tick = loop {
+        match next_frame(&mut peer).await {
+            Ws::Binary(bytes) if is_chunk(&bytes) => panic!("a chunk past the window before any acknowledgement"),
+            Ws::Binary(bytes) if p2c2r_protocol::pacing::is_ack(&bytes) => continue,
+            // A JSON task goes as a text frame on a binary connection.
+            Ws::Text(text) => match p2c2r_protocol::codec::decode(text.as_str()).expect("a message") {
+                p2c2r_protocol::Message::TaskAssignment(a) => break a,
+                _ => continue,
+            },
+            _ => continue,
+        }
+    };
+    assert_eq!(tick.task_data.task_id, "tick", "a small frame passes the held chunks");
+    // Acknowledged: the rest of the frame comes, whole.
+    let ack = |received| Ws::binary(ack_frame(Ack { received, taken_at_us: 0 }));
+    futures_util::SinkExt::send(&mut peer.ws, ack(taken)).await.expect("sent");
+    let assignment = loop {
+        if let Ws::Binary(bytes) = next_frame(&mut peer).await
+            && is_chunk(&bytes)
+        {
+            taken += bytes.len() as u64;
+            futures_util::SinkExt::send(&mut peer.ws, ack(taken)).await.expect("sent");
+            if let Some(Frame::Binary(whole)) = reassembler.push(&bytes, std::time::Instant::now()).expect("a chunk") {
+                break binary::decode(whole.into()).expect("an assignment");
+            }
+        }
+    };
+    let p2c2r_protocol::Message::TaskAssignment(assignment) = assignment else { panic!("{assignment:?}") };
+    assert_eq!(assignment.task_data.task_data.binary_bytes().map(|b| b.len()), Some(big.len()));
+    coord.shutdown().await;
+}
+
 /// Hostile chunks from a peer get clear errors within bounds: a chunk where none were
 /// agreed is refused and the connection stays; chunked frames past the frame limit (one,
 /// or several unfinished together) and a chunk inside a chunked frame close it.
@@ -575,9 +656,12 @@ async fn hostile_chunks_get_clear_errors_within_bounds() {
             peer
         }
     };
-    // Not agreed: refused, the connection stays.
+    // Not agreed: refused, the connection stays; acknowledgements likewise.
     let mut plain = registered("plain", false).await;
     plain.send_binary(chunk(1, true, b"{}")).await;
+    assert_eq!(plain.recv_error().await.code, ErrorCode::BadFrame);
+    let ack = p2c2r_protocol::pacing::ack_frame(p2c2r_protocol::pacing::Ack { received: 1, taken_at_us: 0 });
+    plain.send_binary(ack.clone()).await;
     assert_eq!(plain.recv_error().await.code, ErrorCode::BadFrame);
     plain.stats().await;
     drop(plain);
@@ -595,5 +679,13 @@ async fn hostile_chunks_get_clear_errors_within_bounds() {
     }
     assert_eq!(nested.recv_error().await.code, ErrorCode::BadFrame);
     assert!(nested.expect_closed().await.is_some());
+    // An acknowledgement of the wrong length: refused and closed. One that acknowledges
+    // chunks never sent changes nothing (the sender clamps it) and the connection stays.
+    let mut acker = registered("acker", true).await;
+    acker.send_binary(ack).await;
+    acker.stats().await;
+    acker.send_binary(vec![p2c2r_protocol::pacing::ACK_VERSION, 1, 2]).await;
+    assert_eq!(acker.recv_error().await.code, ErrorCode::BadFrame);
+    assert!(acker.expect_closed().await.is_some());
     coord.shutdown().await;
 }

@@ -4,7 +4,7 @@ use tokio::net::TcpStream;
 
 /// Bytes a connection's socket may hold that are not yet sent ([`limit_unsent`]): about
 /// 2.6 ms at 100 Mbit/s, and what HTTP/2 servers commonly use for the same reason.
-pub const UNSENT_BYTES: u32 = 32 * 1024;
+pub const UNSENT_BYTES: u32 = 16 * 1024;
 
 /// Limits the bytes `stream`'s socket holds that are not yet sent (Linux
 /// `TCP_NOTSENT_LOWAT`): the socket reads as writable only below `bytes`, so what waits

@@ -20,6 +20,7 @@ use crate::session::SessionStore;
 use crate::{PeerConfig, PeerStatus};
 use p2c2r_net::Backoff;
 use p2c2r_protocol::chunk::{self, Interleave, Next, Reassembler};
+use p2c2r_protocol::pacing::{self, Pacer};
 
 type Ws = p2c2r_net::WsStream;
 
@@ -260,9 +261,11 @@ async fn serve(
 ) -> String {
     let (results_tx, mut results_rx) = mpsc::channel::<Reply>(RESULT_BUFFER);
     let handler = Handler { peer, results: &results_tx, encoding, max_frame_bytes };
-    let mut out = Outgoing { kept: Interleave::default(), chunked };
-    // The coordinator chunks its large frames only on a binary connection that asked.
+    let mut out = Outgoing { kept: Interleave::default(), chunked, pacer: Pacer::default() };
+    // The coordinator chunks its large frames only on a binary connection that asked; each
+    // chunk taken is acknowledged at once, so that its sender can pace them.
     let mut chunks = Reassembler::new(max_frame_bytes);
+    let (mut chunk_bytes_taken, acks_origin) = (0u64, std::time::Instant::now());
     let period = peer.config.heartbeat_interval.max(Duration::from_millis(10));
     let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -295,7 +298,18 @@ async fn serve(
                     Some(Ok(tungstenite::Message::Binary(bytes)))
                         if encoding == Encoding::Binary && chunk::is_chunk(&bytes) =>
                     {
-                        match chunks.push(&bytes, std::time::Instant::now()) {
+                        let now = std::time::Instant::now();
+                        let pushed = chunks.push(&bytes, now);
+                        if pushed.is_ok() {
+                            chunk_bytes_taken += bytes.len() as u64;
+                            let taken_at_us = pacing::micros_since(acks_origin, now);
+                            let ack = pacing::Ack { received: chunk_bytes_taken, taken_at_us };
+                            let ack = tungstenite::Message::binary(pacing::ack_frame(ack));
+                            if let Err(e) = ws.send(ack).await {
+                                return format!("write failed: {e}");
+                            }
+                        }
+                        match pushed {
                             Ok(None) => None,
                             Ok(Some(Frame::Text(text))) => Some(codec::decode(&text).map_err(|e| e.to_string())),
                             Ok(Some(Frame::Binary(whole))) if !chunk::is_chunk(&whole) => {
@@ -304,6 +318,15 @@ async fn serve(
                             Ok(Some(Frame::Binary(_))) => return "a chunked frame from the coordinator holds a chunk".into(),
                             Err(e) => return format!("bad chunk from the coordinator: {e}"),
                         }
+                    }
+                    Some(Ok(tungstenite::Message::Binary(bytes)))
+                        if encoding == Encoding::Binary && pacing::is_ack(&bytes) =>
+                    {
+                        match pacing::parse_ack(&bytes) {
+                            Ok(ack) => out.pacer.acked(ack, std::time::Instant::now()),
+                            Err(e) => return format!("bad chunk acknowledgement from the coordinator: {e}"),
+                        }
+                        None
                     }
                     Some(Ok(tungstenite::Message::Binary(bytes))) if encoding == Encoding::Binary => {
                         Some(p2c2r_protocol::binary::decode(bytes).map_err(|e| e.to_string()))
@@ -327,8 +350,9 @@ async fn serve(
                     return format!("write failed: {e}");
                 }
             }
-            // Last: the next chunk of a large result, when nothing else is ready.
-            () = std::future::ready(()), if !out.is_empty() => {
+            // Last: the next chunk of a large result, when nothing else is ready and the
+            // coordinator's acknowledgements let it go.
+            () = std::future::ready(()), if out.may_write() => {
                 if let Err(e) = out.write_next(&mut ws).await {
                     return format!("write failed: {e}");
                 }
@@ -338,10 +362,11 @@ async fn serve(
 }
 
 /// What this peer sends: at once, or (large results, and a session's results behind
-/// one) in chunks between the rest.
+/// one) in chunks between the rest, paced by the coordinator's acknowledgements.
 struct Outgoing {
     kept: Interleave<(String, String)>,
     chunked: bool,
+    pacer: Pacer,
 }
 
 impl Outgoing {
@@ -358,15 +383,32 @@ impl Outgoing {
         ws.send(ws_message(frame)).await
     }
 
-    /// Sends the next chunk (or the next frame that waited behind one); `false` when
-    /// nothing is kept.
+    /// Sends the next chunk (or the next frame that waited behind one) if the pacing
+    /// allows; `false` when nothing went.
     async fn write_next(&mut self, ws: &mut Ws) -> Result<bool, tungstenite::Error> {
+        if !self.may_write() {
+            return Ok(false);
+        }
+        self.write_next_unpaced(ws).await
+    }
+
+    /// Sends the next chunk or kept frame whatever the pacing says (the connection is
+    /// closing); `false` when nothing is kept.
+    async fn write_next_unpaced(&mut self, ws: &mut Ws) -> Result<bool, tungstenite::Error> {
         let Some((next, _)) = self.kept.next_to_write() else { return Ok(false) };
         let message = match next {
-            Next::Chunk(chunk) => tungstenite::Message::binary(chunk),
+            Next::Chunk(chunk) => {
+                self.pacer.sent(chunk.len(), std::time::Instant::now());
+                tungstenite::Message::binary(chunk)
+            }
             Next::Frame(frame) => ws_message(frame),
         };
         ws.send(message).await.map(|()| true)
+    }
+
+    /// Whether something kept may go now.
+    fn may_write(&mut self) -> bool {
+        !self.kept.is_empty() && self.pacer.may_send()
     }
 
     fn is_empty(&self) -> bool {
@@ -455,7 +497,7 @@ async fn drain_and_close(peer: &Peer, mut ws: Ws, mut results: mpsc::Receiver<Re
                 finished = true;
             }
             () = std::future::ready(()), if !out.is_empty() => {
-                if out.write_next(&mut ws).await.is_err() {
+                if out.write_next_unpaced(&mut ws).await.is_err() {
                     return;
                 }
             }
@@ -466,7 +508,7 @@ async fn drain_and_close(peer: &Peer, mut ws: Ws, mut results: mpsc::Receiver<Re
             return;
         }
     }
-    while let Ok(true) = out.write_next(&mut ws).await {}
+    while let Ok(true) = out.write_next_unpaced(&mut ws).await {}
     let _ = ws.close(None).await;
     // Wait briefly for the coordinator's close reply so the handshake completes.
     let _ = tokio::time::timeout(Duration::from_millis(500), async { while ws.next().await.is_some() {} }).await;

@@ -31,7 +31,7 @@ use crate::binary::Frame;
 pub const CHUNK_VERSION: u8 = 2;
 
 /// The most frame bytes one chunk carries; frames longer than this are chunked.
-pub const CHUNK_BYTES: usize = 16 * 1024;
+pub const CHUNK_BYTES: usize = 8 * 1024;
 
 /// A chunk's header: version, flags, stream.
 pub const CHUNK_HEADER_BYTES: usize = 6;

@@ -29,6 +29,7 @@ pub mod error;
 pub mod inspect;
 pub mod limits;
 pub mod message;
+pub mod pacing;
 pub mod packed;
 pub mod payload;
 pub mod physics;

@@ -216,7 +216,7 @@ impl Client {
         }
     }
 
-    /// The next text or binary frame, skipping pings and pongs (bounds as
+    /// The next text or binary frame, skipping pings, pongs and chunk acknowledgements (bounds as
     /// [`text_frame`](Self::text_frame)).
     async fn data_frame(&mut self) -> WsMessage {
         let deadline = tokio::time::Instant::now() + 3 * WAIT;
@@ -227,6 +227,8 @@ impl Client {
                 .expect("connection ended")
                 .expect("connection error");
             match frame {
+                // Acknowledgements of chunks this client sent: flow control, not messages.
+                WsMessage::Binary(ref bytes) if p2c2r_protocol::pacing::is_ack(bytes) => continue,
                 WsMessage::Text(_) | WsMessage::Binary(_) => return frame,
                 WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
                 other => panic!("unexpected frame {other:?}"),
