@@ -34,9 +34,8 @@ pub struct Party {
     /// Who its vote counts as: its network where replicas must be on distinct hosts, else
     /// the peer.
     pub voter: String,
-    /// Whether its vote had weight when it answered: established, and its work verified
-    /// (see `replication::CopyOutcome::Answer::established`).
-    pub established: bool,
+    /// Its vote's weight when it answered (0: none; see `replication::vote_weight`).
+    pub weight: u32,
 }
 
 /// How disputes are remembered.
@@ -108,10 +107,10 @@ impl Disputes {
                             continue;
                         }
                         bounded_insert(&mut self.apart, pair(&a.peer, &b.peer), until, self.config.max_records);
-                        if b.established {
+                        if b.weight > 0 {
                             self.record(Record::Disputed, &a.peer, &b.voter, until);
                         }
-                        if a.established {
+                        if a.weight > 0 {
                             self.record(Record::Disputed, &b.peer, &a.voter, until);
                         }
                         touched.extend([a.peer.clone(), b.peer.clone()]);
@@ -225,7 +224,7 @@ mod tests {
     use super::*;
 
     fn party(peer: &str, network: &str) -> Party {
-        Party { peer: peer.into(), voter: network.into(), established: true }
+        Party { peer: peer.into(), voter: network.into(), weight: 1 }
     }
 
     fn disputes() -> Disputes {
@@ -284,7 +283,7 @@ mod tests {
     fn fresh_partners_and_one_network_of_many_peers_count_little() {
         let mut d = disputes();
         let now = Instant::now();
-        let fresh = |p: &str, n: &str| Party { established: false, ..party(p, n) };
+        let fresh = |p: &str, n: &str| Party { weight: 0, ..party(p, n) };
         for i in 0..5 {
             let out = d.unsettled(&[vec![party("h1", "n1")], vec![fresh(&format!("sybil{i}"), &format!("x{i}"))]], now);
             assert!(out.is_empty());

@@ -101,6 +101,33 @@ pub fn answer_digest(payload: &Payload) -> AnswerDigest {
     hasher.finalize().into()
 }
 
+/// Agreements on compared ticks (with another network's peer) at which a vote's weight
+/// for verified work steps up: to 2, 3 and 4. At 60 ticks a second, about 17 s, 3 min and
+/// 28 min of one session compared.
+pub const WEIGHT_AGREEMENTS: [u64; 3] = [1_000, 10_000, 100_000];
+
+/// Ages of a peer id's standing at which its vote's weight for age steps up: an hour, a
+/// day, a week (kept across restarts and departures of up to a day, see
+/// `reputation::MAX_STANDING_AGE`).
+pub const WEIGHT_AGES: [Duration; 3] =
+    [Duration::from_secs(3600), Duration::from_secs(24 * 3600), Duration::from_secs(7 * 24 * 3600)];
+
+/// A voter's weight: 0 unless `established` (enough successful answers) and `agreed_lately`
+/// (its answers matched another network's on a compared tick within the dispute memory);
+/// then 1, plus a step for each of [`WEIGHT_AGREEMENTS`] and [`WEIGHT_AGES`] it has passed
+/// *both* of: weight takes verified work and time together, so neither a burst of work by
+/// a new peer nor an old idle id buys it. At most 4: one old, busy honest peer outweighs
+/// three colluders fresh from establishing themselves.
+pub fn vote_weight(standing: &crate::scheduler::Standing, established: bool, agreed_lately: bool, now_ms: u64) -> u32 {
+    if !established || !agreed_lately {
+        return 0;
+    }
+    let work = WEIGHT_AGREEMENTS.iter().filter(|&&a| standing.agreements >= a).count();
+    let age_ms = if standing.since_ms == 0 { 0 } else { now_ms.saturating_sub(standing.since_ms) };
+    let age = WEIGHT_AGES.iter().filter(|a| u128::from(age_ms) >= a.as_millis()).count();
+    1 + work.min(age) as u32
+}
+
 /// What became of one copy.
 #[derive(Debug)]
 pub enum CopyOutcome {
@@ -120,13 +147,14 @@ pub enum CopyOutcome {
         digest: Option<AnswerDigest>,
         /// The attempt that answered.
         attempt: u32,
-        /// Whether the peer's vote has weight: established (see
-        /// `Config::established_after_answers`) and its work verified (it agreed with
-        /// another network's peer on a compared tick lately, see
-        /// [`crate::disputes::Disputes::has_agreed`]). Only such voters outvote anyone, so
-        /// peers fresh from registering, or whose successes nobody checked, cannot buy a
-        /// majority.
-        established: bool,
+        /// The peer's vote weight ([`vote_weight`]): 0 unless established (see
+        /// `Config::established_after_answers`) and its work verified lately (it agreed
+        /// with another network's peer on a compared tick, see
+        /// [`crate::disputes::Disputes::has_agreed`]), then growing with its verified work
+        /// and its age. Only weighted voters outvote anyone, so peers fresh from
+        /// registering, or whose successes nobody checked, cannot buy a majority, and
+        /// young ones need several times their number against an old one.
+        weight: u32,
     },
     /// The scheduler gave it up (the caller holds the failure to deliver if needed).
     GivenUp,
@@ -210,8 +238,9 @@ struct Vote {
     /// Distinct voters (hosts, or peers) that gave this answer: a majority is counted in
     /// voters.
     voters: Vec<String>,
-    /// Of those, the established ones: a vote's weight.
-    established: Vec<String>,
+    /// Of those, the weighted ones, each with its weight (the most any of its peers had):
+    /// their sum is the answer's weight.
+    weighted: Vec<(String, u32)>,
     /// The generations that gave it.
     generations: Vec<u32>,
     /// The first answer with this digest, until the tick is delivered (then only the
@@ -513,17 +542,20 @@ impl Group {
                 kind: ResultKind::Success,
                 digest: Some(digest),
                 attempt,
-                established,
+                weight,
             } => {
                 tick.succeeded.push(generation);
-                let party = Party { peer: peer.clone(), voter: voter.clone(), established };
+                let party = Party { peer: peer.clone(), voter: voter.clone(), weight };
                 match tick.votes.iter_mut().find(|v| v.digest == digest) {
                     Some(vote) => {
                         if !vote.parties.iter().any(|p| p.peer == peer) {
                             vote.parties.push(party);
                         }
-                        if established && !vote.established.contains(&voter) {
-                            vote.established.push(voter.clone());
+                        if weight > 0 {
+                            match vote.weighted.iter_mut().find(|(v, _)| *v == voter) {
+                                Some((_, w)) => *w = (*w).max(weight),
+                                None => vote.weighted.push((voter.clone(), weight)),
+                            }
                         }
                         if !vote.voters.contains(&voter) {
                             vote.voters.push(voter);
@@ -532,12 +564,12 @@ impl Group {
                     }
                     None => {
                         let kept = (!tick.delivered).then(|| payload.clone());
-                        let established = if established { vec![voter.clone()] } else { Vec::new() };
+                        let weighted = if weight > 0 { vec![(voter.clone(), weight)] } else { Vec::new() };
                         tick.votes.push(Vote {
                             digest,
                             parties: vec![party],
                             voters: vec![voter],
-                            established,
+                            weighted,
                             generations: vec![generation],
                             payload: kept,
                             attempt,
@@ -571,10 +603,10 @@ impl Group {
         let mut unsettled = false;
         if tick.disputed && !tick.settled {
             // An answer is outvoted when two or more voters (networks) agree on another,
-            // and that other has more weighted voters (established and verified, see
-            // `CopyOutcome::Answer::established`) than any other answer: fresh peers
-            // colluding never outvote an established one.
-            let weight = |i: usize| tick.votes[i].established.len();
+            // and that other weighs more (its voters' weights summed, see
+            // [`vote_weight`]) than any other answer: fresh peers colluding never outvote
+            // an established one, young ones need several times an old one's weight.
+            let weight = |i: usize| tick.votes[i].weighted.iter().map(|(_, w)| u64::from(*w)).sum::<u64>();
             let majorities: Vec<usize> = (0..tick.votes.len())
                 .filter(|&i| tick.votes[i].voters.len() >= 2)
                 .filter(|&i| weight(i) > 0 && (0..tick.votes.len()).all(|j| j == i || weight(j) < weight(i)))
@@ -729,22 +761,14 @@ mod tests {
         let payload = json(text);
         let kind = p2c2r_protocol::inspect::result_kind(&payload);
         let digest = (kind == ResultKind::Success).then(|| answer_digest(&payload));
-        CopyOutcome::Answer {
-            peer: peer.into(),
-            voter: peer.into(),
-            payload,
-            kind,
-            digest,
-            attempt: 1,
-            established: true,
-        }
+        CopyOutcome::Answer { peer: peer.into(), voter: peer.into(), payload, kind, digest, attempt: 1, weight: 1 }
     }
 
     /// An answer from `peer` on `host`.
     fn answer_from(peer: &str, host: &str, text: &str) -> CopyOutcome {
         match answer(peer, text) {
-            CopyOutcome::Answer { peer, payload, kind, digest, attempt, established, .. } => {
-                CopyOutcome::Answer { peer, voter: host.into(), payload, kind, digest, attempt, established }
+            CopyOutcome::Answer { peer, payload, kind, digest, attempt, weight, .. } => {
+                CopyOutcome::Answer { peer, voter: host.into(), payload, kind, digest, attempt, weight }
             }
             other => other,
         }
@@ -890,6 +914,59 @@ mod tests {
         assert!(g.take_correction());
         assert!(!g.take_correction(), "once");
         assert_eq!(g.corrections(), 1);
+    }
+
+    /// An answer from `peer` (its own voter) whose vote weighs `weight`.
+    fn weighing(peer: &str, text: &str, weight: u32) -> CopyOutcome {
+        match answer(peer, text) {
+            CopyOutcome::Answer { peer, voter, payload, kind, digest, attempt, .. } => {
+                CopyOutcome::Answer { peer, voter, payload, kind, digest, attempt, weight }
+            }
+            other => other,
+        }
+    }
+
+    /// Four colluders fresh from establishing themselves (weight 1 each), the re-run one
+    /// of them too, against one old, busy honest peer (weight 4): counting heads, the
+    /// honest peer is the liar; weighed, nobody is (the dispute is unsettled, delivery
+    /// held, the pairs kept apart).
+    fn young_colluders_against_an_old_peer(honest_weight: u32) -> Decision {
+        let mut g = group(4, false);
+        g.submitted(logged("t1"), true, 4, &config());
+        for (generation, colluder) in ["c1", "c2", "c3"].into_iter().enumerate() {
+            g.outcome("t1", generation as u32, weighing(colluder, OK_B, 1));
+        }
+        let d = g.outcome("t1", 3, weighing("honest", OK_A, honest_weight));
+        assert!(d.confirm || d.tie_break, "a re-run before any verdict: {d:?}");
+        let tb = g.start_tie_breaker().unwrap();
+        g.replaying("t1", 1);
+        g.outcome("t1", tb, weighing("c4", OK_B, 1))
+    }
+
+    #[test]
+    fn an_old_peer_outweighs_colluders_fresh_from_establishing_themselves() {
+        assert_eq!(young_colluders_against_an_old_peer(1).liars, ["honest"], "counting heads");
+        let d = young_colluders_against_an_old_peer(4);
+        assert!(d.liars.is_empty() && d.unsettled, "weighed: {d:?}");
+    }
+
+    #[test]
+    fn a_vote_weighs_verified_work_and_age_together() {
+        use crate::scheduler::Standing;
+        let day_ms = 24 * 3600 * 1000;
+        let now = 100 * day_ms;
+        let standing =
+            |agreements: u64, age_ms: u64| Standing { agreements, since_ms: now - age_ms, ..Default::default() };
+        let veteran = standing(250_000, 30 * day_ms);
+        assert_eq!(vote_weight(&veteran, true, true, now), 4);
+        assert_eq!(vote_weight(&veteran, false, true, now), 0, "not established: no weight");
+        assert_eq!(vote_weight(&veteran, true, false, now), 0, "not verified lately: no weight");
+        assert_eq!(vote_weight(&standing(250_000, 60_000), true, true, now), 1, "a burst of work, a minute old");
+        assert_eq!(vote_weight(&standing(0, 30 * day_ms), true, true, now), 1, "an old id that did nothing");
+        assert_eq!(vote_weight(&standing(20_000, 2 * day_ms), true, true, now), 3);
+        assert_eq!(vote_weight(&standing(5_000, 2 * day_ms), true, true, now), 2);
+        let unknown_age = Standing { agreements: 250_000, since_ms: 0, ..Default::default() };
+        assert_eq!(vote_weight(&unknown_age, true, true, now), 1, "an unknown age counts as none");
     }
 
     #[test]

@@ -30,8 +30,13 @@ pub use crate::scheduler::Standing;
 const QUARANTINE: TableDefinition<&str, u64> = TableDefinition::new("quarantine");
 
 /// Peer id → its standing when it last left: window, misses in a row, successful answers
-/// ever, and when it was written (milliseconds since the Unix epoch).
-const STANDING: TableDefinition<&str, (u32, u32, u64, u64)> = TableDefinition::new("standing.v2");
+/// ever, agreements on compared ticks ever, when the id first registered, and when the
+/// row was written (both milliseconds since the Unix epoch).
+const STANDING: TableDefinition<&str, (u32, u32, u64, u64, u64, u64)> = TableDefinition::new("standing.v3");
+
+/// The standing table before it counted agreements and age: carried over when the
+/// database is opened (no agreements, and a first registration no earlier than the row).
+const STANDING_V2: TableDefinition<&str, (u32, u32, u64, u64)> = TableDefinition::new("standing.v2");
 
 /// The standing table before it counted successful answers: dropped when the database is
 /// opened (what it held is a day old at most, and worth less than a format kept for it).
@@ -152,6 +157,7 @@ impl ReputationDb {
         }
         let db = Database::builder().set_check_integrity_on_open(true).create(path).map_err(|e| fail(e.into()))?;
         drop_v1_standings(&db).map_err(fail)?;
+        migrate_v2_standings(&db).map_err(fail)?;
         let now = now_ms();
         let quarantined = prune(&db, now, MAX_RECORDS).map_err(fail)?;
         let standings = prune_standings(&db, now, MAX_RECORDS).map_err(fail)?;
@@ -264,7 +270,9 @@ impl Standings {
     }
 }
 
-fn now_ms() -> u64 {
+/// Wall-clock milliseconds since the Unix epoch: what the database and standings' ages
+/// are written in.
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
@@ -304,8 +312,9 @@ fn prune_standings(db: &Database, now: u64, max: usize) -> Result<Vec<KeptStandi
         let mut all = Vec::new();
         for row in table.iter()? {
             let (peer, value) = row?;
-            let (window, misses_in_a_row, verified, at) = value.value();
-            all.push((peer.value().to_owned(), Standing { window, misses_in_a_row, verified }, at));
+            let (window, misses_in_a_row, verified, agreements, since_ms, at) = value.value();
+            let standing = Standing { window, misses_in_a_row, verified, agreements, since_ms };
+            all.push((peer.value().to_owned(), standing, at));
         }
         // Newest first: what is cut past the bound is the least recently written.
         all.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
@@ -328,13 +337,38 @@ fn prune_standings(db: &Database, now: u64, max: usize) -> Result<Vec<KeptStandi
         .collect())
 }
 
-/// Deletes the standing table of the format before [`STANDING`], if the file has one.
+/// Deletes the standing table of the format before [`STANDING_V2`], if the file has one.
 fn drop_v1_standings(db: &Database) -> Result<(), redb::Error> {
     let txn = db.begin_write()?;
     let existed = txn.delete_table(STANDING_V1)?;
     txn.commit()?;
     if existed {
         tracing::info!("reputation database: standings of the previous format dropped");
+    }
+    Ok(())
+}
+
+/// Carries the standings of the format before [`STANDING`] over into it, if the file has
+/// them: an established peer keeps what it earned across the upgrade.
+fn migrate_v2_standings(db: &Database) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    let moved = {
+        let old = txn.open_table(STANDING_V2)?;
+        let rows: Vec<_> = old
+            .iter()?
+            .map(|row| row.map(|(peer, value)| (peer.value().to_owned(), value.value())))
+            .collect::<Result<_, _>>()?;
+        drop(old);
+        let mut new = txn.open_table(STANDING)?;
+        for (peer, (window, misses, verified, at)) in &rows {
+            new.insert(peer.as_str(), (*window, *misses, *verified, 0, *at, *at))?;
+        }
+        rows.len()
+    };
+    txn.delete_table(STANDING_V2)?;
+    txn.commit()?;
+    if moved > 0 {
+        tracing::info!(standings = moved, "reputation database: standings carried over to the current format");
     }
     Ok(())
 }
@@ -363,7 +397,8 @@ fn write(db: &Database, batch: &[Write], max: usize) -> Result<(), redb::Error> 
                     }
                 }
                 Write::Standing { peer_id, standing: s, at_ms } => {
-                    standing.insert(peer_id.as_str(), (s.window, s.misses_in_a_row, s.verified, *at_ms))?;
+                    let row = (s.window, s.misses_in_a_row, s.verified, s.agreements, s.since_ms, *at_ms);
+                    standing.insert(peer_id.as_str(), row)?;
                 }
                 Write::Forget { peer_id } => {
                     standing.remove(peer_id.as_str())?;
@@ -432,7 +467,7 @@ mod tests {
     }
 
     fn standing(window: u32, misses_in_a_row: u32) -> Standing {
-        Standing { window, misses_in_a_row, verified: u64::from(window) * 10 }
+        Standing { window, misses_in_a_row, verified: u64::from(window) * 10, agreements: 3, since_ms: 1_000 }
     }
 
     #[test]
@@ -474,6 +509,30 @@ mod tests {
             }
         }
         assert!(corrupt > 0, "no garbled region was caught");
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn standings_of_the_previous_format_are_carried_over() {
+        let path = temp("standing-v2");
+        let at = now_ms() - 60_000;
+        {
+            let raw = Database::create(&path).unwrap();
+            let txn = raw.begin_write().unwrap();
+            txn.open_table(STANDING_V2).unwrap().insert("veteran", (6, 0, 900, at)).unwrap();
+            txn.commit().unwrap();
+        }
+        let (db, kept) = ReputationDb::open(&path).unwrap();
+        db.close();
+        let [veteran] = &kept.standings[..] else { panic!("{:?}", kept.standings) };
+        assert_eq!(veteran.peer_id, "veteran");
+        let expected = Standing { window: 6, misses_in_a_row: 0, verified: 900, agreements: 0, since_ms: at };
+        assert_eq!(veteran.standing, expected, "its answers kept; its age counted from the row");
+        // Carried over once: the old table is gone, the new one holds it.
+        let raw = Database::create(&path).unwrap();
+        let txn = redb::ReadableDatabase::begin_read(&raw).unwrap();
+        assert!(txn.open_table(STANDING_V2).is_err());
+        assert_eq!(txn.open_table(STANDING).unwrap().len().unwrap(), 1);
         let _ = std::fs::remove_file(&path);
     }
 

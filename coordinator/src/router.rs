@@ -846,14 +846,26 @@ impl Router {
         // established) goes back only to a registration that proves it owns the id: in open
         // mode anyone may take a free id, and must not inherit capacity or trust it has not
         // earned.
-        if let Some(mut standing) = state.standings.recall(&m.peer_id, Instant::now()) {
-            if !owner {
-                standing.window = standing.window.min(state.sched.fresh_standing().window);
-                standing.verified = 0;
+        // Its age counts from its first registration (kept with its standing).
+        let now_ms = crate::reputation::now_ms();
+        let fresh = crate::scheduler::Standing { since_ms: now_ms, ..state.sched.fresh_standing() };
+        let standing = match state.standings.recall(&m.peer_id, Instant::now()) {
+            Some(mut standing) => {
+                if !owner {
+                    standing.window = standing.window.min(fresh.window);
+                    standing.verified = 0;
+                    standing.agreements = 0;
+                    standing.since_ms = now_ms;
+                }
+                if standing.since_ms == 0 {
+                    standing.since_ms = now_ms;
+                }
+                debug!(peer_id = m.peer_id, ?standing, owner, "peer's standing restored");
+                standing
             }
-            debug!(peer_id = m.peer_id, ?standing, owner, "peer's standing restored");
-            state.sched.restore_standing(&m.peer_id, standing);
-        }
+            None => fresh,
+        };
+        state.sched.restore_standing(&m.peer_id, standing);
         let secret = state.ids.bind(Kind::Peer, &m.peer_id);
         let chunked = state.take_chunks(conn, m.capabilities.chunked_frames && self.config.chunked_frames);
         state.send(conn, self.ack(Some(m.peer_id), None, secret, chunked));
@@ -1090,8 +1102,13 @@ impl Router {
                     attempt,
                     // Weight needs verified work, not only claimed: established (its
                     // successes) and seen agreeing with another network's peer on a
-                    // compared tick within the dispute memory.
-                    established: state.sched.is_established(peer_id) && state.sched.disputes().has_agreed(peer_id),
+                    // compared tick within the dispute memory; then it grows with the
+                    // compared ticks it agreed on and its age.
+                    weight: state.sched.standing(peer_id).map_or(0, |standing| {
+                        let established = state.sched.is_established(peer_id);
+                        let agreed = state.sched.disputes().has_agreed(peer_id);
+                        crate::replication::vote_weight(&standing, established, agreed, crate::reputation::now_ms())
+                    }),
                 };
                 state.copy_outcome(&gamer, &session, &task_id, outcome, Some(submitted_at));
                 if state.take_quarantined_liars(self.config.quarantine_duration) {
@@ -1373,7 +1390,7 @@ impl State {
     /// peer's is forgotten instead of kept.
     fn remember_standing(&mut self, peer_id: &str) {
         let Some(standing) = self.sched.standing(peer_id) else { return };
-        if standing == self.sched.fresh_standing() {
+        if standing.same_as_fresh(&self.sched.fresh_standing()) {
             if self.standings.forget(peer_id)
                 && let Some(db) = &self.reputation
             {
@@ -2043,6 +2060,12 @@ impl State {
         self.liars.extend(decision.liars.into_iter().map(|peer| (peer, OUTVOTED)));
         if !decision.agreed.is_empty() {
             self.sched.disputes_mut().agreed(&decision.agreed, Instant::now());
+            // Verified work: an agreement with a peer of another network.
+            for party in &decision.agreed {
+                if decision.agreed.iter().any(|other| other.voter != party.voter) {
+                    self.sched.agreed(&party.peer);
+                }
+            }
         }
         for generation in decision.retire {
             self.retire_generation(gamer, session, generation);

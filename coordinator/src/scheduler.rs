@@ -374,7 +374,7 @@ pub struct GamerView {
 /// What a peer has earned, good or bad, that outlives its connection
 /// ([`Scheduler::standing`], [`Scheduler::restore_standing`]): the router keeps it when the
 /// peer leaves and gives it back when the same id registers again.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Standing {
     /// What it has shown it can take (see the module docs).
     pub window: u32,
@@ -383,6 +383,21 @@ pub struct Standing {
     /// Successful answers it has given, ever (see
     /// [`SchedulerConfig::established_after_answers`]).
     pub verified: u64,
+    /// Compared ticks on which it agreed with a peer of another network, ever: work that
+    /// replication verified (a vote's weight grows with it, see
+    /// `replication::vote_weight`).
+    pub agreements: u64,
+    /// When the id first registered with this standing (Unix milliseconds; 0 unknown): its
+    /// age weighs its vote too.
+    pub since_ms: u64,
+}
+
+impl Standing {
+    /// Whether it records nothing `fresh` does not (its registration time aside): such a
+    /// standing need not be kept.
+    pub fn same_as_fresh(&self, fresh: &Standing) -> bool {
+        Standing { since_ms: fresh.since_ms, ..*self } == *fresh
+    }
 }
 
 /// A task's internal key, unique for the scheduler's lifetime.
@@ -471,6 +486,10 @@ struct Peer {
     completed: u64,
     /// Successful answers, ever (restored with its standing).
     verified: u64,
+    /// Compared ticks agreed with another network's peer, ever (restored with its standing).
+    agreements: u64,
+    /// When its id first registered (restored with its standing; Unix ms, 0 unknown).
+    since_ms: u64,
     /// Confirmed misses since its last successful answer.
     misses_in_a_row: u32,
     /// The gamer origins whose work those misses were on (at most
@@ -872,6 +891,8 @@ impl<P> Scheduler<P> {
             sessions: HashSet::new(),
             completed: 0,
             verified: 0,
+            agreements: 0,
+            since_ms: 0,
             misses_in_a_row: 0,
             miss_origins: Vec::new(),
             reported: false,
@@ -890,7 +911,16 @@ impl<P> Scheduler<P> {
             window: p.window,
             misses_in_a_row: p.misses_in_a_row,
             verified: p.verified,
+            agreements: p.agreements,
+            since_ms: p.since_ms,
         })
+    }
+
+    /// Records that a live peer agreed with another network's peer on a compared tick.
+    pub fn agreed(&mut self, peer: &str) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.agreements += 1;
+        }
     }
 
     /// Whether a live peer is established: it has given
@@ -902,7 +932,13 @@ impl<P> Scheduler<P> {
     /// The standing a peer has when it registers with nothing remembered: a standing equal
     /// to it need not be kept.
     pub fn fresh_standing(&self) -> Standing {
-        Standing { window: self.config.initial_peer_capacity.max(1), misses_in_a_row: 0, verified: 0 }
+        Standing {
+            window: self.config.initial_peer_capacity.max(1),
+            misses_in_a_row: 0,
+            verified: 0,
+            agreements: 0,
+            since_ms: 0,
+        }
     }
 
     /// Gives a peer just added ([`Scheduler::add_peer`]) the standing it had when it last
@@ -923,6 +959,8 @@ impl<P> Scheduler<P> {
         p.miss_origins.clear();
         p.reported = false;
         p.verified = standing.verified;
+        p.agreements = standing.agreements;
+        p.since_ms = standing.since_ms;
     }
 
     /// Records where a gamer connects from (a network prefix): confirmed misses on work
@@ -2092,7 +2130,7 @@ mod tests {
     #[test]
     fn peers_kept_apart_by_an_unsettled_dispute_are_never_replicas_of_one_session() {
         use crate::disputes::Party;
-        let party = |p: &str, n: &str| Party { peer: p.into(), voter: n.into(), established: true };
+        let party = |p: &str, n: &str| Party { peer: p.into(), voter: n.into(), weight: 1 };
         let mut s: Scheduler<()> = Scheduler::new(test_config());
         let t0 = Instant::now();
         s.add_gamer("g".into());
@@ -2604,16 +2642,16 @@ mod tests {
         });
         s.add_peer("new".into(), any_peer(8));
         assert_eq!(s.standing("new"), Some(s.fresh_standing()));
-        assert_eq!(s.fresh_standing(), Standing { window: 2, misses_in_a_row: 0, verified: 0 });
+        assert_eq!(s.fresh_standing(), Standing { window: 2, ..Standing::default() });
         assert_eq!(s.standing("gone"), None);
         // The window stays within 1..=declared.
         s.add_peer("small".into(), any_peer(4));
-        s.restore_standing("small", Standing { window: 7, misses_in_a_row: 0, verified: 0 });
+        s.restore_standing("small", Standing { window: 7, misses_in_a_row: 0, ..Standing::default() });
         assert_eq!((s.standing("small").unwrap().window, s.peer_capacity("small")), (4, Some(4)));
-        s.restore_standing("small", Standing { window: 0, misses_in_a_row: 0, verified: 0 });
+        s.restore_standing("small", Standing { window: 0, misses_in_a_row: 0, ..Standing::default() });
         assert_eq!(s.peer_capacity("small"), Some(1));
         // A streak at or past the limit is held just below it.
-        s.restore_standing("small", Standing { window: 1, misses_in_a_row: 9, verified: 0 });
+        s.restore_standing("small", Standing { window: 1, misses_in_a_row: 9, ..Standing::default() });
         assert_eq!(s.standing("small").unwrap().misses_in_a_row, 2);
         s.remove_peer("small");
         s.remove_peer("new");
@@ -2623,7 +2661,7 @@ mod tests {
         let t0 = Instant::now();
         s.add_gamer("g".into());
         s.add_peer("hole".into(), any_peer(8));
-        s.restore_standing("hole", Standing { window: 8, misses_in_a_row: 2, verified: 0 });
+        s.restore_standing("hole", Standing { window: 8, misses_in_a_row: 2, ..Standing::default() });
         s.add_peer("honest".into(), any_peer(8));
         let mut now = t0;
         for round in 0..3 {
@@ -2640,7 +2678,7 @@ mod tests {
             }
             if round == 0 {
                 assert_eq!(s.take_quarantined(), vec!["hole".to_owned()], "the remembered streak went on");
-                assert_eq!(s.standing("hole"), Some(Standing { window: 4, misses_in_a_row: 3, verified: 0 }));
+                assert_eq!(s.standing("hole"), Some(Standing { window: 4, misses_in_a_row: 3, ..Standing::default() }));
             }
         }
         assert!(s.take_quarantined().is_empty(), "reported once");
