@@ -68,6 +68,7 @@ pub(crate) fn physics_request(
         forces,
         impulses,
         kinematic_targets: targets,
+        ..Default::default()
     }
 }
 

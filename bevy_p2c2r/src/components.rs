@@ -186,6 +186,7 @@ impl OffloadedBody {
             angular_damping: self.angular_damping,
             ccd: self.ccd,
             sleeping: state.sleeping,
+            ..wire::BodyDesc::new(id, self.shape.to_wire(), [0.0; 3])
         }
     }
 }

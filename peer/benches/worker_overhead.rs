@@ -132,7 +132,7 @@ fn budget_checks() {
             .add
             .iter()
             .map(|d| {
-                p2c2r_sim::physics::BoundingBox::of(d.shape, d.position, d.rotation, d.body_type == BodyType::Dynamic)
+                p2c2r_sim::physics::BoundingBox::of(&d.shape, d.position, d.rotation, d.body_type == BodyType::Dynamic)
             })
             .collect();
         let mut pairs = p2c2r_sim::physics::PairEstimate::Within(0);

@@ -277,3 +277,91 @@ async fn a_world_larger_than_a_chunk_travels_in_chunks_and_comes_back_byte_for_b
     peer.shutdown().await;
     coord.shutdown().await;
 }
+
+/// Every shape and body property beyond boxes, balls and y capsules, through a worker
+/// peer, as JSON: each tick comes back byte for byte as a local world steps it (the local
+/// fallback's engine), so a session with them can move between peers and the gamer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_shapes_and_body_properties_come_back_from_a_peer_byte_for_byte() {
+    use p2c2r_protocol::physics::{CompoundPart, MassProperties, Offset, locked_axes};
+    let coord = coordinator::spawn("127.0.0.1:0", coordinator::Config::default()).await.unwrap();
+    let url = coord.url();
+    let peer = start_peer(&url, "shapely").await;
+    let mut gamer = gamer::connect(&url, "gamer-shapes").await;
+    let hull = Shape::ConvexHull { points: vec![[0.0; 3], [0.6, 0.0, 0.0], [0.0, 0.6, 0.0], [0.0, 0.0, 0.6]] };
+    let part = |shape, position| CompoundPart { shape, position, rotation: [0.0, 0.0, 0.0, 1.0] };
+    let fixed = |id, shape, position| BodyDesc::new(id, shape, position).with_body_type(BodyType::Fixed);
+    let add = vec![
+        fixed(
+            1,
+            Shape::Heightfield {
+                rows: 3,
+                columns: 3,
+                heights: vec![0.0, 0.5, 1.0, 0.0, 0.5, 1.0, 0.0, 0.5, 1.0],
+                scale: [30.0, 1.0, 30.0],
+            },
+            [0.0; 3],
+        ),
+        fixed(
+            2,
+            Shape::TriMesh { vertices: vec![[0.0; 3], [4.0, 1.0, 0.0], [0.0, 0.0, 4.0]], indices: vec![[0, 2, 1]] },
+            [-8.0, 0.2, 0.0],
+        ),
+        BodyDesc::new(10, Shape::Cylinder { half_height: 0.4, radius: 0.3 }, [-6.0, 3.0, 0.0]),
+        BodyDesc::new(11, Shape::Cone { half_height: 0.4, radius: 0.3 }, [-3.0, 3.0, 0.0]),
+        BodyDesc::new(12, Shape::CapsuleX { half_height: 0.4, radius: 0.2 }, [0.0, 3.0, 0.0]),
+        BodyDesc::new(13, Shape::CapsuleZ { half_height: 0.4, radius: 0.2 }, [3.0, 3.0, 0.0]),
+        BodyDesc::new(14, hull.clone(), [6.0, 3.0, 0.0]),
+        BodyDesc::new(
+            15,
+            Shape::Compound {
+                parts: vec![part(Shape::Box { half_extents: [0.5, 0.1, 0.5] }, [0.0; 3]), part(hull, [0.2, 0.1, 0.0])],
+            },
+            [9.0, 3.0, 0.0],
+        ),
+        BodyDesc {
+            collider_offset: Some(Offset { position: [0.0, 0.3, 0.0], rotation: [0.0, 0.0, 0.0, 1.0] }),
+            gravity_scale: 0.5,
+            locked_axes: locked_axes::ROTATION_Y,
+            dominance: 1,
+            additional_mass: 2.0,
+            mass_properties: Some(MassProperties {
+                mass: 3.0,
+                center_of_mass: [0.0, -0.1, 0.0],
+                principal_inertia: [0.1, 0.2, 0.3],
+                principal_inertia_frame: [0.0, 0.0, 0.0, 1.0],
+            }),
+            friction_combine: p2c2r_protocol::physics::CombineRule::Multiply,
+            ..BodyDesc::new(16, Shape::Box { half_extents: [0.3; 3] }, [-1.0, 5.0, 3.0])
+        },
+        BodyDesc {
+            linvel: [0.0, 0.0, -1.0],
+            ..BodyDesc::new(17, Shape::Box { half_extents: [1.0, 0.2, 1.0] }, [0.0, 2.0, 6.0])
+                .with_body_type(BodyType::KinematicVelocity)
+        },
+    ];
+    let mut reference = p2c2r_sim::physics::PhysicsWorld::new();
+    for t in 0..60 {
+        let mut request =
+            if t == 0 { PhysicsStepRequest { add: add.clone(), snapshot: true, ..tick(0) } } else { tick(t) };
+        if t == 20 {
+            request.sleep = vec![10];
+        }
+        if t == 40 {
+            request.wake = vec![10];
+        }
+        let expected = serde_json::to_string(&reference.step(&request).unwrap()).unwrap();
+        let r = gamer.run("physics_step", Some("shapes"), to_payload(&request).unwrap()).await;
+        assert_eq!(success_json(&r), expected, "tick {t}");
+    }
+    // A degenerate shape on the same peer: a clear error, and the session goes on.
+    let flat = Shape::ConvexHull { points: vec![[0.0; 3], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 1.0]] };
+    let bad = PhysicsStepRequest { add: vec![BodyDesc::new(99, flat, [0.0; 3])], ..tick(60) };
+    let r = gamer.run("physics_step", Some("shapes"), to_payload(&bad).unwrap()).await;
+    assert!(format!("{r:?}").contains("code: InvalidPayload"), "{r:?}");
+    let expected = serde_json::to_string(&reference.step(&tick(60)).unwrap()).unwrap();
+    let r = gamer.run("physics_step", Some("shapes"), to_payload(&tick(60)).unwrap()).await;
+    assert_eq!(success_json(&r), expected, "the session goes on");
+    peer.shutdown().await;
+    coord.shutdown().await;
+}

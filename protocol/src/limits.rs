@@ -56,3 +56,23 @@ pub const MAX_MATERIAL: f32 = 1.0e3;
 pub const MAX_AGENT_RADIUS: f32 = 100.0;
 /// Largest accepted agent speed, m/s.
 pub const MAX_AGENT_SPEED: f32 = 1.0e4;
+
+// Shapes made of many parts: each bounded on its own, and all of a request's together, so
+// that building them stays within a tick's work (a 100,000-triangle level mesh builds in
+// tens of milliseconds; the bounds are a few times that).
+
+/// Most points of a convex hull.
+pub const MAX_HULL_POINTS: usize = 4_096;
+/// Most vertices of a triangle mesh.
+pub const MAX_MESH_VERTICES: usize = 262_144;
+/// Most triangles of a triangle mesh.
+pub const MAX_MESH_TRIANGLES: usize = 262_144;
+/// Most cells (rows × columns of heights) of a heightfield.
+pub const MAX_HEIGHTFIELD_CELLS: usize = 1_048_576;
+/// Most parts of a compound shape.
+pub const MAX_COMPOUND_PARTS: usize = 256;
+/// Most shape elements (hull points, mesh vertices and triangles, heightfield cells,
+/// compound parts) in one request's added bodies together.
+pub const MAX_SHAPE_ELEMENTS_PER_REQUEST: usize = 2_097_152;
+/// Largest accepted absolute gravity scale of a body.
+pub const MAX_GRAVITY_SCALE: f32 = 1.0e3;

@@ -88,10 +88,10 @@
 //! ```
 
 use crate::TaskStatus;
-use crate::limits::MAX_BODIES_PER_SESSION;
+use crate::limits::{self, MAX_BODIES_PER_SESSION};
 use crate::physics::{
-    ApplyForce, ApplyImpulse, BodyDesc, BodyId, BodyType, KinematicTarget, PhysicsStepRequest, PhysicsStepResult,
-    SetPose, SetVelocity, Shape, Vec3,
+    ApplyForce, ApplyImpulse, BodyDesc, BodyId, BodyType, CombineRule, CompoundPart, KinematicTarget, MassProperties,
+    Offset, PhysicsStepRequest, PhysicsStepResult, SetPose, SetVelocity, Shape, Vec3, locked_axes,
 };
 use crate::quantize::{
     MAX_POSITION, MAX_ROTATION_COMPONENT, MAX_VELOCITY, POSITION_SCALE, QuantizedRotation, QuantizedState,
@@ -303,6 +303,14 @@ impl<'a> Reader<'a> {
         Ok(f32::from_le_bytes(self.array(what)?))
     }
 
+    fn f32s<const N: usize>(&mut self, what: &'static str) -> Result<[f32; N]> {
+        let mut xs = [0.0; N];
+        for x in &mut xs {
+            *x = self.f32(what)?;
+        }
+        Ok(xs)
+    }
+
     fn i16(&mut self, what: &'static str) -> Result<i16> {
         Ok(i16::from_le_bytes(self.array(what)?))
     }
@@ -334,9 +342,14 @@ impl<'a> Reader<'a> {
     /// A count of entries of at least `min_bytes` each: refused before anything is
     /// allocated when the protocol or the bytes left cannot hold it.
     fn count(&mut self, what: &'static str, min_bytes: usize) -> Result<usize> {
+        self.count_up_to(what, min_bytes, MAX_BODIES_PER_SESSION)
+    }
+
+    /// [`Reader::count`] with a maximum of its own.
+    fn count_up_to(&mut self, what: &'static str, min_bytes: usize, max: usize) -> Result<usize> {
         let count = self.varint(what)?;
-        if count > MAX_BODIES_PER_SESSION as u64 {
-            return Err(PackedError::TooMany { what, count, max: MAX_BODIES_PER_SESSION });
+        if count > max as u64 {
+            return Err(PackedError::TooMany { what, count, max });
         }
         if count > (self.left() / min_bytes) as u64 {
             return Err(PackedError::CountPastEnd { what, count, left: self.left() });
@@ -458,6 +471,11 @@ const LIST_SET_VELOCITY: u8 = 1 << 3;
 const LIST_FORCES: u8 = 1 << 4;
 const LIST_IMPULSES: u8 = 1 << 5;
 const LIST_TARGETS: u8 = 1 << 6;
+/// A second list mask byte follows.
+const LIST_MORE: u8 = 1 << 7;
+// The second list mask.
+const LIST_WAKE: u8 = 1;
+const LIST_SLEEP: u8 = 1 << 1;
 
 // A body to add: first flags byte.
 const ADD_SHAPE_MASK: u8 = 0b11;
@@ -474,6 +492,32 @@ const ADD_ANGULAR_DAMPING: u8 = 1 << 3;
 const ADD_ROTATION: u8 = 1 << 4;
 const ADD_LINVEL: u8 = 1 << 5;
 const ADD_ANGVEL: u8 = 1 << 6;
+/// A varint of extra properties follows the flags (see `EXTRA_*`).
+const ADD_EXTRA: u8 = 1 << 7;
+// A body's shape in its first flags byte: 0 a box, 1 a ball, 2 a y capsule, 3 a shape
+// tagged after the flags (`SHAPE_*`).
+const ADD_SHAPE_TAGGED: u8 = 3;
+// Extra properties of a body to add, each written only when it differs from the default.
+const EXTRA_COLLIDER_OFFSET: u64 = 1;
+const EXTRA_GRAVITY_SCALE: u64 = 1 << 1;
+const EXTRA_LOCKED_AXES: u64 = 1 << 2;
+const EXTRA_DOMINANCE: u64 = 1 << 3;
+const EXTRA_ADDITIONAL_MASS: u64 = 1 << 4;
+const EXTRA_MASS_PROPERTIES: u64 = 1 << 5;
+const EXTRA_FRICTION_COMBINE: u64 = 1 << 6;
+const EXTRA_RESTITUTION_COMBINE: u64 = 1 << 7;
+// Shape tags.
+const SHAPE_BOX: u8 = 0;
+const SHAPE_BALL: u8 = 1;
+const SHAPE_CAPSULE_Y: u8 = 2;
+const SHAPE_CAPSULE_X: u8 = 3;
+const SHAPE_CAPSULE_Z: u8 = 4;
+const SHAPE_CYLINDER: u8 = 5;
+const SHAPE_CONE: u8 = 6;
+const SHAPE_CONVEX_HULL: u8 = 7;
+const SHAPE_TRIMESH: u8 = 8;
+const SHAPE_HEIGHTFIELD: u8 = 9;
+const SHAPE_COMPOUND: u8 = 10;
 
 // A pose (set_pose, kinematic_targets): bits 0-2 the non-zero position components, bit 3
 // a rotation other than the identity, bits 4-5 its dropped component.
@@ -509,7 +553,15 @@ pub fn encode_request(request: &PhysicsStepRequest, out: &mut Vec<u8>) {
     .iter()
     .filter(|(_, empty)| !empty)
     .fold(0, |mask, (bit, _)| mask | bit);
-    out.extend_from_slice(&[REQUEST_FORMAT, VERSION, flags, lists]);
+    let more = [(LIST_WAKE, r.wake.is_empty()), (LIST_SLEEP, r.sleep.is_empty())]
+        .iter()
+        .filter(|(_, empty)| !empty)
+        .fold(0, |mask, (bit, _)| mask | bit);
+    if more == 0 {
+        out.extend_from_slice(&[REQUEST_FORMAT, VERSION, flags, lists]);
+    } else {
+        out.extend_from_slice(&[REQUEST_FORMAT, VERSION, flags, lists | LIST_MORE, more]);
+    }
     put_varint(out, r.tick);
     put_f32(out, r.dt);
     if r.steps != 1 {
@@ -575,6 +627,15 @@ pub fn encode_request(request: &PhysicsStepRequest, out: &mut Vec<u8>) {
         for k in &r.kinematic_targets {
             ids.put(out, k.id);
             put_pose(out, k.position, k.rotation);
+        }
+    }
+    for list in [&r.wake, &r.sleep] {
+        if !list.is_empty() {
+            put_varint(out, list.len() as u64);
+            let mut ids = IdWriter(0);
+            for &id in list {
+                ids.put(out, id);
+            }
         }
     }
 }
@@ -645,14 +706,16 @@ fn read_vector_pair(r: &mut Reader<'_>, what: &'static str) -> Result<(Vec3, Vec
 
 fn put_body(out: &mut Vec<u8>, d: &BodyDesc) {
     let shape = match d.shape {
-        Shape::Box { .. } => 0,
-        Shape::Sphere { .. } => 1,
-        Shape::Capsule { .. } => 2,
+        Shape::Box { .. } => SHAPE_BOX,
+        Shape::Sphere { .. } => SHAPE_BALL,
+        Shape::Capsule { .. } => SHAPE_CAPSULE_Y,
+        _ => ADD_SHAPE_TAGGED,
     };
     let body_type = match d.body_type {
         BodyType::Dynamic => 0,
         BodyType::Kinematic => 1,
         BodyType::Fixed => 2,
+        BodyType::KinematicVelocity => 3,
     };
     let mut a = shape | body_type << ADD_TYPE_SHIFT;
     for (set, bit) in
@@ -679,14 +742,19 @@ fn put_body(out: &mut Vec<u8>, d: &BodyDesc) {
             b |= bit;
         }
     }
+    let extras = extras_of(d);
+    if extras != 0 {
+        b |= ADD_EXTRA;
+    }
     out.extend_from_slice(&[a, b]);
-    match d.shape {
-        Shape::Box { half_extents } => half_extents.iter().for_each(|&x| put_f32(out, x)),
-        Shape::Sphere { radius } => put_f32(out, radius),
-        Shape::Capsule { half_height, radius } => {
-            put_f32(out, half_height);
-            put_f32(out, radius);
-        }
+    if shape == ADD_SHAPE_TAGGED {
+        put_shape(out, &d.shape);
+    } else {
+        put_shape_data(out, &d.shape);
+    }
+    if extras != 0 {
+        put_varint(out, extras);
+        put_extras(out, d, extras);
     }
     position.iter().for_each(|&k| put_signed(out, k));
     if b & ADD_ROTATION != 0 {
@@ -714,25 +782,36 @@ fn put_body(out: &mut Vec<u8>, d: &BodyDesc) {
     }
 }
 
-fn read_body(r: &mut Reader<'_>, id: BodyId) -> Result<BodyDesc> {
+fn read_body(r: &mut Reader<'_>, id: BodyId, elements: &mut usize) -> Result<BodyDesc> {
     const WHAT: &str = "add";
     let a = r.u8(WHAT)?;
     let b = r.u8(WHAT)?;
-    if b >> 7 != 0 {
-        return Err(PackedError::Reserved(WHAT));
-    }
     let body_type = match (a >> ADD_TYPE_SHIFT) & 0b11 {
         0 => BodyType::Dynamic,
         1 => BodyType::Kinematic,
         2 => BodyType::Fixed,
-        _ => return Err(PackedError::Reserved("add: body type")),
+        _ => BodyType::KinematicVelocity,
     };
     let shape = match a & ADD_SHAPE_MASK {
-        0 => Shape::Box { half_extents: [r.f32(WHAT)?, r.f32(WHAT)?, r.f32(WHAT)?] },
-        1 => Shape::Sphere { radius: r.f32(WHAT)? },
-        2 => Shape::Capsule { half_height: r.f32(WHAT)?, radius: r.f32(WHAT)? },
-        _ => return Err(PackedError::Reserved("add: shape")),
+        ADD_SHAPE_TAGGED => {
+            let shape = read_shape(r, elements, false)?;
+            if matches!(shape, Shape::Box { .. } | Shape::Sphere { .. } | Shape::Capsule { .. }) {
+                // These have short forms of their own: one encoding per value.
+                return Err(PackedError::Reserved("add: shape"));
+            }
+            shape
+        }
+        tag => read_shape_data(r, tag, elements, false)?,
     };
+    let mut desc = BodyDesc::new(id, shape, [0.0; 3]);
+    if b & ADD_EXTRA != 0 {
+        let extras = r.varint("add: extras")?;
+        if extras == 0 || extras >> 8 != 0 {
+            return Err(PackedError::Reserved("add: extras"));
+        }
+        read_extras(r, &mut desc, extras)?;
+    }
+    let shape = std::mem::replace(&mut desc.shape, Shape::Sphere { radius: 0.0 });
     let position = check_position([r.signed(WHAT)?, r.signed(WHAT)?, r.signed(WHAT)?], "add: position")?;
     let rotation = if b & ADD_ROTATION != 0 {
         let largest = r.u8(WHAT)?;
@@ -785,6 +864,285 @@ fn read_body(r: &mut Reader<'_>, id: BodyId) -> Result<BodyDesc> {
         angular_damping,
         ccd: a & ADD_CCD != 0,
         sleeping: a & ADD_SLEEPING != 0,
+        ..desc
+    })
+}
+
+/// The extra properties a body differs from the defaults in (`EXTRA_*` bits).
+fn extras_of(d: &BodyDesc) -> u64 {
+    [
+        (d.collider_offset.is_some(), EXTRA_COLLIDER_OFFSET),
+        (d.gravity_scale.to_bits() != 1.0f32.to_bits(), EXTRA_GRAVITY_SCALE),
+        (d.locked_axes != 0, EXTRA_LOCKED_AXES),
+        (d.dominance != 0, EXTRA_DOMINANCE),
+        (d.additional_mass.to_bits() != 0, EXTRA_ADDITIONAL_MASS),
+        (d.mass_properties.is_some(), EXTRA_MASS_PROPERTIES),
+        (d.friction_combine != CombineRule::Average, EXTRA_FRICTION_COMBINE),
+        (d.restitution_combine != CombineRule::Average, EXTRA_RESTITUTION_COMBINE),
+    ]
+    .iter()
+    .filter(|(set, _)| *set)
+    .fold(0, |mask, (_, bit)| mask | bit)
+}
+
+fn put_extras(out: &mut Vec<u8>, d: &BodyDesc, extras: u64) {
+    if let Some(offset) = d.collider_offset {
+        put_f32s(out, &offset.position);
+        put_f32s(out, &offset.rotation);
+    }
+    if extras & EXTRA_GRAVITY_SCALE != 0 {
+        put_f32(out, d.gravity_scale);
+    }
+    if extras & EXTRA_LOCKED_AXES != 0 {
+        out.push(d.locked_axes);
+    }
+    if extras & EXTRA_DOMINANCE != 0 {
+        out.push(d.dominance as u8);
+    }
+    if extras & EXTRA_ADDITIONAL_MASS != 0 {
+        put_f32(out, d.additional_mass);
+    }
+    if let Some(m) = d.mass_properties {
+        put_f32(out, m.mass);
+        put_f32s(out, &m.center_of_mass);
+        put_f32s(out, &m.principal_inertia);
+        put_f32s(out, &m.principal_inertia_frame);
+    }
+    for (bit, rule) in
+        [(EXTRA_FRICTION_COMBINE, d.friction_combine), (EXTRA_RESTITUTION_COMBINE, d.restitution_combine)]
+    {
+        if extras & bit != 0 {
+            out.push(combine_rule_byte(rule));
+        }
+    }
+}
+
+fn read_extras(r: &mut Reader<'_>, d: &mut BodyDesc, extras: u64) -> Result<()> {
+    const WHAT: &str = "add: extras";
+    if extras & EXTRA_COLLIDER_OFFSET != 0 {
+        d.collider_offset = Some(Offset { position: r.f32s(WHAT)?, rotation: r.f32s(WHAT)? });
+    }
+    if extras & EXTRA_GRAVITY_SCALE != 0 {
+        d.gravity_scale = r.f32(WHAT)?;
+        if d.gravity_scale.to_bits() == 1.0f32.to_bits() {
+            return Err(PackedError::Reserved("add: gravity_scale"));
+        }
+    }
+    if extras & EXTRA_LOCKED_AXES != 0 {
+        d.locked_axes = r.u8(WHAT)?;
+        if d.locked_axes == 0 || d.locked_axes & !locked_axes::ALL != 0 {
+            return Err(PackedError::Reserved("add: locked_axes"));
+        }
+    }
+    if extras & EXTRA_DOMINANCE != 0 {
+        d.dominance = r.u8(WHAT)? as i8;
+        if d.dominance == 0 || d.dominance == i8::MIN {
+            return Err(PackedError::Reserved("add: dominance"));
+        }
+    }
+    if extras & EXTRA_ADDITIONAL_MASS != 0 {
+        d.additional_mass = r.f32(WHAT)?;
+        if d.additional_mass.to_bits() == 0 {
+            return Err(PackedError::Reserved("add: additional_mass"));
+        }
+    }
+    if extras & EXTRA_MASS_PROPERTIES != 0 {
+        d.mass_properties = Some(MassProperties {
+            mass: r.f32(WHAT)?,
+            center_of_mass: r.f32s(WHAT)?,
+            principal_inertia: r.f32s(WHAT)?,
+            principal_inertia_frame: r.f32s(WHAT)?,
+        });
+    }
+    for (bit, rule) in
+        [(EXTRA_FRICTION_COMBINE, &mut d.friction_combine), (EXTRA_RESTITUTION_COMBINE, &mut d.restitution_combine)]
+    {
+        if extras & bit != 0 {
+            *rule = match r.u8(WHAT)? {
+                1 => CombineRule::Min,
+                2 => CombineRule::Multiply,
+                3 => CombineRule::Max,
+                _ => return Err(PackedError::Reserved("add: combine rule")),
+            };
+        }
+    }
+    Ok(())
+}
+
+fn combine_rule_byte(rule: CombineRule) -> u8 {
+    match rule {
+        CombineRule::Average => 0,
+        CombineRule::Min => 1,
+        CombineRule::Multiply => 2,
+        CombineRule::Max => 3,
+    }
+}
+
+fn put_f32s(out: &mut Vec<u8>, xs: &[f32]) {
+    xs.iter().for_each(|&x| put_f32(out, x));
+}
+
+/// A shape with its tag.
+fn put_shape(out: &mut Vec<u8>, shape: &Shape) {
+    let tag = match shape {
+        Shape::Box { .. } => SHAPE_BOX,
+        Shape::Sphere { .. } => SHAPE_BALL,
+        Shape::Capsule { .. } => SHAPE_CAPSULE_Y,
+        Shape::CapsuleX { .. } => SHAPE_CAPSULE_X,
+        Shape::CapsuleZ { .. } => SHAPE_CAPSULE_Z,
+        Shape::Cylinder { .. } => SHAPE_CYLINDER,
+        Shape::Cone { .. } => SHAPE_CONE,
+        Shape::ConvexHull { .. } => SHAPE_CONVEX_HULL,
+        Shape::TriMesh { .. } => SHAPE_TRIMESH,
+        Shape::Heightfield { .. } => SHAPE_HEIGHTFIELD,
+        Shape::Compound { .. } => SHAPE_COMPOUND,
+    };
+    out.push(tag);
+    put_shape_data(out, shape);
+}
+
+/// A shape's data, after its tag: floats bit for bit (static geometry is never quantized).
+fn put_shape_data(out: &mut Vec<u8>, shape: &Shape) {
+    match shape {
+        Shape::Box { half_extents } => put_f32s(out, half_extents),
+        Shape::Sphere { radius } => put_f32(out, *radius),
+        Shape::Capsule { half_height, radius }
+        | Shape::CapsuleX { half_height, radius }
+        | Shape::CapsuleZ { half_height, radius }
+        | Shape::Cylinder { half_height, radius }
+        | Shape::Cone { half_height, radius } => put_f32s(out, &[*half_height, *radius]),
+        Shape::ConvexHull { points } => {
+            put_varint(out, points.len() as u64);
+            points.iter().for_each(|p| put_f32s(out, p));
+        }
+        Shape::TriMesh { vertices, indices } => {
+            put_varint(out, vertices.len() as u64);
+            vertices.iter().for_each(|p| put_f32s(out, p));
+            put_varint(out, indices.len() as u64);
+            indices.iter().flatten().for_each(|&i| put_varint(out, u64::from(i)));
+        }
+        Shape::Heightfield { rows, columns, heights, scale } => {
+            put_varint(out, u64::from(*rows));
+            put_varint(out, u64::from(*columns));
+            put_f32s(out, heights);
+            put_f32s(out, scale);
+        }
+        Shape::Compound { parts } => {
+            put_varint(out, parts.len() as u64);
+            for part in parts {
+                put_shape(out, &part.shape);
+                put_f32s(out, &part.position);
+                put_f32s(out, &part.rotation);
+            }
+        }
+    }
+}
+
+/// A tagged shape; `in_compound` refuses the composite ones (no recursion past one level).
+fn read_shape(r: &mut Reader<'_>, elements: &mut usize, in_compound: bool) -> Result<Shape> {
+    let tag = r.u8("add: shape")?;
+    read_shape_data(r, tag, elements, in_compound)
+}
+
+/// Counts `n` more shape elements against the request's bound.
+fn charge(elements: &mut usize, n: usize, what: &'static str) -> Result<()> {
+    *elements = elements.saturating_add(n);
+    if *elements > limits::MAX_SHAPE_ELEMENTS_PER_REQUEST {
+        return Err(PackedError::TooMany {
+            what,
+            count: *elements as u64,
+            max: limits::MAX_SHAPE_ELEMENTS_PER_REQUEST,
+        });
+    }
+    Ok(())
+}
+
+fn read_shape_data(r: &mut Reader<'_>, tag: u8, elements: &mut usize, in_compound: bool) -> Result<Shape> {
+    const WHAT: &str = "add: shape";
+    let pair = |r: &mut Reader<'_>| -> Result<(f32, f32)> { Ok((r.f32(WHAT)?, r.f32(WHAT)?)) };
+    Ok(match tag {
+        SHAPE_BOX => Shape::Box { half_extents: r.f32s(WHAT)? },
+        SHAPE_BALL => Shape::Sphere { radius: r.f32(WHAT)? },
+        SHAPE_CAPSULE_Y => {
+            let (half_height, radius) = pair(r)?;
+            Shape::Capsule { half_height, radius }
+        }
+        SHAPE_CAPSULE_X => {
+            let (half_height, radius) = pair(r)?;
+            Shape::CapsuleX { half_height, radius }
+        }
+        SHAPE_CAPSULE_Z => {
+            let (half_height, radius) = pair(r)?;
+            Shape::CapsuleZ { half_height, radius }
+        }
+        SHAPE_CYLINDER => {
+            let (half_height, radius) = pair(r)?;
+            Shape::Cylinder { half_height, radius }
+        }
+        SHAPE_CONE => {
+            let (half_height, radius) = pair(r)?;
+            Shape::Cone { half_height, radius }
+        }
+        SHAPE_CONVEX_HULL => {
+            let n = r.count_up_to("add: convex hull points", 12, limits::MAX_HULL_POINTS)?;
+            charge(elements, n, "add: shape elements")?;
+            let points = (0..n).map(|_| r.f32s(WHAT)).collect::<Result<_>>()?;
+            Shape::ConvexHull { points }
+        }
+        SHAPE_TRIMESH if !in_compound => {
+            let nv = r.count_up_to("add: mesh vertices", 12, limits::MAX_MESH_VERTICES)?;
+            charge(elements, nv, "add: shape elements")?;
+            let vertices = (0..nv).map(|_| r.f32s(WHAT)).collect::<Result<_>>()?;
+            let nt = r.count_up_to("add: mesh triangles", 3, limits::MAX_MESH_TRIANGLES)?;
+            charge(elements, nt, "add: shape elements")?;
+            let mut index = || -> Result<u32> {
+                u32::try_from(r.varint("add: mesh index")?).map_err(|_| PackedError::OutOfRange("add: mesh index"))
+            };
+            let indices = (0..nt).map(|_| Ok([index()?, index()?, index()?])).collect::<Result<_>>()?;
+            Shape::TriMesh { vertices, indices }
+        }
+        SHAPE_HEIGHTFIELD if !in_compound => {
+            let dimension = |r: &mut Reader<'_>| -> Result<u32> {
+                u32::try_from(r.varint("add: heightfield size")?)
+                    .map_err(|_| PackedError::OutOfRange("add: heightfield size"))
+            };
+            let (rows, columns) = (dimension(r)?, dimension(r)?);
+            let cells = u64::from(rows) * u64::from(columns);
+            if cells > limits::MAX_HEIGHTFIELD_CELLS as u64 {
+                return Err(PackedError::TooMany {
+                    what: "add: heightfield cells",
+                    count: cells,
+                    max: limits::MAX_HEIGHTFIELD_CELLS,
+                });
+            }
+            let cells = cells as usize;
+            if cells.saturating_mul(4) > r.left() {
+                return Err(PackedError::CountPastEnd {
+                    what: "add: heightfield cells",
+                    count: cells as u64,
+                    left: r.left(),
+                });
+            }
+            charge(elements, cells, "add: shape elements")?;
+            let heights = (0..cells).map(|_| r.f32(WHAT)).collect::<Result<_>>()?;
+            Shape::Heightfield { rows, columns, heights, scale: r.f32s(WHAT)? }
+        }
+        SHAPE_COMPOUND if !in_compound => {
+            // The smallest part: a tag, a radius, a pose of seven floats.
+            let n = r.count_up_to("add: compound parts", 33, limits::MAX_COMPOUND_PARTS)?;
+            charge(elements, n, "add: shape elements")?;
+            let parts = (0..n)
+                .map(|_| {
+                    let shape = read_shape(r, elements, true)?;
+                    Ok(CompoundPart { shape, position: r.f32s(WHAT)?, rotation: r.f32s(WHAT)? })
+                })
+                .collect::<Result<_>>()?;
+            Shape::Compound { parts }
+        }
+        SHAPE_TRIMESH | SHAPE_HEIGHTFIELD | SHAPE_COMPOUND => {
+            return Err(PackedError::Reserved("add: a compound's part is a mesh, a heightfield or a compound"));
+        }
+        _ => return Err(PackedError::Reserved("add: shape")),
     })
 }
 
@@ -821,9 +1179,15 @@ pub fn decode_request(bytes: &[u8]) -> std::result::Result<PhysicsStepRequest, P
         return Err(PackedError::Reserved("the request flags"));
     }
     let lists = r.u8("the request's list mask")?;
-    if lists >> 7 != 0 {
-        return Err(PackedError::Reserved("the request's list mask"));
-    }
+    let more = if lists & LIST_MORE != 0 {
+        let more = r.u8("the request's second list mask")?;
+        if more == 0 || more >> 2 != 0 {
+            return Err(PackedError::Reserved("the request's second list mask"));
+        }
+        more
+    } else {
+        0
+    };
     let tick = r.varint("tick")?;
     let dt = r.f32("dt")?;
     let steps = if flags & REQ_STEPS != 0 {
@@ -852,7 +1216,8 @@ pub fn decode_request(bytes: &[u8]) -> std::result::Result<PhysicsStepRequest, P
     };
     // The smallest body to add: an id, two flag bytes, a radius and three coordinates.
     let add = list(&mut r, LIST_ADD, "add", 10)?;
-    request.add = add.read(&mut r, read_body)?;
+    let mut elements = 0;
+    request.add = add.read(&mut r, |r, id| read_body(r, id, &mut elements))?;
     let remove = list(&mut r, LIST_REMOVE, "remove", 1)?;
     request.remove = remove.read(&mut r, |_, id| Ok(id))?;
     let set_pose = list(&mut r, LIST_SET_POSE, "set_pose", 2)?;
@@ -889,6 +1254,20 @@ pub fn decode_request(bytes: &[u8]) -> std::result::Result<PhysicsStepRequest, P
         let (position, rotation) = read_pose(r, "kinematic_targets")?;
         Ok(KinematicTarget { id, position, rotation })
     })?;
+    for (bit, what) in [(LIST_WAKE, "wake"), (LIST_SLEEP, "sleep")] {
+        let ids = if more & bit == 0 {
+            Vec::new()
+        } else {
+            match r.count(what, 1)? {
+                0 => return Err(PackedError::EmptyList(what)),
+                n => List { n, ids: IdReader(0), what }.read(&mut r, |_, id| Ok(id))?,
+            }
+        };
+        match what {
+            "wake" => request.wake = ids,
+            _ => request.sleep = ids,
+        }
+    }
     r.finish()?;
     Ok(request)
 }
@@ -1681,7 +2060,10 @@ mod tests {
                     ..BodyDesc::new(0, Shape::Sphere { radius: 0.3 }, [-1.0e6, 1.0e6, 0.0])
                         .with_body_type(BodyType::Fixed)
                 },
-            ],
+            ]
+            .into_iter()
+            .chain(every_new_shape_and_property())
+            .collect(),
             remove: vec![3, 2, u64::MAX - 1],
             set_pose: vec![SetPose { id: 1, position: [1.0, 2.0, 3.0], rotation: [0.0, 0.6, 0.0, 0.8] }],
             set_velocity: vec![SetVelocity { id: 1, linvel: [1.0, 0.0, 0.001], angvel: [0.0, 0.0, -7.5] }],
@@ -1691,7 +2073,130 @@ mod tests {
                 KinematicTarget { id: u64::MAX, position: [2.0, 1.0, 0.0], rotation: [0.0, 0.0, 0.0, 1.0] },
                 KinematicTarget { id: 4, position: [0.0; 3], rotation: [0.0, 0.0, 0.0, -1.0] },
             ],
+            wake: vec![7, 1],
+            sleep: vec![u64::MAX],
         }
+    }
+
+    /// A body of each shape beyond box, ball and y capsule, and one with every extra
+    /// property set.
+    fn every_new_shape_and_property() -> Vec<BodyDesc> {
+        let part = |shape: Shape, position: Vec3| CompoundPart { shape, position, rotation: [0.0, 0.6, 0.0, 0.8] };
+        let shapes = vec![
+            Shape::CapsuleX { half_height: 0.5, radius: 0.2 },
+            Shape::CapsuleZ { half_height: 0.25, radius: 0.1 },
+            Shape::Cylinder { half_height: 1.0, radius: 0.5 },
+            Shape::Cone { half_height: 0.75, radius: 0.3 },
+            Shape::ConvexHull { points: vec![[0.0; 3], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]] },
+            Shape::TriMesh {
+                vertices: vec![[0.0; 3], [10.0, 0.0, 0.0], [0.0, 0.0, 10.0], [10.0, 0.0, 10.0]],
+                indices: vec![[0, 2, 1], [1, 2, 3]],
+            },
+            Shape::Heightfield {
+                rows: 2,
+                columns: 3,
+                heights: vec![0.0, 0.5, 1.0, -0.5, 0.25, 0.0],
+                scale: [10.0, 1.0, 5.0],
+            },
+            Shape::Compound {
+                parts: vec![
+                    part(Shape::Box { half_extents: [0.5, 0.1, 0.5] }, [0.0, 0.0, 0.0]),
+                    part(Shape::Sphere { radius: 0.2 }, [0.0, 0.3, 0.0]),
+                    part(
+                        Shape::ConvexHull { points: vec![[0.0; 3], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]] },
+                        [1.0, 0.0, 0.0],
+                    ),
+                ],
+            },
+        ];
+        let mut bodies: Vec<BodyDesc> =
+            shapes.into_iter().zip(100..).map(|(shape, id)| BodyDesc::new(id, shape, [0.0, 2.0, 0.0])).collect();
+        bodies.push(BodyDesc {
+            collider_offset: Some(Offset { position: [0.0, 0.5, 0.0], rotation: [0.0, 0.0, 0.6, 0.8] }),
+            gravity_scale: 0.25,
+            locked_axes: locked_axes::ROTATION_X | locked_axes::ROTATION_Z,
+            dominance: -3,
+            additional_mass: 4.0,
+            mass_properties: Some(MassProperties {
+                mass: 10.0,
+                center_of_mass: [0.0, -0.5, 0.0],
+                principal_inertia: [1.0, 2.0, 3.0],
+                principal_inertia_frame: [0.0, 0.0, 0.0, 1.0],
+            }),
+            friction_combine: CombineRule::Max,
+            restitution_combine: CombineRule::Min,
+            ..BodyDesc::new(200, Shape::Box { half_extents: [0.5; 3] }, [0.0, 1.0, 0.0])
+                .with_body_type(BodyType::KinematicVelocity)
+        });
+        bodies
+    }
+
+    #[test]
+    fn the_documented_cylinder_example_is_what_the_encoder_writes() {
+        // PROTOCOL.md, "Packed physics_step": a snapshot adding a cylinder at half gravity.
+        let body = BodyDesc {
+            gravity_scale: 0.5,
+            ..BodyDesc::new(0, Shape::Cylinder { half_height: 0.5, radius: 0.25 }, [0.0, 2.0, 0.0])
+        };
+        let r = PhysicsStepRequest {
+            tick: 0,
+            snapshot: true,
+            dt: 1.0 / 60.0,
+            steps: 1,
+            add: vec![body],
+            ..Default::default()
+        };
+        let mut bytes = Vec::new();
+        encode_request(&r, &mut bytes);
+        let documented =
+            "50 01 01 01 00 89 88 88 3c 01 00 03 80 05 00 00 00 3f 00 00 80 3e 02 00 00 00 3f 00 80 80 04 00";
+        let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex.join(" "), documented);
+        assert_eq!(decode_request(&bytes).unwrap(), r);
+    }
+
+    #[test]
+    fn hostile_shapes_and_extras_get_clear_errors() {
+        let encode = |body: BodyDesc| {
+            let mut bytes = Vec::new();
+            let r = PhysicsStepRequest { tick: 1, dt: 0.1, snapshot: true, add: vec![body], ..Default::default() };
+            encode_request(&r, &mut bytes);
+            bytes
+        };
+        // A compound holding a mesh: its part's tag is refused.
+        let mesh = Shape::TriMesh { vertices: vec![[0.0; 3]; 3], indices: vec![[0, 1, 2]] };
+        let nested = Shape::Compound {
+            parts: vec![CompoundPart { shape: mesh, position: [0.0; 3], rotation: [0.0, 0.0, 0.0, 1.0] }],
+        };
+        let bytes = encode(BodyDesc::new(1, nested, [0.0; 3]));
+        assert!(matches!(decode_request(&bytes), Err(PackedError::Reserved(_))), "{:?}", decode_request(&bytes));
+        // A hull claiming more points than the limit, or than the bytes left.
+        let hull = Shape::ConvexHull { points: vec![[0.0; 3]; 4] };
+        let mut bytes = encode(BodyDesc::new(1, hull, [0.0; 3]));
+        // The point count follows the shape's tag (the request's tenth byte on: its
+        // header, tick, dt, the add count, the id, the body's flags).
+        assert_eq!(bytes[14..16], [SHAPE_CONVEX_HULL, 4]);
+        bytes[15] = 0x7f;
+        assert!(matches!(decode_request(&bytes), Err(PackedError::CountPastEnd { .. })));
+        bytes.splice(15..16, [0x81, 0x40]);
+        assert!(matches!(decode_request(&bytes), Err(PackedError::TooMany { max: limits::MAX_HULL_POINTS, .. })));
+        // A heightfield claiming a billion cells.
+        let field = Shape::Heightfield { rows: 2, columns: 2, heights: vec![0.0; 4], scale: [1.0; 3] };
+        let mut bytes = encode(BodyDesc::new(1, field, [0.0; 3]));
+        assert_eq!(bytes[14..17], [SHAPE_HEIGHTFIELD, 2, 2]);
+        bytes.splice(15..17, [0x80, 0x80, 0x04, 0x80, 0x80, 0x04]);
+        assert!(matches!(decode_request(&bytes), Err(PackedError::TooMany { .. })));
+        // A short-form shape written tagged: not the one encoding.
+        let mut bytes = encode(BodyDesc::new(1, Shape::Cylinder { half_height: 1.0, radius: 1.0 }, [0.0; 3]));
+        assert_eq!(bytes[14], SHAPE_CYLINDER);
+        bytes[14] = SHAPE_CAPSULE_Y;
+        assert!(matches!(decode_request(&bytes), Err(PackedError::Reserved(_))));
+        // An extra set to its default: not the one encoding.
+        let mut bytes =
+            encode(BodyDesc { gravity_scale: 2.0, ..BodyDesc::new(1, Shape::Sphere { radius: 1.0 }, [0.0; 3]) });
+        let at = bytes.len() - 3 - 4;
+        bytes[at..at + 4].copy_from_slice(&1.0f32.to_le_bytes());
+        assert!(matches!(decode_request(&bytes), Err(PackedError::Reserved(_))), "{:?}", decode_request(&bytes));
     }
 
     fn bits(v: &PhysicsStepRequest) -> String {

@@ -59,6 +59,12 @@ pub struct PhysicsStepRequest {
     /// Poses that kinematic bodies move to over this tick.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kinematic_targets: Vec<KinematicTarget>,
+    /// Bodies to wake up (before this tick's steps).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub wake: Vec<BodyId>,
+    /// Bodies to put to sleep (before this tick's steps; a contact or a change wakes them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sleep: Vec<BodyId>,
 }
 
 fn one_step() -> u32 {
@@ -76,10 +82,21 @@ pub enum BodyType {
     Kinematic,
     /// Never moves.
     Fixed,
+    /// Moved only by the velocity it is given (`set_velocity`, or its initial one); pushes
+    /// dynamic bodies. bevy_rapier's `RigidBody::KinematicVelocityBased`.
+    KinematicVelocity,
 }
 
-/// A collision shape.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+impl BodyType {
+    /// Whether contacts and forces move it.
+    pub fn is_dynamic(self) -> bool {
+        self == BodyType::Dynamic
+    }
+}
+
+/// A collision shape, in the body's frame (or the collider's, see
+/// [`BodyDesc::collider_offset`]). bevy_rapier3d's `Collider` constructors of the same names.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Shape {
     /// A box with these half extents.
@@ -99,6 +116,151 @@ pub enum Shape {
         /// Its radius.
         radius: f32,
     },
+    /// A capsule along the x axis.
+    CapsuleX {
+        /// Half the length of the cylinder part.
+        half_height: f32,
+        /// Its radius.
+        radius: f32,
+    },
+    /// A capsule along the z axis.
+    CapsuleZ {
+        /// Half the length of the cylinder part.
+        half_height: f32,
+        /// Its radius.
+        radius: f32,
+    },
+    /// A cylinder along the y axis.
+    Cylinder {
+        /// Half its height.
+        half_height: f32,
+        /// Its radius.
+        radius: f32,
+    },
+    /// A cone along the y axis, its base at `-half_height`, its tip at `half_height`.
+    Cone {
+        /// Half its height.
+        half_height: f32,
+        /// The radius of its base.
+        radius: f32,
+    },
+    /// The convex hull of these points (at least four, not all in one plane).
+    ConvexHull {
+        /// The points, at most [`crate::limits::MAX_HULL_POINTS`].
+        points: Vec<Vec3>,
+    },
+    /// A triangle mesh (a level's static geometry, typically: its triangles have no
+    /// inside, so a dynamic body made of one collides poorly; use a convex hull or a
+    /// compound of them for moving bodies).
+    TriMesh {
+        /// The vertices, at most [`crate::limits::MAX_MESH_VERTICES`].
+        vertices: Vec<Vec3>,
+        /// The triangles, as indices into `vertices` (counter-clockwise seen from outside),
+        /// at most [`crate::limits::MAX_MESH_TRIANGLES`].
+        indices: Vec<[u32; 3]>,
+    },
+    /// A terrain: a grid of heights in the x/z plane, centred on the body.
+    Heightfield {
+        /// Grid rows, along z (at least 2).
+        rows: u32,
+        /// Grid columns, along x (at least 2).
+        columns: u32,
+        /// `rows × columns` heights, row after row, each scaled by `scale[1]`.
+        heights: Vec<f32>,
+        /// The grid's size along x, the heights' scale along y, its size along z.
+        scale: Vec3,
+    },
+    /// Several convex shapes fixed together, each at its own pose in the body's frame.
+    Compound {
+        /// The parts: boxes, balls, capsules, cylinders, cones and convex hulls (no meshes,
+        /// heightfields or compounds), at most [`crate::limits::MAX_COMPOUND_PARTS`].
+        parts: Vec<CompoundPart>,
+    },
+}
+
+impl Shape {
+    /// Whether it is made of parts (a mesh, a heightfield, a compound): such a shape may
+    /// not be a compound's part.
+    pub fn is_composite(&self) -> bool {
+        matches!(self, Shape::TriMesh { .. } | Shape::Heightfield { .. } | Shape::Compound { .. })
+    }
+
+    /// How many elements (points, vertices, triangles, cells, parts and theirs) it is
+    /// made of, as counted against [`crate::limits::MAX_SHAPE_ELEMENTS_PER_REQUEST`].
+    pub fn elements(&self) -> usize {
+        match self {
+            Shape::ConvexHull { points } => points.len(),
+            Shape::TriMesh { vertices, indices } => vertices.len().saturating_add(indices.len()),
+            Shape::Heightfield { heights, .. } => heights.len(),
+            Shape::Compound { parts } => {
+                parts.iter().fold(parts.len(), |sum, part| sum.saturating_add(part.shape.elements()))
+            }
+            _ => 0,
+        }
+    }
+}
+
+/// One part of a [`Shape::Compound`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CompoundPart {
+    /// Its shape.
+    pub shape: Shape,
+    /// Where it sits in the body's frame.
+    #[serde(default)]
+    pub position: Vec3,
+    /// How it is turned in the body's frame.
+    #[serde(default = "identity")]
+    pub rotation: Quat,
+}
+
+/// How two colliders' friction or restitution coefficients combine in a contact (the rule
+/// of higher rank among the two wins: average < min < multiply < max, as in rapier).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CombineRule {
+    /// Their mean.
+    #[default]
+    Average,
+    /// The smaller.
+    Min,
+    /// Their product.
+    Multiply,
+    /// The larger.
+    Max,
+}
+
+/// A body's mass properties given outright instead of computed from its shape.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MassProperties {
+    /// Its mass, kg.
+    pub mass: f32,
+    /// Its centre of mass, in the body's frame.
+    #[serde(default)]
+    pub center_of_mass: Vec3,
+    /// Its principal moments of inertia, kg·m².
+    pub principal_inertia: Vec3,
+    /// The frame of the principal axes, in the body's frame.
+    #[serde(default = "identity")]
+    pub principal_inertia_frame: Quat,
+}
+
+/// Axes along or about which a body cannot move: bits of [`BodyDesc::locked_axes`], as
+/// bevy_rapier3d's `LockedAxes`.
+pub mod locked_axes {
+    /// No translation along x.
+    pub const TRANSLATION_X: u8 = 1;
+    /// No translation along y.
+    pub const TRANSLATION_Y: u8 = 1 << 1;
+    /// No translation along z.
+    pub const TRANSLATION_Z: u8 = 1 << 2;
+    /// No rotation about x.
+    pub const ROTATION_X: u8 = 1 << 3;
+    /// No rotation about y.
+    pub const ROTATION_Y: u8 = 1 << 4;
+    /// No rotation about z.
+    pub const ROTATION_Z: u8 = 1 << 5;
+    /// Every bit in use.
+    pub const ALL: u8 = 0b11_1111;
 }
 
 /// A body to create.
@@ -147,6 +309,43 @@ pub struct BodyDesc {
     /// Whether the body starts asleep.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sleeping: bool,
+    /// Where the collider sits in the body's frame (its shape is then centred there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collider_offset: Option<Offset>,
+    /// How much gravity pulls it (1: fully; 0: not at all; negative: upwards).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub gravity_scale: f32,
+    /// Axes it cannot move along or turn about ([`locked_axes`] bits).
+    #[serde(default, skip_serializing_if = "is_zero_u8")]
+    pub locked_axes: u8,
+    /// Its dominance group (-127 to 127): in a contact, the body of the higher group
+    /// pushes the other as if it were fixed.
+    #[serde(default, skip_serializing_if = "is_zero_i8")]
+    pub dominance: i8,
+    /// Mass added to what its collider gives (kg), as bevy_rapier3d's
+    /// `AdditionalMassProperties::Mass`.
+    #[serde(default, skip_serializing_if = "is_zero_f32")]
+    pub additional_mass: f32,
+    /// Its mass properties given outright (overrides `mass` and `density`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mass_properties: Option<MassProperties>,
+    /// How its friction combines with another's.
+    #[serde(default, skip_serializing_if = "is_average")]
+    pub friction_combine: CombineRule,
+    /// How its restitution combines with another's.
+    #[serde(default, skip_serializing_if = "is_average")]
+    pub restitution_combine: CombineRule,
+}
+
+/// A collider's pose in its body's frame.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Offset {
+    /// Its position.
+    #[serde(default)]
+    pub position: Vec3,
+    /// Its rotation.
+    #[serde(default = "identity")]
+    pub rotation: Quat,
 }
 
 impl BodyDesc {
@@ -168,6 +367,14 @@ impl BodyDesc {
             angular_damping: 0.0,
             ccd: false,
             sleeping: false,
+            collider_offset: None,
+            gravity_scale: 1.0,
+            locked_axes: 0,
+            dominance: 0,
+            additional_mass: 0.0,
+            mass_properties: None,
+            friction_combine: CombineRule::Average,
+            restitution_combine: CombineRule::Average,
         }
     }
 
@@ -192,6 +399,26 @@ fn is_zero(v: &Vec3) -> bool {
 
 fn is_zero_f32(v: &f32) -> bool {
     *v == 0.0
+}
+
+fn one() -> f32 {
+    1.0
+}
+
+fn is_one(v: &f32) -> bool {
+    v.to_bits() == 1.0f32.to_bits()
+}
+
+fn is_zero_u8(v: &u8) -> bool {
+    *v == 0
+}
+
+fn is_zero_i8(v: &i8) -> bool {
+    *v == 0
+}
+
+fn is_average(rule: &CombineRule) -> bool {
+    *rule == CombineRule::Average
 }
 
 /// Teleports a body.
@@ -323,6 +550,30 @@ mod tests {
     }
 
     #[test]
+    fn new_shapes_and_properties_read_as_bevy_rapier_users_would_write_them() {
+        let body: BodyDesc = serde_json::from_str(
+            r#"{"id":1,"shape":{"kind":"compound","parts":[
+                {"shape":{"kind":"cylinder","half_height":0.5,"radius":0.2}},
+                {"shape":{"kind":"capsule_x","half_height":0.5,"radius":0.1},"position":[0,1,0]}]},
+               "body_type":"kinematic_velocity","gravity_scale":0,"locked_axes":56,"dominance":5,
+               "friction_combine":"max","collider_offset":{"position":[0,0.5,0]}}"#,
+        )
+        .unwrap();
+        let Shape::Compound { parts } = &body.shape else { panic!("{:?}", body.shape) };
+        assert_eq!(parts[1].rotation, IDENTITY);
+        assert_eq!(body.shape.elements(), 2);
+        assert_eq!(body.locked_axes, locked_axes::ROTATION_X | locked_axes::ROTATION_Y | locked_axes::ROTATION_Z);
+        assert_eq!((body.gravity_scale, body.dominance, body.friction_combine), (0.0, 5, CombineRule::Max));
+        assert_eq!(body.collider_offset.unwrap().rotation, IDENTITY);
+        // Defaults are left out when written.
+        let plain = serde_json::to_string(&BodyDesc::new(2, Shape::Sphere { radius: 1.0 }, [0.0; 3])).unwrap();
+        assert!(
+            !plain.contains("gravity_scale") && !plain.contains("combine") && !plain.contains("dominance"),
+            "{plain}"
+        );
+    }
+
+    #[test]
     fn request_round_trips() {
         let r = PhysicsStepRequest {
             tick: 9,
@@ -341,6 +592,8 @@ mod tests {
             forces: vec![ApplyForce { id: 1, force: [0.0, 10.0, 0.0], torque: [0.0; 3] }],
             impulses: vec![ApplyImpulse { id: 1, impulse: [0.0, 1.0, 0.0], torque_impulse: [0.0; 3] }],
             kinematic_targets: vec![KinematicTarget { id: 2, position: [2.0, 1.0, 0.0], rotation: IDENTITY }],
+            wake: vec![1],
+            sleep: vec![2],
         };
         let json = serde_json::to_string(&r).unwrap();
         assert_eq!(serde_json::from_str::<PhysicsStepRequest>(&json).unwrap(), r);

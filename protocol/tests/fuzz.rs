@@ -215,6 +215,16 @@ fn request_corpus() -> Vec<Vec<u8>> {
             ],
             ..Default::default()
         },
+        // Every tagged shape and extra property, and the second list mask.
+        PhysicsStepRequest {
+            tick: 3,
+            dt: 1.0 / 60.0,
+            steps: 1,
+            add: new_shapes_and_properties(),
+            wake: vec![7, 14],
+            sleep: vec![21],
+            ..Default::default()
+        },
         PhysicsStepRequest {
             tick: 77,
             dt: 0.5,
@@ -234,6 +244,60 @@ fn request_corpus() -> Vec<Vec<u8>> {
             bytes
         })
         .collect()
+}
+
+/// A body of each shape past box, ball and y capsule, and bodies with the extra
+/// properties set.
+fn new_shapes_and_properties() -> Vec<BodyDesc> {
+    use p2c2r_protocol::physics::{CombineRule, CompoundPart, MassProperties, Offset};
+    let hull =
+        Shape::ConvexHull { points: vec![[0.0; 3], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.5; 3]] };
+    let part = |shape, position| CompoundPart { shape, position, rotation: [0.0, 0.6, 0.0, 0.8] };
+    let shapes = [
+        Shape::CapsuleX { half_height: 0.4, radius: 0.2 },
+        Shape::CapsuleZ { half_height: 0.4, radius: 0.2 },
+        Shape::Cylinder { half_height: 0.5, radius: 0.25 },
+        Shape::Cone { half_height: 0.5, radius: 0.25 },
+        hull.clone(),
+        Shape::TriMesh {
+            vertices: vec![[0.0; 3], [4.0, 0.0, 0.0], [0.0, 0.0, 4.0], [4.0, 1.0, 4.0], [2.0, 3.0, 2.0]],
+            indices: vec![[0, 2, 1], [1, 2, 3], [0, 4, 1], [300, 1, 2]],
+        },
+        Shape::Heightfield {
+            rows: 3,
+            columns: 2,
+            heights: vec![0.0, 1.0, 0.5, -0.5, 2.0, 0.25],
+            scale: [8.0, 1.5, 8.0],
+        },
+        Shape::Compound {
+            parts: vec![
+                part(Shape::Box { half_extents: [0.5, 0.1, 0.5] }, [0.0; 3]),
+                part(Shape::Cylinder { half_height: 0.2, radius: 0.1 }, [0.0, 0.3, 0.0]),
+                part(hull, [1.0, 0.0, 0.0]),
+            ],
+        },
+    ];
+    let mut bodies: Vec<BodyDesc> =
+        shapes.into_iter().zip(0..).map(|(shape, i)| BodyDesc::new(i * 7 + 1, shape, [i as f32, 1.0, 0.0])).collect();
+    bodies.push(BodyDesc {
+        collider_offset: Some(Offset { position: [0.0, 0.5, 0.0], rotation: [0.0, 0.0, 0.6, 0.8] }),
+        gravity_scale: -0.5,
+        locked_axes: 0b10_1010,
+        dominance: -7,
+        additional_mass: 1.5,
+        mass_properties: Some(MassProperties {
+            mass: 2.0,
+            center_of_mass: [0.1, 0.0, 0.0],
+            principal_inertia: [0.5, 0.5, 0.25],
+            principal_inertia_frame: [0.0, 0.0, 0.0, 1.0],
+        }),
+        friction_combine: CombineRule::Multiply,
+        restitution_combine: CombineRule::Max,
+        ..BodyDesc::new(99, Shape::Box { half_extents: [0.3; 3] }, [0.0, 2.0, 0.0])
+            .with_body_type(BodyType::KinematicVelocity)
+    });
+    bodies.push(BodyDesc { dominance: 127, ..BodyDesc::new(100, Shape::Sphere { radius: 0.3 }, [1.0, 2.0, 0.0]) });
+    bodies
 }
 
 /// Bodies moving for a few ticks: falling, spinning, sleeping, appearing and leaving.

@@ -33,6 +33,7 @@
 pub mod budget;
 pub mod navigation;
 pub mod physics;
+pub mod shapes;
 
 pub use budget::Budgets;
 

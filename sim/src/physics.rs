@@ -58,16 +58,19 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use p2c2r_protocol::physics::{
-    BodyDesc, BodyId, BodyState, BodyType, PhysicsStepRequest, PhysicsStepResult, Quat, Shape, Vec3,
+    BodyDesc, BodyId, BodyState, BodyType, CombineRule, Offset, PhysicsStepRequest, PhysicsStepResult, Quat, Shape,
+    Vec3,
 };
 use p2c2r_protocol::quantize::{QuantizedState, dequantize, quantize, snap_position, snap_rotation, snap_velocity};
 use p2c2r_protocol::{ErrorCode, TaskError, TaskStatus, limits};
 use rapier3d::math::{Pose, Rotation, Vector};
 use rapier3d::prelude::{
-    ColliderBuilder, RigidBody, RigidBodyActivation, RigidBodyBuilder, RigidBodyHandle, RigidBodySet,
+    CoefficientCombineRule, ColliderBuilder, LockedAxes, MassProperties, RigidBody, RigidBodyActivation,
+    RigidBodyBuilder, RigidBodyHandle, RigidBodySet, SharedShape,
 };
 
 use crate::budget::Budgets;
+use crate::shapes;
 
 /// Gravity of a new session, m/s².
 pub const DEFAULT_GRAVITY: Vec3 = [0.0, -9.81, 0.0];
@@ -91,7 +94,8 @@ pub struct StepTimings {
 struct Entry {
     handle: RigidBodyHandle,
     body_type: BodyType,
-    shape: Shape,
+    /// What its collider covers, for the contact-pair budget.
+    bound: Bound,
     /// The last state reported for this body, on the lattice (`None` until its first
     /// report): a body is reported again only when its state differs.
     last_reported: Option<QuantizedState>,
@@ -334,12 +338,13 @@ impl PhysicsWorld {
                     let rb = &self.world.bodies[entry.handle];
                     (rb.translation().to_array(), rb.rotation().to_array())
                 });
-                boxes.push(BoundingBox::of(entry.shape, position, rotation, entry.body_type == BodyType::Dynamic));
+                boxes.push(BoundingBox::around(entry.bound, position, rotation, entry.body_type.is_dynamic()));
             }
         }
         for desc in &r.add {
             let (position, rotation) = poses.get(&desc.id).copied().unwrap_or((desc.position, desc.rotation));
-            boxes.push(BoundingBox::of(desc.shape, position, rotation, desc.body_type == BodyType::Dynamic));
+            let bound = Bound::of(&desc.shape, desc.collider_offset.as_ref());
+            boxes.push(BoundingBox::around(bound, position, rotation, desc.body_type.is_dynamic()));
         }
         match estimate_overlapping_pairs(&boxes, budgets.max_contact_pairs) {
             PairEstimate::Within(_) => Ok(()),
@@ -366,6 +371,8 @@ impl PhysicsWorld {
             ("forces", r.forces.len()),
             ("impulses", r.impulses.len()),
             ("kinematic_targets", r.kinematic_targets.len()),
+            ("wake", r.wake.len()),
+            ("sleep", r.sleep.len()),
         ] {
             if len > max {
                 return Err(limit(format!("{name} has {len} entries; at most {max} are allowed")));
@@ -416,6 +423,13 @@ impl PhysicsWorld {
             }
         }
         let mut added: HashMap<BodyId, BodyType> = HashMap::with_capacity(r.add.len());
+        let elements = r.add.iter().fold(0usize, |sum, d| sum.saturating_add(d.shape.elements()));
+        if elements > limits::MAX_SHAPE_ELEMENTS_PER_REQUEST {
+            return Err(limit(format!(
+                "add: the shapes hold {elements} elements (points, vertices, triangles, cells, parts); at most {} are allowed per request",
+                limits::MAX_SHAPE_ELEMENTS_PER_REQUEST
+            )));
+        }
         for desc in &r.add {
             check_body(desc)?;
             if existing(desc.id).is_some() && !removed.contains(&desc.id) {
@@ -466,7 +480,10 @@ impl PhysicsWorld {
         let mut targeted = HashSet::with_capacity(r.kinematic_targets.len());
         for k in &r.kinematic_targets {
             if body_type(k.id, "kinematic_targets")? != BodyType::Kinematic {
-                return Err(invalid(format!("kinematic_targets: body {} is not kinematic", k.id)));
+                return Err(invalid(format!(
+                    "kinematic_targets: body {} is not a kinematic body moved by position (a velocity-based one moves by set_velocity)",
+                    k.id
+                )));
             }
             if !targeted.insert(k.id) {
                 return Err(invalid(format!("kinematic_targets: body {} listed twice", k.id)));
@@ -474,10 +491,19 @@ impl PhysicsWorld {
             check_vec("kinematic_targets.position", k.position, MAX_COORDINATE)?;
             targets.push(lattice_rotation("kinematic_targets.rotation", k.rotation)?);
         }
+        for (list, ids) in [("wake", &r.wake), ("sleep", &r.sleep)] {
+            for &id in ids {
+                body_type(id, list)?;
+            }
+        }
         let add_rotations =
             r.add.iter().map(|d| lattice_rotation("add.rotation", d.rotation)).collect::<Result<_, _>>()?;
+        // Built here, once checked, so that apply cannot fail.
+        let add_colliders =
+            r.add.iter().map(|d| shapes::build(&d.shape, &format!("add: body {}", d.id))).collect::<Result<_, _>>()?;
         Ok(Plan {
             add_rotations,
+            add_colliders,
             pose_rotations: rotations,
             target_rotations: targets,
             bodies_after: kept + added.len(),
@@ -497,11 +523,12 @@ impl PhysicsWorld {
                 self.world.remove_body(entry.handle);
             }
         }
-        for (desc, rotation) in r.add.iter().zip(&plan.add_rotations) {
-            let handle = self.insert(desc, *rotation);
+        for ((desc, rotation), collider) in r.add.iter().zip(&plan.add_rotations).zip(&plan.add_colliders) {
+            let handle = self.insert(desc, *rotation, collider.clone());
+            let bound = Bound::of(&desc.shape, desc.collider_offset.as_ref());
             self.bodies.insert(
                 desc.id,
-                Entry { handle, body_type: desc.body_type, shape: desc.shape, last_reported: None, still_for: 0.0 },
+                Entry { handle, body_type: desc.body_type, bound, last_reported: None, still_for: 0.0 },
             );
         }
         for (p, rotation) in r.set_pose.iter().zip(&plan.pose_rotations) {
@@ -531,12 +558,23 @@ impl PhysicsWorld {
             rb.add_torque(vec3(f.torque), true);
             reset_sleep(&mut self.world.bodies, entry);
         }
+        for id in &r.wake {
+            let entry = self.bodies.get_mut(id).expect("validated");
+            self.world.bodies[entry.handle].wake_up(true);
+            reset_sleep(&mut self.world.bodies, entry);
+        }
+        for id in &r.sleep {
+            let entry = self.bodies.get_mut(id).expect("validated");
+            entry.still_for = 0.0;
+            self.world.bodies[entry.handle].sleep();
+        }
     }
 
-    fn insert(&mut self, d: &BodyDesc, rotation: Rotation) -> RigidBodyHandle {
+    fn insert(&mut self, d: &BodyDesc, rotation: Rotation, shape: SharedShape) -> RigidBodyHandle {
         let body = match d.body_type {
             BodyType::Dynamic => RigidBodyBuilder::dynamic(),
             BodyType::Kinematic => RigidBodyBuilder::kinematic_position_based(),
+            BodyType::KinematicVelocity => RigidBodyBuilder::kinematic_velocity_based(),
             BodyType::Fixed => RigidBodyBuilder::fixed(),
         }
         .pose(Pose::from_parts(vec3(snap_position(d.position)), rotation))
@@ -545,18 +583,33 @@ impl PhysicsWorld {
         .linear_damping(d.linear_damping)
         .angular_damping(d.angular_damping)
         .ccd_enabled(d.ccd)
-        .sleeping(d.sleeping);
-        let collider = match d.shape {
-            Shape::Box { half_extents: [x, y, z] } => ColliderBuilder::cuboid(x, y, z),
-            Shape::Sphere { radius } => ColliderBuilder::ball(radius),
-            Shape::Capsule { half_height, radius } => ColliderBuilder::capsule_y(half_height, radius),
+        .sleeping(d.sleeping)
+        .gravity_scale(d.gravity_scale)
+        .locked_axes(LockedAxes::from_bits_truncate(d.locked_axes))
+        .dominance_group(d.dominance);
+        let body = if d.additional_mass != 0.0 { body.additional_mass(d.additional_mass) } else { body };
+        let mut collider = ColliderBuilder::new(shape)
+            .friction(d.friction)
+            .restitution(d.restitution)
+            .friction_combine_rule(combine_rule(d.friction_combine))
+            .restitution_combine_rule(combine_rule(d.restitution_combine));
+        if let Some(offset) = d.collider_offset {
+            let rotation = shapes::unit_quat("collider_offset.rotation", offset.rotation).expect("validated");
+            collider = collider.position(Pose::from_parts(vec3(offset.position), rotation));
         }
-        .friction(d.friction)
-        .restitution(d.restitution);
-        let collider = match (d.mass, d.density) {
-            (Some(mass), _) => collider.mass(mass),
-            (None, Some(density)) => collider.density(density),
-            (None, None) => collider.density(DEFAULT_DENSITY),
+        let collider = match (d.mass_properties, d.mass, d.density) {
+            (Some(m), _, _) => {
+                let frame = shapes::unit_quat("mass_properties", m.principal_inertia_frame).expect("validated");
+                collider.mass_properties(MassProperties::with_principal_inertia_frame(
+                    vec3(m.center_of_mass),
+                    m.mass,
+                    vec3(m.principal_inertia),
+                    frame,
+                ))
+            }
+            (None, Some(mass), _) => collider.mass(mass),
+            (None, None, Some(density)) => collider.density(density),
+            (None, None, None) => collider.density(DEFAULT_DENSITY),
         };
         let handle = self.world.insert(body, collider).0;
         if d.sleeping {
@@ -794,27 +847,72 @@ const PAIR_MARGIN: f32 = 0.01;
 /// 30 ms): beyond it, a world is refused as too dense to check.
 pub const MAX_PAIR_COMPARISONS: u64 = 32_000_000;
 
+/// What a body's collider covers in the body's frame, as the pair budget sees it: exact
+/// for balls and y capsules (as before shapes had offsets), a box for the rest.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Bound {
+    /// A ball at `centre`.
+    Ball {
+        /// Its centre in the body's frame.
+        centre: Vec3,
+        /// Its radius.
+        radius: f32,
+    },
+    /// A y capsule at the body's origin.
+    CapsuleY {
+        /// Half its cylinder's length.
+        half_height: f32,
+        /// Its radius.
+        radius: f32,
+    },
+    /// A box (centre, half extents) in the body's frame.
+    Box {
+        /// Its centre.
+        centre: Vec3,
+        /// Its half extents.
+        half: Vec3,
+    },
+}
+
+impl Bound {
+    /// The bound of a checked shape placed at `offset` in its body.
+    pub fn of(shape: &Shape, offset: Option<&Offset>) -> Self {
+        let identity = Offset { position: [0.0; 3], rotation: p2c2r_protocol::physics::IDENTITY };
+        let offset = offset.unwrap_or(&identity);
+        match *shape {
+            Shape::Sphere { radius } => Bound::Ball { centre: offset.position, radius },
+            Shape::Capsule { half_height, radius } if offset == &identity => Bound::CapsuleY { half_height, radius },
+            _ => {
+                let (centre, half) = shapes::local_box(shape);
+                let (centre, half) = shapes::turned_box(centre, half, offset.position, offset.rotation);
+                Bound::Box { centre, half }
+            }
+        }
+    }
+}
+
 impl BoundingBox {
     /// The box around `shape` at this pose (`rotation` is a unit quaternion `[x, y, z, w]`),
     /// widened by a small margin.
-    pub fn of(shape: Shape, position: Vec3, rotation: Quat, dynamic: bool) -> Self {
-        let [x, y, z, w] = rotation;
-        // The rotation matrix's absolute values: a box's extent along each world axis.
-        let m = [
-            [1.0 - 2.0 * (y * y + z * z), 2.0 * (x * y - z * w), 2.0 * (x * z + y * w)],
-            [2.0 * (x * y + z * w), 1.0 - 2.0 * (x * x + z * z), 2.0 * (y * z - x * w)],
-            [2.0 * (x * z - y * w), 2.0 * (y * z + x * w), 1.0 - 2.0 * (x * x + y * y)],
-        ];
-        let half: Vec3 = match shape {
-            Shape::Sphere { radius } => [radius; 3],
-            Shape::Box { half_extents: h } => {
-                std::array::from_fn(|i| m[i][0].abs() * h[0] + m[i][1].abs() * h[1] + m[i][2].abs() * h[2])
+    pub fn of(shape: &Shape, position: Vec3, rotation: Quat, dynamic: bool) -> Self {
+        Self::around(Bound::of(shape, None), position, rotation, dynamic)
+    }
+
+    /// The box around `bound` in a body at this pose, widened by a small margin.
+    pub fn around(bound: Bound, position: Vec3, rotation: Quat, dynamic: bool) -> Self {
+        let m = shapes::matrix(rotation);
+        let (centre, half): (Vec3, Vec3) = match bound {
+            Bound::Ball { centre, radius } => {
+                (std::array::from_fn(|i| position[i] + (0..3).map(|j| m[i][j] * centre[j]).sum::<f32>()), [radius; 3])
             }
-            Shape::Capsule { half_height, radius } => std::array::from_fn(|i| m[i][1].abs() * half_height + radius),
+            Bound::CapsuleY { half_height, radius } => {
+                (position, std::array::from_fn(|i| m[i][1].abs() * half_height + radius))
+            }
+            Bound::Box { centre, half } => shapes::turned_box(centre, half, position, rotation),
         };
         BoundingBox {
-            min: std::array::from_fn(|i| position[i] - half[i] - PAIR_MARGIN),
-            max: std::array::from_fn(|i| position[i] + half[i] + PAIR_MARGIN),
+            min: std::array::from_fn(|i| centre[i] - half[i] - PAIR_MARGIN),
+            max: std::array::from_fn(|i| centre[i] + half[i] + PAIR_MARGIN),
             dynamic,
         }
     }
@@ -909,6 +1007,8 @@ fn axis_overlaps(boxes: &[BoundingBox], axis: usize) -> u64 {
 /// What validation computed that applying needs.
 struct Plan {
     add_rotations: Vec<Rotation>,
+    /// The added bodies' shapes, built.
+    add_colliders: Vec<SharedShape>,
     pose_rotations: Vec<Rotation>,
     target_rotations: Vec<Rotation>,
     /// How many bodies the world holds once the request's changes are applied.
@@ -961,44 +1061,71 @@ fn lattice_rotation(what: &str, q: Quat) -> Result<Rotation, TaskError> {
 
 /// Normalizes a rotation that is close to unit length; rejects anything else.
 fn unit_quat(what: &str, q: Quat) -> Result<Rotation, TaskError> {
-    let rotation = Rotation::from_array(q);
-    let norm = rotation.length();
-    if q.iter().all(|x| x.is_finite()) && (0.9..=1.1).contains(&norm) {
-        Ok(if norm == 1.0 { rotation } else { rotation.normalize() })
-    } else {
-        Err(invalid(format!("{what} must be a unit quaternion [x, y, z, w], got {q:?}")))
-    }
+    shapes::unit_quat(what, q)
 }
 
 fn check_body(d: &BodyDesc) -> Result<(), TaskError> {
     let id = d.id;
-    let shape = |x: f32| check_scalar(&format!("add: body {id}: shape size"), x, SHAPE_EXTENT_RANGE);
-    match d.shape {
-        Shape::Box { half_extents } => half_extents.iter().try_for_each(|&x| shape(x))?,
-        Shape::Sphere { radius } => shape(radius)?,
-        Shape::Capsule { half_height, radius } => {
-            shape(radius)?;
-            check_scalar(&format!("add: body {id}: capsule half_height"), half_height, (0.0, SHAPE_EXTENT_RANGE.1))?;
-        }
+    let what = format!("add: body {id}");
+    shapes::check(&d.shape, &what)?;
+    if matches!(d.shape, Shape::TriMesh { .. } | Shape::Heightfield { .. }) && d.body_type.is_dynamic() {
+        return Err(invalid(format!(
+            "{what}: a triangle mesh or heightfield has no inside, so it cannot be a dynamic body; make it fixed or kinematic, or use a convex hull or a compound of them"
+        )));
     }
-    check_vec(&format!("add: body {id}: position"), d.position, MAX_COORDINATE)?;
-    check_vec(&format!("add: body {id}: linvel"), d.linvel, MAX_SPEED)?;
-    check_vec(&format!("add: body {id}: angvel"), d.angvel, MAX_SPEED)?;
+    check_vec(&format!("{what}: position"), d.position, MAX_COORDINATE)?;
+    check_vec(&format!("{what}: linvel"), d.linvel, MAX_SPEED)?;
+    check_vec(&format!("{what}: angvel"), d.angvel, MAX_SPEED)?;
     if let Some(mass) = d.mass {
-        check_scalar(&format!("add: body {id}: mass"), mass, MASS_RANGE)?;
+        check_scalar(&format!("{what}: mass"), mass, MASS_RANGE)?;
     }
     if let Some(density) = d.density {
-        check_scalar(&format!("add: body {id}: density"), density, MASS_RANGE)?;
+        check_scalar(&format!("{what}: density"), density, MASS_RANGE)?;
     }
-    for (what, x) in [
+    for (name, x) in [
         ("friction", d.friction),
         ("restitution", d.restitution),
         ("linear_damping", d.linear_damping),
         ("angular_damping", d.angular_damping),
     ] {
-        check_scalar(&format!("add: body {id}: {what}"), x, (0.0, MAX_MATERIAL))?;
+        check_scalar(&format!("{what}: {name}"), x, (0.0, MAX_MATERIAL))?;
+    }
+    if let Some(offset) = d.collider_offset {
+        check_vec(&format!("{what}: collider_offset.position"), offset.position, MAX_COORDINATE)?;
+        shapes::unit_quat(&format!("{what}: collider_offset.rotation"), offset.rotation)?;
+    }
+    check_scalar(
+        &format!("{what}: gravity_scale"),
+        d.gravity_scale,
+        (-limits::MAX_GRAVITY_SCALE, limits::MAX_GRAVITY_SCALE),
+    )?;
+    if d.locked_axes & !p2c2r_protocol::physics::locked_axes::ALL != 0 {
+        return Err(invalid(format!("{what}: locked_axes {:#b} sets bits past the six axes", d.locked_axes)));
+    }
+    if d.dominance == i8::MIN {
+        return Err(invalid(format!("{what}: dominance must be in [-127, 127]")));
+    }
+    if d.additional_mass != 0.0 {
+        check_scalar(&format!("{what}: additional_mass"), d.additional_mass, (0.0, MASS_RANGE.1))?;
+    }
+    if let Some(m) = d.mass_properties {
+        check_scalar(&format!("{what}: mass_properties.mass"), m.mass, MASS_RANGE)?;
+        check_vec(&format!("{what}: mass_properties.center_of_mass"), m.center_of_mass, MAX_COORDINATE)?;
+        for x in m.principal_inertia {
+            check_scalar(&format!("{what}: mass_properties.principal_inertia"), x, (0.0, MAX_FORCE))?;
+        }
+        shapes::unit_quat(&format!("{what}: mass_properties.principal_inertia_frame"), m.principal_inertia_frame)?;
     }
     Ok(())
+}
+
+fn combine_rule(rule: CombineRule) -> CoefficientCombineRule {
+    match rule {
+        CombineRule::Average => CoefficientCombineRule::Average,
+        CombineRule::Min => CoefficientCombineRule::Min,
+        CombineRule::Multiply => CoefficientCombineRule::Multiply,
+        CombineRule::Max => CoefficientCombineRule::Max,
+    }
 }
 
 #[cfg(test)]

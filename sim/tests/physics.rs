@@ -575,7 +575,7 @@ fn the_pair_estimate_matches_brute_force_and_stops_early() {
         };
         let (x, y, z, w) = (next() - 0.5, next() - 0.5, next() - 0.5, next() - 0.5);
         let n = (x * x + y * y + z * z + w * w).sqrt();
-        boxes.push(BoundingBox::of(shape, position, [x / n, y / n, z / n, w / n], i % 5 != 0));
+        boxes.push(BoundingBox::of(&shape, position, [x / n, y / n, z / n, w / n], i % 5 != 0));
     }
     let overlap = |a: &BoundingBox, b: &BoundingBox| (0..3).all(|i| a.min[i] <= b.max[i] && b.min[i] <= a.max[i]);
     let mut brute = 0u64;
@@ -596,7 +596,7 @@ fn the_pair_estimate_matches_brute_force_and_stops_early() {
     // A ground under everything is compared with every box, and counted with each it touches.
     let mut grounded = boxes.clone();
     grounded.push(BoundingBox::of(
-        Shape::Box { half_extents: [100.0, 0.5, 100.0] },
+        &Shape::Box { half_extents: [100.0, 0.5, 100.0] },
         [0.0, -0.4, 0.0],
         [0.0, 0.0, 0.0, 1.0],
         false,
@@ -605,12 +605,12 @@ fn the_pair_estimate_matches_brute_force_and_stops_early() {
     assert_eq!(estimate_overlapping_pairs(&grounded, brute + touching - 1), PairEstimate::Over);
     assert!(matches!(estimate_overlapping_pairs(&grounded, brute + touching), PairEstimate::Within(_)));
     // Piled at one point: stops once over the budget.
-    let pile = vec![BoundingBox::of(Shape::Sphere { radius: 0.5 }, [0.0; 3], [0.0, 0.0, 0.0, 1.0], true); 1000];
+    let pile = vec![BoundingBox::of(&Shape::Sphere { radius: 0.5 }, [0.0; 3], [0.0, 0.0, 0.0, 1.0], true); 1000];
     assert_eq!(estimate_overlapping_pairs(&pile, 50_000), PairEstimate::Over);
     assert_eq!(estimate_overlapping_pairs(&pile, 1_000_000), PairEstimate::Within(499_500));
     // A rotated box's bounding box holds its corners.
     let q = [0.0, (0.5f32).sqrt(), 0.0, (0.5f32).sqrt()]; // 90° about y
-    let b = BoundingBox::of(Shape::Box { half_extents: [2.0, 1.0, 0.5] }, [0.0; 3], q, true);
+    let b = BoundingBox::of(&Shape::Box { half_extents: [2.0, 1.0, 0.5] }, [0.0; 3], q, true);
     assert!((b.max[0] - 0.51).abs() < 1e-4 && (b.max[2] - 2.01).abs() < 1e-4, "{b:?}");
 }
 
