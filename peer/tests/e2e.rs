@@ -365,3 +365,80 @@ async fn new_shapes_and_body_properties_come_back_from_a_peer_byte_for_byte() {
     peer.shutdown().await;
     coord.shutdown().await;
 }
+
+/// Joints of every kind through a worker peer: a rope bridge of ball-jointed planks hung
+/// from the world by a ball joint and a rope, a door on a motorised hinge with limits, a
+/// box on a spring, a slider; changed (removed and added in one tick) and removed with a
+/// body on the way; byte for byte against a local world every tick.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joints_come_back_from_a_peer_byte_for_byte() {
+    use p2c2r_protocol::physics::{JointDesc, JointKind, JointMotor};
+    let coord = coordinator::spawn("127.0.0.1:0", coordinator::Config::default()).await.unwrap();
+    let url = coord.url();
+    let peer = start_peer(&url, "jointed").await;
+    let mut gamer = gamer::connect(&url, "gamer-joints").await;
+    let plank = |id, x: f32| BodyDesc::new(id, Shape::Box { half_extents: [0.45, 0.05, 0.5] }, [x, 5.0, 0.0]);
+    let mut add: Vec<BodyDesc> = (0..6).map(|i| plank(10 + i, i as f32)).collect();
+    add.push(ground());
+    add.push(BodyDesc::new(30, Shape::Box { half_extents: [0.5, 1.0, 0.05] }, [-4.0, 1.0, 0.0]));
+    add.push(BodyDesc::new(31, Shape::Box { half_extents: [0.3; 3] }, [8.0, 3.0, 3.0]));
+    add.push(BodyDesc {
+        gravity_scale: 0.0,
+        ..BodyDesc::new(32, Shape::Box { half_extents: [0.2; 3] }, [0.0, 2.0, 5.0])
+    });
+    let joint = |id, body1, body2, kind, anchor1, anchor2| JointDesc {
+        id,
+        body1,
+        body2,
+        kind,
+        anchor1,
+        anchor2,
+        contacts_enabled: false,
+    };
+    let mut joints: Vec<JointDesc> = (0..5)
+        .map(|i| joint(100 + i, 10 + i, Some(11 + i), JointKind::Spherical, [0.5, 0.0, 0.0], [-0.5, 0.0, 0.0]))
+        .collect();
+    joints.push(joint(110, 10, None, JointKind::Spherical, [-0.5, 0.0, 0.0], [-0.5, 5.0, 0.0]));
+    joints.push(joint(111, 15, None, JointKind::Rope { max_distance: 0.1 }, [0.5, 0.0, 0.0], [5.5, 5.0, 0.0]));
+    let motor =
+        JointMotor { target_position: 0.0, target_velocity: 1.0, stiffness: 0.0, damping: 5.0, max_force: Some(20.0) };
+    let door = JointKind::Revolute { axis: [0.0, 1.0, 0.0], limits: Some([-1.5, 1.5]), motor: Some(motor) };
+    joints.push(joint(112, 30, None, door, [-0.5, 0.0, 0.0], [-4.5, 1.0, 0.0]));
+    joints.push(joint(
+        113,
+        31,
+        None,
+        JointKind::Spring { rest_length: 2.0, stiffness: 80.0, damping: 2.0 },
+        [0.0; 3],
+        [8.0, 6.0, 3.0],
+    ));
+    let slide =
+        JointMotor { target_position: 1.5, target_velocity: 0.0, stiffness: 100.0, damping: 20.0, max_force: None };
+    let slider = JointKind::Prismatic { axis: [1.0, 0.0, 0.0], limits: Some([-2.0, 2.0]), motor: Some(slide) };
+    joints.push(joint(114, 32, None, slider, [0.0; 3], [0.0, 2.0, 5.0]));
+    let mut reference = p2c2r_sim::physics::PhysicsWorld::new();
+    for t in 0..90 {
+        let mut request = if t == 0 {
+            PhysicsStepRequest { add: add.clone(), add_joints: joints.clone(), snapshot: true, ..tick(0) }
+        } else {
+            tick(t)
+        };
+        if t == 30 {
+            // The door's motor turned round: the joint changed in one tick.
+            let back = JointMotor { target_velocity: -1.0, ..motor };
+            let door = JointKind::Revolute { axis: [0.0, 1.0, 0.0], limits: Some([-1.5, 1.5]), motor: Some(back) };
+            request.remove_joints = vec![112];
+            request.add_joints = vec![joint(112, 30, None, door, [-0.5, 0.0, 0.0], [-4.5, 1.0, 0.0])];
+        }
+        if t == 60 {
+            // The box on the spring goes, and its joint with it.
+            request.remove = vec![31];
+        }
+        let expected = serde_json::to_string(&reference.step(&request).unwrap()).unwrap();
+        let r = gamer.run("physics_step", Some("joints"), to_payload(&request).unwrap()).await;
+        assert_eq!(success_json(&r), expected, "tick {t}");
+    }
+    assert_eq!(reference.joint_count(), joints.len() - 1);
+    peer.shutdown().await;
+    coord.shutdown().await;
+}

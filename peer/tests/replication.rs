@@ -10,7 +10,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use p2c2r_protocol::physics::{BodyDesc, BodyState, BodyType, PhysicsStepRequest, PhysicsStepResult, Shape};
+use p2c2r_protocol::physics::{
+    BodyDesc, BodyState, BodyType, JointDesc, JointKind, PhysicsStepRequest, PhysicsStepResult, Shape,
+};
 use p2c2r_protocol::{Capabilities, ErrorCode, Message, Payload};
 use p2c2r_sim::physics::PhysicsWorld;
 use peer::{PeerHandle, SessionStore, run_task_payload};
@@ -34,7 +36,8 @@ fn replicated(replicas: u8) -> coordinator::Config {
 }
 
 /// A ground and a pile of boxes dropped onto it (contacts, sleep: the state replicas
-/// must agree on bit for bit).
+/// must agree on bit for bit), and beside it a cylinder, a convex hull and a chain of two
+/// capsules swinging from the world on a hinge and a ball joint (see [`joints`]).
 fn scene() -> Vec<BodyDesc> {
     let mut bodies = vec![
         BodyDesc::new(0, Shape::Box { half_extents: [20.0, 0.5, 20.0] }, [0.0, -0.5, 0.0])
@@ -44,7 +47,37 @@ fn scene() -> Vec<BodyDesc> {
         let (x, z) = ((i % 4) as f32 * 1.1 - 1.65, (i / 4 % 3) as f32 * 1.1 - 1.1);
         bodies.push(BodyDesc::new(i + 1, Shape::Box { half_extents: [0.5; 3] }, [x, 1.0 + (i / 12) as f32 * 1.2, z]));
     }
+    bodies.push(BodyDesc::new(40, Shape::Cylinder { half_height: 0.5, radius: 0.3 }, [6.0, 2.0, 0.0]));
+    let hull = Shape::ConvexHull { points: vec![[0.0; 3], [0.8, 0.0, 0.0], [0.0, 0.8, 0.0], [0.0, 0.0, 0.8]] };
+    bodies.push(BodyDesc::new(41, hull, [6.0, 4.0, 2.0]));
+    bodies.push(BodyDesc::new(42, Shape::CapsuleX { half_height: 0.5, radius: 0.1 }, [-6.6, 5.0, 0.0]));
+    bodies.push(BodyDesc::new(43, Shape::CapsuleX { half_height: 0.5, radius: 0.1 }, [-5.4, 5.0, 0.0]));
     bodies
+}
+
+/// The chain's joints: a hinge to the world, a ball joint between its links.
+fn joints() -> Vec<JointDesc> {
+    let hinge = JointKind::Revolute { axis: [0.0, 0.0, 1.0], limits: None, motor: None };
+    vec![
+        JointDesc {
+            id: 1,
+            body1: 42,
+            body2: None,
+            kind: hinge,
+            anchor1: [-0.6, 0.0, 0.0],
+            anchor2: [-7.2, 5.0, 0.0],
+            contacts_enabled: true,
+        },
+        JointDesc {
+            id: 2,
+            body1: 42,
+            body2: Some(43),
+            kind: JointKind::Spherical,
+            anchor1: [0.6, 0.0, 0.0],
+            anchor2: [-0.6, 0.0, 0.0],
+            contacts_enabled: false,
+        },
+    ]
 }
 
 fn tick(t: u64) -> PhysicsStepRequest {
@@ -61,7 +94,8 @@ async fn with_two_replicas_killing_a_peer_costs_the_gamer_nothing() {
     let url = coord.url();
     let peers = [start_peer(&url, "peer-a").await, start_peer(&url, "peer-b").await];
     let mut gamer = gamer::connect(&url, "gamer-1").await;
-    gamer.physics("s", &PhysicsStepRequest { add: scene(), snapshot: true, ..tick(0) }).await.unwrap();
+    let snapshot = PhysicsStepRequest { add: scene(), add_joints: joints(), snapshot: true, ..tick(0) };
+    gamer.physics("s", &snapshot).await.unwrap();
     for t in 1..=60u64 {
         let (r, _) = gamer.physics("s", &tick(t)).await.unwrap();
         assert_eq!(r.tick, t);
@@ -154,7 +188,11 @@ async fn a_peer_lying_on_one_percent_of_ticks_is_caught_and_the_gamer_corrected(
     let mut lie_delivered = false;
     let mut corrected_at = None;
     for t in 0..=240u64 {
-        let request = if t == 0 { PhysicsStepRequest { add: scene(), snapshot: true, ..tick(0) } } else { tick(t) };
+        let request = if t == 0 {
+            PhysicsStepRequest { add: scene(), add_joints: joints(), snapshot: true, ..tick(0) }
+        } else {
+            tick(t)
+        };
         let expected = reference.step(&request).unwrap();
         truth.extend(expected.bodies.iter().map(|b| (b.id, *b)));
         let (r, raw) = gamer.physics("s", &request).await.unwrap_or_else(|e| panic!("tick {t}: {e:?}"));

@@ -76,3 +76,5 @@ pub const MAX_COMPOUND_PARTS: usize = 256;
 pub const MAX_SHAPE_ELEMENTS_PER_REQUEST: usize = 2_097_152;
 /// Largest accepted absolute gravity scale of a body.
 pub const MAX_GRAVITY_SCALE: f32 = 1.0e3;
+/// Most joints a physics session may hold on a peer.
+pub const MAX_JOINTS_PER_SESSION: usize = 50_000;

@@ -90,8 +90,9 @@
 use crate::TaskStatus;
 use crate::limits::{self, MAX_BODIES_PER_SESSION};
 use crate::physics::{
-    ApplyForce, ApplyImpulse, BodyDesc, BodyId, BodyType, CombineRule, CompoundPart, Groups, KinematicTarget,
-    MassProperties, Offset, PhysicsStepRequest, PhysicsStepResult, SetPose, SetVelocity, Shape, Vec3, locked_axes,
+    ApplyForce, ApplyImpulse, BodyDesc, BodyId, BodyType, CombineRule, CompoundPart, Groups, JointDesc, JointId,
+    JointKind, JointMotor, KinematicTarget, MassProperties, Offset, PhysicsStepRequest, PhysicsStepResult, SetPose,
+    SetVelocity, Shape, Vec3, locked_axes,
 };
 use crate::quantize::{
     MAX_POSITION, MAX_ROTATION_COMPONENT, MAX_VELOCITY, POSITION_SCALE, QuantizedRotation, QuantizedState,
@@ -476,6 +477,16 @@ const LIST_MORE: u8 = 1 << 7;
 // The second list mask.
 const LIST_WAKE: u8 = 1;
 const LIST_SLEEP: u8 = 1 << 1;
+const LIST_ADD_JOINTS: u8 = 1 << 2;
+const LIST_REMOVE_JOINTS: u8 = 1 << 3;
+// A joint to add: its flags byte (bits 0-2 the kind: 0 fixed, 1 revolute, 2 prismatic,
+// 3 spherical, 4 rope, 5 spring).
+const JOINT_KIND_MASK: u8 = 0b111;
+const JOINT_BODY2: u8 = 1 << 3;
+const JOINT_NO_CONTACTS: u8 = 1 << 4;
+const JOINT_LIMITS: u8 = 1 << 5;
+const JOINT_MOTOR: u8 = 1 << 6;
+const JOINT_MOTOR_MAX_FORCE: u8 = 1 << 7;
 
 // A body to add: first flags byte.
 const ADD_SHAPE_MASK: u8 = 0b11;
@@ -558,10 +569,15 @@ pub fn encode_request(request: &PhysicsStepRequest, out: &mut Vec<u8>) {
     .iter()
     .filter(|(_, empty)| !empty)
     .fold(0, |mask, (bit, _)| mask | bit);
-    let more = [(LIST_WAKE, r.wake.is_empty()), (LIST_SLEEP, r.sleep.is_empty())]
-        .iter()
-        .filter(|(_, empty)| !empty)
-        .fold(0, |mask, (bit, _)| mask | bit);
+    let more = [
+        (LIST_WAKE, r.wake.is_empty()),
+        (LIST_SLEEP, r.sleep.is_empty()),
+        (LIST_ADD_JOINTS, r.add_joints.is_empty()),
+        (LIST_REMOVE_JOINTS, r.remove_joints.is_empty()),
+    ]
+    .iter()
+    .filter(|(_, empty)| !empty)
+    .fold(0, |mask, (bit, _)| mask | bit);
     if more == 0 {
         out.extend_from_slice(&[REQUEST_FORMAT, VERSION, flags, lists]);
     } else {
@@ -643,6 +659,104 @@ pub fn encode_request(request: &PhysicsStepRequest, out: &mut Vec<u8>) {
             }
         }
     }
+    if !r.add_joints.is_empty() {
+        put_varint(out, r.add_joints.len() as u64);
+        let mut ids = IdWriter(0);
+        for j in &r.add_joints {
+            ids.put(out, j.id);
+            put_joint(out, j);
+        }
+    }
+    if !r.remove_joints.is_empty() {
+        put_varint(out, r.remove_joints.len() as u64);
+        let mut ids = IdWriter(0);
+        for &id in &r.remove_joints {
+            ids.put(out, id);
+        }
+    }
+}
+
+/// A joint after its id: flags, bodies, anchors (a masked pair of vectors), what its kind
+/// holds, limits and motor (floats bit for bit).
+fn put_joint(out: &mut Vec<u8>, j: &JointDesc) {
+    let (kind, limits, motor) = match j.kind {
+        JointKind::Fixed => (0, None, None),
+        JointKind::Revolute { limits, motor, .. } => (1, limits, motor),
+        JointKind::Prismatic { limits, motor, .. } => (2, limits, motor),
+        JointKind::Spherical => (3, None, None),
+        JointKind::Rope { .. } => (4, None, None),
+        JointKind::Spring { .. } => (5, None, None),
+    };
+    let mut flags = kind;
+    for (set, bit) in [
+        (j.body2.is_some(), JOINT_BODY2),
+        (!j.contacts_enabled, JOINT_NO_CONTACTS),
+        (limits.is_some(), JOINT_LIMITS),
+        (motor.is_some(), JOINT_MOTOR),
+        (motor.is_some_and(|m| m.max_force.is_some()), JOINT_MOTOR_MAX_FORCE),
+    ] {
+        if set {
+            flags |= bit;
+        }
+    }
+    out.push(flags);
+    put_varint(out, j.body1);
+    if let Some(body2) = j.body2 {
+        put_varint(out, body2);
+    }
+    put_vector_pair(out, j.anchor1, j.anchor2);
+    match j.kind {
+        JointKind::Revolute { axis, .. } | JointKind::Prismatic { axis, .. } => put_f32s(out, &axis),
+        JointKind::Rope { max_distance } => put_f32(out, max_distance),
+        JointKind::Spring { rest_length, stiffness, damping } => put_f32s(out, &[rest_length, stiffness, damping]),
+        JointKind::Fixed | JointKind::Spherical => {}
+    }
+    if let Some(limits) = limits {
+        put_f32s(out, &limits);
+    }
+    if let Some(m) = motor {
+        put_f32s(out, &[m.target_position, m.target_velocity, m.stiffness, m.damping]);
+        if let Some(max) = m.max_force {
+            put_f32(out, max);
+        }
+    }
+}
+
+fn read_joint(r: &mut Reader<'_>, id: JointId) -> Result<JointDesc> {
+    const WHAT: &str = "add_joints";
+    let flags = r.u8(WHAT)?;
+    let body1 = r.varint(WHAT)?;
+    let body2 = if flags & JOINT_BODY2 != 0 { Some(r.varint(WHAT)?) } else { None };
+    let (anchor1, anchor2) = read_vector_pair(r, WHAT)?;
+    let axial = matches!(flags & JOINT_KIND_MASK, 1 | 2);
+    if !axial && flags & (JOINT_LIMITS | JOINT_MOTOR) != 0
+        || flags & JOINT_MOTOR == 0 && flags & JOINT_MOTOR_MAX_FORCE != 0
+    {
+        return Err(PackedError::Reserved("add_joints: flags"));
+    }
+    let mut kind = match flags & JOINT_KIND_MASK {
+        0 => JointKind::Fixed,
+        1 => JointKind::Revolute { axis: r.f32s(WHAT)?, limits: None, motor: None },
+        2 => JointKind::Prismatic { axis: r.f32s(WHAT)?, limits: None, motor: None },
+        3 => JointKind::Spherical,
+        4 => JointKind::Rope { max_distance: r.f32(WHAT)? },
+        5 => {
+            let [rest_length, stiffness, damping] = r.f32s(WHAT)?;
+            JointKind::Spring { rest_length, stiffness, damping }
+        }
+        _ => return Err(PackedError::Reserved("add_joints: kind")),
+    };
+    if let JointKind::Revolute { limits, motor, .. } | JointKind::Prismatic { limits, motor, .. } = &mut kind {
+        if flags & JOINT_LIMITS != 0 {
+            *limits = Some(r.f32s(WHAT)?);
+        }
+        if flags & JOINT_MOTOR != 0 {
+            let [target_position, target_velocity, stiffness, damping] = r.f32s(WHAT)?;
+            let max_force = if flags & JOINT_MOTOR_MAX_FORCE != 0 { Some(r.f32(WHAT)?) } else { None };
+            *motor = Some(JointMotor { target_position, target_velocity, stiffness, damping, max_force });
+        }
+    }
+    Ok(JointDesc { id, body1, body2, kind, anchor1, anchor2, contacts_enabled: flags & JOINT_NO_CONTACTS == 0 })
 }
 
 fn put_pose(out: &mut Vec<u8>, position: Vec3, rotation: [f32; 4]) {
@@ -1209,7 +1323,7 @@ pub fn decode_request(bytes: &[u8]) -> std::result::Result<PhysicsStepRequest, P
     let lists = r.u8("the request's list mask")?;
     let more = if lists & LIST_MORE != 0 {
         let more = r.u8("the request's second list mask")?;
-        if more == 0 || more >> 2 != 0 {
+        if more == 0 || more >> 4 != 0 {
             return Err(PackedError::Reserved("the request's second list mask"));
         }
         more
@@ -1294,6 +1408,21 @@ pub fn decode_request(bytes: &[u8]) -> std::result::Result<PhysicsStepRequest, P
         match what {
             "wake" => request.wake = ids,
             _ => request.sleep = ids,
+        }
+    }
+    if more & LIST_ADD_JOINTS != 0 {
+        const WHAT: &str = "add_joints";
+        // The smallest joint: an id, its flags, a body, an anchor mask.
+        match r.count(WHAT, 4)? {
+            0 => return Err(PackedError::EmptyList(WHAT)),
+            n => request.add_joints = List { n, ids: IdReader(0), what: WHAT }.read(&mut r, read_joint)?,
+        }
+    }
+    if more & LIST_REMOVE_JOINTS != 0 {
+        const WHAT: &str = "remove_joints";
+        match r.count(WHAT, 1)? {
+            0 => return Err(PackedError::EmptyList(WHAT)),
+            n => request.remove_joints = List { n, ids: IdReader(0), what: WHAT }.read(&mut r, |_, id| Ok(id))?,
         }
     }
     r.finish()?;
@@ -2103,7 +2232,46 @@ mod tests {
             ],
             wake: vec![7, 1],
             sleep: vec![u64::MAX],
+            add_joints: sample_joints(),
+            remove_joints: vec![3, 1],
         }
+    }
+
+    /// A joint of each kind, with and without a second body, limits and motors.
+    fn sample_joints() -> Vec<JointDesc> {
+        let joint = |id, kind| JointDesc {
+            id,
+            body1: 1,
+            body2: Some(u64::MAX),
+            kind,
+            anchor1: [0.0, 0.5, 0.0],
+            anchor2: [0.0; 3],
+            contacts_enabled: true,
+        };
+        let motor =
+            JointMotor { target_position: 1.0, target_velocity: 0.0, stiffness: 10.0, damping: 1.0, max_force: None };
+        vec![
+            joint(10, JointKind::Fixed),
+            JointDesc {
+                body2: None,
+                contacts_enabled: false,
+                ..joint(
+                    11,
+                    JointKind::Revolute { axis: [0.0, 0.0, 1.0], limits: Some([-1.0, 1.0]), motor: Some(motor) },
+                )
+            },
+            joint(
+                12,
+                JointKind::Prismatic {
+                    axis: [1.0, 0.0, 0.0],
+                    limits: None,
+                    motor: Some(JointMotor { max_force: Some(50.0), ..motor }),
+                },
+            ),
+            joint(13, JointKind::Spherical),
+            joint(14, JointKind::Rope { max_distance: 2.0 }),
+            joint(15, JointKind::Spring { rest_length: 1.0, stiffness: 100.0, damping: 2.0 }),
+        ]
     }
 
     /// A body of each shape beyond box, ball and y capsule, and one with every extra

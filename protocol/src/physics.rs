@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 /// A body's id, chosen by the gamer, unique within its session.
 pub type BodyId = u64;
 
+/// A joint's id, chosen by the gamer, unique within its session (apart from body ids).
+pub type JointId = u64;
+
 /// Three floats: a position, a velocity, a force, ...
 pub type Vec3 = [f32; 3];
 
@@ -65,6 +68,107 @@ pub struct PhysicsStepRequest {
     /// Bodies to put to sleep (before this tick's steps; a contact or a change wakes them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sleep: Vec<BodyId>,
+    /// Joints to create (after the bodies are added; a snapshot lists every joint).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add_joints: Vec<JointDesc>,
+    /// Joints to delete (before `add_joints`, so a joint can be changed in one tick).
+    /// Removing a body removes its joints too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove_joints: Vec<JointId>,
+}
+
+/// A joint between two bodies, or between a body and the world: bevy_rapier3d's
+/// `ImpulseJoint` with the joint builders of the same names. Its angle or offset (what
+/// limits and motors act on) is the second body's against the first (bevy_rapier's child
+/// against its parent); a body joined to the world is measured against the world.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JointDesc {
+    /// The joint's id.
+    pub id: JointId,
+    /// The first body.
+    pub body1: BodyId,
+    /// The second body; none: the world (anchored at `anchor2`, in world coordinates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body2: Option<BodyId>,
+    /// What it allows.
+    pub kind: JointKind,
+    /// Where it holds the first body, in that body's frame.
+    #[serde(default)]
+    pub anchor1: Vec3,
+    /// Where it holds the second body, in that body's frame (or the world's).
+    #[serde(default)]
+    pub anchor2: Vec3,
+    /// Whether the two bodies still collide with each other.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub contacts_enabled: bool,
+}
+
+/// What a joint allows.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum JointKind {
+    /// No relative motion at all.
+    Fixed,
+    /// Turning about one axis only (a hinge).
+    Revolute {
+        /// The axis, in both bodies' frames (normalized).
+        axis: Vec3,
+        /// The smallest and largest angle, radians.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limits: Option<[f32; 2]>,
+        /// A motor driving the angle.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        motor: Option<JointMotor>,
+    },
+    /// Sliding along one axis only.
+    Prismatic {
+        /// The axis, in both bodies' frames (normalized).
+        axis: Vec3,
+        /// The smallest and largest offset along it, metres.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limits: Option<[f32; 2]>,
+        /// A motor driving the offset.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        motor: Option<JointMotor>,
+    },
+    /// Turning freely about the anchors (a ball joint).
+    Spherical,
+    /// The anchors at most this far apart.
+    Rope {
+        /// The rope's length, metres.
+        max_distance: f32,
+    },
+    /// A spring between the anchors.
+    Spring {
+        /// Its length at rest, metres.
+        rest_length: f32,
+        /// Its stiffness, N/m.
+        stiffness: f32,
+        /// Its damping, N·s/m.
+        damping: f32,
+    },
+}
+
+/// A joint's motor: it pushes the joint towards `target_position` with `stiffness` and
+/// towards `target_velocity` with `damping`, with at most `max_force` (rapier's motor
+/// model, acceleration-based).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JointMotor {
+    /// The angle (radians) or offset (metres) to reach.
+    #[serde(default)]
+    pub target_position: f32,
+    /// The speed to reach.
+    #[serde(default)]
+    pub target_velocity: f32,
+    /// How hard it pulls towards the target position.
+    #[serde(default)]
+    pub stiffness: f32,
+    /// How hard it pulls towards the target velocity.
+    #[serde(default)]
+    pub damping: f32,
+    /// The most force (or torque) it applies; none: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_force: Option<f32>,
 }
 
 fn one_step() -> u32 {
@@ -445,6 +549,14 @@ fn one() -> f32 {
     1.0
 }
 
+fn yes() -> bool {
+    true
+}
+
+fn is_true(v: &bool) -> bool {
+    *v
+}
+
 fn is_one(v: &f32) -> bool {
     v.to_bits() == 1.0f32.to_bits()
 }
@@ -614,6 +726,20 @@ mod tests {
     }
 
     #[test]
+    fn joints_read_as_documented() {
+        let j: JointDesc = serde_json::from_str(
+            r#"{"id":1,"body1":2,"kind":{"type":"prismatic","axis":[1,0,0],"motor":{"target_position":2,"stiffness":5}}}"#,
+        )
+        .unwrap();
+        assert_eq!((j.body2, j.anchor1, j.contacts_enabled), (None, [0.0; 3], true));
+        let JointKind::Prismatic { motor: Some(m), limits: None, .. } = j.kind else { panic!("{:?}", j.kind) };
+        assert_eq!((m.target_position, m.stiffness, m.damping, m.max_force), (2.0, 5.0, 0.0, None));
+        let fixed: JointDesc = serde_json::from_str(r#"{"id":1,"body1":2,"body2":3,"kind":{"type":"fixed"}}"#).unwrap();
+        assert_eq!(fixed.kind, JointKind::Fixed);
+        assert!(!serde_json::to_string(&fixed).unwrap().contains("contacts_enabled"));
+    }
+
+    #[test]
     fn request_round_trips() {
         let r = PhysicsStepRequest {
             tick: 9,
@@ -634,6 +760,26 @@ mod tests {
             kinematic_targets: vec![KinematicTarget { id: 2, position: [2.0, 1.0, 0.0], rotation: IDENTITY }],
             wake: vec![1],
             sleep: vec![2],
+            add_joints: vec![JointDesc {
+                id: 4,
+                body1: 1,
+                body2: None,
+                kind: JointKind::Revolute {
+                    axis: [0.0, 0.0, 1.0],
+                    limits: Some([-1.0, 1.0]),
+                    motor: Some(JointMotor {
+                        target_position: 0.5,
+                        target_velocity: 0.0,
+                        stiffness: 10.0,
+                        damping: 1.0,
+                        max_force: None,
+                    }),
+                },
+                anchor1: [0.0, 1.0, 0.0],
+                anchor2: [0.0, 3.0, 0.0],
+                contacts_enabled: false,
+            }],
+            remove_joints: vec![5],
         };
         let json = serde_json::to_string(&r).unwrap();
         assert_eq!(serde_json::from_str::<PhysicsStepRequest>(&json).unwrap(), r);

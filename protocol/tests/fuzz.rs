@@ -223,6 +223,8 @@ fn request_corpus() -> Vec<Vec<u8>> {
             add: new_shapes_and_properties(),
             wake: vec![7, 14],
             sleep: vec![21],
+            add_joints: joints(),
+            remove_joints: vec![2, 9],
             ..Default::default()
         },
         PhysicsStepRequest {
@@ -298,6 +300,38 @@ fn new_shapes_and_properties() -> Vec<BodyDesc> {
     });
     bodies.push(BodyDesc { dominance: 127, ..BodyDesc::new(100, Shape::Sphere { radius: 0.3 }, [1.0, 2.0, 0.0]) });
     bodies
+}
+
+/// A joint of each kind, with and without a second body, limits, motors and contacts.
+fn joints() -> Vec<p2c2r_protocol::physics::JointDesc> {
+    use p2c2r_protocol::physics::{JointDesc, JointKind, JointMotor};
+    let motor =
+        JointMotor { target_position: 0.5, target_velocity: -1.0, stiffness: 3.0, damping: 0.5, max_force: Some(9.0) };
+    let kinds = [
+        JointKind::Fixed,
+        JointKind::Revolute { axis: [0.0, 1.0, 0.0], limits: Some([-0.5, 0.5]), motor: Some(motor) },
+        JointKind::Prismatic {
+            axis: [1.0, 0.0, 0.0],
+            limits: None,
+            motor: Some(JointMotor { max_force: None, ..motor }),
+        },
+        JointKind::Spherical,
+        JointKind::Rope { max_distance: 3.0 },
+        JointKind::Spring { rest_length: 1.0, stiffness: 20.0, damping: 0.5 },
+    ];
+    kinds
+        .into_iter()
+        .zip(0u64..)
+        .map(|(kind, i)| JointDesc {
+            id: i * 5,
+            body1: i,
+            body2: (i % 2 == 0).then_some(i + 100),
+            kind,
+            anchor1: [0.0, 0.5, 0.0],
+            anchor2: [0.25, 0.0, -0.0],
+            contacts_enabled: i % 3 != 0,
+        })
+        .collect()
 }
 
 /// Bodies moving for a few ticks: falling, spinning, sleeping, appearing and leaving.

@@ -58,15 +58,17 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use p2c2r_protocol::physics::{
-    BodyDesc, BodyId, BodyState, BodyType, CombineRule, Groups, Offset, PhysicsStepRequest, PhysicsStepResult, Quat,
-    Shape, Vec3,
+    BodyDesc, BodyId, BodyState, BodyType, CombineRule, Groups, JointDesc, JointId, JointKind, Offset,
+    PhysicsStepRequest, PhysicsStepResult, Quat, Shape, Vec3,
 };
 use p2c2r_protocol::quantize::{QuantizedState, dequantize, quantize, snap_position, snap_rotation, snap_velocity};
 use p2c2r_protocol::{ErrorCode, TaskError, TaskStatus, limits};
 use rapier3d::math::{Pose, Rotation, Vector};
 use rapier3d::prelude::{
-    CoefficientCombineRule, ColliderBuilder, Group, InteractionGroups, InteractionTestMode, LockedAxes, MassProperties,
-    RigidBody, RigidBodyActivation, RigidBodyBuilder, RigidBodyHandle, RigidBodySet, SharedShape,
+    CoefficientCombineRule, ColliderBuilder, FixedJointBuilder, GenericJoint, Group, ImpulseJointHandle,
+    InteractionGroups, InteractionTestMode, JointAxis, LockedAxes, MassProperties, PrismaticJointBuilder,
+    RevoluteJointBuilder, RigidBody, RigidBodyActivation, RigidBodyBuilder, RigidBodyHandle, RigidBodySet,
+    RopeJointBuilder, SharedShape, SphericalJointBuilder, SpringJointBuilder,
 };
 
 use crate::budget::Budgets;
@@ -122,7 +124,19 @@ struct Entry {
 pub struct PhysicsWorld {
     world: rapier3d::prelude::PhysicsWorld,
     bodies: BTreeMap<BodyId, Entry>,
+    /// The gamer's joints, by id.
+    joints: BTreeMap<JointId, JointEntry>,
+    /// A fixed body with no collider at the origin, for joints to the world (made at the
+    /// first one; never reported).
+    world_anchor: Option<RigidBodyHandle>,
     last_tick: Option<u64>,
+}
+
+/// A joint the world holds.
+struct JointEntry {
+    handle: ImpulseJointHandle,
+    body1: BodyId,
+    body2: Option<BodyId>,
 }
 
 impl Default for PhysicsWorld {
@@ -143,7 +157,7 @@ impl PhysicsWorld {
     pub fn new() -> Self {
         let mut world = rapier3d::prelude::PhysicsWorld::new();
         world.gravity = vec3(DEFAULT_GRAVITY);
-        PhysicsWorld { world, bodies: BTreeMap::new(), last_tick: None }
+        PhysicsWorld { world, bodies: BTreeMap::new(), joints: BTreeMap::new(), world_anchor: None, last_tick: None }
     }
 
     /// The tick of the last request that succeeded, `None` before the first snapshot.
@@ -154,6 +168,11 @@ impl PhysicsWorld {
     /// How many bodies the world holds (fixed ones included).
     pub fn body_count(&self) -> usize {
         self.bodies.len()
+    }
+
+    /// How many joints the world holds.
+    pub fn joint_count(&self) -> usize {
+        self.joints.len()
     }
 
     /// The current gravity.
@@ -373,6 +392,8 @@ impl PhysicsWorld {
             ("kinematic_targets", r.kinematic_targets.len()),
             ("wake", r.wake.len()),
             ("sleep", r.sleep.len()),
+            ("add_joints", r.add_joints.len()),
+            ("remove_joints", r.remove_joints.len()),
         ] {
             if len > max {
                 return Err(limit(format!("{name} has {len} entries; at most {max} are allowed")));
@@ -496,6 +517,7 @@ impl PhysicsWorld {
                 body_type(id, list)?;
             }
         }
+        self.validate_joints(r, &removed, &added)?;
         let add_rotations =
             r.add.iter().map(|d| lattice_rotation("add.rotation", d.rotation)).collect::<Result<_, _>>()?;
         // Built here, once checked, so that apply cannot fail.
@@ -508,6 +530,64 @@ impl PhysicsWorld {
             target_rotations: targets,
             bodies_after: kept + added.len(),
         })
+    }
+
+    /// Checks the request's joints: removals name joints that exist (a removed body's
+    /// joints are gone with it), additions name bodies that exist after this tick's body
+    /// changes, and hold finite, bounded values.
+    fn validate_joints(
+        &self,
+        r: &PhysicsStepRequest,
+        removed_bodies: &HashSet<BodyId>,
+        added_bodies: &HashMap<BodyId, BodyType>,
+    ) -> Result<(), TaskError> {
+        let alive = |id: &JointId| -> bool {
+            !r.snapshot
+                && self.joints.get(id).is_some_and(|j| {
+                    !removed_bodies.contains(&j.body1) && j.body2.is_none_or(|b| !removed_bodies.contains(&b))
+                })
+        };
+        let mut removed = HashSet::with_capacity(r.remove_joints.len());
+        for id in &r.remove_joints {
+            if !alive(id) {
+                return Err(invalid(format!("remove_joints: no joint {id}")));
+            }
+            if !removed.insert(*id) {
+                return Err(invalid(format!("remove_joints: joint {id} listed twice")));
+            }
+        }
+        let body_exists = |id: BodyId| {
+            added_bodies.contains_key(&id)
+                || (!r.snapshot && self.bodies.contains_key(&id) && !removed_bodies.contains(&id))
+        };
+        let mut added = HashSet::with_capacity(r.add_joints.len());
+        for j in &r.add_joints {
+            let what = format!("add_joints: joint {}", j.id);
+            if alive(&j.id) && !removed.contains(&j.id) {
+                return Err(invalid(format!("{what} already exists")));
+            }
+            if !added.insert(j.id) {
+                return Err(invalid(format!("{what} listed twice")));
+            }
+            for body in std::iter::once(j.body1).chain(j.body2) {
+                if !body_exists(body) {
+                    return Err(invalid(format!("{what}: no body {body}")));
+                }
+            }
+            if j.body2 == Some(j.body1) {
+                return Err(invalid(format!("{what} joins body {} to itself", j.body1)));
+            }
+            check_joint(j, &what)?;
+        }
+        let kept = self.joints.keys().filter(|id| alive(id) && !removed.contains(id)).count();
+        if kept + added.len() > limits::MAX_JOINTS_PER_SESSION {
+            return Err(limit(format!(
+                "the session would hold {} joints; at most {} are allowed",
+                kept + added.len(),
+                limits::MAX_JOINTS_PER_SESSION
+            )));
+        }
+        Ok(())
     }
 
     /// Applies a validated request's changes (everything before the steps).
@@ -523,6 +603,9 @@ impl PhysicsWorld {
                 self.world.remove_body(entry.handle);
             }
         }
+        if !r.remove.is_empty() {
+            self.forget_joints_of(&r.remove.iter().copied().collect());
+        }
         for ((desc, rotation), collider) in r.add.iter().zip(&plan.add_rotations).zip(&plan.add_colliders) {
             let handle = self.insert(desc, *rotation, collider.clone());
             let bound = Bound::of(&desc.shape, desc.collider_offset.as_ref());
@@ -530,6 +613,21 @@ impl PhysicsWorld {
                 desc.id,
                 Entry { handle, body_type: desc.body_type, bound, last_reported: None, still_for: 0.0 },
             );
+        }
+        for id in &r.remove_joints {
+            let joint = self.joints.remove(id).expect("validated");
+            self.world.remove_impulse_joint(joint.handle);
+        }
+        for j in &r.add_joints {
+            let body1 = self.bodies[&j.body1].handle;
+            // A joint measures its second body against its first (bevy_rapier's parent
+            // and child); a body joined to the world is measured against the world.
+            let (parent, child) = match j.body2 {
+                Some(id) => (body1, self.bodies[&id].handle),
+                None => (self.world_anchor(), body1),
+            };
+            let handle = self.world.insert_impulse_joint(parent, child, rapier_joint(j));
+            self.joints.insert(j.id, JointEntry { handle, body1: j.body1, body2: j.body2 });
         }
         for (p, rotation) in r.set_pose.iter().zip(&plan.pose_rotations) {
             let entry = self.bodies.get_mut(&p.id).expect("validated");
@@ -568,6 +666,23 @@ impl PhysicsWorld {
             entry.still_for = 0.0;
             self.world.bodies[entry.handle].sleep();
         }
+    }
+
+    /// The fixed body joints to the world hang from.
+    fn world_anchor(&mut self) -> RigidBodyHandle {
+        match self.world_anchor {
+            Some(handle) => handle,
+            None => {
+                let handle = self.world.insert_body(RigidBodyBuilder::fixed());
+                self.world_anchor = Some(handle);
+                handle
+            }
+        }
+    }
+
+    /// Forgets the joints of bodies just removed (rapier removed them with the bodies).
+    fn forget_joints_of(&mut self, removed: &HashSet<BodyId>) {
+        self.joints.retain(|_, j| !removed.contains(&j.body1) && j.body2.is_none_or(|b| !removed.contains(&b)));
     }
 
     fn insert(&mut self, d: &BodyDesc, rotation: Rotation, shape: SharedShape) -> RigidBodyHandle {
@@ -728,6 +843,9 @@ impl PhysicsWorld {
             if let Some(entry) = self.bodies.remove(id) {
                 self.world.remove_body(entry.handle);
             }
+        }
+        if !removed.is_empty() {
+            self.forget_joints_of(&removed.iter().copied().collect());
         }
         Ok((states, removed))
     }
@@ -1120,6 +1238,94 @@ fn check_body(d: &BodyDesc) -> Result<(), TaskError> {
         shapes::unit_quat(&format!("{what}: mass_properties.principal_inertia_frame"), m.principal_inertia_frame)?;
     }
     Ok(())
+}
+
+/// Checks a joint's values: anchors within the world, a usable axis, ordered limits,
+/// motor gains and spring constants finite and not negative.
+fn check_joint(j: &JointDesc, what: &str) -> Result<(), TaskError> {
+    check_vec(&format!("{what}: anchor1"), j.anchor1, MAX_COORDINATE)?;
+    check_vec(&format!("{what}: anchor2"), j.anchor2, MAX_COORDINATE)?;
+    let gain = |name: &str, x: f32| check_scalar(&format!("{what}: {name}"), x, (0.0, MAX_FORCE));
+    match j.kind {
+        JointKind::Fixed | JointKind::Spherical => Ok(()),
+        JointKind::Revolute { axis, limits, motor } | JointKind::Prismatic { axis, limits, motor } => {
+            check_vec(&format!("{what}: axis"), axis, MAX_COORDINATE)?;
+            let length = axis.iter().map(|x| x * x).sum::<f32>().sqrt();
+            if !(1.0e-3..=1.0e3).contains(&length) {
+                return Err(invalid(format!("{what}: axis must have a length in [1e-3, 1e3], got {axis:?}")));
+            }
+            if let Some([low, high]) = limits
+                && !(low.is_finite()
+                    && high.is_finite()
+                    && low <= high
+                    && low.abs() <= MAX_COORDINATE
+                    && high.abs() <= MAX_COORDINATE)
+            {
+                return Err(invalid(format!("{what}: limits must be finite, the smaller first, got [{low}, {high}]")));
+            }
+            if let Some(m) = motor {
+                check_scalar(
+                    &format!("{what}: motor target_position"),
+                    m.target_position,
+                    (-MAX_COORDINATE, MAX_COORDINATE),
+                )?;
+                check_scalar(&format!("{what}: motor target_velocity"), m.target_velocity, (-MAX_SPEED, MAX_SPEED))?;
+                gain("motor stiffness", m.stiffness)?;
+                gain("motor damping", m.damping)?;
+                if let Some(max) = m.max_force {
+                    gain("motor max_force", max)?;
+                }
+            }
+            Ok(())
+        }
+        JointKind::Rope { max_distance } => {
+            check_scalar(&format!("{what}: max_distance"), max_distance, (0.0, MAX_COORDINATE))
+        }
+        JointKind::Spring { rest_length, stiffness, damping } => {
+            check_scalar(&format!("{what}: rest_length"), rest_length, (0.0, MAX_COORDINATE))?;
+            gain("stiffness", stiffness)?;
+            gain("damping", damping)
+        }
+    }
+}
+
+/// rapier's joint for a checked description (to the world: the world is its first body).
+fn rapier_joint(j: &JointDesc) -> GenericJoint {
+    let (a1, a2) = match j.body2 {
+        Some(_) => (vec3(j.anchor1), vec3(j.anchor2)),
+        None => (vec3(j.anchor2), vec3(j.anchor1)),
+    };
+    let axis = |axis: Vec3| vec3(axis).normalize();
+    let mut joint: GenericJoint = match j.kind {
+        JointKind::Fixed => FixedJointBuilder::new().local_anchor1(a1).local_anchor2(a2).build().into(),
+        JointKind::Revolute { axis: v, .. } => {
+            RevoluteJointBuilder::new(axis(v)).local_anchor1(a1).local_anchor2(a2).build().into()
+        }
+        JointKind::Prismatic { axis: v, .. } => {
+            PrismaticJointBuilder::new(axis(v)).local_anchor1(a1).local_anchor2(a2).build().into()
+        }
+        JointKind::Spherical => SphericalJointBuilder::new().local_anchor1(a1).local_anchor2(a2).build().into(),
+        JointKind::Rope { max_distance } => {
+            RopeJointBuilder::new(max_distance).local_anchor1(a1).local_anchor2(a2).build().into()
+        }
+        JointKind::Spring { rest_length, stiffness, damping } => {
+            SpringJointBuilder::new(rest_length, stiffness, damping).local_anchor1(a1).local_anchor2(a2).build().into()
+        }
+    };
+    if let JointKind::Revolute { limits, motor, .. } | JointKind::Prismatic { limits, motor, .. } = j.kind {
+        let axis = if matches!(j.kind, JointKind::Revolute { .. }) { JointAxis::AngX } else { JointAxis::LinX };
+        if let Some(limits) = limits {
+            joint.set_limits(axis, limits);
+        }
+        if let Some(m) = motor {
+            joint.set_motor(axis, m.target_position, m.target_velocity, m.stiffness, m.damping);
+            if let Some(max) = m.max_force {
+                joint.set_motor_max_force(axis, max);
+            }
+        }
+    }
+    joint.set_contacts_enabled(j.contacts_enabled);
+    joint
 }
 
 fn interaction_groups(groups: Groups) -> InteractionGroups {
