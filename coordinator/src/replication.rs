@@ -187,8 +187,12 @@ pub struct Decision {
     /// The parties of each answer, where the tick is disputed and the router may need to
     /// record it as unsettled (`unsettled`, `tie_break`, `confirm`).
     pub disputants: Vec<Vec<Party>>,
-    /// Replicas agreed on a tick (noted once per set of replicas): their parties.
+    /// Replicas agreed on a tick (noted once per set of replicas, for the disputes
+    /// record): their parties.
     pub agreed: Vec<Party>,
+    /// Every copy of this tick agreed, from two or more voters: the parties, whose
+    /// verified work this is (counted per tick, see [`vote_weight`]).
+    pub agreed_tick: Vec<Party>,
 }
 
 /// An answer for the gamer.
@@ -682,9 +686,12 @@ impl Group {
             tick.first_error = None;
         }
         let agreed = tick.out == 0 && tick.votes.len() == 1 && tick.votes[0].voters.len() >= 2;
-        if agreed && !self.agreement_noted {
-            self.agreement_noted = true;
-            decision.agreed = tick.votes[0].parties.clone();
+        if agreed {
+            decision.agreed_tick = tick.votes[0].parties.clone();
+            if !self.agreement_noted {
+                self.agreement_noted = true;
+                decision.agreed = decision.agreed_tick.clone();
+            }
         }
         if agreed && !unsettled {
             // Replicas agree again: delivery is no longer held.
@@ -997,7 +1004,9 @@ mod tests {
         assert_eq!(d.agreed.len(), 2, "the agreement is noted for the disputes record");
         g.submitted(logged("t3"), false, 2, &config());
         g.outcome("t3", a, answer("honest", OK_A));
-        assert!(g.outcome("t3", b, answer("other", OK_A)).agreed.is_empty(), "noted once per set of replicas");
+        let d = g.outcome("t3", b, answer("other", OK_A));
+        assert!(d.agreed.is_empty(), "noted once per set of replicas");
+        assert_eq!(d.agreed_tick.len(), 2, "but every agreed tick is verified work");
     }
 
     #[test]

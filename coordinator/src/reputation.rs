@@ -361,7 +361,10 @@ fn migrate_v2_standings(db: &Database) -> Result<(), redb::Error> {
         drop(old);
         let mut new = txn.open_table(STANDING)?;
         for (peer, (window, misses, verified, at)) in &rows {
-            new.insert(peer.as_str(), (*window, *misses, *verified, 0, *at, *at))?;
+            // A peer already in the current table (written by a newer run) keeps that row.
+            if new.get(peer.as_str())?.is_none() {
+                new.insert(peer.as_str(), (*window, *misses, *verified, 0, *at, *at))?;
+            }
         }
         rows.len()
     };

@@ -1361,6 +1361,7 @@ impl State {
         if let Some(db) = &self.reputation {
             db.quarantined(peer_id, until.saturating_duration_since(Instant::now()));
         }
+        self.sched.forfeit_trust(peer_id);
         self.remember_standing(peer_id);
         self.peers_quarantined += 1;
         self.ids.forget(Kind::Peer, peer_id);
@@ -2060,11 +2061,11 @@ impl State {
         self.liars.extend(decision.liars.into_iter().map(|peer| (peer, OUTVOTED)));
         if !decision.agreed.is_empty() {
             self.sched.disputes_mut().agreed(&decision.agreed, Instant::now());
-            // Verified work: an agreement with a peer of another network.
-            for party in &decision.agreed {
-                if decision.agreed.iter().any(|other| other.voter != party.voter) {
-                    self.sched.agreed(&party.peer);
-                }
+        }
+        // Verified work, counted per tick: an agreement with a peer of another network.
+        for party in &decision.agreed_tick {
+            if decision.agreed_tick.iter().any(|other| other.voter != party.voter) {
+                self.sched.agreed(&party.peer);
             }
         }
         for generation in decision.retire {

@@ -916,6 +916,16 @@ impl<P> Scheduler<P> {
         })
     }
 
+    /// A quarantined peer loses what its votes weighed (successful answers, agreements,
+    /// age): back from quarantine, it starts over as a newcomer would.
+    pub fn forfeit_trust(&mut self, peer: &str) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.verified = 0;
+            p.agreements = 0;
+            p.since_ms = 0;
+        }
+    }
+
     /// Records that a live peer agreed with another network's peer on a compared tick.
     pub fn agreed(&mut self, peer: &str) {
         if let Some(p) = self.peers.get_mut(peer) {

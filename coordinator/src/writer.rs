@@ -56,15 +56,11 @@ impl ChunkFlowTx {
         self.received.send_modify(|ack| *ack = Ack { received: ack.received + bytes as u64, taken_at_us });
     }
 
-    /// The peer acknowledged our chunks.
+    /// The peer acknowledged our chunks. The latest is kept whatever it says: the
+    /// writer's pacer ignores one that goes back or claims more than was sent, so a lie
+    /// never outlives the next true acknowledgement.
     pub fn peer_acked(&self, ack: Ack) {
-        self.acked.send_if_modified(|acked| {
-            let newer = ack.received > acked.received;
-            if newer {
-                *acked = ack;
-            }
-            newer
-        });
+        self.acked.send_replace(ack);
     }
 }
 
@@ -137,6 +133,10 @@ pub(crate) async fn write_loop(
 ) {
     let mut kept: Interleave<(String, String)> = Interleave::default();
     let mut pacer = Pacer::default();
+    // When chunks in flight were last acknowledged (or none were in flight): a peer whose
+    // acknowledgements stop for the write stall timeout is stalled like one that stops
+    // reading, and its connection ends rather than hold its chunks for ever.
+    let mut acks_moved = std::time::Instant::now();
     loop {
         let now = std::time::Instant::now();
         if let Some(chunking) = chunking.as_mut() {
@@ -149,15 +149,30 @@ pub(crate) async fn write_loop(
                 }
                 continue;
             }
+            let in_flight = pacer.in_flight();
             pacer.acked(*chunking.acked.borrow_and_update(), now);
+            if in_flight == 0 || pacer.in_flight() < in_flight {
+                acks_moved = now;
+            }
         }
         let chunks_on = chunking.as_ref().is_some_and(|c| c.on.load(Ordering::Acquire));
         let next = if kept.is_empty() || !pacer.may_send() {
+            let waiting_for_acks = !kept.is_empty() && pacer.in_flight() > 0;
             tokio::select! {
                 biased;
                 _ = kill.cancelled() => None,
                 () = chunk_news(&mut chunking) => continue,
                 next = rx.recv_weighed() => next,
+                _ = sleep_until(Instant::from_std(acks_moved + stall)), if waiting_for_acks => {
+                    info_limited!(
+                        "connection: chunk acknowledgements stopped",
+                        conn,
+                        stall_ms = stall.as_millis() as u64,
+                        "the peer acknowledged none of its chunks within the write stall timeout; disconnecting"
+                    );
+                    kill.cancel();
+                    break;
+                }
             }
         } else {
             match rx.try_recv_weighed() {

@@ -631,6 +631,49 @@ async fn chunks_wait_for_acknowledgements_and_small_frames_do_not() {
     coord.shutdown().await;
 }
 
+/// A peer that takes chunks and never acknowledges them is stalled like one that stops
+/// reading: after the first window, nothing more for it, and once the write stall timeout
+/// passes with chunks unacknowledged its connection ends (instead of holding its chunks,
+/// and the queue they count against, for ever).
+#[tokio::test]
+async fn a_peer_that_never_acknowledges_is_disconnected_after_the_stall_timeout() {
+    use p2c2r_protocol::Payload;
+    use p2c2r_protocol::chunk::is_chunk;
+    use p2c2r_protocol::pacing::INITIAL_WINDOW;
+    use tokio_tungstenite::tungstenite::Message as Ws;
+
+    let config = Config { write_stall_timeout: std::time::Duration::from_millis(500), ..Config::default() };
+    let coord = start(config).await;
+    let url = coord.url();
+    let mut peer = Client::connect_binary(&url).await;
+    let capabilities = Capabilities { max_concurrent_tasks: Some(8), chunked_frames: true, ..Default::default() };
+    peer.register(&p2c2r_testkit::client::register_peer("mute", capabilities, None)).await;
+    let mut relay = Client::connect_binary(&url).await;
+    relay.register(&p2c2r_testkit::client::register_gamer("relay", None)).await;
+    let request = p2c2r_testkit::client::task_request(
+        "big",
+        "relay",
+        Payload::binary(vec![7; 1 << 20]),
+        Some("bulk".into()),
+        None,
+    );
+    relay.send(&request).await;
+    let mut taken = 0u64;
+    let closed = tokio::time::timeout(common::WAIT, async {
+        loop {
+            match futures_util::StreamExt::next(&mut peer.ws).await {
+                Some(Ok(Ws::Binary(bytes))) if is_chunk(&bytes) => taken += bytes.len() as u64,
+                Some(Ok(Ws::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the connection ended within {:?}", common::WAIT);
+    assert_eq!(taken, INITIAL_WINDOW, "the first window, no more");
+    coord.shutdown().await;
+}
+
 /// Hostile chunks from a peer get clear errors within bounds: a chunk where none were
 /// agreed is refused and the connection stays; chunked frames past the frame limit (one,
 /// or several unfinished together) and a chunk inside a chunked frame close it.
@@ -680,7 +723,7 @@ async fn hostile_chunks_get_clear_errors_within_bounds() {
     assert_eq!(nested.recv_error().await.code, ErrorCode::BadFrame);
     assert!(nested.expect_closed().await.is_some());
     // An acknowledgement of the wrong length: refused and closed. One that acknowledges
-    // chunks never sent changes nothing (the sender clamps it) and the connection stays.
+    // chunks never sent changes nothing (the sender ignores it) and the connection stays.
     let mut acker = registered("acker", true).await;
     acker.send_binary(ack).await;
     acker.stats().await;

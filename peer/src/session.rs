@@ -21,7 +21,7 @@ use p2c2r_protocol::Payload;
 
 use p2c2r_sim::Budgets;
 use p2c2r_sim::navigation::Navigator;
-use p2c2r_sim::physics::PhysicsWorld;
+use p2c2r_sim::physics::{PhysicsWorld, WorldSize};
 
 /// Where a [`SessionStore`] reads the time.
 pub trait Clock: Send + Sync + 'static {
@@ -93,6 +93,13 @@ pub struct Session {
 /// body (the body, its collider, broad-phase and island entries, the contact pair and its
 /// manifold, our id map); rounded up.
 pub const BYTES_PER_BODY: u64 = 8 * 1024;
+/// Estimated bytes of one shape element (a hull point, a mesh vertex or triangle with its
+/// share of the mesh's tree, a heightfield cell, a compound part): parry keeps a few
+/// dozen bytes each; rounded up, not measured.
+pub const BYTES_PER_SHAPE_ELEMENT: u64 = 64;
+/// Estimated bytes of one joint (rapier's joint and its solver entries, our id map);
+/// rounded up, not measured.
+pub const BYTES_PER_JOINT: u64 = 1024;
 /// Estimated bytes of one navigation-grid cell (its connected-component label).
 pub const BYTES_PER_GRID_CELL: u64 = 4;
 /// Estimated bytes of an empty session (an empty rapier world and the store's entry).
@@ -104,18 +111,21 @@ pub const CREATION_RATE_HALF_LIFE: Duration = Duration::from_secs(30);
 
 impl Session {
     /// The memory this session is estimated to hold: [`SESSION_BASE_BYTES`], plus
-    /// [`BYTES_PER_BODY`] per physics body, [`BYTES_PER_GRID_CELL`] per grid cell, and the
-    /// cached last answer. (The packed answers' baseline, about 100 bytes per moving body,
-    /// is within the rounding of [`BYTES_PER_BODY`].)
+    /// [`BYTES_PER_BODY`] per physics body, [`BYTES_PER_SHAPE_ELEMENT`] per element of
+    /// their shapes, [`BYTES_PER_JOINT`] per joint, [`BYTES_PER_GRID_CELL`] per grid cell,
+    /// and the cached last answer. (The packed answers' baseline, about 100 bytes per
+    /// moving body, is within the rounding of [`BYTES_PER_BODY`].)
     pub fn estimated_bytes(&self) -> u64 {
-        Self::estimate(self.physics.as_ref().map_or(0, PhysicsWorld::body_count), self.grid_cells())
+        Self::estimate(self.physics.as_ref().map(PhysicsWorld::size).unwrap_or_default(), self.grid_cells())
             + self.last_physics.as_ref().map_or(0, |c| c.result.len() as u64)
     }
 
-    /// The estimate for a session with `bodies` physics bodies and `grid_cells` cells.
-    pub fn estimate(bodies: usize, grid_cells: usize) -> u64 {
+    /// The estimate for a session whose world holds `world` and whose grid `grid_cells`.
+    pub fn estimate(world: WorldSize, grid_cells: usize) -> u64 {
         SESSION_BASE_BYTES
-            .saturating_add((bodies as u64).saturating_mul(BYTES_PER_BODY))
+            .saturating_add((world.bodies as u64).saturating_mul(BYTES_PER_BODY))
+            .saturating_add((world.shape_elements as u64).saturating_mul(BYTES_PER_SHAPE_ELEMENT))
+            .saturating_add((world.joints as u64).saturating_mul(BYTES_PER_JOINT))
             .saturating_add((grid_cells as u64).saturating_mul(BYTES_PER_GRID_CELL))
     }
 
@@ -506,6 +516,32 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_world_is_charged_for_its_shapes_and_joints_not_only_its_bodies() {
+        use p2c2r_protocol::physics::{BodyDesc, BodyType, PhysicsStepRequest, Shape};
+        let mesh = Shape::TriMesh {
+            vertices: vec![[0.0; 3], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]],
+            indices: vec![[0, 2, 1]; 1000],
+        };
+        let request = PhysicsStepRequest {
+            snapshot: true,
+            dt: 0.01,
+            steps: 1,
+            add: vec![BodyDesc::new(1, mesh, [0.0; 3]).with_body_type(BodyType::Fixed)],
+            ..Default::default()
+        };
+        let size = PhysicsWorld::new().projected_size(&request);
+        assert_eq!(size, WorldSize { bodies: 1, shape_elements: 1003, joints: 0 });
+        let plain = Session::estimate(WorldSize { bodies: 1, ..WorldSize::default() }, 0);
+        assert_eq!(Session::estimate(size, 0) - plain, 1003 * BYTES_PER_SHAPE_ELEMENT);
+        let jointed = WorldSize { joints: 10, ..size };
+        assert_eq!(Session::estimate(jointed, 0) - Session::estimate(size, 0), 10 * BYTES_PER_JOINT);
+        // A world stepped holds what it was projected to.
+        let mut world = PhysicsWorld::new();
+        world.step(&request).unwrap();
+        assert_eq!(world.size(), size);
+    }
 
     #[test]
     fn idle_sessions_are_dropped_after_the_timeout() {

@@ -197,9 +197,12 @@ fn step_session(
                 return Ok(cached.result.clone());
             }
             // Charge the session's memory for the world the request makes before building it.
-            let bodies = session.physics.as_ref().map_or(request.add.len(), |w| w.projected_body_count(request));
+            let size = match &session.physics {
+                Some(world) => world.projected_size(request),
+                None => PhysicsWorld::new().projected_size(request),
+            };
             sessions
-                .charge(session_id, Session::estimate(bodies, session.grid_cells()))
+                .charge(session_id, Session::estimate(size, session.grid_cells()))
                 .map_err(|e| over_budget(e, tick))?;
             let world = session.physics.get_or_insert_with(PhysicsWorld::new);
             let mut result = world.step_limited(request, &budgets)?;
@@ -265,8 +268,8 @@ fn ai_navigate(
         .try_with_gamer_session(gamer, session_id, navigator.is_some(), |session| {
             if let Some(navigator) = navigator {
                 let (w, h) = navigator.size();
-                let bodies = session.physics.as_ref().map_or(0, PhysicsWorld::body_count);
-                sessions.charge(session_id, Session::estimate(bodies, w * h)).map_err(|e| over_budget(e, tick))?;
+                let world = session.physics.as_ref().map(PhysicsWorld::size).unwrap_or_default();
+                sessions.charge(session_id, Session::estimate(world, w * h)).map_err(|e| over_budget(e, tick))?;
                 session.navigator = Some(navigator);
             }
             let Some(navigator) = &session.navigator else { return Err(unknown_session(tick)) };

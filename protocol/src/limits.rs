@@ -63,6 +63,9 @@ pub const MAX_AGENT_SPEED: f32 = 1.0e4;
 
 /// Most points of a convex hull.
 pub const MAX_HULL_POINTS: usize = 4_096;
+/// Most convex hull points in one request's added bodies together (computing hulls is the
+/// costliest building).
+pub const MAX_HULL_POINTS_PER_REQUEST: usize = 65_536;
 /// Most vertices of a triangle mesh.
 pub const MAX_MESH_VERTICES: usize = 262_144;
 /// Most triangles of a triangle mesh.

@@ -166,10 +166,11 @@ impl Pacer {
     }
 
     /// The receiver says it has taken `ack.received` chunk bytes in all. A count beyond
-    /// what was sent acknowledges everything; one that goes back changes nothing.
+    /// what was sent is a lie and changes nothing (it would open the window for good);
+    /// one that goes back changes nothing either.
     pub fn acked(&mut self, ack: Ack, now: Instant) {
-        let received = ack.received.min(self.sent);
-        if received <= self.acked {
+        let received = ack.received;
+        if received <= self.acked || received > self.sent {
             return;
         }
         let newly = received - self.acked;
@@ -187,7 +188,12 @@ impl Pacer {
         let Some((end, went)) = last.filter(|&(end, _)| end == ack.received) else { return };
         debug_assert_eq!(end, received);
         self.round_trip = now.saturating_duration_since(went);
-        let one_way = ack.taken_at_us as i64 - micros_since(self.origin, went) as i64;
+        // Any two u64 clocks: their difference fits an i128, and a delay past an i64 is
+        // no sample.
+        let Ok(one_way) = i64::try_from(i128::from(ack.taken_at_us) - i128::from(micros_since(self.origin, went)))
+        else {
+            return;
+        };
         self.observe(one_way, now);
         self.adjust(newly, now);
     }
@@ -416,8 +422,10 @@ mod tests {
         pacer.sent(CHUNK, now);
         let ack = |received: u64, taken_at_us: u64| Ack { received, taken_at_us };
         pacer.acked(ack(u64::MAX, u64::MAX), now + Duration::from_millis(5));
-        assert_eq!(pacer.in_flight(), 0, "beyond what was sent: everything acknowledged, no more");
-        assert_eq!(pacer.queue_delay(), None, "and no delay taken from a count that matches no chunk");
+        assert_eq!(pacer.in_flight(), 2 * CHUNK as u64, "beyond what was sent: a lie, ignored");
+        assert_eq!(pacer.queue_delay(), None, "and no delay taken from it");
+        pacer.acked(ack(2 * CHUNK as u64, u64::MAX), now + Duration::from_millis(5));
+        assert_eq!(pacer.in_flight(), 0, "a true count still counts, whatever its clock says");
         pacer.sent(CHUNK, now);
         pacer.acked(ack(1, 0), now);
         assert_eq!(pacer.in_flight(), CHUNK as u64, "a count that goes back is ignored");

@@ -96,8 +96,11 @@ pub struct StepTimings {
 struct Entry {
     handle: RigidBodyHandle,
     body_type: BodyType,
-    /// What its collider covers, for the contact-pair budget.
-    bound: Bound,
+    /// What its collider covers, for the contact-pair budget: one bound, or one per part
+    /// of a compound (rapier pairs the parts, so the budget counts them).
+    bounds: Vec<Bound>,
+    /// Its shape's elements ([`Shape::elements`]), for the memory it holds.
+    elements: usize,
     /// The last state reported for this body, on the lattice (`None` until its first
     /// report): a body is reported again only when its state differs.
     last_reported: Option<QuantizedState>,
@@ -130,6 +133,18 @@ pub struct PhysicsWorld {
     /// first one; never reported).
     world_anchor: Option<RigidBodyHandle>,
     last_tick: Option<u64>,
+}
+
+/// How much a world holds, for the memory it is charged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WorldSize {
+    /// Bodies.
+    pub bodies: usize,
+    /// Elements of their shapes (hull points, mesh vertices and triangles, heightfield
+    /// cells, compound parts).
+    pub shape_elements: usize,
+    /// Joints.
+    pub joints: usize,
 }
 
 /// A joint the world holds.
@@ -313,6 +328,32 @@ impl PhysicsWorld {
         Ok((PhysicsStepResult { status: TaskStatus::Success, tick, bodies, removed, digest }, timings))
     }
 
+    /// What the world holds: bodies, shape elements, joints.
+    pub fn size(&self) -> WorldSize {
+        WorldSize {
+            bodies: self.bodies.len(),
+            shape_elements: self.bodies.values().map(|e| e.elements).sum(),
+            joints: self.joints.len(),
+        }
+    }
+
+    /// What the world would hold after `request`'s changes, without checking the request
+    /// (at most: removals of joints are not subtracted); used to charge a session's memory
+    /// before the work runs.
+    pub fn projected_size(&self, request: &PhysicsStepRequest) -> WorldSize {
+        let added = request.add.iter().fold(0usize, |sum, d| sum.saturating_add(d.shape.elements()));
+        if request.snapshot {
+            return WorldSize { bodies: request.add.len(), shape_elements: added, joints: request.add_joints.len() };
+        }
+        let now = self.size();
+        let removed: usize = request.remove.iter().filter_map(|id| self.bodies.get(id)).map(|e| e.elements).sum();
+        WorldSize {
+            bodies: self.projected_body_count(request),
+            shape_elements: now.shape_elements.saturating_sub(removed).saturating_add(added),
+            joints: now.joints.saturating_add(request.add_joints.len()),
+        }
+    }
+
     /// How many bodies the world would hold after `request`'s changes, without checking
     /// the request (a malformed one is refused later by [`step`](Self::step)): used to
     /// charge a session's memory before the work runs.
@@ -327,11 +368,13 @@ impl PhysicsWorld {
 
     /// Refuses a validated request whose work would exceed the budget. Mutates nothing.
     fn check_budget(&self, r: &PhysicsStepRequest, plan: &Plan, budgets: &Budgets) -> Result<(), TaskError> {
-        let body_steps = (plan.bodies_after as u64).saturating_mul(u64::from(r.steps.max(1)));
+        // Joints are solved like bodies: each counts as one.
+        let joints_after = if r.snapshot { r.add_joints.len() } else { self.joints.len() + r.add_joints.len() };
+        let body_steps = ((plan.bodies_after + joints_after) as u64).saturating_mul(u64::from(r.steps.max(1)));
         if body_steps > budgets.max_body_steps {
             return Err(limit(format!(
-                "{} bodies × {} steps is {body_steps} body-steps; at most {} are allowed per task",
-                plan.bodies_after,
+                "{} bodies and joints × {} steps is {body_steps} body-steps; at most {} are allowed per task",
+                plan.bodies_after + joints_after,
                 r.steps.max(1),
                 budgets.max_body_steps
             )));
@@ -357,13 +400,15 @@ impl PhysicsWorld {
                     let rb = &self.world.bodies[entry.handle];
                     (rb.translation().to_array(), rb.rotation().to_array())
                 });
-                boxes.push(BoundingBox::around(entry.bound, position, rotation, entry.body_type.is_dynamic()));
+                let dynamic = entry.body_type.is_dynamic();
+                boxes.extend(entry.bounds.iter().map(|b| BoundingBox::around(*b, position, rotation, dynamic)));
             }
         }
         for desc in &r.add {
             let (position, rotation) = poses.get(&desc.id).copied().unwrap_or((desc.position, desc.rotation));
-            let bound = Bound::of(&desc.shape, desc.collider_offset.as_ref());
-            boxes.push(BoundingBox::around(bound, position, rotation, desc.body_type.is_dynamic()));
+            let dynamic = desc.body_type.is_dynamic();
+            let bounds = Bound::parts_of(&desc.shape, desc.collider_offset.as_ref());
+            boxes.extend(bounds.into_iter().map(|b| BoundingBox::around(b, position, rotation, dynamic)));
         }
         match estimate_overlapping_pairs(&boxes, budgets.max_contact_pairs) {
             PairEstimate::Within(_) => Ok(()),
@@ -449,6 +494,13 @@ impl PhysicsWorld {
             return Err(limit(format!(
                 "add: the shapes hold {elements} elements (points, vertices, triangles, cells, parts); at most {} are allowed per request",
                 limits::MAX_SHAPE_ELEMENTS_PER_REQUEST
+            )));
+        }
+        let hull_points = r.add.iter().fold(0usize, |sum, d| sum.saturating_add(shapes::hull_points(&d.shape)));
+        if hull_points > limits::MAX_HULL_POINTS_PER_REQUEST {
+            return Err(limit(format!(
+                "add: the convex hulls hold {hull_points} points; at most {} are allowed per request",
+                limits::MAX_HULL_POINTS_PER_REQUEST
             )));
         }
         for desc in &r.add {
@@ -608,10 +660,17 @@ impl PhysicsWorld {
         }
         for ((desc, rotation), collider) in r.add.iter().zip(&plan.add_rotations).zip(&plan.add_colliders) {
             let handle = self.insert(desc, *rotation, collider.clone());
-            let bound = Bound::of(&desc.shape, desc.collider_offset.as_ref());
+            let bounds = Bound::parts_of(&desc.shape, desc.collider_offset.as_ref());
             self.bodies.insert(
                 desc.id,
-                Entry { handle, body_type: desc.body_type, bound, last_reported: None, still_for: 0.0 },
+                Entry {
+                    handle,
+                    body_type: desc.body_type,
+                    bounds,
+                    elements: desc.shape.elements(),
+                    last_reported: None,
+                    still_for: 0.0,
+                },
             );
         }
         for id in &r.remove_joints {
@@ -770,7 +829,9 @@ impl PhysicsWorld {
             }
             self.world.step();
             if max_pairs != u64::MAX {
-                let pairs = self.world.contact_pairs().count() as u64;
+                // A pair of composite shapes (meshes, heightfields, compounds) holds a
+                // manifold per pair of parts in contact: those are the work, so count them.
+                let pairs = self.world.contact_pairs().map(|p| p.manifolds().len().max(1) as u64).sum::<u64>();
                 if pairs > max_pairs {
                     return Some(pairs);
                 }
@@ -996,6 +1057,23 @@ pub enum Bound {
 }
 
 impl Bound {
+    /// The bounds of a checked shape placed at `offset` in its body: one per part of a
+    /// compound, one for anything else.
+    pub fn parts_of(shape: &Shape, offset: Option<&Offset>) -> Vec<Bound> {
+        let Shape::Compound { parts } = shape else { return vec![Bound::of(shape, offset)] };
+        let identity = Offset { position: [0.0; 3], rotation: p2c2r_protocol::physics::IDENTITY };
+        let offset = offset.unwrap_or(&identity);
+        parts
+            .iter()
+            .map(|part| {
+                let (centre, half) = shapes::local_box(&part.shape);
+                let (centre, half) = shapes::turned_box(centre, half, part.position, part.rotation);
+                let (centre, half) = shapes::turned_box(centre, half, offset.position, offset.rotation);
+                Bound::Box { centre, half }
+            })
+            .collect()
+    }
+
     /// The bound of a checked shape placed at `offset` in its body.
     pub fn of(shape: &Shape, offset: Option<&Offset>) -> Self {
         let identity = Offset { position: [0.0; 3], rotation: p2c2r_protocol::physics::IDENTITY };
@@ -1233,7 +1311,10 @@ fn check_body(d: &BodyDesc) -> Result<(), TaskError> {
         check_scalar(&format!("{what}: mass_properties.mass"), m.mass, MASS_RANGE)?;
         check_vec(&format!("{what}: mass_properties.center_of_mass"), m.center_of_mass, MAX_COORDINATE)?;
         for x in m.principal_inertia {
-            check_scalar(&format!("{what}: mass_properties.principal_inertia"), x, (0.0, MAX_FORCE))?;
+            // 0 locks that rotation; anything else must be large enough to invert.
+            if x != 0.0 {
+                check_scalar(&format!("{what}: mass_properties.principal_inertia"), x, (1.0e-6, MAX_FORCE))?;
+            }
         }
         shapes::unit_quat(&format!("{what}: mass_properties.principal_inertia_frame"), m.principal_inertia_frame)?;
     }

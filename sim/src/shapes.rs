@@ -13,9 +13,12 @@ use p2c2r_protocol::physics::{CompoundPart, Quat, Shape, Vec3};
 use p2c2r_protocol::{ErrorCode, TaskError, limits};
 use rapier3d::math::{Pose, Rotation, Vector};
 use rapier3d::parry::utils::Array2;
-use rapier3d::prelude::SharedShape;
+use rapier3d::prelude::{SharedShape, TriMeshFlags};
 
 use limits::{MAX_COORDINATE, SHAPE_EXTENT_RANGE};
+
+/// The narrowest heightfield cell, metres.
+pub const MIN_HEIGHTFIELD_CELL: f32 = 0.01;
 
 /// Checks a shape's values and sizes; `what` names it in errors ("add: body 7").
 pub fn check(shape: &Shape, what: &str) -> Result<(), TaskError> {
@@ -72,7 +75,15 @@ pub fn check(shape: &Shape, what: &str) -> Result<(), TaskError> {
             }
             scale.iter().try_for_each(|&x| {
                 check_scalar(&format!("{what}: heightfield scale"), x, (SHAPE_EXTENT_RANGE.0, MAX_COORDINATE))
-            })
+            })?;
+            // Cells at least a centimetre wide: a body covers a bounded number of them.
+            let (cell_x, cell_z) = (scale[0] / (*columns - 1) as f32, scale[2] / (*rows - 1) as f32);
+            if cell_x.min(cell_z) < MIN_HEIGHTFIELD_CELL {
+                return Err(invalid(format!(
+                    "{what}: heightfield cells are {cell_x} × {cell_z} m; at least {MIN_HEIGHTFIELD_CELL} m is needed"
+                )));
+            }
+            Ok(())
         }
         Shape::Compound { parts } => {
             count(what, "compound parts", parts.len(), 1, limits::MAX_COMPOUND_PARTS)?;
@@ -123,7 +134,10 @@ fn build_unguarded(shape: &Shape, what: &str) -> Result<SharedShape, TaskError> 
         }
         Shape::TriMesh { vertices, indices } => {
             let vertices = vertices.iter().map(|p| Vector::from_array(*p)).collect();
-            SharedShape::trimesh(vertices, indices.clone())
+            // Duplicate and degenerate triangles go: each would be a contact manifold of
+            // its own for nothing.
+            let flags = TriMeshFlags::DELETE_DUPLICATE_TRIANGLES | TriMeshFlags::DELETE_DEGENERATE_TRIANGLES;
+            SharedShape::trimesh_with_flags(vertices, indices.clone(), flags)
                 .map_err(|e| invalid(format!("{what}: the triangle mesh cannot be built: {e}")))?
         }
         Shape::Heightfield { rows, columns, heights, scale } => {
@@ -144,6 +158,15 @@ fn build_unguarded(shape: &Shape, what: &str) -> Result<SharedShape, TaskError> 
             SharedShape::compound(parts)
         }
     })
+}
+
+/// The convex hull points a shape holds, its compound parts' included.
+pub fn hull_points(shape: &Shape) -> usize {
+    match shape {
+        Shape::ConvexHull { points } => points.len(),
+        Shape::Compound { parts } => parts.iter().map(|part| hull_points(&part.shape)).sum(),
+        _ => 0,
+    }
 }
 
 /// A box around a checked shape in its own frame: its centre and half extents.
@@ -286,6 +309,8 @@ mod tests {
         assert_eq!(code(field(2, 3, 5)), Some(ErrorCode::InvalidPayload), "heights do not fill the grid");
         assert_eq!(code(field(1, 3, 3)), Some(ErrorCode::InvalidPayload), "one row");
         assert_eq!(code(field(u32::MAX, u32::MAX, 4)), Some(ErrorCode::LimitExceeded), "absurd grid");
+        let fine = Shape::Heightfield { rows: 3, columns: 3, heights: vec![0.0; 9], scale: [0.01, 1.0, 0.01] };
+        assert_eq!(code(fine), Some(ErrorCode::InvalidPayload), "cells narrower than a centimetre");
         let part = |shape| CompoundPart { shape, position: [0.0; 3], rotation: [0.0, 0.0, 0.0, 1.0] };
         assert_eq!(code(Shape::Compound { parts: vec![] }), Some(ErrorCode::InvalidPayload), "empty compound");
         let nested = Shape::Compound { parts: vec![part(field(2, 2, 4))] };

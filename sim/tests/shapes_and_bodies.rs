@@ -268,12 +268,22 @@ fn hostile_shapes_and_bodies_get_clear_errors_and_leave_the_world_as_it_was() {
         assert_eq!(error.code, code, "{what}: {}", error.message);
         assert_eq!(world.digest(), digest, "{what}: the world is as it was");
     }
-    // Shapes summing past the request's bound, each within its own.
+    // Shapes summing past the request's bounds, each within its own: hull points, then
+    // elements of any kind.
     let hull = |id| BodyDesc::new(id, Shape::ConvexHull { points: vec![[0.0; 3]; limits::MAX_HULL_POINTS] }, [0.0; 3]);
-    let many = limits::MAX_SHAPE_ELEMENTS_PER_REQUEST / limits::MAX_HULL_POINTS + 1;
+    let many = limits::MAX_HULL_POINTS_PER_REQUEST / limits::MAX_HULL_POINTS + 1;
     let error =
         world.step(&PhysicsStepRequest { add: (10..10 + many as u64).map(hull).collect(), ..tick(1) }).unwrap_err();
     assert_eq!(error.code, ErrorCode::LimitExceeded, "{}", error.message);
+    assert!(error.message.contains("convex hulls"), "{}", error.message);
+    let field = |id| {
+        let (rows, columns) = (1024u32, 1024u32);
+        let heights = vec![0.0; (rows * columns) as usize];
+        fixed(id, Shape::Heightfield { rows, columns, heights, scale: [100.0, 1.0, 100.0] }, [0.0; 3])
+    };
+    let error = world.step(&PhysicsStepRequest { add: (10..13).map(field).collect(), ..tick(1) }).unwrap_err();
+    assert_eq!(error.code, ErrorCode::LimitExceeded, "{}", error.message);
+    assert!(error.message.contains("elements"), "{}", error.message);
     // And the session goes on.
     world.step(&tick(1)).expect("the next tick is accepted");
 }
@@ -299,4 +309,29 @@ fn collision_groups_solver_groups_and_sensors_decide_what_touches_and_what_pushe
     assert!(y(2) < -1.0, "outside the ground's groups, it falls through: {}", y(2));
     assert!(y(3) < -1.0, "contacts that push nothing: it falls through: {}", y(3));
     assert!((y(5) - 0.5).abs() < 0.02, "through the trigger volume, onto the ground: {}", y(5));
+}
+
+#[test]
+fn compounds_are_budgeted_by_their_parts_and_duplicate_triangles_cost_nothing() {
+    // Forty bodies of 256 small parts each, all in one spot: 780 pairs of bodies, but
+    // rapier would pair every part with every part (about 50 million manifolds).
+    let part = CompoundPart { shape: Shape::Sphere { radius: 0.1 }, position: [0.0; 3], rotation: IDENTITY };
+    let clump = Shape::Compound { parts: vec![part; 256] };
+    let pile: Vec<BodyDesc> = (0..40).map(|i| BodyDesc::new(i, clump.clone(), [0.0, 1.0, 0.0])).collect();
+    let mut world = PhysicsWorld::new();
+    let error = world.step_limited(&snapshot(pile), &p2c2r_sim::Budgets::default()).unwrap_err();
+    assert_eq!(error.code, ErrorCode::LimitExceeded, "{}", error.message);
+    // A mesh of one triangle listed 200,000 times is built as one triangle, and a ball
+    // resting on it steps as cheaply as on any floor.
+    let triangle = Shape::TriMesh {
+        vertices: vec![[-10.0, 0.0, -10.0], [10.0, 0.0, -10.0], [0.0, 0.0, 10.0]],
+        indices: vec![[0, 2, 1]; 200_000],
+    };
+    let floor = fixed(0, triangle, [0.0; 3]);
+    let ball = BodyDesc::new(1, Shape::Sphere { radius: 0.5 }, [0.0, 0.6, 0.0]);
+    world.step_limited(&snapshot(vec![floor, ball]), &p2c2r_sim::Budgets::default()).unwrap();
+    for t in 1..=30 {
+        world.step_limited(&tick(t), &p2c2r_sim::Budgets::default()).unwrap();
+    }
+    assert!((state(&world, 1).position[1] - 0.5).abs() < 0.02, "{:?}", state(&world, 1).position);
 }
