@@ -599,13 +599,7 @@ pub fn encode_request(request: &PhysicsStepRequest, out: &mut Vec<u8>) {
             put_body(out, d);
         }
     }
-    if !r.remove.is_empty() {
-        put_varint(out, r.remove.len() as u64);
-        let mut ids = IdWriter(0);
-        for &id in &r.remove {
-            ids.put(out, id);
-        }
-    }
+    put_id_list(out, &r.remove);
     if !r.set_pose.is_empty() {
         put_varint(out, r.set_pose.len() as u64);
         let mut ids = IdWriter(0);
@@ -650,15 +644,8 @@ pub fn encode_request(request: &PhysicsStepRequest, out: &mut Vec<u8>) {
             put_pose(out, k.position, k.rotation);
         }
     }
-    for list in [&r.wake, &r.sleep] {
-        if !list.is_empty() {
-            put_varint(out, list.len() as u64);
-            let mut ids = IdWriter(0);
-            for &id in list {
-                ids.put(out, id);
-            }
-        }
-    }
+    put_id_list(out, &r.wake);
+    put_id_list(out, &r.sleep);
     if !r.add_joints.is_empty() {
         put_varint(out, r.add_joints.len() as u64);
         let mut ids = IdWriter(0);
@@ -667,10 +654,16 @@ pub fn encode_request(request: &PhysicsStepRequest, out: &mut Vec<u8>) {
             put_joint(out, j);
         }
     }
-    if !r.remove_joints.is_empty() {
-        put_varint(out, r.remove_joints.len() as u64);
+    put_id_list(out, &r.remove_joints);
+}
+
+/// A list of ids (none written when empty: the list mask says so): its count, then each
+/// id coded against the previous one.
+fn put_id_list(out: &mut Vec<u8>, list: &[u64]) {
+    if !list.is_empty() {
+        put_varint(out, list.len() as u64);
         let mut ids = IdWriter(0);
-        for &id in &r.remove_joints {
+        for &id in list {
             ids.put(out, id);
         }
     }

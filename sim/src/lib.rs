@@ -31,6 +31,7 @@
 //! ```
 
 pub mod budget;
+mod checks;
 pub mod navigation;
 pub mod physics;
 pub mod shapes;

@@ -72,6 +72,7 @@ use rapier3d::prelude::{
 };
 
 use crate::budget::Budgets;
+use crate::checks::{check_scalar, check_vec, invalid, limit, unit_quat};
 use crate::shapes;
 
 /// Gravity of a new session, m/s².
@@ -771,12 +772,12 @@ impl PhysicsWorld {
             .solver_groups(interaction_groups(d.solver_groups))
             .sensor(d.sensor);
         if let Some(offset) = d.collider_offset {
-            let rotation = shapes::unit_quat("collider_offset.rotation", offset.rotation).expect("validated");
+            let rotation = unit_quat("collider_offset.rotation", offset.rotation).expect("validated");
             collider = collider.position(Pose::from_parts(vec3(offset.position), rotation));
         }
         let collider = match (d.mass_properties, d.mass, d.density) {
             (Some(m), _, _) => {
-                let frame = shapes::unit_quat("mass_properties", m.principal_inertia_frame).expect("validated");
+                let frame = unit_quat("mass_properties", m.principal_inertia_frame).expect("validated");
                 collider.mass_properties(MassProperties::with_principal_inertia_frame(
                     vec3(m.center_of_mass),
                     m.mass,
@@ -1227,40 +1228,11 @@ fn interpolate(a: &Pose, b: &Pose, t: f32) -> Pose {
     Pose::from_parts(translation, rotation)
 }
 
-fn invalid(message: String) -> TaskError {
-    TaskError::new(ErrorCode::InvalidPayload, message)
-}
-
-fn limit(message: String) -> TaskError {
-    TaskError::new(ErrorCode::LimitExceeded, message)
-}
-
-fn check_vec(what: &str, v: Vec3, max: f32) -> Result<(), TaskError> {
-    if v.iter().all(|x| x.is_finite() && x.abs() <= max) {
-        Ok(())
-    } else {
-        Err(invalid(format!("{what} must hold finite numbers within ±{max:e}, got {v:?}")))
-    }
-}
-
-fn check_scalar(what: &str, x: f32, (min, max): (f32, f32)) -> Result<(), TaskError> {
-    if x.is_finite() && x >= min && x <= max {
-        Ok(())
-    } else {
-        Err(invalid(format!("{what} must be a number in [{min:e}, {max:e}], got {x}")))
-    }
-}
-
 /// The lattice rotation of a quaternion that is close to unit length; rejects anything
 /// else.
 fn lattice_rotation(what: &str, q: Quat) -> Result<Rotation, TaskError> {
     unit_quat(what, q)?;
     Ok(Rotation::from_array(snap_rotation(q)))
-}
-
-/// Normalizes a rotation that is close to unit length; rejects anything else.
-fn unit_quat(what: &str, q: Quat) -> Result<Rotation, TaskError> {
-    shapes::unit_quat(what, q)
 }
 
 fn check_body(d: &BodyDesc) -> Result<(), TaskError> {
@@ -1291,7 +1263,7 @@ fn check_body(d: &BodyDesc) -> Result<(), TaskError> {
     }
     if let Some(offset) = d.collider_offset {
         check_vec(&format!("{what}: collider_offset.position"), offset.position, MAX_COORDINATE)?;
-        shapes::unit_quat(&format!("{what}: collider_offset.rotation"), offset.rotation)?;
+        unit_quat(&format!("{what}: collider_offset.rotation"), offset.rotation)?;
     }
     check_scalar(
         &format!("{what}: gravity_scale"),
@@ -1316,7 +1288,7 @@ fn check_body(d: &BodyDesc) -> Result<(), TaskError> {
                 check_scalar(&format!("{what}: mass_properties.principal_inertia"), x, (1.0e-6, MAX_FORCE))?;
             }
         }
-        shapes::unit_quat(&format!("{what}: mass_properties.principal_inertia_frame"), m.principal_inertia_frame)?;
+        unit_quat(&format!("{what}: mass_properties.principal_inertia_frame"), m.principal_inertia_frame)?;
     }
     Ok(())
 }

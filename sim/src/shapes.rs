@@ -10,12 +10,14 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use p2c2r_protocol::physics::{CompoundPart, Quat, Shape, Vec3};
-use p2c2r_protocol::{ErrorCode, TaskError, limits};
-use rapier3d::math::{Pose, Rotation, Vector};
+use p2c2r_protocol::{TaskError, limits};
+use rapier3d::math::{Pose, Vector};
 use rapier3d::parry::utils::Array2;
 use rapier3d::prelude::{SharedShape, TriMeshFlags};
 
 use limits::{MAX_COORDINATE, SHAPE_EXTENT_RANGE};
+
+use crate::checks::{check_scalar, check_vec, invalid, limit, unit_quat};
 
 /// The narrowest heightfield cell, metres.
 pub const MIN_HEIGHTFIELD_CELL: f32 = 0.01;
@@ -236,43 +238,13 @@ fn count(what: &str, name: &str, n: usize, min: usize, max: usize) -> Result<(),
 }
 
 fn check_point(what: &str, name: &str, p: Vec3) -> Result<(), TaskError> {
-    if p.iter().all(|x| x.is_finite() && x.abs() <= MAX_COORDINATE) {
-        Ok(())
-    } else {
-        Err(invalid(format!("{what}: {name} must hold finite numbers within ±{MAX_COORDINATE:e}, got {p:?}")))
-    }
-}
-
-fn check_scalar(what: &str, x: f32, (min, max): (f32, f32)) -> Result<(), TaskError> {
-    if x.is_finite() && x >= min && x <= max {
-        Ok(())
-    } else {
-        Err(invalid(format!("{what} must be a number in [{min:e}, {max:e}], got {x}")))
-    }
-}
-
-/// Normalizes a rotation that is close to unit length; rejects anything else.
-pub(crate) fn unit_quat(what: &str, q: Quat) -> Result<Rotation, TaskError> {
-    let rotation = Rotation::from_array(q);
-    let norm = rotation.length();
-    if q.iter().all(|x| x.is_finite()) && (0.9..=1.1).contains(&norm) {
-        Ok(if norm == 1.0 { rotation } else { rotation.normalize() })
-    } else {
-        Err(invalid(format!("{what} must be a unit quaternion [x, y, z, w], got {q:?}")))
-    }
-}
-
-fn invalid(message: String) -> TaskError {
-    TaskError::new(ErrorCode::InvalidPayload, message)
-}
-
-fn limit(message: String) -> TaskError {
-    TaskError::new(ErrorCode::LimitExceeded, message)
+    check_vec(&format!("{what}: {name}"), p, MAX_COORDINATE)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use p2c2r_protocol::ErrorCode;
 
     fn code(shape: Shape) -> Option<ErrorCode> {
         check(&shape, "s").and_then(|()| build(&shape, "s").map(|_| ())).err().map(|e| e.code)
