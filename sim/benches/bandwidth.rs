@@ -16,6 +16,8 @@
 //!   Broken into phases: falling (ticks 0-59), settling (60-149), pushing (150-599).
 //! - `awake`: 1,000 cubes and balls in zero gravity with random velocities and spins,
 //!   never asleep, bumping into each other now and then.
+//! - `jointed`: 20 rope bridges of 20 planks each (400 bodies, 420 ball joints and ropes,
+//!   sent once in the snapshot), 40 balls dropped on them: swinging, then settling.
 //!
 //! Columns: bytes per body per frame of results, of requests and of both (the snapshot
 //! that starts the scene and its keyframe result included); bytes per reported body of the
@@ -26,7 +28,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use p2c2r_protocol::packed::{ResultDecoder, ResultEncoder, decode_request, encode_request};
-use p2c2r_protocol::physics::{BodyDesc, BodyId, BodyState, BodyType, KinematicTarget, PhysicsStepRequest, Shape};
+use p2c2r_protocol::physics::{
+    BodyDesc, BodyId, BodyState, BodyType, JointDesc, JointKind, KinematicTarget, PhysicsStepRequest, Shape,
+};
 use p2c2r_sim::physics::PhysicsWorld;
 
 const DT: f32 = 1.0 / 60.0;
@@ -271,8 +275,57 @@ fn awake() {
     print_row("awake: all", 1000, &tally, Some(session.asleep()));
 }
 
+fn jointed() {
+    let (bridges, planks) = (20u64, 20u64);
+    let mut add = Vec::new();
+    let mut joints = Vec::new();
+    for b in 0..bridges {
+        let z = b as f32 * 3.0;
+        for p in 0..planks {
+            let id = b * planks + p;
+            add.push(BodyDesc::new(id, Shape::Box { half_extents: [0.45, 0.05, 0.5] }, [p as f32, 5.0, z]));
+            let link = |id, body2, kind, anchor1, anchor2| JointDesc {
+                id,
+                body1: b * planks + p,
+                body2,
+                kind,
+                anchor1,
+                anchor2,
+                contacts_enabled: false,
+            };
+            if p == 0 {
+                joints.push(link(10_000 + b, None, JointKind::Spherical, [-0.5, 0.0, 0.0], [-0.5, 5.0, z]));
+            }
+            if p + 1 < planks {
+                joints.push(link(id, Some(id + 1), JointKind::Spherical, [0.5, 0.0, 0.0], [-0.5, 0.0, 0.0]));
+            } else {
+                let rope = JointKind::Rope { max_distance: 0.05 };
+                joints.push(link(20_000 + b, None, rope, [0.5, 0.0, 0.0], [planks as f32 - 0.5, 5.0, z]));
+            }
+        }
+        for k in 0..2u64 {
+            let x = 5.0 + k as f32 * 8.0;
+            add.push(BodyDesc::new(1_000 + b * 2 + k, Shape::Sphere { radius: 0.3 }, [x, 8.0 + k as f32, z]));
+        }
+    }
+    let bodies = add.len();
+    let mut session = Session::new();
+    let mut tally = Tally::default();
+    for tick in 0..TICKS {
+        let mut request = PhysicsStepRequest { tick, dt: DT, steps: 1, ..Default::default() };
+        if tick == 0 {
+            request.snapshot = true;
+            request.add = add.clone();
+            request.add_joints = joints.clone();
+        }
+        session.tick(&request, &mut tally);
+    }
+    print_row("jointed: all", bodies, &tally, Some(session.asleep()));
+}
+
 fn main() {
     print_header();
     cubes();
     awake();
+    jointed();
 }
