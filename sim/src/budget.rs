@@ -25,14 +25,15 @@ pub const DEFAULT_MAX_WAYPOINTS: usize = 200_000;
 /// refuse is refused locally too).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Budgets {
-    /// Most bodies × steps one `physics_step` may simulate (the bodies the world holds
-    /// after the request's changes, times `max(steps, 1)`). Default
+    /// Most bodies × steps one `physics_step` may simulate (the bodies and joints the
+    /// world holds after the request's changes, times `max(steps, 1)`). Default
     /// [`DEFAULT_MAX_BODY_STEPS`].
     pub max_body_steps: u64,
     /// Most pairs of overlapping bodies (bounding boxes that overlap, at least one body
     /// dynamic) a physics world may hold: checked on the request's world before stepping
-    /// (an estimate from the bodies' bounding boxes) and on rapier's own contact pairs
-    /// after stepping (a world that grew past it is dropped, with resync). Default
+    /// (an estimate from the bodies' bounding boxes, a compound's parts each) and on
+    /// rapier's own contact manifolds after each step (a world that grew past it is
+    /// dropped, with resync). Default
     /// [`DEFAULT_MAX_CONTACT_PAIRS`].
     pub max_contact_pairs: u64,
     /// Most A* node expansions for one `ai_navigate` request, all agents together.

@@ -271,12 +271,14 @@ impl PhysicsWorld {
     /// [`step`](Self::step) within a work budget, as peers run it.
     ///
     /// Before anything runs: a request whose world would hold more than
-    /// `budgets.max_body_steps / max(steps, 1)` bodies, or whose bodies' bounding boxes
-    /// would overlap in more than `budgets.max_contact_pairs` pairs (at least one body of
-    /// the pair dynamic), is refused with `limit_exceeded` and the world is untouched.
-    /// After each step: once rapier holds more than `max_contact_pairs` contact pairs
-    /// (bodies piled up during the steps), the remaining steps are skipped, the world is
-    /// dropped and the request answered `limit_exceeded` with `resync: true`.
+    /// `budgets.max_body_steps / max(steps, 1)` bodies and joints, or whose bodies'
+    /// bounding boxes (a compound's parts each) would overlap in more than
+    /// `budgets.max_contact_pairs` pairs (at least one body of the pair dynamic), is
+    /// refused with `limit_exceeded` and the world is untouched. After each step: once
+    /// rapier holds more than `max_contact_pairs` contact manifolds (bodies piled up
+    /// during the steps, or composite shapes touching in many parts), the remaining steps
+    /// are skipped, the world is dropped and the request answered `limit_exceeded` with
+    /// `resync: true`.
     pub fn step_limited(
         &mut self,
         request: &PhysicsStepRequest,
