@@ -541,6 +541,9 @@ mod tests {
         let mut world = PhysicsWorld::new();
         world.step(&request).unwrap();
         assert_eq!(world.size(), size);
+        // And gives them back when its bodies go.
+        world.step(&PhysicsStepRequest { tick: 1, dt: 0.01, steps: 1, remove: vec![1], ..Default::default() }).unwrap();
+        assert_eq!(world.size(), WorldSize::default());
     }
 
     #[test]

@@ -199,7 +199,7 @@ fn step_session(
             // Charge the session's memory for the world the request makes before building it.
             let size = match &session.physics {
                 Some(world) => world.projected_size(request),
-                None => PhysicsWorld::new().projected_size(request),
+                None => PhysicsWorld::requested_size(request),
             };
             sessions
                 .charge(session_id, Session::estimate(size, session.grid_cells()))

@@ -261,18 +261,8 @@ fn awake() {
             ..BodyDesc::new(i, shape, [x * 3.0, y * 3.0, z * 3.0])
         });
     }
-    let mut session = Session::new();
-    let mut tally = Tally::default();
-    for tick in 0..TICKS {
-        let mut request = PhysicsStepRequest { tick, dt: DT, steps: 1, ..Default::default() };
-        if tick == 0 {
-            request.snapshot = true;
-            request.gravity = Some([0.0; 3]);
-            request.add = add_bodies.clone();
-        }
-        session.tick(&request, &mut tally);
-    }
-    print_row("awake: all", 1000, &tally, Some(session.asleep()));
+    let snapshot = PhysicsStepRequest { gravity: Some([0.0; 3]), add: add_bodies, ..Default::default() };
+    run_quiet_scene("awake: all", snapshot);
 }
 
 fn jointed() {
@@ -308,19 +298,20 @@ fn jointed() {
             add.push(BodyDesc::new(1_000 + b * 2 + k, Shape::Sphere { radius: 0.3 }, [x, 8.0 + k as f32, z]));
         }
     }
-    let bodies = add.len();
+    run_quiet_scene("jointed: all", PhysicsStepRequest { add, add_joints: joints, ..Default::default() });
+}
+
+/// Runs a scene that is only its snapshot (`snapshot`'s tick, dt and steps are set here)
+/// and plain ticks after it, and prints its row.
+fn run_quiet_scene(name: &str, snapshot: PhysicsStepRequest) {
+    let bodies = snapshot.add.len();
     let mut session = Session::new();
     let mut tally = Tally::default();
-    for tick in 0..TICKS {
-        let mut request = PhysicsStepRequest { tick, dt: DT, steps: 1, ..Default::default() };
-        if tick == 0 {
-            request.snapshot = true;
-            request.add = add.clone();
-            request.add_joints = joints.clone();
-        }
-        session.tick(&request, &mut tally);
+    session.tick(&PhysicsStepRequest { tick: 0, snapshot: true, dt: DT, steps: 1, ..snapshot }, &mut tally);
+    for tick in 1..TICKS {
+        session.tick(&PhysicsStepRequest { tick, dt: DT, steps: 1, ..Default::default() }, &mut tally);
     }
-    print_row("jointed: all", bodies, &tally, Some(session.asleep()));
+    print_row(name, bodies, &tally, Some(session.asleep()));
 }
 
 fn main() {

@@ -128,6 +128,8 @@ struct Entry {
 pub struct PhysicsWorld {
     world: rapier3d::prelude::PhysicsWorld,
     bodies: BTreeMap<BodyId, Entry>,
+    /// The bodies' shape elements together (kept as bodies come and go: read every tick).
+    shape_elements: usize,
     /// The gamer's joints, by id.
     joints: BTreeMap<JointId, JointEntry>,
     /// A fixed body with no collider at the origin, for joints to the world (made at the
@@ -173,7 +175,14 @@ impl PhysicsWorld {
     pub fn new() -> Self {
         let mut world = rapier3d::prelude::PhysicsWorld::new();
         world.gravity = vec3(DEFAULT_GRAVITY);
-        PhysicsWorld { world, bodies: BTreeMap::new(), joints: BTreeMap::new(), world_anchor: None, last_tick: None }
+        PhysicsWorld {
+            world,
+            bodies: BTreeMap::new(),
+            shape_elements: 0,
+            joints: BTreeMap::new(),
+            world_anchor: None,
+            last_tick: None,
+        }
     }
 
     /// The tick of the last request that succeeded, `None` before the first snapshot.
@@ -333,27 +342,32 @@ impl PhysicsWorld {
 
     /// What the world holds: bodies, shape elements, joints.
     pub fn size(&self) -> WorldSize {
-        WorldSize {
-            bodies: self.bodies.len(),
-            shape_elements: self.bodies.values().map(|e| e.elements).sum(),
-            joints: self.joints.len(),
-        }
+        WorldSize { bodies: self.bodies.len(), shape_elements: self.shape_elements, joints: self.joints.len() }
     }
 
     /// What the world would hold after `request`'s changes, without checking the request
     /// (at most: removals of joints are not subtracted); used to charge a session's memory
     /// before the work runs.
     pub fn projected_size(&self, request: &PhysicsStepRequest) -> WorldSize {
-        let added = request.add.iter().fold(0usize, |sum, d| sum.saturating_add(d.shape.elements()));
         if request.snapshot {
-            return WorldSize { bodies: request.add.len(), shape_elements: added, joints: request.add_joints.len() };
+            return Self::requested_size(request);
         }
+        let added = Self::requested_size(request).shape_elements;
         let now = self.size();
         let removed: usize = request.remove.iter().filter_map(|id| self.bodies.get(id)).map(|e| e.elements).sum();
         WorldSize {
             bodies: self.projected_body_count(request),
             shape_elements: now.shape_elements.saturating_sub(removed).saturating_add(added),
             joints: now.joints.saturating_add(request.add_joints.len()),
+        }
+    }
+
+    /// What `request` adds: all a world made by it holds when it is a snapshot.
+    pub fn requested_size(request: &PhysicsStepRequest) -> WorldSize {
+        WorldSize {
+            bodies: request.add.len(),
+            shape_elements: request.add.iter().fold(0usize, |sum, d| sum.saturating_add(d.shape.elements())),
+            joints: request.add_joints.len(),
         }
     }
 
@@ -634,6 +648,10 @@ impl PhysicsWorld {
             }
             check_joint(j, &what)?;
         }
+        // Only additions can pass the bound (and counting is O(joints): not on every tick).
+        if added.is_empty() {
+            return Ok(());
+        }
         let kept = self.joints.keys().filter(|id| alive(id) && !removed.contains(id)).count();
         if kept + added.len() > limits::MAX_JOINTS_PER_SESSION {
             return Err(limit(format!(
@@ -653,27 +671,15 @@ impl PhysicsWorld {
         if let Some(g) = r.gravity {
             self.world.gravity = vec3(g);
         }
-        for id in &r.remove {
-            if let Some(entry) = self.bodies.remove(id) {
-                self.world.remove_body(entry.handle);
-            }
-        }
-        if !r.remove.is_empty() {
-            self.forget_joints_of(&r.remove.iter().copied().collect());
-        }
+        self.remove_bodies(&r.remove);
         for ((desc, rotation), collider) in r.add.iter().zip(&plan.add_rotations).zip(&plan.add_colliders) {
             let handle = self.insert(desc, *rotation, collider.clone());
+            let elements = desc.shape.elements();
+            self.shape_elements += elements;
             let bounds = Bound::parts_of(&desc.shape, desc.collider_offset.as_ref());
             self.bodies.insert(
                 desc.id,
-                Entry {
-                    handle,
-                    body_type: desc.body_type,
-                    bounds,
-                    elements: desc.shape.elements(),
-                    last_reported: None,
-                    still_for: 0.0,
-                },
+                Entry { handle, body_type: desc.body_type, bounds, elements, last_reported: None, still_for: 0.0 },
             );
         }
         for id in &r.remove_joints {
@@ -742,9 +748,22 @@ impl PhysicsWorld {
         }
     }
 
-    /// Forgets the joints of bodies just removed (rapier removed them with the bodies).
-    fn forget_joints_of(&mut self, removed: &HashSet<BodyId>) {
-        self.joints.retain(|_, j| !removed.contains(&j.body1) && j.body2.is_none_or(|b| !removed.contains(&b)));
+    /// Removes bodies, and with them their joints (rapier removes those with the body; the
+    /// world forgets them too).
+    fn remove_bodies(&mut self, ids: &[BodyId]) {
+        if ids.is_empty() {
+            return;
+        }
+        for id in ids {
+            if let Some(entry) = self.bodies.remove(id) {
+                self.world.remove_body(entry.handle);
+                self.shape_elements -= entry.elements;
+            }
+        }
+        if !self.joints.is_empty() {
+            let removed: HashSet<BodyId> = ids.iter().copied().collect();
+            self.joints.retain(|_, j| !removed.contains(&j.body1) && j.body2.is_none_or(|b| !removed.contains(&b)));
+        }
     }
 
     fn insert(&mut self, d: &BodyDesc, rotation: Rotation, shape: SharedShape) -> RigidBodyHandle {
@@ -903,14 +922,7 @@ impl PhysicsWorld {
                 states.push(snapped);
             }
         }
-        for id in &removed {
-            if let Some(entry) = self.bodies.remove(id) {
-                self.world.remove_body(entry.handle);
-            }
-        }
-        if !removed.is_empty() {
-            self.forget_joints_of(&removed.iter().copied().collect());
-        }
+        self.remove_bodies(&removed);
         Ok((states, removed))
     }
 }
