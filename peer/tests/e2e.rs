@@ -4,6 +4,8 @@
 //! - a ball falls as physics says and a stack settles, through the coordinator;
 //! - the peer holding a session is killed mid-run: the gamer gets one resync error,
 //!   sends a snapshot, and receives every later tick;
+//! - a session with a joint, a trigger zone and listening bodies fails over the same way,
+//!   its snapshot carrying the touching pairs: every event is raised exactly once;
 //! - two peers fed the same ticks return identical bytes;
 //! - peers reconnect when the coordinator restarts on the same address.
 
@@ -440,5 +442,125 @@ async fn joints_come_back_from_a_peer_byte_for_byte() {
     }
     assert_eq!(reference.joint_count(), joints.len() - 1);
     peer.shutdown().await;
+    coord.shutdown().await;
+}
+
+/// The gamer's side of events: the touching pairs it holds, kept by applying each
+/// result's events; a pair started twice or stopped unstarted fails the test.
+fn apply_events(touching: &mut std::collections::BTreeSet<[u64; 2]>, events: &[p2c2r_protocol::physics::PhysicsEvent]) {
+    use p2c2r_protocol::physics::EventKind;
+    for e in events {
+        match e.kind {
+            EventKind::Started { .. } => assert!(touching.insert([e.body1, e.body2]), "started twice: {e:?}"),
+            EventKind::Stopped { .. } => assert!(touching.remove(&[e.body1, e.body2]), "stopped unstarted: {e:?}"),
+            EventKind::ContactForce { .. } => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_with_joints_sensors_and_events_fails_over_with_one_resync_and_raises_each_event_once() {
+    use p2c2r_protocol::physics::{EventKind, JointDesc, JointKind, active_events};
+    let coord = coordinator::spawn("127.0.0.1:0", coordinator::Config::default()).await.unwrap();
+    let url = coord.url();
+    let peers = [start_peer(&url, "peer-a").await, start_peer(&url, "peer-b").await];
+    let mut gamer = gamer::connect(&url, "gamer-events").await;
+    // A ball swinging on a hinge through a trigger zone at the bottom of its arc, and a
+    // crate resting on the ground (touching it when the peer dies).
+    let mut ball = BodyDesc::new(1, Shape::Sphere { radius: 0.2 }, [2.0, 3.0, 0.0]);
+    ball.active_events = active_events::COLLISION_EVENTS;
+    let mut zone =
+        BodyDesc::new(2, Shape::Box { half_extents: [0.3, 0.5, 0.5] }, [0.0, 1.0, 0.0]).with_body_type(BodyType::Fixed);
+    (zone.sensor, zone.active_events) = (true, active_events::COLLISION_EVENTS);
+    let mut crate_ = BodyDesc::new(3, Shape::Box { half_extents: [0.5; 3] }, [5.0, 0.5, 3.0]);
+    crate_.active_events = active_events::ALL;
+    crate_.contact_force_threshold = 1.0e4;
+    let scene = vec![ground(), ball, zone, crate_];
+    let hinge = JointKind::Revolute { axis: [0.0, 0.0, 1.0], limits: None, motor: None };
+    let joints = vec![JointDesc {
+        id: 1,
+        body1: 1,
+        body2: None,
+        kind: hinge,
+        anchor1: [-2.0, 0.0, 0.0],
+        anchor2: [0.0, 3.0, 0.0],
+        contacts_enabled: true,
+    }];
+    let mut latest = BTreeMap::new();
+    let mut touching = std::collections::BTreeSet::new();
+    let mut entries = [0u32; 2];
+    let mut count = |events: &[p2c2r_protocol::physics::PhysicsEvent], after_failover: bool| {
+        let zone_starts = events.iter().filter(|e| e.body2 == 2 && matches!(e.kind, EventKind::Started { .. }));
+        entries[usize::from(after_failover)] += zone_starts.count() as u32;
+    };
+    let snapshot = PhysicsStepRequest { add: scene.clone(), add_joints: joints.clone(), snapshot: true, ..tick(0) };
+    let (first, _) = gamer.physics("s", &snapshot).await.unwrap();
+    latest.extend(first.bodies.iter().map(|b| (b.id, *b)));
+    apply_events(&mut touching, &first.events);
+    for t in 1..=150u64 {
+        let (r, _) = gamer.physics("s", &tick(t)).await.unwrap();
+        latest.extend(r.bodies.iter().map(|b| (b.id, *b)));
+        apply_events(&mut touching, &r.events);
+        count(&r.events, false);
+    }
+    assert!(touching.contains(&[0, 3]), "the crate rests on the ground at the hand-over: {touching:?}");
+    let holder = peers.iter().position(|p| p.session_keys().iter().any(|k| k.ends_with("/s"))).unwrap();
+    peers[holder].kill();
+    let mut resyncs = 0;
+    let mut t = 151u64;
+    while t <= 450 {
+        match gamer.physics("s", &tick(t)).await {
+            Ok((r, _)) => {
+                latest.extend(r.bodies.iter().map(|b| (b.id, *b)));
+                apply_events(&mut touching, &r.events);
+                count(&r.events, true);
+                t += 1;
+            }
+            Err(e) => {
+                assert!(e.resync, "only resync errors are expected: {e:?}");
+                resyncs += 1;
+                assert_eq!(resyncs, 1, "one resync is enough");
+                // The snapshot carries the bodies, the joints and the touching pairs the
+                // gamer holds.
+                let add = scene
+                    .iter()
+                    .map(|d| match latest.get(&d.id) {
+                        Some(s) => BodyDesc {
+                            position: s.position,
+                            rotation: s.rotation,
+                            linvel: s.linvel,
+                            angvel: s.angvel,
+                            sleeping: s.sleeping,
+                            ..d.clone()
+                        },
+                        None => d.clone(),
+                    })
+                    .collect();
+                let resync = PhysicsStepRequest {
+                    add,
+                    add_joints: joints.clone(),
+                    touching: touching.iter().copied().collect(),
+                    snapshot: true,
+                    ..tick(t)
+                };
+                let (r, _) = gamer.physics("s", &resync).await.unwrap();
+                assert!(
+                    !r.events.iter().any(|e| matches!(e.kind, EventKind::Started { .. }) && e.body1 == 0),
+                    "the resting crate is not started again: {:?}",
+                    r.events
+                );
+                latest.extend(r.bodies.iter().map(|b| (b.id, *b)));
+                apply_events(&mut touching, &r.events);
+                count(&r.events, true);
+                t += 1;
+            }
+        }
+    }
+    assert_eq!(resyncs, 1);
+    assert!(entries[0] >= 1 && entries[1] >= 2, "the ball swings through the zone on both peers: {entries:?}");
+    assert!(touching.contains(&[0, 3]), "the crate still rests, started once: {touching:?}");
+    for p in peers {
+        p.shutdown().await;
+    }
     coord.shutdown().await;
 }

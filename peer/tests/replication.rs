@@ -5,13 +5,15 @@
 //!   and a new peer becomes a replica by replaying the session's log;
 //! - a peer that runs the physics honestly but corrupts 1 % of its answers, among two
 //!   honest peers, is caught on its first lie, quarantined, and the gamer's copy of the
-//!   world is corrected to the honest state (every body, bit for bit) within a few ticks.
+//!   world is corrected to the honest state (every body, bit for bit) within a few ticks;
+//! - a peer that drops or invents a collision event is caught the same way.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use p2c2r_protocol::physics::{
-    BodyDesc, BodyState, BodyType, JointDesc, JointKind, PhysicsStepRequest, PhysicsStepResult, Shape,
+    BodyDesc, BodyState, BodyType, EventKind, JointDesc, JointKind, PhysicsEvent, PhysicsStepRequest,
+    PhysicsStepResult, Shape,
 };
 use p2c2r_protocol::{Capabilities, ErrorCode, Message, Payload};
 use p2c2r_sim::physics::PhysicsWorld;
@@ -45,8 +47,18 @@ fn scene() -> Vec<BodyDesc> {
     ];
     for i in 0..24u64 {
         let (x, z) = ((i % 4) as f32 * 1.1 - 1.65, (i / 4 % 3) as f32 * 1.1 - 1.1);
-        bodies.push(BodyDesc::new(i + 1, Shape::Box { half_extents: [0.5; 3] }, [x, 1.0 + (i / 12) as f32 * 1.2, z]));
+        let mut crate_ =
+            BodyDesc::new(i + 1, Shape::Box { half_extents: [0.5; 3] }, [x, 1.0 + (i / 12) as f32 * 1.2, z]);
+        // Landing crates raise collision and contact-force events.
+        crate_.active_events = p2c2r_protocol::physics::active_events::ALL;
+        crate_.contact_force_threshold = 2_000.0;
+        bodies.push(crate_);
     }
+    // A trigger zone the hull falls through.
+    let mut zone = BodyDesc::new(44, Shape::Box { half_extents: [1.0, 0.5, 1.0] }, [6.0, 2.5, 2.0])
+        .with_body_type(BodyType::Fixed);
+    (zone.sensor, zone.active_events) = (true, p2c2r_protocol::physics::active_events::COLLISION_EVENTS);
+    bodies.push(zone);
     bodies.push(BodyDesc::new(40, Shape::Cylinder { half_height: 0.5, radius: 0.3 }, [6.0, 2.0, 0.0]));
     let hull = Shape::ConvexHull { points: vec![[0.0; 3], [0.8, 0.0, 0.0], [0.0, 0.8, 0.0], [0.0, 0.0, 0.8]] };
     bodies.push(BodyDesc::new(41, hull, [6.0, 4.0, 2.0]));
@@ -130,10 +142,52 @@ fn lies_on(tick: u64) -> bool {
     tick % 100 == 37
 }
 
-/// A peer that runs every task honestly (the real peer's task code) and then, on 1 % of
-/// ticks, moves one body of its answer by half a metre. It answers as fast as it can, so
-/// its lie is often the first answer the gamer gets.
-async fn liar(url: String) -> tokio::task::JoinHandle<(u32, Option<ErrorCode>)> {
+/// What a liar changes in its answer.
+#[derive(Clone, Copy, Debug)]
+enum Lie {
+    /// Moves one body by half a metre, on 1 % of ticks ([`lies_on`]).
+    MovesABody,
+    /// Leaves out the first event of a tick that has events.
+    DropsAnEvent,
+    /// Adds a contact-force event that did not happen.
+    InventsAnEvent,
+}
+
+impl Lie {
+    /// Changes `result` if this liar lies on it; whether it did.
+    fn tell(self, result: &mut PhysicsStepResult) -> bool {
+        match self {
+            Lie::MovesABody if lies_on(result.tick) && !result.bodies.is_empty() => {
+                result.bodies[0].position[0] += 0.5;
+                true
+            }
+            Lie::DropsAnEvent if result.tick >= 3 && !result.events.is_empty() => {
+                result.events.remove(0);
+                true
+            }
+            Lie::InventsAnEvent if result.tick >= 3 => {
+                result.events.push(PhysicsEvent {
+                    step: 0,
+                    body1: u64::MAX - 1,
+                    body2: u64::MAX,
+                    kind: EventKind::ContactForce {
+                        total_force: [0.0, 1.0e4, 0.0],
+                        total_force_magnitude: 1.0e4,
+                        max_force_direction: [0.0, 1.0, 0.0],
+                        max_force_magnitude: 1.0e4,
+                    },
+                });
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A peer that runs every task honestly (the real peer's task code) and then tells its
+/// lie ([`Lie`]) in the answer. It answers as fast as it can, so its lie is often the
+/// first answer the gamer gets.
+async fn liar(url: String, lie: Lie) -> tokio::task::JoinHandle<(u32, Option<ErrorCode>)> {
     let caps = Capabilities {
         max_concurrent_tasks: Some(4),
         determinism: Some(p2c2r_sim::determinism()),
@@ -153,8 +207,8 @@ async fn liar(url: String) -> tokio::task::JoinHandle<(u32, Option<ErrorCode>)> 
             };
             let mut answer = run_task_payload(&store, &assignment.task_data);
             let mut result: PhysicsStepResult = serde_json::from_str(answer.json().unwrap()).unwrap();
-            if lies_on(result.tick) && !result.bodies.is_empty() {
-                result.bodies[0].position[0] += 0.5;
+            // One lie is enough to be caught (and quarantined before the next one).
+            if lies == 0 && lie.tell(&mut result) {
                 answer = Payload::to_json(&result).unwrap();
                 lies += 1;
             }
@@ -176,7 +230,7 @@ async fn a_peer_lying_on_one_percent_of_ticks_is_caught_and_the_gamer_corrected(
     let coord = coordinator::spawn("127.0.0.1:0", replicated(3)).await.unwrap();
     let url = coord.url();
     let honest = [start_peer(&url, "peer-a").await, start_peer(&url, "peer-b").await];
-    let liar = liar(url.clone()).await;
+    let liar = liar(url.clone(), Lie::MovesABody).await;
     let mut gamer = gamer::connect(&url, "gamer-1").await;
     // A fourth peer, connected after the session's replicas are placed: the verdict on a
     // lie waits for a re-run, and this is where it runs (replaying the session's log).
@@ -199,8 +253,8 @@ async fn a_peer_lying_on_one_percent_of_ticks_is_caught_and_the_gamer_corrected(
         if judge.is_none() {
             judge = Some(start_peer(&url, "peer-c").await);
         }
-        // Only full-state answers list the fixed ground: compare the moving bodies.
-        held.extend(r.bodies.iter().filter(|b| b.id != 0).map(|b| (b.id, *b)));
+        // Only full-state answers list the fixed ground and zone: compare the moving bodies.
+        held.extend(r.bodies.iter().filter(|b| ![0, 44].contains(&b.id)).map(|b| (b.id, *b)));
         if lies_on(t) && held != truth {
             assert_eq!(raw.peer_id.as_deref(), Some("liar"));
             lie_delivered = true;
@@ -227,4 +281,39 @@ async fn a_peer_lying_on_one_percent_of_ticks_is_caught_and_the_gamer_corrected(
         p.shutdown().await;
     }
     coord.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_dropping_or_inventing_an_event_is_caught_like_one_moving_a_body() {
+    for lie in [Lie::DropsAnEvent, Lie::InventsAnEvent] {
+        let coord = coordinator::spawn("127.0.0.1:0", replicated(3)).await.unwrap();
+        let url = coord.url();
+        let honest = [start_peer(&url, "peer-a").await, start_peer(&url, "peer-b").await];
+        let liar = liar(url.clone(), lie).await;
+        let mut gamer = gamer::connect(&url, "gamer-1").await;
+        let mut judge = None;
+        let mut reference = PhysicsWorld::new();
+        let mut honest_events = 0;
+        for t in 0..=60u64 {
+            let request = if t == 0 {
+                PhysicsStepRequest { add: scene(), add_joints: joints(), snapshot: true, ..tick(0) }
+            } else {
+                tick(t)
+            };
+            honest_events += reference.step(&request).unwrap().events.len();
+            gamer.physics("s", &request).await.unwrap_or_else(|e| panic!("{lie:?}, tick {t}: {e:?}"));
+            if judge.is_none() {
+                judge = Some(start_peer(&url, "peer-c").await);
+            }
+        }
+        assert!(honest_events > 10, "the scene raises events: {honest_events}");
+        let (lies, farewell) = tokio::time::timeout(Duration::from_secs(30), liar).await.unwrap().unwrap();
+        let stats = coord.stats();
+        assert_eq!((stats.replica_disagreements, stats.peers_caught_lying), (1, 1), "{lie:?}: {stats:?}");
+        assert_eq!((lies, farewell), (1, Some(ErrorCode::Quarantined)), "{lie:?}: quarantined after its first lie");
+        for p in honest.into_iter().chain(judge) {
+            p.shutdown().await;
+        }
+        coord.shutdown().await;
+    }
 }

@@ -81,3 +81,8 @@ pub const MAX_SHAPE_ELEMENTS_PER_REQUEST: usize = 2_097_152;
 pub const MAX_GRAVITY_SCALE: f32 = 1.0e3;
 /// Most joints a physics session may hold on a peer.
 pub const MAX_JOINTS_PER_SESSION: usize = 50_000;
+/// Most events one physics tick may raise (a tick raising more is refused and the
+/// session dropped: ask fewer bodies for events).
+pub const MAX_EVENTS_PER_TICK: usize = 200_000;
+/// Most touching pairs a snapshot may carry.
+pub const MAX_TOUCHING_PAIRS: usize = 200_000;

@@ -90,9 +90,9 @@
 use crate::TaskStatus;
 use crate::limits::{self, MAX_BODIES_PER_SESSION};
 use crate::physics::{
-    ApplyForce, ApplyImpulse, BodyDesc, BodyId, BodyType, CombineRule, CompoundPart, Groups, JointDesc, JointId,
-    JointKind, JointMotor, KinematicTarget, MassProperties, Offset, PhysicsStepRequest, PhysicsStepResult, SetPose,
-    SetVelocity, Shape, Vec3, locked_axes,
+    ApplyForce, ApplyImpulse, BodyDesc, BodyId, BodyType, CombineRule, CompoundPart, EventKind, Groups, JointDesc,
+    JointId, JointKind, JointMotor, KinematicTarget, MassProperties, Offset, PhysicsEvent, PhysicsStepRequest,
+    PhysicsStepResult, SetPose, SetVelocity, Shape, Vec3, active_events, locked_axes,
 };
 use crate::quantize::{
     MAX_POSITION, MAX_ROTATION_COMPONENT, MAX_VELOCITY, POSITION_SCALE, QuantizedRotation, QuantizedState,
@@ -479,6 +479,7 @@ const LIST_WAKE: u8 = 1;
 const LIST_SLEEP: u8 = 1 << 1;
 const LIST_ADD_JOINTS: u8 = 1 << 2;
 const LIST_REMOVE_JOINTS: u8 = 1 << 3;
+const LIST_TOUCHING: u8 = 1 << 4;
 // A joint to add: its flags byte (bits 0-2 the kind: 0 fixed, 1 revolute, 2 prismatic,
 // 3 spherical, 4 rope, 5 spring).
 const JOINT_KIND_MASK: u8 = 0b111;
@@ -520,8 +521,10 @@ const EXTRA_RESTITUTION_COMBINE: u64 = 1 << 7;
 const EXTRA_COLLISION_GROUPS: u64 = 1 << 8;
 const EXTRA_SOLVER_GROUPS: u64 = 1 << 9;
 const EXTRA_SENSOR: u64 = 1 << 10;
+const EXTRA_ACTIVE_EVENTS: u64 = 1 << 11;
+const EXTRA_FORCE_THRESHOLD: u64 = 1 << 12;
 /// Bits past the extras this version knows.
-const EXTRA_UNKNOWN: u64 = !0 << 11;
+const EXTRA_UNKNOWN: u64 = !0 << 13;
 // Shape tags.
 const SHAPE_BOX: u8 = 0;
 const SHAPE_BALL: u8 = 1;
@@ -574,6 +577,7 @@ pub fn encode_request(request: &PhysicsStepRequest, out: &mut Vec<u8>) {
         (LIST_SLEEP, r.sleep.is_empty()),
         (LIST_ADD_JOINTS, r.add_joints.is_empty()),
         (LIST_REMOVE_JOINTS, r.remove_joints.is_empty()),
+        (LIST_TOUCHING, r.touching.is_empty()),
     ]
     .iter()
     .filter(|(_, empty)| !empty)
@@ -655,6 +659,16 @@ pub fn encode_request(request: &PhysicsStepRequest, out: &mut Vec<u8>) {
         }
     }
     put_id_list(out, &r.remove_joints);
+    if !r.touching.is_empty() {
+        // Each pair: its first id against the previous pair's, its second against its
+        // first (both small when the pairs are sorted).
+        put_varint(out, r.touching.len() as u64);
+        let mut ids = IdWriter(0);
+        for &[a, b] in &r.touching {
+            ids.put(out, a);
+            put_signed(out, b.wrapping_sub(a) as i64);
+        }
+    }
 }
 
 /// A list of ids (none written when empty: the list mask says so): its count, then each
@@ -994,6 +1008,8 @@ fn extras_of(d: &BodyDesc) -> u64 {
         (!d.collision_groups.is_all(), EXTRA_COLLISION_GROUPS),
         (!d.solver_groups.is_all(), EXTRA_SOLVER_GROUPS),
         (d.sensor, EXTRA_SENSOR),
+        (d.active_events != 0, EXTRA_ACTIVE_EVENTS),
+        (d.contact_force_threshold.to_bits() != 0, EXTRA_FORCE_THRESHOLD),
     ]
     .iter()
     .filter(|(set, _)| *set)
@@ -1035,6 +1051,12 @@ fn put_extras(out: &mut Vec<u8>, d: &BodyDesc, extras: u64) {
             put_varint(out, u64::from(groups.memberships));
             put_varint(out, u64::from(groups.filters));
         }
+    }
+    if extras & EXTRA_ACTIVE_EVENTS != 0 {
+        out.push(d.active_events);
+    }
+    if extras & EXTRA_FORCE_THRESHOLD != 0 {
+        put_f32(out, d.contact_force_threshold);
     }
 }
 
@@ -1101,6 +1123,18 @@ fn read_extras(r: &mut Reader<'_>, d: &mut BodyDesc, extras: u64) -> Result<()> 
         }
     }
     d.sensor = extras & EXTRA_SENSOR != 0;
+    if extras & EXTRA_ACTIVE_EVENTS != 0 {
+        d.active_events = r.u8(WHAT)?;
+        if d.active_events == 0 || d.active_events & !active_events::ALL != 0 {
+            return Err(PackedError::Reserved("add: active_events"));
+        }
+    }
+    if extras & EXTRA_FORCE_THRESHOLD != 0 {
+        d.contact_force_threshold = r.f32(WHAT)?;
+        if d.contact_force_threshold.to_bits() == 0 {
+            return Err(PackedError::Reserved("add: contact_force_threshold"));
+        }
+    }
     Ok(())
 }
 
@@ -1316,7 +1350,7 @@ pub fn decode_request(bytes: &[u8]) -> std::result::Result<PhysicsStepRequest, P
     let lists = r.u8("the request's list mask")?;
     let more = if lists & LIST_MORE != 0 {
         let more = r.u8("the request's second list mask")?;
-        if more == 0 || more >> 4 != 0 {
+        if more == 0 || more >> 5 != 0 {
             return Err(PackedError::Reserved("the request's second list mask"));
         }
         more
@@ -1418,6 +1452,16 @@ pub fn decode_request(bytes: &[u8]) -> std::result::Result<PhysicsStepRequest, P
             n => request.remove_joints = List { n, ids: IdReader(0), what: WHAT }.read(&mut r, |_, id| Ok(id))?,
         }
     }
+    if more & LIST_TOUCHING != 0 {
+        const WHAT: &str = "touching";
+        match r.count_up_to(WHAT, 2, limits::MAX_TOUCHING_PAIRS)? {
+            0 => return Err(PackedError::EmptyList(WHAT)),
+            n => {
+                request.touching = List { n, ids: IdReader(0), what: WHAT }
+                    .read(&mut r, |r, a| Ok([a, a.wrapping_add(r.signed(WHAT)? as u64)]))?;
+            }
+        }
+    }
     r.finish()?;
     Ok(request)
 }
@@ -1432,6 +1476,18 @@ const RES_DRIFT: u8 = 1 << 3;
 /// A delta frame lists its exactly predicted bodies in a bitmap (and sends no header for
 /// them), when that is shorter than a header byte for each.
 const RES_EXACT_BITMAP: u8 = 1 << 4;
+/// The tick's events follow the removed bodies.
+const RES_EVENTS: u8 = 1 << 5;
+
+// An event's header byte.
+const EVENT_KIND_MASK: u8 = 0b11;
+const EVENT_STOPPED: u8 = 0;
+const EVENT_STARTED: u8 = 1;
+const EVENT_FORCE: u8 = 2;
+const EVENT_SENSOR: u8 = 1 << 2;
+const EVENT_REMOVED: u8 = 1 << 3;
+/// The event's step differs from the previous event's (a varint gap follows).
+const EVENT_NEXT_STEP: u8 = 1 << 4;
 
 // A body's header: a first byte, and a second one when its "more" bit is set.
 const BODY_SLEEPING: u8 = 1;
@@ -1589,6 +1645,126 @@ fn check_ascending<I: IntoIterator<Item = BodyId>>(ids: I, what: &'static str) -
 }
 
 /// Ascending ids as gaps: the first id, then each id minus the previous one minus one.
+/// Events must come in the order a world reports them (by step, kind rank, body ids;
+/// each pair's smaller id first, no repeats) and hold finite forces: one encoding per
+/// tick's events.
+fn check_events(events: &[PhysicsEvent]) -> Result<()> {
+    if events.len() > limits::MAX_EVENTS_PER_TICK {
+        let count = events.len() as u64;
+        return Err(PackedError::TooMany { what: "events", count, max: limits::MAX_EVENTS_PER_TICK });
+    }
+    let mut previous: Option<(u32, u8, BodyId, BodyId)> = None;
+    for e in events {
+        if e.body1 >= e.body2 {
+            return Err(PackedError::Unsorted { what: "an event's bodies", id: e.body2, previous: e.body1 });
+        }
+        let key = (e.step, e.kind.rank(), e.body1, e.body2);
+        if previous.is_some_and(|p| p >= key) {
+            return Err(PackedError::Unsorted { what: "events", id: e.body1, previous: previous.map_or(0, |p| p.2) });
+        }
+        previous = Some(key);
+        if let EventKind::ContactForce { total_force, total_force_magnitude, max_force_direction, max_force_magnitude } =
+            e.kind
+            && !total_force
+                .iter()
+                .chain(&max_force_direction)
+                .chain(&[total_force_magnitude, max_force_magnitude])
+                .all(|x| x.is_finite())
+        {
+            return Err(PackedError::OutOfRange("a contact force"));
+        }
+    }
+    Ok(())
+}
+
+/// A result's events (checked by [`check_events`]): a count, then each one's header
+/// byte, its step as a gap from the previous event's (when it differs), `body1` against
+/// the previous event's, `body2` as its gap from `body1`, and a contact force's numbers
+/// (the two vectors masked, then the two magnitudes), bit for bit.
+fn put_events(out: &mut Vec<u8>, events: &[PhysicsEvent]) {
+    if events.is_empty() {
+        return;
+    }
+    put_varint(out, events.len() as u64);
+    let (mut step, mut ids) = (0, IdWriter(0));
+    for e in events {
+        let mut header = match e.kind {
+            EventKind::Stopped { sensor, removed } => {
+                EVENT_STOPPED | if sensor { EVENT_SENSOR } else { 0 } | if removed { EVENT_REMOVED } else { 0 }
+            }
+            EventKind::Started { sensor } => EVENT_STARTED | if sensor { EVENT_SENSOR } else { 0 },
+            EventKind::ContactForce { .. } => EVENT_FORCE,
+        };
+        if e.step != step {
+            header |= EVENT_NEXT_STEP;
+        }
+        out.push(header);
+        if e.step != step {
+            put_varint(out, u64::from(e.step - step));
+            step = e.step;
+        }
+        ids.put(out, e.body1);
+        put_varint(out, e.body2 - e.body1 - 1);
+        if let EventKind::ContactForce {
+            total_force,
+            total_force_magnitude,
+            max_force_direction,
+            max_force_magnitude,
+        } = e.kind
+        {
+            put_vector_pair(out, total_force, max_force_direction);
+            put_f32(out, total_force_magnitude);
+            put_f32(out, max_force_magnitude);
+        }
+    }
+}
+
+fn read_events(r: &mut Reader<'_>) -> Result<Vec<PhysicsEvent>> {
+    const WHAT: &str = "events";
+    // Each event: at least a header byte and two ids.
+    let n = r.count_up_to(WHAT, 3, limits::MAX_EVENTS_PER_TICK)?;
+    if n == 0 {
+        return Err(PackedError::EmptyList(WHAT));
+    }
+    let mut events = Vec::with_capacity(n);
+    let (mut step, mut ids) = (0u32, IdReader(0));
+    for _ in 0..n {
+        let header = r.u8(WHAT)?;
+        if header >> 5 != 0 {
+            return Err(PackedError::Reserved("an event's header"));
+        }
+        let (sensor, removed) = (header & EVENT_SENSOR != 0, header & EVENT_REMOVED != 0);
+        if header & EVENT_NEXT_STEP != 0 {
+            let gap = r.varint("an event's step")?;
+            step = u32::try_from(gap)
+                .ok()
+                .filter(|&g| g > 0)
+                .and_then(|g| step.checked_add(g))
+                .ok_or(PackedError::OutOfRange("an event's step"))?;
+        }
+        let body1 = ids.read(r, WHAT)?;
+        let body2 =
+            body1.checked_add(r.varint(WHAT)?).and_then(|b| b.checked_add(1)).ok_or(PackedError::IdOverflow(WHAT))?;
+        let kind = match header & EVENT_KIND_MASK {
+            EVENT_STOPPED => EventKind::Stopped { sensor, removed },
+            EVENT_STARTED if !removed => EventKind::Started { sensor },
+            EVENT_FORCE if !removed && !sensor => {
+                let (total_force, max_force_direction) = read_vector_pair(r, "a contact force")?;
+                EventKind::ContactForce {
+                    total_force,
+                    max_force_direction,
+                    total_force_magnitude: r.f32("a contact force")?,
+                    max_force_magnitude: r.f32("a contact force")?,
+                }
+            }
+            _ => return Err(PackedError::Reserved("an event's header")),
+        };
+        events.push(PhysicsEvent { step, body1, body2, kind });
+    }
+    check_events(&events)?;
+    Ok(events)
+}
+
 fn put_ascending_ids(out: &mut Vec<u8>, ids: impl Iterator<Item = BodyId>) {
     let mut previous: Option<BodyId> = None;
     for id in ids {
@@ -1876,6 +2052,7 @@ impl ResultEncoder {
         }
         check_ascending(result.bodies.iter().map(|b| b.id), "bodies")?;
         check_ascending(result.removed.iter().copied(), "removed")?;
+        check_events(&result.events)?;
         let digest = result.digest.as_deref().map(parse_digest).transpose()?;
 
         let keyframe = keyframe || self.last_tick.is_none();
@@ -1923,6 +2100,7 @@ impl ResultEncoder {
             (!result.removed.is_empty(), RES_REMOVED),
             (drift != [0; 3], RES_DRIFT),
             (exact_bitmap, RES_EXACT_BITMAP),
+            (!result.events.is_empty(), RES_EVENTS),
         ] {
             if set {
                 flags |= bit;
@@ -1947,6 +2125,7 @@ impl ResultEncoder {
             put_varint(out, result.removed.len() as u64);
             put_ascending_ids(out, result.removed.iter().copied());
         }
+        put_events(out, &result.events);
         if keyframe {
             put_varint(out, self.next.len() as u64);
             put_ascending_ids(out, self.next.iter().map(|(id, _)| *id));
@@ -2058,7 +2237,7 @@ impl ResultDecoder {
         let mut r = Reader::new(bytes);
         r.header("result", RESULT_FORMAT)?;
         let flags = r.u8("the result flags")?;
-        if flags >> 5 != 0 {
+        if flags >> 6 != 0 {
             return Err(PackedError::Reserved("the result flags"));
         }
         let keyframe = flags & RES_KEYFRAME != 0;
@@ -2106,6 +2285,7 @@ impl ResultDecoder {
                 previous = Some(id);
             }
         }
+        let events = if flags & RES_EVENTS != 0 { read_events(&mut r)? } else { Vec::new() };
 
         self.order.clear();
         let mut continuing = 0;
@@ -2172,7 +2352,7 @@ impl ResultDecoder {
         }
         std::mem::swap(&mut self.baseline, &mut self.next);
         self.last_tick = Some(tick);
-        Ok(PhysicsStepResult { status: TaskStatus::Success, tick, bodies, removed, digest })
+        Ok(PhysicsStepResult { status: TaskStatus::Success, tick, bodies, removed, digest, events })
     }
 }
 
@@ -2227,6 +2407,8 @@ mod tests {
             sleep: vec![u64::MAX],
             add_joints: sample_joints(),
             remove_joints: vec![3, 1],
+            // Unsorted on purpose: the encoding keeps any order (the world refuses it).
+            touching: vec![[1, 5], [0, u64::MAX], [7, 3]],
         }
     }
 
@@ -2317,6 +2499,8 @@ mod tests {
             collision_groups: Groups { memberships: 0b10, filters: !0b100 },
             solver_groups: Groups { memberships: 1, filters: 0 },
             sensor: true,
+            active_events: active_events::ALL,
+            contact_force_threshold: 25.0,
             ..BodyDesc::new(200, Shape::Box { half_extents: [0.5; 3] }, [0.0, 1.0, 0.0])
                 .with_body_type(BodyType::KinematicVelocity)
         });
@@ -2442,6 +2626,77 @@ mod tests {
         }
         assert!(sizes[0] > 100 * 8, "a keyframe: {sizes:?}");
         assert!(sizes[20] < 100 * 3, "predicted bodies cost a few bytes: {sizes:?}");
+    }
+
+    fn sample_events() -> Vec<PhysicsEvent> {
+        let force = EventKind::ContactForce {
+            total_force: [0.0, 812.5, -0.0],
+            total_force_magnitude: 830.0,
+            max_force_direction: [0.0, 1.0, 0.0],
+            max_force_magnitude: 400.25,
+        };
+        let event = |step, body1, body2, kind| PhysicsEvent { step, body1, body2, kind };
+        vec![
+            event(0, 3, 9, EventKind::Stopped { sensor: true, removed: true }),
+            event(0, 1, 2, EventKind::Started { sensor: false }),
+            event(0, 1, u64::MAX, EventKind::Started { sensor: true }),
+            event(2, 0, 1, EventKind::Stopped { sensor: false, removed: false }),
+            event(2, 5, 6, force),
+            event(7, 0, 4, force),
+        ]
+    }
+
+    #[test]
+    fn events_round_trip_in_keyframes_and_deltas_and_malformed_ones_are_refused() {
+        let (mut encoder, mut decoder) = (ResultEncoder::new(), ResultDecoder::new());
+        for tick in 0..3 {
+            let result = PhysicsStepResult { events: sample_events(), ..falling(5, tick) };
+            let mut bytes = Vec::new();
+            encoder.encode(&result, tick == 0, 1.0 / 60.0, &mut bytes).unwrap();
+            assert_eq!(decoder.decode(&bytes).unwrap(), result, "tick {tick}");
+        }
+        // The encoder refuses events out of order, a pair the wrong way round, NaN forces.
+        let mut out = Vec::new();
+        let mut fresh = ResultEncoder::new();
+        let mut swapped = sample_events();
+        swapped.swap(0, 1);
+        let mut reversed = sample_events();
+        (reversed[1].body1, reversed[1].body2) = (2, 1);
+        let mut nan = sample_events();
+        nan[4].kind = EventKind::ContactForce {
+            total_force: [f32::NAN; 3],
+            total_force_magnitude: 1.0,
+            max_force_direction: [0.0; 3],
+            max_force_magnitude: 1.0,
+        };
+        for events in [swapped, reversed, nan] {
+            let result = PhysicsStepResult { events, ..falling(2, 0) };
+            assert!(fresh.encode(&result, true, 0.1, &mut out).is_err());
+        }
+        // Hand-made frames: one stopped event at step 0, bodies 1 and 2.
+        let frame = |event: &[u8]| {
+            let mut bytes = vec![RESULT_FORMAT, VERSION, RES_KEYFRAME | RES_EVENTS, 0, 1];
+            bytes.extend_from_slice(event);
+            bytes.push(0); // no bodies
+            bytes
+        };
+        assert!(ResultDecoder::new().decode(&frame(&[EVENT_STOPPED, 2, 0])).is_ok());
+        for (bad, why) in [
+            (frame(&[EVENT_STARTED | EVENT_REMOVED, 2, 0]), "a start cannot be a removal"),
+            (frame(&[EVENT_FORCE | EVENT_SENSOR, 2, 0]), "a sensor pushes nothing"),
+            (frame(&[3, 2, 0]), "kind 3"),
+            (frame(&[1 << 5, 2, 0]), "a reserved bit"),
+            (frame(&[EVENT_STOPPED | EVENT_NEXT_STEP, 0, 2, 0]), "a step gap of 0"),
+            (frame(&[EVENT_STOPPED, 2]), "truncated"),
+            (vec![RESULT_FORMAT, VERSION, RES_KEYFRAME | RES_EVENTS, 0, 0, 0], "an empty list"),
+            (vec![RESULT_FORMAT, VERSION, RES_KEYFRAME | RES_EVENTS, 0, 0xff, 0xff, 0x7f, 0], "too many"),
+        ] {
+            assert!(ResultDecoder::new().decode(&bad).is_err(), "{why}");
+        }
+        // Two events out of order.
+        let mut two = vec![RESULT_FORMAT, VERSION, RES_KEYFRAME | RES_EVENTS, 0, 2];
+        two.extend_from_slice(&[EVENT_STARTED, 2, 0, EVENT_STOPPED, 0, 0, 0]);
+        assert!(matches!(ResultDecoder::new().decode(&two), Err(PackedError::Unsorted { .. })));
     }
 
     #[test]

@@ -75,6 +75,13 @@ pub struct PhysicsStepRequest {
     /// Removing a body removes its joints too.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub remove_joints: Vec<JointId>,
+    /// Only in a snapshot: the pairs of bodies that were touching (for which a
+    /// [`EventKind::Started`] was delivered and no [`EventKind::Stopped`] yet), each with
+    /// the smaller id first, sorted. The world reports them stopped when they no longer
+    /// touch, and does not report them started again: so a session moved to another
+    /// world raises each event exactly once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub touching: Vec<[BodyId; 2]>,
 }
 
 /// A joint between two bodies, or between a body and the world: bevy_rapier3d's
@@ -450,6 +457,27 @@ pub struct BodyDesc {
     /// A sensor (a trigger volume): it detects what enters it and pushes nothing.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sensor: bool,
+    /// Which events it raises: bits of [`active_events`], as bevy_rapier3d's
+    /// `ActiveEvents`. A pair of bodies raises collision events when either asks.
+    #[serde(default, skip_serializing_if = "is_zero_u8")]
+    pub active_events: u8,
+    /// The total contact force (newtons, the sum of every contact's magnitude) above which
+    /// a pair raises a contact-force event, as bevy_rapier3d's
+    /// `ContactForceEventThreshold`: the smaller of the two bodies' that ask for them.
+    #[serde(default, skip_serializing_if = "is_zero_f32")]
+    pub contact_force_threshold: f32,
+}
+
+/// The events a body raises: bits of [`BodyDesc::active_events`].
+pub mod active_events {
+    /// [`super::EventKind::Started`] and [`super::EventKind::Stopped`] when it starts or
+    /// stops touching another body (a sensor: when one enters or leaves it).
+    pub const COLLISION_EVENTS: u8 = 1;
+    /// [`super::EventKind::ContactForce`] at each step its contacts with a body push
+    /// harder than the threshold.
+    pub const CONTACT_FORCE_EVENTS: u8 = 1 << 1;
+    /// Every bit in use.
+    pub const ALL: u8 = 0b11;
 }
 
 /// Interaction groups: two colliders interact when each one's `memberships` share a bit
@@ -519,6 +547,8 @@ impl BodyDesc {
             collision_groups: Groups::ALL,
             solver_groups: Groups::ALL,
             sensor: false,
+            active_events: 0,
+            contact_force_threshold: 0.0,
         }
     }
 
@@ -658,6 +688,74 @@ pub struct PhysicsStepResult {
     /// digest, so results can be checked against each other without sending the state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+    /// The tick's collision and contact-force events, in a deterministic order: by step,
+    /// then stops before starts before forces, then by body ids.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<PhysicsEvent>,
+}
+
+/// Something that happened between two bodies during one step of a tick, as
+/// bevy_rapier3d's `CollisionEvent` and `ContactForceEvent`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PhysicsEvent {
+    /// The step of the tick (from 0) in which it happened.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub step: u32,
+    /// The body with the smaller id.
+    pub body1: BodyId,
+    /// The other body.
+    pub body2: BodyId,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+/// What happened between two bodies.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventKind {
+    /// They started touching (or one entered the other, a sensor).
+    Started {
+        /// One of them is a sensor.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        sensor: bool,
+    },
+    /// They stopped touching.
+    Stopped {
+        /// One of them is a sensor.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        sensor: bool,
+        /// Because one of them was removed from the world (by the game, or for leaving its
+        /// bounds).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        removed: bool,
+    },
+    /// Their contacts pushed harder than the threshold during the step.
+    ContactForce {
+        /// The sum of the contact forces on `body1`, newtons.
+        total_force: Vec3,
+        /// The sum of the contact forces' magnitudes.
+        total_force_magnitude: f32,
+        /// The direction of the strongest contact force (a unit vector).
+        max_force_direction: Vec3,
+        /// The magnitude of the strongest contact force.
+        max_force_magnitude: f32,
+    },
+}
+
+impl EventKind {
+    /// Where it sorts among a step's events: stops, then starts, then forces (a pair
+    /// removed and re-added in one tick stops before it starts again).
+    pub fn rank(&self) -> u8 {
+        match self {
+            EventKind::Stopped { .. } => 0,
+            EventKind::Started { .. } => 1,
+            EventKind::ContactForce { .. } => 2,
+        }
+    }
+}
+
+fn is_zero_u32(v: &u32) -> bool {
+    *v == 0
 }
 
 /// One body's state after a tick.
@@ -780,6 +878,7 @@ mod tests {
                 contacts_enabled: false,
             }],
             remove_joints: vec![5],
+            touching: vec![[1, 2]],
         };
         let json = serde_json::to_string(&r).unwrap();
         assert_eq!(serde_json::from_str::<PhysicsStepRequest>(&json).unwrap(), r);

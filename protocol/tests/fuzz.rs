@@ -225,6 +225,7 @@ fn request_corpus() -> Vec<Vec<u8>> {
             sleep: vec![21],
             add_joints: joints(),
             remove_joints: vec![2, 9],
+            touching: vec![[7, 14], [7, 99], [21, 100]],
             ..Default::default()
         },
         PhysicsStepRequest {
@@ -299,6 +300,11 @@ fn new_shapes_and_properties() -> Vec<BodyDesc> {
             .with_body_type(BodyType::KinematicVelocity)
     });
     bodies.push(BodyDesc { dominance: 127, ..BodyDesc::new(100, Shape::Sphere { radius: 0.3 }, [1.0, 2.0, 0.0]) });
+    bodies.push(BodyDesc {
+        active_events: p2c2r_protocol::physics::active_events::ALL,
+        contact_force_threshold: 10.0,
+        ..BodyDesc::new(101, Shape::Sphere { radius: 0.3 }, [2.0, 2.0, 0.0])
+    });
     bodies
 }
 
@@ -382,9 +388,34 @@ fn session(ticks: u64, bodies: u64, seed: u64) -> Vec<PhysicsStepResult> {
         reported.retain(|_| rng.u8(..10) != 0);
         let removed = if tick % 3 == 2 { vec![1_000 + tick, u64::MAX - tick] } else { vec![] };
         let digest = (tick % 2 == 0).then(|| format!("{:016x}", rng.u64(..)));
-        results.push(PhysicsStepResult { tick, bodies: reported, removed, digest, ..Default::default() });
+        let events = events(&mut rng, tick);
+        results.push(PhysicsStepResult { tick, bodies: reported, removed, digest, events, ..Default::default() });
     }
     results
+}
+
+/// A tick's worth of events of every kind, in the order a world reports them.
+fn events(rng: &mut fastrand::Rng, tick: u64) -> Vec<p2c2r_protocol::physics::PhysicsEvent> {
+    use p2c2r_protocol::physics::{EventKind, PhysicsEvent};
+    let mut events = Vec::new();
+    for step in 0..(tick % 3) as u32 {
+        for body1 in 0..rng.u64(0..4) {
+            let body2 = body1 + 1 + rng.u64(0..1000);
+            let kind = match rng.u8(..3) {
+                0 => EventKind::Stopped { sensor: rng.bool(), removed: rng.bool() },
+                1 => EventKind::Started { sensor: rng.bool() },
+                _ => EventKind::ContactForce {
+                    total_force: [rng.f32(), 0.0, -rng.f32()],
+                    total_force_magnitude: rng.f32() * 1e3,
+                    max_force_direction: [0.0, 1.0, 0.0],
+                    max_force_magnitude: rng.f32() * 1e3,
+                },
+            };
+            events.push(PhysicsEvent { step, body1, body2, kind });
+        }
+    }
+    events.sort_by_key(|e| (e.step, e.kind.rank(), e.body1, e.body2));
+    events
 }
 
 /// Packed results of a few sessions (keyframes and deltas), and a decoder primed with the

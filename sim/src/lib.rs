@@ -32,6 +32,7 @@
 
 pub mod budget;
 mod checks;
+mod events;
 pub mod navigation;
 pub mod physics;
 pub mod shapes;

@@ -58,21 +58,22 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use p2c2r_protocol::physics::{
-    BodyDesc, BodyId, BodyState, BodyType, CombineRule, Groups, JointDesc, JointId, JointKind, Offset,
+    BodyDesc, BodyId, BodyState, BodyType, CombineRule, EventKind, Groups, JointDesc, JointId, JointKind, Offset,
     PhysicsStepRequest, PhysicsStepResult, Quat, Shape, Vec3,
 };
 use p2c2r_protocol::quantize::{QuantizedState, dequantize, quantize, snap_position, snap_rotation, snap_velocity};
 use p2c2r_protocol::{ErrorCode, TaskError, TaskStatus, limits};
 use rapier3d::math::{Pose, Rotation, Vector};
 use rapier3d::prelude::{
-    CoefficientCombineRule, ColliderBuilder, FixedJointBuilder, GenericJoint, Group, ImpulseJointHandle,
-    InteractionGroups, InteractionTestMode, JointAxis, LockedAxes, MassProperties, PrismaticJointBuilder,
-    RevoluteJointBuilder, RigidBody, RigidBodyActivation, RigidBodyBuilder, RigidBodyHandle, RigidBodySet,
-    RopeJointBuilder, SharedShape, SphericalJointBuilder, SpringJointBuilder,
+    ActiveCollisionTypes, ActiveEvents, CoefficientCombineRule, ColliderBuilder, ColliderHandle, FixedJointBuilder,
+    GenericJoint, Group, ImpulseJointHandle, InteractionGroups, InteractionTestMode, JointAxis, LockedAxes,
+    MassProperties, PrismaticJointBuilder, RevoluteJointBuilder, RigidBody, RigidBodyActivation, RigidBodyBuilder,
+    RigidBodyHandle, RigidBodySet, RopeJointBuilder, SharedShape, SphericalJointBuilder, SpringJointBuilder,
 };
 
 use crate::budget::Budgets;
 use crate::checks::{check_scalar, check_vec, invalid, limit, unit_quat};
+use crate::events::{Events, ForceCollector, Listener};
 use crate::shapes;
 
 /// Gravity of a new session, m/s².
@@ -97,6 +98,8 @@ pub struct StepTimings {
 struct Entry {
     handle: RigidBodyHandle,
     body_type: BodyType,
+    /// The events it asks for ([`BodyDesc::active_events`]).
+    active_events: u8,
     /// What its collider covers, for the contact-pair budget: one bound, or one per part
     /// of a compound (rapier pairs the parts, so the budget counts them).
     bounds: Vec<Bound>,
@@ -105,6 +108,8 @@ struct Entry {
     /// The last state reported for this body, on the lattice (`None` until its first
     /// report): a body is reported again only when its state differs.
     last_reported: Option<QuantizedState>,
+    /// Whether its collider is a sensor.
+    sensor: bool,
     /// Seconds this awake dynamic body has been still by rapier's own sleep test (see
     /// [`track_sleep`]).
     still_for: f32,
@@ -135,6 +140,8 @@ pub struct PhysicsWorld {
     /// A fixed body with no collider at the origin, for joints to the world (made at the
     /// first one; never reported).
     world_anchor: Option<RigidBodyHandle>,
+    /// Touching pairs and this tick's events.
+    events: Events,
     last_tick: Option<u64>,
 }
 
@@ -181,6 +188,7 @@ impl PhysicsWorld {
             shape_elements: 0,
             joints: BTreeMap::new(),
             world_anchor: None,
+            events: Events::default(),
             last_tick: None,
         }
     }
@@ -208,7 +216,7 @@ impl PhysicsWorld {
     /// A digest of the whole world: XXH3-64 over the gravity and, for every body in id
     /// order (fixed ones included), its id, type, and its [`state`](Self::state): position,
     /// rotation, velocities and sleep state, every number at full precision (its IEEE 754
-    /// bits, little-endian). Worlds fed the same requests with the same determinism setup
+    /// bits, little-endian); then the touching pairs and the last tick's events. Worlds fed the same requests with the same determinism setup
     /// ([`crate::determinism`]) have the same digest; any difference in any body changes
     /// it. Every physics result carries it (hex).
     pub fn digest(&self) -> u64 {
@@ -230,6 +238,35 @@ impl PhysicsWorld {
             put(&mut bytes, &state.rotation);
             put(&mut bytes, &state.linvel);
             put(&mut bytes, &state.angvel);
+        }
+        // The touching pairs and the last tick's events: what the gamer learns from
+        // events is state too.
+        for ((body1, body2), sensor) in self.events.touching() {
+            bytes.extend_from_slice(&body1.to_le_bytes());
+            bytes.extend_from_slice(&body2.to_le_bytes());
+            bytes.push(u8::from(sensor));
+        }
+        for event in self.events.last_tick() {
+            bytes.extend_from_slice(&event.step.to_le_bytes());
+            bytes.extend_from_slice(&event.body1.to_le_bytes());
+            bytes.extend_from_slice(&event.body2.to_le_bytes());
+            match event.kind {
+                EventKind::Started { sensor } => bytes.extend_from_slice(&[1, u8::from(sensor)]),
+                EventKind::Stopped { sensor, removed } => {
+                    bytes.extend_from_slice(&[0, u8::from(sensor), u8::from(removed)])
+                }
+                EventKind::ContactForce {
+                    total_force,
+                    total_force_magnitude,
+                    max_force_direction,
+                    max_force_magnitude,
+                } => {
+                    bytes.push(2);
+                    put(&mut bytes, &total_force);
+                    put(&mut bytes, &[total_force_magnitude, max_force_magnitude]);
+                    put(&mut bytes, &max_force_direction);
+                }
+            }
         }
         twox_hash::XxHash3_64::oneshot(&bytes)
     }
@@ -314,15 +351,20 @@ impl PhysicsWorld {
         let t1 = Instant::now();
         let overflow = self.simulate(request, &plan, budgets.max_contact_pairs);
         let t2 = Instant::now();
-        if let Some(pairs) = overflow {
+        if let Some(overflow) = overflow {
             // The world piled up during the steps: forget it, the gamer resends it.
             *self = PhysicsWorld::new();
-            return Err(limit(format!(
-                "the world grew to {pairs} contact pairs; at most {} are allowed; the session was dropped, send a smaller snapshot",
-                budgets.max_contact_pairs
-            ))
-            .with_resync()
-            .with_tick(tick));
+            let message = match overflow {
+                Overflow::Pairs(pairs) => format!(
+                    "the world grew to {pairs} contact pairs; at most {} are allowed; the session was dropped, send a smaller snapshot",
+                    budgets.max_contact_pairs
+                ),
+                Overflow::Events(events) => format!(
+                    "the tick raised {events} events; at most {} are allowed; the session was dropped, ask fewer bodies for events",
+                    limits::MAX_EVENTS_PER_TICK
+                ),
+            };
+            return Err(limit(message).with_resync().with_tick(tick));
         }
         let extracted = self.extract(request.steps, request.dt);
         let (bodies, removed) = match extracted {
@@ -334,10 +376,11 @@ impl PhysicsWorld {
             }
         };
         self.last_tick = Some(tick);
+        let events = self.events.finish_tick();
         let digest = Some(format!("{:016x}", self.digest()));
         // Extracting includes the digest.
         let timings = StepTimings { apply: t1 - t0, step: t2 - t1, extract: t2.elapsed() };
-        Ok((PhysicsStepResult { status: TaskStatus::Success, tick, bodies, removed, digest }, timings))
+        Ok((PhysicsStepResult { status: TaskStatus::Success, tick, bodies, removed, digest, events }, timings))
     }
 
     /// What the world holds: bodies, shape elements, joints.
@@ -587,6 +630,7 @@ impl PhysicsWorld {
             }
         }
         self.validate_joints(r, &removed, &added)?;
+        validate_touching(r)?;
         let add_rotations =
             r.add.iter().map(|d| lattice_rotation("add.rotation", d.rotation)).collect::<Result<_, _>>()?;
         // Built here, once checked, so that apply cannot fail.
@@ -671,16 +715,32 @@ impl PhysicsWorld {
         if let Some(g) = r.gravity {
             self.world.gravity = vec3(g);
         }
-        self.remove_bodies(&r.remove);
+        self.events.begin_tick();
+        self.remove_bodies(&r.remove, 0);
         for ((desc, rotation), collider) in r.add.iter().zip(&plan.add_rotations).zip(&plan.add_colliders) {
-            let handle = self.insert(desc, *rotation, collider.clone());
+            let (handle, collider) = self.insert(desc, *rotation, collider.clone());
             let elements = desc.shape.elements();
             self.shape_elements += elements;
             let bounds = Bound::parts_of(&desc.shape, desc.collider_offset.as_ref());
+            self.events.add_body(desc.id, Listener { collider, active_events: desc.active_events });
             self.bodies.insert(
                 desc.id,
-                Entry { handle, body_type: desc.body_type, bounds, elements, last_reported: None, still_for: 0.0 },
+                Entry {
+                    handle,
+                    body_type: desc.body_type,
+                    active_events: desc.active_events,
+                    sensor: desc.sensor,
+                    bounds,
+                    elements,
+                    last_reported: None,
+                    still_for: 0.0,
+                },
             );
+        }
+        if r.snapshot {
+            let sensor = |id: &BodyId| self.bodies.get(id).is_some_and(|e| e.sensor);
+            let pairs: Vec<_> = r.touching.iter().map(|&[a, b]| ((a, b), sensor(&a) || sensor(&b))).collect();
+            self.events.restore_touching(pairs.into_iter());
         }
         for id in &r.remove_joints {
             let joint = self.joints.remove(id).expect("validated");
@@ -748,25 +808,28 @@ impl PhysicsWorld {
         }
     }
 
-    /// Removes bodies, and with them their joints (rapier removes those with the body; the
-    /// world forgets them too).
-    fn remove_bodies(&mut self, ids: &[BodyId]) {
+    /// Removes bodies during `step`, and with them their joints (rapier removes those with
+    /// the body; the world forgets them too) and their touching pairs (reported stopped).
+    fn remove_bodies(&mut self, ids: &[BodyId], step: u32) {
         if ids.is_empty() {
             return;
         }
+        let mut gone = Vec::with_capacity(ids.len());
         for id in ids {
             if let Some(entry) = self.bodies.remove(id) {
                 self.world.remove_body(entry.handle);
                 self.shape_elements -= entry.elements;
+                gone.push((*id, entry.active_events));
             }
         }
+        self.events.remove_bodies(&gone, step);
         if !self.joints.is_empty() {
             let removed: HashSet<BodyId> = ids.iter().copied().collect();
             self.joints.retain(|_, j| !removed.contains(&j.body1) && j.body2.is_none_or(|b| !removed.contains(&b)));
         }
     }
 
-    fn insert(&mut self, d: &BodyDesc, rotation: Rotation, shape: SharedShape) -> RigidBodyHandle {
+    fn insert(&mut self, d: &BodyDesc, rotation: Rotation, shape: SharedShape) -> (RigidBodyHandle, ColliderHandle) {
         let body = match d.body_type {
             BodyType::Dynamic => RigidBodyBuilder::dynamic(),
             BodyType::Kinematic => RigidBodyBuilder::kinematic_position_based(),
@@ -791,7 +854,23 @@ impl PhysicsWorld {
             .restitution_combine_rule(combine_rule(d.restitution_combine))
             .collision_groups(interaction_groups(d.collision_groups))
             .solver_groups(interaction_groups(d.solver_groups))
-            .sensor(d.sensor);
+            .sensor(d.sensor)
+            // Collision events are read from the narrow phase (see `events`); only the
+            // solver's forces need rapier's events.
+            .active_events(if d.active_events & p2c2r_protocol::physics::active_events::CONTACT_FORCE_EVENTS != 0 {
+                ActiveEvents::CONTACT_FORCE_EVENTS
+            } else {
+                ActiveEvents::empty()
+            })
+            .contact_force_event_threshold(d.contact_force_threshold)
+            // The body id, for the events.
+            .user_data(u128::from(d.id));
+        if d.sensor {
+            // A trigger zone notices every kind of body: a kinematic character walking
+            // into a fixed zone too (rapier's default leaves out pairs without a
+            // dynamic body).
+            collider = collider.active_collision_types(ActiveCollisionTypes::all());
+        }
         if let Some(offset) = d.collider_offset {
             let rotation = unit_quat("collider_offset.rotation", offset.rotation).expect("validated");
             collider = collider.position(Pose::from_parts(vec3(offset.position), rotation));
@@ -810,18 +889,19 @@ impl PhysicsWorld {
             (None, None, Some(density)) => collider.density(density),
             (None, None, None) => collider.density(DEFAULT_DENSITY),
         };
-        let handle = self.world.insert(body, collider).0;
+        let (handle, collider) = self.world.insert(body, collider);
         if d.sleeping {
             // Attaching the collider woke the body; put it back to sleep as asked.
             self.world.bodies[handle].sleep();
         }
-        handle
+        (handle, collider)
     }
 
-    /// Runs the request's steps, moving kinematic bodies towards their targets. After each
-    /// step, counts rapier's contact pairs (unless `max_pairs` is `u64::MAX`) and stops
-    /// early, returning the count, once there are more than `max_pairs`.
-    fn simulate(&mut self, r: &PhysicsStepRequest, plan: &Plan, max_pairs: u64) -> Option<u64> {
+    /// Runs the request's steps, moving kinematic bodies towards their targets and
+    /// collecting events. After each step, counts rapier's contact pairs (unless
+    /// `max_pairs` is `u64::MAX`) and stops early once there are more than `max_pairs`,
+    /// or more than [`limits::MAX_EVENTS_PER_TICK`] events.
+    fn simulate(&mut self, r: &PhysicsStepRequest, plan: &Plan, max_pairs: u64) -> Option<Overflow> {
         let starts: Vec<(RigidBodyHandle, Pose)> = r
             .kinematic_targets
             .iter()
@@ -844,18 +924,29 @@ impl PhysicsWorld {
             return None;
         }
         self.world.integration_parameters.dt = r.dt;
+        let forces = ForceCollector::default();
         for k in 1..=r.steps {
             for ((handle, start), target) in starts.iter().zip(&targets) {
                 let pose = if k == r.steps { *target } else { interpolate(start, target, k as f32 / r.steps as f32) };
                 self.world.bodies[*handle].set_next_kinematic_position(pose);
             }
-            self.world.step();
+            let step = k - 1;
+            if self.events.wants_forces() {
+                self.world.step_with_events(&(), &forces);
+                self.events.add_forces(&forces, &self.world.colliders, step);
+            } else {
+                self.world.step();
+            }
+            self.events.after_step(&self.world.narrow_phase, &self.world.colliders, step);
+            if self.events.count() > limits::MAX_EVENTS_PER_TICK {
+                return Some(Overflow::Events(self.events.count()));
+            }
             if max_pairs != u64::MAX {
                 // A pair of composite shapes (meshes, heightfields, compounds) holds a
                 // manifold per pair of parts in contact: those are the work, so count them.
                 let pairs = self.world.contact_pairs().map(|p| p.manifolds().len().max(1) as u64).sum::<u64>();
                 if pairs > max_pairs {
-                    return Some(pairs);
+                    return Some(Overflow::Pairs(pairs));
                 }
             }
         }
@@ -922,7 +1013,7 @@ impl PhysicsWorld {
                 states.push(snapped);
             }
         }
-        self.remove_bodies(&removed);
+        self.remove_bodies(&removed, steps.saturating_sub(1));
         Ok((states, removed))
     }
 }
@@ -1218,6 +1309,14 @@ fn axis_overlaps(boxes: &[BoundingBox], axis: usize) -> u64 {
     n * (n - 1) / 2 - disjoint
 }
 
+/// Why the steps stopped early.
+enum Overflow {
+    /// Rapier held this many contact manifolds.
+    Pairs(u64),
+    /// The tick raised this many events.
+    Events(usize),
+}
+
 /// What validation computed that applying needs.
 struct Plan {
     add_rotations: Vec<Rotation>,
@@ -1287,6 +1386,10 @@ fn check_body(d: &BodyDesc) -> Result<(), TaskError> {
     if d.locked_axes & !p2c2r_protocol::physics::locked_axes::ALL != 0 {
         return Err(invalid(format!("{what}: locked_axes {:#b} sets bits past the six axes", d.locked_axes)));
     }
+    if d.active_events & !p2c2r_protocol::physics::active_events::ALL != 0 {
+        return Err(invalid(format!("{what}: active_events {:#b} sets unknown bits", d.active_events)));
+    }
+    check_scalar(&format!("{what}: contact_force_threshold"), d.contact_force_threshold, (0.0, MAX_FORCE))?;
     if d.dominance == i8::MIN {
         return Err(invalid(format!("{what}: dominance must be in [-127, 127]")));
     }
@@ -1303,6 +1406,43 @@ fn check_body(d: &BodyDesc) -> Result<(), TaskError> {
             }
         }
         unit_quat(&format!("{what}: mass_properties.principal_inertia_frame"), m.principal_inertia_frame)?;
+    }
+    Ok(())
+}
+
+/// Checks a snapshot's touching pairs: only in a snapshot, at most
+/// [`limits::MAX_TOUCHING_PAIRS`], each of two bodies of the snapshot with the smaller id
+/// first and one of them asking for collision events, sorted without repeats.
+fn validate_touching(r: &PhysicsStepRequest) -> Result<(), TaskError> {
+    if r.touching.is_empty() {
+        return Ok(());
+    }
+    if !r.snapshot {
+        return Err(invalid("touching: only a snapshot carries touching pairs".into()));
+    }
+    if r.touching.len() > limits::MAX_TOUCHING_PAIRS {
+        return Err(limit(format!(
+            "touching has {} pairs; at most {} are allowed",
+            r.touching.len(),
+            limits::MAX_TOUCHING_PAIRS
+        )));
+    }
+    let events: HashMap<BodyId, u8> = r.add.iter().map(|d| (d.id, d.active_events)).collect();
+    let mut previous: Option<[BodyId; 2]> = None;
+    for &[a, b] in &r.touching {
+        if a >= b {
+            return Err(invalid(format!("touching: pair [{a}, {b}] must list the smaller id first")));
+        }
+        if previous.is_some_and(|p| p >= [a, b]) {
+            return Err(invalid(format!("touching: pair [{a}, {b}] is out of order or repeated; sort the pairs")));
+        }
+        previous = Some([a, b]);
+        let (Some(ea), Some(eb)) = (events.get(&a), events.get(&b)) else {
+            return Err(invalid(format!("touching: pair [{a}, {b}] names a body the snapshot does not add")));
+        };
+        if (ea | eb) & p2c2r_protocol::physics::active_events::COLLISION_EVENTS == 0 {
+            return Err(invalid(format!("touching: neither body of pair [{a}, {b}] asks for collision events")));
+        }
     }
     Ok(())
 }
