@@ -168,6 +168,11 @@ pub struct PeerConfig {
     /// Estimated memory one gamer's sessions may hold (default a quarter of
     /// `session_memory_bytes`).
     pub gamer_session_memory_bytes: Option<u64>,
+    /// Bytes of large shapes (level meshes, terrains) kept across snapshots for every
+    /// session (default [`p2c2r_sim::shape_cache::DEFAULT_SHAPE_CACHE_BYTES`], 64 MiB; see
+    /// [`p2c2r_sim::shape_cache`]). With workers, each worker keeps its own, of at most a
+    /// quarter of the worker's memory cap.
+    pub shape_cache_bytes: usize,
     /// With workers: how long past its deadline a running task may go on before its
     /// worker is killed (default 200 ms).
     pub cancel_grace: Duration,
@@ -218,6 +223,7 @@ impl Default for PeerConfig {
             budgets: Budgets::default(),
             session_memory_bytes: DEFAULT_SESSION_MEMORY_BYTES,
             gamer_session_memory_bytes: None,
+            shape_cache_bytes: p2c2r_sim::shape_cache::DEFAULT_SHAPE_CACHE_BYTES,
             cancel_grace: Duration::from_millis(200),
             max_worker_deaths_per_gamer: containment::DEFAULT_MAX_WORKER_DEATHS_PER_GAMER,
             worker_death_window: containment::DEFAULT_WORKER_DEATH_WINDOW,
@@ -378,7 +384,8 @@ fn prepare(config: PeerConfig) -> Result<Prepared> {
         SessionStore::new(config.session_idle_timeout)
             .with_max_sessions(config.max_sessions)
             .with_memory_budget(config.session_memory_bytes, gamer_memory)
-            .with_budgets(config.budgets),
+            .with_budgets(config.budgets)
+            .with_shape_cache_bytes(config.shape_cache_bytes),
     );
     let max_pending = config.max_pending_tasks.unwrap_or(64 * max_concurrent as usize).max(1);
     let (pool, workers) = match &config.isolation {
@@ -396,6 +403,11 @@ fn prepare(config: PeerConfig) -> Result<Prepared> {
                 memory_budget,
                 gamer_memory_budget: gamer_memory.min(memory_budget),
                 budgets: config.budgets,
+                shape_cache_bytes: if *memory_limit_bytes == 0 {
+                    config.shape_cache_bytes
+                } else {
+                    config.shape_cache_bytes.min((memory_limit_bytes / 4) as usize)
+                },
             };
             let deaths = containment::DeathCounter::new(config.max_worker_deaths_per_gamer, config.worker_death_window);
             let workers =

@@ -104,6 +104,11 @@ struct Args {
     /// --session-memory-mb].
     #[arg(long, env = "P2C2R_GAMER_SESSION_MEMORY_MB")]
     gamer_session_memory_mb: Option<u64>,
+    /// Large shapes (level meshes, terrains) kept across snapshots for every session, in
+    /// MiB: a resync or failover names them instead of sending them again. With workers,
+    /// each keeps its own, of at most a quarter of its memory cap.
+    #[arg(long, env = "P2C2R_SHAPE_CACHE_MB", default_value_t = (defaults().shape_cache_bytes / MIB as usize) as u64)]
+    shape_cache_mb: u64,
     /// Most bodies × steps one physics_step may simulate.
     #[arg(long, default_value_t = defaults().budgets.max_body_steps)]
     max_body_steps: u64,
@@ -251,6 +256,7 @@ async fn serve() -> anyhow::Result<()> {
         worker_death_window: Duration::from_millis(args.worker_death_window_ms),
         session_memory_bytes: args.session_memory_mb.saturating_mul(MIB),
         gamer_session_memory_bytes: args.gamer_session_memory_mb.map(|mb| mb.saturating_mul(MIB)),
+        shape_cache_bytes: usize::try_from(args.shape_cache_mb.saturating_mul(MIB)).unwrap_or(usize::MAX),
         metrics_listen: args.metrics_listen,
         wire: args.wire.into(),
     };

@@ -22,6 +22,7 @@ use p2c2r_protocol::Payload;
 use p2c2r_sim::Budgets;
 use p2c2r_sim::navigation::Navigator;
 use p2c2r_sim::physics::{PhysicsWorld, WorldSize};
+use p2c2r_sim::shape_cache::ShapeCache;
 
 /// Where a [`SessionStore`] reads the time.
 pub trait Clock: Send + Sync + 'static {
@@ -191,6 +192,9 @@ pub struct SessionStore {
     memory_budget: u64,
     gamer_memory_budget: u64,
     budgets: Budgets,
+    /// Large shapes kept across snapshots, for every session of the store (see
+    /// [`p2c2r_sim::shape_cache`]). Locked only for requests that send or name one.
+    shapes: Mutex<ShapeCache>,
     clock: Arc<dyn Clock>,
 }
 
@@ -243,8 +247,21 @@ impl SessionStore {
             memory_budget: DEFAULT_SESSION_MEMORY_BYTES,
             gamer_memory_budget: DEFAULT_SESSION_MEMORY_BYTES / 4,
             budgets: Budgets::default(),
+            shapes: Mutex::new(ShapeCache::default()),
             clock,
         }
+    }
+
+    /// Sets the byte budget of the store's shape cache (default
+    /// [`p2c2r_sim::shape_cache::DEFAULT_SHAPE_CACHE_BYTES`]).
+    pub fn with_shape_cache_bytes(mut self, bytes: usize) -> Self {
+        self.shapes = Mutex::new(ShapeCache::new(bytes));
+        self
+    }
+
+    /// The store's shape cache, locked.
+    pub fn shape_cache(&self) -> MutexGuard<'_, ShapeCache> {
+        lock(&self.shapes)
     }
 
     /// Sets how many sessions the store holds at most (at least 1; default

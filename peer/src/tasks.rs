@@ -8,7 +8,7 @@ use std::hash::{Hash, Hasher};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use p2c2r_protocol::ai::{AiNavigateRequest, AiNavigateResult};
-use p2c2r_protocol::physics::PhysicsStepRequest;
+use p2c2r_protocol::physics::{PhysicsStepRequest, Shape};
 use p2c2r_protocol::{ErrorCode, Payload, TaskError, TaskSpec, TaskStatus, limits, packed, task_types, to_payload};
 
 use crate::payload::{AiProbe, PhysicsProbe, parse, probe};
@@ -205,7 +205,14 @@ fn step_session(
                 .charge(session_id, Session::estimate(size, session.grid_cells()))
                 .map_err(|e| over_budget(e, tick))?;
             let world = session.physics.get_or_insert_with(PhysicsWorld::new);
-            let mut result = world.step_limited(request, &budgets)?;
+            // Only a request that sends or names a large shape needs the store's shape
+            // cache (plain ticks never wait for its lock).
+            let shapes = request.add.iter().any(|d| d.shape.is_cacheable() || matches!(d.shape, Shape::Cached { .. }));
+            let mut result = if shapes {
+                world.step_cached(request, &budgets, &mut sessions.shape_cache())?
+            } else {
+                world.step_limited(request, &budgets)?
+            };
             if report == Report::Full {
                 result.bodies = world.states();
             }

@@ -121,6 +121,7 @@ pub(crate) struct WorkerSettings {
     pub memory_budget: u64,
     pub gamer_memory_budget: u64,
     pub budgets: Budgets,
+    pub shape_cache_bytes: usize,
 }
 
 /// Whether this process was started as a worker (its first argument is [`WORKER_ARG`]).
@@ -149,7 +150,8 @@ pub fn run_worker() -> std::process::ExitCode {
     let store = SessionStore::new(Duration::from_millis(settings.idle_timeout_ms))
         .with_max_sessions(settings.max_sessions)
         .with_memory_budget(settings.memory_budget, settings.gamer_memory_budget)
-        .with_budgets(settings.budgets);
+        .with_budgets(settings.budgets)
+        .with_shape_cache_bytes(settings.shape_cache_bytes);
     let mut input = std::io::BufReader::new(std::io::stdin().lock());
     let mut output = std::io::BufWriter::new(std::io::stdout().lock());
     loop {
@@ -806,6 +808,7 @@ mod tests {
             memory_budget: u64::MAX,
             gamer_memory_budget: u64::MAX,
             budgets: Budgets::default(),
+            shape_cache_bytes: 0,
         };
         let deaths = DeathCounter::new(3, Duration::from_secs(60));
         Workers::new("/nonexistent".into(), Vec::new(), count, &settings, Duration::ZERO, deaths)

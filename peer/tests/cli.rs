@@ -29,6 +29,7 @@ const RENAMED: &[(&str, &[&str])] = &[
     ("isolation", &["--in-process", "--worker-memory-mb"]),
     ("session_memory_bytes", &["--session-memory-mb"]),
     ("gamer_session_memory_bytes", &["--gamer-session-memory-mb"]),
+    ("shape_cache_bytes", &["--shape-cache-mb"]),
 ];
 
 /// `PeerConfig` fields deliberately without a flag, each with why. None today: every
@@ -53,6 +54,7 @@ fn every_config_field_has_a_flag_with_its_default() {
     let flags = p2c2r_testkit::settings::flags(&help);
     let default_of = |long: &str| flags.iter().find(|f| f.long == long).and_then(|f| f.default.clone());
     assert_eq!(default_of("--session-memory-mb"), Some(mib(defaults.session_memory_bytes)));
+    assert_eq!(default_of("--shape-cache-mb"), Some(mib(defaults.shape_cache_bytes as u64)));
     assert_eq!(default_of("--worker-memory-mb"), Some(mib(peer::DEFAULT_WORKER_MEMORY_BYTES)));
     assert_eq!(default_of("--coordinator"), Some(defaults.coordinator_url));
     assert_eq!(default_of("--min-reconnect-delay-ms"), Some(ms(defaults.reconnect_backoff_min)));

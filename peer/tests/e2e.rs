@@ -6,6 +6,8 @@
 //!   sends a snapshot, and receives every later tick;
 //! - a session with a joint, a trigger zone and listening bodies fails over the same way,
 //!   its snapshot carrying the touching pairs: every event is raised exactly once;
+//! - a level mesh is sent once per peer: a resync names it by its content hash, and a
+//!   peer that lacks it asks for it (`missing_shape`) once;
 //! - two peers fed the same ticks return identical bytes;
 //! - peers reconnect when the coordinator restarts on the same address.
 
@@ -562,5 +564,72 @@ async fn a_session_with_joints_sensors_and_events_fails_over_with_one_resync_and
     for p in peers {
         p.shutdown().await;
     }
+    coord.shutdown().await;
+}
+
+/// A level floor of `n × n` quads, the kind of static geometry that is sent once.
+fn level_mesh(n: u32) -> Shape {
+    let vertices = (0..=n)
+        .flat_map(|z| (0..=n).map(move |x| [x as f32 - n as f32 / 2.0, 0.0, z as f32 - n as f32 / 2.0]))
+        .collect();
+    let at = |x: u32, z: u32| z * (n + 1) + x;
+    let indices = (0..n)
+        .flat_map(|z| {
+            (0..n).flat_map(move |x| {
+                [[at(x, z), at(x, z + 1), at(x + 1, z)], [at(x + 1, z), at(x, z + 1), at(x + 1, z + 1)]]
+            })
+        })
+        .collect();
+    Shape::TriMesh { vertices, indices }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_level_mesh_is_sent_once_per_peer_and_named_on_resync_and_failover() {
+    let coord = coordinator::spawn("127.0.0.1:0", coordinator::Config::default()).await.unwrap();
+    let url = coord.url();
+    let first = start_peer(&url, "peer-a").await;
+    let mut gamer = gamer::connect(&url, "gamer-level").await;
+    let floor = level_mesh(60);
+    let scene = |floor: Shape, t: u64| PhysicsStepRequest {
+        add: vec![
+            BodyDesc::new(0, floor, [0.0; 3]).with_body_type(BodyType::Fixed),
+            BodyDesc::new(1, Shape::Sphere { radius: 0.5 }, [0.0, 3.0 - t as f32 * 0.01, 0.0]),
+        ],
+        snapshot: true,
+        ..tick(t)
+    };
+    let named = floor.to_cached().unwrap();
+    // The first connection carries the mesh; the peer keeps it.
+    gamer.physics("level", &scene(floor.clone(), 0)).await.unwrap();
+    // A resync names it: the same peer answers from its cache.
+    let (r, raw) = gamer.physics("level", &scene(named.clone(), 1)).await.unwrap();
+    assert_eq!((r.tick, raw.peer_id.as_deref()), (1, Some("peer-a")));
+    // A failover to a peer that never saw it: it asks for the mesh, once.
+    let second = start_peer(&url, "peer-b").await;
+    first.kill();
+    let mut missing = 0;
+    let mut t = 2;
+    while t < 6 {
+        let request = if t == 2 { scene(named.clone(), t) } else { tick(t) };
+        match gamer.physics("level", &request).await {
+            Ok((r, raw)) => {
+                assert_eq!((r.tick, raw.peer_id.as_deref()), (t, Some("peer-b")));
+                t += 1;
+            }
+            Err(e) if e.code == ErrorCode::MissingShape => {
+                assert!(e.resync, "{e:?}");
+                missing += 1;
+                let (r, _) = gamer.physics("level", &scene(floor.clone(), t)).await.unwrap();
+                assert_eq!(r.tick, t);
+                t += 1;
+            }
+            Err(e) => assert!(e.resync, "only the lost session's resync: {e:?}"),
+        }
+    }
+    assert_eq!(missing, 1, "the new peer asked for the mesh once");
+    // Now it holds it too.
+    let (r, _) = gamer.physics("level", &scene(named, 6)).await.unwrap();
+    assert_eq!(r.tick, 6);
+    second.shutdown().await;
     coord.shutdown().await;
 }

@@ -71,6 +71,9 @@ pub enum ErrorCode {
     /// Strict replication: the replicas of the session did not agree on this tick (or too
     /// few answered), so no answer is delivered; the result asks for a resync.
     Unverified,
+    /// The request names a cached shape (`Shape::Cached`) the peer does not hold: send
+    /// the snapshot again with the shape itself (the error asks for a resync).
+    MissingShape,
     /// A code this build does not know.
     #[serde(other)]
     Other,
@@ -108,6 +111,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Quarantined => "quarantined",
             ErrorCode::Unverified => "unverified",
+            ErrorCode::MissingShape => "missing_shape",
             ErrorCode::Other => "other",
         }
     }
@@ -154,6 +158,7 @@ mod tests {
             ErrorCode::RateLimited,
             ErrorCode::Quarantined,
             ErrorCode::Unverified,
+            ErrorCode::MissingShape,
             ErrorCode::Other,
         ] {
             let json = serde_json::to_string(&code).unwrap();

@@ -86,3 +86,6 @@ pub const MAX_JOINTS_PER_SESSION: usize = 50_000;
 pub const MAX_EVENTS_PER_TICK: usize = 200_000;
 /// Most touching pairs a snapshot may carry.
 pub const MAX_TOUCHING_PAIRS: usize = 200_000;
+/// Fewest elements ([`crate::physics::Shape::elements`]) of a shape a world keeps in its
+/// shape cache: smaller shapes cost less to send than to look up.
+pub const MIN_CACHED_SHAPE_ELEMENTS: usize = 256;

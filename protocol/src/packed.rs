@@ -537,6 +537,7 @@ const SHAPE_CONVEX_HULL: u8 = 7;
 const SHAPE_TRIMESH: u8 = 8;
 const SHAPE_HEIGHTFIELD: u8 = 9;
 const SHAPE_COMPOUND: u8 = 10;
+const SHAPE_CACHED: u8 = 11;
 
 // A pose (set_pose, kinematic_targets): bits 0-2 the non-zero position components, bit 3
 // a rotation other than the identity, bits 4-5 its dropped component.
@@ -1165,9 +1166,15 @@ fn put_shape(out: &mut Vec<u8>, shape: &Shape) {
         Shape::TriMesh { .. } => SHAPE_TRIMESH,
         Shape::Heightfield { .. } => SHAPE_HEIGHTFIELD,
         Shape::Compound { .. } => SHAPE_COMPOUND,
+        Shape::Cached { .. } => SHAPE_CACHED,
     };
     out.push(tag);
     put_shape_data(out, shape);
+}
+
+/// A shape's packed bytes (its tag and data): what [`crate::physics::ShapeHash::of`] hashes.
+pub(crate) fn put_shape_bytes(out: &mut Vec<u8>, shape: &Shape) {
+    put_shape(out, shape);
 }
 
 /// A shape's data, after its tag: floats bit for bit (static geometry is never quantized).
@@ -1203,6 +1210,10 @@ fn put_shape_data(out: &mut Vec<u8>, shape: &Shape) {
                 put_f32s(out, &part.position);
                 put_f32s(out, &part.rotation);
             }
+        }
+        Shape::Cached { sha256, elements } => {
+            out.extend_from_slice(&sha256.0);
+            put_varint(out, *elements);
         }
     }
 }
@@ -1308,8 +1319,20 @@ fn read_shape_data(r: &mut Reader<'_>, tag: u8, elements: &mut usize, in_compoun
                 .collect::<Result<_>>()?;
             Shape::Compound { parts }
         }
-        SHAPE_TRIMESH | SHAPE_HEIGHTFIELD | SHAPE_COMPOUND => {
-            return Err(PackedError::Reserved("add: a compound's part is a mesh, a heightfield or a compound"));
+        SHAPE_CACHED if !in_compound => {
+            let sha256 = crate::physics::ShapeHash(r.array("add: a cached shape's hash")?);
+            let declared = r.varint("add: a cached shape's elements")?;
+            let count = usize::try_from(declared).unwrap_or(usize::MAX);
+            if count < limits::MIN_CACHED_SHAPE_ELEMENTS {
+                return Err(PackedError::OutOfRange("add: a cached shape's elements"));
+            }
+            charge(elements, count, "add: shape elements")?;
+            Shape::Cached { sha256, elements: declared }
+        }
+        SHAPE_TRIMESH | SHAPE_HEIGHTFIELD | SHAPE_COMPOUND | SHAPE_CACHED => {
+            return Err(PackedError::Reserved(
+                "add: a compound's part is a mesh, a heightfield, a compound or a cached shape",
+            ));
         }
         _ => return Err(PackedError::Reserved("add: shape")),
     })
@@ -2479,6 +2502,7 @@ mod tests {
                     ),
                 ],
             },
+            Shape::Cached { sha256: crate::physics::ShapeHash([7; 32]), elements: 300 },
         ];
         let mut bodies: Vec<BodyDesc> =
             shapes.into_iter().zip(100..).map(|(shape, id)| BodyDesc::new(id, shape, [0.0, 2.0, 0.0])).collect();

@@ -287,6 +287,68 @@ pub enum Shape {
         /// heightfields or compounds), at most [`crate::limits::MAX_COMPOUND_PARTS`].
         parts: Vec<CompoundPart>,
     },
+    /// A large shape the world already holds in its cache, named by its content: the
+    /// SHA-256 of its packed encoding ([`ShapeHash::of`]). A world keeps every shape of at
+    /// least [`crate::limits::MIN_CACHED_SHAPE_ELEMENTS`] elements it was sent, within a
+    /// byte budget; one that lacks the shape answers `missing_shape` (with `resync`), and
+    /// the gamer sends the snapshot again with the shape itself. Not a compound's part.
+    Cached {
+        /// The shape's content hash.
+        sha256: ShapeHash,
+        /// Its [`Shape::elements`], for the memory the world is charged before it looks
+        /// the shape up (a world refuses a count that differs from the shape's).
+        elements: u64,
+    },
+}
+
+/// The SHA-256 of a shape's packed encoding: what names it in a cache. Hex on JSON.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ShapeHash(pub [u8; 32]);
+
+impl ShapeHash {
+    /// The hash of `shape`'s packed encoding (the tag byte and its data).
+    pub fn of(shape: &Shape) -> ShapeHash {
+        use sha2::Digest as _;
+        let mut bytes = Vec::new();
+        crate::packed::put_shape_bytes(&mut bytes, shape);
+        ShapeHash(sha2::Sha256::digest(&bytes).into())
+    }
+
+    /// 64 lowercase hex digits.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Parses 64 hex digits.
+    pub fn from_hex(hex: &str) -> Option<ShapeHash> {
+        if hex.len() != 64 || !hex.is_ascii() {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(ShapeHash(out))
+    }
+}
+
+impl std::fmt::Debug for ShapeHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ShapeHash({})", self.to_hex())
+    }
+}
+
+impl Serialize for ShapeHash {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for ShapeHash {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let hex = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        ShapeHash::from_hex(&hex).ok_or_else(|| serde::de::Error::custom("a shape hash is 64 hex digits"))
+    }
 }
 
 impl Shape {
@@ -306,8 +368,21 @@ impl Shape {
             Shape::Compound { parts } => {
                 parts.iter().fold(parts.len(), |sum, part| sum.saturating_add(part.shape.elements()))
             }
+            Shape::Cached { elements, .. } => usize::try_from(*elements).unwrap_or(usize::MAX),
             _ => 0,
         }
+    }
+
+    /// Whether a world keeps it in its shape cache (and a gamer may send it as
+    /// [`Shape::Cached`]): it has at least [`crate::limits::MIN_CACHED_SHAPE_ELEMENTS`]
+    /// elements.
+    pub fn is_cacheable(&self) -> bool {
+        !matches!(self, Shape::Cached { .. }) && self.elements() >= crate::limits::MIN_CACHED_SHAPE_ELEMENTS
+    }
+
+    /// This shape as a reference to its cached copy, when it is cacheable.
+    pub fn to_cached(&self) -> Option<Shape> {
+        self.is_cacheable().then(|| Shape::Cached { sha256: ShapeHash::of(self), elements: self.elements() as u64 })
     }
 }
 
@@ -835,6 +910,27 @@ mod tests {
         let fixed: JointDesc = serde_json::from_str(r#"{"id":1,"body1":2,"body2":3,"kind":{"type":"fixed"}}"#).unwrap();
         assert_eq!(fixed.kind, JointKind::Fixed);
         assert!(!serde_json::to_string(&fixed).unwrap().contains("contacts_enabled"));
+    }
+
+    #[test]
+    fn a_cached_shape_is_named_by_the_sha256_of_its_packed_bytes_in_hex() {
+        let mesh = Shape::TriMesh {
+            vertices: (0..200).map(|i| [i as f32, 0.0, (i % 2) as f32]).collect(),
+            indices: (0..198).map(|i| [i, i + 1, i + 2]).collect(),
+        };
+        let Some(Shape::Cached { sha256, elements }) = mesh.to_cached() else { panic!("cacheable") };
+        assert_eq!(elements, 398);
+        assert_eq!(ShapeHash::from_hex(&sha256.to_hex()), Some(sha256));
+        let json = serde_json::to_string(&mesh.to_cached().unwrap()).unwrap();
+        assert_eq!(json, format!(r#"{{"kind":"cached","sha256":"{}","elements":398}}"#, sha256.to_hex()));
+        assert_eq!(serde_json::from_str::<Shape>(&json).unwrap(), mesh.to_cached().unwrap());
+        for bad in ["", "zz", &"0".repeat(63), &"g".repeat(64)] {
+            assert!(ShapeHash::from_hex(bad).is_none(), "{bad:?}");
+        }
+        // Any change of content is another name.
+        let Shape::TriMesh { mut vertices, indices } = mesh.clone() else { unreachable!() };
+        vertices[3][1] = 1e-6;
+        assert_ne!(ShapeHash::of(&Shape::TriMesh { vertices, indices }), sha256);
     }
 
     #[test]

@@ -300,6 +300,11 @@ fn new_shapes_and_properties() -> Vec<BodyDesc> {
             .with_body_type(BodyType::KinematicVelocity)
     });
     bodies.push(BodyDesc { dominance: 127, ..BodyDesc::new(100, Shape::Sphere { radius: 0.3 }, [1.0, 2.0, 0.0]) });
+    bodies.push(BodyDesc::new(
+        102,
+        Shape::Cached { sha256: p2c2r_protocol::physics::ShapeHash([0xab; 32]), elements: 1_000 },
+        [0.0; 3],
+    ));
     bodies.push(BodyDesc {
         active_events: p2c2r_protocol::physics::active_events::ALL,
         contact_force_threshold: 10.0,

@@ -35,6 +35,7 @@ mod checks;
 mod events;
 pub mod navigation;
 pub mod physics;
+pub mod shape_cache;
 pub mod shapes;
 
 pub use budget::Budgets;

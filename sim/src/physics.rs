@@ -55,11 +55,12 @@
 //! rapier's own contact pairs. [`PhysicsWorld::step`] checks no budget.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use p2c2r_protocol::physics::{
     BodyDesc, BodyId, BodyState, BodyType, CombineRule, EventKind, Groups, JointDesc, JointId, JointKind, Offset,
-    PhysicsStepRequest, PhysicsStepResult, Quat, Shape, Vec3,
+    PhysicsStepRequest, PhysicsStepResult, Quat, Shape, ShapeHash, Vec3,
 };
 use p2c2r_protocol::quantize::{QuantizedState, dequantize, quantize, snap_position, snap_rotation, snap_velocity};
 use p2c2r_protocol::{ErrorCode, TaskError, TaskStatus, limits};
@@ -74,6 +75,7 @@ use rapier3d::prelude::{
 use crate::budget::Budgets;
 use crate::checks::{check_scalar, check_vec, invalid, limit, unit_quat};
 use crate::events::{Events, ForceCollector, Listener};
+use crate::shape_cache::{CachedShape, ShapeCache};
 use crate::shapes;
 
 /// Gravity of a new session, m/s².
@@ -330,22 +332,50 @@ impl PhysicsWorld {
         request: &PhysicsStepRequest,
         budgets: &Budgets,
     ) -> Result<PhysicsStepResult, TaskError> {
-        self.run(request, budgets).map(|(result, _)| result)
+        self.run(request, budgets, None).map(|(result, _)| result)
+    }
+
+    /// [`step_limited`](Self::step_limited) with a [`ShapeCache`], as peers and the Bevy
+    /// plugin's local fallback run it: [`Shape::Cached`] shapes are looked up in it (one
+    /// it lacks is answered `missing_shape`, with `resync`), and every cacheable shape
+    /// the request sends itself is kept in it once the request passed validation.
+    pub fn step_cached(
+        &mut self,
+        request: &PhysicsStepRequest,
+        budgets: &Budgets,
+        cache: &mut ShapeCache,
+    ) -> Result<PhysicsStepResult, TaskError> {
+        self.run(request, budgets, Some(cache)).map(|(result, _)| result)
     }
 
     /// [`step`](Self::step), also reporting how long each phase took.
     pub fn step_timed(&mut self, request: &PhysicsStepRequest) -> Result<(PhysicsStepResult, StepTimings), TaskError> {
-        self.run(request, &Budgets::unlimited())
+        self.run(request, &Budgets::unlimited(), None)
     }
 
     fn run(
         &mut self,
         request: &PhysicsStepRequest,
         budgets: &Budgets,
+        mut cache: Option<&mut ShapeCache>,
     ) -> Result<(PhysicsStepResult, StepTimings), TaskError> {
         let tick = request.tick;
         let t0 = Instant::now();
-        let plan = self.validate(request).map_err(|e| e.with_tick(tick))?;
+        let plan = self.validate(request, cache.as_deref_mut()).map_err(|e| e.with_tick(tick))?;
+        if let Some(cache) = cache {
+            // Valid shapes, built: keep the large ones for later references.
+            for ((desc, collider), bounds) in request.add.iter().zip(&plan.add_colliders).zip(&plan.add_local_boxes) {
+                if desc.shape.is_cacheable() {
+                    let shape = CachedShape {
+                        built: collider.clone(),
+                        local_boxes: bounds.clone(),
+                        elements: desc.shape.elements(),
+                        surface: matches!(desc.shape, Shape::TriMesh { .. } | Shape::Heightfield { .. }),
+                    };
+                    cache.insert(ShapeHash::of(&desc.shape), Arc::new(shape));
+                }
+            }
+        }
         self.check_budget(request, &plan, budgets).map_err(|e| e.with_tick(tick))?;
         self.apply(request, &plan);
         let t1 = Instant::now();
@@ -464,11 +494,10 @@ impl PhysicsWorld {
                 boxes.extend(entry.bounds.iter().map(|b| BoundingBox::around(*b, position, rotation, dynamic)));
             }
         }
-        for desc in &r.add {
+        for (desc, bounds) in r.add.iter().zip(&plan.add_bounds) {
             let (position, rotation) = poses.get(&desc.id).copied().unwrap_or((desc.position, desc.rotation));
             let dynamic = desc.body_type.is_dynamic();
-            let bounds = Bound::parts_of(&desc.shape, desc.collider_offset.as_ref());
-            boxes.extend(bounds.into_iter().map(|b| BoundingBox::around(b, position, rotation, dynamic)));
+            boxes.extend(bounds.iter().map(|b| BoundingBox::around(*b, position, rotation, dynamic)));
         }
         match estimate_overlapping_pairs(&boxes, budgets.max_contact_pairs) {
             PairEstimate::Within(_) => Ok(()),
@@ -483,8 +512,10 @@ impl PhysicsWorld {
         }
     }
 
-    /// Checks everything about a request against the current world, mutating nothing.
-    fn validate(&self, r: &PhysicsStepRequest) -> Result<Plan, TaskError> {
+    /// Checks everything about a request against the current world, mutating nothing but
+    /// the cache's use marks (`cache` resolves [`Shape::Cached`]; without one, such a shape
+    /// is missing).
+    fn validate(&self, r: &PhysicsStepRequest, cache: Option<&mut ShapeCache>) -> Result<Plan, TaskError> {
         // Sizes first: they are cheap and bound the work below.
         let max = limits::MAX_BODIES_PER_SESSION;
         for (name, len) in [
@@ -563,8 +594,32 @@ impl PhysicsWorld {
                 limits::MAX_HULL_POINTS_PER_REQUEST
             )));
         }
-        for desc in &r.add {
-            check_body(desc)?;
+        // Cached shapes are looked up once, checked when they were first sent.
+        let mut cached: Vec<Option<Arc<CachedShape>>> = vec![None; r.add.len()];
+        let mut missing = Vec::new();
+        let mut cache = cache;
+        for (desc, slot) in r.add.iter().zip(&mut cached) {
+            if let Shape::Cached { sha256, .. } = &desc.shape {
+                match cache.as_deref_mut().and_then(|c| c.get(sha256)) {
+                    Some(shape) => *slot = Some(shape),
+                    None => missing.push(sha256.to_hex()),
+                }
+            }
+        }
+        if !missing.is_empty() {
+            missing.sort();
+            missing.dedup();
+            return Err(TaskError::new(
+                ErrorCode::MissingShape,
+                format!(
+                    "add: this peer does not hold the cached shape(s) {}; send the snapshot with the shapes themselves",
+                    missing.join(", ")
+                ),
+            )
+            .with_resync());
+        }
+        for (desc, shape) in r.add.iter().zip(&cached) {
+            check_body(desc, shape.as_deref())?;
             if existing(desc.id).is_some() && !removed.contains(&desc.id) {
                 return Err(invalid(format!("add: body {} already exists", desc.id)));
             }
@@ -634,11 +689,39 @@ impl PhysicsWorld {
         let add_rotations =
             r.add.iter().map(|d| lattice_rotation("add.rotation", d.rotation)).collect::<Result<_, _>>()?;
         // Built here, once checked, so that apply cannot fail.
-        let add_colliders =
-            r.add.iter().map(|d| shapes::build(&d.shape, &format!("add: body {}", d.id))).collect::<Result<_, _>>()?;
+        let add_colliders = r
+            .add
+            .iter()
+            .zip(&cached)
+            .map(|(d, cached)| match cached {
+                Some(shape) => Ok(shape.built.clone()),
+                None => shapes::build(&d.shape, &format!("add: body {}", d.id)),
+            })
+            .collect::<Result<_, _>>()?;
+        let add_local_boxes: Vec<Vec<(Vec3, Vec3)>> = r
+            .add
+            .iter()
+            .zip(&cached)
+            .map(|(d, cached)| match cached {
+                Some(shape) => shape.local_boxes.clone(),
+                None if d.shape.is_cacheable() => shapes::local_boxes(&d.shape),
+                None => Vec::new(),
+            })
+            .collect();
+        let add_bounds = r
+            .add
+            .iter()
+            .zip(&add_local_boxes)
+            .map(|(d, boxes)| match d.shape {
+                Shape::Cached { .. } => Bound::boxes(boxes, d.collider_offset.as_ref()),
+                _ => Bound::parts_of(&d.shape, d.collider_offset.as_ref()),
+            })
+            .collect();
         Ok(Plan {
             add_rotations,
             add_colliders,
+            add_local_boxes,
+            add_bounds,
             pose_rotations: rotations,
             target_rotations: targets,
             bodies_after: kept + added.len(),
@@ -717,11 +800,13 @@ impl PhysicsWorld {
         }
         self.events.begin_tick();
         self.remove_bodies(&r.remove, 0);
-        for ((desc, rotation), collider) in r.add.iter().zip(&plan.add_rotations).zip(&plan.add_colliders) {
+        for (((desc, rotation), collider), bounds) in
+            r.add.iter().zip(&plan.add_rotations).zip(&plan.add_colliders).zip(&plan.add_bounds)
+        {
             let (handle, collider) = self.insert(desc, *rotation, collider.clone());
             let elements = desc.shape.elements();
             self.shape_elements += elements;
-            let bounds = Bound::parts_of(&desc.shape, desc.collider_offset.as_ref());
+            let bounds = bounds.clone();
             self.events.add_body(desc.id, Listener { collider, active_events: desc.active_events });
             self.bodies.insert(
                 desc.id,
@@ -1163,6 +1248,19 @@ pub enum Bound {
 }
 
 impl Bound {
+    /// Boxes (centre, half extents, in a shape's frame) placed at `offset` in its body.
+    pub fn boxes(boxes: &[(Vec3, Vec3)], offset: Option<&Offset>) -> Vec<Bound> {
+        let identity = Offset { position: [0.0; 3], rotation: p2c2r_protocol::physics::IDENTITY };
+        let offset = offset.unwrap_or(&identity);
+        boxes
+            .iter()
+            .map(|&(centre, half)| {
+                let (centre, half) = shapes::turned_box(centre, half, offset.position, offset.rotation);
+                Bound::Box { centre, half }
+            })
+            .collect()
+    }
+
     /// The bounds of a checked shape placed at `offset` in its body: one per part of a
     /// compound, one for anything else.
     pub fn parts_of(shape: &Shape, offset: Option<&Offset>) -> Vec<Bound> {
@@ -1322,6 +1420,10 @@ struct Plan {
     add_rotations: Vec<Rotation>,
     /// The added bodies' shapes, built.
     add_colliders: Vec<SharedShape>,
+    /// The local boxes of the added bodies' cacheable shapes (empty for the others).
+    add_local_boxes: Vec<Vec<(Vec3, Vec3)>>,
+    /// What each added body's collider covers, for the pair budget.
+    add_bounds: Vec<Vec<Bound>>,
     pose_rotations: Vec<Rotation>,
     target_rotations: Vec<Rotation>,
     /// How many bodies the world holds once the request's changes are applied.
@@ -1348,11 +1450,28 @@ fn lattice_rotation(what: &str, q: Quat) -> Result<Rotation, TaskError> {
     Ok(Rotation::from_array(snap_rotation(q)))
 }
 
-fn check_body(d: &BodyDesc) -> Result<(), TaskError> {
+/// Checks a body to add; `cached` is its shape when it is a [`Shape::Cached`] (checked
+/// when it was first sent).
+fn check_body(d: &BodyDesc, cached: Option<&CachedShape>) -> Result<(), TaskError> {
     let id = d.id;
     let what = format!("add: body {id}");
-    shapes::check(&d.shape, &what)?;
-    if matches!(d.shape, Shape::TriMesh { .. } | Shape::Heightfield { .. }) && d.body_type.is_dynamic() {
+    let surface = match cached {
+        Some(shape) => {
+            if d.shape.elements() != shape.elements {
+                return Err(invalid(format!(
+                    "{what}: the cached shape has {} elements, not the {} declared",
+                    shape.elements,
+                    d.shape.elements()
+                )));
+            }
+            shape.surface
+        }
+        None => {
+            shapes::check(&d.shape, &what)?;
+            matches!(d.shape, Shape::TriMesh { .. } | Shape::Heightfield { .. })
+        }
+    };
+    if surface && d.body_type.is_dynamic() {
         return Err(invalid(format!(
             "{what}: a triangle mesh or heightfield has no inside, so it cannot be a dynamic body; make it fixed or kinematic, or use a convex hull or a compound of them"
         )));

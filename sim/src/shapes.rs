@@ -87,10 +87,13 @@ pub fn check(shape: &Shape, what: &str) -> Result<(), TaskError> {
             }
             Ok(())
         }
+        Shape::Cached { .. } => Err(invalid(format!(
+            "{what}: a cached shape is looked up by the world's cache, and cannot be a compound's part"
+        ))),
         Shape::Compound { parts } => {
             count(what, "compound parts", parts.len(), 1, limits::MAX_COMPOUND_PARTS)?;
             for (i, part) in parts.iter().enumerate() {
-                if part.shape.is_composite() {
+                if part.shape.is_composite() || matches!(part.shape, Shape::Cached { .. }) {
                     return Err(invalid(format!(
                         "{what}: compound part {i} is a mesh, a heightfield or a compound; parts must be convex"
                     )));
@@ -159,6 +162,7 @@ fn build_unguarded(shape: &Shape, what: &str) -> Result<SharedShape, TaskError> 
                 .collect::<Result<Vec<_>, TaskError>>()?;
             SharedShape::compound(parts)
         }
+        Shape::Cached { .. } => return Err(invalid(format!("{what}: a cached shape is built by the cache"))),
     })
 }
 
@@ -193,6 +197,23 @@ pub fn local_box(shape: &Shape) -> (Vec3, Vec3) {
             let (centre, half) = turned_box(centre, half, part.position, part.rotation);
             [std::array::from_fn(|i| centre[i] - half[i]), std::array::from_fn(|i| centre[i] + half[i])]
         })),
+        // Resolved by the cache, which keeps the shape's own boxes (`local_boxes`).
+        Shape::Cached { .. } => ([0.0; 3], [0.0; 3]),
+    }
+}
+
+/// The boxes of a checked shape in its own frame: one per part of a compound, one for
+/// anything else (what a cached shape keeps for the contact-pair budget).
+pub fn local_boxes(shape: &Shape) -> Vec<(Vec3, Vec3)> {
+    match shape {
+        Shape::Compound { parts } => parts
+            .iter()
+            .map(|part| {
+                let (centre, half) = local_box(&part.shape);
+                turned_box(centre, half, part.position, part.rotation)
+            })
+            .collect(),
+        _ => vec![local_box(shape)],
     }
 }
 
