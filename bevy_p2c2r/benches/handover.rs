@@ -67,14 +67,11 @@ fn main() {
         .init_resource::<Ticks>()
         .add_systems(FixedUpdate, track.after(P2c2rSystems::Apply));
     let world = app.world_mut();
-    world.spawn((
-        OffloadedBody::fixed(BodyShape::cuboid(Vec3::new(20.0, 1.0, 20.0))),
-        Transform::from_xyz(0.0, -0.5, 0.0),
-    ));
+    world.spawn(((RigidBody::Fixed, Collider::cuboid(10.0, 0.5, 10.0)), Transform::from_xyz(0.0, -0.5, 0.0)));
     for i in 0..50 {
         let (x, z) = ((i % 5) as f32 - 2.0, (i / 5 % 5) as f32 - 2.0);
         let y = 1.0 + (i / 25) as f32 * 1.1;
-        world.spawn((OffloadedBody::dynamic(BodyShape::cuboid(Vec3::splat(0.4))), Transform::from_xyz(x, y, z)));
+        world.spawn(((RigidBody::Dynamic, Collider::cuboid(0.2, 0.2, 0.2)), Transform::from_xyz(x, y, z)));
     }
     if run_until(&mut app, "the first peer to serve", |app| {
         let s = app.world().resource::<P2c2rStats>();

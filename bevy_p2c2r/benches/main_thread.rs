@@ -66,7 +66,12 @@ fn stamp(mark: Mark) -> impl FnMut(ResMut<Stamps>) {
 fn app(plugin: P2c2rPlugin) -> App {
     let mut app = App::new();
     app.add_plugins(MinimalPlugins)
-        .add_plugins(plugin.gamer_id("main-thread-bench").tick_rate(HZ).gravity(Vec3::ZERO))
+        .add_plugins(
+            plugin
+                .gamer_id("main-thread-bench")
+                .tick_rate(HZ)
+                .with_configuration(P2c2rConfiguration { gravity: Vec3::ZERO, ..default() }),
+        )
         .insert_resource(TimeUpdateStrategy::ManualDuration(Duration::from_secs_f64(1.0 / HZ)))
         .init_resource::<Stamps>()
         .add_systems(FixedPreUpdate, stamp(Mark::ReceiveStart).before(P2c2rSystems::Receive))
@@ -100,7 +105,12 @@ fn spawn_scene(world: &mut World) {
     ];
     for (half_extents, at) in walls {
         world.spawn((
-            OffloadedBody::fixed(BodyShape::Box { half_extents }).with_friction(0.0).with_restitution(1.0),
+            (
+                RigidBody::Fixed,
+                Collider::cuboid(half_extents.x, half_extents.y, half_extents.z),
+                Friction::coefficient(0.0),
+                Restitution::coefficient(1.0),
+            ),
             Transform::from_translation(at),
         ));
     }
@@ -112,12 +122,18 @@ fn spawn_scene(world: &mut World) {
         let (x, y, z) = (i % per_side, i / per_side % per_side, i / (per_side * per_side));
         let mut at = |k: usize| -h + (k as f32 + 0.5) * cell + uniform(jitter);
         let position = Vec3::new(at(x), at(y), at(z));
-        let body = OffloadedBody::dynamic(BodyShape::Box { half_extents: Vec3::splat(HALF) })
-            .with_friction(0.0)
-            .with_restitution(1.0)
-            .with_linvel(Vec3::new(uniform(3.0), uniform(3.0), uniform(3.0)))
-            .with_angvel(Vec3::new(uniform(2.0), uniform(2.0), uniform(2.0)));
-        world.spawn((body, Transform::from_translation(position)));
+        let velocity = Velocity {
+            linvel: Vec3::new(uniform(3.0), uniform(3.0), uniform(3.0)),
+            angvel: Vec3::new(uniform(2.0), uniform(2.0), uniform(2.0)),
+        };
+        world.spawn((
+            RigidBody::Dynamic,
+            Collider::cuboid(HALF, HALF, HALF),
+            Friction::coefficient(0.0),
+            Restitution::coefficient(1.0),
+            velocity,
+            Transform::from_translation(position),
+        ));
     }
 }
 

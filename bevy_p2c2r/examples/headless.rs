@@ -110,15 +110,18 @@ fn main() {
 struct BodyCount(u32);
 
 fn setup(mut commands: Commands, count: Res<BodyCount>) {
-    commands.spawn((
-        OffloadedBody::fixed(BodyShape::cuboid(Vec3::new(20.0, 1.0, 20.0))),
-        Transform::from_xyz(0.0, -0.5, 0.0),
-    ));
+    commands.spawn(((RigidBody::Fixed, Collider::cuboid(10.0, 0.5, 10.0)), Transform::from_xyz(0.0, -0.5, 0.0)));
     for i in 0..count.0 {
         let (x, z) = ((i % 6) as f32 * 1.5 - 4.0, (i / 6 % 6) as f32 * 1.5 - 4.0);
         let y = 3.0 + (i / 36) as f32 * 1.5 + (i % 3) as f32 * 0.7;
-        let shape = if i % 2 == 0 { BodyShape::cuboid(Vec3::splat(0.8)) } else { BodyShape::ball(0.4) };
-        commands.spawn((OffloadedBody::dynamic(shape).with_restitution(0.2), Transform::from_xyz(x, y, z), Falling));
+        let collider = if i % 2 == 0 { Collider::cuboid(0.4, 0.4, 0.4) } else { Collider::ball(0.4) };
+        commands.spawn((
+            RigidBody::Dynamic,
+            collider,
+            Restitution::coefficient(0.2),
+            Transform::from_xyz(x, y, z),
+            Falling,
+        ));
     }
     // Two agents that must walk around the wall at row 10 (z = 0) through its gap (x > 4).
     commands.spawn((OffloadedAgent::new(Vec3::new(-8.5, 0.0, 8.5), 3.0), Transform::from_xyz(-8.5, 0.0, -8.5)));

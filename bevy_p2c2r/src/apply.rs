@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use bevy::prelude::*;
 use p2c2r_protocol::ai::{AgentResult, AgentStatus, AiNavigateResult};
-use p2c2r_protocol::physics::{BodyState, BodyType, PhysicsStepResult};
+use p2c2r_protocol::physics::{BodyState, PhysicsStepResult};
 
+use crate::body::Velocity;
 use crate::components::*;
+use crate::events::Contacts;
 use crate::ids::EntityIds;
 use crate::messages::{AiStepped, BodyLeftWorld, PhysicsStepped, ResultSource};
 use crate::offload::{OffloadMode, StreamKind};
@@ -195,6 +197,7 @@ pub(crate) fn take_physics_results(
     ids: &mut EntityIds,
     stats: &mut P2c2rStats,
     stepped: &mut MessageWriter<PhysicsStepped>,
+    contacts: &mut Contacts,
     count: Option<usize>,
 ) -> Vec<(Entity, BodyState, u64)> {
     let queue = &mut results.physics;
@@ -213,8 +216,10 @@ pub(crate) fn take_physics_results(
         for id in &result.removed {
             if let Some(entity) = ids.bodies.remove_id(*id) {
                 ids.left_world.push((entity, *id, result.tick));
+                ids.depart(*id, entity);
             }
         }
+        contacts.record(&result.events);
         if source.is_peer() {
             stats.physics_results_from_peers += 1;
         } else {
@@ -228,7 +233,8 @@ pub(crate) fn take_physics_results(
 }
 
 /// Reports the bodies a world removed because they left its bounds, and takes
-/// [`OffloadedBody`] off them: the game decides whether to despawn or re-add them.
+/// their [`crate::Collider`] off them: the game decides whether to despawn them or give
+/// them a collider again.
 pub(crate) fn report_bodies_left_world(
     mut ids: ResMut<EntityIds>,
     mut left: MessageWriter<BodyLeftWorld>,
@@ -237,18 +243,31 @@ pub(crate) fn report_bodies_left_world(
     for (entity, id, tick) in std::mem::take(&mut ids.left_world) {
         left.write(BodyLeftWorld { entity, id, tick });
         if let Ok(mut e) = commands.get_entity(entity) {
-            e.try_remove::<(OffloadedBody, PhysicsState, PoseInterpolation)>();
+            e.try_remove::<(crate::body::Collider, PhysicsState, PoseInterpolation)>();
         }
     }
 }
 
-pub(crate) fn write_state(ps: &mut PhysicsState, interp: Option<Mut<PoseInterpolation>>, s: &BodyState, tick: u64) {
+pub(crate) fn write_state(
+    ps: &mut PhysicsState,
+    interp: Option<Mut<PoseInterpolation>>,
+    velocity: Option<Mut<Velocity>>,
+    s: &BodyState,
+    tick: u64,
+) {
     if tick < ps.tick {
         return;
     }
     ps.apply(s, tick);
     if let Some(mut interp) = interp {
         interp.current = (ps.position, ps.rotation);
+    }
+    if let Some(mut velocity) = velocity
+        && !velocity.is_changed()
+    {
+        // Not a change the game made: it must not be sent back as one. (A velocity the
+        // game changed since is kept: the Send stage sends it.)
+        *velocity.bypass_change_detection() = Velocity { linvel: ps.linvel, angvel: ps.angvel };
     }
 }
 
@@ -257,8 +276,9 @@ pub(crate) fn apply_physics(
     mut ids: ResMut<EntityIds>,
     mut stats: ResMut<P2c2rStats>,
     offload: Res<Offload>,
-    mut bodies: Query<(&mut PhysicsState, Option<&mut PoseInterpolation>)>,
+    mut bodies: Query<(&mut PhysicsState, Option<&mut PoseInterpolation>, Option<&mut Velocity>)>,
     mut stepped: MessageWriter<PhysicsStepped>,
+    mut contacts: ResMut<Contacts>,
 ) {
     // Peers' results are paced by the measured jitter; local ones come one per tick.
     let offloaded = offload.controller.mode() == OffloadMode::Offloaded;
@@ -266,9 +286,10 @@ pub(crate) fn apply_physics(
     let expected = offloaded && offload.controller.in_flight(StreamKind::Physics) > 0;
     let queued = results.physics.len();
     let count = results.playout.count(queued, target, expected);
-    for (entity, s, tick) in take_physics_results(&mut results, &mut ids, &mut stats, &mut stepped, Some(count)) {
-        if let Ok((mut ps, interp)) = bodies.get_mut(entity) {
-            write_state(&mut ps, interp, &s, tick);
+    let taken = take_physics_results(&mut results, &mut ids, &mut stats, &mut stepped, &mut contacts, Some(count));
+    for (entity, s, tick) in taken {
+        if let Ok((mut ps, interp, velocity)) = bodies.get_mut(entity) {
+            write_state(&mut ps, interp, velocity, &s, tick);
         }
     }
     let playout = &results.playout;
@@ -279,12 +300,20 @@ pub(crate) fn apply_physics(
     stats.playout_starved_ticks = playout.starved;
 }
 
+/// An agent, and its body if it has one.
+type AgentParts = (
+    &'static OffloadedAgent,
+    &'static mut AgentState,
+    Option<&'static mut PoseInterpolation>,
+    Option<(&'static crate::body::Collider, Option<&'static crate::body::RigidBody>)>,
+);
+
 pub(crate) fn apply_ai(
     mut results: ResMut<Results>,
     ids: Res<EntityIds>,
     mut stats: ResMut<P2c2rStats>,
     time: Res<Time<Fixed>>,
-    mut agents: Query<(&OffloadedAgent, &mut AgentState, Option<&mut PoseInterpolation>, Option<&OffloadedBody>)>,
+    mut agents: Query<AgentParts>,
     mut stepped: MessageWriter<AiStepped>,
 ) {
     let mut queue = std::mem::take(&mut results.ai);
@@ -311,7 +340,7 @@ pub(crate) fn apply_ai(
         }
         let kinematic = match body {
             None => false,
-            Some(b) if b.body_type == BodyType::Kinematic => true,
+            Some((_, Some(crate::body::RigidBody::KinematicPositionBased))) => true,
             Some(_) => continue,
         };
         let mut v = st.desired_velocity;

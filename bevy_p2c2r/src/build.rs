@@ -4,7 +4,8 @@
 use bevy::prelude::Entity;
 use p2c2r_protocol::ai::{AgentQuery, AiNavigateRequest, NavGrid};
 use p2c2r_protocol::physics::{
-    ApplyForce, ApplyImpulse, BodyDesc, BodyId, KinematicTarget, PhysicsStepRequest, SetPose, SetVelocity, Vec3,
+    ApplyForce, ApplyImpulse, BodyDesc, BodyId, JointDesc, JointId, KinematicTarget, PhysicsStepRequest, SetPose,
+    SetVelocity, Vec3,
 };
 
 /// What changed in the ECS since the last tick, gathered by the Send stage's first
@@ -20,6 +21,14 @@ pub(crate) struct TickChanges {
     pub forces: Vec<ApplyForce>,
     pub impulses: Vec<ApplyImpulse>,
     pub targets: Vec<KinematicTarget>,
+    /// Joints to create (new, changed, or whose body was re-created).
+    pub add_joints: Vec<JointDesc>,
+    /// Joints to remove (their bodies still in the world).
+    pub remove_joints: Vec<JointId>,
+    /// Bodies to wake up.
+    pub wake: Vec<BodyId>,
+    /// Bodies to put to sleep.
+    pub sleep: Vec<BodyId>,
 }
 
 /// The world settings every physics request is built with.
@@ -27,15 +36,19 @@ pub(crate) struct TickChanges {
 pub(crate) struct WorldSettings {
     /// Gravity, sent with every snapshot.
     pub gravity: Vec3,
+    /// Gravity changed since the last request (it goes with this one).
+    pub gravity_changed: bool,
     /// Steps per tick.
     pub substeps: u32,
 }
 
 /// This tick's `physics_step` request. A snapshot carries every body the world holds
 /// (`world`: the bodies registered before this tick, with their latest state) plus this
-/// tick's new ones, sorted by id, and nothing to remove; otherwise the request carries
-/// only this tick's changes. Kinematic targets are deduplicated (the last one of a body
-/// wins: a peer refuses a tick that lists a body twice).
+/// tick's new ones, sorted by id, every joint between them (`joints`: each as last sent),
+/// and nothing to remove; otherwise the request carries only this tick's changes.
+/// Kinematic targets are deduplicated (the last one of a body wins: a peer refuses a tick
+/// that lists a body twice). Gravity goes with every snapshot, and with a delta when it
+/// changed (`settings.gravity_changed`).
 pub(crate) fn physics_request(
     tick: u64,
     dt: f32,
@@ -43,31 +56,59 @@ pub(crate) fn physics_request(
     snapshot: bool,
     changes: TickChanges,
     world: impl FnOnce() -> Vec<BodyDesc>,
+    joints: impl FnOnce() -> Vec<JointDesc>,
 ) -> PhysicsStepRequest {
     let substeps = settings.substeps.max(1);
-    let TickChanges { adds, remove, set_pose, set_velocity, forces, impulses, mut targets } = changes;
-    dedup_targets(&mut targets);
-    let (add, remove) = if snapshot {
-        let mut add = world();
-        add.extend(adds.into_iter().map(|(_, d)| d));
-        add.sort_by_key(|d| d.id);
-        (add, Vec::new())
-    } else {
-        (adds.into_iter().map(|(_, d)| d).collect(), remove)
-    };
-    PhysicsStepRequest {
-        tick,
-        snapshot,
-        gravity: snapshot.then_some(settings.gravity),
-        dt: dt / substeps as f32,
-        steps: substeps,
-        add,
+    let TickChanges {
+        adds,
         remove,
         set_pose,
         set_velocity,
         forces,
         impulses,
+        mut targets,
+        add_joints,
+        remove_joints,
+        wake,
+        sleep,
+    } = changes;
+    dedup_targets(&mut targets);
+    let (add, remove, add_joints, remove_joints) = if snapshot {
+        let mut add = world();
+        add.extend(adds.into_iter().map(|(_, d)| d));
+        add.sort_by_key(|d| d.id);
+        let ids: std::collections::HashSet<BodyId> = add.iter().map(|d| d.id).collect();
+        let mut joints = joints();
+        joints.retain(|j| ids.contains(&j.body1) && j.body2.is_none_or(|b| ids.contains(&b)));
+        joints.sort_by_key(|j| j.id);
+        (add, Vec::new(), joints, Vec::new())
+    } else {
+        (adds.into_iter().map(|(_, d)| d).collect(), remove, add_joints, remove_joints)
+    };
+    let known = |ids: Vec<BodyId>| -> Vec<BodyId> {
+        // A wake or sleep of a body that is not in this world (removed meanwhile) would
+        // be refused with the whole tick.
+        let mut ids = ids;
+        ids.retain(|id| !remove.contains(id));
+        ids
+    };
+    PhysicsStepRequest {
+        tick,
+        snapshot,
+        gravity: (snapshot || settings.gravity_changed).then_some(settings.gravity),
+        dt: dt / substeps as f32,
+        steps: substeps,
+        add,
+        set_pose,
+        set_velocity,
+        forces,
+        impulses,
         kinematic_targets: targets,
+        wake: known(wake),
+        sleep: known(sleep),
+        add_joints,
+        remove_joints,
+        remove,
         ..Default::default()
     }
 }
@@ -100,7 +141,7 @@ mod tests {
 
     use super::*;
 
-    const SETTINGS: WorldSettings = WorldSettings { gravity: [0.0, -9.81, 0.0], substeps: 2 };
+    const SETTINGS: WorldSettings = WorldSettings { gravity: [0.0, -9.81, 0.0], gravity_changed: false, substeps: 2 };
 
     fn ball(id: BodyId, body_type: BodyType) -> BodyDesc {
         BodyDesc::new(id, Shape::Sphere { radius: 0.5 }, [id as f32 * 2.0, 1.0, 0.0]).with_body_type(body_type)
@@ -116,14 +157,31 @@ mod tests {
         let changes =
             || TickChanges { adds: vec![(fresh, ball(2, BodyType::Dynamic))], remove: vec![7], ..Default::default() };
         let world = || vec![ball(3, BodyType::Dynamic), ball(1, BodyType::Fixed)];
-        let snapshot = physics_request(5, 1.0 / 60.0, SETTINGS, true, changes(), world);
+        let joint = |id, body1, body2| JointDesc {
+            id,
+            body1,
+            body2,
+            kind: p2c2r_protocol::physics::JointKind::Spherical,
+            anchor1: [0.0; 3],
+            anchor2: [0.0; 3],
+            contacts_enabled: false,
+        };
+        // Every joint between the snapshot's bodies (one to a body gone is left out).
+        let joints = || vec![joint(5, 3, Some(1)), joint(4, 2, None), joint(6, 3, Some(7))];
+        let snapshot = physics_request(5, 1.0 / 60.0, SETTINGS, true, changes(), world, joints);
         assert_eq!(snapshot.add.iter().map(|d| d.id).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(snapshot.add_joints.iter().map(|j| j.id).collect::<Vec<_>>(), [4, 5]);
         assert!(snapshot.remove.is_empty() && snapshot.snapshot);
         assert_eq!(snapshot.gravity, Some(SETTINGS.gravity));
         assert_eq!((snapshot.steps, snapshot.dt), (2, 1.0 / 120.0));
-        let delta = physics_request(6, 1.0 / 60.0, SETTINGS, false, changes(), || unreachable!("no snapshot"));
+        let (no_bodies, no_joints) = (|| unreachable!("no snapshot"), || unreachable!("no snapshot"));
+        let delta = physics_request(6, 1.0 / 60.0, SETTINGS, false, changes(), no_bodies, no_joints);
         assert_eq!(delta.add.iter().map(|d| d.id).collect::<Vec<_>>(), [2]);
         assert_eq!((delta.remove.clone(), delta.gravity, delta.snapshot), (vec![7], None, false));
+        // Gravity changed while playing: it goes with the next delta.
+        let changed = WorldSettings { gravity: [0.0, -1.6, 0.0], gravity_changed: true, ..SETTINGS };
+        let delta = physics_request(7, 1.0 / 60.0, changed, false, TickChanges::default(), Vec::new, Vec::new);
+        assert_eq!(delta.gravity, Some([0.0, -1.6, 0.0]));
     }
 
     #[test]
@@ -132,7 +190,7 @@ mod tests {
         let targets = vec![target(3, 1.0), target(1, 1.0), target(2, 1.0), target(3, 2.0), target(1, 2.0)];
         let changes = TickChanges { targets, ..Default::default() };
         let world = || [1, 2, 3].map(|id| ball(id, BodyType::Kinematic)).to_vec();
-        let request = physics_request(1, 1.0 / 60.0, SETTINGS, true, changes, world);
+        let request = physics_request(1, 1.0 / 60.0, SETTINGS, true, changes, world, Vec::new);
         let kept: Vec<(BodyId, f32)> = request.kinematic_targets.iter().map(|t| (t.id, t.position[0])).collect();
         assert_eq!(kept, [(2, 1.0), (3, 2.0), (1, 2.0)]);
         // And the engine accepts it, with a peer's budgets.

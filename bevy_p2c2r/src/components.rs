@@ -1,197 +1,15 @@
-//! Components and resources that mark what the plugin offloads, and what it writes back.
-//!
-//! Game code adds [`OffloadedBody`] (with a [`Transform`]) to make a rigid body and
-//! [`OffloadedAgent`] to make an NPC agent; the navigation grid is the
-//! [`NavigationGrid`] resource. The plugin answers with [`PhysicsState`] and
-//! [`AgentState`] and moves the `Transform`s.
+//! Components and resources beside the body's own ([`crate::body`]): what the game
+//! pushes bodies with ([`ExternalForce`], [`ExternalImpulse`], [`KinematicTarget`]), NPC
+//! agents ([`OffloadedAgent`]) and their [`NavigationGrid`], and what the plugin writes
+//! back ([`PhysicsState`], [`AgentState`], the interpolated `Transform`s).
 
 use bevy::math::{Quat, Vec2, Vec3};
 use bevy::prelude::{Component, Resource, Transform};
 use p2c2r_protocol::ai::{AgentStatus, NavGrid};
-use p2c2r_protocol::physics::{self as wire, BodyId, BodyType};
+use p2c2r_protocol::physics::{self as wire, BodyId};
 use p2c2r_sim::physics::{MAX_COORDINATE, MAX_SPEED};
 
-/// A collision shape, in the body's local frame.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum BodyShape {
-    /// A box with these half extents.
-    Box {
-        /// Half the size along x, y and z.
-        half_extents: Vec3,
-    },
-    /// A ball.
-    Sphere {
-        /// Its radius.
-        radius: f32,
-    },
-    /// A capsule along the local y axis.
-    Capsule {
-        /// Half the length of the cylinder part.
-        half_height: f32,
-        /// Its radius.
-        radius: f32,
-    },
-}
-
-impl BodyShape {
-    /// A box of this full size (not half size).
-    pub fn cuboid(size: Vec3) -> Self {
-        BodyShape::Box { half_extents: size * 0.5 }
-    }
-
-    /// A ball of this radius.
-    pub fn ball(radius: f32) -> Self {
-        BodyShape::Sphere { radius }
-    }
-
-    /// The shape as it travels on the wire.
-    pub fn to_wire(self) -> wire::Shape {
-        match self {
-            BodyShape::Box { half_extents } => wire::Shape::Box { half_extents: half_extents.to_array() },
-            BodyShape::Sphere { radius } => wire::Shape::Sphere { radius },
-            BodyShape::Capsule { half_height, radius } => wire::Shape::Capsule { half_height, radius },
-        }
-    }
-}
-
-/// Marks an entity as a rigid body simulated by the peers (or by the local fallback).
-///
-/// Spawn it with a [`Transform`] giving the initial pose (scale is ignored; the entity
-/// should have no parent). The plugin assigns a body id, sends the body with the next
-/// tick, adds [`PhysicsState`] and, for dynamic and kinematic bodies, writes the
-/// interpolated pose into the `Transform` every frame, so game code must not move it
-/// through the `Transform`: use [`crate::PhysicsCommand::Teleport`],
-/// [`KinematicTarget`], [`ExternalForce`] or [`ExternalImpulse`]. Changing this
-/// component re-creates the body (same pose and velocity); removing it or despawning
-/// the entity removes the body.
-#[derive(Component, Clone, Debug, PartialEq)]
-#[require(Transform)]
-pub struct OffloadedBody {
-    /// The collision shape.
-    pub shape: BodyShape,
-    /// Dynamic, kinematic or fixed.
-    pub body_type: BodyType,
-    /// Total mass in kg; overrides `density`.
-    pub mass: Option<f32>,
-    /// Density in kg/m³ (the peer's default, 1000, when neither is set).
-    pub density: Option<f32>,
-    /// Friction coefficient.
-    pub friction: f32,
-    /// Restitution (bounciness), 0..1.
-    pub restitution: f32,
-    /// Linear damping.
-    pub linear_damping: f32,
-    /// Angular damping.
-    pub angular_damping: f32,
-    /// Continuous collision detection, for fast small bodies such as projectiles.
-    pub ccd: bool,
-    /// Linear velocity at spawn (e.g. a shot ball).
-    pub initial_linvel: Vec3,
-    /// Angular velocity at spawn.
-    pub initial_angvel: Vec3,
-}
-
-impl OffloadedBody {
-    /// A dynamic body (moved by gravity, forces and contacts) with default material.
-    pub fn dynamic(shape: BodyShape) -> Self {
-        OffloadedBody {
-            shape,
-            body_type: BodyType::Dynamic,
-            mass: None,
-            density: None,
-            friction: 0.5,
-            restitution: 0.0,
-            linear_damping: 0.0,
-            angular_damping: 0.0,
-            ccd: false,
-            initial_linvel: Vec3::ZERO,
-            initial_angvel: Vec3::ZERO,
-        }
-    }
-
-    /// A fixed body (ground, walls): never moves.
-    pub fn fixed(shape: BodyShape) -> Self {
-        OffloadedBody { body_type: BodyType::Fixed, ..Self::dynamic(shape) }
-    }
-
-    /// A kinematic body, moved only by [`KinematicTarget`]; it pushes dynamic bodies.
-    pub fn kinematic(shape: BodyShape) -> Self {
-        OffloadedBody { body_type: BodyType::Kinematic, ..Self::dynamic(shape) }
-    }
-
-    /// Sets the total mass in kg.
-    pub fn with_mass(mut self, mass: f32) -> Self {
-        self.mass = Some(mass);
-        self
-    }
-
-    /// Sets the density in kg/m³.
-    pub fn with_density(mut self, density: f32) -> Self {
-        self.density = Some(density);
-        self
-    }
-
-    /// Sets the friction coefficient.
-    pub fn with_friction(mut self, friction: f32) -> Self {
-        self.friction = friction;
-        self
-    }
-
-    /// Sets the restitution (bounciness).
-    pub fn with_restitution(mut self, restitution: f32) -> Self {
-        self.restitution = restitution;
-        self
-    }
-
-    /// Sets linear and angular damping.
-    pub fn with_damping(mut self, linear: f32, angular: f32) -> Self {
-        self.linear_damping = linear;
-        self.angular_damping = angular;
-        self
-    }
-
-    /// Enables continuous collision detection.
-    pub fn with_ccd(mut self) -> Self {
-        self.ccd = true;
-        self
-    }
-
-    /// Sets the linear velocity the body spawns with.
-    pub fn with_linvel(mut self, linvel: Vec3) -> Self {
-        self.initial_linvel = linvel;
-        self
-    }
-
-    /// Sets the angular velocity the body spawns with.
-    pub fn with_angvel(mut self, angvel: Vec3) -> Self {
-        self.initial_angvel = angvel;
-        self
-    }
-
-    /// The wire description of this body with this id and state.
-    pub(crate) fn desc(&self, id: BodyId, state: &PhysicsState) -> wire::BodyDesc {
-        wire::BodyDesc {
-            id,
-            shape: self.shape.to_wire(),
-            body_type: self.body_type,
-            position: valid_position(state.position),
-            rotation: valid_rotation(state.rotation),
-            linvel: valid_velocity(state.linvel),
-            angvel: valid_velocity(state.angvel),
-            mass: self.mass,
-            density: self.density,
-            friction: self.friction,
-            restitution: self.restitution,
-            linear_damping: self.linear_damping,
-            angular_damping: self.angular_damping,
-            ccd: self.ccd,
-            sleeping: state.sleeping,
-            ..wire::BodyDesc::new(id, self.shape.to_wire(), [0.0; 3])
-        }
-    }
-}
-
-/// The latest authoritative state of an [`OffloadedBody`], written by the plugin (not
+/// The latest authoritative state of a body (an entity with a [`crate::Collider`]), written by the plugin (not
 /// interpolated: the `Transform` is). Read it for velocities or the exact simulated pose.
 #[derive(Component, Clone, Copy, Debug, PartialEq)]
 pub struct PhysicsState {
@@ -300,7 +118,7 @@ impl KinematicTarget {
 /// Marks an NPC agent whose path finding and steering run on the peers (or locally in
 /// fallback). Needs the [`NavigationGrid`] resource.
 ///
-/// An agent without an [`OffloadedBody`] is moved by the plugin along its desired
+/// An agent without a body ([`crate::Collider`]) is moved by the plugin along its desired
 /// velocity on the x–z plane (its `Transform` is interpolated like a body's). An agent
 /// that is also a dynamic body gets the desired velocity as its horizontal velocity each
 /// tick while moving (its vertical velocity is kept and its angular velocity zeroed, so a
@@ -430,33 +248,6 @@ mod tests {
     }
 
     #[test]
-    fn body_desc_is_always_valid_for_the_peer() {
-        use p2c2r_protocol::physics::PhysicsStepRequest;
-        let body = OffloadedBody::dynamic(BodyShape::ball(0.25));
-        let states = [
-            (Vec3::new(0.0, -5.0e6, 2.0e6), Quat::from_xyzw(0.0, 0.0, 0.0, 0.0), Vec3::new(0.0, -3.0e5, 0.0)),
-            (Vec3::new(f32::NAN, f32::INFINITY, 1.0), Quat::from_xyzw(f32::NAN, 0.0, 0.0, 1.0), Vec3::NAN),
-            (Vec3::ONE, Quat::from_xyzw(0.0, 0.0, 0.0, 5.0), Vec3::splat(f32::NEG_INFINITY)),
-        ];
-        let add: Vec<_> = states
-            .iter()
-            .enumerate()
-            .map(|(i, &(position, rotation, linvel))| {
-                let s =
-                    PhysicsState { id: i as u64, tick: 9, position, rotation, linvel, angvel: linvel, sleeping: false };
-                body.desc(i as u64, &s)
-            })
-            .collect();
-        assert_eq!(add[0].position, [0.0, -MAX_COORDINATE, MAX_COORDINATE]);
-        assert_eq!(add[0].rotation, [0.0, 0.0, 0.0, 1.0], "a zero quaternion becomes the identity");
-        assert_eq!(add[2].rotation, [0.0, 0.0, 0.0, 1.0], "renormalised");
-        let request =
-            PhysicsStepRequest { tick: 10, snapshot: true, dt: 1.0 / 60.0, steps: 1, add, ..Default::default() };
-        let result = p2c2r_sim::physics::PhysicsWorld::new().step(&request);
-        assert!(result.is_ok(), "the snapshot is accepted: {result:?}");
-    }
-
-    #[test]
     fn broken_body_states_are_detected() {
         let good = wire::BodyState {
             id: 1,
@@ -485,27 +276,5 @@ mod tests {
         ps.apply(&wire::BodyState { rotation: [0.0; 4], linvel: [f32::NAN, 0.0, 0.0], ..good }, 1);
         assert_eq!(ps.rotation, Quat::IDENTITY);
         assert!(ps.linvel.is_finite());
-    }
-
-    #[test]
-    fn body_desc_carries_material_and_state() {
-        let b = OffloadedBody::dynamic(BodyShape::ball(0.25)).with_mass(2.0).with_restitution(0.5).with_ccd();
-        let s = PhysicsState {
-            id: 7,
-            tick: 0,
-            position: Vec3::new(1.0, 2.0, 3.0),
-            rotation: Quat::IDENTITY,
-            linvel: Vec3::X,
-            angvel: Vec3::ZERO,
-            sleeping: false,
-        };
-        let d = b.desc(7, &s);
-        assert_eq!(d.id, 7);
-        assert_eq!(d.mass, Some(2.0));
-        assert_eq!(d.restitution, 0.5);
-        assert!(d.ccd);
-        assert_eq!(d.position, [1.0, 2.0, 3.0]);
-        assert_eq!(d.linvel, [1.0, 0.0, 0.0]);
-        assert_eq!(d.shape, wire::Shape::Sphere { radius: 0.25 });
     }
 }

@@ -8,20 +8,52 @@ use p2c2r_protocol::physics::{
     ApplyForce, ApplyImpulse, BodyType, KinematicTarget as WireKinematicTarget, SetPose, SetVelocity,
 };
 
+use crate::body::*;
 use crate::build::TickChanges;
 use crate::components::*;
 use crate::ids::EntityIds;
+use crate::joints::ImpulseJoint;
 use crate::messages::PhysicsCommand;
+use crate::shape_names::ShapeNames;
 
-pub(crate) fn on_body_removed(remove: On<Remove, OffloadedBody>, mut ids: ResMut<EntityIds>, mut commands: Commands) {
+/// A body's [`Collider`] went (or its entity): the body goes.
+pub(crate) fn on_body_removed(remove: On<Remove, Collider>, mut ids: ResMut<EntityIds>, mut commands: Commands) {
     ids.removed_bodies.push(remove.entity);
     commands.entity(remove.entity).try_remove::<(PhysicsState, PoseInterpolation)>();
+}
+
+/// A part of a body went (its [`RigidBody`], its [`Sensor`], ...): the body is re-created
+/// without it, as after a change.
+pub(crate) fn on_body_part_removed<T: Component>(remove: On<Remove, T>, mut colliders: Query<&mut Collider>) {
+    if let Ok(mut collider) = colliders.get_mut(remove.entity) {
+        collider.set_changed();
+    }
+}
+
+/// Observes the removal of every optional part of a body.
+pub(crate) fn observe_body_parts(app: &mut App) {
+    app.add_observer(on_body_part_removed::<RigidBody>)
+        .add_observer(on_body_part_removed::<Friction>)
+        .add_observer(on_body_part_removed::<Restitution>)
+        .add_observer(on_body_part_removed::<ColliderMassProperties>)
+        .add_observer(on_body_part_removed::<AdditionalMass>)
+        .add_observer(on_body_part_removed::<Damping>)
+        .add_observer(on_body_part_removed::<GravityScale>)
+        .add_observer(on_body_part_removed::<LockedAxes>)
+        .add_observer(on_body_part_removed::<Dominance>)
+        .add_observer(on_body_part_removed::<Ccd>)
+        .add_observer(on_body_part_removed::<CollisionGroups>)
+        .add_observer(on_body_part_removed::<SolverGroups>)
+        .add_observer(on_body_part_removed::<Sensor>)
+        .add_observer(on_body_part_removed::<ActiveEvents>)
+        .add_observer(on_body_part_removed::<ContactForceEventThreshold>)
+        .add_observer(on_body_part_removed::<ColliderOffset>);
 }
 
 pub(crate) fn on_agent_removed(
     remove: On<Remove, OffloadedAgent>,
     mut ids: ResMut<EntityIds>,
-    bodies: Query<(), With<OffloadedBody>>,
+    bodies: Query<(), With<Collider>>,
     mut commands: Commands,
 ) {
     ids.removed_agents.push(remove.entity);
@@ -32,18 +64,23 @@ pub(crate) fn on_agent_removed(
     }
 }
 
+/// A body to register: its parts, pose, initial velocity and state (if re-created).
+type NewBody = (Entity, BodyParts, &'static Transform, Option<&'static Velocity>, Option<&'static PhysicsState>);
+
 /// Gives new (and changed) bodies their id and initial state.
 pub(crate) fn register_bodies(
     mut commands: Commands,
     mut ids: ResMut<EntityIds>,
     mut changes: ResMut<TickChanges>,
-    added: Query<(Entity, &OffloadedBody, &Transform, Option<&PhysicsState>), Changed<OffloadedBody>>,
+    mut names: ResMut<ShapeNames>,
+    added: Query<NewBody, BodyChanged>,
 ) {
-    for (entity, body, transform, existing) in &added {
+    for (entity, body, transform, velocity, existing) in &added {
         // A changed body is re-created under a new id with its latest state.
         let (id, old) = ids.bodies.assign(entity);
         if let Some(old) = old {
             ids.replaced_bodies.push(old);
+            ids.depart(old, entity);
         }
         let ps = match existing {
             Some(ps) => PhysicsState { id, ..*ps },
@@ -52,15 +89,16 @@ pub(crate) fn register_bodies(
                 tick: 0,
                 position: transform.translation,
                 rotation: transform.rotation.normalize(),
-                linvel: body.initial_linvel,
-                angvel: body.initial_angvel,
+                linvel: velocity.map_or(Vec3::ZERO, |v| v.linvel),
+                angvel: velocity.map_or(Vec3::ZERO, |v| v.angvel),
                 sleeping: false,
             },
         };
+        names.register(entity, body.collider);
         changes.adds.push((entity, body.desc(id, &ps)));
         let mut e = commands.entity(entity);
         e.insert(ps);
-        if body.body_type != BodyType::Fixed {
+        if body.body_type() != BodyType::Fixed {
             e.insert(PoseInterpolation::at(ps.position, ps.rotation));
         } else {
             e.remove::<PoseInterpolation>();
@@ -68,11 +106,73 @@ pub(crate) fn register_bodies(
     }
 }
 
+/// A body's [`ImpulseJoint`] went: the joint goes (unless its body went too).
+pub(crate) fn on_joint_removed(remove: On<Remove, ImpulseJoint>, mut ids: ResMut<EntityIds>) {
+    ids.removed_joints.push(remove.entity);
+}
+
+/// Sends new and changed joints, and again those whose bodies were re-created (a world
+/// removes a body's joints with it); removes the joints whose component went. Runs after
+/// [`collect_changes`] (this tick's removals are known).
+pub(crate) fn register_joints(
+    mut ids: ResMut<EntityIds>,
+    mut changes: ResMut<TickChanges>,
+    joints: Query<(Entity, Ref<ImpulseJoint>)>,
+) {
+    let ids = &mut *ids;
+    // Whether the world still holds a joint between these bodies: both still stand for
+    // the same entities (a re-created or removed body took its joints with it).
+    let alive = |ids: &EntityIds, desc: &p2c2r_protocol::physics::JointDesc| {
+        let live = |id| ids.bodies.entity(id).is_some();
+        live(desc.body1) && desc.body2.is_none_or(live)
+    };
+    for entity in std::mem::take(&mut ids.removed_joints) {
+        if joints.contains(entity) {
+            continue; // removed and added again in the same frame
+        }
+        if let Some(id) = ids.joints.remove_entity(entity)
+            && let Some(desc) = ids.joint_descs.remove(&id)
+            && alive(ids, &desc)
+        {
+            changes.remove_joints.push(id);
+        }
+    }
+    for (entity, joint) in &joints {
+        let Some(body) = ids.bodies.id(entity) else { continue };
+        let parent = match joint.parent {
+            Some(parent) => match ids.bodies.id(parent) {
+                Some(id) => Some(id),
+                None => continue, // not a body (yet): the joint waits for it
+            },
+            None => None,
+        };
+        let sent = ids.joints.id(entity).and_then(|id| ids.joint_descs.get(&id));
+        let (wire_body1, wire_body2) = match parent {
+            Some(parent) => (parent, Some(body)),
+            None => (body, None),
+        };
+        let same_bodies = sent.is_some_and(|d| (d.body1, d.body2) == (wire_body1, wire_body2));
+        if same_bodies && !joint.is_changed() {
+            continue;
+        }
+        let (id, old) = ids.joints.assign(entity);
+        if let Some(old) = old
+            && let Some(desc) = ids.joint_descs.remove(&old)
+            && alive(ids, &desc)
+        {
+            changes.remove_joints.push(old);
+        }
+        let desc = joint.desc(id, body, parent);
+        ids.joint_descs.insert(id, desc.clone());
+        changes.add_joints.push(desc);
+    }
+}
+
 /// Gives new agents their id and initial state.
 pub(crate) fn register_agents(
     mut commands: Commands,
     mut ids: ResMut<EntityIds>,
-    added: Query<(Entity, &Transform, Has<OffloadedBody>), Added<OffloadedAgent>>,
+    added: Query<(Entity, &Transform, Has<Collider>), Added<OffloadedAgent>>,
 ) {
     for (entity, transform, has_body) in &added {
         if ids.agents.contains_entity(entity) {
@@ -100,13 +200,14 @@ pub(crate) type BodyQuery<'w, 's> = Query<
     's,
     (
         Entity,
-        &'static OffloadedBody,
+        BodyParts,
         &'static mut PhysicsState,
         Option<&'static ExternalForce>,
         Option<&'static mut ExternalImpulse>,
         Option<Ref<'static, KinematicTarget>>,
         Option<&'static mut PoseInterpolation>,
         Option<(&'static OffloadedAgent, &'static AgentState)>,
+        Option<&'static mut Velocity>,
     ),
 >;
 
@@ -115,6 +216,7 @@ pub(crate) type BodyQuery<'w, 's> = Query<
 pub(crate) fn collect_changes(
     mut ids: ResMut<EntityIds>,
     mut changes: ResMut<TickChanges>,
+    mut names: ResMut<ShapeNames>,
     mut commands_in: MessageReader<PhysicsCommand>,
     mut bodies: BodyQuery,
     any_agent: Query<(), With<OffloadedAgent>>,
@@ -129,6 +231,8 @@ pub(crate) fn collect_changes(
         }
         if let Some(id) = ids.bodies.remove_entity(entity) {
             changes.remove.push(id);
+            ids.depart(id, entity);
+            names.unregister(entity);
         }
     }
     for entity in std::mem::take(&mut ids.removed_agents) {
@@ -139,7 +243,19 @@ pub(crate) fn collect_changes(
         ids.agents_moving.remove(&entity);
     }
 
-    for (_, _, ps, force, impulse, target, _, _) in &mut bodies {
+    // Bodies sent this tick carry their velocity already.
+    let fresh: std::collections::HashSet<Entity> = changes.adds.iter().map(|(e, _)| *e).collect();
+    for (entity, _, mut ps, force, impulse, target, _, _, velocity) in &mut bodies {
+        // The game set the velocity (the plugin's own writes bypass change detection).
+        if let Some(v) = velocity
+            && v.is_changed()
+            && !fresh.contains(&entity)
+        {
+            let (linvel, angvel) = (valid_velocity(v.linvel), valid_velocity(v.angvel));
+            changes.set_velocity.push(SetVelocity { id: ps.id, linvel, angvel });
+            ps.linvel = Vec3::from_array(linvel);
+            ps.angvel = Vec3::from_array(angvel);
+        }
         if let Some(f) = force
             && (f.force != Vec3::ZERO || f.torque != Vec3::ZERO)
         {
@@ -198,12 +314,14 @@ fn apply_command(ids: &EntityIds, changes: &mut TickChanges, bodies: &mut BodyQu
                 }
             }
         }
+        PhysicsCommand::WakeUp { entity } => changes.wake.extend(ids.bodies.id(entity)),
+        PhysicsCommand::Sleep { entity } => changes.sleep.extend(ids.bodies.id(entity)),
         PhysicsCommand::Teleport { entity, position, rotation } => {
             if let Some(id) = ids.bodies.id(entity) {
                 let position = Vec3::from_array(valid_position(position));
                 let rotation = Quat::from_array(valid_rotation(rotation));
                 changes.set_pose.push(SetPose { id, position: position.to_array(), rotation: rotation.to_array() });
-                if let Ok((_, _, mut ps, _, _, _, interp, _)) = bodies.get_mut(entity) {
+                if let Ok((_, _, mut ps, _, _, _, interp, _, _)) = bodies.get_mut(entity) {
                     ps.position = position;
                     ps.rotation = rotation;
                     if let Some(mut interp) = interp {
@@ -217,7 +335,7 @@ fn apply_command(ids: &EntityIds, changes: &mut TickChanges, bodies: &mut BodyQu
 
 /// Agents that are bodies follow their desired velocity.
 fn steer_agents(ids: &mut EntityIds, changes: &mut TickChanges, bodies: &BodyQuery) {
-    for (entity, body, ps, _, _, _, _, agent) in bodies {
+    for (entity, body, ps, _, _, _, _, agent, _) in bodies {
         let Some((_, st)) = agent else { continue };
         let v = st.desired_velocity;
         // Steer a dynamic agent while it moves, and stop it once when it arrives; after
@@ -229,7 +347,7 @@ fn steer_agents(ids: &mut EntityIds, changes: &mut TickChanges, bodies: &BodyQue
         } else {
             ids.agents_moving.remove(&entity);
         }
-        match body.body_type {
+        match body.body_type() {
             // Dynamic agents walk at the desired velocity and stay upright: their angular
             // velocity is zeroed each tick (the protocol has no rotation lock).
             BodyType::Dynamic if moving || was_moving => changes.set_velocity.push(SetVelocity {

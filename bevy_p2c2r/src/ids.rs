@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use bevy::platform::collections::HashMap;
 use bevy::prelude::{Entity, Resource};
 use p2c2r_protocol::ai::AgentId;
-use p2c2r_protocol::physics::BodyId;
+use p2c2r_protocol::physics::{BodyId, JointDesc, JointId};
 
 /// Entities ↔ wire ids in both directions, with the next id to hand out. Ids are never
 /// reused within a session, so a late result can never be applied to a newer entity.
@@ -72,7 +72,7 @@ impl<Id: Copy + Eq + std::hash::Hash + From<u8> + std::ops::AddAssign> IdMap<Id>
 pub(crate) struct EntityIds {
     pub bodies: IdMap<BodyId>,
     pub agents: IdMap<AgentId>,
-    /// Entities whose `OffloadedBody` was removed since the last tick.
+    /// Entities whose `Collider` was removed since the last tick.
     pub removed_bodies: Vec<Entity>,
     /// Entities whose `OffloadedAgent` was removed since the last tick.
     pub removed_agents: Vec<Entity>,
@@ -82,6 +82,39 @@ pub(crate) struct EntityIds {
     pub left_world: Vec<(Entity, BodyId, u64)>,
     /// Dynamic agents being steered (to stop them once when they arrive).
     pub agents_moving: HashSet<Entity>,
+    /// The entities of body ids given up lately (removed, re-created, left the world), so
+    /// that events a world reports about them afterwards still name them; the oldest of
+    /// [`MAX_DEPARTED`] are forgotten.
+    departed: HashMap<BodyId, Entity>,
+    departed_order: std::collections::VecDeque<BodyId>,
+    /// The joints ([`crate::ImpulseJoint`]) by the entity that holds them.
+    pub joints: IdMap<JointId>,
+    /// Each joint as last sent (what a snapshot carries again).
+    pub joint_descs: std::collections::BTreeMap<JointId, JointDesc>,
+    /// Entities whose `ImpulseJoint` was removed since the last tick.
+    pub removed_joints: Vec<Entity>,
+}
+
+/// How many given-up body ids [`EntityIds`] remembers the entity of.
+pub(crate) const MAX_DEPARTED: usize = 65_536;
+
+impl EntityIds {
+    /// Remembers the entity of a body id given up.
+    pub fn depart(&mut self, id: BodyId, entity: Entity) {
+        if self.departed.insert(id, entity).is_none() {
+            self.departed_order.push_back(id);
+        }
+        while self.departed_order.len() > MAX_DEPARTED {
+            if let Some(oldest) = self.departed_order.pop_front() {
+                self.departed.remove(&oldest);
+            }
+        }
+    }
+
+    /// The entity a body id stands (or stood, lately) for.
+    pub fn body_entity(&self, id: BodyId) -> Option<Entity> {
+        self.bodies.entity(id).or_else(|| self.departed.get(&id).copied())
+    }
 }
 
 impl Default for EntityIds {
@@ -94,6 +127,11 @@ impl Default for EntityIds {
             replaced_bodies: Vec::new(),
             left_world: Vec::new(),
             agents_moving: HashSet::new(),
+            departed: HashMap::default(),
+            departed_order: std::collections::VecDeque::new(),
+            joints: IdMap::new(),
+            joint_descs: std::collections::BTreeMap::new(),
+            removed_joints: Vec::new(),
         }
     }
 }

@@ -9,22 +9,30 @@ use p2c2r_protocol::physics::{PhysicsStepRequest, PhysicsStepResult};
 use p2c2r_sim::Budgets;
 use p2c2r_sim::navigation::Navigator;
 use p2c2r_sim::physics::PhysicsWorld;
+use p2c2r_sim::shape_cache::ShapeCache;
+
+use crate::shape_names::ShapeNames;
 
 /// A local mirror of the session's physics world and a navigator for its grid.
 #[derive(Default)]
 pub(crate) struct LocalSim {
     world: Option<PhysicsWorld>,
     navigator: Option<Navigator>,
+    /// Large shapes built once (the local world is rebuilt at every snapshot).
+    shapes: ShapeCache,
 }
 
 impl LocalSim {
-    /// Steps the local world with exactly the request a peer would get.
-    pub fn step(&mut self, request: &PhysicsStepRequest) -> Result<PhysicsStepResult, TaskError> {
+    /// Steps the local world with exactly the request a peer would get (a named shape
+    /// its cache lacks is taken from the game's colliders, `names`).
+    pub fn step(&mut self, request: &PhysicsStepRequest, names: &ShapeNames) -> Result<PhysicsStepResult, TaskError> {
         if request.snapshot || self.world.is_none() {
             self.world = Some(PhysicsWorld::new());
         }
+        let resolved = names.resolve(request, |hash| self.shapes.contains(hash));
+        let request = resolved.as_ref().unwrap_or(request);
         let world = self.world.as_mut().expect("world was just created");
-        let result = world.step_limited(request, &Budgets::default());
+        let result = world.step_cached(request, &Budgets::default(), &mut self.shapes);
         if result.is_err() {
             // Whatever state it is in now, it is no longer a mirror.
             self.world = None;

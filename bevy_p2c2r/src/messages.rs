@@ -39,7 +39,7 @@ pub struct PhysicsStepped {
 /// A world (a peer's or the local fallback) removed a body because it left the world's
 /// bounds: a position past the protocol's largest coordinate, a speed past its largest
 /// speed, or a non-finite value. The plugin has stopped simulating it and taken
-/// [`crate::OffloadedBody`] off the entity; despawn it, or add `OffloadedBody` again at a
+/// [`crate::Collider`] off the entity; despawn it, or add a `Collider` again at a
 /// valid place.
 #[derive(Message, Clone, Debug, PartialEq, Eq)]
 pub struct BodyLeftWorld {
@@ -195,5 +195,15 @@ pub enum PhysicsCommand {
         position: Vec3,
         /// New rotation.
         rotation: Quat,
+    },
+    /// Wake the body up (bevy_rapier3d's `Sleeping::sleeping = false`).
+    WakeUp {
+        /// The body's entity.
+        entity: Entity,
+    },
+    /// Put the body to sleep (a contact or a change wakes it again).
+    Sleep {
+        /// The body's entity.
+        entity: Entity,
     },
 }

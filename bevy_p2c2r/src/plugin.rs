@@ -19,7 +19,9 @@ use bevy::prelude::*;
 use crate::apply::{self, Results};
 use crate::bridge::P2c2rClient;
 use crate::build::TickChanges;
-use crate::client::{ClientConfig, Credential};
+use crate::client::ClientConfig;
+pub use crate::client::Credential;
+use crate::events::{self, CollisionEvent, ContactForceEvent, Contacts};
 use crate::gather;
 use crate::ids::EntityIds;
 use crate::interpolate::interpolate;
@@ -27,6 +29,7 @@ use crate::messages::*;
 use crate::offload::{FallbackTimeout, OffloadController};
 use crate::receive::receive;
 use crate::send::{self, Fallback};
+use crate::shape_names::ShapeNames;
 use crate::stats::{P2c2rStats, diagnostics};
 pub use p2c2r_protocol::Encoding;
 
@@ -75,30 +78,124 @@ pub enum P2c2rSystems {
     Interpolate,
 }
 
-/// The Bevy plugin: offloads the physics of [`OffloadedBody`] entities and the
-/// navigation of [`OffloadedAgent`] entities to P2C2R peers, with a local fallback.
+/// How the plugin reaches the coordinator: grouped so that one value configures it
+/// ([`P2c2rPlugin::with_connection`]).
+#[derive(Clone, Debug)]
+pub struct ConnectionSettings {
+    /// The coordinator's WebSocket URL (`ws://HOST:PORT`, or `wss://` for TLS); `None`
+    /// keeps the one the plugin was made with ([`P2c2rPlugin::new`], or none for
+    /// [`P2c2rPlugin::local_only`] and [`P2c2rPlugin::embedded`]).
+    pub coordinator_url: Option<String>,
+    /// The gamer id to register with (default: `gamer-` and a random suffix). It must be
+    /// unique among the coordinator's connected gamers.
+    pub gamer_id: Option<String>,
+    /// The physics session id (default: `s-<random>`, never the gamer id: peers see it).
+    /// The AI session is this id with `:ai` appended.
+    pub session_id: Option<String>,
+    /// The per-attempt deadline sent with each task (default 500 ms): the coordinator
+    /// re-dispatches a task to another peer when it passes.
+    pub task_deadline: Duration,
+    /// The first and the largest reconnect delay (default 100 ms and 5 s).
+    pub reconnect_backoff: (Duration, Duration),
+    /// The bearer token presented to the coordinator (`Authorization: Bearer <token>` in
+    /// the WebSocket upgrade; for gamers, usually a JWT): [`Credential::Token`], or
+    /// [`Credential::File`], read again at every reconnection so that a renewed token is
+    /// picked up. A coordinator that refuses it answers HTTP 401/403: the plugin logs it,
+    /// reports it in [`ConnectionChanged`], steps locally and keeps retrying.
+    pub token: Option<Credential>,
+    /// For a `wss://` coordinator: trust the certificates of this PEM file (a private CA,
+    /// or a self-signed certificate) instead of the public web PKI roots.
+    pub ca_file: Option<PathBuf>,
+    /// How physics travels (default [`Encoding::Binary`]: binary frames and packed
+    /// `physics_step` payloads, PROTOCOL.md "Packed `physics_step`"); [`Encoding::Json`]:
+    /// JSON text. Against a coordinator without binary frames the plugin sends JSON.
+    pub wire: Encoding,
+}
+
+impl Default for ConnectionSettings {
+    fn default() -> Self {
+        ConnectionSettings {
+            coordinator_url: None,
+            gamer_id: None,
+            session_id: None,
+            task_deadline: Duration::from_millis(500),
+            reconnect_backoff: (Duration::from_millis(100), Duration::from_secs(5)),
+            token: None,
+            ca_file: None,
+            wire: Encoding::Binary,
+        }
+    }
+}
+
+/// What happens when no peer answers in time ([`P2c2rPlugin::with_fallback`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FallbackSettings {
+    /// Step locally (the default) or wait for peers.
+    pub policy: FallbackPolicy,
+    /// The least time the oldest unanswered request may wait before the local fallback
+    /// takes over (default 100 ms). Shorter: faster takeover, more false alarms.
+    pub timeout: Duration,
+    /// The most the adaptive timeout may grow to (default 1 s): a peer slower than this
+    /// is abandoned however steady it is.
+    pub max_timeout: Duration,
+    /// Adapt the timeout to the measured round trip (the default): the smoothed round
+    /// trip of peer results plus four times its variation (as TCP's retransmission
+    /// timeout), between `timeout` and `max_timeout`, so a peer 150 ms away is not
+    /// abandoned and a dead one is noticed within a few of its round trips. Off: always
+    /// `timeout`.
+    pub adaptive: bool,
+    /// How often the fallback checks whether a peer answers again (default 500 ms).
+    pub probe_interval: Duration,
+}
+
+impl Default for FallbackSettings {
+    fn default() -> Self {
+        FallbackSettings {
+            policy: FallbackPolicy::Local,
+            timeout: Duration::from_millis(100),
+            max_timeout: Duration::from_secs(1),
+            adaptive: true,
+            probe_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+/// The world's settings, a resource the game may change while playing (bevy_rapier3d's
+/// `RapierConfiguration`): a change reaches the world with the next tick's request.
+#[derive(Resource, Clone, Copy, Debug, PartialEq)]
+pub struct P2c2rConfiguration {
+    /// Gravity (default `(0, -9.81, 0)`).
+    pub gravity: Vec3,
+    /// Physics steps per tick (default 1); each step is `timestep / substeps`.
+    pub substeps: u32,
+    /// Interpolate `Transform`s between the last two ticks (default on). Off:
+    /// `Transform`s jump to each tick's state.
+    pub interpolation: bool,
+}
+
+impl Default for P2c2rConfiguration {
+    fn default() -> Self {
+        P2c2rConfiguration { gravity: Vec3::new(0.0, -9.81, 0.0), substeps: 1, interpolation: true }
+    }
+}
+
+/// The Bevy plugin: offloads the physics of the bodies (entities with a [`crate::Collider`])
+/// and the navigation of [`OffloadedAgent`](crate::OffloadedAgent) entities to P2C2R peers,
+/// with a local fallback.
 ///
-/// Build it with [`Default`] (coordinator at `ws://127.0.0.1:8765`) or
-/// [`P2c2rPlugin::new`], then chain the builder methods.
+/// Build it with [`P2c2rPlugin::new`] (a coordinator's URL), [`P2c2rPlugin::embedded`]
+/// (the whole system in the app), [`P2c2rPlugin::local_only`] or [`Default`]
+/// (`ws://127.0.0.1:8765`); then, where the defaults do not fit, [`gamer_id`](Self::gamer_id),
+/// [`tick_rate`](Self::tick_rate) and the grouped settings:
+/// [`with_connection`](Self::with_connection), [`with_fallback`](Self::with_fallback) and
+/// [`with_configuration`](Self::with_configuration) (the initial [`P2c2rConfiguration`]
+/// resource, which the game may change while playing).
 #[derive(Clone, Debug)]
 pub struct P2c2rPlugin {
-    coordinator_url: Option<String>,
-    gamer_id: Option<String>,
-    session_id: Option<String>,
+    connection: ConnectionSettings,
+    fallback: FallbackSettings,
+    configuration: P2c2rConfiguration,
     tick_rate: Option<f64>,
-    task_deadline: Duration,
-    fallback: FallbackPolicy,
-    fallback_timeout: Duration,
-    max_fallback_timeout: Duration,
-    adaptive_fallback: bool,
-    probe_interval: Duration,
-    gravity: Vec3,
-    substeps: u32,
-    interpolation: bool,
-    backoff: (Duration, Duration),
-    token: Option<Credential>,
-    ca_file: Option<PathBuf>,
-    wire: Encoding,
     /// [`P2c2rPlugin::embedded`]: the in-process cluster to start in `build`.
     #[cfg(feature = "embedded")]
     pub(crate) embedded: Option<crate::embedded::EmbeddedOptions>,
@@ -110,23 +207,13 @@ pub const DEFAULT_COORDINATOR_URL: &str = "ws://127.0.0.1:8765";
 impl Default for P2c2rPlugin {
     fn default() -> Self {
         P2c2rPlugin {
-            coordinator_url: Some(DEFAULT_COORDINATOR_URL.to_owned()),
-            gamer_id: None,
-            session_id: None,
+            connection: ConnectionSettings {
+                coordinator_url: Some(DEFAULT_COORDINATOR_URL.to_owned()),
+                ..Default::default()
+            },
+            fallback: FallbackSettings::default(),
+            configuration: P2c2rConfiguration::default(),
             tick_rate: None,
-            task_deadline: Duration::from_millis(500),
-            fallback: FallbackPolicy::Local,
-            fallback_timeout: Duration::from_millis(100),
-            max_fallback_timeout: Duration::from_secs(1),
-            adaptive_fallback: true,
-            probe_interval: Duration::from_millis(500),
-            gravity: Vec3::new(0.0, -9.81, 0.0),
-            substeps: 1,
-            interpolation: true,
-            backoff: (Duration::from_millis(100), Duration::from_secs(5)),
-            token: None,
-            ca_file: None,
-            wire: Encoding::Binary,
             #[cfg(feature = "embedded")]
             embedded: None,
         }
@@ -136,46 +223,37 @@ impl Default for P2c2rPlugin {
 impl P2c2rPlugin {
     /// The default plugin, connecting to this coordinator URL (`ws://HOST:PORT`).
     pub fn new(coordinator_url: impl Into<String>) -> Self {
-        Self::default().coordinator(coordinator_url)
+        let mut plugin = Self::default();
+        plugin.connection.coordinator_url = Some(coordinator_url.into());
+        plugin
     }
 
     /// No coordinator: physics and AI always run in-process (the fallback), e.g. for
     /// offline play or tests.
     pub fn local_only() -> Self {
-        P2c2rPlugin { coordinator_url: None, ..Self::default() }
+        let mut plugin = Self::default();
+        plugin.connection.coordinator_url = None;
+        plugin
     }
 
     /// The whole system in this process: `build` starts a coordinator (on `127.0.0.1`, a
     /// free port) and one peer on their own thread and tokio runtime, connects to them,
     /// and inserts them as the [`EmbeddedCluster`](crate::embedded::EmbeddedCluster)
     /// resource (add and kill peers through it). More peers:
-    /// [`embedded_peers`](Self::embedded_peers); a [`coordinator`](Self::coordinator) set
-    /// afterwards is joined instead of starting one. If the cluster cannot start, the
-    /// plugin logs why and steps locally, as with no coordinator. Needs the `embedded`
-    /// feature (on by default).
+    /// [`embedded_peers`](Self::embedded_peers); a coordinator URL set with
+    /// [`with_connection`](Self::with_connection) afterwards is joined instead of starting
+    /// one. If the cluster cannot start, the plugin logs why and steps locally, as with no
+    /// coordinator. Needs the `embedded` feature (on by default).
     #[cfg(feature = "embedded")]
     pub fn embedded() -> Self {
-        P2c2rPlugin { coordinator_url: None, embedded: Some(Default::default()), ..Self::default() }
+        let mut plugin = Self::local_only();
+        plugin.embedded = Some(Default::default());
+        plugin
     }
 
-    /// Sets the coordinator's WebSocket URL: `ws://HOST:PORT`, or `wss://HOST:PORT` for
-    /// TLS (see [`ca_file`](Self::ca_file)).
-    pub fn coordinator(mut self, url: impl Into<String>) -> Self {
-        self.coordinator_url = Some(url.into());
-        self
-    }
-
-    /// Sets the gamer id to register with (default: `gamer-` and a random suffix). It
-    /// must be unique among the coordinator's connected gamers.
+    /// Sets the gamer id to register with (see [`ConnectionSettings::gamer_id`]).
     pub fn gamer_id(mut self, id: impl Into<String>) -> Self {
-        self.gamer_id = Some(id.into());
-        self
-    }
-
-    /// Sets the physics session id (default: `s-<random>`, never the gamer id: peers see it). The AI session is this id
-    /// with `:ai` appended.
-    pub fn session_id(mut self, id: impl Into<String>) -> Self {
-        self.session_id = Some(id.into());
+        self.connection.gamer_id = Some(id.into());
         self
     }
 
@@ -187,121 +265,32 @@ impl P2c2rPlugin {
         self
     }
 
-    /// Sets the per-attempt deadline sent with each task (default 500 ms): the
-    /// coordinator re-dispatches a task to another peer when it passes.
-    pub fn task_deadline(mut self, deadline: Duration) -> Self {
-        self.task_deadline = deadline;
+    /// Sets how the plugin reaches the coordinator. Its `coordinator_url` and `gamer_id`,
+    /// when `None`, keep what was set before.
+    pub fn with_connection(mut self, connection: ConnectionSettings) -> Self {
+        let (url, gamer_id) = (self.connection.coordinator_url.take(), self.connection.gamer_id.take());
+        self.connection = connection;
+        self.connection.coordinator_url = self.connection.coordinator_url.take().or(url);
+        self.connection.gamer_id = self.connection.gamer_id.take().or(gamer_id);
         self
     }
 
-    /// Sets what happens when no peer answers (default [`FallbackPolicy::Local`]).
-    pub fn fallback(mut self, policy: FallbackPolicy) -> Self {
-        self.fallback = policy;
+    /// Sets what happens when no peer answers.
+    pub fn with_fallback(mut self, fallback: FallbackSettings) -> Self {
+        self.fallback = fallback;
         self
     }
 
-    /// Sets the least time the oldest unanswered request may wait before the local
-    /// fallback takes over (default 100 ms). The timeout adapts to the measured round
-    /// trip above it (see [`P2c2rPlugin::adaptive_fallback`]). Shorter: faster takeover,
-    /// more false alarms.
-    pub fn fallback_timeout(mut self, timeout: Duration) -> Self {
-        self.fallback_timeout = timeout;
-        self
-    }
-
-    /// Sets the most the adaptive fallback timeout may grow to (default 1 s): a peer
-    /// slower than this is abandoned however steady it is.
-    pub fn max_fallback_timeout(mut self, timeout: Duration) -> Self {
-        self.max_fallback_timeout = timeout;
-        self
-    }
-
-    /// Turns the adaptive fallback timeout on (the default) or off. On, the timeout is
-    /// the smoothed round trip of peer results plus four times its variation (as TCP's
-    /// retransmission timeout), between [`fallback_timeout`](Self::fallback_timeout) and
-    /// [`max_fallback_timeout`](Self::max_fallback_timeout): a peer 150 ms away is not
-    /// abandoned, and a dead one is noticed within a few of its round trips. Off, it is
-    /// always `fallback_timeout`.
-    pub fn adaptive_fallback(mut self, on: bool) -> Self {
-        self.adaptive_fallback = on;
-        self
-    }
-
-    /// Sets how often the fallback checks whether a peer answers again (default 500 ms).
-    pub fn probe_interval(mut self, interval: Duration) -> Self {
-        self.probe_interval = interval;
-        self
-    }
-
-    /// Sets gravity (default `(0, -9.81, 0)`).
-    pub fn gravity(mut self, gravity: Vec3) -> Self {
-        self.gravity = gravity;
-        self
-    }
-
-    /// Sets how many physics steps each tick takes (default 1); each step is
-    /// `timestep / substeps`.
-    pub fn substeps(mut self, substeps: u32) -> Self {
-        self.substeps = substeps.max(1);
-        self
-    }
-
-    /// Turns interpolation of `Transform`s on or off (default on). Off: `Transform`s
-    /// jump to each tick's state.
-    pub fn interpolation(mut self, on: bool) -> Self {
-        self.interpolation = on;
-        self
-    }
-
-    /// Sets the first and the largest reconnect delay (default 100 ms and 5 s).
-    pub fn reconnect_backoff(mut self, initial: Duration, max: Duration) -> Self {
-        self.backoff = (initial, max);
-        self
-    }
-
-    /// Presents this bearer token to the coordinator (`Authorization: Bearer <token>` in
-    /// the WebSocket upgrade; for gamers, usually a JWT). Replaces a
-    /// [`token_file`](Self::token_file). Default: no token.
-    ///
-    /// A coordinator that refuses it answers the upgrade with HTTP 401/403: the plugin
-    /// logs that at `warn`, reports it in [`ConnectionChanged`], steps locally (with
-    /// [`FallbackPolicy::Local`]) and keeps retrying with backoff.
-    pub fn token(mut self, token: impl Into<String>) -> Self {
-        self.token = Some(Credential::Token(token.into()));
-        self
-    }
-
-    /// Presents the bearer token held in this file (surrounding whitespace ignored),
-    /// read again on every reconnection, so that a renewed token is picked up without a
-    /// restart. Replaces a [`token`](Self::token). Default: no token.
-    pub fn token_file(mut self, path: impl Into<PathBuf>) -> Self {
-        self.token = Some(Credential::File(path.into()));
-        self
-    }
-
-    /// For a `wss://` coordinator: trusts the certificates of this PEM file (a private CA,
-    /// or the coordinator's self-signed certificate) instead of the public web PKI roots.
-    pub fn ca_file(mut self, path: impl Into<PathBuf>) -> Self {
-        self.ca_file = Some(path.into());
-        self
-    }
-
-    /// How physics travels (default [`Encoding::Binary`]): binary frames and packed
-    /// `physics_step` payloads (quantized, delta-compressed: PROTOCOL.md "Encodings" and
-    /// "Packed `physics_step`"), or [`Encoding::Json`], JSON text as the seed protocol
-    /// has it. Against a coordinator without binary frames the plugin sends JSON.
-    pub fn wire(mut self, wire: Encoding) -> Self {
-        self.wire = wire;
+    /// Sets the initial [`P2c2rConfiguration`] (gravity, substeps, interpolation).
+    pub fn with_configuration(mut self, configuration: P2c2rConfiguration) -> Self {
+        self.configuration = configuration;
         self
     }
 }
 
-/// Settings the stages read (plugin-internal; one copy, from the builder).
+/// Settings the stages read that do not change while playing (plugin-internal).
 #[derive(Resource, Clone, Debug)]
 pub(crate) struct Settings {
-    pub gravity: Vec3,
-    pub substeps: u32,
-    pub interpolation: bool,
     /// Packed `physics_step` payloads ([`Encoding::Binary`]) or JSON.
     pub wire: Encoding,
 }
@@ -318,40 +307,41 @@ impl Plugin for P2c2rPlugin {
     fn build(&self, app: &mut App) {
         // `embedded()`: start the in-process cluster and connect to it (or, if it cannot
         // start, to the coordinator set, if any).
+        let connection = &self.connection;
         #[cfg(feature = "embedded")]
         let coordinator_url = match &self.embedded {
-            Some(options) => crate::embedded::start_in(app, options, self.coordinator_url.clone()),
-            None => self.coordinator_url.clone(),
+            Some(options) => crate::embedded::start_in(app, options, connection.coordinator_url.clone()),
+            None => connection.coordinator_url.clone(),
         };
         #[cfg(not(feature = "embedded"))]
-        let coordinator_url = self.coordinator_url.clone();
-        let gamer_id = self.gamer_id.clone().unwrap_or_else(|| format!("gamer-{:08x}", fastrand::u32(..)));
+        let coordinator_url = connection.coordinator_url.clone();
+        let gamer_id = connection.gamer_id.clone().unwrap_or_else(|| format!("gamer-{:08x}", fastrand::u32(..)));
         // Not the gamer id: session and task ids reach peers, which must not learn whom
         // they serve (they see an alias of the gamer id).
-        let session = self.session_id.clone().unwrap_or_else(|| format!("s-{:016x}", fastrand::u64(..)));
-        let deadline_ms = self.task_deadline.as_millis().max(1) as u64;
+        let session = connection.session_id.clone().unwrap_or_else(|| format!("s-{:016x}", fastrand::u64(..)));
+        let deadline_ms = connection.task_deadline.as_millis().max(1) as u64;
         let client = match &coordinator_url {
             Some(url) => {
                 let mut config = ClientConfig::new(url.clone(), gamer_id.clone());
-                config.backoff_initial = self.backoff.0;
-                config.backoff_max = self.backoff.1;
-                config.token = self.token.clone();
-                config.ca_file = self.ca_file.clone();
-                config.encoding = self.wire;
+                (config.backoff_initial, config.backoff_max) = connection.reconnect_backoff;
+                config.token = connection.token.clone();
+                config.ca_file = connection.ca_file.clone();
+                config.encoding = connection.wire;
                 P2c2rClient::connect(config, session.clone(), Some(deadline_ms))
             }
             None => P2c2rClient::offline(gamer_id.clone(), session.clone()),
         };
-        let timeout = if self.adaptive_fallback {
-            FallbackTimeout::Adaptive { min: self.fallback_timeout, max: self.max_fallback_timeout }
+        let fallback = &self.fallback;
+        let timeout = if fallback.adaptive {
+            FallbackTimeout::Adaptive { min: fallback.timeout, max: fallback.max_timeout }
         } else {
-            FallbackTimeout::Fixed(self.fallback_timeout)
+            FallbackTimeout::Fixed(fallback.timeout)
         };
         let controller = OffloadController::new(
             client.has_transport(),
-            self.fallback == FallbackPolicy::Local,
+            fallback.policy == FallbackPolicy::Local,
             timeout,
-            self.probe_interval,
+            fallback.probe_interval,
         );
         let mut stats = P2c2rStats::default();
         stats.mode = controller.mode();
@@ -362,17 +352,17 @@ impl Plugin for P2c2rPlugin {
         }
         app.insert_resource(client)
             .insert_resource(stats)
-            .insert_resource(Settings {
-                gravity: self.gravity,
-                substeps: self.substeps,
-                interpolation: self.interpolation,
-                wire: self.wire,
-            })
+            .insert_resource(Settings { wire: connection.wire })
+            .insert_resource(self.configuration)
             .insert_resource(Offload { controller, tick: 0 })
             .init_resource::<EntityIds>()
             .init_resource::<TickChanges>()
             .init_resource::<Results>()
             .init_resource::<Fallback>()
+            .init_resource::<Contacts>()
+            .init_resource::<ShapeNames>()
+            .add_message::<CollisionEvent>()
+            .add_message::<ContactForceEvent>()
             .add_message::<PhysicsStepped>()
             .add_message::<AiStepped>()
             .add_message::<TaskFailed>()
@@ -382,6 +372,7 @@ impl Plugin for P2c2rPlugin {
             .add_message::<PhysicsCommand>()
             .add_message::<BodyLeftWorld>()
             .add_observer(gather::on_body_removed)
+            .add_observer(gather::on_joint_removed)
             .add_observer(gather::on_agent_removed)
             .configure_sets(FixedPreUpdate, (P2c2rSystems::Receive, P2c2rSystems::Apply).chain())
             .configure_sets(FixedPostUpdate, P2c2rSystems::Send)
@@ -392,7 +383,13 @@ impl Plugin for P2c2rPlugin {
             .add_systems(FixedPreUpdate, receive.in_set(P2c2rSystems::Receive))
             .add_systems(
                 FixedPreUpdate,
-                (apply::shift_interpolation, apply::apply_physics, apply::report_bodies_left_world, apply::apply_ai)
+                (
+                    apply::shift_interpolation,
+                    apply::apply_physics,
+                    events::write_physics_events,
+                    apply::report_bodies_left_world,
+                    apply::apply_ai,
+                )
                     .chain()
                     .in_set(P2c2rSystems::Apply),
             )
@@ -403,6 +400,7 @@ impl Plugin for P2c2rPlugin {
                     gather::register_agents,
                     ApplyDeferred,
                     gather::collect_changes,
+                    gather::register_joints,
                     send::send_tick,
                     send::publish_stats,
                 )
@@ -410,6 +408,7 @@ impl Plugin for P2c2rPlugin {
                     .in_set(P2c2rSystems::Send),
             )
             .add_systems(RunFixedMainLoop, interpolate.in_set(P2c2rSystems::Interpolate));
+        gather::observe_body_parts(app);
         for path in diagnostics::ALL {
             let suffix = match path.as_str() {
                 "p2c2r/rtt_ms" | "p2c2r/round_trip_ms" | "p2c2r/round_trip_variation_ms" => "ms",

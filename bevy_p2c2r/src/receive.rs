@@ -13,6 +13,7 @@ use crate::bridge::{Incoming, P2c2rClient, Parsed, Sent, parse_physics, take_par
 use crate::messages::*;
 use crate::offload::{StreamKind, Verdict};
 use crate::plugin::Offload;
+use crate::shape_names::ShapeNames;
 use crate::stats::P2c2rStats;
 
 /// The messages the Receive stage writes.
@@ -53,10 +54,18 @@ pub(crate) fn receive(
     mut offload: ResMut<Offload>,
     mut results: ResMut<Results>,
     mut stats: ResMut<P2c2rStats>,
+    mut names: ResMut<ShapeNames>,
     mut out: ReceiveMessages,
 ) {
     let now = Instant::now();
-    let mut r = Receiver { offload: &mut offload, results: &mut results, stats: &mut stats, out: &mut out, now };
+    let mut r = Receiver {
+        offload: &mut offload,
+        results: &mut results,
+        stats: &mut stats,
+        names: &mut names,
+        out: &mut out,
+        now,
+    };
     for Incoming { event, sent } in client.receive() {
         match event {
             ClientEvent::Connected { gamer_id } => r.connection(ConnectionState::Connected { gamer_id }),
@@ -94,6 +103,7 @@ struct Receiver<'a, 'w> {
     offload: &'a mut Offload,
     results: &'a mut Results,
     stats: &'a mut P2c2rStats,
+    names: &'a mut ShapeNames,
     out: &'a mut ReceiveMessages<'w>,
     now: Instant,
 }
@@ -112,6 +122,10 @@ impl Receiver<'_, '_> {
     fn fail(&mut self, task_id: &str, sent: Option<Sent>, error: TaskError) {
         self.stats.task_failures += 1;
         let TaskError { code, message, resync, tick, .. } = error;
+        if code == ErrorCode::MissingShape {
+            // The peer lacks a large shape sent by name: the resync sends them all.
+            self.names.forget_sent();
+        }
         let kind = sent.map_or(TaskKind::Other, |s| s.kind);
         let tick = tick.or(sent.and_then(|s| s.tick));
         match kind {

@@ -15,13 +15,15 @@ use crate::apply::{Results, take_physics_results, write_state};
 use crate::bridge::{P2c2rClient, QueueError, Sent, Unanswered};
 use crate::build::{self, TickChanges, WorldSettings};
 use crate::components::*;
+use crate::events::Contacts;
 use crate::gather::BodyQuery;
 use crate::ids::EntityIds;
 use crate::local::LocalSim;
 use crate::messages::*;
 use crate::offload::{OffloadMode, StreamKind, Verdict};
-use crate::plugin::{Offload, Settings};
+use crate::plugin::{Offload, P2c2rConfiguration, Settings};
 use crate::receive::{publish_mode_changes, stream_of};
+use crate::shape_names::ShapeNames;
 use crate::stats::{P2c2rStats, diagnostics};
 
 /// The in-process fallback (plugin-internal).
@@ -33,6 +35,9 @@ pub(crate) struct SendParams<'w, 's> {
     client: ResMut<'w, P2c2rClient>,
     offload: ResMut<'w, Offload>,
     settings: Res<'w, Settings>,
+    configuration: Res<'w, P2c2rConfiguration>,
+    /// The gravity the last request carried (a change goes with the next one).
+    gravity_sent: Local<'s, Option<Vec3>>,
     ids: ResMut<'w, EntityIds>,
     changes: ResMut<'w, TickChanges>,
     results: ResMut<'w, Results>,
@@ -43,6 +48,8 @@ pub(crate) struct SendParams<'w, 's> {
     failed: MessageWriter<'w, TaskFailed>,
     mode: MessageWriter<'w, ModeChanged>,
     stepped: MessageWriter<'w, PhysicsStepped>,
+    contacts: ResMut<'w, Contacts>,
+    names: ResMut<'w, ShapeNames>,
     warned_no_grid: Local<'s, bool>,
 }
 
@@ -50,7 +57,7 @@ pub(crate) struct SendParams<'w, 's> {
 pub(crate) fn send_tick(
     mut p: SendParams,
     mut bodies: BodyQuery,
-    agents: Query<(&OffloadedAgent, &AgentState), Without<OffloadedBody>>,
+    agents: Query<(&OffloadedAgent, &AgentState), Without<crate::body::Collider>>,
 ) {
     let now = Instant::now();
     p.offload.tick += 1;
@@ -73,24 +80,48 @@ pub(crate) fn send_tick(
 
     if physics.reset {
         // A snapshot carries the newest states: apply every result still queued.
-        for (entity, s, t) in take_physics_results(&mut p.results, &mut p.ids, &mut p.stats, &mut p.stepped, None) {
-            if let Ok((_, _, mut ps, _, _, _, interp, _)) = bodies.get_mut(entity) {
-                write_state(&mut ps, interp, &s, t);
+        let taken =
+            take_physics_results(&mut p.results, &mut p.ids, &mut p.stats, &mut p.stepped, &mut p.contacts, None);
+        for (entity, s, t) in taken {
+            if let Ok((_, _, mut ps, _, _, _, interp, _, velocity)) = bodies.get_mut(entity) {
+                write_state(&mut ps, interp, velocity, &s, t);
             }
         }
     }
 
     let changes = std::mem::take(&mut *p.changes);
-    let world = WorldSettings { gravity: p.settings.gravity.to_array(), substeps: p.settings.substeps };
+    let gravity = p.configuration.gravity;
+    let world = WorldSettings {
+        gravity: gravity.to_array(),
+        gravity_changed: p.gravity_sent.is_some_and(|sent| sent != gravity),
+        substeps: p.configuration.substeps,
+    };
+    *p.gravity_sent = Some(gravity);
     let fresh: std::collections::HashSet<Entity> = changes.adds.iter().map(|(e, _)| *e).collect();
     let ids = &*p.ids;
-    let request = build::physics_request(tick, dt, world, physics.reset, changes, || {
-        bodies
-            .iter()
-            .filter(|(entity, _, ps, ..)| !fresh.contains(entity) && ids.bodies.id(*entity) == Some(ps.id))
-            .map(|(_, body, ps, ..)| body.desc(ps.id, ps))
-            .collect()
-    });
+    let mut request = build::physics_request(
+        tick,
+        dt,
+        world,
+        physics.reset,
+        changes,
+        || {
+            bodies
+                .iter()
+                .filter(|(entity, _, ps, ..)| !fresh.contains(entity) && ids.bodies.id(*entity) == Some(ps.id))
+                .map(|(_, body, ps, ..)| body.desc(ps.id, ps))
+                .collect()
+        },
+        || ids.joint_descs.values().cloned().collect(),
+    );
+    if request.snapshot {
+        // The pairs touching travel with the snapshot: events stay exactly once.
+        request.touching = p.contacts.for_snapshot(&request.add);
+    }
+    if physics.to_peer {
+        // Large shapes the peer was sent go by name.
+        p.names.name(&mut request);
+    }
 
     let planned_mode = p.offload.controller.mode();
     let mut sent_physics = false;
@@ -118,7 +149,7 @@ pub(crate) fn send_tick(
     }
     if physics.local {
         p.stats.fallback_ticks += 1;
-        match p.fallback.0.step(&request) {
+        match p.fallback.0.step(&request, &p.names) {
             Ok(result) => {
                 if p.offload.controller.local_result(StreamKind::Physics, result.tick) == Verdict::Apply {
                     p.results.physics.push((result, ResultSource::Local, None));
@@ -144,8 +175,8 @@ pub(crate) fn send_tick(
     let queries: Vec<AgentQuery> = agents
         .iter()
         .map(|(a, st)| query(st, a, st.position))
-        .chain(bodies.iter().filter_map(|(_, body, ps, .., agent)| {
-            let kinematic = body.body_type == BodyType::Kinematic;
+        .chain(bodies.iter().filter_map(|(_, body, ps, _, _, _, _, agent, _)| {
+            let kinematic = body.body_type() == BodyType::Kinematic;
             agent.map(|(a, st)| query(st, a, if kinematic { st.position } else { ps.position }))
         }))
         .collect();

@@ -95,9 +95,9 @@ fn broken_peer_results_are_rejected_and_snapshots_stay_valid() {
         // floats); packed results carry lattice integers, which the decoder bounds.
         P2c2rPlugin::new(url)
             .gamer_id("bad")
-            .wire(Encoding::Json)
-            .gravity(Vec3::ZERO)
-            .fallback_timeout(Duration::from_secs(10)),
+            .with_connection(ConnectionSettings { wire: Encoding::Json, ..default() })
+            .with_fallback(FallbackSettings { timeout: Duration::from_secs(10), ..default() })
+            .with_configuration(P2c2rConfiguration { gravity: Vec3::ZERO, ..default() }),
         tick_duration(),
     );
     let body = spawn_sinking_ball(&mut app);

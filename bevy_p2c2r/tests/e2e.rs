@@ -24,7 +24,7 @@ fn bodies_follow_peer_physics() {
         .map(|i| {
             app.world_mut()
                 .spawn((
-                    OffloadedBody::dynamic(BodyShape::cuboid(Vec3::ONE)),
+                    (RigidBody::Dynamic, Collider::cuboid(0.5, 0.5, 0.5)),
                     Transform::from_xyz(i as f32 * 2.0 - 10.0, 2.0 + i as f32, 0.0),
                 ))
                 .id()
@@ -166,8 +166,8 @@ fn killing_the_peer_falls_back_without_a_stall_and_hands_back() {
     let mut app = app_with(
         P2c2rPlugin::new(&cluster.url)
             .gamer_id("failover")
-            .gravity(Vec3::ZERO)
-            .fallback_timeout(Duration::from_millis(100)),
+            .with_fallback(FallbackSettings { timeout: Duration::from_millis(100), ..default() })
+            .with_configuration(P2c2rConfiguration { gravity: Vec3::ZERO, ..default() }),
         tick_duration(),
     );
     app.init_resource::<Modes>().add_systems(Update, collect_modes);
@@ -246,8 +246,8 @@ fn with_two_replicas_killing_the_serving_peer_costs_no_frame() {
     let mut app = app_with(
         P2c2rPlugin::new(&cluster.url)
             .gamer_id("replicated")
-            .gravity(Vec3::ZERO)
-            .fallback_timeout(Duration::from_millis(100)),
+            .with_fallback(FallbackSettings { timeout: Duration::from_millis(100), ..default() })
+            .with_configuration(P2c2rConfiguration { gravity: Vec3::ZERO, ..default() }),
         tick_duration(),
     );
     app.init_resource::<Modes>().add_systems(Update, collect_modes);
@@ -335,7 +335,10 @@ fn the_session_moves_to_another_peer_with_a_snapshot() {
     let b = cluster.peer();
     // A long fallback timeout: the coordinator's re-dispatch and the resync do the work.
     let mut app = app_with(
-        P2c2rPlugin::new(&cluster.url).gamer_id("move").gravity(Vec3::ZERO).fallback_timeout(Duration::from_secs(5)),
+        P2c2rPlugin::new(&cluster.url)
+            .gamer_id("move")
+            .with_fallback(FallbackSettings { timeout: Duration::from_secs(5), ..default() })
+            .with_configuration(P2c2rConfiguration { gravity: Vec3::ZERO, ..default() }),
         tick_duration(),
     );
     let mut probe = Probe::new(&mut app);
@@ -382,7 +385,7 @@ fn with_a_coordinator_but_no_peer_bodies_fall_by_fallback() {
     let mut app = app_with(P2c2rPlugin::new(&cluster.url).gamer_id("lonely"), tick_duration());
     spawn_ground(&mut app);
     let ball =
-        app.world_mut().spawn((OffloadedBody::dynamic(BodyShape::ball(0.5)), Transform::from_xyz(0.0, 10.0, 0.0))).id();
+        app.world_mut().spawn(((RigidBody::Dynamic, Collider::ball(0.5)), Transform::from_xyz(0.0, 10.0, 0.0))).id();
     run_until(
         &mut app,
         TIMEOUT,
@@ -408,7 +411,7 @@ fn an_unreachable_coordinator_still_runs_the_game() {
     let mut app = app_with(P2c2rPlugin::new(format!("ws://127.0.0.1:{port}")).gamer_id("alone"), tick_duration());
     spawn_ground(&mut app);
     let ball =
-        app.world_mut().spawn((OffloadedBody::dynamic(BodyShape::ball(0.5)), Transform::from_xyz(0.0, 10.0, 0.0))).id();
+        app.world_mut().spawn(((RigidBody::Dynamic, Collider::ball(0.5)), Transform::from_xyz(0.0, 10.0, 0.0))).id();
     for _ in 0..120 {
         app.update();
     }
@@ -467,19 +470,24 @@ fn agents_reach_goals_around_obstacles() {
 fn bodies_can_be_pushed_shot_and_removed() {
     let mut cluster = Cluster::new();
     let _peer = cluster.peer();
-    let mut app = app_with(P2c2rPlugin::new(&cluster.url).gamer_id("shooter").gravity(Vec3::ZERO), tick_duration());
+    let mut app = app_with(
+        P2c2rPlugin::new(&cluster.url)
+            .gamer_id("shooter")
+            .with_configuration(P2c2rConfiguration { gravity: Vec3::ZERO, ..default() }),
+        tick_duration(),
+    );
     run_until(&mut app, TIMEOUT, PACE, |_| {}, |app| stats(app).mode == OffloadMode::Offloaded, "offloaded");
     let shot = app
         .world_mut()
         .spawn((
-            OffloadedBody::dynamic(BodyShape::ball(0.1)).with_linvel(Vec3::new(10.0, 0.0, 0.0)).with_ccd(),
+            (RigidBody::Dynamic, Collider::ball(0.1), Velocity::linear(Vec3::new(10.0, 0.0, 0.0)), Ccd::enabled()),
             Transform::from_xyz(0.0, 1.0, 0.0),
         ))
         .id();
     let pushed = app
         .world_mut()
         .spawn((
-            OffloadedBody::dynamic(BodyShape::ball(0.5)).with_mass(1.0),
+            (RigidBody::Dynamic, Collider::ball(0.5), ColliderMassProperties::Mass(1.0)),
             ExternalImpulse { impulse: Vec3::new(0.0, 0.0, 2.0), ..default() },
             Transform::from_xyz(0.0, 1.0, 5.0),
         ))
@@ -527,8 +535,11 @@ fn a_restarted_coordinator_is_rejoined() {
     let mut app = app_with(
         P2c2rPlugin::new(&cluster.url)
             .gamer_id("rejoin")
-            .gravity(Vec3::ZERO)
-            .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200)),
+            .with_connection(ConnectionSettings {
+                reconnect_backoff: (Duration::from_millis(20), Duration::from_millis(200)),
+                ..default()
+            })
+            .with_configuration(P2c2rConfiguration { gravity: Vec3::ZERO, ..default() }),
         tick_duration(),
     );
     let mut probe = Probe::new(&mut app);
@@ -574,7 +585,10 @@ fn a_restarted_coordinator_is_rejoined() {
 fn with_fallback_disabled_bodies_wait_for_a_peer() {
     let mut cluster = Cluster::new();
     let mut app = app_with(
-        P2c2rPlugin::new(&cluster.url).gamer_id("patient").gravity(Vec3::ZERO).fallback(FallbackPolicy::Disabled),
+        P2c2rPlugin::new(&cluster.url)
+            .gamer_id("patient")
+            .with_fallback(FallbackSettings { policy: FallbackPolicy::Disabled, ..default() })
+            .with_configuration(P2c2rConfiguration { gravity: Vec3::ZERO, ..default() }),
         tick_duration(),
     );
     let body = spawn_sinking_ball(&mut app);

@@ -21,12 +21,9 @@ struct Ball;
 
 /// The README's quick start: a fixed ground and a falling ball.
 fn setup(mut commands: Commands) {
+    commands.spawn(((RigidBody::Fixed, Collider::cuboid(8.0, 0.5, 8.0)), Transform::from_xyz(0.0, -0.5, 0.0)));
     commands.spawn((
-        OffloadedBody::fixed(BodyShape::cuboid(Vec3::new(16.0, 1.0, 16.0))),
-        Transform::from_xyz(0.0, -0.5, 0.0),
-    ));
-    commands.spawn((
-        OffloadedBody::dynamic(BodyShape::ball(0.5)).with_restitution(0.3),
+        (RigidBody::Dynamic, Collider::ball(0.5), Restitution::coefficient(0.3)),
         Transform::from_xyz(0.0, 5.0, 0.0),
         Ball,
     ));
@@ -78,7 +75,9 @@ fn an_embedded_peer_steps_the_falling_ball() {
 #[test]
 fn peers_are_added_and_killed_through_the_resource() {
     let mut app = app_with(
-        P2c2rPlugin::embedded().gamer_id("embedded-kill").fallback_timeout(Duration::from_millis(100)),
+        P2c2rPlugin::embedded()
+            .gamer_id("embedded-kill")
+            .with_fallback(FallbackSettings { timeout: Duration::from_millis(100), ..default() }),
         tick_duration(),
     );
     app.init_resource::<Events>().add_systems(Update, collect_events);

@@ -87,7 +87,10 @@ fn late_duplicate_lost_and_out_of_order_results_are_handled_by_tick() {
 
     // Long fallback timeout: this test is about the offloaded path.
     let mut app = app_with(
-        P2c2rPlugin::new(url).gamer_id("fake").gravity(Vec3::ZERO).fallback_timeout(Duration::from_secs(10)),
+        P2c2rPlugin::new(url)
+            .gamer_id("fake")
+            .with_fallback(FallbackSettings { timeout: Duration::from_secs(10), ..default() })
+            .with_configuration(P2c2rConfiguration { gravity: Vec3::ZERO, ..default() }),
         tick_duration(),
     );
     let body = spawn_sinking_ball(&mut app);
@@ -188,8 +191,11 @@ fn the_plugin_presents_its_resume_secret_when_it_registers_again() {
     let mut app = app_with(
         P2c2rPlugin::new(url)
             .gamer_id("resumer")
-            .gravity(Vec3::ZERO)
-            .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200)),
+            .with_connection(ConnectionSettings {
+                reconnect_backoff: (Duration::from_millis(20), Duration::from_millis(200)),
+                ..default()
+            })
+            .with_configuration(P2c2rConfiguration { gravity: Vec3::ZERO, ..default() }),
         tick_duration(),
     );
     let body = spawn_sinking_ball(&mut app);
@@ -224,7 +230,12 @@ fn collect_failures(mut failed: MessageReader<TaskFailed>, mut failures: ResMut<
 fn a_rate_limited_tick_is_stepped_locally_and_peers_take_over_again() {
     let (_rt, url) =
         scripted_server(move |listener| serve_honestly(listener, None, 30..36, Arc::new(Mutex::new(Vec::new()))));
-    let mut app = app_with(P2c2rPlugin::new(url).gamer_id("limited").gravity(Vec3::ZERO), tick_duration());
+    let mut app = app_with(
+        P2c2rPlugin::new(url)
+            .gamer_id("limited")
+            .with_configuration(P2c2rConfiguration { gravity: Vec3::ZERO, ..default() }),
+        tick_duration(),
+    );
     app.init_resource::<Failures>().add_systems(FixedUpdate, collect_failures);
     let body = spawn_sinking_ball(&mut app);
     run_until(
@@ -314,9 +325,9 @@ fn session_statuses_reach_the_stats_and_diagnostics_and_odd_ones_harm_nothing() 
     let (_rt, url) = scripted_server(serve_reporting_replication);
     let plugin = P2c2rPlugin::new(url)
         .gamer_id("replicated")
-        .session_id("phys")
-        .gravity(Vec3::ZERO)
-        .fallback_timeout(Duration::from_secs(10));
+        .with_connection(ConnectionSettings { session_id: Some("phys".into()), ..default() })
+        .with_fallback(FallbackSettings { timeout: Duration::from_secs(10), ..default() })
+        .with_configuration(P2c2rConfiguration { gravity: Vec3::ZERO, ..default() });
     let mut app = app_with(plugin, tick_duration());
     let body = spawn_sinking_ball(&mut app);
     run_until(

@@ -25,7 +25,7 @@ fn spawn_scene(app: &mut App) {
     spawn_ground(app);
     for i in 0..20 {
         app.world_mut().spawn((
-            OffloadedBody::dynamic(BodyShape::ball(0.4)),
+            (RigidBody::Dynamic, Collider::ball(0.4)),
             Transform::from_xyz((i % 5) as f32 - 2.0, 3.0 + (i / 5) as f32, 0.0),
         ));
     }

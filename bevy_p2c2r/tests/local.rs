@@ -12,10 +12,8 @@ use common::*;
 fn interpolation_gives_monotone_motion_between_ticks() {
     // 3.3 frames per fixed tick.
     let mut app = app_with(P2c2rPlugin::local_only(), tick_duration().mul_f64(1.0 / 3.3));
-    let ball = app
-        .world_mut()
-        .spawn((OffloadedBody::dynamic(BodyShape::ball(0.5)), Transform::from_xyz(0.0, 100.0, 0.0)))
-        .id();
+    let ball =
+        app.world_mut().spawn(((RigidBody::Dynamic, Collider::ball(0.5)), Transform::from_xyz(0.0, 100.0, 0.0))).id();
     let mut ys = Vec::new();
     for _ in 0..400 {
         app.update();
@@ -36,11 +34,12 @@ fn interpolation_gives_monotone_motion_between_ticks() {
 
 #[test]
 fn without_interpolation_transforms_jump_to_each_tick() {
-    let mut app = app_with(P2c2rPlugin::local_only().interpolation(false), tick_duration().mul_f64(1.0 / 3.0));
-    let ball = app
-        .world_mut()
-        .spawn((OffloadedBody::dynamic(BodyShape::ball(0.5)), Transform::from_xyz(0.0, 100.0, 0.0)))
-        .id();
+    let mut app = app_with(
+        P2c2rPlugin::local_only().with_configuration(P2c2rConfiguration { interpolation: false, ..default() }),
+        tick_duration().mul_f64(1.0 / 3.0),
+    );
+    let ball =
+        app.world_mut().spawn(((RigidBody::Dynamic, Collider::ball(0.5)), Transform::from_xyz(0.0, 100.0, 0.0))).id();
     for _ in 0..60 {
         app.update();
         let t = app.world().get::<Transform>(ball).unwrap().translation;
@@ -57,7 +56,7 @@ fn local_only_steps_physics_and_ai() {
     spawn_ground(&mut app);
     app.insert_resource(NavigationGrid::new(1.0, Vec2::new(-5.0, -5.0), vec!["..........".to_string(); 10]));
     let ball =
-        app.world_mut().spawn((OffloadedBody::dynamic(BodyShape::ball(0.5)), Transform::from_xyz(0.0, 5.0, 0.0))).id();
+        app.world_mut().spawn(((RigidBody::Dynamic, Collider::ball(0.5)), Transform::from_xyz(0.0, 5.0, 0.0))).id();
     let agent = app
         .world_mut()
         .spawn((OffloadedAgent::new(Vec3::new(3.5, 0.0, 3.5), 3.0), Transform::from_xyz(-3.5, 0.0, -3.5)))
@@ -77,16 +76,19 @@ fn local_only_steps_physics_and_ai() {
 
 #[test]
 fn changing_a_body_recreates_it_in_place() {
-    let mut app = app_with(P2c2rPlugin::local_only().gravity(Vec3::ZERO), tick_duration());
+    let mut app = app_with(
+        P2c2rPlugin::local_only().with_configuration(P2c2rConfiguration { gravity: Vec3::ZERO, ..default() }),
+        tick_duration(),
+    );
     let e = app
         .world_mut()
-        .spawn((OffloadedBody::dynamic(BodyShape::ball(0.5)).with_linvel(Vec3::X), Transform::default()))
+        .spawn(((RigidBody::Dynamic, Collider::ball(0.5), Velocity::linear(Vec3::X)), Transform::default()))
         .id();
     for _ in 0..30 {
         app.update();
     }
     let before = *app.world().get::<PhysicsState>(e).unwrap();
-    app.world_mut().get_mut::<OffloadedBody>(e).unwrap().shape = BodyShape::ball(1.0);
+    app.world_mut().entity_mut(e).insert(Collider::ball(1.0));
     for _ in 0..30 {
         app.update();
     }
@@ -95,7 +97,7 @@ fn changing_a_body_recreates_it_in_place() {
     assert!(after.position.x > before.position.x, "kept moving from where it was: {before:?} -> {after:?}");
     assert!((after.linvel.x - 1.0).abs() < 1e-3);
     assert_eq!(stats(&app).bodies, 1);
-    app.world_mut().entity_mut(e).remove::<OffloadedBody>();
+    app.world_mut().entity_mut(e).remove::<Collider>();
     app.update();
     assert!(app.world().get::<PhysicsState>(e).is_none());
     assert_eq!(stats(&app).bodies, 0);
@@ -114,7 +116,7 @@ fn forces_kinematic_targets_and_agents_with_bodies() {
     let lifted = app
         .world_mut()
         .spawn((
-            OffloadedBody::dynamic(BodyShape::ball(0.5)).with_mass(1.0),
+            (RigidBody::Dynamic, Collider::ball(0.5), ColliderMassProperties::Mass(1.0)),
             ExternalForce { force: Vec3::new(0.0, 20.0, 0.0), ..default() },
             Transform::from_xyz(-5.0, 1.0, 0.0),
         ))
@@ -123,7 +125,7 @@ fn forces_kinematic_targets_and_agents_with_bodies() {
     let platform = app
         .world_mut()
         .spawn((
-            OffloadedBody::kinematic(BodyShape::cuboid(Vec3::new(2.0, 0.2, 2.0))),
+            (RigidBody::KinematicPositionBased, Collider::cuboid(1.0, 0.1, 1.0)),
             KinematicTarget::at(Vec3::new(5.0, 3.0, 5.0)),
             Transform::from_xyz(5.0, 3.0, 0.0),
         ))
@@ -132,7 +134,7 @@ fn forces_kinematic_targets_and_agents_with_bodies() {
     let walker = app
         .world_mut()
         .spawn((
-            OffloadedBody::dynamic(BodyShape::Capsule { half_height: 0.5, radius: 0.3 }).with_damping(0.0, 10.0),
+            (RigidBody::Dynamic, Collider::capsule_y(0.5, 0.3), Damping { linear_damping: 0.0, angular_damping: 10.0 }),
             OffloadedAgent::new(Vec3::new(-6.0, 0.0, 6.0), 3.0),
             Transform::from_xyz(-6.0, 0.85, -6.0),
         ))
@@ -141,7 +143,7 @@ fn forces_kinematic_targets_and_agents_with_bodies() {
     let glider = app
         .world_mut()
         .spawn((
-            OffloadedBody::kinematic(BodyShape::ball(0.4)),
+            (RigidBody::KinematicPositionBased, Collider::ball(0.4)),
             OffloadedAgent::new(Vec3::new(6.0, 0.4, -6.0), 3.0),
             Transform::from_xyz(0.0, 0.4, -6.0),
         ))
@@ -167,7 +169,7 @@ fn diagnostics_are_published() {
     use bevy::diagnostic::DiagnosticsStore;
     use bevy_p2c2r::stats::diagnostics;
     let mut app = app_with(P2c2rPlugin::local_only(), tick_duration());
-    app.world_mut().spawn((OffloadedBody::dynamic(BodyShape::ball(0.5)), Transform::default()));
+    app.world_mut().spawn(((RigidBody::Dynamic, Collider::ball(0.5)), Transform::default()));
     for _ in 0..10 {
         app.update();
     }
@@ -203,7 +205,7 @@ fn a_kinematic_agent_with_a_kinematic_target_sends_one_target_per_tick() {
     let glider = app
         .world_mut()
         .spawn((
-            OffloadedBody::kinematic(BodyShape::ball(0.4)),
+            (RigidBody::KinematicPositionBased, Collider::ball(0.4)),
             OffloadedAgent::new(Vec3::new(6.0, 0.4, -6.0), 3.0),
             KinematicTarget::at(Vec3::new(0.0, 0.4, 0.0)),
             Transform::from_xyz(0.0, 0.4, -6.0),
@@ -221,19 +223,22 @@ fn a_kinematic_agent_with_a_kinematic_target_sends_one_target_per_tick() {
 
 #[test]
 fn a_body_that_leaves_the_world_is_reported_and_no_longer_simulated() {
-    let mut app = app_with(P2c2rPlugin::local_only().gravity(Vec3::ZERO), tick_duration());
+    let mut app = app_with(
+        P2c2rPlugin::local_only().with_configuration(P2c2rConfiguration { gravity: Vec3::ZERO, ..default() }),
+        tick_duration(),
+    );
     // 5 m from the world's edge (±1,000,000 m), flying outwards at 300 m/s.
     let runaway = app
         .world_mut()
         .spawn((
-            OffloadedBody::dynamic(BodyShape::ball(0.5)).with_linvel(Vec3::new(300.0, 0.0, 0.0)),
+            (RigidBody::Dynamic, Collider::ball(0.5), Velocity::linear(Vec3::new(300.0, 0.0, 0.0))),
             Transform::from_xyz(999_995.0, 0.0, 0.0),
         ))
         .id();
     let stayer = app
         .world_mut()
         .spawn((
-            OffloadedBody::dynamic(BodyShape::ball(0.5)).with_linvel(Vec3::new(1.0, 0.0, 0.0)),
+            (RigidBody::Dynamic, Collider::ball(0.5), Velocity::linear(Vec3::new(1.0, 0.0, 0.0))),
             Transform::from_xyz(0.0, 0.0, 0.0),
         ))
         .id();
@@ -245,7 +250,7 @@ fn a_body_that_leaves_the_world_is_reported_and_no_longer_simulated() {
     }
     assert_eq!(left.len(), 1, "reported once: {left:?}");
     assert_eq!(left[0].entity, runaway);
-    assert!(app.world().get::<OffloadedBody>(runaway).is_none(), "the plugin stopped simulating it");
+    assert!(app.world().get::<Collider>(runaway).is_none(), "the plugin stopped simulating it");
     assert!(app.world().get::<PhysicsState>(runaway).is_none());
     // The rest of the world goes on.
     let before = app.world().get::<PhysicsState>(stayer).unwrap().position.x;

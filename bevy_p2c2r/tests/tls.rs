@@ -68,10 +68,13 @@ fn the_plugin_gets_physics_from_a_peer_over_wss_with_tokens() {
 
     let plugin = P2c2rPlugin::new(url)
         .gamer_id("gamer-tls")
-        .token_file(dir.join("gamer.token"))
-        .ca_file(dir.join("cert.pem"))
-        .gravity(Vec3::ZERO)
-        .fallback_timeout(Duration::from_secs(5));
+        .with_connection(ConnectionSettings {
+            token: Some(Credential::File(dir.join("gamer.token"))),
+            ca_file: Some(dir.join("cert.pem")),
+            ..default()
+        })
+        .with_fallback(FallbackSettings { timeout: Duration::from_secs(5), ..default() })
+        .with_configuration(P2c2rConfiguration { gravity: Vec3::ZERO, ..default() });
     let mut app = app_with(plugin, tick_duration());
     spawn_sinking_ball(&mut app);
     run_until(

@@ -5,8 +5,9 @@
 use bevy::ecs::query::QueryData;
 use bevy::prelude::*;
 use bevy_p2c2r::{
-    AgentState, BodyShape as WireShape, ExternalForce, NavigationGrid, OffloadMode, OffloadedAgent, OffloadedBody,
-    P2c2rPlugin, P2c2rStats, PhysicsState, embedded::EmbeddedCluster,
+    AgentState, Ccd, Collider, ColliderMassProperties, ConnectionSettings, Credential, Damping, ExternalForce,
+    FallbackSettings, Friction, NavigationGrid, OffloadMode, OffloadedAgent, P2c2rConfiguration, P2c2rPlugin,
+    P2c2rStats, PhysicsState, Restitution, RigidBody, Velocity, embedded::EmbeddedCluster,
 };
 
 use crate::cli::Args;
@@ -18,74 +19,87 @@ use crate::level::{BodyShape, Level};
 /// starting one in-process; ticking at `--tick-hz` with the level's gravity, presenting
 /// `--token` / `--token-file` and trusting `--ca-file`; and the level's navigation grid.
 pub fn add_plugin(app: &mut App, args: &Args, level: &Level) {
-    let mut plugin = P2c2rPlugin::embedded()
+    let token = match (&args.token, &args.token_file) {
+        (Some(token), _) => Some(Credential::Token(token.clone())),
+        (None, Some(path)) => Some(Credential::File(path.clone())),
+        (None, None) => None,
+    };
+    let connection = ConnectionSettings {
+        coordinator_url: args.coordinator.clone(),
+        gamer_id: args.gamer_id.clone(),
+        token,
+        ca_file: args.ca_file.clone(),
+        ..default()
+    };
+    let mut fallback = FallbackSettings::default();
+    if let Some(ms) = args.fallback_timeout_ms {
+        fallback.timeout = std::time::Duration::from_millis(ms);
+    }
+    let plugin = P2c2rPlugin::embedded()
         .embedded_peers(args.initial_peers())
         .embedded_peer_access(args.peer_access())
         .embedded_replicas(args.replicas)
         .tick_rate(args.tick_hz)
-        .gravity(Vec3::from(level.gravity));
-    if let Some(url) = &args.coordinator {
-        plugin = plugin.coordinator(url.clone());
-    }
-    if let Some(id) = &args.gamer_id {
-        plugin = plugin.gamer_id(id.clone());
-    }
-    if let Some(ms) = args.fallback_timeout_ms {
-        plugin = plugin.fallback_timeout(std::time::Duration::from_millis(ms));
-    }
-    if let Some(token) = &args.token {
-        plugin = plugin.token(token.clone());
-    } else if let Some(path) = &args.token_file {
-        plugin = plugin.token_file(path.clone());
-    }
-    if let Some(path) = &args.ca_file {
-        plugin = plugin.ca_file(path.clone());
-    }
+        .with_connection(connection)
+        .with_fallback(fallback)
+        .with_configuration(P2c2rConfiguration { gravity: Vec3::from(level.gravity), ..default() });
     app.add_plugins(plugin);
     app.insert_resource(NavigationGrid(level.nav_grid.to_protocol()));
 }
 
-fn wire_shape(shape: BodyShape) -> WireShape {
+/// The collider of a demo shape.
+pub fn collider(shape: BodyShape) -> Collider {
     match shape {
-        BodyShape::Box(h) => WireShape::Box { half_extents: h },
-        BodyShape::Sphere(r) => WireShape::Sphere { radius: r },
-        BodyShape::Capsule(radius, half_height) => WireShape::Capsule { half_height, radius },
+        BodyShape::Box(h) => Collider::cuboid(h.x, h.y, h.z),
+        BodyShape::Sphere(r) => Collider::ball(r),
+        BodyShape::Capsule(radius, half_height) => Collider::capsule_y(half_height, radius),
     }
 }
 
 /// A ground, wall or ramp.
 pub fn fixed_body(shape: BodyShape) -> impl Bundle {
-    OffloadedBody::fixed(wire_shape(shape)).with_friction(0.8)
+    (RigidBody::Fixed, collider(shape), Friction::coefficient(0.8))
 }
 
 /// A box or sphere of a stack.
 pub fn dynamic_body(shape: BodyShape, linvel: Vec3) -> impl Bundle {
-    let body = OffloadedBody::dynamic(wire_shape(shape)).with_friction(0.6).with_linvel(linvel);
-    match shape {
-        // Spheres would roll forever on a frictionless contact; give them some drag.
-        BodyShape::Sphere(_) => body.with_damping(0.1, 0.6).with_density(400.0),
-        _ => body.with_density(400.0),
-    }
+    // Spheres would roll forever on a frictionless contact; give them some drag.
+    let damping = match shape {
+        BodyShape::Sphere(_) => Damping { linear_damping: 0.1, angular_damping: 0.6 },
+        _ => Damping::default(),
+    };
+    (
+        RigidBody::Dynamic,
+        collider(shape),
+        Friction::coefficient(0.6),
+        Velocity::linear(linvel),
+        ColliderMassProperties::Density(400.0),
+        damping,
+    )
 }
 
 /// A fired ball: heavy, bouncy, with continuous collision detection.
 pub fn ball(shape: BodyShape, linvel: Vec3) -> impl Bundle {
-    OffloadedBody::dynamic(wire_shape(shape))
-        .with_linvel(linvel)
-        .with_density(3000.0)
-        .with_restitution(0.3)
-        .with_damping(0.05, 0.3)
-        .with_ccd()
+    (
+        RigidBody::Dynamic,
+        collider(shape),
+        Velocity::linear(linvel),
+        ColliderMassProperties::Density(3000.0),
+        Restitution::coefficient(0.3),
+        Damping { linear_damping: 0.05, angular_damping: 0.3 },
+        Ccd::enabled(),
+    )
 }
 
 /// An NPC: a dynamic capsule (so balls and boxes knock it about) that is also an
 /// offloaded agent (so peers find its path and steer it).
 pub fn agent(radius: f32, half_height: f32, goal: Vec3, speed: f32) -> impl Bundle {
     (
-        OffloadedBody::dynamic(wire_shape(BodyShape::Capsule(radius, half_height)))
-            .with_mass(70.0)
-            .with_friction(0.1)
-            .with_damping(0.2, 6.0),
+        RigidBody::Dynamic,
+        collider(BodyShape::Capsule(radius, half_height)),
+        ColliderMassProperties::Mass(70.0),
+        Friction::coefficient(0.1),
+        Damping { linear_damping: 0.2, angular_damping: 6.0 },
         OffloadedAgent::new(goal, speed).with_radius(radius),
         ExternalForce::default(),
     )

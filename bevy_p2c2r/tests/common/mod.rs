@@ -180,10 +180,7 @@ pub fn y(app: &App, e: Entity) -> f32 {
 /// A fixed ground whose top is at y = 0.
 pub fn spawn_ground(app: &mut App) -> Entity {
     app.world_mut()
-        .spawn((
-            OffloadedBody::fixed(BodyShape::cuboid(Vec3::new(40.0, 1.0, 40.0))),
-            Transform::from_xyz(0.0, -0.5, 0.0),
-        ))
+        .spawn(((RigidBody::Fixed, Collider::cuboid(20.0, 0.5, 20.0)), Transform::from_xyz(0.0, -0.5, 0.0)))
         .id()
 }
 
@@ -192,7 +189,7 @@ pub fn spawn_ground(app: &mut App) -> Entity {
 pub fn spawn_sinking_ball(app: &mut App) -> Entity {
     app.world_mut()
         .spawn((
-            OffloadedBody::dynamic(BodyShape::ball(0.5)).with_linvel(Vec3::new(0.0, -3.0, 0.0)),
+            (RigidBody::Dynamic, Collider::ball(0.5), Velocity::linear(Vec3::new(0.0, -3.0, 0.0))),
             Transform::default(),
         ))
         .id()
