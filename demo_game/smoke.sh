@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Windowed smoke test of the demo game: runs it under Xvfb with software Vulkan (Mesa's
 # lavapipe, Debian/Ubuntu package mesa-vulkan-drivers), lets it play FRAMES frames with the
-# embedded coordinator and peer, saves a screenshot and checks that it is not blank.
+# embedded coordinator and peer, saves a screenshot and checks that it is not blank and
+# that the physics playground is in the scene, its events flowing.
 #
 #   demo_game/smoke.sh [OUT_DIR]        (default OUT_DIR: $CARGO_TARGET_DIR/smoke or target/smoke)
 #
@@ -55,4 +56,13 @@ echo "smoke: report: $(cat "$out/report.json")"
 [ -s "$out/screenshot.png" ] || { echo "smoke: no screenshot written"; tail -n 40 "$out/game.log"; exit 1; }
 
 "$target_dir/debug/examples/check_screenshot" "$out/screenshot.png" | tee "$out/stats.json"
+# The playground is in the scene and its events flow: joints, collisions, the zone's count.
+python3 - "$out/report.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+problems = [f"{k} is {r.get(k)}" for k, least in [("joints", 12), ("collision_events", 1), ("zone_entries", 1), ("sparks", 1)] if r.get(k, 0) < least]
+if problems:
+    sys.exit("smoke: the playground is missing or quiet: " + ", ".join(problems))
+print(f"smoke: playground: {r['joints']} joints, {r['collision_events']} collision events, {r['zone_entries']} zone entries")
+PY
 echo "smoke: ok, screenshot at $out/screenshot.png"

@@ -46,6 +46,12 @@ pub struct HudData {
     pub bodies: usize,
     /// NPC agents.
     pub agents: usize,
+    /// Joints.
+    pub joints: usize,
+    /// Collision and contact-force events per second.
+    pub events_per_s: f64,
+    /// Bodies that entered the playground's trigger zone.
+    pub zone_entries: u64,
     /// Bytes per second sent to the coordinator.
     pub bytes_sent_per_s: f64,
     /// Bytes per second received from the coordinator.
@@ -144,7 +150,8 @@ pub fn hud_text(d: &HudData) -> String {
     );
     let _ = writeln!(s, "session: {}", d.replicas.line());
     let _ = writeln!(s, "ticks/s: {:.0}", d.ticks_per_s);
-    let _ = writeln!(s, "bodies: {}   agents: {}", d.bodies, d.agents);
+    let _ = writeln!(s, "bodies: {}   agents: {}   joints: {}", d.bodies, d.agents, d.joints);
+    let _ = writeln!(s, "events/s: {:.0}   trigger zone entries: {}", d.events_per_s, d.zone_entries);
     let _ = writeln!(
         s,
         "bytes/s: up {}  down {}   per body per tick: up {:.2}  down {:.2}",
@@ -193,6 +200,9 @@ mod tests {
             ticks_per_s: 60.0,
             bodies: 344,
             agents: 10,
+            joints: 12,
+            events_per_s: 41.0,
+            zone_entries: 7,
             bytes_sent_per_s: 1500.0,
             bytes_recv_per_s: 2_500_000.0,
             bytes_sent_per_body_tick: 0.07,
@@ -212,6 +222,9 @@ mod tests {
             "ticks/s: 60",
             "bodies: 344",
             "agents: 10",
+            "joints: 12",
+            "events/s: 41",
+            "trigger zone entries: 7",
             "1.5 kB",
             "2.5 MB",
             "K kill",

@@ -44,6 +44,9 @@ pub struct Level {
     pub agents: Agents,
     /// The navigation grid the agents' pathfinding runs on.
     pub nav_grid: NavGridDef,
+    /// The physics playground beside the arena (see [`crate::playground`]), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub playground: Option<crate::playground::PlaygroundDef>,
 }
 
 fn default_gravity() -> [f32; 3] {

@@ -8,6 +8,8 @@
 //! Modules:
 //! - [`level`]: the level file (static geometry, stacks, NPCs, navigation grid);
 //! - [`game`]: spawning, firing balls, NPC targets: the same with or without a window;
+//! - [`playground`]: the physics playground beside the arena (terrain, level mesh, door,
+//!   rope bridge, seesaw, trigger zone, hit effects from collision events);
 //! - [`offload`]: the one place that sets up the `bevy_p2c2r` plugin (and with it the
 //!   in-process coordinator and peers, `bevy_p2c2r::embedded`);
 //! - [`render`]: meshes, lights, camera, HUD and screenshots (windowed only);
@@ -20,6 +22,7 @@ pub mod hud;
 pub mod keys;
 pub mod level;
 pub mod offload;
+pub mod playground;
 pub mod render;
 pub mod report;
 pub mod screenshot_check;
@@ -110,7 +113,7 @@ pub fn build_app(args: &Args, level: Level, windowed: bool) -> App {
     app.insert_resource(level)
         .init_resource::<HudState>()
         .init_resource::<Notice>()
-        .add_plugins((GamePlugin, keys::KeysPlugin))
+        .add_plugins((GamePlugin, playground::PlaygroundPlugin, keys::KeysPlugin))
         .add_systems(Update, (poll_cluster, update_hud_state, stop_after_frames).chain());
     app
 }
@@ -163,6 +166,9 @@ fn update_hud_state(world: &mut World, mut since: Local<f32>, mut notice_age: Lo
         ticks_per_s: stats.ticks_per_s,
         bodies: report.bodies,
         agents: report.agents,
+        joints: report.joints,
+        events_per_s: report.events_per_s,
+        zone_entries: report.zone_entries,
         bytes_sent_per_s: stats.bytes_sent_per_s,
         bytes_recv_per_s: stats.bytes_received_per_s,
         bytes_sent_per_body_tick: stats.bytes_sent_per_body_tick,

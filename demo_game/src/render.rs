@@ -15,6 +15,7 @@ use crate::HudState;
 use crate::game::{BALL_SPEED, DemoCounters, DemoSettings, Drawn, FireBall, Role};
 use crate::hud::{HudData, hud_text};
 use crate::level::{BodyShape, Level, StaticKind};
+use crate::playground::{DrawnMesh, Piece, Spark};
 
 /// Draws the game: add after [`crate::game::GamePlugin`] in a windowed app.
 pub struct RenderPlugin {
@@ -28,9 +29,75 @@ impl Plugin for RenderPlugin {
             .init_resource::<MeshCache>()
             .insert_resource(ClearColor(Color::srgb(0.55, 0.7, 0.85)))
             .add_observer(attach_mesh)
+            .add_observer(attach_drawn_mesh)
+            .add_observer(attach_spark)
+            .add_observer(attach_zone)
             .add_systems(Startup, (setup_scene, setup_hud))
             .add_systems(Update, (orbit_camera, fire_on_click, update_hud, screenshot_when_done).chain());
     }
+}
+
+/// Draws a triangle mesh (the playground's terrain and half-pipe).
+fn attach_drawn_mesh(
+    add: On<Add, DrawnMesh>,
+    drawn: Query<&DrawnMesh>,
+    mut commands: Commands,
+    mut meshes: ResMut<Assets<Mesh>>,
+    mut materials: ResMut<Assets<StandardMaterial>>,
+) {
+    let Ok(d) = drawn.get(add.entity) else { return };
+    let mut mesh = Mesh::new(
+        bevy::mesh::PrimitiveTopology::TriangleList,
+        bevy::asset::RenderAssetUsages::RENDER_WORLD | bevy::asset::RenderAssetUsages::MAIN_WORLD,
+    );
+    mesh.insert_attribute(Mesh::ATTRIBUTE_POSITION, d.positions.clone());
+    mesh.insert_indices(bevy::mesh::Indices::U32(d.indices.iter().flatten().copied().collect()));
+    mesh.compute_smooth_normals();
+    let material = StandardMaterial {
+        base_color: Color::srgb(d.color[0], d.color[1], d.color[2]),
+        perceptual_roughness: 0.9,
+        double_sided: true,
+        cull_mode: None,
+        ..default()
+    };
+    commands.entity(add.entity).insert((Mesh3d(meshes.add(mesh)), MeshMaterial3d(materials.add(material))));
+}
+
+/// A spark: a small glowing ball where a collision started.
+fn attach_spark(
+    add: On<Add, Spark>,
+    mut commands: Commands,
+    mut meshes: ResMut<Assets<Mesh>>,
+    mut materials: ResMut<Assets<StandardMaterial>>,
+) {
+    let mesh = meshes.add(Sphere::new(0.12).mesh().uv(12, 8));
+    let material = materials.add(StandardMaterial {
+        base_color: Color::srgb(1.0, 0.9, 0.3),
+        emissive: LinearRgba::rgb(8.0, 5.0, 1.0),
+        unlit: true,
+        ..default()
+    });
+    commands.entity(add.entity).insert((Mesh3d(mesh), MeshMaterial3d(material)));
+}
+
+/// The trigger zone: a translucent box.
+fn attach_zone(
+    add: On<Add, Piece>,
+    pieces: Query<(&Piece, &bevy_p2c2r::Collider)>,
+    mut commands: Commands,
+    mut meshes: ResMut<Assets<Mesh>>,
+    mut materials: ResMut<Assets<StandardMaterial>>,
+) {
+    let Ok((Piece::Zone, collider)) = pieces.get(add.entity) else { return };
+    let p2c2r_protocol::physics::Shape::Box { half_extents } = collider.shape() else { return };
+    let mesh = meshes.add(Cuboid::from_size(Vec3::from(*half_extents) * 2.0));
+    let material = materials.add(StandardMaterial {
+        base_color: Color::srgba(0.2, 0.8, 1.0, 0.25),
+        alpha_mode: AlphaMode::Blend,
+        emissive: LinearRgba::rgb(0.0, 0.3, 0.5),
+        ..default()
+    });
+    commands.entity(add.entity).insert((Mesh3d(mesh), MeshMaterial3d(material)));
 }
 
 #[derive(Resource)]

@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::game::{DemoCounters, Drawn, Npc, Role, StartPosition};
 use crate::hud::Mode;
 use crate::offload;
+use crate::playground::PlaygroundCounters;
 
 /// A body counts as moved when it ends this far (m) from where it started.
 pub const MOVED_THRESHOLD: f32 = 0.1;
@@ -50,6 +51,18 @@ pub struct Report {
     pub bytes_sent: u64,
     /// Bytes received from the coordinator.
     pub bytes_received: u64,
+    /// Joints in the playground.
+    pub joints: usize,
+    /// Collision events (started, stopped) delivered so far.
+    pub collision_events: u64,
+    /// Contact-force events delivered so far.
+    pub force_events: u64,
+    /// Both kinds, per second, over the last second.
+    pub events_per_s: f64,
+    /// Bodies that entered the playground's trigger zone.
+    pub zone_entries: u64,
+    /// Hit effects made from collision events.
+    pub sparks: u64,
 }
 
 /// Counts what the world holds and reads the plugin's statistics.
@@ -82,6 +95,14 @@ pub fn collect(world: &mut World) -> Report {
     }
     if let Some(t) = world.get_resource::<Time<Real>>() {
         r.elapsed_s = t.elapsed_secs_f64();
+    }
+    if let Some(p) = world.get_resource::<PlaygroundCounters>() {
+        r.joints = p.joints;
+        r.collision_events = p.collision_events;
+        r.force_events = p.force_events;
+        r.events_per_s = p.events_per_s;
+        r.zone_entries = p.zone_entries;
+        r.sparks = p.sparks;
     }
     let s = offload::stats(world);
     r.physics_results_from_peers = s.physics_results_from_peers;

@@ -56,6 +56,7 @@ fn peer_results_move_bodies_and_npcs_walk() {
             && r.ai_results_from_peers >= 30
             && r.bodies_moved >= 5
             && r.agent_distance_m >= 10.0
+            && r.zone_entries >= 1
     });
     eprintln!("{}", serde_json::to_string(&r).unwrap());
     assert!(r.bodies >= 300, "a few hundred bodies: {r:?}");
@@ -64,6 +65,10 @@ fn peer_results_move_bodies_and_npcs_walk() {
     assert!(r.ai_results_from_peers >= 30, "AI came from peers: {r:?}");
     assert!(r.balls_fired > 0 && r.bodies_moved >= 5, "peer results moved bodies: {r:?}");
     assert!(r.agent_distance_m >= 10.0, "NPCs walked: {r:?}");
+    // The playground: its joints, and events from peers reaching the game.
+    assert_eq!(r.joints, 12, "{r:?}");
+    assert!(r.collision_events > 0 && r.sparks > 0, "collision events made hit effects: {r:?}");
+    assert!(r.zone_entries >= 1, "the trigger zone counted a ball: {r:?}");
     assert_eq!(r.mode, "offloaded", "{r:?}");
     // Once warm, peers stepped the world, not the local fallback.
     let (fallback, from_peers) =
