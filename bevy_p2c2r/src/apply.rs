@@ -293,11 +293,11 @@ pub(crate) fn apply_physics(
         }
     }
     let playout = &results.playout;
-    stats.playout_target_ticks = target;
-    stats.playout_jitter_ticks = playout.jitter.ticks();
-    stats.playout_queued = results.physics.len();
-    stats.playout_holds = playout.holds;
-    stats.playout_starved_ticks = playout.starved;
+    stats.playout.target_ticks = target;
+    stats.playout.jitter_ticks = playout.jitter.ticks();
+    stats.playout.queued = results.physics.len();
+    stats.playout.holds = playout.holds;
+    stats.playout.starved_ticks = playout.starved;
 }
 
 /// An agent, and its body if it has one.

@@ -19,6 +19,7 @@ use bevy::prelude::{Entity, Message, MessageWriter, ResMut, Resource};
 use p2c2r_protocol::physics::{BodyDesc, BodyId, EventKind, PhysicsEvent, active_events};
 
 use crate::ids::EntityIds;
+use crate::stats::P2c2rStats;
 
 /// Flags of a [`CollisionEvent`] (bevy_rapier3d's `CollisionEventFlags`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -127,17 +128,21 @@ impl Contacts {
 pub(crate) fn write_physics_events(
     mut contacts: ResMut<Contacts>,
     ids: bevy::prelude::Res<EntityIds>,
+    mut stats: ResMut<P2c2rStats>,
     mut collisions: MessageWriter<CollisionEvent>,
     mut forces: MessageWriter<ContactForceEvent>,
 ) {
+    stats.events.touching_pairs = contacts.touching.len();
     for e in std::mem::take(&mut contacts.pending) {
         // A body removed since (by the game, or for leaving the world) is still named.
         let (Some(a), Some(b)) = (ids.body_entity(e.body1), ids.body_entity(e.body2)) else { continue };
         match e.kind {
             EventKind::Started { sensor } => {
+                stats.events.collisions += 1;
                 collisions.write(CollisionEvent::Started(a, b, flags(sensor, false)));
             }
             EventKind::Stopped { sensor, removed } => {
+                stats.events.collisions += 1;
                 collisions.write(CollisionEvent::Stopped(a, b, flags(sensor, removed)));
             }
             EventKind::ContactForce {

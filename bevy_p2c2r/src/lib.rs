@@ -142,7 +142,7 @@ pub use plugin::{
     ConnectionSettings, Credential, DEFAULT_COORDINATOR_URL, Encoding, FallbackPolicy, FallbackSettings,
     P2c2rConfiguration, P2c2rPlugin, P2c2rSystems,
 };
-pub use stats::P2c2rStats;
+pub use stats::{EventStats, NetworkStats, P2c2rStats, PlayoutStats, ReplicationStats};
 
 /// Everything a game needs: `use bevy_p2c2r::prelude::*;`.
 pub mod prelude {

@@ -122,8 +122,10 @@ impl Receiver<'_, '_> {
     fn fail(&mut self, task_id: &str, sent: Option<Sent>, error: TaskError) {
         self.stats.task_failures += 1;
         let TaskError { code, message, resync, tick, .. } = error;
-        if code == ErrorCode::MissingShape {
-            // The peer lacks a large shape sent by name: the resync sends them all.
+        if matches!(code, ErrorCode::MissingShape | ErrorCode::Unverified) {
+            // A peer lacks a large shape sent by name (or, in a strict replicated session,
+            // a replica that lacks one keeps two replicas from agreeing): the resync's
+            // snapshot sends the shapes themselves.
             self.names.forget_sent();
         }
         let kind = sent.map_or(TaskKind::Other, |s| s.kind);

@@ -332,38 +332,38 @@ pub(crate) fn publish_stats(
     stats.mode = offload.controller.mode();
     stats.connection = client.connection().clone();
     stats.ticks = offload.tick;
-    stats.tasks_in_flight = offload.controller.tasks_in_flight();
-    stats.fallback_timeout_ms = offload.controller.current_timeout().as_secs_f64() * 1000.0;
+    stats.network.tasks_in_flight = offload.controller.tasks_in_flight();
+    stats.network.fallback_timeout_ms = offload.controller.current_timeout().as_secs_f64() * 1000.0;
     let rtt = offload.controller.rtt();
-    stats.round_trip_ms = rtt.smoothed().map(|d| d.as_secs_f64() * 1000.0);
-    stats.round_trip_variation_ms = rtt.variation().as_secs_f64() * 1000.0;
+    stats.network.round_trip_ms = rtt.smoothed().map(|d| d.as_secs_f64() * 1000.0);
+    stats.network.round_trip_variation_ms = rtt.variation().as_secs_f64() * 1000.0;
     stats.bodies = ids.bodies.len();
     stats.agents = ids.agents.len();
-    stats.bytes_sent = client.bytes_sent();
-    stats.bytes_received = client.bytes_received();
+    stats.network.bytes_sent = client.bytes_sent();
+    stats.network.bytes_received = client.bytes_received();
     stats.update_rates(now);
     let d = &mut diagnostics;
     if let Some(rtt) = stats.rtt_ms_quantile(0.5) {
         d.add_measurement(&diagnostics::RTT_MS, || rtt);
     }
-    d.add_measurement(&diagnostics::TASKS_IN_FLIGHT, || stats.tasks_in_flight as f64);
+    d.add_measurement(&diagnostics::TASKS_IN_FLIGHT, || stats.network.tasks_in_flight as f64);
     d.add_measurement(&diagnostics::TICKS_OFFLOADED, || stats.ticks_offloaded as f64);
     d.add_measurement(&diagnostics::TICKS_FALLBACK, || stats.fallback_ticks as f64);
-    d.add_measurement(&diagnostics::BYTES_SENT, || stats.bytes_sent as f64);
-    d.add_measurement(&diagnostics::BYTES_RECEIVED, || stats.bytes_received as f64);
+    d.add_measurement(&diagnostics::BYTES_SENT, || stats.network.bytes_sent as f64);
+    d.add_measurement(&diagnostics::BYTES_RECEIVED, || stats.network.bytes_received as f64);
     d.add_measurement(&diagnostics::FALLBACK, || f64::from(u8::from(stats.in_fallback())));
-    d.add_measurement(&diagnostics::BYTES_SENT_PER_BODY_TICK, || stats.bytes_sent_per_body_tick);
-    d.add_measurement(&diagnostics::BYTES_RECEIVED_PER_BODY_TICK, || stats.bytes_received_per_body_tick);
-    if let Some(rtt) = stats.round_trip_ms {
+    d.add_measurement(&diagnostics::BYTES_SENT_PER_BODY_TICK, || stats.network.bytes_sent_per_body_tick);
+    d.add_measurement(&diagnostics::BYTES_RECEIVED_PER_BODY_TICK, || stats.network.bytes_received_per_body_tick);
+    if let Some(rtt) = stats.network.round_trip_ms {
         d.add_measurement(&diagnostics::ROUND_TRIP_MS, || rtt);
-        d.add_measurement(&diagnostics::ROUND_TRIP_VARIATION_MS, || stats.round_trip_variation_ms);
+        d.add_measurement(&diagnostics::ROUND_TRIP_VARIATION_MS, || stats.network.round_trip_variation_ms);
     }
-    d.add_measurement(&diagnostics::PLAYOUT_TARGET_TICKS, || stats.playout_target_ticks as f64);
-    d.add_measurement(&diagnostics::PLAYOUT_JITTER_TICKS, || stats.playout_jitter_ticks);
+    d.add_measurement(&diagnostics::PLAYOUT_TARGET_TICKS, || stats.playout.target_ticks as f64);
+    d.add_measurement(&diagnostics::PLAYOUT_JITTER_TICKS, || stats.playout.jitter_ticks);
     if stats.session_status(&stats.session_id).is_some() {
-        d.add_measurement(&diagnostics::REPLICAS_WANTED, || f64::from(stats.replicas_wanted));
-        d.add_measurement(&diagnostics::REPLICAS_LIVE, || f64::from(stats.replicas_live));
-        d.add_measurement(&diagnostics::REPLICA_DISAGREEMENTS, || stats.replica_disagreements as f64);
-        d.add_measurement(&diagnostics::REPLICA_CORRECTIONS, || stats.replica_corrections as f64);
+        d.add_measurement(&diagnostics::REPLICAS_WANTED, || f64::from(stats.replication.wanted));
+        d.add_measurement(&diagnostics::REPLICAS_LIVE, || f64::from(stats.replication.live));
+        d.add_measurement(&diagnostics::REPLICA_DISAGREEMENTS, || stats.replication.disagreements as f64);
+        d.add_measurement(&diagnostics::REPLICA_CORRECTIONS, || stats.replication.corrections as f64);
     }
 }

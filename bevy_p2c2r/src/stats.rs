@@ -31,19 +31,19 @@ pub mod diagnostics {
     /// 1 while in fallback (or handing back), 0 while offloaded.
     pub const FALLBACK: DiagnosticPath = DiagnosticPath::const_new("p2c2r/fallback");
     /// Bytes sent per offloaded body per offloaded tick, over about a second
-    /// ([`P2c2rStats::bytes_sent_per_body_tick`](super::P2c2rStats::bytes_sent_per_body_tick)).
+    /// ([`NetworkStats::bytes_sent_per_body_tick`](super::NetworkStats::bytes_sent_per_body_tick)).
     pub const BYTES_SENT_PER_BODY_TICK: DiagnosticPath = DiagnosticPath::const_new("p2c2r/bytes_sent_per_body_tick");
     /// Bytes received per offloaded body per offloaded tick, over about a second.
     pub const BYTES_RECEIVED_PER_BODY_TICK: DiagnosticPath =
         DiagnosticPath::const_new("p2c2r/bytes_received_per_body_tick");
     /// Smoothed round trip of physics results from peers, ms (the fallback timeout's
-    /// measure, [`P2c2rStats::round_trip_ms`](super::P2c2rStats::round_trip_ms)); none
+    /// measure, [`NetworkStats::round_trip_ms`](super::NetworkStats::round_trip_ms)); none
     /// before the first.
     pub const ROUND_TRIP_MS: DiagnosticPath = DiagnosticPath::const_new("p2c2r/round_trip_ms");
     /// Its smoothed variation, ms.
     pub const ROUND_TRIP_VARIATION_MS: DiagnosticPath = DiagnosticPath::const_new("p2c2r/round_trip_variation_ms");
     /// The playout buffer's target depth, ticks
-    /// ([`P2c2rStats::playout_target_ticks`](super::P2c2rStats::playout_target_ticks)).
+    /// ([`PlayoutStats::target_ticks`](super::PlayoutStats::target_ticks)).
     pub const PLAYOUT_TARGET_TICKS: DiagnosticPath = DiagnosticPath::const_new("p2c2r/playout_target_ticks");
     /// The measured jitter of physics results from peers, ticks.
     pub const PLAYOUT_JITTER_TICKS: DiagnosticPath = DiagnosticPath::const_new("p2c2r/playout_jitter_ticks");
@@ -115,32 +115,12 @@ pub struct P2c2rStats {
     pub fallbacks_entered: u64,
     /// Times a peer took over again after fallback.
     pub handbacks: u64,
-    /// Requests sent to peers and not answered.
-    pub tasks_in_flight: usize,
-    /// How long the oldest unanswered request may wait now before the fallback takes over
-    /// (adapts to the round trip; see `P2c2rPlugin::adaptive_fallback`), in milliseconds.
-    pub fallback_timeout_ms: f64,
     /// Offloaded bodies now.
     pub bodies: usize,
     /// Offloaded agents now.
     pub agents: usize,
-    /// Bytes sent to the coordinator.
-    pub bytes_sent: u64,
-    /// Bytes received from the coordinator.
-    pub bytes_received: u64,
-    /// Bytes per second sent, averaged over about a second.
-    pub bytes_sent_per_sec: f64,
-    /// Bytes per second received, averaged over about a second.
-    pub bytes_received_per_sec: f64,
     /// Physics ticks applied per second (from any source), averaged over about a second.
     pub ticks_per_sec: f64,
-    /// Bytes sent per offloaded body per offloaded tick, over about a second: what the
-    /// game costs its uplink per body (every byte counted: physics, AI, heartbeats and
-    /// frame headers; 0 while nothing is offloaded).
-    pub bytes_sent_per_body_tick: f64,
-    /// Bytes received per offloaded body per offloaded tick, over about a second (the
-    /// downlink, counted like [`bytes_sent_per_body_tick`](Self::bytes_sent_per_body_tick)).
-    pub bytes_received_per_body_tick: f64,
     /// The peer that answered the latest physics result.
     pub serving_peer: Option<String>,
     /// Every peer that has answered a task.
@@ -149,46 +129,14 @@ pub struct P2c2rStats {
     pub last_applied_tick: Option<u64>,
     /// Round-trip times of peer results, in µs.
     pub rtt_us: Histogram<u64>,
-    /// The smoothed round trip of physics results from peers (RFC 6298, from the tick's
-    /// send to its result's arrival, as the Bevy systems see them), in ms: what the
-    /// adaptive fallback timeout is made of; `None` before the first result.
-    pub round_trip_ms: Option<f64>,
-    /// Its smoothed variation (mean deviation), in ms: the round trip's jitter.
-    pub round_trip_variation_ms: f64,
-    /// The playout buffer's target depth now, in ticks: physics results from peers kept
-    /// in reserve to absorb their jitter, `ceil(3 × playout_jitter_ticks − 1/4)` within
-    /// 0..=6 (0 while not offloaded: local results come one per tick).
-    pub playout_target_ticks: usize,
-    /// The measured jitter of physics results from peers, in ticks: the mean deviation of
-    /// how many ticks after its own each result arrived.
-    pub playout_jitter_ticks: f64,
-    /// Physics results waiting in the playout buffer after this tick's were applied.
-    pub playout_queued: usize,
-    /// Ticks on which no result was applied on purpose, to deepen the playout buffer (one
-    /// at a time, at least 16 ticks apart).
-    pub playout_holds: u64,
-    /// Ticks on which a physics result was expected from peers and none was there to
-    /// apply (once results flowed): each is a tick on which offloaded bodies did not move.
-    pub playout_starved_ticks: u64,
-    /// Replicas the coordinator wants for the physics session, from its latest
-    /// `session_status`: 1 when not replicated, 2 or more when replicated (2 for an
-    /// audited session); 0 until the coordinator sent one (a coordinator that does not
-    /// replicate sends none). The fields up to
-    /// [`replica_corrections`](Self::replica_corrections) are that status, as received (a
-    /// disconnection does not clear them); [`session_status`](Self::session_status)
-    /// has every session's.
-    pub replicas_wanted: u8,
-    /// Replicas in step with the physics session now (answering its ticks).
-    pub replicas_live: u8,
-    /// The physics session is audited: a hidden second replica's answers are compared,
-    /// never delivered.
-    pub replication_audited: bool,
-    /// The physics session is strict: only answers two replicas agree on are delivered.
-    pub replication_strict: bool,
-    /// Ticks of the physics session on which its replicas disagreed.
-    pub replica_disagreements: u64,
-    /// Full-state answers the coordinator sent to correct the physics session.
-    pub replica_corrections: u64,
+    /// What the link to the coordinator carries and how fast peers answer.
+    pub network: NetworkStats,
+    /// The playout buffer that paces peers' results.
+    pub playout: PlayoutStats,
+    /// How the coordinator replicates the physics session.
+    pub replication: ReplicationStats,
+    /// Collision and contact-force events delivered.
+    pub events: EventStats,
     /// The latest `session_status` of each session reported, at most
     /// [`P2c2rStats::MAX_SESSION_STATUSES`].
     session_statuses: HashMap<String, SessionStatus>,
@@ -200,6 +148,91 @@ pub struct P2c2rStats {
     applied: u64,
 }
 
+/// What the link to the coordinator carries and how fast peers answer
+/// ([`P2c2rStats::network`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NetworkStats {
+    /// Bytes sent to the coordinator.
+    pub bytes_sent: u64,
+    /// Bytes received from the coordinator.
+    pub bytes_received: u64,
+    /// Bytes per second sent, averaged over about a second.
+    pub bytes_sent_per_sec: f64,
+    /// Bytes per second received, averaged over about a second.
+    pub bytes_received_per_sec: f64,
+    /// Bytes sent per offloaded body per offloaded tick, over about a second: what the
+    /// game costs its uplink per body (every byte counted: physics, AI, heartbeats and
+    /// frame headers; 0 while nothing is offloaded).
+    pub bytes_sent_per_body_tick: f64,
+    /// Bytes received per offloaded body per offloaded tick, over about a second.
+    pub bytes_received_per_body_tick: f64,
+    /// The smoothed round trip of physics results from peers (RFC 6298, from the tick's
+    /// send to its result's arrival, as the Bevy systems see them), in ms: what the
+    /// adaptive fallback timeout is made of; `None` before the first result.
+    pub round_trip_ms: Option<f64>,
+    /// Its smoothed variation (mean deviation), in ms: the round trip's jitter.
+    pub round_trip_variation_ms: f64,
+    /// How long the oldest unanswered request may wait now before the fallback takes over
+    /// (adapts to the round trip, see [`crate::FallbackSettings::adaptive`]), in ms.
+    pub fallback_timeout_ms: f64,
+    /// Requests sent to peers and not answered.
+    pub tasks_in_flight: usize,
+}
+
+/// The playout buffer that paces peers' physics results ([`P2c2rStats::playout`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PlayoutStats {
+    /// Its target depth now, in ticks: physics results from peers kept in reserve to
+    /// absorb their jitter, `ceil(3 × jitter_ticks − 1/4)` within 0..=6 (0 while not
+    /// offloaded: local results come one per tick).
+    pub target_ticks: usize,
+    /// The measured jitter of physics results from peers, in ticks: the mean deviation of
+    /// how many ticks after its own each result arrived.
+    pub jitter_ticks: f64,
+    /// Physics results waiting after this tick's were applied.
+    pub queued: usize,
+    /// Ticks on which no result was applied on purpose, to deepen the buffer (one at a
+    /// time, at least 16 ticks apart).
+    pub holds: u64,
+    /// Ticks on which a physics result was expected from peers and none was there to
+    /// apply (once results flowed): each is a tick on which offloaded bodies did not move.
+    pub starved_ticks: u64,
+}
+
+/// How the coordinator replicates the physics session, from its latest `session_status`,
+/// as received (a disconnection does not clear it; [`P2c2rStats::session_status`] has
+/// every session's) ([`P2c2rStats::replication`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplicationStats {
+    /// Replicas the coordinator wants: 1 when not replicated, 2 or more when replicated
+    /// (2 for an audited session); 0 until the coordinator sent a status (a coordinator
+    /// that does not replicate sends none).
+    pub wanted: u8,
+    /// Replicas in step with the session now (answering its ticks).
+    pub live: u8,
+    /// A hidden second replica's answers are compared, never delivered.
+    pub audited: bool,
+    /// Only answers two replicas agree on are delivered.
+    pub strict: bool,
+    /// Ticks on which the replicas disagreed.
+    pub disagreements: u64,
+    /// Full-state answers the coordinator sent to correct the session.
+    pub corrections: u64,
+}
+
+/// Collision and contact-force events delivered as messages ([`P2c2rStats::events`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct EventStats {
+    /// [`crate::CollisionEvent`]s written.
+    pub collisions: u64,
+    /// [`crate::ContactForceEvent`]s written.
+    pub contact_forces: u64,
+    /// Pairs of bodies touching now (started, not stopped).
+    pub touching_pairs: usize,
+    /// Both kinds, per second, averaged over about a second.
+    pub per_sec: f64,
+}
+
 /// The counters at the start of a rate window ([`P2c2rStats::update_rates`]).
 #[derive(Clone, Copy, Debug)]
 struct RateWindow {
@@ -208,6 +241,7 @@ struct RateWindow {
     received: u64,
     applied: u64,
     body_ticks: u64,
+    events: u64,
 }
 
 impl Default for P2c2rStats {
@@ -229,34 +263,17 @@ impl Default for P2c2rStats {
             snapshots_sent: 0,
             fallbacks_entered: 0,
             handbacks: 0,
-            tasks_in_flight: 0,
-            fallback_timeout_ms: 0.0,
             bodies: 0,
             agents: 0,
-            bytes_sent: 0,
-            bytes_received: 0,
-            bytes_sent_per_sec: 0.0,
-            bytes_received_per_sec: 0.0,
             ticks_per_sec: 0.0,
-            bytes_sent_per_body_tick: 0.0,
-            bytes_received_per_body_tick: 0.0,
             serving_peer: None,
             peers_seen: HashSet::new(),
             last_applied_tick: None,
             rtt_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"),
-            round_trip_ms: None,
-            round_trip_variation_ms: 0.0,
-            playout_target_ticks: 0,
-            playout_jitter_ticks: 0.0,
-            playout_queued: 0,
-            playout_holds: 0,
-            playout_starved_ticks: 0,
-            replicas_wanted: 0,
-            replicas_live: 0,
-            replication_audited: false,
-            replication_strict: false,
-            replica_disagreements: 0,
-            replica_corrections: 0,
+            network: NetworkStats::default(),
+            playout: PlayoutStats::default(),
+            replication: ReplicationStats::default(),
+            events: EventStats::default(),
             session_statuses: HashMap::new(),
             rate_window: None,
             body_ticks_offloaded: 0,
@@ -284,31 +301,17 @@ impl std::fmt::Debug for P2c2rStats {
             .field("snapshots_sent", &self.snapshots_sent)
             .field("fallbacks_entered", &self.fallbacks_entered)
             .field("handbacks", &self.handbacks)
-            .field("tasks_in_flight", &self.tasks_in_flight)
             .field("bodies", &self.bodies)
             .field("agents", &self.agents)
-            .field("bytes_sent", &self.bytes_sent)
-            .field("bytes_received", &self.bytes_received)
-            .field("bytes_sent_per_body_tick", &self.bytes_sent_per_body_tick)
-            .field("bytes_received_per_body_tick", &self.bytes_received_per_body_tick)
             .field("serving_peer", &self.serving_peer)
             .field("peers_seen", &self.peers_seen)
             .field("last_applied_tick", &self.last_applied_tick)
             .field("rtt_ms_p50", &self.rtt_ms_p50())
             .field("rtt_ms_p99", &self.rtt_ms_p99())
-            .field("round_trip_ms", &self.round_trip_ms)
-            .field("round_trip_variation_ms", &self.round_trip_variation_ms)
-            .field("playout_target_ticks", &self.playout_target_ticks)
-            .field("playout_jitter_ticks", &self.playout_jitter_ticks)
-            .field("playout_queued", &self.playout_queued)
-            .field("playout_holds", &self.playout_holds)
-            .field("playout_starved_ticks", &self.playout_starved_ticks)
-            .field("replicas_wanted", &self.replicas_wanted)
-            .field("replicas_live", &self.replicas_live)
-            .field("replication_audited", &self.replication_audited)
-            .field("replication_strict", &self.replication_strict)
-            .field("replica_disagreements", &self.replica_disagreements)
-            .field("replica_corrections", &self.replica_corrections)
+            .field("network", &self.network)
+            .field("playout", &self.playout)
+            .field("replication", &self.replication)
+            .field("events", &self.events)
             .finish_non_exhaustive()
     }
 }
@@ -328,19 +331,19 @@ impl P2c2rStats {
     /// Whether the coordinator runs the physics session on more than one replica
     /// (replicated or audited), as of its latest `session_status`.
     pub fn replicated(&self) -> bool {
-        self.replicas_wanted > 1 || self.replication_audited
+        self.replication.wanted > 1 || self.replication.audited
     }
 
     /// Keeps a `session_status`: the latest for its session, and the physics session's
     /// figures. Any session id and any numbers are taken as they are (the map is bounded).
     pub(crate) fn record_session_status(&mut self, status: SessionStatus) {
         if status.session_id == self.session_id {
-            self.replicas_wanted = status.replicas_wanted;
-            self.replicas_live = status.replicas_live;
-            self.replication_audited = status.audited;
-            self.replication_strict = status.strict;
-            self.replica_disagreements = status.disagreements;
-            self.replica_corrections = status.corrections;
+            self.replication.wanted = status.replicas_wanted;
+            self.replication.live = status.replicas_live;
+            self.replication.audited = status.audited;
+            self.replication.strict = status.strict;
+            self.replication.disagreements = status.disagreements;
+            self.replication.corrections = status.corrections;
         }
         if !self.session_statuses.contains_key(&status.session_id)
             && self.session_statuses.len() >= Self::MAX_SESSION_STATUSES
@@ -398,10 +401,11 @@ impl P2c2rStats {
     pub(crate) fn update_rates(&mut self, now: Instant) {
         let here = RateWindow {
             at: now,
-            sent: self.bytes_sent,
-            received: self.bytes_received,
+            sent: self.network.bytes_sent,
+            received: self.network.bytes_received,
             applied: self.applied,
             body_ticks: self.body_ticks_offloaded,
+            events: self.events.collisions + self.events.contact_forces,
         };
         let Some(start) = self.rate_window else {
             self.rate_window = Some(here);
@@ -411,12 +415,14 @@ impl P2c2rStats {
         if dt < 1.0 {
             return;
         }
-        let (sent, received) = (self.bytes_sent - start.sent, self.bytes_received - start.received);
-        self.bytes_sent_per_sec = sent as f64 / dt;
-        self.bytes_received_per_sec = received as f64 / dt;
+        let (sent, received) = (self.network.bytes_sent - start.sent, self.network.bytes_received - start.received);
+        self.network.bytes_sent_per_sec = sent as f64 / dt;
+        self.network.bytes_received_per_sec = received as f64 / dt;
         self.ticks_per_sec = (self.applied - start.applied) as f64 / dt;
+        self.events.per_sec = (here.events - start.events) as f64 / dt;
         let body_ticks = (self.body_ticks_offloaded - start.body_ticks) as f64;
-        (self.bytes_sent_per_body_tick, self.bytes_received_per_body_tick) =
+        let network = &mut self.network;
+        (network.bytes_sent_per_body_tick, network.bytes_received_per_body_tick) =
             if body_ticks > 0.0 { (sent as f64 / body_ticks, received as f64 / body_ticks) } else { (0.0, 0.0) };
         self.rate_window = Some(here);
     }
@@ -444,11 +450,11 @@ mod tests {
         let mut s = P2c2rStats::default();
         let t0 = Instant::now();
         s.update_rates(t0);
-        s.bytes_sent = 1000;
+        s.network.bytes_sent = 1000;
         s.update_rates(t0 + Duration::from_millis(500));
-        assert_eq!(s.bytes_sent_per_sec, 0.0);
+        assert_eq!(s.network.bytes_sent_per_sec, 0.0);
         s.update_rates(t0 + Duration::from_secs(2));
-        assert_eq!(s.bytes_sent_per_sec, 500.0);
+        assert_eq!(s.network.bytes_sent_per_sec, 500.0);
     }
 
     fn status(session_id: &str, wanted: u8, live: u8) -> SessionStatus {
@@ -463,19 +469,22 @@ mod tests {
     #[test]
     fn the_physics_sessions_status_is_published_and_every_sessions_kept_bounded() {
         let mut s = P2c2rStats { session_id: "s-1".into(), ..Default::default() };
-        assert!(!s.replicated() && s.replicas_wanted == 0, "nothing before the first status");
+        assert!(!s.replicated() && s.replication.wanted == 0, "nothing before the first status");
         s.record_session_status(SessionStatus {
             strict: true,
             disagreements: 2,
             corrections: 1,
             ..status("s-1", 2, 2)
         });
-        assert_eq!((s.replicas_wanted, s.replicas_live, s.replica_disagreements, s.replica_corrections), (2, 2, 2, 1));
-        assert!(s.replicated() && s.replication_strict && !s.replication_audited);
+        assert_eq!(
+            (s.replication.wanted, s.replication.live, s.replication.disagreements, s.replication.corrections),
+            (2, 2, 2, 1)
+        );
+        assert!(s.replicated() && s.replication.strict && !s.replication.audited);
         // Another session (the AI's, a custom one, or one the plugin never used) is kept
         // apart; absurd numbers are taken as they come.
         s.record_session_status(SessionStatus { disagreements: u64::MAX, ..status("s-1:ai", 0, 255) });
-        assert_eq!(s.replicas_live, 2);
+        assert_eq!(s.replication.live, 2);
         assert_eq!(s.session_status("s-1:ai").map(|st| st.disagreements), Some(u64::MAX));
         for i in 0..100 {
             s.record_session_status(status(&format!("unknown-{i}"), u8::MAX, u8::MAX));
@@ -485,7 +494,7 @@ mod tests {
         assert_eq!(s.session_status("unknown-99").map(|st| st.replicas_live), Some(u8::MAX));
         // Audited, then back to one replica.
         s.record_session_status(SessionStatus { audited: true, ..status("s-1", 2, 1) });
-        assert!(s.replicated() && s.replication_audited && !s.replication_strict);
+        assert!(s.replicated() && s.replication.audited && !s.replication.strict);
         s.record_session_status(status("s-1", 1, 1));
         assert!(!s.replicated());
     }
@@ -498,13 +507,13 @@ mod tests {
         for _ in 0..60 {
             s.count_offloaded_tick(100);
         }
-        (s.bytes_sent, s.bytes_received) = (6_000, 12_000);
+        (s.network.bytes_sent, s.network.bytes_received) = (6_000, 12_000);
         s.update_rates(t0 + Duration::from_secs(1));
-        assert_eq!((s.bytes_sent_per_body_tick, s.bytes_received_per_body_tick), (1.0, 2.0));
+        assert_eq!((s.network.bytes_sent_per_body_tick, s.network.bytes_received_per_body_tick), (1.0, 2.0));
         // Nothing offloaded in the next window: no figure rather than a division by zero.
-        s.bytes_sent += 500;
+        s.network.bytes_sent += 500;
         s.update_rates(t0 + Duration::from_secs(2));
-        assert_eq!(s.bytes_sent_per_body_tick, 0.0);
+        assert_eq!(s.network.bytes_sent_per_body_tick, 0.0);
         assert_eq!(s.ticks_offloaded, 60);
     }
 }

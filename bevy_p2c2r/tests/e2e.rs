@@ -54,7 +54,7 @@ fn bodies_follow_peer_physics() {
     let s = stats(&app);
     assert_eq!(s.serving_peer.as_deref(), Some(peer.peer_id()));
     assert!(s.rtt_ms_p50().is_some());
-    assert!(s.bytes_sent > 0 && s.bytes_received > 0);
+    assert!(s.network.bytes_sent > 0 && s.network.bytes_received > 0);
     assert_eq!(s.bodies, 11);
     // After 4 s of game time every box rests on the ground (half height 0.5).
     for e in &boxes {
@@ -358,7 +358,7 @@ fn the_session_moves_to_another_peer_with_a_snapshot() {
     let snapshots = stats(&app).snapshots_sent;
     // A tenth of the sessions (the default audit fraction, drawn at random) run on a hidden
     // second replica, here the other peer: such a session carries on there with no resync.
-    let audited = stats(&app).replication_audited;
+    let audited = stats(&app).replication.audited;
     cluster.kill(dead);
     run_until(
         &mut app,
@@ -401,7 +401,7 @@ fn with_a_coordinator_but_no_peer_bodies_fall_by_fallback() {
     assert_eq!(s.mode, OffloadMode::Fallback);
     assert_eq!(s.physics_results_from_peers, 0);
     assert!(y(&app, ball) < 9.0, "the ball fell: {}", y(&app, ball));
-    assert!(s.tasks_in_flight <= 1, "only one probe waits in the queue: {s:?}");
+    assert!(s.network.tasks_in_flight <= 1, "only one probe waits in the queue: {s:?}");
 }
 
 #[test]

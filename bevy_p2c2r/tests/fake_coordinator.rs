@@ -337,16 +337,19 @@ fn session_statuses_reach_the_stats_and_diagnostics_and_odd_ones_harm_nothing() 
         monotonic(body),
         |app| {
             let s = stats(app);
-            s.replica_corrections == 1 && s.physics_results_from_peers >= 20
+            s.replication.corrections == 1 && s.physics_results_from_peers >= 20
         },
         "the replicated status and 20 results",
     );
     let s = stats(&app);
-    assert_eq!((s.replicas_wanted, s.replicas_live, s.replica_disagreements, s.replica_corrections), (2, 2, 1, 1));
-    assert!(s.replicated() && s.replication_strict && !s.replication_audited, "{s:?}");
+    assert_eq!(
+        (s.replication.wanted, s.replication.live, s.replication.disagreements, s.replication.corrections),
+        (2, 2, 1, 1)
+    );
+    assert!(s.replicated() && s.replication.strict && !s.replication.audited, "{s:?}");
     assert_eq!(s.session_status("phys").map(|st| st.replicas_wanted), Some(2));
     assert_eq!(s.session_status("never-used").map(|st| st.disagreements), Some(u64::MAX));
-    assert!(s.round_trip_ms.is_some(), "the smoothed round trip is published: {s:?}");
+    assert!(s.network.round_trip_ms.is_some(), "the smoothed round trip is published: {s:?}");
     let store = app.world().resource::<DiagnosticsStore>();
     let value = |path| store.get_measurement(&path).map(|m| m.value);
     assert_eq!(value(diagnostics::REPLICAS_WANTED), Some(2.0));

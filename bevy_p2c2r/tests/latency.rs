@@ -98,7 +98,7 @@ fn play_ticks(app: &mut App) -> Played {
                 1 => {}
                 _ => several += 1,
             }
-            max_target = max_target.max(stats(app).playout_target_ticks);
+            max_target = max_target.max(stats(app).playout.target_ticks);
         },
         |app| stats(app).ticks >= start_tick + TICKS,
         "600 ticks",
@@ -120,13 +120,13 @@ fn print_playout(path: &str, played: &Played, s: &P2c2rStats) {
          ticks, {} holds, {} starved; round trip {:.1} ± {:.1} ms",
         played.updates_without_a_tick,
         played.updates_with_several,
-        s.playout_target_ticks,
+        s.playout.target_ticks,
         played.max_target,
-        s.playout_jitter_ticks,
-        s.playout_holds,
-        s.playout_starved_ticks,
-        s.round_trip_ms.unwrap_or_default(),
-        s.round_trip_variation_ms,
+        s.playout.jitter_ticks,
+        s.playout.holds,
+        s.playout.starved_ticks,
+        s.network.round_trip_ms.unwrap_or_default(),
+        s.network.round_trip_variation_ms,
     );
 }
 
@@ -143,7 +143,7 @@ fn stays_offloaded_over_internet_round_trips_and_still_notices_a_dead_peer() {
     // Results arrive unevenly (± 15 ms is about a tick each way): the playout keeps a
     // reserve of at least one result.
     assert!(played.max_target >= 1, "the playout target follows the jitter: {s:?}");
-    assert!(s.round_trip_ms.is_some_and(|rtt| rtt >= 45.0), "the smoothed round trip is measured: {s:?}");
+    assert!(s.network.round_trip_ms.is_some_and(|rtt| rtt >= 45.0), "the smoothed round trip is measured: {s:?}");
     drop((app, proxy, peer, cluster));
 
     // 150 ms: above the old fixed 100 ms timeout. The adapted one keeps the peer.
@@ -154,12 +154,16 @@ fn stays_offloaded_over_internet_round_trips_and_still_notices_a_dead_peer() {
     print_playout("150 ms", &played, &s);
     assert_eq!(played.fallbacks, 0, "spurious fallback at 150 ms: {s:?}");
     assert!(played.from_peers >= TICKS - 30, "the peer stepped the world: {}", played.from_peers);
-    assert!(s.fallback_timeout_ms > 150.0, "the timeout follows the round trip: {}", s.fallback_timeout_ms);
+    assert!(
+        s.network.fallback_timeout_ms > 150.0,
+        "the timeout follows the round trip: {}",
+        s.network.fallback_timeout_ms
+    );
     assert!(s.rtt_ms_p50().unwrap() >= 150.0);
 
     // The peer dies: the world goes on locally, after about the adapted timeout (printed,
     // not asserted: this machine is shared). The bodies keep moving meanwhile.
-    let timeout_ms = s.fallback_timeout_ms;
+    let timeout_ms = s.network.fallback_timeout_ms;
     peer.kill();
     let killed = Instant::now();
     run_until(

@@ -2,6 +2,8 @@
 
 use std::fmt::Write;
 
+use crate::offload::{EventStats, NetworkStats, PlayoutStats, ReplicationStats};
+
 /// Whether physics and AI currently run on peers or in this process.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Mode {
@@ -29,17 +31,15 @@ pub struct HudData {
     pub rtt_ms_p50: Option<f64>,
     /// Round trip of a tick's tasks, 99th percentile, ms.
     pub rtt_ms_p99: Option<f64>,
-    /// How long an unanswered tick may wait before the local fallback (adapts to the
-    /// round trip), ms.
-    pub fallback_timeout_ms: f64,
-    /// Smoothed round trip of physics ticks, ms (what the fallback timeout follows).
-    pub round_trip_ms: Option<f64>,
-    /// Its smoothed variation (jitter), ms.
-    pub round_trip_jitter_ms: f64,
-    /// Results the playout keeps in reserve against jitter, ticks.
-    pub playout_ticks: usize,
+    /// The link, as the plugin measures it (bytes, rates, round trip and its jitter, the
+    /// fallback timeout).
+    pub network: NetworkStats,
+    /// The playout buffer, as the plugin keeps it.
+    pub playout: PlayoutStats,
     /// How the coordinator replicates the physics session.
-    pub replicas: Replicas,
+    pub replication: ReplicationStats,
+    /// Collision and contact-force events, as the plugin delivered them.
+    pub events: EventStats,
     /// Physics ticks completed per second (peers and fallback).
     pub ticks_per_s: f64,
     /// Dynamic rigid bodies.
@@ -48,18 +48,8 @@ pub struct HudData {
     pub agents: usize,
     /// Joints.
     pub joints: usize,
-    /// Collision and contact-force events per second.
-    pub events_per_s: f64,
     /// Bodies that entered the playground's trigger zone.
     pub zone_entries: u64,
-    /// Bytes per second sent to the coordinator.
-    pub bytes_sent_per_s: f64,
-    /// Bytes per second received from the coordinator.
-    pub bytes_recv_per_s: f64,
-    /// Bytes sent per offloaded body per offloaded tick.
-    pub bytes_sent_per_body_tick: f64,
-    /// Bytes received per offloaded body per offloaded tick.
-    pub bytes_recv_per_body_tick: f64,
     /// In-process peers.
     pub local_peers: usize,
     /// Coordinator URL.
@@ -70,44 +60,25 @@ pub struct HudData {
     pub notice: Option<String>,
 }
 
-/// How the coordinator replicates the physics session (its latest `session_status`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Replicas {
-    /// Replicas wanted (0: no status received, 1: not replicated).
-    pub wanted: u8,
-    /// Replicas in step now.
-    pub live: u8,
-    /// A hidden second replica audits the session.
-    pub audited: bool,
-    /// Only answers two replicas agree on are delivered.
-    pub strict: bool,
-    /// Ticks on which replicas disagreed.
-    pub disagreements: u64,
-    /// Corrections the coordinator sent.
-    pub corrections: u64,
-}
-
-impl Replicas {
-    /// `replicas 2/2, strict, disagreements 0, corrections 0`, `replicas 2/1, audited
-    ///, ...`, or `not replicated` (with the counts when some were recorded earlier).
-    pub fn line(&self) -> String {
-        let counts = format!("disagreements {}, corrections {}", self.disagreements, self.corrections);
-        if self.wanted <= 1 && !self.audited {
-            return if self.disagreements == 0 && self.corrections == 0 {
-                "not replicated".to_owned()
-            } else {
-                format!("not replicated, {counts}")
-            };
-        }
-        let mut s = format!("replicas {}/{}", self.live, self.wanted);
-        if self.audited {
-            s.push_str(", audited");
-        }
-        if self.strict {
-            s.push_str(", strict");
-        }
-        format!("{s}, {counts}")
+/// `replicas 2/2, strict, disagreements 0, corrections 0`, `replicas 2/1, audited, ...`,
+/// or `not replicated` (with the counts when some were recorded earlier).
+pub fn replication_line(r: &ReplicationStats) -> String {
+    let counts = format!("disagreements {}, corrections {}", r.disagreements, r.corrections);
+    if r.wanted <= 1 && !r.audited {
+        return if r.disagreements == 0 && r.corrections == 0 {
+            "not replicated".to_owned()
+        } else {
+            format!("not replicated, {counts}")
+        };
     }
+    let mut s = format!("replicas {}/{}", r.live, r.wanted);
+    if r.audited {
+        s.push_str(", audited");
+    }
+    if r.strict {
+        s.push_str(", strict");
+    }
+    format!("{s}, {counts}")
 }
 
 /// The key help line.
@@ -138,27 +109,31 @@ pub fn hud_text(d: &HudData) -> String {
         "rtt ms: p50 {} / p99 {}   fallback after {:.0} ms",
         ms(d.rtt_ms_p50),
         ms(d.rtt_ms_p99),
-        d.fallback_timeout_ms
+        d.network.fallback_timeout_ms
     );
     let _ = writeln!(
         s,
         "round trip: {} ms +/- {:.1}   playout buffer: {} tick{}",
-        d.round_trip_ms.map_or("-".to_owned(), |v| format!("{v:.1}")),
-        d.round_trip_jitter_ms,
-        d.playout_ticks,
-        if d.playout_ticks == 1 { "" } else { "s" }
+        d.network.round_trip_ms.map_or("-".to_owned(), |v| format!("{v:.1}")),
+        d.network.round_trip_variation_ms,
+        d.playout.target_ticks,
+        if d.playout.target_ticks == 1 { "" } else { "s" }
     );
-    let _ = writeln!(s, "session: {}", d.replicas.line());
+    let _ = writeln!(s, "session: {}", replication_line(&d.replication));
     let _ = writeln!(s, "ticks/s: {:.0}", d.ticks_per_s);
     let _ = writeln!(s, "bodies: {}   agents: {}   joints: {}", d.bodies, d.agents, d.joints);
-    let _ = writeln!(s, "events/s: {:.0}   trigger zone entries: {}", d.events_per_s, d.zone_entries);
+    let _ = writeln!(
+        s,
+        "events/s: {:.0}   touching pairs: {}   trigger zone entries: {}",
+        d.events.per_sec, d.events.touching_pairs, d.zone_entries
+    );
     let _ = writeln!(
         s,
         "bytes/s: up {}  down {}   per body per tick: up {:.2}  down {:.2}",
-        human_bytes(d.bytes_sent_per_s),
-        human_bytes(d.bytes_recv_per_s),
-        d.bytes_sent_per_body_tick,
-        d.bytes_recv_per_body_tick
+        human_bytes(d.network.bytes_sent_per_sec),
+        human_bytes(d.network.bytes_received_per_sec),
+        d.network.bytes_sent_per_body_tick,
+        d.network.bytes_received_per_body_tick
     );
     let _ = writeln!(
         s,
@@ -196,21 +171,24 @@ mod tests {
             peers: 2,
             rtt_ms_p50: Some(0.8),
             rtt_ms_p99: Some(3.25),
-            fallback_timeout_ms: 160.0,
             ticks_per_s: 60.0,
             bodies: 344,
             agents: 10,
             joints: 12,
-            events_per_s: 41.0,
+            events: EventStats { per_sec: 41.0, touching_pairs: 3, ..Default::default() },
             zone_entries: 7,
-            bytes_sent_per_s: 1500.0,
-            bytes_recv_per_s: 2_500_000.0,
-            bytes_sent_per_body_tick: 0.07,
-            bytes_recv_per_body_tick: 1.25,
-            round_trip_ms: Some(62.04),
-            round_trip_jitter_ms: 4.8,
-            playout_ticks: 2,
-            replicas: Replicas { wanted: 2, live: 2, strict: true, ..Default::default() },
+            network: NetworkStats {
+                bytes_sent_per_sec: 1500.0,
+                bytes_received_per_sec: 2_500_000.0,
+                bytes_sent_per_body_tick: 0.07,
+                bytes_received_per_body_tick: 1.25,
+                round_trip_ms: Some(62.04),
+                round_trip_variation_ms: 4.8,
+                fallback_timeout_ms: 160.0,
+                ..Default::default()
+            },
+            playout: PlayoutStats { target_ticks: 2, ..Default::default() },
+            replication: ReplicationStats { wanted: 2, live: 2, strict: true, ..Default::default() },
             ..Default::default()
         });
         for needle in [
@@ -224,6 +202,7 @@ mod tests {
             "agents: 10",
             "joints: 12",
             "events/s: 41",
+            "touching pairs: 3",
             "trigger zone entries: 7",
             "1.5 kB",
             "2.5 MB",
@@ -243,11 +222,11 @@ mod tests {
 
     #[test]
     fn the_replica_line_says_how_the_session_is_replicated() {
-        let line = |r: Replicas| r.line();
-        assert_eq!(line(Replicas::default()), "not replicated");
-        assert_eq!(line(Replicas { wanted: 1, live: 1, ..Default::default() }), "not replicated");
+        let line = |r: ReplicationStats| replication_line(&r);
+        assert_eq!(line(ReplicationStats::default()), "not replicated");
+        assert_eq!(line(ReplicationStats { wanted: 1, live: 1, ..Default::default() }), "not replicated");
         assert_eq!(
-            line(Replicas {
+            line(ReplicationStats {
                 wanted: 2,
                 live: 1,
                 audited: true,
@@ -258,15 +237,15 @@ mod tests {
             "replicas 1/2, audited, disagreements 3, corrections 1"
         );
         assert_eq!(
-            line(Replicas { wanted: 3, live: 3, ..Default::default() }),
+            line(ReplicationStats { wanted: 3, live: 3, ..Default::default() }),
             "replicas 3/3, disagreements 0, corrections 0"
         );
         assert_eq!(
-            line(Replicas { wanted: 1, live: 1, corrections: 2, ..Default::default() }),
+            line(ReplicationStats { wanted: 1, live: 1, corrections: 2, ..Default::default() }),
             "not replicated, disagreements 0, corrections 2"
         );
         // Whatever the coordinator sends, the line is made.
-        let odd = Replicas {
+        let odd = ReplicationStats {
             wanted: 255,
             live: 255,
             audited: true,

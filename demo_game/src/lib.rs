@@ -158,26 +158,21 @@ fn update_hud_state(world: &mut World, mut since: Local<f32>, mut notice_age: Lo
         serving_peer: stats.serving_peer.clone(),
         rtt_ms_p50: stats.rtt_ms_p50,
         rtt_ms_p99: stats.rtt_ms_p99,
-        fallback_timeout_ms: stats.fallback_timeout_ms,
-        round_trip_ms: stats.round_trip_ms,
-        round_trip_jitter_ms: stats.round_trip_variation_ms,
-        playout_ticks: stats.playout_target_ticks,
-        replicas: stats.replicas,
+        network: stats.network,
+        playout: stats.playout,
+        replication: stats.replication,
+        events: stats.events,
         ticks_per_s: stats.ticks_per_s,
         bodies: report.bodies,
         agents: report.agents,
         joints: report.joints,
-        events_per_s: report.events_per_s,
         zone_entries: report.zone_entries,
-        bytes_sent_per_s: stats.bytes_sent_per_s,
-        bytes_recv_per_s: stats.bytes_received_per_s,
-        bytes_sent_per_body_tick: stats.bytes_sent_per_body_tick,
-        bytes_recv_per_body_tick: stats.bytes_received_per_body_tick,
         local_peers: cluster.map_or(0, |c| c.peers().len()),
         coordinator: cluster.map_or_else(|| "none (local simulation)".to_owned(), |c| c.url().to_owned()),
         embedded_coordinator: cluster.is_some_and(EmbeddedCluster::embedded_coordinator),
         notice: world.resource::<Notice>().text.clone(),
     };
+
     world.resource_mut::<HudState>().0 = data;
 }
 

@@ -9,9 +9,10 @@ use bevy_p2c2r::{
     FallbackSettings, Friction, NavigationGrid, OffloadMode, OffloadedAgent, P2c2rConfiguration, P2c2rPlugin,
     P2c2rStats, PhysicsState, Restitution, RigidBody, Velocity, embedded::EmbeddedCluster,
 };
+pub use bevy_p2c2r::{EventStats, NetworkStats, PlayoutStats, ReplicationStats};
 
 use crate::cli::Args;
-use crate::hud::{Mode, Replicas};
+use crate::hud::Mode;
 use crate::level::{BodyShape, Level};
 
 /// Adds the plugin with its embedded cluster (`--peers` in-process peers, presenting
@@ -152,7 +153,8 @@ pub fn set_goal(agent: &mut <AgentGoal as QueryData>::Item<'_, '_>, goal: Vec3) 
     agent.goal = goal;
 }
 
-/// What the HUD and the report need from the plugin.
+/// What the HUD and the report need from the plugin: the demo's own reading of its
+/// mode and peers, and the plugin's grouped figures as they are.
 #[derive(Clone, Debug, Default)]
 pub struct OffloadStats {
     /// Offloaded, fallback, ...
@@ -165,16 +167,6 @@ pub struct OffloadStats {
     pub rtt_ms_p50: Option<f64>,
     /// 99th percentile round trip, ms.
     pub rtt_ms_p99: Option<f64>,
-    /// The fallback timeout now (adapted to the round trip), ms.
-    pub fallback_timeout_ms: f64,
-    /// Smoothed round trip of physics ticks, ms.
-    pub round_trip_ms: Option<f64>,
-    /// Its smoothed variation, ms.
-    pub round_trip_variation_ms: f64,
-    /// The playout buffer's target depth, ticks.
-    pub playout_target_ticks: usize,
-    /// How the coordinator replicates the physics session.
-    pub replicas: Replicas,
     /// Physics results from peers applied.
     pub physics_results_from_peers: u64,
     /// AI results from peers applied.
@@ -183,18 +175,14 @@ pub struct OffloadStats {
     pub fallback_ticks: u64,
     /// Physics ticks applied per second.
     pub ticks_per_s: f64,
-    /// Bytes sent.
-    pub bytes_sent: u64,
-    /// Bytes received.
-    pub bytes_received: u64,
-    /// Bytes per second sent.
-    pub bytes_sent_per_s: f64,
-    /// Bytes per second received.
-    pub bytes_received_per_s: f64,
-    /// Bytes sent per offloaded body per offloaded tick.
-    pub bytes_sent_per_body_tick: f64,
-    /// Bytes received per offloaded body per offloaded tick.
-    pub bytes_received_per_body_tick: f64,
+    /// The link: bytes, rates, round trip, fallback timeout.
+    pub network: NetworkStats,
+    /// The playout buffer.
+    pub playout: PlayoutStats,
+    /// How the coordinator replicates the physics session.
+    pub replication: ReplicationStats,
+    /// Collision and contact-force events delivered.
+    pub events: EventStats,
 }
 
 /// Reads the plugin's statistics (all zero before the plugin runs).
@@ -212,28 +200,14 @@ pub fn stats(world: &World) -> OffloadStats {
         serving_peer: s.serving_peer.clone(),
         rtt_ms_p50: s.rtt_ms_p50(),
         rtt_ms_p99: s.rtt_ms_p99(),
-        fallback_timeout_ms: s.fallback_timeout_ms,
-        round_trip_ms: s.round_trip_ms,
-        round_trip_variation_ms: s.round_trip_variation_ms,
-        playout_target_ticks: s.playout_target_ticks,
-        replicas: Replicas {
-            wanted: s.replicas_wanted,
-            live: s.replicas_live,
-            audited: s.replication_audited,
-            strict: s.replication_strict,
-            disagreements: s.replica_disagreements,
-            corrections: s.replica_corrections,
-        },
         physics_results_from_peers: s.physics_results_from_peers,
         ai_results_from_peers: s.ai_results_from_peers,
         fallback_ticks: s.fallback_ticks,
         ticks_per_s: s.ticks_per_sec,
-        bytes_sent: s.bytes_sent,
-        bytes_received: s.bytes_received,
-        bytes_sent_per_s: s.bytes_sent_per_sec,
-        bytes_received_per_s: s.bytes_received_per_sec,
-        bytes_sent_per_body_tick: s.bytes_sent_per_body_tick,
-        bytes_received_per_body_tick: s.bytes_received_per_body_tick,
+        network: s.network.clone(),
+        playout: s.playout.clone(),
+        replication: s.replication,
+        events: s.events,
     }
 }
 

@@ -4,7 +4,7 @@
 //! bridge of ball-jointed planks, a seesaw, and a trigger zone that counts what enters it.
 //! A dropper lets balls fall on them in turn; every ball reports its collisions, and each
 //! start of a contact makes a spark (a hit effect, drawn by [`crate::render`]). The HUD
-//! shows the events per second and the zone's count.
+//! shows the events per second (the plugin's `P2c2rStats::events`) and the zone's count.
 //!
 //! The level file places the playground (`playground.origin`, `[x, z]`); a level without
 //! one has none.
@@ -81,12 +81,8 @@ pub struct PlaygroundCounters {
     pub zone_entries: u64,
     /// Sparks made.
     pub sparks: u64,
-    /// Events (both kinds) per second, over the last second.
-    pub events_per_s: f64,
     /// Joints the playground holds.
     pub joints: usize,
-    window_events: u64,
-    window_seconds: f32,
 }
 
 /// Spawns the playground (when the level has one) and runs its dropper, counters and
@@ -98,7 +94,7 @@ impl Plugin for PlaygroundPlugin {
         app.init_resource::<PlaygroundCounters>()
             .add_systems(Startup, spawn_playground)
             .add_systems(FixedUpdate, (count_events, drop_balls))
-            .add_systems(Update, (age_sparks, events_per_second));
+            .add_systems(Update, age_sparks);
     }
 }
 
@@ -344,7 +340,6 @@ fn count_events(
 ) {
     for event in collisions.read() {
         counters.collision_events += 1;
-        counters.window_events += 1;
         let CollisionEvent::Started(a, b, _) = *event else { continue };
         let piece = |e: Entity| pieces.get(e).ok();
         if [a, b].iter().any(|e| matches!(piece(*e), Some((Piece::Zone, _)))) {
@@ -361,9 +356,7 @@ fn count_events(
             ));
         }
     }
-    let forces = forces.read().count() as u64;
-    counters.force_events += forces;
-    counters.window_events += forces;
+    counters.force_events += forces.read().count() as u64;
 }
 
 fn age_sparks(mut commands: Commands, time: Res<Time>, mut sparks: Query<(Entity, &mut Spark, &mut Transform)>) {
@@ -374,15 +367,6 @@ fn age_sparks(mut commands: Commands, time: Res<Time>, mut sparks: Query<(Entity
         } else {
             transform.scale = Vec3::splat(1.0 + 3.0 * spark.age / SPARK_SECONDS);
         }
-    }
-}
-
-fn events_per_second(time: Res<Time>, mut counters: ResMut<PlaygroundCounters>) {
-    counters.window_seconds += time.delta_secs();
-    if counters.window_seconds >= 1.0 {
-        counters.events_per_s = counters.window_events as f64 / f64::from(counters.window_seconds);
-        counters.window_events = 0;
-        counters.window_seconds = 0.0;
     }
 }
 

@@ -100,7 +100,7 @@ pub fn collect(world: &mut World) -> Report {
         r.joints = p.joints;
         r.collision_events = p.collision_events;
         r.force_events = p.force_events;
-        r.events_per_s = p.events_per_s;
+
         r.zone_entries = p.zone_entries;
         r.sparks = p.sparks;
     }
@@ -115,9 +115,10 @@ pub fn collect(world: &mut World) -> Report {
         Mode::HandingBack => "handing_back",
     };
     r.peers = s.peers;
+    r.events_per_s = s.events.per_sec;
     r.rtt_ms_p50 = s.rtt_ms_p50;
     r.rtt_ms_p99 = s.rtt_ms_p99;
-    r.bytes_sent = s.bytes_sent;
-    r.bytes_received = s.bytes_received;
+    r.bytes_sent = s.network.bytes_sent;
+    r.bytes_received = s.network.bytes_received;
     r
 }
