@@ -93,3 +93,22 @@ fn a_delta_from_another_keyframe_is_refused_though_its_tick_matches() {
     assert!(error.needs_resync());
     assert_eq!(decoder, before, "a refused delta changes nothing");
 }
+
+#[test]
+fn the_documented_events_are_what_the_encoder_writes() {
+    use p2c2r_protocol::physics::{EventKind, PhysicsEvent};
+    // A keyframe of tick 5 that moved no body: body 4 was removed while touching body 1,
+    // and body 2 entered sensor 9.
+    let result = PhysicsStepResult {
+        tick: 5,
+        events: vec![
+            PhysicsEvent { step: 0, body1: 1, body2: 4, kind: EventKind::Stopped { sensor: false, removed: true } },
+            PhysicsEvent { step: 0, body1: 2, body2: 9, kind: EventKind::Started { sensor: true } },
+        ],
+        ..Default::default()
+    };
+    let mut frame = Vec::new();
+    ResultEncoder::new().encode(&result, true, DT, &mut frame).unwrap();
+    assert_eq!(hex(&frame), "51 01 21 05 02 08 02 02 05 02 06 00");
+    assert_eq!(ResultDecoder::new().decode(&frame).unwrap(), result);
+}

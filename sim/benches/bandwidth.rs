@@ -18,6 +18,14 @@
 //!   never asleep, bumping into each other now and then.
 //! - `jointed`: 20 rope bridges of 20 planks each (400 bodies, 420 ball joints and ropes,
 //!   sent once in the snapshot), 40 balls dropped on them: swinging, then settling.
+//! - `events`: 1,000 bouncy balls (with continuous collision detection) that report their collisions, in a closed 10 m box
+//!   without gravity: about a hundred collision events a tick (started and stopped; the
+//!   events column says how many); `events: unheard` is the same scene with no body
+//!   asking for events, to show what they cost.
+//!
+//! Then a level: a 100,000-triangle mesh and 50 balls, its snapshot's bytes on a first
+//! connection (the mesh itself) and on a failover to a peer that holds the mesh (its name,
+//! [`Shape::Cached`]), side by side.
 //!
 //! Columns: bytes per body per frame of results, of requests and of both (the snapshot
 //! that starts the scene and its keyframe result included); bytes per reported body of the
@@ -44,6 +52,7 @@ struct Tally {
     json_result_bytes: usize,
     json_request_bytes: usize,
     reported: usize,
+    events: usize,
     step: Duration,
     encode: Duration,
     decode: Duration,
@@ -121,6 +130,8 @@ impl Session {
         tally.json_request_bytes += serde_json::to_vec(request).expect("serializable").len();
         tally.json_result_bytes += serde_json::to_vec(&result).expect("serializable").len();
         tally.reported += result.bodies.len();
+        tally.events += result.events.len();
+        assert_eq!(decoded.events, result.events, "the events travel bit for bit");
     }
 
     fn asleep(&self) -> usize {
@@ -130,7 +141,7 @@ impl Session {
 
 fn print_header() {
     println!(
-        "{:<20} {:>5} {:>6} {:>9} | {:>8} {:>8} {:>8} {:>9} | {:>8} {:>8} {:>8} {:>9} | {:>6} {:>7} {:>7} {:>8}",
+        "{:<20} {:>5} {:>6} {:>9} | {:>8} {:>8} {:>8} {:>9} | {:>8} {:>8} {:>8} {:>9} | {:>6} {:>7} {:>7} {:>8} {:>7}",
         "scene",
         "ticks",
         "bodies",
@@ -146,7 +157,8 @@ fn print_header() {
         "asleep",
         "enc µs",
         "dec µs",
-        "step µs"
+        "step µs",
+        "events"
     );
 }
 
@@ -156,7 +168,7 @@ fn print_row(name: &str, bodies: usize, t: &Tally, asleep: Option<usize>) {
     let per_changed = |bytes: usize| if t.reported == 0 { 0.0 } else { bytes as f64 / t.reported as f64 };
     let micros = |d: Duration| d.as_secs_f64() * 1e6 / t.ticks as f64;
     println!(
-        "{:<20} {:>5} {:>6} {:>9.1} | {:>8.3} {:>8.3} {:>8.3} {:>9.2} | {:>8.1} {:>8.2} {:>8.1} {:>9.1} | {:>6} {:>7.1} {:>7.1} {:>8.0}",
+        "{:<20} {:>5} {:>6} {:>9.1} | {:>8.3} {:>8.3} {:>8.3} {:>9.2} | {:>8.1} {:>8.2} {:>8.1} {:>9.1} | {:>6} {:>7.1} {:>7.1} {:>8.0} {:>7.1}",
         name,
         t.ticks,
         bodies,
@@ -173,6 +185,7 @@ fn print_row(name: &str, bodies: usize, t: &Tally, asleep: Option<usize>) {
         micros(t.encode),
         micros(t.decode),
         micros(t.step),
+        t.events as f64 / t.ticks as f64,
     );
 }
 
@@ -183,6 +196,7 @@ fn add(a: &mut Tally, b: &Tally) {
     a.json_result_bytes += b.json_result_bytes;
     a.json_request_bytes += b.json_request_bytes;
     a.reported += b.reported;
+    a.events += b.events;
     a.step += b.step;
     a.encode += b.encode;
     a.decode += b.decode;
@@ -314,9 +328,107 @@ fn run_quiet_scene(name: &str, snapshot: PhysicsStepRequest) {
     print_row(name, bodies, &tally, Some(session.asleep()));
 }
 
+/// 1,000 bouncy balls that report their collisions (when `listening`), in a closed 10 m
+/// box without gravity.
+fn events(listening: bool) {
+    let mut rng = fastrand::Rng::with_seed(500);
+    let wall = |id, half: [f32; 3], at: [f32; 3]| {
+        BodyDesc::new(id, Shape::Box { half_extents: half }, at).with_body_type(BodyType::Fixed)
+    };
+    let mut add = vec![
+        wall(0, [5.0, 0.5, 5.0], [0.0, -0.5, 0.0]),
+        wall(1, [5.0, 0.5, 5.0], [0.0, 10.5, 0.0]),
+        wall(2, [0.5, 5.0, 5.0], [-5.5, 5.0, 0.0]),
+        wall(3, [0.5, 5.0, 5.0], [5.5, 5.0, 0.0]),
+        wall(4, [5.0, 5.0, 0.5], [0.0, 5.0, -5.5]),
+        wall(5, [5.0, 5.0, 0.5], [0.0, 5.0, 5.5]),
+    ];
+    let mut speed = || rng.f32() * 48.0 - 24.0;
+    for i in 0..1000u64 {
+        let (x, y, z) = ((i % 10) as f32 - 4.5, 0.5 + (i / 100) as f32 * 0.95, ((i / 10) % 10) as f32 - 4.5);
+        let mut ball = BodyDesc::new(100 + i, Shape::Sphere { radius: 0.3 }, [x, y, z]);
+        ball.linvel = [speed(), speed(), speed()];
+        (ball.restitution, ball.friction, ball.ccd) = (1.0, 0.0, true);
+        if listening {
+            ball.active_events = p2c2r_protocol::physics::active_events::COLLISION_EVENTS;
+        }
+        add.push(ball);
+    }
+    let snapshot = PhysicsStepRequest { gravity: Some([0.0; 3]), add, ..Default::default() };
+    run_quiet_scene(if listening { "events: all" } else { "events: unheard" }, snapshot);
+}
+
+/// A level's snapshot with a 100,000-triangle mesh: on a first connection, and on a
+/// failover to a peer whose cache holds the mesh.
+fn level() {
+    let n = 224u32; // 224² × 2 = 100,352 triangles
+    let vertices = (0..=n)
+        .flat_map(|z| (0..=n).map(move |x| [x as f32 - 112.0, ((x * 13 + z * 7) % 17) as f32 * 0.02, z as f32 - 112.0]))
+        .collect();
+    let at = |x: u32, z: u32| z * (n + 1) + x;
+    let indices: Vec<[u32; 3]> = (0..n)
+        .flat_map(|z| {
+            (0..n).flat_map(move |x| {
+                [[at(x, z), at(x, z + 1), at(x + 1, z)], [at(x + 1, z), at(x, z + 1), at(x + 1, z + 1)]]
+            })
+        })
+        .collect();
+    let triangles = indices.len();
+    let mesh = Shape::TriMesh { vertices, indices };
+    let named = mesh.to_cached().expect("a level mesh is cached");
+    let scene = |floor: Shape| {
+        let mut add = vec![BodyDesc::new(0, floor, [0.0; 3]).with_body_type(BodyType::Fixed)];
+        add.extend(
+            (0..50u64).map(|i| BodyDesc::new(i + 1, Shape::Sphere { radius: 0.5 }, [i as f32 * 2.0 - 50.0, 3.0, 0.0])),
+        );
+        PhysicsStepRequest { tick: 0, snapshot: true, dt: DT, steps: 1, add, ..Default::default() }
+    };
+    let (first, failover) = (scene(mesh), scene(named));
+    let packed = |r: &PhysicsStepRequest| {
+        let mut bytes = Vec::new();
+        encode_request(r, &mut bytes);
+        bytes.len()
+    };
+    let json = |r: &PhysicsStepRequest| serde_json::to_vec(r).expect("serializable").len();
+    // Both are accepted: the first fills a peer's cache, the second is answered from it.
+    let mut cache = p2c2r_sim::shape_cache::ShapeCache::default();
+    let budgets = p2c2r_sim::Budgets::default();
+    let started = Instant::now();
+    PhysicsWorld::new().step_cached(&first, &budgets, &mut cache).expect("the level is valid");
+    let built = started.elapsed();
+    let started = Instant::now();
+    PhysicsWorld::new().step_cached(&failover, &budgets, &mut cache).expect("the cache holds the mesh");
+    let named_step = started.elapsed();
+    println!();
+    println!("level with a {triangles}-triangle mesh and 50 balls, its snapshot:");
+    println!("{:<28} {:>12} {:>12} {:>14}", "", "packed B", "JSON B", "first tick ms");
+    println!(
+        "{:<28} {:>12} {:>12} {:>14.1}",
+        "first connection (mesh)",
+        packed(&first),
+        json(&first),
+        built.as_secs_f64() * 1e3
+    );
+    println!(
+        "{:<28} {:>12} {:>12} {:>14.1}",
+        "failover (mesh by name)",
+        packed(&failover),
+        json(&failover),
+        named_step.as_secs_f64() * 1e3
+    );
+    println!(
+        "ratio (first / failover)     {:>12.0} {:>12.0}",
+        packed(&first) as f64 / packed(&failover) as f64,
+        json(&first) as f64 / json(&failover) as f64
+    );
+}
+
 fn main() {
     print_header();
     cubes();
     awake();
     jointed();
+    events(true);
+    events(false);
+    level();
 }
