@@ -313,8 +313,9 @@ impl SolverGroups {
 }
 
 /// A trigger volume (bevy_rapier3d's `Sensor`): it detects what enters it (with
-/// [`ActiveEvents::COLLISION_EVENTS`]) and pushes nothing. A sensor notices bodies of
-/// every type, a kinematic character walking into a fixed zone included.
+/// [`ActiveEvents::COLLISION_EVENTS`]) and pushes nothing. A sensor notices every moving
+/// body, a kinematic character walking into a fixed zone included, but not the fixed
+/// geometry it overlaps.
 #[derive(Component, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Sensor;
 

@@ -67,7 +67,7 @@ fn plain(scene: &Scene) -> (rapier3d::prelude::PhysicsWorld, std::collections::H
             collider = collider.active_events(ActiveEvents::COLLISION_EVENTS);
         }
         if d.sensor {
-            collider = collider.active_collision_types(ActiveCollisionTypes::all());
+            collider = collider.active_collision_types(ActiveCollisionTypes::all() - ActiveCollisionTypes::FIXED_FIXED);
         }
         handles.insert(d.id, world.insert(body, collider).0);
     }

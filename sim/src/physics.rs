@@ -951,10 +951,10 @@ impl PhysicsWorld {
             // The body id, for the events.
             .user_data(u128::from(d.id));
         if d.sensor {
-            // A trigger zone notices every kind of body: a kinematic character walking
-            // into a fixed zone too (rapier's default leaves out pairs without a
-            // dynamic body).
-            collider = collider.active_collision_types(ActiveCollisionTypes::all());
+            // A trigger zone notices every moving body: a kinematic character walking into
+            // a fixed zone too (rapier's default leaves out pairs without a dynamic body),
+            // but not the level's fixed geometry it overlaps.
+            collider = collider.active_collision_types(ActiveCollisionTypes::all() - ActiveCollisionTypes::FIXED_FIXED);
         }
         if let Some(offset) = d.collider_offset {
             let rotation = unit_quat("collider_offset.rotation", offset.rotation).expect("validated");

@@ -275,3 +275,17 @@ fn hostile_event_settings_and_touching_pairs_get_clear_errors_and_leave_the_worl
     let too_many = touching((0..=p2c2r_protocol::limits::MAX_TOUCHING_PAIRS as u64).map(|i| [i, i + 1]).collect());
     assert_eq!(world.step(&too_many).expect_err("too many").code, ErrorCode::LimitExceeded);
 }
+
+#[test]
+fn a_fixed_trigger_zone_on_the_ground_does_not_report_the_ground() {
+    let mut world = PhysicsWorld::new();
+    // The zone overlaps the ground and a fixed wall; only the falling ball is news.
+    let wall =
+        BodyDesc::new(5, Shape::Box { half_extents: [0.2, 2.0, 3.0] }, [0.5, 2.0, 0.0]).with_body_type(BodyType::Fixed);
+    let falling = BodyDesc::new(7, Shape::Sphere { radius: 0.3 }, [0.0, 4.0, 0.0]);
+    let first = world.step(&snapshot(vec![ground(0), sensor_zone(1, [0.0, 0.5, 0.0]), wall, falling])).unwrap();
+    assert!(first.events.is_empty(), "{:?}", first.events);
+    let events = run(&mut world, 1, 120);
+    let pairs: BTreeSet<(BodyId, BodyId)> = events.iter().map(|(_, e)| (e.body1, e.body2)).collect();
+    assert_eq!(pairs, BTreeSet::from([(1, 7)]), "only the ball entered the zone: {events:?}");
+}
