@@ -103,15 +103,18 @@ fn packed_bytes(outcome: &TaskOutcome) -> Option<std::borrow::Cow<'_, [u8]>> {
     }
 }
 
-/// Checks every body state of a result ([`check_body_state`]).
+/// Checks every body state of a result ([`check_body_state`]) and its events (sorted,
+/// bounded, finite: what a world reports; a packed result was checked as it was decoded).
 fn checked_physics(result: PhysicsStepResult) -> Result<PhysicsStepResult, TaskError> {
+    let bad = |why: String| {
+        TaskError::new(ErrorCode::InvalidPayload, format!("bad physics result: {why}"))
+            .with_tick(result.tick)
+            .with_resync()
+    };
     for body in &result.bodies {
-        if let Err(why) = check_body_state(body) {
-            return Err(TaskError::new(ErrorCode::InvalidPayload, format!("bad physics result: {why}"))
-                .with_tick(result.tick)
-                .with_resync());
-        }
+        check_body_state(body).map_err(bad)?;
     }
+    p2c2r_protocol::packed::check_events(&result.events).map_err(|e| bad(format!("events: {e}")))?;
     Ok(result)
 }
 

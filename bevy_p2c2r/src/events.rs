@@ -16,6 +16,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use bevy::math::Vec3;
 use bevy::prelude::{Entity, Message, MessageWriter, ResMut, Resource};
+use p2c2r_protocol::limits::MAX_TOUCHING_PAIRS;
 use p2c2r_protocol::physics::{BodyDesc, BodyId, EventKind, PhysicsEvent, active_events};
 
 use crate::ids::EntityIds;
@@ -80,10 +81,15 @@ impl Contacts {
     /// written. A world that contradicts the pairs held (a start of a touching pair, a
     /// stop of another) is answered by keeping the pairs consistent and dropping the
     /// contradiction, never by a second start.
+    ///
+    /// At most [`MAX_TOUCHING_PAIRS`] pairs are kept (what a snapshot may carry): a
+    /// start past it, which only a broken or lying world reports, is dropped (and its
+    /// stop with it), so a peer cannot grow the gamer's memory.
     pub fn record(&mut self, events: &[PhysicsEvent]) {
         for e in events {
             let pair = [e.body1, e.body2];
             let keep = match e.kind {
+                EventKind::Started { .. } if self.touching.len() >= MAX_TOUCHING_PAIRS => false,
                 EventKind::Started { .. } => self.touching.insert(pair),
                 EventKind::Stopped { .. } => self.touching.remove(&pair),
                 EventKind::ContactForce { .. } => true,
@@ -205,5 +211,20 @@ mod tests {
         assert_eq!(contacts.for_snapshot(&[listening(1), listening(2)]), [[1, 2]]);
         assert_eq!(contacts.pending, [event(1, 3, EventKind::Stopped { sensor: false, removed: true })]);
         assert_eq!(contacts.touching().len(), 1);
+    }
+
+    #[test]
+    fn a_lying_world_cannot_grow_the_touching_pairs_past_what_a_snapshot_may_carry() {
+        let mut contacts = Contacts::default();
+        let starts: Vec<PhysicsEvent> = (0..MAX_TOUCHING_PAIRS as u64 + 10)
+            .map(|i| event(i, i + 1, EventKind::Started { sensor: false }))
+            .collect();
+        contacts.record(&starts);
+        assert_eq!((contacts.touching().len(), contacts.pending.len()), (MAX_TOUCHING_PAIRS, MAX_TOUCHING_PAIRS));
+        // The stop of a dropped start is dropped too: every delivered start has one stop.
+        contacts.pending.clear();
+        let last = MAX_TOUCHING_PAIRS as u64 + 5;
+        contacts.record(&[event(last, last + 1, EventKind::Stopped { sensor: false, removed: false })]);
+        assert!(contacts.pending.is_empty());
     }
 }

@@ -56,6 +56,11 @@ pub(crate) struct PhysicsProbe {
     forces: BodyList,
     impulses: BodyList,
     kinematic_targets: BodyList,
+    wake: BodyList,
+    sleep: BodyList,
+    add_joints: Option<CountedSeq<{ limits::MAX_BODIES_PER_SESSION }>>,
+    remove_joints: Option<CountedSeq<{ limits::MAX_BODIES_PER_SESSION }>>,
+    touching: Option<CountedSeq<{ limits::MAX_TOUCHING_PAIRS }>>,
 }
 
 #[derive(Deserialize)]

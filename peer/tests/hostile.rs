@@ -470,3 +470,95 @@ async fn malformed_packed_payloads_are_refused_and_the_honest_gamer_keeps_every_
     peer.shutdown().await;
     coord.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_events_touching_pairs_and_cached_shapes_get_clear_errors_and_the_honest_gamer_keeps_every_tick() {
+    use p2c2r_protocol::physics::active_events;
+    let coord = coordinator::spawn("127.0.0.1:0", coordinator::Config::default()).await.unwrap();
+    let url = coord.url();
+    let peer = worker_peer(&url, "peer-events", 2, 1024).await;
+    let mut honest = gamer::connect(&url, "honest").await;
+    let mut attacker = gamer::connect(&url, "attacker").await;
+    let listening = |id: u64| BodyDesc {
+        active_events: active_events::ALL,
+        ..BodyDesc::new(id, Shape::Sphere { radius: 0.5 }, [id as f32 * 2.0, 1.0, 0.0])
+    };
+    let snapshot = |add: Vec<BodyDesc>, touching: Vec<[u64; 2]>| PhysicsStepRequest {
+        tick: 0,
+        snapshot: true,
+        dt: DT,
+        steps: 1,
+        add,
+        touching,
+        ..Default::default()
+    };
+    let mesh = |n: u32| {
+        let vertices = (0..n).flat_map(|i| [[i as f32, 0.0, 0.0], [i as f32, 0.0, 1.0]]).collect();
+        let indices =
+            (0..n - 1).flat_map(|i| [[2 * i, 2 * i + 1, 2 * i + 2], [2 * i + 1, 2 * i + 3, 2 * i + 2]]).collect();
+        Shape::TriMesh { vertices, indices }
+    };
+    let Some(Shape::Cached { sha256, elements }) = mesh(300).to_cached() else { unreachable!("a large mesh") };
+    let fixed = |shape| BodyDesc::new(9, shape, [0.0; 3]).with_body_type(BodyType::Fixed);
+    let mut bad_bits = listening(1);
+    bad_bits.active_events = 0xf0;
+    let mut bad_threshold = listening(1);
+    bad_threshold.contact_force_threshold = -1.0;
+    let attacks: Vec<(&str, PhysicsStepRequest, ErrorCode)> = vec![
+        (
+            "touching outside a snapshot",
+            PhysicsStepRequest { touching: vec![[1, 2]], ..tick(1) },
+            ErrorCode::InvalidPayload,
+        ),
+        ("an unsorted pair", snapshot(vec![listening(1), listening(2)], vec![[2, 1]]), ErrorCode::InvalidPayload),
+        ("a pair of unknown bodies", snapshot(vec![listening(1)], vec![[1, u64::MAX]]), ErrorCode::InvalidPayload),
+        ("unknown event bits", snapshot(vec![bad_bits], vec![]), ErrorCode::InvalidPayload),
+        ("a negative threshold", snapshot(vec![bad_threshold], vec![]), ErrorCode::InvalidPayload),
+        (
+            "too many touching pairs",
+            snapshot(vec![listening(1)], (0..=200_000u64).map(|i| [i, i + 1]).collect()),
+            ErrorCode::LimitExceeded,
+        ),
+        (
+            "a name the peer never saw",
+            snapshot(vec![fixed(Shape::Cached { sha256, elements })], vec![]),
+            ErrorCode::MissingShape,
+        ),
+        (
+            "a name under a cached part",
+            snapshot(
+                vec![fixed(Shape::Compound {
+                    parts: vec![p2c2r_protocol::physics::CompoundPart {
+                        shape: Shape::Cached { sha256, elements },
+                        position: [0.0; 3],
+                        rotation: [0.0, 0.0, 0.0, 1.0],
+                    }],
+                })],
+                vec![],
+            ),
+            ErrorCode::InvalidPayload,
+        ),
+    ];
+    let (first, _) = honest.physics("s", &honest_snapshot(0)).await.unwrap();
+    assert_eq!(first.tick, 0);
+    // The attacker's own session exists (at tick 0): a refused request leaves it there.
+    attacker.physics("attack", &snapshot(vec![listening(1), listening(2)], vec![])).await.expect("a valid world");
+    for (t, (what, request, code)) in (1..).zip(attacks) {
+        let e = attacker.physics("attack", &request).await.expect_err(what);
+        assert_eq!(e.code, code, "{what}: {e:?}");
+        assert!(!e.message.is_empty(), "{what}");
+        let (r, _) = honest.physics("s", &tick(t)).await.unwrap_or_else(|e| panic!("{what}: tick {t}: {e:?}"));
+        assert_eq!(r.tick, t);
+    }
+    // Sent itself, the mesh is kept; named afterwards, it is found; a wrong count is not.
+    attacker.physics("level", &snapshot(vec![fixed(mesh(300))], vec![])).await.expect("the mesh itself");
+    attacker
+        .physics("level", &snapshot(vec![fixed(Shape::Cached { sha256, elements })], vec![]))
+        .await
+        .expect("by name");
+    let wrong = snapshot(vec![fixed(Shape::Cached { sha256, elements: elements + 7 })], vec![]);
+    assert_eq!(attacker.physics("level", &wrong).await.expect_err("a wrong count").code, ErrorCode::InvalidPayload);
+    assert_eq!(peer.workers_lost(), 0);
+    peer.shutdown().await;
+    coord.shutdown().await;
+}

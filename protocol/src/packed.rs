@@ -1669,9 +1669,10 @@ fn check_ascending<I: IntoIterator<Item = BodyId>>(ids: I, what: &'static str) -
 
 /// Ascending ids as gaps: the first id, then each id minus the previous one minus one.
 /// Events must come in the order a world reports them (by step, kind rank, body ids;
-/// each pair's smaller id first, no repeats) and hold finite forces: one encoding per
-/// tick's events.
-fn check_events(events: &[PhysicsEvent]) -> Result<()> {
+/// each pair's smaller id first, no repeats), at most
+/// [`limits::MAX_EVENTS_PER_TICK`], and hold finite forces: one encoding per tick's
+/// events. A gamer checks a JSON result's events with it too.
+pub fn check_events(events: &[PhysicsEvent]) -> Result<()> {
     if events.len() > limits::MAX_EVENTS_PER_TICK {
         let count = events.len() as u64;
         return Err(PackedError::TooMany { what: "events", count, max: limits::MAX_EVENTS_PER_TICK });

@@ -112,3 +112,49 @@ fn the_documented_events_are_what_the_encoder_writes() {
     assert_eq!(hex(&frame), "51 01 21 05 02 08 02 02 05 02 06 00");
     assert_eq!(ResultDecoder::new().decode(&frame).unwrap(), result);
 }
+
+/// A snapshot that names a cached level mesh, adds a ball that reports its collisions,
+/// hangs it from the world on a ball joint, and says the two touch.
+fn documented_snapshot() -> PhysicsStepRequest {
+    use p2c2r_protocol::physics::{BodyType, JointDesc, JointKind, ShapeHash, active_events};
+    let level = BodyDesc::new(1, Shape::Cached { sha256: ShapeHash([0x5a; 32]), elements: 300 }, [0.0; 3])
+        .with_body_type(BodyType::Fixed);
+    let ball = BodyDesc {
+        active_events: active_events::COLLISION_EVENTS,
+        ..BodyDesc::new(2, Shape::Sphere { radius: 0.5 }, [0.0, 0.5, 0.0])
+    };
+    let joint = JointDesc {
+        id: 7,
+        body1: 2,
+        body2: None,
+        kind: JointKind::Spherical,
+        anchor1: [0.0, 0.5, 0.0],
+        anchor2: [0.0, 1.5, 0.0],
+        contacts_enabled: true,
+    };
+    PhysicsStepRequest {
+        tick: 0,
+        snapshot: true,
+        dt: DT,
+        steps: 1,
+        add: vec![level, ball],
+        add_joints: vec![joint],
+        touching: vec![[1, 2]],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn the_documented_cached_shape_joint_and_touching_pair_are_what_encode_request_writes() {
+    let request = documented_snapshot();
+    let mut bytes = Vec::new();
+    encode_request(&request, &mut bytes);
+    let hash = vec!["5a"; 32].join(" ");
+    let expected = format!(
+        "50 01 01 81 14 00 89 88 88 3c 02 02 0b 00 0b {hash} ac 02 00 00 00 02 01 80 00 00 00 3f 80 10 01 00 80 80 01 00 \
+         01 0e 03 02 12 00 00 00 3f 00 00 c0 3f 01 02 02"
+    );
+    assert_eq!(hex(&bytes), expected);
+    assert_eq!(bytes.len(), 83);
+    assert_eq!(decode_request(&bytes).unwrap(), request);
+}
