@@ -12,7 +12,7 @@
 //! it out. So every `Started` is followed by exactly one `Stopped`, whoever steps the
 //! world.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 use bevy::math::Vec3;
 use bevy::prelude::{Entity, Message, MessageWriter, ResMut, Resource};
@@ -40,9 +40,10 @@ impl CollisionEventFlags {
 
 /// Two bodies started or stopped touching (bevy_rapier3d's `CollisionEvent`), for the
 /// bodies with [`crate::ActiveEvents::COLLISION_EVENTS`]. The first entity is the body
-/// with the smaller id. Written in the Apply stage, right after the [`crate::PhysicsStepped`]
-/// of the tick it happened in, in a deterministic order (by step, stops before starts,
-/// then by body ids).
+/// with the smaller id. Written in the Apply stage after the [`crate::PhysicsStepped`]
+/// of the tick it happened in (results applied in a hurry before a snapshot is sent have
+/// theirs written at the next Apply), in a deterministic order (by step, stops before
+/// starts, then by body ids).
 #[derive(Message, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CollisionEvent {
     /// They started touching (one entered the other, a sensor).
@@ -72,7 +73,8 @@ pub struct ContactForceEvent {
 /// The pairs touching and the events waiting to be written (plugin-internal).
 #[derive(Resource, Default, Debug)]
 pub(crate) struct Contacts {
-    touching: BTreeSet<[BodyId; 2]>,
+    /// Pairs touching, with whether one of them is a sensor.
+    touching: BTreeMap<[BodyId; 2], bool>,
     pending: Vec<PhysicsEvent>,
 }
 
@@ -90,8 +92,8 @@ impl Contacts {
             let pair = [e.body1, e.body2];
             let keep = match e.kind {
                 EventKind::Started { .. } if self.touching.len() >= MAX_TOUCHING_PAIRS => false,
-                EventKind::Started { .. } => self.touching.insert(pair),
-                EventKind::Stopped { .. } => self.touching.remove(&pair),
+                EventKind::Started { sensor } => self.touching.insert(pair, sensor).is_none(),
+                EventKind::Stopped { .. } => self.touching.remove(&pair).is_some(),
                 EventKind::ContactForce { .. } => true,
             };
             if keep {
@@ -105,18 +107,16 @@ impl Contacts {
     /// are reported stopped, removed, now.
     pub fn for_snapshot(&mut self, add: &[BodyDesc]) -> Vec<[BodyId; 2]> {
         let events: HashMap<BodyId, u8> = add.iter().map(|d| (d.id, d.active_events)).collect();
-        let sensors: HashMap<BodyId, bool> = add.iter().map(|d| (d.id, d.sensor)).collect();
         let mut kept = Vec::with_capacity(self.touching.len());
         let mut gone = Vec::new();
-        for &[a, b] in &self.touching {
+        for (&[a, b], &sensor) in &self.touching {
             match (events.get(&a), events.get(&b)) {
                 (Some(ea), Some(eb)) if (ea | eb) & active_events::COLLISION_EVENTS != 0 => kept.push([a, b]),
-                _ => gone.push([a, b]),
+                _ => gone.push(([a, b], sensor)),
             }
         }
-        for [a, b] in gone {
+        for ([a, b], sensor) in gone {
             self.touching.remove(&[a, b]);
-            let sensor = sensors.get(&a).copied().unwrap_or(false) || sensors.get(&b).copied().unwrap_or(false);
             let kind = EventKind::Stopped { sensor, removed: true };
             self.pending.push(PhysicsEvent { step: 0, body1: a, body2: b, kind });
         }
@@ -125,8 +125,8 @@ impl Contacts {
 
     /// The pairs touching now.
     #[cfg(test)]
-    pub fn touching(&self) -> &BTreeSet<[BodyId; 2]> {
-        &self.touching
+    pub fn touching(&self) -> Vec<[BodyId; 2]> {
+        self.touching.keys().copied().collect()
     }
 }
 
@@ -157,6 +157,7 @@ pub(crate) fn write_physics_events(
                 max_force_direction,
                 max_force_magnitude,
             } => {
+                stats.events.contact_forces += 1;
                 forces.write(ContactForceEvent {
                     collider1: a,
                     collider2: b,
@@ -200,7 +201,7 @@ mod tests {
         contacts.record(&[event(1, 2, started)]);
         assert_eq!(contacts.pending.len(), 3);
         contacts.record(&[event(2, 3, EventKind::Stopped { sensor: false, removed: false })]);
-        assert_eq!(contacts.touching().iter().copied().collect::<Vec<_>>(), [[1, 2], [1, 3]]);
+        assert_eq!(contacts.touching(), [[1, 2], [1, 3]]);
         contacts.pending.clear();
         // Body 3 was removed by the game and its removal never answered: the snapshot
         // leaves it out, and its pair stops here.

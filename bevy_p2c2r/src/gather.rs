@@ -130,6 +130,7 @@ pub(crate) fn register_joints(
         if joints.contains(entity) {
             continue; // removed and added again in the same frame
         }
+        ids.refused_joints.remove(&entity);
         if let Some(id) = ids.joints.remove_entity(entity)
             && let Some(desc) = ids.joint_descs.remove(&id)
             && alive(ids, &desc)
@@ -138,6 +139,9 @@ pub(crate) fn register_joints(
         }
     }
     for (entity, joint) in &joints {
+        if ids.refused_joints.contains(&entity) && !joint.is_changed() {
+            continue;
+        }
         let Some(body) = ids.bodies.id(entity) else { continue };
         let parent = match joint.parent {
             Some(parent) => match ids.bodies.id(parent) {
@@ -155,13 +159,29 @@ pub(crate) fn register_joints(
         if same_bodies && !joint.is_changed() {
             continue;
         }
-        let (id, old) = ids.joints.assign(entity);
+        // A joint the world would refuse (a body joined to itself, a zero axis, limits the
+        // wrong way round) would get every tick refused: it is left out, with a warning,
+        // and the joint it replaces goes.
+        let checked = p2c2r_sim::physics::check_joint_alone(&joint.desc(0, body, parent));
+        let (id, old) = match checked {
+            Ok(()) => {
+                ids.refused_joints.remove(&entity);
+                let (id, old) = ids.joints.assign(entity);
+                (Some(id), old)
+            }
+            Err(e) => {
+                tracing::warn!(?entity, error = %e.message, "p2c2r: this joint is not offloaded");
+                ids.refused_joints.insert(entity);
+                (None, ids.joints.remove_entity(entity))
+            }
+        };
         if let Some(old) = old
             && let Some(desc) = ids.joint_descs.remove(&old)
             && alive(ids, &desc)
         {
             changes.remove_joints.push(old);
         }
+        let Some(id) = id else { continue };
         let desc = joint.desc(id, body, parent);
         ids.joint_descs.insert(id, desc.clone());
         changes.add_joints.push(desc);
@@ -229,10 +249,11 @@ pub(crate) fn collect_changes(
         if bodies.contains(entity) {
             continue; // removed and re-added in the same frame
         }
+        // (A body that left the world's bounds was forgotten already, its shape not.)
+        names.unregister(entity);
         if let Some(id) = ids.bodies.remove_entity(entity) {
             changes.remove.push(id);
             ids.depart(id, entity);
-            names.unregister(entity);
         }
     }
     for entity in std::mem::take(&mut ids.removed_agents) {

@@ -93,6 +93,8 @@ pub(crate) struct EntityIds {
     pub joint_descs: std::collections::BTreeMap<JointId, JointDesc>,
     /// Entities whose `ImpulseJoint` was removed since the last tick.
     pub removed_joints: Vec<Entity>,
+    /// Entities whose `ImpulseJoint` a world would refuse (checked again when it changes).
+    pub refused_joints: HashSet<Entity>,
 }
 
 /// How many given-up body ids [`EntityIds`] remembers the entity of.
@@ -132,6 +134,7 @@ impl Default for EntityIds {
             joints: IdMap::new(),
             joint_descs: std::collections::BTreeMap::new(),
             removed_joints: Vec::new(),
+            refused_joints: HashSet::new(),
         }
     }
 }

@@ -587,6 +587,16 @@ impl OffloadController {
         self.local_synced = false;
     }
 
+    /// The peers' physics world was corrected after a replica lied: the next request is
+    /// a snapshot (what the gamer learnt from the lie's events, the touching pairs, is set
+    /// right by the honest world's answer to it). Only while peers serve: in fallback
+    /// the hand-back sends one anyway.
+    pub fn resync_physics(&mut self) {
+        if self.mode == OffloadMode::Offloaded {
+            self.stream(StreamKind::Physics).reset();
+        }
+    }
+
     /// The navigation grid changed: the peer's AI session needs it again.
     pub fn grid_changed(&mut self) {
         self.stream(StreamKind::Ai).refresh();

@@ -80,7 +80,15 @@ pub(crate) fn receive(
                 r.fail(&task_id, sent, TaskError::new(ErrorCode::Other, error.to_string()))
             }
             // How the coordinator replicates a session: published in the stats.
-            ClientEvent::SessionStatus(status) => r.stats.record_session_status(status),
+            ClientEvent::SessionStatus(status) => {
+                let corrected =
+                    status.session_id == r.stats.session_id && status.corrections > r.stats.replication.corrections;
+                r.stats.record_session_status(status);
+                if corrected {
+                    // A liar's events may have reached the game: resync what it learnt.
+                    r.offload.controller.resync_physics();
+                }
+            }
         }
     }
     publish_mode_changes(r.offload, r.stats, &mut r.out.mode);

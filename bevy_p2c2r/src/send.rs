@@ -118,8 +118,10 @@ pub(crate) fn send_tick(
         // The pairs touching travel with the snapshot: events stay exactly once.
         request.touching = p.contacts.for_snapshot(&request.add);
     }
-    if physics.to_peer {
-        // Large shapes the peer was sent go by name.
+    if physics.to_peer && !p.stats.replicated() {
+        // Large shapes the peer was sent go by name. Not in a replicated or audited
+        // session: a replica that joins by replaying the session's log must find every
+        // shape in it.
         p.names.name(&mut request);
     }
 

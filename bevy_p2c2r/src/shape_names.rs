@@ -2,7 +2,8 @@
 //! later snapshots name them ([`Shape::Cached`]) instead of sending them again.
 //!
 //! The rule: a large shape (see [`Shape::is_cacheable`]) goes itself the first time the
-//! session sends it, and by name afterwards. A peer that lacks a name (a failover to a
+//! session sends it, and by name afterwards (not in a replicated or audited session: a
+//! replica that joins by replaying the session's log must find every shape in it). A peer that lacks a name (a failover to a
 //! peer that never saw the level) answers `missing_shape` with a resync; the plugin then
 //! forgets what it sent ([`ShapeNames::forget_sent`]) and the resync's snapshot carries
 //! the shapes themselves again. The local fallback resolves names from the colliders the
@@ -46,8 +47,11 @@ impl ShapeNames {
         }
     }
 
-    /// Names, in `request`, the large shapes already sent; marks the others sent.
+    /// Names, in `request`, the large shapes sent before it; marks the others sent (every
+    /// body of the request that uses one gets the shape itself: the peer keeps it only
+    /// once the request is checked).
     pub fn name(&mut self, request: &mut PhysicsStepRequest) {
+        let mut sending = Vec::new();
         for desc in &mut request.add {
             if !desc.shape.is_cacheable() {
                 continue;
@@ -56,9 +60,10 @@ impl ShapeNames {
             if self.sent.contains(&hash) {
                 desc.shape = Shape::Cached { sha256: hash, elements: desc.shape.elements() as u64 };
             } else {
-                self.sent.insert(hash);
+                sending.push(hash);
             }
         }
+        self.sent.extend(sending);
     }
 
     /// The peer lacked a name: the next snapshot sends every large shape itself.
@@ -115,8 +120,11 @@ mod tests {
             ..Default::default()
         };
         let mut first = request(1);
+        // Two bodies of the first request share the shape: both carry it.
+        first.add.push(BodyDesc::new(10, floor.shape().clone(), [5.0, 0.0, 0.0]));
         names.name(&mut first);
         assert_eq!(first.add[0].shape, *floor.shape(), "the first time, the shape itself");
+        assert_eq!(first.add[2].shape, *floor.shape(), "for every body that uses it");
         let mut second = request(3);
         names.name(&mut second);
         assert_eq!(&second.add[0].shape, floor.cached().unwrap(), "then its name");

@@ -350,6 +350,8 @@ fn session_statuses_reach_the_stats_and_diagnostics_and_odd_ones_harm_nothing() 
     assert_eq!(s.session_status("phys").map(|st| st.replicas_wanted), Some(2));
     assert_eq!(s.session_status("never-used").map(|st| st.disagreements), Some(u64::MAX));
     assert!(s.network.round_trip_ms.is_some(), "the smoothed round trip is published: {s:?}");
+    // The correction sent the world again: what a liar's events left is set right.
+    assert_eq!(s.snapshots_sent, 2, "the first snapshot and one after the correction: {s:?}");
     let store = app.world().resource::<DiagnosticsStore>();
     let value = |path| store.get_measurement(&path).map(|m| m.value);
     assert_eq!(value(diagnostics::REPLICAS_WANTED), Some(2.0));

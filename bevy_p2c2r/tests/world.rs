@@ -136,6 +136,17 @@ fn joints_are_created_changed_and_removed_from_components() {
             Transform::from_xyz(5.7, 1.0, 0.0),
         ))
         .id();
+    // Joints a world would refuse are left out (with a warning), and cost no tick: a
+    // body joined to itself, a hinge without an axis.
+    let lone =
+        app.world_mut().spawn((RigidBody::Dynamic, Collider::ball(0.2), Transform::from_xyz(-5.0, 1.0, 0.0))).id();
+    app.world_mut().entity_mut(lone).insert(ImpulseJoint::new(lone, JointData::spherical()));
+    app.world_mut().spawn((
+        RigidBody::Dynamic,
+        Collider::ball(0.2),
+        ImpulseJoint::to_world(JointData::revolute(Vec3::ZERO)),
+        Transform::from_xyz(-7.0, 1.0, 0.0),
+    ));
     for _ in 0..120 {
         app.update();
     }

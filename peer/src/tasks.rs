@@ -10,6 +10,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use p2c2r_protocol::ai::{AiNavigateRequest, AiNavigateResult};
 use p2c2r_protocol::physics::{PhysicsStepRequest, Shape};
 use p2c2r_protocol::{ErrorCode, Payload, TaskError, TaskSpec, TaskStatus, limits, packed, task_types, to_payload};
+use p2c2r_sim::shape_cache::ShapeCache;
 
 use crate::payload::{AiProbe, PhysicsProbe, parse, probe};
 use crate::seed;
@@ -206,10 +207,28 @@ fn step_session(
                 .map_err(|e| over_budget(e, tick))?;
             let world = session.physics.get_or_insert_with(PhysicsWorld::new);
             // Only a request that sends or names a large shape needs the store's shape
-            // cache (plain ticks never wait for its lock).
+            // cache (plain ticks never touch it), and then only for a moment: the names
+            // are looked up, the request runs with its own cache (building and hashing
+            // outside the lock), and its new shapes are kept once it succeeded.
             let shapes = request.add.iter().any(|d| d.shape.is_cacheable() || matches!(d.shape, Shape::Cached { .. }));
             let mut result = if shapes {
-                world.step_cached(request, &budgets, &mut sessions.shape_cache())?
+                let mut own = ShapeCache::new(usize::MAX);
+                {
+                    let mut store = sessions.shape_cache();
+                    for d in &request.add {
+                        if let Shape::Cached { sha256, .. } = &d.shape
+                            && let Some(shape) = store.get(sha256)
+                        {
+                            own.insert(*sha256, shape);
+                        }
+                    }
+                }
+                let result = world.step_cached(request, &budgets, &mut own)?;
+                let mut store = sessions.shape_cache();
+                for (hash, shape) in own.drain() {
+                    store.insert_for(gamer.unwrap_or_default(), hash, shape);
+                }
+                result
             } else {
                 world.step_limited(request, &budgets)?
             };

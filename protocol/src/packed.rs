@@ -1682,6 +1682,10 @@ pub fn check_events(events: &[PhysicsEvent]) -> Result<()> {
         if e.body1 >= e.body2 {
             return Err(PackedError::Unsorted { what: "an event's bodies", id: e.body2, previous: e.body1 });
         }
+        // Steps 0..steps, and `steps` for bodies removed after the last one.
+        if e.step > limits::MAX_STEPS_PER_TICK {
+            return Err(PackedError::OutOfRange("an event's step"));
+        }
         let key = (e.step, e.kind.rank(), e.body1, e.body2);
         if previous.is_some_and(|p| p >= key) {
             return Err(PackedError::Unsorted { what: "events", id: e.body1, previous: previous.map_or(0, |p| p.2) });

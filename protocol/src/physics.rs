@@ -203,6 +203,11 @@ impl BodyType {
     pub fn is_dynamic(self) -> bool {
         self == BodyType::Dynamic
     }
+
+    /// Whether it is kinematic (moved by position or by velocity).
+    pub fn is_kinematic(self) -> bool {
+        matches!(self, BodyType::Kinematic | BodyType::KinematicVelocity)
+    }
 }
 
 /// A collision shape, in the body's frame (or the collider's, see

@@ -405,6 +405,17 @@ impl PhysicsWorld {
                 return Err(e.with_tick(tick));
             }
         };
+        if self.events.count() > limits::MAX_EVENTS_PER_TICK {
+            // Bodies that left the world added theirs past the bound.
+            let events = self.events.count();
+            *self = PhysicsWorld::new();
+            return Err(limit(format!(
+                "the tick raised {events} events; at most {} are allowed; the session was dropped, ask fewer bodies for events",
+                limits::MAX_EVENTS_PER_TICK
+            ))
+            .with_resync()
+            .with_tick(tick));
+        }
         self.last_tick = Some(tick);
         let events = self.events.finish_tick();
         let digest = Some(format!("{:016x}", self.digest()));
@@ -602,18 +613,43 @@ impl PhysicsWorld {
             if let Shape::Cached { sha256, .. } = &desc.shape {
                 match cache.as_deref_mut().and_then(|c| c.get(sha256)) {
                     Some(shape) => *slot = Some(shape),
-                    None => missing.push(sha256.to_hex()),
+                    None => missing.push(*sha256),
                 }
             }
         }
         if !missing.is_empty() {
+            // A name the cache lacks may stand for a shape this very request sends itself
+            // (another body's): build that one once, and use it for both.
+            let wanted: HashSet<ShapeHash> = missing.iter().copied().collect();
+            let mut inline: HashMap<ShapeHash, Arc<CachedShape>> = HashMap::new();
+            for d in r.add.iter().filter(|d| d.shape.is_cacheable()) {
+                let hash = ShapeHash::of(&d.shape);
+                if wanted.contains(&hash) && !inline.contains_key(&hash) {
+                    inline.insert(hash, Arc::new(CachedShape::build(&d.shape, &format!("add: body {}", d.id))?));
+                }
+            }
+            for (desc, slot) in r.add.iter().zip(&mut cached) {
+                if let Shape::Cached { sha256, .. } = &desc.shape
+                    && slot.is_none()
+                {
+                    *slot = inline.get(sha256).cloned();
+                }
+            }
+            missing.retain(|hash| !inline.contains_key(hash));
+        }
+        if !missing.is_empty() {
             missing.sort();
             missing.dedup();
+            // Named in the message, a few at most (the message must stay small).
+            let mut names: Vec<String> = missing.iter().take(4).map(ShapeHash::to_hex).collect();
+            if missing.len() > 4 {
+                names.push(format!("and {} more", missing.len() - 4));
+            }
             return Err(TaskError::new(
                 ErrorCode::MissingShape,
                 format!(
                     "add: this peer does not hold the cached shape(s) {}; send the snapshot with the shapes themselves",
-                    missing.join(", ")
+                    names.join(", ")
                 ),
             )
             .with_resync());
@@ -953,8 +989,13 @@ impl PhysicsWorld {
         if d.sensor {
             // A trigger zone notices every moving body: a kinematic character walking into
             // a fixed zone too (rapier's default leaves out pairs without a dynamic body),
-            // but not the level's fixed geometry it overlaps.
-            collider = collider.active_collision_types(ActiveCollisionTypes::all() - ActiveCollisionTypes::FIXED_FIXED);
+            // but never fixed geometry (a fixed zone overlapping the level, a kinematic
+            // zone moving through it).
+            let mut types = ActiveCollisionTypes::all() - ActiveCollisionTypes::FIXED_FIXED;
+            if d.body_type.is_kinematic() {
+                types -= ActiveCollisionTypes::KINEMATIC_FIXED;
+            }
+            collider = collider.active_collision_types(types);
         }
         if let Some(offset) = d.collider_offset {
             let rotation = unit_quat("collider_offset.rotation", offset.rotation).expect("validated");
@@ -1098,7 +1139,8 @@ impl PhysicsWorld {
                 states.push(snapped);
             }
         }
-        self.remove_bodies(&removed, steps.saturating_sub(1));
+        // Reported after the tick's last step (whose own events come first).
+        self.remove_bodies(&removed, steps);
         Ok((states, removed))
     }
 }
@@ -1564,6 +1606,18 @@ fn validate_touching(r: &PhysicsStepRequest) -> Result<(), TaskError> {
         }
     }
     Ok(())
+}
+
+/// Checks a joint on its own, as a world would (not whether its bodies exist): two
+/// different bodies, anchors within the world, a usable axis, ordered limits, motor gains
+/// and spring constants finite and not negative. A gamer checks its joints with it before
+/// sending them, so that one bad joint never gets a whole tick refused.
+pub fn check_joint_alone(j: &JointDesc) -> Result<(), TaskError> {
+    let what = format!("joint {}", j.id);
+    if j.body2 == Some(j.body1) {
+        return Err(invalid(format!("{what} joins body {} to itself", j.body1)));
+    }
+    check_joint(j, &what)
 }
 
 /// Checks a joint's values: anchors within the world, a usable axis, ordered limits,

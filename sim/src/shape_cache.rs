@@ -9,8 +9,9 @@
 //! held the shape for this or any other session, sends 40 bytes instead of the mesh.
 //!
 //! The cache is bounded by bytes (each shape costs its elements × [`BYTES_PER_ELEMENT`])
-//! and forgets the least recently used shape first. Forgetting costs a resend, never a
-//! wrong world: a reference to a shape the cache lacks is answered `missing_shape` and
+//! and forgets the least recently used shape first; the shapes one owner (a gamer) put in
+//! hold at most a quarter of it ([`ShapeCache::insert_for`]), so no gamer can flush the
+//! others' shapes on its own. Forgetting costs a resend, never a wrong world: a reference to a shape the cache lacks is answered `missing_shape` and
 //! the gamer sends the shape itself. A world keeps its own handle on the shapes its
 //! bodies use (they are charged to its session like any shape), so forgetting one does
 //! not change a running world either.
@@ -64,7 +65,10 @@ impl CachedShape {
 /// Built shapes by content hash, least recently used forgotten first past a byte budget.
 #[derive(Debug)]
 pub struct ShapeCache {
-    entries: HashMap<ShapeHash, (Arc<CachedShape>, u64)>,
+    /// Each shape, its last use stamp and who put it in.
+    entries: HashMap<ShapeHash, (Arc<CachedShape>, u64, Arc<str>)>,
+    /// Bytes each owner's shapes hold.
+    owners: HashMap<Arc<str>, usize>,
     /// Use stamps, oldest first.
     order: BTreeMap<u64, ShapeHash>,
     next_stamp: u64,
@@ -85,6 +89,7 @@ impl ShapeCache {
     pub fn new(budget: usize) -> Self {
         ShapeCache {
             entries: HashMap::new(),
+            owners: HashMap::new(),
             order: BTreeMap::new(),
             next_stamp: 0,
             bytes: 0,
@@ -97,7 +102,7 @@ impl ShapeCache {
     /// The shape named `hash`, marked used; `None` (a miss) when the cache lacks it.
     pub fn get(&mut self, hash: &ShapeHash) -> Option<Arc<CachedShape>> {
         let stamp = self.next_stamp;
-        let Some((shape, used)) = self.entries.get_mut(hash) else {
+        let Some((shape, used, _)) = self.entries.get_mut(hash) else {
             self.misses += 1;
             return None;
         };
@@ -109,23 +114,59 @@ impl ShapeCache {
         Some(shape.clone())
     }
 
-    /// Keeps `shape` under `hash` (which must be its [`ShapeHash::of`]), forgetting the
-    /// least recently used shapes to make room. A shape larger than the whole budget is
-    /// not kept.
+    /// Keeps `shape` under `hash` (which must be its [`ShapeHash::of`]), with no owner
+    /// quota (one process's own cache: the plugin's local fallback, a request's).
     pub fn insert(&mut self, hash: ShapeHash, shape: Arc<CachedShape>) {
-        if self.entries.contains_key(&hash) || shape.bytes() > self.budget {
+        self.insert_within(hash, shape, Arc::from(""), usize::MAX);
+    }
+
+    /// Keeps `shape` under `hash` for `owner`, whose shapes may hold at most a quarter of
+    /// the budget: past it, the owner's own least recently used shapes go first; past the
+    /// whole budget, anyone's. A shape larger than the owner's quarter is not kept.
+    pub fn insert_for(&mut self, owner: &str, hash: ShapeHash, shape: Arc<CachedShape>) {
+        let quota = self.budget / 4;
+        self.insert_within(hash, shape, Arc::from(owner), quota);
+    }
+
+    fn insert_within(&mut self, hash: ShapeHash, shape: Arc<CachedShape>, owner: Arc<str>, quota: usize) {
+        let bytes = shape.bytes();
+        if self.entries.contains_key(&hash) || bytes > self.budget || bytes > quota {
             return;
         }
-        while self.bytes + shape.bytes() > self.budget {
-            let Some((_, oldest)) = self.order.pop_first() else { break };
-            if let Some((gone, _)) = self.entries.remove(&oldest) {
-                self.bytes -= gone.bytes();
+        while self.owners.get(&owner).copied().unwrap_or(0) + bytes > quota {
+            let Some(oldest) = self.order.values().find(|h| self.entries[*h].2 == owner).copied() else { break };
+            self.forget(&oldest);
+        }
+        while self.bytes + bytes > self.budget {
+            let Some((_, &oldest)) = self.order.first_key_value() else { break };
+            self.forget(&oldest);
+        }
+        self.bytes += bytes;
+        *self.owners.entry(owner.clone()).or_default() += bytes;
+        self.order.insert(self.next_stamp, hash);
+        self.entries.insert(hash, (shape, self.next_stamp, owner));
+        self.next_stamp += 1;
+    }
+
+    fn forget(&mut self, hash: &ShapeHash) {
+        let Some((gone, stamp, owner)) = self.entries.remove(hash) else { return };
+        self.order.remove(&stamp);
+        self.bytes -= gone.bytes();
+        if let Some(held) = self.owners.get_mut(&owner) {
+            *held -= gone.bytes();
+            if *held == 0 {
+                self.owners.remove(&owner);
             }
         }
-        self.bytes += shape.bytes();
-        self.order.insert(self.next_stamp, hash);
-        self.entries.insert(hash, (shape, self.next_stamp));
-        self.next_stamp += 1;
+    }
+
+    /// Takes every shape out (a request's own cache, moved into a store's once the
+    /// request succeeded).
+    pub fn drain(&mut self) -> Vec<(ShapeHash, Arc<CachedShape>)> {
+        self.order.clear();
+        self.owners.clear();
+        self.bytes = 0;
+        self.entries.drain().map(|(hash, (shape, _, _))| (hash, shape)).collect()
     }
 
     /// Whether it holds `hash` (without marking it used).
@@ -181,6 +222,16 @@ mod tests {
         assert_eq!((cache.len(), cache.bytes()), (2, 2 * one));
         assert!(cache.get(&hashes[1]).is_none());
         assert_eq!(cache.hits_and_misses(), (1, 1));
+        // One owner's shapes hold at most a quarter: its own oldest go first.
+        let mut shared = ShapeCache::new(8 * one);
+        let many: Vec<Shape> = (0..4).map(|i| mesh(100, 10.0 + i as f32)).collect();
+        shared.insert_for("honest", hashes[0], Arc::new(CachedShape::build(&shapes[0], "mesh").unwrap()));
+        for shape in &many {
+            shared.insert_for("flooder", ShapeHash::of(shape), Arc::new(CachedShape::build(shape, "mesh").unwrap()));
+        }
+        assert!(shared.contains(&hashes[0]), "the flooder cannot push the honest gamer's shape out");
+        assert_eq!(shared.len(), 3, "the honest shape and the flooder's two newest");
+        assert!(shared.contains(&ShapeHash::of(&many[3])) && !shared.contains(&ShapeHash::of(&many[0])));
         // Larger than the whole budget: not kept, nothing else forgotten.
         let huge = mesh(1000, 9.0);
         cache.insert(ShapeHash::of(&huge), Arc::new(CachedShape::build(&huge, "huge").unwrap()));

@@ -129,3 +129,15 @@ fn a_name_the_cache_lacks_asks_for_the_shape_and_bad_names_are_refused() {
     assert!(Shape::Box { half_extents: [1.0; 3] }.to_cached().is_none());
     assert!(level(5).elements() < limits::MIN_CACHED_SHAPE_ELEMENTS && level(5).to_cached().is_none());
 }
+
+#[test]
+fn a_name_for_a_shape_the_same_request_sends_itself_is_resolved() {
+    // Two bodies share the level's mesh: one carries it, the other names it.
+    let floor = level(20);
+    let mut add = scene(floor.clone());
+    add.push(BodyDesc::new(99, floor.to_cached().unwrap(), [0.0, -3.0, 0.0]).with_body_type(BodyType::Fixed));
+    let mut cache = ShapeCache::default();
+    let result = PhysicsWorld::new().step_cached(&snapshot(0, add), &Budgets::default(), &mut cache);
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(cache.len(), 1, "kept once");
+}

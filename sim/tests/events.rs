@@ -289,3 +289,27 @@ fn a_fixed_trigger_zone_on_the_ground_does_not_report_the_ground() {
     let pairs: BTreeSet<(BodyId, BodyId)> = events.iter().map(|(_, e)| (e.body1, e.body2)).collect();
     assert_eq!(pairs, BTreeSet::from([(1, 7)]), "only the ball entered the zone: {events:?}");
 }
+
+#[test]
+fn a_body_thrown_out_of_the_world_stops_its_contacts_after_the_last_step() {
+    let mut world = PhysicsWorld::new();
+    let edge = 999_998.0;
+    let shelf = BodyDesc::new(1, Shape::Box { half_extents: [2.0, 0.5, 2.0] }, [edge, -0.5, 0.0])
+        .with_body_type(BodyType::Fixed);
+    let ball = listening(BodyDesc::new(2, Shape::Sphere { radius: 0.5 }, [edge, 0.5, 0.0]), COLLISIONS);
+    let mut touching = BTreeSet::new();
+    apply(&mut touching, &world.step(&snapshot(vec![shelf, ball])).unwrap().events);
+    for t in 1..30 {
+        apply(&mut touching, &world.step(&tick(t)).unwrap().events);
+    }
+    assert!(touching.contains(&[1, 2]), "the ball rests on the shelf");
+    let mut throw = tick(30);
+    throw.set_velocity =
+        vec![p2c2r_protocol::physics::SetVelocity { id: 2, linvel: [300.0, 0.0, 0.0], angvel: [0.0; 3] }];
+    let result = world.step(&throw).unwrap();
+    assert_eq!(result.removed, [2], "{:?}", result.bodies);
+    let stop = PhysicsEvent { step: 1, body1: 1, body2: 2, kind: EventKind::Stopped { sensor: false, removed: true } };
+    assert_eq!(result.events.last(), Some(&stop), "after the tick's one step: {:?}", result.events);
+    apply(&mut touching, &result.events);
+    assert!(touching.is_empty());
+}
