@@ -36,10 +36,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use p2c2r_protocol::packed::{ResultDecoder, ResultEncoder, decode_request, encode_request};
-use p2c2r_protocol::physics::{
-    BodyDesc, BodyId, BodyState, BodyType, JointDesc, JointKind, KinematicTarget, PhysicsStepRequest, Shape,
-};
+use p2c2r_protocol::physics::{BodyDesc, BodyId, BodyState, BodyType, KinematicTarget, PhysicsStepRequest, Shape};
 use p2c2r_sim::physics::PhysicsWorld;
+
+mod scenes;
 
 const DT: f32 = 1.0 / 60.0;
 const TICKS: u64 = 600;
@@ -280,38 +280,7 @@ fn awake() {
 }
 
 fn jointed() {
-    let (bridges, planks) = (20u64, 20u64);
-    let mut add = Vec::new();
-    let mut joints = Vec::new();
-    for b in 0..bridges {
-        let z = b as f32 * 3.0;
-        for p in 0..planks {
-            let id = b * planks + p;
-            add.push(BodyDesc::new(id, Shape::Box { half_extents: [0.45, 0.05, 0.5] }, [p as f32, 5.0, z]));
-            let link = |id, body2, kind, anchor1, anchor2| JointDesc {
-                id,
-                body1: b * planks + p,
-                body2,
-                kind,
-                anchor1,
-                anchor2,
-                contacts_enabled: false,
-            };
-            if p == 0 {
-                joints.push(link(10_000 + b, None, JointKind::Spherical, [-0.5, 0.0, 0.0], [-0.5, 5.0, z]));
-            }
-            if p + 1 < planks {
-                joints.push(link(id, Some(id + 1), JointKind::Spherical, [0.5, 0.0, 0.0], [-0.5, 0.0, 0.0]));
-            } else {
-                let rope = JointKind::Rope { max_distance: 0.05 };
-                joints.push(link(20_000 + b, None, rope, [0.5, 0.0, 0.0], [planks as f32 - 0.5, 5.0, z]));
-            }
-        }
-        for k in 0..2u64 {
-            let x = 5.0 + k as f32 * 8.0;
-            add.push(BodyDesc::new(1_000 + b * 2 + k, Shape::Sphere { radius: 0.3 }, [x, 8.0 + k as f32, z]));
-        }
-    }
+    let (add, joints) = scenes::rope_bridges();
     run_quiet_scene("jointed: all", PhysicsStepRequest { add, add_joints: joints, ..Default::default() });
 }
 
@@ -328,33 +297,10 @@ fn run_quiet_scene(name: &str, snapshot: PhysicsStepRequest) {
     print_row(name, bodies, &tally, Some(session.asleep()));
 }
 
-/// 1,000 bouncy balls that report their collisions (when `listening`), in a closed 10 m
-/// box without gravity.
+/// 1,000 bouncy balls that report their collisions (when `listening`).
 fn events(listening: bool) {
-    let mut rng = fastrand::Rng::with_seed(500);
-    let wall = |id, half: [f32; 3], at: [f32; 3]| {
-        BodyDesc::new(id, Shape::Box { half_extents: half }, at).with_body_type(BodyType::Fixed)
-    };
-    let mut add = vec![
-        wall(0, [5.0, 0.5, 5.0], [0.0, -0.5, 0.0]),
-        wall(1, [5.0, 0.5, 5.0], [0.0, 10.5, 0.0]),
-        wall(2, [0.5, 5.0, 5.0], [-5.5, 5.0, 0.0]),
-        wall(3, [0.5, 5.0, 5.0], [5.5, 5.0, 0.0]),
-        wall(4, [5.0, 5.0, 0.5], [0.0, 5.0, -5.5]),
-        wall(5, [5.0, 5.0, 0.5], [0.0, 5.0, 5.5]),
-    ];
-    let mut speed = || rng.f32() * 48.0 - 24.0;
-    for i in 0..1000u64 {
-        let (x, y, z) = ((i % 10) as f32 - 4.5, 0.5 + (i / 100) as f32 * 0.95, ((i / 10) % 10) as f32 - 4.5);
-        let mut ball = BodyDesc::new(100 + i, Shape::Sphere { radius: 0.3 }, [x, y, z]);
-        ball.linvel = [speed(), speed(), speed()];
-        (ball.restitution, ball.friction, ball.ccd) = (1.0, 0.0, true);
-        if listening {
-            ball.active_events = p2c2r_protocol::physics::active_events::COLLISION_EVENTS;
-        }
-        add.push(ball);
-    }
-    let snapshot = PhysicsStepRequest { gravity: Some([0.0; 3]), add, ..Default::default() };
+    let snapshot =
+        PhysicsStepRequest { gravity: Some([0.0; 3]), add: scenes::bouncing_balls(listening), ..Default::default() };
     run_quiet_scene(if listening { "events: all" } else { "events: unheard" }, snapshot);
 }
 

@@ -27,6 +27,8 @@ use p2c2r_protocol::physics::{
 };
 use p2c2r_sim::physics::PhysicsWorld;
 use p2c2r_sim::shapes;
+
+mod scenes;
 use rapier3d::prelude::{
     ActiveCollisionTypes, ActiveEvents, ChannelEventCollector, ColliderBuilder, RigidBodyBuilder, RigidBodyHandle,
     RopeJointBuilder, SphericalJointBuilder, Vector,
@@ -100,37 +102,7 @@ fn plain(scene: &Scene) -> (rapier3d::prelude::PhysicsWorld, std::collections::H
 }
 
 fn jointed() -> Scene {
-    let (bridges, planks) = (20u64, 20u64);
-    let (mut bodies, mut joints) = (Vec::new(), Vec::new());
-    for b in 0..bridges {
-        let z = b as f32 * 3.0;
-        for p in 0..planks {
-            let id = b * planks + p;
-            bodies.push(BodyDesc::new(id, Shape::Box { half_extents: [0.45, 0.05, 0.5] }, [p as f32, 5.0, z]));
-            let link = |id, body2, kind, anchor1, anchor2| JointDesc {
-                id,
-                body1: b * planks + p,
-                body2,
-                kind,
-                anchor1,
-                anchor2,
-                contacts_enabled: false,
-            };
-            if p == 0 {
-                joints.push(link(10_000 + b, None, JointKind::Spherical, [-0.5, 0.0, 0.0], [-0.5, 5.0, z]));
-            }
-            if p + 1 < planks {
-                joints.push(link(id, Some(id + 1), JointKind::Spherical, [0.5, 0.0, 0.0], [-0.5, 0.0, 0.0]));
-            } else {
-                let rope = JointKind::Rope { max_distance: 0.05 };
-                joints.push(link(20_000 + b, None, rope, [0.5, 0.0, 0.0], [planks as f32 - 0.5, 5.0, z]));
-            }
-        }
-        for k in 0..2u64 {
-            let x = 5.0 + k as f32 * 8.0;
-            bodies.push(BodyDesc::new(1_000 + b * 2 + k, Shape::Sphere { radius: 0.3 }, [x, 8.0 + k as f32, z]));
-        }
-    }
+    let (bodies, joints) = scenes::rope_bridges();
     Scene { name: "jointed", gravity: [0.0, -9.81, 0.0], bodies, joints }
 }
 
@@ -139,25 +111,7 @@ fn fixed(id: u64, shape: Shape, at: [f32; 3]) -> BodyDesc {
 }
 
 fn events() -> Scene {
-    let mut rng = fastrand::Rng::with_seed(500);
-    let mut bodies = vec![
-        fixed(0, Shape::Box { half_extents: [5.0, 0.5, 5.0] }, [0.0, -0.5, 0.0]),
-        fixed(1, Shape::Box { half_extents: [5.0, 0.5, 5.0] }, [0.0, 10.5, 0.0]),
-        fixed(2, Shape::Box { half_extents: [0.5, 5.0, 5.0] }, [-5.5, 5.0, 0.0]),
-        fixed(3, Shape::Box { half_extents: [0.5, 5.0, 5.0] }, [5.5, 5.0, 0.0]),
-        fixed(4, Shape::Box { half_extents: [5.0, 5.0, 0.5] }, [0.0, 5.0, -5.5]),
-        fixed(5, Shape::Box { half_extents: [5.0, 5.0, 0.5] }, [0.0, 5.0, 5.5]),
-    ];
-    let mut speed = || rng.f32() * 48.0 - 24.0;
-    for i in 0..1000u64 {
-        let (x, y, z) = ((i % 10) as f32 - 4.5, 0.5 + (i / 100) as f32 * 0.95, ((i / 10) % 10) as f32 - 4.5);
-        let mut ball = BodyDesc::new(100 + i, Shape::Sphere { radius: 0.3 }, [x, y, z]);
-        ball.linvel = [speed(), speed(), speed()];
-        (ball.restitution, ball.friction, ball.ccd) = (1.0, 0.0, true);
-        ball.active_events = active_events::COLLISION_EVENTS;
-        bodies.push(ball);
-    }
-    Scene { name: "events", gravity: [0.0; 3], bodies, joints: Vec::new() }
+    Scene { name: "events", gravity: [0.0; 3], bodies: scenes::bouncing_balls(true), joints: Vec::new() }
 }
 
 fn terrain() -> Scene {
