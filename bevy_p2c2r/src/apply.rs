@@ -15,6 +15,7 @@ use crate::ids::EntityIds;
 use crate::messages::{AiStepped, BodyLeftWorld, PhysicsStepped, ResultSource};
 use crate::offload::{OffloadMode, StreamKind};
 use crate::plugin::Offload;
+use crate::queries::PhysicsQueries;
 use crate::stats::P2c2rStats;
 
 /// Results accepted and not applied yet, and the playout that paces the physics ones
@@ -238,9 +239,11 @@ pub(crate) fn take_physics_results(
 pub(crate) fn report_bodies_left_world(
     mut ids: ResMut<EntityIds>,
     mut left: MessageWriter<BodyLeftWorld>,
+    mut queries: ResMut<PhysicsQueries>,
     mut commands: Commands,
 ) {
     for (entity, id, tick) in std::mem::take(&mut ids.left_world) {
+        queries.remove(entity);
         left.write(BodyLeftWorld { entity, id, tick });
         if let Ok(mut e) = commands.get_entity(entity) {
             e.try_remove::<(crate::body::Collider, PhysicsState, PoseInterpolation)>();
@@ -254,8 +257,17 @@ pub(crate) fn write_state(
     velocity: Option<Mut<Velocity>>,
     s: &BodyState,
     tick: u64,
+    character: bool,
 ) {
     if tick < ps.tick {
+        return;
+    }
+    if character {
+        // A character's pose is decided where the game runs (its controller); the world
+        // has it where it was sent a round trip ago, and must not pull it back.
+        let (position, rotation) = (ps.position, ps.rotation);
+        ps.apply(s, tick);
+        (ps.position, ps.rotation) = (position, rotation);
         return;
     }
     ps.apply(s, tick);
@@ -271,12 +283,21 @@ pub(crate) fn write_state(
     }
 }
 
+/// What an applied state writes: the state, the drawn pose, the velocity, and whether the
+/// body is a character (whose pose the controller decides).
+type AppliedBody = (
+    &'static mut PhysicsState,
+    Option<&'static mut PoseInterpolation>,
+    Option<&'static mut Velocity>,
+    Has<crate::KinematicCharacterController>,
+);
+
 pub(crate) fn apply_physics(
     mut results: ResMut<Results>,
     mut ids: ResMut<EntityIds>,
     mut stats: ResMut<P2c2rStats>,
     offload: Res<Offload>,
-    mut bodies: Query<(&mut PhysicsState, Option<&mut PoseInterpolation>, Option<&mut Velocity>)>,
+    mut bodies: Query<AppliedBody>,
     mut stepped: MessageWriter<PhysicsStepped>,
     mut contacts: ResMut<Contacts>,
 ) {
@@ -288,8 +309,8 @@ pub(crate) fn apply_physics(
     let count = results.playout.count(queued, target, expected);
     let taken = take_physics_results(&mut results, &mut ids, &mut stats, &mut stepped, &mut contacts, Some(count));
     for (entity, s, tick) in taken {
-        if let Ok((mut ps, interp, velocity)) = bodies.get_mut(entity) {
-            write_state(&mut ps, interp, velocity, &s, tick);
+        if let Ok((mut ps, interp, velocity, character)) = bodies.get_mut(entity) {
+            write_state(&mut ps, interp, velocity, &s, tick, character);
         }
     }
     let playout = &results.playout;

@@ -14,6 +14,7 @@ use crate::components::*;
 use crate::ids::EntityIds;
 use crate::joints::ImpulseJoint;
 use crate::messages::PhysicsCommand;
+use crate::queries::PhysicsQueries;
 use crate::shape_names::ShapeNames;
 
 /// A body's [`Collider`] went (or its entity): the body goes.
@@ -73,6 +74,7 @@ pub(crate) fn register_bodies(
     mut ids: ResMut<EntityIds>,
     mut changes: ResMut<TickChanges>,
     mut names: ResMut<ShapeNames>,
+    mut queries: ResMut<PhysicsQueries>,
     added: Query<NewBody, BodyChanged>,
 ) {
     for (entity, body, transform, velocity, existing) in &added {
@@ -95,7 +97,9 @@ pub(crate) fn register_bodies(
             },
         };
         names.register(entity, body.collider);
-        changes.adds.push((entity, body.desc(id, &ps)));
+        let desc = body.desc(id, &ps);
+        queries.add(entity, &desc);
+        changes.adds.push((entity, desc));
         let mut e = commands.entity(entity);
         e.insert(ps);
         if body.body_type() != BodyType::Fixed {
@@ -228,6 +232,7 @@ pub(crate) type BodyQuery<'w, 's> = Query<
         Option<&'static mut PoseInterpolation>,
         Option<(&'static OffloadedAgent, &'static AgentState)>,
         Option<&'static mut Velocity>,
+        Has<crate::KinematicCharacterController>,
     ),
 >;
 
@@ -237,6 +242,7 @@ pub(crate) fn collect_changes(
     mut ids: ResMut<EntityIds>,
     mut changes: ResMut<TickChanges>,
     mut names: ResMut<ShapeNames>,
+    mut queries: ResMut<PhysicsQueries>,
     mut commands_in: MessageReader<PhysicsCommand>,
     mut bodies: BodyQuery,
     any_agent: Query<(), With<OffloadedAgent>>,
@@ -251,6 +257,7 @@ pub(crate) fn collect_changes(
         }
         // (A body that left the world's bounds was forgotten already, its shape not.)
         names.unregister(entity);
+        queries.remove(entity);
         if let Some(id) = ids.bodies.remove_entity(entity) {
             changes.remove.push(id);
             ids.depart(id, entity);
@@ -266,7 +273,7 @@ pub(crate) fn collect_changes(
 
     // Bodies sent this tick carry their velocity already.
     let fresh: std::collections::HashSet<Entity> = changes.adds.iter().map(|(e, _)| *e).collect();
-    for (entity, _, mut ps, force, impulse, target, _, _, velocity) in &mut bodies {
+    for (entity, _, mut ps, force, impulse, target, _, _, velocity, _) in &mut bodies {
         // The game set the velocity (the plugin's own writes bypass change detection).
         if let Some(v) = velocity
             && v.is_changed()
@@ -303,12 +310,18 @@ pub(crate) fn collect_changes(
         }
     }
     for cmd in commands_in.read() {
-        apply_command(ids, changes, &mut bodies, cmd);
+        apply_command(ids, changes, &mut bodies, &mut queries, cmd);
     }
     steer_agents(ids, changes, &bodies);
 }
 
-fn apply_command(ids: &EntityIds, changes: &mut TickChanges, bodies: &mut BodyQuery, cmd: &PhysicsCommand) {
+fn apply_command(
+    ids: &EntityIds,
+    changes: &mut TickChanges,
+    bodies: &mut BodyQuery,
+    queries: &mut PhysicsQueries,
+    cmd: &PhysicsCommand,
+) {
     match *cmd {
         PhysicsCommand::Impulse { entity, impulse, torque_impulse } => {
             if let Some(id) = ids.bodies.id(entity) {
@@ -342,7 +355,8 @@ fn apply_command(ids: &EntityIds, changes: &mut TickChanges, bodies: &mut BodyQu
                 let position = Vec3::from_array(valid_position(position));
                 let rotation = Quat::from_array(valid_rotation(rotation));
                 changes.set_pose.push(SetPose { id, position: position.to_array(), rotation: rotation.to_array() });
-                if let Ok((_, _, mut ps, _, _, _, interp, _, _)) = bodies.get_mut(entity) {
+                queries.set_pose(entity, position, rotation);
+                if let Ok((_, _, mut ps, _, _, _, interp, _, _, _)) = bodies.get_mut(entity) {
                     ps.position = position;
                     ps.rotation = rotation;
                     if let Some(mut interp) = interp {
@@ -356,7 +370,7 @@ fn apply_command(ids: &EntityIds, changes: &mut TickChanges, bodies: &mut BodyQu
 
 /// Agents that are bodies follow their desired velocity.
 fn steer_agents(ids: &mut EntityIds, changes: &mut TickChanges, bodies: &BodyQuery) {
-    for (entity, body, ps, _, _, _, _, agent, _) in bodies {
+    for (entity, body, ps, _, _, _, _, agent, _, _) in bodies {
         let Some((_, st)) = agent else { continue };
         let v = st.desired_velocity;
         // Steer a dynamic agent while it moves, and stop it once when it arrives; after

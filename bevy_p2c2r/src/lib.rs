@@ -99,6 +99,7 @@ mod apply;
 pub mod body;
 mod bridge;
 mod build;
+pub mod character;
 pub mod components;
 #[cfg(feature = "embedded")]
 pub mod embedded;
@@ -111,6 +112,7 @@ mod local;
 pub mod messages;
 mod offload;
 mod plugin;
+pub mod queries;
 mod receive;
 mod send;
 mod shape_names;
@@ -122,6 +124,9 @@ pub use body::{
     SolverGroups, Velocity,
 };
 pub use bridge::{P2c2rClient, QueueError};
+pub use character::{
+    CharacterAutostep, CharacterCollision, KinematicCharacterController, KinematicCharacterControllerOutput,
+};
 pub use components::{
     AgentState, ExternalForce, ExternalImpulse, KinematicTarget, NavigationGrid, OffloadedAgent, PhysicsState,
     PoseInterpolation,
@@ -142,7 +147,8 @@ pub use plugin::{
     ConnectionSettings, Credential, DEFAULT_COORDINATOR_URL, Encoding, FallbackPolicy, FallbackSettings,
     P2c2rConfiguration, P2c2rPlugin, P2c2rSystems,
 };
-pub use stats::{EventStats, NetworkStats, P2c2rStats, PlayoutStats, ReplicationStats};
+pub use queries::{PhysicsQueries, PointHit, QueryFilter, RayHit, ShapeHit};
+pub use stats::{CharacterStats, EventStats, NetworkStats, P2c2rStats, PlayoutStats, ReplicationStats};
 
 /// Everything a game needs: `use bevy_p2c2r::prelude::*;`.
 pub mod prelude {
@@ -153,10 +159,11 @@ pub mod prelude {
         ColliderMassProperties, ColliderOffset, CollisionEvent, CollisionEventFlags, CollisionGroups,
         ConnectionChanged, ConnectionSettings, ConnectionState, ContactForceEvent, ContactForceEventThreshold,
         Credential, Damping, Dominance, Encoding, ExternalForce, ExternalImpulse, FallbackPolicy, FallbackSettings,
-        Friction, GravityScale, ImpulseJoint, JointData, KinematicTarget, LockedAxes, ModeChanged, NavigationGrid,
-        OffloadMode, OffloadedAgent, P2c2rClient, P2c2rConfiguration, P2c2rPlugin, P2c2rStats, P2c2rSystems,
-        PhysicsCommand, PhysicsState, PhysicsStepped, PoseInterpolation, Restitution, ResultSource, RigidBody, Sensor,
-        SolverGroups, TaskFailed, TaskKind, TaskResultReceived, Velocity,
+        Friction, GravityScale, ImpulseJoint, JointData, KinematicCharacterController,
+        KinematicCharacterControllerOutput, KinematicTarget, LockedAxes, ModeChanged, NavigationGrid, OffloadMode,
+        OffloadedAgent, P2c2rClient, P2c2rConfiguration, P2c2rPlugin, P2c2rStats, P2c2rSystems, PhysicsCommand,
+        PhysicsQueries, PhysicsState, PhysicsStepped, PointHit, PoseInterpolation, QueryFilter, RayHit, Restitution,
+        ResultSource, RigidBody, Sensor, SolverGroups, TaskFailed, TaskKind, TaskResultReceived, Velocity,
     };
     pub use p2c2r_protocol::physics::CombineRule;
 }

@@ -27,6 +27,7 @@ use crate::ids::EntityIds;
 use crate::interpolate::interpolate;
 use crate::messages::*;
 use crate::offload::{FallbackTimeout, OffloadController};
+use crate::queries::{self, PhysicsQueries};
 use crate::receive::receive;
 use crate::send::{self, Fallback};
 use crate::shape_names::ShapeNames;
@@ -72,6 +73,10 @@ pub enum P2c2rSystems {
     /// and one `ai_navigate` request for this tick to the network (or steps them locally
     /// in fallback); then publishes [`P2c2rStats`] and the diagnostics.
     Send,
+    /// `FixedPostUpdate`, before `Send`: moves each [`crate::KinematicCharacterController`]
+    /// by its wanted translation against the world the game holds, pushes what it bumps
+    /// into, and makes its new pose the body's kinematic target for this tick.
+    Characters,
     /// `RunFixedMainLoop` (in `AfterFixedMainLoop`): writes each offloaded entity's
     /// `Transform`, interpolated between the last two ticks by the fixed clock's
     /// overstep, so motion is smooth at any frame rate. Runs before `Update`.
@@ -171,11 +176,20 @@ pub struct P2c2rConfiguration {
     /// Interpolate `Transform`s between the last two ticks (default on). Off:
     /// `Transform`s jump to each tick's state.
     pub interpolation: bool,
+    /// Keep the copy of the world that [`crate::PhysicsQueries`] and character controllers
+    /// read (default on). Off saves its upkeep in a game that never queries; queries then
+    /// see nothing and characters walk through everything.
+    pub scene_queries: bool,
 }
 
 impl Default for P2c2rConfiguration {
     fn default() -> Self {
-        P2c2rConfiguration { gravity: Vec3::new(0.0, -9.81, 0.0), substeps: 1, interpolation: true }
+        P2c2rConfiguration {
+            gravity: Vec3::new(0.0, -9.81, 0.0),
+            substeps: 1,
+            interpolation: true,
+            scene_queries: true,
+        }
     }
 }
 
@@ -361,6 +375,8 @@ impl Plugin for P2c2rPlugin {
             .init_resource::<Fallback>()
             .init_resource::<Contacts>()
             .init_resource::<ShapeNames>()
+            .init_resource::<PhysicsQueries>()
+            .init_resource::<crate::character::PendingPushes>()
             .add_message::<CollisionEvent>()
             .add_message::<ContactForceEvent>()
             .add_message::<PhysicsStepped>()
@@ -375,7 +391,7 @@ impl Plugin for P2c2rPlugin {
             .add_observer(gather::on_joint_removed)
             .add_observer(gather::on_agent_removed)
             .configure_sets(FixedPreUpdate, (P2c2rSystems::Receive, P2c2rSystems::Apply).chain())
-            .configure_sets(FixedPostUpdate, P2c2rSystems::Send)
+            .configure_sets(FixedPostUpdate, (P2c2rSystems::Characters, P2c2rSystems::Send).chain())
             .configure_sets(
                 RunFixedMainLoop,
                 P2c2rSystems::Interpolate.in_set(RunFixedMainLoopSystems::AfterFixedMainLoop),
@@ -388,6 +404,7 @@ impl Plugin for P2c2rPlugin {
                     apply::apply_physics,
                     events::write_physics_events,
                     apply::report_bodies_left_world,
+                    queries::update_queries,
                     apply::apply_ai,
                 )
                     .chain()
@@ -407,6 +424,7 @@ impl Plugin for P2c2rPlugin {
                     .chain()
                     .in_set(P2c2rSystems::Send),
             )
+            .add_systems(FixedPostUpdate, crate::character::move_characters.in_set(P2c2rSystems::Characters))
             .add_systems(RunFixedMainLoop, interpolate.in_set(P2c2rSystems::Interpolate));
         gather::observe_body_parts(app);
         for path in diagnostics::ALL {

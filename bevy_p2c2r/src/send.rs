@@ -83,8 +83,8 @@ pub(crate) fn send_tick(
         let taken =
             take_physics_results(&mut p.results, &mut p.ids, &mut p.stats, &mut p.stepped, &mut p.contacts, None);
         for (entity, s, t) in taken {
-            if let Ok((_, _, mut ps, _, _, _, interp, _, velocity)) = bodies.get_mut(entity) {
-                write_state(&mut ps, interp, velocity, &s, t);
+            if let Ok((_, _, mut ps, _, _, _, interp, _, velocity, character)) = bodies.get_mut(entity) {
+                write_state(&mut ps, interp, velocity, &s, t, character);
             }
         }
     }
@@ -177,7 +177,7 @@ pub(crate) fn send_tick(
     let queries: Vec<AgentQuery> = agents
         .iter()
         .map(|(a, st)| query(st, a, st.position))
-        .chain(bodies.iter().filter_map(|(_, body, ps, _, _, _, _, agent, _)| {
+        .chain(bodies.iter().filter_map(|(_, body, ps, _, _, _, _, agent, _, _)| {
             let kinematic = body.body_type() == BodyType::Kinematic;
             agent.map(|(a, st)| query(st, a, if kinematic { st.position } else { ps.position }))
         }))

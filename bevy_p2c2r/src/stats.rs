@@ -137,6 +137,8 @@ pub struct P2c2rStats {
     pub replication: ReplicationStats,
     /// Collision and contact-force events delivered.
     pub events: EventStats,
+    /// What character controllers pushed and corrected.
+    pub characters: CharacterStats,
     /// The latest `session_status` of each session reported, at most
     /// [`P2c2rStats::MAX_SESSION_STATUSES`].
     session_statuses: HashMap<String, SessionStatus>,
@@ -233,6 +235,18 @@ pub struct EventStats {
     pub per_sec: f64,
 }
 
+/// What [`crate::KinematicCharacterController`]s did ([`P2c2rStats::characters`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CharacterStats {
+    /// Impulses sent to bodies a character pushed.
+    pub pushes: u64,
+    /// Moves that began by pushing a character out of something the world put where it
+    /// stood (the local move and the world disagreed).
+    pub corrections: u64,
+    /// How far, in metres, in all.
+    pub corrected_m: f64,
+}
+
 /// The counters at the start of a rate window ([`P2c2rStats::update_rates`]).
 #[derive(Clone, Copy, Debug)]
 struct RateWindow {
@@ -274,6 +288,7 @@ impl Default for P2c2rStats {
             playout: PlayoutStats::default(),
             replication: ReplicationStats::default(),
             events: EventStats::default(),
+            characters: CharacterStats::default(),
             session_statuses: HashMap::new(),
             rate_window: None,
             body_ticks_offloaded: 0,

@@ -320,3 +320,73 @@ fn a_level_mesh_is_sent_once_and_again_only_to_a_peer_that_lacks_it() {
     assert_eq!(missing, 1, "the new peer asked for the mesh once: {:?}", app.world().resource::<Failures>().0);
     assert!((y(&app, ball) - 0.5).abs() < 0.05, "the ball still rests on the mesh: {}", y(&app, ball));
 }
+
+/// A ground, a crate on it, a ball falling onto the crate, and a trigger zone around them.
+fn query_scene(app: &mut App) -> (Entity, Entity, Entity, Entity) {
+    let ground = spawn_ground(app);
+    let crate_ = app
+        .world_mut()
+        .spawn((
+            RigidBody::Dynamic,
+            Collider::cuboid(0.5, 0.5, 0.5),
+            CollisionGroups::new(0b10, u32::MAX),
+            Transform::from_xyz(0.0, 0.5, 0.0),
+        ))
+        .id();
+    let ball =
+        app.world_mut().spawn((RigidBody::Dynamic, Collider::ball(0.3), Transform::from_xyz(0.0, 4.0, 0.0))).id();
+    let zone =
+        app.world_mut().spawn((Collider::cuboid(3.0, 3.0, 3.0), Sensor, Transform::from_xyz(0.0, 2.0, 0.0))).id();
+    (ground, crate_, ball, zone)
+}
+
+/// Casts straight down at x = z = 0 from 20 m up.
+fn down(app: &App, filter: QueryFilter) -> Option<RayHit> {
+    app.world().resource::<PhysicsQueries>().cast_ray(Vec3::new(0.0, 20.0, 0.0), Vec3::NEG_Y, 100.0, true, filter)
+}
+
+fn rays_see_the_last_applied_tick(app: &mut App, until: impl Fn(&App) -> bool) {
+    let (ground, crate_, ball, zone) = query_scene(app);
+    assert_eq!(app.world().resource::<PhysicsQueries>().tick(), 0, "no tick applied yet");
+    run_until(
+        app,
+        TIMEOUT,
+        PACE,
+        |_| {},
+        |app| until(app) && app.world().resource::<PhysicsQueries>().tick() > 5,
+        "ticks applied",
+    );
+    // The ball, falling: the hit is where its applied state is, not its drawn Transform.
+    let hit = down(app, QueryFilter::default()).expect("a hit");
+    assert_eq!(hit.entity, ball);
+    let state = *app.world().get::<PhysicsState>(ball).unwrap();
+    assert_eq!(app.world().resource::<PhysicsQueries>().tick(), state.tick, "the queries see the applied tick");
+    assert!((hit.point.y - (state.position.y + 0.3)).abs() < 1e-3, "{hit:?} {state:?}");
+    // The excluded body, group filters, sensors.
+    assert_eq!(down(app, QueryFilter::default().exclude_rigid_body(ball)).unwrap().entity, crate_);
+    let not_crates = QueryFilter::default().exclude_rigid_body(ball).groups(CollisionGroups::new(u32::MAX, !0b10));
+    assert_eq!(down(app, not_crates).unwrap().entity, ground);
+    assert_eq!(down(app, QueryFilter::default().include_sensors()).unwrap().entity, zone);
+    let queries = app.world().resource::<PhysicsQueries>();
+    let inside = queries.intersections_with_point(Vec3::new(0.0, 0.5, 0.0), QueryFilter::default().include_sensors());
+    assert!(inside.contains(&crate_) && inside.contains(&zone), "{inside:?}");
+    let probe = Collider::ball(0.2);
+    let swept =
+        queries.cast_shape(&probe, Vec3::new(-5.0, 0.5, 0.0), Quat::IDENTITY, Vec3::X, 10.0, QueryFilter::default());
+    assert_eq!(swept.map(|h| h.entity), Some(crate_));
+}
+
+#[test]
+fn scene_queries_see_the_last_applied_tick_locally() {
+    let mut app = app_with(P2c2rPlugin::local_only(), tick_duration());
+    rays_see_the_last_applied_tick(&mut app, |_| true);
+}
+
+#[test]
+fn scene_queries_see_the_last_applied_tick_offloaded() {
+    let mut app = app_with(P2c2rPlugin::embedded().gamer_id("queries"), tick_duration());
+    rays_see_the_last_applied_tick(&mut app, |app| {
+        let s = stats(app);
+        s.mode == OffloadMode::Offloaded && s.physics_results_from_peers >= 10
+    });
+}

@@ -18,7 +18,8 @@
 //! - `sensors`: 400 balls falling through 25 trigger zones onto a ground.
 //!
 //! Columns: mean µs per tick for P2C2R (apply, step, extract and total) and for plain
-//! rapier, and their ratio.
+//! rapier, and their ratio. Then what scene queries cost the game (`p2c2r_sim::queries`):
+//! keeping a copy of 4,096 moving boxes in step, and a ray cast through them.
 
 use std::time::{Duration, Instant};
 
@@ -230,6 +231,45 @@ fn run(scene: Scene) {
     );
 }
 
+/// What scene queries cost the game: 4,096 boxes in a `QueryWorld`, all moved each tick
+/// (the copy kept in step), and ray casts through them.
+fn queries() {
+    use p2c2r_sim::queries::{QueryFilterSpec, QueryWorld};
+    let n = 4096u64;
+    let mut rng = fastrand::Rng::with_seed(4096);
+    let mut world = QueryWorld::new();
+    let at = |i: u64, shift: f32| [(i % 16) as f32 * 2.0 + shift, ((i / 16) % 16) as f32 * 2.0, (i / 256) as f32 * 2.0];
+    for i in 0..n {
+        world.add(&BodyDesc::new(i, Shape::Box { half_extents: [0.4; 3] }, at(i, 0.0))).expect("a box");
+    }
+    world.update();
+    let ticks = 200u32;
+    let started = Instant::now();
+    for t in 0..ticks {
+        for i in 0..n {
+            world.set_pose(i, at(i, (t % 20) as f32 * 0.03), [0.0, 0.0, 0.0, 1.0]);
+        }
+        world.update();
+    }
+    let per_tick = started.elapsed() / ticks;
+    let casts = 20_000u32;
+    let filter = QueryFilterSpec::default();
+    let (mut hits, started) = (0, Instant::now());
+    for _ in 0..casts {
+        let origin = [rng.f32() * 32.0 - 1.0, rng.f32() * 32.0 - 1.0, -5.0];
+        if world.cast_ray(origin, [0.0, 0.0, 1.0], 100.0, true, &filter).is_some() {
+            hits += 1;
+        }
+    }
+    let per_cast = started.elapsed() / casts;
+    println!();
+    println!(
+        "scene queries among {n} boxes: keeping the copy in step {:.0} µs a tick (every box moved); a ray cast {:.2} µs ({hits} of {casts} hit)",
+        per_tick.as_secs_f64() * 1e6,
+        per_cast.as_secs_f64() * 1e6
+    );
+}
+
 fn main() {
     println!(
         "{:<10} {:>6} {:>6} | {:>8} {:>8} {:>8} {:>8} | {:>8} | {:>6} | {:>7} {:>7}",
@@ -248,4 +288,5 @@ fn main() {
     for scene in [jointed(), events(), terrain(), sensors()] {
         run(scene);
     }
+    queries();
 }

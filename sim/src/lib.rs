@@ -31,10 +31,12 @@
 //! ```
 
 pub mod budget;
+pub mod character;
 mod checks;
 mod events;
 pub mod navigation;
 pub mod physics;
+pub mod queries;
 pub mod shape_cache;
 pub mod shapes;
 

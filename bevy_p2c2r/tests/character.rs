@@ -1,0 +1,188 @@
+//! The player's character through the plugin, offloaded and local alike: it moves at the
+//! tick its input is given (no round trip), stops at walls, pushes a crate that the world
+//! then moves, and is pushed out of a door the world closed on it a little per tick.
+
+mod common;
+
+use std::time::Duration;
+
+use bevy::prelude::*;
+use bevy_p2c2r::prelude::*;
+use common::*;
+
+const PACE: Duration = Duration::from_millis(3);
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Capsule: 0.5 m half height, 0.3 m radius: its centre stands 0.8 m (plus the 2 cm gap)
+/// above the ground.
+const STANDING: f32 = 0.82;
+
+/// How the test walks the character: a velocity, with gravity, as a game's input system.
+#[derive(Resource, Default)]
+struct Walk {
+    velocity: Vec3,
+    falling: f32,
+}
+
+fn walk(
+    time: Res<Time<Fixed>>,
+    mut walk: ResMut<Walk>,
+    mut characters: Query<(&mut KinematicCharacterController, &KinematicCharacterControllerOutput)>,
+) {
+    let dt = time.timestep().as_secs_f32();
+    for (mut controller, output) in &mut characters {
+        walk.falling = if output.grounded { 0.0 } else { walk.falling - 9.81 * dt };
+        controller.translation = Some((walk.velocity + Vec3::Y * walk.falling) * dt);
+    }
+}
+
+fn spawn_character(app: &mut App, at: Vec3) -> Entity {
+    app.init_resource::<Walk>().add_systems(FixedUpdate, walk);
+    app.world_mut()
+        .spawn((
+            KinematicCharacterController::default(),
+            Collider::capsule_y(0.5, 0.3),
+            Transform::from_translation(at),
+        ))
+        .id()
+}
+
+fn state(app: &App, e: Entity) -> PhysicsState {
+    *app.world().get::<PhysicsState>(e).unwrap()
+}
+
+fn output(app: &App, e: Entity) -> KinematicCharacterControllerOutput {
+    app.world().get::<KinematicCharacterControllerOutput>(e).unwrap().clone()
+}
+
+fn set_walk(app: &mut App, velocity: Vec3) {
+    app.world_mut().resource_mut::<Walk>().velocity = velocity;
+}
+
+/// Runs until the plugin is `ready` (offloaded, or at once locally) and the character has
+/// its first applied state.
+fn settle(app: &mut App, character: Entity, ready: &impl Fn(&App) -> bool) {
+    run_until(
+        app,
+        TIMEOUT,
+        PACE,
+        |_| {},
+        |app| ready(app) && app.world().get::<PhysicsState>(character).is_some_and(|s| s.tick > 0),
+        "the character registered",
+    );
+}
+
+/// Returns the fallback ticks counted before the walk began.
+fn walks_pushes_and_stops(app: &mut App, ready: impl Fn(&App) -> bool) -> u64 {
+    spawn_ground(app);
+    let character = spawn_character(app, Vec3::new(0.0, STANDING, 0.0));
+    let crate_ = app
+        .world_mut()
+        .spawn((
+            RigidBody::Dynamic,
+            Collider::cuboid(0.5, 0.5, 0.5),
+            ColliderMassProperties::Mass(40.0),
+            Transform::from_xyz(0.0, 0.5, -2.0),
+        ))
+        .id();
+    app.world_mut().spawn((Collider::cuboid(0.25, 2.0, 5.0), Transform::from_xyz(3.0, 2.0, -2.0)));
+    settle(app, character, &ready);
+    let fallback_ticks = stats(app).fallback_ticks;
+
+    // Input moves the character at the very next tick, whatever the round trip.
+    let before = state(app, character).position;
+    set_walk(app, Vec3::new(0.0, 0.0, -2.0));
+    app.update();
+    let moved = before.z - state(app, character).position.z;
+    assert!((moved - 2.0 / 60.0).abs() < 1e-3, "moved {moved} m in the tick of its input");
+
+    // Into the crate: the character stops against it, the world moves it, the character
+    // follows. It never sinks into the crate as the game sees it.
+    let mut deepest = f32::INFINITY;
+    run_until(
+        app,
+        TIMEOUT,
+        PACE,
+        |app| {
+            let gap = state(app, character).position.z - (state(app, crate_).position.z + 0.5) - 0.3;
+            deepest = deepest.min(gap);
+        },
+        |app| state(app, crate_).position.z < -4.0,
+        "the crate pushed 2 m",
+    );
+    assert!(deepest > -0.06, "the character stayed out of the crate: {deepest} m");
+    assert!(state(app, character).position.z < -2.0, "and followed it: {:?}", state(app, character));
+    assert!(stats(app).characters.pushes > 0, "{:?}", stats(app).characters);
+    let crate_state = state(app, crate_);
+    assert!(
+        crate_state.linvel.z < -0.5 && crate_state.linvel.z > -4.0,
+        "pushed at about walking speed: {crate_state:?}"
+    );
+
+    // Sideways into the wall (face at x = 2.75): it stops there.
+    set_walk(app, Vec3::new(3.0, 0.0, 0.0));
+    let wall_hit = |app: &mut App| output(app, character).collisions.iter().any(|c| c.normal.x > 0.9);
+    run_until(app, TIMEOUT, PACE, |_| {}, wall_hit, "the character at the wall");
+    for _ in 0..10 {
+        app.update();
+        let x = state(app, character).position.x;
+        assert!(x < 2.75 - 0.3 + 0.01, "stopped at the wall: {x}");
+    }
+    assert!(state(app, character).position.x > 2.3, "{:?}", state(app, character));
+    fallback_ticks
+}
+
+#[test]
+fn a_character_walks_pushes_a_crate_and_stops_at_a_wall_locally() {
+    let mut app = app_with(P2c2rPlugin::local_only(), tick_duration());
+    walks_pushes_and_stops(&mut app, |_| true);
+}
+
+#[test]
+fn a_character_walks_pushes_a_crate_and_stops_at_a_wall_offloaded() {
+    let mut app = app_with(P2c2rPlugin::embedded().gamer_id("character"), tick_duration());
+    let fallback_ticks = walks_pushes_and_stops(&mut app, |app| {
+        let s = stats(app);
+        s.mode == OffloadMode::Offloaded && s.physics_results_from_peers >= 10
+    });
+    assert_eq!(stats(&app).fallback_ticks, fallback_ticks, "the crate was moved by a peer all along");
+}
+
+fn pushed_out_of_a_closed_door(app: &mut App, ready: impl Fn(&App) -> bool) {
+    spawn_ground(app);
+    let character = spawn_character(app, Vec3::new(0.0, STANDING, 0.0));
+    settle(app, character, &ready);
+    // The world closes a door 0.2 m into where the character stands.
+    let door = app.world_mut().spawn((Collider::cuboid(2.0, 2.0, 0.1), Transform::from_xyz(0.0, 2.0, -0.2))).id();
+    let max = KinematicCharacterController::default().max_correction;
+    let mut corrections = Vec::new();
+    run_until(
+        app,
+        TIMEOUT,
+        PACE,
+        |app| {
+            let c = output(app, character).correction.length();
+            if c > 0.0 {
+                corrections.push(c);
+            }
+        },
+        |app| state(app, character).position.z >= -0.2 + 0.1 + 0.3 - 1e-3,
+        "the character out of the door",
+    );
+    assert!(corrections.iter().all(|&c| c <= max + 1e-5), "never more than {max} m a tick: {corrections:?}");
+    assert!(corrections.len() >= 4, "a glide over several ticks, not a snap: {corrections:?}");
+    assert_eq!(stats(app).characters.corrections, corrections.len() as u64);
+    let _ = door;
+}
+
+#[test]
+fn a_door_closed_on_the_character_pushes_it_out_gently_locally() {
+    let mut app = app_with(P2c2rPlugin::local_only(), tick_duration());
+    pushed_out_of_a_closed_door(&mut app, |_| true);
+}
+
+#[test]
+fn a_door_closed_on_the_character_pushes_it_out_gently_offloaded() {
+    let mut app = app_with(P2c2rPlugin::embedded().gamer_id("door"), tick_duration());
+    pushed_out_of_a_closed_door(&mut app, |app| stats(app).mode == OffloadMode::Offloaded);
+}
