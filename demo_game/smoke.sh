@@ -2,7 +2,8 @@
 # Windowed smoke test of the demo game: runs it under Xvfb with software Vulkan (Mesa's
 # lavapipe, Debian/Ubuntu package mesa-vulkan-drivers), lets it play FRAMES frames with the
 # embedded coordinator and peer, saves a screenshot and checks that it is not blank and
-# that the physics playground is in the scene, its events flowing.
+# that the physics playground is in the scene, its events flowing, and that the player
+# (on --autoplay) walks and aims.
 #
 #   demo_game/smoke.sh [OUT_DIR]        (default OUT_DIR: $CARGO_TARGET_DIR/smoke or target/smoke)
 #
@@ -46,7 +47,7 @@ fi
 echo "smoke: running demo_game for $frames frames on $DISPLAY"
 status=0
 timeout "$limit" "$target_dir/debug/demo_game" --frames "$frames" --screenshot "$out/screenshot.png" \
-    --window-size 1280x720 >"$out/report.json" 2>"$out/game.log" || status=$?
+    --autoplay --window-size 1280x720 >"$out/report.json" 2>"$out/game.log" || status=$?
 if [ "$status" -ne 0 ]; then
     echo "smoke: demo_game exited with $status; last lines of its log:"
     tail -n 40 "$out/game.log"
@@ -64,5 +65,9 @@ problems = [f"{k} is {r.get(k)}" for k, least in [("joints", 12), ("collision_ev
 if problems:
     sys.exit("smoke: the playground is missing or quiet: " + ", ".join(problems))
 print(f"smoke: playground: {r['joints']} joints, {r['collision_events']} collision events, {r['zone_entries']} zone entries")
+p = r.get("player", {})
+if p.get("walked_m", 0) < 0.5 or p.get("aim_hits", 0) < 1:
+    sys.exit(f"smoke: the player did not walk and aim on its own: {p}")
+print(f"smoke: player: walked {p['walked_m']:.1f} m, {p['aim_hits']} frames aimed at something")
 PY
 echo "smoke: ok, screenshot at $out/screenshot.png"

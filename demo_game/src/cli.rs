@@ -80,6 +80,10 @@ pub struct Args {
     /// Fire a ball at the towers every half second on its own (always on with --headless).
     #[arg(long)]
     pub autofire: bool,
+    /// The player walks the course on its own: pushes the crates, jumps up the platforms,
+    /// fires at NPCs in its sights (always on with --headless).
+    #[arg(long)]
+    pub autoplay: bool,
 
     /// Fixed physics / AI tick rate in Hz.
     #[arg(long, value_name = "HZ", default_value_t = 60.0)]

@@ -36,6 +36,8 @@ pub enum Role {
     Ball,
     /// An NPC.
     Npc,
+    /// The player's character.
+    Player,
 }
 
 /// Something the game spawned, with what the renderer needs to draw it.
@@ -68,6 +70,8 @@ pub struct Npc {
     pub arrivals: u32,
     /// Position last frame.
     pub last: Vec3,
+    /// Walking towards the player (see [`crate::player`]), not on its rounds.
+    pub chasing: bool,
 }
 
 /// Ask the game to fire a ball.
@@ -138,7 +142,7 @@ fn spawn_level(mut commands: Commands, level: Res<Level>) {
             Name::new(format!("npc {i}")),
             Drawn { role: Role::Npc, shape: BodyShape::Capsule(a.radius, half_height), color: a.color },
             StartPosition(position),
-            Npc { target, walked: 0.0, arrivals: 0, last: position },
+            Npc { target, walked: 0.0, arrivals: 0, last: position, chasing: false },
             Transform::from_translation(position),
             offload::agent(a.radius, half_height, target_point(&level, target), a.speed),
         ));
@@ -242,6 +246,9 @@ fn npc_walk(level: Res<Level>, mut npcs: Query<(&Transform, &mut Npc, offload::A
             npc.walked += step;
         }
         npc.last = here;
+        if npc.chasing {
+            continue;
+        }
         let target = target_point(&level, npc.target);
         if (here - target).xz().length() < ARRIVE_DISTANCE {
             npc.target = (npc.target + 1) % level.agents.targets.len();

@@ -40,6 +40,8 @@ pub struct HudData {
     pub replication: ReplicationStats,
     /// Collision and contact-force events, as the plugin delivered them.
     pub events: EventStats,
+    /// What the player did.
+    pub player: crate::player::PlayerCounters,
     /// Physics ticks completed per second (peers and fallback).
     pub ticks_per_s: f64,
     /// Dynamic rigid bodies.
@@ -82,7 +84,7 @@ pub fn replication_line(r: &ReplicationStats) -> String {
 }
 
 /// The key help line.
-pub const KEYS: &str = "LMB fire | RMB-drag orbit | wheel zoom | WASD/arrows pan | P add peer | K kill serving peer | F autofire | Esc quit";
+pub const KEYS: &str = "WASD/arrows walk | Space jump | LMB fire | RMB-drag orbit | wheel zoom | P add peer | K kill serving peer | F autofire | Esc quit";
 
 /// Formats the HUD.
 pub fn hud_text(d: &HudData) -> String {
@@ -126,6 +128,12 @@ pub fn hud_text(d: &HudData) -> String {
         s,
         "events/s: {:.0}   touching pairs: {}   trigger zone entries: {}",
         d.events.per_sec, d.events.touching_pairs, d.zone_entries
+    );
+    let p = &d.player;
+    let _ = writeln!(
+        s,
+        "player: crates moved {:.1} m   door opened {:.0} deg   NPCs chasing {}   corrections {}",
+        p.crates_moved_m, p.door_opened_deg, p.npcs_chasing, p.corrections
     );
     let _ = writeln!(
         s,
@@ -189,6 +197,13 @@ mod tests {
             },
             playout: PlayoutStats { target_ticks: 2, ..Default::default() },
             replication: ReplicationStats { wanted: 2, live: 2, strict: true, ..Default::default() },
+            player: crate::player::PlayerCounters {
+                crates_moved_m: 2.54,
+                door_opened_deg: 63.2,
+                npcs_chasing: 2,
+                corrections: 5,
+                ..Default::default()
+            },
             ..Default::default()
         });
         for needle in [
@@ -210,6 +225,8 @@ mod tests {
             "round trip: 62.0 ms +/- 4.8",
             "playout buffer: 2 ticks",
             "session: replicas 2/2, strict, disagreements 0, corrections 0",
+            "player: crates moved 2.5 m   door opened 63 deg   NPCs chasing 2   corrections 5",
+            "Space jump",
         ] {
             assert!(text.contains(needle), "{needle:?} missing from\n{text}");
         }

@@ -47,6 +47,9 @@ pub struct Level {
     /// The physics playground beside the arena (see [`crate::playground`]), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub playground: Option<crate::playground::PlaygroundDef>,
+    /// The player's course (none: no player).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub player: Option<crate::player::PlayerDef>,
 }
 
 fn default_gravity() -> [f32; 3] {

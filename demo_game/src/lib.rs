@@ -22,6 +22,7 @@ pub mod hud;
 pub mod keys;
 pub mod level;
 pub mod offload;
+pub mod player;
 pub mod playground;
 pub mod render;
 pub mod report;
@@ -110,10 +111,13 @@ pub fn build_app(args: &Args, level: Level, windowed: bool) -> App {
         frames: args.frames,
         headless: !windowed,
     });
+    if args.autoplay || !windowed {
+        app.insert_resource(player::Autopilot::default());
+    }
     app.insert_resource(level)
         .init_resource::<HudState>()
         .init_resource::<Notice>()
-        .add_plugins((GamePlugin, playground::PlaygroundPlugin, keys::KeysPlugin))
+        .add_plugins((GamePlugin, playground::PlaygroundPlugin, player::PlayerPlugin, keys::KeysPlugin))
         .add_systems(Update, (poll_cluster, update_hud_state, stop_after_frames).chain());
     app
 }
@@ -162,6 +166,7 @@ fn update_hud_state(world: &mut World, mut since: Local<f32>, mut notice_age: Lo
         playout: stats.playout,
         replication: stats.replication,
         events: stats.events,
+        player: world.get_resource::<player::PlayerCounters>().copied().unwrap_or_default(),
         ticks_per_s: stats.ticks_per_s,
         bodies: report.bodies,
         agents: report.agents,

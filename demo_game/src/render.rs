@@ -15,6 +15,7 @@ use crate::HudState;
 use crate::game::{BALL_SPEED, DemoCounters, DemoSettings, Drawn, FireBall, Role};
 use crate::hud::{HudData, hud_text};
 use crate::level::{BodyShape, Level, StaticKind};
+use crate::player::{AimMarker, Autopilot, Player, PlayerInput};
 use crate::playground::{DrawnMesh, Piece, Spark};
 
 /// Draws the game: add after [`crate::game::GamePlugin`] in a windowed app.
@@ -32,8 +33,21 @@ impl Plugin for RenderPlugin {
             .add_observer(attach_drawn_mesh)
             .add_observer(attach_spark)
             .add_observer(attach_zone)
+            .add_observer(attach_marker)
             .add_systems(Startup, (setup_scene, setup_hud))
-            .add_systems(Update, (orbit_camera, fire_on_click, update_hud, screenshot_when_done).chain());
+            .add_systems(
+                Update,
+                (
+                    player_controls.run_if(not(resource_exists::<Autopilot>)),
+                    orbit_camera,
+                    turn_visors,
+                    fire_on_click,
+                    update_hud,
+                    screenshot_when_done,
+                )
+                    .chain()
+                    .before(crate::player::PlayerSystems),
+            );
     }
 }
 
@@ -78,6 +92,70 @@ fn attach_spark(
         ..default()
     });
     commands.entity(add.entity).insert((Mesh3d(mesh), MeshMaterial3d(material)));
+}
+
+/// The aim's hit marker: a small glowing red ball.
+fn attach_marker(
+    add: On<Add, AimMarker>,
+    mut commands: Commands,
+    mut meshes: ResMut<Assets<Mesh>>,
+    mut materials: ResMut<Assets<StandardMaterial>>,
+) {
+    let mesh = meshes.add(Sphere::new(0.15).mesh().uv(12, 8));
+    let material = materials.add(StandardMaterial {
+        base_color: Color::srgb(1.0, 0.1, 0.1),
+        emissive: LinearRgba::rgb(6.0, 0.3, 0.3),
+        unlit: true,
+        ..default()
+    });
+    commands.entity(add.entity).insert((Mesh3d(mesh), MeshMaterial3d(material)));
+}
+
+/// The visor of an NPC or the player: shows which way it faces.
+#[derive(Component)]
+struct Visor(Vec3);
+
+/// Turns the player's visor to its heading (an NPC's body turns with it).
+fn turn_visors(players: Query<(&Player, &Children)>, mut visors: Query<(&Visor, &mut Transform)>) {
+    for (player, children) in &players {
+        for child in children {
+            if let Ok((visor, mut t)) = visors.get_mut(*child) {
+                let turn = Quat::from_rotation_y(player.heading);
+                *t = Transform::from_translation(turn * visor.0).with_rotation(turn);
+            }
+        }
+    }
+}
+
+/// The keys and the mouse drive the player: WASD (or the arrows) walk relative to the
+/// camera, Space jumps, the cursor aims.
+fn player_controls(
+    keys: Res<ButtonInput<KeyCode>>,
+    windows: Query<&Window>,
+    cameras: Query<(&Camera, &GlobalTransform, &OrbitCamera)>,
+    mut input: ResMut<PlayerInput>,
+) {
+    let Ok((camera, global, orbit)) = cameras.single() else { return };
+    let mut walk = Vec2::ZERO;
+    for (k, d) in [
+        (KeyCode::KeyW, Vec2::NEG_Y),
+        (KeyCode::ArrowUp, Vec2::NEG_Y),
+        (KeyCode::KeyS, Vec2::Y),
+        (KeyCode::ArrowDown, Vec2::Y),
+        (KeyCode::KeyA, Vec2::NEG_X),
+        (KeyCode::ArrowLeft, Vec2::NEG_X),
+        (KeyCode::KeyD, Vec2::X),
+        (KeyCode::ArrowRight, Vec2::X),
+    ] {
+        if keys.pressed(k) {
+            walk += d;
+        }
+    }
+    let turned = Quat::from_rotation_y(orbit.yaw) * Vec3::new(walk.x, 0.0, walk.y);
+    input.walk = turned.xz().normalize_or_zero();
+    input.jump |= keys.just_pressed(KeyCode::Space);
+    let cursor = windows.iter().find_map(Window::cursor_position);
+    input.aim = cursor.and_then(|c| camera.viewport_to_world(global, c).ok()).map(|ray| (ray.origin, *ray.direction));
 }
 
 /// The trigger zone: a translucent box.
@@ -165,7 +243,7 @@ fn attach_mesh(
         Role::Static(_) => 1,
         Role::Stacked => 2,
         Role::Ball => 3,
-        Role::Npc => 4,
+        Role::Npc | Role::Player => 4,
     };
     let material = cache
         .materials
@@ -187,7 +265,7 @@ fn attach_mesh(
         })
         .clone();
     commands.entity(add.entity).insert((Mesh3d(mesh), MeshMaterial3d(material)));
-    if d.role == Role::Npc {
+    if matches!(d.role, Role::Npc | Role::Player) {
         // A visor so you can see which way an NPC faces.
         let visor = meshes.add(Cuboid::new(0.5, 0.15, 0.2));
         let visor_material = materials.add(StandardMaterial {
@@ -196,10 +274,12 @@ fn attach_mesh(
             ..default()
         });
         if let BodyShape::Capsule(r, h) = d.shape {
+            let at = Vec3::new(0.0, h + r * 0.3, -r * 0.85);
             commands.entity(add.entity).with_child((
+                Visor(at),
                 Mesh3d(visor),
                 MeshMaterial3d(visor_material),
-                Transform::from_xyz(0.0, h + r * 0.3, -r * 0.85),
+                Transform::from_translation(at),
             ));
         }
     }
@@ -271,16 +351,30 @@ fn update_hud(state: Res<HudState>, mut text: Query<&mut Text, With<HudText>>) {
     }
 }
 
+/// With a player: the camera follows it (third person); without, WASD pans over the
+/// arena. The right or middle mouse button turns it, the wheel zooms.
+#[allow(clippy::too_many_arguments)] // a system's parameters
 fn orbit_camera(
-    mut cameras: Query<(&mut OrbitCamera, &mut Transform)>,
+    mut cameras: Query<(&mut OrbitCamera, &mut Transform), Without<Player>>,
+    players: Query<&Transform, With<Player>>,
     buttons: Res<ButtonInput<MouseButton>>,
     keys: Res<ButtonInput<KeyCode>>,
     motion: Res<AccumulatedMouseMotion>,
     scroll: Res<AccumulatedMouseScroll>,
     time: Res<Time>,
+    mut following: Local<bool>,
 ) {
     let limit = FRAC_PI_2 - 0.05;
+    let player = players.single().ok().map(|t| t.translation);
     for (mut orbit, mut transform) in &mut cameras {
+        if let Some(at) = player {
+            if !std::mem::replace(&mut *following, true) {
+                // Third person: close behind the player, looking the way the course goes.
+                (orbit.distance, orbit.yaw, orbit.pitch) = (9.0, 0.35, -0.5);
+            }
+            let focus = at + Vec3::Y * 0.8;
+            orbit.focus = orbit.focus.lerp(focus, (time.delta_secs() * 8.0).min(1.0));
+        }
         if buttons.pressed(MouseButton::Right) || buttons.pressed(MouseButton::Middle) {
             orbit.yaw -= motion.delta.x * 0.005;
             orbit.pitch = (orbit.pitch - motion.delta.y * 0.005).clamp(-limit, -0.02);
@@ -301,7 +395,7 @@ fn orbit_camera(
                 pan += d;
             }
         }
-        if pan != Vec2::ZERO {
+        if pan != Vec2::ZERO && player.is_none() {
             let heading = Quat::from_rotation_y(orbit.yaw);
             let step = heading * Vec3::new(pan.x, 0.0, pan.y).normalize() * orbit.distance * 0.6 * time.delta_secs();
             orbit.focus = (orbit.focus + step).clamp(Vec3::new(-25.0, 0.0, -25.0), Vec3::new(25.0, 5.0, 25.0));

@@ -63,6 +63,8 @@ pub struct Report {
     pub zone_entries: u64,
     /// Hit effects made from collision events.
     pub sparks: u64,
+    /// What the player did (all zero in a level without one).
+    pub player: crate::player::PlayerCounters,
 }
 
 /// Counts what the world holds and reads the plugin's statistics.
@@ -76,6 +78,7 @@ pub fn collect(world: &mut World) -> Report {
                 r.bodies += 1;
                 r.agents += 1;
             }
+            Role::Player => {}
             Role::Stacked | Role::Ball => {
                 r.bodies += 1;
                 if start.is_some_and(|s| s.0.distance(transform.translation) > MOVED_THRESHOLD) {
@@ -103,6 +106,9 @@ pub fn collect(world: &mut World) -> Report {
 
         r.zone_entries = p.zone_entries;
         r.sparks = p.sparks;
+    }
+    if let Some(p) = world.get_resource::<crate::player::PlayerCounters>() {
+        r.player = *p;
     }
     let s = offload::stats(world);
     r.physics_results_from_peers = s.physics_results_from_peers;

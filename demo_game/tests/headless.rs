@@ -76,6 +76,30 @@ fn peer_results_move_bodies_and_npcs_walk() {
     assert!(fallback * 10 <= from_peers, "{fallback} fallback ticks, {from_peers} from peers after warm-up: {r:?}");
 }
 
+#[test]
+fn the_player_pushes_crates_opens_the_door_climbs_aims_and_is_noticed() {
+    // The autopilot plays the course (headless apps have it): every figure grows from
+    // zero only through the controller, the scene queries and the world's reaction.
+    let mut app = headless_app(1);
+    let r = run_until(&mut app, Duration::from_secs(120), |r| {
+        let p = &r.player;
+        p.highest_ground_m >= 1.7
+            && p.crates_moved_m >= 1.0
+            && p.door_opened_deg >= 20.0
+            && p.aim_hits > 0
+            && p.npcs_noticed >= 1
+    });
+    eprintln!("{}", serde_json::to_string(&r).unwrap());
+    let p = &r.player;
+    assert!(p.walked_m >= 10.0 && p.jumps >= 3, "walked and jumped: {p:?}");
+    assert!(p.highest_ground_m >= 1.7, "stood on the highest platform (1.8 m): {p:?}");
+    assert!(p.crates_moved_m >= 1.0, "pushed a crate the world then moved: {p:?}");
+    assert!(p.door_opened_deg >= 20.0, "opened the hinged door: {p:?}");
+    assert!(p.aim_hits > 0, "the aim ray hit something: {p:?}");
+    assert!(p.npcs_noticed >= 1, "an NPC saw the player and set off towards it: {p:?}");
+    assert!(r.physics_results_from_peers > 0, "{r:?}");
+}
+
 fn press(app: &mut bevy::app::App, key: KeyCode) {
     app.world_mut().resource_mut::<ButtonInput<KeyCode>>().press(key);
     app.update();

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use p2c2r_protocol::TaskError;
 use p2c2r_protocol::physics::{BodyDesc, BodyId, Groups, Quat, Shape, Vec3};
 use rapier3d::math::{Pose, Rotation, Vector};
-use rapier3d::parry::partitioning::Bvh;
+use rapier3d::parry::partitioning::{Bvh, BvhWorkspace};
 use rapier3d::parry::query::{Ray, ShapeCastOptions};
 use rapier3d::prelude::{
     ColliderBuilder, ColliderHandle, Group, InteractionGroups, InteractionTestMode, QueryFilter, QueryFilterFlags,
@@ -92,6 +92,8 @@ pub struct QueryWorld {
     colliders: HashMap<BodyId, Entry>,
     /// The colliders' boxes; leaves are collider indices.
     bvh: Bvh,
+    /// Scratch space for refitting and re-optimizing the tree.
+    workspace: BvhWorkspace,
     /// Leaves changed since the tree was last refitted.
     dirty: bool,
 }
@@ -124,6 +126,7 @@ impl QueryWorld {
             world: rapier3d::prelude::PhysicsWorld::new(),
             colliders: HashMap::new(),
             bvh: Bvh::new(),
+            workspace: BvhWorkspace::default(),
             dirty: false,
         }
     }
@@ -196,12 +199,15 @@ impl QueryWorld {
         }
     }
 
-    /// Brings the tree up to date with the bodies added and moved since the last call
-    /// (refits it): call once after a batch of changes, before querying. Queries made
-    /// without it may miss what moved.
+    /// Brings the tree up to date with the bodies added and moved since the last call:
+    /// refits it, and re-optimizes a part of it (as rapier's broad phase does each step:
+    /// bodies that wander far from where the tree grouped them would otherwise make every
+    /// query visit most of it). Call once after a batch of changes, before querying.
+    /// Queries made without it may miss what moved.
     pub fn update(&mut self) {
         if self.dirty {
-            self.bvh.refit_without_opt();
+            self.bvh.refit(&mut self.workspace);
+            self.bvh.optimize_incremental(&mut self.workspace);
             self.dirty = false;
         }
     }
