@@ -10,8 +10,9 @@
 //! zero gravity inside a closed box of six fixed walls, with random velocities and full
 //! restitution, so they stay awake and collide moderately. "Full" adds collision events
 //! on every body, a character walking a circle among them and 64 ray casts a frame across
-//! the box (their mean cost is printed); "bare" turns the query copy off
-//! (`P2c2rConfiguration::scene_queries`) and has none of them. With
+//! the box (their mean cost is printed); "queries" is full without the events; "bare"
+//! turns the query copy off (`P2c2rConfiguration::scene_queries`) and has none of them.
+//! The events column is the collision events delivered per frame. With
 //! `P2c2rPlugin::embedded()` (an in-process coordinator and one peer over loopback, on
 //! their own threads), once the peer serves and a few seconds have passed, the wall time
 //! of each `app.update()` is measured: what the plugin's systems cost the main thread
@@ -67,8 +68,10 @@ struct Rays {
 #[derive(Clone, Copy)]
 struct Variant {
     name: &'static str,
-    /// Events, a character and ray casts (and the query copy kept).
-    full: bool,
+    /// A character and ray casts (and the query copy kept).
+    queries: bool,
+    /// Collision events on every body.
+    events: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -114,7 +117,7 @@ fn app(plugin: P2c2rPlugin, bodies: usize, variant: Variant) -> App {
     app.add_plugins(MinimalPlugins)
         .add_plugins(plugin.gamer_id("main-thread-bench").tick_rate(HZ).with_configuration(P2c2rConfiguration {
             gravity: Vec3::ZERO,
-            scene_queries: variant.full,
+            scene_queries: variant.queries,
             ..default()
         }))
         .insert_resource(TimeUpdateStrategy::ManualDuration(Duration::from_secs_f64(1.0 / HZ)))
@@ -138,14 +141,14 @@ fn app(plugin: P2c2rPlugin, bodies: usize, variant: Variant) -> App {
                 .in_set(RunFixedMainLoopSystems::AfterFixedMainLoop),
         );
     app.init_resource::<Rays>();
-    if variant.full {
+    if variant.queries {
         app.add_systems(FixedUpdate, walk).add_systems(Update, cast_rays);
     }
-    spawn_scene(app.world_mut(), bodies, variant.full);
+    spawn_scene(app.world_mut(), bodies, variant);
     app
 }
 
-fn spawn_scene(world: &mut World, bodies: usize, full: bool) {
+fn spawn_scene(world: &mut World, bodies: usize, variant: Variant) {
     let mut rng = fastrand::Rng::with_seed(4096);
     let side = (bodies as f32 * (2.0 * HALF).powi(3) / FILL).cbrt();
     let (h, t) = (side / 2.0, 0.5);
@@ -188,11 +191,11 @@ fn spawn_scene(world: &mut World, bodies: usize, full: bool) {
             velocity,
             Transform::from_translation(position),
         ));
-        if full {
+        if variant.events {
             body.insert(ActiveEvents::COLLISION_EVENTS);
         }
     }
-    if full {
+    if variant.queries {
         world.spawn((
             KinematicCharacterController::default(),
             Collider::capsule_y(0.5, 0.3),
@@ -256,6 +259,8 @@ struct Measured {
     fallback_ticks: u64,
     peer_results: u64,
     snapshots: u64,
+    /// Collision events delivered per frame.
+    events: f64,
     /// The slowest Send stage, ms.
     slowest_send: f64,
     /// Mean time of a ray cast, µs (0 when none was cast).
@@ -284,6 +289,7 @@ fn measure(app: &mut App) -> Measured {
         fallback_ticks: after.fallback_ticks - before.fallback_ticks,
         peer_results: after.physics_results_from_peers - before.physics_results_from_peers,
         snapshots: after.snapshots_sent - before.snapshots_sent,
+        events: (after.events.collisions - before.events.collisions) as f64 / FRAMES as f64,
         slowest_send: slowest_send.as_secs_f64() * 1e3,
     }
 }
@@ -293,7 +299,7 @@ fn row(name: &str, m: &Measured) {
     let s = &m.stages;
     let other = s.total.saturating_sub(s.receive + s.apply + s.characters + s.send + s.interpolate);
     println!(
-        "| {name:<18} | {:>6.3} | {:>6.3} | {:>6.3} | {:>7.3} | {:>7.3} | {:>6.3} | {:>6.3} | {:>6.3} | {:>6.3} | {:>6.3} | {:>5.2} | {:>4}/{:<4} | {:>8} | {:>3} | {:>6.3} |",
+        "| {name:<18} | {:>6.3} | {:>6.3} | {:>6.3} | {:>7.3} | {:>7.3} | {:>6.3} | {:>6.3} | {:>6.3} | {:>6.3} | {:>6.3} | {:>5.2} | {:>6.1} | {:>4}/{:<4} | {:>8} | {:>3} | {:>6.3} |",
         m.hist.value_at_quantile(0.5) as f64 / 1e3,
         m.hist.value_at_quantile(0.99) as f64 / 1e3,
         m.hist.max() as f64 / 1e3,
@@ -305,6 +311,7 @@ fn row(name: &str, m: &Measured) {
         mean(s.interpolate),
         mean(other),
         m.ray_us,
+        m.events,
         m.frames_offloaded,
         m.peer_results,
         m.fallback_ticks,
@@ -352,17 +359,18 @@ fn main() {
     println!("main thread per frame: awake boxes, 60 Hz (one fixed tick per frame), ms of app.update() wall time");
     println!();
     println!(
-        "| bodies, plugin | p50 | p99 | max | mean | receive | apply | chars | send | interp | other | ray µs | offloaded/peer results | fallback ticks | snapshots | slowest send |"
+        "| bodies, plugin | p50 | p99 | max | mean | receive | apply | chars | send | interp | other | ray µs | events | offloaded/peer results | fallback ticks | snapshots | slowest send |"
     );
     println!(
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
-    let bare = Variant { name: "bare", full: false };
-    let full = Variant { name: "full", full: true };
+    let bare = Variant { name: "bare", queries: false, events: false };
+    let queries = Variant { name: "queries", queries: true, events: false };
+    let full = Variant { name: "full", queries: true, events: true };
     let mut ratios = Vec::new();
     for bodies in SIZES {
         let mut p50 = Vec::new();
-        for variant in [bare, full] {
+        for variant in [bare, queries, full] {
             let Some((m, rtt)) = offloaded(bodies, variant) else { return };
             row(&format!("{bodies} offloaded {}", variant.name), &m);
             p50.push((variant.name, m.hist.value_at_quantile(0.5), rtt));

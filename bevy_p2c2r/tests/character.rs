@@ -1,6 +1,8 @@
 //! The player's character through the plugin, offloaded and local alike: it moves at the
-//! tick its input is given (no round trip), stops at walls, pushes a crate that the world
-//! then moves, and is pushed out of a door the world closed on it a little per tick.
+//! tick its input is given (no round trip), walks up a 30° ramp and a 0.3 m step, lands on
+//! a platform after a jump, stops at walls, pushes a crate that the world then moves, is
+//! pushed out of a door the world closed on it a little per tick, and walks without a
+//! hitch through a fallback and a hand-back to a new peer.
 
 mod common;
 
@@ -22,6 +24,8 @@ const STANDING: f32 = 0.82;
 struct Walk {
     velocity: Vec3,
     falling: f32,
+    /// Jump at the next tick on the ground.
+    jump: bool,
 }
 
 fn walk(
@@ -31,7 +35,14 @@ fn walk(
 ) {
     let dt = time.timestep().as_secs_f32();
     for (mut controller, output) in &mut characters {
-        walk.falling = if output.grounded { 0.0 } else { walk.falling - 9.81 * dt };
+        walk.falling = match (output.grounded, std::mem::take(&mut walk.jump)) {
+            (true, true) => 5.5,
+            (true, false) => 0.0,
+            (false, jump) => {
+                walk.jump = jump;
+                walk.falling - 9.81 * dt
+            }
+        };
         controller.translation = Some((walk.velocity + Vec3::Y * walk.falling) * dt);
     }
 }
@@ -185,4 +196,118 @@ fn a_door_closed_on_the_character_pushes_it_out_gently_locally() {
 fn a_door_closed_on_the_character_pushes_it_out_gently_offloaded() {
     let mut app = app_with(P2c2rPlugin::embedded().gamer_id("door"), tick_duration());
     pushed_out_of_a_closed_door(&mut app, |app| stats(app).mode == OffloadMode::Offloaded);
+}
+
+#[test]
+fn a_character_walks_without_a_hitch_and_pushes_through_fallback_and_hand_back() {
+    let mut app = app_with(
+        P2c2rPlugin::embedded()
+            .gamer_id("character-handover")
+            .with_fallback(FallbackSettings { timeout: Duration::from_millis(100), ..default() }),
+        tick_duration(),
+    );
+    spawn_ground(&mut app);
+    let character = spawn_character(&mut app, Vec3::new(0.0, STANDING, 0.0));
+    let crate_ = app
+        .world_mut()
+        .spawn((
+            RigidBody::Dynamic,
+            Collider::cuboid(0.5, 0.5, 0.5),
+            ColliderMassProperties::Mass(40.0),
+            Transform::from_xyz(0.0, 0.5, -12.0),
+        ))
+        .id();
+    settle(&mut app, character, &|app| stats(app).mode == OffloadMode::Offloaded);
+    // Walks towards the crate at 1 m/s: every tick moves it exactly 1/60 m, whoever
+    // steps the world.
+    set_walk(&mut app, Vec3::new(0.0, 0.0, -1.0));
+    let mut last = state(&app, character).position.z;
+    let mut steady = |app: &mut App| {
+        let z = state(app, character).position.z;
+        let step = last - z;
+        assert!((step - 1.0 / 60.0).abs() < 1e-3 || step.abs() < 1e-6 && z < -10.0, "a hitch: moved {step} m");
+        last = z;
+    };
+    let peer = app.world().resource::<EmbeddedCluster>().peers()[0].clone();
+    assert!(app.world_mut().resource_mut::<EmbeddedCluster>().kill_peer(Some(&peer)));
+    let entry = stats(&app).fallback_ticks;
+    run_until(
+        &mut app,
+        TIMEOUT,
+        PACE,
+        &mut steady,
+        |app| stats(app).fallback_ticks >= entry + 60,
+        "a second of fallback",
+    );
+    assert!(app.world_mut().resource_mut::<EmbeddedCluster>().add_peer());
+    let from_peers = stats(&app).physics_results_from_peers;
+    run_until(
+        &mut app,
+        TIMEOUT,
+        PACE,
+        &mut steady,
+        |app| stats(app).mode == OffloadMode::Offloaded && stats(app).physics_results_from_peers >= from_peers + 30,
+        "the new peer to serve",
+    );
+    // On to the crate, which the new peer moves.
+    set_walk(&mut app, Vec3::new(0.0, 0.0, -2.0));
+    run_until(&mut app, TIMEOUT, PACE, |_| {}, |app| state(app, crate_).position.z < -13.0, "the crate pushed 1 m");
+    assert!(stats(&app).handbacks >= 1 && stats(&app).characters.pushes > 0, "{:?}", stats(&app));
+}
+
+/// A 30° ramp rising towards +x from x = 3, a 0.3 m step at x < −2 and a platform 1 m
+/// high behind it (−z); the character walks up the ramp, back onto the step, and jumps
+/// onto the platform.
+fn climbs_steps_and_jumps(app: &mut App, ready: impl Fn(&App) -> bool) {
+    spawn_ground(app);
+    let tilt = 30f32.to_radians();
+    app.world_mut().spawn((
+        Collider::cuboid(5.0, 0.1, 2.0),
+        Transform::from_xyz(3.0 + 5.0 * tilt.cos(), 5.0 * tilt.sin() - 0.1, 0.0)
+            .with_rotation(Quat::from_rotation_z(tilt)),
+    ));
+    app.world_mut().spawn((Collider::cuboid(2.0, 0.15, 2.0), Transform::from_xyz(-4.0, 0.15, 0.0)));
+    app.world_mut().spawn((Collider::cuboid(1.5, 0.5, 1.0), Transform::from_xyz(-4.0, 0.5, -4.0)));
+    let character = spawn_character(app, Vec3::new(0.0, STANDING, 0.0));
+    settle(app, character, &ready);
+
+    set_walk(app, Vec3::new(3.0, 0.0, 0.0));
+    run_until(app, TIMEOUT, PACE, |_| {}, |app| state(app, character).position.x > 7.0, "up the ramp");
+    let at = state(app, character).position;
+    let ramp = (at.x - 3.0) * tilt.tan();
+    assert!(at.y > ramp + 0.5 && at.y < ramp + 1.3, "on the 30° ramp: {at:?}, its surface at {ramp}");
+
+    set_walk(app, Vec3::new(-3.0, 0.0, 0.0));
+    run_until(app, TIMEOUT, PACE, |_| {}, |app| state(app, character).position.x < -4.0, "onto the step");
+    set_walk(app, Vec3::ZERO);
+    run_until(app, TIMEOUT, PACE, |_| {}, |app| output(app, character).grounded, "standing");
+    let at = state(app, character).position;
+    assert!((at.y - (0.3 + STANDING)).abs() < 0.1, "up the 0.3 m step: {at:?}");
+
+    set_walk(app, Vec3::new(0.0, 0.0, -2.5));
+    run_until(app, TIMEOUT, PACE, |_| {}, |app| state(app, character).position.z < -1.8, "near the platform");
+    app.world_mut().resource_mut::<Walk>().jump = true;
+    run_until(
+        app,
+        TIMEOUT,
+        PACE,
+        |_| {},
+        |app| state(app, character).position.z < -3.5 && output(app, character).grounded,
+        "landed",
+    );
+    set_walk(app, Vec3::ZERO);
+    let at = state(app, character).position;
+    assert!((at.y - (1.0 + STANDING)).abs() < 0.1, "on the 1 m platform: {at:?}");
+}
+
+#[test]
+fn a_character_climbs_a_ramp_and_a_step_and_jumps_onto_a_platform_locally() {
+    let mut app = app_with(P2c2rPlugin::local_only(), tick_duration());
+    climbs_steps_and_jumps(&mut app, |_| true);
+}
+
+#[test]
+fn a_character_climbs_a_ramp_and_a_step_and_jumps_onto_a_platform_offloaded() {
+    let mut app = app_with(P2c2rPlugin::embedded().gamer_id("climber"), tick_duration());
+    climbs_steps_and_jumps(&mut app, |app| stats(app).mode == OffloadMode::Offloaded);
 }

@@ -12,6 +12,7 @@
 //! exactly the geometry the world steps.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use p2c2r_protocol::TaskError;
 use p2c2r_protocol::physics::{BodyDesc, BodyId, Groups, Quat, Shape, Vec3};
@@ -89,13 +90,35 @@ pub struct PointHit {
 pub struct QueryWorld {
     /// The colliders (and rapier's query dispatcher); never stepped.
     world: rapier3d::prelude::PhysicsWorld,
-    colliders: HashMap<BodyId, Entry>,
+    colliders: HashMap<BodyId, Entry, BuildHasherDefault<IdHasher>>,
     /// The colliders' boxes; leaves are collider indices.
     bvh: Bvh,
     /// Scratch space for refitting and re-optimizing the tree.
     workspace: BvhWorkspace,
     /// Leaves changed since the tree was last refitted.
     dirty: bool,
+}
+
+/// Hashes a body id with one multiplication: the ids are the caller's own (a game's
+/// entities), not the network's, so SipHash's defence against chosen keys buys nothing
+/// here, and every applied tick looks up every moving body.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        self.0 = (self.0 ^ id ^ (id >> 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
 }
 
 struct Entry {
@@ -124,7 +147,7 @@ impl QueryWorld {
     pub fn new() -> Self {
         QueryWorld {
             world: rapier3d::prelude::PhysicsWorld::new(),
-            colliders: HashMap::new(),
+            colliders: HashMap::default(),
             bvh: Bvh::new(),
             workspace: BvhWorkspace::default(),
             dirty: false,
