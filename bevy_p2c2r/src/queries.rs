@@ -11,8 +11,9 @@
 //! a world steps) and moves it as results are applied.
 //!
 //! **What it costs**: the copy is kept in step at every applied tick (every body added,
-//! every applied state that changed moved and the tree refitted: about 70 ns a moving body,
-//! see `cargo bench -p p2c2r_sim --bench features`). A game that never queries can turn it
+//! every applied state that changed moved and the tree refitted: about 80 ns a moving body
+//! in `cargo bench -p p2c2r_sim --bench features`, about twice that inside a game, where
+//! the copy is cold). A game that never queries can turn it
 //! off with [`crate::P2c2rConfiguration::scene_queries`]; queries then see nothing, and
 //! turning it back on rebuilds the copy at the next tick.
 
@@ -20,8 +21,6 @@ use bevy::math::{Quat, Vec3};
 use bevy::prelude::{Entity, ResMut, Resource};
 use p2c2r_protocol::physics::{BodyDesc, Groups};
 use p2c2r_sim::queries::{QueryFilterSpec, QueryWorld};
-
-use bevy::ecs::change_detection::DetectChanges;
 
 use crate::body::{BodyParts, Collider, CollisionGroups};
 use crate::components::PhysicsState;
@@ -253,7 +252,8 @@ pub(crate) fn update_queries(
     settings: bevy::prelude::Res<crate::P2c2rConfiguration>,
     stats: bevy::prelude::Res<crate::P2c2rStats>,
     ids: bevy::prelude::Res<crate::ids::EntityIds>,
-    bodies: bevy::prelude::Query<(Entity, BodyParts, bevy::prelude::Ref<PhysicsState>)>,
+    bodies: bevy::prelude::Query<(Entity, BodyParts, &PhysicsState)>,
+    moved: bevy::prelude::Query<(Entity, &PhysicsState), bevy::prelude::Changed<PhysicsState>>,
 ) {
     let queries = &mut *queries;
     if !settings.scene_queries {
@@ -267,14 +267,12 @@ pub(crate) fn update_queries(
         queries.synced = true;
         for (entity, parts, state) in &bodies {
             if ids.bodies.id(entity) == Some(state.id) {
-                queries.add(entity, &parts.desc(state.id, &state));
+                queries.add(entity, &parts.desc(state.id, state));
             }
         }
     } else {
-        for (entity, _, state) in &bodies {
-            if state.is_changed() {
-                queries.world.set_pose(entity.to_bits(), state.position.to_array(), state.rotation.to_array());
-            }
+        for (entity, state) in &moved {
+            queries.world.set_pose(entity.to_bits(), state.position.to_array(), state.rotation.to_array());
         }
     }
     queries.world.update();
