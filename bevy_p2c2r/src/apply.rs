@@ -25,6 +25,10 @@ pub(crate) struct Results {
     pub physics: Vec<(PhysicsStepResult, ResultSource, Option<Duration>)>,
     pub ai: Vec<(AiNavigateResult, ResultSource)>,
     pub playout: Playout,
+    /// The latest physics tick applied (what the scene queries see, and the pushes
+    /// characters sent for it and before are in it). `P2c2rStats` shows it; the plugin
+    /// reads it here, never from the stats.
+    pub last_applied_tick: Option<u64>,
 }
 
 /// The playout buffer's target depth is `ceil(JITTER_MULTIPLIER × jitter −
@@ -228,6 +232,7 @@ pub(crate) fn take_physics_results(
         }
         stats.count_applied();
         stats.last_applied_tick = Some(result.tick);
+        results.last_applied_tick = Some(result.tick);
         stepped.write(PhysicsStepped { tick: result.tick, source, bodies: result.bodies.len(), rtt });
     }
     updates
@@ -290,6 +295,7 @@ type AppliedBody = (
     Option<&'static mut PoseInterpolation>,
     Option<&'static mut Velocity>,
     Has<crate::KinematicCharacterController>,
+    Option<&'static crate::body::RigidBody>,
 );
 
 pub(crate) fn apply_physics(
@@ -309,7 +315,8 @@ pub(crate) fn apply_physics(
     let count = results.playout.count(queued, target, expected);
     let taken = take_physics_results(&mut results, &mut ids, &mut stats, &mut stepped, &mut contacts, Some(count));
     for (entity, s, tick) in taken {
-        if let Ok((mut ps, interp, velocity, character)) = bodies.get_mut(entity) {
+        if let Ok((mut ps, interp, velocity, controller, body)) = bodies.get_mut(entity) {
+            let character = crate::character::is_character(controller, body);
             write_state(&mut ps, interp, velocity, &s, tick, character);
         }
     }

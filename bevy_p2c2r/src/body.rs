@@ -293,6 +293,11 @@ impl CollisionGroups {
     pub fn new(memberships: u32, filters: u32) -> Self {
         CollisionGroups { memberships, filters }
     }
+
+    /// The wire's groups (`None`: every group).
+    pub(crate) fn wire(groups: Option<CollisionGroups>) -> Groups {
+        groups.map_or(Groups::ALL, |g| Groups { memberships: g.memberships, filters: g.filters })
+    }
 }
 
 /// Which bodies' contacts push it (bevy_rapier3d's `SolverGroups`): contacts with the
@@ -466,7 +471,7 @@ impl BodyPartsItem<'_, '_> {
         }
         d.ccd = self.ccd.is_some_and(|c| c.enabled);
         if let Some(g) = self.collision_groups {
-            d.collision_groups = Groups { memberships: g.memberships, filters: g.filters };
+            d.collision_groups = CollisionGroups::wire(Some(*g));
         }
         if let Some(g) = self.solver_groups {
             d.solver_groups = Groups { memberships: g.memberships, filters: g.filters };

@@ -20,6 +20,10 @@ pub(crate) struct TickChanges {
     pub set_velocity: Vec<SetVelocity>,
     pub forces: Vec<ApplyForce>,
     pub impulses: Vec<ApplyImpulse>,
+    /// Impulses characters give the bodies they push, by entity: named by id only in
+    /// `collect_changes`, after this tick's registrations (a body re-created this tick has
+    /// a new id).
+    pub pushes: Vec<(Entity, bevy::math::Vec3)>,
     pub targets: Vec<KinematicTarget>,
     /// Joints to create (new, changed, or whose body was re-created).
     pub add_joints: Vec<JointDesc>,
@@ -66,6 +70,8 @@ pub(crate) fn physics_request(
         set_velocity,
         forces,
         impulses,
+        // Named by id in `collect_changes` already (into `impulses`).
+        pushes: _,
         mut targets,
         add_joints,
         remove_joints,

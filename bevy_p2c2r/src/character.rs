@@ -17,10 +17,10 @@
 //! **Pushing.** To the controller every body is an obstacle at its last applied pose, so
 //! the character stops against a crate. A dynamic body it bumps into gets an impulse in
 //! the next request that brings its velocity along the contact normal up to the
-//! character's (scaled by the two masses). Impulses sent for ticks the copy does not show
-//! yet are counted as already moving the body, so a push held for a round trip is sent
-//! once, not once a tick (with too-old velocity it would be sent again every tick and
-//! fling the crate).
+//! character's, sized as two masses meeting (a heavy body gets a share each tick).
+//! Impulses sent for ticks the copy does not show yet are counted as already moving the
+//! body, so each tick sends only what is still missing; with the too-old velocity alone,
+//! the same push would go again every tick of a round trip and fling the crate.
 //!
 //! **When the local move and the world disagree** (a door the peer closed where the
 //! character walked, because the copy still showed it open): the next applied tick puts
@@ -33,7 +33,6 @@
 //! [`crate::P2c2rStats`]' `characters` group count and measure these corrections.
 
 use bevy::prelude::*;
-use p2c2r_protocol::physics::{ApplyImpulse, Groups};
 use p2c2r_sim::character::{Autostep, CharacterSettings, push_impulse};
 use p2c2r_sim::queries::QueryFilterSpec;
 
@@ -177,6 +176,12 @@ pub struct CharacterCollision {
     pub impulse: Vec3,
 }
 
+/// Whether the controller moves this body: it has a [`KinematicCharacterController`] and
+/// is [`RigidBody::KinematicPositionBased`] (anything else the world moves itself).
+pub(crate) fn is_character(has_controller: bool, body: Option<&RigidBody>) -> bool {
+    has_controller && body == Some(&RigidBody::KinematicPositionBased)
+}
+
 /// Impulses sent to bodies for ticks the copy does not show yet (plugin-internal).
 #[derive(Resource, Default)]
 pub(crate) struct PendingPushes {
@@ -209,8 +214,9 @@ type Character = (
     &'static mut KinematicCharacterController,
     &'static mut KinematicCharacterControllerOutput,
     &'static Collider,
+    &'static RigidBody,
     &'static mut PhysicsState,
-    &'static mut PoseInterpolation,
+    Option<&'static mut PoseInterpolation>,
     Option<&'static mut KinematicTarget>,
 );
 
@@ -225,26 +231,38 @@ pub(crate) fn move_characters(
     mut pending: ResMut<PendingPushes>,
     mut stats: ResMut<P2c2rStats>,
     ids: Res<EntityIds>,
+    results: Res<crate::apply::Results>,
     time: Res<Time<Fixed>>,
     offload: Res<crate::plugin::Offload>,
     mut characters: Query<Character>,
     others: Query<&PhysicsState, Without<KinematicCharacterController>>,
     mut warned: Local<bool>,
+    mut warned_body: Local<bool>,
 ) {
     let dt = time.timestep().as_secs_f32();
     // This tick's request carries the pushes.
     let tick = offload.tick + 1;
-    pending.applied(stats.last_applied_tick.unwrap_or(0));
-    for (entity, mut controller, mut output, collider, mut state, mut interp, target) in &mut characters {
+    pending.applied(results.last_applied_tick.unwrap_or(0));
+    for (entity, mut controller, mut output, collider, body, mut state, interp, target) in &mut characters {
         // Registered (it has an id) and placed: the first tick only registers it.
         if ids.bodies.id(entity) != Some(state.id) {
             continue;
         }
+        let Some(mut interp) = interp.filter(|_| *body == RigidBody::KinematicPositionBased) else {
+            // A world moves any other kind of body itself (and refuses kinematic targets
+            // for it): the controller leaves it alone, and says so once.
+            if !std::mem::replace(&mut *warned_body, true) {
+                tracing::warn!(
+                    ?entity,
+                    ?body,
+                    "p2c2r: a KinematicCharacterController needs RigidBody::KinematicPositionBased; not moved"
+                );
+            }
+            continue;
+        };
         let desired = controller.translation.take().unwrap_or(Vec3::ZERO);
         let filter = QueryFilterSpec {
-            groups: controller
-                .filter_groups
-                .map_or(Groups::ALL, |g| Groups { memberships: g.memberships, filters: g.filters }),
+            groups: CollisionGroups::wire(controller.filter_groups),
             exclude: Some(entity.to_bits()),
             sensors: false,
         };
@@ -280,7 +298,7 @@ pub(crate) fn move_characters(
             let normal = Vec3::from_array(hit.normal);
             let mut impulse = Vec3::ZERO;
             if controller.apply_impulse_to_dynamic_bodies
-                && let (Some(body_mass), Ok(body_state), Some(id)) = (hit.mass, others.get(body), ids.bodies.id(body))
+                && let (Some(body_mass), Ok(body_state)) = (hit.mass, others.get(body))
             {
                 // The character and the body meet as two masses: a heavy crate gives way
                 // slowly, pushed again each tick while the character leans on it.
@@ -294,7 +312,7 @@ pub(crate) fn move_characters(
                     MAX_PUSH_IMPULSE,
                 ));
                 if impulse != Vec3::ZERO {
-                    changes.impulses.push(ApplyImpulse { id, impulse: impulse.to_array(), torque_impulse: [0.0; 3] });
+                    changes.pushes.push((body, impulse));
                     pending.push(tick, body, impulse / body_mass);
                     stats.characters.pushes += 1;
                 }
@@ -324,7 +342,7 @@ pub(crate) fn move_characters(
                 commands.entity(entity).insert(KinematicTarget { position: new_position, rotation });
             }
         }
-        queries.move_character(entity, new_position, rotation);
+        queries.set_pose(entity, new_position, rotation);
         *output = KinematicCharacterControllerOutput {
             desired_translation: desired,
             effective_translation: Vec3::from_array(moved.translation),
@@ -334,5 +352,5 @@ pub(crate) fn move_characters(
             collisions,
         };
     }
-    queries.refit();
+    queries.update();
 }

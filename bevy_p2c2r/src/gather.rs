@@ -271,6 +271,13 @@ pub(crate) fn collect_changes(
         ids.agents_moving.remove(&entity);
     }
 
+    // The characters' pushes, named by the bodies' ids as of this tick.
+    for (entity, impulse) in std::mem::take(&mut changes.pushes) {
+        if let Some(id) = ids.bodies.id(entity) {
+            changes.impulses.push(ApplyImpulse { id, impulse: impulse.to_array(), torque_impulse: [0.0; 3] });
+        }
+    }
+
     // Bodies sent this tick carry their velocity already.
     let fresh: std::collections::HashSet<Entity> = changes.adds.iter().map(|(e, _)| *e).collect();
     for (entity, _, mut ps, force, impulse, target, _, _, velocity, _) in &mut bodies {
@@ -312,6 +319,8 @@ pub(crate) fn collect_changes(
     for cmd in commands_in.read() {
         apply_command(ids, changes, &mut bodies, &mut queries, cmd);
     }
+    // Teleported bodies are seen by queries at once (from `Update` on).
+    queries.update();
     steer_agents(ids, changes, &bodies);
 }
 
@@ -356,11 +365,21 @@ fn apply_command(
                 let rotation = Quat::from_array(valid_rotation(rotation));
                 changes.set_pose.push(SetPose { id, position: position.to_array(), rotation: rotation.to_array() });
                 queries.set_pose(entity, position, rotation);
-                if let Ok((_, _, mut ps, _, _, _, interp, _, _, _)) = bodies.get_mut(entity) {
+                if let Ok((_, parts, mut ps, _, _, _, interp, _, _, controller)) = bodies.get_mut(entity) {
+                    let character = crate::character::is_character(controller, parts.rigid_body);
                     ps.position = position;
                     ps.rotation = rotation;
                     if let Some(mut interp) = interp {
                         *interp = PoseInterpolation::at(position, rotation);
+                    }
+                    if character {
+                        // The character's target for this tick was set before this command
+                        // and would drag it back during the step: the last target wins.
+                        changes.targets.push(WireKinematicTarget {
+                            id,
+                            position: position.to_array(),
+                            rotation: rotation.to_array(),
+                        });
                     }
                 }
             }

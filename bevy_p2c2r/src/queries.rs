@@ -4,8 +4,8 @@
 //!
 //! **What a query sees**: every body at its [`crate::PhysicsState`], the state of the
 //! last tick applied (from a peer or the local fallback), not the interpolated
-//! `Transform` drawn between the last two ticks; a body spawned (or changed) this tick is
-//! seen from the next fixed tick on, once its first state is applied. Teleports are seen at
+//! `Transform` drawn between the last two ticks. A body spawned (or changed) is seen from
+//! the fixed tick after, when the plugin registers it, at its spawn pose; a teleport at
 //! once. Queries never wait for the network and never reach it: the plugin keeps a copy of
 //! every body's collider (`p2c2r_sim::queries`, rapier's own queries over the same shapes
 //! a world steps) and moves it as results are applied.
@@ -19,7 +19,7 @@
 
 use bevy::math::{Quat, Vec3};
 use bevy::prelude::{Entity, ResMut, Resource};
-use p2c2r_protocol::physics::{BodyDesc, Groups};
+use p2c2r_protocol::physics::BodyDesc;
 use p2c2r_sim::queries::{QueryFilterSpec, QueryWorld};
 
 use crate::body::{BodyParts, Collider, CollisionGroups};
@@ -57,7 +57,7 @@ impl QueryFilter {
 
     fn spec(&self) -> QueryFilterSpec {
         QueryFilterSpec {
-            groups: self.groups.map_or(Groups::ALL, |g| Groups { memberships: g.memberships, filters: g.filters }),
+            groups: CollisionGroups::wire(self.groups),
             exclude: self.exclude_rigid_body.map(Entity::to_bits),
             sensors: self.include_sensors,
         }
@@ -220,13 +220,8 @@ impl PhysicsQueries {
         &self.world
     }
 
-    /// A character moved (by the controller, not by an applied tick).
-    pub(crate) fn move_character(&mut self, entity: Entity, position: Vec3, rotation: Quat) {
-        self.set_pose(entity, position, rotation);
-    }
-
-    /// Brings the tree up to the moves made since.
-    pub(crate) fn refit(&mut self) {
+    /// Brings the tree up to the moves made since (teleports, characters).
+    pub(crate) fn update(&mut self) {
         self.world.update();
     }
 
@@ -237,7 +232,7 @@ impl PhysicsQueries {
         }
     }
 
-    /// A body was teleported.
+    /// A body was teleported, or a character moved.
     pub(crate) fn set_pose(&mut self, entity: Entity, position: Vec3, rotation: Quat) {
         if self.synced {
             self.world.set_pose(entity.to_bits(), position.to_array(), rotation.to_array());
@@ -250,7 +245,7 @@ impl PhysicsQueries {
 pub(crate) fn update_queries(
     mut queries: ResMut<PhysicsQueries>,
     settings: bevy::prelude::Res<crate::P2c2rConfiguration>,
-    stats: bevy::prelude::Res<crate::P2c2rStats>,
+    results: bevy::prelude::Res<crate::apply::Results>,
     ids: bevy::prelude::Res<crate::ids::EntityIds>,
     bodies: bevy::prelude::Query<(Entity, BodyParts, &PhysicsState)>,
     moved: bevy::prelude::Query<(Entity, &PhysicsState), bevy::prelude::Changed<PhysicsState>>,
@@ -276,5 +271,5 @@ pub(crate) fn update_queries(
         }
     }
     queries.world.update();
-    queries.tick = stats.last_applied_tick.unwrap_or(0);
+    queries.tick = results.last_applied_tick.unwrap_or(0);
 }

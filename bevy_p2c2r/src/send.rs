@@ -83,7 +83,8 @@ pub(crate) fn send_tick(
         let taken =
             take_physics_results(&mut p.results, &mut p.ids, &mut p.stats, &mut p.stepped, &mut p.contacts, None);
         for (entity, s, t) in taken {
-            if let Ok((_, _, mut ps, _, _, _, interp, _, velocity, character)) = bodies.get_mut(entity) {
+            if let Ok((_, parts, mut ps, _, _, _, interp, _, velocity, controller)) = bodies.get_mut(entity) {
+                let character = crate::character::is_character(controller, parts.rigid_body);
                 write_state(&mut ps, interp, velocity, &s, t, character);
             }
         }

@@ -321,7 +321,9 @@ fn a_level_mesh_is_sent_once_and_again_only_to_a_peer_that_lacks_it() {
     assert!((y(&app, ball) - 0.5).abs() < 0.05, "the ball still rests on the mesh: {}", y(&app, ball));
 }
 
-/// A ground, a crate on it, a ball falling onto the crate, and a trigger zone around them.
+/// A ground, a crate on it, a ball sinking towards the crate at a steady 0.5 m/s (the
+/// tests run without gravity, so the ball moves, and is reported, every tick), and a
+/// trigger zone around them.
 fn query_scene(app: &mut App) -> (Entity, Entity, Entity, Entity) {
     let ground = spawn_ground(app);
     let crate_ = app
@@ -333,8 +335,15 @@ fn query_scene(app: &mut App) -> (Entity, Entity, Entity, Entity) {
             Transform::from_xyz(0.0, 0.5, 0.0),
         ))
         .id();
-    let ball =
-        app.world_mut().spawn((RigidBody::Dynamic, Collider::ball(0.3), Transform::from_xyz(0.0, 4.0, 0.0))).id();
+    let ball = app
+        .world_mut()
+        .spawn((
+            RigidBody::Dynamic,
+            Collider::ball(0.3),
+            Velocity::linear(Vec3::NEG_Y * 0.5),
+            Transform::from_xyz(0.0, 4.0, 0.0),
+        ))
+        .id();
     let zone =
         app.world_mut().spawn((Collider::cuboid(3.0, 3.0, 3.0), Sensor, Transform::from_xyz(0.0, 2.0, 0.0))).id();
     (ground, crate_, ball, zone)
@@ -356,7 +365,7 @@ fn rays_see_the_last_applied_tick(app: &mut App, until: impl Fn(&App) -> bool) {
         |app| until(app) && app.world().resource::<PhysicsQueries>().tick() > 5,
         "ticks applied",
     );
-    // The ball, falling: the hit is where its applied state is, not its drawn Transform.
+    // The ball, sinking: the hit is where its applied state is, not its drawn Transform.
     let hit = down(app, QueryFilter::default()).expect("a hit");
     assert_eq!(hit.entity, ball);
     let state = *app.world().get::<PhysicsState>(ball).unwrap();
@@ -378,13 +387,17 @@ fn rays_see_the_last_applied_tick(app: &mut App, until: impl Fn(&App) -> bool) {
 
 #[test]
 fn scene_queries_see_the_last_applied_tick_locally() {
-    let mut app = app_with(P2c2rPlugin::local_only(), tick_duration());
+    let plugin = P2c2rPlugin::local_only().with_configuration(P2c2rConfiguration { gravity: Vec3::ZERO, ..default() });
+    let mut app = app_with(plugin, tick_duration());
     rays_see_the_last_applied_tick(&mut app, |_| true);
 }
 
 #[test]
 fn scene_queries_see_the_last_applied_tick_offloaded() {
-    let mut app = app_with(P2c2rPlugin::embedded().gamer_id("queries"), tick_duration());
+    let plugin = P2c2rPlugin::embedded()
+        .gamer_id("queries")
+        .with_configuration(P2c2rConfiguration { gravity: Vec3::ZERO, ..default() });
+    let mut app = app_with(plugin, tick_duration());
     rays_see_the_last_applied_tick(&mut app, |app| {
         let s = stats(app);
         s.mode == OffloadMode::Offloaded && s.physics_results_from_peers >= 10

@@ -20,8 +20,9 @@
 use p2c2r_protocol::TaskError;
 use p2c2r_protocol::physics::{BodyId, Quat, Shape, Vec3};
 use rapier3d::control::{CharacterAutostep, CharacterLength, KinematicCharacterController};
-use rapier3d::math::Vector;
+use rapier3d::math::{Pose, Vector};
 use rapier3d::parry::shape::Shape as ParryShape;
+use rapier3d::prelude::QueryPipeline;
 
 use crate::checks::invalid;
 use crate::queries::{QueryFilterSpec, QueryWorld, pose};
@@ -218,32 +219,42 @@ impl QueryWorld {
         filter: &QueryFilterSpec,
     ) -> (Vec3, bool) {
         let pipeline = self.pipeline(&QueryFilterSpec { sensors: false, ..*filter });
-        let mut moved = Vector::ZERO;
+        let mut at = pose(position, rotation);
+        let start = at.translation;
         let mut left = max_correction;
         for _ in 0..DEPENETRATION_PASSES {
-            let mut at = pose(position, rotation);
-            at.translation += moved;
-            let mut deepest: Option<(f32, Vector)> = None;
-            for (_, collider) in pipeline.intersect_shape(at, shape) {
-                let relative = at.inv_mul(collider.position());
-                if let Ok(Some(contact)) = pipeline.dispatcher.contact(&relative, shape, collider.shape(), 0.0)
-                    && contact.dist < 0.0
-                    && deepest.is_none_or(|(d, _)| contact.dist < d)
-                {
-                    deepest = Some((contact.dist, at.rotation * contact.normal1));
-                }
-            }
-            let Some((depth, normal)) = deepest else { return (moved.to_array(), false) };
-            let push = (-depth).min(left);
+            let Some((depth, normal)) = deepest_overlap(&pipeline, shape, &at) else {
+                return ((at.translation - start).to_array(), false);
+            };
+            let push = depth.min(left);
             if push <= 0.0 {
-                return (moved.to_array(), true);
+                return ((at.translation - start).to_array(), true);
             }
             // `normal` points from the character into the body: back away from it.
-            moved -= normal * push;
+            at.translation -= normal * push;
             left -= push;
         }
-        (moved.to_array(), true)
+        ((at.translation - start).to_array(), deepest_overlap(&pipeline, shape, &at).is_some())
     }
+}
+
+/// The deepest overlap of `shape` at `at` with a body the pipeline sees (sensors never
+/// count): how deep, and the normal from the shape into that body.
+fn deepest_overlap(pipeline: &QueryPipeline<'_>, shape: &dyn ParryShape, at: &Pose) -> Option<(f32, Vector)> {
+    let mut deepest: Option<(f32, Vector)> = None;
+    for (_, collider) in pipeline.intersect_shape(*at, shape) {
+        if collider.is_sensor() {
+            continue;
+        }
+        let relative = at.inv_mul(collider.position());
+        if let Ok(Some(contact)) = pipeline.dispatcher.contact(&relative, shape, collider.shape(), 0.0)
+            && contact.dist < 0.0
+            && deepest.is_none_or(|(d, _)| -contact.dist > d)
+        {
+            deepest = Some((-contact.dist, at.rotation * contact.normal1));
+        }
+    }
+    deepest
 }
 
 /// The impulse (N·s) a character moving at `character_velocity` gives a dynamic body of
@@ -404,13 +415,47 @@ mod tests {
         for _ in 0..20 {
             let m =
                 q.move_character(&CAPSULE, at, IDENTITY, [0.0; 3], DT, &settings, &QueryFilterSpec::default()).unwrap();
-            let c = Vector::from_array(m.correction).length();
-            assert!(c <= settings.max_correction + 1e-5, "bounded: {c}");
-            corrections.push(c);
+            // What the player sees: how far the character moved in this move.
+            let moved = Vector::from_array(m.translation).length();
+            assert!(moved <= settings.max_correction + 1e-5, "a glide, not a snap: {moved} m in one move");
+            corrections.push(Vector::from_array(m.correction).length());
             at = (Vector::from_array(at) + Vector::from_array(m.translation)).to_array();
         }
         assert!(at[2] >= 0.1 + 0.3 - 1e-3, "pushed out of the door: {at:?} {corrections:?}");
         assert!(corrections.iter().filter(|&&c| c > 0.0).count() >= 4, "over several moves: {corrections:?}");
+    }
+
+    #[test]
+    fn autostep_climbs_a_low_crate_only_when_told_to() {
+        let mut q = course();
+        // A 0.3 m high dynamic slab across the path along +z, beside the wall's end.
+        q.add(&BodyDesc::new(8, Shape::Box { half_extents: [2.0, 0.15, 0.5] }, [-8.0, 0.15, 2.0])).unwrap();
+        q.update();
+        let walk = |include_dynamic_bodies: bool| {
+            let settings = CharacterSettings {
+                autostep: Some(Autostep { max_height: 0.35, min_width: 0.2, include_dynamic_bodies }),
+                ..Default::default()
+            };
+            let mut at = Vector::new(-8.0, STANDING, 0.0);
+            for _ in 0..90 {
+                let desired = [0.0, -0.1 * DT, 2.0 * DT];
+                let m = q
+                    .move_character(
+                        &CAPSULE,
+                        at.to_array(),
+                        IDENTITY,
+                        desired,
+                        DT,
+                        &settings,
+                        &QueryFilterSpec::default(),
+                    )
+                    .unwrap();
+                at += Vector::from_array(m.translation);
+            }
+            at
+        };
+        assert!(walk(true).z > 2.5, "stepped onto the slab and over it");
+        assert!(walk(false).z < 1.5 - 0.3 + 0.05, "stopped at the slab, a dynamic body");
     }
 
     #[test]

@@ -1708,7 +1708,7 @@ fn rapier_joint(j: &JointDesc) -> GenericJoint {
     joint
 }
 
-fn interaction_groups(groups: Groups) -> InteractionGroups {
+pub(crate) fn interaction_groups(groups: Groups) -> InteractionGroups {
     InteractionGroups::new(
         Group::from_bits_retain(groups.memberships),
         Group::from_bits_retain(groups.filters),

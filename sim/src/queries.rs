@@ -15,21 +15,22 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 use p2c2r_protocol::TaskError;
-use p2c2r_protocol::physics::{BodyDesc, BodyId, Groups, Quat, Shape, Vec3};
+use p2c2r_protocol::physics::{BodyDesc, BodyId, BodyType, Groups, Quat, Shape, Vec3};
 use rapier3d::math::{Pose, Rotation, Vector};
 use rapier3d::parry::partitioning::{Bvh, BvhWorkspace};
 use rapier3d::parry::query::{Ray, ShapeCastOptions};
 use rapier3d::prelude::{
-    ColliderBuilder, ColliderHandle, Group, InteractionGroups, InteractionTestMode, QueryFilter, QueryFilterFlags,
-    QueryPipeline, SharedShape,
+    ColliderBuilder, ColliderHandle, QueryFilter, QueryFilterFlags, QueryPipeline, RigidBodyBuilder, RigidBodyHandle,
+    RigidBodyType, SharedShape,
 };
+
+use crate::checks::{invalid, unit_quat};
+use crate::physics::interaction_groups;
+use crate::shapes;
 
 /// How far a leaf's box is fattened: a body that moves less than this leaves the tree
 /// untouched (queries test the exact shapes anyway).
 const LEAF_MARGIN: f32 = 0.05;
-
-use crate::checks::unit_quat;
-use crate::shapes;
 
 /// What a query looks at: bodies whose collision groups interact with `groups`, not
 /// `exclude`, and sensors only when `sensors` is set (bevy_rapier3d's `QueryFilter`).
@@ -122,6 +123,10 @@ impl Hasher for IdHasher {
 }
 
 struct Entry {
+    /// A body of the same kind holding the collider (never stepped, never moved: the
+    /// collider's pose is set directly), so that rapier's character controller tells
+    /// dynamic bodies from the rest.
+    body: RigidBodyHandle,
     handle: ColliderHandle,
     /// The collider's pose in its body's frame.
     offset: Pose,
@@ -175,6 +180,9 @@ impl QueryWorld {
 
     /// Adds a body with its shape built already (a cached one, shared).
     pub fn add_built(&mut self, desc: &BodyDesc, shape: SharedShape) -> Result<(), TaskError> {
+        if !desc.position.iter().chain(&desc.rotation).all(|v| v.is_finite()) {
+            return Err(invalid(format!("query body {}: a non-finite position or rotation", desc.id)));
+        }
         self.remove(desc.id);
         let offset = match desc.collider_offset {
             Some(o) => Pose::from_parts(Vector::from_array(o.position), unit_quat("collider_offset", o.rotation)?),
@@ -188,9 +196,16 @@ impl QueryWorld {
             .build();
         let aabb = collider.compute_aabb();
         let mass = desc.body_type.is_dynamic().then(|| body_mass(desc, collider.shape()));
-        let handle = self.world.colliders.insert(collider);
+        let kind = match desc.body_type {
+            BodyType::Dynamic => RigidBodyType::Dynamic,
+            BodyType::Fixed => RigidBodyType::Fixed,
+            BodyType::Kinematic => RigidBodyType::KinematicPositionBased,
+            BodyType::KinematicVelocity => RigidBodyType::KinematicVelocityBased,
+        };
+        // The body stays at the origin, so the collider's pose relative to it is its pose.
+        let (body, handle) = self.world.insert(RigidBodyBuilder::new(kind), collider);
         self.bvh.insert_or_update_partially(aabb, handle.into_raw_parts().0, 0.0);
-        self.colliders.insert(desc.id, Entry { handle, offset, mass });
+        self.colliders.insert(desc.id, Entry { body, handle, offset, mass });
         self.dirty = true;
         Ok(())
     }
@@ -204,16 +219,18 @@ impl QueryWorld {
     /// Forgets a body.
     pub fn remove(&mut self, id: BodyId) {
         if let Some(entry) = self.colliders.remove(&id) {
-            let w = &mut self.world;
-            w.colliders.remove(entry.handle, &mut w.islands, &mut w.bodies, &mut w.soft_bodies, false);
+            self.world.remove_body(entry.body);
             self.bvh.remove(entry.handle.into_raw_parts().0);
         }
     }
 
     /// Moves a body (a rotation that is not unit length is normalized; a degenerate one is
-    /// the identity).
+    /// the identity; a non-finite position leaves the body where it was).
     pub fn set_pose(&mut self, id: BodyId, position: Vec3, rotation: Quat) {
         let Some(entry) = self.colliders.get(&id) else { return };
+        if !position.iter().all(|v| v.is_finite()) {
+            return;
+        }
         if let Some(collider) = self.world.colliders.get_mut(entry.handle) {
             collider.set_position(pose(position, rotation) * entry.offset);
             let aabb = collider.compute_aabb();
@@ -375,14 +392,6 @@ pub(crate) fn pose(position: Vec3, rotation: Quat) -> Pose {
     let length = q.length();
     let rotation = if length.is_finite() && length > 1.0e-6 { q / length } else { Rotation::IDENTITY };
     Pose::from_parts(Vector::from_array(position), rotation)
-}
-
-fn interaction_groups(groups: Groups) -> InteractionGroups {
-    InteractionGroups::new(
-        Group::from_bits_retain(groups.memberships),
-        Group::from_bits_retain(groups.filters),
-        InteractionTestMode::And,
-    )
 }
 
 #[cfg(test)]
