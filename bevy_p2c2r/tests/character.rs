@@ -58,6 +58,18 @@ fn spawn_character(app: &mut App, at: Vec3) -> Entity {
         .id()
 }
 
+/// A 1 m crate of `mass` kg at `at`.
+fn spawn_crate(app: &mut App, mass: f32, at: Vec3) -> Entity {
+    app.world_mut()
+        .spawn((
+            RigidBody::Dynamic,
+            Collider::cuboid(0.5, 0.5, 0.5),
+            ColliderMassProperties::Mass(mass),
+            Transform::from_translation(at),
+        ))
+        .id()
+}
+
 fn state(app: &App, e: Entity) -> PhysicsState {
     *app.world().get::<PhysicsState>(e).unwrap()
 }
@@ -87,15 +99,7 @@ fn settle(app: &mut App, character: Entity, ready: &impl Fn(&App) -> bool) {
 fn walks_pushes_and_stops(app: &mut App, ready: impl Fn(&App) -> bool) -> u64 {
     spawn_ground(app);
     let character = spawn_character(app, Vec3::new(0.0, STANDING, 0.0));
-    let crate_ = app
-        .world_mut()
-        .spawn((
-            RigidBody::Dynamic,
-            Collider::cuboid(0.5, 0.5, 0.5),
-            ColliderMassProperties::Mass(40.0),
-            Transform::from_xyz(0.0, 0.5, -2.0),
-        ))
-        .id();
+    let crate_ = spawn_crate(app, 40.0, Vec3::new(0.0, 0.5, -2.0));
     app.world_mut().spawn((Collider::cuboid(0.25, 2.0, 5.0), Transform::from_xyz(3.0, 2.0, -2.0)));
     settle(app, character, &ready);
     let fallback_ticks = stats(app).fallback_ticks;
@@ -219,15 +223,7 @@ fn a_character_walks_without_a_hitch_and_pushes_through_fallback_and_hand_back()
     );
     spawn_ground(&mut app);
     let character = spawn_character(&mut app, Vec3::new(0.0, STANDING, 0.0));
-    let crate_ = app
-        .world_mut()
-        .spawn((
-            RigidBody::Dynamic,
-            Collider::cuboid(0.5, 0.5, 0.5),
-            ColliderMassProperties::Mass(40.0),
-            Transform::from_xyz(0.0, 0.5, -12.0),
-        ))
-        .id();
+    let crate_ = spawn_crate(&mut app, 40.0, Vec3::new(0.0, 0.5, -12.0));
     settle(&mut app, character, &|app| stats(app).mode == OffloadMode::Offloaded);
     // Walks towards the crate at 1 m/s: every tick moves it exactly 1/60 m, whoever
     // steps the world.
@@ -369,15 +365,7 @@ fn pushing_a_body_that_is_re_created_in_the_same_tick_costs_no_tick() {
     app.init_resource::<Failures>().add_systems(FixedUpdate, record_failures);
     spawn_ground(&mut app);
     let character = spawn_character(&mut app, Vec3::new(0.0, STANDING, 0.0));
-    let crate_ = app
-        .world_mut()
-        .spawn((
-            RigidBody::Dynamic,
-            Collider::cuboid(0.5, 0.5, 0.5),
-            ColliderMassProperties::Mass(400.0),
-            Transform::from_xyz(0.0, 0.5, -1.0),
-        ))
-        .id();
+    let crate_ = spawn_crate(&mut app, 400.0, Vec3::new(0.0, 0.5, -1.0));
     settle(&mut app, character, &|app| stats(app).mode == OffloadMode::Offloaded);
     set_walk(&mut app, Vec3::new(0.0, 0.0, -2.0));
     // Leaning on a heavy crate (pushed every tick) whose friction the game changes every

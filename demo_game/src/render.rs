@@ -84,14 +84,9 @@ fn attach_spark(
     mut meshes: ResMut<Assets<Mesh>>,
     mut materials: ResMut<Assets<StandardMaterial>>,
 ) {
-    let mesh = meshes.add(Sphere::new(0.12).mesh().uv(12, 8));
-    let material = materials.add(StandardMaterial {
-        base_color: Color::srgb(1.0, 0.9, 0.3),
-        emissive: LinearRgba::rgb(8.0, 5.0, 1.0),
-        unlit: true,
-        ..default()
-    });
-    commands.entity(add.entity).insert((Mesh3d(mesh), MeshMaterial3d(material)));
+    let ball =
+        glowing_ball(&mut meshes, &mut materials, 0.12, Color::srgb(1.0, 0.9, 0.3), LinearRgba::rgb(8.0, 5.0, 1.0));
+    commands.entity(add.entity).insert(ball);
 }
 
 /// The aim's hit marker: a small glowing red ball.
@@ -101,14 +96,22 @@ fn attach_marker(
     mut meshes: ResMut<Assets<Mesh>>,
     mut materials: ResMut<Assets<StandardMaterial>>,
 ) {
-    let mesh = meshes.add(Sphere::new(0.15).mesh().uv(12, 8));
-    let material = materials.add(StandardMaterial {
-        base_color: Color::srgb(1.0, 0.1, 0.1),
-        emissive: LinearRgba::rgb(6.0, 0.3, 0.3),
-        unlit: true,
-        ..default()
-    });
-    commands.entity(add.entity).insert((Mesh3d(mesh), MeshMaterial3d(material)));
+    let ball =
+        glowing_ball(&mut meshes, &mut materials, 0.15, Color::srgb(1.0, 0.1, 0.1), LinearRgba::rgb(6.0, 0.3, 0.3));
+    commands.entity(add.entity).insert(ball);
+}
+
+/// A small unlit ball that glows in `emissive`.
+fn glowing_ball(
+    meshes: &mut Assets<Mesh>,
+    materials: &mut Assets<StandardMaterial>,
+    radius: f32,
+    base_color: Color,
+    emissive: LinearRgba,
+) -> impl Bundle {
+    let mesh = meshes.add(Sphere::new(radius).mesh().uv(12, 8));
+    let material = materials.add(StandardMaterial { base_color, emissive, unlit: true, ..default() });
+    (Mesh3d(mesh), MeshMaterial3d(material))
 }
 
 /// The visor of an NPC or the player: shows which way it faces.
