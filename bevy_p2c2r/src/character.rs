@@ -291,7 +291,8 @@ pub(crate) fn move_characters(
             }
         };
         let character_velocity = desired / dt;
-        let mass = controller.custom_mass.unwrap_or(DEFAULT_CHARACTER_MASS);
+        // A mass that is not a positive number is the default's (a push must stay bounded).
+        let mass = controller.custom_mass.filter(|m| m.is_finite() && *m > 0.0).unwrap_or(DEFAULT_CHARACTER_MASS);
         let mut collisions = Vec::with_capacity(moved.collisions.len());
         for hit in &moved.collisions {
             let Some(body) = Entity::try_from_bits(hit.body) else { continue };
