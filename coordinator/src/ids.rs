@@ -55,18 +55,24 @@ fn digest(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
 }
 
-/// 244 random bits, hex (two v4 UUIDs).
+/// 32 bytes from the OS random source.
+fn random_key() -> [u8; 32] {
+    let mut key = [0u8; 32];
+    // Without the OS's random source no secret could be trusted: a coordinator that cannot
+    // read it must not run (it never fails on the platforms we run on).
+    getrandom::fill(&mut key).expect("the OS random source");
+    key
+}
+
+/// 256 random bits, hex.
 fn fresh_secret() -> String {
-    format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
+    random_key().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl IdBook {
     /// An empty book whose closed ids stay reserved for `grace`.
     pub fn new(grace: Duration) -> Self {
-        let mut alias_key = [0u8; 32];
-        alias_key[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-        alias_key[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-        IdBook { records: HashMap::new(), alias_key, grace }
+        IdBook { records: HashMap::new(), alias_key: random_key(), grace }
     }
 
     /// Whether a registration of `id` may take it: `live` says whether a connection holds

@@ -82,6 +82,9 @@ pub(crate) async fn run(peer: Peer, cancel: CancellationToken) {
                 }
                 Err(e) => {
                     refused = e.is_refusal();
+                    if refused {
+                        peer.status.send_modify(|s| s.refusals += 1);
+                    }
                     log_failure(&peer, &e);
                 }
             }

@@ -73,6 +73,7 @@ mod connection;
 pub mod containment;
 pub mod metrics;
 mod payload;
+mod pipe;
 mod pool;
 pub mod seed;
 pub mod session;
@@ -270,6 +271,8 @@ pub struct PeerStatus {
     pub connected: bool,
     /// Successful registrations so far (reconnections included).
     pub registrations: u64,
+    /// Attempts the coordinator refused so far (a bad credential, an id held by another).
+    pub refusals: u64,
 }
 
 /// Runs a peer until `shutdown` completes; then lets running tasks finish (up to

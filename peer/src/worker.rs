@@ -50,7 +50,6 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -60,7 +59,7 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 use p2c2r_protocol::{ErrorCode, Payload, TaskError, TaskSpec, raw_payload, to_payload};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::BufReader;
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use crate::containment::DeathCounter;
@@ -77,9 +76,7 @@ pub const TEST_TASKS_ENV: &str = "P2C2R_TEST_TASKS";
 pub const TEST_ALLOC_TASK: &str = "p2c2r_test_alloc";
 /// Test-only task type: `{"ms": N}` sleeps N milliseconds, then succeeds.
 pub const TEST_SLEEP_TASK: &str = "p2c2r_test_sleep";
-/// Largest frame between a peer and its workers: twice the largest assignment a peer
-/// accepts by default. A longer length prefix is garbage and ends the exchange.
-pub const MAX_WORKER_FRAME: usize = 64 * 1024 * 1024;
+pub use crate::pipe::MAX_WORKER_FRAME;
 /// Default address-space cap of a worker: 1 GiB.
 pub const DEFAULT_WORKER_MEMORY_BYTES: u64 = 1024 * 1024 * 1024;
 
@@ -155,7 +152,7 @@ pub fn run_worker() -> std::process::ExitCode {
     let mut input = std::io::BufReader::new(std::io::stdin().lock());
     let mut output = std::io::BufWriter::new(std::io::stdout().lock());
     loop {
-        let frame = match read_frame_sync(&mut input) {
+        let frame = match crate::pipe::read_sync(&mut input) {
             Ok(Some(frame)) => frame,
             Ok(None) => return std::process::ExitCode::SUCCESS,
             Err(e) => {
@@ -170,12 +167,16 @@ pub fn run_worker() -> std::process::ExitCode {
             Err(e) => to_payload(&TaskError::new(ErrorCode::Internal, format!("the worker got a malformed task: {e}")))
                 .expect("task errors always serialize"),
         };
-        let answer = encode_answer(&result);
-        let written = output
-            .write_all(&(answer.len() as u32).to_le_bytes())
-            .and_then(|()| output.write_all(&answer))
-            .and_then(|()| output.flush());
-        if written.is_err() {
+        let mut answer = encode_answer(&result);
+        if answer.len() > MAX_WORKER_FRAME {
+            // Too large for the pipe: the task fails with a reason, the worker goes on.
+            let error = TaskError::new(
+                ErrorCode::LimitExceeded,
+                format!("the result is {} bytes; a worker answers at most {MAX_WORKER_FRAME}", answer.len()),
+            );
+            answer = encode_answer(&to_payload(&error).expect("task errors always serialize"));
+        }
+        if crate::pipe::write_sync(&mut output, &answer).is_err() {
             // The peer is gone.
             return std::process::ExitCode::SUCCESS;
         }
@@ -294,23 +295,6 @@ fn decode_answer(mut frame: Vec<u8>) -> Result<Payload, String> {
         Some(BINARY_TAG) => Ok(Payload::binary(frame)),
         _ => Err("unknown frame tag".into()),
     }
-}
-
-/// Reads one frame; `None` on a clean end of input.
-fn read_frame_sync(input: &mut impl Read) -> std::io::Result<Option<Vec<u8>>> {
-    let mut len = [0u8; 4];
-    match input.read_exact(&mut len) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    let len = u32::from_le_bytes(len) as usize;
-    if len > MAX_WORKER_FRAME {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("a frame of {len} bytes")));
-    }
-    let mut frame = vec![0u8; len];
-    input.read_exact(&mut frame)?;
-    Ok(Some(frame))
 }
 
 /// How a task given to a worker ended.
@@ -603,16 +587,8 @@ impl Workers {
             ));
         }
         let exchange = async {
-            proc.stdin.write_all(&(request.len() as u32).to_le_bytes()).await?;
-            proc.stdin.write_all(&request).await?;
-            proc.stdin.flush().await?;
-            let len = proc.stdout.read_u32_le().await? as usize;
-            if len > MAX_WORKER_FRAME {
-                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("a frame of {len} bytes")));
-            }
-            let mut answer = vec![0u8; len];
-            proc.stdout.read_exact(&mut answer).await?;
-            Ok(answer)
+            crate::pipe::write(&mut proc.stdin, &request).await?;
+            crate::pipe::read(&mut proc.stdout).await
         };
         let limit = async {
             match deadline {
@@ -766,10 +742,6 @@ impl Workers {
 mod tests {
     use super::*;
 
-    fn framed(parts: &[&[u8]]) -> Vec<u8> {
-        parts.concat()
-    }
-
     #[test]
     fn answers_of_either_kind_come_back_as_written() {
         let json = raw_payload(r#"{"status":"success","tick":3}"#.into()).unwrap();
@@ -780,23 +752,6 @@ mod tests {
         assert!(decode_answer(Vec::new()).is_err());
         assert!(decode_answer(b"{}X".to_vec()).is_err());
         assert!(decode_answer(vec![0xff, b'J']).is_err(), "not UTF-8");
-    }
-
-    #[test]
-    fn frames_are_length_prefixed_and_bounded() {
-        let body = br#"{"task_id":"t","task_type":"ai"}"#;
-        let len = (body.len() as u32).to_le_bytes();
-        let mut input = std::io::Cursor::new(framed(&[&len, body, &len, body]));
-        assert_eq!(read_frame_sync(&mut input).unwrap().as_deref(), Some(&body[..]));
-        assert_eq!(read_frame_sync(&mut input).unwrap().as_deref(), Some(&body[..]));
-        assert_eq!(read_frame_sync(&mut input).unwrap(), None, "a clean end of input");
-        // A length past the bound is garbage: refused before allocating it.
-        let huge = ((MAX_WORKER_FRAME + 1) as u32).to_le_bytes();
-        let e = read_frame_sync(&mut std::io::Cursor::new(huge.to_vec())).unwrap_err();
-        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
-        // A frame cut short is an error, not a frame.
-        let cut = framed(&[&len, &body[..5]]);
-        assert!(read_frame_sync(&mut std::io::Cursor::new(cut)).is_err());
     }
 
     /// Workers that are never started (placement only looks at routes and locks).

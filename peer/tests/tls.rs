@@ -53,7 +53,8 @@ async fn a_peer_with_a_token_file_serves_a_gamer_over_wss() {
         ..Default::default()
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Refused twice (a second attempt after the backoff): a wrong token never registers.
+    within("the peer refused twice", peer.wait_for(|s| s.refusals >= 2)).await;
     assert_eq!(peer.status().borrow().registrations, 0, "a wrong token is refused");
     // Fixed on disk: the peer picks it up at its next attempt.
     std::fs::write(&token_file, format!("{PEER_SECRET}\n")).unwrap();
