@@ -12,6 +12,8 @@
 //! and sizes in bytes. README.md lists them all.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -100,6 +102,47 @@ impl Metrics {
     /// Counts one connection refused at accept.
     pub fn refused(&self, reason: &'static str) {
         self.connections_refused.get_or_create(&ReasonLabel { reason }).inc();
+    }
+}
+
+/// How long handling frames held the router's state lock: frames handled, the total and
+/// the longest hold (the time spent waiting for the lock is not counted). Everything a
+/// frame needs that does not need the state (decoding, hashing an answer) is done before
+/// the lock, so this is what one frame costs every other connection.
+#[derive(Debug, Default)]
+pub struct LockHeld {
+    frames: AtomicU64,
+    total_ns: AtomicU64,
+    max_ns: AtomicU64,
+}
+
+impl LockHeld {
+    /// Starts timing a hold (the lock is held now).
+    pub(crate) fn start(&self) -> Instant {
+        Instant::now()
+    }
+
+    /// Ends a hold started at `started` (the lock was just released).
+    pub(crate) fn stop(&self, started: Instant) {
+        let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.frames.fetch_add(1, Ordering::Relaxed);
+        self.total_ns.fetch_add(ns, Ordering::Relaxed);
+        self.max_ns.fetch_max(ns, Ordering::Relaxed);
+    }
+
+    /// Frames handled since start.
+    pub fn frames(&self) -> u64 {
+        self.frames.load(Ordering::Relaxed)
+    }
+
+    /// The lock held for all of them together.
+    pub fn total(&self) -> Duration {
+        Duration::from_nanos(self.total_ns.load(Ordering::Relaxed))
+    }
+
+    /// The longest one frame held it.
+    pub fn max(&self) -> Duration {
+        Duration::from_nanos(self.max_ns.load(Ordering::Relaxed))
     }
 }
 
@@ -231,8 +274,10 @@ fn labelled_counter<L: EncodeLabelSet>(
 
 impl Collector for StateCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let s = self.router.stats();
-        let sessions = self.router.sessions();
+        // One lock hold: the figures agree with one another.
+        let snapshot = self.router.snapshot();
+        let s = &snapshot.stats;
+        let sessions = snapshot.sessions;
         let conns = self.admission.counts();
         let bytes = Some(&Unit::Bytes);
         gauge(&mut e, "peers_connected", "Peers registered now", None, s.peers)?;
@@ -353,21 +398,21 @@ impl Collector for StateCollector {
             s.sessions_unreplicated_started,
         )?;
         counter(&mut e, "sessions_audited", "Unreplicated physics sessions audited", None, s.sessions_audited)?;
-        let (configured, achieved) = self.router.audit_fractions();
+        let (configured, achieved) = snapshot.audit_fractions;
         labelled_gauge(
             &mut e,
             "audit_fraction",
             "Fraction of unreplicated physics sessions audited: configured, and achieved since start",
             &[(KindLabel { kind: "configured" }, configured), (KindLabel { kind: "achieved" }, achieved)],
         )?;
-        let (peers_evicted, gamers_evicted) = self.router.evictions();
+        let (peers_evicted, gamers_evicted) = snapshot.evictions;
         labelled_counter(
             &mut e,
             "evictions",
             "Registered connections evicted for silence, by role",
             &[(RoleLabel { role: "peer" }, peers_evicted), (RoleLabel { role: "gamer" }, gamers_evicted)],
         )?;
-        let (absent, absent_evicted) = self.router.absent_gamers();
+        let (absent, absent_evicted) = snapshot.absent_gamers;
         gauge(
             &mut e,
             "gamers_absent",
@@ -382,6 +427,15 @@ impl Collector for StateCollector {
             None,
             absent_evicted,
         )?;
+        let held = self.router.lock_held();
+        counter(&mut e, "frames_handled", "Frames the router handled", None, held.frames())?;
+        let c = ConstCounter::new(held.total().as_secs_f64());
+        c.encode(e.encode_descriptor(
+            "frame_lock_held",
+            "Time handling frames held the router's state lock",
+            Some(&Unit::Seconds),
+            c.metric_type(),
+        )?)?;
         counter(&mut e, "received", "Bytes received on WebSocket connections", bytes, self.bytes.read())?;
         counter(&mut e, "sent", "Bytes sent on WebSocket connections", bytes, self.bytes.written())?;
         Ok(())

@@ -859,6 +859,21 @@ impl<P> Scheduler<P> {
         self.gamers.values().filter(|g| g.parked).count()
     }
 
+    /// The task an assignment id names, while that attempt is out at `peer_id` (what
+    /// [`Scheduler::complete`] would accept an answer for now).
+    pub fn assigned_to(&self, peer_id: &str, assignment_id: &str) -> Option<&Task<P>> {
+        let (key, attempt) = parse_assignment_id(assignment_id)?;
+        let task = self.tasks.get(&key)?;
+        match &task.state {
+            TaskState::Assigned { peer, attempt: a, .. } | TaskState::Orphaned { peer, attempt: a, .. }
+                if peer == peer_id && *a == attempt =>
+            {
+                Some(task)
+            }
+            _ => None,
+        }
+    }
+
     /// A task's data, for building its assignment.
     pub fn task(&self, key: TaskKey) -> Option<&Task<P>> {
         self.tasks.get(&key)

@@ -1,0 +1,375 @@
+//! Replicated and audited sessions, the router's side (see [`crate::replication`] for the
+//! pure bookkeeping): which sessions are replicated, the copies of each tick, and the
+//! replicas that start (from a snapshot or by replaying the log), are relinked and retire.
+//! What becomes of each copy's answer is [`super::verdicts`].
+//!
+//! Invariants: `log_bytes` is the sum of every group's log bytes, and never more than
+//! `max_log_bytes` once a change is accounted (the largest log goes first); a gamer has
+//! at most `max_groups_per_gamer` groups.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use p2c2r_protocol::{Payload, SessionStatus, TaskRequest};
+
+use super::State;
+use crate::Config;
+use crate::replication::{self, Group, Logged, ReplicationConfig};
+use crate::scheduler::{Submission, SubmitError};
+
+/// What a peer must run to hold a replica: the correction step as well (P2C2R peers run
+/// both; a peer restricted to `physics_step` alone would lose its replica at the first
+/// correction).
+pub(super) const REPLICA_TASK_TYPE: &str = p2c2r_protocol::task_types::PHYSICS_STEP_FULL;
+
+/// A replicated session and what its gamer was last told about it.
+pub(super) struct GroupEntry {
+    pub(super) group: Group,
+    pub(super) told: Option<SessionStatus>,
+}
+
+/// Counters since start, for `stats_report` and the metrics.
+#[derive(Default)]
+pub(super) struct ReplicaCounters {
+    pub(super) ticks_compared: u64,
+    pub(super) disagreements: u64,
+    pub(super) liars: u64,
+    pub(super) corrections: u64,
+    pub(super) started: u64,
+    pub(super) unsettled: u64,
+    pub(super) dispute_quarantines: u64,
+    /// Unreplicated physics sessions started, and of those the audited ones.
+    pub(super) unreplicated_started: u64,
+    pub(super) audited: u64,
+}
+
+/// Every replicated or audited session, by gamer and session.
+pub(super) struct Replicas {
+    groups: HashMap<String, HashMap<String, GroupEntry>>,
+    pub(super) config: ReplicationConfig,
+    /// Payload bytes all groups' logs hold, and the most allowed.
+    log_bytes: usize,
+    max_log_bytes: usize,
+    /// Drawn at start: which sessions are audited cannot be predicted from their ids.
+    audit_salt: u64,
+    pub(super) counters: ReplicaCounters,
+    /// Groups one gamer may have (its `max_sessions_per_gamer`).
+    max_groups_per_gamer: usize,
+}
+
+impl Replicas {
+    pub(super) fn new(config: &Config) -> Self {
+        Replicas {
+            groups: HashMap::new(),
+            config: ReplicationConfig {
+                replicas: config.replicas.clamp(1, replication::MAX_REPLICAS),
+                audit_fraction: config.audit_fraction.clamp(0.0, 1.0),
+                strict: config.strict_replication,
+                log_ticks: config.replica_log_ticks,
+                log_bytes: config.replica_log_bytes,
+            },
+            log_bytes: 0,
+            max_log_bytes: config.max_replica_log_bytes,
+            audit_salt: fastrand::u64(..),
+            counters: ReplicaCounters::default(),
+            // Each group takes a scheduler session per replica (and one while a
+            // replacement or tie-breaker starts).
+            max_groups_per_gamer: (config.max_sessions_per_gamer / (usize::from(config.replicas.max(2)) + 1)).max(1),
+        }
+    }
+
+    /// The group of a gamer's session (`session` may be a replica's scheduler session).
+    pub(super) fn group_mut(&mut self, gamer: &str, session: &str) -> Option<&mut GroupEntry> {
+        self.groups.get_mut(gamer)?.get_mut(replication::split(session).0)
+    }
+
+    /// Whether a gamer's session (or a replica's scheduler session) is replicated.
+    pub(super) fn is_replicated(&self, gamer: &str, session: &str) -> bool {
+        self.groups.get(gamer).is_some_and(|g| g.contains_key(replication::split(session).0))
+    }
+
+    /// Forgets a gamer's groups and their logs.
+    pub(super) fn forget_gamer(&mut self, gamer: &str) {
+        if let Some(groups) = self.groups.remove(gamer) {
+            let freed: usize = groups.values().map(|e| e.group.log_bytes()).sum();
+            self.log_bytes = self.log_bytes.saturating_sub(freed);
+        }
+    }
+
+    /// The audit fraction configured, and the one achieved since start (audited over
+    /// unreplicated physics sessions started; 0 before any started).
+    pub(super) fn audit_fractions(&self) -> (f64, f64) {
+        let c = &self.counters;
+        let achieved = if c.unreplicated_started == 0 { 0.0 } else { c.audited as f64 / c.unreplicated_started as f64 };
+        (self.config.audit_fraction, achieved)
+    }
+
+    /// Counts a change of a group's log bytes. Past the coordinator-wide bound, the
+    /// largest log goes (whoever it belongs to), so one gamer's sessions cannot take every
+    /// other session's logs.
+    fn account_log(&mut self, change: isize) {
+        self.log_bytes = self.log_bytes.saturating_add_signed(change);
+        while self.log_bytes > self.max_log_bytes {
+            let largest = self
+                .groups
+                .iter_mut()
+                .flat_map(|(_, sessions)| sessions.values_mut())
+                .max_by_key(|e| e.group.log_bytes());
+            let Some(entry) = largest else { return };
+            let freed = entry.group.drop_log();
+            if freed == 0 {
+                return;
+            }
+            self.log_bytes = self.log_bytes.saturating_sub(freed);
+        }
+    }
+}
+
+impl State {
+    /// Whether a gamer's physics session is replicated or audited: decided when its first
+    /// physics tick arrives (a session already running on one peer stays so).
+    pub(super) fn replicated(&mut self, gamer: &str, session: &str) -> bool {
+        if self.replicas.is_replicated(gamer, session) {
+            return true;
+        }
+        // A session already running on one peer stays so (and its ticks cost no draw).
+        if self.sched.has_session(gamer, session) {
+            return false;
+        }
+        let class = self.sched.largest_setup_class(REPLICA_TASK_TYPE);
+        let replicas = &mut self.replicas;
+        let c = &replicas.config;
+        let (wanted, audited) = if c.strict {
+            (c.replicas.max(2), false)
+        } else if c.replicas > 1 {
+            (c.replicas, false)
+        } else {
+            replicas.counters.unreplicated_started += 1;
+            // Audited only where a second compatible peer is there to audit (the achieved
+            // fraction is reported beside the configured one).
+            if replication::audited(gamer, session, c.audit_fraction, replicas.audit_salt)
+                && class.is_some_and(|(_, capacity)| capacity >= 2)
+            {
+                (2, true)
+            } else {
+                return false;
+            }
+        };
+        let strict = c.strict;
+        let max_groups = replicas.max_groups_per_gamer;
+        let groups = replicas.groups.entry(gamer.to_owned()).or_default();
+        if groups.len() >= max_groups {
+            // Groups whose sessions the scheduler forgot (idle, evicted) go first.
+            let sched = &self.sched;
+            let mut freed = 0;
+            groups.retain(|s, e| {
+                let alive =
+                    e.group.live().iter().any(|g| sched.has_session(gamer, &replication::replica_session(s, *g)));
+                if !alive {
+                    freed += e.group.log_bytes();
+                }
+                alive
+            });
+            replicas.log_bytes = replicas.log_bytes.saturating_sub(freed);
+            if groups.len() >= max_groups {
+                // Said, not silent: the operator sees it in the metrics and the log.
+                self.metrics.sessions_unreplicated.inc();
+                crate::warn_limited!(
+                    "router: session not replicated",
+                    gamer_id = gamer,
+                    max_groups,
+                    "the gamer has its most replicated sessions; this physics session runs on one peer"
+                );
+                return false;
+            }
+        }
+        // Its replicas all have the setup most connected peers share: a peer declaring a
+        // setup of its own is never one, so it cannot escape comparison.
+        if audited {
+            replicas.counters.audited += 1;
+        }
+        let group = Group::new(wanted, audited, strict, class.map(|(setup, _)| setup));
+        groups.insert(session.to_owned(), GroupEntry { group, told: None });
+        true
+    }
+
+    /// Submits one copy of a physics tick per live replica, starting replicas first
+    /// where some are missing, and logs the tick.
+    pub(super) fn submit_replicated(
+        &mut self,
+        gamer: &str,
+        session: &str,
+        m: TaskRequest,
+        deadline: Duration,
+    ) -> Result<(), SubmitError> {
+        let now = Instant::now();
+        if self.replicas.group_mut(gamer, session).is_some_and(|e| e.group.tracks(&m.task_id)) {
+            // Its answers are still compared with the first request's under this id.
+            return Err(SubmitError::DuplicateTask(m.task_id));
+        }
+        let snapshot = p2c2r_protocol::inspect::is_snapshot_request(&m.task_data);
+        self.fill_replicas(gamer, session, snapshot, now);
+        let Some(entry) = self.replicas.group_mut(gamer, session) else { return Err(SubmitError::UnknownGamer) };
+        let full = !snapshot && entry.group.take_correction();
+        let task_type = if full { p2c2r_protocol::task_types::PHYSICS_STEP_FULL.to_owned() } else { m.task_type };
+        let live = entry.group.live().to_vec();
+        let setup = entry.group.setup();
+        let mut submitted = 0;
+        let mut refused = Vec::new();
+        let mut first_error = None;
+        let tick = Logged { task_id: m.task_id, task_type, deadline, payload: m.task_data };
+        for &generation in &live {
+            let copy = copy_of(session, &live, generation, &tick, setup);
+            match self.sched.submit(gamer, copy, now) {
+                Ok(_) => submitted += 1,
+                Err(e) => {
+                    refused.push(generation);
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if submitted == 0 {
+            return Err(first_error.unwrap_or(SubmitError::UnknownGamer));
+        }
+        if full {
+            self.replicas.counters.corrections += 1;
+            crate::info_limited!("router: session corrected", gamer_id = gamer, session, "full-state tick sent");
+        }
+        let replicas = &mut self.replicas;
+        let config = replicas.config.clone();
+        let entry = replicas.group_mut(gamer, session).expect("looked up above");
+        let change = entry.group.submitted(tick, snapshot, submitted, &config);
+        replicas.account_log(change);
+        for generation in refused {
+            self.retire_generation(gamer, session, generation);
+        }
+        self.tell_status(gamer, session);
+        Ok(())
+    }
+
+    /// Starts the replicas a group lacks: at a snapshot as many as there are compatible
+    /// peers for (they start with it); between snapshots one at a time, replaying the
+    /// log, with a backoff (see [`Group::take_replay_slot`]); with no replica left and no
+    /// log to replay, a bare one (its peer asks the gamer for a snapshot).
+    fn fill_replicas(&mut self, gamer: &str, session: &str, snapshot: bool, now: Instant) {
+        loop {
+            let Some(entry) = self.replicas.group_mut(gamer, session) else { return };
+            if !entry.group.short() {
+                return;
+            }
+            let empty = entry.group.live().is_empty();
+            let live = entry.group.live().len();
+            if entry.group.setup().is_none() {
+                // Its first tick came before any peer declaring a setup: take the largest
+                // class now there is one.
+                entry.group.settle_setup(self.sched.largest_setup_class(REPLICA_TASK_TYPE).map(|(setup, _)| setup));
+            }
+            let capacity = match entry.group.setup() {
+                Some(setup) => self.sched.replica_capacity_of(REPLICA_TASK_TYPE, setup),
+                None => usize::from(empty),
+            };
+            if capacity <= live && !empty {
+                return;
+            }
+            if snapshot {
+                entry.group.start_generation();
+                self.relink(gamer, session);
+                continue;
+            }
+            if entry.group.take_replay_slot() {
+                let generation = entry.group.start_generation();
+                self.replicas.counters.started += 1;
+                self.relink(gamer, session);
+                self.replay_into(gamer, session, generation, now);
+                return;
+            }
+            if empty {
+                entry.group.start_generation();
+            }
+            return;
+        }
+    }
+
+    /// Tells the scheduler each live replica's siblings, after the set changed (copies
+    /// already queued must avoid a new replica's peer too).
+    pub(super) fn relink(&mut self, gamer: &str, session: &str) {
+        let Some(entry) = self.replicas.group_mut(gamer, session) else { return };
+        let live = entry.group.live().to_vec();
+        for &generation in &live {
+            let key = replication::replica_session(session, generation);
+            self.sched.set_siblings(gamer, &key, siblings(session, &live, generation));
+        }
+    }
+
+    /// Submits the group's log to a new generation (its copies go before any live tick's).
+    pub(super) fn replay_into(&mut self, gamer: &str, session: &str, generation: u32, now: Instant) {
+        let Some(entry) = self.replicas.group_mut(gamer, session) else { return };
+        let log = entry.group.log();
+        let live = entry.group.live().to_vec();
+        let setup = entry.group.setup();
+        crate::info_limited!(
+            "router: replica started",
+            gamer_id = gamer,
+            session,
+            generation,
+            ticks = log.len(),
+            "replica started from the session's log"
+        );
+        for logged in log {
+            let copy = copy_of(session, &live, generation, &logged, setup);
+            if self.sched.submit(gamer, copy, now).is_err() {
+                // No room for the replay: give the replica up (a later tick tries again).
+                return self.retire_generation(gamer, session, generation);
+            }
+            if let Some(entry) = self.replicas.group_mut(gamer, session) {
+                entry.group.replaying(&logged.task_id, 1);
+            }
+        }
+    }
+
+    /// Retires a replica: its copies are dropped (each counted as cancelled for its tick).
+    pub(super) fn retire_generation(&mut self, gamer: &str, session: &str, generation: u32) {
+        let Some(entry) = self.replicas.group_mut(gamer, session) else { return };
+        if !entry.group.live().contains(&generation) {
+            return;
+        }
+        entry.group.retire(generation);
+        self.relink(gamer, session);
+        let dropped = self.sched.cancel_session(gamer, &replication::replica_session(session, generation));
+        for task_id in dropped {
+            self.copy_outcome(gamer, session, &task_id, replication::CopyOutcome::Cancelled, None);
+        }
+        self.tell_status(gamer, session);
+    }
+
+    /// Retires every replica a peer holds (it is leaving or quarantined): the other
+    /// replicas go on, and the next tick starts a replacement.
+    pub(super) fn retire_replicas_on(&mut self, peer: &str) {
+        for (gamer, scheduler_session) in self.sched.sessions_on(peer) {
+            let (session, generation) = replication::split(&scheduler_session);
+            let live = self.replicas.group_mut(&gamer, session).is_some_and(|e| e.group.live().contains(&generation));
+            if live {
+                self.retire_generation(&gamer, session, generation);
+            }
+        }
+    }
+}
+
+/// Replica `generation`'s copy of a tick.
+fn copy_of(session: &str, live: &[u32], generation: u32, tick: &Logged, setup: Option<u64>) -> Submission<Payload> {
+    Submission {
+        task_id: replication::replica_task(&tick.task_id, generation),
+        task_type: tick.task_type.clone(),
+        session_id: Some(replication::replica_session(session, generation)),
+        deadline: tick.deadline,
+        bytes: tick.payload.len(),
+        payload: tick.payload.clone(),
+        siblings: siblings(session, live, generation),
+        setup,
+    }
+}
+
+/// The scheduler sessions of a replica's siblings.
+fn siblings(session: &str, live: &[u32], generation: u32) -> Vec<String> {
+    live.iter().filter(|g| **g != generation).map(|g| replication::replica_session(session, *g)).collect()
+}
