@@ -104,6 +104,10 @@ async fn metrics_move_by_exactly_the_tasks_run() {
     assert_eq!(delta(&before, &after, r#"p2c2r_errors_sent_total{code="bad_json"}"#), 1.0);
     assert!(delta(&before, &after, "p2c2r_received_bytes_total") > 0.0);
     assert!(delta(&before, &after, "p2c2r_sent_bytes_total") > 0.0);
+    // 9 submissions, 7 answers, a bad frame: every frame handled is counted, and held the
+    // lock for some time.
+    assert!(delta(&before, &after, "p2c2r_frames_handled_total") >= n + 10.0);
+    assert!(delta(&before, &after, "p2c2r_frame_lock_held_seconds_total") > 0.0);
     assert_eq!(after["p2c2r_sessions"], 1.0);
     // The eighth task went to the peer (assigned) and waits there.
     assert_eq!(after["p2c2r_tasks_in_flight"], 1.0);

@@ -192,6 +192,19 @@ impl Router {
         self.lock_held.stop(held);
     }
 
+    /// [`Router::handle_decoded`] as it was before answers were hashed outside the lock:
+    /// a replicated answer's digest is computed while the lock is held. Only for the
+    /// benchmark that compares the two (`cargo bench -p coordinator --bench lock`).
+    #[doc(hidden)]
+    pub fn handle_decoded_hashing_under_lock(&self, conn: ConnId, decoded: Decoded) {
+        let Decoded { message: decoded, kind } = decoded;
+        let mut state = self.lock();
+        let held = self.lock_held.start();
+        self.dispatch_message(&mut state, conn, decoded, kind, None);
+        drop(state);
+        self.lock_held.stop(held);
+    }
+
     /// One handler per message kind.
     fn dispatch_message(
         &self,
