@@ -14,7 +14,7 @@
 
 use std::time::Instant;
 
-use coordinator::scheduler::{Answer, PeerSpec, Scheduler, SchedulerConfig, Submission};
+use coordinator::scheduler::{Answer, CopyId, PeerSpec, Scheduler, SchedulerConfig, Submission};
 
 const SESSIONS: usize = 20_000;
 
@@ -43,14 +43,13 @@ fn captured(honest: u8, colluders: u8, replicas: usize) -> f64 {
     }
     let now = Instant::now();
     let mut all_colluding = 0;
-    let sessions: Vec<String> =
-        (0..replicas).map(|g| if g == 0 { "world".to_owned() } else { format!("world\u{0}{g}") }).collect();
+    let sessions: Vec<CopyId> = (0..replicas as u32).map(|g| CopyId::replica("world", g)).collect();
     for i in 0..SESSIONS {
         let gamer = format!("gamer-{i}");
         s.add_gamer(gamer.clone());
         for (g, session) in sessions.iter().enumerate() {
             let submission = Submission {
-                task_id: format!("t{g}"),
+                task_id: format!("t{g}").into(),
                 task_type: "physics_step".into(),
                 session_id: Some(session.clone()),
                 deadline: std::time::Duration::from_secs(1),

@@ -31,6 +31,7 @@ pub mod admission;
 pub mod auth;
 pub mod config;
 pub mod connection;
+pub mod copy_id;
 pub mod disputes;
 pub mod fleet;
 pub mod http;

@@ -10,9 +10,9 @@
 //! calls and frames.
 //!
 //! - **Copies.** Replica `gen` of session `s` is the scheduler session
-//!   [`replica_session`]`(s, gen)` and the copy of task `t` is [`replica_task`]`(t, gen)`;
-//!   generation 0 is the plain ids, so an unreplicated session is untouched. Ids from the
-//!   network never hold control characters, so the separator cannot be forged.
+//!   `CopyId::replica(s, gen)` and its copy of task `t` is `CopyId::replica(t, gen)` (see
+//!   [`crate::copy_id`]); replica 0 is the plain ids, so an unreplicated session is
+//!   untouched.
 //! - **Delivery.** The gamer gets the first successful answer at once; in strict mode
 //!   only an answer two replicas agree on. An error is delivered only when no copy
 //!   succeeded (a dead replica's `resync` is not the session's).
@@ -45,32 +45,6 @@ use sha2::{Digest as _, Sha256};
 
 /// Most replicas a session may be configured with.
 pub const MAX_REPLICAS: u8 = 5;
-
-/// Separator between an id and its replica generation. Ids from the network never hold
-/// control characters (the router refuses them).
-const SEPARATOR: char = '\u{0}';
-
-/// The scheduler session of replica `generation` of `session`.
-pub fn replica_session(session: &str, generation: u32) -> String {
-    replica_id(session, generation)
-}
-
-/// The scheduler task id of replica `generation`'s copy of `task`.
-pub fn replica_task(task: &str, generation: u32) -> String {
-    replica_id(task, generation)
-}
-
-fn replica_id(id: &str, generation: u32) -> String {
-    if generation == 0 { id.to_owned() } else { format!("{id}{SEPARATOR}{generation}") }
-}
-
-/// Splits a scheduler id into the gamer's id and the replica generation.
-pub fn split(internal: &str) -> (&str, u32) {
-    match internal.rsplit_once(SEPARATOR) {
-        Some((id, generation)) => (id, generation.parse().unwrap_or(0)),
-        None => (internal, 0),
-    }
-}
 
 /// How sessions are replicated (from `Config`).
 #[derive(Clone, Debug)]
@@ -791,13 +765,6 @@ mod tests {
 
     const OK_A: &str = r#"{"status":"success","digest":"a"}"#;
     const OK_B: &str = r#"{"status":"success","digest":"b"}"#;
-
-    #[test]
-    fn ids_carry_their_generation_and_generation_zero_is_the_plain_id() {
-        assert_eq!(replica_session("physics", 0), "physics");
-        assert_eq!(split(&replica_task("t7", 3)), ("t7", 3));
-        assert_eq!(split("t7"), ("t7", 0));
-    }
 
     #[test]
     fn the_first_success_is_delivered_at_once_and_agreement_settles_nothing() {

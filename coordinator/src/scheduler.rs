@@ -37,6 +37,7 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
 use std::time::{Duration, Instant};
 
+pub use crate::copy_id::CopyId;
 use crate::disputes::{DisputeConfig, Disputes};
 
 /// A peer's id as it registered.
@@ -163,11 +164,11 @@ impl PeerSpec {
 #[derive(Debug)]
 pub struct Submission<P> {
     /// The gamer's id for it.
-    pub task_id: String,
+    pub task_id: CopyId,
     /// What to run.
     pub task_type: String,
     /// Its session, if any.
-    pub session_id: Option<String>,
+    pub session_id: Option<CopyId>,
     /// Per-attempt deadline.
     pub deadline: Duration,
     /// The opaque input.
@@ -178,7 +179,7 @@ pub struct Submission<P> {
     /// never placed on a peer one of them is pinned to, only beside peers of the same
     /// determinism setup, and (see [`SchedulerConfig::replicas_on_distinct_hosts`]) on
     /// another host. Empty for a session that is not replicated.
-    pub siblings: Vec<String>,
+    pub siblings: Vec<CopyId>,
     /// The determinism setup its session's peer must have (a replicated session's), so
     /// that a peer declaring a setup nobody else has is never its first replica either.
     pub setup: Option<u64>,
@@ -191,8 +192,8 @@ pub enum SubmitError {
     #[error("gamer is not registered")]
     UnknownGamer,
     /// The gamer already has a pending task with this id.
-    #[error("a task with id {0:?} is already pending")]
-    DuplicateTask(String),
+    #[error("a task with id {:?} is already pending", .0.id)]
+    DuplicateTask(CopyId),
     /// The gamer's pending tasks reached the limit.
     #[error("too many pending tasks (limit {0})")]
     QueueFull(usize),
@@ -265,7 +266,7 @@ pub enum Completion {
         /// The gamer that submitted the task.
         gamer: GamerId,
         /// The gamer's task id.
-        task_id: String,
+        task_id: CopyId,
         /// The attempt that answered.
         attempt: u32,
         /// When the gamer submitted it (for end-to-end latency).
@@ -273,7 +274,7 @@ pub enum Completion {
         /// When the answering attempt was sent to the peer (for the peer's round trip).
         assigned_at: Instant,
         /// The task's session, if any.
-        session_id: Option<String>,
+        session_id: Option<CopyId>,
     },
     /// The gamer has left; drop the result.
     Orphaned,
@@ -288,7 +289,7 @@ pub enum Expired {
     /// The task went back to the queue for another attempt.
     Requeued {
         /// The gamer's task id.
-        task_id: String,
+        task_id: CopyId,
         /// The peer that missed the deadline.
         peer: PeerId,
         /// The attempt that timed out.
@@ -304,13 +305,13 @@ pub struct Failure {
     /// The gamer.
     pub gamer: GamerId,
     /// The gamer's task id.
-    pub task_id: String,
+    pub task_id: CopyId,
     /// Attempts made.
     pub attempts: u32,
     /// Why.
     pub reason: FailReason,
     /// The task's session, if any.
-    pub session_id: Option<String>,
+    pub session_id: Option<CopyId>,
 }
 
 /// Why a task was given up.
@@ -409,11 +410,11 @@ pub struct Task<P> {
     /// The submitting gamer.
     pub gamer: GamerId,
     /// The gamer's id for it.
-    pub task_id: String,
+    pub task_id: CopyId,
     /// What to run.
     pub task_type: String,
     /// Its session, if any.
-    pub session_id: Option<String>,
+    pub session_id: Option<CopyId>,
     /// Per-attempt deadline.
     pub deadline: Duration,
     /// The opaque input.
@@ -468,7 +469,7 @@ struct Peer {
     in_flight: u32,
     /// Tasks in flight per session (gamer, then session), and the latest deadline among
     /// them: each session with any holds one slot.
-    running: HashMap<GamerId, HashMap<String, Running>>,
+    running: HashMap<GamerId, HashMap<CopyId, Running>>,
     /// Slots held: sessions with tasks in flight, plus sessionless tasks in flight.
     slots_used: u32,
     /// Most tasks in flight at once (see [`SchedulerConfig::max_tasks_per_peer`]).
@@ -481,7 +482,7 @@ struct Peer {
     /// Tasks assigned to it (orphans included), so leaving costs its own work only.
     assigned: HashSet<TaskKey>,
     /// Sessions pinned to it.
-    sessions: HashSet<(GamerId, String)>,
+    sessions: HashSet<(GamerId, CopyId)>,
     /// Answers accepted from it, errors included.
     completed: u64,
     /// Successful answers, ever (restored with its standing).
@@ -539,17 +540,17 @@ impl Peer {
     }
 
     /// Whether it has tasks of this session in flight.
-    fn is_running(&self, gamer: &str, session: &str) -> bool {
+    fn is_running(&self, gamer: &str, session: &CopyId) -> bool {
         self.running.get(gamer).and_then(|s| s.get(session)).is_some_and(|r| r.tasks > 0)
     }
 
     /// When this session's last task in flight here is due, if it has any.
-    fn session_due(&self, gamer: &str, session: &str) -> Option<Instant> {
+    fn session_due(&self, gamer: &str, session: &CopyId) -> Option<Instant> {
         self.running.get(gamer).and_then(|s| s.get(session)).map(|r| r.last_due)
     }
 
     /// Whether it can take one more task of a session it may already be running.
-    fn has_room_for_session(&self, gamer: &str, session: &str, pipeline: u32) -> bool {
+    fn has_room_for_session(&self, gamer: &str, session: &CopyId, pipeline: u32) -> bool {
         match self.running.get(gamer).and_then(|s| s.get(session)) {
             Some(r) if r.tasks > 0 => self.in_flight < self.max_tasks && r.tasks < pipeline,
             _ => self.has_room(),
@@ -562,7 +563,7 @@ impl Peer {
     }
 
     /// Counts a task in flight.
-    fn hold(&mut self, session: Option<(&str, &str)>, bytes: usize, due: Instant) {
+    fn hold(&mut self, session: Option<(&str, &CopyId)>, bytes: usize, due: Instant) {
         self.in_flight += 1;
         self.bytes_in_flight += bytes;
         match session {
@@ -571,7 +572,7 @@ impl Peer {
                     .running
                     .entry(gamer.to_owned())
                     .or_default()
-                    .entry(session.to_owned())
+                    .entry(session.clone())
                     .or_insert(Running { tasks: 0, last_due: due });
                 if r.tasks == 0 {
                     self.slots_used += 1;
@@ -593,7 +594,7 @@ impl Peer {
     }
 
     /// Stops counting a task in flight.
-    fn unhold(&mut self, session: Option<(&str, &str)>, bytes: usize) {
+    fn unhold(&mut self, session: Option<(&str, &CopyId)>, bytes: usize) {
         self.in_flight = self.in_flight.saturating_sub(1);
         self.bytes_in_flight = self.bytes_in_flight.saturating_sub(bytes);
         match session {
@@ -616,8 +617,8 @@ impl Peer {
 
 #[derive(Debug, Default)]
 struct Gamer {
-    tasks: HashMap<String, TaskKey>,
-    sessions: HashMap<String, Session>,
+    tasks: HashMap<CopyId, TaskKey>,
+    sessions: HashMap<CopyId, Session>,
     /// Queued tasks without a session, one lane per task type.
     free: HashMap<String, BTreeSet<TaskKey>>,
     queued: usize,
@@ -643,7 +644,7 @@ struct Gamer {
 struct Session {
     peer: Option<PeerId>,
     /// The other replicas of its session ([`Submission::siblings`]).
-    siblings: Vec<String>,
+    siblings: Vec<CopyId>,
     /// The setup its peer must have ([`Submission::setup`]).
     setup: Option<u64>,
     /// Queued tasks of the session, in submission order.
@@ -800,7 +801,7 @@ impl<P> Scheduler<P> {
     }
 
     /// Whether a gamer has this session (queued, running or idle).
-    pub fn has_session(&self, gamer: &str, session: &str) -> bool {
+    pub fn has_session(&self, gamer: &str, session: &CopyId) -> bool {
         self.gamers.get(gamer).is_some_and(|g| g.sessions.contains_key(session))
     }
 
@@ -811,7 +812,7 @@ impl<P> Scheduler<P> {
     }
 
     /// The peer holding a gamer's session, if any.
-    pub fn session_peer(&self, gamer: &str, session: &str) -> Option<&str> {
+    pub fn session_peer(&self, gamer: &str, session: &CopyId) -> Option<&str> {
         self.gamers.get(gamer)?.sessions.get(session)?.peer.as_deref()
     }
 
@@ -1228,11 +1229,8 @@ impl<P> Scheduler<P> {
             let beside = self.pinned_siblings(gamer, &session.siblings);
             let auditable = self.config.sessions_need_auditable_peers;
             // Replicas of one session share the draw: their scheduler sessions differ only
-            // by the generation suffix.
-            let draw = session.setup.map(|_| {
-                let base = session_id.split('\u{0}').next().unwrap_or(session_id);
-                self.tie_break.hash_one((gamer_id, base))
-            });
+            // by the replica.
+            let draw = session.setup.map(|_| self.tie_break.hash_one((gamer_id, session_id.id.as_str())));
             let replica = Replica { beside: &beside, setup: session.setup, auditable, draw };
             // Peers the session moved away from are tried last, as if they had tried it.
             let tried: std::borrow::Cow<'_, [PeerId]> = if session.avoid.is_empty() {
@@ -1266,7 +1264,7 @@ impl<P> Scheduler<P> {
     }
 
     /// The peers the given sibling replica sessions are pinned to.
-    fn pinned_siblings<'a>(&'a self, gamer: &'a Gamer, siblings: &[String]) -> Vec<(&'a PeerId, &'a Peer)> {
+    fn pinned_siblings<'a>(&'a self, gamer: &'a Gamer, siblings: &[CopyId]) -> Vec<(&'a PeerId, &'a Peer)> {
         siblings
             .iter()
             .filter_map(|s| gamer.sessions.get(s)?.peer.as_ref())
@@ -1300,7 +1298,7 @@ impl<P> Scheduler<P> {
 
     /// Whether some peer that runs `task_type` could host one more replica of a session
     /// whose replicas are the sessions `siblings` (room aside).
-    pub fn can_host_replica(&self, gamer: &str, siblings: &[String], task_type: &str) -> bool {
+    pub fn can_host_replica(&self, gamer: &str, siblings: &[CopyId], task_type: &str) -> bool {
         let Some(g) = self.gamers.get(gamer) else { return false };
         let beside = self.pinned_siblings(g, siblings);
         self.peers.iter().any(|candidate| candidate.1.runs(task_type) && self.may_host_beside(candidate, &beside))
@@ -1391,7 +1389,7 @@ impl<P> Scheduler<P> {
 
     /// Replaces the sibling list of a gamer's session (a replica started or retired: the
     /// copies already queued must avoid the new one's peer too).
-    pub fn set_siblings(&mut self, gamer: &str, session: &str, siblings: Vec<String>) {
+    pub fn set_siblings(&mut self, gamer: &str, session: &CopyId, siblings: Vec<CopyId>) {
         if let Some(s) = self.gamers.get_mut(gamer).and_then(|g| g.sessions.get_mut(session)) {
             s.siblings = siblings;
         }
@@ -1425,25 +1423,25 @@ impl<P> Scheduler<P> {
     }
 
     /// The sessions pinned to a peer now: (gamer, session).
-    pub fn sessions_on(&self, peer: &str) -> Vec<(GamerId, String)> {
+    pub fn sessions_on(&self, peer: &str) -> Vec<(GamerId, CopyId)> {
         self.peers.get(peer).map(|p| p.sessions.iter().cloned().collect()).unwrap_or_default()
     }
 
     /// The peer a gamer's session is pinned to, if any.
-    pub fn pinned_peer(&self, gamer: &str, session: &str) -> Option<&PeerId> {
+    pub fn pinned_peer(&self, gamer: &str, session: &CopyId) -> Option<&PeerId> {
         self.gamers.get(gamer)?.sessions.get(session)?.peer.as_ref()
     }
 
     /// Drops every task of a gamer's session, queued or in flight (a late answer to one
     /// is refused as unknown), and the session itself. Returns the dropped tasks' ids.
     /// No failure is reported for them: the caller (replication) accounts for them.
-    pub fn cancel_session(&mut self, gamer_id: &str, session_id: &str) -> Vec<String> {
+    pub fn cancel_session(&mut self, gamer_id: &str, session_id: &CopyId) -> Vec<CopyId> {
         let Some(gamer) = self.gamers.get(gamer_id) else { return Vec::new() };
         let mut keys: Vec<TaskKey> = gamer
             .tasks
             .values()
             .copied()
-            .filter(|k| self.tasks.get(k).is_some_and(|t| t.session_id.as_deref() == Some(session_id)))
+            .filter(|k| self.tasks.get(k).is_some_and(|t| t.session_id.as_ref() == Some(session_id)))
             .collect();
         keys.sort_unstable();
         let mut dropped = Vec::with_capacity(keys.len());
@@ -1540,11 +1538,11 @@ impl<P> Scheduler<P> {
         // A pipelined tick runs after the session's ticks already there: its deadline
         // counts from theirs. If the head stalls, its own deadline catches it and takes
         // the rest along (see `expire_some`).
-        let start = session_id.as_deref().and_then(|s| peer.session_due(&gamer_id, s)).map_or(now, |d| d.max(now));
+        let start = session_id.as_ref().and_then(|s| peer.session_due(&gamer_id, s)).map_or(now, |d| d.max(now));
         let due = start + task.deadline;
         task.state = TaskState::Assigned { peer: peer_id.clone(), attempt, due };
         task.assigned_at = now;
-        peer.hold(session_id.as_deref().map(|s| (gamer_id.as_str(), s)), bytes, due);
+        peer.hold(session_id.as_ref().map(|s| (gamer_id.as_str(), s)), bytes, due);
         peer.assigned.insert(key);
         if let Some(session_id) = session_id {
             let session = self.gamers.get_mut(&gamer_id).and_then(|g| g.sessions.get_mut(&session_id));
@@ -1727,7 +1725,7 @@ impl<P> Scheduler<P> {
     fn release(&mut self, peer_id: &str, key: TaskKey) {
         let Some(task) = self.tasks.get(&key) else { return };
         if let Some(p) = self.peers.get_mut(peer_id) {
-            p.unhold(task.session_id.as_deref().map(|s| (task.gamer.as_str(), s)), task.bytes);
+            p.unhold(task.session_id.as_ref().map(|s| (task.gamer.as_str(), s)), task.bytes);
             p.assigned.remove(&key);
             self.wake_for_room(peer_id);
         }
@@ -1899,7 +1897,7 @@ impl<P> Scheduler<P> {
     /// Counts a session's resync errors in a row from its peer; at
     /// `max_resyncs_in_a_row` the session leaves the peer (it is avoided for the session
     /// from then on) so that its snapshot goes elsewhere.
-    fn count_resync(&mut self, gamer: &str, session: &str, key: TaskKey, peer_id: &str, answer: Answer) {
+    fn count_resync(&mut self, gamer: &str, session: &CopyId, key: TaskKey, peer_id: &str, answer: Answer) {
         let limit = self.config.max_resyncs_in_a_row;
         let Some(s) = self.gamers.get_mut(gamer).and_then(|g| g.sessions.get_mut(session)) else { return };
         if s.peer.as_deref() != Some(peer_id) {
@@ -1926,7 +1924,7 @@ impl<P> Scheduler<P> {
         }
         s.avoid.push(peer_id.to_owned());
         if let Some(p) = self.peers.get_mut(peer_id) {
-            p.sessions.remove(&(gamer.to_owned(), session.to_owned()));
+            p.sessions.remove(&(gamer.to_owned(), session.clone()));
         }
     }
 
@@ -2148,8 +2146,16 @@ mod tests {
         PeerSpec { task_types: None, capacity: 4, setup, host: Some(std::net::IpAddr::from(host)) }
     }
 
+    /// A scheduler id written as the logs show it: `w` or `w#1` (replica 1's copy).
+    fn copy(s: &str) -> CopyId {
+        match s.split_once('#') {
+            Some((id, replica)) => CopyId::replica(id, replica.parse().unwrap()),
+            None => CopyId::plain(s),
+        }
+    }
+
     fn replica_task(id: &str, session: &str, siblings: &[&str]) -> Submission<()> {
-        Submission { siblings: siblings.iter().map(|s| s.to_string()).collect(), ..session_task(id, session) }
+        Submission { siblings: siblings.iter().map(|s| copy(s)).collect(), ..session_task(id, session) }
     }
 
     #[test]
@@ -2164,9 +2170,9 @@ mod tests {
         assert_eq!(s.replica_capacity_of("physics", 7), 2);
         s.disputes_mut().unsettled(&[vec![party("honest", "n1")], vec![party("liar", "n2")]], t0);
         assert_eq!(s.replica_capacity_of("physics", 7), 1, "room for one replica, not two");
-        s.submit("g", replica_task("t0", "w", &["w\u{0}1"]), t0).unwrap();
+        s.submit("g", replica_task("t0", "w", &["w#1"]), t0).unwrap();
         assert_eq!(s.dispatch(t0).len(), 1);
-        s.submit("g", replica_task("t0\u{0}1", "w\u{0}1", &["w"]), t0).unwrap();
+        s.submit("g", replica_task("t0#1", "w#1", &["w"]), t0).unwrap();
         assert!(s.dispatch(t0).is_empty(), "never beside the peer it disputed");
         s.add_peer("third".into(), peer_at(Some(7), [10, 0, 3, 1]));
         assert_eq!(s.replica_capacity_of("physics", 7), 2);
@@ -2213,7 +2219,7 @@ mod tests {
         for g in 0..groups {
             let gamer = format!("g{g}");
             s.add_gamer(gamer.clone());
-            let sessions = ["w", "w\u{0}1", "w\u{0}2"];
+            let sessions = ["w", "w#1", "w#2"];
             for (r, session) in sessions.iter().enumerate() {
                 let siblings: Vec<&str> = sessions.iter().filter(|x| *x != session).copied().collect();
                 s.submit(
@@ -2249,12 +2255,12 @@ mod tests {
         s.add_peer("other-setup".into(), peer_at(Some(8), [10, 0, 0, 2]));
         s.add_peer("undeclared".into(), peer_at(None, [10, 0, 0, 3]));
         assert_eq!(s.replica_capacity("physics"), 1, "one host per setup so far");
-        s.submit("g", replica_task("t0", "w", &["w\u{0}1"]), t0).unwrap();
+        s.submit("g", replica_task("t0", "w", &["w#1"]), t0).unwrap();
         let first = s.dispatch(t0);
         assert_eq!(first.len(), 1);
         let pinned = first[0].peer.clone();
         // The sibling may go nowhere yet: every other peer shares a host or differs in setup.
-        s.submit("g", replica_task("t0\u{0}1", "w\u{0}1", &["w"]), t0).unwrap();
+        s.submit("g", replica_task("t0#1", "w#1", &["w"]), t0).unwrap();
         let blocked = s.dispatch(t0);
         assert!(blocked.is_empty(), "placed beside {pinned}: {blocked:?}");
         // A compatible peer on another host takes it.
@@ -2262,8 +2268,8 @@ mod tests {
         assert_eq!(s.replica_capacity("physics"), 2);
         let placed = s.dispatch(t0);
         assert_eq!(placed.iter().map(|d| d.peer.as_str()).collect::<Vec<_>>(), ["good"]);
-        assert_eq!(s.pinned_peer("g", "w\u{0}1").map(String::as_str), Some("good"));
-        assert!(!s.can_host_replica("g", &["w".into(), "w\u{0}1".into()], "physics"), "no third host");
+        assert_eq!(s.pinned_peer("g", &copy("w#1")).map(String::as_str), Some("good"));
+        assert!(!s.can_host_replica("g", &[copy("w"), copy("w#1")], "physics"), "no third host");
         // Without the host rule, a second peer on the same host would do.
         let mut s: Scheduler<()> =
             Scheduler::new(SchedulerConfig { replicas_on_distinct_hosts: false, ..test_config() });
@@ -2271,8 +2277,8 @@ mod tests {
         s.add_peer("a".into(), peer_at(Some(7), [127, 0, 0, 1]));
         s.add_peer("b".into(), peer_at(Some(7), [127, 0, 0, 1]));
         assert_eq!(s.replica_capacity("physics"), 2);
-        s.submit("g", replica_task("t0", "w", &["w\u{0}1"]), t0).unwrap();
-        s.submit("g", replica_task("t0\u{0}1", "w\u{0}1", &["w"]), t0).unwrap();
+        s.submit("g", replica_task("t0", "w", &["w#1"]), t0).unwrap();
+        s.submit("g", replica_task("t0#1", "w#1", &["w"]), t0).unwrap();
         let mut peers: Vec<String> = s.dispatch(t0).into_iter().map(|d| d.peer).collect();
         peers.sort();
         assert_eq!(peers, ["a", "b"], "never both on one peer");
@@ -2288,10 +2294,10 @@ mod tests {
         s.submit("g", session_task("b", "w"), t0).unwrap();
         s.submit("g", session_task("c", "other"), t0).unwrap();
         assert_eq!(s.dispatch(t0).len(), 2, "two ticks of w pipelined on the one slot");
-        let mut dropped = s.cancel_session("g", "w");
+        let mut dropped = s.cancel_session("g", &copy("w"));
         dropped.sort();
         assert_eq!(dropped, ["a", "b"]);
-        assert!(!s.has_session("g", "w"));
+        assert!(!s.has_session("g", &copy("w")));
         assert_eq!(s.peer_load("p"), Some(0));
         assert_eq!(dispatch_ids(&mut s, t0), ["c"], "the slot is free for the other session");
         assert!(matches!(s.succeed("p", &assignment_id(0, 1)), Err(CompleteError::NotAssigned(_))));
@@ -2308,7 +2314,7 @@ mod tests {
 
     fn task(id: &str) -> Submission<()> {
         Submission {
-            task_id: id.into(),
+            task_id: copy(id),
             task_type: "physics".into(),
             session_id: None,
             deadline: Duration::from_secs(2),
@@ -2320,7 +2326,7 @@ mod tests {
     }
 
     fn session_task(id: &str, session: &str) -> Submission<()> {
-        Submission { session_id: Some(session.into()), ..task(id) }
+        Submission { session_id: Some(copy(session)), ..task(id) }
     }
 
     fn dispatch_ids(s: &mut Scheduler<()>, now: Instant) -> Vec<String> {
@@ -2329,7 +2335,7 @@ mod tests {
     }
 
     fn task_ids(s: &Scheduler<()>, dispatches: &[Dispatch]) -> Vec<String> {
-        dispatches.iter().map(|d| s.task(d.key).unwrap().task_id.clone()).collect()
+        dispatches.iter().map(|d| s.task(d.key).unwrap().task_id.to_string()).collect()
     }
 
     #[test]
@@ -2460,7 +2466,7 @@ mod tests {
         s.submit("g", session_task("tick1", "world"), Instant::now()).unwrap();
         let first = s.dispatch(now);
         let holder = first[0].peer.clone();
-        assert_eq!(s.session_peer("g", "world"), Some(holder.as_str()));
+        assert_eq!(s.session_peer("g", &copy("world")), Some(holder.as_str()));
         for i in 2..6 {
             s.submit("g", session_task(&format!("tick{i}"), "world"), Instant::now()).unwrap();
         }
@@ -2525,13 +2531,13 @@ mod tests {
         s.submit("g", session_task("tick4", "world"), Instant::now()).unwrap();
         assert_eq!(s.dispatch(now).len(), 1);
         assert_eq!(s.remove_peer("a"), 5);
-        assert_eq!(s.session_peer("g", "world"), None);
+        assert_eq!(s.session_peer("g", &copy("world")), None);
         assert_eq!(s.queued_len(), 5);
         s.add_peer("b".into(), any_peer(8));
         let d = s.dispatch(now);
         assert_eq!(task_ids(&s, &d), ["tick0", "tick1", "tick2", "tick3", "tick4"]);
         assert!(d.iter().all(|d| d.peer == "b" && d.attempt == 2));
-        assert_eq!(s.session_peer("g", "world"), Some("b"));
+        assert_eq!(s.session_peer("g", &copy("world")), Some("b"));
         assert_eq!(s.counters().redispatched, 5);
     }
 
@@ -2830,7 +2836,7 @@ mod tests {
             assert_eq!(d[0].peer, "amnesiac");
             s.complete("amnesiac", &d[0].assignment_id, resync, now).unwrap();
         }
-        assert_eq!(s.session_peer("g", "w"), None, "the session left its peer");
+        assert_eq!(s.session_peer("g", &copy("w")), None, "the session left its peer");
         s.submit("g", session_task("t2", "w"), now).unwrap();
         assert_eq!(s.dispatch(now)[0].peer, "other");
     }
@@ -2896,7 +2902,7 @@ mod tests {
         s.expire(t1);
         let d = s.dispatch(t1);
         assert_eq!(d[0].peer, "b");
-        assert_eq!(s.session_peer("g", "w"), Some("b"));
+        assert_eq!(s.session_peer("g", &copy("w")), Some("b"));
     }
 
     #[test]
@@ -2976,7 +2982,7 @@ mod tests {
         let d = s.dispatch(now);
         s.succeed("p", &d[0].assignment_id).unwrap();
         s.submit("g", session_task("b", "s2"), Instant::now()).unwrap();
-        assert_eq!(s.session_peer("g", "s1"), None);
+        assert_eq!(s.session_peer("g", &copy("s1")), None);
     }
 
     #[test]
@@ -3120,7 +3126,7 @@ mod tests {
         assert_eq!(task_ids(&s, &d), ["fresh"]);
         let failures = s.take_failures();
         assert_eq!(failures.len(), 1);
-        assert_eq!((failures[0].task_id.as_str(), failures[0].reason), ("stale", FailReason::QueueTimeout));
+        assert_eq!((failures[0].task_id.id.as_str(), failures[0].reason), ("stale", FailReason::QueueTimeout));
     }
 
     #[test]
@@ -3210,7 +3216,7 @@ mod tests {
             for t in 0..256 {
                 let submission = Submission {
                     task_type: format!("nobody-runs-{}", t % 8),
-                    session_id: (t % 2 == 0).then(|| format!("s{}", t % 16)),
+                    session_id: (t % 2 == 0).then(|| format!("s{}", t % 16).into()),
                     ..task(&format!("t{t}"))
                 };
                 s.submit(&gamer, submission, now).unwrap();
@@ -3291,7 +3297,7 @@ mod tests {
         let moved = s.dispatch(t0 + Duration::from_secs(2));
         assert_eq!(task_ids(&s, &moved), ["t0", "t1", "t2"]);
         assert!(moved.iter().all(|d| d.peer == "fast"));
-        assert_eq!(s.session_peer("g", "w"), Some("fast"));
+        assert_eq!(s.session_peer("g", &copy("w")), Some("fast"));
     }
 
     #[test]
@@ -3343,7 +3349,7 @@ mod tests {
         s.submit("g", Submission { task_type: "ai".into(), ..session_task("a1", "w") }, now).unwrap();
         let d = s.dispatch(now);
         assert_eq!((task_ids(&s, &d), d[0].peer.as_str()), (vec!["a1".to_owned()], "ai"));
-        assert_eq!(s.session_peer("g", "w"), Some("ai"));
+        assert_eq!(s.session_peer("g", &copy("w")), Some("ai"));
     }
 
     #[test]

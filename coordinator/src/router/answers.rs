@@ -29,7 +29,9 @@ pub(super) fn lost_result(task_id: String) -> Message {
 
 /// The `task_result` error that tells a gamer its task was given up.
 pub(super) fn failure_message(Failure { gamer, task_id, attempts, reason, .. }: Failure) -> Message {
-    debug!(gamer_id = gamer, task_id, attempts, ?reason, "task given up");
+    debug!(gamer_id = gamer, %task_id, attempts, ?reason, "task given up");
+    // The gamer's own id: the copy it was, if a replica's, is the coordinator's business.
+    let task_id = task_id.id;
     let error = match reason {
         FailReason::MaxAttempts => TaskError::new(
             ErrorCode::MaxAttemptsExceeded,

@@ -14,6 +14,7 @@ use p2c2r_protocol::{Payload, SessionStatus, TaskRequest};
 
 use super::State;
 use crate::Config;
+use crate::copy_id::CopyId;
 use crate::replication::{self, Group, Logged, ReplicationConfig};
 use crate::scheduler::{Submission, SubmitError};
 
@@ -78,14 +79,14 @@ impl Replicas {
         }
     }
 
-    /// The group of a gamer's session (`session` may be a replica's scheduler session).
+    /// The group of a gamer's session (the gamer's id for it).
     pub(super) fn group_mut(&mut self, gamer: &str, session: &str) -> Option<&mut GroupEntry> {
-        self.groups.get_mut(gamer)?.get_mut(replication::split(session).0)
+        self.groups.get_mut(gamer)?.get_mut(session)
     }
 
-    /// Whether a gamer's session (or a replica's scheduler session) is replicated.
+    /// Whether a gamer's session (the gamer's id for it) is replicated.
     pub(super) fn is_replicated(&self, gamer: &str, session: &str) -> bool {
-        self.groups.get(gamer).is_some_and(|g| g.contains_key(replication::split(session).0))
+        self.groups.get(gamer).is_some_and(|g| g.contains_key(session))
     }
 
     /// Forgets a gamer's groups and their logs.
@@ -133,7 +134,7 @@ impl State {
             return true;
         }
         // A session already running on one peer stays so (and its ticks cost no draw).
-        if self.sched.has_session(gamer, session) {
+        if self.sched.has_session(gamer, &CopyId::plain(session)) {
             return false;
         }
         let class = self.sched.largest_setup_class(REPLICA_TASK_TYPE);
@@ -163,8 +164,7 @@ impl State {
             let sched = &self.sched;
             let mut freed = 0;
             groups.retain(|s, e| {
-                let alive =
-                    e.group.live().iter().any(|g| sched.has_session(gamer, &replication::replica_session(s, *g)));
+                let alive = e.group.live().iter().any(|g| sched.has_session(gamer, &CopyId::replica(s.as_str(), *g)));
                 if !alive {
                     freed += e.group.log_bytes();
                 }
@@ -205,7 +205,7 @@ impl State {
         let now = Instant::now();
         if self.replicas.group_mut(gamer, session).is_some_and(|e| e.group.tracks(&m.task_id)) {
             // Its answers are still compared with the first request's under this id.
-            return Err(SubmitError::DuplicateTask(m.task_id));
+            return Err(SubmitError::DuplicateTask(CopyId::plain(m.task_id)));
         }
         let snapshot = p2c2r_protocol::inspect::is_snapshot_request(&m.task_data);
         self.fill_replicas(gamer, session, snapshot, now);
@@ -296,7 +296,7 @@ impl State {
         let Some(entry) = self.replicas.group_mut(gamer, session) else { return };
         let live = entry.group.live().to_vec();
         for &generation in &live {
-            let key = replication::replica_session(session, generation);
+            let key = CopyId::replica(session, generation);
             self.sched.set_siblings(gamer, &key, siblings(session, &live, generation));
         }
     }
@@ -335,9 +335,9 @@ impl State {
         }
         entry.group.retire(generation);
         self.relink(gamer, session);
-        let dropped = self.sched.cancel_session(gamer, &replication::replica_session(session, generation));
-        for task_id in dropped {
-            self.copy_outcome(gamer, session, &task_id, replication::CopyOutcome::Cancelled, None);
+        let dropped = self.sched.cancel_session(gamer, &CopyId::replica(session, generation));
+        for copy in dropped {
+            self.copy_outcome(gamer, session, &copy, replication::CopyOutcome::Cancelled, None);
         }
         self.tell_status(gamer, session);
     }
@@ -345,11 +345,11 @@ impl State {
     /// Retires every replica a peer holds (it is leaving or quarantined): the other
     /// replicas go on, and the next tick starts a replacement.
     pub(super) fn retire_replicas_on(&mut self, peer: &str) {
-        for (gamer, scheduler_session) in self.sched.sessions_on(peer) {
-            let (session, generation) = replication::split(&scheduler_session);
-            let live = self.replicas.group_mut(&gamer, session).is_some_and(|e| e.group.live().contains(&generation));
+        for (gamer, copy) in self.sched.sessions_on(peer) {
+            let live =
+                self.replicas.group_mut(&gamer, &copy.id).is_some_and(|e| e.group.live().contains(&copy.replica));
             if live {
-                self.retire_generation(&gamer, session, generation);
+                self.retire_generation(&gamer, &copy.id, copy.replica);
             }
         }
     }
@@ -358,9 +358,9 @@ impl State {
 /// Replica `generation`'s copy of a tick.
 fn copy_of(session: &str, live: &[u32], generation: u32, tick: &Logged, setup: Option<u64>) -> Submission<Payload> {
     Submission {
-        task_id: replication::replica_task(&tick.task_id, generation),
+        task_id: CopyId::replica(tick.task_id.as_str(), generation),
         task_type: tick.task_type.clone(),
-        session_id: Some(replication::replica_session(session, generation)),
+        session_id: Some(CopyId::replica(session, generation)),
         deadline: tick.deadline,
         bytes: tick.payload.len(),
         payload: tick.payload.clone(),
@@ -370,6 +370,6 @@ fn copy_of(session: &str, live: &[u32], generation: u32, tick: &Logged, setup: O
 }
 
 /// The scheduler sessions of a replica's siblings.
-fn siblings(session: &str, live: &[u32], generation: u32) -> Vec<String> {
-    live.iter().filter(|g| **g != generation).map(|g| replication::replica_session(session, *g)).collect()
+fn siblings(session: &str, live: &[u32], generation: u32) -> Vec<CopyId> {
+    live.iter().filter(|g| **g != generation).map(|g| CopyId::replica(session, *g)).collect()
 }

@@ -16,6 +16,7 @@ use super::limits::Cost;
 use super::registry::Role;
 use super::standing::MISSED_DEADLINES;
 use super::{ConnId, EXPIRE_BATCH, Router, State};
+use crate::copy_id::CopyId;
 use crate::outbound::{AssignmentFrame, Outbound, OutboundTx};
 use crate::replication::{self, AnswerDigest, CopyOutcome};
 use crate::scheduler::{Answer, CompleteError, Completion, Dispatch, Expired, Failure, Submission, SubmitError};
@@ -39,10 +40,9 @@ impl Router {
             return state.registry.send_error(conn, ErrorCode::LimitExceeded, reason, Some(m.task_id));
         }
         // A replicated session stays known while its replicas change.
-        let new_session = m
-            .session_id
-            .as_deref()
-            .is_some_and(|s| !state.sched.has_session(gamer_id, s) && !state.replicas.is_replicated(gamer_id, s));
+        let new_session = m.session_id.as_deref().is_some_and(|s| {
+            !state.sched.has_session(gamer_id, &CopyId::plain(s)) && !state.replicas.is_replicated(gamer_id, s)
+        });
         let cost = Cost { bytes: m.task_data.len(), new_session };
         if let Some(reason) = state.limits.charge(gamer_id, cost, Instant::now()) {
             return state.registry.send_error(conn, ErrorCode::RateLimited, reason, Some(m.task_id));
@@ -70,9 +70,9 @@ impl Router {
             return self.submitted(state, conn, gamer_id, task_id, result);
         }
         let submission = Submission {
-            task_id: m.task_id,
+            task_id: CopyId::plain(m.task_id),
             task_type: m.task_type,
-            session_id: m.session_id,
+            session_id: m.session_id.map(CopyId::plain),
             deadline,
             bytes: m.task_data.len(),
             payload: m.task_data,
@@ -136,7 +136,7 @@ impl Router {
                 _ => return None,
             };
             let task = state.sched.assigned_to(peer, &m.task_id);
-            task.is_some_and(|t| t.session_id.as_deref().is_some_and(|s| state.replicas.is_replicated(&t.gamer, s)))
+            task.is_some_and(|t| t.session_id.as_ref().is_some_and(|s| state.replicas.is_replicated(&t.gamer, &s.id)))
         };
         replicated.then(|| replication::answer_digest(&m.result))
     }
@@ -168,7 +168,7 @@ impl Router {
         };
         match state.sched.complete(peer_id, &m.task_id, answer, Instant::now()) {
             Ok(Completion::Deliver { gamer, task_id, attempt, submitted_at, assigned_at, session_id })
-                if session_id.as_deref().is_some_and(|s| state.replicas.is_replicated(&gamer, s)) =>
+                if session_id.as_ref().is_some_and(|s| state.replicas.is_replicated(&gamer, &s.id)) =>
             {
                 let now = Instant::now();
                 state.metrics.peer_task_duration.observe(now.saturating_duration_since(assigned_at).as_secs_f64());
@@ -207,13 +207,14 @@ impl Router {
                         replication::vote_weight(&standing, established, agreed, crate::reputation::now_ms())
                     }),
                 };
-                state.copy_outcome(&gamer, &session, &task_id, outcome, Some(submitted_at));
+                state.copy_outcome(&gamer, &session.id, &task_id, outcome, Some(submitted_at));
                 if state.take_quarantined_liars(self.config.quarantine_duration) {
                     self.deadlines_changed.notify_one();
                 }
             }
             Ok(Completion::Deliver { gamer, task_id, attempt, submitted_at, assigned_at, .. }) => {
-                debug!(peer_id, gamer_id = gamer, task_id, attempt, "result delivered");
+                debug!(peer_id, gamer_id = gamer, %task_id, attempt, "result delivered");
+                let task_id = task_id.id;
                 let now = Instant::now();
                 state.metrics.peer_task_duration.observe(now.saturating_duration_since(assigned_at).as_secs_f64());
                 let latency = now.saturating_duration_since(submitted_at);
@@ -267,7 +268,7 @@ impl Router {
             match outcome {
                 Expired::Requeued { task_id, peer, attempt } => {
                     requeued += 1;
-                    debug!(task_id, peer_id = peer, attempt, "task deadline passed; re-dispatching");
+                    debug!(%task_id, peer_id = peer, attempt, "task deadline passed; re-dispatching");
                 }
                 Expired::Failed(failure) => failures.push(failure),
             }
@@ -305,7 +306,7 @@ impl State {
             debug!(
                 peer_id = d.peer,
                 gamer_id = task.gamer,
-                task_id = task.task_id,
+                task_id = %task.task_id,
                 attempt = d.attempt,
                 "task assigned"
             );
@@ -317,9 +318,9 @@ impl State {
                 deadline_ms: d.deadline.as_millis() as u64,
                 // A replica's copy carries the gamer's own ids: every replica sees the
                 // same task, and replicas of one session never share a peer.
-                task_id: replication::split(&task.task_id).0.to_owned(),
+                task_id: task.task_id.id.clone(),
                 task_type: task.task_type.clone(),
-                session_id: task.session_id.as_deref().map(|s| replication::split(s).0.to_owned()),
+                session_id: task.session_id.as_ref().map(|s| s.id.clone()),
                 // Peers see an opaque alias: a gamer id would let a peer's owner learn
                 // whom it serves.
                 gamer_id: self.registry.ids.alias(&task.gamer),
@@ -343,14 +344,14 @@ impl State {
     pub(super) fn answers_for(&mut self, failures: Vec<Failure>) -> Vec<(OutboundTx, Failure)> {
         let mut live = Vec::new();
         for f in failures {
-            if f.session_id.as_deref().is_some_and(|s| self.replicas.is_replicated(&f.gamer, s)) {
+            if f.session_id.as_ref().is_some_and(|s| self.replicas.is_replicated(&f.gamer, &s.id)) {
                 self.replicated_failure(f);
                 continue;
             }
             match self.registry.gamer_tx(&f.gamer) {
                 Some(tx) => live.push((tx.clone(), f)),
                 None if self.delivery.contains(&f.gamer) => {
-                    let (gamer, task_id) = (f.gamer.clone(), f.task_id.clone());
+                    let (gamer, task_id) = (f.gamer.clone(), f.task_id.id.clone());
                     self.delivery.keep(&gamer, &task_id, Outbound::message(failure_message(f)));
                 }
                 None => {}

@@ -11,42 +11,39 @@ use super::State;
 use super::answers::{failure_message, replica_error};
 use super::replicas::REPLICA_TASK_TYPE;
 use super::standing::{DISPUTED, OUTVOTED};
+use crate::copy_id::CopyId;
 use crate::disputes::Party;
 use crate::outbound::Outbound;
-use crate::replication::{self, CopyOutcome, Decision, Delivery};
+use crate::replication::{CopyOutcome, Decision, Delivery};
 use crate::scheduler::Failure;
 
 impl State {
     /// A replicated copy given up by the scheduler.
     pub(super) fn replicated_failure(&mut self, failure: Failure) {
-        let session = failure.session_id.clone().unwrap_or_default();
-        let (gamer, task_id) = (failure.gamer.clone(), failure.task_id.clone());
-        let Some(entry) = self.replicas.group_mut(&gamer, &session) else { return };
-        let (base, generation) = replication::split(&task_id);
-        let decision = entry.group.outcome(base, generation, CopyOutcome::GivenUp);
-        let session = replication::split(&session).0;
-        self.apply_decision(&gamer, session, base, decision, None, Some(failure));
+        let Some(session) = failure.session_id.clone() else { return };
+        let (gamer, copy) = (failure.gamer.clone(), failure.task_id.clone());
+        let Some(entry) = self.replicas.group_mut(&gamer, &session.id) else { return };
+        let decision = entry.group.outcome(&copy.id, copy.replica, CopyOutcome::GivenUp);
+        self.apply_decision(&gamer, &session.id, &copy.id, decision, None, Some(failure));
     }
 
-    /// What became of one copy (`session` and `task_id` are scheduler ids).
+    /// What became of one copy of a tick of the gamer's session `session`.
     pub(super) fn copy_outcome(
         &mut self,
         gamer: &str,
         session: &str,
-        task_id: &str,
+        copy: &CopyId,
         outcome: CopyOutcome,
         submitted_at: Option<Instant>,
     ) {
         let Some(entry) = self.replicas.group_mut(gamer, session) else { return };
-        let (base, generation) = replication::split(task_id);
         let answered = matches!(outcome, CopyOutcome::Answer { .. });
-        let decision = entry.group.outcome(base, generation, outcome);
+        let decision = entry.group.outcome(&copy.id, copy.replica, outcome);
         if answered && decision.deliver.is_none() {
             // The scheduler counted the answer as delivered; only one copy per tick is.
             self.sched.uncount_completion(gamer);
         }
-        let session = replication::split(session).0;
-        self.apply_decision(gamer, session, base, decision, submitted_at, None);
+        self.apply_decision(gamer, session, &copy.id, decision, submitted_at, None);
     }
 
     fn apply_decision(
@@ -89,7 +86,7 @@ impl State {
             }
             Some(Delivery::Failure) => {
                 let message = match failure {
-                    Some(f) => failure_message(Failure { task_id: task_id.to_owned(), ..f }),
+                    Some(f) => failure_message(Failure { task_id: CopyId::plain(task_id), ..f }),
                     None => replica_error(
                         task_id,
                         ErrorCode::UnknownSession,
