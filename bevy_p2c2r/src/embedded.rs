@@ -35,6 +35,21 @@
 //! when the plugin is added, before the app runs) waits for the cluster to come up, and
 //! dropping the resource waits a bounded time for it to shut down.
 //!
+//! With [`P2c2rPlugin::embedded_in_memory`] (or [`EmbeddedCluster::start_in_memory`])
+//! nothing opens a socket: the coordinator binds no port, and the peers and the plugin
+//! reach it through in-memory connections ([`EmbeddedCluster::dialer`]) that speak the
+//! same WebSocket protocol under the same limits. That is the way to test a game headless
+//! with the whole system in the test's process:
+//!
+//! ```no_run
+//! use bevy::prelude::*;
+//! use bevy_p2c2r::prelude::*;
+//!
+//! let mut app = App::new();
+//! app.add_plugins(MinimalPlugins).add_plugins(P2c2rPlugin::embedded_in_memory().gamer_id("test"));
+//! app.update(); // a coordinator and a peer run in this process, with no port open
+//! ```
+//!
 //! This module is behind the `embedded` cargo feature (on by default), which brings in
 //! the `coordinator` and `peer` libraries (without their command-line parts).
 
@@ -48,6 +63,7 @@ use bevy::prelude::*;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
 use crate::P2c2rPlugin;
+use crate::client::Dialer;
 
 /// How long starting the cluster (coordinator up, initial peers spawned) may take.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -101,7 +117,7 @@ pub enum EmbeddedError {
     /// The cluster's thread or tokio runtime could not be created.
     #[error("cannot start the cluster's thread or runtime: {0}")]
     Runtime(std::io::Error),
-    /// The in-process coordinator could not listen on a loopback port.
+    /// The in-process coordinator could not start (or listen on a loopback port).
     #[error("cannot start the in-process coordinator: {0}")]
     Coordinator(std::io::Error),
     /// A peer could not be started (a bad URL, peer id or CA file, ...).
@@ -122,6 +138,7 @@ pub enum EmbeddedError {
 #[derive(Resource)]
 pub struct EmbeddedCluster {
     url: String,
+    dialer: Option<Dialer>,
     embedded_coordinator: bool,
     commands: Option<tokio::sync::mpsc::Sender<Command>>,
     events: Receiver<ClusterEvent>,
@@ -154,6 +171,14 @@ impl EmbeddedCluster {
         Self::start_replicated(coordinator, peers, access, 1)
     }
 
+    /// Starts a coordinator in-process that binds no port, and `peers` peers connected to
+    /// it in memory (see the [module docs](self)); otherwise as
+    /// [`EmbeddedCluster::start_replicated`]. Clients connect with
+    /// [`url`](Self::url) and [`dialer`](Self::dialer).
+    pub fn start_in_memory(peers: u32, access: PeerAccess, replicas: u8) -> Result<EmbeddedCluster, EmbeddedError> {
+        Self::start_options(None, EmbeddedOptions { peers, access, replicas, in_memory: true })
+    }
+
     /// [`EmbeddedCluster::start_with`], the in-process coordinator (when one starts) running
     /// each physics session on `replicas` peers (see `coordinator::Config::replicas`; the
     /// embedded peers share one address, so replicas need not be on distinct hosts).
@@ -163,7 +188,11 @@ impl EmbeddedCluster {
         access: PeerAccess,
         replicas: u8,
     ) -> Result<EmbeddedCluster, EmbeddedError> {
-        let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(String, Vec<String>), EmbeddedError>>(1);
+        Self::start_options(coordinator, EmbeddedOptions { peers, access, replicas, in_memory: false })
+    }
+
+    fn start_options(coordinator: Option<String>, options: EmbeddedOptions) -> Result<EmbeddedCluster, EmbeddedError> {
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<Ready, EmbeddedError>>(1);
         let (event_tx, events) = crossbeam_channel::bounded::<ClusterEvent>(EVENT_QUEUE);
         let (command_tx, command_rx) = tokio::sync::mpsc::channel::<Command>(COMMAND_QUEUE);
         let (done_tx, done) = crossbeam_channel::bounded::<()>(1);
@@ -187,7 +216,7 @@ impl EmbeddedCluster {
                 };
                 runtime.block_on(cluster_main(
                     coordinator,
-                    EmbeddedOptions { peers, access, replicas },
+                    options,
                     ready_tx,
                     event_tx,
                     command_rx,
@@ -198,13 +227,14 @@ impl EmbeddedCluster {
             })
             .map_err(EmbeddedError::Runtime)?;
         // On an error or a timeout `command_tx` is dropped here, which stops the thread.
-        let (url, peers) = match ready_rx.recv_timeout(START_TIMEOUT) {
+        let Ready { url, dialer, peers } = match ready_rx.recv_timeout(START_TIMEOUT) {
             Ok(Ok(ready)) => ready,
             Ok(Err(e)) => return Err(e),
             Err(_) => return Err(EmbeddedError::Timeout(START_TIMEOUT)),
         };
         Ok(EmbeddedCluster {
             url,
+            dialer,
             embedded_coordinator,
             commands: Some(command_tx),
             events,
@@ -215,9 +245,19 @@ impl EmbeddedCluster {
         })
     }
 
-    /// The coordinator's URL (`ws://127.0.0.1:PORT` for the in-process one).
+    /// The coordinator's URL (`ws://127.0.0.1:PORT` for the in-process one;
+    /// `ws://127.0.0.1:0`, no port, for one started in memory: use it with
+    /// [`dialer`](Self::dialer)).
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// In-memory connections to the in-process coordinator (whether or not it also
+    /// listens on a port), from `127.0.0.1`: give it to a client with [`url`](Self::url)
+    /// ([`crate::ConnectionSettings::dialer`], `p2c2r_client::ClientConfig::dialer`,
+    /// `peer::PeerConfig::dialer`). `None` when the cluster joined a remote coordinator.
+    pub fn dialer(&self) -> Option<&Dialer> {
+        self.dialer.as_ref()
     }
 
     /// Whether the coordinator runs in this process.
@@ -295,12 +335,21 @@ pub(crate) struct EmbeddedOptions {
     peers: u32,
     access: PeerAccess,
     replicas: u8,
+    /// No port: the coordinator takes in-memory connections only.
+    in_memory: bool,
 }
 
 impl Default for EmbeddedOptions {
     fn default() -> Self {
-        EmbeddedOptions { peers: 1, access: PeerAccess::default(), replicas: 1 }
+        EmbeddedOptions { peers: 1, access: PeerAccess::default(), replicas: 1, in_memory: false }
     }
+}
+
+/// What the cluster thread reports once it is up.
+struct Ready {
+    url: String,
+    dialer: Option<Dialer>,
+    peers: Vec<String>,
 }
 
 impl P2c2rPlugin {
@@ -330,26 +379,39 @@ impl P2c2rPlugin {
         self.embedded.get_or_insert_with(EmbeddedOptions::default).replicas = replicas.clamp(1, 5);
         self
     }
+
+    /// The whole system in this process with no socket at all: as
+    /// [`P2c2rPlugin::embedded`], but the coordinator binds no port, and the peers and the
+    /// plugin reach it through in-memory connections (the same WebSocket protocol, under
+    /// the same limits and credentials; see [`crate::embedded`]). For headless tests of a
+    /// game. Ignored when a coordinator URL is set (the peers then join it over the
+    /// network).
+    pub fn embedded_in_memory() -> Self {
+        let mut plugin = Self::embedded();
+        plugin.embedded.get_or_insert_with(EmbeddedOptions::default).in_memory = true;
+        plugin
+    }
 }
 
 /// Called by the plugin's `build` when the embedded cluster is on: starts it (joining
 /// `coordinator` if given), inserts it as a resource with the system that turns its
-/// events into [`ClusterEvent`] messages, and returns the URL the plugin connects to. If
-/// it cannot start, logs why and returns `coordinator`: with `None` the game runs on the
-/// local simulation, as with no coordinator.
-pub(crate) fn start_in(app: &mut App, options: &EmbeddedOptions, coordinator: Option<String>) -> Option<String> {
+/// events into [`ClusterEvent`] messages, and returns the URL the plugin connects to, with
+/// the dialer to use when the cluster runs in memory. If it cannot start, logs why and
+/// returns `coordinator`: with `None` the game runs on the local simulation, as with no
+/// coordinator.
+pub(crate) fn start_in(
+    app: &mut App,
+    options: &EmbeddedOptions,
+    coordinator: Option<String>,
+) -> (Option<String>, Option<Dialer>) {
     app.add_message::<ClusterEvent>().add_systems(First, forward_events.run_if(resource_exists::<EmbeddedCluster>));
-    match EmbeddedCluster::start_replicated(
-        coordinator.clone(),
-        options.peers,
-        options.access.clone(),
-        options.replicas,
-    ) {
+    match EmbeddedCluster::start_options(coordinator.clone(), options.clone()) {
         Ok(cluster) => {
             tracing::info!(url = cluster.url(), peers = ?cluster.peers(), "p2c2r: embedded cluster started");
             let url = cluster.url().to_owned();
+            let dialer = cluster.dialer().filter(|_| options.in_memory).cloned();
             app.insert_resource(cluster);
-            Some(url)
+            (Some(url), dialer)
         }
         Err(e) => {
             match &coordinator {
@@ -358,7 +420,7 @@ pub(crate) fn start_in(app: &mut App, options: &EmbeddedOptions, coordinator: Op
                 }
                 None => tracing::error!(error = %e, "p2c2r: embedded cluster did not start; stepping locally"),
             }
-            coordinator
+            (coordinator, None)
         }
     }
 }
@@ -387,12 +449,13 @@ fn coordinator_config(replicas: u8) -> coordinator::Config {
     }
 }
 
-fn peer_config(url: &str, access: &PeerAccess) -> peer::PeerConfig {
+fn peer_config(url: &str, dialer: Option<&Dialer>, access: &PeerAccess) -> peer::PeerConfig {
     peer::PeerConfig {
         coordinator_url: url.to_owned(),
         token: access.token.clone(),
         ca_file: access.ca_file.clone(),
         peer_id: access.peer_id.clone(),
+        dialer: dialer.cloned(),
         ..Default::default()
     }
 }
@@ -411,8 +474,8 @@ fn not_registered(handle: &peer::PeerHandle, url: &str) -> ClusterEvent {
 
 async fn cluster_main(
     coordinator_url: Option<String>,
-    EmbeddedOptions { peers: initial_peers, access, replicas }: EmbeddedOptions,
-    ready: Sender<Result<(String, Vec<String>), EmbeddedError>>,
+    EmbeddedOptions { peers: initial_peers, access, replicas, in_memory }: EmbeddedOptions,
+    ready: Sender<Result<Ready, EmbeddedError>>,
     events: Sender<ClusterEvent>,
     mut commands: tokio::sync::mpsc::Receiver<Command>,
     registered: Arc<AtomicU64>,
@@ -420,7 +483,7 @@ async fn cluster_main(
     let mut coordinator = None;
     let url = match coordinator_url {
         Some(url) => url,
-        None => match coordinator::spawn("127.0.0.1:0", coordinator_config(replicas)).await {
+        None => match spawn_coordinator(coordinator_config(replicas), in_memory).await {
             Ok(handle) => {
                 let url = handle.url();
                 coordinator = Some(handle);
@@ -432,10 +495,13 @@ async fn cluster_main(
             }
         },
     };
+    let dialer = coordinator.as_ref().map(coordinator::CoordinatorHandle::dialer);
+    // The peers connect in memory only when nothing listens.
+    let peer_dialer = dialer.as_ref().filter(|_| in_memory);
     // Start the initial peers together, then wait for them to register (one deadline).
     let mut peers: Vec<peer::PeerHandle> = Vec::new();
     for _ in 0..initial_peers {
-        match peer::try_spawn(peer_config(&url, &access)).await {
+        match peer::try_spawn(peer_config(&url, peer_dialer, &access)).await {
             Ok(p) => peers.push(p),
             Err(error) => {
                 let _ = ready.send(Err(EmbeddedError::Peer { url, error }));
@@ -451,7 +517,7 @@ async fn cluster_main(
         }
     }
     let ids = peers.iter().map(|p| p.peer_id().to_string()).collect();
-    if ready.send(Ok((url.clone(), ids))).is_err() {
+    if ready.send(Ok(Ready { url: url.clone(), dialer: dialer.clone(), peers: ids })).is_err() {
         // Nobody waits any more (start timed out).
         stop(peers, coordinator).await;
         return;
@@ -489,7 +555,7 @@ async fn cluster_main(
         let event = match command {
             Command::AddPeer => {
                 let (config, url, events, started) =
-                    (peer_config(&url, &access), url.clone(), events.clone(), started_tx.clone());
+                    (peer_config(&url, peer_dialer, &access), url.clone(), events.clone(), started_tx.clone());
                 tokio::spawn(async move {
                     let result = match peer::try_spawn(config).await {
                         Ok(p) => {
@@ -530,6 +596,14 @@ async fn cluster_main(
     }
     // The game is gone.
     stop(peers, coordinator).await;
+}
+
+/// The in-process coordinator: on `127.0.0.1`, a free port, or on no port at all.
+async fn spawn_coordinator(
+    config: coordinator::Config,
+    in_memory: bool,
+) -> std::io::Result<coordinator::CoordinatorHandle> {
+    if in_memory { coordinator::spawn_in_memory(config).await } else { coordinator::spawn("127.0.0.1:0", config).await }
 }
 
 /// Shuts down the peers, then the coordinator, within the time [`Drop`] waits.

@@ -144,7 +144,7 @@ pub use p2c2r_protocol;
 pub use p2c2r_protocol::ai::AgentStatus;
 pub use p2c2r_protocol::physics::BodyType;
 pub use plugin::{
-    ConnectionSettings, Credential, DEFAULT_COORDINATOR_URL, Encoding, FallbackPolicy, FallbackSettings,
+    ConnectionSettings, Credential, DEFAULT_COORDINATOR_URL, Dialer, Encoding, FallbackPolicy, FallbackSettings,
     P2c2rConfiguration, P2c2rPlugin, P2c2rSystems,
 };
 pub use queries::{PhysicsQueries, PointHit, QueryFilter, RayHit, ShapeHit};

@@ -20,7 +20,7 @@ use crate::apply::{self, Results};
 use crate::bridge::P2c2rClient;
 use crate::build::TickChanges;
 use crate::client::ClientConfig;
-pub use crate::client::Credential;
+pub use crate::client::{Credential, Dialer};
 use crate::events::{self, CollisionEvent, ContactForceEvent, Contacts};
 use crate::gather;
 use crate::ids::EntityIds;
@@ -115,6 +115,13 @@ pub struct ConnectionSettings {
     /// `physics_step` payloads, PROTOCOL.md "Packed `physics_step`"); [`Encoding::Json`]:
     /// JSON text. Against a coordinator without binary frames the plugin sends JSON.
     pub wire: Encoding,
+    /// Reach the coordinator through this [`Dialer`] (in-memory connections to a
+    /// coordinator in this process: `coordinator::CoordinatorHandle::dialer`,
+    /// [`EmbeddedCluster::dialer`](crate::embedded::EmbeddedCluster::dialer)) instead of
+    /// TCP; `coordinator_url` still names the host and path of the upgrade request, and
+    /// every reconnection dials again. `None` keeps the one set before (none: TCP). For
+    /// headless tests with no sockets; [`P2c2rPlugin::embedded_in_memory`] sets it up.
+    pub dialer: Option<Dialer>,
 }
 
 impl Default for ConnectionSettings {
@@ -128,6 +135,7 @@ impl Default for ConnectionSettings {
             token: None,
             ca_file: None,
             wire: Encoding::Binary,
+            dialer: None,
         }
     }
 }
@@ -279,13 +287,15 @@ impl P2c2rPlugin {
         self
     }
 
-    /// Sets how the plugin reaches the coordinator. Its `coordinator_url` and `gamer_id`,
-    /// when `None`, keep what was set before.
+    /// Sets how the plugin reaches the coordinator. Its `coordinator_url`, `gamer_id` and
+    /// `dialer`, when `None`, keep what was set before.
     pub fn with_connection(mut self, connection: ConnectionSettings) -> Self {
-        let (url, gamer_id) = (self.connection.coordinator_url.take(), self.connection.gamer_id.take());
+        let (url, gamer_id, dialer) =
+            (self.connection.coordinator_url.take(), self.connection.gamer_id.take(), self.connection.dialer.take());
         self.connection = connection;
         self.connection.coordinator_url = self.connection.coordinator_url.take().or(url);
         self.connection.gamer_id = self.connection.gamer_id.take().or(gamer_id);
+        self.connection.dialer = self.connection.dialer.take().or(dialer);
         self
     }
 
@@ -323,12 +333,15 @@ impl Plugin for P2c2rPlugin {
         // start, to the coordinator set, if any).
         let connection = &self.connection;
         #[cfg(feature = "embedded")]
-        let coordinator_url = match &self.embedded {
-            Some(options) => crate::embedded::start_in(app, options, connection.coordinator_url.clone()),
-            None => connection.coordinator_url.clone(),
+        let (coordinator_url, dialer) = match &self.embedded {
+            Some(options) => match crate::embedded::start_in(app, options, connection.coordinator_url.clone()) {
+                (url, Some(dialer)) => (url, Some(dialer)),
+                (url, None) => (url, connection.dialer.clone()),
+            },
+            None => (connection.coordinator_url.clone(), connection.dialer.clone()),
         };
         #[cfg(not(feature = "embedded"))]
-        let coordinator_url = connection.coordinator_url.clone();
+        let (coordinator_url, dialer) = (connection.coordinator_url.clone(), connection.dialer.clone());
         let gamer_id = connection.gamer_id.clone().unwrap_or_else(|| format!("gamer-{:08x}", fastrand::u32(..)));
         // Not the gamer id: session and task ids reach peers, which must not learn whom
         // they serve (they see an alias of the gamer id).
@@ -341,6 +354,7 @@ impl Plugin for P2c2rPlugin {
                 config.token = connection.token.clone();
                 config.ca_file = connection.ca_file.clone();
                 config.encoding = connection.wire;
+                config.dialer = dialer;
                 P2c2rClient::connect(config, session.clone(), Some(deadline_ms))
             }
             None => P2c2rClient::offline(gamer_id.clone(), session.clone()),

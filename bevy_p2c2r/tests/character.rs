@@ -155,7 +155,7 @@ fn a_character_walks_pushes_a_crate_and_stops_at_a_wall_locally() {
 
 #[test]
 fn a_character_walks_pushes_a_crate_and_stops_at_a_wall_offloaded() {
-    let mut app = app_with(P2c2rPlugin::embedded().gamer_id("character"), tick_duration());
+    let mut app = app_with(P2c2rPlugin::embedded_in_memory().gamer_id("character"), tick_duration());
     let fallback_ticks = walks_pushes_and_stops(&mut app, |app| {
         let s = stats(app);
         s.mode == OffloadMode::Offloaded && s.physics_results_from_peers >= 10
@@ -209,14 +209,14 @@ fn a_door_closed_on_the_character_pushes_it_out_gently_locally() {
 
 #[test]
 fn a_door_closed_on_the_character_pushes_it_out_gently_offloaded() {
-    let mut app = app_with(P2c2rPlugin::embedded().gamer_id("door"), tick_duration());
+    let mut app = app_with(P2c2rPlugin::embedded_in_memory().gamer_id("door"), tick_duration());
     pushed_out_of_a_closed_door(&mut app, |app| stats(app).mode == OffloadMode::Offloaded);
 }
 
 #[test]
 fn a_character_walks_without_a_hitch_and_pushes_through_fallback_and_hand_back() {
     let mut app = app_with(
-        P2c2rPlugin::embedded()
+        P2c2rPlugin::embedded_in_memory()
             .gamer_id("character-handover")
             .with_fallback(FallbackSettings { timeout: Duration::from_millis(100), ..default() }),
         tick_duration(),
@@ -315,7 +315,7 @@ fn a_character_climbs_a_ramp_and_a_step_and_jumps_onto_a_platform_locally() {
 
 #[test]
 fn a_character_climbs_a_ramp_and_a_step_and_jumps_onto_a_platform_offloaded() {
-    let mut app = app_with(P2c2rPlugin::embedded().gamer_id("climber"), tick_duration());
+    let mut app = app_with(P2c2rPlugin::embedded_in_memory().gamer_id("climber"), tick_duration());
     climbs_steps_and_jumps(&mut app, |app| stats(app).mode == OffloadMode::Offloaded);
 }
 
@@ -329,7 +329,7 @@ fn record_failures(mut failed: MessageReader<TaskFailed>, mut failures: ResMut<F
 
 #[test]
 fn a_teleported_character_is_not_dragged_back_by_its_own_target() {
-    let mut app = app_with(P2c2rPlugin::embedded().gamer_id("teleport"), tick_duration());
+    let mut app = app_with(P2c2rPlugin::embedded_in_memory().gamer_id("teleport"), tick_duration());
     app.init_resource::<Failures>().add_systems(FixedUpdate, record_failures);
     spawn_ground(&mut app);
     let character = spawn_character(&mut app, Vec3::new(0.0, STANDING, 0.0));
@@ -361,7 +361,7 @@ fn a_teleported_character_is_not_dragged_back_by_its_own_target() {
 
 #[test]
 fn pushing_a_body_that_is_re_created_in_the_same_tick_costs_no_tick() {
-    let mut app = app_with(P2c2rPlugin::embedded().gamer_id("recreated"), tick_duration());
+    let mut app = app_with(P2c2rPlugin::embedded_in_memory().gamer_id("recreated"), tick_duration());
     app.init_resource::<Failures>().add_systems(FixedUpdate, record_failures);
     spawn_ground(&mut app);
     let character = spawn_character(&mut app, Vec3::new(0.0, STANDING, 0.0));
@@ -392,7 +392,7 @@ fn pushing_a_body_that_is_re_created_in_the_same_tick_costs_no_tick() {
 
 #[test]
 fn a_character_on_a_dynamic_body_is_left_alone_without_breaking_the_world() {
-    let mut app = app_with(P2c2rPlugin::embedded().gamer_id("misconfigured"), tick_duration());
+    let mut app = app_with(P2c2rPlugin::embedded_in_memory().gamer_id("misconfigured"), tick_duration());
     app.init_resource::<Failures>().add_systems(FixedUpdate, record_failures);
     spawn_ground(&mut app);
     app.init_resource::<Walk>().add_systems(FixedUpdate, walk);

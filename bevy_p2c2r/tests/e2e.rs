@@ -1,6 +1,9 @@
 //! End-to-end tests: headless Bevy apps with the plugin, an in-process coordinator and
-//! peers over real loopback sockets. Every wait is on a condition with a generous
-//! timeout; updates are paced a few ms apart so the network keeps up with the game clock.
+//! peers, connected in memory (`Cluster`: the same WebSocket protocol with no socket)
+//! except where sockets are the point (a coordinator restarted on its address, one that
+//! is unreachable: `TokioCluster`, loopback port 0). Every wait is on a condition with a
+//! generous timeout; updates are paced a few ms apart so the network keeps up with the
+//! game clock.
 
 mod common;
 
@@ -18,7 +21,7 @@ fn bodies_follow_peer_physics() {
     let mut cluster = Cluster::new();
     let peer = cluster.peer();
     // Two frames per tick: the Transforms are interpolated between peer results.
-    let mut app = app_with(P2c2rPlugin::new(&cluster.url).gamer_id("follow"), tick_duration() / 2);
+    let mut app = app_with(cluster.plugin().gamer_id("follow"), tick_duration() / 2);
     spawn_ground(&mut app);
     let boxes: Vec<Entity> = (0..10)
         .map(|i| {
@@ -164,7 +167,8 @@ fn killing_the_peer_falls_back_without_a_stall_and_hands_back() {
     let mut cluster = Cluster::new();
     let first = cluster.peer();
     let mut app = app_with(
-        P2c2rPlugin::new(&cluster.url)
+        cluster
+            .plugin()
             .gamer_id("failover")
             .with_fallback(FallbackSettings { timeout: Duration::from_millis(100), ..default() })
             .with_configuration(P2c2rConfiguration { gravity: Vec3::ZERO, ..default() }),
@@ -244,7 +248,8 @@ fn with_two_replicas_killing_the_serving_peer_costs_no_frame() {
     let mut cluster = Cluster::replicated(2);
     let (first, second) = (cluster.peer(), cluster.peer());
     let mut app = app_with(
-        P2c2rPlugin::new(&cluster.url)
+        cluster
+            .plugin()
             .gamer_id("replicated")
             .with_fallback(FallbackSettings { timeout: Duration::from_millis(100), ..default() })
             .with_configuration(P2c2rConfiguration { gravity: Vec3::ZERO, ..default() }),
@@ -310,7 +315,7 @@ fn collect_custom(mut results: MessageReader<bevy_p2c2r::TaskResultReceived>, mu
 fn custom_tasks_can_be_submitted_through_the_client_resource() {
     let mut cluster = Cluster::new();
     let _peer = cluster.peer();
-    let mut app = app_with(P2c2rPlugin::new(&cluster.url).gamer_id("custom"), tick_duration());
+    let mut app = app_with(cluster.plugin().gamer_id("custom"), tick_duration());
     app.init_resource::<Custom>().add_systems(Update, collect_custom);
     run_until(&mut app, TIMEOUT, PACE, |_| {}, |app| stats(app).connection.is_connected(), "connected");
     let payload = bevy_p2c2r::p2c2r_protocol::to_payload(&serde_json::json!({"num_objects": 5})).unwrap();
@@ -335,7 +340,8 @@ fn the_session_moves_to_another_peer_with_a_snapshot() {
     let b = cluster.peer();
     // A long fallback timeout: the coordinator's re-dispatch and the resync do the work.
     let mut app = app_with(
-        P2c2rPlugin::new(&cluster.url)
+        cluster
+            .plugin()
             .gamer_id("move")
             .with_fallback(FallbackSettings { timeout: Duration::from_secs(5), ..default() })
             .with_configuration(P2c2rConfiguration { gravity: Vec3::ZERO, ..default() }),
@@ -382,7 +388,7 @@ fn the_session_moves_to_another_peer_with_a_snapshot() {
 #[test]
 fn with_a_coordinator_but_no_peer_bodies_fall_by_fallback() {
     let cluster = Cluster::new();
-    let mut app = app_with(P2c2rPlugin::new(&cluster.url).gamer_id("lonely"), tick_duration());
+    let mut app = app_with(cluster.plugin().gamer_id("lonely"), tick_duration());
     spawn_ground(&mut app);
     let ball =
         app.world_mut().spawn(((RigidBody::Dynamic, Collider::ball(0.5)), Transform::from_xyz(0.0, 10.0, 0.0))).id();
@@ -425,7 +431,7 @@ fn an_unreachable_coordinator_still_runs_the_game() {
 fn agents_reach_goals_around_obstacles() {
     let mut cluster = Cluster::new();
     let _peer = cluster.peer();
-    let mut app = app_with(P2c2rPlugin::new(&cluster.url).gamer_id("walkers"), tick_duration());
+    let mut app = app_with(cluster.plugin().gamer_id("walkers"), tick_duration());
     // A wall across the middle with a gap on the right.
     let mut rows = vec!["..........".to_string(); 10];
     rows[5] = "########..".to_string();
@@ -471,7 +477,8 @@ fn bodies_can_be_pushed_shot_and_removed() {
     let mut cluster = Cluster::new();
     let _peer = cluster.peer();
     let mut app = app_with(
-        P2c2rPlugin::new(&cluster.url)
+        cluster
+            .plugin()
             .gamer_id("shooter")
             .with_configuration(P2c2rConfiguration { gravity: Vec3::ZERO, ..default() }),
         tick_duration(),
@@ -585,7 +592,8 @@ fn a_restarted_coordinator_is_rejoined() {
 fn with_fallback_disabled_bodies_wait_for_a_peer() {
     let mut cluster = Cluster::new();
     let mut app = app_with(
-        P2c2rPlugin::new(&cluster.url)
+        cluster
+            .plugin()
             .gamer_id("patient")
             .with_fallback(FallbackSettings { policy: FallbackPolicy::Disabled, ..default() })
             .with_configuration(P2c2rConfiguration { gravity: Vec3::ZERO, ..default() }),

@@ -206,7 +206,7 @@ fn gravity_changes_while_playing() {
 #[test]
 fn a_resting_contact_is_started_once_through_fallback_and_hand_back() {
     let mut app = app_with(
-        P2c2rPlugin::embedded()
+        P2c2rPlugin::embedded_in_memory()
             .gamer_id("events-handover")
             .with_fallback(FallbackSettings { timeout: Duration::from_millis(100), ..default() }),
         tick_duration(),
@@ -258,7 +258,7 @@ struct Failures(Vec<p2c2r_protocol::ErrorCode>);
 #[test]
 fn a_level_mesh_is_sent_once_and_again_only_to_a_peer_that_lacks_it() {
     let mut app = app_with(
-        P2c2rPlugin::embedded()
+        P2c2rPlugin::embedded_in_memory()
             .gamer_id("level-once")
             .with_fallback(FallbackSettings { timeout: Duration::from_millis(100), ..default() }),
         tick_duration(),
@@ -394,7 +394,7 @@ fn scene_queries_see_the_last_applied_tick_locally() {
 
 #[test]
 fn scene_queries_see_the_last_applied_tick_offloaded() {
-    let plugin = P2c2rPlugin::embedded()
+    let plugin = P2c2rPlugin::embedded_in_memory()
         .gamer_id("queries")
         .with_configuration(P2c2rConfiguration { gravity: Vec3::ZERO, ..default() });
     let mut app = app_with(plugin, tick_duration());

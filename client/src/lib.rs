@@ -8,7 +8,8 @@
 //!
 //! It connects through [`p2c2r_net::connect`]: `ws://` or `wss://` (rustls, trusting the
 //! public roots or [`ClientConfig::ca_file`]), presenting [`ClientConfig::token`] as a
-//! bearer token. Every `registration_ack` carries a `resume_secret`; the client keeps the
+//! bearer token; over TCP, or through [`ClientConfig::dialer`] to a coordinator in the
+//! same process, with no socket (each reconnection asks the dialer for a new stream). Every `registration_ack` carries a `resume_secret`; the client keeps the
 //! latest (in memory) and presents it when it registers again after a reconnection, so
 //! the coordinator gives it back its id, its sessions and the results that arrived while
 //! it was away, even before it has noticed that the old connection is dead.
@@ -57,7 +58,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-pub use p2c2r_net::Credential;
+pub use p2c2r_net::{Credential, Dialer};
 
 /// A `Result` whose error is a [`ClientError`].
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
@@ -150,6 +151,11 @@ pub struct ClientConfig {
     /// which a coordinator that does not know them declines (the client then speaks
     /// JSON, and binary payloads travel base64-wrapped); [`Encoding::Json`] offers none.
     pub encoding: Encoding,
+    /// Connect through this [`Dialer`] (an in-memory stream to a coordinator in this
+    /// process, e.g. `coordinator::CoordinatorHandle::dialer`) instead of TCP to `url`'s
+    /// host; `url` still names the host and path of the upgrade request. `None` (the
+    /// default): TCP.
+    pub dialer: Option<Dialer>,
 }
 
 /// Turns a successful [`TaskOutcome`] into a typed value ([`TaskOutcome::decoded`]) on the
@@ -193,6 +199,7 @@ impl ClientConfig {
             queue_capacity: 4096,
             decoder: None,
             encoding: Encoding::Binary,
+            dialer: None,
         }
     }
 }
@@ -806,6 +813,7 @@ impl Driver {
             ),
             timeout: self.config.connect_timeout,
             encoding: self.config.encoding,
+            dialer: self.config.dialer.clone(),
         };
         let (mut socket, encoding) =
             p2c2r_net::connect_negotiated(&url, &options).await.map_err(|e| ClientError::connect(&url, e))?;

@@ -107,7 +107,7 @@ pub fn ws_config(config: &Config) -> WebSocketConfig {
         .read_buffer_size(READ_BUFFER_BYTES)
 }
 
-/// Serves one accepted TCP connection (its upgrade request already read by
+/// Serves one accepted connection, TCP or in memory (its upgrade request already read by
 /// [`crate::http`] and replayed by `stream`) until it closes, is evicted, or `shutdown`
 /// fires. `ticket` is its place in the admission counts, released when this returns.
 pub async fn serve(

@@ -22,14 +22,14 @@
 //! large, 408 for one too slow, 404 for an unknown path, 405 for a method other than
 //! `GET` or `HEAD`, 503 when [`MAX_EVENT_STREAMS`] dashboards are already watching. A
 //! client that does not read its response is dropped after `write_stall_timeout`.
-//! Plain HTTP connections count against the same admission limits as any other.
+//! Plain HTTP connections count against the same admission limits as any other. An
+//! in-memory connection ([`crate::memory`]) goes through all of this too, TLS included.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use p2c2r_ops::http::{self as ops_http, HeadLimits, Request, Response, Rewind};
 use p2c2r_ops::scrape;
-use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -126,33 +126,13 @@ const DASHBOARD_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; sty
 /// upgrade to [`crate::connection::serve`] or answers a plain HTTP request.
 pub async fn serve(
     shared: Arc<Shared>,
-    stream: TcpStream,
+    stream: p2c2r_net::Io,
     addr: SocketAddr,
     ticket: Ticket,
     cancel: CancellationToken,
 ) {
-    let _ = stream.set_nodelay(true);
-    // Unsent bytes wait in the connection's own queue, where a tick can go before a large
-    // frame's next chunk, not in a kernel buffer of megabytes (best effort).
-    let _ = p2c2r_net::socket::limit_unsent(&stream, p2c2r_net::socket::UNSENT_BYTES);
     let started = tokio::time::Instant::now();
-    let mut stream = match &shared.tls {
-        None => Transport::Plain(stream),
-        Some(acceptor) => {
-            let accept = tokio::time::timeout(shared.config.handshake_timeout, acceptor.accept(stream));
-            match tokio::select! { _ = cancel.cancelled() => return, a = accept => a } {
-                Ok(Ok(tls)) => Transport::Tls(Box::new(tls)),
-                Ok(Err(e)) => {
-                    debug!(%addr, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    debug!(%addr, "TLS handshake timed out");
-                    return;
-                }
-            }
-        }
-    };
+    let Some(mut stream) = accept(&shared, stream, addr, &cancel).await else { return };
     // The whole handshake (TLS and head) shares one timeout.
     let left = shared.config.handshake_timeout.saturating_sub(started.elapsed());
     let limits = HeadLimits { max_bytes: MAX_HEAD_BYTES, timeout: left };
@@ -224,6 +204,36 @@ pub async fn serve(
         }
     }
     drop(ticket);
+}
+
+/// Sets up an accepted connection and, when TLS is configured, runs its handshake
+/// (within the handshake timeout); `None` when that fails or shutdown comes first.
+async fn accept(
+    shared: &Shared,
+    stream: p2c2r_net::Io,
+    addr: SocketAddr,
+    cancel: &CancellationToken,
+) -> Option<Transport> {
+    // (An in-memory stream's buffers are small already.)
+    if let p2c2r_net::Io::Tcp(tcp) = &stream {
+        let _ = tcp.set_nodelay(true);
+        // Unsent bytes wait in the connection's own queue, where a tick can go before a
+        // large frame's next chunk, not in a kernel buffer of megabytes (best effort).
+        let _ = p2c2r_net::socket::limit_unsent(tcp, p2c2r_net::socket::UNSENT_BYTES);
+    }
+    let Some(acceptor) = &shared.tls else { return Some(Transport::Plain(stream)) };
+    let accept = tokio::time::timeout(shared.config.handshake_timeout, acceptor.accept(stream));
+    match tokio::select! { _ = cancel.cancelled() => return None, a = accept => a } {
+        Ok(Ok(tls)) => Some(Transport::Tls(Box::new(tls))),
+        Ok(Err(e)) => {
+            debug!(%addr, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            debug!(%addr, "TLS handshake timed out");
+            None
+        }
+    }
 }
 
 /// Why a request from another web site is refused, in open mode (no credentials), where
@@ -319,7 +329,10 @@ async fn stream_events(
     // A stream that is not read is dropped soon: a small send buffer fills within a few
     // events, and a short stall then ends it.
     let stall = EVENT_STREAM_STALL.min(shared.config.write_stall_timeout);
-    if let Err(e) = socket2::SockRef::from(stream.tcp()).set_send_buffer_size(EVENT_STREAM_SEND_BUFFER) {
+    // (An in-memory stream's buffer is small already.)
+    if let Some(tcp) = stream.tcp()
+        && let Err(e) = socket2::SockRef::from(tcp).set_send_buffer_size(EVENT_STREAM_SEND_BUFFER)
+    {
         debug!(error = %e, "event stream: send buffer not set");
     }
     let mut head = ops_http::streaming_head(200, "text/event-stream");

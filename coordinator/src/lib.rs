@@ -13,16 +13,21 @@
 //! # }
 //! ```
 //!
+//! Clients in the same process may also connect without a socket, through
+//! [`CoordinatorHandle::dialer`] (a coordinator started with [`spawn_in_memory`] has no
+//! port at all); see [`memory`].
+//!
 //! Module map: [`scheduler`] decides where tasks go (pure, no I/O); [`router`] applies
 //! each message to the shared state; [`http`] reads each connection's request head and
 //! answers plain HTTP (the dashboard, its event stream, `/metrics`); [`connection`] owns
 //! one WebSocket ([`observe`] watches its bytes, [`outbound`] bounds what waits for it);
 //! [`admission`] decides who may connect; [`metrics`] and [`fleet`] are the operator's
-//! view; [`log_limit`] keeps repeated warnings from flooding the log; this file accepts
-//! connections and runs the deadline timer and the fleet sampler.
+//! view; [`log_limit`] keeps repeated warnings from flooding the log; [`memory`] carries
+//! in-process clients' connections; this file accepts connections (TCP and in-memory
+//! alike) and runs the deadline timer and the fleet sampler.
 //!
 //! The accept loop admits a connection only if all of these hold, and otherwise drops it
-//! before the WebSocket handshake (the client sees its TCP connection closed): its address
+//! before the WebSocket handshake (the client sees its connection closed): its address
 //! holds fewer than `max_connections_per_address` connections (IPv6: per /64), fewer than
 //! `max_unregistered_connections` connections have not registered yet, and fewer than
 //! `max_connections` are open.
@@ -37,6 +42,7 @@ pub mod fleet;
 pub mod http;
 pub mod ids;
 pub mod log_limit;
+pub mod memory;
 pub mod metrics;
 pub mod observe;
 pub mod outbound;
@@ -49,13 +55,13 @@ pub mod tls;
 mod writer;
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
 use prometheus_client::registry::Registry;
 use tokio::net::{TcpListener, ToSocketAddrs};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -66,6 +72,7 @@ use admission::{Admission, Refusal};
 use auth::Auth;
 pub use config::{Config, TlsFiles};
 use fleet::Published;
+use memory::{Backlog, MemoryConn};
 use observe::{ByteTotals, InboundBudget};
 pub use p2c2r_protocol::StatsReport;
 pub use router::Router;
@@ -124,7 +131,7 @@ impl Prepared {
     pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
         let cancel = CancellationToken::new();
         let server = Server::new(self, listener.local_addr()?)?;
-        let serve = server.serve(listener, cancel.clone());
+        let serve = server.serve(Some(listener), None, cancel.clone());
         tokio::pin!(serve);
         tokio::select! {
             result = &mut serve => return result,
@@ -137,15 +144,36 @@ impl Prepared {
 }
 
 /// Binds `addr` and runs the coordinator in the background on the current tokio runtime.
+/// It also takes in-memory connections ([`CoordinatorHandle::dialer`]).
 pub async fn spawn(addr: impl ToSocketAddrs, config: Config) -> std::io::Result<CoordinatorHandle> {
     let prepared = prepare(config)?;
     let listener = TcpListener::bind(addr).await?;
-    let local_addr = listener.local_addr()?;
+    start(prepared, Some(listener))
+}
+
+/// Runs the coordinator in the background on the current tokio runtime without binding
+/// any port: only in-memory connections reach it ([`CoordinatorHandle::dialer`]). For
+/// tests and games that run the whole system in one process without sockets. It counts
+/// as listening on `127.0.0.1:0` (open mode needs no `insecure`; clients' URLs name that
+/// address: [`CoordinatorHandle::url`]).
+pub async fn spawn_in_memory(config: Config) -> std::io::Result<CoordinatorHandle> {
+    start(prepare(config)?, None)
+}
+
+/// Runs the coordinator in the background, taking connections from `listener` (when
+/// there is one) and from in-memory dialers.
+fn start(prepared: Prepared, listener: Option<TcpListener>) -> std::io::Result<CoordinatorHandle> {
+    let local_addr = match &listener {
+        Some(listener) => listener.local_addr()?,
+        None => SocketAddr::new(memory::MEMORY_ADDRESS, 0),
+    };
+    let listening = listener.is_some();
     let cancel = CancellationToken::new();
     let server = Server::new(prepared, local_addr)?;
     let shared = server.shared.clone();
-    let task = tokio::spawn(server.serve(listener, cancel.clone()));
-    Ok(CoordinatorHandle { local_addr, cancel, task, shared })
+    let (backlog, memory) = memory::backlog();
+    let task = tokio::spawn(server.serve(listener, Some(memory), cancel.clone()));
+    Ok(CoordinatorHandle { local_addr, cancel, task, shared, backlog, listening })
 }
 
 /// A coordinator running in the background; see [`spawn`].
@@ -155,22 +183,46 @@ pub struct CoordinatorHandle {
     cancel: CancellationToken,
     task: JoinHandle<std::io::Result<()>>,
     shared: Arc<Shared>,
+    backlog: Backlog,
+    listening: bool,
 }
 
 impl CoordinatorHandle {
-    /// The address it listens on.
+    /// The address it listens on (`127.0.0.1:0` for [`spawn_in_memory`]'s: no port).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
 
-    /// The URL clients connect to, e.g. `ws://127.0.0.1:8765` (`wss://` with TLS).
+    /// Whether it listens on a TCP port (`false` for [`spawn_in_memory`]'s).
+    pub fn has_listener(&self) -> bool {
+        self.listening
+    }
+
+    /// Opens in-memory connections to this coordinator, coming from `127.0.0.1`: give it
+    /// to a client (`p2c2r_net::ConnectOptions::dialer`, the gamer client's and the peer's
+    /// `dialer` settings) with [`url`](Self::url) as the URL. Each connection is admitted,
+    /// authenticated (TLS too, when configured) and bounded as a TCP connection from that
+    /// address is (see [`memory`]).
+    pub fn dialer(&self) -> p2c2r_net::Dialer {
+        self.dialer_from(memory::MEMORY_ADDRESS)
+    }
+
+    /// [`dialer`](Self::dialer), its connections counted as coming from `ip` (for the
+    /// per-address and per-network limits, and the attempt rate).
+    pub fn dialer_from(&self, ip: IpAddr) -> p2c2r_net::Dialer {
+        self.backlog.dialer(ip, &self.url())
+    }
+
+    /// The URL clients connect to, e.g. `ws://127.0.0.1:8765` (`wss://` with TLS;
+    /// `ws://127.0.0.1:0` for [`spawn_in_memory`]'s, reached through a dialer only).
     pub fn url(&self) -> String {
         let scheme = if self.shared.tls.is_some() { "wss" } else { "ws" };
         format!("{scheme}://{}", self.local_addr)
     }
 
     /// The URL of the dashboard (and, with `metrics` appended, of the Prometheus
-    /// endpoint), e.g. `http://127.0.0.1:8765/` (`https://` with TLS).
+    /// endpoint), e.g. `http://127.0.0.1:8765/` (`https://` with TLS). With no listener
+    /// ([`spawn_in_memory`]) only an in-memory connection reaches it.
     pub fn http_url(&self) -> String {
         let scheme = if self.shared.tls.is_some() { "https" } else { "http" };
         format!("{scheme}://{}/", self.local_addr)
@@ -316,11 +368,24 @@ impl Server {
         Ok(Server { shared: Arc::new(shared), feed })
     }
 
-    async fn serve(self, listener: TcpListener, cancel: CancellationToken) -> std::io::Result<()> {
-        let local = listener.local_addr()?;
+    /// Accepts connections from `listener` and from `memory` (each when given) until
+    /// `cancel`, then shuts down.
+    async fn serve(
+        self,
+        listener: Option<TcpListener>,
+        mut memory: Option<mpsc::Receiver<MemoryConn>>,
+        cancel: CancellationToken,
+    ) -> std::io::Result<()> {
+        let local = self.shared.local_addr;
         let (ws, web) = if self.shared.tls.is_some() { ("wss", "https") } else { ("ws", "http") };
-        info!(addr = %local, "coordinator listening");
-        info!("clients connect to {ws}://{local}; dashboard at {web}://{local}/, metrics at {web}://{local}/metrics");
+        if listener.is_some() {
+            info!(addr = %local, "coordinator listening");
+            info!(
+                "clients connect to {ws}://{local}; dashboard at {web}://{local}/, metrics at {web}://{local}/metrics"
+            );
+        } else {
+            info!("coordinator running without a port: in-memory connections only ({ws}://{local} through a dialer)");
+        }
         if self.shared.auth.enabled() {
             info!("credentials required (auth file loaded; SIGHUP or editing the file reloads it)");
         } else if !local.ip().is_loopback() {
@@ -338,7 +403,6 @@ impl Server {
         let config = shared.config.clone();
         let tracker = TaskTracker::new();
         let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
-        let metrics = shared.router.metrics().clone();
         tracker.spawn(deadline_timer(shared.router.clone(), cancel.clone()));
         tracker.spawn(log_summaries(cancel.clone()));
         tracker.spawn(housekeeping(shared.clone(), cancel.clone()));
@@ -349,65 +413,36 @@ impl Server {
             feed,
             cancel.clone(),
         ));
+        let acceptor = Acceptor { shared: shared.clone(), slots, tracker: tracker.clone(), cancel: cancel.clone() };
         loop {
-            let accepted = tokio::select! {
+            let tcp = async {
+                match &listener {
+                    Some(listener) => listener.accept().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let in_memory = async {
+                match memory.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
                 _ = cancel.cancelled() => break,
-                accepted = listener.accept() => accepted,
-            };
-            let (stream, addr) = match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off briefly, keep serving.
-                    warn_limited!("accept: failed", error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            if !shared.attempts.allow(addr.ip(), std::time::Instant::now()) {
-                metrics.refused("rate_limited");
-                warn_limited!("accept: attempt rate", %addr, "connection attempts over the per-address rate; refusing");
-                // One non-blocking write, never a wait: a flood gets what fits.
-                // Under TLS a clear-text answer would be garbage to the client: it is only closed.
-                if shared.tls.is_none() {
-                    let _ = stream.try_write(b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-                }
-                continue;
+                accepted = tcp => match accepted {
+                    Ok((stream, addr)) => acceptor.accept(p2c2r_net::Io::Tcp(stream), addr),
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off briefly, keep serving.
+                        warn_limited!("accept: failed", error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                },
+                dialed = in_memory => match dialed {
+                    Some(MemoryConn { stream, addr }) => acceptor.accept(p2c2r_net::Io::Memory(stream), addr),
+                    // Every dialer is gone (and the handle with them): nobody can dial again.
+                    None => memory = None,
+                },
             }
-            // Refused connections are dropped before the handshake: cheap for us, and
-            // nothing to gain for a flood.
-            let ticket = match shared.admission.admit(addr.ip()) {
-                Ok(ticket) => ticket,
-                Err(Refusal::PerAddress) => {
-                    metrics.refused("per_address");
-                    let limit = config.max_connections_per_address;
-                    warn_limited!("accept: per-address limit", %addr, limit, "per-address connection limit reached; refusing");
-                    continue;
-                }
-                Err(Refusal::PerNetwork) => {
-                    metrics.refused("per_network");
-                    let limit = config.max_connections_per_network;
-                    warn_limited!("accept: per-network limit", %addr, limit, "per-network connection limit reached; refusing");
-                    continue;
-                }
-                Err(Refusal::Unregistered) => {
-                    metrics.refused("unregistered");
-                    let limit = config.max_unregistered_connections;
-                    warn_limited!("accept: unregistered limit", %addr, limit, "too many unregistered connections; refusing");
-                    continue;
-                }
-            };
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                metrics.refused("connections");
-                let limit = config.max_connections;
-                warn_limited!("accept: connection limit", %addr, limit, "connection limit reached; refusing");
-                continue;
-            };
-            debug!(%addr, "accepted");
-            let (shared, cancel) = (shared.clone(), cancel.clone());
-            tracker.spawn(async move {
-                http::serve(shared, stream, addr, ticket, cancel).await;
-                drop(permit);
-            });
         }
         drop(listener);
         shared.router.announce_shutdown();
@@ -420,6 +455,81 @@ impl Server {
         shared.router.close_reputation();
         info!("coordinator stopped");
         Ok(())
+    }
+}
+
+/// What the accept loop needs to admit a connection, TCP or in-memory alike.
+struct Acceptor {
+    shared: Arc<Shared>,
+    /// `max_connections` places.
+    slots: Arc<Semaphore>,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+}
+
+impl Acceptor {
+    /// Admits `stream` from `addr` and serves it in a task of its own, or refuses it: the
+    /// per-address attempt rate (one non-blocking `429` write, none under TLS), then
+    /// admission, then `max_connections`. A refused connection is dropped before any
+    /// handshake.
+    fn accept(&self, mut stream: p2c2r_net::Io, addr: SocketAddr) {
+        let (shared, config) = (&self.shared, &self.shared.config);
+        let metrics = shared.router.metrics();
+        if !shared.attempts.allow(addr.ip(), std::time::Instant::now()) {
+            metrics.refused("rate_limited");
+            warn_limited!("accept: attempt rate", %addr, "connection attempts over the per-address rate; refusing");
+            // One non-blocking write, never a wait: a flood gets what fits.
+            // Under TLS a clear-text answer would be garbage to the client: it is only closed.
+            if shared.tls.is_none() {
+                let refusal = b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+                match &mut stream {
+                    p2c2r_net::Io::Tcp(tcp) => {
+                        let _ = tcp.try_write(refusal);
+                    }
+                    p2c2r_net::Io::Memory(pipe) => {
+                        use futures_util::FutureExt;
+                        use tokio::io::AsyncWriteExt;
+                        let _ = pipe.write(refusal).now_or_never();
+                    }
+                }
+            }
+            return;
+        }
+        // Refused connections are dropped before the handshake: cheap for us, and
+        // nothing to gain for a flood.
+        let ticket = match shared.admission.admit(addr.ip()) {
+            Ok(ticket) => ticket,
+            Err(Refusal::PerAddress) => {
+                metrics.refused("per_address");
+                let limit = config.max_connections_per_address;
+                warn_limited!("accept: per-address limit", %addr, limit, "per-address connection limit reached; refusing");
+                return;
+            }
+            Err(Refusal::PerNetwork) => {
+                metrics.refused("per_network");
+                let limit = config.max_connections_per_network;
+                warn_limited!("accept: per-network limit", %addr, limit, "per-network connection limit reached; refusing");
+                return;
+            }
+            Err(Refusal::Unregistered) => {
+                metrics.refused("unregistered");
+                let limit = config.max_unregistered_connections;
+                warn_limited!("accept: unregistered limit", %addr, limit, "too many unregistered connections; refusing");
+                return;
+            }
+        };
+        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+            metrics.refused("connections");
+            let limit = config.max_connections;
+            warn_limited!("accept: connection limit", %addr, limit, "connection limit reached; refusing");
+            return;
+        };
+        debug!(%addr, "accepted");
+        let (shared, cancel) = (shared.clone(), self.cancel.clone());
+        self.tracker.spawn(async move {
+            http::serve(shared, stream, addr, ticket, cancel).await;
+            drop(permit);
+        });
     }
 }
 

@@ -1,7 +1,8 @@
 //! `wss://`: TLS (rustls, with the `ring` provider) in front of everything the port
 //! serves, when the coordinator is given a certificate chain and a private key (PEM).
 //! [`Transport`] is the accepted stream either way, so the HTTP and WebSocket layers
-//! above never know which.
+//! above never know which. Below TLS lies a [`p2c2r_net::Io`]: a TCP connection, or an
+//! in-memory one ([`crate::memory`]), which gets the same TLS when it is configured.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -9,6 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use p2c2r_net::Io;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -63,21 +65,25 @@ pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, TlsError> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// An accepted connection: plain TCP, or TLS over it.
+/// An accepted connection (TCP or in memory): plain, or TLS over it.
 #[derive(Debug)]
 pub enum Transport {
     /// `ws://` and `http://`.
-    Plain(TcpStream),
+    Plain(Io),
     /// `wss://` and `https://`.
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsStream<Io>>),
 }
 
 impl Transport {
-    /// The TCP stream underneath.
-    pub fn tcp(&self) -> &TcpStream {
-        match self {
+    /// The TCP stream underneath; `None` for an in-memory connection.
+    pub fn tcp(&self) -> Option<&TcpStream> {
+        let io = match self {
             Transport::Plain(s) => s,
             Transport::Tls(s) => s.get_ref().0,
+        };
+        match io {
+            Io::Tcp(tcp) => Some(tcp),
+            Io::Memory(_) => None,
         }
     }
 }

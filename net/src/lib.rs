@@ -18,6 +18,10 @@
 //!   (`Sec-WebSocket-Protocol: p2c2r.bin.v1`); [`connect_negotiated`] says whether the
 //!   coordinator took it. A coordinator that does not know it answers without it, and the
 //!   connection is JSON, as it was before binary frames existed.
+//! - [`ConnectOptions::dialer`] replaces TCP with an in-process byte stream (a
+//!   [`Dialer`], which an in-process coordinator hands out): the same WebSocket upgrade,
+//!   token and limits, no socket. For tests and headless games that run the whole system
+//!   in one process; see [`memory`].
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), p2c2r_net::ConnectError> {
@@ -35,6 +39,7 @@
 //! ```
 
 pub mod backoff;
+pub mod memory;
 pub mod socket;
 
 use std::fmt;
@@ -50,11 +55,13 @@ use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode, header};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream, tungstenite};
 
 pub use backoff::Backoff;
+pub use memory::{Dialer, Io};
 pub use p2c2r_protocol::Encoding;
 pub use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-/// The WebSocket [`connect`] returns.
-pub type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// The WebSocket [`connect`] returns: over TCP (plain or TLS) or, with a
+/// [`ConnectOptions::dialer`], over an in-memory stream.
+pub type WsStream = WebSocketStream<MaybeTlsStream<Io>>;
 
 /// [`ConnectOptions::timeout`] by default.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -133,6 +140,11 @@ pub struct ConnectOptions {
     /// The encoding to offer: `Binary` asks for binary frames (see the crate docs);
     /// `Json` (the default) offers nothing.
     pub encoding: Encoding,
+    /// Where the bytes go: `None` (the default) connects over TCP to the URL's host and
+    /// port; a [`Dialer`] opens an in-memory stream to a coordinator in this process
+    /// instead, over which everything else happens as over TCP (TLS too for `wss://`,
+    /// checking the URL's host). Asked for a new stream at every connect.
+    pub dialer: Option<Dialer>,
 }
 
 impl Default for ConnectOptions {
@@ -143,6 +155,7 @@ impl Default for ConnectOptions {
             ws_config: None,
             timeout: DEFAULT_CONNECT_TIMEOUT,
             encoding: Encoding::Json,
+            dialer: None,
         }
     }
 }
@@ -188,7 +201,7 @@ pub enum ConnectError {
     /// name the host).
     #[error("TLS failure: {0}")]
     Tls(String),
-    /// The TCP connection or the WebSocket handshake failed.
+    /// The TCP connection (or the [`Dialer`]'s stream) or the WebSocket handshake failed.
     #[error("connection failed: {0}")]
     Io(String),
     /// Binary frames were offered and the server answered without a subprotocol (a
@@ -286,7 +299,8 @@ pub fn accept_encoding(
 }
 
 /// Opens a WebSocket to the coordinator at `url` (`ws://` or `wss://`), presenting
-/// `options.token` and, for `wss://`, trusting `options.ca_file` (or the public roots).
+/// `options.token` and, for `wss://`, trusting `options.ca_file` (or the public roots);
+/// through `options.dialer` instead of TCP when it is set.
 ///
 /// The token file and the CA file are read on every call. Everything from the TCP
 /// connect to the end of the upgrade runs within `options.timeout`.
@@ -336,25 +350,45 @@ async fn connect_offering(
     }
     let connector =
         if tls { Connector::Rustls(Arc::new(tls_config(options.ca_file.as_deref())?)) } else { Connector::Plain };
-    let connecting =
-        tokio_tungstenite::connect_async_tls_with_config(request, options.ws_config, true, Some(connector));
+    let connecting = async {
+        let io = match &options.dialer {
+            Some(dialer) => Io::Memory(dialer.dial().map_err(|e| ConnectError::Io(e.to_string()))?),
+            None => Io::Tcp(connect_tcp(url, request.uri()).await?),
+        };
+        tokio_tungstenite::client_async_tls_with_config(request, io, options.ws_config, Some(connector))
+            .await
+            .map_err(|e| ConnectError::from_ws(url, e))
+    };
     match tokio::time::timeout_at(deadline, connecting).await {
         Ok(Ok((ws, response))) => {
             let answer = response.headers().get(header::SEC_WEBSOCKET_PROTOCOL).and_then(|v| v.to_str().ok());
-            let tcp = match ws.get_ref() {
-                MaybeTlsStream::Plain(tcp) => Some(tcp),
+            let io = match ws.get_ref() {
+                MaybeTlsStream::Plain(io) => Some(io),
                 MaybeTlsStream::Rustls(tls) => Some(tls.get_ref().0),
                 _ => None,
             };
             // Best effort: without it frames still go, only less promptly behind bulk.
-            if let Some(tcp) = tcp {
+            if let Some(Io::Tcp(tcp)) = io {
                 let _ = socket::limit_unsent(tcp, socket::UNSENT_BYTES);
             }
             Ok((ws, Encoding::from_answer(answer)))
         }
-        Ok(Err(e)) => Err(ConnectError::from_ws(url, e)),
+        Ok(Err(e)) => Err(e),
         Err(_) => Err(ConnectError::Timeout(options.timeout)),
     }
+}
+
+/// The TCP connection to the URL's host and port (80 for `ws://`, 443 for `wss://` when
+/// it names none), with Nagle's algorithm off: what tungstenite's own `connect` does.
+async fn connect_tcp(url: &str, uri: &tokio_tungstenite::tungstenite::http::Uri) -> Result<TcpStream, ConnectError> {
+    let invalid = |reason: &str| ConnectError::InvalidUrl { url: url.to_owned(), reason: reason.to_owned() };
+    let host = uri.host().ok_or_else(|| invalid("it names no host"))?;
+    // An IPv6 literal comes bracketed (`[::1]`); the resolver wants it bare.
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("wss") { 443 } else { 80 });
+    let tcp = TcpStream::connect((host, port)).await.map_err(|e| ConnectError::Io(e.to_string()))?;
+    tcp.set_nodelay(true).map_err(|e| ConnectError::Io(e.to_string()))?;
+    Ok(tcp)
 }
 
 /// The rustls client configuration for `wss://`: the `ring` provider, trusting the

@@ -203,6 +203,7 @@ fn connect_options(config: &PeerConfig) -> p2c2r_net::ConnectOptions {
         ),
         timeout: config.connect_timeout,
         encoding: config.wire,
+        dialer: config.dialer.clone(),
     }
 }
 

@@ -8,7 +8,8 @@
 //!
 //! It connects through [`p2c2r_net::connect`]: `ws://` or `wss://` (rustls; the public
 //! roots, or [`PeerConfig::ca_file`]), presenting [`PeerConfig::token`] as a bearer
-//! token. A refused credential is logged as such and retried with backoff like any other
+//! token; over TCP, or through [`PeerConfig::dialer`] to a coordinator in the same
+//! process, with no socket. A refused credential is logged as such and retried with backoff like any other
 //! failure (a token file is read again on every attempt). Each `registration_ack`'s
 //! `resume_secret` is kept in memory and presented by the next registration, so a
 //! reconnecting peer takes its id back from a connection the coordinator has not yet
@@ -93,7 +94,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use p2c2r_net::Credential;
+pub use p2c2r_net::{Credential, Dialer};
 pub use p2c2r_protocol::Encoding;
 /// The work budgets a peer enforces on every task: the engine's ([`p2c2r_sim::budget`]).
 pub use p2c2r_sim::budget;
@@ -199,6 +200,12 @@ pub struct PeerConfig {
     /// speaks JSON); [`Encoding::Json`] asks for JSON only. Results answer in the
     /// encoding of their request's payload either way.
     pub wire: Encoding,
+    /// Connect through this [`Dialer`] (an in-memory stream to a coordinator in this
+    /// process, e.g. `coordinator::CoordinatorHandle::dialer`) instead of TCP to
+    /// `coordinator_url`'s host, which still names the host and path of the upgrade
+    /// request; asked for a new stream at every reconnection. `None` (the default): TCP.
+    /// No flag: a command line cannot hand over an in-process stream.
+    pub dialer: Option<Dialer>,
 }
 
 impl Default for PeerConfig {
@@ -230,6 +237,7 @@ impl Default for PeerConfig {
             worker_death_window: containment::DEFAULT_WORKER_DEATH_WINDOW,
             metrics_listen: None,
             wire: Encoding::Binary,
+            dialer: None,
         }
     }
 }

@@ -259,6 +259,8 @@ async fn serve() -> anyhow::Result<()> {
         shape_cache_bytes: usize::try_from(args.shape_cache_mb.saturating_mul(MIB)).unwrap_or(usize::MAX),
         metrics_listen: args.metrics_listen,
         wire: args.wire.into(),
+        // A process started from a command line reaches its coordinator over TCP.
+        dialer: None,
     };
     match peer::run(config, shutdown_signal()).await {
         Err(e @ peer::PeerError::MetricsListen { .. }) => Err(anyhow::anyhow!("--metrics-listen: {e}")),

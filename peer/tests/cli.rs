@@ -32,9 +32,8 @@ const RENAMED: &[(&str, &[&str])] = &[
     ("shape_cache_bytes", &["--shape-cache-mb"]),
 ];
 
-/// `PeerConfig` fields deliberately without a flag, each with why. None today: every
-/// setting can be given on the command line.
-const EXEMPT: &[(&str, &str)] = &[];
+/// `PeerConfig` fields deliberately without a flag, each with why.
+const EXEMPT: &[(&str, &str)] = &[("dialer", "an in-memory connection exists only inside one process")];
 
 /// Derived from `PeerConfig` (its `Debug` names every field, and those of its `budgets`),
 /// not from a list written here: a field added without a flag fails this, as does a flag

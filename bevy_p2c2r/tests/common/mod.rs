@@ -1,6 +1,7 @@
 //! Shared helpers for the plugin's integration tests: an in-process coordinator and
-//! peers on loopback port 0 (the plugin's own `EmbeddedCluster`, or one on a runtime the
-//! test holds), and headless Bevy apps driven one fixed tick per update. Scripted
+//! peers reached through in-memory connections (the plugin's own `EmbeddedCluster`, for
+//! tests where sockets are not the point) or on loopback port 0 (on a runtime the test
+//! holds), and headless Bevy apps driven one fixed tick per update. Scripted
 //! coordinators come from the testkit (`p2c2r_testkit::server`).
 
 #![allow(dead_code, unused_imports)]
@@ -19,8 +20,9 @@ pub const HZ: f64 = 60.0;
 /// How long a peer may take to start, register, or die.
 const PEER_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// An in-process coordinator on a free loopback port and the peers the test starts and
-/// kills: the [`EmbeddedCluster`] of `P2c2rPlugin::embedded()`, outside any app.
+/// An in-process coordinator with no port and the peers the test starts and kills, all
+/// connected in memory: the [`EmbeddedCluster`] of `P2c2rPlugin::embedded_in_memory()`,
+/// outside any app. [`Cluster::plugin`] connects a plugin to it.
 pub struct Cluster {
     pub embedded: EmbeddedCluster,
     pub url: String,
@@ -38,19 +40,23 @@ impl Peer {
 }
 
 impl Cluster {
-    /// A coordinator on a free loopback port, no peer yet.
+    /// A coordinator with no port, no peer yet.
     pub fn new() -> Self {
-        let embedded = EmbeddedCluster::start(None, 0).expect("the embedded cluster starts");
-        let url = embedded.url().to_owned();
-        Cluster { embedded, url }
+        Self::replicated(1)
     }
 
     /// A coordinator running each physics session on `replicas` peers, no peer yet.
     pub fn replicated(replicas: u8) -> Self {
-        let embedded = EmbeddedCluster::start_replicated(None, 0, Default::default(), replicas)
-            .expect("the embedded cluster starts");
+        let embedded =
+            EmbeddedCluster::start_in_memory(0, Default::default(), replicas).expect("the embedded cluster starts");
         let url = embedded.url().to_owned();
         Cluster { embedded, url }
+    }
+
+    /// The plugin, connecting to this cluster's coordinator in memory.
+    pub fn plugin(&self) -> P2c2rPlugin {
+        P2c2rPlugin::new(&self.url)
+            .with_connection(ConnectionSettings { dialer: self.embedded.dialer().cloned(), ..Default::default() })
     }
 
     /// Starts a peer and waits until it is registered.
