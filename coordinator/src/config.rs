@@ -8,100 +8,138 @@ use p2c2r_protocol::limits;
 pub use crate::tls::TlsFiles;
 
 /// Everything the coordinator can be told. `Config::default()` is what
-/// `cargo run -p coordinator` uses; every field has a matching command-line flag, whose
-/// default is read from here (durations as `…-ms` flags, in milliseconds). A new field
-/// needs its flag: `tests/cli.rs` reads the fields from this struct's derived `Debug`.
+/// `cargo run -p coordinator` uses. The command line is derived from this struct (clap's
+/// derive, under the `cli` feature): every field is a flag whose default is read from
+/// here, durations as `…-ms` flags in milliseconds, an optional limit's `None` as 0.
+/// `tests/cli.rs` reads the fields from this struct's derived `Debug` and checks each has
+/// its flag with its default. [`Config::validate`] is the one check of a configuration,
+/// made by the binary and by [`crate::prepare`] alike.
 #[derive(Clone, Debug)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct Config {
     /// How often each connection is pinged.
+    #[cfg_attr(feature = "cli", arg(long = "heartbeat-interval-ms", value_name = "MS", value_parser = cli::millis, default_value = cli::ms(defaults().heartbeat_interval)))]
     pub heartbeat_interval: Duration,
     /// A connection silent this long (no frame, no pong) is evicted.
+    #[cfg_attr(feature = "cli", arg(long = "heartbeat-timeout-ms", value_name = "MS", value_parser = cli::millis, default_value = cli::ms(defaults().heartbeat_timeout)))]
     pub heartbeat_timeout: Duration,
     /// Per-attempt deadline of a task whose request carries no `deadline_ms`.
+    #[cfg_attr(feature = "cli", arg(long = "task-deadline-ms", value_name = "MS", value_parser = cli::millis, default_value = cli::ms(defaults().default_task_deadline)))]
     pub default_task_deadline: Duration,
     /// Dispatches per task before the gamer is told it failed.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().max_attempts))]
     pub max_attempts: u32,
     /// Largest accepted frame, in bytes; larger ones close the connection (1009).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().max_frame_bytes))]
     pub max_frame_bytes: usize,
     /// Time allowed for the WebSocket handshake.
+    #[cfg_attr(feature = "cli", arg(long = "handshake-timeout-ms", value_name = "MS", value_parser = cli::millis, default_value = cli::ms(defaults().handshake_timeout)))]
     pub handshake_timeout: Duration,
     /// Time allowed between connecting and registering (or asking for stats).
+    #[cfg_attr(feature = "cli", arg(long = "register-timeout-ms", value_name = "MS", value_parser = cli::millis, default_value = cli::ms(defaults().register_timeout)))]
     pub register_timeout: Duration,
     /// Frames buffered towards one connection; a client that falls further behind is
     /// disconnected instead of buffered without limit.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().send_queue_frames))]
     pub send_queue_frames: usize,
     /// Connections served at once; more are refused.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().max_connections))]
     pub max_connections: usize,
     /// Tasks one gamer may have queued or in flight.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().max_pending_per_gamer))]
     pub max_pending_per_gamer: usize,
     /// Sessions one gamer may keep.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().max_sessions_per_gamer))]
     pub max_sessions_per_gamer: usize,
     /// A task still waiting for a peer this long after it was submitted is answered with
-    /// a `queue_timeout` error. `None`: tasks wait for a capable peer forever.
-    pub max_queue_wait: Option<Duration>,
+    /// a `queue_timeout` error. `None` (0 on the command line): tasks wait for a capable peer forever.
+    #[cfg_attr(feature = "cli", arg(long = "max-queue-wait-ms", value_name = "MS", value_parser = cli::optional_millis, default_value = cli::optional_ms(defaults().max_queue_wait)))]
+    pub max_queue_wait: std::option::Option<Duration>,
     /// How long shutdown waits for connections to close.
+    #[cfg_attr(feature = "cli", arg(long = "shutdown-grace-ms", value_name = "MS", value_parser = cli::millis, default_value = cli::ms(defaults().shutdown_grace)))]
     pub shutdown_grace: Duration,
     /// Bytes buffered towards one connection (payloads plus a fixed overhead per frame);
     /// a client that falls further behind is disconnected. One frame larger than this
     /// still fits an empty queue.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().send_queue_bytes))]
     pub send_queue_bytes: usize,
     /// A write to a client that makes no progress this long disconnects it.
+    #[cfg_attr(feature = "cli", arg(long = "write-stall-timeout-ms", value_name = "MS", value_parser = cli::millis, default_value = cli::ms(defaults().write_stall_timeout)))]
     pub write_stall_timeout: Duration,
     /// A WebSocket message whose first fragment arrived this long ago and which is still
     /// unfinished closes its connection (pongs and heartbeats do not extend it).
+    #[cfg_attr(feature = "cli", arg(long = "message-assembly-timeout-ms", value_name = "MS", value_parser = cli::millis, default_value = cli::ms(defaults().message_assembly_timeout)))]
     pub message_assembly_timeout: Duration,
     /// Connections one IP address may hold at once.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().max_connections_per_address))]
     pub max_connections_per_address: usize,
     /// Connections all addresses of one network (`host_prefix_v4`, `host_prefix_v6`) may
     /// hold at once.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().max_connections_per_network))]
     pub max_connections_per_network: usize,
     /// Connections that have not registered yet, at once (squatters cannot hold the
     /// registered clients' slots).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().max_unregistered_connections))]
     pub max_unregistered_connections: usize,
     /// Of `max_connections`, slots that only peers may take: gamers can register only
     /// while more than this many slots are free.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().reserved_peer_slots))]
     pub reserved_peer_slots: usize,
     /// Payload bytes one gamer may have pending (queued or in flight).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().max_pending_bytes_per_gamer))]
     pub max_pending_bytes_per_gamer: usize,
     /// Payload bytes all gamers together may have pending.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().max_pending_bytes))]
     pub max_pending_bytes: usize,
     /// A peer's declared `max_concurrent_tasks` is capped at this.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().max_peer_capacity))]
     pub max_peer_capacity: u32,
     /// Tasks a newly registered peer is given at once before it has shown it can do
     /// more; each completion raises it by one (up to what it declared), each missed
     /// deadline halves it (never below this).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().initial_peer_capacity))]
     pub initial_peer_capacity: u32,
     /// Most tasks of one session in flight at its peer at once: they run one after
     /// another there and take one slot together; the ticks behind the running one are
     /// pipelined to hide the round trip.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().max_session_pipeline))]
     pub max_session_pipeline: u32,
     /// How often a one-line summary of the fleet (peers, gamers, tasks per second, p99
-    /// latency) is logged at `info`. `None`: never.
-    pub summary_interval: Option<Duration>,
+    /// latency) is logged at `info`. `None` (0 on the command line): never.
+    #[cfg_attr(feature = "cli", arg(long = "summary-interval-ms", value_name = "MS", value_parser = cli::optional_millis, default_value = cli::optional_ms(defaults().summary_interval)))]
+    pub summary_interval: std::option::Option<Duration>,
     /// Credentials (see [`crate::auth`]): tokens are required when set. `None`: open mode,
     /// allowed only on a loopback address unless [`insecure`](Self::insecure).
+    #[cfg_attr(feature = "cli", arg(long, env = "P2C2R_AUTH_FILE", value_name = "PATH"))]
     pub auth_file: Option<PathBuf>,
     /// Allows open mode on a non-loopback address (logged loudly at start).
+    #[cfg_attr(feature = "cli", arg(long))]
     pub insecure: bool,
     /// Serve `wss://` (and `https://`) with this certificate and key.
+    #[cfg_attr(feature = "cli", arg(skip))]
     pub tls: Option<TlsFiles>,
     /// How long an id stays reserved after its connection closes: only a registration
     /// presenting its resume secret (or the same credential) may take it, and a gamer's
     /// tasks keep running and their results are kept for it meanwhile. Zero: the id is
     /// free, and a gamer's tasks dropped, as soon as the connection closes.
+    #[cfg_attr(feature = "cli", arg(long = "resume-grace-ms", value_name = "MS", value_parser = cli::millis, default_value = cli::ms(defaults().resume_grace)))]
     pub resume_grace: Duration,
-    /// Tasks one gamer may submit per second (bursts of two seconds' worth); `None`:
+    /// Tasks one gamer may submit per second (bursts of two seconds' worth); `None` (0 on the command line):
     /// unlimited.
-    pub max_tasks_per_second: Option<u32>,
+    #[cfg_attr(feature = "cli", arg(long, value_parser = cli::zero_is_none::<u32>, default_value = cli::zero_or(defaults().max_tasks_per_second)))]
+    pub max_tasks_per_second: std::option::Option<u32>,
     /// Task payload bytes one gamer may submit per second (bursts of two seconds' worth);
-    /// `None`: unlimited.
-    pub max_task_bytes_per_second: Option<usize>,
+    /// `None` (0 on the command line): unlimited.
+    #[cfg_attr(feature = "cli", arg(long, value_parser = cli::zero_is_none::<usize>, default_value = cli::zero_or(defaults().max_task_bytes_per_second)))]
+    pub max_task_bytes_per_second: std::option::Option<usize>,
     /// New sessions one gamer may open per second (bursts up to
-    /// `max_sessions_per_gamer`); `None`: unlimited.
-    pub max_new_sessions_per_second: Option<u32>,
+    /// `max_sessions_per_gamer`); `None` (0 on the command line): unlimited.
+    #[cfg_attr(feature = "cli", arg(long, value_parser = cli::zero_is_none::<u32>, default_value = cli::zero_or(defaults().max_new_sessions_per_second)))]
+    pub max_new_sessions_per_second: std::option::Option<u32>,
     /// Connection attempts one address (IPv6: /64) may make per second (bursts of four
-    /// seconds' worth); beyond it, `429 Too Many Requests`. `None`: unlimited.
-    pub max_connection_attempts_per_second: Option<u32>,
+    /// seconds' worth); beyond it, `429 Too Many Requests`. `None` (0 on the command line): unlimited.
+    #[cfg_attr(feature = "cli", arg(long, value_parser = cli::zero_is_none::<u32>, default_value = cli::zero_or(defaults().max_connection_attempts_per_second)))]
+    pub max_connection_attempts_per_second: std::option::Option<u32>,
     /// A peer that misses this many task deadlines in a row (no successful answer in
     /// between) is quarantined: closed, its tasks re-queued, its id refused for
     /// `quarantine_duration`. A miss counts only once an established peer (see
@@ -109,79 +147,102 @@ pub struct Config {
     /// deadline no shorter than such work has shown it needs on the missing peer; so
     /// tasks nobody runs in time, errors and a gamer's own fresh peers never get a peer
     /// quarantined. 0: never.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().quarantine_after_misses))]
     pub quarantine_after_misses: u32,
     /// The misses that quarantine a peer must be on work of gamers from at least this
     /// many different networks (see `host_prefix_v4`): one gamer alone cannot get a peer
     /// quarantined. 1: any gamer's.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().quarantine_min_gamers))]
     pub quarantine_min_gamers: u32,
     /// Successful answers a peer must have given (its standing keeps the count across
     /// reconnects and, with `reputation_db`, restarts) before its answers confirm another
     /// peer's miss, and before a retried task prefers it to an unproven peer.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().established_after_answers))]
     pub established_after_answers: u64,
     /// A session whose peer answers this many ticks in a row with a resync error moves to
     /// another peer when one can take it; 0: never.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().max_resyncs_in_a_row))]
     pub max_resyncs_in_a_row: u32,
     /// Addresses in one IPv4 network of this prefix length count as one network (one
     /// origin, for `quarantine_min_gamers`). 32: every address on its own (tests on
     /// loopback, where 127.0.0.2–9 stand for other machines).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().host_prefix_v4, value_parser = clap::value_parser!(u8).range(0..=32)))]
     pub host_prefix_v4: u8,
     /// The same for IPv6 (48: a site).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().host_prefix_v6, value_parser = clap::value_parser!(u8).range(0..=128)))]
     pub host_prefix_v6: u8,
     /// The determinism setups (as `Determinism::label` writes them: `engine [features]
     /// sim arch`, what a peer logs at start) whose peers may serve replicated and audited
     /// sessions: the builds the operator ships. A peer declaring another setup still
     /// serves unreplicated work, but is never a replica. Empty (the default): any setup;
     /// the one the most established peers share is used.
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "accepted-setup", env = "P2C2R_ACCEPTED_SETUPS", value_delimiter = ';', value_name = "SETUP")
+    )]
     pub accepted_setups: Vec<String>,
     /// Frames of at least this many bytes are decoded on the blocking pool instead of the
     /// runtime threads that serve every connection (parsing megabytes of JSON inline would
     /// hold up everyone else); smaller ones inline, where the hop costs more than the parse.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().off_runtime_frame_bytes))]
     pub off_runtime_frame_bytes: usize,
     /// Peers that ask for it (on a binary connection) get large frames in chunks between
     /// the other frames, and may send theirs so (`p2c2r_protocol::chunk`): a large payload
     /// holds up the other sessions' ticks on that peer by a chunk, not by itself. Off: whole
     /// frames, as before.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().chunked_frames, action = clap::ArgAction::Set))]
     pub chunked_frames: bool,
     /// How long a quarantined peer id is refused.
+    #[cfg_attr(feature = "cli", arg(long = "quarantine-duration-ms", value_name = "MS", value_parser = cli::millis, default_value = cli::ms(defaults().quarantine_duration)))]
     pub quarantine_duration: Duration,
     /// Where quarantines and departed peers' standing (the capacity each has shown, its
     /// streak of missed deadlines) are kept across restarts (an embedded redb database,
     /// created on first start; see `reputation.rs`). `None` (the default): in memory only,
     /// so a restart forgets them: a quarantined peer is let back in, a demoted one starts
     /// afresh. Set it in production.
+    #[cfg_attr(feature = "cli", arg(long, env = "P2C2R_REPUTATION_DB", value_name = "PATH"))]
     pub reputation_db: Option<std::path::PathBuf>,
     /// Replicas each physics session runs on (1..=5): every replica steps every tick,
     /// the gamer gets the first answer, answers are compared, and the death of one
     /// replica costs the session nothing (see `replication.rs`). 1: not replicated.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().replicas, value_parser = clap::value_parser!(u8).range(1..=5)))]
     pub replicas: u8,
     /// Fraction (0..=1) of unreplicated physics sessions that run on a second, hidden
     /// replica whose answers are compared (an audit); sessions are drawn when they
     /// start. Applies whenever a second compatible peer is connected.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().audit_fraction))]
     pub audit_fraction: f64,
     /// Deliver only answers two replicas agree on (every physics session gets at least
     /// two replicas; a disagreement or a missing replica is answered `unverified` with
     /// resync, so the gamer steps locally meanwhile).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().strict_replication, action = clap::ArgAction::Set))]
     pub strict_replication: bool,
     /// Replicas of one session must run on peers connected from different addresses, so
     /// one machine running many peers cannot outvote the others. Turn it off only where
     /// all peers share an address (tests on loopback).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().replicas_on_distinct_hosts, action = clap::ArgAction::Set))]
     pub replicas_on_distinct_hosts: bool,
     /// Ticks a replicated session's log keeps since its last snapshot (what a replica
     /// started later replays). Past it, replicas are started only at a snapshot.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().replica_log_ticks))]
     pub replica_log_ticks: usize,
     /// Payload bytes a replicated session's log keeps, at most.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().replica_log_bytes))]
     pub replica_log_bytes: usize,
     /// Payload bytes all replicated sessions' logs keep together, at most.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().max_replica_log_bytes))]
     pub max_replica_log_bytes: usize,
     /// A peer in disputes nothing could settle with established peers of this many
     /// different networks (see `host_prefix_v4`), and more of them than networks it agreed
     /// with, is quarantined (see `disputes.rs`); 0: never. Two peers whose dispute was not
     /// settled are never replicas of one session again for `quarantine_duration`.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().dispute_partners_to_quarantine))]
     pub dispute_partners_to_quarantine: usize,
     /// With credentials on (`auth_file`), a peer no audit can check (it declares no
     /// determinism setup, or one no peer on another network shares) serves no sessions
     /// unless this is set; sessionless tasks it still runs. Without credentials (open
     /// mode, loopback only) every peer serves sessions.
+    #[cfg_attr(feature = "cli", arg(long))]
     pub allow_unauditable_peers: bool,
 }
 
@@ -246,7 +307,51 @@ impl Default for Config {
     }
 }
 
+/// Why a configuration cannot serve: every problem found, each naming its setting.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {}", .0.join("; "))]
+pub struct InvalidConfig(pub Vec<String>);
+
 impl Config {
+    /// Checks the settings that have a range: what the coordinator would otherwise have
+    /// to guess (a zero heartbeat interval, a replica count of 9). Every problem is
+    /// named, by the setting's field (its flag is the field's name in kebab case).
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
+        let mut problems = Vec::new();
+        let mut at_least_one = |name: &str, value: u128| {
+            if value == 0 {
+                problems.push(format!("{name} must be at least 1"));
+            }
+        };
+        at_least_one("heartbeat_interval (ms)", self.heartbeat_interval.as_millis());
+        at_least_one("default_task_deadline (ms)", self.default_task_deadline.as_millis());
+        at_least_one("write_stall_timeout (ms)", self.write_stall_timeout.as_millis());
+        at_least_one("message_assembly_timeout (ms)", self.message_assembly_timeout.as_millis());
+        at_least_one("max_attempts", self.max_attempts.into());
+        at_least_one("max_frame_bytes", self.max_frame_bytes as u128);
+        at_least_one("send_queue_frames", self.send_queue_frames as u128);
+        at_least_one("send_queue_bytes", self.send_queue_bytes as u128);
+        at_least_one("max_connections", self.max_connections as u128);
+        at_least_one("max_connections_per_address", self.max_connections_per_address as u128);
+        at_least_one("max_connections_per_network", self.max_connections_per_network as u128);
+        at_least_one("max_unregistered_connections", self.max_unregistered_connections as u128);
+        at_least_one("max_pending_bytes_per_gamer", self.max_pending_bytes_per_gamer as u128);
+        at_least_one("max_pending_bytes", self.max_pending_bytes as u128);
+        at_least_one("max_peer_capacity", self.max_peer_capacity.into());
+        at_least_one("initial_peer_capacity", self.initial_peer_capacity.into());
+        at_least_one("max_session_pipeline", self.max_session_pipeline.into());
+        if !(1..=crate::replication::MAX_REPLICAS).contains(&self.replicas) {
+            problems.push(format!("replicas must be 1 to {}", crate::replication::MAX_REPLICAS));
+        }
+        if !(0.0..=1.0).contains(&self.audit_fraction) {
+            problems.push("audit_fraction must be between 0 and 1".to_owned());
+        }
+        if self.host_prefix_v4 > 32 || self.host_prefix_v6 > 128 {
+            problems.push("host_prefix_v4 must be at most 32 and host_prefix_v6 at most 128".to_owned());
+        }
+        if problems.is_empty() { Ok(()) } else { Err(InvalidConfig(problems)) }
+    }
+
     /// Whether listening on `addr` is allowed: open mode (no credentials) only on a
     /// loopback address, unless `insecure` says otherwise (as Redis's protected mode).
     /// With credentials, a non-loopback address also needs TLS: tokens and resume
@@ -273,3 +378,51 @@ impl Config {
         ))
     }
 }
+
+/// How the derived command line reads and shows what `Config` holds in other types.
+#[cfg(feature = "cli")]
+mod cli {
+    use std::time::Duration;
+
+    /// `Config::default()`: the one source of every flag's default.
+    pub(super) fn defaults() -> super::Config {
+        super::Config::default()
+    }
+
+    /// A duration given in milliseconds.
+    pub(super) fn millis(text: &str) -> Result<Duration, String> {
+        text.parse::<u64>().map(Duration::from_millis).map_err(|e| format!("{e}: a whole number of milliseconds"))
+    }
+
+    /// A duration given in milliseconds, 0 for none.
+    pub(super) fn optional_millis(text: &str) -> Result<Option<Duration>, String> {
+        millis(text).map(|d| (!d.is_zero()).then_some(d))
+    }
+
+    /// A limit, 0 for none.
+    pub(super) fn zero_is_none<T>(text: &str) -> Result<Option<T>, String>
+    where
+        T: std::str::FromStr + Default + PartialEq,
+        T::Err: std::fmt::Display,
+    {
+        let value: T = text.parse().map_err(|e: T::Err| e.to_string())?;
+        Ok((value != T::default()).then_some(value))
+    }
+
+    /// A default duration as its flag shows it.
+    pub(super) fn ms(d: Duration) -> String {
+        d.as_millis().to_string()
+    }
+
+    /// A default optional duration as its flag shows it (none: 0).
+    pub(super) fn optional_ms(d: Option<Duration>) -> String {
+        d.map_or_else(|| "0".to_owned(), ms)
+    }
+
+    /// A default optional limit as its flag shows it (none: 0).
+    pub(super) fn zero_or<T: ToString>(value: Option<T>) -> String {
+        value.map_or_else(|| "0".to_owned(), |v| v.to_string())
+    }
+}
+#[cfg(feature = "cli")]
+use cli::defaults;

@@ -70,7 +70,7 @@ use tracing::{debug, info, warn};
 pub use admission::AdmissionCounts;
 use admission::{Admission, Refusal};
 use auth::Auth;
-pub use config::{Config, TlsFiles};
+pub use config::{Config, InvalidConfig, TlsFiles};
 use fleet::Published;
 use memory::{Backlog, MemoryConn};
 use observe::{ByteTotals, InboundBudget};
@@ -85,12 +85,14 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     prepare(config)?.run(listener, shutdown).await
 }
 
-/// Opens what the coordinator needs before it may listen: the auth file, the TLS
+/// Checks the configuration ([`Config::validate`]) and opens what the coordinator needs
+/// before it may listen: the auth file, the TLS
 /// certificate and the reputation database. The binary calls it before binding its port,
 /// so that a coordinator that cannot start (a corrupt database, a missing certificate)
 /// never accepts a connection.
 pub fn prepare(config: Config) -> std::io::Result<Prepared> {
     let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+    config.validate().map_err(|e| invalid(e.to_string()))?;
     let auth = match &config.auth_file {
         Some(path) => Auth::from_file(path).map_err(invalid)?,
         None => Auth::open(),

@@ -182,3 +182,22 @@ fn a_minted_token_is_a_jwt_the_coordinator_accepts() {
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("unknown role"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The binary checks its configuration with the library's own `Config::validate`: a value
+/// out of range is a clear error naming the setting, not a silent clamp.
+#[test]
+fn settings_out_of_range_are_refused_by_name() {
+    let out = Command::new(env!("CARGO_BIN_EXE_coordinator"))
+        .args(["--listen", "127.0.0.1:0", "--max-attempts", "0", "--heartbeat-interval-ms", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("max_attempts must be at least 1"), "{stderr}");
+    assert!(stderr.contains("heartbeat_interval (ms) must be at least 1"), "{stderr}");
+    // The library refuses the same configuration before it listens.
+    let config = coordinator::Config { max_attempts: 0, ..coordinator::Config::default() };
+    let refused = coordinator::prepare(config).unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::InvalidInput);
+    assert!(refused.to_string().contains("max_attempts must be at least 1"), "{refused}");
+}
