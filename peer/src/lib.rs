@@ -70,6 +70,7 @@
 //! both off (`default-features = false`).
 
 pub mod capabilities;
+mod config;
 mod connection;
 pub mod containment;
 pub mod metrics;
@@ -84,9 +85,7 @@ pub mod worker;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -94,6 +93,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use config::PeerConfig;
 pub use p2c2r_net::{Credential, Dialer};
 pub use p2c2r_protocol::Encoding;
 /// The work budgets a peer enforces on every task: the engine's ([`p2c2r_sim::budget`]).
@@ -109,139 +109,6 @@ pub use worker::{DEFAULT_WORKER_MEMORY_BYTES, Isolation};
 /// The coordinator a peer connects to when none is configured.
 pub const DEFAULT_COORDINATOR_URL: &str = "ws://localhost:8765";
 
-/// How a peer runs. [`Default`] gives the documented defaults, which are also the `peer`
-/// binary's flag defaults (except where tasks run): every field has a flag (durations as
-/// `…-ms` flags, in milliseconds), which `tests/cli.rs` checks by reading the fields from
-/// this struct's derived `Debug`.
-#[derive(Clone, Debug)]
-pub struct PeerConfig {
-    /// The coordinator's WebSocket URL (default `ws://localhost:8765`); `wss://` for TLS.
-    pub coordinator_url: String,
-    /// The credential presented to the coordinator (`Authorization: Bearer <token>` in
-    /// the upgrade request); none by default. A [`Credential::File`] is read again on
-    /// every reconnection, so a fixed or renewed token is picked up without a restart.
-    pub token: Option<Credential>,
-    /// For a `wss://` coordinator: trust the certificates of this PEM file instead of the
-    /// public web PKI roots (default: `None`, the public roots).
-    pub ca_file: Option<PathBuf>,
-    /// The id to register with; a random `peer-<uuid>` when `None`.
-    pub peer_id: Option<String>,
-    /// Where the resume secret of the latest registration is kept across restarts
-    /// (see [`state`]), so a peer restarted under its own id takes it back at once;
-    /// `None` (the default): in memory only. The `peer` binary gives one whenever
-    /// `--peer-id` is set ([`state::default_path`]).
-    pub state_file: Option<PathBuf>,
-    /// Tasks run at once; the detected number of cores when `None`.
-    pub max_concurrent_tasks: Option<u32>,
-    /// A session unused this long is dropped (default 60 s).
-    pub session_idle_timeout: Duration,
-    /// Most sessions held at once (default [`DEFAULT_MAX_SESSIONS`]). Creating one more
-    /// evicts the least recently used idle session; when all are in use the task is
-    /// answered with `limit_exceeded` and resync.
-    pub max_sessions: usize,
-    /// How often a heartbeat is sent (default 1 s).
-    pub heartbeat_interval: Duration,
-    /// First reconnection delay (default 100 ms); it doubles per failed attempt.
-    pub reconnect_backoff_min: Duration,
-    /// Longest reconnection delay (default 5 s).
-    pub reconnect_backoff_max: Duration,
-    /// Limit for connecting and registering (default 5 s).
-    pub connect_timeout: Duration,
-    /// How long a graceful shutdown waits for running tasks (default 2 s).
-    pub shutdown_grace: Duration,
-    /// Largest frame accepted from the coordinator (default 32 MiB: an assignment wraps a
-    /// gamer frame of up to the protocol's 16 MiB default).
-    pub max_frame_bytes: usize,
-    /// Most tasks accepted and not yet answered; beyond it tasks are answered with
-    /// `queue_full` (default: 64 per concurrent task).
-    pub max_pending_tasks: Option<usize>,
-    /// Task types to declare (default: all four this peer runs).
-    pub task_types: Vec<String>,
-    /// Where tasks run (default [`Isolation::InProcess`]; the `peer` binary defaults to
-    /// [`Isolation::Workers`] with its own executable). See [`worker`].
-    pub isolation: Isolation,
-    /// How much work one task may ask for (default [`Budgets::default`]).
-    pub budgets: Budgets,
-    /// Estimated memory all sessions may hold together (default
-    /// [`DEFAULT_SESSION_MEMORY_BYTES`], 512 MiB). With workers, each worker's sessions
-    /// get this budget but at most half the worker's memory cap (the caps bound the
-    /// peer's memory to workers × cap), and `max_sessions` is divided among the workers.
-    pub session_memory_bytes: u64,
-    /// Estimated memory one gamer's sessions may hold (default a quarter of
-    /// `session_memory_bytes`).
-    pub gamer_session_memory_bytes: Option<u64>,
-    /// Bytes of large shapes (level meshes, terrains) kept across snapshots for every
-    /// session (default [`p2c2r_sim::shape_cache::DEFAULT_SHAPE_CACHE_BYTES`], 64 MiB; see
-    /// [`p2c2r_sim::shape_cache`]). With workers, each worker keeps its own, of at most a
-    /// quarter of the worker's memory cap.
-    pub shape_cache_bytes: usize,
-    /// With workers: how long past its deadline a running task may go on before its
-    /// worker is killed (default 200 ms).
-    pub cancel_grace: Duration,
-    /// With workers: how many workers one gamer's tasks may kill (exhausting memory or
-    /// CPU, crashing, or cancelled past their deadline) within
-    /// [`worker_death_window`](Self::worker_death_window) before its further tasks on
-    /// this peer are answered `limit_exceeded` without running, for the rest of the window
-    /// (default [`containment::DEFAULT_MAX_WORKER_DEATHS_PER_GAMER`], 3; 0 never refuses).
-    /// Tasks without a [`gamer_id`](p2c2r_protocol::TaskSpec::gamer_id) share one
-    /// anonymous account. In process there are no worker deaths, so this has no effect.
-    /// See [`containment`].
-    pub max_worker_deaths_per_gamer: u32,
-    /// The sliding window of [`max_worker_deaths_per_gamer`](Self::max_worker_deaths_per_gamer)
-    /// (default [`containment::DEFAULT_WORKER_DEATH_WINDOW`], 60 s).
-    pub worker_death_window: Duration,
-    /// Where to serve Prometheus metrics (`GET /metrics`, see [`metrics`]); not served
-    /// when `None` (the default). The address is bound when the peer starts, failing the
-    /// start when it cannot be ([`PeerError::MetricsListen`]); port 0 picks a free port
-    /// ([`PeerHandle::metrics_addr`] tells which). Served until the peer has stopped.
-    pub metrics_listen: Option<SocketAddr>,
-    /// The frames to ask the coordinator for: [`Encoding::Binary`] (the default) offers
-    /// binary frames, which a coordinator that does not know them declines (the peer then
-    /// speaks JSON); [`Encoding::Json`] asks for JSON only. Results answer in the
-    /// encoding of their request's payload either way.
-    pub wire: Encoding,
-    /// Connect through this [`Dialer`] (an in-memory stream to a coordinator in this
-    /// process, e.g. `coordinator::CoordinatorHandle::dialer`) instead of TCP to
-    /// `coordinator_url`'s host, which still names the host and path of the upgrade
-    /// request; asked for a new stream at every reconnection. `None` (the default): TCP.
-    /// No flag: a command line cannot hand over an in-process stream.
-    pub dialer: Option<Dialer>,
-}
-
-impl Default for PeerConfig {
-    fn default() -> Self {
-        PeerConfig {
-            coordinator_url: DEFAULT_COORDINATOR_URL.to_owned(),
-            token: None,
-            ca_file: None,
-            peer_id: None,
-            state_file: None,
-            max_concurrent_tasks: None,
-            session_idle_timeout: Duration::from_secs(60),
-            max_sessions: DEFAULT_MAX_SESSIONS,
-            heartbeat_interval: Duration::from_secs(1),
-            reconnect_backoff_min: Duration::from_millis(100),
-            reconnect_backoff_max: Duration::from_secs(5),
-            connect_timeout: Duration::from_secs(5),
-            shutdown_grace: Duration::from_secs(2),
-            max_frame_bytes: 2 * p2c2r_protocol::limits::DEFAULT_MAX_FRAME_BYTES,
-            max_pending_tasks: None,
-            task_types: capabilities::all_task_types(),
-            isolation: Isolation::InProcess,
-            budgets: Budgets::default(),
-            session_memory_bytes: DEFAULT_SESSION_MEMORY_BYTES,
-            gamer_session_memory_bytes: None,
-            shape_cache_bytes: p2c2r_sim::shape_cache::DEFAULT_SHAPE_CACHE_BYTES,
-            cancel_grace: Duration::from_millis(200),
-            max_worker_deaths_per_gamer: containment::DEFAULT_MAX_WORKER_DEATHS_PER_GAMER,
-            worker_death_window: containment::DEFAULT_WORKER_DEATH_WINDOW,
-            metrics_listen: None,
-            wire: Encoding::Binary,
-            dialer: None,
-        }
-    }
-}
-
 /// Why [`run`] could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
@@ -256,6 +123,9 @@ pub enum PeerError {
     /// The peer id is empty or too long.
     #[error("invalid peer id: {0}")]
     InvalidPeerId(String),
+    /// A setting is out of its range ([`PeerConfig::validate`]).
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
     /// The worker processes ([`Isolation::Workers`]) could not be started.
     #[error("cannot start worker processes: {0}")]
     Workers(String),
@@ -368,6 +238,7 @@ fn bind_metrics(addr: SocketAddr) -> Result<TcpListener> {
 }
 
 fn prepare(config: PeerConfig) -> Result<Prepared> {
+    config.validate()?;
     check_url(&config.coordinator_url)?;
     let peer_id = match &config.peer_id {
         Some(id) if id.is_empty() || id.len() > p2c2r_protocol::limits::MAX_ID_BYTES => {

@@ -151,3 +151,22 @@ async fn a_busy_metrics_address_is_a_clear_error() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--metrics-listen"));
 }
+
+/// The binary checks its configuration with the library's own `PeerConfig::validate`: a
+/// value out of range is a clear error naming the setting, not a silent clamp.
+#[test]
+fn settings_out_of_range_are_refused_by_name() {
+    let out = Command::new(env!("CARGO_BIN_EXE_peer"))
+        .args(["--in-process", "--max-sessions", "0", "--max-concurrent-tasks", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("max_sessions must be at least 1"), "{stderr}");
+    assert!(stderr.contains("max_concurrent_tasks must be at least 1"), "{stderr}");
+    let config =
+        peer::PeerConfig { reconnect_backoff_min: std::time::Duration::from_secs(9), ..peer::PeerConfig::default() };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let Err(refused) = runtime.block_on(peer::try_spawn(config)) else { panic!("an invalid configuration started") };
+    assert!(refused.to_string().contains("reconnect_backoff_min must not exceed"), "{refused}");
+}
