@@ -2,8 +2,8 @@
 
 use tokio::net::TcpStream;
 
-/// Bytes a connection's socket may hold that are not yet sent ([`limit_unsent`]): about
-/// 2.6 ms at 100 Mbit/s, and what HTTP/2 servers commonly use for the same reason.
+/// Bytes a connection's socket may hold that are not yet sent ([`limit_unsent`]): 16 KiB,
+/// about 2.6 ms at 100 Mbit/s, and what HTTP/2 servers commonly use for the same reason.
 pub const UNSENT_BYTES: u32 = 16 * 1024;
 
 /// Limits the bytes `stream`'s socket holds that are not yet sent (Linux

@@ -30,7 +30,7 @@ use crate::binary::Frame;
 /// The first byte of a chunk (a whole binary frame starts with [`crate::binary::FRAME_VERSION`]).
 pub const CHUNK_VERSION: u8 = 2;
 
-/// The most frame bytes one chunk carries; frames longer than this are chunked.
+/// The most frame bytes one chunk carries (8 KiB); frames longer than this are chunked.
 pub const CHUNK_BYTES: usize = 8 * 1024;
 
 /// A chunk's header: version, flags, stream.

@@ -39,7 +39,8 @@ pub const ACK_VERSION: u8 = 3;
 pub const ACK_BYTES: usize = 17;
 
 /// How much longer than the quietest round trip lately chunks may take before the window
-/// shrinks: the queueing the bulk may add in front of everything else, both ways together.
+/// shrinks (4 ms): the queueing the bulk may add in front of everything else, both ways
+/// together.
 pub const TARGET_QUEUE_DELAY: Duration = Duration::from_millis(4);
 
 /// The smallest window: two chunks, so bulk always moves.

@@ -47,9 +47,9 @@
 use crate::limits::{MAX_COORDINATE, MAX_SPEED};
 use crate::physics::{BodyDesc, BodyId, BodyState, PhysicsStepRequest, Quat, Vec3};
 
-/// Position units per metre: positions are integers of 2⁻¹⁴ m.
+/// Position units per metre: positions are integers of 2⁻¹⁴ m (about 61 µm).
 pub const POSITION_SCALE: f64 = 16384.0;
-/// Velocity units per m/s (or rad/s): velocities are integers of 2⁻¹⁰ m/s.
+/// Velocity units per m/s (or rad/s): velocities are integers of 2⁻¹⁰ m/s (about 1 mm/s).
 pub const VELOCITY_SCALE: f64 = 1024.0;
 /// Rotation units per unit of a quaternion component: 2⁻¹⁵.
 pub const ROTATION_SCALE: f64 = 32768.0;

@@ -28,8 +28,8 @@ use crate::checks::{invalid, unit_quat};
 use crate::physics::interaction_groups;
 use crate::shapes;
 
-/// How far a leaf's box is fattened: a body that moves less than this leaves the tree
-/// untouched (queries test the exact shapes anyway).
+/// How far a leaf's box is fattened (5 cm): a body that moves less than this leaves the
+/// tree untouched (queries test the exact shapes anyway).
 const LEAF_MARGIN: f32 = 0.05;
 
 /// What a query looks at: bodies whose collision groups interact with `groups`, not

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-/// How long any one wait may take before the test fails.
+/// How long any one wait may take before the test fails (30 s).
 pub const WAIT: Duration = Duration::from_secs(30);
 
 /// How often [`eventually`] checks its condition.
