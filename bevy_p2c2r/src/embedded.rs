@@ -180,7 +180,7 @@ impl EmbeddedCluster {
     }
 
     /// [`EmbeddedCluster::start_with`], the in-process coordinator (when one starts) running
-    /// each physics session on `replicas` peers (see `coordinator::Config::replicas`; the
+    /// each physics session on `replicas` peers (see `coordinator::Replication::replicas`; the
     /// embedded peers share one address, so replicas need not be on distinct hosts).
     pub fn start_replicated(
         coordinator: Option<String>,
@@ -441,10 +441,13 @@ fn forward_events(mut cluster: ResMut<EmbeddedCluster>, mut out: MessageWriter<C
 /// The embedded coordinator: defaults, but a short shutdown so quitting the game is quick.
 fn coordinator_config(replicas: u8) -> coordinator::Config {
     coordinator::Config {
+        replication: coordinator::Replication {
+            replicas,
+            // Every embedded peer is in this process, on one address.
+            replicas_on_distinct_hosts: false,
+            ..Default::default()
+        },
         shutdown_grace: Duration::from_millis(500),
-        replicas,
-        // Every embedded peer is in this process, on one address.
-        replicas_on_distinct_hosts: false,
         ..Default::default()
     }
 }

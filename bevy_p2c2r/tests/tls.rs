@@ -31,10 +31,16 @@ fn the_plugin_gets_physics_from_a_peer_over_wss_with_tokens() {
     let dir = secrets();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let config = coordinator::Config {
-        tls: Some(coordinator::TlsFiles { cert: dir.join("cert.pem"), key: dir.join("key.pem") }),
-        auth_file: Some(dir.join("auth")),
-        // One peer: no other could audit it, and it must serve the session.
-        allow_unauditable_peers: true,
+        identity: coordinator::Identity {
+            tls: Some(coordinator::TlsFiles { cert: dir.join("cert.pem"), key: dir.join("key.pem") }),
+            auth_file: Some(dir.join("auth")),
+            ..Default::default()
+        },
+        replication: coordinator::Replication {
+            // One peer: no other could audit it, and it must serve the session.
+            allow_unauditable_peers: true,
+            ..Default::default()
+        },
         ..Default::default()
     };
     let coordinator = rt.block_on(coordinator::spawn("127.0.0.1:0", config)).expect("coordinator starts");

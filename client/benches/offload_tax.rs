@@ -209,9 +209,12 @@ impl Cluster {
         };
         let (coord_rt, peer_rt, gamer_rt) = (runtime("tax-coord"), runtime("tax-peer"), runtime("tax-gamer"));
         let config = coordinator::Config {
-            max_tasks_per_second: None,
-            max_task_bytes_per_second: None,
-            max_new_sessions_per_second: None,
+            rate_limits: coordinator::RateLimits {
+                max_tasks_per_second: None,
+                max_task_bytes_per_second: None,
+                max_new_sessions_per_second: None,
+                ..Default::default()
+            },
             summary_interval: None,
             ..coordinator::Config::default()
         };

@@ -251,22 +251,33 @@ fn main() {
     // The attacks measured here are about queues and sockets; the per-gamer and
     // per-address rate limits (tests/identity.rs) would refuse most of them at the door.
     let base = coordinator::Config {
-        max_connections_per_address: 100_000,
-        max_tasks_per_second: None,
-        max_task_bytes_per_second: None,
-        max_new_sessions_per_second: None,
-        max_connection_attempts_per_second: None,
+        connections: coordinator::Connections { max_connections_per_address: 100_000, ..Default::default() },
+        rate_limits: coordinator::RateLimits {
+            max_tasks_per_second: None,
+            max_task_bytes_per_second: None,
+            max_new_sessions_per_second: None,
+            max_connection_attempts_per_second: None,
+        },
         ..coordinator::Config::default()
     };
     let baseline = scenario("no attack (baseline)", base.clone(), no_attack, Duration::from_millis(200), None);
     let b = Some(baseline);
     scenario("200 gamers x 256 unrunnable + spam", base.clone(), unrunnable_flood, Duration::from_secs(3), b);
-    let storm = coordinator::Config { max_queue_wait: Some(Duration::from_secs(3)), ..base.clone() };
+    let storm = coordinator::Config {
+        scheduling: coordinator::Scheduling {
+            max_queue_wait: Some(Duration::from_secs(3)),
+            ..(base.clone()).scheduling
+        },
+        ..base.clone()
+    };
     scenario("30 gamers x 10,000 expiring", storm, expiry_storm, Duration::from_secs(2), b);
     scenario("poison task every 50 ms", base.clone(), poison, Duration::from_secs(1), b);
     scenario("3,000 backlog + 4,096-slot peer", base.clone(), boaster, Duration::from_millis(500), b);
     scenario("peer that never reads", base.clone(), never_reads, Duration::from_secs(1), b);
-    let inline = coordinator::Config { off_runtime_frame_bytes: usize::MAX, ..base.clone() };
+    let inline = coordinator::Config {
+        connections: coordinator::Connections { off_runtime_frame_bytes: usize::MAX, ..(base.clone()).connections },
+        ..base.clone()
+    };
     scenario("15 MiB JSON relay, parsed inline", inline, large_relay, Duration::from_secs(1), b);
     scenario("15 MiB JSON relay, off the runtime", base, large_relay, Duration::from_secs(1), b);
 }

@@ -27,7 +27,11 @@ fn choose(n: u64, k: u64) -> f64 {
 
 /// The fraction of sessions whose every replica landed on a colluder.
 fn captured(honest: u8, colluders: u8, replicas: usize) -> f64 {
-    let config = SchedulerConfig { established_after_answers: 0, max_sessions_per_gamer: 8, ..Default::default() };
+    let config = SchedulerConfig {
+        reputation: coordinator::Reputation { established_after_answers: 0, ..Default::default() },
+        scheduling: coordinator::Scheduling { max_sessions_per_gamer: 8, ..Default::default() },
+        ..Default::default()
+    };
     let mut s: Scheduler<()> = Scheduler::new(config);
     let spec = |net: [u8; 4]| PeerSpec {
         task_types: None,

@@ -45,12 +45,18 @@ fn drain(conn: &mut Conn) {
 /// Per answer frame: the mean and the longest lock hold, over `TICKS` ticks of two replicas.
 fn held_per_answer(answer_bytes: usize, under_lock: bool) -> (Duration, Duration) {
     let config = Config {
-        replicas: 2,
-        replicas_on_distinct_hosts: false,
-        audit_fraction: 0.0,
-        established_after_answers: 0,
-        max_tasks_per_second: None,
-        max_task_bytes_per_second: None,
+        replication: coordinator::Replication {
+            replicas: 2,
+            replicas_on_distinct_hosts: false,
+            audit_fraction: 0.0,
+            ..Default::default()
+        },
+        reputation: coordinator::Reputation { established_after_answers: 0, ..Default::default() },
+        rate_limits: coordinator::RateLimits {
+            max_tasks_per_second: None,
+            max_task_bytes_per_second: None,
+            ..Default::default()
+        },
         ..Config::default()
     };
     let router = Router::new(config);

@@ -318,8 +318,11 @@ fn scenario(
 ) -> Row {
     // Pipelined throughput passes the default per-gamer rate limits by design.
     let config = coordinator::Config {
-        max_tasks_per_second: None,
-        max_task_bytes_per_second: None,
+        rate_limits: coordinator::RateLimits {
+            max_tasks_per_second: None,
+            max_task_bytes_per_second: None,
+            ..Default::default()
+        },
         summary_interval: None,
         ..coordinator::Config::default()
     };

@@ -7,107 +7,228 @@ use p2c2r_protocol::limits;
 
 pub use crate::tls::TlsFiles;
 
-/// Everything the coordinator can be told. `Config::default()` is what
-/// `cargo run -p coordinator` uses. The command line is derived from this struct (clap's
+/// Everything the coordinator can be told, in sections. `Config::default()` is what
+/// `cargo run -p coordinator` uses. The command line is derived from these structs (clap's
 /// derive, under the `cli` feature): every field is a flag whose default is read from
 /// here, durations as `…-ms` flags in milliseconds, an optional limit's `None` as 0.
-/// `tests/cli.rs` reads the fields from this struct's derived `Debug` and checks each has
-/// its flag with its default. [`Config::validate`] is the one check of a configuration,
-/// made by the binary and by [`crate::prepare`] alike.
+/// `tests/cli.rs` reads the fields from the derived `Debug` and checks each has its flag
+/// with its default. The scheduler and the replication bookkeeping take their sections as
+/// they are ([`crate::scheduler::SchedulerConfig`]). [`Config::validate`] is the one check
+/// of a configuration, made by the binary and by [`crate::prepare`] alike.
 #[derive(Clone, Debug)]
 #[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct Config {
-    /// How often each connection is pinged.
-    #[cfg_attr(feature = "cli", arg(long = "heartbeat-interval-ms", value_name = "MS", value_parser = cli::millis, default_value = cli::ms(defaults().heartbeat_interval)))]
-    pub heartbeat_interval: Duration,
-    /// A connection silent this long (no frame, no pong) is evicted.
-    #[cfg_attr(feature = "cli", arg(long = "heartbeat-timeout-ms", value_name = "MS", value_parser = cli::millis, default_value = cli::ms(defaults().heartbeat_timeout)))]
-    pub heartbeat_timeout: Duration,
-    /// Per-attempt deadline of a task whose request carries no `deadline_ms`.
-    #[cfg_attr(feature = "cli", arg(long = "task-deadline-ms", value_name = "MS", value_parser = cli::millis, default_value = cli::ms(defaults().default_task_deadline)))]
-    pub default_task_deadline: Duration,
-    /// Dispatches per task before the gamer is told it failed.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().max_attempts))]
-    pub max_attempts: u32,
-    /// Largest accepted frame, in bytes; larger ones close the connection (1009).
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().max_frame_bytes))]
-    pub max_frame_bytes: usize,
-    /// Time allowed for the WebSocket handshake.
-    #[cfg_attr(feature = "cli", arg(long = "handshake-timeout-ms", value_name = "MS", value_parser = cli::millis, default_value = cli::ms(defaults().handshake_timeout)))]
-    pub handshake_timeout: Duration,
-    /// Time allowed between connecting and registering (or asking for stats).
-    #[cfg_attr(feature = "cli", arg(long = "register-timeout-ms", value_name = "MS", value_parser = cli::millis, default_value = cli::ms(defaults().register_timeout)))]
-    pub register_timeout: Duration,
-    /// Frames buffered towards one connection; a client that falls further behind is
-    /// disconnected instead of buffered without limit.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().send_queue_frames))]
-    pub send_queue_frames: usize,
-    /// Connections served at once; more are refused.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().max_connections))]
-    pub max_connections: usize,
-    /// Tasks one gamer may have queued or in flight.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().max_pending_per_gamer))]
-    pub max_pending_per_gamer: usize,
-    /// Sessions one gamer may keep.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().max_sessions_per_gamer))]
-    pub max_sessions_per_gamer: usize,
-    /// A task still waiting for a peer this long after it was submitted is answered with
-    /// a `queue_timeout` error. `None` (0 on the command line): tasks wait for a capable peer forever.
-    #[cfg_attr(feature = "cli", arg(long = "max-queue-wait-ms", value_name = "MS", value_parser = cli::optional_millis, default_value = cli::optional_ms(defaults().max_queue_wait)))]
-    pub max_queue_wait: std::option::Option<Duration>,
+    /// Connections: timeouts, queues, frames, and how many one address, network or role may hold.
+    #[cfg_attr(feature = "cli", command(flatten))]
+    pub connections: Connections,
+    /// Scheduling: what the scheduler holds for each gamer and asks of each peer.
+    #[cfg_attr(feature = "cli", command(flatten))]
+    pub scheduling: Scheduling,
+    /// Identity: credentials, TLS, and how long an id stays its owner's.
+    #[cfg_attr(feature = "cli", command(flatten))]
+    pub identity: Identity,
+    /// Rate limits: what one gamer or address may do per second.
+    #[cfg_attr(feature = "cli", command(flatten))]
+    pub rate_limits: RateLimits,
+    /// Replication: replicated and audited physics sessions (see `replication.rs`).
+    #[cfg_attr(feature = "cli", command(flatten))]
+    pub replication: Replication,
+    /// Reputation: what gets a peer quarantined, for how long, and where it is remembered.
+    #[cfg_attr(feature = "cli", command(flatten))]
+    pub reputation: Reputation,
     /// How long shutdown waits for connections to close.
     #[cfg_attr(feature = "cli", arg(long = "shutdown-grace-ms", value_name = "MS", value_parser = cli::millis, default_value = cli::ms(defaults().shutdown_grace)))]
     pub shutdown_grace: Duration,
-    /// Bytes buffered towards one connection (payloads plus a fixed overhead per frame);
-    /// a client that falls further behind is disconnected. One frame larger than this
-    /// still fits an empty queue.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().send_queue_bytes))]
-    pub send_queue_bytes: usize,
-    /// A write to a client that makes no progress this long disconnects it.
-    #[cfg_attr(feature = "cli", arg(long = "write-stall-timeout-ms", value_name = "MS", value_parser = cli::millis, default_value = cli::ms(defaults().write_stall_timeout)))]
-    pub write_stall_timeout: Duration,
-    /// A WebSocket message whose first fragment arrived this long ago and which is still
-    /// unfinished closes its connection (pongs and heartbeats do not extend it).
-    #[cfg_attr(feature = "cli", arg(long = "message-assembly-timeout-ms", value_name = "MS", value_parser = cli::millis, default_value = cli::ms(defaults().message_assembly_timeout)))]
-    pub message_assembly_timeout: Duration,
-    /// Connections one IP address may hold at once.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().max_connections_per_address))]
-    pub max_connections_per_address: usize,
-    /// Connections all addresses of one network (`host_prefix_v4`, `host_prefix_v6`) may
-    /// hold at once.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().max_connections_per_network))]
-    pub max_connections_per_network: usize,
-    /// Connections that have not registered yet, at once (squatters cannot hold the
-    /// registered clients' slots).
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().max_unregistered_connections))]
-    pub max_unregistered_connections: usize,
-    /// Of `max_connections`, slots that only peers may take: gamers can register only
-    /// while more than this many slots are free.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().reserved_peer_slots))]
-    pub reserved_peer_slots: usize,
-    /// Payload bytes one gamer may have pending (queued or in flight).
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().max_pending_bytes_per_gamer))]
-    pub max_pending_bytes_per_gamer: usize,
-    /// Payload bytes all gamers together may have pending.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().max_pending_bytes))]
-    pub max_pending_bytes: usize,
-    /// A peer's declared `max_concurrent_tasks` is capped at this.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().max_peer_capacity))]
-    pub max_peer_capacity: u32,
-    /// Tasks a newly registered peer is given at once before it has shown it can do
-    /// more; each completion raises it by one (up to what it declared), each missed
-    /// deadline halves it (never below this).
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().initial_peer_capacity))]
-    pub initial_peer_capacity: u32,
-    /// Most tasks of one session in flight at its peer at once: they run one after
-    /// another there and take one slot together; the ticks behind the running one are
-    /// pipelined to hide the round trip.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().max_session_pipeline))]
-    pub max_session_pipeline: u32,
     /// How often a one-line summary of the fleet (peers, gamers, tasks per second, p99
     /// latency) is logged at `info`. `None` (0 on the command line): never.
     #[cfg_attr(feature = "cli", arg(long = "summary-interval-ms", value_name = "MS", value_parser = cli::optional_millis, default_value = cli::optional_ms(defaults().summary_interval)))]
     pub summary_interval: std::option::Option<Duration>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            connections: Connections::default(),
+            scheduling: Scheduling::default(),
+            identity: Identity::default(),
+            rate_limits: RateLimits::default(),
+            replication: Replication::default(),
+            reputation: Reputation::default(),
+            shutdown_grace: Duration::from_secs(5),
+            summary_interval: Some(Duration::from_secs(10)),
+        }
+    }
+}
+
+/// Connections: timeouts, queues, frames, and how many one address, network or role may hold.
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
+#[cfg_attr(feature = "cli", command(next_help_heading = "Connections"))]
+pub struct Connections {
+    /// How often each connection is pinged.
+    #[cfg_attr(feature = "cli", arg(long = "heartbeat-interval-ms", value_name = "MS", value_parser = cli::millis, default_value = cli::ms(defaults().connections.heartbeat_interval)))]
+    pub heartbeat_interval: Duration,
+    /// A connection silent this long (no frame, no pong) is evicted.
+    #[cfg_attr(feature = "cli", arg(long = "heartbeat-timeout-ms", value_name = "MS", value_parser = cli::millis, default_value = cli::ms(defaults().connections.heartbeat_timeout)))]
+    pub heartbeat_timeout: Duration,
+    /// Time allowed for the WebSocket handshake.
+    #[cfg_attr(feature = "cli", arg(long = "handshake-timeout-ms", value_name = "MS", value_parser = cli::millis, default_value = cli::ms(defaults().connections.handshake_timeout)))]
+    pub handshake_timeout: Duration,
+    /// Time allowed between connecting and registering (or asking for stats).
+    #[cfg_attr(feature = "cli", arg(long = "register-timeout-ms", value_name = "MS", value_parser = cli::millis, default_value = cli::ms(defaults().connections.register_timeout)))]
+    pub register_timeout: Duration,
+    /// A write to a client that makes no progress this long disconnects it.
+    #[cfg_attr(feature = "cli", arg(long = "write-stall-timeout-ms", value_name = "MS", value_parser = cli::millis, default_value = cli::ms(defaults().connections.write_stall_timeout)))]
+    pub write_stall_timeout: Duration,
+    /// A WebSocket message whose first fragment arrived this long ago and which is still
+    /// unfinished closes its connection (pongs and heartbeats do not extend it).
+    #[cfg_attr(feature = "cli", arg(long = "message-assembly-timeout-ms", value_name = "MS", value_parser = cli::millis, default_value = cli::ms(defaults().connections.message_assembly_timeout)))]
+    pub message_assembly_timeout: Duration,
+    /// Largest accepted frame, in bytes; larger ones close the connection (1009).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().connections.max_frame_bytes))]
+    pub max_frame_bytes: usize,
+    /// Frames of at least this many bytes are decoded on the blocking pool instead of the
+    /// runtime threads that serve every connection (parsing megabytes of JSON inline would
+    /// hold up everyone else); smaller ones inline, where the hop costs more than the parse.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().connections.off_runtime_frame_bytes))]
+    pub off_runtime_frame_bytes: usize,
+    /// Peers that ask for it (on a binary connection) get large frames in chunks between
+    /// the other frames, and may send theirs so (`p2c2r_protocol::chunk`): a large payload
+    /// holds up the other sessions' ticks on that peer by a chunk, not by itself. Off: whole
+    /// frames, as before.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().connections.chunked_frames, action = clap::ArgAction::Set))]
+    pub chunked_frames: bool,
+    /// Frames buffered towards one connection; a client that falls further behind is
+    /// disconnected instead of buffered without limit.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().connections.send_queue_frames))]
+    pub send_queue_frames: usize,
+    /// Bytes buffered towards one connection (payloads plus a fixed overhead per frame);
+    /// a client that falls further behind is disconnected. One frame larger than this
+    /// still fits an empty queue.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().connections.send_queue_bytes))]
+    pub send_queue_bytes: usize,
+    /// Connections served at once; more are refused.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().connections.max_connections))]
+    pub max_connections: usize,
+    /// Connections one IP address may hold at once.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().connections.max_connections_per_address))]
+    pub max_connections_per_address: usize,
+    /// Connections all addresses of one network (`host_prefix_v4`, `host_prefix_v6`) may
+    /// hold at once.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().connections.max_connections_per_network))]
+    pub max_connections_per_network: usize,
+    /// Connections that have not registered yet, at once (squatters cannot hold the
+    /// registered clients' slots).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().connections.max_unregistered_connections))]
+    pub max_unregistered_connections: usize,
+    /// Of `max_connections`, slots that only peers may take: gamers can register only
+    /// while more than this many slots are free.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().connections.reserved_peer_slots))]
+    pub reserved_peer_slots: usize,
+    /// Addresses in one IPv4 network of this prefix length count as one network (one
+    /// origin, for `quarantine_min_gamers`). 32: every address on its own (tests on
+    /// loopback, where 127.0.0.2–9 stand for other machines).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().connections.host_prefix_v4, value_parser = clap::value_parser!(u8).range(0..=32)))]
+    pub host_prefix_v4: u8,
+    /// The same for IPv6 (48: a site).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().connections.host_prefix_v6, value_parser = clap::value_parser!(u8).range(0..=128)))]
+    pub host_prefix_v6: u8,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Connections {
+            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_timeout: Duration::from_secs(3),
+            handshake_timeout: Duration::from_secs(5),
+            register_timeout: Duration::from_secs(10),
+            write_stall_timeout: Duration::from_secs(10),
+            message_assembly_timeout: Duration::from_secs(20),
+            max_frame_bytes: limits::DEFAULT_MAX_FRAME_BYTES,
+            off_runtime_frame_bytes: 64 * 1024,
+            chunked_frames: true,
+            send_queue_frames: 1024,
+            send_queue_bytes: 2 * limits::DEFAULT_MAX_FRAME_BYTES,
+            max_connections: 4096,
+            max_connections_per_address: 64,
+            max_connections_per_network: 256,
+            max_unregistered_connections: 512,
+            reserved_peer_slots: 256,
+            host_prefix_v4: 24,
+            host_prefix_v6: 48,
+        }
+    }
+}
+
+/// Scheduling: what the scheduler holds for each gamer and asks of each peer.
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
+#[cfg_attr(feature = "cli", command(next_help_heading = "Scheduling"))]
+pub struct Scheduling {
+    /// Per-attempt deadline of a task whose request carries no `deadline_ms`.
+    #[cfg_attr(feature = "cli", arg(long = "task-deadline-ms", value_name = "MS", value_parser = cli::millis, default_value = cli::ms(defaults().scheduling.default_task_deadline)))]
+    pub default_task_deadline: Duration,
+    /// Dispatches per task before the gamer is told it failed.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().scheduling.max_attempts))]
+    pub max_attempts: u32,
+    /// Tasks one gamer may have queued or in flight.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().scheduling.max_pending_per_gamer))]
+    pub max_pending_per_gamer: usize,
+    /// Sessions one gamer may keep.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().scheduling.max_sessions_per_gamer))]
+    pub max_sessions_per_gamer: usize,
+    /// A task still waiting for a peer this long after it was submitted is answered with
+    /// a `queue_timeout` error. `None` (0 on the command line): tasks wait for a capable peer forever.
+    #[cfg_attr(feature = "cli", arg(long = "max-queue-wait-ms", value_name = "MS", value_parser = cli::optional_millis, default_value = cli::optional_ms(defaults().scheduling.max_queue_wait)))]
+    pub max_queue_wait: std::option::Option<Duration>,
+    /// Payload bytes one gamer may have pending (queued or in flight).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().scheduling.max_pending_bytes_per_gamer))]
+    pub max_pending_bytes_per_gamer: usize,
+    /// Payload bytes all gamers together may have pending.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().scheduling.max_pending_bytes))]
+    pub max_pending_bytes: usize,
+    /// A peer's declared `max_concurrent_tasks` is capped at this.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().scheduling.max_peer_capacity))]
+    pub max_peer_capacity: u32,
+    /// Tasks a newly registered peer is given at once before it has shown it can do
+    /// more; each completion raises it by one (up to what it declared), each missed
+    /// deadline halves it (never below this).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().scheduling.initial_peer_capacity))]
+    pub initial_peer_capacity: u32,
+    /// Most tasks of one session in flight at its peer at once: they run one after
+    /// another there and take one slot together; the ticks behind the running one are
+    /// pipelined to hide the round trip.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().scheduling.max_session_pipeline))]
+    pub max_session_pipeline: u32,
+    /// A session whose peer answers this many ticks in a row with a resync error moves to
+    /// another peer when one can take it; 0: never.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().scheduling.max_resyncs_in_a_row))]
+    pub max_resyncs_in_a_row: u32,
+}
+
+impl Default for Scheduling {
+    fn default() -> Self {
+        Scheduling {
+            default_task_deadline: Duration::from_millis(limits::DEFAULT_TASK_DEADLINE_MS),
+            max_attempts: 3,
+            max_pending_per_gamer: 10_000,
+            max_sessions_per_gamer: 64,
+            max_queue_wait: Some(Duration::from_secs(30)),
+            max_pending_bytes_per_gamer: 64 * 1024 * 1024,
+            max_pending_bytes: 1024 * 1024 * 1024,
+            max_peer_capacity: 64,
+            initial_peer_capacity: 4,
+            max_session_pipeline: 16,
+            max_resyncs_in_a_row: 3,
+        }
+    }
+}
+
+/// Identity: credentials, TLS, and how long an id stays its owner's.
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
+#[cfg_attr(feature = "cli", command(next_help_heading = "Identity"))]
+pub struct Identity {
     /// Credentials (see [`crate::auth`]): tokens are required when set. `None`: open mode,
     /// allowed only on a loopback address unless [`insecure`](Self::insecure).
     #[cfg_attr(feature = "cli", arg(long, env = "P2C2R_AUTH_FILE", value_name = "PATH"))]
@@ -122,55 +243,85 @@ pub struct Config {
     /// presenting its resume secret (or the same credential) may take it, and a gamer's
     /// tasks keep running and their results are kept for it meanwhile. Zero: the id is
     /// free, and a gamer's tasks dropped, as soon as the connection closes.
-    #[cfg_attr(feature = "cli", arg(long = "resume-grace-ms", value_name = "MS", value_parser = cli::millis, default_value = cli::ms(defaults().resume_grace)))]
+    #[cfg_attr(feature = "cli", arg(long = "resume-grace-ms", value_name = "MS", value_parser = cli::millis, default_value = cli::ms(defaults().identity.resume_grace)))]
     pub resume_grace: Duration,
+}
+
+impl Default for Identity {
+    fn default() -> Self {
+        Identity { auth_file: None, insecure: false, tls: None, resume_grace: Duration::from_secs(10) }
+    }
+}
+
+/// Rate limits: what one gamer or address may do per second.
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
+#[cfg_attr(feature = "cli", command(next_help_heading = "Rate limits"))]
+pub struct RateLimits {
     /// Tasks one gamer may submit per second (bursts of two seconds' worth); `None` (0 on the command line):
     /// unlimited.
-    #[cfg_attr(feature = "cli", arg(long, value_parser = cli::zero_is_none::<u32>, default_value = cli::zero_or(defaults().max_tasks_per_second)))]
+    #[cfg_attr(feature = "cli", arg(long, value_parser = cli::zero_is_none::<u32>, default_value = cli::zero_or(defaults().rate_limits.max_tasks_per_second)))]
     pub max_tasks_per_second: std::option::Option<u32>,
     /// Task payload bytes one gamer may submit per second (bursts of two seconds' worth);
     /// `None` (0 on the command line): unlimited.
-    #[cfg_attr(feature = "cli", arg(long, value_parser = cli::zero_is_none::<usize>, default_value = cli::zero_or(defaults().max_task_bytes_per_second)))]
+    #[cfg_attr(feature = "cli", arg(long, value_parser = cli::zero_is_none::<usize>, default_value = cli::zero_or(defaults().rate_limits.max_task_bytes_per_second)))]
     pub max_task_bytes_per_second: std::option::Option<usize>,
     /// New sessions one gamer may open per second (bursts up to
     /// `max_sessions_per_gamer`); `None` (0 on the command line): unlimited.
-    #[cfg_attr(feature = "cli", arg(long, value_parser = cli::zero_is_none::<u32>, default_value = cli::zero_or(defaults().max_new_sessions_per_second)))]
+    #[cfg_attr(feature = "cli", arg(long, value_parser = cli::zero_is_none::<u32>, default_value = cli::zero_or(defaults().rate_limits.max_new_sessions_per_second)))]
     pub max_new_sessions_per_second: std::option::Option<u32>,
     /// Connection attempts one address (IPv6: /64) may make per second (bursts of four
     /// seconds' worth); beyond it, `429 Too Many Requests`. `None` (0 on the command line): unlimited.
-    #[cfg_attr(feature = "cli", arg(long, value_parser = cli::zero_is_none::<u32>, default_value = cli::zero_or(defaults().max_connection_attempts_per_second)))]
+    #[cfg_attr(feature = "cli", arg(long, value_parser = cli::zero_is_none::<u32>, default_value = cli::zero_or(defaults().rate_limits.max_connection_attempts_per_second)))]
     pub max_connection_attempts_per_second: std::option::Option<u32>,
-    /// A peer that misses this many task deadlines in a row (no successful answer in
-    /// between) is quarantined: closed, its tasks re-queued, its id refused for
-    /// `quarantine_duration`. A miss counts only once an established peer (see
-    /// `established_after_answers`) has answered the same task successfully in time, on a
-    /// deadline no shorter than such work has shown it needs on the missing peer; so
-    /// tasks nobody runs in time, errors and a gamer's own fresh peers never get a peer
-    /// quarantined. 0: never.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().quarantine_after_misses))]
-    pub quarantine_after_misses: u32,
-    /// The misses that quarantine a peer must be on work of gamers from at least this
-    /// many different networks (see `host_prefix_v4`): one gamer alone cannot get a peer
-    /// quarantined. 1: any gamer's.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().quarantine_min_gamers))]
-    pub quarantine_min_gamers: u32,
-    /// Successful answers a peer must have given (its standing keeps the count across
-    /// reconnects and, with `reputation_db`, restarts) before its answers confirm another
-    /// peer's miss, and before a retried task prefers it to an unproven peer.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().established_after_answers))]
-    pub established_after_answers: u64,
-    /// A session whose peer answers this many ticks in a row with a resync error moves to
-    /// another peer when one can take it; 0: never.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().max_resyncs_in_a_row))]
-    pub max_resyncs_in_a_row: u32,
-    /// Addresses in one IPv4 network of this prefix length count as one network (one
-    /// origin, for `quarantine_min_gamers`). 32: every address on its own (tests on
-    /// loopback, where 127.0.0.2–9 stand for other machines).
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().host_prefix_v4, value_parser = clap::value_parser!(u8).range(0..=32)))]
-    pub host_prefix_v4: u8,
-    /// The same for IPv6 (48: a site).
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().host_prefix_v6, value_parser = clap::value_parser!(u8).range(0..=128)))]
-    pub host_prefix_v6: u8,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            max_tasks_per_second: Some(5_000),
+            max_task_bytes_per_second: Some(64 * 1024 * 1024),
+            max_new_sessions_per_second: Some(10),
+            max_connection_attempts_per_second: Some(64),
+        }
+    }
+}
+
+/// Replication: replicated and audited physics sessions (see `replication.rs`).
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
+#[cfg_attr(feature = "cli", command(next_help_heading = "Replication"))]
+pub struct Replication {
+    /// Replicas each physics session runs on (1..=5): every replica steps every tick,
+    /// the gamer gets the first answer, answers are compared, and the death of one
+    /// replica costs the session nothing (see `replication.rs`). 1: not replicated.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().replication.replicas, value_parser = clap::value_parser!(u8).range(1..=5)))]
+    pub replicas: u8,
+    /// Fraction (0..=1) of unreplicated physics sessions that run on a second, hidden
+    /// replica whose answers are compared (an audit); sessions are drawn when they
+    /// start. Applies whenever a second compatible peer is connected.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().replication.audit_fraction))]
+    pub audit_fraction: f64,
+    /// Deliver only answers two replicas agree on (every physics session gets at least
+    /// two replicas; a disagreement or a missing replica is answered `unverified` with
+    /// resync, so the gamer steps locally meanwhile).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().replication.strict_replication, action = clap::ArgAction::Set))]
+    pub strict_replication: bool,
+    /// Replicas of one session must run on peers connected from different addresses, so
+    /// one machine running many peers cannot outvote the others. Turn it off only where
+    /// all peers share an address (tests on loopback).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().replication.replicas_on_distinct_hosts, action = clap::ArgAction::Set))]
+    pub replicas_on_distinct_hosts: bool,
+    /// Ticks a replicated session's log keeps since its last snapshot (what a replica
+    /// started later replays). Past it, replicas are started only at a snapshot.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().replication.replica_log_ticks))]
+    pub replica_log_ticks: usize,
+    /// Payload bytes a replicated session's log keeps, at most.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().replication.replica_log_bytes))]
+    pub replica_log_bytes: usize,
+    /// Payload bytes all replicated sessions' logs keep together, at most.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().replication.max_replica_log_bytes))]
+    pub max_replica_log_bytes: usize,
     /// The determinism setups (as `Determinism::label` writes them: `engine [features]
     /// sim arch`, what a peer logs at start) whose peers may serve replicated and audited
     /// sessions: the builds the operator ships. A peer declaring another setup still
@@ -181,63 +332,6 @@ pub struct Config {
         arg(long = "accepted-setup", env = "P2C2R_ACCEPTED_SETUPS", value_delimiter = ';', value_name = "SETUP")
     )]
     pub accepted_setups: Vec<String>,
-    /// Frames of at least this many bytes are decoded on the blocking pool instead of the
-    /// runtime threads that serve every connection (parsing megabytes of JSON inline would
-    /// hold up everyone else); smaller ones inline, where the hop costs more than the parse.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().off_runtime_frame_bytes))]
-    pub off_runtime_frame_bytes: usize,
-    /// Peers that ask for it (on a binary connection) get large frames in chunks between
-    /// the other frames, and may send theirs so (`p2c2r_protocol::chunk`): a large payload
-    /// holds up the other sessions' ticks on that peer by a chunk, not by itself. Off: whole
-    /// frames, as before.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().chunked_frames, action = clap::ArgAction::Set))]
-    pub chunked_frames: bool,
-    /// How long a quarantined peer id is refused.
-    #[cfg_attr(feature = "cli", arg(long = "quarantine-duration-ms", value_name = "MS", value_parser = cli::millis, default_value = cli::ms(defaults().quarantine_duration)))]
-    pub quarantine_duration: Duration,
-    /// Where quarantines and departed peers' standing (the capacity each has shown, its
-    /// streak of missed deadlines) are kept across restarts (an embedded redb database,
-    /// created on first start; see `reputation.rs`). `None` (the default): in memory only,
-    /// so a restart forgets them: a quarantined peer is let back in, a demoted one starts
-    /// afresh. Set it in production.
-    #[cfg_attr(feature = "cli", arg(long, env = "P2C2R_REPUTATION_DB", value_name = "PATH"))]
-    pub reputation_db: Option<std::path::PathBuf>,
-    /// Replicas each physics session runs on (1..=5): every replica steps every tick,
-    /// the gamer gets the first answer, answers are compared, and the death of one
-    /// replica costs the session nothing (see `replication.rs`). 1: not replicated.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().replicas, value_parser = clap::value_parser!(u8).range(1..=5)))]
-    pub replicas: u8,
-    /// Fraction (0..=1) of unreplicated physics sessions that run on a second, hidden
-    /// replica whose answers are compared (an audit); sessions are drawn when they
-    /// start. Applies whenever a second compatible peer is connected.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().audit_fraction))]
-    pub audit_fraction: f64,
-    /// Deliver only answers two replicas agree on (every physics session gets at least
-    /// two replicas; a disagreement or a missing replica is answered `unverified` with
-    /// resync, so the gamer steps locally meanwhile).
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().strict_replication, action = clap::ArgAction::Set))]
-    pub strict_replication: bool,
-    /// Replicas of one session must run on peers connected from different addresses, so
-    /// one machine running many peers cannot outvote the others. Turn it off only where
-    /// all peers share an address (tests on loopback).
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().replicas_on_distinct_hosts, action = clap::ArgAction::Set))]
-    pub replicas_on_distinct_hosts: bool,
-    /// Ticks a replicated session's log keeps since its last snapshot (what a replica
-    /// started later replays). Past it, replicas are started only at a snapshot.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().replica_log_ticks))]
-    pub replica_log_ticks: usize,
-    /// Payload bytes a replicated session's log keeps, at most.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().replica_log_bytes))]
-    pub replica_log_bytes: usize,
-    /// Payload bytes all replicated sessions' logs keep together, at most.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().max_replica_log_bytes))]
-    pub max_replica_log_bytes: usize,
-    /// A peer in disputes nothing could settle with established peers of this many
-    /// different networks (see `host_prefix_v4`), and more of them than networks it agreed
-    /// with, is quarantined (see `disputes.rs`); 0: never. Two peers whose dispute was not
-    /// settled are never replicas of one session again for `quarantine_duration`.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().dispute_partners_to_quarantine))]
-    pub dispute_partners_to_quarantine: usize,
     /// With credentials on (`auth_file`), a peer no audit can check (it declares no
     /// determinism setup, or one no peer on another network shares) serves no sessions
     /// unless this is set; sessionless tasks it still runs. Without credentials (open
@@ -246,63 +340,73 @@ pub struct Config {
     pub allow_unauditable_peers: bool,
 }
 
-impl Default for Config {
+impl Default for Replication {
     fn default() -> Self {
-        Config {
-            heartbeat_interval: Duration::from_secs(1),
-            heartbeat_timeout: Duration::from_secs(3),
-            default_task_deadline: Duration::from_millis(limits::DEFAULT_TASK_DEADLINE_MS),
-            max_attempts: 3,
-            max_frame_bytes: limits::DEFAULT_MAX_FRAME_BYTES,
-            handshake_timeout: Duration::from_secs(5),
-            register_timeout: Duration::from_secs(10),
-            send_queue_frames: 1024,
-            max_connections: 4096,
-            max_pending_per_gamer: 10_000,
-            max_sessions_per_gamer: 64,
-            max_queue_wait: Some(Duration::from_secs(30)),
-            shutdown_grace: Duration::from_secs(5),
-            send_queue_bytes: 2 * limits::DEFAULT_MAX_FRAME_BYTES,
-            write_stall_timeout: Duration::from_secs(10),
-            message_assembly_timeout: Duration::from_secs(20),
-            max_connections_per_address: 64,
-            max_connections_per_network: 256,
-            max_unregistered_connections: 512,
-            reserved_peer_slots: 256,
-            max_pending_bytes_per_gamer: 64 * 1024 * 1024,
-            max_pending_bytes: 1024 * 1024 * 1024,
-            max_peer_capacity: 64,
-            initial_peer_capacity: 4,
-            max_session_pipeline: 16,
-            summary_interval: Some(Duration::from_secs(10)),
-            auth_file: None,
-            insecure: false,
-            tls: None,
-            resume_grace: Duration::from_secs(10),
-            max_tasks_per_second: Some(5_000),
-            max_task_bytes_per_second: Some(64 * 1024 * 1024),
-            max_new_sessions_per_second: Some(10),
-            max_connection_attempts_per_second: Some(64),
-            quarantine_after_misses: 8,
-            quarantine_min_gamers: 2,
-            established_after_answers: 16,
-            max_resyncs_in_a_row: 3,
-            host_prefix_v4: 24,
-            host_prefix_v6: 48,
-            accepted_setups: Vec::new(),
-            off_runtime_frame_bytes: 64 * 1024,
-            quarantine_duration: Duration::from_secs(3600),
-            reputation_db: None,
+        Replication {
             replicas: 1,
             audit_fraction: 0.1,
-            dispute_partners_to_quarantine: 3,
-            chunked_frames: true,
-            allow_unauditable_peers: false,
             strict_replication: false,
             replicas_on_distinct_hosts: true,
             replica_log_ticks: 1800,
             replica_log_bytes: 8 * 1024 * 1024,
             max_replica_log_bytes: 256 * 1024 * 1024,
+            accepted_setups: Vec::new(),
+            allow_unauditable_peers: false,
+        }
+    }
+}
+
+/// Reputation: what gets a peer quarantined, for how long, and where it is remembered.
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
+#[cfg_attr(feature = "cli", command(next_help_heading = "Reputation"))]
+pub struct Reputation {
+    /// A peer that misses this many task deadlines in a row (no successful answer in
+    /// between) is quarantined: closed, its tasks re-queued, its id refused for
+    /// `quarantine_duration`. A miss counts only once an established peer (see
+    /// `established_after_answers`) has answered the same task successfully in time, on a
+    /// deadline no shorter than such work has shown it needs on the missing peer; so
+    /// tasks nobody runs in time, errors and a gamer's own fresh peers never get a peer
+    /// quarantined. 0: never.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().reputation.quarantine_after_misses))]
+    pub quarantine_after_misses: u32,
+    /// The misses that quarantine a peer must be on work of gamers from at least this
+    /// many different networks (see `host_prefix_v4`): one gamer alone cannot get a peer
+    /// quarantined. 1: any gamer's.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().reputation.quarantine_min_gamers))]
+    pub quarantine_min_gamers: u32,
+    /// Successful answers a peer must have given (its standing keeps the count across
+    /// reconnects and, with `reputation_db`, restarts) before its answers confirm another
+    /// peer's miss, and before a retried task prefers it to an unproven peer.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().reputation.established_after_answers))]
+    pub established_after_answers: u64,
+    /// How long a quarantined peer id is refused.
+    #[cfg_attr(feature = "cli", arg(long = "quarantine-duration-ms", value_name = "MS", value_parser = cli::millis, default_value = cli::ms(defaults().reputation.quarantine_duration)))]
+    pub quarantine_duration: Duration,
+    /// Where quarantines and departed peers' standing (the capacity each has shown, its
+    /// streak of missed deadlines) are kept across restarts (an embedded redb database,
+    /// created on first start; see `reputation.rs`). `None` (the default): in memory only,
+    /// so a restart forgets them: a quarantined peer is let back in, a demoted one starts
+    /// afresh. Set it in production.
+    #[cfg_attr(feature = "cli", arg(long, env = "P2C2R_REPUTATION_DB", value_name = "PATH"))]
+    pub reputation_db: Option<std::path::PathBuf>,
+    /// A peer in disputes nothing could settle with established peers of this many
+    /// different networks (see `host_prefix_v4`), and more of them than networks it agreed
+    /// with, is quarantined (see `disputes.rs`); 0: never. Two peers whose dispute was not
+    /// settled are never replicas of one session again for `quarantine_duration`.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().reputation.dispute_partners_to_quarantine))]
+    pub dispute_partners_to_quarantine: usize,
+}
+
+impl Default for Reputation {
+    fn default() -> Self {
+        Reputation {
+            quarantine_after_misses: 8,
+            quarantine_min_gamers: 2,
+            established_after_answers: 16,
+            quarantine_duration: Duration::from_secs(3600),
+            reputation_db: None,
+            dispute_partners_to_quarantine: 3,
         }
     }
 }
@@ -323,30 +427,30 @@ impl Config {
                 problems.push(format!("{name} must be at least 1"));
             }
         };
-        at_least_one("heartbeat_interval (ms)", self.heartbeat_interval.as_millis());
-        at_least_one("default_task_deadline (ms)", self.default_task_deadline.as_millis());
-        at_least_one("write_stall_timeout (ms)", self.write_stall_timeout.as_millis());
-        at_least_one("message_assembly_timeout (ms)", self.message_assembly_timeout.as_millis());
-        at_least_one("max_attempts", self.max_attempts.into());
-        at_least_one("max_frame_bytes", self.max_frame_bytes as u128);
-        at_least_one("send_queue_frames", self.send_queue_frames as u128);
-        at_least_one("send_queue_bytes", self.send_queue_bytes as u128);
-        at_least_one("max_connections", self.max_connections as u128);
-        at_least_one("max_connections_per_address", self.max_connections_per_address as u128);
-        at_least_one("max_connections_per_network", self.max_connections_per_network as u128);
-        at_least_one("max_unregistered_connections", self.max_unregistered_connections as u128);
-        at_least_one("max_pending_bytes_per_gamer", self.max_pending_bytes_per_gamer as u128);
-        at_least_one("max_pending_bytes", self.max_pending_bytes as u128);
-        at_least_one("max_peer_capacity", self.max_peer_capacity.into());
-        at_least_one("initial_peer_capacity", self.initial_peer_capacity.into());
-        at_least_one("max_session_pipeline", self.max_session_pipeline.into());
-        if !(1..=crate::replication::MAX_REPLICAS).contains(&self.replicas) {
+        at_least_one("heartbeat_interval (ms)", self.connections.heartbeat_interval.as_millis());
+        at_least_one("default_task_deadline (ms)", self.scheduling.default_task_deadline.as_millis());
+        at_least_one("write_stall_timeout (ms)", self.connections.write_stall_timeout.as_millis());
+        at_least_one("message_assembly_timeout (ms)", self.connections.message_assembly_timeout.as_millis());
+        at_least_one("max_attempts", self.scheduling.max_attempts.into());
+        at_least_one("max_frame_bytes", self.connections.max_frame_bytes as u128);
+        at_least_one("send_queue_frames", self.connections.send_queue_frames as u128);
+        at_least_one("send_queue_bytes", self.connections.send_queue_bytes as u128);
+        at_least_one("max_connections", self.connections.max_connections as u128);
+        at_least_one("max_connections_per_address", self.connections.max_connections_per_address as u128);
+        at_least_one("max_connections_per_network", self.connections.max_connections_per_network as u128);
+        at_least_one("max_unregistered_connections", self.connections.max_unregistered_connections as u128);
+        at_least_one("max_pending_bytes_per_gamer", self.scheduling.max_pending_bytes_per_gamer as u128);
+        at_least_one("max_pending_bytes", self.scheduling.max_pending_bytes as u128);
+        at_least_one("max_peer_capacity", self.scheduling.max_peer_capacity.into());
+        at_least_one("initial_peer_capacity", self.scheduling.initial_peer_capacity.into());
+        at_least_one("max_session_pipeline", self.scheduling.max_session_pipeline.into());
+        if !(1..=crate::replication::MAX_REPLICAS).contains(&self.replication.replicas) {
             problems.push(format!("replicas must be 1 to {}", crate::replication::MAX_REPLICAS));
         }
-        if !(0.0..=1.0).contains(&self.audit_fraction) {
+        if !(0.0..=1.0).contains(&self.replication.audit_fraction) {
             problems.push("audit_fraction must be between 0 and 1".to_owned());
         }
-        if self.host_prefix_v4 > 32 || self.host_prefix_v6 > 128 {
+        if self.connections.host_prefix_v4 > 32 || self.connections.host_prefix_v6 > 128 {
             problems.push("host_prefix_v4 must be at most 32 and host_prefix_v6 at most 128".to_owned());
         }
         if problems.is_empty() { Ok(()) } else { Err(InvalidConfig(problems)) }
@@ -358,11 +462,11 @@ impl Config {
     /// secrets must not cross the network in clear text (terminate TLS in a proxy on
     /// loopback, or pass `insecure`).
     pub fn check_exposure(&self, addr: std::net::SocketAddr) -> Result<(), String> {
-        if addr.ip().is_loopback() || self.insecure {
+        if addr.ip().is_loopback() || self.identity.insecure {
             return Ok(());
         }
-        if self.auth_file.is_some() {
-            if self.tls.is_some() {
+        if self.identity.auth_file.is_some() {
+            if self.identity.tls.is_some() {
                 return Ok(());
             }
             return Err(format!(

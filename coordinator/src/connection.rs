@@ -83,7 +83,7 @@ pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 /// [`INBOUND_BUDGET_FRAMES`] × `max_frame_bytes` (1 GiB by default). Without it, every
 /// admitted connection could pin a largest frame's worth at once.
 pub fn inbound_budget_bytes(config: &Config) -> usize {
-    config.max_frame_bytes.saturating_mul(INBOUND_BUDGET_FRAMES)
+    config.connections.max_frame_bytes.saturating_mul(INBOUND_BUDGET_FRAMES)
 }
 
 /// Frames handled, at most, when draining what is readable before an eviction.
@@ -96,13 +96,13 @@ type Frames = SplitStream<Ws>;
 /// The WebSocket settings that enforce the frame limit and bound the buffers.
 pub fn ws_config(config: &Config) -> WebSocketConfig {
     WebSocketConfig::default()
-        .max_message_size(Some(config.max_frame_bytes))
-        .max_frame_size(Some(config.max_frame_bytes))
+        .max_message_size(Some(config.connections.max_frame_bytes))
+        .max_frame_size(Some(config.connections.max_frame_bytes))
         // Room for one largest frame (plus its envelope) on top of the normal write
         // buffer, and no more, for a client that does not read (tungstenite requires it
         // to exceed write_buffer_size). The writer sends one frame at a time and flushes
         // it, so this never refuses a frame it is asked to send.
-        .max_write_buffer_size(config.max_frame_bytes.saturating_add(WRITE_BUFFER_BYTES * 2))
+        .max_write_buffer_size(config.connections.max_frame_bytes.saturating_add(WRITE_BUFFER_BYTES * 2))
         .write_buffer_size(WRITE_BUFFER_BYTES)
         .read_buffer_size(READ_BUFFER_BYTES)
 }
@@ -134,7 +134,7 @@ pub async fn serve(
         Ok(response)
     };
     let ws = match timeout(
-        config.handshake_timeout,
+        config.connections.handshake_timeout,
         tokio_tungstenite::accept_hdr_async_with_config(stream, negotiate, Some(ws_config(config))),
     )
     .await
@@ -150,7 +150,7 @@ pub async fn serve(
         }
     };
     let (sink, mut frames) = ws.split();
-    let (tx, rx) = outbound::channel(config.send_queue_frames, config.send_queue_bytes);
+    let (tx, rx) = outbound::channel(config.connections.send_queue_frames, config.connections.send_queue_bytes);
     let kill = CancellationToken::new();
     // Chunked frames are possible only on a binary connection, and on only once a peer asks.
     let chunked = (encoding == Encoding::Binary).then(|| Arc::new(AtomicBool::new(false)));
@@ -168,7 +168,7 @@ pub async fn serve(
         encoding,
         kill.clone(),
         watch.clone(),
-        config.write_stall_timeout,
+        config.connections.write_stall_timeout,
         chunking,
         router.metrics().clone(),
     ));
@@ -186,9 +186,9 @@ pub async fn serve(
         last_seen: start,
         chunks: Chunks { on: chunked, flow, reassembler: None, charged: 0, budget: shared.inbound.clone() },
     };
-    let mut pings = interval_at(start + config.heartbeat_interval, config.heartbeat_interval);
+    let mut pings = interval_at(start + config.connections.heartbeat_interval, config.connections.heartbeat_interval);
     pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let register_by = start + config.register_timeout;
+    let register_by = start + config.connections.register_timeout;
 
     let departure = loop {
         // Biased: what the client has sent is read before any timer is judged, so the
@@ -230,14 +230,14 @@ pub async fn serve(
                 }
             }
             _ = pings.tick() => {
-                if reader.silent_for() > config.heartbeat_timeout {
+                if reader.silent_for() > config.connections.heartbeat_timeout {
                     // Read what has already arrived before judging: after a stall of this
                     // runtime the proof of life may be sitting in the socket.
                     if let Some(departure) = reader.drain(&mut frames).await {
                         break departure;
                     }
                 }
-                if reader.silent_for() > config.heartbeat_timeout {
+                if reader.silent_for() > config.connections.heartbeat_timeout {
                     info_limited!(
                         "connection: silent; evicting",
                         conn,
@@ -356,16 +356,17 @@ impl Reader<'_> {
             Some(Ok(WsMessage::Binary(frame))) if self.encoding == Encoding::Binary && pacing::is_ack(&frame) => {
                 return self.chunk_ack(&frame);
             }
-            Some(Ok(WsMessage::Text(text))) if text.len() >= self.config.off_runtime_frame_bytes => {
+            Some(Ok(WsMessage::Text(text))) if text.len() >= self.config.connections.off_runtime_frame_bytes => {
                 // A large frame is parsed on the blocking pool, never on the threads that
-                // serve every other connection (`Config::off_runtime_frame_bytes`); this
+                // serve every other connection (`Connections::off_runtime_frame_bytes`); this
                 // connection alone waits for it.
                 self.router.metrics().large_frames.inc();
                 let decoded = tokio::task::spawn_blocking(move || crate::router::decode_text(text.as_str())).await;
                 self.decoded(decoded);
             }
             Some(Ok(WsMessage::Binary(frame)))
-                if self.encoding == Encoding::Binary && frame.len() >= self.config.off_runtime_frame_bytes =>
+                if self.encoding == Encoding::Binary
+                    && frame.len() >= self.config.connections.off_runtime_frame_bytes =>
             {
                 // Its payload is copied into a buffer of its own: off the runtime too.
                 self.router.metrics().large_frames.inc();
@@ -482,7 +483,7 @@ impl Reader<'_> {
             );
             return None;
         }
-        let frame = match self.chunks.push(chunk, self.config.max_frame_bytes) {
+        let frame = match self.chunks.push(chunk, self.config.connections.max_frame_bytes) {
             Ok(Some(frame)) => {
                 self.router.metrics().chunked_frames_received.inc();
                 frame
@@ -569,7 +570,7 @@ impl Reader<'_> {
 
     /// Closes the connection when its current message has been unfinished too long.
     fn check_assembly(&mut self) -> Option<Departure> {
-        let limit = self.config.message_assembly_timeout;
+        let limit = self.config.connections.message_assembly_timeout;
         let now = std::time::Instant::now();
         let unfinished = match (self.watch.message_unfinished_for(now), self.chunks.unfinished_for(now)) {
             (Some(a), Some(b)) => a.max(b),
@@ -609,7 +610,10 @@ mod tests {
     #[test]
     fn the_write_buffer_takes_one_largest_frame_and_no_more() {
         for max_frame_bytes in [64 * 1024, p2c2r_protocol::limits::DEFAULT_MAX_FRAME_BYTES] {
-            let config = Config { max_frame_bytes, ..Config::default() };
+            let config = Config {
+                connections: crate::config::Connections { max_frame_bytes, ..Default::default() },
+                ..Config::default()
+            };
             let ws = ws_config(&config);
             // An envelope of ids and field names around a largest payload, plus the
             // frame header, fits beside a full normal write buffer.
@@ -619,6 +623,6 @@ mod tests {
             assert_eq!(ws.read_buffer_size, READ_BUFFER_BYTES);
             assert_eq!(ws.max_message_size, Some(max_frame_bytes));
         }
-        assert!(inbound_budget_bytes(&Config::default()) >= 64 * Config::default().max_frame_bytes);
+        assert!(inbound_budget_bytes(&Config::default()) >= 64 * Config::default().connections.max_frame_bytes);
     }
 }

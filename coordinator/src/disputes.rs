@@ -11,7 +11,7 @@
 //!   the session restarts.
 //! - **Quarantine by partners.** Each peer's unsettled disputes are counted by partner
 //!   *network* (a voter: see `admission::network_of`), and only partners whose vote had
-//!   weight when they disputed (established, `Config::established_after_answers`, and
+//!   weight when they disputed (established, `Reputation::established_after_answers`, and
 //!   verified: seen agreeing with another network, [`Disputes::has_agreed`]). A peer in
 //!   unsettled disputes with [`DisputeConfig::partners_to_quarantine`] or more
 //!   networks, and with more such networks than networks it agreed with on compared

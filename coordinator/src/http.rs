@@ -134,7 +134,7 @@ pub async fn serve(
     let started = tokio::time::Instant::now();
     let Some(mut stream) = accept(&shared, stream, addr, &cancel).await else { return };
     // The whole handshake (TLS and head) shares one timeout.
-    let left = shared.config.handshake_timeout.saturating_sub(started.elapsed());
+    let left = shared.config.connections.handshake_timeout.saturating_sub(started.elapsed());
     let limits = HeadLimits { max_bytes: MAX_HEAD_BYTES, timeout: left };
     let head = tokio::select! {
         _ = cancel.cancelled() => return,
@@ -149,7 +149,7 @@ pub async fn serve(
                     &mut stream,
                     &Response::text(status, e.to_string()),
                     false,
-                    shared.config.write_stall_timeout,
+                    shared.config.connections.write_stall_timeout,
                 )
                 .await;
             }
@@ -161,7 +161,7 @@ pub async fn serve(
         let response = Response::text(403, reason);
         tokio::select! {
             _ = cancel.cancelled() => {}
-            _ = ops_http::respond(&mut stream, &response, false, shared.config.write_stall_timeout) => {}
+            _ = ops_http::respond(&mut stream, &response, false, shared.config.connections.write_stall_timeout) => {}
         }
         return;
     }
@@ -170,7 +170,8 @@ pub async fn serve(
         Err(e) => {
             crate::info_limited!("http: credential refused", %addr, reason = %e, "credential refused");
             let response = Response::text(401, e.to_string()).with_header("WWW-Authenticate", "Bearer realm=\"p2c2r\"");
-            let _ = ops_http::respond(&mut stream, &response, false, shared.config.write_stall_timeout).await;
+            let _ =
+                ops_http::respond(&mut stream, &response, false, shared.config.connections.write_stall_timeout).await;
             return;
         }
     };
@@ -190,12 +191,12 @@ pub async fn serve(
             // A client that does not read must not hold shutdown up.
             tokio::select! {
                 _ = cancel.cancelled() => {}
-                _ = ops_http::respond(&mut stream, &response, head_only, shared.config.write_stall_timeout) => {}
+                _ = ops_http::respond(&mut stream, &response, head_only, shared.config.connections.write_stall_timeout) => {}
             }
         }
         Route::Events(permit) if head_only => {
             let head = ops_http::streaming_head(200, "text/event-stream");
-            let _ = ops_http::write_all_within(&mut stream, &head, shared.config.write_stall_timeout).await;
+            let _ = ops_http::write_all_within(&mut stream, &head, shared.config.connections.write_stall_timeout).await;
             drop(permit);
         }
         Route::Events(permit) => {
@@ -222,7 +223,7 @@ async fn accept(
         let _ = p2c2r_net::socket::limit_unsent(tcp, p2c2r_net::socket::UNSENT_BYTES);
     }
     let Some(acceptor) = &shared.tls else { return Some(Transport::Plain(stream)) };
-    let accept = tokio::time::timeout(shared.config.handshake_timeout, acceptor.accept(stream));
+    let accept = tokio::time::timeout(shared.config.connections.handshake_timeout, acceptor.accept(stream));
     match tokio::select! { _ = cancel.cancelled() => return None, a = accept => a } {
         Ok(Ok(tls)) => Some(Transport::Tls(Box::new(tls))),
         Ok(Err(e)) => {
@@ -328,7 +329,7 @@ async fn stream_events(
 ) {
     // A stream that is not read is dropped soon: a small send buffer fills within a few
     // events, and a short stall then ends it.
-    let stall = EVENT_STREAM_STALL.min(shared.config.write_stall_timeout);
+    let stall = EVENT_STREAM_STALL.min(shared.config.connections.write_stall_timeout);
     // (An in-memory stream's buffer is small already.)
     if let Some(tcp) = stream.tcp()
         && let Err(e) = socket2::SockRef::from(tcp).set_send_buffer_size(EVENT_STREAM_SEND_BUFFER)

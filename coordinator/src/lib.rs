@@ -70,7 +70,9 @@ use tracing::{debug, info, warn};
 pub use admission::AdmissionCounts;
 use admission::{Admission, Refusal};
 use auth::Auth;
-pub use config::{Config, InvalidConfig, TlsFiles};
+pub use config::{
+    Config, Connections, Identity, InvalidConfig, RateLimits, Replication, Reputation, Scheduling, TlsFiles,
+};
 use fleet::Published;
 use memory::{Backlog, MemoryConn};
 use observe::{ByteTotals, InboundBudget};
@@ -93,12 +95,12 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
 pub fn prepare(config: Config) -> std::io::Result<Prepared> {
     let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
     config.validate().map_err(|e| invalid(e.to_string()))?;
-    let auth = match &config.auth_file {
+    let auth = match &config.identity.auth_file {
         Some(path) => Auth::from_file(path).map_err(invalid)?,
         None => Auth::open(),
     };
-    let tls = config.tls.as_ref().map(tls::acceptor).transpose().map_err(|e| invalid(e.to_string()))?;
-    let reputation = match &config.reputation_db {
+    let tls = config.identity.tls.as_ref().map(tls::acceptor).transpose().map_err(|e| invalid(e.to_string()))?;
+    let reputation = match &config.reputation.reputation_db {
         Some(path) => {
             let (db, kept) = reputation::ReputationDb::open(path).map_err(|e| invalid(e.to_string()))?;
             info!(
@@ -260,7 +262,7 @@ impl CoordinatorHandle {
         self.shared.inbound.used()
     }
 
-    /// Bytes kept now for gamers that may resume (see `Config::resume_grace`).
+    /// Bytes kept now for gamers that may resume (see `Identity::resume_grace`).
     pub fn kept_bytes(&self) -> usize {
         self.shared.router.kept_bytes()
     }
@@ -338,18 +340,21 @@ impl Server {
         let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
         config.check_exposure(local).map_err(invalid)?;
         let attempts = ratelimit::AttemptLimiter::new(
-            config.max_connection_attempts_per_second.map(|n| ratelimit::Rate::per_second(f64::from(n), 4.0)),
+            config
+                .rate_limits
+                .max_connection_attempts_per_second
+                .map(|n| ratelimit::Rate::per_second(f64::from(n), 4.0)),
         );
         let router = Arc::new(Router::new(config.clone()));
         if let Some((db, kept)) = reputation {
             router.restore_reputation(db, kept);
         }
         let admission = Admission::new(admission::Limits {
-            per_address: config.max_connections_per_address,
-            per_network: config.max_connections_per_network,
-            unregistered: config.max_unregistered_connections,
-            prefix_v4: config.host_prefix_v4,
-            prefix_v6: config.host_prefix_v6,
+            per_address: config.connections.max_connections_per_address,
+            per_network: config.connections.max_connections_per_network,
+            unregistered: config.connections.max_unregistered_connections,
+            prefix_v4: config.connections.host_prefix_v4,
+            prefix_v6: config.connections.host_prefix_v6,
         });
         let bytes = Arc::new(ByteTotals::default());
         let (feed, feed_rx) = watch::channel(Published::default());
@@ -404,7 +409,7 @@ impl Server {
         let Server { shared, feed } = self;
         let config = shared.config.clone();
         let tracker = TaskTracker::new();
-        let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
+        let slots = Arc::new(Semaphore::new(config.connections.max_connections.max(1)));
         tracker.spawn(deadline_timer(shared.router.clone(), cancel.clone()));
         tracker.spawn(log_summaries(cancel.clone()));
         tracker.spawn(housekeeping(shared.clone(), cancel.clone()));
@@ -503,26 +508,26 @@ impl Acceptor {
             Ok(ticket) => ticket,
             Err(Refusal::PerAddress) => {
                 metrics.refused("per_address");
-                let limit = config.max_connections_per_address;
+                let limit = config.connections.max_connections_per_address;
                 warn_limited!("accept: per-address limit", %addr, limit, "per-address connection limit reached; refusing");
                 return;
             }
             Err(Refusal::PerNetwork) => {
                 metrics.refused("per_network");
-                let limit = config.max_connections_per_network;
+                let limit = config.connections.max_connections_per_network;
                 warn_limited!("accept: per-network limit", %addr, limit, "per-network connection limit reached; refusing");
                 return;
             }
             Err(Refusal::Unregistered) => {
                 metrics.refused("unregistered");
-                let limit = config.max_unregistered_connections;
+                let limit = config.connections.max_unregistered_connections;
                 warn_limited!("accept: unregistered limit", %addr, limit, "too many unregistered connections; refusing");
                 return;
             }
         };
         let Ok(permit) = self.slots.clone().try_acquire_owned() else {
             metrics.refused("connections");
-            let limit = config.max_connections;
+            let limit = config.connections.max_connections;
             warn_limited!("accept: connection limit", %addr, limit, "connection limit reached; refusing");
             return;
         };

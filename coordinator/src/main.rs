@@ -45,7 +45,8 @@ impl Args {
             (Some(cert), Some(key)) => Some(coordinator::TlsFiles { cert: cert.clone(), key: key.clone() }),
             _ => None,
         };
-        let config = coordinator::Config { tls, ..self.config.clone() };
+        let mut config = self.config.clone();
+        config.identity.tls = tls;
         config.validate()?;
         Ok(config)
     }
@@ -86,7 +87,7 @@ fn mint(args: &Args, who: &str) -> anyhow::Result<()> {
         "operator" => Role::Operator,
         other => anyhow::bail!("unknown role {other:?}: gamer, peer or operator"),
     };
-    let path = args.config.auth_file.as_deref().context("--mint-token needs --auth-file")?;
+    let path = args.config.identity.auth_file.as_deref().context("--mint-token needs --auth-file")?;
     let auth = Auth::from_file(path).map_err(anyhow::Error::msg)?;
     let token = auth
         .current()

@@ -100,7 +100,10 @@ mod tests {
 
     #[tokio::test]
     async fn in_memory_connections_count_against_the_per_address_cap() {
-        let config = Config { max_connections_per_address: 2, ..Config::default() };
+        let config = Config {
+            connections: crate::config::Connections { max_connections_per_address: 2, ..Default::default() },
+            ..Config::default()
+        };
         let coordinator = crate::spawn_in_memory(config).await.unwrap();
         assert!(!coordinator.has_listener());
         let url = coordinator.url();
@@ -124,7 +127,13 @@ mod tests {
     #[tokio::test]
     async fn in_memory_attempts_over_the_rate_are_answered_429() {
         // One a second, bursts of four.
-        let config = Config { max_connection_attempts_per_second: Some(1), ..Config::default() };
+        let config = Config {
+            rate_limits: crate::config::RateLimits {
+                max_connection_attempts_per_second: Some(1),
+                ..Default::default()
+            },
+            ..Config::default()
+        };
         let coordinator = crate::spawn_in_memory(config).await.unwrap();
         let dialer = coordinator.dialer();
         let mut attempts: Vec<DuplexStream> = (0..8).map(|_| dialer.dial().unwrap()).collect();
@@ -142,7 +151,10 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("auth");
         std::fs::write(&file, "token peer rack-1 rack-1-secret-0123456789\n").unwrap();
-        let config = Config { auth_file: Some(file), ..Config::default() };
+        let config = Config {
+            identity: crate::config::Identity { auth_file: Some(file), ..Default::default() },
+            ..Config::default()
+        };
         let coordinator = crate::spawn_in_memory(config).await.unwrap();
         let url = coordinator.url();
         let anonymous = p2c2r_net::connect(&url, &through(coordinator.dialer())).await.unwrap_err();
@@ -160,7 +172,12 @@ mod tests {
     async fn in_memory_connections_get_tls_when_it_is_configured() {
         let dir = p2c2r_testkit::tls::self_signed_dir("p2c2r-memory-tls");
         let tls = crate::TlsFiles { cert: dir.join("cert.pem"), key: dir.join("key.pem") };
-        let coordinator = crate::spawn_in_memory(Config { tls: Some(tls), ..Config::default() }).await.unwrap();
+        let coordinator = crate::spawn_in_memory(Config {
+            identity: crate::config::Identity { tls: Some(tls), ..Default::default() },
+            ..Config::default()
+        })
+        .await
+        .unwrap();
         let url = coordinator.url();
         assert_eq!(url, "wss://127.0.0.1:0");
         let trusting = ConnectOptions { ca_file: Some(dir.join("cert.pem")), ..through(coordinator.dialer()) };
@@ -173,7 +190,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_frame_over_the_limit_closes_an_in_memory_connection() {
-        let config = Config { max_frame_bytes: 1024, ..Config::default() };
+        let config = Config {
+            connections: crate::config::Connections { max_frame_bytes: 1024, ..Default::default() },
+            ..Config::default()
+        };
         let coordinator = crate::spawn_in_memory(config).await.unwrap();
         let mut ws = p2c2r_net::connect(&coordinator.url(), &through(coordinator.dialer())).await.unwrap();
         ws.send(Message::text("x".repeat(2048))).await.unwrap();

@@ -1,7 +1,7 @@
 //! Replicated and audited sessions: what the router does with the copies of a tick.
 //!
 //! A replicated physics session runs on several peers at once (its *replicas*; see
-//! `Config::replicas`), and a sampled fraction of the others (`Config::audit_fraction`)
+//! `Replication::replicas`), and a sampled fraction of the others (`Replication::audit_fraction`)
 //! runs on a second, hidden one. Every replica gets the same requests in the same
 //! order, so honest replicas with the same determinism setup answer with the same
 //! bytes. This module is the pure bookkeeping: which copies of a tick are out, which
@@ -38,6 +38,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
+use crate::config::Replication;
 use crate::disputes::Party;
 use p2c2r_protocol::Payload;
 use p2c2r_protocol::inspect::ResultKind;
@@ -45,21 +46,6 @@ use sha2::{Digest as _, Sha256};
 
 /// Most replicas a session may be configured with.
 pub const MAX_REPLICAS: u8 = 5;
-
-/// How sessions are replicated (from `Config`).
-#[derive(Clone, Debug)]
-pub struct ReplicationConfig {
-    /// Replicas per physics session (1: none).
-    pub replicas: u8,
-    /// Fraction of unreplicated sessions run on a second, hidden replica.
-    pub audit_fraction: f64,
-    /// Deliver only answers two replicas agree on (sessions get at least two).
-    pub strict: bool,
-    /// Most ticks a session's log keeps.
-    pub log_ticks: usize,
-    /// Most payload bytes a session's log keeps.
-    pub log_bytes: usize,
-}
 
 /// The SHA-256 of an answer's bytes (a binary payload's own bytes, whatever the
 /// connection it came on).
@@ -122,7 +108,7 @@ pub enum CopyOutcome {
         /// The attempt that answered.
         attempt: u32,
         /// The peer's vote weight ([`vote_weight`]): 0 unless established (see
-        /// `Config::established_after_answers`) and its work verified lately (it agreed
+        /// `Reputation::established_after_answers`) and its work verified lately (it agreed
         /// with another network's peer on a compared tick, see
         /// [`crate::disputes::Disputes::has_agreed`]), then growing with its verified work
         /// and its age. Only weighted voters outvote anyone, so peers fresh from
@@ -453,7 +439,7 @@ impl Group {
     /// Records a tick submitted to `copies` live generations. A snapshot request starts
     /// a new log; anything else is appended to the log there is (dropped past the
     /// bounds). Returns the payload bytes the log gained (negative: freed).
-    pub fn submitted(&mut self, logged: Logged, snapshot: bool, copies: u32, config: &ReplicationConfig) -> isize {
+    pub fn submitted(&mut self, logged: Logged, snapshot: bool, copies: u32, config: &Replication) -> isize {
         let before = self.log_bytes as isize;
         self.ticks_seen += 1;
         self.ticks.entry(logged.task_id.clone()).or_default().out += copies;
@@ -464,7 +450,9 @@ impl Group {
             self.next_replay_at = 0;
         }
         if let Some(log) = &mut self.log {
-            if log.len() >= config.log_ticks || self.log_bytes.saturating_add(logged.payload.len()) > config.log_bytes {
+            if log.len() >= config.replica_log_ticks
+                || self.log_bytes.saturating_add(logged.payload.len()) > config.replica_log_bytes
+            {
                 self.drop_log();
             } else {
                 self.log_bytes += logged.payload.len();
@@ -721,8 +709,15 @@ pub fn audited(gamer: &str, session: &str, fraction: f64, salt: u64) -> bool {
 mod tests {
     use super::*;
 
-    fn config() -> ReplicationConfig {
-        ReplicationConfig { replicas: 2, audit_fraction: 0.0, strict: false, log_ticks: 100, log_bytes: 1 << 20 }
+    fn config() -> Replication {
+        Replication {
+            replicas: 2,
+            audit_fraction: 0.0,
+            strict_replication: false,
+            replica_log_ticks: 100,
+            replica_log_bytes: 1 << 20,
+            ..Replication::default()
+        }
     }
 
     fn json(text: &str) -> Payload {
@@ -839,7 +834,7 @@ mod tests {
     #[test]
     fn replays_back_off_until_the_next_snapshot() {
         let mut g = group(2, false);
-        let c = ReplicationConfig { log_ticks: 1000, ..config() };
+        let c = Replication { replica_log_ticks: 1000, ..config() };
         g.submitted(logged("t0"), true, 2, &c);
         assert!(g.take_replay_slot());
         assert!(!g.take_replay_slot(), "the next waits");
@@ -1070,7 +1065,7 @@ mod tests {
     #[test]
     fn the_log_starts_at_a_snapshot_and_is_dropped_past_its_bounds() {
         let mut g = group(2, false);
-        let c = ReplicationConfig { log_ticks: 3, ..config() };
+        let c = Replication { replica_log_ticks: 3, ..config() };
         g.submitted(logged("t0"), false, 2, &c);
         assert!(!g.has_log(), "no snapshot yet");
         g.submitted(logged("t1"), true, 2, &c);

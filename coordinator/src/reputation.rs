@@ -1,5 +1,5 @@
 //! Peer reputation that outlives the process, kept in an embedded database ([redb], one
-//! file at `Config::reputation_db`, created on first start), as BOINC keeps its host
+//! file at `Reputation::reputation_db`, created on first start), as BOINC keeps its host
 //! records:
 //! - which peer ids are quarantined, and until when, so a peer quarantined for lying or for
 //!   swallowing tasks cannot wait out a coordinator restart;

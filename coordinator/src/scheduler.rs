@@ -37,6 +37,7 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
 use std::time::{Duration, Instant};
 
+pub use crate::config::{Replication, Reputation, Scheduling};
 pub use crate::copy_id::CopyId;
 use crate::disputes::{DisputeConfig, Disputes};
 
@@ -45,33 +46,28 @@ pub type PeerId = String;
 /// A gamer's id as it registered.
 pub type GamerId = String;
 
-/// Scheduler limits.
+/// The scheduler's settings: the coordinator's own sections, taken as they are (one
+/// source for every setting, see [`crate::config`]), and what the router derives from the
+/// others.
 #[derive(Clone, Debug)]
 pub struct SchedulerConfig {
-    /// Dispatches per task before it fails.
-    pub max_attempts: u32,
-    /// Most tasks a gamer may have pending (queued or in flight).
-    pub max_pending_per_gamer: usize,
-    /// Most sessions a gamer may keep; idle ones are forgotten first.
-    pub max_sessions_per_gamer: usize,
+    /// What it holds for each gamer and asks of each peer. A task still waiting in a
+    /// queue `max_queue_wait` after it was submitted fails with
+    /// [`FailReason::QueueTimeout`].
+    pub scheduling: Scheduling,
+    /// What gets a peer reported for quarantine ([`Scheduler::take_quarantined`]):
+    /// `quarantine_after_misses` confirmed misses in a row, on work of
+    /// `quarantine_min_gamers` gamer origins ([`Scheduler::set_gamer_origin`]), confirmed
+    /// by peers that gave `established_after_answers` successful answers. A task nobody
+    /// runs in time says nothing about the peers it missed on, so a gamer cannot get
+    /// honest peers quarantined.
+    pub reputation: Reputation,
+    /// Where replicas may go: `replicas_on_distinct_hosts` (one machine running many
+    /// peers cannot outvote the others).
+    pub replication: Replication,
     /// Most distinct task types a gamer may have queued without a session (each is a
     /// lane that dispatch looks at).
     pub max_task_types_per_gamer: usize,
-    /// A task still waiting in a queue this long after it was submitted fails with
-    /// [`FailReason::QueueTimeout`]. `None`: tasks wait for a peer forever.
-    pub max_queue_wait: Option<Duration>,
-    /// Payload bytes one gamer may have pending.
-    pub max_pending_bytes_per_gamer: usize,
-    /// Payload bytes all gamers together may have pending.
-    pub max_pending_bytes: usize,
-    /// A peer's declared capacity is capped at this.
-    pub max_peer_capacity: u32,
-    /// A new peer's capacity until it has shown more (see the module docs).
-    pub initial_peer_capacity: u32,
-    /// Most tasks of one session in flight at its peer at once. A session's tasks run
-    /// one after another on the peer, so they take one of its slots together; the ticks
-    /// behind the running one are pipelined (they hide the network's round trip).
-    pub max_session_pipeline: u32,
     /// Most tasks in flight at one peer, all sessions together (the router sets it to
     /// what the peer's outbound queue holds, so a peer is never flooded off).
     pub max_tasks_per_peer: u32,
@@ -79,27 +75,6 @@ pub struct SchedulerConfig {
     /// an idle peer). The router sets it to half the peer's outbound queue bytes, so
     /// assignments alone never fill that queue.
     pub max_bytes_per_peer: usize,
-    /// Deadlines a peer may miss in a row (no completion between them) before it is
-    /// reported for quarantine ([`Scheduler::take_quarantined`]); 0: never. A miss counts
-    /// only once another peer has answered the same task in time: a task nobody runs in
-    /// time (a gamer asking for the impossible, on purpose or not) says nothing about the
-    /// peers it missed on, so a gamer cannot get honest peers quarantined.
-    pub quarantine_after_misses: u32,
-    /// Replicas of one session never share a host (a peer's address): one machine
-    /// running many peers cannot outvote the others. Off for tests on loopback.
-    pub replicas_on_distinct_hosts: bool,
-    /// Confirmed misses in a streak must come from work of this many different gamer
-    /// origins ([`Scheduler::set_gamer_origin`]: the network prefix a gamer connects from)
-    /// before the peer is reported: one gamer alone, however many ids it registers from
-    /// one network, cannot get a peer quarantined. 1: any gamer's work counts.
-    pub quarantine_min_gamers: u32,
-    /// Accepted successful answers a peer must have given (ever: its standing keeps the
-    /// count) before its answers confirm another peer's miss, and before a retry prefers
-    /// it to an unproven peer. A gamer's own fresh volunteer peer cannot confirm anything.
-    pub established_after_answers: u64,
-    /// A session whose peer answers this many ticks in a row with a resync error moves to
-    /// another peer when one can take it (the peer is avoided for the session); 0: never.
-    pub max_resyncs_in_a_row: u32,
     /// How unsettled disputes keep peers apart and count against them (see
     /// [`crate::disputes`]).
     pub disputes: DisputeConfig,
@@ -111,23 +86,12 @@ pub struct SchedulerConfig {
 impl Default for SchedulerConfig {
     fn default() -> Self {
         SchedulerConfig {
-            max_attempts: 3,
-            max_pending_per_gamer: 10_000,
-            max_sessions_per_gamer: 64,
+            scheduling: Scheduling::default(),
+            reputation: Reputation::default(),
+            replication: Replication::default(),
             max_task_types_per_gamer: 16,
-            max_queue_wait: None,
-            max_pending_bytes_per_gamer: 64 * 1024 * 1024,
-            max_pending_bytes: 1024 * 1024 * 1024,
-            max_peer_capacity: 64,
-            initial_peer_capacity: 4,
-            max_session_pipeline: 16,
             max_tasks_per_peer: 512,
             max_bytes_per_peer: 16 * 1024 * 1024,
-            quarantine_after_misses: 8,
-            replicas_on_distinct_hosts: true,
-            quarantine_min_gamers: 2,
-            established_after_answers: 16,
-            max_resyncs_in_a_row: 3,
             disputes: DisputeConfig::default(),
             sessions_need_auditable_peers: false,
         }
@@ -146,7 +110,7 @@ pub struct PeerSpec {
     /// bit). `None`: it declared none, and never hosts a replica beside another.
     pub setup: Option<u64>,
     /// The host it connects from: replicas of a session go to different hosts when
-    /// [`SchedulerConfig::replicas_on_distinct_hosts`] is set.
+    /// [`Replication::replicas_on_distinct_hosts`] is set.
     pub host: Option<std::net::IpAddr>,
 }
 
@@ -177,7 +141,7 @@ pub struct Submission<P> {
     pub bytes: usize,
     /// The other replicas of its session (their scheduler session ids): this session is
     /// never placed on a peer one of them is pinned to, only beside peers of the same
-    /// determinism setup, and (see [`SchedulerConfig::replicas_on_distinct_hosts`]) on
+    /// determinism setup, and (see [`Replication::replicas_on_distinct_hosts`]) on
     /// another host. Empty for a session that is not replicated.
     pub siblings: Vec<CopyId>,
     /// The determinism setup its session's peer must have (a replicated session's), so
@@ -382,7 +346,7 @@ pub struct Standing {
     /// Confirmed missed deadlines since its last accepted answer.
     pub misses_in_a_row: u32,
     /// Successful answers it has given, ever (see
-    /// [`SchedulerConfig::established_after_answers`]).
+    /// [`Reputation::established_after_answers`]).
     pub verified: u64,
     /// Compared ticks on which it agreed with a peer of another network, ever: work that
     /// replication verified (a vote's weight grows with it, see
@@ -636,7 +600,7 @@ struct Gamer {
     /// Results delivered to it.
     completed: u64,
     /// Where it connects from (a network prefix), for
-    /// [`SchedulerConfig::quarantine_min_gamers`]; its id when unknown.
+    /// [`Reputation::quarantine_min_gamers`]; its id when unknown.
     origin: Option<String>,
 }
 
@@ -652,7 +616,7 @@ struct Session {
     pending: u32,
     last_used: u64,
     /// Resync errors in a row from its peer (see
-    /// [`SchedulerConfig::max_resyncs_in_a_row`]), counted once per lost world: answers to
+    /// [`Scheduling::max_resyncs_in_a_row`]), counted once per lost world: answers to
     /// tasks submitted before `resync_barrier` (in flight when the last one was counted)
     /// are not counted again. Reset when the session moves.
     resyncs_in_a_row: u32,
@@ -890,12 +854,12 @@ impl<P> Scheduler<P> {
     /// Adds a peer. A peer already known under this id is replaced (its work re-queued).
     pub fn add_peer(&mut self, id: PeerId, spec: PeerSpec) {
         self.remove_peer(&id);
-        let declared = spec.capacity.clamp(1, self.config.max_peer_capacity.max(1));
+        let declared = spec.capacity.clamp(1, self.config.scheduling.max_peer_capacity.max(1));
         self.next_join += 1;
         let peer = Peer {
             task_types: spec.task_types,
             declared,
-            window: self.config.initial_peer_capacity.max(1),
+            window: self.config.scheduling.initial_peer_capacity.max(1),
             in_flight: 0,
             running: HashMap::new(),
             slots_used: 0,
@@ -950,16 +914,16 @@ impl<P> Scheduler<P> {
     }
 
     /// Whether a live peer is established: it has given
-    /// [`SchedulerConfig::established_after_answers`] successful answers.
+    /// [`Reputation::established_after_answers`] successful answers.
     pub fn is_established(&self, peer: &str) -> bool {
-        self.peers.get(peer).is_some_and(|p| p.verified >= self.config.established_after_answers)
+        self.peers.get(peer).is_some_and(|p| p.verified >= self.config.reputation.established_after_answers)
     }
 
     /// The standing a peer has when it registers with nothing remembered: a standing equal
     /// to it need not be kept.
     pub fn fresh_standing(&self) -> Standing {
         Standing {
-            window: self.config.initial_peer_capacity.max(1),
+            window: self.config.scheduling.initial_peer_capacity.max(1),
             misses_in_a_row: 0,
             verified: 0,
             agreements: 0,
@@ -976,7 +940,7 @@ impl<P> Scheduler<P> {
     /// The gamers behind the remembered misses are not remembered: the misses that
     /// complete the streak must come from `quarantine_min_gamers` origins themselves.
     pub fn restore_standing(&mut self, peer: &str, standing: Standing) {
-        let limit = self.config.quarantine_after_misses;
+        let limit = self.config.reputation.quarantine_after_misses;
         let Some(p) = self.peers.get_mut(peer) else { return };
         p.window = standing.window.clamp(1, p.declared);
         p.misses_in_a_row = if limit > 0 { standing.misses_in_a_row.min(limit - 1) } else { standing.misses_in_a_row };
@@ -991,7 +955,7 @@ impl<P> Scheduler<P> {
 
     /// Records where a gamer connects from (a network prefix): confirmed misses on work
     /// of one origin only never get a peer quarantined (see
-    /// [`SchedulerConfig::quarantine_min_gamers`]).
+    /// [`Reputation::quarantine_min_gamers`]).
     pub fn set_gamer_origin(&mut self, gamer: &str, origin: String) {
         if let Some(g) = self.gamers.get_mut(gamer) {
             g.origin = Some(origin);
@@ -1027,7 +991,7 @@ impl<P> Scheduler<P> {
                         task.tried.push(id.to_owned());
                     }
                     task.state = TaskState::Queued;
-                    if task.attempts >= self.config.max_attempts {
+                    if task.attempts >= self.config.scheduling.max_attempts {
                         self.fail(key, FailReason::Poison);
                     } else {
                         self.enqueue(key);
@@ -1093,19 +1057,19 @@ impl<P> Scheduler<P> {
         if gamer.tasks.contains_key(&submission.task_id) {
             return Err(SubmitError::DuplicateTask(submission.task_id));
         }
-        if gamer.tasks.len() >= config.max_pending_per_gamer {
-            return Err(SubmitError::QueueFull(config.max_pending_per_gamer));
+        if gamer.tasks.len() >= config.scheduling.max_pending_per_gamer {
+            return Err(SubmitError::QueueFull(config.scheduling.max_pending_per_gamer));
         }
-        if gamer.bytes.saturating_add(submission.bytes) > config.max_pending_bytes_per_gamer {
-            return Err(SubmitError::GamerBytes(config.max_pending_bytes_per_gamer));
+        if gamer.bytes.saturating_add(submission.bytes) > config.scheduling.max_pending_bytes_per_gamer {
+            return Err(SubmitError::GamerBytes(config.scheduling.max_pending_bytes_per_gamer));
         }
-        if self.bytes.saturating_add(submission.bytes) > config.max_pending_bytes {
-            return Err(SubmitError::TotalBytes(config.max_pending_bytes));
+        if self.bytes.saturating_add(submission.bytes) > config.scheduling.max_pending_bytes {
+            return Err(SubmitError::TotalBytes(config.scheduling.max_pending_bytes));
         }
         match &submission.session_id {
             Some(session_id) => {
                 if !gamer.sessions.contains_key(session_id) {
-                    if gamer.sessions.len() >= config.max_sessions_per_gamer {
+                    if gamer.sessions.len() >= config.scheduling.max_sessions_per_gamer {
                         let idle = gamer
                             .sessions
                             .iter()
@@ -1113,7 +1077,7 @@ impl<P> Scheduler<P> {
                             .min_by_key(|(_, s)| s.last_used)
                             .map(|(id, _)| id.clone());
                         let Some(idle) = idle else {
-                            return Err(SubmitError::SessionLimit(config.max_sessions_per_gamer));
+                            return Err(SubmitError::SessionLimit(config.scheduling.max_sessions_per_gamer));
                         };
                         let forgotten = gamer.sessions.remove(&idle).expect("found above");
                         if let Some(peer) = forgotten.peer.and_then(|p| self.peers.get_mut(&p)) {
@@ -1142,7 +1106,7 @@ impl<P> Scheduler<P> {
         gamer.tasks.insert(submission.task_id.clone(), key);
         gamer.bytes += submission.bytes;
         self.bytes += submission.bytes;
-        let give_up_at = self.config.max_queue_wait.map(|wait| now + wait);
+        let give_up_at = self.config.scheduling.max_queue_wait.map(|wait| now + wait);
         self.tasks.insert(
             key,
             Task {
@@ -1221,7 +1185,7 @@ impl<P> Scheduler<P> {
                 best = Some((key, peer));
             }
         };
-        let pipeline = self.config.max_session_pipeline.max(1);
+        let pipeline = self.config.scheduling.max_session_pipeline.max(1);
         for (session_id, session) in &gamer.sessions {
             let Some(&key) = session.lane.first() else { continue };
             let task = &self.tasks[&key];
@@ -1281,7 +1245,9 @@ impl<P> Scheduler<P> {
             *other_id != id
                 && peer.setup.is_some()
                 && peer.setup == other.setup
-                && !(self.config.replicas_on_distinct_hosts && peer.host.is_some() && peer.host == other.host)
+                && !(self.config.replication.replicas_on_distinct_hosts
+                    && peer.host.is_some()
+                    && peer.host == other.host)
                 && !self.disputes.apart(id, other_id)
         })
     }
@@ -1320,7 +1286,7 @@ impl<P> Scheduler<P> {
             let mut chosen: Vec<(&PeerId, &Peer)> = Vec::new();
             for (id, peer) in candidates {
                 let clash = chosen.iter().any(|(other_id, other)| {
-                    (self.config.replicas_on_distinct_hosts && peer.host == other.host)
+                    (self.config.replication.replicas_on_distinct_hosts && peer.host == other.host)
                         || self.disputes.apart(id, other_id)
                 });
                 if !clash {
@@ -1329,7 +1295,7 @@ impl<P> Scheduler<P> {
             }
             return chosen.len();
         }
-        if self.config.replicas_on_distinct_hosts {
+        if self.config.replication.replicas_on_distinct_hosts {
             peers.map(|(_, p)| p.host).collect::<HashSet<_>>().len()
         } else {
             peers.count()
@@ -1338,7 +1304,7 @@ impl<P> Scheduler<P> {
 
     /// The setup class a replicated session's replicas come from, and how many replicas of
     /// one session it could hold: the class with the most *established* peers (see
-    /// [`SchedulerConfig::established_after_answers`]; one per host where replicas must be
+    /// [`Reputation::established_after_answers`]; one per host where replicas must be
     /// on distinct hosts), then the most peers, then a tie-break keyed by a secret drawn
     /// when the scheduler starts. So fresh peers declaring a setup of their own never
     /// outnumber established ones, and no setup string can be chosen to win ties.
@@ -1354,10 +1320,10 @@ impl<P> Scheduler<P> {
     /// How many established peers of setup `setup` run `task_type` (one per host where
     /// replicas must be on distinct hosts).
     fn established_in(&self, task_type: &str, setup: u64) -> usize {
-        let established = self.config.established_after_answers;
+        let established = self.config.reputation.established_after_answers;
         let peers =
             self.peers.values().filter(|p| p.setup == Some(setup) && p.runs(task_type) && p.verified >= established);
-        if self.config.replicas_on_distinct_hosts {
+        if self.config.replication.replicas_on_distinct_hosts {
             peers.map(|p| p.host).collect::<HashSet<_>>().len()
         } else {
             peers.count()
@@ -1374,7 +1340,7 @@ impl<P> Scheduler<P> {
             hosts.entry(setup).or_default().insert(p.host);
             *peers.entry(setup).or_default() += 1;
         }
-        if self.config.replicas_on_distinct_hosts {
+        if self.config.replication.replicas_on_distinct_hosts {
             hosts.into_iter().filter(|(_, h)| h.len() >= 2).map(|(s, _)| s).collect()
         } else {
             peers.into_iter().filter(|(_, n)| *n >= 2).map(|(s, _)| s).collect()
@@ -1406,7 +1372,7 @@ impl<P> Scheduler<P> {
             classes.entry(setup).or_default().insert(p.host);
             *peers.entry(setup).or_default() += 1;
         }
-        if self.config.replicas_on_distinct_hosts {
+        if self.config.replication.replicas_on_distinct_hosts {
             classes.values().map(HashSet::len).max().unwrap_or(0)
         } else {
             peers.values().copied().max().unwrap_or(0)
@@ -1496,7 +1462,8 @@ impl<P> Scheduler<P> {
                 let a_tried = tried.contains(a_id);
                 let b_tried = tried.contains(b_id);
                 let unproven = |p: &Peer| {
-                    (!tried.is_empty() || draw.is_some()) && p.verified < self.config.established_after_answers
+                    (!tried.is_empty() || draw.is_some())
+                        && p.verified < self.config.reputation.established_after_answers
                 };
                 if let Some(draw) = draw {
                     // A replica goes to an established peer first, then to the peer a keyed
@@ -1794,7 +1761,7 @@ impl<P> Scheduler<P> {
         let took = now.saturating_duration_since(started).min(task.deadline);
         let task_type = task.task_type.clone();
         let session = task.session_id.clone().map(|s| (task.gamer.clone(), s));
-        let established = self.config.established_after_answers;
+        let established = self.config.reputation.established_after_answers;
         // Whether this peer's success may confirm others' misses: it had earned its
         // standing before this answer, and is not in a streak of misses itself.
         let mut confirms = false;
@@ -1878,7 +1845,10 @@ impl<P> Scheduler<P> {
         let other = self.peers.iter().any(|(id, p)| {
             id != peer_id && p.runs(&task.task_type) && !task.timed_out_on.contains(id) && !task.erred_on.contains(id)
         });
-        if task.session_id.is_some() || !task.erred_on.is_empty() || task.attempts >= self.config.max_attempts || !other
+        if task.session_id.is_some()
+            || !task.erred_on.is_empty()
+            || task.attempts >= self.config.scheduling.max_attempts
+            || !other
         {
             return false;
         }
@@ -1898,7 +1868,7 @@ impl<P> Scheduler<P> {
     /// `max_resyncs_in_a_row` the session leaves the peer (it is avoided for the session
     /// from then on) so that its snapshot goes elsewhere.
     fn count_resync(&mut self, gamer: &str, session: &CopyId, key: TaskKey, peer_id: &str, answer: Answer) {
-        let limit = self.config.max_resyncs_in_a_row;
+        let limit = self.config.scheduling.max_resyncs_in_a_row;
         let Some(s) = self.gamers.get_mut(gamer).and_then(|g| g.sessions.get_mut(session)) else { return };
         if s.peer.as_deref() != Some(peer_id) {
             return;
@@ -1935,11 +1905,11 @@ impl<P> Scheduler<P> {
         let config = &self.config;
         let Some(p) = self.peers.get_mut(peer_id) else { return };
         p.misses_in_a_row = p.misses_in_a_row.saturating_add(1);
-        let enough = config.quarantine_min_gamers.max(1) as usize;
+        let enough = config.reputation.quarantine_min_gamers.max(1) as usize;
         if p.miss_origins.len() < enough && !p.miss_origins.iter().any(|o| o == origin) {
             p.miss_origins.push(origin.to_owned());
         }
-        let limit = config.quarantine_after_misses;
+        let limit = config.reputation.quarantine_after_misses;
         if limit > 0 && p.misses_in_a_row >= limit && p.miss_origins.len() >= enough && !p.reported {
             p.reported = true;
             self.quarantined.push(peer_id.to_owned());
@@ -1984,7 +1954,7 @@ impl<P> Scheduler<P> {
                         // It missed a deadline: fewer tasks at once, but never fewer than a
                         // new peer gets (an honest peer that is briefly slow keeps its
                         // sessions' ticks pipelined; demoting liars is reputation's job).
-                        let floor = self.config.initial_peer_capacity.clamp(1, p.declared);
+                        let floor = self.config.scheduling.initial_peer_capacity.clamp(1, p.declared);
                         p.window = (p.window / 2).max(floor);
                     }
                     // A miss on a deadline shorter than such work has shown it needs there is
@@ -2061,7 +2031,7 @@ impl<P> Scheduler<P> {
                         // resyncs) rather than block its lane until the queue wait ends.
                         let task_type = t.task_type.clone();
                         let timed_out_on = t.timed_out_on.clone();
-                        let exhausted = t.attempts >= self.config.max_attempts
+                        let exhausted = t.attempts >= self.config.scheduling.max_attempts
                             || !self.peers.iter().any(|(id, p)| p.runs(&task_type) && !timed_out_on.contains(id));
                         let Some(t) = self.tasks.get_mut(&k) else { continue };
                         let task_id = t.task_id.clone();
@@ -2116,13 +2086,19 @@ mod tests {
     /// of learning itself.
     fn test_config() -> SchedulerConfig {
         SchedulerConfig {
-            initial_peer_capacity: 1000,
-            max_peer_capacity: 1000,
+            scheduling: crate::config::Scheduling {
+                initial_peer_capacity: 1000,
+                max_peer_capacity: 1000,
+                ..Default::default()
+            },
+            reputation: crate::config::Reputation {
+                // Any gamer's work and any peer's answer count, except in the tests of those
+                // rules.
+                quarantine_min_gamers: 1,
+                established_after_answers: 0,
+                ..Default::default()
+            },
             max_tasks_per_peer: 100_000,
-            // Any gamer's work and any peer's answer count, except in the tests of those
-            // rules.
-            quarantine_min_gamers: 1,
-            established_after_answers: 0,
             ..SchedulerConfig::default()
         }
     }
@@ -2271,8 +2247,13 @@ mod tests {
         assert_eq!(s.pinned_peer("g", &copy("w#1")).map(String::as_str), Some("good"));
         assert!(!s.can_host_replica("g", &[copy("w"), copy("w#1")], "physics"), "no third host");
         // Without the host rule, a second peer on the same host would do.
-        let mut s: Scheduler<()> =
-            Scheduler::new(SchedulerConfig { replicas_on_distinct_hosts: false, ..test_config() });
+        let mut s: Scheduler<()> = Scheduler::new(SchedulerConfig {
+            replication: crate::config::Replication {
+                replicas_on_distinct_hosts: false,
+                ..(test_config()).replication
+            },
+            ..test_config()
+        });
         s.add_gamer("g".into());
         s.add_peer("a".into(), peer_at(Some(7), [127, 0, 0, 1]));
         s.add_peer("b".into(), peer_at(Some(7), [127, 0, 0, 1]));
@@ -2478,7 +2459,10 @@ mod tests {
 
     #[test]
     fn a_session_pipelines_on_one_slot_and_leaves_the_others_to_other_sessions() {
-        let mut s: Scheduler<()> = Scheduler::new(SchedulerConfig { max_session_pipeline: 3, ..test_config() });
+        let mut s: Scheduler<()> = Scheduler::new(SchedulerConfig {
+            scheduling: crate::config::Scheduling { max_session_pipeline: 3, ..(test_config()).scheduling },
+            ..test_config()
+        });
         let now = Instant::now();
         s.add_peer("p".into(), any_peer(2));
         s.add_gamer("slow".into());
@@ -2499,7 +2483,10 @@ mod tests {
 
     #[test]
     fn blocked_session_does_not_block_other_work_but_keeps_its_order() {
-        let mut s: Scheduler<()> = Scheduler::new(SchedulerConfig { max_session_pipeline: 1, ..test_config() });
+        let mut s: Scheduler<()> = Scheduler::new(SchedulerConfig {
+            scheduling: crate::config::Scheduling { max_session_pipeline: 1, ..(test_config()).scheduling },
+            ..test_config()
+        });
         let now = Instant::now();
         s.add_gamer("g".into());
         s.add_peer("a".into(), any_peer(1));
@@ -2637,7 +2624,10 @@ mod tests {
 
     #[test]
     fn a_peer_that_misses_deadlines_in_a_row_is_reported_once_for_quarantine() {
-        let mut s: Scheduler<()> = Scheduler::new(SchedulerConfig { quarantine_after_misses: 3, ..test_config() });
+        let mut s: Scheduler<()> = Scheduler::new(SchedulerConfig {
+            reputation: crate::config::Reputation { quarantine_after_misses: 3, ..(test_config()).reputation },
+            ..test_config()
+        });
         let t0 = Instant::now();
         s.add_gamer("g".into());
         s.add_peer("hole".into(), any_peer(8));
@@ -2666,9 +2656,12 @@ mod tests {
     #[test]
     fn a_restored_standing_is_held_within_what_is_declared_and_its_streak_goes_on() {
         let mut s: Scheduler<()> = Scheduler::new(SchedulerConfig {
-            quarantine_after_misses: 3,
-            initial_peer_capacity: 2,
-            max_peer_capacity: 8,
+            reputation: crate::config::Reputation { quarantine_after_misses: 3, ..(test_config()).reputation },
+            scheduling: crate::config::Scheduling {
+                initial_peer_capacity: 2,
+                max_peer_capacity: 8,
+                ..(test_config()).scheduling
+            },
             ..test_config()
         });
         s.add_peer("new".into(), any_peer(8));
@@ -2739,9 +2732,12 @@ mod tests {
     #[test]
     fn only_successes_from_established_peers_on_work_of_several_origins_confirm_misses() {
         let mut s: Scheduler<()> = Scheduler::new(SchedulerConfig {
-            quarantine_after_misses: 2,
-            quarantine_min_gamers: 2,
-            established_after_answers: 2,
+            reputation: crate::config::Reputation {
+                quarantine_after_misses: 2,
+                quarantine_min_gamers: 2,
+                established_after_answers: 2,
+                ..(test_config()).reputation
+            },
             ..test_config()
         });
         for (g, origin) in [("a", "net-a"), ("a2", "net-a"), ("b", "net-b")] {
@@ -2770,7 +2766,10 @@ mod tests {
 
     #[test]
     fn a_miss_on_a_deadline_shorter_than_such_work_has_shown_it_needs_is_not_held_against_it() {
-        let mut s: Scheduler<()> = Scheduler::new(SchedulerConfig { quarantine_after_misses: 1, ..test_config() });
+        let mut s: Scheduler<()> = Scheduler::new(SchedulerConfig {
+            reputation: crate::config::Reputation { quarantine_after_misses: 1, ..(test_config()).reputation },
+            ..test_config()
+        });
         s.add_gamer("g".into());
         s.add_peer("slow".into(), any_peer(8));
         let t0 = Instant::now();
@@ -2796,7 +2795,10 @@ mod tests {
 
     #[test]
     fn an_internal_error_is_retried_once_elsewhere_and_a_success_there_counts_against_it() {
-        let mut s: Scheduler<()> = Scheduler::new(SchedulerConfig { quarantine_after_misses: 1, ..test_config() });
+        let mut s: Scheduler<()> = Scheduler::new(SchedulerConfig {
+            reputation: crate::config::Reputation { quarantine_after_misses: 1, ..(test_config()).reputation },
+            ..test_config()
+        });
         s.add_gamer("g".into());
         s.add_peer("broken".into(), any_peer(8));
         s.add_peer("ok".into(), any_peer(8));
@@ -2824,7 +2826,10 @@ mod tests {
 
     #[test]
     fn a_session_moves_after_resyncs_in_a_row_and_avoids_the_peer() {
-        let mut s: Scheduler<()> = Scheduler::new(SchedulerConfig { max_resyncs_in_a_row: 2, ..test_config() });
+        let mut s: Scheduler<()> = Scheduler::new(SchedulerConfig {
+            scheduling: crate::config::Scheduling { max_resyncs_in_a_row: 2, ..(test_config()).scheduling },
+            ..test_config()
+        });
         s.add_gamer("g".into());
         s.add_peer("amnesiac".into(), any_peer(8));
         s.add_peer("other".into(), any_peer(8));
@@ -2843,7 +2848,10 @@ mod tests {
 
     #[test]
     fn a_retry_prefers_an_established_peer_to_a_fresh_one() {
-        let mut s: Scheduler<()> = Scheduler::new(SchedulerConfig { established_after_answers: 1, ..test_config() });
+        let mut s: Scheduler<()> = Scheduler::new(SchedulerConfig {
+            reputation: crate::config::Reputation { established_after_answers: 1, ..(test_config()).reputation },
+            ..test_config()
+        });
         s.add_gamer("g".into());
         s.add_peer("proven".into(), any_peer(8));
         let now = Instant::now();
@@ -2866,7 +2874,10 @@ mod tests {
 
     #[test]
     fn tasks_nobody_runs_in_time_never_get_a_peer_quarantined() {
-        let mut s: Scheduler<()> = Scheduler::new(SchedulerConfig { quarantine_after_misses: 3, ..test_config() });
+        let mut s: Scheduler<()> = Scheduler::new(SchedulerConfig {
+            reputation: crate::config::Reputation { quarantine_after_misses: 3, ..(test_config()).reputation },
+            ..test_config()
+        });
         let mut now = Instant::now();
         s.add_gamer("attacker".into());
         s.add_gamer("g".into());
@@ -2962,8 +2973,14 @@ mod tests {
 
     #[test]
     fn limits_are_enforced() {
-        let mut s: Scheduler<()> =
-            Scheduler::new(SchedulerConfig { max_pending_per_gamer: 2, max_sessions_per_gamer: 1, ..test_config() });
+        let mut s: Scheduler<()> = Scheduler::new(SchedulerConfig {
+            scheduling: crate::config::Scheduling {
+                max_pending_per_gamer: 2,
+                max_sessions_per_gamer: 1,
+                ..(test_config()).scheduling
+            },
+            ..test_config()
+        });
         assert_eq!(s.submit("nobody", task("t"), Instant::now()), Err(SubmitError::UnknownGamer));
         s.add_gamer("g".into());
         s.submit("g", session_task("a", "s1"), Instant::now()).unwrap();
@@ -2974,7 +2991,10 @@ mod tests {
 
     #[test]
     fn idle_sessions_make_room_for_new_ones() {
-        let mut s: Scheduler<()> = Scheduler::new(SchedulerConfig { max_sessions_per_gamer: 1, ..test_config() });
+        let mut s: Scheduler<()> = Scheduler::new(SchedulerConfig {
+            scheduling: crate::config::Scheduling { max_sessions_per_gamer: 1, ..(test_config()).scheduling },
+            ..test_config()
+        });
         let now = Instant::now();
         s.add_gamer("g".into());
         s.add_peer("p".into(), any_peer(1));
@@ -3027,8 +3047,13 @@ mod tests {
 
     #[test]
     fn queued_task_gives_up_after_the_queue_wait_limit() {
-        let mut s: Scheduler<()> =
-            Scheduler::new(SchedulerConfig { max_queue_wait: Some(Duration::from_secs(5)), ..test_config() });
+        let mut s: Scheduler<()> = Scheduler::new(SchedulerConfig {
+            scheduling: crate::config::Scheduling {
+                max_queue_wait: Some(Duration::from_secs(5)),
+                ..(test_config()).scheduling
+            },
+            ..test_config()
+        });
         let t0 = Instant::now();
         s.add_gamer("g".into());
         s.submit("g", task("lonely"), t0).unwrap();
@@ -3114,8 +3139,13 @@ mod tests {
 
     #[test]
     fn the_queue_wait_limit_applies_at_dispatch_time() {
-        let mut s: Scheduler<()> =
-            Scheduler::new(SchedulerConfig { max_queue_wait: Some(Duration::from_secs(5)), ..test_config() });
+        let mut s: Scheduler<()> = Scheduler::new(SchedulerConfig {
+            scheduling: crate::config::Scheduling {
+                max_queue_wait: Some(Duration::from_secs(5)),
+                ..(test_config()).scheduling
+            },
+            ..test_config()
+        });
         let t0 = Instant::now();
         s.add_gamer("g".into());
         s.submit("g", task("stale"), t0).unwrap();
@@ -3132,8 +3162,11 @@ mod tests {
     #[test]
     fn declared_capacity_is_capped_and_real_capacity_is_learned() {
         let mut s: Scheduler<()> = Scheduler::new(SchedulerConfig {
-            initial_peer_capacity: 2,
-            max_peer_capacity: 8,
+            scheduling: crate::config::Scheduling {
+                initial_peer_capacity: 2,
+                max_peer_capacity: 8,
+                ..Default::default()
+            },
             ..SchedulerConfig::default()
         });
         let t0 = Instant::now();
@@ -3167,8 +3200,11 @@ mod tests {
     #[test]
     fn pending_bytes_are_bounded_per_gamer_and_in_total() {
         let mut s: Scheduler<()> = Scheduler::new(SchedulerConfig {
-            max_pending_bytes_per_gamer: 1_000,
-            max_pending_bytes: 1_500,
+            scheduling: crate::config::Scheduling {
+                max_pending_bytes_per_gamer: 1_000,
+                max_pending_bytes: 1_500,
+                ..(test_config()).scheduling
+            },
             ..test_config()
         });
         let now = Instant::now();
@@ -3243,7 +3279,10 @@ mod tests {
 
     #[test]
     fn a_parked_session_wakes_when_its_peer_has_room() {
-        let mut s: Scheduler<()> = Scheduler::new(SchedulerConfig { max_session_pipeline: 1, ..test_config() });
+        let mut s: Scheduler<()> = Scheduler::new(SchedulerConfig {
+            scheduling: crate::config::Scheduling { max_session_pipeline: 1, ..(test_config()).scheduling },
+            ..test_config()
+        });
         let now = Instant::now();
         s.add_gamer("g".into());
         s.add_peer("a".into(), any_peer(1));
@@ -3257,8 +3296,13 @@ mod tests {
 
     #[test]
     fn ten_thousand_queued_tasks_expire_together() {
-        let mut s: Scheduler<()> =
-            Scheduler::new(SchedulerConfig { max_queue_wait: Some(Duration::from_secs(1)), ..test_config() });
+        let mut s: Scheduler<()> = Scheduler::new(SchedulerConfig {
+            scheduling: crate::config::Scheduling {
+                max_queue_wait: Some(Duration::from_secs(1)),
+                ..(test_config()).scheduling
+            },
+            ..test_config()
+        });
         let t0 = Instant::now();
         s.add_gamer("g".into());
         for i in 0..10_000 {
@@ -3354,8 +3398,13 @@ mod tests {
 
     #[test]
     fn a_timed_out_session_head_wakes_its_gamer_for_the_next_tick() {
-        let mut s: Scheduler<()> =
-            Scheduler::new(SchedulerConfig { max_queue_wait: Some(Duration::from_secs(1)), ..test_config() });
+        let mut s: Scheduler<()> = Scheduler::new(SchedulerConfig {
+            scheduling: crate::config::Scheduling {
+                max_queue_wait: Some(Duration::from_secs(1)),
+                ..(test_config()).scheduling
+            },
+            ..test_config()
+        });
         let t0 = Instant::now();
         s.add_gamer("g".into());
         s.add_peer("ai".into(), typed_peer(1, &["ai"]));

@@ -125,7 +125,11 @@ async fn wrong_role_and_unregistered_messages_are_refused() {
 
 #[tokio::test]
 async fn oversized_frame_closes_that_connection_only() {
-    let coord = start(Config { max_frame_bytes: 64 * 1024, ..Config::default() }).await;
+    let coord = start(Config {
+        connections: coordinator::Connections { max_frame_bytes: 64 * 1024, ..Default::default() },
+        ..Config::default()
+    })
+    .await;
     let url = coord.url();
     let mut big = Client::gamer(&url, "big").await;
     let payload = format!(r#"{{"blob":"{}"}}"#, "x".repeat(100 * 1024));
@@ -170,7 +174,11 @@ async fn default_frame_limit_fits_a_ten_thousand_body_snapshot() {
 // Paused clock: the handshake timeout is a tokio timer.
 #[tokio::test(start_paused = true)]
 async fn handshake_that_never_finishes_is_timed_out() {
-    let coord = start(Config { handshake_timeout: Duration::from_millis(200), ..Config::default() }).await;
+    let coord = start(Config {
+        connections: coordinator::Connections { handshake_timeout: Duration::from_millis(200), ..Default::default() },
+        ..Config::default()
+    })
+    .await;
     let mut raw = tokio::net::TcpStream::connect(coord.local_addr()).await.unwrap();
     raw.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap(); // and never the rest
     // Answered 408 Request Timeout, then closed.
@@ -189,7 +197,11 @@ async fn handshake_that_never_finishes_is_timed_out() {
 // Paused clock: the registration timeout is a tokio timer.
 #[tokio::test(start_paused = true)]
 async fn client_that_never_registers_is_closed() {
-    let coord = start(Config { register_timeout: Duration::from_millis(200), ..Config::default() }).await;
+    let coord = start(Config {
+        connections: coordinator::Connections { register_timeout: Duration::from_millis(200), ..Default::default() },
+        ..Config::default()
+    })
+    .await;
     let mut lurker = Client::connect(&coord.url()).await;
     assert_eq!(lurker.recv_error().await.code, ErrorCode::NotRegistered);
     assert_eq!(lurker.expect_closed().await, Some(1008));
@@ -200,7 +212,12 @@ async fn client_that_never_registers_is_closed() {
 async fn slow_reader_is_disconnected_instead_of_buffered() {
     // No resume grace: the sloth's remaining tasks go with it, so the check below is not
     // queued behind them.
-    let coord = start(Config { send_queue_frames: 16, resume_grace: Duration::ZERO, ..Config::default() }).await;
+    let coord = start(Config {
+        connections: coordinator::Connections { send_queue_frames: 16, ..Default::default() },
+        identity: coordinator::Identity { resume_grace: Duration::ZERO, ..Default::default() },
+        ..Config::default()
+    })
+    .await;
     let url = coord.url();
     // Capacity below the queue length: a burst of assignments must not look like a slow peer.
     let mut peer = Client::peer(&url, "p", 8).await;
@@ -235,7 +252,11 @@ async fn slow_reader_is_disconnected_instead_of_buffered() {
 
 #[tokio::test]
 async fn task_nobody_can_run_is_answered_with_queue_timeout() {
-    let coord = start(Config { max_queue_wait: Some(Duration::from_millis(100)), ..Config::default() }).await;
+    let coord = start(Config {
+        scheduling: coordinator::Scheduling { max_queue_wait: Some(Duration::from_millis(100)), ..Default::default() },
+        ..Config::default()
+    })
+    .await;
     let mut gamer = Client::gamer(&coord.url(), "g").await;
     gamer.submit("orphan", "quantum", "{}", None).await;
     let result = gamer.recv_result().await;

@@ -58,9 +58,9 @@ fn help_lists_every_setting() {
 
 /// `Config` fields whose flags are not spelled like the field.
 const RENAMED: &[(&str, &[&str])] = &[
-    ("default_task_deadline", &["--task-deadline-ms"]),
-    ("tls", &["--tls-cert", "--tls-key"]),
-    ("accepted_setups", &["--accepted-setup"]),
+    ("scheduling.default_task_deadline", &["--task-deadline-ms"]),
+    ("identity.tls", &["--tls-cert", "--tls-key"]),
+    ("replication.accepted_setups", &["--accepted-setup"]),
 ];
 
 /// `Config` fields deliberately without a flag, each with why. None today: every setting
@@ -196,7 +196,10 @@ fn settings_out_of_range_are_refused_by_name() {
     assert!(stderr.contains("max_attempts must be at least 1"), "{stderr}");
     assert!(stderr.contains("heartbeat_interval (ms) must be at least 1"), "{stderr}");
     // The library refuses the same configuration before it listens.
-    let config = coordinator::Config { max_attempts: 0, ..coordinator::Config::default() };
+    let config = coordinator::Config {
+        scheduling: coordinator::Scheduling { max_attempts: 0, ..Default::default() },
+        ..coordinator::Config::default()
+    };
     let refused = coordinator::prepare(config).unwrap_err();
     assert_eq!(refused.kind(), std::io::ErrorKind::InvalidInput);
     assert!(refused.to_string().contains("max_attempts must be at least 1"), "{refused}");

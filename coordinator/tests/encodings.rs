@@ -160,7 +160,10 @@ async fn a_binary_payload_too_large_for_a_json_connection_once_base64_wrapped_is
     // A 64 KiB frame limit: 48 KiB of binary payload fit a binary frame, but not
     // base64-wrapped (64 KiB plus the frame's envelope) on a JSON connection, which a
     // frame over the limit would cost its connection.
-    let config = Config { max_frame_bytes: 64 * 1024, ..Config::default() };
+    let config = Config {
+        connections: coordinator::Connections { max_frame_bytes: 64 * 1024, ..Default::default() },
+        ..Config::default()
+    };
     let coord = spawn("127.0.0.1:0", config).await.unwrap();
     let url = coord.url();
     let mut json_peer = Client::connect(&url).await;

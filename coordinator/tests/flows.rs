@@ -101,7 +101,11 @@ async fn result_goes_only_to_the_submitting_gamer() {
 #[tokio::test]
 async fn peer_crash_mid_task_requeues_it_at_once() {
     // A long deadline proves the re-dispatch came from the closed connection, not a timer.
-    let coord = start(Config { default_task_deadline: Duration::from_secs(60), ..Config::default() }).await;
+    let coord = start(Config {
+        scheduling: coordinator::Scheduling { default_task_deadline: Duration::from_secs(60), ..Default::default() },
+        ..Config::default()
+    })
+    .await;
     let url = coord.url();
     let mut doomed = Client::peer(&url, "doomed", 1).await;
     let mut gamer = gamer::connect(&url, "g").await;
@@ -157,7 +161,11 @@ async fn straggler_is_superseded_and_its_late_answer_dropped() {
 
 #[tokio::test]
 async fn task_fails_with_an_error_after_max_attempts() {
-    let coord = start(Config { max_attempts: 2, ..Config::default() }).await;
+    let coord = start(Config {
+        scheduling: coordinator::Scheduling { max_attempts: 2, ..Default::default() },
+        ..Config::default()
+    })
+    .await;
     let url = coord.url();
     // Two peers that never answer: one attempt each (a task never goes back to a peer
     // that missed its deadline), then the gamer is told.
@@ -204,9 +212,12 @@ async fn a_task_whose_only_peer_missed_it_is_answered_at_once() {
 #[tokio::test(start_paused = true)]
 async fn silent_peer_is_evicted_and_its_task_moves() {
     let config = Config {
-        heartbeat_interval: Duration::from_millis(50),
-        heartbeat_timeout: Duration::from_millis(300),
-        default_task_deadline: Duration::from_secs(60),
+        connections: coordinator::Connections {
+            heartbeat_interval: Duration::from_millis(50),
+            heartbeat_timeout: Duration::from_millis(300),
+            ..Default::default()
+        },
+        scheduling: coordinator::Scheduling { default_task_deadline: Duration::from_secs(60), ..Default::default() },
         ..Config::default()
     };
     let coord = start(config).await;
@@ -236,8 +247,11 @@ async fn silent_peer_is_evicted_and_its_task_moves() {
 #[tokio::test(start_paused = true)]
 async fn responsive_idle_peer_is_not_evicted() {
     let config = Config {
-        heartbeat_interval: Duration::from_millis(20),
-        heartbeat_timeout: Duration::from_millis(100),
+        connections: coordinator::Connections {
+            heartbeat_interval: Duration::from_millis(20),
+            heartbeat_timeout: Duration::from_millis(100),
+            ..Default::default()
+        },
         ..Config::default()
     };
     let coord = start(config).await;
@@ -262,7 +276,11 @@ async fn responsive_idle_peer_is_not_evicted() {
 #[tokio::test]
 async fn session_tasks_stay_on_one_peer_in_order_then_move_when_it_dies() {
     // Both peers may hold all six ticks at once from the start (no capacity to learn).
-    let coord = start(Config { initial_peer_capacity: 8, ..Config::default() }).await;
+    let coord = start(Config {
+        scheduling: coordinator::Scheduling { initial_peer_capacity: 8, ..Default::default() },
+        ..Config::default()
+    })
+    .await;
     let url = coord.url();
     let mut a = Client::peer(&url, "a", 8).await;
     let mut b = Client::peer(&url, "b", 8).await;
@@ -312,7 +330,11 @@ async fn session_tasks_stay_on_one_peer_in_order_then_move_when_it_dies() {
 #[tokio::test]
 async fn leaving_gamer_has_its_queue_dropped_and_late_results_discarded() {
     // No resume grace: the queue goes as the connection closes.
-    let coord = start(Config { resume_grace: Duration::ZERO, ..Config::default() }).await;
+    let coord = start(Config {
+        identity: coordinator::Identity { resume_grace: Duration::ZERO, ..Default::default() },
+        ..Config::default()
+    })
+    .await;
     let url = coord.url();
     let mut peer = Client::peer(&url, "p", 1).await;
     let gamer = gamer::connect(&url, "g").await;

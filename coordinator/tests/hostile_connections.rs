@@ -63,14 +63,20 @@ async fn round_trip(peer: &mut Client, gamer: &mut Client, task_id: &str) {
 async fn a_peer_that_stops_reading_is_disconnected_by_the_write_stall_timeout() {
     let stall = Duration::from_millis(800);
     let coord = start(Config {
-        write_stall_timeout: stall,
-        // Long enough that only the stall timeout can act.
-        heartbeat_timeout: Duration::from_secs(600),
-        send_queue_bytes: 1 << 30,
-        max_pending_bytes_per_gamer: 1 << 30,
-        max_pending_bytes: 1 << 30,
-        initial_peer_capacity: 64,
-        max_peer_capacity: 64,
+        connections: coordinator::Connections {
+            write_stall_timeout: stall,
+            // Long enough that only the stall timeout can act.
+            heartbeat_timeout: Duration::from_secs(600),
+            send_queue_bytes: 1 << 30,
+            ..Default::default()
+        },
+        scheduling: coordinator::Scheduling {
+            max_pending_bytes_per_gamer: 1 << 30,
+            max_pending_bytes: 1 << 30,
+            initial_peer_capacity: 64,
+            max_peer_capacity: 64,
+            ..Default::default()
+        },
         ..Config::default()
     })
     .await;
@@ -204,8 +210,11 @@ impl ForeignCoordinator {
 async fn a_stall_of_the_coordinators_runtime_evicts_nobody_whose_heartbeats_arrived() {
     let heartbeat_timeout = Duration::from_secs(1);
     let coord = ForeignCoordinator::start(Config {
-        heartbeat_interval: Duration::from_millis(250),
-        heartbeat_timeout,
+        connections: coordinator::Connections {
+            heartbeat_interval: Duration::from_millis(250),
+            heartbeat_timeout,
+            ..Default::default()
+        },
         ..Config::default()
     });
     let mut clients = Vec::new();
@@ -322,8 +331,11 @@ async fn read_server_frame(s: &mut (impl AsyncRead + Unpin)) -> Option<(u8, Vec<
 #[tokio::test]
 async fn a_message_left_unfinished_is_closed_after_the_assembly_timeout_despite_pongs() {
     let coord = start(Config {
-        message_assembly_timeout: Duration::from_millis(1500),
-        heartbeat_interval: Duration::from_millis(200),
+        connections: coordinator::Connections {
+            message_assembly_timeout: Duration::from_millis(1500),
+            heartbeat_interval: Duration::from_millis(200),
+            ..Default::default()
+        },
         ..Config::default()
     })
     .await;
@@ -359,7 +371,14 @@ async fn a_message_left_unfinished_is_closed_after_the_assembly_timeout_despite_
 
 #[tokio::test]
 async fn a_fragmented_message_finished_in_time_with_control_frames_between_is_served() {
-    let coord = start(Config { message_assembly_timeout: Duration::from_secs(5), ..Config::default() }).await;
+    let coord = start(Config {
+        connections: coordinator::Connections {
+            message_assembly_timeout: Duration::from_secs(5),
+            ..Default::default()
+        },
+        ..Config::default()
+    })
+    .await;
     let text = br#"{"msg_type":"register_gamer","gamer_id":"fragmented"}"#;
     let mut frames = client_frame(false, 1, &text[..10]);
     frames.extend(client_frame(true, 9, b"ping"));
@@ -389,9 +408,12 @@ async fn a_fragmented_message_finished_in_time_with_control_frames_between_is_se
 async fn unfinished_messages_together_cannot_pin_more_than_the_inbound_budget() {
     let frame_limit = 64 * 1024;
     let coord = start(Config {
-        max_frame_bytes: frame_limit,
-        max_connections_per_address: 1000,
-        max_unregistered_connections: 1000,
+        connections: coordinator::Connections {
+            max_frame_bytes: frame_limit,
+            max_connections_per_address: 1000,
+            max_unregistered_connections: 1000,
+            ..Default::default()
+        },
         ..Config::default()
     })
     .await;
@@ -427,13 +449,19 @@ async fn unfinished_messages_together_cannot_pin_more_than_the_inbound_budget() 
 async fn three_hundred_silent_sockets_from_one_address_cannot_lock_out_a_gamer_and_a_peer() {
     let per_address = 8;
     let coord = start(Config {
-        max_connections: 64,
-        max_connections_per_address: per_address,
-        // This test is about holding slots, not about the attempt rate (tests/identity.rs).
-        max_connection_attempts_per_second: None,
-        // The squatters keep their slots for the whole test unless refused.
-        handshake_timeout: Duration::from_secs(120),
-        register_timeout: Duration::from_secs(120),
+        connections: coordinator::Connections {
+            max_connections: 64,
+            max_connections_per_address: per_address,
+            // The squatters keep their slots for the whole test unless refused.
+            handshake_timeout: Duration::from_secs(120),
+            register_timeout: Duration::from_secs(120),
+            ..Default::default()
+        },
+        rate_limits: coordinator::RateLimits {
+            // This test is about holding slots, not about the attempt rate (tests/identity.rs).
+            max_connection_attempts_per_second: None,
+            ..Default::default()
+        },
         ..Config::default()
     })
     .await;
@@ -479,9 +507,12 @@ async fn three_hundred_silent_sockets_from_one_address_cannot_lock_out_a_gamer_a
 async fn unregistered_squatters_beyond_the_cap_are_refused_while_registered_clients_work() {
     let cap = 4;
     let coord = start(Config {
-        max_unregistered_connections: cap,
-        max_connections_per_address: 1000,
-        register_timeout: Duration::from_secs(120),
+        connections: coordinator::Connections {
+            max_unregistered_connections: cap,
+            max_connections_per_address: 1000,
+            register_timeout: Duration::from_secs(120),
+            ..Default::default()
+        },
         ..Config::default()
     })
     .await;
@@ -513,7 +544,11 @@ async fn unregistered_squatters_beyond_the_cap_are_refused_while_registered_clie
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unregistered_client_flooding_heartbeats_still_meets_the_registration_timeout() {
-    let coord = start(Config { register_timeout: Duration::from_millis(500), ..Config::default() }).await;
+    let coord = start(Config {
+        connections: coordinator::Connections { register_timeout: Duration::from_millis(500), ..Default::default() },
+        ..Config::default()
+    })
+    .await;
     let (ws, _) = tokio_tungstenite::connect_async(coord.url()).await.unwrap();
     let (mut tx, mut rx) = ws.split();
     let flood = tokio::spawn(async move {

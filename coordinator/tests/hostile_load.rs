@@ -56,7 +56,10 @@ async fn a_task_that_kills_every_peer_is_quarantined_as_poison() {
 /// never dropped as a slow reader, and the backlog drains with no re-dispatch.
 #[tokio::test]
 async fn a_peer_declaring_thousands_of_slots_is_not_flooded_into_a_livelock() {
-    let config = Config { send_queue_frames: 64, ..Config::default() };
+    let config = Config {
+        connections: coordinator::Connections { send_queue_frames: 64, ..Default::default() },
+        ..Config::default()
+    };
     let coord = start(config).await;
     let url = coord.url();
     let mut gamer = Client::gamer(&url, "backlog").await;
@@ -87,7 +90,10 @@ async fn a_peer_declaring_thousands_of_slots_is_not_flooded_into_a_livelock() {
 /// parked, not rescanned on every dispatch) and still get their queue_timeout answers.
 #[tokio::test]
 async fn unrunnable_floods_leave_an_honest_gamer_served() {
-    let config = Config { max_queue_wait: Some(Duration::from_secs(2)), ..Config::default() };
+    let config = Config {
+        scheduling: coordinator::Scheduling { max_queue_wait: Some(Duration::from_secs(2)), ..Default::default() },
+        ..Config::default()
+    };
     let coord = start(config).await;
     let url = coord.url();
     let mut peer = Client::peer_with(
@@ -127,7 +133,11 @@ async fn unrunnable_floods_leave_an_honest_gamer_served() {
 /// coordinator's own answers are exempt from the slow-reader rule.
 #[tokio::test]
 async fn ten_thousand_timeouts_at_once_do_not_disconnect_their_gamer() {
-    let config = Config { max_queue_wait: Some(Duration::from_secs(1)), send_queue_frames: 256, ..Config::default() };
+    let config = Config {
+        scheduling: coordinator::Scheduling { max_queue_wait: Some(Duration::from_secs(1)), ..Default::default() },
+        connections: coordinator::Connections { send_queue_frames: 256, ..Default::default() },
+        ..Config::default()
+    };
     let coord = start(config).await;
     let url = coord.url();
     let mut gamer = Client::gamer(&url, "patient").await;
@@ -150,10 +160,16 @@ async fn ten_thousand_timeouts_at_once_do_not_disconnect_their_gamer() {
 #[tokio::test]
 async fn queued_payload_bytes_are_bounded() {
     let config = Config {
-        max_pending_bytes_per_gamer: 4 * 1024 * 1024,
-        max_pending_bytes: 6 * 1024 * 1024,
-        // A short resume grace: a departed gamer's bytes go once it has passed.
-        resume_grace: Duration::from_millis(200),
+        scheduling: coordinator::Scheduling {
+            max_pending_bytes_per_gamer: 4 * 1024 * 1024,
+            max_pending_bytes: 6 * 1024 * 1024,
+            ..Default::default()
+        },
+        identity: coordinator::Identity {
+            // A short resume grace: a departed gamer's bytes go once it has passed.
+            resume_grace: Duration::from_millis(200),
+            ..Default::default()
+        },
         ..Config::default()
     };
     let coord = start(config).await;
@@ -194,7 +210,10 @@ async fn queued_payload_bytes_are_bounded() {
 /// and the peer is not.
 #[tokio::test]
 async fn a_gamer_that_stops_reading_is_cut_off_by_bytes() {
-    let config = Config { send_queue_bytes: 2 * 1024 * 1024, ..Config::default() };
+    let config = Config {
+        connections: coordinator::Connections { send_queue_bytes: 2 * 1024 * 1024, ..Default::default() },
+        ..Config::default()
+    };
     let coord = start(config).await;
     let url = coord.url();
     let mut peer = Client::peer(&url, "p", 64).await;
@@ -233,9 +252,8 @@ async fn a_gamer_that_stops_reading_is_cut_off_by_bytes() {
 #[tokio::test]
 async fn gamers_cannot_take_the_slots_kept_for_peers() {
     let config = Config {
-        max_connections: 6,
-        reserved_peer_slots: 2,
-        resume_grace: Duration::from_millis(300),
+        connections: coordinator::Connections { max_connections: 6, reserved_peer_slots: 2, ..Default::default() },
+        identity: coordinator::Identity { resume_grace: Duration::from_millis(300), ..Default::default() },
         ..Config::default()
     };
     let coord = start(config).await;
@@ -289,12 +307,18 @@ async fn a_black_hole_peer_is_quarantined_and_honest_success_stays_at_100_percen
     let db = std::env::temp_dir().join(format!("p2c2r-black-hole-{}.redb", std::process::id()));
     let _ = std::fs::remove_file(&db);
     let config = Config {
-        quarantine_after_misses: 3,
-        // The honest peer's first answers establish it (its later ones confirm misses).
-        established_after_answers: 4,
-        // 127.0.0.1 and 127.0.0.3 stand for two networks.
-        host_prefix_v4: 32,
-        reputation_db: Some(db.clone()),
+        reputation: coordinator::Reputation {
+            quarantine_after_misses: 3,
+            // The honest peer's first answers establish it (its later ones confirm misses).
+            established_after_answers: 4,
+            reputation_db: Some(db.clone()),
+            ..Default::default()
+        },
+        connections: coordinator::Connections {
+            // 127.0.0.1 and 127.0.0.3 stand for two networks.
+            host_prefix_v4: 32,
+            ..Default::default()
+        },
         ..Config::default()
     };
     let coord = start(config.clone()).await;
@@ -404,16 +428,21 @@ async fn a_demoted_peer_keeps_its_standing_across_reconnects_and_restarts() {
     let db = std::env::temp_dir().join(format!("p2c2r-standing-{}.redb", std::process::id()));
     let _ = std::fs::remove_file(&db);
     let config = Config {
-        quarantine_after_misses: 3,
-        // What is tested here is memory, not what confirms a miss (`trust.rs`): any
-        // peer's answer confirms, and one gamer's work counts.
-        established_after_answers: 0,
-        quarantine_min_gamers: 1,
-        initial_peer_capacity: 1,
-        max_peer_capacity: 8,
-        // The flaky peer reads nothing while it sits on a task: it must not be evicted.
-        heartbeat_timeout: Duration::from_secs(120),
-        reputation_db: Some(db.clone()),
+        reputation: coordinator::Reputation {
+            quarantine_after_misses: 3,
+            // What is tested here is memory, not what confirms a miss (`trust.rs`): any
+            // peer's answer confirms, and one gamer's work counts.
+            established_after_answers: 0,
+            quarantine_min_gamers: 1,
+            reputation_db: Some(db.clone()),
+            ..Default::default()
+        },
+        scheduling: coordinator::Scheduling { initial_peer_capacity: 1, max_peer_capacity: 8, ..Default::default() },
+        connections: coordinator::Connections {
+            // The flaky peer reads nothing while it sits on a task: it must not be evicted.
+            heartbeat_timeout: Duration::from_secs(120),
+            ..Default::default()
+        },
         ..Config::default()
     };
     let coord = start(config.clone()).await;
@@ -465,7 +494,11 @@ async fn a_demoted_peer_keeps_its_standing_across_reconnects_and_restarts() {
 /// quarantined, since no other peer did better, and keep serving everyone else.
 #[tokio::test]
 async fn tasks_no_peer_runs_in_time_get_no_peer_quarantined() {
-    let coord = start(Config { quarantine_after_misses: 3, ..Config::default() }).await;
+    let coord = start(Config {
+        reputation: coordinator::Reputation { quarantine_after_misses: 3, ..Default::default() },
+        ..Config::default()
+    })
+    .await;
     let url = coord.url();
     let caps = Capabilities { max_concurrent_tasks: Some(64), ..Default::default() };
     // Two peers that never finish the attacker's tasks in time and answer anything else.

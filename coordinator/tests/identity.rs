@@ -166,7 +166,11 @@ async fn peers_see_an_opaque_alias_not_the_gamer_id() {
 
 #[tokio::test]
 async fn a_gamer_that_reconnects_with_its_secret_gets_its_id_session_and_results_back() {
-    let coord = start(Config { resume_grace: Duration::from_secs(30), ..Config::default() }).await;
+    let coord = start(Config {
+        identity: coordinator::Identity { resume_grace: Duration::from_secs(30), ..Default::default() },
+        ..Config::default()
+    })
+    .await;
     let url = coord.url();
     let mut peer = Client::peer(&url, "p", 4).await;
     let mut gamer = Client::gamer(&url, "g").await;
@@ -205,7 +209,11 @@ async fn a_gamer_that_reconnects_with_its_secret_gets_its_id_session_and_results
 async fn results_kept_for_departed_gamers_are_bounded_in_bytes() {
     // 256 KiB of pending payload in all: a quarter of it (64 KiB) may be kept for gamers
     // that left, and one gamer may hold an eighth of that (8 KiB).
-    let config = Config { max_pending_bytes: 256 * 1024, resume_grace: Duration::from_secs(30), ..Config::default() };
+    let config = Config {
+        scheduling: coordinator::Scheduling { max_pending_bytes: 256 * 1024, ..Default::default() },
+        identity: coordinator::Identity { resume_grace: Duration::from_secs(30), ..Default::default() },
+        ..Config::default()
+    };
     let coord = start(config).await;
     let url = coord.url();
     let mut peer = Client::peer(&url, "p", 4).await;
@@ -250,7 +258,11 @@ async fn results_kept_for_departed_gamers_are_bounded_in_bytes() {
 
 #[tokio::test]
 async fn a_gamer_that_does_not_come_back_in_time_loses_its_id_and_tasks() {
-    let coord = start(Config { resume_grace: Duration::from_millis(300), ..Config::default() }).await;
+    let coord = start(Config {
+        identity: coordinator::Identity { resume_grace: Duration::from_millis(300), ..Default::default() },
+        ..Config::default()
+    })
+    .await;
     let url = coord.url();
     let mut gamer = Client::gamer(&url, "g").await;
     gamer.submit("queued", "nobody-runs-this", "{}", None).await;
@@ -271,8 +283,11 @@ async fn a_gamer_that_does_not_come_back_in_time_loses_its_id_and_tasks() {
 async fn without_a_valid_token_nobody_gets_past_the_handshake() {
     let dir = temp_dir("tokens");
     let coord = start(Config {
-        auth_file: Some(auth_file(&dir, "revoke gamer mallory\n")),
-        allow_unauditable_peers: true,
+        identity: coordinator::Identity {
+            auth_file: Some(auth_file(&dir, "revoke gamer mallory\n")),
+            ..Default::default()
+        },
+        replication: coordinator::Replication { allow_unauditable_peers: true, ..Default::default() },
         ..Config::default()
     })
     .await;
@@ -311,9 +326,12 @@ async fn without_a_valid_token_nobody_gets_past_the_handshake() {
 #[tokio::test]
 async fn a_token_binds_the_role_and_id_a_connection_may_register() {
     let dir = temp_dir("binding");
-    let coord =
-        start(Config { auth_file: Some(auth_file(&dir, "")), allow_unauditable_peers: true, ..Config::default() })
-            .await;
+    let coord = start(Config {
+        identity: coordinator::Identity { auth_file: Some(auth_file(&dir, "")), ..Default::default() },
+        replication: coordinator::Replication { allow_unauditable_peers: true, ..Default::default() },
+        ..Config::default()
+    })
+    .await;
     let url = coord.url();
     let alice_token = gamer_jwt("alice", Duration::from_secs(600));
 
@@ -368,9 +386,12 @@ async fn http_get(coord: &CoordinatorHandle, path_and_query: &str, token: Option
 #[tokio::test]
 async fn metrics_and_the_dashboard_need_the_operator_role() {
     let dir = temp_dir("operator");
-    let coord =
-        start(Config { auth_file: Some(auth_file(&dir, "")), allow_unauditable_peers: true, ..Config::default() })
-            .await;
+    let coord = start(Config {
+        identity: coordinator::Identity { auth_file: Some(auth_file(&dir, "")), ..Default::default() },
+        replication: coordinator::Replication { allow_unauditable_peers: true, ..Default::default() },
+        ..Config::default()
+    })
+    .await;
     assert_eq!(http_get(&coord, "/metrics", None).await.0, 401);
     assert_eq!(http_get(&coord, "/metrics", Some(&gamer_jwt("alice", Duration::from_secs(60)))).await.0, 403);
     assert_eq!(http_get(&coord, "/metrics", Some(PEER_TOKEN)).await.0, 403);
@@ -388,8 +409,12 @@ async fn metrics_and_the_dashboard_need_the_operator_role() {
 async fn revoking_a_credential_closes_its_connections_without_a_restart() {
     let dir = temp_dir("revoke");
     let path = auth_file(&dir, "");
-    let coord =
-        start(Config { auth_file: Some(path.clone()), allow_unauditable_peers: true, ..Config::default() }).await;
+    let coord = start(Config {
+        identity: coordinator::Identity { auth_file: Some(path.clone()), ..Default::default() },
+        replication: coordinator::Replication { allow_unauditable_peers: true, ..Default::default() },
+        ..Config::default()
+    })
+    .await;
     let url = coord.url();
     let token = gamer_jwt("alice", Duration::from_secs(600));
     let mut alice = connect_with(&url, Some(&token)).await.unwrap();
@@ -432,7 +457,10 @@ async fn revoking_a_credential_closes_its_connections_without_a_restart() {
 
 #[tokio::test]
 async fn a_flooding_gamer_is_throttled_and_others_are_not() {
-    let config = Config { max_tasks_per_second: Some(100), ..Config::default() };
+    let config = Config {
+        rate_limits: coordinator::RateLimits { max_tasks_per_second: Some(100), ..Default::default() },
+        ..Config::default()
+    };
     let coord = start(config).await;
     let url = coord.url();
     let caps = Capabilities {
@@ -466,9 +494,12 @@ async fn a_flooding_gamer_is_throttled_and_others_are_not() {
 #[tokio::test]
 async fn new_sessions_and_bytes_are_rate_limited_per_gamer() {
     let config = Config {
-        max_new_sessions_per_second: Some(1),
-        max_sessions_per_gamer: 4,
-        max_task_bytes_per_second: Some(100_000),
+        rate_limits: coordinator::RateLimits {
+            max_new_sessions_per_second: Some(1),
+            max_task_bytes_per_second: Some(100_000),
+            ..Default::default()
+        },
+        scheduling: coordinator::Scheduling { max_sessions_per_gamer: 4, ..Default::default() },
         ..Config::default()
     };
     let coord = start(config).await;
@@ -498,8 +529,8 @@ async fn new_sessions_and_bytes_are_rate_limited_per_gamer() {
 async fn connection_attempts_are_limited_per_address() {
     // The admitted attempts say nothing and are answered 408 after 50 ms.
     let config = Config {
-        max_connection_attempts_per_second: Some(5),
-        handshake_timeout: Duration::from_millis(50),
+        rate_limits: coordinator::RateLimits { max_connection_attempts_per_second: Some(5), ..Default::default() },
+        connections: coordinator::Connections { handshake_timeout: Duration::from_millis(50), ..Default::default() },
         ..Config::default()
     };
     let coord = start(config).await;
@@ -536,18 +567,34 @@ async fn connection_attempts_are_limited_per_address() {
 async fn open_mode_is_refused_off_loopback_unless_insecure() {
     let error = coordinator::spawn("0.0.0.0:0", Config::default()).await.expect_err("refused");
     assert!(error.to_string().contains("without credentials"), "{error}");
-    let insecure = coordinator::spawn("0.0.0.0:0", Config { insecure: true, ..Config::default() }).await.unwrap();
+    let insecure = coordinator::spawn(
+        "0.0.0.0:0",
+        Config { identity: coordinator::Identity { insecure: true, ..Default::default() }, ..Config::default() },
+    )
+    .await
+    .unwrap();
     insecure.shutdown().await;
     // Credentials off loopback need TLS too: tokens must not cross the network in clear.
     let dir = temp_dir("exposed");
-    let with_auth = Config { auth_file: Some(auth_file(&dir, "")), allow_unauditable_peers: true, ..Config::default() };
+    let with_auth = Config {
+        identity: coordinator::Identity { auth_file: Some(auth_file(&dir, "")), ..Default::default() },
+        replication: coordinator::Replication { allow_unauditable_peers: true, ..Default::default() },
+        ..Config::default()
+    };
     let error = coordinator::spawn("0.0.0.0:0", with_auth.clone()).await.expect_err("refused");
     assert!(error.to_string().contains("without TLS"), "{error}");
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     std::fs::write(dir.join("cert.pem"), cert.cert.pem()).unwrap();
     std::fs::write(dir.join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
     let tls = Some(coordinator::TlsFiles { cert: dir.join("cert.pem"), key: dir.join("key.pem") });
-    coordinator::spawn("0.0.0.0:0", Config { tls, ..with_auth }).await.unwrap().shutdown().await;
+    coordinator::spawn(
+        "0.0.0.0:0",
+        Config { identity: coordinator::Identity { tls, ..with_auth.identity }, ..with_auth },
+    )
+    .await
+    .unwrap()
+    .shutdown()
+    .await;
 }
 
 // ---- TLS ---------------------------------------------------------------------------------
@@ -560,9 +607,12 @@ async fn wss_end_to_end_with_a_certificate_made_at_test_time() {
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
     let config = Config {
-        tls: Some(coordinator::TlsFiles { cert: cert_path, key: key_path }),
-        auth_file: Some(auth_file(&dir, "")),
-        allow_unauditable_peers: true,
+        identity: coordinator::Identity {
+            tls: Some(coordinator::TlsFiles { cert: cert_path, key: key_path }),
+            auth_file: Some(auth_file(&dir, "")),
+            ..Default::default()
+        },
+        replication: coordinator::Replication { allow_unauditable_peers: true, ..Default::default() },
         ..Config::default()
     };
     let coord = start(config).await;
@@ -613,11 +663,10 @@ async fn wss_end_to_end_with_a_certificate_made_at_test_time() {
 async fn a_peer_keeps_the_capacity_it_has_shown_across_a_restart() {
     let dir = temp_dir("standing");
     let config = Config {
-        auth_file: Some(auth_file(&dir, "")),
-        allow_unauditable_peers: true,
-        reputation_db: Some(dir.join("reputation.redb")),
-        initial_peer_capacity: 1,
-        max_peer_capacity: 8,
+        identity: coordinator::Identity { auth_file: Some(auth_file(&dir, "")), ..Default::default() },
+        replication: coordinator::Replication { allow_unauditable_peers: true, ..Default::default() },
+        reputation: coordinator::Reputation { reputation_db: Some(dir.join("reputation.redb")), ..Default::default() },
+        scheduling: coordinator::Scheduling { initial_peer_capacity: 1, max_peer_capacity: 8, ..Default::default() },
         ..Config::default()
     };
     let capacity_of = |coord: &CoordinatorHandle| {

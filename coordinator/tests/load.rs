@@ -69,7 +69,12 @@ async fn run_gamer(url: String, id: String, tasks: usize, deadline_ms: u64) -> u
 }
 
 async fn scenario(behaviours: Vec<Behaviour>, gamers: usize, tasks_per_gamer: usize, deadline_ms: u64) {
-    let coord = spawn("127.0.0.1:0", Config { max_attempts: 10, ..Config::default() }).await.unwrap();
+    let coord = spawn(
+        "127.0.0.1:0",
+        Config { scheduling: coordinator::Scheduling { max_attempts: 10, ..Default::default() }, ..Config::default() },
+    )
+    .await
+    .unwrap();
     let url = coord.url();
     let mut peers = Vec::new();
     for (i, b) in behaviours.into_iter().enumerate() {

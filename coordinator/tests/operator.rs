@@ -121,7 +121,10 @@ async fn metrics_move_by_exactly_the_tasks_run() {
 
 #[tokio::test]
 async fn ping_round_trips_are_measured_per_role() {
-    let config = Config { heartbeat_interval: Duration::from_millis(50), ..Config::default() };
+    let config = Config {
+        connections: coordinator::Connections { heartbeat_interval: Duration::from_millis(50), ..Default::default() },
+        ..Config::default()
+    };
     let coord = start(config).await;
     let addr = coord.local_addr();
     let peer = Client::peer(&coord.url(), "p1", 4).await;
@@ -307,7 +310,10 @@ async fn other_web_sites_are_refused_in_open_mode() {
 
 #[tokio::test]
 async fn bad_http_gets_a_status_and_never_disturbs_websocket_clients() {
-    let config = Config { handshake_timeout: Duration::from_millis(300), ..Config::default() };
+    let config = Config {
+        connections: coordinator::Connections { handshake_timeout: Duration::from_millis(300), ..Default::default() },
+        ..Config::default()
+    };
     let coord = start(config).await;
     let addr = coord.local_addr();
     let mut peer = Client::peer(&coord.url(), "p1", 4).await;

@@ -18,10 +18,13 @@ fn replicated(replicas: u8) -> Config {
     // Every peer of these tests is on loopback: one address. Every peer's vote counts from
     // its first answer (what votes weigh is tested on its own, below).
     Config {
-        replicas,
-        replicas_on_distinct_hosts: false,
-        audit_fraction: 0.0,
-        established_after_answers: 0,
+        replication: coordinator::Replication {
+            replicas,
+            replicas_on_distinct_hosts: false,
+            audit_fraction: 0.0,
+            ..Default::default()
+        },
+        reputation: coordinator::Reputation { established_after_answers: 0, ..Default::default() },
         ..Config::default()
     }
 }
@@ -331,7 +334,11 @@ async fn a_dead_replica_costs_the_session_nothing_and_is_replaced_from_the_log()
 
 #[tokio::test]
 async fn strict_mode_delivers_only_what_two_replicas_agree_on() {
-    let coord = start(Config { strict_replication: true, ..replicated(1) }).await;
+    let coord = start(Config {
+        replication: coordinator::Replication { strict_replication: true, ..(replicated(1)).replication },
+        ..replicated(1)
+    })
+    .await;
     let url = coord.url();
     let (mut a, mut b) = (peer(&url, "a").await, peer(&url, "b").await);
     let mut gamer = Client::gamer(&url, "g").await;
@@ -370,8 +377,14 @@ async fn ids_with_control_characters_are_refused() {
 
 #[tokio::test]
 async fn an_audited_session_runs_on_a_hidden_second_replica_and_a_lie_is_settled_by_a_third() {
-    let Tie { coord, mut gamer, statuses, .. } =
-        tie_settled_by_a_judge(Config { audit_fraction: 1.0, ..replicated(1) }, 2).await;
+    let Tie { coord, mut gamer, statuses, .. } = tie_settled_by_a_judge(
+        Config {
+            replication: coordinator::Replication { audit_fraction: 1.0, ..(replicated(1)).replication },
+            ..replicated(1)
+        },
+        2,
+    )
+    .await;
     let status = statuses.last().unwrap();
     assert!(status.audited && status.replicas_wanted == 2, "{statuses:?}");
     let stats = gamer.stats().await;
@@ -417,7 +430,11 @@ async fn a_gamer_cannot_reuse_a_task_id_to_get_honest_peers_quarantined() {
 #[tokio::test]
 async fn a_session_past_the_gamers_share_runs_unreplicated_and_the_operator_is_told() {
     // 6 sessions per gamer, 3 per replicated session (2 replicas and a spare): 2 groups.
-    let coord = start(Config { max_sessions_per_gamer: 6, ..replicated(2) }).await;
+    let coord = start(Config {
+        scheduling: coordinator::Scheduling { max_sessions_per_gamer: 6, ..(replicated(2)).scheduling },
+        ..replicated(2)
+    })
+    .await;
     let url = coord.url();
     let (mut a, mut b) = (peer(&url, "a").await, peer(&url, "b").await);
     let mut gamer = Client::gamer(&url, "g").await;
@@ -442,7 +459,12 @@ async fn a_session_past_the_gamers_share_runs_unreplicated_and_the_operator_is_t
 /// established peers serves them, whatever the setup strings say.
 #[tokio::test]
 async fn fresh_peers_of_a_made_up_setup_do_not_capture_replicated_sessions() {
-    let coord = start(Config { established_after_answers: 2, host_prefix_v4: 32, ..replicated(2) }).await;
+    let coord = start(Config {
+        reputation: coordinator::Reputation { established_after_answers: 2, ..(replicated(2)).reputation },
+        connections: coordinator::Connections { host_prefix_v4: 32, ..(replicated(2)).connections },
+        ..replicated(2)
+    })
+    .await;
     let url = coord.url();
     let (mut a, mut b) = (peer(&url, "a").await, peer(&url, "b").await);
     // The honest peers earn their standing on ordinary work.
@@ -479,7 +501,14 @@ async fn fresh_peers_of_a_made_up_setup_do_not_capture_replicated_sessions() {
 /// With `accepted_setups`, a peer declaring any other setup is never a replica.
 #[tokio::test]
 async fn a_setup_the_operator_does_not_accept_serves_no_replicated_session() {
-    let coord = start(Config { accepted_setups: vec!["something else".into()], ..replicated(2) }).await;
+    let coord = start(Config {
+        replication: coordinator::Replication {
+            accepted_setups: vec!["something else".into()],
+            ..(replicated(2)).replication
+        },
+        ..replicated(2)
+    })
+    .await;
     let url = coord.url();
     let (mut a, mut b) = (peer(&url, "a").await, peer(&url, "b").await);
     let mut gamer = Client::gamer(&url, "g").await;
@@ -502,7 +531,12 @@ async fn a_setup_the_operator_does_not_accept_serves_no_replicated_session() {
 /// counting heads (`established_after_answers` 0), the honest peer would be quarantined.
 /// Returns how many peers were quarantined.
 async fn fresh_colluders_against_an_established_replica(established_after_answers: u64) -> u64 {
-    let coord = start(Config { established_after_answers, host_prefix_v4: 32, ..replicated(3) }).await;
+    let coord = start(Config {
+        reputation: coordinator::Reputation { established_after_answers, ..(replicated(3)).reputation },
+        connections: coordinator::Connections { host_prefix_v4: 32, ..(replicated(3)).connections },
+        ..replicated(3)
+    })
+    .await;
     let url = coord.url();
     let mut honest_peer = peer(&url, "honest").await;
     let mut gamer = Client::gamer(&url, "g").await;
@@ -558,7 +592,12 @@ async fn fresh_colluders_cannot_outvote_an_established_replica() {
 /// Without the re-run (no fourth peer: `confirm` is `false`), the dispute is unsettled too:
 /// a majority alone quarantines no one. Returns (quarantined, unsettled disputes).
 async fn established_colluders_against_an_honest_replica(fourth_peer: bool) -> (u64, u64) {
-    let coord = start(Config { established_after_answers: 0, host_prefix_v4: 32, ..replicated(3) }).await;
+    let coord = start(Config {
+        reputation: coordinator::Reputation { established_after_answers: 0, ..(replicated(3)).reputation },
+        connections: coordinator::Connections { host_prefix_v4: 32, ..(replicated(3)).connections },
+        ..replicated(3)
+    })
+    .await;
     let url = coord.url();
     let caps = Capabilities { max_concurrent_tasks: Some(4), determinism: Some(setup()), ..Default::default() };
     let mut honest_peer = peer(&url, "honest").await;
@@ -661,7 +700,15 @@ async fn one_liar_with_no_third_peer_is_kept_apart_and_its_answers_held() {
 /// honest peer first agrees with a witness on a replicated tick, before the liar is there.)
 #[tokio::test]
 async fn a_liar_in_unsettled_disputes_with_three_networks_is_quarantined() {
-    let config = Config { replicas_on_distinct_hosts: true, host_prefix_v4: 32, replica_log_ticks: 0, ..replicated(2) };
+    let config = Config {
+        replication: coordinator::Replication {
+            replicas_on_distinct_hosts: true,
+            replica_log_ticks: 0,
+            ..(replicated(2)).replication
+        },
+        connections: coordinator::Connections { host_prefix_v4: 32, ..(replicated(2)).connections },
+        ..replicated(2)
+    };
     let coord = start(config).await;
     let url = coord.url();
     let caps = Capabilities { max_concurrent_tasks: Some(4), determinism: Some(setup()), ..Default::default() };

@@ -114,9 +114,16 @@ fn capacity_of(coord: &coordinator::CoordinatorHandle, peer_id: &str) -> Option<
 /// the gamer's own cheap tasks first) answers the last attempt at once, "confirming" every
 /// miss. Returns how many of the two honest peers were quarantined.
 async fn heavy_ticks_confirmed_by_a_volunteer(quarantine_min_gamers: u32) -> u64 {
-    let coord =
-        start(Config { established_after_answers: 4, quarantine_min_gamers, host_prefix_v4: 32, ..Config::default() })
-            .await;
+    let coord = start(Config {
+        reputation: coordinator::Reputation {
+            established_after_answers: 4,
+            quarantine_min_gamers,
+            ..Default::default()
+        },
+        connections: coordinator::Connections { host_prefix_v4: 32, ..Default::default() },
+        ..Config::default()
+    })
+    .await;
     let url = coord.url();
     let honest_x = serve(Client::peer_with(&url, "x", caps(8)).await, Script::Honest);
     let honest_y = serve(Client::peer_with(&url, "y", caps(8)).await, Script::Honest);
@@ -149,7 +156,7 @@ async fn a_gamer_alone_cannot_get_honest_peers_quarantined() {
     // With one gamer's work enough to quarantine, the attack works: both honest peers go.
     assert_eq!(heavy_ticks_confirmed_by_a_volunteer(1).await, 2, "the attack is real");
     // By default misses on one network's work are never enough.
-    assert_eq!(heavy_ticks_confirmed_by_a_volunteer(Config::default().quarantine_min_gamers).await, 0);
+    assert_eq!(heavy_ticks_confirmed_by_a_volunteer(Config::default().reputation.quarantine_min_gamers).await, 0);
 }
 
 /// The same gamer without a volunteer of its own: the heavy tick's retry reaches the other
@@ -158,9 +165,12 @@ async fn a_gamer_alone_cannot_get_honest_peers_quarantined() {
 #[tokio::test]
 async fn an_error_from_the_next_peer_confirms_no_miss() {
     let coord = start(Config {
-        established_after_answers: 0,
-        quarantine_min_gamers: 1,
-        host_prefix_v4: 32,
+        reputation: coordinator::Reputation {
+            established_after_answers: 0,
+            quarantine_min_gamers: 1,
+            ..Default::default()
+        },
+        connections: coordinator::Connections { host_prefix_v4: 32, ..Default::default() },
         ..Config::default()
     })
     .await;
@@ -194,7 +204,12 @@ async fn a_peer_refusing_every_task_as_over_budget_is_retried_around_and_quarant
 }
 
 async fn failing_peer_retried_around_and_quarantined(script: Script) {
-    let coord = start(Config { established_after_answers: 4, host_prefix_v4: 32, ..Config::default() }).await;
+    let coord = start(Config {
+        reputation: coordinator::Reputation { established_after_answers: 4, ..Default::default() },
+        connections: coordinator::Connections { host_prefix_v4: 32, ..Default::default() },
+        ..Config::default()
+    })
+    .await;
     let url = coord.url();
     let broken = serve(Client::peer_from(&url, "127.0.0.2", "broken", caps(64)).await, script);
     let honest_peer = serve(Client::peer_with(&url, "honest", caps(8)).await, Script::Honest);
@@ -312,7 +327,12 @@ async fn large_frames_are_decoded_off_the_runtime_and_delivered() {
 /// earned its standing before, under its id; it comes back proving the id is its own.)
 #[tokio::test]
 async fn sybil_black_holes_cannot_use_up_a_tasks_attempts() {
-    let coord = start(Config { established_after_answers: 2, host_prefix_v4: 32, ..Config::default() }).await;
+    let coord = start(Config {
+        reputation: coordinator::Reputation { established_after_answers: 2, ..Default::default() },
+        connections: coordinator::Connections { host_prefix_v4: 32, ..Default::default() },
+        ..Config::default()
+    })
+    .await;
     let url = coord.url();
     let mut gamer = Client::gamer(&url, "g").await;
     let mut honest = Client::peer(&url, "honest", 8).await;
@@ -353,7 +373,10 @@ async fn sybil_black_holes_cannot_use_up_a_tasks_attempts() {
 #[tokio::test]
 async fn absent_squatters_make_room_for_newcomers() {
     // 12 gamer slots (16 connections, 4 kept for peers).
-    let config = Config { max_connections: 16, reserved_peer_slots: 4, ..Config::default() };
+    let config = Config {
+        connections: coordinator::Connections { max_connections: 16, reserved_peer_slots: 4, ..Default::default() },
+        ..Config::default()
+    };
     let coord = start(config).await;
     let url = coord.url();
     // Idle leavers first: they hold nothing once gone.
@@ -388,7 +411,10 @@ async fn absent_squatters_make_room_for_newcomers() {
 /// than its share, the cap still refuses (the control).
 #[tokio::test]
 async fn unregistered_squatters_make_room_for_newcomers() {
-    let config = Config { max_unregistered_connections: 16, ..Config::default() };
+    let config = Config {
+        connections: coordinator::Connections { max_unregistered_connections: 16, ..Default::default() },
+        ..Config::default()
+    };
     let coord = start(config).await;
     let url = coord.url();
     let mut squatters = Vec::new();
@@ -415,7 +441,11 @@ async fn unregistered_squatters_make_room_for_newcomers() {
 
     // The control: one unregistered connection per address, the cap reached: nobody holds
     // more than a newcomer would, so the newcomer is refused (the cap is still a cap).
-    let coord = start(Config { max_unregistered_connections: 8, ..Config::default() }).await;
+    let coord = start(Config {
+        connections: coordinator::Connections { max_unregistered_connections: 8, ..Default::default() },
+        ..Config::default()
+    })
+    .await;
     let url = coord.url();
     let mut held = Vec::new();
     for address in 2..=9 {
@@ -642,7 +672,13 @@ async fn a_peer_that_never_acknowledges_is_disconnected_after_the_stall_timeout(
     use p2c2r_protocol::pacing::INITIAL_WINDOW;
     use tokio_tungstenite::tungstenite::Message as Ws;
 
-    let config = Config { write_stall_timeout: std::time::Duration::from_millis(500), ..Config::default() };
+    let config = Config {
+        connections: coordinator::Connections {
+            write_stall_timeout: std::time::Duration::from_millis(500),
+            ..Default::default()
+        },
+        ..Config::default()
+    };
     let coord = start(config).await;
     let url = coord.url();
     let mut peer = Client::connect_binary(&url).await;
@@ -688,7 +724,11 @@ async fn hostile_chunks_get_clear_errors_within_bounds() {
         c.extend_from_slice(data);
         c
     };
-    let coord = start(Config { max_frame_bytes: 64 * 1024, ..Config::default() }).await;
+    let coord = start(Config {
+        connections: coordinator::Connections { max_frame_bytes: 64 * 1024, ..Default::default() },
+        ..Config::default()
+    })
+    .await;
     let url = coord.url();
     let registered = |id: &'static str, chunked: bool| {
         let url = url.clone();

@@ -67,7 +67,10 @@ struct Measured {
 }
 
 async fn run(bulk: bool, chunked_frames: bool, link_limited: bool) -> Measured {
-    let config = coordinator::Config { chunked_frames, ..coordinator::Config::default() };
+    let config = coordinator::Config {
+        connections: coordinator::Connections { chunked_frames, ..Default::default() },
+        ..coordinator::Config::default()
+    };
     let coord = coordinator::spawn("127.0.0.1:0", config).await.expect("bind loopback");
     let link = Conditions::round_trip(Duration::from_millis(20), Duration::ZERO);
     let link = if link_limited { link.with_bandwidth(12_500_000).with_queue(128 * 1024) } else { link };

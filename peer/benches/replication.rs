@@ -50,10 +50,13 @@ fn tick(t: u64) -> PhysicsStepRequest {
 
 fn config(replicas: u8, audit_fraction: f64) -> coordinator::Config {
     coordinator::Config {
-        replicas,
-        audit_fraction,
-        // All peers are in this process, on one address.
-        replicas_on_distinct_hosts: false,
+        replication: coordinator::Replication {
+            replicas,
+            audit_fraction,
+            // All peers are in this process, on one address.
+            replicas_on_distinct_hosts: false,
+            ..Default::default()
+        },
         ..coordinator::Config::default()
     }
 }

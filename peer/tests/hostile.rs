@@ -266,7 +266,10 @@ async fn a_task_running_past_its_deadline_is_cancelled_and_the_next_task_runs() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_result_too_large_for_the_coordinator_is_refused_and_the_peer_stays_connected() {
-    let config = coordinator::Config { max_frame_bytes: 128 * 1024, ..Default::default() };
+    let config = coordinator::Config {
+        connections: coordinator::Connections { max_frame_bytes: 128 * 1024, ..Default::default() },
+        ..Default::default()
+    };
     let coord = coordinator::spawn("127.0.0.1:0", config).await.unwrap();
     let url = coord.url();
     let peer = worker_peer(&url, "peer-big", 2, 1024).await;

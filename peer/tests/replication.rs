@@ -27,12 +27,18 @@ const DT: f32 = 1.0 / 60.0;
 
 fn replicated(replicas: u8) -> coordinator::Config {
     coordinator::Config {
-        replicas,
-        replicas_on_distinct_hosts: false,
-        audit_fraction: 0.0,
-        // Votes count from a peer's first answer (coordinator/tests/replication.rs tests
-        // what votes weigh).
-        established_after_answers: 0,
+        replication: coordinator::Replication {
+            replicas,
+            replicas_on_distinct_hosts: false,
+            audit_fraction: 0.0,
+            ..Default::default()
+        },
+        reputation: coordinator::Reputation {
+            // Votes count from a peer's first answer (coordinator/tests/replication.rs tests
+            // what votes weigh).
+            established_after_answers: 0,
+            ..Default::default()
+        },
         ..coordinator::Config::default()
     }
 }

@@ -25,10 +25,16 @@ fn secrets() -> PathBuf {
 
 fn config(dir: &Path) -> coordinator::Config {
     coordinator::Config {
-        tls: Some(coordinator::TlsFiles { cert: dir.join("cert.pem"), key: dir.join("key.pem") }),
-        auth_file: Some(dir.join("auth")),
-        // One peer: no other could audit it, and it must serve the session.
-        allow_unauditable_peers: true,
+        identity: coordinator::Identity {
+            tls: Some(coordinator::TlsFiles { cert: dir.join("cert.pem"), key: dir.join("key.pem") }),
+            auth_file: Some(dir.join("auth")),
+            ..Default::default()
+        },
+        replication: coordinator::Replication {
+            // One peer: no other could audit it, and it must serve the session.
+            allow_unauditable_peers: true,
+            ..Default::default()
+        },
         ..Default::default()
     }
 }

@@ -104,7 +104,8 @@ pub fn flags(help: &str) -> Vec<Flag> {
         if (2..=6).contains(&indent) && text.starts_with('-') {
             let long = text.split_whitespace().find(|t| t.starts_with("--")).map(|t| t.trim_end_matches(','));
             if let Some(long) = long {
-                entries.push((long.to_owned(), String::new()));
+                // Clap puts a short help on the flag's own line: it is part of the body.
+                entries.push((long.to_owned(), text.to_owned()));
                 continue;
             }
         }
@@ -296,6 +297,18 @@ Options:
   -h, --help
           Print help
 ";
+
+    #[test]
+    fn a_short_help_on_the_flags_own_line_keeps_its_default() {
+        // Clap lays a section out this way when every help in it is short.
+        let help = "Identity:\n      --grace-ms <MS>  How long [env: X_GRACE_MS=] [default: 10000]\n      --insecure       Allow\n";
+        let flags = flags(help);
+        assert_eq!(flags.len(), 2);
+        assert_eq!(flags[0].long, "--grace-ms");
+        assert_eq!(flags[0].default.as_deref(), Some("10000"));
+        assert_eq!(flags[0].env.as_deref(), Some("X_GRACE_MS"));
+        assert_eq!(flags[1].default, None);
+    }
 
     #[test]
     fn a_missing_flag_a_wrong_default_and_a_seconds_flag_are_problems() {

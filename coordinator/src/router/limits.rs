@@ -37,10 +37,17 @@ impl Limits {
         }
         let c = config;
         let limits = GamerLimits {
-            tasks: c.max_tasks_per_second.map(|n| TokenBucket::new(Rate::per_second(f64::from(n), 2.0), now)),
-            bytes: c.max_task_bytes_per_second.map(|n| TokenBucket::new(Rate::per_second(n as f64, 2.0), now)),
-            sessions: c.max_new_sessions_per_second.map(|n| {
-                let rate = Rate { per_second: f64::from(n), burst: (c.max_sessions_per_gamer.max(1)) as f64 };
+            tasks: c
+                .rate_limits
+                .max_tasks_per_second
+                .map(|n| TokenBucket::new(Rate::per_second(f64::from(n), 2.0), now)),
+            bytes: c
+                .rate_limits
+                .max_task_bytes_per_second
+                .map(|n| TokenBucket::new(Rate::per_second(n as f64, 2.0), now)),
+            sessions: c.rate_limits.max_new_sessions_per_second.map(|n| {
+                let rate =
+                    Rate { per_second: f64::from(n), burst: (c.scheduling.max_sessions_per_gamer.max(1)) as f64 };
                 TokenBucket::new(rate, now)
             }),
         };
@@ -82,9 +89,12 @@ mod tests {
     #[test]
     fn new_sessions_are_limited_apart_from_tasks_and_a_resume_keeps_the_buckets() {
         let config = Config {
-            max_tasks_per_second: Some(1000),
-            max_new_sessions_per_second: Some(1),
-            max_sessions_per_gamer: 2,
+            rate_limits: crate::config::RateLimits {
+                max_tasks_per_second: Some(1000),
+                max_new_sessions_per_second: Some(1),
+                ..Default::default()
+            },
+            scheduling: crate::config::Scheduling { max_sessions_per_gamer: 2, ..Default::default() },
             ..Config::default()
         };
         let now = Instant::now();

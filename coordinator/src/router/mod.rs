@@ -96,8 +96,11 @@ impl Router {
         Router {
             state: Mutex::new(State {
                 sched,
-                registry: Registry::new(IdBook::new(config.resume_grace), metrics.clone()),
-                delivery: delivery::Delivery::new(config.max_pending_bytes_per_gamer, config.max_pending_bytes / 4),
+                registry: Registry::new(IdBook::new(config.identity.resume_grace), metrics.clone()),
+                delivery: delivery::Delivery::new(
+                    config.scheduling.max_pending_bytes_per_gamer,
+                    config.scheduling.max_pending_bytes / 4,
+                ),
                 limits: limits::Limits::default(),
                 standing: standing::Standing::new(),
                 replicas: replicas::Replicas::new(&config),
@@ -258,7 +261,7 @@ impl Router {
                 ),
             },
             Message::Stats(_) => {
-                if self.config.auth_file.is_some()
+                if self.config.identity.auth_file.is_some()
                     && state.registry.credential(conn).map(|c| c.identity.role) != Some(CredentialRole::Operator)
                 {
                     return state.registry.send_error(
@@ -302,35 +305,26 @@ impl Router {
     }
 }
 
-/// The scheduler's settings, from the coordinator's.
+/// The scheduler's settings: the coordinator's sections as they are, and what follows from
+/// the others.
 fn scheduler_config(config: &Config) -> SchedulerConfig {
     SchedulerConfig {
-        max_attempts: config.max_attempts.max(1),
-        max_pending_per_gamer: config.max_pending_per_gamer,
-        max_sessions_per_gamer: config.max_sessions_per_gamer,
-        max_queue_wait: config.max_queue_wait,
-        max_pending_bytes_per_gamer: config.max_pending_bytes_per_gamer,
-        max_pending_bytes: config.max_pending_bytes,
-        max_peer_capacity: config.max_peer_capacity.max(1),
-        initial_peer_capacity: config.initial_peer_capacity,
-        max_session_pipeline: config.max_session_pipeline.max(1),
+        scheduling: config.scheduling.clone(),
+        reputation: config.reputation.clone(),
+        replication: config.replication.clone(),
         // Never more assignments in flight than a peer's outbound queue holds (half of
         // it, leaving room for pings and errors), whatever the peer declares.
-        max_tasks_per_peer: (config.send_queue_frames / 2).clamp(1, u32::MAX as usize) as u32,
-        max_bytes_per_peer: (config.send_queue_bytes / 2).max(1),
-        quarantine_after_misses: config.quarantine_after_misses,
-        replicas_on_distinct_hosts: config.replicas_on_distinct_hosts,
-        quarantine_min_gamers: config.quarantine_min_gamers,
-        established_after_answers: config.established_after_answers,
-        max_resyncs_in_a_row: config.max_resyncs_in_a_row,
+        max_tasks_per_peer: (config.connections.send_queue_frames / 2).clamp(1, u32::MAX as usize) as u32,
+        max_bytes_per_peer: (config.connections.send_queue_bytes / 2).max(1),
         disputes: crate::disputes::DisputeConfig {
-            partners_to_quarantine: config.dispute_partners_to_quarantine,
-            memory: config.quarantine_duration,
+            partners_to_quarantine: config.reputation.dispute_partners_to_quarantine,
+            memory: config.reputation.quarantine_duration,
             ..Default::default()
         },
         // With credentials on (an internet deployment), a peer no audit can check
         // serves no session unless the operator allows it.
-        sessions_need_auditable_peers: config.auth_file.is_some() && !config.allow_unauditable_peers,
+        sessions_need_auditable_peers: config.identity.auth_file.is_some()
+            && !config.replication.allow_unauditable_peers,
         ..SchedulerConfig::default()
     }
 }

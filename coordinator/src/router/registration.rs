@@ -53,7 +53,7 @@ impl Router {
             state.registry.send_error(conn, ErrorCode::InvalidMessage, reason, Some(msg_type.into()));
             return None;
         }
-        let same_credential = if self.config.auth_file.is_some() {
+        let same_credential = if self.config.identity.auth_file.is_some() {
             let refusal = match state.registry.credential(conn).map(|c| &c.identity) {
                 Some(identity) if identity.role == needed && identity.id == *id => None,
                 Some(identity) => Some(format!(
@@ -160,11 +160,12 @@ impl Router {
             None => return,
             Some(Binding::Again) => {
                 let secret = state.registry.ids.bind(Kind::Peer, &m.peer_id);
-                let chunked =
-                    state.registry.take_chunks(conn, m.capabilities.chunked_frames && self.config.chunked_frames);
+                let chunked = state
+                    .registry
+                    .take_chunks(conn, m.capabilities.chunked_frames && self.config.connections.chunked_frames);
                 return state.registry.send(conn, self.ack(Some(m.peer_id), None, secret, chunked));
             }
-            Some(Binding::New { resumed }) => resumed || self.config.auth_file.is_some(),
+            Some(Binding::New { resumed }) => resumed || self.config.identity.auth_file.is_some(),
         };
         let caps = &m.capabilities;
         let capacity = caps.max_concurrent_tasks.or(caps.cpu_cores).unwrap_or(1).max(1);
@@ -173,7 +174,8 @@ impl Router {
         crate::info_limited!("router: peer registered", peer_id = m.peer_id, capacity, task_types = ?caps.task_types, "peer registered");
         // A setup the operator does not vouch for is never compared, so never a replica.
         let accepted = |d: &&p2c2r_protocol::Determinism| {
-            let ok = self.config.accepted_setups.is_empty() || self.config.accepted_setups.contains(&d.label());
+            let ok = self.config.replication.accepted_setups.is_empty()
+                || self.config.replication.accepted_setups.contains(&d.label());
             if !ok {
                 crate::info_limited!(
                     "router: setup not accepted",
@@ -192,8 +194,8 @@ impl Router {
         state.retire_replicas_on(&m.peer_id);
         state.remember_standing(&m.peer_id);
         state.sched.add_peer(m.peer_id.clone(), PeerSpec { task_types, capacity, setup, host });
-        if self.config.auth_file.is_some()
-            && !self.config.allow_unauditable_peers
+        if self.config.identity.auth_file.is_some()
+            && !self.config.replication.allow_unauditable_peers
             && !state.sched.is_auditable(&m.peer_id)
         {
             crate::info_limited!(
@@ -230,7 +232,8 @@ impl Router {
         };
         state.sched.restore_standing(&m.peer_id, standing);
         let secret = state.registry.ids.bind(Kind::Peer, &m.peer_id);
-        let chunked = state.registry.take_chunks(conn, m.capabilities.chunked_frames && self.config.chunked_frames);
+        let chunked =
+            state.registry.take_chunks(conn, m.capabilities.chunked_frames && self.config.connections.chunked_frames);
         state.registry.send(conn, self.ack(Some(m.peer_id), None, secret, chunked));
         state.dispatch(Instant::now());
         self.deadlines_changed.notify_one();
@@ -239,7 +242,8 @@ impl Router {
     pub(super) fn register_gamer(&self, state: &mut State, conn: ConnId, role: &Role, m: RegisterGamer) {
         // Gamers never take the slots kept for peers (a re-registration of a live id
         // replaces a slot rather than taking one).
-        let gamer_slots = self.config.max_connections.saturating_sub(self.config.reserved_peer_slots).max(1);
+        let gamer_slots =
+            self.config.connections.max_connections.saturating_sub(self.config.connections.reserved_peer_slots).max(1);
         // Gamers away within their resume grace with work pending still hold slots.
         let holding = state.registry.gamers.len() + state.delivery.len();
         let newcomer = *role == Role::Unregistered
@@ -288,7 +292,7 @@ impl Router {
     /// The network an address belongs to (`host_prefix_v4`, `host_prefix_v6`): one origin
     /// for quarantine, one host for replicas and their votes.
     pub(super) fn network_of(&self, ip: std::net::IpAddr) -> std::net::IpAddr {
-        crate::admission::network_of(ip, self.config.host_prefix_v4, self.config.host_prefix_v6)
+        crate::admission::network_of(ip, self.config.connections.host_prefix_v4, self.config.connections.host_prefix_v6)
     }
 
     fn ack(&self, peer_id: Option<String>, gamer_id: Option<String>, resume_secret: String, chunked: bool) -> Message {
@@ -296,8 +300,8 @@ impl Router {
             peer_id,
             gamer_id,
             status: "registered".into(),
-            heartbeat_interval_ms: Some(self.config.heartbeat_interval.as_millis() as u64),
-            max_frame_bytes: Some(self.config.max_frame_bytes),
+            heartbeat_interval_ms: Some(self.config.connections.heartbeat_interval.as_millis() as u64),
+            max_frame_bytes: Some(self.config.connections.max_frame_bytes),
             resume_secret: Some(resume_secret),
             chunked_frames: chunked,
         })

@@ -14,8 +14,9 @@ use p2c2r_protocol::{Payload, SessionStatus, TaskRequest};
 
 use super::State;
 use crate::Config;
+use crate::config::Replication;
 use crate::copy_id::CopyId;
-use crate::replication::{self, Group, Logged, ReplicationConfig};
+use crate::replication::{self, Group, Logged};
 use crate::scheduler::{Submission, SubmitError};
 
 /// What a peer must run to hold a replica: the correction step as well (P2C2R peers run
@@ -47,7 +48,7 @@ pub(super) struct ReplicaCounters {
 /// Every replicated or audited session, by gamer and session.
 pub(super) struct Replicas {
     groups: HashMap<String, HashMap<String, GroupEntry>>,
-    pub(super) config: ReplicationConfig,
+    pub(super) config: Replication,
     /// Payload bytes all groups' logs hold, and the most allowed.
     log_bytes: usize,
     max_log_bytes: usize,
@@ -62,20 +63,16 @@ impl Replicas {
     pub(super) fn new(config: &Config) -> Self {
         Replicas {
             groups: HashMap::new(),
-            config: ReplicationConfig {
-                replicas: config.replicas.clamp(1, replication::MAX_REPLICAS),
-                audit_fraction: config.audit_fraction.clamp(0.0, 1.0),
-                strict: config.strict_replication,
-                log_ticks: config.replica_log_ticks,
-                log_bytes: config.replica_log_bytes,
-            },
+            config: config.replication.clone(),
             log_bytes: 0,
-            max_log_bytes: config.max_replica_log_bytes,
+            max_log_bytes: config.replication.max_replica_log_bytes,
             audit_salt: fastrand::u64(..),
             counters: ReplicaCounters::default(),
             // Each group takes a scheduler session per replica (and one while a
             // replacement or tie-breaker starts).
-            max_groups_per_gamer: (config.max_sessions_per_gamer / (usize::from(config.replicas.max(2)) + 1)).max(1),
+            max_groups_per_gamer: (config.scheduling.max_sessions_per_gamer
+                / (usize::from(config.replication.replicas.max(2)) + 1))
+                .max(1),
         }
     }
 
@@ -140,7 +137,7 @@ impl State {
         let class = self.sched.largest_setup_class(REPLICA_TASK_TYPE);
         let replicas = &mut self.replicas;
         let c = &replicas.config;
-        let (wanted, audited) = if c.strict {
+        let (wanted, audited) = if c.strict_replication {
             (c.replicas.max(2), false)
         } else if c.replicas > 1 {
             (c.replicas, false)
@@ -156,7 +153,7 @@ impl State {
                 return false;
             }
         };
-        let strict = c.strict;
+        let strict = c.strict_replication;
         let max_groups = replicas.max_groups_per_gamer;
         let groups = replicas.groups.entry(gamer.to_owned()).or_default();
         if groups.len() >= max_groups {

@@ -30,7 +30,7 @@ pub const MAX_QUARANTINED: usize = 65_536;
 
 /// Quarantines and standings.
 pub(super) struct Standing {
-    /// Peer ids quarantined, and until when (see `Config::quarantine_after_misses`).
+    /// Peer ids quarantined, and until when (see `Reputation::quarantine_after_misses`).
     quarantine: HashMap<String, Instant>,
     pub(super) peers_quarantined: u64,
     /// Where quarantines outlive the process, when configured.

@@ -36,7 +36,7 @@ impl Router {
         if let Err(reason) = checks {
             return state.registry.send_error(conn, ErrorCode::InvalidMessage, reason, Some(m.task_id));
         }
-        if let Some(reason) = too_large_for_json(&m.task_data, self.config.max_frame_bytes) {
+        if let Some(reason) = too_large_for_json(&m.task_data, self.config.connections.max_frame_bytes) {
             return state.registry.send_error(conn, ErrorCode::LimitExceeded, reason, Some(m.task_id));
         }
         // A replicated session stays known while its replicas change.
@@ -47,7 +47,7 @@ impl Router {
         if let Some(reason) = state.limits.charge(gamer_id, cost, Instant::now()) {
             return state.registry.send_error(conn, ErrorCode::RateLimited, reason, Some(m.task_id));
         }
-        let deadline = m.deadline_ms.map_or(self.config.default_task_deadline, Duration::from_millis);
+        let deadline = m.deadline_ms.map_or(self.config.scheduling.default_task_deadline, Duration::from_millis);
         let task_id = m.task_id.clone();
         if m.task_type == p2c2r_protocol::task_types::PHYSICS_STEP_FULL {
             let reason = "physics_step_full is sent by the coordinator only (to correct a replicated session)";
@@ -150,7 +150,7 @@ impl Router {
         mut kind: ResultKind,
         mut digest: Option<AnswerDigest>,
     ) {
-        let refused_here = too_large_for_json(&m.result, self.config.max_frame_bytes).map(|reason| {
+        let refused_here = too_large_for_json(&m.result, self.config.connections.max_frame_bytes).map(|reason| {
             // The gamer may speak JSON: answer with the error instead (its decoder did not
             // see this result, so it resyncs).
             let error = TaskError::new(ErrorCode::LimitExceeded, format!("the peer's result was refused: {reason}"));
@@ -183,7 +183,7 @@ impl Router {
                 };
                 // Where replicas must be on distinct hosts, a host is one vote however many
                 // peers it runs.
-                let voter = match self.config.replicas_on_distinct_hosts {
+                let voter = match self.config.replication.replicas_on_distinct_hosts {
                     true => state
                         .registry
                         .addr(conn)
@@ -208,7 +208,7 @@ impl Router {
                     }),
                 };
                 state.copy_outcome(&gamer, &session.id, &task_id, outcome, Some(submitted_at));
-                if state.take_quarantined_liars(self.config.quarantine_duration) {
+                if state.take_quarantined_liars(self.config.reputation.quarantine_duration) {
                     self.deadlines_changed.notify_one();
                 }
             }
@@ -246,7 +246,7 @@ impl Router {
         }
         // This answer may have confirmed a miss that completes another peer's streak: that
         // peer is quarantined now, not at the next passed deadline (there may be none).
-        state.quarantine_missers(self.config.quarantine_duration, Instant::now());
+        state.quarantine_missers(self.config.reputation.quarantine_duration, Instant::now());
         if !state.dispatch(Instant::now()).is_empty() {
             self.deadlines_changed.notify_one();
         }
@@ -283,9 +283,9 @@ impl Router {
             );
         }
         for peer_id in state.sched.take_quarantined() {
-            state.quarantine_peer(&peer_id, now + self.config.quarantine_duration, MISSED_DEADLINES);
+            state.quarantine_peer(&peer_id, now + self.config.reputation.quarantine_duration, MISSED_DEADLINES);
         }
-        state.take_quarantined_liars(self.config.quarantine_duration);
+        state.take_quarantined_liars(self.config.reputation.quarantine_duration);
         let answers = state.answers_for(failures);
         state.dispatch(now);
         let more = state.sched.next_deadline().is_some_and(|at| at <= now);

@@ -177,7 +177,7 @@ impl State {
 
     /// Tells the gamer how its session is replicated, when that changed.
     pub(super) fn tell_status(&mut self, gamer: &str, session: &str) {
-        let strict = self.replicas.config.strict;
+        let strict = self.replicas.config.strict_replication;
         let conn = self.registry.gamers.get(gamer).copied();
         let Some(entry) = self.replicas.group_mut(gamer, session) else { return };
         // Built for every tick and copy: the session id (an allocation) is added only
