@@ -66,6 +66,11 @@ impl Router {
                 }
             }
         }
+        // A replica retired with the peer may have started a tie-breaker's replay.
+        if state.replicas.replays_pending() {
+            drop(state);
+            self.continue_replays();
+        }
     }
 
     /// After the credentials changed: closes every connection whose credential they no
@@ -126,6 +131,10 @@ impl Router {
                 closed = refused.len(),
                 "closed connections whose credential was revoked"
             );
+        }
+        if state.replicas.replays_pending() {
+            drop(state);
+            self.continue_replays();
         }
         refused.len()
     }

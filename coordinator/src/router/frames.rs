@@ -8,21 +8,27 @@ use p2c2r_protocol::{ErrorCode, Message, Payload, codec, inspect::ResultKind, li
 /// field names, numbers).
 pub(super) const FRAME_ENVELOPE_BYTES: usize = 2048;
 
-/// A frame decoded without the router's state: the message (or why it is refused), and
-/// for a task result its status, read here because it may mean parsing a large payload.
+/// A frame decoded without the router's state: the message (or why it is refused), for a
+/// task result its status, and for a physics tick whether it is a snapshot (what a
+/// replicated session's replicas start from): read here because either may mean parsing
+/// a large payload.
 #[derive(Debug)]
 pub struct Decoded {
     pub(super) message: Result<Message, (ErrorCode, String, Option<String>)>,
     pub(super) kind: Option<ResultKind>,
+    pub(super) snapshot: bool,
 }
 
 impl From<Result<Message, (ErrorCode, String, Option<String>)>> for Decoded {
     fn from(message: Result<Message, (ErrorCode, String, Option<String>)>) -> Self {
-        let kind = match &message {
-            Ok(Message::TaskResult(m)) => Some(p2c2r_protocol::inspect::result_kind(&m.result)),
-            _ => None,
+        let (kind, snapshot) = match &message {
+            Ok(Message::TaskResult(m)) => (Some(p2c2r_protocol::inspect::result_kind(&m.result)), false),
+            Ok(Message::TaskRequest(m)) if m.task_type == p2c2r_protocol::task_types::PHYSICS_STEP => {
+                (None, p2c2r_protocol::inspect::is_snapshot_request(&m.task_data))
+            }
+            _ => (None, false),
         };
-        Decoded { message, kind }
+        Decoded { message, kind, snapshot }
     }
 }
 

@@ -30,6 +30,8 @@ mod registry;
 mod replicas;
 mod standing;
 mod tasks;
+#[cfg(test)]
+mod tests;
 mod verdicts;
 mod view;
 
@@ -59,6 +61,16 @@ pub const REVOKED_FLUSH: Duration = Duration::from_secs(1);
 
 /// Passed deadlines handled per lock hold (see [`Router::expire_due`]).
 pub const EXPIRE_BATCH: usize = 1024;
+
+/// What was read of a frame before the lock was taken (see [`Decoded`]).
+struct Read {
+    /// A task result's status.
+    kind: Option<p2c2r_protocol::inspect::ResultKind>,
+    /// Whether a physics tick is a snapshot.
+    snapshot: bool,
+    /// A successful answer to a replicated copy: its digest.
+    digest: Option<crate::replication::AnswerDigest>,
+}
 
 /// Everything the router knows, in one place, behind its one lock.
 struct State {
@@ -186,13 +198,33 @@ impl Router {
 
     /// Handles a frame decoded by [`decode_text`] (or [`decode_binary`]).
     pub fn handle_decoded(&self, conn: ConnId, decoded: Decoded) {
-        let Decoded { message: decoded, kind } = decoded;
+        let Decoded { message: decoded, kind, snapshot } = decoded;
         let digest = decoded.as_ref().ok().and_then(|m| self.answer_digest(conn, m, kind));
         let mut state = self.lock();
         let held = self.lock_held.start();
-        self.dispatch_message(&mut state, conn, decoded, kind, digest);
+        self.dispatch_message(&mut state, conn, decoded, Read { kind, snapshot, digest });
+        let replays = state.replicas.replays_pending();
         drop(state);
         self.lock_held.stop(held);
+        if replays {
+            self.continue_replays();
+        }
+    }
+
+    /// Submits what replicas replaying a session's log still wait for, a batch per lock
+    /// hold ([`replicas::REPLAY_BATCH`]), so other frames are handled in between.
+    fn continue_replays(&self) {
+        loop {
+            let mut state = self.lock();
+            let now = std::time::Instant::now();
+            let more = state.continue_replays(replicas::REPLAY_BATCH, now);
+            state.dispatch(now);
+            drop(state);
+            self.deadlines_changed.notify_one();
+            if !more {
+                return;
+            }
+        }
     }
 
     /// [`Router::handle_decoded`] as it was before answers were hashed outside the lock:
@@ -200,12 +232,16 @@ impl Router {
     /// benchmark that compares the two (`cargo bench -p coordinator --bench lock`).
     #[doc(hidden)]
     pub fn handle_decoded_hashing_under_lock(&self, conn: ConnId, decoded: Decoded) {
-        let Decoded { message: decoded, kind } = decoded;
+        let Decoded { message: decoded, kind, snapshot } = decoded;
         let mut state = self.lock();
         let held = self.lock_held.start();
-        self.dispatch_message(&mut state, conn, decoded, kind, None);
+        self.dispatch_message(&mut state, conn, decoded, Read { kind, snapshot, digest: None });
+        let replays = state.replicas.replays_pending();
         drop(state);
         self.lock_held.stop(held);
+        if replays {
+            self.continue_replays();
+        }
     }
 
     /// One handler per message kind.
@@ -214,8 +250,7 @@ impl Router {
         state: &mut State,
         conn: ConnId,
         decoded: Result<Message, (ErrorCode, String, Option<String>)>,
-        kind: Option<p2c2r_protocol::inspect::ResultKind>,
-        digest: Option<crate::replication::AnswerDigest>,
+        read: Read,
     ) {
         let message = match decoded {
             Ok(message) => message,
@@ -230,7 +265,7 @@ impl Router {
             Message::RegisterGamer(m) => self.register_gamer(state, conn, &role, m),
             Message::Heartbeat(_) => {}
             Message::TaskRequest(m) => match role {
-                Role::Gamer(gamer_id) => self.submit(state, conn, &gamer_id, m),
+                Role::Gamer(gamer_id) => self.submit(state, conn, &gamer_id, m, read.snapshot),
                 Role::Peer(_) => {
                     state.registry.send_error(conn, ErrorCode::WrongRole, "peers cannot submit tasks", Some(m.task_id))
                 }
@@ -243,9 +278,10 @@ impl Router {
             },
             Message::TaskResult(m) => match role {
                 Role::Peer(peer_id) => {
-                    let kind = kind
+                    let kind = read
+                        .kind
                         .unwrap_or(p2c2r_protocol::inspect::ResultKind::Error { resync: false, over_budget: false });
-                    self.complete(state, conn, &peer_id, m, kind, digest)
+                    self.complete(state, conn, &peer_id, m, kind, read.digest)
                 }
                 Role::Gamer(_) => state.registry.send_error(
                     conn,

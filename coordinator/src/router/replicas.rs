@@ -6,8 +6,14 @@
 //! Invariants: `log_bytes` is the sum of every group's log bytes, and never more than
 //! `max_log_bytes` once a change is accounted (the largest log goes first); a gamer has
 //! at most `max_groups_per_gamer` groups.
+//!
+//! A replica started by replaying the log gets its copies [`REPLAY_BATCH`] at a time: the
+//! first batch at once, the rest in lock holds of their own ([`State::continue_replays`],
+//! which the router runs after the frame that started it), so a replay of a long log never
+//! holds the lock for its whole length. While a replica has copies waiting, the live ticks'
+//! copies for it wait behind them (its backlog), so it sees every request in order.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use p2c2r_protocol::{Payload, SessionStatus, TaskRequest};
@@ -24,10 +30,33 @@ use crate::scheduler::{Submission, SubmitError};
 /// correction).
 pub(super) const REPLICA_TASK_TYPE: &str = p2c2r_protocol::task_types::PHYSICS_STEP_FULL;
 
+/// Copies a replica gets per lock hold while it replays the log.
+pub(super) const REPLAY_BATCH: usize = 64;
+
 /// A replicated session and what its gamer was last told about it.
 pub(super) struct GroupEntry {
     pub(super) group: Group,
     pub(super) told: Option<SessionStatus>,
+    /// Per replica replaying the log: the copies not yet submitted, in order.
+    backlogs: HashMap<u32, VecDeque<Backlogged>>,
+}
+
+impl GroupEntry {
+    /// A replica's copies waiting: (logged ticks to replay, live ticks behind them).
+    #[cfg(test)]
+    pub(super) fn backlog(&self, generation: u32) -> (usize, usize) {
+        let queue = self.backlogs.get(&generation);
+        let replays = queue.map_or(0, |q| q.iter().filter(|b| b.replay).count());
+        (replays, queue.map_or(0, |q| q.len()) - replays)
+    }
+}
+
+/// A copy waiting for its replica's replay to get to it.
+struct Backlogged {
+    tick: Logged,
+    /// A logged tick replayed (counted when submitted), not a live tick's copy (counted
+    /// when the tick was submitted).
+    replay: bool,
 }
 
 /// Counters since start, for `stats_report` and the metrics.
@@ -57,6 +86,8 @@ pub(super) struct Replicas {
     pub(super) counters: ReplicaCounters,
     /// Groups one gamer may have (its `max_sessions_per_gamer`).
     max_groups_per_gamer: usize,
+    /// Groups with a replica replaying (a backlog), oldest first; some may be done or gone.
+    replaying: VecDeque<(String, String)>,
 }
 
 impl Replicas {
@@ -70,6 +101,7 @@ impl Replicas {
             counters: ReplicaCounters::default(),
             // Each group takes a scheduler session per replica (and one while a
             // replacement or tie-breaker starts).
+            replaying: VecDeque::new(),
             max_groups_per_gamer: (config.scheduling.max_sessions_per_gamer
                 / (usize::from(config.replication.replicas.max(2)) + 1))
                 .max(1),
@@ -84,6 +116,15 @@ impl Replicas {
     /// Whether a gamer's session (the gamer's id for it) is replicated.
     pub(super) fn is_replicated(&self, gamer: &str, session: &str) -> bool {
         self.groups.get(gamer).is_some_and(|g| g.contains_key(session))
+    }
+
+    /// Whether some replica may still have copies waiting ([`State::continue_replays`]).
+    pub(super) fn replays_pending(&self) -> bool {
+        !self.replaying.is_empty()
+    }
+
+    fn has_backlog(&mut self, gamer: &str, session: &str) -> bool {
+        self.group_mut(gamer, session).is_some_and(|e| e.backlogs.values().any(|q| !q.is_empty()))
     }
 
     /// Forgets a gamer's groups and their logs.
@@ -186,7 +227,7 @@ impl State {
             replicas.counters.audited += 1;
         }
         let group = Group::new(wanted, audited, strict, class.map(|(setup, _)| setup));
-        groups.insert(session.to_owned(), GroupEntry { group, told: None });
+        groups.insert(session.to_owned(), GroupEntry { group, told: None, backlogs: HashMap::new() });
         true
     }
 
@@ -198,13 +239,13 @@ impl State {
         session: &str,
         m: TaskRequest,
         deadline: Duration,
+        snapshot: bool,
     ) -> Result<(), SubmitError> {
         let now = Instant::now();
         if self.replicas.group_mut(gamer, session).is_some_and(|e| e.group.tracks(&m.task_id)) {
             // Its answers are still compared with the first request's under this id.
             return Err(SubmitError::DuplicateTask(CopyId::plain(m.task_id)));
         }
-        let snapshot = p2c2r_protocol::inspect::is_snapshot_request(&m.task_data);
         self.fill_replicas(gamer, session, snapshot, now);
         let Some(entry) = self.replicas.group_mut(gamer, session) else { return Err(SubmitError::UnknownGamer) };
         let full = !snapshot && entry.group.take_correction();
@@ -216,6 +257,12 @@ impl State {
         let mut first_error = None;
         let tick = Logged { task_id: m.task_id, task_type, deadline, payload: m.task_data };
         for &generation in &live {
+            // A replica still replaying gets it after the log.
+            if let Some(backlog) = entry.backlogs.get_mut(&generation).filter(|q| !q.is_empty()) {
+                backlog.push_back(Backlogged { tick: tick.clone(), replay: false });
+                submitted += 1;
+                continue;
+            }
             let copy = copy_of(session, &live, generation, &tick, setup);
             match self.sched.submit(gamer, copy, now) {
                 Ok(_) => submitted += 1,
@@ -298,12 +345,11 @@ impl State {
         }
     }
 
-    /// Submits the group's log to a new generation (its copies go before any live tick's).
+    /// Gives a new generation the group's log to replay (its copies go before any live
+    /// tick's): the first [`REPLAY_BATCH`] now, the rest in later lock holds.
     pub(super) fn replay_into(&mut self, gamer: &str, session: &str, generation: u32, now: Instant) {
         let Some(entry) = self.replicas.group_mut(gamer, session) else { return };
         let log = entry.group.log();
-        let live = entry.group.live().to_vec();
-        let setup = entry.group.setup();
         crate::info_limited!(
             "router: replica started",
             gamer_id = gamer,
@@ -312,16 +358,61 @@ impl State {
             ticks = log.len(),
             "replica started from the session's log"
         );
-        for logged in log {
-            let copy = copy_of(session, &live, generation, &logged, setup);
+        let backlog = entry.backlogs.entry(generation).or_default();
+        backlog.extend(log.into_iter().map(|tick| Backlogged { tick, replay: true }));
+        self.replicas.replaying.push_back((gamer.to_owned(), session.to_owned()));
+        self.submit_backlog(gamer, session, REPLAY_BATCH, now);
+    }
+
+    /// Submits up to `budget` copies waiting in a group's backlogs, lowest replica first.
+    /// Returns how many were submitted or given up.
+    fn submit_backlog(&mut self, gamer: &str, session: &str, budget: usize, now: Instant) -> usize {
+        let mut done = 0;
+        while done < budget {
+            let Some(entry) = self.replicas.group_mut(gamer, session) else { return done };
+            let (live, setup) = (entry.group.live().to_vec(), entry.group.setup());
+            let waiting = entry.backlogs.iter_mut().filter(|(_, q)| !q.is_empty()).min_by_key(|(g, _)| **g);
+            let Some((&generation, queue)) = waiting else {
+                entry.backlogs.clear();
+                return done;
+            };
+            let next = queue.pop_front().expect("not empty");
+            done += 1;
+            let copy = copy_of(session, &live, generation, &next.tick, setup);
             if self.sched.submit(gamer, copy, now).is_err() {
                 // No room for the replay: give the replica up (a later tick tries again).
-                return self.retire_generation(gamer, session, generation);
+                // A live tick's copy taken out above is counted as cancelled with it.
+                if !next.replay
+                    && let Some(entry) = self.replicas.group_mut(gamer, session)
+                {
+                    entry.backlogs.entry(generation).or_default().push_front(next);
+                }
+                self.retire_generation(gamer, session, generation);
+                continue;
             }
-            if let Some(entry) = self.replicas.group_mut(gamer, session) {
-                entry.group.replaying(&logged.task_id, 1);
+            if next.replay
+                && let Some(entry) = self.replicas.group_mut(gamer, session)
+            {
+                entry.group.replaying(&next.tick.task_id, 1);
             }
         }
+        done
+    }
+
+    /// Submits up to `budget` more waiting copies of replicas replaying the log, oldest
+    /// replay first. Returns whether any may still wait (call again, in a new lock hold).
+    pub(super) fn continue_replays(&mut self, budget: usize, now: Instant) -> bool {
+        let mut left = budget;
+        while left > 0 {
+            let Some((gamer, session)) = self.replicas.replaying.front().cloned() else { return false };
+            if self.replicas.has_backlog(&gamer, &session) {
+                left = left.saturating_sub(self.submit_backlog(&gamer, &session, left, now));
+            }
+            if !self.replicas.has_backlog(&gamer, &session) {
+                self.replicas.replaying.retain(|(g, s)| (g, s) != (&gamer, &session));
+            }
+        }
+        self.replicas.replays_pending()
     }
 
     /// Retires a replica: its copies are dropped (each counted as cancelled for its tick).
@@ -331,9 +422,12 @@ impl State {
             return;
         }
         entry.group.retire(generation);
+        let backlog = entry.backlogs.remove(&generation).unwrap_or_default();
         self.relink(gamer, session);
         let dropped = self.sched.cancel_session(gamer, &CopyId::replica(session, generation));
-        for copy in dropped {
+        // Live ticks' copies still waiting behind its replay were counted out: cancelled too.
+        let waiting = backlog.into_iter().filter(|b| !b.replay).map(|b| CopyId::replica(b.tick.task_id, generation));
+        for copy in dropped.into_iter().chain(waiting.collect::<Vec<_>>()) {
             self.copy_outcome(gamer, session, &copy, replication::CopyOutcome::Cancelled, None);
         }
         self.tell_status(gamer, session);

@@ -22,7 +22,8 @@ use crate::replication::{self, AnswerDigest, CopyOutcome};
 use crate::scheduler::{Answer, CompleteError, Completion, Dispatch, Expired, Failure, Submission, SubmitError};
 
 impl Router {
-    pub(super) fn submit(&self, state: &mut State, conn: ConnId, gamer_id: &str, m: TaskRequest) {
+    /// `snapshot`: the request is a physics snapshot (read before the lock).
+    pub(super) fn submit(&self, state: &mut State, conn: ConnId, gamer_id: &str, m: TaskRequest, snapshot: bool) {
         let checks = check_id("task_id", &m.task_id)
             .and_then(|_| check_id("task_type", &m.task_type))
             .and_then(|_| m.session_id.as_deref().map_or(Ok(()), |s| check_id("session_id", s)))
@@ -66,7 +67,7 @@ impl Router {
             && state.replicated(gamer_id, session)
         {
             let session = session.to_owned();
-            let result = state.submit_replicated(gamer_id, &session, m, deadline);
+            let result = state.submit_replicated(gamer_id, &session, m, deadline, snapshot);
             return self.submitted(state, conn, gamer_id, task_id, result);
         }
         let submission = Submission {
@@ -289,9 +290,13 @@ impl Router {
         let answers = state.answers_for(failures);
         state.dispatch(now);
         let more = state.sched.next_deadline().is_some_and(|at| at <= now);
+        let replays = state.replicas.replays_pending();
         drop(state);
         // The answers are built and queued outside the lock.
         send_answers(answers);
+        if replays {
+            self.continue_replays();
+        }
         more
     }
 }
