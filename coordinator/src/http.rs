@@ -58,7 +58,7 @@ pub const MAX_EVENT_STREAMS_PER_ADDRESS: usize = 4;
 /// of the default's hundreds of kilobytes.
 pub const EVENT_STREAM_SEND_BUFFER: usize = 8 * 1024;
 
-/// A write to an event stream that makes no progress this long ends the stream (its place
+/// A write to an event stream that makes no progress this long (2 s) ends the stream (its place
 /// goes to the next dashboard; a browser's EventSource reconnects by itself).
 pub const EVENT_STREAM_STALL: std::time::Duration = std::time::Duration::from_secs(2);
 

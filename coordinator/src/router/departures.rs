@@ -36,7 +36,6 @@ impl Router {
                     let requeued = state.peer_departed(&peer_id);
                     crate::info_limited!("router: peer left", peer_id, requeued, ?why, "peer left");
                     state.dispatch(now);
-                    self.deadlines_changed.notify_one();
                 }
             }
             Role::Gamer(gamer_id) => {
@@ -67,10 +66,7 @@ impl Router {
             }
         }
         // A replica retired with the peer may have started a tie-breaker's replay.
-        if state.replicas.replays_pending() {
-            drop(state);
-            self.continue_replays();
-        }
+        self.release(state, None);
     }
 
     /// After the credentials changed: closes every connection whose credential they no
@@ -125,18 +121,15 @@ impl Router {
         }
         if !refused.is_empty() {
             state.dispatch(Instant::now());
-            self.deadlines_changed.notify_one();
             crate::info_limited!(
                 "router: credentials revoked",
                 closed = refused.len(),
                 "closed connections whose credential was revoked"
             );
         }
-        if state.replicas.replays_pending() {
-            drop(state);
-            self.continue_replays();
-        }
-        refused.len()
+        let closed = refused.len();
+        self.release(state, None);
+        closed
     }
 
     /// Frees the ids whose resume grace passed by `now`; a gamer's tasks and kept results

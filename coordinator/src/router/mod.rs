@@ -35,7 +35,7 @@ mod tests;
 mod verdicts;
 mod view;
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use p2c2r_protocol::{ErrorCode, Message, Payload};
@@ -86,6 +86,9 @@ struct State {
     metrics: Arc<Metrics>,
     /// End-to-end latencies since the operator's view last took them.
     latencies: LatencyWindow,
+    /// A task was queued or assigned in this hold: the deadline timer must look again
+    /// ([`Router::release`]).
+    wake_timer: bool,
 }
 
 /// The coordinator's shared state and message handling.
@@ -118,6 +121,7 @@ impl Router {
                 replicas: replicas::Replicas::new(&config),
                 metrics: metrics.clone(),
                 latencies: LatencyWindow::default(),
+                wake_timer: false,
             }),
             config,
             metrics,
@@ -203,27 +207,32 @@ impl Router {
         let mut state = self.lock();
         let held = self.lock_held.start();
         self.dispatch_message(&mut state, conn, decoded, Read { kind, snapshot, digest });
-        let replays = state.replicas.replays_pending();
-        drop(state);
-        self.lock_held.stop(held);
-        if replays {
-            self.continue_replays();
-        }
+        self.release(state, Some(held));
     }
 
-    /// Submits what replicas replaying a session's log still wait for, a batch per lock
-    /// hold ([`replicas::REPLAY_BATCH`]), so other frames are handled in between.
-    fn continue_replays(&self) {
+    /// Ends a lock hold, and does what it left for after: the one place that wakes the
+    /// deadline timer (when the hold queued or assigned a task) and that goes on with the
+    /// replicas replaying a session's log, a batch per hold of its own
+    /// ([`replicas::REPLAY_BATCH`]), so other frames are handled in between. `held`: when
+    /// a frame's hold began ([`Router::lock_held`]).
+    fn release<'a>(&'a self, mut state: MutexGuard<'a, State>, mut held: Option<std::time::Instant>) {
         loop {
-            let mut state = self.lock();
-            let now = std::time::Instant::now();
-            let more = state.continue_replays(replicas::REPLAY_BATCH, now);
-            state.dispatch(now);
+            let wake = std::mem::take(&mut state.wake_timer);
+            let replays = state.replicas.replays_pending();
             drop(state);
-            self.deadlines_changed.notify_one();
-            if !more {
+            if let Some(started) = held.take() {
+                self.lock_held.stop(started);
+            }
+            if wake {
+                self.deadlines_changed.notify_one();
+            }
+            if !replays {
                 return;
             }
+            state = self.lock();
+            let now = std::time::Instant::now();
+            state.continue_replays(replicas::REPLAY_BATCH, now);
+            state.dispatch(now);
         }
     }
 
@@ -236,12 +245,7 @@ impl Router {
         let mut state = self.lock();
         let held = self.lock_held.start();
         self.dispatch_message(&mut state, conn, decoded, Read { kind, snapshot, digest: None });
-        let replays = state.replicas.replays_pending();
-        drop(state);
-        self.lock_held.stop(held);
-        if replays {
-            self.continue_replays();
-        }
+        self.release(state, Some(held));
     }
 
     /// One handler per message kind.

@@ -236,7 +236,6 @@ impl Router {
             state.registry.take_chunks(conn, m.capabilities.chunked_frames && self.config.connections.chunked_frames);
         state.registry.send(conn, self.ack(Some(m.peer_id), None, secret, chunked));
         state.dispatch(Instant::now());
-        self.deadlines_changed.notify_one();
     }
 
     pub(super) fn register_gamer(&self, state: &mut State, conn: ConnId, role: &Role, m: RegisterGamer) {

@@ -133,10 +133,12 @@ impl State {
         }
     }
 
-    /// Quarantines the peers found lying since the last call. Returns whether any was.
-    pub(super) fn take_quarantined_liars(&mut self, duration: Duration) -> bool {
+    /// Quarantines the peers found lying since the last call.
+    pub(super) fn take_quarantined_liars(&mut self, duration: Duration) {
         let liars = std::mem::take(&mut self.standing.liars);
-        let any = !liars.is_empty();
+        if liars.is_empty() {
+            return;
+        }
         let now = Instant::now();
         for (liar, why) in liars {
             if self.standing.quarantined_for(&liar, now).is_some() {
@@ -147,10 +149,7 @@ impl State {
             }
             self.quarantine_peer(&liar, Instant::now() + duration, why);
         }
-        if any {
-            self.dispatch(Instant::now());
-        }
-        any
+        self.dispatch(Instant::now());
     }
 
     /// Quarantines the peers whose streak of missed deadlines the scheduler just

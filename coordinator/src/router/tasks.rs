@@ -98,7 +98,7 @@ impl Router {
                 debug!(gamer_id, task_id, "task queued");
                 state.dispatch(Instant::now());
                 // Either an attempt deadline or the task's queue wait limit is new.
-                self.deadlines_changed.notify_one();
+                state.wake_timer = true;
             }
             Err(e) => {
                 let code = match e {
@@ -209,9 +209,7 @@ impl Router {
                     }),
                 };
                 state.copy_outcome(&gamer, &session.id, &task_id, outcome, Some(submitted_at));
-                if state.take_quarantined_liars(self.config.reputation.quarantine_duration) {
-                    self.deadlines_changed.notify_one();
-                }
+                state.take_quarantined_liars(self.config.reputation.quarantine_duration);
             }
             Ok(Completion::Deliver { gamer, task_id, attempt, submitted_at, assigned_at, .. }) => {
                 debug!(peer_id, gamer_id = gamer, %task_id, attempt, "result delivered");
@@ -248,9 +246,7 @@ impl Router {
         // This answer may have confirmed a miss that completes another peer's streak: that
         // peer is quarantined now, not at the next passed deadline (there may be none).
         state.quarantine_missers(self.config.reputation.quarantine_duration, Instant::now());
-        if !state.dispatch(Instant::now()).is_empty() {
-            self.deadlines_changed.notify_one();
-        }
+        state.dispatch(Instant::now());
     }
 
     /// When the next task deadline passes.
@@ -290,13 +286,9 @@ impl Router {
         let answers = state.answers_for(failures);
         state.dispatch(now);
         let more = state.sched.next_deadline().is_some_and(|at| at <= now);
-        let replays = state.replicas.replays_pending();
-        drop(state);
+        self.release(state, None);
         // The answers are built and queued outside the lock.
         send_answers(answers);
-        if replays {
-            self.continue_replays();
-        }
         more
     }
 }
@@ -306,6 +298,8 @@ impl State {
     /// scheduler gave up.
     pub(super) fn dispatch(&mut self, now: Instant) -> Vec<Dispatch> {
         let dispatches = self.sched.dispatch(now);
+        // New attempt deadlines: the timer looks again once the hold ends.
+        self.wake_timer |= !dispatches.is_empty();
         for d in &dispatches {
             let Some(task) = self.sched.task(d.key) else { continue };
             debug!(
