@@ -23,8 +23,9 @@
 //! one WebSocket ([`observe`] watches its bytes, [`outbound`] bounds what waits for it);
 //! [`admission`] decides who may connect; [`metrics`] and [`fleet`] are the operator's
 //! view; [`log_limit`] keeps repeated warnings from flooding the log; [`memory`] carries
-//! in-process clients' connections; this file accepts connections (TCP and in-memory
-//! alike) and runs the deadline timer and the fleet sampler.
+//! in-process clients' connections; [`config`] holds every setting; `server.rs` accepts
+//! connections (TCP and in-memory alike) and starts the background tasks, `timers.rs` the
+//! deadline timer and the housekeeping; this file starts and stops a coordinator.
 //!
 //! The accept loop admits a connection only if all of these hold, and otherwise drops it
 //! before the WebSocket handshake (the client sees its connection closed): its address
@@ -51,33 +52,34 @@ pub mod replication;
 pub mod reputation;
 pub mod router;
 pub mod scheduler;
+mod server;
+mod timers;
 pub mod tls;
 mod writer;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
 
 use prometheus_client::registry::Registry;
 use tokio::net::{TcpListener, ToSocketAddrs};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
+use admission::Admission;
 pub use admission::AdmissionCounts;
-use admission::{Admission, Refusal};
 use auth::Auth;
 pub use config::{
     Config, Connections, Identity, InvalidConfig, RateLimits, Replication, Reputation, Scheduling, TlsFiles,
 };
 use fleet::Published;
-use memory::{Backlog, MemoryConn};
+use memory::Backlog;
 use observe::{ByteTotals, InboundBudget};
 pub use p2c2r_protocol::StatsReport;
 pub use router::Router;
+use server::Server;
 
 /// Runs the coordinator on `listener` until `shutdown` completes, then closes every
 /// connection (telling each why) and waits up to `config.shutdown_grace` for them.
@@ -326,291 +328,5 @@ pub struct Shared {
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared").field("config", &self.config).field("tls", &self.tls.is_some()).finish_non_exhaustive()
-    }
-}
-
-struct Server {
-    shared: Arc<Shared>,
-    feed: watch::Sender<Published>,
-}
-
-impl Server {
-    fn new(prepared: Prepared, local: SocketAddr) -> std::io::Result<Self> {
-        let Prepared { config, auth, tls, reputation } = prepared;
-        let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
-        config.check_exposure(local).map_err(invalid)?;
-        let attempts = ratelimit::AttemptLimiter::new(
-            config
-                .rate_limits
-                .max_connection_attempts_per_second
-                .map(|n| ratelimit::Rate::per_second(f64::from(n), 4.0)),
-        );
-        let router = Arc::new(Router::new(config.clone()));
-        if let Some((db, kept)) = reputation {
-            router.restore_reputation(db, kept);
-        }
-        let admission = Admission::new(admission::Limits {
-            per_address: config.connections.max_connections_per_address,
-            per_network: config.connections.max_connections_per_network,
-            unregistered: config.connections.max_unregistered_connections,
-            prefix_v4: config.connections.host_prefix_v4,
-            prefix_v6: config.connections.host_prefix_v6,
-        });
-        let bytes = Arc::new(ByteTotals::default());
-        let (feed, feed_rx) = watch::channel(Published::default());
-        let shared = Shared {
-            registry: metrics::registry(router.clone(), admission.clone(), bytes.clone()),
-            inbound: InboundBudget::new(connection::inbound_budget_bytes(&config)),
-            config: Arc::new(config),
-            router,
-            admission,
-            bytes,
-            feed: feed_rx,
-            event_streams: http::EventStreams::default(),
-            auth: Arc::new(auth),
-            tls,
-            attempts,
-            local_addr: local,
-        };
-        Ok(Server { shared: Arc::new(shared), feed })
-    }
-
-    /// Accepts connections from `listener` and from `memory` (each when given) until
-    /// `cancel`, then shuts down.
-    async fn serve(
-        self,
-        listener: Option<TcpListener>,
-        mut memory: Option<mpsc::Receiver<MemoryConn>>,
-        cancel: CancellationToken,
-    ) -> std::io::Result<()> {
-        let local = self.shared.local_addr;
-        let (ws, web) = if self.shared.tls.is_some() { ("wss", "https") } else { ("ws", "http") };
-        if listener.is_some() {
-            info!(addr = %local, "coordinator listening");
-            info!(
-                "clients connect to {ws}://{local}; dashboard at {web}://{local}/, metrics at {web}://{local}/metrics"
-            );
-        } else {
-            info!("coordinator running without a port: in-memory connections only ({ws}://{local} through a dialer)");
-        }
-        if self.shared.auth.enabled() {
-            info!("credentials required (auth file loaded; SIGHUP or editing the file reloads it)");
-        } else if !local.ip().is_loopback() {
-            for line in [
-                "INSECURE: open mode on a non-loopback address (--insecure): no credentials are checked,",
-                "INSECURE: anyone who reaches this port can register as any free id, submit tasks and read stats.",
-                "INSECURE: give --auth-file to require credentials (README: Deploying on the internet).",
-            ] {
-                warn!("{line}");
-            }
-        } else {
-            info!("open mode on loopback: no credentials required");
-        }
-        let Server { shared, feed } = self;
-        let config = shared.config.clone();
-        let tracker = TaskTracker::new();
-        let slots = Arc::new(Semaphore::new(config.connections.max_connections.max(1)));
-        tracker.spawn(deadline_timer(shared.router.clone(), cancel.clone()));
-        tracker.spawn(log_summaries(cancel.clone()));
-        tracker.spawn(housekeeping(shared.clone(), cancel.clone()));
-        tracker.spawn(fleet::run(
-            shared.router.clone(),
-            shared.bytes.clone(),
-            config.summary_interval,
-            feed,
-            cancel.clone(),
-        ));
-        let acceptor = Acceptor { shared: shared.clone(), slots, tracker: tracker.clone(), cancel: cancel.clone() };
-        loop {
-            let tcp = async {
-                match &listener {
-                    Some(listener) => listener.accept().await,
-                    None => std::future::pending().await,
-                }
-            };
-            let in_memory = async {
-                match memory.as_mut() {
-                    Some(rx) => rx.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                accepted = tcp => match accepted {
-                    Ok((stream, addr)) => acceptor.accept(p2c2r_net::Io::Tcp(stream), addr),
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off briefly, keep serving.
-                        warn_limited!("accept: failed", error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    }
-                },
-                dialed = in_memory => match dialed {
-                    Some(MemoryConn { stream, addr }) => acceptor.accept(p2c2r_net::Io::Memory(stream), addr),
-                    // Every dialer is gone (and the handle with them): nobody can dial again.
-                    None => memory = None,
-                },
-            }
-        }
-        drop(listener);
-        shared.router.announce_shutdown();
-        tracker.close();
-        if tokio::time::timeout(config.shutdown_grace, tracker.wait()).await.is_err() {
-            warn!("some connections did not close within the grace period");
-        }
-        // What it has to write reaches the disk, and the file is free for the next start.
-        // (Joining the writer blocks this task briefly: a few small transactions.)
-        shared.router.close_reputation();
-        info!("coordinator stopped");
-        Ok(())
-    }
-}
-
-/// What the accept loop needs to admit a connection, TCP or in-memory alike.
-struct Acceptor {
-    shared: Arc<Shared>,
-    /// `max_connections` places.
-    slots: Arc<Semaphore>,
-    tracker: TaskTracker,
-    cancel: CancellationToken,
-}
-
-impl Acceptor {
-    /// Admits `stream` from `addr` and serves it in a task of its own, or refuses it: the
-    /// per-address attempt rate (one non-blocking `429` write, none under TLS), then
-    /// admission, then `max_connections`. A refused connection is dropped before any
-    /// handshake.
-    fn accept(&self, mut stream: p2c2r_net::Io, addr: SocketAddr) {
-        let (shared, config) = (&self.shared, &self.shared.config);
-        let metrics = shared.router.metrics();
-        if !shared.attempts.allow(addr.ip(), std::time::Instant::now()) {
-            metrics.refused("rate_limited");
-            warn_limited!("accept: attempt rate", %addr, "connection attempts over the per-address rate; refusing");
-            // One non-blocking write, never a wait: a flood gets what fits.
-            // Under TLS a clear-text answer would be garbage to the client: it is only closed.
-            if shared.tls.is_none() {
-                let refusal = b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
-                match &mut stream {
-                    p2c2r_net::Io::Tcp(tcp) => {
-                        let _ = tcp.try_write(refusal);
-                    }
-                    p2c2r_net::Io::Memory(pipe) => {
-                        use futures_util::FutureExt;
-                        use tokio::io::AsyncWriteExt;
-                        let _ = pipe.write(refusal).now_or_never();
-                    }
-                }
-            }
-            return;
-        }
-        // Refused connections are dropped before the handshake: cheap for us, and
-        // nothing to gain for a flood.
-        let ticket = match shared.admission.admit(addr.ip()) {
-            Ok(ticket) => ticket,
-            Err(Refusal::PerAddress) => {
-                metrics.refused("per_address");
-                let limit = config.connections.max_connections_per_address;
-                warn_limited!("accept: per-address limit", %addr, limit, "per-address connection limit reached; refusing");
-                return;
-            }
-            Err(Refusal::PerNetwork) => {
-                metrics.refused("per_network");
-                let limit = config.connections.max_connections_per_network;
-                warn_limited!("accept: per-network limit", %addr, limit, "per-network connection limit reached; refusing");
-                return;
-            }
-            Err(Refusal::Unregistered) => {
-                metrics.refused("unregistered");
-                let limit = config.connections.max_unregistered_connections;
-                warn_limited!("accept: unregistered limit", %addr, limit, "too many unregistered connections; refusing");
-                return;
-            }
-        };
-        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
-            metrics.refused("connections");
-            let limit = config.connections.max_connections;
-            warn_limited!("accept: connection limit", %addr, limit, "connection limit reached; refusing");
-            return;
-        };
-        debug!(%addr, "accepted");
-        let (shared, cancel) = (shared.clone(), self.cancel.clone());
-        self.tracker.spawn(async move {
-            http::serve(shared, stream, addr, ticket, cancel).await;
-            drop(permit);
-        });
-    }
-}
-
-/// Once a second: reloads the auth file if it changed (and on SIGHUP at once), closing
-/// connections whose credential it no longer accepts; frees the ids and drops the tasks
-/// of clients whose resume grace has passed.
-async fn housekeeping(shared: Arc<Shared>, cancel: CancellationToken) {
-    let mut ticks = tokio::time::interval(std::time::Duration::from_secs(1));
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    #[cfg(unix)]
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    loop {
-        #[cfg(unix)]
-        let hup = async {
-            match hangup.as_mut() {
-                Some(s) => s.recv().await,
-                None => std::future::pending().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let hup = std::future::pending::<Option<()>>();
-        let forced = tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = ticks.tick() => false,
-            _ = hup => true,
-        };
-        let reloaded = if forced { shared.auth.reload().map(|()| true) } else { shared.auth.reload_if_changed() };
-        match reloaded {
-            Ok(true) => {
-                info!("auth file reloaded");
-                shared.router.revalidate(&shared.auth.current());
-            }
-            Ok(false) => {}
-            Err(e) => warn!(error = %e, "auth file not reloaded; the previous credentials stay in force"),
-        }
-        shared.router.sweep(std::time::Instant::now());
-    }
-}
-
-/// Logs, once per window, the summaries of repeated warnings the log limiter suppressed
-/// (so a burst that stops is still reported).
-async fn log_summaries(cancel: CancellationToken) {
-    let limiter = log_limit::global();
-    let mut ticks = tokio::time::interval(limiter.window());
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = ticks.tick() => limiter.flush(),
-        }
-    }
-}
-
-/// Wakes at the earliest task deadline (or when a dispatch may have set an earlier one)
-/// and re-dispatches or fails the tasks whose deadline passed.
-async fn deadline_timer(router: Arc<Router>, cancel: CancellationToken) {
-    loop {
-        let next = router.next_deadline();
-        let sleep = async {
-            match next {
-                Some(at) => tokio::time::sleep_until(at.into()).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = router.deadlines_changed.notified() => continue,
-            _ = sleep => {
-                // A batch at a time: when more are due, let others run, then come back
-                // (the next deadline is already past, so the sleep ends at once).
-                if router.expire_due(Instant::now()) {
-                    tokio::task::yield_now().await;
-                }
-            }
-        }
     }
 }
