@@ -439,10 +439,12 @@ fn forward_events(mut cluster: ResMut<EmbeddedCluster>, mut out: MessageWriter<C
 }
 
 /// The embedded coordinator: defaults, but a short shutdown so quitting the game is quick.
+/// `replicas` is brought within what a coordinator accepts (1 to
+/// `coordinator::replication::MAX_REPLICAS`), as `P2c2rPlugin::embedded_replicas` does.
 fn coordinator_config(replicas: u8) -> coordinator::Config {
     coordinator::Config {
         replication: coordinator::Replication {
-            replicas,
+            replicas: replicas.clamp(1, coordinator::replication::MAX_REPLICAS),
             // Every embedded peer is in this process, on one address.
             replicas_on_distinct_hosts: false,
             ..Default::default()

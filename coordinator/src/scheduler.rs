@@ -2089,6 +2089,9 @@ mod tests {
             scheduling: crate::config::Scheduling {
                 initial_peer_capacity: 1000,
                 max_peer_capacity: 1000,
+                // Tasks wait for a peer as long as a test needs, except in the tests of
+                // the queue wait limit.
+                max_queue_wait: None,
                 ..Default::default()
             },
             reputation: crate::config::Reputation {

@@ -102,6 +102,7 @@ impl Server {
         let tracker = TaskTracker::new();
         let slots = Arc::new(Semaphore::new(config.connections.max_connections.max(1)));
         tracker.spawn(timers::deadline_timer(shared.router.clone(), cancel.clone()));
+        tracker.spawn(timers::replay_worker(shared.router.clone(), cancel.clone()));
         tracker.spawn(timers::log_summaries(cancel.clone()));
         tracker.spawn(timers::housekeeping(shared.clone(), cancel.clone()));
         tracker.spawn(fleet::run(

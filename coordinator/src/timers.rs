@@ -1,5 +1,6 @@
-//! The coordinator's timers: the deadline timer, the once-a-second housekeeping (the
-//! auth file reloaded, expired ids swept) and the log limiter's summaries.
+//! The coordinator's timers and workers: the deadline timer, the replay worker, the
+//! once-a-second housekeeping (the auth file reloaded, expired ids swept) and the log
+//! limiter's summaries.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -77,6 +78,21 @@ pub(crate) async fn deadline_timer(router: Arc<Router>, cancel: CancellationToke
                 // A batch at a time: when more are due, let others run, then come back
                 // (the next deadline is already past, so the sleep ends at once).
                 if router.expire_due(Instant::now()) {
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
+    }
+}
+
+/// Submits what replicas replaying a session's log wait for, a batch per lock hold, letting
+/// other tasks run between batches, whenever a lock hold leaves some waiting.
+pub(crate) async fn replay_worker(router: Arc<Router>, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = router.replays_waiting.notified() => {
+                while router.continue_replays() {
                     tokio::task::yield_now().await;
                 }
             }

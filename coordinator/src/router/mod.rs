@@ -86,9 +86,9 @@ struct State {
     metrics: Arc<Metrics>,
     /// End-to-end latencies since the operator's view last took them.
     latencies: LatencyWindow,
-    /// A task was queued or assigned in this hold: the deadline timer must look again
-    /// ([`Router::release`]).
-    wake_timer: bool,
+    /// The deadline the timer sleeps until, as it last read it ([`Router::next_deadline`]):
+    /// a hold that leaves an earlier one wakes it ([`Router::release`]).
+    timer_at: Option<std::time::Instant>,
 }
 
 /// The coordinator's shared state and message handling.
@@ -97,8 +97,15 @@ pub struct Router {
     config: Config,
     /// Shared with the state (which records under the lock); read without it.
     metrics: Arc<Metrics>,
-    /// Woken whenever a dispatch may have set an earlier deadline.
+    /// Woken whenever a lock hold left a deadline earlier than the timer's.
     pub deadlines_changed: Notify,
+    /// Woken when a replica replaying a session's log waits for copies
+    /// ([`Router::continue_replays`]).
+    pub replays_waiting: Notify,
+    /// Whether any session is replicated, as the last lock hold left it: an answer is
+    /// hashed before the lock only then (a stale `false` costs only the hashing under the
+    /// lock, never a wrong vote).
+    replicated: std::sync::atomic::AtomicBool,
     /// How long each frame held the state lock (see [`Router::lock_held`]).
     lock_held: crate::metrics::LockHeld,
 }
@@ -121,11 +128,13 @@ impl Router {
                 replicas: replicas::Replicas::new(&config),
                 metrics: metrics.clone(),
                 latencies: LatencyWindow::default(),
-                wake_timer: false,
+                timer_at: None,
             }),
             config,
             metrics,
             deadlines_changed: Notify::new(),
+            replays_waiting: Notify::new(),
+            replicated: std::sync::atomic::AtomicBool::new(false),
             lock_held: crate::metrics::LockHeld::default(),
         }
     }
@@ -210,30 +219,47 @@ impl Router {
         self.release(state, Some(held));
     }
 
-    /// Ends a lock hold, and does what it left for after: the one place that wakes the
-    /// deadline timer (when the hold queued or assigned a task) and that goes on with the
-    /// replicas replaying a session's log, a batch per hold of its own
-    /// ([`replicas::REPLAY_BATCH`]), so other frames are handled in between. `held`: when
-    /// a frame's hold began ([`Router::lock_held`]).
-    fn release<'a>(&'a self, mut state: MutexGuard<'a, State>, mut held: Option<std::time::Instant>) {
-        loop {
-            let wake = std::mem::take(&mut state.wake_timer);
-            let replays = state.replicas.replays_pending();
-            drop(state);
-            if let Some(started) = held.take() {
-                self.lock_held.stop(started);
-            }
-            if wake {
-                self.deadlines_changed.notify_one();
-            }
-            if !replays {
-                return;
-            }
-            state = self.lock();
-            let now = std::time::Instant::now();
-            state.continue_replays(replicas::REPLAY_BATCH, now);
-            state.dispatch(now);
+    /// Ends a lock hold: the one place that wakes the deadline timer (when the hold left a
+    /// deadline earlier than the one it sleeps until: a task assigned, queued or
+    /// re-queued) and the replay worker (when a replica replaying a session's log still
+    /// waits for copies). `held`: when a frame's hold began ([`Router::lock_held`]).
+    fn release(&self, mut state: MutexGuard<'_, State>, held: Option<std::time::Instant>) {
+        let next = state.sched.next_deadline();
+        let wake = match (next, state.timer_at) {
+            (Some(next), Some(sleeping_until)) => next < sleeping_until,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if wake {
+            // Told once: it reads the deadline again when it wakes.
+            state.timer_at = next;
         }
+        let replays = state.replicas.replays_pending();
+        self.replicated.store(state.replicas.any(), std::sync::atomic::Ordering::Relaxed);
+        drop(state);
+        if let Some(started) = held {
+            self.lock_held.stop(started);
+        }
+        if wake {
+            self.deadlines_changed.notify_one();
+        }
+        if replays {
+            self.replays_waiting.notify_one();
+        }
+    }
+
+    /// Submits the copies replicas replaying a session's log still wait for, a batch per
+    /// lock hold ([`replicas::REPLAY_BATCH`]), so other frames are handled in between;
+    /// returns whether some still wait (call again after letting others run). Run by the
+    /// coordinator's replay worker (`timers.rs`), woken by [`Router::replays_waiting`].
+    pub fn continue_replays(&self) -> bool {
+        let mut state = self.lock();
+        let now = std::time::Instant::now();
+        state.continue_replays(replicas::REPLAY_BATCH, now);
+        state.dispatch(now);
+        let more = state.replicas.replays_pending();
+        self.release(state, None);
+        more
     }
 
     /// [`Router::handle_decoded`] as it was before answers were hashed outside the lock:

@@ -9,8 +9,8 @@
 //!
 //! A replica started by replaying the log gets its copies [`REPLAY_BATCH`] at a time: the
 //! first batch at once, the rest in lock holds of their own ([`State::continue_replays`],
-//! which the router runs after the frame that started it), so a replay of a long log never
-//! holds the lock for its whole length. While a replica has copies waiting, the live ticks'
+//! run by the coordinator's replay worker), so a replay of a long log never holds the lock
+//! for its whole length, nor delays the frame that started it. While a replica has copies waiting, the live ticks'
 //! copies for it wait behind them (its backlog), so it sees every request in order.
 
 use std::collections::{HashMap, VecDeque};
@@ -37,26 +37,18 @@ pub(super) const REPLAY_BATCH: usize = 64;
 pub(super) struct GroupEntry {
     pub(super) group: Group,
     pub(super) told: Option<SessionStatus>,
-    /// Per replica replaying the log: the copies not yet submitted, in order.
-    backlogs: HashMap<u32, VecDeque<Backlogged>>,
+    /// Per replica replaying the log: the ticks whose copies it still waits for, in order
+    /// (each counted as owed from the moment it waits: a logged tick's in `replay_into`, a
+    /// live tick's when the tick is submitted).
+    backlogs: HashMap<u32, VecDeque<Logged>>,
 }
 
 impl GroupEntry {
-    /// A replica's copies waiting: (logged ticks to replay, live ticks behind them).
+    /// The task ids a replica still waits for, in order.
     #[cfg(test)]
-    pub(super) fn backlog(&self, generation: u32) -> (usize, usize) {
-        let queue = self.backlogs.get(&generation);
-        let replays = queue.map_or(0, |q| q.iter().filter(|b| b.replay).count());
-        (replays, queue.map_or(0, |q| q.len()) - replays)
+    pub(super) fn backlog(&self, generation: u32) -> Vec<String> {
+        self.backlogs.get(&generation).map_or_else(Vec::new, |q| q.iter().map(|t| t.task_id.clone()).collect())
     }
-}
-
-/// A copy waiting for its replica's replay to get to it.
-struct Backlogged {
-    tick: Logged,
-    /// A logged tick replayed (counted when submitted), not a live tick's copy (counted
-    /// when the tick was submitted).
-    replay: bool,
 }
 
 /// Counters since start, for `stats_report` and the metrics.
@@ -116,6 +108,11 @@ impl Replicas {
     /// Whether a gamer's session (the gamer's id for it) is replicated.
     pub(super) fn is_replicated(&self, gamer: &str, session: &str) -> bool {
         self.groups.get(gamer).is_some_and(|g| g.contains_key(session))
+    }
+
+    /// Whether any session is replicated or audited now.
+    pub(super) fn any(&self) -> bool {
+        !self.groups.is_empty()
     }
 
     /// Whether some replica may still have copies waiting ([`State::continue_replays`]).
@@ -259,7 +256,7 @@ impl State {
         for &generation in &live {
             // A replica still replaying gets it after the log.
             if let Some(backlog) = entry.backlogs.get_mut(&generation).filter(|q| !q.is_empty()) {
-                backlog.push_back(Backlogged { tick: tick.clone(), replay: false });
+                backlog.push_back(tick.clone());
                 submitted += 1;
                 continue;
             }
@@ -358,8 +355,13 @@ impl State {
             ticks = log.len(),
             "replica started from the session's log"
         );
+        // Each copy is owed from now on, submitted or waiting: its tick stays tracked (and
+        // logged) until the copy's outcome, however the log changes meanwhile.
+        for tick in &log {
+            entry.group.replaying(&tick.task_id, 1);
+        }
         let backlog = entry.backlogs.entry(generation).or_default();
-        backlog.extend(log.into_iter().map(|tick| Backlogged { tick, replay: true }));
+        backlog.extend(log);
         self.replicas.replaying.push_back((gamer.to_owned(), session.to_owned()));
         self.submit_backlog(gamer, session, REPLAY_BATCH, now);
     }
@@ -378,22 +380,15 @@ impl State {
             };
             let next = queue.pop_front().expect("not empty");
             done += 1;
-            let copy = copy_of(session, &live, generation, &next.tick, setup);
+            let copy = copy_of(session, &live, generation, &next, setup);
             if self.sched.submit(gamer, copy, now).is_err() {
                 // No room for the replay: give the replica up (a later tick tries again).
-                // A live tick's copy taken out above is counted as cancelled with it.
-                if !next.replay
-                    && let Some(entry) = self.replicas.group_mut(gamer, session)
-                {
+                // The copy taken out above is cancelled with the others still waiting.
+                if let Some(entry) = self.replicas.group_mut(gamer, session) {
                     entry.backlogs.entry(generation).or_default().push_front(next);
                 }
                 self.retire_generation(gamer, session, generation);
                 continue;
-            }
-            if next.replay
-                && let Some(entry) = self.replicas.group_mut(gamer, session)
-            {
-                entry.group.replaying(&next.tick.task_id, 1);
             }
         }
         done
@@ -425,8 +420,8 @@ impl State {
         let backlog = entry.backlogs.remove(&generation).unwrap_or_default();
         self.relink(gamer, session);
         let dropped = self.sched.cancel_session(gamer, &CopyId::replica(session, generation));
-        // Live ticks' copies still waiting behind its replay were counted out: cancelled too.
-        let waiting = backlog.into_iter().filter(|b| !b.replay).map(|b| CopyId::replica(b.tick.task_id, generation));
+        // Copies still waiting in its backlog were counted out: cancelled too.
+        let waiting = backlog.into_iter().map(|tick| CopyId::replica(tick.task_id, generation));
         for copy in dropped.into_iter().chain(waiting.collect::<Vec<_>>()) {
             self.copy_outcome(gamer, session, &copy, replication::CopyOutcome::Cancelled, None);
         }

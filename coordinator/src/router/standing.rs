@@ -95,6 +95,9 @@ impl State {
     /// `until`.
     pub(super) fn quarantine_peer(&mut self, peer_id: &str, until: Instant, why: &str) {
         crate::warn_limited!("router: peer quarantined", peer_id, why, "peer quarantined");
+        // Its replicas go first: the outcomes of their cancelled copies may count an
+        // agreement for it, which forfeiting its trust must then take back.
+        self.retire_replicas_on(peer_id);
         self.standing.record_quarantine(peer_id, until);
         self.sched.forfeit_trust(peer_id);
         self.registry.ids.forget(Kind::Peer, peer_id);

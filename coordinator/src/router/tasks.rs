@@ -97,8 +97,6 @@ impl Router {
             Ok(_) => {
                 debug!(gamer_id, task_id, "task queued");
                 state.dispatch(Instant::now());
-                // Either an attempt deadline or the task's queue wait limit is new.
-                state.wake_timer = true;
             }
             Err(e) => {
                 let code = match e {
@@ -127,7 +125,7 @@ impl Router {
         kind: Option<ResultKind>,
     ) -> Option<AnswerDigest> {
         let Message::TaskResult(m) = message else { return None };
-        if kind != Some(ResultKind::Success) {
+        if kind != Some(ResultKind::Success) || !self.replicated.load(std::sync::atomic::Ordering::Relaxed) {
             return None;
         }
         let replicated = {
@@ -249,9 +247,12 @@ impl Router {
         state.dispatch(Instant::now());
     }
 
-    /// When the next task deadline passes.
+    /// When the next task deadline passes: what the deadline timer sleeps until (a lock
+    /// hold that leaves an earlier one wakes it, [`Router::release`]).
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.lock().sched.next_deadline()
+        let mut state = self.lock();
+        state.timer_at = state.sched.next_deadline();
+        state.timer_at
     }
 
     /// Re-dispatches or fails the tasks whose deadline passed by `now`, at most
@@ -298,8 +299,6 @@ impl State {
     /// scheduler gave up.
     pub(super) fn dispatch(&mut self, now: Instant) -> Vec<Dispatch> {
         let dispatches = self.sched.dispatch(now);
-        // New attempt deadlines: the timer looks again once the hold ends.
-        self.wake_timer |= !dispatches.is_empty();
         for d in &dispatches {
             let Some(task) = self.sched.task(d.key) else { continue };
             debug!(

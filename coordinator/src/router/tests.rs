@@ -30,7 +30,11 @@ fn assignments(conn: &mut Conn) -> Vec<(String, String)> {
 }
 
 fn tick(n: u64) -> String {
-    let data = if n == 0 { r#"{"tick":0,"snapshot":true}"#.to_owned() } else { format!(r#"{{"tick":{n}}}"#) };
+    tick_with(n, n == 0)
+}
+
+fn tick_with(n: u64, snapshot: bool) -> String {
+    let data = if snapshot { format!(r#"{{"tick":{n},"snapshot":true}}"#) } else { format!(r#"{{"tick":{n}}}"#) };
     format!(
         r#"{{"msg_type":"task_request","task_id":"t{n}","task_type":"physics_step","session_id":"w","task_data":{data}}}"#
     )
@@ -51,7 +55,7 @@ fn handle_one_hold(router: &Router, conn: ConnId, frame: &str) {
     router.dispatch_message(&mut state, conn, message, Read { kind, snapshot, digest });
 }
 
-fn backlog_of(router: &Router, generation: u32) -> (usize, usize) {
+fn backlog_of(router: &Router, generation: u32) -> Vec<String> {
     let mut state = router.lock();
     let entry = state.replicas.group_mut("g", "w").expect("the session is replicated");
     entry.backlog(generation)
@@ -86,15 +90,21 @@ fn a_long_replay_is_submitted_a_batch_per_lock_hold_and_live_ticks_wait_behind_i
         );
         assignments(peer);
     }
-    let gamer = connect(&router);
+    let mut gamer = connect(&router);
     router.handle_frame(gamer.id, r#"{"msg_type":"register_gamer","gamer_id":"g"}"#);
     // 200 ticks the two replicas agree on, then one they answer differently.
     const LOGGED: u64 = 201;
     let mut replicas = Vec::new();
+    // What the third peer (the judge, once the tie-breaker starts) was sent meanwhile.
+    let mut early = Vec::new();
     for n in 0..LOGGED {
         router.handle_frame(gamer.id, &tick(n));
         for (i, peer) in peers.iter_mut().enumerate() {
-            for (assignment, _) in assignments(peer) {
+            for (assignment, task_id) in assignments(peer) {
+                if !replicas.contains(&i) && replicas.len() == 2 {
+                    early.push((assignment, task_id));
+                    continue;
+                }
                 if !replicas.contains(&i) {
                     replicas.push(i);
                 }
@@ -113,10 +123,17 @@ fn a_long_replay_is_submitted_a_batch_per_lock_hold_and_live_ticks_wait_behind_i
     let judge = (0..3).find(|i| !replicas.contains(i)).unwrap();
     let generation = 2;
     // The disputed tick's own hold submitted one batch of the replay; the rest waits.
-    assert_eq!(backlog_of(&router, generation), (LOGGED as usize - REPLAY_BATCH, 0));
+    let waiting = backlog_of(&router, generation);
+    assert_eq!(waiting.len(), LOGGED as usize - REPLAY_BATCH);
+    assert_eq!(waiting.first().map(String::as_str), Some(format!("t{REPLAY_BATCH}").as_str()));
     // A live tick meanwhile waits behind the replay, for the replica that replays.
     handle_one_hold(&router, gamer.id, &tick(LOGGED));
-    assert_eq!(backlog_of(&router, generation), (LOGGED as usize - REPLAY_BATCH, 1));
+    let waiting = backlog_of(&router, generation);
+    assert_eq!(waiting.len(), LOGGED as usize - REPLAY_BATCH + 1);
+    assert_eq!(waiting.last().map(String::as_str), Some(format!("t{LOGGED}").as_str()));
+    // A snapshot drops the session's log between two batches: the ticks the replay still
+    // owes stay tracked, so their answers are compared, never delivered a second time.
+    handle_one_hold(&router, gamer.id, &tick_with(LOGGED + 1, true));
     // Each further hold submits one more batch, until nothing waits.
     let mut holds = 1;
     loop {
@@ -130,12 +147,13 @@ fn a_long_replay_is_submitted_a_batch_per_lock_hold_and_live_ticks_wait_behind_i
         }
     }
     assert_eq!(holds, (LOGGED as usize + 1).div_ceil(REPLAY_BATCH));
-    assert_eq!(backlog_of(&router, generation), (0, 0));
+    assert!(backlog_of(&router, generation).is_empty());
     // The judge gets every logged tick, then the live one, in order (answering as it goes:
     // a session's ticks are pipelined a few at a time).
     let mut seen = Vec::new();
-    while seen.len() <= LOGGED as usize {
-        let waiting = assignments(&mut peers[judge]);
+    while seen.len() <= LOGGED as usize + 1 {
+        let mut waiting = std::mem::take(&mut early);
+        waiting.extend(assignments(&mut peers[judge]));
         assert!(!waiting.is_empty(), "the judge was left waiting after {} ticks", seen.len());
         for (assignment, task_id) in waiting {
             let n: u64 = task_id[1..].parse().unwrap();
@@ -143,5 +161,48 @@ fn a_long_replay_is_submitted_a_batch_per_lock_hold_and_live_ticks_wait_behind_i
             seen.push(n);
         }
     }
-    assert_eq!(seen, (0..=LOGGED).collect::<Vec<_>>());
+    assert_eq!(seen, (0..=LOGGED + 1).collect::<Vec<_>>());
+    let mut delivered = Vec::new();
+    while let Ok((frame, _)) = gamer.rx.try_recv_weighed() {
+        if let Outbound::Message(message) = frame
+            && let p2c2r_protocol::Message::TaskResult(result) = *message
+        {
+            delivered.push(result.task_id);
+        }
+    }
+    let before = delivered.len();
+    delivered.sort();
+    delivered.dedup();
+    assert_eq!(delivered.len(), before, "a tick's result was delivered twice");
+}
+
+#[test]
+fn a_task_requeued_when_its_peer_leaves_wakes_the_deadline_timer_for_its_queue_wait() {
+    use futures_util::FutureExt;
+    let router = Router::new(Config::default());
+    let mut peer = connect(&router);
+    router.handle_frame(
+        peer.id,
+        r#"{"msg_type":"register_peer","peer_id":"p","capabilities":{"max_concurrent_tasks":1}}"#,
+    );
+    let gamer = connect(&router);
+    router.handle_frame(gamer.id, r#"{"msg_type":"register_gamer","gamer_id":"g"}"#);
+    // An attempt deadline of ten minutes: far beyond the 30 s queue wait limit.
+    router.handle_frame(
+        gamer.id,
+        r#"{"msg_type":"task_request","task_id":"t","task_type":"ai_navigate","task_data":{},"deadline_ms":600000}"#,
+    );
+    assert_eq!(assignments(&mut peer).len(), 1);
+    let sleeping_until = router.next_deadline().expect("the attempt's deadline");
+    // What earlier holds rang is taken: the timer has read the deadline since.
+    let _ = router.deadlines_changed.notified().now_or_never();
+    router.disconnect(peer.id, Departure::Closed);
+    assert!(
+        router.deadlines_changed.notified().now_or_never().is_some(),
+        "the re-queued task gives up at its queue wait limit, before the timer's deadline: it must be woken"
+    );
+    assert!(router.next_deadline().expect("the queue wait limit") < sleeping_until);
+    // A hold that leaves no earlier deadline does not wake it.
+    router.handle_frame(gamer.id, r#"{"msg_type":"heartbeat"}"#);
+    assert!(router.deadlines_changed.notified().now_or_never().is_none());
 }
