@@ -486,46 +486,11 @@ impl Config {
 /// How the derived command line reads and shows what `Config` holds in other types.
 #[cfg(feature = "cli")]
 mod cli {
-    use std::time::Duration;
+    pub(super) use p2c2r_ops::flags::{millis, ms, optional_millis, optional_ms, zero_is_none, zero_or};
 
     /// `Config::default()`: the one source of every flag's default.
     pub(super) fn defaults() -> super::Config {
         super::Config::default()
-    }
-
-    /// A duration given in milliseconds.
-    pub(super) fn millis(text: &str) -> Result<Duration, String> {
-        text.parse::<u64>().map(Duration::from_millis).map_err(|e| format!("{e}: a whole number of milliseconds"))
-    }
-
-    /// A duration given in milliseconds, 0 for none.
-    pub(super) fn optional_millis(text: &str) -> Result<Option<Duration>, String> {
-        millis(text).map(|d| (!d.is_zero()).then_some(d))
-    }
-
-    /// A limit, 0 for none.
-    pub(super) fn zero_is_none<T>(text: &str) -> Result<Option<T>, String>
-    where
-        T: std::str::FromStr + Default + PartialEq,
-        T::Err: std::fmt::Display,
-    {
-        let value: T = text.parse().map_err(|e: T::Err| e.to_string())?;
-        Ok((value != T::default()).then_some(value))
-    }
-
-    /// A default duration as its flag shows it.
-    pub(super) fn ms(d: Duration) -> String {
-        d.as_millis().to_string()
-    }
-
-    /// A default optional duration as its flag shows it (none: 0).
-    pub(super) fn optional_ms(d: Option<Duration>) -> String {
-        d.map_or_else(|| "0".to_owned(), ms)
-    }
-
-    /// A default optional limit as its flag shows it (none: 0).
-    pub(super) fn zero_or<T: ToString>(value: Option<T>) -> String {
-        value.map_or_else(|| "0".to_owned(), |v| v.to_string())
     }
 }
 #[cfg(feature = "cli")]

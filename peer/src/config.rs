@@ -211,27 +211,12 @@ impl PeerConfig {
 /// How the derived command line reads and shows what `PeerConfig` holds in other units.
 #[cfg(feature = "cli")]
 mod cli {
-    use std::time::Duration;
-
+    pub(super) use p2c2r_ops::flags::{millis, ms, positive_millis};
     use p2c2r_protocol::Encoding;
 
     /// `PeerConfig::default()`: the one source of every flag's default.
     pub(super) fn defaults() -> super::PeerConfig {
         super::PeerConfig::default()
-    }
-
-    /// A duration given in milliseconds.
-    pub(super) fn millis(text: &str) -> Result<Duration, String> {
-        text.parse::<u64>().map(Duration::from_millis).map_err(|e| format!("{e}: a whole number of milliseconds"))
-    }
-
-    /// A duration given in milliseconds that must not be zero (a zero heartbeat period or
-    /// idle timeout makes no sense), and at most about 11.5 days.
-    pub(super) fn positive_millis(text: &str) -> Result<Duration, String> {
-        match millis(text)? {
-            d if d.is_zero() || d.as_millis() > 1_000_000_000 => Err("must be 1 to 1000000000 milliseconds".to_owned()),
-            d => Ok(d),
-        }
     }
 
     const MIB: u64 = 1024 * 1024;
@@ -249,11 +234,6 @@ mod cli {
     /// Default bytes as their flag shows them, in MiB.
     pub(super) fn in_mib(bytes: u64) -> String {
         (bytes / MIB).to_string()
-    }
-
-    /// A default duration as its flag shows it.
-    pub(super) fn ms(d: Duration) -> String {
-        d.as_millis().to_string()
     }
 
     /// `json` or `binary`.
