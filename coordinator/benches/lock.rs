@@ -90,13 +90,13 @@ fn held_per_answer(answer_bytes: usize, under_lock: bool) -> (Duration, Duration
                 );
                 // Decoded first, as the connection does, off the lock.
                 let decoded = decode_text(&answer);
-                let before = router.lock_held().total();
+                let before = router.lock_held().frames_held();
                 if under_lock {
                     router.handle_decoded_hashing_under_lock(peer.id, decoded);
                 } else {
                     router.handle_decoded(peer.id, decoded);
                 }
-                let held = router.lock_held().total() - before;
+                let held = router.lock_held().frames_held() - before;
                 total += held;
                 longest = longest.max(held);
                 frames += 1;

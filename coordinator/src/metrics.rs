@@ -105,29 +105,46 @@ impl Metrics {
     }
 }
 
-/// How long handling frames held the router's state lock: frames handled, the total and
-/// the longest hold (the time spent waiting for the lock is not counted). Everything a
-/// frame needs that does not need the state (decoding, hashing an answer) is done before
-/// the lock, so this is what one frame costs every other connection.
+/// How long the router's state lock was held: every hold (frames, deadlines, departures,
+/// sweeps, the operator's views, replay batches), its total and the longest, and of those
+/// the holds that handled a frame. The time spent waiting for the lock is not counted.
+/// Everything a frame needs that does not need the state (decoding, hashing an answer) is
+/// done before the lock, so a frame's hold is what it costs every other connection.
 #[derive(Debug, Default)]
 pub struct LockHeld {
+    holds: AtomicU64,
+    held_ns: AtomicU64,
+    longest_ns: AtomicU64,
     frames: AtomicU64,
-    total_ns: AtomicU64,
-    max_ns: AtomicU64,
+    frame_ns: AtomicU64,
 }
 
 impl LockHeld {
-    /// Starts timing a hold (the lock is held now).
-    pub(crate) fn start(&self) -> Instant {
-        Instant::now()
+    /// Records a hold that began at `since` and just ended; `frame`: it handled a frame.
+    pub(crate) fn record(&self, since: Instant, frame: bool) {
+        let ns = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.holds.fetch_add(1, Ordering::Relaxed);
+        self.held_ns.fetch_add(ns, Ordering::Relaxed);
+        self.longest_ns.fetch_max(ns, Ordering::Relaxed);
+        if frame {
+            self.frames.fetch_add(1, Ordering::Relaxed);
+            self.frame_ns.fetch_add(ns, Ordering::Relaxed);
+        }
     }
 
-    /// Ends a hold started at `started` (the lock was just released).
-    pub(crate) fn stop(&self, started: Instant) {
-        let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.frames.fetch_add(1, Ordering::Relaxed);
-        self.total_ns.fetch_add(ns, Ordering::Relaxed);
-        self.max_ns.fetch_max(ns, Ordering::Relaxed);
+    /// Holds since start.
+    pub fn holds(&self) -> u64 {
+        self.holds.load(Ordering::Relaxed)
+    }
+
+    /// The lock held for all holds together.
+    pub fn held(&self) -> Duration {
+        Duration::from_nanos(self.held_ns.load(Ordering::Relaxed))
+    }
+
+    /// The longest one hold lasted.
+    pub fn longest(&self) -> Duration {
+        Duration::from_nanos(self.longest_ns.load(Ordering::Relaxed))
     }
 
     /// Frames handled since start.
@@ -135,14 +152,9 @@ impl LockHeld {
         self.frames.load(Ordering::Relaxed)
     }
 
-    /// The lock held for all of them together.
-    pub fn total(&self) -> Duration {
-        Duration::from_nanos(self.total_ns.load(Ordering::Relaxed))
-    }
-
-    /// The longest one frame held it.
-    pub fn max(&self) -> Duration {
-        Duration::from_nanos(self.max_ns.load(Ordering::Relaxed))
+    /// The lock held for handling frames, all together.
+    pub fn frames_held(&self) -> Duration {
+        Duration::from_nanos(self.frame_ns.load(Ordering::Relaxed))
     }
 }
 
@@ -429,12 +441,25 @@ impl Collector for StateCollector {
         )?;
         let held = self.router.lock_held();
         counter(&mut e, "frames_handled", "Frames the router handled", None, held.frames())?;
-        let c = ConstCounter::new(held.total().as_secs_f64());
-        c.encode(e.encode_descriptor(
-            "frame_lock_held",
-            "Time handling frames held the router's state lock",
+        let seconds = |e: &mut DescriptorEncoder, name: &str, help: &str, value: Duration| {
+            let c = ConstCounter::new(value.as_secs_f64());
+            c.encode(e.encode_descriptor(name, help, Some(&Unit::Seconds), c.metric_type())?)
+        };
+        seconds(&mut e, "frame_lock_held", "Time handling frames held the router's state lock", held.frames_held())?;
+        counter(
+            &mut e,
+            "state_lock_holds",
+            "Holds of the router's state lock, frames and all else",
+            None,
+            held.holds(),
+        )?;
+        seconds(&mut e, "state_lock_held", "Time the router's state lock was held, all holds together", held.held())?;
+        let longest = ConstGauge::new(held.longest().as_secs_f64());
+        longest.encode(e.encode_descriptor(
+            "state_lock_longest_hold",
+            "The longest one hold of the router's state lock lasted since start",
             Some(&Unit::Seconds),
-            c.metric_type(),
+            longest.metric_type(),
         )?)?;
         counter(&mut e, "received", "Bytes received on WebSocket connections", bytes, self.bytes.read())?;
         counter(&mut e, "sent", "Bytes sent on WebSocket connections", bytes, self.bytes.written())?;

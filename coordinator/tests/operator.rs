@@ -108,6 +108,15 @@ async fn metrics_move_by_exactly_the_tasks_run() {
     // lock for some time.
     assert!(delta(&before, &after, "p2c2r_frames_handled_total") >= n + 10.0);
     assert!(delta(&before, &after, "p2c2r_frame_lock_held_seconds_total") > 0.0);
+    // Every hold is counted, frames and the rest (deadlines, views, this scrape's own).
+    assert!(
+        delta(&before, &after, "p2c2r_state_lock_holds_total") > delta(&before, &after, "p2c2r_frames_handled_total")
+    );
+    assert!(
+        delta(&before, &after, "p2c2r_state_lock_held_seconds_total")
+            >= delta(&before, &after, "p2c2r_frame_lock_held_seconds_total")
+    );
+    assert!(after["p2c2r_state_lock_longest_hold_seconds"] > 0.0);
     assert_eq!(after["p2c2r_sessions"], 1.0);
     // The eighth task went to the peer (assigned) and waits there.
     assert_eq!(after["p2c2r_tasks_in_flight"], 1.0);
@@ -115,7 +124,14 @@ async fn metrics_move_by_exactly_the_tasks_run() {
     // The same numbers a stats request reports: one source.
     let stats = gamer.stats().await;
     assert_eq!(stats.tasks_completed as f64, after[r#"p2c2r_tasks_total{outcome="completed"}"#]);
-    assert_eq!(coord.metrics_text(), coord.metrics_text(), "scrapes change nothing");
+    // Scrapes change nothing but the lock's own accounting, which counts their holds too.
+    let without_lock_accounting =
+        |text: String| text.lines().filter(|l| !l.contains("p2c2r_state_lock")).collect::<Vec<_>>().join("\n");
+    assert_eq!(
+        without_lock_accounting(coord.metrics_text()),
+        without_lock_accounting(coord.metrics_text()),
+        "scrapes change nothing"
+    );
     coord.shutdown().await;
 }
 

@@ -66,7 +66,7 @@ impl Router {
             }
         }
         // A replica retired with the peer may have started a tie-breaker's replay.
-        self.release(state, None);
+        self.release(state);
     }
 
     /// After the credentials changed: closes every connection whose credential they no
@@ -128,7 +128,7 @@ impl Router {
             );
         }
         let closed = refused.len();
-        self.release(state, None);
+        self.release(state);
         closed
     }
 

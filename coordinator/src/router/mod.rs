@@ -35,6 +35,7 @@ mod tests;
 mod verdicts;
 mod view;
 
+use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -91,6 +92,37 @@ struct State {
     timer_at: Option<std::time::Instant>,
 }
 
+/// A hold of the state lock: the guard, and when it began; its end is recorded in
+/// [`Router::lock_held`] when it is dropped.
+struct Held<'a> {
+    guard: MutexGuard<'a, State>,
+    since: std::time::Instant,
+    /// It handles a frame.
+    frame: bool,
+    lock_held: &'a crate::metrics::LockHeld,
+}
+
+impl Deref for Held<'_> {
+    type Target = State;
+
+    fn deref(&self) -> &State {
+        &self.guard
+    }
+}
+
+impl DerefMut for Held<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.guard
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        // Read before the guard goes (the fields drop after this): the hold is still on.
+        self.lock_held.record(self.since, self.frame);
+    }
+}
+
 /// The coordinator's shared state and message handling.
 pub struct Router {
     state: Mutex<State>,
@@ -106,7 +138,7 @@ pub struct Router {
     /// hashed before the lock only then (a stale `false` costs only the hashing under the
     /// lock, never a wrong vote).
     replicated: std::sync::atomic::AtomicBool,
-    /// How long each frame held the state lock (see [`Router::lock_held`]).
+    /// How long the state lock was held (see [`Router::lock_held`]).
     lock_held: crate::metrics::LockHeld,
 }
 
@@ -139,9 +171,10 @@ impl Router {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn lock(&self) -> Held<'_> {
         // A panic while holding the lock would be a bug; keep serving rather than cascade.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        let guard = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        Held { guard, since: std::time::Instant::now(), frame: false, lock_held: &self.lock_held }
     }
 
     /// Records a new connection; `info` says who it is, for the operator's view.
@@ -154,7 +187,8 @@ impl Router {
         &self.metrics
     }
 
-    /// How long handling each frame held the state lock, since start.
+    /// How long the state lock was held, since start: every hold, and those that handled
+    /// a frame.
     pub fn lock_held(&self) -> &crate::metrics::LockHeld {
         &self.lock_held
     }
@@ -214,16 +248,16 @@ impl Router {
         let Decoded { message: decoded, kind, snapshot } = decoded;
         let digest = decoded.as_ref().ok().and_then(|m| self.answer_digest(conn, m, kind));
         let mut state = self.lock();
-        let held = self.lock_held.start();
+        state.frame = true;
         self.dispatch_message(&mut state, conn, decoded, Read { kind, snapshot, digest });
-        self.release(state, Some(held));
+        self.release(state);
     }
 
     /// Ends a lock hold: the one place that wakes the deadline timer (when the hold left a
     /// deadline earlier than the one it sleeps until: a task assigned, queued or
     /// re-queued) and the replay worker (when a replica replaying a session's log still
-    /// waits for copies). `held`: when a frame's hold began ([`Router::lock_held`]).
-    fn release(&self, mut state: MutexGuard<'_, State>, held: Option<std::time::Instant>) {
+    /// waits for copies).
+    fn release(&self, mut state: Held<'_>) {
         let next = state.sched.next_deadline();
         let wake = match (next, state.timer_at) {
             (Some(next), Some(sleeping_until)) => next < sleeping_until,
@@ -237,9 +271,6 @@ impl Router {
         let replays = state.replicas.replays_pending();
         self.replicated.store(state.replicas.any(), std::sync::atomic::Ordering::Relaxed);
         drop(state);
-        if let Some(started) = held {
-            self.lock_held.stop(started);
-        }
         if wake {
             self.deadlines_changed.notify_one();
         }
@@ -258,7 +289,7 @@ impl Router {
         state.continue_replays(replicas::REPLAY_BATCH, now);
         state.dispatch(now);
         let more = state.replicas.replays_pending();
-        self.release(state, None);
+        self.release(state);
         more
     }
 
@@ -269,9 +300,9 @@ impl Router {
     pub fn handle_decoded_hashing_under_lock(&self, conn: ConnId, decoded: Decoded) {
         let Decoded { message: decoded, kind, snapshot } = decoded;
         let mut state = self.lock();
-        let held = self.lock_held.start();
+        state.frame = true;
         self.dispatch_message(&mut state, conn, decoded, Read { kind, snapshot, digest: None });
-        self.release(state, Some(held));
+        self.release(state);
     }
 
     /// One handler per message kind.

@@ -287,7 +287,7 @@ impl Router {
         let answers = state.answers_for(failures);
         state.dispatch(now);
         let more = state.sched.next_deadline().is_some_and(|at| at <= now);
-        self.release(state, None);
+        self.release(state);
         // The answers are built and queued outside the lock.
         send_answers(answers);
         more
