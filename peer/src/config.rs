@@ -38,9 +38,9 @@ pub struct PeerConfig {
     #[cfg_attr(feature = "cli", arg(long, env = "P2C2R_PEER_ID"))]
     pub peer_id: Option<String>,
     /// Where the resume secret of the latest registration is kept across restarts
-    /// (see [`state`]), so a peer restarted under its own id takes it back at once;
+    /// (see [`state`](crate::state)), so a peer restarted under its own id takes it back at once;
     /// `None` (the default): in memory only. The `peer` binary gives one whenever
-    /// `--peer-id` is set ([`state::default_path`]).
+    /// `--peer-id` is set ([`state::default_path`](crate::state::default_path)).
     #[cfg_attr(feature = "cli", arg(long, env = "P2C2R_STATE_FILE", value_name = "PATH"))]
     pub state_file: Option<PathBuf>,
     /// Tasks run at once; the detected number of cores when `None`.
@@ -81,7 +81,7 @@ pub struct PeerConfig {
     #[cfg_attr(feature = "cli", arg(long, value_delimiter = ',', default_value = defaults().task_types.join(",")))]
     pub task_types: Vec<String>,
     /// Where tasks run (default [`Isolation::InProcess`]; the `peer` binary defaults to
-    /// [`Isolation::Workers`] with its own executable). See [`worker`].
+    /// [`Isolation::Workers`] with its own executable). See [`worker`](crate::worker).
     #[cfg_attr(feature = "cli", arg(skip))]
     pub isolation: Isolation,
     /// How much work one task may ask for (default [`Budgets::default`]).
@@ -121,10 +121,10 @@ pub struct PeerConfig {
     /// (default [`containment::DEFAULT_WORKER_DEATH_WINDOW`], 60 s).
     #[cfg_attr(feature = "cli", arg(long = "worker-death-window-ms", env = "P2C2R_WORKER_DEATH_WINDOW_MS", value_name = "MS", value_parser = cli::positive_millis, default_value = cli::ms(defaults().worker_death_window)))]
     pub worker_death_window: Duration,
-    /// Where to serve Prometheus metrics (`GET /metrics`, see [`metrics`]); not served
+    /// Where to serve Prometheus metrics (`GET /metrics`, see [`metrics`](crate::metrics)); not served
     /// when `None` (the default). The address is bound when the peer starts, failing the
-    /// start when it cannot be ([`PeerError::MetricsListen`]); port 0 picks a free port
-    /// ([`PeerHandle::metrics_addr`] tells which). Served until the peer has stopped.
+    /// start when it cannot be ([`PeerError::MetricsListen`](crate::PeerError::MetricsListen)); port 0 picks a free port
+    /// ([`PeerHandle::metrics_addr`](crate::PeerHandle::metrics_addr) tells which). Served until the peer has stopped.
     #[cfg_attr(feature = "cli", arg(long, env = "P2C2R_METRICS_LISTEN", value_name = "HOST:PORT"))]
     pub metrics_listen: Option<SocketAddr>,
     /// The frames to ask the coordinator for: [`Encoding::Binary`] (the default) offers

@@ -36,7 +36,7 @@
 //! interface: `peer --help` does not list it. It reads frames from stdin and writes one
 //! frame to stdout per frame read, in order. A frame is a little-endian `u32` length
 //! followed by that many bytes, at most [`MAX_WORKER_FRAME`]. A tag byte says how it is
-//! encoded ([`encode_task`], [`encode_answer`]): a request starts with `J` and a
+//! encoded (`encode_task`, `encode_answer`): a request starts with `J` and a
 //! [`TaskSpec`] as JSON, or with `B`, a `u32` length, that [`TaskSpec`] as JSON with a
 //! `null` payload, and the binary payload's bytes; an answer is the task's result JSON
 //! (what goes in `task_result`'s `result`) followed by `J`, or a binary result's bytes

@@ -8,17 +8,17 @@
 //!
 //! The state is made of parts, each with its own invariants, in a module of its own:
 //!
-//! - [`registry`]: connections, and which holds which id ([`registration`] binds them,
-//!   [`departures`] unbinds them);
-//! - [`delivery`]: what waits for gamers that may resume;
-//! - [`limits`]: each gamer's rate limits;
-//! - [`standing`]: quarantines and departed peers' standings;
-//! - [`replicas`] and [`verdicts`]: replicated and audited sessions;
+//! - `registry`: connections, and which holds which id (`registration` binds them,
+//!   `departures` unbinds them);
+//! - `delivery`: what waits for gamers that may resume;
+//! - `limits`: each gamer's rate limits;
+//! - `standing`: quarantines and departed peers' standings;
+//! - `replicas` and `verdicts`: replicated and audited sessions;
 //! - the [`crate::scheduler`], which decides where tasks go.
 //!
-//! One handler per message kind: [`registration`] (`register_peer`, `register_gamer`),
-//! [`tasks`] (`task_request`, `task_result`, deadlines), [`view`] (`stats`, and the
-//! operator's view). [`frames`] and [`answers`] need no state.
+//! One handler per message kind: `registration` (`register_peer`, `register_gamer`),
+//! `tasks` (`task_request`, `task_result`, deadlines), `view` (`stats`, and the
+//! operator's view). `frames` and `answers` need no state.
 
 mod answers;
 mod delivery;
@@ -280,7 +280,7 @@ impl Router {
     }
 
     /// Submits the copies replicas replaying a session's log still wait for, a batch per
-    /// lock hold ([`replicas::REPLAY_BATCH`]), so other frames are handled in between;
+    /// lock hold (`REPLAY_BATCH`, 64), so other frames are handled in between;
     /// returns whether some still wait (call again after letting others run). Run by the
     /// coordinator's replay worker (`timers.rs`), woken by [`Router::replays_waiting`].
     pub fn continue_replays(&self) -> bool {

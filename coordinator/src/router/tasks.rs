@@ -248,7 +248,7 @@ impl Router {
     }
 
     /// When the next task deadline passes: what the deadline timer sleeps until (a lock
-    /// hold that leaves an earlier one wakes it, [`Router::release`]).
+    /// hold that leaves an earlier one wakes it).
     pub fn next_deadline(&self) -> Option<Instant> {
         let mut state = self.lock();
         state.timer_at = state.sched.next_deadline();
