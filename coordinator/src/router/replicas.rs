@@ -164,12 +164,14 @@ impl Replicas {
 impl State {
     /// Whether a gamer's physics session is replicated or audited: decided when its first
     /// physics tick arrives (a session already running on one peer stays so).
-    pub(super) fn replicated(&mut self, gamer: &str, session: &str) -> bool {
+    /// `copy`: the session as the scheduler names it (replica 0).
+    pub(super) fn replicated(&mut self, gamer: &str, copy: &CopyId) -> bool {
+        let session = copy.id.as_str();
         if self.replicas.is_replicated(gamer, session) {
             return true;
         }
         // A session already running on one peer stays so (and its ticks cost no draw).
-        if self.sched.has_session(gamer, &CopyId::plain(session)) {
+        if self.sched.has_session(gamer, copy) {
             return false;
         }
         let class = self.sched.largest_setup_class(REPLICA_TASK_TYPE);

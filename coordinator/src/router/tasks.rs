@@ -23,7 +23,7 @@ use crate::scheduler::{Answer, CompleteError, Completion, Dispatch, Expired, Fai
 
 impl Router {
     /// `snapshot`: the request is a physics snapshot (read before the lock).
-    pub(super) fn submit(&self, state: &mut State, conn: ConnId, gamer_id: &str, m: TaskRequest, snapshot: bool) {
+    pub(super) fn submit(&self, state: &mut State, conn: ConnId, gamer_id: &str, mut m: TaskRequest, snapshot: bool) {
         let checks = check_id("task_id", &m.task_id)
             .and_then(|_| check_id("task_type", &m.task_type))
             .and_then(|_| m.session_id.as_deref().map_or(Ok(()), |s| check_id("session_id", s)))
@@ -40,10 +40,12 @@ impl Router {
         if let Some(reason) = too_large_for_json(&m.task_data, self.config.connections.max_frame_bytes) {
             return state.registry.send_error(conn, ErrorCode::LimitExceeded, reason, Some(m.task_id));
         }
+        // The scheduler's name for it (moved, not copied: this runs for every tick).
+        let session = m.session_id.take().map(CopyId::plain);
         // A replicated session stays known while its replicas change.
-        let new_session = m.session_id.as_deref().is_some_and(|s| {
-            !state.sched.has_session(gamer_id, &CopyId::plain(s)) && !state.replicas.is_replicated(gamer_id, s)
-        });
+        let new_session = session
+            .as_ref()
+            .is_some_and(|s| !state.sched.has_session(gamer_id, s) && !state.replicas.is_replicated(gamer_id, &s.id));
         let cost = Cost { bytes: m.task_data.len(), new_session };
         if let Some(reason) = state.limits.charge(gamer_id, cost, Instant::now()) {
             return state.registry.send_error(conn, ErrorCode::RateLimited, reason, Some(m.task_id));
@@ -54,26 +56,25 @@ impl Router {
             let reason = "physics_step_full is sent by the coordinator only (to correct a replicated session)";
             return state.registry.send_error(conn, ErrorCode::InvalidMessage, reason, Some(m.task_id));
         }
-        if let Some(session) = m.session_id.as_deref()
+        if let Some(session) = &session
             && m.task_type != p2c2r_protocol::task_types::PHYSICS_STEP
-            && state.replicas.is_replicated(gamer_id, session)
+            && state.replicas.is_replicated(gamer_id, &session.id)
         {
             // It would reach one replica's world only, and set it apart from the others.
-            let reason = format!("session {session:?} is a replicated physics session: only physics_step tasks");
+            let reason = format!("session {:?} is a replicated physics session: only physics_step tasks", session.id);
             return state.registry.send_error(conn, ErrorCode::InvalidMessage, reason, Some(m.task_id));
         }
-        if let Some(session) = m.session_id.as_deref()
+        if let Some(session) = &session
             && m.task_type == p2c2r_protocol::task_types::PHYSICS_STEP
             && state.replicated(gamer_id, session)
         {
-            let session = session.to_owned();
-            let result = state.submit_replicated(gamer_id, &session, m, deadline, snapshot);
+            let result = state.submit_replicated(gamer_id, &session.id, m, deadline, snapshot);
             return self.submitted(state, conn, gamer_id, task_id, result);
         }
         let submission = Submission {
             task_id: CopyId::plain(m.task_id),
             task_type: m.task_type,
-            session_id: m.session_id.map(CopyId::plain),
+            session_id: session,
             deadline,
             bytes: m.task_data.len(),
             payload: m.task_data,
