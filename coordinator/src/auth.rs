@@ -79,7 +79,8 @@ impl Role {
         }
     }
 
-    fn parse(text: &str) -> Option<Role> {
+    /// Reads the spelling of [`Role::as_str`].
+    pub fn parse(text: &str) -> Option<Role> {
         match text {
             "gamer" => Some(Role::Gamer),
             "peer" => Some(Role::Peer),
@@ -160,7 +161,7 @@ pub struct Claims {
 }
 
 /// A parsed auth file.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Credentials {
     listed: HashMap<[u8; 32], Identity>,
     jwt_keys: Vec<JwtKey>,
@@ -168,6 +169,7 @@ pub struct Credentials {
 }
 
 /// One `jwt-hs256` line.
+#[derive(Clone)]
 struct JwtKey {
     decoding: DecodingKey,
     encoding: EncodingKey,
@@ -240,6 +242,18 @@ impl Credentials {
             }
         }
         Ok(c)
+    }
+
+    /// The identities this file revokes (what a federated coordinator tells the fleet).
+    pub fn revoked(&self) -> &HashSet<(Role, String)> {
+        &self.revoked
+    }
+
+    /// These credentials with `more` identities revoked too (the fleet's revocations).
+    pub fn revoking(&self, more: &HashSet<(Role, String)>) -> Credentials {
+        let mut c = self.clone();
+        c.revoked.extend(more.iter().cloned());
+        c
     }
 
     /// Checks a presented token.
@@ -337,6 +351,11 @@ pub fn unix_now() -> u64 {
 #[derive(Debug)]
 pub struct Auth {
     path: Option<PathBuf>,
+    /// The file as last loaded.
+    file: RwLock<Arc<Credentials>>,
+    /// Identities other coordinators of the fleet revoke ([`Auth::set_fleet_revoked`]).
+    fleet_revoked: RwLock<HashSet<(Role, String)>>,
+    /// The file's credentials with the fleet's revocations: what is in force.
     current: RwLock<Arc<Credentials>>,
     /// The digest of the file's contents when last read (loaded or refused), so a change
     /// is noticed whatever the file system's timestamps, and a bad file is reported once.
@@ -346,12 +365,18 @@ pub struct Auth {
 impl Auth {
     /// Open mode: no credentials.
     pub fn open() -> Auth {
-        Auth { path: None, current: RwLock::new(Arc::default()), seen: Mutex::new(None) }
+        Auth {
+            path: None,
+            file: RwLock::default(),
+            fleet_revoked: RwLock::default(),
+            current: RwLock::default(),
+            seen: Mutex::new(None),
+        }
     }
 
     /// Credentials from `path`; fails when it cannot be read or parsed.
     pub fn from_file(path: &Path) -> Result<Auth, String> {
-        let auth = Auth { path: Some(path.to_owned()), current: RwLock::new(Arc::default()), seen: Mutex::new(None) };
+        let auth = Auth { path: Some(path.to_owned()), ..Auth::open() };
         auth.reload()?;
         Ok(auth)
     }
@@ -386,8 +411,28 @@ impl Auth {
     fn load(&self, path: &Path, text: &str) -> Result<(), String> {
         *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(digest(text));
         let parsed = Credentials::parse(text).map_err(|e| format!("{}: {e}", path.display()))?;
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(parsed);
+        *self.file.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(parsed);
+        self.combine();
         Ok(())
+    }
+
+    /// The credentials of the file alone (without the fleet's revocations).
+    pub fn file(&self) -> Arc<Credentials> {
+        self.file.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Sets the identities the rest of the fleet revokes; they are refused here as if this
+    /// coordinator's file revoked them (call [`crate::Router::revalidate`] after).
+    pub fn set_fleet_revoked(&self, revoked: HashSet<(Role, String)>) {
+        *self.fleet_revoked.write().unwrap_or_else(|p| p.into_inner()) = revoked;
+        self.combine();
+    }
+
+    fn combine(&self) {
+        let file = self.file();
+        let fleet = self.fleet_revoked.read().unwrap_or_else(|p| p.into_inner());
+        let combined = if fleet.is_empty() { file } else { Arc::new(file.revoking(&fleet)) };
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = combined;
     }
 
     /// Reloads when the file's contents changed since they were last read; returns whether

@@ -36,6 +36,9 @@ pub struct Config {
     /// Reputation: what gets a peer quarantined, for how long, and where it is remembered.
     #[cfg_attr(feature = "cli", command(flatten))]
     pub reputation: Reputation,
+    /// Federation: many coordinators sharing one fleet over NATS (off without `nats_urls`).
+    #[cfg_attr(feature = "cli", command(flatten))]
+    pub federation: Federation,
     /// How long shutdown waits for connections to close.
     #[cfg_attr(feature = "cli", arg(long = "shutdown-grace-ms", value_name = "MS", value_parser = cli::millis, default_value = cli::ms(defaults().shutdown_grace)))]
     pub shutdown_grace: Duration,
@@ -54,6 +57,7 @@ impl Default for Config {
             rate_limits: RateLimits::default(),
             replication: Replication::default(),
             reputation: Reputation::default(),
+            federation: Federation::default(),
             shutdown_grace: Duration::from_secs(5),
             summary_interval: Some(Duration::from_secs(10)),
         }
@@ -411,6 +415,73 @@ impl Default for Reputation {
     }
 }
 
+/// Federation: many coordinators sharing one fleet over NATS (see [`crate::federation`]).
+/// Without `nats_urls` the coordinator runs alone, exactly as it always has.
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
+#[cfg_attr(feature = "cli", command(next_help_heading = "Federation"))]
+pub struct Federation {
+    /// NATS servers of the fleet's cluster (comma-separated); none: this coordinator runs
+    /// alone. Only coordinators hold NATS credentials; gamers and peers never reach NATS.
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "nats-url", env = "P2C2R_NATS_URL", value_delimiter = ',', value_name = "URL")
+    )]
+    pub nats_urls: Vec<String>,
+    /// This coordinator's name in the fleet (letters, digits, `-` and `_`, at most 64); none:
+    /// a random one at each start.
+    #[cfg_attr(feature = "cli", arg(long, value_name = "NAME"))]
+    pub coordinator_id: Option<String>,
+    /// The WebSocket URL gamers and peers reach this coordinator at, shown to the fleet
+    /// (the fleet page); none: the coordinator's own listening address.
+    #[cfg_attr(feature = "cli", arg(long, value_name = "URL"))]
+    pub advertise_url: Option<String>,
+    /// A NATS credentials file (`.creds`: a user JWT and its NKey seed).
+    #[cfg_attr(feature = "cli", arg(long, env = "P2C2R_NATS_CREDENTIALS", value_name = "PATH"))]
+    pub nats_credentials: Option<PathBuf>,
+    /// A file holding this coordinator's NKey seed (`SU…`), for servers that list NKeys.
+    #[cfg_attr(feature = "cli", arg(long, env = "P2C2R_NATS_NKEY_SEED", value_name = "PATH"))]
+    pub nats_nkey_seed: Option<PathBuf>,
+    /// A PEM file of certificate authorities for the NATS servers' TLS; given, TLS is required.
+    #[cfg_attr(feature = "cli", arg(long, value_name = "PATH"))]
+    pub nats_ca: Option<PathBuf>,
+    /// A coordinator that has not renewed its lease for this long counts as gone (a hung
+    /// or killed one included); it renews every third of it.
+    #[cfg_attr(feature = "cli", arg(long = "lease-ttl-ms", value_name = "MS", value_parser = cli::millis, default_value = cli::ms(defaults().federation.lease_ttl)))]
+    pub lease_ttl: Duration,
+    /// Copies the NATS cluster keeps of each key-value bucket (3 survives one server lost;
+    /// a lone server needs 1).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = defaults().federation.kv_replicas, value_parser = clap::value_parser!(u8).range(1..=5)))]
+    pub kv_replicas: u8,
+    /// How long a key-value operation may take, retries included (a bucket whose leader
+    /// died elects another in a few seconds): a registration waits at most this long for its claim.
+    #[cfg_attr(feature = "cli", arg(long = "kv-timeout-ms", value_name = "MS", value_parser = cli::millis, default_value = cli::ms(defaults().federation.kv_timeout)))]
+    pub kv_timeout: Duration,
+}
+
+impl Default for Federation {
+    fn default() -> Self {
+        Federation {
+            nats_urls: Vec::new(),
+            coordinator_id: None,
+            advertise_url: None,
+            nats_credentials: None,
+            nats_nkey_seed: None,
+            nats_ca: None,
+            lease_ttl: Duration::from_secs(3),
+            kv_replicas: 3,
+            kv_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Federation {
+    /// Whether this coordinator joins a fleet.
+    pub fn enabled(&self) -> bool {
+        !self.nats_urls.is_empty()
+    }
+}
+
 /// Why a configuration cannot serve: every problem found, each naming its setting.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid configuration: {}", .0.join("; "))]
@@ -453,7 +524,32 @@ impl Config {
         if self.connections.host_prefix_v4 > 32 || self.connections.host_prefix_v6 > 128 {
             problems.push("host_prefix_v4 must be at most 32 and host_prefix_v6 at most 128".to_owned());
         }
+        let federation = &self.federation;
+        if federation.enabled() && !cfg!(feature = "nats") {
+            problems.push("nats_url needs the coordinator's `nats` feature (on by default)".to_owned());
+        }
+        if let Some(id) = &federation.coordinator_id
+            && (id.is_empty()
+                || id.len() > 64
+                || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        {
+            problems.push("coordinator_id must be 1 to 64 letters, digits, `-` or `_`".to_owned());
+        }
+        if federation.lease_ttl < Duration::from_millis(300) {
+            problems.push("lease_ttl must be at least 300 ms".to_owned());
+        }
+        if !(1..=5).contains(&federation.kv_replicas) {
+            problems.push("kv_replicas must be 1 to 5".to_owned());
+        }
+        if federation.kv_timeout.as_millis() == 0 {
+            problems.push("kv_timeout (ms) must be at least 1".to_owned());
+        }
         if problems.is_empty() { Ok(()) } else { Err(InvalidConfig(problems)) }
+    }
+
+    /// The federation's settings, when it is on.
+    pub fn federated(&self) -> Option<&Federation> {
+        self.federation.enabled().then_some(&self.federation)
     }
 
     /// Whether listening on `addr` is allowed: open mode (no credentials) only on a

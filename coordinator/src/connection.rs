@@ -89,6 +89,11 @@ pub fn inbound_budget_bytes(config: &Config) -> usize {
 /// Frames handled, at most, when draining what is readable before an eviction.
 const DRAIN_MAX_FRAMES: usize = 4096;
 
+/// Registrations one connection may have claimed across the fleet (when federated): a
+/// client needs one, or a few after `id_in_use`; each costs the fleet key-value
+/// operations, so a connection past this is closed.
+pub const MAX_FLEET_CLAIMS: u32 = 4;
+
 type Ws = WebSocketStream<ObservedStream<Rewind<Transport>>>;
 pub(crate) type Sink = SplitSink<Ws, WsMessage>;
 type Frames = SplitStream<Ws>;
@@ -155,6 +160,8 @@ pub async fn serve(
     // Chunked frames are possible only on a binary connection, and on only once a peer asks.
     let chunked = (encoding == Encoding::Binary).then(|| Arc::new(AtomicBool::new(false)));
     let (flow, chunking) = chunked.clone().map(crate::writer::chunk_flow).unzip();
+    // Kept for the fleet's claims: a credential for an id proves ownership of it.
+    let identity = credential.as_ref().map(|c| c.identity.clone());
     let conn = router.connect(
         ConnHandle { tx: tx.clone(), kill: kill.clone(), chunked: chunked.clone() },
         Some(ConnInfo { addr, watch: watch.clone(), credential }),
@@ -184,6 +191,11 @@ pub async fn serve(
         ticket: &mut ticket,
         watch: &watch,
         last_seen: start,
+        identity,
+        #[cfg(feature = "nats")]
+        federation: shared.federation.as_ref(),
+        #[cfg(feature = "nats")]
+        fleet_claims: 0,
         chunks: Chunks { on: chunked, flow, reassembler: None, charged: 0, budget: shared.inbound.clone() },
     };
     let mut pings = interval_at(start + config.connections.heartbeat_interval, config.connections.heartbeat_interval);
@@ -282,6 +294,14 @@ struct Reader<'a> {
     ticket: &'a mut Ticket,
     watch: &'a StreamWatch,
     last_seen: Instant,
+    /// Who the connection's credential says it is (with credentials).
+    identity: Option<crate::auth::Identity>,
+    /// The fleet, which must agree to a registration first (when federated).
+    #[cfg(feature = "nats")]
+    federation: Option<&'a Arc<crate::federation::Federation>>,
+    /// Registrations claimed across the fleet so far.
+    #[cfg(feature = "nats")]
+    fleet_claims: u32,
     chunks: Chunks,
 }
 
@@ -362,7 +382,7 @@ impl Reader<'_> {
                 // connection alone waits for it.
                 self.router.metrics().large_frames.inc();
                 let decoded = tokio::task::spawn_blocking(move || crate::router::decode_text(text.as_str())).await;
-                self.decoded(decoded);
+                return self.decoded(decoded).await;
             }
             Some(Ok(WsMessage::Binary(frame)))
                 if self.encoding == Encoding::Binary
@@ -371,15 +391,11 @@ impl Reader<'_> {
                 // Its payload is copied into a buffer of its own: off the runtime too.
                 self.router.metrics().large_frames.inc();
                 let decoded = tokio::task::spawn_blocking(move || crate::router::decode_binary(frame)).await;
-                self.decoded(decoded);
+                return self.decoded(decoded).await;
             }
-            Some(Ok(WsMessage::Text(text))) => {
-                self.router.handle_frame(conn, text.as_str());
-                self.observe_registration();
-            }
+            Some(Ok(WsMessage::Text(text))) => return self.handle(crate::router::decode_text(text.as_str())).await,
             Some(Ok(WsMessage::Binary(frame))) if self.encoding == Encoding::Binary => {
-                self.router.handle_binary_frame(conn, frame);
-                self.observe_registration();
+                return self.handle(crate::router::decode_binary(frame)).await;
             }
             Some(Ok(WsMessage::Binary(_))) => self.router.send_error(
                 conn,
@@ -535,12 +551,60 @@ impl Reader<'_> {
     }
 
     /// Handles a frame decoded on the blocking pool.
-    fn decoded(&mut self, decoded: Result<crate::router::Decoded, tokio::task::JoinError>) {
+    async fn decoded(&mut self, decoded: Result<crate::router::Decoded, tokio::task::JoinError>) -> Option<Departure> {
         match decoded {
-            Ok(decoded) => self.router.handle_decoded(self.conn, decoded),
-            Err(e) => self.router.send_error(self.conn, ErrorCode::Internal, format!("frame not decoded: {e}")),
+            Ok(decoded) => self.handle(decoded).await,
+            Err(e) => {
+                self.router.send_error(self.conn, ErrorCode::Internal, format!("frame not decoded: {e}"));
+                self.observe_registration();
+                None
+            }
         }
+    }
+
+    /// Hands a decoded frame to the router. When federated, a registration is first
+    /// claimed across the fleet (this connection alone waits for it, within the fleet's
+    /// `kv_timeout`), and its resume secret recorded there once acknowledged. A connection
+    /// gets [`MAX_FLEET_CLAIMS`] tries: each costs the fleet key-value operations.
+    async fn handle(&mut self, decoded: crate::router::Decoded) -> Option<Departure> {
+        #[cfg(feature = "nats")]
+        if let Some(federation) = self.federation
+            && self.ticket.is_unregistered()
+            && let Some((kind, id, secret)) = decoded.registration()
+        {
+            self.fleet_claims += 1;
+            if self.fleet_claims > MAX_FLEET_CLAIMS {
+                info_limited!("connection: registration attempts spent", self.conn, "closing");
+                let reason = format!("at most {MAX_FLEET_CLAIMS} registration attempts per connection");
+                self.router.send_error(self.conn, ErrorCode::RateLimited, reason);
+                let _ = self.tx.send_exempt(Outbound::Close(CLOSE_POLICY, "registration attempts spent".into()));
+                return Some(Departure::Closed);
+            }
+            let (kind, id) = (kind, id.to_owned());
+            let secret_digest =
+                secret.map(|s| crate::ids::digest(s).iter().map(|b| format!("{b:02x}")).collect::<String>());
+            let role = match kind {
+                crate::ids::Kind::Gamer => crate::auth::Role::Gamer,
+                crate::ids::Kind::Peer => crate::auth::Role::Peer,
+            };
+            let same_credential = self.identity.as_ref().is_some_and(|i| i.role == role && i.id == id);
+            let proof = crate::federation::claims::Proof { secret_digest: secret_digest.as_deref(), same_credential };
+            if let Err(refusal) = federation.admit(kind, &id, proof).await {
+                let msg_type = if kind == crate::ids::Kind::Gamer { "register_gamer" } else { "register_peer" };
+                self.router.refuse(self.conn, refusal.code, refusal.reason, msg_type);
+                return None;
+            }
+            self.router.handle_decoded(self.conn, decoded);
+            if self.observe_registration()
+                && let Some(digest) = self.router.secret_digest(kind, &id)
+            {
+                federation.acknowledged(kind, &id, digest).await;
+            }
+            return None;
+        }
+        self.router.handle_decoded(self.conn, decoded);
         self.observe_registration();
+        None
     }
 
     /// Once the connection registers, tells its admission ticket (until then, one cheap

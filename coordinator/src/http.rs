@@ -308,6 +308,7 @@ fn route(shared: &Shared, request: &Request, addr: SocketAddr) -> Route {
                 Response::new(200, "application/json", latest.as_bytes().to_vec())
             }
         }
+        "/api/federation" => federation_page(shared),
         "/events" => match shared.event_streams.try_take(addr.ip()) {
             Ok(place) => return Route::Events(place),
             Err(why) => Response::text(503, why).with_header("Retry-After", "10"),
@@ -316,6 +317,21 @@ fn route(shared: &Shared, request: &Request, addr: SocketAddr) -> Route {
             Response::text(404, "not found: the dashboard is at /, metrics at /metrics, WebSocket clients connect at /")
         }
     })
+}
+
+/// The fleet of coordinators this one belongs to, as their leases last said (any
+/// coordinator of the fleet shows the same); 404 when it runs alone.
+fn federation_page(shared: &Shared) -> Response {
+    #[cfg(feature = "nats")]
+    if let Some(federation) = &shared.federation {
+        let page = serde_json::json!({
+            "coordinator": federation.id(),
+            "coordinators": federation.fleet(),
+        });
+        return Response::new(200, "application/json", page.to_string().into_bytes());
+    }
+    let _ = shared;
+    Response::text(404, "this coordinator runs alone (no --nats-url)")
 }
 
 /// Streams the fleet snapshots as server-sent events until the client leaves, stops

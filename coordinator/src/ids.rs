@@ -51,7 +51,8 @@ pub struct IdBook {
     grace: Duration,
 }
 
-fn digest(secret: &str) -> [u8; 32] {
+/// The SHA-256 digest a secret is kept as.
+pub fn digest(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
 }
 
@@ -124,6 +125,26 @@ impl IdBook {
                 true
             }
             None => false,
+        }
+    }
+
+    /// The digest of `id`'s latest secret, while it is held or reserved.
+    pub fn secret_digest(&self, kind: Kind, id: &str) -> Option<[u8; 32]> {
+        self.records.get(&(kind, id.to_owned())).map(|r| r.secret)
+    }
+
+    /// Whether `id` is held, or reserved until after `now`.
+    pub fn holds(&self, kind: Kind, id: &str, now: Instant) -> bool {
+        self.records.get(&(kind, id.to_owned())).is_some_and(|r| r.reserved_until.is_none_or(|until| until > now))
+    }
+
+    /// Names gamers with `key` from now on: every coordinator of a fleet shares one, so
+    /// peers see a gamer under one alias whichever coordinator it is on. Aliases already
+    /// computed are forgotten.
+    pub fn set_alias_key(&mut self, key: [u8; 32]) {
+        self.alias_key = key;
+        for record in self.records.values_mut() {
+            record.alias = None;
         }
     }
 
@@ -228,6 +249,9 @@ mod tests {
         assert_eq!(a, book.alias("alice"));
         assert_ne!(a, book.alias("bob"));
         assert!(a.starts_with("g-") && a.len() == 34 && !a.contains("alice"));
-        assert_ne!(a, IdBook::new(Duration::from_secs(1)).alias("alice"), "keyed per coordinator");
+        let mut other = IdBook::new(Duration::from_secs(1));
+        assert_ne!(a, other.alias("alice"), "keyed per coordinator");
+        other.set_alias_key(book.alias_key);
+        assert_eq!(a, other.alias("alice"), "a fleet shares its key");
     }
 }

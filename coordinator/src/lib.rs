@@ -39,6 +39,8 @@ pub mod config;
 pub mod connection;
 pub mod copy_id;
 pub mod disputes;
+#[cfg(feature = "nats")]
+pub mod federation;
 pub mod fleet;
 pub mod http;
 pub mod ids;
@@ -72,7 +74,7 @@ use admission::Admission;
 pub use admission::AdmissionCounts;
 use auth::Auth;
 pub use config::{
-    Config, Connections, Identity, InvalidConfig, RateLimits, Replication, Reputation, Scheduling, TlsFiles,
+    Config, Connections, Federation, Identity, InvalidConfig, RateLimits, Replication, Reputation, Scheduling, TlsFiles,
 };
 use fleet::Published;
 use memory::Backlog;
@@ -136,7 +138,7 @@ impl Prepared {
     /// Runs the coordinator on `listener`; see [`run`].
     pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
         let cancel = CancellationToken::new();
-        let server = Server::new(self, listener.local_addr()?)?;
+        let server = Server::new(self, listener.local_addr()?).await?;
         let serve = server.serve(Some(listener), None, cancel.clone());
         tokio::pin!(serve);
         tokio::select! {
@@ -154,7 +156,7 @@ impl Prepared {
 pub async fn spawn(addr: impl ToSocketAddrs, config: Config) -> std::io::Result<CoordinatorHandle> {
     let prepared = prepare(config)?;
     let listener = TcpListener::bind(addr).await?;
-    start(prepared, Some(listener))
+    start(prepared, Some(listener)).await
 }
 
 /// Runs the coordinator in the background on the current tokio runtime without binding
@@ -163,19 +165,19 @@ pub async fn spawn(addr: impl ToSocketAddrs, config: Config) -> std::io::Result<
 /// as listening on `127.0.0.1:0` (open mode needs no `insecure`; clients' URLs name that
 /// address: [`CoordinatorHandle::url`]).
 pub async fn spawn_in_memory(config: Config) -> std::io::Result<CoordinatorHandle> {
-    start(prepare(config)?, None)
+    start(prepare(config)?, None).await
 }
 
 /// Runs the coordinator in the background, taking connections from `listener` (when
 /// there is one) and from in-memory dialers.
-fn start(prepared: Prepared, listener: Option<TcpListener>) -> std::io::Result<CoordinatorHandle> {
+async fn start(prepared: Prepared, listener: Option<TcpListener>) -> std::io::Result<CoordinatorHandle> {
     let local_addr = match &listener {
         Some(listener) => listener.local_addr()?,
         None => SocketAddr::new(memory::MEMORY_ADDRESS, 0),
     };
     let listening = listener.is_some();
     let cancel = CancellationToken::new();
-    let server = Server::new(prepared, local_addr)?;
+    let server = Server::new(prepared, local_addr).await?;
     let shared = server.shared.clone();
     let (backlog, memory) = memory::backlog();
     let task = tokio::spawn(server.serve(listener, Some(memory), cancel.clone()));
@@ -279,6 +281,12 @@ impl CoordinatorHandle {
         p2c2r_ops::scrape::encode(&self.shared.registry)
     }
 
+    /// Its link to the rest of the fleet, when federated (`--nats-url`).
+    #[cfg(feature = "nats")]
+    pub fn federation(&self) -> Option<&Arc<federation::Federation>> {
+        self.shared.federation.as_ref()
+    }
+
     /// Stops accepting, closes every connection and waits for them (bounded by
     /// `shutdown_grace`).
     pub async fn shutdown(self) {
@@ -323,6 +331,9 @@ pub struct Shared {
     pub attempts: ratelimit::AttemptLimiter,
     /// The address the coordinator listens on.
     pub local_addr: SocketAddr,
+    /// The link to the rest of the fleet, when federated (`--nats-url`).
+    #[cfg(feature = "nats")]
+    pub federation: Option<Arc<federation::Federation>>,
 }
 
 impl std::fmt::Debug for Shared {

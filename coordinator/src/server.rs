@@ -26,7 +26,7 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    pub(crate) fn new(prepared: Prepared, local: SocketAddr) -> std::io::Result<Self> {
+    pub(crate) async fn new(prepared: Prepared, local: SocketAddr) -> std::io::Result<Self> {
         let Prepared { config, auth, tls, reputation } = prepared;
         let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
         config.check_exposure(local).map_err(invalid)?;
@@ -49,8 +49,25 @@ impl Server {
         });
         let bytes = Arc::new(ByteTotals::default());
         let (feed, feed_rx) = watch::channel(Published::default());
+        #[allow(unused_mut)] // Only the federation adds to it.
+        let mut registry = metrics::registry(router.clone(), admission.clone(), bytes.clone());
+        #[cfg(feature = "nats")]
+        let federation = match config.federated() {
+            Some(settings) => {
+                let scheme = if tls.is_some() { "wss" } else { "ws" };
+                let url = settings.advertise_url.clone().unwrap_or_else(|| format!("{scheme}://{local}"));
+                let federation =
+                    crate::federation::Federation::connect(settings, config.identity.resume_grace, url).await?;
+                router.set_alias_key(federation.alias_key());
+                federation.metrics().register(&mut registry);
+                Some(federation)
+            }
+            None => None,
+        };
         let shared = Shared {
-            registry: metrics::registry(router.clone(), admission.clone(), bytes.clone()),
+            registry,
+            #[cfg(feature = "nats")]
+            federation,
             inbound: InboundBudget::new(connection::inbound_budget_bytes(&config)),
             config: Arc::new(config),
             router,
@@ -105,6 +122,16 @@ impl Server {
         tracker.spawn(timers::replay_worker(shared.router.clone(), cancel.clone()));
         tracker.spawn(timers::log_summaries(cancel.clone()));
         tracker.spawn(timers::housekeeping(shared.clone(), cancel.clone()));
+        #[cfg(feature = "nats")]
+        if let Some(federation) = &shared.federation {
+            crate::federation::spawn(
+                federation.clone(),
+                shared.router.clone(),
+                shared.auth.clone(),
+                &tracker,
+                cancel.clone(),
+            );
+        }
         tracker.spawn(fleet::run(
             shared.router.clone(),
             shared.bytes.clone(),

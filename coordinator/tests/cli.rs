@@ -61,6 +61,7 @@ const RENAMED: &[(&str, &[&str])] = &[
     ("scheduling.default_task_deadline", &["--task-deadline-ms"]),
     ("identity.tls", &["--tls-cert", "--tls-key"]),
     ("replication.accepted_setups", &["--accepted-setup"]),
+    ("federation.nats_urls", &["--nats-url"]),
 ];
 
 /// `Config` fields deliberately without a flag, each with why. None today: every setting

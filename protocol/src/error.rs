@@ -74,6 +74,10 @@ pub enum ErrorCode {
     /// The request names a cached shape (`Shape::Cached`) the peer does not hold: send
     /// the snapshot again with the shape itself (the error asks for a resync).
     MissingShape,
+    /// A federated coordinator could not confirm a registration with the rest of its fleet
+    /// in time (the fleet's shared store is unreachable): nothing was registered; retry,
+    /// here or on another coordinator.
+    Unavailable,
     /// A code this build does not know.
     #[serde(other)]
     Other,
@@ -112,6 +116,7 @@ impl ErrorCode {
             ErrorCode::Quarantined => "quarantined",
             ErrorCode::Unverified => "unverified",
             ErrorCode::MissingShape => "missing_shape",
+            ErrorCode::Unavailable => "unavailable",
             ErrorCode::Other => "other",
         }
     }
@@ -159,6 +164,7 @@ mod tests {
             ErrorCode::Quarantined,
             ErrorCode::Unverified,
             ErrorCode::MissingShape,
+            ErrorCode::Unavailable,
             ErrorCode::Other,
         ] {
             let json = serde_json::to_string(&code).unwrap();

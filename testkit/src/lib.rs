@@ -11,6 +11,8 @@
 //!   between a client and a server: one-way latency, jitter, bandwidth, stalls and
 //!   severed connections, without root or `tc`.
 //! - [`gate`]: a WebSocket server side that checks each upgrade's bearer token.
+//! - [`nats`]: a real NATS cluster with JetStream on loopback (nats-server processes),
+//!   for the federation of coordinators.
 //! - [`tls`]: a self-signed certificate for the loopback names, in a temp dir.
 //! - [`settings`]: checks that a binary's `--help` has a flag for every field of its
 //!   settings struct, with the struct's default, durations in milliseconds.
@@ -18,6 +20,7 @@
 pub mod client;
 pub mod gamer;
 pub mod gate;
+pub mod nats;
 pub mod proxy;
 pub mod server;
 pub mod settings;

@@ -84,40 +84,7 @@ impl Router {
             .map(|(id, _)| *id)
             .collect();
         for &conn in &refused {
-            state.registry.send_error(conn, ErrorCode::Unauthorized, "credential revoked", None);
-            // It loses its role at once (no more tasks, results or registrations), not
-            // when its close frame gets through: it may be reading slowly on purpose.
-            let Some(role) = state.registry.close(conn, "credential revoked") else { continue };
-            // The error and the close get a moment to be written; then it goes anyway.
-            if let Some(kill) = state.registry.conns.get(&conn).map(|c| c.handle.kill.clone()) {
-                match tokio::runtime::Handle::try_current() {
-                    Ok(runtime) => {
-                        runtime.spawn(async move {
-                            tokio::time::sleep(REVOKED_FLUSH).await;
-                            kill.cancel();
-                        });
-                    }
-                    Err(_) => kill.cancel(),
-                }
-            }
-            match role {
-                Role::Peer(id) => {
-                    if state.registry.peers.get(&id) == Some(&conn) {
-                        state.registry.peers.remove(&id);
-                        state.peer_departed(&id);
-                    }
-                    state.registry.ids.forget(Kind::Peer, &id);
-                }
-                Role::Gamer(id) => {
-                    if state.registry.gamers.get(&id) == Some(&conn) {
-                        state.registry.gamers.remove(&id);
-                        state.forget_gamer(&id);
-                    }
-                    // Its record too: nothing could resume it, and no sweep would find it.
-                    state.registry.ids.forget(Kind::Gamer, &id);
-                }
-                Role::Unregistered => {}
-            }
+            state.expel(conn, ErrorCode::Unauthorized, "credential revoked");
         }
         if !refused.is_empty() {
             state.dispatch(Instant::now());
@@ -153,6 +120,44 @@ impl Router {
 }
 
 impl State {
+    /// Ends a connection for a reason that frees its id at once (a credential revoked, the
+    /// id taken over on another coordinator): it is told why and loses its role now, not when
+    /// its close frame gets through (it may be reading slowly on purpose); after
+    /// [`REVOKED_FLUSH`] it goes anyway. Its id is forgotten: nothing may resume it here.
+    pub(super) fn expel(&mut self, conn: ConnId, code: ErrorCode, why: &str) {
+        self.registry.send_error(conn, code, why, None);
+        let Some(role) = self.registry.close(conn, why) else { return };
+        if let Some(kill) = self.registry.conns.get(&conn).map(|c| c.handle.kill.clone()) {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(async move {
+                        tokio::time::sleep(REVOKED_FLUSH).await;
+                        kill.cancel();
+                    });
+                }
+                Err(_) => kill.cancel(),
+            }
+        }
+        match role {
+            Role::Peer(id) => {
+                if self.registry.peers.get(&id) == Some(&conn) {
+                    self.registry.peers.remove(&id);
+                    self.peer_departed(&id);
+                }
+                self.registry.ids.forget(Kind::Peer, &id);
+            }
+            Role::Gamer(id) => {
+                if self.registry.gamers.get(&id) == Some(&conn) {
+                    self.registry.gamers.remove(&id);
+                    self.forget_gamer(&id);
+                }
+                // Its record too: nothing could resume it, and no sweep would find it.
+                self.registry.ids.forget(Kind::Gamer, &id);
+            }
+            Role::Unregistered => {}
+        }
+    }
+
     /// A peer is gone (left, replaced by nobody, quarantined, revoked): the replicas it
     /// held retire, its standing is remembered, and its tasks are re-queued (returned: how
     /// many). The caller has taken it out of the registry.

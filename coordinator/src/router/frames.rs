@@ -19,6 +19,20 @@ pub struct Decoded {
     pub(super) snapshot: bool,
 }
 
+impl Decoded {
+    /// A well-formed registration: what it registers as (its id valid) and the resume
+    /// secret it presents. What the federation claims before the router binds it.
+    pub fn registration(&self) -> Option<(crate::ids::Kind, &str, Option<&str>)> {
+        let (kind, field, id, secret) = match &self.message {
+            Ok(Message::RegisterGamer(m)) => (crate::ids::Kind::Gamer, "gamer_id", &m.gamer_id, &m.resume_secret),
+            Ok(Message::RegisterPeer(m)) => (crate::ids::Kind::Peer, "peer_id", &m.peer_id, &m.resume_secret),
+            _ => return None,
+        };
+        check_id(field, id).ok()?;
+        Some((kind, id.as_str(), secret.as_deref()))
+    }
+}
+
 impl From<Result<Message, (ErrorCode, String, Option<String>)>> for Decoded {
     fn from(message: Result<Message, (ErrorCode, String, Option<String>)>) -> Self {
         let (kind, snapshot) = match &message {

@@ -14,6 +14,7 @@
 //! - `limits`: each gamer's rate limits;
 //! - `standing`: quarantines and departed peers' standings;
 //! - `replicas` and `verdicts`: replicated and audited sessions;
+//! - `federated`: what the federation of coordinators asks of the router;
 //! - the [`crate::scheduler`], which decides where tasks go.
 //!
 //! One handler per message kind: `registration` (`register_peer`, `register_gamer`),
@@ -23,6 +24,7 @@
 mod answers;
 mod delivery;
 mod departures;
+mod federated;
 mod frames;
 mod limits;
 mod registration;
@@ -394,6 +396,12 @@ impl Router {
         for conn in conns {
             state.registry.send_error(conn, ErrorCode::ShuttingDown, "the coordinator is shutting down", None);
         }
+    }
+
+    /// Refuses a message of `conn` (`refers_to` names it) with an error (used by the
+    /// connection layer, for a registration the fleet refused).
+    pub fn refuse(&self, conn: ConnId, code: ErrorCode, message: impl Into<String>, refers_to: &str) {
+        self.lock().registry.send_error(conn, code, message, Some(refers_to.to_owned()));
     }
 
     /// Queues an error for a connection (used by the connection layer).

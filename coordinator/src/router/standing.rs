@@ -58,6 +58,15 @@ impl Standing {
         self.quarantine.get(peer_id).filter(|until| **until > now).map(|until| until.saturating_duration_since(now))
     }
 
+    /// The quarantines still on at `now`, with the time each has left.
+    pub(super) fn quarantined(&self, now: Instant) -> Vec<(String, Duration)> {
+        self.quarantine
+            .iter()
+            .filter(|(_, until)| **until > now)
+            .map(|(peer, until)| (peer.clone(), until.saturating_duration_since(now)))
+            .collect()
+    }
+
     /// Forgets the quarantines that ended by `now`.
     pub(super) fn sweep(&mut self, now: Instant) {
         self.quarantine.retain(|_, until| *until > now);
