@@ -38,6 +38,7 @@ fn captured(honest: u8, colluders: u8, replicas: usize) -> f64 {
         capacity: 64,
         setup: Some(7),
         host: Some(std::net::IpAddr::from(net)),
+        remote: false,
     };
     for c in 0..colluders {
         s.add_peer(format!("colluder-{c}"), spec([10, 9, c, 1]));

@@ -357,6 +357,9 @@ pub struct Auth {
     fleet_revoked: RwLock<HashSet<(Role, String)>>,
     /// The file's credentials with the fleet's revocations: what is in force.
     current: RwLock<Arc<Credentials>>,
+    /// Held while `current` is computed, so a reload and a fleet update at once cannot
+    /// leave either out.
+    combining: Mutex<()>,
     /// The digest of the file's contents when last read (loaded or refused), so a change
     /// is noticed whatever the file system's timestamps, and a bad file is reported once.
     seen: Mutex<Option<[u8; 32]>>,
@@ -370,6 +373,7 @@ impl Auth {
             file: RwLock::default(),
             fleet_revoked: RwLock::default(),
             current: RwLock::default(),
+            combining: Mutex::new(()),
             seen: Mutex::new(None),
         }
     }
@@ -411,6 +415,7 @@ impl Auth {
     fn load(&self, path: &Path, text: &str) -> Result<(), String> {
         *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(digest(text));
         let parsed = Credentials::parse(text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let _combining = self.combining.lock().unwrap_or_else(|p| p.into_inner());
         *self.file.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(parsed);
         self.combine();
         Ok(())
@@ -424,10 +429,12 @@ impl Auth {
     /// Sets the identities the rest of the fleet revokes; they are refused here as if this
     /// coordinator's file revoked them (call [`crate::Router::revalidate`] after).
     pub fn set_fleet_revoked(&self, revoked: HashSet<(Role, String)>) {
+        let _combining = self.combining.lock().unwrap_or_else(|p| p.into_inner());
         *self.fleet_revoked.write().unwrap_or_else(|p| p.into_inner()) = revoked;
         self.combine();
     }
 
+    /// Computes what is in force; the caller holds `combining`.
     fn combine(&self) {
         let file = self.file();
         let fleet = self.fleet_revoked.read().unwrap_or_else(|p| p.into_inner());

@@ -588,7 +588,7 @@ impl Reader<'_> {
                 crate::ids::Kind::Peer => crate::auth::Role::Peer,
             };
             let same_credential = self.identity.as_ref().is_some_and(|i| i.role == role && i.id == id);
-            let proof = crate::federation::claims::Proof { secret_digest: secret_digest.as_deref(), same_credential };
+            let proof = crate::federation::claims::Proof { secret_digest, same_credential };
             if let Err(refusal) = federation.admit(kind, &id, proof).await {
                 let msg_type = if kind == crate::ids::Kind::Gamer { "register_gamer" } else { "register_peer" };
                 self.router.refuse(self.conn, refusal.code, refusal.reason, msg_type);
@@ -599,6 +599,10 @@ impl Reader<'_> {
                 && let Some(digest) = self.router.secret_digest(kind, &id)
             {
                 federation.acknowledged(kind, &id, digest).await;
+            } else {
+                // Refused by the router after all (bad capabilities, the id reserved
+                // here): the claim goes now, not at the next round of releases.
+                federation.abandon(kind, &id, self.router.holds(kind, &id)).await;
             }
             return None;
         }

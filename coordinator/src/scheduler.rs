@@ -112,6 +112,9 @@ pub struct PeerSpec {
     /// The host it connects from: replicas of a session go to different hosts when
     /// [`Replication::replicas_on_distinct_hosts`] is set.
     pub host: Option<std::net::IpAddr>,
+    /// It stands for peers of other coordinators of the fleet (the federation's borrower):
+    /// a task goes to it only when no local peer can take it.
+    pub remote: bool,
 }
 
 impl PeerSpec {
@@ -467,6 +470,8 @@ struct Peer {
     /// [`MAX_SHOWN_TYPES`] types). A miss on a deadline shorter than this is never held
     /// against the peer: the gamer asked for less time than such work takes here.
     shown: HashMap<String, Duration>,
+    /// See [`PeerSpec::remote`].
+    remote: bool,
     /// See [`PeerSpec::setup`] and [`PeerSpec::host`].
     setup: Option<u64>,
     host: Option<std::net::IpAddr>,
@@ -879,6 +884,7 @@ impl<P> Scheduler<P> {
             shown: HashMap::new(),
             setup: spec.setup,
             host: spec.host,
+            remote: spec.remote,
         };
         self.peers.insert(id.clone(), peer);
         self.wake_for_room(&id);
@@ -1471,13 +1477,20 @@ impl<P> Scheduler<P> {
                     // idle peers cannot steer themselves into a session's replicas; they
                     // get about their share of them.
                     let rank = |id: &PeerId| self.tie_break.hash_one((draw, id));
-                    return a_tried.cmp(&b_tried).then(unproven(a).cmp(&unproven(b))).then(rank(a_id).cmp(&rank(b_id)));
+                    return a
+                        .remote
+                        .cmp(&b.remote)
+                        .then(a_tried.cmp(&b_tried))
+                        .then(unproven(a).cmp(&unproven(b)))
+                        .then(rank(a_id).cmp(&rank(b_id)));
                 }
                 // Compare load ratios without floats: a.in/a.cap vs b.in/b.cap.
                 let a_load = u64::from(a.in_flight) * u64::from(b.capacity());
                 let b_load = u64::from(b.in_flight) * u64::from(a.capacity());
-                a_tried
-                    .cmp(&b_tried)
+                // Local peers first: another coordinator's only when none here can.
+                a.remote
+                    .cmp(&b.remote)
+                    .then(a_tried.cmp(&b_tried))
                     .then(unproven(a).cmp(&unproven(b)))
                     .then(a_load.cmp(&b_load))
                     .then(a.in_flight.cmp(&b.in_flight))
@@ -1490,6 +1503,12 @@ impl<P> Scheduler<P> {
             full_types.insert(task_type.to_owned());
         }
         best
+    }
+
+    /// Slots free now on this coordinator's own peers (not the fleet's stand-in): what it
+    /// could lend other coordinators of the fleet.
+    pub fn free_local_slots(&self) -> u64 {
+        self.peers.values().filter(|p| !p.remote).map(|p| u64::from(p.capacity().saturating_sub(p.slots_used))).sum()
     }
 
     fn assign(&mut self, key: TaskKey, peer_id: PeerId, now: Instant) -> Dispatch {
@@ -2118,11 +2137,11 @@ mod tests {
     }
 
     fn any_peer(capacity: u32) -> PeerSpec {
-        PeerSpec { task_types: None, capacity, setup: Some(1), host: None }
+        PeerSpec { task_types: None, capacity, setup: Some(1), host: None, remote: false }
     }
 
     fn peer_at(setup: Option<u64>, host: [u8; 4]) -> PeerSpec {
-        PeerSpec { task_types: None, capacity: 4, setup, host: Some(std::net::IpAddr::from(host)) }
+        PeerSpec { task_types: None, capacity: 4, setup, host: Some(std::net::IpAddr::from(host)), remote: false }
     }
 
     /// A scheduler id written as the logs show it: `w` or `w#1` (replica 1's copy).
@@ -2157,6 +2176,35 @@ mod tests {
         assert_eq!(s.replica_capacity_of("physics", 7), 2);
         let placed = s.dispatch(t0);
         assert_eq!(placed.iter().map(|d| d.peer.as_str()).collect::<Vec<_>>(), ["third"]);
+    }
+
+    #[test]
+    fn the_fleets_stand_in_gets_only_what_no_local_peer_can_take_and_keeps_its_sessions() {
+        let mut s = sched();
+        let t0 = Instant::now();
+        s.add_gamer("g".into());
+        s.add_peer("~fleet".into(), PeerSpec { remote: true, ..any_peer(8) });
+        s.add_peer("local".into(), any_peer(2));
+        assert_eq!(s.free_local_slots(), 2, "the stand-in lends nothing");
+        for n in 0..3 {
+            s.submit("g", session_task(&format!("t{n}"), &format!("s{n}")), t0).unwrap();
+        }
+        let d = s.dispatch(t0);
+        let placed: Vec<(String, String)> =
+            d.iter().map(|d| (s.task(d.key).unwrap().task_id.to_string(), d.peer.clone())).collect();
+        assert_eq!(placed.iter().filter(|(_, p)| p == "local").count(), 2, "local first: {placed:?}");
+        let remote: Vec<_> = placed.iter().filter(|(_, p)| p == "~fleet").collect();
+        assert_eq!(remote.len(), 1, "only the overflow goes to the fleet: {placed:?}");
+        assert_eq!(s.free_local_slots(), 0);
+        // Its session stays there once the local peer has room again.
+        let session = format!("s{}", &remote[0].0[1..]);
+        for d in &d {
+            s.succeed(&d.peer, &d.assignment_id).unwrap();
+        }
+        s.submit("g", session_task("again", &session), t0).unwrap();
+        let d = s.dispatch(t0);
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].peer, "~fleet", "a session placed on the fleet stays there");
     }
 
     #[test]
@@ -2293,6 +2341,7 @@ mod tests {
             capacity,
             setup: Some(1),
             host: None,
+            remote: false,
         }
     }
 

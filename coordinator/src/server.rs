@@ -56,8 +56,7 @@ impl Server {
             Some(settings) => {
                 let scheme = if tls.is_some() { "wss" } else { "ws" };
                 let url = settings.advertise_url.clone().unwrap_or_else(|| format!("{scheme}://{local}"));
-                let federation =
-                    crate::federation::Federation::connect(settings, config.identity.resume_grace, url).await?;
+                let federation = crate::federation::Federation::connect(&config, url).await?;
                 router.set_alias_key(federation.alias_key());
                 federation.metrics().register(&mut registry);
                 Some(federation)

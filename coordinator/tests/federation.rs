@@ -152,6 +152,24 @@ async fn a_left_id_is_free_once_released_and_a_registration_the_router_refuses_h
         }
     })
     .await;
+    // A registration the router refuses after the fleet agreed (bad capabilities) leaves
+    // no claim behind: the id is free on another coordinator at once.
+    let too_many_types = p2c2r_protocol::Capabilities {
+        task_types: Some((0..1000).map(|n| format!("type-{n}")).collect()),
+        ..capacity(1)
+    };
+    let (_, reply) = register(&coords[0].url(), register_peer("eager", too_many_types, None)).await;
+    assert_eq!(refused_with(&reply), Some(ErrorCode::InvalidMessage), "{reply:?}");
+    within("eager's id is free elsewhere", async {
+        loop {
+            let (_, reply) = register(&coords[1].url(), register_peer("eager", capacity(1), None)).await;
+            if acked(&reply) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
     // A connection may try a few registrations, not more (each costs the fleet).
     let mut client = Client::connect(&coords[2].url()).await;
     let mut codes = Vec::new();
@@ -361,10 +379,27 @@ async fn a_revocation_on_one_coordinator_holds_on_the_others() {
     let told = within("c2 closes mallory", mallory.recv()).await;
     assert_eq!(refused_with(&told), Some(ErrorCode::Unauthorized), "{told:?}");
     within("closed", mallory.expect_closed()).await;
-    assert_eq!(connect_with(&coords[2].url(), &token).await.err(), Some(401), "c3 refuses the token");
+    within("c3 refuses the token too", async {
+        while connect_with(&coords[2].url(), &token).await.err() != Some(401) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
     // Others are not affected.
     let mut honest = connect_with(&coords[2].url(), &gamer_jwt("honest")).await.expect("another gamer");
     honest.register(&register_gamer("honest", None)).await;
+    // A coordinator that joins later learns the revocations made before it started.
+    let late_file = dir.join("c4");
+    std::fs::write(&late_file, format!("jwt-hs256 {JWT_KEY}\n")).unwrap();
+    let mut late = federated(&nats, 0, "c4");
+    late.identity.auth_file = Some(late_file);
+    let c4 = start(late).await;
+    within("c4 refuses the token", async {
+        while connect_with(&c4.url(), &token).await.err() != Some(401) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -455,6 +490,14 @@ async fn with_the_ids_buckets_leader_killed_ticks_go_on_and_a_registration_waits
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_coordinator_under_a_live_ones_name_refuses_to_start() {
+    let nats = NatsCluster::start(3, "").await;
+    let _first = start(federated(&nats, 0, "twin")).await;
+    let second = coordinator::spawn("127.0.0.1:0", federated(&nats, 1, "twin")).await.expect_err("a live name");
+    assert!(second.to_string().contains("--coordinator-id"), "{second}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coordinator_authenticates_to_nats_with_its_own_nkey() {
     let key = nkeys::KeyPair::new_user();
     let allowed = format!("authorization {{\n  users = [ {{ nkey: \"{}\" }} ]\n}}\n", key.public_key());
@@ -483,4 +526,124 @@ async fn a_coordinator_authenticates_to_nats_with_its_own_nkey() {
     std::fs::write(&wrong, other.seed().unwrap()).unwrap();
     assert!(coordinator::spawn("127.0.0.1:0", single(Some(wrong))).await.is_err(), "an unlisted key is refused");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Answers every assignment with its own payload echoed, until the test ends; keeps the
+/// task numbers (`{"n":…}`) in the order the assignments arrived.
+fn echo_peer(mut peer: Client) -> std::sync::Arc<std::sync::Mutex<Vec<u64>>> {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Some(message) = peer.try_recv().await {
+            let Message::TaskAssignment(a) = message else { continue };
+            let n = a.task_data.task_data.json().and_then(|j| common::json(j)["n"].as_u64()).unwrap_or(u64::MAX);
+            record.lock().unwrap().push(n);
+            let answer = format!(r#"{{"status":"success","n":{n}}}"#);
+            if !peer.try_send(&p2c2r_testkit::client::result_for(&a, &answer)).await {
+                break;
+            }
+        }
+    });
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gamer_on_one_coordinator_is_served_in_order_by_a_peer_on_another() {
+    let (_nats, coords) = fleet().await;
+    let (c1, c2) = (&coords[0], &coords[1]);
+    let peer = echo_peer(Client::peer(&c2.url(), "far-peer", 8).await);
+    let mut gamer = Client::gamer(&c1.url(), "far-gamer").await;
+    eventually("c1 sees room on c2 and lets the fleet stand in", || c1.stats().peers == 1).await;
+    let (f1, f2) = (c1.federation().unwrap().metrics().clone(), c2.federation().unwrap().metrics().clone());
+    let claims = (f1.kv_count("claim"), f2.kv_count("claim"));
+    const TICKS: u64 = 100;
+    // Pipelined, as a game sends them: every tick before reading any result.
+    for n in 0..TICKS {
+        gamer.submit(&format!("t{n}"), "physics_step", &format!(r#"{{"n":{n}}}"#), Some("world")).await;
+    }
+    for n in 0..TICKS {
+        let result = gamer.recv_result().await;
+        assert_eq!(result.task_id, format!("t{n}"), "results in order");
+        let body = common::json(result.result.json().expect("a JSON result"));
+        assert_eq!(body["n"].as_u64(), Some(n), "the answer to this tick: {body}");
+    }
+    assert_eq!(f1.fleet_tasks_borrowed.get(), TICKS);
+    assert_eq!(f2.fleet_tasks_lent.get(), TICKS);
+    assert_eq!((f1.kv_count("claim"), f2.kv_count("claim")), claims, "no key-value operation per tick");
+    eventually("one session counted as placed remotely", || f1.sessions_placed_remotely.get() == 1).await;
+    assert_eq!(f1.fleet_no_responders.get(), 0);
+    assert_eq!(*peer.lock().unwrap(), (0..TICKS).collect::<Vec<_>>(), "every tick on the one peer, in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_peers_come_first_and_with_no_room_anywhere_a_task_waits_and_times_out_as_alone() {
+    let nats = NatsCluster::start(3, "").await;
+    let mut patient = federated(&nats, 0, "c1");
+    patient.scheduling.max_queue_wait = Some(Duration::from_millis(1500));
+    let c1 = start(patient).await;
+    let c2 = start(federated(&nats, 1, "c2")).await;
+    // No peer anywhere: the fleet does not stand in, the task waits and times out.
+    let mut gamer = Client::gamer(&c1.url(), "lonely").await;
+    gamer.submit("waits", "physics_step", r#"{"n":0}"#, Some("w")).await;
+    let result = gamer.recv_result().await;
+    let body = common::json(result.result.json().unwrap());
+    assert_eq!(body["code"], "queue_timeout", "{body}");
+    let f1 = c1.federation().unwrap().metrics().clone();
+    assert_eq!(f1.fleet_tasks_borrowed.get(), 0);
+    // A peer at home and one on c2: every tick stays home.
+    let home = echo_peer(Client::peer(&c1.url(), "home-peer", 8).await);
+    let away = echo_peer(Client::peer(&c2.url(), "away-peer", 8).await);
+    eventually("c1 sees room on c2", || c1.stats().peers == 2).await;
+    for n in 0..20u64 {
+        gamer.submit(&format!("t{n}"), "physics_step", &format!(r#"{{"n":{n}}}"#), Some(&format!("s{}", n % 4))).await;
+        gamer.recv_result().await;
+    }
+    assert_eq!(f1.fleet_tasks_borrowed.get(), 0, "local first");
+    assert_eq!(home.lock().unwrap().len(), 20);
+    assert!(away.lock().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_work_from_the_fleet_gets_clear_errors_and_harms_nobody() {
+    let (nats, coords) = fleet().await;
+    let c2 = &coords[1];
+    let peer = echo_peer(Client::peer(&c2.url(), "busy-peer", 8).await);
+    let nats_client = async_nats::connect(nats.url(0)).await.unwrap();
+    let subject = coordinator::federation::wire::work("c2");
+    let ask = |headers: Option<async_nats::HeaderMap>, payload: &'static [u8]| {
+        let client = nats_client.clone();
+        let subject = subject.clone();
+        async move {
+            let request = async_nats::Request::new().payload(bytes::Bytes::from_static(payload));
+            let request = match headers {
+                Some(h) => request.headers(h),
+                None => request,
+            };
+            let answer = client.send_request(subject, request).await.expect("an answer");
+            match coordinator::federation::wire::decode(answer.payload, answer.headers.as_ref()).message() {
+                Some(Message::Error(e)) => e.code,
+                other => panic!("expected an error, got {other:?}"),
+            }
+        }
+    };
+    assert_eq!(ask(None, b"{}").await, ErrorCode::InvalidMessage, "no headers");
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(coordinator::federation::wire::GAMER, "g-1");
+    headers.insert(coordinator::federation::wire::ORIGIN, "c9");
+    assert_eq!(ask(Some(headers.clone()), b"not json").await, ErrorCode::InvalidMessage);
+    assert_eq!(ask(Some(headers.clone()), br#"{"msg_type":"stats"}"#).await, ErrorCode::InvalidMessage, "not a task");
+    let mut bad_gamer = headers.clone();
+    bad_gamer.insert(coordinator::federation::wire::GAMER, "g.>");
+    assert_eq!(ask(Some(bad_gamer), b"{}").await, ErrorCode::InvalidMessage, "a gamer that is no alias");
+    // Work without a reply subject is dropped and counted.
+    nats_client.publish(subject.clone(), bytes::Bytes::from_static(b"{}")).await.unwrap();
+    let f2 = c2.federation().unwrap().metrics().clone();
+    eventually("the refusals are counted", || f2.fleet_refused.get() >= 5).await;
+    // An honest gamer of c2 is served all along.
+    let mut gamer = Client::gamer(&c2.url(), "honest").await;
+    for n in 0..10u64 {
+        gamer.submit(&format!("t{n}"), "physics_step", &format!(r#"{{"n":{n}}}"#), Some("s")).await;
+        assert_eq!(gamer.recv_result().await.task_id, format!("t{n}"));
+    }
+    assert_eq!(peer.lock().unwrap().len(), 10);
 }

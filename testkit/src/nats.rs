@@ -53,23 +53,37 @@ pub fn binary() -> Result<PathBuf, String> {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
-}
-
 impl NatsCluster {
     /// Starts `nodes` routed nodes (1 is a lone server), each with `extra` appended to its
     /// configuration (an `authorization` block, say). Panics with [`INSTALL_HINT`] when no
     /// usable binary is found, and with the node's log when one does not become healthy.
+    /// Ports are free ones found by the OS; a node that exits at once (another process
+    /// took its port in between) starts the cluster again on other ports, up to three times.
     pub async fn start(nodes: usize, extra: &str) -> NatsCluster {
         let binary = binary().unwrap_or_else(|e| panic!("{e}"));
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Self::try_start(&binary, nodes, extra).await {
+                Ok(cluster) => return cluster,
+                Err(why) => last = why,
+            }
+        }
+        panic!("the NATS cluster did not start: {last}");
+    }
+
+    async fn try_start(binary: &std::path::Path, nodes: usize, extra: &str) -> Result<NatsCluster, String> {
         let dir = std::env::temp_dir().join(format!("p2c2r-nats-{}-{}", std::process::id(), fastrand::u64(..)));
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let cluster_ports: Vec<u16> = (0..nodes).map(|_| free_port()).collect();
-        let mut cluster = NatsCluster { binary, dir: dir.clone(), nodes: Vec::new() };
+        // Held together while they are chosen, so one cluster's ports are distinct.
+        let listeners: Vec<TcpListener> =
+            (0..nodes * 3).map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("a free port")).collect();
+        let ports: Vec<u16> = listeners.iter().map(|l| l.local_addr().expect("bound").port()).collect();
+        drop(listeners);
+        let cluster_ports: Vec<u16> = ports[..nodes].to_vec();
+        let mut cluster = NatsCluster { binary: binary.to_owned(), dir: dir.clone(), nodes: Vec::new() };
         for (i, cluster_port) in cluster_ports.iter().enumerate() {
             let name = format!("n{}", i + 1);
-            let (client_port, monitor_port) = (free_port(), free_port());
+            let (client_port, monitor_port) = (ports[nodes + 2 * i], ports[nodes + 2 * i + 1]);
             let routes: Vec<String> = cluster_ports
                 .iter()
                 .filter(|p| *p != cluster_port)
@@ -100,9 +114,9 @@ impl NatsCluster {
             cluster.spawn(i);
         }
         for i in 0..nodes {
-            cluster.wait_healthy(i).await;
+            cluster.healthy(i).await?;
         }
-        cluster
+        Ok(cluster)
     }
 
     fn spawn(&mut self, i: usize) {
@@ -119,22 +133,33 @@ impl NatsCluster {
         node.child = Some(child);
     }
 
-    /// Waits until node `i` answers its health check with JetStream current.
+    /// Waits until node `i` answers its health check with JetStream current; panics with
+    /// its log when it exits or stays unhealthy.
     pub async fn wait_healthy(&mut self, i: usize) {
+        if let Err(why) = self.healthy(i).await {
+            panic!("{why}");
+        }
+    }
+
+    async fn healthy(&mut self, i: usize) -> Result<(), String> {
         let started = Instant::now();
         let monitor = SocketAddr::from((Ipv4Addr::LOCALHOST, self.nodes[i].monitor_port));
         loop {
             if let Some(child) = self.nodes[i].child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                panic!("nats-server {} exited ({status}): {}", self.nodes[i].name, self.log(i));
+                return Err(format!("nats-server {} exited ({status}): {}", self.nodes[i].name, self.log(i)));
             }
             let healthy = tokio::task::spawn_blocking(move || health(monitor)).await.unwrap_or(false);
             if healthy {
-                return;
+                return Ok(());
             }
             if started.elapsed() > HEALTHY_WITHIN {
-                panic!("nats-server {} not healthy within {HEALTHY_WITHIN:?}: {}", self.nodes[i].name, self.log(i));
+                return Err(format!(
+                    "nats-server {} not healthy within {HEALTHY_WITHIN:?}: {}",
+                    self.nodes[i].name,
+                    self.log(i)
+                ));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -5,11 +5,13 @@
 //!
 //! A registration on coordinator `me` may take an id when:
 //! - nobody claims it (it creates the claim);
-//! - `me` claims it (the local id book decides, as a lone coordinator does);
+//! - this run of `me` claims it (the local id book decides, as a lone coordinator does;
+//!   the claim is written again, so that a release racing the registration cannot win);
 //! - it proves it is the same client: the resume secret whose digest the claim holds, or a
 //!   credential for that id;
-//! - the claiming coordinator is gone (its lease lapsed) for longer than the resume grace,
-//!   as a closed connection's id stops being reserved after the grace.
+//! - the claiming coordinator is gone (its lease lapsed, or it is an earlier run of `me`)
+//!   for longer than the resume grace, as a closed connection's id stops being reserved
+//!   after the grace.
 //!
 //! Otherwise it is refused, and the holder keeps being served.
 
@@ -22,6 +24,9 @@ use serde::{Deserialize, Serialize};
 pub struct ClaimRecord {
     /// The coordinator whose connection holds (or last held) the id.
     pub holder: String,
+    /// Which run of it (a restart under the same name is another run).
+    #[serde(default)]
+    pub instance: String,
     /// Hex SHA-256 of the resume secret of the id's latest registration; `None` until the
     /// registration is acknowledged.
     #[serde(default)]
@@ -38,10 +43,10 @@ pub enum HolderLease {
 }
 
 /// What a registration presents to prove it owns an id.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Proof<'a> {
+#[derive(Clone, Debug, Default)]
+pub struct Proof {
     /// Hex SHA-256 of the `resume_secret` it presented.
-    pub secret_digest: Option<&'a str>,
+    pub secret_digest: Option<String>,
     /// Its verified credential names this id.
     pub same_credential: bool,
 }
@@ -51,32 +56,32 @@ pub struct Proof<'a> {
 pub enum Decision {
     /// Nobody claims it: create the claim.
     Create,
-    /// This coordinator claims it: its own id book decides.
+    /// This run of this coordinator claims it: its own id book decides.
     Ours,
     /// Take the claim over (update at the revision read).
     TakeOver,
     /// Someone else holds it.
     Refuse,
-    /// Nothing proves the registration owns an id held elsewhere: read the holder's lease
-    /// and decide again with it.
+    /// Nothing proves the registration owns an id held elsewhere (or by an earlier run of
+    /// this coordinator): find how long its holder has been gone and decide again with it.
     ReadLease,
 }
 
-/// Decides a registration on coordinator `me` (see the module docs); `lease` is the
-/// holder's, once [`Decision::ReadLease`] asked for it.
+/// Decides a registration on run `instance` of coordinator `me` (see the module docs);
+/// `lease` is the holder's, once [`Decision::ReadLease`] asked for it.
 pub fn decide(
     claim: Option<&ClaimRecord>,
-    me: &str,
-    proof: Proof<'_>,
+    (me, instance): (&str, &str),
+    proof: &Proof,
     lease: Option<HolderLease>,
     grace: Duration,
 ) -> Decision {
     let Some(claim) = claim else { return Decision::Create };
-    if claim.holder == me {
+    if claim.holder == me && claim.instance == instance {
         return Decision::Ours;
     }
     let proven = proof.same_credential
-        || matches!((proof.secret_digest, claim.secret_digest.as_deref()), (Some(a), Some(b)) if a == b);
+        || matches!((proof.secret_digest.as_deref(), claim.secret_digest.as_deref()), (Some(a), Some(b)) if a == b);
     if proven {
         return Decision::TakeOver;
     }
@@ -93,8 +98,14 @@ mod tests {
 
     const GRACE: Duration = Duration::from_secs(10);
 
+    const ME: (&str, &str) = ("a", "run-2");
+
     fn held_by(holder: &str, digest: Option<&str>) -> ClaimRecord {
-        ClaimRecord { holder: holder.into(), secret_digest: digest.map(Into::into) }
+        ClaimRecord { holder: holder.into(), instance: "run-2".into(), secret_digest: digest.map(Into::into) }
+    }
+
+    fn secret(digest: &str) -> Proof {
+        Proof { secret_digest: Some(digest.into()), same_credential: false }
     }
 
     /// The lease is not needed: nothing read.
@@ -102,38 +113,39 @@ mod tests {
 
     #[test]
     fn a_free_id_is_created_and_our_own_is_left_to_the_id_book() {
-        assert_eq!(decide(None, "a", Proof::default(), NO_LEASE, GRACE), Decision::Create);
+        assert_eq!(decide(None, ME, &Proof::default(), NO_LEASE, GRACE), Decision::Create);
         let ours = held_by("a", Some("d"));
-        assert_eq!(decide(Some(&ours), "a", Proof::default(), NO_LEASE, GRACE), Decision::Ours);
+        assert_eq!(decide(Some(&ours), ME, &Proof::default(), NO_LEASE, GRACE), Decision::Ours);
+        // An earlier run of this coordinator is gone: its ids are reserved as anyone's.
+        let before = ClaimRecord { instance: "run-1".into(), ..ours };
+        assert_eq!(decide(Some(&before), ME, &Proof::default(), NO_LEASE, GRACE), Decision::ReadLease);
+        assert_eq!(decide(Some(&before), ME, &secret("d"), NO_LEASE, GRACE), Decision::TakeOver);
     }
 
     #[test]
     fn a_live_holder_keeps_its_id_unless_the_registration_proves_it_is_the_same_client() {
         let claim = held_by("b", Some("d1"));
         let live = Some(HolderLease::Live);
-        assert_eq!(decide(Some(&claim), "a", Proof::default(), NO_LEASE, GRACE), Decision::ReadLease);
-        assert_eq!(decide(Some(&claim), "a", Proof::default(), live, GRACE), Decision::Refuse);
-        let wrong = Proof { secret_digest: Some("d2"), same_credential: false };
-        assert_eq!(decide(Some(&claim), "a", wrong, live, GRACE), Decision::Refuse);
-        let right = Proof { secret_digest: Some("d1"), same_credential: false };
-        assert_eq!(decide(Some(&claim), "a", right, NO_LEASE, GRACE), Decision::TakeOver);
+        assert_eq!(decide(Some(&claim), ME, &Proof::default(), NO_LEASE, GRACE), Decision::ReadLease);
+        assert_eq!(decide(Some(&claim), ME, &Proof::default(), live, GRACE), Decision::Refuse);
+        assert_eq!(decide(Some(&claim), ME, &secret("d2"), live, GRACE), Decision::Refuse);
+        assert_eq!(decide(Some(&claim), ME, &secret("d1"), NO_LEASE, GRACE), Decision::TakeOver);
         let credential = Proof { secret_digest: None, same_credential: true };
-        assert_eq!(decide(Some(&claim), "a", credential, NO_LEASE, GRACE), Decision::TakeOver);
+        assert_eq!(decide(Some(&claim), ME, &credential, NO_LEASE, GRACE), Decision::TakeOver);
     }
 
     #[test]
     fn a_claim_not_yet_acknowledged_is_proven_by_no_secret() {
         let claim = held_by("b", None);
-        let any = Proof { secret_digest: Some("d1"), same_credential: false };
-        assert_eq!(decide(Some(&claim), "a", any, Some(HolderLease::Live), GRACE), Decision::Refuse);
+        assert_eq!(decide(Some(&claim), ME, &secret("d1"), Some(HolderLease::Live), GRACE), Decision::Refuse);
     }
 
     #[test]
     fn a_gone_holders_ids_stay_reserved_for_the_grace_then_are_free() {
         let claim = held_by("b", Some("d1"));
         let soon = Some(HolderLease::GoneFor(GRACE - Duration::from_millis(1)));
-        assert_eq!(decide(Some(&claim), "a", Proof::default(), soon, GRACE), Decision::Refuse);
+        assert_eq!(decide(Some(&claim), ME, &Proof::default(), soon, GRACE), Decision::Refuse);
         let later = Some(HolderLease::GoneFor(GRACE));
-        assert_eq!(decide(Some(&claim), "a", Proof::default(), later, GRACE), Decision::TakeOver);
+        assert_eq!(decide(Some(&claim), ME, &Proof::default(), later, GRACE), Decision::TakeOver);
     }
 }

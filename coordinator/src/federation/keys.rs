@@ -54,15 +54,17 @@ pub fn parse_peer(key: &str) -> Option<String> {
     unhex(key.strip_prefix("p.")?)
 }
 
-/// The key of a revoked identity.
-pub fn revocation(role: Role, id: &str) -> String {
-    format!("{}.{}", role.as_str(), hex(id))
+/// The key of an identity revoked by coordinator `by` (each coordinator's revocations
+/// under keys of its own; `by` is a coordinator name, already key-safe).
+pub fn revocation(role: Role, id: &str, by: &str) -> String {
+    format!("{}.{}.{by}", role.as_str(), hex(id))
 }
 
-/// The identity a revocation's key names.
-pub fn parse_revocation(key: &str) -> Option<(Role, String)> {
-    let (role, id) = key.split_once('.')?;
-    Some((Role::parse(role)?, unhex(id)?))
+/// The identity a revocation's key names, and the coordinator that revoked it.
+pub fn parse_revocation(key: &str) -> Option<(Role, String, String)> {
+    let mut parts = key.splitn(3, '.');
+    let (role, id, by) = (parts.next()?, parts.next()?, parts.next()?);
+    Some((Role::parse(role)?, unhex(id)?, by.to_owned()))
 }
 
 #[cfg(test)]
@@ -78,7 +80,8 @@ mod tests {
                 assert_eq!(parse_claim(&key), Some((kind, id.to_owned())));
             }
             assert_eq!(parse_peer(&peer(id)), Some(id.to_owned()));
-            assert_eq!(parse_revocation(&revocation(Role::Gamer, id)), Some((Role::Gamer, id.to_owned())));
+            let key = revocation(Role::Gamer, id, "eu-1");
+            assert_eq!(parse_revocation(&key), Some((Role::Gamer, id.to_owned(), "eu-1".to_owned())));
         }
     }
 
@@ -88,6 +91,7 @@ mod tests {
             assert_eq!(parse_claim(key), None, "{key}");
         }
         assert_eq!(parse_peer("g.61"), None);
-        assert_eq!(parse_revocation("admin.61"), None);
+        assert_eq!(parse_revocation("admin.61.c1"), None);
+        assert_eq!(parse_revocation("gamer.61"), None, "who revoked it is part of the key");
     }
 }

@@ -46,8 +46,24 @@ pub struct FederationMetrics {
     pub quarantines_from_fleet: Counter,
     /// Coordinators whose lease is live (this one included).
     pub coordinators: Gauge,
+    /// Renewals that found this coordinator's lease written by another run of its name.
+    pub lease_lost: Counter,
     /// NATS client events, by kind.
     pub nats_events: Family<EventLabel, Counter>,
+    /// Ticks of this coordinator's gamers sent to another coordinator's peers.
+    pub fleet_tasks_borrowed: Counter,
+    /// Ticks of other coordinators' gamers run on this coordinator's peers.
+    pub fleet_tasks_lent: Counter,
+    /// Ticks sent to the fleet that nobody received (no coordinator listening).
+    pub fleet_no_responders: Counter,
+    /// Ticks sent to the fleet with no answer by their deadline.
+    pub fleet_timeouts: Counter,
+    /// Work from other coordinators refused or dropped (malformed, over a bound).
+    pub fleet_refused: Counter,
+    /// Sessions this coordinator's gamers have on other coordinators' peers now.
+    pub sessions_placed_remotely: Gauge,
+    /// Round trips of ticks sent to the fleet, from sending to the answer.
+    pub fleet_round_trip: Histogram,
     kv_total: AtomicU64,
 }
 
@@ -63,7 +79,15 @@ impl Default for FederationMetrics {
             ids_moved_away: Counter::default(),
             quarantines_from_fleet: Counter::default(),
             coordinators: Gauge::default(),
+            lease_lost: Counter::default(),
             nats_events: Family::default(),
+            fleet_tasks_borrowed: Counter::default(),
+            fleet_tasks_lent: Counter::default(),
+            fleet_no_responders: Counter::default(),
+            fleet_timeouts: Counter::default(),
+            fleet_refused: Counter::default(),
+            sessions_placed_remotely: Gauge::default(),
+            fleet_round_trip: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
             kv_total: AtomicU64::new(0),
         }
     }
@@ -104,7 +128,7 @@ impl FederationMetrics {
             async_nats::Event::ClientError(_) => "client_error",
         };
         if !matches!(event, async_nats::Event::Connected) {
-            tracing::warn!(event = %event, "NATS");
+            crate::warn_limited!("federation: NATS event", event = %event, "NATS");
         }
         self.nats_events.get_or_create(&EventLabel { event: name.to_owned() }).inc();
     }
@@ -140,6 +164,47 @@ impl FederationMetrics {
             self.quarantines_from_fleet.clone(),
         );
         registry.register("coordinators", "Coordinators of the fleet whose lease is live", self.coordinators.clone());
+        registry.register(
+            "lease_lost",
+            "Renewals that found this coordinator's lease taken by another run of its name",
+            self.lease_lost.clone(),
+        );
         registry.register("nats_events", "NATS client events, by kind", self.nats_events.clone());
+        registry.register(
+            "tasks_borrowed",
+            "Ticks of this coordinator's gamers sent to another coordinator's peers",
+            self.fleet_tasks_borrowed.clone(),
+        );
+        registry.register(
+            "tasks_lent",
+            "Ticks of other coordinators' gamers run on this coordinator's peers",
+            self.fleet_tasks_lent.clone(),
+        );
+        registry.register(
+            "no_responders",
+            "Ticks sent to the fleet that no coordinator received",
+            self.fleet_no_responders.clone(),
+        );
+        registry.register(
+            "timeouts",
+            "Ticks sent to the fleet unanswered by their deadline",
+            self.fleet_timeouts.clone(),
+        );
+        registry.register(
+            "work_refused",
+            "Work from other coordinators refused or dropped (malformed, over a bound)",
+            self.fleet_refused.clone(),
+        );
+        registry.register(
+            "sessions_placed_remotely",
+            "Sessions of this coordinator's gamers on other coordinators' peers",
+            self.sessions_placed_remotely.clone(),
+        );
+        registry.register_with_unit(
+            "round_trip",
+            "Round trips of ticks sent to the fleet, sending to answer",
+            Unit::Seconds,
+            self.fleet_round_trip.clone(),
+        );
     }
 }

@@ -20,10 +20,15 @@
 //!
 //! Without `--nats-url` none of this exists and the coordinator runs alone.
 
+mod admit;
+mod borrow;
 pub mod claims;
 pub mod keys;
+mod lease;
+mod lend;
 mod metrics;
 mod sync;
+pub mod wire;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -33,13 +38,13 @@ use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use p2c2r_protocol::ErrorCode;
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tracing::info;
 
-use self::claims::{ClaimRecord, Decision, HolderLease, Proof};
+pub use self::borrow::FLEET_PEER;
+pub use self::lease::Lease;
 pub use self::metrics::FederationMetrics;
 pub(crate) use self::sync::spawn;
 use crate::auth::Role;
-use crate::config::Federation as Settings;
 use crate::ids::Kind;
 
 /// The ids bucket ([`claims`]).
@@ -58,27 +63,12 @@ const MAX_VALUE_BYTES: i32 = 4096;
 /// How long a lapsed lease stays readable (after that its coordinator counts as gone
 /// forever).
 const LEASE_KEPT: Duration = Duration::from_secs(3600);
-
-/// A coordinator's lease, and its summary for the fleet page.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Lease {
-    /// Its name in the fleet.
-    pub coordinator: String,
-    /// Where gamers and peers reach it.
-    pub url: String,
-    /// This run of it (a restart with the same name is another instance).
-    pub instance: String,
-    /// Peers connected.
-    pub peers: u64,
-    /// Gamers connected.
-    pub gamers: u64,
-    /// Tasks queued or running now.
-    pub tasks_now: u64,
-    /// Tasks completed since it started.
-    pub tasks_completed: u64,
-    /// Its version.
-    pub version: String,
-}
+/// How long a released claim leaves a marker (long enough for every watcher to see the
+/// release; then nothing of the id is left).
+const CLAIM_MARKER_TTL: Duration = Duration::from_secs(60);
+/// The longest one key-value request may take before it is tried again (within
+/// `kv_timeout`): a request to a bucket leader that just died is not waited on for long.
+const KV_TRY: Duration = Duration::from_secs(2);
 
 /// A peer's quarantine, as the fleet shares it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,6 +103,10 @@ pub struct Federation {
     id: String,
     url: String,
     instance: String,
+    /// When this run started (an earlier run's claims are gone since then).
+    started: std::time::Instant,
+    /// The revision of the lease this run wrote last.
+    lease_revision: std::sync::atomic::AtomicU64,
     client: async_nats::Client,
     ids: kv::Store,
     leases: kv::Store,
@@ -163,7 +157,10 @@ impl Federation {
     /// Connects to NATS, opens (or creates) the fleet's buckets, takes this coordinator's
     /// lease and reads the fleet's alias key. Fails when NATS cannot be reached within
     /// `kv_timeout`, refuses the credentials, or another live coordinator has this name.
-    pub async fn connect(settings: &Settings, grace: Duration, url: String) -> std::io::Result<Arc<Federation>> {
+    pub async fn connect(config: &crate::Config, url: String) -> std::io::Result<Arc<Federation>> {
+        let settings = &config.federation;
+        let grace = config.identity.resume_grace;
+        let quarantine_kept = config.reputation.quarantine_duration + Duration::from_secs(60);
         let id = settings.coordinator_id.clone().unwrap_or_else(|| format!("c-{:08x}", fastrand::u32(..)));
         let metrics = Arc::new(FederationMetrics::default());
         let events = metrics.clone();
@@ -190,7 +187,9 @@ impl Federation {
             .await
             .map_err(|_| io_error("NATS", format!("no server of {:?} answered in time", settings.nats_urls)))?
             .map_err(|e| io_error("NATS", e))?;
-        let js = jetstream::new(client.clone());
+        let mut js = jetstream::new(client.clone());
+        // One try is short; `kv` retries within `kv_timeout`.
+        js.set_timeout(KV_TRY.min(settings.kv_timeout));
         let bucket = |name: &str, max_age: Duration| kv::Config {
             bucket: name.to_owned(),
             history: 1,
@@ -200,31 +199,47 @@ impl Federation {
             num_replicas: settings.kv_replicas.into(),
             ..Default::default()
         };
+        // Released claims leave markers that expire (needs NATS 2.11).
+        let claims_bucket = kv::Config { limit_markers: Some(CLAIM_MARKER_TTL), ..bucket(IDS_BUCKET, Duration::ZERO) };
+        // Retried within `kv_timeout`: a cluster just started (or electing its meta
+        // leader) may not create a bucket at the first try.
         let open = |config: kv::Config| {
             let js = js.clone();
             async move {
                 let name = config.bucket.clone();
-                tokio::time::timeout(settings.kv_timeout, js.create_or_update_key_value(config))
-                    .await
-                    .map_err(|_| io_error(&format!("bucket {name}"), "timed out"))?
-                    .map_err(|e| {
-                        io_error(
+                let started = tokio::time::Instant::now();
+                loop {
+                    // An existing bucket is taken as it is: one coordinator started with
+                    // other settings does not rewrite the fleet's.
+                    let error = match js.get_key_value(name.clone()).await {
+                        Ok(store) => return Ok(store),
+                        Err(_) => match js.create_key_value(config.clone()).await {
+                            Ok(store) => return Ok(store),
+                            Err(e) => e.to_string(),
+                        },
+                    };
+                    if started.elapsed() >= settings.kv_timeout {
+                        return Err(io_error(
                             &format!("bucket {name}"),
-                            format!("{e} (a lone NATS server needs --kv-replicas 1; JetStream must be enabled)"),
-                        )
-                    })
+                            format!("{error} (a lone NATS server needs --kv-replicas 1; JetStream must be enabled)"),
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
             }
         };
-        let ids = open(bucket(IDS_BUCKET, Duration::ZERO)).await?;
+        let ids = open(claims_bucket).await?;
         let leases = open(bucket(LEASES_BUCKET, LEASE_KEPT)).await?;
-        let quarantines = open(bucket(QUARANTINES_BUCKET, Duration::ZERO)).await?;
+        let quarantines = open(bucket(QUARANTINES_BUCKET, quarantine_kept)).await?;
         let revocations = open(bucket(REVOCATIONS_BUCKET, Duration::ZERO)).await?;
         let fleet = open(bucket(FLEET_BUCKET, Duration::ZERO)).await?;
-        let alias_key = shared_alias_key(&fleet).await?;
+        let alias_key = shared_alias_key(&fleet, settings.kv_timeout).await?;
         let federation = Arc::new(Federation {
             id,
             url,
             instance: format!("{:016x}", fastrand::u64(..)),
+            started: std::time::Instant::now(),
+            lease_revision: std::sync::atomic::AtomicU64::new(0),
             client,
             ids,
             leases,
@@ -263,189 +278,6 @@ impl Federation {
     /// The fleet's coordinators as their leases last said (renewed ones only).
     pub fn fleet(&self) -> Vec<Lease> {
         self.fleet.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// Waits until no other live coordinator holds this name, then writes the lease.
-    async fn take_lease(&self) -> std::io::Result<()> {
-        let started = tokio::time::Instant::now();
-        loop {
-            let current = self.kv("lease", || self.leases.entry(&self.id)).await.map_err(|e| io_error("lease", e))?;
-            let taken = current.as_ref().is_some_and(|e| {
-                e.operation == kv::Operation::Put
-                    && age(e) < self.lease_ttl
-                    && serde_json::from_slice::<Lease>(&e.value).is_ok_and(|l| l.instance != self.instance)
-            });
-            if !taken {
-                break;
-            }
-            if started.elapsed() > self.lease_ttl * 2 {
-                return Err(io_error(
-                    "--coordinator-id",
-                    format!("{:?} is the name of a live coordinator of the fleet; give each its own", self.id),
-                ));
-            }
-            tokio::time::sleep(self.lease_ttl / 4).await;
-        }
-        self.renew_lease(Lease { peers: 0, gamers: 0, tasks_now: 0, tasks_completed: 0, ..self.lease_template() })
-            .await
-            .map_err(|e| io_error("lease", e))
-    }
-
-    fn lease_template(&self) -> Lease {
-        Lease {
-            coordinator: self.id.clone(),
-            url: self.url.clone(),
-            instance: self.instance.clone(),
-            peers: 0,
-            gamers: 0,
-            tasks_now: 0,
-            tasks_completed: 0,
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-        }
-    }
-
-    async fn renew_lease(&self, lease: Lease) -> Result<(), String> {
-        let value = Bytes::from(serde_json::to_vec(&lease).expect("a lease serializes"));
-        self.kv("lease", || self.leases.put(&self.id, value.clone())).await.map(|_| ())
-    }
-
-    /// Gives the lease up at shutdown: the ids this coordinator held stay reserved for the
-    /// resume grace from now, and are free after it.
-    pub async fn leave(&self) {
-        if let Err(e) = self.kv("lease", || self.leases.delete(&self.id)).await {
-            warn!(error = %e, "the lease was not given up; it lapses by itself");
-        }
-        // What is buffered for the servers goes before the connection does.
-        let _ = tokio::time::timeout(self.kv_timeout, self.client.flush()).await;
-    }
-
-    /// The holder's lease: live, or gone for how long.
-    async fn lease_of(&self, holder: &str) -> Result<HolderLease, String> {
-        let entry = self.kv("lease", || self.leases.entry(holder)).await?;
-        Ok(match entry {
-            Some(e) if e.operation == kv::Operation::Put => {
-                let age = age(&e);
-                if age < self.lease_ttl { HolderLease::Live } else { HolderLease::GoneFor(age - self.lease_ttl) }
-            }
-            Some(e) => HolderLease::GoneFor(age(&e)),
-            None => HolderLease::GoneFor(LEASE_KEPT),
-        })
-    }
-
-    /// Claims `id` for a registration on this coordinator, or says why not (see
-    /// [`claims`]); a peer quarantined anywhere in the fleet is refused. Bounded by
-    /// `kv_timeout`: past it the registration is refused `unavailable`.
-    pub async fn admit(&self, kind: Kind, id: &str, proof: Proof<'_>) -> Result<(), Refusal> {
-        let unavailable = |e: String| Refusal {
-            code: ErrorCode::Unavailable,
-            reason: format!("the fleet could not confirm this registration: {e}; retry"),
-        };
-        match tokio::time::timeout(self.kv_timeout, self.try_admit(kind, id, proof)).await {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(e)) => Err(unavailable(e)),
-            Err(_) => Err(unavailable("timed out".into())),
-        }
-    }
-
-    async fn try_admit(&self, kind: Kind, id: &str, proof: Proof<'_>) -> Result<Result<(), Refusal>, String> {
-        if kind == Kind::Peer
-            && let Some(record) = self.kv("quarantine", || self.quarantines.get(keys::peer(id))).await?
-            && let Ok(record) = serde_json::from_slice::<QuarantineRecord>(&record)
-        {
-            let left = record.until_unix_ms.saturating_sub(unix_ms(SystemTime::now()));
-            if left > 0 {
-                return Ok(Err(Refusal {
-                    code: ErrorCode::Quarantined,
-                    reason: format!("peer {id:?} is quarantined by coordinator {} ({} s left)", record.by, left / 1000),
-                }));
-            }
-        }
-        let key = keys::claim(kind, id);
-        // Compare-and-set races are lost only to another registration of the same id: a
-        // few rounds settle it.
-        for _ in 0..8 {
-            let entry = self.kv("claim", || self.ids.entry(&key)).await?;
-            let (claim, revision) = match &entry {
-                Some(e) if e.operation == kv::Operation::Put => {
-                    // Only coordinators write here; a value this version cannot read is
-                    // nobody's claim it can honour, and is taken over.
-                    (serde_json::from_slice::<ClaimRecord>(&e.value).ok(), e.revision)
-                }
-                Some(e) => (None, e.revision),
-                None => (None, 0),
-            };
-            let mut decision = claims::decide(claim.as_ref(), &self.id, proof, None, self.grace);
-            if decision == Decision::ReadLease {
-                let holder = claim.as_ref().map_or("", |c| c.holder.as_str());
-                let lease = self.lease_of(holder).await?;
-                decision = claims::decide(claim.as_ref(), &self.id, proof, Some(lease), self.grace);
-            }
-            let written = match decision {
-                Decision::Refuse => {
-                    self.metrics.claims_refused.inc();
-                    let holder = claim.map(|c| c.holder).unwrap_or_default();
-                    let field = if kind == Kind::Peer { "peer_id" } else { "gamer_id" };
-                    return Ok(Err(Refusal {
-                        code: ErrorCode::IdInUse,
-                        reason: format!(
-                            "{field} {id:?} is in use on coordinator {holder}: taking it over needs the resume_secret of \
-                             its last registration"
-                        ),
-                    }));
-                }
-                Decision::Ours => {
-                    let now = std::time::Instant::now();
-                    self.held_mut().entry((kind, id.to_owned())).or_insert(Held { revision, at: now });
-                    return Ok(Ok(()));
-                }
-                Decision::Create | Decision::TakeOver | Decision::ReadLease => {
-                    let record = ClaimRecord {
-                        holder: self.id.clone(),
-                        secret_digest: claim.as_ref().and_then(|c| c.secret_digest.clone()),
-                    };
-                    let value = Bytes::from(serde_json::to_vec(&record).expect("a claim serializes"));
-                    self.compare_and_set(&key, value, revision).await?
-                }
-            };
-            if let Some(revision) = written {
-                if decision == Decision::TakeOver {
-                    self.metrics.claims_taken_over.inc();
-                }
-                self.held_mut().insert((kind, id.to_owned()), Held { revision, at: std::time::Instant::now() });
-                return Ok(Ok(()));
-            }
-        }
-        Err("the id's claim kept changing".into())
-    }
-
-    /// Writes `value` at `key` if its last revision is still `revision` (0: if it has
-    /// none); `None` when another write came first.
-    async fn compare_and_set(&self, key: &str, value: Bytes, revision: u64) -> Result<Option<u64>, String> {
-        let lost = |e: &kv::UpdateError| e.kind() == kv::UpdateErrorKind::WrongLastRevision;
-        let result = self.kv_raw("claim", || self.ids.update(key, value.clone(), revision), lost).await;
-        match result {
-            Ok(revision) => Ok(Some(revision)),
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
-            Err(e) => Err(e.to_string()),
-        }
-    }
-
-    /// The registration of `id` was acknowledged with a resume secret whose digest is
-    /// `secret_digest`: the claim records it, so that the client can resume on any
-    /// coordinator. A claim taken over meanwhile is left to its new holder.
-    pub async fn acknowledged(&self, kind: Kind, id: &str, secret_digest: [u8; 32]) {
-        let Some(Held { revision, .. }) = self.held_mut().get(&(kind, id.to_owned())).copied() else { return };
-        let record = ClaimRecord { holder: self.id.clone(), secret_digest: Some(hex(&secret_digest)) };
-        let value = Bytes::from(serde_json::to_vec(&record).expect("a claim serializes"));
-        match tokio::time::timeout(self.kv_timeout, self.compare_and_set(&keys::claim(kind, id), value, revision)).await
-        {
-            Ok(Ok(Some(revision))) => {
-                self.held_mut().insert((kind, id.to_owned()), Held { revision, at: std::time::Instant::now() });
-            }
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => warn!(id, error = %e, "the claim's resume secret was not recorded"),
-            Err(_) => warn!(id, "the claim's resume secret was not recorded in time"),
-        }
     }
 
     fn held_mut(&self) -> std::sync::MutexGuard<'_, HashMap<(Kind, String), Held>> {
@@ -491,22 +323,33 @@ impl Federation {
 }
 
 /// The fleet's alias key: the first coordinator to start writes a random one, every
-/// other reads it.
-async fn shared_alias_key(fleet: &kv::Store) -> std::io::Result<[u8; 32]> {
+/// other reads it. Retried within `within` (a bucket just created may not answer yet).
+async fn shared_alias_key(fleet: &kv::Store, within: Duration) -> std::io::Result<[u8; 32]> {
     let mut fresh = [0u8; 32];
     getrandom::fill(&mut fresh).expect("the OS random source");
-    match fleet.create(ALIAS_KEY, Bytes::from(hex(&fresh))).await {
-        Ok(_) => return Ok(fresh),
-        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
-        Err(e) => return Err(io_error("alias key", e)),
+    let started = tokio::time::Instant::now();
+    let mut last = String::new();
+    while started.elapsed() < within {
+        match fleet.create(ALIAS_KEY, Bytes::from(hex(&fresh))).await {
+            Ok(_) => return Ok(fresh),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => match fleet.get(ALIAS_KEY).await {
+                Ok(Some(text)) => return parse_key(&text),
+                Ok(None) => last = "missing".into(),
+                Err(e) => last = e.to_string(),
+            },
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let value = fleet.get(ALIAS_KEY).await.map_err(|e| io_error("alias key", e))?;
-    let text = value.ok_or_else(|| io_error("alias key", "missing"))?;
-    let text = std::str::from_utf8(&text).map_err(|e| io_error("alias key", e))?;
-    let mut key = [0u8; 32];
+    Err(io_error("alias key", last))
+}
+
+fn parse_key(text: &[u8]) -> std::io::Result<[u8; 32]> {
+    let text = std::str::from_utf8(text).map_err(|e| io_error("alias key", e))?;
     if text.len() != 64 {
         return Err(io_error("alias key", "not 32 bytes of hex"));
     }
+    let mut key = [0u8; 32];
     for (i, byte) in key.iter_mut().enumerate() {
         *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|e| io_error("alias key", e))?;
     }

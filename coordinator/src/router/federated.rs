@@ -62,6 +62,22 @@ impl Router {
         self.release(state);
     }
 
+    /// Slots free now on this coordinator's own peers: what it could lend the fleet.
+    pub fn free_local_slots(&self) -> u64 {
+        self.lock().sched.free_local_slots()
+    }
+
+    /// The largest frame a connection may send (what a task from the fleet may be too).
+    pub fn max_frame_bytes(&self) -> usize {
+        self.config.connections.max_frame_bytes
+    }
+
+    /// A connection's outbound queue bounds, frames and bytes (the fleet's stand-ins get
+    /// the same).
+    pub fn queue_bounds(&self) -> (usize, usize) {
+        (self.config.connections.send_queue_frames, self.config.connections.send_queue_bytes)
+    }
+
     /// The peers quarantined now, with the time each has left (at most
     /// [`super::MAX_QUARANTINED`]).
     pub fn quarantines(&self) -> Vec<(String, Duration)> {

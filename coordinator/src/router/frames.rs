@@ -20,6 +20,11 @@ pub struct Decoded {
 }
 
 impl Decoded {
+    /// The message, when the frame decoded.
+    pub fn message(&self) -> Option<&Message> {
+        self.message.as_ref().ok()
+    }
+
     /// A well-formed registration: what it registers as (its id valid) and the resume
     /// secret it presents. What the federation claims before the router binds it.
     pub fn registration(&self) -> Option<(crate::ids::Kind, &str, Option<&str>)> {

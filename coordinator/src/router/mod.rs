@@ -62,6 +62,10 @@ use registry::{Registry, Role};
 /// frame before it is dropped.
 pub const REVOKED_FLUSH: Duration = Duration::from_secs(1);
 
+/// Ids starting with this are the fleet's stand-ins ([`Router::connect_internal`]); no
+/// client may register one.
+pub const FLEET_ID_PREFIX: char = '~';
+
 /// Passed deadlines handled per lock hold (see [`Router::expire_due`]).
 pub const EXPIRE_BATCH: usize = 1024;
 
@@ -181,7 +185,14 @@ impl Router {
 
     /// Records a new connection; `info` says who it is, for the operator's view.
     pub fn connect(&self, handle: ConnHandle, info: Option<ConnInfo>) -> ConnId {
-        self.lock().registry.connect(handle, info)
+        self.lock().registry.connect(handle, info, false)
+    }
+
+    /// Records one of the coordinator's own connections: the federation's stand-ins for
+    /// peers and gamers of other coordinators. It has no socket and no credential, and it
+    /// alone may register an id starting with [`FLEET_ID_PREFIX`].
+    pub fn connect_internal(&self, handle: ConnHandle) -> ConnId {
+        self.lock().registry.connect(handle, None, true)
     }
 
     /// The instruments that record events as they happen (see [`crate::metrics`]).

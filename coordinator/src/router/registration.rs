@@ -53,7 +53,17 @@ impl Router {
             state.registry.send_error(conn, ErrorCode::InvalidMessage, reason, Some(msg_type.into()));
             return None;
         }
-        let same_credential = if self.config.identity.auth_file.is_some() {
+        let internal = state.registry.is_internal(conn);
+        if id.starts_with(super::FLEET_ID_PREFIX) != internal {
+            let reason =
+                format!("a {field} starting with {:?} is reserved for the coordinators' fleet", super::FLEET_ID_PREFIX);
+            state.registry.send_error(conn, ErrorCode::InvalidMessage, reason, Some(msg_type.into()));
+            return None;
+        }
+        // The coordinator's own stand-ins own their ids as a credential would prove.
+        let same_credential = if internal {
+            true
+        } else if self.config.identity.auth_file.is_some() {
             let refusal = match state.registry.credential(conn).map(|c| &c.identity) {
                 Some(identity) if identity.role == needed && identity.id == *id => None,
                 Some(identity) => Some(format!(
@@ -193,7 +203,8 @@ impl Router {
         // add_peer re-queues the work of a same-id registration it replaces.
         state.retire_replicas_on(&m.peer_id);
         state.remember_standing(&m.peer_id);
-        state.sched.add_peer(m.peer_id.clone(), PeerSpec { task_types, capacity, setup, host });
+        let remote = state.registry.is_internal(conn);
+        state.sched.add_peer(m.peer_id.clone(), PeerSpec { task_types, capacity, setup, host, remote });
         if self.config.identity.auth_file.is_some()
             && !self.config.replication.allow_unauditable_peers
             && !state.sched.is_auditable(&m.peer_id)

@@ -80,6 +80,10 @@ pub(super) struct Conn {
     pub(super) info: Option<ConnInfo>,
     /// When it registered its current role (or connected).
     pub(super) since: Instant,
+    /// The coordinator's own connection (the federation's stand-ins for the rest of the
+    /// fleet): no socket, no credential, and the only kind that may hold an id starting
+    /// with [`super::FLEET_ID_PREFIX`].
+    pub(super) internal: bool,
 }
 
 /// The connections and the ids they hold.
@@ -112,11 +116,16 @@ impl Registry {
     }
 
     /// Records a new connection, unregistered.
-    pub(super) fn connect(&mut self, handle: ConnHandle, info: Option<ConnInfo>) -> ConnId {
+    pub(super) fn connect(&mut self, handle: ConnHandle, info: Option<ConnInfo>, internal: bool) -> ConnId {
         let id = self.next_conn;
         self.next_conn += 1;
-        self.conns.insert(id, Conn { handle, role: Role::Unregistered, info, since: Instant::now() });
+        self.conns.insert(id, Conn { handle, role: Role::Unregistered, info, since: Instant::now(), internal });
         id
+    }
+
+    /// Whether `conn` is one of the coordinator's own connections.
+    pub(super) fn is_internal(&self, conn: ConnId) -> bool {
+        self.conns.get(&conn).is_some_and(|c| c.internal)
     }
 
     /// What the connection registered as (`None`: it is gone).

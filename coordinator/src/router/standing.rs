@@ -103,6 +103,11 @@ impl State {
     /// closes it (its tasks are re-queued, its replicas retired) and refuses its id until
     /// `until`.
     pub(super) fn quarantine_peer(&mut self, peer_id: &str, until: Instant, why: &str) {
+        if peer_id.starts_with(super::FLEET_ID_PREFIX) {
+            // The fleet's stand-in answers for other coordinators' peers, which their own
+            // coordinators judge; its misses shrink its window, never close it.
+            return;
+        }
         crate::warn_limited!("router: peer quarantined", peer_id, why, "peer quarantined");
         // Its replicas go first: the outcomes of their cancelled copies may count an
         // agreement for it, which forfeiting its trust must then take back.
