@@ -91,6 +91,11 @@ pub struct ConnectionSettings {
     /// keeps the one the plugin was made with ([`P2c2rPlugin::new`], or none for
     /// [`P2c2rPlugin::local_only`] and [`P2c2rPlugin::embedded`]).
     pub coordinator_url: Option<String>,
+    /// Other coordinators of the same fleet: after a failed attempt or a lost connection
+    /// the next attempt goes to the next of `coordinator_url` and these, and resumes the
+    /// gamer's id there (README, "Many coordinators, one fleet"). Empty (the default): the
+    /// one coordinator.
+    pub fallback_urls: Vec<String>,
     /// The gamer id to register with (default: `gamer-` and a random suffix). It must be
     /// unique among the coordinator's connected gamers.
     pub gamer_id: Option<String>,
@@ -128,6 +133,7 @@ impl Default for ConnectionSettings {
     fn default() -> Self {
         ConnectionSettings {
             coordinator_url: None,
+            fallback_urls: Vec::new(),
             gamer_id: None,
             session_id: None,
             task_deadline: Duration::from_millis(500),
@@ -355,6 +361,7 @@ impl Plugin for P2c2rPlugin {
                 config.ca_file = connection.ca_file.clone();
                 config.encoding = connection.wire;
                 config.dialer = dialer;
+                config.fallback_urls = connection.fallback_urls.clone();
                 P2c2rClient::connect(config, session.clone(), Some(deadline_ms))
             }
             None => P2c2rClient::offline(gamer_id.clone(), session.clone()),

@@ -118,6 +118,11 @@ pub enum ClientError {
 pub struct ClientConfig {
     /// The coordinator's WebSocket URL, e.g. `ws://127.0.0.1:8765`, or `wss://` for TLS.
     pub url: String,
+    /// Other coordinators of the same fleet (README, "Many coordinators, one fleet"): when
+    /// a connection fails or drops, the next attempt goes to the next URL of `url` and
+    /// these, in turn, and registers there with the resume secret, which every coordinator
+    /// of a fleet honours. Empty (the default): `url` only.
+    pub fallback_urls: Vec<String>,
     /// The id to register with; unique among connected gamers.
     pub gamer_id: String,
     /// The credential presented to the coordinator (`Authorization: Bearer <token>`);
@@ -186,6 +191,7 @@ impl ClientConfig {
     pub fn new(url: impl Into<String>, gamer_id: impl Into<String>) -> Self {
         ClientConfig {
             url: url.into(),
+            fallback_urls: Vec::new(),
             gamer_id: gamer_id.into(),
             token: None,
             ca_file: None,
@@ -519,6 +525,7 @@ impl GamerClient {
             last_refusal: None,
             sent: SentLog::default(),
             encoding: Encoding::Json,
+            next_url: 0,
         };
         tokio::spawn(driver.run());
         (GamerClient { commands: cmd_tx, stats, connected: conn_rx, gamer_id }, ClientEvents { rx: ev_rx }, first_rx)
@@ -634,6 +641,8 @@ struct Driver {
     sent: SentLog,
     /// What the current connection negotiated.
     encoding: Encoding,
+    /// Which of `url` and `fallback_urls` the next attempt goes to.
+    next_url: usize,
 }
 
 enum SessionEnd {
@@ -642,6 +651,20 @@ enum SessionEnd {
 }
 
 impl Driver {
+    /// The URL the next attempt goes to.
+    fn current_url(&self) -> &str {
+        match self.next_url % (1 + self.config.fallback_urls.len()) {
+            0 => &self.config.url,
+            n => &self.config.fallback_urls[n - 1],
+        }
+    }
+
+    /// After a failed attempt or a lost connection: the next attempt goes to the next
+    /// coordinator of the fleet (the same one when there is no other).
+    fn rotate(&mut self) {
+        self.next_url = self.next_url.wrapping_add(1);
+    }
+
     async fn run(mut self) {
         let mut backoff = Backoff::new(self.config.backoff_initial.max(MIN_BACKOFF), self.config.backoff_max);
         let mut reported_down = false;
@@ -677,6 +700,7 @@ impl Driver {
                         SessionEnd::Lost(reason) => {
                             tracing::debug!(%reason, "p2c2r connection lost");
                             reported_down = true;
+                            self.rotate();
                             if !self.emit(ClientEvent::Disconnected { reason }).await {
                                 return;
                             }
@@ -690,6 +714,7 @@ impl Driver {
                 Err(error) => {
                     refused = error.is_refusal();
                     self.log_failure(&error);
+                    self.rotate();
                     if let Some(first) = self.first.take() {
                         if !self.retry_first {
                             let _ = first.send(Err(error));
@@ -802,7 +827,7 @@ impl Driver {
     /// `session_status` messages that came before the acknowledgement (at most
     /// [`MAX_EARLY_STATUSES`]), to be reported once connected.
     async fn connect(&mut self) -> Result<(Socket, Duration, Vec<SessionStatus>)> {
-        let url = self.config.url.clone();
+        let url = self.current_url().to_owned();
         let options = p2c2r_net::ConnectOptions {
             token: self.config.token.clone(),
             ca_file: self.config.ca_file.clone(),

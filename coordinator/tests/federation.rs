@@ -18,7 +18,16 @@ use p2c2r_protocol::{ErrorCode, Message};
 use p2c2r_testkit::client::{capacity, register_gamer, register_peer};
 use p2c2r_testkit::nats::NatsCluster;
 
-const LEASE_TTL: Duration = Duration::from_secs(1);
+const LEASE_TTL: Duration = Duration::from_secs(2);
+
+/// Fleets running at once: each is three nats-server processes and three coordinators,
+/// and a 2-core machine running every test of this file at once would starve their
+/// leases. (A tokio semaphore works across the tests' runtimes.)
+static FLEETS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(3);
+
+async fn slot() -> tokio::sync::SemaphorePermit<'static> {
+    FLEETS.acquire().await.expect("never closed")
+}
 
 /// Coordinator `name`'s settings, joined to `nats` (every node listed, its own first).
 fn federated(nats: &NatsCluster, first: usize, name: &str) -> Config {
@@ -77,6 +86,7 @@ fn acked(reply: &Message) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_id_is_held_by_one_connection_across_the_fleet_and_resumed_anywhere_with_its_secret() {
+    let _slot = slot().await;
     let (_nats, coords) = fleet().await;
     let (mut first, reply) = register(&coords[0].url(), register_gamer("alice", None)).await;
     assert!(acked(&reply), "{reply:?}");
@@ -113,6 +123,7 @@ async fn an_id_is_held_by_one_connection_across_the_fleet_and_resumed_anywhere_w
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_coordinators_racing_for_one_id_give_it_to_exactly_one() {
+    let _slot = slot().await;
     let (_nats, coords) = fleet().await;
     for round in 0..6 {
         let id = format!("racer-{round}");
@@ -135,6 +146,7 @@ async fn two_coordinators_racing_for_one_id_give_it_to_exactly_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_left_id_is_free_once_released_and_a_registration_the_router_refuses_holds_nothing() {
+    let _slot = slot().await;
     let (_nats, coords) = fleet().await;
     let (mut bob, reply) = register(&coords[0].url(), register_gamer("bob", None)).await;
     assert!(acked(&reply));
@@ -230,6 +242,7 @@ async fn secret_recorded(url: &str, id: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_coordinators_clients_resume_elsewhere_with_their_secret_and_its_other_ids_are_freed_after_the_grace()
 {
+    let _slot = slot().await;
     let (nats, coords) = fleet().await;
     let urls = nats.urls();
     let (mut killed, url) = coordinator_process(&[
@@ -276,6 +289,7 @@ async fn a_killed_coordinators_clients_resume_elsewhere_with_their_secret_and_it
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_quarantined_through_one_coordinator_is_refused_by_all() {
+    let _slot = slot().await;
     let nats = NatsCluster::start(3, "").await;
     let mut strict = federated(&nats, 0, "c1");
     // What is tested here is the fleet, not what confirms a miss (`trust.rs`): any peer's
@@ -357,6 +371,7 @@ async fn connect_with(url: &str, token: &str) -> Result<Client, u16> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revocation_on_one_coordinator_holds_on_the_others() {
+    let _slot = slot().await;
     let nats = NatsCluster::start(3, "").await;
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("fleet-auth-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -405,6 +420,7 @@ async fn a_revocation_on_one_coordinator_holds_on_the_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ticks_make_no_key_value_operation_and_the_fleet_page_lists_every_coordinator() {
+    let _slot = slot().await;
     let (_nats, coords) = fleet().await;
     let c1 = &coords[0];
     let metrics = c1.federation().unwrap().metrics().clone();
@@ -463,6 +479,7 @@ async fn leader_of(url: &str, bucket: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_ids_buckets_leader_killed_ticks_go_on_and_a_registration_waits_and_succeeds() {
+    let _slot = slot().await;
     let (mut nats, coords) = fleet().await;
     let leader = leader_of(&nats.url(0), coordinator::federation::IDS_BUCKET).await;
     let doomed = nats.index_of(&leader).expect("a node of ours");
@@ -491,6 +508,7 @@ async fn with_the_ids_buckets_leader_killed_ticks_go_on_and_a_registration_waits
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_coordinator_under_a_live_ones_name_refuses_to_start() {
+    let _slot = slot().await;
     let nats = NatsCluster::start(3, "").await;
     let _first = start(federated(&nats, 0, "twin")).await;
     let second = coordinator::spawn("127.0.0.1:0", federated(&nats, 1, "twin")).await.expect_err("a live name");
@@ -499,6 +517,7 @@ async fn a_second_coordinator_under_a_live_ones_name_refuses_to_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coordinator_authenticates_to_nats_with_its_own_nkey() {
+    let _slot = slot().await;
     let key = nkeys::KeyPair::new_user();
     let allowed = format!("authorization {{\n  users = [ {{ nkey: \"{}\" }} ]\n}}\n", key.public_key());
     let nats = NatsCluster::start(1, &allowed).await;
@@ -549,6 +568,7 @@ fn echo_peer(mut peer: Client) -> std::sync::Arc<std::sync::Mutex<Vec<u64>>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gamer_on_one_coordinator_is_served_in_order_by_a_peer_on_another() {
+    let _slot = slot().await;
     let (_nats, coords) = fleet().await;
     let (c1, c2) = (&coords[0], &coords[1]);
     let peer = echo_peer(Client::peer(&c2.url(), "far-peer", 8).await);
@@ -577,6 +597,7 @@ async fn a_gamer_on_one_coordinator_is_served_in_order_by_a_peer_on_another() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_peers_come_first_and_with_no_room_anywhere_a_task_waits_and_times_out_as_alone() {
+    let _slot = slot().await;
     let nats = NatsCluster::start(3, "").await;
     let mut patient = federated(&nats, 0, "c1");
     patient.scheduling.max_queue_wait = Some(Duration::from_millis(1500));
@@ -605,6 +626,7 @@ async fn local_peers_come_first_and_with_no_room_anywhere_a_task_waits_and_times
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_work_from_the_fleet_gets_clear_errors_and_harms_nobody() {
+    let _slot = slot().await;
     let (nats, coords) = fleet().await;
     let c2 = &coords[1];
     let peer = echo_peer(Client::peer(&c2.url(), "busy-peer", 8).await);
@@ -646,4 +668,36 @@ async fn malformed_work_from_the_fleet_gets_clear_errors_and_harms_nobody() {
         assert_eq!(gamer.recv_result().await.task_id, format!("t{n}"));
     }
     assert_eq!(peer.lock().unwrap().len(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gamer_whose_coordinator_shuts_down_resumes_on_the_next_of_its_list() {
+    let _slot = slot().await;
+    let (_nats, mut coords) = fleet().await;
+    let c1 = coords.remove(0);
+    let c2 = &coords[0];
+    let peer = echo_peer(Client::peer(&c2.url(), "steady-peer", 8).await);
+    let config = p2c2r_client::ClientConfig {
+        fallback_urls: vec![c2.url()],
+        backoff_initial: Duration::from_millis(50),
+        ..p2c2r_client::ClientConfig::new(c1.url(), "traveller")
+    };
+    let mut gamer = common::gamer::connect_with(config).await;
+    let data = p2c2r_protocol::raw_payload(r#"{"n":1}"#.into()).unwrap();
+    eventually("c1 may place sessions on c2", || c1.stats().peers == 1).await;
+    let served = |o: &p2c2r_client::TaskOutcome| matches!(o.reply, p2c2r_client::TaskReply::Success(_));
+    let outcome = gamer.run("physics_step", Some("trip"), data.clone()).await;
+    assert!(served(&outcome), "served from c2 through c1: {:?}", outcome.reply);
+    c1.shutdown().await;
+    // The client moves to c2 with its resume secret, which the fleet honours there.
+    let taken_over = || c2.federation().unwrap().metrics().claims_taken_over.get();
+    eventually("the gamer resumes its id on c2", || taken_over() >= 1).await;
+    assert!(gamer.client.wait_connected(WAIT).await, "the client reconnected");
+    within("a tick after the move", async {
+        while !served(&gamer.run("physics_step", Some("trip"), data.clone()).await) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(peer.lock().unwrap().len() >= 2);
 }

@@ -25,6 +25,20 @@ pub struct PeerConfig {
     /// The coordinator's WebSocket URL (default `ws://localhost:8765`); `wss://` for TLS.
     #[cfg_attr(feature = "cli", arg(long = "coordinator", env = "P2C2R_COORDINATOR", value_name = "URL", default_value_t = defaults().coordinator_url))]
     pub coordinator_url: String,
+    /// Other coordinators of the same fleet (comma-separated): after a failed attempt or a
+    /// lost connection the next attempt goes to the next of `coordinator_url` and these,
+    /// and takes the peer's id back there with its resume secret (its sessions' worlds
+    /// stay in this process). Empty (the default): the one coordinator.
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long = "fallback-coordinator",
+            env = "P2C2R_FALLBACK_COORDINATORS",
+            value_delimiter = ',',
+            value_name = "URL"
+        )
+    )]
+    pub fallback_coordinators: Vec<String>,
     /// The credential presented to the coordinator (`Authorization: Bearer <token>` in
     /// the upgrade request); none by default. A [`Credential::File`] is read again on
     /// every reconnection, so a fixed or renewed token is picked up without a restart.
@@ -146,6 +160,7 @@ impl Default for PeerConfig {
     fn default() -> Self {
         PeerConfig {
             coordinator_url: DEFAULT_COORDINATOR_URL.to_owned(),
+            fallback_coordinators: Vec::new(),
             token: None,
             ca_file: None,
             peer_id: None,

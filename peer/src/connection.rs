@@ -51,10 +51,17 @@ pub(crate) async fn run(peer: Peer, cancel: CancellationToken) {
     let state_file = peer.config.state_file.clone();
     let mut resume_secret: Option<String> =
         state_file.as_deref().and_then(|path| crate::state::load(path, &peer.peer_id));
+    // Which of the coordinator and its fallbacks the next attempt goes to: the next one
+    // after each failed attempt or lost connection.
+    let urls: Vec<&str> = std::iter::once(peer.config.coordinator_url.as_str())
+        .chain(peer.config.fallback_coordinators.iter().map(String::as_str))
+        .collect();
+    let mut next_url = 0usize;
     let connections = async {
         while !cancel.is_cancelled() {
+            let url = urls[next_url % urls.len()];
             let attempt = tokio::select! {
-                r = connect_and_register(&peer, resume_secret.as_deref()) => r,
+                r = connect_and_register(&peer, url, resume_secret.as_deref()) => r,
                 () = cancel.cancelled() => break,
             };
             let mut refused = false;
@@ -68,7 +75,7 @@ pub(crate) async fn run(peer: Peer, cancel: CancellationToken) {
                         tracing::warn!(path = %path.display(), "cannot keep the resume secret in the state file: {e}");
                     }
                     resume_secret = secret;
-                    tracing::info!(peer_id = %peer.peer_id, url = %peer.config.coordinator_url, "registered");
+                    tracing::info!(peer_id = %peer.peer_id, url, "registered");
                     peer.status.send_modify(|s| {
                         s.connected = true;
                         s.registrations += 1;
@@ -79,6 +86,7 @@ pub(crate) async fn run(peer: Peer, cancel: CancellationToken) {
                         break;
                     }
                     tracing::warn!(peer_id = %peer.peer_id, "disconnected from the coordinator: {reason}");
+                    next_url = next_url.wrapping_add(1);
                 }
                 Err(e) => {
                     refused = e.is_refusal();
@@ -86,6 +94,7 @@ pub(crate) async fn run(peer: Peer, cancel: CancellationToken) {
                         peer.status.send_modify(|s| s.refusals += 1);
                     }
                     log_failure(&peer, &e);
+                    next_url = next_url.wrapping_add(1);
                 }
             }
             let mut delay = backoff.next_delay();
@@ -208,11 +217,10 @@ fn connect_options(config: &PeerConfig) -> p2c2r_net::ConnectOptions {
 }
 
 /// Connects and registers, presenting `resume_secret` when there is one.
-async fn connect_and_register(peer: &Peer, resume_secret: Option<&str>) -> Result<Registered, ConnectError> {
+async fn connect_and_register(peer: &Peer, url: &str, resume_secret: Option<&str>) -> Result<Registered, ConnectError> {
     let limit = peer.config.connect_timeout;
     tokio::time::timeout(limit, async {
-        let (mut ws, encoding) =
-            p2c2r_net::connect_negotiated(&peer.config.coordinator_url, &connect_options(&peer.config)).await?;
+        let (mut ws, encoding) = p2c2r_net::connect_negotiated(url, &connect_options(&peer.config)).await?;
         let register = Message::RegisterPeer(RegisterPeer {
             peer_id: peer.peer_id.clone(),
             capabilities: peer.capabilities.clone(),

@@ -240,6 +240,9 @@ fn bind_metrics(addr: SocketAddr) -> Result<TcpListener> {
 fn prepare(config: PeerConfig) -> Result<Prepared> {
     config.validate()?;
     check_url(&config.coordinator_url)?;
+    for url in &config.fallback_coordinators {
+        check_url(url)?;
+    }
     let peer_id = match &config.peer_id {
         Some(id) if id.is_empty() || id.len() > p2c2r_protocol::limits::MAX_ID_BYTES => {
             return Err(PeerError::InvalidPeerId(format!(

@@ -23,6 +23,7 @@ fn help_lists_the_metrics_endpoint() {
 /// `PeerConfig` fields whose flags are not spelled like the field.
 const RENAMED: &[(&str, &[&str])] = &[
     ("coordinator_url", &["--coordinator"]),
+    ("fallback_coordinators", &["--fallback-coordinator"]),
     ("token", &["--token", "--token-file"]),
     ("reconnect_backoff_min", &["--min-reconnect-delay-ms"]),
     ("reconnect_backoff_max", &["--max-reconnect-delay-ms"]),

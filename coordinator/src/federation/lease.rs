@@ -93,9 +93,23 @@ impl Federation {
     /// Renews the lease with `lease`'s summary, on the revision this run wrote last.
     pub(super) async fn renew_lease(&self, lease: Lease) -> Result<(), String> {
         let value = Bytes::from(serde_json::to_vec(&lease).expect("a lease serializes"));
-        let revision = self.lease_revision.load(Ordering::Relaxed);
+        let mut revision = self.lease_revision.load(Ordering::Relaxed);
         let lost = |e: &kv::UpdateError| e.kind() == kv::UpdateErrorKind::WrongLastRevision;
-        match self.kv_raw("lease", || self.leases.update(&self.id, value.clone(), revision), lost).await {
+        let mut result = self.kv_raw("lease", || self.leases.update(&self.id, value.clone(), revision), lost).await;
+        if matches!(&result, Err(e) if lost(e)) {
+            // An earlier renewal may have been written after its answer was given up on:
+            // a lease this run wrote is still its own.
+            let current = self.kv("lease", || self.leases.entry(&self.id)).await?;
+            let ours = current.filter(|e| e.operation == kv::Operation::Put).and_then(|e| {
+                let lease = serde_json::from_slice::<Lease>(&e.value).ok()?;
+                (lease.instance == self.instance).then_some(e.revision)
+            });
+            if let Some(current) = ours {
+                revision = current;
+                result = self.kv_raw("lease", || self.leases.update(&self.id, value.clone(), revision), lost).await;
+            }
+        }
+        match result {
             Ok(written) => {
                 self.lease_revision.store(written, Ordering::Relaxed);
                 Ok(())
