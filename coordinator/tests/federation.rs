@@ -73,6 +73,21 @@ async fn register(url: &str, registration: Message) -> (Client, Message) {
     (client, reply)
 }
 
+/// Registers on new connections to `url` until one is acknowledged (bounded by `what`'s
+/// wait), pausing between tries; the last connection is returned.
+async fn registered_eventually(what: &str, url: &str, registration: impl Fn() -> Message, pause: Duration) -> Client {
+    within(what, async {
+        loop {
+            let (client, reply) = register(url, registration()).await;
+            if acked(&reply) {
+                return client;
+            }
+            tokio::time::sleep(pause).await;
+        }
+    })
+    .await
+}
+
 fn refused_with(reply: &Message) -> Option<ErrorCode> {
     match reply {
         Message::Error(e) => Some(e.code),
@@ -153,17 +168,9 @@ async fn a_left_id_is_free_once_released_and_a_registration_the_router_refuses_h
     // A clean goodbye with nothing pending frees the id at once on c1; the fleet's claim
     // follows within a housekeeping round after the claim has settled.
     bob.ws.close(None).await.unwrap();
-    within("bob can register on c2 again", async {
-        loop {
-            let (_, reply) = register(&coords[1].url(), register_gamer("bob", None)).await;
-            if acked(&reply) {
-                break;
-            }
-            assert_eq!(refused_with(&reply), Some(ErrorCode::IdInUse), "{reply:?}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    })
-    .await;
+    let url = coords[1].url();
+    registered_eventually("bob registers on c2", &url, || register_gamer("bob", None), Duration::from_millis(200))
+        .await;
     // A registration the router refuses after the fleet agreed (bad capabilities) leaves
     // no claim behind: the id is free on another coordinator at once.
     let too_many_types = p2c2r_protocol::Capabilities {
@@ -172,16 +179,8 @@ async fn a_left_id_is_free_once_released_and_a_registration_the_router_refuses_h
     };
     let (_, reply) = register(&coords[0].url(), register_peer("eager", too_many_types, None)).await;
     assert_eq!(refused_with(&reply), Some(ErrorCode::InvalidMessage), "{reply:?}");
-    within("eager's id is free elsewhere", async {
-        loop {
-            let (_, reply) = register(&coords[1].url(), register_peer("eager", capacity(1), None)).await;
-            if acked(&reply) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
+    let eager = || register_peer("eager", capacity(1), None);
+    registered_eventually("eager's id is free elsewhere", &url, eager, Duration::from_millis(50)).await;
     // A connection may try a few registrations, not more (each costs the fleet).
     let mut client = Client::connect(&coords[2].url()).await;
     let mut codes = Vec::new();
@@ -274,16 +273,10 @@ async fn a_killed_coordinators_clients_resume_elsewhere_with_their_secret_and_it
     // grace after its lease lapsed; then anyone may register it.
     let (_, reply) = register(&coords[1].url(), register_peer("dave", capacity(2), None)).await;
     assert_eq!(refused_with(&reply), Some(ErrorCode::IdInUse), "{reply:?}");
-    within("dave's id is free after the lease and the grace", async {
-        loop {
-            let (_, reply) = register(&coords[1].url(), register_peer("dave", capacity(2), None)).await;
-            if acked(&reply) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    })
-    .await;
+    let dave = || register_peer("dave", capacity(2), None);
+    let url = coords[1].url();
+    registered_eventually("dave's id is free after the lease and the grace", &url, dave, Duration::from_millis(200))
+        .await;
     assert!(killed_at.elapsed() >= Duration::from_secs(3), "not before lease (1 s) + grace (2 s)");
 }
 

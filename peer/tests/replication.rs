@@ -225,6 +225,13 @@ async fn liar(url: String, lie: Lie) -> tokio::task::JoinHandle<(u32, Option<Err
                 peer_id: None,
             };
             if !client.try_send(&Message::TaskResult(reply)).await {
+                // Closed while it was answering a tick queued before its quarantine: the
+                // error that said why may still be waiting to be read.
+                while let Some(message) = client.try_recv().await {
+                    if let Message::Error(e) = message {
+                        return (lies, Some(e.code));
+                    }
+                }
                 return (lies, None);
             }
         }

@@ -149,6 +149,13 @@ async fn take(
     };
     let task_id = request.task_id.clone();
     let deadline = Instant::now() + Duration::from_millis(request.deadline_ms.unwrap_or(2_000)) + REPLY_GRACE;
+    // One the router let go (its queue overflowed, say) is replaced.
+    if let Some(gone) = stand_ins.get(alias).filter(|s| !router.is_registered(s.conn)).map(|s| s.conn) {
+        router.disconnect(gone, Departure::Closed);
+        if let Some(old) = stand_ins.remove(alias) {
+            old.kill.cancel();
+        }
+    }
     if !stand_ins.contains_key(alias) {
         if stand_ins.len() >= MAX_STAND_INS {
             let _ =

@@ -102,10 +102,16 @@ async fn watch(bucket: kv::Store, cancel: CancellationToken, mut apply: impl FnM
     }
 }
 
-/// Renews the lease until `cancel`, then gives it up.
-async fn renew(federation: Arc<Federation>, router: Arc<Router>, cancel: CancellationToken) {
+/// Ticks every renewal period, a late tick delaying the next rather than bunching them.
+fn every_renewal(federation: &Federation) -> tokio::time::Interval {
     let mut ticks = tokio::time::interval(renewal_period(federation.lease_ttl));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks
+}
+
+/// Renews the lease until `cancel`, then gives it up.
+async fn renew(federation: Arc<Federation>, router: Arc<Router>, cancel: CancellationToken) {
+    let mut ticks = every_renewal(&federation);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
@@ -131,8 +137,7 @@ async fn renew(federation: Arc<Federation>, router: Arc<Router>, cancel: Cancell
 }
 
 async fn housekeeping(federation: Arc<Federation>, router: Arc<Router>, auth: Arc<Auth>, cancel: CancellationToken) {
-    let mut ticks = tokio::time::interval(renewal_period(federation.lease_ttl));
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks = every_renewal(&federation);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
