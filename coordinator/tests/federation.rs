@@ -694,3 +694,29 @@ async fn a_gamer_whose_coordinator_shuts_down_resumes_on_the_next_of_its_list() 
     .await;
     assert!(peer.lock().unwrap().len() >= 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tick_for_a_lender_that_is_gone_is_answered_at_once_not_lost() {
+    let _slot = slot().await;
+    let (_nats, mut coords) = fleet().await;
+    let c2 = coords.remove(1);
+    let c1 = &coords[0];
+    let peer = echo_peer(Client::peer(&c2.url(), "lent-peer", 8).await);
+    let mut gamer = Client::gamer(&c1.url(), "stranded").await;
+    eventually("c1 may place sessions on c2", || c1.stats().peers == 1).await;
+    gamer.submit("t0", "physics_step", r#"{"n":0}"#, Some("w")).await;
+    assert_eq!(gamer.recv_result().await.task_id, "t0");
+    assert_eq!(peer.lock().unwrap().len(), 1, "served by the lender");
+    c2.shutdown().await;
+    // The session's next tick goes to c2's subject, where nobody listens any more: NATS
+    // says so at once, and the gamer gets an error asking for a resync well before the
+    // tick's deadline (the task may be tried on the fleet again and fail the same way).
+    let sent = Instant::now();
+    gamer.submit_with_deadline("t1", "physics_step", r#"{"n":1}"#, Some("w"), Some(10_000)).await;
+    let result = gamer.recv_result().await;
+    assert_eq!(result.task_id, "t1");
+    let body = common::json(result.result.json().expect("a JSON result"));
+    assert_eq!(body["status"], "error", "{body}");
+    assert!(sent.elapsed() < Duration::from_secs(5), "answered at once, not at the deadline: {:?}", sent.elapsed());
+    assert!(c1.federation().unwrap().metrics().fleet_no_responders.get() >= 1);
+}
