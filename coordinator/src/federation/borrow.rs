@@ -101,7 +101,10 @@ pub(crate) async fn run(federation: Arc<Federation>, router: Arc<Router>, cancel
                         settle(&federation, &router, s.conn, answer, &mut pending, &mut placements);
                     }
                 }
-                None => return warn!("federation: the fleet's answers stopped"),
+                None => {
+                    warn!("federation: the fleet's answers stopped; no more sessions go to the fleet");
+                    break;
+                }
             },
             _ = look.tick() => {
                 let now = Instant::now();
@@ -182,7 +185,7 @@ async fn send(
     headers.insert(wire::ORIGIN, federation.id.as_str());
     let reply = format!("{inbox}.{n}");
     if let Err(e) = federation.client.publish_with_reply_and_headers(subject, reply, headers, payload).await {
-        warn!(error = %e, "federation: a tick for the fleet was not sent");
+        crate::warn_limited!("federation: tick not sent", error = %e, "a tick for the fleet was not sent");
         return None;
     }
     federation.metrics.fleet_tasks_borrowed.inc();

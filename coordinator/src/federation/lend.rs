@@ -87,7 +87,7 @@ pub(crate) async fn run(federation: Arc<Federation>, router: Arc<Router>, cancel
                 match (room, place.is_some()) {
                     (true, false) => match client.queue_subscribe(wire::PLACE, wire::LENDERS.into()).await {
                         Ok(subscriber) => place = Some(subscriber),
-                        Err(e) => warn!(error = %e, "federation: cannot offer room to the fleet"),
+                        Err(e) => crate::warn_limited!("federation: no offer", error = %e, "cannot offer room to the fleet"),
                     },
                     (false, true) => {
                         if let Some(mut subscriber) = place.take() {
@@ -222,7 +222,11 @@ fn stand_in(federation: &Federation, router: &Arc<Router>, alias: &str) -> Stand
             headers.insert(wire::FRAMING, framing);
             headers.insert(wire::LENDER, lender.as_str());
             if let Err(e) = client.publish_with_headers(reply, headers, payload).await {
-                warn!(error = %e, "federation: an answer for another coordinator was not sent");
+                crate::warn_limited!(
+                    "federation: answer not sent",
+                    error = %e,
+                    "an answer for another coordinator was not sent"
+                );
             }
         }
     });
