@@ -720,3 +720,70 @@ async fn a_tick_for_a_lender_that_is_gone_is_answered_at_once_not_lost() {
     assert!(sent.elapsed() < Duration::from_secs(5), "answered at once, not at the deadline: {:?}", sent.elapsed());
     assert!(c1.federation().unwrap().metrics().fleet_no_responders.get() >= 1);
 }
+
+/// An attacker on other addresses (127.0.0.2–4), connected to another coordinator, tries
+/// to take an honest gamer's id and churns claims with registrations the router refuses:
+/// the honest gamer keeps its id and its ticks, and the attacker's connections get no
+/// more than their few tries each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attacker_on_another_coordinator_cannot_take_or_disturb_an_honest_id() {
+    let _slot = slot().await;
+    let (_nats, coords) = fleet().await;
+    let (c1, c2) = (&coords[0], &coords[1]);
+    let peer = echo_peer(Client::peer(&c1.url(), "home-peer", 8).await);
+    let mut victim = Client::gamer(&c1.url(), "victim").await;
+    let claims_before = c2.federation().unwrap().metrics().kv_count("claim");
+    let mut attackers = Vec::new();
+    for n in 0..24u32 {
+        let from = format!("127.0.0.{}", 2 + n % 3);
+        let url = c2.url();
+        attackers.push(tokio::spawn(async move {
+            let mut attacker = Client::connect_from(&url, &from).await;
+            let mut refusals = Vec::new();
+            for attempt in 0..coordinator::connection::MAX_FLEET_CLAIMS + 1 {
+                let registration = match attempt % 3 {
+                    0 => register_gamer("victim", None),
+                    1 => register_gamer("victim", Some(format!("guess-{n}-{attempt}"))),
+                    _ => register_peer(
+                        &format!("churn-{n}-{attempt}"),
+                        p2c2r_protocol::Capabilities {
+                            task_types: Some((0..1000).map(|t| format!("t{t}")).collect()),
+                            ..capacity(1)
+                        },
+                        None,
+                    ),
+                };
+                attacker.send(&registration).await;
+                match attacker.try_recv().await {
+                    Some(reply) => refusals.push(refused_with(&reply)),
+                    None => break,
+                }
+            }
+            refusals
+        }));
+        // The victim's ticks go on meanwhile.
+        victim.submit(&format!("t{n}"), "physics_step", &format!(r#"{{"n":{n}}}"#), Some("s")).await;
+        assert_eq!(victim.recv_result().await.task_id, format!("t{n}"));
+    }
+    for attacker in attackers {
+        let refusals = within("an attacker's tries end", attacker).await.unwrap();
+        assert!(refusals.iter().all(Option::is_some), "every try refused: {refusals:?}");
+        assert!(
+            refusals
+                .iter()
+                .all(|r| matches!(r, Some(ErrorCode::IdInUse | ErrorCode::InvalidMessage | ErrorCode::RateLimited))),
+            "{refusals:?}"
+        );
+        assert_eq!(refusals.last(), Some(&Some(ErrorCode::RateLimited)), "its tries are capped");
+    }
+    // Still the victim's: a tick after the attack, on the same connection.
+    victim.submit("after", "physics_step", r#"{"n":99}"#, Some("s")).await;
+    assert_eq!(victim.recv_result().await.task_id, "after");
+    assert_eq!(c1.stats().gamers, 1);
+    assert_eq!(c2.federation().unwrap().metrics().claims_taken_over.get(), 0);
+    // At most a handful of key-value operations per try (read, compare-and-set, release).
+    let spent = c2.federation().unwrap().metrics().kv_count("claim") - claims_before;
+    let tries = 24 * u64::from(coordinator::connection::MAX_FLEET_CLAIMS);
+    assert!(spent <= 4 * tries, "{spent} claim operations for {tries} tries");
+    assert_eq!(peer.lock().unwrap().len(), 25);
+}
